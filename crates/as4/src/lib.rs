@@ -1,0 +1,18 @@
+//! ebMS3 / eDelivery AS4 messaging for Varti.
+//!
+//! The crate is organised as the path of a message:
+//!
+//! * [`message`] — the ebMS3 header model, the SOAP envelope (read and written
+//!   with quick-xml) and the `multipart/related` MIME package (streamed).
+//! * [`compress`] — the AS4 compression feature (gzip per part).
+//! * [`security`] — WS-Security: exclusive c14n, signatures, encryption, policy.
+//! * [`pmode`] — PMode files, their checks, and routing of messages to legs.
+//! * [`error`] — the ebMS3/AS4 error codes every layer reports with.
+
+pub mod compress;
+pub mod error;
+pub mod message;
+pub mod pmode;
+pub mod security;
+
+pub use error::{EbmsError, ErrorCode};

@@ -1,0 +1,1 @@
+//! PMode files, checks and routing (in progress).

@@ -1,0 +1,1 @@
+//! WS-Security for AS4 (in progress).
