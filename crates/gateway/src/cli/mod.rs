@@ -1,0 +1,76 @@
+//! The command line: one module per command group.
+
+mod message;
+mod oots;
+mod pmode;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The command ran and found nothing wrong.
+pub const EXIT_OK: ExitCode = ExitCode::SUCCESS;
+/// The command ran and found problems (they have been printed).
+pub fn exit_problems() -> ExitCode {
+    ExitCode::from(1)
+}
+/// The command could not run: bad arguments or unreadable input.
+pub const EXIT_CANNOT_RUN: ExitCode = ExitCode::FAILURE;
+
+/// Varti: an eDelivery AS4 access point with a built-in OOTS gateway.
+///
+/// Exit status: 0 when all is well, 1 when the command ran and found problems
+/// (they are printed), 2 when it could not run at all.
+#[derive(Debug, Parser)]
+#[command(
+    name = "varti",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, show and import PMode files (the agreements with partners).
+    #[command(subcommand)]
+    Pmode(pmode::PmodeCommand),
+    /// Inspect AS4 messages dumped to files.
+    #[command(subcommand)]
+    Message(message::MessageCommand),
+    /// Work with OOTS evidence exchange (EDM) documents.
+    #[command(subcommand)]
+    Oots(oots::OotsCommand),
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Pmode(cmd) => pmode::run(cmd),
+        Command::Message(cmd) => message::run(cmd),
+        Command::Oots(cmd) => oots::run(cmd),
+    }
+}
