@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            cli::EXIT_CANNOT_RUN
+            cli::exit_cannot_run()
         }
     }
 }

@@ -8,14 +8,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// The command ran and found nothing wrong.
-pub const EXIT_OK: ExitCode = ExitCode::SUCCESS;
-/// The command ran and found problems (they have been printed).
+/// The command ran and found problems (they have been printed): exit status 1.
+#[allow(dead_code)] // used by the command modules as they land
 pub fn exit_problems() -> ExitCode {
     ExitCode::from(1)
 }
-/// The command could not run: bad arguments or unreadable input.
-pub const EXIT_CANNOT_RUN: ExitCode = ExitCode::FAILURE;
+
+/// The command could not run (bad arguments, unreadable input): exit status 2.
+pub fn exit_cannot_run() -> ExitCode {
+    ExitCode::from(2)
+}
 
 /// Varti: an eDelivery AS4 access point with a built-in OOTS gateway.
 ///
