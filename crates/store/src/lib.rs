@@ -1,0 +1,1 @@
+//! Varti message store (in progress).
