@@ -1,1 +1,242 @@
-//! Varti message store (in progress).
+//! Varti's message store: where every message, its state and its evidence live.
+//!
+//! * [`Store`] — the one interface the access point uses. Two implementations fit it: the
+//!   embedded [`SledStore`] (the default) and, later, a PostgreSQL store shared by two active
+//!   instances. Everything an instance needs to coordinate with another one goes through it:
+//!   unique message ids (duplicate detection), leases on outbound work, compare-and-set state
+//!   transitions, exactly-once delivery marks.
+//! * [`state`] — the message state machine, written once; stores only ask it.
+//! * [`PayloadStore`] — payload bytes, streamed in and out, never whole in memory.
+//! * `contract` (feature `testing`) — the test suite every `Store` implementation must pass.
+//!
+//! # Durability contract
+//!
+//! **When a mutating `Store` method returns `Ok`, its effect is durable** (on disk, fsync'd;
+//! for a replicated database, committed as the configuration demands). The access point
+//! relies on this: it answers a partner with a receipt only after
+//! [`Store::insert_inbound`] returned, and tells a backend "sent" only after
+//! [`Store::record_attempt`] returned. Likewise [`PayloadStore::put`] returns only once the
+//! payload is durable, so payloads are written first and the record that names them second.
+//!
+//! # Sync, not async
+//!
+//! The trait is blocking on purpose. Its work is a short database step plus an fsync; sled
+//! and file I/O are blocking anyway, and payloads stream through [`std::io::Read`]. An async
+//! caller (the hyper server) wraps each call in `tokio::task::spawn_blocking`. A PostgreSQL
+//! implementation can use the blocking `postgres` client with a connection pool (or keep
+//! tokio-postgres and `block_on` a runtime handle inside the blocking call). Keeping tokio out
+//! of the trait also keeps the state machine and the contract suite runtime-free.
+//!
+//! # Time
+//!
+//! Every method that depends on time takes `now` explicitly (tests move the clock; two
+//! instances sharing a database must have NTP-synchronised clocks, which lease durations of
+//! minutes tolerate easily).
+
+pub mod payload;
+pub mod record;
+pub mod sled_store;
+pub mod state;
+
+#[cfg(feature = "testing")]
+pub mod contract;
+
+use std::time::Duration;
+use time::OffsetDateTime;
+
+pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
+pub use record::{
+    AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
+    MessageRecord, NewInbound, NewOutbound, Page, PayloadEntry, TransitionOutcome,
+};
+pub use sled_store::SledStore;
+pub use state::{transition, Direction, Event, InvalidTransition, State};
+
+/// Why a store operation failed. Each message says what is wrong and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No message with this id is stored (never was, or its metadata was purged).
+    #[error("no message with id `{message_id}` is stored (check the id; metadata older than the retention period is purged)")]
+    NotFound {
+        /// The id that was looked up.
+        message_id: String,
+    },
+    /// A message with this id already exists and a new one cannot take its id.
+    #[error("a {direction} message with id `{message_id}` already exists: message ids must be unique (generate a new one)")]
+    AlreadyExists {
+        /// The contested id.
+        message_id: String,
+        /// The direction of the message that already has it.
+        direction: Direction,
+    },
+    /// The state machine refuses the event in the message's current state.
+    #[error("message `{message_id}`: {source}")]
+    InvalidTransition {
+        /// The message.
+        message_id: String,
+        /// What was refused.
+        source: InvalidTransition,
+    },
+    /// Compare-and-set failed: the message is no longer in the state the caller read.
+    #[error("message `{message_id}` is in state `{actual}`, not `{expected}` as the caller assumed: someone else moved it; re-read it and decide again")]
+    StateConflict {
+        /// The message.
+        message_id: String,
+        /// The state the caller expected.
+        expected: State,
+        /// The state it is really in.
+        actual: State,
+    },
+    /// The caller no longer holds the lease on an outbound message it tries to update.
+    #[error("message `{message_id}`: this instance no longer holds its sending lease (now held by {holder:?}); drop the attempt, the lease holder owns the message")]
+    LeaseLost {
+        /// The message.
+        message_id: String,
+        /// Who holds the lease now, if anyone.
+        holder: Option<String>,
+    },
+    /// The caller passed something the store cannot accept.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A file-system operation failed.
+    #[error("{context}: {source} (check that the store directory exists, is writable and the disk is not full)")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database engine failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// Stored data cannot be read back: the store is damaged or was written by an
+    /// incompatible version.
+    #[error(
+        "stored data is corrupt: {0} (restore the store from a backup or check the Varti version)"
+    )]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The message store. See the [crate documentation](crate) for the durability contract:
+/// every mutating method's effect is durable when it returns `Ok`.
+///
+/// Records are keyed by ebMS MessageId, unique across both directions. The store does not
+/// authorise: callers serving a backend must filter by [`ListFilter::owner`] and compare
+/// [`MessageMeta::owner`] on records they fetch, so that a backend sees only its own messages.
+pub trait Store: Send + Sync {
+    /// Where this store keeps payload bytes. Write a message's payloads here *before*
+    /// inserting the record that names them.
+    fn payloads(&self) -> &dyn PayloadStore;
+
+    /// Stores a message received from a partner, with the receipt that will answer it.
+    ///
+    /// Atomic duplicate detection: if an inbound message with the same id is stored (the
+    /// duplicate-detection window is the metadata retention, so it is at least as long as any
+    /// PMode's window), nothing is inserted and [`InsertOutcome::Duplicate`] carries the
+    /// original receipt to send again; the duplicate's own payloads (`msg.meta.payloads`) are
+    /// removed by the store. If the id belongs to an outbound message,
+    /// [`StoreError::AlreadyExists`]. On `Ok(Inserted)` the record is durable: only then may
+    /// the receipt leave. On any `Err` the caller still owns the payloads it wrote.
+    fn insert_inbound(
+        &self,
+        msg: NewInbound,
+        now: OffsetDateTime,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// Stores a message submitted by a backend, in state `Submitted`, due at
+    /// `msg.not_before`. [`StoreError::AlreadyExists`] if the id is taken.
+    fn insert_outbound(&self, msg: NewOutbound, now: OffsetDateTime) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` outbound messages that are due at `now`, oldest due first: those
+    /// `Submitted` or `WaitingForRetry` whose next attempt time has come, and those `Sending`
+    /// whose lease expired (their sender died; they go through `LeaseExpired` first). Each
+    /// returned record is now `Sending`, leased to `holder` until `now + lease_for`, with its
+    /// attempt count incremented. Two concurrent claimers never get the same message while
+    /// its lease is valid. (PostgreSQL: `SELECT … FOR UPDATE SKIP LOCKED` then `UPDATE`.)
+    fn claim_due(
+        &self,
+        holder: &str,
+        lease_for: Duration,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
+
+    /// Records how an attempt by the lease `holder` ended, and releases the lease.
+    ///
+    /// * [`AttemptOutcome::Acknowledged`] stores the receipt and moves the message to
+    ///   `Acknowledged`. A receipt is the truth whoever holds the lease, so this is accepted
+    ///   from `Sending` or `WaitingForRetry` regardless of the holder, and is a no-op on an
+    ///   acknowledged message.
+    /// * [`AttemptOutcome::Retry`] → `WaitingForRetry`, due at `at`.
+    /// * [`AttemptOutcome::Failed`] → `Failed` (report EBMS:0301 to the backend after this
+    ///   returns).
+    ///
+    /// `Retry` and `Failed` require `holder` to hold the lease, else
+    /// [`StoreError::LeaseLost`]. Returns the updated record.
+    fn record_attempt(
+        &self,
+        message_id: &str,
+        holder: &str,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+    ) -> Result<MessageRecord, StoreError>;
+
+    /// Applies `event` if the message is in state `expected` (compare-and-set).
+    ///
+    /// If the message is elsewhere but the event's effect is already in place (acknowledging
+    /// an acknowledged message), returns [`TransitionOutcome::AlreadyApplied`] and writes
+    /// nothing; otherwise [`StoreError::StateConflict`]. Events that need data or a lease
+    /// (`Claim`, `AttemptFailed`, `LeaseExpired`) are refused with
+    /// [`StoreError::InvalidInput`]: use [`Store::claim_due`] / [`Store::record_attempt`].
+    /// `Resend` makes a failed message due again at `now` with its attempt count reset.
+    fn transition(
+        &self,
+        message_id: &str,
+        expected: State,
+        event: Event,
+        now: OffsetDateTime,
+    ) -> Result<TransitionOutcome, StoreError>;
+
+    /// Marks an inbound message delivered to its backend. Returns `true` only for the one
+    /// call that moved it from `Received` to `Delivered`; every other call (concurrent, or
+    /// on another instance, or later) gets `false`. Hand the message to the backend only on
+    /// `true`; retry a failed hand-over with the webhook's own retries, not by re-marking.
+    fn mark_delivered(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// The message with its history, or `None`.
+    fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Messages matching `filter`, newest first, one page at a time; pass the returned
+    /// [`Page::next`] as [`ListFilter::after`] for the following page.
+    fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
+
+    /// Removes the payloads of every message settled (delivered, acknowledged or failed)
+    /// before `settled_before`, keeping its metadata; sets
+    /// [`MessageRecord::payloads_purged_at`]. Returns how many messages were purged.
+    fn purge_payloads(
+        &self,
+        settled_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError>;
+
+    /// Removes the records (and any payloads left) of messages settled before
+    /// `settled_before`. Messages still in progress are never removed. Returns how many.
+    fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError>;
+}
+
+/// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).
+pub const MAX_MESSAGE_ID_LEN: usize = 1024;
+/// Longest accepted owner (backend) id or lease holder id, in bytes.
+pub const MAX_OWNER_LEN: usize = 256;
+/// Most records one [`Store::list`] page returns, whatever the filter asks.
+pub const MAX_PAGE_SIZE: usize = 1000;

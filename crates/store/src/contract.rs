@@ -1,0 +1,741 @@
+//! The store contract: behaviour every [`Store`] implementation must show, written once.
+//!
+//! Each function takes a fresh, empty store and panics if the store breaks the contract.
+//! [`store_contract_tests!`](crate::store_contract_tests) turns them into one `#[test]` each
+//! for a given store factory:
+//!
+//! ```no_run
+//! varti_store::store_contract_tests!(|| {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     (varti_store::SledStore::open(dir.path()).unwrap(), dir) // (store, guard kept alive)
+//! });
+//! ```
+//!
+//! Times are explicit and start at a fixed instant, so the suite never sleeps.
+
+use crate::{
+    AttemptOutcome, Direction, Event, InsertOutcome, ListFilter, MessageMeta, NewInbound,
+    NewOutbound, PayloadEntry, State, Store, StoreError, TransitionOutcome,
+};
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::Barrier;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// The suite's starting instant (fixed, so runs are reproducible).
+pub fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("valid timestamp")
+}
+
+fn at(seconds: i64) -> OffsetDateTime {
+    t0() + time::Duration::seconds(seconds)
+}
+
+/// Header data for a test message owned by `owner`, without payloads.
+pub fn meta(id: &str, owner: &str) -> MessageMeta {
+    MessageMeta {
+        message_id: id.to_owned(),
+        owner: owner.to_owned(),
+        from_party: "urn:oasis:names:tc:ebcore:partyid-type:unregistered:red".into(),
+        to_party: "urn:oasis:names:tc:ebcore:partyid-type:unregistered:blue".into(),
+        service: "urn:example:service".into(),
+        action: "Deliver".into(),
+        conversation_id: format!("conv-{id}"),
+        ref_to_message_id: None,
+        pmode_id: "pm-test/leg1".into(),
+        payloads: Vec::new(),
+    }
+}
+
+/// Stores `bytes` through the store's payload store and describes it as a message payload.
+pub fn payload<S: Store>(store: &S, bytes: &[u8]) -> PayloadEntry {
+    let stored = store
+        .payloads()
+        .put(&mut &bytes[..])
+        .expect("payload stored");
+    assert_eq!(stored.size, bytes.len() as u64);
+    PayloadEntry {
+        content_id: "cid:part1@varti.test".into(),
+        mime_type: "application/xml".into(),
+        stored,
+    }
+}
+
+fn read_payload<S: Store>(store: &S, entry: &PayloadEntry) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    store
+        .payloads()
+        .open(&entry.stored)?
+        .read_to_end(&mut out)
+        .expect("payload readable");
+    Ok(out)
+}
+
+fn inbound(id: &str, owner: &str, receipt: &[u8]) -> NewInbound {
+    NewInbound {
+        meta: meta(id, owner),
+        receipt: receipt.to_vec(),
+    }
+}
+
+fn outbound(id: &str, owner: &str, not_before: OffsetDateTime) -> NewOutbound {
+    NewOutbound {
+        meta: meta(id, owner),
+        not_before,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A duplicate inbound message gets the original receipt, is counted, and its own payload
+/// copy is dropped while the original's stays.
+pub fn duplicate_returns_original_receipt<S: Store>(store: S) {
+    let mut first = inbound("m1@red", "backend-a", b"<receipt original/>");
+    let original_payload = payload(&store, b"<original/>");
+    first.meta.payloads.push(original_payload.clone());
+    assert_eq!(
+        store.insert_inbound(first, at(0)).unwrap(),
+        InsertOutcome::Inserted
+    );
+
+    let mut again = inbound("m1@red", "backend-a", b"<receipt second/>");
+    let duplicate_payload = payload(&store, b"<copy/>");
+    again.meta.payloads.push(duplicate_payload.clone());
+    assert_eq!(
+        store.insert_inbound(again, at(5)).unwrap(),
+        InsertOutcome::Duplicate {
+            original_receipt: b"<receipt original/>".to_vec(),
+            state: State::Received,
+        }
+    );
+    let record = store.get("m1@red").unwrap().expect("original kept");
+    assert_eq!(record.receipt.as_deref(), Some(&b"<receipt original/>"[..]));
+    assert_eq!(record.duplicates, 1);
+    assert_eq!(record.meta.payloads, vec![original_payload.clone()]);
+    assert_eq!(
+        read_payload(&store, &original_payload).unwrap(),
+        b"<original/>"
+    );
+    assert!(matches!(
+        read_payload(&store, &duplicate_payload),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // After delivery a duplicate still gets the original receipt and reports the state.
+    assert!(store.mark_delivered("m1@red", at(6)).unwrap());
+    match store
+        .insert_inbound(inbound("m1@red", "backend-a", b"<third/>"), at(7))
+        .unwrap()
+    {
+        InsertOutcome::Duplicate {
+            original_receipt,
+            state,
+        } => {
+            assert_eq!(original_receipt, b"<receipt original/>");
+            assert_eq!(state, State::Delivered);
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+}
+
+/// Concurrent inserts of one MessageId: exactly one is inserted, every other one gets the
+/// winner's receipt.
+pub fn concurrent_duplicates_insert_once<S: Store>(store: S) {
+    const N: usize = 8;
+    let barrier = Barrier::new(N);
+    let outcomes: Vec<(usize, InsertOutcome)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let (store, barrier) = (&store, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let receipt = format!("receipt-{i}");
+                    let out = store
+                        .insert_inbound(inbound("race@red", "b", receipt.as_bytes()), at(0))
+                        .unwrap();
+                    (i, out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<usize> = outcomes
+        .iter()
+        .filter(|(_, o)| *o == InsertOutcome::Inserted)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one insert wins: {outcomes:?}");
+    let winner_receipt = format!("receipt-{}", winners[0]).into_bytes();
+    for (_, outcome) in &outcomes {
+        if let InsertOutcome::Duplicate {
+            original_receipt, ..
+        } = outcome
+        {
+            assert_eq!(original_receipt, &winner_receipt);
+        }
+    }
+    let record = store.get("race@red").unwrap().unwrap();
+    assert_eq!(record.receipt, Some(winner_receipt));
+    assert_eq!(record.duplicates as usize, N - 1);
+}
+
+/// MessageIds are unique across directions; outbound ids cannot be reused.
+pub fn message_ids_are_unique<S: Store>(store: S) {
+    store
+        .insert_outbound(outbound("o1@us", "b", at(0)), at(0))
+        .unwrap();
+    assert!(matches!(
+        store.insert_outbound(outbound("o1@us", "b", at(0)), at(1)),
+        Err(StoreError::AlreadyExists {
+            direction: Direction::Outbound,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.insert_inbound(inbound("o1@us", "b", b"r"), at(1)),
+        Err(StoreError::AlreadyExists {
+            direction: Direction::Outbound,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.insert_inbound(inbound("", "b", b"r"), at(1)),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.insert_inbound(inbound("x", "bad\0owner", b"r"), at(1)),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(store.get("o1@us").unwrap().unwrap().state, State::Submitted);
+    assert!(store.get("nope").unwrap().is_none());
+}
+
+/// Work is claimed only when due; a claim sets the lease and counts the attempt.
+pub fn claims_only_due_work<S: Store>(store: S) {
+    store
+        .insert_outbound(outbound("later@us", "b", at(10)), at(0))
+        .unwrap();
+    store
+        .insert_inbound(inbound("in@them", "b", b"r"), at(0))
+        .unwrap();
+    assert!(store
+        .claim_due("node-a", LEASE, 10, at(9))
+        .unwrap()
+        .is_empty());
+    let claimed = store.claim_due("node-a", LEASE, 10, at(10)).unwrap();
+    assert_eq!(claimed.len(), 1, "only the due outbound message");
+    let record = &claimed[0];
+    assert_eq!(record.id(), "later@us");
+    assert_eq!(record.state, State::Sending);
+    assert_eq!(record.attempts, 1);
+    let lease = record.lease.as_ref().expect("leased");
+    assert_eq!(lease.holder, "node-a");
+    assert_eq!(lease.expires_at, at(40));
+    assert_eq!(store.get("later@us").unwrap().unwrap(), *record);
+    // Its lease is valid: nobody else gets it, not even the holder again.
+    assert!(store
+        .claim_due("node-b", LEASE, 10, at(20))
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due("node-a", LEASE, 10, at(20))
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due("node-a", LEASE, 0, at(99))
+        .unwrap()
+        .is_empty());
+}
+
+/// Concurrent claimers never get the same message while its lease is valid, and together
+/// they get all of it.
+pub fn concurrent_claimers_never_share<S: Store>(store: S) {
+    const MESSAGES: usize = 60;
+    const CLAIMERS: usize = 4;
+    for i in 0..MESSAGES {
+        store
+            .insert_outbound(outbound(&format!("w{i}@us"), "b", at(0)), at(0))
+            .unwrap();
+    }
+    let barrier = Barrier::new(CLAIMERS);
+    let per_claimer: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLAIMERS)
+            .map(|c| {
+                let (store, barrier) = (&store, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut mine = Vec::new();
+                    loop {
+                        let batch = store
+                            .claim_due(&format!("node-{c}"), LEASE, 3, at(1))
+                            .unwrap();
+                        if batch.is_empty() {
+                            return mine;
+                        }
+                        for r in batch {
+                            assert_eq!(r.lease.as_ref().unwrap().holder, format!("node-{c}"));
+                            mine.push(r.meta.message_id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<&String> = per_claimer.iter().flatten().collect();
+    let unique: HashSet<&String> = all.iter().copied().collect();
+    assert_eq!(all.len(), unique.len(), "a message was claimed twice");
+    assert_eq!(unique.len(), MESSAGES, "every due message was claimed");
+    for i in 0..MESSAGES {
+        let r = store.get(&format!("w{i}@us")).unwrap().unwrap();
+        assert_eq!((r.state, r.attempts), (State::Sending, 1));
+    }
+}
+
+/// An expired lease (its holder died) is claimed by another instance; the old holder can no
+/// longer record a retry or failure, but a receipt it got still counts.
+pub fn expired_leases_are_reclaimable<S: Store>(store: S) {
+    store
+        .insert_outbound(outbound("x@us", "b", at(0)), at(0))
+        .unwrap();
+    assert_eq!(store.claim_due("node-a", LEASE, 1, at(0)).unwrap().len(), 1);
+    assert!(store
+        .claim_due("node-b", LEASE, 1, at(29))
+        .unwrap()
+        .is_empty());
+    let taken = store.claim_due("node-b", LEASE, 1, at(30)).unwrap();
+    assert_eq!(taken.len(), 1, "an expired lease is claimable");
+    let record = &taken[0];
+    assert_eq!(record.attempts, 2);
+    assert_eq!(record.lease.as_ref().unwrap().holder, "node-b");
+    let events: Vec<Event> = record.history.iter().map(|h| h.event).collect();
+    assert_eq!(
+        events,
+        [Event::Claim, Event::LeaseExpired, Event::Claim],
+        "the takeover is in the history"
+    );
+    let retry = AttemptOutcome::Retry {
+        at: at(100),
+        error: "timeout".into(),
+    };
+    match store.record_attempt("x@us", "node-a", retry, at(31)) {
+        Err(StoreError::LeaseLost { holder, .. }) => assert_eq!(holder.as_deref(), Some("node-b")),
+        other => panic!("the old holder must have lost the lease, got {other:?}"),
+    }
+    let acked = store
+        .record_attempt(
+            "x@us",
+            "node-a",
+            AttemptOutcome::Acknowledged {
+                receipt: b"late receipt".to_vec(),
+            },
+            at(32),
+        )
+        .unwrap();
+    assert_eq!(acked.state, State::Acknowledged);
+    assert_eq!(acked.lease, None);
+    assert_eq!(acked.receipt.as_deref(), Some(&b"late receipt"[..]));
+    assert!(store
+        .claim_due("node-c", LEASE, 1, at(999))
+        .unwrap()
+        .is_empty());
+}
+
+/// A failed attempt schedules the retry; the last one fails the message; an administrator
+/// may resend it.
+pub fn retries_then_failure_then_resend<S: Store>(store: S) {
+    store
+        .insert_outbound(outbound("r@us", "b", at(0)), at(0))
+        .unwrap();
+    store.claim_due("n", LEASE, 1, at(0)).unwrap();
+    let r = store
+        .record_attempt(
+            "r@us",
+            "n",
+            AttemptOutcome::Retry {
+                at: at(60),
+                error: "HTTP 503".into(),
+            },
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(r.state, State::WaitingForRetry);
+    assert_eq!(r.next_attempt_at, Some(at(60)));
+    assert_eq!(r.lease, None);
+    assert_eq!(r.last_error.as_deref(), Some("HTTP 503"));
+    assert!(store.claim_due("n", LEASE, 1, at(59)).unwrap().is_empty());
+    assert_eq!(store.claim_due("n", LEASE, 1, at(60)).unwrap().len(), 1);
+    let r = store
+        .record_attempt(
+            "r@us",
+            "n",
+            AttemptOutcome::Failed {
+                error: "EBMS:0301 no receipt after 2 attempts".into(),
+            },
+            at(61),
+        )
+        .unwrap();
+    assert_eq!(r.state, State::Failed);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.settled_at, Some(at(61)));
+    assert!(store.claim_due("n", LEASE, 1, at(999)).unwrap().is_empty());
+
+    assert_eq!(
+        store
+            .transition("r@us", State::Failed, Event::Resend, at(70))
+            .unwrap(),
+        TransitionOutcome::Applied(State::Submitted)
+    );
+    let r = store.get("r@us").unwrap().unwrap();
+    assert_eq!(
+        (r.attempts, r.next_attempt_at, r.settled_at),
+        (0, Some(at(70)), None)
+    );
+    assert_eq!(store.claim_due("n", LEASE, 1, at(70)).unwrap().len(), 1);
+}
+
+/// Applying the same effect twice is a no-op, not an error, and writes nothing.
+pub fn idempotent_transitions<S: Store>(store: S) {
+    store
+        .insert_outbound(outbound("i@us", "b", at(0)), at(0))
+        .unwrap();
+    store.claim_due("n", LEASE, 1, at(0)).unwrap();
+    let ack = || AttemptOutcome::Acknowledged {
+        receipt: b"receipt".to_vec(),
+    };
+    let first = store.record_attempt("i@us", "n", ack(), at(1)).unwrap();
+    assert_eq!(first.state, State::Acknowledged);
+    let second = store.record_attempt("i@us", "other", ack(), at(2)).unwrap();
+    assert_eq!(second, first, "a repeated acknowledgement changes nothing");
+    assert_eq!(
+        store
+            .transition("i@us", State::Sending, Event::Acknowledge, at(3))
+            .unwrap(),
+        TransitionOutcome::AlreadyApplied(State::Acknowledged)
+    );
+    assert_eq!(
+        store
+            .transition("i@us", State::Acknowledged, Event::Acknowledge, at(3))
+            .unwrap(),
+        TransitionOutcome::AlreadyApplied(State::Acknowledged)
+    );
+    assert_eq!(store.get("i@us").unwrap().unwrap(), first);
+
+    store
+        .insert_inbound(inbound("d@them", "b", b"r"), at(0))
+        .unwrap();
+    assert!(store.mark_delivered("d@them", at(1)).unwrap());
+    assert_eq!(
+        store
+            .transition("d@them", State::Delivered, Event::Download, at(2))
+            .unwrap(),
+        TransitionOutcome::Applied(State::Downloaded)
+    );
+    assert_eq!(
+        store
+            .transition("d@them", State::Delivered, Event::Download, at(3))
+            .unwrap(),
+        TransitionOutcome::AlreadyApplied(State::Downloaded)
+    );
+    assert!(!store.mark_delivered("d@them", at(4)).unwrap());
+    let r = store.get("d@them").unwrap().unwrap();
+    let steps: Vec<(Event, State, State)> =
+        r.history.iter().map(|h| (h.event, h.from, h.to)).collect();
+    assert_eq!(
+        steps,
+        [
+            (Event::Deliver, State::Received, State::Delivered),
+            (Event::Download, State::Delivered, State::Downloaded),
+        ]
+    );
+    assert_eq!(r.history[0].at, at(1));
+    assert_eq!(r.history[1].at, at(2));
+}
+
+/// Steps the state machine forbids are refused and change nothing; so is a compare-and-set
+/// on a stale state.
+pub fn invalid_transitions_refused<S: Store>(store: S) {
+    store
+        .insert_outbound(outbound("v@us", "b", at(0)), at(0))
+        .unwrap();
+    store
+        .insert_inbound(inbound("w@them", "b", b"r"), at(0))
+        .unwrap();
+    let before = store.get("v@us").unwrap().unwrap();
+    assert!(matches!(
+        store.transition("v@us", State::Submitted, Event::Deliver, at(1)),
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        store.transition("v@us", State::Submitted, Event::Resend, at(1)),
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        store.transition("v@us", State::Submitted, Event::Claim, at(1)),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.transition("v@us", State::WaitingForRetry, Event::Fail, at(1)),
+        Err(StoreError::StateConflict {
+            expected: State::WaitingForRetry,
+            actual: State::Submitted,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.transition("w@them", State::Received, Event::Download, at(1)),
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        store.mark_delivered("v@us", at(1)),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.transition("missing", State::Received, Event::Deliver, at(1)),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.mark_delivered("missing", at(1)),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.get("v@us").unwrap().unwrap(), before);
+
+    // Given up is final: a late receipt is refused (the backend already heard EBMS:0301).
+    assert_eq!(
+        store
+            .transition("v@us", State::Submitted, Event::Fail, at(2))
+            .unwrap(),
+        TransitionOutcome::Applied(State::Failed)
+    );
+    assert!(matches!(
+        store.record_attempt(
+            "v@us",
+            "n",
+            AttemptOutcome::Acknowledged {
+                receipt: b"late".to_vec()
+            },
+            at(3)
+        ),
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    // Only the lease holder records a retry.
+    assert!(matches!(
+        store.record_attempt(
+            "v@us",
+            "n",
+            AttemptOutcome::Retry {
+                at: at(9),
+                error: "x".into()
+            },
+            at(3)
+        ),
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
+/// N threads mark the same message delivered: exactly one call reports that it did it.
+pub fn mark_delivered_once_under_concurrency<S: Store>(store: S) {
+    const N: usize = 8;
+    const MESSAGES: usize = 5;
+    for m in 0..MESSAGES {
+        store
+            .insert_inbound(inbound(&format!("once{m}@them"), "b", b"r"), at(0))
+            .unwrap();
+    }
+    let barrier = Barrier::new(N);
+    let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|_| {
+                let (store, barrier) = (&store, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    (0..MESSAGES)
+                        .map(|m| {
+                            store
+                                .mark_delivered(&format!("once{m}@them"), at(1))
+                                .unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for m in 0..MESSAGES {
+        let winners = wins.iter().filter(|w| w[m]).count();
+        assert_eq!(winners, 1, "message {m}: exactly one delivery");
+        let r = store.get(&format!("once{m}@them")).unwrap().unwrap();
+        assert_eq!(r.state, State::Delivered);
+        assert_eq!(r.history.len(), 1);
+    }
+}
+
+/// Purging payloads removes the files of settled messages only and keeps their metadata;
+/// purging metadata removes settled records only.
+pub fn purge_removes_payloads_not_metadata<S: Store>(store: S) {
+    // Delivered at t=10: purgeable after retention.
+    let mut delivered = inbound("p1@them", "b", b"r");
+    let p1 = payload(&store, b"evidence");
+    delivered.meta.payloads.push(p1.clone());
+    store.insert_inbound(delivered, at(0)).unwrap();
+    assert!(store.mark_delivered("p1@them", at(10)).unwrap());
+    // Received, never delivered: must keep its payload.
+    let mut pending = inbound("p2@them", "b", b"r");
+    let p2 = payload(&store, b"waiting");
+    pending.meta.payloads.push(p2.clone());
+    store.insert_inbound(pending, at(0)).unwrap();
+    // Outbound still to be sent: must keep its payload.
+    let mut out = outbound("p3@us", "b", at(0));
+    let p3 = payload(&store, b"to send");
+    out.meta.payloads.push(p3.clone());
+    store.insert_outbound(out, at(0)).unwrap();
+
+    assert_eq!(
+        store.purge_payloads(at(10), at(100)).unwrap(),
+        0,
+        "cut-off is exclusive"
+    );
+    assert_eq!(store.purge_payloads(at(11), at(100)).unwrap(), 1);
+    assert!(matches!(
+        read_payload(&store, &p1),
+        Err(StoreError::NotFound { .. })
+    ));
+    let kept = store.get("p1@them").unwrap().expect("metadata kept");
+    assert_eq!(kept.payloads_purged_at, Some(at(100)));
+    assert_eq!(kept.state, State::Delivered);
+    assert_eq!(read_payload(&store, &p2).unwrap(), b"waiting");
+    assert_eq!(read_payload(&store, &p3).unwrap(), b"to send");
+    assert_eq!(
+        store.purge_payloads(at(1000), at(1000)).unwrap(),
+        0,
+        "nothing left"
+    );
+
+    assert_eq!(store.purge_metadata(at(11)).unwrap(), 1);
+    assert!(store.get("p1@them").unwrap().is_none());
+    assert!(store.get("p2@them").unwrap().is_some());
+    assert!(store.get("p3@us").unwrap().is_some());
+    let all = store.list(&ListFilter::default()).unwrap();
+    assert_eq!(
+        all.records.len(),
+        2,
+        "the purged record left the listing too"
+    );
+}
+
+/// Listing filters by owner (a backend sees only its own), direction, state and time, and
+/// pages newest first.
+pub fn listing_filters_by_owner<S: Store>(store: S) {
+    for i in 0..3 {
+        store
+            .insert_inbound(inbound(&format!("a{i}@them"), "alpha", b"r"), at(i))
+            .unwrap();
+    }
+    for i in 0..2 {
+        store
+            .insert_outbound(outbound(&format!("b{i}@us"), "beta", at(0)), at(10 + i))
+            .unwrap();
+    }
+    store
+        .insert_outbound(outbound("a9@us", "alpha", at(0)), at(20))
+        .unwrap();
+    store.mark_delivered("a1@them", at(30)).unwrap();
+
+    let ids = |filter: ListFilter| -> Vec<String> {
+        let page = store.list(&filter).unwrap();
+        assert!(page.next.is_none());
+        page.records
+            .into_iter()
+            .map(|r| r.meta.message_id)
+            .collect()
+    };
+    let alpha = |f: ListFilter| ListFilter {
+        owner: Some("alpha".into()),
+        ..f
+    };
+    assert_eq!(
+        ids(alpha(ListFilter::default())),
+        ["a9@us", "a2@them", "a1@them", "a0@them"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            owner: Some("beta".into()),
+            ..ListFilter::default()
+        }),
+        ["b1@us", "b0@us"]
+    );
+    assert!(ids(ListFilter {
+        owner: Some("gamma".into()),
+        ..ListFilter::default()
+    })
+    .is_empty());
+    assert_eq!(
+        ids(alpha(ListFilter {
+            direction: Some(Direction::Inbound),
+            states: vec![State::Received],
+            ..ListFilter::default()
+        })),
+        ["a2@them", "a0@them"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            created_from: Some(at(1)),
+            created_until: Some(at(11)),
+            ..ListFilter::default()
+        }),
+        ["b0@us", "a2@them", "a1@them"]
+    );
+
+    // Pages of two, following the cursor, cover everything exactly once.
+    let mut seen = Vec::new();
+    let mut filter = ListFilter {
+        limit: 2,
+        ..ListFilter::default()
+    };
+    loop {
+        let page = store.list(&filter).unwrap();
+        assert!(page.records.len() <= 2);
+        seen.extend(page.records.into_iter().map(|r| r.meta.message_id));
+        match page.next {
+            Some(cursor) => filter.after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["a9@us", "b1@us", "b0@us", "a2@them", "a1@them", "a0@them"]
+    );
+}
+
+/// Declares one `#[test]` per contract function for a store factory: an expression callable
+/// with no arguments that returns `(store, guard)`, where `guard` (say, a temporary directory)
+/// lives as long as the test.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($factory:expr) => {
+        $crate::store_contract_tests!(@each $factory;
+            duplicate_returns_original_receipt,
+            concurrent_duplicates_insert_once,
+            message_ids_are_unique,
+            claims_only_due_work,
+            concurrent_claimers_never_share,
+            expired_leases_are_reclaimable,
+            retries_then_failure_then_resend,
+            idempotent_transitions,
+            invalid_transitions_refused,
+            mark_delivered_once_under_concurrency,
+            purge_removes_payloads_not_metadata,
+            listing_filters_by_owner,
+        );
+    };
+    (@each $factory:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let (store, _guard) = ($factory)();
+                $crate::contract::$name(store);
+            }
+        )+
+    };
+}

@@ -1,0 +1,255 @@
+//! Payload bytes: streamed in and out, never held whole in memory.
+//!
+//! [`FilePayloadStore`] keeps each payload as one file beside the database. A write goes to a
+//! temporary name, is fsync'd, renamed into place, and the directory is fsync'd, so that when
+//! [`PayloadStore::put`] returns the payload survives a crash, and a crash mid-write leaves
+//! only a temporary file (removed at the next start), never a truncated payload under a
+//! real name.
+
+use crate::StoreError;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Where a payload's bytes are stored. Opaque to callers; recorded in the message record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadRef {
+    /// The store's identifier for the bytes.
+    pub id: String,
+    /// Their length in bytes.
+    pub size: u64,
+}
+
+/// Streaming storage for payload bytes. Implementations: files beside the embedded store
+/// ([`FilePayloadStore`]); chunked rows in PostgreSQL later.
+pub trait PayloadStore: Send + Sync {
+    /// Streams `reader` into a new payload. Returns once the bytes are durable.
+    fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError>;
+
+    /// Streams a payload out. [`StoreError::NotFound`] if it was purged (or never existed).
+    fn open(&self, payload: &PayloadRef) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// Removes a payload. Removing one that is already gone is not an error (purges are
+    /// retried after crashes).
+    fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError>;
+}
+
+/// Payload files in a directory: `<dir>/<first two id chars>/<id>`, written through
+/// `<dir>/tmp/`.
+#[derive(Debug)]
+pub struct FilePayloadStore {
+    dir: PathBuf,
+}
+
+/// Copy buffer size: large enough for throughput, small enough that memory stays flat.
+const COPY_BUFFER: usize = 64 * 1024;
+
+impl FilePayloadStore {
+    /// Opens (creating if needed) the payload directory `dir`, and removes temporary files
+    /// left by a crash mid-write (no record can name them).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).map_err(|e| {
+            StoreError::io(
+                format!("cannot create payload directory {}", tmp.display()),
+                e,
+            )
+        })?;
+        let entries = fs::read_dir(&tmp)
+            .map_err(|e| StoreError::io(format!("cannot list {}", tmp.display()), e))?;
+        for entry in entries.flatten() {
+            // Best effort: a leftover temporary file wastes space but harms nothing.
+            let _ = fs::remove_file(entry.path());
+        }
+        sync_dir(&dir)?;
+        Ok(FilePayloadStore { dir })
+    }
+
+    /// The directory the payloads live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file holding a payload (it need not exist). Ids are validated, so a hostile
+    /// reference cannot point outside the directory.
+    pub fn path_of(&self, payload: &PayloadRef) -> Result<PathBuf, StoreError> {
+        let id = &payload.id;
+        let well_formed = id.len() >= 3
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if !well_formed {
+            return Err(StoreError::InvalidInput(format!(
+                "payload id `{}` is not one this store issued (expected a UUID)",
+                id.escape_debug()
+            )));
+        }
+        Ok(self.dir.join(&id[..2]).join(id))
+    }
+}
+
+impl PayloadStore for FilePayloadStore {
+    fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let tmp_path = self.dir.join("tmp").join(format!("{id}.part"));
+        let payload = PayloadRef { id, size: 0 };
+        let final_path = self.path_of(&payload)?;
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_path)
+                .map_err(|e| StoreError::io(format!("cannot create {}", tmp_path.display()), e))?;
+            let size = copy_stream(reader, &mut file)
+                .map_err(|e| StoreError::io(format!("cannot write {}", tmp_path.display()), e))?;
+            file.sync_all()
+                .map_err(|e| StoreError::io(format!("cannot fsync {}", tmp_path.display()), e))?;
+            drop(file);
+            let shard = final_path
+                .parent()
+                .expect("payload path has a shard directory");
+            let shard_is_new = !shard.exists();
+            fs::create_dir_all(shard)
+                .map_err(|e| StoreError::io(format!("cannot create {}", shard.display()), e))?;
+            fs::rename(&tmp_path, &final_path).map_err(|e| {
+                StoreError::io(
+                    format!("cannot move payload to {}", final_path.display()),
+                    e,
+                )
+            })?;
+            // The rename is durable only once the directory entry is.
+            sync_dir(shard)?;
+            if shard_is_new {
+                sync_dir(&self.dir)?;
+            }
+            Ok(size)
+        })();
+        match result {
+            Ok(size) => Ok(PayloadRef { size, ..payload }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(&self, payload: &PayloadRef) -> Result<Box<dyn Read + Send>, StoreError> {
+        let path = self.path_of(payload)?;
+        match File::open(&path) {
+            Ok(file) => Ok(Box::new(io::BufReader::with_capacity(COPY_BUFFER, file))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound {
+                message_id: format!("payload {}", payload.id),
+            }),
+            Err(e) => Err(StoreError::io(format!("cannot open {}", path.display()), e)),
+        }
+    }
+
+    fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError> {
+        let path = self.path_of(payload)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot remove {}", path.display()),
+                    e,
+                ))
+            }
+        }
+        // Make the removal durable too: purged evidence must not come back after a crash.
+        sync_dir(path.parent().expect("payload path has a shard directory"))
+    }
+}
+
+/// Copies with a fixed buffer (no whole-payload buffering), retrying interrupted reads.
+fn copy_stream(reader: &mut dyn Read, out: &mut File) -> io::Result<u64> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("cannot fsync directory {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_open_remove_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let r = store.put(&mut &data[..]).unwrap();
+        assert_eq!(r.size, data.len() as u64);
+        let mut back = Vec::new();
+        store.open(&r).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        assert!(store.path_of(&r).unwrap().exists());
+        store.remove(&r).unwrap();
+        assert!(!store.path_of(&r).unwrap().exists());
+        store.remove(&r).unwrap();
+        assert!(matches!(store.open(&r), Err(StoreError::NotFound { .. })));
+        // Nothing is left in the temporary directory.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_failing_reader_leaves_no_file() {
+        struct Broken(usize);
+        impl Read for Broken {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("peer reset"));
+                }
+                self.0 -= 1;
+                buf[0] = 7;
+                Ok(1)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path()).unwrap();
+        let err = store.put(&mut Broken(10)).unwrap_err();
+        assert!(err.to_string().contains("peer reset"), "{err}");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn hostile_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path()).unwrap();
+        for id in ["../../etc/passwd", "", "ab", "a/b/c/d", "zz99"] {
+            let r = PayloadRef {
+                id: id.into(),
+                size: 0,
+            };
+            assert!(
+                matches!(store.open(&r), Err(StoreError::InvalidInput(_))),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_cleaned_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp").join("x.part"), b"half").unwrap();
+        FilePayloadStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

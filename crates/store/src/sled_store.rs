@@ -1,0 +1,627 @@
+//! The embedded store: sled 0.34.7 for records and indexes, files for payloads.
+//!
+//! Layout of a store directory:
+//!
+//! ```text
+//! <dir>/db/          sled database
+//! <dir>/payloads/    payload files (see FilePayloadStore)
+//! ```
+//!
+//! Trees (each index key ends with the message id, so keys are unique and the id can be read
+//! back from the key; timestamps are 8-byte big-endian, sign-flipped nanoseconds, so byte
+//! order is time order):
+//!
+//! | tree        | key                                   | holds                            |
+//! |-------------|---------------------------------------|----------------------------------|
+//! | `records`   | id                                    | the record, JSON                 |
+//! | `due`       | due time ‖ id                         | outbound work ([`MessageRecord::due_at`]) |
+//! | `created`   | created ‖ id                          | every record, for listing        |
+//! | `owner`     | owner ‖ 0x00 ‖ created ‖ id           | listing by backend               |
+//! | `settled`   | settled ‖ id                          | metadata retention               |
+//! | `unpurged`  | settled ‖ id                          | settled records still holding payloads |
+//!
+//! Every change to a record runs in one sled transaction over all trees: the record is read,
+//! changed by the shared logic in [`crate::record`], and written with exactly the index keys
+//! it now needs (index keys are a pure function of the record). sled transactions are
+//! serializable, which gives the atomic duplicate check and the state compare-and-set.
+//!
+//! sled flushes its log only every 500 ms by default, so every mutating method calls
+//! `flush()` before it returns (the crate's durability contract).
+
+use crate::payload::{FilePayloadStore, PayloadStore};
+use crate::record::{validate_id, MessageRecord};
+use crate::state::{Direction, Event, State};
+use crate::{
+    AttemptOutcome, InsertOutcome, ListCursor, ListFilter, NewInbound, NewOutbound, Page, Store,
+    StoreError, TransitionOutcome, MAX_MESSAGE_ID_LEN, MAX_OWNER_LEN,
+};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+const RECORDS: usize = 0;
+const DUE: usize = 1;
+const CREATED: usize = 2;
+const OWNER: usize = 3;
+const SETTLED: usize = 4;
+const UNPURGED: usize = 5;
+const TREE_NAMES: [&str; 6] = ["records", "due", "created", "owner", "settled", "unpurged"];
+
+/// How many index entries one `list` call examines at most, so that a selective filter over
+/// a large store cannot make one request scan everything; the page then ends early with a
+/// cursor to continue.
+const MAX_LIST_SCAN: usize = 10_000;
+
+/// How many candidates a purge or claim reads from an index per batch.
+const BATCH: usize = 256;
+
+/// The embedded store. Cheap to share between threads (`Arc<SledStore>`); one process at a
+/// time may open a directory (sled locks it).
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    payloads: FilePayloadStore,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("payloads", &self.payloads.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a change function decided.
+enum Write {
+    /// Store this record (with its index keys).
+    Put(Box<MessageRecord>),
+    /// Remove the record and all its index keys.
+    Delete,
+    /// Leave everything as it is.
+    Unchanged,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .map_err(|e| {
+                StoreError::Database(format!(
+                    "cannot open the sled database in {}: {e} (is another Varti process using it?)",
+                    dir.join("db").display()
+                ))
+            })?;
+        let trees = TREE_NAMES
+            .iter()
+            .map(|name| db.open_tree(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_error)?;
+        let payloads = FilePayloadStore::open(dir.join("payloads"))?;
+        Ok(SledStore {
+            db,
+            trees,
+            payloads,
+        })
+    }
+
+    /// The concrete payload store (files).
+    pub fn file_payloads(&self) -> &FilePayloadStore {
+        &self.payloads
+    }
+
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(db_error)
+    }
+
+    /// Runs `change` on the record `id` (or `None`) in a transaction, writes what it decides
+    /// with the matching index keys, and flushes if anything was written.
+    fn update<T>(
+        &self,
+        id: &str,
+        change: impl Fn(Option<MessageRecord>) -> Result<(Write, T), StoreError>,
+    ) -> Result<T, StoreError> {
+        let (wrote, out) = self
+            .trees
+            .as_slice()
+            .transaction(|trees| {
+                let old = match trees[RECORDS].get(id.as_bytes())? {
+                    Some(bytes) => {
+                        Some(decode(&bytes).map_err(ConflictableTransactionError::Abort)?)
+                    }
+                    None => None,
+                };
+                let (write, out) =
+                    change(old.clone()).map_err(ConflictableTransactionError::Abort)?;
+                let new = match write {
+                    Write::Unchanged => return Ok((false, out)),
+                    Write::Delete => None,
+                    Write::Put(record) => Some(*record),
+                };
+                write_record(trees, id, old.as_ref(), new.as_ref())
+                    .map_err(TxError::into_conflictable)?;
+                Ok((true, out))
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
+        if wrote {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` message ids from the index `tree` whose key starts with a timestamp
+    /// before `before` (exclusive), oldest first.
+    fn ids_before(
+        &self,
+        tree: usize,
+        before: OffsetDateTime,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.trees[tree].range(..ts(before).to_vec()).take(max) {
+            let (key, _) = item.map_err(db_error)?;
+            ids.push(id_from_key(&key[8..])?);
+        }
+        Ok(ids)
+    }
+
+    fn read(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        match self.trees[RECORDS].get(id.as_bytes()).map_err(db_error)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn payloads(&self) -> &dyn PayloadStore {
+        &self.payloads
+    }
+
+    fn insert_inbound(
+        &self,
+        msg: NewInbound,
+        now: OffsetDateTime,
+    ) -> Result<InsertOutcome, StoreError> {
+        let new_payloads = msg.meta.payloads.clone();
+        let record = MessageRecord::new_inbound(msg, now)?;
+        let id = record.id().to_owned();
+        let outcome = self.update(&id, |old| match old {
+            None => Ok((Write::Put(Box::new(record.clone())), None)),
+            Some(original) if original.direction == Direction::Inbound => {
+                let answer = InsertOutcome::Duplicate {
+                    original_receipt: original.receipt.clone().unwrap_or_default(),
+                    state: original.state,
+                };
+                let kept = original.meta.payloads.clone();
+                let mut counted = original;
+                counted.duplicates = counted.duplicates.saturating_add(1);
+                Ok((Write::Put(Box::new(counted)), Some((answer, kept))))
+            }
+            Some(other) => Err(StoreError::AlreadyExists {
+                message_id: id.clone(),
+                direction: other.direction,
+            }),
+        })?;
+        match outcome {
+            None => Ok(InsertOutcome::Inserted),
+            Some((answer, kept)) => {
+                // The duplicate's own copy of the payloads is not needed: the original's are.
+                for entry in new_payloads.iter().filter(|p| !kept.contains(p)) {
+                    if let Err(e) = self.payloads.remove(&entry.stored) {
+                        tracing::warn!(message_id = %id, error = %e, "cannot remove a duplicate's payload");
+                    }
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    fn insert_outbound(&self, msg: NewOutbound, now: OffsetDateTime) -> Result<(), StoreError> {
+        let record = MessageRecord::new_outbound(msg, now)?;
+        let id = record.id().to_owned();
+        self.update(&id, |old| match old {
+            None => Ok((Write::Put(Box::new(record.clone())), ())),
+            Some(other) => Err(StoreError::AlreadyExists {
+                message_id: id.clone(),
+                direction: other.direction,
+            }),
+        })
+    }
+
+    fn claim_due(
+        &self,
+        holder: &str,
+        lease_for: Duration,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        validate_id("lease holder", holder, MAX_OWNER_LEN)?;
+        let mut claimed = Vec::new();
+        if limit == 0 {
+            return Ok(claimed);
+        }
+        // Due means due_at <= now, i.e. key time < now + 1 ns.
+        let before = now + Duration::from_nanos(1);
+        let candidates = self.ids_before(DUE, before, limit.saturating_add(BATCH))?;
+        for id in candidates {
+            if claimed.len() == limit {
+                break;
+            }
+            // Claims are written without flushing each one; one flush below covers the batch.
+            let got = self
+                .trees
+                .as_slice()
+                .transaction(|trees| {
+                    let Some(bytes) = trees[RECORDS].get(id.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let old = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                    // Someone else may have claimed it since we read the index.
+                    if !old.is_claimable(now) {
+                        return Ok(None);
+                    }
+                    let mut new = old.clone();
+                    new.claim(holder, lease_for, now)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    write_record(trees, &id, Some(&old), Some(&new))
+                        .map_err(TxError::into_conflictable)?;
+                    Ok(Some(new))
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => db_error(e),
+                })?;
+            claimed.extend(got);
+        }
+        if !claimed.is_empty() {
+            self.flush()?;
+        }
+        Ok(claimed)
+    }
+
+    fn record_attempt(
+        &self,
+        message_id: &str,
+        holder: &str,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+    ) -> Result<MessageRecord, StoreError> {
+        self.update(message_id, |old| {
+            let mut record = old.ok_or_else(|| not_found(message_id))?;
+            let changed = record.record_attempt(holder, outcome.clone(), now)?;
+            let write = if changed {
+                Write::Put(Box::new(record.clone()))
+            } else {
+                Write::Unchanged
+            };
+            Ok((write, record))
+        })
+    }
+
+    fn transition(
+        &self,
+        message_id: &str,
+        expected: State,
+        event: Event,
+        now: OffsetDateTime,
+    ) -> Result<TransitionOutcome, StoreError> {
+        self.update(message_id, |old| {
+            let mut record = old.ok_or_else(|| not_found(message_id))?;
+            if event == Event::Resend && record.payloads_purged_at.is_some() {
+                return Err(StoreError::InvalidInput(format!(
+                    "message `{message_id}` cannot be resent: its payloads were purged after \
+                     the retention period; submit it again as a new message"
+                )));
+            }
+            let outcome = record.cas_transition(expected, event, now)?;
+            let write = match outcome {
+                TransitionOutcome::Applied(_) => Write::Put(Box::new(record)),
+                TransitionOutcome::AlreadyApplied(_) => Write::Unchanged,
+            };
+            Ok((write, outcome))
+        })
+    }
+
+    fn mark_delivered(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        self.update(message_id, |old| {
+            let mut record = old.ok_or_else(|| not_found(message_id))?;
+            if record.direction != Direction::Inbound {
+                return Err(StoreError::InvalidInput(format!(
+                    "message `{message_id}` is outbound: only inbound messages are delivered \
+                     to a backend"
+                )));
+            }
+            let changed = record.apply(Event::Deliver, now, None).map_err(|source| {
+                StoreError::InvalidTransition {
+                    message_id: message_id.to_owned(),
+                    source,
+                }
+            })?;
+            if changed {
+                Ok((Write::Put(Box::new(record)), true))
+            } else {
+                Ok((Write::Unchanged, false))
+            }
+        })
+    }
+
+    fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        if message_id.is_empty() || message_id.len() > MAX_MESSAGE_ID_LEN {
+            return Ok(None);
+        }
+        self.read(message_id)
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let limit = filter.page_size();
+        // Walk the owner index when a backend's view is asked for, else the creation index.
+        let (tree, prefix) = match &filter.owner {
+            Some(owner) => {
+                validate_id("owner", owner, MAX_OWNER_LEN)?;
+                let mut p = owner.as_bytes().to_vec();
+                p.push(0);
+                (OWNER, p)
+            }
+            None => (CREATED, Vec::new()),
+        };
+        let with_prefix = |tail: &[u8]| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(tail);
+            key
+        };
+        let lower = with_prefix(&filter.created_from.map(ts).unwrap_or([0; 8]));
+        let mut upper = match filter.created_until {
+            Some(t) => with_prefix(&ts(t)),
+            None => with_prefix(&[0xff; 9]),
+        };
+        if let Some(cursor) = &filter.after {
+            let mut at = with_prefix(&ts(cursor.created_at));
+            at.extend_from_slice(cursor.message_id.as_bytes());
+            upper = upper.min(at);
+        }
+        let mut records = Vec::new();
+        let mut last_key: Option<(OffsetDateTime, String)> = None;
+        let mut more = false;
+        for (scanned, item) in self.trees[tree].range(lower..upper).rev().enumerate() {
+            let (key, _) = item.map_err(db_error)?;
+            if records.len() == limit || scanned == MAX_LIST_SCAN {
+                more = true;
+                break;
+            }
+            let tail = &key[prefix.len()..];
+            let created = ts_decode(&tail[..8])?;
+            let id = id_from_key(&tail[8..])?;
+            last_key = Some((created, id.clone()));
+            // The index and the record are written in one transaction; a missing record
+            // here means it was purged after we read the key.
+            if let Some(record) = self.read(&id)? {
+                if filter.matches(&record) {
+                    records.push(record);
+                }
+            }
+        }
+        let next = match (more, last_key) {
+            (true, Some((created_at, message_id))) => Some(ListCursor {
+                created_at,
+                message_id,
+            }),
+            _ => None,
+        };
+        Ok(Page { records, next })
+    }
+
+    fn purge_payloads(
+        &self,
+        settled_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        loop {
+            let ids = self.ids_before(UNPURGED, settled_before, BATCH)?;
+            if ids.is_empty() {
+                return Ok(purged);
+            }
+            for id in ids {
+                let Some(record) = self.read(&id)? else {
+                    continue;
+                };
+                // Files first: if we crash after this, the record still lists the payloads
+                // as present and the next purge removes them (removing is idempotent).
+                for entry in &record.meta.payloads {
+                    self.payloads.remove(&entry.stored)?;
+                }
+                let done = self.update(&id, |old| {
+                    let Some(mut record) = old else {
+                        return Ok((Write::Unchanged, false));
+                    };
+                    if record.payloads_purged_at.is_some() {
+                        return Ok((Write::Unchanged, false));
+                    }
+                    record.payloads_purged_at = Some(now);
+                    record.updated_at = now;
+                    Ok((Write::Put(Box::new(record)), true))
+                })?;
+                purged += usize::from(done);
+            }
+        }
+    }
+
+    fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let ids = self.ids_before(SETTLED, settled_before, BATCH)?;
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            for id in ids {
+                let Some(record) = self.read(&id)? else {
+                    continue;
+                };
+                if record.payloads_purged_at.is_none() {
+                    for entry in &record.meta.payloads {
+                        self.payloads.remove(&entry.stored)?;
+                    }
+                }
+                let done = self.update(&id, |old| match old {
+                    Some(r) if r.settled_at.is_some_and(|t| t < settled_before) => {
+                        Ok((Write::Delete, true))
+                    }
+                    _ => Ok((Write::Unchanged, false)),
+                })?;
+                removed += usize::from(done);
+            }
+        }
+    }
+}
+
+/// A transaction-body error: a storage failure (retryable by sled) or a store error (abort).
+enum TxError {
+    Storage(sled::transaction::UnabortableTransactionError),
+    Store(StoreError),
+}
+
+impl TxError {
+    fn into_conflictable(self) -> ConflictableTransactionError<StoreError> {
+        match self {
+            TxError::Storage(e) => e.into(),
+            TxError::Store(e) => ConflictableTransactionError::Abort(e),
+        }
+    }
+}
+
+/// Replaces record `id` (`old`, if any) by `new` (or removes it) inside a transaction,
+/// adjusting the index keys to exactly those `new` needs.
+fn write_record(
+    trees: &[TransactionalTree],
+    id: &str,
+    old: Option<&MessageRecord>,
+    new: Option<&MessageRecord>,
+) -> Result<(), TxError> {
+    let old_keys = old.map(index_keys).unwrap_or_default();
+    let new_keys = new.map(index_keys).unwrap_or_default();
+    for key in old_keys.difference(&new_keys) {
+        trees[key.0]
+            .remove(key.1.as_slice())
+            .map_err(TxError::Storage)?;
+    }
+    for key in new_keys.difference(&old_keys) {
+        trees[key.0]
+            .insert(key.1.as_slice(), &[] as &[u8])
+            .map_err(TxError::Storage)?;
+    }
+    match new {
+        Some(record) => {
+            let bytes = encode(record).map_err(TxError::Store)?;
+            trees[RECORDS]
+                .insert(id.as_bytes(), bytes)
+                .map_err(TxError::Storage)?;
+        }
+        None => {
+            trees[RECORDS]
+                .remove(id.as_bytes())
+                .map_err(TxError::Storage)?;
+        }
+    }
+    Ok(())
+}
+
+/// The index entries a record needs: a pure function of the record, so an update only has
+/// to remove the old set's extra keys and add the new set's.
+fn index_keys(record: &MessageRecord) -> BTreeSet<(usize, Vec<u8>)> {
+    let id = record.id().as_bytes();
+    let key = |parts: &[&[u8]]| -> Vec<u8> { parts.concat() };
+    let created = ts(record.created_at);
+    let mut keys = BTreeSet::new();
+    keys.insert((CREATED, key(&[&created, id])));
+    keys.insert((
+        OWNER,
+        key(&[record.meta.owner.as_bytes(), &[0], &created, id]),
+    ));
+    if let Some(due) = record.due_at() {
+        keys.insert((DUE, key(&[&ts(due), id])));
+    }
+    if let Some(settled) = record.settled_at {
+        keys.insert((SETTLED, key(&[&ts(settled), id])));
+        if record.payloads_purged_at.is_none() && !record.meta.payloads.is_empty() {
+            keys.insert((UNPURGED, key(&[&ts(settled), id])));
+        }
+    }
+    keys
+}
+
+/// A timestamp as 8 bytes whose byte order is time order (nanoseconds, clamped to the i64
+/// range — years 1677 to 2262 — with the sign bit flipped).
+fn ts(t: OffsetDateTime) -> [u8; 8] {
+    let nanos = t
+        .unix_timestamp_nanos()
+        .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    ((nanos as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn ts_decode(bytes: &[u8]) -> Result<OffsetDateTime, StoreError> {
+    let raw: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("an index key is shorter than its timestamp".into()))?;
+    let nanos = (u64::from_be_bytes(raw) ^ (1 << 63)) as i64;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos as i128)
+        .map_err(|e| StoreError::Corrupt(format!("an index key holds an invalid time: {e}")))
+}
+
+fn id_from_key(bytes: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| StoreError::Corrupt("an index key holds a non-UTF-8 message id".into()))
+}
+
+fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialise message record: {e}")))
+}
+
+fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("cannot read a message record: {e}")))
+}
+
+fn db_error(e: sled::Error) -> StoreError {
+    StoreError::Database(format!("sled: {e}"))
+}
+
+fn not_found(message_id: &str) -> StoreError {
+    StoreError::NotFound {
+        message_id: message_id.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_keys_sort_in_time_order() {
+        let times = [
+            OffsetDateTime::from_unix_timestamp(-1_000).unwrap(),
+            OffsetDateTime::from_unix_timestamp(0).unwrap(),
+            OffsetDateTime::from_unix_timestamp(1).unwrap(),
+            OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        ];
+        for pair in times.windows(2) {
+            assert!(ts(pair[0]) < ts(pair[1]));
+        }
+        for t in times {
+            assert_eq!(ts_decode(&ts(t)).unwrap(), t);
+        }
+    }
+}
