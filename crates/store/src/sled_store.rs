@@ -434,6 +434,7 @@ impl Store for SledStore {
             if ids.is_empty() {
                 return Ok(purged);
             }
+            let mut progress = false;
             for id in ids {
                 let Some(record) = self.read(&id)? else {
                     continue;
@@ -455,6 +456,12 @@ impl Store for SledStore {
                     Ok((Write::Put(Box::new(record)), true))
                 })?;
                 purged += usize::from(done);
+                progress |= done;
+            }
+            // Index keys are written with their records, so every listed id is purged or
+            // vanished; if a whole batch changed nothing, stop rather than spin.
+            if !progress {
+                return Ok(purged);
             }
         }
     }
@@ -466,6 +473,7 @@ impl Store for SledStore {
             if ids.is_empty() {
                 return Ok(removed);
             }
+            let mut progress = false;
             for id in ids {
                 let Some(record) = self.read(&id)? else {
                     continue;
@@ -482,6 +490,10 @@ impl Store for SledStore {
                     _ => Ok((Write::Unchanged, false)),
                 })?;
                 removed += usize::from(done);
+                progress |= done;
+            }
+            if !progress {
+                return Ok(removed);
             }
         }
     }
