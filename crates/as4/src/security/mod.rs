@@ -11,4 +11,8 @@
 
 pub mod c14n;
 pub mod dom;
+pub mod profile;
+pub mod swa;
+pub mod token;
+pub mod verify;
 // encryption: see encrypt.rs (added separately)
