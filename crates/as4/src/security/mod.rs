@@ -12,6 +12,8 @@
 pub mod c14n;
 pub mod dom;
 pub mod profile;
+pub mod receipt;
+pub mod sign;
 pub mod swa;
 pub mod token;
 pub mod verify;

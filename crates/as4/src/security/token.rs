@@ -526,7 +526,7 @@ pub fn validate_signer_certificate(
     let mut param = X509VerifyParam::new().map_err(internal)?;
     param.set_time(at.unix_timestamp() as _);
     param
-        .set_flags(X509VerifyFlags::PARTIAL_CHAIN | X509VerifyFlags::X509_STRICT)
+        .set_flags(X509VerifyFlags::PARTIAL_CHAIN)
         .map_err(internal)?;
     builder.set_param(&param).map_err(internal)?;
     let store = builder.build();
