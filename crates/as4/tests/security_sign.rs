@@ -647,3 +647,128 @@ fn certificate_chain_time_and_key_usage() {
         leaf.issuer_name()
     ));
 }
+
+#[test]
+fn text_attachments_are_digested_with_crlf_line_endings_and_cids_match_percent_encoded() {
+    use varti_as4::security::swa::{attachment_digest, cid_matches};
+    let lf = MemoryAttachment {
+        content_id: "t".into(),
+        content_type: "text/plain".into(),
+        data: b"a\nb\r\nc\rd".to_vec(),
+    };
+    let expected = openssl::sha::sha256(b"a\r\nb\r\nc\r\nd");
+    assert_eq!(attachment_digest(&lf).unwrap(), expected);
+    // Binary content is digested as is.
+    let bin = MemoryAttachment {
+        content_type: "application/gzip".into(),
+        ..lf.clone()
+    };
+    assert_eq!(
+        attachment_digest(&bin).unwrap(),
+        openssl::sha::sha256(b"a\nb\r\nc\rd")
+    );
+    // XML content is exclusive-canonicalized first.
+    let xml = MemoryAttachment {
+        content_id: "x".into(),
+        content_type: "application/xml".into(),
+        data: b"<a  b='1'><c/></a>".to_vec(),
+    };
+    assert_eq!(
+        attachment_digest(&xml).unwrap(),
+        openssl::sha::sha256(br#"<a b="1"><c></c></a>"#)
+    );
+    assert!(cid_matches("cid:part%201@x", "<part 1@x>"));
+    assert!(!cid_matches("cid:part1@x", "part2@x"));
+    assert!(!cid_matches("#part1@x", "part1@x"));
+}
+
+#[test]
+fn pkipath_token_is_accepted_with_its_chain() {
+    let ca_key = rsa_key();
+    let mut ca_ku = KeyUsage::new();
+    ca_ku.key_cert_sign();
+    let ca = make_cert(
+        &ca_key,
+        CertSpec {
+            cn: "CA",
+            issuer: None,
+            ca: true,
+            not_before_days: -1,
+            not_after_days: 365,
+            key_usage: ca_ku,
+        },
+    );
+    let key = rsa_key();
+    let mut ku = KeyUsage::new();
+    ku.digital_signature();
+    let leaf = make_cert(
+        &key,
+        CertSpec {
+            cn: "AP",
+            issuer: Some((&ca, &ca_key)),
+            ca: false,
+            not_before_days: -1,
+            not_after_days: 365,
+            key_usage: ku,
+        },
+    );
+    let signed = sign(
+        &AS4_1_15,
+        &key,
+        &leaf,
+        TokenReference::BinarySecurityToken,
+        &[],
+    )
+    .envelope;
+    // Re-express the (unsigned) token as a PKIPath: SEQUENCE { ca, leaf }.
+    let mut inner = ca.to_der().unwrap();
+    inner.extend(leaf.to_der().unwrap());
+    let mut der = vec![0x30, 0x82];
+    der.extend((inner.len() as u16).to_be_bytes());
+    der.extend(inner);
+    use base64::Engine;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let pkipath = signed
+        .replace(&b64(&leaf.to_der().unwrap()), &b64(&der))
+        .replace("#X509v3", "#X509PKIPathv1");
+    let doc = XmlDocument::parse(pkipath.as_bytes()).unwrap();
+    let v = verify_signature(
+        &doc,
+        &VerifyOptions {
+            profile: &AS4_1_15,
+            candidate_certificates: &[],
+        },
+    )
+    .unwrap();
+    assert_eq!(v.token().reference, TokenReference::PkiPath);
+    assert_eq!(
+        v.token().certificate.to_der().unwrap(),
+        leaf.to_der().unwrap()
+    );
+    assert_eq!(v.token().chain.len(), 1);
+    token::validate_signer_certificate(
+        &v.token().certificate,
+        &v.token().chain,
+        std::slice::from_ref(&ca),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    // A PKIPath whose leaf is another certificate does not verify.
+    let other = self_signed(&rsa_key(), "other");
+    let mut inner = ca.to_der().unwrap();
+    inner.extend(other.to_der().unwrap());
+    let mut der2 = vec![0x30, 0x82];
+    der2.extend((inner.len() as u16).to_be_bytes());
+    der2.extend(inner);
+    let forged = pkipath.replace(&b64(&der), &b64(&der2));
+    let doc = XmlDocument::parse(forged.as_bytes()).unwrap();
+    let err = verify_signature(
+        &doc,
+        &VerifyOptions {
+            profile: &AS4_1_15,
+            candidate_certificates: &[],
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::FailedAuthentication);
+}

@@ -23,7 +23,7 @@ use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
 use openssl::x509::{X509KeyUsage, X509NameRef, X509Ref, X509StoreContext, X509};
 use time::OffsetDateTime;
 
-use super::dom::{Element, XmlDocument};
+use super::dom::Element;
 use crate::error::{EbmsError, ErrorCode};
 
 /// WS-Security secext namespace.
@@ -263,6 +263,13 @@ fn attribute_oid(key: &str) -> Option<String> {
         "S" | "ST" => "ST",
         "STREET" => "street",
         "SERIALNUMBER" => "serialNumber",
+        "CN" => "CN",
+        "L" => "L",
+        "O" => "O",
+        "OU" => "OU",
+        "C" => "C",
+        "DC" => "DC",
+        "UID" => "UID",
         _ => key,
     };
     let obj = Asn1Object::from_str(name).ok()?;
@@ -328,13 +335,11 @@ fn subject_of(cert: &X509Ref) -> String {
 /// `security` is the `wsse:Security` header holding the signature (BSTs must be inside
 /// it); `candidates` are the certificates a key identifier or issuer/serial may name.
 pub fn resolve_key_info<'d>(
-    doc: &'d XmlDocument,
     security: Element<'d>,
     key_info: Element<'d>,
     ids: &std::collections::HashMap<&'d str, Element<'d>>,
     candidates: &[X509],
 ) -> Result<ResolvedToken, EbmsError> {
-    let _ = doc;
     let str_el = key_info.child(NS_WSSE, "SecurityTokenReference").ok_or_else(|| {
         auth("ds:KeyInfo has no wsse:SecurityTokenReference; the signer's certificate cannot be found")
     })?;

@@ -281,13 +281,7 @@ pub fn verify_signature<'d>(
 
     // The signer and the SignatureValue.
     let key_info = required(&signature, NS_DS, "KeyInfo")?;
-    let token = token::resolve_key_info(
-        doc,
-        security,
-        key_info,
-        &ids,
-        options.candidate_certificates,
-    )?;
+    let token = token::resolve_key_info(security, key_info, &ids, options.candidate_certificates)?;
     let public_key = token.certificate.public_key().map_err(|e| {
         auth(format!(
             "the signer certificate's public key cannot be read: {e}"
