@@ -1,1 +1,20 @@
-//! WS-Security for AS4 (in progress).
+//! WS-Security for AS4: exclusive c14n, signature profiles, signing and verification,
+//! token references, certificate validation and non-repudiation receipts.
+//!
+//! * [`dom`] — a safe read-only view of a libxml2 tree (hardened parsing).
+//! * [`c14n`] — byte-exact exclusive canonicalization.
+//! * [`profile`] — one value per algorithm suite (AS4 1.15 RSA, 2.0 EdDSA, 2.0 ECDSA).
+//! * [`token`] — security-token references (BST, SKI, IssuerSerial) and certificate checks.
+//! * [`verify`] — verifying an incoming signature, with signature-wrapping defences.
+//! * [`sign`] — building a signed `wsse:Security` header.
+//! * [`receipt`] — `ebbp:NonRepudiationInformation` for receipts, and checking it.
+
+pub mod c14n;
+pub mod dom;
+pub mod profile;
+pub mod receipt;
+pub mod sign;
+pub mod swa;
+pub mod token;
+pub mod verify;
+// encryption: see encrypt.rs (added separately)
