@@ -16,6 +16,13 @@
 //! Both directions stream: [`encrypt_stream`] reads a `Read` into a `Write` in 64 KiB
 //! chunks; [`GcmDecryptor`] keeps only the last 16 bytes (the tag candidate) back.
 //!
+//! Where the identifiers come from: AES-GCM and RSA-OAEP from XML Encryption 1.1
+//! (§5.2.4, §5.5.2); X25519 and HKDF from RFC 9231 (`xmldsig-more`, 2021/04 namespace);
+//! kw-aes128 from XML Encryption 1.0 §5.6.3; the AS4 choices from the eDelivery AS4 1.15
+//! and 2.0 profiles as digested in the project's `specs/as4.md`, cross-checked against
+//! Apache WSS4J 3 and phase4's eDelivery 2.0 profile (the same URIs). The 2.0 text was not
+//! at hand to check HKDF salt/info; see [`HkdfParams::for_kw_aes128`] for what we send.
+//!
 //! **Decryption contract.** GCM's tag comes last, so streamed decryption writes plaintext
 //! *before* the tag is checked. Whatever a decrypt function wrote is untrusted until it
 //! returns `Ok`; on `Err` the caller must discard the destination. [`decrypt_parts`] does
@@ -375,7 +382,8 @@ pub enum KeyProtection {
     /// AS4 1.15: `xmlenc11#rsa-oaep`, DigestMethod `xmlenc#sha256`, MGF `xmlenc11#mgf1sha256`.
     RsaOaepSha256,
     /// Legacy `xmlenc#rsa-oaep-mgf1p` (OAEP with SHA-1 and MGF1-SHA1); only where a PMode
-    /// explicitly allows it.
+    /// explicitly allows it. On receipt this also covers `xmlenc11#rsa-oaep` without
+    /// DigestMethod/MGF, whose defaults (XML Encryption 1.1 §5.5.2) are the same SHA-1 pair.
     RsaOaepMgf1pSha1,
     /// Legacy `xmlenc#rsa-1_5` (PKCS#1 v1.5, open to Bleichenbacher-style attacks); only
     /// where a PMode explicitly allows it. On receipt a failed unwrap yields a random key
