@@ -8,13 +8,17 @@
 //! * [`verify`] — verifying an incoming signature, with signature-wrapping defences.
 //! * [`sign`] — building a signed `wsse:Security` header.
 //! * [`receipt`] — `ebbp:NonRepudiationInformation` for receipts, and checking it.
+//! * [`encrypt`] — SwA payload encryption (AES-128-GCM) and key protection (RSA-OAEP,
+//!   X25519 / ECDH-ES with [`kdf`] HKDF and [`keywrap`] AES key wrap).
 
 pub mod c14n;
 pub mod dom;
+pub mod encrypt;
+pub mod kdf;
+pub mod keywrap;
 pub mod profile;
 pub mod receipt;
 pub mod sign;
 pub mod swa;
 pub mod token;
 pub mod verify;
-// encryption: see encrypt.rs (added separately)
