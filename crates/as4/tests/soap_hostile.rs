@@ -202,3 +202,24 @@ fn schema_violations_in_the_header_are_refused() {
         "no such day",
     );
 }
+
+#[test]
+fn many_attributes_cost_little() {
+    // Attribute-heavy elements are a classic quadratic trap (duplicate checks).
+    let attrs: String = (0..100_000).map(|i| format!(" a{i}=\"\"")).collect();
+    let in_body =
+        envelope("x").replace("<S12:Body/>", &format!("<S12:Body><b{attrs}/></S12:Body>"));
+    refused(in_body.as_bytes(), "more than 128 attributes");
+    let in_header =
+        envelope("x").replace("<eb:PullRequest/>", &format!("<eb:PullRequest{attrs}/>"));
+    refused(in_header.as_bytes(), "more than 128 attributes");
+    let xmlns: String = (0..50_000)
+        .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+        .collect();
+    let decls = envelope("x").replace("<S12:Body/>", &format!("<S12:Body><b{xmlns}/></S12:Body>"));
+    refused(decls.as_bytes(), "more than 128 attributes");
+    // Just under the limit is fine.
+    let ok: String = (0..128).map(|i| format!(" a{i}=\"v\"")).collect();
+    let fine = envelope("x").replace("<eb:PullRequest/>", &format!("<eb:PullRequest{ok}/>"));
+    assert!(parse_envelope(fine.as_bytes()).is_ok());
+}

@@ -70,6 +70,9 @@ pub struct ParseLimits {
     pub max_elements: usize,
     /// The largest SOAP Header, in bytes, from `<Header` to `</Header>`.
     pub max_header_bytes: usize,
+    /// The most attributes (namespace declarations included) on one element.
+    /// Without this bound, checking attribute names for duplicates is quadratic.
+    pub max_attributes: usize,
 }
 
 impl Default for ParseLimits {
@@ -81,6 +84,7 @@ impl Default for ParseLimits {
             max_depth: 64,
             max_elements: 20_000,
             max_header_bytes: 1024 * 1024,
+            max_attributes: 128,
         }
     }
 }
@@ -747,6 +751,7 @@ fn scan(xml: &[u8], limits: &ParseLimits) -> Result<Scan, EbmsError> {
                 if root_done {
                     return Err(invalid("there is more than one root element"));
                 }
+                check_attribute_count(&start, limits)?;
                 let (resolved, _) = reader.resolve_element(start.name());
                 let name = qualified(&resolved, &start, base, before)?;
                 match (depth, region) {
@@ -922,6 +927,7 @@ fn scan_fragment(xml: &[u8], limits: &ParseLimits) -> Result<Elem, EbmsError> {
                 if root.is_some() {
                     return Err(invalid("there is more than one root element"));
                 }
+                check_attribute_count(&start, limits)?;
                 let (resolved, _) = reader.resolve_element(start.name());
                 let name = qualified(&resolved, &start, base, before)?;
                 open.push(new_elem(&reader, &start, name, base, before)?);
@@ -957,6 +963,23 @@ fn scan_fragment(xml: &[u8], limits: &ParseLimits) -> Result<Elem, EbmsError> {
         }
     }
     root.ok_or_else(|| invalid("the input holds no complete XML element"))
+}
+
+/// Counts attributes without the (quadratic) duplicate check, to bound it.
+fn check_attribute_count(start: &BytesStart<'_>, limits: &ParseLimits) -> Result<(), EbmsError> {
+    let count = start
+        .attributes()
+        .with_checks(false)
+        .take(limits.max_attributes + 1)
+        .count();
+    if count > limits.max_attributes {
+        return Err(invalid(format!(
+            "element <{}> has more than {} attributes (ParseLimits::max_attributes)",
+            String::from_utf8_lossy(start.name().into_inner()),
+            limits.max_attributes
+        )));
+    }
+    Ok(())
 }
 
 fn is_blank(raw: &[u8]) -> bool {
