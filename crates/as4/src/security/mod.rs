@@ -7,6 +7,7 @@
 //! * [`token`] — security-token references (BST, SKI, IssuerSerial) and certificate checks.
 //! * [`verify`] — verifying an incoming signature, with signature-wrapping defences.
 //! * [`sign`] — building a signed `wsse:Security` header.
+//! * [`summary`] — a read-only summary of a security header, for `message inspect`.
 //! * [`receipt`] — `ebbp:NonRepudiationInformation` for receipts, and checking it.
 //! * [`encrypt`] — SwA payload encryption (AES-128-GCM) and key protection (RSA-OAEP,
 //!   X25519 / ECDH-ES with [`kdf`] HKDF and [`keywrap`] AES key wrap).
@@ -19,6 +20,7 @@ pub mod keywrap;
 pub mod profile;
 pub mod receipt;
 pub mod sign;
+pub mod summary;
 pub mod swa;
 pub mod token;
 pub mod verify;
