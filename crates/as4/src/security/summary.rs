@@ -97,7 +97,9 @@ pub fn summarize(envelope: &[u8]) -> Result<SecuritySummary, EbmsError> {
                 summary.certificates.extend(bst_certificates(&child));
             }
             (Some(NS_DS), "Signature") => {
-                summary.signatures.push(signature_summary(&child, &elements));
+                summary
+                    .signatures
+                    .push(signature_summary(&child, &elements));
             }
             (Some(NS_XENC), "EncryptedKey") => {
                 let alg = child
@@ -116,7 +118,11 @@ pub fn summarize(envelope: &[u8]) -> Result<SecuritySummary, EbmsError> {
 }
 
 fn bst_certificates(bst: &Element<'_>) -> Vec<CertificateSummary> {
-    let compact: String = bst.text().chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let compact: String = bst
+        .text()
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     let Ok(der) = base64::engine::general_purpose::STANDARD.decode(compact) else {
         return Vec::new();
     };

@@ -1,0 +1,33 @@
+//! Shared helpers for the integration tests: where the third-party vectors are.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The interop vectors directory: `$VARTI_VECTORS`, or `../shared/vectors` beside the
+/// project root. When the vectors are absent the test says so loudly; under CI
+/// (`CI` set) it fails, so a missing checkout can never pass as green.
+pub fn vectors() -> Option<PathBuf> {
+    let dir = match std::env::var_os("VARTI_VECTORS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+    };
+    if dir.join("README.md").is_file() {
+        return Some(dir);
+    }
+    let msg = format!(
+        "INTEROP VECTORS MISSING: {} not found; set VARTI_VECTORS to the shared vectors directory",
+        dir.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! {msg} — interop test NOT run !!!!!!!!\n");
+    None
+}
+
+/// Reads a vector file, panicking with its path when it cannot be read.
+pub fn read(rel: &str) -> Option<Vec<u8>> {
+    let dir = vectors()?;
+    let path = dir.join(rel);
+    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())))
+}
