@@ -205,8 +205,10 @@ impl Element {
             .any(|n| matches!(n, Node::Text(t) if !t.trim().is_empty()))
     }
 
-    /// A copy with attributes sorted by name, for order-insensitive comparison (attribute
-    /// order carries no meaning in XML).
+    /// A copy for comparing meaning: attributes sorted by name (their order carries no
+    /// meaning in XML) and whitespace-only text dropped (an empty container written over
+    /// several lines, `<rim:RegistryObjectList>\n</rim:RegistryObjectList>`, means the
+    /// same as `<rim:RegistryObjectList/>`).
     pub fn canonical(&self) -> Element {
         let mut attributes = self.attributes.clone();
         attributes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -216,6 +218,7 @@ impl Element {
             children: self
                 .children
                 .iter()
+                .filter(|n| !matches!(n, Node::Text(t) if t.trim().is_empty()))
                 .map(|n| match n {
                     Node::Element(e) => Node::Element(e.canonical()),
                     Node::Text(t) => Node::Text(t.clone()),
