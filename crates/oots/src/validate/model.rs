@@ -54,7 +54,7 @@ impl Run<'_> {
                 id,
                 loc,
                 format!(
-                    "{what} '{code}' is not in the code list '{list}'; use a code from that list"
+                    "{what} {code:?} is not in the code list '{list}'; use a code from that list"
                 ),
             ),
             None => {
