@@ -1,1 +1,9 @@
-//! OOTS EDM
+//! OOTS for Varti: the Evidence Exchange Data Model (EDM) messages and their validation.
+//!
+//! - [`edm`]: typed evidence request, evidence response and error response (EDM 1.x and
+//!   2.0), parsed from and written to XML.
+//! - [`validate`]: findings from the official XSD schemas ([`validate::xsd`]) and from
+//!   Varti's own EDM model with code lists ([`validate::model`]).
+
+pub mod edm;
+pub mod validate;

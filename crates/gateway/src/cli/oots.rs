@@ -1,14 +1,165 @@
-//! `varti oots …` (in progress).
+//! `varti oots …`: work with OOTS evidence exchange (EDM) documents.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use varti_oots::edm::{EdmDocument, EdmKind};
+use varti_oots::validate::codelist::CodeLists;
+use varti_oots::validate::model::ModelValidator;
+use varti_oots::validate::xsd::XsdValidator;
+use varti_oots::validate::{has_fatal, Finding, Severity};
+
+use super::{exit_cannot_run, exit_problems};
 
 /// The `oots` command group.
 #[derive(Debug, Subcommand)]
-pub enum OotsCommand {}
+pub enum OotsCommand {
+    /// Validate an EDM document (evidence request, evidence response or error response).
+    ///
+    /// Always checks the document against Varti's own EDM model for its version (required
+    /// slots, value types, identifier and date formats, and code lists when --codelists is
+    /// given); with --schemas also against the official XSD schemas. Every finding is
+    /// printed; the exit status is 1 only when a fatal one exists (warnings and info are
+    /// printed, not fatal), 2 when the validation cannot run.
+    Validate(ValidateArgs),
+}
+
+/// Arguments of `varti oots validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The EDM document (XML, UTF-8).
+    pub file: PathBuf,
+    /// Directory with the official EDM XSD schemas (regrep4/, sdg/, xml/), e.g. the
+    /// EDM release's xsd/ folder.
+    #[arg(long, value_name = "DIR")]
+    pub schemas: Option<PathBuf>,
+    /// Directory with the Schematron rule files (.sch). Not supported yet.
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// Directory with the genericode code lists (*.gc, searched recursively).
+    #[arg(long, value_name = "DIR")]
+    pub codelists: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs a `oots` command.
 pub fn run(cmd: OotsCommand) -> anyhow::Result<ExitCode> {
-    match cmd {}
+    match cmd {
+        OotsCommand::Validate(args) => validate(&args),
+    }
+}
+
+fn cannot_run(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("varti oots validate: {msg}");
+    Ok(exit_cannot_run())
+}
+
+fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(rules) = &args.rules {
+        return cannot_run(format_args!(
+            "Schematron validation (--rules {}) is not yet supported by this version of Varti; \
+             run without --rules to check the XSD schemas (--schemas) and Varti's own EDM model",
+            rules.display()
+        ));
+    }
+    let bytes = match std::fs::read(&args.file) {
+        Ok(b) => b,
+        Err(e) => return cannot_run(format_args!("cannot read {}: {e}", args.file.display())),
+    };
+    let lists = match &args.codelists {
+        Some(dir) => match CodeLists::load_dir(dir) {
+            Ok(l) if l.is_empty() => {
+                return cannot_run(format_args!(
+                    "no genericode code lists (*.gc) found under {}",
+                    dir.display()
+                ))
+            }
+            Ok(l) => l,
+            Err(e) => return cannot_run(e),
+        },
+        None => CodeLists::default(),
+    };
+    let mut xsd = match &args.schemas {
+        Some(dir) => match XsdValidator::load(dir) {
+            Ok(v) => Some(v),
+            Err(e) => return cannot_run(e),
+        },
+        None => None,
+    };
+
+    let mut findings: Vec<Finding> = Vec::new();
+    if let Some(x) = xsd.as_mut() {
+        findings.extend(x.validate(&bytes));
+    }
+    findings.extend(ModelValidator::new(lists).validate_bytes(&bytes));
+    let doc = EdmDocument::parse(&bytes).ok();
+    report(&args.file, doc.as_ref(), &findings, args.json)?;
+    Ok(if has_fatal(&findings) {
+        exit_problems()
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn kind_name(doc: Option<&EdmDocument>) -> &'static str {
+    match doc.map(EdmDocument::kind) {
+        Some(EdmKind::Request) => "evidence request",
+        Some(EdmKind::Response) => "evidence response",
+        Some(EdmKind::Error) => "error response",
+        None => "unreadable document",
+    }
+}
+
+fn report(
+    file: &Path,
+    doc: Option<&EdmDocument>,
+    findings: &[Finding],
+    json: bool,
+) -> anyhow::Result<()> {
+    let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    let version = doc.and_then(EdmDocument::version).map(|v| v.identifier());
+    if json {
+        let out = serde_json::json!({
+            "file": file.display().to_string(),
+            "kind": kind_name(doc),
+            "version": version,
+            "valid": !has_fatal(findings),
+            "fatal": count(Severity::Fatal),
+            "warnings": count(Severity::Warning),
+            "info": count(Severity::Info),
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} ({})",
+        file.display(),
+        kind_name(doc),
+        version.unwrap_or("EDM version unknown")
+    );
+    for f in findings {
+        println!(
+            "{:<7} {:<18} {}\n        {}",
+            f.severity.to_string(),
+            f.rule_id,
+            f.location,
+            f.message
+        );
+    }
+    println!(
+        "{} fatal, {} warning(s), {} info: {}",
+        count(Severity::Fatal),
+        count(Severity::Warning),
+        count(Severity::Info),
+        if has_fatal(findings) {
+            "INVALID"
+        } else {
+            "valid"
+        }
+    );
+    Ok(())
 }
