@@ -240,6 +240,16 @@ pub fn inbound_differences(
     d
 }
 
+/// How far a leg is from a key: fewest differing fields first, then the smallest
+/// spelling distance (so that a typo in Action points at the leg it was meant for).
+fn distance(diffs: &[Difference]) -> (usize, usize) {
+    let spelling = diffs
+        .iter()
+        .map(|d| super::files::edit_distance(&d.got, &d.expected))
+        .sum();
+    (diffs.len(), spelling)
+}
+
 fn describe(diffs: &[Difference]) -> String {
     diffs
         .iter()
@@ -284,7 +294,10 @@ pub fn find_inbound<'a>(set: &'a PModeSet, key: &InboundKey) -> Result<Route<'a>
         let diffs = inbound_differences(set, leg, key, false);
         if diffs.is_empty() {
             found.push(leg);
-        } else if nearest.as_ref().is_none_or(|(_, n)| diffs.len() < n.len()) {
+        } else if nearest
+            .as_ref()
+            .is_none_or(|(_, n)| distance(&diffs) < distance(n))
+        {
             nearest = Some((leg, diffs));
         }
     }
@@ -337,7 +350,10 @@ pub fn find_outbound<'a>(set: &'a PModeSet, sub: &Submission) -> Result<Route<'a
             if test && parties_ok {
                 test_candidates.push(leg);
             }
-            if nearest.as_ref().is_none_or(|(_, n)| diffs.len() < n.len()) {
+            if nearest
+                .as_ref()
+                .is_none_or(|(_, n)| distance(&diffs) < distance(n))
+            {
                 nearest = Some((leg, diffs));
             }
         }
