@@ -334,3 +334,52 @@ payload = "nope"
     }
     assert_eq!(msgs.len(), expect.len(), "{msgs:?}");
 }
+
+#[test]
+fn certificate_key_type_must_fit_the_security_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = repo().join("certs");
+    let text = format!(
+        r#"[[party]]
+name = "a"
+ids = [{{ value = "a" }}]
+signing_cert = "{sign}"
+encryption_cert = "{enc}"
+
+[security.default]
+profile = "as4-2.0-eddsa"
+
+[[process]]
+name = "p"
+mep = "oneWay"
+binding = "push"
+initiator = {{ parties = ["a"] }}
+responder = {{ parties = ["a"] }}
+
+[[process.leg]]
+name = "l"
+service = "S"
+action = "A"
+"#,
+        sign = certs.join("varti-a/sign.cert.pem").display(),
+        enc = certs.join("varti-a/enc.cert.pem").display(),
+    );
+    std::fs::write(dir.path().join("a.toml"), &text).unwrap();
+    let (_, diags) = load_dir(dir.path());
+    let errs = errors(&diags);
+    assert_eq!(errs.len(), 2, "{diags:?}");
+    assert!(errs[0]
+        .message
+        .contains("signing_cert of party 'a' has a RSA key"));
+    assert!(
+        errs[0].message.contains("needs an Ed25519 key"),
+        "{}",
+        errs[0].message
+    );
+    assert_eq!(errs[0].location.line, pos(&text, "signing_cert").0);
+    assert!(
+        errs[1].message.contains("needs an X25519 key"),
+        "{}",
+        errs[1].message
+    );
+}

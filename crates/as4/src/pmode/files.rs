@@ -140,6 +140,9 @@ impl Default for LoadOptions {
     }
 }
 
+/// The largest PMode file read.
+const MAX_FILE_SIZE: u64 = 4 << 20;
+
 /// Reads and checks every `*.toml` PMode file in `dir`, with certificates judged now.
 ///
 /// Returns what could be read and every problem found; the set is usable when no
@@ -182,6 +185,15 @@ pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> (PModeSet, Vec<Diagno
 
     let mut parsed = Vec::new();
     for path in &files {
+        // PMode files are a few KiB; refuse to read something that is not one.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_FILE_SIZE) {
+            diags.push(Diagnostic::error(
+                Location::file_start(path),
+                format!("the file is larger than {} MiB", MAX_FILE_SIZE >> 20),
+                "a PMode file holds one agreement or partner; split it, or move other files out of the directory",
+            ));
+            continue;
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 if let Some(raw) = parse_file(path, &text, &mut diags) {
