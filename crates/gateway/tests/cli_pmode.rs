@@ -1,0 +1,196 @@
+//! `varti pmode …` from the command line: exit codes, text and JSON output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn varti(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_varti"))
+        .args(args)
+        .output()
+        .expect("running varti")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The shared interop vectors (same rule as crates/as4/tests/common: loud when absent,
+/// fatal under CI).
+fn vectors() -> Option<PathBuf> {
+    let dir = match std::env::var_os("VARTI_VECTORS") {
+        Some(d) => PathBuf::from(d),
+        None => repo().join("../shared/vectors"),
+    };
+    if dir.join("README.md").is_file() {
+        return Some(dir);
+    }
+    let msg = format!(
+        "INTEROP VECTORS MISSING: {} not found; set VARTI_VECTORS to the shared vectors directory",
+        dir.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! {msg} — interop test NOT run !!!!!!!!\n");
+    None
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn check_passes_on_the_shipped_pmodes() {
+    let dir = repo().join("pmodes");
+    let out = varti(&["pmode", "check", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("2 parties, 5 legs; 0 error(s), 0 warning(s)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = varti(&["pmode", "check", "--json", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["parties"], 2);
+    assert_eq!(v["legs"], 5);
+    assert_eq!(v["diagnostics"].as_array().unwrap().len(), 0);
+
+    let out = varti(&["pmode", "show", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("oots.toml process 'evidence-exchange' leg 'request'"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn problems_exit_1_with_locations_in_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[party]]\nname = \"a\"\nids = [{ value = \"a\" }]\nsigning_cert = \"nowhere.pem\"\nflavour = \"x\"\n";
+    std::fs::write(dir.path().join("a.toml"), text).unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    let out = varti(&["pmode", "check", d]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = stdout(&out);
+    let file = dir.path().join("a.toml");
+    assert!(
+        s.contains(&format!(
+            "{}:5:1: error: unknown key `flavour`\n  hint: ",
+            file.display()
+        )),
+        "{s}"
+    );
+    assert!(
+        s.contains(&format!(
+            "{}:4:16: error: certificate file 'nowhere.pem'",
+            file.display()
+        )),
+        "{s}"
+    );
+    assert!(s.contains("2 error(s)"), "{s}");
+
+    let out = varti(&["pmode", "check", d, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"], 2);
+    let diags = v["diagnostics"].as_array().unwrap();
+    let key = diags
+        .iter()
+        .find(|x| x["message"] == "unknown key `flavour`")
+        .unwrap();
+    assert_eq!(
+        (key["line"].as_u64(), key["column"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert_eq!(key["severity"], "error");
+    assert!(key["hint"].as_str().unwrap().contains("remove it"));
+}
+
+#[test]
+fn cannot_run_exits_2() {
+    let out = varti(&["pmode", "check", "/nonexistent/pmodes"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+    let dir = repo().join("pmodes");
+    let out = varti(&["pmode", "check", dir.to_str().unwrap(), "--at", "someday"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = varti(&[
+        "pmode",
+        "import-domibus",
+        "/nonexistent.xml",
+        "--out",
+        "/tmp/x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn import_domibus_then_check() {
+    let Some(vectors) = vectors() else { return };
+    let out_dir = tempfile::tempdir().unwrap();
+    let o = out_dir.path().to_str().unwrap();
+    std::fs::create_dir(out_dir.path().join("certs")).unwrap();
+    for p in ["blue_gw", "red_gw"] {
+        std::fs::copy(
+            vectors.join(format!("domibus-pmodes/{p}.cert.pem")),
+            out_dir.path().join(format!("certs/{p}.cert.pem")),
+        )
+        .unwrap();
+    }
+    let xml = vectors.join("domibus-pmodes/domibus-gw-sample-pmode-red.xml");
+    let out = varti(&["pmode", "import-domibus", xml.to_str().unwrap(), "--out", o]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("5 parties, 30 legs"),
+        "{}",
+        stdout(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: legConfiguration 'pushTestcase33tc33Action': splitting"),
+        "{stderr}"
+    );
+
+    // A second import into the same directory refuses to overwrite.
+    let again = varti(&["pmode", "import-domibus", xml.to_str().unwrap(), "--out", o]);
+    assert_eq!(again.status.code(), Some(2));
+
+    // The sample certificates expired on 2025-12-01: an error now, fine before.
+    let now = varti(&["pmode", "check", o]);
+    assert_eq!(now.status.code(), Some(1));
+    assert!(
+        stdout(&now).contains("expired on Dec  1"),
+        "{}",
+        stdout(&now)
+    );
+    let before = varti(&["pmode", "check", o, "--at", "2025-06-01T00:00:00Z"]);
+    assert_eq!(before.status.code(), Some(0), "{}", stdout(&before));
+
+    // A DOCTYPE is refused (exit 1: the input was read and found wrong).
+    let evil = out_dir.path().join("evil.xml");
+    std::fs::write(
+        &evil,
+        "<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><x>&e;</x>",
+    )
+    .unwrap();
+    let out = varti(&[
+        "pmode",
+        "import-domibus",
+        evil.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DOCTYPE"));
+}
