@@ -182,6 +182,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     };
     if size_mib == 1024 {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         std::fs::write(&path, new)?;
         println!("figures written to {}", path.display());
     } else {
