@@ -40,6 +40,7 @@
 //! The boundary is random (122 bits from a v4 UUID), so a payload colliding with it is not a
 //! practical concern; [`MimeWriter::content_type`] gives the top-level header value.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
@@ -638,6 +639,8 @@ pub struct MimeParser {
     current: Option<PartSink>,
     root: Option<RootPart>,
     attachments: Vec<Attachment>,
+    /// Every Content-ID seen so far, to refuse duplicates in constant time per part.
+    seen_ids: HashSet<String>,
     content_type: ContentType,
 }
 
@@ -699,6 +702,7 @@ impl MimeParser {
             current: None,
             root: None,
             attachments: Vec::new(),
+            seen_ids: HashSet::new(),
             content_type: ct.clone(),
         })
     }
@@ -910,16 +914,7 @@ impl MimeParser {
             if id.is_empty() {
                 return Err(malformed("a part has an empty Content-ID"));
             }
-            let dup = self
-                .root
-                .as_ref()
-                .and_then(|r| r.content_id.as_ref())
-                .is_some_and(|r| r == id)
-                || self
-                    .attachments
-                    .iter()
-                    .any(|a| a.content_id.as_deref() == Some(id.as_str()));
-            if dup {
+            if !self.seen_ids.insert(id.clone()) {
                 return Err(malformed(format!(
                     "two parts have the Content-ID <{id}>; each Content-ID must be unique"
                 )));
