@@ -289,6 +289,39 @@ fn operations_survive_the_server_dropping_every_connection() {
 }
 
 #[test]
+fn a_multi_host_string_finds_the_read_write_server() {
+    let schema = TestSchema::migrated();
+    // The first host has nothing listening; the store must move on to the second.
+    let (host, port) = db_config(&schema);
+    let url = format!(
+        "host=127.0.0.1,{host} port=1,{port} user=postgres dbname={dbname} \
+         target_session_attrs=read-write connect_timeout=2",
+        dbname = db_name(&schema)
+    );
+    let store = PgStore::connect_with(&url, schema.options()).unwrap();
+    store.insert_outbound(outbound("mh@us"), at(0)).unwrap();
+    assert_eq!(
+        schema.store().get("mh@us").unwrap().unwrap().state,
+        State::Submitted
+    );
+}
+
+/// The (host, port) the test database answers on.
+fn db_config(schema: &TestSchema) -> (String, u16) {
+    let config: postgres::Config = schema.url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        postgres::config::Host::Tcp(h) => h.clone(),
+        postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+fn db_name(schema: &TestSchema) -> String {
+    let config: postgres::Config = schema.url().parse().unwrap();
+    config.get_dbname().unwrap_or("postgres").to_owned()
+}
+
+#[test]
 fn an_unreachable_database_is_a_clear_error_after_bounded_retries() {
     let options = varti_store::postgres::PgOptions {
         retry_attempts: 2,

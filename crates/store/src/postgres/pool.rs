@@ -339,3 +339,45 @@ pub(crate) fn validate_schema_name(schema: &str) -> Result<(), StoreError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(schema: Option<&str>) -> PgOptions {
+        PgOptions {
+            schema: schema.map(str::to_owned),
+            ..PgOptions::default()
+        }
+    }
+
+    #[test]
+    fn multi_host_strings_and_schema_options_are_accepted() {
+        let pool = Pool::new(
+            "host=db1,db2 port=5432,5433 user=varti dbname=varti \
+             target_session_attrs=read-write options='-c statement_timeout=5000'",
+            &options(Some("varti_eu")),
+        )
+        .unwrap();
+        assert_eq!(pool.config.get_hosts().len(), 2);
+        assert_eq!(
+            pool.config.get_options(),
+            Some("-c statement_timeout=5000 -c search_path=varti_eu")
+        );
+        let url = Pool::new("postgresql://varti@db1:5432/varti", &options(None)).unwrap();
+        assert_eq!(url.config.get_options(), None);
+        assert_eq!(url.config.get_application_name(), Some("varti"));
+    }
+
+    #[test]
+    fn bad_connection_strings_and_schema_names_are_refused() {
+        assert!(matches!(
+            Pool::new("host=a port=notaport", &options(None)),
+            Err(StoreError::InvalidInput(_))
+        ));
+        for bad in ["", "Public", "a b", "x;drop", "1abc", &"a".repeat(64)] {
+            assert!(validate_schema_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_schema_name("varti_test_01").is_ok());
+    }
+}
