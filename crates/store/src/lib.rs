@@ -34,6 +34,7 @@
 //! minutes tolerate easily).
 
 pub mod payload;
+pub mod postgres;
 pub mod record;
 pub mod sled_store;
 pub mod state;

@@ -1,0 +1,961 @@
+//! The PostgreSQL store: one database shared by several active Varti instances.
+//!
+//! [`PgStore`] implements the same synchronous [`Store`] trait as the embedded sled store,
+//! and [`PgPayloadStore`] the [`PayloadStore`], with the blocking `postgres` client and a
+//! small pool of its own. Everything two instances must agree on is decided by the
+//! database, never by memory:
+//!
+//! | contract | how |
+//! |---|---|
+//! | duplicate detection | `messages.message_id` is the primary key: `INSERT … ON CONFLICT DO NOTHING`, then the original row is read `FOR UPDATE` |
+//! | outbound work | `SELECT … WHERE due_at <= now … FOR UPDATE SKIP LOCKED` and the lease written in the same transaction; `due_at` always equals [`MessageRecord::due_at`] |
+//! | transitions | the row is read `FOR UPDATE`, changed by the shared logic in [`crate::record`] (state machine, leases, history), written back with `UPDATE … WHERE state = $read` |
+//! | exactly-once delivery | [`Store::mark_delivered`] is one conditional statement, `UPDATE … WHERE state = 'received'` plus its history row: one row back means this call won |
+//! | payloads | chunked `bytea` rows (256 KiB), streamed in one transaction, read one chunk per query |
+//!
+//! # Durability
+//!
+//! Every mutating method returns after its transaction's `COMMIT` returned, so its effect is
+//! durable as the server's `synchronous_commit` defines: with the default `on` it is flushed
+//! to the primary's WAL. [`PgStore::connect`] refuses a server where `synchronous_commit`
+//! is `off` (an acknowledged message could vanish in a crash). For an active-active pair
+//! with a synchronous standby, set `synchronous_standby_names` on the primary and
+//! `synchronous_commit = remote_apply` (or `on`) for Varti's role: then no message
+//! acknowledged to a partner is lost when the standby is promoted. The trade-off: while the
+//! synchronous standby is down, commits wait (the pair stops accepting messages) until it
+//! is back or an operator removes it from `synchronous_standby_names`.
+//!
+//! # Failover and retries
+//!
+//! A connection string may list several hosts (`host=db1,db2 target_session_attrs=read-write`):
+//! new connections go to the first one that accepts writes. When an operation fails because
+//! its connection broke (server gone, shut down, demoted to read-only), the pool drops every
+//! idle connection and runs the *whole* operation again on a fresh one, a bounded number of
+//! times with exponential backoff ([`PgOptions::retry_attempts`]).
+//!
+//! All operations are safe to retry, because each is one transaction that is either
+//! idempotent or a compare-and-set — with one subtlety: the connection may break after the
+//! server committed but before the answer arrived. Every operation therefore carries an
+//! operation id (a UUID) written with its effect (`messages.created_op`,
+//! `message_history.op`), and a retry first looks for its own earlier effect: a retried
+//! insert finds its own row (not a "duplicate"), a retried `mark_delivered` still returns
+//! `true`, a retried `record_attempt`/`transition` returns what its first attempt did, a
+//! retried `claim_due` returns the messages its first attempt leased. Two exceptions, both
+//! harmless: a retried duplicate insert may count the duplicate twice, and
+//! [`PayloadStore::put`] is not retried (its input stream is consumed; nothing of a failed
+//! upload is kept, so the caller simply uploads again).
+//!
+//! # Time
+//!
+//! PostgreSQL keeps microseconds: every time passed in (`now`, retry times, lease durations)
+//! is truncated to whole microseconds first, so the record a method returns is exactly the
+//! one [`Store::get`] reads back.
+
+mod migrations;
+mod payloads;
+mod pool;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use migrations::SCHEMA_VERSION;
+pub use payloads::{PgPayloadStore, CHUNK_SIZE};
+
+use crate::payload::{PayloadRef, PayloadStore};
+use crate::record::{validate_id, HistoryEntry, Lease, MessageMeta, MessageRecord, MAX_HISTORY};
+use crate::state::{transition, Direction, Event, State};
+use crate::{
+    AttemptOutcome, InsertOutcome, ListCursor, ListFilter, NewInbound, NewOutbound, Page, Store,
+    StoreError, TransitionOutcome, MAX_MESSAGE_ID_LEN, MAX_OWNER_LEN, MAX_PAGE_SIZE,
+};
+use pool::{Attempt, Fail, Pool};
+use postgres::{Row, Transaction};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// How a [`PgStore`] connects. `Default` suits one Varti instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The schema holding Varti's tables (`search_path` of every connection); `None` uses
+    /// the server's default (`public`). Plain identifiers only (`a-z`, `0-9`, `_`).
+    pub schema: Option<String>,
+    /// Most connections the pool opens (each running operation or payload chunk uses one).
+    pub max_connections: usize,
+    /// Connect timeout per host, unless the connection string sets `connect_timeout`.
+    pub connect_timeout: Duration,
+    /// How many times an operation is tried when its connection breaks (at least 1).
+    pub retry_attempts: u32,
+    /// Pause before the first retry; doubled each time.
+    pub retry_backoff: Duration,
+    /// Longest pause between retries.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: None,
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(10),
+            // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 + 5 s ≈ 16 s: long enough to ride
+            // over a standby promotion, short enough to surface a dead database.
+            retry_attempts: 9,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Applies the schema migrations the database at `url` lacks, in order, in one transaction.
+/// Returns the versions applied (empty: already current). This is what
+/// `varti db migrate --database URL` runs.
+pub fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
+    migrate_with(url, &PgOptions::default())
+}
+
+/// [`migrate`] into `options.schema` (created if missing).
+pub fn migrate_with(url: &str, options: &PgOptions) -> Result<Vec<i32>, StoreError> {
+    let pool = Pool::new(
+        url,
+        &PgOptions {
+            max_connections: 1,
+            ..options.clone()
+        },
+    )?;
+    migrations::apply(&pool, options.schema.as_deref())
+}
+
+/// The PostgreSQL store. Cheap to share between threads (`Arc<PgStore>`); any number of
+/// instances, in any number of processes, may use the same database at once.
+pub struct PgStore {
+    pool: Arc<Pool>,
+    payloads: PgPayloadStore,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (libpq `key=value` string or `postgresql://` URL, several hosts
+    /// allowed) with default options. Fails unless the schema is exactly at
+    /// [`SCHEMA_VERSION`] (run [`migrate`] first; a newer schema is refused) and commits are
+    /// durable (`synchronous_commit` is not `off`).
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PgOptions::default())
+    }
+
+    /// [`connect`](Self::connect) with explicit options.
+    pub fn connect_with(url: &str, options: PgOptions) -> Result<Self, StoreError> {
+        let pool = Arc::new(Pool::new(url, &options)?);
+        pool.run("checking the database at start-up", |client, _| {
+            migrations::check(client)?;
+            let sync: String = client.query_one("SHOW synchronous_commit", &[])?.get(0);
+            if sync == "off" {
+                return Err(Fail::Store(StoreError::Database(
+                    "the server runs with synchronous_commit = off, so a message Varti \
+                     acknowledged could be lost in a crash: set it to `on` (or \
+                     `remote_apply` with a synchronous standby) for Varti's role or database"
+                        .into(),
+                )));
+            }
+            Ok(())
+        })?;
+        Ok(PgStore {
+            payloads: PgPayloadStore::new(Arc::clone(&pool)),
+            pool,
+        })
+    }
+
+    /// The concrete payload store (chunk rows in the same database).
+    pub fn pg_payloads(&self) -> &PgPayloadStore {
+        &self.payloads
+    }
+
+    /// Reads a record `FOR UPDATE`, lets `change` decide, writes the result (row and new
+    /// history entries) and commits — one transaction, retried as a whole.
+    fn modify<T>(
+        &self,
+        what: &str,
+        message_id: &str,
+        mut change: impl FnMut(&mut Loaded, Attempt, Uuid) -> Result<Change<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        let op = Uuid::new_v4();
+        self.pool.run(what, |client, attempt| {
+            let mut tx = client.transaction()?;
+            let row = tx.query_opt(
+                &format!("SELECT {COLUMNS} FROM messages WHERE message_id = $1 FOR UPDATE"),
+                &[&message_id],
+            )?;
+            let Some(row) = row else {
+                return Err(not_found(message_id).into());
+            };
+            let mut loaded = load_with_history(&mut tx, vec![row])?
+                .pop()
+                .expect("one row, one record");
+            let before = loaded.record.state;
+            let decision = change(&mut loaded, attempt, op)?;
+            if decision.write {
+                update_row(&mut tx, &loaded.record, before)?;
+                append_history(&mut tx, &loaded, decision.new_entries, op)?;
+                tx.commit()?;
+            }
+            Ok(decision.out)
+        })
+    }
+
+    fn insert(
+        &self,
+        what: &str,
+        record: &MessageRecord,
+    ) -> Result<Option<(InsertOutcome, Vec<PayloadRef>)>, StoreError> {
+        let op = Uuid::new_v4();
+        let id = record.id();
+        self.pool.run(what, |client, _| {
+            let mut tx = client.transaction()?;
+            // A concurrent purge may remove the conflicting row between the two statements:
+            // then the insert is simply tried again.
+            for _ in 0..3 {
+                if insert_row(&mut tx, record, op)? {
+                    tx.commit()?;
+                    return Ok(None);
+                }
+                let Some(row) = tx.query_opt(
+                    "SELECT direction, state, receipt, payloads::text, created_op \
+                     FROM messages WHERE message_id = $1 FOR UPDATE",
+                    &[&id],
+                )?
+                else {
+                    continue;
+                };
+                let direction = parse_direction(row.get(0))?;
+                let created_op: Uuid = row.get(4);
+                if created_op == op {
+                    // Our own insert, committed by an attempt whose answer was lost.
+                    return Ok(None);
+                }
+                if direction != Direction::Inbound || record.direction != Direction::Inbound {
+                    return Err(StoreError::AlreadyExists {
+                        message_id: id.to_owned(),
+                        direction,
+                    }
+                    .into());
+                }
+                tx.execute(
+                    "UPDATE messages SET duplicates = duplicates + 1 WHERE message_id = $1",
+                    &[&id],
+                )?;
+                tx.commit()?;
+                let kept: Vec<crate::PayloadEntry> = parse_json(row.get(3))?;
+                let answer = InsertOutcome::Duplicate {
+                    original_receipt: row.get::<_, Option<Vec<u8>>>(2).unwrap_or_default(),
+                    state: parse_state(row.get(1))?,
+                };
+                return Ok(Some((answer, kept.into_iter().map(|p| p.stored).collect())));
+            }
+            Err(StoreError::Database(format!(
+                "message `{id}` kept appearing and vanishing while it was inserted (a purge \
+                 is racing with it); try again"
+            ))
+            .into())
+        })
+    }
+}
+
+/// What a [`PgStore::modify`] change decided.
+struct Change<T> {
+    /// Write the record back (else roll back and write nothing).
+    write: bool,
+    /// How many history entries the change appended.
+    new_entries: usize,
+    /// The method's result.
+    out: T,
+}
+
+impl<T> Change<T> {
+    fn keep(out: T) -> Self {
+        Change {
+            write: false,
+            new_entries: 0,
+            out,
+        }
+    }
+}
+
+/// A record as read from the database, with what a write-back needs to know.
+struct Loaded {
+    record: MessageRecord,
+    /// The sequence number of its newest history row (-1 if none).
+    last_seq: i64,
+    /// The operation id of each history entry (same order as `record.history`).
+    ops: Vec<Uuid>,
+}
+
+impl Loaded {
+    /// The history entry written by operation `op`, if it committed.
+    fn entry_by(&self, op: Uuid) -> Option<&HistoryEntry> {
+        self.ops
+            .iter()
+            .position(|o| *o == op)
+            .map(|i| &self.record.history[i])
+    }
+}
+
+impl Store for PgStore {
+    fn payloads(&self) -> &dyn PayloadStore {
+        &self.payloads
+    }
+
+    fn insert_inbound(
+        &self,
+        msg: NewInbound,
+        now: OffsetDateTime,
+    ) -> Result<InsertOutcome, StoreError> {
+        let new_payloads: Vec<PayloadRef> =
+            msg.meta.payloads.iter().map(|p| p.stored.clone()).collect();
+        let record = MessageRecord::new_inbound(msg, micros(now))?;
+        match self.insert("storing an inbound message", &record)? {
+            None => Ok(InsertOutcome::Inserted),
+            Some((answer, kept)) => {
+                // The duplicate's own copy of the payloads is not needed: the original's are.
+                for payload in new_payloads.iter().filter(|p| !kept.contains(p)) {
+                    if let Err(e) = self.payloads.remove(payload) {
+                        tracing::warn!(message_id = %record.id(), error = %e,
+                            "cannot remove a duplicate's payload");
+                    }
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    fn insert_outbound(&self, msg: NewOutbound, now: OffsetDateTime) -> Result<(), StoreError> {
+        let msg = NewOutbound {
+            not_before: micros(msg.not_before),
+            ..msg
+        };
+        let record = MessageRecord::new_outbound(msg, micros(now))?;
+        match self.insert("storing an outbound message", &record)? {
+            None => Ok(()),
+            Some(_) => unreachable!("an outbound insert never reports a duplicate"),
+        }
+    }
+
+    fn claim_due(
+        &self,
+        holder: &str,
+        lease_for: Duration,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        validate_id("lease holder", holder, MAX_OWNER_LEN)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = micros(now);
+        let lease_for = Duration::from_micros(lease_for.as_micros().min(u64::MAX as u128) as u64);
+        let limit = limit.min(MAX_PAGE_SIZE);
+        let op = Uuid::new_v4();
+        self.pool.run("claiming due messages", |client, attempt| {
+            let mut tx = client.transaction()?;
+            let mut claimed = Vec::new();
+            if attempt.retrying {
+                // An earlier attempt may have committed its claims: they are leased to us
+                // until exactly now + lease_for, with a history entry carrying our op id.
+                let rows = tx.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM messages WHERE due_at = $1 AND state = 'sending' \
+                         AND lease_holder = $2 FOR UPDATE"
+                    ),
+                    &[&(now + lease_for), &holder],
+                )?;
+                for loaded in load_with_history(&mut tx, rows)? {
+                    if loaded.entry_by(op).is_some() {
+                        claimed.push(loaded.record);
+                    }
+                }
+            }
+            let wanted = (limit - claimed.len().min(limit)) as i64;
+            let rows = tx.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM messages \
+                     WHERE due_at <= $1 AND direction = 'outbound' \
+                     ORDER BY due_at, message_id LIMIT $2 FOR UPDATE SKIP LOCKED"
+                ),
+                &[&now, &wanted],
+            )?;
+            for mut loaded in load_with_history(&mut tx, rows)? {
+                // The row lock re-checked `due_at` against the newest version; this is the
+                // same rule once more, from the record's own point of view.
+                if !loaded.record.is_claimable(now) {
+                    continue;
+                }
+                let before = loaded.record.state;
+                loaded.record.claim(holder, lease_for, now)?;
+                // A takeover adds LeaseExpired before the Claim.
+                let new_entries = if before == State::Sending { 2 } else { 1 };
+                update_row(&mut tx, &loaded.record, before)?;
+                append_history(&mut tx, &loaded, new_entries, op)?;
+                claimed.push(loaded.record);
+            }
+            tx.commit()?;
+            Ok(claimed)
+        })
+    }
+
+    fn record_attempt(
+        &self,
+        message_id: &str,
+        holder: &str,
+        outcome: AttemptOutcome,
+        now: OffsetDateTime,
+    ) -> Result<MessageRecord, StoreError> {
+        let now = micros(now);
+        let outcome = match outcome {
+            AttemptOutcome::Retry { at, error } => AttemptOutcome::Retry {
+                at: micros(at),
+                error,
+            },
+            other => other,
+        };
+        self.modify("recording an attempt", message_id, |loaded, attempt, op| {
+            if attempt.retrying && loaded.entry_by(op).is_some() {
+                return Ok(Change::keep(loaded.record.clone()));
+            }
+            let changed = loaded.record.record_attempt(holder, outcome.clone(), now)?;
+            Ok(Change {
+                write: changed,
+                new_entries: usize::from(changed),
+                out: loaded.record.clone(),
+            })
+        })
+    }
+
+    fn transition(
+        &self,
+        message_id: &str,
+        expected: State,
+        event: Event,
+        now: OffsetDateTime,
+    ) -> Result<TransitionOutcome, StoreError> {
+        let now = micros(now);
+        self.modify(
+            "changing a message's state",
+            message_id,
+            |loaded, attempt, op| {
+                if attempt.retrying {
+                    if let Some(entry) = loaded.entry_by(op) {
+                        return Ok(Change::keep(TransitionOutcome::Applied(entry.to)));
+                    }
+                }
+                if event == Event::Resend && loaded.record.payloads_purged_at.is_some() {
+                    return Err(StoreError::InvalidInput(format!(
+                        "message `{message_id}` cannot be resent: its payloads were purged after \
+                     the retention period; submit it again as a new message"
+                    )));
+                }
+                let outcome = loaded.record.cas_transition(expected, event, now)?;
+                let applied = matches!(outcome, TransitionOutcome::Applied(_));
+                Ok(Change {
+                    write: applied,
+                    new_entries: usize::from(applied),
+                    out: outcome,
+                })
+            },
+        )
+    }
+
+    fn mark_delivered(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let now = micros(now);
+        let delivered = transition(State::Received, Event::Deliver)
+            .expect("the state machine delivers received messages");
+        let op = Uuid::new_v4();
+        self.pool
+            .run("marking a message delivered", |client, attempt| {
+                // One statement, so one atomic step: the state moves only if it is still
+                // `received`, and its history row is written with it. A `received` message has
+                // no history yet (nothing leads back into `received`), so no trimming is needed.
+                let won = client.query_opt(
+                    "WITH moved AS ( \
+                     UPDATE messages SET state = $3, updated_at = $2, \
+                         settled_at = CASE WHEN $5 THEN coalesce(settled_at, $2) END \
+                     WHERE message_id = $1 AND state = 'received' \
+                     RETURNING message_id), \
+                 next AS ( \
+                     SELECT coalesce(max(seq), -1) + 1 AS seq FROM message_history \
+                     WHERE message_id = $1) \
+                 INSERT INTO message_history \
+                     (message_id, seq, at, event, from_state, to_state, note, op) \
+                 SELECT moved.message_id, next.seq, $2, 'deliver', 'received', $3, NULL, $4 \
+                 FROM moved, next \
+                 RETURNING seq",
+                    &[
+                        &message_id,
+                        &now,
+                        &delivered.as_str(),
+                        &op,
+                        &delivered.is_settled(),
+                    ],
+                )?;
+                if won.is_some() {
+                    return Ok(true);
+                }
+                let Some(row) = client.query_opt(
+                    "SELECT direction, state, EXISTS (SELECT 1 FROM message_history \
+                     WHERE message_id = $1 AND op = $2) \
+                 FROM messages WHERE message_id = $1",
+                    &[&message_id, &op],
+                )?
+                else {
+                    return Err(not_found(message_id).into());
+                };
+                if attempt.retrying && row.get::<_, bool>(2) {
+                    // Our first attempt committed; its answer was lost with the connection.
+                    return Ok(true);
+                }
+                if parse_direction(row.get(0))? != Direction::Inbound {
+                    return Err(StoreError::InvalidInput(format!(
+                        "message `{message_id}` is outbound: only inbound messages are delivered \
+                     to a backend"
+                    ))
+                    .into());
+                }
+                let state = parse_state(row.get(1))?;
+                match transition(state, Event::Deliver) {
+                    Ok(_) => Ok(false),
+                    Err(source) => Err(StoreError::InvalidTransition {
+                        message_id: message_id.to_owned(),
+                        source,
+                    }
+                    .into()),
+                }
+            })
+    }
+
+    fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        if message_id.is_empty() || message_id.len() > MAX_MESSAGE_ID_LEN {
+            return Ok(None);
+        }
+        self.pool.run("reading a message", |client, _| {
+            let mut tx = client.transaction()?;
+            let row = tx.query_opt(
+                &format!("SELECT {COLUMNS} FROM messages WHERE message_id = $1"),
+                &[&message_id],
+            )?;
+            let Some(row) = row else { return Ok(None) };
+            // One snapshot for the row and its history.
+            let mut loaded = load_with_history(&mut tx, vec![row])?;
+            tx.commit()?;
+            Ok(loaded.pop().map(|l| l.record))
+        })
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        if let Some(owner) = &filter.owner {
+            validate_id("owner", owner, MAX_OWNER_LEN)?;
+        }
+        let limit = filter.page_size();
+        let direction = filter.direction.map(Direction::as_str);
+        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+        let created_from = filter.created_from.map(micros);
+        let created_until = filter.created_until.map(micros);
+        let after_at = filter.after.as_ref().map(|c| micros(c.created_at));
+        let after_id = filter.after.as_ref().map(|c| c.message_id.as_str());
+        let fetch = limit as i64 + 1;
+        self.pool.run("listing messages", |client, _| {
+            let mut tx = client.transaction()?;
+            let mut rows = tx.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM messages \
+                     WHERE ($1::text IS NULL OR direction = $1) \
+                       AND (cardinality($2::text[]) = 0 OR state = ANY($2)) \
+                       AND ($3::text IS NULL OR owner = $3) \
+                       AND ($4::timestamptz IS NULL OR created_at >= $4) \
+                       AND ($5::timestamptz IS NULL OR created_at < $5) \
+                       AND ($6::timestamptz IS NULL OR (created_at, message_id) < ($6, $7::text)) \
+                     ORDER BY created_at DESC, message_id DESC LIMIT $8"
+                ),
+                &[
+                    &direction,
+                    &states,
+                    &filter.owner,
+                    &created_from,
+                    &created_until,
+                    &after_at,
+                    &after_id,
+                    &fetch,
+                ],
+            )?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let records: Vec<MessageRecord> = load_with_history(&mut tx, rows)?
+                .into_iter()
+                .map(|l| l.record)
+                .collect();
+            tx.commit()?;
+            let next = match (more, records.last()) {
+                (true, Some(last)) => Some(ListCursor {
+                    created_at: last.created_at,
+                    message_id: last.meta.message_id.clone(),
+                }),
+                _ => None,
+            };
+            Ok(Page { records, next })
+        })
+    }
+
+    fn purge_payloads(
+        &self,
+        settled_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let (settled_before, now) = (micros(settled_before), micros(now));
+        let mut purged = 0;
+        loop {
+            // One batch per transaction: the chunks go and the record says so atomically.
+            // Locked rows (being changed right now) are left for the next run.
+            let n = self.pool.run("purging payloads", |client, _| {
+                Ok(client.execute(
+                    "WITH batch AS ( \
+                         SELECT message_id, payloads FROM messages \
+                         WHERE settled_at < $1 AND payloads_purged_at IS NULL AND has_payloads \
+                         ORDER BY settled_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+                     gone AS ( \
+                         DELETE FROM payloads WHERE payload_id IN ( \
+                             SELECT p -> 'stored' ->> 'id' \
+                             FROM batch, jsonb_array_elements(batch.payloads) AS p)) \
+                     UPDATE messages m SET payloads_purged_at = $2, updated_at = $2 \
+                     FROM batch WHERE m.message_id = batch.message_id",
+                    &[&settled_before, &now, &PURGE_BATCH],
+                )?)
+            })?;
+            if n == 0 {
+                return Ok(purged);
+            }
+            purged += n as usize;
+        }
+    }
+
+    fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError> {
+        let settled_before = micros(settled_before);
+        let mut removed = 0;
+        loop {
+            let n: i64 = self.pool.run("purging message records", |client, _| {
+                Ok(client
+                    .query_one(
+                        "WITH batch AS ( \
+                             SELECT message_id FROM messages WHERE settled_at < $1 \
+                             ORDER BY settled_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                         removed AS ( \
+                             DELETE FROM messages m USING batch \
+                             WHERE m.message_id = batch.message_id \
+                             RETURNING m.payloads, m.payloads_purged_at), \
+                         gone AS ( \
+                             DELETE FROM payloads WHERE payload_id IN ( \
+                                 SELECT p -> 'stored' ->> 'id' \
+                                 FROM removed, jsonb_array_elements(removed.payloads) AS p \
+                                 WHERE removed.payloads_purged_at IS NULL)) \
+                         SELECT count(*) FROM removed",
+                        &[&settled_before, &PURGE_BATCH],
+                    )?
+                    .get(0))
+            })?;
+            if n == 0 {
+                return Ok(removed);
+            }
+            removed += n as usize;
+        }
+    }
+}
+
+/// Records per purge transaction.
+const PURGE_BATCH: i64 = 256;
+
+/// The `messages` columns a record is built from, in [`record_from_row`]'s order.
+const COLUMNS: &str = "message_id, direction, state, owner, from_party, to_party, service, \
+    action, conversation_id, ref_to_message_id, pmode_id, payloads::text, attempts, \
+    next_attempt_at, lease_holder, lease_expires_at, receipt, last_error, duplicates, \
+    created_at, updated_at, settled_at, payloads_purged_at";
+
+/// Builds records from `messages` rows and attaches their history (one query for all).
+fn load_with_history(tx: &mut Transaction<'_>, rows: Vec<Row>) -> Result<Vec<Loaded>, Fail> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let mut histories: HashMap<String, (Vec<HistoryEntry>, Vec<Uuid>, i64)> = HashMap::new();
+    for h in tx.query(
+        "SELECT message_id, seq, at, event, from_state, to_state, note, op \
+         FROM message_history WHERE message_id = ANY($1) ORDER BY message_id, seq",
+        &[&ids],
+    )? {
+        let entry = HistoryEntry {
+            at: h.get(2),
+            event: parse_event(h.get(3))?,
+            from: parse_state(h.get(4))?,
+            to: parse_state(h.get(5))?,
+            note: h.get(6),
+        };
+        let slot = histories.entry(h.get(0)).or_default();
+        slot.0.push(entry);
+        slot.1.push(h.get(7));
+        slot.2 = h.get(1);
+    }
+    rows.iter()
+        .map(|row| {
+            let mut record = record_from_row(row)?;
+            let (history, ops, last_seq) =
+                histories
+                    .remove(record.id())
+                    .unwrap_or((Vec::new(), Vec::new(), -1));
+            record.history = history;
+            Ok(Loaded {
+                record,
+                last_seq,
+                ops,
+            })
+        })
+        .collect()
+}
+
+fn record_from_row(row: &Row) -> Result<MessageRecord, StoreError> {
+    let count = |i: usize| -> Result<u32, StoreError> {
+        u32::try_from(row.get::<_, i64>(i))
+            .map_err(|_| StoreError::Corrupt(format!("column {i} holds a negative count")))
+    };
+    let lease = match (
+        row.get::<_, Option<String>>(14),
+        row.get::<_, Option<OffsetDateTime>>(15),
+    ) {
+        (Some(holder), Some(expires_at)) => Some(Lease { holder, expires_at }),
+        _ => None,
+    };
+    Ok(MessageRecord {
+        meta: MessageMeta {
+            message_id: row.get(0),
+            owner: row.get(3),
+            from_party: row.get(4),
+            to_party: row.get(5),
+            service: row.get(6),
+            action: row.get(7),
+            conversation_id: row.get(8),
+            ref_to_message_id: row.get(9),
+            pmode_id: row.get(10),
+            payloads: parse_json(row.get(11))?,
+        },
+        direction: parse_direction(row.get(1))?,
+        state: parse_state(row.get(2))?,
+        attempts: count(12)?,
+        next_attempt_at: row.get(13),
+        lease,
+        receipt: row.get(16),
+        last_error: row.get(17),
+        duplicates: count(18)?,
+        created_at: row.get(19),
+        updated_at: row.get(20),
+        settled_at: row.get(21),
+        payloads_purged_at: row.get(22),
+        history: Vec::new(),
+    })
+}
+
+/// Inserts a new record (no history: new records have none). False if the id is taken.
+fn insert_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
+    let m = &r.meta;
+    let payloads = to_json(&m.payloads)?;
+    let n = tx.execute(
+        "INSERT INTO messages (message_id, direction, state, owner, from_party, to_party, \
+             service, action, conversation_id, ref_to_message_id, pmode_id, payloads, \
+             has_payloads, attempts, next_attempt_at, receipt, created_at, updated_at, \
+             due_at, created_op) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13, $14, \
+             $15, $16, $17, $18, $19, $20) \
+         ON CONFLICT (message_id) DO NOTHING",
+        &[
+            &m.message_id,
+            &r.direction.as_str(),
+            &r.state.as_str(),
+            &m.owner,
+            &m.from_party,
+            &m.to_party,
+            &m.service,
+            &m.action,
+            &m.conversation_id,
+            &m.ref_to_message_id,
+            &m.pmode_id,
+            &payloads,
+            &!m.payloads.is_empty(),
+            &i64::from(r.attempts),
+            &r.next_attempt_at,
+            &r.receipt,
+            &r.created_at,
+            &r.updated_at,
+            &r.due_at(),
+            &op,
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Writes the changeable columns of `r`, compare-and-set on the state it was read in.
+fn update_row(tx: &mut Transaction<'_>, r: &MessageRecord, read_state: State) -> Result<(), Fail> {
+    let n = tx.execute(
+        "UPDATE messages SET state = $2, attempts = $3, next_attempt_at = $4, \
+             lease_holder = $5, lease_expires_at = $6, receipt = $7, last_error = $8, \
+             duplicates = $9, updated_at = $10, settled_at = $11, payloads_purged_at = $12, \
+             due_at = $13 \
+         WHERE message_id = $1 AND state = $14",
+        &[
+            &r.meta.message_id,
+            &r.state.as_str(),
+            &i64::from(r.attempts),
+            &r.next_attempt_at,
+            &r.lease.as_ref().map(|l| l.holder.as_str()),
+            &r.lease.as_ref().map(|l| l.expires_at),
+            &r.receipt,
+            &r.last_error,
+            &i64::from(r.duplicates),
+            &r.updated_at,
+            &r.settled_at,
+            &r.payloads_purged_at,
+            &r.due_at(),
+            &read_state.as_str(),
+        ],
+    )?;
+    if n != 1 {
+        // Impossible while we hold the row lock; refuse rather than write blindly.
+        return Err(StoreError::Database(format!(
+            "message `{}` changed under a row lock (expected state `{read_state}`); try again",
+            r.id()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Appends the last `count` entries of the record's history, then drops the oldest rows
+/// after the first one beyond [`MAX_HISTORY`] — exactly what [`MessageRecord::apply`] did to
+/// the in-memory history.
+fn append_history(
+    tx: &mut Transaction<'_>,
+    loaded: &Loaded,
+    count: usize,
+    op: Uuid,
+) -> Result<(), Fail> {
+    let history = &loaded.record.history;
+    let id = loaded.record.id();
+    for (i, h) in history[history.len() - count..].iter().enumerate() {
+        tx.execute(
+            "INSERT INTO message_history \
+                 (message_id, seq, at, event, from_state, to_state, note, op) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &id,
+                &(loaded.last_seq + 1 + i as i64),
+                &h.at,
+                &h.event.as_str(),
+                &h.from.as_str(),
+                &h.to.as_str(),
+                &h.note,
+                &op,
+            ],
+        )?;
+    }
+    let rows = loaded.ops.len() + count;
+    if rows > MAX_HISTORY {
+        tx.execute(
+            "DELETE FROM message_history WHERE message_id = $1 AND seq IN ( \
+                 SELECT seq FROM message_history WHERE message_id = $1 \
+                 ORDER BY seq OFFSET 1 LIMIT $2)",
+            &[&id, &((rows - MAX_HISTORY) as i64)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Truncates to whole microseconds, PostgreSQL's resolution.
+fn micros(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .expect("a truncated nanosecond is in range")
+}
+
+fn parse_state(name: &str) -> Result<State, StoreError> {
+    State::parse(name).ok_or_else(|| {
+        StoreError::Corrupt(format!("unknown message state `{name}` in the database"))
+    })
+}
+
+fn parse_direction(name: &str) -> Result<Direction, StoreError> {
+    [Direction::Inbound, Direction::Outbound]
+        .into_iter()
+        .find(|d| d.as_str() == name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown direction `{name}` in the database")))
+}
+
+fn parse_event(name: &str) -> Result<Event, StoreError> {
+    const ALL: [Event; 9] = [
+        Event::Claim,
+        Event::AttemptFailed,
+        Event::LeaseExpired,
+        Event::Acknowledge,
+        Event::Fail,
+        Event::Resend,
+        Event::Deliver,
+        Event::Download,
+        Event::Delete,
+    ];
+    ALL.into_iter().find(|e| e.as_str() == name).ok_or_else(|| {
+        StoreError::Corrupt(format!("unknown history event `{name}` in the database"))
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("cannot read stored payload list: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialise payload list: {e}")))
+}
+
+fn not_found(message_id: &str) -> StoreError {
+    StoreError::NotFound {
+        message_id: message_id.to_owned(),
+    }
+}
+
+/// A pool failure outside [`Pool::run`] as a store error.
+pub(crate) fn fail_to_store(what: &str, fail: Fail) -> StoreError {
+    match fail {
+        Fail::Store(e) => e,
+        Fail::Pg(e) => pool::database_error(what, &e, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_truncated_to_microseconds() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_900_000_000_123_456_789).unwrap();
+        assert_eq!(micros(t).nanosecond(), 123_456_000);
+        assert_eq!(micros(micros(t)), micros(t));
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for s in State::ALL {
+            assert_eq!(parse_state(s.as_str()).unwrap(), s);
+        }
+        assert!(parse_state("limbo").is_err());
+        assert_eq!(parse_direction("inbound").unwrap(), Direction::Inbound);
+        assert_eq!(parse_event("lease_expired").unwrap(), Event::LeaseExpired);
+        assert!(parse_event("explode").is_err());
+    }
+}

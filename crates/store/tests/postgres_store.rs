@@ -1,0 +1,338 @@
+//! PostgreSQL-specific behaviour: migrations, two store instances (two pools, as two Varti
+//! processes would have) sharing one schema, and reconnection after the server drops the
+//! connections. Each test uses its own schema; the database must be reachable (no skips).
+
+use std::collections::HashSet;
+use std::sync::Barrier;
+use std::time::Duration;
+use time::OffsetDateTime;
+use varti_store::contract::{meta, t0};
+use varti_store::postgres::testing::TestSchema;
+use varti_store::postgres::{migrate_with, PgStore, SCHEMA_VERSION};
+use varti_store::{
+    AttemptOutcome, InsertOutcome, NewInbound, NewOutbound, State, Store, StoreError,
+};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn at(seconds: i64) -> OffsetDateTime {
+    t0() + time::Duration::seconds(seconds)
+}
+
+fn admin(schema: &TestSchema) -> postgres::Client {
+    postgres::Client::connect(schema.url(), postgres::NoTls).expect("test database reachable")
+}
+
+#[test]
+fn migrate_records_the_version_and_is_idempotent() {
+    let schema = TestSchema::empty();
+    let options = schema.options();
+    // Not migrated yet: a store refuses to start and says what to run.
+    let err = PgStore::connect_with(schema.url(), options.clone()).unwrap_err();
+    assert!(err.to_string().contains("varti db migrate"), "{err}");
+
+    let applied = migrate_with(schema.url(), &options).unwrap();
+    assert_eq!(applied, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    let mut db = admin(&schema);
+    let versions: Vec<i32> = db
+        .query(
+            &format!(
+                "SELECT version FROM {}.schema_migrations ORDER BY version",
+                schema.name()
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, applied);
+    let tables: i64 = db
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 \
+             AND table_name IN ('messages', 'message_history', 'payloads', 'payload_chunks')",
+            &[&schema.name()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tables, 4,
+        "the migration created the store's tables in the schema"
+    );
+
+    assert!(
+        migrate_with(schema.url(), &options).unwrap().is_empty(),
+        "a second migrate is a no-op"
+    );
+    let store = PgStore::connect_with(schema.url(), options.clone()).unwrap();
+    assert!(store.get("nothing").unwrap().is_none());
+
+    // A newer binary migrated the schema: this one refuses to run or to migrate it.
+    db.execute(
+        &format!(
+            "INSERT INTO {}.schema_migrations (version, name) VALUES ($1, 'from the future')",
+            schema.name()
+        ),
+        &[&(SCHEMA_VERSION + 1)],
+    )
+    .unwrap();
+    for err in [
+        PgStore::connect_with(schema.url(), options.clone()).unwrap_err(),
+        migrate_with(schema.url(), &options).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}
+
+#[test]
+fn concurrent_migrations_apply_once() {
+    let schema = TestSchema::empty();
+    let options = schema.options();
+    let results: Vec<Vec<i32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| migrate_with(schema.url(), &options).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let applied: Vec<i32> = results.into_iter().flatten().collect();
+    assert_eq!(applied, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+}
+
+fn outbound(id: &str) -> NewOutbound {
+    NewOutbound {
+        meta: meta(id, "backend"),
+        not_before: at(0),
+    }
+}
+
+/// Two claimers per instance drain the queue at `now`; returns (holder, id) pairs.
+fn drain(stores: [&PgStore; 2], now: OffsetDateTime) -> Vec<(String, String)> {
+    let barrier = Barrier::new(4);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (store, barrier) = (stores[i % 2], &barrier);
+                s.spawn(move || {
+                    let holder = format!("instance-{}-worker-{}", i % 2, i / 2);
+                    barrier.wait();
+                    let mut mine = Vec::new();
+                    loop {
+                        let batch = store.claim_due(&holder, LEASE, 4, now).unwrap();
+                        if batch.is_empty() {
+                            return mine;
+                        }
+                        for r in batch {
+                            assert_eq!(r.lease.as_ref().unwrap().holder, holder);
+                            mine.push((holder.clone(), r.meta.message_id));
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn two_instances_never_claim_the_same_message_while_leased() {
+    const MESSAGES: usize = 120;
+    let schema = TestSchema::migrated();
+    let (a, b) = (schema.store(), schema.store());
+    for i in 0..MESSAGES {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store
+            .insert_outbound(outbound(&format!("out{i}@us")), at(0))
+            .unwrap();
+    }
+
+    let first = drain([&a, &b], at(1));
+    let ids: HashSet<&String> = first.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), first.len(), "a message was claimed twice");
+    assert_eq!(ids.len(), MESSAGES, "every due message was claimed");
+    let holders: HashSet<&str> = first.iter().map(|(h, _)| &h[..10]).collect();
+    assert_eq!(holders.len(), 2, "both instances took part: {holders:?}");
+
+    // While the leases are valid, neither instance gets anything.
+    assert!(a.claim_due("late", LEASE, 100, at(30)).unwrap().is_empty());
+    assert!(b.claim_due("late", LEASE, 100, at(30)).unwrap().is_empty());
+
+    // Every lease expires (all their holders "died"): the takeover hands each message to
+    // exactly one new holder, and the old holder can no longer record a retry.
+    let second = drain([&b, &a], at(31));
+    let retaken: HashSet<&String> = second.iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        retaken.len(),
+        second.len(),
+        "a message was taken over twice"
+    );
+    assert_eq!(retaken.len(), MESSAGES);
+    let (old_holder, id) = &first[0];
+    let record = a.get(id).unwrap().unwrap();
+    assert_eq!((record.state, record.attempts), (State::Sending, 2));
+    let retry = AttemptOutcome::Retry {
+        at: at(90),
+        error: "timeout".into(),
+    };
+    assert!(matches!(
+        b.record_attempt(id, old_holder, retry, at(32)),
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
+#[test]
+fn mark_delivered_across_two_instances_wins_once() {
+    const MESSAGES: usize = 40;
+    let schema = TestSchema::migrated();
+    let (a, b) = (schema.store(), schema.store());
+    for i in 0..MESSAGES {
+        let msg = NewInbound {
+            meta: meta(&format!("in{i}@them"), "backend"),
+            receipt: b"receipt".to_vec(),
+        };
+        assert_eq!(
+            a.insert_inbound(msg, at(0)).unwrap(),
+            InsertOutcome::Inserted
+        );
+    }
+    let barrier = Barrier::new(4);
+    let wins: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (store, barrier) = (if t % 2 == 0 { &a } else { &b }, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    (0..MESSAGES)
+                        .map(|i| store.mark_delivered(&format!("in{i}@them"), at(1)).unwrap())
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for i in 0..MESSAGES {
+        let winners = wins.iter().filter(|w| w[i]).count();
+        assert_eq!(winners, 1, "message {i}: exactly one instance delivers it");
+        let r = b.get(&format!("in{i}@them")).unwrap().unwrap();
+        assert_eq!(r.state, State::Delivered);
+        assert_eq!(r.history.len(), 1);
+    }
+    // A duplicate arriving at the other instance is detected by the database.
+    let dup = NewInbound {
+        meta: meta("in0@them", "backend"),
+        receipt: b"other".to_vec(),
+    };
+    assert_eq!(
+        b.insert_inbound(dup, at(2)).unwrap(),
+        InsertOutcome::Duplicate {
+            original_receipt: b"receipt".to_vec(),
+            state: State::Delivered
+        }
+    );
+}
+
+#[test]
+fn operations_survive_the_server_dropping_every_connection() {
+    let schema = TestSchema::migrated();
+    // Tag this test's connections so that only they are terminated.
+    let tag = format!("varti_{}", &schema.name()[11..27]);
+    let url = if schema.url().contains("://") {
+        let sep = if schema.url().contains('?') { '&' } else { '?' };
+        format!("{}{sep}application_name={tag}", schema.url())
+    } else {
+        format!("{} application_name={tag}", schema.url())
+    };
+    let store = PgStore::connect_with(&url, schema.options()).unwrap();
+    store.insert_outbound(outbound("o@us"), at(0)).unwrap();
+    let mut db = admin(&schema);
+    let kill = |db: &mut postgres::Client| -> i64 {
+        db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&tag],
+        )
+        .unwrap()
+        .len() as i64
+    };
+    assert!(kill(&mut db) >= 1, "the store's idle connection was found");
+    // The pooled connection is dead; the claim is retried on a fresh one.
+    let claimed = store.claim_due("n", LEASE, 10, at(1)).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(kill(&mut db) >= 1);
+    let done = store
+        .record_attempt(
+            "o@us",
+            "n",
+            AttemptOutcome::Acknowledged {
+                receipt: b"r".to_vec(),
+            },
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(done.state, State::Acknowledged);
+    store
+        .insert_inbound(
+            NewInbound {
+                meta: meta("i@them", "backend"),
+                receipt: b"r".to_vec(),
+            },
+            at(3),
+        )
+        .unwrap();
+    assert!(kill(&mut db) >= 1);
+    assert!(store.mark_delivered("i@them", at(4)).unwrap());
+    assert_eq!(
+        store.get("i@them").unwrap().unwrap().state,
+        State::Delivered
+    );
+}
+
+#[test]
+fn a_multi_host_string_finds_the_read_write_server() {
+    let schema = TestSchema::migrated();
+    // The first host has nothing listening; the store must move on to the second.
+    let (host, port) = db_config(&schema);
+    let url = format!(
+        "host=127.0.0.1,{host} port=1,{port} user=postgres dbname={dbname} \
+         target_session_attrs=read-write connect_timeout=2",
+        dbname = db_name(&schema)
+    );
+    let store = PgStore::connect_with(&url, schema.options()).unwrap();
+    store.insert_outbound(outbound("mh@us"), at(0)).unwrap();
+    assert_eq!(
+        schema.store().get("mh@us").unwrap().unwrap().state,
+        State::Submitted
+    );
+}
+
+/// The (host, port) the test database answers on.
+fn db_config(schema: &TestSchema) -> (String, u16) {
+    let config: postgres::Config = schema.url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        postgres::config::Host::Tcp(h) => h.clone(),
+        postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+fn db_name(schema: &TestSchema) -> String {
+    let config: postgres::Config = schema.url().parse().unwrap();
+    config.get_dbname().unwrap_or("postgres").to_owned()
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error_after_bounded_retries() {
+    let options = varti_store::postgres::PgOptions {
+        retry_attempts: 2,
+        retry_backoff: Duration::from_millis(10),
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    // Port 1 on localhost: nothing listens there.
+    let err = PgStore::connect_with("host=127.0.0.1 port=1 user=postgres dbname=test", options)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Database(_)), "{text}");
+    assert!(text.contains("gave up after 2 attempts"), "{text}");
+}
