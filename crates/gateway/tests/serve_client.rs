@@ -47,6 +47,15 @@ impl MshHandler for Echo {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        if content_type.contains("reader") {
+            // A streamed response (as a pulled message with payloads would be).
+            let data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+            return MshResponse {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: MshResponseBody::Reader(Box::new(std::io::Cursor::new(data))),
+            };
+        }
         let body = if content_type.contains("big") {
             vec![b'r'; 100_000]
         } else {
@@ -172,6 +181,19 @@ async fn posts_stream_over_one_reused_tls_connection() {
         1,
         "two requests should share one pooled TLS connection"
     );
+
+    // A response streamed by the server from a reader arrives whole.
+    let r3 = client
+        .post(
+            "blue",
+            &url,
+            "application/reader",
+            OutboundBody::from_bytes(&b"x"[..]),
+        )
+        .await
+        .unwrap();
+    let expected: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+    assert_eq!(r3.body.as_ref(), expected.as_slice());
 
     // Responses are bounded.
     let err = client

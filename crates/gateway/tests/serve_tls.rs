@@ -299,3 +299,81 @@ fn wait_for_log(served: &Served, needle: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Stalled clients are cut off: a TLS client that never handshakes (handshake timeout), a
+/// client trickling its headers (header-read timeout), and a silent connection (idle).
+#[test]
+fn stalled_connections_are_closed() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = make_pki(dir.path());
+    let config = tls_config("optional").replace(
+        "shutdown_grace_secs = 5",
+        "shutdown_grace_secs = 5\nhandshake_timeout_secs = 1\nheader_read_timeout_secs = 1\nidle_timeout_secs = 2",
+    );
+    let served = spawn_serve(dir.path(), &config, &[]);
+
+    // Returns how long the server took to close a connection that does `feed` each 200 ms.
+    let closed_after = |mut tcp: TcpStream, feed: &dyn Fn(&mut TcpStream)| {
+        tcp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "connection never closed"
+            );
+            match tcp.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => {} // e.g. an alert or a 408 before the close
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    feed(&mut tcp)
+                }
+                Err(_) => return start.elapsed(), // reset
+            }
+        }
+    };
+    // No ClientHello at all: the handshake timeout (1 s) fires.
+    let t = closed_after(TcpStream::connect(served.msh).unwrap(), &|_| {});
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+        "{t:?}"
+    );
+
+    // Plain instance for the HTTP-level timeouts.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = spawn_serve(
+        plain_dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout_secs = 1\nidle_timeout_secs = 2\n\
+         [ops]\nlisten = \"127.0.0.1:0\"\n",
+        &["--insecure-http"],
+    );
+    // Trickling header bytes keeps the connection active, so only the 1 s header-read
+    // timeout can close it (the 2 s idle timeout cannot).
+    let t = closed_after(
+        TcpStream::connect(plain.msh).unwrap(),
+        &|tcp: &mut TcpStream| {
+            let _ = tcp.write_all(b"X");
+        },
+    );
+    assert!(
+        t < Duration::from_millis(1900),
+        "header-read timeout did not fire: {t:?}"
+    );
+    // A kept-alive connection that goes quiet after a request is closed by a timeout too.
+    let mut tcp = TcpStream::connect(plain.msh).unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let t = closed_after(tcp, &|_| {});
+    assert!(
+        t < Duration::from_secs(4),
+        "quiet keep-alive connection stayed open: {t:?}"
+    );
+}
