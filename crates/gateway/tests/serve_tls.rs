@@ -5,6 +5,7 @@ mod serve_support;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::SslVersion;
@@ -376,4 +377,46 @@ fn stalled_connections_are_closed() {
         t < Duration::from_secs(4),
         "quiet keep-alive connection stayed open: {t:?}"
     );
+}
+
+/// certs/make-test-pki.sh produces files that `varti serve` uses on its embedded defaults
+/// (certs/tls.crt, certs/tls.key, certs/client-ca.crt, data in ./var), and the two access
+/// points' TLS certificates work as client certificates.
+#[test]
+fn test_pki_script_and_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../certs/make-test-pki.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir.path().join("certs"))
+        .output()
+        .expect("bash runs the PKI script (needs the openssl command line tool)");
+    assert!(
+        out.status.success(),
+        "make-test-pki.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let certs = dir.path().join("certs");
+    let mut served = spawn_serve_in(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
+    );
+    let mut tls = openssl_connect(
+        served.msh,
+        SslVersion::TLS1_3,
+        &certs.join("ca.crt"),
+        Some((&certs.join("red-tls.crt"), &certs.join("red-tls.key"))),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", served.log_text()));
+    assert_eq!(
+        http_request(&mut tls, "GET", "/health", "", b"")
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(
+        dir.path().join("var/store").is_dir(),
+        "store not in ./var/store"
+    );
+    assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
 }

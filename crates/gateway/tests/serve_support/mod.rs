@@ -213,17 +213,24 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 pub fn spawn_serve(dir: &Path, config: &str, extra_args: &[&str]) -> Served {
     let config_path = dir.join("varti.toml");
     std::fs::write(&config_path, config).unwrap();
+    let mut args = vec!["--config", config_path.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    spawn_serve_in(dir, &args)
+}
+
+/// Starts `varti serve --ready-file … <args>` with `dir` as working directory, waiting until
+/// it reports its addresses.
+pub fn spawn_serve_in(dir: &Path, args: &[&str]) -> Served {
     let ready = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
     let log = dir.join(format!("serve-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_varti"))
+        .current_dir(dir)
         .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
         .arg("--ready-file")
         .arg(&ready)
-        .args(extra_args)
+        .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
