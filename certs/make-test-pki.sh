@@ -4,9 +4,14 @@
 # The private keys are committed on purpose: they protect nothing. Never use them in
 # production; see README.md in this directory.
 #
-# Usage: certs/make-test-pki.sh   (run from anywhere; writes next to this script)
+# Usage: certs/make-test-pki.sh [OUT_DIR]
+#   (run from anywhere; writes next to this script unless OUT_DIR is given)
+# `varti serve` on its embedded defaults serves as varti-a: certs/varti-a/tls.*.pem, and
+# trusts client certificates issued by certs/ca.cert.pem.
 set -eu
-cd "$(dirname "$0")"
+out="${1:-$(dirname "$0")}"
+mkdir -p "$out"
+cd "$out"
 DAYS=3650
 CONF=$(mktemp)
 trap 'rm -f "$CONF"' EXIT

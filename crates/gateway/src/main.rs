@@ -12,7 +12,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
+    if !args.configures_own_logging() {
+        cli::init_logging(args.verbose);
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -3,6 +3,7 @@
 mod message;
 mod oots;
 mod pmode;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,16 @@ enum Command {
     /// Work with OOTS evidence exchange (EDM) documents.
     #[command(subcommand)]
     Oots(oots::OotsCommand),
+    /// Run the access point (HTTPS MSH endpoint, /health, /ready, /metrics) until stopped.
+    Serve(serve::ServeArgs),
+}
+
+impl Cli {
+    /// True when the command sets up logging itself (`serve`: level and JSON format come
+    /// from its configuration), so `main` must not install the default stderr logger.
+    pub fn configures_own_logging(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
 }
 
 /// Sets up `tracing` on stderr.
@@ -74,5 +85,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pmode(cmd) => pmode::run(cmd),
         Command::Message(cmd) => message::run(cmd),
         Command::Oots(cmd) => oots::run(cmd),
+        Command::Serve(args) => serve::run(args, cli.verbose),
     }
 }

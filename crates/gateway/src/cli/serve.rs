@@ -1,0 +1,288 @@
+//! `varti serve`: runs the access point until SIGTERM or Ctrl-C.
+//!
+//! What runs today: the MSH listener (TLS, or plain HTTP with `--insecure-http`) whose
+//! `POST /msh` answers 503 until the receiving pipeline is wired in; the operations listener
+//! (`/health`, `/ready`, `/metrics`); the embedded store (opened, so `/ready` reflects it).
+//! PMode loading is not wired yet, so `/ready` reports `pmodes: not ready`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use varti_gateway::config::{secs, Config, LogFormat};
+use varti_gateway::ops::{self, Metrics, Readiness};
+use varti_gateway::server::{
+    tls, Listener, ListenerOptions, MshRoutes, NotWiredHandler, OpsRoutes, Tasks,
+};
+
+/// Certificates expiring within this many days are logged as warnings.
+const EXPIRY_WARNING_DAYS: f64 = 30.0;
+
+/// How often the certificate-expiry gauge is refreshed.
+const EXPIRY_REFRESH: Duration = Duration::from_secs(6 * 3600);
+
+/// Log format on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `varti serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML, see deploy/varti.example.toml); without it the embedded
+    /// defaults apply.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS. Only for local tests: messages, receipts and
+    /// credentials travel unprotected.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Address of the MSH listener (overrides server.listen), e.g. 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address of the operations listener (overrides ops.listen).
+    #[arg(long, value_name = "ADDR")]
+    ops_listen: Option<SocketAddr>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+    /// Once listening, write the bound addresses as JSON to FILE
+    /// (`{"msh": "ADDR", "ops": "ADDR", "scheme": "https"}`), for tests and supervisors.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+/// Runs `varti serve`. Errors before the listeners are up mean "could not run" (exit 2).
+pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let c = Config::default();
+            c.validate()?;
+            c
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(listen) = args.ops_listen {
+        config.ops.listen = listen;
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    init_logging(&config, verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("varti")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, args))
+}
+
+/// Sets up `tracing` from the configuration (`RUST_LOG` overrides the level; each `-v`
+/// raises it).
+fn init_logging(config: &Config, verbose: u8) {
+    let level = match verbose {
+        0 => config.log.level.clone(),
+        1 => "debug".to_owned(),
+        _ => "trace".to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: journald and log files get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::new(&["store", "pmodes"]);
+
+    let tls = if args.insecure_http {
+        eprintln!(
+            "\n*** WARNING: --insecure-http: serving PLAIN HTTP on {}. Messages, receipts and \
+             credentials are unprotected. Never use this outside local tests. ***\n",
+            config.server.listen
+        );
+        tracing::warn!(
+            listen = %config.server.listen,
+            "serving plain HTTP (--insecure-http): for local tests only"
+        );
+        None
+    } else {
+        let tls = tls::server_config(
+            &config.tls.cert,
+            &config.tls.key,
+            config.tls.client_auth,
+            &config.tls.client_ca,
+        )?;
+        record_cert_expiry(&metrics, &config.tls.cert);
+        Some(tls)
+    };
+
+    // The store is opened before the listeners so that /ready is truthful from the start.
+    let store_path = config.store_path();
+    let store = {
+        let path = store_path.clone();
+        tokio::task::spawn_blocking(move || varti_store::SledStore::open(&path))
+            .await
+            .context("the store-opening task failed")?
+            .with_context(|| format!("cannot open the store at {}", store_path.display()))?
+    };
+    readiness.set_ready("store");
+    readiness.set_not_ready(
+        "pmodes",
+        format!(
+            "PMode loading from {} is not wired into `varti serve` yet",
+            config.pmodes_dir.display()
+        ),
+    );
+
+    let msh_options = ListenerOptions {
+        tls: tls.clone(),
+        handshake_timeout: secs(config.server.handshake_timeout_secs),
+        header_read_timeout: secs(config.server.header_read_timeout_secs),
+        idle_timeout: secs(config.server.idle_timeout_secs),
+        max_connections: config.limits.max_connections,
+    };
+    // The ops listener is plain HTTP on a (by default) loopback address.
+    let ops_options = ListenerOptions {
+        tls: None,
+        max_connections: 64,
+        ..msh_options.clone()
+    };
+    let msh = Listener::bind("msh", config.server.listen, msh_options).await?;
+    let ops_listener = Listener::bind("ops", config.ops.listen, ops_options).await?;
+    let msh_addr = msh.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        msh = %format!("{scheme}://{msh_addr}/msh"),
+        ops = %format!("http://{ops_addr}"),
+        store = %store_path.display(),
+        "varti is listening"
+    );
+
+    let grace = secs(config.server.shutdown_grace_secs);
+    let mut tasks = Tasks::new();
+    let handler = Arc::new(NotWiredHandler);
+    let routes = Arc::new(MshRoutes::new(
+        handler,
+        config.limits.max_request_body_bytes,
+        metrics.clone(),
+    ));
+    tasks.spawn("msh-listener", msh.serve(routes, tasks.token(), grace));
+    let ops_routes = Arc::new(OpsRoutes::new(metrics.clone(), readiness.clone()));
+    tasks.spawn(
+        "ops-listener",
+        ops_listener.serve(ops_routes, tasks.token(), grace),
+    );
+    if tls.is_some() {
+        let token = tasks.token();
+        let metrics = metrics.clone();
+        let cert = config.tls.cert.clone();
+        tasks.spawn("cert-expiry", async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(EXPIRY_REFRESH) => record_cert_expiry(&metrics, &cert),
+                }
+            }
+        });
+    }
+
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, msh_addr, ops_addr, scheme)?;
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; finishing running requests");
+    readiness.set_not_ready("shutdown", "shutting down");
+    let clean = tasks.shutdown(grace + Duration::from_secs(5)).await;
+    // Closing the store flushes it.
+    tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .context("closing the store failed")?;
+    if clean {
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("stopped, but some tasks had to be aborted (see above)");
+        Ok(super::exit_problems())
+    }
+}
+
+/// Sets `varti_cert_expiry_days{cert="tls"}` and warns when expiry is near.
+fn record_cert_expiry(metrics: &Metrics, cert: &Path) {
+    match ops::cert_expiry_days(cert) {
+        Ok(days) => {
+            metrics.set_cert_expiry_days("tls", days);
+            if days < EXPIRY_WARNING_DAYS {
+                tracing::warn!(cert = %cert.display(), days, "the TLS certificate expires soon: renew it");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the TLS certificate's expiry"),
+    }
+}
+
+/// Writes the ready file atomically (write a temporary file, then rename).
+fn write_ready_file(
+    path: &Path,
+    msh: SocketAddr,
+    ops: SocketAddr,
+    scheme: &str,
+) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "msh": msh.to_string(),
+        "ops": ops.to_string(),
+        "scheme": scheme,
+        "pid": std::process::id(),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{json}\n"))
+        .with_context(|| format!("cannot write the ready file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops varti");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,489 @@
+//! The configuration file (`varti.toml`).
+//!
+//! Every key has an embedded default, so `varti serve` runs without a file: HTTPS on
+//! `127.0.0.1:8443` with `certs/varti-a/tls.cert.pem` + `certs/varti-a/tls.key.pem`, data in `./var`, PModes in
+//! `./pmodes`, the embedded sled store in `./var/store`. `deploy/varti.example.toml`
+//! documents every key; keep it in step with this module (a test parses it).
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and every error
+//! names the key and says how to fix it.
+//!
+//! Relative paths in a file are taken relative to the directory of that file, so a unit file
+//! can start Varti from any working directory; the embedded defaults (no file) are relative to
+//! the working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used. The message names the file or key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source} (check the --config path and its permissions)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("configuration file {path} is invalid: {message}\n(every key is documented in deploy/varti.example.toml; unknown keys are refused so typos cannot go unnoticed)")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key, line and column).
+        message: String,
+    },
+    /// A value parsed but cannot work.
+    #[error("configuration key `{key}` {problem}; {fix}")]
+    Invalid {
+        /// The dotted key, e.g. `tls.client_ca`.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+}
+
+/// The whole configuration. Construct it with [`Config::load`] or [`Config::default`]
+/// (the embedded defaults), then [`Config::validate`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where messages, payloads and state live. Default `./var`.
+    pub data_dir: PathBuf,
+    /// Directory of PMode files. Default `./pmodes`.
+    pub pmodes_dir: PathBuf,
+    /// The MSH listener (where partners POST AS4 messages).
+    pub server: ServerConfig,
+    /// TLS of the MSH listener.
+    pub tls: TlsConfig,
+    /// The operations listener (`/health`, `/ready`, `/metrics`).
+    pub ops: OpsConfig,
+    /// The message store.
+    pub store: StoreConfig,
+    /// How long evidence and metadata are kept.
+    pub retention: RetentionConfig,
+    /// Size and connection limits.
+    pub limits: LimitsConfig,
+    /// The outbound HTTP client (pushing messages to partners).
+    pub client: ClientConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The MSH listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Default `127.0.0.1:8443`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Seconds a client may take to finish the TLS handshake. Default 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client may take to send a request's headers. Default 30.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay without any traffic before it is closed. Default 120.
+    pub idle_timeout_secs: u64,
+    /// Seconds that running requests get to finish on shutdown. Default 30.
+    pub shutdown_grace_secs: u64,
+}
+
+/// TLS of the MSH listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, followed by its intermediates. Default
+    /// `certs/varti-a/tls.cert.pem`.
+    pub cert: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1). Default
+    /// `certs/varti-a/tls.key.pem`.
+    pub key: PathBuf,
+    /// Whether clients must present a certificate. Default `optional`.
+    pub client_auth: ClientAuth,
+    /// PEM file of the CA certificates that client certificates must chain to. Required
+    /// unless `client_auth = "off"`. Default `certs/ca.cert.pem`.
+    pub client_ca: PathBuf,
+}
+
+/// Client (mutual) TLS authentication on the MSH listener.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates are asked for.
+    Off,
+    /// A client certificate is asked for and verified if sent; clients without one connect.
+    Optional,
+    /// The handshake fails without a client certificate that chains to `tls.client_ca`.
+    Required,
+}
+
+/// The operations listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Address of the plain-HTTP listener for `/health`, `/ready` and `/metrics`. Default
+    /// `127.0.0.1:9464` (loopback: metrics are not for partners). `/health` is also answered
+    /// on the MSH listener for load balancers.
+    pub listen: SocketAddr,
+}
+
+/// The message store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Which store. Only `sled` (embedded) exists today.
+    pub kind: StoreKind,
+    /// Directory of the embedded store. Default `<data_dir>/store`.
+    pub path: Option<PathBuf>,
+}
+
+/// The store implementation.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded sled database with payload files beside it.
+    Sled,
+}
+
+/// How long things are kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days after delivery (inbound) or acknowledgement (outbound) until payloads are purged.
+    /// Default 7. 0 purges at the next purge run.
+    pub payload_days: u32,
+    /// Days until message metadata and receipts are purged. Default 365. Must be at least
+    /// `payload_days`.
+    pub metadata_days: u32,
+}
+
+/// Size and connection limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted on `/msh`, in bytes. Default 2 GiB.
+    pub max_request_body_bytes: u64,
+    /// Most simultaneous connections on the MSH listener; more wait in the accept queue.
+    /// Default 1024.
+    pub max_connections: usize,
+}
+
+/// The outbound HTTP client.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Seconds to establish a TCP connection. Default 10.
+    pub connect_timeout_secs: u64,
+    /// Seconds for one whole exchange (send the body, receive the response). Default 300.
+    pub request_timeout_secs: u64,
+    /// Seconds an idle pooled connection is kept for reuse. Default 90.
+    pub pool_idle_timeout_secs: u64,
+    /// Largest response body read, in bytes (responses are receipts and errors). Default
+    /// 16 MiB.
+    pub max_response_bytes: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human) or `json` (one object per line). Default `text`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,varti_gateway=debug`. Default `info`.
+    /// The `RUST_LOG` environment variable overrides it.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./var"),
+            pmodes_dir: PathBuf::from("./pmodes"),
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            ops: OpsConfig::default(),
+            store: StoreConfig::default(),
+            retention: RetentionConfig::default(),
+            limits: LimitsConfig::default(),
+            client: ClientConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 120,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::from("certs/varti-a/tls.cert.pem"),
+            key: PathBuf::from("certs/varti-a/tls.key.pem"),
+            client_auth: ClientAuth::Optional,
+            client_ca: PathBuf::from("certs/ca.cert.pem"),
+        }
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sled,
+            path: None,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            payload_days: 7,
+            metadata_days: 365,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_body_bytes: 2 * 1024 * 1024 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout_secs: 10,
+            request_timeout_secs: 300,
+            pool_idle_timeout_secs: 90,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside it are resolved against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_relative_to(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without resolving paths or validating. The error is the parser's
+    /// message (with key, line and column).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Makes every relative path absolute-ish by prefixing `base`.
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.pmodes_dir);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.client_ca);
+        if let Some(p) = self.store.path.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "server.handshake_timeout_secs",
+                self.server.handshake_timeout_secs,
+            ),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            (
+                "client.connect_timeout_secs",
+                self.client.connect_timeout_secs,
+            ),
+            (
+                "client.request_timeout_secs",
+                self.client.request_timeout_secs,
+            ),
+            (
+                "limits.max_request_body_bytes",
+                self.limits.max_request_body_bytes,
+            ),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "client.max_response_bytes",
+                self.client.max_response_bytes as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: "is 0".into(),
+                    fix: "use a positive value (or remove the key to get the default)",
+                });
+            }
+        }
+        if self.retention.metadata_days < self.retention.payload_days {
+            return Err(ConfigError::Invalid {
+                key: "retention.metadata_days",
+                problem: format!(
+                    "({}) is shorter than retention.payload_days ({})",
+                    self.retention.metadata_days, self.retention.payload_days
+                ),
+                fix: "metadata (with receipts) must outlive the payloads it describes: raise it",
+            });
+        }
+        if self.server.listen == self.ops.listen && self.server.listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                key: "ops.listen",
+                problem: format!("is the same address as server.listen ({})", self.ops.listen),
+                fix: "give the operations listener its own port (default 127.0.0.1:9464)",
+            });
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::Invalid {
+                key: "log.level",
+                problem: format!("`{}` is not a valid filter ({e})", self.log.level),
+                fix: "use a level such as `info` or directives such as `info,varti_gateway=debug`",
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The embedded store's directory: `store.path`, or `<data_dir>/store`.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("store"))
+    }
+}
+
+/// Seconds to a [`Duration`] (config values are whole seconds).
+pub fn secs(value: u64) -> Duration {
+    Duration::from_secs(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let d = Config::default();
+        assert_eq!(d.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(d.tls.client_auth, ClientAuth::Optional);
+        assert_eq!(d.store_path(), PathBuf::from("./var/store"));
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[tls]\nclient_authh = \"required\"\n").unwrap_err();
+        assert!(err.contains("client_authh"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_named() {
+        let err = Config::parse("[tls]\nclient_auth = \"maybe\"\n").unwrap_err();
+        assert!(
+            err.contains("client_auth") || err.contains("maybe"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.retention.metadata_days = 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("retention.metadata_days"), "{err}");
+        let mut c = Config::default();
+        c.server.idle_timeout_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.idle_timeout_secs"), "{err}");
+        let mut c = Config::default();
+        c.log.level = "info,=[".into();
+        assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let mut c = Config::parse("data_dir = \"data\"\n[tls]\ncert = \"/abs/c.pem\"\n").unwrap();
+        c.resolve_relative_to(Path::new("/etc/varti"));
+        assert_eq!(c.data_dir, PathBuf::from("/etc/varti/data"));
+        assert_eq!(c.tls.cert, PathBuf::from("/abs/c.pem"));
+        assert_eq!(c.store_path(), PathBuf::from("/etc/varti/data/store"));
+    }
+
+    #[test]
+    fn example_config_documents_every_section_and_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/varti.example.toml");
+        let text = std::fs::read_to_string(&path).expect("deploy/varti.example.toml exists");
+        let parsed = Config::parse(&text).unwrap();
+        parsed.validate().unwrap();
+        // The example shows the defaults, so a reader can trust it as the reference.
+        assert_eq!(parsed, Config::default());
+    }
+}

@@ -1,0 +1,11 @@
+//! Library side of the `varti` binary: the running access point's transport and operations.
+//!
+//! * [`config`] — the configuration file (`varti.toml`) with embedded defaults.
+//! * [`server`] — the TLS (or, for local tests, plain) HTTP server and its MSH endpoint.
+//! * [`client`] — the outbound HTTP client used to push messages to partners.
+//! * [`ops`] — `/health`, `/ready` and Prometheus `/metrics`.
+
+pub mod client;
+pub mod config;
+pub mod ops;
+pub mod server;

@@ -1,0 +1,267 @@
+//! Prometheus metrics, registered in one place and updated through [`Metrics`].
+//!
+//! Exposed names (OpenMetrics text on `/metrics`):
+//! * `varti_messages_total{direction,outcome}` — AS4 user messages by direction and outcome;
+//! * `varti_retries_total` — outbound send retries;
+//! * `varti_processing_latency_seconds{direction}` — histogram: inbound, request received →
+//!   response ready; outbound, submit → receipt;
+//! * `varti_queue_depth` — outbound messages waiting to be sent or retried;
+//! * `varti_cert_expiry_days{cert}` — days until a certificate expires (negative: expired).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::server::http::full;
+use crate::server::Body;
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Received from a partner.
+    Inbound,
+    /// Sent to a partner.
+    Outbound,
+}
+
+/// How a message's processing ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// Inbound: stored and receipted. Outbound: acknowledged by the receiver.
+    Success,
+    /// Inbound: refused with an ebMS error (invalid, untrusted, not agreed).
+    Rejected,
+    /// A resend of a message already received; answered with the original receipt.
+    Duplicate,
+    /// Outbound: failed for good after the last retry (EBMS:0301 reported to the backend).
+    Failed,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Rejected => "rejected",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.label())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    direction: Direction,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    cert: String,
+}
+
+type LatencyFamily = Family<DirectionLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s in powers of two: covers a receipt round trip and a 1 GiB transfer.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// All of Varti's metrics. Share it as `Arc<Metrics>`; every method is cheap and lock-free
+/// except [`Metrics::encode`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    messages: Family<MessageLabels, Counter>,
+    retries: Counter,
+    latency: LatencyFamily,
+    queue_depth: Gauge,
+    cert_expiry: Family<CertLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (once; each [`Metrics`] has its own registry).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let messages = Family::<MessageLabels, Counter>::default();
+        let retries = Counter::default();
+        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let queue_depth = Gauge::default();
+        let cert_expiry = Family::<CertLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "varti_messages",
+            "AS4 user messages by direction and outcome",
+            messages.clone(),
+        );
+        registry.register("varti_retries", "Outbound send retries", retries.clone());
+        registry.register(
+            "varti_processing_latency_seconds",
+            "Processing latency: inbound request to response, outbound submit to receipt",
+            latency.clone(),
+        );
+        registry.register(
+            "varti_queue_depth",
+            "Outbound messages waiting to be sent or retried",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "varti_cert_expiry_days",
+            "Days until the certificate expires (negative when expired)",
+            cert_expiry.clone(),
+        );
+        // Create every labelled series up front so that dashboards and rate() see zeros
+        // instead of missing series before the first message.
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for outcome in [
+                Outcome::Success,
+                Outcome::Rejected,
+                Outcome::Duplicate,
+                Outcome::Failed,
+            ] {
+                let _ = messages.get_or_create(&MessageLabels { direction, outcome });
+            }
+            let _ = latency.get_or_create(&DirectionLabels { direction });
+        }
+        Metrics {
+            registry,
+            messages,
+            retries,
+            latency,
+            queue_depth,
+            cert_expiry,
+        }
+    }
+
+    /// Counts one message.
+    pub fn message(&self, direction: Direction, outcome: Outcome) {
+        self.messages
+            .get_or_create(&MessageLabels { direction, outcome })
+            .inc();
+    }
+
+    /// Counts one outbound retry.
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// Records one processing latency.
+    pub fn observe_latency(&self, direction: Direction, latency: Duration) {
+        self.latency
+            .get_or_create(&DirectionLabels { direction })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Sets the outbound queue depth.
+    pub fn set_queue_depth(&self, depth: u64) {
+        self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
+    }
+
+    /// Sets the days until certificate `cert` (a short name such as `tls`) expires.
+    pub fn set_cert_expiry_days(&self, cert: &str, days: f64) {
+        self.cert_expiry
+            .get_or_create(&CertLabels {
+                cert: cert.to_owned(),
+            })
+            .set(days);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `/metrics`: the OpenMetrics text exposition.
+pub fn metrics(metrics: &Metrics) -> Response<Body> {
+    let mut response = Response::new(full(metrics.encode()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Days from now until the first certificate in the PEM file `path` expires (negative when
+/// it has expired). Errors name the file.
+pub fn cert_expiry_days(path: &Path) -> Result<f64, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read certificate {}: {e}", path.display()))?;
+    let cert = openssl::x509::X509::from_pem(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
+    let now = openssl::asn1::Asn1Time::days_from_now(0)
+        .map_err(|e| format!("cannot read the clock: {e}"))?;
+    let diff = now
+        .diff(cert.not_after())
+        .map_err(|e| format!("cannot compare the expiry of {}: {e}", path.display()))?;
+    Ok(f64::from(diff.days) + f64::from(diff.secs) / 86_400.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_metric_and_label() {
+        let m = Metrics::new();
+        m.message(Direction::Inbound, Outcome::Success);
+        m.message(Direction::Inbound, Outcome::Success);
+        m.message(Direction::Outbound, Outcome::Failed);
+        m.retry();
+        m.observe_latency(Direction::Inbound, Duration::from_millis(3));
+        m.set_queue_depth(7);
+        m.set_cert_expiry_days("tls", 42.5);
+        let text = m.encode();
+        assert!(
+            text.contains("varti_messages_total{direction=\"inbound\",outcome=\"success\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("varti_messages_total{direction=\"outbound\",outcome=\"failed\"} 1"));
+        assert!(text.contains("varti_retries_total 1"));
+        assert!(text.contains("varti_processing_latency_seconds_count{direction=\"inbound\"} 1"));
+        assert!(text.contains("varti_queue_depth 7"));
+        assert!(text.contains("varti_cert_expiry_days{cert=\"tls\"} 42.5"));
+    }
+}

@@ -1,0 +1,331 @@
+//! HTTP plumbing shared by the server and the client: body types, the bridge from an async
+//! body to a blocking [`Read`], and SOAP fault responses.
+//!
+//! Why a bridge: the MIME parser and the store are synchronous (`Read`-based) and run under
+//! `spawn_blocking`. The async side pumps body frames into a *bounded* channel and the
+//! blocking side pulls them through [`BodyReader`]; when the parser is slower than the
+//! network, the channel fills, the pump stops polling, hyper stops reading the socket and TCP
+//! flow control slows the sender. Memory stays flat whatever the body size.
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::mpsc;
+
+/// The response body type of every route: a boxed stream of byte chunks.
+pub type Body = BoxBody<Bytes, io::Error>;
+
+/// Chunks buffered between the network and a blocking reader or writer. With hyper's read
+/// sizes (at most a few hundred KiB per frame) this bounds the buffer to a few MiB.
+const CHANNEL_DEPTH: usize = 8;
+
+/// Chunk size when streaming from a [`Read`] into a body.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A complete, in-memory body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A body fed by a channel of chunks; an `Err` item aborts the body (the peer sees a reset).
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    /// The exact length when known (sent as `Content-Length` instead of chunked).
+    length: Option<u64>,
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|chunk| chunk.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.length {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// Streams a blocking reader as a body: a blocking task reads 64 KiB chunks into a bounded
+/// channel. Must be called inside a tokio runtime. If the body is dropped (peer gone,
+/// timeout), the reader task stops at its next chunk. `length`, when given, must be exact:
+/// it is announced as `Content-Length`.
+pub fn reader_body(mut reader: Box<dyn Read + Send>, length: Option<u64>) -> ChannelBody {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let item = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    ChannelBody { rx, length }
+}
+
+/// The blocking end of a streamed request body: implements [`Read`].
+///
+/// Reads block the calling thread, so use it only from `spawn_blocking` (or another thread
+/// outside the runtime's workers). The body ends with `Ok(0)`; a body that broke off (peer
+/// reset, size limit) ends with an `Err` whose message says why.
+#[derive(Debug)]
+pub struct BodyReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+    done: bool,
+}
+
+impl BodyReader {
+    /// A reader over fixed bytes (tests, or bodies already in memory).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> BodyReader {
+        let (_tx, rx) = mpsc::channel(1);
+        BodyReader {
+            rx,
+            current: bytes.into(),
+            done: false,
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                None => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// Connects an async body to a [`BodyReader`]: returns the reader and a future that pumps
+/// the body into it. Spawn the future; it ends when the body ends, fails, exceeds `limit`
+/// bytes (the reader then gets an error naming the limit and `limit_hit` is set), or when
+/// the reader is dropped.
+pub fn bridge<B>(
+    body: B,
+    limit: u64,
+    limit_hit: Arc<AtomicBool>,
+) -> (BodyReader, impl std::future::Future<Output = ()> + Send)
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let pump = async move {
+        let mut body = body;
+        let mut seen: u64 = 0;
+        loop {
+            let frame = match body.frame().await {
+                None => return,
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    let _ = tx
+                        .send(Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            format!("the request body broke off: {e}"),
+                        )))
+                        .await;
+                    return;
+                }
+            };
+            // Trailers are not used by AS4; skip them.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen > limit {
+                limit_hit.store(true, Ordering::SeqCst);
+                let _ = tx
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the request body exceeds the limit of {limit} bytes \
+                             (limits.max_request_body_bytes)"
+                        ),
+                    )))
+                    .await;
+                return;
+            }
+            if tx.send(Ok(data)).await.is_err() {
+                // The handler stopped reading: nothing more to do.
+                return;
+            }
+        }
+    };
+    (
+        BodyReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+        },
+        pump,
+    )
+}
+
+/// Who the SOAP fault blames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCode {
+    /// The request is at fault (`env:Sender`).
+    Sender,
+    /// This server is at fault or not able to process (`env:Receiver`).
+    Receiver,
+}
+
+/// The `Content-Type` of a SOAP 1.2 message.
+pub const SOAP12_CONTENT_TYPE: &str = "application/soap+xml; charset=utf-8";
+
+/// A SOAP 1.2 fault envelope with `reason` as its text (escaped).
+pub fn soap_fault(code: FaultCode, reason: &str) -> Bytes {
+    let code = match code {
+        FaultCode::Sender => "env:Sender",
+        FaultCode::Receiver => "env:Receiver",
+    };
+    let mut escaped = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        match c {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            c if (c as u32) < 0x20 && c != '\t' && c != '\n' && c != '\r' => escaped.push(' '),
+            c => escaped.push(c),
+        }
+    }
+    Bytes::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+<env:Envelope xmlns:env=\"http://www.w3.org/2003/05/soap-envelope\"><env:Body><env:Fault>\
+<env:Code><env:Value>{code}</env:Value></env:Code>\
+<env:Reason><env:Text xml:lang=\"en\">{escaped}</env:Text></env:Reason>\
+</env:Fault></env:Body></env:Envelope>"
+    ))
+}
+
+/// An HTTP response carrying a SOAP 1.2 fault.
+pub fn fault_response(
+    status: http::StatusCode,
+    code: FaultCode,
+    reason: &str,
+) -> http::Response<Body> {
+    let mut response = http::Response::new(full(soap_fault(code, reason)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(SOAP12_CONTENT_TYPE),
+    );
+    response
+}
+
+/// A plain-text response (ops endpoints, simple errors).
+pub fn text_response(status: http::StatusCode, text: impl Into<Bytes>) -> http::Response<Body> {
+    let mut response = http::Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_escapes_reason() {
+        let xml = soap_fault(FaultCode::Sender, "a <b> & \"c\"\u{1}");
+        let xml = std::str::from_utf8(&xml).unwrap();
+        assert!(
+            xml.contains("a &lt;b&gt; &amp; &quot;c&quot; </env:Text>"),
+            "{xml}"
+        );
+        assert!(xml.contains("<env:Value>env:Sender</env:Value>"));
+    }
+
+    #[test]
+    fn body_reader_from_bytes_reads_all() {
+        let mut r = BodyReader::from_bytes(&b"hello"[..]);
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bridge_enforces_limit_and_streams() {
+        let body = VecBody((0..10u8).map(|i| Bytes::from(vec![i; 1000])).collect());
+        let hit = Arc::new(AtomicBool::new(false));
+        let (mut reader, pump) = bridge(body, 5500, hit.clone());
+        tokio::spawn(pump);
+        let got = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            let err = reader.read_to_end(&mut buf).unwrap_err();
+            (buf.len(), err.to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.0, 5000);
+        assert!(got.1.contains("5500 bytes"), "{}", got.1);
+        assert!(hit.load(Ordering::SeqCst));
+    }
+
+    /// A body of fixed chunks.
+    struct VecBody(std::collections::VecDeque<Bytes>);
+    impl HttpBody for VecBody {
+        type Data = Bytes;
+        type Error = io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+}
