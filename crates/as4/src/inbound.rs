@@ -226,6 +226,14 @@ pub fn receive(
     policy: &ReceivePolicy,
 ) -> Result<ReceivedMessage, EbmsError> {
     let root = &package.root().content;
+    // The security layer's parse first: a second eb:Messaging anywhere is a
+    // signature-wrapping attempt (EBMS:0101), whatever the ebMS reader would say of it.
+    let doc = match XmlDocument::parse(root) {
+        Ok(doc) => doc,
+        // Malformed XML: the ebMS reader's diagnosis is the more precise one.
+        Err(e) => return Err(soap::parse_envelope(root).err().unwrap_or(e)),
+    };
+    single_messaging(&doc)?;
     let envelope = soap::parse_envelope(root)?;
     let id = envelope
         .messaging
@@ -239,35 +247,45 @@ pub fn receive(
                 .first()
                 .map(|s| s.message_info.message_id.clone())
         });
-    receive_parsed(package, envelope, policy).map_err(|e| match (&e.ref_to_message_id, id) {
+    receive_parsed(package, &doc, envelope, policy).map_err(|e| match (&e.ref_to_message_id, id) {
         (None, Some(id)) => e.for_message(id),
         _ => e,
     })
 }
 
+/// Refuses a document with more than one `eb:Messaging` anywhere (signature wrapping).
+fn single_messaging(doc: &XmlDocument) -> Result<(), EbmsError> {
+    let n = doc
+        .elements()
+        .into_iter()
+        .filter(|e| e.is(EBMS_NS, "Messaging"))
+        .count();
+    if n > 1 {
+        return Err(auth(format!(
+            "the document holds {n} eb:Messaging elements; exactly one is allowed (possible \
+             signature-wrapping attack)"
+        )));
+    }
+    Ok(())
+}
+
 fn receive_parsed(
     package: &MimePackage,
+    doc: &XmlDocument,
     envelope: Envelope,
     policy: &ReceivePolicy,
 ) -> Result<ReceivedMessage, EbmsError> {
     let root = &package.root().content;
-    // Stage 1: the security layer's own parse of the same bytes.
-    let doc = XmlDocument::parse(root)?;
-    let messagings: Vec<_> = doc
+    let messaging = doc
         .elements()
         .into_iter()
-        .filter(|e| e.is(EBMS_NS, "Messaging"))
-        .collect();
-    if messagings.len() != 1 {
-        return Err(auth(format!(
-            "the document holds {} eb:Messaging elements; exactly one is allowed (possible \
-             signature-wrapping attack)",
-            messagings.len()
-        )));
-    }
-    let user_message_xml = match messagings[0].child(EBMS_NS, "UserMessage") {
+        .find(|e| e.is(EBMS_NS, "Messaging"))
+        .ok_or_else(|| {
+            EbmsError::new(ErrorCode::InvalidHeader, "the message has no eb:Messaging")
+        })?;
+    let user_message_xml = match messaging.child(EBMS_NS, "UserMessage") {
         Some(um) => Some(
-            String::from_utf8(c14n::canonicalize_element(&doc, um, &[])?)
+            String::from_utf8(c14n::canonicalize_element(doc, um, &[])?)
                 .map_err(|_| auth("the eb:UserMessage is not UTF-8"))?,
         ),
         None => None,
@@ -299,7 +317,7 @@ fn receive_parsed(
     }
 
     // Stage 2: decrypt.
-    let (decrypted, encryption) = decrypt_stage(&doc, root, package, policy)?;
+    let (decrypted, encryption) = decrypt_stage(doc, root, package, policy)?;
     if policy.require_encryption {
         for (_, _, cid) in &payload_parts {
             if !decrypted.iter().any(|d| d.content_id == *cid) {
@@ -323,7 +341,7 @@ fn receive_parsed(
             }
         })
         .collect();
-    let signature = verify_stage(&doc, &envelope, &sources, &payload_parts, policy)?;
+    let signature = verify_stage(doc, &envelope, &sources, &payload_parts, policy)?;
 
     // Stage 5: trust.
     if let Some(sig) = &signature {
