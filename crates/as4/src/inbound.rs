@@ -46,8 +46,7 @@ use crate::security::swa::AttachmentSource;
 use crate::security::token::{self, TokenReference};
 use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
 
-/// The XML Encryption namespace (`xenc:`).
-const NS_XENC: &str = "http://www.w3.org/2001/04/xmlenc#";
+use crate::ns::XENC_NS as NS_XENC;
 
 /// Default decompression cap per part: 1 GiB.
 pub const DEFAULT_DECOMPRESSION_CAP: u64 = 1 << 30;

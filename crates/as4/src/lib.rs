@@ -15,6 +15,7 @@ pub mod compress;
 pub mod error;
 pub mod inbound;
 pub mod message;
+pub mod ns;
 pub mod outbound;
 pub mod pmode;
 pub mod security;

@@ -19,7 +19,7 @@ use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage, MimeWriter};
 use varti_as4::message::model::*;
 use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
-use varti_as4::security::encrypt::{EncryptionSettings, TokenReference as EncTokenReference};
+use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
@@ -186,11 +186,7 @@ fn seal(
             content: r as &mut dyn Read,
         })
         .collect();
-    let enc_token = match token {
-        TokenReference::SubjectKeyIdentifier => EncTokenReference::SubjectKeyIdentifier,
-        TokenReference::IssuerSerial => EncTokenReference::IssuerSerial,
-        _ => EncTokenReference::BinarySecurityToken,
-    };
+
     let policy = SendPolicy {
         signing: SigningIdentity {
             profile,
@@ -201,7 +197,7 @@ fn seal(
         encryption: encrypt.then(|| EncryptionSettings {
             receiver_cert: &receiver.enc_cert,
             key_protection: key_protection_for(profile),
-            token_reference: enc_token,
+            token_reference: token,
         }),
         compress,
     };

@@ -20,7 +20,7 @@ use varti_as4::message::model::{Messaging, Party, Property, SignalKind, UserMess
 use varti_as4::message::soap::{parse_envelope, Envelope, SoapVersion};
 use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
 use varti_as4::security::dom::XmlDocument;
-use varti_as4::security::encrypt::{EncryptionSettings, TokenReference as EncTokenReference};
+use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 use varti_as4::security::receipt::{check_receipt_nrr, signed_references};
 use varti_as4::security::sign::SigningIdentity;
@@ -880,19 +880,10 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(e) => return cannot_run(e),
     };
-    let (token_reference, enc_token) = match args.token.as_str() {
-        "bst" => (
-            TokenReference::BinarySecurityToken,
-            EncTokenReference::BinarySecurityToken,
-        ),
-        "ski" => (
-            TokenReference::SubjectKeyIdentifier,
-            EncTokenReference::SubjectKeyIdentifier,
-        ),
-        "issuer-serial" => (
-            TokenReference::IssuerSerial,
-            EncTokenReference::IssuerSerial,
-        ),
+    let token_reference = match args.token.as_str() {
+        "bst" => TokenReference::BinarySecurityToken,
+        "ski" => TokenReference::SubjectKeyIdentifier,
+        "issuer-serial" => TokenReference::IssuerSerial,
         other => {
             return cannot_run(format!(
                 "unknown --token '{other}'; use bst, ski or issuer-serial"
@@ -970,7 +961,7 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         encryption: receiver.as_ref().map(|c| EncryptionSettings {
             receiver_cert: c,
             key_protection: key_protection_for(profile),
-            token_reference: enc_token,
+            token_reference,
         }),
         compress: args.compress,
     };
