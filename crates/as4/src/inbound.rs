@@ -197,16 +197,20 @@ impl ReceivedMessage {
 
     /// The id of the user message, or of the first signal.
     pub fn message_id(&self) -> Option<&str> {
-        let m = &self.envelope.messaging;
-        m.user_message
-            .as_ref()
-            .map(|u| u.message_info.message_id.as_str())
-            .or_else(|| {
-                m.signals
-                    .first()
-                    .map(|s| s.message_info.message_id.as_str())
-            })
+        message_id_of(&self.envelope.messaging)
     }
+}
+
+/// The id of the user message in `m`, or of its first signal.
+fn message_id_of(m: &Messaging) -> Option<&str> {
+    m.user_message
+        .as_ref()
+        .map(|u| u.message_info.message_id.as_str())
+        .or_else(|| {
+            m.signals
+                .first()
+                .map(|s| s.message_info.message_id.as_str())
+        })
 }
 
 fn auth(detail: impl Into<String>) -> EbmsError {
@@ -234,18 +238,7 @@ pub fn receive(
     };
     single_messaging(&doc)?;
     let envelope = soap::parse_envelope(root)?;
-    let id = envelope
-        .messaging
-        .user_message
-        .as_ref()
-        .map(|u| u.message_info.message_id.clone())
-        .or_else(|| {
-            envelope
-                .messaging
-                .signals
-                .first()
-                .map(|s| s.message_info.message_id.clone())
-        });
+    let id = message_id_of(&envelope.messaging).map(str::to_string);
     receive_parsed(package, &doc, envelope, policy).map_err(|e| match (&e.ref_to_message_id, id) {
         (None, Some(id)) => e.for_message(id),
         _ => e,

@@ -291,10 +291,14 @@ fn new_message_id() -> String {
     format!("{}@varti", uuid::Uuid::new_v4())
 }
 
+/// Namespace of the element that wraps the copy of the received `eb:UserMessage` in a
+/// plain (non-NRR) receipt.
+pub const PLAIN_RECEIPT_NS: &str = "urn:varti:as4:receipt";
+
 /// Builds the receipt for a received user message: a signed non-repudiation receipt
 /// (`ebbp:NonRepudiationInformation` copying the received signature's references) when
 /// `identity` is given and the message was signed, otherwise a plain receipt holding a
-/// copy of the received `eb:UserMessage`. Returns the SOAP envelope.
+/// copy of the received `eb:UserMessage` (inside `varti:ReceivedUserMessage`). Returns the SOAP envelope.
 pub fn build_receipt(
     received: &ReceivedMessage,
     identity: Option<&SigningIdentity<'_>>,
@@ -310,12 +314,15 @@ pub fn build_receipt(
             non_repudiation: None,
             other: vec![non_repudiation_information(&sig.references)],
         },
-        _ => Receipt::plain(
+        // The ebMS3 schema allows only foreign-namespace content in eb:Receipt
+        // (`##other`), so the copy of the eb:UserMessage is wrapped in a Varti element.
+        _ => Receipt::plain(format!(
+            "<varti:ReceivedUserMessage xmlns:varti=\"{PLAIN_RECEIPT_NS}\">{}</varti:ReceivedUserMessage>",
             received
                 .user_message_xml
-                .clone()
-                .ok_or_else(|| internal("the received user message was not kept"))?,
-        ),
+                .as_deref()
+                .ok_or_else(|| internal("the received user message was not kept"))?
+        )),
     };
     let mut info = MessageInfo::new(new_message_id());
     info.ref_to_message_id = Some(ref_to);

@@ -717,3 +717,153 @@ fn truncated_ciphertext_or_wrong_tag_is_a_decryption_failure() {
     );
     refused(&f, &short, &p, ErrorCode::FailedDecryption, "cid:p1@test");
 }
+
+/// A signed message whose PartInfo claims gzip: the content is `body`.
+fn signed_with_gzip_claim(f: &Fixture, body: &[u8]) -> Sent {
+    use varti_as4::message::soap::{build_envelope, BuildOptions};
+    use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
+    use varti_as4::security::swa::{AttachmentSource, MemoryAttachment};
+    let mut um = user_message();
+    let mut part = PartInfo::attachment("p1@test");
+    part.properties = vec![
+        Property::new("CompressionType", "application/gzip"),
+        Property::new("MimeType", "text/plain"),
+    ];
+    um.parts.push(part);
+    let m = Messaging {
+        id: Some("_m".into()),
+        user_message: Some(um),
+        signals: vec![],
+    };
+    let env = build_envelope(
+        &m,
+        &BuildOptions {
+            body_id: Some("_b"),
+            extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
+            body_payload: None,
+        },
+    )
+    .unwrap();
+    let att = MemoryAttachment {
+        content_id: "p1@test".into(),
+        content_type: "application/gzip".into(),
+        data: body.to_vec(),
+    };
+    let id = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &f.alice.sign_key,
+        certificate: &f.alice.sign_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let signed = sign_envelope(&env, &id, &[&att as &dyn AttachmentSource]).unwrap();
+    let mut out = Vec::new();
+    let mut w = MimeWriter::new(&mut out);
+    let content_type = w.content_type();
+    w.write_root(signed.envelope.as_bytes()).unwrap();
+    w.write_attachment("p1@test", "application/gzip", &[], &mut &body[..])
+        .unwrap();
+    w.finish().unwrap();
+    Sent {
+        bytes: out,
+        content_type,
+    }
+}
+
+#[test]
+fn a_signed_part_that_is_not_gzip_or_too_large_is_a_decompression_failure() {
+    let f = fixture();
+    let not_gzip = signed_with_gzip_claim(&f, b"this is not gzip");
+    refused(
+        &f,
+        &not_gzip,
+        &policy(&f, false),
+        ErrorCode::DecompressionFailure,
+        "cid:p1@test",
+    );
+    let mut gz = Vec::new();
+    varti_as4::compress::gzip(&vec![0u8; 100_000][..], &mut gz).unwrap();
+    let bomb = signed_with_gzip_claim(&f, &gz);
+    let mut p = policy(&f, false);
+    p.decompression_cap = 10_000;
+    refused(
+        &f,
+        &bomb,
+        &p,
+        ErrorCode::DecompressionFailure,
+        "cid:p1@test",
+    );
+    p.decompression_cap = 100_000;
+    let msg = open(&bomb, &p).unwrap();
+    assert_eq!(msg.payloads[0].len, 100_000);
+    assert_eq!(msg.payloads[0].mime_type, "text/plain");
+}
+
+#[test]
+fn receipts_and_error_signals_are_signed_when_the_leg_signs() {
+    use varti_as4::message::mime::{ContentType, Headers};
+    use varti_as4::outbound::{build_error_signal, build_receipt};
+    let f = fixture();
+    let sent = seal(
+        &AS4_1_15,
+        &f.alice,
+        &f.bob,
+        TokenReference::SubjectKeyIdentifier,
+        &payload(),
+        true,
+        true,
+    );
+    let msg = open(&sent, &policy(&f, true)).unwrap();
+    let bob_id = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &f.bob.sign_key,
+        certificate: &f.bob.sign_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let as_package = |xml: &str| {
+        MimePackage::single(
+            ContentType::parse("application/soap+xml").unwrap(),
+            Headers::new(),
+            xml.as_bytes().to_vec(),
+        )
+    };
+    let mut alice_side = ReceivePolicy::strict(&AS4_1_15);
+    alice_side.require_encryption = false;
+    alice_side.trust_anchors = vec![f.bob.sign_cert.clone()];
+    // Signed NRR receipt: verifies at the sender and matches what it signed.
+    let receipt = build_receipt(&msg, Some(&bob_id)).unwrap();
+    let r = receive(&as_package(&receipt), &alice_side).unwrap();
+    let SignalKind::Receipt(rc) = &r.messaging().signals[0].kind else {
+        panic!("not a receipt")
+    };
+    assert!(rc.non_repudiation.is_some(), "{receipt}");
+    assert_eq!(
+        r.messaging().signals[0]
+            .message_info
+            .ref_to_message_id
+            .as_deref(),
+        msg.message_id()
+    );
+    // Plain receipt for an unsigned leg: no signature, a copy of the UserMessage.
+    let plain = build_receipt(&msg, None).unwrap();
+    assert!(
+        !plain.contains("Signature") && plain.contains("UserMessage"),
+        "{plain}"
+    );
+    let mut unsigned_leg = ReceivePolicy::strict(&AS4_1_15);
+    unsigned_leg.require_signature = false;
+    unsigned_leg.require_encryption = false;
+    let r = receive(&as_package(&plain), &unsigned_leg).unwrap();
+    assert!(r.signature.is_none());
+    // Error signal, signed.
+    let err = EbmsError::new(ErrorCode::FailedDecryption, "bad tag");
+    let signal = build_error_signal(&err, Some("m-1@test"), Some(&bob_id)).unwrap();
+    let r = receive(&as_package(&signal), &alice_side).unwrap();
+    let SignalKind::Errors(errs) = &r.messaging().signals[0].kind else {
+        panic!("not an error signal")
+    };
+    assert_eq!(errs[0].error_code, "EBMS:0102");
+    assert_eq!(errs[0].ref_to_message_in_error.as_deref(), Some("m-1@test"));
+    assert!(signal.contains("SignatureValue"));
+    let unsigned = build_error_signal(&err, None, None).unwrap();
+    assert!(!unsigned.contains("Signature"));
+}
