@@ -28,8 +28,9 @@ use crate::message::model::{
     UserMessage,
 };
 use crate::message::soap::{build_envelope, BuildOptions};
+use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
-use crate::security::receipt::non_repudiation_information;
+use crate::security::receipt::{check_receipt_nrr, non_repudiation_information};
 use crate::security::sign::{
     sign_envelope, SignedReference, SigningIdentity, SECURITY_HEADER_PLACEHOLDER,
 };
@@ -67,6 +68,8 @@ pub struct SentMessage {
     pub references: Vec<SignedReference>,
     /// The envelope as sent.
     pub envelope: String,
+    /// The user message's `eb:MessageId` (a receipt's RefToMessageId must name it).
+    pub message_id: String,
 }
 
 fn internal(detail: impl Into<String>) -> EbmsError {
@@ -218,6 +221,7 @@ pub fn send(
         content_type,
         references: signed.references,
         envelope,
+        message_id: user_message.message_info.message_id.clone(),
     })
 }
 
@@ -355,4 +359,39 @@ pub fn build_error_signal(
         },
         identity,
     )
+}
+
+/// Sender side: checks that `receipt` (a message that passed [`receive`](crate::inbound::receive),
+/// so its signature is verified; `receipt_envelope` is its SOAP envelope) is a receipt for
+/// the message with id `request_message_id` and that its non-repudiation information lists
+/// exactly the references we signed (`sent`). `EBMS:0302 InvalidReceipt` otherwise.
+pub fn check_receipt(
+    receipt: &ReceivedMessage,
+    receipt_envelope: &[u8],
+    request_message_id: &str,
+    sent: &[SignedReference],
+) -> Result<(), EbmsError> {
+    let invalid = |d: String| EbmsError::new(ErrorCode::InvalidReceipt, d);
+    let signal = receipt
+        .messaging()
+        .signals
+        .iter()
+        .find(|s| matches!(s.kind, SignalKind::Receipt(_)))
+        .ok_or_else(|| invalid("the message is not a receipt (no eb:Receipt signal)".into()))?;
+    if signal.message_info.ref_to_message_id.as_deref() != Some(request_message_id) {
+        return Err(invalid(format!(
+            "the receipt refers to {:?}, not to the message {request_message_id}",
+            signal.message_info.ref_to_message_id
+        )));
+    }
+    if receipt.signature.is_none() && !sent.is_empty() {
+        return Err(invalid(
+            "the receipt is not signed, but the message was: a signed non-repudiation receipt is required"
+                .into(),
+        ));
+    }
+    if !sent.is_empty() {
+        check_receipt_nrr(&XmlDocument::parse(receipt_envelope)?, sent)?;
+    }
+    Ok(())
 }

@@ -541,20 +541,30 @@ fn signature_wrapping_variants_are_refused() {
         |b| b,
     );
     refused(&f, &body_moved, &p, ErrorCode::FailedAuthentication, "");
-    // 4. A duplicated id pointing the reference elsewhere.
+    // 4. A second element carrying eb:Messaging's wsu:Id, for the reference to resolve to.
     let dup_id = repackage(
         &sent,
         |r| {
-            let id_start = r.find("<eb:Messaging").unwrap();
-            let id = &r[id_start..];
-            let id = &id[id.find("wsu:Id=\"").unwrap() + 8..];
-            let id = &id[..id.find('"').unwrap()];
-            r.replace("<S12:Body", &format!("<S12:Body xmlns:x=\"urn:x\" x:dummy=\"1\"><x:Fake xmlns:wsu2=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd\" wsu2:Id=\"{id}\"/></S12:Body><S12:Ignored"))
+            let m = &r[r.find("<eb:Messaging").unwrap()..];
+            let m = &m[m.find("wsu:Id=\"").unwrap() + 8..];
+            let id = &m[..m.find('"').unwrap()];
+            let body = r.find("<S12:Body").unwrap();
+            let close = body + r[body..].find("/>").unwrap();
+            format!(
+                "{}><x:Fake xmlns:x=\"urn:x\" xmlns:wsu=\"{WSU_NS}\" wsu:Id=\"{id}\"/></S12:Body>{}",
+                &r[..close],
+                &r[close + 2..]
+            )
         },
         |b| b,
     );
-    assert!(open(&dup_id, &p).is_err());
-    assert_eq!(files_in(f.spool.path()), 0);
+    refused(
+        &f,
+        &dup_id,
+        &p,
+        ErrorCode::FailedAuthentication,
+        "duplicate",
+    );
 }
 
 #[test]

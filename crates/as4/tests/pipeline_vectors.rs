@@ -11,7 +11,7 @@ use varti_as4::error::ErrorCode;
 use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::dump::read_dump_file;
 use varti_as4::message::mime::{hex, MimeLimits};
-use varti_as4::outbound::build_receipt;
+use varti_as4::outbound::{build_receipt, check_receipt};
 use varti_as4::security::dom::XmlDocument;
 use varti_as4::security::profile::AS4_1_15;
 use varti_as4::security::receipt::{check_receipt_nrr, signed_references};
@@ -129,6 +129,16 @@ fn pyas4_receipt_verifies_against_the_request() {
         &sent,
     )
     .unwrap();
+    // The sender-side check: right request id and NRR; a wrong id is EBMS:0302.
+    let root = &dump.package.root().content;
+    let id = "bd6cb980-bd06-46c9-955b-2b5637ca9dd4@as4";
+    check_receipt(&r, root, id, &sent).unwrap();
+    let e = check_receipt(&r, root, "other@as4", &sent).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidReceipt);
+    let mut fewer = sent.clone();
+    fewer.pop();
+    let e = check_receipt(&r, root, id, &fewer).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidReceipt);
 }
 
 #[test]

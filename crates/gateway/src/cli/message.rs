@@ -18,11 +18,11 @@ use varti_as4::message::model::{
 };
 use varti_as4::message::model::{Messaging, Party, Property, SignalKind, UserMessage};
 use varti_as4::message::soap::{parse_envelope, Envelope, SoapVersion};
-use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
+use varti_as4::outbound::{check_receipt, send, OutgoingPayload, SendPolicy};
 use varti_as4::security::dom::XmlDocument;
 use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
-use varti_as4::security::receipt::{check_receipt_nrr, signed_references};
+use varti_as4::security::receipt::signed_references;
 use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::summary::{summarize, SecuritySummary};
 use varti_as4::security::token::{self, TokenReference};
@@ -763,28 +763,20 @@ fn check_receipt_for(
     receipt_root: &[u8],
     receipt: &ReceivedMessage,
 ) -> Result<usize, EbmsError> {
-    let invalid = |d: String| EbmsError::new(ErrorCode::InvalidReceipt, d);
     let request_env = parse_envelope(request_root)?;
     let request_id = request_env
         .messaging
         .user_message
         .as_ref()
         .map(|u| u.message_info.message_id.clone())
-        .ok_or_else(|| invalid("the --for file holds no user message".into()))?;
-    let receipt_signal = receipt
-        .messaging()
-        .signals
-        .iter()
-        .find(|s| matches!(s.kind, SignalKind::Receipt(_)))
-        .ok_or_else(|| invalid("the opened message is not a receipt".into()))?;
-    if receipt_signal.message_info.ref_to_message_id.as_deref() != Some(request_id.as_str()) {
-        return Err(invalid(format!(
-            "the receipt refers to {:?}, not to the request {request_id}",
-            receipt_signal.message_info.ref_to_message_id
-        )));
-    }
+        .ok_or_else(|| {
+            EbmsError::new(
+                ErrorCode::InvalidReceipt,
+                "the --for file holds no user message",
+            )
+        })?;
     let sent = signed_references(&XmlDocument::parse(request_root)?)?;
-    check_receipt_nrr(&XmlDocument::parse(receipt_root)?, &sent)?;
+    check_receipt(receipt, receipt_root, &request_id, &sent)?;
     Ok(sent.len())
 }
 
