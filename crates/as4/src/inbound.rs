@@ -498,31 +498,28 @@ fn verify_stage(
     let cids: Vec<&str> = payload_parts.iter().map(|(_, _, c)| c.as_str()).collect();
     report.require_signed(&cids)?;
 
-    // The verified eb:Messaging / Body must be what the ebMS reader read.
-    let messaging = report
-        .verified_element(&SignedPart::Messaging)
-        .ok_or_else(|| policy_err("eb:Messaging is not covered by the signature"))?;
-    match &envelope.messaging.id {
-        Some(id) if messaging.ids().contains(&id.as_str()) => {}
-        other => {
+    // The verified eb:Messaging / Body must be what the ebMS reader read: the element
+    // the signature covers (at its canonical place) carries the id the reader saw.
+    for (part, what, read_id) in [
+        (
+            SignedPart::Messaging,
+            "eb:Messaging",
+            &envelope.messaging.id,
+        ),
+        (SignedPart::Body, "SOAP Body", &envelope.body.id),
+    ] {
+        let signed = report
+            .verified_element(&part)
+            .ok_or_else(|| policy_err(format!("the {what} is not covered by the signature")))?;
+        if !read_id
+            .as_deref()
+            .is_some_and(|id| signed.ids().contains(&id))
+        {
             return Err(auth(format!(
-                "the signed eb:Messaging (ids {:?}) is not the eb:Messaging the message header was \
-                 read from (id {other:?}) (possible signature-wrapping attack)",
-                messaging.ids()
-            )))
-        }
-    }
-    let body = report
-        .verified_element(&SignedPart::Body)
-        .ok_or_else(|| policy_err("the SOAP Body is not covered by the signature"))?;
-    match &envelope.body.id {
-        Some(id) if body.ids().contains(&id.as_str()) => {}
-        other => {
-            return Err(auth(format!(
-                "the signed SOAP Body (ids {:?}) is not the Body of the envelope (id {other:?}) \
-                 (possible signature-wrapping attack)",
-                body.ids()
-            )))
+                "the signed {what} (ids {:?}) is not the {what} the message was read from (id \
+                 {read_id:?}) (possible signature-wrapping attack)",
+                signed.ids()
+            )));
         }
     }
 
