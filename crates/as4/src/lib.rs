@@ -6,12 +6,17 @@
 //!   with quick-xml) and the `multipart/related` MIME package (streamed).
 //! * [`compress`] — the AS4 compression feature (gzip per part).
 //! * [`security`] — WS-Security: exclusive c14n, signatures, encryption, policy.
+//! * [`inbound`] — the receive pipeline: decrypt, verify, enforce the leg's policy, decompress.
+//! * [`outbound`] — the send side: compress, sign, encrypt, write MIME; receipts and error signals.
 //! * [`pmode`] — PMode files, their checks, and routing of messages to legs.
 //! * [`error`] — the ebMS3/AS4 error codes every layer reports with.
 
 pub mod compress;
 pub mod error;
+pub mod inbound;
 pub mod message;
+pub mod ns;
+pub mod outbound;
 pub mod pmode;
 pub mod security;
 

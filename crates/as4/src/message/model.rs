@@ -13,24 +13,7 @@ use time::{Date, Duration, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOf
 
 use crate::error::{ErrorCode, Severity};
 
-/// The ebMS3 header namespace (`eb:`).
-pub const EBMS_NS: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/";
-/// The SOAP 1.2 envelope namespace (`S12:`), the only one Varti writes.
-pub const SOAP12_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
-/// The SOAP 1.1 envelope namespace (`S11:`), read for peers that still send it.
-pub const SOAP11_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
-/// The WS-Security utility namespace (`wsu:`), home of `wsu:Id`.
-pub const WSU_NS: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
-/// The WS-Security 1.0 extension namespace (`wsse:`), home of `wsse:Security`.
-pub const WSSE_NS: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
-/// The ebBP signals namespace (`ebbp:`) of `NonRepudiationInformation`.
-pub const EBBP_NS: &str = "http://docs.oasis-open.org/ebxml-bp/ebbp-signals-2.0";
-/// The XML-DSig namespace (`ds:`).
-pub const DS_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
-/// The namespace bound to the `xml:` prefix (`xml:lang`).
-pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+pub use crate::ns::{DS_NS, EBBP_NS, EBMS_NS, SOAP11_NS, SOAP12_NS, WSSE_NS, WSU_NS, XML_NS};
 
 /// MEP: one-way (ebMS3 Core §2.2.3).
 pub const MEP_ONE_WAY: &str =

@@ -38,7 +38,7 @@ use super::model::*;
 use crate::error::{EbmsError, ErrorCode};
 
 /// The namespace of exclusive c14n's `InclusiveNamespaces` element (`ec:`).
-pub const EXC_C14N_NS: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
+pub use crate::ns::EXC_C14N_NS;
 
 /// The SOAP version of an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,11 +22,8 @@ use crate::error::{EbmsError, ErrorCode};
 /// Largest document we hand to libxml2 (its length is a C `int`); envelopes are far smaller.
 const MAX_DOCUMENT_LEN: usize = 256 * 1024 * 1024;
 
-/// The wsu namespace (WS-Security utility), home of `wsu:Id`.
-pub const NS_WSU: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
-/// The `xml:` namespace (for `xml:id`).
-const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+pub use crate::ns::WSU_NS as NS_WSU;
+use crate::ns::XML_NS as NS_XML;
 
 static INIT: Once = Once::new();
 

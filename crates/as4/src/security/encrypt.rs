@@ -36,7 +36,7 @@ use base64::Engine as _;
 use openssl::bn::BigNumContext;
 use openssl::derive::Deriver;
 use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
-use openssl::hash::{hash, MessageDigest};
+use openssl::hash::MessageDigest;
 use openssl::md::{Md, MdRef};
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, PKeyRef, Private, Public};
@@ -88,18 +88,11 @@ pub const ATTACHMENT_COMPLETE: &str =
 pub const ATTACHMENT_CIPHERTEXT_TRANSFORM: &str =
     "http://docs.oasis-open.org/wss/oasis-wss-SwAProfile-1.1#Attachment-Ciphertext-Transform";
 
-const NS_XENC: &str = "http://www.w3.org/2001/04/xmlenc#";
-const NS_XENC11: &str = "http://www.w3.org/2009/xmlenc11#";
-const NS_DS: &str = "http://www.w3.org/2000/09/xmldsig#";
-const NS_DSIG11: &str = "http://www.w3.org/2009/xmldsig11#";
-const NS_DSIG_MORE: &str = "http://www.w3.org/2021/04/xmldsig-more#";
-const NS_WSSE: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
-const NS_WSSE11: &str = "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd";
-const NS_WSU: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
-const NS_S12: &str = "http://www.w3.org/2003/05/soap-envelope";
-const NS_S11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+use crate::ns::{
+    DSIG11_NS as NS_DSIG11, DSIG_MORE_NS as NS_DSIG_MORE, DS_NS as NS_DS, SOAP11_NS as NS_S11,
+    SOAP12_NS as NS_S12, WSSE11_NS as NS_WSSE11, WSSE_NS as NS_WSSE, WSU_NS as NS_WSU,
+    XENC11_NS as NS_XENC11, XENC_NS as NS_XENC,
+};
 
 const BASE64_BINARY: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary";
 const X509V3: &str =
@@ -538,48 +531,12 @@ impl DecryptionPolicy {
 // Token references: how the EncryptedKey names the receiver's certificate
 // ---------------------------------------------------------------------------------------
 
-/// How the receiver's certificate is referenced from the EncryptedKey (chosen per partner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TokenReference {
-    /// A `wsse:BinarySecurityToken` (X509v3) in the header plus a direct `wsse:Reference`.
-    BinarySecurityToken,
-    /// A `wsse:KeyIdentifier` holding the certificate's Subject Key Identifier.
-    SubjectKeyIdentifier,
-    /// A `ds:X509IssuerSerial` (issuer DN and serial number).
-    IssuerSerial,
-}
-
-/// The Subject Key Identifier of a certificate: its SKI extension, or else the SHA-1 of
-/// the subjectPublicKey bits (RFC 5280 §4.2.1.2 method 1), as WSS4J computes it.
-pub fn subject_key_identifier(cert: &X509Ref) -> Result<Vec<u8>, EbmsError> {
-    if let Some(ski) = cert.subject_key_id() {
-        return Ok(ski.as_slice().to_vec());
-    }
-    let key = cert
-        .public_key()
-        .map_err(|e| policy(format!("the certificate's public key is unreadable: {e}")))?;
-    let bits = public_key_bits(&key)
-        .ok_or_else(|| policy("cannot compute a key identifier for this key type"))?;
-    let digest =
-        hash(MessageDigest::sha1(), &bits).map_err(|e| policy(format!("SHA-1 failed: {e}")))?;
-    Ok(digest.to_vec())
-}
-
-/// The contents of the subjectPublicKey BIT STRING for the key types AS4 uses.
-fn public_key_bits(key: &PKeyRef<Public>) -> Option<Vec<u8>> {
-    match key.id() {
-        Id::RSA => key.rsa().ok()?.public_key_to_der_pkcs1().ok(),
-        Id::EC => {
-            let ec = key.ec_key().ok()?;
-            let mut ctx = BigNumContext::new().ok()?;
-            ec.public_key()
-                .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
-                .ok()
-        }
-        Id::X25519 | Id::ED25519 | Id::X448 | Id::ED448 => key.raw_public_key().ok(),
-        _ => None,
-    }
-}
+/// The Subject Key Identifier of a certificate (shared with signatures).
+pub use super::token::subject_key_identifier;
+/// How the receiver's certificate is referenced from the EncryptedKey (chosen per
+/// partner): the same type signatures use. [`TokenReference::PkiPath`] is sent as a
+/// single-certificate BST, like [`TokenReference::BinarySecurityToken`].
+pub use super::token::TokenReference;
 
 /// RFC 4514 string of a name (most significant RDN last, as Java's `getName()` writes it).
 fn dn_string(name: &X509NameRef) -> String {
@@ -722,7 +679,7 @@ fn token_reference_xml(
     kind: TokenReference,
 ) -> Result<(String, Option<String>), EbmsError> {
     match kind {
-        TokenReference::BinarySecurityToken => {
+        TokenReference::BinarySecurityToken | TokenReference::PkiPath => {
             let id = format!("X509-{}", uuid::Uuid::new_v4());
             let der = cert
                 .to_der()

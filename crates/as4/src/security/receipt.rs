@@ -10,8 +10,7 @@ use super::token::{decode_base64, NS_DS};
 use super::verify::VerifiedReference;
 use crate::error::{EbmsError, ErrorCode};
 
-/// ebBP signals 2.0 namespace.
-pub const NS_EBBP: &str = "http://docs.oasis-open.org/ebxml-bp/ebbp-signals-2.0";
+pub use crate::ns::EBBP_NS as NS_EBBP;
 
 /// Builds `ebbp:NonRepudiationInformation` from the references of a verified signature
 /// (pass [`SignatureReport::references`](super::verify::SignatureReport) — all of them,

@@ -13,7 +13,7 @@ use crate::error::EbmsError;
 use crate::security::dom::{Element, XmlDocument};
 use crate::security::token::{distinguished_name_string, NS_DS, NS_WSSE, VT_PKIPATH};
 
-const NS_XENC: &str = "http://www.w3.org/2001/04/xmlenc#";
+use crate::ns::XENC_NS as NS_XENC;
 
 /// What the security header of one message contains.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -26,11 +26,7 @@ use time::OffsetDateTime;
 use super::dom::Element;
 use crate::error::{EbmsError, ErrorCode};
 
-/// WS-Security secext namespace.
-pub const NS_WSSE: &str =
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
-/// XML-DSig namespace.
-pub const NS_DS: &str = "http://www.w3.org/2000/09/xmldsig#";
+pub use crate::ns::{DS_NS as NS_DS, WSSE_NS as NS_WSSE};
 /// BST value type: one X.509 v3 certificate.
 pub const VT_X509V3: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3";
@@ -42,8 +38,8 @@ pub const VT_SKI: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-ws
 /// Base64 encoding type of BSTs and key identifiers.
 pub const ENC_BASE64: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary";
 
-/// How a signature refers to its signing certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a signature (or an EncryptedKey) refers to a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenReference {
     /// A `wsse:BinarySecurityToken` (X509v3) in the header, referenced directly.
     BinarySecurityToken,

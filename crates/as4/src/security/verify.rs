@@ -28,12 +28,7 @@ use super::swa::{self, AttachmentSource, ATTACHMENT_CONTENT_SIGNATURE_TRANSFORM}
 use super::token::{self, ResolvedToken, NS_DS, NS_WSSE};
 use crate::error::{EbmsError, ErrorCode};
 
-/// SOAP 1.2 envelope namespace.
-pub const NS_SOAP12: &str = "http://www.w3.org/2003/05/soap-envelope";
-/// SOAP 1.1 envelope namespace.
-pub const NS_SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
-/// ebMS 3 core namespace.
-pub const NS_EBMS: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/";
+pub use crate::ns::{EBMS_NS as NS_EBMS, SOAP11_NS as NS_SOAP11, SOAP12_NS as NS_SOAP12};
 
 /// What the verifier needs besides the message.
 #[derive(Debug, Clone, Copy)]

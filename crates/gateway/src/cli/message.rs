@@ -4,12 +4,29 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
 use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use varti_as4::error::ErrorCode;
+use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy, ReceivedMessage};
 use varti_as4::message::dump::{read_dump_file, MessageDump};
 use varti_as4::message::mime::{hex, MimeLimits};
+use varti_as4::message::model::{
+    CollaborationInfo, MessageInfo, PartyId, PartyInfo, Service, ROLE_INITIATOR, ROLE_RESPONDER,
+};
 use varti_as4::message::model::{Messaging, Party, Property, SignalKind, UserMessage};
 use varti_as4::message::soap::{parse_envelope, Envelope, SoapVersion};
+use varti_as4::outbound::{check_receipt, send, OutgoingPayload, SendPolicy};
+use varti_as4::security::dom::XmlDocument;
+use varti_as4::security::encrypt::EncryptionSettings;
+use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
+use varti_as4::security::receipt::signed_references;
+use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::summary::{summarize, SecuritySummary};
+use varti_as4::security::token::{self, TokenReference};
+use varti_as4::security::verify::SignedPart;
 use varti_as4::EbmsError;
 
 use super::{exit_cannot_run, exit_problems};
@@ -28,6 +45,118 @@ pub enum MessageCommand {
     ///
     /// Example: varti message inspect request.http --json | jq .header
     Inspect(InspectArgs),
+    /// Decrypt, verify and decompress a dumped message as a receiver would.
+    ///
+    /// Runs Varti's receive pipeline: decryption (with --key/--cert, needed only when the
+    /// message is encrypted), signature verification over eb:Messaging, the Body and every
+    /// attachment, the policy checks (everything signed, no signature wrapping), the
+    /// signer certificate against --trust at --at (default now), and decompression.
+    /// Prints what was verified; with --out writes the payloads as they would be
+    /// delivered. For a receipt, --for REQUEST also checks that its non-repudiation
+    /// information matches what the request signed. Exit status 0 when verified, 1 when
+    /// refused (the ebMS error is printed), 2 when it cannot run.
+    ///
+    /// Example: varti message open request.http --key me.key.pem --cert me.cert.pem
+    ///          --trust partner.cert.pem --out delivered/
+    Open(Box<OpenArgs>),
+    /// Build a signed (optionally compressed and encrypted) AS4 message from payload files.
+    ///
+    /// Writes an HTTP-style dump (Content-Type header, blank line, MIME body) that
+    /// `inspect` and `open` read back, for testing peers. PMode legs are not read yet:
+    /// the leg's settings are given as flags.
+    ///
+    /// Example: varti message seal --from A --to B --service urn:s --action Go
+    ///          --key a.key.pem --cert a.cert.pem --encrypt-to b.cert.pem --compress
+    ///          --out msg.http invoice.xml
+    Seal(Box<SealArgs>),
+}
+
+/// Arguments of `message open`.
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// The message dump to open.
+    pub file: PathBuf,
+    /// Our private key (PEM), to decrypt; needed only for encrypted messages.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Our certificate (PEM) matching --key.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// A trusted certificate (PEM; the partner's, or a CA). Repeatable; a file may hold several.
+    #[arg(long)]
+    pub trust: Vec<PathBuf>,
+    /// Also trust the certificates carried in the message's BinarySecurityTokens, as if
+    /// pinned (for looking at captured messages; never for production decisions).
+    #[arg(long)]
+    pub trust_embedded: bool,
+    /// Evaluate certificate validity at this time (RFC 3339), instead of now.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Write the delivered payloads into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The algorithm profile: as4-1.15, as4-2.0-eddsa, as4-2.0-ecdsa (default: from the
+    /// message's signature method).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Accept a message without signature (a leg that does not sign).
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// For a receipt: the request it answers; checks the NRR against its signed references.
+    #[arg(long = "for")]
+    pub for_request: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `message seal`.
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// The sender's party id.
+    #[arg(long)]
+    pub from: String,
+    /// The receiver's party id.
+    #[arg(long)]
+    pub to: String,
+    /// The party id type of both parties.
+    #[arg(
+        long,
+        default_value = "urn:oasis:names:tc:ebcore:partyid-type:unregistered"
+    )]
+    pub party_type: String,
+    /// eb:Service.
+    #[arg(long)]
+    pub service: String,
+    /// eb:Action.
+    #[arg(long)]
+    pub action: String,
+    /// Our signing key (PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Our signing certificate (PEM).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// Encrypt the payloads for the holder of this certificate (PEM).
+    #[arg(long)]
+    pub encrypt_to: Option<PathBuf>,
+    /// Gzip-compress the payloads.
+    #[arg(long)]
+    pub compress: bool,
+    /// as4-1.15 (RSA), as4-2.0-eddsa (Ed25519 / X25519), as4-2.0-ecdsa (P-256).
+    #[arg(long, default_value = "as4-1.15")]
+    pub profile: String,
+    /// How the signature (and encryption) reference our certificate: bst, ski, issuer-serial.
+    #[arg(long, default_value = "bst")]
+    pub token: String,
+    /// The dump file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Payload files, one MIME part each.
+    pub payloads: Vec<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `message inspect`.
@@ -44,6 +173,8 @@ pub struct InspectArgs {
 pub fn run(cmd: MessageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         MessageCommand::Inspect(args) => inspect(args),
+        MessageCommand::Open(args) => open(*args),
+        MessageCommand::Seal(args) => seal(*args),
     }
 }
 
@@ -337,4 +468,553 @@ fn print_text(r: &Value) {
             s(&e["mime_type"])
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// message open
+// ---------------------------------------------------------------------------------------
+
+fn cannot_run(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {msg}");
+    Ok(exit_cannot_run())
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<X509>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = X509::stack_from_pem(&pem)
+        .map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &std::path::Path) -> Result<PKey<Private>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    PKey::private_key_from_pem(&pem).map_err(|e| {
+        format!(
+            "{} holds no unencrypted PEM private key: {e}",
+            path.display()
+        )
+    })
+}
+
+fn profile_named(name: &str) -> Result<&'static Profile, String> {
+    match name {
+        "as4-1.15" => Ok(&AS4_1_15),
+        "as4-2.0-eddsa" => Ok(&AS4_2_0_EDDSA),
+        "as4-2.0-ecdsa" => Ok(&AS4_2_0_ECDSA),
+        other => Err(format!(
+            "unknown profile '{other}'; use as4-1.15, as4-2.0-eddsa or as4-2.0-ecdsa"
+        )),
+    }
+}
+
+/// The profile a message's signature method belongs to (1.15 when unsigned or unknown:
+/// an unknown method is then refused by the pipeline with EBMS:0103).
+fn profile_of(security: &SecuritySummary) -> &'static Profile {
+    let method = security
+        .signatures
+        .first()
+        .map(|s| s.signature_method.as_str())
+        .unwrap_or("");
+    [&AS4_2_0_EDDSA, &AS4_2_0_ECDSA]
+        .into_iter()
+        .find(|p| p.signature.uri() == method)
+        .unwrap_or(&AS4_1_15)
+}
+
+/// The certificates in the message's BinarySecurityTokens.
+fn embedded_certificates(root: &[u8]) -> Vec<X509> {
+    use base64::Engine as _;
+    let Ok(doc) = XmlDocument::parse(root) else {
+        return Vec::new();
+    };
+    doc.elements()
+        .into_iter()
+        .filter(|e| e.local_name() == "BinarySecurityToken")
+        .filter_map(|e| {
+            let text: String = e.text().chars().filter(|c| !c.is_whitespace()).collect();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?;
+            X509::from_der(&der).ok()
+        })
+        .collect()
+}
+
+fn open_refused(args: &OpenArgs, err: &EbmsError) -> ExitCode {
+    if args.json {
+        let v = json!({
+            "file": args.file.display().to_string(),
+            "verified": false,
+            "error": { "code": err.code.code(), "short": err.code.short_description(), "detail": err.detail },
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "REFUSED {}: {} ({}): {}",
+            args.file.display(),
+            err.code.code(),
+            err.code.short_description(),
+            err.detail
+        );
+    }
+    exit_problems()
+}
+
+fn dn(name: &openssl::x509::X509NameRef) -> String {
+    token::distinguished_name_string(name)
+}
+
+/// A file name for a delivered payload: the Content-ID with anything unusual replaced.
+fn payload_file_name(index: usize, content_id: &str) -> String {
+    let clean: String = content_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{index}-{}", clean.trim_start_matches('.'))
+}
+
+fn open(args: OpenArgs) -> anyhow::Result<ExitCode> {
+    if !args.file.is_file() {
+        return cannot_run(format!(
+            "{} is not a readable file; give the path of a message dump",
+            args.file.display()
+        ));
+    }
+    let at = match &args.at {
+        None => OffsetDateTime::now_utc(),
+        Some(t) => match OffsetDateTime::parse(t, &Rfc3339) {
+            Ok(t) => t,
+            Err(e) => {
+                return cannot_run(format!(
+                    "--at {t:?} is not an RFC 3339 time (e.g. 2022-03-08T00:00:00Z): {e}"
+                ))
+            }
+        },
+    };
+    let mut anchors = Vec::new();
+    for t in &args.trust {
+        match read_certs(t) {
+            Ok(c) => anchors.extend(c),
+            Err(e) => return cannot_run(e),
+        }
+    }
+    if anchors.is_empty() && !args.trust_embedded && !args.allow_unsigned {
+        return cannot_run(
+            "give the partner's certificate (or its CA) with --trust PEER.pem, or --trust-embedded \
+             to pin the certificate the message carries",
+        );
+    }
+    let decryption = match (&args.key, &args.cert) {
+        (Some(k), Some(c)) => {
+            let key = match read_key(k) {
+                Ok(k) => k,
+                Err(e) => return cannot_run(e),
+            };
+            let cert = match read_certs(c) {
+                Ok(mut c) => c.remove(0),
+                Err(e) => return cannot_run(e),
+            };
+            Some((key, cert))
+        }
+        (None, None) => None,
+        _ => return cannot_run("--key and --cert go together: give both or neither"),
+    };
+    let dump = match read_dump_file(&args.file, &MimeLimits::default()) {
+        Ok(d) => d,
+        Err(e) => return Ok(open_refused(&args, &e.to_ebms())),
+    };
+    let root = &dump.package.root().content;
+    let security = match summarize(root) {
+        Ok(s) => s,
+        Err(e) => return Ok(open_refused(&args, &e)),
+    };
+    if !security.encrypted_data.is_empty() && decryption.is_none() {
+        return cannot_run(format!(
+            "{} is encrypted ({} part(s)); give our decryption key and certificate with --key KEY.pem \
+             --cert CERT.pem",
+            args.file.display(),
+            security.encrypted_data.len()
+        ));
+    }
+    let profile = match &args.profile {
+        Some(p) => match profile_named(p) {
+            Ok(p) => p,
+            Err(e) => return cannot_run(e),
+        },
+        None => profile_of(&security),
+    };
+    let mut policy = ReceivePolicy::strict(profile);
+    policy.require_signature = !args.allow_unsigned;
+    policy.require_encryption = false;
+    policy.decryption = decryption;
+    if args.trust_embedded {
+        anchors.extend(embedded_certificates(root));
+    }
+    policy.partner_certificates = anchors.clone();
+    policy.trust_anchors = anchors;
+    policy.at = at;
+    let received = match receive(&dump.package, &policy) {
+        Ok(r) => r,
+        Err(e) => return Ok(open_refused(&args, &e)),
+    };
+
+    // A receipt: check its NRR against the request.
+    let mut receipt_check = Value::Null;
+    if let Some(req) = &args.for_request {
+        let request = match read_dump_file(req, &MimeLimits::default()) {
+            Ok(d) => d,
+            Err(e) => return cannot_run(format!("cannot read the request {}: {e}", req.display())),
+        };
+        let result = check_receipt_for(&request.package.root().content, root, &received);
+        match result {
+            Ok(n) => {
+                receipt_check =
+                    json!({"request": req.display().to_string(), "nrr_references_matched": n})
+            }
+            Err(e) => return Ok(open_refused(&args, &e)),
+        }
+    }
+
+    // Deliver.
+    let mut payloads = Vec::new();
+    if let Some(dir) = &args.out {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return cannot_run(format!("cannot create {}: {e}", dir.display()));
+        }
+    }
+    for (i, p) in received.payloads.into_iter().enumerate() {
+        let mut v = json!({
+            "href": p.href,
+            "content_id": p.content_id,
+            "mime_type": p.mime_type,
+            "compressed": p.was_compressed,
+            "size": p.len,
+            "sha256": hex(&p.sha256),
+        });
+        if let Some(dir) = &args.out {
+            let path = dir.join(payload_file_name(i, &p.content_id));
+            if let Err(e) = p.persist(&path) {
+                return cannot_run(format!("cannot write {}: {e}", path.display()));
+            }
+            v["file"] = json!(path.display().to_string());
+        }
+        payloads.push(v);
+    }
+    let signature = received.signature.as_ref().map(|s| {
+        json!({
+            "signer": dn(s.signer.subject_name()),
+            "issuer": dn(s.signer.issuer_name()),
+            "not_before": s.signer.not_before().to_string(),
+            "not_after": s.signer.not_after().to_string(),
+            "valid_at": at.format(&Rfc3339).unwrap_or_default(),
+            "token_reference": format!("{:?}", s.token_reference),
+            "algorithm": s.signature_algorithm,
+            "references": s.references.iter().map(|r| json!({
+                "uri": r.uri,
+                "target": match &r.part {
+                    SignedPart::Messaging => "eb:Messaging".to_string(),
+                    SignedPart::Body => "SOAP Body".to_string(),
+                    SignedPart::Attachment { uri } => format!("attachment {uri}"),
+                    SignedPart::Element { path } => path.clone(),
+                },
+                "digest_method": r.digest_method,
+                "digest": hex(&r.digest),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    let encryption = received.encryption.as_ref().map(|e| {
+        json!({
+            "key_transport": e.key_protection.describe(),
+            "content": e.content_algorithm,
+            "parts": e.parts,
+        })
+    });
+    let report = json!({
+        "file": args.file.display().to_string(),
+        "verified": true,
+        "profile": profile.name,
+        "header": messaging_json(&received.envelope.messaging),
+        "signature": signature,
+        "encryption": encryption,
+        "payloads": payloads,
+        "receipt_check": receipt_check,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_open(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a receipt against the request it answers: RefToMessageId and NRR references.
+/// Returns the number of references matched.
+fn check_receipt_for(
+    request_root: &[u8],
+    receipt_root: &[u8],
+    receipt: &ReceivedMessage,
+) -> Result<usize, EbmsError> {
+    let request_env = parse_envelope(request_root)?;
+    let request_id = request_env
+        .messaging
+        .user_message
+        .as_ref()
+        .map(|u| u.message_info.message_id.clone())
+        .ok_or_else(|| {
+            EbmsError::new(
+                ErrorCode::InvalidReceipt,
+                "the --for file holds no user message",
+            )
+        })?;
+    let sent = signed_references(&XmlDocument::parse(request_root)?)?;
+    check_receipt(receipt, receipt_root, &request_id, &sent)?;
+    Ok(sent.len())
+}
+
+fn print_open(r: &Value) {
+    println!("VERIFIED {} ({})", s(&r["file"]), s(&r["profile"]));
+    let h = &r["header"];
+    if let Some(u) = h["user_message"].as_object() {
+        println!("UserMessage {}", s(&u["message_id"]));
+        println!(
+            "  from {} to {}, service {} action {}",
+            s(&u["from"]["ids"][0]["id"]),
+            s(&u["to"]["ids"][0]["id"]),
+            s(&u["service"]["value"]),
+            s(&u["action"])
+        );
+    }
+    for sig in h["signals"].as_array().into_iter().flatten() {
+        println!(
+            "Signal {} {} (ref to {})",
+            s(&sig["kind"]),
+            s(&sig["message_id"]),
+            s(&sig["ref_to_message_id"])
+        );
+    }
+    match r["signature"].as_object() {
+        None => println!("Signature: none (accepted with --allow-unsigned)"),
+        Some(sig) => {
+            println!("Signature {}", s(&sig["algorithm"]));
+            println!("  signer         {}", s(&sig["signer"]));
+            println!("  issuer         {}", s(&sig["issuer"]));
+            println!(
+                "  valid          {} to {} (checked at {})",
+                s(&sig["not_before"]),
+                s(&sig["not_after"]),
+                s(&sig["valid_at"])
+            );
+            println!("  referenced by  {}", s(&sig["token_reference"]));
+            for rf in sig["references"].as_array().into_iter().flatten() {
+                println!("  verified       {} → {}", s(&rf["uri"]), s(&rf["target"]));
+            }
+        }
+    }
+    if let Some(e) = r["encryption"].as_object() {
+        println!(
+            "Encryption {} with {}",
+            s(&e["content"]),
+            s(&e["key_transport"])
+        );
+    }
+    if let Some(c) = r["receipt_check"].as_object() {
+        println!(
+            "Receipt NRR matches {} ({} references)",
+            s(&c["request"]),
+            s(&c["nrr_references_matched"])
+        );
+    }
+    for p in r["payloads"].as_array().into_iter().flatten() {
+        println!(
+            "Payload {} {} {} bytes sha256 {}{}",
+            s(&p["href"]),
+            s(&p["mime_type"]),
+            s(&p["size"]),
+            s(&p["sha256"]),
+            p["file"]
+                .as_str()
+                .map(|f| format!(" → {f}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// message seal
+// ---------------------------------------------------------------------------------------
+
+fn mime_type_of(path: &std::path::Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("xml") => "application/xml",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
+    let profile = match profile_named(&args.profile) {
+        Ok(p) => p,
+        Err(e) => return cannot_run(e),
+    };
+    let token_reference = match args.token.as_str() {
+        "bst" => TokenReference::BinarySecurityToken,
+        "ski" => TokenReference::SubjectKeyIdentifier,
+        "issuer-serial" => TokenReference::IssuerSerial,
+        other => {
+            return cannot_run(format!(
+                "unknown --token '{other}'; use bst, ski or issuer-serial"
+            ))
+        }
+    };
+    let key = match read_key(&args.key) {
+        Ok(k) => k,
+        Err(e) => return cannot_run(e),
+    };
+    let cert = match read_certs(&args.cert) {
+        Ok(mut c) => c.remove(0),
+        Err(e) => return cannot_run(e),
+    };
+    let receiver = match &args.encrypt_to {
+        None => None,
+        Some(p) => match read_certs(p) {
+            Ok(mut c) => Some(c.remove(0)),
+            Err(e) => return cannot_run(e),
+        },
+    };
+    let mut files = Vec::new();
+    for p in &args.payloads {
+        match std::fs::File::open(p) {
+            Ok(f) => files.push(std::io::BufReader::new(f)),
+            Err(e) => return cannot_run(format!("cannot read payload {}: {e}", p.display())),
+        }
+    }
+    let party = |id: &str, role: &str| Party {
+        party_ids: vec![PartyId {
+            value: id.to_string(),
+            type_: Some(args.party_type.clone()),
+        }],
+        role: role.to_string(),
+    };
+    let message_id = format!("{}@varti", uuid::Uuid::new_v4());
+    let um = UserMessage {
+        mpc: None,
+        message_info: MessageInfo::new(message_id.clone()),
+        party_info: PartyInfo {
+            from: party(&args.from, ROLE_INITIATOR),
+            to: party(&args.to, ROLE_RESPONDER),
+        },
+        collaboration_info: CollaborationInfo {
+            agreement_ref: None,
+            service: Service {
+                value: args.service.clone(),
+                type_: None,
+            },
+            action: args.action.clone(),
+            conversation_id: uuid::Uuid::new_v4().to_string(),
+        },
+        properties: Vec::new(),
+        parts: Vec::new(),
+    };
+    let payloads: Vec<OutgoingPayload<'_>> = args
+        .payloads
+        .iter()
+        .zip(files.iter_mut())
+        .enumerate()
+        .map(|(i, (path, f))| OutgoingPayload {
+            content_id: format!("part{i}-{}@varti", uuid::Uuid::new_v4().simple()),
+            mime_type: mime_type_of(path).to_string(),
+            properties: Vec::new(),
+            content: f as &mut dyn std::io::Read,
+        })
+        .collect();
+    let policy = SendPolicy {
+        signing: SigningIdentity {
+            profile,
+            key: &key,
+            certificate: &cert,
+            token_reference,
+        },
+        encryption: receiver.as_ref().map(|c| EncryptionSettings {
+            receiver_cert: c,
+            key_protection: key_protection_for(profile),
+            token_reference,
+        }),
+        compress: args.compress,
+    };
+    // Write next to the target and rename, so a failure leaves no half-written dump.
+    let dir = args
+        .out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut body = match tempfile::NamedTempFile::new_in(dir) {
+        Ok(f) => f,
+        Err(e) => return cannot_run(format!("cannot write in {}: {e}", dir.display())),
+    };
+    let mut mime = match tempfile::tempfile() {
+        Ok(f) => f,
+        Err(e) => return cannot_run(format!("cannot create a temporary file: {e}")),
+    };
+    let sent = {
+        let mut w = std::io::BufWriter::new(&mut mime);
+        let sent = match send(&um, payloads, &policy, &mut w) {
+            Ok(s) => s,
+            Err(e) => return cannot_run(format!("cannot seal: {} ({})", e.detail, e.code.code())),
+        };
+        std::io::Write::flush(&mut w)?;
+        sent
+    };
+    use std::io::{Seek, Write};
+    write!(body, "Content-Type: {}\r\n\r\n", sent.content_type)?;
+    mime.rewind()?;
+    std::io::copy(&mut mime, &mut body)?;
+    body.flush()?;
+    if let Err(e) = body.persist(&args.out) {
+        return cannot_run(format!("cannot write {}: {}", args.out.display(), e.error));
+    }
+    let report = json!({
+        "file": args.out.display().to_string(),
+        "message_id": message_id,
+        "profile": profile.name,
+        "encrypted": receiver.is_some(),
+        "compressed": args.compress,
+        "signed_references": sent.references.iter().map(|r| json!({"uri": r.uri, "digest": hex(&r.digest)})).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "sealed {} into {} ({}, {} payload(s){}{})",
+            message_id,
+            args.out.display(),
+            profile.name,
+            args.payloads.len(),
+            if args.compress { ", compressed" } else { "" },
+            if receiver.is_some() {
+                ", encrypted"
+            } else {
+                ""
+            }
+        );
+        for r in &sent.references {
+            println!("  signed {} sha256 {}", r.uri, hex(&r.digest));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,629 @@
+//! The receive pipeline: from a parsed MIME package to payloads ready for delivery.
+//!
+//! The stages run in a fixed order, each one a function below, and nothing is handed
+//! over until all of them passed:
+//!
+//! 1. **parse** — the SOAP envelope with the ebMS reader ([`soap::parse_envelope`]) and,
+//!    separately, with libxml2 for the security layer; more than one `eb:Messaging` is
+//!    refused here already, signed or not.
+//! 2. **decrypt** — payload parts named by `xenc:EncryptedData` are decrypted into
+//!    anonymous temporary files (sign-then-encrypt, so decrypt-then-verify). The
+//!    plaintext is still compressed: that is what the sender signed.
+//! 3. **verify** — the signature over eb:Messaging, the Body and every `cid:` attachment
+//!    (over the decrypted, still-compressed bytes).
+//! 4. **policy** — every payload part signed, every payload encrypted when the leg says
+//!    so, and the eb:Messaging / Body that were verified are the very ones the ebMS
+//!    reader read (signature-wrapping defence: same `wsu:Id`, canonical place).
+//! 5. **trust** — the signer certificate against the leg's anchors at the policy time.
+//! 6. **decompress** — per `PartProperties` (`CompressionType`, `MimeType`), bounded by
+//!    the policy's cap (`EBMS:0303` on failure), into named temporary files.
+//!
+//! The PMode layer is not wired yet: the caller passes the leg's security settings as a
+//! [`ReceivePolicy`]. Every failure is an [`EbmsError`] (`EBMS:0101` authentication,
+//! `0102` decryption, `0103` policy, `0303` decompression, …) attributed to the
+//! message id when it is known; on failure every temporary file is removed (they are
+//! owned by values dropped with the error).
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use openssl::pkey::{PKey, Private};
+use openssl::sha::Sha256;
+use openssl::x509::X509;
+use time::OffsetDateTime;
+
+use crate::compress;
+use crate::error::{EbmsError, ErrorCode};
+use crate::message::mime::{content_id_from_href, Attachment, MimePackage};
+use crate::message::model::{Messaging, Property, EBMS_NS};
+use crate::message::soap::{self, Envelope};
+use crate::security::c14n;
+use crate::security::dom::XmlDocument;
+use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
+use crate::security::profile::Profile;
+use crate::security::swa::AttachmentSource;
+use crate::security::token::{self, TokenReference};
+use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
+
+use crate::ns::XENC_NS as NS_XENC;
+
+/// Default decompression cap per part: 1 GiB.
+pub const DEFAULT_DECOMPRESSION_CAP: u64 = 1 << 30;
+
+/// The security settings of the leg a message arrives on (from the PMode, later).
+pub struct ReceivePolicy {
+    /// The agreed signature algorithm suite; any other algorithm is `EBMS:0103`.
+    pub profile: &'static Profile,
+    /// Whether the message must be signed (eb:Messaging, Body and every payload).
+    pub require_signature: bool,
+    /// Whether every payload part must be encrypted.
+    pub require_encryption: bool,
+    /// Our decryption key and its certificate; needed only for encrypted messages.
+    pub decryption: Option<(PKey<Private>, X509)>,
+    /// Key transports accepted (per profile, plus allowed legacy ones).
+    pub key_transports: DecryptionPolicy,
+    /// The partner's signing certificates: what a Key Identifier or IssuerSerial
+    /// reference may name.
+    pub partner_certificates: Vec<X509>,
+    /// Trust anchors for the signer certificate (a CA, or the pinned partner certificate).
+    pub trust_anchors: Vec<X509>,
+    /// The time at which certificates must be valid (normally now).
+    pub at: OffsetDateTime,
+    /// Largest decompressed size of one part, in bytes.
+    pub decompression_cap: u64,
+    /// Where payload files are created (`None`: the system temporary directory). Use a
+    /// directory on the same file system as the store so delivery is a rename.
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl ReceivePolicy {
+    /// A strict policy for `profile`: signature and encryption required, the profile's
+    /// own key transport only, no anchors yet, validity checked now, 1 GiB cap.
+    pub fn strict(profile: &'static Profile) -> ReceivePolicy {
+        ReceivePolicy {
+            profile,
+            require_signature: true,
+            require_encryption: true,
+            decryption: None,
+            key_transports: key_transports_for(profile),
+            partner_certificates: Vec::new(),
+            trust_anchors: Vec::new(),
+            at: OffsetDateTime::now_utc(),
+            decompression_cap: DEFAULT_DECOMPRESSION_CAP,
+            spool_dir: None,
+        }
+    }
+}
+
+/// The key transports a signature profile goes with: AS4 1.15 RSA-OAEP-SHA256, 2.0
+/// X25519 or ECDH-ES P-256.
+pub fn key_transports_for(profile: &Profile) -> DecryptionPolicy {
+    DecryptionPolicy::new([key_protection_for(profile)])
+}
+
+/// The key protection of the encryption profile that goes with a signature profile.
+pub fn key_protection_for(profile: &Profile) -> KeyProtection {
+    use crate::security::profile::{SIG_ECDSA_SHA256, SIG_EDDSA_ED25519};
+    match profile.signature.uri() {
+        SIG_EDDSA_ED25519 => KeyProtection::X25519HkdfKwAes128,
+        SIG_ECDSA_SHA256 => KeyProtection::EcdhEsP256HkdfKwAes128,
+        _ => KeyProtection::RsaOaepSha256,
+    }
+}
+
+/// What was verified about the signature (owned: it outlives the parsed document).
+#[derive(Debug, Clone)]
+pub struct SignatureInfo {
+    /// The signer's certificate.
+    pub signer: X509,
+    /// Further certificates that came with it (a PKIPath's issuers).
+    pub chain: Vec<X509>,
+    /// How the signature named the certificate.
+    pub token_reference: TokenReference,
+    /// The signature method URI.
+    pub signature_algorithm: &'static str,
+    /// Every reference, in SignedInfo order, all verified. `element` is `None` (the
+    /// document is gone); `reference_xml` is what an NRR receipt copies.
+    pub references: Vec<VerifiedReference<'static>>,
+}
+
+/// What encryption was found and undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionInfo {
+    /// How the content key was protected.
+    pub key_protection: KeyProtection,
+    /// The content encryption algorithm URI.
+    pub content_algorithm: &'static str,
+    /// The Content-IDs of the parts that were encrypted.
+    pub parts: Vec<String>,
+}
+
+/// One payload as it would be delivered: decrypted, verified and decompressed.
+#[derive(Debug)]
+pub struct DeliveredPayload {
+    /// The `eb:PartInfo/@href` (`cid:…`).
+    pub href: String,
+    /// The Content-ID of the MIME part.
+    pub content_id: String,
+    /// The payload's media type (`MimeType` part property, else the part's type).
+    pub mime_type: String,
+    /// The part's `PartProperties`.
+    pub properties: Vec<Property>,
+    /// Whether the part travelled gzip-compressed.
+    pub was_compressed: bool,
+    /// Size of the delivered content in bytes.
+    pub len: u64,
+    /// SHA-256 of the delivered content.
+    pub sha256: [u8; 32],
+    /// The content, in a temporary file removed when this value is dropped; keep it
+    /// with [`DeliveredPayload::persist`].
+    pub file: tempfile::NamedTempFile,
+}
+
+impl DeliveredPayload {
+    /// Where the content currently is (a temporary path).
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Moves the content to `path` (a rename when on the same file system).
+    pub fn persist(self, path: &Path) -> io::Result<File> {
+        self.file.persist(path).map_err(|e| e.error)
+    }
+}
+
+/// A message that passed every stage of [`receive`].
+#[derive(Debug)]
+pub struct ReceivedMessage {
+    /// The parsed SOAP envelope (its `messaging` is the verified eb:Messaging).
+    pub envelope: Envelope,
+    /// The signature, when the message was signed.
+    pub signature: Option<SignatureInfo>,
+    /// The encryption, when payloads were encrypted.
+    pub encryption: Option<EncryptionInfo>,
+    /// The payloads, in `PayloadInfo` order.
+    pub payloads: Vec<DeliveredPayload>,
+    /// The `eb:UserMessage` element, exclusive-canonicalized (self-contained): what a
+    /// plain receipt copies. `None` for a signal message.
+    pub user_message_xml: Option<String>,
+}
+
+impl ReceivedMessage {
+    /// The eb:Messaging header.
+    pub fn messaging(&self) -> &Messaging {
+        &self.envelope.messaging
+    }
+
+    /// The id of the user message, or of the first signal.
+    pub fn message_id(&self) -> Option<&str> {
+        message_id_of(&self.envelope.messaging)
+    }
+}
+
+/// The id of the user message in `m`, or of its first signal.
+fn message_id_of(m: &Messaging) -> Option<&str> {
+    m.user_message
+        .as_ref()
+        .map(|u| u.message_info.message_id.as_str())
+        .or_else(|| {
+            m.signals
+                .first()
+                .map(|s| s.message_info.message_id.as_str())
+        })
+}
+
+fn auth(detail: impl Into<String>) -> EbmsError {
+    EbmsError::new(ErrorCode::FailedAuthentication, detail)
+}
+fn policy_err(detail: impl Into<String>) -> EbmsError {
+    EbmsError::new(ErrorCode::PolicyNoncompliance, detail)
+}
+fn decryption(detail: impl Into<String>) -> EbmsError {
+    EbmsError::new(ErrorCode::FailedDecryption, detail)
+}
+
+/// Runs the whole receive pipeline over a parsed package.
+pub fn receive(
+    package: &MimePackage,
+    policy: &ReceivePolicy,
+) -> Result<ReceivedMessage, EbmsError> {
+    let root = &package.root().content;
+    // The security layer's parse first: a second eb:Messaging anywhere is a
+    // signature-wrapping attempt (EBMS:0101), whatever the ebMS reader would say of it.
+    let doc = match XmlDocument::parse(root) {
+        Ok(doc) => doc,
+        // Malformed XML: the ebMS reader's diagnosis is the more precise one.
+        Err(e) => return Err(soap::parse_envelope(root).err().unwrap_or(e)),
+    };
+    single_messaging(&doc)?;
+    let envelope = soap::parse_envelope(root)?;
+    let id = message_id_of(&envelope.messaging).map(str::to_string);
+    receive_parsed(package, &doc, envelope, policy).map_err(|e| match (&e.ref_to_message_id, id) {
+        (None, Some(id)) => e.for_message(id),
+        _ => e,
+    })
+}
+
+/// Refuses a document with more than one `eb:Messaging` anywhere (signature wrapping).
+fn single_messaging(doc: &XmlDocument) -> Result<(), EbmsError> {
+    let n = doc
+        .elements()
+        .into_iter()
+        .filter(|e| e.is(EBMS_NS, "Messaging"))
+        .count();
+    if n > 1 {
+        return Err(auth(format!(
+            "the document holds {n} eb:Messaging elements; exactly one is allowed (possible \
+             signature-wrapping attack)"
+        )));
+    }
+    Ok(())
+}
+
+fn receive_parsed(
+    package: &MimePackage,
+    doc: &XmlDocument,
+    envelope: Envelope,
+    policy: &ReceivePolicy,
+) -> Result<ReceivedMessage, EbmsError> {
+    let root = &package.root().content;
+    let messaging = doc
+        .elements()
+        .into_iter()
+        .find(|e| e.is(EBMS_NS, "Messaging"))
+        .ok_or_else(|| {
+            EbmsError::new(ErrorCode::InvalidHeader, "the message has no eb:Messaging")
+        })?;
+    let user_message_xml = match messaging.child(EBMS_NS, "UserMessage") {
+        Some(um) => Some(
+            String::from_utf8(c14n::canonicalize_element(doc, um, &[])?)
+                .map_err(|_| auth("the eb:UserMessage is not UTF-8"))?,
+        ),
+        None => None,
+    };
+
+    // Which MIME parts are payloads.
+    let mut payload_parts: Vec<(&crate::message::model::PartInfo, &Attachment, String)> =
+        Vec::new();
+    if let Some(um) = &envelope.messaging.user_message {
+        for part in &um.parts {
+            let href = part.href.as_deref().unwrap_or("");
+            let cid = content_id_from_href(href).ok_or_else(|| {
+                EbmsError::new(
+                    ErrorCode::FeatureNotSupported,
+                    format!(
+                        "PartInfo href '{href}' does not name a MIME attachment; Varti accepts \
+                         payloads as cid: attachments only (AS4 profile)"
+                    ),
+                )
+            })?;
+            let att = package.attachment_by_content_id(&cid).ok_or_else(|| {
+                EbmsError::new(
+                    ErrorCode::ValueInconsistent,
+                    format!("PartInfo names {href}, but the message has no MIME part with that Content-ID"),
+                )
+            })?;
+            payload_parts.push((part, att, cid));
+        }
+    }
+
+    // Stage 2: decrypt.
+    let (decrypted, encryption) = decrypt_stage(doc, root, package, policy)?;
+    if policy.require_encryption {
+        for (_, _, cid) in &payload_parts {
+            if !decrypted.iter().any(|d| d.content_id == *cid) {
+                return Err(policy_err(format!(
+                    "payload cid:{cid} is not encrypted; the leg's security policy requires every \
+                     payload encrypted"
+                )));
+            }
+        }
+    }
+
+    // Stage 3 + 4: verify and enforce.
+    let sources: Vec<Source<'_>> = package
+        .attachments()
+        .iter()
+        .map(|a| {
+            let cid = a.content_id().unwrap_or("");
+            match decrypted.iter().find(|d| d.content_id == cid) {
+                Some(d) => Source::Decrypted(d),
+                None => Source::Mime(a),
+            }
+        })
+        .collect();
+    let signature = verify_stage(doc, &envelope, &sources, &payload_parts, policy)?;
+
+    // Stage 5: trust.
+    if let Some(sig) = &signature {
+        token::validate_signer_certificate(
+            &sig.signer,
+            &sig.chain,
+            &policy.trust_anchors,
+            policy.at,
+        )?;
+    }
+
+    // Stage 6: decompress into the payload files.
+    let mut payloads = Vec::with_capacity(payload_parts.len());
+    for (part, att, cid) in &payload_parts {
+        let source = sources
+            .iter()
+            .find(|s| s.content_id() == cid)
+            .expect("every payload part has a source");
+        payloads.push(deliver(part, att, cid, source, policy)?);
+    }
+    Ok(ReceivedMessage {
+        envelope,
+        signature,
+        encryption,
+        payloads,
+        user_message_xml,
+    })
+}
+
+/// A decrypted part: plaintext (still compressed) in an anonymous temporary file.
+struct Plain {
+    content_id: String,
+    content_type: String,
+    file: File,
+}
+
+/// What the signature verifier and the decompressor read a part from.
+enum Source<'a> {
+    Mime(&'a Attachment),
+    Decrypted(&'a Plain),
+}
+
+impl AttachmentSource for Source<'_> {
+    fn content_id(&self) -> &str {
+        match self {
+            Source::Mime(a) => a.content_id().unwrap_or(""),
+            Source::Decrypted(p) => &p.content_id,
+        }
+    }
+    fn content_type(&self) -> &str {
+        match self {
+            Source::Mime(a) => a.content_type(),
+            Source::Decrypted(p) => &p.content_type,
+        }
+    }
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        match self {
+            Source::Mime(a) => Ok(a.body()?),
+            Source::Decrypted(p) => {
+                let mut f = &p.file;
+                f.seek(SeekFrom::Start(0))?;
+                Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+            }
+        }
+    }
+}
+
+fn decrypt_stage(
+    doc: &XmlDocument,
+    root: &[u8],
+    package: &MimePackage,
+    policy: &ReceivePolicy,
+) -> Result<(Vec<Plain>, Option<EncryptionInfo>), EbmsError> {
+    let encrypted_data = doc
+        .elements()
+        .into_iter()
+        .filter(|e| e.is(NS_XENC, "EncryptedData"))
+        .count();
+    if encrypted_data == 0 {
+        return Ok((Vec::new(), None));
+    }
+    let (key, cert) = policy.decryption.as_ref().ok_or_else(|| {
+        decryption(
+            "the message is encrypted but no decryption key is configured for this leg; \
+             configure our encryption key and certificate",
+        )
+    })?;
+    let header = std::str::from_utf8(root)
+        .map_err(|_| EbmsError::new(ErrorCode::InvalidHeader, "the SOAP envelope is not UTF-8"))?;
+    let dec = open_encryption(header, key, cert, &policy.key_transports)?;
+    let mut out = Vec::with_capacity(dec.parts().len());
+    for part in dec.parts() {
+        let att = package
+            .attachment_by_content_id(&part.content_id)
+            .ok_or_else(|| {
+                decryption(format!(
+                "EncryptedData {} refers to cid:{}, but the message has no MIME part with that \
+                 Content-ID",
+                part.id, part.content_id
+            ))
+            })?;
+        let io_fail =
+            |e: io::Error| decryption(format!("temporary file for cid:{}: {e}", part.content_id));
+        let mut file = match &policy.spool_dir {
+            Some(d) => tempfile::tempfile_in(d),
+            None => tempfile::tempfile(),
+        }
+        .map_err(io_fail)?;
+        {
+            let mut w = BufWriter::new(&mut file);
+            let mut body = att.body().map_err(io_fail)?;
+            dec.decrypt_part(part, &mut body, &mut w)?;
+            w.flush().map_err(io_fail)?;
+        }
+        out.push(Plain {
+            content_id: part.content_id.clone(),
+            content_type: part
+                .mime_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".to_string()),
+            file,
+        });
+    }
+    let info = EncryptionInfo {
+        key_protection: dec.key_protection(),
+        content_algorithm: AES128_GCM,
+        parts: out.iter().map(|p| p.content_id.clone()).collect(),
+    };
+    Ok((out, Some(info)))
+}
+
+fn verify_stage(
+    doc: &XmlDocument,
+    envelope: &Envelope,
+    sources: &[Source<'_>],
+    payload_parts: &[(&crate::message::model::PartInfo, &Attachment, String)],
+    policy: &ReceivePolicy,
+) -> Result<Option<SignatureInfo>, EbmsError> {
+    let has_signature = doc
+        .elements()
+        .into_iter()
+        .any(|e| e.is(token::NS_DS, "Signature"));
+    if !has_signature {
+        if policy.require_signature {
+            return Err(policy_err(
+                "the message is not signed; the leg's security policy requires eb:Messaging, the \
+                 Body and every payload signed",
+            ));
+        }
+        return Ok(None);
+    }
+    let xml = verify::verify_signature(
+        doc,
+        &VerifyOptions {
+            profile: policy.profile,
+            candidate_certificates: &policy.partner_certificates,
+        },
+    )?;
+    let refs: Vec<&dyn AttachmentSource> =
+        sources.iter().map(|s| s as &dyn AttachmentSource).collect();
+    let report = xml.finish(&refs)?;
+    let cids: Vec<&str> = payload_parts.iter().map(|(_, _, c)| c.as_str()).collect();
+    report.require_signed(&cids)?;
+
+    // The verified eb:Messaging / Body must be what the ebMS reader read: the element
+    // the signature covers (at its canonical place) carries the id the reader saw.
+    for (part, what, read_id) in [
+        (
+            SignedPart::Messaging,
+            "eb:Messaging",
+            &envelope.messaging.id,
+        ),
+        (SignedPart::Body, "SOAP Body", &envelope.body.id),
+    ] {
+        let signed = report
+            .verified_element(&part)
+            .ok_or_else(|| policy_err(format!("the {what} is not covered by the signature")))?;
+        if !read_id
+            .as_deref()
+            .is_some_and(|id| signed.ids().contains(&id))
+        {
+            return Err(auth(format!(
+                "the signed {what} (ids {:?}) is not the {what} the message was read from (id \
+                 {read_id:?}) (possible signature-wrapping attack)",
+                signed.ids()
+            )));
+        }
+    }
+
+    let references = report
+        .references
+        .iter()
+        .map(|r| VerifiedReference {
+            uri: r.uri.clone(),
+            digest_method: r.digest_method.clone(),
+            digest: r.digest.clone(),
+            part: r.part.clone(),
+            element: None,
+            reference_xml: r.reference_xml.clone(),
+        })
+        .collect();
+    Ok(Some(SignatureInfo {
+        signer: report.token.certificate.clone(),
+        chain: report.token.chain.clone(),
+        token_reference: report.token.reference,
+        signature_algorithm: report.signature_algorithm,
+        references,
+    }))
+}
+
+fn deliver(
+    part: &crate::message::model::PartInfo,
+    att: &Attachment,
+    cid: &str,
+    source: &Source<'_>,
+    policy: &ReceivePolicy,
+) -> Result<DeliveredPayload, EbmsError> {
+    let props: Vec<(&str, &str)> = part
+        .properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.value.as_str()))
+        .collect();
+    let compression = compress::part_compression(&props)?;
+    let io_fail = |e: io::Error| {
+        EbmsError::new(
+            ErrorCode::Other,
+            format!("cannot write payload cid:{cid} to a temporary file: {e}"),
+        )
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("varti-payload-");
+    let file = match &policy.spool_dir {
+        Some(d) => builder.tempfile_in(d),
+        None => builder.tempfile(),
+    }
+    .map_err(io_fail)?;
+    let (len, sha256) = {
+        let mut hashing = HashingWriter {
+            inner: BufWriter::with_capacity(64 * 1024, file.as_file()),
+            hash: Sha256::new(),
+            len: 0,
+        };
+        let input = source.open().map_err(io_fail)?;
+        if compression.compressed {
+            compress::gunzip(input, &mut hashing, policy.decompression_cap).map_err(|e| {
+                EbmsError::new(
+                    ErrorCode::DecompressionFailure,
+                    format!("payload cid:{cid}: {}", e.detail),
+                )
+            })?;
+        } else {
+            let mut input = input;
+            io::copy(&mut input, &mut hashing).map_err(io_fail)?;
+        }
+        hashing.inner.flush().map_err(io_fail)?;
+        (hashing.len, hashing.hash.finish())
+    };
+    let mime_type = compression
+        .mime_type
+        .clone()
+        .unwrap_or_else(|| match source {
+            Source::Decrypted(p) => p.content_type.clone(),
+            Source::Mime(_) => att.content_type().to_string(),
+        });
+    Ok(DeliveredPayload {
+        href: part.href.clone().unwrap_or_default(),
+        content_id: cid.to_string(),
+        mime_type,
+        properties: part.properties.clone(),
+        was_compressed: compression.compressed,
+        len,
+        sha256,
+        file,
+    })
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

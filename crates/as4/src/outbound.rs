@@ -1,0 +1,397 @@
+//! The send side: a user message and its payloads to a signed (optionally compressed and
+//! encrypted) AS4 MIME package, and the signals a receiver answers with (receipts and
+//! error signals).
+//!
+//! Order of operations (AS4 profile: compress, sign, encrypt):
+//! 1. each payload is gzip-compressed (if the leg compresses) into a temporary file, and
+//!    its `PartInfo` gets `CompressionType` and `MimeType`;
+//! 2. the envelope is built with `wsu:Id`s on eb:Messaging and the Body and the
+//!    security-header placeholder, and signed over both and every attachment's
+//!    (compressed) content;
+//! 3. the parts are encrypted (AES-128-GCM, one content key for all) and the
+//!    `xenc:EncryptedKey` / `xenc:EncryptedData` elements are put into the same
+//!    `wsse:Security` header, before the signature;
+//! 4. the MIME package is streamed to the caller's writer.
+//!
+//! Payloads are never held in memory: they are spooled to temporary files, removed when
+//! the call returns.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+
+use crate::compress::{self, GZIP_MIME_TYPE, PROP_COMPRESSION_TYPE, PROP_MIME_TYPE};
+use crate::error::{EbmsError, ErrorCode};
+use crate::inbound::ReceivedMessage;
+use crate::message::mime::MimeWriter;
+use crate::message::model::{
+    MessageInfo, Messaging, PartInfo, Property, Receipt, SignalError, SignalKind, SignalMessage,
+    UserMessage,
+};
+use crate::message::soap::{build_envelope, BuildOptions};
+use crate::security::dom::XmlDocument;
+use crate::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
+use crate::security::receipt::{check_receipt_nrr, non_repudiation_information};
+use crate::security::sign::{
+    sign_envelope, SignedReference, SigningIdentity, SECURITY_HEADER_PLACEHOLDER,
+};
+use crate::security::swa::AttachmentSource;
+
+/// The security settings of the leg a message is sent on.
+#[derive(Clone, Copy)]
+pub struct SendPolicy<'a> {
+    /// Who signs, with which profile and token reference.
+    pub signing: SigningIdentity<'a>,
+    /// Whom to encrypt the payloads for; `None` sends them unencrypted.
+    pub encryption: Option<EncryptionSettings<'a>>,
+    /// Whether payloads are gzip-compressed (AS4 compression feature).
+    pub compress: bool,
+}
+
+/// One payload to send.
+pub struct OutgoingPayload<'a> {
+    /// The Content-ID (without `<>` or `cid:`).
+    pub content_id: String,
+    /// The payload's media type.
+    pub mime_type: String,
+    /// Extra `PartProperties` (compression properties are added for you).
+    pub properties: Vec<Property>,
+    /// The content.
+    pub content: &'a mut dyn Read,
+}
+
+/// What [`send`] produced.
+#[derive(Debug, Clone)]
+pub struct SentMessage {
+    /// The top-level `Content-Type` header value of the package.
+    pub content_type: String,
+    /// The references signed: keep them to check the receipt's NRR.
+    pub references: Vec<SignedReference>,
+    /// The envelope as sent.
+    pub envelope: String,
+    /// The user message's `eb:MessageId` (a receipt's RefToMessageId must name it).
+    pub message_id: String,
+}
+
+fn internal(detail: impl Into<String>) -> EbmsError {
+    EbmsError::new(ErrorCode::Other, detail)
+}
+
+fn io_err(what: &str) -> impl Fn(io::Error) -> EbmsError + '_ {
+    move |e| internal(format!("{what}: {e}"))
+}
+
+/// A spooled part: its content (compressed when the leg compresses) in a temporary file.
+struct Spooled {
+    content_id: String,
+    content_type: String,
+    file: File,
+}
+
+impl AttachmentSource for Spooled {
+    fn content_id(&self) -> &str {
+        &self.content_id
+    }
+    fn content_type(&self) -> &str {
+        &self.content_type
+    }
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        let mut f = &self.file;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+    }
+}
+
+/// Builds and writes a signed AS4 message: `user_message` (its `parts` are replaced by
+/// one `PartInfo` per payload), the payloads, per `policy`; the MIME package goes to `out`.
+pub fn send(
+    user_message: &UserMessage,
+    payloads: Vec<OutgoingPayload<'_>>,
+    policy: &SendPolicy<'_>,
+    out: &mut dyn Write,
+) -> Result<SentMessage, EbmsError> {
+    let mut um = user_message.clone();
+    um.parts.clear();
+    let mut spooled = Vec::with_capacity(payloads.len());
+    for p in payloads {
+        let mut file = tempfile::tempfile().map_err(io_err("creating a temporary file"))?;
+        {
+            let mut w = BufWriter::with_capacity(64 * 1024, &mut file);
+            if policy.compress {
+                compress::gzip(p.content, &mut w).map_err(io_err("compressing a payload"))?;
+            } else {
+                io::copy(p.content, &mut w).map_err(io_err("spooling a payload"))?;
+            }
+            w.flush().map_err(io_err("spooling a payload"))?;
+        }
+        let mut part = PartInfo::attachment(&p.content_id);
+        part.properties = p.properties;
+        part.properties
+            .retain(|q| q.name != PROP_COMPRESSION_TYPE && q.name != PROP_MIME_TYPE);
+        let content_type = if policy.compress {
+            part.properties
+                .push(Property::new(PROP_COMPRESSION_TYPE, GZIP_MIME_TYPE));
+            part.properties
+                .push(Property::new(PROP_MIME_TYPE, p.mime_type.clone()));
+            GZIP_MIME_TYPE.to_string()
+        } else {
+            part.properties
+                .push(Property::new(PROP_MIME_TYPE, p.mime_type.clone()));
+            p.mime_type.clone()
+        };
+        um.parts.push(part);
+        spooled.push(Spooled {
+            content_id: p.content_id,
+            content_type,
+            file,
+        });
+    }
+    let messaging = Messaging {
+        id: Some(format!("_eb-{}", uuid::Uuid::new_v4())),
+        user_message: Some(um),
+        signals: Vec::new(),
+    };
+    let sources: Vec<&dyn AttachmentSource> =
+        spooled.iter().map(|s| s as &dyn AttachmentSource).collect();
+    let signed = sign_messaging(&messaging, &policy.signing, &sources)?;
+    let mut envelope = signed.envelope;
+
+    // Encrypt (after signing) and put the encryption elements first in the header.
+    let mut wire: Vec<(String, String, File)> = Vec::with_capacity(spooled.len());
+    if let Some(settings) = &policy.encryption {
+        if !spooled.is_empty() {
+            let mut readers = Vec::new();
+            let mut outputs = Vec::new();
+            for s in &spooled {
+                readers.push(s.open().map_err(io_err("reading a spooled payload"))?);
+                outputs.push(BufWriter::with_capacity(
+                    64 * 1024,
+                    tempfile::tempfile().map_err(io_err("creating a temporary file"))?,
+                ));
+            }
+            let parts: Vec<PlainPart<'_>> = spooled
+                .iter()
+                .zip(readers.iter_mut())
+                .zip(outputs.iter_mut())
+                .map(|((s, r), w)| PlainPart {
+                    content_id: &s.content_id,
+                    content_type: &s.content_type,
+                    plaintext: r,
+                    ciphertext: w,
+                })
+                .collect();
+            let header = encrypt_parts(settings, parts)?;
+            drop(readers);
+            envelope =
+                insert_into_security_header(&envelope, &signed.security_header, &header.to_xml())?;
+            for (s, w) in spooled.iter().zip(outputs) {
+                let file = w
+                    .into_inner()
+                    .map_err(|e| internal(format!("writing cipher text: {}", e.error())))?;
+                wire.push((
+                    s.content_id.clone(),
+                    "application/octet-stream".into(),
+                    file,
+                ));
+            }
+        }
+    }
+    if wire.is_empty() {
+        for s in spooled {
+            wire.push((s.content_id, s.content_type, s.file));
+        }
+    }
+
+    let mut writer = MimeWriter::new(out);
+    let content_type = writer.content_type();
+    writer
+        .write_root(envelope.as_bytes())
+        .map_err(io_err("writing the MIME package"))?;
+    for (cid, ct, mut file) in wire {
+        file.seek(SeekFrom::Start(0))
+            .map_err(io_err("rewinding a payload"))?;
+        let mut r = BufReader::with_capacity(64 * 1024, file);
+        writer
+            .write_attachment(&cid, &ct, &[], &mut r)
+            .map_err(io_err("writing the MIME package"))?;
+    }
+    writer
+        .finish()
+        .map_err(io_err("writing the MIME package"))?;
+    Ok(SentMessage {
+        content_type,
+        references: signed.references,
+        envelope,
+        message_id: user_message.message_info.message_id.clone(),
+    })
+}
+
+/// Inserts `fragment` at the start of the `wsse:Security` header `security_header`
+/// (which occurs once in `envelope`).
+fn insert_into_security_header(
+    envelope: &str,
+    security_header: &str,
+    fragment: &str,
+) -> Result<String, EbmsError> {
+    let start = envelope
+        .find(security_header)
+        .ok_or_else(|| internal("the signed security header is not in the envelope"))?;
+    let tag_end = security_header
+        .find('>')
+        .ok_or_else(|| internal("the security header has no start tag"))?;
+    let at = start + tag_end + 1;
+    let mut out = String::with_capacity(envelope.len() + fragment.len());
+    out.push_str(&envelope[..at]);
+    out.push_str(fragment);
+    out.push_str(&envelope[at..]);
+    Ok(out)
+}
+
+struct Signed {
+    envelope: String,
+    security_header: String,
+    references: Vec<SignedReference>,
+}
+
+/// Builds the envelope for `messaging` with the ids and placeholder the signer needs,
+/// and signs it.
+fn sign_messaging(
+    messaging: &Messaging,
+    identity: &SigningIdentity<'_>,
+    attachments: &[&dyn AttachmentSource],
+) -> Result<Signed, EbmsError> {
+    let body_id = format!("_body-{}", uuid::Uuid::new_v4());
+    let unsigned = build_envelope(
+        messaging,
+        &BuildOptions {
+            body_id: Some(&body_id),
+            extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
+            body_payload: None,
+        },
+    )?;
+    let s = sign_envelope(&unsigned, identity, attachments)?;
+    Ok(Signed {
+        envelope: s.envelope,
+        security_header: s.security_header,
+        references: s.references,
+    })
+}
+
+fn signal_envelope(
+    signal: SignalMessage,
+    identity: Option<&SigningIdentity<'_>>,
+) -> Result<String, EbmsError> {
+    let messaging = Messaging {
+        id: Some(format!("_eb-{}", uuid::Uuid::new_v4())),
+        user_message: None,
+        signals: vec![signal],
+    };
+    match identity {
+        Some(id) => Ok(sign_messaging(&messaging, id, &[])?.envelope),
+        None => build_envelope(&messaging, &BuildOptions::default()),
+    }
+}
+
+fn new_message_id() -> String {
+    format!("{}@varti", uuid::Uuid::new_v4())
+}
+
+/// Namespace of the element that wraps the copy of the received `eb:UserMessage` in a
+/// plain (non-NRR) receipt.
+pub const PLAIN_RECEIPT_NS: &str = "urn:varti:as4:receipt";
+
+/// Builds the receipt for a received user message: a signed non-repudiation receipt
+/// (`ebbp:NonRepudiationInformation` copying the received signature's references) when
+/// `identity` is given and the message was signed, otherwise a plain receipt holding a
+/// copy of the received `eb:UserMessage` (inside `varti:ReceivedUserMessage`). Returns the SOAP envelope.
+pub fn build_receipt(
+    received: &ReceivedMessage,
+    identity: Option<&SigningIdentity<'_>>,
+) -> Result<String, EbmsError> {
+    let ref_to = received
+        .messaging()
+        .user_message
+        .as_ref()
+        .map(|u| u.message_info.message_id.clone())
+        .ok_or_else(|| internal("a receipt answers a user message; this message has none"))?;
+    let receipt = match (&received.signature, identity) {
+        (Some(sig), Some(_)) => Receipt {
+            non_repudiation: None,
+            other: vec![non_repudiation_information(&sig.references)],
+        },
+        // The ebMS3 schema allows only foreign-namespace content in eb:Receipt
+        // (`##other`), so the copy of the eb:UserMessage is wrapped in a Varti element.
+        _ => Receipt::plain(format!(
+            "<varti:ReceivedUserMessage xmlns:varti=\"{PLAIN_RECEIPT_NS}\">{}</varti:ReceivedUserMessage>",
+            received
+                .user_message_xml
+                .as_deref()
+                .ok_or_else(|| internal("the received user message was not kept"))?
+        )),
+    };
+    let mut info = MessageInfo::new(new_message_id());
+    info.ref_to_message_id = Some(ref_to);
+    signal_envelope(
+        SignalMessage {
+            message_info: info,
+            kind: SignalKind::Receipt(receipt),
+        },
+        identity,
+    )
+}
+
+/// Builds an error signal for `error`, referring to `ref_to` (the message in error, when
+/// known); signed when the leg signs (`identity` given). Returns the SOAP envelope.
+pub fn build_error_signal(
+    error: &EbmsError,
+    ref_to: Option<&str>,
+    identity: Option<&SigningIdentity<'_>>,
+) -> Result<String, EbmsError> {
+    let mut e = error.clone();
+    if let Some(r) = ref_to {
+        e = e.for_message(r);
+    }
+    let mut info = MessageInfo::new(new_message_id());
+    info.ref_to_message_id = e.ref_to_message_id.clone();
+    signal_envelope(
+        SignalMessage {
+            message_info: info,
+            kind: SignalKind::Errors(vec![SignalError::from_ebms_error(&e)]),
+        },
+        identity,
+    )
+}
+
+/// Sender side: checks that `receipt` (a message that passed [`receive`](crate::inbound::receive),
+/// so its signature is verified; `receipt_envelope` is its SOAP envelope) is a receipt for
+/// the message with id `request_message_id` and that its non-repudiation information lists
+/// exactly the references we signed (`sent`). `EBMS:0302 InvalidReceipt` otherwise.
+pub fn check_receipt(
+    receipt: &ReceivedMessage,
+    receipt_envelope: &[u8],
+    request_message_id: &str,
+    sent: &[SignedReference],
+) -> Result<(), EbmsError> {
+    let invalid = |d: String| EbmsError::new(ErrorCode::InvalidReceipt, d);
+    let signal = receipt
+        .messaging()
+        .signals
+        .iter()
+        .find(|s| matches!(s.kind, SignalKind::Receipt(_)))
+        .ok_or_else(|| invalid("the message is not a receipt (no eb:Receipt signal)".into()))?;
+    if signal.message_info.ref_to_message_id.as_deref() != Some(request_message_id) {
+        return Err(invalid(format!(
+            "the receipt refers to {:?}, not to the message {request_message_id}",
+            signal.message_info.ref_to_message_id
+        )));
+    }
+    if receipt.signature.is_none() && !sent.is_empty() {
+        return Err(invalid(
+            "the receipt is not signed, but the message was: a signed non-repudiation receipt is required"
+                .into(),
+        ));
+    }
+    if !sent.is_empty() {
+        check_receipt_nrr(&XmlDocument::parse(receipt_envelope)?, sent)?;
+    }
+    Ok(())
+}
