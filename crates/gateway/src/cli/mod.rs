@@ -1,5 +1,6 @@
 //! The command line: one module per command group.
 
+mod db;
 mod message;
 mod oots;
 mod pmode;
@@ -53,6 +54,9 @@ enum Command {
     Oots(oots::OotsCommand),
     /// Run the access point (HTTPS MSH endpoint, /health, /ready, /metrics) until stopped.
     Serve(serve::ServeArgs),
+    /// Manage the PostgreSQL store's schema (for the active-active pair).
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 impl Cli {
@@ -86,5 +90,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Message(cmd) => message::run(cmd),
         Command::Oots(cmd) => oots::run(cmd),
         Command::Serve(args) => serve::run(args, cli.verbose),
+        Command::Db(cmd) => db::run(cmd),
     }
 }
