@@ -1,5 +1,9 @@
 //! `varti pmode …` from the command line: exit codes, text and JSON output.
 
+mod common;
+
+use common::vectors;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,27 +16,6 @@ fn varti(args: &[&str]) -> Output {
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The shared interop vectors (same rule as crates/as4/tests/common: loud when absent,
-/// fatal under CI).
-fn vectors() -> Option<PathBuf> {
-    let dir = match std::env::var_os("VARTI_VECTORS") {
-        Some(d) => PathBuf::from(d),
-        None => repo().join("../shared/vectors"),
-    };
-    if dir.join("README.md").is_file() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "INTEROP VECTORS MISSING: {} not found; set VARTI_VECTORS to the shared vectors directory",
-        dir.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! {msg} — interop test NOT run !!!!!!!!\n");
-    None
 }
 
 fn stdout(o: &Output) -> String {
