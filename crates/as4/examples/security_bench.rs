@@ -130,13 +130,18 @@ fn cert(
     b.set_version(2)?;
     let mut serial = BigNum::new()?;
     serial.rand(100, MsbOption::MAYBE_ZERO, false)?;
-    b.set_serial_number(&serial.to_asn1_integer()?)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
     b.set_subject_name(&name)?;
     b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))?;
     b.set_pubkey(subject_key)?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    b.set_not_before(&Asn1Time::from_unix(now - 86400)?)?;
-    b.set_not_after(&Asn1Time::from_unix(now + 365 * 86400)?)?;
+    let (from, to) = (
+        Asn1Time::from_unix(now - 86400)?,
+        Asn1Time::from_unix(now + 365 * 86400)?,
+    );
+    b.set_not_before(&from)?;
+    b.set_not_after(&to)?;
     b.append_extension(
         KeyUsage::new()
             .digital_signature()
@@ -144,7 +149,8 @@ fn cert(
             .key_encipherment()
             .build()?,
     )?;
-    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer.map(|(c, _)| c), None))?;
+    let ski =
+        SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))?;
     b.append_extension(ski)?;
     let signer = issuer.map(|(_, k)| k).unwrap_or(subject_key);
     // Ed25519 signs the whole TBS structure: no separate digest.
