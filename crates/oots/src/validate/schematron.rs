@@ -401,8 +401,8 @@ fn severity_of(role: Option<&str>) -> Severity {
     }
 }
 
-/// The `(local name, namespace)` of an element node of the rule file.
-fn sch_name<'a>(xot: &'a Xot, n: xot::Node) -> Option<&'a str> {
+/// The local name of a Schematron-namespace element of the rule file, else `None`.
+fn sch_name(xot: &Xot, n: xot::Node) -> Option<&str> {
     let e = xot.element(n)?;
     let (local, ns) = xot.name_ns_str(e.name());
     (ns == SCH_NS).then_some(local)
