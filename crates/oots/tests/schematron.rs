@@ -282,6 +282,20 @@ fn runner_agrees_with_saxon_on_samples_and_mutations() {
     // The samples plus mutated copies (written to a temp dir; the originals stay in place).
     let tmp = tempfile::tempdir().unwrap();
     let mut docs = samples(&specs);
+    // The common-services answers too (EB and DSD complete examples).
+    for sub in [
+        "oots-edm-v1/xml/EB/Complete XML examples (EB)",
+        "oots-edm-v1/xml/DSD/Complete XML examples (DSD)",
+    ] {
+        let mut more: Vec<PathBuf> = std::fs::read_dir(specs.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+            .collect();
+        more.sort();
+        assert!(!more.is_empty(), "no samples in {sub}");
+        docs.extend(more);
+    }
     let good = birth_request(&specs);
     let mutations = [
         good.replacen("id=\"urn:uuid:", "id=\"urn:nouuid:", 1),
@@ -299,6 +313,7 @@ fn runner_agrees_with_saxon_on_samples_and_mutations() {
     }
     let mut compared = 0;
     let mut nonempty = 0;
+    let mut sets_used = BTreeSet::new();
     for set in dir.rule_sets() {
         // Each rule file against every document it applies to.
         let applicable: Vec<PathBuf> = docs
@@ -328,10 +343,27 @@ fn runner_agrees_with_saxon_on_samples_and_mutations() {
                 doc.display()
             );
             compared += 1;
+            sets_used.insert(set.name().to_string());
             nonempty += usize::from(!got.is_empty());
         }
     }
     assert!(compared >= 20, "only {compared} comparisons");
+    for want in [
+        "EDM-REQ-C",
+        "EDM-REQ-S",
+        "EDM-RESP-C",
+        "EDM-ERR-C",
+        "EB-REQ-C",
+        "EB-EVI-C",
+        "EB-ERR",
+        "DSD-RESP-C",
+        "DSD-ERR-C",
+    ] {
+        assert!(
+            sets_used.contains(want),
+            "{want} never compared: {sets_used:?}"
+        );
+    }
     assert!(
         nonempty > 0,
         "no comparison had any finding: the oracle check proves nothing"

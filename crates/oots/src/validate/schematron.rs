@@ -202,8 +202,12 @@ impl DocumentKind {
         let mut slots = HashSet::new();
         let mut codes = Vec::new();
         let mut has_exception = false;
+        let mut has_evidence_type_list = false;
         for n in xot.descendants(root) {
             match local(&xot, n).as_deref() {
+                // Both EB answers carry a Requirement slot; only the evidence-types one
+                // lists sdg:EvidenceTypeList under the requirement.
+                Some("EvidenceTypeList") => has_evidence_type_list = true,
                 Some("Slot") => {
                     if let Some(v) = xot.get_attribute(n, name_attr) {
                         slots.insert(v.to_string());
@@ -231,10 +235,10 @@ impl DocumentKind {
                 }
             }
             "QueryResponse" => {
-                if slots.contains("Requirement") {
-                    DocumentKind::EbRequirements
-                } else if slots.contains("EvidenceTypeList") {
+                if has_evidence_type_list {
                     DocumentKind::EbEvidenceTypes
+                } else if slots.contains("Requirement") {
+                    DocumentKind::EbRequirements
                 } else if slots.contains("DataServiceEvidenceType") {
                     DocumentKind::DsdResponse
                 } else {
