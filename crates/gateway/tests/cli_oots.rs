@@ -134,6 +134,27 @@ fn warnings_alone_do_not_fail() {
 }
 
 #[test]
+fn official_schematron_rules_pass_the_sample_and_catch_a_wrong_code() {
+    let Some(s) = specs() else { return };
+    let rules = s.join("oots-edm-v1/sch");
+    let sample = birth_request(&s);
+    let out = varti(&[sample.as_os_str(), "--rules".as_ref(), rules.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("info    R-EDM-REQ-S008"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.xml");
+    let text = std::fs::read_to_string(&sample).unwrap();
+    assert!(text.contains("oots-edm:v1.0"));
+    std::fs::write(&bad, text.replace("oots-edm:v1.0", "oots-edm:v9")).unwrap();
+    let out = varti(&[bad.as_os_str(), "--rules".as_ref(), rules.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("fatal   R-EDM-REQ-C001"), "{stdout}");
+}
+
+#[test]
 fn cannot_run_exits_two() {
     let out = varti(&["/nonexistent/edm.xml".as_ref()]);
     assert_eq!(out.status.code(), Some(2));
@@ -144,7 +165,7 @@ fn cannot_run_exits_two() {
     std::fs::write(&file, "<x/>").unwrap();
     let out = varti(&[file.as_os_str(), "--rules".as_ref(), dir.path().as_os_str()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Schematron validation"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Schematron rule files"));
 
     let out = varti(&[
         file.as_os_str(),

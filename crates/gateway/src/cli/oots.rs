@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use varti_oots::edm::{EdmDocument, EdmKind};
 use varti_oots::validate::codelist::CodeLists;
 use varti_oots::validate::model::ModelValidator;
+use varti_oots::validate::schematron::RuleDir;
 use varti_oots::validate::xsd::XsdValidator;
 use varti_oots::validate::{has_fatal, Finding, Severity};
 
@@ -34,7 +35,10 @@ pub struct ValidateArgs {
     /// EDM release's xsd/ folder.
     #[arg(long, value_name = "DIR")]
     pub schemas: Option<PathBuf>,
-    /// Directory with the Schematron rule files (.sch). Not supported yet.
+    /// Directory with the Schematron rule files (.sch, queryBinding xslt2), e.g. the EDM
+    /// release's sch/ folder. The files that apply to the document are picked by name:
+    /// EDM-REQ-* for a request, EDM-RESP-* for a response, EDM-ERR-* for an error
+    /// response, EB-*/DSD-*/LCM-* for common-services messages.
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
     /// Directory with the genericode code lists (*.gc, searched recursively).
@@ -58,13 +62,6 @@ fn cannot_run(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
-    if let Some(rules) = &args.rules {
-        return cannot_run(format_args!(
-            "Schematron validation (--rules {}) is not yet supported by this version of Varti; \
-             run without --rules to check the XSD schemas (--schemas) and Varti's own EDM model",
-            rules.display()
-        ));
-    }
     let bytes = match std::fs::read(&args.file) {
         Ok(b) => b,
         Err(e) => return cannot_run(format_args!("cannot read {}: {e}", args.file.display())),
@@ -89,12 +86,28 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         },
         None => None,
     };
+    let rules = match &args.rules {
+        Some(dir) => match RuleDir::load(dir) {
+            Ok(r) if r.rule_sets().is_empty() => {
+                return cannot_run(format_args!(
+                    "no Schematron rule files (*.sch) found in {}",
+                    dir.display()
+                ))
+            }
+            Ok(r) => Some(r),
+            Err(e) => return cannot_run(e),
+        },
+        None => None,
+    };
 
     let mut findings: Vec<Finding> = Vec::new();
     if let Some(x) = xsd.as_mut() {
         findings.extend(x.validate(&bytes));
     }
     findings.extend(ModelValidator::new(lists).validate_bytes(&bytes));
+    if let Some(rules) = &rules {
+        findings.extend(schematron_findings(rules, &bytes));
+    }
     let doc = EdmDocument::parse(&bytes).ok();
     report(&args.file, doc.as_ref(), &findings, args.json)?;
     Ok(if has_fatal(&findings) {
@@ -102,6 +115,25 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs the applicable Schematron files; a document they cannot read is one fatal finding.
+fn schematron_findings(rules: &RuleDir, bytes: &[u8]) -> Vec<Finding> {
+    let unreadable = |msg: String| {
+        vec![Finding::new(
+            "SCH",
+            Severity::Fatal,
+            "/",
+            format!("Schematron rules not run: {msg}"),
+        )]
+    };
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return unreadable("the document is not UTF-8".into());
+    };
+    match rules.validate(text) {
+        Ok(f) => f,
+        Err(e) => unreadable(e.to_string()),
+    }
 }
 
 fn kind_name(doc: Option<&EdmDocument>) -> &'static str {

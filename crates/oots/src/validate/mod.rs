@@ -3,6 +3,7 @@
 
 pub mod codelist;
 pub mod model;
+pub mod schematron;
 pub mod xsd;
 
 use serde::Serialize;
