@@ -120,6 +120,45 @@ fn party_matches(ids: &[PartyId], value: &str, id_type: &Option<String>, any_typ
         .any(|i| i.value == value && ((any_type && id_type.is_none()) || i.id_type == *id_type))
 }
 
+/// Records how one side (From or To) of an inbound message differs from a leg's side.
+fn side_differences(
+    d: &mut Vec<Difference>,
+    side: &'static str,
+    set: &PModeSet,
+    leg_side: &LegSide,
+    party: &str,
+    party_type: &Option<String>,
+    role: &str,
+) {
+    let ids = party_ids(set, &leg_side.parties);
+    if !party_matches(&ids, party, party_type, false) {
+        let got = PartyId {
+            value: party.to_string(),
+            id_type: party_type.clone(),
+        };
+        d.push(Difference {
+            field: if side == "From" {
+                "From PartyId"
+            } else {
+                "To PartyId"
+            },
+            got: format!("'{got}'"),
+            expected: party_list(&ids),
+        });
+    }
+    if role != leg_side.role {
+        d.push(Difference {
+            field: if side == "From" {
+                "From Role"
+            } else {
+                "To Role"
+            },
+            got: format!("'{role}'"),
+            expected: format!("'{}'", leg_side.role),
+        });
+    }
+}
+
 /// The fields in which `key` differs from `leg`; with `parties_only`, only the
 /// party and role fields (the test-service rule).
 pub fn inbound_differences(
@@ -129,48 +168,24 @@ pub fn inbound_differences(
     parties_only: bool,
 ) -> Vec<Difference> {
     let mut d = Vec::new();
-    let from_ids = party_ids(set, &leg.from.parties);
-    if !party_matches(&from_ids, &key.from_party, &key.from_party_type, false) {
-        d.push(Difference {
-            field: "From PartyId",
-            got: format!(
-                "'{}'",
-                PartyId {
-                    value: key.from_party.clone(),
-                    id_type: key.from_party_type.clone()
-                }
-            ),
-            expected: party_list(&from_ids),
-        });
-    }
-    if key.from_role != leg.from.role {
-        d.push(Difference {
-            field: "From Role",
-            got: format!("'{}'", key.from_role),
-            expected: format!("'{}'", leg.from.role),
-        });
-    }
-    let to_ids = party_ids(set, &leg.to.parties);
-    if !party_matches(&to_ids, &key.to_party, &key.to_party_type, false) {
-        d.push(Difference {
-            field: "To PartyId",
-            got: format!(
-                "'{}'",
-                PartyId {
-                    value: key.to_party.clone(),
-                    id_type: key.to_party_type.clone()
-                }
-            ),
-            expected: party_list(&to_ids),
-        });
-    }
-    if key.to_role != leg.to.role {
-        d.push(Difference {
-            field: "To Role",
-            got: format!("'{}'", key.to_role),
-            expected: format!("'{}'", leg.to.role),
-        });
-    }
+    side_differences(
+        &mut d,
+        "From",
+        set,
+        &leg.from,
+        &key.from_party,
+        &key.from_party_type,
+        &key.from_role,
+    );
+    side_differences(
+        &mut d,
+        "To",
+        set,
+        &leg.to,
+        &key.to_party,
+        &key.to_party_type,
+        &key.to_role,
+    );
     if parties_only {
         return d;
     }
