@@ -74,6 +74,80 @@ pub struct Config {
     pub client: ClientConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Who this access point is: its party and its signing and encryption keys.
+    pub identity: IdentityConfig,
+    /// The sender: how outbound messages are claimed and pushed.
+    pub sender: SenderConfig,
+    /// The backend API (procedure portals, evidence providers) and its webhooks.
+    pub backend: BackendConfig,
+}
+
+/// This access point's own party and keys (the partners' certificates come from the PModes).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The party name (a `[[party]]` of the PModes) this access point acts as. Default
+    /// `varti-a`.
+    pub party: String,
+    /// PEM private key that signs messages and receipts.
+    pub signing_key: PathBuf,
+    /// PEM certificate of the signing key (the one partners have in their PModes).
+    pub signing_cert: PathBuf,
+    /// PEM private key that decrypts messages sent to us.
+    pub encryption_key: PathBuf,
+    /// PEM certificate of the encryption key.
+    pub encryption_cert: PathBuf,
+    /// PEM CA certificates that partners' signing certificates must chain to. Empty: each
+    /// partner's PMode certificate is pinned (trusted directly).
+    pub trust_anchors: Vec<PathBuf>,
+}
+
+/// The outbound sender.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Milliseconds between looks for due messages when idle (new submissions wake the
+    /// sender at once). Default 500.
+    pub poll_interval_ms: u64,
+    /// Seconds a claimed message stays leased to this instance; if the instance dies, the
+    /// other instance takes the message over after this. Default 600 (longer than
+    /// `client.request_timeout_secs`).
+    pub lease_secs: u64,
+    /// Messages sent concurrently. Default 16.
+    pub concurrency: usize,
+    /// A name for this instance in leases and logs. Default: the host name and process id.
+    pub instance: Option<String>,
+}
+
+/// The backend API: HTTP/JSON for the systems behind the access point.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Listener of the backend API (plain HTTP; keep it on loopback or a protected
+    /// network, or put TLS in front). Default 127.0.0.1:8480.
+    pub listen: SocketAddr,
+    /// The backends allowed to use the API.
+    pub clients: Vec<BackendClient>,
+}
+
+/// One backend system.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendClient {
+    /// Its name: the owner of the messages it submits and receives.
+    pub name: String,
+    /// SHA-256 (hex) of its API token (`varti` never stores the token itself). Create one
+    /// with `openssl rand -hex 32` and hash it with `printf %s TOKEN | sha256sum`.
+    pub token_sha256: String,
+    /// Inbound messages for these services (all when empty) are delivered to this backend.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// URL notified of received / sent / failed messages (HMAC-SHA256 signed).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Secret of the webhook HMAC (`X-Varti-Signature: sha256=<hex>`).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 /// The MSH listener.
@@ -139,6 +213,9 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// Directory of the embedded store. Default `<data_dir>/store`.
     pub path: Option<PathBuf>,
+    /// PostgreSQL connection string (`kind = "postgres"`), e.g.
+    /// `postgresql://varti@db1,db2/varti?target_session_attrs=read-write`.
+    pub url: Option<String>,
 }
 
 /// The store implementation.
@@ -147,6 +224,8 @@ pub struct StoreConfig {
 pub enum StoreKind {
     /// The embedded sled database with payload files beside it.
     Sled,
+    /// PostgreSQL, shared by an active-active pair (`url` required).
+    Postgres,
 }
 
 /// How long things are kept.
@@ -221,6 +300,42 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             client: ClientConfig::default(),
             log: LogConfig::default(),
+            identity: IdentityConfig::default(),
+            sender: SenderConfig::default(),
+            backend: BackendConfig::default(),
+        }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            party: "varti-a".to_owned(),
+            signing_key: PathBuf::from("certs/varti-a/sign.key.pem"),
+            signing_cert: PathBuf::from("certs/varti-a/sign.cert.pem"),
+            encryption_key: PathBuf::from("certs/varti-a/enc.key.pem"),
+            encryption_cert: PathBuf::from("certs/varti-a/enc.cert.pem"),
+            trust_anchors: vec![PathBuf::from("certs/ca.cert.pem")],
+        }
+    }
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            poll_interval_ms: 500,
+            lease_secs: 600,
+            concurrency: 16,
+            instance: None,
+        }
+    }
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            clients: Vec::new(),
         }
     }
 }
@@ -261,6 +376,7 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: StoreKind::Sled,
             path: None,
+            url: None,
         }
     }
 }
@@ -342,6 +458,11 @@ impl Config {
         if let Some(p) = self.store.path.as_mut() {
             fix(p);
         }
+        fix(&mut self.identity.signing_key);
+        fix(&mut self.identity.signing_cert);
+        fix(&mut self.identity.encryption_key);
+        fix(&mut self.identity.encryption_cert);
+        self.identity.trust_anchors.iter_mut().for_each(fix);
     }
 
     /// Checks values that parse but cannot work together.
@@ -369,6 +490,9 @@ impl Config {
                 self.limits.max_request_body_bytes,
             ),
             ("limits.max_connections", self.limits.max_connections as u64),
+            ("sender.poll_interval_ms", self.sender.poll_interval_ms),
+            ("sender.lease_secs", self.sender.lease_secs),
+            ("sender.concurrency", self.sender.concurrency as u64),
             (
                 "client.max_response_bytes",
                 self.client.max_response_bytes as u64,
@@ -398,6 +522,58 @@ impl Config {
                 key: "ops.listen",
                 problem: format!("is the same address as server.listen ({})", self.ops.listen),
                 fix: "give the operations listener its own port (default 127.0.0.1:9464)",
+            });
+        }
+        if self.store.kind == StoreKind::Postgres && self.store.url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "store.url",
+                problem: "is missing while store.kind is \"postgres\"".into(),
+                fix: "give the connection string, e.g. url = \"postgresql://varti@db1,db2/varti?target_session_attrs=read-write\"",
+            });
+        }
+        if self.sender.lease_secs <= self.client.request_timeout_secs {
+            return Err(ConfigError::Invalid {
+                key: "sender.lease_secs",
+                problem: format!(
+                    "({}) is not longer than client.request_timeout_secs ({})",
+                    self.sender.lease_secs, self.client.request_timeout_secs
+                ),
+                fix: "a lease must outlast one exchange, or the other instance could send the same message meanwhile: raise it",
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.backend.clients {
+            if !names.insert(c.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "backend.clients",
+                    problem: format!("names `{}` twice", c.name),
+                    fix: "give every backend its own name",
+                });
+            }
+            if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "backend.clients.token_sha256",
+                    problem: format!("of `{}` is not 64 hex digits", c.name),
+                    fix: "put the SHA-256 of the token, from `printf %s TOKEN | sha256sum`",
+                });
+            }
+            if c.webhook_url.is_some() != c.webhook_secret.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "backend.clients.webhook_secret",
+                    problem: format!("and webhook_url of `{}` must be given together", c.name),
+                    fix: "set both (the secret signs every notification) or neither",
+                });
+            }
+        }
+        if self.backend.listen == self.server.listen && self.backend.listen.port() != 0 {
+            return Err(ConfigError::Invalid {
+                key: "backend.listen",
+                problem: format!(
+                    "is the same address as server.listen ({})",
+                    self.backend.listen
+                ),
+                fix: "give the backend API its own port (default 127.0.0.1:8480)",
             });
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {

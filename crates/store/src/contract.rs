@@ -14,8 +14,8 @@
 //! Times are explicit and start at a fixed instant, so the suite never sleeps.
 
 use crate::{
-    AttemptOutcome, Direction, Event, InsertOutcome, ListFilter, MessageMeta, NewInbound,
-    NewOutbound, PayloadEntry, State, Store, StoreError, TransitionOutcome,
+    AttemptOutcome, Direction, Event, InsertOutcome, ListFilter, MessageMeta, MessageProperty,
+    NewInbound, NewOutbound, PayloadEntry, State, Store, StoreError, TransitionOutcome,
 };
 use std::collections::HashSet;
 use std::io::Read;
@@ -45,6 +45,11 @@ pub fn meta(id: &str, owner: &str) -> MessageMeta {
         ref_to_message_id: None,
         pmode_id: "pm-test/leg1".into(),
         payloads: Vec::new(),
+        properties: vec![MessageProperty {
+            name: "originalSender".into(),
+            value: "urn:oasis:names:tc:ebcore:partyid-type:unregistered:C1".into(),
+            type_: None,
+        }],
     }
 }
 
@@ -59,6 +64,7 @@ pub fn payload<S: Store>(store: &S, bytes: &[u8]) -> PayloadEntry {
         content_id: "cid:part1@varti.test".into(),
         mime_type: "application/xml".into(),
         stored,
+        properties: Vec::new(),
     }
 }
 

@@ -48,7 +48,7 @@ use time::OffsetDateTime;
 pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
-    MessageRecord, NewInbound, NewOutbound, Page, PayloadEntry, TransitionOutcome,
+    MessageProperty, MessageRecord, NewInbound, NewOutbound, Page, PayloadEntry, TransitionOutcome,
 };
 pub use sled_store::SledStore;
 pub use state::{transition, Direction, Event, InvalidTransition, State};

@@ -38,6 +38,21 @@ pub struct MessageMeta {
     pub pmode_id: String,
     /// The message's payloads, in message order.
     pub payloads: Vec<PayloadEntry>,
+    /// `MessageProperties` (OOTS: `originalSender`, `finalRecipient`), in message order.
+    #[serde(default)]
+    pub properties: Vec<MessageProperty>,
+}
+
+/// A named property of a message (`eb:MessageProperties`) or of a payload (`eb:PartProperties`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageProperty {
+    /// `@name`.
+    pub name: String,
+    /// The value.
+    pub value: String,
+    /// `@type`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
 }
 
 /// One payload of a message: its identity in the message and where its bytes are stored.
@@ -49,6 +64,10 @@ pub struct PayloadEntry {
     pub mime_type: String,
     /// Its bytes in the [`PayloadStore`](crate::PayloadStore).
     pub stored: PayloadRef,
+    /// Its `PartProperties` other than the ones AS4 compression sets (`MimeType`,
+    /// `CompressionType`).
+    #[serde(default)]
+    pub properties: Vec<MessageProperty>,
 }
 
 /// A message received from a partner, to be stored before its receipt is sent.

@@ -568,6 +568,38 @@ impl MimePackage {
         parser.finish()
     }
 
+    /// Reads an HTTP body whose `Content-Type` is `content_type`: a `multipart/related`
+    /// package, or a bare SOAP envelope (`application/soap+xml`, `text/xml`; receipts, error
+    /// signals and pull requests usually come so), bounded by `limits.max_root_size`.
+    pub fn read_http_body<R: Read>(
+        mut reader: R,
+        content_type: &str,
+        limits: &MimeLimits,
+    ) -> Result<MimePackage, MimeError> {
+        let ct = ContentType::parse(content_type)?;
+        if ct.mime_type.starts_with("multipart/") {
+            return MimePackage::parse(reader, content_type, limits);
+        }
+        if !matches!(ct.mime_type.as_str(), "application/soap+xml" | "text/xml") {
+            return Err(MimeError::Unsupported(format!(
+                "Content-Type `{}` is neither multipart/related nor a SOAP envelope",
+                ct.mime_type
+            )));
+        }
+        let max = limits.max_root_size;
+        let mut content = Vec::new();
+        let n = reader
+            .by_ref()
+            .take(max as u64 + 1)
+            .read_to_end(&mut content)?;
+        if n > max {
+            return Err(MimeError::LimitExceeded(format!(
+                "the SOAP envelope is larger than {max} bytes"
+            )));
+        }
+        Ok(MimePackage::single(ct, Headers::new(), content))
+    }
+
     /// A package of just a root part: a bare SOAP envelope sent without MIME.
     pub fn single(content_type: ContentType, headers: Headers, content: Vec<u8>) -> MimePackage {
         let root = RootPart {

@@ -1,9 +1,9 @@
 //! `varti serve`: runs the access point until SIGTERM or Ctrl-C.
 //!
-//! What runs today: the MSH listener (TLS, or plain HTTP with `--insecure-http`) whose
-//! `POST /msh` answers 503 until the receiving pipeline is wired in; the operations listener
-//! (`/health`, `/ready`, `/metrics`); the embedded store (opened, so `/ready` reflects it).
-//! PMode loading is not wired yet, so `/ready` reports `pmodes: not ready`.
+//! What runs: the MSH listener (TLS, or plain HTTP with `--insecure-http`) whose
+//! `POST /msh` is the receiver of [`varti_gateway::access_point`]; the sender that pushes
+//! submitted messages; the operations listener (`/health`, `/ready`, `/metrics`); the store
+//! (embedded sled, or PostgreSQL whose schema must be current: `varti db migrate`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use varti_gateway::config::{secs, Config, LogFormat};
+use varti_gateway::access_point::{receiver::Receiver, sender, AccessPoint};
+use varti_gateway::config::{secs, Config, LogFormat, StoreKind};
 use varti_gateway::ops::{self, Metrics, Readiness};
-use varti_gateway::server::{
-    tls, Listener, ListenerOptions, MshRoutes, NotWiredHandler, OpsRoutes, Tasks,
-};
+use varti_gateway::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
+use varti_store::Store;
 
 /// Certificates expiring within this many days are logged as warnings.
 const EXPIRY_WARNING_DAYS: f64 = 30.0;
@@ -138,22 +138,26 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
 
     // The store is opened before the listeners so that /ready is truthful from the start.
-    let store_path = config.store_path();
     let store = {
-        let path = store_path.clone();
-        tokio::task::spawn_blocking(move || varti_store::SledStore::open(&path))
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_store(&config))
             .await
-            .context("the store-opening task failed")?
-            .with_context(|| format!("cannot open the store at {}", store_path.display()))?
+            .context("the store-opening task failed")??
     };
     readiness.set_ready("store");
-    readiness.set_not_ready(
-        "pmodes",
-        format!(
-            "PMode loading from {} is not wired into `varti serve` yet",
-            config.pmodes_dir.display()
-        ),
-    );
+    let ap = {
+        let (config, store, metrics) = (config.clone(), store.clone(), metrics.clone());
+        let insecure = args.insecure_http;
+        tokio::task::spawn_blocking(move || AccessPoint::open(config, store, metrics, insecure))
+            .await
+            .context("the start-up task failed")??
+    };
+    let ap = Arc::new(ap);
+    readiness.set_ready("pmodes");
+    let store_path = match config.store.kind {
+        StoreKind::Sled => config.store_path().display().to_string(),
+        StoreKind::Postgres => "postgresql".to_owned(),
+    };
 
     let msh_options = ListenerOptions {
         tls: tls.clone(),
@@ -176,13 +180,15 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         msh = %format!("{scheme}://{msh_addr}/msh"),
         ops = %format!("http://{ops_addr}"),
-        store = %store_path.display(),
+        store = %store_path,
+        party = %ap.identity.party,
+        instance = %ap.instance,
         "varti is listening"
     );
 
     let grace = secs(config.server.shutdown_grace_secs);
     let mut tasks = Tasks::new();
-    let handler = Arc::new(NotWiredHandler);
+    let handler = Arc::new(Receiver::new(ap.clone()));
     let routes = Arc::new(MshRoutes::new(
         handler,
         config.limits.max_request_body_bytes,
@@ -194,6 +200,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "ops-listener",
         ops_listener.serve(ops_routes, tasks.token(), grace),
     );
+    tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
     if tls.is_some() {
         let token = tasks.token();
         let metrics = metrics.clone();
@@ -217,6 +224,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     readiness.set_not_ready("shutdown", "shutting down");
     let clean = tasks.shutdown(grace + Duration::from_secs(5)).await;
     // Closing the store flushes it.
+    drop(ap);
     tokio::task::spawn_blocking(move || drop(store))
         .await
         .context("closing the store failed")?;
@@ -226,6 +234,26 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         tracing::error!("stopped, but some tasks had to be aborted (see above)");
         Ok(super::exit_problems())
+    }
+}
+
+/// Opens the configured store. PostgreSQL must already have the current schema: migrations
+/// are applied by `varti db migrate`, deliberately, not by whichever instance starts first.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.store.kind {
+        StoreKind::Sled => {
+            let path = config.store_path();
+            let store = varti_store::SledStore::open(&path)
+                .with_context(|| format!("cannot open the store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Postgres => {
+            let url = config.store.url.as_deref().unwrap_or_default();
+            // connect() refuses a schema that is not current (run `varti db migrate`).
+            let store = varti_store::postgres::PgStore::connect(url)
+                .context("cannot open the PostgreSQL store (store.url)")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -270,7 +270,7 @@ pub fn spawn_serve_in(dir: &Path, args: &[&str]) -> Served {
 pub fn tls_config(client_auth: &str) -> String {
     format!(
         r#"data_dir = "data"
-pmodes_dir = "pmodes"
+{}
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace_secs = 5
@@ -281,7 +281,45 @@ cert = "server.crt"
 key = "server.key"
 client_ca = "ca.crt"
 client_auth = "{client_auth}"
-"#
+"#,
+        repo_setup()
+    )
+}
+
+/// A configuration for a plain-HTTP (`--insecure-http`) instance: data in `data`, the
+/// repository's PModes and keys (see [`repo_setup`]), then `tables` (e.g. `[server]` …).
+pub fn plain_config(tables: &str) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    let repo = repo.display();
+    format!(
+        "data_dir = \"data\"\n{}\n[tls]\ncert = \"{repo}/certs/varti-a/tls.cert.pem\"\n\
+         key = \"{repo}/certs/varti-a/tls.key.pem\"\nclient_ca = \"{repo}/certs/ca.cert.pem\"\n{tables}",
+        repo_setup()
+    )
+}
+
+/// Config lines that make an instance varti-a with the repository's PModes and keys, and
+/// its backend API on a free port (top-level keys first, then tables).
+pub fn repo_setup() -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    let repo = repo.display();
+    format!(
+        r#"pmodes_dir = "{repo}/pmodes"
+[identity]
+party = "varti-a"
+signing_key = "{repo}/certs/varti-a/sign.key.pem"
+signing_cert = "{repo}/certs/varti-a/sign.cert.pem"
+encryption_key = "{repo}/certs/varti-a/enc.key.pem"
+encryption_cert = "{repo}/certs/varti-a/enc.cert.pem"
+trust_anchors = ["{repo}/certs/ca.cert.pem"]
+[backend]
+listen = "127.0.0.1:0""#
     )
 }
 

@@ -79,7 +79,9 @@ fn message(store: &SledStore, id: &str, receipt: Vec<u8>) -> NewInbound {
                 content_id: "cid:p@varti.test".into(),
                 mime_type: "application/xml".into(),
                 stored,
+                properties: Vec::new(),
             }],
+            properties: Vec::new(),
         },
         receipt,
     }

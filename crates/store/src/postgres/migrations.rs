@@ -18,14 +18,21 @@ struct Migration {
 }
 
 /// Every migration this binary knows, in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "message properties",
+        sql: include_str!("migrations/0002_properties.sql"),
+    },
+];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;

@@ -679,7 +679,7 @@ const PURGE_BATCH: i64 = 256;
 const COLUMNS: &str = "message_id, direction, state, owner, from_party, to_party, service, \
     action, conversation_id, ref_to_message_id, pmode_id, payloads::text, attempts, \
     next_attempt_at, lease_holder, lease_expires_at, receipt, last_error, duplicates, \
-    created_at, updated_at, settled_at, payloads_purged_at";
+    created_at, updated_at, settled_at, payloads_purged_at, properties::text";
 
 /// Builds records from `messages` rows and attaches their history (one query for all).
 fn load_with_history(tx: &mut Transaction<'_>, rows: Vec<Row>) -> Result<Vec<Loaded>, Fail> {
@@ -746,6 +746,7 @@ fn record_from_row(row: &Row) -> Result<MessageRecord, StoreError> {
             ref_to_message_id: row.get(9),
             pmode_id: row.get(10),
             payloads: parse_json(row.get(11))?,
+            properties: parse_json(row.get(23))?,
         },
         direction: parse_direction(row.get(1))?,
         state: parse_state(row.get(2))?,
@@ -767,13 +768,14 @@ fn record_from_row(row: &Row) -> Result<MessageRecord, StoreError> {
 fn insert_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
     let m = &r.meta;
     let payloads = to_json(&m.payloads)?;
+    let properties = to_json(&m.properties)?;
     let n = tx.execute(
         "INSERT INTO messages (message_id, direction, state, owner, from_party, to_party, \
              service, action, conversation_id, ref_to_message_id, pmode_id, payloads, \
              has_payloads, attempts, next_attempt_at, receipt, created_at, updated_at, \
-             due_at, created_op) \
+             due_at, created_op, properties) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13, $14, \
-             $15, $16, $17, $18, $19, $20) \
+             $15, $16, $17, $18, $19, $20, $21::text::jsonb) \
          ON CONFLICT (message_id) DO NOTHING",
         &[
             &m.message_id,
@@ -796,6 +798,7 @@ fn insert_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<b
             &r.updated_at,
             &r.due_at(),
             &op,
+            &properties,
         ],
     )?;
     Ok(n == 1)
