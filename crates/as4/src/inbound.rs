@@ -68,6 +68,10 @@ pub struct ReceivePolicy {
     pub partner_certificates: Vec<X509>,
     /// Trust anchors for the signer certificate (a CA, or the pinned partner certificate).
     pub trust_anchors: Vec<X509>,
+    /// The certificate the signature must be made with: the sending party's signing
+    /// certificate from the PMode. A certificate that merely chains to the anchors is not
+    /// enough when several parties share a CA (one party could sign as another).
+    pub expected_signer: Option<X509>,
     /// The time at which certificates must be valid (normally now).
     pub at: OffsetDateTime,
     /// Largest decompressed size of one part, in bytes.
@@ -89,6 +93,7 @@ impl ReceivePolicy {
             key_transports: key_transports_for(profile),
             partner_certificates: Vec::new(),
             trust_anchors: Vec::new(),
+            expected_signer: None,
             at: OffsetDateTime::now_utc(),
             decompression_cap: DEFAULT_DECOMPRESSION_CAP,
             spool_dir: None,
@@ -211,6 +216,14 @@ fn message_id_of(m: &Messaging) -> Option<&str> {
                 .first()
                 .map(|s| s.message_info.message_id.as_str())
         })
+}
+
+fn subject_of(cert: &X509) -> String {
+    cert.subject_name()
+        .entries()
+        .filter_map(|e| e.data().as_utf8().ok().map(|d| d.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn auth(detail: impl Into<String>) -> EbmsError {
@@ -343,6 +356,19 @@ fn receive_parsed(
             &policy.trust_anchors,
             policy.at,
         )?;
+        if let Some(expected) = &policy.expected_signer {
+            let same = matches!(
+                (sig.signer.to_der(), expected.to_der()),
+                (Ok(a), Ok(b)) if a == b
+            );
+            if !same {
+                return Err(auth(format!(
+                    "the message is signed with the certificate of `{}`, not with the sending                      party's certificate from the PMode (`{}`)",
+                    subject_of(&sig.signer),
+                    subject_of(expected)
+                )));
+            }
+        }
     }
 
     // Stage 6: decompress into the payload files.

@@ -6,12 +6,14 @@
 //! * [`check`] holds the checks that span files: certificates, ambiguous legs.
 //! * [`routing`] finds the leg of an inbound message or of a submission, or says
 //!   (EBMS:0010) which leg came nearest and which field differed.
+//! * [`enforce`] checks a message against its leg's property rules and payload profile.
 //! * [`domibus`] converts a Domibus PMode XML into native files.
 //!
 //! The file format is documented in `docs/pmode-format.md`.
 
 pub mod check;
 pub mod domibus;
+pub mod enforce;
 pub mod files;
 pub mod model;
 pub mod routing;

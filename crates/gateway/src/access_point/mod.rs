@@ -357,6 +357,9 @@ impl AccessPoint {
             .get(&partner.name)
             .and_then(|c| c.signing.clone());
         policy.partner_certificates = partner_cert.iter().cloned().collect();
+        // The signature must be the sending party's own (a shared CA is not enough); a party
+        // without a signing certificate in the PModes cannot be verified at all.
+        policy.expected_signer = partner_cert.clone();
         // Anchors: the configured CAs; without them the partner's certificate is pinned.
         policy.trust_anchors = if self.identity.trust_anchors.is_empty() {
             partner_cert.into_iter().collect()

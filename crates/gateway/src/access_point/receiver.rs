@@ -22,6 +22,7 @@ use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, UserMessage};
 use varti_as4::message::soap;
 use varti_as4::outbound::{build_error_signal, build_receipt};
+use varti_as4::pmode::enforce::{self, PartFacts};
 use varti_as4::pmode::model::{Leg, Party};
 use varti_as4::pmode::routing::{self, InboundKey};
 use varti_as4::security::sign::SigningIdentity;
@@ -171,6 +172,23 @@ impl Receiver {
             Ok(r) => r,
             Err(e) => return refuse(e, Some(leg)),
         };
+        if !route.test_service {
+            let facts: Vec<PartFacts<'_>> = received
+                .payloads
+                .iter()
+                .map(|p| PartFacts {
+                    content_id: &p.content_id,
+                    mime_type: &p.mime_type,
+                    size: p.len,
+                })
+                .collect();
+            let checked =
+                enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
+                    .and_then(|()| enforce::check_payloads(leg, &facts));
+            if let Err(e) = checked {
+                return refuse(e, Some(leg));
+            }
+        }
         let identity = self.signing_identity(leg);
         let receipt =
             match build_receipt(&received, leg.receipt.non_repudiation.then_some(&identity)) {

@@ -5,6 +5,7 @@
 //! caller still owns those payloads and removes them.
 
 use time::OffsetDateTime;
+use varti_as4::pmode::enforce::{self, PartFacts};
 use varti_as4::pmode::model::Leg;
 use varti_as4::pmode::routing::{self, Submission as RouteQuery};
 use varti_store::{MessageMeta, MessageProperty, NewOutbound, PayloadEntry, StoreError};
@@ -79,6 +80,13 @@ pub fn submit(
     sub: Submission,
     now: OffsetDateTime,
 ) -> Result<String, SubmitError> {
+    let mut sub = sub;
+    // Every part needs a Content-ID in the MIME package; make one when the backend gave none.
+    for (i, p) in sub.payloads.iter_mut().enumerate() {
+        if p.content_id.trim_start_matches("cid:").is_empty() {
+            p.content_id = format!("part{i}-{}@varti", uuid::Uuid::new_v4().simple());
+        }
+    }
     if sub.service.is_empty() || sub.action.is_empty() || sub.to_party.is_empty() {
         return Err(SubmitError::Invalid(
             "a submission needs to_party, service and action".into(),
@@ -109,6 +117,20 @@ pub fn submit(
     };
     let route =
         routing::find_outbound(&ap.pmodes, &query).map_err(|e| SubmitError::NoRoute(e.detail))?;
+    if !route.test_service {
+        let facts: Vec<PartFacts<'_>> = sub
+            .payloads
+            .iter()
+            .map(|p| PartFacts {
+                content_id: p.content_id.trim_start_matches("cid:"),
+                mime_type: &p.mime_type,
+                size: p.stored.size,
+            })
+            .collect();
+        enforce::check_properties(route.leg, sub.properties.iter().map(|p| p.name.as_str()))
+            .and_then(|()| enforce::check_payloads(route.leg, &facts))
+            .map_err(|e| SubmitError::Invalid(e.detail))?;
+    }
     let message_id = sub
         .message_id
         .unwrap_or_else(|| format!("{}@varti", uuid::Uuid::new_v4()));

@@ -1,0 +1,273 @@
+//! `varti serve` (as varti-a, the repository's PModes and test PKI) receiving messages that
+//! the test seals as varti-b with the library: what is acknowledged, what is refused with
+//! which ebMS error, and that refusals store nothing.
+
+mod serve_support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssl::pkey::PKey;
+use openssl::x509::X509;
+use serve_support::*;
+use varti_as4::inbound::key_protection_for;
+use varti_as4::message::model::{
+    CollaborationInfo, MessageInfo, Party, PartyId, PartyInfo, Property, Service, UserMessage,
+};
+use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
+use varti_as4::security::encrypt::EncryptionSettings;
+use varti_as4::security::profile::AS4_1_15;
+use varti_as4::security::sign::SigningIdentity;
+use varti_as4::security::token::TokenReference;
+use varti_store::{ListFilter, Store};
+
+const PARTY_TYPE: &str = "urn:oasis:names:tc:ebcore:partyid-type:unregistered";
+const ROLE_INIT: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/initiator";
+const ROLE_RESP: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/responder";
+const TEST_SERVICE: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service";
+const TEST_ACTION: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn cert(rel: &str) -> X509 {
+    X509::from_pem(&std::fs::read(repo().join(rel)).unwrap()).unwrap()
+}
+
+fn key(rel: &str) -> PKey<openssl::pkey::Private> {
+    PKey::private_key_from_pem(&std::fs::read(repo().join(rel)).unwrap()).unwrap()
+}
+
+struct Msg<'a> {
+    id: String,
+    from: &'a str,
+    from_role: &'a str,
+    to: &'a str,
+    to_role: &'a str,
+    service: &'a str,
+    service_type: Option<&'a str>,
+    action: &'a str,
+    properties: Vec<Property>,
+    payloads: Vec<(&'a str, Vec<u8>)>,
+    /// Signing key and certificate (paths under the repository).
+    signer: (&'a str, &'a str),
+    encrypt: bool,
+}
+
+impl<'a> Msg<'a> {
+    fn test_service(id: &str) -> Msg<'a> {
+        Msg {
+            id: id.to_owned(),
+            from: "varti-b",
+            from_role: ROLE_INIT,
+            to: "varti-a",
+            to_role: ROLE_RESP,
+            service: TEST_SERVICE,
+            service_type: None,
+            action: TEST_ACTION,
+            properties: Vec::new(),
+            payloads: Vec::new(),
+            signer: ("certs/varti-b/sign.key.pem", "certs/varti-b/sign.cert.pem"),
+            encrypt: true,
+        }
+    }
+
+    /// Seals into (Content-Type, body).
+    fn seal(&self) -> (String, Vec<u8>) {
+        let party = |id: &str, role: &str| Party {
+            party_ids: vec![PartyId {
+                value: id.to_owned(),
+                type_: Some(PARTY_TYPE.to_owned()),
+            }],
+            role: role.to_owned(),
+        };
+        let um = UserMessage {
+            mpc: None,
+            message_info: MessageInfo::new(self.id.clone()),
+            party_info: PartyInfo {
+                from: party(self.from, self.from_role),
+                to: party(self.to, self.to_role),
+            },
+            collaboration_info: CollaborationInfo {
+                agreement_ref: None,
+                service: Service {
+                    value: self.service.to_owned(),
+                    type_: self.service_type.map(str::to_owned),
+                },
+                action: self.action.to_owned(),
+                conversation_id: "conv-1".into(),
+            },
+            properties: self.properties.clone(),
+            parts: Vec::new(),
+        };
+        let sign_key = key(self.signer.0);
+        let sign_cert = cert(self.signer.1);
+        let enc = cert("certs/varti-a/enc.cert.pem");
+        let policy = SendPolicy {
+            signing: SigningIdentity {
+                profile: &AS4_1_15,
+                key: &sign_key,
+                certificate: &sign_cert,
+                token_reference: TokenReference::BinarySecurityToken,
+            },
+            encryption: self.encrypt.then(|| EncryptionSettings {
+                receiver_cert: &enc,
+                key_protection: key_protection_for(&AS4_1_15),
+                token_reference: TokenReference::BinarySecurityToken,
+            }),
+            compress: true,
+        };
+        let mut contents: Vec<&[u8]> = self.payloads.iter().map(|(_, b)| b.as_slice()).collect();
+        let payloads = self
+            .payloads
+            .iter()
+            .zip(contents.iter_mut())
+            .enumerate()
+            .map(|(i, ((mime, _), c))| OutgoingPayload {
+                content_id: format!("part{i}@test"),
+                mime_type: (*mime).to_owned(),
+                properties: Vec::new(),
+                content: c as &mut dyn std::io::Read,
+            })
+            .collect();
+        let mut body = Vec::new();
+        let sent = send(&um, payloads, &policy, &mut body).unwrap();
+        (sent.content_type, body)
+    }
+}
+
+fn post(served: &Served, (ct, body): &(String, Vec<u8>)) -> HttpResponse {
+    let mut tcp = TcpStream::connect(served.msh).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    http_request(
+        &mut tcp,
+        "POST",
+        "/msh",
+        &format!("Content-Type: {ct}\r\n"),
+        body,
+    )
+    .unwrap()
+}
+
+fn assert_error(r: &HttpResponse, code: &str, what: &str) {
+    assert_eq!(r.status, 200, "{what}: {}", r.head);
+    assert!(
+        r.body.contains(&format!("errorCode=\"{code}\"")),
+        "{what}: expected {code}, got {}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("Receipt"),
+        "{what}: acknowledged: {}",
+        r.body
+    );
+}
+
+#[test]
+fn receiver_acknowledges_and_refuses_by_pmode_and_security() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = spawn_serve(
+        dir.path(),
+        &plain_config("[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n"),
+        &["--insecure-http"],
+    );
+
+    // The ebMS test service: acknowledged (signed NRR receipt), never delivered.
+    let ping = Msg::test_service("ping-1@test");
+    let r = post(&served, &ping.seal());
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.body.contains("NonRepudiationInformation"), "{}", r.body);
+
+    // OOTS request without the four-corner properties the leg requires: EBMS:0010.
+    let mut oots = Msg::test_service("oots-1@test");
+    oots.service = "QueryManager";
+    oots.service_type = Some("urn:oasis:names:tc:ebcore:ebrs:ebms:binding:1.0");
+    oots.action = "ExecuteQueryRequest";
+    oots.from_role = "http://sdg.europa.eu/edelivery/gateway";
+    oots.to_role = "http://sdg.europa.eu/edelivery/gateway";
+    oots.payloads = vec![("application/x-ebrs+xml", b"<query/>".to_vec())];
+    let r = post(&served, &oots.seal());
+    assert_error(&r, "EBMS:0010", "missing required properties");
+    assert!(r.body.contains("originalSender"), "{}", r.body);
+
+    // With the properties it is accepted.
+    oots.id = "oots-2@test".into();
+    oots.properties = vec![
+        Property {
+            name: "originalSender".into(),
+            type_: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:C1".into()),
+            value: "sender".into(),
+        },
+        Property {
+            name: "finalRecipient".into(),
+            type_: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:C4".into()),
+            value: "recipient".into(),
+        },
+    ];
+    let r = post(&served, &oots.seal());
+    assert!(
+        r.body.contains("Receipt"),
+        "{}\n{}",
+        r.body,
+        served.log_text()
+    );
+
+    // A payload the profile does not allow (wrong MIME type for the EDM part): EBMS:0010.
+    let mut wrong = Msg {
+        id: "oots-3@test".into(),
+        ..oots
+    };
+    wrong.payloads = vec![("text/plain", b"hello".to_vec())];
+    let r = post(&served, &wrong.seal());
+    assert_error(&r, "EBMS:0010", "payload profile");
+
+    // Addressed to another party: EBMS:0010.
+    let mut elsewhere = Msg::test_service("else-1@test");
+    elsewhere.to = "varti-b";
+    let r = post(&served, &elsewhere.seal());
+    assert_error(&r, "EBMS:0010", "not for us");
+
+    // Signed with varti-a's key while claiming to be varti-b: the signer is not the
+    // sender's PMode certificate → authentication failure.
+    let mut forged = Msg::test_service("forged-1@test");
+    forged.signer = ("certs/varti-a/sign.key.pem", "certs/varti-a/sign.cert.pem");
+    let r = post(&served, &forged.seal());
+    assert!(
+        r.body.contains("EBMS:0101") || r.body.contains("EBMS:0103"),
+        "a message signed by the wrong party was not refused: {}",
+        r.body
+    );
+
+    // Unencrypted on a leg that requires encryption: policy error.
+    let mut plain = Msg::test_service("plain-1@test");
+    plain.payloads = vec![("text/plain", b"x".to_vec())];
+    plain.encrypt = false;
+    let r = post(&served, &plain.seal());
+    assert_error(&r, "EBMS:0103", "unencrypted payload");
+
+    let mut served = served;
+    assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
+    // Only the two acknowledged messages are stored; the test message has no owner a
+    // backend could have.
+    let store = varti_store::SledStore::open(dir.path().join("data/store")).unwrap();
+    let mut ids: Vec<(String, String)> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| (r.meta.message_id, r.meta.owner))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            ("oots-2@test".to_owned(), "default".to_owned()),
+            ("ping-1@test".to_owned(), "varti:test-service".to_owned())
+        ]
+    );
+}
