@@ -221,7 +221,7 @@ fn message_id_of(m: &Messaging) -> Option<&str> {
 fn subject_of(cert: &X509) -> String {
     cert.subject_name()
         .entries()
-        .filter_map(|e| e.data().as_utf8().ok().map(|d| d.to_string()))
+        .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
         .collect::<Vec<_>>()
         .join(", ")
 }

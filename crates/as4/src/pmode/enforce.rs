@@ -214,10 +214,10 @@ mod tests {
             mime_type: "application/pdf",
             size: 300,
         };
-        check_payloads(&leg, &[edm.clone()]).unwrap();
+        check_payloads(&leg, std::slice::from_ref(&edm)).unwrap();
         check_payloads(&leg, &[edm.clone(), pdf.clone()]).unwrap();
         // The evidence alone: the required EDM part is missing.
-        let e = check_payloads(&leg, &[pdf.clone()]).unwrap_err();
+        let e = check_payloads(&leg, std::slice::from_ref(&pdf)).unwrap_err();
         assert!(e.detail.contains("`edm` required"), "{}", e.detail);
         // A third part fits no rule.
         let e = check_payloads(&leg, &[edm.clone(), pdf.clone(), pdf.clone()]).unwrap_err();
