@@ -112,6 +112,8 @@ enum Verdict {
     Acknowledged(Vec<u8>),
     /// Retrying may help.
     Transient(String),
+    /// The partner could not be reached at all (retrying may help).
+    Unreachable(String),
     /// Retrying cannot help.
     Fatal(String),
 }
@@ -125,7 +127,7 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
     let outcome = match verdict {
         Verdict::Acknowledged(receipt) => AttemptOutcome::Acknowledged { receipt },
         Verdict::Fatal(error) => AttemptOutcome::Failed { error },
-        Verdict::Transient(error) => {
+        Verdict::Transient(error) | Verdict::Unreachable(error) => {
             let intervals = ap
                 .leg(&record.meta.pmode_id)
                 .map(|l| l.reception.retry.intervals())
@@ -246,7 +248,7 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
         .await
     {
         Ok(r) => r,
-        Err(e) => return Verdict::Transient(e.to_string()),
+        Err(e) => return Verdict::Unreachable(e.to_string()),
     };
     let ap = ap.clone();
     let record = record.clone();
@@ -509,4 +511,27 @@ fn receipt_problem(e: &EbmsError) -> String {
         ErrorCode::InvalidReceipt,
         e.detail
     )
+}
+
+/// Why a single exchange did not end with a valid receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeFailure {
+    /// The partner could not be reached (connection, TLS, timeout).
+    Unreachable(String),
+    /// The partner answered, but not with a valid receipt (an error signal, an invalid
+    /// receipt, an HTTP error).
+    Refused(String),
+}
+
+/// One exchange outside the queue, for `varti ping`: seals `record` (claimed by the caller),
+/// pushes it and judges the answer. Returns the partner's receipt.
+pub async fn exchange_once(
+    ap: &Arc<AccessPoint>,
+    record: &MessageRecord,
+) -> Result<Vec<u8>, ExchangeFailure> {
+    match exchange(ap, record).await {
+        Verdict::Acknowledged(receipt) => Ok(receipt),
+        Verdict::Unreachable(e) => Err(ExchangeFailure::Unreachable(e)),
+        Verdict::Transient(e) | Verdict::Fatal(e) => Err(ExchangeFailure::Refused(e)),
+    }
 }

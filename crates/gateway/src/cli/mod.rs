@@ -3,6 +3,7 @@
 mod db;
 mod message;
 mod oots;
+mod ping;
 mod pmode;
 mod serve;
 
@@ -57,6 +58,9 @@ enum Command {
     /// Manage the PostgreSQL store's schema (for the active-active pair).
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Send a test message to a partner and check its receipt (ebMS test service or the EC
+    /// connectivity test).
+    Ping(ping::PingArgs),
 }
 
 impl Cli {
@@ -91,5 +95,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Oots(cmd) => oots::run(cmd),
         Command::Serve(args) => serve::run(args, cli.verbose),
         Command::Db(cmd) => db::run(cmd),
+        Command::Ping(args) => ping::run(args),
     }
 }

@@ -111,10 +111,16 @@ impl Pair {
             let text = std::fs::read_to_string(repo.join("pmodes").join(file)).unwrap();
             let host = file.trim_end_matches(".toml");
             let text = text.replace(
-                &format!("https://{host}.localhost:{}/msh", if host == "varti-a" { 8443 } else { 9443 }),
+                &format!(
+                    "https://{host}.localhost:{}/msh",
+                    if host == "varti-a" { 8443 } else { 9443 }
+                ),
                 &format!("https://localhost:{port}/msh"),
             );
-            assert!(text.contains(&format!("localhost:{port}")), "endpoint not rewritten in {file}");
+            assert!(
+                text.contains(&format!("localhost:{port}")),
+                "endpoint not rewritten in {file}"
+            );
             std::fs::write(pmodes.join(file), text).unwrap();
         }
         for file in ["test-service.toml", "connectivity-test.toml"] {
@@ -201,7 +207,13 @@ pub struct Node {
 
 impl Node {
     /// A backend API call with this node's token.
-    pub fn api(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> HttpResponse {
         let mut tcp = TcpStream::connect(self.backend).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut headers = format!("Authorization: Bearer {}\r\n", self.token);
@@ -251,7 +263,12 @@ impl Node {
 
     /// The message as the API shows it (`None`: 404).
     pub fn message(&self, id: &str) -> Option<serde_json::Value> {
-        let r = self.api("GET", &format!("/api/v1/messages/{}", urlencode(id)), None, b"");
+        let r = self.api(
+            "GET",
+            &format!("/api/v1/messages/{}", urlencode(id)),
+            None,
+            b"",
+        );
         match r.status {
             200 => Some(serde_json::from_str(&r.body).unwrap()),
             404 => None,
@@ -274,7 +291,11 @@ impl Node {
                     self.served.log_text()
                 );
             } else {
-                assert!(start.elapsed() < within, "{id} never appeared\nlog:\n{}", self.served.log_text());
+                assert!(
+                    start.elapsed() < within,
+                    "{id} never appeared\nlog:\n{}",
+                    self.served.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -282,7 +303,12 @@ impl Node {
 
     /// Inbound messages for the portal (newest first).
     pub fn inbound(&self) -> Vec<serde_json::Value> {
-        let r = self.api("GET", "/api/v1/messages?direction=inbound&limit=1000", None, b"");
+        let r = self.api(
+            "GET",
+            "/api/v1/messages?direction=inbound&limit=1000",
+            None,
+            b"",
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         v["messages"].as_array().cloned().unwrap_or_default()
