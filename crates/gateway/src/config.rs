@@ -654,6 +654,28 @@ mod tests {
     }
 
     #[test]
+    fn pair_example_configs_parse_and_differ_only_in_the_instance() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pair");
+        let read = |f: &str| {
+            let text = std::fs::read_to_string(dir.join(f)).expect("deploy/pair config exists");
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{f}: {e}"));
+            c
+        };
+        let (mut one, two) = (read("varti-dc1.toml"), read("varti-dc2.toml"));
+        assert_eq!(one.store.kind, StoreKind::Postgres);
+        assert!(one
+            .store
+            .url
+            .as_deref()
+            .unwrap()
+            .contains("target_session_attrs=read-write"));
+        assert_ne!(one.sender.instance, two.sender.instance);
+        one.sender.instance = two.sender.instance.clone();
+        assert_eq!(one, two);
+    }
+
+    #[test]
     fn example_config_documents_every_section_and_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/varti.example.toml");
         let text = std::fs::read_to_string(&path).expect("deploy/varti.example.toml exists");
