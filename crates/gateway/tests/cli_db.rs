@@ -3,7 +3,10 @@
 //! Each test creates its own database and drops it afterwards. When the server cannot be
 //! reached the test fails with instructions: it never skips.
 
+mod serve_support;
+
 use std::process::Command;
+use std::time::Duration;
 
 const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
@@ -13,7 +16,10 @@ struct TempDb {
 
 impl TempDb {
     fn create() -> TempDb {
-        let name = format!("varti_cli_{}", std::process::id());
+        TempDb::create_named("cli")
+    }
+    fn create_named(tag: &str) -> TempDb {
+        let name = format!("varti_{tag}_{}", std::process::id());
         let mut c = postgres_client();
         // One statement per call: CREATE/DROP DATABASE refuse to share a transaction.
         let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
@@ -100,4 +106,38 @@ fn migrate_against_an_unreachable_server_exits_2_with_a_hint() {
         err.contains("cannot migrate") && err.contains("hint"),
         "{err}"
     );
+}
+
+/// `varti serve` on the PostgreSQL store: refuses an unmigrated database with the fix,
+/// then runs (ready) once `varti db migrate` was applied.
+#[test]
+fn serve_on_postgres_requires_the_current_schema() {
+    let db = TempDb::create_named("serve");
+    let dir = tempfile::tempdir().unwrap();
+    let config = serve_support::plain_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+         [store]\nkind = \"postgres\"\nurl = \"{}\"\n",
+        db.url()
+    ));
+    std::fs::write(dir.path().join("varti.toml"), &config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_varti"))
+        .current_dir(dir.path())
+        .args(["serve", "--config", "varti.toml", "--insecure-http"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("varti db migrate"), "no fix named: {err}");
+
+    let (code, _, err) = varti(&["db", "migrate", "--database", &db.url()]);
+    assert_eq!(code, 0, "{err}");
+    let mut served = serve_support::spawn_serve(dir.path(), &config, &["--insecure-http"]);
+    let ready = serve_support::plain_get(served.ops, "/ready");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(
+        served.log_text().contains("store=postgresql"),
+        "{}",
+        served.log_text()
+    );
+    assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
 }
