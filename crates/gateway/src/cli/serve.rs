@@ -133,7 +133,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             config.tls.client_auth,
             &config.tls.client_ca,
         )?;
-        record_cert_expiry(&metrics, &config.tls.cert);
+        record_cert_expiry(&metrics, "tls", &config.tls.cert);
         Some(tls)
     };
 
@@ -201,15 +201,25 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         ops_listener.serve(ops_routes, tasks.token(), grace),
     );
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
-    if tls.is_some() {
+    {
+        // Days to expiry of every certificate we present: TLS, signing, encryption.
+        let mut certs = vec![
+            ("signing", config.identity.signing_cert.clone()),
+            ("encryption", config.identity.encryption_cert.clone()),
+        ];
+        if tls.is_some() {
+            certs.push(("tls", config.tls.cert.clone()));
+        }
         let token = tasks.token();
         let metrics = metrics.clone();
-        let cert = config.tls.cert.clone();
         tasks.spawn("cert-expiry", async move {
             loop {
+                for (role, cert) in &certs {
+                    record_cert_expiry(&metrics, role, cert);
+                }
                 tokio::select! {
                     _ = token.cancelled() => return,
-                    _ = tokio::time::sleep(EXPIRY_REFRESH) => record_cert_expiry(&metrics, &cert),
+                    _ = tokio::time::sleep(EXPIRY_REFRESH) => {}
                 }
             }
         });
@@ -257,16 +267,16 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-/// Sets `varti_cert_expiry_days{cert="tls"}` and warns when expiry is near.
-fn record_cert_expiry(metrics: &Metrics, cert: &Path) {
+/// Sets `varti_cert_expiry_days{cert="<role>"}` and warns when expiry is near.
+fn record_cert_expiry(metrics: &Metrics, role: &str, cert: &Path) {
     match ops::cert_expiry_days(cert) {
         Ok(days) => {
-            metrics.set_cert_expiry_days("tls", days);
+            metrics.set_cert_expiry_days(role, days);
             if days < EXPIRY_WARNING_DAYS {
-                tracing::warn!(cert = %cert.display(), days, "the TLS certificate expires soon: renew it");
+                tracing::warn!(cert = %cert.display(), role, days, "a certificate expires soon: renew it");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read the TLS certificate's expiry"),
+        Err(e) => tracing::warn!(error = %e, role, "cannot read the certificate's expiry"),
     }
 }
 

@@ -101,13 +101,20 @@ pub struct Pair {
 impl Pair {
     /// Writes PModes and both configurations (nothing started yet).
     pub fn new() -> Pair {
+        Pair::with_b_endpoint(None)
+    }
+
+    /// Like [`Pair::new`], but varti-b's endpoint in the PModes is `b_endpoint_port`
+    /// (a proxy in front of b) instead of b's own port.
+    pub fn with_b_endpoint(b_endpoint_port: Option<u16>) -> Pair {
         let root = tempfile::tempdir().unwrap();
         let (a, b) = (Ports::pick(), Ports::pick());
         let repo = repo();
         std::os::unix::fs::symlink(repo.join("certs"), root.path().join("certs")).unwrap();
         let pmodes = root.path().join("pmodes");
         std::fs::create_dir_all(&pmodes).unwrap();
-        for (file, port) in [("varti-a.toml", a.msh), ("varti-b.toml", b.msh)] {
+        let b_endpoint = b_endpoint_port.unwrap_or(b.msh);
+        for (file, port) in [("varti-a.toml", a.msh), ("varti-b.toml", b_endpoint)] {
             let text = std::fs::read_to_string(repo.join("pmodes").join(file)).unwrap();
             let host = file.trim_end_matches(".toml");
             let text = text.replace(
@@ -131,6 +138,14 @@ impl Pair {
         pair.write_config("a", "varti-a", a, "token-a");
         pair.write_config("b", "varti-b", b, "token-b");
         pair
+    }
+
+    /// Writes node `a`'s or `b`'s configuration again (after changing its ports).
+    pub fn rewrite_config(&self, node: &str) {
+        match node {
+            "a" => self.write_config("a", "varti-a", self.a, "token-a"),
+            _ => self.write_config("b", "varti-b", self.b, "token-b"),
+        }
     }
 
     fn write_config(&self, node: &str, party: &str, ports: Ports, token: &str) {
@@ -337,4 +352,58 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A TCP proxy (network fault injection) that forwards connections to `target`, but on
+/// the first connection swallows the answer and cuts the connection once the answer has
+/// started to arrive: the request was processed, its receipt is lost on the way back.
+pub struct LossyProxy {
+    pub port: u16,
+}
+
+impl LossyProxy {
+    pub fn start(target: SocketAddr) -> LossyProxy {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(client) = conn else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    if n == 0 {
+                        // Read the start of the answer, then drop both sides.
+                        let mut buf = [0u8; 16 * 1024];
+                        let _ = s_in.read(&mut buf);
+                        std::thread::sleep(Duration::from_millis(200));
+                        let _ = c_out.shutdown(std::net::Shutdown::Both);
+                        let _ = s_in.shutdown(std::net::Shutdown::Both);
+                    } else {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            match s_in.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => {
+                                    if c_out.write_all(&buf[..k]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = c_out.shutdown(std::net::Shutdown::Write);
+                    }
+                });
+            }
+        });
+        LossyProxy { port }
+    }
 }
