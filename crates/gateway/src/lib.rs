@@ -4,10 +4,12 @@
 //! * [`config`] — the configuration file (`varti.toml`) with embedded defaults.
 //! * [`server`] — the TLS (or, for local tests, plain) HTTP server and its MSH endpoint.
 //! * [`client`] — the outbound HTTP client used to push messages to partners.
+//! * [`pair`] — two access points on loopback (demo, benchmark, tests).
 //! * [`ops`] — `/health`, `/ready` and Prometheus `/metrics`.
 
 pub mod access_point;
 pub mod client;
 pub mod config;
 pub mod ops;
+pub mod pair;
 pub mod server;

@@ -17,31 +17,11 @@ pub fn repo() -> PathBuf {
         .unwrap()
 }
 
+pub use varti_gateway::pair::free_port as try_free_port;
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The ports of one node.
-#[derive(Debug, Clone, Copy)]
-pub struct Ports {
-    pub msh: u16,
-    pub ops: u16,
-    pub backend: u16,
-}
-
-impl Ports {
-    fn pick() -> Ports {
-        Ports {
-            msh: free_port(),
-            ops: free_port(),
-            backend: free_port(),
-        }
-    }
+    try_free_port().unwrap()
 }
 
 /// Extra PMode file used by the exchange tests: a one-way leg with fast retries and a
@@ -91,11 +71,10 @@ action = "Answer"
 reply = true
 "#;
 
-/// Where the pair lives: `root/{certs -> repo certs, pmodes/, a/, b/}`.
+/// Where the pair lives (see `varti_gateway::pair` for the layout).
 pub struct Pair {
     pub root: tempfile::TempDir,
-    pub a: Ports,
-    pub b: Ports,
+    pub layout: varti_gateway::pair::PairLayout,
 }
 
 impl Pair {
@@ -108,109 +87,44 @@ impl Pair {
     /// (a proxy in front of b) instead of b's own port.
     pub fn with_b_endpoint(b_endpoint_port: Option<u16>) -> Pair {
         let root = tempfile::tempdir().unwrap();
-        let (a, b) = (Ports::pick(), Ports::pick());
-        let repo = repo();
-        std::os::unix::fs::symlink(repo.join("certs"), root.path().join("certs")).unwrap();
-        let pmodes = root.path().join("pmodes");
-        std::fs::create_dir_all(&pmodes).unwrap();
-        let b_endpoint = b_endpoint_port.unwrap_or(b.msh);
-        for (file, port) in [("varti-a.toml", a.msh), ("varti-b.toml", b_endpoint)] {
-            let text = std::fs::read_to_string(repo.join("pmodes").join(file)).unwrap();
-            let host = file.trim_end_matches(".toml");
-            let text = text.replace(
-                &format!(
-                    "https://{host}.localhost:{}/msh",
-                    if host == "varti-a" { 8443 } else { 9443 }
-                ),
-                &format!("https://localhost:{port}/msh"),
-            );
-            assert!(
-                text.contains(&format!("localhost:{port}")),
-                "endpoint not rewritten in {file}"
-            );
-            std::fs::write(pmodes.join(file), text).unwrap();
-        }
-        for file in ["test-service.toml", "connectivity-test.toml"] {
-            std::fs::copy(repo.join("pmodes").join(file), pmodes.join(file)).unwrap();
-        }
-        std::fs::write(pmodes.join("exchange.toml"), EXCHANGE_PMODES).unwrap();
-        let pair = Pair { root, a, b };
-        pair.write_config("a", "varti-a", a, "token-a");
-        pair.write_config("b", "varti-b", b, "token-b");
-        pair
+        let options = varti_gateway::pair::PairOptions {
+            extra_pmodes: vec![("exchange.toml".into(), EXCHANGE_PMODES.into())],
+            b_endpoint_port,
+            extra_config: SENDER_CONFIG.into(),
+        };
+        let layout =
+            varti_gateway::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+        Pair { root, layout }
     }
 
-    /// Writes node `a`'s or `b`'s configuration again (after changing its ports).
-    pub fn rewrite_config(&self, node: &str) {
-        match node {
-            "a" => self.write_config("a", "varti-a", self.a, "token-a"),
-            _ => self.write_config("b", "varti-b", self.b, "token-b"),
-        }
-    }
-
-    fn write_config(&self, node: &str, party: &str, ports: Ports, token: &str) {
-        let dir = self.root.path().join(node);
-        std::fs::create_dir_all(&dir).unwrap();
-        let token_sha256: String = openssl::sha::sha256(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        std::fs::write(
-            dir.join("varti.toml"),
-            format!(
-                r#"data_dir = "data"
-pmodes_dir = "../pmodes"
-[server]
-listen = "127.0.0.1:{msh}"
-shutdown_grace_secs = 5
-[ops]
-listen = "127.0.0.1:{ops}"
-[tls]
-cert = "../certs/{party}/tls.cert.pem"
-key = "../certs/{party}/tls.key.pem"
-client_ca = "../certs/ca.cert.pem"
-client_auth = "required"
-[identity]
-party = "{party}"
-signing_key = "../certs/{party}/sign.key.pem"
-signing_cert = "../certs/{party}/sign.cert.pem"
-encryption_key = "../certs/{party}/enc.key.pem"
-encryption_cert = "../certs/{party}/enc.cert.pem"
-trust_anchors = ["../certs/ca.cert.pem"]
-[client]
-connect_timeout_secs = 2
-request_timeout_secs = 20
-[sender]
-poll_interval_ms = 100
-lease_secs = 30
-instance = "{party}-test"
-[backend]
-listen = "127.0.0.1:{backend}"
-[[backend.clients]]
-name = "portal"
-token_sha256 = "{token_sha256}"
-"#,
-                msh = ports.msh,
-                ops = ports.ops,
-                backend = ports.backend,
-            ),
-        )
-        .unwrap();
+    /// Moves b's MSH listener to `port` (a proxy forwards there).
+    pub fn move_b_to(&mut self, port: u16) {
+        self.layout.b.ports.msh = port;
+        self.layout
+            .rewrite_config(&self.layout.b, SENDER_CONFIG)
+            .unwrap();
     }
 
     /// Starts node `a` or `b`.
     pub fn start(&self, node: &str) -> Node {
-        let dir = self.root.path().join(node);
-        let served = spawn_serve_in(&dir, &["--config", "varti.toml"]);
-        let ports = if node == "a" { self.a } else { self.b };
+        let layout = if node == "a" {
+            &self.layout.a
+        } else {
+            &self.layout.b
+        };
+        let served = spawn_serve_in(&layout.dir, &["--config", "varti.toml"]);
         Node {
             served,
-            backend: SocketAddr::from(([127, 0, 0, 1], ports.backend)),
-            token: format!("token-{node}"),
-            dir,
+            backend: layout.backend(),
+            token: layout.token.clone(),
+            dir: layout.dir.clone(),
         }
     }
 }
+
+/// Fast retries and polling for tests.
+const SENDER_CONFIG: &str = "[client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
+    [sender]\npoll_interval_ms = 100\nlease_secs = 30\n";
 
 /// A running node.
 pub struct Node {

@@ -1,0 +1,254 @@
+//! Two access points on loopback — varti-a and varti-b with the repository's test PKI and
+//! PModes — laid out in a directory and started as real `varti serve` processes. Used by
+//! `varti demo`, the exchange benchmark and the integration tests.
+//!
+//! Layout under the root: `certs` (a link to the test PKI), `pmodes/` (the shipped partner
+//! and agreement files with the endpoints rewritten to the chosen ports, plus any extra
+//! files), and one directory per node with its `varti.toml` and its data.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The ports of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// The MSH listener (AS4 over TLS).
+    pub msh: u16,
+    /// The operations listener.
+    pub ops: u16,
+    /// The backend API.
+    pub backend: u16,
+}
+
+impl Ports {
+    /// Three ports that were free a moment ago.
+    pub fn pick() -> io::Result<Ports> {
+        Ok(Ports {
+            msh: free_port()?,
+            ops: free_port()?,
+            backend: free_port()?,
+        })
+    }
+}
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One node of the pair.
+#[derive(Debug, Clone)]
+pub struct NodeLayout {
+    /// `a` or `b`.
+    pub name: &'static str,
+    /// Its party (`varti-a`, `varti-b`).
+    pub party: &'static str,
+    /// Its directory (working directory of its process; `varti.toml` inside).
+    pub dir: PathBuf,
+    /// Its ports.
+    pub ports: Ports,
+    /// The API token of its backend client `portal`.
+    pub token: String,
+}
+
+impl NodeLayout {
+    /// The backend API address.
+    pub fn backend(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.backend))
+    }
+}
+
+/// How the pair is laid out.
+#[derive(Debug, Clone, Default)]
+pub struct PairOptions {
+    /// Extra PMode files (name, TOML text) written beside the shipped ones.
+    pub extra_pmodes: Vec<(String, String)>,
+    /// varti-b's endpoint port in the PModes when something (a proxy) stands in front of it.
+    pub b_endpoint_port: Option<u16>,
+    /// Extra lines appended to both configurations (e.g. a `[sender]` table).
+    pub extra_config: String,
+}
+
+/// The two nodes, written to disk.
+#[derive(Debug, Clone)]
+pub struct PairLayout {
+    /// The root directory.
+    pub root: PathBuf,
+    /// varti-a.
+    pub a: NodeLayout,
+    /// varti-b.
+    pub b: NodeLayout,
+}
+
+/// The shipped PMode files a pair uses.
+const SHIPPED: &[&str] = &[
+    "varti-a.toml",
+    "varti-b.toml",
+    "test-service.toml",
+    "connectivity-test.toml",
+    "oots.toml",
+];
+
+impl PairLayout {
+    /// Writes the pair under `root` from the repository (or installation) directory `repo`,
+    /// which holds `certs/` and `pmodes/`.
+    pub fn create(root: &Path, repo: &Path, options: &PairOptions) -> io::Result<PairLayout> {
+        let repo = repo.canonicalize()?;
+        let certs = root.join("certs");
+        if !certs.exists() {
+            std::os::unix::fs::symlink(repo.join("certs"), &certs)?;
+        }
+        let (pa, pb) = (Ports::pick()?, Ports::pick()?);
+        let pmodes = root.join("pmodes");
+        std::fs::create_dir_all(&pmodes)?;
+        let b_endpoint = options.b_endpoint_port.unwrap_or(pb.msh);
+        for file in SHIPPED {
+            let mut text = std::fs::read_to_string(repo.join("pmodes").join(file))?;
+            for (host, shipped_port, port) in
+                [("varti-a", 8443, pa.msh), ("varti-b", 9443, b_endpoint)]
+            {
+                text = text.replace(
+                    &format!("https://{host}.localhost:{shipped_port}/msh"),
+                    &format!("https://localhost:{port}/msh"),
+                );
+            }
+            std::fs::write(pmodes.join(file), text)?;
+        }
+        for (name, text) in &options.extra_pmodes {
+            std::fs::write(pmodes.join(name), text)?;
+        }
+        let node =
+            |name: &'static str, party: &'static str, ports: Ports| -> io::Result<NodeLayout> {
+                let node = NodeLayout {
+                    name,
+                    party,
+                    dir: root.join(name),
+                    ports,
+                    token: format!("token-{name}"),
+                };
+                std::fs::create_dir_all(&node.dir)?;
+                std::fs::write(
+                    node.dir.join("varti.toml"),
+                    config_text(&node, &options.extra_config),
+                )?;
+                Ok(node)
+            };
+        Ok(PairLayout {
+            root: root.to_owned(),
+            a: node("a", "varti-a", pa)?,
+            b: node("b", "varti-b", pb)?,
+        })
+    }
+
+    /// Rewrites a node's configuration (after changing its ports or options).
+    pub fn rewrite_config(&self, node: &NodeLayout, extra_config: &str) -> io::Result<()> {
+        std::fs::write(node.dir.join("varti.toml"), config_text(node, extra_config))
+    }
+}
+
+/// SHA-256 of a token, hex (what `backend.clients.token_sha256` holds).
+pub fn token_sha256(token: &str) -> String {
+    openssl::sha::sha256(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn config_text(node: &NodeLayout, extra: &str) -> String {
+    let party = node.party;
+    format!(
+        r#"# {party}: one node of a local pair (written by Varti; TEST keys only).
+data_dir = "data"
+pmodes_dir = "../pmodes"
+[server]
+listen = "127.0.0.1:{msh}"
+shutdown_grace_secs = 5
+[ops]
+listen = "127.0.0.1:{ops}"
+[tls]
+cert = "../certs/{party}/tls.cert.pem"
+key = "../certs/{party}/tls.key.pem"
+client_ca = "../certs/ca.cert.pem"
+client_auth = "required"
+[identity]
+party = "{party}"
+signing_key = "../certs/{party}/sign.key.pem"
+signing_cert = "../certs/{party}/sign.cert.pem"
+encryption_key = "../certs/{party}/enc.key.pem"
+encryption_cert = "../certs/{party}/enc.cert.pem"
+trust_anchors = ["../certs/ca.cert.pem"]
+[backend]
+listen = "127.0.0.1:{backend}"
+[[backend.clients]]
+name = "portal"
+token_sha256 = "{sha}"
+{extra}
+"#,
+        msh = node.ports.msh,
+        ops = node.ports.ops,
+        backend = node.ports.backend,
+        sha = token_sha256(&node.token),
+    )
+}
+
+/// A started `varti serve`.
+#[derive(Debug)]
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    /// Its log file (stderr).
+    pub log: PathBuf,
+}
+
+impl Running {
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `binary serve --config varti.toml` in the node's directory, with stderr to
+/// `serve.log` there, and waits (up to `within`) until its ready file appears.
+pub fn start(binary: &Path, node: &NodeLayout, within: Duration) -> io::Result<Running> {
+    let ready = node.dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let log = node.dir.join("serve.log");
+    let child = Command::new(binary)
+        .current_dir(&node.dir)
+        .args([
+            "serve",
+            "--config",
+            "varti.toml",
+            "--ready-file",
+            "ready.json",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let mut running = Running { child, log };
+    let started = Instant::now();
+    while !ready.exists() {
+        if let Some(status) = running.child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "{} exited with {status} before it was ready:\n{}",
+                node.party,
+                running.log_text()
+            )));
+        }
+        if started.elapsed() > within {
+            let _ = running.child.kill();
+            return Err(io::Error::other(format!(
+                "{} was not ready within {within:?}:\n{}",
+                node.party,
+                running.log_text()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(running)
+}
