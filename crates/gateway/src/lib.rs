@@ -6,6 +6,7 @@
 //! * [`client`] — the outbound HTTP client used to push messages to partners.
 //! * [`pair`] — two access points on loopback (demo, benchmark, tests).
 //! * [`ops`] — `/health`, `/ready` and Prometheus `/metrics`.
+//! * [`webhooks`] — signed HTTP notifications to backends (received / sent / failed).
 
 pub mod access_point;
 pub mod client;
@@ -13,3 +14,4 @@ pub mod config;
 pub mod ops;
 pub mod pair;
 pub mod server;
+pub mod webhooks;

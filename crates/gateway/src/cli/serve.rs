@@ -2,8 +2,9 @@
 //!
 //! What runs: the MSH listener (TLS, or plain HTTP with `--insecure-http`) whose
 //! `POST /msh` is the receiver of [`varti_gateway::access_point`]; the sender that pushes
-//! submitted messages; the operations listener (`/health`, `/ready`, `/metrics`); the store
-//! (embedded sled, or PostgreSQL whose schema must be current: `varti db migrate`).
+//! submitted messages; the webhooks that notify backends; the operations listener (`/health`,
+//! `/ready`, `/metrics`); the store (embedded sled, or PostgreSQL whose schema must be
+//! current: `varti db migrate`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use varti_gateway::access_point::{receiver::Receiver, sender, AccessPoint};
 use varti_gateway::config::{secs, Config, LogFormat, StoreKind};
 use varti_gateway::ops::{self, Metrics, Readiness};
 use varti_gateway::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
+use varti_gateway::webhooks;
 use varti_store::Store;
 
 /// Certificates expiring within this many days are logged as warnings.
@@ -153,6 +155,8 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up task failed")??
     };
     let ap = Arc::new(ap);
+    // Subscribes to the events at once, so none is missed before its task runs.
+    let webhooks = webhooks::Dispatcher::new(ap.clone(), webhooks::WebhookOptions::default())?;
     readiness.set_ready("pmodes");
     let store_path = match config.store.kind {
         StoreKind::Sled => config.store_path().display().to_string(),
@@ -188,6 +192,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let grace = secs(config.server.shutdown_grace_secs);
     let mut tasks = Tasks::new();
+    tasks.spawn("webhooks", webhooks.run(tasks.token()));
     let handler = Arc::new(Receiver::new(ap.clone()));
     let routes = Arc::new(MshRoutes::new(
         handler,
