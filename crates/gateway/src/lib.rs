@@ -5,9 +5,11 @@
 //! * [`server`] — the TLS (or, for local tests, plain) HTTP server and its MSH endpoint.
 //! * [`client`] — the outbound HTTP client used to push messages to partners.
 //! * [`ops`] — `/health`, `/ready` and Prometheus `/metrics`.
+//! * [`common_services`] — the OOTS common services over HTTP (client transport, stand-in).
 
 pub mod access_point;
 pub mod client;
+pub mod common_services;
 pub mod config;
 pub mod ops;
 pub mod server;
