@@ -7,9 +7,11 @@
 //! * [`pair`] — two access points on loopback (demo, benchmark, tests).
 //! * [`ops`] — `/health`, `/ready` and Prometheus `/metrics`.
 //! * [`webhooks`] — signed HTTP notifications to backends (received / sent / failed).
+//! * [`common_services`] — the OOTS common services over HTTP (client transport, stand-in).
 
 pub mod access_point;
 pub mod client;
+pub mod common_services;
 pub mod config;
 pub mod ops;
 pub mod pair;

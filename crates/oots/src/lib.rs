@@ -4,6 +4,9 @@
 //!   2.0), parsed from and written to XML.
 //! - [`validate`]: findings from the official XSD schemas ([`validate::xsd`]) and from
 //!   Varti's own EDM model with code lists ([`validate::model`]).
+//! - [`common_services`]: the Evidence Broker and Data Service Directory client (queries,
+//!   typed answers, signature verification, caching) and its local stand-in.
 
+pub mod common_services;
 pub mod edm;
 pub mod validate;

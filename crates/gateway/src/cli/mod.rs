@@ -3,6 +3,7 @@
 mod db;
 mod message;
 mod oots;
+mod oots_cs;
 mod ping;
 mod pmode;
 mod serve;

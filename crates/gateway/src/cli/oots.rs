@@ -24,6 +24,17 @@ pub enum OotsCommand {
     /// printed; the exit status is 1 only when a fatal one exists (warnings and info are
     /// printed, not fatal), 2 when the validation cannot run.
     Validate(ValidateArgs),
+    /// Ask the OOTS common services: Evidence Broker requirements or evidence types, or
+    /// Data Service Directory data services.
+    ///
+    /// Exit status: 0 answered (an empty answer too); 1 the service answered with an
+    /// exception (e.g. DSD:ERR:0005 asking for user input) or its signature was refused;
+    /// 2 the query could not be made (arguments, network, timeout).
+    Lookup(super::oots_cs::LookupArgs),
+    /// Run the local common-services stand-in: a far-edge test double serving the
+    /// published sample answers (France's recorded EB/DSD answers and the EDM 1.0
+    /// examples) over plain HTTP, for tests and the demo. Never a production service.
+    Standin(super::oots_cs::StandinArgs),
 }
 
 /// Arguments of `varti oots validate`.
@@ -53,6 +64,8 @@ pub struct ValidateArgs {
 pub fn run(cmd: OotsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         OotsCommand::Validate(args) => validate(&args),
+        OotsCommand::Lookup(args) => super::oots_cs::lookup(args),
+        OotsCommand::Standin(args) => super::oots_cs::standin(args),
     }
 }
 

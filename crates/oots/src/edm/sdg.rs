@@ -17,7 +17,7 @@ pub struct Identifier {
 }
 
 impl Identifier {
-    fn read(el: &Element) -> Identifier {
+    pub(crate) fn read(el: &Element) -> Identifier {
         Identifier {
             scheme_id: el.attr("", "schemeID").map(str::to_owned),
             value: el.text().trim().to_owned(),
@@ -34,7 +34,7 @@ pub struct LangText {
     pub text: String,
 }
 
-fn lang_texts(el: &Element, local: &str) -> Vec<LangText> {
+pub(crate) fn lang_texts(el: &Element, local: &str) -> Vec<LangText> {
     el.children_named(NS_SDG, local)
         .map(|e| LangText {
             lang: e.attr("", "lang").map(str::to_owned),
@@ -43,7 +43,7 @@ fn lang_texts(el: &Element, local: &str) -> Vec<LangText> {
         .collect()
 }
 
-fn text_of(el: &Element, local: &str) -> Option<String> {
+pub(crate) fn text_of(el: &Element, local: &str) -> Option<String> {
     el.child(NS_SDG, local).map(|e| e.text().trim().to_owned())
 }
 
