@@ -532,3 +532,88 @@ fn unusable_webhook_urls_are_refused_at_start() {
         );
     }
 }
+
+/// Two instances, each with its own connection pool to one real PostgreSQL schema, both see
+/// `Received` for the same message: the backend hears of it once.
+#[test]
+fn two_instances_on_postgresql_notify_received_once() {
+    use varti_store::postgres::testing::TestSchema;
+
+    // The blocking postgres client may not run on a runtime thread: set up outside it.
+    let schema = TestSchema::migrated();
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(schema.store()), Arc::new(schema.store())];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = runtime.block_on(Backend::start(vec![200], None));
+    let url = format!("http://{}/hook", backend.addr);
+    let instances: Vec<Arc<AccessPoint>> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let config = config(&dir.path().join(format!("data{i}")), &url);
+            Arc::new(
+                AccessPoint::open(config, store.clone(), Arc::new(Metrics::new()), false).unwrap(),
+            )
+        })
+        .collect();
+    let ids = ["m-pg-1@test", "m-pg-2@test", "m-pg-3@test"];
+    for id in ids {
+        let fixture_meta = MessageMeta {
+            message_id: id.to_owned(),
+            owner: "portal".into(),
+            from_party: "varti-b".into(),
+            to_party: "varti-a".into(),
+            service: "urn:test:service".into(),
+            action: "Deliver".into(),
+            conversation_id: "c1".into(),
+            ref_to_message_id: None,
+            pmode_id: "test".into(),
+            payloads: vec![],
+            properties: vec![],
+        };
+        stores[0]
+            .insert_inbound(
+                NewInbound {
+                    meta: fixture_meta,
+                    receipt: b"<receipt/>".to_vec(),
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+    }
+
+    let seen = runtime.block_on(async {
+        let tokens: Vec<_> = instances.iter().map(|ap| start(ap, fast(50))).collect();
+        for id in ids {
+            for ap in &instances {
+                ap.announce(MessageEvent::Received {
+                    message_id: id.to_owned(),
+                    owner: "portal".into(),
+                });
+            }
+        }
+        backend.wait_for(ids.len()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokens.iter().for_each(CancellationToken::cancel);
+        backend.seen()
+    });
+    drop(runtime);
+
+    let mut notified: Vec<String> = seen
+        .iter()
+        .map(|s| json(s)["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    notified.sort();
+    assert_eq!(notified, ids, "each message notified exactly once");
+    for id in ids {
+        assert_eq!(
+            stores[1].get(id).unwrap().unwrap().state,
+            State::Delivered,
+            "{id}"
+        );
+    }
+}
