@@ -461,7 +461,7 @@ fn edm1_dsd_errors_and_additional_input() {
         (
             "4.4.3. Query Error Response of the DSD requesting additional User Provided Attributes - Secondary Education - DSD-ERR005.xml",
             Some("9be524c1-6efe-417a-974c-088f54f0bcae"),
-            0,
+            1,
         ),
         (
             "4.4.3. Query Error Response of the DSD requesting additional User Provided Attributes - Social Security Contributions - DSD-ERR005.xml",
@@ -520,6 +520,13 @@ fn edm1_every_eb_and_dsd_file_is_read() {
                 assert!(!root.ends_with("QueryResponse"), "{}", f.display());
                 fragments += 1;
             }
+            // Snippets cut out of a larger document use prefixes declared there.
+            Err(AnswerError::Document(EdmError::Xml(m)))
+                if m.contains("is not declared")
+                    && !String::from_utf8_lossy(&bytes).contains("<query:QueryResponse") =>
+            {
+                fragments += 1;
+            }
             Err(other) => panic!("{}: {other}", f.display()),
         }
     }
@@ -563,7 +570,11 @@ fn ec_test_root(headers: &[(String, String)]) -> TrustAnchors {
         .decode(json["x5c"][2].as_str().unwrap())
         .unwrap();
     let root = X509::from_der(&der).unwrap();
-    assert_eq!(root.subject_name(), root.issuer_name(), "x5c[2] is the root");
+    assert_eq!(
+        root.subject_name().try_cmp(root.issuer_name()).unwrap(),
+        std::cmp::Ordering::Equal,
+        "x5c[2] is the root"
+    );
     TrustAnchors::new(vec![root])
 }
 
