@@ -1,9 +1,12 @@
 //! The command line: one module per command group.
 
+mod api;
 mod db;
 mod message;
+mod messages;
 mod oots;
 mod pmode;
+mod send;
 mod serve;
 
 use std::process::ExitCode;
@@ -57,6 +60,18 @@ enum Command {
     /// Manage the PostgreSQL store's schema (for the active-active pair).
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Submit files as one AS4 message through the backend API of a running `varti serve`.
+    ///
+    /// The files become the message's payloads, in order; the PMode leg is found from
+    /// --to, --service, --action (and --service-type, --agreement). The access point sends
+    /// the message and retries per the leg; --wait follows it until the partner's receipt.
+    /// The token comes from --token or VARTI_TOKEN, the API address from --api or VARTI_API.
+    Send(send::SendArgs),
+    /// List, show and resend messages through the backend API (purge with an admin token).
+    #[command(subcommand)]
+    Messages(messages::MessagesCommand),
+    /// Show the running access point (party, instance) and your messages by state.
+    Status(messages::StatusArgs),
 }
 
 impl Cli {
@@ -91,5 +106,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Oots(cmd) => oots::run(cmd),
         Command::Serve(args) => serve::run(args, cli.verbose),
         Command::Db(cmd) => db::run(cmd),
+        Command::Send(args) => send::run(args),
+        Command::Messages(cmd) => messages::run(cmd),
+        Command::Status(args) => messages::run_status(args),
     }
 }
