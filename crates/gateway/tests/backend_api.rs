@@ -295,6 +295,7 @@ fn auth_submit_list_isolation_errors_resend_status_purge() {
         }
     }
     // An unknown route is a JSON 404; a wrong method a 405 with Allow.
+    assert_eq!(get(&node, "/api/v1x/messages", PORTAL).status, 404);
     let r = get(&node, "/api/v1/nothing", PORTAL);
     assert_eq!(r.status, 404);
     assert!(r.json()["error"]
@@ -413,12 +414,15 @@ fn auth_submit_list_isolation_errors_resend_status_purge() {
     assert_eq!(r.status, 422, "{}", r.text());
     let e = r.json();
     assert!(
-        e["error"].as_str().unwrap().contains("no PMode leg"),
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("nearest is exchange.toml"),
         "{e:#}"
     );
     assert!(
         e["error"].as_str().unwrap().contains("no-such-service")
-            || e["error"].as_str().unwrap().contains("leg"),
+            && e["error"].as_str().unwrap().contains(EXCHANGE),
         "{e:#}"
     );
     assert!(
@@ -626,6 +630,69 @@ fn twenty_megabytes_stream_through_with_flat_memory() {
     );
 }
 
+/// A client that goes away mid-upload leaves nothing behind: the complete first part's
+/// payload is removed and the half-written second one never becomes a payload.
+#[test]
+fn abandoned_upload_leaves_no_payload() {
+    let node = start();
+    let first = noise(200_000, 1);
+    let second = noise(2_000_000, 2);
+    let (ct, body) = form(
+        exchange_metadata(),
+        &[
+            ("file0", "application/octet-stream", &first),
+            ("file1", "application/octet-stream", &second),
+        ],
+    );
+    let mut tcp = TcpStream::connect(node.backend).unwrap();
+    write!(
+        tcp,
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PORTAL}\r\n\
+         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // Everything up to the middle of the second file, then hang up.
+    let cut = body.len() - 1_000_000;
+    tcp.write_all(&body[..cut]).unwrap();
+    tcp.flush().unwrap();
+    // The first file is stored by now (so the clean-up below has something to remove).
+    let data = node.dir.path().join("data");
+    let start = Instant::now();
+    while count_payload_files(&data) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the first part was never stored"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(tcp);
+    let start = Instant::now();
+    loop {
+        let stored = count_payload_files(&data);
+        let temporary = walk(&data.join("store/payloads/tmp")).len();
+        if stored == 0 && temporary == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{stored} payload(s) and {temporary} temporary file(s) left after an abandoned upload"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And nothing was recorded.
+    let list = get(&node, "/api/v1/messages", PORTAL).json();
+    assert_eq!(list["messages"].as_array().unwrap().len(), 0, "{list:#}");
+    // The API still works.
+    let r = submit(
+        &node,
+        PORTAL,
+        exchange_metadata(),
+        &[("file0", "text/plain", b"ok")],
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
 fn varti(node: &Node, token: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_varti"))
         .args(args)
@@ -758,7 +825,7 @@ fn cli_send_messages_status_and_exit_codes() {
         ],
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("no PMode leg"), "{err}");
+    assert!(err.contains("no leg") && err.contains("urn:nope"), "{err}");
     // A missing file: 2.
     let (code, _, _) = varti(
         &node,

@@ -370,7 +370,10 @@ impl Routes for BackendRoutes {
     fn call(&self, request: Request<Incoming>, _peer: PeerInfo) -> RouteFuture {
         let ap = self.ap.clone();
         let path = request.uri().path().to_owned();
-        let Some(rest) = path.strip_prefix(PREFIX) else {
+        let Some(rest) = path
+            .strip_prefix(PREFIX)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+        else {
             let error = ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no such route: {path}"),

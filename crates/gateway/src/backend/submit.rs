@@ -531,7 +531,8 @@ fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::NoRoute(detail) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("no PMode leg fits this submission: {detail}"),
+            // The routing detail names the nearest leg and what differs.
+            detail,
             "check to_party, service, service_type, action and agreement against the PModes \
              (`varti pmode show`)",
         ),

@@ -66,6 +66,7 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The command cannot run (exit 2).
     pub fn cannot_run(error: impl Into<String>, hint: impl Into<String>) -> Failure {
         Failure::CannotRun {
             error: error.into(),
@@ -73,6 +74,7 @@ impl Failure {
         }
     }
 
+    /// The command ran into a problem (exit 1).
     pub fn problem(error: impl Into<String>, hint: impl Into<String>) -> Failure {
         Failure::Problem {
             error: error.into(),
