@@ -55,7 +55,8 @@ enum Command {
     /// Work with OOTS evidence exchange (EDM) documents.
     #[command(subcommand)]
     Oots(oots::OotsCommand),
-    /// Run the access point (HTTPS MSH endpoint, /health, /ready, /metrics) until stopped.
+    /// Run the access point (HTTPS MSH endpoint, backend API, /health, /ready, /metrics) until
+    /// stopped.
     Serve(serve::ServeArgs),
     /// Manage the PostgreSQL store's schema (for the active-active pair).
     #[command(subcommand)]
