@@ -148,6 +148,10 @@ pub struct BackendClient {
     /// Secret of the webhook HMAC (`X-Varti-Signature: sha256=<hex>`).
     #[serde(default)]
     pub webhook_secret: Option<String>,
+    /// An administrator: sees every backend's messages and may purge (`POST
+    /// /api/v1/admin/purge`). Default false.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// The MSH listener.

@@ -95,4 +95,3 @@ fn ping_test_service_and_connectivity() {
     let owners: Vec<&str> = records.iter().map(|r| r.meta.owner.as_str()).collect();
     assert!(owners.contains(&"varti:test-service"), "{owners:?}");
 }
-

@@ -415,7 +415,14 @@ fn test_pki_script_and_embedded_defaults() {
     }
     let mut served = spawn_serve_in(
         dir.path(),
-        &["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--backend-listen",
+            "127.0.0.1:0",
+        ],
     );
     let mut tls = openssl_connect(
         served.msh,

@@ -1,11 +1,14 @@
 //! The command line: one module per command group.
 
+mod api;
 mod db;
 mod message;
+mod messages;
 mod oots;
 mod oots_cs;
 mod ping;
 mod pmode;
+mod send;
 mod serve;
 
 use std::process::ExitCode;
@@ -54,7 +57,8 @@ enum Command {
     /// Work with OOTS evidence exchange (EDM) documents.
     #[command(subcommand)]
     Oots(oots::OotsCommand),
-    /// Run the access point (HTTPS MSH endpoint, /health, /ready, /metrics) until stopped.
+    /// Run the access point (HTTPS MSH endpoint, backend API, /health, /ready, /metrics) until
+    /// stopped.
     Serve(serve::ServeArgs),
     /// Manage the PostgreSQL store's schema (for the active-active pair).
     #[command(subcommand)]
@@ -62,6 +66,18 @@ enum Command {
     /// Send a test message to a partner and check its receipt (ebMS test service or the EC
     /// connectivity test).
     Ping(ping::PingArgs),
+    /// Submit files as one AS4 message through the backend API of a running `varti serve`.
+    ///
+    /// The files become the message's payloads, in order; the PMode leg is found from
+    /// --to, --service, --action (and --service-type, --agreement). The access point sends
+    /// the message and retries per the leg; --wait follows it until the partner's receipt.
+    /// The token comes from --token or VARTI_TOKEN, the API address from --api or VARTI_API.
+    Send(send::SendArgs),
+    /// List, show and resend messages through the backend API (purge with an admin token).
+    #[command(subcommand)]
+    Messages(messages::MessagesCommand),
+    /// Show the running access point (party, instance) and your messages by state.
+    Status(messages::StatusArgs),
 }
 
 impl Cli {
@@ -97,5 +113,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args, cli.verbose),
         Command::Db(cmd) => db::run(cmd),
         Command::Ping(args) => ping::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Messages(cmd) => messages::run(cmd),
+        Command::Status(args) => messages::run_status(args),
     }
 }

@@ -3,8 +3,9 @@
 //! What runs: the MSH listener (TLS, or plain HTTP with `--insecure-http`) whose
 //! `POST /msh` is the receiver of [`varti_gateway::access_point`]; the sender that pushes
 //! submitted messages; the webhooks that notify backends; the operations listener (`/health`,
-//! `/ready`, `/metrics`); the store (embedded sled, or PostgreSQL whose schema must be
-//! current: `varti db migrate`).
+//! `/ready`, `/metrics`); the backend API listener (`/api/v1`, plain HTTP on
+//! `backend.listen`); the hourly retention purge; the store (embedded sled, or PostgreSQL
+//! whose schema must be current: `varti db migrate`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use varti_gateway::access_point::{receiver::Receiver, sender, AccessPoint};
+use varti_gateway::backend::{self, BackendRoutes};
 use varti_gateway::config::{secs, Config, LogFormat, StoreKind};
 use varti_gateway::ops::{self, Metrics, Readiness};
 use varti_gateway::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
@@ -25,6 +27,9 @@ const EXPIRY_WARNING_DAYS: f64 = 30.0;
 
 /// How often the certificate-expiry gauge is refreshed.
 const EXPIRY_REFRESH: Duration = Duration::from_secs(6 * 3600);
+
+/// How often payloads and metadata past the retention are purged.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Log format on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -52,11 +57,15 @@ pub struct ServeArgs {
     /// Address of the operations listener (overrides ops.listen).
     #[arg(long, value_name = "ADDR")]
     ops_listen: Option<SocketAddr>,
+    /// Address of the backend API listener (overrides backend.listen).
+    #[arg(long, value_name = "ADDR")]
+    backend_listen: Option<SocketAddr>,
     /// Log format (overrides log.format).
     #[arg(long, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormatArg>,
     /// Once listening, write the bound addresses as JSON to FILE
-    /// (`{"msh": "ADDR", "ops": "ADDR", "scheme": "https"}`), for tests and supervisors.
+    /// (`{"msh": "ADDR", "ops": "ADDR", "backend": "ADDR", "scheme": "https"}`), for tests
+    /// and supervisors.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
 }
@@ -76,6 +85,9 @@ pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
     }
     if let Some(listen) = args.ops_listen {
         config.ops.listen = listen;
+    }
+    if let Some(listen) = args.backend_listen {
+        config.backend.listen = listen;
     }
     if let Some(format) = args.log_format {
         config.log.format = match format {
@@ -176,14 +188,32 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_connections: 64,
         ..msh_options.clone()
     };
+    // The backend API is plain HTTP too (loopback or a protected network).
+    let backend_options = ListenerOptions {
+        tls: None,
+        max_connections: 256,
+        ..msh_options.clone()
+    };
     let msh = Listener::bind("msh", config.server.listen, msh_options).await?;
     let ops_listener = Listener::bind("ops", config.ops.listen, ops_options).await?;
+    let backend_listener =
+        Listener::bind("backend", config.backend.listen, backend_options).await?;
     let msh_addr = msh.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
+    let backend_addr = backend_listener.local_addr()?;
+    if !backend_addr.ip().is_loopback() {
+        tracing::warn!(backend = %backend_addr, "the backend API serves plain HTTP on a non-loopback address: tokens and payloads travel unprotected unless TLS is put in front");
+    }
+    if config.backend.clients.is_empty() {
+        tracing::info!(
+            "no [[backend.clients]] configured: the backend API refuses every request (401)"
+        );
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         msh = %format!("{scheme}://{msh_addr}/msh"),
         ops = %format!("http://{ops_addr}"),
+        backend = %format!("http://{backend_addr}{}", backend::PREFIX),
         store = %store_path,
         party = %ap.identity.party,
         instance = %ap.instance,
@@ -205,7 +235,13 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "ops-listener",
         ops_listener.serve(ops_routes, tasks.token(), grace),
     );
+    let backend_routes = Arc::new(BackendRoutes::new(ap.clone()));
+    tasks.spawn(
+        "backend-listener",
+        backend_listener.serve(backend_routes, tasks.token(), grace),
+    );
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
+    tasks.spawn("retention", retention(ap.clone(), tasks.token()));
     {
         // Days to expiry of every certificate we present: TLS, signing, encryption.
         let mut certs = vec![
@@ -231,7 +267,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, msh_addr, ops_addr, scheme)?;
+        write_ready_file(path, msh_addr, ops_addr, backend_addr, scheme)?;
     }
 
     wait_for_signal().await;
@@ -272,6 +308,29 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// Purges payloads and metadata past `retention` at start and then every hour.
+async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationToken) {
+    let mut interval = tokio::time::interval(RETENTION_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let ap = ap.clone();
+        let now = time::OffsetDateTime::now_utc();
+        match tokio::task::spawn_blocking(move || backend::purge_now(&ap, now)).await {
+            Ok(Ok((payloads, metadata))) => {
+                if payloads + metadata > 0 {
+                    tracing::info!(payloads, metadata, "retention: purged");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
+            Err(e) => tracing::error!(error = %e, "the retention task failed"),
+        }
+    }
+}
+
 /// Sets `varti_cert_expiry_days{cert="<role>"}` and warns when expiry is near.
 fn record_cert_expiry(metrics: &Metrics, role: &str, cert: &Path) {
     match ops::cert_expiry_days(cert) {
@@ -290,11 +349,13 @@ fn write_ready_file(
     path: &Path,
     msh: SocketAddr,
     ops: SocketAddr,
+    backend: SocketAddr,
     scheme: &str,
 ) -> anyhow::Result<()> {
     let json = serde_json::json!({
         "msh": msh.to_string(),
         "ops": ops.to_string(),
+        "backend": backend.to_string(),
         "scheme": scheme,
         "pid": std::process::id(),
     });
