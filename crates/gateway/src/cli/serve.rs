@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use varti_gateway::access_point::{receiver::Receiver, sender, AccessPoint};
+use varti_gateway::access_point::{pull, receiver::Receiver, sender, AccessPoint};
 use varti_gateway::config::{secs, Config, LogFormat, StoreKind};
 use varti_gateway::ops::{self, Metrics, Readiness};
 use varti_gateway::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
@@ -201,6 +201,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         ops_listener.serve(ops_routes, tasks.token(), grace),
     );
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
+    tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     if tls.is_some() {
         let token = tasks.token();
         let metrics = metrics.clone();

@@ -44,8 +44,9 @@ impl Ports {
     }
 }
 
-/// Extra PMode file used by the exchange tests: a one-way leg with fast retries and a
-/// two-way (push-and-push) request/response pair.
+/// Extra PMode file used by the exchange tests: a one-way leg with fast retries, a
+/// two-way (push-and-push) request/response pair, and a one-way/pull leg on its own MPC
+/// (varti-a holds the messages, varti-b pulls them).
 pub const EXCHANGE_PMODES: &str = r#"
 [security.default]
 profile = "as4-1.15"
@@ -89,6 +90,19 @@ name = "answer"
 service = "urn:varti:test:question"
 action = "Answer"
 reply = true
+
+[[process]]
+name = "pull"
+mep = "oneWay"
+binding = "pull"
+initiator = { parties = ["varti-a"] }
+responder = { parties = ["varti-b"] }
+
+[[process.leg]]
+name = "pull"
+service = "urn:varti:test:pull"
+action = "Pull"
+mpc = "urn:varti:test:mpc:pull"
 "#;
 
 /// Where the pair lives: `root/{certs -> repo certs, pmodes/, a/, b/}`.
@@ -111,10 +125,16 @@ impl Pair {
             let text = std::fs::read_to_string(repo.join("pmodes").join(file)).unwrap();
             let host = file.trim_end_matches(".toml");
             let text = text.replace(
-                &format!("https://{host}.localhost:{}/msh", if host == "varti-a" { 8443 } else { 9443 }),
+                &format!(
+                    "https://{host}.localhost:{}/msh",
+                    if host == "varti-a" { 8443 } else { 9443 }
+                ),
                 &format!("https://localhost:{port}/msh"),
             );
-            assert!(text.contains(&format!("localhost:{port}")), "endpoint not rewritten in {file}");
+            assert!(
+                text.contains(&format!("localhost:{port}")),
+                "endpoint not rewritten in {file}"
+            );
             std::fs::write(pmodes.join(file), text).unwrap();
         }
         for file in ["test-service.toml", "connectivity-test.toml"] {
@@ -201,7 +221,13 @@ pub struct Node {
 
 impl Node {
     /// A backend API call with this node's token.
-    pub fn api(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> HttpResponse {
         let mut tcp = TcpStream::connect(self.backend).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut headers = format!("Authorization: Bearer {}\r\n", self.token);
@@ -251,7 +277,12 @@ impl Node {
 
     /// The message as the API shows it (`None`: 404).
     pub fn message(&self, id: &str) -> Option<serde_json::Value> {
-        let r = self.api("GET", &format!("/api/v1/messages/{}", urlencode(id)), None, b"");
+        let r = self.api(
+            "GET",
+            &format!("/api/v1/messages/{}", urlencode(id)),
+            None,
+            b"",
+        );
         match r.status {
             200 => Some(serde_json::from_str(&r.body).unwrap()),
             404 => None,
@@ -274,7 +305,11 @@ impl Node {
                     self.served.log_text()
                 );
             } else {
-                assert!(start.elapsed() < within, "{id} never appeared\nlog:\n{}", self.served.log_text());
+                assert!(
+                    start.elapsed() < within,
+                    "{id} never appeared\nlog:\n{}",
+                    self.served.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -282,7 +317,12 @@ impl Node {
 
     /// Inbound messages for the portal (newest first).
     pub fn inbound(&self) -> Vec<serde_json::Value> {
-        let r = self.api("GET", "/api/v1/messages?direction=inbound&limit=1000", None, b"");
+        let r = self.api(
+            "GET",
+            "/api/v1/messages?direction=inbound&limit=1000",
+            None,
+            b"",
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         v["messages"].as_array().cloned().unwrap_or_default()
