@@ -37,7 +37,7 @@ use varti_gateway::client::OutboundResponse;
 use varti_gateway::config::Config;
 use varti_gateway::ops::Metrics;
 use varti_gateway::server::{BodyReader, MshHandler, MshRequest, MshResponseBody, PeerInfo};
-use varti_store::{MessageMeta, NewOutbound, PayloadEntry, SledStore, State, Store};
+use varti_store::{MessageMeta, NewOutbound, PayloadEntry, SledStore, State};
 
 const MPC: &str = "urn:varti:test:mpc:pull";
 const SOAP12: &str = "application/soap+xml; charset=UTF-8";
@@ -117,7 +117,10 @@ fn error_codes(body: &[u8]) -> Vec<(Option<ErrorCode>, String)> {
             _ => None,
         })
         .flatten()
-        .map(|e| (e.code, e.error_detail.clone().unwrap_or_default()))
+        .map(|e| {
+            let text = e.description.as_ref().map(|d| d.text.clone());
+            (e.code, text.unwrap_or_default())
+        })
         .collect()
 }
 

@@ -528,6 +528,7 @@ pub(crate) fn errors_text(errors: &[SignalError]) -> String {
                 e.error_code,
                 e.error_detail
                     .clone()
+                    .or_else(|| e.description.as_ref().map(|d| d.text.clone()))
                     .or_else(|| e.short_description.clone())
                     .unwrap_or_default()
             )
