@@ -24,8 +24,8 @@ use crate::error::{EbmsError, ErrorCode};
 use crate::inbound::ReceivedMessage;
 use crate::message::mime::MimeWriter;
 use crate::message::model::{
-    MessageInfo, Messaging, PartInfo, Property, Receipt, SignalError, SignalKind, SignalMessage,
-    UserMessage,
+    MessageInfo, Messaging, PartInfo, Property, PullRequest, Receipt, SignalError, SignalKind,
+    SignalMessage, UserMessage,
 };
 use crate::message::soap::{build_envelope, BuildOptions};
 use crate::security::dom::XmlDocument;
@@ -356,6 +356,26 @@ pub fn build_error_signal(
         SignalMessage {
             message_info: info,
             kind: SignalKind::Errors(vec![SignalError::from_ebms_error(&e)]),
+        },
+        identity,
+    )
+}
+
+/// Builds a pull request (`eb:PullRequest`, ebMS3 Core §3.4) for the message partition
+/// channel `mpc` (`None` or the default MPC: the attribute is left out), signed by
+/// `identity` when given — the holder of the MPC authorises the puller by this signature.
+/// Returns the SOAP envelope.
+pub fn build_pull_request(
+    mpc: Option<&str>,
+    identity: Option<&SigningIdentity<'_>>,
+) -> Result<String, EbmsError> {
+    let mpc = mpc
+        .filter(|m| *m != crate::message::model::DEFAULT_MPC)
+        .map(str::to_owned);
+    signal_envelope(
+        SignalMessage {
+            message_info: MessageInfo::new(new_message_id()),
+            kind: SignalKind::PullRequest(PullRequest { mpc }),
         },
         identity,
     )

@@ -877,3 +877,64 @@ fn receipts_and_error_signals_are_signed_when_the_leg_signs() {
     let unsigned = build_error_signal(&err, None, None).unwrap();
     assert!(!unsigned.contains("Signature"));
 }
+
+#[test]
+fn pull_requests_are_signed_and_name_their_mpc() {
+    use varti_as4::message::mime::{ContentType, Headers};
+    use varti_as4::outbound::build_pull_request;
+    let f = fixture();
+    let bob_id = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &f.bob.sign_key,
+        certificate: &f.bob.sign_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let as_package = |xml: &str| {
+        MimePackage::single(
+            ContentType::parse("application/soap+xml").unwrap(),
+            Headers::new(),
+            xml.as_bytes().to_vec(),
+        )
+    };
+    let mut holder = ReceivePolicy::strict(&AS4_1_15);
+    holder.require_encryption = false;
+    holder.trust_anchors = vec![f.bob.sign_cert.clone()];
+    let signed = build_pull_request(Some("urn:example:mpc:1"), Some(&bob_id)).unwrap();
+    let r = receive(&as_package(&signed), &holder).unwrap();
+    let signal = &r.messaging().signals[0];
+    let SignalKind::PullRequest(pull) = &signal.kind else {
+        panic!("not a pull request: {signed}")
+    };
+    assert_eq!(pull.mpc.as_deref(), Some("urn:example:mpc:1"));
+    assert!(signal.message_info.ref_to_message_id.is_none());
+    let signer = r
+        .signature
+        .as_ref()
+        .expect("signed")
+        .signer
+        .to_der()
+        .unwrap();
+    assert_eq!(signer, f.bob.sign_cert.to_der().unwrap());
+    // Signed by someone the holder does not trust: refused.
+    let mut other = ReceivePolicy::strict(&AS4_1_15);
+    other.require_encryption = false;
+    other.trust_anchors = vec![f.alice.sign_cert.clone()];
+    assert_eq!(
+        receive(&as_package(&signed), &other).unwrap_err().code,
+        ErrorCode::FailedAuthentication
+    );
+    // The default MPC is left implicit; unsigned when no identity is given.
+    let plain = build_pull_request(Some(DEFAULT_MPC), None).unwrap();
+    assert!(
+        !plain.contains("Signature") && !plain.contains("mpc="),
+        "{plain}"
+    );
+    let mut unsigned = ReceivePolicy::strict(&AS4_1_15);
+    unsigned.require_signature = false;
+    unsigned.require_encryption = false;
+    let r = receive(&as_package(&plain), &unsigned).unwrap();
+    assert!(matches!(
+        &r.messaging().signals[0].kind,
+        SignalKind::PullRequest(PullRequest { mpc: None })
+    ));
+}

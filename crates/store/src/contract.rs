@@ -348,6 +348,166 @@ pub fn expired_leases_are_reclaimable<S: Store>(store: S) {
         .is_empty());
 }
 
+/// `claim_message` takes one named message whenever it waits, due or not (a partner pulls
+/// it), with the effects of a claim; never while its lease is valid, and never a settled or
+/// inbound message.
+pub fn claim_message_ignores_due_time<S: Store>(store: S) {
+    let far = at(100 * 365 * 86_400);
+    store
+        .insert_outbound(outbound("p@us", "b", far), at(0))
+        .unwrap();
+    store
+        .insert_outbound(outbound("other@us", "b", far), at(0))
+        .unwrap();
+    assert!(store
+        .claim_due("node-a", LEASE, 10, at(1))
+        .unwrap()
+        .is_empty());
+    let record = store
+        .claim_message("p@us", "node-a", LEASE, at(1))
+        .unwrap()
+        .expect("a waiting message is claimable whatever its due time");
+    assert_eq!(record.id(), "p@us");
+    assert_eq!((record.state, record.attempts), (State::Sending, 1));
+    let lease = record.lease.as_ref().expect("leased");
+    assert_eq!(
+        (lease.holder.as_str(), lease.expires_at),
+        ("node-a", at(31))
+    );
+    assert_eq!(store.get("p@us").unwrap().unwrap(), record);
+    assert_eq!(
+        store.get("other@us").unwrap().unwrap().state,
+        State::Submitted,
+        "only the named message is claimed"
+    );
+
+    // Leased: nobody gets it, not even the holder, and claim_due does not either.
+    assert_eq!(
+        store
+            .claim_message("p@us", "node-b", LEASE, at(30))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_message("p@us", "node-a", LEASE, at(30))
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .claim_due("node-b", LEASE, 10, at(30))
+        .unwrap()
+        .is_empty());
+
+    // The lease expired (the receipt never came): claimable again, the takeover recorded.
+    let again = store
+        .claim_message("p@us", "node-b", LEASE, at(31))
+        .unwrap()
+        .expect("an expired lease is claimable");
+    assert_eq!(again.attempts, 2);
+    assert_eq!(again.lease.as_ref().unwrap().holder, "node-b");
+    let events: Vec<Event> = again.history.iter().map(|h| h.event).collect();
+    assert_eq!(events, [Event::Claim, Event::LeaseExpired, Event::Claim]);
+
+    // Waiting for a retry far away: claimable now.
+    store
+        .record_attempt(
+            "p@us",
+            "node-b",
+            AttemptOutcome::Retry {
+                at: far,
+                error: "waiting".into(),
+            },
+            at(32),
+        )
+        .unwrap();
+    let third = store
+        .claim_message("p@us", "node-a", LEASE, at(33))
+        .unwrap()
+        .expect("a message waiting for its retry is claimable");
+    assert_eq!((third.state, third.attempts), (State::Sending, 3));
+
+    // Settled: never again.
+    store
+        .record_attempt(
+            "p@us",
+            "node-a",
+            AttemptOutcome::Acknowledged {
+                receipt: b"receipt".to_vec(),
+            },
+            at(34),
+        )
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_message("p@us", "node-a", LEASE, at(999))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get("p@us").unwrap().unwrap().state,
+        State::Acknowledged
+    );
+
+    // Inbound messages are not claimable; unknown ids and bad holders are errors.
+    store
+        .insert_inbound(inbound("in@them", "b", b"r"), at(0))
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_message("in@them", "node-a", LEASE, at(1))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get("in@them").unwrap().unwrap().state,
+        State::Received
+    );
+    assert!(matches!(
+        store.claim_message("nope@us", "node-a", LEASE, at(1)),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.claim_message("other@us", "", LEASE, at(1)),
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(
+        store.get("other@us").unwrap().unwrap().state,
+        State::Submitted
+    );
+}
+
+/// Concurrent `claim_message` calls on one message: exactly one gets it.
+pub fn concurrent_claim_message_once<S: Store>(store: S) {
+    const CLAIMERS: usize = 8;
+    store
+        .insert_outbound(outbound("one@us", "b", at(0)), at(0))
+        .unwrap();
+    let barrier = Barrier::new(CLAIMERS);
+    let winners: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLAIMERS)
+            .map(|c| {
+                let (store, barrier) = (&store, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    store
+                        .claim_message("one@us", &format!("node-{c}"), LEASE, at(1))
+                        .unwrap()
+                        .map(|r| r.lease.unwrap().holder)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(winners.len(), 1, "exactly one claimer wins: {winners:?}");
+    let r = store.get("one@us").unwrap().unwrap();
+    assert_eq!((r.state, r.attempts), (State::Sending, 1));
+    assert_eq!(r.lease.unwrap().holder, winners[0]);
+}
+
 /// A failed attempt schedules the retry; the last one fails the message; an administrator
 /// may resend it.
 pub fn retries_then_failure_then_resend<S: Store>(store: S) {
@@ -727,6 +887,8 @@ macro_rules! store_contract_tests {
             claims_only_due_work,
             concurrent_claimers_never_share,
             expired_leases_are_reclaimable,
+            claim_message_ignores_due_time,
+            concurrent_claim_message_once,
             retries_then_failure_then_resend,
             idempotent_transitions,
             invalid_transitions_refused,

@@ -172,6 +172,23 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Vec<MessageRecord>, StoreError>;
 
+    /// Claims the one outbound message `message_id`, whether or not its next attempt is due:
+    /// for a partner pulling it (one-way/pull), which decides when it is sent. Claimable are
+    /// messages `Submitted` or `WaitingForRetry` (at any due time) and `Sending` under an
+    /// expired lease (a pulled message whose receipt never came). The effects are those of
+    /// [`Store::claim_due`] on it: now `Sending`, leased to `holder` until `now + lease_for`,
+    /// attempt count incremented. `Ok(None)` when it is not claimable (inbound, settled,
+    /// leased, or being changed by someone else right now); [`StoreError::NotFound`] when no
+    /// such message is stored. Two concurrent claimers never both get it.
+    /// (PostgreSQL: the row is read `FOR UPDATE SKIP LOCKED`.)
+    fn claim_message(
+        &self,
+        message_id: &str,
+        holder: &str,
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Option<MessageRecord>, StoreError>;
+
     /// Records how an attempt by the lease `holder` ended, and releases the lease.
     ///
     /// * [`AttemptOutcome::Acknowledged`] stores the receipt and moves the message to

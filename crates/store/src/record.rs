@@ -291,8 +291,21 @@ impl MessageRecord {
         self.direction == Direction::Outbound && self.due_at().is_some_and(|due| due <= now)
     }
 
+    /// Whether [`Store::claim_message`](crate::Store::claim_message) may claim it at `now`:
+    /// an outbound message waiting to be sent (`Submitted` or `WaitingForRetry`, whenever its
+    /// next attempt is due), or `Sending` under a lease that expired.
+    pub fn is_claimable_ignoring_due(&self, now: OffsetDateTime) -> bool {
+        self.direction == Direction::Outbound
+            && match self.state {
+                State::Submitted | State::WaitingForRetry => true,
+                State::Sending => self.lease.as_ref().is_none_or(|l| l.expires_at <= now),
+                _ => false,
+            }
+    }
+
     /// Claims the record for `holder` (taking over an expired lease first). The caller has
-    /// checked [`is_claimable`](Self::is_claimable).
+    /// checked [`is_claimable`](Self::is_claimable) or
+    /// [`is_claimable_ignoring_due`](Self::is_claimable_ignoring_due).
     pub fn claim(
         &mut self,
         holder: &str,

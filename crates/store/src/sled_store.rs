@@ -292,6 +292,24 @@ impl Store for SledStore {
         Ok(claimed)
     }
 
+    fn claim_message(
+        &self,
+        message_id: &str,
+        holder: &str,
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        validate_id("lease holder", holder, MAX_OWNER_LEN)?;
+        self.update(message_id, |old| {
+            let mut record = old.ok_or_else(|| not_found(message_id))?;
+            if !record.is_claimable_ignoring_due(now) {
+                return Ok((Write::Unchanged, None));
+            }
+            record.claim(holder, lease_for, now)?;
+            Ok((Write::Put(Box::new(record.clone())), Some(record)))
+        })
+    }
+
     fn record_attempt(
         &self,
         message_id: &str,

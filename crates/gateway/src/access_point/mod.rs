@@ -10,10 +10,13 @@
 //! * [`sender`] — claims due outbound messages, seals and pushes them, checks the receipt,
 //!   retries per the leg's schedule, fails with EBMS:0301 after the last retry.
 //! * [`submit`] — turns a backend's submission into a stored outbound message.
+//! * [`pull`] — one-way/pull: answers partners' pull requests with the messages waiting
+//!   for them (and takes their receipts), and pulls from partners for our own pull legs.
 //!
 //! Everything that happens to a message is announced as a [`MessageEvent`] (webhooks and
 //! tests listen).
 
+pub mod pull;
 pub mod receiver;
 pub mod sender;
 pub mod submit;
@@ -189,6 +192,8 @@ pub struct AccessPoint {
     pub instance: String,
     /// Wakes the sender when a message was submitted.
     pub wake_sender: tokio::sync::Notify,
+    /// What we signed in each pulled message, until its receipt comes.
+    pub pulled: pull::SealedForPull,
     events: tokio::sync::broadcast::Sender<MessageEvent>,
 }
 
@@ -284,6 +289,7 @@ impl AccessPoint {
             metrics,
             instance,
             wake_sender: tokio::sync::Notify::new(),
+            pulled: pull::SealedForPull::default(),
             events,
         })
     }

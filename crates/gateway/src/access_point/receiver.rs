@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::{self, ReceivedMessage};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
-use varti_as4::message::model::{SignalKind, UserMessage};
+use varti_as4::message::model::{SignalKind, UserMessage, DEFAULT_MPC};
 use varti_as4::message::soap;
 use varti_as4::outbound::{build_error_signal, build_receipt};
 use varti_as4::pmode::enforce::{self, PartFacts};
@@ -28,6 +28,7 @@ use varti_as4::pmode::routing::{self, InboundKey};
 use varti_as4::security::sign::SigningIdentity;
 use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry};
 
+use super::pull;
 use super::submit::leg_key;
 use super::{profile_of, token_reference_of, AccessPoint, MessageEvent, TEST_SERVICE_OWNER};
 use crate::ops::{Direction, Outcome};
@@ -99,8 +100,8 @@ impl MshHandler for Receiver {
             }
         };
         let response = match &envelope.messaging.user_message {
-            Some(um) => self.user_message(&package, um),
-            None => self.signal(&envelope.messaging),
+            Some(um) => accept_user_message(&self.ap, &package, um),
+            None => self.signal(&package, &envelope.messaging),
         };
         self.ap
             .metrics
@@ -109,221 +110,231 @@ impl MshHandler for Receiver {
     }
 }
 
-impl Receiver {
-    fn signing_identity<'a>(&'a self, leg: &Leg) -> SigningIdentity<'a> {
-        SigningIdentity {
-            profile: profile_of(leg.security.profile),
-            key: &self.ap.identity.signing_key,
-            certificate: &self.ap.identity.signing_cert,
-            token_reference: token_reference_of(leg.security.token_reference),
+/// Our signing identity on `leg` (receipts and signals we send on it).
+pub(crate) fn signing_identity<'a>(ap: &'a AccessPoint, leg: &Leg) -> SigningIdentity<'a> {
+    SigningIdentity {
+        profile: profile_of(leg.security.profile),
+        key: &ap.identity.signing_key,
+        certificate: &ap.identity.signing_cert,
+        token_reference: token_reference_of(leg.security.token_reference),
+    }
+}
+
+/// A user message, pushed to `/msh` or pulled from a partner: route, verify, store,
+/// receipt. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
+/// when the message could not be stored (HTTP 500: the sender tries again).
+pub(crate) fn accept_user_message(
+    ap: &AccessPoint,
+    package: &MimePackage,
+    um: &UserMessage,
+) -> MshResponse {
+    let id = um.message_info.message_id.clone();
+    let refuse = |e: EbmsError, leg: Option<&Leg>| {
+        tracing::warn!(message_id = %id, code = e.code.code(), error = %e.detail, "message refused");
+        ap.metrics.message(Direction::Inbound, Outcome::Rejected);
+        let identity = leg
+            .filter(|l| l.security.sign)
+            .map(|l| signing_identity(ap, l));
+        error_response(&e, Some(&id), identity.as_ref())
+    };
+    let key = inbound_key(um);
+    let route = match routing::find_inbound(&ap.pmodes, &key) {
+        Ok(r) => r,
+        Err(e) => return refuse(e, None),
+    };
+    let leg = route.leg;
+    let to = &um.party_info.to.party_ids;
+    let ours = ap.pmodes.party(&ap.identity.party);
+    if !to
+        .iter()
+        .any(|t| ours.is_some_and(|p| has_id(p, &t.value, t.type_.as_deref())))
+    {
+        let e = EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            format!(
+                "the message is addressed to {:?}, but this access point is party `{}`; send it to the recipient's endpoint",
+                to.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(),
+                ap.identity.party
+            ),
+        );
+        return refuse(e, None);
+    }
+    let from = &um.party_info.from.party_ids;
+    let Some(partner) = ap
+        .pmodes
+        .parties
+        .iter()
+        .find(|p| from.iter().any(|f| has_id(p, &f.value, f.type_.as_deref())))
+    else {
+        let e = EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            "the sending party is not a [[party]] of this access point's PModes",
+        );
+        return refuse(e, None);
+    };
+    let now = OffsetDateTime::now_utc();
+    let policy = ap.receive_policy(leg, partner, now);
+    let received = match inbound::receive(package, &policy) {
+        Ok(r) => r,
+        Err(e) => return refuse(e, Some(leg)),
+    };
+    if !route.test_service {
+        let facts: Vec<PartFacts<'_>> = received
+            .payloads
+            .iter()
+            .map(|p| PartFacts {
+                content_id: &p.content_id,
+                mime_type: &p.mime_type,
+                size: p.len,
+            })
+            .collect();
+        let checked = enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
+            .and_then(|()| enforce::check_payloads(leg, &facts));
+        if let Err(e) = checked {
+            return refuse(e, Some(leg));
         }
     }
-
-    /// A user message: route, verify, store, receipt.
-    fn user_message(&self, package: &MimePackage, um: &UserMessage) -> MshResponse {
-        let ap = &self.ap;
-        let id = um.message_info.message_id.clone();
-        let refuse = |e: EbmsError, leg: Option<&Leg>| {
-            tracing::warn!(message_id = %id, code = e.code.code(), error = %e.detail, "message refused");
-            ap.metrics.message(Direction::Inbound, Outcome::Rejected);
-            let identity = leg
-                .filter(|l| l.security.sign)
-                .map(|l| self.signing_identity(l));
-            error_response(&e, Some(&id), identity.as_ref())
-        };
-        let key = inbound_key(um);
-        let route = match routing::find_inbound(&ap.pmodes, &key) {
-            Ok(r) => r,
-            Err(e) => return refuse(e, None),
-        };
-        let leg = route.leg;
-        let to = &um.party_info.to.party_ids;
-        let ours = ap.pmodes.party(&ap.identity.party);
-        if !to
+    let identity = signing_identity(ap, leg);
+    let receipt = match build_receipt(&received, leg.receipt.non_repudiation.then_some(&identity)) {
+        Ok(r) => r,
+        Err(e) => return refuse(e, Some(leg)),
+    };
+    let owner = if route.test_service {
+        TEST_SERVICE_OWNER.to_owned()
+    } else {
+        ap.owner_for_service(&um.collaboration_info.service.value)
+    };
+    let payloads = match store_payloads(ap, received, route.test_service) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(message_id = %id, error = %e, "cannot store the payloads");
+            return internal_fault("the access point cannot store messages right now");
+        }
+    };
+    let meta = MessageMeta {
+        message_id: id.clone(),
+        owner: owner.clone(),
+        from_party: first_id(&um.party_info.from.party_ids),
+        to_party: first_id(&um.party_info.to.party_ids),
+        service: um.collaboration_info.service.value.clone(),
+        action: um.collaboration_info.action.clone(),
+        conversation_id: um.collaboration_info.conversation_id.clone(),
+        ref_to_message_id: um.message_info.ref_to_message_id.clone(),
+        pmode_id: leg_key(leg),
+        payloads,
+        properties: um
+            .properties
             .iter()
-            .any(|t| ours.is_some_and(|p| has_id(p, &t.value, t.type_.as_deref())))
-        {
-            let e = EbmsError::new(
-                ErrorCode::ProcessingModeMismatch,
-                format!(
-                    "the message is addressed to {:?}, but this access point is party `{}`; send it to the recipient's endpoint",
-                    to.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(),
-                    ap.identity.party
+            .map(|p| MessageProperty {
+                name: p.name.clone(),
+                value: p.value.clone(),
+                type_: p.type_.clone(),
+            })
+            .collect(),
+    };
+    let stored_payloads: Vec<_> = meta.payloads.iter().map(|p| p.stored.clone()).collect();
+    match ap.store.insert_inbound(
+        NewInbound {
+            meta,
+            receipt: receipt.clone().into_bytes(),
+        },
+        now,
+    ) {
+        Ok(InsertOutcome::Inserted) => {
+            tracing::info!(message_id = %id, leg = %leg.label(), test = route.test_service, "message received and acknowledged");
+            ap.metrics.message(Direction::Inbound, Outcome::Success);
+            if !route.test_service {
+                ap.announce(MessageEvent::Received {
+                    message_id: id.clone(),
+                    owner,
+                });
+            }
+            soap_response(StatusCode::OK, Bytes::from(receipt))
+        }
+        Ok(InsertOutcome::Duplicate {
+            original_receipt: receipt,
+            ..
+        }) => {
+            tracing::info!(message_id = %id, "duplicate message: the original receipt is sent again");
+            ap.metrics.message(Direction::Inbound, Outcome::Duplicate);
+            soap_response(StatusCode::OK, Bytes::from(receipt))
+        }
+        Err(e) => {
+            for p in &stored_payloads {
+                let _ = ap.store.payloads().remove(p);
+            }
+            match e {
+                varti_store::StoreError::AlreadyExists { .. } => refuse(
+                    EbmsError::new(
+                        ErrorCode::InvalidHeader,
+                        "the MessageId is already used by a message this access point sent; message ids must be unique",
+                    ),
+                    Some(leg),
                 ),
-            );
-            return refuse(e, None);
-        }
-        let from = &um.party_info.from.party_ids;
-        let Some(partner) = ap
-            .pmodes
-            .parties
-            .iter()
-            .find(|p| from.iter().any(|f| has_id(p, &f.value, f.type_.as_deref())))
-        else {
-            let e = EbmsError::new(
-                ErrorCode::ProcessingModeMismatch,
-                "the sending party is not a [[party]] of this access point's PModes",
-            );
-            return refuse(e, None);
-        };
-        let now = OffsetDateTime::now_utc();
-        let policy = ap.receive_policy(leg, partner, now);
-        let received = match inbound::receive(package, &policy) {
-            Ok(r) => r,
-            Err(e) => return refuse(e, Some(leg)),
-        };
-        if !route.test_service {
-            let facts: Vec<PartFacts<'_>> = received
-                .payloads
-                .iter()
-                .map(|p| PartFacts {
-                    content_id: &p.content_id,
-                    mime_type: &p.mime_type,
-                    size: p.len,
-                })
-                .collect();
-            let checked =
-                enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
-                    .and_then(|()| enforce::check_payloads(leg, &facts));
-            if let Err(e) = checked {
-                return refuse(e, Some(leg));
+                e => {
+                    tracing::error!(message_id = %id, error = %e, "cannot store the message");
+                    internal_fault("the access point cannot store messages right now")
+                }
             }
         }
-        let identity = self.signing_identity(leg);
-        let receipt =
-            match build_receipt(&received, leg.receipt.non_repudiation.then_some(&identity)) {
-                Ok(r) => r,
-                Err(e) => return refuse(e, Some(leg)),
-            };
-        let owner = if route.test_service {
-            TEST_SERVICE_OWNER.to_owned()
-        } else {
-            ap.owner_for_service(&um.collaboration_info.service.value)
-        };
-        let payloads = match self.store_payloads(received, route.test_service) {
-            Ok(p) => p,
+    }
+}
+
+/// Moves the delivered payloads into the payload store (test messages keep none).
+fn store_payloads(
+    ap: &AccessPoint,
+    received: ReceivedMessage,
+    test_service: bool,
+) -> Result<Vec<PayloadEntry>, varti_store::StoreError> {
+    let mut entries: Vec<PayloadEntry> = Vec::new();
+    if test_service {
+        return Ok(entries);
+    }
+    for p in received.payloads {
+        let stored = std::fs::File::open(p.path())
+            .map_err(|e| varti_store::StoreError::Io {
+                context: "reopening a received payload".into(),
+                source: e,
+            })
+            .and_then(|mut f| ap.store.payloads().put(&mut f));
+        let stored = match stored {
+            Ok(s) => s,
             Err(e) => {
-                tracing::error!(message_id = %id, error = %e, "cannot store the payloads");
-                return internal_fault("the access point cannot store messages right now");
+                for done in &entries {
+                    let _ = ap.store.payloads().remove(&done.stored);
+                }
+                return Err(e);
             }
         };
-        let meta = MessageMeta {
-            message_id: id.clone(),
-            owner: owner.clone(),
-            from_party: first_id(&um.party_info.from.party_ids),
-            to_party: first_id(&um.party_info.to.party_ids),
-            service: um.collaboration_info.service.value.clone(),
-            action: um.collaboration_info.action.clone(),
-            conversation_id: um.collaboration_info.conversation_id.clone(),
-            ref_to_message_id: um.message_info.ref_to_message_id.clone(),
-            pmode_id: leg_key(leg),
-            payloads,
-            properties: um
+        entries.push(PayloadEntry {
+            content_id: p.content_id,
+            mime_type: p.mime_type,
+            stored,
+            properties: p
                 .properties
-                .iter()
-                .map(|p| MessageProperty {
-                    name: p.name.clone(),
-                    value: p.value.clone(),
-                    type_: p.type_.clone(),
+                .into_iter()
+                .filter(|q| q.name != "MimeType" && q.name != "CompressionType")
+                .map(|q| MessageProperty {
+                    name: q.name,
+                    value: q.value,
+                    type_: q.type_,
                 })
                 .collect(),
-        };
-        let stored_payloads: Vec<_> = meta.payloads.iter().map(|p| p.stored.clone()).collect();
-        match ap.store.insert_inbound(
-            NewInbound {
-                meta,
-                receipt: receipt.clone().into_bytes(),
-            },
-            now,
-        ) {
-            Ok(InsertOutcome::Inserted) => {
-                tracing::info!(message_id = %id, leg = %leg.label(), test = route.test_service, "message received and acknowledged");
-                ap.metrics.message(Direction::Inbound, Outcome::Success);
-                if !route.test_service {
-                    ap.announce(MessageEvent::Received {
-                        message_id: id.clone(),
-                        owner,
-                    });
-                }
-                soap_response(StatusCode::OK, Bytes::from(receipt))
-            }
-            Ok(InsertOutcome::Duplicate {
-                original_receipt: receipt,
-                ..
-            }) => {
-                tracing::info!(message_id = %id, "duplicate message: the original receipt is sent again");
-                ap.metrics.message(Direction::Inbound, Outcome::Duplicate);
-                soap_response(StatusCode::OK, Bytes::from(receipt))
-            }
-            Err(e) => {
-                for p in &stored_payloads {
-                    let _ = ap.store.payloads().remove(p);
-                }
-                match e {
-                    varti_store::StoreError::AlreadyExists { .. } => refuse(
-                        EbmsError::new(
-                            ErrorCode::InvalidHeader,
-                            "the MessageId is already used by a message this access point sent; message ids must be unique",
-                        ),
-                        Some(leg),
-                    ),
-                    e => {
-                        tracing::error!(message_id = %id, error = %e, "cannot store the message");
-                        internal_fault("the access point cannot store messages right now")
-                    }
-                }
-            }
-        }
+        });
     }
+    Ok(entries)
+}
 
-    /// Moves the delivered payloads into the payload store (test messages keep none).
-    fn store_payloads(
+impl Receiver {
+    /// A signal on /msh: a pull request, or the receipt (or error) answering a message a
+    /// partner pulled (both handled by the [`pull`](super::pull) module). Other
+    /// asynchronous receipts and errors are not used by Varti's push legs (AS4 answers
+    /// synchronously) and are ignored.
+    fn signal(
         &self,
-        received: ReceivedMessage,
-        test_service: bool,
-    ) -> Result<Vec<PayloadEntry>, varti_store::StoreError> {
-        let mut entries: Vec<PayloadEntry> = Vec::new();
-        if test_service {
-            return Ok(entries);
-        }
-        for p in received.payloads {
-            let stored = std::fs::File::open(p.path())
-                .map_err(|e| varti_store::StoreError::Io {
-                    context: "reopening a received payload".into(),
-                    source: e,
-                })
-                .and_then(|mut f| self.ap.store.payloads().put(&mut f));
-            let stored = match stored {
-                Ok(s) => s,
-                Err(e) => {
-                    for done in &entries {
-                        let _ = self.ap.store.payloads().remove(&done.stored);
-                    }
-                    return Err(e);
-                }
-            };
-            entries.push(PayloadEntry {
-                content_id: p.content_id,
-                mime_type: p.mime_type,
-                stored,
-                properties: p
-                    .properties
-                    .into_iter()
-                    .filter(|q| q.name != "MimeType" && q.name != "CompressionType")
-                    .map(|q| MessageProperty {
-                        name: q.name,
-                        value: q.value,
-                        type_: q.type_,
-                    })
-                    .collect(),
-            });
-        }
-        Ok(entries)
-    }
-
-    /// A signal on /msh: asynchronous receipts and errors are not used by Varti's legs
-    /// (AS4 answers synchronously); pull requests are handled by the pull module.
-    fn signal(&self, messaging: &varti_as4::message::model::Messaging) -> MshResponse {
+        package: &MimePackage,
+        messaging: &varti_as4::message::model::Messaging,
+    ) -> MshResponse {
         let Some(signal) = messaging.signals.first() else {
             let e = EbmsError::new(
                 ErrorCode::InvalidHeader,
@@ -332,14 +343,16 @@ impl Receiver {
             return error_response(&e, None, None);
         };
         match &signal.kind {
-            SignalKind::PullRequest(_) => {
-                let e = EbmsError::new(
-                    ErrorCode::FeatureNotSupported,
-                    "this access point does not offer message pulling on any MPC",
-                );
-                error_response(&e, Some(&signal.message_info.message_id), None)
-            }
+            SignalKind::PullRequest(request) => pull::answer_pull_request(
+                &self.ap,
+                package,
+                signal,
+                request.mpc.as_deref().unwrap_or(DEFAULT_MPC),
+            ),
             _ => {
+                if let Some(answer) = pull::answer_signal(&self.ap, package, signal) {
+                    return answer;
+                }
                 tracing::info!(
                     message_id = %signal.message_info.message_id,
                     ref_to = ?signal.message_info.ref_to_message_id,
@@ -394,7 +407,7 @@ fn drain(body: &mut dyn Read) {
     let _ = io::copy(body, &mut io::sink());
 }
 
-fn soap_response(status: StatusCode, body: Bytes) -> MshResponse {
+pub(crate) fn soap_response(status: StatusCode, body: Bytes) -> MshResponse {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SOAP12));
     MshResponse {
@@ -404,7 +417,7 @@ fn soap_response(status: StatusCode, body: Bytes) -> MshResponse {
     }
 }
 
-fn internal_fault(reason: &str) -> MshResponse {
+pub(crate) fn internal_fault(reason: &str) -> MshResponse {
     MshResponse::fault(
         StatusCode::INTERNAL_SERVER_ERROR,
         FaultCode::Receiver,
@@ -414,7 +427,7 @@ fn internal_fault(reason: &str) -> MshResponse {
 
 /// An ebMS error signal answering the message `ref_to` (signed by `identity` when given).
 /// HTTP 200: the request was processed and its answer is the error signal.
-fn error_response(
+pub(crate) fn error_response(
     error: &EbmsError,
     ref_to: Option<&str>,
     identity: Option<&SigningIdentity<'_>>,

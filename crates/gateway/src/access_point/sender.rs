@@ -27,16 +27,16 @@ use varti_as4::inbound;
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{
     AgreementRef, CollaborationInfo, MessageInfo, Party as EbParty, PartyId, PartyInfo, Property,
-    Service, SignalKind, UserMessage,
+    Service, SignalError, SignalKind, UserMessage,
 };
 use varti_as4::message::soap;
 use varti_as4::outbound::{check_receipt, send, OutgoingPayload, SendPolicy};
-use varti_as4::pmode::model::{Leg, Party};
+use varti_as4::pmode::model::{Binding, Leg, Party};
 use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::sign::{SignedReference, SigningIdentity};
 use varti_store::{AttemptOutcome, MessageRecord};
 
-use super::{profile_of, token_reference_of, AccessPoint, MessageEvent};
+use super::{profile_of, pull, token_reference_of, AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
 
@@ -118,10 +118,49 @@ enum Verdict {
     Fatal(String),
 }
 
+/// A claimed message of a pull leg is never pushed: it waits for its partner to pull it.
+/// Submission parks such messages far in the future, so the sender claims one only when
+/// it was made due again (an administrator's resend): it is parked again here.
+async fn park_for_pull(ap: &Arc<AccessPoint>, id: &str, leg: &Leg) {
+    let error = format!(
+        "waiting to be pulled on MPC {} ({} is a one-way/pull leg)",
+        leg.mpc,
+        leg.label()
+    );
+    tracing::info!(message_id = %id, %error, "not pushed");
+    let recorded = {
+        let ap = ap.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let now = OffsetDateTime::now_utc();
+            let outcome = AttemptOutcome::Retry {
+                at: pull::wait_for_pull(now),
+                error,
+            };
+            ap.store.record_attempt(&id, &ap.instance, outcome, now)
+        })
+        .await
+    };
+    match recorded {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(message_id = %id, error = %e, "cannot park the message for pulling; its lease expires and it is parked again")
+        }
+        Err(e) => tracing::error!(message_id = %id, error = %e, "the recording task failed"),
+    }
+}
+
 /// One attempt on a claimed record, with its outcome recorded.
 async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
     let started = Instant::now();
     let id = record.meta.message_id.clone();
+    if let Some(leg) = ap
+        .leg(&record.meta.pmode_id)
+        .filter(|l| l.binding == Binding::Pull)
+    {
+        park_for_pull(ap, &id, leg).await;
+        return;
+    }
     let verdict = exchange(ap, &record).await;
     let now = OffsetDateTime::now_utc();
     let outcome = match verdict {
@@ -259,7 +298,8 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
 }
 
 /// Builds the AS4 message of `record` into a spool file: (file, Content-Type, what we signed).
-fn seal(
+/// Used for pushes and for answers to pull requests.
+pub(crate) fn seal(
     ap: &AccessPoint,
     record: &MessageRecord,
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
@@ -444,33 +484,8 @@ fn judge(
         SignalKind::Errors(e) => Some(e),
         _ => None,
     }) {
-        let text = errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e.error_code,
-                    e.error_detail
-                        .clone()
-                        .or_else(|| e.short_description.clone())
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        let retryable = errors.iter().all(|e| {
-            e.severity() == Some(Severity::Warning)
-                || matches!(
-                    e.code,
-                    Some(
-                        ErrorCode::Other
-                            | ErrorCode::ConnectionFailure
-                            | ErrorCode::MessagePersistenceTimeout
-                            | ErrorCode::DeliveryFailure
-                    )
-                )
-        });
-        return if retryable {
+        let text = errors_text(errors);
+        return if errors_retryable(errors) {
             Verdict::Transient(format!("the partner answered with an error: {text}"))
         } else {
             Verdict::Fatal(format!("the partner refused the message: {text}"))
@@ -505,7 +520,43 @@ fn judge(
     }
 }
 
-fn receipt_problem(e: &EbmsError) -> String {
+/// The ebMS errors of an error signal as one line: `EBMS:0101 detail; …`.
+pub(crate) fn errors_text(errors: &[SignalError]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.error_code,
+                e.error_detail
+                    .clone()
+                    .or_else(|| e.description.as_ref().map(|d| d.text.clone()))
+                    .or_else(|| e.short_description.clone())
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Whether sending the message again may succeed after these errors (warnings and
+/// transient failures), or the partner refused it for good (security, PMode, header).
+pub(crate) fn errors_retryable(errors: &[SignalError]) -> bool {
+    errors.iter().all(|e| {
+        e.severity() == Some(Severity::Warning)
+            || matches!(
+                e.code,
+                Some(
+                    ErrorCode::Other
+                        | ErrorCode::ConnectionFailure
+                        | ErrorCode::MessagePersistenceTimeout
+                        | ErrorCode::DeliveryFailure
+                )
+            )
+    })
+}
+
+pub(crate) fn receipt_problem(e: &EbmsError) -> String {
     format!(
         "{}: the receipt does not hold: {}",
         ErrorCode::InvalidReceipt,

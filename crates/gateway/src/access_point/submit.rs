@@ -6,7 +6,7 @@
 
 use time::OffsetDateTime;
 use varti_as4::pmode::enforce::{self, PartFacts};
-use varti_as4::pmode::model::Leg;
+use varti_as4::pmode::model::{Binding, Leg};
 use varti_as4::pmode::routing::{self, Submission as RouteQuery};
 use varti_store::{MessageMeta, MessageProperty, NewOutbound, PayloadEntry, StoreError};
 
@@ -75,6 +75,12 @@ impl AccessPoint {
 
 /// Resolves the leg, stores the message as `Submitted` (due now) and wakes the sender.
 /// Returns the MessageId.
+///
+/// A message on a one-way/pull leg is not pushed: it waits until its partner pulls it
+/// ([`pull`](super::pull)). It is stored due only in a hundred years
+/// ([`wait_for_pull`](super::pull::wait_for_pull)), so the push sender's
+/// [`claim_due`](varti_store::Store::claim_due) never takes it, while a pull request takes
+/// it with [`claim_message`](varti_store::Store::claim_message), which ignores the due time.
 pub fn submit(
     ap: &AccessPoint,
     sub: Submission,
@@ -149,14 +155,19 @@ pub fn submit(
         payloads: sub.payloads,
         properties: sub.properties,
     };
-    ap.store.insert_outbound(
-        NewOutbound {
-            meta,
-            not_before: now,
-        },
-        now,
-    )?;
-    tracing::info!(message_id = %message_id, leg = %route.leg.label(), "message submitted");
-    ap.wake_sender.notify_one();
+    let pulled = route.leg.binding == Binding::Pull;
+    let not_before = if pulled {
+        super::pull::wait_for_pull(now)
+    } else {
+        now
+    };
+    ap.store
+        .insert_outbound(NewOutbound { meta, not_before }, now)?;
+    if pulled {
+        tracing::info!(message_id = %message_id, leg = %route.leg.label(), mpc = %route.leg.mpc, "message submitted; it waits to be pulled");
+    } else {
+        tracing::info!(message_id = %message_id, leg = %route.leg.label(), "message submitted");
+        ap.wake_sender.notify_one();
+    }
     Ok(message_id)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use varti_gateway::access_point::{receiver::Receiver, sender, AccessPoint};
+use varti_gateway::access_point::{pull, receiver::Receiver, sender, AccessPoint};
 use varti_gateway::backend::{self, BackendRoutes};
 use varti_gateway::config::{secs, Config, LogFormat, StoreKind};
 use varti_gateway::ops::{self, Metrics, Readiness};
@@ -241,6 +241,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         backend_listener.serve(backend_routes, tasks.token(), grace),
     );
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
+    tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
     {
         // Days to expiry of every certificate we present: TLS, signing, encryption.

@@ -24,8 +24,9 @@ pub fn free_port() -> u16 {
     try_free_port().unwrap()
 }
 
-/// Extra PMode file used by the exchange tests: a one-way leg with fast retries and a
-/// two-way (push-and-push) request/response pair.
+/// Extra PMode file used by the exchange tests: a one-way leg with fast retries, a
+/// two-way (push-and-push) request/response pair, and a one-way/pull leg on its own MPC
+/// (varti-a holds the messages, varti-b pulls them).
 pub const EXCHANGE_PMODES: &str = r#"
 [security.default]
 profile = "as4-1.15"
@@ -69,6 +70,19 @@ name = "answer"
 service = "urn:varti:test:question"
 action = "Answer"
 reply = true
+
+[[process]]
+name = "pull"
+mep = "oneWay"
+binding = "pull"
+initiator = { parties = ["varti-a"] }
+responder = { parties = ["varti-b"] }
+
+[[process.leg]]
+name = "pull"
+service = "urn:varti:test:pull"
+action = "Pull"
+mpc = "urn:varti:test:mpc:pull"
 "#;
 
 /// Where the pair lives (see `varti_gateway::pair` for the layout).

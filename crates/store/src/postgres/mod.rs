@@ -407,6 +407,65 @@ impl Store for PgStore {
         })
     }
 
+    fn claim_message(
+        &self,
+        message_id: &str,
+        holder: &str,
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        validate_id("lease holder", holder, MAX_OWNER_LEN)?;
+        if message_id.is_empty() || message_id.len() > MAX_MESSAGE_ID_LEN {
+            return Err(not_found(message_id));
+        }
+        let now = micros(now);
+        let lease_for = Duration::from_micros(lease_for.as_micros().min(u64::MAX as u128) as u64);
+        let op = Uuid::new_v4();
+        self.pool.run("claiming a message", |client, attempt| {
+            let mut tx = client.transaction()?;
+            // SKIP LOCKED: a row another transaction is changing right now (another
+            // instance claiming it, or recording its receipt) is not claimable; nobody waits.
+            let row = tx.query_opt(
+                &format!(
+                    "SELECT {COLUMNS} FROM messages WHERE message_id = $1 \
+                     FOR UPDATE SKIP LOCKED"
+                ),
+                &[&message_id],
+            )?;
+            let Some(row) = row else {
+                let exists = tx
+                    .query_opt(
+                        "SELECT 1 FROM messages WHERE message_id = $1",
+                        &[&message_id],
+                    )?
+                    .is_some();
+                return if exists {
+                    Ok(None)
+                } else {
+                    Err(not_found(message_id).into())
+                };
+            };
+            let mut loaded = load_with_history(&mut tx, vec![row])?
+                .pop()
+                .expect("one row, one record");
+            if attempt.retrying && loaded.entry_by(op).is_some() {
+                // Our first attempt committed the claim; its answer was lost.
+                return Ok(Some(loaded.record));
+            }
+            if !loaded.record.is_claimable_ignoring_due(now) {
+                return Ok(None);
+            }
+            let before = loaded.record.state;
+            loaded.record.claim(holder, lease_for, now)?;
+            // A takeover adds LeaseExpired before the Claim.
+            let new_entries = if before == State::Sending { 2 } else { 1 };
+            update_row(&mut tx, &loaded.record, before)?;
+            append_history(&mut tx, &loaded, new_entries, op)?;
+            tx.commit()?;
+            Ok(Some(loaded.record))
+        })
+    }
+
     fn record_attempt(
         &self,
         message_id: &str,
