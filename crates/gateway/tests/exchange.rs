@@ -95,3 +95,221 @@ fn ping_test_service_and_connectivity() {
     let owners: Vec<&str> = records.iter().map(|r| r.meta.owner.as_str()).collect();
     assert!(owners.contains(&"varti:test-service"), "{owners:?}");
 }
+
+fn files3() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        ("doc", "application/xml", b"<doc>one</doc>".repeat(2000)),
+        (
+            "text",
+            "text/plain",
+            "two: ĀČĒ ģķļ\n".repeat(5000).into_bytes(),
+        ),
+        (
+            "blob",
+            "application/octet-stream",
+            (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect(),
+        ),
+    ]
+}
+
+fn submit_files(
+    node: &Node,
+    service: &str,
+    action: &str,
+    extra: serde_json::Value,
+    files: &[(&str, &str, Vec<u8>)],
+) -> String {
+    let mut meta = serde_json::json!({"to_party": if node.token == "token-a" { "varti-b" } else { "varti-a" }, "service": service, "action": action});
+    if let serde_json::Value::Object(m) = extra {
+        for (k, v) in m {
+            meta[k] = v;
+        }
+    }
+    let borrowed: Vec<(&str, &str, &[u8])> = files
+        .iter()
+        .map(|(n, m, b)| (*n, *m, b.as_slice()))
+        .collect();
+    node.submit(meta, &borrowed)
+}
+
+/// One-way, signed + encrypted + compressed, three attachments: acknowledged on a,
+/// delivered once with identical bytes on b.
+#[test]
+fn one_way_with_three_attachments() {
+    let pair = Pair::new();
+    let a = pair.start("a");
+    let b = pair.start("b");
+    let files = files3();
+    let id = submit_files(
+        &a,
+        "urn:varti:test:exchange",
+        "Deliver",
+        serde_json::json!({}),
+        &files,
+    );
+    let sent = a.wait_state(&id, "acknowledged", Duration::from_secs(30));
+    assert!(sent["attempts"].as_u64().unwrap_or(0) >= 1, "{sent}");
+    let inbound = b.inbound();
+    let got: Vec<_> = inbound
+        .iter()
+        .filter(|m| m["message_id"] == id.as_str())
+        .collect();
+    assert_eq!(got.len(), 1, "{inbound:?}");
+    for (n, (_, _, bytes)) in files.iter().enumerate() {
+        let body = b.payload(&id, n);
+        assert_eq!(body.len(), bytes.len(), "payload {n} length");
+        assert!(body == *bytes, "payload {n} differs");
+    }
+}
+
+/// The receipt of the first attempt is lost on the way back: a retries, b recognises the
+/// duplicate, answers with the original receipt and delivers once.
+#[test]
+fn duplicate_resend_is_delivered_once_with_the_same_receipt() {
+    // a's PModes name the proxy as b's endpoint; the proxy forwards to b's real port.
+    let proxy_target_port = free_port();
+    let proxy = LossyProxy::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], proxy_target_port)),
+        100_000,
+    );
+    let mut pair = Pair::with_b_endpoint(Some(proxy.port));
+    pair.move_b_to(proxy_target_port);
+    let mut a = pair.start("a");
+    let mut b = pair.start("b");
+    let id = submit_files(
+        &a,
+        "urn:varti:test:exchange",
+        "Deliver",
+        serde_json::json!({}),
+        &incompressible(200_000),
+    );
+    let sent = a.wait_state(&id, "acknowledged", Duration::from_secs(30));
+    assert!(
+        sent["attempts"].as_u64().unwrap() >= 2,
+        "the first receipt was not lost: {sent}"
+    );
+    let got: Vec<_> = b
+        .inbound()
+        .into_iter()
+        .filter(|m| m["message_id"] == id.as_str())
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(a.served.terminate(Duration::from_secs(15)).code(), Some(0));
+    assert_eq!(b.served.terminate(Duration::from_secs(15)).code(), Some(0));
+    use varti_store::Store;
+    let a_store = varti_store::SledStore::open(a.dir.join("data/store")).unwrap();
+    let b_store = varti_store::SledStore::open(b.dir.join("data/store")).unwrap();
+    let a_rec = a_store.get(&id).unwrap().unwrap();
+    let b_rec = b_store.get(&id).unwrap().unwrap();
+    assert!(
+        b_rec.duplicates >= 1,
+        "b did not see the resend as a duplicate"
+    );
+    assert_eq!(
+        a_rec.receipt, b_rec.receipt,
+        "a must hold b's original receipt"
+    );
+}
+
+/// b is down when a sends; a retries and b, once up, gets the message once.
+#[test]
+fn receiver_down_then_up() {
+    let pair = Pair::new();
+    let a = pair.start("a");
+    let id = submit_files(
+        &a,
+        "urn:varti:test:exchange",
+        "Deliver",
+        serde_json::json!({}),
+        &files3()[..1],
+    );
+    let waiting = a.wait_state(&id, "waiting_for_retry", Duration::from_secs(10));
+    assert!(
+        waiting["last_error"].as_str().unwrap_or("").len() > 5,
+        "{waiting}"
+    );
+    let b = pair.start("b");
+    a.wait_state(&id, "acknowledged", Duration::from_secs(30));
+    let got: Vec<_> = b
+        .inbound()
+        .into_iter()
+        .filter(|m| m["message_id"] == id.as_str())
+        .collect();
+    assert_eq!(got.len(), 1);
+}
+
+/// b never comes up: after the leg's retries the message fails with EBMS:0301.
+#[test]
+fn receiver_never_up_fails_with_missing_receipt() {
+    let pair = Pair::new();
+    let a = pair.start("a");
+    let id = submit_files(
+        &a,
+        "urn:varti:test:exchange",
+        "Deliver",
+        serde_json::json!({}),
+        &files3()[..1],
+    );
+    let failed = a.wait_state(&id, "failed", Duration::from_secs(40));
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("EBMS:0301"), "{failed}");
+    assert_eq!(
+        failed["attempts"], 4,
+        "first attempt plus three retries: {failed}"
+    );
+}
+
+/// Two-way push-and-push: b's backend answers a's question with RefToMessageId and the
+/// same ConversationId; a's backend receives the answer correlated to its question.
+#[test]
+fn two_way_push_and_push() {
+    let pair = Pair::new();
+    let a = pair.start("a");
+    let b = pair.start("b");
+    let files = vec![("q", "application/xml", b"<question/>".to_vec())];
+    let ask = submit_files(
+        &a,
+        "urn:varti:test:question",
+        "Ask",
+        serde_json::json!({"conversation_id": "conv-42"}),
+        &files,
+    );
+    a.wait_state(&ask, "acknowledged", Duration::from_secs(30));
+    let question = b
+        .inbound()
+        .into_iter()
+        .find(|m| m["message_id"] == ask.as_str())
+        .expect("b received the question");
+    assert_eq!(question["conversation_id"], "conv-42");
+    let files = vec![("a", "application/xml", b"<answer/>".to_vec())];
+    let answer = submit_files(
+        &b,
+        "urn:varti:test:question",
+        "Answer",
+        serde_json::json!({"conversation_id": "conv-42", "ref_to_message_id": ask}),
+        &files,
+    );
+    b.wait_state(&answer, "acknowledged", Duration::from_secs(30));
+    let got = a
+        .inbound()
+        .into_iter()
+        .find(|m| m["message_id"] == answer.as_str())
+        .expect("a received the answer");
+    assert_eq!(got["ref_to_message_id"], ask.as_str());
+    assert_eq!(got["conversation_id"], "conv-42");
+    assert_eq!(got["action"], "Answer");
+}
+
+/// `n` bytes that gzip cannot shrink (so the request is larger than the TLS handshake).
+fn incompressible(n: usize) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let bytes = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    vec![("random", "application/octet-stream", bytes)]
+}

@@ -222,6 +222,9 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
         }
     }
     let owner = record.meta.owner.clone();
+    if !matches!(outcome, AttemptOutcome::Retry { .. }) {
+        forget_sealed(ap, &id);
+    }
     match outcome {
         AttemptOutcome::Acknowledged { .. } => {
             ap.metrics.message(Direction::Outbound, Outcome::Success);
@@ -270,7 +273,7 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
     let sealed = {
         let ap = ap.clone();
         let record = record.clone();
-        tokio::task::spawn_blocking(move || seal(&ap, &record)).await
+        tokio::task::spawn_blocking(move || sealed_for_retries(&ap, &record)).await
     };
     let (file, content_type, references) = match sealed {
         Ok(Ok(s)) => s,
@@ -295,6 +298,77 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
     tokio::task::spawn_blocking(move || judge(&ap, &record, &partner, response, &references))
         .await
         .unwrap_or_else(|e| Verdict::Transient(format!("the receipt-checking task failed: {e}")))
+}
+
+/// Where the sealed copy of an outbound message is kept between its attempts.
+fn sealed_paths(ap: &AccessPoint, message_id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let name: String = openssl::sha::sha256(message_id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = ap.spool_dir().join("sealed");
+    (
+        dir.join(format!("{name}.mime")),
+        dir.join(format!("{name}.json")),
+    )
+}
+
+/// The sealed message for this attempt. A retry resends the very message of the first
+/// attempt (same signature, same references): a partner that already stored it answers the
+/// duplicate with its original receipt, whose non-repudiation information lists the
+/// references of that first message — a freshly sealed copy would have new ones and the
+/// receipt would never match. The copy lives in the spool directory until the message is
+/// settled; if it is missing (another instance of a pair sends the retry) it is sealed anew.
+fn sealed_for_retries(
+    ap: &AccessPoint,
+    record: &MessageRecord,
+) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (mime, meta) = sealed_paths(ap, &record.meta.message_id);
+    if let (Ok(file), Ok(text)) = (std::fs::File::open(&mime), std::fs::read_to_string(&meta)) {
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let references = v["references"]
+            .as_array()
+            .context("sealed copy without references")?
+            .iter()
+            .map(|r| {
+                Ok(SignedReference {
+                    uri: r["uri"].as_str().context("uri")?.to_owned(),
+                    digest_method: r["digest_method"]
+                        .as_str()
+                        .context("digest_method")?
+                        .to_owned(),
+                    digest: b64.decode(r["digest"].as_str().context("digest")?)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let content_type = v["content_type"]
+            .as_str()
+            .context("content_type")?
+            .to_owned();
+        return Ok((file, content_type, references));
+    }
+    let (mut file, content_type, references) = seal(ap, record)?;
+    std::fs::create_dir_all(mime.parent().context("spool")?)?;
+    let tmp = mime.with_extension("tmp");
+    std::io::copy(&mut file, &mut std::fs::File::create(&tmp)?)?;
+    std::fs::rename(&tmp, &mime)?;
+    let v = serde_json::json!({
+        "content_type": content_type,
+        "references": references.iter().map(|r| serde_json::json!({
+            "uri": r.uri, "digest_method": r.digest_method, "digest": b64.encode(&r.digest),
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(&meta, v.to_string())?;
+    Ok((std::fs::File::open(&mime)?, content_type, references))
+}
+
+/// Removes the sealed copy of a settled message.
+fn forget_sealed(ap: &AccessPoint, message_id: &str) {
+    let (mime, meta) = sealed_paths(ap, message_id);
+    let _ = std::fs::remove_file(mime);
+    let _ = std::fs::remove_file(meta);
 }
 
 /// Builds the AS4 message of `record` into a spool file: (file, Content-Type, what we signed).

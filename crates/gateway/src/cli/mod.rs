@@ -2,6 +2,7 @@
 
 mod api;
 mod db;
+mod demo;
 mod message;
 mod messages;
 mod oots;
@@ -78,6 +79,9 @@ enum Command {
     Messages(messages::MessagesCommand),
     /// Show the running access point (party, instance) and your messages by state.
     Status(messages::StatusArgs),
+    /// Start two access points on this machine and exchange messages between them,
+    /// showing each command: the first thing to run.
+    Demo(demo::DemoArgs),
 }
 
 impl Cli {
@@ -116,5 +120,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args),
         Command::Messages(cmd) => messages::run(cmd),
         Command::Status(args) => messages::run_status(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

@@ -266,7 +266,7 @@ impl Node {
             b"",
         );
         assert_eq!(r.status, 200, "{}", r.body);
-        r.body.into_bytes()
+        r.bytes
     }
 }
 
@@ -283,15 +283,18 @@ pub fn urlencode(s: &str) -> String {
 }
 
 /// A TCP proxy (network fault injection) that forwards connections to `target`, but on
-/// the first connection swallows the answer and cuts the connection once the answer has
-/// started to arrive: the request was processed, its receipt is lost on the way back.
+/// the first connection, once the client has sent more than `request_bytes` (the TLS
+/// handshake passes; the AS4 request is larger), swallows whatever the server answers next
+/// and cuts the connection: the request was processed, its receipt is lost on the way back.
 pub struct LossyProxy {
     pub port: u16,
 }
 
 impl LossyProxy {
-    pub fn start(target: SocketAddr) -> LossyProxy {
+    pub fn start(target: SocketAddr, request_bytes: usize) -> LossyProxy {
         use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -300,35 +303,45 @@ impl LossyProxy {
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
+                let sent = Arc::new(AtomicUsize::new(0));
                 let (mut c_in, mut s_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let counter = sent.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match c_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => {
+                                counter.fetch_add(k, Ordering::SeqCst);
+                                if s_out.write_all(&buf[..k]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     let _ = s_out.shutdown(std::net::Shutdown::Write);
                 });
                 let (mut s_in, mut c_out) = (server, client);
                 std::thread::spawn(move || {
-                    if n == 0 {
-                        // Read the start of the answer, then drop both sides.
-                        let mut buf = [0u8; 16 * 1024];
-                        let _ = s_in.read(&mut buf);
-                        std::thread::sleep(Duration::from_millis(200));
-                        let _ = c_out.shutdown(std::net::Shutdown::Both);
-                        let _ = s_in.shutdown(std::net::Shutdown::Both);
-                    } else {
-                        let mut buf = [0u8; 16 * 1024];
-                        loop {
-                            match s_in.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => {
-                                    if c_out.write_all(&buf[..k]).is_err() {
-                                        break;
-                                    }
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => {
+                                if n == 0 && sent.load(Ordering::SeqCst) > request_bytes {
+                                    // The answer to the request: lose it.
+                                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                                    let _ = s_in.shutdown(std::net::Shutdown::Both);
+                                    break;
+                                }
+                                if c_out.write_all(&buf[..k]).is_err() {
+                                    break;
                                 }
                             }
                         }
-                        let _ = c_out.shutdown(std::net::Shutdown::Write);
                     }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
                 });
             }
         });

@@ -355,7 +355,10 @@ pub fn openssl_connect(
 pub struct HttpResponse {
     pub status: u16,
     pub head: String,
+    /// The body as text (lossy UTF-8).
     pub body: String,
+    /// The body's bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// Sends a request with `Connection: close` and reads the whole response.
@@ -385,6 +388,8 @@ pub fn read_response<S: Read>(stream: &mut S) -> std::io::Result<HttpResponse> {
         Err(e) if !raw.is_empty() => eprintln!("read ended with {e} after {} bytes", raw.len()),
         Err(e) => return Err(e),
     }
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n");
+    let bytes = split.map(|p| raw[p + 4..].to_vec()).unwrap_or_default();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
         std::io::Error::new(
@@ -401,6 +406,7 @@ pub fn read_response<S: Read>(stream: &mut S) -> std::io::Result<HttpResponse> {
         status,
         head: head.to_owned(),
         body: body.to_owned(),
+        bytes,
     })
 }
 
