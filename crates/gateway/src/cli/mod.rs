@@ -1,5 +1,6 @@
 //! The command line: one module per command group.
 
+mod certs;
 mod db;
 mod message;
 mod oots;
@@ -57,6 +58,10 @@ enum Command {
     /// Manage the PostgreSQL store's schema (for the active-active pair).
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// List and check the certificates in use: ours (configuration) and the partners'
+    /// (PModes).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 impl Cli {
@@ -91,5 +96,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Oots(cmd) => oots::run(cmd),
         Command::Serve(args) => serve::run(args, cli.verbose),
         Command::Db(cmd) => db::run(cmd),
+        Command::Certs(cmd) => certs::run(cmd),
     }
 }
