@@ -2,15 +2,16 @@
 //! twice, and legs that would match the same inbound message.
 //!
 //! [`super::load_dir`] runs them; they are public so that a caller holding a
-//! [`PModeSet`] can ask [`ambiguous_pairs`] directly.
+//! [`PModeSet`] can ask [`ambiguous_pairs`] directly, and the certificate helpers
+//! ([`parse_certificates`], [`validity_at`], [`key_usage_unfit`]) serve `varti certs`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use openssl::asn1::Asn1Time;
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::nid::Nid;
 use openssl::pkey::Id;
-use openssl::x509::{X509KeyUsage, X509};
+use openssl::x509::{X509KeyUsage, X509Ref, X509};
 
 use super::files::{CertRef, Diagnostic, LoadOptions};
 use super::model::*;
@@ -29,6 +30,20 @@ pub enum CertRole {
 }
 
 impl CertRole {
+    /// The keyUsage bits of which a certificate in this role needs at least one.
+    pub fn key_usage(self) -> X509KeyUsage {
+        match self {
+            CertRole::Signing => X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::NON_REPUDIATION,
+            CertRole::Encryption => X509KeyUsage::KEY_ENCIPHERMENT | X509KeyUsage::KEY_AGREEMENT,
+            CertRole::Tls => {
+                X509KeyUsage::DIGITAL_SIGNATURE
+                    | X509KeyUsage::KEY_ENCIPHERMENT
+                    | X509KeyUsage::KEY_AGREEMENT
+            }
+            CertRole::Ca => X509KeyUsage::KEY_CERT_SIGN,
+        }
+    }
+
     fn field(self) -> &'static str {
         match self {
             CertRole::Signing => "signing_cert",
@@ -177,11 +192,7 @@ fn check_one(
             return None;
         }
     };
-    let certs = if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        X509::stack_from_pem(&bytes).unwrap_or_default()
-    } else {
-        X509::from_der(&bytes).map(|c| vec![c]).unwrap_or_default()
-    };
+    let certs = parse_certificates(&bytes);
     let Some(cert) = certs.first() else {
         diags.push(Diagnostic::error(
             r.location.clone(),
@@ -197,36 +208,23 @@ fn check_one(
     for c in &certs {
         usable &= check_validity(r, &what, c, at, warn_days, diags);
     }
-    let needed = match r.role {
-        CertRole::Signing => X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::NON_REPUDIATION,
-        CertRole::Encryption => X509KeyUsage::KEY_ENCIPHERMENT | X509KeyUsage::KEY_AGREEMENT,
-        CertRole::Tls => {
-            X509KeyUsage::DIGITAL_SIGNATURE
-                | X509KeyUsage::KEY_ENCIPHERMENT
-                | X509KeyUsage::KEY_AGREEMENT
-        }
-        CertRole::Ca => X509KeyUsage::KEY_CERT_SIGN,
-    };
-    // No keyUsage extension means no restriction (RFC 5280 §4.2.1.3).
-    if let Some(ku) = cert.key_usage() {
-        if !ku.intersects(needed) {
-            usable = false;
-            diags.push(Diagnostic::error(
-                r.location.clone(),
-                format!(
-                    "certificate '{}' cannot be used as {what}: its keyUsage is {} but this role needs {}",
-                    r.written,
-                    usage_names(ku),
-                    usage_names(needed).replace(", ", " or ")
-                ),
-                match r.role {
-                    CertRole::Signing => "use the party's signing certificate here (keyUsage digitalSignature/nonRepudiation); an encryption certificate will not verify signatures",
-                    CertRole::Encryption => "use the party's encryption certificate here (keyUsage keyEncipherment/keyAgreement)",
-                    CertRole::Tls => "use the party's TLS certificate here",
-                    CertRole::Ca => "give the CA certificate that issued the party's TLS certificate",
-                },
-            ));
-        }
+    if let Some(ku) = key_usage_unfit(cert, r.role) {
+        usable = false;
+        diags.push(Diagnostic::error(
+            r.location.clone(),
+            format!(
+                "certificate '{}' cannot be used as {what}: its keyUsage is {} but this role needs {}",
+                r.written,
+                usage_names(ku),
+                usage_names(r.role.key_usage()).replace(", ", " or ")
+            ),
+            match r.role {
+                CertRole::Signing => "use the party's signing certificate here (keyUsage digitalSignature/nonRepudiation); an encryption certificate will not verify signatures",
+                CertRole::Encryption => "use the party's encryption certificate here (keyUsage keyEncipherment/keyAgreement)",
+                CertRole::Tls => "use the party's TLS certificate here",
+                CertRole::Ca => "give the CA certificate that issued the party's TLS certificate",
+            },
+        ));
     }
     if !usable {
         return None;
@@ -251,50 +249,108 @@ fn check_validity(
     warn_days: u32,
     diags: &mut Vec<Diagnostic>,
 ) -> bool {
-    use std::cmp::Ordering;
     let subject = subject_cn(cert);
-    if cert.not_after().compare(at).ok() != Some(Ordering::Greater) {
-        diags.push(Diagnostic::error(
-            r.location.clone(),
-            format!(
-                "certificate '{}' ({what}, {subject}) expired on {}",
-                r.written,
-                cert.not_after()
-            ),
-            "get the partner's renewed certificate and replace the file (or check with --at to judge it at another time)",
-        ));
-        return false;
-    }
-    if cert.not_before().compare(at).ok() == Some(Ordering::Greater) {
-        diags.push(Diagnostic::error(
-            r.location.clone(),
-            format!(
-                "certificate '{}' ({what}, {subject}) is not valid before {}",
-                r.written,
-                cert.not_before()
-            ),
-            "check the clock, or wait until the certificate becomes valid",
-        ));
-        return false;
-    }
-    if let Ok(diff) = at.diff(cert.not_after()) {
-        if diff.days < warn_days as i32 {
+    match validity_at(cert, at, warn_days) {
+        Validity::Valid { .. } => true,
+        Validity::Expired => {
+            diags.push(Diagnostic::error(
+                r.location.clone(),
+                format!(
+                    "certificate '{}' ({what}, {subject}) expired on {}",
+                    r.written,
+                    cert.not_after()
+                ),
+                "get the partner's renewed certificate and replace the file (or check with --at to judge it at another time)",
+            ));
+            false
+        }
+        Validity::NotYetValid => {
+            diags.push(Diagnostic::error(
+                r.location.clone(),
+                format!(
+                    "certificate '{}' ({what}, {subject}) is not valid before {}",
+                    r.written,
+                    cert.not_before()
+                ),
+                "check the clock, or wait until the certificate becomes valid",
+            ));
+            false
+        }
+        Validity::ExpiresSoon { days } => {
             diags.push(Diagnostic::warning(
                 r.location.clone(),
                 format!(
-                    "certificate '{}' ({what}, {subject}) expires on {}, in {} days",
+                    "certificate '{}' ({what}, {subject}) expires on {}, in {days} days",
                     r.written,
                     cert.not_after(),
-                    diff.days
                 ),
                 "ask the partner for its renewed certificate now",
             ));
+            true
         }
     }
-    true
 }
 
-fn subject_cn(cert: &X509) -> String {
+/// Where a certificate stands at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// Its notAfter is at or before the instant.
+    Expired,
+    /// Its notBefore is after the instant.
+    NotYetValid,
+    /// Valid, but it expires within the warning period: in `days` whole days.
+    ExpiresSoon {
+        /// Whole days left.
+        days: i32,
+    },
+    /// Valid for `days` more whole days, beyond the warning period.
+    Valid {
+        /// Whole days left.
+        days: i32,
+    },
+}
+
+/// Judges `cert`'s validity period at `at`; [`Validity::ExpiresSoon`] when fewer than
+/// `warn_days` whole days are left.
+pub fn validity_at(cert: &X509Ref, at: &Asn1TimeRef, warn_days: u32) -> Validity {
+    use std::cmp::Ordering;
+    if cert.not_after().compare(at).ok() != Some(Ordering::Greater) {
+        return Validity::Expired;
+    }
+    if cert.not_before().compare(at).ok() == Some(Ordering::Greater) {
+        return Validity::NotYetValid;
+    }
+    let days = at
+        .diff(cert.not_after())
+        .map(|d| d.days)
+        .unwrap_or(i32::MAX);
+    if i64::from(days) < i64::from(warn_days) {
+        Validity::ExpiresSoon { days }
+    } else {
+        Validity::Valid { days }
+    }
+}
+
+/// The certificates of a file's bytes: every PEM `CERTIFICATE` block, or one DER
+/// certificate. Empty when there is none (a key, a keystore, garbage).
+pub fn parse_certificates(bytes: &[u8]) -> Vec<X509> {
+    if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        X509::stack_from_pem(bytes).unwrap_or_default()
+    } else {
+        X509::from_der(bytes).map(|c| vec![c]).unwrap_or_default()
+    }
+}
+
+/// `Some(its keyUsage)` when `cert` has a keyUsage extension without any of the bits
+/// `role` needs ([`CertRole::key_usage`]); `None` when it fits. A certificate without
+/// the extension fits every role (RFC 5280 §4.2.1.3: no restriction).
+pub fn key_usage_unfit(cert: &X509Ref, role: CertRole) -> Option<X509KeyUsage> {
+    cert.key_usage()
+        .filter(|ku| !ku.intersects(role.key_usage()))
+}
+
+/// `CN=…` of the subject, or `no CN`.
+pub fn subject_cn(cert: &X509Ref) -> String {
     cert.subject_name()
         .entries_by_nid(Nid::COMMONNAME)
         .next()
@@ -303,7 +359,8 @@ fn subject_cn(cert: &X509) -> String {
         .unwrap_or_else(|| "no CN".to_owned())
 }
 
-fn usage_names(ku: X509KeyUsage) -> String {
+/// The keyUsage bits by their RFC 5280 names, comma-separated (`empty` for none).
+pub fn usage_names(ku: X509KeyUsage) -> String {
     let names = [
         (X509KeyUsage::DIGITAL_SIGNATURE, "digitalSignature"),
         (X509KeyUsage::NON_REPUDIATION, "nonRepudiation"),

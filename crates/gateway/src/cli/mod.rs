@@ -1,6 +1,7 @@
 //! The command line: one module per command group.
 
 mod api;
+mod certs;
 mod db;
 mod demo;
 mod message;
@@ -82,6 +83,10 @@ enum Command {
     /// Start two access points on this machine and exchange messages between them,
     /// showing each command: the first thing to run.
     Demo(demo::DemoArgs),
+    /// List and check the certificates in use: ours (configuration) and the partners'
+    /// (PModes).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 impl Cli {
@@ -121,5 +126,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Messages(cmd) => messages::run(cmd),
         Command::Status(args) => messages::run_status(args),
         Command::Demo(args) => demo::run(args),
+        Command::Certs(cmd) => certs::run(cmd),
     }
 }
