@@ -28,7 +28,10 @@ fn shared(env: &str, rel: &str, marker: &str) -> Option<PathBuf> {
     if dir.join(marker).exists() {
         return Some(dir);
     }
-    let msg = format!("{} MISSING: set {env} to the shared directory", dir.display());
+    let msg = format!(
+        "{} MISSING: set {env} to the shared directory",
+        dir.display()
+    );
     // Under CI a missing checkout must fail, never pass as green.
     if std::env::var_os("CI").is_some() {
         panic!("{msg}");
@@ -96,7 +99,11 @@ impl StandIn {
         )
         .await
         .unwrap();
-        String::from_utf8(reply.body).unwrap().trim().parse().unwrap()
+        String::from_utf8(reply.body)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -148,7 +155,11 @@ async fn signed_answers_over_http_and_the_cache_spares_the_server() {
     // Fixed times inside the EC test certificate's validity (2025-10-23 … 2027-10-23).
     let now = Arc::new(Mutex::new(at("2026-08-01T00:00:00Z")));
     let n = now.clone();
-    let c = client(&standin.base, Some(ec_test_root(&v)), Arc::new(move || *n.lock().unwrap()));
+    let c = client(
+        &standin.base,
+        Some(ec_test_root(&v)),
+        Arc::new(move || *n.lock().unwrap()),
+    );
 
     let fetched = c
         .data_services(DataServicesQuery {
@@ -220,7 +231,8 @@ async fn signed_answers_over_http_and_the_cache_spares_the_server() {
 async fn signatures_are_refused_when_untrusted_or_missing() {
     let Some((v, s)) = dirs() else { return };
     let standin = spawn_standin(&v, &s, &[]);
-    let ours = TrustAnchors::from_pem(&std::fs::read(repo().join("certs/ca.cert.pem")).unwrap()).unwrap();
+    let ours =
+        TrustAnchors::from_pem(&std::fs::read(repo().join("certs/ca.cert.pem")).unwrap()).unwrap();
     let when = at("2026-08-01T00:00:00Z");
     let c = client(&standin.base, Some(ours), Arc::new(move || when));
     match c.requirements("00", "FR").await {
@@ -231,7 +243,11 @@ async fn signatures_are_refused_when_untrusted_or_missing() {
         other => panic!("{other:?}"),
     }
     // An EDM 1.0 sample has no recorded signature: refused when signatures are required …
-    let c = client(&standin.base, Some(ec_test_root(&v)), Arc::new(move || when));
+    let c = client(
+        &standin.base,
+        Some(ec_test_root(&v)),
+        Arc::new(move || when),
+    );
     match c.requirements("R1", "DE").await {
         Err(CsError::Signature {
             source: SignatureError::Missing,
@@ -266,7 +282,11 @@ async fn dsd_user_input_flow_with_a_stand_in_signing_key() {
     );
     let anchors =
         TrustAnchors::from_pem(&std::fs::read(root.join("certs/ca.cert.pem")).unwrap()).unwrap();
-    let c = client(&standin.base, Some(anchors), Arc::new(OffsetDateTime::now_utc));
+    let c = client(
+        &standin.base,
+        Some(anchors),
+        Arc::new(OffsetDateTime::now_utc),
+    );
     let first = c
         .data_services(DataServicesQuery {
             evidence_type_classification: DE_BIRTH.into(),
@@ -293,7 +313,12 @@ async fn dsd_user_input_flow_with_a_stand_in_signing_key() {
         })
         .await
         .unwrap();
-    assert!(second.signature.as_ref().unwrap().signer.contains("varti-b"));
+    assert!(second
+        .signature
+        .as_ref()
+        .unwrap()
+        .signer
+        .contains("varti-b"));
     let providers: Vec<String> = second.answer.items[0]
         .data_services()
         .map(|d| d.provider.value.clone())
@@ -325,7 +350,10 @@ async fn a_server_that_never_answers_times_out() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(!held.lock().unwrap().is_empty(), "the request reached the server");
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the request reached the server"
+    );
 }
 
 #[tokio::test]
@@ -335,7 +363,14 @@ async fn lookup_cli_against_the_stand_in() {
     let base = standin.base.clone();
     let run = move |args: Vec<String>| {
         Command::new(env!("CARGO_BIN_EXE_varti"))
-            .args(["oots", "lookup", "--base", &base, "--insecure-http", "--tls-ca"])
+            .args([
+                "oots",
+                "lookup",
+                "--base",
+                &base,
+                "--insecure-http",
+                "--tls-ca",
+            ])
             .arg(repo().join("certs/ca.cert.pem"))
             .args(args)
             .output()
@@ -356,9 +391,17 @@ async fn lookup_cli_against_the_stand_in() {
     })
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["items"][0]["data_services"][0]["access_point"]["id"], "AP_FI_03");
+    assert_eq!(
+        json["items"][0]["data_services"][0]["access_point"]["id"],
+        "AP_FI_03"
+    );
     assert_eq!(json["items"][0]["formats"][0], "application/pdf");
 
     let out = tokio::task::spawn_blocking(move || {
@@ -375,5 +418,8 @@ async fn lookup_cli_against_the_stand_in() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("DSD:ERR:0005"), "{err}");
-    assert!(err.contains("--evidence-type-id 2af27699-f131-4411-8fdb-9e8cd4e8bded"), "{err}");
+    assert!(
+        err.contains("--evidence-type-id 2af27699-f131-4411-8fdb-9e8cd4e8bded"),
+        "{err}"
+    );
 }

@@ -27,11 +27,17 @@ fn fr(v: &Path, name: &str) -> Vec<u8> {
 }
 
 fn eb(s: &Path, name: &str) -> Vec<u8> {
-    common::read(&s.join("oots-edm-v1/xml/EB/Complete XML examples (EB)").join(name))
+    common::read(
+        &s.join("oots-edm-v1/xml/EB/Complete XML examples (EB)")
+            .join(name),
+    )
 }
 
 fn dsd(s: &Path, name: &str) -> Vec<u8> {
-    common::read(&s.join("oots-edm-v1/xml/DSD/Complete XML examples (DSD)").join(name))
+    common::read(
+        &s.join("oots-edm-v1/xml/DSD/Complete XML examples (DSD)")
+            .join(name),
+    )
 }
 
 fn en(texts: &[varti_oots::edm::sdg::LangText]) -> &str {
@@ -42,7 +48,9 @@ fn en(texts: &[varti_oots::edm::sdg::LangText]) -> &str {
         .expect("an EN text")
 }
 
-fn exception(r: Result<impl std::fmt::Debug, AnswerError>) -> varti_oots::common_services::CsException {
+fn exception(
+    r: Result<impl std::fmt::Debug, AnswerError>,
+) -> varti_oots::common_services::CsException {
     match r {
         Err(AnswerError::Exception(e)) => *e,
         other => panic!("expected an exception answer, got {other:?}"),
@@ -58,7 +66,10 @@ fn france_requirements_fr() {
     assert_eq!(a.specification.as_deref(), Some("oots-cs:v2.0"));
     assert_eq!(a.items.len(), 1);
     let r = &a.items[0];
-    assert_eq!(r.object_id.as_deref(), Some("urn:uuid:6aa3a360-fb02-4304-b2e2-5893c0f55211"));
+    assert_eq!(
+        r.object_id.as_deref(),
+        Some("urn:uuid:6aa3a360-fb02-4304-b2e2-5893c0f55211")
+    );
     assert_eq!(
         r.identifier,
         "https://sr.acc.oots.tech.ec.europa.eu/requirements/00000000-0000-0000-0000-000000000000"
@@ -67,7 +78,10 @@ fn france_requirements_fr() {
     assert_eq!(r.names[1].lang.as_deref(), Some("FI"));
     assert_eq!(r.reference_frameworks.len(), 1);
     let rf = &r.reference_frameworks[0];
-    assert_eq!(rf.identifier.as_deref(), Some("92c27c13-5c49-439b-a334-683d736a0cb7"));
+    assert_eq!(
+        rf.identifier.as_deref(),
+        Some("92c27c13-5c49-439b-a334-683d736a0cb7")
+    );
     assert_eq!(en(&rf.titles), "Test - FR - MS Procedure");
     assert_eq!(rf.related_to, ["00"]);
     assert_eq!(rf.jurisdictions[0].country.as_deref(), Some("FR"));
@@ -80,12 +94,18 @@ fn france_requirements_catalogue() {
     let a = parse_requirements(&fr(&v, "eb_requirements_catalogue.xml")).unwrap();
     assert_eq!(a.items.len(), 53);
     let first = &a.items[0];
-    assert_eq!(first.object_id.as_deref(), Some("urn:uuid:82c31ee4-5ea1-4e79-add0-68ba34f9df84"));
+    assert_eq!(
+        first.object_id.as_deref(),
+        Some("urn:uuid:82c31ee4-5ea1-4e79-add0-68ba34f9df84")
+    );
     assert_eq!(
         first.identifier,
         "https://sr.acc.oots.tech.ec.europa.eu/requirements/528adc38-092d-40ce-a3af-d838ec06a349"
     );
-    assert_eq!(en(&first.names), "Proof of residence (all registered addresses)");
+    assert_eq!(
+        en(&first.names),
+        "Proof of residence (all registered addresses)"
+    );
     assert_eq!(
         a.items.last().unwrap().identifier,
         "https://sr.acc.oots.tech.ec.europa.eu/requirements/246ef20a-e0da-4890-aa9f-99591895ba82"
@@ -154,7 +174,10 @@ fn france_data_services_fi() {
     assert_eq!(a.specification.as_deref(), Some("oots-cs:v2.0"));
     assert_eq!(a.items.len(), 1);
     let t = &a.items[0];
-    assert_eq!(t.object_id.as_deref(), Some("urn:uuid:7c971e8b-ec04-4968-82c2-e6fb66959ac1"));
+    assert_eq!(
+        t.object_id.as_deref(),
+        Some("urn:uuid:7c971e8b-ec04-4968-82c2-e6fb66959ac1")
+    );
     assert_eq!(t.identifier, "41170824-15d9-4c16-984e-63b75b937b8c");
     assert_eq!(
         t.classification,
@@ -184,7 +207,12 @@ fn france_data_services_fi() {
     assert_eq!(en(&a0.names), "Finland OOTS DEV TDD 2.0.0");
     assert_eq!(a0.publisher.country.as_deref(), Some("FI"));
     assert_eq!(
-        a0.publisher.jurisdiction.as_ref().unwrap().country.as_deref(),
+        a0.publisher
+            .jurisdiction
+            .as_ref()
+            .unwrap()
+            .country
+            .as_deref(),
         Some("FI")
     );
 }
@@ -194,7 +222,10 @@ fn france_empty_answers_are_typed_not_found_exceptions() {
     let Some(v) = common::vectors() else { return };
     let e = exception(parse_requirements(&fr(&v, "eb_requirements_vides.xml")));
     assert_eq!(e.code.as_deref(), Some("EB:ERR:0001"));
-    assert_eq!(e.exception_type.as_deref(), Some("ObjectNotFoundExceptionType"));
+    assert_eq!(
+        e.exception_type.as_deref(),
+        Some("ObjectNotFoundExceptionType")
+    );
     assert_eq!(e.detail.as_deref(), Some("EMPTY_RESULT"));
     assert_eq!(e.message.as_deref(), Some("The result set is empty"));
     assert!(e.is_empty_result() && !e.needs_user_input());
@@ -321,7 +352,11 @@ fn edm1_eb_errors() {
 #[test]
 fn edm1_dsd_birth_certificate_two_providers_with_classifications() {
     let Some(s) = common::specs() else { return };
-    let a = parse_data_services(&dsd(&s, "4.3. Query Response of the DSD - Birth Certificate.xml")).unwrap();
+    let a = parse_data_services(&dsd(
+        &s,
+        "4.3. Query Response of the DSD - Birth Certificate.xml",
+    ))
+    .unwrap();
     assert_eq!(a.items.len(), 1);
     let t = &a.items[0];
     assert_eq!(t.identifier, "2af27699-f131-4411-8fdb-9e8cd4e8bded");
@@ -331,7 +366,10 @@ fn edm1_dsd_birth_certificate_two_providers_with_classifications() {
     );
     assert_eq!(en(&t.titles), "Certificate of Birth");
     let formats: Vec<&str> = t.distributions.iter().map(|d| d.format.as_str()).collect();
-    assert_eq!(formats, ["application/xml", "application/xml", "application/pdf"]);
+    assert_eq!(
+        formats,
+        ["application/xml", "application/xml", "application/pdf"]
+    );
     assert_eq!(
         t.distributions[1].transformation.as_deref(),
         Some("https://sr.oots.tech.europa.eu/distributions/certificate-of-birth-1.0.0/age-of-majority")
@@ -346,7 +384,10 @@ fn edm1_dsd_birth_certificate_two_providers_with_classifications() {
     assert_eq!(jd.level.as_deref(), Some("LAU"));
     assert_eq!(en(&jd.contexts), "Place Of Birth");
     assert_eq!(t.provider_classifications.len(), 1);
-    assert_eq!(t.provider_classifications[0].identifier, "b07146b6-1468-41a7-a10f-ee2a61429dbc");
+    assert_eq!(
+        t.provider_classifications[0].identifier,
+        "b07146b6-1468-41a7-a10f-ee2a61429dbc"
+    );
 
     let services: Vec<_> = t.data_services().collect();
     assert_eq!(services.len(), 2);
@@ -360,14 +401,23 @@ fn edm1_dsd_birth_certificate_two_providers_with_classifications() {
         services[0].provider.scheme_id.as_deref(),
         Some("urn:cef.eu:names:identifier:EAS:9930")
     );
-    assert_eq!(services[0].provider_name, Some("Civil Registration Office Berlin I"));
+    assert_eq!(
+        services[0].provider_name,
+        Some("Civil Registration Office Berlin I")
+    );
     assert_eq!(services[0].edm_versions, ["oots-edm:v1.0"]);
     assert_eq!(services[1].provider.value, "02-CivilRegistration-66");
     let berlin = &t.access_services[0].publisher;
-    assert_eq!(berlin.jurisdiction.as_ref().unwrap().level3.as_deref(), Some("11000000"));
+    assert_eq!(
+        berlin.jurisdiction.as_ref().unwrap().level3.as_deref(),
+        Some("11000000")
+    );
     assert_eq!(
         berlin.classification_concepts[0].supported_values,
-        ["ApplicantHasNeverBeenResidentInGermany", "ApplicantHasBeenResidentInGermany"]
+        [
+            "ApplicantHasNeverBeenResidentInGermany",
+            "ApplicantHasBeenResidentInGermany"
+        ]
     );
     let hamburg = &t.access_services[1].publisher;
     assert_eq!(
@@ -403,10 +453,15 @@ fn edm1_dsd_other_answers() {
         assert_eq!(a.items.len(), 1, "{file}");
         let t = &a.items[0];
         assert_eq!(t.identifier, id, "{file}");
-        let aps: Vec<&str> = t.data_services().map(|d| d.access_point.value.as_str()).collect();
+        let aps: Vec<&str> = t
+            .data_services()
+            .map(|d| d.access_point.value.as_str())
+            .collect();
         assert_eq!(aps, access_points, "{file}");
         assert_eq!(t.data_services().count(), providers, "{file}");
-        assert!(t.data_services().all(|d| !d.provider.value.is_empty() && d.provider.scheme_id.is_some()));
+        assert!(t
+            .data_services()
+            .all(|d| !d.provider.value.is_empty() && d.provider.scheme_id.is_some()));
         assert!(!t.distributions.is_empty(), "{file}");
     }
 }
@@ -451,7 +506,10 @@ fn edm1_dsd_errors_and_additional_input() {
     assert_eq!(jd.context_id, "5ce148b9-5578-4049-aecf-af7bb55714b5");
     assert_eq!(jd.level.as_deref(), Some("LAU"));
     assert_eq!(input.classifications.len(), 1);
-    assert_eq!(input.classifications[0].identifier, "b07146b6-1468-41a7-a10f-ee2a61429dbc");
+    assert_eq!(
+        input.classifications[0].identifier,
+        "b07146b6-1468-41a7-a10f-ee2a61429dbc"
+    );
     assert_eq!(
         input.classifications[0].value_expression.as_deref(),
         Some("https://sr.oots.tech.europa.eu/ep-classification/de/countryresidence")
@@ -530,7 +588,10 @@ fn edm1_every_eb_and_dsd_file_is_read() {
             Err(other) => panic!("{}: {other}", f.display()),
         }
     }
-    eprintln!("{} files: {items} items, {exceptions} exceptions, {fragments} fragments", files.len());
+    eprintln!(
+        "{} files: {items} items, {exceptions} exceptions, {fragments} fragments",
+        files.len()
+    );
     assert!(items >= 20 && exceptions >= 15 && fragments >= 15);
 }
 
@@ -560,10 +621,16 @@ fn headers_of(v: &Path, name: &str) -> Vec<(String, String)> {
 /// The EC test root, taken from the recorded chain (x5c[2]), as a deployment would
 /// configure it.
 fn ec_test_root(headers: &[(String, String)]) -> TrustAnchors {
-    let jws = &headers.iter().find(|(n, _)| n == "oots-response-sig").unwrap().1;
+    let jws = &headers
+        .iter()
+        .find(|(n, _)| n == "oots-response-sig")
+        .unwrap()
+        .1;
     let protected = jws.split('.').next().unwrap();
     let json: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(protected).unwrap(),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(protected)
+            .unwrap(),
     )
     .unwrap();
     let der = base64::engine::general_purpose::STANDARD
@@ -632,8 +699,7 @@ fn tampered_or_untrusted_answers_are_refused() {
         if n == "digest" {
             *val = format!(
                 "SHA-256={}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(openssl::sha::sha256(&altered))
+                base64::engine::general_purpose::STANDARD.encode(openssl::sha::sha256(&altered))
             );
         }
     }
@@ -656,7 +722,11 @@ fn tampered_or_untrusted_answers_are_refused() {
     }
 
     // No signature header at all.
-    let unsigned: Vec<_> = h.iter().filter(|(n, _)| n != "oots-response-sig").cloned().collect();
+    let unsigned: Vec<_> = h
+        .iter()
+        .filter(|(n, _)| n != "oots-response-sig")
+        .cloned()
+        .collect();
     assert_eq!(
         verify_response(&unsigned, &body, &anchors, when),
         Err(SignatureError::Missing)
@@ -680,11 +750,17 @@ fn self_signed(cn: &str) -> (PKey<openssl::pkey::Private>, X509) {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    let serial = openssl::bn::BigNum::from_u32(7).unwrap().to_asn1_integer().unwrap();
+    let serial = openssl::bn::BigNum::from_u32(7)
+        .unwrap()
+        .to_asn1_integer()
+        .unwrap();
     b.set_serial_number(&serial).unwrap();
-    b.set_not_before(&openssl::asn1::Asn1Time::from_unix(1_700_000_000).unwrap()).unwrap();
-    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(2_000_000_000).unwrap()).unwrap();
-    b.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::from_unix(1_700_000_000).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(2_000_000_000).unwrap())
+        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
     (key, b.build())
 }
 
@@ -709,7 +785,12 @@ fn own_signatures_round_trip_and_tampering_is_refused() {
         Err(SignatureError::Untrusted(_))
     ));
     // A signature whose sigD names a header the answer lacks.
-    let jws = headers.iter().find(|(n, _)| n == "oots-response-sig").unwrap().1.clone();
+    let jws = headers
+        .iter()
+        .find(|(n, _)| n == "oots-response-sig")
+        .unwrap()
+        .1
+        .clone();
     assert!(matches!(
         verify_response(&[("oots-response-sig".into(), jws)], &body, &anchors, when),
         Err(SignatureError::MissingSignedHeader(h)) if h == "digest"
@@ -720,16 +801,20 @@ fn own_signatures_round_trip_and_tampering_is_refused() {
 
 #[test]
 fn standin_table_samples_exist_and_parse() {
-    let (Some(v), Some(s)) = (common::vectors(), common::specs()) else { return };
+    let (Some(v), Some(s)) = (common::vectors(), common::specs()) else {
+        return;
+    };
     let standin = StandIn::new(&v, &s);
     standin.check().unwrap();
     for r in ROUTES {
         let bytes = common::read(&standin.path_of(r.sample));
         let readable = if r.query_id.contains(":dsd:") {
-            parse_data_services(&bytes).map(|_| ()).or_else(|e| match e {
-                AnswerError::Exception(_) => Ok(()),
-                e => Err(e),
-            })
+            parse_data_services(&bytes)
+                .map(|_| ())
+                .or_else(|e| match e {
+                    AnswerError::Exception(_) => Ok(()),
+                    e => Err(e),
+                })
         } else {
             parse_requirements(&bytes).map(|_| ()).or_else(|e| match e {
                 AnswerError::Exception(_) => Ok(()),
@@ -769,7 +854,9 @@ fn standin_routes_by_parameters() {
 
 #[test]
 fn standin_replays_recorded_signatures_and_signs_when_given_a_key() {
-    let (Some(v), Some(s)) = (common::vectors(), common::specs()) else { return };
+    let (Some(v), Some(s)) = (common::vectors(), common::specs()) else {
+        return;
+    };
     let standin = StandIn::new(&v, &s);
     let when = at("2026-08-01T00:00:00Z");
     let qs = Query::DataServices(DataServicesQuery {
@@ -787,19 +874,31 @@ fn standin_replays_recorded_signatures_and_signs_when_given_a_key() {
     // An EDM 1.0 sample has no recorded signature; with a key the stand-in signs it.
     let qs = "queryId=urn:fdc:oots:eb:ebxml-regrep:queries:requirements-by-procedure-and-jurisdiction&procedure-id=R1&country-code=DE";
     let unsigned = standin.answer("/rest/search", qs, when);
-    assert!(!unsigned.headers.iter().any(|(n, _)| n == "oots-response-sig"));
+    assert!(!unsigned
+        .headers
+        .iter()
+        .any(|(n, _)| n == "oots-response-sig"));
     let (key, cert) = self_signed("stand-in");
     let signed = StandIn::new(&v, &s)
         .with_signer(ResponseSigner::new(key, vec![cert.clone()]).unwrap())
         .answer("/rest/search", qs, when);
     assert_eq!(signed.body, unsigned.body);
-    verify_response(&signed.headers, &signed.body, &TrustAnchors::new(vec![cert]), when).unwrap();
+    verify_response(
+        &signed.headers,
+        &signed.body,
+        &TrustAnchors::new(vec![cert]),
+        when,
+    )
+    .unwrap();
 
     // Not a query: 400 with a RegRep exception; another path: 404.
     let bad = standin.answer("/rest/search", "queryId=urn:nope", when);
     assert_eq!(bad.status, 400);
     let e = exception(parse_requirements(&bad.body));
-    assert_eq!(e.exception_type.as_deref(), Some("InvalidRequestExceptionType"));
+    assert_eq!(
+        e.exception_type.as_deref(),
+        Some("InvalidRequestExceptionType")
+    );
     assert!(e.detail.unwrap().contains("urn:nope"));
     assert_eq!(standin.answer("/other", "", when).status, 404);
 }

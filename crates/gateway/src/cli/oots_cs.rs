@@ -368,7 +368,8 @@ pub fn standin(args: StandinArgs) -> anyhow::Result<ExitCode> {
         return cannot(e);
     }
     if let (Some(k), Some(c)) = (&args.sign_key, &args.sign_cert) {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let signer = match read(k)
             .and_then(|key| Ok((key, read(c)?)))
             .and_then(|(key, cert)| ResponseSigner::from_pem(&key, &cert))
@@ -400,7 +401,11 @@ pub fn standin(args: StandinArgs) -> anyhow::Result<ExitCode> {
             stop.cancel();
         });
         listener
-            .serve(Arc::new(StandInRoutes::new(s)), shutdown, Duration::from_secs(2))
+            .serve(
+                Arc::new(StandInRoutes::new(s)),
+                shutdown,
+                Duration::from_secs(2),
+            )
             .await;
         Ok(ExitCode::SUCCESS)
     })

@@ -68,7 +68,10 @@ impl CsException {
     /// Whether this is the "nothing found" answer (`EB:ERR:0001` empty requirement list,
     /// `DSD:ERR:0001` no data service): an ordinary, empty result rather than a failure.
     pub fn is_empty_result(&self) -> bool {
-        matches!(self.code.as_deref(), Some("EB:ERR:0001") | Some("DSD:ERR:0001"))
+        matches!(
+            self.code.as_deref(),
+            Some("EB:ERR:0001") | Some("DSD:ERR:0001")
+        )
     }
 
     /// Whether the DSD asks for additional user input (`DSD:ERR:0005`); the query is to be
@@ -90,21 +93,24 @@ impl CsException {
             .and_then(|el| DataServiceEvidenceType::from_element(el, None).ok());
         let jurisdiction = any("JurisdictionDetermination")
             .into_iter()
-            .find(|el| el.name.is(NS_SDG, "EvidenceProviderJurisdictionDetermination"))
+            .find(|el| {
+                el.name
+                    .is(NS_SDG, "EvidenceProviderJurisdictionDetermination")
+            })
             .map(JurisdictionDetermination::from_element);
-        let classifications: Vec<ClassificationConcept> = any("UserRequestedClassificationConcepts")
-            .into_iter()
-            .filter(|el| el.name.is(NS_SDG, "EvidenceProviderClassification"))
-            .map(ClassificationConcept::from_element)
-            .collect();
-        let additional_input = (evidence_type.is_some()
-            || jurisdiction.is_some()
-            || !classifications.is_empty())
-        .then_some(AdditionalInput {
-            evidence_type,
-            jurisdiction,
-            classifications,
-        });
+        let classifications: Vec<ClassificationConcept> =
+            any("UserRequestedClassificationConcepts")
+                .into_iter()
+                .filter(|el| el.name.is(NS_SDG, "EvidenceProviderClassification"))
+                .map(ClassificationConcept::from_element)
+                .collect();
+        let additional_input =
+            (evidence_type.is_some() || jurisdiction.is_some() || !classifications.is_empty())
+                .then_some(AdditionalInput {
+                    evidence_type,
+                    jurisdiction,
+                    classifications,
+                });
         CsException {
             exception_type: e.exception_type.as_ref().map(|t| t.local.clone()),
             code: e.code.clone(),
@@ -462,9 +468,15 @@ impl DataServiceEvidenceType {
                     "an sdg:AccessService of evidence type {identifier} lacks its sdg:Identifier or sdg:Publisher"
                 ));
             };
-            let pid = p.child(NS_SDG, "Identifier").map(Identifier::read).ok_or_else(|| {
-                format!("the sdg:Publisher of access service {} has no sdg:Identifier", id.value)
-            })?;
+            let pid = p
+                .child(NS_SDG, "Identifier")
+                .map(Identifier::read)
+                .ok_or_else(|| {
+                    format!(
+                        "the sdg:Publisher of access service {} has no sdg:Identifier",
+                        id.value
+                    )
+                })?;
             access_services.push(AccessService {
                 identifier: id,
                 names: lang_texts(a, "Name"),

@@ -459,7 +459,9 @@ mod tests {
         let (fake, c) = client(502, "<html>Bad gateway</html>", Arc::new(move || t0));
         for _ in 0..2 {
             match ready(c.requirements("R1", "LV")) {
-                Err(CsError::Status { status, excerpt, .. }) => {
+                Err(CsError::Status {
+                    status, excerpt, ..
+                }) => {
                     assert_eq!(status, 502);
                     assert!(excerpt.contains("Bad gateway"));
                 }

@@ -156,7 +156,10 @@ impl Query {
                 p.push(("country-code", country_code));
             }
             Query::DataServices(q) => {
-                p.push(("evidence-type-classification", &q.evidence_type_classification));
+                p.push((
+                    "evidence-type-classification",
+                    &q.evidence_type_classification,
+                ));
                 p.push(("country-code", &q.country_code));
                 for (name, value) in [
                     ("specification", &q.specification),
@@ -275,7 +278,12 @@ impl Query {
 /// `<cc>.<eb|dsd>.v<major>.cs.<acc|prod>.oots.tech.ec.europa.eu`). Varti does not resolve
 /// it (no NAPTR-capable resolver is in its dependency set); a deployment resolves it
 /// once, or reads the operator's documentation, and configures the base URL.
-pub fn discovery_name(country_code: &str, service: Service, major: u32, production: bool) -> String {
+pub fn discovery_name(
+    country_code: &str,
+    service: Service,
+    major: u32,
+    production: bool,
+) -> String {
     format!(
         "{}.{}.v{major}.cs.{}.oots.tech.ec.europa.eu",
         country_code.to_ascii_lowercase(),
@@ -317,10 +325,14 @@ mod tests {
             )],
         });
         let url = q.url("https://dsd.example/query/dsd");
-        assert!(url.starts_with("https://dsd.example/query/dsd/rest/search?queryId=urn:fdc:oots:dsd:"));
+        assert!(
+            url.starts_with("https://dsd.example/query/dsd/rest/search?queryId=urn:fdc:oots:dsd:")
+        );
         assert!(url.contains("&evidence-type-classification=https://sr.oots.tech.europa.eu/evidencetypeclassifications/DE/ca8afed6"));
         assert!(url.contains("&jurisdiction-admin-l3=11000000"));
-        assert!(url.contains("b07146b6-1468-41a7-a10f-ee2a61429dbc=Applicant%20Has%20%26%20Been%3DResident"));
+        assert!(url.contains(
+            "b07146b6-1468-41a7-a10f-ee2a61429dbc=Applicant%20Has%20%26%20Been%3DResident"
+        ));
         let qs = url.split_once('?').unwrap().1;
         assert_eq!(Query::from_query_string(qs).unwrap(), q);
     }

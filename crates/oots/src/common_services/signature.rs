@@ -274,14 +274,20 @@ pub fn verify_response(
     let jws = match header_values(headers, SIGNATURE_HEADER).as_slice() {
         [] => return Err(SignatureError::Missing),
         [one] => *one,
-        _ => return Err(malformed(format!("more than one {SIGNATURE_HEADER} header"))),
+        _ => {
+            return Err(malformed(format!(
+                "more than one {SIGNATURE_HEADER} header"
+            )))
+        }
     };
     let parts: Vec<&str> = jws.split('.').collect();
     let [protected_b64, payload, sig_b64] = parts.as_slice() else {
         return Err(malformed("not three dot-separated parts"));
     };
     if !payload.is_empty() {
-        return Err(malformed("the payload part is not empty (not a detached signature)"));
+        return Err(malformed(
+            "the payload part is not empty (not a detached signature)",
+        ));
     }
     let protected: Map<String, Value> = serde_json::from_slice(&b64url(protected_b64)?)
         .map_err(|e| malformed(format!("the protected header is not a JSON object: {e}")))?;
@@ -291,7 +297,9 @@ pub fn verify_response(
         .ok_or_else(|| malformed("no `alg`"))?
         .to_owned();
     if digest_for(&alg).is_none() {
-        return Err(SignatureError::Unsupported(format!("the algorithm `{alg}`")));
+        return Err(SignatureError::Unsupported(format!(
+            "the algorithm `{alg}`"
+        )));
     }
     // RFC 7515 §4.1.11: every critical parameter must be understood.
     if let Some(crit) = protected.get("crit") {

@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use super::client::HttpReply;
-use super::query::{
-    Query, Service, QUERY_DATA_SERVICES, QUERY_EVIDENCE_TYPES, QUERY_REQUIREMENTS,
-};
+use super::query::{Query, Service, QUERY_DATA_SERVICES, QUERY_EVIDENCE_TYPES, QUERY_REQUIREMENTS};
 use super::signature::ResponseSigner;
 
 /// Where a sample lives.
@@ -320,11 +318,16 @@ impl StandIn {
     /// another path, 400 with a RegRep exception for a query that is none of the three.
     pub fn answer(&self, path: &str, query: &str, now: OffsetDateTime) -> HttpReply {
         if !path.ends_with("/rest/search") {
-            return plain(404, "not found: the stand-in answers GET …/rest/search?queryId=…");
+            return plain(
+                404,
+                "not found: the stand-in answers GET …/rest/search?queryId=…",
+            );
         }
         let q = match Query::from_query_string(query) {
             Ok(q) => q,
-            Err(e) => return self.finish(400, invalid_request(&e.to_string()).into_bytes(), None, now),
+            Err(e) => {
+                return self.finish(400, invalid_request(&e.to_string()).into_bytes(), None, now)
+            }
         };
         let sample = route(&q);
         let file = self.path_of(sample);
@@ -333,7 +336,10 @@ impl StandIn {
             Err(e) => {
                 return plain(
                     500,
-                    &format!("the stand-in cannot read its sample {}: {e}", file.display()),
+                    &format!(
+                        "the stand-in cannot read its sample {}: {e}",
+                        file.display()
+                    ),
                 )
             }
         };
