@@ -106,14 +106,14 @@ fn outbound(id: &str) -> NewOutbound {
 }
 
 /// Two claimers per instance drain the queue at `now`; returns (holder, id) pairs.
-fn drain(stores: [&PgStore; 2], now: OffsetDateTime) -> Vec<(String, String)> {
+fn drain(stores: [&PgStore; 2], now: OffsetDateTime, round: &str) -> Vec<(String, String)> {
     let barrier = Barrier::new(4);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|i| {
                 let (store, barrier) = (stores[i % 2], &barrier);
                 s.spawn(move || {
-                    let holder = format!("instance-{}-worker-{}", i % 2, i / 2);
+                    let holder = format!("instance-{}-worker-{}-{round}", i % 2, i / 2);
                     barrier.wait();
                     let mut mine = Vec::new();
                     loop {
@@ -148,7 +148,7 @@ fn two_instances_never_claim_the_same_message_while_leased() {
             .unwrap();
     }
 
-    let first = drain([&a, &b], at(1));
+    let first = drain([&a, &b], at(1), "first");
     let ids: HashSet<&String> = first.iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), first.len(), "a message was claimed twice");
     assert_eq!(ids.len(), MESSAGES, "every due message was claimed");
@@ -161,7 +161,9 @@ fn two_instances_never_claim_the_same_message_while_leased() {
 
     // Every lease expires (all their holders "died"): the takeover hands each message to
     // exactly one new holder, and the old holder can no longer record a retry.
-    let second = drain([&b, &a], at(31));
+    // New holder names: a worker that re-takes its own message must still count as a
+    // new holder (the old lease is gone).
+    let second = drain([&b, &a], at(31), "second");
     let retaken: HashSet<&String> = second.iter().map(|(_, id)| id).collect();
     assert_eq!(
         retaken.len(),
