@@ -25,8 +25,12 @@
 //! it now needs (index keys are a pure function of the record). sled transactions are
 //! serializable, which gives the atomic duplicate check and the state compare-and-set.
 //!
-//! sled flushes its log only every 500 ms by default, so every mutating method calls
-//! `flush()` before it returns (the crate's durability contract).
+//! sled flushes its log only every 500 ms by default, so every mutating method waits for a
+//! `flush()` (an fsync) before it returns (the crate's durability contract). Concurrent
+//! callers share those flushes (group commit, see [`GroupCommit`]): one flush that starts
+//! after a write makes it durable, so the callers that wrote while a flush was running are
+//! all covered by the next one. An fsync costs milliseconds; sharing it is what lets many
+//! messages per second be stored durably.
 
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::{validate_id, MessageRecord};
@@ -40,6 +44,7 @@ use sled::transaction::{
 };
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -65,6 +70,8 @@ pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     payloads: FilePayloadStore,
+    /// Shares flushes between concurrent callers; `None`: each call flushes on its own.
+    group_commit: Option<GroupCommit>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -88,7 +95,18 @@ enum Write {
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let dir = dir.as_ref();
+        Self::open_with(dir.as_ref(), true)
+    }
+
+    /// Opens the store like [`SledStore::open`], but every mutating call runs its own flush
+    /// instead of sharing one with concurrent callers: the behaviour before group commit,
+    /// much slower under concurrency. It exists to measure against
+    /// (`examples/store_bench.rs`); there is no other reason to use it.
+    pub fn open_without_group_commit(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir.as_ref(), false)
+    }
+
+    fn open_with(dir: &Path, group_commit: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
         let db = sled::Config::new()
@@ -110,6 +128,7 @@ impl SledStore {
             db,
             trees,
             payloads,
+            group_commit: group_commit.then(GroupCommit::default),
         })
     }
 
@@ -118,9 +137,14 @@ impl SledStore {
         &self.payloads
     }
 
-    /// Makes everything written so far durable.
+    /// Returns once everything this caller wrote so far is durable: a flush that started
+    /// after its writes has completed (shared with concurrent callers).
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(db_error)
+        let flush = || self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        match &self.group_commit {
+            Some(group) => group.sync(flush),
+            None => flush().map_err(|e| StoreError::Database(format!("sled: {e}"))),
+        }
     }
 
     /// Runs `change` on the record `id` (or `None`) in a transaction, writes what it decides
@@ -517,6 +541,108 @@ impl Store for SledStore {
     }
 }
 
+/// Group commit: concurrent callers that need their writes durable share fsyncs.
+///
+/// sled's `flush()` makes durable everything written before it was called. A caller whose
+/// write is applied therefore needs a flush that *started after* the write. Flushes are
+/// numbered; the caller notes the number the next flush will get, then either runs that
+/// flush itself (when none is running) or waits. Callers arriving while a flush runs all
+/// wait for the next one, which one of them runs for everybody: N concurrent writers cost
+/// one fsync per round instead of N, and nobody returns before its write is on disk.
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<FlushState>,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// The number of the latest flush started (flushes run one at a time, numbered from 1).
+    started: u64,
+    /// The number of the latest flush finished, whether it succeeded or not.
+    finished: u64,
+    /// The number of the latest flush that succeeded.
+    succeeded: u64,
+    /// Whether a flush is running now.
+    running: bool,
+    /// Why the latest failed flush failed.
+    last_error: Option<String>,
+}
+
+impl GroupCommit {
+    /// Returns once a `flush` that started after this call has succeeded (running it here
+    /// when no flush is running), or with the error of the flush that should have covered
+    /// this caller.
+    fn sync(&self, flush: impl FnOnce() -> Result<(), String>) -> Result<(), StoreError> {
+        let mut flush = Some(flush);
+        let mut state = self.lock();
+        // The caller's write is applied: the next flush to start covers it.
+        let needed = state.started + 1;
+        loop {
+            if state.succeeded >= needed {
+                return Ok(());
+            }
+            if state.finished >= needed {
+                // The flush that covered this write failed (and none since succeeded).
+                let why = state.last_error.clone().unwrap_or_default();
+                return Err(StoreError::Database(format!(
+                    "sled: cannot make the write durable: {why}"
+                )));
+            }
+            if state.running {
+                state = self
+                    .finished
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Nobody is flushing: this caller flushes for everyone waiting. The flush that
+            // covers it is the next one, so it always has its closure left here.
+            let Some(flush) = flush.take() else {
+                unreachable!("a caller runs at most the one flush it needs");
+            };
+            state.running = true;
+            state.started += 1;
+            let mut round = FlushRound {
+                commit: self,
+                number: state.started,
+                result: None,
+            };
+            drop(state);
+            round.result = Some(flush());
+            drop(round);
+            state = self.lock();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FlushState> {
+        // The lock is never held across a call that could panic; recover anyway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One running flush; dropping it publishes its result (also when the flush panicked, so
+/// that waiting callers are not left waiting forever).
+struct FlushRound<'a> {
+    commit: &'a GroupCommit,
+    number: u64,
+    result: Option<Result<(), String>>,
+}
+
+impl Drop for FlushRound<'_> {
+    fn drop(&mut self) {
+        let mut state = self.commit.lock();
+        state.running = false;
+        state.finished = self.number;
+        match self.result.take() {
+            Some(Ok(())) => state.succeeded = self.number,
+            Some(Err(why)) => state.last_error = Some(why),
+            None => state.last_error = Some("the flush panicked".to_owned()),
+        }
+        self.commit.finished.notify_all();
+    }
+}
+
 /// A transaction-body error: a storage failure (retryable by sled) or a store error (abort).
 enum TxError {
     Storage(sled::transaction::UnabortableTransactionError),
@@ -638,6 +764,91 @@ fn not_found(message_id: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+    /// A stand-in for sled: a write bumps `written`; a flush makes durable what had been
+    /// written when it started, after a pause (the fsync).
+    #[derive(Default)]
+    struct FakeDisk {
+        written: AtomicU64,
+        durable: AtomicU64,
+        flushes: AtomicU64,
+    }
+
+    impl FakeDisk {
+        fn write_and_sync(&self, group: &GroupCommit) {
+            let mine = self.written.fetch_add(1, SeqCst) + 1;
+            group
+                .sync(|| {
+                    let covers = self.written.load(SeqCst);
+                    std::thread::sleep(Duration::from_millis(2));
+                    self.durable.fetch_max(covers, SeqCst);
+                    self.flushes.fetch_add(1, SeqCst);
+                    Ok(())
+                })
+                .unwrap();
+            assert!(
+                self.durable.load(SeqCst) >= mine,
+                "sync returned before write {mine} was flushed"
+            );
+        }
+    }
+
+    #[test]
+    fn group_commit_returns_after_a_flush_that_started_after_the_write() {
+        let group = GroupCommit::default();
+        let disk = FakeDisk::default();
+        const THREADS: u64 = 16;
+        const WRITES: u64 = 40;
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for _ in 0..WRITES {
+                        disk.write_and_sync(&group);
+                    }
+                });
+            }
+        });
+        let flushes = disk.flushes.load(SeqCst);
+        assert!(
+            flushes <= THREADS * WRITES / 2,
+            "{flushes} flushes for {} writes: concurrent callers did not share them",
+            THREADS * WRITES
+        );
+    }
+
+    #[test]
+    fn group_commit_alone_flushes_once_per_call() {
+        let group = GroupCommit::default();
+        let disk = FakeDisk::default();
+        for _ in 0..5 {
+            disk.write_and_sync(&group);
+        }
+        assert_eq!(disk.flushes.load(SeqCst), 5);
+    }
+
+    #[test]
+    fn a_failed_flush_fails_its_callers_and_the_next_one_recovers() {
+        let group = GroupCommit::default();
+        let err = group.sync(|| Err("disk on fire".into())).unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        group.sync(|| Ok(())).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_flush_leaves_nobody_waiting() {
+        let group = std::sync::Arc::new(GroupCommit::default());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            group.sync(|| panic!("flush panicked on purpose"))
+        }));
+        assert!(result.is_err());
+        // Would wait forever if the panicked flush still counted as running.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = group.clone();
+        std::thread::spawn(move || tx.send(other.sync(|| Ok(())).is_ok()));
+        let answered = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(answered, Ok(true), "the next caller was left waiting");
+    }
 
     #[test]
     fn timestamp_keys_sort_in_time_order() {
