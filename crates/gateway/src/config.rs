@@ -80,6 +80,8 @@ pub struct Config {
     pub sender: SenderConfig,
     /// The backend API (procedure portals, evidence providers) and its webhooks.
     pub backend: BackendConfig,
+    /// The preview space (OOTS: citizens see evidence before it is sent).
+    pub preview: crate::preview::PreviewConfig,
 }
 
 /// This access point's own party and keys (the partners' certificates come from the PModes).
@@ -307,6 +309,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             sender: SenderConfig::default(),
             backend: BackendConfig::default(),
+            preview: crate::preview::PreviewConfig::default(),
         }
     }
 }
@@ -467,6 +470,12 @@ impl Config {
         fix(&mut self.identity.encryption_key);
         fix(&mut self.identity.encryption_cert);
         self.identity.trust_anchors.iter_mut().for_each(fix);
+        if let Some(p) = self.preview.oidc.client_secret_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.preview.oidc.ca_file.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks values that parse but cannot work together.

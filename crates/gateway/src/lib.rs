@@ -17,5 +17,6 @@ pub mod common_services;
 pub mod config;
 pub mod ops;
 pub mod pair;
+pub mod preview;
 pub mod server;
 pub mod webhooks;

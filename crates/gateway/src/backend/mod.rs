@@ -16,6 +16,8 @@
 //! | `GET /status` | party, instance, message counts by state |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (no authentication) |
 //! | `POST /admin/purge` | admin clients: apply the retention now |
+//! | `POST /previews` | open a preview of evidence files for a citizen (see [`crate::preview::api`]) |
+//! | `GET /previews/{id}` | a preview's state (`?wait=SECONDS` holds the answer until it changes) |
 //!
 //! # Authentication and isolation
 //!
@@ -53,6 +55,7 @@ use varti_store::StoreError;
 
 use crate::access_point::AccessPoint;
 use crate::config::BackendClient;
+use crate::preview::PreviewSpace;
 use crate::server::http::full;
 use crate::server::{Body, PeerInfo, RouteFuture, Routes};
 
@@ -75,6 +78,8 @@ enum Op {
     Status,
     OpenApi,
     Purge,
+    PreviewOpen,
+    PreviewShow,
 }
 
 /// One entry of the routing table.
@@ -103,6 +108,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/status", Op::Status),
     route("GET", "/openapi.json", Op::OpenApi),
     route("POST", "/admin/purge", Op::Purge),
+    route("POST", "/previews", Op::PreviewOpen),
+    route("GET", "/previews/{id}", Op::PreviewShow),
 ];
 
 /// An API error: status, what is wrong, what to do.
@@ -230,13 +237,24 @@ impl Client {
 pub struct BackendRoutes {
     ap: Arc<AccessPoint>,
     clients: Vec<Client>,
+    preview: Option<Arc<PreviewSpace>>,
 }
 
 impl BackendRoutes {
     /// Routes over the running access point; its `backend.clients` may authenticate.
     pub fn new(ap: Arc<AccessPoint>) -> BackendRoutes {
         let clients = ap.config.backend.clients.iter().map(client_of).collect();
-        BackendRoutes { ap, clients }
+        BackendRoutes {
+            ap,
+            clients,
+            preview: None,
+        }
+    }
+
+    /// Serves the preview routes over `preview` (without it they answer 404 "not enabled").
+    pub fn with_preview(mut self, preview: Option<Arc<PreviewSpace>>) -> BackendRoutes {
+        self.preview = preview;
+        self
     }
 
     /// The client whose token the request carries.
@@ -402,6 +420,7 @@ impl Routes for BackendRoutes {
             Err(e) => return Box::pin(async move { e.response() }),
         };
         let query = request.uri().query().unwrap_or("").to_owned();
+        let preview = self.preview.clone();
         Box::pin(async move {
             let id = params.first().cloned().unwrap_or_default();
             let result = match route.op {
@@ -416,6 +435,11 @@ impl Routes for BackendRoutes {
                 Op::Resend => messages::resend(ap, client, id).await,
                 Op::Status => messages::status(ap, client).await,
                 Op::Purge => messages::purge(ap, client).await,
+                Op::PreviewOpen => {
+                    let max_body = ap.config.limits.max_request_body_bytes;
+                    crate::preview::api::open(preview, client, request, max_body).await
+                }
+                Op::PreviewShow => crate::preview::api::show(preview, client, id, &query).await,
                 Op::OpenApi => Ok(openapi()),
             };
             result.unwrap_or_else(|e| e.response())

@@ -18,6 +18,7 @@ use varti_gateway::access_point::{pull, receiver::Receiver, sender, AccessPoint}
 use varti_gateway::backend::{self, BackendRoutes};
 use varti_gateway::config::{secs, Config, LogFormat, StoreKind};
 use varti_gateway::ops::{self, Metrics, Readiness};
+use varti_gateway::preview::{PreviewRoutes, PreviewSpace};
 use varti_gateway::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
 use varti_gateway::webhooks;
 use varti_store::Store;
@@ -197,7 +198,25 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let msh = Listener::bind("msh", config.server.listen, msh_options).await?;
     let ops_listener = Listener::bind("ops", config.ops.listen, ops_options).await?;
     let backend_listener =
-        Listener::bind("backend", config.backend.listen, backend_options).await?;
+        Listener::bind("backend", config.backend.listen, backend_options.clone()).await?;
+    let preview_listener = if config.preview.enabled {
+        let space = PreviewSpace::new(config.preview.clone(), &config.data_dir)?;
+        if config.preview.test_idp.enabled {
+            tracing::warn!("preview.test_idp is enabled: anyone can log in as any listed person; for tests and the demo only");
+        }
+        // Plain HTTP: the TLS reverse proxy serving preview.public_url sits in front.
+        let options = ListenerOptions {
+            tls: None,
+            max_connections: 256,
+            ..backend_options.clone()
+        };
+        Some((
+            Listener::bind("preview", config.preview.listen, options).await?,
+            Arc::new(space),
+        ))
+    } else {
+        None
+    };
     let msh_addr = msh.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
     let backend_addr = backend_listener.local_addr()?;
@@ -235,11 +254,41 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "ops-listener",
         ops_listener.serve(ops_routes, tasks.token(), grace),
     );
-    let backend_routes = Arc::new(BackendRoutes::new(ap.clone()));
+    let preview = match &preview_listener {
+        Some((listener, space)) => {
+            let addr = listener.local_addr()?;
+            tracing::info!(preview = %format!("http://{addr}/preview/"), public_url = %space.public_url(), "preview space is listening");
+            Some(space.clone())
+        }
+        None => None,
+    };
+    let backend_routes = Arc::new(BackendRoutes::new(ap.clone()).with_preview(preview));
     tasks.spawn(
         "backend-listener",
         backend_listener.serve(backend_routes, tasks.token(), grace),
     );
+    let preview_addr = match preview_listener {
+        Some((listener, space)) => {
+            let addr = listener.local_addr()?;
+            let routes = Arc::new(PreviewRoutes::new(space.clone()));
+            tasks.spawn(
+                "preview-listener",
+                listener.serve(routes, tasks.token(), grace),
+            );
+            let token = tasks.token();
+            tasks.spawn("preview-sweeper", async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                    space.sweep(time::OffsetDateTime::now_utc());
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
     tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
@@ -268,7 +317,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, msh_addr, ops_addr, backend_addr, scheme)?;
+        write_ready_file(path, msh_addr, ops_addr, backend_addr, preview_addr, scheme)?;
     }
 
     wait_for_signal().await;
@@ -351,12 +400,14 @@ fn write_ready_file(
     msh: SocketAddr,
     ops: SocketAddr,
     backend: SocketAddr,
+    preview: Option<SocketAddr>,
     scheme: &str,
 ) -> anyhow::Result<()> {
     let json = serde_json::json!({
         "msh": msh.to_string(),
         "ops": ops.to_string(),
         "backend": backend.to_string(),
+        "preview": preview.map(|a| a.to_string()),
         "scheme": scheme,
         "pid": std::process::id(),
     });
