@@ -20,13 +20,6 @@ const OTHER: &str = "other-token-2";
 const ADMIN: &str = "admin-token-3";
 const EXCHANGE: &str = "urn:varti:test:exchange";
 
-fn sha256_hex(token: &str) -> String {
-    openssl::sha::sha256(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A plain-HTTP varti-a with three backend clients (portal, other, admin ops) and the
 /// exchange PMode (fast retries; varti-b is not running, so sends fail after ~5 s).
 struct Node {
@@ -84,9 +77,9 @@ name = "ops"
 token_sha256 = "{}"
 admin = true
 "#,
-        sha256_hex(PORTAL),
-        sha256_hex(OTHER),
-        sha256_hex(ADMIN)
+        varti_gateway::pair::token_sha256(PORTAL),
+        varti_gateway::pair::token_sha256(OTHER),
+        varti_gateway::pair::token_sha256(ADMIN)
     );
     let served = spawn_serve(dir.path(), &config, &["--insecure-http"]);
     let ready: Value =

@@ -25,13 +25,6 @@ const TOKEN: &str = "provider-token-1";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-fn sha256_hex(token: &str) -> String {
-    openssl::sha::sha256(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 struct Node {
     _served: Served,
     backend: SocketAddr,
@@ -66,7 +59,7 @@ given_name = "Jānis"
 family_name = "Kalniņš"
 birth_date = "1985-02-02"
 "#,
-        sha256_hex(TOKEN)
+        varti_gateway::pair::token_sha256(TOKEN)
     ));
     // The config's [backend] table comes from plain_config; clients are appended to it.
     let served = spawn_serve(dir.path(), &config, &["--insecure-http"]);
