@@ -152,7 +152,7 @@ pub fn send(
     };
     let sources: Vec<&dyn AttachmentSource> =
         spooled.iter().map(|s| s as &dyn AttachmentSource).collect();
-    let signed = sign_messaging(&messaging, &policy.signing, &sources)?;
+    let signed = sign_messaging(&messaging, &policy.signing, &sources, None)?;
     let mut envelope = signed.envelope;
 
     // Encrypt (after signing) and put the encryption elements first in the header.
@@ -258,6 +258,7 @@ fn sign_messaging(
     messaging: &Messaging,
     identity: &SigningIdentity<'_>,
     attachments: &[&dyn AttachmentSource],
+    body_payload: Option<&str>,
 ) -> Result<Signed, EbmsError> {
     let body_id = format!("_body-{}", uuid::Uuid::new_v4());
     let unsigned = build_envelope(
@@ -265,7 +266,7 @@ fn sign_messaging(
         &BuildOptions {
             body_id: Some(&body_id),
             extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
-            body_payload: None,
+            body_payload,
         },
     )?;
     let s = sign_envelope(&unsigned, identity, attachments)?;
@@ -276,9 +277,12 @@ fn sign_messaging(
     })
 }
 
+/// A signal's envelope; `body` is written into the SOAP Body (a SOAP Fault), else it is
+/// empty.
 fn signal_envelope(
     signal: SignalMessage,
     identity: Option<&SigningIdentity<'_>>,
+    body: Option<&str>,
 ) -> Result<String, EbmsError> {
     let messaging = Messaging {
         id: Some(format!("_eb-{}", uuid::Uuid::new_v4())),
@@ -286,9 +290,44 @@ fn signal_envelope(
         signals: vec![signal],
     };
     match identity {
-        Some(id) => Ok(sign_messaging(&messaging, id, &[])?.envelope),
-        None => build_envelope(&messaging, &BuildOptions::default()),
+        Some(id) => Ok(sign_messaging(&messaging, id, &[], body)?.envelope),
+        None => build_envelope(
+            &messaging,
+            &BuildOptions {
+                body_payload: body,
+                ..BuildOptions::default()
+            },
+        ),
     }
+}
+
+/// The SOAP 1.2 Fault that accompanies an error signal for a WS-Security failure (the
+/// eDelivery conformance tests CP_TA35/37 expect "a WS-Security SOAP fault" for a broken
+/// security header, and Domibus sends one): code `env:Sender` with the WS-Security 1.1
+/// subcode — `wsse:FailedCheck` when a signature or a decryption failed (EBMS:0101,
+/// EBMS:0102), `wsse:InvalidSecurity` when the security header breaks the policy
+/// (EBMS:0103). `None` for other errors: they travel in the ebMS error signal alone.
+pub fn security_fault(error: &EbmsError) -> Option<String> {
+    let subcode = match error.code {
+        ErrorCode::FailedAuthentication | ErrorCode::FailedDecryption => "FailedCheck",
+        ErrorCode::PolicyNoncompliance => "InvalidSecurity",
+        _ => return None,
+    };
+    let mut reason = String::with_capacity(error.detail.len());
+    for c in format!("{}: {}", error.code, error.detail).chars() {
+        match c {
+            '&' => reason.push_str("&amp;"),
+            '<' => reason.push_str("&lt;"),
+            '>' => reason.push_str("&gt;"),
+            // XML 1.0 cannot carry most control characters; a reason does not need them.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => reason.push(' '),
+            c => reason.push(c),
+        }
+    }
+    Some(format!(
+        "<S12:Fault><S12:Code><S12:Value>S12:Sender</S12:Value><S12:Subcode><S12:Value xmlns:wsse=\"{wsse}\">wsse:{subcode}</S12:Value></S12:Subcode></S12:Code><S12:Reason><S12:Text xml:lang=\"en\">{reason}</S12:Text></S12:Reason></S12:Fault>",
+        wsse = crate::ns::WSSE_NS,
+    ))
 }
 
 fn new_message_id() -> String {
@@ -336,11 +375,13 @@ pub fn build_receipt(
             kind: SignalKind::Receipt(receipt),
         },
         identity,
+        None,
     )
 }
 
 /// Builds an error signal for `error`, referring to `ref_to` (the message in error, when
-/// known); signed when the leg signs (`identity` given). Returns the SOAP envelope.
+/// known); signed when the leg signs (`identity` given). A WS-Security failure also
+/// carries a SOAP Fault in the Body ([`security_fault`]). Returns the SOAP envelope.
 pub fn build_error_signal(
     error: &EbmsError,
     ref_to: Option<&str>,
@@ -358,6 +399,7 @@ pub fn build_error_signal(
             kind: SignalKind::Errors(vec![SignalError::from_ebms_error(&e)]),
         },
         identity,
+        security_fault(&e).as_deref(),
     )
 }
 
@@ -378,6 +420,7 @@ pub fn build_pull_request(
             kind: SignalKind::PullRequest(PullRequest { mpc }),
         },
         identity,
+        None,
     )
 }
 

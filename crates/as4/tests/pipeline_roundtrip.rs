@@ -874,8 +874,27 @@ fn receipts_and_error_signals_are_signed_when_the_leg_signs() {
     assert_eq!(errs[0].error_code, "EBMS:0102");
     assert_eq!(errs[0].ref_to_message_in_error.as_deref(), Some("m-1@test"));
     assert!(signal.contains("SignatureValue"));
+    // A WS-Security failure also carries a SOAP Fault (CP_TA35/37), inside the signed Body.
+    let env = varti_as4::message::soap::parse_envelope(signal.as_bytes()).unwrap();
+    assert!(env.body.is_fault(), "{signal}");
+    assert!(
+        signal.contains(">S12:Sender<") && signal.contains(">wsse:FailedCheck<"),
+        "{signal}"
+    );
     let unsigned = build_error_signal(&err, None, None).unwrap();
     assert!(!unsigned.contains("Signature"));
+    assert!(unsigned.contains(">wsse:FailedCheck<"), "{unsigned}");
+    let policy = EbmsError::new(ErrorCode::PolicyNoncompliance, "a <b> & c");
+    let policy = build_error_signal(&policy, None, None).unwrap();
+    assert!(
+        policy.contains(">wsse:InvalidSecurity<") && policy.contains("a &lt;b&gt; &amp; c"),
+        "{policy}"
+    );
+    // Other errors travel in the error signal alone.
+    let content = EbmsError::new(ErrorCode::ValueInconsistent, "no");
+    let content = build_error_signal(&content, None, None).unwrap();
+    let env = varti_as4::message::soap::parse_envelope(content.as_bytes()).unwrap();
+    assert!(!env.body.is_fault() && env.body.is_empty, "{content}");
 }
 
 #[test]

@@ -139,7 +139,13 @@ fn pyas4_request_is_received_with_a_matching_nrr_receipt() {
     let at = tampered.len() - 200;
     tampered[at] ^= 0x01;
     let refused = post(served.msh, &content_type, &tampered);
-    assert_eq!(refused.status, 200, "{}", refused.head);
+    // CP_TA35: a WS-Security SOAP fault (HTTP 500, as Domibus answers) with the signal.
+    assert_eq!(refused.status, 500, "{}", refused.head);
+    assert!(
+        refused.body.contains("wsse:FailedCheck"),
+        "{}",
+        refused.body
+    );
     assert!(
         refused.body.contains("eb:Error") || refused.body.contains(":Error "),
         "no error signal for a tampered message: {}",

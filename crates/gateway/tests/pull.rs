@@ -220,7 +220,8 @@ fn pull_in_process() {
     // The puller must be the leg's responder: a pull request signed by varti-a itself (the
     // initiator, not a responder) is refused, and nothing is handed out.
     let (status, _, body) = post(&a, SOAP12, pull_request(&a, MPC));
-    assert_eq!(status, StatusCode::OK);
+    // A WS-Security failure: error signal + SOAP Fault, HTTP 500.
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let codes = error_codes(&body);
     assert_eq!(codes.len(), 1, "{codes:?}");
     assert_eq!(
@@ -514,7 +515,9 @@ fn two_processes_pull() {
         request.as_bytes(),
     )
     .unwrap();
-    assert_eq!(r.status, 200, "{} {}", r.head, r.body);
+    // An authentication failure: the error signal with a WS-Security fault, HTTP 500.
+    assert_eq!(r.status, 500, "{} {}", r.head, r.body);
+    assert!(r.body.contains("wsse:FailedCheck"), "{}", r.body);
     let codes = error_codes(r.body.as_bytes());
     assert_eq!(codes.len(), 1, "{}", r.body);
     assert_eq!(

@@ -702,7 +702,12 @@ pub fn receive_pulled(
         let id = um.message_info.message_id.clone();
         let answer = accept_user_message(ap, &package, um);
         return match answer.body {
-            MshResponseBody::Bytes(body) if answer.status == StatusCode::OK => {
+            // A receipt (200), or an error signal refusing the message (200, or 500 with a
+            // WS-Security fault): the partner gets it. A bare fault (500, nothing stored and
+            // no eb:Messaging) is not an answer to push.
+            MshResponseBody::Bytes(body)
+                if answer.status == StatusCode::OK || soap::parse_envelope(&body).is_ok() =>
+            {
                 let ct = answer
                     .headers
                     .get(header::CONTENT_TYPE)

@@ -426,7 +426,13 @@ pub(crate) fn internal_fault(reason: &str) -> MshResponse {
 }
 
 /// An ebMS error signal answering the message `ref_to` (signed by `identity` when given).
-/// HTTP 200: the request was processed and its answer is the error signal.
+///
+/// HTTP 200 (the request was processed and its answer is the error signal), except for a
+/// WS-Security failure: its signal carries a SOAP Fault
+/// ([`security_fault`](varti_as4::outbound::security_fault)), and a SOAP response holding a
+/// fault goes with HTTP 500, as Domibus answers (its senders and the EC test bed expect
+/// it; SOAP 1.2's HTTP binding would allow 400 for a Sender fault, which those senders do
+/// not all treat alike).
 pub(crate) fn error_response(
     error: &EbmsError,
     ref_to: Option<&str>,
@@ -434,8 +440,13 @@ pub(crate) fn error_response(
 ) -> MshResponse {
     let signal = build_error_signal(error, ref_to, identity)
         .or_else(|_| build_error_signal(error, ref_to, None));
+    let status = if varti_as4::outbound::security_fault(error).is_some() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
     match signal {
-        Ok(envelope) => soap_response(StatusCode::OK, Bytes::from(envelope)),
+        Ok(envelope) => soap_response(status, Bytes::from(envelope)),
         Err(e) => {
             tracing::error!(error = %e.detail, "cannot build an error signal");
             internal_fault(&error.detail)
