@@ -17,10 +17,12 @@
 //! - `--instances N` [1; 2 with `--all` on PostgreSQL]: instances per side sharing that
 //!   side's store. Sending instance i pushes to receiving instance i (each pair of nodes has
 //!   its own PMode directory), but any sending instance may claim any submitted message.
-//! - `--messages N` [1000], `--size BYTES` [10240], `--concurrency N` [32] (submitting
+//! - `--messages N` [1000; 0 skips the small-message runs], `--size BYTES` [10240], `--concurrency N` [32] (submitting
 //!   threads, spread over the sending instances' backend APIs).
 //! - `--big-mib N` [0; 1024 with `--all`]: one message of N MiB on a fresh sled pair.
 //! - `--openssl`: `openssl speed` of the primitives (as in the security section).
+//! - `VARTI_BENCH_BINARY=PATH` (environment): benchmark that `varti` binary instead of the
+//!   one beside the examples directory (to compare builds before and after a change).
 //! - `--all`: all of the above: the three profiles on sled, 1.15 and 2.0-eddsa on
 //!   PostgreSQL with two instances per side, 1 GiB, openssl speed.
 //!
@@ -220,12 +222,18 @@ struct SmallResult {
 fn main() {
     let args = parse_args();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("varti"))
-        .expect("the varti binary beside the examples directory (cargo build first)");
+    // VARTI_BENCH_BINARY compares another build (e.g. a copy from before a change).
+    let binary = match std::env::var_os("VARTI_BENCH_BINARY") {
+        // Absolute: the servers run in their own directories.
+        Some(b) => std::fs::canonicalize(&b)
+            .unwrap_or_else(|e| panic!("VARTI_BENCH_BINARY {}: {e}", Path::new(&b).display())),
+        None => std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("varti"))
+            .expect("the varti binary beside the examples directory (cargo build first)"),
+    };
     assert!(
         binary.is_file(),
         "build the binary first (cargo build --release -p varti-gateway --bin varti): {}",
@@ -278,6 +286,9 @@ fn main() {
         }
     }
 
+    if args.messages == 0 {
+        runs.clear();
+    }
     let mut idle = None;
     let mut results = Vec::new();
     for run in runs {
