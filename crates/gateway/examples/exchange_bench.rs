@@ -164,10 +164,9 @@ fn parse_args() -> Args {
         match arg.as_str() {
             "--profile" => {
                 let v = value("--profile");
-                let p = PROFILES
-                    .iter()
-                    .find(|(n, _)| *n == v)
-                    .unwrap_or_else(|| panic!("unknown profile '{v}': use 1.15, 2.0-eddsa or 2.0-ecdsa"));
+                let p = PROFILES.iter().find(|(n, _)| *n == v).unwrap_or_else(|| {
+                    panic!("unknown profile '{v}': use 1.15, 2.0-eddsa or 2.0-ecdsa")
+                });
                 a.profiles.push(p.1);
             }
             "--store" => a.stores.push(match value("--store").as_str() {
@@ -434,7 +433,10 @@ fn start_nodes(binary: &Path, repo: &Path, run: &Run) -> Nodes {
                     schema.name()
                 );
                 schemas.push(schema);
-                format!("[store]\nkind = \"postgres\"\nurl = {}\n", toml_string(&url))
+                format!(
+                    "[store]\nkind = \"postgres\"\nurl = {}\n",
+                    toml_string(&url)
+                )
             })
             .collect(),
     };
