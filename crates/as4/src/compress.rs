@@ -46,9 +46,12 @@ pub fn gzip<R: Read, W: Write>(input: R, mut output: W) -> io::Result<u64> {
 pub struct GzipReader<R: Read>(GzEncoder<R>);
 
 impl<R: Read> GzipReader<R> {
-    /// Compresses `inner` at the default level.
+    /// Compresses `inner` at the fastest level. Level 6 (the default) bound the sending of a
+    /// large attachment: a profile of a 64 MiB exchange spent 79% of the servers' CPU in
+    /// deflate at about 5 MB/s; level 1 is several times faster and still takes most of the
+    /// redundancy out of XML evidence (the receiver's inflate costs the same either way).
     pub fn new(inner: R) -> Self {
-        GzipReader(GzEncoder::new(inner, Compression::default()))
+        GzipReader(GzEncoder::new(inner, Compression::fast()))
     }
 }
 

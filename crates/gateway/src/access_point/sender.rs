@@ -349,10 +349,20 @@ fn sealed_for_retries(
             .to_owned();
         return Ok((file, content_type, references));
     }
-    let (mut file, content_type, references) = seal(ap, record)?;
     std::fs::create_dir_all(mime.parent().context("spool")?)?;
+    // Sealed straight into the kept copy: sealing into a temporary file and copying it here
+    // cost one more file and one more pass over the message per attempt.
     let tmp = mime.with_extension("tmp");
-    std::io::copy(&mut file, &mut std::fs::File::create(&tmp)?)?;
+    let sealed = std::fs::File::create(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut file| seal_into(ap, record, &mut file));
+    let (content_type, references) = match sealed {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, &mime)?;
     let v = serde_json::json!({
         "content_type": content_type,
@@ -377,6 +387,20 @@ pub(crate) fn seal(
     ap: &AccessPoint,
     record: &MessageRecord,
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
+    std::fs::create_dir_all(ap.spool_dir())?;
+    let mut file = tempfile::tempfile_in(ap.spool_dir())?;
+    let (content_type, references) = seal_into(ap, record, &mut file)?;
+    file.rewind()?;
+    Ok((file, content_type, references))
+}
+
+/// Builds the AS4 message of `record` into `file` (written from its current position):
+/// (Content-Type, what we signed).
+fn seal_into(
+    ap: &AccessPoint,
+    record: &MessageRecord,
+    file: &mut std::fs::File,
+) -> anyhow::Result<(String, Vec<SignedReference>)> {
     let leg = ap
         .leg(&record.meta.pmode_id)
         .context("the leg disappeared from the PModes")?;
@@ -442,17 +466,14 @@ pub(crate) fn seal(
             }),
         compress: leg.compression.compress,
     };
-    std::fs::create_dir_all(ap.spool_dir())?;
-    let mut file = tempfile::tempfile_in(ap.spool_dir())?;
     let sent = {
-        let mut w = BufWriter::with_capacity(64 * 1024, &mut file);
+        let mut w = BufWriter::with_capacity(64 * 1024, file);
         let sent = send(&um, payloads, &policy, &mut w)
             .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
         w.flush()?;
         sent
     };
-    file.rewind()?;
-    Ok((file, sent.content_type, sent.references))
+    Ok((sent.content_type, sent.references))
 }
 
 /// The `eb:UserMessage` of a stored outbound record on `leg`.
