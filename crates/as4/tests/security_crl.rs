@@ -329,6 +329,12 @@ fn a_crl_from_another_ca_or_a_missing_file_is_refused() {
     );
     let missing = p.dir.path().join("absent.crl");
     refused(&p, &[&missing], &["absent.crl", "not found"]);
+    let cert = write(&p, "cert.pem", &p.ca.to_pem().unwrap());
+    refused(
+        &p,
+        &[&cert],
+        &["cert.pem", "holds no `-----BEGIN X509 CRL-----` block"],
+    );
     let junk = write(&p, "junk.crl", b"not a CRL at all");
     refused(&p, &[&junk], &["junk.crl", "neither a PEM", "DER"]);
 }

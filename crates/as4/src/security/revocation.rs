@@ -62,7 +62,7 @@ impl Crl {
             source: source.to_path_buf(),
             crl,
         };
-        if bytes.windows(15).any(|w| w == b"-----BEGIN X509") {
+        if find(bytes, b"-----BEGIN ").is_some() {
             const BEGIN: &[u8] = b"-----BEGIN X509 CRL-----";
             const END: &[u8] = b"-----END X509 CRL-----";
             let mut out = Vec::new();
