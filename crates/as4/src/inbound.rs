@@ -42,6 +42,7 @@ use crate::security::c14n;
 use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
 use crate::security::profile::Profile;
+use crate::security::revocation::Crl;
 use crate::security::swa::AttachmentSource;
 use crate::security::token::{self, TokenReference};
 use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
@@ -72,6 +73,12 @@ pub struct ReceivePolicy {
     /// certificate from the PMode. A certificate that merely chains to the anchors is not
     /// enough when several parties share a CA (one party could sign as another).
     pub expected_signer: Option<X509>,
+    /// CRL files (PEM or DER) the signer's chain is checked against: the sending party's
+    /// `crls` from the PMode. Empty: no revocation checking. When set, the signer's
+    /// issuer must have a CRL among them, and a stale or wrongly signed CRL is refused
+    /// ([`crate::security::revocation`]). Read for each message, so a refreshed file
+    /// takes effect at once.
+    pub crl_files: Vec<PathBuf>,
     /// The time at which certificates must be valid (normally now).
     pub at: OffsetDateTime,
     /// Largest decompressed size of one part, in bytes.
@@ -94,6 +101,7 @@ impl ReceivePolicy {
             partner_certificates: Vec::new(),
             trust_anchors: Vec::new(),
             expected_signer: None,
+            crl_files: Vec::new(),
             at: OffsetDateTime::now_utc(),
             decompression_cap: DEFAULT_DECOMPRESSION_CAP,
             spool_dir: None,
@@ -350,10 +358,17 @@ fn receive_parsed(
 
     // Stage 5: trust.
     if let Some(sig) = &signature {
-        token::validate_signer_certificate(
+        let crls = Crl::load_all(&policy.crl_files).map_err(|why| {
+            auth(format!(
+                "{why} (a CRL file of the sending party in the PMode; `varti pmode check` \
+                 lists them)"
+            ))
+        })?;
+        token::validate_signer_certificate_with_crls(
             &sig.signer,
             &sig.chain,
             &policy.trust_anchors,
+            &crls,
             policy.at,
         )?;
         if let Some(expected) = &policy.expected_signer {

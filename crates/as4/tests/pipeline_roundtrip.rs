@@ -4,15 +4,6 @@
 use std::io::Read;
 use std::path::Path;
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
-use openssl::x509::extension::{KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509NameBuilder, X509};
 use time::{Duration, OffsetDateTime};
 use varti_as4::error::ErrorCode;
 use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy};
@@ -25,141 +16,8 @@ use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
 use varti_as4::EbmsError;
 
-/// A party's keys for one profile: signing key + self-signed cert, encryption key + cert
-/// (X25519 keys cannot sign, so their certificate is issued by the signing key).
-struct Keys {
-    sign_key: PKey<Private>,
-    sign_cert: X509,
-    enc_key: PKey<Private>,
-    enc_cert: X509,
-}
-
-fn cert(
-    subject_key: &PKey<Private>,
-    cn: &str,
-    issuer: Option<(&X509, &PKey<Private>)>,
-    from_days: i64,
-    to_days: i64,
-) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(100, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
-        .unwrap();
-    b.set_pubkey(subject_key).unwrap();
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    b.set_not_before(&Asn1Time::from_unix(now + from_days * 86400).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(now + to_days * 86400).unwrap())
-        .unwrap();
-    b.append_extension(
-        KeyUsage::new()
-            .digital_signature()
-            .non_repudiation()
-            .key_encipherment()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    let signer = issuer.map(|(_, k)| k).unwrap_or(subject_key);
-    let md = if signer.id() == openssl::pkey::Id::ED25519 {
-        MessageDigest::null()
-    } else {
-        MessageDigest::sha256()
-    };
-    b.sign(signer, md).unwrap();
-    b.build()
-}
-
-fn keys(profile: &Profile, cn: &str) -> Keys {
-    keys_valid(profile, cn, -1, 365)
-}
-
-fn keys_valid(profile: &Profile, cn: &str, from: i64, to: i64) -> Keys {
-    let p256 = || {
-        let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap()
-    };
-    let (sign_key, enc_key) = match profile.name {
-        n if std::ptr::eq(profile, &AS4_2_0_EDDSA) || n.contains("EdDSA") => (
-            PKey::generate_ed25519().unwrap(),
-            PKey::generate_x25519().unwrap(),
-        ),
-        _ if std::ptr::eq(profile, &AS4_2_0_ECDSA) => (p256(), p256()),
-        _ => {
-            let k = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-            (k.clone(), k)
-        }
-    };
-    let sign_cert = cert(&sign_key, cn, None, from, to);
-    let enc_cert = if enc_key.public_eq(&sign_key) {
-        sign_cert.clone()
-    } else {
-        cert(
-            &enc_key,
-            &format!("{cn} encryption"),
-            Some((&sign_cert, &sign_key)),
-            from,
-            to,
-        )
-    };
-    Keys {
-        sign_key,
-        sign_cert,
-        enc_key,
-        enc_cert,
-    }
-}
-
-fn user_message() -> UserMessage {
-    let party = |id: &str, role: &str| Party {
-        party_ids: vec![PartyId {
-            value: id.into(),
-            type_: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered".into()),
-        }],
-        role: role.into(),
-    };
-    UserMessage {
-        mpc: None,
-        message_info: MessageInfo::new(format!("{}@test", uuid::Uuid::new_v4())),
-        party_info: PartyInfo {
-            from: party("sender", ROLE_INITIATOR),
-            to: party("receiver", ROLE_RESPONDER),
-        },
-        collaboration_info: CollaborationInfo {
-            agreement_ref: None,
-            service: Service {
-                value: "urn:test:service".into(),
-                type_: None,
-            },
-            action: "Deliver".into(),
-            conversation_id: "conv-1".into(),
-        },
-        properties: vec![
-            Property::new("originalSender", "urn:a"),
-            Property::new("finalRecipient", "urn:b"),
-        ],
-        parts: Vec::new(),
-    }
-}
-
-/// Deterministic content: compressible but not trivially.
-fn content(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i / 7) as u8).wrapping_mul(31).wrapping_add(seed) ^ (i as u8 & 3))
-        .collect()
-}
+mod support;
+use support::*;
 
 struct Sent {
     bytes: Vec<u8>,
@@ -239,6 +97,46 @@ fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
+/// Runs `xmlsec1 --verify` on the SOAP envelope of `sent` with the signer's certificate
+/// as the key, and asserts it passes, and that it fails once eb:Messaging is changed.
+fn xmlsec1_verifies(sent: &Sent, signer: &openssl::x509::X509, what: &str) {
+    let pkg =
+        MimePackage::parse(&sent.bytes[..], &sent.content_type, &MimeLimits::default()).unwrap();
+    let envelope = String::from_utf8(pkg.root().content.clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("signer.pem");
+    std::fs::write(&pem, signer.to_pem().unwrap()).unwrap();
+    let run = |xml: &str| {
+        let path = dir.path().join("envelope.xml");
+        std::fs::write(&path, xml).unwrap();
+        std::process::Command::new("xmlsec1")
+            .arg("--verify")
+            .args([
+                "--id-attr:Id",
+                "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/:Messaging",
+                "--id-attr:Id",
+                "http://www.w3.org/2003/05/soap-envelope:Body",
+                "--pubkey-cert-pem",
+            ])
+            .arg(&pem)
+            .arg(&path)
+            .output()
+            .expect("xmlsec1 must be installed (apt-get install xmlsec1)")
+    };
+    let out = run(&envelope);
+    assert!(
+        out.status.success(),
+        "{what}: xmlsec1 refused Varti's message: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let changed = envelope.replace("<eb:Action>Deliver<", "<eb:Action>Delivex<");
+    assert_ne!(changed, envelope, "{what}: no eb:Action to change");
+    assert!(
+        !run(&changed).status.success(),
+        "{what}: xmlsec1 accepted a changed eb:Messaging"
+    );
+}
+
 const PROFILES: [&Profile; 3] = [&AS4_1_15, &AS4_2_0_EDDSA, &AS4_2_0_ECDSA];
 
 #[test]
@@ -254,6 +152,21 @@ fn round_trips_every_profile_token_reference_and_payload_set() {
                 ("empty@test", "application/octet-stream", vec![]),
                 ("small@test", "text/plain", b"small\npayload\n".to_vec()),
                 ("big@test", "application/octet-stream", big.clone()),
+            ],
+            // Five parts (the most the acceptance list names), one of them empty, one
+            // large enough to be spilled to a file on receipt.
+            vec![
+                ("a1@test", "application/octet-stream", vec![]),
+                ("a2@test", "text/plain", b"x".to_vec()),
+                (
+                    "a3@test",
+                    "application/xml",
+                    "<doc xmlns=\"urn:t\">\u{e9}t\u{e9}</doc>"
+                        .as_bytes()
+                        .to_vec(),
+                ),
+                ("a4@test", "application/octet-stream", content(70 * 1024, 4)),
+                ("a5@test", "application/pdf", content(1536 * 1024, 5)),
             ],
         ];
         for token in [
@@ -286,6 +199,12 @@ fn round_trips_every_profile_token_reference_and_payload_set() {
                         }
                         let sig = msg.signature.as_ref().unwrap();
                         assert_eq!(sig.token_reference, token, "{what}");
+                        // The independent verifier where it knows the algorithm: xmlsec1
+                        // has RSA and ECDSA but no Ed25519, and no SwA attachment
+                        // transform, so it checks the messages without attachments.
+                        if set.is_empty() && !std::ptr::eq(profile, &AS4_2_0_EDDSA) {
+                            xmlsec1_verifies(&sent, &alice.sign_cert, &what);
+                        }
                         assert_eq!(sig.references.len(), 2 + set.len(), "{what}");
                         assert_eq!(
                             msg.encryption.is_some(),

@@ -312,3 +312,161 @@ fn seal_then_open_for_every_profile() {
         }
     }
 }
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `seal --pmodes pmodes --leg …` takes the leg's service, action, parties, security and
+/// compression from the shipped PModes, and `open` reads the result back with the
+/// receiver's key and the test CA.
+#[test]
+fn seal_from_a_leg_of_the_shipped_pmodes_then_open() {
+    let repo = repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let pmodes = repo.join("pmodes");
+    let certs = repo.join("certs");
+    let edm = tmp.path().join("request.xml");
+    std::fs::write(&edm, b"<query:QueryRequest xmlns:query=\"urn:q\"/>").unwrap();
+    let evidence = tmp.path().join("evidence.pdf");
+    std::fs::write(&evidence, b"%PDF-1.7 not really").unwrap();
+    let a_key = certs.join("varti-a/sign.key.pem");
+    let open = |msg: &Path| {
+        varti(&[
+            "message",
+            "open",
+            s(msg),
+            "--key",
+            s(&certs.join("varti-b/enc.key.pem")),
+            "--cert",
+            s(&certs.join("varti-b/enc.cert.pem")),
+            "--trust",
+            s(&certs.join("ca.cert.pem")),
+            "--out",
+            s(&tmp
+                .path()
+                .join(msg.file_name().unwrap())
+                .with_extension("out")),
+            "--json",
+        ])
+    };
+
+    // The ebMS test leg: no flags beyond key, output and payload.
+    let msg = tmp.path().join("test.http");
+    let (code, out, err) = varti(&[
+        "message",
+        "seal",
+        "--pmodes",
+        s(&pmodes),
+        "--leg",
+        "test/test",
+        "--key",
+        s(&a_key),
+        "--out",
+        s(&msg),
+        "--json",
+        s(&edm),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let sealed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        sealed["leg"]
+            .as_str()
+            .unwrap()
+            .contains("process 'test' leg 'test'"),
+        "{sealed}"
+    );
+    assert_eq!(sealed["profile"], "eDelivery AS4 1.15", "{sealed}");
+    assert_eq!(sealed["encrypted"], true, "the test leg encrypts: {sealed}");
+    let (code, out, err) = open(&msg);
+    assert_eq!(code, 0, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let um = &r["header"]["user_message"];
+    assert_eq!(
+        um["action"],
+        "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test"
+    );
+    assert_eq!(um["from"]["ids"][0]["id"], "varti-a", "{um}");
+    assert_eq!(um["to"]["ids"][0]["id"], "varti-b", "{um}");
+    assert!(r["encryption"].is_object(), "{r}");
+    assert_eq!(
+        std::fs::read(r["payloads"][0]["file"].as_str().unwrap()).unwrap(),
+        std::fs::read(&edm).unwrap()
+    );
+
+    // The OOTS request leg requires the four-corner properties.
+    let oots = tmp.path().join("oots.http");
+    let seal_oots = |extra: &[&str]| {
+        let mut a = vec![
+            "message",
+            "seal",
+            "--pmodes",
+            s(&pmodes),
+            "--leg",
+            "evidence-exchange/request",
+            "--key",
+            s(&a_key),
+            "--out",
+            s(&oots),
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        a.extend([s(&edm), s(&evidence)]);
+        varti(&a)
+    };
+    let (code, _, err) = seal_oots(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("originalSender") && err.contains("--property"),
+        "{err}"
+    );
+    assert!(!oots.exists(), "a refused seal wrote a file");
+    let (code, out, err) = seal_oots(&[
+        "--property",
+        "originalSender=urn:c1",
+        "--property",
+        "finalRecipient=urn:c4",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = open(&oots);
+    assert_eq!(code, 0, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let um = &r["header"]["user_message"];
+    assert_eq!(um["service"]["value"], "QueryManager");
+    assert_eq!(
+        um["service"]["type"],
+        "urn:oasis:names:tc:ebcore:ebrs:ebms:binding:1.0"
+    );
+    assert_eq!(um["action"], "ExecuteQueryRequest");
+    assert_eq!(um["from"]["role"], "http://sdg.europa.eu/edelivery/gateway");
+    assert_eq!(um["properties"][0]["value"], "urn:c1", "{um}");
+    // The payload profile's media type for the EDM part; the evidence by extension.
+    assert_eq!(
+        r["payloads"][0]["mime_type"], "application/x-ebrs+xml",
+        "{r}"
+    );
+    assert_eq!(r["payloads"][1]["mime_type"], "application/pdf", "{r}");
+    assert_eq!(
+        r["payloads"][0]["compressed"], true,
+        "the leg compresses: {r}"
+    );
+
+    // An unknown leg names the ones there are.
+    let (code, _, err) = varti(&[
+        "message",
+        "seal",
+        "--pmodes",
+        s(&pmodes),
+        "--leg",
+        "test/nope",
+        "--key",
+        s(&a_key),
+        "--out",
+        s(&tmp.path().join("x.http")),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no leg 'test/nope'") && err.contains("evidence-exchange/request"),
+        "{err}"
+    );
+}

@@ -13,8 +13,9 @@ use openssl::nid::Nid;
 use openssl::pkey::Id;
 use openssl::x509::{X509KeyUsage, X509Ref, X509};
 
-use super::files::{CertRef, Diagnostic, LoadOptions};
+use super::files::{CertRef, CrlRef, Diagnostic, LoadOptions};
 use super::model::*;
+use crate::security::revocation::Crl;
 
 /// What a certificate is used for; each role needs its own key usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -487,4 +488,45 @@ pub fn ambiguous_pairs(set: &PModeSet) -> Vec<(usize, usize)> {
         }
     }
     pairs
+}
+
+/// Checks every CRL file the parties name: missing or unparsable is an error (messages
+/// from the party would be refused); a CRL past its nextUpdate at the check time is a
+/// warning, since it is only refused once the time comes and the file may be refreshed
+/// before then.
+pub(crate) fn check_crls(refs: &[CrlRef], options: &LoadOptions, diags: &mut Vec<Diagnostic>) {
+    let at = match options.at_unix {
+        Some(t) => time::OffsetDateTime::from_unix_timestamp(t)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
+        None => time::OffsetDateTime::now_utc(),
+    };
+    for r in refs {
+        match Crl::load(&r.path) {
+            Err(why) => diags.push(Diagnostic::error(
+                r.location.clone(),
+                format!("CRL '{}' of party '{}': {why}", r.written, r.party),
+                format!(
+                    "the path is relative to the PMode file (here {}); until it is fixed every \
+                     signed message from '{}' is refused with EBMS:0101",
+                    r.path.display(),
+                    r.party
+                ),
+            )),
+            Ok(crls) => {
+                for crl in crls.iter().filter(|c| c.is_stale(at)) {
+                    diags.push(Diagnostic::warning(
+                        r.location.clone(),
+                        format!(
+                            "CRL '{}' of party '{}' (from '{}') is out of date: its nextUpdate was {}",
+                            r.written,
+                            r.party,
+                            crl.issuer(),
+                            crl.next_update().unwrap_or_default()
+                        ),
+                        "download the CA's current CRL (the URL is in the certificates' CRL Distribution Points) and replace the file; until then messages from this party are refused with EBMS:0101",
+                    ));
+                }
+            }
+        }
+    }
 }

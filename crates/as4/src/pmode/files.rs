@@ -219,8 +219,14 @@ pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> (PModeSet, Vec<Diagno
     for file in &parsed {
         resolver.resolve_processes(file, &mut diags);
     }
-    let Resolver { set, cert_refs, .. } = resolver;
+    let Resolver {
+        set,
+        cert_refs,
+        crl_refs,
+        ..
+    } = resolver;
     check::check_certificates(&set, &cert_refs, options, &mut diags);
+    check::check_crls(&crl_refs, options, &mut diags);
     check::check_legs(&set, &mut diags);
     diags.sort_by(|a, b| a.location.cmp(&b.location));
     (set, diags)
@@ -233,6 +239,19 @@ pub(crate) struct CertRef {
     pub party: String,
     /// What it is used for.
     pub role: check::CertRole,
+    /// The resolved path.
+    pub path: PathBuf,
+    /// The path as written in the file.
+    pub written: String,
+    /// Where it is named.
+    pub location: Location,
+}
+
+/// A CRL file a party names, for [`check::check_crls`].
+#[derive(Debug, Clone)]
+pub(crate) struct CrlRef {
+    /// The party.
+    pub party: String,
     /// The resolved path.
     pub path: PathBuf,
     /// The path as written in the file.
@@ -277,6 +296,8 @@ struct RawParty {
     endpoint: Option<Spanned<String>>,
     signing_cert: Option<Spanned<String>>,
     encryption_cert: Option<Spanned<String>>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
     tls: Option<RawTls>,
 }
 
@@ -617,6 +638,7 @@ fn find_in_value(value: &toml_edit::Value, key_span: &Range<usize>) -> Option<Ra
 struct Resolver {
     set: PModeSet,
     cert_refs: Vec<CertRef>,
+    crl_refs: Vec<CrlRef>,
     party_index: HashMap<String, usize>,
 }
 
@@ -674,6 +696,17 @@ impl Resolver {
                     path
                 })
             };
+            let mut crls = Vec::new();
+            for c in &raw.crls {
+                let path = base.join(c.get_ref());
+                self.crl_refs.push(CrlRef {
+                    party: name.clone(),
+                    path: path.clone(),
+                    written: c.get_ref().clone(),
+                    location: file.at(c.span()),
+                });
+                crls.push(path);
+            }
             let signing_cert = cert(&raw.signing_cert, check::CertRole::Signing);
             let encryption_cert = cert(&raw.encryption_cert, check::CertRole::Encryption);
             let tls = raw.tls.as_ref().map(|t| {
@@ -705,6 +738,7 @@ impl Resolver {
                 signing_cert,
                 encryption_cert,
                 tls,
+                crls,
                 location,
             });
         }

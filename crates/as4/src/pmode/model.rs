@@ -110,6 +110,9 @@ pub struct Party {
     pub encryption_cert: Option<PathBuf>,
     /// TLS settings for talking to it.
     pub tls: Option<TlsSettings>,
+    /// CRL files (PEM or DER) its signing certificate's chain is checked against on
+    /// receipt, resolved against the file; empty: no revocation checking.
+    pub crls: Vec<PathBuf>,
     /// Where it is defined.
     pub location: Location,
 }

@@ -5,6 +5,7 @@
 //! * [`c14n`] — byte-exact exclusive canonicalization.
 //! * [`profile`] — one value per algorithm suite (AS4 1.15 RSA, 2.0 EdDSA, 2.0 ECDSA).
 //! * [`token`] — security-token references (BST, SKI, IssuerSerial) and certificate checks.
+//! * [`revocation`] — CRLs configured per partner, checked against the signer's chain.
 //! * [`verify`] — verifying an incoming signature, with signature-wrapping defences.
 //! * [`sign`] — building a signed `wsse:Security` header.
 //! * [`summary`] — a read-only summary of a security header, for `message inspect`.
@@ -19,6 +20,7 @@ pub mod kdf;
 pub mod keywrap;
 pub mod profile;
 pub mod receipt;
+pub mod revocation;
 pub mod sign;
 pub mod summary;
 pub mod swa;

@@ -511,6 +511,19 @@ pub fn validate_signer_certificate(
     anchors: &[X509],
     at: OffsetDateTime,
 ) -> Result<(), EbmsError> {
+    validate_signer_certificate_with_crls(cert, intermediates, anchors, &[], at)
+}
+
+/// [`validate_signer_certificate`], then the verified chain against `crls`
+/// ([`super::revocation::check_chain`]): with CRLs configured, a revoked signer or CA,
+/// a CRL not signed by its CA, or a stale CRL is `EBMS:0101`.
+pub fn validate_signer_certificate_with_crls(
+    cert: &X509Ref,
+    intermediates: &[X509],
+    anchors: &[X509],
+    crls: &[super::revocation::Crl],
+    at: OffsetDateTime,
+) -> Result<(), EbmsError> {
     check_validity_period(cert, at)?;
     check_signing_key_usage(cert)?;
     if anchors.is_empty() {
@@ -536,11 +549,19 @@ pub fn validate_signer_certificate(
         chain.push(c.clone()).map_err(internal)?;
     }
     let mut ctx = X509StoreContext::new().map_err(internal)?;
-    let (ok, err) = ctx
-        .init(&store, cert, &chain, |c| Ok((c.verify_cert()?, c.error())))
+    let (ok, err, verified) = ctx
+        .init(&store, cert, &chain, |c| {
+            let ok = c.verify_cert()?;
+            // The chain as OpenSSL built it (signer first), for the CRL check.
+            let verified: Vec<X509> = c
+                .chain()
+                .map(|s| s.iter().map(|x| x.to_owned()).collect())
+                .unwrap_or_default();
+            Ok((ok, c.error(), verified))
+        })
         .map_err(internal)?;
     if ok {
-        Ok(())
+        super::revocation::check_chain(&verified, anchors, crls, at)
     } else {
         Err(auth(format!(
             "the signer certificate '{}' (issuer '{}') is not trusted at {at}: {}; \

@@ -372,6 +372,8 @@ impl AccessPoint {
         } else {
             self.identity.trust_anchors.clone()
         };
+        // Revocation: the CRL files the PMode names for this partner (none: not checked).
+        policy.crl_files = partner.crls.clone();
         policy.at = now;
         policy.decompression_cap = leg.compression.max_decompressed_size;
         policy.spool_dir = Some(self.spool_dir());

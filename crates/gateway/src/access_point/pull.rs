@@ -192,6 +192,8 @@ pub(crate) fn answer_pull_request(
     } else {
         ap.identity.trust_anchors.clone()
     };
+    // Revocation: the CRL files the PModes name for the possible pullers.
+    policy.crl_files = pullers.iter().flat_map(|(p, _)| p.crls.clone()).collect();
     policy.at = now;
     policy.spool_dir = Some(ap.spool_dir());
     let received = match inbound::receive(package, &policy) {

@@ -62,8 +62,12 @@ pub enum MessageCommand {
     /// Build a signed (optionally compressed and encrypted) AS4 message from payload files.
     ///
     /// Writes an HTTP-style dump (Content-Type header, blank line, MIME body) that
-    /// `inspect` and `open` read back, for testing peers. PMode legs are not read yet:
-    /// the leg's settings are given as flags.
+    /// `inspect` and `open` read back, for testing peers. With --pmodes DIR --leg
+    /// PROCESS/LEG the message is what that leg sends (service, action, parties, MPC,
+    /// security, compression); otherwise the settings are given as flags.
+    ///
+    /// Example: varti message seal --pmodes pmodes --leg test/test
+    ///          --key certs/varti-a/sign.key.pem --out msg.http invoice.xml
     ///
     /// Example: varti message seal --from A --to B --service urn:s --action Go
     ///          --key a.key.pem --cert a.cert.pem --encrypt-to b.cert.pem --compress
@@ -113,42 +117,59 @@ pub struct OpenArgs {
 /// Arguments of `message seal`.
 #[derive(Debug, Args)]
 pub struct SealArgs {
-    /// The sender's party id.
-    #[arg(long)]
-    pub from: String,
-    /// The receiver's party id.
-    #[arg(long)]
-    pub to: String,
-    /// The party id type of both parties.
+    /// The PMode directory to take the leg from (with --leg).
+    #[arg(long, requires = "leg")]
+    pub pmodes: Option<PathBuf>,
+    /// Take service, action, roles, parties, MPC, agreement, security (profile, token
+    /// reference, encryption) and compression from this leg: PROCESS/LEG, as named in
+    /// the PMode files. Flags given as well override the leg's values.
+    #[arg(long, requires = "pmodes", value_name = "PROCESS/LEG")]
+    pub leg: Option<String>,
+    /// The sender's party id (with --leg: a party name or id of the leg's sending side;
+    /// default its first party).
+    #[arg(long, required_unless_present = "leg")]
+    pub from: Option<String>,
+    /// The receiver's party id (with --leg: a party name or id of the leg's receiving
+    /// side; default its first party other than the sender).
+    #[arg(long, required_unless_present = "leg")]
+    pub to: Option<String>,
+    /// The party id type of both parties (without --leg).
     #[arg(
         long,
         default_value = "urn:oasis:names:tc:ebcore:partyid-type:unregistered"
     )]
     pub party_type: String,
     /// eb:Service.
-    #[arg(long)]
-    pub service: String,
+    #[arg(long, required_unless_present = "leg")]
+    pub service: Option<String>,
     /// eb:Action.
-    #[arg(long)]
-    pub action: String,
+    #[arg(long, required_unless_present = "leg")]
+    pub action: Option<String>,
+    /// A message property NAME=VALUE (eb:MessageProperties). Repeatable; a leg's
+    /// required properties must be given.
+    #[arg(long = "property", value_name = "NAME=VALUE")]
+    pub properties: Vec<String>,
     /// Our signing key (PEM).
     #[arg(long)]
     pub key: PathBuf,
-    /// Our signing certificate (PEM).
-    #[arg(long)]
-    pub cert: PathBuf,
-    /// Encrypt the payloads for the holder of this certificate (PEM).
+    /// Our signing certificate (PEM; with --leg, default the sender's signing_cert).
+    #[arg(long, required_unless_present = "leg")]
+    pub cert: Option<PathBuf>,
+    /// Encrypt the payloads for the holder of this certificate (PEM; with --leg, a leg
+    /// that encrypts uses the receiver's encryption_cert by default).
     #[arg(long)]
     pub encrypt_to: Option<PathBuf>,
-    /// Gzip-compress the payloads.
+    /// Gzip-compress the payloads (with --leg: also when the leg compresses).
     #[arg(long)]
     pub compress: bool,
-    /// as4-1.15 (RSA), as4-2.0-eddsa (Ed25519 / X25519), as4-2.0-ecdsa (P-256).
-    #[arg(long, default_value = "as4-1.15")]
-    pub profile: String,
-    /// How the signature (and encryption) reference our certificate: bst, ski, issuer-serial.
-    #[arg(long, default_value = "bst")]
-    pub token: String,
+    /// as4-1.15 (RSA), as4-2.0-eddsa (Ed25519 / X25519), as4-2.0-ecdsa (P-256); default
+    /// the leg's, else as4-1.15.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// How the signature (and encryption) reference our certificate: bst, ski,
+    /// issuer-serial; default the leg's, else bst.
+    #[arg(long)]
+    pub token: Option<String>,
     /// The dump file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -867,30 +888,330 @@ fn mime_type_of(path: &std::path::Path) -> &'static str {
     }
 }
 
-fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
-    let profile = match profile_named(&args.profile) {
-        Ok(p) => p,
-        Err(e) => return cannot_run(e),
+/// What `seal` builds, from the flags and, with --leg, the PMode leg.
+struct SealPlan {
+    profile: &'static Profile,
+    token_reference: TokenReference,
+    cert: PathBuf,
+    encrypt_to: Option<PathBuf>,
+    compress: bool,
+    /// The user message without parts.
+    user_message: UserMessage,
+    /// (Content-ID, MIME type) of each payload file.
+    parts: Vec<(String, String)>,
+    /// The leg it follows, for the report.
+    leg: Option<String>,
+}
+
+fn token_named(name: &str) -> Result<TokenReference, String> {
+    match name {
+        "bst" => Ok(TokenReference::BinarySecurityToken),
+        "ski" => Ok(TokenReference::SubjectKeyIdentifier),
+        "issuer-serial" => Ok(TokenReference::IssuerSerial),
+        other => Err(format!(
+            "unknown --token '{other}'; use bst, ski or issuer-serial"
+        )),
+    }
+}
+
+fn parse_properties(args: &SealArgs) -> Result<Vec<Property>, String> {
+    args.properties
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) if !n.trim().is_empty() => Ok(Property::new(n.trim(), v)),
+            _ => Err(format!(
+                "--property '{p}' is not NAME=VALUE (e.g. --property originalSender=urn:a)"
+            )),
+        })
+        .collect()
+}
+
+/// The plan when no leg is named: everything from the flags (clap enforced the
+/// required ones).
+fn plan_from_flags(args: &SealArgs) -> Result<SealPlan, String> {
+    let required = |v: &Option<String>, flag: &str| {
+        v.clone()
+            .ok_or_else(|| format!("--{flag} is needed without --leg"))
     };
-    let token_reference = match args.token.as_str() {
-        "bst" => TokenReference::BinarySecurityToken,
-        "ski" => TokenReference::SubjectKeyIdentifier,
-        "issuer-serial" => TokenReference::IssuerSerial,
-        other => {
-            return cannot_run(format!(
-                "unknown --token '{other}'; use bst, ski or issuer-serial"
+    let party = |id: String, role: &str| Party {
+        party_ids: vec![PartyId {
+            value: id,
+            type_: Some(args.party_type.clone()),
+        }],
+        role: role.to_string(),
+    };
+    let user_message = UserMessage {
+        mpc: None,
+        message_info: MessageInfo::new(format!("{}@varti", uuid::Uuid::new_v4())),
+        party_info: PartyInfo {
+            from: party(required(&args.from, "from")?, ROLE_INITIATOR),
+            to: party(required(&args.to, "to")?, ROLE_RESPONDER),
+        },
+        collaboration_info: CollaborationInfo {
+            agreement_ref: None,
+            service: Service {
+                value: required(&args.service, "service")?,
+                type_: None,
+            },
+            action: required(&args.action, "action")?,
+            conversation_id: uuid::Uuid::new_v4().to_string(),
+        },
+        properties: parse_properties(args)?,
+        parts: Vec::new(),
+    };
+    Ok(SealPlan {
+        profile: profile_named(args.profile.as_deref().unwrap_or("as4-1.15"))?,
+        token_reference: token_named(args.token.as_deref().unwrap_or("bst"))?,
+        cert: args.cert.clone().ok_or("--cert is needed without --leg")?,
+        encrypt_to: args.encrypt_to.clone(),
+        compress: args.compress,
+        user_message,
+        parts: args
+            .payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (generated_cid(i), mime_type_of(p).to_string()))
+            .collect(),
+        leg: None,
+    })
+}
+
+fn generated_cid(i: usize) -> String {
+    format!("part{i}-{}@varti", uuid::Uuid::new_v4().simple())
+}
+
+/// The plan for `--pmodes DIR --leg PROCESS/LEG`: the leg's values, flags overriding.
+fn plan_from_leg(
+    args: &SealArgs,
+    dir: &std::path::Path,
+    leg_name: &str,
+) -> Result<SealPlan, String> {
+    use varti_as4::pmode::model::{LegSide, Party as PmParty};
+    let (set, diags) = varti_as4::pmode::load_dir(dir);
+    let errors: Vec<String> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| format!("  {}: {}", d.location, d.message))
+        .collect();
+    if !errors.is_empty() {
+        return Err(format!(
+            "the PModes in {} have errors (see `varti pmode check {}`):\n{}",
+            dir.display(),
+            dir.display(),
+            errors.join("\n")
+        ));
+    }
+    let Some((process, name)) = leg_name.split_once('/') else {
+        return Err(format!(
+            "--leg '{leg_name}' must be PROCESS/LEG, e.g. --leg test/test"
+        ));
+    };
+    let Some(leg) = set
+        .legs
+        .iter()
+        .find(|l| l.process == process && l.name == name)
+    else {
+        let known: Vec<String> = set
+            .legs
+            .iter()
+            .map(|l| format!("{}/{}", l.process, l.name))
+            .collect();
+        return Err(format!(
+            "no leg '{leg_name}' in {}; the legs are: {}",
+            dir.display(),
+            known.join(", ")
+        ));
+    };
+    if !leg.security.sign {
+        return Err(format!(
+            "{} does not sign its messages; `message seal` builds signed messages only",
+            leg.label()
+        ));
+    }
+    // A party of one side: the one named (by party name or id), else the first one that
+    // is not `not`. Returns the party and the id to put on the wire.
+    let pick =
+        |side: &LegSide, which: &str, wanted: Option<&str>, not: Option<&str>| {
+            let parties = side.parties.iter().filter_map(|n| set.party(n));
+            let found: Option<(&PmParty, PartyId)> = match wanted {
+                Some(w) => parties
+                    .filter_map(|p| {
+                        let id = p
+                            .ids
+                            .iter()
+                            .find(|i| i.value == w)
+                            .or_else(|| (p.name == w).then(|| p.ids.first()).flatten())?;
+                        Some((p, id))
+                    })
+                    .map(|(p, id)| {
+                        (
+                            p,
+                            PartyId {
+                                value: id.value.clone(),
+                                type_: id.id_type.clone(),
+                            },
+                        )
+                    })
+                    .next(),
+                None => parties
+                    .filter(|p| Some(p.name.as_str()) != not)
+                    .find_map(|p| {
+                        p.ids.first().map(|id| {
+                            (
+                                p,
+                                PartyId {
+                                    value: id.value.clone(),
+                                    type_: id.id_type.clone(),
+                                },
+                            )
+                        })
+                    }),
+            };
+            found.ok_or_else(|| {
+                format!(
+                "{}: {} is not a party of its {which} side (parties: {}); name one with --{which}",
+                leg.label(),
+                wanted.map(|w| format!("'{w}'")).unwrap_or("no other party".into()),
+                side.parties.join(", ")
+            )
+            })
+        };
+    let (sender, from_id) = pick(&leg.from, "from", args.from.as_deref(), None)?;
+    let (receiver, to_id) = pick(&leg.to, "to", args.to.as_deref(), Some(&sender.name))?;
+
+    let properties = parse_properties(args)?;
+    let missing: Vec<&str> = leg
+        .properties
+        .iter()
+        .filter(|r| r.required && !properties.iter().any(|p| p.name == r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} requires the message properties {}; give each as --property NAME=VALUE",
+            leg.label(),
+            missing.join(", ")
+        ));
+    }
+    let cert = match (&args.cert, &sender.signing_cert) {
+        (Some(c), _) => c.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => {
+            return Err(format!(
+                "party '{}' has no signing_cert in the PModes; give --cert",
+                sender.name
             ))
         }
     };
+    let encrypt_to = match (&args.encrypt_to, leg.security.encrypt) {
+        (Some(c), _) => Some(c.clone()),
+        (None, false) => None,
+        (None, true) => Some(receiver.encryption_cert.clone().ok_or_else(|| {
+            format!(
+                "{} encrypts, but party '{}' has no encryption_cert in the PModes; give --encrypt-to",
+                leg.label(),
+                receiver.name
+            )
+        })?),
+    };
+    let profile = match &args.profile {
+        Some(p) => profile_named(p)?,
+        None => varti_gateway::access_point::profile_of(leg.security.profile),
+    };
+    let token_reference = match &args.token {
+        Some(t) => token_named(t)?,
+        None => varti_gateway::access_point::token_reference_of(leg.security.token_reference),
+    };
+    // Parts: a fixed Content-ID and the media type from the leg's payload profile when
+    // it has them, else a generated id and the type by file extension.
+    let parts = args
+        .payloads
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let rule = leg.payload.as_ref().and_then(|pp| pp.parts.get(i));
+            let cid = rule
+                .and_then(|r| r.cid.as_deref())
+                .map(|c| c.trim_start_matches("cid:").to_string())
+                .unwrap_or_else(|| generated_cid(i));
+            let by_ext = mime_type_of(path);
+            let mime = match rule {
+                Some(r)
+                    if !r.mime_types.is_empty() && !r.mime_types.iter().any(|m| m == by_ext) =>
+                {
+                    r.mime_types[0].clone()
+                }
+                _ => by_ext.to_string(),
+            };
+            (cid, mime)
+        })
+        .collect();
+    let user_message = UserMessage {
+        mpc: (leg.mpc != varti_as4::message::model::DEFAULT_MPC).then(|| leg.mpc.clone()),
+        message_info: MessageInfo::new(format!("{}@varti", uuid::Uuid::new_v4())),
+        party_info: PartyInfo {
+            from: Party {
+                party_ids: vec![from_id],
+                role: leg.from.role.clone(),
+            },
+            to: Party {
+                party_ids: vec![to_id],
+                role: leg.to.role.clone(),
+            },
+        },
+        collaboration_info: CollaborationInfo {
+            agreement_ref: leg.agreement.as_ref().map(|a| {
+                varti_as4::message::model::AgreementRef {
+                    value: a.value.clone(),
+                    type_: a.agreement_type.clone(),
+                    pmode: leg.pmode_id.clone(),
+                }
+            }),
+            service: Service {
+                value: args
+                    .service
+                    .clone()
+                    .unwrap_or_else(|| leg.service.value.clone()),
+                type_: leg.service.service_type.clone(),
+            },
+            action: args.action.clone().unwrap_or_else(|| leg.action.clone()),
+            conversation_id: uuid::Uuid::new_v4().to_string(),
+        },
+        properties,
+        parts: Vec::new(),
+    };
+    Ok(SealPlan {
+        profile,
+        token_reference,
+        cert,
+        encrypt_to,
+        compress: args.compress || leg.compression.compress,
+        user_message,
+        parts,
+        leg: Some(leg.label()),
+    })
+}
+
+fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
+    let plan = match (&args.pmodes, &args.leg) {
+        (Some(dir), Some(leg)) => plan_from_leg(&args, dir, leg),
+        _ => plan_from_flags(&args),
+    };
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => return cannot_run(e),
+    };
+    let profile = plan.profile;
+    let token_reference = plan.token_reference;
     let key = match read_key(&args.key) {
         Ok(k) => k,
         Err(e) => return cannot_run(e),
     };
-    let cert = match read_certs(&args.cert) {
+    let cert = match read_certs(&plan.cert) {
         Ok(mut c) => c.remove(0),
         Err(e) => return cannot_run(e),
     };
-    let receiver = match &args.encrypt_to {
+    let receiver = match &plan.encrypt_to {
         None => None,
         Some(p) => match read_certs(p) {
             Ok(mut c) => Some(c.remove(0)),
@@ -904,41 +1225,15 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return cannot_run(format!("cannot read payload {}: {e}", p.display())),
         }
     }
-    let party = |id: &str, role: &str| Party {
-        party_ids: vec![PartyId {
-            value: id.to_string(),
-            type_: Some(args.party_type.clone()),
-        }],
-        role: role.to_string(),
-    };
-    let message_id = format!("{}@varti", uuid::Uuid::new_v4());
-    let um = UserMessage {
-        mpc: None,
-        message_info: MessageInfo::new(message_id.clone()),
-        party_info: PartyInfo {
-            from: party(&args.from, ROLE_INITIATOR),
-            to: party(&args.to, ROLE_RESPONDER),
-        },
-        collaboration_info: CollaborationInfo {
-            agreement_ref: None,
-            service: Service {
-                value: args.service.clone(),
-                type_: None,
-            },
-            action: args.action.clone(),
-            conversation_id: uuid::Uuid::new_v4().to_string(),
-        },
-        properties: Vec::new(),
-        parts: Vec::new(),
-    };
-    let payloads: Vec<OutgoingPayload<'_>> = args
-        .payloads
+    let um = plan.user_message;
+    let message_id = um.message_info.message_id.clone();
+    let payloads: Vec<OutgoingPayload<'_>> = plan
+        .parts
         .iter()
         .zip(files.iter_mut())
-        .enumerate()
-        .map(|(i, (path, f))| OutgoingPayload {
-            content_id: format!("part{i}-{}@varti", uuid::Uuid::new_v4().simple()),
-            mime_type: mime_type_of(path).to_string(),
+        .map(|((cid, mime), f)| OutgoingPayload {
+            content_id: cid.clone(),
+            mime_type: mime.clone(),
             properties: Vec::new(),
             content: f as &mut dyn std::io::Read,
         })
@@ -955,7 +1250,7 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             key_protection: key_protection_for(profile),
             token_reference,
         }),
-        compress: args.compress,
+        compress: plan.compress,
     };
     // Write next to the target and rename, so a failure leaves no half-written dump.
     let dir = args
@@ -992,8 +1287,9 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
         "file": args.out.display().to_string(),
         "message_id": message_id,
         "profile": profile.name,
+        "leg": plan.leg,
         "encrypted": receiver.is_some(),
-        "compressed": args.compress,
+        "compressed": plan.compress,
         "signed_references": sent.references.iter().map(|r| json!({"uri": r.uri, "digest": hex(&r.digest)})).collect::<Vec<_>>(),
     });
     if args.json {
@@ -1005,13 +1301,16 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             args.out.display(),
             profile.name,
             args.payloads.len(),
-            if args.compress { ", compressed" } else { "" },
+            if plan.compress { ", compressed" } else { "" },
             if receiver.is_some() {
                 ", encrypted"
             } else {
                 ""
             }
         );
+        if let Some(leg) = &plan.leg {
+            println!("  as {leg}");
+        }
         for r in &sent.references {
             println!("  signed {} sha256 {}", r.uri, hex(&r.digest));
         }
