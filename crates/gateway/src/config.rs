@@ -80,6 +80,8 @@ pub struct Config {
     pub sender: SenderConfig,
     /// The backend API (procedure portals, evidence providers) and its webhooks.
     pub backend: BackendConfig,
+    /// `[oots]`: the OOTS gateway (off unless a role is set).
+    pub oots: crate::oots::OotsConfig,
 }
 
 /// This access point's own party and keys (the partners' certificates come from the PModes).
@@ -307,6 +309,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             sender: SenderConfig::default(),
             backend: BackendConfig::default(),
+            oots: crate::oots::OotsConfig::default(),
         }
     }
 }
@@ -455,6 +458,7 @@ impl Config {
             }
         };
         fix(&mut self.data_dir);
+        self.oots.resolve_relative_to(base);
         fix(&mut self.pmodes_dir);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
@@ -471,6 +475,7 @@ impl Config {
 
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.oots.validate()?;
         let positive = [
             (
                 "server.handshake_timeout_secs",

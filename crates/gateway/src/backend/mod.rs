@@ -16,6 +16,9 @@
 //! | `GET /status` | party, instance, message counts by state |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (no authentication) |
 //! | `POST /admin/purge` | admin clients: apply the retention now |
+//! | `POST /oots/requests` | OOTS: an evidence request from a portal's data ([`crate::oots::requester`]) |
+//! | `GET /oots/requests/{id}` | OOTS: where the request is, its evidence or error |
+//! | `GET /oots/requests/{id}/evidence/{n}` | OOTS: evidence file `n`, streamed |
 //!
 //! # Authentication and isolation
 //!
@@ -75,6 +78,9 @@ enum Op {
     Status,
     OpenApi,
     Purge,
+    OotsCreate,
+    OotsShow,
+    OotsEvidence,
 }
 
 /// One entry of the routing table.
@@ -103,6 +109,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/status", Op::Status),
     route("GET", "/openapi.json", Op::OpenApi),
     route("POST", "/admin/purge", Op::Purge),
+    route("POST", "/oots/requests", Op::OotsCreate),
+    route("GET", "/oots/requests/{id}", Op::OotsShow),
+    route("GET", "/oots/requests/{id}/evidence/{n}", Op::OotsEvidence),
 ];
 
 /// An API error: status, what is wrong, what to do.
@@ -416,6 +425,12 @@ impl Routes for BackendRoutes {
                 Op::Resend => messages::resend(ap, client, id).await,
                 Op::Status => messages::status(ap, client).await,
                 Op::Purge => messages::purge(ap, client).await,
+                Op::OotsCreate => crate::oots::requester::create(ap, client, request).await,
+                Op::OotsShow => crate::oots::requester::show(ap, client, id).await,
+                Op::OotsEvidence => {
+                    let n = params.get(1).cloned().unwrap_or_default();
+                    crate::oots::requester::evidence(ap, client, id, &n).await
+                }
                 Op::OpenApi => Ok(openapi()),
             };
             result.unwrap_or_else(|e| e.response())
