@@ -91,7 +91,8 @@ fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
     }
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let body: Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+    let body: Value =
+        serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
     seen.lock().unwrap().push((path.clone(), body));
     let respond = |conn: &mut TcpStream, status: &str, ct: &str, body: &[u8]| {
         let _ = conn.write_all(
@@ -108,16 +109,36 @@ fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
             body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth\"; filename=\"birth.pdf\"\r\nContent-Type: application/pdf\r\n\r\n").as_bytes());
             body.extend_from_slice(&pdf());
             body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-            respond(&mut conn, "200 OK", &format!("multipart/form-data; boundary={boundary}"), &body);
+            respond(
+                &mut conn,
+                "200 OK",
+                &format!("multipart/form-data; boundary={boundary}"),
+                &body,
+            );
         }
-        "/none" => respond(&mut conn, "404 Not Found", "text/plain", b"no person matches the identity data"),
-        "/refuse" => respond(&mut conn, "422 Unprocessable Entity", "text/plain", b"date of birth is in the future"),
+        "/none" => respond(
+            &mut conn,
+            "404 Not Found",
+            "text/plain",
+            b"no person matches the identity data",
+        ),
+        "/refuse" => respond(
+            &mut conn,
+            "422 Unprocessable Entity",
+            "text/plain",
+            b"date of birth is in the future",
+        ),
         "/slow" | "/slower" => {
             // Longer than the connector's timeout (1 s) / the request's timeout (2 s).
             std::thread::sleep(Duration::from_secs(if path == "/slow" { 3 } else { 8 }));
             respond(&mut conn, "404 Not Found", "text/plain", b"late");
         }
-        _ => respond(&mut conn, "500 Internal Server Error", "text/plain", b"unknown path"),
+        _ => respond(
+            &mut conn,
+            "500 Internal Server Error",
+            "text/plain",
+            b"unknown path",
+        ),
     }
 }
 
@@ -167,8 +188,15 @@ fn codelists_dir() -> String {
         .unwrap_or_else(|_| repo().join("../shared/specs").display().to_string());
     let dir = std::path::Path::new(&specs).join("oots-edm-v1/codelists");
     if !dir.is_dir() {
-        assert!(std::env::var_os("CI").is_none(), "OOTS code lists missing at {}", dir.display());
-        eprintln!("WARNING: no OOTS code lists at {}; codes are not checked", dir.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "OOTS code lists missing at {}",
+            dir.display()
+        );
+        eprintln!(
+            "WARNING: no OOTS code lists at {}; codes are not checked",
+            dir.display()
+        );
     }
     dir.display().to_string()
 }
@@ -193,7 +221,12 @@ fn request_body(evidence_type: &str, eidas_id: &str) -> Value {
 }
 
 fn post_request(a: &Node, body: &Value) -> Value {
-    let r = a.api("POST", "/api/v1/oots/requests", Some("application/json"), body.to_string().as_bytes());
+    let r = a.api(
+        "POST",
+        "/api/v1/oots/requests",
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 202, "{} {}", r.head, r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -253,13 +286,25 @@ fn evidence_request_response_and_every_error_over_as4() {
     let href = evidences[0]["href"].as_str().unwrap();
     let file = a.api("GET", href, None, b"");
     assert_eq!(file.status, 200, "{}", file.body);
-    assert!(file.head.to_lowercase().contains("content-type: application/pdf"), "{}", file.head);
-    assert!(file.bytes == pdf(), "the evidence differs from the register's file");
+    assert!(
+        file.head
+            .to_lowercase()
+            .contains("content-type: application/pdf"),
+        "{}",
+        file.head
+    );
+    assert!(
+        file.bytes == pdf(),
+        "the evidence differs from the register's file"
+    );
     // The register got the person and evidence type from the EDM request.
     let calls = register.calls("/ok");
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["request_id"], format!("urn:uuid:{id}"));
-    assert_eq!(calls[0]["natural_person"]["identifier"], "DK/LV/010190-1234");
+    assert_eq!(
+        calls[0]["natural_person"]["identifier"],
+        "DK/LV/010190-1234"
+    );
     assert_eq!(calls[0]["natural_person"]["family_name"], "Jensen");
     assert_eq!(calls[0]["evidence_type"]["identifier"], "EV-OK");
     assert_eq!(calls[0]["requester"]["identifier"], "DK22233223");
@@ -268,30 +313,86 @@ fn evidence_request_response_and_every_error_over_as4() {
     assert_ne!(response_id, v["request_message_id"].as_str().unwrap());
 
     // Another portal's id, a made-up id and a missing evidence index are 404.
-    let r = a.api("GET", "/api/v1/oots/requests/00000000-0000-4000-8000-000000000000", None, b"");
+    let r = a.api(
+        "GET",
+        "/api/v1/oots/requests/00000000-0000-4000-8000-000000000000",
+        None,
+        b"",
+    );
     assert_eq!(r.status, 404);
-    let r = a.api("GET", &format!("/api/v1/oots/requests/{id}/evidence/1"), None, b"");
+    let r = a.api(
+        "GET",
+        &format!("/api/v1/oots/requests/{id}/evidence/1"),
+        None,
+        b"",
+    );
     assert_eq!(r.status, 404);
     // And a request without a person is refused before anything is sent.
     let mut bad = request_body("EV-OK", "DK/LV/1");
     bad.as_object_mut().unwrap().remove("natural_person");
-    let r = a.api("POST", "/api/v1/oots/requests", Some("application/json"), bad.to_string().as_bytes());
+    let r = a.api(
+        "POST",
+        "/api/v1/oots/requests",
+        Some("application/json"),
+        bad.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("natural_person"), "{}", r.body);
 
     // Start every error case at once, then check each.
     let cases = [
-        ("EV-NONE", "DK/LV/010190-1234", "EDM:ERR:0004", "ObjectNotFoundExceptionType", "no person matches"),
-        ("EV-REFUSE", "DK/LV/010190-1234", "EDM:ERR:0003", "InvalidRequestExceptionType", "date of birth"),
+        (
+            "EV-NONE",
+            "DK/LV/010190-1234",
+            "EDM:ERR:0004",
+            "ObjectNotFoundExceptionType",
+            "no person matches",
+        ),
+        (
+            "EV-REFUSE",
+            "DK/LV/010190-1234",
+            "EDM:ERR:0003",
+            "InvalidRequestExceptionType",
+            "date of birth",
+        ),
         // Not an eIDAS identifier: b's model validation refuses it (rule VARTI-EDM-REQ-015).
-        ("EV-OK", "not-an-eidas-id", "EDM:ERR:0003", "InvalidRequestExceptionType", "VARTI-EDM-REQ-015"),
-        ("EV-UNKNOWN", "DK/LV/010190-1234", "EDM:ERR:0007", "UnsupportedCapabilityExceptionType", "EV-UNKNOWN"),
-        ("EV-SLOW", "DK/LV/010190-1234", "EDM:ERR:0005", "TimeoutExceptionType", "did not answer within 1s"),
-        ("EV-DOWN", "DK/LV/010190-1234", "EDM:ERR:0008", "QueryExceptionType", "cannot reach"),
+        (
+            "EV-OK",
+            "not-an-eidas-id",
+            "EDM:ERR:0003",
+            "InvalidRequestExceptionType",
+            "VARTI-EDM-REQ-015",
+        ),
+        (
+            "EV-UNKNOWN",
+            "DK/LV/010190-1234",
+            "EDM:ERR:0007",
+            "UnsupportedCapabilityExceptionType",
+            "EV-UNKNOWN",
+        ),
+        (
+            "EV-SLOW",
+            "DK/LV/010190-1234",
+            "EDM:ERR:0005",
+            "TimeoutExceptionType",
+            "did not answer within 1s",
+        ),
+        (
+            "EV-DOWN",
+            "DK/LV/010190-1234",
+            "EDM:ERR:0008",
+            "QueryExceptionType",
+            "cannot reach",
+        ),
     ];
     let ids: Vec<String> = cases
         .iter()
-        .map(|(et, eidas, ..)| post_request(&a, &request_body(et, eidas))["id"].as_str().unwrap().to_owned())
+        .map(|(et, eidas, ..)| {
+            post_request(&a, &request_body(et, eidas))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     // The answer that comes too late: the request waits 2 s, the register takes 8 s.
     let mut late = request_body("EV-SLOWER", "DK/LV/010190-1234");
@@ -312,7 +413,16 @@ fn evidence_request_response_and_every_error_over_as4() {
     let v = settled(&a, &b, &late_id, Duration::from_secs(30));
     assert_eq!(v["state"], "timed_out", "{v:#}");
     // The late answer (ERR:0004 from the register's 404) arrives and changes nothing.
-    std::thread::sleep(Duration::from_secs(9));
+    let start = Instant::now();
+    while !a.served.log_text().contains("already settled") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the late answer never reached a:\n{}",
+            a.served.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(register.calls("/slower").len(), 1);
     let v = get_request(&a, &late_id);
     assert_eq!(v["state"], "timed_out", "{v:#}");
     assert!(v["response_message_id"].is_null(), "{v:#}");

@@ -248,10 +248,7 @@ pub fn build_request(data: &RequestData) -> Result<EvidenceRequest, BuildError> 
 }
 
 /// Builds an evidence request with the id `id` (`urn:uuid:…`).
-pub fn build_request_with_id(
-    data: &RequestData,
-    id: &str,
-) -> Result<EvidenceRequest, BuildError> {
+pub fn build_request_with_id(data: &RequestData, id: &str) -> Result<EvidenceRequest, BuildError> {
     let version = match data.edm_version.as_deref() {
         None => EdmVersion::V2_0,
         Some(v) => EdmVersion::from_identifier(v).ok_or_else(|| {
@@ -332,10 +329,8 @@ pub fn build_request_with_id(
 
     let loa = |l: &Option<String>| l.clone().unwrap_or_else(|| "High".into());
     if let Some(p) = &data.natural_person {
-        let mut el = Element::new(NS_SDG, "Person").with_child(sdg(
-            "LevelOfAssurance",
-            &loa(&p.level_of_assurance),
-        ));
+        let mut el = Element::new(NS_SDG, "Person")
+            .with_child(sdg("LevelOfAssurance", &loa(&p.level_of_assurance)));
         if let Some(id) = &p.identifier {
             el = el.with_child(eidas_id("Identifier", id));
         }
@@ -594,7 +589,10 @@ mod tests {
             let EdmDocument::Request(back) = back else {
                 panic!("not a request")
             };
-            assert_eq!(back.natural_person().unwrap().family_name.as_deref(), Some("Jensen"));
+            assert_eq!(
+                back.natural_person().unwrap().family_name.as_deref(),
+                Some("Jensen")
+            );
             assert_eq!(
                 back.evidence_type().unwrap().identifier.as_deref(),
                 Some("RegistrationCertificate-LV")
@@ -606,7 +604,9 @@ mod tests {
     fn request_needs_exactly_one_person() {
         let mut d = sample(None);
         d.natural_person = None;
-        assert!(matches!(build_request(&d), Err(BuildError::Invalid(m)) if m.contains("exactly one")));
+        assert!(
+            matches!(build_request(&d), Err(BuildError::Invalid(m)) if m.contains("exactly one"))
+        );
         let mut d = sample(Some("oots-edm:v9"));
         d.edm_version = Some("oots-edm:v9".into());
         assert!(build_request(&d).is_err());
@@ -631,7 +631,10 @@ mod tests {
             assert_eq!(fatal(&doc), vec![], "{v}:\n{}", doc.to_xml());
             let ev = resp.evidences();
             assert_eq!(ev.len(), 1);
-            assert_eq!(ev[0].repository_item.as_ref().unwrap().href, "cid:ev1@varti");
+            assert_eq!(
+                ev[0].repository_item.as_ref().unwrap().href,
+                "cid:ev1@varti"
+            );
             assert_eq!(resp.request_id(), req.id.as_deref());
             for kind in [
                 EdmErrorKind::InvalidRequest,

@@ -126,7 +126,10 @@ impl OotsConfig {
             if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
                 return invalid(
                     "oots.connectors.url",
-                    format!("`{}` (evidence type `{}`) is not an http(s) URL", c.url, c.evidence_type),
+                    format!(
+                        "`{}` (evidence type `{}`) is not an http(s) URL",
+                        c.url, c.evidence_type
+                    ),
                     "give the register's endpoint, e.g. https://register.example/oots/evidence",
                 );
             }

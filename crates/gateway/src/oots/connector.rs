@@ -168,7 +168,10 @@ pub async fn call(
             Ok(Attempt::Retry { timed_out, why }) => (timed_out, why),
             Err(_) => (
                 true,
-                format!("the register did not answer within {}s", connector.timeout_secs),
+                format!(
+                    "the register did not answer within {}s",
+                    connector.timeout_secs
+                ),
             ),
         };
         tracing::warn!(url = %connector.url, attempt, of = attempts, reason = %why, "data service connector call failed");
@@ -200,7 +203,12 @@ async fn once(ap: &Arc<AccessPoint>, connector: &ConnectorConfig, body: Bytes) -
         .body(Full::new(body))
     {
         Ok(r) => r,
-        Err(e) => return Attempt::Done(Outcome::Unavailable(format!("the connector URL `{}` cannot be used: {e}", connector.url))),
+        Err(e) => {
+            return Attempt::Done(Outcome::Unavailable(format!(
+                "the connector URL `{}` cannot be used: {e}",
+                connector.url
+            )))
+        }
     };
     let response = match http().request(request).await {
         Ok(r) => r,
@@ -271,8 +279,9 @@ async fn receive_files(
             let name = field.name().unwrap_or_default().to_owned();
             if name == "metadata" && files.is_empty() {
                 let bytes = field.bytes().await.map_err(|e| e.to_string())?;
-                metadata = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("the register's metadata part is not the expected JSON: {e}"))?;
+                metadata = serde_json::from_slice(&bytes).map_err(|e| {
+                    format!("the register's metadata part is not the expected JSON: {e}")
+                })?;
                 continue;
             }
             let mime_type = field

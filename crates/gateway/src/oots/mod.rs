@@ -126,7 +126,9 @@ async fn pick_up(ap: &Arc<AccessPoint>) {
             }
             ACTION_RESPONSE | ACTION_ERROR if ap.config.oots.role.requests() => {
                 let ap = ap.clone();
-                let _ = tokio::task::spawn_blocking(move || requester::answer_received(&ap, &record)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || requester::answer_received(&ap, &record))
+                        .await;
             }
             action => {
                 tracing::warn!(message_id = %id, action, role = ?ap.config.oots.role, "OOTS message this gateway does not handle in its configured role (oots.role); it is kept, not answered");

@@ -18,8 +18,8 @@
 //! Preview is not offered yet: a request is answered at once whatever its
 //! `PossibilityForPreview` (the design for preview is in `docs/architecture.md`).
 
-use std::io::Read;
 use std::cell::RefCell;
+use std::io::Read;
 use std::sync::Arc;
 
 use tracing::Instrument;
@@ -150,7 +150,15 @@ fn own_agent(ap: &AccessPoint) -> Agent {
 async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
     let bytes = match read_edm(ap, record).await {
         Ok(b) => b,
-        Err(why) => return error_answer(ap, None, EdmErrorKind::InvalidRequest, "The evidence request cannot be read", Some(&why)),
+        Err(why) => {
+            return error_answer(
+                ap,
+                None,
+                EdmErrorKind::InvalidRequest,
+                "The evidence request cannot be read",
+                Some(&why),
+            )
+        }
     };
     let request = match EdmDocument::parse(&bytes) {
         Ok(EdmDocument::Request(r)) => r,
@@ -158,7 +166,13 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
             return error_answer(ap, None, EdmErrorKind::InvalidRequest, "The message is not an evidence request", Some("the ExecuteQueryRequest action carries a query:QueryResponse; send a query:QueryRequest"));
         }
         Err(e) => {
-            return error_answer(ap, None, EdmErrorKind::InvalidRequest, "The evidence request is not a readable EDM document", Some(&e.to_string()));
+            return error_answer(
+                ap,
+                None,
+                EdmErrorKind::InvalidRequest,
+                "The evidence request is not a readable EDM document",
+                Some(&e.to_string()),
+            );
         }
     };
     let findings = {
@@ -177,9 +191,17 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
         ids.dedup();
         let detail = format!("{}: {}", ids.join(", "), fatal[0].message);
         tracing::info!(rules = %ids.join(","), "OOTS: invalid evidence request");
-        return error_answer(ap, Some(&request), EdmErrorKind::InvalidRequest, "The evidence request is invalid", Some(&detail));
+        return error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::InvalidRequest,
+            "The evidence request is invalid",
+            Some(&detail),
+        );
     }
-    let et = request.evidence_type().unwrap_or_else(unreachable_evidence_type);
+    let et = request
+        .evidence_type()
+        .unwrap_or_else(unreachable_evidence_type);
     let Some(connector) = ap
         .config
         .oots
@@ -190,11 +212,23 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
             et.identifier.as_deref().unwrap_or_default(),
             et.classification.as_deref().unwrap_or_default()
         );
-        return error_answer(ap, Some(&request), EdmErrorKind::UnsupportedCapability, "The evidence type is not supported", Some(&detail));
+        return error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::UnsupportedCapability,
+            "The evidence type is not supported",
+            Some(&detail),
+        );
     };
     let call = connector_request(&request);
     match connector::call(ap, connector, &call).await {
-        Outcome::Evidence(files) if files.is_empty() => error_answer(ap, Some(&request), EdmErrorKind::ObjectNotFound, "No evidence found", Some("the register returned no evidence file")),
+        Outcome::Evidence(files) if files.is_empty() => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::ObjectNotFound,
+            "No evidence found",
+            Some("the register returned no evidence file"),
+        ),
         Outcome::Evidence(files) => {
             let tag = uuid::Uuid::new_v4().simple().to_string();
             let evidence: Vec<(String, FetchedEvidence)> = files
@@ -219,10 +253,34 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
                 evidence,
             }
         }
-        Outcome::NotFound(d) => error_answer(ap, Some(&request), EdmErrorKind::ObjectNotFound, "No evidence found", Some(&d)),
-        Outcome::Invalid(d) => error_answer(ap, Some(&request), EdmErrorKind::InvalidRequest, "The register refused the request", Some(&d)),
-        Outcome::TimedOut(d) => error_answer(ap, Some(&request), EdmErrorKind::Timeout, "Timeout exceeded", Some(&d)),
-        Outcome::Unavailable(d) => error_answer(ap, Some(&request), EdmErrorKind::Query, "The query cannot be processed", Some(&d)),
+        Outcome::NotFound(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::ObjectNotFound,
+            "No evidence found",
+            Some(&d),
+        ),
+        Outcome::Invalid(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::InvalidRequest,
+            "The register refused the request",
+            Some(&d),
+        ),
+        Outcome::TimedOut(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::Timeout,
+            "Timeout exceeded",
+            Some(&d),
+        ),
+        Outcome::Unavailable(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::Query,
+            "The query cannot be processed",
+            Some(&d),
+        ),
     }
 }
 
@@ -336,7 +394,9 @@ pub async fn read_edm(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Result<V
         .find(|p| p.mime_type == EDM_MIME)
         .or_else(|| record.meta.payloads.first())
         .cloned()
-        .ok_or_else(|| "the message has no payload; the EDM document must be its first part".to_owned())?;
+        .ok_or_else(|| {
+            "the message has no payload; the EDM document must be its first part".to_owned()
+        })?;
     if entry.stored.size > MAX_EDM_BYTES {
         return Err(format!(
             "the EDM document is {} bytes, over the {MAX_EDM_BYTES}-byte limit",
@@ -363,13 +423,18 @@ pub async fn read_edm(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Result<V
 }
 
 /// Stores the EDM document and submits the answer.
-async fn send(ap: &Arc<AccessPoint>, request: &MessageRecord, answer: Answer) -> Result<String, String> {
+async fn send(
+    ap: &Arc<AccessPoint>,
+    request: &MessageRecord,
+    answer: Answer,
+) -> Result<String, String> {
     let ap2 = ap.clone();
     let edm = answer.edm.into_bytes();
-    let edm_ref: PayloadRef = tokio::task::spawn_blocking(move || ap2.store.payloads().put(&mut edm.as_slice()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot store the EDM document: {e}"))?;
+    let edm_ref: PayloadRef =
+        tokio::task::spawn_blocking(move || ap2.store.payloads().put(&mut edm.as_slice()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot store the EDM document: {e}"))?;
     let mut payloads = vec![PayloadEntry {
         content_id: format!("edm-{}@varti", uuid::Uuid::new_v4().simple()),
         mime_type: EDM_MIME.to_owned(),
@@ -387,7 +452,10 @@ async fn send(ap: &Arc<AccessPoint>, request: &MessageRecord, answer: Answer) ->
     let prop = |name: &str| request.meta.properties.iter().find(|p| p.name == name);
     let mut properties = Vec::new();
     // Four corners, reversed: the answer goes from C4 back to C1.
-    for (ours, theirs) in [("originalSender", "finalRecipient"), ("finalRecipient", "originalSender")] {
+    for (ours, theirs) in [
+        ("originalSender", "finalRecipient"),
+        ("finalRecipient", "originalSender"),
+    ] {
         if let Some(p) = prop(theirs) {
             properties.push(MessageProperty {
                 name: ours.to_owned(),

@@ -1,6 +1,7 @@
 //! The requester side's memory: one JSON file per evidence request under
 //! `<data_dir>/oots/requests/<uuid>.json`, written atomically (temporary file, fsync,
-//! rename), so a restart keeps every open request and its deadline.
+//! rename), so a restart keeps every open request and its deadline; an empty marker
+//! `<data_dir>/oots/open/<uuid>` per open request keeps the deadline watch cheap.
 //!
 //! The evidence files themselves are not copied here: they stay the payloads of the
 //! response message in the message store, and a record names that message.
@@ -129,16 +130,18 @@ fn dir(ap: &AccessPoint) -> PathBuf {
 /// the file system).
 pub fn valid_id(id: &str) -> bool {
     id.len() == 36
-        && id
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| {
-                if matches!(i, 8 | 13 | 18 | 23) {
-                    b == b'-'
-                } else {
-                    b.is_ascii_hexdigit()
-                }
-            })
+        && id.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// One empty marker file per open request, so the deadline watch reads only those.
+fn open_dir(ap: &AccessPoint) -> PathBuf {
+    ap.config.data_dir.join("oots").join("open")
 }
 
 fn path_of(ap: &AccessPoint, id: &str) -> Option<PathBuf> {
@@ -184,7 +187,14 @@ fn write(ap: &AccessPoint, record: &RequestRecord) -> Result<(), RecordError> {
 /// Stores a new record.
 pub fn create(ap: &AccessPoint, record: &RequestRecord) -> Result<(), RecordError> {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    write(ap, record)
+    write(ap, record)?;
+    if !record.state.is_final() {
+        let d = open_dir(ap);
+        std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+        let marker = d.join(&record.id);
+        std::fs::write(&marker, b"").map_err(|e| err(&marker, e))?;
+    }
+    Ok(())
 }
 
 /// Applies `change` to the record `id` while it is still open (`Sent`); returns the
@@ -207,26 +217,31 @@ pub fn settle(
         record.settled_at = Some(rfc3339_now());
     }
     write(ap, &record)?;
+    if record.state.is_final() {
+        let _ = std::fs::remove_file(open_dir(ap).join(&record.id));
+    }
     Ok(Some(record))
 }
 
-/// The ids of every open request.
+/// The ids of every open request (from the markers; a marker whose record settled is
+/// dropped).
 pub fn open_ids(ap: &AccessPoint) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir(ap)) else {
+    let Ok(entries) = std::fs::read_dir(open_dir(ap)) else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".json").map(str::to_owned)
-        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|id| valid_id(id))
         .filter(|id| {
-            load(ap, id)
+            let open = load(ap, id)
                 .ok()
                 .flatten()
-                .is_some_and(|r| !r.state.is_final())
+                .is_some_and(|r| !r.state.is_final());
+            if !open {
+                let _ = std::fs::remove_file(open_dir(ap).join(id));
+            }
+            open
         })
         .collect()
 }

@@ -229,7 +229,11 @@ fn view(r: &RequestRecord) -> Value {
     })
 }
 
-async fn visible(ap: &Arc<AccessPoint>, client: &Client, id: &str) -> Result<RequestRecord, ApiError> {
+async fn visible(
+    ap: &Arc<AccessPoint>,
+    client: &Client,
+    id: &str,
+) -> Result<RequestRecord, ApiError> {
     if !ap.config.oots.role.requests() {
         return Err(not_requester());
     }
@@ -242,7 +246,11 @@ async fn visible(ap: &Arc<AccessPoint>, client: &Client, id: &str) -> Result<Req
 }
 
 /// `GET /oots/requests/{id}`.
-pub async fn show(ap: Arc<AccessPoint>, client: Client, id: String) -> Result<Response<Body>, ApiError> {
+pub async fn show(
+    ap: Arc<AccessPoint>,
+    client: Client,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
     let r = visible(&ap, &client, &id).await?;
     Ok(json_response(StatusCode::OK, &view(&r)))
 }
@@ -263,14 +271,21 @@ pub async fn evidence(
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("request `{id}` has no evidence `{n}` (it has {}, numbered from 0)", r.evidences.len()),
+                format!(
+                    "request `{id}` has no evidence `{n}` (it has {}, numbered from 0)",
+                    r.evidences.len()
+                ),
                 "GET the request: its evidences list their href",
             )
         })?;
     let message_id = r.response_message_id.clone().unwrap_or_default();
     let reader = blocking(move || {
         let record = ap.store.get(&message_id)?.ok_or_else(|| {
-            ApiError::new(StatusCode::GONE, "the response message is no longer stored", "metadata older than retention.metadata_days is purged")
+            ApiError::new(
+                StatusCode::GONE,
+                "the response message is no longer stored",
+                "metadata older than retention.metadata_days is purged",
+            )
         })?;
         if record.payloads_purged_at.is_some() {
             return Err(ApiError::new(
@@ -279,7 +294,11 @@ pub async fn evidence(
                 "evidence is kept retention.payload_days; ask for it again",
             ));
         }
-        let entry = record.meta.payloads.get(file.payload).ok_or_else(|| ApiError::internal("the evidence payload is missing"))?;
+        let entry = record
+            .meta
+            .payloads
+            .get(file.payload)
+            .ok_or_else(|| ApiError::internal("the evidence payload is missing"))?;
         Ok(ap.store.payloads().open(&entry.stored)?)
     })
     .await?;
@@ -288,7 +307,8 @@ pub async fn evidence(
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&file.mime_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(&file.mime_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
@@ -337,7 +357,9 @@ pub fn answer_received(ap: &Arc<AccessPoint>, record: &MessageRecord) {
     };
     // An error to a request the provider could not read carries a fresh requestId; the
     // AS4 correlation is enough then. Otherwise the ids must agree.
-    if answered_id != Some(expected.as_str()) && !(record.meta.action == ACTION_ERROR && answered_id.is_some()) {
+    if answered_id != Some(expected.as_str())
+        && !(record.meta.action == ACTION_ERROR && answered_id.is_some())
+    {
         tracing::warn!(message_id = %mid, request = %id, answered = ?answered_id, "OOTS answer's requestId does not match the request; ignored");
         return;
     }
@@ -352,11 +374,12 @@ pub fn answer_received(ap: &Arc<AccessPoint>, record: &MessageRecord) {
                         continue;
                     };
                     let cid = href.trim_start_matches("cid:");
-                    if let Some((n, p)) = payloads
-                        .iter()
-                        .enumerate()
-                        .find(|(_, p)| p.content_id.trim_start_matches("cid:").trim_matches(['<', '>']) == cid)
-                    {
+                    if let Some((n, p)) = payloads.iter().enumerate().find(|(_, p)| {
+                        p.content_id
+                            .trim_start_matches("cid:")
+                            .trim_matches(['<', '>'])
+                            == cid
+                    }) {
                         r.evidences.push(EvidenceFile {
                             payload: n,
                             content_id: p.content_id.clone(),
@@ -397,7 +420,9 @@ pub fn answer_received(ap: &Arc<AccessPoint>, record: &MessageRecord) {
             tracing::info!(request = %id, state = ?r.state, "OOTS request answered");
             notify(ap, &r);
         }
-        Ok(None) => tracing::info!(message_id = %mid, request = %id, "OOTS answer for a request that is unknown or already settled (e.g. timed out); kept, not applied"),
+        Ok(None) => {
+            tracing::info!(message_id = %mid, request = %id, "OOTS answer for a request that is unknown or already settled (e.g. timed out); kept, not applied")
+        }
         Err(e) => tracing::error!(request = %id, error = %e, "cannot record the OOTS answer"),
     }
 }
@@ -430,7 +455,9 @@ pub fn request_failed(ap: &Arc<AccessPoint>, message_id: &str, error: &str) {
     };
     if let Ok(Some(r)) = records::settle(ap, id, |r| {
         r.state = RequestState::Failed;
-        r.reason = Some(format!("the request could not be delivered to the provider's access point: {error}"));
+        r.reason = Some(format!(
+            "the request could not be delivered to the provider's access point: {error}"
+        ));
     }) {
         tracing::warn!(request = %id, error, "OOTS request failed");
         notify(ap, &r);
@@ -443,7 +470,9 @@ pub fn expire(ap: &Arc<AccessPoint>, now: OffsetDateTime) {
         return;
     }
     for id in records::open_ids(ap) {
-        let Ok(Some(r)) = records::load(ap, &id) else { continue };
+        let Ok(Some(r)) = records::load(ap, &id) else {
+            continue;
+        };
         if r.deadline_unix > now.unix_timestamp() {
             continue;
         }
@@ -486,12 +515,19 @@ fn notify(ap: &Arc<AccessPoint>, r: &RequestRecord) {
                 .header(crate::webhooks::SIGNATURE_HEADER, &signature)
                 .body(Full::new(Bytes::from(body.clone())));
             let Ok(req) = req else { return };
-            let sent = tokio::time::timeout(Duration::from_secs(10), super::connector::http().request(req)).await;
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                super::connector::http().request(req),
+            )
+            .await;
             if matches!(&sent, Ok(Ok(resp)) if resp.status().is_success()) {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
         }
-        tracing::warn!(url, "the OOTS webhook was not accepted after 5 attempts; the portal must GET the request");
+        tracing::warn!(
+            url,
+            "the OOTS webhook was not accepted after 5 attempts; the portal must GET the request"
+        );
     });
 }
