@@ -82,6 +82,8 @@ pub struct Config {
     pub backend: BackendConfig,
     /// The preview space (OOTS: citizens see evidence before it is sent).
     pub preview: crate::preview::PreviewConfig,
+    /// `[oots]`: the OOTS gateway (off unless a role is set).
+    pub oots: crate::oots::OotsConfig,
 }
 
 /// This access point's own party and keys (the partners' certificates come from the PModes).
@@ -310,6 +312,7 @@ impl Default for Config {
             sender: SenderConfig::default(),
             backend: BackendConfig::default(),
             preview: crate::preview::PreviewConfig::default(),
+            oots: crate::oots::OotsConfig::default(),
         }
     }
 }
@@ -458,6 +461,7 @@ impl Config {
             }
         };
         fix(&mut self.data_dir);
+        self.oots.resolve_relative_to(base);
         fix(&mut self.pmodes_dir);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
@@ -480,6 +484,7 @@ impl Config {
 
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.oots.validate()?;
         let positive = [
             (
                 "server.handshake_timeout_secs",

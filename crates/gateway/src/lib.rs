@@ -9,12 +9,14 @@
 //! * [`ops`] — `/health`, `/ready` and Prometheus `/metrics`.
 //! * [`webhooks`] — signed HTTP notifications to backends (received / sent / failed).
 //! * [`common_services`] — the OOTS common services over HTTP (client transport, stand-in).
+//! * [`oots`] — the OOTS gateway: requester and provider flows over AS4.
 
 pub mod access_point;
 pub mod backend;
 pub mod client;
 pub mod common_services;
 pub mod config;
+pub mod oots;
 pub mod ops;
 pub mod pair;
 pub mod preview;

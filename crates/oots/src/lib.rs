@@ -4,9 +4,12 @@
 //!   2.0), parsed from and written to XML.
 //! - [`validate`]: findings from the official XSD schemas ([`validate::xsd`]) and from
 //!   Varti's own EDM model with code lists ([`validate::model`]).
+//! - [`flow`]: building the request, response and error documents of an exchange from
+//!   plain (serde) data: what a portal asks for, what a register answers.
 //! - [`common_services`]: the Evidence Broker and Data Service Directory client (queries,
 //!   typed answers, signature verification, caching) and its local stand-in.
 
 pub mod common_services;
 pub mod edm;
+pub mod flow;
 pub mod validate;

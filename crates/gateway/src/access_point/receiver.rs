@@ -201,6 +201,9 @@ pub(crate) fn accept_user_message(
     };
     let owner = if route.test_service {
         TEST_SERVICE_OWNER.to_owned()
+    } else if crate::oots::consumes(ap, &um.collaboration_info.service.value) {
+        // The OOTS gateway answers requests and correlates answers itself.
+        crate::oots::OWNER.to_owned()
     } else {
         ap.owner_for_service(&um.collaboration_info.service.value)
     };

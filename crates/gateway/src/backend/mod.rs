@@ -18,6 +18,9 @@
 //! | `POST /admin/purge` | admin clients: apply the retention now |
 //! | `POST /previews` | open a preview of evidence files for a citizen (see [`crate::preview::api`]) |
 //! | `GET /previews/{id}` | a preview's state (`?wait=SECONDS` holds the answer until it changes) |
+//! | `POST /oots/requests` | OOTS: an evidence request from a portal's data ([`crate::oots::requester`]) |
+//! | `GET /oots/requests/{id}` | OOTS: where the request is, its evidence or error |
+//! | `GET /oots/requests/{id}/evidence/{n}` | OOTS: evidence file `n`, streamed |
 //!
 //! # Authentication and isolation
 //!
@@ -80,6 +83,9 @@ enum Op {
     Purge,
     PreviewOpen,
     PreviewShow,
+    OotsCreate,
+    OotsShow,
+    OotsEvidence,
 }
 
 /// One entry of the routing table.
@@ -110,6 +116,9 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/admin/purge", Op::Purge),
     route("POST", "/previews", Op::PreviewOpen),
     route("GET", "/previews/{id}", Op::PreviewShow),
+    route("POST", "/oots/requests", Op::OotsCreate),
+    route("GET", "/oots/requests/{id}", Op::OotsShow),
+    route("GET", "/oots/requests/{id}/evidence/{n}", Op::OotsEvidence),
 ];
 
 /// An API error: status, what is wrong, what to do.
@@ -440,6 +449,12 @@ impl Routes for BackendRoutes {
                     crate::preview::api::open(preview, client, request, max_body).await
                 }
                 Op::PreviewShow => crate::preview::api::show(preview, client, id, &query).await,
+                Op::OotsCreate => crate::oots::requester::create(ap, client, request).await,
+                Op::OotsShow => crate::oots::requester::show(ap, client, id).await,
+                Op::OotsEvidence => {
+                    let n = params.get(1).cloned().unwrap_or_default();
+                    crate::oots::requester::evidence(ap, client, id, &n).await
+                }
                 Op::OpenApi => Ok(openapi()),
             };
             result.unwrap_or_else(|e| e.response())

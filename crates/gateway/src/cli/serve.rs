@@ -292,6 +292,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
     tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
+    tasks.spawn("oots", varti_gateway::oots::run(ap.clone(), tasks.token()));
     {
         // Days to expiry of every certificate we present: TLS, signing, encryption.
         let mut certs = vec![

@@ -1,0 +1,170 @@
+//! The `[oots]` table of `varti.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+/// Which side(s) of the exchange this gateway plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OotsRole {
+    /// The OOTS gateway is off: QueryManager messages go to backends like any other.
+    #[default]
+    Off,
+    /// Procedure portals send requests through this gateway.
+    Requester,
+    /// This gateway answers requests from its data service connectors.
+    Provider,
+    /// Both.
+    Both,
+}
+
+impl OotsRole {
+    /// Whether it answers requests.
+    pub fn provides(self) -> bool {
+        matches!(self, OotsRole::Provider | OotsRole::Both)
+    }
+    /// Whether it sends requests.
+    pub fn requests(self) -> bool {
+        matches!(self, OotsRole::Requester | OotsRole::Both)
+    }
+}
+
+/// `[oots]`: the OOTS gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OotsConfig {
+    /// `off` (default), `requester`, `provider` or `both`.
+    pub role: OotsRole,
+    /// Requester: seconds a request may wait for its answer before it ends `timed_out`.
+    pub request_timeout_secs: u64,
+    /// Genericode code lists (`*.gc`) the EDM model checks codes against; none: codes are
+    /// not checked.
+    pub codelists: Option<PathBuf>,
+    /// The official EDM XSD directory; set: received requests are schema-validated.
+    pub schemas: Option<PathBuf>,
+    /// A Schematron rule directory; set: received requests are checked by its rules.
+    pub rules: Option<PathBuf>,
+    /// Provider: the largest total of evidence files a connector may return, in bytes.
+    pub max_evidence_bytes: u64,
+    /// Provider: one data service connector per evidence type.
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+impl Default for OotsConfig {
+    fn default() -> Self {
+        OotsConfig {
+            role: OotsRole::Off,
+            request_timeout_secs: 900,
+            codelists: None,
+            schemas: None,
+            rules: None,
+            max_evidence_bytes: 200 * 1024 * 1024,
+            connectors: Vec::new(),
+        }
+    }
+}
+
+/// `[[oots.connectors]]`: where the evidence of one evidence type comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// The evidence type served: the `DataServiceEvidenceType` identifier (as published in
+    /// the DSD) or its `EvidenceTypeClassification` URL.
+    pub evidence_type: String,
+    /// The register's endpoint (`http://` or `https://`); Varti POSTs the request JSON.
+    pub url: String,
+    /// Seconds one call may take (connect, answer and files).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Further attempts after a failed call (timeout, unreachable, HTTP 5xx).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Milliseconds between attempts.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_ms: u64,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_delay() -> u64 {
+    1000
+}
+
+impl OotsConfig {
+    /// Makes relative directories relative to `base` (the configuration file's directory).
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        for p in [&mut self.codelists, &mut self.schemas, &mut self.rules]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Checks the values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String, fix: &'static str| {
+            Err(ConfigError::Invalid { key, problem, fix })
+        };
+        if self.request_timeout_secs == 0 {
+            return invalid(
+                "oots.request_timeout_secs",
+                "is 0".into(),
+                "give the seconds a request may wait for its answer (the TDD's test events used 300 to 2400)",
+            );
+        }
+        for c in &self.connectors {
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return invalid(
+                    "oots.connectors.url",
+                    format!(
+                        "`{}` (evidence type `{}`) is not an http(s) URL",
+                        c.url, c.evidence_type
+                    ),
+                    "give the register's endpoint, e.g. https://register.example/oots/evidence",
+                );
+            }
+            if c.timeout_secs == 0 {
+                return invalid(
+                    "oots.connectors.timeout_secs",
+                    format!("is 0 for evidence type `{}`", c.evidence_type),
+                    "give the seconds one call to the register may take",
+                );
+            }
+            if c.evidence_type.trim().is_empty() {
+                return invalid(
+                    "oots.connectors.evidence_type",
+                    "is empty".into(),
+                    "give the DataServiceEvidenceType identifier or classification the connector serves",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The connector for a request's evidence type (matched by identifier, then by
+    /// classification).
+    pub fn connector_for(
+        &self,
+        identifier: Option<&str>,
+        classification: Option<&str>,
+    ) -> Option<&ConnectorConfig> {
+        let find = |v: Option<&str>| {
+            v.and_then(|v| {
+                self.connectors
+                    .iter()
+                    .find(|c| c.evidence_type.trim() == v.trim())
+            })
+        };
+        find(identifier).or_else(|| find(classification))
+    }
+}

@@ -1,0 +1,495 @@
+//! The provider side: an evidence request received over AS4 is validated, routed by its
+//! evidence type to a data service connector, and answered over AS4.
+//!
+//! The answer always goes back to the sending access point on the same conversation, with
+//! `RefToMessageId` naming the request message and the four-corner properties swapped
+//! (our `originalSender` is the request's `finalRecipient`):
+//!
+//! | what happened | answer |
+//! |---|---|
+//! | evidence | `ExecuteQueryResponse`: the EDM response, then each file, referenced by `cid:` |
+//! | the request breaks the EDM model, XSD or Schematron | EDM:ERR:0003, `detail` = the rule ids |
+//! | no connector for its evidence type | EDM:ERR:0007 (capability not supported) |
+//! | the register finds nothing / no unique match | EDM:ERR:0004 |
+//! | the register refuses the request | EDM:ERR:0003 |
+//! | the register timed out on every attempt | EDM:ERR:0005 |
+//! | the register is unreachable or failing | EDM:ERR:0008 |
+//!
+//! Preview is not offered yet: a request is answered at once whatever its
+//! `PossibilityForPreview` (the design for preview is in `docs/architecture.md`).
+
+use std::cell::RefCell;
+use std::io::Read;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use time::OffsetDateTime;
+use varti_oots::edm::error::EdmErrorKind;
+use varti_oots::edm::sdg::{Agent, Identifier, LangText};
+use varti_oots::edm::{EdmDocument, EdmVersion, EvidenceRequest};
+use varti_oots::flow::{self, EvidenceData};
+use varti_oots::validate::codelist::CodeLists;
+use varti_oots::validate::model::ModelValidator;
+use varti_oots::validate::schematron::RuleDir;
+use varti_oots::validate::xsd::XsdValidator;
+use varti_oots::validate::{Finding, Severity};
+use varti_store::{MessageProperty, MessageRecord, PayloadEntry, PayloadRef};
+
+use super::connector::{self, ConnectorRequest, FetchedEvidence, Outcome};
+use super::{ACTION_ERROR, ACTION_RESPONSE, EDM_MIME, MAX_EDM_BYTES, OWNER, SERVICE, SERVICE_TYPE};
+use crate::access_point::submit::{submit, Submission};
+use crate::access_point::AccessPoint;
+
+/// The validators a provider checks requests with, loaded from `[oots]`. The XSD and
+/// Schematron engines hold libxml2 / XPath state that must stay on one thread, so each
+/// blocking worker thread loads its own set once and keeps it.
+struct Validators {
+    model: ModelValidator,
+    xsd: Option<XsdValidator>,
+    rules: Option<RuleDir>,
+}
+
+fn load_validators(ap: &AccessPoint) -> Validators {
+    let c = &ap.config.oots;
+    let lists = match &c.codelists {
+        Some(dir) => CodeLists::load_dir(dir).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "oots.codelists cannot be read: codes are not checked");
+            CodeLists::default()
+        }),
+        None => CodeLists::default(),
+    };
+    let xsd = c.schemas.as_ref().and_then(|dir| match XsdValidator::load(dir) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "oots.schemas cannot be loaded: requests are not schema-validated");
+            None
+        }
+    });
+    let rules = c.rules.as_ref().and_then(|dir| match RuleDir::load(dir) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "oots.rules cannot be loaded: Schematron rules are not run");
+            None
+        }
+    });
+    Validators {
+        model: ModelValidator::new(lists),
+        xsd,
+        rules,
+    }
+}
+
+thread_local! {
+    static VALIDATORS: RefCell<Option<Validators>> = const { RefCell::new(None) };
+}
+
+/// Every finding about `bytes` (call on a blocking thread).
+fn findings_of(ap: &AccessPoint, bytes: &[u8]) -> Vec<Finding> {
+    VALIDATORS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let v = slot.get_or_insert_with(|| load_validators(ap));
+        let mut findings = Vec::new();
+        if let Some(x) = v.xsd.as_mut() {
+            findings.extend(x.validate(bytes));
+        }
+        findings.extend(v.model.validate_bytes(bytes));
+        if let (Some(r), Ok(text)) = (&v.rules, std::str::from_utf8(bytes)) {
+            match r.validate(text) {
+                Ok(f) => findings.extend(f),
+                Err(e) => findings.push(Finding::new(
+                    "SCH",
+                    Severity::Fatal,
+                    "/",
+                    format!("Schematron rules not run: {e}"),
+                )),
+            }
+        }
+        findings
+    })
+}
+
+/// What to send back.
+struct Answer {
+    action: &'static str,
+    edm: String,
+    evidence: Vec<(String, FetchedEvidence)>,
+}
+
+/// Handles one received evidence request (already claimed) and submits the answer.
+pub async fn handle(ap: Arc<AccessPoint>, record: MessageRecord) {
+    let message_id = record.id().to_owned();
+    let span = tracing::info_span!("oots_provide", message_id = %message_id, conversation_id = %record.meta.conversation_id);
+    async move {
+        let answer = answer(&ap, &record).await;
+        let action = answer.action;
+        match send(&ap, &record, answer).await {
+            Ok(id) => tracing::info!(action, answer = %id, "OOTS: evidence request answered"),
+            Err(e) => tracing::error!(error = %e, "OOTS: the answer to the evidence request could not be submitted; the requester will time out"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn own_agent(ap: &AccessPoint) -> Agent {
+    Agent {
+        identifier: Some(Identifier {
+            scheme_id: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:oots".into()),
+            value: ap.identity.party.clone(),
+        }),
+        names: vec![LangText {
+            lang: Some("EN".into()),
+            text: ap.identity.party.clone(),
+        }],
+        country: None,
+        classification: None,
+    }
+}
+
+async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
+    let bytes = match read_edm(ap, record).await {
+        Ok(b) => b,
+        Err(why) => {
+            return error_answer(
+                ap,
+                None,
+                EdmErrorKind::InvalidRequest,
+                "The evidence request cannot be read",
+                Some(&why),
+            )
+        }
+    };
+    let request = match EdmDocument::parse(&bytes) {
+        Ok(EdmDocument::Request(r)) => r,
+        Ok(_) => {
+            return error_answer(ap, None, EdmErrorKind::InvalidRequest, "The message is not an evidence request", Some("the ExecuteQueryRequest action carries a query:QueryResponse; send a query:QueryRequest"));
+        }
+        Err(e) => {
+            return error_answer(
+                ap,
+                None,
+                EdmErrorKind::InvalidRequest,
+                "The evidence request is not a readable EDM document",
+                Some(&e.to_string()),
+            );
+        }
+    };
+    let findings = {
+        let ap = ap.clone();
+        let bytes = bytes.clone();
+        tokio::task::spawn_blocking(move || findings_of(&ap, &bytes))
+            .await
+            .unwrap_or_default()
+    };
+    let fatal: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Fatal)
+        .collect();
+    if !fatal.is_empty() {
+        let mut ids: Vec<&str> = fatal.iter().map(|f| f.rule_id.as_str()).collect();
+        ids.dedup();
+        let detail = format!("{}: {}", ids.join(", "), fatal[0].message);
+        tracing::info!(rules = %ids.join(","), "OOTS: invalid evidence request");
+        return error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::InvalidRequest,
+            "The evidence request is invalid",
+            Some(&detail),
+        );
+    }
+    let et = request
+        .evidence_type()
+        .unwrap_or_else(unreachable_evidence_type);
+    let Some(connector) = ap
+        .config
+        .oots
+        .connector_for(et.identifier.as_deref(), et.classification.as_deref())
+    else {
+        let detail = format!(
+            "this provider serves no evidence type `{}` ({})",
+            et.identifier.as_deref().unwrap_or_default(),
+            et.classification.as_deref().unwrap_or_default()
+        );
+        return error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::UnsupportedCapability,
+            "The evidence type is not supported",
+            Some(&detail),
+        );
+    };
+    let call = connector_request(&request);
+    match connector::call(ap, connector, &call).await {
+        Outcome::Evidence(files) if files.is_empty() => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::ObjectNotFound,
+            "No evidence found",
+            Some("the register returned no evidence file"),
+        ),
+        Outcome::Evidence(files) => {
+            let tag = uuid::Uuid::new_v4().simple().to_string();
+            let evidence: Vec<(String, FetchedEvidence)> = files
+                .into_iter()
+                .enumerate()
+                .map(|(n, f)| (format!("evidence{n}-{tag}@varti"), f))
+                .collect();
+            let data: Vec<EvidenceData> = evidence
+                .iter()
+                .map(|(cid, f)| EvidenceData {
+                    content_id: cid.clone(),
+                    mime_type: f.mime_type.clone(),
+                    title: f.title.clone(),
+                    issuing_date: f.issuing_date.clone(),
+                })
+                .collect();
+            let provider = request.evidence_provider().unwrap_or_else(|| own_agent(ap));
+            let response = flow::build_response(&request, &provider, &data);
+            Answer {
+                action: ACTION_RESPONSE,
+                edm: EdmDocument::Response(response).to_xml(),
+                evidence,
+            }
+        }
+        Outcome::NotFound(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::ObjectNotFound,
+            "No evidence found",
+            Some(&d),
+        ),
+        Outcome::Invalid(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::InvalidRequest,
+            "The register refused the request",
+            Some(&d),
+        ),
+        Outcome::TimedOut(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::Timeout,
+            "Timeout exceeded",
+            Some(&d),
+        ),
+        Outcome::Unavailable(d) => error_answer(
+            ap,
+            Some(&request),
+            EdmErrorKind::Query,
+            "The query cannot be processed",
+            Some(&d),
+        ),
+    }
+}
+
+fn unreachable_evidence_type() -> varti_oots::edm::sdg::EvidenceType {
+    // The model validation requires the evidence type: a request without one never gets
+    // here. An empty one routes to no connector, which is still a correct answer.
+    varti_oots::edm::sdg::EvidenceType {
+        identifier: None,
+        classification: None,
+        titles: Vec::new(),
+        formats: Vec::new(),
+        conforms_to: None,
+    }
+}
+
+fn error_answer(
+    ap: &AccessPoint,
+    request: Option<&EvidenceRequest>,
+    kind: EdmErrorKind,
+    message: &str,
+    detail: Option<&str>,
+) -> Answer {
+    let version = request
+        .and_then(|r| r.specification_identifier())
+        .and_then(EdmVersion::from_identifier)
+        .unwrap_or(EdmVersion::V2_0);
+    // The requestId must be the request's; an unreadable request gets a fresh id (the
+    // requester correlates by the AS4 RefToMessageId and ConversationId anyway).
+    let request_id = request
+        .and_then(|r| r.id.clone())
+        .unwrap_or_else(flow::new_urn_uuid);
+    let provider = request
+        .and_then(|r| r.evidence_provider())
+        .unwrap_or_else(|| own_agent(ap));
+    let requester = request.and_then(|r| {
+        r.evidence_requesters()
+            .into_iter()
+            .find(|a| a.classification.as_deref() != Some("IP"))
+    });
+    let e = flow::build_error(
+        &request_id,
+        version,
+        kind,
+        message,
+        detail,
+        &provider,
+        requester.as_ref(),
+    );
+    Answer {
+        action: ACTION_ERROR,
+        edm: EdmDocument::Error(e).to_xml(),
+        evidence: Vec::new(),
+    }
+}
+
+fn connector_request(r: &EvidenceRequest) -> ConnectorRequest {
+    let et = r.evidence_type();
+    let requester = r
+        .evidence_requesters()
+        .into_iter()
+        .find(|a| a.classification.as_deref() != Some("IP"));
+    ConnectorRequest {
+        request_id: r.id.clone().unwrap_or_default(),
+        edm_version: r.specification_identifier().map(str::to_owned),
+        evidence_type: serde_json::json!({
+            "identifier": et.as_ref().and_then(|e| e.identifier.clone()),
+            "classification": et.as_ref().and_then(|e| e.classification.clone()),
+            "formats": et.as_ref().map(|e| e.formats.clone()).unwrap_or_default(),
+        }),
+        procedure: r.procedure().map(str::to_owned),
+        requirements: r
+            .requirements()
+            .into_iter()
+            .filter_map(|q| q.identifier)
+            .collect(),
+        natural_person: r.natural_person().map(|p| {
+            serde_json::json!({
+                "identifier": p.identifier.map(|i| i.value),
+                "family_name": p.family_name,
+                "given_name": p.given_name,
+                "date_of_birth": p.date_of_birth,
+                "level_of_assurance": p.level_of_assurance,
+            })
+        }),
+        legal_person: r.legal_person().map(|p| {
+            serde_json::json!({
+                "identifier": p.legal_person_identifier.map(|i| i.value),
+                "legal_name": p.legal_name,
+                "level_of_assurance": p.level_of_assurance,
+            })
+        }),
+        requester: requester.map(|a| {
+            serde_json::json!({
+                "scheme": a.identifier.as_ref().and_then(|i| i.scheme_id.clone()),
+                "identifier": a.identifier.as_ref().map(|i| i.value.clone()),
+                "name": a.names.first().map(|n| n.text.clone()),
+                "country": a.country,
+            })
+        }),
+        preview_possible: r.possibility_for_preview().unwrap_or(false),
+    }
+}
+
+/// The EDM document of a received OOTS message (the `application/x-ebrs+xml` part, else
+/// the first), bounded by [`MAX_EDM_BYTES`].
+pub async fn read_edm(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Result<Vec<u8>, String> {
+    let entry = record
+        .meta
+        .payloads
+        .iter()
+        .find(|p| p.mime_type == EDM_MIME)
+        .or_else(|| record.meta.payloads.first())
+        .cloned()
+        .ok_or_else(|| {
+            "the message has no payload; the EDM document must be its first part".to_owned()
+        })?;
+    if entry.stored.size > MAX_EDM_BYTES {
+        return Err(format!(
+            "the EDM document is {} bytes, over the {MAX_EDM_BYTES}-byte limit",
+            entry.stored.size
+        ));
+    }
+    let ap = ap.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = ap
+            .store
+            .payloads()
+            .open(&entry.stored)
+            .map_err(|e| format!("cannot open the EDM document: {e}"))?;
+        let mut bytes = Vec::new();
+        reader
+            .by_ref()
+            .take(MAX_EDM_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read the EDM document: {e}"))?;
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Stores the EDM document and submits the answer.
+async fn send(
+    ap: &Arc<AccessPoint>,
+    request: &MessageRecord,
+    answer: Answer,
+) -> Result<String, String> {
+    let ap2 = ap.clone();
+    let edm = answer.edm.into_bytes();
+    let edm_ref: PayloadRef =
+        tokio::task::spawn_blocking(move || ap2.store.payloads().put(&mut edm.as_slice()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot store the EDM document: {e}"))?;
+    let mut payloads = vec![PayloadEntry {
+        content_id: format!("edm-{}@varti", uuid::Uuid::new_v4().simple()),
+        mime_type: EDM_MIME.to_owned(),
+        stored: edm_ref,
+        properties: Vec::new(),
+    }];
+    for (cid, f) in &answer.evidence {
+        payloads.push(PayloadEntry {
+            content_id: cid.clone(),
+            mime_type: f.mime_type.clone(),
+            stored: f.stored.clone(),
+            properties: Vec::new(),
+        });
+    }
+    let prop = |name: &str| request.meta.properties.iter().find(|p| p.name == name);
+    let mut properties = Vec::new();
+    // Four corners, reversed: the answer goes from C4 back to C1.
+    for (ours, theirs) in [
+        ("originalSender", "finalRecipient"),
+        ("finalRecipient", "originalSender"),
+    ] {
+        if let Some(p) = prop(theirs) {
+            properties.push(MessageProperty {
+                name: ours.to_owned(),
+                value: p.value.clone(),
+                type_: p.type_.clone(),
+            });
+        }
+    }
+    for name in ["ExchangeId", "SpecificationId"] {
+        if let Some(p) = prop(name) {
+            properties.push(p.clone());
+        }
+    }
+    let sub = Submission {
+        owner: OWNER.to_owned(),
+        to_party: request.meta.from_party.clone(),
+        service: SERVICE.to_owned(),
+        service_type: Some(SERVICE_TYPE.to_owned()),
+        action: answer.action.to_owned(),
+        conversation_id: Some(request.meta.conversation_id.clone()),
+        ref_to_message_id: Some(request.meta.message_id.clone()),
+        properties,
+        payloads: payloads.clone(),
+        ..Submission::default()
+    };
+    let ap2 = ap.clone();
+    let result = tokio::task::spawn_blocking(move || submit(&ap2, sub, OffsetDateTime::now_utc()))
+        .await
+        .map_err(|e| e.to_string())?;
+    match result {
+        Ok(id) => Ok(id),
+        Err(e) => {
+            connector::discard(ap, payloads.into_iter().map(|p| p.stored).collect()).await;
+            Err(e.to_string())
+        }
+    }
+}

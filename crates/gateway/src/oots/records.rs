@@ -1,0 +1,267 @@
+//! The requester side's memory: one JSON file per evidence request under
+//! `<data_dir>/oots/requests/<uuid>.json`, written atomically (temporary file, fsync,
+//! rename), so a restart keeps every open request and its deadline; an empty marker
+//! `<data_dir>/oots/open/<uuid>` per open request keeps the deadline watch cheap.
+//!
+//! The evidence files themselves are not copied here: they stay the payloads of the
+//! response message in the message store, and a record names that message.
+//!
+//! Known limit: with two instances on one PostgreSQL store (`deploy/pair/`) each instance
+//! keeps its own records, so a portal must ask the instance it created the request on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::access_point::AccessPoint;
+
+/// Serialises read-modify-write of records within this process (the API handlers and the
+/// gateway task both update them).
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Submitted over AS4; waiting for the answer.
+    Sent,
+    /// The provider answered with evidence.
+    Answered,
+    /// The provider answered with an EDM error response.
+    Error,
+    /// The provider asks for preview (EDM:ERR:0002): the portal sends the user to
+    /// `preview_location`. The follow-up request after preview is not built yet.
+    PreviewRequired,
+    /// No answer within the request timeout.
+    TimedOut,
+    /// The AS4 message could not be delivered (EBMS:0301 after the last retry, or a
+    /// fatal ebMS error).
+    Failed,
+}
+
+impl RequestState {
+    /// Whether the request is settled (nothing more will change it).
+    pub fn is_final(self) -> bool {
+        self != RequestState::Sent
+    }
+}
+
+/// One evidence of an answered request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceFile {
+    /// Index of the payload in the response message.
+    pub payload: usize,
+    /// Its Content-ID.
+    pub content_id: String,
+    /// Its media type.
+    pub mime_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The title of its `RepositoryItemRef`.
+    pub title: Option<String>,
+    /// Its EDM 2.0 classification (`MainEvidence`, annex …).
+    pub classification: Option<String>,
+}
+
+/// The EDM error of a request answered with an error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdmErrorInfo {
+    /// `EDM:ERR:000n`.
+    pub code: Option<String>,
+    /// The exception type (`rs:ObjectNotFoundExceptionType` …).
+    pub exception_type: Option<String>,
+    /// The provider's message.
+    pub message: Option<String>,
+    /// The provider's detail (e.g. the rule ids an invalid request broke).
+    pub detail: Option<String>,
+    /// The severity.
+    pub severity: Option<String>,
+}
+
+/// An evidence request of a portal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The id the API uses (a UUID; the EDM request id is `urn:uuid:<id>`).
+    pub id: String,
+    /// The backend client that made it.
+    pub owner: String,
+    /// Where it is.
+    pub state: RequestState,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Unix seconds after which an unanswered request times out.
+    pub deadline_unix: i64,
+    /// The provider's access point (PMode party).
+    pub provider_party: String,
+    /// The AS4 MessageId of the request.
+    pub request_message_id: String,
+    /// The AS4 ConversationId.
+    pub conversation_id: String,
+    /// The evidence type identifier asked for.
+    pub evidence_type: String,
+    /// The AS4 MessageId of the answer.
+    pub response_message_id: Option<String>,
+    /// The evidence files, when answered.
+    pub evidences: Vec<EvidenceFile>,
+    /// The EDM error, when answered with one.
+    pub error: Option<EdmErrorInfo>,
+    /// Where the user previews, when preview is required.
+    pub preview_location: Option<String>,
+    /// Why it failed or timed out, in words.
+    pub reason: Option<String>,
+    /// RFC 3339, when it settled.
+    pub settled_at: Option<String>,
+}
+
+/// Why a record cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("OOTS request record {path}: {problem}")]
+pub struct RecordError {
+    path: PathBuf,
+    problem: String,
+}
+
+fn dir(ap: &AccessPoint) -> PathBuf {
+    ap.config.data_dir.join("oots").join("requests")
+}
+
+/// Whether `id` is a plain UUID (records are files named by it: nothing else may reach
+/// the file system).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// One empty marker file per open request, so the deadline watch reads only those.
+fn open_dir(ap: &AccessPoint) -> PathBuf {
+    ap.config.data_dir.join("oots").join("open")
+}
+
+fn path_of(ap: &AccessPoint, id: &str) -> Option<PathBuf> {
+    valid_id(id).then(|| dir(ap).join(format!("{id}.json")))
+}
+
+fn err(path: &Path, problem: impl std::fmt::Display) -> RecordError {
+    RecordError {
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Reads a record (`None`: no such request).
+pub fn load(ap: &AccessPoint, id: &str) -> Result<Option<RequestRecord>, RecordError> {
+    let Some(path) = path_of(ap, id) else {
+        return Ok(None);
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| err(&path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(&path, e)),
+    }
+}
+
+fn write(ap: &AccessPoint, record: &RequestRecord) -> Result<(), RecordError> {
+    let path = path_of(ap, &record.id).ok_or_else(|| err(Path::new(&record.id), "not a UUID"))?;
+    let d = dir(ap);
+    std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+    let tmp = d.join(format!(".{}.tmp", record.id));
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| err(&path, e))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| err(&tmp, e))?;
+        f.sync_all().map_err(|e| err(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))
+}
+
+/// Stores a new record.
+pub fn create(ap: &AccessPoint, record: &RequestRecord) -> Result<(), RecordError> {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    write(ap, record)?;
+    if !record.state.is_final() {
+        let d = open_dir(ap);
+        std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+        let marker = d.join(&record.id);
+        std::fs::write(&marker, b"").map_err(|e| err(&marker, e))?;
+    }
+    Ok(())
+}
+
+/// Applies `change` to the record `id` while it is still open (`Sent`); returns the
+/// updated record, or `None` when there is no such record or it had already settled (a
+/// late answer after a timeout changes nothing).
+pub fn settle(
+    ap: &AccessPoint,
+    id: &str,
+    change: impl FnOnce(&mut RequestRecord),
+) -> Result<Option<RequestRecord>, RecordError> {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut record) = load(ap, id)? else {
+        return Ok(None);
+    };
+    if record.state.is_final() {
+        return Ok(None);
+    }
+    change(&mut record);
+    if record.state.is_final() && record.settled_at.is_none() {
+        record.settled_at = Some(rfc3339_now());
+    }
+    write(ap, &record)?;
+    if record.state.is_final() {
+        let _ = std::fs::remove_file(open_dir(ap).join(&record.id));
+    }
+    Ok(Some(record))
+}
+
+/// The ids of every open request (from the markers; a marker whose record settled is
+/// dropped).
+pub fn open_ids(ap: &AccessPoint) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(open_dir(ap)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| valid_id(id))
+        .filter(|id| {
+            let open = load(ap, id)
+                .ok()
+                .flatten()
+                .is_some_and(|r| !r.state.is_final());
+            if !open {
+                let _ = std::fs::remove_file(open_dir(ap).join(id));
+            }
+            open
+        })
+        .collect()
+}
+
+/// Now as RFC 3339.
+pub fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn only_uuids_name_records() {
+        assert!(valid_id("4ffb5281-179d-4578-adf2-39fd13ccc797"));
+        assert!(!valid_id("../../../../etc/passwd-aaaaaaaaaaaaaaaaa"));
+        assert!(!valid_id("4ffb5281-179d-4578-adf2-39fd13ccc79/"));
+        assert!(!valid_id("4ffb5281x179d-4578-adf2-39fd13ccc797"));
+    }
+}
