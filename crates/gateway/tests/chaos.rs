@@ -41,12 +41,16 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn chaos(kind: Kind) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let n = message_count("VARTI_CHAOS_N", 2000);
-    let run = format!("{}{}", if kind == Kind::Sled { "s" } else { "p" }, std::process::id());
+    let run = format!(
+        "{}{}",
+        if kind == Kind::Sled { "s" } else { "p" },
+        std::process::id()
+    );
     eprintln!("chaos: {kind:?}, {n} messages, run {run}");
     let root = tempfile::tempdir().unwrap();
     let balancer = Arc::new(Balancer::bind(2));
     let options = PairOptions {
-        extra_pmodes: vec![("chaos.toml".into(), CHAOS_PMODES.into())],
+        extra_pmodes: vec![("chaos.toml".into(), chaos_pmodes())],
         b_endpoint_port: Some(balancer.port),
         extra_config: FAST_SENDER.into(),
     };
@@ -57,8 +61,14 @@ fn chaos(kind: Kind) {
     let (senders, receivers) = match kind {
         Kind::PostgresPairs => {
             let (sa, sb) = (TestSchema::migrated(), TestSchema::migrated());
-            let config_a = format!("{FAST_SENDER}{}", postgres_store_config(sa.url(), sa.name()));
-            let config_b = format!("{FAST_SENDER}{}", postgres_store_config(sb.url(), sb.name()));
+            let config_a = format!(
+                "{FAST_SENDER}{}",
+                postgres_store_config(sa.url(), sa.name())
+            );
+            let config_b = format!(
+                "{FAST_SENDER}{}",
+                postgres_store_config(sb.url(), sb.name())
+            );
             layout.rewrite_config(&layout.a, &config_a).unwrap();
             layout.rewrite_config(&layout.b, &config_b).unwrap();
             let a2 = layout.add_instance(&layout.a, "a2", &config_a).unwrap();

@@ -45,7 +45,12 @@ fn as_postgres(tool: &Path, args: &[&str]) -> Output {
         .arg(tool)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run runuser (util-linux) for {}: {e}", tool.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run runuser (util-linux) for {}: {e}",
+                tool.display()
+            )
+        });
     assert!(
         out.status.success(),
         "{} {args:?} failed ({}):\n{}{}",
@@ -110,7 +115,14 @@ impl Cluster {
                 sock = cluster.dir.path().display()
             ),
         );
-        cluster.pg_ctl(&["-D", &primary, "-l", &cluster.data("primary.log"), "-w", "start"]);
+        cluster.pg_ctl(&[
+            "-D",
+            &primary,
+            "-l",
+            &cluster.data("primary.log"),
+            "-w",
+            "start",
+        ]);
         cluster.primary_up = true;
         let standby = cluster.data("standby");
         as_postgres(
@@ -141,7 +153,14 @@ impl Cluster {
                  synchronous_standby_names = ''\n"
             ),
         );
-        cluster.pg_ctl(&["-D", &standby, "-l", &cluster.data("standby.log"), "-w", "start"]);
+        cluster.pg_ctl(&[
+            "-D",
+            &standby,
+            "-l",
+            &cluster.data("standby.log"),
+            "-w",
+            "start",
+        ]);
         cluster.wait_for_sync_standby();
         cluster
     }
@@ -251,7 +270,7 @@ fn pairs_carry_on_when_the_primary_is_lost_and_the_standby_promoted() {
     let root = tempfile::tempdir().unwrap();
     let balancer = Arc::new(Balancer::bind(2));
     let options = PairOptions {
-        extra_pmodes: vec![("chaos.toml".into(), CHAOS_PMODES.into())],
+        extra_pmodes: vec![("chaos.toml".into(), chaos_pmodes())],
         b_endpoint_port: Some(balancer.port),
         extra_config: FAST_SENDER.into(),
     };
@@ -320,7 +339,10 @@ fn pairs_carry_on_when_the_primary_is_lost_and_the_standby_promoted() {
         .map(|m| m["message_id"].as_str().unwrap().to_owned())
         .collect();
     let lost: Vec<_> = acknowledged_before.difference(&after).collect();
-    assert!(lost.is_empty(), "acknowledged before the failover, gone after: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged before the failover, gone after: {lost:?}"
+    );
 
     // The old primary is gone: the stores now live on the promoted standby alone.
     let mut promoted = postgres::Client::connect(

@@ -27,9 +27,14 @@ pub fn repo() -> PathBuf {
 }
 
 /// The PMode of the runs: one-way push from varti-a to varti-b, signed and encrypted, with
-/// a retry every second for ten minutes (a retry is never what ends a run: the test waits
-/// for every message, and the retries keep coming while instances die and return).
-pub const CHAOS_PMODES: &str = r#"
+/// a retry every second for three minutes (a retry schedule is never what ends a run: the
+/// retries keep coming while instances die and return; a message failing for good fails
+/// the run).
+pub fn chaos_pmodes() -> String {
+    // `retry = { attempts = … }` caps at 64 attempts; an explicit list does not.
+    let retries = ["\"1s\""; 180].join(", ");
+    format!(
+        r#"
 [security.default]
 profile = "as4-1.15"
 sign = true
@@ -37,21 +42,23 @@ encrypt = true
 token_reference = "bst"
 
 [reception.default]
-retry = { timeout = "10m", attempts = 600, strategy = "constant" }
+retry_intervals = [{retries}]
 duplicate_detection = true
 
 [[process]]
 name = "chaos"
 mep = "oneWay"
 binding = "push"
-initiator = { parties = ["varti-a"] }
-responder = { parties = ["varti-b"] }
+initiator = {{ parties = ["varti-a"] }}
+responder = {{ parties = ["varti-b"] }}
 
 [[process.leg]]
 name = "deliver"
 service = "urn:varti:test:chaos"
 action = "Deliver"
-"#;
+"#
+    )
+}
 
 /// Short timeouts and leases, so a killed sender's messages are taken over within seconds.
 /// `lease_secs` must exceed `request_timeout_secs` (the configuration refuses otherwise).
@@ -333,7 +340,9 @@ impl Instance {
     fn keep_log_copy(&self) -> String {
         let mut text =
             std::fs::read_to_string(self.layout.dir.join("serve-all.log")).unwrap_or_default();
-        text.push_str(&std::fs::read_to_string(self.layout.dir.join("serve.log")).unwrap_or_default());
+        text.push_str(
+            &std::fs::read_to_string(self.layout.dir.join("serve.log")).unwrap_or_default(),
+        );
         tail(&text, 60)
     }
 }
@@ -618,18 +627,38 @@ impl Collector {
             ));
             return;
         }
-        match side.call(
-            api,
-            "POST",
-            &format!("/api/v1/messages/{enc}/ack"),
-            None,
-            b"",
-        ) {
-            Ok(r) if r.status == 200 => {
-                *self.taken.lock().unwrap().entry(id.to_owned()).or_default() += 1;
+        // The backend has the message now. Acknowledging is idempotent, so an answer lost
+        // with a killed instance is simply asked for again, of any instance.
+        let start = Instant::now();
+        let mut i = api;
+        loop {
+            match side.call(
+                i % side.apis.len(),
+                "POST",
+                &format!("/api/v1/messages/{enc}/ack"),
+                None,
+                b"",
+            ) {
+                Ok(r) if r.status == 200 => break,
+                Ok(r) if r.status < 500 => {
+                    self.problems.lock().unwrap().push(format!(
+                        "{id}: acknowledgement refused: {} {}",
+                        r.status, r.body
+                    ));
+                    return;
+                }
+                _ => {}
             }
-            _ => {}
+            if start.elapsed() > Duration::from_secs(60) {
+                self.problems.lock().unwrap().push(format!(
+                    "{id}: no instance took the acknowledgement within 60 s"
+                ));
+                return;
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(100));
         }
+        *self.taken.lock().unwrap().entry(id.to_owned()).or_default() += 1;
     }
 }
 
@@ -649,11 +678,7 @@ pub struct Killer {
 impl Killer {
     /// Starts killing: a pause of `pause` (random within the range), a kill -9, a short
     /// random downtime, a restart.
-    pub fn start(
-        groups: Vec<Vec<Instance>>,
-        pause: (Duration, Duration),
-        mut rng: Rng,
-    ) -> Killer {
+    pub fn start(groups: Vec<Vec<Instance>>, pause: (Duration, Duration), mut rng: Rng) -> Killer {
         let groups = Arc::new(Mutex::new(groups));
         let stop = Arc::new(AtomicBool::new(false));
         let (g, s) = (groups.clone(), stop.clone());
@@ -840,6 +865,32 @@ impl Scenario {
                     kills = killer.finish();
                 }
                 collector.stop.store(true, Ordering::Relaxed);
+                // Where the messages the backend does not have are on the receiving side.
+                let taken_ids = collector.taken.lock().unwrap().clone();
+                let missing: Vec<String> = (0..n)
+                    .map(|s| message_id(&run, s))
+                    .filter(|id| !taken_ids.contains_key(id))
+                    .take(20)
+                    .map(|id| {
+                        let state = receiving
+                            .call(
+                                0,
+                                "GET",
+                                &format!("/api/v1/messages/{}", urlencode(&id)),
+                                None,
+                                b"",
+                            )
+                            .map(|r| match r.status {
+                                200 => serde_json::from_str::<serde_json::Value>(&r.body)
+                                    .map(|v| format!("{} {}", v["state"], v["history"]))
+                                    .unwrap_or_default(),
+                                s => format!("HTTP {s}"),
+                            })
+                            .unwrap_or_else(|e| e.to_string());
+                        format!("{id}: {state}")
+                    })
+                    .collect();
+                let problems = collector.problems.lock().unwrap().clone();
                 let groups = killer.groups.lock().unwrap();
                 let logs: Vec<String> = groups
                     .iter()
@@ -850,7 +901,8 @@ impl Scenario {
                     .collect();
                 panic!(
                     "the run did not settle within {within:?}: {acknowledged}/{n} acknowledged, \
-                     {taken}/{n} taken, counts {counts:?}, {kills} kills\n{}",
+                     {taken}/{n} taken, counts {counts:?}, {kills} kills\nnot taken (receiving \
+                     side's view): {missing:#?}\nbackend problems: {problems:#?}\n{}",
                     logs.join("\n")
                 );
             }
@@ -920,18 +972,27 @@ pub fn check(run: &str, n: usize, sending: &Side, receiving: &Side, collector: &
         .iter()
         .map(|m| m["message_id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(out_ids, expected, "the outbound messages are the submitted ones");
+    assert_eq!(
+        out_ids, expected,
+        "the outbound messages are the submitted ones"
+    );
 
     // Receiving side: exactly the submitted messages, each once, each taken by the backend.
     let inbound = receiving.all("inbound");
     let mut in_ids = HashSet::new();
     for m in &inbound {
         let id = m["message_id"].as_str().unwrap().to_owned();
-        assert!(in_ids.insert(id.clone()), "{id} listed twice on the receiving side");
+        assert!(
+            in_ids.insert(id.clone()),
+            "{id} listed twice on the receiving side"
+        );
         assert_eq!(m["state"], "downloaded", "{m}");
     }
     assert_eq!(in_ids.len(), n, "inbound messages on the receiving side");
-    assert_eq!(in_ids, expected, "the inbound messages are the submitted ones");
+    assert_eq!(
+        in_ids, expected,
+        "the inbound messages are the submitted ones"
+    );
 
     let problems = collector.problems.lock().unwrap();
     assert!(problems.is_empty(), "the backend saw: {problems:#?}");
