@@ -145,14 +145,19 @@ pub fn send(
             file,
         });
     }
+    // The signed parts' ids are derived from the MessageId, not random: sealing the same
+    // stored message again (a retry after a restart, or the other instance of a pair taking
+    // it over) then signs the same bytes, so the receipt the partner kept for the first copy
+    // — which it answers a duplicate with — lists exactly the digests we sign now.
+    let ids = DerivedIds::of(&um.message_info.message_id);
     let messaging = Messaging {
-        id: Some(format!("_eb-{}", uuid::Uuid::new_v4())),
+        id: Some(ids.messaging),
         user_message: Some(um),
         signals: Vec::new(),
     };
     let sources: Vec<&dyn AttachmentSource> =
         spooled.iter().map(|s| s as &dyn AttachmentSource).collect();
-    let signed = sign_messaging(&messaging, &policy.signing, &sources, None)?;
+    let signed = sign_messaging(&messaging, &ids.body, &policy.signing, &sources, None)?;
     let mut envelope = signed.envelope;
 
     // Encrypt (after signing) and put the encryption elements first in the header.
@@ -252,19 +257,38 @@ struct Signed {
     references: Vec<SignedReference>,
 }
 
+/// The `wsu:Id`s of a user message's signed eb:Messaging header and Body.
+struct DerivedIds {
+    messaging: String,
+    body: String,
+}
+
+impl DerivedIds {
+    /// Ids that depend only on the MessageId (unique within the document, which is all a
+    /// `wsu:Id` must be; a hash, so no character of the MessageId needs escaping).
+    fn of(message_id: &str) -> DerivedIds {
+        let digest = openssl::sha::sha256(message_id.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        DerivedIds {
+            messaging: format!("_eb-{hex}"),
+            body: format!("_body-{hex}"),
+        }
+    }
+}
+
 /// Builds the envelope for `messaging` with the ids and placeholder the signer needs,
 /// and signs it.
 fn sign_messaging(
     messaging: &Messaging,
+    body_id: &str,
     identity: &SigningIdentity<'_>,
     attachments: &[&dyn AttachmentSource],
     body_payload: Option<&str>,
 ) -> Result<Signed, EbmsError> {
-    let body_id = format!("_body-{}", uuid::Uuid::new_v4());
     let unsigned = build_envelope(
         messaging,
         &BuildOptions {
-            body_id: Some(&body_id),
+            body_id: Some(body_id),
             extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
             body_payload,
         },
@@ -290,7 +314,10 @@ fn signal_envelope(
         signals: vec![signal],
     };
     match identity {
-        Some(id) => Ok(sign_messaging(&messaging, id, &[], body)?.envelope),
+        Some(id) => {
+            let body_id = format!("_body-{}", uuid::Uuid::new_v4());
+            Ok(sign_messaging(&messaging, &body_id, id, &[], body)?.envelope)
+        }
         None => build_envelope(
             &messaging,
             &BuildOptions {

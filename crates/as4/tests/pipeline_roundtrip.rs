@@ -876,3 +876,81 @@ fn pull_requests_are_signed_and_name_their_mpc() {
         SignalKind::PullRequest(PullRequest { mpc: None })
     ));
 }
+
+/// Sealing the same message again (a retry after a restart, or the other instance of an
+/// active-active pair taking it over) signs the same digests, so the receipt the receiver
+/// kept for the first copy — it answers a duplicate with that one — is accepted for the
+/// second; a different message's receipt still is not.
+#[test]
+fn resealing_a_message_signs_the_same_digests() {
+    use varti_as4::message::mime::{ContentType, Headers};
+    use varti_as4::outbound::{build_receipt, check_receipt, SentMessage};
+    let f = fixture();
+    let seal_again = |um: &UserMessage| -> (Sent, SentMessage) {
+        let payloads = payload();
+        let mut readers: Vec<&[u8]> = payloads.iter().map(|p| &p.2[..]).collect();
+        let outgoing: Vec<OutgoingPayload<'_>> = payloads
+            .iter()
+            .zip(readers.iter_mut())
+            .map(|(p, r)| OutgoingPayload {
+                content_id: p.0.into(),
+                mime_type: p.1.into(),
+                properties: vec![],
+                content: r as &mut dyn Read,
+            })
+            .collect();
+        let policy = SendPolicy {
+            signing: SigningIdentity {
+                profile: &AS4_1_15,
+                key: &f.alice.sign_key,
+                certificate: &f.alice.sign_cert,
+                token_reference: TokenReference::BinarySecurityToken,
+            },
+            encryption: Some(EncryptionSettings {
+                receiver_cert: &f.bob.enc_cert,
+                key_protection: key_protection_for(&AS4_1_15),
+                token_reference: TokenReference::BinarySecurityToken,
+            }),
+            compress: true,
+        };
+        let mut bytes = Vec::new();
+        let sent = send(um, outgoing, &policy, &mut bytes).unwrap();
+        (
+            Sent {
+                bytes,
+                content_type: sent.content_type.clone(),
+            },
+            sent,
+        )
+    };
+    let um = user_message();
+    let (first, _) = seal_again(&um);
+    let (second, second_sent) = seal_again(&um);
+    assert_ne!(first.bytes, second.bytes, "a fresh content key each time");
+
+    let msg = open(&first, &policy(&f, true)).unwrap();
+    let bob_id = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &f.bob.sign_key,
+        certificate: &f.bob.sign_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let receipt = build_receipt(&msg, Some(&bob_id)).unwrap();
+    let mut alice_side = ReceivePolicy::strict(&AS4_1_15);
+    alice_side.require_encryption = false;
+    alice_side.trust_anchors = vec![f.bob.sign_cert.clone()];
+    let package = MimePackage::single(
+        ContentType::parse("application/soap+xml").unwrap(),
+        Headers::new(),
+        receipt.as_bytes().to_vec(),
+    );
+    let r = receive(&package, &alice_side).unwrap();
+    let id = um.message_info.message_id.as_str();
+    check_receipt(&r, receipt.as_bytes(), id, &second_sent.references)
+        .expect("the first copy's receipt matches the second copy");
+
+    // Another message under another id signs other digests: its receipt does not match.
+    let (_, other_sent) = seal_again(&user_message());
+    let err = check_receipt(&r, receipt.as_bytes(), id, &other_sent.references).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidReceipt);
+}

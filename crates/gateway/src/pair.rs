@@ -143,6 +143,27 @@ impl PairLayout {
         })
     }
 
+    /// Adds a second instance of `like`'s party (an active-active pair member): its own
+    /// directory `root/<name>`, free ports and configuration (with `extra_config`), the same
+    /// PModes, keys and backend token. The layout's `a` and `b` are left as they are.
+    pub fn add_instance(
+        &self,
+        like: &NodeLayout,
+        name: &'static str,
+        extra_config: &str,
+    ) -> io::Result<NodeLayout> {
+        let node = NodeLayout {
+            name,
+            party: like.party,
+            dir: self.root.join(name),
+            ports: Ports::pick()?,
+            token: like.token.clone(),
+        };
+        std::fs::create_dir_all(&node.dir)?;
+        self.rewrite_config(&node, extra_config)?;
+        Ok(node)
+    }
+
     /// Rewrites a node's configuration (after changing its ports or options).
     pub fn rewrite_config(&self, node: &NodeLayout, extra_config: &str) -> io::Result<()> {
         std::fs::write(node.dir.join("varti.toml"), config_text(node, extra_config))

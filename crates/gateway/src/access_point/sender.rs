@@ -247,6 +247,17 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
     }
 }
 
+/// Whether a sealing error came from the store being unavailable (database or I/O), as
+/// opposed to the stored message itself.
+fn store_trouble(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<varti_store::StoreError>(),
+            Some(varti_store::StoreError::Database(_) | varti_store::StoreError::Io { .. })
+        ) || cause.is::<std::io::Error>()
+    })
+}
+
 /// Seals, pushes and judges the answer.
 async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
     let Some(leg) = ap.leg(&record.meta.pmode_id) else {
@@ -277,6 +288,12 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
     };
     let (file, content_type, references) = match sealed {
         Ok(Ok(s)) => s,
+        // The store failing (a database failover outlasting the store's own retries, a
+        // full disk) may be over by the next attempt; a message that cannot be built from
+        // what is stored never will be.
+        Ok(Err(e)) if store_trouble(&e) => {
+            return Verdict::Transient(format!("cannot build the message now: {e:#}"))
+        }
         Ok(Err(e)) => return Verdict::Fatal(format!("cannot build the message: {e:#}")),
         Err(e) => return Verdict::Transient(format!("the sealing task failed: {e}")),
     };
@@ -501,6 +518,10 @@ fn user_message(
     let from = id_of(me, &record.meta.from_party).context("our party has no id")?;
     let to = id_of(partner, &record.meta.to_party).context("the partner has no id")?;
     let mut info = MessageInfo::new(record.meta.message_id.clone());
+    // The submission time, not the time of sealing: every sealing of this message (by
+    // either instance of a pair, before or after a restart) signs the same eb:Messaging
+    // header, so a duplicate's original receipt still matches (see `outbound::send`).
+    info.timestamp = varti_as4::message::model::Timestamp::from_datetime(record.created_at);
     info.ref_to_message_id = record.meta.ref_to_message_id.clone();
     Ok(UserMessage {
         mpc: (leg.mpc != varti_as4::message::model::DEFAULT_MPC).then(|| leg.mpc.clone()),
