@@ -265,9 +265,8 @@ pub fn evidence_page(
                 title = escape(e.title)
             ));
         } else if is_xml {
-            match render_xml(e.path) {
-                Some(html) => main.push_str(&format!(r#"<div id="evidence-{i}">{html}</div>"#)),
-                None => {}
+            if let Some(html) = render_xml(e.path) {
+                main.push_str(&format!(r#"<div id="evidence-{i}">{html}</div>"#));
             }
         }
         main.push_str(&format!(
