@@ -344,27 +344,16 @@ fn sealed_for_retries(
     let b64 = base64::engine::general_purpose::STANDARD;
     let (mime, meta) = sealed_paths(ap, &record.meta.message_id);
     if let (Ok(file), Ok(text)) = (std::fs::File::open(&mime), std::fs::read_to_string(&meta)) {
-        let v: serde_json::Value = serde_json::from_str(&text)?;
-        let references = v["references"]
-            .as_array()
-            .context("sealed copy without references")?
-            .iter()
-            .map(|r| {
-                Ok(SignedReference {
-                    uri: r["uri"].as_str().context("uri")?.to_owned(),
-                    digest_method: r["digest_method"]
-                        .as_str()
-                        .context("digest_method")?
-                        .to_owned(),
-                    digest: b64.decode(r["digest"].as_str().context("digest")?)?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let content_type = v["content_type"]
-            .as_str()
-            .context("content_type")?
-            .to_owned();
-        return Ok((file, content_type, references));
+        match kept_copy(&text) {
+            Ok((content_type, references)) => return Ok((file, content_type, references)),
+            // The kept copy is a cache: one left unreadable (the process was killed while
+            // writing it) is sealed anew, never a reason to fail the message.
+            Err(e) => {
+                tracing::warn!(message_id = %record.meta.message_id, error = %e, "the kept sealed copy is unreadable; sealing the message again");
+                let _ = std::fs::remove_file(&meta);
+                let _ = std::fs::remove_file(&mime);
+            }
+        }
     }
     std::fs::create_dir_all(mime.parent().context("spool")?)?;
     // Sealed straight into the kept copy: sealing into a temporary file and copying it here
@@ -387,8 +376,38 @@ fn sealed_for_retries(
             "uri": r.uri, "digest_method": r.digest_method, "digest": b64.encode(&r.digest),
         })).collect::<Vec<_>>(),
     });
-    std::fs::write(&meta, v.to_string())?;
+    // Written whole or not at all (a temporary name, then renamed).
+    let meta_tmp = meta.with_extension("json.tmp");
+    std::fs::write(&meta_tmp, v.to_string())?;
+    std::fs::rename(&meta_tmp, &meta)?;
     Ok((std::fs::File::open(&mime)?, content_type, references))
+}
+
+/// The Content-Type and references recorded beside a kept sealed copy.
+fn kept_copy(text: &str) -> anyhow::Result<(String, Vec<SignedReference>)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    let references = v["references"]
+        .as_array()
+        .context("sealed copy without references")?
+        .iter()
+        .map(|r| {
+            Ok(SignedReference {
+                uri: r["uri"].as_str().context("uri")?.to_owned(),
+                digest_method: r["digest_method"]
+                    .as_str()
+                    .context("digest_method")?
+                    .to_owned(),
+                digest: b64.decode(r["digest"].as_str().context("digest")?)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let content_type = v["content_type"]
+        .as_str()
+        .context("content_type")?
+        .to_owned();
+    Ok((content_type, references))
 }
 
 /// Removes the sealed copy of a settled message.
@@ -700,5 +719,29 @@ pub async fn exchange_once(
         Verdict::Acknowledged(receipt) => Ok(receipt),
         Verdict::Unreachable(e) => Err(ExchangeFailure::Unreachable(e)),
         Verdict::Transient(e) | Verdict::Fatal(e) => Err(ExchangeFailure::Refused(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_copy;
+
+    #[test]
+    fn a_kept_copy_record_is_read_back_and_a_truncated_one_is_refused() {
+        let text = r##"{"content_type":"multipart/related; type=\"application/soap+xml\"","references":[{"uri":"#_eb-1","digest_method":"http://www.w3.org/2001/04/xmlenc#sha256","digest":"AAEC"}]}"##;
+        let (content_type, references) = kept_copy(text).unwrap();
+        assert!(content_type.starts_with("multipart/related"));
+        assert_eq!(references.len(), 1);
+        assert_eq!(references[0].uri, "#_eb-1");
+        assert_eq!(references[0].digest, vec![0, 1, 2]);
+        // What a process killed while writing leaves behind (the chaos test met the empty
+        // one): refused, so the caller seals the message again instead of failing it.
+        for broken in [
+            "",
+            "{\"content_type\":\"x\",\"refer",
+            r#"{"content_type":"x"}"#,
+        ] {
+            assert!(kept_copy(broken).is_err(), "{broken:?}");
+        }
     }
 }
