@@ -417,9 +417,7 @@ impl PreviewSpace {
     pub fn state(&self, id: &str) -> Option<PreviewStatus> {
         let mut inner = self.inner.lock().expect("preview lock");
         let session = inner.sessions.get_mut(id)?;
-        if expire_if_due(session, OffsetDateTime::now_utc()) {
-            self.cleanup_files(session);
-        }
+        self.expire_if_due(session, OffsetDateTime::now_utc());
         Some(session.status())
     }
 
@@ -454,10 +452,7 @@ impl PreviewSpace {
         let mut inner = self.inner.lock().expect("preview lock");
         let mut forget = Vec::new();
         for session in inner.sessions.values_mut() {
-            if expire_if_due(session, now) {
-                self.cleanup_files(session);
-                self.changed.notify_waiters();
-            }
+            self.expire_if_due(session, now);
             let ended = session.decided_at.unwrap_or(session.expires_at);
             if session.state != PreviewState::Pending && now - ended > time::Duration::days(1) {
                 forget.push(session.id.clone());
@@ -487,20 +482,20 @@ impl PreviewSpace {
         }
     }
 
+    /// Ends a pending session past its expiry: marked expired, its files deleted, waiters
+    /// woken. Every path that looks at a session calls it first.
+    fn expire_if_due(&self, session: &mut Session, now: OffsetDateTime) {
+        if session.state == PreviewState::Pending && now >= session.expires_at {
+            session.state = PreviewState::Expired;
+            tracing::info!(preview = %session.id, reference = %session.request.reference, "preview expired");
+            self.cleanup_files(session);
+            self.changed.notify_waiters();
+        }
+    }
+
     /// The public base URL.
     pub fn public_url(&self) -> &str {
         &self.config.public_url
-    }
-}
-
-/// Marks a pending session past its expiry as expired; true when it just changed.
-fn expire_if_due(session: &mut Session, now: OffsetDateTime) -> bool {
-    if session.state == PreviewState::Pending && now >= session.expires_at {
-        session.state = PreviewState::Expired;
-        tracing::info!(preview = %session.id, reference = %session.request.reference, "preview expired");
-        true
-    } else {
-        false
     }
 }
 

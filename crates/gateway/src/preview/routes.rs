@@ -90,10 +90,7 @@ fn entry(space: &PreviewSpace, link: &str, request: Request<Incoming>) -> Respon
         session.language = request_lang(&query, headers);
     }
     let lang = session.language.unwrap_or(Lang::En);
-    if super::expire_if_due(session, now) {
-        space.cleanup_files(session);
-        space.changed.notify_waiters();
-    }
+    space.expire_if_due(session, now);
     if let Some(r) = ended_page(session) {
         return r;
     }
@@ -239,10 +236,7 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     let Some(session) = inner.sessions.get_mut(&login.session_id) else {
         return invalid_link(lang);
     };
-    if super::expire_if_due(session, OffsetDateTime::now_utc()) {
-        space.cleanup_files(session);
-        space.changed.notify_waiters();
-    }
+    space.expire_if_due(session, OffsetDateTime::now_utc());
     if let Some(r) = ended_page(session) {
         return r;
     }
@@ -285,10 +279,7 @@ fn evidence(space: &PreviewSpace, link: &str, n: &str, headers: &HeaderMap) -> R
     let Some(session) = find(&mut inner.sessions, link) else {
         return not_found();
     };
-    if super::expire_if_due(session, OffsetDateTime::now_utc()) {
-        space.cleanup_files(session);
-        space.changed.notify_waiters();
-    }
+    space.expire_if_due(session, OffsetDateTime::now_utc());
     if session.state != PreviewState::Pending || !bound_here(session, headers) {
         return not_found();
     }
@@ -338,10 +329,7 @@ async fn decision(space: &PreviewSpace, link: &str, request: Request<Incoming>) 
         return invalid_link(Lang::En);
     };
     let now = OffsetDateTime::now_utc();
-    if super::expire_if_due(session, now) {
-        space.cleanup_files(session);
-        space.changed.notify_waiters();
-    }
+    space.expire_if_due(session, now);
     if let Some(r) = ended_page(session) {
         return r;
     }
