@@ -183,7 +183,18 @@ fn duplicate_resend_is_delivered_once_with_the_same_receipt() {
         serde_json::json!({}),
         &incompressible(200_000),
     );
-    let sent = a.wait_state(&id, "acknowledged", Duration::from_secs(30));
+    // b stored the message (and answered): now its receipt is lost on the way back.
+    let stored_by_b = std::time::Instant::now();
+    while !b.inbound().iter().any(|m| m["message_id"] == id.as_str()) {
+        assert!(
+            stored_by_b.elapsed() < Duration::from_secs(30),
+            "b never stored the first attempt; b's log:\n{}",
+            b.served.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(proxy.lose_answer(), "a never connected through the proxy");
+    let sent = a.wait_state(&id, "acknowledged", Duration::from_secs(60));
     assert!(
         sent["attempts"].as_u64().unwrap() >= 2,
         "the first receipt was not lost: {sent}"

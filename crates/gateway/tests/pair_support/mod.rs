@@ -282,27 +282,40 @@ pub fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A TCP proxy (network fault injection) that forwards connections to `target`, but on
-/// the first connection, once the client has sent more than `request_bytes` (the TLS
-/// handshake passes; the AS4 request is larger), swallows whatever the server answers next
-/// and cuts the connection: the request was processed, its receipt is lost on the way back.
+/// A TCP proxy (network fault injection) that forwards connections to `target`, but
+/// loses the answer on the first connection: once the client has sent more than
+/// `request_bytes` on it (the TLS handshake passes; the AS4 request is larger), nothing the
+/// server sends is forwarded any more, and [`LossyProxy::lose_answer`] cuts the connection.
+///
+/// Why held rather than cut at the server's first byte: TLS 1.3 servers send session
+/// tickets after the handshake, which can reach the proxy while the request is still
+/// flowing; cutting then would lose the request, not the receipt. The test calls
+/// `lose_answer` once the receiver shows the message stored, so the receipt is what is lost.
 pub struct LossyProxy {
     pub port: u16,
+    /// The first connection's two sockets, to cut them.
+    first: std::sync::Arc<std::sync::Mutex<Option<(TcpStream, TcpStream)>>>,
 }
 
 impl LossyProxy {
     pub fn start(target: SocketAddr, request_bytes: usize) -> LossyProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Arc;
+        use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let first: Arc<Mutex<Option<(TcpStream, TcpStream)>>> = Arc::default();
+        let first_conn = first.clone();
         std::thread::spawn(move || {
             for (n, conn) in listener.incoming().enumerate() {
                 let Ok(client) = conn else { continue };
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
+                if n == 0 {
+                    *first_conn.lock().unwrap() =
+                        Some((client.try_clone().unwrap(), server.try_clone().unwrap()));
+                }
                 let sent = Arc::new(AtomicUsize::new(0));
                 let (mut c_in, mut s_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -325,17 +338,14 @@ impl LossyProxy {
                 let (mut s_in, mut c_out) = (server, client);
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
+                    let mut holding = false;
                     loop {
                         match s_in.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(k) => {
-                                if n == 0 && sent.load(Ordering::SeqCst) > request_bytes {
-                                    // The answer to the request: lose it.
-                                    let _ = c_out.shutdown(std::net::Shutdown::Both);
-                                    let _ = s_in.shutdown(std::net::Shutdown::Both);
-                                    break;
-                                }
-                                if c_out.write_all(&buf[..k]).is_err() {
+                                holding |= n == 0 && sent.load(Ordering::SeqCst) > request_bytes;
+                                // Held: swallowed until `lose_answer` cuts the connection.
+                                if !holding && c_out.write_all(&buf[..k]).is_err() {
                                     break;
                                 }
                             }
@@ -345,6 +355,19 @@ impl LossyProxy {
                 });
             }
         });
-        LossyProxy { port }
+        LossyProxy { port, first }
+    }
+
+    /// Cuts the first connection, with the server's answer to it unsent. Returns whether
+    /// there was a first connection to cut.
+    pub fn lose_answer(&self) -> bool {
+        match self.first.lock().unwrap().take() {
+            Some((client, server)) => {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
     }
 }
