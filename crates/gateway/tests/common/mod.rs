@@ -7,15 +7,28 @@ use std::path::PathBuf;
 /// project root. When the vectors are absent the test says so loudly; under CI
 /// (`CI` set) it fails, so a missing checkout can never pass as green.
 pub fn vectors() -> Option<PathBuf> {
-    let dir = match std::env::var_os("VARTI_VECTORS") {
+    shared_dir("VARTI_VECTORS", "vectors", "README.md")
+}
+
+/// The shared specifications directory: `$VARTI_SPECS`, or `../shared/specs`; absent, as
+/// [`vectors`].
+pub fn specs() -> Option<PathBuf> {
+    shared_dir("VARTI_SPECS", "specs", "conformance.md")
+}
+
+fn shared_dir(env: &str, name: &str, marker: &str) -> Option<PathBuf> {
+    let dir = match std::env::var_os(env) {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared")
+            .join(name),
     };
-    if dir.join("README.md").is_file() {
+    if dir.join(marker).is_file() {
         return Some(dir);
     }
     let msg = format!(
-        "INTEROP VECTORS MISSING: {} not found; set VARTI_VECTORS to the shared vectors directory",
+        "SHARED {} MISSING: {} not found; set {env} to the shared {name} directory",
+        name.to_uppercase(),
         dir.display()
     );
     if std::env::var_os("CI").is_some() {
