@@ -1,7 +1,7 @@
 //! A small client of the backend API for the admin commands (`send`, `messages`,
-//! `status`): hyper's HTTP/1.1 client on a current-thread runtime.
+//! `status`, `oots request`): hyper's HTTP/1.1 client on a current-thread runtime.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -180,6 +180,21 @@ impl Api {
         self.call(Method::POST, path, Some(content_type), body, None)
     }
 
+    /// `GET path` (below /api/v1) of a file, streamed into `out`; returns its bytes. An
+    /// error answer is read as JSON as usual.
+    pub fn download(&self, path: &str, out: &mut dyn Write) -> Result<u64, Failure> {
+        let mut written = 0u64;
+        self.exchange(
+            Method::GET,
+            path,
+            None,
+            empty(),
+            None,
+            Some((out, &mut written)),
+        )?;
+        Ok(written)
+    }
+
     fn call(
         &self,
         method: Method,
@@ -187,6 +202,20 @@ impl Api {
         content_type: Option<&str>,
         body: Body,
         timeout: Option<Duration>,
+    ) -> Result<Value, Failure> {
+        self.exchange(method, path, content_type, body, timeout, None)
+    }
+
+    /// One request; a successful answer goes to `sink` when given (counted), else is read
+    /// as JSON.
+    fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Body,
+        timeout: Option<Duration>,
+        mut sink: Option<(&mut dyn Write, &mut u64)>,
     ) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = Request::builder()
@@ -200,7 +229,7 @@ impl Api {
         let request = request.body(body).map_err(|e| {
             Failure::cannot_run(format!("cannot build the request to {url}: {e}"), "")
         })?;
-        let exchange = async {
+        let round_trip = async {
             let response = self.client.request(request).await.map_err(|e| {
                 Failure::cannot_run(
                     format!("cannot reach the backend API at {url}: {}", error_chain(&e)),
@@ -210,10 +239,20 @@ impl Api {
             let status = response.status();
             let mut body = response.into_body();
             let mut bytes = Vec::new();
+            let mut sink = sink.as_mut().filter(|_| status.is_success());
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| {
                     Failure::cannot_run(format!("the answer from {url} broke off: {e}"), "")
                 })?;
+                if let Some((out, written)) = sink.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        out.write_all(data).map_err(|e| {
+                            Failure::cannot_run(format!("cannot write what {url} sent: {e}"), "")
+                        })?;
+                        **written += data.len() as u64;
+                    }
+                    continue;
+                }
                 if let Ok(data) = frame.into_data() {
                     if bytes.len() + data.len() > MAX_ANSWER {
                         return Err(Failure::cannot_run(
@@ -224,19 +263,24 @@ impl Api {
                     bytes.extend_from_slice(&data);
                 }
             }
-            Ok((status, Bytes::from(bytes)))
+            Ok((status, Bytes::from(bytes), sink.is_some()))
         };
-        let (status, bytes) = self.runtime.block_on(async {
+        let (status, bytes, streamed) = self.runtime.block_on(async {
             match timeout {
-                Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
-                    Err(Failure::cannot_run(
-                        format!("no answer from {url} within {} s", t.as_secs()),
-                        "is the server overloaded? see its log",
-                    ))
-                }),
-                None => exchange.await,
+                Some(t) => tokio::time::timeout(t, round_trip)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::cannot_run(
+                            format!("no answer from {url} within {} s", t.as_secs()),
+                            "is the server overloaded? see its log",
+                        ))
+                    }),
+                None => round_trip.await,
             }
         })?;
+        if streamed {
+            return Ok(Value::Null);
+        }
         let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
             Failure::cannot_run(
                 format!(

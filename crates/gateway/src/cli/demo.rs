@@ -8,6 +8,10 @@
 //! 4. a two-way exchange — b answers with RefToMessageId and the same ConversationId;
 //! 5. the receipt a holds as evidence.
 //!
+//! Then the OOTS scene, steps 6 to 9 ([`super::demo_oots`]): look-ups on the stand-in
+//! common services, an evidence request from a portal behind a to a provider behind b, and
+//! the PDF evidence back.
+//!
 //! Every command runs this same binary as a child process against the two real servers.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +20,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use varti_gateway::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
+
+use super::demo_oots::{FakeRegister, SceneInputs};
 
 /// Arguments of `varti demo`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +42,14 @@ pub struct DemoArgs {
     /// Leave both access points running after the exchanges, until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// The interop vectors directory: the OOTS scene's stand-in common services replay
+    /// France's recorded answers from it [default: FROM/../shared/vectors].
+    #[arg(long, env = "VARTI_VECTORS", value_name = "DIR")]
+    vectors: Option<PathBuf>,
+    /// The specs directory (EDM examples and code lists) for the OOTS scene
+    /// [default: FROM/../shared/specs].
+    #[arg(long, env = "VARTI_SPECS", value_name = "DIR")]
+    specs: Option<PathBuf>,
 }
 
 /// The demo's own agreement: a one-way leg and a two-way (push-and-push) pair of legs.
@@ -89,8 +103,34 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         None => scratch.path().to_owned(),
     };
+    // The OOTS scene needs the published sample answers; without them it is left out.
+    let shared = |given: &Option<PathBuf>, name: &str| {
+        given
+            .clone()
+            .unwrap_or_else(|| args.from.join("../shared").join(name))
+    };
+    let oots = match SceneInputs::find(
+        &shared(&args.vectors, "vectors"),
+        &shared(&args.specs, "specs"),
+    ) {
+        Ok(inputs) => match FakeRegister::start() {
+            Ok(register) => Some((inputs, register)),
+            Err(e) => {
+                eprintln!("error: cannot start the demo's fake register: {e}");
+                return Ok(super::exit_cannot_run());
+            }
+        },
+        Err(why) => {
+            println!("Note: the OOTS scene is left out: {why}.\n");
+            None
+        }
+    };
     let options = PairOptions {
         extra_pmodes: vec![("demo.toml".into(), DEMO_PMODES.into())],
+        extra_config: oots
+            .as_ref()
+            .map(|(inputs, register)| inputs.config(&register.url))
+            .unwrap_or_default(),
         ..PairOptions::default()
     };
     let layout = PairLayout::create(&root, &args.from, &options)
@@ -119,7 +159,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let outcome = exchanges(&binary, &layout);
+    let outcome = exchanges(&binary, &layout).and_then(|()| match &oots {
+        Some((inputs, register)) => super::demo_oots::run(&binary, &layout, inputs, register),
+        None => Ok(()),
+    });
     if args.keep_running && outcome.is_ok() {
         println!("\nBoth access points keep running; try the commands above. Ctrl-C stops them.");
         let _ = wait_for_ctrl_c();
@@ -128,6 +171,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(()) => {
             println!("\nDemo complete: every message was acknowledged with a signed receipt and delivered once.");
+            if oots.is_some() {
+                println!("The OOTS evidence request was answered with the register's PDF, carried over AS4.");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(step) => {
@@ -247,12 +293,12 @@ fn exchanges(binary: &Path, layout: &PairLayout) -> Result<(), String> {
     Ok(())
 }
 
-fn path(p: &Path) -> &str {
+pub(super) fn path(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
 /// `args` plus the node's API address and token.
-fn with_api<'a>(node: &'a NodeLayout, args: &[&'a str]) -> Vec<String> {
+pub(super) fn with_api<'a>(node: &'a NodeLayout, args: &[&'a str]) -> Vec<String> {
     let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     v.push("--api".into());
     v.push(format!("http://127.0.0.1:{}", node.ports.backend));
@@ -262,7 +308,7 @@ fn with_api<'a>(node: &'a NodeLayout, args: &[&'a str]) -> Vec<String> {
 }
 
 /// Runs one command, printing it and its output.
-fn step<S: AsRef<str>>(
+pub(super) fn step<S: AsRef<str>>(
     title: &str,
     binary: &Path,
     cwd: &Path,

@@ -35,6 +35,11 @@ pub enum OotsCommand {
     /// published sample answers (France's recorded EB/DSD answers and the EDM 1.0
     /// examples) over plain HTTP, for tests and the demo. Never a production service.
     Standin(super::oots_cs::StandinArgs),
+    /// A procedure portal's evidence requests through the backend API of a running
+    /// `varti serve` ([oots] role requester or both): send one, follow it, download its
+    /// evidence.
+    #[command(subcommand)]
+    Request(super::oots_request::RequestCommand),
 }
 
 /// Arguments of `varti oots validate`.
@@ -66,6 +71,7 @@ pub fn run(cmd: OotsCommand) -> anyhow::Result<ExitCode> {
         OotsCommand::Validate(args) => validate(&args),
         OotsCommand::Lookup(args) => super::oots_cs::lookup(args),
         OotsCommand::Standin(args) => super::oots_cs::standin(args),
+        OotsCommand::Request(cmd) => Ok(super::oots_request::run(cmd)),
     }
 }
 
