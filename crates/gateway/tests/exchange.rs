@@ -222,6 +222,48 @@ fn duplicate_resend_is_delivered_once_with_the_same_receipt() {
     );
 }
 
+/// CP_TA27/28: the CharacterSet a producer gives each part travels as its PartProperty and
+/// reaches the consumer.
+#[test]
+fn character_sets_given_by_the_producer_reach_the_consumer() {
+    let pair = Pair::new();
+    let a = pair.start("a");
+    let b = pair.start("b");
+    let utf16: Vec<u8> = "<doc>Rīga</doc>"
+        .encode_utf16()
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    let files = vec![
+        ("wide", "text/xml", utf16),
+        ("narrow", "text/xml", "<doc>Rīga</doc>".as_bytes().to_vec()),
+    ];
+    let specs = serde_json::json!({"payloads": [
+        {"part": "wide", "mime_type": "text/xml", "properties": [{"name": "CharacterSet", "value": "UTF-16"}]},
+        {"part": "narrow", "mime_type": "text/xml", "properties": [{"name": "CharacterSet", "value": "UTF-8"}]},
+    ]});
+    let id = submit_files(&a, "urn:varti:test:exchange", "Deliver", specs, &files);
+    a.wait_state(&id, "acknowledged", Duration::from_secs(30));
+    let got = b.message(&id).expect("b received the message");
+    let sets: Vec<&str> = got["payloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["properties"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["name"] == "CharacterSet")
+                .and_then(|q| q["value"].as_str())
+                .unwrap_or("none")
+        })
+        .collect();
+    assert_eq!(sets, ["UTF-16", "UTF-8"], "{got:#}");
+    for (n, (_, _, bytes)) in files.iter().enumerate() {
+        assert!(b.payload(&id, n) == *bytes, "payload {n} differs");
+    }
+}
+
 /// b is down when a sends; a retries and b, once up, gets the message once.
 #[test]
 fn receiver_down_then_up() {

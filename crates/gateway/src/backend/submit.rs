@@ -400,6 +400,19 @@ fn check_metadata(m: &Metadata) -> Result<(), ApiError> {
                 "give the type as mime_type; compression is the PMode's business",
             );
         }
+        // What the receiver would refuse (a malformed or repeated CharacterSet): refused
+        // here, before anything is sent.
+        let props: Vec<(&str, &str)> = p
+            .properties
+            .iter()
+            .map(|q| (q.name.as_str(), q.value.as_str()))
+            .collect();
+        if let Err(e) = varti_as4::compress::part_compression(&props) {
+            return bad(
+                format!("part `{}`: {}", p.part, e.detail),
+                "give CharacterSet once, as a character set name such as UTF-8 or UTF-16",
+            );
+        }
     }
     if let Some(q) = m
         .properties
@@ -598,5 +611,32 @@ mod tests {
         }))
         .unwrap_err();
         assert!(e.to_string().contains("actoin"), "{e}");
+    }
+
+    /// CP_TA27/28: a producer's CharacterSet is taken as given when it is a character set
+    /// name, refused at submission when the receiver would refuse it.
+    #[test]
+    fn character_set_is_checked_at_submission() {
+        let with = |values: &[&str]| {
+            let props: Vec<_> = values
+                .iter()
+                .map(|v| serde_json::json!({"name": "CharacterSet", "value": v}))
+                .collect();
+            serde_json::from_value::<Metadata>(serde_json::json!({
+                "to_party": "b", "service": "s", "action": "a",
+                "payloads": [{"part": "f", "mime_type": "text/xml", "properties": props}]
+            }))
+            .unwrap()
+        };
+        check_metadata(&with(&["UTF-16"])).unwrap();
+        check_metadata(&with(&["UTF-8"])).unwrap();
+        let e = check_metadata(&with(&["UTF 16"])).unwrap_err();
+        assert!(
+            e.error.contains("`UTF 16` is not a character set"),
+            "{}",
+            e.error
+        );
+        let e = check_metadata(&with(&["UTF-8", "UTF-16"])).unwrap_err();
+        assert!(e.error.contains("more than once"), "{}", e.error);
     }
 }

@@ -171,10 +171,13 @@ impl Node {
     pub fn submit(&self, metadata: serde_json::Value, files: &[(&str, &str, &[u8])]) -> String {
         let boundary = "varti-test-boundary-7f3a";
         let mut meta = metadata;
-        meta["payloads"] = files
-            .iter()
-            .map(|(name, mime, _)| serde_json::json!({"part": name, "mime_type": mime}))
-            .collect();
+        // Payload specs the caller gave (with part properties) are kept.
+        if meta.get("payloads").is_none() {
+            meta["payloads"] = files
+                .iter()
+                .map(|(name, mime, _)| serde_json::json!({"part": name, "mime_type": mime}))
+                .collect();
+        }
         let mut body = Vec::new();
         body.extend_from_slice(
             format!(
