@@ -270,7 +270,13 @@ fn get_request(a: &Node, id: &str) -> Value {
 }
 
 fn get_request_as(a: &Node, token: &str, id: &str) -> Value {
-    let r = a.api_as(token, "GET", &format!("/api/v1/oots/requests/{id}"), None, b"");
+    let r = a.api_as(
+        token,
+        "GET",
+        &format!("/api/v1/oots/requests/{id}"),
+        None,
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -676,7 +682,13 @@ fn intermediary_platform_serves_many_portals_and_providers_and_purges_evidence()
         "urn:cef.eu:names:identifier:EAS:0096"
     );
     assert_eq!(property(&sent, "finalRecipient")["value"], P1);
-    let edm = a.api_as(ADMIN, "GET", sent["payloads"][0]["href"].as_str().unwrap(), None, b"");
+    let edm = a.api_as(
+        ADMIN,
+        "GET",
+        sent["payloads"][0]["href"].as_str().unwrap(),
+        None,
+        b"",
+    );
     assert_eq!(edm.status, 200, "{}", edm.body);
     let Ok(varti_oots::edm::EdmDocument::Request(request)) =
         varti_oots::edm::EdmDocument::parse(&edm.bytes)
@@ -730,15 +742,25 @@ fn intermediary_platform_serves_many_portals_and_providers_and_purges_evidence()
     // Evidence is purged once handed over, not before: both files are on a's disk until
     // portal 1 downloads its own.
     assert!(on_disk(&a.dir, &pdf()), "r1's evidence is not on a's disk");
-    assert!(on_disk(&a.dir, &pdf_b()), "r2's evidence is not on a's disk");
+    assert!(
+        on_disk(&a.dir, &pdf_b()),
+        "r2's evidence is not on a's disk"
+    );
     let href = v1["evidences"][0]["href"].as_str().unwrap();
     // An admin looking is no hand-over.
     let looked = a.api_as(ADMIN, "GET", href, None, b"");
-    assert!(looked.status == 200 && looked.bytes == pdf(), "{}", looked.head);
+    assert!(
+        looked.status == 200 && looked.bytes == pdf(),
+        "{}",
+        looked.head
+    );
     assert!(get_request_as(&a, &portal1, &r1)["evidence_purged_at"].is_null());
     let file = a.api_as(&portal1, "GET", href, None, b"");
     assert_eq!(file.status, 200, "{}", file.body);
-    assert!(file.bytes == pdf(), "the evidence differs from the register's file");
+    assert!(
+        file.bytes == pdf(),
+        "the evidence differs from the register's file"
+    );
     wait_until(
         "r1's evidence purged after its hand-over",
         Duration::from_secs(20),
@@ -749,9 +771,18 @@ fn intermediary_platform_serves_many_portals_and_providers_and_purges_evidence()
     assert_eq!(v["evidences"][0]["downloaded"], true, "{v:#}");
     let again = a.api_as(&portal1, "GET", href, None, b"");
     assert_eq!(again.status, 410, "{}", again.body);
-    assert!(!on_disk(&a.dir, &pdf()), "r1's evidence is still on a's disk");
-    assert!(on_disk(&a.dir, &pdf_b()), "r2's evidence went before its hand-over");
-    assert!(!admin_message(&a, v1["response_message_id"].as_str().unwrap())["payloads_purged_at"].is_null());
+    assert!(
+        !on_disk(&a.dir, &pdf()),
+        "r1's evidence is still on a's disk"
+    );
+    assert!(
+        on_disk(&a.dir, &pdf_b()),
+        "r2's evidence went before its hand-over"
+    );
+    assert!(
+        !admin_message(&a, v1["response_message_id"].as_str().unwrap())["payloads_purged_at"]
+            .is_null()
+    );
 
     // The provider side let go of both answers once a acknowledged them.
     for v in [&v1, &v2] {
@@ -771,14 +802,23 @@ fn intermediary_platform_serves_many_portals_and_providers_and_purges_evidence()
             "the record purged after its retention",
             Duration::from_secs(90),
             || {
-                a.api_as(token, "GET", &format!("/api/v1/oots/requests/{id}"), None, b"")
-                    .status
+                a.api_as(
+                    token,
+                    "GET",
+                    &format!("/api/v1/oots/requests/{id}"),
+                    None,
+                    b"",
+                )
+                .status
                     == 404
             },
             &[&a],
         );
     }
-    assert!(!on_disk(&a.dir, &pdf_b()), "r2's evidence outlived its record");
+    assert!(
+        !on_disk(&a.dir, &pdf_b()),
+        "r2's evidence outlived its record"
+    );
     assert!(listed(&a, PORTAL2).is_empty());
 }
 
@@ -816,7 +856,9 @@ fn check_requester_agent_rules(xml: &str) {
     let wrong = xml.replace(">IP</", ">XX</");
     assert_ne!(wrong, xml);
     assert!(
-        broken(&wrong).iter().any(|f| f.starts_with("R-EDM-REQ-C014")),
+        broken(&wrong)
+            .iter()
+            .any(|f| f.starts_with("R-EDM-REQ-C014")),
         "{:?}",
         broken(&wrong)
     );

@@ -821,7 +821,12 @@ pub fn purge_payloads_of_one_message<S: Store>(store: S) {
     );
     // Only that message: the other settled one keeps its payload.
     assert_eq!(read_payload(&store, &p2).unwrap(), b"other evidence");
-    assert!(store.get("q2@them").unwrap().unwrap().payloads_purged_at.is_none());
+    assert!(store
+        .get("q2@them")
+        .unwrap()
+        .unwrap()
+        .payloads_purged_at
+        .is_none());
     assert!(matches!(
         store.purge_payloads_of("nobody@them", at(12)),
         Err(StoreError::NotFound { .. })

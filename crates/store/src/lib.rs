@@ -253,8 +253,7 @@ pub trait Store: Send + Sync {
     /// acknowledged or failed) is purged: `Ok(false)` for one still in progress, one already
     /// purged or one without payloads; [`StoreError::NotFound`] when no such message is
     /// stored.
-    fn purge_payloads_of(&self, message_id: &str, now: OffsetDateTime)
-        -> Result<bool, StoreError>;
+    fn purge_payloads_of(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
 
     /// Removes the records (and any payloads left) of messages settled before
     /// `settled_before`. Messages still in progress are never removed. Returns how many.

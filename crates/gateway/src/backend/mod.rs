@@ -48,8 +48,8 @@
 mod messages;
 mod submit;
 
-pub use messages::purge_now;
 pub(crate) use messages::parse_query;
+pub use messages::purge_now;
 
 use std::sync::Arc;
 

@@ -101,9 +101,8 @@ impl OotsParty {
     /// Checks what the EDM rules require of an agent (identifier with an allowed scheme,
     /// a name); `key` names the table in errors.
     pub fn validate(&self, key: &'static str) -> Result<(), ConfigError> {
-        let invalid = |problem: String, fix: &'static str| {
-            Err(ConfigError::Invalid { key, problem, fix })
-        };
+        let invalid =
+            |problem: String, fix: &'static str| Err(ConfigError::Invalid { key, problem, fix });
         const EAS: &str = "urn:cef.eu:names:identifier:EAS:";
         const EBCORE: &str = "urn:oasis:names:tc:ebcore:partyid-type:unregistered";
         let scheme = self.scheme.trim();
@@ -285,4 +284,85 @@ fn serves(c: &ConnectorConfig, provider: &str) -> bool {
     c.provider
         .as_deref()
         .is_none_or(|p| p.trim() == provider.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(evidence_type: &str, provider: Option<&str>, url: &str) -> ConnectorConfig {
+        ConnectorConfig {
+            evidence_type: evidence_type.into(),
+            provider: provider.map(str::to_owned),
+            url: url.into(),
+            timeout_secs: 1,
+            retries: 0,
+            retry_delay_ms: 0,
+        }
+    }
+
+    #[test]
+    fn requests_route_by_provider_then_evidence_type() {
+        let c = OotsConfig {
+            connectors: vec![
+                connector("EV", None, "http://any"),
+                connector("EV", Some("P1"), "http://p1"),
+                connector("EV2", Some("P2"), "http://p2"),
+            ],
+            ..OotsConfig::default()
+        };
+        let url = |p: &str, et: &str| c.connector_for(p, Some(et), None).map(|c| c.url.as_str());
+        // The provider's own connector wins over the one serving any provider.
+        assert_eq!(url("P1", "EV"), Some("http://p1"));
+        assert_eq!(url("P2", "EV"), Some("http://any"));
+        assert_eq!(url("P2", "EV2"), Some("http://p2"));
+        // P1 has no EV2: another provider's connector is never used.
+        assert_eq!(url("P1", "EV2"), None);
+        assert!(
+            c.serves_provider("P3"),
+            "the provider-less connector serves any"
+        );
+        let only_named = OotsConfig {
+            connectors: vec![connector("EV", Some("P1"), "http://p1")],
+            ..OotsConfig::default()
+        };
+        assert!(only_named.serves_provider(" P1 "));
+        assert!(!only_named.serves_provider("P3"));
+        assert_eq!(only_named.connector_for("P3", Some("EV"), None), None);
+    }
+
+    #[test]
+    fn parties_need_an_allowed_scheme_an_id_and_a_name() {
+        let party = |scheme: &str, id: &str, name: &str| OotsParty {
+            scheme: scheme.into(),
+            id: id.into(),
+            name: name.into(),
+            lang: None,
+            country: None,
+        };
+        for ok in [
+            "urn:cef.eu:names:identifier:EAS:0096",
+            "urn:oasis:names:tc:ebcore:partyid-type:unregistered:oots",
+        ] {
+            party(ok, "X1", "Portal").validate("k").unwrap();
+        }
+        for (scheme, id, name) in [
+            ("urn:cef.eu:names:identifier:EAS:", "X1", "Portal"),
+            ("eidas", "X1", "Portal"),
+            ("urn:cef.eu:names:identifier:EAS:0096", " ", "Portal"),
+            ("urn:cef.eu:names:identifier:EAS:0096", "X1", ""),
+        ] {
+            let e = party(scheme, id, name).validate("k").unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { key: "k", .. }), "{e}");
+        }
+        let mut c = OotsConfig {
+            platform: Some(party("nope", "X", "Y")),
+            ..OotsConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c.platform = None;
+        c.evidence_retention_secs = 10;
+        c.record_retention_secs = 5;
+        assert!(c.validate().is_err(), "records shorter than their evidence");
+    }
 }

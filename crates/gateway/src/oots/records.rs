@@ -344,7 +344,8 @@ fn purge_one(
         })
         // Settled records always have the time; without it, never treat one as expired.
         .map_or(now.unix_timestamp(), |t| t.unix_timestamp());
-    let expired = settled_unix.saturating_add(cfg.record_retention_secs as i64) <= now.unix_timestamp();
+    let expired =
+        settled_unix.saturating_add(cfg.record_retention_secs as i64) <= now.unix_timestamp();
     let handed_over_due = record.handed_over_unix.is_some_and(|t| {
         t.saturating_add(cfg.evidence_retention_secs as i64) <= now.unix_timestamp()
     });

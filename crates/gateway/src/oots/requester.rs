@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::config::OotsParty;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -50,7 +51,6 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use varti_oots::edm::EdmDocument;
 use varti_oots::flow::{self, RequestData};
-use super::config::OotsParty;
 use varti_store::{MessageProperty, MessageRecord, PayloadEntry};
 
 use super::records::{self, EdmErrorInfo, EvidenceFile, RequestRecord, RequestState};
@@ -256,7 +256,8 @@ fn apply_parties(ap: &AccessPoint, client: &Client, body: &mut Value) -> Result<
             "see the OotsRequestCreate schema in GET /api/v1/openapi.json",
         ));
     };
-    let fixed: [(&str, Option<&OotsParty>); 2] = [("requester", portal), ("intermediary", platform)];
+    let fixed: [(&str, Option<&OotsParty>); 2] =
+        [("requester", portal), ("intermediary", platform)];
     for (field, party) in fixed {
         let Some(party) = party else { continue };
         let agent = party.agent_data();
@@ -295,17 +296,26 @@ pub async fn list(
     for (key, value) in crate::backend::parse_query(query)? {
         match key.as_str() {
             "limit" => {
-                limit = value.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
-                    ApiError::bad_request(format!("limit `{value}` is not 1 to 1000"), "give a number from 1 to 1000")
-                })?
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("limit `{value}` is not 1 to 1000"),
+                            "give a number from 1 to 1000",
+                        )
+                    })?
             }
             "state" => {
-                state = Some(serde_json::from_value(Value::String(value.clone())).map_err(|_| {
-                    ApiError::bad_request(
-                        format!("state `{value}` is unknown"),
-                        "use sent, answered, error, preview_required, timed_out or failed",
-                    )
-                })?)
+                state = Some(
+                    serde_json::from_value(Value::String(value.clone())).map_err(|_| {
+                        ApiError::bad_request(
+                            format!("state `{value}` is unknown"),
+                            "use sent, answered, error, preview_required, timed_out or failed",
+                        )
+                    })?,
+                )
             }
             _ => {
                 return Err(ApiError::bad_request(

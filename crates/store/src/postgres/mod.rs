@@ -720,7 +720,10 @@ impl Store for PgStore {
             )?;
             let found = purged > 0
                 || client
-                    .query_opt("SELECT 1 FROM messages WHERE message_id = $1", &[&message_id])?
+                    .query_opt(
+                        "SELECT 1 FROM messages WHERE message_id = $1",
+                        &[&message_id],
+                    )?
                     .is_some();
             Ok((found, purged > 0))
         })?;
