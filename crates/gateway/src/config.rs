@@ -156,6 +156,11 @@ pub struct BackendClient {
     /// /api/v1/admin/purge`). Default false.
     #[serde(default)]
     pub admin: bool,
+    /// OOTS: the procedure portal this client is. Its evidence requests name it as the
+    /// evidence requester (agent `ER`) and `originalSender`, whatever the request body
+    /// says; required for OOTS requests when `[oots] platform` is set.
+    #[serde(default)]
+    pub oots_party: Option<crate::oots::config::OotsParty>,
 }
 
 /// The MSH listener.
@@ -575,6 +580,9 @@ impl Config {
                     problem: format!("of `{}` is not 64 hex digits", c.name),
                     fix: "put the SHA-256 of the token, from `printf %s TOKEN | sha256sum`",
                 });
+            }
+            if let Some(p) = &c.oots_party {
+                p.validate("backend.clients.oots_party")?;
             }
             if c.webhook_url.is_some() != c.webhook_secret.is_some() {
                 return Err(ConfigError::Invalid {

@@ -7,10 +7,16 @@
 //! type, and answers over AS4; the portal GETs the outcome from a and downloads the
 //! evidence. Named after the member-state test events where one fits (TC01 basic request,
 //! TC02 no match, TC03 base-registry error or timeout).
+//!
+//! The intermediary platform test puts two portals on varti-a and two providers on
+//! varti-b: each portal sees only its own requests, each request reaches its provider's
+//! register, the platform is the `IP` agent of the sent EDM, and the evidence leaves the
+//! disk once handed over.
 
 mod pair_support;
 mod serve_support;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -21,8 +27,17 @@ use serde_json::{json, Value};
 
 /// A PDF evidence file (a minimal document plus binary bytes, so nothing text-only passes).
 fn pdf() -> Vec<u8> {
+    pdf_with(31)
+}
+
+/// Another register's PDF: same shape, other bytes.
+fn pdf_b() -> Vec<u8> {
+    pdf_with(37)
+}
+
+fn pdf_with(factor: u32) -> Vec<u8> {
     let mut b = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
-    b.extend((0..70_000u32).map(|i| (i * 31 % 256) as u8));
+    b.extend((0..70_000u32).map(|i| (i * factor % 256) as u8));
     b.extend_from_slice(b"\n%%EOF\n");
     b
 }
@@ -101,13 +116,14 @@ fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
         let _ = conn.write_all(body);
     };
     match path.as_str() {
-        "/ok" => {
+        "/ok" | "/reg-a" | "/reg-b" => {
+            let file = if path == "/reg-b" { pdf_b() } else { pdf() };
             let boundary = "register-boundary-41";
             let mut body = Vec::new();
             body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n").as_bytes());
             body.extend_from_slice(br#"{"evidences":[{"part":"birth","title":"Birth certificate","issuing_date":"2001-02-03"}]}"#);
             body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth\"; filename=\"birth.pdf\"\r\nContent-Type: application/pdf\r\n\r\n").as_bytes());
-            body.extend_from_slice(&pdf());
+            body.extend_from_slice(&file);
             body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
             respond(
                 &mut conn,
@@ -133,6 +149,8 @@ fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
             std::thread::sleep(Duration::from_secs(if path == "/slow" { 3 } else { 8 }));
             respond(&mut conn, "404 Not Found", "text/plain", b"late");
         }
+        // Webhook receivers of the portals.
+        p if p.starts_with("/hook/") => respond(&mut conn, "200 OK", "text/plain", b"ok"),
         _ => respond(
             &mut conn,
             "500 Internal Server Error",
@@ -142,14 +160,16 @@ fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
     }
 }
 
+/// Fast sending for tests.
+const FAST: &str = "[client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
+    [sender]\npoll_interval_ms = 100\nlease_secs = 30\n";
+
 /// Starts both nodes with the OOTS gateway on (both roles) and b's connectors pointing at
 /// the register (`EV-DOWN` at a closed port).
 fn start(register: &Register) -> (tempfile::TempDir, Node, Node) {
     let closed = pair_support::free_port();
-    let root = tempfile::tempdir().unwrap();
     let extra = format!(
-        "[client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
-         [sender]\npoll_interval_ms = 100\nlease_secs = 30\n\
+        "{FAST}\
          [oots]\nrole = \"both\"\nrequest_timeout_secs = 60\n\
          codelists = \"{codelists}\"\n\
          [[oots.connectors]]\nevidence_type = \"EV-OK\"\nurl = \"{ok}\"\ntimeout_secs = 10\n\
@@ -165,12 +185,20 @@ fn start(register: &Register) -> (tempfile::TempDir, Node, Node) {
         slow = register.url("/slow"),
         slower = register.url("/slower"),
     );
+    start_pair(&extra, &extra)
+}
+
+/// Starts varti-a and varti-b with these lines appended to their configurations (right
+/// after their backend client `portal`, so leading keys belong to that client).
+fn start_pair(extra_a: &str, extra_b: &str) -> (tempfile::TempDir, Node, Node) {
+    let root = tempfile::tempdir().unwrap();
     let options = varti_gateway::pair::PairOptions {
         extra_pmodes: Vec::new(),
         b_endpoint_port: None,
-        extra_config: extra,
+        extra_config: extra_a.to_owned(),
     };
     let layout = varti_gateway::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+    layout.rewrite_config(&layout.b, extra_b).unwrap();
     let node = |l: &varti_gateway::pair::NodeLayout| Node {
         served: serve_support::spawn_serve_in(&l.dir, &["--config", "varti.toml"]),
         backend: l.backend(),
@@ -182,23 +210,29 @@ fn start(register: &Register) -> (tempfile::TempDir, Node, Node) {
     (root, a, b)
 }
 
-/// The OOTS code lists, read in place from the shared specs (`VARTI_SPECS`).
-fn codelists_dir() -> String {
+/// A directory of the official EDM 1.0 artefacts (`codelists`, `sch`), read in place from
+/// the shared specs (`VARTI_SPECS`); a loud warning when missing, a failure under CI.
+fn edm_dir(sub: &str) -> std::path::PathBuf {
     let specs = std::env::var("VARTI_SPECS")
         .unwrap_or_else(|_| repo().join("../shared/specs").display().to_string());
-    let dir = std::path::Path::new(&specs).join("oots-edm-v1/codelists");
+    let dir = std::path::Path::new(&specs).join("oots-edm-v1").join(sub);
     if !dir.is_dir() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "OOTS code lists missing at {}",
+            "OOTS {sub} missing at {}",
             dir.display()
         );
         eprintln!(
-            "WARNING: no OOTS code lists at {}; codes are not checked",
+            "\n!!!!!!!! WARNING: no OOTS {sub} at {}; not checked !!!!!!!!\n",
             dir.display()
         );
     }
-    dir.display().to_string()
+    dir
+}
+
+/// The OOTS code lists.
+fn codelists_dir() -> String {
+    edm_dir("codelists").display().to_string()
 }
 
 /// The portal's request data for evidence type `evidence_type`.
@@ -232,16 +266,30 @@ fn post_request(a: &Node, body: &Value) -> Value {
 }
 
 fn get_request(a: &Node, id: &str) -> Value {
-    let r = a.api("GET", &format!("/api/v1/oots/requests/{id}"), None, b"");
+    get_request_as(a, &a.token, id)
+}
+
+fn get_request_as(a: &Node, token: &str, id: &str) -> Value {
+    let r = a.api_as(
+        token,
+        "GET",
+        &format!("/api/v1/oots/requests/{id}"),
+        None,
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
 
 /// Waits until the request leaves `sent`.
 fn settled(a: &Node, b: &Node, id: &str, within: Duration) -> Value {
+    settled_as(a, b, &a.token, id, within)
+}
+
+fn settled_as(a: &Node, b: &Node, token: &str, id: &str, within: Duration) -> Value {
     let start = Instant::now();
     loop {
-        let v = get_request(a, id);
+        let v = get_request_as(a, token, id);
         if v["state"] != "sent" {
             return v;
         }
@@ -426,4 +474,392 @@ fn evidence_request_response_and_every_error_over_as4() {
     let v = get_request(&a, &late_id);
     assert_eq!(v["state"], "timed_out", "{v:#}");
     assert!(v["response_message_id"].is_null(), "{v:#}");
+}
+
+/// Tokens of the platform test's other backend clients on varti-a (varti-a's own `portal`
+/// uses the pair's token).
+const PORTAL2: &str = "token-portal2";
+const OUTSIDER: &str = "token-outsider";
+const ADMIN: &str = "token-ops";
+/// The providers on varti-b, and one nobody serves.
+const P1: &str = "LV90000011588";
+const P2: &str = "LV40003000001";
+const P3: &str = "LV99999999999";
+
+/// A portal's request for evidence `EV-OK` from `provider`; the requester is left to the
+/// gateway (the client's `oots_party`).
+fn platform_body(provider: &str) -> Value {
+    let mut body = request_body("EV-OK", "DK/LV/010190-1234");
+    body.as_object_mut().unwrap().remove("requester");
+    body["provider"]["identifier"]["value"] = json!(provider);
+    body
+}
+
+fn post_as(a: &Node, token: &str, body: &Value) -> serve_support::HttpResponse {
+    a.api_as(
+        token,
+        "POST",
+        "/api/v1/oots/requests",
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+}
+
+fn created_id(r: &serve_support::HttpResponse) -> String {
+    assert_eq!(r.status, 202, "{} {}", r.head, r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// The ids a client's `GET /oots/requests` lists.
+fn listed(a: &Node, token: &str) -> BTreeSet<String> {
+    let r = a.api_as(token, "GET", "/api/v1/oots/requests", None, b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A message as an admin sees it.
+fn admin_message(node: &Node, id: &str) -> Value {
+    let r = node.api_as(
+        ADMIN,
+        "GET",
+        &format!("/api/v1/messages/{}", pair_support::urlencode(id)),
+        None,
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+fn property(message: &Value, name: &str) -> Value {
+    message["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Whether some file under `dir` holds exactly `bytes`.
+fn on_disk(dir: &std::path::Path, bytes: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            on_disk(&p, bytes)
+        } else {
+            p.metadata().is_ok_and(|m| m.len() == bytes.len() as u64)
+                && std::fs::read(&p).is_ok_and(|b| b == bytes)
+        }
+    })
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool, logs: &[&Node]) {
+    let start = Instant::now();
+    while !done() {
+        let logs: Vec<String> = logs.iter().map(|n| n.served.log_text()).collect();
+        assert!(
+            start.elapsed() < within,
+            "{what}: not after {within:?}\n{}",
+            logs.join("\n-----\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One gateway as an intermediary platform: two portals on varti-a, two providers on
+/// varti-b. Each portal sees only its own requests and webhooks; its configured identity is
+/// the requester, the platform the `IP` agent; each request reaches its provider's
+/// register, and the answer comes from that provider; a provider nobody serves is
+/// EDM:ERR:0006; evidence leaves both disks once handed over, and records go after their
+/// retention.
+#[test]
+fn intermediary_platform_serves_many_portals_and_providers_and_purges_evidence() {
+    let register = Register::start();
+    let sha = varti_gateway::pair::token_sha256;
+    let extra_a = format!(
+        "oots_party = {{ scheme = \"urn:cef.eu:names:identifier:EAS:0096\", id = \"DK22233223\", name = \"Danish university portal\", country = \"DK\" }}\n\
+         webhook_url = \"{hook1}\"\nwebhook_secret = \"secret-1\"\n\
+         [[backend.clients]]\nname = \"portal2\"\ntoken_sha256 = \"{p2}\"\n\
+         oots_party = {{ scheme = \"urn:cef.eu:names:identifier:EAS:0184\", id = \"DK55443322\", name = \"Danish business portal\", country = \"DK\" }}\n\
+         webhook_url = \"{hook2}\"\nwebhook_secret = \"secret-2\"\n\
+         [[backend.clients]]\nname = \"outsider\"\ntoken_sha256 = \"{out}\"\n\
+         [[backend.clients]]\nname = \"ops\"\ntoken_sha256 = \"{admin}\"\nadmin = true\n\
+         {FAST}\
+         [oots]\nrole = \"requester\"\nrequest_timeout_secs = 60\n\
+         evidence_retention_secs = 0\nrecord_retention_secs = 30\n\
+         codelists = \"{codelists}\"\n\
+         platform = {{ scheme = \"urn:oasis:names:tc:ebcore:partyid-type:unregistered:DK\", id = \"VARTI-DK\", name = \"Danish OOTS platform\", country = \"DK\" }}\n",
+        hook1 = register.url("/hook/portal"),
+        hook2 = register.url("/hook/portal2"),
+        p2 = sha(PORTAL2),
+        out = sha(OUTSIDER),
+        admin = sha(ADMIN),
+        codelists = codelists_dir(),
+    );
+    let extra_b = format!(
+        "[[backend.clients]]\nname = \"ops\"\ntoken_sha256 = \"{admin}\"\nadmin = true\n\
+         {FAST}\
+         [oots]\nrole = \"provider\"\nevidence_retention_secs = 0\n\
+         codelists = \"{codelists}\"\n\
+         platform = {{ scheme = \"urn:oasis:names:tc:ebcore:partyid-type:unregistered:LV\", id = \"VARTI-LV\", name = \"Latvian OOTS platform\", country = \"LV\" }}\n\
+         [[oots.connectors]]\nevidence_type = \"EV-OK\"\nprovider = \"{P1}\"\nurl = \"{reg_a}\"\n\
+         [[oots.connectors]]\nevidence_type = \"EV-OK\"\nprovider = \"{P2}\"\nurl = \"{reg_b}\"\n",
+        admin = sha(ADMIN),
+        codelists = codelists_dir(),
+        reg_a = register.url("/reg-a"),
+        reg_b = register.url("/reg-b"),
+    );
+    let (_root, a, b) = start_pair(&extra_a, &extra_b);
+    let portal1 = a.token.clone();
+
+    // The parties are the configuration's: a portal cannot speak for another, and a client
+    // that is no portal of the platform cannot ask at all.
+    let mut spoof = platform_body(P1);
+    spoof["requester"] = json!({"identifier": {"scheme": "urn:cef.eu:names:identifier:EAS:0184", "value": "DK55443322"}, "name": "Danish business portal"});
+    let r = post_as(&a, &portal1, &spoof);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("`requester`"), "{}", r.body);
+    let r = post_as(&a, OUTSIDER, &platform_body(P1));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("oots_party"), "{}", r.body);
+
+    let r1 = created_id(&post_as(&a, &portal1, &platform_body(P1)));
+    let r2 = created_id(&post_as(&a, PORTAL2, &platform_body(P2)));
+    let r3 = created_id(&post_as(&a, &portal1, &platform_body(P3)));
+    let within = Duration::from_secs(60);
+    let v1 = settled_as(&a, &b, &portal1, &r1, within);
+    let v2 = settled_as(&a, &b, PORTAL2, &r2, within);
+    let v3 = settled_as(&a, &b, &portal1, &r3, within);
+    assert_eq!(v1["state"], "answered", "{v1:#}");
+    assert_eq!(v2["state"], "answered", "{v2:#}");
+    expect_error(&v3, "EDM:ERR:0006", "UnresolvedReferenceExceptionType");
+    assert!(
+        v3["error"]["detail"].as_str().unwrap().contains(P3),
+        "{v3:#}"
+    );
+
+    // Routed by provider: each register got only its provider's request, from the portal
+    // that made it.
+    let (to_a, to_b) = (register.calls("/reg-a"), register.calls("/reg-b"));
+    assert_eq!(to_a.len(), 1, "{to_a:?}");
+    assert_eq!(to_b.len(), 1, "{to_b:?}");
+    assert_eq!(to_a[0]["request_id"], format!("urn:uuid:{r1}"));
+    assert_eq!(to_a[0]["requester"]["identifier"], "DK22233223");
+    assert_eq!(to_b[0]["request_id"], format!("urn:uuid:{r2}"));
+    assert_eq!(to_b[0]["requester"]["identifier"], "DK55443322");
+
+    // Each portal sees only its own requests: another's is 404 like a made-up id.
+    for (token, id) in [(PORTAL2, &r1), (portal1.as_str(), &r2)] {
+        for path in [
+            format!("/api/v1/oots/requests/{id}"),
+            format!("/api/v1/oots/requests/{id}/evidence/0"),
+        ] {
+            let r = a.api_as(token, "GET", &path, None, b"");
+            assert_eq!(r.status, 404, "{path}: {}", r.body);
+        }
+    }
+    let set = |ids: &[&String]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(listed(&a, &portal1), set(&[&r1, &r3]));
+    assert_eq!(listed(&a, PORTAL2), set(&[&r2]));
+    assert!(listed(&a, ADMIN).is_superset(&set(&[&r1, &r2, &r3])));
+
+    // The sent request: originalSender is the portal, and the EDM names the portal (ER)
+    // and the platform (IP), as the official rules on requester agents want them.
+    let sent = admin_message(&a, v1["request_message_id"].as_str().unwrap());
+    assert_eq!(property(&sent, "originalSender")["value"], "DK22233223");
+    assert_eq!(
+        property(&sent, "originalSender")["type"],
+        "urn:cef.eu:names:identifier:EAS:0096"
+    );
+    assert_eq!(property(&sent, "finalRecipient")["value"], P1);
+    let edm = a.api_as(
+        ADMIN,
+        "GET",
+        sent["payloads"][0]["href"].as_str().unwrap(),
+        None,
+        b"",
+    );
+    assert_eq!(edm.status, 200, "{}", edm.body);
+    let Ok(varti_oots::edm::EdmDocument::Request(request)) =
+        varti_oots::edm::EdmDocument::parse(&edm.bytes)
+    else {
+        panic!("the sent EDM is no request:\n{}", edm.body)
+    };
+    let agents: Vec<(String, String)> = request
+        .evidence_requesters()
+        .into_iter()
+        .map(|a| {
+            (
+                a.identifier.unwrap().value,
+                a.classification.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        agents,
+        vec![
+            ("DK22233223".to_owned(), "ER".to_owned()),
+            ("VARTI-DK".to_owned(), "IP".to_owned())
+        ]
+    );
+    check_requester_agent_rules(&edm.body);
+
+    // The answers come from the provider served (originalSender), or from the platform
+    // when it serves no such provider.
+    let answer1 = admin_message(&a, v1["response_message_id"].as_str().unwrap());
+    assert_eq!(property(&answer1, "originalSender")["value"], P1);
+    assert_eq!(property(&answer1, "finalRecipient")["value"], "DK22233223");
+    let answer3 = admin_message(&a, v3["response_message_id"].as_str().unwrap());
+    assert_eq!(property(&answer3, "originalSender")["value"], "VARTI-LV");
+
+    // Webhooks go to the owning portal only.
+    let hooked = |path: &str| -> BTreeSet<String> {
+        register
+            .calls(path)
+            .iter()
+            .map(|v| v["request_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    wait_until(
+        "webhooks of both portals",
+        Duration::from_secs(30),
+        || hooked("/hook/portal").len() == 2 && hooked("/hook/portal2").len() == 1,
+        &[&a],
+    );
+    assert_eq!(hooked("/hook/portal"), set(&[&r1, &r3]));
+    assert_eq!(hooked("/hook/portal2"), set(&[&r2]));
+
+    // Evidence is purged once handed over, not before: both files are on a's disk until
+    // portal 1 downloads its own.
+    assert!(on_disk(&a.dir, &pdf()), "r1's evidence is not on a's disk");
+    assert!(
+        on_disk(&a.dir, &pdf_b()),
+        "r2's evidence is not on a's disk"
+    );
+    let href = v1["evidences"][0]["href"].as_str().unwrap();
+    // An admin looking is no hand-over.
+    let looked = a.api_as(ADMIN, "GET", href, None, b"");
+    assert!(
+        looked.status == 200 && looked.bytes == pdf(),
+        "{}",
+        looked.head
+    );
+    assert!(get_request_as(&a, &portal1, &r1)["evidence_purged_at"].is_null());
+    let file = a.api_as(&portal1, "GET", href, None, b"");
+    assert_eq!(file.status, 200, "{}", file.body);
+    assert!(
+        file.bytes == pdf(),
+        "the evidence differs from the register's file"
+    );
+    wait_until(
+        "r1's evidence purged after its hand-over",
+        Duration::from_secs(20),
+        || !get_request_as(&a, &portal1, &r1)["evidence_purged_at"].is_null(),
+        &[&a],
+    );
+    let v = get_request_as(&a, &portal1, &r1);
+    assert_eq!(v["evidences"][0]["downloaded"], true, "{v:#}");
+    let again = a.api_as(&portal1, "GET", href, None, b"");
+    assert_eq!(again.status, 410, "{}", again.body);
+    assert!(
+        !on_disk(&a.dir, &pdf()),
+        "r1's evidence is still on a's disk"
+    );
+    assert!(
+        on_disk(&a.dir, &pdf_b()),
+        "r2's evidence went before its hand-over"
+    );
+    assert!(
+        !admin_message(&a, v1["response_message_id"].as_str().unwrap())["payloads_purged_at"]
+            .is_null()
+    );
+
+    // The provider side let go of both answers once a acknowledged them.
+    for v in [&v1, &v2] {
+        let id = v["response_message_id"].as_str().unwrap().to_owned();
+        wait_until(
+            "b purges its answer after the receipt",
+            Duration::from_secs(30),
+            || !admin_message(&b, &id)["payloads_purged_at"].is_null(),
+            &[&b],
+        );
+    }
+    assert!(!on_disk(&b.dir, &pdf()) && !on_disk(&b.dir, &pdf_b()));
+
+    // Records go after record_retention_secs, with any evidence never handed over.
+    for (token, id) in [(portal1.as_str(), &r3), (PORTAL2, &r2)] {
+        wait_until(
+            "the record purged after its retention",
+            Duration::from_secs(90),
+            || {
+                a.api_as(
+                    token,
+                    "GET",
+                    &format!("/api/v1/oots/requests/{id}"),
+                    None,
+                    b"",
+                )
+                .status
+                    == 404
+            },
+            &[&a],
+        );
+    }
+    assert!(
+        !on_disk(&a.dir, &pdf_b()),
+        "r2's evidence outlived its record"
+    );
+    assert!(listed(&a, PORTAL2).is_empty());
+}
+
+/// The official Schematron rules on the EvidenceRequester agents find nothing in `xml`,
+/// and do find a wrong classification (so they really ran on it).
+fn check_requester_agent_rules(xml: &str) {
+    use varti_oots::validate::schematron::RuleDir;
+    use varti_oots::validate::Severity;
+    const AGENT_RULES: &[&str] = &[
+        "R-EDM-REQ-S028",
+        "R-EDM-REQ-S029",
+        "R-EDM-REQ-S039",
+        "R-EDM-REQ-S040",
+        "R-EDM-REQ-C010",
+        "R-EDM-REQ-C012",
+        "R-EDM-REQ-C013",
+        "R-EDM-REQ-C014",
+        "R-EDM-REQ-C015",
+    ];
+    let dir = edm_dir("sch");
+    if !dir.is_dir() {
+        return;
+    }
+    let rules = RuleDir::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let broken = |xml: &str| -> Vec<String> {
+        rules
+            .validate(xml)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.severity == Severity::Fatal && AGENT_RULES.contains(&f.rule_id.as_str()))
+            .map(|f| format!("{} at {}: {}", f.rule_id, f.location, f.message))
+            .collect()
+    };
+    assert_eq!(broken(xml), Vec::<String>::new(), "{xml}");
+    let wrong = xml.replace(">IP</", ">XX</");
+    assert_ne!(wrong, xml);
+    assert!(
+        broken(&wrong)
+            .iter()
+            .any(|f| f.starts_with("R-EDM-REQ-C014")),
+        "{:?}",
+        broken(&wrong)
+    );
 }

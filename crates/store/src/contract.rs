@@ -790,6 +790,49 @@ pub fn purge_removes_payloads_not_metadata<S: Store>(store: S) {
     );
 }
 
+/// One settled message's payloads are purged on demand, whatever the retention; one in
+/// progress keeps them; an unknown id is `NotFound`.
+pub fn purge_payloads_of_one_message<S: Store>(store: S) {
+    let mut delivered = inbound("q1@them", "b", b"r");
+    let p1 = payload(&store, b"evidence");
+    delivered.meta.payloads.push(p1.clone());
+    store.insert_inbound(delivered, at(0)).unwrap();
+    let mut other = inbound("q2@them", "b", b"r");
+    let p2 = payload(&store, b"other evidence");
+    other.meta.payloads.push(p2.clone());
+    store.insert_inbound(other, at(0)).unwrap();
+    assert!(store.mark_delivered("q2@them", at(1)).unwrap());
+
+    // Received, not yet delivered: in progress, kept.
+    assert!(!store.purge_payloads_of("q1@them", at(5)).unwrap());
+    assert_eq!(read_payload(&store, &p1).unwrap(), b"evidence");
+
+    assert!(store.mark_delivered("q1@them", at(10)).unwrap());
+    assert!(store.purge_payloads_of("q1@them", at(11)).unwrap());
+    assert!(matches!(
+        read_payload(&store, &p1),
+        Err(StoreError::NotFound { .. })
+    ));
+    let kept = store.get("q1@them").unwrap().expect("metadata kept");
+    assert_eq!(kept.payloads_purged_at, Some(at(11)));
+    assert!(
+        !store.purge_payloads_of("q1@them", at(12)).unwrap(),
+        "already purged"
+    );
+    // Only that message: the other settled one keeps its payload.
+    assert_eq!(read_payload(&store, &p2).unwrap(), b"other evidence");
+    assert!(store
+        .get("q2@them")
+        .unwrap()
+        .unwrap()
+        .payloads_purged_at
+        .is_none());
+    assert!(matches!(
+        store.purge_payloads_of("nobody@them", at(12)),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 /// Listing filters by owner (a backend sees only its own), direction, state and time, and
 /// pages newest first.
 pub fn listing_filters_by_owner<S: Store>(store: S) {
@@ -894,6 +937,7 @@ macro_rules! store_contract_tests {
             invalid_transitions_refused,
             mark_delivered_once_under_concurrency,
             purge_removes_payloads_not_metadata,
+            purge_payloads_of_one_message,
             listing_filters_by_owner,
         );
     };

@@ -247,6 +247,14 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<usize, StoreError>;
 
+    /// Removes the payloads of the one message `message_id` now, whatever the retention,
+    /// keeping its metadata; sets [`MessageRecord::payloads_purged_at`]. For data that must
+    /// not outlive its hand-over (OOTS evidence). Only a settled message (delivered,
+    /// acknowledged or failed) is purged: `Ok(false)` for one still in progress, one already
+    /// purged or one without payloads; [`StoreError::NotFound`] when no such message is
+    /// stored.
+    fn purge_payloads_of(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
+
     /// Removes the records (and any payloads left) of messages settled before
     /// `settled_before`. Messages still in progress are never removed. Returns how many.
     fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError>;

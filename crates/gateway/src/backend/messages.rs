@@ -443,7 +443,7 @@ fn decode_cursor(token: &str) -> Result<ListCursor, ApiError> {
 }
 
 /// `key=value` pairs of a query string, percent-decoded (`+` is a space).
-fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
             .decode_utf8()

@@ -19,6 +19,7 @@
 //! | `POST /previews` | open a preview of evidence files for a citizen (see [`crate::preview::api`]) |
 //! | `GET /previews/{id}` | a preview's state (`?wait=SECONDS` holds the answer until it changes) |
 //! | `POST /oots/requests` | OOTS: an evidence request from a portal's data ([`crate::oots::requester`]) |
+//! | `GET /oots/requests` | OOTS: own requests, newest first (`state`, `limit`) |
 //! | `GET /oots/requests/{id}` | OOTS: where the request is, its evidence or error |
 //! | `GET /oots/requests/{id}/evidence/{n}` | OOTS: evidence file `n`, streamed |
 //!
@@ -47,6 +48,7 @@
 mod messages;
 mod submit;
 
+pub(crate) use messages::parse_query;
 pub use messages::purge_now;
 
 use std::sync::Arc;
@@ -84,6 +86,7 @@ enum Op {
     PreviewOpen,
     PreviewShow,
     OotsCreate,
+    OotsList,
     OotsShow,
     OotsEvidence,
 }
@@ -117,6 +120,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/previews", Op::PreviewOpen),
     route("GET", "/previews/{id}", Op::PreviewShow),
     route("POST", "/oots/requests", Op::OotsCreate),
+    route("GET", "/oots/requests", Op::OotsList),
     route("GET", "/oots/requests/{id}", Op::OotsShow),
     route("GET", "/oots/requests/{id}/evidence/{n}", Op::OotsEvidence),
 ];
@@ -450,6 +454,7 @@ impl Routes for BackendRoutes {
                 }
                 Op::PreviewShow => crate::preview::api::show(preview, client, id, &query).await,
                 Op::OotsCreate => crate::oots::requester::create(ap, client, request).await,
+                Op::OotsList => crate::oots::requester::list(ap, client, &query).await,
                 Op::OotsShow => crate::oots::requester::show(ap, client, id).await,
                 Op::OotsEvidence => {
                     let n = params.get(1).cloned().unwrap_or_default();
@@ -586,6 +591,7 @@ mod tests {
             webhook_url: None,
             webhook_secret: None,
             admin: false,
+            oots_party: None,
         });
         assert_eq!(c.token_sha256, hash);
     }

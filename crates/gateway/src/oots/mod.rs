@@ -13,6 +13,12 @@
 //!   the national register) and answered over AS4 with the evidence response, or with the
 //!   EDM error response that says what went wrong.
 //!
+//! * **Intermediary platform**: one gateway may serve many portals (each a backend client
+//!   with its own `oots_party`, seeing only its own requests) and many providers (each
+//!   connector may name the provider it serves); `[oots] platform` names the gateway as
+//!   the `IP` agent. Evidence does not outlive its hand-over by more than
+//!   `oots.evidence_retention_secs` on either side ([`records`], [`provider::answer_sent`]).
+//!
 //! Inbound OOTS messages are stored under the owner [`OWNER`], which no backend has: the
 //! gateway, not a portal, consumes them. The [`run`] task picks them up (claiming each with
 //! `Store::mark_delivered`, so with several instances on one store exactly one handles a
@@ -25,7 +31,7 @@ pub mod records;
 pub mod requester;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +74,8 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(role = ?ap.config.oots.role, "OOTS gateway running");
+    let sweep_every = sweep_interval(&ap.config.oots);
+    let mut last_sweep: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -79,6 +87,9 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
                 Ok(MessageEvent::Received { owner, .. }) if owner == OWNER => {
                     pick_up(&ap).await;
                 }
+                Ok(MessageEvent::Sent { message_id, owner }) if owner == OWNER && ap.config.oots.role.provides() => {
+                    tokio::spawn(provider::answer_sent(ap.clone(), message_id));
+                }
                 // Lagging only means a scan is due; the tick does it anyway.
                 _ => {}
             },
@@ -86,9 +97,25 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
                 pick_up(&ap).await;
                 let ap2 = ap.clone();
                 let _ = tokio::task::spawn_blocking(move || requester::expire(&ap2, OffsetDateTime::now_utc())).await;
+                if ap.config.oots.role.requests() && last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
+                    last_sweep = Some(Instant::now());
+                    let ap2 = ap.clone();
+                    let _ = tokio::task::spawn_blocking(move || records::purge_due(&ap2, OffsetDateTime::now_utc())).await;
+                }
             }
         }
     }
+}
+
+/// How often the requester's purge sweeps the settled requests: often enough for the
+/// shorter retention (a hand-over with retention 0 is purged at once, not by the sweep),
+/// between 1 s and 60 s.
+fn sweep_interval(c: &OotsConfig) -> Duration {
+    let shortest = match c.evidence_retention_secs {
+        0 => c.record_retention_secs,
+        e => e.min(c.record_retention_secs),
+    };
+    Duration::from_secs((shortest / 4).clamp(1, 60))
 }
 
 /// Claims every waiting inbound OOTS message and hands it to its side.

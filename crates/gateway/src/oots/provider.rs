@@ -9,11 +9,26 @@
 //! |---|---|
 //! | evidence | `ExecuteQueryResponse`: the EDM response, then each file, referenced by `cid:` |
 //! | the request breaks the EDM model, XSD or Schematron | EDM:ERR:0003, `detail` = the rule ids |
-//! | no connector for its evidence type | EDM:ERR:0007 (capability not supported) |
+//! | its `finalRecipient` and EvidenceProvider agent name different providers | EDM:ERR:0003 |
+//! | no connector serves the provider it names | EDM:ERR:0006 (reference cannot be resolved) |
+//! | no connector for its evidence type (at that provider) | EDM:ERR:0007 (capability not supported) |
 //! | the register finds nothing / no unique match | EDM:ERR:0004 |
 //! | the register refuses the request | EDM:ERR:0003 |
 //! | the register timed out on every attempt | EDM:ERR:0005 |
 //! | the register is unreachable or failing | EDM:ERR:0008 |
+//!
+//! # Many providers on one gateway (intermediary platform)
+//!
+//! A request is routed by the provider it names — its `finalRecipient` property and its
+//! EvidenceProvider agent, which must agree — and then by evidence type: a connector with
+//! `provider` serves only that provider (and wins over one without, which serves any).
+//! The answer's `originalSender` is that provider; an error about a provider this gateway
+//! does not serve comes from the platform itself (`[oots] platform`, else this access
+//! point's party) as the error provider and `originalSender`.
+//!
+//! Once the requester's access point acknowledged the answer, the evidence is handed
+//! over: the answer's payloads and those of the request are purged after
+//! `oots.evidence_retention_secs` ([`answer_sent`]).
 //!
 //! Preview is not offered yet: a request is answered at once whatever its
 //! `PossibilityForPreview` (the design for preview is in `docs/architecture.md`).
@@ -114,6 +129,9 @@ struct Answer {
     action: &'static str,
     edm: String,
     evidence: Vec<(String, FetchedEvidence)>,
+    /// The answer's `originalSender` (value, type) when it is not simply the request's
+    /// `finalRecipient`: the platform answering for a provider it does not serve.
+    sender: Option<(String, Option<String>)>,
 }
 
 /// Handles one received evidence request (already claimed) and submits the answer.
@@ -132,7 +150,23 @@ pub async fn handle(ap: Arc<AccessPoint>, record: MessageRecord) {
     .await
 }
 
+/// This gateway as an agent: the platform when one is configured, else the access point.
 fn own_agent(ap: &AccessPoint) -> Agent {
+    if let Some(p) = &ap.config.oots.platform {
+        let d = p.agent_data();
+        return Agent {
+            identifier: Some(Identifier {
+                scheme_id: Some(d.identifier.scheme),
+                value: d.identifier.value,
+            }),
+            names: vec![LangText {
+                lang: Some(d.lang.unwrap_or_else(|| "EN".into())),
+                text: d.name,
+            }],
+            country: d.country,
+            classification: None,
+        };
+    }
     Agent {
         identifier: Some(Identifier {
             scheme_id: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:oots".into()),
@@ -199,29 +233,75 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
             Some(&detail),
         );
     }
+    let provider_id = match provider_of(record, &request) {
+        Ok(p) => p,
+        Err(detail) => {
+            return error_answer(
+                ap,
+                Some(&request),
+                EdmErrorKind::InvalidRequest,
+                "The evidence request is invalid",
+                Some(&detail),
+            )
+        }
+    };
+    if !ap.config.oots.serves_provider(&provider_id) {
+        tracing::info!(provider = %provider_id, "OOTS: request for an evidence provider this gateway does not serve");
+        // The provider named never saw it: the error comes from this gateway itself.
+        let me = own_agent(ap);
+        let mut answer = error_answer_by(
+            Some(&request),
+            &me,
+            EdmErrorKind::UnresolvedReference,
+            "The evidence provider is not served here",
+            Some(&format!(
+                "this gateway serves no evidence provider `{provider_id}`; look the provider's access point up in the Data Service Directory again"
+            )),
+        );
+        answer.sender = me.identifier.map(|i| (i.value, i.scheme_id));
+        return answer;
+    }
+    // Every answer from here on is that provider's: it is the originalSender.
+    let scheme = request
+        .evidence_provider()
+        .and_then(|a| a.identifier)
+        .and_then(|i| i.scheme_id)
+        .or_else(|| {
+            record
+                .meta
+                .properties
+                .iter()
+                .find(|p| p.name == "finalRecipient")
+                .and_then(|p| p.type_.clone())
+        });
+    let sender = Some((provider_id.clone(), scheme));
+    let from_provider = |a: Answer| Answer {
+        sender: sender.clone(),
+        ..a
+    };
     let et = request
         .evidence_type()
         .unwrap_or_else(unreachable_evidence_type);
-    let Some(connector) = ap
-        .config
-        .oots
-        .connector_for(et.identifier.as_deref(), et.classification.as_deref())
-    else {
+    let Some(connector) = ap.config.oots.connector_for(
+        &provider_id,
+        et.identifier.as_deref(),
+        et.classification.as_deref(),
+    ) else {
         let detail = format!(
-            "this provider serves no evidence type `{}` ({})",
+            "provider `{provider_id}` serves no evidence type `{}` ({})",
             et.identifier.as_deref().unwrap_or_default(),
             et.classification.as_deref().unwrap_or_default()
         );
-        return error_answer(
+        return from_provider(error_answer(
             ap,
             Some(&request),
             EdmErrorKind::UnsupportedCapability,
             "The evidence type is not supported",
             Some(&detail),
-        );
+        ));
     };
     let call = connector_request(&request);
-    match connector::call(ap, connector, &call).await {
+    from_provider(match connector::call(ap, connector, &call).await {
         Outcome::Evidence(files) if files.is_empty() => error_answer(
             ap,
             Some(&request),
@@ -251,6 +331,7 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
                 action: ACTION_RESPONSE,
                 edm: EdmDocument::Response(response).to_xml(),
                 evidence,
+                sender: None,
             }
         }
         Outcome::NotFound(d) => error_answer(
@@ -281,6 +362,31 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
             "The query cannot be processed",
             Some(&d),
         ),
+    })
+}
+
+/// The provider a request names: its EvidenceProvider agent's identifier and its
+/// `finalRecipient` property, which must agree when both are there.
+fn provider_of(record: &MessageRecord, request: &EvidenceRequest) -> Result<String, String> {
+    let in_edm = request
+        .evidence_provider()
+        .and_then(|a| a.identifier)
+        .map(|i| i.value.trim().to_owned());
+    let in_header = record
+        .meta
+        .properties
+        .iter()
+        .find(|p| p.name == "finalRecipient")
+        .map(|p| p.value.trim().to_owned());
+    match (in_edm, in_header) {
+        (Some(e), Some(h)) if e != h => Err(format!(
+            "the finalRecipient `{h}` and the EvidenceProvider agent `{e}` name different providers; name the same one in both"
+        )),
+        (Some(p), _) | (None, Some(p)) => Ok(p),
+        (None, None) => Err(
+            "the request names no evidence provider (no EvidenceProvider agent, no finalRecipient)"
+                .into(),
+        ),
     }
 }
 
@@ -303,6 +409,20 @@ fn error_answer(
     message: &str,
     detail: Option<&str>,
 ) -> Answer {
+    let provider = request
+        .and_then(|r| r.evidence_provider())
+        .unwrap_or_else(|| own_agent(ap));
+    error_answer_by(request, &provider, kind, message, detail)
+}
+
+/// An error answer with `provider` as the error provider.
+fn error_answer_by(
+    request: Option<&EvidenceRequest>,
+    provider: &Agent,
+    kind: EdmErrorKind,
+    message: &str,
+    detail: Option<&str>,
+) -> Answer {
     let version = request
         .and_then(|r| r.specification_identifier())
         .and_then(EdmVersion::from_identifier)
@@ -312,9 +432,6 @@ fn error_answer(
     let request_id = request
         .and_then(|r| r.id.clone())
         .unwrap_or_else(flow::new_urn_uuid);
-    let provider = request
-        .and_then(|r| r.evidence_provider())
-        .unwrap_or_else(|| own_agent(ap));
     let requester = request.and_then(|r| {
         r.evidence_requesters()
             .into_iter()
@@ -326,13 +443,14 @@ fn error_answer(
         kind,
         message,
         detail,
-        &provider,
+        provider,
         requester.as_ref(),
     );
     Answer {
         action: ACTION_ERROR,
         edm: EdmDocument::Error(e).to_xml(),
         evidence: Vec::new(),
+        sender: None,
     }
 }
 
@@ -422,6 +540,41 @@ pub async fn read_edm(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Result<V
     .map_err(|e| e.to_string())?
 }
 
+/// The requester's access point acknowledged the answer `message_id`: the evidence is
+/// handed over. After `oots.evidence_retention_secs` the answer's payloads and those of
+/// the request it answers are purged (a restart in between leaves them to the general
+/// `retention.payload_days`).
+pub async fn answer_sent(ap: Arc<AccessPoint>, message_id: String) {
+    let ap2 = ap.clone();
+    let id = message_id.clone();
+    let Ok(Ok(Some(record))) = tokio::task::spawn_blocking(move || ap2.store.get(&id)).await else {
+        return;
+    };
+    if record.meta.owner != OWNER
+        || !matches!(record.meta.action.as_str(), ACTION_RESPONSE | ACTION_ERROR)
+    {
+        return;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(
+        ap.config.oots.evidence_retention_secs,
+    ))
+    .await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let now = OffsetDateTime::now_utc();
+        for id in [Some(message_id.as_str()), record.meta.ref_to_message_id.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            match ap.store.purge_payloads_of(id, now) {
+                Ok(true) => tracing::info!(message_id = %id, "OOTS: answered exchange's payloads purged after hand-over"),
+                Ok(false) | Err(varti_store::StoreError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(message_id = %id, error = %e, "OOTS: cannot purge the answered exchange's payloads"),
+            }
+        }
+    })
+    .await;
+}
+
 /// Stores the EDM document and submits the answer.
 async fn send(
     ap: &Arc<AccessPoint>,
@@ -451,11 +604,21 @@ async fn send(
     }
     let prop = |name: &str| request.meta.properties.iter().find(|p| p.name == name);
     let mut properties = Vec::new();
+    if let Some((value, type_)) = &answer.sender {
+        properties.push(MessageProperty {
+            name: "originalSender".to_owned(),
+            value: value.clone(),
+            type_: type_.clone(),
+        });
+    }
     // Four corners, reversed: the answer goes from C4 back to C1.
     for (ours, theirs) in [
         ("originalSender", "finalRecipient"),
         ("finalRecipient", "originalSender"),
     ] {
+        if ours == "originalSender" && answer.sender.is_some() {
+            continue;
+        }
         if let Some(p) = prop(theirs) {
             properties.push(MessageProperty {
                 name: ours.to_owned(),

@@ -6,6 +6,13 @@
 //! The evidence files themselves are not copied here: they stay the payloads of the
 //! response message in the message store, and a record names that message.
 //!
+//! Retention: a settled request has a marker `<data_dir>/oots/settled/<uuid>` until its
+//! record is purged. Its evidence (the payloads of the answer, and of the request once its
+//! sending ended) is purged `oots.evidence_retention_secs` after the hand-over — the owning
+//! portal has downloaded every evidence file, or the request settled without evidence —
+//! and the record `oots.record_retention_secs` after settling (with any evidence never
+//! handed over: that is the only purge before a hand-over). See [`purge_due`].
+//!
 //! Known limit: with two instances on one PostgreSQL store (`deploy/pair/`) each instance
 //! keeps its own records, so a portal must ask the instance it created the request on.
 
@@ -62,6 +69,9 @@ pub struct EvidenceFile {
     pub title: Option<String>,
     /// Its EDM 2.0 classification (`MainEvidence`, annex …).
     pub classification: Option<String>,
+    /// RFC 3339: when the owning portal first downloaded it whole.
+    #[serde(default)]
+    pub downloaded_at: Option<String>,
 }
 
 /// The EDM error of a request answered with an error response.
@@ -112,6 +122,21 @@ pub struct RequestRecord {
     pub reason: Option<String>,
     /// RFC 3339, when it settled.
     pub settled_at: Option<String>,
+    /// Unix seconds of the hand-over: every evidence file downloaded by the owner, or the
+    /// settling when there is no evidence to hand over.
+    #[serde(default)]
+    pub handed_over_unix: Option<i64>,
+    /// RFC 3339, when the evidence (the exchange's payloads) was purged.
+    #[serde(default)]
+    pub evidence_purged_at: Option<String>,
+}
+
+impl RequestRecord {
+    /// Whether the portal has everything it can get: settled, and every evidence file
+    /// downloaded (trivially so without evidence).
+    fn handed_over(&self) -> bool {
+        self.state.is_final() && self.evidences.iter().all(|e| e.downloaded_at.is_some())
+    }
 }
 
 /// Why a record cannot be read or written.
@@ -142,6 +167,11 @@ pub fn valid_id(id: &str) -> bool {
 /// One empty marker file per open request, so the deadline watch reads only those.
 fn open_dir(ap: &AccessPoint) -> PathBuf {
     ap.config.data_dir.join("oots").join("open")
+}
+
+/// One empty marker file per settled request whose record is not purged yet.
+fn settled_dir(ap: &AccessPoint) -> PathBuf {
+    ap.config.data_dir.join("oots").join("settled")
 }
 
 fn path_of(ap: &AccessPoint, id: &str) -> Option<PathBuf> {
@@ -216,11 +246,170 @@ pub fn settle(
     if record.state.is_final() && record.settled_at.is_none() {
         record.settled_at = Some(rfc3339_now());
     }
+    if record.handed_over() {
+        record.handed_over_unix = Some(time::OffsetDateTime::now_utc().unix_timestamp());
+    }
+    if record.state.is_final() {
+        // The settled marker before the record says settled: a crash in between leaves a
+        // marker for an open record, which the sweep skips, never a record without one.
+        let d = settled_dir(ap);
+        std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+        let marker = d.join(&record.id);
+        std::fs::write(&marker, b"").map_err(|e| err(&marker, e))?;
+    }
     write(ap, &record)?;
     if record.state.is_final() {
         let _ = std::fs::remove_file(open_dir(ap).join(&record.id));
     }
     Ok(Some(record))
+}
+
+/// Notes that the owner downloaded evidence file `n` of the settled request `id` whole;
+/// returns the updated record (`None`: no such record or file).
+pub fn mark_downloaded(
+    ap: &AccessPoint,
+    id: &str,
+    n: usize,
+) -> Result<Option<RequestRecord>, RecordError> {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut record) = load(ap, id)? else {
+        return Ok(None);
+    };
+    let Some(file) = record.evidences.get_mut(n) else {
+        return Ok(None);
+    };
+    if file.downloaded_at.is_some() {
+        return Ok(Some(record));
+    }
+    file.downloaded_at = Some(rfc3339_now());
+    if record.handed_over() && record.handed_over_unix.is_none() {
+        record.handed_over_unix = Some(time::OffsetDateTime::now_utc().unix_timestamp());
+    }
+    write(ap, &record)?;
+    Ok(Some(record))
+}
+
+/// Purges what is due at `now` (see the module documentation); returns how many requests'
+/// evidence and how many records were purged. Call on a blocking thread.
+pub fn purge_due(ap: &AccessPoint, now: time::OffsetDateTime) -> (usize, usize) {
+    let Ok(entries) = std::fs::read_dir(settled_dir(ap)) else {
+        return (0, 0);
+    };
+    let ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| valid_id(id))
+        .collect();
+    let (mut evidence, mut records) = (0, 0);
+    for id in ids {
+        match purge_one(ap, &id, now) {
+            Ok((e, r)) => {
+                evidence += usize::from(e);
+                records += usize::from(r);
+            }
+            Err(e) => tracing::warn!(request = %id, error = %e, "OOTS: cannot purge"),
+        }
+    }
+    (evidence, records)
+}
+
+/// Purges what is due for the one request `id` at `now` (right after its hand-over, so
+/// that `evidence_retention_secs = 0` does not wait for the next sweep).
+pub fn purge_request(ap: &AccessPoint, id: &str, now: time::OffsetDateTime) {
+    if let Err(e) = purge_one(ap, id, now) {
+        tracing::warn!(request = %id, error = %e, "OOTS: cannot purge");
+    }
+}
+
+/// The purge of one settled request: (evidence purged, record purged).
+fn purge_one(
+    ap: &AccessPoint,
+    id: &str,
+    now: time::OffsetDateTime,
+) -> Result<(bool, bool), RecordError> {
+    let cfg = &ap.config.oots;
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut record) = load(ap, id)? else {
+        let _ = std::fs::remove_file(settled_dir(ap).join(id));
+        return Ok((false, false));
+    };
+    if !record.state.is_final() {
+        return Ok((false, false));
+    }
+    let settled_unix = record
+        .settled_at
+        .as_deref()
+        .and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+        // Settled records always have the time; without it, never treat one as expired.
+        .map_or(now.unix_timestamp(), |t| t.unix_timestamp());
+    let expired =
+        settled_unix.saturating_add(cfg.record_retention_secs as i64) <= now.unix_timestamp();
+    let handed_over_due = record.handed_over_unix.is_some_and(|t| {
+        t.saturating_add(cfg.evidence_retention_secs as i64) <= now.unix_timestamp()
+    });
+    let mut purged_evidence = false;
+    if record.evidence_purged_at.is_none() && (handed_over_due || expired) {
+        purge_exchange(ap, &record, now)?;
+        record.evidence_purged_at = Some(rfc3339_now());
+        purged_evidence = true;
+        if !expired {
+            write(ap, &record)?;
+        }
+        tracing::info!(request = %id, handed_over = handed_over_due, "OOTS: evidence purged");
+    }
+    if expired {
+        if let Some(path) = path_of(ap, id) {
+            std::fs::remove_file(&path).map_err(|e| err(&path, e))?;
+        }
+        let _ = std::fs::remove_file(settled_dir(ap).join(id));
+        tracing::info!(request = %id, "OOTS: request record purged");
+    }
+    Ok((purged_evidence, expired))
+}
+
+/// Purges the payloads of the request's answer and (when its sending ended) of the request
+/// message itself.
+fn purge_exchange(
+    ap: &AccessPoint,
+    record: &RequestRecord,
+    now: time::OffsetDateTime,
+) -> Result<(), RecordError> {
+    let messages = [
+        record.response_message_id.as_deref(),
+        Some(record.request_message_id.as_str()),
+    ];
+    for message_id in messages.into_iter().flatten() {
+        match ap.store.purge_payloads_of(message_id, now) {
+            Ok(_) | Err(varti_store::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(err(Path::new(message_id), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Every stored record (unreadable ones are logged and left out). Reads them all: the
+/// records are bounded by `oots.record_retention_secs`.
+pub fn all(ap: &AccessPoint) -> Vec<RequestRecord> {
+    let Ok(entries) = std::fs::read_dir(dir(ap)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .filter(|id| valid_id(id))
+        .filter_map(|id| match load(ap, &id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "OOTS: unreadable request record left out");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The ids of every open request (from the markers; a marker whose record settled is

@@ -4,8 +4,27 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /oots/requests` | the portal's data (JSON) → an EDM request sent over AS4; answers 202 with the record |
+//! | `GET /oots/requests` | the client's own requests, newest first (`state`, `limit`) |
 //! | `GET /oots/requests/{id}` | where the request is: `sent`, `answered` (with its evidence files), `error` (the EDM error), `preview_required`, `timed_out`, `failed` |
 //! | `GET /oots/requests/{id}/evidence/{n}` | evidence file `n` (from 0), streamed |
+//!
+//! # Many portals on one gateway (intermediary platform)
+//!
+//! Each portal is a backend client. A request belongs to the client that created it: the
+//! GET, the listing and the evidence of another client's request answer 404, exactly like
+//! an id that does not exist, so ids do not leak (admin clients see all). The parties are
+//! the configuration's, not the body's: the client's `oots_party` is the evidence
+//! requester (agent `ER`) and the AS4 `originalSender`, and `[oots] platform` is named as
+//! the intermediary (agent `IP`); a body naming other ones is refused (403), so a portal
+//! cannot speak for another. With a platform configured, a client without `oots_party`
+//! cannot send requests.
+//!
+//! # Hand-over and purge
+//!
+//! An evidence file counts as handed over when its owning portal's download took the whole
+//! file; once every file is (or the request settled without evidence), the exchange's
+//! payloads are purged after `oots.evidence_retention_secs`, and a later download answers
+//! 410. See [`records`] for the retention of the records themselves.
 //!
 //! A portal with a `webhook_url` is also notified when its request settles: a POST with
 //! `X-Varti-Event: oots_request`, the usual `X-Varti-Delivery` and `X-Varti-Signature`
@@ -17,9 +36,12 @@
 //! it) by `ConversationId`. Its EDM `requestId` must be `urn:uuid:<id>`; an answer that
 //! does not fit is logged and ignored, so it cannot settle someone else's request.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::config::OotsParty;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -101,12 +123,15 @@ pub async fn create(
             )
         })?
         .to_bytes();
-    let create: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             format!("the body is not a valid OOTS request description: {e}"),
             "see the OotsRequestCreate schema in GET /api/v1/openapi.json",
         )
-    })?;
+    };
+    let mut body: Value = serde_json::from_slice(&body).map_err(invalid)?;
+    apply_parties(&ap, &client, &mut body)?;
+    let create: CreateRequest = serde_json::from_value(body).map_err(invalid)?;
     let uuid = flow::uuid_v4();
     let edm = flow::build_request_with_id(&create.data, &format!("urn:uuid:{uuid}"))
         .map_err(|e| ApiError::bad_request(e.to_string(), "fix the value named in the error"))?;
@@ -176,6 +201,8 @@ pub async fn create(
             preview_location: None,
             reason: None,
             settled_at: None,
+            handed_over_unix: None,
+            evidence_purged_at: None,
         };
         // The record first: an answer may arrive before submit returns.
         records::create(&ap, &record).map_err(ApiError::internal)?;
@@ -202,6 +229,113 @@ pub async fn create(
     Ok(json_response(StatusCode::ACCEPTED, &view(&record)))
 }
 
+/// Fixes the request's parties from the configuration (see the module documentation):
+/// the client's `oots_party` as `requester`, the platform as `intermediary`.
+fn apply_parties(ap: &AccessPoint, client: &Client, body: &mut Value) -> Result<(), ApiError> {
+    let portal = ap
+        .config
+        .backend
+        .clients
+        .iter()
+        .find(|c| c.name == client.name)
+        .and_then(|c| c.oots_party.as_ref());
+    let platform = ap.config.oots.platform.as_ref();
+    if platform.is_some() && portal.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "backend client `{}` is no procedure portal of this platform: it has no oots_party",
+                client.name
+            ),
+            "set oots_party = { scheme, id, name } on its [[backend.clients]] entry in varti.toml",
+        ));
+    }
+    let Some(fields) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "the body is not a JSON object",
+            "see the OotsRequestCreate schema in GET /api/v1/openapi.json",
+        ));
+    };
+    let fixed: [(&str, Option<&OotsParty>); 2] =
+        [("requester", portal), ("intermediary", platform)];
+    for (field, party) in fixed {
+        let Some(party) = party else { continue };
+        let agent = party.agent_data();
+        if let Some(given) = fields.get(field).filter(|v| !v.is_null()) {
+            let id = &given["identifier"];
+            if id["scheme"] != agent.identifier.scheme || id["value"] != agent.identifier.value {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "`{field}` names {} {}, but this gateway acts as {} {} there",
+                        id["scheme"], id["value"], agent.identifier.scheme, agent.identifier.value
+                    ),
+                    format!("leave `{field}` out: the gateway fills it in from its configuration"),
+                ));
+            }
+        }
+        fields.insert(
+            field.to_owned(),
+            serde_json::to_value(agent).expect("JSON values serialise"),
+        );
+    }
+    Ok(())
+}
+
+/// `GET /oots/requests`: the client's own requests (every one for an admin), newest first;
+/// `state` filters, `limit` (1–1000, default 100) bounds.
+pub async fn list(
+    ap: Arc<AccessPoint>,
+    client: Client,
+    query: &str,
+) -> Result<Response<Body>, ApiError> {
+    if !ap.config.oots.role.requests() {
+        return Err(not_requester());
+    }
+    let (mut limit, mut state) = (100usize, None::<RequestState>);
+    for (key, value) in crate::backend::parse_query(query)? {
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("limit `{value}` is not 1 to 1000"),
+                            "give a number from 1 to 1000",
+                        )
+                    })?
+            }
+            "state" => {
+                state = Some(
+                    serde_json::from_value(Value::String(value.clone())).map_err(|_| {
+                        ApiError::bad_request(
+                            format!("state `{value}` is unknown"),
+                            "use sent, answered, error, preview_required, timed_out or failed",
+                        )
+                    })?,
+                )
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("query parameter `{key}` is unknown"),
+                    "use state and limit",
+                ))
+            }
+        }
+    }
+    let mut mine = blocking(move || Ok(records::all(&ap))).await?;
+    mine.retain(|r| client.sees(&r.owner) && state.is_none_or(|s| r.state == s));
+    // RFC 3339 in UTC sorts as text; the id breaks ties so pages are stable.
+    mine.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+    mine.truncate(limit);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "requests": mine.iter().map(view).collect::<Vec<_>>() }),
+    ))
+}
+
 /// The JSON a portal sees.
 fn view(r: &RequestRecord) -> Value {
     json!({
@@ -222,7 +356,9 @@ fn view(r: &RequestRecord) -> Value {
             "size": e.size,
             "title": e.title,
             "classification": e.classification,
+            "downloaded": e.downloaded_at.is_some(),
         })).collect::<Vec<_>>(),
+        "evidence_purged_at": r.evidence_purged_at,
         "error": r.error,
         "preview_location": r.preview_location,
         "reason": r.reason,
@@ -263,9 +399,8 @@ pub async fn evidence(
     n: &str,
 ) -> Result<Response<Body>, ApiError> {
     let r = visible(&ap, &client, &id).await?;
-    let file = n
-        .parse::<usize>()
-        .ok()
+    let index = n.parse::<usize>().ok();
+    let file = index
         .and_then(|i| r.evidences.get(i))
         .cloned()
         .ok_or_else(|| {
@@ -278,8 +413,19 @@ pub async fn evidence(
                 "GET the request: its evidences list their href",
             )
         })?;
+    if r.evidence_purged_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!("the evidence of request `{id}` was handed over and then purged"),
+            "evidence is kept oots.evidence_retention_secs after the portal downloaded every file; ask for it again with a new request",
+        ));
+    }
+    let index = index.unwrap_or_default();
     let message_id = r.response_message_id.clone().unwrap_or_default();
+    let size = file.size;
+    let ap2 = ap.clone();
     let reader = blocking(move || {
+        let ap = ap2;
         let record = ap.store.get(&message_id)?.ok_or_else(|| {
             ApiError::new(
                 StatusCode::GONE,
@@ -302,7 +448,21 @@ pub async fn evidence(
         Ok(ap.store.payloads().open(&entry.stored)?)
     })
     .await?;
-    let body = BodyExt::boxed(reader_body(reader, Some(file.size)));
+    let body = BodyExt::boxed(reader_body(reader, Some(size)));
+    // Only the owner's download is a hand-over (an admin looking is not).
+    let body = if client.name == r.owner {
+        let id = id.clone();
+        BodyExt::boxed(HandOver {
+            inner: body,
+            sent: 0,
+            expected: size,
+            done: Some(Box::new(move || {
+                tokio::task::spawn_blocking(move || handed_over(&ap, &id, index));
+            })),
+        })
+    } else {
+        body
+    };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
@@ -312,6 +472,63 @@ pub async fn evidence(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// Evidence file `n` of request `id` went to its portal whole: note it, and purge when that
+/// completed the hand-over and the retention is 0.
+fn handed_over(ap: &Arc<AccessPoint>, id: &str, n: usize) {
+    match records::mark_downloaded(ap, id, n) {
+        Ok(Some(r)) if r.handed_over_unix.is_some() => {
+            tracing::info!(request = %id, "OOTS: every evidence file handed over to the portal");
+            records::purge_request(ap, id, OffsetDateTime::now_utc());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(request = %id, error = %e, "cannot note the evidence download"),
+    }
+}
+
+/// A response body that calls `done` once the connection has taken all `expected` bytes:
+/// the hand-over of an evidence file (a download that breaks off never gets there).
+struct HandOver {
+    inner: Body,
+    sent: u64,
+    expected: u64,
+    done: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl http_body::Body for HandOver {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let complete = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                this.sent == this.expected
+            }
+            Poll::Ready(None) => this.sent == this.expected,
+            _ => false,
+        };
+        if complete {
+            if let Some(done) = this.done.take() {
+                done();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The request an answer belongs to: by `RefToMessageId`, else by `ConversationId`.
@@ -387,6 +604,7 @@ pub fn answer_received(ap: &Arc<AccessPoint>, record: &MessageRecord) {
                             size: p.stored.size,
                             title: ev.repository_item.as_ref().and_then(|i| i.title.clone()),
                             classification: ev.classification.clone(),
+                            downloaded_at: None,
                         });
                     } else {
                         tracing::warn!(request = %id, href, "the response references an attachment the message does not carry");
@@ -418,10 +636,18 @@ pub fn answer_received(ap: &Arc<AccessPoint>, record: &MessageRecord) {
     match settled {
         Ok(Some(r)) => {
             tracing::info!(request = %id, state = ?r.state, "OOTS request answered");
-            notify(ap, &r);
+            on_settled(ap, &r);
         }
         Ok(None) => {
-            tracing::info!(message_id = %mid, request = %id, "OOTS answer for a request that is unknown or already settled (e.g. timed out); kept, not applied")
+            // A late answer to a settled request is never handed over: its evidence goes
+            // at once. An unknown request's answer is left to the general retention.
+            let late = matches!(records::load(ap, &id), Ok(Some(r)) if r.state.is_final());
+            if late {
+                if let Err(e) = ap.store.purge_payloads_of(mid, OffsetDateTime::now_utc()) {
+                    tracing::warn!(message_id = %mid, error = %e, "cannot purge the late OOTS answer");
+                }
+            }
+            tracing::info!(message_id = %mid, request = %id, late, "OOTS answer for a request that is unknown or already settled (e.g. timed out); not applied, and its payloads purged when late")
         }
         Err(e) => tracing::error!(request = %id, error = %e, "cannot record the OOTS answer"),
     }
@@ -460,7 +686,7 @@ pub fn request_failed(ap: &Arc<AccessPoint>, message_id: &str, error: &str) {
         ));
     }) {
         tracing::warn!(request = %id, error, "OOTS request failed");
-        notify(ap, &r);
+        on_settled(ap, &r);
     }
 }
 
@@ -481,8 +707,17 @@ pub fn expire(ap: &Arc<AccessPoint>, now: OffsetDateTime) {
             r.reason = Some("no answer from the provider within the request timeout".into());
         }) {
             tracing::warn!(request = %id, "OOTS request timed out");
-            notify(ap, &r);
+            on_settled(ap, &r);
         }
+    }
+}
+
+/// A request settled: tell its portal, and purge at once what is due (a request without
+/// evidence is handed over by settling).
+fn on_settled(ap: &Arc<AccessPoint>, r: &RequestRecord) {
+    notify(ap, r);
+    if r.handed_over_unix.is_some() {
+        records::purge_request(ap, &r.id, OffsetDateTime::now_utc());
     }
 }
 

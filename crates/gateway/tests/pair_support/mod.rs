@@ -157,9 +157,21 @@ impl Node {
         content_type: Option<&str>,
         body: &[u8],
     ) -> HttpResponse {
+        self.api_as(&self.token, method, path, content_type, body)
+    }
+
+    /// A backend API call with another backend client's `token`.
+    pub fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> HttpResponse {
         let mut tcp = TcpStream::connect(self.backend).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut headers = format!("Authorization: Bearer {}\r\n", self.token);
+        let mut headers = format!("Authorization: Bearer {token}\r\n");
         if let Some(ct) = content_type {
             headers.push_str(&format!("Content-Type: {ct}\r\n"));
         }

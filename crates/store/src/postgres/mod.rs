@@ -699,6 +699,42 @@ impl Store for PgStore {
         }
     }
 
+    fn purge_payloads_of(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let now = micros(now);
+        let (found, purged) = self.pool.run("purging a message's payloads", |client, _| {
+            // One statement: the chunks go and the record says so atomically; a row being
+            // changed right now is waited for (its state decides).
+            let purged = client.execute(
+                "WITH one AS ( \
+                     SELECT message_id, payloads FROM messages \
+                     WHERE message_id = $1 AND settled_at IS NOT NULL \
+                       AND payloads_purged_at IS NULL AND has_payloads \
+                     FOR UPDATE), \
+                 gone AS ( \
+                     DELETE FROM payloads WHERE payload_id IN ( \
+                         SELECT p -> 'stored' ->> 'id' \
+                         FROM one, jsonb_array_elements(one.payloads) AS p)) \
+                 UPDATE messages m SET payloads_purged_at = $2, updated_at = $2 \
+                 FROM one WHERE m.message_id = one.message_id",
+                &[&message_id, &now],
+            )?;
+            let found = purged > 0
+                || client
+                    .query_opt(
+                        "SELECT 1 FROM messages WHERE message_id = $1",
+                        &[&message_id],
+                    )?
+                    .is_some();
+            Ok((found, purged > 0))
+        })?;
+        if !found {
+            return Err(StoreError::NotFound {
+                message_id: message_id.to_owned(),
+            });
+        }
+        Ok(purged)
+    }
+
     fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError> {
         let settled_before = micros(settled_before);
         let mut removed = 0;
