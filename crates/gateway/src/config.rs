@@ -485,6 +485,25 @@ impl Config {
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.oots.validate()?;
+        if let Some(c) = self.oots.connectors.iter().find(|c| c.preview) {
+            // The PreviewLocation a provider answers with must be an https URL (EDM rules
+            // R-EDM-ERR-C019, R-EDM-REQ-C005): a preview space elsewhere cannot be used.
+            if !self.preview.enabled || !self.preview.public_url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    key: "oots.connectors.preview",
+                    problem: format!(
+                        "evidence type `{}` needs preview, but the preview space is {}",
+                        c.evidence_type,
+                        if self.preview.enabled {
+                            "not at an https:// public_url"
+                        } else {
+                            "not enabled"
+                        }
+                    ),
+                    fix: "set [preview] enabled = true with public_url = \"https://…\" (OOTS preview links must be https)",
+                });
+            }
+        }
         let positive = [
             (
                 "server.handshake_timeout_secs",

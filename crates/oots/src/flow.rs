@@ -482,7 +482,9 @@ pub fn build_response(
             }
         })
         .collect();
-    q.registry_objects = Some(if version.is_v1() {
+    // No evidence (the user rejected it in the preview, test event TC08): an empty
+    // RegistryObjectList, not an empty registry package.
+    q.registry_objects = Some(if version.is_v1() || objects.is_empty() {
         objects
     } else {
         vec![RegistryObject {
@@ -511,6 +513,33 @@ pub fn build_error(
     if let Some(d) = detail {
         e.0.exceptions[0].detail = Some(d.to_owned());
     }
+    with_agents(e, error_provider, requester)
+}
+
+/// Builds the preview-required error (EDM:ERR:0002, severity PreviewRequired) to
+/// `request_id`: the user previews the evidence at `preview_location` (an `https://` URL)
+/// before the requester asks again.
+pub fn build_preview_required(
+    request_id: &str,
+    version: EdmVersion,
+    preview_location: &str,
+    error_provider: &Agent,
+    requester: Option<&Agent>,
+) -> ErrorResponse {
+    let mut e = ErrorResponse::preview_required(request_id, version, preview_location, &now_xsd());
+    e.0.exceptions[0].detail = Some(
+        "The evidence provider needs the user's preview and approval to send the evidence".into(),
+    );
+    with_agents(e, error_provider, requester)
+}
+
+/// The slots every error response carries: its identifier, the error provider (agent
+/// `ERRP`) and, when known, the requester.
+fn with_agents(
+    mut e: ErrorResponse,
+    error_provider: &Agent,
+    requester: Option<&Agent>,
+) -> ErrorResponse {
     e.0.set_slot(Slot::new(
         "EvidenceResponseIdentifier",
         SlotValue::String(uuid_v4()),

@@ -86,6 +86,7 @@ enum Op {
     OotsCreate,
     OotsShow,
     OotsEvidence,
+    OotsPreviewReturn,
 }
 
 /// One entry of the routing table.
@@ -119,6 +120,11 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/oots/requests", Op::OotsCreate),
     route("GET", "/oots/requests/{id}", Op::OotsShow),
     route("GET", "/oots/requests/{id}/evidence/{n}", Op::OotsEvidence),
+    route(
+        "POST",
+        "/oots/requests/{id}/preview-return",
+        Op::OotsPreviewReturn,
+    ),
 ];
 
 /// An API error: status, what is wrong, what to do.
@@ -454,6 +460,9 @@ impl Routes for BackendRoutes {
                 Op::OotsEvidence => {
                     let n = params.get(1).cloned().unwrap_or_default();
                     crate::oots::requester::evidence(ap, client, id, &n).await
+                }
+                Op::OotsPreviewReturn => {
+                    crate::oots::requester::preview_return(ap, client, id, request).await
                 }
                 Op::OpenApi => Ok(openapi()),
             };
