@@ -682,6 +682,30 @@ mod tests {
     }
 
     #[test]
+    fn a_preview_connector_needs_the_preview_space_at_an_https_url() {
+        let base = "[oots]\nrole = \"provider\"\n[[oots.connectors]]\nevidence_type = \"EV\"\nurl = \"http://127.0.0.1:1/x\"\npreview = true\n";
+        let err = Config::parse(base)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("oots.connectors.preview") && err.contains("not enabled"),
+            "{err}"
+        );
+        let plain =
+            format!("{base}[preview]\nenabled = true\npublic_url = \"http://127.0.0.1:8490\"\n");
+        let err = Config::parse(&plain)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https"), "{err}");
+        let https = plain.replace("http://127.0.0.1:8490", "https://preview.example.lv");
+        Config::parse(&https).unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn relative_paths_follow_the_file() {
         let mut c = Config::parse("data_dir = \"data\"\n[tls]\ncert = \"/abs/c.pem\"\n").unwrap();
         c.resolve_relative_to(Path::new("/etc/varti"));
