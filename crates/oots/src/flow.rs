@@ -630,6 +630,36 @@ mod tests {
     }
 
     #[test]
+    fn preview_required_and_the_empty_response_after_a_rejected_preview_pass_the_model() {
+        for v in ["oots-edm:v1.0", "oots-edm:v2.0"] {
+            let req = build_request(&sample(Some(v))).unwrap();
+            let provider = req.evidence_provider().unwrap();
+            let e = build_preview_required(
+                req.id.as_deref().unwrap(),
+                EdmVersion::from_identifier(v).unwrap(),
+                "https://preview.example.lv/preview/abc.def",
+                &provider,
+                req.evidence_requesters().first(),
+            );
+            assert!(e.is_preview_required());
+            assert_eq!(e.kind(), Some(EdmErrorKind::Authorization));
+            assert_eq!(
+                e.preview_location(),
+                Some("https://preview.example.lv/preview/abc.def")
+            );
+            let doc = EdmDocument::Error(e);
+            assert_eq!(fatal(&doc), vec![], "{v}:\n{}", doc.to_xml());
+            // Test event TC08: the rejected preview is answered with success and an empty
+            // RegistryObjectList.
+            let resp = build_response(&req, &provider, &[]);
+            assert!(resp.evidences().is_empty());
+            let xml = EdmDocument::Response(resp).to_xml();
+            assert!(!xml.contains("RegistryPackage"), "{v}:\n{xml}");
+            assert!(xml.contains("RegistryObjectList"), "{v}:\n{xml}");
+        }
+    }
+
+    #[test]
     fn request_needs_exactly_one_person() {
         let mut d = sample(None);
         d.natural_person = None;
