@@ -490,6 +490,25 @@ impl Config {
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.oots.validate()?;
+        if let Some(c) = self.oots.connectors.iter().find(|c| c.preview) {
+            // The PreviewLocation a provider answers with must be an https URL (EDM rules
+            // R-EDM-ERR-C019, R-EDM-REQ-C005): a preview space elsewhere cannot be used.
+            if !self.preview.enabled || !self.preview.public_url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    key: "oots.connectors.preview",
+                    problem: format!(
+                        "evidence type `{}` needs preview, but the preview space is {}",
+                        c.evidence_type,
+                        if self.preview.enabled {
+                            "not at an https:// public_url"
+                        } else {
+                            "not enabled"
+                        }
+                    ),
+                    fix: "set [preview] enabled = true with public_url = \"https://…\" (OOTS preview links must be https)",
+                });
+            }
+        }
         let positive = [
             (
                 "server.handshake_timeout_secs",
@@ -668,6 +687,30 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "info,=[".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn a_preview_connector_needs_the_preview_space_at_an_https_url() {
+        let base = "[oots]\nrole = \"provider\"\n[[oots.connectors]]\nevidence_type = \"EV\"\nurl = \"http://127.0.0.1:1/x\"\npreview = true\n";
+        let err = Config::parse(base)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("oots.connectors.preview") && err.contains("not enabled"),
+            "{err}"
+        );
+        let plain =
+            format!("{base}[preview]\nenabled = true\npublic_url = \"http://127.0.0.1:8490\"\n");
+        let err = Config::parse(&plain)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https"), "{err}");
+        let https = plain.replace("http://127.0.0.1:8490", "https://preview.example.lv");
+        Config::parse(&https).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -8,22 +8,19 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/deps` installs them); without
 //! them the test fails and says so.
 
+mod chromium_support;
 mod serve_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chromium_support::{browser, log_in, preview_files, start_driver, text_of, wait_for};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
-use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use serve_support::{plain_config, spawn_serve, Served};
 
 const TOKEN: &str = "provider-token-1";
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 struct Node {
     _served: Served,
@@ -190,109 +187,6 @@ fn preview_state(node: &Node, id: &str) -> String {
     let (status, v) = api(node, "GET", &format!("/api/v1/previews/{id}"), None, b"");
     assert_eq!(status, 200, "{v}");
     v["state"].as_str().unwrap().to_owned()
-}
-
-/// Files left under the preview directory.
-fn preview_files(dir: &Path) -> usize {
-    fn count(p: &Path) -> usize {
-        std::fs::read_dir(p)
-            .map(|it| {
-                it.flatten()
-                    .map(|e| {
-                        let p = e.path();
-                        if p.is_dir() {
-                            count(&p)
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    count(&dir.join("data/preview"))
-}
-
-/// chromedriver on a free port; killed on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_driver() -> Driver {
-    for tool in [CHROMIUM, CHROMEDRIVER] {
-        assert!(
-            Path::new(tool).exists(),
-            "{tool} is missing: the preview test needs a real headless Chromium; install Debian's chromium and chromium-driver (.ci/deps does)"
-        );
-    }
-    let port = varti_gateway::pair::free_port().unwrap();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "chromedriver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-/// A fresh browser (its own profile: no cookies).
-async fn browser(driver: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--lang=en-US"]
-        }),
-    );
-    ClientBuilder::native()
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("chromedriver starts a headless Chromium")
-}
-
-async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-}
-
-/// Follows `url`, and at the test identity provider logs in as the person whose button
-/// names `who`.
-async fn log_in(c: &Client, url: &str, who: &str) {
-    c.goto(url).await.unwrap();
-    wait_for(c, "#persons").await;
-    let button = c
-        .find(Locator::XPath(&format!("//button[contains(., '{who}')]")))
-        .await
-        .unwrap();
-    button.click().await.unwrap();
-}
-
-async fn text_of(c: &Client, css: &str) -> String {
-    wait_for(c, css).await.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

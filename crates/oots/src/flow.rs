@@ -482,7 +482,9 @@ pub fn build_response(
             }
         })
         .collect();
-    q.registry_objects = Some(if version.is_v1() {
+    // No evidence (the user rejected it in the preview, test event TC08): an empty
+    // RegistryObjectList, not an empty registry package.
+    q.registry_objects = Some(if version.is_v1() || objects.is_empty() {
         objects
     } else {
         vec![RegistryObject {
@@ -511,6 +513,33 @@ pub fn build_error(
     if let Some(d) = detail {
         e.0.exceptions[0].detail = Some(d.to_owned());
     }
+    with_agents(e, error_provider, requester)
+}
+
+/// Builds the preview-required error (EDM:ERR:0002, severity PreviewRequired) to
+/// `request_id`: the user previews the evidence at `preview_location` (an `https://` URL)
+/// before the requester asks again.
+pub fn build_preview_required(
+    request_id: &str,
+    version: EdmVersion,
+    preview_location: &str,
+    error_provider: &Agent,
+    requester: Option<&Agent>,
+) -> ErrorResponse {
+    let mut e = ErrorResponse::preview_required(request_id, version, preview_location, &now_xsd());
+    e.0.exceptions[0].detail = Some(
+        "The evidence provider needs the user's preview and approval to send the evidence".into(),
+    );
+    with_agents(e, error_provider, requester)
+}
+
+/// The slots every error response carries: its identifier, the error provider (agent
+/// `ERRP`) and, when known, the requester.
+fn with_agents(
+    mut e: ErrorResponse,
+    error_provider: &Agent,
+    requester: Option<&Agent>,
+) -> ErrorResponse {
     e.0.set_slot(Slot::new(
         "EvidenceResponseIdentifier",
         SlotValue::String(uuid_v4()),
@@ -597,6 +626,36 @@ mod tests {
                 back.evidence_type().unwrap().identifier.as_deref(),
                 Some("RegistrationCertificate-LV")
             );
+        }
+    }
+
+    #[test]
+    fn preview_required_and_the_empty_response_after_a_rejected_preview_pass_the_model() {
+        for v in ["oots-edm:v1.0", "oots-edm:v2.0"] {
+            let req = build_request(&sample(Some(v))).unwrap();
+            let provider = req.evidence_provider().unwrap();
+            let e = build_preview_required(
+                req.id.as_deref().unwrap(),
+                EdmVersion::from_identifier(v).unwrap(),
+                "https://preview.example.lv/preview/abc.def",
+                &provider,
+                req.evidence_requesters().first(),
+            );
+            assert!(e.is_preview_required());
+            assert_eq!(e.kind(), Some(EdmErrorKind::Authorization));
+            assert_eq!(
+                e.preview_location(),
+                Some("https://preview.example.lv/preview/abc.def")
+            );
+            let doc = EdmDocument::Error(e);
+            assert_eq!(fatal(&doc), vec![], "{v}:\n{}", doc.to_xml());
+            // Test event TC08: the rejected preview is answered with success and an empty
+            // RegistryObjectList.
+            let resp = build_response(&req, &provider, &[]);
+            assert!(resp.evidences().is_empty());
+            let xml = EdmDocument::Response(resp).to_xml();
+            assert!(!xml.contains("RegistryPackage"), "{v}:\n{xml}");
+            assert!(xml.contains("RegistryObjectList"), "{v}:\n{xml}");
         }
     }
 

@@ -89,6 +89,7 @@ enum Op {
     OotsList,
     OotsShow,
     OotsEvidence,
+    OotsPreviewReturn,
 }
 
 /// One entry of the routing table.
@@ -123,6 +124,11 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/oots/requests", Op::OotsList),
     route("GET", "/oots/requests/{id}", Op::OotsShow),
     route("GET", "/oots/requests/{id}/evidence/{n}", Op::OotsEvidence),
+    route(
+        "POST",
+        "/oots/requests/{id}/preview-return",
+        Op::OotsPreviewReturn,
+    ),
 ];
 
 /// An API error: status, what is wrong, what to do.
@@ -459,6 +465,9 @@ impl Routes for BackendRoutes {
                 Op::OotsEvidence => {
                     let n = params.get(1).cloned().unwrap_or_default();
                     crate::oots::requester::evidence(ap, client, id, &n).await
+                }
+                Op::OotsPreviewReturn => {
+                    crate::oots::requester::preview_return(ap, client, id, request).await
                 }
                 Op::OpenApi => Ok(openapi()),
             };

@@ -204,9 +204,21 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         if config.preview.test_idp.enabled {
             tracing::warn!("preview.test_idp is enabled: anyone can log in as any listed person; for tests and the demo only");
         }
-        // Plain HTTP: the TLS reverse proxy serving preview.public_url sits in front.
+        // Plain HTTP behind the TLS reverse proxy serving preview.public_url, unless
+        // preview.tls: then HTTPS with the [tls] certificate (citizens have no client
+        // certificates to ask for).
+        let preview_tls = if config.preview.tls {
+            Some(tls::server_config(
+                &config.tls.cert,
+                &config.tls.key,
+                varti_gateway::config::ClientAuth::Off,
+                &config.tls.client_ca,
+            )?)
+        } else {
+            None
+        };
         let options = ListenerOptions {
-            tls: None,
+            tls: preview_tls,
             max_connections: 256,
             ..backend_options.clone()
         };
@@ -257,12 +269,13 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let preview = match &preview_listener {
         Some((listener, space)) => {
             let addr = listener.local_addr()?;
-            tracing::info!(preview = %format!("http://{addr}/preview/"), public_url = %space.public_url(), "preview space is listening");
+            let scheme = if config.preview.tls { "https" } else { "http" };
+            tracing::info!(preview = %format!("{scheme}://{addr}/preview/"), public_url = %space.public_url(), "preview space is listening");
             Some(space.clone())
         }
         None => None,
     };
-    let backend_routes = Arc::new(BackendRoutes::new(ap.clone()).with_preview(preview));
+    let backend_routes = Arc::new(BackendRoutes::new(ap.clone()).with_preview(preview.clone()));
     tasks.spawn(
         "backend-listener",
         backend_listener.serve(backend_routes, tasks.token(), grace),
@@ -292,7 +305,10 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
     tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
-    tasks.spawn("oots", varti_gateway::oots::run(ap.clone(), tasks.token()));
+    tasks.spawn(
+        "oots",
+        varti_gateway::oots::run(ap.clone(), preview, tasks.token()),
+    );
     {
         // Days to expiry of every certificate we present: TLS, signing, encryption.
         let mut certs = vec![

@@ -165,6 +165,11 @@ pub struct ConnectorConfig {
     /// Milliseconds between attempts.
     #[serde(default = "default_retry_delay")]
     pub retry_delay_ms: u64,
+    /// The register's evidence may only leave after the citizen previewed and approved it
+    /// in the preview space (`[preview]` must be enabled). A request with
+    /// `PossibilityForPreview` false then gets EDM:ERR:0002 and never the evidence.
+    #[serde(default)]
+    pub preview: bool,
 }
 
 fn default_timeout() -> u64 {
@@ -298,6 +303,7 @@ mod tests {
             timeout_secs: 1,
             retries: 0,
             retry_delay_ms: 0,
+            preview: false,
         }
     }
 

@@ -11,7 +11,9 @@
 //!   (Varti's EDM model; XSD and Schematron when `oots.schemas` / `oots.rules` are set),
 //!   routed by evidence type to a data service connector ([`connector`]: an HTTP call to
 //!   the national register) and answered over AS4 with the evidence response, or with the
-//!   EDM error response that says what went wrong.
+//!   EDM error response that says what went wrong. Evidence types whose connector says
+//!   `preview = true` are sent only after the citizen approved them in the preview space
+//!   (two requests on one conversation; see [`provider`]).
 //!
 //! * **Intermediary platform**: one gateway may serve many portals (each a backend client
 //!   with its own `oots_party`, seeing only its own requests) and many providers (each
@@ -40,6 +42,7 @@ use varti_store::{Direction, ListFilter, State};
 pub use config::{OotsConfig, OotsRole};
 
 use crate::access_point::{AccessPoint, MessageEvent};
+use crate::preview::PreviewSpace;
 
 /// Owner of inbound OOTS messages: the gateway itself (no backend has this name).
 pub const OWNER: &str = "varti:oots";
@@ -66,10 +69,16 @@ pub fn consumes(ap: &AccessPoint, service: &str) -> bool {
 
 /// The gateway task: handles inbound OOTS messages and the deadlines of open requests
 /// until `token` is cancelled.
-pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
+/// `preview` is the instance's preview space, for connectors that need preview.
+pub async fn run(
+    ap: Arc<AccessPoint>,
+    preview: Option<Arc<PreviewSpace>>,
+    token: CancellationToken,
+) {
     if ap.config.oots.role == OotsRole::Off {
         return;
     }
+    let previews = Arc::new(provider::Previews::new(preview));
     let mut events = ap.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,7 +94,7 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
                     let _ = tokio::task::spawn_blocking(move || requester::request_failed(&ap, &message_id, &error)).await;
                 }
                 Ok(MessageEvent::Received { owner, .. }) if owner == OWNER => {
-                    pick_up(&ap).await;
+                    pick_up(&ap, &previews).await;
                 }
                 Ok(MessageEvent::Sent { message_id, owner }) if owner == OWNER && ap.config.oots.role.provides() => {
                     tokio::spawn(provider::answer_sent(ap.clone(), message_id));
@@ -94,7 +103,7 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
                 _ => {}
             },
             _ = tick.tick() => {
-                pick_up(&ap).await;
+                pick_up(&ap, &previews).await;
                 let ap2 = ap.clone();
                 let _ = tokio::task::spawn_blocking(move || requester::expire(&ap2, OffsetDateTime::now_utc())).await;
                 if ap.config.oots.role.requests() && last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
@@ -119,7 +128,7 @@ fn sweep_interval(c: &OotsConfig) -> Duration {
 }
 
 /// Claims every waiting inbound OOTS message and hands it to its side.
-async fn pick_up(ap: &Arc<AccessPoint>) {
+async fn pick_up(ap: &Arc<AccessPoint>, previews: &Arc<provider::Previews>) {
     let ap2 = ap.clone();
     let claimed = tokio::task::spawn_blocking(move || {
         let filter = ListFilter {
@@ -149,7 +158,7 @@ async fn pick_up(ap: &Arc<AccessPoint>) {
         match record.meta.action.as_str() {
             ACTION_REQUEST if ap.config.oots.role.provides() => {
                 // A connector may take long (timeouts, retries): each request on its own.
-                tokio::spawn(provider::handle(ap.clone(), record));
+                tokio::spawn(provider::handle(ap.clone(), previews.clone(), record));
             }
             ACTION_RESPONSE | ACTION_ERROR if ap.config.oots.role.requests() => {
                 let ap = ap.clone();

@@ -30,12 +30,29 @@
 //! over: the answer's payloads and those of the request are purged after
 //! `oots.evidence_retention_secs` ([`answer_sent`]).
 //!
-//! Preview is not offered yet: a request is answered at once whatever its
-//! `PossibilityForPreview` (the design for preview is in `docs/architecture.md`).
+//! # Preview
+//!
+//! A connector with `preview = true` serves evidence the citizen must see and approve in
+//! the preview space ([`crate::preview`]) before it leaves. The exchange then takes two
+//! requests on one conversation:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `PossibilityForPreview` false | EDM:ERR:0002 (missing authorization); the register is not called |
+//! | first (no `PreviewLocation`) | the register is called as usual; its files stay in the payload store, a copy goes to a preview opened for the request's natural person; EDM:ERR:0002 with severity PreviewRequired and the preview link as `PreviewLocation` |
+//! | second (echoing that `PreviewLocation`, same conversation, same sending access point) | held until the citizen decides or the link expires, then: approved → the response with the evidence; cancelled → a response with no evidence (an empty `RegistryObjectList`, as test event TC08 shows); expired → EDM:ERR:0005 (TC09) |
+//! | second, naming no preview held for this exchange | EDM:ERR:0003 |
+//!
+//! Held evidence is deleted once the preview ends without being sent (cancelled, expired,
+//! or no second request before the link expired); the preview space deletes its copies
+//! as soon as the citizen decides. Held evidence lives in this instance's memory, like
+//! the preview it belongs to.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -51,10 +68,12 @@ use varti_oots::validate::xsd::XsdValidator;
 use varti_oots::validate::{Finding, Severity};
 use varti_store::{MessageProperty, MessageRecord, PayloadEntry, PayloadRef};
 
+use super::config::ConnectorConfig;
 use super::connector::{self, ConnectorRequest, FetchedEvidence, Outcome};
 use super::{ACTION_ERROR, ACTION_RESPONSE, EDM_MIME, MAX_EDM_BYTES, OWNER, SERVICE, SERVICE_TYPE};
 use crate::access_point::submit::{submit, Submission};
 use crate::access_point::AccessPoint;
+use crate::preview::{Person, PreviewEvidence, PreviewRequest, PreviewSpace, PreviewState};
 
 /// The validators a provider checks requests with, loaded from `[oots]`. The XSD and
 /// Schematron engines hold libxml2 / XPath state that must stay on one thread, so each
@@ -134,12 +153,45 @@ struct Answer {
     sender: Option<(String, Option<String>)>,
 }
 
+/// The evidence held for open previews, keyed by the preview link (the `PreviewLocation`
+/// the second request of the exchange echoes).
+pub struct Previews {
+    space: Option<Arc<PreviewSpace>>,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// Evidence fetched for a first request, waiting for the second one and the decision.
+struct Held {
+    preview_id: String,
+    /// The exchange it belongs to: the second request must be on the same conversation,
+    /// from the same access point.
+    conversation_id: String,
+    from_party: String,
+    expires_at: OffsetDateTime,
+    files: Vec<FetchedEvidence>,
+}
+
+impl Previews {
+    /// The previews of a provider whose preview space is `space` (`None`: `[preview]` is
+    /// off, and a connector that needs preview cannot be served).
+    pub fn new(space: Option<Arc<PreviewSpace>>) -> Previews {
+        Previews {
+            space,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(&self, location: &str) -> Option<Held> {
+        self.held.lock().expect("held lock").remove(location)
+    }
+}
+
 /// Handles one received evidence request (already claimed) and submits the answer.
-pub async fn handle(ap: Arc<AccessPoint>, record: MessageRecord) {
+pub async fn handle(ap: Arc<AccessPoint>, previews: Arc<Previews>, record: MessageRecord) {
     let message_id = record.id().to_owned();
     let span = tracing::info_span!("oots_provide", message_id = %message_id, conversation_id = %record.meta.conversation_id);
     async move {
-        let answer = answer(&ap, &record).await;
+        let answer = answer(&ap, &previews, &record).await;
         let action = answer.action;
         match send(&ap, &record, answer).await {
             Ok(id) => tracing::info!(action, answer = %id, "OOTS: evidence request answered"),
@@ -181,7 +233,7 @@ fn own_agent(ap: &AccessPoint) -> Agent {
     }
 }
 
-async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
+async fn answer(ap: &Arc<AccessPoint>, previews: &Arc<Previews>, record: &MessageRecord) -> Answer {
     let bytes = match read_edm(ap, record).await {
         Ok(b) => b,
         Err(why) => {
@@ -300,69 +352,87 @@ async fn answer(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Answer {
             Some(&detail),
         ));
     };
-    let call = connector_request(&request);
-    from_provider(match connector::call(ap, connector, &call).await {
-        Outcome::Evidence(files) if files.is_empty() => error_answer(
-            ap,
-            Some(&request),
-            EdmErrorKind::ObjectNotFound,
-            "No evidence found",
-            Some("the register returned no evidence file"),
-        ),
-        Outcome::Evidence(files) => {
-            let tag = uuid::Uuid::new_v4().simple().to_string();
-            let evidence: Vec<(String, FetchedEvidence)> = files
-                .into_iter()
-                .enumerate()
-                .map(|(n, f)| (format!("evidence{n}-{tag}@varti"), f))
-                .collect();
-            let data: Vec<EvidenceData> = evidence
-                .iter()
-                .map(|(cid, f)| EvidenceData {
-                    content_id: cid.clone(),
-                    mime_type: f.mime_type.clone(),
-                    title: f.title.clone(),
-                    issuing_date: f.issuing_date.clone(),
-                })
-                .collect();
-            let provider = request.evidence_provider().unwrap_or_else(|| own_agent(ap));
-            let response = flow::build_response(&request, &provider, &data);
-            Answer {
-                action: ACTION_RESPONSE,
-                edm: EdmDocument::Response(response).to_xml(),
-                evidence,
-                sender: None,
-            }
+    from_provider(serve(ap, previews, record, &request, connector).await)
+}
+
+/// Serves a valid request for one of this gateway's providers from its connector: the
+/// register's evidence, through the preview space when the connector needs preview.
+async fn serve(
+    ap: &Arc<AccessPoint>,
+    previews: &Arc<Previews>,
+    record: &MessageRecord,
+    request: &EvidenceRequest,
+    connector: &ConnectorConfig,
+) -> Answer {
+    if connector.preview {
+        if let Some(location) = request.preview_location() {
+            return after_preview(ap, previews, record, request, location).await;
         }
-        Outcome::NotFound(d) => error_answer(
-            ap,
-            Some(&request),
-            EdmErrorKind::ObjectNotFound,
-            "No evidence found",
-            Some(&d),
-        ),
-        Outcome::Invalid(d) => error_answer(
-            ap,
-            Some(&request),
-            EdmErrorKind::InvalidRequest,
-            "The register refused the request",
-            Some(&d),
-        ),
-        Outcome::TimedOut(d) => error_answer(
-            ap,
-            Some(&request),
-            EdmErrorKind::Timeout,
-            "Timeout exceeded",
-            Some(&d),
-        ),
-        Outcome::Unavailable(d) => error_answer(
-            ap,
-            Some(&request),
-            EdmErrorKind::Query,
-            "The query cannot be processed",
-            Some(&d),
-        ),
-    })
+        if request.possibility_for_preview() != Some(true) {
+            // Never the evidence without the citizen's preview: the register is not even
+            // asked.
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::Authorization,
+                "Missing Authorization",
+                Some("this evidence type is sent only after the user previewed and approved it; ask again with PossibilityForPreview true"),
+            );
+        }
+    }
+    let call = connector_request(request);
+    let files = match connector::call(ap, connector, &call).await {
+        Outcome::Evidence(files) if files.is_empty() => {
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::ObjectNotFound,
+                "No evidence found",
+                Some("the register returned no evidence file"),
+            )
+        }
+        Outcome::Evidence(files) => files,
+        Outcome::NotFound(d) => {
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::ObjectNotFound,
+                "No evidence found",
+                Some(&d),
+            )
+        }
+        Outcome::Invalid(d) => {
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::InvalidRequest,
+                "The register refused the request",
+                Some(&d),
+            )
+        }
+        Outcome::TimedOut(d) => {
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::Timeout,
+                "Timeout exceeded",
+                Some(&d),
+            )
+        }
+        Outcome::Unavailable(d) => {
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::Query,
+                "The query cannot be processed",
+                Some(&d),
+            )
+        }
+    };
+    if connector.preview {
+        return open_preview(ap, previews, record, request, files).await;
+    }
+    evidence_answer(ap, request, files)
 }
 
 /// The provider a request names: its EvidenceProvider agent's identifier and its
@@ -388,6 +458,263 @@ fn provider_of(record: &MessageRecord, request: &EvidenceRequest) -> Result<Stri
                 .into(),
         ),
     }
+}
+
+/// The response carrying `files` (none: the empty response of a rejected preview).
+fn evidence_answer(
+    ap: &AccessPoint,
+    request: &EvidenceRequest,
+    files: Vec<FetchedEvidence>,
+) -> Answer {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let evidence: Vec<(String, FetchedEvidence)> = files
+        .into_iter()
+        .enumerate()
+        .map(|(n, f)| (format!("evidence{n}-{tag}@varti"), f))
+        .collect();
+    let data: Vec<EvidenceData> = evidence
+        .iter()
+        .map(|(cid, f)| EvidenceData {
+            content_id: cid.clone(),
+            mime_type: f.mime_type.clone(),
+            title: f.title.clone(),
+            issuing_date: f.issuing_date.clone(),
+        })
+        .collect();
+    let provider = request.evidence_provider().unwrap_or_else(|| own_agent(ap));
+    let response = flow::build_response(request, &provider, &data);
+    Answer {
+        action: ACTION_RESPONSE,
+        edm: EdmDocument::Response(response).to_xml(),
+        evidence,
+        sender: None,
+    }
+}
+
+/// The person a preview is for: the request's natural person (eIDAS minimum data set).
+fn preview_person(request: &EvidenceRequest) -> Option<Person> {
+    let p = request.natural_person()?;
+    Some(Person {
+        identifier: p.identifier.map(|i| i.value),
+        given_name: p.given_name?,
+        family_name: p.family_name?,
+        birth_date: p.date_of_birth?,
+    })
+}
+
+/// Who asked, as the citizen reads it: the requester's name and country.
+fn requester_label(request: &EvidenceRequest) -> String {
+    match first_requester(request) {
+        Some(a) => {
+            let name = a
+                .names
+                .first()
+                .map(|n| n.text.clone())
+                .or_else(|| a.identifier.as_ref().map(|i| i.value.clone()))
+                .unwrap_or_else(|| "?".into());
+            match a.country {
+                Some(c) => format!("{name} ({c})"),
+                None => name,
+            }
+        }
+        None => "an evidence requester of another member state".into(),
+    }
+}
+
+/// First request of a preview exchange: copies the evidence into a new preview, holds the
+/// stored files for the second request, and answers PreviewRequired with the link.
+async fn open_preview(
+    ap: &Arc<AccessPoint>,
+    previews: &Arc<Previews>,
+    record: &MessageRecord,
+    request: &EvidenceRequest,
+    files: Vec<FetchedEvidence>,
+) -> Answer {
+    let Some(space) = previews.space.clone() else {
+        connector::discard(ap, stored_refs(&files)).await;
+        return error_answer(ap, Some(request), EdmErrorKind::Query, "The query cannot be processed", Some("this evidence type needs preview and the provider's preview space is not running ([preview] enabled = false)"));
+    };
+    let Some(person) = preview_person(request) else {
+        connector::discard(ap, stored_refs(&files)).await;
+        return error_answer(ap, Some(request), EdmErrorKind::InvalidRequest, "The evidence request is invalid", Some("this evidence type needs the user's preview, which needs the natural person's family name, given name and date of birth"));
+    };
+    // The preview space owns (and deletes) its copies; the stored files stay for the answer.
+    let copies = {
+        let (ap, space, files) = (ap.clone(), space.clone(), files.clone());
+        tokio::task::spawn_blocking(move || copy_for_preview(&ap, &space, &files))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+    };
+    let evidences = match copies {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "OOTS: cannot copy the evidence into the preview space");
+            connector::discard(ap, stored_refs(&files)).await;
+            return error_answer(
+                ap,
+                Some(request),
+                EdmErrorKind::Query,
+                "The query cannot be processed",
+                Some("the provider could not prepare the preview; try again later"),
+            );
+        }
+    };
+    let link = space.open(PreviewRequest {
+        reference: request.id.clone().unwrap_or_default(),
+        person,
+        requester: requester_label(request),
+        procedure: request.procedure().map(str::to_owned),
+        evidences,
+        return_url: None,
+        ttl: None,
+        owner: OWNER.to_owned(),
+    });
+    tracing::info!(preview = %link.id, expires_at = %link.expires_at, "OOTS: evidence held for the user's preview");
+    previews.held.lock().expect("held lock").insert(
+        link.url.clone(),
+        Held {
+            preview_id: link.id.clone(),
+            conversation_id: record.meta.conversation_id.clone(),
+            from_party: record.meta.from_party.clone(),
+            expires_at: link.expires_at,
+            files,
+        },
+    );
+    // No second request before the link expires: the held evidence goes.
+    {
+        let (ap, previews, url) = (ap.clone(), previews.clone(), link.url.clone());
+        let left: Duration = (link.expires_at - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        tokio::spawn(async move {
+            tokio::time::sleep(left + Duration::from_secs(1)).await;
+            if let Some(h) = previews.take(&url) {
+                tracing::info!(preview = %h.preview_id, "OOTS: no second request before the preview expired; held evidence deleted");
+                connector::discard(&ap, stored_refs(&h.files)).await;
+            }
+        });
+    }
+    let version = request
+        .specification_identifier()
+        .and_then(EdmVersion::from_identifier)
+        .unwrap_or(EdmVersion::V2_0);
+    let provider = request.evidence_provider().unwrap_or_else(|| own_agent(ap));
+    let e = flow::build_preview_required(
+        request.id.as_deref().unwrap_or_default(),
+        version,
+        &link.url,
+        &provider,
+        first_requester(request).as_ref(),
+    );
+    Answer {
+        action: ACTION_ERROR,
+        edm: EdmDocument::Error(e).to_xml(),
+        evidence: Vec::new(),
+        sender: None,
+    }
+}
+
+/// Streams each stored evidence file into a file of the preview space.
+fn copy_for_preview(
+    ap: &AccessPoint,
+    space: &PreviewSpace,
+    files: &[FetchedEvidence],
+) -> Result<Vec<PreviewEvidence>, String> {
+    let dir = space
+        .files_dir()
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for (n, f) in files.iter().enumerate() {
+        let path = dir.join(n.to_string());
+        let copied = ap
+            .store
+            .payloads()
+            .open(&f.stored)
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| {
+                let mut file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+                std::io::copy(&mut r, &mut file).map_err(|e| e.to_string())
+            });
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("{}: {e}", path.display()));
+        }
+        out.push(PreviewEvidence {
+            title: f
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("Evidence {}", n + 1)),
+            media_type: f.mime_type.clone(),
+            path,
+        });
+    }
+    Ok(out)
+}
+
+/// Second request of a preview exchange: waits for the citizen's decision, then answers.
+async fn after_preview(
+    ap: &Arc<AccessPoint>,
+    previews: &Arc<Previews>,
+    record: &MessageRecord,
+    request: &EvidenceRequest,
+    location: &str,
+) -> Answer {
+    let held = {
+        let mut held = previews.held.lock().expect("held lock");
+        let same_exchange = held.get(location).is_some_and(|h| {
+            h.conversation_id == record.meta.conversation_id
+                && h.from_party == record.meta.from_party
+        });
+        if same_exchange {
+            held.remove(location)
+        } else {
+            None
+        }
+    };
+    let (Some(held), Some(space)) = (held, previews.space.clone()) else {
+        return error_answer(ap, Some(request), EdmErrorKind::InvalidRequest, "The evidence request is invalid", Some("its PreviewLocation names no preview this provider holds for this exchange (unknown, on another conversation, already answered, or expired); send a new request without PreviewLocation"));
+    };
+    if let Some(back) = request.return_location() {
+        space.set_return_url(&held.preview_id, back);
+    }
+    let left: Duration = (held.expires_at - OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    tracing::info!(preview = %held.preview_id, "OOTS: second request received; waiting for the user's decision");
+    let state = space
+        .wait(&held.preview_id, left + Duration::from_secs(1))
+        .await
+        .map(|s| s.state);
+    let stored = stored_refs(&held.files);
+    match state {
+        Some(PreviewState::Approved) => {
+            tracing::info!(preview = %held.preview_id, "OOTS: the user approved; sending the evidence");
+            evidence_answer(ap, request, held.files)
+        }
+        Some(PreviewState::Cancelled) => {
+            tracing::info!(preview = %held.preview_id, "OOTS: the user cancelled; the evidence is deleted, not sent");
+            connector::discard(ap, stored).await;
+            evidence_answer(ap, request, Vec::new())
+        }
+        _ => {
+            tracing::info!(preview = %held.preview_id, "OOTS: the preview expired without a decision; the evidence is deleted");
+            connector::discard(ap, stored).await;
+            error_answer(ap, Some(request), EdmErrorKind::Timeout, "Timeout exceeded", Some("the user did not approve the evidence in the preview space before the link expired"))
+        }
+    }
+}
+
+fn stored_refs(files: &[FetchedEvidence]) -> Vec<PayloadRef> {
+    files.iter().map(|f| f.stored.clone()).collect()
+}
+
+/// The request's evidence requester (not the intermediary platform).
+fn first_requester(r: &EvidenceRequest) -> Option<Agent> {
+    r.evidence_requesters()
+        .into_iter()
+        .find(|a| a.classification.as_deref() != Some("IP"))
 }
 
 fn unreachable_evidence_type() -> varti_oots::edm::sdg::EvidenceType {
@@ -432,11 +759,7 @@ fn error_answer_by(
     let request_id = request
         .and_then(|r| r.id.clone())
         .unwrap_or_else(flow::new_urn_uuid);
-    let requester = request.and_then(|r| {
-        r.evidence_requesters()
-            .into_iter()
-            .find(|a| a.classification.as_deref() != Some("IP"))
-    });
+    let requester = request.and_then(first_requester);
     let e = flow::build_error(
         &request_id,
         version,
@@ -456,10 +779,7 @@ fn error_answer_by(
 
 fn connector_request(r: &EvidenceRequest) -> ConnectorRequest {
     let et = r.evidence_type();
-    let requester = r
-        .evidence_requesters()
-        .into_iter()
-        .find(|a| a.classification.as_deref() != Some("IP"));
+    let requester = first_requester(r);
     ConnectorRequest {
         request_id: r.id.clone().unwrap_or_default(),
         edm_version: r.specification_identifier().map(str::to_owned),

@@ -38,7 +38,8 @@ pub enum RequestState {
     /// The provider answered with an EDM error response.
     Error,
     /// The provider asks for preview (EDM:ERR:0002): the portal sends the user to
-    /// `preview_location`. The follow-up request after preview is not built yet.
+    /// `preview_location` and POSTs `…/preview-return`, which sends the second request
+    /// and puts the record back to `Sent`.
     PreviewRequired,
     /// No answer within the request timeout.
     TimedOut,
@@ -104,8 +105,12 @@ pub struct RequestRecord {
     pub deadline_unix: i64,
     /// The provider's access point (PMode party).
     pub provider_party: String,
-    /// The AS4 MessageId of the request.
+    /// The AS4 MessageId of the request (the latest one: after preview, the second).
     pub request_message_id: String,
+    /// The EDM id of the latest request when it is not `urn:uuid:<id>` (the second
+    /// request of a preview exchange has its own); answers must name it.
+    #[serde(default)]
+    pub edm_request_id: Option<String>,
     /// The AS4 ConversationId.
     pub conversation_id: String,
     /// The evidence type identifier asked for.
@@ -135,7 +140,11 @@ impl RequestRecord {
     /// Whether the portal has everything it can get: settled, and every evidence file
     /// downloaded (trivially so without evidence).
     fn handed_over(&self) -> bool {
-        self.state.is_final() && self.evidences.iter().all(|e| e.downloaded_at.is_some())
+        // A request waiting for its preview is not over: its second request is built
+        // from the first request message, which must stay stored.
+        self.state.is_final()
+            && self.state != RequestState::PreviewRequired
+            && self.evidences.iter().all(|e| e.downloaded_at.is_some())
     }
 }
 
@@ -410,6 +419,34 @@ pub fn all(ap: &AccessPoint) -> Vec<RequestRecord> {
             }
         })
         .collect()
+}
+
+/// Puts the record `id` back to `Sent` when it is in state `from` (the second request
+/// of a preview exchange), applying `change`; returns the updated record, or `None` when
+/// there is no such record or it is in another state.
+pub fn reopen(
+    ap: &AccessPoint,
+    id: &str,
+    from: RequestState,
+    change: impl FnOnce(&mut RequestRecord),
+) -> Result<Option<RequestRecord>, RecordError> {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut record) = load(ap, id)? else {
+        return Ok(None);
+    };
+    if record.state != from {
+        return Ok(None);
+    }
+    change(&mut record);
+    record.state = RequestState::Sent;
+    record.settled_at = None;
+    // The marker first: a record that is open must be watched for its deadline.
+    let d = open_dir(ap);
+    std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+    let marker = d.join(&record.id);
+    std::fs::write(&marker, b"").map_err(|e| err(&marker, e))?;
+    write(ap, &record)?;
+    Ok(Some(record))
 }
 
 /// The ids of every open request (from the markers; a marker whose record settled is

@@ -7,6 +7,7 @@
 //! | `GET /oots/requests` | the client's own requests, newest first (`state`, `limit`) |
 //! | `GET /oots/requests/{id}` | where the request is: `sent`, `answered` (with its evidence files), `error` (the EDM error), `preview_required`, `timed_out`, `failed` |
 //! | `GET /oots/requests/{id}/evidence/{n}` | evidence file `n` (from 0), streamed |
+//! | `POST /oots/requests/{id}/preview-return` | after preview: the second request of the exchange (optional JSON `{"return_location": "https://…", "timeout_secs": …}`); answers 202 with the record, `sent` again |
 //!
 //! # Many portals on one gateway (intermediary platform)
 //!
@@ -35,6 +36,13 @@
 //! is `<id>`; an answer names the request by `RefToMessageId`, or (peers that do not set
 //! it) by `ConversationId`. Its EDM `requestId` must be `urn:uuid:<id>`; an answer that
 //! does not fit is logged and ignored, so it cannot settle someone else's request.
+//!
+//! After preview (the provider answered EDM:ERR:0002 PreviewRequired), the second request
+//! is the first one again with a new EDM id (`urn:uuid:<uuid>`, kept in the record as
+//! `edm_request_id`), a new IssueDateTime, the `PreviewLocation` echoed and, in EDM 2.0,
+//! the portal's `ReturnLocation`; it goes on the same conversation with the MessageId
+//! `<id>.<n>@oots.varti`, so answers still correlate to the record, and only the answer
+//! naming the second request's EDM id settles it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -186,6 +194,7 @@ pub async fn create(
             ..Submission::default()
         };
         let record = RequestRecord {
+            edm_request_id: None,
             id: uuid.clone(),
             owner: client.name.clone(),
             state: RequestState::Sent,
@@ -206,22 +215,7 @@ pub async fn create(
         };
         // The record first: an answer may arrive before submit returns.
         records::create(&ap, &record).map_err(ApiError::internal)?;
-        if let Err(e) = submit(&ap, sub, now) {
-            let _ = ap.store.payloads().remove(&stored);
-            let _ = records::settle(&ap, &uuid, |r| {
-                r.state = RequestState::Failed;
-                r.reason = Some(format!("not sent: {e}"));
-            });
-            return Err(match e {
-                SubmitError::NoRoute(m) => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("no OOTS PMode leg reaches `{}`: {m}", record.provider_party),
-                    "name the provider's access point as a party of the OOTS PMode (pmodes/oots.toml)",
-                ),
-                SubmitError::Invalid(m) => ApiError::bad_request(m, "fix the value named in the error"),
-                SubmitError::Store(s) => s.into(),
-            });
-        }
+        submit_request(&ap, sub, &record, now)?;
         tracing::info!(request = %uuid, provider = %record.provider_party, "OOTS evidence request sent");
         Ok(record)
     })
@@ -334,6 +328,187 @@ pub async fn list(
         StatusCode::OK,
         &json!({ "requests": mine.iter().map(view).collect::<Vec<_>>() }),
     ))
+}
+
+/// Submits a request whose record is already written (open); when it cannot be sent,
+/// removes its EDM document, marks the record `failed` and says why.
+fn submit_request(
+    ap: &Arc<AccessPoint>,
+    sub: Submission,
+    record: &RequestRecord,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let stored: Vec<_> = sub.payloads.iter().map(|p| p.stored.clone()).collect();
+    let Err(e) = submit(ap, sub, now) else {
+        return Ok(());
+    };
+    for p in &stored {
+        let _ = ap.store.payloads().remove(p);
+    }
+    let _ = records::settle(ap, &record.id, |r| {
+        r.state = RequestState::Failed;
+        r.reason = Some(format!("not sent: {e}"));
+    });
+    Err(match e {
+        SubmitError::NoRoute(m) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no OOTS PMode leg reaches `{}`: {m}", record.provider_party),
+            "name the provider's access point as a party of the OOTS PMode (pmodes/oots.toml)",
+        ),
+        SubmitError::Invalid(m) => ApiError::bad_request(m, "fix the value named in the error"),
+        SubmitError::Store(s) => s.into(),
+    })
+}
+
+/// `POST /oots/requests/{id}/preview-return`: what a portal may send.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewReturn {
+    /// Where the user goes back after the preview (EDM 2.0 `ReturnLocation`, https).
+    #[serde(default)]
+    return_location: Option<String>,
+    /// Seconds to wait for the answer (default `oots.request_timeout_secs`): it must cover
+    /// the user's time in the preview space.
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+/// `POST /oots/requests/{id}/preview-return`: the second request of a preview exchange.
+pub async fn preview_return(
+    ap: Arc<AccessPoint>,
+    client: Client,
+    id: String,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let record = visible(&ap, &client, &id).await?;
+    let body = Limited::new(request.into_body(), MAX_REQUEST_JSON)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body cannot be read or is over {MAX_REQUEST_JSON} bytes: {e}"),
+                "send only {\"return_location\": …}",
+            )
+        })?
+        .to_bytes();
+    let ret: PreviewReturn = if body.iter().all(u8::is_ascii_whitespace) {
+        PreviewReturn::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                format!("the body is not a valid preview return: {e}"),
+                "send {\"return_location\": \"https://…\"} or nothing",
+            )
+        })?
+    };
+    let (Some(location), RequestState::PreviewRequired) =
+        (record.preview_location.clone(), record.state)
+    else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "request `{id}` is `{}`, not `preview_required`",
+                serde_json::to_value(record.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+            "POST preview-return only after the provider asked for preview (state preview_required, with preview_location)",
+        ));
+    };
+    if let Some(r) = &ret.return_location {
+        // The EDM rules (R-EDM-REQ-C005 family) allow only https locations.
+        if !r.starts_with("https://") {
+            return Err(ApiError::bad_request(
+                format!("return_location `{r}` is not an https:// URL"),
+                "give the portal page the user returns to, as https://…",
+            ));
+        }
+    }
+    let timeout = ret
+        .timeout_secs
+        .unwrap_or(ap.config.oots.request_timeout_secs)
+        .max(1);
+    let record = blocking(move || {
+        let first = ap.store.get(&record.request_message_id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::GONE,
+                "the first request message is no longer stored",
+                "metadata older than retention.metadata_days is purged; send a new request",
+            )
+        })?;
+        let bytes = read_edm_blocking(&ap, &first).map_err(ApiError::internal)?;
+        let Ok(EdmDocument::Request(mut edm)) = EdmDocument::parse(&bytes) else {
+            return Err(ApiError::internal("the stored first request is not an EDM request"));
+        };
+        let version = edm
+            .specification_identifier()
+            .unwrap_or("oots-edm:v2.0")
+            .to_owned();
+        let v1 = varti_oots::edm::EdmVersion::from_identifier(&version)
+            .is_some_and(|v| v.is_v1());
+        if ret.return_location.is_some() && v1 {
+            return Err(ApiError::bad_request(
+                format!("return_location is an EDM 2.0 slot; this request is {version}"),
+                "leave return_location out for EDM 1.x requests",
+            ));
+        }
+        let uuid = flow::uuid_v4();
+        let edm_id = format!("urn:uuid:{uuid}");
+        edm.id = Some(edm_id.clone());
+        use varti_oots::edm::regrep::{Slot, SlotValue};
+        edm.set_slot(Slot::new("IssueDateTime", SlotValue::DateTime(flow::now_xsd())));
+        edm.set_slot(Slot::new("PreviewLocation", SlotValue::String(location)));
+        if let Some(r) = &ret.return_location {
+            edm.set_slot(Slot::new("ReturnLocation", SlotValue::String(r.clone())));
+        }
+        let xml = EdmDocument::Request(edm).to_xml();
+        let now = OffsetDateTime::now_utc();
+        let stored = ap.store.payloads().put(&mut xml.as_bytes())?;
+        let message_id = format!("{}.{}{MESSAGE_ID_SUFFIX}", record.id, &uuid[..8]);
+        let sub = Submission {
+            owner: OWNER.to_owned(),
+            message_id: Some(message_id.clone()),
+            to_party: record.provider_party.clone(),
+            service: SERVICE.to_owned(),
+            service_type: Some(SERVICE_TYPE.to_owned()),
+            action: ACTION_REQUEST.to_owned(),
+            conversation_id: Some(record.conversation_id.clone()),
+            // The same four corners, ExchangeId and SpecificationId as the first request.
+            properties: first.meta.properties.clone(),
+            payloads: vec![PayloadEntry {
+                content_id: format!("edm-{uuid}@varti"),
+                mime_type: EDM_MIME.to_owned(),
+                stored: stored.clone(),
+                properties: Vec::new(),
+            }],
+            ..Submission::default()
+        };
+        // The record first: an answer may arrive before submit returns.
+        let reopened = records::reopen(&ap, &record.id, RequestState::PreviewRequired, |r| {
+            r.deadline_unix = now.unix_timestamp() + timeout as i64;
+            r.request_message_id = message_id.clone();
+            r.edm_request_id = Some(edm_id.clone());
+            r.response_message_id = None;
+            r.error = None;
+            r.reason = None;
+        })
+        .map_err(ApiError::internal)?;
+        let Some(reopened) = reopened else {
+            let _ = ap.store.payloads().remove(&stored);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("request `{}` is no longer `preview_required`", record.id),
+                "the second request was already sent; GET the request",
+            ));
+        };
+        submit_request(&ap, sub, &reopened, now)?;
+        tracing::info!(request = %reopened.id, message_id = %message_id, "OOTS second request (after preview) sent");
+        Ok(reopened)
+    })
+    .await?;
+    Ok(json_response(StatusCode::ACCEPTED, &view(&record)))
 }
 
 /// The JSON a portal sees.
@@ -531,13 +706,20 @@ impl http_body::Body for HandOver {
     }
 }
 
+/// The record id in one of our request MessageIds: `<id>@oots.varti`, or
+/// `<id>.<n>@oots.varti` for the second request after preview.
+fn record_id_of_message(message_id: &str) -> Option<&str> {
+    let local = message_id.strip_suffix(MESSAGE_ID_SUFFIX)?;
+    Some(local.split_once('.').map_or(local, |(id, _)| id))
+}
+
 /// The request an answer belongs to: by `RefToMessageId`, else by `ConversationId`.
 fn request_id_of(record: &MessageRecord) -> Option<String> {
     if let Some(id) = record
         .meta
         .ref_to_message_id
         .as_deref()
-        .and_then(|r| r.strip_suffix(MESSAGE_ID_SUFFIX))
+        .and_then(record_id_of_message)
     {
         return Some(id.to_owned());
     }
@@ -566,7 +748,11 @@ pub fn answer_received(ap: &Arc<AccessPoint>, record: &MessageRecord) {
             return;
         }
     };
-    let expected = format!("urn:uuid:{id}");
+    // The answer must name the latest request of the exchange.
+    let expected = match records::load(ap, &id) {
+        Ok(Some(r)) => r.edm_request_id.unwrap_or_else(|| format!("urn:uuid:{id}")),
+        _ => format!("urn:uuid:{id}"),
+    };
     let answered_id = match &doc {
         EdmDocument::Response(r) => r.request_id(),
         EdmDocument::Error(e) => e.request_id(),
@@ -676,7 +862,7 @@ fn read_edm_blocking(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Result<Ve
 /// The AS4 message `message_id` failed for good: if it is a request of ours, the request
 /// failed.
 pub fn request_failed(ap: &Arc<AccessPoint>, message_id: &str, error: &str) {
-    let Some(id) = message_id.strip_suffix(MESSAGE_ID_SUFFIX) else {
+    let Some(id) = record_id_of_message(message_id) else {
         return;
     };
     if let Ok(Some(r)) = records::settle(ap, id, |r| {

@@ -55,8 +55,11 @@ pub struct PreviewConfig {
     /// Serve the preview space. Default false.
     pub enabled: bool,
     /// Listener of the preview pages (plain HTTP: put the TLS reverse proxy that serves
-    /// `public_url` in front of it). Default 127.0.0.1:8490.
+    /// `public_url` in front of it, or set `tls`). Default 127.0.0.1:8490.
     pub listen: std::net::SocketAddr,
+    /// Serve the pages over HTTPS with the `[tls]` certificate and key (no client
+    /// certificates asked for) instead of plain HTTP. Default false.
+    pub tls: bool,
     /// The address citizens reach the pages at (no trailing slash), e.g.
     /// `https://preview.example.lv`. Links and the OpenID Connect redirect URI are built from
     /// it. Default `http://127.0.0.1:8490`.
@@ -74,6 +77,7 @@ impl Default for PreviewConfig {
         PreviewConfig {
             enabled: false,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8490)),
+            tls: false,
             public_url: "http://127.0.0.1:8490".into(),
             link_ttl_secs: 900,
             oidc: OidcConfig::default(),
@@ -352,7 +356,8 @@ impl PreviewSpace {
                 format!("{public_url}/test-idp"),
                 config.test_idp.persons.clone(),
             )?);
-            let client = oidc::OidcClient::for_test_idp(&idp, redirect_uri)?;
+            let client =
+                oidc::OidcClient::for_test_idp(&idp, redirect_uri, config.oidc.ca_file.as_deref())?;
             (client, Some(idp))
         } else {
             (
@@ -410,6 +415,20 @@ impl PreviewSpace {
             id,
             url,
             expires_at,
+        }
+    }
+
+    /// Sets where the citizen returns after deciding: an OOTS requester names it
+    /// (`ReturnLocation`) only in its second request, after the preview was opened.
+    /// False when there is no such preview.
+    pub fn set_return_url(&self, id: &str, url: &str) -> bool {
+        let mut inner = self.inner.lock().expect("preview lock");
+        match inner.sessions.get_mut(id) {
+            Some(session) => {
+                session.request.return_url = Some(url.to_owned());
+                true
+            }
+            None => false,
         }
     }
 

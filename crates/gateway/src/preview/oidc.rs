@@ -124,12 +124,19 @@ impl OidcClient {
     }
 
     /// The client of the built-in test identity provider (plain HTTP allowed: it is this
-    /// same process).
+    /// same process). When the preview space serves HTTPS (`preview.tls`), its certificate
+    /// is trusted through `ca_file` (`preview.oidc.ca_file`).
     pub(super) fn for_test_idp(
         idp: &super::test_idp::TestIdp,
         redirect_uri: String,
+        ca_file: Option<&std::path::Path>,
     ) -> Result<OidcClient, PreviewSetupError> {
         let issuer = idp.issuer().to_owned();
+        let cas = match ca_file {
+            Some(f) => tls::load_certs(f, "preview.oidc.ca_file")
+                .map_err(|e| PreviewSetupError::Config(e.to_string()))?,
+            None => Vec::new(),
+        };
         Ok(OidcClient {
             authorize_url: format!("{issuer}/authorize"),
             token_url: format!("{issuer}/token"),
@@ -138,7 +145,7 @@ impl OidcClient {
             client_id: super::test_idp::CLIENT_ID.into(),
             client_secret: Some(idp.client_secret().to_owned()),
             redirect_uri,
-            http: http_client(&[], true)?,
+            http: http_client(&cas, true)?,
             keys: Mutex::new(None),
         })
     }
