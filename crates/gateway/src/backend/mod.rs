@@ -21,6 +21,7 @@
 //! | `POST /oots/requests` | OOTS: an evidence request from a portal's data ([`crate::oots::requester`]) |
 //! | `GET /oots/requests/{id}` | OOTS: where the request is, its evidence or error |
 //! | `GET /oots/requests/{id}/evidence/{n}` | OOTS: evidence file `n`, streamed |
+//! | `GET /oots/lookup/requirements`, `…/evidence-types`, `…/data-services` | OOTS: the common services asked for a portal ([`crate::oots::lookup`]) |
 //!
 //! # Authentication and isolation
 //!
@@ -57,7 +58,9 @@ use hyper::body::Incoming;
 use varti_store::StoreError;
 
 use crate::access_point::AccessPoint;
+use crate::common_services::CommonServices;
 use crate::config::BackendClient;
+use crate::oots::lookup::Lookup;
 use crate::preview::PreviewSpace;
 use crate::server::http::full;
 use crate::server::{Body, PeerInfo, RouteFuture, Routes};
@@ -86,6 +89,7 @@ enum Op {
     OotsCreate,
     OotsShow,
     OotsEvidence,
+    OotsLookup(crate::oots::lookup::Lookup),
 }
 
 /// One entry of the routing table.
@@ -119,6 +123,21 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/oots/requests", Op::OotsCreate),
     route("GET", "/oots/requests/{id}", Op::OotsShow),
     route("GET", "/oots/requests/{id}/evidence/{n}", Op::OotsEvidence),
+    route(
+        "GET",
+        "/oots/lookup/requirements",
+        Op::OotsLookup(Lookup::Requirements),
+    ),
+    route(
+        "GET",
+        "/oots/lookup/evidence-types",
+        Op::OotsLookup(Lookup::EvidenceTypes),
+    ),
+    route(
+        "GET",
+        "/oots/lookup/data-services",
+        Op::OotsLookup(Lookup::DataServices),
+    ),
 ];
 
 /// An API error: status, what is wrong, what to do.
@@ -247,6 +266,7 @@ pub struct BackendRoutes {
     ap: Arc<AccessPoint>,
     clients: Vec<Client>,
     preview: Option<Arc<PreviewSpace>>,
+    common_services: Option<Arc<CommonServices>>,
 }
 
 impl BackendRoutes {
@@ -257,7 +277,14 @@ impl BackendRoutes {
             ap,
             clients,
             preview: None,
+            common_services: None,
         }
+    }
+
+    /// Serves the OOTS look-ups through `cs` (without it they answer 404 "not configured").
+    pub fn with_common_services(mut self, cs: Option<Arc<CommonServices>>) -> BackendRoutes {
+        self.common_services = cs;
+        self
     }
 
     /// Serves the preview routes over `preview` (without it they answer 404 "not enabled").
@@ -430,6 +457,7 @@ impl Routes for BackendRoutes {
         };
         let query = request.uri().query().unwrap_or("").to_owned();
         let preview = self.preview.clone();
+        let common_services = self.common_services.clone();
         Box::pin(async move {
             let id = params.first().cloned().unwrap_or_default();
             let result = match route.op {
@@ -454,6 +482,9 @@ impl Routes for BackendRoutes {
                 Op::OotsEvidence => {
                     let n = params.get(1).cloned().unwrap_or_default();
                     crate::oots::requester::evidence(ap, client, id, &n).await
+                }
+                Op::OotsLookup(what) => {
+                    crate::oots::lookup::lookup(ap, common_services, what, &query).await
                 }
                 Op::OpenApi => Ok(openapi()),
             };

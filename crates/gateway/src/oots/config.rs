@@ -51,6 +51,124 @@ pub struct OotsConfig {
     pub max_evidence_bytes: u64,
     /// Provider: one data service connector per evidence type.
     pub connectors: Vec<ConnectorConfig>,
+    /// Requester: the common services (Evidence Broker, Data Service Directory) portals
+    /// look up through `GET /api/v1/oots/lookup/…`.
+    pub common_services: CommonServicesConfig,
+}
+
+/// Which common-services environment DNS discovery looks in (`…cs.<acc|prod>.oots…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// No discovery: `url` is used, or the look-ups are off.
+    #[default]
+    Off,
+    /// The acceptance environment.
+    Acc,
+    /// Production.
+    Prod,
+}
+
+/// `[oots.common_services]`: where the common services are and how their answers are
+/// trusted. Off unless `url` or `discovery` is set.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommonServicesConfig {
+    /// The base URL of both services (`…/rest/search` is appended), e.g. the EC's
+    /// `https://query.cs.acc.oots.tech.ec.europa.eu`. Exclusive with `discovery`.
+    pub url: Option<String>,
+    /// Find each country's instance by DNS NAPTR on
+    /// `<cc>.<eb|dsd>.v<edm_major>.cs.<acc|prod>.oots.tech.ec.europa.eu`.
+    pub discovery: Discovery,
+    /// The EDM major version in the discovery names (`v2`).
+    pub edm_major: u32,
+    /// The DNS server discovery asks (`IP:PORT`); none: the system's (`/etc/resolv.conf`).
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// PEM files with the certificates (CA or signer) the answers' signatures must chain to.
+    pub trust: Vec<PathBuf>,
+    /// Refuse answers whose signature does not verify against `trust`. Turning it off is
+    /// for a local stand-in without a key only.
+    pub verify_signatures: bool,
+    /// PEM file with the CAs trusted for the services' TLS certificates.
+    pub tls_ca: PathBuf,
+    /// Allow `http://` URLs (the local stand-in only).
+    pub allow_http: bool,
+    /// Seconds one look-up (DNS, then HTTPS) may take.
+    pub timeout_secs: u64,
+    /// Seconds a verified answer is reused without asking again; 0: never.
+    pub cache_secs: u64,
+}
+
+impl Default for CommonServicesConfig {
+    fn default() -> Self {
+        CommonServicesConfig {
+            url: None,
+            discovery: Discovery::Off,
+            edm_major: 2,
+            dns_server: None,
+            trust: Vec::new(),
+            verify_signatures: true,
+            tls_ca: PathBuf::from(crate::common_services::SYSTEM_CA_BUNDLE),
+            allow_http: false,
+            timeout_secs: 10,
+            cache_secs: 3600,
+        }
+    }
+}
+
+impl CommonServicesConfig {
+    /// Whether look-ups are on (a URL or discovery is configured).
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || self.discovery != Discovery::Off
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String, fix: &'static str| {
+            Err(ConfigError::Invalid { key, problem, fix })
+        };
+        if !self.enabled() {
+            return Ok(());
+        }
+        if let Some(url) = &self.url {
+            if self.discovery != Discovery::Off {
+                return invalid(
+                    "oots.common_services.url",
+                    "is set together with discovery".into(),
+                    "use either a fixed url or discovery = \"acc\" / \"prod\", not both",
+                );
+            }
+            let http = url.starts_with("http://");
+            if !(http || url.starts_with("https://")) {
+                return invalid(
+                    "oots.common_services.url",
+                    format!("`{url}` is not an https:// URL"),
+                    "give the services' base URL, e.g. https://query.cs.acc.oots.tech.ec.europa.eu",
+                );
+            }
+            if http && !self.allow_http {
+                return invalid(
+                    "oots.common_services.url",
+                    format!("`{url}` is plain http://"),
+                    "use https://; allow_http = true is for a local stand-in only",
+                );
+            }
+        }
+        if self.verify_signatures && self.trust.is_empty() {
+            return invalid(
+                "oots.common_services.trust",
+                "is empty while verify_signatures is on".into(),
+                "list the PEM file(s) with the CA the common services sign their answers with",
+            );
+        }
+        if self.timeout_secs == 0 {
+            return invalid(
+                "oots.common_services.timeout_secs",
+                "is 0".into(),
+                "give the seconds one look-up may take (e.g. 10)",
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for OotsConfig {
@@ -63,6 +181,7 @@ impl Default for OotsConfig {
             rules: None,
             max_evidence_bytes: 200 * 1024 * 1024,
             connectors: Vec::new(),
+            common_services: CommonServicesConfig::default(),
         }
     }
 }
@@ -108,6 +227,12 @@ impl OotsConfig {
                 *p = base.join(&*p);
             }
         }
+        let cs = &mut self.common_services;
+        for p in cs.trust.iter_mut().chain(std::iter::once(&mut cs.tls_ca)) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// Checks the values that parse but cannot work.
@@ -122,6 +247,7 @@ impl OotsConfig {
                 "give the seconds a request may wait for its answer (the TDD's test events used 300 to 2400)",
             );
         }
+        self.common_services.validate()?;
         for c in &self.connectors {
             if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
                 return invalid(
