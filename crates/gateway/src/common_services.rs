@@ -157,7 +157,8 @@ impl Transport for HttpsTransport {
 enum Base {
     Fixed(String),
     Discovered {
-        dns: NaptrDiscovery,
+        // Boxed: the resolver is large and there is one `Base` per gateway.
+        dns: Box<NaptrDiscovery>,
         production: bool,
         edm_major: u32,
     },
@@ -184,7 +185,7 @@ impl CommonServices {
         let base = match (&c.url, c.discovery) {
             (Some(url), _) => Base::Fixed(url.clone()),
             (None, env) => Base::Discovered {
-                dns: NaptrDiscovery::new(c.dns_server, timeout)?,
+                dns: Box::new(NaptrDiscovery::new(c.dns_server, timeout)?),
                 production: env == Discovery::Prod,
                 edm_major: c.edm_major,
             },

@@ -294,3 +294,50 @@ impl OotsConfig {
         find(identifier).or_else(|| find(classification))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(toml_text: &str) -> Option<String> {
+        let c: OotsConfig = toml::from_str(toml_text).unwrap();
+        c.validate().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn common_services_settings_that_cannot_work_are_named() {
+        // Off by default: nothing to check.
+        assert_eq!(problem(""), None);
+        let trust = "trust = [\"ca.pem\"]\n";
+        assert_eq!(
+            problem(&format!("[common_services]\ndiscovery = \"acc\"\n{trust}")),
+            None
+        );
+        let both = problem(&format!(
+            "[common_services]\nurl = \"https://cs.example\"\ndiscovery = \"prod\"\n{trust}"
+        ))
+        .unwrap();
+        assert!(both.contains("oots.common_services.url") && both.contains("not both"));
+        let http = problem(&format!(
+            "[common_services]\nurl = \"http://cs.example\"\n{trust}"
+        ))
+        .unwrap();
+        assert!(http.contains("allow_http"), "{http}");
+        assert_eq!(
+            problem(&format!(
+                "[common_services]\nurl = \"http://127.0.0.1:8480\"\nallow_http = true\n{trust}"
+            )),
+            None
+        );
+        // Answers are not taken unverified unless explicitly asked for.
+        let untrusted = problem("[common_services]\nurl = \"https://cs.example\"\n").unwrap();
+        assert!(
+            untrusted.contains("oots.common_services.trust"),
+            "{untrusted}"
+        );
+        assert_eq!(
+            problem("[common_services]\nurl = \"https://cs.example\"\nverify_signatures = false\n"),
+            None
+        );
+    }
+}
