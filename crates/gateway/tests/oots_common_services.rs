@@ -1,8 +1,11 @@
 //! The common-services client against the real stand-in process over HTTP: typed
 //! answers, the recorded EC signatures verified end to end, caching (counted at the
 //! stand-in), the DSD:ERR:0005 two-step flow with a stand-in signing with its own key,
-//! signature refusal, a timeout against a server that never answers, and `varti oots
-//! lookup`.
+//! signature refusal, a timeout against a server that never answers, `varti oots
+//! lookup`; discovery by DNS NAPTR against a local DNS server (a far-edge double answering
+//! over UDP); and the look-up API of a running `varti serve` against the stand-in.
+
+mod serve_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,8 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::rdata::NAPTR;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use openssl::x509::X509;
 use time::OffsetDateTime;
+use varti_gateway::common_services::discovery::{DiscoveryError, NaptrDiscovery};
 use varti_gateway::common_services::HttpsTransport;
 use varti_oots::common_services::client::Clock;
 use varti_oots::common_services::signature::SignatureError;
@@ -422,4 +429,319 @@ async fn lookup_cli_against_the_stand_in() {
         err.contains("--evidence-type-id 2af27699-f131-4411-8fdb-9e8cd4e8bded"),
         "{err}"
     );
+}
+
+/// A DNS server on a loopback UDP port (the far-edge double for the EC's DNS): answers
+/// NAPTR questions from `zone` (name → records), NXDOMAIN for any other name; counts the
+/// questions.
+struct DnsServer {
+    addr: std::net::SocketAddr,
+    questions: Arc<Mutex<Vec<String>>>,
+}
+
+type Zone = Vec<(&'static str, Vec<NAPTR>)>;
+
+fn naptr(order: u16, flags: &str, regexp: &str, replacement: &str) -> NAPTR {
+    NAPTR::new(
+        order,
+        10,
+        flags.as_bytes().into(),
+        b"".as_slice().into(),
+        regexp.as_bytes().into(),
+        Name::from_ascii(replacement).unwrap(),
+    )
+}
+
+impl DnsServer {
+    fn start(zone: Zone) -> DnsServer {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let questions = Arc::new(Mutex::new(Vec::new()));
+        let seen = questions.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let Ok(request) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut response =
+                    Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
+                response.metadata.recursion_desired = request.metadata.recursion_desired;
+                response.metadata.recursion_available = true;
+                response.metadata.authoritative = true;
+                let mut found = false;
+                for q in &request.queries {
+                    let name = q.name().to_ascii();
+                    seen.lock().unwrap().push(name.clone());
+                    response.add_query(q.clone());
+                    if let Some((_, records)) = zone
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name.trim_end_matches('.')))
+                    {
+                        found = true;
+                        if q.query_type() == RecordType::NAPTR {
+                            for r in records {
+                                response.add_answer(Record::from_rdata(
+                                    q.name().clone(),
+                                    60,
+                                    RData::NAPTR(r.clone()),
+                                ));
+                            }
+                        }
+                    }
+                }
+                if !found {
+                    response.metadata.response_code = ResponseCode::NXDomain;
+                }
+                let _ = socket.send_to(&response.to_vec().unwrap(), from);
+            }
+        });
+        DnsServer { addr, questions }
+    }
+}
+
+#[tokio::test]
+async fn naptr_discovery_against_a_local_dns_server() {
+    const LV_DSD: &str = "lv.dsd.v2.cs.acc.oots.tech.ec.europa.eu";
+    const FI_EB: &str = "fi.eb.v2.cs.acc.oots.tech.ec.europa.eu";
+    let dns = DnsServer::start(vec![
+        (
+            LV_DSD,
+            vec![
+                // Not for this application (an SRV pointer), first in order: skipped.
+                naptr(50, "S", "", "_cs._tcp.example.test."),
+                naptr(
+                    100,
+                    "U",
+                    "!^.*$!https://query.cs.acc.oots.tech.ec.europa.eu/!",
+                    ".",
+                ),
+                naptr(200, "U", "!^.*$!https://backup.example.test/!", "."),
+            ],
+        ),
+        // A delegation to another name, whose regexp rewrites the original name.
+        (FI_EB, vec![naptr(10, "", "", "cs.fi.example.test.")]),
+        (
+            "cs.fi.example.test",
+            vec![naptr(
+                10,
+                "u",
+                r"!^([a-z]{2})\.(eb)\..*$!https://\2-\1.example.test/cs!",
+                ".",
+            )],
+        ),
+    ]);
+    let discovery = NaptrDiscovery::new(Some(dns.addr), Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        discovery.discover(LV_DSD).await.unwrap(),
+        "https://query.cs.acc.oots.tech.ec.europa.eu/"
+    );
+    assert_eq!(
+        discovery.discover(FI_EB).await.unwrap(),
+        "https://eb-fi.example.test/cs"
+    );
+    // No record: a clear error naming the name and what to check.
+    let missing = "xx.dsd.v2.cs.acc.oots.tech.ec.europa.eu";
+    let e = discovery.discover(missing).await.unwrap_err();
+    assert!(matches!(e, DiscoveryError::NotFound { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains(missing) && text.contains("oots.common_services"),
+        "{text}"
+    );
+    let asked = dns.questions.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|q| q.starts_with("cs.fi.example.test")),
+        "{asked:?}"
+    );
+    assert!(asked.iter().any(|q| q.starts_with(missing)), "{asked:?}");
+
+    // A server that does not answer: a DNS error, not "not found".
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let quiet = NaptrDiscovery::new(
+        Some(silent.local_addr().unwrap()),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    let e = quiet.discover(LV_DSD).await.unwrap_err();
+    assert!(matches!(e, DiscoveryError::Dns { .. }), "{e:?}");
+}
+
+const PORTAL_TOKEN: &str = "portal-lookup-token";
+
+/// A `varti serve` requester whose look-ups go to `cs_url`, signatures checked against
+/// `trust`; returns it with its backend address.
+fn serve_requester(
+    dir: &Path,
+    cs_url: &str,
+    trust: &Path,
+) -> (serve_support::Served, std::net::SocketAddr) {
+    let ca = repo().join("certs/ca.cert.pem");
+    let tables = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+         [oots]\nrole = \"requester\"\n\
+         [oots.common_services]\nurl = \"{cs_url}\"\nallow_http = true\n\
+         trust = [\"{trust}\"]\ntls_ca = \"{ca}\"\ntimeout_secs = 5\n\
+         [[backend.clients]]\nname = \"portal\"\ntoken_sha256 = \"{hash}\"\n",
+        trust = trust.display(),
+        ca = ca.display(),
+        hash = varti_gateway::pair::token_sha256(PORTAL_TOKEN),
+    );
+    let served = serve_support::spawn_serve(
+        dir,
+        &serve_support::plain_config(&tables),
+        &["--insecure-http"],
+    );
+    let ready: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ready.json")).unwrap()).unwrap();
+    let backend = ready["backend"].as_str().unwrap().parse().unwrap();
+    (served, backend)
+}
+
+fn api_get(backend: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut tcp = std::net::TcpStream::connect(backend).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let r = serve_support::http_request(
+        &mut tcp,
+        "GET",
+        path,
+        &format!("Authorization: Bearer {PORTAL_TOKEN}\r\n"),
+        b"",
+    )
+    .unwrap();
+    let json = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {} {}", r.head, r.body));
+    (r.status, json)
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[test]
+fn lookup_api_through_varti_serve_with_signatures_checked() {
+    let Some((v, s)) = dirs() else { return };
+    let root = repo();
+    // The stand-in signs with its own key (varti-b's, under the test CA) …
+    let signing = spawn_standin(
+        &v,
+        &s,
+        &[
+            "--sign-key",
+            root.join("certs/varti-b/sign.key.pem").to_str().unwrap(),
+            "--sign-cert",
+            root.join("certs/varti-b/sign.cert.pem").to_str().unwrap(),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = root.join("certs/ca.cert.pem");
+    let (_served, backend) = serve_requester(dir.path(), &signing.base, &ca);
+
+    // DSD: the data service, with the fields of POST /oots/requests filled in.
+    let (status, body) = api_get(
+        backend,
+        &format!(
+            "/api/v1/oots/lookup/data-services?evidence_type={}&country=fi",
+            enc(FI_PDF)
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["signed_by"].as_str().unwrap().contains("varti-b"),
+        "{body}"
+    );
+    assert_eq!(body["from_cache"], false);
+    let request = &body["items"][0]["data_services"][0]["request"];
+    assert_eq!(request["provider_party"], "AP_FI_03", "{body}");
+    assert_eq!(request["provider"]["identifier"]["value"], "FIKEHA02");
+    assert_eq!(request["provider"]["country"], "FI");
+    assert_eq!(
+        request["evidence_type"]["identifier"],
+        "41170824-15d9-4c16-984e-63b75b937b8c"
+    );
+    assert_eq!(request["evidence_type"]["classification"], FI_PDF);
+    assert!(
+        request["edm_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("oots-edm:"),
+        "{body}"
+    );
+    // Asked again: from the gateway's cache, the stand-in is not asked twice.
+    let (_, again) = api_get(
+        backend,
+        &format!(
+            "/api/v1/oots/lookup/data-services?evidence_type={}&country=FI",
+            enc(FI_PDF)
+        ),
+    );
+    assert_eq!(again["from_cache"], true);
+    assert_eq!(again["items"], body["items"]);
+
+    // EB: requirements of a procedure, evidence types of a requirement.
+    let (status, reqs) = api_get(
+        backend,
+        "/api/v1/oots/lookup/requirements?procedure=00&country=FR",
+    );
+    assert_eq!(status, 200, "{reqs}");
+    let requirement = reqs["items"][0]["identifier"].as_str().unwrap().to_owned();
+    assert_eq!(
+        requirement,
+        "https://sr.acc.oots.tech.ec.europa.eu/requirements/00000000-0000-0000-0000-000000000000"
+    );
+    let (status, types) = api_get(
+        backend,
+        &format!(
+            "/api/v1/oots/lookup/evidence-types?requirement={}&country=FR",
+            enc(&requirement)
+        ),
+    );
+    assert_eq!(status, 200, "{types}");
+    assert!(types["items"].is_array(), "{types}");
+
+    // DSD:ERR:0005: 422 with what to ask the user.
+    let (status, more) = api_get(
+        backend,
+        &format!(
+            "/api/v1/oots/lookup/data-services?evidence_type={}&country=DE",
+            enc(DE_BIRTH)
+        ),
+    );
+    assert_eq!(status, 422, "{more}");
+    assert_eq!(
+        more["exception"]["evidence_type_id"],
+        "2af27699-f131-4411-8fdb-9e8cd4e8bded"
+    );
+    assert!(more["hint"].as_str().unwrap().contains("evidence_type_id"));
+
+    // A portal's mistake is 400 and says which parameter.
+    let (status, bad) = api_get(backend, "/api/v1/oots/lookup/requirements?country=LV");
+    assert_eq!(status, 400);
+    assert!(
+        bad["error"].as_str().unwrap().contains("procedure"),
+        "{bad}"
+    );
+
+    // … a stand-in replaying the EC's recorded signatures is not trusted by this
+    // deployment's trust anchors: refused, 502 saying so.
+    let replaying = spawn_standin(&v, &s, &[]);
+    let dir2 = tempfile::tempdir().unwrap();
+    let (_served2, backend2) = serve_requester(dir2.path(), &replaying.base, &ca);
+    let (status, refused) = api_get(
+        backend2,
+        &format!(
+            "/api/v1/oots/lookup/data-services?evidence_type={}&country=FI",
+            enc(FI_PDF)
+        ),
+    );
+    assert_eq!(status, 502, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("signature"),
+        "{refused}"
+    );
+    assert!(refused["hint"]
+        .as_str()
+        .unwrap()
+        .contains("oots.common_services.trust"));
+    assert!(refused.get("items").is_none());
 }

@@ -22,6 +22,7 @@
 //! | `GET /oots/requests` | OOTS: own requests, newest first (`state`, `limit`) |
 //! | `GET /oots/requests/{id}` | OOTS: where the request is, its evidence or error |
 //! | `GET /oots/requests/{id}/evidence/{n}` | OOTS: evidence file `n`, streamed |
+//! | `GET /oots/lookup/requirements`, `…/evidence-types`, `…/data-services` | OOTS: the common services asked for a portal ([`crate::oots::lookup`]) |
 //!
 //! # Authentication and isolation
 //!
@@ -59,7 +60,9 @@ use hyper::body::Incoming;
 use varti_store::StoreError;
 
 use crate::access_point::AccessPoint;
+use crate::common_services::CommonServices;
 use crate::config::BackendClient;
+use crate::oots::lookup::Lookup;
 use crate::preview::PreviewSpace;
 use crate::server::http::full;
 use crate::server::{Body, PeerInfo, RouteFuture, Routes};
@@ -90,6 +93,7 @@ enum Op {
     OotsShow,
     OotsEvidence,
     OotsPreviewReturn,
+    OotsLookup(crate::oots::lookup::Lookup),
 }
 
 /// One entry of the routing table.
@@ -128,6 +132,21 @@ pub const ROUTES: &[Route] = &[
         "POST",
         "/oots/requests/{id}/preview-return",
         Op::OotsPreviewReturn,
+    ),
+    route(
+        "GET",
+        "/oots/lookup/requirements",
+        Op::OotsLookup(Lookup::Requirements),
+    ),
+    route(
+        "GET",
+        "/oots/lookup/evidence-types",
+        Op::OotsLookup(Lookup::EvidenceTypes),
+    ),
+    route(
+        "GET",
+        "/oots/lookup/data-services",
+        Op::OotsLookup(Lookup::DataServices),
     ),
 ];
 
@@ -257,6 +276,7 @@ pub struct BackendRoutes {
     ap: Arc<AccessPoint>,
     clients: Vec<Client>,
     preview: Option<Arc<PreviewSpace>>,
+    common_services: Option<Arc<CommonServices>>,
 }
 
 impl BackendRoutes {
@@ -267,7 +287,14 @@ impl BackendRoutes {
             ap,
             clients,
             preview: None,
+            common_services: None,
         }
+    }
+
+    /// Serves the OOTS look-ups through `cs` (without it they answer 404 "not configured").
+    pub fn with_common_services(mut self, cs: Option<Arc<CommonServices>>) -> BackendRoutes {
+        self.common_services = cs;
+        self
     }
 
     /// Serves the preview routes over `preview` (without it they answer 404 "not enabled").
@@ -440,6 +467,7 @@ impl Routes for BackendRoutes {
         };
         let query = request.uri().query().unwrap_or("").to_owned();
         let preview = self.preview.clone();
+        let common_services = self.common_services.clone();
         Box::pin(async move {
             let id = params.first().cloned().unwrap_or_default();
             let result = match route.op {
@@ -468,6 +496,9 @@ impl Routes for BackendRoutes {
                 }
                 Op::OotsPreviewReturn => {
                     crate::oots::requester::preview_return(ap, client, id, request).await
+                }
+                Op::OotsLookup(what) => {
+                    crate::oots::lookup::lookup(ap, common_services, what, &query).await
                 }
                 Op::OpenApi => Ok(openapi()),
             };

@@ -11,14 +11,15 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use varti_gateway::common_services::{HttpsTransport, StandInRoutes, SYSTEM_CA_BUNDLE};
+use varti_gateway::common_services::{
+    data_services_out, exception_out, requirements_out, HttpsTransport, StandInRoutes,
+    SYSTEM_CA_BUNDLE,
+};
 use varti_gateway::server::{Listener, ListenerOptions};
-use varti_oots::common_services::answer::{CsException, DataServiceEvidenceType, Requirement};
 use varti_oots::common_services::standin::StandIn;
 use varti_oots::common_services::{
     Client, ClientConfig, CsError, DataServicesQuery, ResponseSigner, TrustAnchors,
 };
-use varti_oots::edm::sdg::LangText;
 
 use super::{exit_cannot_run, exit_problems};
 
@@ -188,7 +189,7 @@ pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
                 client
                     .data_services(q)
                     .await
-                    .map(|f| data_services_out(&f.answer.items))
+                    .map(|f| data_services_out(&f.answer.items, country))
             }
         };
         match outcome {
@@ -237,102 +238,6 @@ pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
                 Ok(exit_problems())
             }
         }
-    })
-}
-
-fn en(texts: &[LangText]) -> String {
-    texts
-        .iter()
-        .find(|t| t.lang.as_deref() == Some("EN"))
-        .or(texts.first())
-        .map(|t| t.text.trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn requirements_out(items: &[Requirement], with_types: bool) -> (Value, Vec<String>) {
-    let mut lines = Vec::new();
-    let value = items
-        .iter()
-        .map(|r| {
-            lines.push(format!("{}  {}", r.identifier, en(&r.names)));
-            let types: Vec<Value> = r
-                .evidence_types()
-                .map(|(t, country)| {
-                    if with_types {
-                        lines.push(format!(
-                            "  evidence type {} [{}]  {}",
-                            t.classification,
-                            country.unwrap_or("?"),
-                            en(&t.titles)
-                        ));
-                    }
-                    json!({"classification": t.classification, "country": country, "title": en(&t.titles)})
-                })
-                .collect();
-            json!({
-                "identifier": r.identifier,
-                "name": en(&r.names),
-                "procedures": r.reference_frameworks.iter().flat_map(|f| f.related_to.clone()).collect::<Vec<_>>(),
-                "evidence_types": types,
-            })
-        })
-        .collect();
-    (value, lines)
-}
-
-fn data_services_out(items: &[DataServiceEvidenceType]) -> (Value, Vec<String>) {
-    let mut lines = Vec::new();
-    let value = items
-        .iter()
-        .map(|t| {
-            lines.push(format!(
-                "evidence type {} ({})  {}",
-                t.identifier,
-                t.classification,
-                en(&t.titles)
-            ));
-            let services: Vec<Value> = t
-                .data_services()
-                .map(|d| {
-                    lines.push(format!(
-                        "  provider {} [{}] {} via access point {} [{}] speaking {}",
-                        d.provider.value,
-                        d.provider.scheme_id.as_deref().unwrap_or("-"),
-                        d.provider_name.unwrap_or(""),
-                        d.access_point.value,
-                        d.access_point.scheme_id.as_deref().unwrap_or("-"),
-                        d.edm_versions.join(", ")
-                    ));
-                    json!({
-                        "provider": {"id": d.provider.value, "scheme": d.provider.scheme_id, "name": d.provider_name},
-                        "access_point": {"id": d.access_point.value, "scheme": d.access_point.scheme_id},
-                        "edm_versions": d.edm_versions,
-                    })
-                })
-                .collect();
-            json!({
-                "identifier": t.identifier,
-                "classification": t.classification,
-                "title": en(&t.titles),
-                "formats": t.distributions.iter().map(|d| d.format.clone()).collect::<Vec<_>>(),
-                "level_of_assurance": t.level_of_assurance,
-                "data_services": services,
-            })
-        })
-        .collect();
-    (value, lines)
-}
-
-fn exception_out(e: &CsException) -> Value {
-    json!({
-        "code": e.code,
-        "type": e.exception_type,
-        "message": e.message,
-        "detail": e.detail,
-        "needs_user_input": e.needs_user_input(),
-        "evidence_type_id": e.additional_input.as_ref().and_then(|i| i.evidence_type.as_ref()).map(|t| t.identifier.clone()),
-        "jurisdiction_context_id": e.additional_input.as_ref().and_then(|i| i.jurisdiction.as_ref()).map(|j| j.context_id.clone()),
-        "classifications": e.additional_input.as_ref().map(|i| i.classifications.iter().map(|c| c.identifier.clone()).collect::<Vec<_>>()).unwrap_or_default(),
     })
 }
 

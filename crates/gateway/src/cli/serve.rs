@@ -275,7 +275,18 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let backend_routes = Arc::new(BackendRoutes::new(ap.clone()).with_preview(preview.clone()));
+    let common_services = if config.oots.role.requests() {
+        varti_gateway::common_services::CommonServices::from_config(&config.oots.common_services)
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new)
+    } else {
+        None
+    };
+    let backend_routes = Arc::new(
+        BackendRoutes::new(ap.clone())
+            .with_preview(preview.clone())
+            .with_common_services(common_services),
+    );
     tasks.spawn(
         "backend-listener",
         backend_listener.serve(backend_routes, tasks.token(), grace),

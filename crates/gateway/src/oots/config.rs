@@ -62,6 +62,9 @@ pub struct OotsConfig {
     /// Requester: seconds a settled request's record is kept (then GET answers 404); any
     /// evidence never handed over is purged with it.
     pub record_retention_secs: u64,
+    /// Requester: the common services (Evidence Broker, Data Service Directory) portals
+    /// look up through `GET /api/v1/oots/lookup/…`.
+    pub common_services: CommonServicesConfig,
 }
 
 /// An organisation in the OOTS exchange as the configuration names it: a procedure portal
@@ -126,6 +129,121 @@ impl OotsParty {
     }
 }
 
+/// Which common-services environment DNS discovery looks in (`…cs.<acc|prod>.oots…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// No discovery: `url` is used, or the look-ups are off.
+    #[default]
+    Off,
+    /// The acceptance environment.
+    Acc,
+    /// Production.
+    Prod,
+}
+
+/// `[oots.common_services]`: where the common services are and how their answers are
+/// trusted. Off unless `url` or `discovery` is set.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommonServicesConfig {
+    /// The base URL of both services (`…/rest/search` is appended), e.g. the EC's
+    /// `https://query.cs.acc.oots.tech.ec.europa.eu`. Exclusive with `discovery`.
+    pub url: Option<String>,
+    /// Find each country's instance by DNS NAPTR on
+    /// `<cc>.<eb|dsd>.v<edm_major>.cs.<acc|prod>.oots.tech.ec.europa.eu`.
+    pub discovery: Discovery,
+    /// The EDM major version in the discovery names (`v2`).
+    pub edm_major: u32,
+    /// The DNS server discovery asks (`IP:PORT`); none: the system's (`/etc/resolv.conf`).
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// PEM files with the certificates (CA or signer) the answers' signatures must chain to.
+    pub trust: Vec<PathBuf>,
+    /// Refuse answers whose signature does not verify against `trust`. Turning it off is
+    /// for a local stand-in without a key only.
+    pub verify_signatures: bool,
+    /// PEM file with the CAs trusted for the services' TLS certificates.
+    pub tls_ca: PathBuf,
+    /// Allow `http://` URLs (the local stand-in only).
+    pub allow_http: bool,
+    /// Seconds one look-up (DNS, then HTTPS) may take.
+    pub timeout_secs: u64,
+    /// Seconds a verified answer is reused without asking again; 0: never.
+    pub cache_secs: u64,
+}
+
+impl Default for CommonServicesConfig {
+    fn default() -> Self {
+        CommonServicesConfig {
+            url: None,
+            discovery: Discovery::Off,
+            edm_major: 2,
+            dns_server: None,
+            trust: Vec::new(),
+            verify_signatures: true,
+            tls_ca: PathBuf::from(crate::common_services::SYSTEM_CA_BUNDLE),
+            allow_http: false,
+            timeout_secs: 10,
+            cache_secs: 3600,
+        }
+    }
+}
+
+impl CommonServicesConfig {
+    /// Whether look-ups are on (a URL or discovery is configured).
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || self.discovery != Discovery::Off
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String, fix: &'static str| {
+            Err(ConfigError::Invalid { key, problem, fix })
+        };
+        if !self.enabled() {
+            return Ok(());
+        }
+        if let Some(url) = &self.url {
+            if self.discovery != Discovery::Off {
+                return invalid(
+                    "oots.common_services.url",
+                    "is set together with discovery".into(),
+                    "use either a fixed url or discovery = \"acc\" / \"prod\", not both",
+                );
+            }
+            let http = url.starts_with("http://");
+            if !(http || url.starts_with("https://")) {
+                return invalid(
+                    "oots.common_services.url",
+                    format!("`{url}` is not an https:// URL"),
+                    "give the services' base URL, e.g. https://query.cs.acc.oots.tech.ec.europa.eu",
+                );
+            }
+            if http && !self.allow_http {
+                return invalid(
+                    "oots.common_services.url",
+                    format!("`{url}` is plain http://"),
+                    "use https://; allow_http = true is for a local stand-in only",
+                );
+            }
+        }
+        if self.verify_signatures && self.trust.is_empty() {
+            return invalid(
+                "oots.common_services.trust",
+                "is empty while verify_signatures is on".into(),
+                "list the PEM file(s) with the CA the common services sign their answers with",
+            );
+        }
+        if self.timeout_secs == 0 {
+            return invalid(
+                "oots.common_services.timeout_secs",
+                "is 0".into(),
+                "give the seconds one look-up may take (e.g. 10)",
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for OotsConfig {
     fn default() -> Self {
         OotsConfig {
@@ -139,6 +257,7 @@ impl Default for OotsConfig {
             platform: None,
             evidence_retention_secs: 0,
             record_retention_secs: 7 * 24 * 3600,
+            common_services: CommonServicesConfig::default(),
         }
     }
 }
@@ -193,6 +312,12 @@ impl OotsConfig {
                 *p = base.join(&*p);
             }
         }
+        let cs = &mut self.common_services;
+        for p in cs.trust.iter_mut().chain(std::iter::once(&mut cs.tls_ca)) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// Checks the values that parse but cannot work.
@@ -220,6 +345,7 @@ impl OotsConfig {
                 "keep records at least as long as the evidence they point to",
             );
         }
+        self.common_services.validate()?;
         for c in &self.connectors {
             if c.provider.as_deref().is_some_and(|p| p.trim().is_empty()) {
                 return invalid(
@@ -370,5 +496,47 @@ mod tests {
         c.evidence_retention_secs = 10;
         c.record_retention_secs = 5;
         assert!(c.validate().is_err(), "records shorter than their evidence");
+    }
+
+    fn problem(toml_text: &str) -> Option<String> {
+        let c: OotsConfig = toml::from_str(toml_text).unwrap();
+        c.validate().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn common_services_settings_that_cannot_work_are_named() {
+        // Off by default: nothing to check.
+        assert_eq!(problem(""), None);
+        let trust = "trust = [\"ca.pem\"]\n";
+        assert_eq!(
+            problem(&format!("[common_services]\ndiscovery = \"acc\"\n{trust}")),
+            None
+        );
+        let both = problem(&format!(
+            "[common_services]\nurl = \"https://cs.example\"\ndiscovery = \"prod\"\n{trust}"
+        ))
+        .unwrap();
+        assert!(both.contains("oots.common_services.url") && both.contains("not both"));
+        let http = problem(&format!(
+            "[common_services]\nurl = \"http://cs.example\"\n{trust}"
+        ))
+        .unwrap();
+        assert!(http.contains("allow_http"), "{http}");
+        assert_eq!(
+            problem(&format!(
+                "[common_services]\nurl = \"http://127.0.0.1:8480\"\nallow_http = true\n{trust}"
+            )),
+            None
+        );
+        // Answers are not taken unverified unless explicitly asked for.
+        let untrusted = problem("[common_services]\nurl = \"https://cs.example\"\n").unwrap();
+        assert!(
+            untrusted.contains("oots.common_services.trust"),
+            "{untrusted}"
+        );
+        assert_eq!(
+            problem("[common_services]\nurl = \"https://cs.example\"\nverify_signatures = false\n"),
+            None
+        );
     }
 }

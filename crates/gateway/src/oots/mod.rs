@@ -7,6 +7,9 @@
 //!   `RefToMessageId`, else `ConversationId`, checked against the EDM `requestId`. The portal
 //!   GETs the outcome and downloads the evidence files; a request with no answer within
 //!   `oots.request_timeout_secs` ends `timed_out`.
+//! * **Look-ups** ([`lookup`]): portals ask the common services (Evidence Broker, Data
+//!   Service Directory) through `GET /api/v1/oots/lookup/…`; Varti finds them (configured
+//!   URL or DNS NAPTR), verifies the answers' signatures and caches them.
 //! * **Provider side** ([`provider`]): an evidence request received over AS4 is validated
 //!   (Varti's EDM model; XSD and Schematron when `oots.schemas` / `oots.rules` are set),
 //!   routed by evidence type to a data service connector ([`connector`]: an HTTP call to
@@ -28,6 +31,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod lookup;
 pub mod provider;
 pub mod records;
 pub mod requester;

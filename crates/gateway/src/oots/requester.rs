@@ -87,7 +87,8 @@ struct CreateRequest {
     data: RequestData,
 }
 
-fn not_requester() -> ApiError {
+/// 404: the gateway is not configured as a requester.
+pub(crate) fn not_requester() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "this gateway does not send OOTS requests",

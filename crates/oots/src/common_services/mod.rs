@@ -9,8 +9,8 @@
 //! - [`client`]: fetch through a [`Transport`], verify, read, cache.
 //! - [`standin`]: a local test double answering from the published sample answers.
 //!
-//! Instance discovery by DNS NAPTR is not implemented: the base URLs are configured
-//! ([`query::discovery_name`] gives the name to look up by hand).
+//! Instance discovery by DNS NAPTR needs a resolver, so it lives in the gateway
+//! (`varti_gateway::common_services::discovery`); [`query::discovery_name`] gives the name.
 
 pub mod answer;
 pub mod client;
