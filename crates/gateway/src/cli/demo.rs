@@ -42,6 +42,11 @@ pub struct DemoArgs {
     /// Leave both access points running after the exchanges, until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// In the OOTS scene, the provider needs the citizen's preview: the demo prints the
+    /// preview link and waits (up to 10 minutes) while you log in at the test identity
+    /// provider and approve or cancel in your browser.
+    #[arg(long)]
+    preview: bool,
     /// The interop vectors directory: the OOTS scene's stand-in common services replay
     /// France's recorded answers from it [default: FROM/../shared/vectors].
     #[arg(long, env = "VARTI_VECTORS", value_name = "DIR")]
@@ -135,6 +140,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let layout = PairLayout::create(&root, &args.from, &options)
         .with_context(|| format!("cannot lay out the access points in {}", root.display()))?;
+    // With --preview, varti-b (the provider) also runs the preview space.
+    let preview_port = match (&oots, args.preview) {
+        (Some((inputs, register)), true) => {
+            let port = pair::free_port().context("cannot find a free port")?;
+            let ca = std::fs::canonicalize(args.from.join("certs/ca.cert.pem"))
+                .context("cannot find certs/ca.cert.pem")?;
+            layout
+                .rewrite_config(
+                    &layout.b,
+                    &format!(
+                        "{}{}",
+                        inputs.config_with(&register.url, true),
+                        super::demo_oots::preview_config(port, &ca)
+                    ),
+                )
+                .context("cannot write varti-b's configuration")?;
+            Some(port)
+        }
+        _ => None,
+    };
     println!(
         "Varti demo: two access points on this machine ({})\n",
         root.display()
@@ -160,7 +185,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let outcome = exchanges(&binary, &layout).and_then(|()| match &oots {
-        Some((inputs, register)) => super::demo_oots::run(&binary, &layout, inputs, register),
+        Some((inputs, register)) => {
+            super::demo_oots::run(&binary, &layout, inputs, register, preview_port)
+        }
         None => Ok(()),
     });
     if args.keep_running && outcome.is_ok() {

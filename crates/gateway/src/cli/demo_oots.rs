@@ -10,6 +10,11 @@
 //!    (this module), and the response comes back with the PDF as an attachment;
 //! 9. the portal downloads the evidence (`varti oots request evidence`).
 //!
+//! With `--preview` the provider needs the citizen's preview first: its first answer is
+//! PreviewRequired with a link to varti-b's preview space; the portal sends the second
+//! request (`varti oots request preview-return`) and the citizen logs in at the built-in
+//! test identity provider and approves in a browser; only then does the evidence come.
+//!
 //! The stand-in needs the published sample answers (`--vectors`, `--specs`); without them
 //! the scene says so and is left out.
 
@@ -69,13 +74,35 @@ impl SceneInputs {
     /// The `[oots]` configuration both access points get: both roles, varti-b's
     /// connector for the Finnish evidence type at `register_url`.
     pub fn config(&self, register_url: &str) -> String {
+        self.config_with(register_url, false)
+    }
+
+    /// As [`SceneInputs::config`]; `preview`: the connector needs the citizen's preview.
+    pub fn config_with(&self, register_url: &str, preview: bool) -> String {
         format!(
             "[oots]\nrole = \"both\"\nrequest_timeout_secs = 120\ncodelists = \"{}\"\n\
              [[oots.connectors]]\nevidence_type = \"{EVIDENCE_CLASSIFICATION}\"\nurl = \"{register_url}\"\n\
-             timeout_secs = 10\n",
+             timeout_secs = 10\npreview = {preview}\n",
             self.specs.join("oots-edm-v1/codelists").display()
         )
     }
+}
+
+/// The citizen of the scene (the test identity provider's only person).
+const CITIZEN: (&str, &str, &str, &str) = ("FR/FI/123456789", "Camille", "Martin", "1995-04-12");
+
+/// varti-b's preview space for `--preview`: HTTPS on `port` with the test PKI, the test
+/// identity provider knowing the scene's citizen, and the evidence type's connector
+/// needing preview.
+pub fn preview_config(port: u16, ca: &Path) -> String {
+    let (id, given, family, birth) = CITIZEN;
+    format!(
+        "[preview]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}\"\ntls = true\n\
+         [preview.oidc]\nca_file = \"{ca}\"\n\
+         [preview.test_idp]\nenabled = true\n\
+         [[preview.test_idp.persons]]\nidentifier = \"{id}\"\ngiven_name = \"{given}\"\nfamily_name = \"{family}\"\nbirth_date = \"{birth}\"\n",
+        ca = ca.display()
+    )
 }
 
 /// The fake national register: answers every connector call with one PDF evidence and
@@ -264,6 +291,7 @@ pub fn run(
     layout: &PairLayout,
     inputs: &SceneInputs,
     register: &FakeRegister,
+    preview_port: Option<u16>,
 ) -> Result<(), String> {
     let a = &layout.a;
     println!("\n--- OOTS: a French procedure portal (behind varti-a) asks a Finnish evidence provider (behind varti-b) ---");
@@ -341,8 +369,8 @@ pub fn run(
         },
         "requester": {"identifier": {"scheme": "urn:cef.eu:names:identifier:EAS:0009", "value": "13000201100010"}, "name": "Portail démarches (demo)", "country": PORTAL_COUNTRY},
         "provider": {"identifier": {"scheme": "urn:cef.eu:names:identifier:EAS:0037", "value": "0245437-2"}, "name": provider["name"], "country": PROVIDER_COUNTRY},
-        "natural_person": {"identifier": "FR/FI/123456789", "family_name": "Martin", "given_name": "Camille", "date_of_birth": "1995-04-12", "level_of_assurance": "High"},
-        "preview": false
+        "natural_person": {"identifier": CITIZEN.0, "given_name": CITIZEN.1, "family_name": CITIZEN.2, "date_of_birth": CITIZEN.3, "level_of_assurance": "High"},
+        "preview": preview_port.is_some()
     });
     let files = layout.root.join("files");
     std::fs::create_dir_all(&files).map_err(|e| e.to_string())?;
@@ -358,13 +386,17 @@ pub fn run(
         a,
         &["oots", "request", "send", path(&request_file), "--wait", "90"],
     )?;
-    if sent["state"] != "answered" {
+    let id = sent["id"].as_str().ok_or("8. no request id")?.to_owned();
+    let sent = match preview_port {
+        Some(_) => preview(binary, a, &sent, &id)?,
+        None => sent,
+    };
+    if sent["state"] != "answered" || sent["evidences"].as_array().is_none_or(Vec::is_empty) {
         return Err(format!(
-            "8. the request ended `{}`, not answered",
+            "8. the request ended `{}` without evidence",
             sent["state"]
         ));
     }
-    let id = sent["id"].as_str().ok_or("8. no request id")?.to_owned();
     if register.asked().is_empty() {
         return Err("8. the fake register was never asked".into());
     }
@@ -391,6 +423,36 @@ pub fn run(
         return Err("9. the downloaded evidence is not the register's PDF".into());
     }
     Ok(())
+}
+
+/// The preview steps: the provider answered PreviewRequired; the portal sends the second
+/// request, the citizen decides in the browser, and the answer comes.
+fn preview(binary: &Path, a: &NodeLayout, first: &Value, id: &str) -> Result<Value, String> {
+    let link = match (first["state"].as_str(), first["preview_location"].as_str()) {
+        (Some("preview_required"), Some(link)) => link.to_owned(),
+        _ => {
+            return Err(format!(
+                "8. the provider did not ask for preview: the request is `{}`",
+                first["state"]
+            ))
+        }
+    };
+    request_step(
+        "8b. the portal sends the citizen to the preview, and the second request of the exchange through varti-a",
+        binary,
+        a,
+        &["oots", "request", "preview-return", id],
+    )?;
+    let (_, given, family, _) = CITIZEN;
+    println!(
+        "\n8c. the citizen previews the evidence in varti-b's preview space. Open\n\n      {link}\n\n    in a browser (its certificate is from the demo's test CA: accept it), log in at the\n    test identity provider as {given} {family}, and approve (or cancel). Waiting up to 10 minutes…"
+    );
+    request_step(
+        "8d. the provider answers the second request after the citizen's decision",
+        binary,
+        a,
+        &["oots", "request", "show", id, "--wait", "600"],
+    )
 }
 
 /// Runs an `oots request` command with `--json` as a step and returns its answer.

@@ -35,6 +35,16 @@ pub enum RequestCommand {
     /// Example: varti oots request show 0b6f…  --wait 30
     #[command(verbatim_doc_comment)]
     Show(ShowArgs),
+    /// After the provider asked for preview (state `preview_required`): send the second
+    /// request of the exchange, once the user has been sent to the preview location.
+    ///
+    /// The provider answers it after the user approved or cancelled in its preview space;
+    /// follow it with `show --wait`. Exit status 1 when the request is not waiting for a
+    /// preview.
+    ///
+    /// Example: varti oots request preview-return 0b6f… --return-location https://portal.example/back
+    #[command(verbatim_doc_comment)]
+    PreviewReturn(PreviewReturnArgs),
     /// Download evidence file N (from 0) of an answered request into --out.
     ///
     /// Example: varti oots request evidence 0b6f… 0 --out birth.pdf
@@ -66,6 +76,18 @@ pub struct ShowArgs {
     api: ApiArgs,
 }
 
+/// Arguments of `oots request preview-return`.
+#[derive(Debug, Args)]
+pub struct PreviewReturnArgs {
+    /// The request id.
+    id: String,
+    /// Where the user goes back after the preview (https; EDM 2.0 requests only).
+    #[arg(long, value_name = "URL")]
+    return_location: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
 /// Arguments of `oots request evidence`.
 #[derive(Debug, Args)]
 pub struct EvidenceArgs {
@@ -85,11 +107,13 @@ pub fn run(cmd: RequestCommand) -> ExitCode {
     let json = match &cmd {
         RequestCommand::Send(a) => a.api.json,
         RequestCommand::Show(a) => a.api.json,
+        RequestCommand::PreviewReturn(a) => a.api.json,
         RequestCommand::Evidence(a) => a.api.json,
     };
     let outcome = match cmd {
         RequestCommand::Send(a) => send(&a),
         RequestCommand::Show(a) => show(&a.api, &a.id, a.wait),
+        RequestCommand::PreviewReturn(a) => preview_return(&a),
         RequestCommand::Evidence(a) => evidence(&a),
     };
     outcome.unwrap_or_else(|f| f.report(json))
@@ -153,6 +177,25 @@ fn show(args: &ApiArgs, id: &str, wait: Option<u64>) -> Result<ExitCode, Failure
         Some("sent" | "answered" | "preview_required") => ExitCode::SUCCESS,
         _ => super::exit_problems(),
     })
+}
+
+fn preview_return(a: &PreviewReturnArgs) -> Result<ExitCode, Failure> {
+    let api = Api::new(&a.api)?;
+    let body = match &a.return_location {
+        Some(url) => serde_json::json!({ "return_location": url }),
+        None => serde_json::json!({}),
+    }
+    .to_string()
+    .into_bytes();
+    let length = body.len() as u64;
+    let r = api.post_stream(
+        &format!("/oots/requests/{}/preview-return", segment(&a.id)),
+        "application/json",
+        Box::new(std::io::Cursor::new(body)),
+        length,
+    )?;
+    print_request(&r, a.api.json);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn evidence(a: &EvidenceArgs) -> Result<ExitCode, Failure> {
