@@ -5,150 +5,117 @@
 //! A portal POSTs the request's data to a's backend API; a builds the EDM request and sends
 //! it on the OOTS PMode; b validates it, calls its data service connector for the evidence
 //! type, and answers over AS4; the portal GETs the outcome from a and downloads the
-//! evidence. Named after the member-state test events where one fits (TC01 basic request,
+//! evidence; a's portal has a webhook and is notified once when each request settles.
+//! Named after the member-state test events where one fits (TC01 basic request,
 //! TC02 no match, TC03 base-registry error or timeout).
 
 mod pair_support;
+mod register_support;
 mod serve_support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pair_support::{repo, Node};
+use register_support::{pdf, Register};
 use serde_json::{json, Value};
 
-/// A PDF evidence file (a minimal document plus binary bytes, so nothing text-only passes).
-fn pdf() -> Vec<u8> {
-    let mut b = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
-    b.extend((0..70_000u32).map(|i| (i * 31 % 256) as u8));
-    b.extend_from_slice(b"\n%%EOF\n");
-    b
-}
+/// The secret of the portal's webhook on a.
+const WEBHOOK_SECRET: &str = "oots-portal-webhook-secret";
 
-/// The fake national register: answers by path, records the JSON it was sent.
-struct Register {
+/// The portal's webhook receiver (a real HTTP server standing in for the portal): answers
+/// 200 and records each request's head and body.
+struct PortalHook {
     port: u16,
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
+    seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
 }
 
-impl Register {
-    fn start() -> Register {
+impl PortalHook {
+    fn start() -> PortalHook {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let seen2 = seen.clone();
+        let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let recorder = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let seen = seen2.clone();
-                std::thread::spawn(move || serve_register(conn, &seen));
+                let Ok(mut conn) = conn else { continue };
+                let seen = recorder.clone();
+                std::thread::spawn(move || {
+                    if let Some(request) = register_support::read_request(&mut conn) {
+                        seen.lock().unwrap().push(request);
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                });
             }
         });
-        Register { port, seen }
+        PortalHook { port, seen }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn calls(&self, path: &str) -> Vec<Value> {
+    /// The notifications received so far: (`X-Varti-Event`, `X-Varti-Delivery`, body
+    /// JSON), each checked to carry a valid signature of its exact body.
+    fn notifications(&self) -> Vec<(String, String, Value)> {
         self.seen
             .lock()
             .unwrap()
             .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.clone())
+            .map(|(head, body)| {
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(name)
+                                .then(|| v.trim().to_owned())
+                        })
+                        .unwrap_or_else(|| panic!("webhook request without {name}:\n{head}"))
+                };
+                let signature = header("x-varti-signature");
+                assert!(
+                    varti_gateway::webhooks::verify_signature(
+                        WEBHOOK_SECRET.as_bytes(),
+                        body,
+                        &signature
+                    ),
+                    "the webhook signature {signature} does not verify for {}",
+                    String::from_utf8_lossy(body)
+                );
+                assert!(
+                    !varti_gateway::webhooks::verify_signature(b"another secret", body, &signature),
+                    "the signature verifies under any secret"
+                );
+                (
+                    header("x-varti-event"),
+                    header("x-varti-delivery"),
+                    serde_json::from_slice(body).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The notifications about request `id`.
+    fn about(&self, id: &str) -> Vec<Value> {
+        self.notifications()
+            .into_iter()
+            .filter(|(_, _, v)| v["request_id"] == id)
+            .map(|(_, _, v)| v)
             .collect()
     }
 }
 
-fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let (head_end, length) = loop {
-        let n = match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..at]).to_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            break (at + 4, length);
-        }
-    };
-    while buf.len() < head_end + length {
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let body: Value =
-        serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
-    seen.lock().unwrap().push((path.clone(), body));
-    let respond = |conn: &mut TcpStream, status: &str, ct: &str, body: &[u8]| {
-        let _ = conn.write_all(
-            format!("HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes(),
-        );
-        let _ = conn.write_all(body);
-    };
-    match path.as_str() {
-        "/ok" => {
-            let boundary = "register-boundary-41";
-            let mut body = Vec::new();
-            body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n").as_bytes());
-            body.extend_from_slice(br#"{"evidences":[{"part":"birth","title":"Birth certificate","issuing_date":"2001-02-03"}]}"#);
-            body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth\"; filename=\"birth.pdf\"\r\nContent-Type: application/pdf\r\n\r\n").as_bytes());
-            body.extend_from_slice(&pdf());
-            body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-            respond(
-                &mut conn,
-                "200 OK",
-                &format!("multipart/form-data; boundary={boundary}"),
-                &body,
-            );
-        }
-        "/none" => respond(
-            &mut conn,
-            "404 Not Found",
-            "text/plain",
-            b"no person matches the identity data",
-        ),
-        "/refuse" => respond(
-            &mut conn,
-            "422 Unprocessable Entity",
-            "text/plain",
-            b"date of birth is in the future",
-        ),
-        "/slow" | "/slower" => {
-            // Longer than the connector's timeout (1 s) / the request's timeout (2 s).
-            std::thread::sleep(Duration::from_secs(if path == "/slow" { 3 } else { 8 }));
-            respond(&mut conn, "404 Not Found", "text/plain", b"late");
-        }
-        _ => respond(
-            &mut conn,
-            "500 Internal Server Error",
-            "text/plain",
-            b"unknown path",
-        ),
-    }
-}
-
-/// Starts both nodes with the OOTS gateway on (both roles) and b's connectors pointing at
-/// the register (`EV-DOWN` at a closed port).
-fn start(register: &Register) -> (tempfile::TempDir, Node, Node) {
+/// Starts both nodes with the OOTS gateway on (both roles), b's connectors pointing at
+/// the register (`EV-DOWN` at a closed port) and a's portal notified at `hook`.
+fn start(register: &Register, hook: &PortalHook) -> (tempfile::TempDir, Node, Node) {
     let closed = pair_support::free_port();
     let root = tempfile::tempdir().unwrap();
+    // The pair's configuration ends with the `portal` backend client's table: these first
+    // lines of the extra configuration are the portal's webhook.
     let extra = format!(
-        "[client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
+        "webhook_url = \"http://127.0.0.1:{hook}/varti\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n\
+         [client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
          [sender]\npoll_interval_ms = 100\nlease_secs = 30\n\
          [oots]\nrole = \"both\"\nrequest_timeout_secs = 60\n\
          codelists = \"{codelists}\"\n\
@@ -164,6 +131,7 @@ fn start(register: &Register) -> (tempfile::TempDir, Node, Node) {
         refuse = register.url("/refuse"),
         slow = register.url("/slow"),
         slower = register.url("/slower"),
+        hook = hook.port,
     );
     let options = varti_gateway::pair::PairOptions {
         extra_pmodes: Vec::new(),
@@ -265,11 +233,13 @@ fn expect_error(v: &Value, code: &str, exception_type: &str) {
 /// TC01 and the error cases, one pair of processes for all (each start costs seconds on a
 /// two-core machine): evidence with a PDF attachment; no match (TC02); the register refusing;
 /// an invalid request; an evidence type no connector serves; a register that times out and
-/// one that is down (TC03); a request whose answer comes too late.
+/// one that is down (TC03); a request whose answer comes too late. The portal's webhook gets
+/// exactly one signed notification per request.
 #[test]
 fn evidence_request_response_and_every_error_over_as4() {
     let register = Register::start();
-    let (_root, a, b) = start(&register);
+    let hook = PortalHook::start();
+    let (_root, a, b) = start(&register, &hook);
 
     // TC01: evidence → response with the PDF, downloadable by the portal.
     let created = post_request(&a, &request_body("EV-OK", "DK/LV/010190-1234"));
@@ -426,4 +396,36 @@ fn evidence_request_response_and_every_error_over_as4() {
     let v = get_request(&a, &late_id);
     assert_eq!(v["state"], "timed_out", "{v:#}");
     assert!(v["response_message_id"].is_null(), "{v:#}");
+
+    // The portal's webhook: exactly one signed `oots_request` notification per request, when
+    // it settled, naming its final state (the late answer above added none). The refused
+    // request (400) was never created, so it has none.
+    let settled_ids: Vec<&String> = std::iter::once(&id).chain(&ids).chain([&late_id]).collect();
+    let start = Instant::now();
+    while hook.notifications().len() < settled_ids.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} webhook notifications for {} settled requests: {:#?}",
+            hook.notifications().len(),
+            settled_ids.len(),
+            hook.notifications()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = hook.notifications();
+    assert_eq!(all.len(), settled_ids.len(), "{all:#?}");
+    let deliveries: std::collections::BTreeSet<&String> = all.iter().map(|(_, d, _)| d).collect();
+    assert_eq!(deliveries.len(), all.len(), "delivery ids repeat: {all:#?}");
+    for id in settled_ids {
+        let about = hook.about(id);
+        assert_eq!(about.len(), 1, "request {id}: {about:#?}");
+        let n = &about[0];
+        assert_eq!(n["event"], "oots_request", "{n:#}");
+        assert_eq!(n["state"], get_request(&a, id)["state"], "{n:#}");
+        assert!(n["at"].as_str().is_some_and(|t| !t.is_empty()), "{n:#}");
+    }
+    assert!(
+        all.iter().all(|(event, ..)| event == "oots_request"),
+        "{all:#?}"
+    );
 }
