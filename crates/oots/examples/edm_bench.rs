@@ -30,21 +30,29 @@ use varti_oots::validate::schematron::RuleDir;
 use varti_oots::validate::xsd::XsdValidator;
 use varti_oots::validate::{has_fatal, Finding};
 
-/// The request data a portal sends (a natural person, one requirement, a PDF asked for).
+/// The request data a portal sends (a natural person, one requirement, a PDF asked for),
+/// with the identifier forms the EDM 1.0 rules demand (a DSD UUID, Semantic Repository
+/// URLs on `sr.oots.tech.europa.eu`, an eIDAS identifier with nine characters after the
+/// countries).
 fn request_data(version: EdmVersion) -> RequestData {
+    let sr = if version.is_v1() {
+        "https://sr.oots.tech.europa.eu"
+    } else {
+        "https://sr.oots.tech.ec.europa.eu"
+    };
     serde_json::from_value(serde_json::json!({
         "edm_version": version.identifier(),
         "procedure": "T1",
-        "requirements": [{"identifier": "https://sr.oots.tech.ec.europa.eu/requirements/315cfd75-6605-49c4-b0fe-799833b41099", "name": "Proof of birth"}],
+        "requirements": [{"identifier": format!("{sr}/requirements/315cfd75-6605-49c4-b0fe-799833b41099"), "name": "Proof of birth"}],
         "evidence_type": {
-            "identifier": "RegistrationCertificate-LV",
-            "classification": "https://sr.oots.tech.ec.europa.eu/evidencetypeclassifications/LV/9a1e7f3c-0d6b-4e59-b8f5-0d8f6c1e2a33",
+            "identifier": "0a6c1d9e-4b8f-4e27-9d35-7c2f8e1b6a40",
+            "classification": format!("{sr}/evidencetypeclassifications/LV/9a1e7f3c-0d6b-4e59-b8f5-0d8f6c1e2a33"),
             "title": "Certificate of Birth",
             "format": "application/pdf"
         },
         "requester": {"identifier": {"scheme": "urn:cef.eu:names:identifier:EAS:0096", "value": "DK22233223"}, "name": "Danish portal", "country": "DK"},
         "provider": {"identifier": {"scheme": "urn:cef.eu:names:identifier:EAS:9939", "value": "LV90000011588"}, "name": "Latvian register", "country": "LV"},
-        "natural_person": {"identifier": "DK/LV/010190-1234", "family_name": "Jensen", "given_name": "Ida", "date_of_birth": "1990-01-01"}
+        "natural_person": {"identifier": "DK/LV/0101901234", "family_name": "Jensen", "given_name": "Ida", "date_of_birth": "1990-01-01"}
     }))
     .expect("the bench's request data is valid")
 }
