@@ -46,10 +46,13 @@ use varti_gateway::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
 
 const WEBHOOK_SECRET: &str = "oots-bench-webhook";
 
+/// Per request id: when its notification arrived and the state it named.
+type Arrivals = Mutex<HashMap<String, (Instant, String)>>;
+
 /// The portal's webhook: when each request's notification arrived.
 #[derive(Clone, Default)]
 struct Hook {
-    arrivals: Arc<(Mutex<HashMap<String, (Instant, String)>>, Condvar)>,
+    arrivals: Arc<(Arrivals, Condvar)>,
 }
 
 impl Hook {

@@ -25,18 +25,21 @@ use serde_json::{json, Value};
 /// The secret of the portal's webhook on a.
 const WEBHOOK_SECRET: &str = "oots-portal-webhook-secret";
 
+/// The requests a webhook receiver got: (head, body).
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// The portal's webhook receiver (a real HTTP server standing in for the portal): answers
 /// 200 and records each request's head and body.
 struct PortalHook {
     port: u16,
-    seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: Requests,
 }
 
 impl PortalHook {
     fn start() -> PortalHook {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let seen: Requests = Arc::default();
         let recorder = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
