@@ -39,13 +39,16 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::{cpu_model, cpu_secs, proc_kib, LoadSampler};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti_gateway::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
+
+mod bench_support;
 
 /// The bench agreement; `{profile}` is replaced by the run's security profile.
 const BENCH_PMODES: &str = r#"
@@ -221,23 +224,7 @@ struct SmallResult {
 fn main() {
     let args = parse_args();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // VARTI_BENCH_BINARY compares another build (e.g. a copy from before a change).
-    let binary = match std::env::var_os("VARTI_BENCH_BINARY") {
-        // Absolute: the servers run in their own directories.
-        Some(b) => std::fs::canonicalize(&b)
-            .unwrap_or_else(|e| panic!("VARTI_BENCH_BINARY {}: {e}", Path::new(&b).display())),
-        None => std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("varti"))
-            .expect("the varti binary beside the examples directory (cargo build first)"),
-    };
-    assert!(
-        binary.is_file(),
-        "build the binary first (cargo build --release -p varti-gateway --bin varti): {}",
-        binary.display()
-    );
+    let binary = bench_support::varti_binary();
     println!(
         "binary {} ({}), {} cores, {}",
         binary.display(),
@@ -638,97 +625,6 @@ fn big_run(binary: &Path, repo: &Path, mib_count: u64, load: &LoadSampler) -> St
     );
     println!("{line}");
     line
-}
-
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of a process (clock ticks of 1/100 s, Linux's USER_HZ).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|x| x.1.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Samples the 1-minute load average every second in a thread.
-struct LoadSampler {
-    samples: Arc<Mutex<Vec<f64>>>,
-    _stop: StopOnDrop,
-}
-
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-impl LoadSampler {
-    fn start() -> LoadSampler {
-        let samples = Arc::new(Mutex::new(vec![loadavg()]));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_secs(1));
-                s.lock().unwrap().push(loadavg());
-            }
-        });
-        LoadSampler {
-            samples,
-            _stop: StopOnDrop(stop),
-        }
-    }
-
-    fn mark(&self) -> usize {
-        self.samples.lock().unwrap().len()
-    }
-
-    fn since(&self, mark: usize) -> (f64, f64) {
-        let s = self.samples.lock().unwrap();
-        let mut v = s[mark.min(s.len() - 1)..].to_vec();
-        v.push(loadavg());
-        range(&v)
-    }
-
-    fn overall(&self) -> (f64, f64) {
-        range(&self.samples.lock().unwrap())
-    }
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
-}
-
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// `openssl speed` of the primitives, in the security section's command style.

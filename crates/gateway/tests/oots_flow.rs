@@ -5,7 +5,8 @@
 //! A portal POSTs the request's data to a's backend API; a builds the EDM request and sends
 //! it on the OOTS PMode; b validates it, calls its data service connector for the evidence
 //! type, and answers over AS4; the portal GETs the outcome from a and downloads the
-//! evidence. Named after the member-state test events where one fits (TC01 basic request,
+//! evidence; a's portal has a webhook and is notified once when each request settles.
+//! Named after the member-state test events where one fits (TC01 basic request,
 //! TC02 no match, TC03 base-registry error or timeout).
 //!
 //! The intermediary platform test puts two portals on varti-a and two providers on
@@ -15,26 +16,132 @@
 
 mod oots_support;
 mod pair_support;
+mod register_support;
 mod serve_support;
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oots_support::{
-    codelists_dir, edm_dir, expect_error, get_request, get_request_as, pdf, pdf_b, post_request,
-    request_body, settled, settled_as, start, start_pair, Register, FAST,
+    codelists_dir, edm_dir, expect_error, get_request, get_request_as, post_request, request_body,
+    settled, settled_as, start_pair, FAST,
 };
 use pair_support::Node;
+use register_support::{pdf, pdf_b, Register};
 use serde_json::{json, Value};
+
+/// The secret of the portal's webhook on a.
+const WEBHOOK_SECRET: &str = "oots-portal-webhook-secret";
+
+/// The requests a webhook receiver got: (head, body).
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// The portal's webhook receiver (a real HTTP server standing in for the portal): answers
+/// 200 and records each request's head and body.
+struct PortalHook {
+    port: u16,
+    seen: Requests,
+}
+
+impl PortalHook {
+    fn start() -> PortalHook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Requests = Arc::default();
+        let recorder = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let seen = recorder.clone();
+                std::thread::spawn(move || {
+                    if let Some(request) = register_support::read_request(&mut conn) {
+                        seen.lock().unwrap().push(request);
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                });
+            }
+        });
+        PortalHook { port, seen }
+    }
+
+    /// The notifications received so far: (`X-Varti-Event`, `X-Varti-Delivery`, body
+    /// JSON), each checked to carry a valid signature of its exact body.
+    fn notifications(&self) -> Vec<(String, String, Value)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(head, body)| {
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(name)
+                                .then(|| v.trim().to_owned())
+                        })
+                        .unwrap_or_else(|| panic!("webhook request without {name}:\n{head}"))
+                };
+                let signature = header("x-varti-signature");
+                assert!(
+                    varti_gateway::webhooks::verify_signature(
+                        WEBHOOK_SECRET.as_bytes(),
+                        body,
+                        &signature
+                    ),
+                    "the webhook signature {signature} does not verify for {}",
+                    String::from_utf8_lossy(body)
+                );
+                assert!(
+                    !varti_gateway::webhooks::verify_signature(b"another secret", body, &signature),
+                    "the signature verifies under any secret"
+                );
+                (
+                    header("x-varti-event"),
+                    header("x-varti-delivery"),
+                    serde_json::from_slice(body).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The notifications about request `id`.
+    fn about(&self, id: &str) -> Vec<Value> {
+        self.notifications()
+            .into_iter()
+            .filter(|(_, _, v)| v["request_id"] == id)
+            .map(|(_, _, v)| v)
+            .collect()
+    }
+}
+
+/// Starts both nodes with the OOTS gateway on (both roles), b's connectors pointing at
+/// the register (`EV-DOWN` at a closed port) and a's portal notified at `hook`.
+fn start(register: &Register, hook: &PortalHook) -> (tempfile::TempDir, Node, Node) {
+    // The pair's configuration ends with the `portal` backend client's table: these lines
+    // come first in a's extra configuration, so they are the portal's webhook.
+    let portal = format!(
+        "webhook_url = \"http://127.0.0.1:{}/varti\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n",
+        hook.port
+    );
+    oots_support::start_full(register, &portal, "")
+}
 
 /// TC01 and the error cases, one pair of processes for all (each start costs seconds on a
 /// two-core machine): evidence with a PDF attachment; no match (TC02); the register refusing;
 /// an invalid request; an evidence type no connector serves; a register that times out and
-/// one that is down (TC03); a request whose answer comes too late.
+/// one that is down (TC03); a request whose answer comes too late. The portal's webhook gets
+/// exactly one signed notification per request.
 #[test]
 fn evidence_request_response_and_every_error_over_as4() {
     let register = Register::start();
-    let (_root, a, b) = start(&register);
+    let hook = PortalHook::start();
+    let (_root, a, b) = start(&register, &hook);
 
     // TC01: evidence → response with the PDF, downloadable by the portal.
     let created = post_request(&a, &request_body("EV-OK", "DK/LV/010190-1234"));
@@ -191,6 +298,38 @@ fn evidence_request_response_and_every_error_over_as4() {
     let v = get_request(&a, &late_id);
     assert_eq!(v["state"], "timed_out", "{v:#}");
     assert!(v["response_message_id"].is_null(), "{v:#}");
+
+    // The portal's webhook: exactly one signed `oots_request` notification per request, when
+    // it settled, naming its final state (the late answer above added none). The refused
+    // request (400) was never created, so it has none.
+    let settled_ids: Vec<&String> = std::iter::once(&id).chain(&ids).chain([&late_id]).collect();
+    let start = Instant::now();
+    while hook.notifications().len() < settled_ids.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} webhook notifications for {} settled requests: {:#?}",
+            hook.notifications().len(),
+            settled_ids.len(),
+            hook.notifications()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = hook.notifications();
+    assert_eq!(all.len(), settled_ids.len(), "{all:#?}");
+    let deliveries: std::collections::BTreeSet<&String> = all.iter().map(|(_, d, _)| d).collect();
+    assert_eq!(deliveries.len(), all.len(), "delivery ids repeat: {all:#?}");
+    for id in settled_ids {
+        let about = hook.about(id);
+        assert_eq!(about.len(), 1, "request {id}: {about:#?}");
+        let n = &about[0];
+        assert_eq!(n["event"], "oots_request", "{n:#}");
+        assert_eq!(n["state"], get_request(&a, id)["state"], "{n:#}");
+        assert!(n["at"].as_str().is_some_and(|t| !t.is_empty()), "{n:#}");
+    }
+    assert!(
+        all.iter().all(|(event, ..)| event == "oots_request"),
+        "{all:#?}"
+    );
 }
 
 /// Tokens of the platform test's other backend clients on varti-a (varti-a's own `portal`

@@ -12,14 +12,16 @@
 mod chromium_support;
 mod oots_support;
 mod pair_support;
+mod register_support;
 mod serve_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chromium_support::{browser_trusting, log_in, preview_files, start_driver, wait_for};
-use oots_support::{get_request, pdf, post_request, request_body, settled, start_with, Register};
+use oots_support::{get_request, post_request, request_body, settled, start_with};
 use pair_support::{free_port, repo, Node};
+use register_support::{pdf, Register};
 use serde_json::{json, Value};
 
 /// b's additions: the preview connector and the preview space on `port`.

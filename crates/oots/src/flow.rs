@@ -413,7 +413,11 @@ pub fn build_response(
         false,
     ));
     let about = request.natural_person();
-    let classification = request.evidence_type().and_then(|e| e.classification);
+    let evidence_type = request.evidence_type();
+    let classification = evidence_type
+        .as_ref()
+        .and_then(|e| e.classification.clone());
+    let type_titles = evidence_type.map(|e| e.titles).unwrap_or_default();
     let objects: Vec<RegistryObject> = evidences
         .iter()
         .map(|ev| {
@@ -445,10 +449,25 @@ pub fn build_response(
             });
             md = md.with_child(issuer);
             if let Some(c) = &classification {
-                md = md.with_child(
-                    Element::new(NS_SDG, "IsConformantTo")
-                        .with_child(sdg("EvidenceTypeClassification", c)),
-                );
+                // The schema requires a title after the classification: the requested
+                // evidence type's, else the evidence's own.
+                let mut conformant = Element::new(NS_SDG, "IsConformantTo")
+                    .with_child(sdg("EvidenceTypeClassification", c));
+                let titles = if type_titles.is_empty() {
+                    vec![LangText {
+                        lang: None,
+                        text: ev.title.clone().unwrap_or_else(|| "Evidence".into()),
+                    }]
+                } else {
+                    type_titles.clone()
+                };
+                for t in titles {
+                    conformant = conformant.with_child(
+                        sdg("Title", &t.text)
+                            .with_attr(QName::plain("lang"), t.lang.as_deref().unwrap_or("EN")),
+                    );
+                }
+                md = md.with_child(conformant);
             }
             if let Some(d) = &ev.issuing_date {
                 md = md.with_child(sdg("IssuingDate", d));
@@ -513,12 +532,13 @@ pub fn build_error(
     if let Some(d) = detail {
         e.0.exceptions[0].detail = Some(d.to_owned());
     }
-    with_agents(e, error_provider, requester)
+    with_error_slots(e, error_provider, requester)
 }
 
 /// Builds the preview-required error (EDM:ERR:0002, severity PreviewRequired) to
-/// `request_id`: the user previews the evidence at `preview_location` (an `https://` URL)
-/// before the requester asks again.
+/// `request_id`, sending the user to `preview_location` (an `https://` URL, as rule
+/// R-EDM-ERR-C019 demands), with the same response identifier and agents as
+/// [`build_error`].
 pub fn build_preview_required(
     request_id: &str,
     version: EdmVersion,
@@ -526,16 +546,14 @@ pub fn build_preview_required(
     error_provider: &Agent,
     requester: Option<&Agent>,
 ) -> ErrorResponse {
-    let mut e = ErrorResponse::preview_required(request_id, version, preview_location, &now_xsd());
-    e.0.exceptions[0].detail = Some(
-        "The evidence provider needs the user's preview and approval to send the evidence".into(),
-    );
-    with_agents(e, error_provider, requester)
+    let e = ErrorResponse::preview_required(request_id, version, preview_location, &now_xsd());
+    with_error_slots(e, error_provider, requester)
 }
 
-/// The slots every error response carries: its identifier, the error provider (agent
-/// `ERRP`) and, when known, the requester.
-fn with_agents(
+/// The slots every error response carries besides its exception: a fresh
+/// `EvidenceResponseIdentifier`, the error provider (agent `ERRP`) and, when known, the
+/// requester.
+fn with_error_slots(
     mut e: ErrorResponse,
     error_provider: &Agent,
     requester: Option<&Agent>,
@@ -546,7 +564,9 @@ fn with_agents(
     ));
     let mut ep = error_provider.clone();
     ep.classification = Some("ERRP".into());
-    e.0.set_slot(agents_slot("ErrorProvider", vec![ep], true));
+    // One sdg:Agent straight in an AnyValueType slot value (the test of rule
+    // R-EDM-ERR-S020, the EC's and France's samples), not a collection.
+    e.0.set_slot(agents_slot("ErrorProvider", vec![ep], false));
     if let Some(r) = requester {
         e.0.set_slot(agents_slot("EvidenceRequester", vec![r.clone()], false));
     }

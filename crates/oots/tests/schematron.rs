@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use varti_oots::validate::schematron::{DocumentKind, RuleDir};
 use varti_oots::validate::{Finding, Severity};
@@ -214,68 +213,10 @@ fn regex_like_replace(s: &str, from: &str, to: &str, n: usize) -> String {
     s.replacen(from, to, n)
 }
 
-/// Whether the Saxon oracle can run; installs `saxonche` from PyPI when missing. Under CI
-/// a missing oracle fails the test; locally it is a loud skip.
-fn oracle_available() -> bool {
-    let has = || {
-        Command::new("python3")
-            .args(["-c", "import saxonche"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has() {
-        return true;
-    }
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "saxonche"])
-        .status();
-    if has() {
-        return true;
-    }
-    let msg = "SAXON ORACLE MISSING: python3 with saxonche (pip install saxonche) not available";
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! {msg} — oracle test NOT run !!!!!!!!\n");
-    false
-}
-
-/// Runs the oracle on one rule file and many documents: per document, the set of
-/// (rule id, location) it reports.
-fn oracle(sch: &Path, docs: &[PathBuf]) -> Vec<BTreeSet<(String, String)>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schematron_oracle.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(sch)
-        .args(docs)
-        .output()
-        .expect("running python3");
-    assert!(
-        out.status.success(),
-        "oracle failed on {}: {}",
-        sch.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut result: Vec<BTreeSet<(String, String)>> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("== ") {
-            result.push(BTreeSet::new());
-        } else if let Some((id, loc)) = line.split_once('\t') {
-            result
-                .last_mut()
-                .expect("oracle output starts with a document header")
-                .insert((id.to_string(), loc.to_string()));
-        }
-    }
-    assert_eq!(result.len(), docs.len(), "oracle output: {text}");
-    result
-}
-
 #[test]
 fn runner_agrees_with_saxon_on_samples_and_mutations() {
     let Some(specs) = common::specs() else { return };
-    if !oracle_available() {
+    if !common::oracle_available() {
         return;
     }
     let dir = RuleDir::load(&sch_dir(&specs)).unwrap();
@@ -324,7 +265,7 @@ fn runner_agrees_with_saxon_on_samples_and_mutations() {
         if applicable.is_empty() {
             continue;
         }
-        let expected = oracle(
+        let expected = common::oracle(
             &sch_dir(&specs).join(format!("{}.sch", set.name())),
             &applicable,
         );

@@ -9,10 +9,13 @@ the first rule of a pattern wins, lets as xsl:variable, default templates walkin
 attributes and elements), runs it with Saxon (PyPI `saxonche`) and prints one line per
 failed assert / fired report: `id<TAB>location`. The XSLT template matching and XPath
 evaluation are Saxon's, independent of Varti's engine. For each document, the output
-block starts with `== path`.
+block starts with `== path`. When Saxon cannot evaluate a rule on a document (a dynamic
+error such as FORG0001), it stops that document: its block is one line `!error<TAB>code`.
 """
 import os
+import re
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
@@ -84,6 +87,28 @@ def repr_str(s):
     return "'" + s.replace("'", "''") + "'"
 
 
+def transform(exe, node):
+    """(result, None), or (None, the XPath error code) when a rule cannot be evaluated.
+
+    Saxon writes the error code only to the process's stderr (file descriptor 2), not into
+    the exception, so that descriptor is captured during the call."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            return exe.transform_to_string(xdm_node=node), None
+        except Exception as e:
+            failure = str(e).strip()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        text = err.read()
+    m = re.search(r"\b([A-Z]{4}[0-9]{4})\b", text)
+    return None, m.group(1) if m else failure
+
+
 def main():
     sch, docs = sys.argv[1], sys.argv[2:]
     xslt = compile_sch(sch)
@@ -94,7 +119,10 @@ def main():
             print(f"== {d}")
             with open(d, encoding="utf-8") as fh:
                 node = proc.parse_xml(xml_text=fh.read())
-            res = exe.transform_to_string(xdm_node=node)
+            res, error = transform(exe, node)
+            if error is not None:
+                print(f"!error\t{error}")
+                continue
             sys.stdout.write(res or "")
     return 0
 

@@ -4,9 +4,6 @@
 //! far edge), and the portal's calls to a's backend API.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -14,140 +11,7 @@ use serde_json::{json, Value};
 use super::pair_support::{self, repo, Node};
 use super::serve_support;
 
-/// A PDF evidence file (a minimal document plus binary bytes, so nothing text-only passes).
-pub fn pdf() -> Vec<u8> {
-    pdf_with(31)
-}
-
-/// Another register's PDF: same shape, other bytes.
-pub fn pdf_b() -> Vec<u8> {
-    pdf_with(37)
-}
-
-fn pdf_with(factor: u32) -> Vec<u8> {
-    let mut b = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
-    b.extend((0..70_000u32).map(|i| (i * factor % 256) as u8));
-    b.extend_from_slice(b"\n%%EOF\n");
-    b
-}
-
-/// The fake national register: answers by path, records the JSON it was sent.
-pub struct Register {
-    port: u16,
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Register {
-    pub fn start() -> Register {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let seen2 = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let seen = seen2.clone();
-                std::thread::spawn(move || serve_register(conn, &seen));
-            }
-        });
-        Register { port, seen }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn calls(&self, path: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-}
-
-fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let (head_end, length) = loop {
-        let n = match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..at]).to_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            break (at + 4, length);
-        }
-    };
-    while buf.len() < head_end + length {
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let body: Value =
-        serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
-    seen.lock().unwrap().push((path.clone(), body));
-    let respond = |conn: &mut TcpStream, status: &str, ct: &str, body: &[u8]| {
-        let _ = conn.write_all(
-            format!("HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes(),
-        );
-        let _ = conn.write_all(body);
-    };
-    match path.as_str() {
-        "/ok" | "/reg-a" | "/reg-b" => {
-            let file = if path == "/reg-b" { pdf_b() } else { pdf() };
-            let boundary = "register-boundary-41";
-            let mut body = Vec::new();
-            body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n").as_bytes());
-            body.extend_from_slice(br#"{"evidences":[{"part":"birth","title":"Birth certificate","issuing_date":"2001-02-03"}]}"#);
-            body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth\"; filename=\"birth.pdf\"\r\nContent-Type: application/pdf\r\n\r\n").as_bytes());
-            body.extend_from_slice(&file);
-            body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-            respond(
-                &mut conn,
-                "200 OK",
-                &format!("multipart/form-data; boundary={boundary}"),
-                &body,
-            );
-        }
-        "/none" => respond(
-            &mut conn,
-            "404 Not Found",
-            "text/plain",
-            b"no person matches the identity data",
-        ),
-        "/refuse" => respond(
-            &mut conn,
-            "422 Unprocessable Entity",
-            "text/plain",
-            b"date of birth is in the future",
-        ),
-        // Webhook receivers of the portals.
-        p if p.starts_with("/hook/") => respond(&mut conn, "200 OK", "text/plain", b"ok"),
-        "/slow" | "/slower" => {
-            // Longer than the connector's timeout (1 s) / the request's timeout (2 s).
-            std::thread::sleep(Duration::from_secs(if path == "/slow" { 3 } else { 8 }));
-            respond(&mut conn, "404 Not Found", "text/plain", b"late");
-        }
-        _ => respond(
-            &mut conn,
-            "500 Internal Server Error",
-            "text/plain",
-            b"unknown path",
-        ),
-    }
-}
+use super::register_support::Register;
 
 /// Fast sending for tests.
 pub const FAST: &str = "[client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
@@ -162,6 +26,16 @@ pub fn start(register: &Register) -> (tempfile::TempDir, Node, Node) {
 /// Like [`start`], with `b_extra` appended to b's configuration (more connectors, the
 /// preview space).
 pub fn start_with(register: &Register, b_extra: &str) -> (tempfile::TempDir, Node, Node) {
+    start_full(register, "", b_extra)
+}
+
+/// Like [`start_with`], with `portal_lines` first in a's extra configuration (they belong
+/// to a's backend client `portal`, e.g. its webhook).
+pub fn start_full(
+    register: &Register,
+    portal_lines: &str,
+    b_extra: &str,
+) -> (tempfile::TempDir, Node, Node) {
     let closed = pair_support::free_port();
     let extra = format!(
         "{FAST}\
@@ -180,7 +54,10 @@ pub fn start_with(register: &Register, b_extra: &str) -> (tempfile::TempDir, Nod
         slow = register.url("/slow"),
         slower = register.url("/slower"),
     );
-    start_pair(&extra, &format!("{extra}{b_extra}"))
+    start_pair(
+        &format!("{portal_lines}{extra}"),
+        &format!("{extra}{b_extra}"),
+    )
 }
 
 /// Starts varti-a and varti-b with these lines appended to their configurations (right
