@@ -381,52 +381,32 @@ async fn serve(
         }
     }
     let call = connector_request(request);
+    // What the register said, when it is not evidence: the matching EDM error.
+    let refusal = |kind, message: &str, detail: &str| {
+        error_answer(ap, Some(request), kind, message, Some(detail))
+    };
     let files = match connector::call(ap, connector, &call).await {
         Outcome::Evidence(files) if files.is_empty() => {
-            return error_answer(
-                ap,
-                Some(request),
+            return refusal(
                 EdmErrorKind::ObjectNotFound,
                 "No evidence found",
-                Some("the register returned no evidence file"),
+                "the register returned no evidence file",
             )
         }
         Outcome::Evidence(files) => files,
         Outcome::NotFound(d) => {
-            return error_answer(
-                ap,
-                Some(request),
-                EdmErrorKind::ObjectNotFound,
-                "No evidence found",
-                Some(&d),
-            )
+            return refusal(EdmErrorKind::ObjectNotFound, "No evidence found", &d)
         }
         Outcome::Invalid(d) => {
-            return error_answer(
-                ap,
-                Some(request),
+            return refusal(
                 EdmErrorKind::InvalidRequest,
                 "The register refused the request",
-                Some(&d),
+                &d,
             )
         }
-        Outcome::TimedOut(d) => {
-            return error_answer(
-                ap,
-                Some(request),
-                EdmErrorKind::Timeout,
-                "Timeout exceeded",
-                Some(&d),
-            )
-        }
+        Outcome::TimedOut(d) => return refusal(EdmErrorKind::Timeout, "Timeout exceeded", &d),
         Outcome::Unavailable(d) => {
-            return error_answer(
-                ap,
-                Some(request),
-                EdmErrorKind::Query,
-                "The query cannot be processed",
-                Some(&d),
-            )
+            return refusal(EdmErrorKind::Query, "The query cannot be processed", &d)
         }
     };
     if connector.preview {

@@ -121,17 +121,7 @@ pub async fn create(
     if !ap.config.oots.role.requests() {
         return Err(not_requester());
     }
-    let body = Limited::new(request.into_body(), MAX_REQUEST_JSON)
-        .collect()
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body cannot be read or is over {MAX_REQUEST_JSON} bytes: {e}"),
-                "send only the request's JSON description",
-            )
-        })?
-        .to_bytes();
+    let body = json_body(request, "send only the request's JSON description").await?;
     let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             format!("the body is not a valid OOTS request description: {e}"),
@@ -382,17 +372,7 @@ pub async fn preview_return(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let record = visible(&ap, &client, &id).await?;
-    let body = Limited::new(request.into_body(), MAX_REQUEST_JSON)
-        .collect()
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body cannot be read or is over {MAX_REQUEST_JSON} bytes: {e}"),
-                "send only {\"return_location\": …}",
-            )
-        })?
-        .to_bytes();
+    let body = json_body(request, "send only {\"return_location\": …}").await?;
     let ret: PreviewReturn = if body.iter().all(u8::is_ascii_whitespace) {
         PreviewReturn::default()
     } else {
@@ -510,6 +490,21 @@ pub async fn preview_return(
     })
     .await?;
     Ok(json_response(StatusCode::ACCEPTED, &view(&record)))
+}
+
+/// A portal's JSON body, at most `MAX_REQUEST_JSON` bytes; `hint` says what to send.
+async fn json_body(request: Request<Incoming>, hint: &'static str) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(request.into_body(), MAX_REQUEST_JSON)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body cannot be read or is over {MAX_REQUEST_JSON} bytes: {e}"),
+                hint,
+            )
+        })?
+        .to_bytes())
 }
 
 /// The JSON a portal sees.
