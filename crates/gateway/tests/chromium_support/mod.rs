@@ -108,10 +108,33 @@ pub async fn log_in(c: &Client, url: &str, who: &str) {
         .await
         .unwrap();
     button.click().await.unwrap();
+    // Wait until the browser has left the identity provider's page: what the caller reads
+    // next must be the page the login leads to, not this one going away.
+    let start = Instant::now();
+    while c.find(Locator::Css("#persons")).await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still at the identity provider after choosing {who}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
+/// The text of the first `css` element; read again when the page replaced the element
+/// between finding and reading it (a navigation finishing).
 pub async fn text_of(c: &Client, css: &str) -> String {
-    wait_for(c, css).await.text().await.unwrap()
+    let start = Instant::now();
+    loop {
+        match wait_for(c, css).await.text().await {
+            Ok(text) => return text,
+            Err(e)
+                if e.is_stale_element_reference() && start.elapsed() < Duration::from_secs(20) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot read `{css}`: {e}"),
+        }
+    }
 }
 
 /// Files left under the preview directory of the node in `dir` (data_dir `data`).
