@@ -1,0 +1,499 @@
+//! The running access point: what `varti serve` holds while it runs, shared by the MSH
+//! receiver, the sender and the backend API.
+//!
+//! [`AccessPoint`] ties together its [`Settings`], the PModes, this access point's own
+//! keys ([`LocalIdentity`]), the partners' certificates, the store, the outbound client and
+//! the metrics. The stages that use it live in their own modules:
+//!
+//! * [`receiver`](crate::receiver) — `POST /msh`: route by PMode, verify and decrypt, store durably, answer
+//!   with the (signed) receipt; duplicates get the original receipt.
+//! * [`sender`](crate::sender) — claims due outbound messages, seals and pushes them, checks the receipt,
+//!   retries per the leg's schedule, fails with EBMS:0301 after the last retry.
+//! * [`submit`](crate::submit) — turns a backend's submission into a stored outbound message.
+//! * [`pull`](crate::pull) — one-way/pull: answers partners' pull requests with the messages waiting
+//!   for them (and takes their receipts), and pulls from partners for our own pull legs.
+//!
+//! Everything that happens to a message is announced as a [`MessageEvent`] (webhooks and
+//! tests listen).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
+use time::OffsetDateTime;
+use varti_as4::inbound::{key_transports_for, ReceivePolicy};
+use varti_as4::pmode::model::{Leg, PModeSet, Party, SecurityProfileKind, TokenReference};
+use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
+use varti_as4::security::token::TokenReference as WsseTokenReference;
+use varti_store::Store;
+
+use crate::client::{ClientSettings, OutboundClient, PartnerTls};
+use crate::config::Settings;
+use crate::ops::Metrics;
+use crate::pull;
+use crate::webhooks::Notice;
+
+/// Why the access point cannot start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The PModes have errors.
+    #[error("the PModes in {dir} have {count} error(s); run `varti pmode check {dir}` to see them:\n{first}")]
+    PModes {
+        /// The directory.
+        dir: String,
+        /// How many errors.
+        count: usize,
+        /// The first error, with its location.
+        first: String,
+    },
+    /// A key or certificate cannot be read.
+    #[error("cannot read {what} {path}: {problem}")]
+    Credential {
+        /// Which one (`identity.signing_key`, …).
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The configured identity is not a party of the PModes.
+    #[error("identity.party `{0}` is not a [[party]] of the PModes; name the party this access point is (see `varti pmode show`)")]
+    UnknownParty(String),
+    /// A partner's TLS settings cannot be used.
+    #[error("partner `{partner}`: {problem}")]
+    PartnerTls {
+        /// The party.
+        partner: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+/// This access point's own keys.
+pub struct LocalIdentity {
+    /// The party (a `[[party]]` name) we are.
+    pub party: String,
+    /// The key that signs messages and receipts.
+    pub signing_key: PKey<Private>,
+    /// Its certificate.
+    pub signing_cert: X509,
+    /// The key partners encrypt to.
+    pub encryption_key: PKey<Private>,
+    /// Its certificate.
+    pub encryption_cert: X509,
+    /// CA certificates partners' signing certificates must chain to (empty: pin each
+    /// partner's certificate).
+    pub trust_anchors: Vec<X509>,
+}
+
+impl std::fmt::Debug for LocalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIdentity")
+            .field("party", &self.party)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partner's certificates, read from the PModes once at start-up.
+#[derive(Debug, Default, Clone)]
+pub struct PartnerCerts {
+    /// Its signing certificate (what its signatures must be made with).
+    pub signing: Option<X509>,
+    /// Its encryption certificate (what we encrypt to).
+    pub encryption: Option<X509>,
+}
+
+/// What happened to a message; announced to webhooks and anyone listening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageEvent {
+    /// An inbound message was stored and acknowledged; it waits for its backend.
+    Received {
+        /// Its MessageId.
+        message_id: String,
+        /// The backend it belongs to.
+        owner: String,
+    },
+    /// An outbound message was acknowledged by the partner.
+    Sent {
+        /// Its MessageId.
+        message_id: String,
+        /// The backend that submitted it.
+        owner: String,
+    },
+    /// An outbound message failed for good (EBMS:0301 after the last retry, or an error
+    /// signal that no retry can fix).
+    Failed {
+        /// Its MessageId.
+        message_id: String,
+        /// The backend that submitted it.
+        owner: String,
+        /// The ebMS error code and detail.
+        error: String,
+    },
+}
+
+impl MessageEvent {
+    /// The message the event is about.
+    pub fn message_id(&self) -> &str {
+        match self {
+            MessageEvent::Received { message_id, .. }
+            | MessageEvent::Sent { message_id, .. }
+            | MessageEvent::Failed { message_id, .. } => message_id,
+        }
+    }
+    /// The backend that owns the message.
+    pub fn owner(&self) -> &str {
+        match self {
+            MessageEvent::Received { owner, .. }
+            | MessageEvent::Sent { owner, .. }
+            | MessageEvent::Failed { owner, .. } => owner,
+        }
+    }
+    /// `received`, `sent` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageEvent::Received { .. } => "received",
+            MessageEvent::Sent { .. } => "sent",
+            MessageEvent::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Owner of ebMS test-service messages: no backend has this name, so they are never
+/// delivered.
+pub const TEST_SERVICE_OWNER: &str = "varti:test-service";
+
+/// Owner of inbound messages when no backend is configured (they wait in the store, visible
+/// to `varti messages list`).
+pub const DEFAULT_OWNER: &str = "default";
+
+/// The running access point.
+pub struct AccessPoint {
+    /// The settings it was opened with.
+    pub settings: Settings,
+    /// The agreements.
+    pub pmodes: PModeSet,
+    /// Our keys.
+    pub identity: LocalIdentity,
+    /// Partners' certificates by party name.
+    pub partners: HashMap<String, PartnerCerts>,
+    /// The message store.
+    pub store: Arc<dyn Store>,
+    /// The outbound HTTP client (partners registered from the PModes).
+    pub client: OutboundClient,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// This instance's name in leases and logs.
+    pub instance: String,
+    /// Wakes the sender when a message was submitted.
+    pub wake_sender: tokio::sync::Notify,
+    /// What we signed in each pulled message, until its receipt comes.
+    pub pulled: pull::SealedForPull,
+    events: tokio::sync::broadcast::Sender<MessageEvent>,
+    notices: tokio::sync::broadcast::Sender<Notice>,
+    /// Services taken by a feature of the runtime rather than a backend client (see
+    /// [`AccessPoint::claim_service`]).
+    service_owners: RwLock<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for AccessPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessPoint")
+            .field("party", &self.identity.party)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessPoint {
+    /// Loads the PModes and keys named by `settings` and builds the access point over
+    /// `store`. `allow_plain_http` lets the client push to `http://` endpoints
+    /// (`--insecure-http`).
+    pub fn open(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        allow_plain_http: bool,
+    ) -> Result<AccessPoint, StartError> {
+        let config = &settings;
+        let (pmodes, diags) = varti_as4::pmode::files::load_dir(&config.pmodes_dir);
+        let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
+        if let Some(first) = errors.first() {
+            return Err(StartError::PModes {
+                dir: config.pmodes_dir.display().to_string(),
+                count: errors.len(),
+                first: format!(
+                    "{}:{}:{}: {}",
+                    first.location.file.display(),
+                    first.location.line,
+                    first.location.column,
+                    first.message
+                ),
+            });
+        }
+        let id = &config.identity;
+        if pmodes.party(&id.party).is_none() {
+            return Err(StartError::UnknownParty(id.party.clone()));
+        }
+        let identity = LocalIdentity {
+            party: id.party.clone(),
+            signing_key: read_key("identity.signing_key", &id.signing_key)?,
+            signing_cert: read_cert("identity.signing_cert", &id.signing_cert)?,
+            encryption_key: read_key("identity.encryption_key", &id.encryption_key)?,
+            encryption_cert: read_cert("identity.encryption_cert", &id.encryption_cert)?,
+            trust_anchors: id
+                .trust_anchors
+                .iter()
+                .map(|p| read_certs("identity.trust_anchors", p))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        let mut partners = HashMap::new();
+        let mut client_settings = ClientSettings::from(&config.client);
+        client_settings.allow_plain_http = allow_plain_http;
+        let client = OutboundClient::new(client_settings);
+        for party in &pmodes.parties {
+            let certs = PartnerCerts {
+                signing: party
+                    .signing_cert
+                    .as_deref()
+                    .map(|p| read_cert(&format!("signing_cert of party {}", party.name), p))
+                    .transpose()?,
+                encryption: party
+                    .encryption_cert
+                    .as_deref()
+                    .map(|p| read_cert(&format!("encryption_cert of party {}", party.name), p))
+                    .transpose()?,
+            };
+            partners.insert(party.name.clone(), certs);
+            // Only partners we push to need TLS client settings.
+            if party.name != identity.party && party.endpoint.is_some() {
+                register_partner(&client, config, party)?;
+            }
+        }
+        let instance = config.sender.instance.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "varti".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let (notices, _) = tokio::sync::broadcast::channel(1024);
+        Ok(AccessPoint {
+            settings,
+            pmodes,
+            identity,
+            partners,
+            store,
+            client,
+            metrics,
+            instance,
+            wake_sender: tokio::sync::Notify::new(),
+            pulled: pull::SealedForPull::default(),
+            events,
+            notices,
+            service_owners: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Announces an event (to webhooks and other listeners; nobody listening is fine).
+    pub fn announce(&self, event: MessageEvent) {
+        tracing::debug!(
+            message_id = event.message_id(),
+            kind = event.kind(),
+            "event"
+        );
+        let _ = self.events.send(event);
+    }
+
+    /// Listens to events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MessageEvent> {
+        self.events.subscribe()
+    }
+
+    /// Has the webhook dispatcher deliver `notice` to its backend (signed and retried like
+    /// the message events; nothing happens when the backend has no webhook).
+    pub fn notify(&self, notice: Notice) {
+        tracing::debug!(owner = %notice.owner, event = notice.event, subject = %notice.subject, "notice");
+        let _ = self.notices.send(notice);
+    }
+
+    /// Listens to notices from now on (the webhook dispatcher does).
+    pub fn subscribe_notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Hands every inbound message of `service` to `owner` instead of a backend client: a
+    /// feature of the runtime (the OOTS gateway) consumes them itself, picking them up from
+    /// the store under that owner. Call it at start-up, before the MSH listener serves.
+    pub fn claim_service(&self, service: &str, owner: &str) {
+        self.service_owners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.to_owned(), owner.to_owned());
+    }
+
+    /// Who takes inbound messages of `service`: the feature that claimed it
+    /// ([`AccessPoint::claim_service`]), else the first configured client whose `services`
+    /// list it (or that lists none); [`DEFAULT_OWNER`] without clients.
+    pub fn owner_for_service(&self, service: &str) -> String {
+        if let Some(owner) = self
+            .service_owners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+        {
+            return owner.clone();
+        }
+        let clients = &self.settings.clients;
+        clients
+            .iter()
+            .find(|c| c.services.iter().any(|s| s == service))
+            .or_else(|| clients.iter().find(|c| c.services.is_empty()))
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| DEFAULT_OWNER.to_owned())
+    }
+
+    /// The party on the other side of `leg` from us (`None` if we are on neither side, or
+    /// the leg names several parties there and `hint` picks none).
+    pub fn counterpart<'a>(&'a self, leg: &'a Leg, hint: Option<&str>) -> Option<&'a Party> {
+        let me = &self.identity.party;
+        let side = if leg.from.parties.iter().any(|p| p == me) {
+            &leg.to
+        } else {
+            &leg.from
+        };
+        let names: Vec<&String> = side.parties.iter().filter(|p| *p != me).collect();
+        let name = match hint {
+            Some(h) => names.into_iter().find(|n| {
+                n.as_str() == h
+                    || self
+                        .pmodes
+                        .party(n)
+                        .is_some_and(|p| p.ids.iter().any(|id| id.value == h))
+            })?,
+            None => names.first().copied().or_else(|| {
+                // A leg between us and ourselves (loopback tests).
+                side.parties.iter().find(|p| *p == me)
+            })?,
+        };
+        self.pmodes.party(name)
+    }
+
+    /// The receive policy of `leg` for a message from `partner`, at `now`.
+    pub fn receive_policy(&self, leg: &Leg, partner: &Party, now: OffsetDateTime) -> ReceivePolicy {
+        let profile = profile_of(leg.security.profile);
+        let mut policy = ReceivePolicy::strict(profile);
+        policy.require_signature = leg.security.sign;
+        policy.require_encryption = leg.security.encrypt;
+        policy.decryption = Some((
+            self.identity.encryption_key.clone(),
+            self.identity.encryption_cert.clone(),
+        ));
+        policy.key_transports = key_transports_for(profile);
+        let partner_cert = self
+            .partners
+            .get(&partner.name)
+            .and_then(|c| c.signing.clone());
+        policy.partner_certificates = partner_cert.iter().cloned().collect();
+        // The signature must be the sending party's own (a shared CA is not enough); a party
+        // without a signing certificate in the PModes cannot be verified at all.
+        policy.expected_signer = partner_cert.clone();
+        // Anchors: the configured CAs; without them the partner's certificate is pinned.
+        policy.trust_anchors = if self.identity.trust_anchors.is_empty() {
+            partner_cert.into_iter().collect()
+        } else {
+            self.identity.trust_anchors.clone()
+        };
+        // Revocation: the CRL files the PMode names for this partner (none: not checked).
+        policy.crl_files = partner.crls.clone();
+        policy.at = now;
+        policy.decompression_cap = leg.compression.max_decompressed_size;
+        policy.spool_dir = Some(self.spool_dir());
+        policy
+    }
+
+    /// Where received payloads are spooled before they are stored (beside the store, so
+    /// moving them is cheap).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.settings.spool_dir()
+    }
+}
+
+/// The algorithm suite of a PMode security profile.
+pub fn profile_of(kind: SecurityProfileKind) -> &'static Profile {
+    match kind {
+        SecurityProfileKind::As4v1_15 => &AS4_1_15,
+        SecurityProfileKind::As4v2Eddsa => &AS4_2_0_EDDSA,
+        SecurityProfileKind::As4v2Ecdsa => &AS4_2_0_ECDSA,
+    }
+}
+
+/// The WS-Security token reference a PMode names.
+pub fn token_reference_of(t: TokenReference) -> WsseTokenReference {
+    match t {
+        TokenReference::Bst => WsseTokenReference::BinarySecurityToken,
+        TokenReference::Ski => WsseTokenReference::SubjectKeyIdentifier,
+        TokenReference::IssuerSerial => WsseTokenReference::IssuerSerial,
+        // Sending with a PKIPath is not offered; a plain BST carries the same certificate.
+        TokenReference::BstPkiPath => WsseTokenReference::BinarySecurityToken,
+    }
+}
+
+/// Registers a partner's TLS settings with the client: its trusted CA (default: our own
+/// TLS client CA) and, when it wants mutual TLS, our TLS certificate as client identity.
+fn register_partner(
+    client: &OutboundClient,
+    config: &Settings,
+    party: &Party,
+) -> Result<(), StartError> {
+    let tls = party.tls.as_ref();
+    let ca = tls
+        .and_then(|t| t.trusted_ca.clone())
+        .unwrap_or_else(|| config.tls.client_ca.clone());
+    let identity = (config.tls.cert.as_path(), config.tls.key.as_path());
+    let want_client_auth = tls.is_none_or(|t| t.client_auth);
+    let partner_tls = PartnerTls::from_pem_files(&ca, want_client_auth.then_some(identity))
+        .map_err(|e| StartError::PartnerTls {
+            partner: party.name.clone(),
+            problem: e.to_string(),
+        })?;
+    client
+        .set_partner(&party.name, partner_tls)
+        .map_err(|e| StartError::PartnerTls {
+            partner: party.name.clone(),
+            problem: e.to_string(),
+        })
+}
+
+fn credential(what: &str, path: &Path, problem: impl std::fmt::Display) -> StartError {
+    StartError::Credential {
+        what: what.to_owned(),
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+fn read_key(what: &str, path: &Path) -> Result<PKey<Private>, StartError> {
+    let pem = std::fs::read(path).map_err(|e| credential(what, path, e))?;
+    PKey::private_key_from_pem(&pem)
+        .map_err(|e| credential(what, path, format!("not a PEM private key ({e})")))
+}
+
+fn read_certs(what: &str, path: &Path) -> Result<Vec<X509>, StartError> {
+    let pem = std::fs::read(path).map_err(|e| credential(what, path, e))?;
+    let certs = X509::stack_from_pem(&pem)
+        .map_err(|e| credential(what, path, format!("not PEM certificates ({e})")))?;
+    if certs.is_empty() {
+        return Err(credential(what, path, "holds no certificate"));
+    }
+    Ok(certs)
+}
+
+fn read_cert(what: &str, path: &Path) -> Result<X509, StartError> {
+    Ok(read_certs(what, path)?.remove(0))
+}

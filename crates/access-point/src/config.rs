@@ -1,0 +1,274 @@
+//! The access point's own sections of the configuration file: who it is (`[identity]`),
+//! how it listens (`[server]`, `[tls]`), sends (`[client]`, `[sender]`), what it accepts
+//! (`[limits]`) and keeps (`[retention]`).
+//!
+//! The `varti` binary's configuration file embeds these sections; the access point is
+//! opened with [`Settings`], which holds them together with the directories and the
+//! backend clients, and never sees the rest of the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// This access point's own party and keys (the partners' certificates come from the PModes).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The party name (a `[[party]]` of the PModes) this access point acts as. Default
+    /// `varti-a`.
+    pub party: String,
+    /// PEM private key that signs messages and receipts.
+    pub signing_key: PathBuf,
+    /// PEM certificate of the signing key (the one partners have in their PModes).
+    pub signing_cert: PathBuf,
+    /// PEM private key that decrypts messages sent to us.
+    pub encryption_key: PathBuf,
+    /// PEM certificate of the encryption key.
+    pub encryption_cert: PathBuf,
+    /// PEM CA certificates that partners' signing certificates must chain to. Empty: each
+    /// partner's PMode certificate is pinned (trusted directly).
+    pub trust_anchors: Vec<PathBuf>,
+}
+
+/// The outbound sender.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Milliseconds between looks for due messages when idle (new submissions wake the
+    /// sender at once). Default 500.
+    pub poll_interval_ms: u64,
+    /// Seconds a claimed message stays leased to this instance; if the instance dies, the
+    /// other instance takes the message over after this. Default 600 (longer than
+    /// `client.request_timeout_secs`).
+    pub lease_secs: u64,
+    /// Messages sent concurrently. Default 16.
+    pub concurrency: usize,
+    /// A name for this instance in leases and logs. Default: the host name and process id.
+    pub instance: Option<String>,
+}
+
+/// The MSH listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Default `127.0.0.1:8443`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Seconds a client may take to finish the TLS handshake. Default 10.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client may take to send a request's headers. Default 30.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay without any traffic before it is closed. Default 120.
+    pub idle_timeout_secs: u64,
+    /// Seconds that running requests get to finish on shutdown. Default 30.
+    pub shutdown_grace_secs: u64,
+}
+
+/// TLS of the MSH listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, followed by its intermediates. Default
+    /// `certs/varti-a/tls.cert.pem`.
+    pub cert: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1). Default
+    /// `certs/varti-a/tls.key.pem`.
+    pub key: PathBuf,
+    /// Whether clients must present a certificate. Default `optional`.
+    pub client_auth: ClientAuth,
+    /// PEM file of the CA certificates that client certificates must chain to. Required
+    /// unless `client_auth = "off"`. Default `certs/ca.cert.pem`.
+    pub client_ca: PathBuf,
+}
+
+/// Client (mutual) TLS authentication on the MSH listener.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates are asked for.
+    Off,
+    /// A client certificate is asked for and verified if sent; clients without one connect.
+    Optional,
+    /// The handshake fails without a client certificate that chains to `tls.client_ca`.
+    Required,
+}
+
+/// How long things are kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days after delivery (inbound) or acknowledgement (outbound) until payloads are purged.
+    /// Default 7. 0 purges at the next purge run.
+    pub payload_days: u32,
+    /// Days until message metadata and receipts are purged. Default 365. Must be at least
+    /// `payload_days`.
+    pub metadata_days: u32,
+}
+
+/// Size and connection limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted on `/msh`, in bytes. Default 2 GiB.
+    pub max_request_body_bytes: u64,
+    /// Most simultaneous connections on the MSH listener; more wait in the accept queue.
+    /// Default 1024.
+    pub max_connections: usize,
+}
+
+/// The outbound HTTP client.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Seconds to establish a TCP connection. Default 10.
+    pub connect_timeout_secs: u64,
+    /// Seconds for one whole exchange (send the body, receive the response). Default 300.
+    pub request_timeout_secs: u64,
+    /// Seconds an idle pooled connection is kept for reuse. Default 90.
+    pub pool_idle_timeout_secs: u64,
+    /// Largest response body read, in bytes (responses are receipts and errors). Default
+    /// 16 MiB.
+    pub max_response_bytes: usize,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            party: "varti-a".to_owned(),
+            signing_key: PathBuf::from("certs/varti-a/sign.key.pem"),
+            signing_cert: PathBuf::from("certs/varti-a/sign.cert.pem"),
+            encryption_key: PathBuf::from("certs/varti-a/enc.key.pem"),
+            encryption_cert: PathBuf::from("certs/varti-a/enc.cert.pem"),
+            trust_anchors: vec![PathBuf::from("certs/ca.cert.pem")],
+        }
+    }
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            poll_interval_ms: 500,
+            lease_secs: 600,
+            concurrency: 16,
+            instance: None,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 120,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::from("certs/varti-a/tls.cert.pem"),
+            key: PathBuf::from("certs/varti-a/tls.key.pem"),
+            client_auth: ClientAuth::Optional,
+            client_ca: PathBuf::from("certs/ca.cert.pem"),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            payload_days: 7,
+            metadata_days: 365,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_body_bytes: 2 * 1024 * 1024 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout_secs: 10,
+            request_timeout_secs: 300,
+            pool_idle_timeout_secs: 90,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One system behind the access point that may use the backend API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClient {
+    /// Its name: the owner of the messages it submits and receives.
+    pub name: String,
+    /// SHA-256 (64 hex digits) of its API token; the token itself is never stored.
+    pub token_sha256: String,
+    /// Inbound messages for these services (all when empty) are delivered to it.
+    pub services: Vec<String>,
+    /// URL notified of its messages' events (HMAC-SHA256 signed).
+    pub webhook_url: Option<String>,
+    /// Secret of the webhook HMAC.
+    pub webhook_secret: Option<String>,
+    /// Whether it sees every message and may purge.
+    pub admin: bool,
+}
+
+/// Everything the access point is opened with (see
+/// [`AccessPoint::open`](crate::AccessPoint::open)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where messages, payloads and the spool live.
+    pub data_dir: PathBuf,
+    /// Directory of PMode files.
+    pub pmodes_dir: PathBuf,
+    /// Our party and keys.
+    pub identity: IdentityConfig,
+    /// Our TLS certificate (also our client identity towards partners) and CA.
+    pub tls: TlsConfig,
+    /// The outbound HTTP client.
+    pub client: ClientConfig,
+    /// The sender.
+    pub sender: SenderConfig,
+    /// Size and connection limits.
+    pub limits: LimitsConfig,
+    /// How long things are kept.
+    pub retention: RetentionConfig,
+    /// The backend API's clients.
+    pub clients: Vec<ApiClient>,
+}
+
+impl Default for Settings {
+    /// The embedded defaults (relative to the working directory).
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./var"),
+            pmodes_dir: PathBuf::from("./pmodes"),
+            identity: IdentityConfig::default(),
+            tls: TlsConfig::default(),
+            client: ClientConfig::default(),
+            sender: SenderConfig::default(),
+            limits: LimitsConfig::default(),
+            retention: RetentionConfig::default(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Where received payloads are spooled before they are stored (beside the store, so
+    /// moving them is cheap).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+}

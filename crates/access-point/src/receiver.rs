@@ -1,0 +1,457 @@
+//! `POST /msh`: the receiving side of the access point.
+//!
+//! One request, in order: parse the MIME package (streamed; attachments spill to files in
+//! the spool directory) → read the ebMS header → find the leg (EBMS:0010 when none fits) →
+//! check that the message is for us → the receive pipeline of `varti_as4::inbound` with the
+//! leg's policy (decrypt, verify, trust, decompress) → build the receipt → store payloads and
+//! record durably → only then answer with the receipt. A duplicate (same MessageId) gets
+//! the original receipt and is stored and delivered only once. Any refusal is an ebMS error
+//! signal (signed when the message could be attributed to a leg that signs) and changes no
+//! stored state.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::http::{header, HeaderMap, HeaderValue, StatusCode};
+use bytes::Bytes;
+use time::OffsetDateTime;
+use varti_as4::error::{EbmsError, ErrorCode};
+use varti_as4::inbound::{self, ReceivedMessage};
+use varti_as4::message::mime::{MimeLimits, MimePackage};
+use varti_as4::message::model::{SignalKind, UserMessage, DEFAULT_MPC};
+use varti_as4::message::soap;
+use varti_as4::outbound::{build_error_signal, build_receipt};
+use varti_as4::pmode::enforce::{self, PartFacts};
+use varti_as4::pmode::model::{Leg, Party};
+use varti_as4::pmode::routing::{self, InboundKey};
+use varti_as4::security::sign::SigningIdentity;
+use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry};
+
+use crate::access_point::{
+    profile_of, token_reference_of, AccessPoint, MessageEvent, TEST_SERVICE_OWNER,
+};
+use crate::ops::{Direction, Outcome};
+use crate::pull;
+use crate::server::{FaultCode, MshHandler, MshRequest, MshResponse, MshResponseBody};
+use crate::submit::leg_key;
+
+/// Content type of SOAP 1.2 responses (receipts and error signals).
+const SOAP12: &str = "application/soap+xml; charset=UTF-8";
+
+/// The MSH handler of a running access point.
+#[derive(Debug)]
+pub struct Receiver {
+    ap: Arc<AccessPoint>,
+}
+
+impl Receiver {
+    /// A receiver for `ap`.
+    pub fn new(ap: Arc<AccessPoint>) -> Receiver {
+        Receiver { ap }
+    }
+}
+
+impl MshHandler for Receiver {
+    fn handle(&self, mut request: MshRequest) -> MshResponse {
+        let started = Instant::now();
+        let Some(content_type) = request
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        else {
+            drain(&mut request.body);
+            return MshResponse::fault(
+                StatusCode::BAD_REQUEST,
+                FaultCode::Sender,
+                "the request has no Content-Type; send multipart/related (AS4) or application/soap+xml",
+            );
+        };
+        let spool = self.ap.spool_dir();
+        if let Err(e) = std::fs::create_dir_all(&spool) {
+            tracing::error!(dir = %spool.display(), error = %e, "cannot create the spool directory");
+            drain(&mut request.body);
+            return internal_fault("the access point cannot store messages right now");
+        }
+        let limits = MimeLimits {
+            max_total_size: self.ap.settings.limits.max_request_body_bytes,
+            temp_dir: Some(spool),
+            ..MimeLimits::default()
+        };
+        let package = match MimePackage::read_http_body(&mut request.body, &content_type, &limits) {
+            Ok(p) => p,
+            Err(e) => {
+                drain(&mut request.body);
+                let e = e.to_ebms();
+                tracing::warn!(peer = %request.peer.remote_addr, error = %e.detail, code = e.code.code(), "AS4 request refused: bad MIME package");
+                self.ap
+                    .metrics
+                    .message(Direction::Inbound, Outcome::Rejected);
+                return error_response(&e, None, None);
+            }
+        };
+        let envelope = match soap::parse_envelope(&package.root().content) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(peer = %request.peer.remote_addr, error = %e.detail, code = e.code.code(), "AS4 request refused: bad SOAP envelope");
+                self.ap
+                    .metrics
+                    .message(Direction::Inbound, Outcome::Rejected);
+                return error_response(&e, None, None);
+            }
+        };
+        let response = match &envelope.messaging.user_message {
+            Some(um) => accept_user_message(&self.ap, &package, um),
+            None => self.signal(&package, &envelope.messaging),
+        };
+        self.ap
+            .metrics
+            .observe_latency(Direction::Inbound, started.elapsed());
+        response
+    }
+}
+
+/// Our signing identity on `leg` (receipts and signals we send on it).
+pub(crate) fn signing_identity<'a>(ap: &'a AccessPoint, leg: &Leg) -> SigningIdentity<'a> {
+    SigningIdentity {
+        profile: profile_of(leg.security.profile),
+        key: &ap.identity.signing_key,
+        certificate: &ap.identity.signing_cert,
+        token_reference: token_reference_of(leg.security.token_reference),
+    }
+}
+
+/// A user message, pushed to `/msh` or pulled from a partner: route, verify, store,
+/// receipt. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
+/// when the message could not be stored (HTTP 500: the sender tries again).
+pub(crate) fn accept_user_message(
+    ap: &AccessPoint,
+    package: &MimePackage,
+    um: &UserMessage,
+) -> MshResponse {
+    let id = um.message_info.message_id.clone();
+    let refuse = |e: EbmsError, leg: Option<&Leg>| {
+        tracing::warn!(message_id = %id, code = e.code.code(), error = %e.detail, "message refused");
+        ap.metrics.message(Direction::Inbound, Outcome::Rejected);
+        let identity = leg
+            .filter(|l| l.security.sign)
+            .map(|l| signing_identity(ap, l));
+        error_response(&e, Some(&id), identity.as_ref())
+    };
+    let key = inbound_key(um);
+    let route = match routing::find_inbound(&ap.pmodes, &key) {
+        Ok(r) => r,
+        Err(e) => return refuse(e, None),
+    };
+    let leg = route.leg;
+    let to = &um.party_info.to.party_ids;
+    let ours = ap.pmodes.party(&ap.identity.party);
+    if !to
+        .iter()
+        .any(|t| ours.is_some_and(|p| has_id(p, &t.value, t.type_.as_deref())))
+    {
+        let e = EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            format!(
+                "the message is addressed to {:?}, but this access point is party `{}`; send it to the recipient's endpoint",
+                to.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(),
+                ap.identity.party
+            ),
+        );
+        return refuse(e, None);
+    }
+    let from = &um.party_info.from.party_ids;
+    let Some(partner) = ap
+        .pmodes
+        .parties
+        .iter()
+        .find(|p| from.iter().any(|f| has_id(p, &f.value, f.type_.as_deref())))
+    else {
+        let e = EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            "the sending party is not a [[party]] of this access point's PModes",
+        );
+        return refuse(e, None);
+    };
+    let now = OffsetDateTime::now_utc();
+    let policy = ap.receive_policy(leg, partner, now);
+    let received = match inbound::receive(package, &policy) {
+        Ok(r) => r,
+        Err(e) => return refuse(e, Some(leg)),
+    };
+    if !route.test_service {
+        let facts: Vec<PartFacts<'_>> = received
+            .payloads
+            .iter()
+            .map(|p| PartFacts {
+                content_id: &p.content_id,
+                mime_type: &p.mime_type,
+                size: p.len,
+            })
+            .collect();
+        let checked = enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
+            .and_then(|()| enforce::check_payloads(leg, &facts));
+        if let Err(e) = checked {
+            return refuse(e, Some(leg));
+        }
+    }
+    let identity = signing_identity(ap, leg);
+    let receipt = match build_receipt(&received, leg.receipt.non_repudiation.then_some(&identity)) {
+        Ok(r) => r,
+        Err(e) => return refuse(e, Some(leg)),
+    };
+    let owner = if route.test_service {
+        TEST_SERVICE_OWNER.to_owned()
+    } else {
+        ap.owner_for_service(&um.collaboration_info.service.value)
+    };
+    let payloads = match store_payloads(ap, received, route.test_service) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(message_id = %id, error = %e, "cannot store the payloads");
+            return internal_fault("the access point cannot store messages right now");
+        }
+    };
+    let meta = MessageMeta {
+        message_id: id.clone(),
+        owner: owner.clone(),
+        from_party: first_id(&um.party_info.from.party_ids),
+        to_party: first_id(&um.party_info.to.party_ids),
+        service: um.collaboration_info.service.value.clone(),
+        action: um.collaboration_info.action.clone(),
+        conversation_id: um.collaboration_info.conversation_id.clone(),
+        ref_to_message_id: um.message_info.ref_to_message_id.clone(),
+        pmode_id: leg_key(leg),
+        payloads,
+        properties: um
+            .properties
+            .iter()
+            .map(|p| MessageProperty {
+                name: p.name.clone(),
+                value: p.value.clone(),
+                type_: p.type_.clone(),
+            })
+            .collect(),
+    };
+    let stored_payloads: Vec<_> = meta.payloads.iter().map(|p| p.stored.clone()).collect();
+    match ap.store.insert_inbound(
+        NewInbound {
+            meta,
+            receipt: receipt.clone().into_bytes(),
+        },
+        now,
+    ) {
+        Ok(InsertOutcome::Inserted) => {
+            tracing::info!(message_id = %id, leg = %leg.label(), test = route.test_service, "message received and acknowledged");
+            ap.metrics.message(Direction::Inbound, Outcome::Success);
+            if !route.test_service {
+                ap.announce(MessageEvent::Received {
+                    message_id: id.clone(),
+                    owner,
+                });
+            }
+            soap_response(StatusCode::OK, Bytes::from(receipt))
+        }
+        Ok(InsertOutcome::Duplicate {
+            original_receipt: receipt,
+            ..
+        }) => {
+            tracing::info!(message_id = %id, "duplicate message: the original receipt is sent again");
+            ap.metrics.message(Direction::Inbound, Outcome::Duplicate);
+            soap_response(StatusCode::OK, Bytes::from(receipt))
+        }
+        Err(e) => {
+            for p in &stored_payloads {
+                let _ = ap.store.payloads().remove(p);
+            }
+            match e {
+                varti_store::StoreError::AlreadyExists { .. } => refuse(
+                    EbmsError::new(
+                        ErrorCode::InvalidHeader,
+                        "the MessageId is already used by a message this access point sent; message ids must be unique",
+                    ),
+                    Some(leg),
+                ),
+                e => {
+                    tracing::error!(message_id = %id, error = %e, "cannot store the message");
+                    internal_fault("the access point cannot store messages right now")
+                }
+            }
+        }
+    }
+}
+
+/// Moves the delivered payloads into the payload store (test messages keep none).
+fn store_payloads(
+    ap: &AccessPoint,
+    received: ReceivedMessage,
+    test_service: bool,
+) -> Result<Vec<PayloadEntry>, varti_store::StoreError> {
+    let mut entries: Vec<PayloadEntry> = Vec::new();
+    if test_service {
+        return Ok(entries);
+    }
+    for p in received.payloads {
+        let stored = std::fs::File::open(p.path())
+            .map_err(|e| varti_store::StoreError::Io {
+                context: "reopening a received payload".into(),
+                source: e,
+            })
+            .and_then(|mut f| ap.store.payloads().put(&mut f));
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                for done in &entries {
+                    let _ = ap.store.payloads().remove(&done.stored);
+                }
+                return Err(e);
+            }
+        };
+        entries.push(PayloadEntry {
+            content_id: p.content_id,
+            mime_type: p.mime_type,
+            stored,
+            properties: p
+                .properties
+                .into_iter()
+                .filter(|q| q.name != "MimeType" && q.name != "CompressionType")
+                .map(|q| MessageProperty {
+                    name: q.name,
+                    value: q.value,
+                    type_: q.type_,
+                })
+                .collect(),
+        });
+    }
+    Ok(entries)
+}
+
+impl Receiver {
+    /// A signal on /msh: a pull request, or the receipt (or error) answering a message a
+    /// partner pulled (both handled by the [`pull`](crate::pull) module). Other
+    /// asynchronous receipts and errors are not used by Varti's push legs (AS4 answers
+    /// synchronously) and are ignored.
+    fn signal(
+        &self,
+        package: &MimePackage,
+        messaging: &varti_as4::message::model::Messaging,
+    ) -> MshResponse {
+        let Some(signal) = messaging.signals.first() else {
+            let e = EbmsError::new(
+                ErrorCode::InvalidHeader,
+                "eb:Messaging holds neither a UserMessage nor a SignalMessage",
+            );
+            return error_response(&e, None, None);
+        };
+        match &signal.kind {
+            SignalKind::PullRequest(request) => pull::answer_pull_request(
+                &self.ap,
+                package,
+                signal,
+                request.mpc.as_deref().unwrap_or(DEFAULT_MPC),
+            ),
+            _ => {
+                if let Some(answer) = pull::answer_signal(&self.ap, package, signal) {
+                    return answer;
+                }
+                tracing::info!(
+                    message_id = %signal.message_info.message_id,
+                    ref_to = ?signal.message_info.ref_to_message_id,
+                    "asynchronous signal ignored: Varti's legs exchange receipts and errors synchronously"
+                );
+                MshResponse {
+                    status: StatusCode::ACCEPTED,
+                    headers: HeaderMap::new(),
+                    body: MshResponseBody::Empty,
+                }
+            }
+        }
+    }
+}
+
+/// The header values that select the leg.
+pub fn inbound_key(um: &UserMessage) -> InboundKey {
+    let from = um.party_info.from.party_ids.first();
+    let to = um.party_info.to.party_ids.first();
+    let ci = &um.collaboration_info;
+    InboundKey {
+        from_party: from.map(|p| p.value.clone()).unwrap_or_default(),
+        from_party_type: from.and_then(|p| p.type_.clone()),
+        from_role: um.party_info.from.role.clone(),
+        to_party: to.map(|p| p.value.clone()).unwrap_or_default(),
+        to_party_type: to.and_then(|p| p.type_.clone()),
+        to_role: um.party_info.to.role.clone(),
+        service: ci.service.value.clone(),
+        service_type: ci.service.type_.clone(),
+        action: ci.action.clone(),
+        agreement: ci.agreement_ref.as_ref().map(|a| a.value.clone()),
+        agreement_type: ci.agreement_ref.as_ref().and_then(|a| a.type_.clone()),
+        pmode: ci.agreement_ref.as_ref().and_then(|a| a.pmode.clone()),
+        mpc: um.mpc.clone(),
+    }
+}
+
+/// Whether `party` has the id `value` (of type `id_type`, when the message gives one).
+pub fn has_id(party: &Party, value: &str, id_type: Option<&str>) -> bool {
+    party
+        .ids
+        .iter()
+        .any(|id| id.value == value && (id_type.is_none() || id.id_type.as_deref() == id_type))
+}
+
+fn first_id(ids: &[varti_as4::message::model::PartyId]) -> String {
+    ids.first().map(|p| p.value.clone()).unwrap_or_default()
+}
+
+/// Reads what is left of a refused request so that the connection can be reused.
+fn drain(body: &mut dyn Read) {
+    let _ = io::copy(body, &mut io::sink());
+}
+
+pub(crate) fn soap_response(status: StatusCode, body: Bytes) -> MshResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SOAP12));
+    MshResponse {
+        status,
+        headers,
+        body: MshResponseBody::Bytes(body),
+    }
+}
+
+pub(crate) fn internal_fault(reason: &str) -> MshResponse {
+    MshResponse::fault(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        FaultCode::Receiver,
+        reason,
+    )
+}
+
+/// An ebMS error signal answering the message `ref_to` (signed by `identity` when given).
+///
+/// HTTP 200 (the request was processed and its answer is the error signal), except for a
+/// WS-Security failure: its signal carries a SOAP Fault
+/// ([`security_fault`](varti_as4::outbound::security_fault)), and a SOAP response holding a
+/// fault goes with HTTP 500, as Domibus answers (its senders and the EC test bed expect
+/// it; SOAP 1.2's HTTP binding would allow 400 for a Sender fault, which those senders do
+/// not all treat alike).
+pub(crate) fn error_response(
+    error: &EbmsError,
+    ref_to: Option<&str>,
+    identity: Option<&SigningIdentity<'_>>,
+) -> MshResponse {
+    let signal = build_error_signal(error, ref_to, identity)
+        .or_else(|_| build_error_signal(error, ref_to, None));
+    let status = if varti_as4::outbound::security_fault(error).is_some() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    match signal {
+        Ok(envelope) => soap_response(status, Bytes::from(envelope)),
+        Err(e) => {
+            tracing::error!(error = %e.detail, "cannot build an error signal");
+            internal_fault(&error.detail)
+        }
+    }
+}

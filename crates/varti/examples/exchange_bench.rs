@@ -1,0 +1,818 @@
+//! End-to-end exchange benchmark: real `varti serve` processes (sender varti-a, receiver
+//! varti-b) on this machine, over TLS, durable stores, signed receipts.
+//!
+//! ```text
+//! cargo build --release -p varti --bin varti --example exchange_bench
+//! target/release/examples/exchange_bench --all          # every figure of docs/benchmarks.md
+//! target/release/examples/exchange_bench --profile 2.0-eddsa --messages 2000
+//! target/release/examples/exchange_bench --store postgres --instances 2 --profile 1.15
+//! ```
+//!
+//! Options (defaults in brackets):
+//! - `--profile 1.15|2.0-eddsa|2.0-ecdsa` (repeatable) [1.15]: the PMode security profile
+//!   and the test PKI keys both access points use (RSA-3072; Ed25519 + X25519; P-256).
+//! - `--store sled|postgres` (repeatable) [sled]: `postgres` uses the PostgreSQL at
+//!   `VARTI_TEST_DATABASE_URL` (default 127.0.0.1:5432, db `test`), one throw-away schema
+//!   per side, dropped at the end.
+//! - `--instances N` [1; 2 with `--all` on PostgreSQL]: instances per side sharing that
+//!   side's store. Sending instance i pushes to receiving instance i (each pair of nodes has
+//!   its own PMode directory), but any sending instance may claim any submitted message.
+//! - `--messages N` [1000; 0 skips the small-message runs], `--size BYTES` [10240], `--concurrency N` [32] (submitting
+//!   threads, spread over the sending instances' backend APIs).
+//! - `--big-mib N` [0; 1024 with `--all`]: one message of N MiB on a fresh sled pair.
+//! - `--openssl`: `openssl speed` of the primitives (as in the security section).
+//! - `VARTI_BENCH_BINARY=PATH` (environment): benchmark that `varti` binary instead of the
+//!   one beside the examples directory (to compare builds before and after a change).
+//! - `--all`: all of the above: the three profiles on sled, 1.15 and 2.0-eddsa on
+//!   PostgreSQL with two instances per side, 1 GiB, openssl speed.
+//!
+//! Submissions go through the backend API (multipart), so the figures include the API,
+//! the sender's lease and claim, sealing (gzip, sign, encrypt), TLS, the receiver's whole
+//! pipeline with a durable store, the signed NRR receipt and its verification. Latency is
+//! the server-side time from the submission's insert to the acknowledgement (`created_at`
+//! → `updated_at` of the acknowledged record); throughput is the messages over the span
+//! from the first insert to the last acknowledgement (store timestamps, so the polling
+//! below does not blur it). Peak RSS is VmHWM of each server (`/proc/PID/status`), CPU is
+//! its user+system time over the run (`/proc/PID/stat`), load is the 1-minute load average
+//! sampled during the run. At the end the markdown rows of `docs/benchmarks.md` are printed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench_support::{cpu_model, cpu_secs, proc_kib, LoadSampler};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use varti::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
+
+mod bench_support;
+
+/// The bench agreement; `{profile}` is replaced by the run's security profile.
+const BENCH_PMODES: &str = r#"
+[security.bench]
+profile = "{profile}"
+sign = true
+encrypt = true
+token_reference = "bst"
+
+[reception.bench]
+retry_intervals = ["1s", "2s", "5s"]
+
+[compression.bench]
+enabled = true
+max_decompressed_size = "2GiB"
+
+[[process]]
+name = "bench"
+mep = "oneWay"
+binding = "push"
+initiator = { parties = ["varti-a", "varti-b"] }
+responder = { parties = ["varti-a", "varti-b"] }
+
+[[process.leg]]
+name = "deliver"
+service = "urn:varti:bench"
+action = "Deliver"
+security = "bench"
+reception = "bench"
+compression = "bench"
+"#;
+
+/// Sender settings of every node: many messages in flight, a short idle poll (other
+/// instances' submissions are only seen by polling), quiet logs.
+const SENDER_CONFIG: &str =
+    "[sender]\npoll_interval_ms = 50\nconcurrency = 64\n[log]\nlevel = \"warn\"\n";
+
+/// One security profile: its PMode name, a label, and the test PKI files of its keys.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    pmode: &'static str,
+    label: &'static str,
+    /// (signing, encryption) file stems under certs/varti-x/.
+    keys: (&'static str, &'static str),
+}
+
+const PROFILES: &[(&str, Profile)] = &[
+    (
+        "1.15",
+        Profile {
+            pmode: "as4-1.15",
+            label: "AS4 1.15, RSA-3072 + RSA-OAEP",
+            keys: ("sign", "enc"),
+        },
+    ),
+    (
+        "2.0-eddsa",
+        Profile {
+            pmode: "as4-2.0-eddsa",
+            label: "AS4 2.0, Ed25519 + X25519",
+            keys: ("sign-ed25519", "enc-x25519"),
+        },
+    ),
+    (
+        "2.0-ecdsa",
+        Profile {
+            pmode: "as4-2.0-ecdsa",
+            label: "AS4 2.0, ECDSA P-256 + ECDH-ES",
+            keys: ("sign-p256", "enc-p256"),
+        },
+    ),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Sled,
+    Postgres,
+}
+
+#[derive(Debug)]
+struct Args {
+    profiles: Vec<Profile>,
+    stores: Vec<StoreKind>,
+    instances: Option<usize>,
+    messages: usize,
+    size: usize,
+    concurrency: usize,
+    big_mib: u64,
+    openssl: bool,
+    all: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        profiles: vec![],
+        stores: vec![],
+        instances: None,
+        messages: 1000,
+        size: 10 * 1024,
+        concurrency: 32,
+        big_mib: 0,
+        openssl: false,
+        all: false,
+    };
+    let mut it = std::env::args().skip(1);
+    let usage = "see the top of crates/varti/examples/exchange_bench.rs for the options";
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .unwrap_or_else(|| panic!("{name} needs a value ({usage})"))
+        };
+        let number = |name: &str, v: String| -> u64 {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} wants a number, not '{v}'"))
+        };
+        match arg.as_str() {
+            "--profile" => {
+                let v = value("--profile");
+                let p = PROFILES.iter().find(|(n, _)| *n == v).unwrap_or_else(|| {
+                    panic!("unknown profile '{v}': use 1.15, 2.0-eddsa or 2.0-ecdsa")
+                });
+                a.profiles.push(p.1);
+            }
+            "--store" => a.stores.push(match value("--store").as_str() {
+                "sled" => StoreKind::Sled,
+                "postgres" => StoreKind::Postgres,
+                v => panic!("unknown store '{v}': use sled or postgres"),
+            }),
+            "--instances" => {
+                a.instances = Some(number("--instances", value("--instances")).max(1) as usize)
+            }
+            "--messages" => a.messages = number("--messages", value("--messages")) as usize,
+            "--size" => a.size = number("--size", value("--size")) as usize,
+            "--concurrency" => {
+                a.concurrency = number("--concurrency", value("--concurrency")).max(1) as usize
+            }
+            "--big-mib" => a.big_mib = number("--big-mib", value("--big-mib")),
+            "--openssl" => a.openssl = true,
+            "--all" => a.all = true,
+            other => panic!("unknown option '{other}' ({usage})"),
+        }
+    }
+    a
+}
+
+/// One small-message run.
+#[derive(Debug, Clone)]
+struct Run {
+    profile: Profile,
+    store: StoreKind,
+    instances: usize,
+}
+
+/// What one small-message run measured.
+#[derive(Debug)]
+struct SmallResult {
+    run: Run,
+    messages: usize,
+    size: usize,
+    concurrency: usize,
+    msgs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Peak RSS KiB per sending and receiving instance.
+    peak_sender: Vec<u64>,
+    peak_receiver: Vec<u64>,
+    /// CPU ms per message, all sending / all receiving instances.
+    cpu_sender_ms: f64,
+    cpu_receiver_ms: f64,
+    load: (f64, f64),
+}
+
+fn main() {
+    let args = parse_args();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let binary = bench_support::varti_binary();
+    println!(
+        "binary {} ({}), {} cores, {}",
+        binary.display(),
+        std::env::consts::ARCH,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    let load = LoadSampler::start();
+
+    let mut runs = Vec::new();
+    if args.all {
+        for p in ["1.15", "2.0-eddsa", "2.0-ecdsa"] {
+            runs.push(Run {
+                profile: profile(p),
+                store: StoreKind::Sled,
+                instances: 1,
+            });
+        }
+        for p in ["1.15", "2.0-eddsa"] {
+            runs.push(Run {
+                profile: profile(p),
+                store: StoreKind::Postgres,
+                instances: args.instances.unwrap_or(2),
+            });
+        }
+    } else {
+        let profiles = if args.profiles.is_empty() {
+            vec![profile("1.15")]
+        } else {
+            args.profiles.clone()
+        };
+        let stores = if args.stores.is_empty() {
+            vec![StoreKind::Sled]
+        } else {
+            args.stores.clone()
+        };
+        for store in &stores {
+            for p in &profiles {
+                runs.push(Run {
+                    profile: *p,
+                    store: *store,
+                    instances: args.instances.unwrap_or(1),
+                });
+            }
+        }
+    }
+
+    if args.messages == 0 {
+        runs.clear();
+    }
+    let mut idle = None;
+    let mut results = Vec::new();
+    for run in runs {
+        let r = small_run(&binary, &repo, &run, &args, &load, &mut idle);
+        println!(
+            "{} on {} ({}+{} instances), {} x {} B, {} submitters: {:.0} msg/s; latency p50 {:.0} ms, p99 {:.0} ms; \
+             peak RSS sender {:?} KiB, receiver {:?} KiB; CPU per message: sender {:.1} ms, receiver {:.1} ms; load {:.1}-{:.1}",
+            r.run.profile.label,
+            store_name(&r.run),
+            r.run.instances,
+            r.run.instances,
+            r.messages,
+            r.size,
+            r.concurrency,
+            r.msgs_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.peak_sender,
+            r.peak_receiver,
+            r.cpu_sender_ms,
+            r.cpu_receiver_ms,
+            r.load.0,
+            r.load.1,
+        );
+        results.push(r);
+    }
+    let big_mib = if args.all && args.big_mib == 0 {
+        1024
+    } else {
+        args.big_mib
+    };
+    let big = (big_mib > 0).then(|| big_run(&binary, &repo, big_mib, &load));
+    let speed = (args.openssl || args.all).then(openssl_speed);
+
+    // The rows of docs/benchmarks.md.
+    println!("\n---- markdown ----\n");
+    println!(
+        "Load average (1 min) during the runs: {:.1} to {:.1}.\n",
+        load.overall().0,
+        load.overall().1
+    );
+    if let Some((a, b)) = idle {
+        println!(
+            "Idle RSS of a started `varti serve` (VmRSS 0.5 s after ready, sled store): sender {}, receiver {} (target < 30 MiB).\n",
+            mib(a),
+            mib(b)
+        );
+    }
+    if !results.is_empty() {
+        println!("| Profile | Store (instances per side) | msg/s | p50 / p99 ms | peak RSS sender / receiver | CPU ms/msg sender / receiver | load |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in &results {
+            println!(
+                "| {} | {} ({}) | {:.0} | {:.0} / {:.0} | {} / {} | {:.1} / {:.1} | {:.1}-{:.1} |",
+                r.run.profile.label,
+                store_name(&r.run),
+                r.run.instances,
+                r.msgs_per_s,
+                r.p50_ms,
+                r.p99_ms,
+                mibs(&r.peak_sender),
+                mibs(&r.peak_receiver),
+                r.cpu_sender_ms,
+                r.cpu_receiver_ms,
+                r.load.0,
+                r.load.1,
+            );
+        }
+        let r = &results[0];
+        println!(
+            "\n{} messages of {} bytes per row, {} submitting threads.",
+            r.messages, r.size, r.concurrency
+        );
+    }
+    if let Some(b) = &big {
+        println!("\n{b}");
+    }
+    if let Some(s) = &speed {
+        println!("\n```text\n{s}```");
+    }
+}
+
+fn profile(name: &str) -> Profile {
+    PROFILES.iter().find(|(n, _)| *n == name).unwrap().1
+}
+
+fn store_name(run: &Run) -> &'static str {
+    match run.store {
+        StoreKind::Sled => "sled",
+        StoreKind::Postgres => "PostgreSQL",
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn mibs(kib: &[u64]) -> String {
+    kib.iter()
+        .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(" + ")
+        + " MiB"
+}
+
+/// The sending and receiving nodes of one run, started; stopped on drop.
+struct Nodes {
+    _root: tempfile::TempDir,
+    senders: Vec<(NodeLayout, Running)>,
+    receivers: Vec<(NodeLayout, Running)>,
+    /// Dropped after the processes stopped.
+    _schemas: Vec<varti_store::postgres::testing::TestSchema>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, r) in self.senders.iter_mut().chain(self.receivers.iter_mut()) {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(r.child.id().to_string())
+                .status();
+        }
+        for (_, r) in self.senders.iter_mut().chain(self.receivers.iter_mut()) {
+            let _ = r.child.wait();
+        }
+    }
+}
+
+/// Lays out `instances` pairs (sending node i pushes to receiving node i: each pair has its
+/// own PMode directory) with the profile's keys and store, and starts them.
+fn start_nodes(binary: &Path, repo: &Path, run: &Run) -> Nodes {
+    let root = tempfile::tempdir().unwrap();
+    let bench = BENCH_PMODES.replace("{profile}", run.profile.pmode);
+    let mut schemas = Vec::new();
+    let store_config: Vec<String> = match run.store {
+        StoreKind::Sled => vec![String::new(), String::new()],
+        StoreKind::Postgres => (0..2)
+            .map(|_| {
+                let schema = varti_store::postgres::testing::TestSchema::migrated();
+                let url = format!(
+                    "{} options='-c search_path={}'",
+                    schema.url(),
+                    schema.name()
+                );
+                schemas.push(schema);
+                format!(
+                    "[store]\nkind = \"postgres\"\nurl = {}\n",
+                    toml_string(&url)
+                )
+            })
+            .collect(),
+    };
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..run.instances {
+        let dir = root.path().join(format!("pair{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let layout = PairLayout::create(
+            &dir,
+            repo,
+            &PairOptions {
+                extra_pmodes: vec![("bench.toml".into(), bench.clone())],
+                extra_config: SENDER_CONFIG.into(),
+                ..PairOptions::default()
+            },
+        )
+        .unwrap();
+        // Only the parties and the bench agreement: the shipped agreements (OOTS, the test
+        // service) are 1.15 agreements and do not belong to a 2.0 run.
+        for entry in std::fs::read_dir(layout.root.join("pmodes")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !["varti-a.toml", "varti-b.toml", "bench.toml"].contains(&name.as_str()) {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        for party in ["varti-a.toml", "varti-b.toml"] {
+            use_keys(&layout.root.join("pmodes").join(party), run.profile);
+        }
+        for (node, store) in [(&layout.a, &store_config[0]), (&layout.b, &store_config[1])] {
+            layout
+                .rewrite_config(node, &format!("{SENDER_CONFIG}{store}"))
+                .unwrap();
+            use_keys(&node.dir.join("varti.toml"), run.profile);
+        }
+        // Receivers first: a sender with work queued would otherwise retry into nothing.
+        let b = pair::start(binary, &layout.b, Duration::from_secs(60)).unwrap();
+        receivers.push((layout.b.clone(), b));
+        let a = pair::start(binary, &layout.a, Duration::from_secs(60)).unwrap();
+        senders.push((layout.a.clone(), a));
+    }
+    Nodes {
+        _root: root,
+        senders,
+        receivers,
+        _schemas: schemas,
+    }
+}
+
+/// Points the message signing and encryption key and certificate paths of a configuration
+/// or party file at the profile's keys (TLS keys stay the RSA ones).
+fn use_keys(file: &Path, profile: Profile) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let text = text
+        .replace("/sign.", &format!("/{}.", profile.keys.0))
+        .replace("/enc.", &format!("/{}.", profile.keys.1));
+    std::fs::write(file, text).unwrap();
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn small_run(
+    binary: &Path,
+    repo: &Path,
+    run: &Run,
+    args: &Args,
+    load: &LoadSampler,
+    idle: &mut Option<(u64, u64)>,
+) -> SmallResult {
+    let nodes = start_nodes(binary, repo, run);
+    if idle.is_none() && run.store == StoreKind::Sled {
+        std::thread::sleep(Duration::from_millis(500));
+        *idle = Some((
+            proc_kib(nodes.senders[0].1.child.id(), "VmRSS"),
+            proc_kib(nodes.receivers[0].1.child.id(), "VmRSS"),
+        ));
+    }
+    let cpu_before: Vec<f64> = all_pids(&nodes).iter().map(|p| cpu_secs(*p)).collect();
+    let apis: Vec<(SocketAddr, String)> = nodes
+        .senders
+        .iter()
+        .map(|(n, _)| (n.backend(), n.token.clone()))
+        .collect();
+    let (n, concurrency) = (args.messages, args.concurrency);
+    let payload: Arc<Vec<u8>> = Arc::new(
+        (0..args.size)
+            .map(|i| b"<evidence>0123456789</evidence>\n"[i % 32])
+            .collect(),
+    );
+    let mark = load.mark();
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (next, payload) = (next.clone(), payload.clone());
+            let (api, token) = apis[t % apis.len()].clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    ids.push(submit(api, &token, &payload, "application/xml"));
+                }
+                ids
+            })
+        })
+        .collect();
+    let ids: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    // Any sending instance lists every outbound message of the shared store.
+    let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, Duration::from_secs(1800));
+    let load_range = load.since(mark);
+    let cpu_after: Vec<f64> = all_pids(&nodes).iter().map(|p| cpu_secs(*p)).collect();
+    let cpu: Vec<f64> = cpu_after
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    let k = nodes.senders.len();
+    let first = records.iter().map(|r| r.0).min().unwrap();
+    let last = records.iter().map(|r| r.1).max().unwrap();
+    let mut latencies: Vec<f64> = records
+        .iter()
+        .map(|(created, acked)| (*acked - *created).as_seconds_f64() * 1000.0)
+        .collect();
+    latencies.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    SmallResult {
+        run: run.clone(),
+        messages: n,
+        size: args.size,
+        concurrency,
+        msgs_per_s: n as f64 / (last - first).as_seconds_f64(),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        peak_sender: nodes
+            .senders
+            .iter()
+            .map(|(_, r)| proc_kib(r.child.id(), "VmHWM"))
+            .collect(),
+        peak_receiver: nodes
+            .receivers
+            .iter()
+            .map(|(_, r)| proc_kib(r.child.id(), "VmHWM"))
+            .collect(),
+        cpu_sender_ms: cpu[..k].iter().sum::<f64>() * 1000.0 / n as f64,
+        cpu_receiver_ms: cpu[k..].iter().sum::<f64>() * 1000.0 / n as f64,
+        load: load_range,
+    }
+}
+
+fn all_pids(nodes: &Nodes) -> Vec<u32> {
+    nodes
+        .senders
+        .iter()
+        .chain(&nodes.receivers)
+        .map(|(_, r)| r.child.id())
+        .collect()
+}
+
+/// One message of `mib` MiB on a fresh sled pair (AS4 2.0 EdDSA: the payload work is the
+/// same in every profile); returns the markdown line.
+fn big_run(binary: &Path, repo: &Path, mib_count: u64, load: &LoadSampler) -> String {
+    let run = Run {
+        profile: profile("2.0-eddsa"),
+        store: StoreKind::Sled,
+        instances: 1,
+    };
+    let nodes = start_nodes(binary, repo, &run);
+    let (node, _) = &nodes.senders[0];
+    let file = nodes._root.path().join("big.bin");
+    write_big(&file, mib_count << 20);
+    let mark = load.mark();
+    let started = OffsetDateTime::now_utc();
+    let id = submit_file(node.backend(), &node.token, &file);
+    let uploaded = OffsetDateTime::now_utc();
+    let rec = wait_acknowledged(
+        node.backend(),
+        &node.token,
+        &[id],
+        Duration::from_secs(3600),
+    );
+    let acked = rec[0].1;
+    let secs = (acked - started).as_seconds_f64();
+    let bytes = (mib_count << 20) as f64;
+    let line = format!(
+        "1 message of {mib_count} MiB ({}, sled): acknowledged {secs:.1} s after the upload began \
+         (upload into the sender {:.1} s) → {:.0} MB/s end to end (target ≥ 300 MB/s); peak RSS sender {}, receiver {} \
+         (target < 100 MiB); load {:.1}-{:.1}.",
+        run.profile.label,
+        (uploaded - started).as_seconds_f64(),
+        bytes / 1e6 / secs,
+        mib(proc_kib(nodes.senders[0].1.child.id(), "VmHWM")),
+        mib(proc_kib(nodes.receivers[0].1.child.id(), "VmHWM")),
+        load.since(mark).0,
+        load.since(mark).1,
+    );
+    println!("{line}");
+    line
+}
+
+/// `openssl speed` of the primitives, in the security section's command style.
+fn openssl_speed() -> String {
+    let mut out = String::new();
+    for args in [
+        &[
+            "speed",
+            "-seconds",
+            "1",
+            "rsa2048",
+            "rsa3072",
+            "ed25519",
+            "ecdsap256",
+            "ecdhp256",
+            "ecdhx25519",
+        ][..],
+        &["speed", "-seconds", "1", "-evp", "aes-128-gcm"][..],
+        &["speed", "-seconds", "1", "-evp", "sha256"][..],
+    ] {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("the openssl command line tool");
+        let text = String::from_utf8_lossy(&o.stdout);
+        // Keep the result tables (headers and rows), not OpenSSL's version banner.
+        for l in text.lines() {
+            let t = l.trim_start();
+            if t.starts_with("options") {
+                continue;
+            }
+            if t.starts_with("sign")
+                || t.starts_with("op")
+                || t.starts_with("type")
+                || t.starts_with("rsa")
+                || t.contains(" bits ")
+                || t.starts_with("AES")
+                || t.starts_with("sha256")
+            {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+const BOUNDARY: &str = "varti-bench-boundary-5d1c";
+
+fn form_head(name: &str, mime: &str) -> String {
+    let meta = serde_json::json!({
+        "to_party": "varti-b", "service": "urn:varti:bench", "action": "Deliver",
+        "payloads": [{"part": name, "mime_type": mime}],
+    });
+    format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{meta}\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {mime}\r\n\r\n"
+    )
+}
+
+fn post(
+    api: SocketAddr,
+    token: &str,
+    len: usize,
+    write_body: impl FnOnce(&mut TcpStream),
+) -> String {
+    let mut tcp = TcpStream::connect(api).unwrap();
+    write!(
+        tcp,
+        "POST /api/v1/messages HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    write_body(&mut tcp);
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or_default();
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "submit refused: {answer}"
+    );
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["message_id"].as_str().unwrap().to_owned()
+}
+
+fn submit(api: SocketAddr, token: &str, payload: &[u8], mime: &str) -> String {
+    let head = form_head("doc", mime);
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let len = head.len() + payload.len() + tail.len();
+    post(api, token, len, |tcp| {
+        tcp.write_all(head.as_bytes()).unwrap();
+        tcp.write_all(payload).unwrap();
+        tcp.write_all(tail.as_bytes()).unwrap();
+    })
+}
+
+fn submit_file(api: SocketAddr, token: &str, file: &PathBuf) -> String {
+    let head = form_head("big", "application/octet-stream");
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let size = std::fs::metadata(file).unwrap().len() as usize;
+    post(api, token, head.len() + size + tail.len(), |tcp| {
+        tcp.write_all(head.as_bytes()).unwrap();
+        std::io::copy(&mut std::fs::File::open(file).unwrap(), tcp).unwrap();
+        tcp.write_all(tail.as_bytes()).unwrap();
+    })
+}
+
+/// A file of pseudo-random-ish, partly compressible bytes.
+fn write_big(path: &Path, bytes: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u32 = 0x9e37_79b9;
+    let mut written = 0;
+    while written < bytes {
+        for (i, b) in block.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = if i % 4 == 0 {
+                x as u8
+            } else {
+                b'a' + (i % 26) as u8
+            };
+        }
+        f.write_all(&block).unwrap();
+        written += block.len() as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// Polls the outbound listing (once a second: the listing costs the servers CPU) until
+/// every id is acknowledged; returns (created, acked) per message.
+fn wait_acknowledged(
+    api: SocketAddr,
+    token: &str,
+    ids: &[String],
+    within: Duration,
+) -> Vec<(OffsetDateTime, OffsetDateTime)> {
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let (mut progress, mut progressed) = (0, Instant::now());
+    loop {
+        let mut done = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path =
+                "/api/v1/messages?direction=outbound&state=acknowledged&limit=1000".to_owned();
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let mut tcp = TcpStream::connect(api).unwrap();
+            write!(tcp, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            tcp.read_to_string(&mut answer).unwrap();
+            let body = answer
+                .split_once("\r\n\r\n")
+                .map(|x| x.1)
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            for m in v["messages"].as_array().into_iter().flatten() {
+                if wanted.contains(m["message_id"].as_str().unwrap_or_default()) {
+                    let t = |k: &str| {
+                        OffsetDateTime::parse(m[k].as_str().unwrap_or_default(), &Rfc3339).unwrap()
+                    };
+                    done.push((t("created_at"), t("updated_at")));
+                }
+            }
+            after = v["next"].as_str().map(str::to_owned);
+            if after.is_none() {
+                break;
+            }
+        }
+        if done.len() == wanted.len() {
+            return done;
+        }
+        if done.len() > progress {
+            (progress, progressed) = (done.len(), Instant::now());
+        }
+        assert!(
+            started.elapsed() < within && progressed.elapsed() < Duration::from_secs(180),
+            "only {} of {} acknowledged (none for 3 minutes, or not all within {within:?}; failed or stuck messages: see the \
+             serve.log files; rerun with a longer wait or fewer messages)",
+            done.len(),
+            wanted.len()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,492 @@
+//! `varti serve`: runs the access point until SIGTERM or Ctrl-C.
+//!
+//! What runs: the MSH listener (TLS, or plain HTTP with `--insecure-http`) whose
+//! `POST /msh` is the receiver of [`varti_access_point::access_point`]; the sender that pushes
+//! submitted messages; the webhooks that notify backends; the operations listener (`/health`,
+//! `/ready`, `/metrics`); the backend API listener (`/api/v1`, plain HTTP on
+//! `backend.listen`); the hourly retention purge; the store (embedded sled, or PostgreSQL
+//! whose schema must be current: `varti db migrate`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use varti::config::{secs, Config, LogFormat, StoreKind};
+use varti_access_point::api::{self, ApiRouter};
+use varti_access_point::ops::{self, Metrics, Readiness};
+use varti_access_point::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
+use varti_access_point::webhooks;
+use varti_access_point::{pull, receiver::Receiver, sender, AccessPoint};
+use varti_oots_gateway::preview::{PreviewRoutes, PreviewSpace};
+use varti_oots_gateway::Gateway;
+use varti_store::Store;
+
+/// Certificates expiring within this many days are logged as warnings.
+const EXPIRY_WARNING_DAYS: f64 = 30.0;
+
+/// How often the certificate-expiry gauge is refreshed.
+const EXPIRY_REFRESH: Duration = Duration::from_secs(6 * 3600);
+
+/// How often payloads and metadata past the retention are purged.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Log format on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `varti serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML, see deploy/varti.example.toml); without it the embedded
+    /// defaults apply.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS. Only for local tests: messages, receipts and
+    /// credentials travel unprotected.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Address of the MSH listener (overrides server.listen), e.g. 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address of the operations listener (overrides ops.listen).
+    #[arg(long, value_name = "ADDR")]
+    ops_listen: Option<SocketAddr>,
+    /// Address of the backend API listener (overrides backend.listen).
+    #[arg(long, value_name = "ADDR")]
+    backend_listen: Option<SocketAddr>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+    /// Once listening, write the bound addresses as JSON to FILE
+    /// (`{"msh": "ADDR", "ops": "ADDR", "backend": "ADDR", "scheme": "https"}`), for tests
+    /// and supervisors.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+/// Runs `varti serve`. Errors before the listeners are up mean "could not run" (exit 2).
+pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let c = Config::default();
+            c.validate()?;
+            c
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(listen) = args.ops_listen {
+        config.ops.listen = listen;
+    }
+    if let Some(listen) = args.backend_listen {
+        config.backend.listen = listen;
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    init_logging(&config, verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("varti")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, args))
+}
+
+/// Sets up `tracing` from the configuration (`RUST_LOG` overrides the level; each `-v`
+/// raises it).
+fn init_logging(config: &Config, verbose: u8) {
+    let level = match verbose {
+        0 => config.log.level.clone(),
+        1 => "debug".to_owned(),
+        _ => "trace".to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: journald and log files get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::new(&["store", "pmodes"]);
+
+    let tls = if args.insecure_http {
+        eprintln!(
+            "\n*** WARNING: --insecure-http: serving PLAIN HTTP on {}. Messages, receipts and \
+             credentials are unprotected. Never use this outside local tests. ***\n",
+            config.server.listen
+        );
+        tracing::warn!(
+            listen = %config.server.listen,
+            "serving plain HTTP (--insecure-http): for local tests only"
+        );
+        None
+    } else {
+        let tls = tls::server_config(
+            &config.tls.cert,
+            &config.tls.key,
+            config.tls.client_auth,
+            &config.tls.client_ca,
+        )?;
+        record_cert_expiry(&metrics, "tls", &config.tls.cert);
+        Some(tls)
+    };
+
+    // The store is opened before the listeners so that /ready is truthful from the start.
+    let store = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_store(&config))
+            .await
+            .context("the store-opening task failed")??
+    };
+    readiness.set_ready("store");
+    let ap = {
+        let (settings, store, metrics) = (
+            config.access_point_settings(),
+            store.clone(),
+            metrics.clone(),
+        );
+        let insecure = args.insecure_http;
+        tokio::task::spawn_blocking(move || AccessPoint::open(settings, store, metrics, insecure))
+            .await
+            .context("the start-up task failed")??
+    };
+    let ap = Arc::new(ap);
+    // Subscribes to the events at once, so none is missed before its task runs.
+    let webhooks = webhooks::Dispatcher::new(ap.clone(), webhooks::WebhookOptions::default())?;
+    readiness.set_ready("pmodes");
+    let store_path = match config.store.kind {
+        StoreKind::Sled => config.store_path().display().to_string(),
+        StoreKind::Postgres => "postgresql".to_owned(),
+    };
+
+    let msh_options = ListenerOptions {
+        tls: tls.clone(),
+        handshake_timeout: secs(config.server.handshake_timeout_secs),
+        header_read_timeout: secs(config.server.header_read_timeout_secs),
+        idle_timeout: secs(config.server.idle_timeout_secs),
+        max_connections: config.limits.max_connections,
+    };
+    // The ops listener is plain HTTP on a (by default) loopback address.
+    let ops_options = ListenerOptions {
+        tls: None,
+        max_connections: 64,
+        ..msh_options.clone()
+    };
+    // The backend API is plain HTTP too (loopback or a protected network).
+    let backend_options = ListenerOptions {
+        tls: None,
+        max_connections: 256,
+        ..msh_options.clone()
+    };
+    let msh = Listener::bind("msh", config.server.listen, msh_options).await?;
+    let ops_listener = Listener::bind("ops", config.ops.listen, ops_options).await?;
+    let backend_listener =
+        Listener::bind("backend", config.backend.listen, backend_options.clone()).await?;
+    let preview_listener = if config.preview.enabled {
+        let space = PreviewSpace::new(config.preview.clone(), &config.data_dir)?;
+        if config.preview.test_idp.enabled {
+            tracing::warn!("preview.test_idp is enabled: anyone can log in as any listed person; for tests and the demo only");
+        }
+        // Plain HTTP behind the TLS reverse proxy serving preview.public_url, unless
+        // preview.tls: then HTTPS with the [tls] certificate (citizens have no client
+        // certificates to ask for).
+        let preview_tls = if config.preview.tls {
+            Some(tls::server_config(
+                &config.tls.cert,
+                &config.tls.key,
+                varti::config::ClientAuth::Off,
+                &config.tls.client_ca,
+            )?)
+        } else {
+            None
+        };
+        let options = ListenerOptions {
+            tls: preview_tls,
+            max_connections: 256,
+            ..backend_options.clone()
+        };
+        Some((
+            Listener::bind("preview", config.preview.listen, options).await?,
+            Arc::new(space),
+        ))
+    } else {
+        None
+    };
+    let msh_addr = msh.local_addr()?;
+    let ops_addr = ops_listener.local_addr()?;
+    let backend_addr = backend_listener.local_addr()?;
+    if !backend_addr.ip().is_loopback() {
+        tracing::warn!(backend = %backend_addr, "the backend API serves plain HTTP on a non-loopback address: tokens and payloads travel unprotected unless TLS is put in front");
+    }
+    if config.backend.clients.is_empty() {
+        tracing::info!(
+            "no [[backend.clients]] configured: the backend API refuses every request (401)"
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        msh = %format!("{scheme}://{msh_addr}/msh"),
+        ops = %format!("http://{ops_addr}"),
+        backend = %format!("http://{backend_addr}{}", api::PREFIX),
+        store = %store_path,
+        party = %ap.identity.party,
+        instance = %ap.instance,
+        "varti is listening"
+    );
+
+    let grace = secs(config.server.shutdown_grace_secs);
+    let mut tasks = Tasks::new();
+    tasks.spawn("webhooks", webhooks.run(tasks.token()));
+    let ops_routes = Arc::new(OpsRoutes::new(metrics.clone(), readiness.clone()));
+    tasks.spawn(
+        "ops-listener",
+        ops_listener.serve(ops_routes, tasks.token(), grace),
+    );
+    let preview = match &preview_listener {
+        Some((listener, space)) => {
+            let addr = listener.local_addr()?;
+            let scheme = if config.preview.tls { "https" } else { "http" };
+            tracing::info!(preview = %format!("{scheme}://{addr}/preview/"), public_url = %space.public_url(), "preview space is listening");
+            Some(space.clone())
+        }
+        None => None,
+    };
+    let common_services = if config.oots.role.requests() {
+        varti_oots_gateway::common_services::CommonServices::from_config(
+            &config.oots.common_services,
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new)
+    } else {
+        None
+    };
+    // The OOTS gateway claims its service on the access point before the MSH listener
+    // serves, so no OOTS message is ever handed to a backend client.
+    let gateway = Arc::new(Gateway::new(
+        ap.clone(),
+        config.oots.clone(),
+        config.oots_portals(),
+        preview.clone(),
+        common_services,
+    ));
+    let mut router = ApiRouter::new(ap.clone());
+    gateway.mount(&mut router);
+    varti_oots_gateway::preview::api::mount(
+        preview.clone(),
+        &mut router,
+        config.limits.max_request_body_bytes,
+    );
+    let backend_routes = Arc::new(router);
+    // Only now: every service a feature consumes is claimed.
+    let handler = Arc::new(Receiver::new(ap.clone()));
+    let routes = Arc::new(MshRoutes::new(
+        handler,
+        config.limits.max_request_body_bytes,
+        metrics.clone(),
+    ));
+    tasks.spawn("msh-listener", msh.serve(routes, tasks.token(), grace));
+    tasks.spawn(
+        "backend-listener",
+        backend_listener.serve(backend_routes, tasks.token(), grace),
+    );
+    let preview_addr = match preview_listener {
+        Some((listener, space)) => {
+            let addr = listener.local_addr()?;
+            let routes = Arc::new(PreviewRoutes::new(space.clone()));
+            tasks.spawn(
+                "preview-listener",
+                listener.serve(routes, tasks.token(), grace),
+            );
+            let token = tasks.token();
+            tasks.spawn("preview-sweeper", async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                    space.sweep(time::OffsetDateTime::now_utc());
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
+    tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
+    tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
+    tasks.spawn("retention", retention(ap.clone(), tasks.token()));
+    tasks.spawn(
+        "oots",
+        varti_oots_gateway::gateway::run(gateway, tasks.token()),
+    );
+    {
+        // Days to expiry of every certificate we present: TLS, signing, encryption.
+        let mut certs = vec![
+            ("signing", config.identity.signing_cert.clone()),
+            ("encryption", config.identity.encryption_cert.clone()),
+        ];
+        if tls.is_some() {
+            certs.push(("tls", config.tls.cert.clone()));
+        }
+        let token = tasks.token();
+        let metrics = metrics.clone();
+        tasks.spawn("cert-expiry", async move {
+            loop {
+                for (role, cert) in &certs {
+                    record_cert_expiry(&metrics, role, cert);
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(EXPIRY_REFRESH) => {}
+                }
+            }
+        });
+    }
+
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, msh_addr, ops_addr, backend_addr, preview_addr, scheme)?;
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; finishing running requests");
+    readiness.set_not_ready("shutdown", "shutting down");
+    let clean = tasks.shutdown(grace + Duration::from_secs(5)).await;
+    // Closing the store flushes it.
+    drop(ap);
+    tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .context("closing the store failed")?;
+    if clean {
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!("stopped, but some tasks had to be aborted (see above)");
+        Ok(super::exit_problems())
+    }
+}
+
+/// Opens the configured store. PostgreSQL must already have the current schema: migrations
+/// are applied by `varti db migrate`, deliberately, not by whichever instance starts first.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.store.kind {
+        StoreKind::Sled => {
+            let path = config.store_path();
+            let store = varti_store::SledStore::open(&path)
+                .with_context(|| format!("cannot open the store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Postgres => {
+            let url = config.store.url.as_deref().unwrap_or_default();
+            // connect() refuses a schema that is not current (run `varti db migrate`).
+            let store = varti_store::postgres::PgStore::connect(url)
+                .context("cannot open the PostgreSQL store (store.url)")?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Purges payloads and metadata past `retention` at start and then every hour.
+async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationToken) {
+    let mut interval = tokio::time::interval(RETENTION_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let ap = ap.clone();
+        let now = time::OffsetDateTime::now_utc();
+        match tokio::task::spawn_blocking(move || api::purge_now(&ap, now)).await {
+            Ok(Ok((payloads, metadata))) => {
+                if payloads + metadata > 0 {
+                    tracing::info!(payloads, metadata, "retention: purged");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
+            Err(e) => tracing::error!(error = %e, "the retention task failed"),
+        }
+    }
+}
+
+/// Sets `varti_cert_expiry_days{cert="<role>"}` and warns when expiry is near.
+fn record_cert_expiry(metrics: &Metrics, role: &str, cert: &Path) {
+    match ops::cert_expiry_days(cert) {
+        Ok(days) => {
+            metrics.set_cert_expiry_days(role, days);
+            if days < EXPIRY_WARNING_DAYS {
+                tracing::warn!(cert = %cert.display(), role, days, "a certificate expires soon: renew it");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, role, "cannot read the certificate's expiry"),
+    }
+}
+
+/// Writes the ready file atomically (write a temporary file, then rename).
+fn write_ready_file(
+    path: &Path,
+    msh: SocketAddr,
+    ops: SocketAddr,
+    backend: SocketAddr,
+    preview: Option<SocketAddr>,
+    scheme: &str,
+) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "msh": msh.to_string(),
+        "ops": ops.to_string(),
+        "backend": backend.to_string(),
+        "preview": preview.map(|a| a.to_string()),
+        "scheme": scheme,
+        "pid": std::process::id(),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{json}\n"))
+        .with_context(|| format!("cannot write the ready file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops varti");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,159 @@
+//! A real headless Chromium driven through chromedriver (fantoccini), for the tests of
+//! the preview space. Needs Debian's `chromium` and `chromium-driver` (`.ci/deps` installs
+//! them); without them a test fails and says so.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver on a free port; killed on drop.
+pub struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_driver() -> Driver {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: the preview test needs a real headless Chromium; install Debian's chromium and chromium-driver (.ci/deps does)"
+        );
+    }
+    let port = varti::pair::free_port().unwrap();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// A fresh browser (its own profile: no cookies).
+pub async fn browser(driver: &Driver) -> Client {
+    browser_trusting(driver, None).await
+}
+
+/// A fresh browser that also trusts the TLS server certificate `cert` (PEM) — exactly
+/// that key, by its SPKI hash, as a citizen's browser trusts a public CA's certificate.
+pub async fn browser_trusting(driver: &Driver, cert: Option<&Path>) -> Client {
+    let mut args = vec![
+        "--headless=new".to_owned(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        "--lang=en-US".into(),
+    ];
+    if let Some(cert) = cert {
+        use base64::Engine;
+        let pem = std::fs::read(cert).unwrap();
+        let x509 = openssl::x509::X509::from_pem(&pem).unwrap();
+        let spki = x509.public_key().unwrap().public_key_to_der().unwrap();
+        let hash = base64::engine::general_purpose::STANDARD.encode(openssl::sha::sha256(&spki));
+        args.push(format!("--ignore-certificate-errors-spki-list={hash}"));
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "binary": CHROMIUM, "args": args }),
+    );
+    ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("chromedriver starts a headless Chromium")
+}
+
+pub async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+}
+
+/// Follows `url`, and at the test identity provider logs in as the person whose button
+/// names `who`.
+pub async fn log_in(c: &Client, url: &str, who: &str) {
+    c.goto(url).await.unwrap();
+    wait_for(c, "#persons").await;
+    let button = c
+        .find(Locator::XPath(&format!("//button[contains(., '{who}')]")))
+        .await
+        .unwrap();
+    button.click().await.unwrap();
+    // Wait until the browser has left the identity provider's page: what the caller reads
+    // next must be the page the login leads to, not this one going away.
+    let start = Instant::now();
+    while c.find(Locator::Css("#persons")).await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still at the identity provider after choosing {who}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The text of the first `css` element; read again when the page replaced the element
+/// between finding and reading it (a navigation finishing).
+pub async fn text_of(c: &Client, css: &str) -> String {
+    let start = Instant::now();
+    loop {
+        match wait_for(c, css).await.text().await {
+            Ok(text) => return text,
+            Err(e)
+                if e.is_stale_element_reference() && start.elapsed() < Duration::from_secs(20) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot read `{css}`: {e}"),
+        }
+    }
+}
+
+/// Files left under the preview directory of the node in `dir` (data_dir `data`).
+pub fn preview_files(dir: &Path) -> usize {
+    fn count(p: &Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|it| {
+                it.flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() {
+                            count(&p)
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    count(&dir.join("data/preview"))
+}

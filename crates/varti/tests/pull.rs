@@ -1,0 +1,548 @@
+//! One-way/pull: varti-a holds messages on the pull leg `urn:varti:test:pull` (MPC
+//! `urn:varti:test:mpc:pull`), varti-b pulls them.
+//!
+//! * `pull_in_process`: both access points in this process, the exchange driven step by
+//!   step through their real MSH handlers (authorisation of the puller, empty MPC, a lost
+//!   receipt and the re-pull after the lease, the push sender never pushing a pull-leg
+//!   message).
+//! * `two_processes_pull`: two real `varti serve` processes over TLS, the message
+//!   submitted through the backend API and pulled by varti-b's puller task.
+
+mod pair_support;
+mod serve_support;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use pair_support::{repo, Pair};
+use time::OffsetDateTime;
+use varti::config::Config;
+use varti_access_point::client::OutboundResponse;
+use varti_access_point::ops::Metrics;
+use varti_access_point::pull::{self, Pulled};
+use varti_access_point::receiver::Receiver;
+use varti_access_point::server::{BodyReader, MshHandler, MshRequest, MshResponseBody, PeerInfo};
+use varti_access_point::submit::{leg_key, submit, Submission};
+use varti_access_point::{sender, AccessPoint, MessageEvent};
+use varti_as4::error::ErrorCode;
+use varti_as4::inbound::{self, ReceivePolicy};
+use varti_as4::message::mime::{MimeLimits, MimePackage};
+use varti_as4::message::model::SignalKind;
+use varti_as4::message::soap;
+use varti_as4::outbound::{build_pull_request, build_receipt};
+use varti_as4::security::profile::AS4_1_15;
+use varti_as4::security::sign::SigningIdentity;
+use varti_as4::security::token::TokenReference;
+use varti_store::{MessageMeta, NewOutbound, PayloadEntry, SledStore, State};
+
+const MPC: &str = "urn:varti:test:mpc:pull";
+const SOAP12: &str = "application/soap+xml; charset=UTF-8";
+
+/// An access point of the pair, opened in this process over its own sled store.
+fn open(pair: &Pair, node: &str, lease_secs: u64) -> Arc<AccessPoint> {
+    let dir = pair.root.path().join(node);
+    let mut config = Config::load(&dir.join("varti.toml")).unwrap();
+    config.sender.lease_secs = lease_secs;
+    let store = SledStore::open(config.store_path()).unwrap();
+    Arc::new(
+        AccessPoint::open(
+            config.access_point_settings(),
+            Arc::new(store),
+            Arc::new(Metrics::new()),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("opening {node}: {e}")),
+    )
+}
+
+/// The answer of `ap`'s MSH handler to a request, body read.
+fn post(
+    ap: &Arc<AccessPoint>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap(),
+    );
+    let request = MshRequest {
+        headers,
+        body: BodyReader::from_bytes(body),
+        peer: PeerInfo {
+            remote_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: true,
+            client_certificates: Vec::new(),
+        },
+    };
+    let response = Receiver::new(ap.clone()).handle(request);
+    let body = match response.body {
+        MshResponseBody::Empty => Bytes::new(),
+        MshResponseBody::Bytes(b) => b,
+        MshResponseBody::Reader(mut r) => {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            Bytes::from(out)
+        }
+    };
+    (response.status, response.headers, body)
+}
+
+/// A pull request for `mpc` signed with `ap`'s signing key.
+fn pull_request(ap: &AccessPoint, mpc: &str) -> Vec<u8> {
+    let identity = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &ap.identity.signing_key,
+        certificate: &ap.identity.signing_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    build_pull_request(Some(mpc), Some(&identity))
+        .unwrap()
+        .into_bytes()
+}
+
+/// The ebMS error codes of an error-signal body (empty: not an error signal).
+fn error_codes(body: &[u8]) -> Vec<(Option<ErrorCode>, String)> {
+    let env = soap::parse_envelope(body).unwrap_or_else(|e| {
+        panic!(
+            "not a SOAP envelope ({}): {}",
+            e.detail,
+            String::from_utf8_lossy(body)
+        )
+    });
+    env.messaging
+        .signals
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SignalKind::Errors(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .map(|e| {
+            let text = e.description.as_ref().map(|d| d.text.clone());
+            (e.code, text.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Submits a message with one payload on the pull leg.
+fn submit_pull(ap: &AccessPoint, content: &[u8]) -> String {
+    let stored = ap.store.payloads().put(&mut &content[..]).unwrap();
+    submit(
+        ap,
+        Submission {
+            owner: "portal".into(),
+            to_party: "varti-b".into(),
+            service: "urn:varti:test:pull".into(),
+            action: "Pull".into(),
+            payloads: vec![PayloadEntry {
+                content_id: "cid:document@varti.test".into(),
+                mime_type: "application/xml".into(),
+                stored,
+                properties: Vec::new(),
+            }],
+            ..Submission::default()
+        },
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+}
+
+fn state(ap: &AccessPoint, id: &str) -> State {
+    ap.store.get(id).unwrap().unwrap().state
+}
+
+/// The inbound message `id` as varti-b stored it, with its first payload.
+fn received(ap: &AccessPoint, id: &str) -> (State, Vec<u8>) {
+    let r = ap
+        .store
+        .get(id)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{id} not received"));
+    let mut bytes = Vec::new();
+    ap.store
+        .payloads()
+        .open(&r.meta.payloads[0].stored)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    (r.state, bytes)
+}
+
+/// varti-b pulls once through varti-a's handler: the response as the puller's client
+/// would hand it over.
+fn pull_from_a(a: &Arc<AccessPoint>, b: &Arc<AccessPoint>) -> (StatusCode, OutboundResponse) {
+    let (status, headers, body) = post(a, SOAP12, pull_request(b, MPC));
+    (
+        status,
+        OutboundResponse {
+            status,
+            headers,
+            body,
+        },
+    )
+}
+
+#[test]
+fn pull_in_process() {
+    let pair = Pair::new();
+    let a = open(&pair, "a", 2);
+    let b = open(&pair, "b", 30);
+    let mut events = a.subscribe();
+    let leg = a
+        .pmodes
+        .legs
+        .iter()
+        .find(|l| l.mpc == MPC)
+        .expect("the pull leg")
+        .clone();
+
+    // Submitted on a pull leg: parked for the push sender, which never claims it.
+    let first = submit_pull(&a, b"<first/>");
+    let record = a.store.get(&first).unwrap().unwrap();
+    assert_eq!(record.state, State::Submitted);
+    assert!(
+        record.next_attempt_at.unwrap()
+            > OffsetDateTime::now_utc() + time::Duration::days(365 * 50),
+        "a pull-leg message is not due for the push sender: {:?}",
+        record.next_attempt_at
+    );
+    assert!(a
+        .store
+        .claim_due(
+            "someone",
+            Duration::from_secs(5),
+            10,
+            OffsetDateTime::now_utc()
+        )
+        .unwrap()
+        .is_empty());
+
+    // The puller must be the leg's responder: a pull request signed by varti-a itself (the
+    // initiator, not a responder) is refused, and nothing is handed out.
+    let (status, _, body) = post(&a, SOAP12, pull_request(&a, MPC));
+    // A WS-Security failure: error signal + SOAP Fault, HTTP 500.
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let codes = error_codes(&body);
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    assert_eq!(
+        codes[0].0,
+        Some(ErrorCode::FailedAuthentication),
+        "{codes:?}"
+    );
+    assert!(
+        codes[0].1.contains("not the signing certificate"),
+        "{codes:?}"
+    );
+    assert_eq!(state(&a, &first), State::Submitted);
+    // An unsigned pull request is refused as well.
+    let unsigned = build_pull_request(Some(MPC), None).unwrap().into_bytes();
+    let (_, _, body) = post(&a, SOAP12, unsigned);
+    assert_eq!(
+        error_codes(&body)[0].0,
+        Some(ErrorCode::PolicyNoncompliance)
+    );
+    assert_eq!(state(&a, &first), State::Submitted);
+    // An MPC varti-a holds nothing on: EBMS:0010.
+    let (_, _, body) = post(&a, SOAP12, pull_request(&b, "urn:varti:test:mpc:other"));
+    assert_eq!(
+        error_codes(&body)[0].0,
+        Some(ErrorCode::ProcessingModeMismatch)
+    );
+
+    // varti-b pulls: it gets the message, stores it, and answers with its receipt.
+    let (status, response) = pull_from_a(&a, &b);
+    assert_eq!(status, StatusCode::OK);
+    let content_type = response.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("multipart/related"),
+        "{content_type}"
+    );
+    let record = a.store.get(&first).unwrap().unwrap();
+    assert_eq!((record.state, record.attempts), (State::Sending, 1));
+    let (pulled, answer) = pull::receive_pulled(&b, response);
+    assert_eq!(pulled, Pulled::Message(first.clone()));
+    assert_eq!(
+        received(&b, &first),
+        (State::Received, b"<first/>".to_vec())
+    );
+    let (receipt_type, receipt) = answer.expect("a receipt to push back");
+    // While the receipt is on its way, the message is leased: nothing else waits.
+    let (_, _, body) = post(&a, SOAP12, pull_request(&b, MPC));
+    assert_eq!(
+        error_codes(&body)[0].0,
+        Some(ErrorCode::EmptyMessagePartitionChannel)
+    );
+    // The receipt, pushed to varti-a, acknowledges the message.
+    let (status, _, body) = post(&a, &receipt_type, receipt.to_vec());
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let record = a.store.get(&first).unwrap().unwrap();
+    assert_eq!(record.state, State::Acknowledged);
+    assert_eq!(record.receipt.as_deref(), Some(&receipt[..]));
+    assert_eq!(
+        events.try_recv().unwrap(),
+        MessageEvent::Sent {
+            message_id: first.clone(),
+            owner: "portal".into()
+        }
+    );
+    // Nothing left: EBMS:0006, a warning.
+    let (_, response) = pull_from_a(&a, &b);
+    assert_eq!(pull::receive_pulled(&b, response), (Pulled::Empty, None));
+
+    // A receipt that is lost: the lease expires and the message is pulled again; varti-b
+    // recognises the duplicate and answers with its original receipt, which still proves
+    // the first transmission to varti-a.
+    let second = submit_pull(&a, b"<second/>");
+    let (_, response) = pull_from_a(&a, &b);
+    let (pulled, lost) = pull::receive_pulled(&b, response);
+    assert_eq!(pulled, Pulled::Message(second.clone()));
+    let (_, lost) = lost.unwrap();
+    let (_, response) = pull_from_a(&a, &b);
+    assert_eq!(
+        pull::receive_pulled(&b, response).0,
+        Pulled::Empty,
+        "leased"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let (_, response) = pull_from_a(&a, &b);
+    let record = a.store.get(&second).unwrap().unwrap();
+    assert_eq!((record.state, record.attempts), (State::Sending, 2));
+    let (pulled, again) = pull::receive_pulled(&b, response);
+    assert_eq!(pulled, Pulled::Message(second.clone()));
+    let (receipt_type, again) = again.unwrap();
+    assert_eq!(again, lost, "the duplicate gets the original receipt");
+    assert_eq!(b.store.get(&second).unwrap().unwrap().duplicates, 1);
+    let (status, _, body) = post(&a, &receipt_type, again.to_vec());
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(state(&a, &second), State::Acknowledged);
+
+    // A receipt signed by someone other than the puller (here: varti-a's own key, which
+    // the shared CA vouches for) is refused.
+    let third = submit_pull(&a, b"<third/>");
+    let (_, response) = pull_from_a(&a, &b);
+    let forged = receipt_signed_by(&a, &b, &response);
+    let (_, answer) = pull::receive_pulled(&b, response);
+    let (receipt_type, receipt) = answer.unwrap();
+    let (_, _, body) = post(&a, SOAP12, forged.into_bytes());
+    let codes = error_codes(&body);
+    assert_eq!(
+        codes[0].0,
+        Some(ErrorCode::FailedAuthentication),
+        "{codes:?}"
+    );
+    // Refused by the receive policy (the signer must be the sending party's PMode
+    // certificate) before the pull-specific check (the party who pulled) is reached.
+    assert!(
+        codes[0].1.contains("who pulled the message")
+            || codes[0]
+                .1
+                .contains("not with the sending party's certificate"),
+        "{codes:?}"
+    );
+    assert_eq!(state(&a, &third), State::Sending);
+    let (status, _, _) = post(&a, &receipt_type, receipt.to_vec());
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(state(&a, &third), State::Acknowledged);
+
+    // A pull-leg message made due (as a resend does) is never pushed: the sender parks it
+    // again for pulling.
+    let now = OffsetDateTime::now_utc();
+    let parked = "resent-pull@varti.test";
+    a.store
+        .insert_outbound(
+            NewOutbound {
+                meta: MessageMeta {
+                    message_id: parked.into(),
+                    owner: "portal".into(),
+                    from_party: "varti-a".into(),
+                    to_party: "varti-b".into(),
+                    service: "urn:varti:test:pull".into(),
+                    action: "Pull".into(),
+                    conversation_id: "c-1".into(),
+                    ref_to_message_id: None,
+                    pmode_id: leg_key(&leg),
+                    payloads: Vec::new(),
+                    properties: Vec::new(),
+                },
+                not_before: now,
+            },
+            now,
+        )
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let token = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(sender::run(a.clone(), token.clone()));
+        let start = Instant::now();
+        loop {
+            let r = a.store.get(parked).unwrap().unwrap();
+            if r.state == State::WaitingForRetry {
+                assert!(r.next_attempt_at.unwrap() > now + time::Duration::days(365 * 50));
+                assert!(
+                    r.last_error
+                        .as_deref()
+                        .unwrap()
+                        .contains("waiting to be pulled on MPC"),
+                    "{:?}",
+                    r.last_error
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the sender did not park {parked}: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        token.cancel();
+        task.await.unwrap();
+    });
+    assert!(
+        b.store.get(parked).unwrap().is_none(),
+        "never pushed to varti-b"
+    );
+    // … and is still pullable.
+    let (_, response) = pull_from_a(&a, &b);
+    assert_eq!(
+        pull::receive_pulled(&b, response).0,
+        Pulled::Message(parked.into())
+    );
+
+    // varti-b's puller pulls from varti-a on the one MPC.
+    let channels = pull::pull_channels(&b);
+    assert_eq!(channels.len(), 1, "{channels:?}");
+    assert_eq!(
+        (channels[0].mpc.as_str(), channels[0].partner.as_str()),
+        (MPC, "varti-a")
+    );
+    assert!(
+        pull::pull_channels(&a).is_empty(),
+        "varti-a pulls from nobody"
+    );
+}
+
+/// A well-formed NRR receipt for the pulled message in `response`, but signed with
+/// `signer`'s key instead of the puller's (`puller` decrypts the message).
+fn receipt_signed_by(
+    signer: &AccessPoint,
+    puller: &AccessPoint,
+    response: &OutboundResponse,
+) -> String {
+    let ct = response.headers[header::CONTENT_TYPE].to_str().unwrap();
+    let package =
+        MimePackage::read_http_body(&response.body[..], ct, &MimeLimits::default()).unwrap();
+    let mut policy = ReceivePolicy::strict(&AS4_1_15);
+    policy.decryption = Some((
+        puller.identity.encryption_key.clone(),
+        puller.identity.encryption_cert.clone(),
+    ));
+    policy.trust_anchors = vec![signer.identity.signing_cert.clone()];
+    let received = inbound::receive(&package, &policy).unwrap();
+    let identity = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &signer.identity.signing_key,
+        certificate: &signer.identity.signing_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    build_receipt(&received, Some(&identity)).unwrap()
+}
+
+/// Two `varti serve` processes: varti-b's puller fetches what the portal submitted to
+/// varti-a; a pull request signed by a party that is not the leg's responder gets an
+/// error and no message.
+#[test]
+fn two_processes_pull() {
+    let pair = Pair::new();
+    let a = pair.start("a");
+    // varti-b is not running yet: the message waits at varti-a.
+    let document = b"<document>pulled across</document>";
+    let id = a.submit(
+        serde_json::json!({
+            "to_party": "varti-b",
+            "service": "urn:varti:test:pull",
+            "action": "Pull",
+        }),
+        &[("document", "application/xml", document)],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a.message(&id).unwrap()["state"], "submitted", "not pushed");
+
+    // A pull request signed by varti-a's key (the initiator, not the responder), over TLS
+    // with varti-b's client certificate: refused, nothing handed out.
+    let certs = repo().join("certs");
+    let key = openssl::pkey::PKey::private_key_from_pem(
+        &std::fs::read(certs.join("varti-a/sign.key.pem")).unwrap(),
+    )
+    .unwrap();
+    let cert =
+        openssl::x509::X509::from_pem(&std::fs::read(certs.join("varti-a/sign.cert.pem")).unwrap())
+            .unwrap();
+    let identity = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &key,
+        certificate: &cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let request = build_pull_request(Some(MPC), Some(&identity)).unwrap();
+    let mut tls = serve_support::openssl_connect(
+        a.served.msh,
+        openssl::ssl::SslVersion::TLS1_2,
+        &certs.join("ca.cert.pem"),
+        Some((
+            &certs.join("varti-b/tls.cert.pem"),
+            &certs.join("varti-b/tls.key.pem"),
+        )),
+    )
+    .unwrap();
+    let r = serve_support::http_request(
+        &mut tls,
+        "POST",
+        "/msh",
+        &format!("Content-Type: {SOAP12}\r\n"),
+        request.as_bytes(),
+    )
+    .unwrap();
+    // An authentication failure: the error signal with a WS-Security fault, HTTP 500.
+    assert_eq!(r.status, 500, "{} {}", r.head, r.body);
+    assert!(r.body.contains("wsse:FailedCheck"), "{}", r.body);
+    let codes = error_codes(r.body.as_bytes());
+    assert_eq!(codes.len(), 1, "{}", r.body);
+    assert_eq!(
+        codes[0].0,
+        Some(ErrorCode::FailedAuthentication),
+        "{}",
+        r.body
+    );
+    assert_eq!(a.message(&id).unwrap()["state"], "submitted");
+
+    // varti-b starts, pulls the message and sends its receipt back.
+    let b = pair.start("b");
+    a.wait_state(&id, "acknowledged", Duration::from_secs(60));
+    let inbound = b.inbound();
+    assert!(
+        inbound.iter().any(|m| m["message_id"] == id.as_str()),
+        "varti-b has the message: {inbound:#?}\nlog:\n{}",
+        b.served.log_text()
+    );
+    assert_eq!(b.payload(&id, 0), document.to_vec());
+    let log = a.served.log_text();
+    assert!(log.contains("message pulled"), "{log}");
+}

@@ -1,0 +1,631 @@
+//! The webhook dispatcher, run in-process against a real HTTP(S) server standing in for a
+//! backend: retries with one delivery id, the HMAC signature, the JSON body, and
+//! "received" notified only by the caller that marked the message delivered (real sled
+//! store, real `AccessPoint` over the repository's PModes and keys).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use varti::config::Config;
+use varti_access_point::access_point::{AccessPoint, MessageEvent};
+use varti_access_point::ops::Metrics;
+use varti_access_point::server::tls;
+use varti_access_point::webhooks::{Dispatcher, WebhookOptions};
+use varti_store::{MessageMeta, NewInbound, SledStore, State, Store};
+
+const SECRET: &str = "webhook-test-secret";
+const TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// One request the stand-in backend received.
+#[derive(Debug, Clone)]
+struct Seen {
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+/// A tiny backend: answers the i-th request with `statuses[i]` (the last one thereafter)
+/// and records every request.
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    async fn start(statuses: Vec<u16>, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let statuses = Arc::new(statuses);
+        let recorder = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, statuses, tls) = (recorder.clone(), statuses.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, statuses) = (seen.clone(), statuses.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let status = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(Seen {
+                                    headers: parts.headers,
+                                    body,
+                                    at: Instant::now(),
+                                });
+                                statuses[(seen.len() - 1).min(statuses.len() - 1)]
+                            };
+                            let mut response = Response::new(Full::new(Bytes::from("ok")));
+                            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            // A failed handshake (untrusting client) just ends the connection.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Backend { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests arrived (panics after 10 s), then returns them.
+    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        let start = Instant::now();
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "expected {n} webhook request(s), got {}",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A TLS acceptor with varti-b's TLS certificate (SAN localhost, 127.0.0.1).
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let repo = repo();
+    let chain = tls::load_certs(&repo.join("certs/varti-b/tls.cert.pem"), "cert").unwrap();
+    let key = tls::load_key(&repo.join("certs/varti-b/tls.key.pem"), "key").unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// varti-a over the repository's PModes and keys, with two backends: `portal` (webhook to
+/// `webhook_url`) and `poller` (no webhook).
+fn config(data: &Path, webhook_url: &str) -> Config {
+    let repo = repo().display().to_string();
+    let text = format!(
+        r#"data_dir = "{data}"
+pmodes_dir = "{repo}/pmodes"
+[tls]
+cert = "{repo}/certs/varti-a/tls.cert.pem"
+key = "{repo}/certs/varti-a/tls.key.pem"
+client_ca = "{repo}/certs/ca.cert.pem"
+[identity]
+party = "varti-a"
+signing_key = "{repo}/certs/varti-a/sign.key.pem"
+signing_cert = "{repo}/certs/varti-a/sign.cert.pem"
+encryption_key = "{repo}/certs/varti-a/enc.key.pem"
+encryption_cert = "{repo}/certs/varti-a/enc.cert.pem"
+trust_anchors = ["{repo}/certs/ca.cert.pem"]
+[backend]
+listen = "127.0.0.1:0"
+[[backend.clients]]
+name = "portal"
+token_sha256 = "{TOKEN_SHA256}"
+webhook_url = "{webhook_url}"
+webhook_secret = "{SECRET}"
+[[backend.clients]]
+name = "poller"
+token_sha256 = "{TOKEN_SHA256}"
+"#,
+        data = data.display()
+    );
+    let config = Config::parse(&text).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+/// A test fixture: a temp dir, a sled store, and access points over it.
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path().join("store")).unwrap());
+        Fixture { dir, store }
+    }
+
+    /// An access point (an "instance") over the shared store.
+    fn access_point(&self, webhook_url: &str) -> Arc<AccessPoint> {
+        let config = config(&self.dir.path().join("data"), webhook_url);
+        Arc::new(
+            AccessPoint::open(
+                config.access_point_settings(),
+                self.store.clone(),
+                Arc::new(Metrics::new()),
+                false,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// Stores an inbound message for `owner`, as the receiver does.
+    fn receive(&self, message_id: &str, owner: &str) {
+        let meta = MessageMeta {
+            message_id: message_id.to_owned(),
+            owner: owner.to_owned(),
+            from_party: "varti-b".into(),
+            to_party: "varti-a".into(),
+            service: "urn:test:service".into(),
+            action: "Deliver".into(),
+            conversation_id: "c1".into(),
+            ref_to_message_id: None,
+            pmode_id: "test".into(),
+            payloads: vec![],
+            properties: vec![],
+        };
+        let msg = NewInbound {
+            meta,
+            receipt: b"<receipt/>".to_vec(),
+        };
+        self.store
+            .insert_inbound(msg, OffsetDateTime::now_utc())
+            .unwrap();
+    }
+
+    fn state(&self, message_id: &str) -> State {
+        self.store.get(message_id).unwrap().unwrap().state
+    }
+}
+
+/// Starts a dispatcher for `ap`; cancel the token to stop it.
+fn start(ap: &Arc<AccessPoint>, options: WebhookOptions) -> CancellationToken {
+    let token = CancellationToken::new();
+    let dispatcher = Dispatcher::new(ap.clone(), options).unwrap();
+    tokio::spawn(dispatcher.run(token.clone()));
+    token
+}
+
+fn fast(retry_base_ms: u64) -> WebhookOptions {
+    WebhookOptions {
+        retry_base: Duration::from_millis(retry_base_ms),
+        ..WebhookOptions::default()
+    }
+}
+
+/// HMAC-SHA256 computed here, independently of the module under test.
+fn expected_signature(body: &[u8]) -> String {
+    let key = PKey::hmac(SECRET.as_bytes()).unwrap();
+    let mut signer = Signer::new(MessageDigest::sha256(), &key).unwrap();
+    let mac = signer.sign_oneshot_to_vec(body).unwrap();
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+fn header<'a>(seen: &'a Seen, name: &str) -> &'a str {
+    seen.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", seen.headers))
+        .to_str()
+        .unwrap()
+}
+
+fn json(seen: &Seen) -> serde_json::Value {
+    serde_json::from_slice(&seen.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_is_retried_until_2xx_with_one_delivery_id_and_a_valid_signature() {
+    let backend = Backend::start(vec![500, 500, 200], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/hooks/varti", backend.addr));
+    let token = start(&ap, fast(50));
+
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-sent@test".into(),
+        owner: "portal".into(),
+    });
+    let seen = backend.wait_for(3).await;
+    // No fourth attempt after the 200.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(backend.seen().len(), 3);
+
+    let delivery = header(&seen[0], "x-varti-delivery");
+    uuid::Uuid::parse_str(delivery).expect("X-Varti-Delivery is a UUID");
+    for s in &seen {
+        assert_eq!(
+            header(s, "x-varti-delivery"),
+            delivery,
+            "same id on each retry"
+        );
+        assert_eq!(header(s, "x-varti-event"), "sent");
+        assert_eq!(header(s, "content-type"), "application/json");
+        assert_eq!(header(s, "x-varti-signature"), expected_signature(&s.body));
+        assert_eq!(s.body, seen[0].body, "a retry sends the same body");
+    }
+    let body = json(&seen[0]);
+    let object = body.as_object().unwrap();
+    assert_eq!(object["event"], "sent");
+    assert_eq!(object["message_id"], "m-sent@test");
+    assert_eq!(object["owner"], "portal");
+    assert!(!object.contains_key("error"), "{body}");
+    let at = OffsetDateTime::parse(
+        object["at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!((OffsetDateTime::now_utc() - at).abs() < time::Duration::minutes(1));
+    assert_eq!(object.len(), 4, "{body}");
+
+    // Backoff: 50 ms, then 100 ms.
+    assert!(seen[1].at - seen[0].at >= Duration::from_millis(50));
+    assert!(seen[2].at - seen[1].at >= Duration::from_millis(100));
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_carries_the_ebms_error() {
+    let backend = Backend::start(vec![204], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/", backend.addr));
+    let token = start(&ap, fast(50));
+    ap.announce(MessageEvent::Failed {
+        message_id: "m-failed@test".into(),
+        owner: "portal".into(),
+        error: "EBMS:0301 MissingReceipt: no receipt after 5 attempts".into(),
+    });
+    let seen = backend.wait_for(1).await;
+    assert_eq!(header(&seen[0], "x-varti-event"), "failed");
+    let body = json(&seen[0]);
+    assert_eq!(body["event"], "failed");
+    assert_eq!(body["message_id"], "m-failed@test");
+    assert_eq!(
+        body["error"],
+        "EBMS:0301 MissingReceipt: no receipt after 5 attempts"
+    );
+    assert_eq!(
+        header(&seen[0], "x-varti-signature"),
+        expected_signature(&seen[0].body)
+    );
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_is_notified_once_and_only_by_the_caller_that_marked_it() {
+    let backend = Backend::start(vec![200], None).await;
+    let fixture = Fixture::new();
+    let url = format!("http://{}/hook", backend.addr);
+    // Two instances sharing one store, each with its own dispatcher.
+    let one = fixture.access_point(&url);
+    let two = fixture.access_point(&url);
+    let tokens = [start(&one, fast(50)), start(&two, fast(50))];
+
+    // Delivered elsewhere: another instance's mark_delivered returned true for it.
+    fixture.receive("m-elsewhere@test", "portal");
+    assert!(fixture
+        .store
+        .mark_delivered("m-elsewhere@test", OffsetDateTime::now_utc())
+        .unwrap());
+    fixture.receive("m-fresh@test", "portal");
+    assert_eq!(fixture.state("m-fresh@test"), State::Received);
+
+    let elsewhere = MessageEvent::Received {
+        message_id: "m-elsewhere@test".into(),
+        owner: "portal".into(),
+    };
+    let fresh = MessageEvent::Received {
+        message_id: "m-fresh@test".into(),
+        owner: "portal".into(),
+    };
+    one.announce(elsewhere.clone());
+    two.announce(elsewhere);
+    // The fresh message announced twice on one instance (issue #6) and once on the other.
+    one.announce(fresh.clone());
+    one.announce(fresh.clone());
+    two.announce(fresh);
+
+    let seen = backend.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen_later = backend.seen();
+    assert_eq!(
+        seen_later.len(),
+        1,
+        "bodies: {:?}",
+        seen_later.iter().map(json).collect::<Vec<_>>()
+    );
+    let body = json(&seen[0]);
+    assert_eq!(body["event"], "received");
+    assert_eq!(body["message_id"], "m-fresh@test");
+    assert_eq!(body["owner"], "portal");
+    assert_eq!(header(&seen[0], "x-varti-event"), "received");
+    assert_eq!(fixture.state("m-fresh@test"), State::Delivered);
+    for t in tokens {
+        t.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_without_webhook_is_left_to_poll() {
+    let backend = Backend::start(vec![200], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
+    let token = start(&ap, fast(50));
+    fixture.receive("m-polled@test", "poller");
+    ap.announce(MessageEvent::Received {
+        message_id: "m-polled@test".into(),
+        owner: "poller".into(),
+    });
+    // A later event for the webhook backend: once it arrives, the first one was handled.
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-marker@test".into(),
+        owner: "portal".into(),
+    });
+    let seen = backend.wait_for(1).await;
+    assert_eq!(json(&seen[0])["message_id"], "m-marker@test");
+    assert_eq!(
+        fixture.state("m-polled@test"),
+        State::Received,
+        "the API marks it when the backend downloads it"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(backend.seen().len(), 1);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_after_the_last_attempt_and_stops_promptly() {
+    let backend = Backend::start(vec![503], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
+    let token = start(
+        &ap,
+        WebhookOptions {
+            max_attempts: 3,
+            ..fast(20)
+        },
+    );
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-down@test".into(),
+        owner: "portal".into(),
+    });
+    backend.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(backend.seen().len(), 3, "3 attempts, then it gives up");
+    token.cancel();
+
+    // Shutdown abandons a waiting retry instead of sleeping through it.
+    let backend = Backend::start(vec![500], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
+    let token = CancellationToken::new();
+    let run = tokio::spawn(
+        Dispatcher::new(ap.clone(), fast(60_000))
+            .unwrap()
+            .run(token.clone()),
+    );
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-slow@test".into(),
+        owner: "portal".into(),
+    });
+    backend.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(3), run)
+        .await
+        .expect("the dispatcher stops without waiting out the 60 s retry delay")
+        .unwrap();
+    assert_eq!(backend.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_verify_the_server() {
+    let ca = tls::load_certs(&repo().join("certs/ca.cert.pem"), "ca").unwrap();
+
+    // Trusted CA: delivered over TLS.
+    let backend = Backend::start(vec![200], Some(tls_acceptor())).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("https://localhost:{}/hook", backend.addr.port()));
+    let token = start(
+        &ap,
+        WebhookOptions {
+            trusted_cas: Some(ca),
+            ..fast(50)
+        },
+    );
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-tls@test".into(),
+        owner: "portal".into(),
+    });
+    let seen = backend.wait_for(1).await;
+    assert_eq!(json(&seen[0])["message_id"], "m-tls@test");
+    assert_eq!(
+        header(&seen[0], "x-varti-signature"),
+        expected_signature(&seen[0].body)
+    );
+    token.cancel();
+
+    // No trusted CA: the handshake fails, nothing reaches the HTTP layer.
+    let backend = Backend::start(vec![200], Some(tls_acceptor())).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("https://localhost:{}/hook", backend.addr.port()));
+    let token = start(
+        &ap,
+        WebhookOptions {
+            trusted_cas: Some(vec![]),
+            max_attempts: 2,
+            ..fast(20)
+        },
+    );
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-untrusted@test".into(),
+        owner: "portal".into(),
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(backend.seen().is_empty());
+    token.cancel();
+}
+
+#[test]
+fn unusable_webhook_urls_are_refused_at_start() {
+    let fixture = Fixture::new();
+    for (url, says) in [
+        (
+            "ftp://backend.example/hook",
+            "must start with http:// or https://",
+        ),
+        ("/relative/hook", "must start with http:// or https://"),
+        ("http://exa mple/hook", "is not a valid URL"),
+    ] {
+        let ap = fixture.access_point(url);
+        let err = Dispatcher::new(ap, WebhookOptions::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("backend.clients `portal`") && text.contains(says),
+            "{url}: {text}"
+        );
+    }
+}
+
+/// Two instances, each with its own connection pool to one real PostgreSQL schema, both see
+/// `Received` for the same message: the backend hears of it once.
+#[test]
+fn two_instances_on_postgresql_notify_received_once() {
+    use varti_store::postgres::testing::TestSchema;
+
+    // The blocking postgres client may not run on a runtime thread: set up outside it.
+    let schema = TestSchema::migrated();
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(schema.store()), Arc::new(schema.store())];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = runtime.block_on(Backend::start(vec![200], None));
+    let url = format!("http://{}/hook", backend.addr);
+    let instances: Vec<Arc<AccessPoint>> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let config = config(&dir.path().join(format!("data{i}")), &url);
+            Arc::new(
+                AccessPoint::open(
+                    config.access_point_settings(),
+                    store.clone(),
+                    Arc::new(Metrics::new()),
+                    false,
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    let ids = ["m-pg-1@test", "m-pg-2@test", "m-pg-3@test"];
+    for id in ids {
+        let fixture_meta = MessageMeta {
+            message_id: id.to_owned(),
+            owner: "portal".into(),
+            from_party: "varti-b".into(),
+            to_party: "varti-a".into(),
+            service: "urn:test:service".into(),
+            action: "Deliver".into(),
+            conversation_id: "c1".into(),
+            ref_to_message_id: None,
+            pmode_id: "test".into(),
+            payloads: vec![],
+            properties: vec![],
+        };
+        stores[0]
+            .insert_inbound(
+                NewInbound {
+                    meta: fixture_meta,
+                    receipt: b"<receipt/>".to_vec(),
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+    }
+
+    let seen = runtime.block_on(async {
+        let tokens: Vec<_> = instances.iter().map(|ap| start(ap, fast(50))).collect();
+        for id in ids {
+            for ap in &instances {
+                ap.announce(MessageEvent::Received {
+                    message_id: id.to_owned(),
+                    owner: "portal".into(),
+                });
+            }
+        }
+        backend.wait_for(ids.len()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokens.iter().for_each(CancellationToken::cancel);
+        backend.seen()
+    });
+    drop(runtime);
+
+    let mut notified: Vec<String> = seen
+        .iter()
+        .map(|s| json(s)["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    notified.sort();
+    assert_eq!(notified, ids, "each message notified exactly once");
+    for id in ids {
+        assert_eq!(
+            stores[1].get(id).unwrap().unwrap().state,
+            State::Delivered,
+            "{id}"
+        );
+    }
+}
