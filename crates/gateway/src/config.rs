@@ -177,6 +177,18 @@ pub struct ServerConfig {
     pub idle_timeout_secs: u64,
     /// Seconds that running requests get to finish on shutdown. Default 30.
     pub shutdown_grace_secs: u64,
+    /// Seconds a client may pause while sending a request body; a longer pause ends the
+    /// request (408) and, on HTTP/1.1, the connection. Default 30.
+    pub body_read_timeout_secs: u64,
+    /// Lowest average rate of a request body, in bytes per second, after a head start of
+    /// `body_read_timeout_secs` (only the time spent waiting for the client counts). Bounds
+    /// the whole body: the largest one (`limits.max_request_body_bytes`) must arrive within
+    /// `body_read_timeout_secs + max_request_body_bytes / min_body_bytes_per_sec` of
+    /// waiting. Default 65536 (64 KiB/s).
+    pub min_body_bytes_per_sec: u64,
+    /// Seconds a client may leave a response untaken (its TCP or HTTP/2 window closed)
+    /// before the connection is closed. Default 60.
+    pub write_timeout_secs: u64,
 }
 
 /// TLS of the MSH listener.
@@ -262,6 +274,21 @@ pub struct LimitsConfig {
     /// Most simultaneous connections on the MSH listener; more wait in the accept queue.
     /// Default 1024.
     pub max_connections: usize,
+    /// Most simultaneous connections on the MSH listener from one IP address; more are
+    /// closed on accept, so one source cannot take every slot. Default 128 (1/8 of the
+    /// default `max_connections`). At most `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// With `tls.client_auth = "optional"`: most simultaneous MSH connections whose client
+    /// sent no certificate. More are closed right after the TLS handshake: clients without
+    /// a certificate (load balancers' health checks, or attackers when every partner uses
+    /// mutual TLS) have the lowest priority and cannot take partners' slots. Default 64. At
+    /// most `max_connections`; 0 closes every connection without a certificate.
+    pub max_anonymous_connections: usize,
+    /// HTTP/2: most concurrent requests (streams) on one connection. Default 64.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header list of a request, in bytes (bounds CONTINUATION frames too).
+    /// Default 65536.
+    pub http2_max_header_list_bytes: u32,
 }
 
 /// The outbound HTTP client.
@@ -363,6 +390,9 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 30,
             idle_timeout_secs: 120,
             shutdown_grace_secs: 30,
+            body_read_timeout_secs: 30,
+            min_body_bytes_per_sec: 64 * 1024,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -410,6 +440,10 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_request_body_bytes: 2 * 1024 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_ip: 128,
+            max_anonymous_connections: 64,
+            http2_max_concurrent_streams: 64,
+            http2_max_header_list_bytes: 64 * 1024,
         }
     }
 }
@@ -520,6 +554,27 @@ impl Config {
             ),
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
             (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+            (
+                "server.min_body_bytes_per_sec",
+                self.server.min_body_bytes_per_sec,
+            ),
+            ("server.write_timeout_secs", self.server.write_timeout_secs),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip as u64,
+            ),
+            (
+                "limits.http2_max_concurrent_streams",
+                u64::from(self.limits.http2_max_concurrent_streams),
+            ),
+            (
+                "limits.http2_max_header_list_bytes",
+                u64::from(self.limits.http2_max_header_list_bytes),
+            ),
+            (
                 "client.connect_timeout_secs",
                 self.client.connect_timeout_secs,
             ),
@@ -548,6 +603,37 @@ impl Config {
                     fix: "use a positive value (or remove the key to get the default)",
                 });
             }
+        }
+        for (key, value) in [
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            (
+                "limits.max_anonymous_connections",
+                self.limits.max_anonymous_connections,
+            ),
+        ] {
+            if value > self.limits.max_connections {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!(
+                        "({value}) is larger than limits.max_connections ({})",
+                        self.limits.max_connections
+                    ),
+                    fix: "it is a share of limits.max_connections: lower it (default 1/8 of max_connections for one IP address, 1/16 without a client certificate)",
+                });
+            }
+        }
+        if self.limits.http2_max_header_list_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "limits.http2_max_header_list_bytes",
+                problem: format!(
+                    "({}) is below 4096",
+                    self.limits.http2_max_header_list_bytes
+                ),
+                fix: "allow at least 4096 bytes of headers (default 65536): AS4 requests carry a long Content-Type",
+            });
         }
         if self.retention.metadata_days < self.retention.payload_days {
             return Err(ConfigError::Invalid {
@@ -687,6 +773,42 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "info,=[".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
+
+    /// Issue 13's acceptance on the embedded defaults: a stalled body is closed within
+    /// 60 s and an HTTP/2 connection that sends only the preface within 30 s. The
+    /// mechanisms are proven with short bounds by tests/serve_slowloris.rs; this pins the
+    /// defaults they run on.
+    #[test]
+    fn embedded_defaults_bound_every_connection_phase() {
+        let d = Config::default();
+        assert!(d.server.body_read_timeout_secs <= 60);
+        assert!(d.server.header_read_timeout_secs <= 30);
+        assert!(d.server.handshake_timeout_secs <= 30);
+        assert!(d.server.write_timeout_secs <= 120);
+        // A client cannot take every slot from one address or without a certificate.
+        assert!(d.limits.max_connections_per_ip * 4 <= d.limits.max_connections);
+        assert!(d.limits.max_anonymous_connections * 8 <= d.limits.max_connections);
+        // The largest body at the lowest rate still has a deadline (under a day).
+        let body_deadline = d.server.body_read_timeout_secs
+            + d.limits.max_request_body_bytes / d.server.min_body_bytes_per_sec;
+        assert!(body_deadline < 24 * 3600, "{body_deadline} s");
+    }
+
+    #[test]
+    fn connection_shares_cannot_exceed_the_connection_limit() {
+        let mut c = Config::default();
+        c.limits.max_connections_per_ip = c.limits.max_connections + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_connections_per_ip"), "{err}");
+        let mut c = Config::default();
+        c.limits.max_anonymous_connections = c.limits.max_connections + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_anonymous_connections"), "{err}");
+        let mut c = Config::default();
+        c.server.body_read_timeout_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.body_read_timeout_secs"), "{err}");
     }
 
     #[test]
