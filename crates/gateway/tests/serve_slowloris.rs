@@ -109,8 +109,13 @@ impl Stall {
 enum Outcome {
     /// Closed before the TLS handshake completed (over the per-address limit).
     Refused,
-    /// Closed `after` the stall began; `head` is what the server sent meanwhile.
-    Closed { after: Duration, head: String },
+    /// Closed `after` the stall began and `since_connect` after the TCP connection was
+    /// made (the server's timers cannot start earlier); `head` is what the server sent.
+    Closed {
+        after: Duration,
+        since_connect: Duration,
+        head: String,
+    },
     /// Still open long after its bound.
     StillOpen,
 }
@@ -227,6 +232,7 @@ async fn attack(
         Ok(Ok(tcp)) => tcp,
         other => panic!("{stall:?} from {source}: cannot connect: {other:?}"),
     };
+    let connected = Instant::now();
     let name = ServerName::try_from("localhost").unwrap();
     let handshake = tokio::time::timeout(Duration::from_secs(20), connector.connect(name, tcp));
     let mut tls = match handshake.await {
@@ -252,6 +258,7 @@ async fn attack(
             Ok(Ok(0)) | Ok(Err(_)) => {
                 break Outcome::Closed {
                     after: started.elapsed(),
+                    since_connect: connected.elapsed(),
                     head: String::from_utf8_lossy(&head).into_owned(),
                 }
             }
@@ -371,7 +378,11 @@ fn stalled_connections_are_closed_in_time_and_partners_get_through() {
                 "a {stall:?} connection was still open {:?} after its stall began",
                 bound + SLACK + Duration::from_secs(5)
             ),
-            Outcome::Closed { after, head } => {
+            Outcome::Closed {
+                after,
+                since_connect,
+                head,
+            } => {
                 assert!(
                     after <= bound + SLACK,
                     "a {stall:?} connection was closed only after {after:?} (bound {bound:?})"
@@ -386,11 +397,13 @@ fn stalled_connections_are_closed_in_time_and_partners_get_through() {
                     *at_once.entry(stall).or_default() += 1;
                     continue;
                 }
-                // The server's timers start when its side of the handshake ends, a little
-                // before the client's `started` under load.
+                // A timer closed it, not an error: the server's timers start after the
+                // connection was made (the client notes its connect up to a second late
+                // while 1,100 handshakes share two threads, hence the margin).
                 assert!(
-                    after >= bound - Duration::from_secs(1),
-                    "a {stall:?} connection was closed after {after:?}, well before its bound"
+                    since_connect >= bound * 3 / 4,
+                    "a {stall:?} connection was closed {since_connect:?} after it was made, \
+                     before its bound"
                 );
                 if matches!(
                     stall,
