@@ -62,6 +62,18 @@ pub struct ServerConfig {
     pub idle_timeout_secs: u64,
     /// Seconds that running requests get to finish on shutdown. Default 30.
     pub shutdown_grace_secs: u64,
+    /// Seconds a client may pause while sending a request body; a longer pause ends the
+    /// request (408) and, on HTTP/1.1, the connection. Default 30.
+    pub body_read_timeout_secs: u64,
+    /// Lowest average rate of a request body, in bytes per second, after a head start of
+    /// `body_read_timeout_secs` (only the time spent waiting for the client counts). Bounds
+    /// the whole body: the largest one (`limits.max_request_body_bytes`) must arrive within
+    /// `body_read_timeout_secs + max_request_body_bytes / min_body_bytes_per_sec` of
+    /// waiting. Default 65536 (64 KiB/s).
+    pub min_body_bytes_per_sec: u64,
+    /// Seconds a client may leave a response untaken (its TCP or HTTP/2 window closed)
+    /// before the connection is closed. Default 60.
+    pub write_timeout_secs: u64,
 }
 
 /// TLS of the MSH listener.
@@ -114,6 +126,21 @@ pub struct LimitsConfig {
     /// Most simultaneous connections on the MSH listener; more wait in the accept queue.
     /// Default 1024.
     pub max_connections: usize,
+    /// Most simultaneous connections on the MSH listener from one IP address; more are
+    /// closed on accept, so one source cannot take every slot. Default 128 (1/8 of the
+    /// default `max_connections`). At most `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// With `tls.client_auth = "optional"`: most simultaneous MSH connections whose client
+    /// sent no certificate. More are closed right after the TLS handshake: clients without
+    /// a certificate (load balancers' health checks, or attackers when every partner uses
+    /// mutual TLS) have the lowest priority and cannot take partners' slots. Default 64. At
+    /// most `max_connections`; 0 closes every connection without a certificate.
+    pub max_anonymous_connections: usize,
+    /// HTTP/2: most concurrent requests (streams) on one connection. Default 64.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header list of a request, in bytes (bounds CONTINUATION frames too).
+    /// Default 65536.
+    pub http2_max_header_list_bytes: u32,
 }
 
 /// The outbound HTTP client.
@@ -163,6 +190,9 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 30,
             idle_timeout_secs: 120,
             shutdown_grace_secs: 30,
+            body_read_timeout_secs: 30,
+            min_body_bytes_per_sec: 64 * 1024,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -192,6 +222,10 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_request_body_bytes: 2 * 1024 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_ip: 128,
+            max_anonymous_connections: 64,
+            http2_max_concurrent_streams: 64,
+            http2_max_header_list_bytes: 64 * 1024,
         }
     }
 }

@@ -488,7 +488,8 @@ pub async fn preview_return(
 
 /// A portal's JSON body, at most `MAX_REQUEST_JSON` bytes; `hint` says what to send.
 async fn json_body(request: Request<Incoming>, hint: &'static str) -> Result<Bytes, ApiError> {
-    Ok(Limited::new(request.into_body(), MAX_REQUEST_JSON)
+    let body = varti_access_point::server::http::timed_body(request);
+    Ok(Limited::new(body, MAX_REQUEST_JSON)
         .collect()
         .await
         .map_err(|e| {

@@ -347,6 +347,27 @@ impl Config {
             ),
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
             (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+            (
+                "server.min_body_bytes_per_sec",
+                self.server.min_body_bytes_per_sec,
+            ),
+            ("server.write_timeout_secs", self.server.write_timeout_secs),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip as u64,
+            ),
+            (
+                "limits.http2_max_concurrent_streams",
+                u64::from(self.limits.http2_max_concurrent_streams),
+            ),
+            (
+                "limits.http2_max_header_list_bytes",
+                u64::from(self.limits.http2_max_header_list_bytes),
+            ),
+            (
                 "client.connect_timeout_secs",
                 self.client.connect_timeout_secs,
             ),
@@ -375,6 +396,37 @@ impl Config {
                     fix: "use a positive value (or remove the key to get the default)",
                 });
             }
+        }
+        for (key, value) in [
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip,
+            ),
+            (
+                "limits.max_anonymous_connections",
+                self.limits.max_anonymous_connections,
+            ),
+        ] {
+            if value > self.limits.max_connections {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!(
+                        "({value}) is larger than limits.max_connections ({})",
+                        self.limits.max_connections
+                    ),
+                    fix: "it is a share of limits.max_connections: lower it (default 1/8 of max_connections for one IP address, 1/16 without a client certificate)",
+                });
+            }
+        }
+        if self.limits.http2_max_header_list_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "limits.http2_max_header_list_bytes",
+                problem: format!(
+                    "({}) is below 4096",
+                    self.limits.http2_max_header_list_bytes
+                ),
+                fix: "allow at least 4096 bytes of headers (default 65536): AS4 requests carry a long Content-Type",
+            });
         }
         if self.retention.metadata_days < self.retention.payload_days {
             return Err(ConfigError::Invalid {
@@ -544,6 +596,42 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "info,=[".into();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
+
+    /// Issue 13's acceptance on the embedded defaults: a stalled body is closed within
+    /// 60 s and an HTTP/2 connection that sends only the preface within 30 s. The
+    /// mechanisms are proven with short bounds by tests/serve_slowloris.rs; this pins the
+    /// defaults they run on.
+    #[test]
+    fn embedded_defaults_bound_every_connection_phase() {
+        let d = Config::default();
+        assert!(d.server.body_read_timeout_secs <= 60);
+        assert!(d.server.header_read_timeout_secs <= 30);
+        assert!(d.server.handshake_timeout_secs <= 30);
+        assert!(d.server.write_timeout_secs <= 120);
+        // A client cannot take every slot from one address or without a certificate.
+        assert!(d.limits.max_connections_per_ip * 4 <= d.limits.max_connections);
+        assert!(d.limits.max_anonymous_connections * 8 <= d.limits.max_connections);
+        // The largest body at the lowest rate still has a deadline (under a day).
+        let body_deadline = d.server.body_read_timeout_secs
+            + d.limits.max_request_body_bytes / d.server.min_body_bytes_per_sec;
+        assert!(body_deadline < 24 * 3600, "{body_deadline} s");
+    }
+
+    #[test]
+    fn connection_shares_cannot_exceed_the_connection_limit() {
+        let mut c = Config::default();
+        c.limits.max_connections_per_ip = c.limits.max_connections + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_connections_per_ip"), "{err}");
+        let mut c = Config::default();
+        c.limits.max_anonymous_connections = c.limits.max_connections + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_anonymous_connections"), "{err}");
+        let mut c = Config::default();
+        c.server.body_read_timeout_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.body_read_timeout_secs"), "{err}");
     }
 
     #[test]

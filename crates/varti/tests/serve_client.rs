@@ -95,6 +95,7 @@ async fn start_server(dir: &std::path::Path) -> (SocketAddr, Arc<AtomicU64>, Can
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_connections: 16,
+            ..ListenerOptions::default()
         },
     )
     .await

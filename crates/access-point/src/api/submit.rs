@@ -173,7 +173,7 @@ pub async fn submit(
             .whole_stream(max_body)
             .for_field("metadata", MAX_METADATA),
     );
-    let stream = request.into_body().into_data_stream();
+    let stream = crate::server::http::timed_body(request).into_data_stream();
     let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut stored = Stored {
         store: ap.store.clone(),

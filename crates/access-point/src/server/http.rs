@@ -7,6 +7,7 @@
 //! network, the channel fills, the pump stops polling, hyper stops reading the socket and TCP
 //! flow control slows the sender. Memory stays flat whatever the body size.
 
+use std::future::Future;
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -211,6 +212,192 @@ where
     )
 }
 
+/// How slowly a client may send a request body. Every listener puts its bounds into each
+/// request's extensions; [`timed_body`] applies them.
+///
+/// Two rules, counting only the time spent waiting for the client (not the time the
+/// consumer takes to process what it got, so back-pressure never counts against the
+/// sender):
+/// - no single wait for the next bytes may last longer than `read_timeout`;
+/// - in total, the waits may last at most `read_timeout + received / min_rate`: the body
+///   must arrive at `min_rate` bytes per second on average after a head start. For the
+///   largest body accepted this is the overall deadline of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyBounds {
+    /// Longest wait for the next bytes (`server.body_read_timeout_secs`).
+    pub read_timeout: std::time::Duration,
+    /// Lowest average rate, in bytes per second (`server.min_body_bytes_per_sec`).
+    pub min_rate: u64,
+}
+
+impl Default for BodyBounds {
+    /// The embedded defaults of `[server]`: 30 s per wait, 64 KiB/s on average.
+    fn default() -> Self {
+        BodyBounds {
+            read_timeout: std::time::Duration::from_secs(30),
+            min_rate: 64 * 1024,
+        }
+    }
+}
+
+impl BodyBounds {
+    /// The most waiting allowed in total once `received` bytes have arrived.
+    fn wait_budget(&self, received: u64) -> std::time::Duration {
+        let rate = self.min_rate.max(1);
+        self.read_timeout
+            .saturating_add(std::time::Duration::from_millis(
+                received.saturating_mul(1000) / rate,
+            ))
+    }
+}
+
+/// A request body bounded by [`BodyBounds`]: when the client stalls, the body ends with an
+/// [`io::ErrorKind::TimedOut`] error that names the setting, and [`TimedBody::stalled`]
+/// turns true.
+pub struct TimedBody<B> {
+    inner: B,
+    bounds: BodyBounds,
+    received: u64,
+    waited: std::time::Duration,
+    /// When the current wait began (the last poll that returned `Pending`).
+    waiting_since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl<B> TimedBody<B> {
+    /// Bounds `inner`.
+    pub fn new(inner: B, bounds: BodyBounds) -> TimedBody<B> {
+        TimedBody {
+            inner,
+            bounds,
+            received: 0,
+            waited: std::time::Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+            stalled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A flag that turns true when the body was cut off because the client stalled.
+    pub fn stalled(&self) -> Arc<AtomicBool> {
+        self.stalled.clone()
+    }
+
+    fn stall_error(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the request body stalled: no data for {} s, or slower than {} bytes/s on \
+                 average after {} bytes (server.body_read_timeout_secs, \
+                 server.min_body_bytes_per_sec); send the body without pauses",
+                self.bounds.read_timeout.as_secs(),
+                self.bounds.min_rate,
+                self.received
+            ),
+        )
+    }
+}
+
+impl<B> std::fmt::Debug for TimedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimedBody")
+            .field("bounds", &self.bounds)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> HttpBody for TimedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if this.stalled.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(item) => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                this.timer = None;
+                Poll::Ready(item.map(|r| match r {
+                    Ok(frame) => {
+                        if let Some(data) = frame.data_ref() {
+                            this.received += data.len() as u64;
+                        }
+                        Ok(frame)
+                    }
+                    Err(e) => Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("the request body broke off: {e}"),
+                    )),
+                }))
+            }
+            Poll::Pending => {
+                let now = tokio::time::Instant::now();
+                let since = *this.waiting_since.get_or_insert(now);
+                let left = this
+                    .bounds
+                    .wait_budget(this.received)
+                    .saturating_sub(this.waited);
+                let deadline = since + this.bounds.read_timeout.min(left);
+                if now >= deadline {
+                    this.stalled.store(true, Ordering::SeqCst);
+                    this.timer = None;
+                    return Poll::Ready(Some(Err(this.stall_error())));
+                }
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.stalled.store(true, Ordering::SeqCst);
+                    this.timer = None;
+                    return Poll::Ready(Some(Err(this.stall_error())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream() || self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of `request`, bounded by the [`BodyBounds`] its listener put into its
+/// extensions (the defaults when there are none). Every route that reads a request body
+/// reads it through this, so a stalling client cannot hold a connection.
+pub fn timed_body<B>(request: http::Request<B>) -> TimedBody<B> {
+    let bounds = body_bounds(&request);
+    TimedBody::new(request.into_body(), bounds)
+}
+
+/// The [`BodyBounds`] of the listener that received `request` (the defaults when none).
+pub fn body_bounds<B>(request: &http::Request<B>) -> BodyBounds {
+    request
+        .extensions()
+        .get::<BodyBounds>()
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Who the SOAP fault blames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultCode {
@@ -314,6 +501,104 @@ mod tests {
         assert_eq!(got.0, 5000);
         assert!(got.1.contains("5500 bytes"), "{}", got.1);
         assert!(hit.load(Ordering::SeqCst));
+    }
+
+    /// A body that never sends anything.
+    struct Silent;
+    impl HttpBody for Silent {
+        type Data = Bytes;
+        type Error = io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    /// A body that sends `chunk` bytes every `every`, forever.
+    struct Trickle {
+        chunk: usize,
+        timer: Pin<Box<tokio::time::Sleep>>,
+        every: std::time::Duration,
+    }
+    impl HttpBody for Trickle {
+        type Data = Bytes;
+        type Error = io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let next = tokio::time::Instant::now() + self.every;
+            self.timer.as_mut().reset(next);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; self.chunk])))))
+        }
+    }
+
+    fn bounds(read_ms: u64, min_rate: u64) -> BodyBounds {
+        BodyBounds {
+            read_timeout: std::time::Duration::from_millis(read_ms),
+            min_rate,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_body_times_out_after_the_read_timeout() {
+        let mut body = TimedBody::new(Silent, bounds(200, 1000));
+        let stalled = body.stalled();
+        let start = std::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("body_read_timeout_secs"), "{err}");
+        assert!(took >= std::time::Duration::from_millis(190), "{took:?}");
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+        assert!(stalled.load(Ordering::SeqCst));
+        assert!(body.frame().await.is_none(), "a stalled body ends");
+    }
+
+    #[tokio::test]
+    async fn a_trickle_below_the_minimum_rate_is_cut_off() {
+        // 10 bytes every 50 ms (200 B/s) against a minimum of 1000 B/s: no single pause is
+        // long, but the average falls behind within the 300 ms head start plus what arrived.
+        let trickle = Trickle {
+            chunk: 10,
+            timer: Box::pin(tokio::time::sleep(std::time::Duration::ZERO)),
+            every: std::time::Duration::from_millis(50),
+        };
+        let mut body = TimedBody::new(trickle, bounds(300, 1000));
+        let start = std::time::Instant::now();
+        let mut received = 0;
+        let err = loop {
+            match body.frame().await.unwrap() {
+                Ok(frame) => received += frame.into_data().unwrap().len(),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(received > 0);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn time_the_consumer_takes_does_not_count() {
+        // The data is always ready; the consumer pauses longer than the read timeout
+        // between reads (back-pressure): no timeout.
+        let body = VecBody((0..4u8).map(|i| Bytes::from(vec![i; 10])).collect());
+        let mut body = TimedBody::new(body, bounds(50, 1));
+        let mut received = 0;
+        while let Some(frame) = body.frame().await {
+            received += frame.unwrap().into_data().unwrap().len();
+            tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        }
+        assert_eq!(received, 40);
     }
 
     /// A body of fixed chunks.

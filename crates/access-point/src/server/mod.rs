@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::http::{Body, BodyReader, FaultCode};
+pub use self::http::{Body, BodyBounds, BodyReader, FaultCode};
 use crate::ops::{Metrics, Readiness};
 
 /// Who sent a request.
@@ -243,7 +243,42 @@ async fn msh(
             &format!("the message is larger than this access point accepts ({detail}); split the payloads or agree a larger limit"),
         )
     };
+    let bounds = http::body_bounds(&request);
+    let is_http1 = request.version() < ::http::Version::HTTP_2;
     let (parts, body) = request.into_parts();
+    // A client that stalls its body is cut off (see `BodyBounds`).
+    let mut body = http::TimedBody::new(body, bounds);
+    let stalled = body.stalled();
+    // The start of the body is read here, before a blocking thread is given to the
+    // handler: a client that stalls early costs a timer, not one of the few blocking
+    // threads that partners' messages need. Most messages fit whole.
+    let mut prefix = std::collections::VecDeque::new();
+    let mut buffered = 0;
+    while buffered < PREFETCH_BYTES && !http_body::Body::is_end_stream(&body) {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buffered += data.len();
+                    prefix.push_back(data);
+                }
+            }
+            Some(Err(e)) => {
+                if stalled.load(Ordering::SeqCst) {
+                    break;
+                }
+                return http::fault_response(
+                    StatusCode::BAD_REQUEST,
+                    FaultCode::Sender,
+                    &format!("{e}; send the message again"),
+                );
+            }
+        }
+    }
+    if buffered as u64 > max_body {
+        return too_large(format!("more than {max_body} bytes"));
+    }
+    let body = Prefixed { prefix, rest: body };
     // Refuse up front when the sender announced the size.
     if let Some(length) = parts
         .headers
@@ -254,6 +289,28 @@ async fn msh(
         if length > max_body {
             return too_large(format!("Content-Length {length} > {max_body} bytes"));
         }
+    }
+    let stalled_response = |bounds: BodyBounds| {
+        tracing::info!("request body stalled; closing the connection");
+        let mut response = http::fault_response(
+            StatusCode::REQUEST_TIMEOUT,
+            FaultCode::Sender,
+            &format!(
+                "the request body stalled: no data for {} s or slower than {} bytes/s on average; send the message without pauses",
+                bounds.read_timeout.as_secs(),
+                bounds.min_rate
+            ),
+        );
+        if is_http1 {
+            // The rest of the body cannot be skipped: the connection ends with this answer.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    };
+    if stalled.load(Ordering::SeqCst) {
+        return stalled_response(bounds);
     }
     let limit_hit = Arc::new(AtomicBool::new(false));
     let (reader, pump) = http::bridge(body, max_body, limit_hit.clone());
@@ -268,6 +325,9 @@ async fn msh(
     pump.abort();
     if limit_hit.load(Ordering::SeqCst) {
         return too_large(format!("more than {max_body} bytes"));
+    }
+    if stalled.load(Ordering::SeqCst) {
+        return stalled_response(bounds);
     }
     let msh_response = match outcome {
         Ok(r) => r,
@@ -291,7 +351,40 @@ async fn msh(
     response
 }
 
-/// Per-connection limits and timeouts of a listener.
+/// How much of an MSH request body is read before the handler gets a blocking thread.
+const PREFETCH_BYTES: usize = 64 * 1024;
+
+/// A body whose first chunks were already read.
+struct Prefixed<B> {
+    prefix: std::collections::VecDeque<Bytes>,
+    rest: B,
+}
+
+impl<B> http_body::Body for Prefixed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+/// Per-connection limits and timeouts of a listener. Every phase of a connection is bounded:
+/// the TLS handshake, the first request's headers (HTTP/1.1 and HTTP/2), each request body
+/// ([`BodyBounds`]), the response write, and idleness between requests.
 #[derive(Debug, Clone)]
 pub struct ListenerOptions {
     /// TLS settings; `None` serves plain HTTP (only with `--insecure-http`, or the loopback
@@ -299,12 +392,97 @@ pub struct ListenerOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time allowed for a request's headers.
+    /// Time allowed for a request's headers. On HTTP/2 (where hyper has no such timer) a
+    /// connection whose first request has not arrived within this time is closed.
     pub header_read_timeout: Duration,
-    /// A connection without traffic and without a running request for this long is closed.
+    /// A connection without a running request for this long is closed (bytes without a
+    /// request, such as HTTP/2 PINGs or a trickle of header fragments, do not count).
     pub idle_timeout: Duration,
+    /// How slowly a request body may arrive.
+    pub body: BodyBounds,
+    /// A response that the client does not take for this long (its TCP or HTTP/2 window
+    /// stays closed) closes the connection.
+    pub write_timeout: Duration,
     /// Most simultaneous connections.
     pub max_connections: usize,
+    /// Most simultaneous connections from one IP address; more are closed on accept.
+    pub max_connections_per_ip: usize,
+    /// On a TLS listener that asks for client certificates: most simultaneous connections
+    /// whose client sent none. More are closed right after their handshake, so clients
+    /// without a certificate (the lowest priority) cannot take the slots of partners.
+    /// `None`: no separate quota.
+    pub max_anonymous_connections: Option<usize>,
+    /// HTTP/2: most concurrent streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header list (decoded, with CONTINUATION frames) of a request.
+    pub http2_max_header_list_bytes: u32,
+}
+
+impl Default for ListenerOptions {
+    /// Plain HTTP with the embedded defaults of `[server]` and `[limits]`.
+    fn default() -> Self {
+        ListenerOptions {
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            body: BodyBounds::default(),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_connections_per_ip: 128,
+            max_anonymous_connections: None,
+            http2_max_concurrent_streams: 64,
+            http2_max_header_list_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// HTTP/2 reset floods ("rapid reset", CVE-2023-44487, and streams the server must reset
+/// for protocol errors): at most this many streams reset by the client before the server
+/// accepted them may be pending; more close the connection with `ENHANCE_YOUR_CALM`.
+const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// HTTP/2: at most this many streams reset by the server for a client's errors per
+/// connection; more close the connection.
+const HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// Open connections per peer IP address, for `max_connections_per_ip`.
+#[derive(Default)]
+struct PerIp {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`]; released on drop.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    /// Takes a slot for `ip`, unless it already has `max` connections.
+    fn take(table: &Arc<PerIp>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = table.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A bound listener, ready to serve.
@@ -371,8 +549,13 @@ impl Listener {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(64);
+            .max_concurrent_streams(options.http2_max_concurrent_streams)
+            .max_header_list_size(options.http2_max_header_list_bytes)
+            .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS);
         let builder = Arc::new(builder);
+        let per_ip = Arc::new(PerIp::default());
+        let anonymous = Arc::new(AtomicUsize::new(0));
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -391,7 +574,15 @@ impl Listener {
                 },
             };
             accepted.fetch_add(1, Ordering::Relaxed);
+            let Some(ip_slot) =
+                PerIp::take(&per_ip, remote_addr.ip(), options.max_connections_per_ip)
+            else {
+                tracing::debug!(listener = name, peer = %remote_addr, "closing a connection over limits.max_connections_per_ip");
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
+            let anonymous = anonymous.clone();
             let routes = routes.clone();
             let builder = builder.clone();
             let acceptor = acceptor.clone();
@@ -399,6 +590,7 @@ impl Listener {
             let options = options.clone();
             connections.spawn(async move {
                 let _permit = permit;
+                let _ip_slot = ip_slot;
                 let activity = Activity::new();
                 match acceptor {
                     None => {
@@ -427,12 +619,25 @@ impl Listener {
                                 return;
                             }
                         };
-                        let client_certificates = tls
+                        let client_certificates: Vec<CertificateDer<'static>> = tls
                             .get_ref()
                             .1
                             .peer_certificates()
                             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                             .unwrap_or_default();
+                        // Clients without a certificate share a small quota, so that they
+                        // cannot take the slots of partners.
+                        let _anonymous_slot = match options.max_anonymous_connections {
+                            Some(max) if client_certificates.is_empty() => {
+                                if anonymous.fetch_add(1, Ordering::SeqCst) >= max {
+                                    anonymous.fetch_sub(1, Ordering::SeqCst);
+                                    tracing::debug!(listener = name, peer = %remote_addr, "closing a connection without a client certificate: limits.max_anonymous_connections reached");
+                                    return;
+                                }
+                                Some(CountSlot(anonymous))
+                            }
+                            _ => None,
+                        };
                         let peer = PeerInfo {
                             remote_addr,
                             tls: true,
@@ -465,7 +670,8 @@ impl Listener {
     }
 }
 
-/// Serves HTTP on one connection until it ends, idles out, or shutdown asks it to finish.
+/// Serves HTTP on one connection until it ends, a bound of [`ListenerOptions`] closes it,
+/// or shutdown asks it to finish.
 async fn serve_connection<IO>(
     builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     io: IO,
@@ -479,27 +685,37 @@ async fn serve_connection<IO>(
 {
     let remote = peer.remote_addr;
     let in_flight = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let body_bounds = options.body;
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let routes = routes.clone();
         let peer = peer.clone();
-        let guard = in_flight.request_started();
+        let activity = in_flight.clone();
+        let guard = activity.request_started();
+        // Routes read bodies through `http::timed_body`, which finds the bounds here.
+        request.extensions_mut().insert(body_bounds);
         async move {
             let response = routes.call(request, peer).await;
-            drop(guard);
-            Ok::<_, Infallible>(response)
+            // The request stays in flight until its response body has been sent.
+            Ok::<_, Infallible>(response.map(|body| {
+                http_body_util::BodyExt::boxed(Guarded {
+                    inner: body,
+                    activity,
+                    _guard: guard,
+                    waiting: false,
+                })
+            }))
         }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let idle = options.idle_timeout;
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
                 tracing::debug!(peer = %remote, error = %e, "connection ended with an error");
             }
         }
-        _ = activity.idle_for(idle) => {
-            tracing::debug!(peer = %remote, "closing idle connection");
+        reason = activity.watch(options) => {
+            tracing::debug!(peer = %remote, reason, "closing connection");
         }
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
@@ -510,7 +726,8 @@ async fn serve_connection<IO>(
     }
 }
 
-/// When a connection last moved bytes, and how many requests it is running.
+/// What a connection is doing, for the bounds that [`Activity::watch`] enforces. Times are
+/// milliseconds since `origin`; 0 in a `*_since` field means "not now".
 #[derive(Clone)]
 struct Activity {
     inner: Arc<ActivityInner>,
@@ -518,17 +735,28 @@ struct Activity {
 
 struct ActivityInner {
     origin: Instant,
-    last_ms: AtomicU64,
+    /// Requests whose headers have arrived so far.
+    started: AtomicU64,
+    /// Requests running (handler or response body not finished).
     in_flight: AtomicUsize,
+    /// When the last request finished (or the connection began).
+    last_end_ms: AtomicU64,
+    /// Since when a write to the socket has been blocked (+1; 0: not blocked).
+    write_blocked_since: AtomicU64,
+    /// Response bodies that yielded a chunk which the connection has not taken yet.
+    responses_waiting: AtomicUsize,
+    /// When a response body last made progress.
+    response_progress_ms: AtomicU64,
 }
 
-/// Decrements the in-flight count when a request's handler returns.
+/// Ends a request's flight when its response body is done (or dropped).
 struct InFlight(Activity);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
+        let inner = &self.0.inner;
+        inner.last_end_ms.store(self.0.now_ms(), Ordering::SeqCst);
+        inner.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -537,37 +765,151 @@ impl Activity {
         Activity {
             inner: Arc::new(ActivityInner {
                 origin: Instant::now(),
-                last_ms: AtomicU64::new(0),
+                started: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
+                last_end_ms: AtomicU64::new(0),
+                write_blocked_since: AtomicU64::new(0),
+                responses_waiting: AtomicUsize::new(0),
+                response_progress_ms: AtomicU64::new(0),
             }),
         }
     }
 
-    fn touch(&self) {
-        let now = self.inner.origin.elapsed().as_millis() as u64;
-        self.inner.last_ms.store(now, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        self.inner.origin.elapsed().as_millis() as u64
     }
 
     fn request_started(&self) -> InFlight {
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.inner.started.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 
-    /// Resolves once the connection has had no traffic and no running request for `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    fn write_blocked(&self, blocked: bool) {
+        let since = &self.inner.write_blocked_since;
+        if blocked {
+            let _ =
+                since.compare_exchange(0, self.now_ms() + 1, Ordering::SeqCst, Ordering::SeqCst);
+        } else if since.load(Ordering::Relaxed) != 0 {
+            since.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Resolves, with the reason, when a bound of `options` is exceeded:
+    /// - no request's headers within `header_read_timeout` of the start (HTTP/2 has no
+    ///   header timer of its own; on HTTP/1.1 hyper's fires too);
+    /// - no request running for `idle_timeout`;
+    /// - a socket write blocked, or a response chunk not taken, for `write_timeout`.
+    ///
+    /// Request bodies are bounded where they are read ([`http::timed_body`]).
+    async fn watch(&self, options: &ListenerOptions) -> &'static str {
+        let header = options.header_read_timeout.as_millis() as u64;
+        let idle = options.idle_timeout.as_millis() as u64;
+        let write = options.write_timeout.as_millis() as u64;
+        let inner = &self.inner;
         loop {
-            let last = Duration::from_millis(self.inner.last_ms.load(Ordering::Relaxed));
-            let since = self.inner.origin.elapsed().saturating_sub(last);
-            if since >= idle && self.inner.in_flight.load(Ordering::SeqCst) == 0 {
-                return;
+            let now = self.now_ms();
+            // The earliest moment something can be due, at most 500 ms away (a state change
+            // since this look may make a bound due sooner).
+            let mut next = now + 500;
+            if inner.started.load(Ordering::SeqCst) == 0 {
+                if now >= header {
+                    return "no request headers within server.header_read_timeout_secs";
+                }
+                next = next.min(header);
             }
-            let wait = idle.saturating_sub(since).max(Duration::from_millis(100));
-            tokio::time::sleep(wait).await;
+            if inner.in_flight.load(Ordering::SeqCst) == 0 {
+                let due = inner.last_end_ms.load(Ordering::SeqCst) + idle;
+                if now >= due {
+                    return "idle for server.idle_timeout_secs";
+                }
+                next = next.min(due);
+            }
+            let blocked = inner.write_blocked_since.load(Ordering::SeqCst);
+            if blocked != 0 {
+                let due = blocked - 1 + write;
+                if now >= due {
+                    return "the client took no response data for server.write_timeout_secs";
+                }
+                next = next.min(due);
+            }
+            if inner.responses_waiting.load(Ordering::SeqCst) > 0 {
+                let due = inner.response_progress_ms.load(Ordering::SeqCst) + write;
+                if now >= due {
+                    return "the client took no response data for server.write_timeout_secs";
+                }
+                next = next.min(due);
+            }
+            tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(10))).await;
         }
     }
 }
 
-/// An I/O stream that records activity on every successful read or write.
+/// A response body that keeps its request in flight until it is done, and tells
+/// [`Activity::watch`] whether the connection takes its chunks.
+struct Guarded {
+    inner: Body,
+    activity: Activity,
+    _guard: InFlight,
+    /// A chunk was yielded and the body has not been polled since.
+    waiting: bool,
+}
+
+impl Guarded {
+    fn taken(&mut self) {
+        let inner = &self.activity.inner;
+        inner
+            .response_progress_ms
+            .store(self.activity.now_ms(), Ordering::SeqCst);
+        if self.waiting {
+            self.waiting = false;
+            inner.responses_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        self.taken();
+        let result = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(result, Poll::Ready(Some(Ok(_)))) && !self.inner.is_end_stream() {
+            self.waiting = true;
+            self.activity
+                .inner
+                .responses_waiting
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.activity
+                .inner
+                .responses_waiting
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// An I/O stream that reports to [`Activity`] when its writes block (the client does not
+/// read) and when they move again.
 struct Tracked<T> {
     inner: T,
     activity: Activity,
@@ -575,8 +917,11 @@ struct Tracked<T> {
 
 impl<T> Tracked<T> {
     fn new(inner: T, activity: Activity) -> Self {
-        activity.touch();
         Tracked { inner, activity }
+    }
+
+    fn note<R>(&self, result: &Poll<R>) {
+        self.activity.write_blocked(result.is_pending());
     }
 }
 
@@ -586,12 +931,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -602,14 +942,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.note(&result);
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&result);
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -622,14 +962,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
+        self.note(&result);
         result
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Decrements a shared count on drop (a connection's place in a quota).
+struct CountSlot(Arc<AtomicUsize>);
+
+impl Drop for CountSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

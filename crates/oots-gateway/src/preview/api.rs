@@ -87,7 +87,7 @@ pub async fn open(
             .for_field("metadata", MAX_METADATA),
     );
     let mut form = multer::Multipart::with_constraints(
-        request.into_body().into_data_stream(),
+        varti_access_point::server::http::timed_body(request).into_data_stream(),
         boundary,
         constraints,
     );

@@ -490,7 +490,7 @@ fn set_cookie(
 }
 
 async fn read_form(request: Request<Incoming>) -> Result<Vec<u8>, Response<Body>> {
-    let mut body = request.into_body();
+    let mut body = varti_access_point::server::http::timed_body(request);
     let mut form = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {

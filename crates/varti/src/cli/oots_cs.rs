@@ -292,6 +292,7 @@ pub fn standin(args: StandinArgs) -> anyhow::Result<ExitCode> {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
+            ..ListenerOptions::default()
         };
         let listener = match Listener::bind("oots-standin", args.listen, options).await {
             Ok(l) => l,

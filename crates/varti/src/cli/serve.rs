@@ -17,7 +17,9 @@ use anyhow::Context as _;
 use varti::config::{secs, Config, LogFormat, StoreKind};
 use varti_access_point::api::{self, ApiRouter};
 use varti_access_point::ops::{self, Metrics, Readiness};
-use varti_access_point::server::{tls, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks};
+use varti_access_point::server::{
+    tls, BodyBounds, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks,
+};
 use varti_access_point::webhooks;
 use varti_access_point::{pull, receiver::Receiver, sender, AccessPoint};
 use varti_oots_gateway::preview::{PreviewRoutes, PreviewSpace};
@@ -186,18 +188,34 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         handshake_timeout: secs(config.server.handshake_timeout_secs),
         header_read_timeout: secs(config.server.header_read_timeout_secs),
         idle_timeout: secs(config.server.idle_timeout_secs),
+        body: BodyBounds {
+            read_timeout: secs(config.server.body_read_timeout_secs),
+            min_rate: config.server.min_body_bytes_per_sec,
+        },
+        write_timeout: secs(config.server.write_timeout_secs),
         max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+        // Only a listener that asks for certificates can tell who has none.
+        max_anonymous_connections: (config.tls.client_auth == varti::config::ClientAuth::Optional)
+            .then_some(config.limits.max_anonymous_connections),
+        http2_max_concurrent_streams: config.limits.http2_max_concurrent_streams,
+        http2_max_header_list_bytes: config.limits.http2_max_header_list_bytes,
     };
     // The ops listener is plain HTTP on a (by default) loopback address.
     let ops_options = ListenerOptions {
         tls: None,
         max_connections: 64,
+        max_connections_per_ip: 64,
+        max_anonymous_connections: None,
         ..msh_options.clone()
     };
-    // The backend API is plain HTTP too (loopback or a protected network).
+    // The backend API is plain HTTP too (loopback or a protected network), for known
+    // systems that may share an address: no per-address limit below the listener's.
     let backend_options = ListenerOptions {
         tls: None,
         max_connections: 256,
+        max_connections_per_ip: 256,
+        max_anonymous_connections: None,
         ..msh_options.clone()
     };
     let msh = Listener::bind("msh", config.server.listen, msh_options).await?;
