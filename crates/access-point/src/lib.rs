@@ -13,6 +13,7 @@ pub mod access_point;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod https;
 pub mod ops;
 pub mod pull;
 pub mod receiver;

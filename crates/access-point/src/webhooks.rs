@@ -66,10 +66,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
@@ -83,6 +79,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_point::{AccessPoint, MessageEvent};
+use crate::https::{error_chain, https_client, HttpsClient, HttpsOptions};
 use crate::server::tls;
 
 /// Header naming the event (`received`, `sent`, `failed`).
@@ -258,7 +255,7 @@ struct Hook {
     secret: Vec<u8>,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = HttpsClient<Full<Bytes>>;
 
 struct Inner {
     ap: Arc<AccessPoint>,
@@ -631,33 +628,11 @@ fn http_client(options: &WebhookOptions, needs_roots: bool) -> Result<HttpClient
         .map_err(|e| WebhookError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(options.request_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
-}
-
-/// "outer: inner: innermost" — hyper's top-level errors alone are too vague to act on.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    Ok(https_client(HttpsOptions {
+        allow_plain_http: true,
+        connect_timeout: Some(options.request_timeout),
+        ..HttpsOptions::new(config)
+    }))
 }
 
 #[cfg(test)]

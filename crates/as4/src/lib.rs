@@ -11,6 +11,8 @@
 //! * [`pmode`] — PMode files, their checks, and routing of messages to legs.
 //! * [`error`] — the ebMS3/AS4 error codes every layer reports with.
 
+#![warn(missing_docs)]
+
 pub mod compress;
 pub mod error;
 pub mod inbound;

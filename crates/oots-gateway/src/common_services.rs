@@ -10,15 +10,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use varti_access_point::https::{error_chain, https_client, HttpsClient, HttpsOptions};
 
 use bytes::BytesMut;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use varti_oots::common_services::answer::{CsException, DataServiceEvidenceType, Requirement};
@@ -44,7 +41,7 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// HTTPS GETs with hyper and rustls, each bounded by the client's timeout.
 pub struct HttpsTransport {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpsClient<Empty<Bytes>>,
     allow_plain_http: bool,
 }
 
@@ -53,28 +50,10 @@ impl HttpsTransport {
     /// permits `http://` base URLs (the local stand-in).
     pub fn new(cas: &[CertificateDer<'static>], allow_plain_http: bool) -> Result<Self, TlsError> {
         let tls_config = tls::client_config(cas, None)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
-        let https = if allow_plain_http {
-            builder
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        } else {
-            builder
-                .https_only()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = https_client(HttpsOptions {
+            allow_plain_http,
+            ..HttpsOptions::new(tls_config)
+        });
         Ok(HttpsTransport {
             client,
             allow_plain_http,
@@ -252,17 +231,6 @@ impl CommonServices {
         });
         Ok(client.clone())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The stand-in's routes: `GET …/rest/search?…` answered by [`StandIn`], and

@@ -32,14 +32,11 @@
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use varti_access_point::https::{error_chain, https_client, HttpsClient, HttpsOptions};
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use varti_store::PayloadRef;
@@ -47,7 +44,7 @@ use varti_store::PayloadRef;
 use crate::config::ConnectorConfig;
 use crate::gateway::Gateway;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = HttpsClient<Full<Bytes>>;
 
 /// The request JSON sent to a register (see the module documentation).
 #[derive(Debug, Clone, Serialize)]
@@ -136,19 +133,12 @@ pub(crate) fn http() -> &'static HttpClient {
         .expect("the TLS versions suit the provider")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https)
+        https_client(HttpsOptions {
+            allow_plain_http: true,
+            pool_idle_timeout: Duration::from_secs(30),
+            http2: false,
+            ..HttpsOptions::new(config)
+        })
     })
 }
 
@@ -214,7 +204,13 @@ async fn once(gw: &Arc<Gateway>, connector: &ConnectorConfig, body: Bytes) -> At
     };
     let response = match http().request(request).await {
         Ok(r) => r,
-        Err(e) => return retry(format!("cannot reach {}: {}", connector.url, chain(&e))),
+        Err(e) => {
+            return retry(format!(
+                "cannot reach {}: {}",
+                connector.url,
+                error_chain(&e)
+            ))
+        }
     };
     let status = response.status();
     if status == StatusCode::OK {
@@ -367,15 +363,4 @@ pub async fn discard(gw: &Arc<Gateway>, payloads: Vec<PayloadRef>) {
         }
     })
     .await;
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -9,6 +9,8 @@
 //! - [`common_services`]: the Evidence Broker and Data Service Directory client (queries,
 //!   typed answers, signature verification, caching) and its local stand-in.
 
+#![warn(missing_docs)]
+
 pub mod common_services;
 pub mod edm;
 pub mod flow;

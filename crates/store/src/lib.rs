@@ -33,6 +33,8 @@
 //! instances sharing a database must have NTP-synchronised clocks, which lease durations of
 //! minutes tolerate easily).
 
+#![warn(missing_docs)]
+
 pub mod payload;
 pub mod postgres;
 pub mod record;

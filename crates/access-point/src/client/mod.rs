@@ -9,6 +9,7 @@
 //! Request bodies stream from a [`Read`] (a file, a MIME writer), never from a whole `Vec`;
 //! response bodies are read into memory up to a limit, since they are receipts and errors.
 
+use crate::https::{error_chain, https_client, HttpsClient, HttpsOptions};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -19,10 +20,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::ClientConfig;
@@ -197,7 +194,7 @@ pub struct OutboundResponse {
     pub body: Bytes,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpClient = HttpsClient<Body>;
 
 /// The outbound client: per-partner TLS, pooled connections, timeouts.
 pub struct OutboundClient {
@@ -235,29 +232,12 @@ impl OutboundClient {
                     source,
                 }
             })?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(self.settings.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
-        let https = if self.settings.allow_plain_http {
-            builder
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        } else {
-            builder
-                .https_only()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.settings.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = https_client(HttpsOptions {
+            allow_plain_http: self.settings.allow_plain_http,
+            connect_timeout: Some(self.settings.connect_timeout),
+            pool_idle_timeout: self.settings.pool_idle_timeout,
+            ..HttpsOptions::new(tls_config)
+        });
         self.partners
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -369,16 +349,4 @@ impl OutboundClient {
                 after: self.settings.request_timeout,
             })?
     }
-}
-
-/// "outer: inner: innermost" — hyper's top-level errors alone are too vague to act on.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -10,15 +10,12 @@
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use varti_access_point::https::{https_client, HttpsClient, HttpsOptions};
 
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
@@ -61,7 +58,7 @@ pub(super) struct OidcClient {
     client_id: String,
     client_secret: Option<String>,
     redirect_uri: String,
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient<Full<Bytes>>,
     keys: Mutex<Option<(Instant, Vec<Jwk>)>>,
 }
 
@@ -366,20 +363,14 @@ const B64_STD: base64::engine::GeneralPurpose = base64::engine::general_purpose:
 fn http_client(
     cas: &[rustls::pki_types::CertificateDer<'static>],
     allow_plain_http: bool,
-) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, PreviewSetupError> {
+) -> Result<HttpsClient<Full<Bytes>>, PreviewSetupError> {
     let tls_config =
         tls::client_config(cas, None).map_err(|e| PreviewSetupError::Config(e.to_string()))?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
-    let connector = if allow_plain_http {
-        builder.https_or_http().enable_http1().wrap_connector(http)
-    } else {
-        builder.https_only().enable_http1().wrap_connector(http)
-    };
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build(connector))
+    Ok(https_client(HttpsOptions {
+        allow_plain_http,
+        http2: false,
+        ..HttpsOptions::new(tls_config)
+    }))
 }
 
 /// The claims read from an ID token.

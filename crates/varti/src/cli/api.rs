@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use varti_access_point::https::error_chain;
 use varti_access_point::server::http::{empty, reader_body};
 use varti_access_point::server::Body;
 
@@ -309,18 +310,6 @@ impl Api {
             _ => Failure::problem(error, hint),
         })
     }
-}
-
-/// An error with its causes, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Percent-encodes a path segment (a message id).
