@@ -23,10 +23,8 @@ use std::sync::{Arc, RwLock};
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use time::OffsetDateTime;
-use varti_as4::inbound::{key_transports_for, ReceivePolicy};
-use varti_as4::pmode::model::{Leg, PModeSet, Party, SecurityProfileKind, TokenReference};
-use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
-use varti_as4::security::token::TokenReference as WsseTokenReference;
+use varti_as4::inbound::ReceivePolicy;
+use varti_as4::pmode::model::{Leg, PModeSet, Party};
 use varti_store::Store;
 
 use crate::client::{ClientSettings, OutboundClient, PartnerTls};
@@ -71,30 +69,9 @@ pub enum StartError {
     },
 }
 
-/// This access point's own keys.
-pub struct LocalIdentity {
-    /// The party (a `[[party]]` name) we are.
-    pub party: String,
-    /// The key that signs messages and receipts.
-    pub signing_key: PKey<Private>,
-    /// Its certificate.
-    pub signing_cert: X509,
-    /// The key partners encrypt to.
-    pub encryption_key: PKey<Private>,
-    /// Its certificate.
-    pub encryption_cert: X509,
-    /// CA certificates partners' signing certificates must chain to (empty: pin each
-    /// partner's certificate).
-    pub trust_anchors: Vec<X509>,
-}
-
-impl std::fmt::Debug for LocalIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalIdentity")
-            .field("party", &self.party)
-            .finish_non_exhaustive()
-    }
-}
+/// This access point's own keys (and the partners' signing certificates), as the
+/// receiving side of `varti_as4` takes them.
+pub use varti_as4::receive::LocalIdentity;
 
 /// A partner's certificates, read from the PModes once at start-up.
 #[derive(Debug, Default, Clone)]
@@ -237,7 +214,7 @@ impl AccessPoint {
         if pmodes.party(&id.party).is_none() {
             return Err(StartError::UnknownParty(id.party.clone()));
         }
-        let identity = LocalIdentity {
+        let mut identity = LocalIdentity {
             party: id.party.clone(),
             signing_key: read_key("identity.signing_key", &id.signing_key)?,
             signing_cert: read_cert("identity.signing_cert", &id.signing_cert)?,
@@ -251,6 +228,7 @@ impl AccessPoint {
                 .into_iter()
                 .flatten()
                 .collect(),
+            partner_signing_certs: HashMap::new(),
         };
         let mut partners = HashMap::new();
         let mut client_settings = ClientSettings::from(&config.client);
@@ -269,6 +247,11 @@ impl AccessPoint {
                     .map(|p| read_cert(&format!("encryption_cert of party {}", party.name), p))
                     .transpose()?,
             };
+            if let Some(signing) = &certs.signing {
+                identity
+                    .partner_signing_certs
+                    .insert(party.name.clone(), signing.clone());
+            }
             partners.insert(party.name.clone(), certs);
             // Only partners we push to need TLS client settings.
             if party.name != identity.party && party.endpoint.is_some() {
@@ -384,63 +367,17 @@ impl AccessPoint {
         self.pmodes.party(name)
     }
 
-    /// The receive policy of `leg` for a message from `partner`, at `now`.
+    /// The receive policy of `leg` for a message from `partner`, at `now`
+    /// ([`LocalIdentity::receive_policy`], spooling into [`spool_dir`](Self::spool_dir)).
     pub fn receive_policy(&self, leg: &Leg, partner: &Party, now: OffsetDateTime) -> ReceivePolicy {
-        let profile = profile_of(leg.security.profile);
-        let mut policy = ReceivePolicy::strict(profile);
-        policy.require_signature = leg.security.sign;
-        policy.require_encryption = leg.security.encrypt;
-        policy.decryption = Some((
-            self.identity.encryption_key.clone(),
-            self.identity.encryption_cert.clone(),
-        ));
-        policy.key_transports = key_transports_for(profile);
-        let partner_cert = self
-            .partners
-            .get(&partner.name)
-            .and_then(|c| c.signing.clone());
-        policy.partner_certificates = partner_cert.iter().cloned().collect();
-        // The signature must be the sending party's own (a shared CA is not enough); a party
-        // without a signing certificate in the PModes cannot be verified at all.
-        policy.expected_signer = partner_cert.clone();
-        // Anchors: the configured CAs; without them the partner's certificate is pinned.
-        policy.trust_anchors = if self.identity.trust_anchors.is_empty() {
-            partner_cert.into_iter().collect()
-        } else {
-            self.identity.trust_anchors.clone()
-        };
-        // Revocation: the CRL files the PMode names for this partner (none: not checked).
-        policy.crl_files = partner.crls.clone();
-        policy.at = now;
-        policy.decompression_cap = leg.compression.max_decompressed_size;
-        policy.spool_dir = Some(self.spool_dir());
-        policy
+        self.identity
+            .receive_policy(leg, partner, now, Some(&self.spool_dir()))
     }
 
     /// Where received payloads are spooled before they are stored (beside the store, so
     /// moving them is cheap).
     pub fn spool_dir(&self) -> PathBuf {
         self.settings.spool_dir()
-    }
-}
-
-/// The algorithm suite of a PMode security profile.
-pub fn profile_of(kind: SecurityProfileKind) -> &'static Profile {
-    match kind {
-        SecurityProfileKind::As4v1_15 => &AS4_1_15,
-        SecurityProfileKind::As4v2Eddsa => &AS4_2_0_EDDSA,
-        SecurityProfileKind::As4v2Ecdsa => &AS4_2_0_ECDSA,
-    }
-}
-
-/// The WS-Security token reference a PMode names.
-pub fn token_reference_of(t: TokenReference) -> WsseTokenReference {
-    match t {
-        TokenReference::Bst => WsseTokenReference::BinarySecurityToken,
-        TokenReference::Ski => WsseTokenReference::SubjectKeyIdentifier,
-        TokenReference::IssuerSerial => WsseTokenReference::IssuerSerial,
-        // Sending with a PKIPath is not offered; a plain BST carries the same certificate.
-        TokenReference::BstPkiPath => WsseTokenReference::BinarySecurityToken,
     }
 }
 

@@ -41,6 +41,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::{self, ReceivePolicy};
+use varti_as4::leg::profile_of;
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, SignalMessage};
 use varti_as4::message::soap;
@@ -49,11 +50,11 @@ use varti_as4::pmode::model::{Binding, Leg, Party};
 use varti_as4::security::sign::SignedReference;
 use varti_store::{AttemptOutcome, Direction as StoreDirection, ListFilter, MessageRecord, State};
 
-use crate::access_point::{profile_of, AccessPoint, MessageEvent};
+use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
 use crate::receiver::{
-    accept_user_message, error_response, has_id, internal_fault, signing_identity,
+    accept_user_message, error_response, internal_fault, signing_identity,
 };
 use crate::sender::{errors_retryable, errors_text, receipt_problem, seal};
 use crate::server::{MshResponse, MshResponseBody};
@@ -293,7 +294,7 @@ fn waiting_for(
         let page = ap.store.list(&filter)?;
         for r in page.records {
             if keys.contains(&r.meta.pmode_id)
-                && has_id(puller, &r.meta.to_party, None)
+                && puller.has_id(&r.meta.to_party, None)
                 && r.is_claimable_ignoring_due(now)
             {
                 found.push((r.created_at, r.meta.message_id));
@@ -700,9 +701,13 @@ pub fn receive_pulled(
             )
         }
     };
-    if let Some(um) = &envelope.messaging.user_message {
-        let id = um.message_info.message_id.clone();
-        let answer = accept_user_message(ap, &package, um);
+    if let Some(id) = envelope
+        .messaging
+        .user_message
+        .as_ref()
+        .map(|um| um.message_info.message_id.clone())
+    {
+        let answer = accept_user_message(ap, &package, envelope);
         return match answer.body {
             // A receipt (200), or an error signal refusing the message (200, or 500 with a
             // WS-Security fault): the partner gets it. A bare fault (500, nothing stored and

@@ -1,10 +1,10 @@
 //! `POST /msh`: the receiving side of the access point.
 //!
 //! One request, in order: parse the MIME package (streamed; attachments spill to files in
-//! the spool directory) → read the ebMS header → find the leg (EBMS:0010 when none fits) →
-//! check that the message is for us → the receive pipeline of `varti_as4::inbound` with the
-//! leg's policy (decrypt, verify, trust, decompress) → build the receipt → store payloads and
-//! record durably → only then answer with the receipt. A duplicate (same MessageId) gets
+//! the spool directory) → read the ebMS header → `varti_as4::receive::accept` (find the
+//! leg, check that the message is for us, decrypt, verify, trust, decompress, enforce the
+//! leg, build the receipt) → store payloads and record durably → only then answer with the
+//! receipt. A duplicate (same MessageId) gets
 //! the original receipt and is stored and delivered only once. Any refusal is an ebMS error
 //! signal (signed when the message could be attributed to a leg that signs) and changes no
 //! stored state.
@@ -17,20 +17,16 @@ use ::http::{header, HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use time::OffsetDateTime;
 use varti_as4::error::{EbmsError, ErrorCode};
-use varti_as4::inbound::{self, ReceivedMessage};
+use varti_as4::inbound::ReceivedMessage;
 use varti_as4::message::mime::{MimeLimits, MimePackage};
-use varti_as4::message::model::{SignalKind, UserMessage, DEFAULT_MPC};
-use varti_as4::message::soap;
-use varti_as4::outbound::{build_error_signal, build_receipt};
-use varti_as4::pmode::enforce::{self, PartFacts};
-use varti_as4::pmode::model::{Leg, Party};
-use varti_as4::pmode::routing::{self, InboundKey};
+use varti_as4::message::model::{SignalKind, DEFAULT_MPC};
+use varti_as4::message::soap::{self, Envelope};
+use varti_as4::pmode::model::Leg;
+use varti_as4::receive::{self, Accepted, Refusal};
 use varti_as4::security::sign::SigningIdentity;
 use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry};
 
-use crate::access_point::{
-    profile_of, token_reference_of, AccessPoint, MessageEvent, TEST_SERVICE_OWNER,
-};
+use crate::access_point::{AccessPoint, MessageEvent, TEST_SERVICE_OWNER};
 use crate::ops::{Direction, Outcome};
 use crate::pull;
 use crate::server::{FaultCode, MshHandler, MshRequest, MshResponse, MshResponseBody};
@@ -101,9 +97,10 @@ impl MshHandler for Receiver {
                 return error_response(&e, None, None);
             }
         };
-        let response = match &envelope.messaging.user_message {
-            Some(um) => accept_user_message(&self.ap, &package, um),
-            None => self.signal(&package, &envelope.messaging),
+        let response = if envelope.messaging.user_message.is_some() {
+            accept_user_message(&self.ap, &package, envelope)
+        } else {
+            self.signal(&package, &envelope.messaging)
         };
         self.ap
             .metrics
@@ -114,99 +111,46 @@ impl MshHandler for Receiver {
 
 /// Our signing identity on `leg` (receipts and signals we send on it).
 pub(crate) fn signing_identity<'a>(ap: &'a AccessPoint, leg: &Leg) -> SigningIdentity<'a> {
-    SigningIdentity {
-        profile: profile_of(leg.security.profile),
-        key: &ap.identity.signing_key,
-        certificate: &ap.identity.signing_cert,
-        token_reference: token_reference_of(leg.security.token_reference),
-    }
+    ap.identity.signing_identity(leg)
 }
 
-/// A user message, pushed to `/msh` or pulled from a partner: route, verify, store,
-/// receipt. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
+/// A user message, pushed to `/msh` or pulled from a partner, whose SOAP root was read
+/// into `envelope`: accepted by [`receive::accept`] (route, verify, enforce, receipt), then
+/// stored. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
 /// when the message could not be stored (HTTP 500: the sender tries again).
 pub(crate) fn accept_user_message(
     ap: &AccessPoint,
     package: &MimePackage,
-    um: &UserMessage,
+    envelope: Envelope,
 ) -> MshResponse {
-    let id = um.message_info.message_id.clone();
-    let refuse = |e: EbmsError, leg: Option<&Leg>| {
-        tracing::warn!(message_id = %id, code = e.code.code(), error = %e.detail, "message refused");
-        ap.metrics.message(Direction::Inbound, Outcome::Rejected);
-        let identity = leg
-            .filter(|l| l.security.sign)
-            .map(|l| signing_identity(ap, l));
-        error_response(&e, Some(&id), identity.as_ref())
-    };
-    let key = inbound_key(um);
-    let route = match routing::find_inbound(&ap.pmodes, &key) {
-        Ok(r) => r,
-        Err(e) => return refuse(e, None),
-    };
-    let leg = route.leg;
-    let to = &um.party_info.to.party_ids;
-    let ours = ap.pmodes.party(&ap.identity.party);
-    if !to
-        .iter()
-        .any(|t| ours.is_some_and(|p| has_id(p, &t.value, t.type_.as_deref())))
-    {
-        let e = EbmsError::new(
-            ErrorCode::ProcessingModeMismatch,
-            format!(
-                "the message is addressed to {:?}, but this access point is party `{}`; send it to the recipient's endpoint",
-                to.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(),
-                ap.identity.party
-            ),
-        );
-        return refuse(e, None);
-    }
-    let from = &um.party_info.from.party_ids;
-    let Some(partner) = ap
-        .pmodes
-        .parties
-        .iter()
-        .find(|p| from.iter().any(|f| has_id(p, &f.value, f.type_.as_deref())))
-    else {
-        let e = EbmsError::new(
-            ErrorCode::ProcessingModeMismatch,
-            "the sending party is not a [[party]] of this access point's PModes",
-        );
-        return refuse(e, None);
-    };
     let now = OffsetDateTime::now_utc();
-    let policy = ap.receive_policy(leg, partner, now);
-    let received = match inbound::receive(package, &policy) {
-        Ok(r) => r,
-        Err(e) => return refuse(e, Some(leg)),
+    let spool = ap.spool_dir();
+    let accepted = match receive::accept(
+        package,
+        envelope,
+        &ap.pmodes,
+        &ap.identity,
+        now,
+        Some(&spool),
+    ) {
+        Ok(a) => a,
+        Err(refusal) => return refused(ap, refusal),
     };
-    if !route.test_service {
-        let facts: Vec<PartFacts<'_>> = received
-            .payloads
-            .iter()
-            .map(|p| PartFacts {
-                content_id: &p.content_id,
-                mime_type: &p.mime_type,
-                size: p.len,
-            })
-            .collect();
-        let checked = enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
-            .and_then(|()| enforce::check_payloads(leg, &facts));
-        if let Err(e) = checked {
-            return refuse(e, Some(leg));
-        }
-    }
-    let identity = signing_identity(ap, leg);
-    let receipt = match build_receipt(&received, leg.receipt.non_repudiation.then_some(&identity)) {
-        Ok(r) => r,
-        Err(e) => return refuse(e, Some(leg)),
-    };
-    let owner = if route.test_service {
+    let Accepted {
+        message: received,
+        user_message: um,
+        leg,
+        test_service,
+        receipt,
+        ..
+    } = accepted;
+    let id = um.message_info.message_id.clone();
+    let owner = if test_service {
         TEST_SERVICE_OWNER.to_owned()
     } else {
         ap.owner_for_service(&um.collaboration_info.service.value)
     };
-    let payloads = match store_payloads(ap, received, route.test_service) {
+    let payloads = match store_payloads(ap, received, test_service) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(message_id = %id, error = %e, "cannot store the payloads");
@@ -238,14 +182,14 @@ pub(crate) fn accept_user_message(
     match ap.store.insert_inbound(
         NewInbound {
             meta,
-            receipt: receipt.clone().into_bytes(),
+            receipt: receipt.clone(),
         },
         now,
     ) {
         Ok(InsertOutcome::Inserted) => {
-            tracing::info!(message_id = %id, leg = %leg.label(), test = route.test_service, "message received and acknowledged");
+            tracing::info!(message_id = %id, leg = %leg.label(), test = test_service, "message received and acknowledged");
             ap.metrics.message(Direction::Inbound, Outcome::Success);
-            if !route.test_service {
+            if !test_service {
                 ap.announce(MessageEvent::Received {
                     message_id: id.clone(),
                     owner,
@@ -266,12 +210,16 @@ pub(crate) fn accept_user_message(
                 let _ = ap.store.payloads().remove(p);
             }
             match e {
-                varti_store::StoreError::AlreadyExists { .. } => refuse(
-                    EbmsError::new(
-                        ErrorCode::InvalidHeader,
-                        "the MessageId is already used by a message this access point sent; message ids must be unique",
+                varti_store::StoreError::AlreadyExists { .. } => refused(
+                    ap,
+                    ap.identity.refusal(
+                        EbmsError::new(
+                            ErrorCode::InvalidHeader,
+                            "the MessageId is already used by a message this access point sent; message ids must be unique",
+                        ),
+                        Some(&id),
+                        Some(leg),
                     ),
-                    Some(leg),
                 ),
                 e => {
                     tracing::error!(message_id = %id, error = %e, "cannot store the message");
@@ -280,6 +228,14 @@ pub(crate) fn accept_user_message(
             }
         }
     }
+}
+
+/// Answers a refused user message with its error signal (logged and counted).
+fn refused(ap: &AccessPoint, refusal: Refusal) -> MshResponse {
+    let e = &refusal.error;
+    tracing::warn!(message_id = e.ref_to_message_id.as_deref().unwrap_or(""), code = e.code.code(), error = %e.detail, "message refused");
+    ap.metrics.message(Direction::Inbound, Outcome::Rejected);
+    refusal_response(refusal)
 }
 
 /// Moves the delivered payloads into the payload store (test messages keep none).
@@ -370,36 +326,6 @@ impl Receiver {
     }
 }
 
-/// The header values that select the leg.
-pub fn inbound_key(um: &UserMessage) -> InboundKey {
-    let from = um.party_info.from.party_ids.first();
-    let to = um.party_info.to.party_ids.first();
-    let ci = &um.collaboration_info;
-    InboundKey {
-        from_party: from.map(|p| p.value.clone()).unwrap_or_default(),
-        from_party_type: from.and_then(|p| p.type_.clone()),
-        from_role: um.party_info.from.role.clone(),
-        to_party: to.map(|p| p.value.clone()).unwrap_or_default(),
-        to_party_type: to.and_then(|p| p.type_.clone()),
-        to_role: um.party_info.to.role.clone(),
-        service: ci.service.value.clone(),
-        service_type: ci.service.type_.clone(),
-        action: ci.action.clone(),
-        agreement: ci.agreement_ref.as_ref().map(|a| a.value.clone()),
-        agreement_type: ci.agreement_ref.as_ref().and_then(|a| a.type_.clone()),
-        pmode: ci.agreement_ref.as_ref().and_then(|a| a.pmode.clone()),
-        mpc: um.mpc.clone(),
-    }
-}
-
-/// Whether `party` has the id `value` (of type `id_type`, when the message gives one).
-pub fn has_id(party: &Party, value: &str, id_type: Option<&str>) -> bool {
-    party
-        .ids
-        .iter()
-        .any(|id| id.value == value && (id_type.is_none() || id.id_type.as_deref() == id_type))
-}
-
 fn first_id(ids: &[varti_as4::message::model::PartyId]) -> String {
     ids.first().map(|p| p.value.clone()).unwrap_or_default()
 }
@@ -440,18 +366,22 @@ pub(crate) fn error_response(
     ref_to: Option<&str>,
     identity: Option<&SigningIdentity<'_>>,
 ) -> MshResponse {
-    let signal = build_error_signal(error, ref_to, identity)
-        .or_else(|_| build_error_signal(error, ref_to, None));
-    let status = if varti_as4::outbound::security_fault(error).is_some() {
+    refusal_response(Refusal::new(error.clone(), ref_to, identity))
+}
+
+/// The HTTP answer carrying a refusal's error signal (see [`error_response`] for the
+/// status).
+fn refusal_response(refusal: Refusal) -> MshResponse {
+    let status = if refusal.is_security_fault() {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::OK
     };
-    match signal {
+    match refusal.signal {
         Ok(envelope) => soap_response(status, Bytes::from(envelope)),
         Err(e) => {
             tracing::error!(error = %e.detail, "cannot build an error signal");
-            internal_fault(&error.detail)
+            internal_fault(&refusal.error.detail)
         }
     }
 }

@@ -24,19 +24,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use varti_as4::error::{EbmsError, ErrorCode, Severity};
 use varti_as4::inbound;
+use varti_as4::leg::{self, send_policy, wire_party_id, MessageFields};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
-use varti_as4::message::model::{
-    AgreementRef, CollaborationInfo, MessageInfo, Party as EbParty, PartyId, PartyInfo, Property,
-    Service, SignalError, SignalKind, UserMessage,
-};
+use varti_as4::message::model::{MessageInfo, Property, SignalError, SignalKind, UserMessage};
 use varti_as4::message::soap;
-use varti_as4::outbound::{check_receipt, send, OutgoingPayload, SendPolicy};
+use varti_as4::outbound::{check_receipt, send, OutgoingPayload};
 use varti_as4::pmode::model::{Binding, Leg, Party};
-use varti_as4::security::encrypt::EncryptionSettings;
-use varti_as4::security::sign::{SignedReference, SigningIdentity};
+use varti_as4::security::sign::SignedReference;
 use varti_store::{AttemptOutcome, MessageRecord};
 
-use crate::access_point::{profile_of, token_reference_of, AccessPoint, MessageEvent};
+use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
 use crate::pull;
@@ -474,35 +471,23 @@ fn seal_into(
             content: r as &mut dyn Read,
         })
         .collect();
-    let profile = profile_of(leg.security.profile);
-    let token_reference = token_reference_of(leg.security.token_reference);
     let receiver_cert = ap
         .partners
         .get(&partner.name)
-        .and_then(|c| c.encryption.clone());
-    if leg.security.encrypt && receiver_cert.is_none() {
-        anyhow::bail!(
-            "the leg encrypts but party `{}` has no encryption_cert in the PModes",
+        .and_then(|c| c.encryption.as_ref());
+    let policy = send_policy(
+        leg,
+        &ap.identity.signing_key,
+        &ap.identity.signing_cert,
+        receiver_cert,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: add an encryption_cert to party `{}` in the PModes",
+            e.detail,
             partner.name
-        );
-    }
-    let policy = SendPolicy {
-        signing: SigningIdentity {
-            profile,
-            key: &ap.identity.signing_key,
-            certificate: &ap.identity.signing_cert,
-            token_reference,
-        },
-        encryption: receiver_cert
-            .as_ref()
-            .filter(|_| leg.security.encrypt)
-            .map(|c| EncryptionSettings {
-                receiver_cert: c,
-                key_protection: inbound::key_protection_for(profile),
-                token_reference,
-            }),
-        compress: leg.compression.compress,
-    };
+        )
+    })?;
     let sent = {
         let mut w = BufWriter::with_capacity(64 * 1024, file);
         let sent = send(&um, payloads, &policy, &mut w)
@@ -524,63 +509,35 @@ fn user_message(
         .pmodes
         .party(&ap.identity.party)
         .context("our own party disappeared from the PModes")?;
-    let id_of = |p: &Party, wanted: &str| {
-        let id = p
-            .ids
-            .iter()
-            .find(|i| i.value == wanted)
-            .or_else(|| p.ids.first());
-        id.map(|i| PartyId {
-            value: i.value.clone(),
-            type_: i.id_type.clone(),
-        })
-    };
-    let from = id_of(me, &record.meta.from_party).context("our party has no id")?;
-    let to = id_of(partner, &record.meta.to_party).context("the partner has no id")?;
+    let from = wire_party_id(me, &record.meta.from_party).context("our party has no id")?;
+    let to = wire_party_id(partner, &record.meta.to_party).context("the partner has no id")?;
     let mut info = MessageInfo::new(record.meta.message_id.clone());
     // The submission time, not the time of sealing: every sealing of this message (by
     // either instance of a pair, before or after a restart) signs the same eb:Messaging
     // header, so a duplicate's original receipt still matches (see `outbound::send`).
     info.timestamp = varti_as4::message::model::Timestamp::from_datetime(record.created_at);
     info.ref_to_message_id = record.meta.ref_to_message_id.clone();
-    Ok(UserMessage {
-        mpc: (leg.mpc != varti_as4::message::model::DEFAULT_MPC).then(|| leg.mpc.clone()),
-        message_info: info,
-        party_info: PartyInfo {
-            from: EbParty {
-                party_ids: vec![from],
-                role: leg.from.role.clone(),
-            },
-            to: EbParty {
-                party_ids: vec![to],
-                role: leg.to.role.clone(),
-            },
-        },
-        collaboration_info: CollaborationInfo {
-            agreement_ref: leg.agreement.as_ref().map(|a| AgreementRef {
-                value: a.value.clone(),
-                type_: a.agreement_type.clone(),
-                pmode: leg.pmode_id.clone(),
-            }),
-            service: Service {
-                value: record.meta.service.clone(),
-                type_: leg.service.service_type.clone(),
-            },
-            action: record.meta.action.clone(),
+    Ok(leg::user_message(
+        leg,
+        MessageFields {
+            info,
+            from,
+            to,
+            service: Some(record.meta.service.clone()),
+            action: Some(record.meta.action.clone()),
             conversation_id: record.meta.conversation_id.clone(),
+            properties: record
+                .meta
+                .properties
+                .iter()
+                .map(|p| Property {
+                    name: p.name.clone(),
+                    type_: p.type_.clone(),
+                    value: p.value.clone(),
+                })
+                .collect(),
         },
-        properties: record
-            .meta
-            .properties
-            .iter()
-            .map(|p| Property {
-                name: p.name.clone(),
-                type_: p.type_.clone(),
-                value: p.value.clone(),
-            })
-            .collect(),
-        parts: Vec::new(),
-    })
+    ))
 }
 
 /// Judges the partner's answer to the message.
@@ -641,7 +598,7 @@ fn judge(
     };
     let mut policy = ap.receive_policy(leg, party, OffsetDateTime::now_utc());
     policy.require_encryption = false;
-    let received = match inbound::receive(&package, &policy) {
+    let received = match inbound::receive_envelope(&package, envelope, &policy) {
         Ok(r) => r,
         Err(e) => return Verdict::Transient(receipt_problem(&e)),
     };

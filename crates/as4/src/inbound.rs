@@ -18,8 +18,9 @@
 //! 6. **decompress** — per `PartProperties` (`CompressionType`, `MimeType`), bounded by
 //!    the policy's cap (`EBMS:0303` on failure), into named temporary files.
 //!
-//! The PMode layer is not wired yet: the caller passes the leg's security settings as a
-//! [`ReceivePolicy`]. Every failure is an [`EbmsError`] (`EBMS:0101` authentication,
+//! The caller passes the leg's security settings as a [`ReceivePolicy`];
+//! [`receive::accept`](crate::receive::accept) finds the leg, builds the policy and runs
+//! this pipeline for a received user message. Every failure is an [`EbmsError`] (`EBMS:0101` authentication,
 //! `0102` decryption, `0103` policy, `0303` decompression, …) attributed to the
 //! message id when it is known; on failure every temporary file is removed (they are
 //! owned by values dropped with the error).
@@ -259,8 +260,38 @@ pub fn receive(
     };
     single_messaging(&doc)?;
     let envelope = soap::parse_envelope(root)?;
+    receive_attributed(package, &doc, envelope, policy)
+}
+
+/// Runs the receive pipeline like [`receive`] over a package whose SOAP root the caller
+/// has already read with [`soap::parse_envelope`] (into `envelope`): the ebMS reader does
+/// not read it again. `envelope` must be what that reader made of this package's root;
+/// the security layer still parses the root itself (libxml2), and the verification ties
+/// the signed eb:Messaging and Body to the ids in `envelope`.
+pub fn receive_envelope(
+    package: &MimePackage,
+    envelope: Envelope,
+    policy: &ReceivePolicy,
+) -> Result<ReceivedMessage, EbmsError> {
     let id = message_id_of(&envelope.messaging).map(str::to_string);
-    receive_parsed(package, &doc, envelope, policy).map_err(|e| match (&e.ref_to_message_id, id) {
+    let attributed = |e: EbmsError| match (&e.ref_to_message_id, &id) {
+        (None, Some(id)) => e.for_message(id.clone()),
+        _ => e,
+    };
+    let doc = XmlDocument::parse(&package.root().content).map_err(attributed)?;
+    single_messaging(&doc).map_err(attributed)?;
+    receive_attributed(package, &doc, envelope, policy)
+}
+
+/// The stages after parsing; errors are attributed to the message's id.
+fn receive_attributed(
+    package: &MimePackage,
+    doc: &XmlDocument,
+    envelope: Envelope,
+    policy: &ReceivePolicy,
+) -> Result<ReceivedMessage, EbmsError> {
+    let id = message_id_of(&envelope.messaging).map(str::to_string);
+    receive_parsed(package, doc, envelope, policy).map_err(|e| match (&e.ref_to_message_id, id) {
         (None, Some(id)) => e.for_message(id),
         _ => e,
     })

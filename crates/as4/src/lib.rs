@@ -7,8 +7,12 @@
 //! * [`compress`] — the AS4 compression feature (gzip per part).
 //! * [`security`] — WS-Security: exclusive c14n, signatures, encryption, policy.
 //! * [`inbound`] — the receive pipeline: decrypt, verify, enforce the leg's policy, decompress.
+//! * [`receive`] — one received user message, in one call: route, check the parties,
+//!   the [`inbound`] pipeline, enforce the leg, and the receipt or error signal to answer.
 //! * [`outbound`] — the send side: compress, sign, encrypt, write MIME; receipts and error signals.
 //! * [`pmode`] — PMode files, their checks, and routing of messages to legs.
+//! * [`leg`] — a leg applied to messages: its security profile, the `eb:UserMessage`
+//!   sent on it and its send policy.
 //! * [`error`] — the ebMS3/AS4 error codes every layer reports with.
 
 #![warn(missing_docs)]
@@ -16,10 +20,12 @@
 pub mod compress;
 pub mod error;
 pub mod inbound;
+pub mod leg;
 pub mod message;
 pub mod ns;
 pub mod outbound;
 pub mod pmode;
+pub mod receive;
 pub mod security;
 
 pub use error::{EbmsError, ErrorCode};

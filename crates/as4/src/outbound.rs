@@ -19,9 +19,12 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
+use openssl::pkey::{PKeyRef, Private};
+use openssl::x509::X509Ref;
+
 use crate::compress::{self, GZIP_MIME_TYPE, PROP_COMPRESSION_TYPE, PROP_MIME_TYPE};
 use crate::error::{EbmsError, ErrorCode};
-use crate::inbound::ReceivedMessage;
+use crate::inbound::{key_protection_for, ReceivedMessage};
 use crate::message::mime::MimeWriter;
 use crate::message::model::{
     MessageInfo, Messaging, PartInfo, Property, PullRequest, Receipt, SignalError, SignalKind,
@@ -30,11 +33,13 @@ use crate::message::model::{
 use crate::message::soap::{build_envelope, BuildOptions};
 use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
+use crate::security::profile::Profile;
 use crate::security::receipt::{check_receipt_nrr, non_repudiation_information};
 use crate::security::sign::{
     sign_envelope, SignedReference, SigningIdentity, SECURITY_HEADER_PLACEHOLDER,
 };
 use crate::security::swa::AttachmentSource;
+use crate::security::token::TokenReference;
 
 /// The security settings of the leg a message is sent on.
 #[derive(Clone, Copy)]
@@ -45,6 +50,36 @@ pub struct SendPolicy<'a> {
     pub encryption: Option<EncryptionSettings<'a>>,
     /// Whether payloads are gzip-compressed (AS4 compression feature).
     pub compress: bool,
+}
+
+impl<'a> SendPolicy<'a> {
+    /// Signed by `key` and `certificate` with `profile` and `token_reference`; payloads
+    /// encrypted for `encrypt_for` (when given) with the key transport that goes with the
+    /// profile ([`key_protection_for`]) and the same token reference; gzip-compressed when
+    /// `compress`. For a PMode leg use [`leg::send_policy`](crate::leg::send_policy).
+    pub fn new(
+        profile: &'static Profile,
+        token_reference: TokenReference,
+        key: &'a PKeyRef<Private>,
+        certificate: &'a X509Ref,
+        encrypt_for: Option<&'a X509Ref>,
+        compress: bool,
+    ) -> SendPolicy<'a> {
+        SendPolicy {
+            signing: SigningIdentity {
+                profile,
+                key,
+                certificate,
+                token_reference,
+            },
+            encryption: encrypt_for.map(|receiver_cert| EncryptionSettings {
+                receiver_cert,
+                key_protection: key_protection_for(profile),
+                token_reference,
+            }),
+            compress,
+        }
+    }
 }
 
 /// One payload to send.

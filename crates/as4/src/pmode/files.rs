@@ -1123,11 +1123,10 @@ impl Profiles {
             let d = SecurityProfile::default();
             let profile = match s.get_ref().profile.as_ref() {
                 None => d.profile,
-                Some(v) => match v.get_ref().as_str() {
-                    "as4-1.15" => SecurityProfileKind::As4v1_15,
-                    "as4-2.0-eddsa" => SecurityProfileKind::As4v2Eddsa,
-                    "as4-2.0-ecdsa" => SecurityProfileKind::As4v2Ecdsa,
-                    other => {
+                Some(v) => match SecurityProfileKind::from_name(v.get_ref()) {
+                    Some(kind) => kind,
+                    None => {
+                        let other = v.get_ref();
                         diags.push(Diagnostic::error(
                             file.at(v.span()),
                             format!("unknown security profile '{other}'"),

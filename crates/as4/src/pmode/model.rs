@@ -117,6 +117,16 @@ pub struct Party {
     pub location: Location,
 }
 
+impl Party {
+    /// Whether the party has the identifier `value`, of type `id_type` when one is given
+    /// (an `eb:PartyId` without `@type` matches an id of any type).
+    pub fn has_id(&self, value: &str, id_type: Option<&str>) -> bool {
+        self.ids
+            .iter()
+            .any(|id| id.value == value && (id_type.is_none() || id.id_type.as_deref() == id_type))
+    }
+}
+
 /// TLS settings of a party.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
@@ -309,6 +319,29 @@ pub enum SecurityProfileKind {
     As4v2Eddsa,
     /// eDelivery AS4 2.0 EC alternative: ECDSA P-256 and ECDH-ES.
     As4v2Ecdsa,
+}
+
+impl SecurityProfileKind {
+    /// Every profile, in the order the documentation lists them.
+    pub const ALL: [SecurityProfileKind; 3] = [
+        SecurityProfileKind::As4v1_15,
+        SecurityProfileKind::As4v2Eddsa,
+        SecurityProfileKind::As4v2Ecdsa,
+    ];
+
+    /// The name PMode files and the CLI use: `as4-1.15`, `as4-2.0-eddsa`, `as4-2.0-ecdsa`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProfileKind::As4v1_15 => "as4-1.15",
+            SecurityProfileKind::As4v2Eddsa => "as4-2.0-eddsa",
+            SecurityProfileKind::As4v2Ecdsa => "as4-2.0-ecdsa",
+        }
+    }
+
+    /// The profile of that [`name`](Self::name), if it is one.
+    pub fn from_name(name: &str) -> Option<SecurityProfileKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// How a signature or encryption names the certificate (WS-Security token reference).

@@ -11,6 +11,7 @@
 //! field that differed, so that an operator can fix the sender or the PMode at once.
 
 use crate::error::{EbmsError, ErrorCode};
+use crate::message::model::UserMessage;
 
 use super::model::*;
 
@@ -44,6 +45,31 @@ pub struct InboundKey {
     pub pmode: Option<String>,
     /// `eb:UserMessage/@mpc` (absent: the default MPC).
     pub mpc: Option<String>,
+}
+
+impl InboundKey {
+    /// The key of a received user message: its first From and To party ids, their roles,
+    /// its service, action, agreement and MPC.
+    pub fn of(um: &UserMessage) -> InboundKey {
+        let from = um.party_info.from.party_ids.first();
+        let to = um.party_info.to.party_ids.first();
+        let ci = &um.collaboration_info;
+        InboundKey {
+            from_party: from.map(|p| p.value.clone()).unwrap_or_default(),
+            from_party_type: from.and_then(|p| p.type_.clone()),
+            from_role: um.party_info.from.role.clone(),
+            to_party: to.map(|p| p.value.clone()).unwrap_or_default(),
+            to_party_type: to.and_then(|p| p.type_.clone()),
+            to_role: um.party_info.to.role.clone(),
+            service: ci.service.value.clone(),
+            service_type: ci.service.type_.clone(),
+            action: ci.action.clone(),
+            agreement: ci.agreement_ref.as_ref().map(|a| a.value.clone()),
+            agreement_type: ci.agreement_ref.as_ref().and_then(|a| a.type_.clone()),
+            pmode: ci.agreement_ref.as_ref().and_then(|a| a.pmode.clone()),
+            mpc: um.mpc.clone(),
+        }
+    }
 }
 
 /// What a backend asks to send. `None` fields match anything (but must then leave a

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti_as4::error::ErrorCode;
-use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy, ReceivedMessage};
+use varti_as4::inbound::{receive, ReceivePolicy, ReceivedMessage};
+use varti_as4::leg::{self, MessageFields};
 use varti_as4::message::dump::{read_dump_file, MessageDump};
 use varti_as4::message::mime::{hex, MimeLimits};
 use varti_as4::message::model::{
@@ -20,10 +21,8 @@ use varti_as4::message::model::{Messaging, Party, Property, SignalKind, UserMess
 use varti_as4::message::soap::{parse_envelope, Envelope, SoapVersion};
 use varti_as4::outbound::{check_receipt, send, OutgoingPayload, SendPolicy};
 use varti_as4::security::dom::XmlDocument;
-use varti_as4::security::encrypt::EncryptionSettings;
-use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
+use varti_as4::security::profile::{Profile, AS4_1_15};
 use varti_as4::security::receipt::signed_references;
-use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::summary::{summarize, SecuritySummary};
 use varti_as4::security::token::{self, TokenReference};
 use varti_as4::security::verify::SignedPart;
@@ -521,14 +520,9 @@ fn read_key(path: &std::path::Path) -> Result<PKey<Private>, String> {
 }
 
 fn profile_named(name: &str) -> Result<&'static Profile, String> {
-    match name {
-        "as4-1.15" => Ok(&AS4_1_15),
-        "as4-2.0-eddsa" => Ok(&AS4_2_0_EDDSA),
-        "as4-2.0-ecdsa" => Ok(&AS4_2_0_ECDSA),
-        other => Err(format!(
-            "unknown profile '{other}'; use as4-1.15, as4-2.0-eddsa or as4-2.0-ecdsa"
-        )),
-    }
+    leg::profile_named(name).ok_or_else(|| {
+        format!("unknown profile '{name}'; use as4-1.15, as4-2.0-eddsa or as4-2.0-ecdsa")
+    })
 }
 
 /// The profile a message's signature method belongs to (1.15 when unsigned or unknown:
@@ -539,10 +533,7 @@ fn profile_of(security: &SecuritySummary) -> &'static Profile {
         .first()
         .map(|s| s.signature_method.as_str())
         .unwrap_or("");
-    [&AS4_2_0_EDDSA, &AS4_2_0_ECDSA]
-        .into_iter()
-        .find(|p| p.signature.uri() == method)
-        .unwrap_or(&AS4_1_15)
+    leg::profile_signing_with(method).unwrap_or(&AS4_1_15)
 }
 
 /// The certificates in the message's BinarySecurityTokens.
@@ -1116,11 +1107,11 @@ fn plan_from_leg(
     };
     let profile = match &args.profile {
         Some(p) => profile_named(p)?,
-        None => varti_access_point::access_point::profile_of(leg.security.profile),
+        None => leg::profile_of(leg.security.profile),
     };
     let token_reference = match &args.token {
         Some(t) => token_named(t)?,
-        None => varti_access_point::access_point::token_reference_of(leg.security.token_reference),
+        None => leg::token_reference_of(leg.security.token_reference),
     };
     // Parts: a fixed Content-ID and the media type from the leg's payload profile when
     // it has them, else a generated id and the type by file extension.
@@ -1146,40 +1137,18 @@ fn plan_from_leg(
             (cid, mime)
         })
         .collect();
-    let user_message = UserMessage {
-        mpc: (leg.mpc != varti_as4::message::model::DEFAULT_MPC).then(|| leg.mpc.clone()),
-        message_info: MessageInfo::new(format!("{}@varti", uuid::Uuid::new_v4())),
-        party_info: PartyInfo {
-            from: Party {
-                party_ids: vec![from_id],
-                role: leg.from.role.clone(),
-            },
-            to: Party {
-                party_ids: vec![to_id],
-                role: leg.to.role.clone(),
-            },
-        },
-        collaboration_info: CollaborationInfo {
-            agreement_ref: leg.agreement.as_ref().map(|a| {
-                varti_as4::message::model::AgreementRef {
-                    value: a.value.clone(),
-                    type_: a.agreement_type.clone(),
-                    pmode: leg.pmode_id.clone(),
-                }
-            }),
-            service: Service {
-                value: args
-                    .service
-                    .clone()
-                    .unwrap_or_else(|| leg.service.value.clone()),
-                type_: leg.service.service_type.clone(),
-            },
-            action: args.action.clone().unwrap_or_else(|| leg.action.clone()),
+    let user_message = leg::user_message(
+        leg,
+        MessageFields {
+            info: MessageInfo::new(format!("{}@varti", uuid::Uuid::new_v4())),
+            from: from_id,
+            to: to_id,
+            service: args.service.clone(),
+            action: args.action.clone(),
             conversation_id: uuid::Uuid::new_v4().to_string(),
+            properties,
         },
-        properties,
-        parts: Vec::new(),
-    };
+    );
     Ok(SealPlan {
         profile,
         token_reference,
@@ -1238,20 +1207,14 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             content: f as &mut dyn std::io::Read,
         })
         .collect();
-    let policy = SendPolicy {
-        signing: SigningIdentity {
-            profile,
-            key: &key,
-            certificate: &cert,
-            token_reference,
-        },
-        encryption: receiver.as_ref().map(|c| EncryptionSettings {
-            receiver_cert: c,
-            key_protection: key_protection_for(profile),
-            token_reference,
-        }),
-        compress: plan.compress,
-    };
+    let policy = SendPolicy::new(
+        profile,
+        token_reference,
+        &key,
+        &cert,
+        receiver.as_deref(),
+        plan.compress,
+    );
     // Write next to the target and rename, so a failure leaves no half-written dump.
     let dir = args
         .out

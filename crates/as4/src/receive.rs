@@ -1,0 +1,301 @@
+//! One received user message, from its MIME package to the answer: accepted with its
+//! receipt, or refused with the ebMS error signal to send back.
+//!
+//! [`accept`] runs the stages in order, and nothing is accepted until all of them passed:
+//!
+//! 1. **route** — the leg whose PMode matches the header ([`routing::find_inbound`]):
+//!    `EBMS:0010` naming the nearest leg when none does;
+//! 2. **address** — the message must be for us (an `eb:To` id of our party) and from a
+//!    party of the PModes (an `eb:From` id): `EBMS:0010` otherwise;
+//! 3. **security** — the receive pipeline of [`inbound`] with the leg's policy for that
+//!    partner ([`LocalIdentity::receive_policy`]): decrypt, verify, trust, decompress;
+//! 4. **enforce** — the leg's message properties and payload profile
+//!    ([`enforce`]); skipped for the ebMS test service, whose messages are never
+//!    delivered;
+//! 5. **receipt** — signed with non-repudiation information when the leg asks for it.
+//!
+//! The SOAP root is read once by the ebMS reader: the caller parses it (to tell a user
+//! message from a signal) and hands the [`Envelope`] over.
+//!
+//! A refusal before the leg is known (stages 1–2) is answered with an unsigned error
+//! signal: nothing says how to sign it. Later refusals are signed when the leg signs.
+//! This module stores nothing and delivers nothing: that, the duplicate check and the
+//! HTTP answer are the caller's.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
+use time::OffsetDateTime;
+
+use crate::error::{EbmsError, ErrorCode};
+use crate::inbound::{self, key_transports_for, ReceivePolicy, ReceivedMessage};
+use crate::leg::{profile_of, token_reference_of};
+use crate::message::mime::MimePackage;
+use crate::message::model::UserMessage;
+use crate::message::soap::{self, Envelope};
+use crate::outbound::{build_error_signal, build_receipt, security_fault};
+use crate::pmode::enforce::{self, PartFacts};
+use crate::pmode::model::{Leg, PModeSet, Party};
+use crate::pmode::routing::{self, InboundKey};
+use crate::security::sign::SigningIdentity;
+
+/// This access point's own keys, and the partners' signing certificates: what receiving
+/// (and signing receipts and signals) needs besides the PModes.
+pub struct LocalIdentity {
+    /// The party (a `[[party]]` name of the PModes) we are.
+    pub party: String,
+    /// The key that signs messages, receipts and signals.
+    pub signing_key: PKey<Private>,
+    /// Its certificate.
+    pub signing_cert: X509,
+    /// The key partners encrypt to.
+    pub encryption_key: PKey<Private>,
+    /// Its certificate.
+    pub encryption_cert: X509,
+    /// CA certificates partners' signing certificates must chain to (empty: each
+    /// partner's own certificate is pinned).
+    pub trust_anchors: Vec<X509>,
+    /// Each partner's signing certificate, by party name (from its `signing_cert` in the
+    /// PModes). A message from a party without one cannot be verified.
+    pub partner_signing_certs: HashMap<String, X509>,
+}
+
+impl std::fmt::Debug for LocalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIdentity")
+            .field("party", &self.party)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalIdentity {
+    /// How we sign on `leg` (receipts, signals and messages): our signing key with the
+    /// leg's profile and token reference.
+    pub fn signing_identity(&self, leg: &Leg) -> SigningIdentity<'_> {
+        SigningIdentity {
+            profile: profile_of(leg.security.profile),
+            key: &self.signing_key,
+            certificate: &self.signing_cert,
+            token_reference: token_reference_of(leg.security.token_reference),
+        }
+    }
+
+    /// The receive policy of `leg` for a message from `partner`, at `now`: the leg's
+    /// profile, signature and encryption requirements and decompression cap; our
+    /// decryption key; the partner's signing certificate as the only acceptable signer;
+    /// our trust anchors (or, without any, the partner's certificate pinned); the
+    /// partner's CRL files from the PModes. Payloads are spooled into `spool_dir` (`None`:
+    /// the system temporary directory).
+    pub fn receive_policy(
+        &self,
+        leg: &Leg,
+        partner: &Party,
+        now: OffsetDateTime,
+        spool_dir: Option<&Path>,
+    ) -> ReceivePolicy {
+        let profile = profile_of(leg.security.profile);
+        let mut policy = ReceivePolicy::strict(profile);
+        policy.require_signature = leg.security.sign;
+        policy.require_encryption = leg.security.encrypt;
+        policy.decryption = Some((self.encryption_key.clone(), self.encryption_cert.clone()));
+        policy.key_transports = key_transports_for(profile);
+        let partner_cert = self.partner_signing_certs.get(&partner.name).cloned();
+        policy.partner_certificates = partner_cert.iter().cloned().collect();
+        // The signature must be the sending party's own (a shared CA is not enough); a party
+        // without a signing certificate in the PModes cannot be verified at all.
+        policy.expected_signer = partner_cert.clone();
+        policy.trust_anchors = if self.trust_anchors.is_empty() {
+            partner_cert.into_iter().collect()
+        } else {
+            self.trust_anchors.clone()
+        };
+        // Revocation: the CRL files the PMode names for this partner (none: not checked).
+        policy.crl_files = partner.crls.clone();
+        policy.at = now;
+        policy.decompression_cap = leg.compression.max_decompressed_size;
+        policy.spool_dir = spool_dir.map(Path::to_path_buf);
+        policy
+    }
+
+    /// The refusal of the message `ref_to` with `error`: its error signal is signed when
+    /// `leg` is given and signs, unsigned otherwise.
+    pub fn refusal(&self, error: EbmsError, ref_to: Option<&str>, leg: Option<&Leg>) -> Refusal {
+        let signer = leg
+            .filter(|l| l.security.sign)
+            .map(|l| self.signing_identity(l));
+        Refusal::new(error, ref_to, signer.as_ref())
+    }
+}
+
+/// A user message that passed every stage of [`accept`], with the receipt to answer.
+#[derive(Debug)]
+pub struct Accepted<'p> {
+    /// What the security pipeline delivered: the verified envelope, the payloads (in
+    /// temporary files in the spool directory), signature and encryption.
+    pub message: ReceivedMessage,
+    /// The user message's header.
+    pub user_message: UserMessage,
+    /// The leg it arrived on.
+    pub leg: &'p Leg,
+    /// The party that sent it.
+    pub partner: &'p Party,
+    /// Whether it is an ebMS test-service message (acknowledged, never delivered).
+    pub test_service: bool,
+    /// The receipt to answer with (a SOAP envelope): signed with non-repudiation
+    /// information when the leg asks for it.
+    pub receipt: Vec<u8>,
+}
+
+impl Accepted<'_> {
+    /// The message's `eb:MessageId`.
+    pub fn message_id(&self) -> &str {
+        &self.user_message.message_info.message_id
+    }
+}
+
+/// A refused message: the error and the error signal to answer with.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Why (attributed to the refused message when its id is known).
+    pub error: EbmsError,
+    /// The error signal (a SOAP envelope), or why even an unsigned one could not be built.
+    /// A signal that should be signed but cannot be is sent unsigned.
+    pub signal: Result<Vec<u8>, EbmsError>,
+}
+
+impl Refusal {
+    /// The refusal of the message `ref_to` (when known) with `error`, its signal signed by
+    /// `signer` when given.
+    pub fn new(
+        error: EbmsError,
+        ref_to: Option<&str>,
+        signer: Option<&SigningIdentity<'_>>,
+    ) -> Refusal {
+        let error = match ref_to {
+            Some(id) => error.for_message(id),
+            None => error,
+        };
+        let signal = build_error_signal(&error, None, signer)
+            .or_else(|_| build_error_signal(&error, None, None))
+            .map(String::into_bytes);
+        Refusal { error, signal }
+    }
+
+    /// Whether the signal carries a WS-Security SOAP Fault
+    /// ([`security_fault`]): Domibus and the eDelivery test bed expect such an answer
+    /// with HTTP 500.
+    pub fn is_security_fault(&self) -> bool {
+        security_fault(&self.error).is_some()
+    }
+}
+
+/// Accepts the user message in `package`, whose SOAP root the caller read into
+/// `envelope`, for this access point (`identity`) under `pmodes`, at `now`; payloads are
+/// spooled into `spool_dir` (best on the store's file system). See the [module
+/// documentation](self) for the stages and how each refusal is signed.
+pub fn accept<'p>(
+    package: &MimePackage,
+    envelope: Envelope,
+    pmodes: &'p PModeSet,
+    identity: &LocalIdentity,
+    now: OffsetDateTime,
+    spool_dir: Option<&Path>,
+) -> Result<Accepted<'p>, Refusal> {
+    let Some(um) = envelope.messaging.user_message.clone() else {
+        return Err(Refusal::new(
+            EbmsError::new(
+                ErrorCode::InvalidHeader,
+                "eb:Messaging holds no UserMessage; only a user message can be accepted",
+            ),
+            None,
+            None,
+        ));
+    };
+    let id = um.message_info.message_id.clone();
+    let unsigned = |e: EbmsError| Refusal::new(e, Some(&id), None);
+
+    // Stage 1: route.
+    let route = routing::find_inbound(pmodes, &InboundKey::of(&um)).map_err(unsigned)?;
+    let leg = route.leg;
+
+    // Stage 2: for us, from a partner.
+    let to = &um.party_info.to.party_ids;
+    let ours = pmodes.party(&identity.party);
+    if !to
+        .iter()
+        .any(|t| ours.is_some_and(|p| p.has_id(&t.value, t.type_.as_deref())))
+    {
+        return Err(unsigned(EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            format!(
+                "the message is addressed to {:?}, but this access point is party `{}`; send it to the recipient's endpoint",
+                to.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(),
+                identity.party
+            ),
+        )));
+    }
+    let from = &um.party_info.from.party_ids;
+    let Some(partner) = pmodes
+        .parties
+        .iter()
+        .find(|p| from.iter().any(|f| p.has_id(&f.value, f.type_.as_deref())))
+    else {
+        return Err(unsigned(EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            "the sending party is not a [[party]] of this access point's PModes",
+        )));
+    };
+
+    // From here on the leg is known: its signals are signed when it signs.
+    let refuse = |e: EbmsError| identity.refusal(e, Some(&id), Some(leg));
+
+    // Stage 3: decrypt, verify, trust, decompress.
+    let policy = identity.receive_policy(leg, partner, now, spool_dir);
+    let received = inbound::receive_envelope(package, envelope, &policy).map_err(refuse)?;
+
+    // Stage 4: the leg's properties and payload profile.
+    if !route.test_service {
+        let facts: Vec<PartFacts<'_>> = received
+            .payloads
+            .iter()
+            .map(|p| PartFacts {
+                content_id: &p.content_id,
+                mime_type: &p.mime_type,
+                size: p.len,
+            })
+            .collect();
+        enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
+            .and_then(|()| enforce::check_payloads(leg, &facts))
+            .map_err(refuse)?;
+    }
+
+    // Stage 5: the receipt.
+    let signer = identity.signing_identity(leg);
+    let receipt = build_receipt(&received, leg.receipt.non_repudiation.then_some(&signer))
+        .map_err(refuse)?
+        .into_bytes();
+    Ok(Accepted {
+        message: received,
+        user_message: um,
+        leg,
+        partner,
+        test_service: route.test_service,
+        receipt,
+    })
+}
+
+/// [`accept`] for a package whose SOAP root has not been read yet: reads it, then
+/// accepts. A root the ebMS reader refuses is refused with an unsigned signal.
+pub fn accept_package<'p>(
+    package: &MimePackage,
+    pmodes: &'p PModeSet,
+    identity: &LocalIdentity,
+    now: OffsetDateTime,
+    spool_dir: Option<&Path>,
+) -> Result<Accepted<'p>, Refusal> {
+    let envelope =
+        soap::parse_envelope(&package.root().content).map_err(|e| Refusal::new(e, None, None))?;
+    accept(package, envelope, pmodes, identity, now, spool_dir)
+}

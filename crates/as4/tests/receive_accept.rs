@@ -1,0 +1,585 @@
+//! The single inbound call, `receive::accept`: a user message sealed by varti-a (with the
+//! leg builders of `varti_as4::leg`) and received by varti-b under PModes that point at
+//! the test PKI in `certs/`. Accepted with a receipt, or refused with the error signal,
+//! signed exactly when the message was attributed to a leg that signs.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
+use time::OffsetDateTime;
+use varti_as4::error::ErrorCode;
+use varti_as4::leg::{self, MessageFields};
+use varti_as4::message::mime::{MimeLimits, MimePackage};
+use varti_as4::message::model::{
+    MessageInfo, PartyId, Property, SignalKind, UserMessage, TEST_ACTION, TEST_SERVICE,
+};
+use varti_as4::message::soap;
+use varti_as4::outbound::{send, OutgoingPayload};
+use varti_as4::pmode::model::{Leg, PModeSet};
+use varti_as4::receive::{accept, accept_package, Accepted, LocalIdentity, Refusal};
+use varti_as4::security::dom::XmlDocument;
+use varti_as4::security::token::NS_DS;
+
+const PARTY_TYPE: &str = "urn:oasis:names:tc:ebcore:partyid-type:unregistered";
+
+fn certs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../certs")
+}
+
+fn key(rel: &str) -> PKey<Private> {
+    PKey::private_key_from_pem(&std::fs::read(certs().join(rel)).unwrap()).unwrap()
+}
+
+fn cert(rel: &str) -> X509 {
+    X509::from_pem(&std::fs::read(certs().join(rel)).unwrap()).unwrap()
+}
+
+/// PModes between varti-a and varti-b: leg `signed` (signed, encrypted, NRR receipts, a
+/// required property and a one-part XML payload profile) and leg `plain` (neither signed
+/// nor encrypted, plain receipts, the same property and payload rules).
+fn pmodes(dir: &Path) -> PModeSet {
+    let c = certs();
+    let c = c.display();
+    let toml = format!(
+        r#"
+[[party]]
+name = "varti-a"
+ids = [{{ value = "varti-a", type = "{PARTY_TYPE}" }}]
+signing_cert = "{c}/varti-a/sign.cert.pem"
+encryption_cert = "{c}/varti-a/enc.cert.pem"
+
+[[party]]
+name = "varti-b"
+ids = [{{ value = "varti-b", type = "{PARTY_TYPE}" }}]
+signing_cert = "{c}/varti-b/sign.cert.pem"
+encryption_cert = "{c}/varti-b/enc.cert.pem"
+
+[security.default]
+profile = "as4-1.15"
+sign = true
+encrypt = true
+token_reference = "bst"
+
+[security.plain]
+sign = false
+encrypt = false
+
+[receipt.plain]
+non_repudiation = false
+
+[compression.default]
+enabled = true
+
+[properties.default]
+required = ["originalSender"]
+optional = ["finalRecipient"]
+
+[payload.default]
+
+[[payload.default.part]]
+name = "document"
+mime_types = ["application/xml"]
+max_size = "1KiB"
+
+[[process]]
+name = "exchange"
+mep = "oneWay"
+binding = "push"
+initiator = {{ parties = ["varti-a", "varti-b"] }}
+responder = {{ parties = ["varti-a", "varti-b"] }}
+
+[[process.leg]]
+name = "signed"
+service = "urn:test:service"
+action = "Deliver"
+
+[[process.leg]]
+name = "plain"
+service = "urn:test:service"
+action = "Plain"
+security = "plain"
+receipt = "plain"
+"#
+    );
+    std::fs::write(dir.join("exchange.toml"), toml).unwrap();
+    let (set, diags) = varti_as4::pmode::load_dir(dir);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+    set
+}
+
+/// varti-b, the receiving side: its own keys, the partners' signing certificates, no CA
+/// (each partner's certificate pinned).
+fn varti_b() -> LocalIdentity {
+    LocalIdentity {
+        party: "varti-b".into(),
+        signing_key: key("varti-b/sign.key.pem"),
+        signing_cert: cert("varti-b/sign.cert.pem"),
+        encryption_key: key("varti-b/enc.key.pem"),
+        encryption_cert: cert("varti-b/enc.cert.pem"),
+        trust_anchors: Vec::new(),
+        partner_signing_certs: HashMap::from([
+            ("varti-a".to_owned(), cert("varti-a/sign.cert.pem")),
+            ("varti-b".to_owned(), cert("varti-b/sign.cert.pem")),
+        ]),
+    }
+}
+
+fn leg<'a>(set: &'a PModeSet, name: &str) -> &'a Leg {
+    set.legs.iter().find(|l| l.name == name).unwrap()
+}
+
+fn party(value: &str) -> PartyId {
+    PartyId {
+        value: value.into(),
+        type_: Some(PARTY_TYPE.into()),
+    }
+}
+
+/// What a test message says: everything the leg does not fix.
+struct Msg {
+    from: &'static str,
+    to: &'static str,
+    service: Option<&'static str>,
+    action: Option<&'static str>,
+    properties: Vec<Property>,
+    mime_type: &'static str,
+    content: Vec<u8>,
+    /// Who signs: varti-a's key (the sender's own) unless another is named.
+    signer: &'static str,
+}
+
+impl Msg {
+    fn good() -> Msg {
+        Msg {
+            from: "varti-a",
+            to: "varti-b",
+            service: None,
+            action: None,
+            properties: vec![Property::new("originalSender", "urn:c1")],
+            mime_type: "application/xml",
+            content: b"<doc>hello</doc>".to_vec(),
+            signer: "varti-a",
+        }
+    }
+}
+
+/// Seals `msg` on `leg` as the running access point does: `leg::user_message` and
+/// `leg::send_policy`. Returns the package as varti-b reads it, and the user message.
+fn seal(set: &PModeSet, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) {
+    let leg = leg(set, leg_name);
+    let um = leg::user_message(
+        leg,
+        MessageFields {
+            info: MessageInfo::new(format!("{}@test", uuid::Uuid::new_v4())),
+            from: party(msg.from),
+            to: party(msg.to),
+            service: msg.service.map(str::to_owned),
+            action: msg.action.map(str::to_owned),
+            conversation_id: "conversation-1".into(),
+            properties: msg.properties,
+        },
+    );
+    let sign_key = key(&format!("{}/sign.key.pem", msg.signer));
+    let sign_cert = cert(&format!("{}/sign.cert.pem", msg.signer));
+    let enc_cert = cert("varti-b/enc.cert.pem");
+    let policy = leg::send_policy(leg, &sign_key, &sign_cert, Some(&enc_cert)).unwrap();
+    let mut content = &msg.content[..];
+    let payloads = vec![OutgoingPayload {
+        content_id: "document@test".into(),
+        mime_type: msg.mime_type.into(),
+        properties: Vec::new(),
+        content: &mut content as &mut dyn Read,
+    }];
+    let mut bytes = Vec::new();
+    let sent = send(&um, payloads, &policy, &mut bytes).unwrap();
+    let package =
+        MimePackage::parse(&bytes[..], &sent.content_type, &MimeLimits::default()).unwrap();
+    (package, um)
+}
+
+fn receive<'p>(
+    set: &'p PModeSet,
+    identity: &LocalIdentity,
+    package: &MimePackage,
+    spool: &Path,
+) -> Result<Accepted<'p>, Refusal> {
+    accept_package(
+        package,
+        set,
+        identity,
+        OffsetDateTime::now_utc(),
+        Some(spool),
+    )
+}
+
+fn is_signed(envelope: &[u8]) -> bool {
+    XmlDocument::parse(envelope)
+        .unwrap()
+        .elements()
+        .into_iter()
+        .any(|e| e.is(NS_DS, "Signature"))
+}
+
+/// Checks a refusal: its code, the message it refers to, and that its signal is an ebMS
+/// error signal with that code and reference, signed or not as `signed` says.
+fn assert_refused(refusal: &Refusal, code: ErrorCode, message_id: &str, signed: bool) {
+    assert_eq!(refusal.error.code, code, "{}", refusal.error.detail);
+    assert_eq!(refusal.error.ref_to_message_id.as_deref(), Some(message_id));
+    let signal = refusal.signal.as_ref().expect("an error signal");
+    let env = soap::parse_envelope(signal).unwrap();
+    let s = &env.messaging.signals[0];
+    assert_eq!(
+        s.message_info.ref_to_message_id.as_deref(),
+        Some(message_id)
+    );
+    match &s.kind {
+        SignalKind::Errors(errors) => assert_eq!(errors[0].code, Some(code)),
+        other => panic!("not an error signal: {other:?}"),
+    }
+    assert_eq!(is_signed(signal), signed, "signal signed?");
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn a_good_message_is_accepted_with_a_signed_nrr_receipt() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let identity = varti_b();
+    let (package, um) = seal(&set, "signed", Msg::good());
+    let accepted = receive(&set, &identity, &package, spool.path()).unwrap();
+
+    assert_eq!(accepted.leg.name, "signed");
+    assert_eq!(accepted.partner.name, "varti-a");
+    assert!(!accepted.test_service);
+    assert_eq!(accepted.message_id(), um.message_info.message_id);
+    assert_eq!(
+        accepted.user_message.property("originalSender"),
+        Some("urn:c1")
+    );
+    // Decrypted and decompressed into the spool directory.
+    assert!(accepted.message.encryption.is_some());
+    assert_eq!(accepted.message.payloads.len(), 1);
+    let p = &accepted.message.payloads[0];
+    assert!(p.was_compressed);
+    assert_eq!(p.mime_type, "application/xml");
+    assert!(p.path().starts_with(spool.path()));
+    assert_eq!(std::fs::read(p.path()).unwrap(), b"<doc>hello</doc>");
+    // The receipt: signed by varti-b, NRR over what varti-a signed, for this message.
+    let env = soap::parse_envelope(&accepted.receipt).unwrap();
+    let s = &env.messaging.signals[0];
+    assert_eq!(
+        s.message_info.ref_to_message_id.as_deref(),
+        Some(um.message_info.message_id.as_str())
+    );
+    assert!(matches!(s.kind, SignalKind::Receipt(_)));
+    assert!(is_signed(&accepted.receipt));
+    assert!(String::from_utf8_lossy(&accepted.receipt).contains("NonRepudiationInformation"));
+}
+
+#[test]
+fn the_envelope_read_by_the_caller_is_used_as_is() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let identity = varti_b();
+    let (package, um) = seal(&set, "signed", Msg::good());
+    let envelope = soap::parse_envelope(&package.root().content).unwrap();
+    let accepted = accept(
+        &package,
+        envelope,
+        &set,
+        &identity,
+        OffsetDateTime::now_utc(),
+        Some(spool.path()),
+    )
+    .unwrap();
+    assert_eq!(accepted.message_id(), um.message_info.message_id);
+
+    // A signal is not a user message: refused, unsigned.
+    let signal = soap::parse_envelope(&accepted.receipt).unwrap();
+    let refusal = accept(
+        &package,
+        signal,
+        &set,
+        &identity,
+        OffsetDateTime::now_utc(),
+        Some(spool.path()),
+    )
+    .unwrap_err();
+    assert_eq!(refusal.error.code, ErrorCode::InvalidHeader);
+    assert!(!is_signed(refusal.signal.as_ref().unwrap()));
+}
+
+#[test]
+fn a_leg_without_non_repudiation_gets_a_plain_unsigned_receipt() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let (package, _) = seal(&set, "plain", Msg::good());
+    let accepted = receive(&set, &varti_b(), &package, spool.path()).unwrap();
+    assert_eq!(accepted.leg.name, "plain");
+    assert!(accepted.message.encryption.is_none());
+    assert!(!is_signed(&accepted.receipt));
+    assert!(String::from_utf8_lossy(&accepted.receipt).contains("ReceivedUserMessage"));
+}
+
+#[test]
+fn a_test_service_message_is_accepted_without_the_legs_rules() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let msg = Msg {
+        service: Some(TEST_SERVICE),
+        action: Some(TEST_ACTION),
+        // Neither the required property nor the payload profile's media type.
+        properties: Vec::new(),
+        mime_type: "text/plain",
+        ..Msg::good()
+    };
+    let (package, _) = seal(&set, "signed", msg);
+    let accepted = receive(&set, &varti_b(), &package, spool.path()).unwrap();
+    assert!(accepted.test_service);
+    assert!(accepted.leg.security.sign);
+    assert!(is_signed(&accepted.receipt));
+}
+
+#[test]
+fn no_leg_wrong_recipient_or_unknown_sender_is_refused_unsigned() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let identity = varti_b();
+
+    // No leg for the action: EBMS:0010 naming the nearest leg.
+    let msg = Msg {
+        action: Some("Delivr"),
+        ..Msg::good()
+    };
+    let (package, um) = seal(&set, "signed", msg);
+    let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::ProcessingModeMismatch,
+        &um.message_info.message_id,
+        false,
+    );
+    assert!(
+        refusal.error.detail.contains("leg 'signed'"),
+        "{}",
+        refusal.error.detail
+    );
+    assert!(
+        refusal.error.detail.contains("Action"),
+        "{}",
+        refusal.error.detail
+    );
+
+    // A leg fits, but the message is for varti-a, not for us.
+    let msg = Msg {
+        to: "varti-a",
+        ..Msg::good()
+    };
+    let (package, um) = seal(&set, "signed", msg);
+    let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::ProcessingModeMismatch,
+        &um.message_info.message_id,
+        false,
+    );
+    assert!(
+        refusal.error.detail.contains("addressed to"),
+        "{}",
+        refusal.error.detail
+    );
+    assert!(
+        refusal.error.detail.contains("varti-b"),
+        "{}",
+        refusal.error.detail
+    );
+
+    // A sender that is no party of the PModes.
+    let msg = Msg {
+        from: "varti-x",
+        ..Msg::good()
+    };
+    let (package, um) = seal(&set, "signed", msg);
+    let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::ProcessingModeMismatch,
+        &um.message_info.message_id,
+        false,
+    );
+    assert!(
+        refusal.error.detail.contains("From PartyId"),
+        "{}",
+        refusal.error.detail
+    );
+    assert_eq!(files_in(spool.path()), 0);
+}
+
+#[test]
+fn a_signature_by_another_party_is_refused_with_a_signed_security_fault() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    // From varti-a, but signed with varti-b's key.
+    let msg = Msg {
+        signer: "varti-b",
+        ..Msg::good()
+    };
+    let (package, um) = seal(&set, "signed", msg);
+    let refusal = receive(&set, &varti_b(), &package, spool.path()).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::FailedAuthentication,
+        &um.message_info.message_id,
+        true,
+    );
+    assert!(refusal.is_security_fault());
+    assert!(String::from_utf8_lossy(refusal.signal.as_ref().unwrap()).contains("FailedCheck"));
+    assert_eq!(files_in(spool.path()), 0, "nothing left in the spool");
+}
+
+#[test]
+fn property_and_payload_profile_violations_are_refused_signed_when_the_leg_signs() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let identity = varti_b();
+    let cases: Vec<(&str, Msg, &str)> = vec![
+        (
+            "signed",
+            Msg {
+                properties: vec![Property::new("finalRecipient", "urn:c4")],
+                ..Msg::good()
+            },
+            "`originalSender` is required",
+        ),
+        (
+            "signed",
+            Msg {
+                properties: vec![
+                    Property::new("originalSender", "urn:c1"),
+                    Property::new("color", "blue"),
+                ],
+                ..Msg::good()
+            },
+            "`color` is not defined",
+        ),
+        (
+            "signed",
+            Msg {
+                mime_type: "text/plain",
+                ..Msg::good()
+            },
+            "",
+        ),
+        (
+            "signed",
+            Msg {
+                content: vec![b'x'; 2048],
+                ..Msg::good()
+            },
+            "",
+        ),
+        (
+            "plain",
+            Msg {
+                action: Some("Plain"),
+                mime_type: "text/plain",
+                ..Msg::good()
+            },
+            "",
+        ),
+    ];
+    for (leg_name, msg, detail) in cases {
+        let (package, um) = seal(&set, leg_name, msg);
+        let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
+        assert_refused(
+            &refusal,
+            ErrorCode::ProcessingModeMismatch,
+            &um.message_info.message_id,
+            leg_name == "signed",
+        );
+        assert!(!refusal.is_security_fault());
+        assert!(
+            refusal.error.detail.contains(detail),
+            "{leg_name}: {}",
+            refusal.error.detail
+        );
+        assert_eq!(
+            files_in(spool.path()),
+            0,
+            "the refused payloads are removed"
+        );
+    }
+}
+
+#[test]
+fn the_leg_builders_follow_the_leg() {
+    let pm = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let signed = leg(&set, "signed");
+    let um = leg::user_message(
+        signed,
+        MessageFields {
+            info: MessageInfo::new("m1@test"),
+            from: party("varti-a"),
+            to: party("varti-b"),
+            service: None,
+            action: Some("Other".into()),
+            conversation_id: "c1".into(),
+            properties: vec![Property::new("originalSender", "urn:c1")],
+        },
+    );
+    assert_eq!(um.mpc, None, "the default MPC is left out");
+    assert_eq!(um.collaboration_info.service.value, "urn:test:service");
+    assert_eq!(um.collaboration_info.action, "Other");
+    assert_eq!(um.party_info.from.role, signed.from.role);
+    assert_eq!(um.party_info.to.role, signed.to.role);
+    assert_eq!(um.party_info.to.party_ids[0].value, "varti-b");
+    assert!(um.parts.is_empty());
+
+    // The wire id: the preferred one, else the first.
+    let a = set.party("varti-a").unwrap();
+    assert_eq!(leg::wire_party_id(a, "varti-a").unwrap().value, "varti-a");
+    assert_eq!(leg::wire_party_id(a, "unknown").unwrap().value, "varti-a");
+
+    // An encrypting leg needs the receiver's certificate; a plain one ignores it.
+    let k = key("varti-a/sign.key.pem");
+    let c = cert("varti-a/sign.cert.pem");
+    let e = cert("varti-b/enc.cert.pem");
+    let err = leg::send_policy(signed, &k, &c, None).err().unwrap();
+    assert_eq!(err.code, ErrorCode::ProcessingModeMismatch);
+    let p = leg::send_policy(signed, &k, &c, Some(&e)).unwrap();
+    assert!(p.encryption.is_some() && p.compress);
+    assert_eq!(p.signing.profile.name, "eDelivery AS4 1.15");
+    let p = leg::send_policy(leg(&set, "plain"), &k, &c, Some(&e)).unwrap();
+    assert!(p.encryption.is_none());
+
+    // One lookup of profiles, by leg kind, by name, by signature method.
+    use varti_as4::pmode::model::SecurityProfileKind;
+    for kind in SecurityProfileKind::ALL {
+        let profile = leg::profile_of(kind);
+        assert_eq!(SecurityProfileKind::from_name(kind.name()), Some(kind));
+        assert!(std::ptr::eq(
+            leg::profile_named(kind.name()).unwrap(),
+            profile
+        ));
+        assert!(std::ptr::eq(
+            leg::profile_signing_with(profile.signature.uri()).unwrap(),
+            profile
+        ));
+    }
+    assert!(leg::profile_named("as4-3.0").is_none());
+    assert!(leg::profile_signing_with("urn:nothing").is_none());
+}
