@@ -44,10 +44,12 @@ fn message_id() -> impl Strategy<Value = String> {
 }
 
 fn message_info() -> impl Strategy<Value = MessageInfo> {
-    (timestamp(), message_id(), option::of(message_id())).prop_map(|(timestamp, message_id, r)| MessageInfo {
-        timestamp,
-        message_id,
-        ref_to_message_id: r,
+    (timestamp(), message_id(), option::of(message_id())).prop_map(|(timestamp, message_id, r)| {
+        MessageInfo {
+            timestamp,
+            message_id,
+            ref_to_message_id: r,
+        }
     })
 }
 

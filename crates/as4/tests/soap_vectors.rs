@@ -37,11 +37,7 @@ fn parse_ok(rel: &str) -> Option<Envelope> {
 /// A vector whose ids break the RFC 2822 MessageId syntax ebMS3 §5.2.2.1 requires (phase4
 /// in Peppol mode writes bare UUIDs): refused whole with EBMS:0009 naming `element`, and
 /// read, with the ids completed (`from` → `to`), for the rest of its content.
-fn parse_with_ids_fixed(
-    rel: &str,
-    element: &str,
-    fixes: &[(&str, &str)],
-) -> Option<Envelope> {
+fn parse_with_ids_fixed(rel: &str, element: &str, fixes: &[(&str, &str)]) -> Option<Envelope> {
     let bytes = vector(rel)?;
     let refused = parse_envelope(&bytes).expect_err("a bare UUID is not a MessageId");
     assert_eq!(refused.code, ErrorCode::InvalidHeader, "{refused}");

@@ -211,7 +211,8 @@ fn a_partner_certificate_with_an_rsa_1024_key_is_an_error_unless_excepted() {
     let dir = tempfile::tempdir().unwrap();
     weak_certificate(&dir.path().join("weak.pem"));
     let file = dir.path().join("partner.toml");
-    let party = "[[party]]\nname = \"weak\"\nids = [{ value = \"weak\" }]\nsigning_cert = \"weak.pem\"\n";
+    let party =
+        "[[party]]\nname = \"weak\"\nids = [{ value = \"weak\" }]\nsigning_cert = \"weak.pem\"\n";
     std::fs::write(&file, party).unwrap();
     let d = dir.path().to_str().unwrap();
 

@@ -139,8 +139,14 @@ mod tests {
         assert_eq!(check("x"), Err(InvalidMessageId::NoAt));
         assert_eq!(check("@x"), Err(InvalidMessageId::NoAt));
         assert_eq!(check("x@"), Err(InvalidMessageId::NoAt));
-        assert_eq!(check("../x@y"), Err(InvalidMessageId::Dots { side: "left" }));
-        assert_eq!(check("a..b@y"), Err(InvalidMessageId::Dots { side: "left" }));
+        assert_eq!(
+            check("../x@y"),
+            Err(InvalidMessageId::Dots { side: "left" })
+        );
+        assert_eq!(
+            check("a..b@y"),
+            Err(InvalidMessageId::Dots { side: "left" })
+        );
         assert_eq!(check("a@y."), Err(InvalidMessageId::Dots { side: "right" }));
         assert_eq!(check("a@.y"), Err(InvalidMessageId::Dots { side: "right" }));
         assert_eq!(

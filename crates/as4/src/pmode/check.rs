@@ -89,7 +89,9 @@ pub(crate) fn check_certificates(
     let mut loaded: HashMap<(PathBuf, CertRole), LoadedCert> = HashMap::new();
     let mut exceptions_used: HashSet<&str> = HashSet::new();
     for r in refs {
-        let allow = set.party(&r.party).and_then(|p| p.allow_weak_keys.as_deref());
+        let allow = set
+            .party(&r.party)
+            .and_then(|p| p.allow_weak_keys.as_deref());
         let mut used = false;
         if let Some(cert) = check_one(r, &at, options.expiry_warning_days, allow, &mut used, diags)
         {

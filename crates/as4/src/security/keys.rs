@@ -114,7 +114,9 @@ pub fn check_key<T: HasPublic>(key: &PKeyRef<T>) -> Result<(), WeakKey> {
         Id::ED448 => Err(WeakKey::KeyType {
             name: "Ed448".into(),
         }),
-        Id::X448 => Err(WeakKey::KeyType { name: "X448".into() }),
+        Id::X448 => Err(WeakKey::KeyType {
+            name: "X448".into(),
+        }),
         Id::DH => Err(WeakKey::KeyType { name: "DH".into() }),
         _ => Err(WeakKey::KeyType {
             name: "unknown".into(),
@@ -131,10 +133,7 @@ pub fn check_certificate(cert: &X509Ref) -> Result<(), WeakKey> {
     check_key(&key)?;
     let nid = cert.signature_algorithm().object().nid();
     let digest = nid.signature_algorithms().map(|a| a.digest);
-    let weak_digest = matches!(
-        digest,
-        Some(Nid::SHA1 | Nid::MD5 | Nid::MD4 | Nid::MD2)
-    );
+    let weak_digest = matches!(digest, Some(Nid::SHA1 | Nid::MD5 | Nid::MD4 | Nid::MD2));
     if weak_digest && !self_signed(cert) {
         return Err(WeakKey::SignatureDigest {
             algorithm: nid
@@ -208,13 +207,13 @@ mod tests {
 
     #[test]
     fn rsa_below_2048_bits_is_weak_and_2048_is_not() {
-        assert_eq!(
-            check_key(&rsa(1024)),
-            Err(WeakKey::ShortRsa { bits: 1024 })
-        );
+        assert_eq!(check_key(&rsa(1024)), Err(WeakKey::ShortRsa { bits: 1024 }));
         assert_eq!(check_key(&rsa(2048)), Ok(()));
         let message = WeakKey::ShortRsa { bits: 1024 }.to_string();
-        assert!(message.contains("1024 bits") && message.contains("2048"), "{message}");
+        assert!(
+            message.contains("1024 bits") && message.contains("2048"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -228,10 +227,7 @@ mod tests {
                 curve: "secp256k1".into()
             })
         );
-        assert_eq!(
-            check_key(&PKey::generate_ed25519().unwrap()),
-            Ok(())
-        );
+        assert_eq!(check_key(&PKey::generate_ed25519().unwrap()), Ok(()));
         assert_eq!(check_key(&PKey::generate_x25519().unwrap()), Ok(()));
         assert!(matches!(
             check_key(&PKey::generate_ed448().unwrap()),
@@ -269,9 +265,6 @@ mod tests {
     fn a_weak_key_is_reported_before_the_signature() {
         let weak = rsa(1024);
         let c = cert(&weak, "leaf", &rsa(2048), "ca", MessageDigest::sha1());
-        assert_eq!(
-            check_certificate(&c),
-            Err(WeakKey::ShortRsa { bits: 1024 })
-        );
+        assert_eq!(check_certificate(&c), Err(WeakKey::ShortRsa { bits: 1024 }));
     }
 }
