@@ -59,6 +59,18 @@ pub enum StartError {
     /// The configured identity is not a party of the PModes.
     #[error("identity.party `{0}` is not a [[party]] of the PModes; name the party this access point is (see `varti pmode show`)")]
     UnknownParty(String),
+    /// One of our keys or certificates is below the key-strength policy
+    /// (`varti_as4::security::keys`); partners' are refused by the PMode check.
+    #[error("{what} ({path}) has {weak}: {}; to start anyway for a while, add allow_weak_keys = \"why, until when\" to our party in the PModes", weak.hint())]
+    WeakKey {
+        /// Which one (`identity.signing_cert`, `tls.key`, …).
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// What is weak.
+        #[source]
+        weak: varti_as4::security::keys::WeakKey,
+    },
     /// A partner's TLS settings cannot be used.
     #[error("partner `{partner}`: {problem}")]
     PartnerTls {
@@ -230,6 +242,10 @@ impl AccessPoint {
                 .collect(),
             partner_signing_certs: HashMap::new(),
         };
+        let exception = pmodes
+            .party(&id.party)
+            .and_then(|p| p.allow_weak_keys.as_deref());
+        check_own_keys(config, &identity, allow_plain_http, exception)?;
         let mut partners = HashMap::new();
         let mut client_settings = ClientSettings::from(&config.client);
         client_settings.allow_plain_http = allow_plain_http;
@@ -413,6 +429,70 @@ fn credential(what: &str, path: &Path, problem: impl std::fmt::Display) -> Start
         path: path.to_owned(),
         problem: problem.to_string(),
     }
+}
+
+/// Our keys and certificates against the key-strength policy: identity keys always, the
+/// TLS certificate and key when we serve TLS (unreadable TLS files are reported by the
+/// listener). With our party's `allow_weak_keys`, a weak key is logged, not refused.
+fn check_own_keys(
+    config: &Settings,
+    identity: &LocalIdentity,
+    plain_http: bool,
+    exception: Option<&str>,
+) -> Result<(), StartError> {
+    use varti_as4::security::keys::{check_certificate, check_key};
+    let id = &config.identity;
+    let mut found = vec![
+        (
+            "identity.signing_cert",
+            &id.signing_cert,
+            check_certificate(&identity.signing_cert),
+        ),
+        (
+            "identity.signing_key",
+            &id.signing_key,
+            check_key(&identity.signing_key),
+        ),
+        (
+            "identity.encryption_cert",
+            &id.encryption_cert,
+            check_certificate(&identity.encryption_cert),
+        ),
+        (
+            "identity.encryption_key",
+            &id.encryption_key,
+            check_key(&identity.encryption_key),
+        ),
+    ];
+    if !plain_http {
+        if let Ok(certs) = read_certs("tls.cert", &config.tls.cert) {
+            for cert in &certs {
+                found.push(("tls.cert", &config.tls.cert, check_certificate(cert)));
+            }
+        }
+        if let Ok(key) = read_key("tls.key", &config.tls.key) {
+            found.push(("tls.key", &config.tls.key, check_key(&key)));
+        }
+    }
+    for (what, path, verdict) in found {
+        let Err(weak) = verdict else { continue };
+        match exception {
+            Some(reason) => tracing::warn!(
+                setting = what,
+                file = %path.display(),
+                %reason,
+                "{what} has {weak}; accepted because our party has allow_weak_keys"
+            ),
+            None => {
+                return Err(StartError::WeakKey {
+                    what: what.to_owned(),
+                    path: path.clone(),
+                    weak,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_key(what: &str, path: &Path) -> Result<PKey<Private>, StartError> {

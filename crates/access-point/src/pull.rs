@@ -53,9 +53,7 @@ use varti_store::{AttemptOutcome, Direction as StoreDirection, ListFilter, Messa
 use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
-use crate::receiver::{
-    accept_user_message, error_response, internal_fault, signing_identity,
-};
+use crate::receiver::{accept_user_message, error_response, internal_fault, signing_identity};
 use crate::sender::{errors_retryable, errors_text, receipt_problem, seal};
 use crate::server::{MshResponse, MshResponseBody};
 use crate::submit::leg_key;

@@ -137,6 +137,14 @@ pub fn submit(
             .and_then(|()| enforce::check_payloads(route.leg, &facts))
             .map_err(|e| SubmitError::Invalid(e.detail))?;
     }
+    for (what, id) in [
+        ("message_id", &sub.message_id),
+        ("ref_to_message_id", &sub.ref_to_message_id),
+    ] {
+        if let Some(Err(why)) = id.as_deref().map(varti_as4::message::id::check) {
+            return Err(SubmitError::Invalid(format!("{what}: {why}")));
+        }
+    }
     let message_id = sub
         .message_id
         .unwrap_or_else(|| format!("{}@varti", uuid::Uuid::new_v4()));

@@ -220,6 +220,6 @@ fn many_attributes_cost_little() {
     refused(decls.as_bytes(), "more than 128 attributes");
     // Just under the limit is fine.
     let ok: String = (0..128).map(|i| format!(" a{i}=\"v\"")).collect();
-    let fine = envelope("x").replace("<eb:PullRequest/>", &format!("<eb:PullRequest{ok}/>"));
+    let fine = envelope("x@test").replace("<eb:PullRequest/>", &format!("<eb:PullRequest{ok}/>"));
     assert!(parse_envelope(fine.as_bytes()).is_ok());
 }

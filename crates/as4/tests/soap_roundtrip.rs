@@ -36,11 +36,20 @@ fn timestamp() -> impl Strategy<Value = Timestamp> {
     })
 }
 
+/// An RFC 2822 message id (`dot-atom@dot-atom`, see `message::id`): every atext
+/// character, dots between runs.
+fn message_id() -> impl Strategy<Value = String> {
+    let atoms = "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}(\\.[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}){0,2}";
+    (atoms, atoms).prop_map(|(left, right)| format!("{left}@{right}"))
+}
+
 fn message_info() -> impl Strategy<Value = MessageInfo> {
-    (timestamp(), token(), option::of(token())).prop_map(|(timestamp, message_id, r)| MessageInfo {
-        timestamp,
-        message_id,
-        ref_to_message_id: r,
+    (timestamp(), message_id(), option::of(message_id())).prop_map(|(timestamp, message_id, r)| {
+        MessageInfo {
+            timestamp,
+            message_id,
+            ref_to_message_id: r,
+        }
     })
 }
 

@@ -466,11 +466,39 @@ fn auth_submit_list_isolation_errors_resend_status_purge() {
         "{e:#}"
     );
 
-    // 409: a MessageId that is taken.
+    // 409: a MessageId this client already used.
     let mut meta = exchange_metadata();
     meta["message_id"] = json!(id);
     let r = submit(&node, PORTAL, meta, &[("file0", "text/plain", b"x")]);
     assert_eq!(r.status, 409, "{}", r.text());
+
+    // Another client reusing it gets the very answer an invalid id gets: nothing tells
+    // that the id exists, or whose it is.
+    let attempt = |message_id: &str| {
+        let mut meta = exchange_metadata();
+        meta["message_id"] = json!(message_id);
+        submit(&node, OTHER, meta, &[("file0", "text/plain", b"x")])
+    };
+    let taken = attempt(&id);
+    let invalid = attempt("../x");
+    assert_eq!(taken.status, 400, "{}", taken.text());
+    assert_eq!(invalid.status, 400, "{}", invalid.text());
+    assert!(
+        taken.text().contains("cannot be used by this client"),
+        "{}",
+        taken.text()
+    );
+    let body = |a: &Answer| String::from_utf8_lossy(&a.body).into_owned();
+    assert_eq!(
+        body(&taken).replace(&id, "ID"),
+        body(&invalid).replace("../x", "ID"),
+        "the two refusals differ"
+    );
+    // And nothing was stored under the id for it.
+    assert_eq!(
+        get(&node, &format!("/api/v1/messages/{}", enc(&id)), OTHER).status,
+        404
+    );
 
     // 400s: no metadata first, unknown metadata key, undeclared part, missing part, bad query.
     let (ct, body) = form(exchange_metadata(), &[("file0", "text/plain", b"x")]);

@@ -614,3 +614,110 @@ fn help_explains_with_examples() {
     let out = varti(&repo(), &["certs", "list", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
 }
+
+#[test]
+fn partner_certificate_with_an_rsa_1024_key_signed_with_sha1_is_an_error() {
+    let dir = setup();
+    let (ca, ca_key) = test_ca(dir.path());
+    let weak = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&Asn1Integer::from_bn(&BigNum::from_u32(rand_serial()).unwrap()).unwrap())
+        .unwrap();
+    b.set_subject_name(&name("varti-b", "sign")).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&weak).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now() - 86_400).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now() + 365 * 86_400).unwrap())
+        .unwrap();
+    b.append_extension(signing_usage().critical().build().unwrap())
+        .unwrap();
+    b.sign(&ca_key, MessageDigest::sha1()).unwrap();
+    write_pem(&dir.path().join("certs/varti-b/sign.cert.pem"), &b.build());
+
+    let out = varti(dir.path(), &["certs", "check", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v = json(&out);
+    let p = single_error(&v);
+    assert_eq!(p["kind"], "weak_key", "{p:#}");
+    assert_eq!(p["owner"], "varti-b");
+    assert_eq!(p["role"], "signing");
+    assert!(
+        p["message"]
+            .as_str()
+            .unwrap()
+            .contains("an RSA key of 1024 bits"),
+        "{p:#}"
+    );
+    assert!(
+        ends_with(&p["file"], "certs/varti-b/sign.cert.pem"),
+        "{p:#}"
+    );
+    assert!(
+        p["hint"].as_str().unwrap().contains("allow_weak_keys"),
+        "{p:#}"
+    );
+}
+
+#[test]
+fn our_weak_key_is_an_error_and_a_warning_with_our_partys_exception() {
+    let dir = setup();
+    let (ca, ca_key) = test_ca(dir.path());
+    let weak = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+    let cert = issue(
+        name("varti-a", "sign"),
+        &weak,
+        signing_usage(),
+        -1,
+        365,
+        Some((&ca, &ca_key)),
+    );
+    write_pem(&dir.path().join("certs/varti-a/sign.cert.pem"), &cert);
+    std::fs::write(
+        dir.path().join("certs/varti-a/sign.key.pem"),
+        weak.private_key_to_pem_pkcs8().unwrap(),
+    )
+    .unwrap();
+
+    let v = json(&varti(dir.path(), &["certs", "check", "--json"]));
+    let weak_ones: Vec<&Value> = problems(&v)
+        .iter()
+        .filter(|p| p["kind"] == "weak_key")
+        .collect();
+    // Ours (identity.signing_cert) and the copy our PMode party publishes.
+    let owners: Vec<&str> = weak_ones
+        .iter()
+        .map(|p| p["owner"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["ours", "varti-a"], "{:#}", v["problems"]);
+    assert!(weak_ones.iter().all(|p| p["severity"] == "error"));
+    assert_eq!(v["ok"], false);
+
+    let pmode = dir.path().join("pmodes/varti-a.toml");
+    let toml = std::fs::read_to_string(&pmode).unwrap().replacen(
+        "encryption_cert = \"../certs/varti-a/enc.cert.pem\"\n",
+        "encryption_cert = \"../certs/varti-a/enc.cert.pem\"\nallow_weak_keys = \"test key, replaced next week\"\n",
+        1,
+    );
+    assert!(toml.contains("allow_weak_keys"));
+    std::fs::write(&pmode, toml).unwrap();
+    let out = varti(dir.path(), &["certs", "check", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v = json(&out);
+    let weak_ones: Vec<&Value> = problems(&v)
+        .iter()
+        .filter(|p| p["kind"] == "weak_key")
+        .collect();
+    assert_eq!(weak_ones.len(), 2, "{:#}", v["problems"]);
+    for p in weak_ones {
+        assert_eq!(p["severity"], "warning", "{p:#}");
+        assert!(
+            p["message"]
+                .as_str()
+                .unwrap()
+                .contains("test key, replaced next week"),
+            "{p:#}"
+        );
+    }
+}

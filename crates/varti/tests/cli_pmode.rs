@@ -177,3 +177,93 @@ fn import_domibus_then_check() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DOCTYPE"));
 }
+
+/// A throw-away RSA-1024 certificate signed with SHA-1 by another throw-away key (so the
+/// SHA-1 signature is judged too).
+fn weak_certificate(path: &Path) {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509Name, X509};
+    let key = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+    let issuer_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let name = |cn: &str| {
+        let mut n = X509Name::builder().unwrap();
+        n.append_entry_by_text("CN", cn).unwrap();
+        n.build()
+    };
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name("weak-partner")).unwrap();
+    b.set_issuer_name(&name("old-ca")).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(365).unwrap())
+        .unwrap();
+    b.sign(&issuer_key, MessageDigest::sha1()).unwrap();
+    std::fs::write(path, b.build().to_pem().unwrap()).unwrap();
+}
+
+#[test]
+fn a_partner_certificate_with_an_rsa_1024_key_is_an_error_unless_excepted() {
+    let dir = tempfile::tempdir().unwrap();
+    weak_certificate(&dir.path().join("weak.pem"));
+    let file = dir.path().join("partner.toml");
+    let party =
+        "[[party]]\nname = \"weak\"\nids = [{ value = \"weak\" }]\nsigning_cert = \"weak.pem\"\n";
+    std::fs::write(&file, party).unwrap();
+    let d = dir.path().to_str().unwrap();
+
+    let out = varti(&["pmode", "check", d]);
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    let line = s
+        .lines()
+        .find(|l| l.contains("1024 bits"))
+        .unwrap_or_else(|| panic!("the key size is named: {s}"));
+    assert!(
+        line.starts_with(&format!("{}:4:16: error: ", file.display())),
+        "the PMode file and the place the certificate is named: {line}"
+    );
+    assert!(
+        line.contains("'weak.pem'") && line.contains("RSA key of 1024 bits"),
+        "{line}"
+    );
+    assert!(
+        s.contains("at least 2048 bits") && s.contains("allow_weak_keys"),
+        "the fix, and the exception, are in the hint: {s}"
+    );
+
+    // The exception, with its reason: warnings (key and SHA-1 signature), exit 0.
+    std::fs::write(
+        &file,
+        format!("{party}allow_weak_keys = \"partner renews by 2027-03\"\n"),
+    )
+    .unwrap();
+    let out = varti(&["pmode", "check", "--json", d]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diags = v["diagnostics"].as_array().unwrap();
+    let weak: Vec<_> = diags
+        .iter()
+        .filter(|d| d["message"].as_str().unwrap().contains("allow_weak_keys"))
+        .collect();
+    assert_eq!(weak.len(), 1, "{diags:#?}");
+    assert_eq!(weak[0]["severity"], "warning");
+    assert!(
+        weak[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("partner renews by 2027-03"),
+        "{:#}",
+        weak[0]
+    );
+
+    // An empty reason is not an exception.
+    std::fs::write(&file, format!("{party}allow_weak_keys = \" \"\n")).unwrap();
+    let out = varti(&["pmode", "check", d]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("gives no reason"), "{}", stdout(&out));
+}

@@ -267,6 +267,26 @@ fn receiver_acknowledges_and_refuses_by_pmode_and_security() {
     let r = post(&served, &plain.seal());
     assert_error(&r, "EBMS:0103", "unencrypted payload");
 
+    // A MessageId outside the RFC 2822 syntax (a path, no '@'): EBMS:0009, and the
+    // error signal does not echo it. The library refuses to build such a message, so a
+    // sealed one is edited (the header is read before the signature is checked).
+    let placeholder = "id-to-replace-9f1c@test";
+    let (ct, body) = Msg::test_service(placeholder).seal();
+    let at = body
+        .windows(placeholder.len())
+        .position(|w| w == placeholder.as_bytes())
+        .expect("the id is in the envelope");
+    let mut path_like = body[..at].to_vec();
+    path_like.extend_from_slice(b"../x");
+    path_like.extend_from_slice(&body[at + placeholder.len()..]);
+    let r = post(&served, &(ct, path_like));
+    assert_error(&r, "EBMS:0009", "a path as MessageId");
+    assert!(
+        !r.body.contains("refToMessageInError=\"../x\""),
+        "{}",
+        r.body
+    );
+
     let mut served = served;
     assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
     // Only the two acknowledged messages are stored; the test message has no owner a

@@ -147,6 +147,79 @@ fn return_from_preview(a: &Node, id: &str, first: &Value, back: &str) -> Value {
     v
 }
 
+/// One HTTP/1.1 GET to the preview listener over TLS (trusting the test CA): the raw
+/// answer, head and body.
+fn tls_get(port: u16, path: &str) -> String {
+    use openssl::ssl::{SslConnector, SslMethod};
+    use std::io::{Read, Write};
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder
+        .set_ca_file(repo().join("certs/ca.cert.pem"))
+        .unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = builder.build().connect("localhost", tcp).unwrap();
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    // The server may close without close_notify: what was read is the answer.
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Over TLS every answer carries HSTS and pages let forms post to their own origin only;
+/// the test identity provider sends no browser to an unregistered redirect URI.
+fn assert_preview_headers_and_redirect_allow_list(port: u16) {
+    let page = tls_get(port, "/preview/no-such-link");
+    let lower = page.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nstrict-transport-security: max-age=31536000\r\n"),
+        "{page}"
+    );
+    assert!(lower.contains("form-action 'self';"), "{page}");
+    assert!(!lower.contains("http: https:"), "{page}");
+
+    let authorize = |redirect_uri: &str| {
+        let query = form_urlencoded_query(&[
+            ("client_id", "varti-preview"),
+            ("response_type", "code"),
+            ("code_challenge_method", "S256"),
+            ("code_challenge", "c"),
+            ("state", "s"),
+            ("nonce", "n"),
+            ("redirect_uri", redirect_uri),
+        ]);
+        tls_get(port, &format!("/test-idp/authorize?{query}"))
+    };
+    let evil = authorize("https://evil.example/cb");
+    assert!(evil.starts_with("HTTP/1.1 400"), "{evil}");
+    assert!(evil.contains("is not registered"), "{evil}");
+    let own = authorize(&format!("https://localhost:{port}/preview/callback"));
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+}
+
+/// `a=b&c=d`, percent-encoded.
+fn form_urlencoded_query(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
     let register = Register::start();
@@ -172,6 +245,7 @@ async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(get_request(&a, &id)["state"], "sent");
 
+    tokio::task::block_in_place(|| assert_preview_headers_and_redirect_allow_list(port));
     let c = browser_trusting(&driver, Some(&tls_cert)).await;
     log_in(&c, &link, "Ida").await;
     wait_for(&c, "#approve").await.click().await.unwrap();

@@ -547,8 +547,8 @@ fn invalid(detail: impl Into<String>) -> EbmsError {
     EbmsError::new(ErrorCode::InvalidHeader, detail)
 }
 
-/// When the header's MessageId could be read, the error refers to it, so the error
-/// signal Varti answers with carries `refToMessageInError`.
+/// When the header's MessageId could be read and is a valid id, the error refers to it,
+/// so the error signal Varti answers with carries `refToMessageInError`.
 fn attribute_to_message(err: EbmsError, messaging: &Elem) -> EbmsError {
     if err.ref_to_message_id.is_some() {
         return err;
@@ -560,7 +560,7 @@ fn attribute_to_message(err: EbmsError, messaging: &Elem) -> EbmsError {
         .flat_map(|c| c.children.iter().filter(|mi| mi.is(EBMS_NS, "MessageInfo")))
         .flat_map(|mi| mi.children.iter().filter(|id| id.is(EBMS_NS, "MessageId")))
         .map(|id| id.text.trim_matches(is_xml_space))
-        .find(|id| !id.is_empty());
+        .find(|id| super::id::check(id).is_ok());
     match id {
         Some(id) => err.for_message(id),
         None => err,
@@ -1682,8 +1682,10 @@ pub fn validate_messaging(m: &Messaging) -> Result<(), EbmsError> {
     Ok(())
 }
 
+/// Refers the error to message `id`, unless it is not a valid message id (an error
+/// signal must not echo it).
 fn with_id(e: EbmsError, id: &str) -> EbmsError {
-    if id.is_empty() {
+    if super::id::check(id).is_err() {
         e
     } else {
         e.for_message(id)
@@ -1702,6 +1704,14 @@ fn validate_message_info(mi: &MessageInfo, what: &str) -> Result<(), EbmsError> 
         return Err(invalid(format!(
             "the {what}'s eb:RefToMessageId is empty; omit it or name the message referred to"
         )));
+    }
+    // ebMS3 Core §5.2.2.1: both are RFC 2822 message ids; a value outside that syntax
+    // (`../x`) is refused before it reaches the store, file names or logs.
+    if let Err(why) = super::id::check(&mi.message_id) {
+        return Err(invalid(format!("the {what}'s eb:MessageId: {why}")));
+    }
+    if let Some(Err(why)) = mi.ref_to_message_id.as_deref().map(super::id::check) {
+        return Err(invalid(format!("the {what}'s eb:RefToMessageId: {why}")));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Checks that span files: certificates and the legs that use them, party ids used
-//! twice, and legs that would match the same inbound message.
+//! Checks that span files: certificates and the legs that use them (validity, key usage,
+//! key strength per [`crate::security::keys`]), party ids used twice, and legs that would
+//! match the same inbound message.
 //!
 //! [`super::load_dir`] runs them; they are public so that a caller holding a
 //! [`PModeSet`] can ask [`ambiguous_pairs`] directly, and the certificate helpers
@@ -15,6 +16,7 @@ use openssl::x509::{X509KeyUsage, X509Ref, X509};
 
 use super::files::{CertRef, CrlRef, Diagnostic, LoadOptions};
 use super::model::*;
+use crate::security::keys;
 use crate::security::revocation::Crl;
 
 /// What a certificate is used for; each role needs its own key usage.
@@ -85,9 +87,31 @@ pub(crate) fn check_certificates(
         return;
     };
     let mut loaded: HashMap<(PathBuf, CertRole), LoadedCert> = HashMap::new();
+    let mut exceptions_used: HashSet<&str> = HashSet::new();
     for r in refs {
-        if let Some(cert) = check_one(r, &at, options.expiry_warning_days, diags) {
+        let allow = set
+            .party(&r.party)
+            .and_then(|p| p.allow_weak_keys.as_deref());
+        let mut used = false;
+        if let Some(cert) = check_one(r, &at, options.expiry_warning_days, allow, &mut used, diags)
+        {
             loaded.insert((r.path.clone(), r.role), cert);
+        }
+        if used {
+            exceptions_used.insert(r.party.as_str());
+        }
+    }
+    // An exception no longer needed (the partner renewed its keys) should go.
+    for party in &set.parties {
+        if party.allow_weak_keys.is_some() && !exceptions_used.contains(party.name.as_str()) {
+            diags.push(Diagnostic::warning(
+                party.location.clone(),
+                format!(
+                    "party '{}' has allow_weak_keys, but none of its certificates is weak",
+                    party.name
+                ),
+                "remove allow_weak_keys so that a weak key given later is refused",
+            ));
         }
     }
 
@@ -164,10 +188,14 @@ pub(crate) fn check_certificates(
     }
 }
 
+/// Checks one certificate file; `allow` is the party's `allow_weak_keys` reason, and
+/// `exception_used` is set when it turned a weak key into a warning.
 fn check_one(
     r: &CertRef,
     at: &Asn1Time,
     warn_days: u32,
+    allow: Option<&str>,
+    exception_used: &mut bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<LoadedCert> {
     let what = format!("{} of party '{}'", r.role.field(), r.party);
@@ -208,6 +236,43 @@ fn check_one(
     let mut usable = true;
     for c in &certs {
         usable &= check_validity(r, &what, c, at, warn_days, diags);
+    }
+    for (i, c) in certs.iter().enumerate() {
+        if let Err(weak) = keys::check_certificate(c) {
+            let which = if i == 0 {
+                format!("certificate '{}' ({what}, {})", r.written, subject_cn(c))
+            } else {
+                format!(
+                    "certificate #{} in '{}' ({what}, {})",
+                    i + 1,
+                    r.written,
+                    subject_cn(c)
+                )
+            };
+            let message = format!("{which} has {weak}");
+            diags.push(match allow {
+                Some(reason) => {
+                    *exception_used = true;
+                    Diagnostic::warning(
+                        r.location.clone(),
+                        format!(
+                            "{message}; accepted because party '{}' has allow_weak_keys = \"{reason}\"",
+                            r.party
+                        ),
+                        format!("{} (then remove allow_weak_keys)", weak.hint()),
+                    )
+                }
+                None => Diagnostic::error(
+                    r.location.clone(),
+                    message,
+                    format!(
+                        "{}; to accept it for a while anyway, add allow_weak_keys = \"why, until when\" to party '{}'",
+                        weak.hint(),
+                        r.party
+                    ),
+                ),
+            });
+        }
     }
     if let Some(ku) = key_usage_unfit(cert, r.role) {
         usable = false;

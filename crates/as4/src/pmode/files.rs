@@ -299,6 +299,7 @@ struct RawParty {
     #[serde(default)]
     crls: Vec<Spanned<String>>,
     tls: Option<RawTls>,
+    allow_weak_keys: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -707,6 +708,18 @@ impl Resolver {
                 });
                 crls.push(path);
             }
+            let allow_weak_keys = raw.allow_weak_keys.as_ref().and_then(|reason| {
+                if reason.get_ref().trim().is_empty() {
+                    diags.push(Diagnostic::error(
+                        file.at(reason.span()),
+                        format!("allow_weak_keys of party '{name}' gives no reason"),
+                        "name why the weak keys are accepted and until when (allow_weak_keys = \"partner renews its RSA-1024 certificate by 2027-03\"), or remove the line",
+                    ));
+                    None
+                } else {
+                    Some(reason.get_ref().trim().to_owned())
+                }
+            });
             let signing_cert = cert(&raw.signing_cert, check::CertRole::Signing);
             let encryption_cert = cert(&raw.encryption_cert, check::CertRole::Encryption);
             let tls = raw.tls.as_ref().map(|t| {
@@ -739,6 +752,7 @@ impl Resolver {
                 encryption_cert,
                 tls,
                 crls,
+                allow_weak_keys,
                 location,
             });
         }

@@ -113,6 +113,10 @@ pub struct Party {
     /// CRL files (PEM or DER) its signing certificate's chain is checked against on
     /// receipt, resolved against the file; empty: no revocation checking.
     pub crls: Vec<PathBuf>,
+    /// Why its keys and certificates may be weaker than the policy of
+    /// [`crate::security::keys`] (`allow_weak_keys = "reason"`): weak keys are then
+    /// warnings instead of errors. `None`: the policy applies.
+    pub allow_weak_keys: Option<String>,
     /// Where it is defined.
     pub location: Location,
 }

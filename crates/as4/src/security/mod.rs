@@ -5,6 +5,8 @@
 //! * [`c14n`] — byte-exact exclusive canonicalization.
 //! * [`profile`] — one value per algorithm suite (AS4 1.15 RSA, 2.0 EdDSA, 2.0 ECDSA).
 //! * [`token`] — security-token references (BST, SKI, IssuerSerial) and certificate checks.
+//! * [`keys`] — the key-strength policy (RSA size, EC curves, certificate signature
+//!   digests) for our keys and partners' alike.
 //! * [`revocation`] — CRLs configured per partner, checked against the signer's chain.
 //! * [`verify`] — verifying an incoming signature, with signature-wrapping defences.
 //! * [`sign`] — building a signed `wsse:Security` header.
@@ -17,6 +19,7 @@ pub mod c14n;
 pub mod dom;
 pub mod encrypt;
 pub mod kdf;
+pub mod keys;
 pub mod keywrap;
 pub mod profile;
 pub mod receipt;

@@ -116,6 +116,9 @@ pub struct TestIdpConfig {
     pub enabled: bool,
     /// The people one can log in as.
     pub persons: Vec<Person>,
+    /// Redirect URIs it may send the browser back to, besides the preview's own callback
+    /// (`{public_url}/preview/callback`, always allowed); compared exactly. Default none.
+    pub redirect_uris: Vec<String>,
 }
 
 /// A natural person as the eIDAS minimum data set names them.
@@ -352,9 +355,12 @@ impl PreviewSpace {
                     "preview.test_idp is enabled with no persons: add [[preview.test_idp.persons]] entries (given_name, family_name, birth_date, identifier)".into(),
                 ));
             }
+            let mut redirect_uris = vec![redirect_uri.clone()];
+            redirect_uris.extend(config.test_idp.redirect_uris.iter().cloned());
             let idp = Arc::new(test_idp::TestIdp::new(
                 format!("{public_url}/test-idp"),
                 config.test_idp.persons.clone(),
+                redirect_uris,
             )?);
             let client =
                 oidc::OidcClient::for_test_idp(&idp, redirect_uri, config.oidc.ca_file.as_deref())?;

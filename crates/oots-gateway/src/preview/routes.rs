@@ -36,8 +36,32 @@ impl PreviewRoutes {
     }
 }
 
+/// `Strict-Transport-Security` of every answer when the pages are reached over HTTPS
+/// (`preview.tls`, or an `https://` public URL behind a TLS proxy): one year, this host
+/// only (the preview's domain may hold other sites).
+const HSTS: &str = "max-age=31536000";
+
 impl Routes for PreviewRoutes {
     fn call(&self, request: Request<Incoming>, _peer: PeerInfo) -> RouteFuture {
+        let config = &self.space.config;
+        let https = config.tls || config.public_url.starts_with("https://");
+        let response = self.route(request);
+        Box::pin(async move {
+            let mut response = response.await;
+            if https {
+                response.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(HSTS),
+                );
+            }
+            response
+        })
+    }
+}
+
+impl PreviewRoutes {
+    /// The answer to one request, before the headers every answer gets.
+    fn route(&self, request: Request<Incoming>) -> RouteFuture {
         let space = self.space.clone();
         Box::pin(async move {
             let path = request.uri().path().to_owned();
@@ -531,7 +555,7 @@ fn html_response(status: StatusCode, html: String) -> Response<Body> {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(

@@ -8,6 +8,11 @@
 //!
 //! Endpoints: `GET /authorize` (the "who are you" page), `POST /login` (the choice),
 //! `POST /token` (code → ID token, RS256), `GET /jwks`.
+//!
+//! It sends the browser back only to a registered redirect URI, compared exactly (as
+//! OAuth 2.0 Security BCP asks): the preview's own callback and any
+//! `preview.test_idp.redirect_uris`. Anything else is refused on the page and at login,
+//! so the provider cannot be used to bounce a browser, with a code, to another site.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -47,12 +52,18 @@ pub struct TestIdp {
     key: PKey<Private>,
     kid: String,
     client_secret: String,
+    redirect_uris: Vec<String>,
     grants: Mutex<HashMap<String, Grant>>,
 }
 
 impl TestIdp {
-    /// A provider named `issuer` (its base URL) for `persons`, with a fresh RSA key.
-    pub fn new(issuer: String, persons: Vec<Person>) -> Result<TestIdp, PreviewSetupError> {
+    /// A provider named `issuer` (its base URL) for `persons`, with a fresh RSA key, that
+    /// redirects only to `redirect_uris` (exact strings).
+    pub fn new(
+        issuer: String,
+        persons: Vec<Person>,
+        redirect_uris: Vec<String>,
+    ) -> Result<TestIdp, PreviewSetupError> {
         let rsa = Rsa::generate(2048)
             .map_err(|e| PreviewSetupError::Config(format!("test IdP key: {e}")))?;
         let key = PKey::from_rsa(rsa)
@@ -63,6 +74,7 @@ impl TestIdp {
             key,
             kid: super::random_token()[..16].to_owned(),
             client_secret: super::random_token(),
+            redirect_uris,
             grants: Mutex::new(HashMap::new()),
         })
     }
@@ -74,6 +86,17 @@ impl TestIdp {
 
     pub(super) fn client_secret(&self) -> &str {
         &self.client_secret
+    }
+
+    /// `redirect_uri` when it is registered; otherwise why not.
+    fn allowed_redirect(&self, redirect_uri: String) -> Result<String, String> {
+        if self.redirect_uris.contains(&redirect_uri) {
+            Ok(redirect_uri)
+        } else {
+            Err(format!(
+                "redirect_uri `{redirect_uri}` is not registered with the test identity provider; add it to preview.test_idp.redirect_uris (the preview's own callback always is)"
+            ))
+        }
     }
 
     /// The "who are you" page for an authorization request (`query` of `GET /authorize`).
@@ -93,6 +116,7 @@ impl TestIdp {
         if params.get("code_challenge_method").map(String::as_str) != Some("S256") {
             return Err("PKCE with S256 is required".into());
         }
+        self.allowed_redirect(get("redirect_uri")?)?;
         let lang = Lang::from_tag(params.get("ui_locales").map(String::as_str).unwrap_or("en"));
         let hidden = ["state", "nonce", "redirect_uri", "code_challenge"]
             .iter()
@@ -147,7 +171,7 @@ impl TestIdp {
         if person >= self.persons.len() {
             return Err("no such person".into());
         }
-        let redirect_uri = get("redirect_uri")?;
+        let redirect_uri = self.allowed_redirect(get("redirect_uri")?)?;
         let code = super::random_token();
         self.grants.lock().expect("grants lock").insert(
             code.clone(),
@@ -254,5 +278,73 @@ impl TestIdp {
         signer.update(signing_input.as_bytes())?;
         let signature = signer.sign_to_vec()?;
         Ok(format!("{signing_input}.{}", B64.encode(signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALLBACK: &str = "https://preview.example/preview/callback";
+
+    fn idp() -> TestIdp {
+        let person = Person {
+            identifier: None,
+            given_name: "Anna".into(),
+            family_name: "Bērziņa".into(),
+            birth_date: "1990-04-01".into(),
+        };
+        TestIdp::new(
+            "https://preview.example/test-idp".into(),
+            vec![person],
+            vec![CALLBACK.into()],
+        )
+        .unwrap()
+    }
+
+    fn authorize_query(redirect_uri: &str) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", CLIENT_ID)
+            .append_pair("response_type", "code")
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("code_challenge", "challenge")
+            .append_pair("state", "st")
+            .append_pair("nonce", "no")
+            .append_pair("redirect_uri", redirect_uri)
+            .finish()
+    }
+
+    fn login_form(redirect_uri: &str) -> Vec<u8> {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("person", "0")
+            .append_pair("state", "st")
+            .append_pair("nonce", "no")
+            .append_pair("code_challenge", "challenge")
+            .append_pair("redirect_uri", redirect_uri)
+            .finish()
+            .into_bytes()
+    }
+
+    #[test]
+    fn redirects_only_to_a_registered_uri() {
+        let idp = idp();
+        let page = idp.authorize_page(&authorize_query(CALLBACK)).unwrap();
+        assert!(page.contains("Anna"), "{page}");
+        let back = idp.login(&login_form(CALLBACK)).unwrap();
+        assert!(back.starts_with(&format!("{CALLBACK}?code=")), "{back}");
+
+        for other in [
+            "https://evil.example/cb",
+            "https://preview.example/preview/callback/../x",
+            "https://preview.example/preview/callback?x=1",
+            "https://preview.example.evil/preview/callback",
+        ] {
+            let why = idp.authorize_page(&authorize_query(other)).unwrap_err();
+            assert!(why.contains("not registered"), "{other}: {why}");
+            let why = idp.login(&login_form(other)).unwrap_err();
+            assert!(why.contains("not registered"), "{other}: {why}");
+        }
+        // Nothing was granted for the refused logins: only the one code exists.
+        assert_eq!(idp.grants.lock().unwrap().len(), 1);
     }
 }

@@ -5,8 +5,8 @@
 //! `tls.client_ca`) and the PModes (every party's `signing_cert`, `encryption_cert`,
 //! `tls.cert` and `tls.trusted_ca`). `list` prints one line per certificate; `check`
 //! reports what would break a message exchange: expiry, a chain that does not reach the
-//! trust anchors, a keyUsage unfit for the role, a private key that is not the
-//! certificate's.
+//! trust anchors, a keyUsage unfit for the role, a key below the key-strength policy
+//! (`varti_as4::security::keys`), a private key that is not the certificate's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use varti::config::{ClientAuth, Config};
 use varti_as4::pmode::check::{self, CertRole, Validity};
 use varti_as4::pmode::{LoadOptions, PModeSet};
+use varti_as4::security::keys;
 use varti_as4::security::token::distinguished_name_string;
 
 use super::{exit_cannot_run, exit_problems};
@@ -48,6 +49,10 @@ What is checked:
   keyUsage    signing: digitalSignature or nonRepudiation; encryption: keyEncipherment or
               keyAgreement; tls: digitalSignature, keyEncipherment or keyAgreement; CA
               files (tls.client_ca, tls.trusted_ca): keyCertSign
+  strength    RSA of at least 2048 bits, EC P-256/P-384/P-521, Ed25519 or X25519; no
+              SHA-1 or MD5 certificate signatures (self-signed ones excepted): error,
+              a warning for a party with allow_weak_keys = \"reason\" in its PMode (our
+              own certificates: our party's)
   keys        identity.signing_key, identity.encryption_key and tls.key must be the
               private keys of their certificates
 
@@ -67,7 +72,8 @@ pub enum CertsCommand {
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
     /// Check every certificate in use: validity, chain to the trust anchors, keyUsage for
-    /// its role, and that our private keys match our certificates (exit 1 on an error).
+    /// its role, key strength, and that our private keys match our certificates (exit 1
+    /// on an error).
     #[command(after_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
 }
@@ -212,6 +218,8 @@ struct Inventory {
     at: Asn1Time,
     our_party: String,
     entries: Vec<Loaded>,
+    /// `allow_weak_keys` reasons by owner (`ours` takes our party's).
+    weak_key_exceptions: HashMap<String, String>,
 }
 
 impl Inventory {
@@ -260,11 +268,21 @@ impl Inventory {
                 Loaded { used, certs }
             })
             .collect();
+        let mut weak_key_exceptions = HashMap::new();
+        for party in &set.parties {
+            if let Some(reason) = &party.allow_weak_keys {
+                weak_key_exceptions.insert(party.name.clone(), reason.clone());
+                if party.name == config.identity.party {
+                    weak_key_exceptions.insert("ours".to_owned(), reason.clone());
+                }
+            }
+        }
         Ok(Inventory {
             at_unix,
             at,
             our_party: config.identity.party.clone(),
             entries,
+            weak_key_exceptions,
         })
     }
 
@@ -655,7 +673,7 @@ enum Severity {
 struct Problem {
     severity: Severity,
     /// `unreadable`, `expired`, `not_yet_valid`, `expiring`, `chain`, `key_usage`,
-    /// `key_unreadable`, `key_mismatch`, `differs_from_pmode`.
+    /// `weak_key`, `key_unreadable`, `key_mismatch`, `differs_from_pmode`.
     kind: &'static str,
     role: Role,
     owner: String,
@@ -760,6 +778,7 @@ fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitC
         for (i, cert) in certs.iter().enumerate() {
             json_certs.push(certificate_json(used, i, &facts(cert, &inv.at)));
             check_validity(used, i, cert, inv, warn_days, &mut problems);
+            check_strength(used, i, cert, inv, &mut problems);
             let key_usage_applies = i == 0 || !used.role.is_leaf();
             if let (true, Some(role)) = (key_usage_applies, used.role.key_usage_role()) {
                 if let Some(have) = check::key_usage_unfit(cert, role) {
@@ -883,6 +902,56 @@ fn check_validity(
                 rfc3339(cert.not_after())
             ),
             renew_hint(used),
+        ),
+    };
+    problems.push(problem.about(index, cert));
+}
+
+/// The key-strength policy; a party's `allow_weak_keys` makes it a warning.
+fn check_strength(
+    used: &Use,
+    index: usize,
+    cert: &X509Ref,
+    inv: &Inventory,
+    problems: &mut Vec<Problem>,
+) {
+    let Err(weak) = keys::check_certificate(cert) else {
+        return;
+    };
+    let what = if index == 0 || !used.role.is_leaf() {
+        format!("{} certificate of {}", used.role.name(), used.owner)
+    } else {
+        format!(
+            "intermediate #{} in the {} certificate file of {}",
+            index + 1,
+            used.role.name(),
+            used.owner
+        )
+    };
+    let party = if used.owner == "ours" {
+        inv.our_party.as_str()
+    } else {
+        used.owner.as_str()
+    };
+    let problem = match inv.weak_key_exceptions.get(&used.owner) {
+        Some(reason) => Problem::new(
+            Severity::Warning,
+            "weak_key",
+            used,
+            format!(
+                "{what} has {weak}; accepted because party '{party}' has allow_weak_keys = \"{reason}\""
+            ),
+            format!("{} (then remove allow_weak_keys)", weak.hint()),
+        ),
+        None => Problem::new(
+            Severity::Error,
+            "weak_key",
+            used,
+            format!("{what} has {weak}"),
+            format!(
+                "{}; to accept it for a while anyway, add allow_weak_keys = \"why, until when\" to party '{party}' in the PModes",
+                weak.hint()
+            ),
         ),
     };
     problems.push(problem.about(index, cert));

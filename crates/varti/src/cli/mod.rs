@@ -97,6 +97,13 @@ impl Cli {
     pub fn configures_own_logging(&self) -> bool {
         matches!(self.command, Command::Serve(_))
     }
+
+    /// True when the command runs servers in this process (`serve`, `demo`): these keep
+    /// SIGPIPE ignored, so that a closed socket or pipe can only fail one write and never
+    /// kill the access point (see `main`).
+    pub fn runs_servers(&self) -> bool {
+        matches!(self.command, Command::Serve(_) | Command::Demo(_))
+    }
 }
 
 /// Sets up `tracing` on stderr.

@@ -101,6 +101,12 @@ fn send(args: SendArgs) -> Result<ExitCode, Failure> {
             ))
         }
     };
+    if let Some(Err(why)) = args.ref_to.as_deref().map(varti_as4::message::id::check) {
+        return Err(Failure::cannot_run(
+            format!("--ref-to: {why}"),
+            "give the MessageId of the message this one answers, exactly as it was sent",
+        ));
+    }
     let payloads: Vec<Value> = types
         .iter()
         .enumerate()
