@@ -264,6 +264,51 @@ struct Inner {
     options: WebhookOptions,
     in_flight: Semaphore,
     pending: AtomicUsize,
+    reports: broadcast::Sender<Report>,
+}
+
+/// How one notification ended, announced by [`Dispatcher::reports`] once nothing more will
+/// happen to it (no later attempt, no retry): what tests and operators can wait on instead
+/// of waiting for time to pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The backend client.
+    pub owner: String,
+    /// The event name (`received`, `sent`, `failed`, or a feature's notice).
+    pub event: &'static str,
+    /// The message (or request) it was about.
+    pub subject: String,
+    /// How it ended.
+    pub ending: Ending,
+}
+
+/// The end of one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The backend answered 2xx on this attempt.
+    Delivered {
+        /// Attempts made, this one included.
+        attempts: u32,
+    },
+    /// Every attempt failed.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Shutdown came first.
+    Abandoned {
+        /// Attempts made before it.
+        attempts: u32,
+    },
+    /// The received message was already marked delivered (a duplicate event, or another
+    /// instance notified): not notified again.
+    AlreadyDelivered,
+    /// The message could not be marked delivered (store trouble): not notified.
+    NotMarked,
+    /// The backend has no webhook.
+    NoWebhook,
+    /// Too many notifications were pending (`max_pending`): dropped unsent.
+    Dropped,
 }
 
 /// Listens to an access point's events and notifies the backends (see the
@@ -381,11 +426,17 @@ impl Dispatcher {
                 client,
                 in_flight: Semaphore::new(options.concurrency.max(1)),
                 pending: AtomicUsize::new(0),
+                reports: broadcast::channel(1024).0,
                 options,
             }),
             events,
             notices,
         })
+    }
+
+    /// Reports how each notification ended, from now on.
+    pub fn reports(&self) -> broadcast::Receiver<Report> {
+        self.inner.reports.subscribe()
     }
 
     /// Notifies until `token` is cancelled (or the access point is dropped), then lets
@@ -436,21 +487,37 @@ impl Dispatcher {
                 "too many webhook notifications pending; this one is dropped (is the backend \
                  down? its API listing still shows the message)"
             );
+            let _ = self.inner.reports.send(Report {
+                owner: event.owner,
+                event: event.kind,
+                subject: event.subject,
+                ending: Ending::Dropped,
+            });
             return;
         }
         let inner = self.inner.clone();
         let token = token.clone();
         tasks.spawn(async move {
-            inner.notify(event, &token).await;
+            let (owner, event_name, subject) =
+                (event.owner.clone(), event.kind, event.subject.clone());
+            let ending = inner.deliver(event, &token).await;
             inner.pending.fetch_sub(1, Ordering::SeqCst);
+            let _ = inner.reports.send(Report {
+                owner,
+                event: event_name,
+                subject,
+                ending,
+            });
         });
     }
 }
 
 impl Inner {
-    async fn notify(&self, event: Outgoing, token: &CancellationToken) {
+    /// Delivers one notification: marks a received message delivered first, then posts
+    /// and retries. Says how it ended.
+    async fn deliver(&self, event: Outgoing, token: &CancellationToken) -> Ending {
         let Some(hook) = self.hooks.get(&event.owner) else {
-            return;
+            return Ending::NoWebhook;
         };
         let message_id = event.subject.clone();
         if event.delivers.is_some() {
@@ -467,15 +534,15 @@ impl Inner {
                         message_id,
                         "already delivered (a duplicate event, or another instance); not notified again"
                     );
-                    return;
+                    return Ending::AlreadyDelivered;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(message_id, error = %e, "cannot mark the message delivered; the backend is not notified (its API listing still shows it)");
-                    return;
+                    return Ending::NotMarked;
                 }
                 Err(e) => {
                     tracing::error!(message_id, error = %e, "the delivery-marking task failed; the backend is not notified (its API listing still shows it)");
-                    return;
+                    return Ending::NotMarked;
                 }
             }
         }
@@ -484,7 +551,7 @@ impl Inner {
             (None, Some(e)) => {
                 Bytes::from(Notification::new(e, OffsetDateTime::now_utc()).to_body())
             }
-            (None, None) => return,
+            (None, None) => return Ending::NoWebhook,
         };
         let signature = signature(&hook.secret, &body);
         let delivery = uuid::Uuid::new_v4().to_string();
@@ -495,7 +562,7 @@ impl Inner {
                 permit = self.in_flight.acquire() => permit,
                 _ = token.cancelled() => {
                     tracing::warn!(message_id, event = kind, delivery, attempt, "shutting down: webhook not sent");
-                    return;
+                    return Ending::Abandoned { attempts: attempt - 1 };
                 }
             };
             let outcome = self
@@ -511,7 +578,7 @@ impl Inner {
                         attempt,
                         "backend notified"
                     );
-                    return;
+                    return Ending::Delivered { attempts: attempt };
                 }
                 Ok(status) => format!("the backend answered HTTP {status}"),
                 Err(problem) => problem,
@@ -526,7 +593,7 @@ impl Inner {
                     url = %hook.uri,
                     "webhook failed; giving up (the backend's API listing still shows the message)"
                 );
-                return;
+                return Ending::GaveUp { attempts: attempt };
             }
             let delay = backoff(self.options.retry_base, self.options.max_delay, attempt);
             tracing::warn!(
@@ -543,10 +610,11 @@ impl Inner {
                 _ = tokio::time::sleep(delay) => {}
                 _ = token.cancelled() => {
                     tracing::warn!(message_id, event = kind, delivery, attempt, "shutting down: webhook not retried");
-                    return;
+                    return Ending::Abandoned { attempts: attempt };
                 }
             }
         }
+        Ending::GaveUp { attempts: max }
     }
 
     /// One attempt: the status, or what went wrong.

@@ -422,13 +422,13 @@ fn reader_accepts_other_prefixes_order_and_a_bom() {
         <m:Service type=\"t\">s</m:Service></m:CollaborationInfo>\
         <m:PartyInfo><m:To><m:Role>r2</m:Role><m:PartyId>p2</m:PartyId></m:To>\
         <m:From><m:PartyId>p1</m:PartyId><m:Role>r1</m:Role></m:From></m:PartyInfo>\
-        <m:MessageInfo><m:MessageId>id&amp;1</m:MessageId><m:Timestamp>2024-01-01T00:00:00+02:00</m:Timestamp></m:MessageInfo>\
+        <m:MessageInfo><m:MessageId>id&amp;1@x</m:MessageId><m:Timestamp>2024-01-01T00:00:00+02:00</m:Timestamp></m:MessageInfo>\
         <m:MessageProperties><m:Property name=\"n\"><![CDATA[<raw> & data]]></m:Property></m:MessageProperties>\
         </m:UserMessage></m:Messaging></soap:Header><soap:Body/></soap:Envelope>";
     let env = parse_envelope(xml.as_bytes()).unwrap();
     let um = env.messaging.user_message.unwrap();
     assert_eq!(um.mpc.as_deref(), Some("urn:mpc"));
-    assert_eq!(um.message_info.message_id, "id&1");
+    assert_eq!(um.message_info.message_id, "id&1@x");
     assert_eq!(um.party_info.to.party_ids[0].value, "p2");
     assert_eq!(um.collaboration_info.service.type_.as_deref(), Some("t"));
     assert_eq!(um.properties[0].value, "<raw> & data");

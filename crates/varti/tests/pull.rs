@@ -482,8 +482,19 @@ fn two_processes_pull() {
         }),
         &[("document", "application/xml", document)],
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(a.message(&id).unwrap()["state"], "submitted", "not pushed");
+    // Parked for the puller: due only in the far future, so no push sender ever claims it
+    // (asserted on the schedule itself, not by waiting and seeing nothing happen).
+    let parked = a.message(&id).unwrap();
+    assert_eq!(parked["state"], "submitted", "not pushed");
+    let due = time::OffsetDateTime::parse(
+        parked["next_attempt_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        due - time::OffsetDateTime::now_utc() > time::Duration::days(365 * 50),
+        "a pull message is parked, not scheduled: {due}"
+    );
 
     // A pull request signed by varti-a's key (the initiator, not the responder), over TLS
     // with varti-b's client certificate: refused, nothing handed out.

@@ -18,12 +18,13 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use time::OffsetDateTime;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use varti::config::Config;
 use varti_access_point::access_point::{AccessPoint, MessageEvent};
 use varti_access_point::ops::Metrics;
 use varti_access_point::server::tls;
-use varti_access_point::webhooks::{Dispatcher, WebhookOptions};
+use varti_access_point::webhooks::{Dispatcher, Ending, Report, WebhookOptions};
 use varti_store::{MessageMeta, NewInbound, SledStore, State, Store};
 
 const SECRET: &str = "webhook-test-secret";
@@ -233,10 +234,33 @@ impl Fixture {
 
 /// Starts a dispatcher for `ap`; cancel the token to stop it.
 fn start(ap: &Arc<AccessPoint>, options: WebhookOptions) -> CancellationToken {
+    start_reporting(ap, options).0
+}
+
+/// Starts a dispatcher and listens to how its notifications end.
+fn start_reporting(
+    ap: &Arc<AccessPoint>,
+    options: WebhookOptions,
+) -> (CancellationToken, broadcast::Receiver<Report>) {
     let token = CancellationToken::new();
     let dispatcher = Dispatcher::new(ap.clone(), options).unwrap();
+    let reports = dispatcher.reports();
     tokio::spawn(dispatcher.run(token.clone()));
-    token
+    (token, reports)
+}
+
+/// The next `n` reports: once a notification is reported, nothing more happens to it, so
+/// what the backend has seen by then is final (no waiting for time to pass).
+async fn ended(reports: &mut broadcast::Receiver<Report>, n: usize) -> Vec<Report> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let report = tokio::time::timeout(Duration::from_secs(20), reports.recv())
+            .await
+            .expect("a notification ends within 20 s")
+            .expect("the dispatcher reports");
+        out.push(report);
+    }
+    out
 }
 
 fn fast(retry_base_ms: u64) -> WebhookOptions {
@@ -272,16 +296,17 @@ async fn sent_is_retried_until_2xx_with_one_delivery_id_and_a_valid_signature() 
     let backend = Backend::start(vec![500, 500, 200], None).await;
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("http://{}/hooks/varti", backend.addr));
-    let token = start(&ap, fast(50));
+    let (token, mut reports) = start_reporting(&ap, fast(50));
 
     ap.announce(MessageEvent::Sent {
         message_id: "m-sent@test".into(),
         owner: "portal".into(),
     });
-    let seen = backend.wait_for(3).await;
-    // No fourth attempt after the 200.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(backend.seen().len(), 3);
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(report[0].ending, Ending::Delivered { attempts: 3 });
+    // No fourth attempt after the 200: the notification has ended.
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3);
 
     let delivery = header(&seen[0], "x-varti-delivery");
     uuid::Uuid::parse_str(delivery).expect("X-Varti-Delivery is a UUID");
@@ -351,7 +376,9 @@ async fn received_is_notified_once_and_only_by_the_caller_that_marked_it() {
     // Two instances sharing one store, each with its own dispatcher.
     let one = fixture.access_point(&url);
     let two = fixture.access_point(&url);
-    let tokens = [start(&one, fast(50)), start(&two, fast(50))];
+    let (token_one, mut reports_one) = start_reporting(&one, fast(50));
+    let (token_two, mut reports_two) = start_reporting(&two, fast(50));
+    let tokens = [token_one, token_two];
 
     // Delivered elsewhere: another instance's mark_delivered returned true for it.
     fixture.receive("m-elsewhere@test", "portal");
@@ -377,8 +404,21 @@ async fn received_is_notified_once_and_only_by_the_caller_that_marked_it() {
     one.announce(fresh.clone());
     two.announce(fresh);
 
-    let seen = backend.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every announcement has ended (3 on the first instance, 2 on the second): what the
+    // backend has seen now is all it will see.
+    let mut endings: Vec<_> = ended(&mut reports_one, 3).await;
+    endings.extend(ended(&mut reports_two, 2).await);
+    let delivered: Vec<_> = endings
+        .iter()
+        .filter(|r| matches!(r.ending, Ending::Delivered { .. }))
+        .map(|r| r.subject.as_str())
+        .collect();
+    assert_eq!(delivered, ["m-fresh@test"], "{endings:?}");
+    assert!(endings
+        .iter()
+        .filter(|r| !matches!(r.ending, Ending::Delivered { .. }))
+        .all(|r| r.ending == Ending::AlreadyDelivered));
+    let seen = backend.seen();
     let seen_later = backend.seen();
     assert_eq!(
         seen_later.len(),
@@ -402,7 +442,7 @@ async fn a_backend_without_webhook_is_left_to_poll() {
     let backend = Backend::start(vec![200], None).await;
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
-    let token = start(&ap, fast(50));
+    let (token, mut reports) = start_reporting(&ap, fast(50));
     fixture.receive("m-polled@test", "poller");
     ap.announce(MessageEvent::Received {
         message_id: "m-polled@test".into(),
@@ -420,7 +460,10 @@ async fn a_backend_without_webhook_is_left_to_poll() {
         State::Received,
         "the API marks it when the backend downloads it"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The marker's notification has ended, and events are dispatched in order: the
+    // poller's event was passed over before it, so this is all the backend will see.
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(report[0].subject, "m-marker@test");
     assert_eq!(backend.seen().len(), 1);
     token.cancel();
 }
@@ -430,7 +473,7 @@ async fn gives_up_after_the_last_attempt_and_stops_promptly() {
     let backend = Backend::start(vec![503], None).await;
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
-    let token = start(
+    let (token, mut reports) = start_reporting(
         &ap,
         WebhookOptions {
             max_attempts: 3,
@@ -441,8 +484,8 @@ async fn gives_up_after_the_last_attempt_and_stops_promptly() {
         message_id: "m-down@test".into(),
         owner: "portal".into(),
     });
-    backend.wait_for(3).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(report[0].ending, Ending::GaveUp { attempts: 3 });
     assert_eq!(backend.seen().len(), 3, "3 attempts, then it gives up");
     token.cancel();
 
@@ -501,7 +544,7 @@ async fn https_webhooks_verify_the_server() {
     let backend = Backend::start(vec![200], Some(tls_acceptor())).await;
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("https://localhost:{}/hook", backend.addr.port()));
-    let token = start(
+    let (token, mut reports) = start_reporting(
         &ap,
         WebhookOptions {
             trusted_cas: Some(vec![]),
@@ -513,7 +556,8 @@ async fn https_webhooks_verify_the_server() {
         message_id: "m-untrusted@test".into(),
         owner: "portal".into(),
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(report[0].ending, Ending::GaveUp { attempts: 2 });
     assert!(backend.seen().is_empty());
     token.cancel();
 }
@@ -599,7 +643,10 @@ fn two_instances_on_postgresql_notify_received_once() {
     }
 
     let seen = runtime.block_on(async {
-        let tokens: Vec<_> = instances.iter().map(|ap| start(ap, fast(50))).collect();
+        let (tokens, mut reports): (Vec<_>, Vec<_>) = instances
+            .iter()
+            .map(|ap| start_reporting(ap, fast(50)))
+            .unzip();
         for id in ids {
             for ap in &instances {
                 ap.announce(MessageEvent::Received {
@@ -608,8 +655,10 @@ fn two_instances_on_postgresql_notify_received_once() {
                 });
             }
         }
-        backend.wait_for(ids.len()).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every announcement on every instance has ended: nothing more will be sent.
+        for r in &mut reports {
+            ended(r, ids.len()).await;
+        }
         tokens.iter().for_each(CancellationToken::cancel);
         backend.seen()
     });

@@ -531,49 +531,13 @@ impl DecryptionPolicy {
 // Token references: how the EncryptedKey names the receiver's certificate
 // ---------------------------------------------------------------------------------------
 
+use super::token::distinguished_name_string;
 /// The Subject Key Identifier of a certificate (shared with signatures).
 pub use super::token::subject_key_identifier;
 /// How the receiver's certificate is referenced from the EncryptedKey (chosen per
 /// partner): the same type signatures use. [`TokenReference::PkiPath`] is sent as a
 /// single-certificate BST, like [`TokenReference::BinarySecurityToken`].
 pub use super::token::TokenReference;
-
-/// RFC 4514 string of a name (most significant RDN last, as Java's `getName()` writes it).
-fn dn_string(name: &X509NameRef) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for entry in name.entries() {
-        let nid = entry.object().nid();
-        let ty = match nid.short_name() {
-            Ok(s) if nid != Nid::UNDEF && dn_short_name_ok(s) => s.to_string(),
-            _ => entry.object().to_string(),
-        };
-        let value = entry.data().to_string().unwrap_or_default();
-        parts.push(format!("{ty}={}", escape_dn_value(&value)));
-    }
-    parts.reverse();
-    parts.join(",")
-}
-
-fn dn_short_name_ok(s: &str) -> bool {
-    matches!(
-        s,
-        "CN" | "L" | "ST" | "O" | "OU" | "C" | "STREET" | "DC" | "UID" | "serialNumber"
-    )
-}
-
-fn escape_dn_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for (i, c) in v.chars().enumerate() {
-        let needs = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
-            || (i == 0 && (c == '#' || c == ' '))
-            || (i + 1 == v.chars().count() && c == ' ');
-        if needs {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// Normalised (type, value) pairs of an RFC 4514 / RFC 2253 DN string, for comparison.
 fn parse_dn(s: &str) -> Option<Vec<(String, String)>> {
@@ -717,7 +681,7 @@ fn token_reference_xml(
                  <ds:X509IssuerName>{}</ds:X509IssuerName>\
                  <ds:X509SerialNumber>{}</ds:X509SerialNumber>\
                  </ds:X509IssuerSerial></ds:X509Data></wsse:SecurityTokenReference>",
-                xml_escape(&dn_string(cert.issuer_name())),
+                xml_escape(&distinguished_name_string(cert.issuer_name())),
                 serial_decimal(cert)?
             ),
             None,
@@ -1099,7 +1063,7 @@ pub fn open_encryption(
                 "no xenc:EncryptedKey in the security header is addressed to our certificate \
                  (subject {}, serial {}); the sender encrypted for another certificate — check \
                  the encryption certificate configured for us at the sender",
-                dn_string(my_cert.subject_name()),
+                distinguished_name_string(my_cert.subject_name()),
                 serial_decimal(my_cert).unwrap_or_default()
             )))
         }
@@ -1464,7 +1428,7 @@ impl EncryptedKeyInfo {
             let serial_ok = serial.trim() == serial_decimal(cert)?;
             let theirs = parse_dn(&name)
                 .ok_or_else(|| policy(format!("X509IssuerName {name:?} is not a valid DN")))?;
-            let ours = parse_dn(&dn_string(cert.issuer_name()));
+            let ours = parse_dn(&distinguished_name_string(cert.issuer_name()));
             return Ok(serial_ok && ours.as_ref() == Some(&theirs));
         }
         Err(policy(
