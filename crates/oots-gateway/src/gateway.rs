@@ -12,7 +12,7 @@
 //!   URL or DNS NAPTR), verifies the answers' signatures and caches them.
 //! * **Provider side** ([`provider`]): an evidence request received over AS4 is validated
 //!   (Varti's EDM model; XSD and Schematron when `oots.schemas` / `oots.rules` are set),
-//!   routed by evidence type to a data service connector ([`connector`]: an HTTP call to
+//!   routed by evidence type to a data service connector ([`connector`](crate::connector): an HTTP call to
 //!   the national register) and answered over AS4 with the evidence response, or with the
 //!   EDM error response that says what went wrong. Evidence types whose connector says
 //!   `preview = true` are sent only after the citizen approved them in the preview space
@@ -24,8 +24,9 @@
 //!   the `IP` agent. Evidence does not outlive its hand-over by more than
 //!   `oots.evidence_retention_secs` on either side ([`records`], [`provider::answer_sent`]).
 //!
-//! Inbound OOTS messages are stored under the owner [`OWNER`], which no backend has: the
-//! gateway, not a portal, consumes them. The [`run`] task picks them up (claiming each with
+//! [`Gateway::new`] claims the OOTS service on the access point, so inbound OOTS messages
+//! are stored under the owner [`OWNER`], which no backend has: the gateway, not a portal,
+//! consumes them. The [`run`] task picks them up (claiming each with
 //! `Store::mark_delivered`, so with several instances on one store exactly one handles a
 //! message) and watches the deadlines of open requests.
 

@@ -43,7 +43,7 @@ use openssl::pkey::{Id, PKey, PKeyRef, Private, Public};
 use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
 use openssl::symm::{Cipher, Crypter, Mode};
-use openssl::x509::{X509NameRef, X509Ref, X509};
+use openssl::x509::{X509Ref, X509};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
