@@ -5,7 +5,7 @@
 //! streamed into the payload store as it arrives: the async side forwards the parser's
 //! chunks through a bounded channel to a blocking task running
 //! [`PayloadStore::put`](varti_store::PayloadStore::put), so memory stays flat whatever the
-//! size. Then [`submit`](crate::access_point::submit::submit) records the message.
+//! size. Then [`submit`](crate::submit::submit) records the message.
 //!
 //! Clean-up is drop-safe: a payload reader sees an error (not an end of file) when the
 //! request is abandoned mid-part, so no truncated payload is ever stored; payloads already

@@ -10,7 +10,7 @@
 //! - [`standin`]: a local test double answering from the published sample answers.
 //!
 //! Instance discovery by DNS NAPTR needs a resolver, so it lives in the gateway
-//! (`varti_gateway::common_services::discovery`); [`query::discovery_name`] gives the name.
+//! (`varti_oots_gateway::common_services::discovery`); [`query::discovery_name`] gives the name.
 
 pub mod answer;
 pub mod client;
