@@ -241,8 +241,23 @@ async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
     assert_eq!(evidence_copies(&b), 2);
     let back = "https://portal.example.dk/oots/back";
     tokio::task::block_in_place(|| return_from_preview(&a, &id, &first, back));
-    // b holds the second request until the citizen decides.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // b holds the second request until the citizen decides: its log says so once it has
+    // taken the request and waits for the decision, and nothing answers it before then.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b
+            .served
+            .log_text()
+            .contains("second request received; waiting for the user's decision")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "b never took the second request\n{}",
+                b.served.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
     assert_eq!(get_request(&a, &id)["state"], "sent");
 
     tokio::task::block_in_place(|| assert_preview_headers_and_redirect_allow_list(port));
