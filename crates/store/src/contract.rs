@@ -737,6 +737,43 @@ pub fn mark_delivered_once_under_concurrency<S: Store>(store: S) {
     }
 }
 
+/// A signal id is noted once: concurrent notes of one id have exactly one first; a repeat
+/// is recognised until the id is forgotten, which happens only before `forget_before`.
+pub fn signal_ids_are_noted_once<S: Store>(store: S) {
+    const N: usize = 8;
+    let barrier = Barrier::new(N);
+    let firsts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|_| {
+                let (store, barrier) = (&store, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    store.note_signal("pull-1@them", at(0), at(-600)).unwrap()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|first| *first)
+            .count()
+    });
+    assert_eq!(
+        firsts, 1,
+        "exactly one of {N} concurrent notes is the first"
+    );
+    // Still remembered while inside the window.
+    assert!(!store.note_signal("pull-1@them", at(599), at(-1)).unwrap());
+    assert!(store.note_signal("pull-2@them", at(599), at(-1)).unwrap());
+    // Forgotten once older than `forget_before`: a later note is a first again.
+    assert!(store.note_signal("pull-1@them", at(700), at(1)).unwrap());
+    assert!(!store.note_signal("pull-2@them", at(700), at(1)).unwrap());
+    assert!(matches!(
+        store.note_signal("", at(700), at(1)),
+        Err(StoreError::InvalidInput(_))
+    ));
+}
+
 /// Purging payloads removes the files of settled messages only and keeps their metadata;
 /// purging metadata removes settled records only.
 pub fn purge_removes_payloads_not_metadata<S: Store>(store: S) {
@@ -939,6 +976,7 @@ macro_rules! store_contract_tests {
             purge_removes_payloads_not_metadata,
             purge_payloads_of_one_message,
             listing_filters_by_owner,
+            signal_ids_are_noted_once,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {

@@ -260,6 +260,17 @@ pub trait Store: Send + Sync {
     /// Removes the records (and any payloads left) of messages settled before
     /// `settled_before`. Messages still in progress are never removed. Returns how many.
     fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError>;
+
+    /// Notes that a signal with `message_id` (a PullRequest) was accepted at `now`: true the
+    /// first time, false for an id already noted (a replay), atomically across every
+    /// instance sharing the store. Ids noted before `forget_before` may be forgotten: the
+    /// caller refuses signals that old by their timestamp anyway.
+    fn note_signal(
+        &self,
+        message_id: &str,
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).

@@ -54,7 +54,11 @@ const CREATED: usize = 2;
 const OWNER: usize = 3;
 const SETTLED: usize = 4;
 const UNPURGED: usize = 5;
-const TREE_NAMES: [&str; 6] = ["records", "due", "created", "owner", "settled", "unpurged"];
+/// Signal ids noted by [`Store::note_signal`]: id → when.
+const SIGNALS: usize = 6;
+const TREE_NAMES: [&str; 7] = [
+    "records", "due", "created", "owner", "settled", "unpurged", "signals",
+];
 
 /// How many index entries one `list` call examines at most, so that a selective filter over
 /// a large store cannot make one request scan everything; the page then ends early with a
@@ -398,6 +402,35 @@ impl Store for SledStore {
                 Ok((Write::Unchanged, false))
             }
         })
+    }
+
+    fn note_signal(
+        &self,
+        message_id: &str,
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        validate_id("MessageId", message_id, MAX_MESSAGE_ID_LEN)?;
+        let signals = &self.trees[SIGNALS];
+        // The tree holds only the ids of one freshness window (PullRequests, a few a
+        // minute per partner), so a full pass to forget the old ones stays small. Forget
+        // first: an id older than `forget_before` counts as new.
+        let old = ts(forget_before);
+        for item in signals.iter() {
+            let (id, at) = item.map_err(db_error)?;
+            if at.as_ref() < &old[..] {
+                signals
+                    .compare_and_swap(&id, Some(at), None::<&[u8]>)
+                    .map_err(db_error)?
+                    .ok();
+            }
+        }
+        let first = signals
+            .compare_and_swap(message_id.as_bytes(), None::<&[u8]>, Some(&ts(now)[..]))
+            .map_err(db_error)?
+            .is_ok();
+        self.flush()?;
+        Ok(first)
     }
 
     fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {

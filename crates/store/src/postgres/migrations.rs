@@ -29,10 +29,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "message properties",
         sql: include_str!("migrations/0002_properties.sql"),
     },
+    Migration {
+        version: 3,
+        name: "seen signals",
+        sql: include_str!("migrations/0003_seen_signals.sql"),
+    },
 ];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;

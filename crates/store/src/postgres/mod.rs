@@ -765,6 +765,29 @@ impl Store for PgStore {
             removed += n as usize;
         }
     }
+
+    fn note_signal(
+        &self,
+        message_id: &str,
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        validate_id("MessageId", message_id, MAX_MESSAGE_ID_LEN)?;
+        let (now, forget_before) = (micros(now), micros(forget_before));
+        self.pool.run("noting a signal's MessageId", |client, _| {
+            client.execute(
+                "DELETE FROM seen_signals WHERE seen_at < $1",
+                &[&forget_before],
+            )?;
+            // The primary key decides between two instances noting the same id at once.
+            let inserted = client.execute(
+                "INSERT INTO seen_signals (message_id, seen_at) VALUES ($1, $2) \
+                 ON CONFLICT (message_id) DO NOTHING",
+                &[&message_id, &now],
+            )?;
+            Ok(inserted == 1)
+        })
+    }
 }
 
 /// Records per purge transaction.
