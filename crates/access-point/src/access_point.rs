@@ -28,6 +28,7 @@ use varti_as4::pmode::model::{Leg, PModeSet, Party};
 use varti_store::Store;
 
 use crate::client::{ClientSettings, OutboundClient, PartnerTls};
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::ops::Metrics;
 use crate::pull;
@@ -174,6 +175,8 @@ pub struct AccessPoint {
     pub client: OutboundClient,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The wall clock every time-based decision reads (see [`Clock`]).
+    pub clock: Clock,
     /// This instance's name in leases and logs.
     pub instance: String,
     /// Wakes the sender when a message was submitted.
@@ -197,6 +200,13 @@ impl std::fmt::Debug for AccessPoint {
 }
 
 impl AccessPoint {
+    /// The same access point reading `clock` instead of the system time; tests pass a
+    /// [`Clock::manual`] to drive leases, schedules and expiry without sleeping.
+    pub fn with_clock(mut self, clock: Clock) -> AccessPoint {
+        self.clock = clock;
+        self
+    }
+
     /// Loads the PModes and keys named by `settings` and builds the access point over
     /// `store`. `allow_plain_http` lets the client push to `http://` endpoints
     /// (`--insecure-http`).
@@ -290,6 +300,7 @@ impl AccessPoint {
             store,
             client,
             metrics,
+            clock: Clock::system(),
             instance,
             wake_sender: tokio::sync::Notify::new(),
             pulled: pull::SealedForPull::default(),

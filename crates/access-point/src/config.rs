@@ -46,6 +46,11 @@ pub struct SenderConfig {
     pub concurrency: usize,
     /// A name for this instance in leases and logs. Default: the host name and process id.
     pub instance: Option<String>,
+    /// How far the `eb:Timestamp` of a PullRequest we answer may be from our clock, either
+    /// way (so it also tolerates that much clock skew). Within this window each
+    /// PullRequest MessageId is answered once, by any instance sharing the store; a replay
+    /// or an older request is refused with EBMS:0101. Default 300.
+    pub pull_request_max_age_secs: u64,
 }
 
 /// The MSH listener.
@@ -178,6 +183,7 @@ impl Default for SenderConfig {
             lease_secs: 600,
             concurrency: 16,
             instance: None,
+            pull_request_max_age_secs: 300,
         }
     }
 }

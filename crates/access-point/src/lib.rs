@@ -12,6 +12,7 @@
 pub mod access_point;
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod https;
 pub mod ops;
@@ -23,3 +24,4 @@ pub mod submit;
 pub mod webhooks;
 
 pub use access_point::{AccessPoint, MessageEvent};
+pub use clock::Clock;

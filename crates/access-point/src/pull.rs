@@ -8,7 +8,9 @@
 //!   ([`wait_for_pull`]), so the push sender never takes it.
 //! * A `PullRequest` on `/msh` ([`answer_pull_request`]) must be signed, by the signing
 //!   certificate of a party that is the responder of a pull leg on that MPC: that is how the
-//!   puller is authorised (else EBMS:0101). Its oldest waiting message for that party is
+//!   puller is authorised (else EBMS:0101; unsigned, EBMS:0103). It is good once
+//!   ([`fresh_once`]): a stale timestamp or a MessageId already answered by any instance
+//!   sharing the store is EBMS:0101. Its oldest waiting message for that party is
 //!   claimed ([`Store::claim_message`](varti_store::Store::claim_message), leased for
 //!   `sender.lease_secs`), sealed exactly as a push would seal it, and streamed back as the
 //!   HTTP response. Nothing waiting: an EBMS:0006 EmptyMessagePartitionChannel warning.
@@ -40,13 +42,14 @@ use openssl::x509::X509;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use varti_as4::error::{EbmsError, ErrorCode};
-use varti_as4::inbound::{self, ReceivePolicy};
+use varti_as4::inbound::{self, ReceivePolicy, ReceivedMessage};
 use varti_as4::leg::profile_of;
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, SignalMessage};
 use varti_as4::message::soap;
 use varti_as4::outbound::{build_pull_request, check_receipt};
 use varti_as4::pmode::model::{Binding, Leg, Party};
+use varti_as4::receive::Arrival;
 use varti_as4::security::sign::SignedReference;
 use varti_store::{AttemptOutcome, Direction as StoreDirection, ListFilter, MessageRecord, State};
 
@@ -179,7 +182,7 @@ pub(crate) fn answer_pull_request(
             }
         }
     }
-    let now = OffsetDateTime::now_utc();
+    let now = ap.clock.now();
     let certs: Vec<X509> = pullers.iter().map(|(_, c)| (*c).clone()).collect();
     let mut policy = ReceivePolicy::strict(profile_of(first.security.profile));
     // The signature is what authorises the puller: required whatever the leg says.
@@ -221,6 +224,9 @@ pub(crate) fn answer_pull_request(
             ),
         ));
     };
+    if let Err(e) = fresh_once(ap, &received, now) {
+        return refuse(e);
+    }
     // The puller's legs on this MPC, and its waiting messages on them, oldest first.
     let keys: Vec<String> = legs
         .iter()
@@ -271,6 +277,65 @@ pub(crate) fn answer_pull_request(
         format!("no message waits for `{}` on MPC `{mpc}`", puller.name),
     );
     error_response(&e, Some(request_id), Some(&signing_identity(ap, first)))
+}
+
+/// A signed PullRequest is good once: its `eb:Timestamp` within
+/// `sender.pull_request_max_age_secs` of our clock, and its MessageId never answered
+/// before by any instance sharing the store. Otherwise anyone holding a copy of one signed
+/// request (a TLS-terminating proxy, a message dump) could keep claiming the MPC's
+/// messages. Reads the verified envelope, not the one parsed before verification.
+fn fresh_once(
+    ap: &AccessPoint,
+    received: &ReceivedMessage,
+    now: OffsetDateTime,
+) -> Result<(), EbmsError> {
+    let Some(info) = received
+        .messaging()
+        .signals
+        .iter()
+        .find(|s| matches!(s.kind, SignalKind::PullRequest(_)))
+        .map(|s| &s.message_info)
+    else {
+        return Err(EbmsError::new(
+            ErrorCode::InvalidHeader,
+            "the verified envelope holds no SignalMessage",
+        ));
+    };
+    let window = Duration::from_secs(ap.settings.sender.pull_request_max_age_secs);
+    let stamped = info.timestamp.instant();
+    if stamped < now - window || stamped > now + window {
+        return Err(EbmsError::new(
+            ErrorCode::FailedAuthentication,
+            format!(
+                "the PullRequest's eb:Timestamp {} is more than {} s from this access point's \
+                 clock ({now}); send a new PullRequest (and check both clocks)",
+                info.timestamp.as_str(),
+                window.as_secs()
+            ),
+        ));
+    }
+    // Ids older than twice the window are forgotten: their timestamps are refused anyway.
+    match ap
+        .store
+        .note_signal(&info.message_id, now, now - window * 2)
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(EbmsError::new(
+            ErrorCode::FailedAuthentication,
+            format!(
+                "a PullRequest with MessageId `{}` was already answered: a replayed request \
+                 hands out nothing; each PullRequest needs a new MessageId",
+                info.message_id
+            ),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot note the PullRequest's MessageId");
+            Err(EbmsError::new(
+                ErrorCode::Other,
+                "the access point cannot check the PullRequest for replay right now; try again",
+            ))
+        }
+    }
 }
 
 /// The ids of the outbound messages on the legs `keys` addressed to `puller` that a pull
@@ -365,7 +430,7 @@ pub(crate) fn answer_signal(
             ),
         ));
     };
-    let now = OffsetDateTime::now_utc();
+    let now = ap.clock.now();
     let mut policy = ap.receive_policy(leg, partner, now);
     policy.require_encryption = false;
     let received = match inbound::receive(package, &policy) {
@@ -394,11 +459,24 @@ pub(crate) fn answer_signal(
         headers: HeaderMap::new(),
         body: MshResponseBody::Empty,
     };
+    let not_waiting = |what: &str| {
+        refuse(EbmsError::new(
+            ErrorCode::InvalidReceipt,
+            format!(
+                "message `{id}` is {}, not waiting for an answer: it was not pulled (or was \
+                 settled otherwise), so this {what} changes nothing",
+                record.state.as_str()
+            ),
+        ))
+    };
     match &signal.kind {
         SignalKind::Receipt(_) => {
             if record.state == State::Acknowledged {
                 tracing::info!(message_id = %id, "receipt for a message already acknowledged");
                 return Some(accepted);
+            }
+            if record.state != State::Sending {
+                return not_waiting("receipt");
             }
             let root = &package.root().content;
             let checked = if !leg.receipt.non_repudiation {
@@ -437,8 +515,8 @@ pub(crate) fn answer_signal(
                 // Failed meanwhile (say, an administrator cancelled it): the receipt came
                 // too late to count.
                 Err(e @ varti_store::StoreError::InvalidTransition { .. }) => {
-                    tracing::warn!(message_id = %id, error = %e, "receipt for a message that no longer awaits one; ignored");
-                    Some(accepted)
+                    tracing::warn!(message_id = %id, error = %e, "receipt for a message that no longer awaits one; refused");
+                    not_waiting("receipt")
                 }
                 Err(e) => {
                     tracing::error!(message_id = %id, error = %e, "cannot record the receipt");
@@ -449,6 +527,9 @@ pub(crate) fn answer_signal(
             }
         }
         SignalKind::Errors(errors) => {
+            if record.state != State::Sending {
+                return not_waiting("error signal");
+            }
             let text = errors_text(errors);
             if errors_retryable(errors) {
                 // Release the lease at once: the next pull request takes it again.
@@ -705,7 +786,7 @@ pub fn receive_pulled(
         .as_ref()
         .map(|um| um.message_info.message_id.clone())
     {
-        let answer = accept_user_message(ap, &package, envelope);
+        let answer = accept_user_message(ap, &package, envelope, Arrival::Pulled);
         return match answer.body {
             // A receipt (200), or an error signal refusing the message (200, or 500 with a
             // WS-Security fault): the partner gets it. A bare fault (500, nothing stored and

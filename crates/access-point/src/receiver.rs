@@ -15,14 +15,13 @@ use std::time::Instant;
 
 use ::http::{header, HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
-use time::OffsetDateTime;
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::ReceivedMessage;
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, DEFAULT_MPC};
 use varti_as4::message::soap::{self, Envelope};
 use varti_as4::pmode::model::Leg;
-use varti_as4::receive::{self, Accepted, Refusal};
+use varti_as4::receive::{self, Accepted, Arrival, Refusal};
 use varti_as4::security::sign::SigningIdentity;
 use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry};
 
@@ -98,7 +97,7 @@ impl MshHandler for Receiver {
             }
         };
         let response = if envelope.messaging.user_message.is_some() {
-            accept_user_message(&self.ap, &package, envelope)
+            accept_user_message(&self.ap, &package, envelope, Arrival::Pushed)
         } else {
             self.signal(&package, &envelope.messaging)
         };
@@ -122,12 +121,14 @@ pub(crate) fn accept_user_message(
     ap: &AccessPoint,
     package: &MimePackage,
     envelope: Envelope,
+    arrival: Arrival,
 ) -> MshResponse {
-    let now = OffsetDateTime::now_utc();
+    let now = ap.clock.now();
     let spool = ap.spool_dir();
     let accepted = match receive::accept(
         package,
         envelope,
+        arrival,
         &ap.pmodes,
         &ap.identity,
         now,

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use varti_as4::error::{EbmsError, ErrorCode, Severity};
@@ -56,7 +55,7 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
                 let ap = ap.clone();
                 tokio::task::spawn_blocking(move || {
                     ap.store
-                        .claim_due(&ap.instance, lease, free, OffsetDateTime::now_utc())
+                        .claim_due(&ap.instance, lease, free, ap.clock.now())
                 })
                 .await
             };
@@ -130,7 +129,7 @@ async fn park_for_pull(ap: &Arc<AccessPoint>, id: &str, leg: &Leg) {
         let ap = ap.clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || {
-            let now = OffsetDateTime::now_utc();
+            let now = ap.clock.now();
             let outcome = AttemptOutcome::Retry {
                 at: pull::wait_for_pull(now),
                 error,
@@ -160,7 +159,7 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
         return;
     }
     let verdict = exchange(ap, &record).await;
-    let now = OffsetDateTime::now_utc();
+    let now = ap.clock.now();
     let outcome = match verdict {
         Verdict::Acknowledged(receipt) => AttemptOutcome::Acknowledged { receipt },
         Verdict::Fatal(error) => AttemptOutcome::Failed { error },
@@ -596,7 +595,7 @@ fn judge(
     let Some(party) = ap.pmodes.party(partner) else {
         return Verdict::Fatal("the partner disappeared from the PModes".into());
     };
-    let mut policy = ap.receive_policy(leg, party, OffsetDateTime::now_utc());
+    let mut policy = ap.receive_policy(leg, party, ap.clock.now());
     policy.require_encryption = false;
     let received = match inbound::receive_envelope(&package, envelope, &policy) {
         Ok(r) => r,

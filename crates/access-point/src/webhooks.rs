@@ -47,7 +47,9 @@
 //! A non-2xx answer, a connection or TLS error, or no answer within 10 s is a failed
 //! attempt, logged with the message id. Attempts are retried after 1 s, 2 s, 4 s, …
 //! (doubling, capped at 5 minutes), at most 10 attempts in all, then the dispatcher gives up
-//! and logs an error. At most 32 requests are in flight; the event listener never waits for
+//! and logs an error. Each backend client has its own share: at most 8 of its requests
+//! in flight and 10 000 of its notifications pending, so a client whose target hangs or is
+//! down delays nobody else's notifications. The event listener never waits for
 //! them (each notification is its own task), and if it still falls behind the broadcast
 //! channel, it logs how many events it missed. On shutdown, requests in flight finish
 //! (bounded by the timeout) and waiting retries are abandoned, each logged.
@@ -128,11 +130,14 @@ pub struct WebhookOptions {
     pub max_attempts: u32,
     /// Limit on one request (connect, send, read the answer). Default 10 s.
     pub request_timeout: Duration,
-    /// Requests in flight at once, over all backends. Default 32.
+    /// Requests in flight at once to one backend client's webhook. Each client has its
+    /// own share, so a client whose target hangs or is down delays only its own
+    /// notifications. Default 8.
     pub concurrency: usize,
-    /// Notifications waiting or in flight at once; beyond this, new events are logged and
-    /// dropped (a `received` one before its message is marked delivered, so the backend's
-    /// listing still shows it as new). Default 10 000.
+    /// Notifications waiting or in flight at once for one backend client; beyond this, its
+    /// new events are logged and dropped (a `received` one before its message is marked
+    /// delivered, so the backend's listing still shows it as new). Other clients' events
+    /// are not affected. Default 10 000.
     pub max_pending: usize,
     /// CA certificates for `https://` webhook servers; `None`: the operating system's.
     pub trusted_cas: Option<Vec<CertificateDer<'static>>>,
@@ -145,7 +150,7 @@ impl Default for WebhookOptions {
             max_delay: Duration::from_secs(300),
             max_attempts: 10,
             request_timeout: Duration::from_secs(10),
-            concurrency: 32,
+            concurrency: 8,
             max_pending: 10_000,
             trusted_cas: None,
         }
@@ -249,10 +254,14 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
         .map_or(cap, |d| d.min(cap))
 }
 
-/// One backend's webhook.
+/// One backend's webhook, with its own share of the dispatcher's capacity.
 struct Hook {
     uri: Uri,
     secret: Vec<u8>,
+    /// Its requests in flight (`concurrency`).
+    in_flight: Semaphore,
+    /// Its notifications waiting or in flight (`max_pending`).
+    pending: AtomicUsize,
 }
 
 type HttpClient = HttpsClient<Full<Bytes>>;
@@ -262,8 +271,6 @@ struct Inner {
     hooks: HashMap<String, Hook>,
     client: HttpClient,
     options: WebhookOptions,
-    in_flight: Semaphore,
-    pending: AtomicUsize,
     reports: broadcast::Sender<Report>,
 }
 
@@ -412,6 +419,8 @@ impl Dispatcher {
                 Hook {
                     uri,
                     secret: secret.as_bytes().to_vec(),
+                    in_flight: Semaphore::new(options.concurrency.max(1)),
+                    pending: AtomicUsize::new(0),
                 },
             );
         }
@@ -424,8 +433,6 @@ impl Dispatcher {
                 ap,
                 hooks,
                 client,
-                in_flight: Semaphore::new(options.concurrency.max(1)),
-                pending: AtomicUsize::new(0),
                 reports: broadcast::channel(1024).0,
                 options,
             }),
@@ -473,12 +480,12 @@ impl Dispatcher {
 
     /// Starts the notification as its own task (never waits for it).
     fn dispatch(&self, event: Outgoing, tasks: &TaskTracker, token: &CancellationToken) {
-        if !self.inner.hooks.contains_key(&event.owner) {
+        let Some(hook) = self.inner.hooks.get(&event.owner) else {
             return;
-        }
-        let pending = self.inner.pending.fetch_add(1, Ordering::SeqCst);
+        };
+        let pending = hook.pending.fetch_add(1, Ordering::SeqCst);
         if pending >= self.inner.options.max_pending {
-            self.inner.pending.fetch_sub(1, Ordering::SeqCst);
+            hook.pending.fetch_sub(1, Ordering::SeqCst);
             tracing::error!(
                 message_id = %event.subject,
                 owner = %event.owner,
@@ -501,7 +508,9 @@ impl Dispatcher {
             let (owner, event_name, subject) =
                 (event.owner.clone(), event.kind, event.subject.clone());
             let ending = inner.deliver(event, &token).await;
-            inner.pending.fetch_sub(1, Ordering::SeqCst);
+            if let Some(hook) = inner.hooks.get(&owner) {
+                hook.pending.fetch_sub(1, Ordering::SeqCst);
+            }
             let _ = inner.reports.send(Report {
                 owner,
                 event: event_name,
@@ -523,10 +532,8 @@ impl Inner {
         if event.delivers.is_some() {
             let store = self.ap.store.clone();
             let id = message_id.clone();
-            let marked = tokio::task::spawn_blocking(move || {
-                store.mark_delivered(&id, OffsetDateTime::now_utc())
-            })
-            .await;
+            let now = self.ap.clock.now();
+            let marked = tokio::task::spawn_blocking(move || store.mark_delivered(&id, now)).await;
             match marked {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => {
@@ -548,9 +555,7 @@ impl Inner {
         }
         let body = match (event.body, &event.event) {
             (Some(body), _) => body,
-            (None, Some(e)) => {
-                Bytes::from(Notification::new(e, OffsetDateTime::now_utc()).to_body())
-            }
+            (None, Some(e)) => Bytes::from(Notification::new(e, self.ap.clock.now()).to_body()),
             (None, None) => return Ending::NoWebhook,
         };
         let signature = signature(&hook.secret, &body);
@@ -559,7 +564,7 @@ impl Inner {
         let max = self.options.max_attempts.max(1);
         for attempt in 1..=max {
             let permit = tokio::select! {
-                permit = self.in_flight.acquire() => permit,
+                permit = hook.in_flight.acquire() => permit,
                 _ = token.cancelled() => {
                     tracing::warn!(message_id, event = kind, delivery, attempt, "shutting down: webhook not sent");
                     return Ending::Abandoned { attempts: attempt - 1 };

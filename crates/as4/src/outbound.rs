@@ -476,14 +476,24 @@ pub fn build_pull_request(
     let mpc = mpc
         .filter(|m| *m != crate::message::model::DEFAULT_MPC)
         .map(str::to_owned);
-    signal_envelope(
+    build_signal(
         SignalMessage {
             message_info: MessageInfo::new(new_message_id()),
             kind: SignalKind::PullRequest(PullRequest { mpc }),
         },
         identity,
-        None,
     )
+}
+
+/// Builds the envelope of any signal exactly as given (its MessageId and timestamp
+/// included), signed by `identity` when given. The builders above choose a fresh id and
+/// the current time; this one is for tools and tests that must control them (a replayed
+/// PullRequest, say).
+pub fn build_signal(
+    signal: SignalMessage,
+    identity: Option<&SigningIdentity<'_>>,
+) -> Result<String, EbmsError> {
+    signal_envelope(signal, identity, None)
 }
 
 /// Sender side: checks that `receipt` (a message that passed [`receive`](crate::inbound::receive),

@@ -4,7 +4,9 @@
 //! [`accept`] runs the stages in order, and nothing is accepted until all of them passed:
 //!
 //! 1. **route** — the leg whose PMode matches the header ([`routing::find_inbound`]):
-//!    `EBMS:0010` naming the nearest leg when none does;
+//!    `EBMS:0010` naming the nearest leg when none does, or when the message came the
+//!    other way than the leg's binding says ([`Arrival`]: pushed on a pull leg, pulled on
+//!    a push leg);
 //! 2. **address** — the message must be for us (an `eb:To` id of our party) and from a
 //!    party of the PModes (an `eb:From` id): `EBMS:0010` otherwise;
 //! 3. **security** — the receive pipeline of [`inbound`] with the leg's policy for that
@@ -37,7 +39,7 @@ use crate::message::model::UserMessage;
 use crate::message::soap::{self, Envelope};
 use crate::outbound::{build_error_signal, build_receipt, security_fault};
 use crate::pmode::enforce::{self, PartFacts};
-use crate::pmode::model::{Leg, PModeSet, Party};
+use crate::pmode::model::{Binding, Leg, PModeSet, Party};
 use crate::pmode::routing::{self, InboundKey};
 use crate::security::sign::SigningIdentity;
 
@@ -191,6 +193,24 @@ impl Refusal {
     }
 }
 
+/// How a user message reached us; its leg's binding must say the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Pushed to our MSH endpoint (a push or push-and-push leg).
+    Pushed,
+    /// In the answer to a PullRequest of ours (a pull leg).
+    Pulled,
+}
+
+impl Arrival {
+    fn fits(self, binding: Binding) -> bool {
+        match self {
+            Arrival::Pushed => binding != Binding::Pull,
+            Arrival::Pulled => binding == Binding::Pull,
+        }
+    }
+}
+
 /// Accepts the user message in `package`, whose SOAP root the caller read into
 /// `envelope`, for this access point (`identity`) under `pmodes`, at `now`; payloads are
 /// spooled into `spool_dir` (best on the store's file system). See the [module
@@ -198,6 +218,7 @@ impl Refusal {
 pub fn accept<'p>(
     package: &MimePackage,
     envelope: Envelope,
+    arrival: Arrival,
     pmodes: &'p PModeSet,
     identity: &LocalIdentity,
     now: OffsetDateTime,
@@ -219,6 +240,21 @@ pub fn accept<'p>(
     // Stage 1: route.
     let route = routing::find_inbound(pmodes, &InboundKey::of(&um)).map_err(unsigned)?;
     let leg = route.leg;
+    if !arrival.fits(leg.binding) {
+        return Err(unsigned(EbmsError::new(
+            ErrorCode::ProcessingModeMismatch,
+            format!(
+                "the message was {} but its leg {} has the binding {}: a pull leg's messages \
+                 are only taken by pulling, a push leg's only pushed",
+                match arrival {
+                    Arrival::Pushed => "pushed",
+                    Arrival::Pulled => "pulled",
+                },
+                leg.label(),
+                leg.binding.uri()
+            ),
+        )));
+    }
 
     // Stage 2: for us, from a partner.
     let to = &um.party_info.to.party_ids;
@@ -290,6 +326,7 @@ pub fn accept<'p>(
 /// accepts. A root the ebMS reader refuses is refused with an unsigned signal.
 pub fn accept_package<'p>(
     package: &MimePackage,
+    arrival: Arrival,
     pmodes: &'p PModeSet,
     identity: &LocalIdentity,
     now: OffsetDateTime,
@@ -297,5 +334,5 @@ pub fn accept_package<'p>(
 ) -> Result<Accepted<'p>, Refusal> {
     let envelope =
         soap::parse_envelope(&package.root().content).map_err(|e| Refusal::new(e, None, None))?;
-    accept(package, envelope, pmodes, identity, now, spool_dir)
+    accept(package, envelope, arrival, pmodes, identity, now, spool_dir)
 }

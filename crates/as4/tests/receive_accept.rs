@@ -19,7 +19,7 @@ use varti_as4::message::model::{
 use varti_as4::message::soap;
 use varti_as4::outbound::{send, OutgoingPayload};
 use varti_as4::pmode::model::{Leg, PModeSet};
-use varti_as4::receive::{accept, accept_package, Accepted, LocalIdentity, Refusal};
+use varti_as4::receive::{accept, accept_package, Accepted, Arrival, LocalIdentity, Refusal};
 use varti_as4::security::dom::XmlDocument;
 use varti_as4::security::token::NS_DS;
 
@@ -208,6 +208,7 @@ fn receive<'p>(
 ) -> Result<Accepted<'p>, Refusal> {
     accept_package(
         package,
+        Arrival::Pushed,
         set,
         identity,
         OffsetDateTime::now_utc(),
@@ -294,6 +295,7 @@ fn the_envelope_read_by_the_caller_is_used_as_is() {
     let accepted = accept(
         &package,
         envelope,
+        Arrival::Pushed,
         &set,
         &identity,
         OffsetDateTime::now_utc(),
@@ -307,6 +309,7 @@ fn the_envelope_read_by_the_caller_is_used_as_is() {
     let refusal = accept(
         &package,
         signal,
+        Arrival::Pushed,
         &set,
         &identity,
         OffsetDateTime::now_utc(),
@@ -582,4 +585,31 @@ fn the_leg_builders_follow_the_leg() {
     }
     assert!(leg::profile_named("as4-3.0").is_none());
     assert!(leg::profile_signing_with("urn:nothing").is_none());
+}
+
+#[test]
+fn a_message_must_arrive_the_way_its_leg_binds() {
+    let pm = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let set = pmodes(pm.path());
+    let (package, um) = seal(&set, "signed", Msg::good());
+    // The "signed" leg is a push leg: the same message handed over as if it had come in
+    // the answer to a PullRequest is refused before any security work, unsigned.
+    let refusal = accept_package(
+        &package,
+        Arrival::Pulled,
+        &set,
+        &varti_b(),
+        OffsetDateTime::now_utc(),
+        Some(spool.path()),
+    )
+    .unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::ProcessingModeMismatch,
+        &um.message_info.message_id,
+        false,
+    );
+    assert!(refusal.error.detail.contains("pulled"), "{}", refusal.error);
+    assert_eq!(files_in(spool.path()), 0, "nothing spooled");
 }

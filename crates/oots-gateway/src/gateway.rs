@@ -34,7 +34,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use varti_access_point::api::ApiRouter;
 use varti_access_point::{AccessPoint, MessageEvent};
@@ -192,11 +191,11 @@ pub async fn run(gw: Arc<Gateway>, token: CancellationToken) {
             _ = tick.tick() => {
                 pick_up(&gw, &previews).await;
                 let gw2 = gw.clone();
-                let _ = tokio::task::spawn_blocking(move || requester::expire(&gw2, OffsetDateTime::now_utc())).await;
+                let _ = tokio::task::spawn_blocking(move || { let now = gw2.ap.clock.now(); requester::expire(&gw2, now) }).await;
                 if gw.config.role.requests() && last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
                     last_sweep = Some(Instant::now());
                     let gw2 = gw.clone();
-                    let _ = tokio::task::spawn_blocking(move || records::purge_due(&gw2, OffsetDateTime::now_utc())).await;
+                    let _ = tokio::task::spawn_blocking(move || { let now = gw2.ap.clock.now(); records::purge_due(&gw2, now) }).await;
                 }
             }
         }
@@ -232,7 +231,7 @@ async fn pick_up(gw: &Arc<Gateway>, previews: &Arc<provider::Previews>) {
                 return Vec::new();
             }
         };
-        let now = OffsetDateTime::now_utc();
+        let now = ap2.clock.now();
         page.records
             .into_iter()
             .filter(|r| matches!(ap2.store.mark_delivered(r.id(), now), Ok(true)))

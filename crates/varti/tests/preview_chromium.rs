@@ -298,8 +298,17 @@ async fn preview_in_headless_chromium_approve_cancel_expired_wrong_person_and_us
     c.close().await.unwrap();
 
     // TC09 — an expired link.
+    // When a link expires is proven on the injected clock (the preview space's unit
+    // tests); this real process runs on the system clock, so wait for the API to say so.
     let (id, url) = open_preview(&node, "req-expired", 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while preview_state(&node, &id) != "expired" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 1 s link still open after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let c = browser(&driver).await;
     c.goto(&url).await.unwrap();
     assert_eq!(text_of(&c, "h1").await, "This link has expired");

@@ -7,6 +7,8 @@
 //!   message).
 //! * `two_processes_pull`: two real `varti serve` processes over TLS, the message
 //!   submitted through the backend API and pulled by varti-b's puller task.
+//! * `sender_retries_on_the_clock`: the push sender's retry schedule, driven by moving the
+//!   access point's manual clock instead of waiting minutes.
 
 mod pair_support;
 mod serve_support;
@@ -27,13 +29,13 @@ use varti_access_point::pull::{self, Pulled};
 use varti_access_point::receiver::Receiver;
 use varti_access_point::server::{BodyReader, MshHandler, MshRequest, MshResponseBody, PeerInfo};
 use varti_access_point::submit::{leg_key, submit, Submission};
-use varti_access_point::{sender, AccessPoint, MessageEvent};
-use varti_as4::error::ErrorCode;
+use varti_access_point::{sender, AccessPoint, Clock, MessageEvent};
+use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::{self, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
-use varti_as4::message::model::SignalKind;
+use varti_as4::message::model::{MessageInfo, PullRequest, SignalKind, SignalMessage, Timestamp};
 use varti_as4::message::soap;
-use varti_as4::outbound::{build_pull_request, build_receipt};
+use varti_as4::outbound::{build_error_signal, build_pull_request, build_receipt, build_signal};
 use varti_as4::security::profile::AS4_1_15;
 use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
@@ -42,8 +44,9 @@ use varti_store::{MessageMeta, NewOutbound, PayloadEntry, SledStore, State};
 const MPC: &str = "urn:varti:test:mpc:pull";
 const SOAP12: &str = "application/soap+xml; charset=UTF-8";
 
-/// An access point of the pair, opened in this process over its own sled store.
-fn open(pair: &Pair, node: &str, lease_secs: u64) -> Arc<AccessPoint> {
+/// An access point of the pair, opened in this process over its own sled store, reading
+/// `clock`.
+fn open(pair: &Pair, node: &str, lease_secs: u64, clock: &Clock) -> Arc<AccessPoint> {
     let dir = pair.root.path().join(node);
     let mut config = Config::load(&dir.join("varti.toml")).unwrap();
     config.sender.lease_secs = lease_secs;
@@ -55,7 +58,27 @@ fn open(pair: &Pair, node: &str, lease_secs: u64) -> Arc<AccessPoint> {
             Arc::new(Metrics::new()),
             false,
         )
-        .unwrap_or_else(|e| panic!("opening {node}: {e}")),
+        .unwrap_or_else(|e| panic!("opening {node}: {e}"))
+        .with_clock(clock.clone()),
+    )
+}
+
+/// A second instance of `ap`'s access point over the same store, as the other half of a
+/// pair would be.
+fn twin(pair: &Pair, ap: &Arc<AccessPoint>, node: &str, clock: &Clock) -> Arc<AccessPoint> {
+    let dir = pair.root.path().join(node);
+    let mut config = Config::load(&dir.join("varti.toml")).unwrap();
+    config.sender.lease_secs = ap.settings.sender.lease_secs;
+    config.sender.instance = Some(format!("{}-twin", ap.instance));
+    Arc::new(
+        AccessPoint::open(
+            config.access_point_settings(),
+            ap.store.clone(),
+            Arc::new(Metrics::new()),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("opening the twin of {node}: {e}"))
+        .with_clock(clock.clone()),
     )
 }
 
@@ -94,13 +117,34 @@ fn post(
 
 /// A pull request for `mpc` signed with `ap`'s signing key.
 fn pull_request(ap: &AccessPoint, mpc: &str) -> Vec<u8> {
-    let identity = SigningIdentity {
+    build_pull_request(Some(mpc), Some(&signer(ap)))
+        .unwrap()
+        .into_bytes()
+}
+
+/// `ap`'s signing identity as the pull leg uses it.
+fn signer(ap: &AccessPoint) -> SigningIdentity<'_> {
+    SigningIdentity {
         profile: &AS4_1_15,
         key: &ap.identity.signing_key,
         certificate: &ap.identity.signing_cert,
         token_reference: TokenReference::BinarySecurityToken,
+    }
+}
+
+/// A PullRequest for `mpc` signed by `ap` with the given MessageId and timestamp.
+fn pull_request_as(ap: &AccessPoint, mpc: &str, id: &str, at: OffsetDateTime) -> Vec<u8> {
+    let signal = SignalMessage {
+        message_info: MessageInfo {
+            timestamp: Timestamp::from_datetime(at),
+            message_id: id.to_owned(),
+            ref_to_message_id: None,
+        },
+        kind: SignalKind::PullRequest(PullRequest {
+            mpc: Some(mpc.to_owned()),
+        }),
     };
-    build_pull_request(Some(mpc), Some(&identity))
+    build_signal(signal, Some(&signer(ap)))
         .unwrap()
         .into_bytes()
 }
@@ -147,7 +191,7 @@ fn submit_pull(ap: &AccessPoint, content: &[u8]) -> String {
             }],
             ..Submission::default()
         },
-        OffsetDateTime::now_utc(),
+        ap.clock.now(),
     )
     .unwrap()
 }
@@ -190,8 +234,10 @@ fn pull_from_a(a: &Arc<AccessPoint>, b: &Arc<AccessPoint>) -> (StatusCode, Outbo
 #[test]
 fn pull_in_process() {
     let pair = Pair::new();
-    let a = open(&pair, "a", 2);
-    let b = open(&pair, "b", 30);
+    // Both read one manual clock: the lease below expires when the test moves it.
+    let clock = Clock::manual(OffsetDateTime::now_utc());
+    let a = open(&pair, "a", 2, &clock);
+    let b = open(&pair, "b", 30, &clock);
     let mut events = a.subscribe();
     let leg = a
         .pmodes
@@ -267,6 +313,17 @@ fn pull_in_process() {
     );
     let record = a.store.get(&first).unwrap().unwrap();
     assert_eq!((record.state, record.attempts), (State::Sending, 1));
+    // The same message pushed to varti-b's /msh instead: its leg is a pull leg, so it is
+    // refused (EBMS:0010 naming the binding) and not stored.
+    let (_, _, body) = post(&b, &content_type, response.body.to_vec());
+    let codes = error_codes(&body);
+    assert_eq!(
+        codes[0].0,
+        Some(ErrorCode::ProcessingModeMismatch),
+        "{codes:?}"
+    );
+    assert!(codes[0].1.contains("pushed"), "{codes:?}");
+    assert!(b.store.get(&first).unwrap().is_none());
     let (pulled, answer) = pull::receive_pulled(&b, response);
     assert_eq!(pulled, Pulled::Message(first.clone()));
     assert_eq!(
@@ -306,6 +363,16 @@ fn pull_in_process() {
     // recognises the duplicate and answers with its original receipt, which still proves
     // the first transmission to varti-a.
     let second = submit_pull(&a, b"<second/>");
+    // An answer about a message that was never pulled changes nothing and is refused (not
+    // 202): here a signed, fatal error signal that would otherwise fail it.
+    let error = EbmsError::new(ErrorCode::Other, "never received");
+    let signal = build_error_signal(&error, Some(&second), Some(&signer(&b))).unwrap();
+    let (status, _, body) = post(&a, SOAP12, signal.into_bytes());
+    assert_ne!(status, StatusCode::ACCEPTED);
+    let codes = error_codes(&body);
+    assert_eq!(codes[0].0, Some(ErrorCode::InvalidReceipt), "{codes:?}");
+    assert!(codes[0].1.contains("not pulled"), "{codes:?}");
+    assert_eq!(state(&a, &second), State::Submitted);
     let (_, response) = pull_from_a(&a, &b);
     let (pulled, lost) = pull::receive_pulled(&b, response);
     assert_eq!(pulled, Pulled::Message(second.clone()));
@@ -316,7 +383,14 @@ fn pull_in_process() {
         Pulled::Empty,
         "leased"
     );
-    std::thread::sleep(Duration::from_millis(2100));
+    clock.advance(Duration::from_millis(1900));
+    let (_, response) = pull_from_a(&a, &b);
+    assert_eq!(
+        pull::receive_pulled(&b, response).0,
+        Pulled::Empty,
+        "still leased 1.9 s into the 2 s lease"
+    );
+    clock.advance(Duration::from_millis(200));
     let (_, response) = pull_from_a(&a, &b);
     let record = a.store.get(&second).unwrap().unwrap();
     assert_eq!((record.state, record.attempts), (State::Sending, 2));
@@ -556,4 +630,147 @@ fn two_processes_pull() {
     assert_eq!(b.payload(&id, 0), document.to_vec());
     let log = a.served.log_text();
     assert!(log.contains("message pulled"), "{log}");
+}
+
+/// The sender's retry schedule runs on the access point's clock: with varti-b down, each
+/// failed attempt schedules the next one exactly one interval of the leg's
+/// `retry_intervals` (1 m, 2 m, 5 m) later, and the attempt after the last interval fails
+/// the message with EBMS:0301. The test moves a manual clock through eight minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_retries_on_the_clock() {
+    let pair = Pair::new();
+    let clock = Clock::manual(OffsetDateTime::now_utc());
+    // Only varti-a runs: varti-b's port is closed, so every push is refused at once.
+    let a = open(&pair, "a", 30, &clock);
+    let stored = a.store.payloads().put(&mut &b"<ping/>"[..]).unwrap();
+    let id = submit(
+        &a,
+        Submission {
+            owner: "portal".into(),
+            to_party: "varti-b".into(),
+            service: "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service".into(),
+            action: "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test".into(),
+            payloads: vec![PayloadEntry {
+                content_id: "cid:ping@varti.test".into(),
+                mime_type: "application/xml".into(),
+                stored,
+                properties: Vec::new(),
+            }],
+            ..Submission::default()
+        },
+        clock.now(),
+    )
+    .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(sender::run(a.clone(), token.clone()));
+
+    // Waits until the message has had `attempts` attempts and settled after the last one.
+    let settled = |attempts: u32| {
+        let a = a.clone();
+        let id = id.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let r = a.store.get(&id).unwrap().unwrap();
+                if r.attempts == attempts && r.state != State::Sending {
+                    return r;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "attempt {attempts} never settled: {:?} after {} attempt(s)",
+                    r.state,
+                    r.attempts
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut at = clock.now();
+    for (attempt, wait) in [(1, 60), (2, 120), (3, 300)] {
+        let r = settled(attempt).await;
+        assert_eq!(r.state, State::WaitingForRetry, "after attempt {attempt}");
+        assert_eq!(
+            r.next_attempt_at,
+            Some(at + Duration::from_secs(wait)),
+            "attempt {attempt} schedules the next one {wait} s later"
+        );
+        clock.advance(Duration::from_secs(wait));
+        at = clock.now();
+        a.wake_sender.notify_one();
+    }
+    let r = settled(4).await;
+    assert_eq!(r.state, State::Failed);
+    assert!(
+        r.last_error.as_deref().unwrap_or("").contains("EBMS:0301"),
+        "{:?}",
+        r.last_error
+    );
+    token.cancel();
+    run.await.unwrap();
+}
+
+/// A signed PullRequest is answered once, by either instance of a pair: the same bytes
+/// again (to the other instance too, and after the lease of what it took expired), the
+/// same MessageId re-signed, and a request with a stale timestamp all hand out nothing.
+#[test]
+fn pull_request_replay_is_refused() {
+    let pair = Pair::new();
+    let clock = Clock::manual(OffsetDateTime::now_utc());
+    let a1 = open(&pair, "a", 30, &clock);
+    let a2 = twin(&pair, &a1, "a", &clock);
+    let b = open(&pair, "b", 30, &clock);
+    // Submitted a second apart: the oldest is handed out first.
+    let waiting: Vec<String> = (0..3)
+        .map(|i| {
+            clock.advance(Duration::from_secs(1));
+            submit_pull(&a1, format!("<m{i}/>").as_bytes())
+        })
+        .collect();
+    let states = || -> Vec<State> { waiting.iter().map(|id| state(&a1, id)).collect() };
+
+    let request = pull_request(&b, MPC);
+    let id = soap::parse_envelope(&request).unwrap().messaging.signals[0]
+        .message_info
+        .message_id
+        .clone();
+    let (status, _, _) = post(&a1, SOAP12, request.clone());
+    assert_eq!(status, StatusCode::OK, "the first request is answered");
+    assert_eq!(
+        states(),
+        [State::Sending, State::Submitted, State::Submitted]
+    );
+
+    let refused = |ap: &Arc<AccessPoint>, body: Vec<u8>, why: &str| {
+        let (_, _, answer) = post(ap, SOAP12, body);
+        let codes = error_codes(&answer);
+        assert_eq!(codes.len(), 1, "{why}: {codes:?}");
+        assert_eq!(codes[0].0, Some(ErrorCode::FailedAuthentication), "{why}");
+        codes[0].1.clone()
+    };
+    for ap in [&a1, &a2] {
+        let text = refused(ap, request.clone(), "the same bytes");
+        assert!(text.contains("already answered"), "{text}");
+    }
+    // Once the lease of the message it took is over, a replay still takes nothing.
+    clock.advance(Duration::from_secs(31));
+    refused(&a2, request.clone(), "the same bytes after the lease");
+    // The same MessageId signed anew.
+    let resigned = pull_request_as(&b, MPC, &id, clock.now());
+    let text = refused(&a1, resigned, "re-signed with the same MessageId");
+    assert!(text.contains("already answered"), "{text}");
+    // A new MessageId with a timestamp from six minutes ago.
+    let stale = pull_request_as(
+        &b,
+        MPC,
+        "stale-pull@varti.test",
+        clock.now() - Duration::from_secs(360),
+    );
+    let text = refused(&a2, stale, "a stale timestamp");
+    assert!(text.contains("eb:Timestamp"), "{text}");
+    // So far, nothing more was handed out.
+    assert_eq!(states()[1..], [State::Submitted, State::Submitted]);
+
+    // A fresh request is answered as usual, by either instance.
+    let (status, _, _) = post(&a2, SOAP12, pull_request(&b, MPC));
+    assert_eq!(status, StatusCode::OK);
 }

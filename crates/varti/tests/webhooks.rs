@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use time::OffsetDateTime;
+use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use varti::config::Config;
@@ -125,6 +127,44 @@ impl Backend {
     }
 }
 
+/// A webhook target that accepts connections, reads what comes and never answers.
+struct Hung {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Hung {
+    async fn start() -> Hung {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 4096];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Hung { addr, connections }
+    }
+
+    /// Waits until `n` connections are open (panics after 10 s).
+    async fn wait_for(&self, n: usize) {
+        let start = Instant::now();
+        while self.connections.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} of {n} connections",
+                self.connections.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// A TLS acceptor with varti-b's TLS certificate (SAN localhost, 127.0.0.1).
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     let repo = repo();
@@ -143,6 +183,14 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
 /// varti-a over the repository's PModes and keys, with two backends: `portal` (webhook to
 /// `webhook_url`) and `poller` (no webhook).
 fn config(data: &Path, webhook_url: &str) -> Config {
+    config_with(data, webhook_url, None)
+}
+
+/// [`config`], with a webhook for `poller` too when `poller_url` is given.
+fn config_with(data: &Path, webhook_url: &str, poller_url: Option<&str>) -> Config {
+    let poller_hook = poller_url
+        .map(|url| format!("webhook_url = \"{url}\"\nwebhook_secret = \"{SECRET}\"\n"))
+        .unwrap_or_default();
     let repo = repo().display().to_string();
     let text = format!(
         r#"data_dir = "{data}"
@@ -168,7 +216,7 @@ webhook_secret = "{SECRET}"
 [[backend.clients]]
 name = "poller"
 token_sha256 = "{TOKEN_SHA256}"
-"#,
+{poller_hook}"#,
         data = data.display()
     );
     let config = Config::parse(&text).unwrap();
@@ -191,7 +239,12 @@ impl Fixture {
 
     /// An access point (an "instance") over the shared store.
     fn access_point(&self, webhook_url: &str) -> Arc<AccessPoint> {
-        let config = config(&self.dir.path().join("data"), webhook_url);
+        self.access_point_with(webhook_url, None)
+    }
+
+    /// [`Fixture::access_point`] with a webhook for `poller` too.
+    fn access_point_with(&self, webhook_url: &str, poller_url: Option<&str>) -> Arc<AccessPoint> {
+        let config = config_with(&self.dir.path().join("data"), webhook_url, poller_url);
         Arc::new(
             AccessPoint::open(
                 config.access_point_settings(),
@@ -494,22 +547,23 @@ async fn gives_up_after_the_last_attempt_and_stops_promptly() {
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
     let token = CancellationToken::new();
-    let run = tokio::spawn(
-        Dispatcher::new(ap.clone(), fast(60_000))
-            .unwrap()
-            .run(token.clone()),
-    );
+    let dispatcher = Dispatcher::new(ap.clone(), fast(60_000)).unwrap();
+    let mut reports = dispatcher.reports();
+    let run = tokio::spawn(dispatcher.run(token.clone()));
     ap.announce(MessageEvent::Sent {
         message_id: "m-slow@test".into(),
         owner: "portal".into(),
     });
     backend.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first attempt is on the wire; whether its 500 is already in or not, the
+    // notification now ends in the 60 s wait, and the cancellation must cut that short.
     token.cancel();
     tokio::time::timeout(Duration::from_secs(3), run)
         .await
         .expect("the dispatcher stops without waiting out the 60 s retry delay")
         .unwrap();
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(report[0].ending, Ending::Abandoned { attempts: 1 });
     assert_eq!(backend.seen().len(), 1);
 }
 
@@ -677,4 +731,52 @@ fn two_instances_on_postgresql_notify_received_once() {
             "{id}"
         );
     }
+}
+
+/// One client's hung webhook target fills only that client's share of the dispatcher:
+/// with 40 of `portal`'s notifications stuck on a target that never answers, `poller`'s
+/// notification is delivered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_one_hung_client_does_not_delay_others() {
+    let hung = Hung::start().await;
+    let backend = Backend::start(vec![200], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point_with(
+        &format!("http://{}/hook", hung.addr),
+        Some(&format!("http://{}/hook", backend.addr)),
+    );
+    let options = WebhookOptions::default();
+    let share = options.concurrency;
+    let (token, mut reports) = start_reporting(&ap, options);
+    for i in 0..40 {
+        ap.announce(MessageEvent::Sent {
+            message_id: format!("m-hung-{i}@test"),
+            owner: "portal".into(),
+        });
+    }
+    // The portal's share of requests is in flight, each waiting out the 10 s timeout.
+    hung.wait_for(share).await;
+    let start = Instant::now();
+    ap.announce(MessageEvent::Sent {
+        message_id: "m-other@test".into(),
+        owner: "poller".into(),
+    });
+    let seen = backend.wait_for(1).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the other client waited {:?}",
+        start.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&seen[0].body).contains("m-other@test"));
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(
+        (report[0].owner.as_str(), report[0].ending),
+        ("poller", Ending::Delivered { attempts: 1 })
+    );
+    assert_eq!(
+        hung.connections.load(Ordering::SeqCst),
+        share,
+        "the hung client never had more than its share in flight"
+    );
+    token.cancel();
 }

@@ -147,7 +147,7 @@ pub async fn payload(
     let message_id = id.clone();
     let reader = blocking(ap, move |ap| {
         let reader = ap.store.payloads().open(&stored)?;
-        if inbound_received && ap.store.mark_delivered(&message_id, OffsetDateTime::now_utc())? {
+        if inbound_received && ap.store.mark_delivered(&message_id, ap.clock.now())? {
             tracing::info!(message_id = %message_id, "delivered: first payload download by its backend");
         }
         Ok(reader)
@@ -188,7 +188,7 @@ pub async fn ack(
         ));
     }
     let state = blocking(ap, move |ap| {
-        let now = OffsetDateTime::now_utc();
+        let now = ap.clock.now();
         if ap.store.mark_delivered(&id, now)? {
             tracing::info!(message_id = %id, "delivered: acknowledged by its backend");
         }
@@ -226,7 +226,7 @@ pub async fn resend(
     let state = blocking(ap.clone(), move |ap| {
         match ap
             .store
-            .transition(&id, State::Failed, Event::Resend, OffsetDateTime::now_utc())?
+            .transition(&id, State::Failed, Event::Resend, ap.clock.now())?
         {
             TransitionOutcome::Applied(s) => Ok(s),
             TransitionOutcome::AlreadyApplied(s) => Ok(s),
@@ -289,8 +289,7 @@ pub async fn purge(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body
              purges by itself every hour",
         ));
     }
-    let (payloads, metadata) =
-        blocking(ap, |ap| Ok(purge_now(ap, OffsetDateTime::now_utc())?)).await?;
+    let (payloads, metadata) = blocking(ap, |ap| Ok(purge_now(ap, ap.clock.now())?)).await?;
     tracing::info!(by = %client.name, payloads, metadata, "purge requested");
     Ok(json_response(
         StatusCode::OK,

@@ -20,7 +20,6 @@ use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use varti_as4::message::id as message_id;
 use varti_store::{Direction, MessageProperty, PayloadEntry, PayloadRef, Store, StoreError};
@@ -289,7 +288,7 @@ pub async fn submit(
     // a dropped request can no longer separate the message from its payloads.
     let owner = client.name.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let result = ap_submit::submit(&ap, submission, OffsetDateTime::now_utc());
+        let result = ap_submit::submit(&ap, submission, ap.clock.now());
         if result.is_err() {
             for r in &refs {
                 let _ = ap.store.payloads().remove(r);

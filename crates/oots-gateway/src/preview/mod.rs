@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use varti_access_point::Clock;
 
 pub use oidc::OidcError;
 pub use routes::PreviewRoutes;
@@ -294,6 +295,7 @@ pub struct PreviewSpace {
     test_idp: Option<Arc<test_idp::TestIdp>>,
     inner: Mutex<Inner>,
     changed: tokio::sync::Notify,
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -382,7 +384,16 @@ impl PreviewSpace {
             test_idp,
             inner: Mutex::new(Inner::default()),
             changed: tokio::sync::Notify::new(),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same space deciding expiry by `clock` (the access point's, so that a test can
+    /// move both); identity tokens from the provider are still checked against the system
+    /// clock, since their times come from outside.
+    pub fn with_clock(mut self, clock: Clock) -> PreviewSpace {
+        self.clock = clock;
+        self
     }
 
     /// Where the caller should put evidence files before [`PreviewSpace::open`] (the same
@@ -395,7 +406,7 @@ impl PreviewSpace {
     pub fn open(&self, request: PreviewRequest) -> PreviewLink {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let secret = random_token();
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let max = Duration::from_secs(self.config.link_ttl_secs);
         let ttl = request.ttl.map(|t| t.min(max)).unwrap_or(max);
         let expires_at = now + ttl;
@@ -442,7 +453,7 @@ impl PreviewSpace {
     pub fn state(&self, id: &str) -> Option<PreviewStatus> {
         let mut inner = self.inner.lock().expect("preview lock");
         let session = inner.sessions.get_mut(id)?;
-        self.expire_if_due(session, OffsetDateTime::now_utc());
+        self.expire_if_due(session, self.clock.now());
         Some(session.status())
     }
 
@@ -456,7 +467,7 @@ impl PreviewSpace {
             if status.state != PreviewState::Pending {
                 return Some(status);
             }
-            let until_expiry = (status.expires_at - OffsetDateTime::now_utc())
+            let until_expiry = (status.expires_at - self.clock.now())
                 .try_into()
                 .unwrap_or(Duration::ZERO)
                 + Duration::from_millis(50);
@@ -473,7 +484,8 @@ impl PreviewSpace {
 
     /// Ends previews past their expiry and forgets finished ones after a day; deletes their
     /// files. Run periodically by `serve`.
-    pub fn sweep(&self, now: OffsetDateTime) {
+    pub fn sweep(&self) {
+        let now = self.clock.now();
         let mut inner = self.inner.lock().expect("preview lock");
         let mut forget = Vec::new();
         for session in inner.sessions.values_mut() {
@@ -543,6 +555,80 @@ mod tests {
             family_name: "Bērziņa".into(),
             birth_date: "1990-04-01".into(),
         }
+    }
+
+    /// A space with the built-in test identity provider, over `dir`, reading `clock`.
+    fn space(dir: &Path, clock: &Clock) -> PreviewSpace {
+        let mut person = anna();
+        person.identifier = Some("LV/LV/1".into());
+        let config = PreviewConfig {
+            enabled: true,
+            public_url: "http://127.0.0.1:9".into(),
+            link_ttl_secs: 600,
+            test_idp: TestIdpConfig {
+                enabled: true,
+                persons: vec![person],
+                redirect_uris: Vec::new(),
+            },
+            ..PreviewConfig::default()
+        };
+        PreviewSpace::new(config, dir)
+            .unwrap()
+            .with_clock(clock.clone())
+    }
+
+    fn request(ttl: Option<Duration>) -> PreviewRequest {
+        PreviewRequest {
+            reference: "req-1".into(),
+            person: anna(),
+            requester: "Example requester".into(),
+            procedure: None,
+            evidences: Vec::new(),
+            return_url: None,
+            ttl,
+            owner: "portal".into(),
+        }
+    }
+
+    #[test]
+    fn a_link_expires_at_its_lifetime_by_the_clock_and_not_a_moment_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(OffsetDateTime::now_utc());
+        let space = space(dir.path(), &clock);
+        let link = space.open(request(Some(Duration::from_secs(60))));
+        assert_eq!(link.expires_at, clock.now() + Duration::from_secs(60));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(space.state(&link.id).unwrap().state, PreviewState::Pending);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(space.state(&link.id).unwrap().state, PreviewState::Expired);
+
+        // A lifetime longer than preview.link_ttl_secs is cut to it.
+        let long = space.open(request(Some(Duration::from_secs(86_400))));
+        assert_eq!(long.expires_at, clock.now() + Duration::from_secs(600));
+        clock.advance(Duration::from_secs(599));
+        space.sweep();
+        assert_eq!(space.state(&long.id).unwrap().state, PreviewState::Pending);
+        clock.advance(Duration::from_secs(1));
+        space.sweep();
+        assert_eq!(space.state(&long.id).unwrap().state, PreviewState::Expired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_returns_when_the_link_expires_or_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(OffsetDateTime::now_utc());
+        let space = space(dir.path(), &clock);
+        let link = space.open(request(Some(Duration::from_secs(60))));
+        // Tokio's paused time runs out the 5 s timeout at once; the link is still pending.
+        let status = space.wait(&link.id, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status.state, PreviewState::Pending);
+        // Once the clock is past the expiry, the next wake-up finds the link expired.
+        clock.advance(Duration::from_secs(60));
+        let status = space
+            .wait(&link.id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(status.state, PreviewState::Expired);
     }
 
     #[test]

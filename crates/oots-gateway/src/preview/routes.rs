@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use time::OffsetDateTime;
 
 use super::pages::{self, Lang, ShownEvidence};
 use super::{random_token, Login, PreviewSpace, PreviewState, Session, LOGIN_TTL};
@@ -100,7 +99,7 @@ fn entry(space: &PreviewSpace, link: &str, request: Request<Incoming>) -> Respon
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    let now = OffsetDateTime::now_utc();
+    let now = space.clock.now();
     let mut inner = space.inner.lock().expect("preview lock");
     let Some(session) = find(&mut inner.sessions, link) else {
         let lang = request_lang(&query, headers).unwrap_or(Lang::En);
@@ -236,7 +235,7 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     else {
         return failed(lang, "unknown or already used login state");
     };
-    if OffsetDateTime::now_utc() - login.started > LOGIN_TTL {
+    if space.clock.now() - login.started > LOGIN_TTL {
         return failed(lang, "the login took too long");
     }
     let lang = space
@@ -260,7 +259,7 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     let Some(session) = inner.sessions.get_mut(&login.session_id) else {
         return invalid_link(lang);
     };
-    space.expire_if_due(session, OffsetDateTime::now_utc());
+    space.expire_if_due(session, space.clock.now());
     if let Some(r) = ended_page(session) {
         return r;
     }
@@ -282,7 +281,7 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     let secret = random_token();
     session.bound_cookie_sha256 = Some(openssl::sha::sha256(secret.as_bytes()));
     tracing::info!(preview = %session.id, reference = %session.request.reference, "preview link bound to the authenticated person");
-    let remaining = (session.expires_at - OffsetDateTime::now_utc())
+    let remaining = (session.expires_at - space.clock.now())
         .whole_seconds()
         .max(1);
     let mut response = redirect(&format!("/preview/{}", login.link));
@@ -303,7 +302,7 @@ fn evidence(space: &PreviewSpace, link: &str, n: &str, headers: &HeaderMap) -> R
     let Some(session) = find(&mut inner.sessions, link) else {
         return not_found();
     };
-    space.expire_if_due(session, OffsetDateTime::now_utc());
+    space.expire_if_due(session, space.clock.now());
     if session.state != PreviewState::Pending || !bound_here(session, headers) {
         return not_found();
     }
@@ -352,7 +351,7 @@ async fn decision(space: &PreviewSpace, link: &str, request: Request<Incoming>) 
     let Some(session) = find(&mut inner.sessions, link) else {
         return invalid_link(Lang::En);
     };
-    let now = OffsetDateTime::now_utc();
+    let now = space.clock.now();
     space.expire_if_due(session, now);
     if let Some(r) = ended_page(session) {
         return r;

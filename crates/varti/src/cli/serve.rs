@@ -344,7 +344,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                         _ = token.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                     }
-                    space.sweep(time::OffsetDateTime::now_utc());
+                    space.sweep();
                 }
             });
             Some(addr)
@@ -434,7 +434,7 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
             _ = interval.tick() => {}
         }
         let ap = ap.clone();
-        let now = time::OffsetDateTime::now_utc();
+        let now = ap.clock.now();
         match tokio::task::spawn_blocking(move || api::purge_now(&ap, now)).await {
             Ok(Ok((payloads, metadata))) => {
                 if payloads + metadata > 0 {
