@@ -34,12 +34,13 @@
 //! minutes tolerate easily).
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod payload;
+mod payload;
 pub mod postgres;
-pub mod record;
-pub mod sled_store;
-pub mod state;
+mod record;
+mod sled_store;
+mod state;
 
 #[cfg(feature = "testing")]
 pub mod contract;

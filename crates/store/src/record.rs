@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 /// Most history entries kept per message. Retries and lease takeovers are bounded by the
 /// PMode, but a bound here keeps a misbehaving peer or loop from growing a record forever:
 /// past it, the oldest entries after the first are dropped.
-pub const MAX_HISTORY: usize = 200;
+pub(crate) const MAX_HISTORY: usize = 200;
 
 /// What the ebMS header says about a message, plus who owns it. Fixed at insertion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,13 +428,13 @@ impl MessageRecord {
 }
 
 /// Checks the identifiers a store keys on: bounded, non-empty, no NUL (a key separator).
-pub fn validate_meta(meta: &MessageMeta) -> Result<(), StoreError> {
+pub(crate) fn validate_meta(meta: &MessageMeta) -> Result<(), StoreError> {
     validate_id("MessageId", &meta.message_id, MAX_MESSAGE_ID_LEN)?;
     validate_id("owner", &meta.owner, MAX_OWNER_LEN)
 }
 
 /// Checks one identifier: non-empty, at most `max` bytes, no NUL.
-pub fn validate_id(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
+pub(crate) fn validate_id(what: &str, value: &str, max: usize) -> Result<(), StoreError> {
     if value.is_empty() || value.len() > max || value.contains('\0') {
         return Err(StoreError::InvalidInput(format!(
             "{what} must be 1 to {max} bytes without NUL characters (got {} bytes)",
@@ -517,7 +517,7 @@ pub struct Page {
 mod opt_base64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine as _;
         match value {
             Some(bytes) => {
@@ -527,7 +527,7 @@ mod opt_base64 {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         use base64::Engine as _;
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
