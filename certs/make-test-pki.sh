@@ -1,8 +1,9 @@
 #!/bin/sh
-# Regenerates Varti's TEST ONLY PKI: a CA and two access points, varti-a and varti-b,
-# each with a signing, an encryption and a TLS certificate, valid 10 years, plus the
-# message keys of the AS4 2.0 profiles (Ed25519 signing + X25519 key agreement, and
-# ECDSA P-256 signing + ECDH-ES P-256 key agreement).
+# Regenerates Varti's TEST ONLY PKI: a CA and three access points, varti-a, varti-b and
+# varti-c (the third party of the tests that need one), each with a signing, an
+# encryption and a TLS certificate, valid 10 years, plus the message keys of the AS4 2.0
+# profiles (Ed25519 signing + X25519 key agreement, and ECDSA P-256 signing + ECDH-ES P-256
+# key agreement).
 # The private keys are committed on purpose: they protect nothing. Never use them in
 # production; see README.md in this directory.
 #
@@ -105,7 +106,7 @@ issue() {
 
 RSA="-algorithm rsa -pkeyopt rsa_keygen_bits:3072"
 P256="-algorithm ec -pkeyopt ec_paramgen_curve:P-256 -pkeyopt ec_param_enc:named_curve"
-for ap in varti-a varti-b; do
+for ap in varti-a varti-b varti-c; do
   mkdir -p "$ap"
   # AS4 1.15 (RSA) message keys and the TLS key.
   # shellcheck disable=SC2086

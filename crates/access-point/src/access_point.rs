@@ -23,7 +23,9 @@ use std::sync::{Arc, RwLock};
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use time::OffsetDateTime;
-use varti_as4::inbound::ReceivePolicy;
+use varti_as4::error::EbmsError;
+use varti_as4::inbound::{DeliveredPayload, ReceivePolicy};
+use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::{Leg, PModeSet, Party};
 use varti_store::Store;
 
@@ -151,6 +153,39 @@ impl MessageEvent {
     }
 }
 
+/// An inbound user message as a feature's [`InboundCheck`] sees it: received, routed,
+/// decrypted, verified and checked against its leg, and not stored yet.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundMessage<'a> {
+    /// Its ebMS header.
+    pub user_message: &'a UserMessage,
+    /// The party that sent it: the PMode party whose own certificate signed it.
+    pub partner: &'a Party,
+    /// Its payloads, delivered (decrypted, decompressed) into temporary files that vanish
+    /// when the message is refused.
+    pub payloads: &'a [DeliveredPayload],
+}
+
+/// Why a feature refused an inbound message: the ebMS error its sender gets instead of a
+/// receipt, and a short reason for the `varti_refusals_total` metric.
+#[derive(Debug, Clone)]
+pub struct InboundRefusal {
+    /// The error signal's error (its code and detail go back to the sender).
+    pub error: EbmsError,
+    /// A short, fixed reason (`snake_case`): the metric's `reason` label.
+    pub reason: &'static str,
+}
+
+/// A feature's check of the inbound messages of a service it claimed
+/// ([`AccessPoint::check_inbound`]). It runs on the receiving thread after every AS4 stage
+/// passed and before anything of the message is stored: a refusal answers the sender with
+/// its ebMS error signal instead of a receipt, leaves the store unchanged and drops the
+/// payloads' temporary files at once.
+pub trait InboundCheck: Send + Sync {
+    /// `Ok` to store and acknowledge `message`; `Err` to refuse it.
+    fn check(&self, message: &InboundMessage<'_>) -> Result<(), InboundRefusal>;
+}
+
 /// Owner of ebMS test-service messages: no backend has this name, so they are never
 /// delivered.
 pub const TEST_SERVICE_OWNER: &str = "varti:test-service";
@@ -188,6 +223,9 @@ pub struct AccessPoint {
     /// Services taken by a feature of the runtime rather than a backend client (see
     /// [`AccessPoint::claim_service`]).
     service_owners: RwLock<HashMap<String, String>>,
+    /// The features' checks of inbound messages, by service
+    /// ([`AccessPoint::check_inbound`]).
+    inbound_checks: RwLock<HashMap<String, Arc<dyn InboundCheck>>>,
 }
 
 impl std::fmt::Debug for AccessPoint {
@@ -307,6 +345,7 @@ impl AccessPoint {
             events,
             notices,
             service_owners: RwLock::new(HashMap::new()),
+            inbound_checks: RwLock::new(HashMap::new()),
         })
     }
 
@@ -345,6 +384,32 @@ impl AccessPoint {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(service.to_owned(), owner.to_owned());
+    }
+
+    /// Has `check` judge every inbound message of `service` before it is stored (see
+    /// [`InboundCheck`]); a feature that claimed the service uses it to refuse what it
+    /// would never use. Call it at start-up, before the MSH listener serves; a second call
+    /// for the same service replaces the check.
+    pub fn check_inbound(&self, service: &str, check: Arc<dyn InboundCheck>) {
+        self.inbound_checks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.to_owned(), check);
+    }
+
+    /// The verdict of the check registered for the message's service (none: `Ok`).
+    pub fn judge_inbound(&self, message: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
+        let service = &message.user_message.collaboration_info.service.value;
+        let check = self
+            .inbound_checks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned();
+        match check {
+            Some(c) => c.check(message),
+            None => Ok(()),
+        }
     }
 
     /// Who takes inbound messages of `service`: the feature that claimed it

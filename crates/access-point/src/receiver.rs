@@ -3,8 +3,9 @@
 //! One request, in order: parse the MIME package (streamed; attachments spill to files in
 //! the spool directory) → read the ebMS header → `varti_as4::receive::accept` (find the
 //! leg, check that the message is for us, decrypt, verify, trust, decompress, enforce the
-//! leg, build the receipt) → store payloads and record durably → only then answer with the
-//! receipt. A duplicate (same MessageId) gets
+//! leg, build the receipt) → the check of the feature that claimed the service, if any
+//! ([`AccessPoint::check_inbound`]) → store payloads and record durably → only then answer
+//! with the receipt. A duplicate (same MessageId) gets
 //! the original receipt and is stored and delivered only once. Any refusal is an ebMS error
 //! signal (signed when the message could be attributed to a leg that signs) and changes no
 //! stored state.
@@ -25,7 +26,7 @@ use varti_as4::receive::{self, Accepted, Arrival, Refusal};
 use varti_as4::security::sign::SigningIdentity;
 use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry};
 
-use crate::access_point::{AccessPoint, MessageEvent, TEST_SERVICE_OWNER};
+use crate::access_point::{AccessPoint, InboundMessage, MessageEvent, TEST_SERVICE_OWNER};
 use crate::ops::{Direction, Outcome};
 use crate::pull;
 use crate::server::{FaultCode, MshHandler, MshRequest, MshResponse, MshResponseBody};
@@ -141,9 +142,9 @@ pub(crate) fn accept_user_message(
         message: received,
         user_message: um,
         leg,
+        partner,
         test_service,
         receipt,
-        ..
     } = accepted;
     let id = um.message_info.message_id.clone();
     let owner = if test_service {
@@ -151,6 +152,23 @@ pub(crate) fn accept_user_message(
     } else {
         ap.owner_for_service(&um.collaboration_info.service.value)
     };
+    // The feature that takes the service may refuse the message before anything of it is
+    // stored: the payloads' temporary files go with `received`.
+    if !test_service {
+        let view = InboundMessage {
+            user_message: &um,
+            partner,
+            payloads: &received.payloads,
+        };
+        if let Err(r) = ap.judge_inbound(&view) {
+            ap.metrics.refusal(&owner, r.reason);
+            return refused(
+                ap,
+                ap.identity
+                    .refusal(r.error.for_message(id.clone()), Some(&id), Some(leg)),
+            );
+        }
+    }
     let payloads = match store_payloads(ap, received, test_service) {
         Ok(p) => p,
         Err(e) => {

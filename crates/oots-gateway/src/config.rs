@@ -61,6 +61,17 @@ pub struct OotsConfig {
     pub rules: Option<PathBuf>,
     /// Provider: the largest total of evidence files a connector may return, in bytes.
     pub max_evidence_bytes: u64,
+    /// Requester: the largest total of evidence files an answer may carry, in bytes (the
+    /// EDM document not counted). A larger answer is refused with EBMS:0010 before anything
+    /// of it is stored, and its request ends `error` with EDM:ERR:0008.
+    pub max_received_evidence_bytes: u64,
+    /// Requester: providers that answer through other gateways than the one their requests
+    /// go to. Without an entry, only the gateway a request was sent to may answer it.
+    pub answer_gateways: Vec<AnswerGateways>,
+    /// Provider: the intermediary platform each requesting gateway is. A request naming a
+    /// platform (an `IP` agent, or as its `originalSender`) must come from the gateway
+    /// configured for it.
+    pub requester_platforms: Vec<RequesterPlatform>,
     /// Provider: one data service connector per evidence type (and provider).
     pub connectors: Vec<ConnectorConfig>,
     /// This gateway as an intermediary platform serving many portals and providers: it
@@ -76,6 +87,30 @@ pub struct OotsConfig {
     /// Requester: the common services (Evidence Broker, Data Service Directory) portals
     /// look up through `GET /api/v1/oots/lookup/…`.
     pub common_services: CommonServicesConfig,
+}
+
+/// `[[oots.answer_gateways]]`: a provider's answers may also come from these gateways (an
+/// intermediary, the provider's second access point …), not only from the one its
+/// requests were sent to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerGateways {
+    /// The evidence provider (its EvidenceProvider identifier, the requests'
+    /// `finalRecipient`).
+    pub provider: String,
+    /// The gateways (PMode party names or ids) that may answer for it besides the one asked.
+    pub gateways: Vec<String>,
+}
+
+/// `[[oots.requester_platforms]]`: the requesting gateway `gateway` is the intermediary
+/// platform `platform` (the identifier its requests name as the `IP` agent).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RequesterPlatform {
+    /// The gateway (a PMode party name or id).
+    pub gateway: String,
+    /// The platform's identifier.
+    pub platform: String,
 }
 
 /// An organisation in the OOTS exchange as the configuration names it: a procedure portal
@@ -264,6 +299,9 @@ impl Default for OotsConfig {
             schemas: None,
             rules: None,
             max_evidence_bytes: 200 * 1024 * 1024,
+            max_received_evidence_bytes: 50 * 1024 * 1024,
+            answer_gateways: Vec::new(),
+            requester_platforms: Vec::new(),
             connectors: Vec::new(),
             platform: None,
             evidence_retention_secs: 0,
@@ -346,6 +384,53 @@ impl OotsConfig {
         if let Some(p) = &self.platform {
             p.validate("oots.platform")?;
         }
+        if self.max_received_evidence_bytes == 0 {
+            return invalid(
+                "oots.max_received_evidence_bytes",
+                "is 0".into(),
+                "give the most evidence (bytes) one answer may carry, e.g. 52428800 (50 MiB)",
+            );
+        }
+        for a in &self.answer_gateways {
+            if a.provider.trim().is_empty()
+                || a.gateways.is_empty()
+                || a.gateways.iter().any(|g| g.trim().is_empty())
+            {
+                return invalid(
+                    "oots.answer_gateways",
+                    format!(
+                        "provider `{}` with gateways {:?}: both are required",
+                        a.provider, a.gateways
+                    ),
+                    "name the provider (its EvidenceProvider identifier) and the PMode parties it answers through",
+                );
+            }
+        }
+        for (n, p) in self.requester_platforms.iter().enumerate() {
+            if p.gateway.trim().is_empty() || p.platform.trim().is_empty() {
+                return invalid(
+                    "oots.requester_platforms",
+                    format!(
+                        "gateway `{}` / platform `{}`: both are required",
+                        p.gateway, p.platform
+                    ),
+                    "name the requesting gateway (a PMode party) and the platform identifier its requests name",
+                );
+            }
+            let twice = self.requester_platforms[..n].iter().any(|q| {
+                q.gateway.trim() == p.gateway.trim() || q.platform.trim() == p.platform.trim()
+            });
+            if twice {
+                return invalid(
+                    "oots.requester_platforms",
+                    format!(
+                        "gateway `{}` or platform `{}` is listed twice",
+                        p.gateway, p.platform
+                    ),
+                    "give each gateway one platform, and each platform one gateway",
+                );
+            }
+        }
         if self.record_retention_secs < self.evidence_retention_secs {
             return invalid(
                 "oots.record_retention_secs",
@@ -391,6 +476,32 @@ impl OotsConfig {
             }
         }
         Ok(())
+    }
+
+    /// The gateways configured to answer for `provider` besides the one asked
+    /// (`[[oots.answer_gateways]]`).
+    pub fn answer_gateways_for<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a str> {
+        self.answer_gateways
+            .iter()
+            .filter(move |a| a.provider.trim() == provider.trim())
+            .flat_map(|a| a.gateways.iter().map(|g| g.trim()))
+    }
+
+    /// The platform the requesting gateway known by `gateway_names` (its PMode party name
+    /// and ids) is (`[[oots.requester_platforms]]`).
+    pub fn platform_of_gateway(&self, gateway_names: &[&str]) -> Option<&str> {
+        self.requester_platforms
+            .iter()
+            .find(|p| gateway_names.contains(&p.gateway.trim()))
+            .map(|p| p.platform.trim())
+    }
+
+    /// The requesting gateway configured for `platform` (`[[oots.requester_platforms]]`).
+    pub fn gateway_of_platform(&self, platform: &str) -> Option<&str> {
+        self.requester_platforms
+            .iter()
+            .find(|p| p.platform.trim() == platform.trim())
+            .map(|p| p.gateway.trim())
     }
 
     /// Whether some connector serves `provider` (one naming it, or one for any provider).
@@ -507,6 +618,50 @@ mod tests {
         c.evidence_retention_secs = 10;
         c.record_retention_secs = 5;
         assert!(c.validate().is_err(), "records shorter than their evidence");
+    }
+
+    #[test]
+    fn answer_gateways_and_requester_platforms_are_looked_up_and_checked() {
+        let c: OotsConfig = toml::from_str(
+            "[[answer_gateways]]\nprovider = \"P1\"\ngateways = [\"gw-2\", \" gw-3 \"]\n\
+             [[requester_platforms]]\ngateway = \"varti-a\"\nplatform = \"VARTI-DK\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.answer_gateways_for(" P1 ").collect::<Vec<_>>(),
+            ["gw-2", "gw-3"]
+        );
+        assert_eq!(c.answer_gateways_for("P2").count(), 0);
+        assert_eq!(c.platform_of_gateway(&["x", "varti-a"]), Some("VARTI-DK"));
+        assert_eq!(c.platform_of_gateway(&["varti-b"]), None);
+        assert_eq!(c.gateway_of_platform("VARTI-DK"), Some("varti-a"));
+        // The requester's cap is on, and below the provider's, by default.
+        let d = OotsConfig::default();
+        assert!(d.max_received_evidence_bytes > 0);
+        assert!(d.max_received_evidence_bytes < d.max_evidence_bytes);
+        for (text, key) in [
+            (
+                "max_received_evidence_bytes = 0\n",
+                "oots.max_received_evidence_bytes",
+            ),
+            (
+                "[[answer_gateways]]\nprovider = \"P1\"\ngateways = []\n",
+                "oots.answer_gateways",
+            ),
+            (
+                "[[requester_platforms]]\ngateway = \"\"\nplatform = \"X\"\n",
+                "oots.requester_platforms",
+            ),
+            (
+                "[[requester_platforms]]\ngateway = \"a\"\nplatform = \"X\"\n\
+                 [[requester_platforms]]\ngateway = \"b\"\nplatform = \"X\"\n",
+                "oots.requester_platforms",
+            ),
+        ] {
+            let p = problem(text).unwrap_or_else(|| panic!("{text} passes"));
+            assert!(p.contains(key), "{p}");
+        }
     }
 
     fn problem(toml_text: &str) -> Option<String> {

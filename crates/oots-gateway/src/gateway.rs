@@ -4,7 +4,9 @@
 //!   request to the backend API (`/api/v1/oots/requests`); Varti builds the EDM request,
 //!   sends it over AS4 on the OOTS PMode (`QueryManager` / `ExecuteQueryRequest`), and
 //!   correlates the answer (`ExecuteQueryResponse` or `ExceptionResponse`) to it by
-//!   `RefToMessageId`, else `ConversationId`, checked against the EDM `requestId`. The portal
+//!   `RefToMessageId`, else `ConversationId`, checked against the EDM `requestId`; an answer
+//!   not from the gateway asked, or not in the name of the provider asked, is refused before
+//!   it is stored ([`requester::check_answer`]). The portal
 //!   GETs the outcome and downloads the evidence files; a request with no answer within
 //!   `oots.request_timeout_secs` ends `timed_out`.
 //! * **Look-ups** ([`lookup`]): portals ask the common services (Evidence Broker, Data
@@ -14,7 +16,9 @@
 //!   (Varti's EDM model; XSD and Schematron when `oots.schemas` / `oots.rules` are set),
 //!   routed by evidence type to a data service connector ([`connector`](crate::connector): an HTTP call to
 //!   the national register) and answered over AS4 with the evidence response, or with the
-//!   EDM error response that says what went wrong. Evidence types whose connector says
+//!   EDM error response that says what went wrong — also when its `originalSender` is not
+//!   the EvidenceRequester it names (EDM:ERR:0003, before any register is called). Evidence
+//!   types whose connector says
 //!   `preview = true` are sent only after the citizen approved them in the preview space
 //!   (two requests on one conversation; see [`provider`]).
 //!
@@ -31,10 +35,11 @@
 //! message) and watches the deadlines of open requests.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use varti_access_point::access_point::{InboundCheck, InboundMessage, InboundRefusal};
 use varti_access_point::api::ApiRouter;
 use varti_access_point::{AccessPoint, MessageEvent};
 use varti_store::{Direction, ListFilter, State};
@@ -68,25 +73,30 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// The gateway over `ap` with `config`; claims the OOTS service on `ap` when a role is
-    /// set, so inbound OOTS messages are stored for the gateway, not a backend client.
+    /// The gateway over `ap` with `config`; when a role is set, claims the OOTS service on
+    /// `ap`, so inbound OOTS messages are stored for the gateway, not a backend client, and
+    /// has every inbound answer checked before it is stored
+    /// ([`requester::check_answer`]). Call it before the MSH listener serves.
     pub fn new(
         ap: Arc<AccessPoint>,
         config: OotsConfig,
         portals: HashMap<String, OotsParty>,
         preview: Option<Arc<PreviewSpace>>,
         common_services: Option<Arc<CommonServices>>,
-    ) -> Gateway {
-        if config.role != OotsRole::Off {
-            ap.claim_service(SERVICE, OWNER);
-        }
-        Gateway {
-            ap,
-            config,
-            portals,
-            preview,
-            common_services,
-        }
+    ) -> Arc<Gateway> {
+        Arc::new_cyclic(|me| {
+            if config.role != OotsRole::Off {
+                ap.claim_service(SERVICE, OWNER);
+                ap.check_inbound(SERVICE, Arc::new(AnswerCheck { gw: me.clone() }));
+            }
+            Gateway {
+                ap,
+                config,
+                portals,
+                preview,
+                common_services,
+            }
+        })
     }
 
     /// Mounts the gateway's backend API routes (`/oots/…`) and their OpenAPI fragment.
@@ -133,6 +143,21 @@ impl Gateway {
                 let gw = gw.clone();
                 Box::pin(async move { lookup::lookup(gw, what, &c.query).await })
             });
+        }
+    }
+}
+
+/// The gateway's check of inbound OOTS messages on the access point (a weak handle: the
+/// access point outlives nothing of the gateway through it).
+struct AnswerCheck {
+    gw: Weak<Gateway>,
+}
+
+impl InboundCheck for AnswerCheck {
+    fn check(&self, message: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
+        match self.gw.upgrade() {
+            Some(gw) => requester::check_answer(&gw, message),
+            None => Ok(()),
         }
     }
 }
@@ -192,10 +217,16 @@ pub async fn run(gw: Arc<Gateway>, token: CancellationToken) {
                 pick_up(&gw, &previews).await;
                 let gw2 = gw.clone();
                 let _ = tokio::task::spawn_blocking(move || { let now = gw2.ap.clock.now(); requester::expire(&gw2, now) }).await;
-                if gw.config.role.requests() && last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
+                if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
                     last_sweep = Some(Instant::now());
                     let gw2 = gw.clone();
-                    let _ = tokio::task::spawn_blocking(move || { let now = gw2.ap.clock.now(); records::purge_due(&gw2, now) }).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let now = gw2.ap.clock.now();
+                        if gw2.config.role.requests() {
+                            records::purge_due(&gw2, now);
+                        }
+                        records::purge_refusals_due(&gw2, now);
+                    }).await;
                 }
             }
         }

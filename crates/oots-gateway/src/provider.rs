@@ -9,6 +9,7 @@
 //! |---|---|
 //! | evidence | `ExecuteQueryResponse`: the EDM response, then each file, referenced by `cid:` |
 //! | the request breaks the EDM model, XSD or Schematron | EDM:ERR:0003, `detail` = the rule ids |
+//! | its `originalSender` is not the EvidenceRequester (`ER`) it names, or it names an intermediary platform (`IP`) other than the one `[[oots.requester_platforms]]` configures for the sending gateway (or one configured for another gateway) | EDM:ERR:0003, `detail` naming both sides; no register is called |
 //! | its `finalRecipient` and EvidenceProvider agent name different providers | EDM:ERR:0003 |
 //! | no connector serves the provider it names | EDM:ERR:0006 (reference cannot be resolved) |
 //! | no connector for its evidence type (at that provider) | EDM:ERR:0007 (capability not supported) |
@@ -22,6 +23,10 @@
 //! A request is routed by the provider it names — its `finalRecipient` property and its
 //! EvidenceProvider agent, which must agree — and then by evidence type: a connector with
 //! `provider` serves only that provider (and wins over one without, which serves any).
+//! A request's `originalSender` must be the evidence requester it names (the TDD's ebMS
+//! header rules are reported as EDM:ERR:0003, not as ebMS errors); a gateway that is an
+//! intermediary platform may speak for its portals (`originalSender` = the platform, named
+//! as the `IP` agent) once `[[oots.requester_platforms]]` says which gateway it is.
 //! The answer's `originalSender` is that provider; an error about a provider this gateway
 //! does not serve comes from the platform itself (`[oots] platform`, else this access
 //! point's party) as the error provider and `originalSender`.
@@ -287,6 +292,33 @@ async fn answer(gw: &Arc<Gateway>, previews: &Arc<Previews>, record: &MessageRec
             Some(&detail),
         );
     }
+    if let Err((reason, detail)) = requester_binding(gw, record, &request) {
+        gw.ap.metrics.refusal(OWNER, reason);
+        let original_sender = record
+            .meta
+            .properties
+            .iter()
+            .find(|p| p.name == "originalSender")
+            .map(|p| p.value.as_str())
+            .unwrap_or_default();
+        tracing::warn!(
+            from_party = %record.meta.from_party,
+            original_sender,
+            requester = first_requester(&request)
+                .and_then(|a| a.identifier)
+                .map(|i| i.value)
+                .unwrap_or_default(),
+            reason,
+            "OOTS: evidence request refused (EDM:ERR:0003) before any register is called: {detail}"
+        );
+        return error_answer(
+            gw,
+            Some(&request),
+            EdmErrorKind::InvalidRequest,
+            "The evidence request is invalid",
+            Some(&detail),
+        );
+    }
     let provider_id = match provider_of(record, &request) {
         Ok(p) => p,
         Err(detail) => {
@@ -415,6 +447,106 @@ async fn serve(
         return open_preview(gw, previews, record, request, files).await;
     }
     evidence_answer(gw, request, files)
+}
+
+/// Whether the request's parties agree: its `originalSender` is the EvidenceRequester
+/// agent it names (`ER`), or — from a gateway `[[oots.requester_platforms]]` names — that
+/// gateway's platform, named as the `IP` agent; an `IP` agent it names must be the sending
+/// gateway's configured platform, and a configured platform must come from its own
+/// gateway. Else (reason, what does not agree).
+fn requester_binding(
+    gw: &Gateway,
+    record: &MessageRecord,
+    request: &EvidenceRequest,
+) -> Result<(), (&'static str, String)> {
+    let from = &record.meta.from_party;
+    // The sending gateway by every name it goes by: its PMode party name and ids.
+    let party = gw.ap.pmodes.party(from).or_else(|| {
+        gw.ap
+            .pmodes
+            .parties
+            .iter()
+            .find(|p| p.ids.iter().any(|i| &i.value == from))
+    });
+    let mut names: Vec<&str> = vec![from.as_str()];
+    if let Some(p) = party {
+        names.push(p.name.as_str());
+        names.extend(p.ids.iter().map(|i| i.value.as_str()));
+    }
+    let gateway = party.map_or(from.as_str(), |p| p.name.as_str());
+    let configured = gw.config.platform_of_gateway(&names);
+    let agents = request.evidence_requesters();
+    let id_of = |a: &Agent| {
+        a.identifier
+            .as_ref()
+            .map(|i| (i.value.trim().to_owned(), i.scheme_id.clone()))
+    };
+    let er = agents
+        .iter()
+        .find(|a| a.classification.as_deref() != Some("IP"))
+        .and_then(id_of);
+    let ip = agents
+        .iter()
+        .find(|a| a.classification.as_deref() == Some("IP"))
+        .and_then(id_of);
+    if let Some((ip, _)) = &ip {
+        match (configured, gw.config.gateway_of_platform(ip)) {
+            (Some(mine), _) if mine != ip => {
+                return Err((
+                    "wrong_platform",
+                    format!("the request names the intermediary platform `{ip}`, but the sending gateway `{gateway}` is the platform `{mine}`"),
+                ))
+            }
+            (None, Some(other)) => {
+                return Err((
+                    "wrong_platform",
+                    format!("the request names the intermediary platform `{ip}`, whose requests come from gateway `{other}`, not from `{gateway}`"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let Some(os) = record
+        .meta
+        .properties
+        .iter()
+        .find(|p| p.name == "originalSender")
+    else {
+        return Err((
+            "original_sender_not_requester",
+            "the request has no originalSender; it must name the EvidenceRequester".into(),
+        ));
+    };
+    let matches = |who: &Option<(String, Option<String>)>| {
+        who.as_ref().is_some_and(|(v, s)| {
+            v == os.value.trim()
+                && match (s, &os.type_) {
+                    (Some(s), Some(t)) => s.trim() == t.trim(),
+                    _ => true,
+                }
+        })
+    };
+    if matches(&er) {
+        return Ok(());
+    }
+    if matches(&ip) && configured.is_some() {
+        // The configured platform speaks for its portals (checked above to be this one).
+        return Ok(());
+    }
+    let requester = er.map(|(v, _)| v).unwrap_or_default();
+    let also = match &ip {
+        Some((ip, _)) if ip == os.value.trim() => format!(
+            ", and the intermediary platform `{ip}` it names is not configured for gateway `{gateway}` (oots.requester_platforms)"
+        ),
+        _ => String::new(),
+    };
+    Err((
+        "original_sender_not_requester",
+        format!(
+            "the originalSender `{}` is not the EvidenceRequester `{requester}` the request names{also}",
+            os.value.trim()
+        ),
+    ))
 }
 
 /// The provider a request names: its EvidenceProvider agent's identifier and its
@@ -562,7 +694,7 @@ async fn open_preview(
     // No second request before the link expires: the held evidence goes.
     {
         let (gw, previews, url) = (gw.clone(), previews.clone(), link.url.clone());
-        let left: Duration = (link.expires_at - OffsetDateTime::now_utc())
+        let left: Duration = (link.expires_at - gw.ap.clock.now())
             .try_into()
             .unwrap_or(Duration::ZERO);
         tokio::spawn(async move {
@@ -658,7 +790,7 @@ async fn after_preview(
     if let Some(back) = request.return_location() {
         space.set_return_url(&held.preview_id, back);
     }
-    let left: Duration = (held.expires_at - OffsetDateTime::now_utc())
+    let left: Duration = (held.expires_at - gw.ap.clock.now())
         .try_into()
         .unwrap_or(Duration::ZERO);
     tracing::info!(preview = %held.preview_id, "OOTS: second request received; waiting for the user's decision");
@@ -860,7 +992,7 @@ pub async fn answer_sent(gw: Arc<Gateway>, message_id: String) {
     ))
     .await;
     let _ = tokio::task::spawn_blocking(move || {
-        let now = OffsetDateTime::now_utc();
+        let now = gw.ap.clock.now();
         for id in [Some(message_id.as_str()), record.meta.ref_to_message_id.as_deref()]
             .into_iter()
             .flatten()
@@ -945,9 +1077,12 @@ async fn send(
         ..Submission::default()
     };
     let ap2 = gw.ap.clone();
-    let result = tokio::task::spawn_blocking(move || submit(&ap2, sub, OffsetDateTime::now_utc()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let result = tokio::task::spawn_blocking(move || {
+        let now = ap2.clock.now();
+        submit(&ap2, sub, now)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     match result {
         Ok(id) => Ok(id),
         Err(e) => {

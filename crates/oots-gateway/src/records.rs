@@ -13,6 +13,11 @@
 //! and the record `oots.record_retention_secs` after settling (with any evidence never
 //! handed over: that is the only purge before a hand-over). See [`purge_due`].
 //!
+//! Refused answers (see [`crate::requester`]) are never stored; what is known of each —
+//! metadata only, never a payload — is appended as one JSON line to
+//! `<data_dir>/oots/refused/<YYYY-MM-DD>.jsonl` for audit ([`note_refused`]); a day's file
+//! goes `oots.record_retention_secs` after that day ended ([`purge_refusals_due`]).
+//!
 //! Known limit: with two instances on one PostgreSQL store (`deploy/pair/`) each instance
 //! keeps its own records, so a portal must ask the instance it created the request on.
 
@@ -105,6 +110,14 @@ pub struct RequestRecord {
     pub deadline_unix: i64,
     /// The provider's access point (PMode party).
     pub provider_party: String,
+    /// The evidence provider the request named (its EvidenceProvider identifier and the
+    /// `finalRecipient`); an answer must come from it. `None` in records written before it
+    /// was kept: the request message's `finalRecipient` says it then.
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// The identifier scheme of `provider_id`.
+    #[serde(default)]
+    pub provider_scheme: Option<String>,
     /// The AS4 MessageId of the request (the latest one: after preview, the second).
     pub request_message_id: String,
     /// The EDM id of the latest request when it is not `urn:uuid:<id>` (the second
@@ -253,10 +266,10 @@ pub fn settle(
     }
     change(&mut record);
     if record.state.is_final() && record.settled_at.is_none() {
-        record.settled_at = Some(rfc3339_now());
+        record.settled_at = Some(rfc3339_now(gw));
     }
     if record.handed_over() {
-        record.handed_over_unix = Some(time::OffsetDateTime::now_utc().unix_timestamp());
+        record.handed_over_unix = Some(gw.ap.clock.now().unix_timestamp());
     }
     if record.state.is_final() {
         // The settled marker before the record says settled: a crash in between leaves a
@@ -290,9 +303,9 @@ pub fn mark_downloaded(
     if file.downloaded_at.is_some() {
         return Ok(Some(record));
     }
-    file.downloaded_at = Some(rfc3339_now());
+    file.downloaded_at = Some(rfc3339_now(gw));
     if record.handed_over() && record.handed_over_unix.is_none() {
-        record.handed_over_unix = Some(time::OffsetDateTime::now_utc().unix_timestamp());
+        record.handed_over_unix = Some(gw.ap.clock.now().unix_timestamp());
     }
     write(gw, &record)?;
     Ok(Some(record))
@@ -361,7 +374,7 @@ fn purge_one(
     let mut purged_evidence = false;
     if record.evidence_purged_at.is_none() && (handed_over_due || expired) {
         purge_exchange(gw, &record, now)?;
-        record.evidence_purged_at = Some(rfc3339_now());
+        record.evidence_purged_at = Some(rfc3339_now(gw));
         purged_evidence = true;
         if !expired {
             write(gw, &record)?;
@@ -472,9 +485,74 @@ pub fn open_ids(gw: &Gateway) -> Vec<String> {
         .collect()
 }
 
+/// The day a journal of refusals is named by.
+const DAY: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+fn refused_dir(gw: &Gateway) -> PathBuf {
+    gw.ap.settings.data_dir.join("oots").join("refused")
+}
+
+/// Appends the audit record of a refused answer (`entry`: metadata only) to today's
+/// journal of refusals.
+pub fn note_refused(gw: &Gateway, entry: &serde_json::Value) -> Result<(), RecordError> {
+    use std::io::Write;
+    let d = refused_dir(gw);
+    std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
+    let day = gw
+        .ap
+        .clock
+        .now()
+        .date()
+        .format(DAY)
+        .map_err(|e| err(&d, e))?;
+    let path = d.join(format!("{day}.jsonl"));
+    let mut line = serde_json::to_vec(entry).map_err(|e| err(&path, e))?;
+    line.push(b'\n');
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| err(&path, e))?;
+    f.write_all(&line).map_err(|e| err(&path, e))?;
+    f.sync_data().map_err(|e| err(&path, e))
+}
+
+/// Removes the journals of refusals whose day ended more than
+/// `oots.record_retention_secs` before `now`; returns how many.
+pub fn purge_refusals_due(gw: &Gateway, now: time::OffsetDateTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(refused_dir(gw)) else {
+        return 0;
+    };
+    let mut purged = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(day) = name
+            .strip_suffix(".jsonl")
+            .and_then(|d| time::Date::parse(d, DAY).ok())
+        else {
+            continue;
+        };
+        let Some(end) = day.next_day() else { continue };
+        let ended = end.midnight().assume_utc().unix_timestamp();
+        if ended.saturating_add(gw.config.record_retention_secs as i64) <= now.unix_timestamp() {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => purged += 1,
+                Err(x) => {
+                    tracing::warn!(file = %e.path().display(), error = %x, "OOTS: cannot remove an old journal of refusals")
+                }
+            }
+        }
+    }
+    purged
+}
+
 /// Now as RFC 3339.
-pub fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc()
+pub fn rfc3339_now(gw: &Gateway) -> String {
+    gw.ap
+        .clock
+        .now()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

@@ -34,8 +34,12 @@
 //!
 //! Correlation: the AS4 request's MessageId is `<id>@oots.varti` and its ConversationId
 //! is `<id>`; an answer names the request by `RefToMessageId`, or (peers that do not set
-//! it) by `ConversationId`. Its EDM `requestId` must be `urn:uuid:<id>`; an answer that
-//! does not fit is logged and ignored, so it cannot settle someone else's request.
+//! it) by `ConversationId`. Its EDM `requestId` must be `urn:uuid:<id>`. The conversation
+//! travels in clear headers, so the correlation alone proves nothing: the answer must also
+//! be bound to the request's parties — sent by the gateway the request went to, in the
+//! name of the provider the request named ([`check_answer`], run before the answer is
+//! stored). An answer that does not fit is refused with an ebMS error and never stored,
+//! so it cannot settle someone else's request nor leave evidence behind.
 //!
 //! After preview (the provider answered EDM:ERR:0002 PreviewRequired), the second request
 //! is the first one again with a new EDM id (`urn:uuid:<uuid>`, kept in the record as
@@ -56,12 +60,21 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
+use varti_access_point::access_point::{InboundMessage, InboundRefusal};
+use varti_as4::error::{EbmsError, ErrorCode};
+use varti_as4::inbound::DeliveredPayload;
+use varti_as4::message::model::UserMessage;
+use varti_as4::pmode::model::Party;
+use varti_oots::edm::error::EdmErrorKind;
+use varti_oots::edm::sdg::Agent;
 use varti_oots::edm::EdmDocument;
 use varti_oots::flow::{self, RequestData};
 use varti_store::{MessageProperty, MessageRecord, PayloadEntry};
 
 use crate::gateway::Gateway;
-use crate::gateway::{ACTION_ERROR, ACTION_REQUEST, EDM_MIME, OWNER, SERVICE, SERVICE_TYPE};
+use crate::gateway::{
+    ACTION_ERROR, ACTION_REQUEST, ACTION_RESPONSE, EDM_MIME, OWNER, SERVICE, SERVICE_TYPE,
+};
 use crate::records::{self, EdmErrorInfo, EvidenceFile, RequestRecord, RequestState};
 use varti_access_point::api::{json_response, ApiError, Client};
 use varti_access_point::server::http::reader_body;
@@ -146,7 +159,7 @@ pub async fn create(
     let data = create.data;
     let provider_party = create.provider_party;
     let record = blocking(move || {
-        let now = OffsetDateTime::now_utc();
+        let now = gw.ap.clock.now();
         let stored = gw.ap.store.payloads().put(&mut xml.as_bytes())?;
         let message_id = format!("{uuid}{MESSAGE_ID_SUFFIX}");
         let prop = |name: &str, a: &flow::AgentData| MessageProperty {
@@ -189,9 +202,11 @@ pub async fn create(
             id: uuid.clone(),
             owner: client.name.clone(),
             state: RequestState::Sent,
-            created_at: records::rfc3339_now(),
+            created_at: records::rfc3339_now(&gw),
             deadline_unix: now.unix_timestamp() + timeout as i64,
             provider_party,
+            provider_id: Some(data.provider.identifier.value.trim().to_owned()),
+            provider_scheme: Some(data.provider.identifier.scheme.clone()),
             request_message_id: message_id,
             conversation_id: uuid.clone(),
             evidence_type: data.evidence_type.identifier.clone(),
@@ -439,7 +454,7 @@ pub async fn preview_return(
             edm.set_slot(Slot::new("ReturnLocation", SlotValue::String(r.clone())));
         }
         let xml = EdmDocument::Request(edm).to_xml();
-        let now = OffsetDateTime::now_utc();
+        let now = gw.ap.clock.now();
         let stored = gw.ap.store.payloads().put(&mut xml.as_bytes())?;
         let message_id = format!("{}.{}{MESSAGE_ID_SUFFIX}", record.id, &uuid[..8]);
         let sub = Submission {
@@ -642,7 +657,7 @@ fn handed_over(gw: &Arc<Gateway>, id: &str, n: usize) {
     match records::mark_downloaded(gw, id, n) {
         Ok(Some(r)) if r.handed_over_unix.is_some() => {
             tracing::info!(request = %id, "OOTS: every evidence file handed over to the portal");
-            records::purge_request(gw, id, OffsetDateTime::now_utc());
+            records::purge_request(gw, id, gw.ap.clock.now());
         }
         Ok(_) => {}
         Err(e) => tracing::error!(request = %id, error = %e, "cannot note the evidence download"),
@@ -702,36 +717,437 @@ fn record_id_of_message(message_id: &str) -> Option<&str> {
 
 /// The request an answer belongs to: by `RefToMessageId`, else by `ConversationId`.
 fn request_id_of(record: &MessageRecord) -> Option<String> {
-    if let Some(id) = record
-        .meta
-        .ref_to_message_id
-        .as_deref()
-        .and_then(record_id_of_message)
-    {
-        return Some(id.to_owned());
-    }
-    records::valid_id(&record.meta.conversation_id).then(|| record.meta.conversation_id.clone())
+    request_id_from(
+        record.meta.ref_to_message_id.as_deref(),
+        &record.meta.conversation_id,
+    )
 }
 
-/// An `ExecuteQueryResponse` or `ExceptionResponse` arrived (already claimed): settles its
-/// request.
+/// The request named by an answer's `RefToMessageId`, else by its `ConversationId`.
+fn request_id_from(ref_to: Option<&str>, conversation_id: &str) -> Option<String> {
+    if let Some(id) = ref_to.and_then(record_id_of_message) {
+        return Some(id.to_owned());
+    }
+    records::valid_id(conversation_id).then(|| conversation_id.to_owned())
+}
+
+/// An answer refused at reception: what the log, the metric and the journal of refusals
+/// say about it, and the ebMS error its sender gets.
+struct Refused {
+    code: ErrorCode,
+    reason: &'static str,
+    /// For the sender (the error signal's description): names nothing it could not know.
+    detail: String,
+    /// For the operator (the log and the journal): may name the parties the request
+    /// involved.
+    why: String,
+}
+
+impl Refused {
+    fn new(code: ErrorCode, reason: &'static str, detail: impl Into<String>) -> Refused {
+        let detail = detail.into();
+        Refused {
+            code,
+            reason,
+            why: detail.clone(),
+            detail,
+        }
+    }
+
+    fn why(mut self, why: impl Into<String>) -> Refused {
+        self.why = why.into();
+        self
+    }
+}
+
+/// The check of every inbound OOTS answer, before anything of it is stored (registered by
+/// [`Gateway::new`] on the access point, see [`varti_access_point::access_point::InboundCheck`]).
+///
+/// An `ExecuteQueryResponse` or `ExceptionResponse` is let through only when it answers an
+/// evidence request of this gateway (`RefToMessageId`, else `ConversationId`, then the EDM
+/// `requestId`) and is bound to the parties of that request:
+///
+/// * its AS4 sender (the party whose own certificate signed it) is the gateway the request
+///   was sent to, or one `[[oots.answer_gateways]]` names for the provider;
+/// * its `originalSender` is the evidence provider the request named;
+/// * the EDM names that provider too: every EvidenceProvider agent of a response (agents
+///   classified `IP` aside), the ErrorProvider of an error. One exception: the asked
+///   gateway may answer EDM:ERR:0006 (it serves no such provider) in its own name, with
+///   `originalSender` and ErrorProvider naming the same organisation; such an answer
+///   carries no evidence;
+/// * its evidence files (the EDM document aside) total at most
+///   `oots.max_received_evidence_bytes`.
+///
+/// Anything else is refused with an ebMS error signal instead of the receipt, so it is
+/// stored nowhere and its payloads' temporary files are gone before the sender reads the
+/// error: EBMS:0003 ValueInconsistent when it names no request of ours or parties that
+/// are not the request's, EBMS:0004 Other when its EDM document cannot be read, EBMS:0010
+/// ProcessingModeMismatch (as for the leg's own payload sizes) over the evidence cap,
+/// whose request then ends `error` with EDM:ERR:0008. Each refusal is logged with both
+/// parties, counted in `varti_refusals_total{owner="varti:oots",reason}` and noted
+/// (metadata only) in the journal of refusals ([`records::note_refused`]).
+pub fn check_answer(gw: &Arc<Gateway>, m: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
+    let um = m.user_message;
+    if !matches!(
+        um.collaboration_info.action.as_str(),
+        ACTION_RESPONSE | ACTION_ERROR
+    ) {
+        return Ok(());
+    }
+    let mut record = None;
+    let verdict = judge_answer(gw, m, &mut record);
+    let Err(refused) = verdict else {
+        return Ok(());
+    };
+    let original_sender = property(um, "originalSender").map(|(v, _)| v);
+    let provider = record
+        .as_ref()
+        .and_then(|r| provider_of_record(gw, r).map(|(p, _)| p));
+    tracing::warn!(
+        message_id = %um.message_info.message_id,
+        action = %um.collaboration_info.action,
+        from_party = %m.partner.name,
+        original_sender = original_sender.unwrap_or_default(),
+        request = record.as_ref().map(|r| r.id.as_str()).unwrap_or_default(),
+        asked_gateway = record.as_ref().map(|r| r.provider_party.as_str()).unwrap_or_default(),
+        provider = provider.as_deref().unwrap_or_default(),
+        reason = refused.reason,
+        code = refused.code.code(),
+        "OOTS answer refused before it was stored: {}",
+        refused.why
+    );
+    let entry = json!({
+        "at": records::rfc3339_now(&gw),
+        "message_id": um.message_info.message_id,
+        "action": um.collaboration_info.action,
+        "from_party": m.partner.name,
+        "original_sender": original_sender,
+        "conversation_id": um.collaboration_info.conversation_id,
+        "ref_to_message_id": um.message_info.ref_to_message_id,
+        "request_id": record.as_ref().map(|r| r.id.clone()),
+        "asked_gateway": record.as_ref().map(|r| r.provider_party.clone()),
+        "provider": provider,
+        "reason": refused.reason,
+        "error": refused.code.code(),
+        "detail": refused.why,
+        "payloads": m.payloads.len(),
+        "payload_bytes": m.payloads.iter().map(|p| p.len).sum::<u64>(),
+    });
+    if let Err(e) = records::note_refused(gw, &entry) {
+        tracing::error!(error = %e, "OOTS: cannot note the refused answer in the journal of refusals");
+    }
+    Err(InboundRefusal {
+        error: EbmsError::new(refused.code, refused.detail),
+        reason: refused.reason,
+    })
+}
+
+/// The verdict on an answer (see [`check_answer`]); `record` gets the request it names,
+/// when there is one.
+fn judge_answer(
+    gw: &Arc<Gateway>,
+    m: &InboundMessage<'_>,
+    record_out: &mut Option<RequestRecord>,
+) -> Result<(), Refused> {
+    let um = m.user_message;
+    let info = &um.collaboration_info;
+    let unsolicited = |why: String| {
+        Refused::new(
+            ErrorCode::ValueInconsistent,
+            "unsolicited",
+            format!("the answer names no evidence request this gateway has sent: {why}"),
+        )
+    };
+    if !gw.config.role.requests() {
+        return Err(unsolicited(
+            "this gateway does not send evidence requests".into(),
+        ));
+    }
+    let names = || {
+        format!(
+            "RefToMessageId `{}`, ConversationId `{}`",
+            um.message_info.ref_to_message_id.as_deref().unwrap_or(""),
+            info.conversation_id
+        )
+    };
+    let Some(id) = request_id_from(
+        um.message_info.ref_to_message_id.as_deref(),
+        &info.conversation_id,
+    ) else {
+        return Err(unsolicited(names()));
+    };
+    let record = match records::load(gw, &id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(unsolicited(names())),
+        Err(e) => {
+            tracing::error!(request = %id, error = %e, "OOTS: cannot read the request record an answer names");
+            return Err(unsolicited(names()));
+        }
+    };
+    let record = record_out.insert(record);
+    let Some((provider, scheme)) = provider_of_record(gw, record) else {
+        return Err(unsolicited(names()).why(format!(
+            "the request {id} names no evidence provider this gateway can tell"
+        )));
+    };
+    // 1. The gateway it comes from.
+    let asked = party_named(gw, &record.provider_party);
+    let from_asked = asked.is_some_and(|p| p.name == m.partner.name);
+    let via_configured = gw
+        .config
+        .answer_gateways_for(&provider)
+        .any(|g| party_named(gw, g).is_some_and(|p| p.name == m.partner.name));
+    if !(from_asked || via_configured) {
+        return Err(Refused::new(
+            ErrorCode::ValueInconsistent,
+            "wrong_gateway",
+            format!(
+                "this gateway sent no evidence request on conversation `{}` to party `{}`",
+                info.conversation_id, m.partner.name
+            ),
+        )
+        .why(format!(
+            "the answer comes from party `{}`, but request {id} was sent to `{}` and no oots.answer_gateways entry lets provider `{provider}` answer through `{}`",
+            m.partner.name, record.provider_party, m.partner.name
+        )));
+    }
+    // 2. Its EDM document, naming the latest request of the exchange.
+    let bytes = edm_of(m.payloads).map_err(|why| {
+        Refused::new(
+            ErrorCode::Other,
+            "unreadable",
+            format!("the answer's EDM document cannot be read: {why}"),
+        )
+    })?;
+    let doc = EdmDocument::parse(&bytes).map_err(|e| {
+        Refused::new(
+            ErrorCode::Other,
+            "unreadable",
+            format!("the answer's first part is not an EDM document: {e}"),
+        )
+    })?;
+    let expected = record
+        .edm_request_id
+        .clone()
+        .unwrap_or_else(|| format!("urn:uuid:{id}"));
+    let answered = match &doc {
+        EdmDocument::Response(r) => r.request_id(),
+        EdmDocument::Error(e) => e.request_id(),
+        EdmDocument::Request(_) => None,
+    };
+    // An error to a request the provider could not read may carry a fresh requestId.
+    let is_error = info.action == ACTION_ERROR && matches!(doc, EdmDocument::Error(_));
+    if answered != Some(expected.as_str()) && !(is_error && answered.is_some()) {
+        return Err(Refused::new(
+            ErrorCode::ValueInconsistent,
+            "wrong_request_id",
+            format!(
+                "the EDM requestId `{}` is not the request's `{expected}`",
+                answered.unwrap_or("")
+            ),
+        ));
+    }
+    // 3. The provider: originalSender and the EDM's EvidenceProvider / ErrorProvider.
+    let same = |value: &str, kind: Option<&str>| {
+        value.trim() == provider
+            && match (kind, scheme.as_deref()) {
+                (Some(k), Some(s)) => k.trim() == s.trim(),
+                _ => true,
+            }
+    };
+    let original_sender = property(um, "originalSender");
+    let edm_providers: Vec<(String, Option<String>)> = match &doc {
+        EdmDocument::Response(r) => r
+            .evidence_providers()
+            .into_iter()
+            .filter(|a| a.classification.as_deref() != Some("IP"))
+            .map(agent_id)
+            .collect(),
+        EdmDocument::Error(e) => e.error_provider().into_iter().map(agent_id).collect(),
+        EdmDocument::Request(_) => Vec::new(),
+    };
+    // The asked gateway answering in its own name that it serves no such provider.
+    let gateway_itself = from_asked
+        && is_error
+        && matches!(&doc, EdmDocument::Error(e) if e.kind() == Some(EdmErrorKind::UnresolvedReference))
+        && matches!((original_sender, edm_providers.as_slice()), (Some((os, _)), [(p, _)]) if os.trim() == p.trim() && !p.trim().is_empty());
+    if !gateway_itself {
+        let named = original_sender.map(|(v, _)| v.trim()).unwrap_or("");
+        if !original_sender.is_some_and(|(v, t)| same(v, t)) {
+            return Err(Refused::new(
+                ErrorCode::ValueInconsistent,
+                "wrong_original_sender",
+                format!(
+                    "the originalSender `{named}` is not the evidence provider the request named (`{provider}`)"
+                ),
+            ));
+        }
+        let wrong: Vec<&str> = edm_providers
+            .iter()
+            .filter(|(v, s)| !same(v, s.as_deref()))
+            .map(|(v, _)| v.as_str())
+            .collect();
+        if edm_providers.is_empty() || !wrong.is_empty() {
+            let what = if is_error {
+                "ErrorProvider"
+            } else {
+                "EvidenceProvider"
+            };
+            return Err(Refused::new(
+                ErrorCode::ValueInconsistent,
+                "wrong_evidence_provider",
+                format!(
+                    "the EDM's {what} {} is not the evidence provider the request named (`{provider}`)",
+                    if wrong.is_empty() { "agent is missing and".to_owned() } else { format!("`{}`", wrong.join("`, `")) }
+                ),
+            ));
+        }
+    }
+    // 4. The evidence cap.
+    let edm_part = edm_index(m.payloads);
+    let evidence: u64 = m
+        .payloads
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| Some(*n) != edm_part)
+        .map(|(_, p)| p.len)
+        .sum();
+    let cap = gw.config.max_received_evidence_bytes;
+    if evidence > cap {
+        let detail = format!(
+            "the answer's evidence files total {evidence} bytes, over the {cap} bytes this gateway accepts (oots.max_received_evidence_bytes)"
+        );
+        let settled = records::settle(gw, &id, |r| {
+            r.state = RequestState::Error;
+            r.error = Some(EdmErrorInfo {
+                code: Some(EdmErrorKind::Query.code().to_owned()),
+                exception_type: Some(EdmErrorKind::Query.exception_type().local),
+                message: Some("The evidence response cannot be processed".into()),
+                detail: Some(detail.clone()),
+                severity: Some(varti_oots::edm::error::SEVERITY_ERROR.to_owned()),
+            });
+            r.reason = Some(format!(
+                "this gateway refused the provider's answer {}: {detail}",
+                um.message_info.message_id
+            ));
+        });
+        match settled {
+            Ok(Some(r)) => on_settled(gw, &r),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(request = %id, error = %e, "cannot record the refused OOTS answer")
+            }
+        }
+        return Err(Refused::new(
+            ErrorCode::ProcessingModeMismatch,
+            "evidence_over_cap",
+            detail,
+        ));
+    }
+    Ok(())
+}
+
+/// A message property's value and type.
+fn property<'a>(um: &'a UserMessage, name: &str) -> Option<(&'a str, Option<&'a str>)> {
+    um.properties
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| (p.value.as_str(), p.type_.as_deref()))
+}
+
+fn agent_id(a: Agent) -> (String, Option<String>) {
+    a.identifier
+        .map(|i| (i.value.trim().to_owned(), i.scheme_id))
+        .unwrap_or_default()
+}
+
+/// The PMode party `who` names (by name, else by one of its ids).
+fn party_named<'a>(gw: &'a Gateway, who: &str) -> Option<&'a Party> {
+    let who = who.trim();
+    let pmodes = &gw.ap.pmodes;
+    pmodes.party(who).or_else(|| {
+        pmodes
+            .parties
+            .iter()
+            .find(|p| p.ids.iter().any(|i| i.value == who))
+    })
+}
+
+/// The evidence provider request `r` named (identifier, scheme): kept in the record, or
+/// (older records) the request message's `finalRecipient`.
+fn provider_of_record(gw: &Gateway, r: &RequestRecord) -> Option<(String, Option<String>)> {
+    if let Some(p) = &r.provider_id {
+        return Some((p.trim().to_owned(), r.provider_scheme.clone()));
+    }
+    let message = gw.ap.store.get(&r.request_message_id).ok().flatten()?;
+    message
+        .meta
+        .properties
+        .iter()
+        .find(|p| p.name == "finalRecipient")
+        .map(|p| (p.value.trim().to_owned(), p.type_.clone()))
+}
+
+/// Which payload is the EDM document: the `application/x-ebrs+xml` part, else the first.
+fn edm_index(payloads: &[DeliveredPayload]) -> Option<usize> {
+    payloads
+        .iter()
+        .position(|p| p.mime_type == EDM_MIME)
+        .or((!payloads.is_empty()).then_some(0))
+}
+
+/// The EDM document of a received answer, read from its temporary file (bounded by
+/// [`MAX_EDM_BYTES`](crate::gateway::MAX_EDM_BYTES)).
+fn edm_of(payloads: &[DeliveredPayload]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let p = edm_index(payloads)
+        .map(|n| &payloads[n])
+        .ok_or("the message has no payload")?;
+    if p.len > crate::gateway::MAX_EDM_BYTES {
+        return Err(format!(
+            "it is {} bytes, over the {}-byte limit",
+            p.len,
+            crate::gateway::MAX_EDM_BYTES
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(p.path())
+        .map_err(|e| e.to_string())?
+        .take(crate::gateway::MAX_EDM_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// An `ExecuteQueryResponse` or `ExceptionResponse` arrived (already claimed, and let
+/// through by [`check_answer`]): settles its request. An answer that settles nothing (its
+/// request settled meanwhile, e.g. timed out, or it does not fit after all) is never
+/// handed over: its payloads are purged at once, its metadata stays in the store.
 pub fn answer_received(gw: &Arc<Gateway>, record: &MessageRecord) {
     let mid = record.id();
     let Some(id) = request_id_of(record) else {
-        tracing::warn!(message_id = %mid, "OOTS answer that names no request of ours (RefToMessageId / ConversationId); ignored");
+        discard(
+            gw,
+            mid,
+            "names no request of ours (RefToMessageId / ConversationId)",
+        );
         return;
     };
     let bytes = match read_edm_blocking(gw, record) {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!(message_id = %mid, request = %id, error = %e, "OOTS answer unreadable; ignored");
+            discard(gw, mid, &format!("is unreadable ({e}), request {id}"));
             return;
         }
     };
     let doc = match EdmDocument::parse(&bytes) {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(message_id = %mid, request = %id, error = %e, "OOTS answer is not an EDM document; ignored");
+            discard(
+                gw,
+                mid,
+                &format!("is not an EDM document ({e}), request {id}"),
+            );
             return;
         }
     };
@@ -750,7 +1166,11 @@ pub fn answer_received(gw: &Arc<Gateway>, record: &MessageRecord) {
     if answered_id != Some(expected.as_str())
         && !(record.meta.action == ACTION_ERROR && answered_id.is_some())
     {
-        tracing::warn!(message_id = %mid, request = %id, answered = ?answered_id, "OOTS answer's requestId does not match the request; ignored");
+        discard(
+            gw,
+            mid,
+            &format!("names requestId {answered_id:?}, not request {id}'s `{expected}`"),
+        );
         return;
     }
     let payloads = &record.meta.payloads;
@@ -813,20 +1233,25 @@ pub fn answer_received(gw: &Arc<Gateway>, record: &MessageRecord) {
         }
         Ok(None) => {
             // A late answer to a settled request is never handed over: its evidence goes
-            // at once. An unknown request's answer is left to the general retention.
+            // at once, like any answer that settles nothing.
             let late = matches!(records::load(gw, &id), Ok(Some(r)) if r.state.is_final());
-            if late {
-                if let Err(e) = gw
-                    .ap
-                    .store
-                    .purge_payloads_of(mid, OffsetDateTime::now_utc())
-                {
-                    tracing::warn!(message_id = %mid, error = %e, "cannot purge the late OOTS answer");
-                }
-            }
-            tracing::info!(message_id = %mid, request = %id, late, "OOTS answer for a request that is unknown or already settled (e.g. timed out); not applied, and its payloads purged when late")
+            purge_answer(gw, mid);
+            tracing::info!(message_id = %mid, request = %id, late, "OOTS answer for a request that is unknown or already settled (e.g. timed out); not applied, its payloads purged")
         }
         Err(e) => tracing::error!(request = %id, error = %e, "cannot record the OOTS answer"),
+    }
+}
+
+/// An answer that settles nothing: logged, and its payloads purged at once.
+fn discard(gw: &Arc<Gateway>, mid: &str, why: &str) {
+    tracing::warn!(message_id = %mid, "OOTS answer {why}; ignored, its payloads purged");
+    purge_answer(gw, mid);
+}
+
+/// Purges the payloads of the stored answer `mid` (its metadata stays, for audit).
+fn purge_answer(gw: &Arc<Gateway>, mid: &str) {
+    if let Err(e) = gw.ap.store.purge_payloads_of(mid, gw.ap.clock.now()) {
+        tracing::warn!(message_id = %mid, error = %e, "cannot purge the OOTS answer's payloads");
     }
 }
 
@@ -895,7 +1320,7 @@ pub fn expire(gw: &Arc<Gateway>, now: OffsetDateTime) {
 fn on_settled(gw: &Arc<Gateway>, r: &RequestRecord) {
     notify(gw, r);
     if r.handed_over_unix.is_some() {
-        records::purge_request(gw, &r.id, OffsetDateTime::now_utc());
+        records::purge_request(gw, &r.id, gw.ap.clock.now());
     }
 }
 
@@ -906,7 +1331,7 @@ fn notify(gw: &Arc<Gateway>, r: &RequestRecord) {
         "event": "oots_request",
         "request_id": r.id,
         "state": r.state,
-        "at": records::rfc3339_now(),
+        "at": records::rfc3339_now(&gw),
     }))
     .expect("JSON values serialise");
     gw.ap.notify(Notice {

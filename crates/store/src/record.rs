@@ -517,7 +517,10 @@ pub struct Page {
 mod opt_base64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         use base64::Engine as _;
         match value {
             Some(bytes) => {
@@ -527,7 +530,9 @@ mod opt_base64 {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
         use base64::Engine as _;
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {

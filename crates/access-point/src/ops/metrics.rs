@@ -6,7 +6,10 @@
 //! * `varti_processing_latency_seconds{direction}` — histogram: inbound, request received →
 //!   response ready; outbound, submit → receipt;
 //! * `varti_queue_depth` — outbound messages waiting to be sent or retried;
-//! * `varti_cert_expiry_days{cert}` — days until a certificate expires (negative: expired).
+//! * `varti_cert_expiry_days{cert}` — days until a certificate expires (negative: expired);
+//! * `varti_refusals_total{owner,reason}` — messages a feature of the runtime refused (the
+//!   OOTS gateway: answers bound to other parties, requests whose parties do not agree…),
+//!   by the feature's owner name and a short reason.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -90,6 +93,12 @@ struct DirectionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    owner: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {
     cert: String,
 }
@@ -111,6 +120,7 @@ pub struct Metrics {
     latency: LatencyFamily,
     queue_depth: Gauge,
     cert_expiry: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,6 +138,7 @@ impl Metrics {
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let queue_depth = Gauge::default();
         let cert_expiry = Family::<CertLabels, Gauge<f64, AtomicU64>>::default();
+        let refusals = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "varti_messages",
             "AS4 user messages by direction and outcome",
@@ -149,6 +160,11 @@ impl Metrics {
             "Days until the certificate expires (negative when expired)",
             cert_expiry.clone(),
         );
+        registry.register(
+            "varti_refusals",
+            "Messages a feature of the runtime refused, by feature (owner) and reason",
+            refusals.clone(),
+        );
         // Create every labelled series up front so that dashboards and rate() see zeros
         // instead of missing series before the first message.
         for direction in [Direction::Inbound, Direction::Outbound] {
@@ -169,7 +185,18 @@ impl Metrics {
             latency,
             queue_depth,
             cert_expiry,
+            refusals,
         }
+    }
+
+    /// Counts one message the feature `owner` refused for `reason` (a short fixed word).
+    pub fn refusal(&self, owner: &str, reason: &str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                owner: owner.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one message.
@@ -253,6 +280,7 @@ mod tests {
         m.observe_latency(Direction::Inbound, Duration::from_millis(3));
         m.set_queue_depth(7);
         m.set_cert_expiry_days("tls", 42.5);
+        m.refusal("varti:oots", "wrong_gateway");
         let text = m.encode();
         assert!(
             text.contains("varti_messages_total{direction=\"inbound\",outcome=\"success\"} 2"),
@@ -263,5 +291,9 @@ mod tests {
         assert!(text.contains("varti_processing_latency_seconds_count{direction=\"inbound\"} 1"));
         assert!(text.contains("varti_queue_depth 7"));
         assert!(text.contains("varti_cert_expiry_days{cert=\"tls\"} 42.5"));
+        assert!(
+            text.contains("varti_refusals_total{owner=\"varti:oots\",reason=\"wrong_gateway\"} 1"),
+            "{text}"
+        );
     }
 }

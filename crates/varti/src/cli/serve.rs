@@ -302,13 +302,13 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // The OOTS gateway claims its service on the access point before the MSH listener
     // serves, so no OOTS message is ever handed to a backend client.
-    let gateway = Arc::new(Gateway::new(
+    let gateway = Gateway::new(
         ap.clone(),
         config.oots.clone(),
         config.oots_portals(),
         preview.clone(),
         common_services,
-    ));
+    );
     let mut router = ApiRouter::new(ap.clone());
     gateway.mount(&mut router);
     varti_oots_gateway::preview::api::mount(
