@@ -14,59 +14,11 @@ use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use bench_support::{cpu_model, vm_hwm_kib, Generator};
 use openssl::sha::Sha256;
 use varti_as4::message::mime::{MimeLimits, MimePackage, MimeWriter};
 
-/// Deterministic pseudo-random bytes, `remaining` of them.
-struct Generator {
-    state: u64,
-    remaining: u64,
-}
-
-impl Read for Generator {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.remaining as usize) / 8 * 8;
-        let n = if n == 0 {
-            buf.len().min(self.remaining as usize)
-        } else {
-            n
-        };
-        for chunk in buf[..n].chunks_mut(8) {
-            let mut x = self.state;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.state = x;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
+mod bench_support;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size_mib: u64 = std::env::args()
@@ -75,15 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(1024);
     let size = size_mib << 20;
-    let seed = 0x9E37_79B9_7F4A_7C15u64;
     let mib = |bytes: u64, secs: f64| bytes as f64 / (1024.0 * 1024.0) / secs;
 
     // Expected digest, computed outside the timed sections.
     let mut expected = Sha256::new();
-    let mut gen = Generator {
-        state: seed,
-        remaining: size,
-    };
+    let mut gen = Generator::new(size);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = gen.read(&mut buf)?;
@@ -101,10 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut w = MimeWriter::new(io::BufWriter::with_capacity(256 * 1024, wire));
     let content_type = w.content_type();
     w.write_root(b"<S12:Envelope xmlns:S12=\"http://www.w3.org/2003/05/soap-envelope\"><S12:Header/><S12:Body/></S12:Envelope>")?;
-    let mut payload = Generator {
-        state: seed,
-        remaining: size,
-    };
+    let mut payload = Generator::new(size);
     w.write_attachment(
         "payload-1@varti.bench",
         "application/octet-stream",

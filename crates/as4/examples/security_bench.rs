@@ -18,63 +18,29 @@
 //! ```
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration as StdDuration, Instant};
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{Id, PKey, Private};
+use bench_support::{cpu_model, vm_hwm_kib, Generator, OPENSSL_SPEED_RUNS};
+use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509NameBuilder, X509};
+use support::Keys;
 use time::OffsetDateTime;
-use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy};
+use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::*;
 use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
-use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
-use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
 
+mod bench_support;
+// The certificates and the user message of the pipeline tests.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-/// Deterministic pseudo-random bytes (xorshift), `remaining` of them: incompressible, and
-/// never held in memory as a whole.
-struct Generator {
-    state: u64,
-    remaining: u64,
-}
-
-impl Generator {
-    fn new(len: u64) -> Generator {
-        Generator {
-            state: 0x9E37_79B9_7F4A_7C15,
-            remaining: len,
-        }
-    }
-}
-
-impl Read for Generator {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.remaining as usize);
-        for chunk in buf[..n].chunks_mut(8) {
-            let mut x = self.state;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.state = x;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
 
 /// One benchmarked configuration: a signature profile and the key type it is used with.
 struct Case {
@@ -110,121 +76,29 @@ const CASES: [Case; 4] = [
 /// profile: SHA-256 and AES-128-GCM over the attachment).
 const ONE_GIB_CASE: usize = 2;
 
-/// A party's keys: signing key and certificate, encryption key and certificate.
-struct Keys {
-    sign_key: PKey<Private>,
-    sign_cert: X509,
-    enc_key: PKey<Private>,
-    enc_cert: X509,
-}
-
-fn cert(
-    subject_key: &PKey<Private>,
-    cn: &str,
-    issuer: Option<(&X509, &PKey<Private>)>,
-) -> Result<X509> {
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", cn)?;
-    let name = name.build();
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    let mut serial = BigNum::new()?;
-    serial.rand(100, MsbOption::MAYBE_ZERO, false)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))?;
-    b.set_pubkey(subject_key)?;
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let (from, to) = (
-        Asn1Time::from_unix(now - 86400)?,
-        Asn1Time::from_unix(now + 365 * 86400)?,
-    );
-    b.set_not_before(&from)?;
-    b.set_not_after(&to)?;
-    b.append_extension(
-        KeyUsage::new()
-            .digital_signature()
-            .non_repudiation()
-            .key_encipherment()
-            .build()?,
-    )?;
-    let ski =
-        SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))?;
-    b.append_extension(ski)?;
-    let signer = issuer.map(|(_, k)| k).unwrap_or(subject_key);
-    // Ed25519 signs the whole TBS structure: no separate digest.
-    let md = if signer.id() == Id::ED25519 {
-        MessageDigest::null()
-    } else {
-        MessageDigest::sha256()
-    };
-    b.sign(signer, md)?;
-    Ok(b.build())
-}
-
+/// The parties' keys of `case`: the tests' keys of the profile, or for RSA cases one key
+/// of `rsa_bits` for signing and encryption.
 fn keys(case: &Case, cn: &str) -> Result<Keys> {
-    let p256 = || -> Result<PKey<Private>> {
-        let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-        Ok(PKey::from_ec_key(EcKey::generate(&g)?)?)
-    };
-    let (sign_key, enc_key) = if std::ptr::eq(case.profile, &AS4_2_0_EDDSA) {
-        (PKey::generate_ed25519()?, PKey::generate_x25519()?)
-    } else if std::ptr::eq(case.profile, &AS4_2_0_ECDSA) {
-        (p256()?, p256()?)
-    } else {
-        let k = PKey::from_rsa(Rsa::generate(case.rsa_bits)?)?;
-        (k.clone(), k)
-    };
-    let sign_cert = cert(&sign_key, cn, None)?;
-    // X25519 keys cannot sign: their certificate is issued by the signing key.
-    let enc_cert = if enc_key.public_eq(&sign_key) {
-        sign_cert.clone()
-    } else {
-        cert(
-            &enc_key,
-            &format!("{cn} encryption"),
-            Some((&sign_cert, &sign_key)),
-        )?
-    };
+    if case.rsa_bits == 0 {
+        return Ok(support::keys(case.profile, cn));
+    }
+    let key = PKey::from_rsa(Rsa::generate(case.rsa_bits)?)?;
+    let cert = support::cert(&key, cn, None, -1, 365);
     Ok(Keys {
-        sign_key,
-        sign_cert,
-        enc_key,
-        enc_cert,
+        sign_key: key.clone(),
+        sign_cert: cert.clone(),
+        enc_key: key,
+        enc_cert: cert,
     })
 }
 
+/// The tests' user message, under the benchmark's ids and service.
 fn user_message() -> UserMessage {
-    let party = |id: &str, role: &str| Party {
-        party_ids: vec![PartyId {
-            value: id.into(),
-            type_: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered".into()),
-        }],
-        role: role.into(),
-    };
-    UserMessage {
-        mpc: None,
-        message_info: MessageInfo::new(format!("{}@varti.bench", uuid::Uuid::new_v4())),
-        party_info: PartyInfo {
-            from: party("sender", ROLE_INITIATOR),
-            to: party("receiver", ROLE_RESPONDER),
-        },
-        collaboration_info: CollaborationInfo {
-            agreement_ref: None,
-            service: Service {
-                value: "urn:varti:bench".into(),
-                type_: None,
-            },
-            action: "Deliver".into(),
-            conversation_id: "bench".into(),
-        },
-        properties: vec![
-            Property::new("originalSender", "urn:a"),
-            Property::new("finalRecipient", "urn:b"),
-        ],
-        parts: Vec::new(),
-    }
+    let mut um = support::user_message();
+    um.message_info = MessageInfo::new(format!("{}@varti.bench", uuid::Uuid::new_v4()));
+    um.collaboration_info.service.value = "urn:varti:bench".into();
+    um.collaboration_info.conversation_id = "bench".into();
+    um
 }
 
 /// Two parties' keys and the receiver's policy for one case.
@@ -261,21 +135,14 @@ fn seal_to(s: &Setup<'_>, size: u64, path: &Path) -> Result<String> {
         properties: vec![],
         content: &mut content,
     }];
-    let token = TokenReference::BinarySecurityToken;
-    let policy = SendPolicy {
-        signing: SigningIdentity {
-            profile: s.case.profile,
-            key: &s.alice.sign_key,
-            certificate: &s.alice.sign_cert,
-            token_reference: token,
-        },
-        encryption: Some(EncryptionSettings {
-            receiver_cert: &s.bob.enc_cert,
-            key_protection: key_protection_for(s.case.profile),
-            token_reference: token,
-        }),
-        compress: false,
-    };
+    let policy = SendPolicy::new(
+        s.case.profile,
+        TokenReference::BinarySecurityToken,
+        &s.alice.sign_key,
+        &s.alice.sign_cert,
+        Some(&s.bob.enc_cert),
+        false,
+    );
     let mut out = BufWriter::with_capacity(256 * 1024, File::create(path)?);
     let sent = send(&user_message(), payloads, &policy, &mut out).map_err(|e| e.to_string())?;
     out.flush()?;
@@ -308,30 +175,6 @@ fn rate(budget: StdDuration, max: u32, mut op: impl FnMut() -> Result<()>) -> Re
         n += 1;
     }
     Ok((n as f64 / start.elapsed().as_secs_f64(), n))
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// Child mode: one large message through send and receive, then the peak RSS. Prints one
@@ -453,18 +296,10 @@ fn main() -> Result<()> {
     );
     println!("{big}");
 
-    let mut speed = openssl_speed(&[
-        "-seconds",
-        "1",
-        "rsa2048",
-        "rsa3072",
-        "ed25519",
-        "ecdsap256",
-        "ecdhp256",
-        "ecdhx25519",
-    ]);
-    speed.extend(openssl_speed(&["-seconds", "1", "-evp", "aes-128-gcm"]));
-    speed.extend(openssl_speed(&["-seconds", "1", "-evp", "sha256"]));
+    let speed: Vec<String> = OPENSSL_SPEED_RUNS
+        .iter()
+        .flat_map(|args| openssl_speed(args))
+        .collect();
 
     let date = OffsetDateTime::now_utc().date();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use time::{Duration, OffsetDateTime};
 use varti_as4::error::ErrorCode;
-use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy};
+use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage, MimeWriter};
 use varti_as4::message::model::*;
-use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
-use varti_as4::security::encrypt::EncryptionSettings;
+use varti_as4::outbound::{send, OutgoingPayload, SendPolicy, SentMessage};
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 use varti_as4::security::sign::SigningIdentity;
+use varti_as4::security::swa::{AttachmentSource, MemoryAttachment};
 use varti_as4::security::token::TokenReference;
 use varti_as4::EbmsError;
 
@@ -24,15 +24,36 @@ struct Sent {
     content_type: String,
 }
 
+const BST: TokenReference = TokenReference::BinarySecurityToken;
+
+/// How [`seal`] seals: the token reference, and whether it compresses and encrypts.
+#[derive(Clone, Copy)]
+struct How {
+    token: TokenReference,
+    compress: bool,
+    encrypt: bool,
+}
+
 fn seal(
     profile: &'static Profile,
     sender: &Keys,
     receiver: &Keys,
-    token: TokenReference,
+    how: How,
     payloads: &[(&str, &str, Vec<u8>)],
-    compress: bool,
-    encrypt: bool,
 ) -> Sent {
+    seal_message(&user_message(), profile, sender, receiver, how, payloads).0
+}
+
+/// Seals `um` with `payloads` from `sender` to `receiver`: the package, and what the
+/// sender keeps of it.
+fn seal_message(
+    um: &UserMessage,
+    profile: &'static Profile,
+    sender: &Keys,
+    receiver: &Keys,
+    how: How,
+    payloads: &[(&str, &str, Vec<u8>)],
+) -> (Sent, SentMessage) {
     let mut readers: Vec<&[u8]> = payloads.iter().map(|p| &p.2[..]).collect();
     let outgoing: Vec<OutgoingPayload<'_>> = payloads
         .iter()
@@ -45,27 +66,61 @@ fn seal(
         })
         .collect();
 
-    let policy = SendPolicy {
-        signing: SigningIdentity {
-            profile,
-            key: &sender.sign_key,
-            certificate: &sender.sign_cert,
-            token_reference: token,
-        },
-        encryption: encrypt.then(|| EncryptionSettings {
-            receiver_cert: &receiver.enc_cert,
-            key_protection: key_protection_for(profile),
-            token_reference: token,
-        }),
-        compress,
-    };
+    let policy = SendPolicy::new(
+        profile,
+        how.token,
+        &sender.sign_key,
+        &sender.sign_cert,
+        how.encrypt.then_some(&*receiver.enc_cert),
+        how.compress,
+    );
     let mut bytes = Vec::new();
-    let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
+    let sent = send(um, outgoing, &policy, &mut bytes).unwrap();
     assert!(!sent.references.is_empty());
-    Sent {
-        bytes,
-        content_type: sent.content_type,
+    let content_type = sent.content_type.clone();
+    (
+        Sent {
+            bytes,
+            content_type,
+        },
+        sent,
+    )
+}
+
+/// `keys`' signing identity on the 1.15 profile.
+fn identity(keys: &Keys, token: TokenReference) -> SigningIdentity<'_> {
+    SigningIdentity {
+        profile: &AS4_1_15,
+        key: &keys.sign_key,
+        certificate: &keys.sign_cert,
+        token_reference: token,
     }
+}
+
+/// A SOAP message travelling alone (a signal), as a package.
+fn soap_package(xml: &str) -> MimePackage {
+    use varti_as4::message::mime::{ContentType, Headers};
+    MimePackage::single(
+        ContentType::parse("application/soap+xml").unwrap(),
+        Headers::new(),
+        xml.as_bytes().to_vec(),
+    )
+}
+
+/// A 1.15 policy for signals: signed by `signer`, nothing to decrypt.
+fn signals_from(signer: &openssl::x509::X509) -> ReceivePolicy {
+    let mut p = ReceivePolicy::strict(&AS4_1_15);
+    p.require_encryption = false;
+    p.trust_anchors = vec![signer.clone()];
+    p
+}
+
+/// A 1.15 policy for signals neither signed nor encrypted.
+fn unsigned_signals() -> ReceivePolicy {
+    let mut p = ReceivePolicy::strict(&AS4_1_15);
+    p.require_signature = false;
+    p.require_encryption = false;
+    p
 }
 
 fn receiver_policy(
@@ -97,42 +152,19 @@ fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
-/// Runs `xmlsec1 --verify` on the SOAP envelope of `sent` with the signer's certificate
-/// as the key, and asserts it passes, and that it fails once eb:Messaging is changed.
+/// Asserts that `xmlsec1 --verify` accepts the SOAP envelope of `sent` with the signer's
+/// certificate as the key, and refuses it once eb:Messaging is changed.
 fn xmlsec1_verifies(sent: &Sent, signer: &openssl::x509::X509, what: &str) {
     let pkg =
         MimePackage::parse(&sent.bytes[..], &sent.content_type, &MimeLimits::default()).unwrap();
     let envelope = String::from_utf8(pkg.root().content.clone()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pem = dir.path().join("signer.pem");
-    std::fs::write(&pem, signer.to_pem().unwrap()).unwrap();
-    let run = |xml: &str| {
-        let path = dir.path().join("envelope.xml");
-        std::fs::write(&path, xml).unwrap();
-        std::process::Command::new("xmlsec1")
-            .arg("--verify")
-            .args([
-                "--id-attr:Id",
-                "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/:Messaging",
-                "--id-attr:Id",
-                "http://www.w3.org/2003/05/soap-envelope:Body",
-                "--pubkey-cert-pem",
-            ])
-            .arg(&pem)
-            .arg(&path)
-            .output()
-            .expect("xmlsec1 must be installed (apt-get install xmlsec1)")
-    };
-    let out = run(&envelope);
-    assert!(
-        out.status.success(),
-        "{what}: xmlsec1 refused Varti's message: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(stderr) = xmlsec1_verify(&envelope, signer) {
+        panic!("{what}: xmlsec1 refused Varti's message: {stderr}");
+    }
     let changed = envelope.replace("<eb:Action>Deliver<", "<eb:Action>Delivex<");
     assert_ne!(changed, envelope, "{what}: no eb:Action to change");
     assert!(
-        !run(&changed).status.success(),
+        xmlsec1_verify(&changed, signer).is_err(),
         "{what}: xmlsec1 accepted a changed eb:Messaging"
     );
 }
@@ -186,7 +218,12 @@ fn round_trips_every_profile_token_reference_and_payload_set() {
                             profile.name
                         );
                         let spool = tempfile::tempdir().unwrap();
-                        let sent = seal(profile, &alice, &bob, token, set, compress, encrypt);
+                        let how = How {
+                            token,
+                            compress,
+                            encrypt,
+                        };
+                        let sent = seal(profile, &alice, &bob, how, set);
                         let policy = receiver_policy(profile, &alice, &bob, encrypt, spool.path());
                         let msg = open(&sent, &policy).unwrap_or_else(|e| panic!("{what}: {e}"));
                         assert_eq!(msg.payloads.len(), set.len(), "{what}");
@@ -247,6 +284,95 @@ fn payload() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     vec![("p1@test", "application/octet-stream", content(4000, 3))]
 }
 
+impl Fixture {
+    /// [`payload`] from alice to bob on the 1.15 profile.
+    fn seal(&self, token: TokenReference, compress: bool, encrypt: bool) -> Sent {
+        let how = How {
+            token,
+            compress,
+            encrypt,
+        };
+        seal(&AS4_1_15, &self.alice, &self.bob, how, &payload())
+    }
+
+    /// Bob's 1.15 policy for alice's messages, requiring encryption when `encrypt`.
+    fn policy(&self, encrypt: bool) -> ReceivePolicy {
+        receiver_policy(
+            &AS4_1_15,
+            &self.alice,
+            &self.bob,
+            encrypt,
+            self.spool.path(),
+        )
+    }
+
+    /// Asserts that `sent` is refused with `code` and `reason` in the detail, and leaves
+    /// no payload file.
+    fn refused(&self, sent: &Sent, policy: &ReceivePolicy, code: ErrorCode, reason: &str) {
+        let e = open(sent, policy)
+            .err()
+            .unwrap_or_else(|| panic!("accepted, expected {code:?} ({reason})"));
+        assert_eq!(e.code, code, "{e}");
+        assert!(
+            e.detail.to_lowercase().contains(reason),
+            "expected '{reason}' in: {e}"
+        );
+
+        assert_eq!(
+            files_in(self.spool.path()),
+            0,
+            "a refused message left payload files"
+        );
+    }
+
+    /// A message alice signs by hand: `part` in the header, the signature covering the
+    /// `covered` attachments, and one MIME part `p1@test` of `content_type` holding `body`.
+    fn signed_by_hand(
+        &self,
+        part: PartInfo,
+        covered: &[&dyn AttachmentSource],
+        content_type: &str,
+        body: &[u8],
+    ) -> Sent {
+        use varti_as4::message::soap::{build_envelope, BuildOptions};
+        use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
+        let mut um = user_message();
+        um.parts.push(part);
+        let m = Messaging {
+            id: Some("_m".into()),
+            user_message: Some(um),
+            signals: vec![],
+        };
+        let options = BuildOptions {
+            body_id: Some("_b"),
+            extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
+            body_payload: None,
+        };
+        let env = build_envelope(&m, &options).unwrap();
+        let signed = sign_envelope(&env, &identity(&self.alice, BST), covered).unwrap();
+        package(
+            signed.envelope.as_bytes(),
+            &[("p1@test", content_type, body)],
+        )
+    }
+}
+
+/// A MIME package of `root` and `attachments` (Content-ID, media type, body).
+fn package(root: &[u8], attachments: &[(&str, &str, &[u8])]) -> Sent {
+    let mut bytes = Vec::new();
+    let mut w = MimeWriter::new(&mut bytes);
+    let content_type = w.content_type();
+    w.write_root(root).unwrap();
+    for &(cid, media_type, mut body) in attachments {
+        w.write_attachment(cid, media_type, &[], &mut body).unwrap();
+    }
+    w.finish().unwrap();
+    Sent {
+        bytes,
+        content_type,
+    }
+}
+
 /// Re-packages a message with the root and the attachment bodies changed.
 fn repackage(
     sent: &Sent,
@@ -255,84 +381,57 @@ fn repackage(
 ) -> Sent {
     let pkg =
         MimePackage::parse(&sent.bytes[..], &sent.content_type, &MimeLimits::default()).unwrap();
-    let mut out = Vec::new();
-    let mut w = MimeWriter::new(&mut out);
-    let content_type = w.content_type();
-    w.write_root(root(String::from_utf8(pkg.root().content.clone()).unwrap()).as_bytes())
-        .unwrap();
-    for a in pkg.attachments() {
-        let mut data = Vec::new();
-        a.body().unwrap().read_to_end(&mut data).unwrap();
-        let data = body(data);
-        w.write_attachment(
-            a.content_id().unwrap(),
-            a.content_type(),
-            &[],
-            &mut &data[..],
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-    Sent {
-        bytes: out,
-        content_type,
-    }
+    let root = root(String::from_utf8(pkg.root().content.clone()).unwrap());
+    let parts: Vec<(&str, &str, Vec<u8>)> = pkg
+        .attachments()
+        .iter()
+        .map(|a| {
+            let mut data = Vec::new();
+            a.body().unwrap().read_to_end(&mut data).unwrap();
+            (a.content_id().unwrap(), a.content_type(), body(data))
+        })
+        .collect();
+    let parts: Vec<(&str, &str, &[u8])> = parts.iter().map(|(c, t, d)| (*c, *t, &d[..])).collect();
+    package(root.as_bytes(), &parts)
 }
 
-fn refused(f: &Fixture, sent: &Sent, policy: &ReceivePolicy, code: ErrorCode, reason: &str) {
-    let e = open(sent, policy)
-        .err()
-        .unwrap_or_else(|| panic!("accepted, expected {code:?} ({reason})"));
-    assert_eq!(e.code, code, "{e}");
-    assert!(
-        e.detail.to_lowercase().contains(reason),
-        "expected '{reason}' in: {e}"
-    );
-
-    assert_eq!(
-        files_in(f.spool.path()),
-        0,
-        "a refused message left payload files"
-    );
+/// `sent` with its SOAP envelope changed by `root`.
+fn with_root(sent: &Sent, root: impl Fn(String) -> String) -> Sent {
+    repackage(sent, root, |b| b)
 }
 
-fn policy(f: &Fixture, encrypt: bool) -> ReceivePolicy {
-    receiver_policy(&AS4_1_15, &f.alice, &f.bob, encrypt, f.spool.path())
+/// `sent` with every attachment's body changed by `body`.
+fn with_bodies(sent: &Sent, body: impl Fn(Vec<u8>) -> Vec<u8>) -> Sent {
+    repackage(sent, |r| r, body)
+}
+
+/// The span of `r` from the first `start` to the end of the first `end` after it.
+fn span(r: &str, start: &str, end: &str) -> std::ops::Range<usize> {
+    let a = r.find(start).unwrap();
+    a..a + r[a..].find(end).unwrap() + end.len()
 }
 
 #[test]
 fn attachment_changed_after_signing_is_refused() {
     let f = fixture();
-    let sent = seal(
-        &AS4_1_15,
-        &f.alice,
-        &f.bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        false,
-        false,
-    );
-    let swapped = repackage(
-        &sent,
-        |r| r,
-        |mut b| {
-            b[10] ^= 1;
-            b
-        },
-    );
-    let e = open(&swapped, &policy(&f, false)).unwrap_err();
+    let sent = f.seal(BST, false, false);
+    let swapped = with_bodies(&sent, |mut b| {
+        b[10] ^= 1;
+        b
+    });
+    let e = open(&swapped, &f.policy(false)).unwrap_err();
     assert!(
         e.ref_to_message_id
             .as_deref()
             .is_some_and(|id| id.ends_with("@test")),
         "the error names the message: {e}"
     );
-    refused(
-        &f,
+    let reason = "changed after signing";
+    f.refused(
         &swapped,
-        &policy(&f, false),
+        &f.policy(false),
         ErrorCode::FailedAuthentication,
-        "changed after signing",
+        reason,
     );
 }
 
@@ -342,191 +441,84 @@ fn unsigned_attachment_is_refused() {
     // Signed without payloads; then a payload is added to the header after signing is
     // impossible (the header is signed), so add an unsigned MIME part the header names
     // by building the message by hand: PartInfo present, no cid reference.
-    use varti_as4::message::soap::{build_envelope, BuildOptions};
-    use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
-    let mut um = user_message();
-    um.parts.push(PartInfo::attachment("p1@test"));
-    let m = Messaging {
-        id: Some("_m".into()),
-        user_message: Some(um),
-        signals: vec![],
-    };
-    let env = build_envelope(
-        &m,
-        &BuildOptions {
-            body_id: Some("_b"),
-            extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
-            body_payload: None,
-        },
-    )
-    .unwrap();
-    let id = SigningIdentity {
-        profile: &AS4_1_15,
-        key: &f.alice.sign_key,
-        certificate: &f.alice.sign_cert,
-        token_reference: TokenReference::BinarySecurityToken,
-    };
-    let signed = sign_envelope(&env, &id, &[]).unwrap();
-    let mut out = Vec::new();
-    let mut w = MimeWriter::new(&mut out);
-    let content_type = w.content_type();
-    w.write_root(signed.envelope.as_bytes()).unwrap();
-    w.write_attachment(
-        "p1@test",
-        "application/octet-stream",
-        &[],
-        &mut &b"sneaked in"[..],
-    )
-    .unwrap();
-    w.finish().unwrap();
-    refused(
-        &f,
-        &Sent {
-            bytes: out,
-            content_type,
-        },
-        &policy(&f, false),
+    let part = PartInfo::attachment("p1@test");
+    let sent = f.signed_by_hand(part, &[], "application/octet-stream", b"sneaked in");
+    let reason = "not covered by the signature";
+    f.refused(
+        &sent,
+        &f.policy(false),
         ErrorCode::PolicyNoncompliance,
-        "not covered by the signature",
+        reason,
     );
 }
 
 #[test]
 fn signature_wrapping_variants_are_refused() {
     let f = fixture();
-    let sent = seal(
-        &AS4_1_15,
-        &f.alice,
-        &f.bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        false,
-        false,
-    );
-    let p = policy(&f, false);
+    let sent = f.seal(BST, false, false);
+    let p = f.policy(false);
     // 1. A second (forged) eb:Messaging beside the signed one.
-    let dup = repackage(
-        &sent,
-        |r| {
-            let start = r.find("<eb:Messaging").unwrap();
-            let end = r.find("</eb:Messaging>").unwrap() + "</eb:Messaging>".len();
-            let forged = r[start..end].replace("wsu:Id=\"", "wsu:Id=\"forged");
-            format!("{}{}{}", &r[..end], forged, &r[end..])
-        },
-        |b| b,
-    );
-    refused(
-        &f,
-        &dup,
-        &p,
-        ErrorCode::FailedAuthentication,
-        "eb:messaging",
-    );
+    let dup = with_root(&sent, |r| {
+        let m = span(&r, "<eb:Messaging", "</eb:Messaging>");
+        let forged = r[m.clone()].replace("wsu:Id=\"", "wsu:Id=\"forged");
+        format!("{}{}{}", &r[..m.end], forged, &r[m.end..])
+    });
+    f.refused(&dup, &p, ErrorCode::FailedAuthentication, "eb:messaging");
     // 2. The signed eb:Messaging re-parented into a wrapper header, a forged one in place.
-    let moved = repackage(
-        &sent,
-        |r| {
-            let start = r.find("<eb:Messaging").unwrap();
-            let end = r.find("</eb:Messaging>").unwrap() + "</eb:Messaging>".len();
-            let original = &r[start..end];
-            let forged = original
-                .replace("wsu:Id=\"", "wsu:Id=\"x")
-                .replace("Deliver", "Steal");
-            format!(
-                "{}<w:Wrap xmlns:w=\"urn:w\">{original}</w:Wrap>{forged}{}",
-                &r[..start],
-                &r[end..]
-            )
-        },
-        |b| b,
-    );
-    refused(
-        &f,
-        &moved,
-        &p,
-        ErrorCode::FailedAuthentication,
-        "eb:messaging",
-    );
+    let moved = with_root(&sent, |r| {
+        let m = span(&r, "<eb:Messaging", "</eb:Messaging>");
+        let original = &r[m.clone()];
+        let forged = original
+            .replace("wsu:Id=\"", "wsu:Id=\"x")
+            .replace("Deliver", "Steal");
+        format!(
+            "{}<w:Wrap xmlns:w=\"urn:w\">{original}</w:Wrap>{forged}{}",
+            &r[..m.start],
+            &r[m.end..]
+        )
+    });
+    f.refused(&moved, &p, ErrorCode::FailedAuthentication, "eb:messaging");
     // 3. The signed Body moved into the header, a new Body in place.
-    let body_moved = repackage(
-        &sent,
-        |r| {
-            let start = r.find("<S12:Body").unwrap();
-            let end = r.find("</S12:Envelope>").unwrap();
-            let body = r[start..end].to_string();
-            let hdr_end = r.find("</S12:Header>").unwrap();
-            format!("{}<w:Wrap xmlns:w=\"urn:w\">{body}</w:Wrap>{}<S12:Body><evil/></S12:Body></S12:Envelope>", &r[..hdr_end], &r[hdr_end..start])
-        },
-        |b| b,
-    );
-    refused(&f, &body_moved, &p, ErrorCode::FailedAuthentication, "");
+    let body_moved = with_root(&sent, |r| {
+        let start = r.find("<S12:Body").unwrap();
+        let end = r.find("</S12:Envelope>").unwrap();
+        let body = r[start..end].to_string();
+        let hdr_end = r.find("</S12:Header>").unwrap();
+        format!("{}<w:Wrap xmlns:w=\"urn:w\">{body}</w:Wrap>{}<S12:Body><evil/></S12:Body></S12:Envelope>", &r[..hdr_end], &r[hdr_end..start])
+    });
+    f.refused(&body_moved, &p, ErrorCode::FailedAuthentication, "");
     // 4. A second element carrying eb:Messaging's wsu:Id, for the reference to resolve to.
-    let dup_id = repackage(
-        &sent,
-        |r| {
-            let m = &r[r.find("<eb:Messaging").unwrap()..];
-            let m = &m[m.find("wsu:Id=\"").unwrap() + 8..];
-            let id = &m[..m.find('"').unwrap()];
-            let body = r.find("<S12:Body").unwrap();
-            let close = body + r[body..].find("/>").unwrap();
-            format!(
-                "{}><x:Fake xmlns:x=\"urn:x\" xmlns:wsu=\"{WSU_NS}\" wsu:Id=\"{id}\"/></S12:Body>{}",
-                &r[..close],
-                &r[close + 2..]
-            )
-        },
-        |b| b,
-    );
-    refused(
-        &f,
-        &dup_id,
-        &p,
-        ErrorCode::FailedAuthentication,
-        "duplicate",
-    );
+    let dup_id = with_root(&sent, |r| {
+        let m = &r[r.find("<eb:Messaging").unwrap()..];
+        let m = &m[m.find("wsu:Id=\"").unwrap() + 8..];
+        let id = &m[..m.find('"').unwrap()];
+        let body = r.find("<S12:Body").unwrap();
+        let close = body + r[body..].find("/>").unwrap();
+        format!(
+            "{}><x:Fake xmlns:x=\"urn:x\" xmlns:wsu=\"{WSU_NS}\" wsu:Id=\"{id}\"/></S12:Body>{}",
+            &r[..close],
+            &r[close + 2..]
+        )
+    });
+    f.refused(&dup_id, &p, ErrorCode::FailedAuthentication, "duplicate");
 }
 
 #[test]
 fn certificates_expired_not_yet_valid_or_untrusted_are_refused() {
+    let auth = ErrorCode::FailedAuthentication;
     let f = fixture();
-    let sent = seal(
-        &AS4_1_15,
-        &f.alice,
-        &f.bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        true,
-        true,
-    );
-    let mut p = policy(&f, true);
+    let sent = f.seal(BST, true, true);
+    let mut p = f.policy(true);
     p.at = OffsetDateTime::now_utc() + Duration::days(400);
-    refused(&f, &sent, &p, ErrorCode::FailedAuthentication, "expired");
+    f.refused(&sent, &p, auth, "expired");
     p.at = OffsetDateTime::now_utc() - Duration::days(3);
-    refused(
-        &f,
-        &sent,
-        &p,
-        ErrorCode::FailedAuthentication,
-        "not valid before",
-    );
-    let mut p = policy(&f, true);
+    f.refused(&sent, &p, auth, "not valid before");
+    let mut p = f.policy(true);
     p.trust_anchors = vec![keys(&AS4_1_15, "mallory").sign_cert];
-    refused(
-        &f,
-        &sent,
-        &p,
-        ErrorCode::FailedAuthentication,
-        "not trusted",
-    );
-    let mut p = policy(&f, true);
+    f.refused(&sent, &p, auth, "not trusted");
+    let mut p = f.policy(true);
     p.trust_anchors.clear();
-    refused(
-        &f,
-        &sent,
-        &p,
-        ErrorCode::PolicyNoncompliance,
-        "no trust anchor",
-    );
+    f.refused(&sent, &p, ErrorCode::PolicyNoncompliance, "no trust anchor");
 }
 
 #[test]
@@ -534,193 +526,86 @@ fn wrong_algorithm_for_the_profile_is_refused() {
     let alice = keys(&AS4_2_0_EDDSA, "alice");
     let bob = keys(&AS4_2_0_EDDSA, "bob");
     let f = fixture();
-    let sent = seal(
-        &AS4_2_0_EDDSA,
-        &alice,
-        &bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        false,
-        false,
-    );
-    let mut p = policy(&f, false);
+    let mut how = How {
+        token: BST,
+        compress: false,
+        encrypt: false,
+    };
+    let sent = seal(&AS4_2_0_EDDSA, &alice, &bob, how, &payload());
+    let mut p = f.policy(false);
     p.trust_anchors = vec![alice.sign_cert.clone()];
-    refused(&f, &sent, &p, ErrorCode::PolicyNoncompliance, "eddsa");
+    f.refused(&sent, &p, ErrorCode::PolicyNoncompliance, "eddsa");
     // Encrypted with the 2.0 key transport, received on a 1.15 leg.
-    let sent = seal(
-        &AS4_2_0_EDDSA,
-        &alice,
-        &bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        false,
-        true,
-    );
+    how.encrypt = true;
+    let sent = seal(&AS4_2_0_EDDSA, &alice, &bob, how, &payload());
     let mut p = receiver_policy(&AS4_2_0_EDDSA, &alice, &bob, true, f.spool.path());
     p.key_transports = varti_as4::security::encrypt::DecryptionPolicy::as4_v1();
-    refused(&f, &sent, &p, ErrorCode::PolicyNoncompliance, "x25519");
+    f.refused(&sent, &p, ErrorCode::PolicyNoncompliance, "x25519");
 }
 
 #[test]
 fn unsigned_or_unencrypted_messages_are_refused_when_the_leg_requires_it() {
     let f = fixture();
-    let sent = seal(
-        &AS4_1_15,
-        &f.alice,
-        &f.bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        false,
-        false,
-    );
-    refused(
-        &f,
-        &sent,
-        &policy(&f, true),
-        ErrorCode::PolicyNoncompliance,
-        "not encrypted",
-    );
-    let stripped = repackage(
-        &sent,
-        |r| {
-            let s = r.find("<wsse:Security").unwrap();
-            let e = r.find("</wsse:Security>").unwrap() + "</wsse:Security>".len();
-            format!("{}{}", &r[..s], &r[e..])
-        },
-        |b| b,
-    );
-    refused(
-        &f,
-        &stripped,
-        &policy(&f, false),
-        ErrorCode::PolicyNoncompliance,
-        "not signed",
-    );
+    let sent = f.seal(BST, false, false);
+    let noncompliant = ErrorCode::PolicyNoncompliance;
+    f.refused(&sent, &f.policy(true), noncompliant, "not encrypted");
+    let stripped = with_root(&sent, |r| {
+        let security = span(&r, "<wsse:Security", "</wsse:Security>");
+        format!("{}{}", &r[..security.start], &r[security.end..])
+    });
+    f.refused(&stripped, &f.policy(false), noncompliant, "not signed");
 }
 
 #[test]
 fn truncated_ciphertext_or_wrong_tag_is_a_decryption_failure() {
     let f = fixture();
-    let sent = seal(
-        &AS4_1_15,
-        &f.alice,
-        &f.bob,
-        TokenReference::BinarySecurityToken,
-        &payload(),
-        true,
-        true,
-    );
-    let p = policy(&f, true);
-    let truncated = repackage(
-        &sent,
-        |r| r,
-        |mut b| {
-            b.truncate(b.len() - 20);
-            b
-        },
-    );
-    refused(
-        &f,
-        &truncated,
-        &p,
-        ErrorCode::FailedDecryption,
-        "cid:p1@test",
-    );
-    let bad_tag = repackage(
-        &sent,
-        |r| r,
-        |mut b| {
-            let n = b.len();
-            b[n - 1] ^= 0x80;
-            b
-        },
-    );
-    refused(&f, &bad_tag, &p, ErrorCode::FailedDecryption, "cid:p1@test");
-    let short = repackage(
-        &sent,
-        |r| r,
-        |mut b| {
-            b.truncate(8);
-            b
-        },
-    );
-    refused(&f, &short, &p, ErrorCode::FailedDecryption, "cid:p1@test");
+    let sent = f.seal(BST, true, true);
+    let p = f.policy(true);
+    let truncated = with_bodies(&sent, |mut b| {
+        b.truncate(b.len() - 20);
+        b
+    });
+    let bad_tag = with_bodies(&sent, |mut b| {
+        let n = b.len();
+        b[n - 1] ^= 0x80;
+        b
+    });
+    let short = with_bodies(&sent, |mut b| {
+        b.truncate(8);
+        b
+    });
+    for broken in [truncated, bad_tag, short] {
+        f.refused(&broken, &p, ErrorCode::FailedDecryption, "cid:p1@test");
+    }
 }
 
 /// A signed message whose PartInfo claims gzip: the content is `body`.
 fn signed_with_gzip_claim(f: &Fixture, body: &[u8]) -> Sent {
-    use varti_as4::message::soap::{build_envelope, BuildOptions};
-    use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
-    use varti_as4::security::swa::{AttachmentSource, MemoryAttachment};
-    let mut um = user_message();
     let mut part = PartInfo::attachment("p1@test");
     part.properties = vec![
         Property::new("CompressionType", "application/gzip"),
         Property::new("MimeType", "text/plain"),
     ];
-    um.parts.push(part);
-    let m = Messaging {
-        id: Some("_m".into()),
-        user_message: Some(um),
-        signals: vec![],
-    };
-    let env = build_envelope(
-        &m,
-        &BuildOptions {
-            body_id: Some("_b"),
-            extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
-            body_payload: None,
-        },
-    )
-    .unwrap();
     let att = MemoryAttachment {
         content_id: "p1@test".into(),
         content_type: "application/gzip".into(),
         data: body.to_vec(),
     };
-    let id = SigningIdentity {
-        profile: &AS4_1_15,
-        key: &f.alice.sign_key,
-        certificate: &f.alice.sign_cert,
-        token_reference: TokenReference::BinarySecurityToken,
-    };
-    let signed = sign_envelope(&env, &id, &[&att as &dyn AttachmentSource]).unwrap();
-    let mut out = Vec::new();
-    let mut w = MimeWriter::new(&mut out);
-    let content_type = w.content_type();
-    w.write_root(signed.envelope.as_bytes()).unwrap();
-    w.write_attachment("p1@test", "application/gzip", &[], &mut &body[..])
-        .unwrap();
-    w.finish().unwrap();
-    Sent {
-        bytes: out,
-        content_type,
-    }
+    f.signed_by_hand(part, &[&att], "application/gzip", body)
 }
 
 #[test]
 fn a_signed_part_that_is_not_gzip_or_too_large_is_a_decompression_failure() {
     let f = fixture();
+    let failure = ErrorCode::DecompressionFailure;
     let not_gzip = signed_with_gzip_claim(&f, b"this is not gzip");
-    refused(
-        &f,
-        &not_gzip,
-        &policy(&f, false),
-        ErrorCode::DecompressionFailure,
-        "cid:p1@test",
-    );
+    f.refused(&not_gzip, &f.policy(false), failure, "cid:p1@test");
     let mut gz = Vec::new();
     varti_as4::compress::gzip(&vec![0u8; 100_000][..], &mut gz).unwrap();
     let bomb = signed_with_gzip_claim(&f, &gz);
-    let mut p = policy(&f, false);
+    let mut p = f.policy(false);
     p.decompression_cap = 10_000;
-    refused(
-        &f,
-        &bomb,
-        &p,
-        ErrorCode::DecompressionFailure,
-        "cid:p1@test",
-    );
+    f.refused(&bomb, &p, failure, "cid:p1@test");
     p.decompression_cap = 100_000;
     let msg = open(&bomb, &p).unwrap();
     assert_eq!(msg.payloads[0].len, 100_000);
@@ -729,38 +614,15 @@ fn a_signed_part_that_is_not_gzip_or_too_large_is_a_decompression_failure() {
 
 #[test]
 fn receipts_and_error_signals_are_signed_when_the_leg_signs() {
-    use varti_as4::message::mime::{ContentType, Headers};
     use varti_as4::outbound::{build_error_signal, build_receipt};
     let f = fixture();
-    let sent = seal(
-        &AS4_1_15,
-        &f.alice,
-        &f.bob,
-        TokenReference::SubjectKeyIdentifier,
-        &payload(),
-        true,
-        true,
-    );
-    let msg = open(&sent, &policy(&f, true)).unwrap();
-    let bob_id = SigningIdentity {
-        profile: &AS4_1_15,
-        key: &f.bob.sign_key,
-        certificate: &f.bob.sign_cert,
-        token_reference: TokenReference::BinarySecurityToken,
-    };
-    let as_package = |xml: &str| {
-        MimePackage::single(
-            ContentType::parse("application/soap+xml").unwrap(),
-            Headers::new(),
-            xml.as_bytes().to_vec(),
-        )
-    };
-    let mut alice_side = ReceivePolicy::strict(&AS4_1_15);
-    alice_side.require_encryption = false;
-    alice_side.trust_anchors = vec![f.bob.sign_cert.clone()];
+    let sent = f.seal(TokenReference::SubjectKeyIdentifier, true, true);
+    let msg = open(&sent, &f.policy(true)).unwrap();
+    let bob_id = identity(&f.bob, BST);
+    let alice_side = signals_from(&f.bob.sign_cert);
     // Signed NRR receipt: verifies at the sender and matches what it signed.
     let receipt = build_receipt(&msg, Some(&bob_id)).unwrap();
-    let r = receive(&as_package(&receipt), &alice_side).unwrap();
+    let r = receive(&soap_package(&receipt), &alice_side).unwrap();
     let SignalKind::Receipt(rc) = &r.messaging().signals[0].kind else {
         panic!("not a receipt")
     };
@@ -778,15 +640,12 @@ fn receipts_and_error_signals_are_signed_when_the_leg_signs() {
         !plain.contains("Signature") && plain.contains("UserMessage"),
         "{plain}"
     );
-    let mut unsigned_leg = ReceivePolicy::strict(&AS4_1_15);
-    unsigned_leg.require_signature = false;
-    unsigned_leg.require_encryption = false;
-    let r = receive(&as_package(&plain), &unsigned_leg).unwrap();
+    let r = receive(&soap_package(&plain), &unsigned_signals()).unwrap();
     assert!(r.signature.is_none());
     // Error signal, signed.
     let err = EbmsError::new(ErrorCode::FailedDecryption, "bad tag");
     let signal = build_error_signal(&err, Some("m-1@test"), Some(&bob_id)).unwrap();
-    let r = receive(&as_package(&signal), &alice_side).unwrap();
+    let r = receive(&soap_package(&signal), &alice_side).unwrap();
     let SignalKind::Errors(errs) = &r.messaging().signals[0].kind else {
         panic!("not an error signal")
     };
@@ -818,27 +677,12 @@ fn receipts_and_error_signals_are_signed_when_the_leg_signs() {
 
 #[test]
 fn pull_requests_are_signed_and_name_their_mpc() {
-    use varti_as4::message::mime::{ContentType, Headers};
     use varti_as4::outbound::build_pull_request;
     let f = fixture();
-    let bob_id = SigningIdentity {
-        profile: &AS4_1_15,
-        key: &f.bob.sign_key,
-        certificate: &f.bob.sign_cert,
-        token_reference: TokenReference::BinarySecurityToken,
-    };
-    let as_package = |xml: &str| {
-        MimePackage::single(
-            ContentType::parse("application/soap+xml").unwrap(),
-            Headers::new(),
-            xml.as_bytes().to_vec(),
-        )
-    };
-    let mut holder = ReceivePolicy::strict(&AS4_1_15);
-    holder.require_encryption = false;
-    holder.trust_anchors = vec![f.bob.sign_cert.clone()];
+    let bob_id = identity(&f.bob, BST);
+    let holder = signals_from(&f.bob.sign_cert);
     let signed = build_pull_request(Some("urn:example:mpc:1"), Some(&bob_id)).unwrap();
-    let r = receive(&as_package(&signed), &holder).unwrap();
+    let r = receive(&soap_package(&signed), &holder).unwrap();
     let signal = &r.messaging().signals[0];
     let SignalKind::PullRequest(pull) = &signal.kind else {
         panic!("not a pull request: {signed}")
@@ -854,11 +698,9 @@ fn pull_requests_are_signed_and_name_their_mpc() {
         .unwrap();
     assert_eq!(signer, f.bob.sign_cert.to_der().unwrap());
     // Signed by someone the holder does not trust: refused.
-    let mut other = ReceivePolicy::strict(&AS4_1_15);
-    other.require_encryption = false;
-    other.trust_anchors = vec![f.alice.sign_cert.clone()];
+    let other = signals_from(&f.alice.sign_cert);
     assert_eq!(
-        receive(&as_package(&signed), &other).unwrap_err().code,
+        receive(&soap_package(&signed), &other).unwrap_err().code,
         ErrorCode::FailedAuthentication
     );
     // The default MPC is left implicit; unsigned when no identity is given.
@@ -867,10 +709,7 @@ fn pull_requests_are_signed_and_name_their_mpc() {
         !plain.contains("Signature") && !plain.contains("mpc="),
         "{plain}"
     );
-    let mut unsigned = ReceivePolicy::strict(&AS4_1_15);
-    unsigned.require_signature = false;
-    unsigned.require_encryption = false;
-    let r = receive(&as_package(&plain), &unsigned).unwrap();
+    let r = receive(&soap_package(&plain), &unsigned_signals()).unwrap();
     assert!(matches!(
         &r.messaging().signals[0].kind,
         SignalKind::PullRequest(PullRequest { mpc: None })
@@ -883,68 +722,23 @@ fn pull_requests_are_signed_and_name_their_mpc() {
 /// second; a different message's receipt still is not.
 #[test]
 fn resealing_a_message_signs_the_same_digests() {
-    use varti_as4::message::mime::{ContentType, Headers};
-    use varti_as4::outbound::{build_receipt, check_receipt, SentMessage};
+    use varti_as4::outbound::{build_receipt, check_receipt};
     let f = fixture();
-    let seal_again = |um: &UserMessage| -> (Sent, SentMessage) {
-        let payloads = payload();
-        let mut readers: Vec<&[u8]> = payloads.iter().map(|p| &p.2[..]).collect();
-        let outgoing: Vec<OutgoingPayload<'_>> = payloads
-            .iter()
-            .zip(readers.iter_mut())
-            .map(|(p, r)| OutgoingPayload {
-                content_id: p.0.into(),
-                mime_type: p.1.into(),
-                properties: vec![],
-                content: r as &mut dyn Read,
-            })
-            .collect();
-        let policy = SendPolicy {
-            signing: SigningIdentity {
-                profile: &AS4_1_15,
-                key: &f.alice.sign_key,
-                certificate: &f.alice.sign_cert,
-                token_reference: TokenReference::BinarySecurityToken,
-            },
-            encryption: Some(EncryptionSettings {
-                receiver_cert: &f.bob.enc_cert,
-                key_protection: key_protection_for(&AS4_1_15),
-                token_reference: TokenReference::BinarySecurityToken,
-            }),
-            compress: true,
-        };
-        let mut bytes = Vec::new();
-        let sent = send(um, outgoing, &policy, &mut bytes).unwrap();
-        (
-            Sent {
-                bytes,
-                content_type: sent.content_type.clone(),
-            },
-            sent,
-        )
+    let how = How {
+        token: BST,
+        compress: true,
+        encrypt: true,
     };
+    let seal_again =
+        |um: &UserMessage| seal_message(um, &AS4_1_15, &f.alice, &f.bob, how, &payload());
     let um = user_message();
     let (first, _) = seal_again(&um);
     let (second, second_sent) = seal_again(&um);
     assert_ne!(first.bytes, second.bytes, "a fresh content key each time");
 
-    let msg = open(&first, &policy(&f, true)).unwrap();
-    let bob_id = SigningIdentity {
-        profile: &AS4_1_15,
-        key: &f.bob.sign_key,
-        certificate: &f.bob.sign_cert,
-        token_reference: TokenReference::BinarySecurityToken,
-    };
-    let receipt = build_receipt(&msg, Some(&bob_id)).unwrap();
-    let mut alice_side = ReceivePolicy::strict(&AS4_1_15);
-    alice_side.require_encryption = false;
-    alice_side.trust_anchors = vec![f.bob.sign_cert.clone()];
-    let package = MimePackage::single(
-        ContentType::parse("application/soap+xml").unwrap(),
-        Headers::new(),
-        receipt.as_bytes().to_vec(),
-    );
-    let r = receive(&package, &alice_side).unwrap();
+    let msg = open(&first, &f.policy(true)).unwrap();
+    let receipt = build_receipt(&msg, Some(&identity(&f.bob, BST))).unwrap();
+    let r = receive(&soap_package(&receipt), &signals_from(&f.bob.sign_cert)).unwrap();
     let id = um.message_info.message_id.as_str();
     check_receipt(&r, receipt.as_bytes(), id, &second_sent.references)
         .expect("the first copy's receipt matches the second copy");

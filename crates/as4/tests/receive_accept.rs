@@ -43,20 +43,14 @@ fn cert(rel: &str) -> X509 {
 fn pmodes(dir: &Path) -> PModeSet {
     let c = certs();
     let c = c.display();
-    let toml = format!(
-        r#"
-[[party]]
-name = "varti-a"
-ids = [{{ value = "varti-a", type = "{PARTY_TYPE}" }}]
-signing_cert = "{c}/varti-a/sign.cert.pem"
-encryption_cert = "{c}/varti-a/enc.cert.pem"
-
-[[party]]
-name = "varti-b"
-ids = [{{ value = "varti-b", type = "{PARTY_TYPE}" }}]
-signing_cert = "{c}/varti-b/sign.cert.pem"
-encryption_cert = "{c}/varti-b/enc.cert.pem"
-
+    let parties = ["varti-a", "varti-b"].map(|p| {
+        let ids = format!("[{{ value = \"{p}\", type = \"{PARTY_TYPE}\" }}]");
+        let sign = format!("signing_cert = \"{c}/{p}/sign.cert.pem\"");
+        let enc = format!("encryption_cert = \"{c}/{p}/enc.cert.pem\"");
+        format!("[[party]]\nname = \"{p}\"\nids = {ids}\n{sign}\n{enc}\n\n")
+    });
+    let toml = parties.concat()
+        + r#"
 [security.default]
 profile = "as4-1.15"
 sign = true
@@ -88,8 +82,8 @@ max_size = "1KiB"
 name = "exchange"
 mep = "oneWay"
 binding = "push"
-initiator = {{ parties = ["varti-a", "varti-b"] }}
-responder = {{ parties = ["varti-a", "varti-b"] }}
+initiator = { parties = ["varti-a", "varti-b"] }
+responder = { parties = ["varti-a", "varti-b"] }
 
 [[process.leg]]
 name = "signed"
@@ -102,8 +96,7 @@ service = "urn:test:service"
 action = "Plain"
 security = "plain"
 receipt = "plain"
-"#
-    );
+"#;
     std::fs::write(dir.join("exchange.toml"), toml).unwrap();
     let (set, diags) = varti_as4::pmode::load_dir(dir);
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
@@ -200,20 +193,75 @@ fn seal(set: &PModeSet, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) 
     (package, um)
 }
 
-fn receive<'p>(
-    set: &'p PModeSet,
-    identity: &LocalIdentity,
-    package: &MimePackage,
-    spool: &Path,
-) -> Result<Accepted<'p>, Refusal> {
-    accept_package(
-        package,
-        Arrival::Pushed,
-        set,
-        identity,
-        OffsetDateTime::now_utc(),
-        Some(spool),
-    )
+/// What every test receives with: the PModes (in a directory of their own), varti-b, and
+/// the spool directory.
+struct Setup {
+    _pmodes_dir: tempfile::TempDir,
+    set: PModeSet,
+    identity: LocalIdentity,
+    spool: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let pmodes_dir = tempfile::tempdir().unwrap();
+    Setup {
+        set: pmodes(pmodes_dir.path()),
+        _pmodes_dir: pmodes_dir,
+        identity: varti_b(),
+        spool: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Setup {
+    fn seal(&self, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) {
+        seal(&self.set, leg_name, msg)
+    }
+
+    fn receive(&self, package: &MimePackage) -> Result<Accepted<'_>, Refusal> {
+        self.receive_as(package, Arrival::Pushed)
+    }
+
+    /// [`Setup::receive`] of a message that arrived as `arrival` says.
+    fn receive_as(&self, package: &MimePackage, arrival: Arrival) -> Result<Accepted<'_>, Refusal> {
+        let now = OffsetDateTime::now_utc();
+        accept_package(
+            package,
+            arrival,
+            &self.set,
+            &self.identity,
+            now,
+            Some(self.spool.path()),
+        )
+    }
+
+    /// `accept` with the envelope the caller read.
+    fn accept(
+        &self,
+        package: &MimePackage,
+        envelope: soap::Envelope,
+    ) -> Result<Accepted<'_>, Refusal> {
+        let now = OffsetDateTime::now_utc();
+        let spool = Some(self.spool.path());
+        accept(
+            package,
+            envelope,
+            Arrival::Pushed,
+            &self.set,
+            &self.identity,
+            now,
+            spool,
+        )
+    }
+
+    /// Seals `msg` on `leg_name` and asserts it is refused with `code` (see
+    /// [`assert_refused`]) and leaves nothing in the spool; the refusal.
+    fn refused(&self, leg_name: &str, msg: Msg, code: ErrorCode, signed: bool) -> Refusal {
+        let (package, um) = self.seal(leg_name, msg);
+        let refusal = self.receive(&package).unwrap_err();
+        assert_refused(&refusal, code, &um.message_info.message_id, signed);
+        assert_eq!(files_in(self.spool.path()), 0, "nothing left in the spool");
+        refusal
+    }
 }
 
 fn is_signed(envelope: &[u8]) -> bool {
@@ -249,12 +297,9 @@ fn files_in(dir: &Path) -> usize {
 
 #[test]
 fn a_good_message_is_accepted_with_a_signed_nrr_receipt() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let identity = varti_b();
-    let (package, um) = seal(&set, "signed", Msg::good());
-    let accepted = receive(&set, &identity, &package, spool.path()).unwrap();
+    let t = setup();
+    let (package, um) = t.seal("signed", Msg::good());
+    let accepted = t.receive(&package).unwrap();
 
     assert_eq!(accepted.leg.name, "signed");
     assert_eq!(accepted.partner.name, "varti-a");
@@ -270,7 +315,7 @@ fn a_good_message_is_accepted_with_a_signed_nrr_receipt() {
     let p = &accepted.message.payloads[0];
     assert!(p.was_compressed);
     assert_eq!(p.mime_type, "application/xml");
-    assert!(p.path().starts_with(spool.path()));
+    assert!(p.path().starts_with(t.spool.path()));
     assert_eq!(std::fs::read(p.path()).unwrap(), b"<doc>hello</doc>");
     // The receipt: signed by varti-b, NRR over what varti-a signed, for this message.
     let env = soap::parse_envelope(&accepted.receipt).unwrap();
@@ -286,47 +331,24 @@ fn a_good_message_is_accepted_with_a_signed_nrr_receipt() {
 
 #[test]
 fn the_envelope_read_by_the_caller_is_used_as_is() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let identity = varti_b();
-    let (package, um) = seal(&set, "signed", Msg::good());
+    let t = setup();
+    let (package, um) = t.seal("signed", Msg::good());
     let envelope = soap::parse_envelope(&package.root().content).unwrap();
-    let accepted = accept(
-        &package,
-        envelope,
-        Arrival::Pushed,
-        &set,
-        &identity,
-        OffsetDateTime::now_utc(),
-        Some(spool.path()),
-    )
-    .unwrap();
+    let accepted = t.accept(&package, envelope).unwrap();
     assert_eq!(accepted.message_id(), um.message_info.message_id);
 
     // A signal is not a user message: refused, unsigned.
     let signal = soap::parse_envelope(&accepted.receipt).unwrap();
-    let refusal = accept(
-        &package,
-        signal,
-        Arrival::Pushed,
-        &set,
-        &identity,
-        OffsetDateTime::now_utc(),
-        Some(spool.path()),
-    )
-    .unwrap_err();
+    let refusal = t.accept(&package, signal).unwrap_err();
     assert_eq!(refusal.error.code, ErrorCode::InvalidHeader);
     assert!(!is_signed(refusal.signal.as_ref().unwrap()));
 }
 
 #[test]
 fn a_leg_without_non_repudiation_gets_a_plain_unsigned_receipt() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let (package, _) = seal(&set, "plain", Msg::good());
-    let accepted = receive(&set, &varti_b(), &package, spool.path()).unwrap();
+    let t = setup();
+    let (package, _) = t.seal("plain", Msg::good());
+    let accepted = t.receive(&package).unwrap();
     assert_eq!(accepted.leg.name, "plain");
     assert!(accepted.message.encryption.is_none());
     assert!(!is_signed(&accepted.receipt));
@@ -335,9 +357,7 @@ fn a_leg_without_non_repudiation_gets_a_plain_unsigned_receipt() {
 
 #[test]
 fn a_test_service_message_is_accepted_without_the_legs_rules() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
+    let t = setup();
     let msg = Msg {
         service: Some(TEST_SERVICE),
         action: Some(TEST_ACTION),
@@ -346,8 +366,8 @@ fn a_test_service_message_is_accepted_without_the_legs_rules() {
         mime_type: "text/plain",
         ..Msg::good()
     };
-    let (package, _) = seal(&set, "signed", msg);
-    let accepted = receive(&set, &varti_b(), &package, spool.path()).unwrap();
+    let (package, _) = t.seal("signed", msg);
+    let accepted = t.receive(&package).unwrap();
     assert!(accepted.test_service);
     assert!(accepted.leg.security.sign);
     assert!(is_signed(&accepted.receipt));
@@ -355,109 +375,58 @@ fn a_test_service_message_is_accepted_without_the_legs_rules() {
 
 #[test]
 fn no_leg_wrong_recipient_or_unknown_sender_is_refused_unsigned() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let identity = varti_b();
-
-    // No leg for the action: EBMS:0010 naming the nearest leg.
-    let msg = Msg {
-        action: Some("Delivr"),
-        ..Msg::good()
-    };
-    let (package, um) = seal(&set, "signed", msg);
-    let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
-    assert_refused(
-        &refusal,
-        ErrorCode::ProcessingModeMismatch,
-        &um.message_info.message_id,
-        false,
-    );
-    assert!(
-        refusal.error.detail.contains("leg 'signed'"),
-        "{}",
-        refusal.error.detail
-    );
-    assert!(
-        refusal.error.detail.contains("Action"),
-        "{}",
-        refusal.error.detail
-    );
-
-    // A leg fits, but the message is for varti-a, not for us.
-    let msg = Msg {
-        to: "varti-a",
-        ..Msg::good()
-    };
-    let (package, um) = seal(&set, "signed", msg);
-    let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
-    assert_refused(
-        &refusal,
-        ErrorCode::ProcessingModeMismatch,
-        &um.message_info.message_id,
-        false,
-    );
-    assert!(
-        refusal.error.detail.contains("addressed to"),
-        "{}",
-        refusal.error.detail
-    );
-    assert!(
-        refusal.error.detail.contains("varti-b"),
-        "{}",
-        refusal.error.detail
-    );
-
-    // A sender that is no party of the PModes.
-    let msg = Msg {
-        from: "varti-x",
-        ..Msg::good()
-    };
-    let (package, um) = seal(&set, "signed", msg);
-    let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
-    assert_refused(
-        &refusal,
-        ErrorCode::ProcessingModeMismatch,
-        &um.message_info.message_id,
-        false,
-    );
-    assert!(
-        refusal.error.detail.contains("From PartyId"),
-        "{}",
-        refusal.error.detail
-    );
-    assert_eq!(files_in(spool.path()), 0);
+    let t = setup();
+    let cases: [(Msg, &[&str]); 3] = [
+        // No leg for the action: EBMS:0010 naming the nearest leg.
+        (
+            Msg {
+                action: Some("Delivr"),
+                ..Msg::good()
+            },
+            &["leg 'signed'", "Action"],
+        ),
+        // A leg fits, but the message is for varti-a, not for us.
+        (
+            Msg {
+                to: "varti-a",
+                ..Msg::good()
+            },
+            &["addressed to", "varti-b"],
+        ),
+        // A sender that is no party of the PModes.
+        (
+            Msg {
+                from: "varti-x",
+                ..Msg::good()
+            },
+            &["From PartyId"],
+        ),
+    ];
+    for (msg, details) in cases {
+        let refusal = t.refused("signed", msg, ErrorCode::ProcessingModeMismatch, false);
+        let detail = &refusal.error.detail;
+        for expected in details {
+            assert!(detail.contains(expected), "{detail}");
+        }
+    }
 }
 
 #[test]
 fn a_signature_by_another_party_is_refused_with_a_signed_security_fault() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
+    let t = setup();
     // From varti-a, but signed with varti-b's key.
     let msg = Msg {
         signer: "varti-b",
         ..Msg::good()
     };
-    let (package, um) = seal(&set, "signed", msg);
-    let refusal = receive(&set, &varti_b(), &package, spool.path()).unwrap_err();
-    assert_refused(
-        &refusal,
-        ErrorCode::FailedAuthentication,
-        &um.message_info.message_id,
-        true,
-    );
+    let refusal = t.refused("signed", msg, ErrorCode::FailedAuthentication, true);
     assert!(refusal.is_security_fault());
     assert!(String::from_utf8_lossy(refusal.signal.as_ref().unwrap()).contains("FailedCheck"));
-    assert_eq!(files_in(spool.path()), 0, "nothing left in the spool");
 }
 
 #[test]
 fn property_and_payload_profile_violations_are_refused_signed_when_the_leg_signs() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let identity = varti_b();
+    let t = setup();
     let cases: Vec<(&str, Msg, &str)> = vec![
         (
             "signed",
@@ -504,34 +473,20 @@ fn property_and_payload_profile_violations_are_refused_signed_when_the_leg_signs
             "",
         ),
     ];
-    for (leg_name, msg, detail) in cases {
-        let (package, um) = seal(&set, leg_name, msg);
-        let refusal = receive(&set, &identity, &package, spool.path()).unwrap_err();
-        assert_refused(
-            &refusal,
-            ErrorCode::ProcessingModeMismatch,
-            &um.message_info.message_id,
-            leg_name == "signed",
-        );
+    for (leg_name, msg, expected) in cases {
+        let mismatch = ErrorCode::ProcessingModeMismatch;
+        let refusal = t.refused(leg_name, msg, mismatch, leg_name == "signed");
         assert!(!refusal.is_security_fault());
-        assert!(
-            refusal.error.detail.contains(detail),
-            "{leg_name}: {}",
-            refusal.error.detail
-        );
-        assert_eq!(
-            files_in(spool.path()),
-            0,
-            "the refused payloads are removed"
-        );
+        let detail = &refusal.error.detail;
+        assert!(detail.contains(expected), "{leg_name}: {detail}");
     }
 }
 
 #[test]
 fn the_leg_builders_follow_the_leg() {
-    let pm = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let signed = leg(&set, "signed");
+    let t = setup();
+    let set = &t.set;
+    let signed = leg(set, "signed");
     let um = leg::user_message(
         signed,
         MessageFields {
@@ -566,7 +521,7 @@ fn the_leg_builders_follow_the_leg() {
     let p = leg::send_policy(signed, &k, &c, Some(&e)).unwrap();
     assert!(p.encryption.is_some() && p.compress);
     assert_eq!(p.signing.profile.name, "eDelivery AS4 1.15");
-    let p = leg::send_policy(leg(&set, "plain"), &k, &c, Some(&e)).unwrap();
+    let p = leg::send_policy(leg(set, "plain"), &k, &c, Some(&e)).unwrap();
     assert!(p.encryption.is_none());
 
     // One lookup of profiles, by leg kind, by name, by signature method.
@@ -589,21 +544,11 @@ fn the_leg_builders_follow_the_leg() {
 
 #[test]
 fn a_message_must_arrive_the_way_its_leg_binds() {
-    let pm = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let set = pmodes(pm.path());
-    let (package, um) = seal(&set, "signed", Msg::good());
+    let t = setup();
+    let (package, um) = t.seal("signed", Msg::good());
     // The "signed" leg is a push leg: the same message handed over as if it had come in
     // the answer to a PullRequest is refused before any security work, unsigned.
-    let refusal = accept_package(
-        &package,
-        Arrival::Pulled,
-        &set,
-        &varti_b(),
-        OffsetDateTime::now_utc(),
-        Some(spool.path()),
-    )
-    .unwrap_err();
+    let refusal = t.receive_as(&package, Arrival::Pulled).unwrap_err();
     assert_refused(
         &refusal,
         ErrorCode::ProcessingModeMismatch,
@@ -611,5 +556,5 @@ fn a_message_must_arrive_the_way_its_leg_binds() {
         false,
     );
     assert!(refusal.error.detail.contains("pulled"), "{}", refusal.error);
-    assert_eq!(files_in(spool.path()), 0, "nothing spooled");
+    assert_eq!(files_in(t.spool.path()), 0, "nothing spooled");
 }

@@ -12,18 +12,14 @@ use openssl::bn::BigNum;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, KeyUsage};
-use openssl::x509::{
-    X509Crl, X509CrlBuilder, X509Extension, X509NameBuilder, X509RevokedBuilder, X509,
-};
+use openssl::x509::extension::KeyUsage;
+use openssl::x509::{X509Crl, X509CrlBuilder, X509Extension, X509RevokedBuilder, X509};
 use varti_as4::error::ErrorCode;
-use varti_as4::inbound::{key_protection_for, receive, ReceivePolicy};
+use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
 use varti_as4::pmode::{load_dir_with, LoadOptions};
-use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::AS4_1_15;
-use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
 
 mod support;
@@ -40,7 +36,8 @@ fn rsa() -> PKey<Private> {
 }
 
 /// A certificate `cn` for `key`, serial `serial`, issued by `issuer` (self-signed when
-/// `None`); a CA (basicConstraints, keyCertSign + cRLSign) when `ca`.
+/// `None`); a CA (basicConstraints, keyCertSign + cRLSign) when `ca`, else one naming
+/// [`CDP`] as its CRL distribution point.
 fn issue(
     key: &PKey<Private>,
     cn: &str,
@@ -48,52 +45,32 @@ fn issue(
     issuer: Option<(&X509, &PKey<Private>)>,
     ca: bool,
 ) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&BigNum::from_u32(serial).unwrap().to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
-        .unwrap();
-    b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(now() - DAY).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(now() + 365 * DAY).unwrap())
-        .unwrap();
-    if ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-        b.append_extension(
-            KeyUsage::new()
-                .critical()
-                .key_cert_sign()
-                .crl_sign()
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
+    let subject = [("CN", cn)];
+    let spec = CertSpec {
+        issuer,
+        serial: Some(serial),
+        key_id: false,
+        ..CertSpec::new(&subject)
+    };
+    let spec = if ca {
+        let usage = KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build();
+        CertSpec {
+            ca: true,
+            key_usage: usage.unwrap(),
+            ..spec
+        }
     } else {
-        b.append_extension(
-            KeyUsage::new()
-                .digital_signature()
-                .non_repudiation()
-                .key_encipherment()
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-        b.append_extension(der_extension("2.5.29.31", &crl_distribution_point(CDP)))
-            .unwrap();
-    }
-    b.sign(
-        issuer.map(|(_, k)| k).unwrap_or(key),
-        MessageDigest::sha256(),
-    )
-    .unwrap();
-    b.build()
+        let cdp = der_extension("2.5.29.31", &crl_distribution_point(CDP));
+        CertSpec {
+            extensions: vec![cdp],
+            ..spec
+        }
+    };
+    support::issue(key, spec)
 }
 
 const CDP: &str = "http://ca.test/ca.crl";
@@ -197,20 +174,14 @@ fn sealed(p: &Pki) -> (Vec<u8>, String) {
         properties: vec![],
         content: &mut data as &mut dyn Read,
     }];
-    let policy = SendPolicy {
-        signing: SigningIdentity {
-            profile: &AS4_1_15,
-            key: &p.alice_key,
-            certificate: &p.alice,
-            token_reference: TokenReference::BinarySecurityToken,
-        },
-        encryption: Some(EncryptionSettings {
-            receiver_cert: &p.bob.enc_cert,
-            key_protection: key_protection_for(&AS4_1_15),
-            token_reference: TokenReference::BinarySecurityToken,
-        }),
-        compress: false,
-    };
+    let policy = SendPolicy::new(
+        &AS4_1_15,
+        TokenReference::BinarySecurityToken,
+        &p.alice_key,
+        &p.alice,
+        Some(&p.bob.enc_cert),
+        false,
+    );
     let mut out = Vec::new();
     let sent = send(&user_message(), payloads, &policy, &mut out).unwrap();
     (out, sent.content_type)

@@ -2,19 +2,16 @@
 //! with xmlsec1, signature-wrapping attacks, NRR receipts and certificate checks.
 
 mod common;
+mod support;
 
-use std::io::Write;
-use std::process::Command;
-
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509NameBuilder, X509};
+use openssl::x509::extension::KeyUsage;
+use openssl::x509::X509;
+use support::{issue, CertSpec};
 use time::OffsetDateTime;
 use varti_as4::security::dom::XmlDocument;
 use varti_as4::security::profile::{self, Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
@@ -38,69 +35,88 @@ fn ed_key() -> PKey<Private> {
     PKey::generate_ed25519().unwrap()
 }
 
-struct CertSpec<'a> {
-    cn: &'a str,
-    issuer: Option<(&'a X509, &'a PKey<Private>)>,
-    ca: bool,
-    not_before_days: i64,
-    not_after_days: i64,
-    key_usage: KeyUsage,
-}
+const BST: TokenReference = TokenReference::BinarySecurityToken;
 
-fn make_cert(key: &PKey<Private>, spec: CertSpec<'_>) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("C", "LV").unwrap();
-    name.append_entry_by_text("O", "Varti Test, Inc.").unwrap();
-    name.append_entry_by_text("CN", spec.cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(120, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(spec.issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
-        .unwrap();
-    b.set_pubkey(key).unwrap();
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    b.set_not_before(&Asn1Time::from_unix(now + spec.not_before_days * 86400).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::from_unix(now + spec.not_after_days * 86400).unwrap())
-        .unwrap();
-    if spec.ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-    }
-    b.append_extension(spec.key_usage.build().unwrap()).unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(spec.issuer.map(|(c, _)| &**c), None))
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    let signing_key = spec.issuer.map(|(_, k)| k).unwrap_or(key);
-    let md = if signing_key.id() == openssl::pkey::Id::ED25519 {
-        MessageDigest::null()
-    } else {
-        MessageDigest::sha256()
-    };
-    b.sign(signing_key, md).unwrap();
-    b.build()
+/// The subject C=LV, O=Varti Test\, Inc., CN=`cn`.
+fn subject(cn: &str) -> [(&str, &str); 3] {
+    [("C", "LV"), ("O", "Varti Test, Inc."), ("CN", cn)]
 }
 
 fn self_signed(key: &PKey<Private>, cn: &str) -> X509 {
-    let mut ku = KeyUsage::new();
-    ku.digital_signature().non_repudiation();
-    make_cert(
-        key,
-        CertSpec {
-            cn,
-            issuer: None,
-            ca: false,
-            not_before_days: -1,
-            not_after_days: 365,
-            key_usage: ku,
-        },
-    )
+    let subject = subject(cn);
+    let usage = KeyUsage::new()
+        .digital_signature()
+        .non_repudiation()
+        .build();
+    let spec = CertSpec {
+        key_usage: usage.unwrap(),
+        ..CertSpec::new(&subject)
+    };
+    issue(key, spec)
+}
+
+/// A self-signed CA certificate `cn` (keyCertSign, cRLSign), valid for `days` from now.
+fn ca_cert(key: &PKey<Private>, cn: &str, days: (i64, i64)) -> X509 {
+    let subject = subject(cn);
+    let usage = KeyUsage::new().key_cert_sign().crl_sign().build();
+    let spec = CertSpec {
+        ca: true,
+        days,
+        key_usage: usage.unwrap(),
+        ..CertSpec::new(&subject)
+    };
+    issue(key, spec)
+}
+
+/// A certificate `cn` issued by `ca` for `usage`, valid from yesterday for `days` days.
+fn leaf_cert(
+    key: &PKey<Private>,
+    cn: &str,
+    ca: (&X509, &PKey<Private>),
+    usage: &KeyUsage,
+    days: i64,
+) -> X509 {
+    let subject = subject(cn);
+    let spec = CertSpec {
+        issuer: Some(ca),
+        days: (-1, days),
+        key_usage: usage.build().unwrap(),
+        ..CertSpec::new(&subject)
+    };
+    issue(key, spec)
+}
+
+/// A CA and the certificate it issued, with their keys.
+struct Chain {
+    ca_key: PKey<Private>,
+    ca: X509,
+    leaf_key: PKey<Private>,
+    leaf: X509,
+}
+
+/// A CA `ca_cn` valid for `ca_days` from now, and the certificate "AP" it issued for
+/// signatures, valid from yesterday for `leaf_days` days.
+fn chain(ca_cn: &str, ca_days: (i64, i64), leaf_days: i64) -> Chain {
+    let ca_key = rsa_key();
+    let ca = ca_cert(&ca_key, ca_cn, ca_days);
+    let leaf_key = rsa_key();
+    let mut signing = KeyUsage::new();
+    signing.digital_signature();
+    let leaf = leaf_cert(&leaf_key, "AP", (&ca, &ca_key), &signing, leaf_days);
+    Chain {
+        ca_key,
+        ca,
+        leaf_key,
+        leaf,
+    }
+}
+
+/// Verification options for `profile` with no candidate certificates.
+fn no_candidates(profile: &Profile) -> VerifyOptions<'_> {
+    VerifyOptions {
+        profile,
+        candidate_certificates: &[],
+    }
 }
 
 fn envelope() -> String {
@@ -152,6 +168,19 @@ fn sign(
         token_reference: tr,
     };
     sign_envelope(&envelope(), &id, &as_sources(atts)).unwrap()
+}
+
+/// An envelope signed on 1.15 with a fresh RSA key (`tr` naming its self-signed
+/// certificate) over the first two [`attachments`]: the certificate, the attachments,
+/// the signed envelope.
+fn signed_with_two_attachments(
+    tr: TokenReference,
+) -> (X509, Vec<MemoryAttachment>, SignedEnvelope) {
+    let key = rsa_key();
+    let cert = self_signed(&key, "sender");
+    let atts = attachments();
+    let signed = sign(&AS4_1_15, &key, &cert, tr, &atts[..2]);
+    (cert, atts, signed)
 }
 
 #[test]
@@ -213,21 +242,9 @@ fn round_trip_every_profile_and_token_reference() {
 
 #[test]
 fn tampered_or_missing_attachment_is_refused_and_unsigned_attachment_fails_policy() {
-    let key = rsa_key();
-    let cert = self_signed(&key, "sender");
-    let atts = attachments();
-    let signed = sign(
-        &AS4_1_15,
-        &key,
-        &cert,
-        TokenReference::BinarySecurityToken,
-        &atts[..2],
-    );
+    let (_, atts, signed) = signed_with_two_attachments(BST);
     let doc = XmlDocument::parse(signed.envelope.as_bytes()).unwrap();
-    let opts = VerifyOptions {
-        profile: &AS4_1_15,
-        candidate_certificates: &[],
-    };
+    let opts = no_candidates(&AS4_1_15);
     let mut swapped = atts[..2].to_vec();
     swapped[0].data[1000] ^= 1;
     let err = verify_signature(&doc, &opts)
@@ -257,22 +274,9 @@ fn tampered_or_missing_attachment_is_refused_and_unsigned_attachment_fails_polic
 fn wrong_profile_is_policy_noncompliance() {
     let key = ed_key();
     let cert = self_signed(&key, "sender");
-    let signed = sign(
-        &AS4_2_0_EDDSA,
-        &key,
-        &cert,
-        TokenReference::BinarySecurityToken,
-        &[],
-    );
+    let signed = sign(&AS4_2_0_EDDSA, &key, &cert, BST, &[]);
     let doc = XmlDocument::parse(signed.envelope.as_bytes()).unwrap();
-    let err = verify_signature(
-        &doc,
-        &VerifyOptions {
-            profile: &AS4_1_15,
-            candidate_certificates: &[],
-        },
-    )
-    .unwrap_err();
+    let err = verify_signature(&doc, &no_candidates(&AS4_1_15)).unwrap_err();
     assert_eq!(err.code, ErrorCode::PolicyNoncompliance);
     assert!(
         err.detail.contains(profile::SIG_EDDSA_ED25519),
@@ -309,52 +313,14 @@ fn ecdsa_values_are_raw_r_s_and_convert_both_ways() {
 fn xmlsec1_verifies_rsa_and_ecdsa_signatures() {
     for (profile, key) in [(&AS4_1_15, rsa_key()), (&AS4_2_0_ECDSA, ec_key())] {
         let cert = self_signed(&key, "sender");
-        let signed = sign(
-            profile,
-            &key,
-            &cert,
-            TokenReference::BinarySecurityToken,
-            &[],
-        );
-        let mut doc = tempfile::NamedTempFile::new().unwrap();
-        doc.write_all(signed.envelope.as_bytes()).unwrap();
-        let mut pem = tempfile::NamedTempFile::new().unwrap();
-        pem.write_all(&cert.to_pem().unwrap()).unwrap();
-        let run = |path: &std::path::Path| {
-            Command::new("xmlsec1")
-                .args([
-                    "--verify",
-                    "--id-attr:Id",
-                    "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/:Messaging",
-                ])
-                .args([
-                    "--id-attr:Id",
-                    "http://www.w3.org/2003/05/soap-envelope:Body",
-                ])
-                .arg("--pubkey-cert-pem")
-                .arg(pem.path())
-                .arg(path)
-                .output()
-                .expect("xmlsec1 must be installed (apt-get install xmlsec1)")
-        };
-        let out = run(doc.path());
-        assert!(
-            out.status.success(),
-            "{}: xmlsec1 refused: {}",
-            profile.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let signed = sign(profile, &key, &cert, BST, &[]);
+        if let Err(stderr) = support::xmlsec1_verify(&signed.envelope, &cert) {
+            panic!("{}: xmlsec1 refused: {stderr}", profile.name);
+        }
         // And it notices a change in the signed eb:Messaging.
-        let mut bad = tempfile::NamedTempFile::new().unwrap();
-        bad.write_all(
-            signed
-                .envelope
-                .replace("m1@varti.test", "m2@varti.test")
-                .as_bytes(),
-        )
-        .unwrap();
+        let bad = signed.envelope.replace("m1@varti.test", "m2@varti.test");
         assert!(
-            !run(bad.path()).status.success(),
+            support::xmlsec1_verify(&bad, &cert).is_err(),
             "{}: xmlsec1 accepted a modified message",
             profile.name
         );
@@ -371,18 +337,8 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
 fn signature_wrapping_variants_are_refused() {
     let key = rsa_key();
     let cert = self_signed(&key, "sender");
-    let signed = sign(
-        &AS4_1_15,
-        &key,
-        &cert,
-        TokenReference::BinarySecurityToken,
-        &[],
-    )
-    .envelope;
-    let opts = VerifyOptions {
-        profile: &AS4_1_15,
-        candidate_certificates: &[],
-    };
+    let signed = sign(&AS4_1_15, &key, &cert, BST, &[]).envelope;
+    let opts = no_candidates(&AS4_1_15);
     let messaging = between(&signed, "<eb:Messaging", "</eb:Messaging>").to_string();
     let body = between(&signed, "<S12:Body", "/>").to_string();
     let forged_messaging = messaging
@@ -468,16 +424,7 @@ fn signature_wrapping_variants_are_refused() {
 
 #[test]
 fn nrr_receipt_round_trip_and_mismatch() {
-    let key = rsa_key();
-    let cert = self_signed(&key, "sender");
-    let atts = attachments();
-    let signed = sign(
-        &AS4_1_15,
-        &key,
-        &cert,
-        TokenReference::SubjectKeyIdentifier,
-        &atts[..2],
-    );
+    let (cert, atts, signed) = signed_with_two_attachments(TokenReference::SubjectKeyIdentifier);
     let doc = XmlDocument::parse(signed.envelope.as_bytes()).unwrap();
     let candidates = [cert.clone()];
     let report = verify_signature(
@@ -532,14 +479,7 @@ fn pyas4_receipt_nrr_matches_the_request_and_ours_would_too() {
     receipt::check_receipt_nrr(&rec_doc, &sent).unwrap();
     // Varti's NRR for the request (references as verified; the attachment's after the
     // decryptor hands its plaintext to finish()).
-    let v = verify_signature(
-        &req_doc,
-        &VerifyOptions {
-            profile: &AS4_1_15,
-            candidate_certificates: &[],
-        },
-    )
-    .unwrap();
+    let v = verify_signature(&req_doc, &no_candidates(&AS4_1_15)).unwrap();
     let refs: Vec<_> = v
         .xml_references()
         .iter()
@@ -553,85 +493,33 @@ fn pyas4_receipt_nrr_matches_the_request_and_ours_would_too() {
 
 #[test]
 fn certificate_chain_time_and_key_usage() {
-    let ca_key = rsa_key();
-    let mut ca_ku = KeyUsage::new();
-    ca_ku.key_cert_sign().crl_sign();
-    let ca = make_cert(
-        &ca_key,
-        CertSpec {
-            cn: "Test CA",
-            issuer: None,
-            ca: true,
-            not_before_days: -10,
-            not_after_days: 3650,
-            key_usage: ca_ku,
-        },
-    );
-    let leaf_key = rsa_key();
-    let mut ku = KeyUsage::new();
-    ku.digital_signature();
-    let leaf = make_cert(
-        &leaf_key,
-        CertSpec {
-            cn: "AP",
-            issuer: Some((&ca, &ca_key)),
-            ca: false,
-            not_before_days: -1,
-            not_after_days: 30,
-            key_usage: ku,
-        },
-    );
+    let Chain {
+        ca_key,
+        ca,
+        leaf_key,
+        leaf,
+    } = chain("Test CA", (-10, 3650), 30);
     let now = OffsetDateTime::now_utc();
     token::validate_signer_certificate(&leaf, &[], std::slice::from_ref(&ca), now).unwrap();
     // Another CA: untrusted.
-    let other_key = rsa_key();
-    let mut oku = KeyUsage::new();
-    oku.key_cert_sign();
-    let other = make_cert(
-        &other_key,
-        CertSpec {
-            cn: "Other CA",
-            issuer: None,
-            ca: true,
-            not_before_days: -10,
-            not_after_days: 3650,
-            key_usage: oku,
-        },
-    );
+    let other = ca_cert(&rsa_key(), "Other CA", (-10, 3650));
     let err = token::validate_signer_certificate(&leaf, &[], &[other], now).unwrap_err();
     assert_eq!(err.code, ErrorCode::FailedAuthentication);
     assert!(err.detail.contains("not trusted"), "{}", err.detail);
     // Not yet valid / expired at given times.
-    let err = token::validate_signer_certificate(
-        &leaf,
-        &[],
-        std::slice::from_ref(&ca),
-        now - time::Duration::days(5),
-    )
-    .unwrap_err();
-    assert!(err.detail.contains("not valid before"), "{}", err.detail);
-    let err = token::validate_signer_certificate(
-        &leaf,
-        &[],
-        std::slice::from_ref(&ca),
-        now + time::Duration::days(60),
-    )
-    .unwrap_err();
-    assert!(err.detail.contains("expired"), "{}", err.detail);
+    let days = time::Duration::days;
+    for (at, why) in [
+        (now - days(5), "not valid before"),
+        (now + days(60), "expired"),
+    ] {
+        let anchors = std::slice::from_ref(&ca);
+        let err = token::validate_signer_certificate(&leaf, &[], anchors, at).unwrap_err();
+        assert!(err.detail.contains(why), "{}", err.detail);
+    }
     // Key usage without digitalSignature / nonRepudiation.
     let mut enc = KeyUsage::new();
     enc.key_encipherment();
-    let enc_leaf = make_cert(
-        &leaf_key,
-        CertSpec {
-            cn: "Enc",
-            issuer: Some((&ca, &ca_key)),
-            ca: false,
-            not_before_days: -1,
-            not_after_days: 30,
-            key_usage: enc,
-        },
-    );
+    let enc_leaf = leaf_cert(&leaf_key, "Enc", (&ca, &ca_key), &enc, 30);
     let err = token::validate_signer_certificate(&enc_leaf, &[], &[ca], now).unwrap_err();
     assert!(err.detail.contains("KeyUsage"), "{}", err.detail);
     // IssuerSerial DN string round-trips through the matcher, with aliases and spacing.
@@ -682,64 +570,34 @@ fn text_attachments_are_digested_with_crlf_line_endings_and_cids_match_percent_e
     assert!(!cid_matches("#part1@x", "part1@x"));
 }
 
-#[test]
-fn pkipath_token_is_accepted_with_its_chain() {
-    let ca_key = rsa_key();
-    let mut ca_ku = KeyUsage::new();
-    ca_ku.key_cert_sign();
-    let ca = make_cert(
-        &ca_key,
-        CertSpec {
-            cn: "CA",
-            issuer: None,
-            ca: true,
-            not_before_days: -1,
-            not_after_days: 365,
-            key_usage: ca_ku,
-        },
-    );
-    let key = rsa_key();
-    let mut ku = KeyUsage::new();
-    ku.digital_signature();
-    let leaf = make_cert(
-        &key,
-        CertSpec {
-            cn: "AP",
-            issuer: Some((&ca, &ca_key)),
-            ca: false,
-            not_before_days: -1,
-            not_after_days: 365,
-            key_usage: ku,
-        },
-    );
-    let signed = sign(
-        &AS4_1_15,
-        &key,
-        &leaf,
-        TokenReference::BinarySecurityToken,
-        &[],
-    )
-    .envelope;
-    // Re-express the (unsigned) token as a PKIPath: SEQUENCE { ca, leaf }.
+/// A PKIPath of `ca` and `leaf`: SEQUENCE { ca, leaf }, DER.
+fn pkipath_der(ca: &X509, leaf: &X509) -> Vec<u8> {
     let mut inner = ca.to_der().unwrap();
     inner.extend(leaf.to_der().unwrap());
     let mut der = vec![0x30, 0x82];
     der.extend((inner.len() as u16).to_be_bytes());
     der.extend(inner);
+    der
+}
+
+#[test]
+fn pkipath_token_is_accepted_with_its_chain() {
+    let Chain {
+        ca,
+        leaf_key: key,
+        leaf,
+        ..
+    } = chain("CA", (-1, 365), 365);
+    let signed = sign(&AS4_1_15, &key, &leaf, BST, &[]).envelope;
+    // Re-express the (unsigned) token as a PKIPath: SEQUENCE { ca, leaf }.
+    let der = pkipath_der(&ca, &leaf);
     use base64::Engine;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let pkipath = signed
         .replace(&b64(&leaf.to_der().unwrap()), &b64(&der))
         .replace("#X509v3", "#X509PKIPathv1");
     let doc = XmlDocument::parse(pkipath.as_bytes()).unwrap();
-    let v = verify_signature(
-        &doc,
-        &VerifyOptions {
-            profile: &AS4_1_15,
-            candidate_certificates: &[],
-        },
-    )
-    .unwrap();
+    let v = verify_signature(&doc, &no_candidates(&AS4_1_15)).unwrap();
     assert_eq!(v.token().reference, TokenReference::PkiPath);
     assert_eq!(
         v.token().certificate.to_der().unwrap(),
@@ -755,20 +613,9 @@ fn pkipath_token_is_accepted_with_its_chain() {
     .unwrap();
     // A PKIPath whose leaf is another certificate does not verify.
     let other = self_signed(&rsa_key(), "other");
-    let mut inner = ca.to_der().unwrap();
-    inner.extend(other.to_der().unwrap());
-    let mut der2 = vec![0x30, 0x82];
-    der2.extend((inner.len() as u16).to_be_bytes());
-    der2.extend(inner);
+    let der2 = pkipath_der(&ca, &other);
     let forged = pkipath.replace(&b64(&der), &b64(&der2));
     let doc = XmlDocument::parse(forged.as_bytes()).unwrap();
-    let err = verify_signature(
-        &doc,
-        &VerifyOptions {
-            profile: &AS4_1_15,
-            candidate_certificates: &[],
-        },
-    )
-    .unwrap_err();
+    let err = verify_signature(&doc, &no_candidates(&AS4_1_15)).unwrap_err();
     assert_eq!(err.code, ErrorCode::FailedAuthentication);
 }

@@ -529,20 +529,12 @@ fn phase4_receipt_with_nrr_soap11() {
         return;
     };
     assert!(!env.messaging_must_understand);
-    let s = &env.messaging.signals[0];
-    assert_eq!(
-        s.message_info.message_id,
-        "uiwtoruiopwr2543890@b.example.com"
+    let s = first_signal(
+        &env,
+        "uiwtoruiopwr2543890@b.example.com",
+        "uiopfdsmnf4898965563434@a.example.com",
     );
-    assert_eq!(
-        s.message_info.ref_to_message_id.as_deref(),
-        Some("uiopfdsmnf4898965563434@a.example.com")
-    );
-    let SignalKind::Receipt(Receipt {
-        non_repudiation: Some(parts),
-        other,
-    }) = &s.kind
-    else {
+    let (Some(parts), other) = receipt_of(s) else {
         panic!("expected an NRR receipt, got {:?}", s.kind)
     };
     assert!(other.is_empty());
@@ -575,20 +567,12 @@ fn phase4_test_receipts_carry_a_plain_copy_of_the_header() {
     );
     // The copied UserMessage inside the receipt is not a second user message.
     assert!(env.messaging.user_message.is_none());
-    let s = &env.messaging.signals[0];
-    assert_eq!(
-        s.message_info.message_id,
-        "ph-as4@8e086db6-b26e-4c15-95c5-973f3bedbd96"
+    let s = first_signal(
+        &env,
+        "ph-as4@8e086db6-b26e-4c15-95c5-973f3bedbd96",
+        "ph-as4@2babaddd-282e-461e-b645-730c5abebcce",
     );
-    assert_eq!(
-        s.message_info.ref_to_message_id.as_deref(),
-        Some("ph-as4@2babaddd-282e-461e-b645-730c5abebcce")
-    );
-    let SignalKind::Receipt(Receipt {
-        non_repudiation: None,
-        other,
-    }) = &s.kind
-    else {
+    let (None, other) = receipt_of(s) else {
         panic!("expected a plain receipt, got {:?}", s.kind)
     };
     let [raw] = other.as_slice() else {
@@ -609,20 +593,12 @@ fn phase4_test_receipts_carry_a_plain_copy_of_the_header() {
     };
     assert_eq!(env.soap_version, SoapVersion::Soap12);
     assert!(env.has_security_header);
-    let s = &env.messaging.signals[0];
-    assert_eq!(
-        s.message_info.message_id,
-        "d36e26c0-5d4d-4950-ad81-dc620681b5f9@phase4"
+    let s = first_signal(
+        &env,
+        "d36e26c0-5d4d-4950-ad81-dc620681b5f9@phase4",
+        "035e0a83-6dc5-427b-bcee-483475c65153@phase4",
     );
-    assert_eq!(
-        s.message_info.ref_to_message_id.as_deref(),
-        Some("035e0a83-6dc5-427b-bcee-483475c65153@phase4")
-    );
-    let SignalKind::Receipt(Receipt {
-        non_repudiation: Some(parts),
-        other,
-    }) = &s.kind
-    else {
+    let (Some(parts), other) = receipt_of(s) else {
         panic!("expected an NRR receipt, got {:?}", s.kind)
     };
     // phase4 adds its own element beside the NRI; it is kept as carried.
@@ -658,13 +634,28 @@ fn phase4_test_receipts_carry_a_plain_copy_of_the_header() {
     );
 }
 
+/// The first signal of `env`, asserted to have MessageId `id` and RefToMessageId `ref_to`.
+fn first_signal<'e>(env: &'e Envelope, id: &str, ref_to: &str) -> &'e SignalMessage {
+    let s = &env.messaging.signals[0];
+    assert_eq!(s.message_info.message_id, id);
+    assert_eq!(s.message_info.ref_to_message_id.as_deref(), Some(ref_to));
+    s
+}
+
+/// The receipt a signal carries: its NRR parts (when it has them) and its other content.
+fn receipt_of(s: &SignalMessage) -> (Option<&Vec<MessagePartNrInformation>>, &Vec<String>) {
+    match &s.kind {
+        SignalKind::Receipt(Receipt {
+            non_repudiation,
+            other,
+        }) => (non_repudiation.as_ref(), other),
+        other => panic!("expected a receipt, got {other:?}"),
+    }
+}
+
 fn nrr_uris(env: &Envelope) -> (String, Vec<Option<String>>) {
     let s = &env.messaging.signals[0];
-    let SignalKind::Receipt(Receipt {
-        non_repudiation: Some(parts),
-        other,
-    }) = &s.kind
-    else {
+    let (Some(parts), other) = receipt_of(s) else {
         panic!("expected an NRR receipt, got {:?}", s.kind)
     };
     assert!(other.is_empty());
@@ -744,11 +735,7 @@ fn helger_signed_nrr_receipt_lists_a_cid_reference() {
         uris[2].as_deref(),
         Some("cid:phase4-att-8f153eee-52ce-4a39-96a6-2a13296991bb@cid")
     );
-    let SignalKind::Receipt(Receipt {
-        non_repudiation: Some(parts),
-        ..
-    }) = &env.messaging.signals[0].kind
-    else {
+    let (Some(parts), _) = receipt_of(&env.messaging.signals[0]) else {
         unreachable!()
     };
     let swa = &parts[2].reference.as_ref().unwrap().transforms[0];

@@ -211,6 +211,19 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event.
+    pub const ALL: [Event; 9] = [
+        Event::Claim,
+        Event::AttemptFailed,
+        Event::LeaseExpired,
+        Event::Acknowledge,
+        Event::Fail,
+        Event::Resend,
+        Event::Deliver,
+        Event::Download,
+        Event::Delete,
+    ];
+
     /// A stable snake_case name for logs and history columns.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -275,17 +288,7 @@ pub fn transition(current: State, event: Event) -> Result<State, InvalidTransiti
 mod tests {
     use super::*;
 
-    const EVENTS: [Event; 9] = [
-        Event::Claim,
-        Event::AttemptFailed,
-        Event::LeaseExpired,
-        Event::Acknowledge,
-        Event::Fail,
-        Event::Resend,
-        Event::Deliver,
-        Event::Download,
-        Event::Delete,
-    ];
+    const EVENTS: [Event; 9] = Event::ALL;
 
     #[test]
     fn outbound_happy_path_and_retry_path() {

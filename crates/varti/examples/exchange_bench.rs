@@ -48,38 +48,25 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
 
+// The AS4 benchmarks' `openssl speed` runs, for the same comparison figures.
+#[path = "../../as4/examples/bench_support/mod.rs"]
+mod as4_bench;
 mod bench_support;
 
-/// The bench agreement; `{profile}` is replaced by the run's security profile.
-const BENCH_PMODES: &str = r#"
-[security.bench]
-profile = "{profile}"
-sign = true
-encrypt = true
-token_reference = "bst"
-
-[reception.bench]
-retry_intervals = ["1s", "2s", "5s"]
-
-[compression.bench]
-enabled = true
-max_decompressed_size = "2GiB"
-
-[[process]]
-name = "bench"
-mep = "oneWay"
-binding = "push"
-initiator = { parties = ["varti-a", "varti-b"] }
-responder = { parties = ["varti-a", "varti-b"] }
-
-[[process.leg]]
-name = "deliver"
-service = "urn:varti:bench"
-action = "Deliver"
-security = "bench"
-reception = "bench"
-compression = "bench"
-"#;
+/// The bench agreement under the run's security profile.
+fn bench_pmodes(profile: &str) -> String {
+    let reception = "retry_intervals = [\"1s\", \"2s\", \"5s\"]\n";
+    let compression = "max_decompressed_size = \"2GiB\"\n";
+    let settings = pair::settings_toml("bench", profile, reception, Some(compression));
+    let process = pair::process_toml(
+        "bench",
+        "push",
+        [pair::BOTH; 2],
+        &[["deliver", "urn:varti:bench", "Deliver"]],
+        "security = \"bench\"\nreception = \"bench\"\ncompression = \"bench\"\n",
+    );
+    settings + &process
+}
 
 /// Sender settings of every node: many messages in flight, a short idle poll (other
 /// instances' submissions are only seen by polling), quiet logs.
@@ -407,7 +394,7 @@ impl Drop for Nodes {
 /// own PMode directory) with the profile's keys and store, and starts them.
 fn start_nodes(binary: &Path, repo: &Path, run: &Run) -> Nodes {
     let root = tempfile::tempdir().unwrap();
-    let bench = BENCH_PMODES.replace("{profile}", run.profile.pmode);
+    let bench = bench_pmodes(run.profile.pmode);
     let mut schemas = Vec::new();
     let store_config: Vec<String> = match run.store {
         StoreKind::Sled => vec![String::new(), String::new()],
@@ -630,22 +617,9 @@ fn big_run(binary: &Path, repo: &Path, mib_count: u64, load: &LoadSampler) -> St
 /// `openssl speed` of the primitives, in the security section's command style.
 fn openssl_speed() -> String {
     let mut out = String::new();
-    for args in [
-        &[
-            "speed",
-            "-seconds",
-            "1",
-            "rsa2048",
-            "rsa3072",
-            "ed25519",
-            "ecdsap256",
-            "ecdhp256",
-            "ecdhx25519",
-        ][..],
-        &["speed", "-seconds", "1", "-evp", "aes-128-gcm"][..],
-        &["speed", "-seconds", "1", "-evp", "sha256"][..],
-    ] {
+    for args in as4_bench::OPENSSL_SPEED_RUNS {
         let o = std::process::Command::new("openssl")
+            .arg("speed")
             .args(args)
             .output()
             .expect("the openssl command line tool");
@@ -685,6 +659,17 @@ fn form_head(name: &str, mime: &str) -> String {
     )
 }
 
+/// Reads an HTTP answer to its end (the server closes): the whole answer, and its body.
+fn read_answer(mut tcp: TcpStream) -> (String, String) {
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (answer, body)
+}
+
 fn post(
     api: SocketAddr,
     token: &str,
@@ -699,17 +684,12 @@ fn post(
     )
     .unwrap();
     write_body(&mut tcp);
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).unwrap();
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or_default();
+    let (answer, body) = read_answer(tcp);
     assert!(
         answer.starts_with("HTTP/1.1 201"),
         "submit refused: {answer}"
     );
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["message_id"].as_str().unwrap().to_owned()
 }
 
@@ -780,13 +760,8 @@ fn wait_acknowledged(
             }
             let mut tcp = TcpStream::connect(api).unwrap();
             write!(tcp, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
-            let mut answer = String::new();
-            tcp.read_to_string(&mut answer).unwrap();
-            let body = answer
-                .split_once("\r\n\r\n")
-                .map(|x| x.1)
-                .unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let (_, body) = read_answer(tcp);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             for m in v["messages"].as_array().into_iter().flatten() {
                 if wanted.contains(m["message_id"].as_str().unwrap_or_default()) {
                     let t = |k: &str| {

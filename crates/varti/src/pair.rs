@@ -72,6 +72,79 @@ pub struct PairOptions {
     pub extra_config: String,
 }
 
+/// Both parties of the pair, as the initiators or responders of a process both may start.
+pub const BOTH: &[&str] = &["varti-a", "varti-b"];
+
+/// PMode TOML of named settings for an extra agreement ([`PairOptions::extra_pmodes`]):
+/// `[security.NAME]` (`profile`, signed and encrypted, the certificate as a binary security
+/// token), `[reception.NAME]` with the `reception` lines, and, when `compression` is given,
+/// `[compression.NAME]` (enabled) with those lines.
+pub fn settings_toml(
+    name: &str,
+    profile: &str,
+    reception: &str,
+    compression: Option<&str>,
+) -> String {
+    let mut toml = format!(
+        "\n[security.{name}]\nprofile = \"{profile}\"\nsign = true\nencrypt = true\n\
+         token_reference = \"bst\"\n\n[reception.{name}]\n{reception}"
+    );
+    if let Some(lines) = compression {
+        toml += &format!("\n[compression.{name}]\nenabled = true\n{lines}");
+    }
+    toml
+}
+
+/// PMode TOML of one `[[process]]` for an extra agreement ([`PairOptions::extra_pmodes`]):
+/// `binding` `push` or `pull` (one-way, one leg) or `pushAndPush` (two-way, the second leg
+/// the reply to the first); `parties` the initiators and the responders; each leg `[name,
+/// service, action]`, with the `leg_extra` lines (an MPC, named settings) on every leg.
+pub fn process_toml(
+    name: &str,
+    binding: &str,
+    [initiators, responders]: [&[&str]; 2],
+    legs: &[[&str; 3]],
+    leg_extra: &str,
+) -> String {
+    let mep = if binding == "pushAndPush" {
+        "twoWay"
+    } else {
+        "oneWay"
+    };
+    let parties = |p: &[&str]| {
+        let quoted: Vec<String> = p.iter().map(|p| format!("\"{p}\"")).collect();
+        format!("{{ parties = [{}] }}", quoted.join(", "))
+    };
+    let mut toml = format!(
+        "\n[[process]]\nname = \"{name}\"\nmep = \"{mep}\"\nbinding = \"{binding}\"\n\
+         initiator = {}\nresponder = {}\n",
+        parties(initiators),
+        parties(responders)
+    );
+    for (i, [leg, service, action]) in legs.iter().enumerate() {
+        toml += &format!(
+            "\n[[process.leg]]\nname = \"{leg}\"\nservice = \"{service}\"\naction = \"{action}\"\n{leg_extra}"
+        );
+        if i > 0 {
+            toml += "reply = true\n";
+        }
+    }
+    toml
+}
+
+/// PMode TOML of the two processes of an exchange either party may start: `names[0]`, a
+/// one-way push leg `deliver` (action Deliver on `services[0]`), and `names[1]`, a
+/// two-way push-and-push pair of legs `ask` and `answer` (actions Ask and Answer on
+/// `services[1]`).
+pub fn exchange_toml(names: [&str; 2], services: [&str; 2]) -> String {
+    let [delivery, question] = names;
+    let [deliver, ask] = services;
+    let one_way = [["deliver", deliver, "Deliver"]];
+    let two_way = [["ask", ask, "Ask"], ["answer", ask, "Answer"]];
+    process_toml(delivery, "push", [BOTH; 2], &one_way, "")
+        + &process_toml(question, "pushAndPush", [BOTH; 2], &two_way, "")
+}
+
 /// The two nodes, written to disk.
 #[derive(Debug, Clone)]
 pub struct PairLayout {
@@ -178,8 +251,23 @@ pub fn token_sha256(token: &str) -> String {
         .collect()
 }
 
+/// The `[identity]` table of `party` with its keys and certificates from the test PKI in
+/// `certs` (`certs/<party>/sign.key.pem` and so on), trusting the CA `certs/ca.cert.pem`.
+pub fn identity_toml(party: &str, certs: &str) -> String {
+    let file = |name: &str| format!("\"{certs}/{party}/{name}.pem\"");
+    format!(
+        "[identity]\nparty = \"{party}\"\nsigning_key = {}\nsigning_cert = {}\n\
+         encryption_key = {}\nencryption_cert = {}\ntrust_anchors = [\"{certs}/ca.cert.pem\"]\n",
+        file("sign.key"),
+        file("sign.cert"),
+        file("enc.key"),
+        file("enc.cert")
+    )
+}
+
 fn config_text(node: &NodeLayout, extra: &str) -> String {
     let party = node.party;
+    let identity = identity_toml(party, "../certs");
     format!(
         r#"# {party}: one node of a local pair (written by Varti; TEST keys only).
 data_dir = "data"
@@ -194,14 +282,7 @@ cert = "../certs/{party}/tls.cert.pem"
 key = "../certs/{party}/tls.key.pem"
 client_ca = "../certs/ca.cert.pem"
 client_auth = "required"
-[identity]
-party = "{party}"
-signing_key = "../certs/{party}/sign.key.pem"
-signing_cert = "../certs/{party}/sign.cert.pem"
-encryption_key = "../certs/{party}/enc.key.pem"
-encryption_cert = "../certs/{party}/enc.cert.pem"
-trust_anchors = ["../certs/ca.cert.pem"]
-[backend]
+{identity}[backend]
 listen = "127.0.0.1:{backend}"
 [[backend.clients]]
 name = "portal"

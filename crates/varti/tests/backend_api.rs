@@ -3,6 +3,7 @@
 //! acknowledgement, resend, status, purge, the OpenAPI document; `varti send`, `messages`,
 //! `status` and their exit codes.
 
+mod common;
 mod pair_support;
 mod serve_support;
 
@@ -38,7 +39,11 @@ fn start() -> Node {
         let path = entry.unwrap().path();
         std::fs::copy(&path, pmodes.join(path.file_name().unwrap())).unwrap();
     }
-    std::fs::write(pmodes.join("exchange.toml"), pair_support::EXCHANGE_PMODES).unwrap();
+    std::fs::write(
+        pmodes.join("exchange.toml"),
+        pair_support::exchange_pmodes(),
+    )
+    .unwrap();
     let config = format!(
         r#"data_dir = "data"
 pmodes_dir = "pmodes"
@@ -639,20 +644,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn wait_state(node: &Node, id: &str, state: &str, within: Duration) -> Value {
-    let start = Instant::now();
-    loop {
-        let m = get(node, &format!("/api/v1/messages/{}", enc(id)), PORTAL).json();
-        if m["state"] == state {
-            return m;
-        }
-        assert!(
-            start.elapsed() < within,
-            "{id} is {} after {within:?}, not {state}: {m:#}\nlog:\n{}",
-            m["state"],
-            node.served.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let path = format!("/api/v1/messages/{}", enc(id));
+    serve_support::wait_for_state(&node.served, id, state, within, || {
+        Some(get(node, &path, PORTAL).json())
+    })
 }
 
 #[test]
@@ -758,17 +753,21 @@ fn abandoned_upload_leaves_no_payload() {
 }
 
 fn varti(node: &Node, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_varti"))
-        .args(args)
-        .env("VARTI_API", format!("http://{}", node.backend))
-        .env("VARTI_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::run(
+        Command::new(env!("CARGO_BIN_EXE_varti"))
+            .args(args)
+            .env("VARTI_API", format!("http://{}", node.backend))
+            .env("VARTI_TOKEN", token),
     )
+}
+
+/// `varti send --to varti-b --service SERVICE --action Deliver`, then `rest` (options and
+/// files), as the portal.
+fn cli_send(node: &Node, service: &str, rest: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["send", "--to", "varti-b", "--service", service];
+    args.extend(["--action", "Deliver"]);
+    args.extend_from_slice(rest);
+    varti(node, PORTAL, &args)
 }
 
 #[test]
@@ -782,22 +781,10 @@ fn cli_send_messages_status_and_exit_codes() {
     let f2 = other.to_str().unwrap();
 
     // send → 0, prints the id.
-    let (code, out, err) = varti(
+    let (code, out, err) = cli_send(
         &node,
-        PORTAL,
-        &[
-            "send",
-            "--to",
-            "varti-b",
-            "--service",
-            EXCHANGE,
-            "--action",
-            "Deliver",
-            "--property",
-            "originalSender=urn:test:c1",
-            f1,
-            f2,
-        ],
+        EXCHANGE,
+        &["--property", "originalSender=urn:test:c1", f1, f2],
     );
     assert_eq!(code, 0, "{out}{err}");
     let id = out
@@ -874,56 +861,15 @@ fn cli_send_messages_status_and_exit_codes() {
     );
 
     // A send with no fitting leg: 1, with the API's explanation.
-    let (code, _, err) = varti(
-        &node,
-        PORTAL,
-        &[
-            "send",
-            "--to",
-            "varti-b",
-            "--service",
-            "urn:nope",
-            "--action",
-            "Deliver",
-            f1,
-        ],
-    );
+    let (code, _, err) = cli_send(&node, "urn:nope", &[f1]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no leg") && err.contains("urn:nope"), "{err}");
     // A missing file: 2.
-    let (code, _, _) = varti(
-        &node,
-        PORTAL,
-        &[
-            "send",
-            "--to",
-            "varti-b",
-            "--service",
-            EXCHANGE,
-            "--action",
-            "Deliver",
-            "/no/such/file",
-        ],
-    );
+    let (code, _, _) = cli_send(&node, EXCHANGE, &["/no/such/file"]);
     assert_eq!(code, 2);
 
     // --wait: varti-b is down, so the message fails (or is still retrying): 1.
-    let (code, out, err) = varti(
-        &node,
-        PORTAL,
-        &[
-            "send",
-            "--to",
-            "varti-b",
-            "--service",
-            EXCHANGE,
-            "--action",
-            "Deliver",
-            "--wait",
-            "30",
-            f1,
-        ],
-    );
+    let (code, out, err) = cli_send(&node, EXCHANGE, &["--wait", "30", f1]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("failed") || out.contains("still"), "{out}");
     // Its failure can be resent: 0; resending a message that is not failed: 1.

@@ -14,13 +14,13 @@
 //! the test fails, it never skips, when it is not.
 
 mod chaos_support;
+mod pair_support;
 mod serve_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chaos_support::*;
-use varti::pair::{PairLayout, PairOptions};
 use varti_store::postgres::testing::TestSchema;
 
 /// Which store the instances use.
@@ -47,38 +47,20 @@ fn chaos(kind: Kind) {
         std::process::id()
     );
     eprintln!("chaos: {kind:?}, {n} messages, run {run}");
-    let root = tempfile::tempdir().unwrap();
     let balancer = Arc::new(Balancer::bind(2));
-    let options = PairOptions {
-        extra_pmodes: vec![("chaos.toml".into(), chaos_pmodes())],
-        b_endpoint_port: Some(balancer.port),
-        extra_config: FAST_SENDER.into(),
-    };
-    let layout = PairLayout::create(root.path(), &repo(), &options).unwrap();
+    let pair = chaos_pair(balancer.port);
+    let layout = &pair.layout;
 
     // The schemas outlive the processes (declared first, dropped last).
     let mut schemas = Vec::new();
     let (senders, receivers) = match kind {
         Kind::PostgresPairs => {
             let (sa, sb) = (TestSchema::migrated(), TestSchema::migrated());
-            let config_a = format!(
-                "{FAST_SENDER}{}",
-                postgres_store_config(sa.url(), sa.name())
-            );
-            let config_b = format!(
-                "{FAST_SENDER}{}",
-                postgres_store_config(sb.url(), sb.name())
-            );
-            layout.rewrite_config(&layout.a, &config_a).unwrap();
-            layout.rewrite_config(&layout.b, &config_b).unwrap();
-            let a2 = layout.add_instance(&layout.a, "a2", &config_a).unwrap();
-            let b2 = layout.add_instance(&layout.b, "b2", &config_b).unwrap();
+            let [store_a, store_b] = [&sa, &sb].map(|s| postgres_store_config(s.url(), s.name()));
+            let started = start_pairs(layout, [&store_a, &store_b]);
             schemas.push(sa);
             schemas.push(sb);
-            (
-                vec![Instance::start(layout.a.clone()), Instance::start(a2)],
-                vec![Instance::start(layout.b.clone()), Instance::start(b2)],
-            )
+            started
         }
         Kind::Sled => (
             vec![Instance::start(layout.a.clone())],

@@ -170,6 +170,40 @@ fn single_error(v: &Value) -> &Value {
     errors[0]
 }
 
+/// The only error of a `check --json` output, asserted to be of `kind`, for `owner`'s
+/// certificate for `role`.
+fn the_error<'v>(v: &'v Value, kind: &str, owner: &str, role: &str) -> &'v Value {
+    let p = single_error(v);
+    assert_eq!(p["kind"], kind, "{p:#}");
+    assert_eq!(p["owner"], owner, "{p:#}");
+    assert_eq!(p["role"], role, "{p:#}");
+    p
+}
+
+/// `varti ARGS` in `dir`, asserted to exit with `code`: its JSON output.
+fn json_exit(dir: &Path, args: &[&str], code: i32) -> Value {
+    let out = varti(dir, args);
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+    json(&out)
+}
+
+const CHECK_JSON: &[&str] = &["certs", "check", "--json"];
+
+/// A signing certificate CN=`cn`, OU=`ou` for `key` from the shipped test CA in `dir`,
+/// valid from `days.0` to `days.1` days from now.
+fn from_test_ca(dir: &Path, (cn, ou): (&str, &str), key: &PKey<Private>, days: (i64, i64)) -> X509 {
+    let (ca, ca_key) = test_ca(dir);
+    let (from, until) = days;
+    issue(
+        name(cn, ou),
+        key,
+        signing_usage(),
+        from,
+        until,
+        Some((&ca, &ca_key)),
+    )
+}
+
 fn ends_with(v: &Value, suffix: &str) -> bool {
     v.as_str().is_some_and(|s| s.ends_with(suffix))
 }
@@ -243,15 +277,7 @@ fn shipped_certs_and_pmodes_pass() {
 #[test]
 fn expired_partner_certificate_is_an_error() {
     let dir = setup();
-    let (ca, ca_key) = test_ca(dir.path());
-    let cert = issue(
-        name("varti-b", "sign"),
-        &key(),
-        signing_usage(),
-        -400,
-        -10,
-        Some((&ca, &ca_key)),
-    );
+    let cert = from_test_ca(dir.path(), ("varti-b", "sign"), &key(), (-400, -10));
     write_pem(&dir.path().join("certs/varti-b/sign.cert.pem"), &cert);
 
     let out = varti(dir.path(), &["certs", "check"]);
@@ -262,13 +288,8 @@ fn expired_partner_certificate_is_an_error() {
         text(&out)
     );
 
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
-    let p = single_error(&v);
-    assert_eq!(p["kind"], "expired");
-    assert_eq!(p["owner"], "varti-b");
-    assert_eq!(p["role"], "signing");
+    let v = json_exit(dir.path(), CHECK_JSON, 1);
+    let p = the_error(&v, "expired", "varti-b", "signing");
     assert_eq!(p["subject"], "CN=varti-b,OU=sign,O=Varti TEST ONLY,C=EU");
     assert!(
         ends_with(&p["file"], "certs/varti-b/sign.cert.pem"),
@@ -295,13 +316,8 @@ fn key_that_is_not_the_certificates_is_an_error() {
     )
     .unwrap();
 
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
-    let p = single_error(&v);
-    assert_eq!(p["kind"], "key_mismatch");
-    assert_eq!(p["owner"], "ours");
-    assert_eq!(p["role"], "signing");
+    let v = json_exit(dir.path(), CHECK_JSON, 1);
+    let p = the_error(&v, "key_mismatch", "ours", "signing");
     assert!(
         ends_with(&p["file"], "certs/varti-a/sign.cert.pem"),
         "{p:#}"
@@ -345,13 +361,8 @@ fn certificate_from_another_ca_breaks_the_chain() {
     );
     write_pem(&dir.path().join("certs/varti-b/enc.cert.pem"), &cert);
 
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
-    let p = single_error(&v);
-    assert_eq!(p["kind"], "chain");
-    assert_eq!(p["owner"], "varti-b");
-    assert_eq!(p["role"], "encryption");
+    let v = json_exit(dir.path(), CHECK_JSON, 1);
+    let p = the_error(&v, "chain", "varti-b", "encryption");
     assert!(ends_with(&p["file"], "certs/varti-b/enc.cert.pem"), "{p:#}");
     let message = p["message"].as_str().unwrap();
     assert!(message.contains("CN=Someone Else CA"), "{message}");
@@ -366,13 +377,8 @@ fn encryption_certificate_used_for_signing_has_the_wrong_key_usage() {
         dir.path().join("certs/varti-b/sign.cert.pem"),
     )
     .unwrap();
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
-    let p = single_error(&v);
-    assert_eq!(p["kind"], "key_usage");
-    assert_eq!(p["owner"], "varti-b");
-    assert_eq!(p["role"], "signing");
+    let v = json_exit(dir.path(), CHECK_JSON, 1);
+    let p = the_error(&v, "key_usage", "varti-b", "signing");
     let message = p["message"].as_str().unwrap();
     assert!(
         message.contains("keyEncipherment, dataEncipherment")
@@ -384,20 +390,11 @@ fn encryption_certificate_used_for_signing_has_the_wrong_key_usage() {
 #[test]
 fn expiring_soon_is_a_warning_within_warn_days() {
     let dir = setup();
-    let (ca, ca_key) = test_ca(dir.path());
-    let cert = issue(
-        name("varti-b", "sign"),
-        &key(),
-        signing_usage(),
-        -300,
-        10,
-        Some((&ca, &ca_key)),
-    );
+    let cert = from_test_ca(dir.path(), ("varti-b", "sign"), &key(), (-300, 10));
     write_pem(&dir.path().join("certs/varti-b/sign.cert.pem"), &cert);
 
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "warnings only: {}", text(&out));
-    let v = json(&out);
+    // Warnings only.
+    let v = json_exit(dir.path(), CHECK_JSON, 0);
     assert_eq!(v["ok"], true);
     assert_eq!(v["warnings"], 1, "{:#}", v["problems"]);
     let p = &problems(&v)[0];
@@ -416,15 +413,7 @@ fn expiring_soon_is_a_warning_within_warn_days() {
 #[test]
 fn our_pmode_party_with_another_certificate_is_a_warning() {
     let dir = setup();
-    let (ca, ca_key) = test_ca(dir.path());
-    let other = issue(
-        name("varti-a", "sign"),
-        &key(),
-        signing_usage(),
-        -1,
-        3000,
-        Some((&ca, &ca_key)),
-    );
+    let other = from_test_ca(dir.path(), ("varti-a", "sign"), &key(), (-1, 3000));
     write_pem(&dir.path().join("certs/varti-a/sign-old.cert.pem"), &other);
     let pmode = dir.path().join("pmodes/varti-a.toml");
     let text_before = std::fs::read_to_string(&pmode).unwrap();
@@ -438,9 +427,7 @@ fn our_pmode_party_with_another_certificate_is_a_warning() {
     );
     std::fs::write(&pmode, changed).unwrap();
 
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_exit(dir.path(), CHECK_JSON, 0);
     assert_eq!(v["warnings"], 1, "{:#}", v["problems"]);
     let p = &problems(&v)[0];
     assert_eq!(p["kind"], "differs_from_pmode");
@@ -450,12 +437,8 @@ fn our_pmode_party_with_another_certificate_is_a_warning() {
 
 #[test]
 fn at_2100_everything_is_expired() {
-    let out = varti(
-        &repo(),
-        &["certs", "check", "--json", "--at", "2100-01-01T00:00:00Z"],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
+    let at_2100 = ["--json", "--at", "2100-01-01T00:00:00Z"];
+    let v = json_exit(&repo(), &[&["certs", "check"][..], &at_2100].concat(), 1);
     assert_eq!(v["at"], "2100-01-01T00:00:00Z");
     let expired: Vec<&Value> = problems(&v)
         .iter()
@@ -468,7 +451,7 @@ fn at_2100_everything_is_expired() {
 
     let v = json(&varti(
         &repo(),
-        &["certs", "list", "--json", "--at", "2100-01-01T00:00:00Z"],
+        &[&["certs", "list"][..], &at_2100].concat(),
     ));
     assert!(v["certificates"]
         .as_array()
@@ -507,14 +490,8 @@ fn config_file_and_pmodes_option_are_followed() {
         text(&out)
     );
 
-    let out = varti(
-        dir.path(),
-        &[
-            "certs", "list", "--json", "--config", config, "--pmodes", pmodes,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let options = ["--json", "--config", config, "--pmodes", pmodes];
+    let v = json_exit(dir.path(), &[&["certs", "list"][..], &options].concat(), 0);
     assert_eq!(v["our_party"], "varti-b");
     let ours_tls = v["certificates"]
         .as_array()
@@ -533,14 +510,7 @@ fn config_file_and_pmodes_option_are_followed() {
         dir.path().join("certs/varti-b/enc.key.pem"),
     )
     .unwrap();
-    let out = varti(
-        dir.path(),
-        &[
-            "certs", "check", "--json", "--config", config, "--pmodes", pmodes,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
+    let v = json_exit(dir.path(), &[&["certs", "check"][..], &options].concat(), 1);
     let p = single_error(&v);
     assert_eq!(p["kind"], "key_mismatch");
     assert_eq!(p["role"], "encryption");
@@ -554,9 +524,7 @@ fn config_file_and_pmodes_option_are_followed() {
 fn missing_certificate_file_is_reported() {
     let dir = setup();
     std::fs::remove_file(dir.path().join("certs/varti-a/tls.cert.pem")).unwrap();
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
+    let v = json_exit(dir.path(), CHECK_JSON, 1);
     // Named by the configuration (ours) and by varti-a's PMode party.
     let unreadable: Vec<&Value> = problems(&v)
         .iter()
@@ -636,13 +604,8 @@ fn partner_certificate_with_an_rsa_1024_key_signed_with_sha1_is_an_error() {
     b.sign(&ca_key, MessageDigest::sha1()).unwrap();
     write_pem(&dir.path().join("certs/varti-b/sign.cert.pem"), &b.build());
 
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v = json(&out);
-    let p = single_error(&v);
-    assert_eq!(p["kind"], "weak_key", "{p:#}");
-    assert_eq!(p["owner"], "varti-b");
-    assert_eq!(p["role"], "signing");
+    let v = json_exit(dir.path(), CHECK_JSON, 1);
+    let p = the_error(&v, "weak_key", "varti-b", "signing");
     assert!(
         p["message"]
             .as_str()
@@ -663,16 +626,8 @@ fn partner_certificate_with_an_rsa_1024_key_signed_with_sha1_is_an_error() {
 #[test]
 fn our_weak_key_is_an_error_and_a_warning_with_our_partys_exception() {
     let dir = setup();
-    let (ca, ca_key) = test_ca(dir.path());
     let weak = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
-    let cert = issue(
-        name("varti-a", "sign"),
-        &weak,
-        signing_usage(),
-        -1,
-        365,
-        Some((&ca, &ca_key)),
-    );
+    let cert = from_test_ca(dir.path(), ("varti-a", "sign"), &weak, (-1, 365));
     write_pem(&dir.path().join("certs/varti-a/sign.cert.pem"), &cert);
     std::fs::write(
         dir.path().join("certs/varti-a/sign.key.pem"),
@@ -680,7 +635,7 @@ fn our_weak_key_is_an_error_and_a_warning_with_our_partys_exception() {
     )
     .unwrap();
 
-    let v = json(&varti(dir.path(), &["certs", "check", "--json"]));
+    let v = json(&varti(dir.path(), CHECK_JSON));
     let weak_ones: Vec<&Value> = problems(&v)
         .iter()
         .filter(|p| p["kind"] == "weak_key")
@@ -702,9 +657,7 @@ fn our_weak_key_is_an_error_and_a_warning_with_our_partys_exception() {
     );
     assert!(toml.contains("allow_weak_keys"));
     std::fs::write(&pmode, toml).unwrap();
-    let out = varti(dir.path(), &["certs", "check", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = json(&out);
+    let v = json_exit(dir.path(), CHECK_JSON, 0);
     let weak_ones: Vec<&Value> = problems(&v)
         .iter()
         .filter(|p| p["kind"] == "weak_key")

@@ -3,9 +3,10 @@
 //! Each test creates its own database and drops it afterwards. When the server cannot be
 //! reached the test fails with instructions: it never skips.
 
+mod common;
 mod serve_support;
 
-use std::process::Command;
+use common::varti;
 use std::time::Duration;
 
 const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
@@ -52,18 +53,6 @@ fn postgres_client() -> postgres::Client {
     postgres::Client::connect(ADMIN, postgres::NoTls).unwrap_or_else(|e| {
         panic!("PostgreSQL at 127.0.0.1:5432 (user postgres, database test) is needed: {e}")
     })
-}
-
-fn varti(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_varti"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -120,13 +109,12 @@ fn serve_on_postgres_requires_the_current_schema() {
         db.url()
     ));
     std::fs::write(dir.path().join("varti.toml"), &config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_varti"))
-        .current_dir(dir.path())
-        .args(["serve", "--config", "varti.toml", "--insecure-http"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, _, err) = common::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_varti"))
+            .current_dir(dir.path())
+            .args(["serve", "--config", "varti.toml", "--insecure-http"]),
+    );
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("varti db migrate"), "no fix named: {err}");
 
     let (code, _, err) = varti(&["db", "migrate", "--database", &db.url()]);

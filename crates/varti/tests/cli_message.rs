@@ -2,19 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn varti(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_varti"))
-        .args(args)
-        .output()
-        .expect("run varti");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::varti;
 
 fn inspect_json(rel: &str) -> Option<serde_json::Value> {
     let dir = common::vectors()?;

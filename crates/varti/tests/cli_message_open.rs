@@ -1,34 +1,30 @@
 //! `varti message open` and `varti message seal` through the real binary.
 
 mod common;
+// The AS4 crate's test keys and certificates, shared rather than written again.
+#[path = "../../as4/tests/support/mod.rs"]
+mod as4_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
-use openssl::x509::extension::SubjectKeyIdentifier;
-use openssl::x509::{X509NameBuilder, X509};
-
-fn varti(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_varti"))
-        .args(args)
-        .output()
-        .expect("run varti");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::varti;
+use varti_as4::security::profile::{AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// `varti message open MSG --key KEY --cert CERT --trust TRUST`, then `extra`.
+fn open_with(msg: &Path, [key, cert, trust]: [&Path; 3], extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["message", "open", s(msg)];
+    args.extend(["--key", s(key), "--cert", s(cert), "--trust", s(trust)]);
+    args.extend_from_slice(extra);
+    varti(&args)
+}
+
+/// The content of the `i`th payload file `open --json` reports in `r`.
+fn delivered(r: &serde_json::Value, i: usize) -> Vec<u8> {
+    std::fs::read(r["payloads"][i]["file"].as_str().unwrap()).unwrap()
 }
 
 #[test]
@@ -36,20 +32,15 @@ fn pyas4_request_opens_to_the_delivered_part_and_its_receipt_matches() {
     let Some(v) = common::vectors() else { return };
     let d = v.join("pyas4/oneway-1");
     let out = tempfile::tempdir().unwrap();
-    let (code, stdout, err) = varti(&[
-        "message",
-        "open",
-        s(&d.join("request.http")),
-        "--key",
-        s(&d.join("receiver.key.pem")),
-        "--cert",
-        s(&d.join("receiver.cert.pem")),
-        "--trust",
-        s(&d.join("sender.cert.pem")),
-        "--out",
-        s(out.path()),
-        "--json",
-    ]);
+    let (code, stdout, err) = open_with(
+        &d.join("request.http"),
+        [
+            &d.join("receiver.key.pem"),
+            &d.join("receiver.cert.pem"),
+            &d.join("sender.cert.pem"),
+        ],
+        &["--out", s(out.path()), "--json"],
+    );
     assert_eq!(code, 0, "{stdout}{err}");
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["signature"]["references"].as_array().unwrap().len(), 3);
@@ -67,9 +58,8 @@ fn pyas4_request_opens_to_the_delivered_part_and_its_receipt_matches() {
         targets.iter().any(|t| t.starts_with("attachment cid:")),
         "{targets:?}"
     );
-    let file = r["payloads"][0]["file"].as_str().unwrap();
     assert_eq!(
-        std::fs::read(file).unwrap(),
+        delivered(&r, 0),
         std::fs::read(d.join("delivered-part-0.bin")).unwrap()
     );
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
@@ -101,19 +91,12 @@ fn encrypted_message_without_key_cannot_run_and_wrong_trust_is_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("--key"), "{err}");
     let out = tempfile::tempdir().unwrap();
-    let (code, stdout, _) = varti(&[
-        "message",
-        "open",
-        s(&d.join("request.http")),
-        "--key",
-        s(&d.join("receiver.key.pem")),
-        "--cert",
-        s(&d.join("receiver.cert.pem")),
-        "--trust",
-        s(&d.join("receiver.cert.pem")),
-        "--out",
-        s(out.path()),
-    ]);
+    let receiver_cert = d.join("receiver.cert.pem");
+    let (code, stdout, _) = open_with(
+        &d.join("request.http"),
+        [&d.join("receiver.key.pem"), &receiver_cert, &receiver_cert],
+        &["--out", s(out.path())],
+    );
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("EBMS:0101"), "{stdout}");
     assert_eq!(
@@ -162,65 +145,25 @@ fn phase4_receipts_verify_at_their_time_only_and_not_when_altered() {
     }
 }
 
-fn self_signed(key: &PKey<Private>, cn: &str, issuer: Option<(&X509, &PKey<Private>)>) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(100, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
-        .unwrap();
-    b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
-        .unwrap();
-    b.append_extension(ski).unwrap();
-    let signer = issuer.map(|(_, k)| k).unwrap_or(key);
-    let md = if signer.id() == openssl::pkey::Id::ED25519 {
-        MessageDigest::null()
-    } else {
-        MessageDigest::sha256()
-    };
-    b.sign(signer, md).unwrap();
-    b.build()
-}
-
 /// Writes sign key/cert and encryption key/cert PEMs for a profile; returns their paths.
 fn party(dir: &Path, profile: &str, who: &str) -> [PathBuf; 4] {
-    let p256 = || {
-        PKey::from_ec_key(
-            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
-        )
-        .unwrap()
+    let as4_profile = match profile {
+        "as4-2.0-eddsa" => &AS4_2_0_EDDSA,
+        "as4-2.0-ecdsa" => &AS4_2_0_ECDSA,
+        _ => &AS4_1_15,
     };
-    let (sk, ek) = match profile {
-        "as4-2.0-eddsa" => (
-            PKey::generate_ed25519().unwrap(),
-            PKey::generate_x25519().unwrap(),
-        ),
-        "as4-2.0-ecdsa" => (p256(), p256()),
-        _ => {
-            let k = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-            (k.clone(), k)
-        }
-    };
-    let sc = self_signed(&sk, who, None);
-    let ec = self_signed(&ek, &format!("{who}-enc"), Some((&sc, &sk)));
+    let keys = as4_support::keys(as4_profile, who);
     let paths = ["sign.key", "sign.crt", "enc.key", "enc.crt"]
         .map(|n| dir.join(format!("{who}-{profile}-{n}.pem")));
-    std::fs::write(&paths[0], sk.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    std::fs::write(&paths[1], sc.to_pem().unwrap()).unwrap();
-    std::fs::write(&paths[2], ek.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    std::fs::write(&paths[3], ec.to_pem().unwrap()).unwrap();
+    let pems = [
+        keys.sign_key.private_key_to_pem_pkcs8().unwrap(),
+        keys.sign_cert.to_pem().unwrap(),
+        keys.enc_key.private_key_to_pem_pkcs8().unwrap(),
+        keys.enc_cert.to_pem().unwrap(),
+    ];
+    for (path, pem) in paths.iter().zip(pems) {
+        std::fs::write(path, pem).unwrap();
+    }
     paths
 }
 
@@ -270,44 +213,19 @@ fn seal_then_open_for_every_profile() {
             assert_eq!(code, 0, "{profile} {token}: {out}{err}");
             let (code, _, err) = varti(&["message", "inspect", s(&msg)]);
             assert_eq!(code, 0, "inspect: {err}");
-            let delivered = tmp.path().join(format!("out-{profile}-{token}"));
-            let (code, out, err) = varti(&[
-                "message",
-                "open",
-                s(&msg),
-                "--key",
-                s(&bob[2]),
-                "--cert",
-                s(&bob[3]),
-                "--trust",
-                s(&alice[1]),
-                "--out",
-                s(&delivered),
-                "--json",
-            ]);
+            let out_dir = tmp.path().join(format!("out-{profile}-{token}"));
+            let (code, out, err) = open_with(
+                &msg,
+                [&bob[2], &bob[3], &alice[1]],
+                &["--out", s(&out_dir), "--json"],
+            );
             assert_eq!(code, 0, "{profile} {token}: {out}{err}");
             let r: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert_eq!(r["payloads"][0]["mime_type"], "application/xml");
-            assert_eq!(
-                std::fs::read(r["payloads"][0]["file"].as_str().unwrap()).unwrap(),
-                std::fs::read(&payload).unwrap()
-            );
-            assert_eq!(
-                std::fs::read(r["payloads"][1]["file"].as_str().unwrap()).unwrap(),
-                std::fs::read(&bin).unwrap()
-            );
+            assert_eq!(delivered(&r, 0), std::fs::read(&payload).unwrap());
+            assert_eq!(delivered(&r, 1), std::fs::read(&bin).unwrap());
             // Someone else's trust: refused.
-            let (code, out, _) = varti(&[
-                "message",
-                "open",
-                s(&msg),
-                "--key",
-                s(&bob[2]),
-                "--cert",
-                s(&bob[3]),
-                "--trust",
-                s(&bob[1]),
-            ]);
+            let (code, out, _) = open_with(&msg, [&bob[2], &bob[3], &bob[1]], &[]);
             assert_eq!(code, 1, "{out}");
         }
     }
@@ -331,42 +249,29 @@ fn seal_from_a_leg_of_the_shipped_pmodes_then_open() {
     let evidence = tmp.path().join("evidence.pdf");
     std::fs::write(&evidence, b"%PDF-1.7 not really").unwrap();
     let a_key = certs.join("varti-a/sign.key.pem");
+    let b_enc =
+        ["varti-b/enc.key.pem", "varti-b/enc.cert.pem", "ca.cert.pem"].map(|f| certs.join(f));
     let open = |msg: &Path| {
-        varti(&[
-            "message",
-            "open",
-            s(msg),
-            "--key",
-            s(&certs.join("varti-b/enc.key.pem")),
-            "--cert",
-            s(&certs.join("varti-b/enc.cert.pem")),
-            "--trust",
-            s(&certs.join("ca.cert.pem")),
-            "--out",
-            s(&tmp
-                .path()
-                .join(msg.file_name().unwrap())
-                .with_extension("out")),
-            "--json",
-        ])
+        let out = tmp
+            .path()
+            .join(msg.file_name().unwrap())
+            .with_extension("out");
+        open_with(
+            msg,
+            [&b_enc[0], &b_enc[1], &b_enc[2]],
+            &["--out", s(&out), "--json"],
+        )
+    };
+    let seal = |leg: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec!["message", "seal", "--pmodes", s(&pmodes), "--leg", leg];
+        args.extend(["--key", s(&a_key), "--out", s(out)]);
+        args.extend_from_slice(extra);
+        varti(&args)
     };
 
     // The ebMS test leg: no flags beyond key, output and payload.
     let msg = tmp.path().join("test.http");
-    let (code, out, err) = varti(&[
-        "message",
-        "seal",
-        "--pmodes",
-        s(&pmodes),
-        "--leg",
-        "test/test",
-        "--key",
-        s(&a_key),
-        "--out",
-        s(&msg),
-        "--json",
-        s(&edm),
-    ]);
+    let (code, out, err) = seal("test/test", &msg, &["--json", s(&edm)]);
     assert_eq!(code, 0, "{out}{err}");
     let sealed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -389,30 +294,15 @@ fn seal_from_a_leg_of_the_shipped_pmodes_then_open() {
     assert_eq!(um["from"]["ids"][0]["id"], "varti-a", "{um}");
     assert_eq!(um["to"]["ids"][0]["id"], "varti-b", "{um}");
     assert!(r["encryption"].is_object(), "{r}");
-    assert_eq!(
-        std::fs::read(r["payloads"][0]["file"].as_str().unwrap()).unwrap(),
-        std::fs::read(&edm).unwrap()
-    );
+    assert_eq!(delivered(&r, 0), std::fs::read(&edm).unwrap());
 
     // The OOTS request leg requires the four-corner properties.
     let oots = tmp.path().join("oots.http");
     let seal_oots = |extra: &[&str]| {
-        let mut a = vec![
-            "message",
-            "seal",
-            "--pmodes",
-            s(&pmodes),
-            "--leg",
-            "evidence-exchange/request",
-            "--key",
-            s(&a_key),
-            "--out",
-            s(&oots),
-            "--json",
-        ];
+        let mut a = vec!["--json"];
         a.extend_from_slice(extra);
         a.extend([s(&edm), s(&evidence)]);
-        varti(&a)
+        seal("evidence-exchange/request", &oots, &a)
     };
     let (code, _, err) = seal_oots(&[]);
     assert_eq!(code, 2, "{err}");
@@ -452,18 +342,7 @@ fn seal_from_a_leg_of_the_shipped_pmodes_then_open() {
     );
 
     // An unknown leg names the ones there are.
-    let (code, _, err) = varti(&[
-        "message",
-        "seal",
-        "--pmodes",
-        s(&pmodes),
-        "--leg",
-        "test/nope",
-        "--key",
-        s(&a_key),
-        "--out",
-        s(&tmp.path().join("x.http")),
-    ]);
+    let (code, _, err) = seal("test/nope", &tmp.path().join("x.http"), &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("no leg 'test/nope'") && err.contains("evidence-exchange/request"),

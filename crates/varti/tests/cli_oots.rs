@@ -1,36 +1,12 @@
 //! `varti oots validate`, run as the built binary against the shared EDM samples (read in
 //! place; set VARTI_SPECS / VARTI_VECTORS when not beside the project).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn shared(env: &str, rel: &str, marker: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os(env) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel),
-    };
-    if dir.join(marker).exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "{} MISSING: set {env} to the shared directory",
-        dir.display()
-    );
-    // Under CI a missing checkout must fail, never pass as green.
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! {msg} — test NOT run !!!!!!!!\n");
-    None
-}
-
-fn specs() -> Option<PathBuf> {
-    shared("VARTI_SPECS", "../../../shared/specs", "oots-edm-v1")
-}
-
-fn vectors() -> Option<PathBuf> {
-    shared("VARTI_VECTORS", "../../../shared/vectors", "README.md")
-}
+use common::{oots_specs as specs, vectors};
 
 fn varti(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_varti"))

@@ -10,6 +10,7 @@
 //! the test fails, it never skips, when they or the `postgres` user are missing.
 
 mod chaos_support;
+mod pair_support;
 mod serve_support;
 
 use std::collections::HashSet;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_support::*;
-use varti::pair::{free_port, PairLayout, PairOptions};
+use varti::pair::free_port;
 use varti_store::postgres::{migrate_with, PgOptions};
 
 /// Where `initdb`, `pg_ctl` and `pg_basebackup` are.
@@ -267,22 +268,10 @@ fn pairs_carry_on_when_the_primary_is_lost_and_the_standby_promoted() {
     let url = cluster.failover_url();
 
     let run = format!("f{}", std::process::id());
-    let root = tempfile::tempdir().unwrap();
     let balancer = Arc::new(Balancer::bind(2));
-    let options = PairOptions {
-        extra_pmodes: vec![("chaos.toml".into(), chaos_pmodes())],
-        b_endpoint_port: Some(balancer.port),
-        extra_config: FAST_SENDER.into(),
-    };
-    let layout = PairLayout::create(root.path(), &repo(), &options).unwrap();
-    let config_a = format!("{FAST_SENDER}{}", postgres_store_config(&url, "varti_a"));
-    let config_b = format!("{FAST_SENDER}{}", postgres_store_config(&url, "varti_b"));
-    layout.rewrite_config(&layout.a, &config_a).unwrap();
-    layout.rewrite_config(&layout.b, &config_b).unwrap();
-    let a2 = layout.add_instance(&layout.a, "a2", &config_a).unwrap();
-    let b2 = layout.add_instance(&layout.b, "b2", &config_b).unwrap();
-    let senders = vec![Instance::start(layout.a.clone()), Instance::start(a2)];
-    let receivers = vec![Instance::start(layout.b.clone()), Instance::start(b2)];
+    let pair = chaos_pair(balancer.port);
+    let stores = ["varti_a", "varti_b"].map(|schema| postgres_store_config(&url, schema));
+    let (senders, receivers) = start_pairs(&pair.layout, [&stores[0], &stores[1]]);
     balancer.set_targets(receivers.iter().map(Instance::msh).collect());
     let sending = Side::of(&senders.iter().collect::<Vec<_>>());
 

@@ -5,20 +5,16 @@
 mod serve_support;
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use serve_support::*;
-use varti_as4::inbound::key_protection_for;
 use varti_as4::message::model::{
     CollaborationInfo, MessageInfo, Party, PartyId, PartyInfo, Property, Service, UserMessage,
 };
 use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
-use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::AS4_1_15;
-use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
 use varti_store::{ListFilter, Store};
 
@@ -27,13 +23,6 @@ const ROLE_INIT: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/
 const ROLE_RESP: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/responder";
 const TEST_SERVICE: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service";
 const TEST_ACTION: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn cert(rel: &str) -> X509 {
     X509::from_pem(&std::fs::read(repo().join(rel)).unwrap()).unwrap()
@@ -108,20 +97,14 @@ impl<'a> Msg<'a> {
         let sign_key = key(self.signer.0);
         let sign_cert = cert(self.signer.1);
         let enc = cert("certs/varti-a/enc.cert.pem");
-        let policy = SendPolicy {
-            signing: SigningIdentity {
-                profile: &AS4_1_15,
-                key: &sign_key,
-                certificate: &sign_cert,
-                token_reference: TokenReference::BinarySecurityToken,
-            },
-            encryption: self.encrypt.then(|| EncryptionSettings {
-                receiver_cert: &enc,
-                key_protection: key_protection_for(&AS4_1_15),
-                token_reference: TokenReference::BinarySecurityToken,
-            }),
-            compress: true,
-        };
+        let policy = SendPolicy::new(
+            &AS4_1_15,
+            TokenReference::BinarySecurityToken,
+            &sign_key,
+            &sign_cert,
+            self.encrypt.then_some(&*enc),
+            true,
+        );
         let mut contents: Vec<&[u8]> = self.payloads.iter().map(|(_, b)| b.as_slice()).collect();
         let payloads = self
             .payloads

@@ -5,11 +5,12 @@
 //! lookup`; discovery by DNS NAPTR against a local DNS server (a far-edge double answering
 //! over UDP); and the look-up API of a running `varti serve` against the stand-in.
 
+mod common;
 mod serve_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,31 +28,8 @@ use varti_oots::common_services::{
 use varti_oots_gateway::common_services::discovery::{DiscoveryError, NaptrDiscovery};
 use varti_oots_gateway::common_services::HttpsTransport;
 
-fn shared(env: &str, rel: &str, marker: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os(env) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel),
-    };
-    if dir.join(marker).exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "{} MISSING: set {env} to the shared directory",
-        dir.display()
-    );
-    // Under CI a missing checkout must fail, never pass as green.
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! {msg} — test NOT run !!!!!!!!\n");
-    None
-}
-
 fn dirs() -> Option<(PathBuf, PathBuf)> {
-    Some((
-        shared("VARTI_VECTORS", "../../../shared/vectors", "README.md")?,
-        shared("VARTI_SPECS", "../../../shared/specs", "oots-edm-v1")?,
-    ))
+    Some((common::vectors()?, common::oots_specs()?))
 }
 
 fn repo() -> PathBuf {
@@ -60,15 +38,8 @@ fn repo() -> PathBuf {
 
 /// A running `varti oots standin`, killed on drop.
 struct StandIn {
-    child: Child,
+    _process: serve_support::KillOnDrop,
     base: String,
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn_standin(vectors: &Path, specs: &Path, extra: &[&str]) -> StandIn {
@@ -92,7 +63,38 @@ fn spawn_standin(vectors: &Path, specs: &Path, extra: &[&str]) -> StandIn {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
-    StandIn { child, base }
+    StandIn {
+        _process: serve_support::KillOnDrop(child),
+        base,
+    }
+}
+
+/// A stand-in signing its answers with varti-b's key (under the test CA).
+fn spawn_signing_standin(vectors: &Path, specs: &Path) -> StandIn {
+    let certs = repo().join("certs/varti-b");
+    let key = certs.join("sign.key.pem");
+    let cert = certs.join("sign.cert.pem");
+    let extra = [
+        "--sign-key",
+        key.to_str().unwrap(),
+        "--sign-cert",
+        cert.to_str().unwrap(),
+    ];
+    spawn_standin(vectors, specs, &extra)
+}
+
+/// The test CA as the trust anchors of common-services signatures.
+fn test_ca_anchors() -> TrustAnchors {
+    TrustAnchors::from_pem(&std::fs::read(repo().join("certs/ca.cert.pem")).unwrap()).unwrap()
+}
+
+/// A data-services query for an evidence type classification in a country.
+fn query(classification: &str, country: &str) -> DataServicesQuery {
+    DataServicesQuery {
+        evidence_type_classification: classification.into(),
+        country_code: country.into(),
+        ..Default::default()
+    }
 }
 
 impl StandIn {
@@ -168,14 +170,7 @@ async fn signed_answers_over_http_and_the_cache_spares_the_server() {
         Arc::new(move || *n.lock().unwrap()),
     );
 
-    let fetched = c
-        .data_services(DataServicesQuery {
-            evidence_type_classification: FI_PDF.into(),
-            country_code: "FI".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let fetched = c.data_services(query(FI_PDF, "FI")).await.unwrap();
     assert!(!fetched.from_cache);
     let sig = fetched.signature.as_ref().expect("verified");
     assert!(sig.signer.contains("EC-OOTS-CS-ACC"), "{}", sig.signer);
@@ -188,14 +183,7 @@ async fn signed_answers_over_http_and_the_cache_spares_the_server() {
 
     // Within the freshness: from the cache, the stand-in is not asked again.
     *now.lock().unwrap() = at("2026-08-01T00:00:59Z");
-    let again = c
-        .data_services(DataServicesQuery {
-            evidence_type_classification: FI_PDF.into(),
-            country_code: "FI".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let again = c.data_services(query(FI_PDF, "FI")).await.unwrap();
     assert!(again.from_cache);
     assert_eq!(again.answer, fetched.answer);
     assert_eq!(standin.queries().await, 1);
@@ -210,24 +198,13 @@ async fn signed_answers_over_http_and_the_cache_spares_the_server() {
 
     // Past the freshness: asked again.
     *now.lock().unwrap() = at("2026-08-01T00:01:01Z");
-    let third = c
-        .data_services(DataServicesQuery {
-            evidence_type_classification: FI_PDF.into(),
-            country_code: "FI".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let third = c.data_services(query(FI_PDF, "FI")).await.unwrap();
     assert!(!third.from_cache);
     assert_eq!(standin.queries().await, 3);
 
     // An unknown query: the recorded empty answer, verified, read as nothing found.
     let none = c
-        .data_services(DataServicesQuery {
-            evidence_type_classification: "https://sr.example/unknown".into(),
-            country_code: "LV".into(),
-            ..Default::default()
-        })
+        .data_services(query("https://sr.example/unknown", "LV"))
         .await
         .unwrap();
     assert!(none.answer.items.is_empty());
@@ -238,8 +215,7 @@ async fn signed_answers_over_http_and_the_cache_spares_the_server() {
 async fn signatures_are_refused_when_untrusted_or_missing() {
     let Some((v, s)) = dirs() else { return };
     let standin = spawn_standin(&v, &s, &[]);
-    let ours =
-        TrustAnchors::from_pem(&std::fs::read(repo().join("certs/ca.cert.pem")).unwrap()).unwrap();
+    let ours = test_ca_anchors();
     let when = at("2026-08-01T00:00:00Z");
     let c = client(&standin.base, Some(ours), Arc::new(move || when));
     match c.requirements("00", "FR").await {
@@ -276,39 +252,19 @@ async fn signatures_are_refused_when_untrusted_or_missing() {
 #[tokio::test]
 async fn dsd_user_input_flow_with_a_stand_in_signing_key() {
     let Some((v, s)) = dirs() else { return };
-    let root = repo();
-    let standin = spawn_standin(
-        &v,
-        &s,
-        &[
-            "--sign-key",
-            root.join("certs/varti-b/sign.key.pem").to_str().unwrap(),
-            "--sign-cert",
-            root.join("certs/varti-b/sign.cert.pem").to_str().unwrap(),
-        ],
-    );
-    let anchors =
-        TrustAnchors::from_pem(&std::fs::read(root.join("certs/ca.cert.pem")).unwrap()).unwrap();
+    let standin = spawn_signing_standin(&v, &s);
+    let anchors = test_ca_anchors();
     let c = client(
         &standin.base,
         Some(anchors),
         Arc::new(OffsetDateTime::now_utc),
     );
-    let first = c
-        .data_services(DataServicesQuery {
-            evidence_type_classification: DE_BIRTH.into(),
-            country_code: "DE".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let first = c.data_services(query(DE_BIRTH, "DE")).await.unwrap_err();
     let e = first.exception().expect("an exception answer");
     assert!(e.needs_user_input(), "{e}");
     let input = e.additional_input.as_ref().unwrap();
     let second = c
         .data_services(DataServicesQuery {
-            evidence_type_classification: DE_BIRTH.into(),
-            country_code: "DE".into(),
             evidence_type_id: Some(input.evidence_type.as_ref().unwrap().identifier.clone()),
             jurisdiction_context_id: Some(input.jurisdiction.as_ref().unwrap().context_id.clone()),
             jurisdiction_admin_l3: Some("11000000".into()),
@@ -316,7 +272,7 @@ async fn dsd_user_input_flow_with_a_stand_in_signing_key() {
                 input.classifications[0].identifier.clone(),
                 "ApplicantHasBeenResidentInGermany".into(),
             )],
-            ..Default::default()
+            ..query(DE_BIRTH, "DE")
         })
         .await
         .unwrap();
@@ -614,6 +570,19 @@ fn api_get(backend: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value
     (r.status, json)
 }
 
+/// `GET /api/v1/oots/lookup/data-services` for `evidence_type` in `country`.
+fn data_services(
+    backend: std::net::SocketAddr,
+    evidence_type: &str,
+    country: &str,
+) -> (u16, serde_json::Value) {
+    let query = format!("evidence_type={}&country={country}", enc(evidence_type));
+    api_get(
+        backend,
+        &format!("/api/v1/oots/lookup/data-services?{query}"),
+    )
+}
+
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -621,30 +590,14 @@ fn enc(s: &str) -> String {
 #[test]
 fn lookup_api_through_varti_serve_with_signatures_checked() {
     let Some((v, s)) = dirs() else { return };
-    let root = repo();
     // The stand-in signs with its own key (varti-b's, under the test CA) …
-    let signing = spawn_standin(
-        &v,
-        &s,
-        &[
-            "--sign-key",
-            root.join("certs/varti-b/sign.key.pem").to_str().unwrap(),
-            "--sign-cert",
-            root.join("certs/varti-b/sign.cert.pem").to_str().unwrap(),
-        ],
-    );
+    let signing = spawn_signing_standin(&v, &s);
     let dir = tempfile::tempdir().unwrap();
-    let ca = root.join("certs/ca.cert.pem");
+    let ca = repo().join("certs/ca.cert.pem");
     let (_served, backend) = serve_requester(dir.path(), &signing.base, &ca);
 
     // DSD: the data service, with the fields of POST /oots/requests filled in.
-    let (status, body) = api_get(
-        backend,
-        &format!(
-            "/api/v1/oots/lookup/data-services?evidence_type={}&country=fi",
-            enc(FI_PDF)
-        ),
-    );
+    let (status, body) = data_services(backend, FI_PDF, "fi");
     assert_eq!(status, 200, "{body}");
     assert!(
         body["signed_by"].as_str().unwrap().contains("varti-b"),
@@ -668,13 +621,7 @@ fn lookup_api_through_varti_serve_with_signatures_checked() {
         "{body}"
     );
     // Asked again: from the gateway's cache, the stand-in is not asked twice.
-    let (_, again) = api_get(
-        backend,
-        &format!(
-            "/api/v1/oots/lookup/data-services?evidence_type={}&country=FI",
-            enc(FI_PDF)
-        ),
-    );
+    let (_, again) = data_services(backend, FI_PDF, "FI");
     assert_eq!(again["from_cache"], true);
     assert_eq!(again["items"], body["items"]);
 
@@ -700,13 +647,7 @@ fn lookup_api_through_varti_serve_with_signatures_checked() {
     assert!(types["items"].is_array(), "{types}");
 
     // DSD:ERR:0005: 422 with what to ask the user.
-    let (status, more) = api_get(
-        backend,
-        &format!(
-            "/api/v1/oots/lookup/data-services?evidence_type={}&country=DE",
-            enc(DE_BIRTH)
-        ),
-    );
+    let (status, more) = data_services(backend, DE_BIRTH, "DE");
     assert_eq!(status, 422, "{more}");
     assert_eq!(
         more["exception"]["evidence_type_id"],
@@ -727,13 +668,7 @@ fn lookup_api_through_varti_serve_with_signatures_checked() {
     let replaying = spawn_standin(&v, &s, &[]);
     let dir2 = tempfile::tempdir().unwrap();
     let (_served2, backend2) = serve_requester(dir2.path(), &replaying.base, &ca);
-    let (status, refused) = api_get(
-        backend2,
-        &format!(
-            "/api/v1/oots/lookup/data-services?evidence_type={}&country=FI",
-            enc(FI_PDF)
-        ),
-    );
+    let (status, refused) = data_services(backend2, FI_PDF, "FI");
     assert_eq!(status, 502, "{refused}");
     assert!(
         refused["error"].as_str().unwrap().contains("signature"),

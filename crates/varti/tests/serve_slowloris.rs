@@ -10,7 +10,6 @@ mod serve_support;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,14 +22,11 @@ use serve_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use varti_access_point::server::tls;
-use varti_as4::inbound::key_protection_for;
 use varti_as4::message::model::{
     CollaborationInfo, MessageInfo, Party, PartyId, PartyInfo, Service, UserMessage,
 };
 use varti_as4::outbound::{send, SendPolicy};
-use varti_as4::security::encrypt::EncryptionSettings;
 use varti_as4::security::profile::AS4_1_15;
-use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
 
 /// Header-read and body-read bound of the server under test (seconds): longer than it
@@ -138,13 +134,6 @@ fn raise_fd_limit() {
     }
 }
 
-fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// A test-service message from varti-b to varti-a, signed and encrypted: (Content-Type,
 /// body).
 fn partner_message(id: &str) -> (String, Vec<u8>) {
@@ -179,20 +168,8 @@ fn partner_message(id: &str) -> (String, Vec<u8>) {
     let sign_key = PKey::private_key_from_pem(&read("certs/varti-b/sign.key.pem")).unwrap();
     let sign_cert = X509::from_pem(&read("certs/varti-b/sign.cert.pem")).unwrap();
     let enc = X509::from_pem(&read("certs/varti-a/enc.cert.pem")).unwrap();
-    let policy = SendPolicy {
-        signing: SigningIdentity {
-            profile: &AS4_1_15,
-            key: &sign_key,
-            certificate: &sign_cert,
-            token_reference: TokenReference::BinarySecurityToken,
-        },
-        encryption: Some(EncryptionSettings {
-            receiver_cert: &enc,
-            key_protection: key_protection_for(&AS4_1_15),
-            token_reference: TokenReference::BinarySecurityToken,
-        }),
-        compress: true,
-    };
+    let bst = TokenReference::BinarySecurityToken;
+    let policy = SendPolicy::new(&AS4_1_15, bst, &sign_key, &sign_cert, Some(&enc), true);
     let mut body = Vec::new();
     let sent = send(&um, Vec::new(), &policy, &mut body).unwrap();
     (sent.content_type, body)

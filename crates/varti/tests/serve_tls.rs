@@ -264,29 +264,22 @@ fn insecure_http_warns_and_limits_body() {
 fn bad_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("varti.toml");
-    std::fs::write(&path, "[tls]\nclient_authh = \"required\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_varti"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `varti serve` with `config`: it exits 2; its stderr.
+    let refused = |config: &str| {
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_varti"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused("[tls]\nclient_authh = \"required\"\n");
     assert!(stderr.contains("client_authh"), "{stderr}");
 
     // Missing certificate files are named too.
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_varti"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused("[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n");
     assert!(
         stderr.contains("varti-a/tls.cert.pem") && stderr.contains("tls.cert"),
         "{stderr}"

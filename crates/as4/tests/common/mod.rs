@@ -1,21 +1,31 @@
-//! Shared helpers for the integration tests: where the third-party vectors are.
+//! Shared helpers for the integration tests: where the third-party vectors are. The other
+//! crates' tests include this file too (`#[path]`), for the vectors and the specs.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 /// The interop vectors directory: `$VARTI_VECTORS`, or `../shared/vectors` beside the
-/// project root. When the vectors are absent the test says so loudly; under CI
-/// (`CI` set) it fails, so a missing checkout can never pass as green.
+/// project root; absent, as [`shared_dir`].
 pub fn vectors() -> Option<PathBuf> {
-    let dir = match std::env::var_os("VARTI_VECTORS") {
+    shared_dir("VARTI_VECTORS", "vectors", "README.md")
+}
+
+/// The shared directory `name`: `$ENV`, or `../shared/NAME` beside the project root, when
+/// it holds `marker`. When it is absent the test says so loudly; under CI (`CI` set) it
+/// fails, so a missing checkout can never pass as green.
+pub fn shared_dir(env: &str, name: &str, marker: &str) -> Option<PathBuf> {
+    let dir = match std::env::var_os(env) {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared")
+            .join(name),
     };
-    if dir.join("README.md").is_file() {
+    if dir.join(marker).exists() {
         return Some(dir);
     }
     let msg = format!(
-        "INTEROP VECTORS MISSING: {} not found; set VARTI_VECTORS to the shared vectors directory",
+        "SHARED {} MISSING: {} not found; set {env} to the shared {name} directory",
+        name.to_uppercase(),
         dir.display()
     );
     if std::env::var_os("CI").is_some() {

@@ -6,45 +6,17 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared_dir(env: &str, default_rel: &str, marker: &str, what: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os(env) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default_rel),
-    };
-    if dir.join(marker).exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "{what} MISSING: {} not found; set {env} to the shared directory",
-        dir.display()
-    );
-    // Under CI a missing checkout must fail, never pass as green.
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! {msg} — test NOT run !!!!!!!!\n");
-    None
-}
+#[path = "../../../as4/tests/common/mod.rs"]
+mod as4_common;
 
 /// The interop vectors directory: `$VARTI_VECTORS`, or `../shared/vectors` beside the
 /// project root.
-pub fn vectors() -> Option<PathBuf> {
-    shared_dir(
-        "VARTI_VECTORS",
-        "../../../shared/vectors",
-        "README.md",
-        "INTEROP VECTORS",
-    )
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use as4_common::vectors;
 
 /// The specs directory: `$VARTI_SPECS`, or `../shared/specs` beside the project root.
 pub fn specs() -> Option<PathBuf> {
-    shared_dir(
-        "VARTI_SPECS",
-        "../../../shared/specs",
-        "oots-edm-v1",
-        "OOTS SPECS",
-    )
+    as4_common::shared_dir("VARTI_SPECS", "specs", "oots-edm-v1")
 }
 
 /// Reads a file, panicking with its path when it cannot be read.

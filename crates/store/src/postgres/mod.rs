@@ -1018,20 +1018,12 @@ fn parse_direction(name: &str) -> Result<Direction, StoreError> {
 }
 
 fn parse_event(name: &str) -> Result<Event, StoreError> {
-    const ALL: [Event; 9] = [
-        Event::Claim,
-        Event::AttemptFailed,
-        Event::LeaseExpired,
-        Event::Acknowledge,
-        Event::Fail,
-        Event::Resend,
-        Event::Deliver,
-        Event::Download,
-        Event::Delete,
-    ];
-    ALL.into_iter().find(|e| e.as_str() == name).ok_or_else(|| {
-        StoreError::Corrupt(format!("unknown history event `{name}` in the database"))
-    })
+    Event::ALL
+        .into_iter()
+        .find(|e| e.as_str() == name)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown history event `{name}` in the database"))
+        })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {

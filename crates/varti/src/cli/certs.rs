@@ -852,15 +852,10 @@ fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitC
     })
 }
 
-fn check_validity(
-    used: &Use,
-    index: usize,
-    cert: &X509Ref,
-    inv: &Inventory,
-    warn_days: u32,
-    problems: &mut Vec<Problem>,
-) {
-    let what = if index == 0 || !used.role.is_leaf() {
+/// How a problem names certificate `index` of a use's file: the certificate of a role,
+/// or an intermediate in its file.
+fn describe(used: &Use, index: usize) -> String {
+    if index == 0 || !used.role.is_leaf() {
         format!("{} certificate of {}", used.role.name(), used.owner)
     } else {
         format!(
@@ -869,7 +864,18 @@ fn check_validity(
             used.role.name(),
             used.owner
         )
-    };
+    }
+}
+
+fn check_validity(
+    used: &Use,
+    index: usize,
+    cert: &X509Ref,
+    inv: &Inventory,
+    warn_days: u32,
+    problems: &mut Vec<Problem>,
+) {
+    let what = describe(used, index);
     let at = unix_rfc3339(inv.at_unix);
     let problem = match check::validity_at(cert, &inv.at, warn_days) {
         Validity::Valid { .. } => return,
@@ -918,16 +924,7 @@ fn check_strength(
     let Err(weak) = keys::check_certificate(cert) else {
         return;
     };
-    let what = if index == 0 || !used.role.is_leaf() {
-        format!("{} certificate of {}", used.role.name(), used.owner)
-    } else {
-        format!(
-            "intermediate #{} in the {} certificate file of {}",
-            index + 1,
-            used.role.name(),
-            used.owner
-        )
-    };
+    let what = describe(used, index);
     let party = if used.owner == "ours" {
         inv.our_party.as_str()
     } else {

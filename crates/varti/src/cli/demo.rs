@@ -58,37 +58,13 @@ pub struct DemoArgs {
 }
 
 /// The demo's own agreement: a one-way leg and a two-way (push-and-push) pair of legs.
-const DEMO_PMODES: &str = r#"# The agreement of `varti demo` between the two test access points.
-[[process]]
-name = "demo-delivery"
-mep = "oneWay"
-binding = "push"
-initiator = { parties = ["varti-a", "varti-b"] }
-responder = { parties = ["varti-a", "varti-b"] }
-
-[[process.leg]]
-name = "deliver"
-service = "urn:varti:demo"
-action = "Deliver"
-
-[[process]]
-name = "demo-question"
-mep = "twoWay"
-binding = "pushAndPush"
-initiator = { parties = ["varti-a", "varti-b"] }
-responder = { parties = ["varti-a", "varti-b"] }
-
-[[process.leg]]
-name = "ask"
-service = "urn:varti:demo:question"
-action = "Ask"
-
-[[process.leg]]
-name = "answer"
-service = "urn:varti:demo:question"
-action = "Answer"
-reply = true
-"#;
+fn demo_pmodes() -> String {
+    "# The agreement of `varti demo` between the two test access points.\n".to_string()
+        + &pair::exchange_toml(
+            ["demo-delivery", "demo-question"],
+            ["urn:varti:demo", "urn:varti:demo:question"],
+        )
+}
 
 /// Runs `varti demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -131,7 +107,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let options = PairOptions {
-        extra_pmodes: vec![("demo.toml".into(), DEMO_PMODES.into())],
+        extra_pmodes: vec![("demo.toml".into(), demo_pmodes())],
         extra_config: oots
             .as_ref()
             .map(|(inputs, register)| inputs.config(&register.url))

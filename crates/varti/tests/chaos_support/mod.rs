@@ -9,22 +9,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use varti::pair::{self, NodeLayout, Running};
+use varti::pair::{self, NodeLayout, PairLayout, Running};
 
+pub use super::pair_support::{urlencode, Pair};
 use super::serve_support::{http_request, HttpResponse};
-
-/// The repository root (holds `certs/` and `pmodes/`).
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 /// The PMode of the runs: one-way push from varti-a to varti-b, signed and encrypted, with
 /// a retry every second for three minutes (a retry schedule is never what ends a run: the
@@ -33,30 +26,38 @@ pub fn repo() -> PathBuf {
 pub fn chaos_pmodes() -> String {
     // `retry = { attempts = … }` caps at 64 attempts; an explicit list does not.
     let retries = ["\"1s\""; 180].join(", ");
-    format!(
-        r#"
-[security.default]
-profile = "as4-1.15"
-sign = true
-encrypt = true
-token_reference = "bst"
+    let reception = format!("retry_intervals = [{retries}]\nduplicate_detection = true\n");
+    let chaos = pair::process_toml(
+        "chaos",
+        "push",
+        [&["varti-a"], &["varti-b"]],
+        &[["deliver", "urn:varti:test:chaos", "Deliver"]],
+        "",
+    );
+    pair::settings_toml("default", "as4-1.15", &reception, None) + &chaos
+}
 
-[reception.default]
-retry_intervals = [{retries}]
-duplicate_detection = true
+/// The pair of a run: [`chaos_pmodes`], varti-b's endpoint the balancer's
+/// `balancer_port`, [`FAST_SENDER`] for both.
+pub fn chaos_pair(balancer_port: u16) -> Pair {
+    Pair::create(
+        ("chaos.toml", chaos_pmodes()),
+        Some(balancer_port),
+        FAST_SENDER,
+    )
+}
 
-[[process]]
-name = "chaos"
-mep = "oneWay"
-binding = "push"
-initiator = {{ parties = ["varti-a"] }}
-responder = {{ parties = ["varti-b"] }}
-
-[[process.leg]]
-name = "deliver"
-service = "urn:varti:test:chaos"
-action = "Deliver"
-"#
+/// Two instances per side, started: varti-a and a2 on `stores[0]`, varti-b and b2 on
+/// `stores[1]` (`[store]` tables), all with [`FAST_SENDER`]. The senders, the receivers.
+pub fn start_pairs(layout: &PairLayout, stores: [&str; 2]) -> (Vec<Instance>, Vec<Instance>) {
+    let [config_a, config_b] = stores.map(|store| format!("{FAST_SENDER}{store}"));
+    layout.rewrite_config(&layout.a, &config_a).unwrap();
+    layout.rewrite_config(&layout.b, &config_b).unwrap();
+    let a2 = layout.add_instance(&layout.a, "a2", &config_a).unwrap();
+    let b2 = layout.add_instance(&layout.b, "b2", &config_b).unwrap();
+    (
+        vec![Instance::start(layout.a.clone()), Instance::start(a2)],
+        vec![Instance::start(layout.b.clone()), Instance::start(b2)],
     )
 }
 
@@ -443,18 +444,6 @@ impl Side {
             }
         }
     }
-}
-
-/// Percent-encodes a path segment or query value.
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The MessageId of message `seq` of run `run`.

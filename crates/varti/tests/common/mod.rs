@@ -1,14 +1,16 @@
-//! Shared helpers for the integration tests: where the third-party vectors are.
+//! Shared helpers for the integration tests: where the third-party vectors and the
+//! specifications are, and running the built binary.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Command;
 
-/// The interop vectors directory: `$VARTI_VECTORS`, or `../shared/vectors` beside the
-/// project root. When the vectors are absent the test says so loudly; under CI
-/// (`CI` set) it fails, so a missing checkout can never pass as green.
-pub fn vectors() -> Option<PathBuf> {
-    shared_dir("VARTI_VECTORS", "vectors", "README.md")
-}
+#[path = "../../../as4/tests/common/mod.rs"]
+mod as4_common;
+
+use as4_common::shared_dir;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use as4_common::{read, vectors};
 
 /// The shared specifications directory: `$VARTI_SPECS`, or `../shared/specs`; absent, as
 /// [`vectors`].
@@ -16,31 +18,25 @@ pub fn specs() -> Option<PathBuf> {
     shared_dir("VARTI_SPECS", "specs", "conformance.md")
 }
 
-fn shared_dir(env: &str, name: &str, marker: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os(env) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared")
-            .join(name),
-    };
-    if dir.join(marker).is_file() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "SHARED {} MISSING: {} not found; set {env} to the shared {name} directory",
-        name.to_uppercase(),
-        dir.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! {msg} — interop test NOT run !!!!!!!!\n");
-    None
+/// The specifications directory as the OOTS tests need it: with the EDM artefacts
+/// (`oots-edm-v1/`); absent, as [`vectors`].
+pub fn oots_specs() -> Option<PathBuf> {
+    shared_dir("VARTI_SPECS", "specs", "oots-edm-v1")
 }
 
-/// Reads a vector file, panicking with its path when it cannot be read.
-pub fn read(rel: &str) -> Option<Vec<u8>> {
-    let dir = vectors()?;
-    let path = dir.join(rel);
-    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())))
+/// Runs the built `varti` with `args`: its exit code (-1 when a signal ended it), stdout
+/// and stderr.
+pub fn varti(args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_varti")).args(args))
+}
+
+/// Runs `command` to its end: its exit code (-1 when a signal ended it), stdout and
+/// stderr.
+pub fn run(command: &mut Command) -> (i32, String, String) {
+    let out = command.output().expect("run varti");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

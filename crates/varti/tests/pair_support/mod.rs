@@ -4,18 +4,14 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use super::serve_support::{http_request, spawn_serve_in, HttpResponse, Served};
+use varti::pair;
 
-/// The repository root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use super::serve_support::{http_request, spawn_serve_in, wait_for_state, HttpResponse, Served};
+
+pub use super::serve_support::repo;
 
 pub use varti::pair::free_port as try_free_port;
 
@@ -27,63 +23,20 @@ pub fn free_port() -> u16 {
 /// Extra PMode file used by the exchange tests: a one-way leg with fast retries, a
 /// two-way (push-and-push) request/response pair, and a one-way/pull leg on its own MPC
 /// (varti-a holds the messages, varti-b pulls them).
-pub const EXCHANGE_PMODES: &str = r#"
-[security.default]
-profile = "as4-1.15"
-sign = true
-encrypt = true
-token_reference = "bst"
-
-[reception.default]
-retry_intervals = ["1s", "2s", "2s"]
-duplicate_detection = true
-
-[compression.default]
-enabled = true
-
-[[process]]
-name = "exchange"
-mep = "oneWay"
-binding = "push"
-initiator = { parties = ["varti-a", "varti-b"] }
-responder = { parties = ["varti-a", "varti-b"] }
-
-[[process.leg]]
-name = "deliver"
-service = "urn:varti:test:exchange"
-action = "Deliver"
-
-[[process]]
-name = "question"
-mep = "twoWay"
-binding = "pushAndPush"
-initiator = { parties = ["varti-a", "varti-b"] }
-responder = { parties = ["varti-a", "varti-b"] }
-
-[[process.leg]]
-name = "ask"
-service = "urn:varti:test:question"
-action = "Ask"
-
-[[process.leg]]
-name = "answer"
-service = "urn:varti:test:question"
-action = "Answer"
-reply = true
-
-[[process]]
-name = "pull"
-mep = "oneWay"
-binding = "pull"
-initiator = { parties = ["varti-a"] }
-responder = { parties = ["varti-b"] }
-
-[[process.leg]]
-name = "pull"
-service = "urn:varti:test:pull"
-action = "Pull"
-mpc = "urn:varti:test:mpc:pull"
-"#;
+pub fn exchange_pmodes() -> String {
+    let reception = "retry_intervals = [\"1s\", \"2s\", \"2s\"]\nduplicate_detection = true\n";
+    let pull = pair::process_toml(
+        "pull",
+        "pull",
+        [&["varti-a"], &["varti-b"]],
+        &[["pull", "urn:varti:test:pull", "Pull"]],
+        "mpc = \"urn:varti:test:mpc:pull\"\n",
+    );
+    let services = ["urn:varti:test:exchange", "urn:varti:test:question"];
+    pair::settings_toml("default", "as4-1.15", reception, Some(""))
+        + &pair::exchange_toml(["exchange", "question"], services)
+        + &pull
+}
 
 /// Where the pair lives (see `varti::pair` for the layout).
 pub struct Pair {
@@ -100,13 +53,24 @@ impl Pair {
     /// Like [`Pair::new`], but varti-b's endpoint in the PModes is `b_endpoint_port`
     /// (a proxy in front of b) instead of b's own port.
     pub fn with_b_endpoint(b_endpoint_port: Option<u16>) -> Pair {
+        let pmodes = ("exchange.toml", exchange_pmodes());
+        Pair::create(pmodes, b_endpoint_port, SENDER_CONFIG)
+    }
+
+    /// A pair with one extra PMode file `(name, TOML)`, varti-b's endpoint in the PModes
+    /// at `b_endpoint_port` when given, and `extra_config` in both configurations.
+    pub fn create(
+        pmodes: (&str, String),
+        b_endpoint_port: Option<u16>,
+        extra_config: &str,
+    ) -> Pair {
         let root = tempfile::tempdir().unwrap();
-        let options = varti::pair::PairOptions {
-            extra_pmodes: vec![("exchange.toml".into(), EXCHANGE_PMODES.into())],
+        let options = pair::PairOptions {
+            extra_pmodes: vec![(pmodes.0.into(), pmodes.1)],
             b_endpoint_port,
-            extra_config: SENDER_CONFIG.into(),
+            extra_config: extra_config.into(),
         };
-        let layout = varti::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+        let layout = pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
         Pair { root, layout }
     }
 
@@ -235,27 +199,7 @@ impl Node {
 
     /// Waits until the message reaches `state`.
     pub fn wait_state(&self, id: &str, state: &str, within: Duration) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            if let Some(m) = self.message(id) {
-                if m["state"] == state {
-                    return m;
-                }
-                assert!(
-                    start.elapsed() < within,
-                    "{id} is {} after {within:?}, not {state}: {m:#}\nlog:\n{}",
-                    m["state"],
-                    self.served.log_text()
-                );
-            } else {
-                assert!(
-                    start.elapsed() < within,
-                    "{id} never appeared\nlog:\n{}",
-                    self.served.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_state(&self.served, id, state, within, || self.message(id))
     }
 
     /// Inbound messages for the portal (newest first).
@@ -284,7 +228,7 @@ impl Node {
     }
 }
 
-/// Percent-encodes a path segment.
+/// Percent-encodes a path segment or query value.
 pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

@@ -21,6 +21,14 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509NameBuilder, X509};
 
+/// The repository root (holds `certs/` and `pmodes/`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
 /// Paths of the generated PKI (all PEM).
 pub struct Pki {
     pub ca_cert: PathBuf,
@@ -194,6 +202,47 @@ impl Drop for Served {
     }
 }
 
+/// Polls `message` (a message's JSON from `served`'s backend API; `None` while unknown)
+/// until its `state` is `state`, and returns it; fails, with the log, after `within`.
+pub fn wait_for_state(
+    served: &Served,
+    id: &str,
+    state: &str,
+    within: Duration,
+    message: impl Fn() -> Option<serde_json::Value>,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let m = message();
+        if let Some(m) = &m {
+            if m["state"] == state {
+                return m.clone();
+            }
+        }
+        if start.elapsed() >= within {
+            match m {
+                Some(m) => panic!(
+                    "{id} is {} after {within:?}, not {state}: {m:#}\nlog:\n{}",
+                    m["state"],
+                    served.log_text()
+                ),
+                None => panic!("{id} never appeared\nlog:\n{}", served.log_text()),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process (a stand-in, a driver), killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
@@ -289,10 +338,7 @@ client_auth = "{client_auth}"
 /// A configuration for a plain-HTTP (`--insecure-http`) instance: data in `data`, the
 /// repository's PModes and keys (see [`repo_setup`]), then `tables` (e.g. `[server]` …).
 pub fn plain_config(tables: &str) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
+    let repo = repo();
     let repo = repo.display();
     format!(
         "data_dir = \"data\"\n{}\n[tls]\ncert = \"{repo}/certs/varti-a/tls.cert.pem\"\n\
@@ -304,23 +350,10 @@ pub fn plain_config(tables: &str) -> String {
 /// Config lines that make an instance varti-a with the repository's PModes and keys, and
 /// its backend API on a free port (top-level keys first, then tables).
 pub fn repo_setup() -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
+    let repo = repo();
     let repo = repo.display();
-    format!(
-        r#"pmodes_dir = "{repo}/pmodes"
-[identity]
-party = "varti-a"
-signing_key = "{repo}/certs/varti-a/sign.key.pem"
-signing_cert = "{repo}/certs/varti-a/sign.cert.pem"
-encryption_key = "{repo}/certs/varti-a/enc.key.pem"
-encryption_cert = "{repo}/certs/varti-a/enc.cert.pem"
-trust_anchors = ["{repo}/certs/ca.cert.pem"]
-[backend]
-listen = "127.0.0.1:0""#
-    )
+    let identity = varti::pair::identity_toml("varti-a", &format!("{repo}/certs"));
+    format!("pmodes_dir = \"{repo}/pmodes\"\n{identity}[backend]\nlisten = \"127.0.0.1:0\"")
 }
 
 /// An OpenSSL TLS client to `addr`, limited to `version`, trusting `ca`, optionally with a
