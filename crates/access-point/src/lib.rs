@@ -8,11 +8,12 @@
 //! it through [`client`].
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod access_point;
 pub mod api;
 pub mod client;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod https;
 pub mod ops;

@@ -16,13 +16,14 @@
 //! * [`error`] — the ebMS3/AS4 error codes every layer reports with.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod compress;
 pub mod error;
 pub mod inbound;
 pub mod leg;
 pub mod message;
-pub mod ns;
+pub(crate) mod ns;
 pub mod outbound;
 pub mod pmode;
 pub mod receive;

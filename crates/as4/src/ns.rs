@@ -16,19 +16,19 @@ pub const WSU_NS: &str =
 pub const WSSE_NS: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
 /// The WS-Security 1.1 extension namespace (`wsse11:`).
-pub const WSSE11_NS: &str = "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd";
+pub(crate) const WSSE11_NS: &str = "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd";
 /// The ebBP signals namespace (`ebbp:`) of `NonRepudiationInformation`.
 pub const EBBP_NS: &str = "http://docs.oasis-open.org/ebxml-bp/ebbp-signals-2.0";
 /// The XML-DSig namespace (`ds:`).
 pub const DS_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
 /// XML-DSig 1.1 (`dsig11:`).
-pub const DSIG11_NS: &str = "http://www.w3.org/2009/xmldsig11#";
+pub(crate) const DSIG11_NS: &str = "http://www.w3.org/2009/xmldsig11#";
 /// RFC 9231 additional algorithms (`dsig-more:`).
-pub const DSIG_MORE_NS: &str = "http://www.w3.org/2021/04/xmldsig-more#";
+pub(crate) const DSIG_MORE_NS: &str = "http://www.w3.org/2021/04/xmldsig-more#";
 /// XML Encryption 1.0 (`xenc:`).
-pub const XENC_NS: &str = "http://www.w3.org/2001/04/xmlenc#";
+pub(crate) const XENC_NS: &str = "http://www.w3.org/2001/04/xmlenc#";
 /// XML Encryption 1.1 (`xenc11:`).
-pub const XENC11_NS: &str = "http://www.w3.org/2009/xmlenc11#";
+pub(crate) const XENC11_NS: &str = "http://www.w3.org/2009/xmlenc11#";
 /// Exclusive c14n, home of `ec:InclusiveNamespaces`.
 pub const EXC_C14N_NS: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
 /// The namespace bound to the `xml:` prefix (`xml:lang`, `xml:id`).

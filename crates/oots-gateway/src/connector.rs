@@ -48,7 +48,7 @@ type HttpClient = HttpsClient<Full<Bytes>>;
 
 /// The request JSON sent to a register (see the module documentation).
 #[derive(Debug, Clone, Serialize)]
-pub struct ConnectorRequest {
+pub(crate) struct ConnectorRequest {
     /// The EDM request id.
     pub request_id: String,
     /// The EDM version of the request.
@@ -71,7 +71,7 @@ pub struct ConnectorRequest {
 
 /// One evidence file fetched from a register, already in the payload store.
 #[derive(Debug, Clone)]
-pub struct FetchedEvidence {
+pub(crate) struct FetchedEvidence {
     /// Where it is stored.
     pub stored: PayloadRef,
     /// Its media type.
@@ -84,7 +84,7 @@ pub struct FetchedEvidence {
 
 /// What a register answered, after retries.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The evidence files (none: no evidence).
     Evidence(Vec<FetchedEvidence>),
     /// No evidence or no unique match (HTTP 404).
@@ -143,7 +143,7 @@ pub(crate) fn http() -> &'static HttpClient {
 }
 
 /// Calls the register behind `connector` with `request`, with its timeout and retries.
-pub async fn call(
+pub(crate) async fn call(
     gw: &Arc<Gateway>,
     connector: &ConnectorConfig,
     request: &ConnectorRequest,
@@ -352,7 +352,7 @@ async fn receive_files(
 }
 
 /// Removes stored payloads nothing will reference.
-pub async fn discard(gw: &Arc<Gateway>, payloads: Vec<PayloadRef>) {
+pub(crate) async fn discard(gw: &Arc<Gateway>, payloads: Vec<PayloadRef>) {
     if payloads.is_empty() {
         return;
     }

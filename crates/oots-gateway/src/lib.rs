@@ -9,15 +9,16 @@
 //! * [`config`] — the `[oots]` table.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod common_services;
 pub mod config;
-pub mod connector;
+pub(crate) mod connector;
 pub mod gateway;
-pub mod lookup;
+pub(crate) mod lookup;
 pub mod preview;
-pub mod provider;
-pub mod records;
-pub mod requester;
+pub(crate) mod provider;
+pub(crate) mod records;
+pub(crate) mod requester;
 
 pub use gateway::Gateway;

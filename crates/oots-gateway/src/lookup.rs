@@ -26,7 +26,7 @@ use varti_access_point::server::Body;
 
 /// Which look-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// EB: requirements of a procedure.
     Requirements,
     /// EB: evidence types proving a requirement.
@@ -36,7 +36,7 @@ pub enum Lookup {
 }
 
 /// Answers a look-up route; `query` is the request's query string.
-pub async fn lookup(
+pub(crate) async fn lookup(
     gw: Arc<Gateway>,
     what: Lookup,
     query: &str,

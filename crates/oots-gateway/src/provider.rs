@@ -162,7 +162,7 @@ struct Answer {
 
 /// The evidence held for open previews, keyed by the preview link (the `PreviewLocation`
 /// the second request of the exchange echoes).
-pub struct Previews {
+pub(crate) struct Previews {
     space: Option<Arc<PreviewSpace>>,
     held: Mutex<HashMap<String, Held>>,
 }
@@ -181,7 +181,7 @@ struct Held {
 impl Previews {
     /// The previews of a provider whose preview space is `space` (`None`: `[preview]` is
     /// off, and a connector that needs preview cannot be served).
-    pub fn new(space: Option<Arc<PreviewSpace>>) -> Previews {
+    pub(crate) fn new(space: Option<Arc<PreviewSpace>>) -> Previews {
         Previews {
             space,
             held: Mutex::new(HashMap::new()),
@@ -194,7 +194,7 @@ impl Previews {
 }
 
 /// Handles one received evidence request (already claimed) and submits the answer.
-pub async fn handle(gw: Arc<Gateway>, previews: Arc<Previews>, record: MessageRecord) {
+pub(crate) async fn handle(gw: Arc<Gateway>, previews: Arc<Previews>, record: MessageRecord) {
     let message_id = record.id().to_owned();
     let span = tracing::info_span!("oots_provide", message_id = %message_id, conversation_id = %record.meta.conversation_id);
     async move {
@@ -935,7 +935,7 @@ fn connector_request(r: &EvidenceRequest) -> ConnectorRequest {
 
 /// The EDM document of a received OOTS message (the `application/x-ebrs+xml` part, else
 /// the first), bounded by [`MAX_EDM_BYTES`].
-pub async fn read_edm(gw: &Arc<Gateway>, record: &MessageRecord) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_edm(gw: &Arc<Gateway>, record: &MessageRecord) -> Result<Vec<u8>, String> {
     let entry = record
         .meta
         .payloads
@@ -976,7 +976,7 @@ pub async fn read_edm(gw: &Arc<Gateway>, record: &MessageRecord) -> Result<Vec<u
 /// handed over. After `oots.evidence_retention_secs` the answer's payloads and those of
 /// the request it answers are purged (a restart in between leaves them to the general
 /// `retention.payload_days`).
-pub async fn answer_sent(gw: Arc<Gateway>, message_id: String) {
+pub(crate) async fn answer_sent(gw: Arc<Gateway>, message_id: String) {
     let ap2 = gw.ap.clone();
     let id = message_id.clone();
     let Ok(Ok(Some(record))) = tokio::task::spawn_blocking(move || ap2.store.get(&id)).await else {

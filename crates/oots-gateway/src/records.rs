@@ -35,7 +35,7 @@ static LOCK: Mutex<()> = Mutex::new(());
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RequestState {
+pub(crate) enum RequestState {
     /// Submitted over AS4; waiting for the answer.
     Sent,
     /// The provider answered with evidence.
@@ -55,14 +55,14 @@ pub enum RequestState {
 
 impl RequestState {
     /// Whether the request is settled (nothing more will change it).
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         self != RequestState::Sent
     }
 }
 
 /// One evidence of an answered request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvidenceFile {
+pub(crate) struct EvidenceFile {
     /// Index of the payload in the response message.
     pub payload: usize,
     /// Its Content-ID.
@@ -82,7 +82,7 @@ pub struct EvidenceFile {
 
 /// The EDM error of a request answered with an error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EdmErrorInfo {
+pub(crate) struct EdmErrorInfo {
     /// `EDM:ERR:000n`.
     pub code: Option<String>,
     /// The exception type (`rs:ObjectNotFoundExceptionType` …).
@@ -97,7 +97,7 @@ pub struct EdmErrorInfo {
 
 /// An evidence request of a portal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     /// The id the API uses (a UUID; the EDM request id is `urn:uuid:<id>`).
     pub id: String,
     /// The backend client that made it.
@@ -164,7 +164,7 @@ impl RequestRecord {
 /// Why a record cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("OOTS request record {path}: {problem}")]
-pub struct RecordError {
+pub(crate) struct RecordError {
     path: PathBuf,
     problem: String,
 }
@@ -175,7 +175,7 @@ fn dir(gw: &Gateway) -> PathBuf {
 
 /// Whether `id` is a plain UUID (records are files named by it: nothing else may reach
 /// the file system).
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     id.len() == 36
         && id.bytes().enumerate().all(|(i, b)| {
             if matches!(i, 8 | 13 | 18 | 23) {
@@ -208,7 +208,7 @@ fn err(path: &Path, problem: impl std::fmt::Display) -> RecordError {
 }
 
 /// Reads a record (`None`: no such request).
-pub fn load(gw: &Gateway, id: &str) -> Result<Option<RequestRecord>, RecordError> {
+pub(crate) fn load(gw: &Gateway, id: &str) -> Result<Option<RequestRecord>, RecordError> {
     let Some(path) = path_of(gw, id) else {
         return Ok(None);
     };
@@ -237,7 +237,7 @@ fn write(gw: &Gateway, record: &RequestRecord) -> Result<(), RecordError> {
 }
 
 /// Stores a new record.
-pub fn create(gw: &Gateway, record: &RequestRecord) -> Result<(), RecordError> {
+pub(crate) fn create(gw: &Gateway, record: &RequestRecord) -> Result<(), RecordError> {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     write(gw, record)?;
     if !record.state.is_final() {
@@ -252,7 +252,7 @@ pub fn create(gw: &Gateway, record: &RequestRecord) -> Result<(), RecordError> {
 /// Applies `change` to the record `id` while it is still open (`Sent`); returns the
 /// updated record, or `None` when there is no such record or it had already settled (a
 /// late answer after a timeout changes nothing).
-pub fn settle(
+pub(crate) fn settle(
     gw: &Gateway,
     id: &str,
     change: impl FnOnce(&mut RequestRecord),
@@ -288,7 +288,7 @@ pub fn settle(
 
 /// Notes that the owner downloaded evidence file `n` of the settled request `id` whole;
 /// returns the updated record (`None`: no such record or file).
-pub fn mark_downloaded(
+pub(crate) fn mark_downloaded(
     gw: &Gateway,
     id: &str,
     n: usize,
@@ -313,7 +313,7 @@ pub fn mark_downloaded(
 
 /// Purges what is due at `now` (see the module documentation); returns how many requests'
 /// evidence and how many records were purged. Call on a blocking thread.
-pub fn purge_due(gw: &Gateway, now: time::OffsetDateTime) -> (usize, usize) {
+pub(crate) fn purge_due(gw: &Gateway, now: time::OffsetDateTime) -> (usize, usize) {
     let Ok(entries) = std::fs::read_dir(settled_dir(gw)) else {
         return (0, 0);
     };
@@ -337,7 +337,7 @@ pub fn purge_due(gw: &Gateway, now: time::OffsetDateTime) -> (usize, usize) {
 
 /// Purges what is due for the one request `id` at `now` (right after its hand-over, so
 /// that `evidence_retention_secs = 0` does not wait for the next sweep).
-pub fn purge_request(gw: &Gateway, id: &str, now: time::OffsetDateTime) {
+pub(crate) fn purge_request(gw: &Gateway, id: &str, now: time::OffsetDateTime) {
     if let Err(e) = purge_one(gw, id, now) {
         tracing::warn!(request = %id, error = %e, "OOTS: cannot purge");
     }
@@ -413,7 +413,7 @@ fn purge_exchange(
 
 /// Every stored record (unreadable ones are logged and left out). Reads them all: the
 /// records are bounded by `oots.record_retention_secs`.
-pub fn all(gw: &Gateway) -> Vec<RequestRecord> {
+pub(crate) fn all(gw: &Gateway) -> Vec<RequestRecord> {
     let Ok(entries) = std::fs::read_dir(dir(gw)) else {
         return Vec::new();
     };
@@ -437,7 +437,7 @@ pub fn all(gw: &Gateway) -> Vec<RequestRecord> {
 /// Puts the record `id` back to `Sent` when it is in state `from` (the second request
 /// of a preview exchange), applying `change`; returns the updated record, or `None` when
 /// there is no such record or it is in another state.
-pub fn reopen(
+pub(crate) fn reopen(
     gw: &Gateway,
     id: &str,
     from: RequestState,
@@ -464,7 +464,7 @@ pub fn reopen(
 
 /// The ids of every open request (from the markers; a marker whose record settled is
 /// dropped).
-pub fn open_ids(gw: &Gateway) -> Vec<String> {
+pub(crate) fn open_ids(gw: &Gateway) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(open_dir(gw)) else {
         return Vec::new();
     };
@@ -495,7 +495,7 @@ fn refused_dir(gw: &Gateway) -> PathBuf {
 
 /// Appends the audit record of a refused answer (`entry`: metadata only) to today's
 /// journal of refusals.
-pub fn note_refused(gw: &Gateway, entry: &serde_json::Value) -> Result<(), RecordError> {
+pub(crate) fn note_refused(gw: &Gateway, entry: &serde_json::Value) -> Result<(), RecordError> {
     use std::io::Write;
     let d = refused_dir(gw);
     std::fs::create_dir_all(&d).map_err(|e| err(&d, e))?;
@@ -521,7 +521,7 @@ pub fn note_refused(gw: &Gateway, entry: &serde_json::Value) -> Result<(), Recor
 
 /// Removes the journals of refusals whose day ended more than
 /// `oots.record_retention_secs` before `now`; returns how many.
-pub fn purge_refusals_due(gw: &Gateway, now: time::OffsetDateTime) -> usize {
+pub(crate) fn purge_refusals_due(gw: &Gateway, now: time::OffsetDateTime) -> usize {
     let Ok(entries) = std::fs::read_dir(refused_dir(gw)) else {
         return 0;
     };
@@ -549,7 +549,7 @@ pub fn purge_refusals_due(gw: &Gateway, now: time::OffsetDateTime) -> usize {
 }
 
 /// Now as RFC 3339.
-pub fn rfc3339_now(gw: &Gateway) -> String {
+pub(crate) fn rfc3339_now(gw: &Gateway) -> String {
     gw.ap
         .clock
         .now()

@@ -126,7 +126,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `POST /oots/requests`.
-pub async fn create(
+pub(crate) async fn create(
     gw: Arc<Gateway>,
     client: Client,
     request: Request<Incoming>,
@@ -278,7 +278,7 @@ fn apply_parties(gw: &Gateway, client: &Client, body: &mut Value) -> Result<(), 
 
 /// `GET /oots/requests`: the client's own requests (every one for an admin), newest first;
 /// `state` filters, `limit` (1–1000, default 100) bounds.
-pub async fn list(
+pub(crate) async fn list(
     gw: Arc<Gateway>,
     client: Client,
     query: &str,
@@ -374,7 +374,7 @@ struct PreviewReturn {
 }
 
 /// `POST /oots/requests/{id}/preview-return`: the second request of a preview exchange.
-pub async fn preview_return(
+pub(crate) async fn preview_return(
     gw: Arc<Gateway>,
     client: Client,
     id: String,
@@ -559,7 +559,7 @@ async fn visible(gw: &Arc<Gateway>, client: &Client, id: &str) -> Result<Request
 }
 
 /// `GET /oots/requests/{id}`.
-pub async fn show(
+pub(crate) async fn show(
     gw: Arc<Gateway>,
     client: Client,
     id: String,
@@ -569,7 +569,7 @@ pub async fn show(
 }
 
 /// `GET /oots/requests/{id}/evidence/{n}`: the file, streamed from the payload store.
-pub async fn evidence(
+pub(crate) async fn evidence(
     gw: Arc<Gateway>,
     client: Client,
     id: String,
@@ -786,7 +786,7 @@ impl Refused {
 /// whose request then ends `error` with EDM:ERR:0008. Each refusal is logged with both
 /// parties, counted in `varti_refusals_total{owner="varti:oots",reason}` and noted
 /// (metadata only) in the journal of refusals ([`records::note_refused`]).
-pub fn check_answer(gw: &Arc<Gateway>, m: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
+pub(crate) fn check_answer(gw: &Arc<Gateway>, m: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
     let um = m.user_message;
     if !matches!(
         um.collaboration_info.action.as_str(),
@@ -1123,7 +1123,7 @@ fn edm_of(payloads: &[DeliveredPayload]) -> Result<Vec<u8>, String> {
 /// through by [`check_answer`]): settles its request. An answer that settles nothing (its
 /// request settled meanwhile, e.g. timed out, or it does not fit after all) is never
 /// handed over: its payloads are purged at once, its metadata stays in the store.
-pub fn answer_received(gw: &Arc<Gateway>, record: &MessageRecord) {
+pub(crate) fn answer_received(gw: &Arc<Gateway>, record: &MessageRecord) {
     let mid = record.id();
     let Some(id) = request_id_of(record) else {
         discard(
@@ -1278,7 +1278,7 @@ fn read_edm_blocking(gw: &Arc<Gateway>, record: &MessageRecord) -> Result<Vec<u8
 
 /// The AS4 message `message_id` failed for good: if it is a request of ours, the request
 /// failed.
-pub fn request_failed(gw: &Arc<Gateway>, message_id: &str, error: &str) {
+pub(crate) fn request_failed(gw: &Arc<Gateway>, message_id: &str, error: &str) {
     let Some(id) = record_id_of_message(message_id) else {
         return;
     };
@@ -1294,7 +1294,7 @@ pub fn request_failed(gw: &Arc<Gateway>, message_id: &str, error: &str) {
 }
 
 /// Ends every open request past its deadline as `timed_out`.
-pub fn expire(gw: &Arc<Gateway>, now: OffsetDateTime) {
+pub(crate) fn expire(gw: &Arc<Gateway>, now: OffsetDateTime) {
     if !gw.config.role.requests() {
         return;
     }

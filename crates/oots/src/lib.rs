@@ -10,6 +10,7 @@
 //!   typed answers, signature verification, caching) and its local stand-in.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod common_services;
 pub mod edm;

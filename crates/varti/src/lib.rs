@@ -6,6 +6,7 @@
 //! * [`pair`] — two access points on loopback (demo, benchmark, tests).
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod pair;

@@ -19,7 +19,7 @@ use crate::server::http::reader_body;
 use crate::server::Body;
 
 /// `GET /messages?direction=&state=&limit=&after=`.
-pub async fn list(
+pub(super) async fn list(
     ap: Arc<AccessPoint>,
     client: Client,
     query: &str,
@@ -95,7 +95,7 @@ fn list_filter(client: &Client, query: &str) -> Result<ListFilter, ApiError> {
 }
 
 /// `GET /messages/{id}`.
-pub async fn show(
+pub(super) async fn show(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -106,7 +106,7 @@ pub async fn show(
 
 /// `GET /messages/{id}/payloads/{n}`: streams the payload; the first download of an
 /// inbound message marks it delivered.
-pub async fn payload(
+pub(super) async fn payload(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -174,7 +174,7 @@ pub async fn payload(
 }
 
 /// `POST /messages/{id}/ack`: the backend has the inbound message.
-pub async fn ack(
+pub(super) async fn ack(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -207,7 +207,7 @@ pub async fn ack(
 }
 
 /// `POST /messages/{id}/resend`: a failed outbound message is due again.
-pub async fn resend(
+pub(super) async fn resend(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -242,7 +242,7 @@ pub async fn resend(
 }
 
 /// `GET /status`: who we are and the caller's messages by state.
-pub async fn status(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body>, ApiError> {
+pub(super) async fn status(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body>, ApiError> {
     let owner = (!client.admin).then(|| client.name.clone());
     let counts = blocking(ap.clone(), move |ap| {
         let mut counts: BTreeMap<&'static str, u64> =
@@ -280,7 +280,7 @@ pub async fn status(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Bod
 }
 
 /// `POST /admin/purge`: removes payloads and metadata past the retention now.
-pub async fn purge(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body>, ApiError> {
+pub(super) async fn purge(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body>, ApiError> {
     if !client.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -340,7 +340,7 @@ fn properties(props: &[MessageProperty]) -> Value {
 }
 
 /// What a listing shows of a message.
-pub fn summary(r: &MessageRecord) -> Value {
+pub(super) fn summary(r: &MessageRecord) -> Value {
     let m = &r.meta;
     json!({
         "message_id": m.message_id,
@@ -363,7 +363,7 @@ pub fn summary(r: &MessageRecord) -> Value {
 }
 
 /// Everything the API shows of one message.
-pub fn detail(r: &MessageRecord) -> Value {
+pub(super) fn detail(r: &MessageRecord) -> Value {
     let mut v = summary(r);
     let id = &r.meta.message_id;
     let encoded = percent_encoding::utf8_percent_encode(id, SEGMENT).to_string();

@@ -41,7 +41,7 @@ const UPLOAD_CHANNEL_DEPTH: usize = 8;
 /// The `metadata` part of a submission.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Metadata {
+pub(super) struct Metadata {
     /// The receiving party: a `[[party]]` name or one of its party ids.
     pub to_party: String,
     /// The type of `to_party` when it is an id whose type matters.
@@ -90,7 +90,7 @@ pub struct Property {
 /// One payload of a submission.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PayloadSpec {
+pub(super) struct PayloadSpec {
     /// The form field name of the part with the bytes.
     pub part: String,
     /// Its MIME type (default: the part's `Content-Type`, else `application/octet-stream`).
@@ -150,7 +150,7 @@ impl Drop for Stored {
 }
 
 /// Handles `POST /messages`.
-pub async fn submit(
+pub(super) async fn submit(
     ap: Arc<AccessPoint>,
     client: Client,
     request: Request<Incoming>,

@@ -10,14 +10,14 @@ use openssl::pkey::Id;
 use openssl::pkey_ctx::PkeyCtx;
 
 /// The only PRF Varti accepts for HKDF: HMAC-SHA256, as the AS4 2.0 profile requires.
-pub const PRF_HMAC_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#hmac-sha256";
+pub(crate) const PRF_HMAC_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#hmac-sha256";
 
 /// Upper bound on salt and info lengths read from a message (hostile-input guard).
-pub const MAX_PARAM_LEN: usize = 1024;
+pub(crate) const MAX_PARAM_LEN: usize = 1024;
 
 /// The HKDF parameters of one key agreement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HkdfParams {
+pub(crate) struct HkdfParams {
     /// The HKDF salt (`dsig-more:Salt`); empty means "no salt" (RFC 5869: HashLen zeros).
     pub salt: Vec<u8>,
     /// The HKDF info (`dsig-more:Info`); empty when absent.
@@ -35,7 +35,7 @@ impl HkdfParams {
     /// which the 2.0 profile was validated with — defaults to PRF hmac-sha256, a random
     /// salt as long as the wrapping key, and no Info (`WSSecEncryptedKey`'s default HKDF
     /// parameters). Matching that keeps our messages shaped like theirs.
-    pub fn for_kw_aes128() -> Result<Self, openssl::error::ErrorStack> {
+    pub(crate) fn for_kw_aes128() -> Result<Self, openssl::error::ErrorStack> {
         let mut salt = vec![0u8; 16];
         openssl::rand::rand_bytes(&mut salt)?;
         Ok(HkdfParams {
@@ -48,7 +48,7 @@ impl HkdfParams {
 
 /// Derives `params.key_len` bytes from the shared secret with HKDF-SHA256
 /// (extract-then-expand).
-pub fn hkdf_sha256(
+pub(crate) fn hkdf_sha256(
     shared_secret: &[u8],
     params: &HkdfParams,
 ) -> Result<Vec<u8>, openssl::error::ErrorStack> {

@@ -4,11 +4,11 @@
 use openssl::aes::{unwrap_key, wrap_key, AesKey};
 
 /// The key wrap algorithm URI.
-pub const KW_AES128: &str = "http://www.w3.org/2001/04/xmlenc#kw-aes128";
+pub(crate) const KW_AES128: &str = "http://www.w3.org/2001/04/xmlenc#kw-aes128";
 
 /// Why a wrap or unwrap failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyWrapError {
+pub(crate) enum KeyWrapError {
     /// The key-encryption key is not 16 bytes long.
     #[error("the key-encryption key must be 16 bytes for kw-aes128, got {0}")]
     BadKekLength(usize),
@@ -21,7 +21,7 @@ pub enum KeyWrapError {
 }
 
 /// Wraps `key` (16, 24 or 32 bytes, …) under the 16-byte `kek`.
-pub fn wrap_aes128(kek: &[u8], key: &[u8]) -> Result<Vec<u8>, KeyWrapError> {
+pub(crate) fn wrap_aes128(kek: &[u8], key: &[u8]) -> Result<Vec<u8>, KeyWrapError> {
     if kek.len() != 16 {
         return Err(KeyWrapError::BadKekLength(kek.len()));
     }
@@ -37,7 +37,7 @@ pub fn wrap_aes128(kek: &[u8], key: &[u8]) -> Result<Vec<u8>, KeyWrapError> {
 }
 
 /// Unwraps an RFC 3394 wrapped key under the 16-byte `kek`, checking its integrity value.
-pub fn unwrap_aes128(kek: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, KeyWrapError> {
+pub(crate) fn unwrap_aes128(kek: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, KeyWrapError> {
     if kek.len() != 16 {
         return Err(KeyWrapError::BadKekLength(kek.len()));
     }

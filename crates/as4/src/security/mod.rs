@@ -18,12 +18,12 @@
 pub mod c14n;
 pub mod dom;
 pub mod encrypt;
-pub mod kdf;
+pub(crate) mod kdf;
 pub mod keys;
-pub mod keywrap;
+pub(crate) mod keywrap;
 pub mod profile;
 pub mod receipt;
-pub mod revocation;
+pub(crate) mod revocation;
 pub mod sign;
 pub mod summary;
 pub mod swa;

@@ -168,7 +168,7 @@ fn distribution_points(cert: &X509Ref) -> String {
 /// the one before, as OpenSSL built it) against `crls`. `anchors` supply the issuer
 /// certificate when the chain stops at a pinned certificate. With no CRLs this does
 /// nothing: revocation checking is opt-in per partner.
-pub fn check_chain(
+pub(crate) fn check_chain(
     chain: &[X509],
     anchors: &[X509],
     crls: &[Crl],

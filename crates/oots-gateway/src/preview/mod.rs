@@ -35,7 +35,7 @@ pub mod api;
 mod oidc;
 mod pages;
 mod routes;
-pub mod test_idp;
+pub(crate) mod test_idp;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use quick_xml::events::Event;
 
 /// The page language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
+pub(super) enum Lang {
     /// English.
     En,
     /// Latvian.
@@ -18,7 +18,7 @@ pub enum Lang {
 
 impl Lang {
     /// From a language tag (`lv`, `lv-LV`, `en`…); English for anything else.
-    pub fn from_tag(tag: &str) -> Lang {
+    pub(super) fn from_tag(tag: &str) -> Lang {
         if tag.trim().to_ascii_lowercase().starts_with("lv") {
             Lang::Lv
         } else {
@@ -27,7 +27,7 @@ impl Lang {
     }
 
     /// From an Accept-Language header: the first of `lv` or `en` it lists.
-    pub fn from_accept_language(header: &str) -> Option<Lang> {
+    pub(super) fn from_accept_language(header: &str) -> Option<Lang> {
         header.split(',').find_map(|item| {
             let tag = item
                 .split(';')
@@ -46,7 +46,7 @@ impl Lang {
     }
 
     /// The ISO 639-1 code.
-    pub fn code(self) -> &'static str {
+    pub(super) fn code(self) -> &'static str {
         match self {
             Lang::En => "en",
             Lang::Lv => "lv",
@@ -55,7 +55,7 @@ impl Lang {
 }
 
 /// The strings of the pages.
-pub struct Text {
+pub(super) struct Text {
     pub title: &'static str,
     pub asked_by: &'static str,
     pub procedure: &'static str,
@@ -134,7 +134,7 @@ const LV: Text = Text {
 };
 
 /// The strings in `lang`.
-pub fn text(lang: Lang) -> &'static Text {
+pub(super) fn text(lang: Lang) -> &'static Text {
     match lang {
         Lang::En => &EN,
         Lang::Lv => &LV,
@@ -142,7 +142,7 @@ pub fn text(lang: Lang) -> &'static Text {
 }
 
 /// Escapes text for HTML content and attribute values.
-pub fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -165,7 +165,7 @@ iframe{width:100%;height:32rem;border:1px solid #999}\
 dl.xml{border-left:3px solid #ccc;padding-left:1rem}dl.xml dt{font-weight:600}dl.xml dd{margin:0 0 .4rem 1rem}";
 
 /// A whole page.
-pub fn page(lang: Lang, title: &str, main: &str, lang_switch: Option<&str>) -> String {
+pub(super) fn page(lang: Lang, title: &str, main: &str, lang_switch: Option<&str>) -> String {
     let switch = lang_switch
         .map(|href| {
             let other = match lang {
@@ -191,7 +191,7 @@ pub fn page(lang: Lang, title: &str, main: &str, lang_switch: Option<&str>) -> S
 }
 
 /// A page with a heading and one paragraph (errors, outcomes), with an optional link back.
-pub fn message_page(lang: Lang, title: &str, body: &str, back: Option<&str>) -> String {
+pub(super) fn message_page(lang: Lang, title: &str, body: &str, back: Option<&str>) -> String {
     let back = back
         .map(|url| {
             format!(
@@ -213,7 +213,7 @@ pub fn message_page(lang: Lang, title: &str, body: &str, back: Option<&str>) -> 
 }
 
 /// One evidence as shown on the page.
-pub struct ShownEvidence<'a> {
+pub(super) struct ShownEvidence<'a> {
     /// Its title.
     pub title: &'a str,
     /// Its media type.
@@ -226,7 +226,7 @@ pub struct ShownEvidence<'a> {
 
 /// The evidence page with the decision form.
 #[allow(clippy::too_many_arguments)]
-pub fn evidence_page(
+pub(super) fn evidence_page(
     lang: Lang,
     requester: &str,
     procedure: Option<&str>,
@@ -295,7 +295,7 @@ const MAX_RENDERED_XML: u64 = 2 * 1024 * 1024;
 /// An XML document as nested definition lists: element names as terms, text as values,
 /// attributes as `name = value` lines. Readable without knowing XML. `None` when the file
 /// is too big or not well-formed (the download link remains).
-pub fn render_xml(path: &Path) -> Option<String> {
+pub(super) fn render_xml(path: &Path) -> Option<String> {
     let file = std::fs::File::open(path).ok()?;
     if file.metadata().ok()?.len() > MAX_RENDERED_XML {
         return None;

@@ -28,7 +28,7 @@ use super::pages::{escape, Lang};
 use super::{Person, PreviewSetupError};
 
 /// The client id the preview space uses at the test provider.
-pub const CLIENT_ID: &str = "varti-preview";
+pub(crate) const CLIENT_ID: &str = "varti-preview";
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -46,7 +46,7 @@ struct Grant {
 }
 
 /// The test provider.
-pub struct TestIdp {
+pub(crate) struct TestIdp {
     issuer: String,
     persons: Vec<Person>,
     key: PKey<Private>,
@@ -59,7 +59,7 @@ pub struct TestIdp {
 impl TestIdp {
     /// A provider named `issuer` (its base URL) for `persons`, with a fresh RSA key, that
     /// redirects only to `redirect_uris` (exact strings).
-    pub fn new(
+    pub(crate) fn new(
         issuer: String,
         persons: Vec<Person>,
         redirect_uris: Vec<String>,
@@ -80,7 +80,7 @@ impl TestIdp {
     }
 
     /// Its issuer URL.
-    pub fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         &self.issuer
     }
 
@@ -267,7 +267,7 @@ impl TestIdp {
     }
 
     /// An RS256 JWT of `claims`.
-    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, openssl::error::ErrorStack> {
+    pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, openssl::error::ErrorStack> {
         let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": self.kid});
         let signing_input = format!(
             "{}.{}",

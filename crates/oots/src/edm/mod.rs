@@ -8,8 +8,8 @@
 
 pub mod error;
 pub mod regrep;
-pub mod request;
-pub mod response;
+pub(crate) mod request;
+pub(crate) mod response;
 pub mod sdg;
 pub mod xml;
 

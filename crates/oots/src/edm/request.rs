@@ -6,9 +6,9 @@ use super::xml::{Attribute, Element, QName, NS_QUERY, NS_SDG, NS_XML};
 use super::{EdmError, EdmVersion};
 
 /// Fixed `returnType` of an evidence request.
-pub const RETURN_TYPE: &str = "LeafClassWithRepositoryItem";
+pub(crate) const RETURN_TYPE: &str = "LeafClassWithRepositoryItem";
 /// Fixed `queryDefinition` of an evidence request.
-pub const QUERY_DEFINITION: &str = "DocumentQuery";
+pub(crate) const QUERY_DEFINITION: &str = "DocumentQuery";
 
 /// `query:Query`: the query definition and its parameter slots.
 #[derive(Debug, Clone, PartialEq, Eq)]

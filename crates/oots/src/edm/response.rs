@@ -17,7 +17,7 @@ pub const STATUS_SUCCESS: &str = "urn:oasis:names:tc:ebxml-regrep:ResponseStatus
 /// `urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure`
 pub const STATUS_FAILURE: &str = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure";
 /// The EDM 2.0 classification scheme of evidences in a package.
-pub const EDM_CLASSIFICATION_SCHEME: &str = "urn:fdc:oots:classification:edm";
+pub(crate) const EDM_CLASSIFICATION_SCHEME: &str = "urn:fdc:oots:classification:edm";
 
 /// A `query:QueryResponse` as RegRep defines it.
 #[derive(Debug, Clone, PartialEq, Eq)]
