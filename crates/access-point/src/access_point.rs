@@ -188,11 +188,11 @@ pub trait InboundCheck: Send + Sync {
 
 /// Owner of ebMS test-service messages: no backend has this name, so they are never
 /// delivered.
-pub const TEST_SERVICE_OWNER: &str = "varti:test-service";
+pub(crate) const TEST_SERVICE_OWNER: &str = "varti:test-service";
 
 /// Owner of inbound messages when no backend is configured (they wait in the store, visible
 /// to `varti messages list`).
-pub const DEFAULT_OWNER: &str = "default";
+pub(crate) const DEFAULT_OWNER: &str = "default";
 
 /// The running access point.
 pub struct AccessPoint {
@@ -372,7 +372,7 @@ impl AccessPoint {
     }
 
     /// Listens to notices from now on (the webhook dispatcher does).
-    pub fn subscribe_notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+    pub(crate) fn subscribe_notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
         self.notices.subscribe()
     }
 
@@ -398,7 +398,7 @@ impl AccessPoint {
     }
 
     /// The verdict of the check registered for the message's service (none: `Ok`).
-    pub fn judge_inbound(&self, message: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
+    pub(crate) fn judge_inbound(&self, message: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
         let service = &message.user_message.collaboration_info.service.value;
         let check = self
             .inbound_checks
@@ -415,7 +415,7 @@ impl AccessPoint {
     /// Who takes inbound messages of `service`: the feature that claimed it
     /// ([`AccessPoint::claim_service`]), else the first configured client whose `services`
     /// list it (or that lists none); [`DEFAULT_OWNER`] without clients.
-    pub fn owner_for_service(&self, service: &str) -> String {
+    pub(crate) fn owner_for_service(&self, service: &str) -> String {
         if let Some(owner) = self
             .service_owners
             .read()

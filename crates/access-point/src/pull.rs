@@ -76,7 +76,7 @@ const PULL_PARKING: time::Duration = time::Duration::days(100 * 365);
 /// When a message waiting to be pulled is due for the push sender: a hundred years from
 /// `now`, so that [`claim_due`](varti_store::Store::claim_due) never takes it (a pull
 /// request takes it with [`claim_message`](varti_store::Store::claim_message)).
-pub fn wait_for_pull(now: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn wait_for_pull(now: OffsetDateTime) -> OffsetDateTime {
     now + PULL_PARKING
 }
 
@@ -102,7 +102,7 @@ struct Sealed {
 
 impl SealedForPull {
     /// Remembers the references of one sealing of `message_id`.
-    pub fn remember(&self, message_id: &str, references: Vec<SignedReference>) {
+    pub(crate) fn remember(&self, message_id: &str, references: Vec<SignedReference>) {
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !s.by_id.contains_key(message_id) {
             s.order.push_back(message_id.to_owned());
@@ -121,7 +121,7 @@ impl SealedForPull {
     }
 
     /// Every remembered sealing of `message_id`.
-    pub fn sealings(&self, message_id: &str) -> Option<Vec<Vec<SignedReference>>> {
+    pub(crate) fn sealings(&self, message_id: &str) -> Option<Vec<Vec<SignedReference>>> {
         let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         s.by_id.get(message_id).cloned()
     }
@@ -655,7 +655,7 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
 }
 
 /// One pull on `channel`: request, receive what came, push back its receipt.
-pub async fn pull_once(ap: &Arc<AccessPoint>, channel: &PullChannel) -> Pulled {
+pub(crate) async fn pull_once(ap: &Arc<AccessPoint>, channel: &PullChannel) -> Pulled {
     let request = {
         let (ap, channel) = (ap.clone(), channel.clone());
         tokio::task::spawn_blocking(move || -> Result<String, String> {

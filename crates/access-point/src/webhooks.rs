@@ -85,9 +85,9 @@ use crate::https::{error_chain, https_client, HttpsClient, HttpsOptions};
 use crate::server::tls;
 
 /// Header naming the event (`received`, `sent`, `failed`).
-pub const EVENT_HEADER: &str = "x-varti-event";
+pub(crate) const EVENT_HEADER: &str = "x-varti-event";
 /// Header with the notification's id, the same on every retry of it.
-pub const DELIVERY_HEADER: &str = "x-varti-delivery";
+pub(crate) const DELIVERY_HEADER: &str = "x-varti-delivery";
 /// Header with `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "x-varti-signature";
 
@@ -159,7 +159,7 @@ impl Default for WebhookOptions {
 
 /// The JSON body of a webhook request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notification {
+pub(crate) struct Notification {
     /// `received`, `sent` or `failed`.
     pub event: &'static str,
     /// The ebMS MessageId.
@@ -175,7 +175,7 @@ pub struct Notification {
 
 impl Notification {
     /// The notification of `event`, made at `at`.
-    pub fn new(event: &MessageEvent, at: OffsetDateTime) -> Notification {
+    pub(crate) fn new(event: &MessageEvent, at: OffsetDateTime) -> Notification {
         let error = match event {
             MessageEvent::Failed { error, .. } => Some(error.clone()),
             _ => None,
@@ -194,7 +194,7 @@ impl Notification {
     }
 
     /// The request body (compact JSON).
-    pub fn to_body(&self) -> Vec<u8> {
+    pub(crate) fn to_body(&self) -> Vec<u8> {
         // Serialising a struct of strings cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }

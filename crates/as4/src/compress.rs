@@ -24,14 +24,14 @@ use flate2::Compression;
 use crate::error::{EbmsError, ErrorCode};
 
 /// The only `CompressionType` AS4 defines.
-pub const GZIP_MIME_TYPE: &str = "application/gzip";
+pub(crate) const GZIP_MIME_TYPE: &str = "application/gzip";
 
 /// PartProperty name of the compression type.
-pub const PROP_COMPRESSION_TYPE: &str = "CompressionType";
+pub(crate) const PROP_COMPRESSION_TYPE: &str = "CompressionType";
 /// PartProperty name of the original media type.
-pub const PROP_MIME_TYPE: &str = "MimeType";
+pub(crate) const PROP_MIME_TYPE: &str = "MimeType";
 /// PartProperty name of the original character set.
-pub const PROP_CHARACTER_SET: &str = "CharacterSet";
+pub(crate) const PROP_CHARACTER_SET: &str = "CharacterSet";
 
 /// Gzip-compresses everything `input` yields into `output`; returns the compressed size.
 pub fn gzip<R: Read, W: Write>(input: R, mut output: W) -> io::Result<u64> {
@@ -43,14 +43,14 @@ pub fn gzip<R: Read, W: Write>(input: R, mut output: W) -> io::Result<u64> {
 
 /// A reader yielding the gzip compression of another reader, for streaming a compressed
 /// part straight into the MIME writer.
-pub struct GzipReader<R: Read>(GzEncoder<R>);
+pub(crate) struct GzipReader<R: Read>(GzEncoder<R>);
 
 impl<R: Read> GzipReader<R> {
     /// Compresses `inner` at the fastest level. Level 6 (the default) bound the sending of a
     /// large attachment: a profile of a 64 MiB exchange spent 79% of the servers' CPU in
     /// deflate at about 5 MB/s; level 1 is several times faster and still takes most of the
     /// redundancy out of XML evidence (the receiver's inflate costs the same either way).
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         GzipReader(GzEncoder::new(inner, Compression::fast()))
     }
 }
@@ -64,7 +64,7 @@ impl<R: Read> Read for GzipReader<R> {
 /// A reader over the decompressed content of a gzip stream, refusing to yield more than a
 /// cap. Its I/O errors carry an [`EbmsError`] (`EBMS:0303`); recover it with
 /// [`decompression_error`].
-pub struct DecompressingReader<R: Read> {
+pub(crate) struct DecompressingReader<R: Read> {
     inner: GzDecoder<R>,
     cap: u64,
     produced: u64,
@@ -73,18 +73,13 @@ pub struct DecompressingReader<R: Read> {
 
 impl<R: Read> DecompressingReader<R> {
     /// Decompresses `inner`, allowing at most `cap` bytes of output.
-    pub fn new(inner: R, cap: u64) -> Self {
+    pub(crate) fn new(inner: R, cap: u64) -> Self {
         DecompressingReader {
             inner: GzDecoder::new(inner),
             cap,
             produced: 0,
             probe: false,
         }
-    }
-
-    /// Bytes produced so far.
-    pub fn produced(&self) -> u64 {
-        self.produced
     }
 }
 
@@ -139,7 +134,7 @@ impl<R: Read> DecompressingReader<R> {
 
 /// The [`EbmsError`] inside an I/O error from a [`DecompressingReader`], or an
 /// `EBMS:0303` describing any other I/O error.
-pub fn decompression_error(e: io::Error) -> EbmsError {
+pub(crate) fn decompression_error(e: io::Error) -> EbmsError {
     let text = e.to_string();
     match e.into_inner().map(|inner| inner.downcast::<EbmsError>()) {
         Some(Ok(ebms)) => *ebms,

@@ -51,7 +51,7 @@ use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions
 use crate::ns::XENC_NS as NS_XENC;
 
 /// Default decompression cap per part: 1 GiB.
-pub const DEFAULT_DECOMPRESSION_CAP: u64 = 1 << 30;
+pub(crate) const DEFAULT_DECOMPRESSION_CAP: u64 = 1 << 30;
 
 /// The security settings of the leg a message arrives on (from the PMode, later).
 pub struct ReceivePolicy {
@@ -112,7 +112,7 @@ impl ReceivePolicy {
 
 /// The key transports a signature profile goes with: AS4 1.15 RSA-OAEP-SHA256, 2.0
 /// X25519 or ECDH-ES P-256.
-pub fn key_transports_for(profile: &Profile) -> DecryptionPolicy {
+pub(crate) fn key_transports_for(profile: &Profile) -> DecryptionPolicy {
     DecryptionPolicy::new([key_protection_for(profile)])
 }
 

@@ -16,7 +16,8 @@ pub const WSU_NS: &str =
 pub const WSSE_NS: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
 /// The WS-Security 1.1 extension namespace (`wsse11:`).
-pub(crate) const WSSE11_NS: &str = "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd";
+pub(crate) const WSSE11_NS: &str =
+    "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd";
 /// The ebBP signals namespace (`ebbp:`) of `NonRepudiationInformation`.
 pub const EBBP_NS: &str = "http://docs.oasis-open.org/ebxml-bp/ebbp-signals-2.0";
 /// The XML-DSig namespace (`ds:`).

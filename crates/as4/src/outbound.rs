@@ -398,7 +398,7 @@ fn new_message_id() -> String {
 
 /// Namespace of the element that wraps the copy of the received `eb:UserMessage` in a
 /// plain (non-NRR) receipt.
-pub const PLAIN_RECEIPT_NS: &str = "urn:varti:as4:receipt";
+pub(crate) const PLAIN_RECEIPT_NS: &str = "urn:varti:as4:receipt";
 
 /// Builds the receipt for a received user message: a signed non-repudiation receipt
 /// (`ebbp:NonRepudiationInformation` copying the received signature's references) when

@@ -34,7 +34,7 @@ use varti_access_point::server::tls::{self, TlsError};
 use varti_access_point::server::{PeerInfo, RouteFuture, Routes};
 
 /// Largest answer read (the EB's whole requirements catalogue is under 1 MiB).
-pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where Debian-family systems keep the public CA bundle.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

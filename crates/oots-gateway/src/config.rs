@@ -35,7 +35,7 @@ pub enum OotsRole {
 
 impl OotsRole {
     /// Whether it answers requests.
-    pub fn provides(self) -> bool {
+    pub(crate) fn provides(self) -> bool {
         matches!(self, OotsRole::Provider | OotsRole::Both)
     }
     /// Whether it sends requests.
@@ -135,7 +135,7 @@ pub struct OotsParty {
 
 impl OotsParty {
     /// The agent the EDM builders take.
-    pub fn agent_data(&self) -> AgentData {
+    pub(crate) fn agent_data(&self) -> AgentData {
         AgentData {
             identifier: SchemeId {
                 scheme: self.scheme.clone(),
@@ -480,7 +480,10 @@ impl OotsConfig {
 
     /// The gateways configured to answer for `provider` besides the one asked
     /// (`[[oots.answer_gateways]]`).
-    pub fn answer_gateways_for<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a str> {
+    pub(crate) fn answer_gateways_for<'a>(
+        &'a self,
+        provider: &'a str,
+    ) -> impl Iterator<Item = &'a str> {
         self.answer_gateways
             .iter()
             .filter(move |a| a.provider.trim() == provider.trim())
@@ -489,7 +492,7 @@ impl OotsConfig {
 
     /// The platform the requesting gateway known by `gateway_names` (its PMode party name
     /// and ids) is (`[[oots.requester_platforms]]`).
-    pub fn platform_of_gateway(&self, gateway_names: &[&str]) -> Option<&str> {
+    pub(crate) fn platform_of_gateway(&self, gateway_names: &[&str]) -> Option<&str> {
         self.requester_platforms
             .iter()
             .find(|p| gateway_names.contains(&p.gateway.trim()))
@@ -497,7 +500,7 @@ impl OotsConfig {
     }
 
     /// The requesting gateway configured for `platform` (`[[oots.requester_platforms]]`).
-    pub fn gateway_of_platform(&self, platform: &str) -> Option<&str> {
+    pub(crate) fn gateway_of_platform(&self, platform: &str) -> Option<&str> {
         self.requester_platforms
             .iter()
             .find(|p| p.platform.trim() == platform.trim())
@@ -505,14 +508,14 @@ impl OotsConfig {
     }
 
     /// Whether some connector serves `provider` (one naming it, or one for any provider).
-    pub fn serves_provider(&self, provider: &str) -> bool {
+    pub(crate) fn serves_provider(&self, provider: &str) -> bool {
         self.connectors.iter().any(|c| serves(c, provider))
     }
 
     /// The connector for a request to `provider` for an evidence type (matched by
     /// identifier, then by classification). A connector naming the provider wins over one
     /// serving any provider.
-    pub fn connector_for(
+    pub(crate) fn connector_for(
         &self,
         provider: &str,
         identifier: Option<&str>,

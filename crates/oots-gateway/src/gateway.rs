@@ -172,15 +172,15 @@ pub const SERVICE: &str = "QueryManager";
 /// Its type.
 pub const SERVICE_TYPE: &str = "urn:oasis:names:tc:ebcore:ebrs:ebms:binding:1.0";
 /// The evidence request action.
-pub const ACTION_REQUEST: &str = "ExecuteQueryRequest";
+pub(crate) const ACTION_REQUEST: &str = "ExecuteQueryRequest";
 /// The evidence response action.
-pub const ACTION_RESPONSE: &str = "ExecuteQueryResponse";
+pub(crate) const ACTION_RESPONSE: &str = "ExecuteQueryResponse";
 /// The error response action.
-pub const ACTION_ERROR: &str = "ExceptionResponse";
+pub(crate) const ACTION_ERROR: &str = "ExceptionResponse";
 /// The media type of the EDM document (first payload).
 pub const EDM_MIME: &str = "application/x-ebrs+xml";
 /// The largest EDM document read into memory (evidence files are separate parts).
-pub const MAX_EDM_BYTES: u64 = 10 * 1024 * 1024;
+pub(crate) const MAX_EDM_BYTES: u64 = 10 * 1024 * 1024;
 
 /// The gateway task: handles inbound OOTS messages and the deadlines of open requests
 /// until `token` is cancelled.

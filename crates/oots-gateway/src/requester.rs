@@ -786,7 +786,10 @@ impl Refused {
 /// whose request then ends `error` with EDM:ERR:0008. Each refusal is logged with both
 /// parties, counted in `varti_refusals_total{owner="varti:oots",reason}` and noted
 /// (metadata only) in the journal of refusals ([`records::note_refused`]).
-pub(crate) fn check_answer(gw: &Arc<Gateway>, m: &InboundMessage<'_>) -> Result<(), InboundRefusal> {
+pub(crate) fn check_answer(
+    gw: &Arc<Gateway>,
+    m: &InboundMessage<'_>,
+) -> Result<(), InboundRefusal> {
     let um = m.user_message;
     if !matches!(
         um.collaboration_info.action.as_str(),
@@ -817,7 +820,7 @@ pub(crate) fn check_answer(gw: &Arc<Gateway>, m: &InboundMessage<'_>) -> Result<
         refused.why
     );
     let entry = json!({
-        "at": records::rfc3339_now(&gw),
+        "at": records::rfc3339_now(gw),
         "message_id": um.message_info.message_id,
         "action": um.collaboration_info.action,
         "from_party": m.partner.name,
@@ -1331,7 +1334,7 @@ fn notify(gw: &Arc<Gateway>, r: &RequestRecord) {
         "event": "oots_request",
         "request_id": r.id,
         "state": r.state,
-        "at": records::rfc3339_now(&gw),
+        "at": records::rfc3339_now(gw),
     }))
     .expect("JSON values serialise");
     gw.ap.notify(Notice {

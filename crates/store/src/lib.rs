@@ -275,8 +275,8 @@ pub trait Store: Send + Sync {
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).
-pub const MAX_MESSAGE_ID_LEN: usize = 1024;
+pub(crate) const MAX_MESSAGE_ID_LEN: usize = 1024;
 /// Longest accepted owner (backend) id or lease holder id, in bytes.
-pub const MAX_OWNER_LEN: usize = 256;
+pub(crate) const MAX_OWNER_LEN: usize = 256;
 /// Most records one [`Store::list`] page returns, whatever the filter asks.
 pub const MAX_PAGE_SIZE: usize = 1000;

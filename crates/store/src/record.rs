@@ -195,7 +195,7 @@ pub struct MessageRecord {
 
 impl MessageRecord {
     /// A new inbound record in state `Received`. Validates the metadata.
-    pub fn new_inbound(msg: NewInbound, now: OffsetDateTime) -> Result<Self, StoreError> {
+    pub(crate) fn new_inbound(msg: NewInbound, now: OffsetDateTime) -> Result<Self, StoreError> {
         validate_meta(&msg.meta)?;
         let mut record = Self::new(msg.meta, Direction::Inbound, now);
         record.receipt = Some(msg.receipt);
@@ -203,7 +203,7 @@ impl MessageRecord {
     }
 
     /// A new outbound record in state `Submitted`, due at `not_before`.
-    pub fn new_outbound(msg: NewOutbound, now: OffsetDateTime) -> Result<Self, StoreError> {
+    pub(crate) fn new_outbound(msg: NewOutbound, now: OffsetDateTime) -> Result<Self, StoreError> {
         validate_meta(&msg.meta)?;
         let mut record = Self::new(msg.meta, Direction::Outbound, now);
         record.next_attempt_at = Some(msg.not_before);
@@ -237,7 +237,7 @@ impl MessageRecord {
     /// When this record becomes claimable by [`Store::claim_due`](crate::Store::claim_due):
     /// the next attempt time while waiting, the lease expiry while sending, never otherwise.
     /// Stores index on this value.
-    pub fn due_at(&self) -> Option<OffsetDateTime> {
+    pub(crate) fn due_at(&self) -> Option<OffsetDateTime> {
         match self.state {
             State::Submitted | State::WaitingForRetry => self.next_attempt_at,
             State::Sending => self.lease.as_ref().map(|l| l.expires_at),
@@ -287,7 +287,7 @@ impl MessageRecord {
     }
 
     /// Whether [`Store::claim_due`](crate::Store::claim_due) may claim it at `now`.
-    pub fn is_claimable(&self, now: OffsetDateTime) -> bool {
+    pub(crate) fn is_claimable(&self, now: OffsetDateTime) -> bool {
         self.direction == Direction::Outbound && self.due_at().is_some_and(|due| due <= now)
     }
 
@@ -382,7 +382,7 @@ impl MessageRecord {
 
     /// Compare-and-set transition (the rules are on
     /// [`Store::transition`](crate::Store::transition)). On `Applied` the record changed.
-    pub fn cas_transition(
+    pub(crate) fn cas_transition(
         &mut self,
         expected: State,
         event: Event,
@@ -489,7 +489,7 @@ impl ListFilter {
     }
 
     /// The page size actually used.
-    pub fn page_size(&self) -> usize {
+    pub(crate) fn page_size(&self) -> usize {
         self.limit.clamp(1, MAX_PAGE_SIZE)
     }
 }

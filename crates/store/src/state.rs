@@ -69,7 +69,7 @@ pub enum Direction {
 
 impl Direction {
     /// The state every new message of this direction starts in.
-    pub fn initial_state(self) -> State {
+    pub(crate) fn initial_state(self) -> State {
         match self {
             Direction::Outbound => State::Submitted,
             Direction::Inbound => State::Received,
@@ -147,7 +147,7 @@ impl State {
     /// True once the message's exchange is over: its payloads may be purged after the
     /// retention period. (`Failed` counts: the payload of a message nobody will send again
     /// must not linger either; a resend needs it, so resend before the retention runs out.)
-    pub fn is_settled(self) -> bool {
+    pub(crate) fn is_settled(self) -> bool {
         matches!(
             self,
             State::Acknowledged

@@ -242,7 +242,10 @@ pub(super) async fn resend(
 }
 
 /// `GET /status`: who we are and the caller's messages by state.
-pub(super) async fn status(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body>, ApiError> {
+pub(super) async fn status(
+    ap: Arc<AccessPoint>,
+    client: Client,
+) -> Result<Response<Body>, ApiError> {
     let owner = (!client.admin).then(|| client.name.clone());
     let counts = blocking(ap.clone(), move |ap| {
         let mut counts: BTreeMap<&'static str, u64> =
@@ -280,7 +283,10 @@ pub(super) async fn status(ap: Arc<AccessPoint>, client: Client) -> Result<Respo
 }
 
 /// `POST /admin/purge`: removes payloads and metadata past the retention now.
-pub(super) async fn purge(ap: Arc<AccessPoint>, client: Client) -> Result<Response<Body>, ApiError> {
+pub(super) async fn purge(
+    ap: Arc<AccessPoint>,
+    client: Client,
+) -> Result<Response<Body>, ApiError> {
     if !client.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -88,7 +88,7 @@ impl ApiError {
     }
 
     /// 404 for a message id this client cannot see (whether or not it exists).
-    pub fn no_message(id: &str) -> Self {
+    pub(crate) fn no_message(id: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no message with id `{id}`"),
@@ -210,10 +210,10 @@ impl ApiCall {
 }
 
 /// What a handler answers: the response, or the error to answer as JSON.
-pub type ApiResult = Result<Response<Body>, ApiError>;
+pub(crate) type ApiResult = Result<Response<Body>, ApiError>;
 
 /// The future a handler returns.
-pub type ApiFuture = Pin<Box<dyn Future<Output = ApiResult> + Send>>;
+pub(crate) type ApiFuture = Pin<Box<dyn Future<Output = ApiResult> + Send>>;
 
 type Handler = Arc<dyn Fn(ApiCall) -> ApiFuture + Send + Sync>;
 

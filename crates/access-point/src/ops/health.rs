@@ -40,7 +40,7 @@ impl Readiness {
     }
 
     /// True when every condition is ready (and there is at least one).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         let conditions = self.lock();
         !conditions.is_empty() && conditions.values().all(|c| c.is_ok())
     }

@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// Records one processing latency.
-    pub fn observe_latency(&self, direction: Direction, latency: Duration) {
+    pub(crate) fn observe_latency(&self, direction: Direction, latency: Duration) {
         self.latency
             .get_or_create(&DirectionLabels { direction })
             .observe(latency.as_secs_f64());

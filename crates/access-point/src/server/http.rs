@@ -151,7 +151,7 @@ impl Read for BodyReader {
 /// the body into it. Spawn the future; it ends when the body ends, fails, exceeds `limit`
 /// bytes (the reader then gets an error naming the limit and `limit_hit` is set), or when
 /// the reader is dropped.
-pub fn bridge<B>(
+pub(crate) fn bridge<B>(
     body: B,
     limit: u64,
     limit_hit: Arc<AtomicBool>,
@@ -390,7 +390,7 @@ pub fn timed_body<B>(request: http::Request<B>) -> TimedBody<B> {
 }
 
 /// The [`BodyBounds`] of the listener that received `request` (the defaults when none).
-pub fn body_bounds<B>(request: &http::Request<B>) -> BodyBounds {
+pub(crate) fn body_bounds<B>(request: &http::Request<B>) -> BodyBounds {
     request
         .extensions()
         .get::<BodyBounds>()
@@ -408,10 +408,10 @@ pub enum FaultCode {
 }
 
 /// The `Content-Type` of a SOAP 1.2 message.
-pub const SOAP12_CONTENT_TYPE: &str = "application/soap+xml; charset=utf-8";
+pub(crate) const SOAP12_CONTENT_TYPE: &str = "application/soap+xml; charset=utf-8";
 
 /// A SOAP 1.2 fault envelope with `reason` as its text (escaped).
-pub fn soap_fault(code: FaultCode, reason: &str) -> Bytes {
+pub(crate) fn soap_fault(code: FaultCode, reason: &str) -> Bytes {
     let code = match code {
         FaultCode::Sender => "env:Sender",
         FaultCode::Receiver => "env:Receiver",
@@ -437,7 +437,7 @@ pub fn soap_fault(code: FaultCode, reason: &str) -> Bytes {
 }
 
 /// An HTTP response carrying a SOAP 1.2 fault.
-pub fn fault_response(
+pub(crate) fn fault_response(
     status: http::StatusCode,
     code: FaultCode,
     reason: &str,

@@ -118,7 +118,9 @@ fn pem_problem(e: rustls::pki_types::pem::Error) -> String {
 }
 
 /// Builds a root store from PEM CA certificates.
-pub fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore, rustls::Error> {
+pub(crate) fn root_store(
+    certs: &[CertificateDer<'static>],
+) -> Result<RootCertStore, rustls::Error> {
     let mut roots = RootCertStore::empty();
     for cert in certs {
         roots.add(cert.clone())?;

@@ -183,7 +183,7 @@ impl Headers {
     /// ending in CRLF or LF, continuation lines starting with a space or tab folded into the
     /// previous field (RFC 5322 §2.2.3). Values are read as UTF-8 (RFC 6532); invalid
     /// sequences are replaced, never rejected with a panic.
-    pub fn parse_block(block: &[u8]) -> Result<Headers, MimeError> {
+    pub(crate) fn parse_block(block: &[u8]) -> Result<Headers, MimeError> {
         let mut headers = Headers::new();
         for raw in block.split(|&b| b == b'\n') {
             let line = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -373,7 +373,7 @@ fn is_token(s: &str) -> bool {
 }
 
 /// Normalises a Content-ID: surrounding whitespace and angle brackets removed.
-pub fn normalize_content_id(id: &str) -> &str {
+pub(crate) fn normalize_content_id(id: &str) -> &str {
     let id = id.trim();
     id.strip_prefix('<')
         .and_then(|s| s.strip_suffix('>'))
@@ -384,7 +384,7 @@ pub fn normalize_content_id(id: &str) -> &str {
 /// The Content-ID a `cid:` URI names (RFC 2392): scheme removed (case-insensitive),
 /// percent-escapes decoded. `None` when `href` is not a `cid:` URI or decodes to
 /// invalid UTF-8.
-pub fn content_id_from_href(href: &str) -> Option<String> {
+pub(crate) fn content_id_from_href(href: &str) -> Option<String> {
     let href = href.trim();
     if href.len() < 4 || !href[..4].eq_ignore_ascii_case("cid:") {
         return None;
@@ -633,7 +633,7 @@ impl MimePackage {
     }
 
     /// The attachment with this Content-ID (angle brackets optional).
-    pub fn attachment_by_content_id(&self, id: &str) -> Option<&Attachment> {
+    pub(crate) fn attachment_by_content_id(&self, id: &str) -> Option<&Attachment> {
         let id = normalize_content_id(id);
         self.attachments
             .iter()
@@ -1270,7 +1270,7 @@ impl Base64Stream {
 // ---------------------------------------------------------------------------------------
 
 /// Media type of the root part written by [`MimeWriter`].
-pub const SOAP12_ROOT_CONTENT_TYPE: &str = "application/soap+xml; charset=UTF-8";
+pub(crate) const SOAP12_ROOT_CONTENT_TYPE: &str = "application/soap+xml; charset=UTF-8";
 
 /// Streams a `multipart/related` AS4 package: call [`MimeWriter::write_root`] once, then
 /// [`MimeWriter::write_attachment`] per payload, then [`MimeWriter::finish`].

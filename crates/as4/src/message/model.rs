@@ -45,7 +45,7 @@ pub const TEST_SERVICE: &str =
 /// The ebMS test action, used with [`TEST_SERVICE`].
 pub const TEST_ACTION: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test";
 /// The default role, meant when a party's role is not otherwise agreed.
-pub const ROLE_DEFAULT: &str =
+pub(crate) const ROLE_DEFAULT: &str =
     "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/defaultRole";
 /// The initiator role of an MEP.
 pub const ROLE_INITIATOR: &str =
@@ -578,7 +578,7 @@ impl SignalError {
     }
 
     /// The error signal Varti sends for one of its own errors.
-    pub fn from_ebms_error(err: &crate::EbmsError) -> SignalError {
+    pub(crate) fn from_ebms_error(err: &crate::EbmsError) -> SignalError {
         let code = err.code;
         SignalError {
             error_code: code.code().to_owned(),

@@ -416,7 +416,7 @@ pub fn key_usage_unfit(cert: &X509Ref, role: CertRole) -> Option<X509KeyUsage> {
 }
 
 /// `CN=…` of the subject, or `no CN`.
-pub fn subject_cn(cert: &X509Ref) -> String {
+pub(crate) fn subject_cn(cert: &X509Ref) -> String {
     cert.subject_name()
         .entries_by_nid(Nid::COMMONNAME)
         .next()
@@ -524,7 +524,7 @@ pub(crate) fn check_legs(set: &PModeSet, diags: &mut Vec<Diagnostic>) {
 /// Pairs of leg indexes `(earlier, later)` that both match some inbound message: same
 /// roles, service and type, action, agreement and type and MPC, and a party id in common
 /// on each side.
-pub fn ambiguous_pairs(set: &PModeSet) -> Vec<(usize, usize)> {
+pub(crate) fn ambiguous_pairs(set: &PModeSet) -> Vec<(usize, usize)> {
     let ids = |names: &[String]| -> HashSet<PartyId> {
         names
             .iter()

@@ -1095,7 +1095,7 @@ fn duration(
 }
 
 /// Legacy algorithms a PMode may accept on receipt beyond its profile's.
-pub const LEGACY_ALGORITHMS: &[&str] = &[
+pub(crate) const LEGACY_ALGORITHMS: &[&str] = &[
     // Key transport RSA-OAEP with MGF1-SHA1 (xmlenc 1.0), still sent by older peers.
     "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p",
     // xmlenc11 RSA-OAEP with the default MGF1-SHA1.

@@ -34,7 +34,7 @@ pub struct Location {
 
 impl Location {
     /// The start of a file (for problems that concern the whole file).
-    pub fn file_start(file: &Path) -> Location {
+    pub(crate) fn file_start(file: &Path) -> Location {
         Location {
             file: file.to_path_buf(),
             line: 1,
@@ -525,7 +525,7 @@ pub struct Compression {
 }
 
 /// The decompression cap when a PMode does not set one: 1 GiB.
-pub const DEFAULT_MAX_DECOMPRESSED: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_DECOMPRESSED: u64 = 1 << 30;
 
 impl Default for Compression {
     /// Compress, and refuse parts that decompress beyond 1 GiB.

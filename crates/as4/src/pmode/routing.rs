@@ -106,7 +106,7 @@ pub struct Route<'a> {
 
 /// One field of a key that differs from a leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Difference {
+pub(crate) struct Difference {
     /// The field, e.g. `Action`.
     pub field: &'static str,
     /// The value in the message.
@@ -187,7 +187,7 @@ fn side_differences(
 
 /// The fields in which `key` differs from `leg`; with `parties_only`, only the
 /// party and role fields (the test-service rule).
-pub fn inbound_differences(
+pub(crate) fn inbound_differences(
     set: &PModeSet,
     leg: &Leg,
     key: &InboundKey,
@@ -425,7 +425,7 @@ pub fn find_outbound<'a>(set: &'a PModeSet, sub: &Submission) -> Result<Route<'a
 }
 
 /// The fields in which a submission differs from a leg.
-pub fn outbound_differences(set: &PModeSet, leg: &Leg, sub: &Submission) -> Vec<Difference> {
+pub(crate) fn outbound_differences(set: &PModeSet, leg: &Leg, sub: &Submission) -> Vec<Difference> {
     let mut d = Vec::new();
     if sub.service != leg.service.value {
         d.push(Difference {

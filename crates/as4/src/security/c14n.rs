@@ -18,7 +18,7 @@ use super::dom::{Element, XmlDocument};
 use crate::error::{EbmsError, ErrorCode};
 
 /// The exclusive c14n algorithm URI (without comments).
-pub const EXC_C14N: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
+pub(crate) const EXC_C14N: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
 
 /// Canonicalizes the whole document with exclusive c14n; `prefixes` is the
 /// InclusiveNamespaces PrefixList (`#default` names the default namespace).
@@ -40,7 +40,7 @@ pub fn canonicalize_element(
 }
 
 /// Canonicalizes one element into a writer (e.g. a digest), without buffering the output.
-pub fn canonicalize_element_into(
+pub(crate) fn canonicalize_element_into(
     doc: &XmlDocument,
     element: Element<'_>,
     prefixes: &[&str],
@@ -56,7 +56,7 @@ pub fn canonicalize_bytes(xml: &[u8], prefixes: &[&str]) -> Result<Vec<u8>, Ebms
 }
 
 /// Splits an InclusiveNamespaces `PrefixList` attribute value (whitespace-separated).
-pub fn parse_prefix_list(value: &str) -> Vec<&str> {
+pub(crate) fn parse_prefix_list(value: &str) -> Vec<&str> {
     value.split_ascii_whitespace().collect()
 }
 

@@ -270,7 +270,7 @@ impl<'d> Element<'d> {
     }
 
     /// An attribute by local name and namespace (`None` namespace: unqualified).
-    pub fn attribute_ns(&self, namespace: Option<&str>, name: &str) -> Option<&'d str> {
+    pub(crate) fn attribute_ns(&self, namespace: Option<&str>, name: &str) -> Option<&'d str> {
         // SAFETY: properties chain of a live element; attribute values are text children.
         unsafe {
             let mut attr = (*self.ptr).properties;
@@ -345,7 +345,7 @@ impl<'d> Element<'d> {
     }
 
     /// Whether `self` is `ancestor` or lies inside it.
-    pub fn is_inside(&self, ancestor: &Element<'_>) -> bool {
+    pub(crate) fn is_inside(&self, ancestor: &Element<'_>) -> bool {
         let mut cur = self.ptr;
         // SAFETY: parent chain of a live node ends at the document node (or null).
         unsafe {

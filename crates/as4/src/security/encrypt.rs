@@ -57,35 +57,35 @@ use crate::error::{EbmsError, ErrorCode};
 // ---------------------------------------------------------------------------------------
 
 /// Content encryption: AES-128-GCM (XML Encryption 1.1 §5.2.4).
-pub const AES128_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes128-gcm";
+pub(crate) const AES128_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes128-gcm";
 /// Key transport RSA-OAEP of XML Encryption 1.1 §5.5.2 (parameters in DigestMethod/MGF).
-pub const RSA_OAEP_XENC11: &str = "http://www.w3.org/2009/xmlenc11#rsa-oaep";
+pub(crate) const RSA_OAEP_XENC11: &str = "http://www.w3.org/2009/xmlenc11#rsa-oaep";
 /// Key transport RSA-OAEP with MGF1-SHA1 of XML Encryption 1.0 §5.4.2 (legacy).
-pub const RSA_OAEP_MGF1P: &str = "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p";
+pub(crate) const RSA_OAEP_MGF1P: &str = "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p";
 /// Key transport RSA PKCS#1 v1.5 of XML Encryption 1.0 §5.4.1 (legacy, attackable).
-pub const RSA_1_5: &str = "http://www.w3.org/2001/04/xmlenc#rsa-1_5";
+pub(crate) const RSA_1_5: &str = "http://www.w3.org/2001/04/xmlenc#rsa-1_5";
 /// MGF1 with SHA-256 (XML Encryption 1.1 §5.5.2).
-pub const MGF1_SHA256: &str = "http://www.w3.org/2009/xmlenc11#mgf1sha256";
+pub(crate) const MGF1_SHA256: &str = "http://www.w3.org/2009/xmlenc11#mgf1sha256";
 /// MGF1 with SHA-1, the default when `xenc11:MGF` is absent.
-pub const MGF1_SHA1: &str = "http://www.w3.org/2009/xmlenc11#mgf1sha1";
+pub(crate) const MGF1_SHA1: &str = "http://www.w3.org/2009/xmlenc11#mgf1sha1";
 /// SHA-256 digest (XML Encryption 1.0 §5.7.2).
 pub const SHA256: &str = "http://www.w3.org/2001/04/xmlenc#sha256";
 /// SHA-1 digest, the default when `ds:DigestMethod` is absent under RSA-OAEP.
-pub const SHA1: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
+pub(crate) const SHA1: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
 /// Key agreement X25519 (RFC 9231 §2.6 / eDelivery AS4 2.0 common usage profile).
 pub const X25519: &str = "http://www.w3.org/2021/04/xmldsig-more#x25519";
 /// Key agreement ECDH-ES (XML Encryption 1.1 §5.6.2; AS4 2.0 alternative EC profile).
-pub const ECDH_ES: &str = "http://www.w3.org/2009/xmlenc11#ECDH-ES";
+pub(crate) const ECDH_ES: &str = "http://www.w3.org/2009/xmlenc11#ECDH-ES";
 /// Key derivation HKDF (RFC 9231; AS4 2.0 both profiles).
-pub const HKDF: &str = "http://www.w3.org/2021/04/xmldsig-more#hkdf";
+pub(crate) const HKDF: &str = "http://www.w3.org/2021/04/xmldsig-more#hkdf";
 /// The SwA profile's EncryptedData type for "content only" encryption of an attachment.
-pub const ATTACHMENT_CONTENT_ONLY: &str =
+pub(crate) const ATTACHMENT_CONTENT_ONLY: &str =
     "http://docs.oasis-open.org/wss/oasis-wss-SwAProfile-1.1#Attachment-Content-Only";
 /// The SwA profile's EncryptedData type for content-and-headers encryption (not AS4).
-pub const ATTACHMENT_COMPLETE: &str =
+pub(crate) const ATTACHMENT_COMPLETE: &str =
     "http://docs.oasis-open.org/wss/oasis-wss-SwAProfile-1.1#Attachment-Complete";
 /// The SwA profile's transform that names the attachment's bytes as the cipher text.
-pub const ATTACHMENT_CIPHERTEXT_TRANSFORM: &str =
+pub(crate) const ATTACHMENT_CIPHERTEXT_TRANSFORM: &str =
     "http://docs.oasis-open.org/wss/oasis-wss-SwAProfile-1.1#Attachment-Ciphertext-Transform";
 
 use crate::ns::{
@@ -105,11 +105,11 @@ const TOKEN_TYPE_ENCRYPTED_KEY: &str =
 const P256_CURVE_URI: &str = "urn:oid:1.2.840.10045.3.1.7";
 
 /// AES-128-GCM IV length in bytes (XML Encryption 1.1 §5.2.4: 96 bits).
-pub const GCM_IV_LEN: usize = 12;
+pub(crate) const GCM_IV_LEN: usize = 12;
 /// AES-128-GCM authentication tag length in bytes (XML Encryption 1.1 §5.2.4: 128 bits).
-pub const GCM_TAG_LEN: usize = 16;
+pub(crate) const GCM_TAG_LEN: usize = 16;
 /// Length of the content-encryption key.
-pub const CEK_LEN: usize = 16;
+pub(crate) const CEK_LEN: usize = 16;
 const CHUNK: usize = 64 * 1024;
 /// Largest security header (or envelope) accepted for parsing.
 const MAX_HEADER_BYTES: usize = 8 * 1024 * 1024;
@@ -134,11 +134,11 @@ fn sending(detail: impl Into<String>) -> EbmsError {
 // ---------------------------------------------------------------------------------------
 
 /// A 128-bit AES content-encryption key; its bytes are overwritten when dropped.
-pub struct ContentKey([u8; CEK_LEN]);
+pub(crate) struct ContentKey([u8; CEK_LEN]);
 
 impl ContentKey {
     /// A fresh random key from OpenSSL's CSPRNG.
-    pub fn generate() -> Result<Self, EbmsError> {
+    pub(crate) fn generate() -> Result<Self, EbmsError> {
         let mut k = [0u8; CEK_LEN];
         openssl::rand::rand_bytes(&mut k)
             .map_err(|e| sending(format!("cannot generate a content key: {e}")))?;
@@ -146,7 +146,7 @@ impl ContentKey {
     }
 
     /// Wraps existing key bytes; they must be exactly 16 bytes (AES-128).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EbmsError> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, EbmsError> {
         let k: [u8; CEK_LEN] = bytes.try_into().map_err(|_| {
             failed(format!(
                 "the decrypted content key is {} bytes long; AES-128-GCM needs 16",
@@ -157,7 +157,7 @@ impl ContentKey {
     }
 
     /// The raw key bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -179,7 +179,7 @@ impl std::fmt::Debug for ContentKey {
 
 /// Encrypts `input` into `output` as `IV ‖ ciphertext ‖ tag` with AES-128-GCM, streaming
 /// in 64 KiB chunks. Returns the number of plaintext bytes read.
-pub fn encrypt_stream(
+pub(crate) fn encrypt_stream(
     key: &ContentKey,
     input: &mut dyn Read,
     output: &mut dyn Write,
@@ -225,7 +225,7 @@ pub fn encrypt_stream(
 /// plaintext as it goes, holding back only the last 16 bytes, which may be the tag.
 /// [`finish`](Self::finish) checks the tag. **Plaintext written before `finish` returns
 /// `Ok` is unauthenticated**: discard the destination on any error.
-pub struct GcmDecryptor {
+pub(crate) struct GcmDecryptor {
     key: [u8; CEK_LEN],
     iv: Vec<u8>,
     crypter: Option<Crypter>,
@@ -236,7 +236,7 @@ pub struct GcmDecryptor {
 
 impl GcmDecryptor {
     /// A decryptor for one encrypted part under `key`.
-    pub fn new(key: &ContentKey) -> Self {
+    pub(crate) fn new(key: &ContentKey) -> Self {
         GcmDecryptor {
             key: key.0,
             iv: Vec::with_capacity(GCM_IV_LEN),
@@ -248,7 +248,7 @@ impl GcmDecryptor {
     }
 
     /// Consumes the next encrypted bytes, writing the plaintext they release to `out`.
-    pub fn update(&mut self, mut data: &[u8], out: &mut dyn Write) -> Result<(), EbmsError> {
+    pub(crate) fn update(&mut self, mut data: &[u8], out: &mut dyn Write) -> Result<(), EbmsError> {
         if self.crypter.is_none() {
             let need = GCM_IV_LEN - self.iv.len();
             let take = need.min(data.len());
@@ -300,7 +300,7 @@ impl GcmDecryptor {
 
     /// Checks the authentication tag and writes any last plaintext. Returns the number of
     /// plaintext bytes written in total.
-    pub fn finish(mut self, out: &mut dyn Write) -> Result<u64, EbmsError> {
+    pub(crate) fn finish(mut self, out: &mut dyn Write) -> Result<u64, EbmsError> {
         let Some(mut crypter) = self.crypter.take() else {
             return Err(failed(format!(
                 "the encrypted part is truncated: {} bytes, fewer than the 12-byte IV and \
@@ -343,7 +343,7 @@ impl Drop for GcmDecryptor {
 /// Decrypts `IV ‖ ciphertext ‖ tag` from `input` into `output`, streaming. Returns the
 /// plaintext length. **On `Err`, whatever reached `output` is unauthenticated and must be
 /// discarded** (see the module documentation).
-pub fn decrypt_stream(
+pub(crate) fn decrypt_stream(
     key: &ContentKey,
     input: &mut dyn Read,
     output: &mut dyn Write,

@@ -24,7 +24,7 @@ use openssl::pkey::{HasPublic, Id, PKeyRef};
 use openssl::x509::X509Ref;
 
 /// The smallest RSA modulus accepted, in bits (eDelivery AS4 and ENISA/BSI guidance).
-pub const MIN_RSA_BITS: u32 = 2048;
+pub(crate) const MIN_RSA_BITS: u32 = 2048;
 
 /// Why a key or certificate is too weak for the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]

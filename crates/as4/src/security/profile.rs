@@ -29,11 +29,11 @@ use crate::error::{EbmsError, ErrorCode};
 /// SHA-256 digest URI (XML Encryption 1.0).
 pub const DIGEST_SHA256: &str = "http://www.w3.org/2001/04/xmlenc#sha256";
 /// RSA PKCS#1 v1.5 with SHA-256.
-pub const SIG_RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
+pub(crate) const SIG_RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
 /// Ed25519 (RFC 9231).
 pub const SIG_EDDSA_ED25519: &str = "http://www.w3.org/2021/04/xmldsig-more#eddsa-ed25519";
 /// ECDSA with SHA-256.
-pub const SIG_ECDSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256";
+pub(crate) const SIG_ECDSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256";
 
 /// Smallest RSA modulus we accept or sign with (bits).
 const MIN_RSA_BITS: u32 = 2048;
@@ -60,7 +60,7 @@ fn wrong_key(alg: &str, expected: &str) -> EbmsError {
 }
 
 /// RSASSA-PKCS1-v1_5 with SHA-256 (AS4 1.15).
-pub struct RsaSha256;
+pub(crate) struct RsaSha256;
 
 impl RsaSha256 {
     fn check_key<T: openssl::pkey::HasPublic>(key: &PKeyRef<T>) -> Result<(), EbmsError> {
@@ -130,7 +130,7 @@ impl SignatureAlgorithm for Ed25519 {
 }
 
 /// ECDSA on P-256 with SHA-256 (AS4 2.0 alternative EC enhancement).
-pub struct EcdsaP256Sha256;
+pub(crate) struct EcdsaP256Sha256;
 
 /// Byte length of one P-256 scalar.
 const P256_LEN: usize = 32;
@@ -261,7 +261,7 @@ fn not_allowed(profile: &Profile, what: &str, uri: &str, allowed: &str) -> EbmsE
 
 impl Profile {
     /// Checks a `ds:SignatureMethod` URI against the allow-list (`EBMS:0103` otherwise).
-    pub fn check_signature_method(
+    pub(crate) fn check_signature_method(
         &self,
         uri: &str,
     ) -> Result<&'static dyn SignatureAlgorithm, EbmsError> {
@@ -273,7 +273,7 @@ impl Profile {
     }
 
     /// Checks a `ds:DigestMethod` URI (`EBMS:0103` otherwise).
-    pub fn check_digest_method(&self, uri: &str) -> Result<(), EbmsError> {
+    pub(crate) fn check_digest_method(&self, uri: &str) -> Result<(), EbmsError> {
         if uri == self.digest {
             Ok(())
         } else {
@@ -282,7 +282,7 @@ impl Profile {
     }
 
     /// Checks a canonicalization / XML transform URI (`EBMS:0103` otherwise).
-    pub fn check_c14n_method(&self, uri: &str) -> Result<(), EbmsError> {
+    pub(crate) fn check_c14n_method(&self, uri: &str) -> Result<(), EbmsError> {
         if uri == self.c14n {
             Ok(())
         } else {

@@ -64,7 +64,7 @@ pub fn signed_references(message: &XmlDocument) -> Result<Vec<SignedReference>, 
 }
 
 /// The references a receipt's `ebbp:NonRepudiationInformation` lists.
-pub fn nrr_references(receipt: &XmlDocument) -> Result<Vec<SignedReference>, EbmsError> {
+pub(crate) fn nrr_references(receipt: &XmlDocument) -> Result<Vec<SignedReference>, EbmsError> {
     let nris: Vec<_> = receipt
         .elements()
         .into_iter()

@@ -24,7 +24,7 @@ use super::token::distinguished_name_string;
 use crate::error::{EbmsError, ErrorCode};
 
 /// One CRL, with the file it came from (for error messages).
-pub struct Crl {
+pub(crate) struct Crl {
     /// Where the CRL was read from.
     pub source: PathBuf,
     crl: X509Crl,
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Crl {
 impl Crl {
     /// Reads a CRL file: one or more PEM `X509 CRL` blocks, or one DER CRL. The error
     /// says what is wrong with the file, for `varti pmode check` and for the refusal.
-    pub fn load(path: &Path) -> Result<Vec<Crl>, String> {
+    pub(crate) fn load(path: &Path) -> Result<Vec<Crl>, String> {
         let bytes = std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => format!(
                 "CRL file '{}' not found; put the CA's current CRL there or fix the path",
@@ -57,7 +57,7 @@ impl Crl {
     }
 
     /// Parses CRL bytes (PEM blocks or DER); `source` names them in messages.
-    pub fn parse(bytes: &[u8], source: &Path) -> Result<Vec<Crl>, String> {
+    pub(crate) fn parse(bytes: &[u8], source: &Path) -> Result<Vec<Crl>, String> {
         let wrap = |crl| Crl {
             source: source.to_path_buf(),
             crl,
@@ -103,7 +103,7 @@ impl Crl {
     }
 
     /// Loads every file; the first unreadable one is the error.
-    pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Crl>, String> {
+    pub(crate) fn load_all(paths: &[PathBuf]) -> Result<Vec<Crl>, String> {
         let mut out = Vec::new();
         for p in paths {
             out.extend(Crl::load(p)?);
@@ -112,12 +112,12 @@ impl Crl {
     }
 
     /// The issuer's distinguished name, RFC 2253 style.
-    pub fn issuer(&self) -> String {
+    pub(crate) fn issuer(&self) -> String {
         distinguished_name_string(self.crl.issuer_name())
     }
 
     /// Whether `at` is past the CRL's `nextUpdate` (a CRL without one never expires).
-    pub fn is_stale(&self, at: OffsetDateTime) -> bool {
+    pub(crate) fn is_stale(&self, at: OffsetDateTime) -> bool {
         let Ok(at) = Asn1Time::from_unix(at.unix_timestamp() as _) else {
             return true;
         };
@@ -127,7 +127,7 @@ impl Crl {
     }
 
     /// The CRL's `nextUpdate`, as text.
-    pub fn next_update(&self) -> Option<String> {
+    pub(crate) fn next_update(&self) -> Option<String> {
         self.crl.next_update().map(|t| t.to_string())
     }
 }

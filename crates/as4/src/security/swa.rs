@@ -19,11 +19,11 @@ use super::c14n;
 use crate::error::{EbmsError, ErrorCode};
 
 /// The transform URI.
-pub const ATTACHMENT_CONTENT_SIGNATURE_TRANSFORM: &str =
+pub(crate) const ATTACHMENT_CONTENT_SIGNATURE_TRANSFORM: &str =
     "http://docs.oasis-open.org/wss/oasis-wss-SwAProfile-1.1#Attachment-Content-Signature-Transform";
 
 /// Largest XML attachment we canonicalize in memory (64 MiB).
-pub const MAX_XML_ATTACHMENT: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_XML_ATTACHMENT: u64 = 64 * 1024 * 1024;
 
 /// A MIME attachment as the security layer sees it. The MIME parser (or a decryptor,
 /// for encrypted parts) implements this; [`open`](AttachmentSource::open) may be called

@@ -28,15 +28,15 @@ use crate::error::{EbmsError, ErrorCode};
 
 pub use crate::ns::{DS_NS as NS_DS, WSSE_NS as NS_WSSE};
 /// BST value type: one X.509 v3 certificate.
-pub const VT_X509V3: &str =
+pub(crate) const VT_X509V3: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3";
 /// BST value type: a PKIPath (ASN.1 sequence of certificates, anchor first).
-pub const VT_PKIPATH: &str =
+pub(crate) const VT_PKIPATH: &str =
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509PKIPathv1";
 /// KeyIdentifier value type: Subject Key Identifier.
-pub const VT_SKI: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509SubjectKeyIdentifier";
+pub(crate) const VT_SKI: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509SubjectKeyIdentifier";
 /// Base64 encoding type of BSTs and key identifiers.
-pub const ENC_BASE64: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary";
+pub(crate) const ENC_BASE64: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary";
 
 /// How a signature (or an EncryptedKey) refers to a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,7 +100,7 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// Parses a PKIPath (`SEQUENCE OF Certificate`, trust anchor first, signer last) and
 /// returns the certificates signer-first.
-pub fn parse_pki_path(der: &[u8]) -> Result<Vec<X509>, EbmsError> {
+pub(crate) fn parse_pki_path(der: &[u8]) -> Result<Vec<X509>, EbmsError> {
     let bad = || auth("the PKIPath security token is not a DER sequence of certificates");
     let (tag, mut content, rest) = der_tlv(der).ok_or_else(bad)?;
     if tag != 0x30 || !rest.is_empty() {
@@ -315,7 +315,7 @@ pub fn distinguished_name_matches(dn: &str, name: &X509NameRef) -> bool {
 }
 
 /// The certificate's serial number in decimal (`ds:X509SerialNumber`).
-pub fn serial_decimal(cert: &X509Ref) -> Result<String, EbmsError> {
+pub(crate) fn serial_decimal(cert: &X509Ref) -> Result<String, EbmsError> {
     cert.serial_number()
         .to_bn()
         .and_then(|bn| bn.to_dec_str().map(|s| s.to_string()))
@@ -330,7 +330,7 @@ fn subject_of(cert: &X509Ref) -> String {
 ///
 /// `security` is the `wsse:Security` header holding the signature (BSTs must be inside
 /// it); `candidates` are the certificates a key identifier or issuer/serial may name.
-pub fn resolve_key_info<'d>(
+pub(crate) fn resolve_key_info<'d>(
     security: Element<'d>,
     key_info: Element<'d>,
     ids: &std::collections::HashMap<&'d str, Element<'d>>,
@@ -490,7 +490,7 @@ pub fn check_validity_period(cert: &X509Ref, at: OffsetDateTime) -> Result<(), E
 
 /// Checks that the certificate may sign: KeyUsage (when present) includes
 /// digitalSignature or nonRepudiation.
-pub fn check_signing_key_usage(cert: &X509Ref) -> Result<(), EbmsError> {
+pub(crate) fn check_signing_key_usage(cert: &X509Ref) -> Result<(), EbmsError> {
     match cert.key_usage() {
         None => Ok(()),
         Some(ku) if ku.intersects(X509KeyUsage::DIGITAL_SIGNATURE | X509KeyUsage::NON_REPUDIATION) => Ok(()),
@@ -517,7 +517,7 @@ pub fn validate_signer_certificate(
 /// [`validate_signer_certificate`], then the verified chain against `crls`
 /// ([`super::revocation::check_chain`]): with CRLs configured, a revoked signer or CA,
 /// a CRL not signed by its CA, or a stale CRL is `EBMS:0101`.
-pub fn validate_signer_certificate_with_crls(
+pub(crate) fn validate_signer_certificate_with_crls(
     cert: &X509Ref,
     intermediates: &[X509],
     anchors: &[X509],

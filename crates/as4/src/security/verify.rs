@@ -115,7 +115,7 @@ fn prefix_list<'d>(method: &Element<'d>) -> Vec<&'d str> {
 }
 
 /// The unique-id map of a document; refuses duplicates (signature wrapping).
-pub fn id_map(doc: &XmlDocument) -> Result<HashMap<&str, Element<'_>>, EbmsError> {
+pub(crate) fn id_map(doc: &XmlDocument) -> Result<HashMap<&str, Element<'_>>, EbmsError> {
     let mut map: HashMap<&str, Element<'_>> = HashMap::new();
     for el in doc.elements() {
         for id in el.ids() {

@@ -42,7 +42,7 @@ pub enum DiscoveryError {
 
 /// A NAPTR record's fields as this application reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Naptr {
+pub(crate) struct Naptr {
     /// Processing order (lowest first).
     pub order: u16,
     /// Preference among equal orders (lowest first).
@@ -196,7 +196,7 @@ fn select(aus: &str, records: &[Naptr]) -> Selected {
 /// delimiter; the only flag is `i`, case-insensitive) to `aus`: the first match of the
 /// POSIX extended regular expression is replaced, `\1`…`\9` in the replacement standing
 /// for its groups. The result is the whole rewritten string.
-pub fn substitute(aus: &str, expression: &str) -> Result<String, String> {
+pub(crate) fn substitute(aus: &str, expression: &str) -> Result<String, String> {
     let mut chars = expression.chars();
     let delim = chars.next().ok_or("the regexp is empty")?;
     if delim.is_ascii_digit() || delim == '\\' || delim == 'i' {

@@ -398,7 +398,7 @@ impl PreviewSpace {
 
     /// Where the caller should put evidence files before [`PreviewSpace::open`] (the same
     /// file system, so they can be moved in).
-    pub fn files_dir(&self) -> &Path {
+    pub(crate) fn files_dir(&self) -> &Path {
         &self.files_dir
     }
 
@@ -438,7 +438,7 @@ impl PreviewSpace {
     /// Sets where the citizen returns after deciding: an OOTS requester names it
     /// (`ReturnLocation`) only in its second request, after the preview was opened.
     /// False when there is no such preview.
-    pub fn set_return_url(&self, id: &str, url: &str) -> bool {
+    pub(crate) fn set_return_url(&self, id: &str, url: &str) -> bool {
         let mut inner = self.inner.lock().expect("preview lock");
         match inner.sessions.get_mut(id) {
             Some(session) => {

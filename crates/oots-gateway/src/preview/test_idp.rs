@@ -267,7 +267,10 @@ impl TestIdp {
     }
 
     /// An RS256 JWT of `claims`.
-    pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, openssl::error::ErrorStack> {
+    pub(crate) fn sign(
+        &self,
+        claims: &serde_json::Value,
+    ) -> Result<String, openssl::error::ErrorStack> {
         let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": self.kid});
         let signing_input = format!(
             "{}.{}",

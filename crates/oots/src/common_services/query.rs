@@ -11,13 +11,13 @@
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Evidence Broker: the requirements of a procedure in a country.
-pub const QUERY_REQUIREMENTS: &str =
+pub(crate) const QUERY_REQUIREMENTS: &str =
     "urn:fdc:oots:eb:ebxml-regrep:queries:requirements-by-procedure-and-jurisdiction";
 /// Evidence Broker: the evidence types proving a requirement in a country.
-pub const QUERY_EVIDENCE_TYPES: &str =
+pub(crate) const QUERY_EVIDENCE_TYPES: &str =
     "urn:fdc:oots:eb:ebxml-regrep:queries:evidence-types-by-requirement-and-jurisdiction";
 /// Data Service Directory: the data services delivering an evidence type in a country.
-pub const QUERY_DATA_SERVICES: &str =
+pub(crate) const QUERY_DATA_SERVICES: &str =
     "urn:fdc:oots:dsd:ebxml-regrep:queries:dataservices-by-evidencetype-and-jurisdiction";
 
 /// Characters escaped in a query value: everything but the RFC 3986 unreserved ones and

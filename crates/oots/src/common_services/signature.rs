@@ -31,7 +31,7 @@ use varti_as4::security::token::{distinguished_name_string, validate_signer_cert
 /// The response header carrying the JAdES signature.
 pub const SIGNATURE_HEADER: &str = "oots-response-sig";
 /// The JAdES `sigD` mechanism signing HTTP headers.
-pub const HTTP_HEADERS_MECHANISM: &str = "http://uri.etsi.org/19182/HttpHeaders";
+pub(crate) const HTTP_HEADERS_MECHANISM: &str = "http://uri.etsi.org/19182/HttpHeaders";
 
 /// Why an answer's signature is refused. Each says what to check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

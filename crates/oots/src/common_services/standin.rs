@@ -215,15 +215,15 @@ pub const ROUTES: &[Route] = &[
 
 /// A country code that is not two capital letters: the services' "bad query parameters"
 /// exception (`EB:ERR:0003` / `DSD:ERR:0003`, detail `country-code`).
-pub const BAD_COUNTRY_EB: Sample =
+pub(crate) const BAD_COUNTRY_EB: Sample =
     eb!("4.4. Query Error Response of the Evidence Broker - Birth.xml");
 /// See [`BAD_COUNTRY_EB`].
-pub const BAD_COUNTRY_DSD: Sample =
+pub(crate) const BAD_COUNTRY_DSD: Sample =
     dsd!("4.4.1 Query Error Response of the DSD - Birth Certificate.xml");
 /// The Evidence Broker's empty answer (`EB:ERR:0001`), for unknown queries.
-pub const EMPTY_EB: Sample = fr!("eb_requirements_vides.xml");
+pub(crate) const EMPTY_EB: Sample = fr!("eb_requirements_vides.xml");
 /// The Data Service Directory's empty answer (`DSD:ERR:0001`), for unknown queries.
-pub const EMPTY_DSD: Sample = fr!("dsd_aucun_service_fr.xml");
+pub(crate) const EMPTY_DSD: Sample = fr!("dsd_aucun_service_fr.xml");
 
 /// The sample a parsed query is answered with.
 pub fn route(query: &Query) -> Sample {

@@ -10,10 +10,10 @@ use super::EdmVersion;
 /// Severity of a plain error.
 pub const SEVERITY_ERROR: &str = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error";
 /// Severity of the preview-required error (EDM 2.0 spelling).
-pub const SEVERITY_PREVIEW_REQUIRED: &str =
+pub(crate) const SEVERITY_PREVIEW_REQUIRED: &str =
     "urn:sr.oots.tech.ec.europa.eu:codes:ErrorSeverity:EDMErrorResponse:PreviewRequired";
 /// Severity of the preview-required error as the EDM 1.0 artefacts spell it.
-pub const SEVERITY_PREVIEW_REQUIRED_V1: &str =
+pub(crate) const SEVERITY_PREVIEW_REQUIRED_V1: &str =
     "urn:sr.oots.tech.europa.eu:codes:ErrorSeverity:EDMErrorResponse:PreviewRequired";
 
 /// The kinds of EDM error, each with its code and `rs:Exception` type.
@@ -85,7 +85,7 @@ impl EdmErrorKind {
     }
 
     /// The kind with this exception type.
-    pub fn from_exception_type(t: &QName) -> Option<Self> {
+    pub(crate) fn from_exception_type(t: &QName) -> Option<Self> {
         Self::ALL.into_iter().find(|k| &k.exception_type() == t)
     }
 }

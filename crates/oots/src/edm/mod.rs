@@ -114,7 +114,7 @@ impl EdmDocument {
     }
 
     /// Reads an EDM document from its root element.
-    pub fn from_element(root: &Element) -> Result<Self, EdmError> {
+    pub(crate) fn from_element(root: &Element) -> Result<Self, EdmError> {
         if root.name.is(NS_QUERY, "QueryRequest") {
             return Ok(EdmDocument::Request(EvidenceRequest::from_element(root)?));
         }
@@ -132,7 +132,7 @@ impl EdmDocument {
     }
 
     /// The root element this document writes.
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         match self {
             EdmDocument::Request(r) => r.to_element(),
             EdmDocument::Response(r) => r.0.to_element(),
@@ -164,7 +164,7 @@ impl EdmDocument {
     }
 
     /// The EDM version the document declares, when it declares a known one.
-    pub fn declared_version(&self) -> Option<EdmVersion> {
+    pub(crate) fn declared_version(&self) -> Option<EdmVersion> {
         self.specification_identifier()
             .and_then(EdmVersion::from_identifier)
     }

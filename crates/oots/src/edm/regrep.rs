@@ -87,7 +87,7 @@ impl SlotValue {
 
     /// A boolean value read as `xs:boolean` (`true`/`false`/`1`/`0`); None when not a
     /// boolean value or not a valid lexical form.
-    pub fn as_bool(&self) -> Option<bool> {
+    pub(crate) fn as_bool(&self) -> Option<bool> {
         match self {
             SlotValue::Boolean(s) => match s.trim() {
                 "true" | "1" => Some(true),
@@ -99,7 +99,7 @@ impl SlotValue {
     }
 
     /// The `xsi:type` local name in the rim namespace that this value is written with.
-    pub fn type_name(&self) -> Option<&'static str> {
+    pub(crate) fn type_name(&self) -> Option<&'static str> {
         Some(match self {
             SlotValue::String(_) => "StringValueType",
             SlotValue::Boolean(_) => "BooleanValueType",
@@ -116,7 +116,7 @@ impl SlotValue {
     }
 
     /// The elements of an any-value; for a collection, those of all its any-value items.
-    pub fn any_elements(&self) -> Vec<&Element> {
+    pub(crate) fn any_elements(&self) -> Vec<&Element> {
         match self {
             SlotValue::Any(els) => els.iter().collect(),
             SlotValue::Collection { elements, .. } => {
@@ -127,7 +127,7 @@ impl SlotValue {
     }
 
     /// Reads a `rim:SlotValue` or a collection's `rim:Element`.
-    pub fn from_element(el: &Element) -> SlotValue {
+    pub(crate) fn from_element(el: &Element) -> SlotValue {
         Self::read(el).unwrap_or_else(|| SlotValue::Other(el.clone()))
     }
 
@@ -223,7 +223,7 @@ impl SlotValue {
 
     /// Writes this value as an element called `tag` (`SlotValue`, or `Element` inside a
     /// collection). `Other` values are written exactly as they were read.
-    pub fn to_element(&self, tag: &str) -> Element {
+    pub(crate) fn to_element(&self, tag: &str) -> Element {
         if let SlotValue::Other(el) = self {
             return el.clone();
         }
@@ -287,7 +287,7 @@ impl Slot {
     }
 
     /// Reads a `rim:Slot`. Fails only when it has no `name`.
-    pub fn from_element(el: &Element) -> Result<Slot, EdmError> {
+    pub(crate) fn from_element(el: &Element) -> Result<Slot, EdmError> {
         let name = el
             .attr("", "name")
             .ok_or_else(|| EdmError::Structure("a rim:Slot has no name attribute".into()))?;
@@ -300,7 +300,7 @@ impl Slot {
     }
 
     /// Writes the `rim:Slot`.
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut el = Element::new(NS_RIM, "Slot").with_attr(QName::plain("name"), &self.name);
         if let Some(t) = &self.slot_type {
             el.set_attr(QName::plain("type"), t.clone());
@@ -313,7 +313,7 @@ impl Slot {
 }
 
 /// Finds a slot by name.
-pub fn find_slot<'a>(slots: &'a [Slot], name: &str) -> Option<&'a Slot> {
+pub(crate) fn find_slot<'a>(slots: &'a [Slot], name: &str) -> Option<&'a Slot> {
     slots.iter().find(|s| s.name == name)
 }
 
@@ -403,7 +403,7 @@ pub struct RegistryObject {
 
 impl RegistryObject {
     /// Whether its `xsi:type` is `rim:<local>`.
-    pub fn is_type(&self, local: &str) -> bool {
+    pub(crate) fn is_type(&self, local: &str) -> bool {
         self.object_type
             .as_ref()
             .is_some_and(|t| t.is(NS_RIM, local))
@@ -427,14 +427,14 @@ impl RegistryObject {
         })
     }
     /// Its repository item reference.
-    pub fn repository_item_ref(&self) -> Option<&RepositoryItemRef> {
+    pub(crate) fn repository_item_ref(&self) -> Option<&RepositoryItemRef> {
         self.parts.iter().find_map(|p| match p {
             RegistryObjectPart::RepositoryItemRef(r) => Some(r),
             _ => None,
         })
     }
     /// The objects of its nested registry object list (empty when none).
-    pub fn members(&self) -> impl Iterator<Item = &RegistryObject> {
+    pub(crate) fn members(&self) -> impl Iterator<Item = &RegistryObject> {
         self.parts
             .iter()
             .filter_map(|p| match p {
@@ -445,7 +445,7 @@ impl RegistryObject {
     }
 
     /// Reads a registry object (`rim:RegistryObject` or any element of that type).
-    pub fn from_element(el: &Element) -> Result<RegistryObject, EdmError> {
+    pub(crate) fn from_element(el: &Element) -> Result<RegistryObject, EdmError> {
         let mut parts = Vec::new();
         for c in el.elements() {
             let part = if is_slot(c) {
@@ -488,7 +488,7 @@ impl RegistryObject {
     }
 
     /// Writes it as `rim:RegistryObject`.
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut el = Element::new(NS_RIM, "RegistryObject");
         if let Some(t) = &self.object_type {
             el.set_attr(QName::new(NS_XSI, "type"), t.to_clark());
@@ -575,7 +575,7 @@ impl RsException {
     }
 
     /// Reads an `rs:Exception`.
-    pub fn from_element(el: &Element) -> Result<RsException, EdmError> {
+    pub(crate) fn from_element(el: &Element) -> Result<RsException, EdmError> {
         let mut slots = Vec::new();
         let mut other_children = Vec::new();
         for c in el.elements() {
@@ -601,7 +601,7 @@ impl RsException {
     }
 
     /// Writes the `rs:Exception`.
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut el = Element::new(NS_RS, "Exception");
         if let Some(t) = &self.exception_type {
             el.set_attr(QName::new(NS_XSI, "type"), t.to_clark());

@@ -71,7 +71,7 @@ impl EvidenceRequest {
     }
 
     /// Reads a request from its root element.
-    pub fn from_element(root: &Element) -> Result<Self, EdmError> {
+    pub(crate) fn from_element(root: &Element) -> Result<Self, EdmError> {
         if !root.name.is(NS_QUERY, "QueryRequest") {
             return Err(EdmError::UnexpectedRoot(root.name.to_clark()));
         }
@@ -113,7 +113,7 @@ impl EvidenceRequest {
     }
 
     /// Builds the root element (slots, ResponseOption, Query, then anything kept).
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut root = Element::new(NS_QUERY, "QueryRequest");
         if let Some(l) = &self.lang {
             root.set_attr(QName::new(NS_XML, "lang"), l.clone());
@@ -157,7 +157,7 @@ impl EvidenceRequest {
     }
 
     /// The slot of `query:Query` called `name`.
-    pub fn query_slot(&self, name: &str) -> Option<&Slot> {
+    pub(crate) fn query_slot(&self, name: &str) -> Option<&Slot> {
         self.query.as_ref().and_then(|q| find_slot(&q.slots, name))
     }
 
@@ -167,7 +167,7 @@ impl EvidenceRequest {
     }
 
     /// Sets a slot of `query:Query` (creating the query when missing).
-    pub fn set_query_slot(&mut self, slot: Slot) {
+    pub(crate) fn set_query_slot(&mut self, slot: Slot) {
         let q = self.query.get_or_insert_with(|| Query {
             query_definition: Some(QUERY_DEFINITION.to_owned()),
             other_attributes: Vec::new(),
@@ -273,7 +273,7 @@ impl EvidenceRequest {
     }
 
     /// The `AuthorizedRepresentative`, when one acts.
-    pub fn authorized_representative(&self) -> Option<Person> {
+    pub(crate) fn authorized_representative(&self) -> Option<Person> {
         Self::sdg_elements(self.query_slot("AuthorizedRepresentative"), "Person")
             .first()
             .map(Person::from_element)

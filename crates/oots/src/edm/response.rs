@@ -40,7 +40,7 @@ pub struct QueryResponse {
 
 impl QueryResponse {
     /// Reads a response from its root element.
-    pub fn from_element(root: &Element) -> Result<Self, EdmError> {
+    pub(crate) fn from_element(root: &Element) -> Result<Self, EdmError> {
         if !root.name.is(NS_QUERY, "QueryResponse") {
             return Err(EdmError::UnexpectedRoot(root.name.to_clark()));
         }
@@ -68,7 +68,7 @@ impl QueryResponse {
     }
 
     /// Builds the root element (slots, exceptions, object list, then anything kept).
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut root = Element::new(NS_QUERY, "QueryResponse");
         if let Some(s) = &self.status {
             root.set_attr(QName::plain("status"), s.clone());

@@ -63,7 +63,7 @@ pub struct Agent {
 impl Agent {
     /// Reads an `sdg:Agent` (or any element with the agent's children, such as
     /// `sdg:IssuingAuthority`).
-    pub fn from_element(el: &Element) -> Agent {
+    pub(crate) fn from_element(el: &Element) -> Agent {
         Agent {
             identifier: el.child(NS_SDG, "Identifier").map(Identifier::read),
             names: lang_texts(el, "Name"),
@@ -75,7 +75,7 @@ impl Agent {
     }
 
     /// Builds an `sdg:Agent` in schema order (Identifier, Name, Address, Classification).
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut el = Element::new(NS_SDG, "Agent");
         if let Some(id) = &self.identifier {
             let mut i = Element::new(NS_SDG, "Identifier").with_text(&id.value);
@@ -115,7 +115,7 @@ pub struct Requirement {
 
 impl Requirement {
     /// Reads an `sdg:Requirement`.
-    pub fn from_element(el: &Element) -> Requirement {
+    pub(crate) fn from_element(el: &Element) -> Requirement {
         Requirement {
             identifier: text_of(el, "Identifier"),
             names: lang_texts(el, "Name"),
@@ -123,7 +123,7 @@ impl Requirement {
     }
 
     /// Builds an `sdg:Requirement`.
-    pub fn to_element(&self) -> Element {
+    pub(crate) fn to_element(&self) -> Element {
         let mut el = Element::new(NS_SDG, "Requirement");
         if let Some(id) = &self.identifier {
             el = el.with_child(Element::new(NS_SDG, "Identifier").with_text(id));
@@ -157,7 +157,7 @@ pub struct Person {
 
 impl Person {
     /// Reads an `sdg:Person` / `sdg:NaturalPerson`.
-    pub fn from_element(el: &Element) -> Person {
+    pub(crate) fn from_element(el: &Element) -> Person {
         Person {
             level_of_assurance: text_of(el, "LevelOfAssurance"),
             identifier: el.child(NS_SDG, "Identifier").map(Identifier::read),
@@ -183,7 +183,7 @@ pub struct LegalPerson {
 
 impl LegalPerson {
     /// Reads an `sdg:LegalPerson`.
-    pub fn from_element(el: &Element) -> LegalPerson {
+    pub(crate) fn from_element(el: &Element) -> LegalPerson {
         LegalPerson {
             level_of_assurance: text_of(el, "LevelOfAssurance"),
             legal_person_identifier: el
@@ -215,7 +215,7 @@ pub struct EvidenceType {
 
 impl EvidenceType {
     /// Reads an `sdg:DataServiceEvidenceType`.
-    pub fn from_element(el: &Element) -> EvidenceType {
+    pub(crate) fn from_element(el: &Element) -> EvidenceType {
         let dist: Vec<&Element> = el.children_named(NS_SDG, "DistributedAs").collect();
         EvidenceType {
             identifier: text_of(el, "Identifier"),
@@ -246,7 +246,7 @@ pub struct EvidenceMetadata {
 
 impl EvidenceMetadata {
     /// Reads an `sdg:Evidence`.
-    pub fn from_element(el: &Element) -> EvidenceMetadata {
+    pub(crate) fn from_element(el: &Element) -> EvidenceMetadata {
         EvidenceMetadata {
             identifier: text_of(el, "Identifier"),
             about_person: el

@@ -23,22 +23,22 @@ use quick_xml::NsReader;
 use super::EdmError;
 
 /// `urn:oasis:names:tc:ebxml-regrep:xsd:rim:4.0`
-pub const NS_RIM: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:4.0";
+pub(crate) const NS_RIM: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:4.0";
 /// `urn:oasis:names:tc:ebxml-regrep:xsd:query:4.0`
-pub const NS_QUERY: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:query:4.0";
+pub(crate) const NS_QUERY: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:query:4.0";
 /// `urn:oasis:names:tc:ebxml-regrep:xsd:rs:4.0`
-pub const NS_RS: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:4.0";
+pub(crate) const NS_RS: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:4.0";
 /// The SDG profile: `http://data.europa.eu/p4s`
-pub const NS_SDG: &str = "http://data.europa.eu/p4s";
+pub(crate) const NS_SDG: &str = "http://data.europa.eu/p4s";
 /// `http://www.w3.org/2001/XMLSchema-instance`
-pub const NS_XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+pub(crate) const NS_XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// `http://www.w3.org/1999/xlink`
-pub const NS_XLINK: &str = "http://www.w3.org/1999/xlink";
+pub(crate) const NS_XLINK: &str = "http://www.w3.org/1999/xlink";
 /// `http://www.w3.org/XML/1998/namespace` (the `xml:` prefix, always bound)
 pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Largest document accepted (EDM documents are small; evidence travels as attachments).
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 /// Deepest element nesting accepted.
 pub const MAX_DEPTH: usize = 64;
 /// Most elements accepted in one document.
@@ -70,7 +70,7 @@ impl QName {
         self.ns == ns && self.local == local
     }
     /// Clark notation: `{ns}local`, or just `local` without a namespace.
-    pub fn to_clark(&self) -> String {
+    pub(crate) fn to_clark(&self) -> String {
         if self.ns.is_empty() {
             self.local.clone()
         } else {
@@ -78,7 +78,7 @@ impl QName {
         }
     }
     /// Reads Clark notation back (see [`QName::to_clark`]).
-    pub fn from_clark(s: &str) -> Self {
+    pub(crate) fn from_clark(s: &str) -> Self {
         match s.strip_prefix('{').and_then(|r| r.split_once('}')) {
             Some((ns, local)) => QName::new(ns, local),
             None => QName::plain(s),
@@ -126,25 +126,25 @@ impl Element {
     }
 
     /// Adds an attribute (builder style).
-    pub fn with_attr(mut self, name: QName, value: impl Into<String>) -> Self {
+    pub(crate) fn with_attr(mut self, name: QName, value: impl Into<String>) -> Self {
         self.set_attr(name, value);
         self
     }
 
     /// Adds a child element (builder style).
-    pub fn with_child(mut self, child: Element) -> Self {
+    pub(crate) fn with_child(mut self, child: Element) -> Self {
         self.children.push(Node::Element(child));
         self
     }
 
     /// Adds text content (builder style).
-    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+    pub(crate) fn with_text(mut self, text: impl Into<String>) -> Self {
         self.children.push(Node::Text(text.into()));
         self
     }
 
     /// Sets (or replaces) an attribute.
-    pub fn set_attr(&mut self, name: QName, value: impl Into<String>) {
+    pub(crate) fn set_attr(&mut self, name: QName, value: impl Into<String>) {
         let value = value.into();
         match self.attributes.iter_mut().find(|a| a.name == name) {
             Some(a) => a.value = value,
@@ -161,7 +161,7 @@ impl Element {
     }
 
     /// The resolved `xsi:type` of this element, if any.
-    pub fn xsi_type(&self) -> Option<QName> {
+    pub(crate) fn xsi_type(&self) -> Option<QName> {
         self.attr(NS_XSI, "type").map(QName::from_clark)
     }
 
@@ -199,7 +199,7 @@ impl Element {
     }
 
     /// Whether this element has any non-whitespace text child.
-    pub fn has_significant_text(&self) -> bool {
+    pub(crate) fn has_significant_text(&self) -> bool {
         self.children
             .iter()
             .any(|n| matches!(n, Node::Text(t) if !t.trim().is_empty()))

@@ -96,12 +96,12 @@ fn query_slot_loc(name: &str) -> String {
 }
 
 /// `urn:uuid:` followed by an RFC 4122 textual UUID.
-pub fn is_urn_uuid(s: &str) -> bool {
+pub(crate) fn is_urn_uuid(s: &str) -> bool {
     s.strip_prefix("urn:uuid:").is_some_and(is_uuid)
 }
 
 /// An RFC 4122 textual UUID (8-4-4-4-12 hex digits).
-pub fn is_uuid(s: &str) -> bool {
+pub(crate) fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() == 5
         && parts
@@ -143,12 +143,12 @@ fn split_date(s: &str) -> Option<&str> {
 }
 
 /// An `xs:date` lexical value (`YYYY-MM-DD` with optional timezone).
-pub fn is_xsd_date(s: &str) -> bool {
+pub(crate) fn is_xsd_date(s: &str) -> bool {
     split_date(s.trim()).is_some_and(valid_timezone)
 }
 
 /// An `xs:dateTime` lexical value (`YYYY-MM-DDThh:mm:ss[.fff][Z|±hh:mm]`).
-pub fn is_xsd_date_time(s: &str) -> bool {
+pub(crate) fn is_xsd_date_time(s: &str) -> bool {
     let Some(rest) = split_date(s.trim()).and_then(|r| r.strip_prefix('T')) else {
         return false;
     };

@@ -16,7 +16,7 @@ use super::{Finding, Severity};
 use crate::edm::xml;
 
 /// Rule id of schema findings.
-pub const XSD_RULE: &str = "XSD";
+pub(crate) const XSD_RULE: &str = "XSD";
 
 /// The schema files the driver needs: (namespace, file name).
 const SCHEMA_FILES: &[(&str, &str)] = &[

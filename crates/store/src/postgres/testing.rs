@@ -8,10 +8,11 @@
 use super::{migrate_with, PgOptions, PgStore};
 
 /// The test database used when `VARTI_TEST_DATABASE_URL` is not set.
-pub const DEFAULT_TEST_DATABASE_URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+pub(crate) const DEFAULT_TEST_DATABASE_URL: &str =
+    "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
 /// The test database's connection string (`VARTI_TEST_DATABASE_URL` or the default).
-pub fn test_database_url() -> String {
+pub(crate) fn test_database_url() -> String {
     std::env::var("VARTI_TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())
