@@ -10,7 +10,7 @@
 //! * [`sender`](crate::sender) — claims due outbound messages, seals and pushes them, checks the receipt,
 //!   retries per the leg's schedule, fails with EBMS:0301 after the last retry.
 //! * [`submit`](crate::submit) — turns a backend's submission into a stored outbound message.
-//! * [`pull`](crate::pull) — one-way/pull: answers partners' pull requests with the messages waiting
+//! * [`pull`] — one-way/pull: answers partners' pull requests with the messages waiting
 //!   for them (and takes their receipts), and pulls from partners for our own pull legs.
 //!
 //! Everything that happens to a message is announced as a [`MessageEvent`] (webhooks and

@@ -5,16 +5,16 @@
 //! **Holding side** (we are on the From side of a pull leg):
 //!
 //! * [`submit`](crate::submit::submit) parks the message far in the future
-//!   ([`wait_for_pull`]), so the push sender never takes it.
-//! * A `PullRequest` on `/msh` ([`answer_pull_request`]) must be signed, by the signing
+//!   (`wait_for_pull`), so the push sender never takes it.
+//! * A `PullRequest` on `/msh` (`answer_pull_request`) must be signed, by the signing
 //!   certificate of a party that is the responder of a pull leg on that MPC: that is how the
 //!   puller is authorised (else EBMS:0101; unsigned, EBMS:0103). It is good once
-//!   ([`fresh_once`]): a stale timestamp or a MessageId already answered by any instance
+//!   (`fresh_once`): a stale timestamp or a MessageId already answered by any instance
 //!   sharing the store is EBMS:0101. Its oldest waiting message for that party is
 //!   claimed ([`Store::claim_message`](varti_store::Store::claim_message), leased for
 //!   `sender.lease_secs`), sealed exactly as a push would seal it, and streamed back as the
 //!   HTTP response. Nothing waiting: an EBMS:0006 EmptyMessagePartitionChannel warning.
-//! * The receipt comes back later as a request of its own ([`answer_signal`]): verified (it
+//! * The receipt comes back later as a request of its own (`answer_signal`): verified (it
 //!   must be signed by the puller, and its non-repudiation information must match what we
 //!   sealed), it acknowledges the message (event `sent`). An error signal fails it, or,
 //!   when retrying may help, releases it to be pulled again. A pulled message whose receipt
@@ -25,7 +25,7 @@
 //! **Pulling side** (we are the responder of a pull leg): [`run`] sends a signed
 //! `PullRequest` for each (MPC, partner) every `sender.poll_interval_ms` (every 5 s while
 //! the MPC is empty or the partner unreachable). A message in the answer is received
-//! exactly like a pushed one ([`accept_user_message`]); the receipt (or error signal) it
+//! exactly like a pushed one (`accept_user_message`); the receipt (or error signal) it
 //! produces is then pushed to the partner's endpoint.
 //!
 //! Limits: a pulled message travels in an HTTP response, which the puller's client reads

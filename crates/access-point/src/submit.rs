@@ -78,7 +78,7 @@ impl AccessPoint {
 ///
 /// A message on a one-way/pull leg is not pushed: it waits until its partner pulls it
 /// ([`pull`](crate::pull)). It is stored due only in a hundred years
-/// ([`wait_for_pull`](crate::pull::wait_for_pull)), so the push sender's
+/// (`wait_for_pull`), so the push sender's
 /// [`claim_due`](varti_store::Store::claim_due) never takes it, while a pull request takes
 /// it with [`claim_message`](varti_store::Store::claim_message), which ignores the due time.
 pub fn submit(

@@ -7,8 +7,8 @@
 //! * `MimeType` = the media type of the payload before compression (required then);
 //! * `CharacterSet` = the payload's character set (recommended for XML).
 //!
-//! Both directions stream: [`gzip`] / [`GzipReader`] compress a reader without buffering
-//! the payload, and [`DecompressingReader`] decompresses one with a **size cap** chosen by
+//! Both directions stream: [`gzip`] / `GzipReader` compress a reader without buffering
+//! the payload, and `DecompressingReader` decompresses one with a **size cap** chosen by
 //! the caller (from the PMode), so a small "zip bomb" cannot expand without bound. A stream
 //! that is not valid gzip, or that would exceed the cap, fails with
 //! `EBMS:0303 DecompressionFailure` carrying the reason.

@@ -77,7 +77,7 @@ pub struct ReceivePolicy {
     /// CRL files (PEM or DER) the signer's chain is checked against: the sending party's
     /// `crls` from the PMode. Empty: no revocation checking. When set, the signer's
     /// issuer must have a CRL among them, and a stale or wrongly signed CRL is refused
-    /// ([`crate::security::revocation`]). Read for each message, so a refreshed file
+    /// (`crate::security::revocation`). Read for each message, so a refreshed file
     /// takes effect at once.
     pub crl_files: Vec<PathBuf>,
     /// The time at which certificates must be valid (normally now).

@@ -1,32 +1,32 @@
 //! The OOTS gateway: evidence requests and responses over AS4 between member states.
 //!
-//! * **Requester side** ([`requester`]): a procedure portal POSTs the data of an evidence
+//! * **Requester side** (`requester`): a procedure portal POSTs the data of an evidence
 //!   request to the backend API (`/api/v1/oots/requests`); Varti builds the EDM request,
 //!   sends it over AS4 on the OOTS PMode (`QueryManager` / `ExecuteQueryRequest`), and
 //!   correlates the answer (`ExecuteQueryResponse` or `ExceptionResponse`) to it by
 //!   `RefToMessageId`, else `ConversationId`, checked against the EDM `requestId`; an answer
 //!   not from the gateway asked, or not in the name of the provider asked, is refused before
-//!   it is stored ([`requester::check_answer`]). The portal
+//!   it is stored (`requester::check_answer`). The portal
 //!   GETs the outcome and downloads the evidence files; a request with no answer within
 //!   `oots.request_timeout_secs` ends `timed_out`.
-//! * **Look-ups** ([`lookup`]): portals ask the common services (Evidence Broker, Data
+//! * **Look-ups** (`lookup`): portals ask the common services (Evidence Broker, Data
 //!   Service Directory) through `GET /api/v1/oots/lookup/…`; Varti finds them (configured
 //!   URL or DNS NAPTR), verifies the answers' signatures and caches them.
-//! * **Provider side** ([`provider`]): an evidence request received over AS4 is validated
+//! * **Provider side** (`provider`): an evidence request received over AS4 is validated
 //!   (Varti's EDM model; XSD and Schematron when `oots.schemas` / `oots.rules` are set),
-//!   routed by evidence type to a data service connector ([`connector`](crate::connector): an HTTP call to
+//!   routed by evidence type to a data service connector (`connector`: an HTTP call to
 //!   the national register) and answered over AS4 with the evidence response, or with the
 //!   EDM error response that says what went wrong — also when its `originalSender` is not
 //!   the EvidenceRequester it names (EDM:ERR:0003, before any register is called). Evidence
 //!   types whose connector says
 //!   `preview = true` are sent only after the citizen approved them in the preview space
-//!   (two requests on one conversation; see [`provider`]).
+//!   (two requests on one conversation; see `provider`).
 //!
 //! * **Intermediary platform**: one gateway may serve many portals (each a backend client
 //!   with its own `oots_party`, seeing only its own requests) and many providers (each
 //!   connector may name the provider it serves); `[oots] platform` names the gateway as
 //!   the `IP` agent. Evidence does not outlive its hand-over by more than
-//!   `oots.evidence_retention_secs` on either side ([`records`], [`provider::answer_sent`]).
+//!   `oots.evidence_retention_secs` on either side (`records`, `provider::answer_sent`).
 //!
 //! [`Gateway::new`] claims the OOTS service on the access point, so inbound OOTS messages
 //! are stored under the owner [`OWNER`], which no backend has: the gateway, not a portal,
@@ -76,7 +76,7 @@ impl Gateway {
     /// The gateway over `ap` with `config`; when a role is set, claims the OOTS service on
     /// `ap`, so inbound OOTS messages are stored for the gateway, not a backend client, and
     /// has every inbound answer checked before it is stored
-    /// ([`requester::check_answer`]). Call it before the MSH listener serves.
+    /// (`requester::check_answer`). Call it before the MSH listener serves.
     pub fn new(
         ap: Arc<AccessPoint>,
         config: OotsConfig,

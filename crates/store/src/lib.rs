@@ -5,7 +5,7 @@
 //!   instances. Everything an instance needs to coordinate with another one goes through it:
 //!   unique message ids (duplicate detection), leases on outbound work, compare-and-set state
 //!   transitions, exactly-once delivery marks.
-//! * [`state`] — the message state machine, written once; stores only ask it.
+//! * `state` — the message state machine, written once; stores only ask it.
 //! * [`PayloadStore`] — payload bytes, streamed in and out, never whole in memory.
 //! * `contract` (feature `testing`) — the test suite every `Store` implementation must pass.
 //!

@@ -189,7 +189,7 @@ pub struct MessageRecord {
     pub settled_at: Option<OffsetDateTime>,
     /// When its payloads were purged.
     pub payloads_purged_at: Option<OffsetDateTime>,
-    /// Its transitions, oldest first (at most [`MAX_HISTORY`]).
+    /// Its transitions, oldest first (at most `MAX_HISTORY`).
     pub history: Vec<HistoryEntry>,
 }
 
@@ -304,7 +304,7 @@ impl MessageRecord {
     }
 
     /// Claims the record for `holder` (taking over an expired lease first). The caller has
-    /// checked [`is_claimable`](Self::is_claimable) or
+    /// checked `is_claimable` or
     /// [`is_claimable_ignoring_due`](Self::is_claimable_ignoring_due).
     pub fn claim(
         &mut self,

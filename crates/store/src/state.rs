@@ -91,7 +91,7 @@ impl fmt::Display for Direction {
     }
 }
 
-/// Where a message is in its life. See the [module documentation](self) for the diagram.
+/// Where a message is in its life. See the module documentation for the diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

@@ -1,6 +1,6 @@
 //! The syntax of ebMS3 message ids (`eb:MessageId`, `eb:RefToMessageId`).
 //!
-//! ebMS3 Core §5.2.2.1 requires a MessageId "conforming to MessageId [RFC2822]", without
+//! ebMS3 Core §5.2.2.1 requires a MessageId "conforming to MessageId RFC2822", without
 //! the angle brackets: `id-left "@" id-right`. Varti accepts the `dot-atom-text` form on
 //! both sides (RFC 2822 §3.2.4: runs of `atext` separated by single dots, no dot first or
 //! last) and refuses the quoted-string and domain-literal forms and the obsolete syntax,

@@ -541,7 +541,7 @@ pub struct PullRequest {
 /// `eb:Error` as carried in an error signal (ebMS3 Core §6.2).
 ///
 /// Named `SignalError` to keep it apart from [`crate::EbmsError`], the error Varti's
-/// own code reports; [`SignalError::from_ebms_error`] turns one into the other.
+/// own code reports; `SignalError::from_ebms_error` turns one into the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalError {
     /// The `errorCode` attribute as carried (peers may send codes we do not know).

@@ -3,7 +3,7 @@
 //! match the same inbound message.
 //!
 //! [`super::load_dir`] runs them; they are public so that a caller holding a
-//! [`PModeSet`] can ask [`ambiguous_pairs`] directly, and the certificate helpers
+//! [`PModeSet`] can ask `ambiguous_pairs` directly, and the certificate helpers
 //! ([`parse_certificates`], [`validity_at`], [`key_usage_unfit`]) serve `varti certs`.
 
 use std::collections::{HashMap, HashSet};

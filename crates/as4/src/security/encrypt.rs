@@ -13,15 +13,15 @@
 //! * one `xenc:EncryptedKey` carrying the 16-byte content-encryption key (CEK), protected
 //!   by one of the [`KeyProtection`] algorithms, with a `ReferenceList` naming the parts.
 //!
-//! Both directions stream: [`encrypt_stream`] reads a `Read` into a `Write` in 64 KiB
-//! chunks; [`GcmDecryptor`] keeps only the last 16 bytes (the tag candidate) back.
+//! Both directions stream: `encrypt_stream` reads a `Read` into a `Write` in 64 KiB
+//! chunks; `GcmDecryptor` keeps only the last 16 bytes (the tag candidate) back.
 //!
 //! Where the identifiers come from: AES-GCM and RSA-OAEP from XML Encryption 1.1
 //! (§5.2.4, §5.5.2); X25519 and HKDF from RFC 9231 (`xmldsig-more`, 2021/04 namespace);
 //! kw-aes128 from XML Encryption 1.0 §5.6.3; the AS4 choices from the eDelivery AS4 1.15
 //! and 2.0 profiles as digested in the project's `specs/as4.md`, cross-checked against
 //! Apache WSS4J 3 and phase4's eDelivery 2.0 profile (the same URIs). The 2.0 text was not
-//! at hand to check HKDF salt/info; see [`HkdfParams::for_kw_aes128`] for what we send.
+//! at hand to check HKDF salt/info; see `HkdfParams::for_kw_aes128` for what we send.
 //!
 //! **Decryption contract.** GCM's tag comes last, so streamed decryption writes plaintext
 //! *before* the tag is checked. Whatever a decrypt function wrote is untrusted until it

@@ -4,7 +4,7 @@
 //! One policy, applied by `varti pmode check` (partners' and our published
 //! certificates), `varti certs check` (everything in use) and `varti serve` at start-up:
 //!
-//! * RSA keys of at least [`MIN_RSA_BITS`] bits;
+//! * RSA keys of at least `MIN_RSA_BITS` bits;
 //! * EC keys on P-256, P-384 or P-521 only;
 //! * Ed25519 and X25519 (the AS4 2.0 EdDSA profile);
 //! * nothing else (DSA, Ed448, X448, other curves: no AS4 profile uses them);
@@ -30,7 +30,7 @@ pub(crate) const MIN_RSA_BITS: u32 = 2048;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WeakKey {
-    /// An RSA key shorter than [`MIN_RSA_BITS`].
+    /// An RSA key shorter than `MIN_RSA_BITS`.
     ShortRsa {
         /// The modulus length.
         bits: u32,

@@ -7,13 +7,13 @@
 //! * [`token`] — security-token references (BST, SKI, IssuerSerial) and certificate checks.
 //! * [`keys`] — the key-strength policy (RSA size, EC curves, certificate signature
 //!   digests) for our keys and partners' alike.
-//! * [`revocation`] — CRLs configured per partner, checked against the signer's chain.
+//! * `revocation` — CRLs configured per partner, checked against the signer's chain.
 //! * [`verify`] — verifying an incoming signature, with signature-wrapping defences.
 //! * [`sign`] — building a signed `wsse:Security` header.
 //! * [`summary`] — a read-only summary of a security header, for `message inspect`.
 //! * [`receipt`] — `ebbp:NonRepudiationInformation` for receipts, and checking it.
 //! * [`encrypt`] — SwA payload encryption (AES-128-GCM) and key protection (RSA-OAEP,
-//!   X25519 / ECDH-ES with [`kdf`] HKDF and [`keywrap`] AES key wrap).
+//!   X25519 / ECDH-ES with `kdf` HKDF and `keywrap` AES key wrap).
 
 pub mod c14n;
 pub mod dom;

@@ -13,7 +13,7 @@
 //!   (RFC 9231 §2.3.13, the URI WSS4J and phase4's 2.0 profile emit).
 //! * AS4 2.0 alternative EC enhancement: `xmldsig-more#ecdsa-sha256` (RFC 6931 §2.3.6)
 //!   on P-256; XML-DSig 1.1 §6.4.3 encodes the value as raw `r || s` (each 32 bytes),
-//!   whereas OpenSSL produces and expects DER `ECDSA-Sig-Value`; see [`EcdsaP256Sha256`].
+//!   whereas OpenSSL produces and expects DER `ECDSA-Sig-Value`; see `EcdsaP256Sha256`.
 
 use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;

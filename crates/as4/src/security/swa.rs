@@ -9,7 +9,7 @@
 //! digested as is. This matches WSS4J (phase4, Domibus).
 //!
 //! Digests are computed while reading: only XML attachments, which must be parsed to be
-//! canonicalized, are held in memory (bounded by [`MAX_XML_ATTACHMENT`]).
+//! canonicalized, are held in memory (bounded by `MAX_XML_ATTACHMENT`).
 
 use std::io::{self, Read, Write};
 

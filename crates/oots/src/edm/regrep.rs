@@ -34,7 +34,7 @@ pub struct LocalizedString {
 pub enum SlotValue {
     /// `rim:StringValueType`
     String(String),
-    /// `rim:BooleanValueType` (lexical form; see [`SlotValue::as_bool`])
+    /// `rim:BooleanValueType` (lexical form; see `SlotValue::as_bool`)
     Boolean(String),
     /// `rim:DateTimeValueType` (lexical form)
     DateTime(String),

@@ -46,7 +46,7 @@ pub struct EvidenceRequest {
 impl EvidenceRequest {
     /// A new, empty request for `version` with the fixed response option and query
     /// definition; add slots with [`EvidenceRequest::set_slot`] and
-    /// [`EvidenceRequest::set_query_slot`].
+    /// `EvidenceRequest::set_query_slot`.
     pub fn new(id: &str, version: EdmVersion) -> Self {
         EvidenceRequest {
             id: Some(id.to_owned()),

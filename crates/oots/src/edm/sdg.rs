@@ -2,7 +2,7 @@
 //! any-value slots: agents, persons, requirements, evidence types and evidence metadata.
 //!
 //! Views are read from the generic tree ([`Element`]) that the slot keeps, so reading a
-//! view never loses anything; [`Agent::to_element`] and [`Requirement::to_element`] build
+//! view never loses anything; `Agent::to_element` and `Requirement::to_element` build
 //! new ones for outgoing requests.
 
 use super::xml::{Element, QName, NS_SDG};

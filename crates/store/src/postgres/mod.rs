@@ -8,8 +8,8 @@
 //! | contract | how |
 //! |---|---|
 //! | duplicate detection | `messages.message_id` is the primary key: `INSERT … ON CONFLICT DO NOTHING`, then the original row is read `FOR UPDATE` |
-//! | outbound work | `SELECT … WHERE due_at <= now … FOR UPDATE SKIP LOCKED` and the lease written in the same transaction; `due_at` always equals [`MessageRecord::due_at`] |
-//! | transitions | the row is read `FOR UPDATE`, changed by the shared logic in [`crate::record`] (state machine, leases, history), written back with `UPDATE … WHERE state = $read` |
+//! | outbound work | `SELECT … WHERE due_at <= now … FOR UPDATE SKIP LOCKED` and the lease written in the same transaction; `due_at` always equals `MessageRecord::due_at` |
+//! | transitions | the row is read `FOR UPDATE`, changed by the shared logic in `crate::record` (state machine, leases, history), written back with `UPDATE … WHERE state = $read` |
 //! | exactly-once delivery | [`Store::mark_delivered`] is one conditional statement, `UPDATE … WHERE state = 'received'` plus its history row: one row back means this call won |
 //! | payloads | chunked `bytea` rows (256 KiB), streamed in one transaction, read one chunk per query |
 //!
