@@ -27,6 +27,7 @@ use varti_as4::error::EbmsError;
 use varti_as4::inbound::{DeliveredPayload, ReceivePolicy};
 use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::{Leg, PModeSet, Party};
+use varti_as4::spool::{Spool, SpoolBudget};
 use varti_store::Store;
 
 use crate::client::{ClientSettings, OutboundClient, PartnerTls};
@@ -212,6 +213,8 @@ pub struct AccessPoint {
     pub metrics: Arc<Metrics>,
     /// The wall clock every time-based decision reads (see [`Clock`]).
     pub clock: Clock,
+    /// The disk budget of the messages being received (`limits.spool_budget_bytes`).
+    pub spool_budget: Arc<SpoolBudget>,
     /// This instance's name in leases and logs.
     pub instance: String,
     /// Wakes the sender when a message was submitted.
@@ -330,6 +333,7 @@ impl AccessPoint {
         });
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let (notices, _) = tokio::sync::broadcast::channel(1024);
+        let spool_budget = SpoolBudget::new(settings.limits.spool_budget_bytes);
         Ok(AccessPoint {
             settings,
             pmodes,
@@ -339,6 +343,7 @@ impl AccessPoint {
             client,
             metrics,
             clock: Clock::system(),
+            spool_budget,
             instance,
             wake_sender: tokio::sync::Notify::new(),
             pulled: pull::SealedForPull::default(),
@@ -470,6 +475,14 @@ impl AccessPoint {
     /// moving them is cheap).
     pub fn spool_dir(&self) -> PathBuf {
         self.settings.spool_dir()
+    }
+
+    /// Where a reception's temporary files go and the budget they share.
+    pub fn spool(&self) -> Spool {
+        Spool {
+            dir: Some(self.spool_dir()),
+            budget: Some(self.spool_budget.clone()),
+        }
     }
 }
 

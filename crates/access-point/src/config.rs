@@ -146,6 +146,12 @@ pub struct LimitsConfig {
     /// HTTP/2: largest header list of a request, in bytes (bounds CONTINUATION frames too).
     /// Default 65536.
     pub http2_max_header_list_bytes: u32,
+    /// Disk space, in bytes, that all messages being received may take together in the
+    /// spool directory (attachments as received, decrypted, decompressed). A message that
+    /// finds no room is answered with HTTP 503 and sent again later by its sender; a
+    /// compression bomb is still refused with EBMS:0303. Default 8 GiB: room for the
+    /// largest message in its three forms.
+    pub spool_budget_bytes: u64,
 }
 
 /// The outbound HTTP client.
@@ -232,6 +238,7 @@ impl Default for LimitsConfig {
             max_anonymous_connections: 64,
             http2_max_concurrent_streams: 64,
             http2_max_header_list_bytes: 64 * 1024,
+            spool_budget_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -757,6 +757,7 @@ pub fn receive_pulled(
     let limits = MimeLimits {
         max_total_size: ap.settings.limits.max_request_body_bytes,
         temp_dir: Some(spool),
+        spool_budget: Some(ap.spool_budget.clone()),
         ..MimeLimits::default()
     };
     let package = match MimePackage::read_http_body(&response.body[..], &content_type, &limits) {

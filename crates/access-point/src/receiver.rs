@@ -73,6 +73,7 @@ impl MshHandler for Receiver {
         let limits = MimeLimits {
             max_total_size: self.ap.settings.limits.max_request_body_bytes,
             temp_dir: Some(spool),
+            spool_budget: Some(self.ap.spool_budget.clone()),
             ..MimeLimits::default()
         };
         let package = match MimePackage::read_http_body(&mut request.body, &content_type, &limits) {
@@ -80,6 +81,9 @@ impl MshHandler for Receiver {
             Err(e) => {
                 drain(&mut request.body);
                 let e = e.to_ebms();
+                if e.transient {
+                    return busy(&self.ap, &e);
+                }
                 tracing::warn!(peer = %request.peer.remote_addr, error = %e.detail, code = e.code.code(), "AS4 request refused: bad MIME package");
                 self.ap
                     .metrics
@@ -125,7 +129,7 @@ pub(crate) fn accept_user_message(
     arrival: Arrival,
 ) -> MshResponse {
     let now = ap.clock.now();
-    let spool = ap.spool_dir();
+    let spool = ap.spool();
     let accepted = match receive::accept(
         package,
         envelope,
@@ -133,7 +137,7 @@ pub(crate) fn accept_user_message(
         &ap.pmodes,
         &ap.identity,
         now,
-        Some(&spool),
+        &spool,
     ) {
         Ok(a) => a,
         Err(refusal) => return refused(ap, refusal),
@@ -252,6 +256,9 @@ pub(crate) fn accept_user_message(
 /// Answers a refused user message with its error signal (logged and counted).
 fn refused(ap: &AccessPoint, refusal: Refusal) -> MshResponse {
     let e = &refusal.error;
+    if e.transient {
+        return busy(ap, e);
+    }
     tracing::warn!(message_id = e.ref_to_message_id.as_deref().unwrap_or(""), code = e.code.code(), error = %e.detail, "message refused");
     ap.metrics.message(Direction::Inbound, Outcome::Rejected);
     refusal_response(refusal)
@@ -362,6 +369,18 @@ pub(crate) fn soap_response(status: StatusCode, body: Bytes) -> MshResponse {
         headers,
         body: MshResponseBody::Bytes(body),
     }
+}
+
+/// The answer to a message we cannot take right now (the spool budget is used up): HTTP
+/// 503 with a SOAP Receiver fault and no ebMS signal, so the sender tries again later.
+fn busy(ap: &AccessPoint, e: &EbmsError) -> MshResponse {
+    tracing::warn!(message_id = e.ref_to_message_id.as_deref().unwrap_or(""), error = %e.detail, used = ap.spool_budget.used(), budget = ap.spool_budget.limit(), "message not taken now: the spool budget is used up");
+    ap.metrics.message(Direction::Inbound, Outcome::Rejected);
+    MshResponse::fault(
+        StatusCode::SERVICE_UNAVAILABLE,
+        FaultCode::Receiver,
+        &e.detail,
+    )
 }
 
 pub(crate) fn internal_fault(reason: &str) -> MshResponse {

@@ -157,6 +157,10 @@ pub struct EbmsError {
     pub detail: String,
     /// The MessageId of the message in error, when it could be read.
     pub ref_to_message_id: Option<String>,
+    /// The message was not refused for what it is: the receiver cannot take it right now
+    /// (its spool is full) and the sender should try again later. Answered with HTTP 503
+    /// and no ebMS signal ([`EbmsError::retry_later`]).
+    pub transient: bool,
 }
 
 impl EbmsError {
@@ -166,6 +170,16 @@ impl EbmsError {
             code,
             detail: detail.into(),
             ref_to_message_id: None,
+            transient: false,
+        }
+    }
+
+    /// A transient failure (`EBMS:0004` should it be signalled): nothing is wrong with the
+    /// message, the receiver cannot take it now.
+    pub fn retry_later(detail: impl Into<String>) -> Self {
+        EbmsError {
+            transient: true,
+            ..EbmsError::new(ErrorCode::Other, detail)
         }
     }
 

@@ -28,6 +28,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openssl::pkey::{PKey, Private};
 use openssl::sha::Sha256;
@@ -47,6 +48,7 @@ use crate::security::revocation::Crl;
 use crate::security::swa::AttachmentSource;
 use crate::security::token::{self, TokenReference};
 use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
+use crate::spool::{Charged, SpoolBudget, SpoolCharge};
 
 use crate::ns::XENC_NS as NS_XENC;
 
@@ -87,6 +89,9 @@ pub struct ReceivePolicy {
     /// Where payload files are created (`None`: the system temporary directory). Use a
     /// directory on the same file system as the store so delivery is a rename.
     pub spool_dir: Option<PathBuf>,
+    /// The disk budget the temporary files of this reception are charged to, shared with
+    /// every other reception in flight (`None`: unbounded). See [`crate::spool`].
+    pub spool_budget: Option<Arc<SpoolBudget>>,
 }
 
 impl ReceivePolicy {
@@ -106,6 +111,7 @@ impl ReceivePolicy {
             at: OffsetDateTime::now_utc(),
             decompression_cap: DEFAULT_DECOMPRESSION_CAP,
             spool_dir: None,
+            spool_budget: None,
         }
     }
 }
@@ -173,6 +179,8 @@ pub struct DeliveredPayload {
     /// The content, in a temporary file removed when this value is dropped; keep it
     /// with [`DeliveredPayload::persist`].
     pub file: tempfile::NamedTempFile,
+    /// Its bytes held against the spool budget until this value is dropped.
+    _charge: SpoolCharge,
 }
 
 impl DeliveredPayload {
@@ -183,6 +191,7 @@ impl DeliveredPayload {
 
     /// Moves the content to `path` (a rename when on the same file system).
     pub fn persist(self, path: &Path) -> io::Result<File> {
+        // The file leaves the spool: its bytes no longer count against the budget.
         self.file.persist(path).map_err(|e| e.error)
     }
 }
@@ -440,6 +449,8 @@ struct Plain {
     content_id: String,
     content_type: String,
     file: File,
+    /// The decrypted bytes held against the spool budget.
+    _charge: SpoolCharge,
 }
 
 /// What the signature verifier and the decompressor read a part from.
@@ -514,10 +525,15 @@ fn decrypt_stage(
             None => tempfile::tempfile(),
         }
         .map_err(io_fail)?;
+        let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
         {
-            let mut w = BufWriter::new(&mut file);
+            let mut w = BufWriter::new(Charged {
+                inner: &mut file,
+                charge: &mut charge,
+            });
             let mut body = att.body().map_err(io_fail)?;
-            dec.decrypt_part(part, &mut body, &mut w)?;
+            dec.decrypt_part(part, &mut body, &mut w)
+                .map_err(|e| spool_full_or(e, policy))?;
             w.flush().map_err(io_fail)?;
         }
         out.push(Plain {
@@ -527,6 +543,7 @@ fn decrypt_stage(
                 .clone()
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
             file,
+            _charge: charge,
         });
     }
     let info = EncryptionInfo {
@@ -642,11 +659,14 @@ fn deliver(
         None => builder.tempfile(),
     }
     .map_err(io_fail)?;
+    let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
     let (len, sha256) = {
         let mut hashing = HashingWriter {
             inner: BufWriter::with_capacity(64 * 1024, file.as_file()),
             hash: Sha256::new(),
             len: 0,
+            charge: &mut charge,
+            spool_full: None,
         };
         let input = source.open().map_err(io_fail)?;
         if compression.compressed {
@@ -659,6 +679,13 @@ fn deliver(
         } else {
             let mut input = input;
             io::copy(&mut input, &mut hashing).map_err(io_fail)?;
+        }
+        if let Some(full) = hashing.spool_full.take() {
+            // Within its cap, but the spool had no room for it: not the message's fault.
+            return Err(EbmsError::retry_later(format!(
+                "payload cid:{cid}: {full}; the message can be received once messages in \
+                 flight are done (send it again later)"
+            )));
         }
         hashing.inner.flush().map_err(io_fail)?;
         (hashing.len, hashing.hash.finish())
@@ -679,23 +706,47 @@ fn deliver(
         len,
         sha256,
         file,
+        _charge: charge,
     })
 }
 
-struct HashingWriter<W: Write> {
+/// Writes a delivered part to its file, hashing and counting it, and charging the spool
+/// budget. When the budget has no more room it keeps counting without writing: the
+/// decompressor then still finds a part over its cap (a bomb, `EBMS:0303`), and one
+/// within it is answered as transient ([`EbmsError::retry_later`]) afterwards.
+struct HashingWriter<'c, W: Write> {
     inner: W,
     hash: Sha256,
     len: u64,
+    charge: &'c mut SpoolCharge,
+    spool_full: Option<io::Error>,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
+        if self.spool_full.is_none() {
+            match self.charge.grow(buf.len() as u64) {
+                Ok(()) => {
+                    self.inner.write_all(buf)?;
+                    self.hash.update(buf);
+                }
+                Err(e) => self.spool_full = Some(e),
+            }
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A failure while writing a decrypted part: transient when the spool budget ran out,
+/// else the decryption error as it was.
+fn spool_full_or(e: EbmsError, policy: &ReceivePolicy) -> EbmsError {
+    match &policy.spool_budget {
+        // The decryptor reports the writer's failure in its detail (see crate::spool).
+        Some(_) if e.detail.contains("spool budget") => EbmsError::retry_later(e.detail),
+        _ => e,
     }
 }

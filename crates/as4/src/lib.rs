@@ -28,5 +28,6 @@ pub mod outbound;
 pub mod pmode;
 pub mod receive;
 pub mod security;
+pub mod spool;
 
 pub use error::{EbmsError, ErrorCode};

@@ -50,6 +50,11 @@ pub struct SendPolicy<'a> {
     pub encryption: Option<EncryptionSettings<'a>>,
     /// Whether payloads are gzip-compressed (AS4 compression feature).
     pub compress: bool,
+    /// The payloads are gzip already (a relay forwarding parts as they came, or a test
+    /// that needs a hand-made stream): sent as they are, marked compressed
+    /// (`CompressionType`, with the payload's `mime_type` as `MimeType`). Set
+    /// [`SendPolicy::compress`] false with it.
+    pub already_gzip: bool,
 }
 
 impl<'a> SendPolicy<'a> {
@@ -78,6 +83,7 @@ impl<'a> SendPolicy<'a> {
                 token_reference,
             }),
             compress,
+            already_gzip: false,
         }
     }
 }
@@ -162,7 +168,7 @@ pub fn send(
         part.properties = p.properties;
         part.properties
             .retain(|q| q.name != PROP_COMPRESSION_TYPE && q.name != PROP_MIME_TYPE);
-        let content_type = if policy.compress {
+        let content_type = if policy.compress || policy.already_gzip {
             part.properties
                 .push(Property::new(PROP_COMPRESSION_TYPE, GZIP_MIME_TYPE));
             part.properties

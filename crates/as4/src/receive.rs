@@ -42,6 +42,7 @@ use crate::pmode::enforce::{self, PartFacts};
 use crate::pmode::model::{Binding, Leg, PModeSet, Party};
 use crate::pmode::routing::{self, InboundKey};
 use crate::security::sign::SigningIdentity;
+use crate::spool::Spool;
 
 /// This access point's own keys, and the partners' signing certificates: what receiving
 /// (and signing receipts and signals) needs besides the PModes.
@@ -213,8 +214,9 @@ impl Arrival {
 
 /// Accepts the user message in `package`, whose SOAP root the caller read into
 /// `envelope`, for this access point (`identity`) under `pmodes`, at `now`; payloads are
-/// spooled into `spool_dir` (best on the store's file system). See the [module
-/// documentation](self) for the stages and how each refusal is signed.
+/// spooled into `spool` (its directory best on the store's file system, its budget shared
+/// by every reception in flight). See the [module documentation](self) for the stages
+/// and how each refusal is signed.
 pub fn accept<'p>(
     package: &MimePackage,
     envelope: Envelope,
@@ -222,7 +224,7 @@ pub fn accept<'p>(
     pmodes: &'p PModeSet,
     identity: &LocalIdentity,
     now: OffsetDateTime,
-    spool_dir: Option<&Path>,
+    spool: &Spool,
 ) -> Result<Accepted<'p>, Refusal> {
     let Some(um) = envelope.messaging.user_message.clone() else {
         return Err(Refusal::new(
@@ -288,7 +290,8 @@ pub fn accept<'p>(
     let refuse = |e: EbmsError| identity.refusal(e, Some(&id), Some(leg));
 
     // Stage 3: decrypt, verify, trust, decompress.
-    let policy = identity.receive_policy(leg, partner, now, spool_dir);
+    let mut policy = identity.receive_policy(leg, partner, now, spool.dir.as_deref());
+    policy.spool_budget = spool.budget.clone();
     let received = inbound::receive_envelope(package, envelope, &policy).map_err(refuse)?;
 
     // Stage 4: the leg's properties and payload profile.
@@ -330,9 +333,9 @@ pub fn accept_package<'p>(
     pmodes: &'p PModeSet,
     identity: &LocalIdentity,
     now: OffsetDateTime,
-    spool_dir: Option<&Path>,
+    spool: &Spool,
 ) -> Result<Accepted<'p>, Refusal> {
     let envelope =
         soap::parse_envelope(&package.root().content).map_err(|e| Refusal::new(e, None, None))?;
-    accept(package, envelope, arrival, pmodes, identity, now, spool_dir)
+    accept(package, envelope, arrival, pmodes, identity, now, spool)
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
@@ -22,6 +23,7 @@ use varti_as4::pmode::model::{Leg, PModeSet};
 use varti_as4::receive::{accept, accept_package, Accepted, Arrival, LocalIdentity, Refusal};
 use varti_as4::security::dom::XmlDocument;
 use varti_as4::security::token::NS_DS;
+use varti_as4::spool::{Spool, SpoolBudget};
 
 const PARTY_TYPE: &str = "urn:oasis:names:tc:ebcore:partyid-type:unregistered";
 
@@ -66,6 +68,7 @@ non_repudiation = false
 
 [compression.default]
 enabled = true
+max_decompressed_size = "1MiB"
 
 [properties.default]
 required = ["originalSender"]
@@ -200,6 +203,8 @@ struct Setup {
     set: PModeSet,
     identity: LocalIdentity,
     spool: tempfile::TempDir,
+    /// The spool budget (unbounded unless a test sets one).
+    budget: Arc<SpoolBudget>,
 }
 
 fn setup() -> Setup {
@@ -209,6 +214,7 @@ fn setup() -> Setup {
         _pmodes_dir: pmodes_dir,
         identity: varti_b(),
         spool: tempfile::tempdir().unwrap(),
+        budget: SpoolBudget::new(u64::MAX),
     }
 }
 
@@ -230,8 +236,16 @@ impl Setup {
             &self.set,
             &self.identity,
             now,
-            Some(self.spool.path()),
+            &self.spool(),
         )
+    }
+
+    /// The spool directory, with a budget of `self.budget` bytes.
+    fn spool(&self) -> Spool {
+        Spool {
+            dir: Some(self.spool.path().to_path_buf()),
+            budget: Some(self.budget.clone()),
+        }
     }
 
     /// `accept` with the envelope the caller read.
@@ -241,7 +255,7 @@ impl Setup {
         envelope: soap::Envelope,
     ) -> Result<Accepted<'_>, Refusal> {
         let now = OffsetDateTime::now_utc();
-        let spool = Some(self.spool.path());
+        let spool = self.spool();
         accept(
             package,
             envelope,
@@ -249,7 +263,7 @@ impl Setup {
             &self.set,
             &self.identity,
             now,
-            spool,
+            &spool,
         )
     }
 
@@ -557,4 +571,61 @@ fn a_message_must_arrive_the_way_its_leg_binds() {
     );
     assert!(refusal.error.detail.contains("pulled"), "{}", refusal.error);
     assert_eq!(files_in(t.spool.path()), 0, "nothing spooled");
+}
+
+/// The spool budget bounds what a reception writes: a compression bomb is still refused
+/// as one (EBMS:0303, found by inflating on without writing once the budget is used up),
+/// a message within its caps that finds no room is transient (the sender tries again),
+/// and every byte is given back afterwards.
+#[test]
+fn the_spool_budget_bounds_disk_use_and_bombs_are_still_refused() {
+    let mut t = setup();
+    t.budget = SpoolBudget::new(64 * 1024);
+
+    // 4 MiB of zeros on a leg whose parts may inflate to 1 MiB.
+    let mut bomb = Msg::good();
+    bomb.content = vec![0; 4 << 20];
+    let (package, um) = t.seal("signed", bomb);
+    let refusal = t.receive(&package).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::DecompressionFailure,
+        &um.message_info.message_id,
+        true,
+    );
+    assert!(!refusal.error.transient);
+    assert!(t.budget.peak() <= 64 * 1024, "peak {}", t.budget.peak());
+    assert_eq!(t.budget.used(), 0, "every byte given back");
+
+    // 512 KiB of text: within the cap, but more than the spool can hold now.
+    let mut large = Msg::good();
+    large.content = b"<doc>hello</doc>".repeat(32 * 1024);
+    let (package, _) = t.seal("signed", large);
+    let refusal = t.receive(&package).unwrap_err();
+    assert!(refusal.error.transient, "{}", refusal.error);
+    assert!(
+        refusal.error.detail.contains("spool budget"),
+        "{}",
+        refusal.error
+    );
+    assert_eq!(t.budget.used(), 0);
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+
+    // Incompressible content larger than the budget fails while decrypting: transient too.
+    let mut noise = Msg::good();
+    noise.content = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (package, _) = t.seal("signed", noise);
+    let refusal = t.receive(&package).unwrap_err();
+    assert!(refusal.error.transient, "{}", refusal.error);
+    assert_eq!(t.budget.used(), 0);
+
+    // With room again, a message is accepted and holds its bytes until it is dropped.
+    t.budget = SpoolBudget::new(1 << 20);
+    let (package, _) = t.seal("signed", Msg::good());
+    let accepted = t.receive(&package).unwrap();
+    assert!(t.budget.used() > 0);
+    drop(accepted);
+    assert_eq!(t.budget.used(), 0);
 }

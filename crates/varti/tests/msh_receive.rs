@@ -46,6 +46,8 @@ struct Msg<'a> {
     /// Signing key and certificate (paths under the repository).
     signer: (&'a str, &'a str),
     encrypt: bool,
+    /// The payloads are gzip already: sent as they are, with the compression properties.
+    precompressed: bool,
 }
 
 impl<'a> Msg<'a> {
@@ -63,6 +65,7 @@ impl<'a> Msg<'a> {
             payloads: Vec::new(),
             signer: ("certs/varti-b/sign.key.pem", "certs/varti-b/sign.cert.pem"),
             encrypt: true,
+            precompressed: false,
         }
     }
 
@@ -97,14 +100,15 @@ impl<'a> Msg<'a> {
         let sign_key = key(self.signer.0);
         let sign_cert = cert(self.signer.1);
         let enc = cert("certs/varti-a/enc.cert.pem");
-        let policy = SendPolicy::new(
+        let mut policy = SendPolicy::new(
             &AS4_1_15,
             TokenReference::BinarySecurityToken,
             &sign_key,
             &sign_cert,
             self.encrypt.then_some(&*enc),
-            true,
+            !self.precompressed,
         );
+        policy.already_gzip = self.precompressed;
         let mut contents: Vec<&[u8]> = self.payloads.iter().map(|(_, b)| b.as_slice()).collect();
         let payloads = self
             .payloads
@@ -290,4 +294,151 @@ fn receiver_acknowledges_and_refuses_by_pmode_and_security() {
             ("ping-1@test".to_owned(), "varti:test-service".to_owned())
         ]
     );
+}
+
+/// A gzip member that inflates to `1 + 258 × (1 + 8n)` zero bytes in a few percent of
+/// that: one fixed-Huffman deflate block of a literal zero followed by back-references
+/// (length 258, distance 1). Written by hand because compressing gigabytes with a real
+/// compressor would take the test a minute. The CRC in the trailer is left 0: a receiver
+/// must stop at its cap long before it would check it.
+fn gzip_bomb(n: usize) -> Vec<u8> {
+    /// Bits packed least significant first; Huffman codes go most significant bit first.
+    #[derive(Default)]
+    struct Bits {
+        out: Vec<u8>,
+        acc: u32,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u32, count: u32) {
+            self.acc |= value << self.n;
+            self.n += count;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        fn code(&mut self, code: u32, len: u32) {
+            self.put(code.reverse_bits() >> (32 - len), len);
+        }
+        /// Length 258 (symbol 285, 8 bits) at distance 1 (code 0, 5 bits).
+        fn repeat(&mut self) {
+            self.code(0xC5, 8);
+            self.code(0, 5);
+        }
+    }
+    // BFINAL, BTYPE = fixed Huffman, literal 0, one repeat: 24 bits, byte-aligned.
+    let mut head = Bits::default();
+    head.put(1, 1);
+    head.put(1, 2);
+    head.code(0x30, 8);
+    head.repeat();
+    assert_eq!(head.n, 0);
+    // Eight repeats are 104 bits: 13 bytes that repeat as they are.
+    let mut eight = Bits::default();
+    (0..8).for_each(|_| eight.repeat());
+    assert_eq!((eight.n, eight.out.len()), (0, 13));
+    let mut end = Bits::default();
+    end.code(0, 7); // end of block
+    end.put(0, 1); // pad to a byte
+    let inflated = 1 + 258 * (1 + 8 * n as u64);
+    let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    gz.extend_from_slice(&head.out);
+    gz.extend(std::iter::repeat_n(eight.out.as_slice(), n).flatten());
+    gz.extend_from_slice(&end.out);
+    gz.extend_from_slice(&0u32.to_le_bytes());
+    gz.extend_from_slice(&(inflated as u32).to_le_bytes());
+    gz
+}
+
+#[test]
+fn a_small_bomb_inflates_to_its_size() {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gzip_bomb(1000)[..])
+        .read_to_end(&mut out)
+        .unwrap_err(); // the CRC is left 0 …
+    assert_eq!(out.len(), 1 + 258 * 8001, "… after every byte was inflated");
+    assert!(out.iter().all(|b| *b == 0));
+}
+
+/// Issue 13: three 4 GiB gzip bombs at once, on a leg whose parts may inflate to 1 GiB,
+/// with a 256 MiB spool budget: each is refused with EBMS:0303, the spool directory never
+/// holds more than the budget, and nothing is left or stored afterwards.
+#[test]
+fn three_gzip_bombs_in_parallel_stay_within_the_spool_budget() {
+    const BUDGET: u64 = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let served = spawn_serve(
+        dir.path(),
+        &plain_config(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+             [limits]\nspool_budget_bytes = {BUDGET}\n"
+        )),
+        &["--insecure-http"],
+    );
+    let bomb = gzip_bomb((4usize << 30) / (258 * 8));
+    let sealed: Vec<_> = (0..3)
+        .map(|i| {
+            let mut m = Msg::test_service(&format!("bomb-{i}@test"));
+            m.payloads = vec![("application/xml", bomb.clone())];
+            m.precompressed = true;
+            m.seal()
+        })
+        .collect();
+    drop(bomb);
+    let spool = dir.path().join("data/spool");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (answers, most) = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            let mut most = 0u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(dir_bytes(&spool));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        let posts: Vec<_> = sealed
+            .iter()
+            .map(|m| s.spawn(|| post(&served, m)))
+            .collect();
+        let answers: Vec<HttpResponse> = posts.into_iter().map(|p| p.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (answers, watch.join().unwrap())
+    });
+    for r in &answers {
+        assert_error(r, "EBMS:0303", "a 4 GiB bomb on a 1 GiB cap");
+        assert!(
+            r.body.contains("larger than the limit of 1073741824 bytes"),
+            "refused at the cap: {}",
+            r.body
+        );
+    }
+    assert!(
+        most <= BUDGET,
+        "the spool held {most} bytes, over the {BUDGET}-byte budget"
+    );
+    assert!(most > 0, "the watcher saw the spool in use");
+    assert_eq!(dir_bytes(&spool), 0, "nothing left in the spool");
+    assert_eq!(
+        dir_bytes(&dir.path().join("data/store/payloads")),
+        0,
+        "nothing stored"
+    );
+}
+
+/// Bytes of the regular files under `dir` (0 when it does not exist).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

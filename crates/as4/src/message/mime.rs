@@ -44,12 +44,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use memchr::memmem;
 use openssl::sha::Sha256;
 
 use crate::error::{EbmsError, ErrorCode};
+use crate::spool::{SpoolBudget, SpoolCharge};
 
 // ---------------------------------------------------------------------------------------
 // Errors and limits
@@ -80,6 +82,9 @@ impl MimeError {
         let code = match self {
             MimeError::Malformed(_) | MimeError::LimitExceeded(_) => ErrorCode::MimeInconsistency,
             MimeError::Unsupported(_) => ErrorCode::FeatureNotSupportedInconsistency,
+            MimeError::Io(e) if e.kind() == io::ErrorKind::StorageFull => {
+                return EbmsError::retry_later(self.to_string())
+            }
             MimeError::Io(_) => ErrorCode::Other,
         };
         EbmsError::new(code, self.to_string())
@@ -113,6 +118,11 @@ pub struct MimeLimits {
     pub spill_threshold: usize,
     /// Where spill files go; `None` means the system temporary directory.
     pub temp_dir: Option<PathBuf>,
+    /// The disk budget spill files are charged to, shared with every request in flight;
+    /// `None`: unbounded. A spill it cannot take fails with
+    /// [`io::ErrorKind::StorageFull`], which [`MimeError::to_ebms`] makes a transient
+    /// error.
+    pub spool_budget: Option<Arc<SpoolBudget>>,
 }
 
 impl Default for MimeLimits {
@@ -125,6 +135,7 @@ impl Default for MimeLimits {
             max_total_size: 8 * 1024 * 1024 * 1024,
             spill_threshold: 1024 * 1024,
             temp_dir: None,
+            spool_budget: None,
         }
     }
 }
@@ -456,7 +467,11 @@ pub struct RootPart {
 #[derive(Debug)]
 enum Storage {
     Memory(Vec<u8>),
-    File(tempfile::NamedTempFile),
+    /// A spill file, and the bytes it holds against the spool budget.
+    File {
+        file: tempfile::NamedTempFile,
+        _charge: SpoolCharge,
+    },
 }
 
 /// One attachment part. Its content lives in memory or, past the spill threshold, in a
@@ -516,14 +531,14 @@ impl Attachment {
 
     /// Whether the content was moved to a temporary file.
     pub fn is_spilled(&self) -> bool {
-        matches!(self.storage, Storage::File(_))
+        matches!(self.storage, Storage::File { .. })
     }
 
     /// Opens a reader over the content. Each call starts from the beginning.
     pub fn body(&self) -> io::Result<Box<dyn Read + Send + '_>> {
         match &self.storage {
             Storage::Memory(v) => Ok(Box::new(v.as_slice())),
-            Storage::File(f) => {
+            Storage::File { file: f, .. } => {
                 let mut file = f.reopen()?;
                 file.rewind()?;
                 Ok(Box::new(io::BufReader::with_capacity(64 * 1024, file)))
@@ -1061,6 +1076,7 @@ struct PartSink {
     hasher: Sha256,
     memory: Vec<u8>,
     file: Option<io::BufWriter<tempfile::NamedTempFile>>,
+    charge: SpoolCharge,
     b64: Base64Stream,
 }
 
@@ -1091,6 +1107,7 @@ impl PartSink {
             hasher: Sha256::new(),
             memory: Vec::new(),
             file: None,
+            charge: SpoolCharge::default(),
             b64: Base64Stream::default(),
         }
     }
@@ -1126,10 +1143,13 @@ impl PartSink {
         }
         self.hasher.update(data);
         if let Some(f) = &mut self.file {
+            self.charge.grow(data.len() as u64)?;
             f.write_all(data)?;
             return Ok(());
         }
         if !self.is_root && self.memory.len() + data.len() > limits.spill_threshold {
+            self.charge = SpoolCharge::new(limits.spool_budget.as_ref());
+            self.charge.grow((self.memory.len() + data.len()) as u64)?;
             let tmp = match &limits.temp_dir {
                 Some(d) => tempfile::NamedTempFile::new_in(d)?,
                 None => tempfile::NamedTempFile::new()?,
@@ -1153,7 +1173,10 @@ impl PartSink {
             self.len += tail.len() as u64;
             self.hasher.update(&tail);
             match &mut self.file {
-                Some(f) => f.write_all(&tail)?,
+                Some(f) => {
+                    self.charge.grow(tail.len() as u64)?;
+                    f.write_all(&tail)?
+                }
                 None => self.memory.extend_from_slice(&tail),
             }
         }
@@ -1171,7 +1194,10 @@ impl PartSink {
                 Some(f) => {
                     let mut tmp = f.into_inner().map_err(|e| e.into_error())?;
                     tmp.flush()?;
-                    Storage::File(tmp)
+                    Storage::File {
+                        file: tmp,
+                        _charge: self.charge,
+                    }
                 }
                 None => Storage::Memory(self.memory),
             };
