@@ -10,6 +10,7 @@
 //! * `sender_retries_on_the_clock`: the push sender's retry schedule, driven by moving the
 //!   access point's manual clock instead of waiting minutes.
 
+mod chaos_support;
 mod pair_support;
 mod serve_support;
 
@@ -39,6 +40,7 @@ use varti_as4::outbound::{build_error_signal, build_pull_request, build_receipt,
 use varti_as4::security::profile::AS4_1_15;
 use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
+use varti_store::postgres::testing::TestSchema;
 use varti_store::{MessageMeta, NewOutbound, PayloadEntry, SledStore, State};
 
 const MPC: &str = "urn:varti:test:mpc:pull";
@@ -712,8 +714,10 @@ async fn sender_retries_on_the_clock() {
 /// A signed PullRequest is answered once, by either instance of a pair: the same bytes
 /// again (to the other instance too, and after the lease of what it took expired), the
 /// same MessageId re-signed, and a request with a stale timestamp all hand out nothing.
+/// In process, two instances over one store, on the injected clock (the lease and the
+/// freshness window are moved through, not waited out).
 #[test]
-fn pull_request_replay_is_refused() {
+fn pull_request_replay_in_process_on_the_clock() {
     let pair = Pair::new();
     let clock = Clock::manual(OffsetDateTime::now_utc());
     let a1 = open(&pair, "a", 30, &clock);
@@ -773,4 +777,144 @@ fn pull_request_replay_is_refused() {
     // A fresh request is answered as usual, by either instance.
     let (status, _, _) = post(&a2, SOAP12, pull_request(&b, MPC));
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Issue 21, through real processes: two `varti serve` instances of varti-a on one
+/// PostgreSQL store hold three messages for varti-b; the test, as varti-b, signs one
+/// PullRequest and sends it over mutual TLS. The first answer hands out a message; the same
+/// bytes again to either instance, the same MessageId signed anew, and a fresh id with a
+/// six-minute-old timestamp are each refused with EBMS:0101 and hand out nothing.
+#[test]
+fn pull_request_replay_is_refused() {
+    let schema = TestSchema::migrated();
+    let pair = Pair::new();
+    let config = format!(
+        "[client]\nrequest_timeout_secs = 20\n[sender]\npoll_interval_ms = 100\nlease_secs = 30\n{}",
+        chaos_support::postgres_store_config(schema.url(), schema.name())
+    );
+    pair.layout.rewrite_config(&pair.layout.a, &config).unwrap();
+    let a2 = pair
+        .layout
+        .add_instance(&pair.layout.a, "a2", &config)
+        .unwrap();
+    let a1 = pair.start("a");
+    let a2 = pair_support::Node {
+        served: serve_support::spawn_serve_in(&a2.dir, &["--config", "varti.toml"]),
+        backend: a2.backend(),
+        token: a2.token.clone(),
+        dir: a2.dir.clone(),
+    };
+    let waiting: Vec<String> = (0..3)
+        .map(|i| {
+            a1.submit(
+                serde_json::json!({"to_party": "varti-b", "service": "urn:varti:test:pull", "action": "Pull"}),
+                &[("document", "application/xml", format!("<m{i}/>").as_bytes())],
+            )
+        })
+        .collect();
+    let states = || -> Vec<String> {
+        waiting
+            .iter()
+            .map(|id| {
+                a1.message(id).unwrap()["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+
+    let certs = repo().join("certs");
+    let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(&read("varti-b/sign.key.pem")).unwrap();
+    let cert = openssl::x509::X509::from_pem(&read("varti-b/sign.cert.pem")).unwrap();
+    let b = SigningIdentity {
+        profile: &AS4_1_15,
+        key: &key,
+        certificate: &cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let signed = |id: &str, at: OffsetDateTime| -> Vec<u8> {
+        let signal = SignalMessage {
+            message_info: MessageInfo {
+                timestamp: Timestamp::from_datetime(at),
+                message_id: id.to_owned(),
+                ref_to_message_id: None,
+            },
+            kind: SignalKind::PullRequest(PullRequest {
+                mpc: Some(MPC.to_owned()),
+            }),
+        };
+        build_signal(signal, Some(&b)).unwrap().into_bytes()
+    };
+    let post_to = |node: &pair_support::Node, body: &[u8]| {
+        let mut tls = serve_support::openssl_connect(
+            node.served.msh,
+            openssl::ssl::SslVersion::TLS1_2,
+            &certs.join("ca.cert.pem"),
+            Some((
+                &certs.join("varti-b/tls.cert.pem"),
+                &certs.join("varti-b/tls.key.pem"),
+            )),
+        )
+        .unwrap();
+        serve_support::http_request(
+            &mut tls,
+            "POST",
+            "/msh",
+            &format!("Content-Type: {SOAP12}\r\n"),
+            body,
+        )
+        .unwrap()
+    };
+    let refused = |node: &pair_support::Node, body: &[u8], why: &str| -> String {
+        let r = post_to(node, body);
+        let codes = error_codes(r.body.as_bytes());
+        assert_eq!(codes.len(), 1, "{why}: {} {}", r.head, r.body);
+        assert_eq!(
+            codes[0].0,
+            Some(ErrorCode::FailedAuthentication),
+            "{why}: {}",
+            r.body
+        );
+        codes[0].1.clone()
+    };
+
+    let request = signed("replayed-pull@varti.test", OffsetDateTime::now_utc());
+    let r = post_to(&a1, &request);
+    assert_eq!(r.status, 200, "the first request is answered: {}", r.head);
+    assert!(
+        r.head.to_ascii_lowercase().contains("multipart/related"),
+        "{}",
+        r.head
+    );
+    assert_eq!(states().iter().filter(|s| *s == "sending").count(), 1);
+
+    for (node, name) in [(&a1, "a"), (&a2, "a2")] {
+        let text = refused(node, &request, &format!("the same bytes to {name}"));
+        assert!(text.contains("already answered"), "{text}");
+    }
+    let text = refused(
+        &a2,
+        &signed("replayed-pull@varti.test", OffsetDateTime::now_utc()),
+        "the same MessageId re-signed",
+    );
+    assert!(text.contains("already answered"), "{text}");
+    let text = refused(
+        &a1,
+        &signed(
+            "stale-pull@varti.test",
+            OffsetDateTime::now_utc() - Duration::from_secs(360),
+        ),
+        "a six-minute-old timestamp",
+    );
+    assert!(text.contains("eb:Timestamp"), "{text}");
+    assert_eq!(
+        states().iter().filter(|s| *s == "sending").count(),
+        1,
+        "nothing more handed out: {:?}",
+        states()
+    );
+    drop(a2);
+    drop(a1);
 }
