@@ -3,6 +3,9 @@
 //! "received" notified only by the caller that marked the message delivered (real sled
 //! store, real `AccessPoint` over the repository's PModes and keys).
 
+mod pair_support;
+mod serve_support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -737,7 +740,7 @@ fn two_instances_on_postgresql_notify_received_once() {
 /// with 40 of `portal`'s notifications stuck on a target that never answers, `poller`'s
 /// notification is delivered at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhooks_one_hung_client_does_not_delay_others() {
+async fn webhooks_one_hung_client_does_not_delay_others_in_process() {
     let hung = Hung::start().await;
     let backend = Backend::start(vec![200], None).await;
     let fixture = Fixture::new();
@@ -779,4 +782,73 @@ async fn webhooks_one_hung_client_does_not_delay_others() {
         "the hung client never had more than its share in flight"
     );
     token.cancel();
+}
+
+/// Issue 21 through real processes: varti-a's `portal` has a webhook target that never
+/// answers, `poller` a working one. With 40 of portal's `sent` notifications hanging,
+/// poller's `sent` notification for its own message arrives within 1 s of being made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_one_hung_client_does_not_delay_others() {
+    let hung = Hung::start().await;
+    let backend = Backend::start(vec![200], None).await;
+    let poller_token = "poller-token-1";
+    let pair = pair_support::Pair::new();
+    let extra = format!(
+        "webhook_url = \"http://{}/hook\"\nwebhook_secret = \"{SECRET}\"\n\
+         [[backend.clients]]\nname = \"poller\"\ntoken_sha256 = \"{}\"\n\
+         webhook_url = \"http://{}/hook\"\nwebhook_secret = \"{SECRET}\"\n\
+         [client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
+         [sender]\npoll_interval_ms = 100\nlease_secs = 30\n",
+        hung.addr,
+        varti::pair::token_sha256(poller_token),
+        backend.addr
+    );
+    pair.layout.rewrite_config(&pair.layout.a, &extra).unwrap();
+    let (pair, a, _b) = tokio::task::spawn_blocking(move || {
+        let a = pair.start("a");
+        let b = pair.start("b");
+        (pair, a, b)
+    })
+    .await
+    .unwrap();
+    let a = Arc::new(a);
+    let submit = |token: String, n: usize| {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|i| {
+                    a.submit_as(
+                        &token,
+                        serde_json::json!({"to_party": "varti-b", "service": "urn:varti:test:exchange", "action": "Deliver"}),
+                        &[("doc", "application/xml", format!("<doc>{i}</doc>").as_bytes())],
+                    )
+                })
+                .collect::<Vec<String>>()
+        })
+    };
+    submit(a.token.clone(), 40).await.unwrap();
+    // Portal's share of webhook requests is in flight, each waiting out its timeout.
+    hung.wait_for(8).await;
+    let ours = submit(poller_token.to_owned(), 1).await.unwrap();
+    let seen = backend.wait_for(1).await;
+    let arrived = OffsetDateTime::now_utc();
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["message_id"], ours[0].as_str());
+    assert_eq!(body["event"], "sent");
+    let made = OffsetDateTime::parse(
+        body["at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        arrived - made < time::Duration::seconds(1),
+        "poller's notification took {} to arrive",
+        arrived - made
+    );
+    assert_eq!(
+        hung.connections.load(Ordering::SeqCst),
+        8,
+        "portal kept to its share"
+    );
+    drop(pair);
 }

@@ -144,6 +144,16 @@ impl Node {
     /// Submits a message: `metadata` JSON plus files (name, mime type, bytes). Returns the
     /// MessageId.
     pub fn submit(&self, metadata: serde_json::Value, files: &[(&str, &str, &[u8])]) -> String {
+        self.submit_as(&self.token, metadata, files)
+    }
+
+    /// [`Node::submit`] as another backend client (its `token`).
+    pub fn submit_as(
+        &self,
+        token: &str,
+        metadata: serde_json::Value,
+        files: &[(&str, &str, &[u8])],
+    ) -> String {
         let boundary = "varti-test-boundary-7f3a";
         let mut meta = metadata;
         // Payload specs the caller gave (with part properties) are kept.
@@ -171,7 +181,8 @@ impl Node {
             body.extend_from_slice(b"\r\n");
         }
         body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        let r = self.api(
+        let r = self.api_as(
+            token,
             "POST",
             "/api/v1/messages",
             Some(&format!("multipart/form-data; boundary={boundary}")),
