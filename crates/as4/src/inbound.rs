@@ -660,35 +660,61 @@ fn deliver(
     }
     .map_err(io_fail)?;
     let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
-    let (len, sha256) = {
-        let mut hashing = HashingWriter {
-            inner: BufWriter::with_capacity(64 * 1024, file.as_file()),
-            hash: Sha256::new(),
-            len: 0,
-            charge: &mut charge,
-            spool_full: None,
-        };
+    let inflate = |out: &mut HashingWriter<'_, BufWriter<&File>>| -> Result<(), EbmsError> {
         let input = source.open().map_err(io_fail)?;
-        if compression.compressed {
-            compress::gunzip(input, &mut hashing, policy.decompression_cap).map_err(|e| {
+        compress::gunzip(input, out, policy.decompression_cap)
+            .map(drop)
+            .map_err(|e| {
                 EbmsError::new(
                     ErrorCode::DecompressionFailure,
                     format!("payload cid:{cid}: {}", e.detail),
                 )
-            })?;
-        } else {
-            let mut input = input;
-            io::copy(&mut input, &mut hashing).map_err(io_fail)?;
+            })
+    };
+    let transient = |full: io::Error| {
+        // Within its caps, but the spool has no room for it: not the message's fault.
+        EbmsError::retry_later(format!(
+            "payload cid:{cid}: {full}; the message can be received once messages in flight \
+             are done (send it again later)"
+        ))
+    };
+    let (len, sha256) = if compression.compressed {
+        // First pass: at most INFLATE_PROBE bytes are written, the rest only counted, so
+        // a bomb is found (EBMS:0303) having taken little of the spool whatever its size.
+        let mut out = HashingWriter::new(file.as_file(), Some(&mut charge), INFLATE_PROBE);
+        inflate(&mut out)?;
+        match out.stopped.take() {
+            None => out.finish().map_err(io_fail)?,
+            Some(Stop::SpoolFull(full)) => return Err(transient(full)),
+            Some(Stop::Probe) => {
+                // Within the cap but larger than the probe: reserve the whole size, then
+                // inflate again, writing everything.
+                let total = out.len;
+                drop(out);
+                charge.grow(total - charge.bytes()).map_err(transient)?;
+                let f = file.as_file();
+                f.set_len(0).map_err(io_fail)?;
+                (&*f).rewind().map_err(io_fail)?;
+                let mut out = HashingWriter::new(f, None, u64::MAX);
+                inflate(&mut out)?;
+                let (len, sha256) = out.finish().map_err(io_fail)?;
+                if len != total {
+                    return Err(EbmsError::new(
+                        ErrorCode::DecompressionFailure,
+                        format!("payload cid:{cid} inflated to {total} bytes, then to {len}"),
+                    ));
+                }
+                (len, sha256)
+            }
         }
-        if let Some(full) = hashing.spool_full.take() {
-            // Within its cap, but the spool had no room for it: not the message's fault.
-            return Err(EbmsError::retry_later(format!(
-                "payload cid:{cid}: {full}; the message can be received once messages in \
-                 flight are done (send it again later)"
-            )));
+    } else {
+        let mut out = HashingWriter::new(file.as_file(), Some(&mut charge), u64::MAX);
+        let mut input = source.open().map_err(io_fail)?;
+        io::copy(&mut input, &mut out).map_err(io_fail)?;
+        match out.stopped.take() {
+            Some(Stop::SpoolFull(full)) => return Err(transient(full)),
+            _ => out.finish().map_err(io_fail)?,
         }
-        hashing.inner.flush().map_err(io_fail)?;
-        (hashing.len, hashing.hash.finish())
     };
     let mime_type = compression
         .mime_type
@@ -710,30 +736,71 @@ fn deliver(
     })
 }
 
-/// Writes a delivered part to its file, hashing and counting it, and charging the spool
-/// budget. When the budget has no more room it keeps counting without writing: the
-/// decompressor then still finds a part over its cap (a bomb, `EBMS:0303`), and one
-/// within it is answered as transient ([`EbmsError::retry_later`]) afterwards.
+/// How many inflated bytes the first pass over a compressed part writes before it only
+/// counts: a part larger than this is inflated twice (once to learn that it is within its
+/// cap, once to keep it), so that a bomb never takes more of the spool than this.
+const INFLATE_PROBE: u64 = 16 * 1024 * 1024;
+
+/// Why a [`HashingWriter`] stopped writing (it keeps counting).
+enum Stop {
+    /// The spool budget had no more room.
+    SpoolFull(io::Error),
+    /// The write limit (the probe) was reached.
+    Probe,
+}
+
+/// Writes a delivered part to its file, hashing and counting it, charging the spool budget
+/// (when given a charge) and writing at most `limit` bytes. Once it cannot write — no room
+/// in the budget, or past the limit — it keeps counting without writing, so that the
+/// decompressor still finds a part over its cap (a bomb, `EBMS:0303`).
 struct HashingWriter<'c, W: Write> {
     inner: W,
     hash: Sha256,
     len: u64,
-    charge: &'c mut SpoolCharge,
-    spool_full: Option<io::Error>,
+    limit: u64,
+    charge: Option<&'c mut SpoolCharge>,
+    stopped: Option<Stop>,
+}
+
+impl<'c> HashingWriter<'c, BufWriter<&'c File>> {
+    fn new(file: &'c File, charge: Option<&'c mut SpoolCharge>, limit: u64) -> Self {
+        HashingWriter {
+            inner: BufWriter::with_capacity(64 * 1024, file),
+            hash: Sha256::new(),
+            len: 0,
+            limit,
+            charge,
+            stopped: None,
+        }
+    }
+
+    /// Flushes; the length and SHA-256 of what was written.
+    fn finish(mut self) -> io::Result<(u64, [u8; 32])> {
+        self.inner.flush()?;
+        Ok((self.len, self.hash.finish()))
+    }
 }
 
 impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.spool_full.is_none() {
-            match self.charge.grow(buf.len() as u64) {
+        let n = buf.len() as u64;
+        if self.stopped.is_none() && self.len + n > self.limit {
+            self.stopped = Some(Stop::Probe);
+        }
+        if self.stopped.is_none() {
+            let charged = match self.charge.as_deref_mut() {
+                Some(charge) => charge.grow(n),
+                None => Ok(()),
+            };
+            match charged {
                 Ok(()) => {
                     self.inner.write_all(buf)?;
                     self.hash.update(buf);
                 }
-                Err(e) => self.spool_full = Some(e),
+                Err(e) => self.stopped = Some(Stop::SpoolFull(e)),
             }
         }
-        self.len += buf.len() as u64;
+        self.len += n;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

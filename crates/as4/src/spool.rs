@@ -12,6 +12,9 @@
 //! pipeline answers it with a transient error ([`EbmsError::retry_later`]) — the sender
 //! tries again later — except while decompressing: there it keeps inflating without
 //! writing, so that a part over its size cap is still refused as a bomb (`EBMS:0303`).
+//! The first inflation of a part writes at most 16 MiB anyway (a larger part within its
+//! cap is inflated a second time, its whole size reserved first), so that a bomb takes
+//! little of the budget and the other receptions in flight keep their room.
 //!
 //! [`EbmsError::retry_later`]: crate::error::EbmsError::retry_later
 
@@ -108,6 +111,11 @@ impl SpoolCharge {
             budget: budget.cloned(),
             bytes: 0,
         }
+    }
+
+    /// The bytes held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Holds `n` more bytes, or fails with [`io::ErrorKind::StorageFull`] when the budget
