@@ -36,12 +36,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a value of the wrong type.
-    #[error("configuration file {path} is invalid: {message}\n(every key is documented in deploy/varti.example.toml; unknown keys are refused so typos cannot go unnoticed)")]
+    #[error("configuration file {path} is invalid: {source}\n(every key is documented in deploy/varti.example.toml; unknown keys are refused so typos cannot go unnoticed)")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message (it names the key, line and column).
-        message: String,
+        /// The parser's error (it names the key, line and column).
+        source: toml::de::Error,
     },
     /// A value of the OOTS gateway's sections parsed but cannot work.
     #[error(transparent)]
@@ -269,9 +269,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Config::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_relative_to(base);
@@ -279,10 +279,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text without resolving paths or validating. The error is the parser's
-    /// message (with key, line and column).
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    /// Parses TOML text without resolving paths or validating. The error names the key,
+    /// line and column.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Makes every relative path absolute-ish by prefixing `base`.
@@ -570,13 +570,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::parse("[tls]\nclient_authh = \"required\"\n").unwrap_err();
+        let err = Config::parse("[tls]\nclient_authh = \"required\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("client_authh"), "{err}");
     }
 
     #[test]
     fn bad_enum_value_is_named() {
-        let err = Config::parse("[tls]\nclient_auth = \"maybe\"\n").unwrap_err();
+        let err = Config::parse("[tls]\nclient_auth = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("client_auth") || err.contains("maybe"),
             "{err}"

@@ -252,18 +252,41 @@ pub fn metrics(metrics: &Metrics) -> Response<Body> {
 }
 
 /// Days from now until the first certificate in the PEM file `path` expires (negative when
-/// it has expired). Errors name the file.
-pub fn cert_expiry_days(path: &Path) -> Result<f64, String> {
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("cannot read certificate {}: {e}", path.display()))?;
-    let cert = openssl::x509::X509::from_pem(&pem)
-        .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
-    let now = openssl::asn1::Asn1Time::days_from_now(0)
-        .map_err(|e| format!("cannot read the clock: {e}"))?;
-    let diff = now
-        .diff(cert.not_after())
-        .map_err(|e| format!("cannot compare the expiry of {}: {e}", path.display()))?;
+/// it has expired).
+pub fn cert_expiry_days(path: &Path) -> Result<f64, CertExpiryError> {
+    let pem = std::fs::read(path).map_err(|source| CertExpiryError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let openssl = |source| CertExpiryError::Certificate {
+        path: path.to_owned(),
+        source,
+    };
+    let cert = openssl::x509::X509::from_pem(&pem).map_err(openssl)?;
+    let now = openssl::asn1::Asn1Time::days_from_now(0).map_err(openssl)?;
+    let diff = now.diff(cert.not_after()).map_err(openssl)?;
     Ok(f64::from(diff.days) + f64::from(diff.secs) / 86_400.0)
+}
+
+/// Why [`cert_expiry_days`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CertExpiryError {
+    /// The file cannot be read.
+    #[error("cannot read certificate {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a PEM certificate, or its expiry cannot be compared with now.
+    #[error("{} is not a PEM certificate whose expiry can be read: {source}", path.display())]
+    Certificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// OpenSSL's errors.
+        source: openssl::error::ErrorStack,
+    },
 }
 
 #[cfg(test)]

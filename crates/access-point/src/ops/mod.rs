@@ -7,4 +7,4 @@ mod health;
 mod metrics;
 
 pub use health::{health, ready, Readiness};
-pub use metrics::{cert_expiry_days, metrics, Direction, Metrics, Outcome};
+pub use metrics::{cert_expiry_days, metrics, CertExpiryError, Direction, Metrics, Outcome};

@@ -73,6 +73,16 @@ pub struct Messaging {
     pub signals: Vec<SignalMessage>,
 }
 
+/// A timestamp that is not an `xsd:dateTime`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{lexical}` is not a valid xsd:dateTime ({why}); write it as YYYY-MM-DDThh:mm:ss[.fff][Z|±hh:mm], e.g. 2024-05-01T12:00:00.000Z")]
+pub struct InvalidTimestamp {
+    /// What was given.
+    pub lexical: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
 /// The ebMS3 timestamp: the instant and the exact lexical form it was written in.
 ///
 /// Both are kept because the lexical form is what a signature covers and what an
@@ -86,12 +96,10 @@ pub struct Timestamp {
 impl Timestamp {
     /// Parses an `xsd:dateTime` (ebMS3 Core §5.2.2.1). A value without a time zone
     /// is taken as UTC, which is what ebMS3 requires timestamps to be.
-    pub fn parse(lexical: &str) -> Result<Timestamp, String> {
-        let instant = parse_xsd_date_time(lexical).map_err(|why| {
-            format!(
-                "`{lexical}` is not a valid xsd:dateTime ({why}); write it as \
-                 YYYY-MM-DDThh:mm:ss[.fff][Z|±hh:mm], e.g. 2024-05-01T12:00:00.000Z"
-            )
+    pub fn parse(lexical: &str) -> Result<Timestamp, InvalidTimestamp> {
+        let instant = parse_xsd_date_time(lexical).map_err(|why| InvalidTimestamp {
+            lexical: lexical.to_owned(),
+            why,
         })?;
         Ok(Timestamp {
             instant,

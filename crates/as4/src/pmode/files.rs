@@ -113,7 +113,7 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// Options that judge certificates at `when`: an RFC 3339 date-time
     /// (`2025-06-01T00:00:00Z`) or a date (`2025-06-01`, midnight UTC).
-    pub fn at(when: &str) -> Result<LoadOptions, String> {
+    pub fn at(when: &str) -> Result<LoadOptions, InvalidInstant> {
         use time::format_description::well_known::Rfc3339;
         let parsed = time::OffsetDateTime::parse(when, &Rfc3339).or_else(|_| {
             let fmt = time::macros::format_description!("[year]-[month]-[day]");
@@ -124,11 +124,24 @@ impl LoadOptions {
                 at_unix: Some(t.unix_timestamp()),
                 ..LoadOptions::default()
             }),
-            Err(_) => Err(format!(
-                "'{when}' is not an RFC 3339 date-time (2025-06-01T00:00:00Z) or a date (2025-06-01)"
-            )),
+            Err(source) => Err(InvalidInstant {
+                given: when.to_owned(),
+                source,
+            }),
         }
     }
+}
+
+/// An instant given to [`LoadOptions::at`] that is neither an RFC 3339 date-time nor a
+/// date.
+#[derive(Debug, thiserror::Error)]
+#[error("'{given}' is not an RFC 3339 date-time (2025-06-01T00:00:00Z) or a date (2025-06-01)")]
+pub struct InvalidInstant {
+    /// What was given.
+    pub given: String,
+    /// Why the date form did not parse either.
+    #[source]
+    pub source: time::error::Parse,
 }
 
 impl Default for LoadOptions {

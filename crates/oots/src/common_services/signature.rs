@@ -103,6 +103,22 @@ impl std::fmt::Debug for TrustAnchors {
     }
 }
 
+/// Keys or certificates that cannot serve: unreadable PEM, or material of the wrong kind.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyMaterialError {
+    /// The PEM text cannot be read.
+    #[error("cannot read the {what} PEM: {source}")]
+    Pem {
+        /// Which PEM (trust-anchor, signing key, signing certificate).
+        what: &'static str,
+        /// OpenSSL's errors.
+        source: openssl::error::ErrorStack,
+    },
+    /// The material was read but cannot be used, and why.
+    #[error("{0}")]
+    Unusable(&'static str),
+}
+
 impl TrustAnchors {
     /// Anchors from certificates.
     pub fn new(certs: Vec<X509>) -> Self {
@@ -110,11 +126,15 @@ impl TrustAnchors {
     }
 
     /// Anchors from PEM text holding one or more certificates.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
-        let certs = X509::stack_from_pem(pem)
-            .map_err(|e| format!("cannot read the trust-anchor PEM: {e}"))?;
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyMaterialError> {
+        let certs = X509::stack_from_pem(pem).map_err(|source| KeyMaterialError::Pem {
+            what: "trust-anchor",
+            source,
+        })?;
         if certs.is_empty() {
-            return Err("the trust-anchor PEM holds no certificate".into());
+            return Err(KeyMaterialError::Unusable(
+                "the trust-anchor PEM holds no certificate",
+            ));
         }
         Ok(TrustAnchors { certs })
     }
@@ -465,9 +485,10 @@ impl ResponseSigner {
     /// A signer with a private key and its certificate chain (signer first). The
     /// algorithm follows the key: ES256/ES384/ES512 for EC P-256/P-384/P-521, RS256 for
     /// RSA.
-    pub fn new(key: PKey<Private>, chain: Vec<X509>) -> Result<Self, String> {
+    pub fn new(key: PKey<Private>, chain: Vec<X509>) -> Result<Self, KeyMaterialError> {
+        let unusable = KeyMaterialError::Unusable;
         if chain.is_empty() {
-            return Err("the signer needs its certificate".into());
+            return Err(unusable("the signer needs its certificate"));
         }
         let alg = match key.id() {
             Id::RSA => "RS256",
@@ -475,19 +496,22 @@ impl ResponseSigner {
                 Some(Nid::X9_62_PRIME256V1) => "ES256",
                 Some(Nid::SECP384R1) => "ES384",
                 Some(Nid::SECP521R1) => "ES512",
-                _ => return Err("the EC signing key must be on P-256, P-384 or P-521".into()),
+                _ => {
+                    return Err(unusable(
+                        "the EC signing key must be on P-256, P-384 or P-521",
+                    ))
+                }
             },
-            _ => return Err("the signing key must be RSA or EC".into()),
+            _ => return Err(unusable("the signing key must be RSA or EC")),
         };
         Ok(ResponseSigner { key, chain, alg })
     }
 
     /// A signer from PEM files' contents: the private key, and the certificate chain.
-    pub fn from_pem(key_pem: &[u8], chain_pem: &[u8]) -> Result<Self, String> {
-        let key = PKey::private_key_from_pem(key_pem)
-            .map_err(|e| format!("cannot read the signing key PEM: {e}"))?;
-        let chain = X509::stack_from_pem(chain_pem)
-            .map_err(|e| format!("cannot read the signing certificate PEM: {e}"))?;
+    pub fn from_pem(key_pem: &[u8], chain_pem: &[u8]) -> Result<Self, KeyMaterialError> {
+        let pem = |what| move |source| KeyMaterialError::Pem { what, source };
+        let key = PKey::private_key_from_pem(key_pem).map_err(pem("signing key"))?;
+        let chain = X509::stack_from_pem(chain_pem).map_err(pem("signing certificate"))?;
         Self::new(key, chain)
     }
 

@@ -225,7 +225,8 @@ struct Inventory {
 impl Inventory {
     fn gather(sources: &Sources) -> Result<Inventory, String> {
         let at_unix = match &sources.at {
-            Some(when) => LoadOptions::at(when)?
+            Some(when) => LoadOptions::at(when)
+                .map_err(|e| e.to_string())?
                 .at_unix
                 .expect("LoadOptions::at sets the time"),
             None => OffsetDateTime::now_utc().unix_timestamp(),

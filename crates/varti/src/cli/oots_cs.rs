@@ -277,8 +277,9 @@ pub fn standin(args: StandinArgs) -> anyhow::Result<ExitCode> {
             |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let signer = match read(k)
             .and_then(|key| Ok((key, read(c)?)))
-            .and_then(|(key, cert)| ResponseSigner::from_pem(&key, &cert))
-        {
+            .and_then(|(key, cert)| {
+                ResponseSigner::from_pem(&key, &cert).map_err(|e| e.to_string())
+            }) {
             Ok(s) => s,
             Err(e) => return cannot(e),
         };

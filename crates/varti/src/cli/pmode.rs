@@ -62,7 +62,7 @@ fn load(dir: &Path, at: Option<&str>) -> anyhow::Result<(PModeSet, Vec<Diagnosti
         anyhow::bail!("{} is not a directory of PMode files", dir.display());
     }
     let options = match at {
-        Some(at) => LoadOptions::at(at).map_err(anyhow::Error::msg)?,
+        Some(at) => LoadOptions::at(at)?,
         None => LoadOptions::default(),
     };
     Ok(pmode::load_dir_with(dir, &options))
