@@ -965,3 +965,50 @@ fn inbound_download_marks_delivered_and_ack_moves_to_downloaded() {
     );
     assert_eq!(r.status, 409, "{}", r.body);
 }
+
+/// `varti token new` makes a token and the configuration line for it: a `varti serve`
+/// given that line accepts the token, and the hash alone is what the configuration holds.
+#[test]
+fn token_new_makes_a_token_the_api_accepts() {
+    let (code, out, err) = common::varti(&["token", "new", "--client", "robot", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    let token = made["token"].as_str().unwrap();
+    assert_eq!(token.len(), 64, "32 random bytes in hex: {token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let sha = made["token_sha256"].as_str().unwrap();
+    assert_eq!(sha, varti::pair::token_sha256(token));
+    assert_eq!(made["client"], "robot");
+    // Two runs never make the same token.
+    let (_, again, _) = common::varti(&["token", "new", "--json"]);
+    assert_ne!(
+        serde_json::from_str::<Value>(&again).unwrap()["token"],
+        token
+    );
+    // The text form names the client and the line to paste.
+    let (_, text, _) = common::varti(&["token", "new", "--client", "robot"]);
+    assert!(
+        text.contains("name = \"robot\"") && text.contains("token_sha256 = \""),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = serve_support::plain_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+         [[backend.clients]]\nname = \"robot\"\ntoken_sha256 = \"{sha}\"\n"
+    ));
+    let served = spawn_serve(dir.path(), &config, &["--insecure-http"]);
+    let ready: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ready.json")).unwrap())
+            .unwrap();
+    let backend: SocketAddr = ready["backend"].as_str().unwrap().parse().unwrap();
+    let ok = request(backend, "GET", "/api/v1/messages", Some(token), None, b"");
+    assert_eq!(ok.status, 200, "{}", ok.head);
+    let refused = request(backend, "GET", "/api/v1/messages", Some(sha), None, b"");
+    assert_eq!(
+        refused.status, 401,
+        "the hash is not a token: {}",
+        refused.head
+    );
+    drop(served);
+}

@@ -167,7 +167,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => Ok(()),
     });
     if args.keep_running && outcome.is_ok() {
-        println!("\nBoth access points keep running; try the commands above. Ctrl-C stops them.");
+        println!("\nBoth access points keep running; try the commands above with a node's token:");
+        for node in [&layout.a, &layout.b] {
+            println!(
+                "  {}: TOKEN={} (backend API http://{})",
+                node.party,
+                node.token,
+                node.backend()
+            );
+        }
+        println!("Ctrl-C stops them.");
         let _ = wait_for_ctrl_c();
     }
     stop(&mut running);

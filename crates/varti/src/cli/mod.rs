@@ -14,6 +14,7 @@ mod ping;
 mod pmode;
 mod send;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -89,6 +90,9 @@ enum Command {
     /// (PModes).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Make tokens for the backend API's clients.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -136,5 +140,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => messages::run_status(args),
         Command::Demo(args) => demo::run(args),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
     }
 }
