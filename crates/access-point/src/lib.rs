@@ -13,6 +13,8 @@ pub mod access_point;
 pub mod api;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod https;
 pub mod ops;
 pub mod pull;
