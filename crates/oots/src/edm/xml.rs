@@ -277,6 +277,7 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
                 }
                 let ns = resolved_ns(&ns, start.name().as_ref())?;
                 let local = utf8(start.local_name().as_ref())?;
+                check_name(&ns, &local, start.name().as_ref(), pos)?;
                 let mut el = Element {
                     name: QName { ns, local },
                     attributes: Vec::new(),
@@ -312,6 +313,7 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
                         ns: ans,
                         local: utf8(alocal.as_ref())?,
                     };
+                    check_name(&name.ns, &name.local, attr.key.as_ref(), pos)?;
                     let mut value = attr
                         .unescape_value()
                         .map_err(|e| xml_err(e, pos))?
@@ -377,6 +379,23 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
         ));
     }
     root.ok_or_else(|| EdmError::Xml("the document has no root element".into()))
+}
+
+/// The namespace of `xmlns` declarations, which no element or attribute may be in.
+const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
+
+/// Refuses a name quick-xml lets through but XML does not: `</>` (read as an empty
+/// element without a name), `a:b:c` (a second colon, left in the local name) and the
+/// reserved `xmlns` prefix (Namespaces in XML §3). Varti could not write such a name back
+/// (found by the EDM fuzz target).
+fn check_name(ns: &str, local: &str, raw: &[u8], pos: u64) -> Result<(), EdmError> {
+    if local.is_empty() || local.contains(':') || ns == NS_XMLNS {
+        return Err(EdmError::Xml(format!(
+            "`{}` is not a namespace-well-formed name (near byte {pos})",
+            String::from_utf8_lossy(raw)
+        )));
+    }
+    Ok(())
 }
 
 fn push_text(parent: &mut Element, s: &str) {
@@ -653,5 +672,20 @@ mod tests {
         let el = parse(doc.as_bytes()).unwrap();
         assert_eq!(el.xsi_type(), Some(QName::new("}urn:{a}", "T")));
         assert_eq!(parse(write(&el).as_bytes()).unwrap(), el);
+    }
+
+    /// Found by the `edm` fuzz target (fuzz/regressions/edm/): quick-xml reads `</>` as
+    /// an empty element without a name and `<xmlns:a:b>` as element `a:b` in the reserved
+    /// xmlns namespace; Varti wrote both back as XML it could not read.
+    #[test]
+    fn names_must_be_namespace_well_formed() {
+        for doc in [
+            "<x></></x>",
+            "<x><xmlns:a:b/></x>",
+            "<x xmlns:a=\"urn:a\"><a:b:c/></x>",
+            "<x xmlns:a=\"urn:a\" a:b:c=\"1\"/>",
+        ] {
+            assert!(parse(doc.as_bytes()).is_err(), "{doc}");
+        }
     }
 }
