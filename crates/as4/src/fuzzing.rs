@@ -34,7 +34,7 @@ fn small_limits() -> MimeLimits {
         max_part_size: 1 << 20,
         max_total_size: 4 << 20,
         spill_threshold: 4096,
-        temp_dir: None,
+        ..MimeLimits::default()
     }
 }
 

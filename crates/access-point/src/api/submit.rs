@@ -30,6 +30,8 @@ use crate::access_point::AccessPoint;
 use crate::server::Body;
 use crate::submit::{self as ap_submit, Submission, SubmitError};
 
+pub(crate) mod fuzzing;
+
 /// Largest `metadata` part accepted.
 const MAX_METADATA: u64 = 1024 * 1024;
 
@@ -254,7 +256,7 @@ pub async fn submit(
 /// The `multipart/form-data` reader of a submission's `body`, with the limits of the
 /// API: the whole body at most `max_body` bytes, the metadata part at most
 /// [`MAX_METADATA`].
-pub(crate) fn open_form<B>(body: B, boundary: String, max_body: u64) -> multer::Multipart<'static>
+fn open_form<B>(body: B, boundary: String, max_body: u64) -> multer::Multipart<'static>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
@@ -268,7 +270,7 @@ where
 }
 
 /// Where [`read_form`] sends what it cannot judge from the form alone.
-pub(crate) trait FormSink {
+trait FormSink {
     /// What a stored payload is remembered as.
     type Stored;
     /// Checks `metadata.message_id` before any payload is streamed.
@@ -309,7 +311,7 @@ impl FormSink for StoreSink {
 /// the sink stored, the part's Content-Type) as soon as it is stored, so that the caller
 /// can remove what was stored when the submission fails. Every part the metadata names
 /// has arrived when this returns `Ok`.
-pub(crate) async fn read_form<S: FormSink>(
+async fn read_form<S: FormSink>(
     form: &mut multer::Multipart<'static>,
     sink: &mut S,
     parts: &mut Vec<(String, S::Stored, Option<String>)>,
