@@ -15,6 +15,8 @@ pub mod api;
 pub mod client;
 pub(crate) mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod https;
 pub mod ops;
 pub mod pull;

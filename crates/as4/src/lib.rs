@@ -20,6 +20,8 @@
 
 pub mod compress;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod leg;
 pub mod message;

@@ -15,4 +15,6 @@
 pub mod common_services;
 pub mod edm;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod validate;

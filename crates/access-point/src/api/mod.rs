@@ -42,7 +42,7 @@
 //! payload purged, 413 upload too large, 422 no PMode leg fits, 500 store failure.
 
 mod messages;
-mod submit;
+pub(crate) mod submit;
 
 pub use messages::parse_query;
 pub use messages::purge_now;

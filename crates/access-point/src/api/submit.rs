@@ -29,6 +29,8 @@ use crate::access_point::AccessPoint;
 use crate::server::Body;
 use crate::submit::{self as ap_submit, Submission, SubmitError};
 
+pub(crate) mod fuzzing;
+
 /// Largest `metadata` part accepted.
 const MAX_METADATA: u64 = 1024 * 1024;
 
@@ -168,81 +170,17 @@ pub(super) async fn submit(
         )
     })?;
     let max_body = ap.settings.limits.max_request_body_bytes;
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new()
-            .whole_stream(max_body)
-            .for_field("metadata", MAX_METADATA),
-    );
-    let stream = crate::server::http::timed_body(request).into_data_stream();
-    let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let body = crate::server::http::timed_body(request);
+    let mut form = open_form(body, boundary, max_body);
     let mut stored = Stored {
         store: ap.store.clone(),
         parts: Vec::new(),
     };
-
-    // The metadata comes first: it says which parts are payloads.
-    let field = form
-        .next_field()
-        .await
-        .map_err(form_error)?
-        .ok_or_else(|| missing_metadata("the form is empty"))?;
-    if field.name() != Some("metadata") {
-        return Err(missing_metadata(&format!(
-            "the first part is `{}`",
-            field.name().unwrap_or("")
-        )));
-    }
-    let text = field.bytes().await.map_err(form_error)?;
-    let metadata: Metadata = serde_json::from_slice(&text).map_err(|e| {
-        ApiError::bad_request(
-            format!("the metadata part is not valid: {e}"),
-            "send JSON with to_party, service, action and optionally service_type, agreement, \
-             conversation_id, ref_to_message_id, message_id, properties [{name, value, type?}] \
-             and payloads [{part, mime_type?, content_id?, properties?}] (see \
-             GET /api/v1/openapi.json)",
-        )
-    })?;
-    check_metadata(&metadata)?;
-    if let Some(id) = metadata.message_id.clone() {
-        // Before any payload is streamed: an id this client cannot use is refused at once.
-        let (ap, owner) = (ap.clone(), client.name.clone());
-        tokio::task::spawn_blocking(move || check_id_is_free(&ap, &owner, &id))
-            .await
-            .map_err(ApiError::internal)??;
-    }
-
-    while let Some(mut field) = form.next_field().await.map_err(form_error)? {
-        let name = field.name().unwrap_or("").to_owned();
-        if !metadata.payloads.iter().any(|p| p.part == name) {
-            return Err(ApiError::bad_request(
-                format!("form part `{name}` is not named by any metadata.payloads[].part"),
-                "list every file part in metadata.payloads (part = the form field name), or \
-                 leave it out of the form",
-            ));
-        }
-        if stored.parts.iter().any(|(p, _, _)| *p == name) {
-            return Err(ApiError::bad_request(
-                format!("form part `{name}` is sent twice"),
-                "give each file its own form field name",
-            ));
-        }
-        let part_type = field.content_type().map(|m| m.to_string());
-        let payload = stream_part(&ap, &mut field).await?;
-        stored.parts.push((name, payload, part_type));
-    }
-    if let Some(missing) = metadata
-        .payloads
-        .iter()
-        .find(|p| !stored.parts.iter().any(|(n, _, _)| *n == p.part))
-    {
-        return Err(ApiError::bad_request(
-            format!(
-                "metadata.payloads names part `{}` but the form has no such part",
-                missing.part
-            ),
-            "send one form part per payload, named as its `part` says",
-        ));
-    }
+    let mut sink = StoreSink {
+        ap: ap.clone(),
+        owner: client.name.clone(),
+    };
+    let metadata = read_form(&mut form, &mut sink, &mut stored.parts).await?;
 
     // Payloads in the order the metadata lists them.
     let mut parts = stored.take();
@@ -314,6 +252,131 @@ pub(super) async fn submit(
     })
 }
 
+/// The `multipart/form-data` reader of a submission's `body`, with the limits of the
+/// API: the whole body at most `max_body` bytes, the metadata part at most
+/// [`MAX_METADATA`].
+fn open_form<B>(body: B, boundary: String, max_body: u64) -> multer::Multipart<'static>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(max_body)
+            .for_field("metadata", MAX_METADATA),
+    );
+    multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints)
+}
+
+/// Where [`read_form`] sends what it cannot judge from the form alone.
+trait FormSink {
+    /// What a stored payload is remembered as.
+    type Stored;
+    /// Checks `metadata.message_id` before any payload is streamed.
+    async fn check_id(&mut self, id: &str) -> Result<(), ApiError>;
+    /// Streams one file part to where payloads are kept.
+    async fn payload(
+        &mut self,
+        field: &mut multer::Field<'static>,
+    ) -> Result<Self::Stored, ApiError>;
+}
+
+/// The payload store of the access point, and the client's own message ids.
+struct StoreSink {
+    ap: Arc<AccessPoint>,
+    owner: String,
+}
+
+impl FormSink for StoreSink {
+    type Stored = PayloadRef;
+
+    async fn check_id(&mut self, id: &str) -> Result<(), ApiError> {
+        let (ap, owner, id) = (self.ap.clone(), self.owner.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || check_id_is_free(&ap, &owner, &id))
+            .await
+            .map_err(ApiError::internal)?
+    }
+
+    async fn payload(
+        &mut self,
+        field: &mut multer::Field<'static>,
+    ) -> Result<PayloadRef, ApiError> {
+        stream_part(&self.ap, field).await
+    }
+}
+
+/// Reads a submission's form: the `metadata` part first (JSON, checked), then every file
+/// part it names, each handed to `sink` and recorded in `parts` (form part name, what
+/// the sink stored, the part's Content-Type) as soon as it is stored, so that the caller
+/// can remove what was stored when the submission fails. Every part the metadata names
+/// has arrived when this returns `Ok`.
+async fn read_form<S: FormSink>(
+    form: &mut multer::Multipart<'static>,
+    sink: &mut S,
+    parts: &mut Vec<(String, S::Stored, Option<String>)>,
+) -> Result<Metadata, ApiError> {
+    // The metadata comes first: it says which parts are payloads.
+    let field = form
+        .next_field()
+        .await
+        .map_err(form_error)?
+        .ok_or_else(|| missing_metadata("the form is empty"))?;
+    if field.name() != Some("metadata") {
+        return Err(missing_metadata(&format!(
+            "the first part is `{}`",
+            field.name().unwrap_or("")
+        )));
+    }
+    let text = field.bytes().await.map_err(form_error)?;
+    let metadata: Metadata = serde_json::from_slice(&text).map_err(|e| {
+        ApiError::bad_request(
+            format!("the metadata part is not valid: {e}"),
+            "send JSON with to_party, service, action and optionally service_type, agreement, \
+             conversation_id, ref_to_message_id, message_id, properties [{name, value, type?}] \
+             and payloads [{part, mime_type?, content_id?, properties?}] (see \
+             GET /api/v1/openapi.json)",
+        )
+    })?;
+    check_metadata(&metadata)?;
+    if let Some(id) = &metadata.message_id {
+        // Before any payload is streamed: an id this client cannot use is refused at once.
+        sink.check_id(id).await?;
+    }
+
+    while let Some(mut field) = form.next_field().await.map_err(form_error)? {
+        let name = field.name().unwrap_or("").to_owned();
+        if !metadata.payloads.iter().any(|p| p.part == name) {
+            return Err(ApiError::bad_request(
+                format!("form part `{name}` is not named by any metadata.payloads[].part"),
+                "list every file part in metadata.payloads (part = the form field name), or \
+                 leave it out of the form",
+            ));
+        }
+        if parts.iter().any(|(p, _, _)| *p == name) {
+            return Err(ApiError::bad_request(
+                format!("form part `{name}` is sent twice"),
+                "give each file its own form field name",
+            ));
+        }
+        let part_type = field.content_type().map(|m| m.to_string());
+        let payload = sink.payload(&mut field).await?;
+        parts.push((name, payload, part_type));
+    }
+    if let Some(missing) = metadata
+        .payloads
+        .iter()
+        .find(|p| !parts.iter().any(|(n, _, _)| *n == p.part))
+    {
+        return Err(ApiError::bad_request(
+            format!(
+                "metadata.payloads names part `{}` but the form has no such part",
+                missing.part
+            ),
+            "send one form part per payload, named as its `part` says",
+        ));
+    }
+    Ok(metadata)
+}
 fn missing_metadata(what: &str) -> ApiError {
     ApiError::bad_request(
         format!("{what}: the first form part must be `metadata` (JSON)"),

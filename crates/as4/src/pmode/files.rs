@@ -196,32 +196,45 @@ pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> (PModeSet, Vec<Diagno
         return (PModeSet::default(), diags);
     }
 
-    let mut parsed = Vec::new();
-    for path in &files {
+    let mut texts = Vec::new();
+    for path in files {
         // PMode files are a few KiB; refuse to read something that is not one.
-        if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_FILE_SIZE) {
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_FILE_SIZE) {
             diags.push(Diagnostic::error(
-                Location::file_start(path),
+                Location::file_start(&path),
                 format!("the file is larger than {} MiB", MAX_FILE_SIZE >> 20),
                 "a PMode file holds one agreement or partner; split it, or move other files out of the directory",
             ));
             continue;
         }
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                if let Some(raw) = parse_file(path, &text, &mut diags) {
-                    parsed.push(SourceFile {
-                        path: path.clone(),
-                        lines: LineIndex::new(&text),
-                        raw,
-                    });
-                }
-            }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => texts.push((path, text)),
             Err(e) => diags.push(Diagnostic::error(
-                Location::file_start(path),
+                Location::file_start(&path),
                 format!("cannot read the file: {e}"),
                 "make the file readable (UTF-8 text) by the user running varti",
             )),
+        }
+    }
+    load_texts(&texts, options, diags)
+}
+
+/// The loader after the files were read: parses, resolves and checks `files` (each file's
+/// path and text, in the order to read them), adding to the diagnostics `diags` already
+/// holds. Certificate and CRL paths are resolved against each file's directory.
+pub(crate) fn load_texts(
+    files: &[(PathBuf, String)],
+    options: &LoadOptions,
+    mut diags: Vec<Diagnostic>,
+) -> (PModeSet, Vec<Diagnostic>) {
+    let mut parsed = Vec::new();
+    for (path, text) in files {
+        if let Some(raw) = parse_file(path, text, &mut diags) {
+            parsed.push(SourceFile {
+                path: path.clone(),
+                lines: LineIndex::new(text),
+                raw,
+            });
         }
     }
 

@@ -79,7 +79,9 @@ impl QName {
     }
     /// Reads Clark notation back (see [`QName::to_clark`]).
     pub(crate) fn from_clark(s: &str) -> Self {
-        match s.strip_prefix('{').and_then(|r| r.split_once('}')) {
+        // The last `}`: a namespace name may hold one (the EDM fuzz target found
+        // `xmlns:a="}urn:x"`), a local name cannot.
+        match s.strip_prefix('{').and_then(|r| r.rsplit_once('}')) {
             Some((ns, local)) => QName::new(ns, local),
             None => QName::plain(s),
         }
@@ -275,6 +277,7 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
                 }
                 let ns = resolved_ns(&ns, start.name().as_ref())?;
                 let local = utf8(start.local_name().as_ref())?;
+                check_name(&ns, &local, start.name().as_ref(), pos)?;
                 let mut el = Element {
                     name: QName { ns, local },
                     attributes: Vec::new(),
@@ -283,6 +286,25 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
                 for attr in start.attributes().with_checks(true) {
                     let attr = attr.map_err(|e| xml_err(e, pos))?;
                     if attr.key.as_namespace_binding().is_some() {
+                        // quick-xml binds a namespace to the value as written, without
+                        // undoing references or normalizing whitespace as XML requires, so
+                        // `urn:a&#x3A;b` or a line break would name another namespace here
+                        // than for any conforming reader (and the writer, which escapes,
+                        // could not round-trip it). Namespace names are URIs, which hold
+                        // none of these: refuse them rather than read a different document.
+                        if attr
+                            .value
+                            .iter()
+                            .any(|b| matches!(b, b'&' | b'<' | b'\t' | b'\n' | b'\r'))
+                        {
+                            return Err(EdmError::Xml(format!(
+                                "the namespace declaration {}=\"{}\" holds a reference, `<` or \
+                                 a line break or tab; write the namespace URI as plain text \
+                                 (near byte {pos})",
+                                String::from_utf8_lossy(attr.key.as_ref()),
+                                String::from_utf8_lossy(&attr.value)
+                            )));
+                        }
                         continue;
                     }
                     let (ans, alocal) = reader.resolve_attribute(attr.key);
@@ -291,6 +313,7 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
                         ns: ans,
                         local: utf8(alocal.as_ref())?,
                     };
+                    check_name(&name.ns, &name.local, attr.key.as_ref(), pos)?;
                     let mut value = attr
                         .unescape_value()
                         .map_err(|e| xml_err(e, pos))?
@@ -358,6 +381,23 @@ pub fn parse(input: &[u8]) -> Result<Element, EdmError> {
     root.ok_or_else(|| EdmError::Xml("the document has no root element".into()))
 }
 
+/// The namespace of `xmlns` declarations, which no element or attribute may be in.
+const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
+
+/// Refuses a name quick-xml lets through but XML does not: `</>` (read as an empty
+/// element without a name), `a:b:c` (a second colon, left in the local name) and the
+/// reserved `xmlns` prefix (Namespaces in XML §3). Varti could not write such a name back
+/// (found by the EDM fuzz target).
+fn check_name(ns: &str, local: &str, raw: &[u8], pos: u64) -> Result<(), EdmError> {
+    if local.is_empty() || local.contains(':') || ns == NS_XMLNS {
+        return Err(EdmError::Xml(format!(
+            "`{}` is not a namespace-well-formed name (near byte {pos})",
+            String::from_utf8_lossy(raw)
+        )));
+    }
+    Ok(())
+}
+
 fn push_text(parent: &mut Element, s: &str) {
     if let Some(Node::Text(prev)) = parent.children.last_mut() {
         prev.push_str(s);
@@ -385,6 +425,18 @@ fn resolved_ns(r: &ResolveResult, raw: &[u8]) -> Result<String, EdmError> {
 /// Resolves a QName-valued attribute (`rim:AnyValueType`) against the namespaces in scope.
 fn resolve_qname_value(reader: &NsReader<&[u8]>, value: &str) -> Result<QName, EdmError> {
     let value = value.trim();
+    // A QName is `prefix:local` or `local`, neither part empty nor holding `:`, braces or
+    // white space, and `xmlns` is no prefix (Namespaces in XML §3). quick-xml would resolve
+    // `xmlns:a:T` to the reserved xmlns namespace with local name `a:T`, which no writer
+    // can declare (found by the EDM fuzz target).
+    let parts: Vec<&str> = value.split(':').collect();
+    let bad_part =
+        |p: &&str| p.is_empty() || p.chars().any(|c| c == '{' || c == '}' || c.is_whitespace());
+    if parts.len() > 2 || parts.iter().any(bad_part) || (parts.len() == 2 && parts[0] == "xmlns") {
+        return Err(EdmError::Xml(format!(
+            "xsi:type `{value}` is not a QName (prefix:LocalName, with a declared prefix)"
+        )));
+    }
     let (r, local) = reader.resolve_element(quick_xml::name::QName(value.as_bytes()));
     let ns = resolved_ns(&r, value.as_bytes())?;
     Ok(QName {
@@ -580,5 +632,60 @@ mod tests {
             .with_attr(QName::plain("a"), "q\"<&\n")
             .with_text("a < b & c\r\n");
         assert_eq!(parse(write(&el).as_bytes()).unwrap(), el);
+    }
+
+    /// Found by the `edm` fuzz target (fuzz/regressions/edm/): a namespace declaration
+    /// with a reference or a tab was bound as written, so what Varti wrote of the document
+    /// read back with another namespace.
+    #[test]
+    fn namespace_declarations_with_references_or_breaks_are_refused() {
+        for decl in [
+            "urn:a&#x9;b",
+            "urn:a&amp;b",
+            "urn:a\tb",
+            "urn:a\nb",
+            "urn:a\r\nb",
+        ] {
+            let doc = format!("<a:x xmlns:a=\"{decl}\"/>");
+            let e = parse(doc.as_bytes()).unwrap_err();
+            assert!(
+                e.to_string().contains("namespace declaration"),
+                "{decl}: {e}"
+            );
+            let doc = format!("<x xmlns=\"{decl}\"/>");
+            assert!(parse(doc.as_bytes()).is_err(), "{decl}");
+        }
+        assert!(parse(b"<a:x xmlns:a=\"urn:a b\"/>").is_ok());
+    }
+
+    /// Found by the `edm` fuzz target (fuzz/regressions/edm/): an `xsi:type` with the
+    /// reserved `xmlns` prefix resolved to a namespace no document may declare, and a
+    /// namespace name holding `}` was cut short when read back from Clark notation.
+    #[test]
+    fn xsi_type_must_be_a_qname_and_any_namespace_round_trips() {
+        let xsi = "xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"";
+        for t in ["xmlns:a:T", "xmlns:T", "a:b:T", ":T", "a:", "a:{T}"] {
+            let doc = format!("<a:x xmlns:a=\"urn:a\" {xsi} xsi:type=\"{t}\"/>");
+            assert!(parse(doc.as_bytes()).is_err(), "{t}");
+        }
+        let doc = format!("<a:x xmlns:a=\"}}urn:{{a}}\" {xsi} xsi:type=\"a:T\"/>");
+        let el = parse(doc.as_bytes()).unwrap();
+        assert_eq!(el.xsi_type(), Some(QName::new("}urn:{a}", "T")));
+        assert_eq!(parse(write(&el).as_bytes()).unwrap(), el);
+    }
+
+    /// Found by the `edm` fuzz target (fuzz/regressions/edm/): quick-xml reads `</>` as
+    /// an empty element without a name and `<xmlns:a:b>` as element `a:b` in the reserved
+    /// xmlns namespace; Varti wrote both back as XML it could not read.
+    #[test]
+    fn names_must_be_namespace_well_formed() {
+        for doc in [
+            "<x></></x>",
+            "<x><xmlns:a:b/></x>",
+            "<x xmlns:a=\"urn:a\"><a:b:c/></x>",
+            "<x xmlns:a=\"urn:a\" a:b:c=\"1\"/>",
+        ] {
+            assert!(parse(doc.as_bytes()).is_err(), "{doc}");
+        }
     }
 }
