@@ -589,24 +589,7 @@ fn two_processes_pull() {
         token_reference: TokenReference::BinarySecurityToken,
     };
     let request = build_pull_request(Some(MPC), Some(&identity)).unwrap();
-    let mut tls = serve_support::openssl_connect(
-        a.served.msh,
-        openssl::ssl::SslVersion::TLS1_2,
-        &certs.join("ca.cert.pem"),
-        Some((
-            &certs.join("varti-b/tls.cert.pem"),
-            &certs.join("varti-b/tls.key.pem"),
-        )),
-    )
-    .unwrap();
-    let r = serve_support::http_request(
-        &mut tls,
-        "POST",
-        "/msh",
-        &format!("Content-Type: {SOAP12}\r\n"),
-        request.as_bytes(),
-    )
-    .unwrap();
+    let r = post_as_varti_b(a.served.msh, request.as_bytes());
     // An authentication failure: the error signal with a WS-Security fault, HTTP 500.
     assert_eq!(r.status, 500, "{} {}", r.head, r.body);
     assert!(r.body.contains("wsse:FailedCheck"), "{}", r.body);
@@ -847,26 +830,7 @@ fn pull_request_replay_is_refused() {
         };
         build_signal(signal, Some(&b)).unwrap().into_bytes()
     };
-    let post_to = |node: &pair_support::Node, body: &[u8]| {
-        let mut tls = serve_support::openssl_connect(
-            node.served.msh,
-            openssl::ssl::SslVersion::TLS1_2,
-            &certs.join("ca.cert.pem"),
-            Some((
-                &certs.join("varti-b/tls.cert.pem"),
-                &certs.join("varti-b/tls.key.pem"),
-            )),
-        )
-        .unwrap();
-        serve_support::http_request(
-            &mut tls,
-            "POST",
-            "/msh",
-            &format!("Content-Type: {SOAP12}\r\n"),
-            body,
-        )
-        .unwrap()
-    };
+    let post_to = |node: &pair_support::Node, body: &[u8]| post_as_varti_b(node.served.msh, body);
     let refused = |node: &pair_support::Node, body: &[u8], why: &str| -> String {
         let r = post_to(node, body);
         let codes = error_codes(r.body.as_bytes());
@@ -917,4 +881,28 @@ fn pull_request_replay_is_refused() {
     );
     drop(a2);
     drop(a1);
+}
+
+/// POSTs a SOAP message to the `/msh` at `msh` over TLS as varti-b (its TLS client
+/// certificate): the answer.
+fn post_as_varti_b(msh: SocketAddr, body: &[u8]) -> serve_support::HttpResponse {
+    let certs = repo().join("certs");
+    let mut tls = serve_support::openssl_connect(
+        msh,
+        openssl::ssl::SslVersion::TLS1_2,
+        &certs.join("ca.cert.pem"),
+        Some((
+            &certs.join("varti-b/tls.cert.pem"),
+            &certs.join("varti-b/tls.key.pem"),
+        )),
+    )
+    .unwrap();
+    serve_support::http_request(
+        &mut tls,
+        "POST",
+        "/msh",
+        &format!("Content-Type: {SOAP12}\r\n"),
+        body,
+    )
+    .unwrap()
 }
