@@ -672,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn pair_example_configs_parse_and_differ_only_in_the_instance() {
+    fn pair_example_configs_parse_and_differ_only_in_the_instance_and_host() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pair");
         let read = |f: &str| {
             let text = std::fs::read_to_string(dir.join(f)).expect("deploy/pair config exists");
@@ -690,6 +690,9 @@ mod tests {
             .contains("target_session_attrs=read-write"));
         assert_ne!(one.sender.instance, two.sender.instance);
         one.sender.instance = two.sender.instance.clone();
+        // Each binds the backend API to its own host's address (#14: both said DC1's).
+        assert_ne!(one.backend.listen.ip(), two.backend.listen.ip());
+        one.backend.listen = two.backend.listen;
         assert_eq!(one, two);
     }
 
