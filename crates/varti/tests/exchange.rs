@@ -84,6 +84,21 @@ fn ping_test_service_and_connectivity() {
     let out = varti(&["ping", "nobody", "--config", "varti.toml"], &a_dir);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no PMode leg"));
+    // Without the connectivity agreement, --connectivity names the file that brings it.
+    std::fs::remove_file(pair.layout.root.join("pmodes/connectivity-test.toml")).unwrap();
+    let out = varti(
+        &[
+            "ping",
+            "varti-b",
+            "--config",
+            "varti.toml",
+            "--connectivity",
+        ],
+        &a_dir,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pmodes/connectivity-test.toml"), "{err}");
 
     assert_eq!(b.served.terminate(Duration::from_secs(15)).code(), Some(0));
     // On b: the test message is recorded (duplicate detection, evidence) under the owner

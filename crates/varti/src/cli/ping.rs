@@ -124,6 +124,16 @@ async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
     let now = OffsetDateTime::now_utc();
     let id = match submit(&ap, sub, now) {
         Ok(id) => id,
+        Err(e) if args.connectivity => {
+            return cannot(format!(
+                "no PMode leg to ping `{}` on with the EC connectivity test: {e}\n(the \
+                 agreement is pmodes/connectivity-test.toml in the distribution: copy it into \
+                 {} and add `{}` to its parties)",
+                args.party,
+                ap.settings.pmodes_dir.display(),
+                args.party
+            ))
+        }
         Err(e) => return cannot(format!("no PMode leg to ping `{}` on: {e}", args.party)),
     };
     let record = ap
