@@ -151,6 +151,20 @@ async fn park_for_pull(ap: &Arc<AccessPoint>, id: &str, leg: &Leg) {
 async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
     let started = Instant::now();
     let id = record.meta.message_id.clone();
+    // A takeover (the other instance, or this one before a restart, died while sending)
+    // is worth an operator's notice: the claim just made follows a LeaseExpired.
+    if let [.., expired, claim] = record.history.as_slice() {
+        if expired.event == varti_store::Event::LeaseExpired
+            && claim.event == varti_store::Event::Claim
+        {
+            tracing::info!(
+                message_id = %id,
+                attempt = record.attempts,
+                previous = expired.note.as_deref().unwrap_or("lease expired"),
+                "taking over a message whose sender's lease expired"
+            );
+        }
+    }
     if let Some(leg) = ap
         .leg(&record.meta.pmode_id)
         .filter(|l| l.binding == Binding::Pull)
