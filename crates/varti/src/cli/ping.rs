@@ -198,7 +198,7 @@ async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
             } else {
                 eprintln!("failed: {error}");
                 if unreachable {
-                    eprintln!("hint: check that the partner's access point is up at {endpoint} and that its TLS settings match the PMode");
+                    eprintln!("hint: {}", unreachable_hint(&error, &endpoint));
                 }
             }
             // Not reached: the ping could not run; refused or bad receipt: a problem found.
@@ -212,5 +212,48 @@ async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
             "no answer from {endpoint} within {} s (--timeout)",
             args.timeout
         )),
+    }
+}
+
+/// What to check when a partner could not be reached: a refused or timed-out connection
+/// is about the address and the partner being up; a TLS failure about certificates.
+fn unreachable_hint(error: &str, endpoint: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    if lower.contains("connection refused")
+        || lower.contains("timed out")
+        || lower.contains("no route")
+        || lower.contains("dns")
+    {
+        format!("check that the partner's access point is up and listening at {endpoint} (the endpoint in its PMode party) and that nothing blocks the way")
+    } else if lower.contains("tls")
+        || lower.contains("certificate")
+        || lower.contains("handshake")
+        || lower.contains("alert")
+    {
+        format!("the connection to {endpoint} reached a server but TLS failed: check the partner's TLS certificate against the trusted CA (tls_ca of its PMode party) and whether it asks for our client certificate")
+    } else {
+        format!("check that the partner's access point is up at {endpoint} and that its TLS settings match the PMode")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable_hint;
+
+    #[test]
+    fn the_hint_follows_the_failure() {
+        let refused = unreachable_hint(
+            "tcp connect error: Connection refused (os error 111)",
+            "https://b:9443/msh",
+        );
+        assert!(
+            refused.contains("up and listening") && !refused.contains("TLS"),
+            "{refused}"
+        );
+        let tls = unreachable_hint(
+            "invalid peer certificate: UnknownIssuer",
+            "https://b:9443/msh",
+        );
+        assert!(tls.contains("TLS failed"), "{tls}");
     }
 }
