@@ -784,7 +784,14 @@ fn cli_send_messages_status_and_exit_codes() {
     let (code, out, err) = cli_send(
         &node,
         EXCHANGE,
-        &["--property", "originalSender=urn:test:c1", f1, f2],
+        &[
+            "--property",
+            "originalSender=urn:test:c1",
+            "--property",
+            "finalRecipient[urn:test:type]=urn:test:c4",
+            f1,
+            f2,
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
     let id = out
@@ -797,6 +804,9 @@ fn cli_send_messages_status_and_exit_codes() {
     assert_eq!(m["payloads"][1]["mime_type"], "application/pdf");
     assert_eq!(m["payloads"][0]["size"], 21);
     assert_eq!(m["properties"][0]["value"], "urn:test:c1");
+    assert!(m["properties"][0]["type"].is_null(), "{m:#}");
+    assert_eq!(m["properties"][1]["type"], "urn:test:type", "{m:#}");
+    assert_eq!(m["properties"][1]["value"], "urn:test:c4");
     let p = get(
         &node,
         &format!("/api/v1/messages/{}/payloads/0", enc(&id)),
@@ -827,6 +837,10 @@ fn cli_send_messages_status_and_exit_codes() {
     let (code, out, _) = varti(&node, PORTAL, &["messages", "show", &id]);
     assert_eq!(code, 0);
     assert!(out.contains("history:") || out.contains("state"), "{out}");
+    assert!(
+        out.contains("finalRecipient [urn:test:type] = urn:test:c4"),
+        "the property's type is shown: {out}"
+    );
     let (code, _, err) = varti(&node, PORTAL, &["messages", "show", "nope@x"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no message"), "{err}");

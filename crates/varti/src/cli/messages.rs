@@ -191,7 +191,14 @@ fn show(a: &IdArgs) -> Result<ExitCode, Failure> {
     field("settled", &m["settled_at"]);
     field("payloads purged", &m["payloads_purged_at"]);
     for p in m["properties"].as_array().into_iter().flatten() {
-        println!("property         {} = {}", s(&p["name"]), s(&p["value"]));
+        match p["type"].as_str() {
+            Some(t) => println!(
+                "property         {} [{t}] = {}",
+                s(&p["name"]),
+                s(&p["value"])
+            ),
+            None => println!("property         {} = {}", s(&p["name"]), s(&p["value"])),
+        }
     }
     for p in m["payloads"].as_array().into_iter().flatten() {
         println!(

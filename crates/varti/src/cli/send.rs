@@ -40,9 +40,10 @@ pub struct SendArgs {
     /// eb:AgreementRef, to choose among legs.
     #[arg(long, value_name = "AGREEMENT")]
     agreement: Option<String>,
-    /// A message property NAME=VALUE (repeatable; OOTS needs originalSender and
-    /// finalRecipient).
-    #[arg(long = "property", value_name = "NAME=VALUE")]
+    /// A message property NAME=VALUE, or NAME[TYPE]=VALUE to give it a type (repeatable;
+    /// OOTS needs originalSender and finalRecipient, with the party-id type, e.g.
+    /// 'originalSender[urn:oasis:names:tc:ebcore:partyid-type:unregistered]=C1').
+    #[arg(long = "property", value_name = "NAME[TYPE]=VALUE")]
     properties: Vec<String>,
     /// eb:ConversationId (generated when absent).
     #[arg(long, value_name = "ID")]
@@ -78,13 +79,16 @@ fn send(args: SendArgs) -> Result<ExitCode, Failure> {
     let api = Api::new(&args.api)?;
     let mut properties = Vec::new();
     for p in &args.properties {
-        let (name, value) = p.split_once('=').filter(|(n, _)| !n.is_empty()).ok_or_else(|| {
+        let (name, type_, value) = parse_property(p).ok_or_else(|| {
             Failure::cannot_run(
-                format!("--property `{p}` is not NAME=VALUE"),
-                "e.g. --property originalSender=urn:oasis:names:tc:ebcore:partyid-type:unregistered:C1",
+                format!("--property `{p}` is not NAME=VALUE or NAME[TYPE]=VALUE"),
+                "e.g. --property 'originalSender[urn:oasis:names:tc:ebcore:partyid-type:unregistered]=C1'",
             )
         })?;
-        properties.push(json!({"name": name, "value": value}));
+        properties.push(match type_ {
+            Some(t) => json!({"name": name, "type": t, "value": value}),
+            None => json!({"name": name, "value": value}),
+        });
     }
     let types: Vec<String> = match args.mime_type.len() {
         0 => args
@@ -277,8 +281,45 @@ pub fn guess_mime_type(path: &Path) -> &'static str {
     }
 }
 
+/// `NAME=VALUE` or `NAME[TYPE]=VALUE` (the type may hold `=`; the value starts after the
+/// first `=` past the name).
+fn parse_property(p: &str) -> Option<(&str, Option<&str>, &str)> {
+    let name_end = p.find(['[', '='])?;
+    let name = &p[..name_end];
+    if name.is_empty() {
+        return None;
+    }
+    let rest = &p[name_end..];
+    let (type_, value) = match rest.strip_prefix('[') {
+        Some(typed) => {
+            let (t, after) = typed.split_once("]=")?;
+            (Some(t).filter(|t| !t.is_empty()), after)
+        }
+        None => (None, rest.strip_prefix('=')?),
+    };
+    if rest.starts_with('[') && type_.is_none() {
+        return None;
+    }
+    Some((name, type_, value))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::parse_property;
+
+    #[test]
+    fn properties_with_and_without_a_type() {
+        assert_eq!(parse_property("a=b=c"), Some(("a", None, "b=c")));
+        assert_eq!(
+            parse_property("originalSender[urn:x:type]=C1"),
+            Some(("originalSender", Some("urn:x:type"), "C1"))
+        );
+        assert_eq!(parse_property("a[]=b"), None, "an empty type");
+        assert_eq!(parse_property("=b"), None);
+        assert_eq!(parse_property("a[t=b"), None, "an unclosed type");
+        assert_eq!(parse_property("ab"), None);
+    }
+
     use super::*;
 
     #[test]
