@@ -674,3 +674,27 @@ fn our_weak_key_is_an_error_and_a_warning_with_our_partys_exception() {
         );
     }
 }
+
+/// `certs check` fails wherever `varti serve` would refuse to start: a PMode error that is
+/// not about a certificate (here a leg naming a party no file defines) makes it exit 1,
+/// listed with the command that explains it, and `ok` false in JSON.
+#[test]
+fn a_pmode_error_fails_the_check_as_it_fails_serve() {
+    let dir = setup();
+    std::fs::write(
+        dir.path().join("pmodes/broken.toml"),
+        "[[process]]\nname = \"broken\"\nmep = \"oneWay\"\nbinding = \"push\"\n\
+         initiator = { parties = [\"varti-a\"] }\nresponder = { parties = [\"nobody\"] }\n\
+         [[process.leg]]\nname = \"leg\"\nservice = \"urn:x\"\naction = \"A\"\n",
+    )
+    .unwrap();
+    let out = varti(dir.path(), &["certs", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("varti serve refuses to start"), "{stdout}");
+    assert!(stdout.contains("broken.toml"), "{stdout}");
+    let v = json_exit(dir.path(), &["certs", "check", "--json"], 1);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"], 0, "no certificate is wrong: {v:#}");
+    assert!(!v["pmode_errors"].as_array().unwrap().is_empty(), "{v:#}");
+}

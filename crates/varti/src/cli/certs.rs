@@ -220,6 +220,10 @@ struct Inventory {
     entries: Vec<Loaded>,
     /// `allow_weak_keys` reasons by owner (`ours` takes our party's).
     weak_key_exceptions: HashMap<String, String>,
+    /// The PModes' errors (`FILE:LINE:COLUMN: message`): `serve` refuses to start on any.
+    pmode_errors: Vec<String>,
+    /// The PMode directory.
+    pmodes_dir: PathBuf,
 }
 
 impl Inventory {
@@ -278,12 +282,27 @@ impl Inventory {
                 }
             }
         }
+        let pmode_errors = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| {
+                format!(
+                    "{}:{}:{}: {}",
+                    d.location.file.display(),
+                    d.location.line,
+                    d.location.column,
+                    d.message
+                )
+            })
+            .collect();
         Ok(Inventory {
             at_unix,
             at,
             our_party: config.identity.party.clone(),
             entries,
             weak_key_exceptions,
+            pmode_errors,
+            pmodes_dir: dir,
         })
     }
 
@@ -818,12 +837,13 @@ fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitC
     let warnings = problems.len() - errors;
     if as_json {
         let out = json!({
-            "ok": errors == 0,
+            "ok": errors == 0 && inv.pmode_errors.is_empty(),
             "at": unix_rfc3339(inv.at_unix),
             "warn_days": warn_days,
             "our_party": inv.our_party,
             "errors": errors,
             "warnings": warnings,
+            "pmode_errors": inv.pmode_errors,
             "problems": problems.iter().map(Problem::to_json).collect::<Vec<_>>(),
             "certificates": json_certs,
         });
@@ -840,13 +860,28 @@ fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitC
             }
             println!("  hint: {}", p.hint);
         }
+        if !inv.pmode_errors.is_empty() {
+            // Often the same defect as a certificate error above, as the PMode loader
+            // judges the certificates it reads: listed apart, not counted twice.
+            println!(
+                "error: the PModes in {} have {} error(s); varti serve refuses to start on them (`varti pmode check {}`):",
+                inv.pmodes_dir.display(),
+                inv.pmode_errors.len(),
+                inv.pmodes_dir.display()
+            );
+            for e in &inv.pmode_errors {
+                println!("  {e}");
+            }
+        }
         println!(
             "{count} certificate(s) in {} file use(s) checked at {}: {errors} error(s), {warnings} warning(s)",
             inv.entries.len(),
             unix_rfc3339(inv.at_unix)
         );
     }
-    Ok(if errors > 0 {
+    // `serve` refuses to start on PMode errors (a weak partner key among them): so does
+    // this check fail, or it would pass keys the access point will not run with.
+    Ok(if errors > 0 || !inv.pmode_errors.is_empty() {
         exit_problems()
     } else {
         ExitCode::SUCCESS
