@@ -61,16 +61,14 @@ fn ping_test_service_and_connectivity() {
     assert_eq!(report["acknowledged"], true);
     assert_eq!(report["non_repudiation"], true);
 
-    let out = varti(
-        &[
-            "ping",
-            "varti-b",
-            "--config",
-            "varti.toml",
-            "--connectivity",
-        ],
-        &a_dir,
-    );
+    let connectivity = [
+        "ping",
+        "varti-b",
+        "--config",
+        "varti.toml",
+        "--connectivity",
+    ];
+    let out = varti(&connectivity, &a_dir);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -86,16 +84,7 @@ fn ping_test_service_and_connectivity() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no PMode leg"));
     // Without the connectivity agreement, --connectivity names the file that brings it.
     std::fs::remove_file(pair.layout.root.join("pmodes/connectivity-test.toml")).unwrap();
-    let out = varti(
-        &[
-            "ping",
-            "varti-b",
-            "--config",
-            "varti.toml",
-            "--connectivity",
-        ],
-        &a_dir,
-    );
+    let out = varti(&connectivity, &a_dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pmodes/connectivity-test.toml"), "{err}");
