@@ -34,25 +34,54 @@ pub fn start_driver() -> Driver {
             "{tool} is missing: the preview test needs a real headless Chromium; install Debian's chromium and chromium-driver (.ci/deps does)"
         );
     }
-    let port = varti::pair::free_port().unwrap();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "chromedriver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    // A port found free may be taken by another test's process before chromedriver binds
+    // it: then chromedriver exits, and whatever answers on the port is not it. So wait for
+    // chromedriver's own status answer, and start again on another port if it exited.
+    for _ in 0..5 {
+        let port = varti::pair::free_port().unwrap();
+        let mut child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break; // exited: the port was taken
+            }
+            if driver_ready(port) {
+                return Driver {
+                    child,
+                    url: format!("http://127.0.0.1:{port}"),
+                };
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
+    panic!("chromedriver exited five times (ports taken?)");
+}
+
+/// Whether chromedriver answers its `/status` on `port` as ready.
+fn driver_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    if tcp
+        .write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
     }
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") && answer.contains("\"ready\":true")
 }
 
 /// A fresh browser (its own profile: no cookies).
