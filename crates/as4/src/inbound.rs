@@ -526,15 +526,20 @@ fn decrypt_stage(
         }
         .map_err(io_fail)?;
         let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
-        {
+        let decrypted = {
             let mut w = BufWriter::new(Charged {
                 inner: &mut file,
                 charge: &mut charge,
             });
             let mut body = att.body().map_err(io_fail)?;
             dec.decrypt_part(part, &mut body, &mut w)
-                .map_err(|e| spool_full_or(e, policy))?;
-            w.flush().map_err(io_fail)?;
+                .and_then(|_| w.flush().map_err(io_fail))
+        };
+        match decrypted {
+            // The writer failed because the spool budget had no room: not the message's
+            // fault (the decryptor reports it as a decryption failure).
+            Err(e) if charge.ran_out() => return Err(EbmsError::retry_later(e.detail)),
+            other => other?,
         }
         out.push(Plain {
             content_id: part.content_id.clone(),
@@ -805,15 +810,5 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// A failure while writing a decrypted part: transient when the spool budget ran out,
-/// else the decryption error as it was.
-fn spool_full_or(e: EbmsError, policy: &ReceivePolicy) -> EbmsError {
-    match &policy.spool_budget {
-        // The decryptor reports the writer's failure in its detail (see crate::spool).
-        Some(_) if e.detail.contains("spool budget") => EbmsError::retry_later(e.detail),
-        _ => e,
     }
 }

@@ -102,6 +102,7 @@ impl Eq for SpoolBudget {}
 pub struct SpoolCharge {
     budget: Option<Arc<SpoolBudget>>,
     bytes: u64,
+    ran_out: bool,
 }
 
 impl SpoolCharge {
@@ -110,6 +111,7 @@ impl SpoolCharge {
         SpoolCharge {
             budget: budget.cloned(),
             bytes: 0,
+            ran_out: false,
         }
     }
 
@@ -118,11 +120,18 @@ impl SpoolCharge {
         self.bytes
     }
 
+    /// Whether the budget once refused this charge more bytes (a writer over it failed for
+    /// want of room, whatever its caller made of the error).
+    pub(crate) fn ran_out(&self) -> bool {
+        self.ran_out
+    }
+
     /// Holds `n` more bytes, or fails with [`io::ErrorKind::StorageFull`] when the budget
     /// cannot give them.
     pub(crate) fn grow(&mut self, n: u64) -> io::Result<()> {
         if let Some(budget) = &self.budget {
             if !budget.take(n) {
+                self.ran_out = true;
                 return Err(spool_full(budget));
             }
         }

@@ -135,7 +135,12 @@ fn signer(ap: &AccessPoint) -> SigningIdentity<'_> {
 }
 
 /// A PullRequest for `mpc` signed by `ap` with the given MessageId and timestamp.
-fn pull_request_as(ap: &AccessPoint, mpc: &str, id: &str, at: OffsetDateTime) -> Vec<u8> {
+fn pull_request_as(
+    signer: &SigningIdentity<'_>,
+    mpc: &str,
+    id: &str,
+    at: OffsetDateTime,
+) -> Vec<u8> {
     let signal = SignalMessage {
         message_info: MessageInfo {
             timestamp: Timestamp::from_datetime(at),
@@ -146,9 +151,7 @@ fn pull_request_as(ap: &AccessPoint, mpc: &str, id: &str, at: OffsetDateTime) ->
             mpc: Some(mpc.to_owned()),
         }),
     };
-    build_signal(signal, Some(&signer(ap)))
-        .unwrap()
-        .into_bytes()
+    build_signal(signal, Some(signer)).unwrap().into_bytes()
 }
 
 /// The ebMS error codes of an error-signal body (empty: not an error signal).
@@ -742,12 +745,12 @@ fn pull_request_replay_in_process_on_the_clock() {
     clock.advance(Duration::from_secs(31));
     refused(&a2, request.clone(), "the same bytes after the lease");
     // The same MessageId signed anew.
-    let resigned = pull_request_as(&b, MPC, &id, clock.now());
+    let resigned = pull_request_as(&signer(&b), MPC, &id, clock.now());
     let text = refused(&a1, resigned, "re-signed with the same MessageId");
     assert!(text.contains("already answered"), "{text}");
     // A new MessageId with a timestamp from six minutes ago.
     let stale = pull_request_as(
-        &b,
+        &signer(&b),
         MPC,
         "stale-pull@varti.test",
         clock.now() - Duration::from_secs(360),
@@ -817,19 +820,7 @@ fn pull_request_replay_is_refused() {
         certificate: &cert,
         token_reference: TokenReference::BinarySecurityToken,
     };
-    let signed = |id: &str, at: OffsetDateTime| -> Vec<u8> {
-        let signal = SignalMessage {
-            message_info: MessageInfo {
-                timestamp: Timestamp::from_datetime(at),
-                message_id: id.to_owned(),
-                ref_to_message_id: None,
-            },
-            kind: SignalKind::PullRequest(PullRequest {
-                mpc: Some(MPC.to_owned()),
-            }),
-        };
-        build_signal(signal, Some(&b)).unwrap().into_bytes()
-    };
+    let signed = |id: &str, at: OffsetDateTime| pull_request_as(&b, MPC, id, at);
     let post_to = |node: &pair_support::Node, body: &[u8]| post_as_varti_b(node.served.msh, body);
     let refused = |node: &pair_support::Node, body: &[u8], why: &str| -> String {
         let r = post_to(node, body);
