@@ -178,6 +178,139 @@ fn import_domibus_then_check() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DOCTYPE"));
 }
 
+/// Every `[kind.name]` profile table header of the files in `dir`, with the file it is in.
+fn profile_headers(dir: &Path) -> Vec<(String, String)> {
+    let kinds = [
+        "security",
+        "receipt",
+        "reception",
+        "errors",
+        "compression",
+        "payload",
+        "properties",
+    ];
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let header = line.trim_start_matches('[').split(']').next().unwrap_or("");
+                if line.starts_with('[')
+                    && !line.starts_with("[[")
+                    && kinds.iter().any(|k| header.starts_with(&format!("{k}.")))
+                {
+                    found.push((header.to_owned(), file.clone()));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn import_with_keystore(xml: &Path, out: &Path, keystore: &Path, pass: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_varti"))
+        .args(["pmode", "import-domibus"])
+        .arg(xml)
+        .arg("--out")
+        .arg(out)
+        .arg("--keystore")
+        .arg(keystore)
+        .env("VARTI_STOREPASS", pass)
+        .output()
+        .expect("running varti")
+}
+
+#[test]
+fn import_domibus_writes_each_profile_once_and_exports_the_truststore() {
+    let Some(vectors) = vectors() else { return };
+    let samples = vectors.join("domibus-pmodes");
+    for colour in ["blue", "red"] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let xml = samples.join(format!("domibus-gw-sample-pmode-{colour}.xml"));
+        let truststore = samples.join(format!("{colour}_gateway_truststore.jks"));
+
+        // A wrong password is named as such, and nothing is written.
+        let wrong = import_with_keystore(&xml, out_dir.path(), &truststore, "nope");
+        let err = String::from_utf8_lossy(&wrong.stderr);
+        assert_eq!(wrong.status.code(), Some(1), "{err}");
+        assert!(err.contains("wrong --storepass"), "{err}");
+        assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+
+        let out = import_with_keystore(&xml, out_dir.path(), &truststore, "test123");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for party in ["blue_gw", "red_gw"] {
+            assert!(
+                stdout(&out).contains(&format!("exported '{party}'")),
+                "{}",
+                stdout(&out)
+            );
+            let pem = std::fs::read(out_dir.path().join(format!("certs/{party}.cert.pem")))
+                .expect("the certificate is exported");
+            let want = std::fs::read(samples.join(format!("{party}.cert.pem"))).unwrap();
+            let (got, want) = (
+                openssl::x509::X509::from_pem(&pem).unwrap(),
+                openssl::x509::X509::from_pem(&want).unwrap(),
+            );
+            assert_eq!(got.to_der().unwrap(), want.to_der().unwrap());
+        }
+
+        // Each profile is defined exactly once, in the shared file.
+        let headers = profile_headers(out_dir.path());
+        assert!(headers.len() > 5, "{headers:?}");
+        let mut names: Vec<&String> = headers.iter().map(|(h, _)| h).collect();
+        names.sort();
+        let total = names.len();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            total,
+            "a profile is written twice: {headers:?}"
+        );
+        assert!(
+            headers.iter().all(|(_, f)| f == "profiles.toml"),
+            "{headers:?}"
+        );
+
+        // The exported certificates are referenced: the set checks clean at a time when
+        // the sample certificates were valid.
+        let o = out_dir.path().to_str().unwrap();
+        let check = varti(&["pmode", "check", o, "--at", "2025-06-01T00:00:00Z"]);
+        assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
+        let party = std::fs::read_to_string(out_dir.path().join("party-red_gw.toml")).unwrap();
+        assert!(
+            party.contains("\nsigning_cert = \"certs/red_gw.cert.pem\""),
+            "{party}"
+        );
+    }
+
+    // A PKCS#12 keystore works too; its key entry gives its own certificate only.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = import_with_keystore(
+        &samples.join("domibus-gw-sample-pmode-blue.xml"),
+        out_dir.path(),
+        &samples.join("blue_gateway_keystore.p12"),
+        "test123",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out_dir.path().join("certs/blue_gw.cert.pem").is_file());
+    assert!(!out_dir.path().join("certs/red_gw.cert.pem").exists());
+    let certs: Vec<_> = std::fs::read_dir(out_dir.path().join("certs"))
+        .unwrap()
+        .collect();
+    assert_eq!(certs.len(), 1, "no private key is written");
+}
+
 /// A throw-away RSA-1024 certificate signed with SHA-1 by another throw-away key (so the
 /// SHA-1 signature is judged too).
 fn weak_certificate(path: &Path) {

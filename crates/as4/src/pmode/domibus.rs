@@ -1,8 +1,10 @@
 //! Import of a Domibus PMode (`db:configuration` XML) into native PMode files.
 //!
-//! Layout of the result: one file per partner, `party-<name>.toml`, and one file per
-//! Domibus `process`, `process-<name>.toml`, holding the process, its legs and the
-//! profiles they use (under their Domibus names, so that the two can be compared).
+//! Layout of the result: one file per partner, `party-<name>.toml`; one file per Domibus
+//! `process`, `process-<name>.toml`, holding the process and its legs; and `profiles.toml`
+//! (`shared = true`), holding every profile the legs use, each once, under its Domibus
+//! name so that the two can be compared. A retry policy used by fourteen processes is
+//! written once and changed in one place, as in Domibus.
 //!
 //! Domibus keeps certificates in a JKS truststore, by party name; Varti names them in
 //! the PMode. The import references `certs/<party>.cert.pem` (relative to the output
@@ -363,6 +365,7 @@ pub fn convert(xml: &[u8], out_dir: &Path) -> Result<DomibusImport, DomibusError
     // Processes.
     let mut used_legs: HashMap<&str, usize> = HashMap::new();
     let mut leg_count = 0;
+    let mut profiles = Profiles::default();
     for process in bp.all("process") {
         let pname = process.attr("name").unwrap_or("process");
         let el = format!("process '{pname}'");
@@ -428,7 +431,6 @@ pub fn convert(xml: &[u8], out_dir: &Path) -> Result<DomibusImport, DomibusError
             side(role("responderRole"), &responders)
         );
 
-        let mut profiles = Profiles::default();
         for leg_ref in process.items("legs", "leg") {
             let Some(lname) = leg_ref.attr("name") else {
                 continue;
@@ -503,9 +505,15 @@ pub fn convert(xml: &[u8], out_dir: &Path) -> Result<DomibusImport, DomibusError
             );
             let _ = writeln!(body, "compression = {}", q(cname));
         }
-        t.push_str(&profiles.render());
         t.push_str(&body);
         files.push((format!("process-{}.toml", file_part(pname)), t));
+    }
+    if !profiles.is_empty() {
+        let mut t = String::from(
+            "# The profiles of the processes imported from a Domibus PMode, each defined once.\n# `shared = true` lets every PMode file of this directory name them.\nshared = true\n\n",
+        );
+        t.push_str(&profiles.render());
+        files.push((SHARED_PROFILES_FILE.to_owned(), t));
     }
     for leg in bp.items("legConfigurations", "legConfiguration") {
         if let Some(n) = leg.attr("name") {
@@ -525,7 +533,10 @@ pub fn convert(xml: &[u8], out_dir: &Path) -> Result<DomibusImport, DomibusError
     })
 }
 
-/// The profiles one process file needs, as TOML bodies by kind and name.
+/// The file holding the profiles shared by the imported processes.
+pub const SHARED_PROFILES_FILE: &str = "profiles.toml";
+
+/// The profiles the imported processes use, as TOML bodies by kind and name.
 #[derive(Default)]
 struct Profiles {
     security: BTreeMap<String, String>,
@@ -545,6 +556,16 @@ fn warn_once(warnings: &mut Vec<String>, w: String) {
 }
 
 impl Profiles {
+    fn is_empty(&self) -> bool {
+        self.security.is_empty()
+            && self.receipt.is_empty()
+            && self.reception.is_empty()
+            && self.errors.is_empty()
+            && self.payload.is_empty()
+            && self.properties.is_empty()
+            && self.compression.is_empty()
+    }
+
     fn render(&self) -> String {
         let mut t = String::new();
         let kinds = [

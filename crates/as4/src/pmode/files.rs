@@ -2,7 +2,8 @@
 //!
 //! [`load_dir`] reads every `*.toml` file of a directory, resolves names across files
 //! (parties are shared by the whole directory; security, receipt, … profiles are local to
-//! their file), runs the checks of [`super::check`] and returns the [`PModeSet`] with
+//! their file, unless the file says `shared = true`, which makes its profiles usable by every
+//! file), runs the checks of [`super::check`] and returns the [`PModeSet`] with
 //! every problem found. It never stops at the first problem: an unknown key is reported
 //! and skipped so that the next one is reported too, and a file with an error still
 //! contributes what could be read of it.
@@ -242,8 +243,17 @@ pub(crate) fn load_texts(
     for file in &parsed {
         resolver.collect_parties(file, &mut diags);
     }
-    for file in &parsed {
-        resolver.resolve_processes(file, &mut diags);
+    let local: Vec<Profiles> = parsed
+        .iter()
+        .map(|file| Profiles::resolve(file, &mut diags))
+        .collect();
+    let shared = Profiles::shared(&parsed, &local, &mut diags);
+    for (file, local) in parsed.iter().zip(&local) {
+        let scope = Scope {
+            local,
+            shared: &shared,
+        };
+        resolver.resolve_processes(file, &scope, &mut diags);
     }
     let Resolver {
         set,
@@ -294,6 +304,8 @@ pub(crate) struct CrlRef {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// Whether this file's profiles can be used by every file of the directory.
+    shared: Option<bool>,
     #[serde(default)]
     party: Vec<RawParty>,
     #[serde(default)]
@@ -784,8 +796,12 @@ impl Resolver {
         }
     }
 
-    fn resolve_processes(&mut self, file: &SourceFile, diags: &mut Vec<Diagnostic>) {
-        let profiles = Profiles::resolve(file, diags);
+    fn resolve_processes(
+        &mut self,
+        file: &SourceFile,
+        scope: &Scope<'_>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         let mut process_names: HashMap<&str, Location> = HashMap::new();
         for process in &file.raw.process {
             let pname = process.name.get_ref().as_str();
@@ -883,38 +899,32 @@ impl Resolver {
                         .clone()
                         .filter(|m| !m.is_empty())
                         .unwrap_or_else(|| DEFAULT_MPC.to_owned()),
-                    payload: profiles.pick(file, &profiles.payload, &leg.payload, "payload", diags),
-                    properties: profiles
+                    payload: scope.pick(file, |p| &p.payload, &leg.payload, "payload", diags),
+                    properties: scope
                         .pick(
                             file,
-                            &profiles.properties,
+                            |p| &p.properties,
                             &leg.properties,
                             "properties",
                             diags,
                         )
                         .unwrap_or_default(),
-                    security: profiles
-                        .pick(file, &profiles.security, &leg.security, "security", diags)
+                    security: scope
+                        .pick(file, |p| &p.security, &leg.security, "security", diags)
                         .unwrap_or_default(),
-                    receipt: profiles
-                        .pick(file, &profiles.receipt, &leg.receipt, "receipt", diags)
+                    receipt: scope
+                        .pick(file, |p| &p.receipt, &leg.receipt, "receipt", diags)
                         .unwrap_or_default(),
-                    reception: profiles
+                    reception: scope
+                        .pick(file, |p| &p.reception, &leg.reception, "reception", diags)
+                        .unwrap_or_default(),
+                    errors: scope
+                        .pick(file, |p| &p.errors, &leg.errors, "errors", diags)
+                        .unwrap_or_default(),
+                    compression: scope
                         .pick(
                             file,
-                            &profiles.reception,
-                            &leg.reception,
-                            "reception",
-                            diags,
-                        )
-                        .unwrap_or_default(),
-                    errors: profiles
-                        .pick(file, &profiles.errors, &leg.errors, "errors", diags)
-                        .unwrap_or_default(),
-                    compression: profiles
-                        .pick(
-                            file,
-                            &profiles.compression,
+                            |p| &p.compression,
                             &leg.compression,
                             "compression",
                             diags,
@@ -1148,9 +1158,8 @@ struct Profiles {
 }
 
 impl Profiles {
-    fn resolve(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> Profiles {
-        let raw = &file.raw;
-        let mut p = Profiles {
+    fn empty() -> Profiles {
+        Profiles {
             security: HashMap::new(),
             receipt: HashMap::new(),
             reception: HashMap::new(),
@@ -1158,7 +1167,12 @@ impl Profiles {
             compression: HashMap::new(),
             payload: HashMap::new(),
             properties: HashMap::new(),
-        };
+        }
+    }
+
+    fn resolve(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> Profiles {
+        let raw = &file.raw;
+        let mut p = Profiles::empty();
         for (name, s) in &raw.security {
             let d = SecurityProfile::default();
             let profile = match s.get_ref().profile.as_ref() {
@@ -1374,44 +1388,213 @@ impl Profiles {
     }
 
     /// The profile a leg names, or the file's `default` one, or `None` (built-in).
+    /// The profiles of the files that say `shared = true`, merged; a name defined in two
+    /// shared files is an error (which one would a leg get?).
+    fn shared(
+        files: &[SourceFile],
+        resolved: &[Profiles],
+        diags: &mut Vec<Diagnostic>,
+    ) -> Profiles {
+        fn merge<T: Clone>(
+            into: &mut HashMap<String, T>,
+            owners: &mut HashMap<(&'static str, String), PathBuf>,
+            kind: &'static str,
+            from: &HashMap<String, T>,
+            file: &SourceFile,
+            diags: &mut Vec<Diagnostic>,
+        ) {
+            let mut names: Vec<&String> = from.keys().collect();
+            names.sort();
+            for name in names {
+                if let Some(first) = owners.get(&(kind, name.clone())) {
+                    diags.push(Diagnostic::error(
+                        Location::file_start(&file.path),
+                        format!("shared {kind} profile '{name}' is also defined in {}", first.display()),
+                        "give one of them another name: shared profiles are visible to every file of the directory",
+                    ));
+                    continue;
+                }
+                owners.insert((kind, name.clone()), file.path.clone());
+                into.insert(name.clone(), from[name].clone());
+            }
+        }
+        let mut shared = Profiles::empty();
+        let mut owners = HashMap::new();
+        for (file, p) in files.iter().zip(resolved) {
+            if file.raw.shared != Some(true) {
+                continue;
+            }
+            let o = &mut owners;
+            merge(
+                &mut shared.security,
+                o,
+                "security",
+                &p.security,
+                file,
+                diags,
+            );
+            merge(&mut shared.receipt, o, "receipt", &p.receipt, file, diags);
+            merge(
+                &mut shared.reception,
+                o,
+                "reception",
+                &p.reception,
+                file,
+                diags,
+            );
+            merge(&mut shared.errors, o, "errors", &p.errors, file, diags);
+            merge(
+                &mut shared.compression,
+                o,
+                "compression",
+                &p.compression,
+                file,
+                diags,
+            );
+            merge(&mut shared.payload, o, "payload", &p.payload, file, diags);
+            merge(
+                &mut shared.properties,
+                o,
+                "properties",
+                &p.properties,
+                file,
+                diags,
+            );
+        }
+        shared
+    }
+}
+
+/// The profiles a file's legs can name: its own first, then the directory's shared ones.
+struct Scope<'a> {
+    local: &'a Profiles,
+    shared: &'a Profiles,
+}
+
+impl Scope<'_> {
+    /// The profile `name` (or `default` when the leg names none) of one kind, chosen by
+    /// `table`; an unknown name is an error listing the names that exist.
     fn pick<T: Clone>(
         &self,
         file: &SourceFile,
-        table: &HashMap<String, T>,
+        table: impl Fn(&Profiles) -> &HashMap<String, T>,
         name: &Option<Spanned<String>>,
         kind: &str,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<T> {
-        match name {
-            None => table.get("default").cloned(),
-            Some(n) => {
-                let found = table.get(n.get_ref()).cloned();
-                if found.is_none() {
-                    let mut known: Vec<&str> = table.keys().map(String::as_str).collect();
-                    known.sort();
-                    diags.push(Diagnostic::error(
-                        file.at(n.span()),
-                        format!("unknown {kind} profile '{}'", n.get_ref()),
-                        if known.is_empty() {
-                            format!("define it in this file as [{kind}.{}]", n.get_ref())
-                        } else {
-                            format!(
-                                "define [{kind}.{}] in this file, or use one of: {}",
-                                n.get_ref(),
-                                known.join(", ")
-                            )
-                        },
-                    ));
-                }
-                found
-            }
+        let (local, shared) = (table(self.local), table(self.shared));
+        let wanted = name.as_ref().map_or("default", |n| n.get_ref().as_str());
+        let found = local.get(wanted).or_else(|| shared.get(wanted)).cloned();
+        if let (None, Some(n)) = (&found, name) {
+            let mut known: Vec<&str> = local
+                .keys()
+                .chain(shared.keys())
+                .map(String::as_str)
+                .collect();
+            known.sort();
+            known.dedup();
+            diags.push(Diagnostic::error(
+                file.at(n.span()),
+                format!("unknown {kind} profile '{wanted}'"),
+                if known.is_empty() {
+                    format!(
+                        "define it in this file as [{kind}.{wanted}], or in a file that says `shared = true`"
+                    )
+                } else {
+                    format!(
+                        "define [{kind}.{wanted}] in this file or in a shared file, or use one of: {}",
+                        known.join(", ")
+                    )
+                },
+            ));
         }
+        found
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads in-memory files (no certificates named, so nothing is read from disk).
+    fn load_files(files: &[(&str, &str)]) -> (PModeSet, Vec<Diagnostic>) {
+        let texts: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|(name, text)| (PathBuf::from(name), (*text).to_owned()))
+            .collect();
+        load_texts(&texts, &LoadOptions::default(), Vec::new())
+    }
+
+    const PARTIES: &str = "[[party]]\nname = \"a\"\nids = [{ value = \"a\" }]\n[[party]]\nname = \"b\"\nids = [{ value = \"b\" }]\n";
+
+    fn process(security: &str) -> String {
+        format!(
+            "[[process]]\nname = \"p\"\nmep = \"oneWay\"\nbinding = \"push\"\ninitiator = {{ parties = [\"a\"] }}\nresponder = {{ parties = [\"b\"] }}\n[[process.leg]]\nname = \"l\"\nservice = \"s\"\naction = \"x\"\nsecurity = \"{security}\"\n"
+        )
+    }
+
+    fn errors(diags: &[Diagnostic]) -> Vec<&str> {
+        diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.message.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_file_lends_its_profiles_to_every_file() {
+        let shared = "shared = true\n[security.signed]\nsign = true\nencrypt = false\n";
+        let (set, diags) = load_files(&[
+            ("parties.toml", PARTIES),
+            ("process.toml", &process("signed")),
+            ("profiles.toml", shared),
+        ]);
+        assert!(errors(&diags).is_empty(), "{diags:?}");
+        assert!(set.legs[0].security.sign);
+        assert!(!set.legs[0].security.encrypt);
+    }
+
+    #[test]
+    fn a_file_own_profile_comes_before_a_shared_one() {
+        let shared = "shared = true\n[security.signed]\nsign = true\nencrypt = false\n";
+        let own = format!(
+            "{}[security.signed]\nsign = true\nencrypt = true\n",
+            process("signed")
+        );
+        let (set, diags) = load_files(&[
+            ("parties.toml", PARTIES),
+            ("process.toml", &own),
+            ("profiles.toml", shared),
+        ]);
+        assert!(errors(&diags).is_empty(), "{diags:?}");
+        assert!(set.legs[0].security.encrypt);
+    }
+
+    #[test]
+    fn profiles_of_a_file_that_is_not_shared_stay_in_it() {
+        let other = "[security.signed]\nsign = true\nencrypt = false\n";
+        let (_, diags) = load_files(&[
+            ("parties.toml", PARTIES),
+            ("process.toml", &process("signed")),
+            ("other.toml", other),
+        ]);
+        assert_eq!(errors(&diags), vec!["unknown security profile 'signed'"]);
+    }
+
+    #[test]
+    fn a_name_defined_in_two_shared_files_is_an_error() {
+        let one = "shared = true\n[security.signed]\nsign = true\n";
+        let (_, diags) = load_files(&[
+            ("parties.toml", PARTIES),
+            ("process.toml", &process("signed")),
+            ("profiles-1.toml", one),
+            ("profiles-2.toml", one),
+        ]);
+        assert_eq!(
+            errors(&diags),
+            vec!["shared security profile 'signed' is also defined in profiles-1.toml"]
+        );
+    }
 
     #[test]
     fn sizes_and_durations_parse() {

@@ -5,6 +5,7 @@ mod certs;
 mod db;
 mod demo;
 mod demo_oots;
+mod keystore;
 mod message;
 mod messages;
 mod oots;

@@ -36,6 +36,17 @@ pub enum PmodeCommand {
     },
     /// Convert a Domibus PMode XML into native PMode files, warning about what cannot be
     /// carried over.
+    ///
+    /// Writes one file per party, one per process, and `profiles.toml` with every profile
+    /// (security, retry, …) once, shared by the process files. With --keystore, the
+    /// partners' certificates are exported from the Domibus truststore (JKS or PKCS#12, one
+    /// entry per party under the party's name) into OUT/certs/ and referenced.
+    ///
+    /// Examples:
+    ///   varti pmode import-domibus pmode.xml --out pmodes/
+    ///   VARTI_STOREPASS=… varti pmode import-domibus pmode.xml --out pmodes/ \
+    ///       --keystore gateway_truststore.jks
+    #[command(verbatim_doc_comment)]
     ImportDomibus {
         /// The Domibus PMode XML file.
         file: PathBuf,
@@ -45,6 +56,19 @@ pub enum PmodeCommand {
         /// Overwrite files that already exist in the output directory.
         #[arg(long)]
         force: bool,
+        /// The Domibus truststore (or keystore) to export the parties' certificates from:
+        /// .jks or .p12. Private keys are never read.
+        #[arg(long, value_name = "FILE")]
+        keystore: Option<PathBuf>,
+        /// The keystore's password (prefer the environment variable: arguments are visible
+        /// to other users in the process list).
+        #[arg(
+            long,
+            env = "VARTI_STOREPASS",
+            hide_env_values = true,
+            requires = "keystore"
+        )]
+        storepass: Option<String>,
     },
 }
 
@@ -53,7 +77,19 @@ pub fn run(cmd: PmodeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PmodeCommand::Check { dir, json, at } => check(&dir, json, at.as_deref()),
         PmodeCommand::Show { dir, json } => show(&dir, json),
-        PmodeCommand::ImportDomibus { file, out, force } => import(&file, &out, force),
+        PmodeCommand::ImportDomibus {
+            file,
+            out,
+            force,
+            keystore,
+            storepass,
+        } => import(
+            &file,
+            &out,
+            force,
+            keystore.as_deref(),
+            storepass.as_deref(),
+        ),
     }
 }
 
@@ -209,7 +245,13 @@ fn show(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn import(file: &Path, out: &Path, force: bool) -> anyhow::Result<ExitCode> {
+fn import(
+    file: &Path,
+    out: &Path,
+    force: bool,
+    keystore: Option<&Path>,
+    storepass: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let xml = std::fs::read(file).with_context(|| format!("reading {}", file.display()));
     let xml = match xml {
         Ok(x) => x,
@@ -218,6 +260,47 @@ fn import(file: &Path, out: &Path, force: bool) -> anyhow::Result<ExitCode> {
             return Ok(exit_cannot_run());
         }
     };
+    if let Some(keystore) = keystore {
+        // Convert once first: a PMode that cannot be imported, or files that would not be
+        // overwritten, leave no certificates behind.
+        let first = match pmode::domibus::convert(&xml, out) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                return Ok(exit_problems());
+            }
+        };
+        if let Some((name, _)) = first
+            .files
+            .iter()
+            .find(|(n, _)| !force && out.join(n).exists())
+        {
+            eprintln!(
+                "error: {} already exists; use --force to overwrite, or choose another --out",
+                out.join(name).display()
+            );
+            return Ok(exit_cannot_run());
+        }
+        let Some(storepass) = storepass else {
+            eprintln!("error: --keystore needs the keystore's password: set VARTI_STOREPASS (or --storepass)");
+            return Ok(exit_cannot_run());
+        };
+        match export_certificates(keystore, storepass, out, force) {
+            Ok(written) => {
+                for (alias, path) in &written {
+                    println!(
+                        "exported '{alias}' from {} to {}",
+                        keystore.display(),
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", keystore.display());
+                return Ok(exit_problems());
+            }
+        }
+    }
     let import = match pmode::domibus::convert(&xml, out) {
         Ok(i) => i,
         Err(e) => {
@@ -232,8 +315,13 @@ fn import(file: &Path, out: &Path, force: bool) -> anyhow::Result<ExitCode> {
     for w in &import.warnings {
         eprintln!("{}: warning: {w}", file.display());
     }
+    let next = if keystore.is_some() {
+        "Next: run"
+    } else {
+        "Next: provide the certificates, then run"
+    };
     println!(
-        "wrote {} file(s) to {}: {} parties, {} legs; {} warning(s). Next: provide the certificates, then run `varti pmode check {}`",
+        "wrote {} file(s) to {}: {} parties, {} legs; {} warning(s). {next} `varti pmode check {}`",
         import.files.len(),
         out.display(),
         import.party_count,
@@ -242,4 +330,52 @@ fn import(file: &Path, out: &Path, force: bool) -> anyhow::Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes each certificate of the keystore to `out/certs/<alias>.cert.pem`, where the import
+/// looks for a party's certificate (Domibus names truststore entries by party). Refuses to
+/// replace an existing file unless `force`. Returns what was written.
+fn export_certificates(
+    keystore: &Path,
+    storepass: &str,
+    out: &Path,
+    force: bool,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let entries = super::keystore::read(keystore, storepass)?;
+    if entries.is_empty() {
+        anyhow::bail!("the keystore holds no certificate");
+    }
+    let certs = out.join("certs");
+    let mut planned = Vec::new();
+    for e in &entries {
+        // An alias becomes a file name: keep it to what a party name can be.
+        if e.alias.is_empty()
+            || !e
+                .alias
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || e.alias.starts_with('.')
+        {
+            anyhow::bail!(
+                "entry alias '{}' cannot be a file name; export it by hand with keytool",
+                e.alias
+            );
+        }
+        let path = certs.join(format!("{}.cert.pem", e.alias));
+        if path.exists() && !force {
+            anyhow::bail!(
+                "{} already exists; use --force to overwrite, or choose another --out",
+                path.display()
+            );
+        }
+        planned.push((e, path));
+    }
+    std::fs::create_dir_all(&certs).with_context(|| format!("creating {}", certs.display()))?;
+    let mut written = Vec::new();
+    for (e, path) in planned {
+        let pem = e.cert.to_pem()?;
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        written.push((e.alias.clone(), path));
+    }
+    Ok(written)
 }
