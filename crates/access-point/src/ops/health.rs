@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use http::{Response, StatusCode};
 
+use crate::ops::Metrics;
 use crate::server::http::text_response;
 use crate::server::Body;
 
@@ -17,6 +18,8 @@ use crate::server::Body;
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     conditions: Arc<Mutex<BTreeMap<String, Result<(), String>>>>,
+    /// Where each change is also published as `varti_ready{condition}`, for alerting.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Readiness {
@@ -29,14 +32,31 @@ impl Readiness {
         readiness
     }
 
+    /// Publishes every condition, now and on each change, as `varti_ready{condition}`.
+    pub fn reporting_to(mut self, metrics: Arc<Metrics>) -> Readiness {
+        for (name, state) in self.lock().iter() {
+            metrics.set_ready(name, state.is_ok());
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Marks a condition ready (adding it if new).
     pub fn set_ready(&self, condition: &str) {
-        self.lock().insert(condition.to_owned(), Ok(()));
+        self.set(condition, Ok(()));
     }
 
     /// Marks a condition not ready, with the reason shown by `/ready`.
     pub fn set_not_ready(&self, condition: &str, reason: impl Into<String>) {
-        self.lock().insert(condition.to_owned(), Err(reason.into()));
+        self.set(condition, Err(reason.into()));
+    }
+
+    fn set(&self, condition: &str, state: Result<(), String>) {
+        let mut conditions = self.lock();
+        if let Some(m) = &self.metrics {
+            m.set_ready(condition, state.is_ok());
+        }
+        conditions.insert(condition.to_owned(), state);
     }
 
     /// True when every condition is ready (and there is at least one).

@@ -9,7 +9,13 @@
 //! * `varti_cert_expiry_days{cert}` — days until a certificate expires (negative: expired);
 //! * `varti_refusals_total{owner,reason}` — messages a feature of the runtime refused (the
 //!   OOTS gateway: answers bound to other parties, requests whose parties do not agree…),
-//!   by the feature's owner name and a short reason.
+//!   by the feature's owner name and a short reason;
+//! * `varti_ready{condition}` — 1 when the readiness condition (`store`, `pmodes`, …) holds,
+//!   0 when it does not (what `/ready` reports, for alerting);
+//! * `varti_store_up` — 1 when the last probe of the store succeeded, 0 when it failed.
+//!
+//! `deploy/prometheus/varti-alerts.yml` and `deploy/grafana/varti-dashboard.json` use these;
+//! a test checks that every name they use is exported.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -103,6 +109,11 @@ struct CertLabels {
     cert: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    condition: String,
+}
+
 type LatencyFamily = Family<DirectionLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -121,6 +132,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     cert_expiry: Family<CertLabels, Gauge<f64, AtomicU64>>,
     refusals: Family<RefusalLabels, Counter>,
+    ready: Family<ConditionLabels, Gauge>,
+    store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -139,6 +152,18 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let cert_expiry = Family::<CertLabels, Gauge<f64, AtomicU64>>::default();
         let refusals = Family::<RefusalLabels, Counter>::default();
+        let ready = Family::<ConditionLabels, Gauge>::default();
+        let store_up = Gauge::default();
+        registry.register(
+            "varti_ready",
+            "1 when the readiness condition holds, 0 when it does not",
+            ready.clone(),
+        );
+        registry.register(
+            "varti_store_up",
+            "1 when the last probe of the store succeeded, 0 when it failed",
+            store_up.clone(),
+        );
         registry.register(
             "varti_messages",
             "AS4 user messages by direction and outcome",
@@ -186,7 +211,23 @@ impl Metrics {
             queue_depth,
             cert_expiry,
             refusals,
+            ready,
+            store_up,
         }
+    }
+
+    /// Sets `varti_ready{condition}` (kept in step by [`crate::ops::Readiness`]).
+    pub(crate) fn set_ready(&self, condition: &str, ready: bool) {
+        self.ready
+            .get_or_create(&ConditionLabels {
+                condition: condition.to_owned(),
+            })
+            .set(i64::from(ready));
+    }
+
+    /// Records the outcome of a probe of the store.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     /// Counts one message the feature `owner` refused for `reason` (a short fixed word).
@@ -304,7 +345,14 @@ mod tests {
         m.set_queue_depth(7);
         m.set_cert_expiry_days("tls", 42.5);
         m.refusal("varti:oots", "wrong_gateway");
+        m.set_ready("store", false);
+        m.set_store_up(true);
         let text = m.encode();
+        assert!(
+            text.contains("varti_ready{condition=\"store\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("varti_store_up 1"), "{text}");
         assert!(
             text.contains("varti_messages_total{direction=\"inbound\",outcome=\"success\"} 2"),
             "{text}"

@@ -35,6 +35,9 @@ const EXPIRY_REFRESH: Duration = Duration::from_secs(6 * 3600);
 /// How often payloads and metadata past the retention are purged.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How often the store is probed for `/ready` and `varti_store_up`.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Log format on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormatArg {
@@ -131,7 +134,7 @@ fn init_logging(config: &Config, verbose: u8) {
 
 async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::new(&["store", "pmodes"]);
+    let readiness = Readiness::new(&["store", "pmodes"]).reporting_to(metrics.clone());
 
     let tls = if args.insecure_http {
         eprintln!(
@@ -163,6 +166,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the store-opening task failed")??
     };
     readiness.set_ready("store");
+    metrics.set_store_up(true);
     let ap = {
         let (settings, store, metrics) = (
             config.access_point_settings(),
@@ -355,6 +359,15 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
     tasks.spawn(
+        "store-probe",
+        store_probe(
+            ap.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            tasks.token(),
+        ),
+    );
+    tasks.spawn(
         "oots",
         varti_oots_gateway::gateway::run(gateway, tasks.token()),
     );
@@ -443,6 +456,52 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
             Err(e) => tracing::error!(error = %e, "the retention task failed"),
+        }
+    }
+}
+
+/// Reads from the store every [`STORE_PROBE_INTERVAL`]: a failure makes the instance
+/// not ready (the load balancer drains it) and sets `varti_store_up` to 0 until a probe
+/// succeeds again.
+async fn store_probe(
+    ap: Arc<AccessPoint>,
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut interval = tokio::time::interval(STORE_PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let probe = ap.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || probe.store.get("varti-store-probe").map(|_| ()))
+                .await;
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the probe task failed: {e}")),
+        };
+        metrics.set_store_up(error.is_none());
+        match error {
+            None => {
+                if !was_up {
+                    tracing::info!("the store answers again: ready");
+                }
+                readiness.set_ready("store");
+                was_up = true;
+            }
+            Some(e) => {
+                if was_up {
+                    tracing::error!(error = %e, "the store does not answer: not ready until it does");
+                }
+                readiness.set_not_ready("store", format!("the store does not answer: {e}"));
+                was_up = false;
+            }
         }
     }
 }
