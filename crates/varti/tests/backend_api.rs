@@ -275,6 +275,29 @@ fn auth_submit_list_isolation_errors_resend_status_purge() {
         "docs/openapi.json differs from what varti serves (crates/access-point/openapi/ and crates/oots-gateway/openapi/ merged)"
     );
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    // The notifications Varti sends are documented as OpenAPI 3.1 webhooks.
+    for (hook, schema) in [
+        ("messageEvent", "MessageEvent"),
+        ("ootsRequest", "OotsRequestEvent"),
+    ] {
+        let post = &doc["webhooks"][hook]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{hook}"
+        );
+        assert!(doc["components"]["schemas"][schema]["properties"]["event"].is_object());
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            headers.contains(&"X-Varti-Signature"),
+            "{hook}: {headers:?}"
+        );
+    }
     assert_eq!(doc["servers"][0]["url"], "/api/v1");
     // Every operation lists its success, its 401 and an operationId; every $ref resolves.
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -184,6 +184,8 @@ fn evidence_request_response_and_every_error_over_as4() {
     assert_eq!(calls[0]["natural_person"]["family_name"], "Jensen");
     assert_eq!(calls[0]["evidence_type"]["identifier"], "EV-OK");
     assert_eq!(calls[0]["requester"]["identifier"], "DK22233223");
+    // It has exactly the fields docs/register-connector.openapi.json tells registers of.
+    assert_matches_register_schema(&calls[0]);
     // The answer is an AS4 message on the request's conversation, referring to it.
     let response_id = v["response_message_id"].as_str().unwrap();
     assert_ne!(response_id, v["request_message_id"].as_str().unwrap());
@@ -722,4 +724,34 @@ fn check_requester_agent_rules(xml: &str) {
         "{:?}",
         broken(&wrong)
     );
+}
+
+/// Checks that `request` (what the register was sent) has exactly the properties of the
+/// `EvidenceQuery` schema of docs/register-connector.openapi.json, and its objects those of
+/// the schemas they refer to.
+fn assert_matches_register_schema(request: &Value) {
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(pair_support::repo().join("docs/register-connector.openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+    let query = &schemas["EvidenceQuery"]["properties"];
+    assert_eq!(keys(request), keys(query), "the request's fields");
+    assert_eq!(
+        keys(&request["evidence_type"]),
+        keys(&query["evidence_type"]["properties"])
+    );
+    for (field, schema) in [
+        ("natural_person", "NaturalPerson"),
+        ("requester", "Requester"),
+    ] {
+        assert_eq!(
+            keys(&request[field]),
+            keys(&schemas[schema]["properties"]),
+            "{field}"
+        );
+    }
 }

@@ -322,8 +322,8 @@ impl ApiRouter {
         });
     }
 
-    /// Adds a feature's OpenAPI fragment (`{"paths": …, "components": …}`) to the served
-    /// document.
+    /// Adds a feature's OpenAPI fragment (`{"paths": …, "webhooks": …, "components": …}`)
+    /// to the served document.
     pub fn add_openapi(&mut self, fragment: &str) -> Result<(), OpenApiError> {
         let fragment: serde_json::Value = serde_json::from_str(fragment)?;
         let merge = |into: &mut serde_json::Value, from: &serde_json::Value, what: &str| {
@@ -338,6 +338,14 @@ impl ApiRouter {
             Ok(())
         };
         merge(&mut self.openapi["paths"], &fragment["paths"], "path")?;
+        if fragment["webhooks"].is_object() && self.openapi["webhooks"].is_null() {
+            self.openapi["webhooks"] = serde_json::json!({});
+        }
+        merge(
+            &mut self.openapi["webhooks"],
+            &fragment["webhooks"],
+            "webhook",
+        )?;
         if let Some(kinds) = fragment["components"].as_object() {
             for (kind, items) in kinds {
                 let into = &mut self.openapi["components"][kind];
