@@ -5,6 +5,7 @@
 //! ```text
 //! <dir>/db/          sled database
 //! <dir>/payloads/    payload files (see FilePayloadStore)
+//! <dir>/messages/    one sidecar per message: its last acknowledged record (see `sidecar`)
 //! ```
 //!
 //! Trees (each index key ends with the message id, so keys are unique and the id can be read
@@ -34,6 +35,7 @@
 
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::{validate_id, MessageRecord};
+use crate::sidecar::Sidecars;
 use crate::state::{Direction, Event, State};
 use crate::{
     AttemptOutcome, InsertOutcome, ListCursor, ListFilter, NewInbound, NewOutbound, Page, Store,
@@ -56,7 +58,7 @@ const SETTLED: usize = 4;
 const UNPURGED: usize = 5;
 /// Signal ids noted by [`Store::note_signal`]: id → when.
 const SIGNALS: usize = 6;
-const TREE_NAMES: [&str; 7] = [
+pub(crate) const TREE_NAMES: [&str; 7] = [
     "records", "due", "created", "owner", "settled", "unpurged", "signals",
 ];
 
@@ -76,7 +78,16 @@ pub struct SledStore {
     payloads: FilePayloadStore,
     /// Shares flushes between concurrent callers; `None`: each call flushes on its own.
     group_commit: Option<GroupCommit>,
+    /// The per-message sidecar files, rewritten after each durable change.
+    sidecars: Sidecars,
+    /// Changes to one message (transaction, flush, sidecar) run under the lock of its
+    /// stripe, so that its sidecar is written in the order its changes were committed.
+    stripes: Vec<Mutex<()>>,
 }
+
+/// How many locks order sidecar writes (messages hash onto them; only messages sharing
+/// one wait for each other).
+const STRIPES: usize = 256;
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,12 +139,88 @@ impl SledStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
+        let sidecars = Sidecars::open(dir, true)?;
         Ok(SledStore {
             db,
             trees,
             payloads,
             group_commit: group_commit.then(GroupCommit::default),
+            sidecars,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         })
+    }
+
+    /// The sled database (for the integrity check, recovery and backup).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Decodes every record in the database: `(key, record or why not)`.
+    pub(crate) fn scan_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Result<MessageRecord, StoreError>), StoreError>> + '_
+    {
+        self.trees[RECORDS].iter().map(|item| {
+            let (key, value) = item.map_err(db_error)?;
+            Ok((key.to_vec(), decode(&value)))
+        })
+    }
+
+    /// Whether the index entries `record` needs are all present.
+    pub(crate) fn missing_index_entries(
+        &self,
+        record: &MessageRecord,
+    ) -> Result<Vec<&'static str>, StoreError> {
+        let mut missing = Vec::new();
+        for (tree, key) in index_keys(record) {
+            if !self.trees[tree].contains_key(&key).map_err(db_error)? {
+                missing.push(TREE_NAMES[tree]);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Writes `record` as it is (no state machine: it is a copy of a record another store
+    /// held) with its index keys and its sidecar. For recovery and restore into a new store;
+    /// call [`SledStore::flush_all`] when done.
+    pub(crate) fn put_record_as_is(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let id = record.id().to_owned();
+        let _order = self.stripe(&id);
+        self.trees
+            .as_slice()
+            .transaction(|trees| {
+                let old = match trees[RECORDS].get(id.as_bytes())? {
+                    Some(bytes) => {
+                        Some(decode(&bytes).map_err(ConflictableTransactionError::Abort)?)
+                    }
+                    None => None,
+                };
+                write_record(trees, &id, old.as_ref(), Some(record))
+                    .map_err(TxError::into_conflictable)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
+        // No flush per record: the caller builds a new store and flushes once at the end
+        // (a half-built store is discarded, never used).
+        self.sidecars.write(record)
+    }
+
+    /// Flushes everything written so far (an fsync).
+    pub(crate) fn flush_all(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
+    /// The lock that orders the changes of message `id`.
+    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        self.stripes[(h.finish() as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The concrete payload store (files).
@@ -158,6 +245,7 @@ impl SledStore {
         id: &str,
         change: impl Fn(Option<MessageRecord>) -> Result<(Write, T), StoreError>,
     ) -> Result<T, StoreError> {
+        let _order = self.stripe(id);
         let (wrote, out) = self
             .trees
             .as_slice()
@@ -171,20 +259,27 @@ impl SledStore {
                 let (write, out) =
                     change(old.clone()).map_err(ConflictableTransactionError::Abort)?;
                 let new = match write {
-                    Write::Unchanged => return Ok((false, out)),
+                    Write::Unchanged => return Ok((None, out)),
                     Write::Delete => None,
                     Write::Put(record) => Some(*record),
                 };
                 write_record(trees, id, old.as_ref(), new.as_ref())
                     .map_err(TxError::into_conflictable)?;
-                Ok((true, out))
+                Ok((Some(new), out))
             })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => db_error(e),
             })?;
-        if wrote {
+        if let Some(new) = wrote {
             self.flush()?;
+            // The sidecar follows the durable change before the caller hears of it. A lease
+            // claim is not worth an extra fsync: a store rebuilt without it sends again.
+            match new {
+                Some(record) if record.state != State::Sending => self.sidecars.write(&record)?,
+                Some(_) => {}
+                None => self.sidecars.remove(id)?,
+            }
         }
         Ok(out)
     }
@@ -582,6 +677,12 @@ impl Store for SledStore {
                     for entry in &record.meta.payloads {
                         self.payloads.remove(&entry.stored)?;
                     }
+                }
+                // The sidecar goes before the record: a cut in between leaves a record
+                // without a sidecar (harmless), never a sidecar of a purged message (which
+                // the integrity check would take for a lost message).
+                if record.settled_at.is_some_and(|t| t < settled_before) {
+                    self.sidecars.remove(&id)?;
                 }
                 let done = self.update(&id, |old| match old {
                     Some(r) if r.settled_at.is_some_and(|t| t < settled_before) => {

@@ -1,0 +1,177 @@
+//! Message sidecars: the last acknowledged state of every message, one small JSON file per
+//! message beside the payload files, so that a store whose sled files are damaged or gone
+//! can be rebuilt (`varti db recover`).
+//!
+//! Layout: `<store>/messages/<first two hex chars>/<SHA-256 of the message id>.json`, holding
+//! `{"format": 1, "record": <MessageRecord>}`. The record carries the payload references
+//! with their SHA-256, the receipt, the state and the history: everything the store knows.
+//! The file name is a hash so that any message id (any bytes) maps to a safe name.
+//!
+//! A sidecar is written like a payload (temporary name, fsync, rename, fsync of the
+//! directory) *after* sled made the change durable and *before* the store method returns:
+//! when a caller is told "stored", "delivered" or "acknowledged", the sidecar says so too.
+//! Lease claims by [`Store::claim_due`](crate::Store::claim_due) do not rewrite sidecars (a
+//! store rebuilt from sidecars sends such a message again, which AS4 duplicate detection
+//! absorbs); every other change does.
+
+use crate::payload::{hex, sync_dir};
+use crate::record::MessageRecord;
+use crate::StoreError;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The sidecar file format written by this version.
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SidecarFile {
+    format: u32,
+    record: MessageRecord,
+}
+
+/// The sidecar directory of a store.
+#[derive(Debug)]
+pub(crate) struct Sidecars {
+    dir: PathBuf,
+}
+
+/// One sidecar read back: its path and its record, or why it cannot be read.
+pub(crate) struct ReadSidecar {
+    pub(crate) path: PathBuf,
+    pub(crate) record: Result<MessageRecord, String>,
+}
+
+impl Sidecars {
+    /// Opens (creating if `create`) `<store>/messages`; removes temporary files a crash left.
+    pub(crate) fn open(store_dir: &Path, create: bool) -> Result<Self, StoreError> {
+        let dir = store_dir.join("messages");
+        if create {
+            let tmp = dir.join("tmp");
+            fs::create_dir_all(&tmp)
+                .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
+            if let Ok(entries) = fs::read_dir(&tmp) {
+                for entry in entries.flatten() {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Sidecars { dir })
+    }
+
+    /// Where the sidecar of `message_id` lives.
+    pub(crate) fn path_for(&self, message_id: &str) -> PathBuf {
+        let name = hex(&openssl::sha::sha256(message_id.as_bytes()));
+        self.dir.join(&name[..2]).join(format!("{name}.json"))
+    }
+
+    /// Writes the sidecar of `record` durably (replacing the previous one).
+    pub(crate) fn write(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let path = self.path_for(record.id());
+        let bytes = serde_json::to_vec(&SidecarFile {
+            format: FORMAT,
+            record: record.clone(),
+        })
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialise a sidecar: {e}")))?;
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StoreError::io(format!("cannot write {}", tmp.display()), e))?;
+            drop(file);
+            let shard = path.parent().expect("a sidecar path has a shard directory");
+            let shard_is_new = !shard.exists();
+            fs::create_dir_all(shard)
+                .map_err(|e| StoreError::io(format!("cannot create {}", shard.display()), e))?;
+            fs::rename(&tmp, &path)
+                .map_err(|e| StoreError::io(format!("cannot move {}", path.display()), e))?;
+            sync_dir(shard)?;
+            if shard_is_new {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Removes the sidecar of `message_id` durably (gone already is fine).
+    pub(crate) fn remove(&self, message_id: &str) -> Result<(), StoreError> {
+        let path = self.path_for(message_id);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("a sidecar path has a shard directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    /// Every sidecar file, read (an unreadable one is returned with its error).
+    pub(crate) fn read_all(&self) -> Result<Vec<ReadSidecar>, StoreError> {
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(&self.dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot list {}", self.dir.display()),
+                    e,
+                ))
+            }
+        };
+        for shard in shards.flatten() {
+            let name = shard.file_name();
+            if name == "tmp" || !shard.path().is_dir() {
+                continue;
+            }
+            let files = fs::read_dir(shard.path()).map_err(|e| {
+                StoreError::io(format!("cannot list {}", shard.path().display()), e)
+            })?;
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let record = read_one(&path);
+                out.push(ReadSidecar { path, record });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+fn read_one(path: &Path) -> Result<MessageRecord, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let parsed: SidecarFile =
+        serde_json::from_reader(io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    if parsed.format != FORMAT {
+        return Err(format!(
+            "sidecar format {} (this Varti reads format {FORMAT})",
+            parsed.format
+        ));
+    }
+    Ok(parsed.record)
+}
+
+/// Whether the database's copy of a record is behind its sidecar: the sidecar holds a
+/// change the caller was told about that the database lost.
+pub(crate) fn database_is_behind(database: &MessageRecord, sidecar: &MessageRecord) -> bool {
+    database.updated_at < sidecar.updated_at
+        || (database.history.len() < sidecar.history.len()
+            && database.history.len() < crate::record::MAX_HISTORY)
+        || (sidecar.payloads_purged_at.is_some() && database.payloads_purged_at.is_none())
+}
