@@ -335,6 +335,13 @@ fn check_dir(
                 }
                 Some(store)
             }
+            Err(why) if why.contains("could not acquire lock") => {
+                return Err(StoreError::Database(format!(
+                    "the store at {} is in use by another process (a running `varti serve`?): \
+                     stop it first, or take an online backup with `varti db backup` ({why})",
+                    dir.display()
+                )));
+            }
             Err(why) => {
                 report.add(
                     FindingKind::DatabaseUnopenable,
