@@ -119,12 +119,13 @@ impl Sidecars {
         }
     }
 
-    /// Every sidecar file, read (an unreadable one is returned with its error).
-    pub(crate) fn read_all(&self) -> Result<Vec<ReadSidecar>, StoreError> {
-        let mut out = Vec::new();
+    /// Every sidecar file, read one at a time (an unreadable one comes with its error), so
+    /// that a large store is never held in memory whole.
+    pub(crate) fn read_all(&self) -> Result<impl Iterator<Item = ReadSidecar>, StoreError> {
+        let mut paths = Vec::new();
         let shards = match fs::read_dir(&self.dir) {
-            Ok(shards) => shards,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Ok(shards) => Some(shards),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(StoreError::io(
                     format!("cannot list {}", self.dir.display()),
@@ -132,9 +133,8 @@ impl Sidecars {
                 ))
             }
         };
-        for shard in shards.flatten() {
-            let name = shard.file_name();
-            if name == "tmp" || !shard.path().is_dir() {
+        for shard in shards.into_iter().flatten().flatten() {
+            if shard.file_name() == "tmp" || !shard.path().is_dir() {
                 continue;
             }
             let files = fs::read_dir(shard.path()).map_err(|e| {
@@ -142,15 +142,16 @@ impl Sidecars {
             })?;
             for file in files.flatten() {
                 let path = file.path();
-                if path.extension().is_none_or(|e| e != "json") {
-                    continue;
+                if path.extension().is_some_and(|e| e == "json") {
+                    paths.push(path);
                 }
-                let record = read_one(&path);
-                out.push(ReadSidecar { path, record });
             }
         }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
+        paths.sort();
+        Ok(paths.into_iter().map(|path| {
+            let record = read_one(&path);
+            ReadSidecar { path, record }
+        }))
     }
 }
 
@@ -167,11 +168,32 @@ fn read_one(path: &Path) -> Result<MessageRecord, String> {
     Ok(parsed.record)
 }
 
+/// What the comparison of a database record with its sidecar needs of a record (small, so
+/// the check can keep one per message).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Version {
+    pub(crate) updated_at: time::OffsetDateTime,
+    pub(crate) history_len: usize,
+    pub(crate) purged: bool,
+    pub(crate) state: crate::State,
+}
+
+impl From<&MessageRecord> for Version {
+    fn from(r: &MessageRecord) -> Self {
+        Version {
+            updated_at: r.updated_at,
+            history_len: r.history.len(),
+            purged: r.payloads_purged_at.is_some(),
+            state: r.state,
+        }
+    }
+}
+
 /// Whether the database's copy of a record is behind its sidecar: the sidecar holds a
 /// change the caller was told about that the database lost.
-pub(crate) fn database_is_behind(database: &MessageRecord, sidecar: &MessageRecord) -> bool {
+pub(crate) fn database_is_behind(database: Version, sidecar: Version) -> bool {
     database.updated_at < sidecar.updated_at
-        || (database.history.len() < sidecar.history.len()
-            && database.history.len() < crate::record::MAX_HISTORY)
-        || (sidecar.payloads_purged_at.is_some() && database.payloads_purged_at.is_none())
+        || (database.history_len < sidecar.history_len
+            && database.history_len < crate::record::MAX_HISTORY)
+        || (sidecar.purged && !database.purged)
 }

@@ -22,7 +22,7 @@
 
 use crate::payload::{sha256_of, FilePayloadStore};
 use crate::record::MessageRecord;
-use crate::sidecar::{database_is_behind, Sidecars};
+use crate::sidecar::{database_is_behind, Sidecars, Version};
 use crate::state::State;
 use crate::{SledStore, StoreError};
 use serde::Serialize;
@@ -338,7 +338,7 @@ fn check_dir(
             Err(why) if why.contains("could not acquire lock") => {
                 return Err(StoreError::Database(format!(
                     "the store at {} is in use by another process (a running `varti serve`?): \
-                     stop it first, or take an online backup with `varti db backup` ({why})",
+                     stop it first (a running serve backs itself up: store.backup_dir) ({why})",
                     dir.display()
                 )));
             }
@@ -356,7 +356,7 @@ fn check_dir(
 
     let payloads = FilePayloadStore::at(dir.join("payloads"));
     let mut referenced: HashSet<String> = HashSet::new();
-    let mut in_database: HashMap<String, MessageRecord> = HashMap::new();
+    let mut in_database: HashMap<String, Version> = HashMap::new();
     if let Some(store) = &store {
         for item in store.scan_records() {
             let (key, record) = match item {
@@ -422,7 +422,7 @@ fn check_dir(
             for p in &record.meta.payloads {
                 referenced.insert(p.stored.id.clone());
             }
-            in_database.insert(record.id().to_owned(), record);
+            in_database.insert(record.id().to_owned(), (&record).into());
         }
     }
 
@@ -461,7 +461,7 @@ fn check_dir(
                     record.state
                 ),
             ),
-            Some(db) if database_is_behind(db, &record) => report.add(
+            Some(db) if database_is_behind(*db, (&record).into()) => report.add(
                 FindingKind::LostChange,
                 Severity::Damage,
                 Some(record.id()),

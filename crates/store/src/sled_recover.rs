@@ -106,7 +106,7 @@ pub fn recover_store(
         let _ = fs::remove_file(copy.join(name));
     }
     let mut from_db: BTreeMap<String, MessageRecord> = BTreeMap::new();
-    let mut other_trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut other_trees: Trees = Vec::new();
     if copy.join("conf").exists() {
         match read_database(&copy, &mut report) {
             Ok((records, trees)) => {
@@ -130,7 +130,7 @@ pub fn recover_store(
             Ok(record) => {
                 let take = match chosen.get(record.id()) {
                     None => true,
-                    Some(db) => database_is_behind(db, &record),
+                    Some(db) => database_is_behind(db.into(), (&record).into()),
                 };
                 if take {
                     from_sidecar.insert(record.id().to_owned());
@@ -157,9 +157,13 @@ pub fn recover_store(
                     Ok(()) => report.payloads_saved += 1,
                     Err(e) => {
                         lost = true;
+                        let why = match e {
+                            StoreError::NotFound { .. } => "the payload file is missing".to_owned(),
+                            other => other.to_string(),
+                        };
                         report
                             .payloads_lost
-                            .push(format!("{id}: {}: {e}", entry.content_id));
+                            .push(format!("{id}: {}: {why}", entry.content_id));
                     }
                 }
             }
@@ -202,6 +206,7 @@ pub fn recover_store(
     Ok(report)
 }
 
+/// Trees of other features: name and entries.
 type Trees = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// Reads every record (and every tree this module does not know) from the sled files in

@@ -322,7 +322,7 @@ mod embedded {
 
         // Streamed through a pipe: backup to stdout, restore from stdin.
         let piped = dir.path().join("piped");
-        let backup = Command::new(env!("CARGO_BIN_EXE_varti"))
+        let mut backup = Command::new(env!("CARGO_BIN_EXE_varti"))
             .args(["db", "backup", "--data-dir", path(&store), "--out", "-"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -330,7 +330,8 @@ mod embedded {
             .unwrap();
         let (code, out, err) = run(Command::new(env!("CARGO_BIN_EXE_varti"))
             .args(["db", "restore", "-", "--data-dir", path(&piped)])
-            .stdin(backup.stdout.unwrap()));
+            .stdin(backup.stdout.take().unwrap()));
+        assert!(backup.wait().unwrap().success());
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("restored 5 message(s)"), "{out}");
     }

@@ -412,12 +412,15 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The store as the access point uses it, and the embedded one as such (for backups).
+type OpenedStore = (Arc<dyn Store>, Option<Arc<SledStore>>);
+
 /// Opens the configured store (and, for the embedded one, also returns it as such, for the
 /// scheduled backups). The embedded store is checked first (`varti db check`): a damaged
 /// one is refused with what is wrong and the command that fixes it. PostgreSQL must
 /// already have the current schema: migrations are applied by `varti db migrate`,
 /// deliberately, not by whichever instance starts first.
-fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<SledStore>>)> {
+fn open_store(config: &Config) -> anyhow::Result<OpenedStore> {
     match config.store.kind {
         StoreKind::Sled => {
             let path = config.store_path();
