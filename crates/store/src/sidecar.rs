@@ -2,10 +2,12 @@
 //! message beside the payload files, so that a store whose sled files are damaged or gone
 //! can be rebuilt (`varti db recover`).
 //!
-//! Layout: `<store>/messages/<first two hex chars>/<SHA-256 of the message id>.json`, holding
+//! Layout: `<store>/messages/<SHA-256 of the message id>.json`, holding
 //! `{"format": 1, "record": <MessageRecord>}`. The record carries the payload references
 //! with their SHA-256, the receipt, the state and the history: everything the store knows.
-//! The file name is a hash so that any message id (any bytes) maps to a safe name.
+//! The file name is a hash so that any message id (any bytes) maps to a safe name. The
+//! directory is flat (ext4 and XFS index large directories) so that concurrent writers
+//! share the fsync of its entries (group commit, as for sled's flushes).
 //!
 //! A sidecar is written like a payload (temporary name, fsync, rename, fsync of the
 //! directory) *after* sled made the change durable and *before* the store method returns:
@@ -32,9 +34,16 @@ struct SidecarFile {
 }
 
 /// The sidecar directory of a store.
-#[derive(Debug)]
 pub(crate) struct Sidecars {
     dir: PathBuf,
+    /// Shares the directory fsyncs that make renamed sidecars durable.
+    dir_sync: crate::sled_store::GroupCommit,
+}
+
+impl std::fmt::Debug for Sidecars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecars").field("dir", &self.dir).finish()
+    }
 }
 
 /// One sidecar read back: its path and its record, or why it cannot be read.
@@ -57,13 +66,16 @@ impl Sidecars {
                 }
             }
         }
-        Ok(Sidecars { dir })
+        Ok(Sidecars {
+            dir,
+            dir_sync: Default::default(),
+        })
     }
 
     /// Where the sidecar of `message_id` lives.
     pub(crate) fn path_for(&self, message_id: &str) -> PathBuf {
         let name = hex(&openssl::sha::sha256(message_id.as_bytes()));
-        self.dir.join(&name[..2]).join(format!("{name}.json"))
+        self.dir.join(format!("{name}.json"))
     }
 
     /// Writes the sidecar of `record` durably (replacing the previous one).
@@ -88,17 +100,9 @@ impl Sidecars {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| StoreError::io(format!("cannot write {}", tmp.display()), e))?;
             drop(file);
-            let shard = path.parent().expect("a sidecar path has a shard directory");
-            let shard_is_new = !shard.exists();
-            fs::create_dir_all(shard)
-                .map_err(|e| StoreError::io(format!("cannot create {}", shard.display()), e))?;
             fs::rename(&tmp, &path)
                 .map_err(|e| StoreError::io(format!("cannot move {}", path.display()), e))?;
-            sync_dir(shard)?;
-            if shard_is_new {
-                sync_dir(&self.dir)?;
-            }
-            Ok(())
+            self.sync_dir()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -110,7 +114,7 @@ impl Sidecars {
     pub(crate) fn remove(&self, message_id: &str) -> Result<(), StoreError> {
         let path = self.path_for(message_id);
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(path.parent().expect("a sidecar path has a shard directory")),
+            Ok(()) => self.sync_dir(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(
                 format!("cannot remove {}", path.display()),
@@ -119,12 +123,19 @@ impl Sidecars {
         }
     }
 
+    /// Returns once a directory fsync that started after the caller's rename or removal
+    /// has completed (shared with concurrent callers).
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        self.dir_sync
+            .sync(|| sync_dir(&self.dir).map_err(|e| e.to_string()))
+    }
+
     /// Every sidecar file, read one at a time (an unreadable one comes with its error), so
     /// that a large store is never held in memory whole.
     pub(crate) fn read_all(&self) -> Result<impl Iterator<Item = ReadSidecar>, StoreError> {
         let mut paths = Vec::new();
-        let shards = match fs::read_dir(&self.dir) {
-            Ok(shards) => Some(shards),
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => Some(entries),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(StoreError::io(
@@ -133,18 +144,10 @@ impl Sidecars {
                 ))
             }
         };
-        for shard in shards.into_iter().flatten().flatten() {
-            if shard.file_name() == "tmp" || !shard.path().is_dir() {
-                continue;
-            }
-            let files = fs::read_dir(shard.path()).map_err(|e| {
-                StoreError::io(format!("cannot list {}", shard.path().display()), e)
-            })?;
-            for file in files.flatten() {
-                let path = file.path();
-                if path.extension().is_some_and(|e| e == "json") {
-                    paths.push(path);
-                }
+        for entry in entries.into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                paths.push(path);
             }
         }
         paths.sort();

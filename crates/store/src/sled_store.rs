@@ -231,7 +231,12 @@ impl SledStore {
     /// Returns once everything this caller wrote so far is durable: a flush that started
     /// after its writes has completed (shared with concurrent callers).
     fn flush(&self) -> Result<(), StoreError> {
-        let flush = || self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let flush = || {
+            self.db
+                .flush()
+                .map(|_| ())
+                .map_err(|e| format!("sled: {e}"))
+        };
         match &self.group_commit {
             Some(group) => group.sync(flush),
             None => flush().map_err(|e| StoreError::Database(format!("sled: {e}"))),
@@ -709,7 +714,7 @@ impl Store for SledStore {
 /// wait for the next one, which one of them runs for everybody: N concurrent writers cost
 /// one fsync per round instead of N, and nobody returns before its write is on disk.
 #[derive(Default)]
-struct GroupCommit {
+pub(crate) struct GroupCommit {
     state: Mutex<FlushState>,
     finished: Condvar,
 }
@@ -732,7 +737,10 @@ impl GroupCommit {
     /// Returns once a `flush` that started after this call has succeeded (running it here
     /// when no flush is running), or with the error of the flush that should have covered
     /// this caller.
-    fn sync(&self, flush: impl FnOnce() -> Result<(), String>) -> Result<(), StoreError> {
+    pub(crate) fn sync(
+        &self,
+        flush: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), StoreError> {
         let mut flush = Some(flush);
         let mut state = self.lock();
         // The caller's write is applied: the next flush to start covers it.
@@ -745,7 +753,7 @@ impl GroupCommit {
                 // The flush that covered this write failed (and none since succeeded).
                 let why = state.last_error.clone().unwrap_or_default();
                 return Err(StoreError::Database(format!(
-                    "sled: cannot make the write durable: {why}"
+                    "cannot make the write durable: {why}"
                 )));
             }
             if state.running {
