@@ -428,7 +428,7 @@ fn restore_into(input: &mut dyn Read, dir: &Path) -> Result<BackupSummary, Store
                         }
                     }
                 }
-                store.flush_all()?;
+                store.finish_rebuild(dir)?;
                 counted.sha256 = digest;
                 return Ok(counted);
             }

@@ -78,9 +78,11 @@ impl FilePayloadStore {
         FilePayloadStore { dir: dir.into() }
     }
 
-    /// Stores `reader` durably as the payload `payload` (same id), checking it against the
-    /// recorded size and SHA-256: for copying payloads into a recovered or restored store.
-    /// A mismatch stores nothing and is an error.
+    /// Stores `reader` as the payload `payload` (same id), checking it against the
+    /// recorded size and SHA-256: for copying payloads into a store being rebuilt (recovery,
+    /// restore). Not fsync'd: the rebuild makes the whole new store durable at once at the
+    /// end ([`sync_filesystem`]) before it is renamed into place. A mismatch stores nothing
+    /// and is an error.
     pub(crate) fn import(
         &self,
         payload: &PayloadRef,
@@ -111,8 +113,6 @@ impl FilePayloadStore {
                         .unwrap_or_default()
                 )));
             }
-            file.sync_all()
-                .map_err(|e| StoreError::io(format!("cannot fsync {}", tmp_path.display()), e))?;
             drop(file);
             let shard = final_path
                 .parent()
@@ -125,8 +125,7 @@ impl FilePayloadStore {
                     e,
                 )
             })?;
-            sync_dir(shard)?;
-            sync_dir(&self.dir)
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -280,6 +279,23 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// Makes everything written on the file system holding `dir` durable with one `syncfs`
+/// (one journal commit instead of one per file): for a store rebuilt in a scratch
+/// directory before it is renamed into place.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let d =
+        File::open(dir).map_err(|e| StoreError::io(format!("cannot open {}", dir.display()), e))?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(StoreError::io(
+            format!("cannot sync the file system of {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so that entries created, renamed or removed in it are durable.

@@ -80,6 +80,16 @@ impl Sidecars {
 
     /// Writes the sidecar of `record` durably (replacing the previous one).
     pub(crate) fn write(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        self.write_with(record, true)
+    }
+
+    /// Writes the sidecar of `record` without any fsync: for a store being rebuilt, made
+    /// durable as a whole at the end.
+    pub(crate) fn write_unsynced(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        self.write_with(record, false)
+    }
+
+    fn write_with(&self, record: &MessageRecord, durable: bool) -> Result<(), StoreError> {
         let path = self.path_for(record.id());
         let bytes = serde_json::to_vec(&SidecarFile {
             format: FORMAT,
@@ -97,12 +107,15 @@ impl Sidecars {
                 .open(&tmp)
                 .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
             file.write_all(&bytes)
-                .and_then(|()| file.sync_all())
+                .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
                 .map_err(|e| StoreError::io(format!("cannot write {}", tmp.display()), e))?;
             drop(file);
             fs::rename(&tmp, &path)
                 .map_err(|e| StoreError::io(format!("cannot move {}", path.display()), e))?;
-            self.sync_dir()
+            if durable {
+                self.sync_dir()?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

@@ -191,7 +191,7 @@ pub fn recover_store(
         }
         report.other_trees.push(name);
     }
-    store.flush_all()?;
+    store.finish_rebuild(&partial)?;
     drop(store);
 
     fs::rename(&partial, out).map_err(|e| {

@@ -182,7 +182,7 @@ impl SledStore {
 
     /// Writes `record` as it is (no state machine: it is a copy of a record another store
     /// held) with its index keys and its sidecar. For recovery and restore into a new store;
-    /// call [`SledStore::flush_all`] when done.
+    /// call [`SledStore::finish_rebuild`] when done.
     pub(crate) fn put_record_as_is(&self, record: &MessageRecord) -> Result<(), StoreError> {
         let id = record.id().to_owned();
         let _order = self.stripe(&id);
@@ -203,14 +203,17 @@ impl SledStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => db_error(e),
             })?;
-        // No flush per record: the caller builds a new store and flushes once at the end
-        // (a half-built store is discarded, never used).
-        self.sidecars.write(record)
+        // No flush or fsync per record: the caller builds a new store in a scratch
+        // directory and makes it durable once at the end (`finish_rebuild`); a half-built
+        // store is discarded, never used.
+        self.sidecars.write_unsynced(record)
     }
 
-    /// Flushes everything written so far (an fsync).
-    pub(crate) fn flush_all(&self) -> Result<(), StoreError> {
-        self.flush()
+    /// Makes a store rebuilt with [`SledStore::put_record_as_is`] and imported payloads
+    /// durable as a whole: sled's flush, then one sync of the file system.
+    pub(crate) fn finish_rebuild(&self, dir: &Path) -> Result<(), StoreError> {
+        self.flush()?;
+        crate::payload::sync_filesystem(dir)
     }
 
     /// The lock that orders the changes of message `id`.
