@@ -208,8 +208,44 @@ impl From<&MessageRecord> for Version {
 /// Whether the database's copy of a record is behind its sidecar: the sidecar holds a
 /// change the caller was told about that the database lost.
 pub(crate) fn database_is_behind(database: Version, sidecar: Version) -> bool {
-    database.updated_at < sidecar.updated_at
-        || (database.history_len < sidecar.history_len
-            && database.history_len < crate::record::MAX_HISTORY)
-        || (sidecar.purged && !database.purged)
+    use crate::record::MAX_HISTORY;
+    // Every state change adds a history entry: the longer history is the later record,
+    // whatever the clock did between the changes (it may have been stepped back).
+    if database.history_len != sidecar.history_len
+        && database.history_len < MAX_HISTORY
+        && sidecar.history_len < MAX_HISTORY
+    {
+        return database.history_len < sidecar.history_len;
+    }
+    // Same number of changes (or histories trimmed): changes without a state change
+    // (a purge, a duplicate counted) are told apart by time.
+    database.updated_at < sidecar.updated_at || (sidecar.purged && !database.purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn v(history_len: usize, at: time::OffsetDateTime, purged: bool) -> Version {
+        Version {
+            updated_at: at,
+            history_len,
+            purged,
+            state: crate::State::Received,
+        }
+    }
+
+    #[test]
+    fn the_longer_history_wins_whatever_the_clock_did() {
+        let early = datetime!(2026-01-01 10:00 UTC);
+        let late = datetime!(2026-01-01 11:00 UTC);
+        // The database moved on after the clock was stepped back: not behind.
+        assert!(!database_is_behind(v(3, early, false), v(2, late, false)));
+        // The database lost a change: behind.
+        assert!(database_is_behind(v(2, late, false), v(3, early, false)));
+        // Same changes; a purge the database lost shows by flag and time.
+        assert!(database_is_behind(v(3, early, false), v(3, late, true)));
+        assert!(!database_is_behind(v(3, late, true), v(3, late, true)));
+    }
 }
