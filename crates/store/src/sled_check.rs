@@ -228,6 +228,15 @@ pub fn check_store(
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
+    if !dir.join("db").exists() && !has_payloads_or_sidecars(dir) {
+        return Err(StoreError::io(
+            format!(
+                "{} holds no store (no db/, payloads/ or messages/ in it)",
+                dir.display()
+            ),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
     check_dir(dir, options).map(|(_, report)| report)
 }
 
