@@ -20,7 +20,7 @@
 
 use crate::payload::{sync_dir, PayloadRef, PayloadStore};
 use crate::record::MessageRecord;
-use crate::sled_store::TREE_NAMES;
+use crate::sled_store::is_rebuilt_from_records;
 use crate::{SledStore, StoreError};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -169,7 +169,7 @@ impl SledStore {
         let engine = base64::engine::general_purpose::STANDARD;
         for name in self.db().tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
-            if name == "__sled__default" || TREE_NAMES.contains(&name.as_str()) {
+            if is_rebuilt_from_records(&name) {
                 continue;
             }
             let tree = self

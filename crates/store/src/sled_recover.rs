@@ -8,13 +8,13 @@
 //! a message whose payload is missing or damaged keeps its record (the receipt and history
 //! are evidence) with its payloads marked purged, and is listed as a loss. Trees the
 //! recovery does not know (other features' data) are copied as they are when the database
-//! opens. The new store is built under `<out>.partial` and renamed into place when done.
+//! opens (and the signal ids). The new store is built under `<out>.partial` and renamed into place when done.
 
 use crate::payload::{sync_dir, FilePayloadStore, PayloadStore};
 use crate::record::MessageRecord;
 use crate::sidecar::{database_is_behind, Sidecars};
 use crate::sled_check::{interrupted_snapshots, panic_text};
-use crate::sled_store::TREE_NAMES;
+use crate::sled_store::is_rebuilt_from_records;
 use crate::{SledStore, StoreError};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -185,6 +185,9 @@ pub fn recover_store(
         report.messages_saved += 1;
     }
     for (name, entries) in other_trees {
+        if entries.is_empty() {
+            continue;
+        }
         let tree = store.db().open_tree(&name).map_err(sled_error)?;
         for (k, v) in entries {
             tree.insert(k, v).map_err(sled_error)?;
@@ -247,7 +250,7 @@ fn read_database(
         let mut others = Vec::new();
         for name in db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
-            if name == "__sled__default" || TREE_NAMES.contains(&name.as_str()) {
+            if is_rebuilt_from_records(&name) {
                 continue;
             }
             let tree = db.open_tree(&name).map_err(|e| e.to_string())?;

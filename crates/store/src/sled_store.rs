@@ -58,7 +58,19 @@ const SETTLED: usize = 4;
 const UNPURGED: usize = 5;
 /// Signal ids noted by [`Store::note_signal`]: id → when.
 const SIGNALS: usize = 6;
-pub(crate) const TREE_NAMES: [&str; 7] = [
+/// The trees a record's writes rebuild completely: the records and their indexes (keys a
+/// pure function of the record, see `index_keys`). Recovery and backup carry records and
+/// rebuild these; every other tree (signal ids, other features' own data) is copied as it
+/// is. **A new index derived from records belongs here; a tree holding data of its own
+/// must not be listed.**
+pub(crate) fn is_rebuilt_from_records(tree: &str) -> bool {
+    matches!(
+        tree,
+        "__sled__default" | "records" | "due" | "created" | "owner" | "settled" | "unpurged"
+    )
+}
+
+const TREE_NAMES: [&str; 7] = [
     "records", "due", "created", "owner", "settled", "unpurged", "signals",
 ];
 

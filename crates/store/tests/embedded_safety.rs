@@ -299,3 +299,43 @@ fn backup_and_restore_round_trip_and_a_damaged_backup_is_refused() {
     assert!(restore_backup(&mut &flipped[..], &target).is_err());
     assert!(!target.exists());
 }
+
+/// Another feature's tree (here "audit") survives backup/restore and recovery untouched,
+/// and the check does not mind it.
+#[test]
+fn trees_of_other_features_are_carried_along() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let audit = db.open_tree("audit").unwrap();
+        audit
+            .insert(b"0001", &b"operator purged nothing"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(kinds(dir.path()).is_empty());
+    let read_audit = |store_dir: &Path| {
+        let db = sled::open(store_dir.join("db")).unwrap();
+        let value = db.open_tree("audit").unwrap().get(b"0001").unwrap();
+        value.map(|v| v.to_vec())
+    };
+    let mut backup = Vec::new();
+    SledStore::open(dir.path())
+        .unwrap()
+        .backup(&mut backup, now())
+        .unwrap();
+    let restored = dir.path().join("restored");
+    restore_backup(&mut &backup[..], &restored).unwrap();
+    assert_eq!(
+        read_audit(&restored).as_deref(),
+        Some(&b"operator purged nothing"[..])
+    );
+    let recovered = dir.path().join("recovered");
+    let report = recover_store(dir.path(), &recovered, now()).unwrap();
+    assert_eq!(report.other_trees, vec!["audit".to_owned()]);
+    assert_eq!(
+        read_audit(&recovered).as_deref(),
+        Some(&b"operator purged nothing"[..])
+    );
+}
