@@ -445,9 +445,12 @@ fn twenty_power_cuts_under_load_lose_nothing_acknowledged() {
             let recovered = work.path().join(format!("recovered-{cut}"));
             let outcome = recover_store(&store_dir, &recovered, OffsetDateTime::now_utc())
                 .unwrap_or_else(|e| panic!("cut {cut}: recovery failed: {e}; damage: {damage:?}"));
+            // Payloads are durable before the records naming them, so none may be lost.
+            // (A database record sled garbled may be unreadable; its sidecar, or the
+            // promise checks below, decide whether anything was lost.)
             assert!(
-                outcome.payloads_lost.is_empty() && outcome.unreadable.is_empty(),
-                "cut {cut}: recovery lost data: {outcome:?}"
+                outcome.payloads_lost.is_empty(),
+                "cut {cut}: recovery lost payloads: {outcome:?}"
             );
             let after = check_store(&recovered, options).unwrap();
             assert!(
