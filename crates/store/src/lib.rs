@@ -7,6 +7,9 @@
 //!   transitions, exactly-once delivery marks.
 //! * `state` — the message state machine, written once; stores only ask it.
 //! * [`PayloadStore`] — payload bytes, streamed in and out, never whole in memory.
+//! * The embedded store's safety net: [`SledStore::open_checked`] and [`check_store`] (the
+//!   integrity check), [`recover_store`] (a clean store rebuilt from a damaged one, using
+//!   the per-message sidecars), [`SledStore::backup`] and [`restore_backup`].
 //! * `contract` (feature `testing`) — the test suite every `Store` implementation must pass.
 //!
 //! # Durability contract
@@ -36,9 +39,13 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod backup;
 mod payload;
 pub mod postgres;
 mod record;
+mod sidecar;
+mod sled_check;
+mod sled_recover;
 mod sled_store;
 mod state;
 
@@ -48,11 +55,17 @@ pub mod contract;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+pub use backup::{restore_backup, BackupSummary};
 pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
     MessageProperty, MessageRecord, NewInbound, NewOutbound, Page, PayloadEntry, TransitionOutcome,
 };
+pub use sled_check::{
+    check_store, damage_summary, CheckOptions, CheckReport, CheckedOpenError, Finding, FindingKind,
+    Severity,
+};
+pub use sled_recover::{recover_store, RecoverReport};
 pub use sled_store::SledStore;
 pub use state::{transition, Direction, Event, InvalidTransition, State};
 

@@ -19,6 +19,11 @@ pub struct PayloadRef {
     pub id: String,
     /// Their length in bytes.
     pub size: u64,
+    /// SHA-256 of the bytes, lower-case hex, computed while they were stored. The embedded
+    /// store's integrity check compares the file against it; `None` for payloads stored
+    /// before it was recorded (or by a store that does not compute it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Streaming storage for payload bytes. Implementations: files beside the embedded store
@@ -67,6 +72,67 @@ impl FilePayloadStore {
         Ok(FilePayloadStore { dir })
     }
 
+    /// The payload directory `dir` as it is: nothing created, nothing cleaned (for the
+    /// integrity check and recovery, which must not change a damaged store).
+    pub(crate) fn at(dir: impl Into<PathBuf>) -> Self {
+        FilePayloadStore { dir: dir.into() }
+    }
+
+    /// Stores `reader` as the payload `payload` (same id), checking it against the
+    /// recorded size and SHA-256: for copying payloads into a store being rebuilt (recovery,
+    /// restore). Not fsync'd: the rebuild makes the whole new store durable at once at the
+    /// end ([`sync_filesystem`]) before it is renamed into place. A mismatch stores nothing
+    /// and is an error.
+    pub(crate) fn import(
+        &self,
+        payload: &PayloadRef,
+        reader: &mut dyn Read,
+    ) -> Result<(), StoreError> {
+        let final_path = self.path_of(payload)?;
+        let tmp_path = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_path)
+                .map_err(|e| StoreError::io(format!("cannot create {}", tmp_path.display()), e))?;
+            let (size, digest) = copy_stream(reader, &mut file)
+                .map_err(|e| StoreError::io(format!("cannot copy payload {}", payload.id), e))?;
+            if size != payload.size || payload.sha256.as_ref().is_some_and(|h| *h != digest) {
+                return Err(StoreError::Corrupt(format!(
+                    "payload {} is {size} bytes with SHA-256 {digest}, not the {} bytes{} recorded",
+                    payload.id,
+                    payload.size,
+                    payload
+                        .sha256
+                        .as_ref()
+                        .map(|h| format!(" with SHA-256 {h}"))
+                        .unwrap_or_default()
+                )));
+            }
+            drop(file);
+            let shard = final_path
+                .parent()
+                .expect("payload path has a shard directory");
+            fs::create_dir_all(shard)
+                .map_err(|e| StoreError::io(format!("cannot create {}", shard.display()), e))?;
+            fs::rename(&tmp_path, &final_path).map_err(|e| {
+                StoreError::io(
+                    format!("cannot move payload to {}", final_path.display()),
+                    e,
+                )
+            })?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_path);
+        }
+        result
+    }
+
     /// The directory the payloads live in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -93,7 +159,11 @@ impl PayloadStore for FilePayloadStore {
     fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let tmp_path = self.dir.join("tmp").join(format!("{id}.part"));
-        let payload = PayloadRef { id, size: 0 };
+        let payload = PayloadRef {
+            id,
+            size: 0,
+            sha256: None,
+        };
         let final_path = self.path_of(&payload)?;
         let result = (|| {
             let mut file = OpenOptions::new()
@@ -101,7 +171,7 @@ impl PayloadStore for FilePayloadStore {
                 .create_new(true)
                 .open(&tmp_path)
                 .map_err(|e| StoreError::io(format!("cannot create {}", tmp_path.display()), e))?;
-            let size = copy_stream(reader, &mut file)
+            let (size, digest) = copy_stream(reader, &mut file)
                 .map_err(|e| StoreError::io(format!("cannot write {}", tmp_path.display()), e))?;
             file.sync_all()
                 .map_err(|e| StoreError::io(format!("cannot fsync {}", tmp_path.display()), e))?;
@@ -123,10 +193,14 @@ impl PayloadStore for FilePayloadStore {
             if shard_is_new {
                 sync_dir(&self.dir)?;
             }
-            Ok(size)
+            Ok((size, digest))
         })();
         match result {
-            Ok(size) => Ok(PayloadRef { size, ..payload }),
+            Ok((size, digest)) => Ok(PayloadRef {
+                size,
+                sha256: Some(digest),
+                ..payload
+            }),
             Err(e) => {
                 let _ = fs::remove_file(&tmp_path);
                 Err(e)
@@ -163,19 +237,65 @@ impl PayloadStore for FilePayloadStore {
 }
 
 /// Copies with a fixed buffer (no whole-payload buffering), retrying interrupted reads.
-fn copy_stream(reader: &mut dyn Read, out: &mut File) -> io::Result<u64> {
+/// Returns the length and the SHA-256 (hex) of what was copied.
+fn copy_stream(reader: &mut dyn Read, out: &mut File) -> io::Result<(u64, String)> {
     let mut buf = vec![0u8; COPY_BUFFER];
     let mut total = 0u64;
+    let mut hasher = openssl::sha::Sha256::new();
     loop {
         let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(total),
+            Ok(0) => return Ok((total, hex(&hasher.finish()))),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         out.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
         total += n as u64;
     }
+}
+
+/// SHA-256 of everything `reader` yields, lower-case hex, and its length; streamed.
+pub(crate) fn sha256_of(reader: &mut dyn Read) -> io::Result<(u64, String)> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    let mut hasher = openssl::sha::Sha256::new();
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok((total, hex(&hasher.finish()))),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Makes everything written on the file system holding `dir` durable with one `syncfs`
+/// (one journal commit instead of one per file): for a store rebuilt in a scratch
+/// directory before it is renamed into place.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let d =
+        File::open(dir).map_err(|e| StoreError::io(format!("cannot open {}", dir.display()), e))?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(StoreError::io(
+            format!("cannot sync the file system of {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so that entries created, renamed or removed in it are durable.
@@ -236,6 +356,7 @@ mod tests {
             let r = PayloadRef {
                 id: id.into(),
                 size: 0,
+                sha256: None,
             };
             assert!(
                 matches!(store.open(&r), Err(StoreError::InvalidInput(_))),

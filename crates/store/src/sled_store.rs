@@ -5,6 +5,7 @@
 //! ```text
 //! <dir>/db/          sled database
 //! <dir>/payloads/    payload files (see FilePayloadStore)
+//! <dir>/messages/    one sidecar per message: its last acknowledged record (see `sidecar`)
 //! ```
 //!
 //! Trees (each index key ends with the message id, so keys are unique and the id can be read
@@ -34,6 +35,7 @@
 
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::{validate_id, MessageRecord};
+use crate::sidecar::Sidecars;
 use crate::state::{Direction, Event, State};
 use crate::{
     AttemptOutcome, InsertOutcome, ListCursor, ListFilter, NewInbound, NewOutbound, Page, Store,
@@ -56,6 +58,18 @@ const SETTLED: usize = 4;
 const UNPURGED: usize = 5;
 /// Signal ids noted by [`Store::note_signal`]: id → when.
 const SIGNALS: usize = 6;
+/// The trees a record's writes rebuild completely: the records and their indexes (keys a
+/// pure function of the record, see `index_keys`). Recovery and backup carry records and
+/// rebuild these; every other tree (signal ids, other features' own data) is copied as it
+/// is. **A new index derived from records belongs here; a tree holding data of its own
+/// must not be listed.**
+pub(crate) fn is_rebuilt_from_records(tree: &str) -> bool {
+    matches!(
+        tree,
+        "__sled__default" | "records" | "due" | "created" | "owner" | "settled" | "unpurged"
+    )
+}
+
 const TREE_NAMES: [&str; 7] = [
     "records", "due", "created", "owner", "settled", "unpurged", "signals",
 ];
@@ -76,7 +90,16 @@ pub struct SledStore {
     payloads: FilePayloadStore,
     /// Shares flushes between concurrent callers; `None`: each call flushes on its own.
     group_commit: Option<GroupCommit>,
+    /// The per-message sidecar files, rewritten after each durable change.
+    sidecars: Sidecars,
+    /// Changes to one message (transaction, flush, sidecar) run under the lock of its
+    /// stripe, so that its sidecar is written in the order its changes were committed.
+    stripes: Vec<Mutex<()>>,
 }
+
+/// How many locks order sidecar writes (messages hash onto them; only messages sharing
+/// one wait for each other).
+const STRIPES: usize = 256;
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,12 +151,91 @@ impl SledStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
+        let sidecars = Sidecars::open(dir, true)?;
         Ok(SledStore {
             db,
             trees,
             payloads,
             group_commit: group_commit.then(GroupCommit::default),
+            sidecars,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         })
+    }
+
+    /// The sled database (for the integrity check, recovery and backup).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Decodes every record in the database: `(key, record or why not)`.
+    pub(crate) fn scan_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Result<MessageRecord, StoreError>), StoreError>> + '_
+    {
+        self.trees[RECORDS].iter().map(|item| {
+            let (key, value) = item.map_err(db_error)?;
+            Ok((key.to_vec(), decode(&value)))
+        })
+    }
+
+    /// Whether the index entries `record` needs are all present.
+    pub(crate) fn missing_index_entries(
+        &self,
+        record: &MessageRecord,
+    ) -> Result<Vec<&'static str>, StoreError> {
+        let mut missing = Vec::new();
+        for (tree, key) in index_keys(record) {
+            if !self.trees[tree].contains_key(&key).map_err(db_error)? {
+                missing.push(TREE_NAMES[tree]);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Writes `record` as it is (no state machine: it is a copy of a record another store
+    /// held) with its index keys and its sidecar. For recovery and restore into a new store;
+    /// call [`SledStore::finish_rebuild`] when done.
+    pub(crate) fn put_record_as_is(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let id = record.id().to_owned();
+        let _order = self.stripe(&id);
+        self.trees
+            .as_slice()
+            .transaction(|trees| {
+                let old = match trees[RECORDS].get(id.as_bytes())? {
+                    Some(bytes) => {
+                        Some(decode(&bytes).map_err(ConflictableTransactionError::Abort)?)
+                    }
+                    None => None,
+                };
+                write_record(trees, &id, old.as_ref(), Some(record))
+                    .map_err(TxError::into_conflictable)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
+        // No flush or fsync per record: the caller builds a new store in a scratch
+        // directory and makes it durable once at the end (`finish_rebuild`); a half-built
+        // store is discarded, never used.
+        self.sidecars.write_unsynced(record)
+    }
+
+    /// Makes a store rebuilt with [`SledStore::put_record_as_is`] and imported payloads
+    /// durable as a whole: sled's flush, then one sync of the file system.
+    pub(crate) fn finish_rebuild(&self, dir: &Path) -> Result<(), StoreError> {
+        self.flush()?;
+        crate::payload::sync_filesystem(dir)
+    }
+
+    /// The lock that orders the changes of message `id`.
+    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        self.stripes[(h.finish() as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The concrete payload store (files).
@@ -144,7 +246,12 @@ impl SledStore {
     /// Returns once everything this caller wrote so far is durable: a flush that started
     /// after its writes has completed (shared with concurrent callers).
     fn flush(&self) -> Result<(), StoreError> {
-        let flush = || self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let flush = || {
+            self.db
+                .flush()
+                .map(|_| ())
+                .map_err(|e| format!("sled: {e}"))
+        };
         match &self.group_commit {
             Some(group) => group.sync(flush),
             None => flush().map_err(|e| StoreError::Database(format!("sled: {e}"))),
@@ -158,6 +265,7 @@ impl SledStore {
         id: &str,
         change: impl Fn(Option<MessageRecord>) -> Result<(Write, T), StoreError>,
     ) -> Result<T, StoreError> {
+        let _order = self.stripe(id);
         let (wrote, out) = self
             .trees
             .as_slice()
@@ -171,20 +279,27 @@ impl SledStore {
                 let (write, out) =
                     change(old.clone()).map_err(ConflictableTransactionError::Abort)?;
                 let new = match write {
-                    Write::Unchanged => return Ok((false, out)),
+                    Write::Unchanged => return Ok((None, out)),
                     Write::Delete => None,
                     Write::Put(record) => Some(*record),
                 };
                 write_record(trees, id, old.as_ref(), new.as_ref())
                     .map_err(TxError::into_conflictable)?;
-                Ok((true, out))
+                Ok((Some(new), out))
             })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => db_error(e),
             })?;
-        if wrote {
+        if let Some(new) = wrote {
             self.flush()?;
+            // The sidecar follows the durable change before the caller hears of it. A lease
+            // claim is not worth an extra fsync: a store rebuilt without it sends again.
+            match new {
+                Some(record) if record.state != State::Sending => self.sidecars.write(&record)?,
+                Some(_) => {}
+                None => self.sidecars.remove(id)?,
+            }
         }
         Ok(out)
     }
@@ -583,6 +698,12 @@ impl Store for SledStore {
                         self.payloads.remove(&entry.stored)?;
                     }
                 }
+                // The sidecar goes before the record: a cut in between leaves a record
+                // without a sidecar (harmless), never a sidecar of a purged message (which
+                // the integrity check would take for a lost message).
+                if record.settled_at.is_some_and(|t| t < settled_before) {
+                    self.sidecars.remove(&id)?;
+                }
                 let done = self.update(&id, |old| match old {
                     Some(r) if r.settled_at.is_some_and(|t| t < settled_before) => {
                         Ok((Write::Delete, true))
@@ -608,7 +729,7 @@ impl Store for SledStore {
 /// wait for the next one, which one of them runs for everybody: N concurrent writers cost
 /// one fsync per round instead of N, and nobody returns before its write is on disk.
 #[derive(Default)]
-struct GroupCommit {
+pub(crate) struct GroupCommit {
     state: Mutex<FlushState>,
     finished: Condvar,
 }
@@ -631,7 +752,10 @@ impl GroupCommit {
     /// Returns once a `flush` that started after this call has succeeded (running it here
     /// when no flush is running), or with the error of the flush that should have covered
     /// this caller.
-    fn sync(&self, flush: impl FnOnce() -> Result<(), String>) -> Result<(), StoreError> {
+    pub(crate) fn sync(
+        &self,
+        flush: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), StoreError> {
         let mut flush = Some(flush);
         let mut state = self.lock();
         // The caller's write is applied: the next flush to start covers it.
@@ -644,7 +768,7 @@ impl GroupCommit {
                 // The flush that covered this write failed (and none since succeeded).
                 let why = state.last_error.clone().unwrap_or_default();
                 return Err(StoreError::Database(format!(
-                    "sled: cannot make the write durable: {why}"
+                    "cannot make the write durable: {why}"
                 )));
             }
             if state.running {

@@ -155,6 +155,7 @@ fn a_failed_upload_leaves_nothing_and_hostile_ids_are_refused() {
         let r = PayloadRef {
             id: id.into(),
             size: 0,
+            sha256: None,
         };
         assert!(
             matches!(payloads.open(&r), Err(StoreError::InvalidInput(_))),

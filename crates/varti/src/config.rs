@@ -170,6 +170,15 @@ pub struct StoreConfig {
     /// PostgreSQL connection string (`kind = "postgres"`), e.g.
     /// `postgresql://varti@db1,db2/varti?target_session_attrs=read-write`.
     pub url: Option<String>,
+    /// Embedded store only: a directory where `varti serve` writes a backup of the running
+    /// store (`varti-<UTC time>.vbak`, the `varti db backup` format) every
+    /// `backup_every_secs`. Unset: no scheduled backups.
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between scheduled backups (default 86400: daily). The first is taken one
+    /// interval after start.
+    pub backup_every_secs: u64,
+    /// How many scheduled backups to keep in `backup_dir` (oldest removed; default 7).
+    pub backup_keep: usize,
 }
 
 /// The store implementation.
@@ -248,6 +257,9 @@ impl Default for StoreConfig {
             kind: StoreKind::Sled,
             path: None,
             url: None,
+            backup_dir: None,
+            backup_every_secs: 86_400,
+            backup_keep: 7,
         }
     }
 }
@@ -299,6 +311,9 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         if let Some(p) = self.store.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.store.backup_dir.as_mut() {
             fix(p);
         }
         fix(&mut self.identity.signing_key);
@@ -451,6 +466,22 @@ impl Config {
                 problem: "is missing while store.kind is \"postgres\"".into(),
                 fix: "give the connection string, e.g. url = \"postgresql://varti@db1,db2/varti?target_session_attrs=read-write\"",
             });
+        }
+        if self.store.backup_dir.is_some() {
+            if self.store.kind != StoreKind::Sled {
+                return Err(ConfigError::Invalid {
+                    key: "store.backup_dir",
+                    problem: "is set for the PostgreSQL store".into(),
+                    fix: "back PostgreSQL up with pg_basebackup and WAL archiving (deploy/pair/README.md); remove backup_dir",
+                });
+            }
+            if self.store.backup_every_secs == 0 || self.store.backup_keep == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "store.backup_every_secs",
+                    problem: "or store.backup_keep is 0".into(),
+                    fix: "give the seconds between backups (e.g. 86400) and how many to keep (e.g. 7)",
+                });
+            }
         }
         if self.sender.lease_secs <= self.client.request_timeout_secs {
             return Err(ConfigError::Invalid {

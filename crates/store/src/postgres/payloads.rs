@@ -108,6 +108,7 @@ impl PayloadStore for PgPayloadStore {
         Ok(PayloadRef {
             id,
             size: size as u64,
+            sha256: None,
         })
     }
 

@@ -66,7 +66,8 @@ enum Command {
     /// Run the access point (HTTPS MSH endpoint, backend API, /health, /ready, /metrics) until
     /// stopped.
     Serve(serve::ServeArgs),
-    /// Manage the PostgreSQL store's schema (for the active-active pair).
+    /// The store: check, recover, back up and restore the embedded store; migrate the
+    /// PostgreSQL schema (for the active-active pair).
     #[command(subcommand)]
     Db(db::DbCommand),
     /// Send a test message to a partner and check its receipt (ebMS test service or the EC

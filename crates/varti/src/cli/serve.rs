@@ -24,7 +24,7 @@ use varti_access_point::webhooks;
 use varti_access_point::{pull, receiver::Receiver, sender, AccessPoint};
 use varti_oots_gateway::preview::{PreviewRoutes, PreviewSpace};
 use varti_oots_gateway::Gateway;
-use varti_store::Store;
+use varti_store::{CheckedOpenError, SledStore, Store};
 
 /// Certificates expiring within this many days are logged as warnings.
 const EXPIRY_WARNING_DAYS: f64 = 30.0;
@@ -159,7 +159,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
 
     // The store is opened before the listeners so that /ready is truthful from the start.
-    let store = {
+    let (store, sled) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || open_store(&config))
             .await
@@ -358,6 +358,14 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
     tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
+    if let (Some(sled), Some(dir)) = (sled, config.store.backup_dir.clone()) {
+        let every = secs(config.store.backup_every_secs);
+        let keep = config.store.backup_keep;
+        tasks.spawn(
+            "backup",
+            scheduled_backups(sled, dir, every, keep, ap.clone(), tasks.token()),
+        );
+    }
     tasks.spawn(
         "store-probe",
         store_probe(
@@ -417,22 +425,49 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Opens the configured store. PostgreSQL must already have the current schema: migrations
-/// are applied by `varti db migrate`, deliberately, not by whichever instance starts first.
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// The store as the access point uses it, and the embedded one as such (for backups).
+type OpenedStore = (Arc<dyn Store>, Option<Arc<SledStore>>);
+
+/// Opens the configured store (and, for the embedded one, also returns it as such, for the
+/// scheduled backups). The embedded store is checked first (`varti db check`): a damaged
+/// one is refused with what is wrong and the command that fixes it. PostgreSQL must
+/// already have the current schema: migrations are applied by `varti db migrate`,
+/// deliberately, not by whichever instance starts first.
+fn open_store(config: &Config) -> anyhow::Result<OpenedStore> {
     match config.store.kind {
         StoreKind::Sled => {
             let path = config.store_path();
-            let store = varti_store::SledStore::open(&path)
-                .with_context(|| format!("cannot open the store at {}", path.display()))?;
-            Ok(Arc::new(store))
+            let options = varti_store::CheckOptions::new(time::OffsetDateTime::now_utc());
+            let (store, report) = match SledStore::open_checked(&path, options) {
+                Ok(opened) => opened,
+                Err(CheckedOpenError::Damaged(report)) => {
+                    for f in report.damage() {
+                        tracing::error!(kind = ?f.kind, message_id = f.message_id.as_deref(), "store damage: {}", f.detail);
+                    }
+                    anyhow::bail!("{}", varti_store::damage_summary(&report));
+                }
+                Err(CheckedOpenError::Store(e)) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot open the store at {}", path.display()))
+                }
+            };
+            for f in &report.findings {
+                tracing::warn!(kind = ?f.kind, "store check: {}", f.detail);
+            }
+            tracing::info!(
+                messages = report.records,
+                payloads = report.payloads_checked,
+                "store check passed"
+            );
+            let store = Arc::new(store);
+            Ok((store.clone(), Some(store)))
         }
         StoreKind::Postgres => {
             let url = config.store.url.as_deref().unwrap_or_default();
             // connect() refuses a schema that is not current (run `varti db migrate`).
             let store = varti_store::postgres::PgStore::connect(url)
                 .context("cannot open the PostgreSQL store (store.url)")?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
     }
 }
@@ -456,6 +491,70 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
             Err(e) => tracing::error!(error = %e, "the retention task failed"),
+        }
+    }
+}
+
+/// Writes a backup of the embedded store into `dir` every `every` (the first one interval
+/// after start), keeping the newest `keep`: the online backup (`varti db backup` needs the
+/// store to itself, as sled allows one process).
+async fn scheduled_backups(
+    store: Arc<SledStore>,
+    dir: PathBuf,
+    every: Duration,
+    keep: usize,
+    ap: Arc<AccessPoint>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let (store, dir) = (store.clone(), dir.clone());
+        let now = ap.clock.now();
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let stamp = now
+                .format(&time::macros::format_description!(
+                    "[year][month][day]T[hour][minute][second]Z"
+                ))
+                .unwrap_or_default();
+            let path = dir.join(format!("varti-{stamp}.vbak"));
+            let summary = super::db::write_backup_file(&store, &path)?;
+            // Oldest first by name (the names sort by time); keep the newest `keep`.
+            let mut backups: Vec<PathBuf> = std::fs::read_dir(&dir)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n.starts_with("varti-") && n.ends_with(".vbak")
+                    })
+                })
+                .collect();
+            backups.sort();
+            let excess = backups.len().saturating_sub(keep);
+            for old in &backups[..excess] {
+                let _ = std::fs::remove_file(old);
+            }
+            Ok((path, summary))
+        })
+        .await;
+        match result {
+            Ok(Ok((path, summary))) => tracing::info!(
+                file = %path.display(),
+                messages = summary.messages,
+                payloads = summary.payloads,
+                "backup written"
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "scheduled backup failed; next try at the next interval")
+            }
+            Err(e) => tracing::error!(error = %e, "the backup task failed"),
         }
     }
 }
