@@ -787,7 +787,13 @@ pub fn receive_pulled(
         .as_ref()
         .map(|um| um.message_info.message_id.clone())
     {
-        let answer = accept_user_message(ap, &package, envelope, Arrival::Pulled);
+        let answer = accept_user_message(
+            ap,
+            &package,
+            envelope,
+            Arrival::Pulled,
+            Some("a pull request of ours (the answer of the partner's MSH)".to_owned()),
+        );
         return match answer.body {
             // A receipt (200), or an error signal refusing the message (200, or 500 with a
             // WS-Security fault): the partner gets it. A bare fault (500, nothing stored and
