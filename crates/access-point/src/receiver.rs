@@ -129,8 +129,7 @@ fn peer_address(ap: &AccessPoint, request: &MshRequest) -> String {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .last()
+        .rfind(|v| !v.is_empty())
         .and_then(|v| v.parse::<std::net::IpAddr>().ok());
     match forwarded {
         Some(client) => format!("{client} (via proxy {tcp})"),

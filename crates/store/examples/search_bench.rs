@@ -71,7 +71,10 @@ fn t0() -> OffsetDateTime {
 fn message(i: usize) -> NewInbound {
     let test = i % 50 == 0;
     let meta = MessageMeta {
-        message_id: format!("{:08x}-{i}@bench", (i as u64).wrapping_mul(2654435761) as u32),
+        message_id: format!(
+            "{:08x}-{i}@bench",
+            (i as u64).wrapping_mul(2654435761) as u32
+        ),
         owner: format!("backend-{}", i % 10),
         from_party: format!("urn:bench:party:{}", i % 200),
         to_party: "urn:bench:us".into(),
@@ -112,7 +115,10 @@ fn searches(n: usize) -> Vec<(&'static str, ListFilter)> {
     let middle = created(n / 2);
     let prefix = format!("{:08x}", ((n / 3) as u64).wrapping_mul(2654435761) as u32);
     vec![
-        ("no filter (test traffic left out)", page(ListFilter::default())),
+        (
+            "no filter (test traffic left out)",
+            page(ListFilter::default()),
+        ),
         (
             "partner",
             page(ListFilter {
@@ -170,7 +176,11 @@ fn searches(n: usize) -> Vec<(&'static str, ListFilter)> {
 }
 
 /// Median and worst time of `runs` calls of `list`, and the records of the last page.
-fn time_search<S: Store>(store: &S, filter: &ListFilter, runs: usize) -> (Duration, Duration, usize) {
+fn time_search<S: Store>(
+    store: &S,
+    filter: &ListFilter,
+    runs: usize,
+) -> (Duration, Duration, usize) {
     let mut times = Vec::with_capacity(runs);
     let mut found = 0;
     for _ in 0..runs {
@@ -199,7 +209,10 @@ fn main() {
         sled.insert_inbound_batch(batch, created(start))
             .expect("batch stored");
     }
-    eprintln!("sled: {n} messages loaded in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "sled: {n} messages loaded in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let schema = TestSchema::migrated();
     let mut db = postgres::Client::connect(schema.url(), postgres::NoTls).expect("database");
@@ -230,7 +243,10 @@ fn main() {
         last = n - 1,
     ))
     .expect("rows loaded");
-    eprintln!("postgres: {n} messages loaded in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "postgres: {n} messages loaded in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     let pg = schema.store();
 
     println!("| Search (page of 50) | sled median / worst ms | sled records read | PostgreSQL median / worst ms | found |");

@@ -997,22 +997,96 @@ fn searchable(
 pub fn search_by_every_field<S: Store>(store: S) {
     use Direction::{Inbound, Outbound};
     let sender = "urn:oasis:names:tc:ebcore:partyid-type:unregistered:C1";
-    let rows: [(&str, Direction, &str, &str, &str, &str, &[(&str, &str)]); 8] = [
-        ("lv-1@x", Inbound, "lv", "svc:a", "Req", "c1", &[("originalSender", sender)]),
+    // id, direction, partner, service, action, conversation, properties
+    type Row<'a> = (
+        &'a str,
+        Direction,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+    );
+    let rows: [Row; 8] = [
+        (
+            "lv-1@x",
+            Inbound,
+            "lv",
+            "svc:a",
+            "Req",
+            "c1",
+            &[("originalSender", sender)],
+        ),
         ("lv-2@x", Inbound, "lv", "svc:a", "Resp", "c1", &[]),
-        ("ee-1@x", Inbound, "ee", "svc:b", "Req", "c2", &[("originalSender", "other")]),
-        ("ee-2@us", Outbound, "ee", "svc:a", "Req", "c2", &[("originalSender", sender), ("finalRecipient", "R")]),
-        ("lv-3@us", Outbound, "lv", "svc:b", "Resp", "c3", &[("finalRecipient", "R")]),
+        (
+            "ee-1@x",
+            Inbound,
+            "ee",
+            "svc:b",
+            "Req",
+            "c2",
+            &[("originalSender", "other")],
+        ),
+        (
+            "ee-2@us",
+            Outbound,
+            "ee",
+            "svc:a",
+            "Req",
+            "c2",
+            &[("originalSender", sender), ("finalRecipient", "R")],
+        ),
+        (
+            "lv-3@us",
+            Outbound,
+            "lv",
+            "svc:b",
+            "Resp",
+            "c3",
+            &[("finalRecipient", "R")],
+        ),
         // The ebMS test service and the EC connectivity test: test traffic.
-        ("ping-1@x", Inbound, "lv", crate::TEST_SERVICE, crate::TEST_ACTION, "c9", &[]),
-        ("ping-2@x", Inbound, "ee", crate::CONNECTIVITY_SERVICE, "submitMessage", "c9", &[]),
+        (
+            "ping-1@x",
+            Inbound,
+            "lv",
+            crate::TEST_SERVICE,
+            crate::TEST_ACTION,
+            "c9",
+            &[],
+        ),
+        (
+            "ping-2@x",
+            Inbound,
+            "ee",
+            crate::CONNECTIVITY_SERVICE,
+            "submitMessage",
+            "c9",
+            &[],
+        ),
         // The same names with another meaning must not match: `l` ‖ `v…` vs `lv`.
-        ("l-9@x", Inbound, "l", "vsvc:a", "Req", "c", &[("original", "Sender")]),
+        (
+            "l-9@x",
+            Inbound,
+            "l",
+            "vsvc:a",
+            "Req",
+            "c",
+            &[("original", "Sender")],
+        ),
     ];
     for (i, (id, direction, partner, service, action, conversation, props)) in
         rows.iter().enumerate()
     {
-        let m = searchable(id, *direction, partner, service, action, conversation, props);
+        let m = searchable(
+            id,
+            *direction,
+            partner,
+            service,
+            action,
+            conversation,
+            props,
+        );
         match direction {
             Inbound => store
                 .insert_inbound(
@@ -1232,13 +1306,20 @@ pub fn arrival_and_downloads_are_recorded<S: Store>(store: S) {
     assert_eq!(record.history.len(), 1);
     let arrival = &record.history[0];
     assert_eq!(arrival.event, Event::Receive);
-    assert_eq!((arrival.from, arrival.to), (State::Received, State::Received));
+    assert_eq!(
+        (arrival.from, arrival.to),
+        (State::Received, State::Received)
+    );
     let note = arrival.note.as_deref().unwrap();
     assert!(note.contains(&record.meta.from_party), "{note}");
     assert!(note.contains("127.0.0.1:40000"), "{note}");
 
-    store.record_download("in@them", 0, "portal", at(1)).unwrap();
-    store.record_download("in@them", 0, "portal", at(2)).unwrap();
+    store
+        .record_download("in@them", 0, "portal", at(1))
+        .unwrap();
+    store
+        .record_download("in@them", 0, "portal", at(2))
+        .unwrap();
     let record = store.get("in@them").unwrap().unwrap();
     assert_eq!(record.state, State::Received, "a download changes no state");
     let fetches: Vec<_> = record
@@ -1306,10 +1387,17 @@ pub fn retry_now_makes_waiting_messages_due<S: Store>(store: S) {
             .unwrap();
     }
     wait("fresh@us", "lv"); // submitted, not waiting
-    assert!(store.claim_due("n1", LEASE, 10, at(3)).unwrap().iter().all(|r| r.id() == "fresh@us"));
+    assert!(store
+        .claim_due("n1", LEASE, 10, at(3))
+        .unwrap()
+        .iter()
+        .all(|r| r.id() == "fresh@us"));
 
     assert!(store.retry_now("w3@us", "admin", at(10)).unwrap());
-    assert!(!store.retry_now("w3@us", "admin", at(11)).unwrap(), "already due");
+    assert!(
+        !store.retry_now("w3@us", "admin", at(11)).unwrap(),
+        "already due"
+    );
     let w3 = store.get("w3@us").unwrap().unwrap();
     assert_eq!(w3.state, State::WaitingForRetry);
     assert_eq!(w3.next_attempt_at, Some(at(10)));
@@ -1422,7 +1510,10 @@ pub fn test_traffic_is_purged_on_its_own<S: Store>(store: S) {
     assert_eq!(store.purge_test(at(50)).unwrap(), 2);
     assert!(store.get("ping@them").unwrap().is_none());
     assert!(store.get("conn@them").unwrap().is_none());
-    assert!(read_payload(&store, &PayloadEntry { ..stored }).is_err(), "its payload went too");
+    assert!(
+        read_payload(&store, &PayloadEntry { ..stored }).is_err(),
+        "its payload went too"
+    );
     assert!(store.get("ping@us").unwrap().is_some(), "still to be sent");
     assert!(store.get("business@them").unwrap().is_some());
     assert!(store.get("late@them").unwrap().is_some());

@@ -253,8 +253,12 @@ pub trait Store: Send + Sync {
     /// history ([`Event::RetryNow`]). Returns `true` when it changed, `false` when it was
     /// already due. A message in any other state is a [`StoreError::StateConflict`]
     /// (expected `waiting_for_retry`); [`StoreError::NotFound`] when none is stored.
-    fn retry_now(&self, message_id: &str, by: &str, now: OffsetDateTime)
-        -> Result<bool, StoreError>;
+    fn retry_now(
+        &self,
+        message_id: &str,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
 
     /// [`Store::retry_now`] for every outbound message waiting for its retry, optionally
     /// only those to `partner` ([`MessageRecord::partner`]) and owned by `owner`. Returns

@@ -52,11 +52,13 @@ pub struct MessageMeta {
 }
 
 /// The ebMS test service (`eb:Service` of a test message, ebMS 3 core §5.2.2).
-pub const TEST_SERVICE: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service";
+pub const TEST_SERVICE: &str =
+    "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service";
 /// The ebMS test action.
 pub const TEST_ACTION: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test";
 /// The EC connectivity-test service (`varti ping --connectivity`, the EC test bed).
-pub const CONNECTIVITY_SERVICE: &str = "http://ec.europa.eu/e-delivery/services/connectivity-service";
+pub const CONNECTIVITY_SERVICE: &str =
+    "http://ec.europa.eu/e-delivery/services/connectivity-service";
 
 impl MessageMeta {
     /// Whether this is test traffic rather than business: the ebMS test service and action,
@@ -321,11 +323,7 @@ impl MessageRecord {
 
     /// Makes a message waiting for its retry due at `now` (rules on
     /// [`Store::retry_now`](crate::Store::retry_now)). Returns whether it changed.
-    pub(crate) fn retry_now(
-        &mut self,
-        by: &str,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
+    pub(crate) fn retry_now(&mut self, by: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
         if self.direction != Direction::Outbound || self.state != State::WaitingForRetry {
             return Err(StoreError::StateConflict {
                 message_id: self.id().to_owned(),
@@ -622,8 +620,14 @@ impl ListFilter {
                 .conversation_id
                 .as_ref()
                 .is_none_or(|c| *c == record.meta.conversation_id)
-            && self.service.as_ref().is_none_or(|s| *s == record.meta.service)
-            && self.action.as_ref().is_none_or(|a| *a == record.meta.action)
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| *s == record.meta.service)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|a| *a == record.meta.action)
             && self.properties.iter().all(|(name, value)| {
                 record
                     .meta

@@ -214,7 +214,10 @@ impl SledStore {
             .map_err(db_error)?;
         self.db.flush().map_err(db_error)?;
         if built > 0 {
-            tracing::info!(records = built, "built the search indexes of an older store");
+            tracing::info!(
+                records = built,
+                "built the search indexes of an older store"
+            );
         }
         Ok(())
     }
@@ -1104,9 +1107,9 @@ fn search_index(filter: &ListFilter) -> (usize, Vec<u8>) {
 /// Whether `record` comes after `cursor` in listing order (newest first, then id
 /// descending).
 fn after_cursor(record: &MessageRecord, cursor: &Option<ListCursor>) -> bool {
-    cursor.as_ref().is_none_or(|c| {
-        (record.created_at, record.id()) < (c.created_at, c.message_id.as_str())
-    })
+    cursor
+        .as_ref()
+        .is_none_or(|c| (record.created_at, record.id()) < (c.created_at, c.message_id.as_str()))
 }
 
 /// A timestamp as 8 bytes whose byte order is time order (nanoseconds, clamped to the i64

@@ -41,7 +41,12 @@ fn sled_searches_read_only_their_index_range() {
     }
     let page = |filter: ListFilter| {
         let before = store.records_read_by_list();
-        let page = store.list(&ListFilter { limit: 10, ..filter }).unwrap();
+        let page = store
+            .list(&ListFilter {
+                limit: 10,
+                ..filter
+            })
+            .unwrap();
         (page.records.len(), store.records_read_by_list() - before)
     };
     let cases = [

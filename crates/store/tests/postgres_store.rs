@@ -10,7 +10,7 @@ use varti_store::contract::{meta, t0};
 use varti_store::postgres::testing::TestSchema;
 use varti_store::postgres::{migrate_with, PgStore, SCHEMA_VERSION};
 use varti_store::{
-    AttemptOutcome, ListFilter, InsertOutcome, NewInbound, NewOutbound, State, Store, StoreError,
+    AttemptOutcome, InsertOutcome, ListFilter, NewInbound, NewOutbound, State, Store, StoreError,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -458,6 +458,9 @@ fn every_search_uses_its_index() {
     for (index, filter) in cases {
         let plan = store.explain_list(&filter).unwrap();
         assert!(!plan.contains("Seq Scan"), "{filter:?}:\n{plan}");
-        assert!(plan.contains(index), "{filter:?} should use {index}:\n{plan}");
+        assert!(
+            plan.contains(index),
+            "{filter:?} should use {index}:\n{plan}"
+        );
     }
 }

@@ -962,7 +962,10 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
         "payload differs after the AS4 trip"
     );
     let m = b.message(&id).unwrap();
-    assert_eq!(m["state"], "received", "a download does not settle it: {m:#}");
+    assert_eq!(
+        m["state"], "received",
+        "a download does not settle it: {m:#}"
+    );
     let history = m["history"].as_array().unwrap();
     assert_eq!(history[0]["event"], "receive", "{m:#}");
     let arrival = history[0]["note"].as_str().unwrap();
@@ -972,7 +975,10 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
     );
     let fetch = history.last().unwrap();
     assert_eq!(fetch["event"], "fetch", "{m:#}");
-    assert!(fetch["note"].as_str().unwrap().starts_with("payload 0 by "), "{fetch}");
+    assert!(
+        fetch["note"].as_str().unwrap().starts_with("payload 0 by "),
+        "{fetch}"
+    );
 
     let cli = |args: &[&str]| {
         common::run(
@@ -994,7 +1000,11 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
     assert!(name.starts_with("0-") && name.ends_with(".bin"), "{name}");
-    assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{name}");
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "{name}"
+    );
     assert!(std::fs::read(&files[0]).unwrap() == payload);
     // Nothing is overwritten.
     let (code, _, err) = cli(&["messages", "download", &id, "--out", dir.to_str().unwrap()]);
@@ -1002,7 +1012,15 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
     assert!(err.contains("not overwritten"), "{err}");
     // One payload into a file, as JSON.
     let one = pair.root.path().join("payload0.bin");
-    let (code, out, err) = cli(&["messages", "download", &id, "0", "--out", one.to_str().unwrap(), "--json"]);
+    let (code, out, err) = cli(&[
+        "messages",
+        "download",
+        &id,
+        "0",
+        "--out",
+        one.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["files"][0]["bytes"], payload.len());
@@ -1012,7 +1030,12 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
     assert!(err.contains("no payload 7"), "{err}");
     let m = b.message(&id).unwrap();
     assert_eq!(m["state"], "received");
-    let fetches = m["history"].as_array().unwrap().iter().filter(|h| h["event"] == "fetch").count();
+    let fetches = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["event"] == "fetch")
+        .count();
     assert_eq!(fetches, 3, "{m:#}");
 
     // Ack → downloaded; again → still downloaded.
@@ -1151,7 +1174,11 @@ fn cli_messages_list_search_flags_and_include_test() {
     );
     assert!(listed(&node, PORTAL, &["--partner", "urn:nobody"]).is_empty());
     assert_eq!(
-        listed(&node, PORTAL, &["--partner", &partner, "--direction", "inbound"]),
+        listed(
+            &node,
+            PORTAL,
+            &["--partner", &partner, "--direction", "inbound"]
+        ),
         Vec::<String>::new()
     );
     assert_eq!(
@@ -1174,7 +1201,12 @@ fn cli_messages_list_search_flags_and_include_test() {
         listed(
             &node,
             PORTAL,
-            &["--property", "originalSender=urn:test:c1", "--service", question]
+            &[
+                "--property",
+                "originalSender=urn:test:c1",
+                "--service",
+                question
+            ]
         ),
         newest_first(&[&m3])
     );
@@ -1195,7 +1227,12 @@ fn cli_messages_list_search_flags_and_include_test() {
         newest_first(&[&m3, &m2, &m1])
     );
     assert!(listed(&node, PORTAL, &["--until", "2000-01-01T00:00:00Z"]).is_empty());
-    assert!(listed(&node, PORTAL, &["--since", "2999-01-01", "--service", question]).is_empty());
+    assert!(listed(
+        &node,
+        PORTAL,
+        &["--since", "2999-01-01", "--service", question]
+    )
+    .is_empty());
     // Another backend finds none of them, whatever it searches.
     assert!(listed(&node, OTHER, &["--conversation", "conv-1"]).is_empty());
     assert_eq!(listed(&node, ADMIN, &["--conversation", "conv-1"]).len(), 2);
@@ -1204,7 +1241,15 @@ fn cli_messages_list_search_flags_and_include_test() {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut args = vec!["messages", "list", "--json", "--limit", "1", "--service", question];
+        let mut args = vec![
+            "messages",
+            "list",
+            "--json",
+            "--limit",
+            "1",
+            "--service",
+            question,
+        ];
         if let Some(a) = &after {
             args.extend(["--after", a.as_str()]);
         }
@@ -1230,12 +1275,20 @@ fn cli_messages_list_search_flags_and_include_test() {
     let (code, _, err) = varti(&node, PORTAL, &["messages", "list", "--since", "yesterday"]);
     assert_eq!(code, 2);
     assert!(err.contains("RFC 3339"), "{err}");
-    let (code, _, err) = varti(&node, PORTAL, &["messages", "list", "--property", "novalue"]);
+    let (code, _, err) = varti(
+        &node,
+        PORTAL,
+        &["messages", "list", "--property", "novalue"],
+    );
     assert_eq!(code, 2);
     assert!(err.contains("NAME=VALUE"), "{err}");
     let r = get(&node, "/api/v1/messages?since=tuesday", PORTAL);
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.json()["hint"].as_str().unwrap().contains("2026"), "{}", r.text());
+    assert!(
+        r.json()["hint"].as_str().unwrap().contains("2026"),
+        "{}",
+        r.text()
+    );
     let r = get(&node, "/api/v1/messages?include_test=maybe", PORTAL);
     assert_eq!(r.status, 400, "{}", r.text());
     let r = get(&node, "/api/v1/messages?partner=", PORTAL);
@@ -1265,9 +1318,17 @@ fn wait_message(node: &Node, id: &str, what: &str, done: impl Fn(&Value) -> bool
 fn cli_messages_retry_makes_waiting_messages_due() {
     let reception = "retry_intervals = [\"1h\", \"1h\", \"1h\"]\nduplicate_detection = true\n";
     let pmodes = varti::pair::settings_toml("default", "as4-1.15", reception, Some(""))
-        + &varti::pair::exchange_toml(["exchange", "question"], [EXCHANGE, "urn:varti:test:question"]);
+        + &varti::pair::exchange_toml(
+            ["exchange", "question"],
+            [EXCHANGE, "urn:varti:test:question"],
+        );
     let node = start_with(pmodes);
-    let r = submit(&node, PORTAL, exchange_metadata(), &[("file0", "text/plain", b"x")]);
+    let r = submit(
+        &node,
+        PORTAL,
+        exchange_metadata(),
+        &[("file0", "text/plain", b"x")],
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["message_id"].as_str().unwrap().to_owned();
     // varti-b is not running: the first attempt fails, the next is an hour away.
@@ -1296,7 +1357,14 @@ fn cli_messages_retry_makes_waiting_messages_due() {
     let (code, out, err) = varti(
         &node,
         ADMIN,
-        &["messages", "retry", "--all-waiting", "--partner", "urn:nobody", "--json"],
+        &[
+            "messages",
+            "retry",
+            "--all-waiting",
+            "--partner",
+            "urn:nobody",
+            "--json",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["count"], 0);
@@ -1316,5 +1384,8 @@ fn cli_messages_retry_makes_waiting_messages_due() {
     assert_eq!(code, 2);
     let (code, out, _) = varti(&node, PORTAL, &["messages", "retry", "--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--all-waiting") && out.contains("Examples:"), "{out}");
+    assert!(
+        out.contains("--all-waiting") && out.contains("Examples:"),
+        "{out}"
+    );
 }

@@ -87,7 +87,9 @@ fn ping_test_service_and_connectivity() {
     };
     let connectivity_service = "http://ec.europa.eu/e-delivery/services/connectivity-service";
     assert!(
-        !list("").iter().any(|m| m["service"] == connectivity_service),
+        !list("")
+            .iter()
+            .any(|m| m["service"] == connectivity_service),
         "{:#?}",
         list("")
     );

@@ -64,25 +64,26 @@ fn list_filter(client: &Client, query: &str) -> Result<ListFilter, ApiError> {
             "since" => filter.created_from = Some(parse_time(&value, "since")?),
             "until" => filter.created_until = Some(parse_time(&value, "until")?),
             "property" => {
-                let (name, v) = value.split_once('=').filter(|(n, _)| !n.is_empty()).ok_or_else(|| {
-                    ApiError::bad_request(
-                        format!("property `{value}` is not NAME=VALUE"),
-                        "give property=originalSender%3Durn%3A… (the name, `=`, the value; \
+                let (name, v) = value
+                    .split_once('=')
+                    .filter(|(n, _)| !n.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("property `{value}` is not NAME=VALUE"),
+                            "give property=originalSender%3Durn%3A… (the name, `=`, the value; \
                          percent-encoded); repeat it to require several",
-                    )
-                })?;
+                        )
+                    })?;
                 filter.properties.push((name.to_owned(), v.to_owned()));
             }
             "include_test" => {
                 filter.exclude_test = match value.as_str() {
                     "true" | "1" | "" => false,
                     "false" | "0" => true,
-                    _ => {
-                        return Err(ApiError::bad_request(
-                            format!("include_test `{value}` is not true or false"),
-                            "use include_test=true to list test-service and connectivity messages too",
-                        ))
-                    }
+                    _ => return Err(ApiError::bad_request(
+                        format!("include_test `{value}` is not true or false"),
+                        "use include_test=true to list test-service and connectivity messages too",
+                    )),
                 }
             }
             "direction" => {
@@ -407,9 +408,11 @@ pub(super) async fn status(
     let counts = blocking(ap.clone(), move |ap| {
         let mut counts: BTreeMap<&'static str, u64> =
             State::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        // Test traffic is not business: a received ping is not a backlog.
         let mut filter = ListFilter {
             owner,
             limit: MAX_PAGE_SIZE,
+            exclude_test: true,
             ..ListFilter::default()
         };
         loop {

@@ -555,8 +555,9 @@ impl Store for PgStore {
         self.pool
             .run("marking a message delivered", |client, attempt| {
                 // One statement, so one atomic step: the state moves only if it is still
-                // `received`, and its history row is written with it. A `received` message has
-                // no history yet (nothing leads back into `received`), so no trimming is needed.
+                // `received`, and its history row is written with it. A `received` message's
+                // history is its arrival and download notes (trimmed as they were written),
+                // so this entry may pass MAX_HISTORY by one at most; not trimmed here.
                 let won = client.query_opt(
                     "WITH moved AS ( \
                      UPDATE messages SET state = $3, updated_at = $2, \
@@ -685,17 +686,21 @@ impl Store for PgStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let now = micros(now);
-        self.modify("making a message due now", message_id, |loaded, attempt, op| {
-            if attempt.retrying && loaded.entry_by(op).is_some() {
-                return Ok(Change::keep(true));
-            }
-            let changed = loaded.record.retry_now(by, now)?;
-            Ok(Change {
-                write: changed,
-                new_entries: usize::from(changed),
-                out: changed,
-            })
-        })
+        self.modify(
+            "making a message due now",
+            message_id,
+            |loaded, attempt, op| {
+                if attempt.retrying && loaded.entry_by(op).is_some() {
+                    return Ok(Change::keep(true));
+                }
+                let changed = loaded.record.retry_now(by, now)?;
+                Ok(Change {
+                    write: changed,
+                    new_entries: usize::from(changed),
+                    out: changed,
+                })
+            },
+        )
     }
 
     fn retry_waiting(
@@ -708,26 +713,29 @@ impl Store for PgStore {
         let now = micros(now);
         // The waiting messages are in the partial index of outbound work (`due_at IS NOT
         // NULL`); each is then changed on its own, as `retry_now` does.
-        let ids: Vec<String> = self.pool.run("finding messages waiting for a retry", |client, _| {
-            Ok(client
-                .query(
-                    "SELECT message_id FROM messages \
+        let ids: Vec<String> =
+            self.pool
+                .run("finding messages waiting for a retry", |client, _| {
+                    Ok(client
+                        .query(
+                            "SELECT message_id FROM messages \
                      WHERE due_at IS NOT NULL AND due_at > $1 AND state = 'waiting_for_retry' \
                        AND ($2::text IS NULL OR partner = $2) \
                        AND ($3::text IS NULL OR owner = $3) \
                      ORDER BY due_at, message_id",
-                    &[&now, &partner, &owner],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })?;
+                            &[&now, &partner, &owner],
+                        )?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect())
+                })?;
         let mut made_due = Vec::new();
         for id in ids {
             match self.retry_now(&id, by, now) {
                 Ok(true) => made_due.push(id),
                 // Claimed, settled or purged since: not waiting any more.
-                Ok(false) | Err(StoreError::StateConflict { .. } | StoreError::NotFound { .. }) => {}
+                Ok(false) | Err(StoreError::StateConflict { .. } | StoreError::NotFound { .. }) => {
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -949,7 +957,11 @@ impl ListQuery {
             conditions.push(format!("m.direction = {p}"));
         }
         if !filter.states.is_empty() {
-            let states: Vec<String> = filter.states.iter().map(|s| s.as_str().to_owned()).collect();
+            let states: Vec<String> = filter
+                .states
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
             let p = q.param(states);
             conditions.push(format!("m.state = ANY({p})"));
         }

@@ -160,7 +160,10 @@ pub struct DownloadArgs {
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     /// The MessageId (or --all-waiting).
-    #[arg(required_unless_present = "all_waiting", conflicts_with = "all_waiting")]
+    #[arg(
+        required_unless_present = "all_waiting",
+        conflicts_with = "all_waiting"
+    )]
     id: Option<String>,
     /// Every message waiting for a retry (admin token), or those to --partner.
     #[arg(long)]
@@ -276,7 +279,10 @@ fn list(a: &ListArgs) -> Result<ExitCode, Failure> {
         }
     }
     for (name, value) in &a.property {
-        query.push_str(&format!("&property={}", segment(&format!("{name}={value}"))));
+        query.push_str(&format!(
+            "&property={}",
+            segment(&format!("{name}={value}"))
+        ));
     }
     if a.include_test {
         query.push_str("&include_test=true");
@@ -547,7 +553,10 @@ fn download_to(api: &Api, id: &str, index: usize, path: &std::path::Path) -> Res
         // appeared meanwhile.
         if path.exists() {
             return Err(Failure::problem(
-                format!("{} appeared while downloading; not overwritten", path.display()),
+                format!(
+                    "{} appeared while downloading; not overwritten",
+                    path.display()
+                ),
                 "remove it or give another --out",
             ));
         }
