@@ -10,7 +10,7 @@
 //! The data: 200 partners, 20 services, 50 actions, a conversation per 4 messages, 10,000
 //! `originalSender` values, 10 owners, 2 % test traffic, stored 30 s apart per 1,000. The
 //! sled store is loaded through `SledStore::insert_inbound_batch` (1,000 per transaction and
-//! flush) in a temporary directory under DIR (default: the working directory); PostgreSQL
+//! flush) in a temporary directory under DIR (default: `target`, which git ignores); PostgreSQL
 //! (`VARTI_TEST_DATABASE_URL`, default the local test database) gets the same rows with
 //! one `INSERT … SELECT generate_series` into a throw-away schema, then `ANALYZE`. Each
 //! search runs `--runs` times; the median and the worst are printed, and for sled the
@@ -42,7 +42,7 @@ fn usage() -> ! {
 fn options() -> Options {
     let mut o = Options {
         messages: 1_000_000,
-        dir: PathBuf::from("."),
+        dir: PathBuf::from("target"),
         runs: 20,
     };
     let mut args = std::env::args().skip(1);

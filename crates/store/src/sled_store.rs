@@ -1244,6 +1244,59 @@ mod tests {
         assert_eq!(answered, Ok(true), "the next caller was left waiting");
     }
 
+    /// A store written before the search indexes existed (its records in `records` and
+    /// the old trees only) gets them built when opened, once.
+    #[test]
+    fn an_older_store_gets_its_search_indexes_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut meta = crate::contract::meta("old@them", "alpha");
+            meta.from_party = "lv".into();
+            store
+                .insert_inbound(
+                    crate::NewInbound {
+                        meta,
+                        receipt: b"r".to_vec(),
+                        peer: None,
+                    },
+                    now,
+                )
+                .unwrap();
+            // Make it look like an older version's store.
+            for tree in [
+                PARTNER,
+                CONVERSATION,
+                SERVICE,
+                ACTION,
+                PROPERTY,
+                REGULAR,
+                TEST,
+            ] {
+                store.trees[tree].clear().unwrap();
+            }
+            store.trees[META].remove(SEARCH_INDEX_MARK).unwrap();
+            store.db.flush().unwrap();
+            let by_partner = ListFilter {
+                partner: Some("lv".into()),
+                ..ListFilter::default()
+            };
+            assert!(store.list(&by_partner).unwrap().records.is_empty());
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let found = store
+            .list(&ListFilter {
+                partner: Some("lv".into()),
+                exclude_test: true,
+                ..ListFilter::default()
+            })
+            .unwrap();
+        assert_eq!(found.records.len(), 1);
+        assert_eq!(found.records[0].id(), "old@them");
+        assert!(store.trees[META].get(SEARCH_INDEX_MARK).unwrap().is_some());
+    }
+
     #[test]
     fn timestamp_keys_sort_in_time_order() {
         let times = [
