@@ -672,3 +672,68 @@ fn s(v: &Value) -> String {
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_file_names_stay_in_their_directory() {
+        let name = |cid: &str, mime: &str| {
+            payload_file_name(
+                3,
+                &serde_json::json!({"content_id": cid, "mime_type": mime}),
+            )
+        };
+        assert_eq!(
+            name("cid:part1@varti.test", "application/xml"),
+            "3-part1_varti.test.xml"
+        );
+        assert_eq!(name("cid:invoice.pdf", "application/pdf"), "3-invoice.pdf");
+        assert_eq!(name("", "application/octet-stream"), "3.bin");
+        for hostile in [
+            "cid:../../etc/passwd",
+            "../x",
+            "/abs/path",
+            "..\\..\\win",
+            ".hidden",
+            "cid:a/b/c",
+            "\u{0}nul",
+            "ünï/cødé",
+        ] {
+            let n = name(hostile, "text/plain");
+            assert!(n.starts_with("3"), "{hostile}: {n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+                "{hostile}: {n}"
+            );
+            assert!(!n.starts_with('.'), "{hostile}: {n}");
+            assert_eq!(
+                std::path::Path::new("out").join(&n).parent(),
+                Some(std::path::Path::new("out")),
+                "{hostile}: {n}"
+            );
+        }
+        assert!(name(&"x".repeat(5000), "text/plain").len() < 120);
+    }
+
+    #[test]
+    fn since_and_until_take_rfc3339_or_a_date() {
+        assert_eq!(
+            parse_time("2026-03-03").unwrap(),
+            time::macros::datetime!(2026-03-03 00:00 UTC)
+        );
+        assert_eq!(
+            parse_time("2026-03-03T09:30:00+02:00").unwrap(),
+            time::macros::datetime!(2026-03-03 07:30 UTC)
+        );
+        assert!(parse_time("last tuesday").is_err());
+        assert_eq!(
+            parse_property("originalSender=urn:a=b").unwrap(),
+            ("originalSender".to_owned(), "urn:a=b".to_owned())
+        );
+        assert!(parse_property("=x").is_err());
+        assert!(parse_property("novalue").is_err());
+    }
+}
