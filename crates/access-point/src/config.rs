@@ -79,6 +79,12 @@ pub struct ServerConfig {
     /// Seconds a client may leave a response untaken (its TCP or HTTP/2 window closed)
     /// before the connection is closed. Default 60.
     pub write_timeout_secs: u64,
+    /// IP addresses of reverse proxies (TLS terminators, load balancers) in front of
+    /// `/msh`. Only a request whose TCP peer is one of them has its `X-Forwarded-For`
+    /// believed: the history then records the address the proxy names as the client (the
+    /// rightmost entry, the one the proxy itself added). Default empty: the TCP peer is the
+    /// peer, and `X-Forwarded-For` (which anyone can send) is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// TLS of the MSH listener.
@@ -120,6 +126,11 @@ pub struct RetentionConfig {
     /// Days until message metadata and receipts are purged. Default 365. Must be at least
     /// `payload_days`.
     pub metadata_days: u32,
+    /// Days that test traffic (the ebMS test service, the EC connectivity test: what
+    /// `varti ping` sends) is kept, counted from its arrival, whatever its state; then the
+    /// whole record goes. Default 2. Such messages are never delivered to a backend, so
+    /// `payload_days`/`metadata_days` (counted from settlement) would never remove them.
+    pub test_days: u32,
 }
 
 /// Size and connection limits.
@@ -205,6 +216,7 @@ impl Default for ServerConfig {
             body_read_timeout_secs: 30,
             min_body_bytes_per_sec: 64 * 1024,
             write_timeout_secs: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -225,6 +237,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             payload_days: 7,
             metadata_days: 365,
+            test_days: 2,
         }
     }
 }
@@ -293,6 +306,8 @@ pub struct Settings {
     pub retention: RetentionConfig,
     /// The backend API's clients.
     pub clients: Vec<ApiClient>,
+    /// `server.trusted_proxies`: whose `X-Forwarded-For` names the real peer.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -308,6 +323,7 @@ impl Default for Settings {
             limits: LimitsConfig::default(),
             retention: RetentionConfig::default(),
             clients: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

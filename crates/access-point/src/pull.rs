@@ -687,7 +687,8 @@ pub(crate) async fn pull_once(ap: &Arc<AccessPoint>, channel: &PullChannel) -> P
     };
     let processed = {
         let ap = ap.clone();
-        tokio::task::spawn_blocking(move || receive_pulled(&ap, response)).await
+        let endpoint = channel.endpoint.clone();
+        tokio::task::spawn_blocking(move || receive_pulled_from(&ap, response, &endpoint)).await
     };
     let (pulled, answer) = match processed {
         Ok(p) => p,
@@ -740,6 +741,16 @@ pub fn receive_pulled(
     ap: &AccessPoint,
     response: crate::client::OutboundResponse,
 ) -> (Pulled, Option<(String, Bytes)>) {
+    receive_pulled_from(ap, response, "a partner's MSH")
+}
+
+/// [`receive_pulled`] of the answer from `endpoint` (the partner's MSH URL), which the
+/// history of a pulled message names as its peer.
+fn receive_pulled_from(
+    ap: &AccessPoint,
+    response: crate::client::OutboundResponse,
+    endpoint: &str,
+) -> (Pulled, Option<(String, Bytes)>) {
     let status = response.status;
     let content_type = response
         .headers
@@ -787,7 +798,13 @@ pub fn receive_pulled(
         .as_ref()
         .map(|um| um.message_info.message_id.clone())
     {
-        let answer = accept_user_message(ap, &package, envelope, Arrival::Pulled);
+        let answer = accept_user_message(
+            ap,
+            &package,
+            envelope,
+            Arrival::Pulled,
+            Some(format!("a pull from {endpoint}")),
+        );
         return match answer.body {
             // A receipt (200), or an error signal refusing the message (200, or 500 with a
             // WS-Security fault): the partner gets it. A bare fault (500, nothing stored and

@@ -102,7 +102,8 @@ impl MshHandler for Receiver {
             }
         };
         let response = if envelope.messaging.user_message.is_some() {
-            accept_user_message(&self.ap, &package, envelope, Arrival::Pushed)
+            let peer = peer_address(&self.ap, &request);
+            accept_user_message(&self.ap, &package, envelope, Arrival::Pushed, Some(peer))
         } else {
             self.signal(&package, &envelope.messaging)
         };
@@ -110,6 +111,29 @@ impl MshHandler for Receiver {
             .metrics
             .observe_latency(Direction::Inbound, started.elapsed());
         response
+    }
+}
+
+/// The peer of a pushed message as the history records it: the TCP peer, or, when that is
+/// a trusted proxy (`server.trusted_proxies`), the client its `X-Forwarded-For` names (the
+/// rightmost address: the one the proxy added; the ones before it are the client's word).
+fn peer_address(ap: &AccessPoint, request: &MshRequest) -> String {
+    let tcp = request.peer.remote_addr;
+    if !ap.settings.trusted_proxies.contains(&tcp.ip()) {
+        return tcp.to_string();
+    }
+    let forwarded = request
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|v| !v.is_empty())
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok());
+    match forwarded {
+        Some(client) => format!("{client} (via proxy {tcp})"),
+        None => tcp.to_string(),
     }
 }
 
@@ -127,6 +151,7 @@ pub(crate) fn accept_user_message(
     package: &MimePackage,
     envelope: Envelope,
     arrival: Arrival,
+    peer: Option<String>,
 ) -> MshResponse {
     let now = ap.clock.now();
     let spool = ap.spool();
@@ -206,6 +231,7 @@ pub(crate) fn accept_user_message(
         NewInbound {
             meta,
             receipt: receipt.clone(),
+            peer,
         },
         now,
     ) {

@@ -14,7 +14,8 @@
 //!   that gets `true` notifies. So a duplicate of the message, a second `Received` event, or
 //!   a second instance sharing the same PostgreSQL store never makes the backend hear of
 //!   the message twice. A backend *without* a webhook is left alone: it polls the backend
-//!   API, which marks the message delivered when the backend downloads it.
+//!   API (downloads are recorded in the history, the message stays `received`) and
+//!   acknowledges what it processed (`POST /messages/{id}/ack` → `downloaded`).
 //! * **`sent`** — the partner acknowledged an outbound message (its receipt checked).
 //! * **`failed`** — an outbound message failed for good; `error` carries the ebMS error
 //!   (EBMS:0301 after the last retry is reported this way).

@@ -122,6 +122,7 @@ fn message(store: &SledStore, id: String, payload: &[u8]) -> NewInbound {
             properties: Vec::new(),
         },
         receipt: b"<receipt/>".to_vec(),
+        peer: None,
     }
 }
 

@@ -82,6 +82,7 @@ fn inbound(id: &str, owner: &str, receipt: &[u8]) -> NewInbound {
     NewInbound {
         meta: meta(id, owner),
         receipt: receipt.to_vec(),
+        peer: Some("127.0.0.1:40000".into()),
     }
 }
 
@@ -611,12 +612,13 @@ pub fn idempotent_transitions<S: Store>(store: S) {
     assert_eq!(
         steps,
         [
+            (Event::Receive, State::Received, State::Received),
             (Event::Deliver, State::Received, State::Delivered),
             (Event::Download, State::Delivered, State::Downloaded),
         ]
     );
-    assert_eq!(r.history[0].at, at(1));
-    assert_eq!(r.history[1].at, at(2));
+    assert_eq!(r.history[1].at, at(1));
+    assert_eq!(r.history[2].at, at(2));
 }
 
 /// Steps the state machine forbids are refused and change nothing; so is a compare-and-set
@@ -650,7 +652,12 @@ pub fn invalid_transitions_refused<S: Store>(store: S) {
         })
     ));
     assert!(matches!(
-        store.transition("w@them", State::Received, Event::Download, at(1)),
+        store.transition("w@them", State::Received, Event::Resend, at(1)),
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    // History notes are never transitions.
+    assert!(matches!(
+        store.transition("w@them", State::Received, Event::Fetch, at(1)),
         Err(StoreError::InvalidTransition { .. })
     ));
     assert!(matches!(
@@ -733,7 +740,8 @@ pub fn mark_delivered_once_under_concurrency<S: Store>(store: S) {
         assert_eq!(winners, 1, "message {m}: exactly one delivery");
         let r = store.get(&format!("once{m}@them")).unwrap().unwrap();
         assert_eq!(r.state, State::Delivered);
-        assert_eq!(r.history.len(), 1);
+        // The arrival, then the one delivery.
+        assert_eq!(r.history.len(), 2);
     }
 }
 
@@ -954,6 +962,564 @@ pub fn listing_filters_by_owner<S: Store>(store: S) {
     );
 }
 
+/// A message to search for: `id`, inbound from / outbound to `partner`.
+fn searchable(
+    id: &str,
+    direction: Direction,
+    partner: &str,
+    service: &str,
+    action: &str,
+    conversation: &str,
+    properties: &[(&str, &str)],
+) -> MessageMeta {
+    let mut m = meta(id, "alpha");
+    match direction {
+        Direction::Inbound => m.from_party = partner.to_owned(),
+        Direction::Outbound => m.to_party = partner.to_owned(),
+    }
+    m.service = service.to_owned();
+    m.action = action.to_owned();
+    m.conversation_id = conversation.to_owned();
+    m.properties = properties
+        .iter()
+        .map(|(name, value)| MessageProperty {
+            name: (*name).to_owned(),
+            value: (*value).to_owned(),
+            type_: None,
+        })
+        .collect();
+    m
+}
+
+/// Every search field (partner, time, conversation, service, action, property, id
+/// prefix, test traffic) selects exactly its messages, alone and combined with each other
+/// and with direction, state and owner, newest first; a search pages with its cursor.
+pub fn search_by_every_field<S: Store>(store: S) {
+    use Direction::{Inbound, Outbound};
+    let sender = "urn:oasis:names:tc:ebcore:partyid-type:unregistered:C1";
+    // id, direction, partner, service, action, conversation, properties
+    type Row<'a> = (
+        &'a str,
+        Direction,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+    );
+    let rows: [Row; 8] = [
+        (
+            "lv-1@x",
+            Inbound,
+            "lv",
+            "svc:a",
+            "Req",
+            "c1",
+            &[("originalSender", sender)],
+        ),
+        ("lv-2@x", Inbound, "lv", "svc:a", "Resp", "c1", &[]),
+        (
+            "ee-1@x",
+            Inbound,
+            "ee",
+            "svc:b",
+            "Req",
+            "c2",
+            &[("originalSender", "other")],
+        ),
+        (
+            "ee-2@us",
+            Outbound,
+            "ee",
+            "svc:a",
+            "Req",
+            "c2",
+            &[("originalSender", sender), ("finalRecipient", "R")],
+        ),
+        (
+            "lv-3@us",
+            Outbound,
+            "lv",
+            "svc:b",
+            "Resp",
+            "c3",
+            &[("finalRecipient", "R")],
+        ),
+        // The ebMS test service and the EC connectivity test: test traffic.
+        (
+            "ping-1@x",
+            Inbound,
+            "lv",
+            crate::TEST_SERVICE,
+            crate::TEST_ACTION,
+            "c9",
+            &[],
+        ),
+        (
+            "ping-2@x",
+            Inbound,
+            "ee",
+            crate::CONNECTIVITY_SERVICE,
+            "submitMessage",
+            "c9",
+            &[],
+        ),
+        // The same names with another meaning must not match: `l` ‖ `v…` vs `lv`.
+        (
+            "l-9@x",
+            Inbound,
+            "l",
+            "vsvc:a",
+            "Req",
+            "c",
+            &[("original", "Sender")],
+        ),
+    ];
+    for (i, (id, direction, partner, service, action, conversation, props)) in
+        rows.iter().enumerate()
+    {
+        let m = searchable(
+            id,
+            *direction,
+            partner,
+            service,
+            action,
+            conversation,
+            props,
+        );
+        match direction {
+            Inbound => store
+                .insert_inbound(
+                    NewInbound {
+                        meta: m,
+                        receipt: b"r".to_vec(),
+                        peer: None,
+                    },
+                    at(i as i64),
+                )
+                .map(|_| ())
+                .unwrap(),
+            Outbound => store
+                .insert_outbound(
+                    NewOutbound {
+                        meta: m,
+                        not_before: at(100),
+                    },
+                    at(i as i64),
+                )
+                .unwrap(),
+        }
+    }
+    let ids = |filter: ListFilter| -> Vec<String> {
+        let page = store.list(&filter).unwrap();
+        assert!(page.next.is_none(), "{filter:?}");
+        page.records
+            .into_iter()
+            .map(|r| r.meta.message_id)
+            .collect()
+    };
+    let base = || ListFilter {
+        exclude_test: true,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(base()),
+        ["l-9@x", "lv-3@us", "ee-2@us", "ee-1@x", "lv-2@x", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter::default()).len(),
+        8,
+        "test traffic is listed when not excluded"
+    );
+    assert_eq!(
+        ids(ListFilter {
+            partner: Some("lv".into()),
+            ..base()
+        }),
+        ["lv-3@us", "lv-2@x", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            partner: Some("lv".into()),
+            ..ListFilter::default()
+        }),
+        ["ping-1@x", "lv-3@us", "lv-2@x", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            partner: Some("ee".into()),
+            direction: Some(Outbound),
+            ..base()
+        }),
+        ["ee-2@us"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            conversation_id: Some("c2".into()),
+            ..base()
+        }),
+        ["ee-2@us", "ee-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            service: Some("svc:a".into()),
+            ..base()
+        }),
+        ["ee-2@us", "lv-2@x", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            action: Some("Resp".into()),
+            ..base()
+        }),
+        ["lv-3@us", "lv-2@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            service: Some("svc:a".into()),
+            action: Some("Req".into()),
+            ..base()
+        }),
+        ["ee-2@us", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            properties: vec![("originalSender".into(), sender.into())],
+            ..base()
+        }),
+        ["ee-2@us", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            properties: vec![
+                ("originalSender".into(), sender.into()),
+                ("finalRecipient".into(), "R".into())
+            ],
+            ..base()
+        }),
+        ["ee-2@us"]
+    );
+    assert!(ids(ListFilter {
+        properties: vec![("originalSender".into(), "nobody".into())],
+        ..base()
+    })
+    .is_empty());
+    assert_eq!(
+        ids(ListFilter {
+            id_prefix: Some("lv-".into()),
+            ..base()
+        }),
+        ["lv-3@us", "lv-2@x", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            id_prefix: Some("lv-".into()),
+            direction: Some(Inbound),
+            ..base()
+        }),
+        ["lv-2@x", "lv-1@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            id_prefix: Some("l".into()),
+            partner: Some("lv".into()),
+            ..base()
+        }),
+        ["lv-3@us", "lv-2@x", "lv-1@x"]
+    );
+    // Time range (since inclusive, until exclusive) with a field.
+    assert_eq!(
+        ids(ListFilter {
+            partner: Some("lv".into()),
+            created_from: Some(at(1)),
+            created_until: Some(at(4)),
+            ..base()
+        }),
+        ["lv-2@x"]
+    );
+    assert_eq!(
+        ids(ListFilter {
+            partner: Some("ee".into()),
+            states: vec![State::Submitted],
+            owner: Some("alpha".into()),
+            ..base()
+        }),
+        ["ee-2@us"]
+    );
+    assert!(ids(ListFilter {
+        partner: Some("ee".into()),
+        owner: Some("beta".into()),
+        ..base()
+    })
+    .is_empty());
+    // Pages of one through a search cover it exactly once, in order, whatever index
+    // serves it.
+    for filter in [
+        ListFilter {
+            partner: Some("lv".into()),
+            ..base()
+        },
+        ListFilter {
+            service: Some("svc:a".into()),
+            ..base()
+        },
+        ListFilter {
+            id_prefix: Some("lv-".into()),
+            ..base()
+        },
+        ListFilter {
+            properties: vec![("finalRecipient".into(), "R".into())],
+            ..base()
+        },
+    ] {
+        let all = ids(filter.clone());
+        let mut seen = Vec::new();
+        let mut paged = ListFilter { limit: 1, ..filter };
+        loop {
+            let page = store.list(&paged).unwrap();
+            seen.extend(page.records.into_iter().map(|r| r.meta.message_id));
+            match page.next {
+                Some(cursor) => paged.after = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(seen, all, "{paged:?}");
+    }
+    // Bad search input is refused, not searched.
+    let err = store
+        .list(&ListFilter {
+            partner: Some("a\0b".into()),
+            ..base()
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
+}
+
+/// The history of an inbound message starts with its arrival (sending party and peer);
+/// each payload download is recorded without changing the state; the backend's
+/// acknowledgement moves it to `downloaded`.
+pub fn arrival_and_downloads_are_recorded<S: Store>(store: S) {
+    store
+        .insert_inbound(inbound("in@them", "alpha", b"r"), at(0))
+        .unwrap();
+    let record = store.get("in@them").unwrap().unwrap();
+    assert_eq!(record.history.len(), 1);
+    let arrival = &record.history[0];
+    assert_eq!(arrival.event, Event::Receive);
+    assert_eq!(
+        (arrival.from, arrival.to),
+        (State::Received, State::Received)
+    );
+    let note = arrival.note.as_deref().unwrap();
+    assert!(note.contains(&record.meta.from_party), "{note}");
+    assert!(note.contains("127.0.0.1:40000"), "{note}");
+
+    store
+        .record_download("in@them", 0, "portal", at(1))
+        .unwrap();
+    store
+        .record_download("in@them", 0, "portal", at(2))
+        .unwrap();
+    let record = store.get("in@them").unwrap().unwrap();
+    assert_eq!(record.state, State::Received, "a download changes no state");
+    let fetches: Vec<_> = record
+        .history
+        .iter()
+        .filter(|h| h.event == Event::Fetch)
+        .collect();
+    assert_eq!(fetches.len(), 2);
+    assert_eq!(fetches[0].note.as_deref(), Some("payload 0 by portal"));
+    assert_eq!(fetches[1].at, at(2));
+
+    assert_eq!(
+        store
+            .transition("in@them", State::Received, Event::Download, at(3))
+            .unwrap(),
+        TransitionOutcome::Applied(State::Downloaded)
+    );
+    let record = store.get("in@them").unwrap().unwrap();
+    assert_eq!(record.history.last().unwrap().event, Event::Download);
+    assert!(matches!(
+        store.record_download("nope@them", 0, "portal", at(4)),
+        Err(StoreError::NotFound { .. })
+    ));
+    store
+        .insert_outbound(outbound("out@us", "alpha", at(0)), at(0))
+        .unwrap();
+    assert!(matches!(
+        store.record_download("out@us", 0, "portal", at(4)),
+        Err(StoreError::InvalidInput(_))
+    ));
+}
+
+/// `retry_now` makes a message waiting for its retry due at once (recorded in the
+/// history); `retry_waiting` does it for all of a partner's, and touches nothing else.
+pub fn retry_now_makes_waiting_messages_due<S: Store>(store: S) {
+    let wait = |id: &str, partner: &str| {
+        let mut m = meta(id, "alpha");
+        m.to_party = partner.to_owned();
+        store
+            .insert_outbound(
+                NewOutbound {
+                    meta: m,
+                    not_before: at(0),
+                },
+                at(0),
+            )
+            .unwrap();
+    };
+    wait("w1@us", "lv");
+    wait("w2@us", "lv");
+    wait("w3@us", "ee");
+    let claimed = store.claim_due("n1", LEASE, 10, at(1)).unwrap();
+    assert_eq!(claimed.len(), 3);
+    for r in &claimed {
+        store
+            .record_attempt(
+                r.id(),
+                "n1",
+                AttemptOutcome::Retry {
+                    at: at(3600),
+                    error: "partner down".into(),
+                },
+                at(2),
+            )
+            .unwrap();
+    }
+    wait("fresh@us", "lv"); // submitted, not waiting
+    assert!(store
+        .claim_due("n1", LEASE, 10, at(3))
+        .unwrap()
+        .iter()
+        .all(|r| r.id() == "fresh@us"));
+
+    assert!(store.retry_now("w3@us", "admin", at(10)).unwrap());
+    assert!(
+        !store.retry_now("w3@us", "admin", at(11)).unwrap(),
+        "already due"
+    );
+    let w3 = store.get("w3@us").unwrap().unwrap();
+    assert_eq!(w3.state, State::WaitingForRetry);
+    assert_eq!(w3.next_attempt_at, Some(at(10)));
+    let entry = w3.history.last().unwrap();
+    assert_eq!(entry.event, Event::RetryNow);
+    assert_eq!(entry.note.as_deref(), Some("made due now by admin"));
+    let got: Vec<_> = store.claim_due("n2", LEASE, 10, at(12)).unwrap();
+    assert_eq!(got.iter().map(|r| r.id()).collect::<Vec<_>>(), ["w3@us"]);
+
+    // Sending (just claimed) or unknown: not waiting.
+    assert!(matches!(
+        store.retry_now("w3@us", "admin", at(13)),
+        Err(StoreError::StateConflict {
+            actual: State::Sending,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.retry_now("nope@us", "admin", at(13)),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    assert!(store
+        .retry_waiting(Some("ee"), None, "admin", at(14))
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .retry_waiting(Some("lv"), Some("beta"), "admin", at(14))
+        .unwrap()
+        .is_empty());
+    let mut made_due = store
+        .retry_waiting(Some("lv"), Some("alpha"), "admin", at(14))
+        .unwrap();
+    made_due.sort();
+    assert_eq!(made_due, ["w1@us", "w2@us"]);
+    assert!(store
+        .retry_waiting(None, None, "admin", at(15))
+        .unwrap()
+        .is_empty());
+    let mut got: Vec<_> = store
+        .claim_due("n2", LEASE, 10, at(16))
+        .unwrap()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["w1@us", "w2@us"]);
+}
+
+/// Test traffic is removed whole after its own retention, counted from its arrival,
+/// while business messages and outbound test messages still in progress stay.
+pub fn test_traffic_is_purged_on_its_own<S: Store>(store: S) {
+    let test_meta = |id: &str| {
+        let mut m = meta(id, "varti:test-service");
+        m.service = crate::TEST_SERVICE.into();
+        m.action = crate::TEST_ACTION.into();
+        m
+    };
+    let mut ping = test_meta("ping@them");
+    ping.payloads = vec![payload(&store, b"<ping/>")];
+    let stored = ping.payloads[0].clone();
+    store
+        .insert_inbound(
+            NewInbound {
+                meta: ping,
+                receipt: b"r".to_vec(),
+                peer: None,
+            },
+            at(0),
+        )
+        .unwrap();
+    let mut conn = test_meta("conn@them");
+    conn.service = crate::CONNECTIVITY_SERVICE.into();
+    conn.action = "submitMessage".into();
+    assert!(conn.is_test());
+    store
+        .insert_inbound(
+            NewInbound {
+                meta: conn,
+                receipt: b"r".to_vec(),
+                peer: None,
+            },
+            at(0),
+        )
+        .unwrap();
+    store
+        .insert_outbound(
+            NewOutbound {
+                meta: test_meta("ping@us"),
+                not_before: at(0),
+            },
+            at(0),
+        )
+        .unwrap();
+    store
+        .insert_inbound(inbound("business@them", "alpha", b"r"), at(0))
+        .unwrap();
+    store
+        .insert_inbound(
+            NewInbound {
+                meta: test_meta("late@them"),
+                receipt: b"r".to_vec(),
+                peer: None,
+            },
+            at(100),
+        )
+        .unwrap();
+
+    assert_eq!(store.purge_test(at(0)).unwrap(), 0, "nothing is older");
+    assert_eq!(store.purge_test(at(50)).unwrap(), 2);
+    assert!(store.get("ping@them").unwrap().is_none());
+    assert!(store.get("conn@them").unwrap().is_none());
+    assert!(
+        read_payload(&store, &PayloadEntry { ..stored }).is_err(),
+        "its payload went too"
+    );
+    assert!(store.get("ping@us").unwrap().is_some(), "still to be sent");
+    assert!(store.get("business@them").unwrap().is_some());
+    assert!(store.get("late@them").unwrap().is_some());
+    assert_eq!(store.purge_test(at(50)).unwrap(), 0);
+}
+
 /// Declares one `#[test]` per contract function for a store factory: an expression callable
 /// with no arguments that returns `(store, guard)`, where `guard` (say, a temporary directory)
 /// lives as long as the test.
@@ -977,6 +1543,10 @@ macro_rules! store_contract_tests {
             purge_payloads_of_one_message,
             listing_filters_by_owner,
             signal_ids_are_noted_once,
+            search_by_every_field,
+            arrival_and_downloads_are_recorded,
+            retry_now_makes_waiting_messages_due,
+            test_traffic_is_purged_on_its_own,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {

@@ -60,6 +60,7 @@ pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
     MessageProperty, MessageRecord, NewInbound, NewOutbound, Page, PayloadEntry, TransitionOutcome,
+    CONNECTIVITY_SERVICE, MAX_PREFIX_MATCHES, TEST_ACTION, TEST_SERVICE,
 };
 pub use sled_check::{
     check_store, damage_summary, CheckOptions, CheckReport, CheckedOpenError, Finding, FindingKind,
@@ -247,11 +248,55 @@ pub trait Store: Send + Sync {
     /// `true`; retry a failed hand-over with the webhook's own retries, not by re-marking.
     fn mark_delivered(&self, message_id: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
 
+    /// Records in the history of inbound message `message_id` that `by` (a backend client)
+    /// downloaded its payload `index` (a [`Event::Fetch`] entry). The state does not change:
+    /// only the backend's acknowledgement ([`Event::Download`]) settles a received message.
+    /// [`StoreError::NotFound`] when no such message is stored, [`StoreError::InvalidInput`]
+    /// for an outbound one.
+    fn record_download(
+        &self,
+        message_id: &str,
+        index: usize,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Makes the outbound message `message_id`, waiting for its next attempt, due at `now`
+    /// (an operator's "retry now" after a partner's outage), recording by whom in the
+    /// history ([`Event::RetryNow`]). Returns `true` when it changed, `false` when it was
+    /// already due. A message in any other state is a [`StoreError::StateConflict`]
+    /// (expected `waiting_for_retry`); [`StoreError::NotFound`] when none is stored.
+    fn retry_now(
+        &self,
+        message_id: &str,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// [`Store::retry_now`] for every outbound message waiting for its retry, optionally
+    /// only those to `partner` ([`MessageRecord::partner`]) and owned by `owner`. Returns
+    /// the ids of the messages made due (those already due are left alone and not
+    /// counted). Reads only the messages in progress, never the whole store.
+    fn retry_waiting(
+        &self,
+        partner: Option<&str>,
+        owner: Option<&str>,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// The message with its history, or `None`.
     fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError>;
 
     /// Messages matching `filter`, newest first, one page at a time; pass the returned
     /// [`Page::next`] as [`ListFilter::after`] for the following page.
+    ///
+    /// Every search field is served by an index in both stores (no full scans): a page
+    /// walks the index of the most selective field given and checks the others on the
+    /// records it reads. The embedded store reads at most 10,000 index entries per page
+    /// (the page then ends early with a cursor); a bare [`ListFilter::id_prefix`] matching
+    /// more than [`MAX_PREFIX_MATCHES`] messages is refused with
+    /// [`StoreError::InvalidInput`].
     fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
 
     /// Removes the payloads of every message settled (delivered, acknowledged or failed)
@@ -274,6 +319,12 @@ pub trait Store: Send + Sync {
     /// Removes the records (and any payloads left) of messages settled before
     /// `settled_before`. Messages still in progress are never removed. Returns how many.
     fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError>;
+
+    /// Removes test traffic ([`MessageMeta::is_test`]) created before `created_before`,
+    /// records and payloads, on its own schedule (`retention.test_days`): received test
+    /// messages are never delivered, so they would otherwise never settle. Outbound test
+    /// messages still in progress are kept. Returns how many were removed.
+    fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError>;
 
     /// Notes that a signal with `message_id` (a PullRequest) was accepted at `now`: true the
     /// first time, false for an id already noted (a replay), atomically across every

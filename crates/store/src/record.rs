@@ -5,6 +5,14 @@
 use crate::payload::PayloadRef;
 use crate::state::{transition, Direction, Event, InvalidTransition, State};
 use crate::{StoreError, MAX_MESSAGE_ID_LEN, MAX_OWNER_LEN, MAX_PAGE_SIZE};
+
+/// Longest value a search filter accepts, in bytes.
+pub(crate) const MAX_SEARCH_LEN: usize = 4096;
+
+/// Most messages a bare [`ListFilter::id_prefix`] may match in the embedded store: its
+/// matches are read and ordered by time in one go, so a prefix like `a` is refused
+/// (give more characters, or another filter) instead of reading the whole store.
+pub const MAX_PREFIX_MATCHES: usize = 10_000;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -43,6 +51,27 @@ pub struct MessageMeta {
     pub properties: Vec<MessageProperty>,
 }
 
+/// The ebMS test service (`eb:Service` of a test message, ebMS 3 core §5.2.2).
+pub const TEST_SERVICE: &str =
+    "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service";
+/// The ebMS test action.
+pub const TEST_ACTION: &str = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test";
+/// The EC connectivity-test service (`varti ping --connectivity`, the EC test bed).
+pub const CONNECTIVITY_SERVICE: &str =
+    "http://ec.europa.eu/e-delivery/services/connectivity-service";
+
+impl MessageMeta {
+    /// Whether this is test traffic rather than business: the ebMS test service and action,
+    /// or the EC connectivity-test service (what `varti ping` sends). Listings hide it
+    /// unless asked ([`ListFilter::exclude_test`]) and retention purges it on its own
+    /// schedule. Derived from the header (never stored apart), so every record ever stored
+    /// is classified the same way.
+    pub fn is_test(&self) -> bool {
+        (self.service == TEST_SERVICE && self.action == TEST_ACTION)
+            || self.service == CONNECTIVITY_SERVICE
+    }
+}
+
 /// A named property of a message (`eb:MessageProperties`) or of a payload (`eb:PartProperties`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageProperty {
@@ -77,6 +106,10 @@ pub struct NewInbound {
     pub meta: MessageMeta,
     /// The receipt (signal message bytes) that answers it; sent again to duplicates.
     pub receipt: Vec<u8>,
+    /// Where it came from, as the MSH saw it (the TCP peer, or the client named by a
+    /// trusted proxy; for a pulled message, the partner's URL), for the arrival entry of
+    /// the history.
+    pub peer: Option<String>,
 }
 
 /// A message submitted by a backend, to be sent.
@@ -197,8 +230,21 @@ impl MessageRecord {
     /// A new inbound record in state `Received`. Validates the metadata.
     pub(crate) fn new_inbound(msg: NewInbound, now: OffsetDateTime) -> Result<Self, StoreError> {
         validate_meta(&msg.meta)?;
+        let note = format!(
+            "from {} via {}",
+            msg.meta.from_party,
+            msg.peer.as_deref().unwrap_or("an unknown peer")
+        );
         let mut record = Self::new(msg.meta, Direction::Inbound, now);
         record.receipt = Some(msg.receipt);
+        // The arrival is the first entry of the history; it changes no state.
+        record.history.push(HistoryEntry {
+            at: now,
+            event: Event::Receive,
+            from: State::Received,
+            to: State::Received,
+            note: Some(note),
+        });
         Ok(record)
     }
 
@@ -232,6 +278,66 @@ impl MessageRecord {
     /// The message id.
     pub fn id(&self) -> &str {
         &self.meta.message_id
+    }
+
+    /// The other party: the sender of an inbound message, the recipient of an outbound one.
+    pub fn partner(&self) -> &str {
+        match self.direction {
+            Direction::Inbound => &self.meta.from_party,
+            Direction::Outbound => &self.meta.to_party,
+        }
+    }
+
+    /// Records `event`, one that changes no state ([`Event::is_note`]), in the history.
+    pub(crate) fn note(&mut self, event: Event, now: OffsetDateTime, note: Option<String>) {
+        debug_assert!(event.is_note(), "{event} is a transition, not a note");
+        if self.history.len() >= MAX_HISTORY {
+            self.history.remove(1);
+        }
+        self.history.push(HistoryEntry {
+            at: now,
+            event,
+            from: self.state,
+            to: self.state,
+            note,
+        });
+    }
+
+    /// Records that a backend downloaded payload `index` (rules on
+    /// [`Store::record_download`](crate::Store::record_download)).
+    pub(crate) fn record_download(
+        &mut self,
+        index: usize,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        if self.direction != Direction::Inbound {
+            return Err(StoreError::InvalidInput(format!(
+                "message `{}` is outbound: only downloads of received messages are recorded",
+                self.id()
+            )));
+        }
+        self.note(Event::Fetch, now, Some(format!("payload {index} by {by}")));
+        Ok(())
+    }
+
+    /// Makes a message waiting for its retry due at `now` (rules on
+    /// [`Store::retry_now`](crate::Store::retry_now)). Returns whether it changed.
+    pub(crate) fn retry_now(&mut self, by: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        if self.direction != Direction::Outbound || self.state != State::WaitingForRetry {
+            return Err(StoreError::StateConflict {
+                message_id: self.id().to_owned(),
+                expected: State::WaitingForRetry,
+                actual: self.state,
+            });
+        }
+        if self.next_attempt_at.is_some_and(|t| t <= now) {
+            return Ok(false);
+        }
+        self.next_attempt_at = Some(now);
+        self.updated_at = now;
+        self.note(Event::RetryNow, now, Some(format!("made due now by {by}")));
+        Ok(true)
     }
 
     /// When this record becomes claimable by [`Store::claim_due`](crate::Store::claim_due):
@@ -458,6 +564,22 @@ pub struct ListFilter {
     pub created_from: Option<OffsetDateTime>,
     /// Only messages created before this time.
     pub created_until: Option<OffsetDateTime>,
+    /// Only messages with this partner ([`MessageRecord::partner`]: the From party of an
+    /// inbound message, the To party of an outbound one).
+    pub partner: Option<String>,
+    /// Only this `ConversationId`.
+    pub conversation_id: Option<String>,
+    /// Only this `Service`.
+    pub service: Option<String>,
+    /// Only this `Action`.
+    pub action: Option<String>,
+    /// Only messages carrying every one of these message properties (name, value).
+    pub properties: Vec<(String, String)>,
+    /// Only message ids starting with this. The prefix alone may match at most
+    /// [`MAX_PREFIX_MATCHES`] messages (a longer prefix narrows it).
+    pub id_prefix: Option<String>,
+    /// Leave out test traffic ([`MessageMeta::is_test`]).
+    pub exclude_test: bool,
     /// Page size (clamped to 1..=[`MAX_PAGE_SIZE`]).
     pub limit: usize,
     /// Continue after this position (from [`Page::next`]).
@@ -472,6 +594,13 @@ impl Default for ListFilter {
             owner: None,
             created_from: None,
             created_until: None,
+            partner: None,
+            conversation_id: None,
+            service: None,
+            action: None,
+            properties: Vec::new(),
+            id_prefix: None,
+            exclude_test: false,
             limit: 100,
             after: None,
         }
@@ -486,6 +615,62 @@ impl ListFilter {
             && self.owner.as_ref().is_none_or(|o| *o == record.meta.owner)
             && self.created_from.is_none_or(|t| record.created_at >= t)
             && self.created_until.is_none_or(|t| record.created_at < t)
+            && self.partner.as_ref().is_none_or(|p| p == record.partner())
+            && self
+                .conversation_id
+                .as_ref()
+                .is_none_or(|c| *c == record.meta.conversation_id)
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| *s == record.meta.service)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|a| *a == record.meta.action)
+            && self.properties.iter().all(|(name, value)| {
+                record
+                    .meta
+                    .properties
+                    .iter()
+                    .any(|p| p.name == *name && p.value == *value)
+            })
+            && self
+                .id_prefix
+                .as_ref()
+                .is_none_or(|p| record.meta.message_id.starts_with(p.as_str()))
+            && !(self.exclude_test && record.meta.is_test())
+    }
+
+    /// Checks the search values (bounded, no NUL): refused with
+    /// [`StoreError::InvalidInput`] before any store is read.
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if let Some(owner) = &self.owner {
+            validate_id("owner", owner, MAX_OWNER_LEN)?;
+        }
+        let fields = [
+            ("partner", &self.partner),
+            ("conversation", &self.conversation_id),
+            ("service", &self.service),
+            ("action", &self.action),
+            ("id prefix", &self.id_prefix),
+        ];
+        for (what, value) in fields {
+            if let Some(v) = value {
+                validate_id(what, v, MAX_SEARCH_LEN)?;
+            }
+        }
+        for (name, value) in &self.properties {
+            validate_id("property name", name, MAX_SEARCH_LEN)?;
+            if value.len() > MAX_SEARCH_LEN || value.contains('\0') {
+                return Err(StoreError::InvalidInput(format!(
+                    "property value must be at most {MAX_SEARCH_LEN} bytes without NUL \
+                     characters (got {} bytes)",
+                    value.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The page size actually used.

@@ -20,6 +20,21 @@
 //! | `owner`     | owner ‖ 0x00 ‖ created ‖ id           | listing by backend               |
 //! | `settled`   | settled ‖ id                          | metadata retention               |
 //! | `unpurged`  | settled ‖ id                          | settled records still holding payloads |
+//! | `partner`   | ‹partner› ‖ created ‖ id              | search by partner                |
+//! | `conversation` | ‹conversation id› ‖ created ‖ id   | search by conversation           |
+//! | `service`   | ‹service› ‖ created ‖ id              | search by service                |
+//! | `action`    | ‹action› ‖ created ‖ id               | search by action                 |
+//! | `property`  | ‹name› ‖ ‹value› ‖ created ‖ id       | search by message property       |
+//! | `regular`   | created ‖ id                          | every record but test traffic    |
+//! | `test`      | created ‖ id                          | test traffic, for its retention  |
+//! | `meta`      | name                                  | the store's own markers          |
+//!
+//! ‹v› is a value with its length in front (4 bytes, big-endian), so that one value's key
+//! range never holds another's (`ab` is not a prefix of `a` ‖ `b…`). A search walks the
+//! index of its most selective field from the newest key down, exactly as the plain listing
+//! walks `created`; the id itself is the `records` key, so an id prefix is a range there.
+//! Stores written before the search indexes existed get them built once when opened
+//! (`meta` notes that it was done).
 //!
 //! Every change to a record runs in one sled transaction over all trees: the record is read,
 //! changed by the shared logic in [`crate::record`], and written with exactly the index keys
@@ -34,7 +49,7 @@
 //! messages per second be stored durably.
 
 use crate::payload::{FilePayloadStore, PayloadStore};
-use crate::record::{validate_id, MessageRecord};
+use crate::record::{validate_id, MessageRecord, MAX_PREFIX_MATCHES};
 use crate::sidecar::Sidecars;
 use crate::state::{Direction, Event, State};
 use crate::{
@@ -66,13 +81,53 @@ const SIGNALS: usize = 6;
 pub(crate) fn is_rebuilt_from_records(tree: &str) -> bool {
     matches!(
         tree,
-        "__sled__default" | "records" | "due" | "created" | "owner" | "settled" | "unpurged"
+        "__sled__default"
+            | "records"
+            | "due"
+            | "created"
+            | "owner"
+            | "settled"
+            | "unpurged"
+            | "partner"
+            | "conversation"
+            | "service"
+            | "action"
+            | "property"
+            | "regular"
+            | "test"
     )
 }
 
-const TREE_NAMES: [&str; 7] = [
-    "records", "due", "created", "owner", "settled", "unpurged", "signals",
+const PARTNER: usize = 7;
+const CONVERSATION: usize = 8;
+const SERVICE: usize = 9;
+const ACTION: usize = 10;
+const PROPERTY: usize = 11;
+const REGULAR: usize = 12;
+const TEST: usize = 13;
+/// The store's own markers (not an index).
+const META: usize = 14;
+const TREE_NAMES: [&str; 15] = [
+    "records",
+    "due",
+    "created",
+    "owner",
+    "settled",
+    "unpurged",
+    "signals",
+    "partner",
+    "conversation",
+    "service",
+    "action",
+    "property",
+    "regular",
+    "test",
+    "meta",
 ];
+
+/// The `meta` key set once the search indexes cover every record, and its value.
+const SEARCH_INDEX_MARK: &[u8] = b"search_index_version";
+const SEARCH_INDEX_VERSION: &[u8] = b"1";
 
 /// How many index entries one `list` call examines at most, so that a selective filter over
 /// a large store cannot make one request scan everything; the page then ends early with a
@@ -95,6 +150,8 @@ pub struct SledStore {
     /// Changes to one message (transaction, flush, sidecar) run under the lock of its
     /// stripe, so that its sidecar is written in the order its changes were committed.
     stripes: Vec<Mutex<()>>,
+    /// Records read by `list` so far: what a search costs, for tests and benchmarks.
+    records_read: std::sync::atomic::AtomicU64,
 }
 
 /// How many locks order sidecar writes (messages hash onto them; only messages sharing
@@ -152,14 +209,92 @@ impl SledStore {
             .map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
         let sidecars = Sidecars::open(dir, true)?;
-        Ok(SledStore {
+        let store = SledStore {
             db,
             trees,
             payloads,
             group_commit: group_commit.then(GroupCommit::default),
             sidecars,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-        })
+            records_read: std::sync::atomic::AtomicU64::new(0),
+        };
+        store.build_search_indexes()?;
+        Ok(store)
+    }
+
+    /// How many records [`Store::list`] has read since the store was opened. Each listed
+    /// record is read once; a search served by its index reads little more than it
+    /// returns (tests and `examples/search_bench.rs` check this).
+    pub fn records_read_by_list(&self) -> u64 {
+        self.records_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Gives the records of a store written before the search indexes existed their index
+    /// keys, once. Inserting a key that exists is harmless, so a crash half-way only means
+    /// doing it again at the next start.
+    fn build_search_indexes(&self) -> Result<(), StoreError> {
+        let meta = &self.trees[META];
+        if meta.get(SEARCH_INDEX_MARK).map_err(db_error)?.is_some() {
+            return Ok(());
+        }
+        let mut built = 0usize;
+        for item in self.trees[RECORDS].iter() {
+            let (_, bytes) = item.map_err(db_error)?;
+            let record = decode(&bytes)?;
+            for (tree, key) in index_keys(&record) {
+                self.trees[tree]
+                    .insert(key, &[] as &[u8])
+                    .map_err(db_error)?;
+            }
+            built += 1;
+        }
+        self.db.flush().map_err(db_error)?;
+        meta.insert(SEARCH_INDEX_MARK, SEARCH_INDEX_VERSION)
+            .map_err(db_error)?;
+        self.db.flush().map_err(db_error)?;
+        if built > 0 {
+            tracing::info!(
+                records = built,
+                "built the search indexes of an older store"
+            );
+        }
+        Ok(())
+    }
+
+    /// Stores many new records in one transaction with one flush: for loading test data
+    /// (`examples/search_bench.rs` loads a million). Records whose id exists are skipped.
+    /// Returns how many were inserted.
+    #[doc(hidden)]
+    pub fn insert_inbound_batch(
+        &self,
+        batch: Vec<NewInbound>,
+        now: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let records = batch
+            .into_iter()
+            .map(|m| MessageRecord::new_inbound(m, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inserted = self
+            .trees
+            .as_slice()
+            .transaction(|trees| {
+                let mut n = 0;
+                for record in &records {
+                    if trees[RECORDS].get(record.id().as_bytes())?.is_some() {
+                        continue;
+                    }
+                    write_record(trees, record.id(), None, Some(record))
+                        .map_err(TxError::into_conflictable)?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
+        self.flush()?;
+        Ok(inserted)
     }
 
     /// The sled database (for the integrity check, recovery and backup).
@@ -318,6 +453,52 @@ impl SledStore {
             ids.push(id_from_key(&key[8..])?);
         }
         Ok(ids)
+    }
+
+    /// A record read for a listing (counted in [`SledStore::records_read_by_list`]).
+    fn read_listed(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        self.records_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.read(id)
+    }
+
+    /// A listing driven by an id prefix: the `records` keys in the prefix's range are the
+    /// candidates; at most [`MAX_PREFIX_MATCHES`] of them are read and put in listing order.
+    fn list_by_id_prefix(&self, filter: &ListFilter, limit: usize) -> Result<Page, StoreError> {
+        let prefix = filter.id_prefix.as_deref().unwrap_or_default();
+        let mut ids = Vec::new();
+        for item in self.trees[RECORDS].scan_prefix(prefix.as_bytes()) {
+            let (key, _) = item.map_err(db_error)?;
+            if ids.len() == MAX_PREFIX_MATCHES {
+                return Err(StoreError::InvalidInput(format!(
+                    "the id prefix `{prefix}` matches more than {MAX_PREFIX_MATCHES} messages: \
+                     give more of the id, or search by partner, conversation or property too"
+                )));
+            }
+            ids.push(id_from_key(&key)?);
+        }
+        let mut matched = Vec::new();
+        for id in ids {
+            if let Some(record) = self.read_listed(&id)? {
+                if filter.matches(&record) && after_cursor(&record, &filter.after) {
+                    matched.push(record);
+                }
+            }
+        }
+        matched.sort_by(|a, b| (b.created_at, b.id()).cmp(&(a.created_at, a.id())));
+        let more = matched.len() > limit;
+        matched.truncate(limit);
+        let next = match (more, matched.last()) {
+            (true, Some(last)) => Some(ListCursor {
+                created_at: last.created_at,
+                message_id: last.id().to_owned(),
+            }),
+            _ => None,
+        };
+        Ok(Page {
+            records: matched,
+            next,
+        })
     }
 
     fn read(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
@@ -519,6 +700,106 @@ impl Store for SledStore {
         })
     }
 
+    fn record_download(
+        &self,
+        message_id: &str,
+        index: usize,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.update(message_id, |old| {
+            let mut record = old.ok_or_else(|| not_found(message_id))?;
+            record.record_download(index, by, now)?;
+            Ok((Write::Put(Box::new(record)), ()))
+        })
+    }
+
+    fn retry_now(
+        &self,
+        message_id: &str,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.update(message_id, |old| {
+            let mut record = old.ok_or_else(|| not_found(message_id))?;
+            if record.retry_now(by, now)? {
+                Ok((Write::Put(Box::new(record)), true))
+            } else {
+                Ok((Write::Unchanged, false))
+            }
+        })
+    }
+
+    fn retry_waiting(
+        &self,
+        partner: Option<&str>,
+        owner: Option<&str>,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        // The `due` index holds exactly the outbound messages in progress; a message
+        // waiting past `now` is keyed after it.
+        let after_now = ts(now + Duration::from_nanos(1));
+        let mut candidates = Vec::new();
+        for item in self.trees[DUE].range(after_now.to_vec()..) {
+            let (key, _) = item.map_err(db_error)?;
+            candidates.push(id_from_key(&key[8..])?);
+        }
+        let mut made_due = Vec::new();
+        for id in candidates {
+            let changed = self.update(&id, |old| {
+                let Some(mut record) = old else {
+                    return Ok((Write::Unchanged, false));
+                };
+                let wanted = record.state == State::WaitingForRetry
+                    && partner.is_none_or(|p| p == record.partner())
+                    && owner.is_none_or(|o| o == record.meta.owner);
+                if wanted && record.retry_now(by, now)? {
+                    Ok((Write::Put(Box::new(record)), true))
+                } else {
+                    Ok((Write::Unchanged, false))
+                }
+            })?;
+            if changed {
+                made_due.push(id);
+            }
+        }
+        Ok(made_due)
+    }
+
+    fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.trees[TEST].range(..ts(created_before).to_vec()) {
+            let (key, _) = item.map_err(db_error)?;
+            ids.push(id_from_key(&key[8..])?);
+        }
+        let removable = |r: &MessageRecord| {
+            r.meta.is_test()
+                && r.created_at < created_before
+                && (r.direction == Direction::Inbound || r.settled_at.is_some())
+        };
+        let mut removed = 0;
+        for id in ids {
+            let Some(record) = self.read(&id)? else {
+                continue;
+            };
+            if !removable(&record) {
+                continue;
+            }
+            if record.payloads_purged_at.is_none() {
+                for entry in &record.meta.payloads {
+                    self.payloads.remove(&entry.stored)?;
+                }
+            }
+            let done = self.update(&id, |old| match old {
+                Some(r) if removable(&r) => Ok((Write::Delete, true)),
+                _ => Ok((Write::Unchanged, false)),
+            })?;
+            removed += usize::from(done);
+        }
+        Ok(removed)
+    }
+
     fn note_signal(
         &self,
         message_id: &str,
@@ -556,17 +837,16 @@ impl Store for SledStore {
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        filter.validate()?;
         let limit = filter.page_size();
-        // Walk the owner index when a backend's view is asked for, else the creation index.
-        let (tree, prefix) = match &filter.owner {
-            Some(owner) => {
-                validate_id("owner", owner, MAX_OWNER_LEN)?;
-                let mut p = owner.as_bytes().to_vec();
-                p.push(0);
-                (OWNER, p)
-            }
-            None => (CREATED, Vec::new()),
-        };
+        if filter.id_prefix.is_some()
+            && filter.properties.is_empty()
+            && filter.conversation_id.is_none()
+            && filter.partner.is_none()
+        {
+            return self.list_by_id_prefix(filter, limit);
+        }
+        let (tree, prefix) = search_index(filter);
         let with_prefix = |tail: &[u8]| {
             let mut key = prefix.clone();
             key.extend_from_slice(tail);
@@ -595,9 +875,16 @@ impl Store for SledStore {
             let created = ts_decode(&tail[..8])?;
             let id = id_from_key(&tail[8..])?;
             last_key = Some((created, id.clone()));
+            if filter
+                .id_prefix
+                .as_ref()
+                .is_some_and(|p| !id.starts_with(p.as_str()))
+            {
+                continue;
+            }
             // The index and the record are written in one transaction; a missing record
             // here means it was purged after we read the key.
-            if let Some(record) = self.read(&id)? {
+            if let Some(record) = self.read_listed(&id)? {
                 if filter.matches(&record) {
                     records.push(record);
                 }
@@ -891,6 +1178,23 @@ fn index_keys(record: &MessageRecord) -> BTreeSet<(usize, Vec<u8>)> {
     if let Some(due) = record.due_at() {
         keys.insert((DUE, key(&[&ts(due), id])));
     }
+    let m = &record.meta;
+    for (tree, value) in [
+        (PARTNER, record.partner()),
+        (CONVERSATION, m.conversation_id.as_str()),
+        (SERVICE, m.service.as_str()),
+        (ACTION, m.action.as_str()),
+    ] {
+        keys.insert((tree, key(&[&sized(value), &created, id])));
+    }
+    for p in &m.properties {
+        keys.insert((
+            PROPERTY,
+            key(&[&sized(&p.name), &sized(&p.value), &created, id]),
+        ));
+    }
+    let kind = if m.is_test() { TEST } else { REGULAR };
+    keys.insert((kind, key(&[&created, id])));
     if let Some(settled) = record.settled_at {
         keys.insert((SETTLED, key(&[&ts(settled), id])));
         if record.payloads_purged_at.is_none() && !record.meta.payloads.is_empty() {
@@ -898,6 +1202,51 @@ fn index_keys(record: &MessageRecord) -> BTreeSet<(usize, Vec<u8>)> {
         }
     }
     keys
+}
+
+/// A value with its length in front, so that no value's keys fall in another's range.
+fn sized(value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + value.len());
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// The index (tree and key prefix) a search walks: the most selective field given. Every
+/// index orders the records of one value by creation time and id, as `created` does.
+fn search_index(filter: &ListFilter) -> (usize, Vec<u8>) {
+    if let Some((name, value)) = filter.properties.first() {
+        return (PROPERTY, [sized(name), sized(value)].concat());
+    }
+    if let Some(c) = &filter.conversation_id {
+        return (CONVERSATION, sized(c));
+    }
+    if let Some(p) = &filter.partner {
+        return (PARTNER, sized(p));
+    }
+    if let Some(owner) = &filter.owner {
+        let mut p = owner.as_bytes().to_vec();
+        p.push(0);
+        return (OWNER, p);
+    }
+    if let Some(a) = &filter.action {
+        return (ACTION, sized(a));
+    }
+    if let Some(s) = &filter.service {
+        return (SERVICE, sized(s));
+    }
+    if filter.exclude_test {
+        return (REGULAR, Vec::new());
+    }
+    (CREATED, Vec::new())
+}
+
+/// Whether `record` comes after `cursor` in listing order (newest first, then id
+/// descending).
+fn after_cursor(record: &MessageRecord, cursor: &Option<ListCursor>) -> bool {
+    cursor
+        .as_ref()
+        .is_none_or(|c| (record.created_at, record.id()) < (c.created_at, c.message_id.as_str()))
 }
 
 /// A timestamp as 8 bytes whose byte order is time order (nanoseconds, clamped to the i64
@@ -1030,6 +1379,59 @@ mod tests {
         std::thread::spawn(move || tx.send(other.sync(|| Ok(())).is_ok()));
         let answered = rx.recv_timeout(Duration::from_secs(10));
         assert_eq!(answered, Ok(true), "the next caller was left waiting");
+    }
+
+    /// A store written before the search indexes existed (its records in `records` and
+    /// the old trees only) gets them built when opened, once.
+    #[test]
+    fn an_older_store_gets_its_search_indexes_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut meta = crate::contract::meta("old@them", "alpha");
+            meta.from_party = "lv".into();
+            store
+                .insert_inbound(
+                    crate::NewInbound {
+                        meta,
+                        receipt: b"r".to_vec(),
+                        peer: None,
+                    },
+                    now,
+                )
+                .unwrap();
+            // Make it look like an older version's store.
+            for tree in [
+                PARTNER,
+                CONVERSATION,
+                SERVICE,
+                ACTION,
+                PROPERTY,
+                REGULAR,
+                TEST,
+            ] {
+                store.trees[tree].clear().unwrap();
+            }
+            store.trees[META].remove(SEARCH_INDEX_MARK).unwrap();
+            store.db.flush().unwrap();
+            let by_partner = ListFilter {
+                partner: Some("lv".into()),
+                ..ListFilter::default()
+            };
+            assert!(store.list(&by_partner).unwrap().records.is_empty());
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let found = store
+            .list(&ListFilter {
+                partner: Some("lv".into()),
+                exclude_test: true,
+                ..ListFilter::default()
+            })
+            .unwrap();
+        assert_eq!(found.records.len(), 1);
+        assert_eq!(found.records[0].id(), "old@them");
+        assert!(store.trees[META].get(SEARCH_INDEX_MARK).unwrap().is_some());
     }
 
     #[test]

@@ -24,11 +24,30 @@
 //!
 //!  INBOUND (we receive)
 //!
-//!             Deliver               Download               Delete
-//!  Received ───────────▶ Delivered ───────────▶ Downloaded ─────────▶ Deleted
-//!                            │                                           ▲
-//!                            └──────────────────── Delete ───────────────┘
+//!             Deliver                Download (ack)          Delete
+//!  Received ───────────▶ Delivered ────────────────▶ Downloaded ─────────▶ Deleted
+//!     │                      │                          ▲                   ▲
+//!     └──── Download (ack) ──┼──────────────────────────┘                   │
+//!                            └──────────────────── Delete ──────────────────┘
 //! ```
+//!
+//! What the inbound states mean to an operator (Domibus' words in brackets):
+//!
+//! * `received` [RECEIVED]: verified, stored, answered with a receipt; its backend has not
+//!   acknowledged it yet. Downloading its payloads does **not** change this: each download
+//!   is recorded in the history (a `fetch` entry naming the payload and the client), so an
+//!   operator sees who fetched what, but only the explicit acknowledgement settles it.
+//! * `delivered`: announced to its backend (the webhook was accepted, or the feature that
+//!   claimed the service took it) — exactly once.
+//! * `downloaded` [DOWNLOADED]: the backend acknowledged it (`POST /messages/{id}/ack`,
+//!   `varti messages ack`): the explicit act that says "we have it".
+//! * `deleted`: the backend removed it.
+//!
+//! Some history entries record what happened without changing the state; the state
+//! machine refuses them as transitions ([`Event::is_note`]): `receive` (the arrival: the
+//! first entry of every inbound message, naming the sending party and the peer address),
+//! `fetch` (a payload was downloaded) and `retry_now` (an operator made a waiting message
+//! due now). Their entries have `from == to`.
 //!
 //! Rules that are not obvious from the picture:
 //!
@@ -110,7 +129,7 @@ pub enum State {
     Received,
     /// Inbound: handed to (or announced to) its backend — exactly once.
     Delivered,
-    /// Inbound: the backend fetched the payloads.
+    /// Inbound: the backend acknowledged it (`POST /messages/{id}/ack`; Domibus' DOWNLOADED).
     Downloaded,
     /// Inbound: the backend acknowledged and removed it. Terminal.
     Deleted,
@@ -204,15 +223,23 @@ pub enum Event {
     Resend,
     /// Inbound: hand the message to its backend.
     Deliver,
-    /// Inbound: the backend fetched the payloads.
+    /// Inbound: the backend acknowledged the message (its explicit ack; downloading a
+    /// payload is a [`Event::Fetch`] note, not this).
     Download,
     /// Inbound: the backend acknowledged and removed the message.
     Delete,
+    /// Inbound, history only: the message arrived (the first entry of every inbound
+    /// message; its note names the sending party and the peer address).
+    Receive,
+    /// Inbound, history only: a backend downloaded one of the payloads.
+    Fetch,
+    /// Outbound, history only: an operator made a message waiting for its retry due now.
+    RetryNow,
 }
 
 impl Event {
     /// Every event.
-    pub const ALL: [Event; 9] = [
+    pub const ALL: [Event; 12] = [
         Event::Claim,
         Event::AttemptFailed,
         Event::LeaseExpired,
@@ -222,7 +249,16 @@ impl Event {
         Event::Deliver,
         Event::Download,
         Event::Delete,
+        Event::Receive,
+        Event::Fetch,
+        Event::RetryNow,
     ];
+
+    /// Whether this event only records something in the history without changing the
+    /// state (`receive`, `fetch`, `retry_now`); [`transition`] refuses these.
+    pub fn is_note(self) -> bool {
+        matches!(self, Event::Receive | Event::Fetch | Event::RetryNow)
+    }
 
     /// A stable snake_case name for logs and history columns.
     pub fn as_str(self) -> &'static str {
@@ -236,6 +272,9 @@ impl Event {
             Event::Deliver => "deliver",
             Event::Download => "download",
             Event::Delete => "delete",
+            Event::Receive => "receive",
+            Event::Fetch => "fetch",
+            Event::RetryNow => "retry_now",
         }
     }
 }
@@ -277,7 +316,7 @@ pub fn transition(current: State, event: Event) -> Result<State, InvalidTransiti
         // Inbound.
         (S::Received, E::Deliver) => S::Delivered,
         (S::Delivered | S::Downloaded | S::Deleted, E::Deliver) => current,
-        (S::Delivered | S::Downloaded, E::Download) => S::Downloaded,
+        (S::Received | S::Delivered | S::Downloaded, E::Download) => S::Downloaded,
         (S::Delivered | S::Downloaded | S::Deleted, E::Delete) => S::Deleted,
         (from, event) => return Err(InvalidTransition { from, event }),
     };
@@ -288,7 +327,7 @@ pub fn transition(current: State, event: Event) -> Result<State, InvalidTransiti
 mod tests {
     use super::*;
 
-    const EVENTS: [Event; 9] = Event::ALL;
+    const EVENTS: [Event; 12] = Event::ALL;
 
     #[test]
     fn outbound_happy_path_and_retry_path() {
@@ -336,8 +375,21 @@ mod tests {
             transition(State::Delivered, Event::Delete).unwrap(),
             State::Deleted
         );
-        assert!(transition(State::Received, Event::Download).is_err());
+        // The backend's acknowledgement needs no announcement first.
+        assert_eq!(
+            transition(State::Received, Event::Download).unwrap(),
+            State::Downloaded
+        );
         assert!(transition(State::Deleted, Event::Download).is_err());
+    }
+
+    #[test]
+    fn history_notes_are_never_transitions() {
+        for state in State::ALL {
+            for event in EVENTS.into_iter().filter(|e| e.is_note()) {
+                assert!(transition(state, event).is_err(), "{state} + {event}");
+            }
+        }
     }
 
     /// The idempotent repeats: the only (state, event) pairs that leave the state unchanged.

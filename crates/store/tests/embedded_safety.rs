@@ -50,6 +50,7 @@ fn populated(dir: &Path) {
                 NewInbound {
                     meta: meta(&store, &id),
                     receipt: format!("<receipt {id}/>").into_bytes(),
+                    peer: None,
                 },
                 now(),
             )

@@ -553,6 +553,7 @@ impl Config {
             sender: self.sender.clone(),
             limits: self.limits.clone(),
             retention: self.retention.clone(),
+            trusted_proxies: self.server.trusted_proxies.clone(),
             clients: self
                 .backend
                 .clients

@@ -30,6 +30,11 @@ struct Node {
 }
 
 fn start() -> Node {
+    start_with(pair_support::exchange_pmodes())
+}
+
+/// [`start`] with `exchange` as the exchange PMode file.
+fn start_with(exchange: String) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let repo = pair_support::repo();
     std::os::unix::fs::symlink(repo.join("certs"), dir.path().join("certs")).unwrap();
@@ -39,11 +44,7 @@ fn start() -> Node {
         let path = entry.unwrap().path();
         std::fs::copy(&path, pmodes.join(path.file_name().unwrap())).unwrap();
     }
-    std::fs::write(
-        pmodes.join("exchange.toml"),
-        pair_support::exchange_pmodes(),
-    )
-    .unwrap();
+    std::fs::write(pmodes.join("exchange.toml"), exchange).unwrap();
     let config = format!(
         r#"data_dir = "data"
 pmodes_dir = "pmodes"
@@ -933,10 +934,12 @@ fn cli_send_messages_status_and_exit_codes() {
     );
 }
 
-/// Inbound: a message from varti-a reaches varti-b's portal, which downloads it (→
-/// delivered) and acknowledges it (→ downloaded).
+/// Inbound: a message from varti-a reaches varti-b, whose history records its arrival
+/// (sending party, peer address); the portal downloads it (recorded, still `received`) with
+/// the API and with `varti messages download` (one payload or all, never overwriting) and
+/// acknowledges it with `varti messages ack` (→ `downloaded`).
 #[test]
-fn inbound_download_marks_delivered_and_ack_moves_to_downloaded() {
+fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
     let pair = pair_support::Pair::new();
     let a = pair.start("a");
     let b = pair.start("b");
@@ -981,18 +984,92 @@ fn inbound_download_marks_delivered_and_ack_moves_to_downloaded() {
         raw[split + 4..] == payload[..],
         "payload differs after the AS4 trip"
     );
-    assert_eq!(b.message(&id).unwrap()["state"], "delivered");
+    let m = b.message(&id).unwrap();
+    assert_eq!(
+        m["state"], "received",
+        "a download does not settle it: {m:#}"
+    );
+    let history = m["history"].as_array().unwrap();
+    assert_eq!(history[0]["event"], "receive", "{m:#}");
+    let arrival = history[0]["note"].as_str().unwrap();
+    assert!(
+        arrival.contains(m["from_party"].as_str().unwrap()) && arrival.contains("127.0.0.1:"),
+        "{arrival}"
+    );
+    let fetch = history.last().unwrap();
+    assert_eq!(fetch["event"], "fetch", "{m:#}");
+    assert!(
+        fetch["note"].as_str().unwrap().starts_with("payload 0 by "),
+        "{fetch}"
+    );
+
+    let cli = |args: &[&str]| {
+        common::run(
+            Command::new(env!("CARGO_BIN_EXE_varti"))
+                .args(args)
+                .env("VARTI_API", format!("http://{}", b.backend))
+                .env("VARTI_TOKEN", &b.token),
+        )
+    };
+    // All payloads into a directory, named from their content id.
+    let dir = pair.root.path().join("downloads");
+    let (code, out, err) = cli(&["messages", "download", &id, "--out", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("varti messages ack"), "{out}");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("0-") && name.ends_with(".bin"), "{name}");
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "{name}"
+    );
+    assert!(std::fs::read(&files[0]).unwrap() == payload);
+    // Nothing is overwritten.
+    let (code, _, err) = cli(&["messages", "download", &id, "--out", dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not overwritten"), "{err}");
+    // One payload into a file, as JSON.
+    let one = pair.root.path().join("payload0.bin");
+    let (code, out, err) = cli(&[
+        "messages",
+        "download",
+        &id,
+        "0",
+        "--out",
+        one.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["files"][0]["bytes"], payload.len());
+    assert!(std::fs::read(&one).unwrap() == payload);
+    let (code, _, err) = cli(&["messages", "download", &id, "7", "--out", "x.bin"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no payload 7"), "{err}");
+    let m = b.message(&id).unwrap();
+    assert_eq!(m["state"], "received");
+    let fetches = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["event"] == "fetch")
+        .count();
+    assert_eq!(fetches, 3, "{m:#}");
+
     // Ack → downloaded; again → still downloaded.
     for _ in 0..2 {
-        let r = b.api(
-            "POST",
-            &format!("/api/v1/messages/{}/ack", enc(&id)),
-            None,
-            b"",
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert!(r.body.contains("downloaded"), "{}", r.body);
+        let (code, out, err) = cli(&["messages", "ack", &id]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("downloaded"), "{out}");
     }
+    assert_eq!(b.message(&id).unwrap()["state"], "downloaded");
+    let (code, _, err) = cli(&["messages", "ack", "nope@nowhere"]);
+    assert_eq!(code, 1, "{err}");
     // varti-a's portal cannot ack its own outbound message.
     let r = a.api(
         "POST",
@@ -1048,4 +1125,290 @@ fn token_new_makes_a_token_the_api_accepts() {
         refused.head
     );
     drop(served);
+}
+
+/// The ids a `varti messages list --json …` prints, as `token`.
+fn listed(node: &Node, token: &str, flags: &[&str]) -> Vec<String> {
+    let mut args = vec!["messages", "list", "--json"];
+    args.extend_from_slice(flags);
+    let (code, out, err) = varti(node, token, &args);
+    assert_eq!(code, 0, "{flags:?}: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `varti messages list` searches: each flag (--partner, --since/--until, --conversation,
+/// --service, --action, --property, --id-prefix) narrows the list, the flags combine with
+/// each other and --direction, a search pages with its cursor, test traffic shows only
+/// with --include-test, and bad values are refused before anything is searched.
+#[test]
+fn cli_messages_list_search_flags_and_include_test() {
+    let node = start();
+    let question = "urn:varti:test:question";
+    let sub = |service: &str, action: &str, conversation: &str, sender: &str| -> String {
+        let r = submit(
+            &node,
+            PORTAL,
+            json!({
+                "to_party": "varti-b",
+                "service": service,
+                "action": action,
+                "conversation_id": conversation,
+                "properties": [{"name": "originalSender", "value": sender}],
+            }),
+            &[("file0", "text/plain", b"x")],
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["message_id"].as_str().unwrap().to_owned()
+    };
+    let m1 = sub(EXCHANGE, "Deliver", "conv-1", "urn:test:c1");
+    let m2 = sub(question, "Ask", "conv-1", "urn:test:c2");
+    let m3 = sub(question, "Ask", "conv-2", "urn:test:c1");
+    let ping = sub(
+        "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service",
+        "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test",
+        "conv-ping",
+        "urn:test:c1",
+    );
+    let newest_first = |ids: &[&String]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // Test traffic is apart.
+    assert_eq!(listed(&node, PORTAL, &[]), newest_first(&[&m3, &m2, &m1]));
+    assert_eq!(
+        listed(&node, PORTAL, &["--include-test"]),
+        newest_first(&[&ping, &m3, &m2, &m1])
+    );
+    let (code, out, _) = varti(&node, PORTAL, &["messages", "list"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains(&ping), "{out}");
+
+    let partner = get(&node, &format!("/api/v1/messages/{}", enc(&m1)), PORTAL).json()["to_party"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        listed(&node, PORTAL, &["--partner", &partner]),
+        newest_first(&[&m3, &m2, &m1])
+    );
+    assert!(listed(&node, PORTAL, &["--partner", "urn:nobody"]).is_empty());
+    assert_eq!(
+        listed(
+            &node,
+            PORTAL,
+            &["--partner", &partner, "--direction", "inbound"]
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(&node, PORTAL, &["--conversation", "conv-1"]),
+        newest_first(&[&m2, &m1])
+    );
+    assert_eq!(
+        listed(&node, PORTAL, &["--service", question]),
+        newest_first(&[&m3, &m2])
+    );
+    assert_eq!(
+        listed(&node, PORTAL, &["--action", "Deliver"]),
+        newest_first(&[&m1])
+    );
+    assert_eq!(
+        listed(&node, PORTAL, &["--property", "originalSender=urn:test:c1"]),
+        newest_first(&[&m3, &m1])
+    );
+    assert_eq!(
+        listed(
+            &node,
+            PORTAL,
+            &[
+                "--property",
+                "originalSender=urn:test:c1",
+                "--service",
+                question
+            ]
+        ),
+        newest_first(&[&m3])
+    );
+    assert_eq!(
+        listed(
+            &node,
+            PORTAL,
+            &["--property", "originalSender=urn:test:c1", "--include-test"]
+        ),
+        newest_first(&[&ping, &m3, &m1])
+    );
+    assert_eq!(
+        listed(&node, PORTAL, &["--id-prefix", &m2]),
+        newest_first(&[&m2])
+    );
+    assert_eq!(
+        listed(&node, PORTAL, &["--since", "2000-01-01"]),
+        newest_first(&[&m3, &m2, &m1])
+    );
+    assert!(listed(&node, PORTAL, &["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    assert!(listed(
+        &node,
+        PORTAL,
+        &["--since", "2999-01-01", "--service", question]
+    )
+    .is_empty());
+    // Another backend finds none of them, whatever it searches.
+    assert!(listed(&node, OTHER, &["--conversation", "conv-1"]).is_empty());
+    assert_eq!(listed(&node, ADMIN, &["--conversation", "conv-1"]).len(), 2);
+
+    // A search pages: one per page, following the printed cursor.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec![
+            "messages",
+            "list",
+            "--json",
+            "--limit",
+            "1",
+            "--service",
+            question,
+        ];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let (code, out, err) = varti(&node, PORTAL, &args);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        seen.extend(
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["message_id"].as_str().unwrap().to_owned()),
+        );
+        match v["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(seen.len() <= 3, "paging does not end: {seen:?}");
+    }
+    assert_eq!(seen, newest_first(&[&m3, &m2]));
+
+    // Bad values: refused with a hint (exit 2 for arguments), nothing searched.
+    let (code, _, err) = varti(&node, PORTAL, &["messages", "list", "--since", "yesterday"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("RFC 3339"), "{err}");
+    let (code, _, err) = varti(
+        &node,
+        PORTAL,
+        &["messages", "list", "--property", "novalue"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("NAME=VALUE"), "{err}");
+    let r = get(&node, "/api/v1/messages?since=tuesday", PORTAL);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["hint"].as_str().unwrap().contains("2026"),
+        "{}",
+        r.text()
+    );
+    let r = get(&node, "/api/v1/messages?include_test=maybe", PORTAL);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = get(&node, "/api/v1/messages?partner=", PORTAL);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = get(&node, "/api/v1/messages?colour=red", PORTAL);
+    assert_eq!(r.status, 400);
+    assert!(r.json()["hint"].as_str().unwrap().contains("id_prefix"));
+}
+
+/// Polls message `id` until `done` accepts it.
+fn wait_message(node: &Node, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(node, &format!("/api/v1/messages/{}", enc(id)), PORTAL).json();
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {m:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `varti messages retry ID` and `retry --all-waiting --partner P` make messages waiting
+/// for their retry (an hour away) due now: the sender tries again at once, the history says
+/// who asked; the bulk form is for admins, reports how many, and touches only the partner's.
+#[test]
+fn cli_messages_retry_makes_waiting_messages_due() {
+    let reception = "retry_intervals = [\"1h\", \"1h\", \"1h\"]\nduplicate_detection = true\n";
+    let pmodes = varti::pair::settings_toml("default", "as4-1.15", reception, Some(""))
+        + &varti::pair::exchange_toml(
+            ["exchange", "question"],
+            [EXCHANGE, "urn:varti:test:question"],
+        );
+    let node = start_with(pmodes);
+    let r = submit(
+        &node,
+        PORTAL,
+        exchange_metadata(),
+        &[("file0", "text/plain", b"x")],
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["message_id"].as_str().unwrap().to_owned();
+    // varti-b is not running: the first attempt fails, the next is an hour away.
+    let waiting = |attempts: u64| {
+        move |m: &Value| m["state"] == "waiting_for_retry" && m["attempts"] == attempts
+    };
+    let m = wait_message(&node, &id, "the first attempt", waiting(1));
+    let partner = m["to_party"].as_str().unwrap().to_owned();
+
+    let (code, out, err) = varti(&node, PORTAL, &["messages", "retry", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("due now"), "{out}");
+    let m = wait_message(&node, &id, "the retried attempt", waiting(2));
+    let retried = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["event"] == "retry_now")
+        .unwrap_or_else(|| panic!("no retry_now in the history: {m:#}"));
+    assert_eq!(retried["note"], "made due now by portal");
+
+    // The bulk form is for admins.
+    let (code, _, err) = varti(&node, PORTAL, &["messages", "retry", "--all-waiting"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an administrator"), "{err}");
+    let (code, out, err) = varti(
+        &node,
+        ADMIN,
+        &[
+            "messages",
+            "retry",
+            "--all-waiting",
+            "--partner",
+            "urn:nobody",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["count"], 0);
+    let (code, out, err) = varti(
+        &node,
+        ADMIN,
+        &["messages", "retry", "--all-waiting", "--partner", &partner],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 message(s)"), "{out}");
+    wait_message(&node, &id, "the bulk-retried attempt", waiting(3));
+
+    // Not waiting, unknown, or no id at all.
+    let (code, _, err) = varti(&node, PORTAL, &["messages", "retry", "nope@nowhere"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, _) = varti(&node, PORTAL, &["messages", "retry"]);
+    assert_eq!(code, 2);
+    let (code, out, _) = varti(&node, PORTAL, &["messages", "retry", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("--all-waiting") && out.contains("Examples:"),
+        "{out}"
+    );
 }

@@ -170,7 +170,14 @@ mod embedded {
             };
             let receipt = format!("<receipt {i}/>").into_bytes();
             store
-                .insert_inbound(NewInbound { meta, receipt }, OffsetDateTime::now_utc())
+                .insert_inbound(
+                    NewInbound {
+                        meta,
+                        receipt,
+                        peer: None,
+                    },
+                    OffsetDateTime::now_utc(),
+                )
                 .unwrap();
         }
         assert!(store

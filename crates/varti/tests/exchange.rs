@@ -77,6 +77,29 @@ fn ping_test_service_and_connectivity() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("acknowledged"));
+    // The connectivity test reached b's backend, but as test traffic it is apart (issue
+    // 14, point 6): not in its list of messages, only with include_test.
+    let list = |query: &str| -> Vec<serde_json::Value> {
+        let r = b.api("GET", &format!("/api/v1/messages?{query}"), None, b"");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["messages"].as_array().cloned().unwrap_or_default()
+    };
+    let connectivity_service = "http://ec.europa.eu/e-delivery/services/connectivity-service";
+    assert!(
+        !list("")
+            .iter()
+            .any(|m| m["service"] == connectivity_service),
+        "{:#?}",
+        list("")
+    );
+    assert!(
+        list("include_test=true")
+            .iter()
+            .any(|m| m["service"] == connectivity_service),
+        "{:#?}",
+        list("include_test=true")
+    );
 
     // An unknown party: no leg, cannot run, and the message says so.
     let out = varti(&["ping", "nobody", "--config", "varti.toml"], &a_dir);

@@ -442,3 +442,64 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// The arrival in the history names the sending party and the peer: the TCP peer, or the
+/// client a trusted proxy (`server.trusted_proxies`) names in `X-Forwarded-For` (its
+/// rightmost entry, the one the proxy added); from anyone else that header is ignored.
+#[test]
+fn arrival_records_the_peer_and_believes_x_forwarded_for_only_from_a_trusted_proxy() {
+    let arrival = |trusted: &str, id: &str, forwarded: Option<&str>| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut served = spawn_serve(
+            dir.path(),
+            &plain_config(&format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [{trusted}]\n\
+                 [ops]\nlisten = \"127.0.0.1:0\"\n"
+            )),
+            &["--insecure-http"],
+        );
+        let (ct, body) = Msg::test_service(id).seal();
+        let mut tcp = TcpStream::connect(served.msh).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut headers = format!("Content-Type: {ct}\r\n");
+        if let Some(f) = forwarded {
+            headers.push_str(&format!("X-Forwarded-For: {f}\r\n"));
+        }
+        let r = http_request(&mut tcp, "POST", "/msh", &headers, &body).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("NonRepudiationInformation"), "{}", r.body);
+        assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
+        let store = varti_store::SledStore::open(dir.path().join("data/store")).unwrap();
+        let record = store.get(id).unwrap().expect("stored");
+        let first = &record.history[0];
+        assert_eq!(first.event, varti_store::Event::Receive);
+        assert!(
+            first
+                .note
+                .as_deref()
+                .unwrap()
+                .starts_with(&format!("from {} via ", record.meta.from_party)),
+            "{first:?}"
+        );
+        first.note.clone().unwrap()
+    };
+    let forwarded = Some("198.51.100.9, 203.0.113.7");
+    // Not a trusted proxy: the TCP peer, whatever the header says.
+    let note = arrival("", "peer-1@test", forwarded);
+    assert!(note.contains("via 127.0.0.1:"), "{note}");
+    assert!(
+        !note.contains("203.0.113.7") && !note.contains("198.51.100.9"),
+        "{note}"
+    );
+    let note = arrival("\"127.0.0.2\"", "peer-2@test", forwarded);
+    assert!(!note.contains("203.0.113.7"), "{note}");
+    // From a trusted proxy: the address it added, and the proxy.
+    let note = arrival("\"127.0.0.1\"", "peer-3@test", forwarded);
+    assert!(
+        note.contains("via 203.0.113.7 (via proxy 127.0.0.1:"),
+        "{note}"
+    );
+    // A trusted proxy without the header: the TCP peer.
+    let note = arrival("\"127.0.0.1\"", "peer-4@test", None);
+    assert!(note.contains("via 127.0.0.1:"), "{note}");
+}

@@ -616,6 +616,10 @@ fn two_processes_pull() {
         b.served.log_text()
     );
     assert_eq!(b.payload(&id, 0), document.to_vec());
+    // Its arrival names the pull it came with.
+    let pulled = b.message(&id).unwrap();
+    let arrival = pulled["history"][0]["note"].as_str().unwrap_or_default();
+    assert!(arrival.contains("via a pull from http"), "{pulled:#}");
     let log = a.served.log_text();
     assert!(log.contains("message pulled"), "{log}");
 }

@@ -277,6 +277,7 @@ impl Fixture {
         let msg = NewInbound {
             meta,
             receipt: b"<receipt/>".to_vec(),
+            peer: None,
         };
         self.store
             .insert_inbound(msg, OffsetDateTime::now_utc())
@@ -693,6 +694,7 @@ fn two_instances_on_postgresql_notify_received_once() {
                 NewInbound {
                     meta: fixture_meta,
                     receipt: b"<receipt/>".to_vec(),
+                    peer: None,
                 },
                 OffsetDateTime::now_utc(),
             )

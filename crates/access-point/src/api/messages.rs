@@ -18,7 +18,8 @@ use crate::access_point::AccessPoint;
 use crate::server::http::reader_body;
 use crate::server::Body;
 
-/// `GET /messages?direction=&state=&limit=&after=`.
+/// `GET /messages?direction=&state=&partner=&since=&until=&conversation=&service=&action=\
+/// &property=&id_prefix=&include_test=&limit=&after=`.
 pub(super) async fn list(
     ap: Arc<AccessPoint>,
     client: Client,
@@ -40,10 +41,51 @@ pub(super) async fn list(
 fn list_filter(client: &Client, query: &str) -> Result<ListFilter, ApiError> {
     let mut filter = ListFilter {
         owner: (!client.admin).then(|| client.name.clone()),
+        exclude_test: true,
         ..ListFilter::default()
+    };
+    let text = |value: String, what: &str| {
+        if value.is_empty() {
+            Err(ApiError::bad_request(
+                format!("`{what}` is empty"),
+                format!("give a value, e.g. {what}=…, or leave the parameter out"),
+            ))
+        } else {
+            Ok(Some(value))
+        }
     };
     for (key, value) in parse_query(query)? {
         match key.as_str() {
+            "partner" => filter.partner = text(value, "partner")?,
+            "conversation" => filter.conversation_id = text(value, "conversation")?,
+            "service" => filter.service = text(value, "service")?,
+            "action" => filter.action = text(value, "action")?,
+            "id_prefix" => filter.id_prefix = text(value, "id_prefix")?,
+            "since" => filter.created_from = Some(parse_time(&value, "since")?),
+            "until" => filter.created_until = Some(parse_time(&value, "until")?),
+            "property" => {
+                let (name, v) = value
+                    .split_once('=')
+                    .filter(|(n, _)| !n.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("property `{value}` is not NAME=VALUE"),
+                            "give property=originalSender%3Durn%3A… (the name, `=`, the value; \
+                         percent-encoded); repeat it to require several",
+                        )
+                    })?;
+                filter.properties.push((name.to_owned(), v.to_owned()));
+            }
+            "include_test" => {
+                filter.exclude_test = match value.as_str() {
+                    "true" | "1" | "" => false,
+                    "false" | "0" => true,
+                    _ => return Err(ApiError::bad_request(
+                        format!("include_test `{value}` is not true or false"),
+                        "use include_test=true to list test-service and connectivity messages too",
+                    )),
+                }
+            }
             "direction" => {
                 filter.direction = Some(match value.as_str() {
                     "inbound" => Direction::Inbound,
@@ -86,12 +128,24 @@ fn list_filter(client: &Client, query: &str) -> Result<ListFilter, ApiError> {
             _ => {
                 return Err(ApiError::bad_request(
                     format!("query parameter `{key}` is unknown"),
-                    "GET /api/v1/messages takes direction, state, limit and after",
+                    "GET /api/v1/messages takes direction, state, partner, since, until, \
+                     conversation, service, action, property, id_prefix, include_test, limit \
+                     and after",
                 ))
             }
         }
     }
     Ok(filter)
+}
+
+/// An RFC 3339 time of a query parameter.
+fn parse_time(value: &str, what: &str) -> Result<OffsetDateTime, ApiError> {
+    OffsetDateTime::parse(value, &Rfc3339).map_err(|e| {
+        ApiError::bad_request(
+            format!("{what} `{value}` is not an RFC 3339 time ({e})"),
+            format!("give e.g. {what}=2026-03-03T00:00:00Z (percent-encode `+` as %2B)"),
+        )
+    })
 }
 
 /// `GET /messages/{id}`.
@@ -104,8 +158,9 @@ pub(super) async fn show(
     Ok(json_response(StatusCode::OK, &detail(&record)))
 }
 
-/// `GET /messages/{id}/payloads/{n}`: streams the payload; the first download of an
-/// inbound message marks it delivered.
+/// `GET /messages/{id}/payloads/{n}`: streams the payload. A download of an inbound
+/// message is recorded in its history (`fetch`, which payload, which client); it does not
+/// change the state: the backend says it has the message with `ack`.
 pub(super) async fn payload(
     ap: Arc<AccessPoint>,
     client: Client,
@@ -142,13 +197,16 @@ pub(super) async fn payload(
         return Err(gone(record.payloads_purged_at));
     }
     let stored = entry.stored.clone();
-    let inbound_received =
-        record.direction == Direction::Inbound && record.state == State::Received;
+    let inbound = record.direction == Direction::Inbound;
     let message_id = id.clone();
+    let index: usize = n.parse().unwrap_or_default();
+    let by = client.name.clone();
     let reader = blocking(ap, move |ap| {
         let reader = ap.store.payloads().open(&stored)?;
-        if inbound_received && ap.store.mark_delivered(&message_id, ap.clock.now())? {
-            tracing::info!(message_id = %message_id, "delivered: first payload download by its backend");
+        if inbound {
+            ap.store
+                .record_download(&message_id, index, &by, ap.clock.now())?;
+            tracing::info!(message_id = %message_id, payload = index, client = %by, "payload downloaded");
         }
         Ok(reader)
     })
@@ -187,17 +245,28 @@ pub(super) async fn ack(
             "outbound messages are acknowledged by the partner's receipt; watch their state",
         ));
     }
+    let by = client.name.clone();
     let state = blocking(ap, move |ap| {
         let now = ap.clock.now();
-        if ap.store.mark_delivered(&id, now)? {
-            tracing::info!(message_id = %id, "delivered: acknowledged by its backend");
+        // The state read above may have moved on (a webhook delivered it meanwhile):
+        // compare-and-set from what is read now, a few times.
+        let mut current = record.state;
+        for _ in 0..3 {
+            match ap.store.transition(&id, current, Event::Download, now) {
+                Ok(TransitionOutcome::Applied(s)) => {
+                    tracing::info!(message_id = %id, client = %by, "acknowledged by its backend");
+                    return Ok(s);
+                }
+                Ok(TransitionOutcome::AlreadyApplied(s)) => return Ok(s),
+                Err(StoreError::StateConflict { actual, .. }) => current = actual,
+                Err(e) => return Err(e.into()),
+            }
         }
-        let outcome = ap
-            .store
-            .transition(&id, State::Delivered, Event::Download, now)?;
-        Ok(match outcome {
-            TransitionOutcome::Applied(s) | TransitionOutcome::AlreadyApplied(s) => s,
-        })
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("message `{id}` kept changing state while it was acknowledged"),
+            "try again",
+        ))
     })
     .await?;
     Ok(json_response(
@@ -241,6 +310,95 @@ pub(super) async fn resend(
     ))
 }
 
+/// `POST /messages/{id}/retry`: an outbound message waiting for its next attempt is due
+/// now (after a partner's outage, without waiting for the retry schedule).
+pub(super) async fn retry(
+    ap: Arc<AccessPoint>,
+    client: Client,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let record = visible(ap.clone(), &client, id.clone()).await?;
+    let not_waiting = |direction: Direction, state: State| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "message `{id}` is {direction} and {state}: only outbound messages waiting for \
+                 a retry (waiting_for_retry) can be retried now"
+            ),
+            match state {
+                State::Failed => "a failed message is sent again with `resend`",
+                State::Submitted | State::Sending => "it is being sent already; watch its state",
+                _ => "there is nothing left to send",
+            },
+        )
+    };
+    if record.direction != Direction::Outbound || record.state != State::WaitingForRetry {
+        return Err(not_waiting(record.direction, record.state));
+    }
+    let by = client.name.clone();
+    let message_id = id.clone();
+    let made_due = blocking(ap.clone(), move |ap| {
+        match ap.store.retry_now(&message_id, &by, ap.clock.now()) {
+            Ok(changed) => Ok(Ok(changed)),
+            Err(StoreError::StateConflict { actual, .. }) => Ok(Err(actual)),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?
+    .map_err(|actual| not_waiting(Direction::Outbound, actual))?;
+    tracing::info!(message_id = %id, by = %client.name, made_due, "retry now requested");
+    ap.wake_sender.notify_one();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"message_id": id, "state": State::WaitingForRetry, "made_due": made_due}),
+    ))
+}
+
+/// `POST /admin/retry?partner=P`: every outbound message waiting for its retry (to
+/// partner `P`, if given) is due now. Admin clients only.
+pub(super) async fn retry_waiting(
+    ap: Arc<AccessPoint>,
+    client: Client,
+    query: &str,
+) -> Result<Response<Body>, ApiError> {
+    if !client.admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("client `{}` is not an administrator", client.name),
+            "retrying every waiting message is for clients with admin = true in \
+             [[backend.clients]]; retry one of your own with POST /messages/{id}/retry",
+        ));
+    }
+    let mut partner = None;
+    for (key, value) in parse_query(query)? {
+        match key.as_str() {
+            "partner" if !value.is_empty() => partner = Some(value),
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("query parameter `{key}` is unknown or empty"),
+                    "POST /api/v1/admin/retry takes partner=PARTY (optional)",
+                ))
+            }
+        }
+    }
+    let by = client.name.clone();
+    let p = partner.clone();
+    let ids = blocking(ap.clone(), move |ap| {
+        Ok(ap
+            .store
+            .retry_waiting(p.as_deref(), None, &by, ap.clock.now())?)
+    })
+    .await?;
+    tracing::info!(by = %client.name, partner = partner.as_deref().unwrap_or("*"), count = ids.len(), "retry now requested for waiting messages");
+    if !ids.is_empty() {
+        ap.wake_sender.notify_one();
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"partner": partner, "count": ids.len(), "message_ids": ids}),
+    ))
+}
+
 /// `GET /status`: who we are and the caller's messages by state.
 pub(super) async fn status(
     ap: Arc<AccessPoint>,
@@ -250,9 +408,11 @@ pub(super) async fn status(
     let counts = blocking(ap.clone(), move |ap| {
         let mut counts: BTreeMap<&'static str, u64> =
             State::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        // Test traffic is not business: a received ping is not a backlog.
         let mut filter = ListFilter {
             owner,
             limit: MAX_PAGE_SIZE,
+            exclude_test: true,
             ..ListFilter::default()
         };
         loop {
@@ -295,17 +455,33 @@ pub(super) async fn purge(
              purges by itself every hour",
         ));
     }
-    let (payloads, metadata) = blocking(ap, |ap| Ok(purge_now(ap, ap.clock.now())?)).await?;
-    tracing::info!(by = %client.name, payloads, metadata, "purge requested");
+    let purged = blocking(ap, |ap| Ok(purge_now(ap, ap.clock.now())?)).await?;
+    tracing::info!(by = %client.name, payloads = purged.payloads, metadata = purged.metadata, test = purged.test, "purge requested");
     Ok(json_response(
         StatusCode::OK,
-        &json!({"payloads_purged": payloads, "metadata_purged": metadata}),
+        &json!({
+            "payloads_purged": purged.payloads,
+            "metadata_purged": purged.metadata,
+            "test_purged": purged.test,
+        }),
     ))
 }
 
+/// What one retention run removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Messages whose payloads were purged (`retention.payload_days`).
+    pub payloads: usize,
+    /// Message records removed (`retention.metadata_days`).
+    pub metadata: usize,
+    /// Test messages removed whole (`retention.test_days`).
+    pub test: usize,
+}
+
 /// Applies `retention` at `now`: payloads of messages settled more than `payload_days` ago,
-/// then records settled more than `metadata_days` ago. Returns how many of each.
-pub fn purge_now(ap: &AccessPoint, now: OffsetDateTime) -> Result<(usize, usize), StoreError> {
+/// then records settled more than `metadata_days` ago, then test traffic that arrived more
+/// than `test_days` ago.
+pub fn purge_now(ap: &AccessPoint, now: OffsetDateTime) -> Result<Purged, StoreError> {
     let days = |d: u32| time::Duration::days(i64::from(d));
     let retention = &ap.settings.retention;
     let payloads = ap
@@ -314,7 +490,12 @@ pub fn purge_now(ap: &AccessPoint, now: OffsetDateTime) -> Result<(usize, usize)
     let metadata = ap
         .store
         .purge_metadata(now - days(retention.metadata_days))?;
-    Ok((payloads, metadata))
+    let test = ap.store.purge_test(now - days(retention.test_days))?;
+    Ok(Purged {
+        payloads,
+        metadata,
+        test,
+    })
 }
 
 /// The record, if `client` may see it (404 otherwise, as for an unknown id).

@@ -10,14 +10,16 @@
 //! | route | what |
 //! | --- | --- |
 //! | `POST /messages` | submit: a multipart form with a `metadata` JSON part, then the files |
-//! | `GET /messages` | own messages, newest first, paged (`direction`, `state`, `limit`, `after`) |
+//! | `GET /messages` | own messages, newest first, paged (`after`); searched by `direction`, `state`, `partner`, `since`/`until`, `conversation`, `service`, `action`, `property`, `id_prefix`; test traffic only with `include_test=true` |
 //! | `GET /messages/{id}` | one message: metadata, state, attempts, last error, history |
-//! | `GET /messages/{id}/payloads/{n}` | payload `n` (from 0), streamed |
+//! | `GET /messages/{id}/payloads/{n}` | payload `n` (from 0), streamed; recorded in the history, the state stays |
 //! | `POST /messages/{id}/ack` | inbound: the backend has the message (→ `downloaded`) |
 //! | `POST /messages/{id}/resend` | outbound: send a failed message again |
+//! | `POST /messages/{id}/retry` | outbound: a message waiting for its retry is due now |
 //! | `GET /status` | party, instance, message counts by state |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (no authentication) |
 //! | `POST /admin/purge` | admin clients: apply the retention now |
+//! | `POST /admin/retry` | admin clients: every waiting message (of `partner`) is due now |
 //!
 //! # Authentication and isolation
 //!
@@ -45,7 +47,7 @@ mod messages;
 pub(crate) mod submit;
 
 pub use messages::parse_query;
-pub use messages::purge_now;
+pub use messages::{purge_now, Purged};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -297,6 +299,16 @@ impl ApiRouter {
         router.mount("POST", "/messages/{id}/resend", move |c| {
             let id = c.param(0);
             Box::pin(messages::resend(a.clone(), c.client, id))
+        });
+        let a = ap.clone();
+        router.mount("POST", "/messages/{id}/retry", move |c| {
+            let id = c.param(0);
+            Box::pin(messages::retry(a.clone(), c.client, id))
+        });
+        let a = ap.clone();
+        router.mount("POST", "/admin/retry", move |c| {
+            let a = a.clone();
+            Box::pin(async move { messages::retry_waiting(a, c.client, &c.query).await })
         });
         let a = ap.clone();
         router.mount("GET", "/status", move |c| {

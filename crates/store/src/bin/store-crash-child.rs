@@ -84,6 +84,7 @@ fn message(store: &SledStore, id: &str, receipt: Vec<u8>) -> NewInbound {
             properties: Vec::new(),
         },
         receipt,
+        peer: None,
     }
 }
 

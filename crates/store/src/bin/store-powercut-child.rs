@@ -69,6 +69,7 @@ fn main() {
             let msg = NewInbound {
                 meta: meta(&store, &id),
                 receipt: format!("<receipt for {id}/>").into_bytes(),
+                peer: None,
             };
             match store.insert_inbound(msg, OffsetDateTime::now_utc()) {
                 Ok(InsertOutcome::Inserted) => say(&format!("ack {id}")),

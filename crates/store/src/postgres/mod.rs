@@ -141,6 +141,25 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// The query plan PostgreSQL chooses for [`Store::list`] with `filter` (`EXPLAIN`), with
+    /// sequential scans discouraged as on a large table (a tiny test table would otherwise
+    /// be read whole because that is cheapest): tests check that each search has an index.
+    #[cfg(feature = "testing")]
+    pub fn explain_list(&self, filter: &ListFilter) -> Result<String, StoreError> {
+        let query = ListQuery::new(filter, filter.page_size() as i64 + 1);
+        self.pool.run("explaining a listing", |client, _| {
+            let mut tx = client.transaction()?;
+            tx.batch_execute("SET LOCAL enable_seqscan = off")?;
+            let rows = tx.query(&format!("EXPLAIN {}", query.sql), &query.params())?;
+            tx.commit()?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+    }
+
     /// Connects to `url` (libpq `key=value` string or `postgresql://` URL, several hosts
     /// allowed) with default options. Fails unless the schema is exactly at
     /// [`SCHEMA_VERSION`] (run [`migrate`] first; a newer schema is refused) and commits are
@@ -536,8 +555,9 @@ impl Store for PgStore {
         self.pool
             .run("marking a message delivered", |client, attempt| {
                 // One statement, so one atomic step: the state moves only if it is still
-                // `received`, and its history row is written with it. A `received` message has
-                // no history yet (nothing leads back into `received`), so no trimming is needed.
+                // `received`, and its history row is written with it. A `received` message's
+                // history is its arrival and download notes (trimmed as they were written),
+                // so this entry may pass MAX_HISTORY by one at most; not trimmed here.
                 let won = client.query_opt(
                     "WITH moved AS ( \
                      UPDATE messages SET state = $3, updated_at = $2, \
@@ -614,41 +634,12 @@ impl Store for PgStore {
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        if let Some(owner) = &filter.owner {
-            validate_id("owner", owner, MAX_OWNER_LEN)?;
-        }
+        filter.validate()?;
         let limit = filter.page_size();
-        let direction = filter.direction.map(Direction::as_str);
-        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-        let created_from = filter.created_from.map(micros);
-        let created_until = filter.created_until.map(micros);
-        let after_at = filter.after.as_ref().map(|c| micros(c.created_at));
-        let after_id = filter.after.as_ref().map(|c| c.message_id.as_str());
-        let fetch = limit as i64 + 1;
+        let query = ListQuery::new(filter, limit as i64 + 1);
         self.pool.run("listing messages", |client, _| {
             let mut tx = client.transaction()?;
-            let mut rows = tx.query(
-                &format!(
-                    "SELECT {COLUMNS} FROM messages \
-                     WHERE ($1::text IS NULL OR direction = $1) \
-                       AND (cardinality($2::text[]) = 0 OR state = ANY($2)) \
-                       AND ($3::text IS NULL OR owner = $3) \
-                       AND ($4::timestamptz IS NULL OR created_at >= $4) \
-                       AND ($5::timestamptz IS NULL OR created_at < $5) \
-                       AND ($6::timestamptz IS NULL OR (created_at, message_id) < ($6, $7::text)) \
-                     ORDER BY created_at DESC, message_id DESC LIMIT $8"
-                ),
-                &[
-                    &direction,
-                    &states,
-                    &filter.owner,
-                    &created_from,
-                    &created_until,
-                    &after_at,
-                    &after_id,
-                    &fetch,
-                ],
-            )?;
+            let mut rows = tx.query(&query.sql, &query.params())?;
             let more = rows.len() > limit;
             rows.truncate(limit);
             let records: Vec<MessageRecord> = load_with_history(&mut tx, rows)?
@@ -665,6 +656,123 @@ impl Store for PgStore {
             };
             Ok(Page { records, next })
         })
+    }
+
+    fn record_download(
+        &self,
+        message_id: &str,
+        index: usize,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let now = micros(now);
+        self.modify("recording a download", message_id, |loaded, attempt, op| {
+            if attempt.retrying && loaded.entry_by(op).is_some() {
+                return Ok(Change::keep(()));
+            }
+            loaded.record.record_download(index, by, now)?;
+            Ok(Change {
+                write: true,
+                new_entries: 1,
+                out: (),
+            })
+        })
+    }
+
+    fn retry_now(
+        &self,
+        message_id: &str,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now = micros(now);
+        self.modify(
+            "making a message due now",
+            message_id,
+            |loaded, attempt, op| {
+                if attempt.retrying && loaded.entry_by(op).is_some() {
+                    return Ok(Change::keep(true));
+                }
+                let changed = loaded.record.retry_now(by, now)?;
+                Ok(Change {
+                    write: changed,
+                    new_entries: usize::from(changed),
+                    out: changed,
+                })
+            },
+        )
+    }
+
+    fn retry_waiting(
+        &self,
+        partner: Option<&str>,
+        owner: Option<&str>,
+        by: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = micros(now);
+        // The waiting messages are in the partial index of outbound work (`due_at IS NOT
+        // NULL`); each is then changed on its own, as `retry_now` does.
+        let ids: Vec<String> =
+            self.pool
+                .run("finding messages waiting for a retry", |client, _| {
+                    Ok(client
+                        .query(
+                            "SELECT message_id FROM messages \
+                     WHERE due_at IS NOT NULL AND due_at > $1 AND state = 'waiting_for_retry' \
+                       AND ($2::text IS NULL OR partner = $2) \
+                       AND ($3::text IS NULL OR owner = $3) \
+                     ORDER BY due_at, message_id",
+                            &[&now, &partner, &owner],
+                        )?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect())
+                })?;
+        let mut made_due = Vec::new();
+        for id in ids {
+            match self.retry_now(&id, by, now) {
+                Ok(true) => made_due.push(id),
+                // Claimed, settled or purged since: not waiting any more.
+                Ok(false) | Err(StoreError::StateConflict { .. } | StoreError::NotFound { .. }) => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(made_due)
+    }
+
+    fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError> {
+        let created_before = micros(created_before);
+        let mut removed = 0;
+        loop {
+            let n: i64 = self.pool.run("purging test messages", |client, _| {
+                Ok(client
+                    .query_one(
+                        "WITH batch AS ( \
+                             SELECT message_id FROM messages \
+                             WHERE is_test AND created_at < $1 \
+                               AND (direction = 'inbound' OR settled_at IS NOT NULL) \
+                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                         removed AS ( \
+                             DELETE FROM messages m USING batch \
+                             WHERE m.message_id = batch.message_id \
+                             RETURNING m.payloads, m.payloads_purged_at), \
+                         gone AS ( \
+                             DELETE FROM payloads WHERE payload_id IN ( \
+                                 SELECT p -> 'stored' ->> 'id' \
+                                 FROM removed, jsonb_array_elements(removed.payloads) AS p \
+                                 WHERE removed.payloads_purged_at IS NULL)) \
+                         SELECT count(*) FROM removed",
+                        &[&created_before, &PURGE_BATCH],
+                    )?
+                    .get(0))
+            })?;
+            if n == 0 {
+                return Ok(removed);
+            }
+            removed += n as usize;
+        }
     }
 
     fn purge_payloads(
@@ -799,6 +907,142 @@ const COLUMNS: &str = "message_id, direction, state, owner, from_party, to_party
     next_attempt_at, lease_holder, lease_expires_at, receipt, last_error, duplicates, \
     created_at, updated_at, settled_at, payloads_purged_at, properties::text";
 
+/// [`COLUMNS`] of the `messages` table aliased `m`, for queries that join it.
+const M_COLUMNS: &str = "m.message_id, m.direction, m.state, m.owner, m.from_party, \
+    m.to_party, m.service, m.action, m.conversation_id, m.ref_to_message_id, m.pmode_id, \
+    m.payloads::text, m.attempts, m.next_attempt_at, m.lease_holder, m.lease_expires_at, \
+    m.receipt, m.last_error, m.duplicates, m.created_at, m.updated_at, m.settled_at, \
+    m.payloads_purged_at, m.properties::text";
+
+/// A listing's SQL and its parameters, built from the filter: only the conditions the
+/// filter sets are in the statement, each one a condition an index serves, so the planner
+/// sees exactly what is asked. A property search walks `message_properties_search` and
+/// joins the messages to it; other searches walk the messages' index of their field.
+struct ListQuery {
+    sql: String,
+    params: Vec<Box<dyn postgres::types::ToSql + Sync + Send>>,
+}
+
+impl ListQuery {
+    fn new(filter: &ListFilter, fetch: i64) -> ListQuery {
+        let mut q = ListQuery {
+            sql: String::new(),
+            params: Vec::new(),
+        };
+        let mut conditions: Vec<String> = Vec::new();
+        // The table whose (created_at, message_id) orders the page: the property rows when
+        // a property is searched (the same values as the message's), else the messages.
+        let mut order = "m";
+        let mut from = "messages m".to_owned();
+        for (i, (name, value)) in filter.properties.iter().enumerate() {
+            let n = q.param(name.clone());
+            let v = q.param(value.clone());
+            let key = format!("md5(length({n}::text)::text || ':' || {n}::text || {v}::text)");
+            if i == 0 {
+                from = format!(
+                    "message_properties p JOIN messages m ON m.message_id = p.message_id \
+                     AND p.search_key = {key} AND p.name = {n} AND p.value = {v}"
+                );
+                order = "p";
+            } else {
+                conditions.push(format!(
+                    "EXISTS (SELECT 1 FROM message_properties p{i} WHERE p{i}.message_id = \
+                     m.message_id AND p{i}.search_key = {key} AND p{i}.name = {n} \
+                     AND p{i}.value = {v})"
+                ));
+            }
+        }
+        if let Some(d) = filter.direction {
+            let p = q.param(d.as_str().to_owned());
+            conditions.push(format!("m.direction = {p}"));
+        }
+        if !filter.states.is_empty() {
+            let states: Vec<String> = filter
+                .states
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            let p = q.param(states);
+            conditions.push(format!("m.state = ANY({p})"));
+        }
+        if let Some(owner) = &filter.owner {
+            let p = q.param(owner.clone());
+            conditions.push(format!("m.owner = {p}"));
+        }
+        if let Some(partner) = &filter.partner {
+            let p = q.param(partner.clone());
+            conditions.push(format!("m.partner = {p}"));
+        }
+        if let Some(c) = &filter.conversation_id {
+            let p = q.param(c.clone());
+            conditions.push(format!(
+                "md5(m.conversation_id) = md5({p}::text) AND m.conversation_id = {p}"
+            ));
+        }
+        if let Some(s) = &filter.service {
+            let p = q.param(s.clone());
+            conditions.push(format!("m.service = {p}"));
+        }
+        if let Some(a) = &filter.action {
+            let p = q.param(a.clone());
+            conditions.push(format!("m.action = {p}"));
+        }
+        if let Some(prefix) = &filter.id_prefix {
+            // message_id is COLLATE "C": the planner turns a LIKE prefix into a range of
+            // the primary key.
+            let escaped = prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let p = q.param(format!("{escaped}%"));
+            conditions.push(format!("m.message_id LIKE {p}"));
+        }
+        if filter.exclude_test {
+            conditions.push("NOT m.is_test".to_owned());
+        }
+        if let Some(t) = filter.created_from {
+            let p = q.param(micros(t));
+            conditions.push(format!("{order}.created_at >= {p}"));
+        }
+        if let Some(t) = filter.created_until {
+            let p = q.param(micros(t));
+            conditions.push(format!("{order}.created_at < {p}"));
+        }
+        if let Some(c) = &filter.after {
+            let at = q.param(micros(c.created_at));
+            let id = q.param(c.message_id.clone());
+            conditions.push(format!(
+                "({order}.created_at, {order}.message_id) < ({at}, {id}::text)"
+            ));
+        }
+        let limit = q.param(fetch);
+        let r#where = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        q.sql = format!(
+            "SELECT {M_COLUMNS} FROM {from}{where} \
+             ORDER BY {order}.created_at DESC, {order}.message_id DESC LIMIT {limit}",
+            r#where = r#where
+        );
+        q
+    }
+
+    /// Adds a parameter; returns its placeholder (`$n`).
+    fn param<T: postgres::types::ToSql + Sync + Send + 'static>(&mut self, value: T) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    fn params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn postgres::types::ToSql + Sync))
+            .collect()
+    }
+}
+
 /// Builds records from `messages` rows and attaches their history (one query for all).
 fn load_with_history(tx: &mut Transaction<'_>, rows: Vec<Row>) -> Result<Vec<Loaded>, Fail> {
     if rows.is_empty() {
@@ -882,8 +1126,43 @@ fn record_from_row(row: &Row) -> Result<MessageRecord, StoreError> {
     })
 }
 
-/// Inserts a new record (no history: new records have none). False if the id is taken.
+/// Inserts a new record with its history (an inbound message's arrival), and its
+/// properties into the search table. False if the id is taken.
 fn insert_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
+    if !insert_message_row(tx, r, op)? {
+        return Ok(false);
+    }
+    for (seq, h) in r.history.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO message_history \
+                 (message_id, seq, at, event, from_state, to_state, note, op) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &r.id(),
+                &(seq as i64),
+                &h.at,
+                &h.event.as_str(),
+                &h.from.as_str(),
+                &h.to.as_str(),
+                &h.note,
+                &op,
+            ],
+        )?;
+    }
+    if !r.meta.properties.is_empty() {
+        let properties = to_json(&r.meta.properties)?;
+        tx.execute(
+            "INSERT INTO message_properties (message_id, name, value, created_at) \
+             SELECT DISTINCT $1, p ->> 'name', p ->> 'value', $2::timestamptz \
+             FROM jsonb_array_elements($3::text::jsonb) AS p",
+            &[&r.id(), &r.created_at, &properties],
+        )?;
+    }
+    Ok(true)
+}
+
+/// Inserts the `messages` row of a new record. False if the id is taken.
+fn insert_message_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
     let m = &r.meta;
     let payloads = to_json(&m.payloads)?;
     let properties = to_json(&m.properties)?;

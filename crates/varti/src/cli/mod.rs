@@ -80,7 +80,8 @@ enum Command {
     /// the message and retries per the leg; --wait follows it until the partner's receipt.
     /// The token comes from --token or VARTI_TOKEN, the API address from --api or VARTI_API.
     Send(send::SendArgs),
-    /// List, show and resend messages through the backend API (purge with an admin token).
+    /// List, search, show, download, acknowledge, retry and resend messages through the
+    /// backend API (purge with an admin token).
     #[command(subcommand)]
     Messages(messages::MessagesCommand),
     /// Show the running access point (party, instance) and your messages by state.

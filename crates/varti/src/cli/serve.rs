@@ -484,9 +484,14 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
         let ap = ap.clone();
         let now = ap.clock.now();
         match tokio::task::spawn_blocking(move || api::purge_now(&ap, now)).await {
-            Ok(Ok((payloads, metadata))) => {
-                if payloads + metadata > 0 {
-                    tracing::info!(payloads, metadata, "retention: purged");
+            Ok(Ok(purged)) => {
+                if purged.payloads + purged.metadata + purged.test > 0 {
+                    tracing::info!(
+                        payloads = purged.payloads,
+                        metadata = purged.metadata,
+                        test = purged.test,
+                        "retention: purged"
+                    );
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
