@@ -34,10 +34,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "seen signals",
         sql: include_str!("migrations/0003_seen_signals.sql"),
     },
+    Migration {
+        version: 4,
+        name: "audit trail",
+        sql: include_str!("migrations/0004_audit.sql"),
+    },
 ];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;
