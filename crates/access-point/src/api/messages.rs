@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti_store::{
-    Direction, Event, ListCursor, ListFilter, MessageProperty, MessageRecord, State, StoreError,
-    TransitionOutcome, MAX_PAGE_SIZE,
+    AuditOutcome, Direction, Event, ListCursor, ListFilter, MessageProperty, MessageRecord, State,
+    StoreError, TransitionOutcome, MAX_PAGE_SIZE,
 };
 
 use super::{blocking, json_response, ApiError, Client, PREFIX};
@@ -187,6 +187,7 @@ pub(super) async fn ack(
             "outbound messages are acknowledged by the partner's receipt; watch their state",
         ));
     }
+    let by = client.clone();
     let state = blocking(ap, move |ap| {
         let now = ap.clock.now();
         if ap.store.mark_delivered(&id, now)? {
@@ -195,9 +196,21 @@ pub(super) async fn ack(
         let outcome = ap
             .store
             .transition(&id, State::Delivered, Event::Download, now)?;
-        Ok(match outcome {
+        let state = match outcome {
             TransitionOutcome::Applied(s) | TransitionOutcome::AlreadyApplied(s) => s,
-        })
+        };
+        // A backend acknowledging its own message is in the message's history; an
+        // administrator acknowledging for it is an administrative act.
+        if by.admin {
+            let _ = ap.audit(
+                &by.name,
+                "message.ack",
+                &id,
+                AuditOutcome::Ok,
+                json!({"state": state}),
+            );
+        }
+        Ok(state)
     })
     .await?;
     Ok(json_response(
@@ -223,14 +236,23 @@ pub(super) async fn resend(
             "a message still sending retries by itself; watch its state",
         ));
     }
+    let by = client.name.clone();
     let state = blocking(ap.clone(), move |ap| {
-        match ap
+        let state = match ap
             .store
             .transition(&id, State::Failed, Event::Resend, ap.clock.now())?
         {
-            TransitionOutcome::Applied(s) => Ok(s),
-            TransitionOutcome::AlreadyApplied(s) => Ok(s),
-        }
+            TransitionOutcome::Applied(s) => s,
+            TransitionOutcome::AlreadyApplied(s) => s,
+        };
+        let _ = ap.audit(
+            &by,
+            "message.resend",
+            &id,
+            AuditOutcome::Ok,
+            json!({"state": state}),
+        );
+        Ok(state)
     })
     .await?;
     tracing::info!(message_id = %record.meta.message_id, by = %client.name, "resend requested");
@@ -272,7 +294,7 @@ pub(super) async fn status(
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "party": ap.identity.party,
+            "party": ap.current().identity.party,
             "instance": ap.instance,
             "client": client.name,
             "admin": client.admin,
@@ -288,6 +310,12 @@ pub(super) async fn purge(
     client: Client,
 ) -> Result<Response<Body>, ApiError> {
     if !client.admin {
+        let name = client.name.clone();
+        let _ = blocking(ap, move |ap| {
+            let why = json!({"error": "not an administrator"});
+            Ok(ap.audit(&name, "messages.purge", "", AuditOutcome::Refused, why))
+        })
+        .await;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("client `{}` is not an administrator", client.name),
@@ -295,7 +323,20 @@ pub(super) async fn purge(
              purges by itself every hour",
         ));
     }
-    let (payloads, metadata) = blocking(ap, |ap| Ok(purge_now(ap, ap.clock.now())?)).await?;
+    let by = client.name.clone();
+    let (payloads, metadata) = blocking(ap, move |ap| {
+        let purged = purge_now(ap, ap.clock.now());
+        let (outcome, details) = match &purged {
+            Ok((p, m)) => (
+                AuditOutcome::Ok,
+                json!({"payloads_purged": p, "metadata_purged": m}),
+            ),
+            Err(e) => (AuditOutcome::Failed, json!({"error": e.to_string()})),
+        };
+        let _ = ap.audit(&by, "messages.purge", "", outcome, details);
+        Ok(purged?)
+    })
+    .await?;
     tracing::info!(by = %client.name, payloads, metadata, "purge requested");
     Ok(json_response(
         StatusCode::OK,

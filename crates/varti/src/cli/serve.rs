@@ -5,7 +5,8 @@
 //! submitted messages; the webhooks that notify backends; the operations listener (`/health`,
 //! `/ready`, `/metrics`); the backend API listener (`/api/v1`, plain HTTP on
 //! `backend.listen`); the hourly retention purge; the store (embedded sled, or PostgreSQL
-//! whose schema must be current: `varti db migrate`).
+//! whose schema must be current: `varti db migrate`). SIGHUP (like `varti reload`) reloads
+//! the PModes, certificates, CRLs and backend clients (`varti_access_point::reload`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use varti::config::{secs, Config, LogFormat, StoreKind};
 use varti_access_point::api::{self, ApiRouter};
+use varti_access_point::audit::LOCAL_ACTOR;
 use varti_access_point::ops::{self, Metrics, Readiness};
+use varti_access_point::reload::{FileHash, ReloadInput, ReloadSource};
 use varti_access_point::server::{
     tls, BodyBounds, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks,
 };
@@ -24,7 +27,7 @@ use varti_access_point::webhooks;
 use varti_access_point::{pull, receiver::Receiver, sender, AccessPoint};
 use varti_oots_gateway::preview::{PreviewRoutes, PreviewSpace};
 use varti_oots_gateway::Gateway;
-use varti_store::Store;
+use varti_store::{AuditOutcome, Store};
 
 /// Certificates expiring within this many days are logged as warnings.
 const EXPIRY_WARNING_DAYS: f64 = 30.0;
@@ -175,6 +178,19 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up task failed")??
     };
     let ap = Arc::new(ap);
+    ap.set_reload_source(reload_source(args.config.clone()));
+    {
+        // The start-up load in the audit trail, with the hash of every file read.
+        let ap = ap.clone();
+        let files: Vec<FileHash> = args
+            .config
+            .iter()
+            .map(|p| FileHash::of("config", p))
+            .collect();
+        tokio::task::spawn_blocking(move || ap.audit_startup(&files))
+            .await
+            .context("the start-up audit task failed")?;
+    }
     // Subscribes to the events at once, so none is missed before its task runs.
     let webhooks = webhooks::Dispatcher::new(ap.clone(), webhooks::WebhookOptions::default())?;
     readiness.set_ready("pmodes");
@@ -269,7 +285,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         ops = %format!("http://{ops_addr}"),
         backend = %format!("http://{backend_addr}{}", api::PREFIX),
         store = %store_path,
-        party = %ap.identity.party,
+        party = %ap.current().identity.party,
         instance = %ap.instance,
         "varti is listening"
     );
@@ -382,11 +398,14 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    // Watched before the ready file tells anyone we run: SIGHUP's default action is to end
+    // the process.
+    let hup = watch_hup();
     if let Some(path) = &args.ready_file {
         write_ready_file(path, msh_addr, ops_addr, backend_addr, preview_addr, scheme)?;
     }
 
-    wait_for_signal().await;
+    wait_for_signal(&ap, hup).await;
     tracing::info!("shutting down: no new connections; finishing running requests");
     readiness.set_not_ready("shutdown", "shutting down");
     let clean = tasks.shutdown(grace + Duration::from_secs(5)).await;
@@ -433,12 +452,25 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
             _ = token.cancelled() => return,
             _ = interval.tick() => {}
         }
+        let ap_for_audit = ap.clone();
         let ap = ap.clone();
         let now = ap.clock.now();
         match tokio::task::spawn_blocking(move || api::purge_now(&ap, now)).await {
             Ok(Ok((payloads, metadata))) => {
                 if payloads + metadata > 0 {
                     tracing::info!(payloads, metadata, "retention: purged");
+                    // Audited when something went (an hourly "nothing" would drown the
+                    // trail).
+                    let ap = ap_for_audit.clone();
+                    let details = serde_json::json!({
+                        "automatic": true,
+                        "payloads_purged": payloads,
+                        "metadata_purged": metadata,
+                    });
+                    let _ = tokio::task::spawn_blocking(move || {
+                        ap.audit(LOCAL_ACTOR, "messages.purge", "", AuditOutcome::Ok, details)
+                    })
+                    .await;
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
@@ -485,18 +517,76 @@ fn write_ready_file(
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn wait_for_signal() {
+/// How a reload re-reads the set: the configuration file again (or the embedded
+/// defaults), judged by `varti certs check`'s rules; the access point then loads the new
+/// set with start-up's own checks.
+fn reload_source(config_path: Option<PathBuf>) -> ReloadSource {
+    Arc::new(move || {
+        let config = match &config_path {
+            Some(path) => Config::load(path).map_err(|e| vec![format!("{e:#}")])?,
+            None => {
+                let c = Config::default();
+                c.validate().map_err(|e| vec![format!("{e:#}")])?;
+                c
+            }
+        };
+        let errors = super::certs::errors_of(&config);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ReloadInput {
+            settings: config.access_point_settings(),
+            files: config_path
+                .iter()
+                .map(|p| FileHash::of("config", p))
+                .collect(),
+        })
+    })
+}
+
+/// SIGHUP, as a stream of signals (`None`: not available).
+#[cfg(unix)]
+type Hup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hup = Option<()>;
+
+fn watch_hup() -> Hup {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-                }
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; reload with `varti reload` instead");
+                None
             }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT); reloads on SIGHUP (and goes on waiting).
+async fn wait_for_signal(ap: &Arc<AccessPoint>, hup: Hup) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = hup;
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); return }
+                    _ = tokio::signal::ctrl_c() => { tracing::info!("Ctrl-C received"); return }
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                        tracing::info!("SIGHUP received: reloading PModes, certificates, CRLs and backend clients");
+                        let ap = ap.clone();
+                        // The outcome is logged and audited by the reload itself.
+                        if let Err(e) = tokio::task::spawn_blocking(move || ap.reload(LOCAL_ACTOR)).await {
+                            tracing::error!(error = %e, "the reload task failed");
+                        }
+                    }
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops varti");
                 let _ = tokio::signal::ctrl_c().await;
@@ -505,6 +595,7 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     {
+        let _ = (ap, hup);
         let _ = tokio::signal::ctrl_c().await;
     }
 }
