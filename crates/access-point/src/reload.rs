@@ -84,11 +84,12 @@ pub struct FileHash {
 }
 
 impl FileHash {
-    /// Reads `path` and hashes it.
+    /// Reads `path` and hashes it. The path is made absolute (an auditor reading the trail
+    /// later has no working directory to resolve a relative one against).
     pub fn of(role: impl Into<String>, path: &Path) -> FileHash {
         FileHash {
             role: role.into(),
-            path: path.to_owned(),
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
             sha256: std::fs::read(path)
                 .ok()
                 .map(|b| hex(&openssl::sha::sha256(&b))),
