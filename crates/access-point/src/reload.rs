@@ -600,3 +600,130 @@ fn file_hashes(files: &[FileHash]) -> serde_json::Value {
     }
     serde_json::Value::Object(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use varti_store::AuditFilter;
+
+    /// An access point over the repository's PModes and test keys, on a throw-away store,
+    /// with the settings it was opened with.
+    fn access_point(dir: &Path) -> (Arc<AccessPoint>, Settings) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut s = Settings {
+            data_dir: dir.to_owned(),
+            pmodes_dir: repo.join("pmodes"),
+            ..Default::default()
+        };
+        for p in [
+            &mut s.identity.signing_key,
+            &mut s.identity.signing_cert,
+            &mut s.identity.encryption_key,
+            &mut s.identity.encryption_cert,
+            &mut s.tls.cert,
+            &mut s.tls.key,
+            &mut s.tls.client_ca,
+        ] {
+            *p = repo.join(&*p);
+        }
+        s.identity.trust_anchors = vec![repo.join("certs/ca.cert.pem")];
+        let store = varti_store::SledStore::open(dir.join("store")).unwrap();
+        let metrics = Arc::new(crate::ops::Metrics::new());
+        let ap = AccessPoint::open(s.clone(), Arc::new(store), metrics, false).unwrap();
+        (Arc::new(ap), s)
+    }
+
+    struct Refuse;
+    impl ReloadHook for Refuse {
+        fn name(&self) -> &str {
+            "key rollover"
+        }
+        fn check(&self, next: &Snapshot) -> Result<(), Vec<String>> {
+            Err(vec![format!(
+                "generation {} is not wanted",
+                next.generation
+            )])
+        }
+    }
+
+    #[test]
+    fn a_reload_swaps_the_whole_set_or_nothing_and_in_flight_snapshots_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ap, settings) = access_point(dir.path());
+        let in_flight = ap.current();
+        assert_eq!(in_flight.generation, 1);
+
+        // Without a source: refused, explained.
+        let r = ap.reload("t");
+        assert!(!r.applied);
+        assert!(r.errors[0].contains("without a configuration"), "{r:?}");
+
+        // The source's own errors (the binary's `certs check`): refused, listed.
+        ap.set_reload_source(Arc::new(|| Err(vec!["x.pem: expired".to_owned()])));
+        let r = ap.reload("t");
+        assert_eq!(
+            (r.applied, r.errors.clone()),
+            (false, vec!["x.pem: expired".to_owned()])
+        );
+        assert_eq!(ap.current().generation, 1);
+
+        // A good set: in force; what an exchange took before keeps its own.
+        let good = settings.clone();
+        ap.set_reload_source(Arc::new(move || {
+            let mut s = good.clone();
+            s.retention.payload_days += 1;
+            Ok(ReloadInput {
+                settings: s,
+                files: Vec::new(),
+            })
+        }));
+        let r = ap.reload("t");
+        assert!(r.applied, "{r:?}");
+        assert_eq!(r.generation, 2);
+        assert!(r.changes.is_empty(), "{r:?}");
+        assert_eq!(r.needs_restart, ["[retention]"]);
+        assert_eq!(ap.current().generation, 2);
+        assert_eq!(in_flight.generation, 1);
+        assert!(!Arc::ptr_eq(&in_flight, &ap.current()));
+
+        // A set that cannot start (PModes without our party): refused, old set kept.
+        let mut bad = settings.clone();
+        bad.identity.party = "nobody".into();
+        ap.set_reload_source(Arc::new(move || {
+            Ok(ReloadInput {
+                settings: bad.clone(),
+                files: Vec::new(),
+            })
+        }));
+        let r = ap.reload("t");
+        assert!(!r.applied);
+        assert!(r.errors[0].contains("nobody"), "{r:?}");
+        assert_eq!(ap.current().generation, 2);
+
+        // A hook's refusal keeps the old set too.
+        let good = settings.clone();
+        ap.set_reload_source(Arc::new(move || {
+            Ok(ReloadInput {
+                settings: good.clone(),
+                files: Vec::new(),
+            })
+        }));
+        ap.on_reload(Arc::new(Refuse));
+        let r = ap.reload("t");
+        assert!(!r.applied);
+        assert_eq!(r.errors, ["key rollover: generation 3 is not wanted"]);
+        assert_eq!(ap.current().generation, 2);
+
+        // Every attempt is in the audit trail.
+        let trail = ap
+            .store
+            .list_audit(&AuditFilter::default())
+            .unwrap()
+            .entries;
+        let outcomes: Vec<&str> = trail.iter().map(|e| e.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["refused", "refused", "ok", "refused", "refused"]);
+        assert!(trail
+            .iter()
+            .all(|e| e.action == "config.reload" && e.actor == "t"));
+    }
+}

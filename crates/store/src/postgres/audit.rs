@@ -37,7 +37,7 @@ pub(super) fn append(
                 &format!("SELECT {COLUMNS} FROM audit_log WHERE op = $1"),
                 &[&op],
             )? {
-                return Ok(entry_of(&row)?);
+                return entry_of(&row);
             }
         }
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])?;
@@ -58,7 +58,7 @@ pub(super) fn append(
             ],
         )?;
         tx.commit()?;
-        Ok(entry_of(&row)?)
+        entry_of(&row)
     })
 }
 
