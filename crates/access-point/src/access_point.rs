@@ -236,6 +236,9 @@ pub struct AccessPoint {
     /// Backend clients that have used their token since this instance started (the first
     /// use of each is audited).
     pub(crate) tokens_seen: Mutex<HashSet<String>>,
+    /// The files the set in force was read from, the configuration file included (what
+    /// a reload compares with to say what changed).
+    pub(crate) files_in_force: Mutex<Vec<crate::reload::FileHash>>,
 }
 
 impl std::fmt::Debug for AccessPoint {
@@ -265,6 +268,7 @@ impl AccessPoint {
         allow_plain_http: bool,
     ) -> Result<AccessPoint, StartError> {
         let snapshot = Snapshot::load(settings.clone(), allow_plain_http, 1)?;
+        let files = snapshot.files.clone();
         let config = &settings;
         let instance = config.sender.instance.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
@@ -294,6 +298,7 @@ impl AccessPoint {
             reload_hooks: RwLock::new(Vec::new()),
             reloading: Mutex::new(()),
             tokens_seen: Mutex::new(HashSet::new()),
+            files_in_force: Mutex::new(files),
         })
     }
 

@@ -288,6 +288,9 @@ pub struct ReloadInput {
     pub settings: Settings,
     /// The files the source read.
     pub files: Vec<FileHash>,
+    /// What the source found changed that only a restart applies (parts of the file the
+    /// access point does not see: listeners, the store, features' sections).
+    pub needs_restart: Vec<String>,
 }
 
 /// How the access point re-reads its settings on a reload: registered by the binary,
@@ -328,11 +331,17 @@ pub struct ReloadReport {
     pub files: Vec<FileHash>,
 }
 
-/// The differences a reload from `old` to `new` makes: files and backend clients.
-pub(crate) fn changes(old: &Snapshot, new: &Snapshot, new_files: &[FileHash]) -> Vec<String> {
+/// The differences a reload from `old` (read from `old_files`) to `new` (from
+/// `new_files`) makes: files and backend clients.
+pub(crate) fn changes(
+    old_files: &[FileHash],
+    old: &Snapshot,
+    new: &Snapshot,
+    new_files: &[FileHash],
+) -> Vec<String> {
     let mut out = Vec::new();
     let key = |f: &FileHash| (f.role.clone(), f.path.clone());
-    let before: BTreeMap<_, _> = old.files.iter().map(|f| (key(f), &f.sha256)).collect();
+    let before: BTreeMap<_, _> = old_files.iter().map(|f| (key(f), &f.sha256)).collect();
     let after: BTreeMap<_, _> = new_files.iter().map(|f| (key(f), &f.sha256)).collect();
     for ((role, path), hash) in &after {
         match before.get(&(role.clone(), path.clone())) {
@@ -390,7 +399,7 @@ pub(crate) fn changes(old: &Snapshot, new: &Snapshot, new_files: &[FileHash]) ->
 
 /// What `next` sets differently from the values in force (`running`, the start-up
 /// settings) that only a restart applies.
-pub(crate) fn needs_restart(running: &Settings, next: &Settings) -> Vec<String> {
+pub(crate) fn needs_restart_of(running: &Settings, next: &Settings) -> Vec<String> {
     let mut out = Vec::new();
     let mut differs = |what: &str, same: bool| {
         if !same {
@@ -509,7 +518,8 @@ impl AccessPoint {
     /// Builds and checks the set `input` describes and swaps it in; the report says how
     /// it went.
     fn try_swap(&self, old: &Arc<Snapshot>, input: ReloadInput) -> ReloadReport {
-        let needs_restart = needs_restart(&self.settings, &input.settings);
+        let mut needs_restart = input.needs_restart;
+        needs_restart.extend(needs_restart_of(&self.settings, &input.settings));
         let mut files = input.files;
         let next = match Snapshot::load(input.settings, self.allow_plain_http, old.generation + 1) {
             Ok(next) => next,
@@ -551,7 +561,13 @@ impl AccessPoint {
         if crate::pull::pull_channels(old) != crate::pull::pull_channels(&next) {
             needs_restart.push("the pull channels (one-way/pull legs we pull on)".to_owned());
         }
-        let changes = changes(old, &next, &next.files);
+        let mut in_force = self
+            .files_in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let changes = changes(&in_force, old, &next, &files);
+        *in_force = files.clone();
+        drop(in_force);
         let next = Arc::new(next);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
         for hook in &hooks {
@@ -572,6 +588,10 @@ impl AccessPoint {
     pub fn audit_startup(&self, extra: &[FileHash]) {
         let current = self.current();
         let files: Vec<FileHash> = extra.iter().chain(&current.files).cloned().collect();
+        *self
+            .files_in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = files.clone();
         let _ = self.audit(
             LOCAL_ACTOR,
             "config.load",
@@ -675,6 +695,7 @@ mod tests {
             Ok(ReloadInput {
                 settings: s,
                 files: Vec::new(),
+                needs_restart: Vec::new(),
             })
         }));
         let r = ap.reload("t");
@@ -693,6 +714,7 @@ mod tests {
             Ok(ReloadInput {
                 settings: bad.clone(),
                 files: Vec::new(),
+                needs_restart: Vec::new(),
             })
         }));
         let r = ap.reload("t");
@@ -706,6 +728,7 @@ mod tests {
             Ok(ReloadInput {
                 settings: good.clone(),
                 files: Vec::new(),
+                needs_restart: Vec::new(),
             })
         }));
         ap.on_reload(Arc::new(Refuse));

@@ -159,6 +159,17 @@ fn reload_applies_a_good_pmode_set_and_keeps_the_old_one_on_a_bad_one() {
         "the new leg is served after the reload: {body}"
     );
 
+    // What only a restart applies is said, not ignored.
+    let slower = SENDER.replace("poll_interval_ms = 100", "poll_interval_ms = 250");
+    pair.layout
+        .rewrite_config(&pair.layout.a, &(admin_client() + &slower))
+        .unwrap();
+    let (code, out, err) = cli(&a, ADMIN_TOKEN, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reloaded (generation 3)"), "{out}");
+    assert!(out.contains("changed config "), "{out}");
+    assert!(out.contains("needs restart: [sender]"), "{out}");
+
     // A broken set: refused, the errors printed, exit 1, the old set kept.
     let broken = pmodes.join("broken.toml");
     std::fs::write(&broken, "[[process]]\nname = \"broken\"\nmep = 7\n").unwrap();
@@ -199,6 +210,7 @@ fn reload_applies_a_good_pmode_set_and_keeps_the_old_one_on_a_bad_one() {
         outcomes,
         [
             ("ops", "ok"),
+            ("ops", "ok"),
             ("ops", "refused"),
             ("ops", "refused"),
             ("portal", "refused")
@@ -214,7 +226,8 @@ fn reload_applies_a_good_pmode_set_and_keeps_the_old_one_on_a_bad_one() {
         sha_after,
         token_sha256(&std::fs::read_to_string(&exchange).unwrap())
     );
-    assert!(reloads[1]["details"]["errors"][0]
+    assert_eq!(reloads[1]["details"]["needs_restart"], json!(["[sender]"]));
+    assert!(reloads[2]["details"]["errors"][0]
         .as_str()
         .unwrap()
         .contains("broken.toml"));

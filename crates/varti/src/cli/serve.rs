@@ -48,7 +48,7 @@ pub enum LogFormatArg {
 }
 
 /// Arguments of `varti serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML, see deploy/varti.example.toml); without it the embedded
     /// defaults apply.
@@ -79,6 +79,18 @@ pub struct ServeArgs {
 
 /// Runs `varti serve`. Errors before the listeners are up mean "could not run" (exit 2).
 pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args)?;
+    init_logging(&config, verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("varti")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, args))
+}
+
+/// The configuration file (or the embedded defaults) with the command line's overrides.
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => {
@@ -102,13 +114,7 @@ pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
             LogFormatArg::Json => LogFormat::Json,
         };
     }
-    init_logging(&config, verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("varti")
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args))
+    Ok(config)
 }
 
 /// Sets up `tracing` from the configuration (`RUST_LOG` overrides the level; each `-v`
@@ -178,7 +184,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up task failed")??
     };
     let ap = Arc::new(ap);
-    ap.set_reload_source(reload_source(args.config.clone()));
+    ap.set_reload_source(reload_source(args.clone(), config.clone()));
     {
         // The start-up load in the audit trail, with the hash of every file read.
         let ap = ap.clone();
@@ -520,28 +526,55 @@ fn write_ready_file(
 /// How a reload re-reads the set: the configuration file again (or the embedded
 /// defaults), judged by `varti certs check`'s rules; the access point then loads the new
 /// set with start-up's own checks.
-fn reload_source(config_path: Option<PathBuf>) -> ReloadSource {
+fn reload_source(args: ServeArgs, running: Config) -> ReloadSource {
     Arc::new(move || {
-        let config = match &config_path {
-            Some(path) => Config::load(path).map_err(|e| vec![format!("{e:#}")])?,
-            None => {
-                let c = Config::default();
-                c.validate().map_err(|e| vec![format!("{e:#}")])?;
-                c
-            }
-        };
+        let config = load_config(&args).map_err(|e| vec![format!("{e:#}")])?;
         let errors = super::certs::errors_of(&config);
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(ReloadInput {
             settings: config.access_point_settings(),
-            files: config_path
+            files: args
+                .config
                 .iter()
                 .map(|p| FileHash::of("config", p))
                 .collect(),
+            needs_restart: needs_restart(&running, &config),
         })
     })
+}
+
+/// The sections of the file the access point does not see that differ from the running
+/// ones: only a restart applies them.
+fn needs_restart(running: &Config, next: &Config) -> Vec<String> {
+    let portals = |c: &Config| {
+        c.backend
+            .clients
+            .iter()
+            .map(|b| (b.name.clone(), b.oots_party.clone()))
+            .collect::<Vec<_>>()
+    };
+    [
+        ("[server]", running.server == next.server),
+        ("[ops]", running.ops == next.ops),
+        (
+            "backend.listen",
+            running.backend.listen == next.backend.listen,
+        ),
+        ("[store]", running.store == next.store),
+        ("[log]", running.log == next.log),
+        ("[preview]", running.preview == next.preview),
+        ("[oots]", running.oots == next.oots),
+        (
+            "oots_party of [[backend.clients]]",
+            portals(running) == portals(next),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(what, _)| what.to_owned())
+    .collect()
 }
 
 /// SIGHUP, as a stream of signals (`None`: not available).
