@@ -530,3 +530,31 @@ fn api_call(backend: std::net::SocketAddr, method: &str, path: &str) -> (u16, St
     let r = serve_support::http_request(&mut tcp, method, path, &headers, b"").unwrap();
     (r.status, r.body)
 }
+
+#[test]
+fn help_teaches_reload_and_audit() {
+    let (code, out, _) = common::varti(&["reload", "--help"]);
+    assert_eq!(code, 0);
+    for needle in ["needs restart", "SIGHUP", "Exit status", "varti audit list"] {
+        assert!(out.contains(needle), "reload --help lacks {needle}: {out}");
+    }
+    let (code, out, _) = common::varti(&["audit", "list", "--help"]);
+    assert_eq!(code, 0);
+    for needle in ["--since", "--after", "--json", "Examples", "admin token"] {
+        assert!(
+            out.contains(needle),
+            "audit list --help lacks {needle}: {out}"
+        );
+    }
+    // No API running there: exit 2 with a hint, not a panic.
+    let port = pair_support::free_port();
+    let (code, _, err) = common::varti(&[
+        "reload",
+        "--api",
+        &format!("http://127.0.0.1:{port}"),
+        "--token",
+        "x",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is `varti serve` running?"), "{err}");
+}
