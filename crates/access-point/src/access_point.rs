@@ -1,9 +1,11 @@
 //! The running access point: what `varti serve` holds while it runs, shared by the MSH
 //! receiver, the sender and the backend API.
 //!
-//! [`AccessPoint`] ties together its [`Settings`], the PModes, this access point's own
-//! keys ([`LocalIdentity`]), the partners' certificates, the store, the outbound client and
-//! the metrics. The stages that use it live in their own modules:
+//! [`AccessPoint`] ties together its [`Settings`], the store, the metrics and the set in
+//! force — the PModes, this access point's own keys ([`LocalIdentity`]), the partners'
+//! certificates, the outbound client and the backend clients — which a reload replaces
+//! whole ([`Snapshot`], [`AccessPoint::current`], [`crate::reload`]). The stages that use
+//! it live in their own modules:
 //!
 //! * [`receiver`](crate::receiver) — `POST /msh`: route by PMode, verify and decrypt, store durably, answer
 //!   with the (signed) receipt; duplicates get the original receipt.

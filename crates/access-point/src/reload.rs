@@ -556,7 +556,6 @@ impl AccessPoint {
                 files,
             };
         }
-        let mut needs_restart = needs_restart;
         // The puller's loops are started once, one per channel (see `pull::run`).
         if crate::pull::pull_channels(old) != crate::pull::pull_channels(&next) {
             needs_restart.push("the pull channels (one-way/pull legs we pull on)".to_owned());

@@ -25,6 +25,7 @@ use varti_access_point::server::{
 };
 use varti_access_point::webhooks;
 use varti_access_point::{pull, receiver::Receiver, sender, AccessPoint};
+use varti_access_point::{ReloadHook, Snapshot};
 use varti_oots_gateway::preview::{PreviewRoutes, PreviewSpace};
 use varti_oots_gateway::Gateway;
 use varti_store::{AuditOutcome, Store};
@@ -381,21 +382,23 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         varti_oots_gateway::gateway::run(gateway, tasks.token()),
     );
     {
-        // Days to expiry of every certificate we present: TLS, signing, encryption.
-        let mut certs = vec![
-            ("signing", config.identity.signing_cert.clone()),
-            ("encryption", config.identity.encryption_cert.clone()),
-        ];
-        if tls.is_some() {
-            certs.push(("tls", config.tls.cert.clone()));
-        }
+        // Days to expiry of every certificate we present: TLS, signing, encryption. The
+        // identity's come from the set in force (a reload may replace them) and are
+        // refreshed at once when a reload is applied.
+        let tls_cert = tls.is_some().then(|| config.tls.cert.clone());
+        ap.on_reload(Arc::new(CertExpiry {
+            metrics: metrics.clone(),
+            tls_cert: tls_cert.clone(),
+        }));
         let token = tasks.token();
-        let metrics = metrics.clone();
+        let expiry = CertExpiry {
+            metrics: metrics.clone(),
+            tls_cert,
+        };
+        let ap = ap.clone();
         tasks.spawn("cert-expiry", async move {
             loop {
-                for (role, cert) in &certs {
-                    record_cert_expiry(&metrics, role, cert);
-                }
+                expiry.record(&ap.current());
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(EXPIRY_REFRESH) => {}
@@ -482,6 +485,33 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
             Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
             Err(e) => tracing::error!(error = %e, "the retention task failed"),
         }
+    }
+}
+
+/// Keeps `varti_cert_expiry_days` on the certificates in force (a [`ReloadHook`]).
+struct CertExpiry {
+    metrics: Arc<Metrics>,
+    /// Our TLS server certificate (fixed until a restart), when we serve TLS.
+    tls_cert: Option<PathBuf>,
+}
+
+impl CertExpiry {
+    fn record(&self, set: &Snapshot) {
+        let id = &set.settings.identity;
+        record_cert_expiry(&self.metrics, "signing", &id.signing_cert);
+        record_cert_expiry(&self.metrics, "encryption", &id.encryption_cert);
+        if let Some(cert) = &self.tls_cert {
+            record_cert_expiry(&self.metrics, "tls", cert);
+        }
+    }
+}
+
+impl ReloadHook for CertExpiry {
+    fn name(&self) -> &str {
+        "certificate expiry metrics"
+    }
+    fn applied(&self, current: &Arc<Snapshot>) {
+        self.record(current);
     }
 }
 
