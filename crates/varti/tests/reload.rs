@@ -558,3 +558,73 @@ fn help_teaches_reload_and_audit() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is `varti serve` running?"), "{err}");
 }
+
+/// The acts on messages are in the trail: a purge by an admin (and one refused to a
+/// backend), a resend of a failed message, an admin's acknowledgement for a backend (a
+/// backend acknowledging its own message is not an administrative act).
+#[test]
+fn purge_resend_and_admin_ack_are_audited() {
+    let pair = Pair::create(
+        ("exchange.toml", exchange_pmodes()),
+        None,
+        &(admin_client() + SENDER),
+    );
+    let a = pair.start("a");
+    // b is not up: the message fails after its retries (1 s, 2 s, 2 s).
+    let (status, body) = submit_on(&a, "urn:varti:test:exchange");
+    assert_eq!(status, 201, "{body}");
+    let failed_id = serde_json::from_str::<Value>(&body).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.wait_state(&failed_id, "failed", Duration::from_secs(40));
+    let b = pair.start("b");
+    let path = format!(
+        "/api/v1/messages/{}/resend",
+        pair_support::urlencode(&failed_id)
+    );
+    let r = a.api("POST", &path, None, b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait_state(&failed_id, "acknowledged", Duration::from_secs(30));
+
+    // b: one message acknowledged by an admin, one by its own backend.
+    let (status, body) = submit_on(&a, "urn:varti:test:exchange");
+    assert_eq!(status, 201, "{body}");
+    let own_id = serde_json::from_str::<Value>(&body).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.wait_state(&own_id, "acknowledged", Duration::from_secs(30));
+    for (id, token) in [(&failed_id, ADMIN_TOKEN), (&own_id, b.token.as_str())] {
+        let path = format!("/api/v1/messages/{}/ack", pair_support::urlencode(id));
+        let r = b.api_as(token, "POST", &path, None, b"");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    // Purges on a: the admin's, and a backend's refused.
+    let r = a.api_as(ADMIN_TOKEN, "POST", "/api/v1/admin/purge", None, b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = a.api("POST", "/api/v1/admin/purge", None, b"");
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let acts = |node: &Node| -> Vec<(String, String, String, String)> {
+        trail(node)
+            .iter()
+            .filter(|e| e["action"].as_str().unwrap().starts_with("message"))
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap().to_owned();
+                (s("actor"), s("action"), s("subject"), s("outcome"))
+            })
+            .collect()
+    };
+    let t = |a: &str, b: &str, c: &str, d: &str| (a.into(), b.into(), c.into(), d.into());
+    assert_eq!(
+        acts(&a),
+        [
+            t("portal", "message.resend", &failed_id, "ok"),
+            t("ops", "messages.purge", "", "ok"),
+            t("portal", "messages.purge", "", "refused"),
+        ]
+    );
+    assert_eq!(acts(&b), [t("ops", "message.ack", &failed_id, "ok")]);
+}
