@@ -1,9 +1,11 @@
 //! The running access point: what `varti serve` holds while it runs, shared by the MSH
 //! receiver, the sender and the backend API.
 //!
-//! [`AccessPoint`] ties together its [`Settings`], the PModes, this access point's own
-//! keys ([`LocalIdentity`]), the partners' certificates, the store, the outbound client and
-//! the metrics. The stages that use it live in their own modules:
+//! [`AccessPoint`] ties together its [`Settings`], the store, the metrics and the set in
+//! force — the PModes, this access point's own keys ([`LocalIdentity`]), the partners'
+//! certificates, the outbound client and the backend clients — which a reload replaces
+//! whole ([`Snapshot`], [`AccessPoint::current`], [`crate::reload`]). The stages that use
+//! it live in their own modules:
 //!
 //! * [`receiver`](crate::receiver) — `POST /msh`: route by PMode, verify and decrypt, store durably, answer
 //!   with the (signed) receipt; duplicates get the original receipt.
@@ -16,25 +18,25 @@
 //! Everything that happens to a message is announced as a [`MessageEvent`] (webhooks and
 //! tests listen).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
-use time::OffsetDateTime;
 use varti_as4::error::EbmsError;
-use varti_as4::inbound::{DeliveredPayload, ReceivePolicy};
+use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
-use varti_as4::pmode::model::{Leg, PModeSet, Party};
+use varti_as4::pmode::model::Party;
 use varti_as4::spool::{Spool, SpoolBudget};
 use varti_store::Store;
 
-use crate::client::{ClientSettings, OutboundClient, PartnerTls};
+use crate::client::{OutboundClient, PartnerTls};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::ops::Metrics;
 use crate::pull;
+use crate::reload::{ReloadHook, ReloadSource, Snapshot};
 use crate::webhooks::Notice;
 
 /// Why the access point cannot start. Each message says what to fix.
@@ -197,18 +199,11 @@ pub(crate) const DEFAULT_OWNER: &str = "default";
 
 /// The running access point.
 pub struct AccessPoint {
-    /// The settings it was opened with.
+    /// The settings it was opened with. The parts a reload can change (PModes, identity,
+    /// backend clients) are read from [`AccessPoint::current`] instead.
     pub settings: Settings,
-    /// The agreements.
-    pub pmodes: PModeSet,
-    /// Our keys.
-    pub identity: LocalIdentity,
-    /// Partners' certificates by party name.
-    pub partners: HashMap<String, PartnerCerts>,
     /// The message store.
     pub store: Arc<dyn Store>,
-    /// The outbound HTTP client (partners registered from the PModes).
-    pub client: OutboundClient,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The wall clock every time-based decision reads (see [`Clock`]).
@@ -229,12 +224,29 @@ pub struct AccessPoint {
     /// The features' checks of inbound messages, by service
     /// ([`AccessPoint::check_inbound`]).
     inbound_checks: RwLock<HashMap<String, Arc<dyn InboundCheck>>>,
+    /// The set in force (PModes, keys, partners, backend clients): replaced whole by a
+    /// reload, never changed in place.
+    pub(crate) current: RwLock<Arc<Snapshot>>,
+    /// Whether the client may push to `http://` (kept for reloads).
+    pub(crate) allow_plain_http: bool,
+    /// How a reload re-reads the settings (registered by the binary).
+    pub(crate) reload_source: RwLock<Option<ReloadSource>>,
+    /// Features taking part in reloads.
+    pub(crate) reload_hooks: RwLock<Vec<Arc<dyn ReloadHook>>>,
+    /// Held for the whole of a reload: one at a time.
+    pub(crate) reloading: Mutex<()>,
+    /// Backend clients that have used their token since this instance started (the first
+    /// use of each is audited).
+    pub(crate) tokens_seen: Mutex<HashSet<String>>,
+    /// The files the set in force was read from, the configuration file included (what
+    /// a reload compares with to say what changed).
+    pub(crate) files_in_force: Mutex<Vec<crate::reload::FileHash>>,
 }
 
 impl std::fmt::Debug for AccessPoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessPoint")
-            .field("party", &self.identity.party)
+            .field("party", &self.current().identity.party)
             .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
@@ -257,74 +269,9 @@ impl AccessPoint {
         metrics: Arc<Metrics>,
         allow_plain_http: bool,
     ) -> Result<AccessPoint, StartError> {
+        let snapshot = Snapshot::load(settings.clone(), allow_plain_http, 1)?;
+        let files = snapshot.files.clone();
         let config = &settings;
-        let (pmodes, diags) = varti_as4::pmode::files::load_dir(&config.pmodes_dir);
-        let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
-        if let Some(first) = errors.first() {
-            return Err(StartError::PModes {
-                dir: config.pmodes_dir.display().to_string(),
-                count: errors.len(),
-                first: format!(
-                    "{}:{}:{}: {}",
-                    first.location.file.display(),
-                    first.location.line,
-                    first.location.column,
-                    first.message
-                ),
-            });
-        }
-        let id = &config.identity;
-        if pmodes.party(&id.party).is_none() {
-            return Err(StartError::UnknownParty(id.party.clone()));
-        }
-        let mut identity = LocalIdentity {
-            party: id.party.clone(),
-            signing_key: read_key("identity.signing_key", &id.signing_key)?,
-            signing_cert: read_cert("identity.signing_cert", &id.signing_cert)?,
-            encryption_key: read_key("identity.encryption_key", &id.encryption_key)?,
-            encryption_cert: read_cert("identity.encryption_cert", &id.encryption_cert)?,
-            trust_anchors: id
-                .trust_anchors
-                .iter()
-                .map(|p| read_certs("identity.trust_anchors", p))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect(),
-            partner_signing_certs: HashMap::new(),
-        };
-        let exception = pmodes
-            .party(&id.party)
-            .and_then(|p| p.allow_weak_keys.as_deref());
-        check_own_keys(config, &identity, allow_plain_http, exception)?;
-        let mut partners = HashMap::new();
-        let mut client_settings = ClientSettings::from(&config.client);
-        client_settings.allow_plain_http = allow_plain_http;
-        let client = OutboundClient::new(client_settings);
-        for party in &pmodes.parties {
-            let certs = PartnerCerts {
-                signing: party
-                    .signing_cert
-                    .as_deref()
-                    .map(|p| read_cert(&format!("signing_cert of party {}", party.name), p))
-                    .transpose()?,
-                encryption: party
-                    .encryption_cert
-                    .as_deref()
-                    .map(|p| read_cert(&format!("encryption_cert of party {}", party.name), p))
-                    .transpose()?,
-            };
-            if let Some(signing) = &certs.signing {
-                identity
-                    .partner_signing_certs
-                    .insert(party.name.clone(), signing.clone());
-            }
-            partners.insert(party.name.clone(), certs);
-            // Only partners we push to need TLS client settings.
-            if party.name != identity.party && party.endpoint.is_some() {
-                register_partner(&client, config, party)?;
-            }
-        }
         let instance = config.sender.instance.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_owned())
@@ -336,11 +283,7 @@ impl AccessPoint {
         let spool_budget = SpoolBudget::new(settings.limits.spool_budget_bytes);
         Ok(AccessPoint {
             settings,
-            pmodes,
-            identity,
-            partners,
             store,
-            client,
             metrics,
             clock: Clock::system(),
             spool_budget,
@@ -351,7 +294,23 @@ impl AccessPoint {
             notices,
             service_owners: RwLock::new(HashMap::new()),
             inbound_checks: RwLock::new(HashMap::new()),
+            current: RwLock::new(Arc::new(snapshot)),
+            allow_plain_http,
+            reload_source: RwLock::new(None),
+            reload_hooks: RwLock::new(Vec::new()),
+            reloading: Mutex::new(()),
+            tokens_seen: Mutex::new(HashSet::new()),
+            files_in_force: Mutex::new(files),
         })
+    }
+
+    /// The set in force: take it once at the start of an exchange and keep it to the end,
+    /// so that a reload meanwhile does not change the rules halfway (see [`crate::reload`]).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Announces an event (to webhooks and other listeners; nobody listening is fine).
@@ -429,46 +388,14 @@ impl AccessPoint {
         {
             return owner.clone();
         }
-        let clients = &self.settings.clients;
+        let current = self.current();
+        let clients = current.clients();
         clients
             .iter()
             .find(|c| c.services.iter().any(|s| s == service))
             .or_else(|| clients.iter().find(|c| c.services.is_empty()))
             .map(|c| c.name.clone())
             .unwrap_or_else(|| DEFAULT_OWNER.to_owned())
-    }
-
-    /// The party on the other side of `leg` from us (`None` if we are on neither side, or
-    /// the leg names several parties there and `hint` picks none).
-    pub fn counterpart<'a>(&'a self, leg: &'a Leg, hint: Option<&str>) -> Option<&'a Party> {
-        let me = &self.identity.party;
-        let side = if leg.from.parties.iter().any(|p| p == me) {
-            &leg.to
-        } else {
-            &leg.from
-        };
-        let names: Vec<&String> = side.parties.iter().filter(|p| *p != me).collect();
-        let name = match hint {
-            Some(h) => names.into_iter().find(|n| {
-                n.as_str() == h
-                    || self
-                        .pmodes
-                        .party(n)
-                        .is_some_and(|p| p.ids.iter().any(|id| id.value == h))
-            })?,
-            None => names.first().copied().or_else(|| {
-                // A leg between us and ourselves (loopback tests).
-                side.parties.iter().find(|p| *p == me)
-            })?,
-        };
-        self.pmodes.party(name)
-    }
-
-    /// The receive policy of `leg` for a message from `partner`, at `now`
-    /// ([`LocalIdentity::receive_policy`], spooling into [`spool_dir`](Self::spool_dir)).
-    pub fn receive_policy(&self, leg: &Leg, partner: &Party, now: OffsetDateTime) -> ReceivePolicy {
-        self.identity
-            .receive_policy(leg, partner, now, Some(&self.spool_dir()))
     }
 
     /// Where received payloads are spooled before they are stored (beside the store, so
@@ -488,7 +415,7 @@ impl AccessPoint {
 
 /// Registers a partner's TLS settings with the client: its trusted CA (default: our own
 /// TLS client CA) and, when it wants mutual TLS, our TLS certificate as client identity.
-fn register_partner(
+pub(crate) fn register_partner(
     client: &OutboundClient,
     config: &Settings,
     party: &Party,
@@ -523,7 +450,7 @@ fn credential(what: &str, path: &Path, problem: impl std::fmt::Display) -> Start
 /// Our keys and certificates against the key-strength policy: identity keys always, the
 /// TLS certificate and key when we serve TLS (unreadable TLS files are reported by the
 /// listener). With our party's `allow_weak_keys`, a weak key is logged, not refused.
-fn check_own_keys(
+pub(crate) fn check_own_keys(
     config: &Settings,
     identity: &LocalIdentity,
     plain_http: bool,
@@ -584,13 +511,13 @@ fn check_own_keys(
     Ok(())
 }
 
-fn read_key(what: &str, path: &Path) -> Result<PKey<Private>, StartError> {
+pub(crate) fn read_key(what: &str, path: &Path) -> Result<PKey<Private>, StartError> {
     let pem = std::fs::read(path).map_err(|e| credential(what, path, e))?;
     PKey::private_key_from_pem(&pem)
         .map_err(|e| credential(what, path, format!("not a PEM private key ({e})")))
 }
 
-fn read_certs(what: &str, path: &Path) -> Result<Vec<X509>, StartError> {
+pub(crate) fn read_certs(what: &str, path: &Path) -> Result<Vec<X509>, StartError> {
     let pem = std::fs::read(path).map_err(|e| credential(what, path, e))?;
     let certs = X509::stack_from_pem(&pem)
         .map_err(|e| credential(what, path, format!("not PEM certificates ({e})")))?;
@@ -600,6 +527,6 @@ fn read_certs(what: &str, path: &Path) -> Result<Vec<X509>, StartError> {
     Ok(certs)
 }
 
-fn read_cert(what: &str, path: &Path) -> Result<X509, StartError> {
+pub(crate) fn read_cert(what: &str, path: &Path) -> Result<X509, StartError> {
     Ok(read_certs(what, path)?.remove(0))
 }

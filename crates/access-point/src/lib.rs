@@ -12,6 +12,7 @@
 
 pub mod access_point;
 pub mod api;
+pub mod audit;
 pub mod client;
 pub(crate) mod clock;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod https;
 pub mod ops;
 pub mod pull;
 pub mod receiver;
+pub mod reload;
 pub mod sender;
 pub mod server;
 pub mod submit;
@@ -28,3 +30,4 @@ pub mod webhooks;
 
 pub use access_point::{AccessPoint, MessageEvent};
 pub use clock::Clock;
+pub use reload::{ReloadHook, ReloadReport, Snapshot};

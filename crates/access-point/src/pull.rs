@@ -57,6 +57,7 @@ use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
 use crate::receiver::{accept_user_message, error_response, internal_fault, signing_identity};
+use crate::reload::Snapshot;
 use crate::sender::{errors_retryable, errors_text, receipt_problem, seal};
 use crate::server::{MshResponse, MshResponseBody};
 use crate::submit::leg_key;
@@ -136,9 +137,9 @@ impl SealedForPull {
 }
 
 /// Our pull legs on `mpc`: those we send on (we are on their From side).
-fn held_legs<'a>(ap: &'a AccessPoint, mpc: &str) -> Vec<&'a Leg> {
-    let me = &ap.identity.party;
-    ap.pmodes
+fn held_legs<'a>(snap: &'a Snapshot, mpc: &str) -> Vec<&'a Leg> {
+    let me = &snap.identity.party;
+    snap.pmodes
         .legs
         .iter()
         .filter(|l| l.binding == Binding::Pull && l.mpc == mpc && l.from.parties.contains(me))
@@ -153,7 +154,8 @@ pub(crate) fn answer_pull_request(
     mpc: &str,
 ) -> MshResponse {
     let request_id = signal.message_info.message_id.as_str();
-    let legs = held_legs(ap, mpc);
+    let snap = ap.current();
+    let legs = held_legs(&snap, mpc);
     let Some(first) = legs.first().copied() else {
         let e = EbmsError::new(
             ErrorCode::ProcessingModeMismatch,
@@ -168,14 +170,14 @@ pub(crate) fn answer_pull_request(
     let refuse = |e: EbmsError| {
         tracing::warn!(request = %request_id, %mpc, code = e.code.code(), error = %e.detail, "pull request refused");
         ap.metrics.message(Direction::Inbound, Outcome::Rejected);
-        error_response(&e, Some(request_id), Some(&signing_identity(ap, first)))
+        error_response(&e, Some(request_id), Some(&signing_identity(&snap, first)))
     };
     // Who may pull: the responders of these legs, by their signing certificates.
     let mut pullers: Vec<(&Party, &X509)> = Vec::new();
     for leg in &legs {
         for name in &leg.to.parties {
-            let cert = ap.partners.get(name).and_then(|c| c.signing.as_ref());
-            if let (Some(party), Some(cert)) = (ap.pmodes.party(name), cert) {
+            let cert = snap.partners.get(name).and_then(|c| c.signing.as_ref());
+            if let (Some(party), Some(cert)) = (snap.pmodes.party(name), cert) {
                 if !pullers.iter().any(|(p, _)| p.name == party.name) {
                     pullers.push((party, cert));
                 }
@@ -189,10 +191,10 @@ pub(crate) fn answer_pull_request(
     policy.require_signature = true;
     policy.require_encryption = false;
     policy.partner_certificates = certs.clone();
-    policy.trust_anchors = if ap.identity.trust_anchors.is_empty() {
+    policy.trust_anchors = if snap.identity.trust_anchors.is_empty() {
         certs
     } else {
-        ap.identity.trust_anchors.clone()
+        snap.identity.trust_anchors.clone()
     };
     // Revocation: the CRL files the PModes name for the possible pullers.
     policy.crl_files = pullers.iter().flat_map(|(p, _)| p.crls.clone()).collect();
@@ -251,7 +253,7 @@ pub(crate) fn answer_pull_request(
                 return internal_fault("the access point cannot read its messages right now");
             }
         };
-        let (file, content_type, references) = match seal(ap, &record) {
+        let (file, content_type, references) = match seal(ap, &snap, &record) {
             Ok(s) => s,
             Err(e) => {
                 fail_for_good(ap, &record, format!("cannot build the message: {e:#}"), now);
@@ -276,7 +278,7 @@ pub(crate) fn answer_pull_request(
         ErrorCode::EmptyMessagePartitionChannel,
         format!("no message waits for `{}` on MPC `{mpc}`", puller.name),
     );
-    error_response(&e, Some(request_id), Some(&signing_identity(ap, first)))
+    error_response(&e, Some(request_id), Some(&signing_identity(&snap, first)))
 }
 
 /// A signed PullRequest is good once: its `eb:Timestamp` within
@@ -411,16 +413,17 @@ pub(crate) fn answer_signal(
             ));
         }
     };
-    let leg = ap
+    let snap = ap.current();
+    let leg = snap
         .leg(&record.meta.pmode_id)
         .filter(|l| l.binding == Binding::Pull)?;
     let signal_id = signal.message_info.message_id.as_str();
     let refuse = |e: EbmsError| {
         tracing::warn!(message_id = %ref_to, signal = %signal_id, code = e.code.code(), error = %e.detail, "answer to a pulled message refused");
-        let identity = leg.security.sign.then(|| signing_identity(ap, leg));
+        let identity = leg.security.sign.then(|| signing_identity(&snap, leg));
         Some(error_response(&e, Some(signal_id), identity.as_ref()))
     };
-    let Some(partner) = ap.counterpart(leg, Some(&record.meta.to_party)) else {
+    let Some(partner) = snap.counterpart(leg, Some(&record.meta.to_party)) else {
         return refuse(EbmsError::new(
             ErrorCode::ProcessingModeMismatch,
             format!(
@@ -431,14 +434,14 @@ pub(crate) fn answer_signal(
         ));
     };
     let now = ap.clock.now();
-    let mut policy = ap.receive_policy(leg, partner, now);
+    let mut policy = snap.receive_policy(leg, partner, now, &ap.spool_dir());
     policy.require_encryption = false;
     let received = match inbound::receive(package, &policy) {
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
     if let Some(sig) = &received.signature {
-        let expected = ap
+        let expected = snap
             .partners
             .get(&partner.name)
             .and_then(|c| c.signing.as_ref());
@@ -564,7 +567,7 @@ fn subject_of(cert: &X509) -> String {
 }
 
 /// One channel we pull from: an MPC at a partner.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullChannel {
     /// The MPC.
     pub mpc: String,
@@ -578,10 +581,10 @@ pub struct PullChannel {
 
 /// The channels to pull from: one per (MPC, partner) of every pull leg we are the
 /// responder of. Partners without an endpoint are left out (logged).
-pub fn pull_channels(ap: &AccessPoint) -> Vec<PullChannel> {
-    let me = &ap.identity.party;
+pub fn pull_channels(snap: &Snapshot) -> Vec<PullChannel> {
+    let me = &snap.identity.party;
     let mut channels: Vec<PullChannel> = Vec::new();
-    for leg in ap
+    for leg in snap
         .pmodes
         .legs
         .iter()
@@ -594,7 +597,7 @@ pub fn pull_channels(ap: &AccessPoint) -> Vec<PullChannel> {
             {
                 continue;
             }
-            let Some(endpoint) = ap.pmodes.party(name).and_then(|p| p.endpoint.clone()) else {
+            let Some(endpoint) = snap.pmodes.party(name).and_then(|p| p.endpoint.clone()) else {
                 tracing::warn!(partner = %name, leg = %leg.label(), "cannot pull from a party without an endpoint: add `endpoint = \"https://…/msh\"` to it");
                 continue;
             };
@@ -622,7 +625,8 @@ pub enum Pulled {
 
 /// Runs the puller until `token` is cancelled: one loop per [`PullChannel`].
 pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
-    let channels = pull_channels(&ap);
+    // The channels are fixed at start-up; a reload that changes them says "needs restart".
+    let channels = pull_channels(&ap.current());
     if channels.is_empty() {
         return;
     }
@@ -656,13 +660,15 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
 
 /// One pull on `channel`: request, receive what came, push back its receipt.
 pub(crate) async fn pull_once(ap: &Arc<AccessPoint>, channel: &PullChannel) -> Pulled {
+    // One set for the whole pull: request, the message received, its receipt.
+    let snap = ap.current();
     let request = {
-        let (ap, channel) = (ap.clone(), channel.clone());
+        let (snap, channel) = (snap.clone(), channel.clone());
         tokio::task::spawn_blocking(move || -> Result<String, String> {
-            let leg = ap
+            let leg = snap
                 .leg(&channel.leg)
                 .ok_or_else(|| "the pull leg disappeared from the PModes".to_owned())?;
-            build_pull_request(Some(&channel.mpc), Some(&signing_identity(&ap, leg)))
+            build_pull_request(Some(&channel.mpc), Some(&signing_identity(&snap, leg)))
                 .map_err(|e| format!("cannot build the pull request: {}", e.detail))
         })
         .await
@@ -672,7 +678,7 @@ pub(crate) async fn pull_once(ap: &Arc<AccessPoint>, channel: &PullChannel) -> P
         Ok(Err(e)) => return Pulled::Problem(e),
         Err(e) => return Pulled::Problem(format!("the signing task failed: {e}")),
     };
-    let response = match ap
+    let response = match snap
         .client
         .post(
             &channel.partner,
@@ -699,7 +705,7 @@ pub(crate) async fn pull_once(ap: &Arc<AccessPoint>, channel: &PullChannel) -> P
             Pulled::Message(id) => id.clone(),
             _ => String::new(),
         };
-        match ap
+        match snap
             .client
             .post(
                 &channel.partner,

@@ -29,6 +29,7 @@ use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, Paylo
 use crate::access_point::{AccessPoint, InboundMessage, MessageEvent, TEST_SERVICE_OWNER};
 use crate::ops::{Direction, Outcome};
 use crate::pull;
+use crate::reload::Snapshot;
 use crate::server::{FaultCode, MshHandler, MshRequest, MshResponse, MshResponseBody};
 use crate::submit::leg_key;
 
@@ -138,8 +139,8 @@ fn peer_address(ap: &AccessPoint, request: &MshRequest) -> String {
 }
 
 /// Our signing identity on `leg` (receipts and signals we send on it).
-pub(crate) fn signing_identity<'a>(ap: &'a AccessPoint, leg: &Leg) -> SigningIdentity<'a> {
-    ap.identity.signing_identity(leg)
+pub(crate) fn signing_identity<'a>(snap: &'a Snapshot, leg: &Leg) -> SigningIdentity<'a> {
+    snap.identity.signing_identity(leg)
 }
 
 /// A user message, pushed to `/msh` or pulled from a partner, whose SOAP root was read
@@ -155,12 +156,15 @@ pub(crate) fn accept_user_message(
 ) -> MshResponse {
     let now = ap.clock.now();
     let spool = ap.spool();
+    // The set this message is received under, to the end (a reload meanwhile does not
+    // change it halfway).
+    let snap = ap.current();
     let accepted = match receive::accept(
         package,
         envelope,
         arrival,
-        &ap.pmodes,
-        &ap.identity,
+        &snap.pmodes,
+        &snap.identity,
         now,
         &spool,
     ) {
@@ -193,7 +197,7 @@ pub(crate) fn accept_user_message(
             ap.metrics.refusal(&owner, r.reason);
             return refused(
                 ap,
-                ap.identity
+                snap.identity
                     .refusal(r.error.for_message(id.clone()), Some(&id), Some(leg)),
             );
         }
@@ -261,7 +265,7 @@ pub(crate) fn accept_user_message(
             match e {
                 varti_store::StoreError::AlreadyExists { .. } => refused(
                     ap,
-                    ap.identity.refusal(
+                    snap.identity.refusal(
                         EbmsError::new(
                             ErrorCode::InvalidHeader,
                             "the MessageId is already used by a message this access point sent; message ids must be unique",

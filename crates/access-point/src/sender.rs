@@ -36,6 +36,7 @@ use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
 use crate::pull;
+use crate::reload::Snapshot;
 
 /// Runs the sender until `token` is cancelled; then waits (up to the request timeout) for
 /// the attempts in flight, so that their outcome is recorded.
@@ -165,20 +166,23 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
             );
         }
     }
-    if let Some(leg) = ap
+    // The set this attempt runs under, from sealing to judging the receipt: a reload
+    // meanwhile applies from the next attempt on.
+    let snap = ap.current();
+    if let Some(leg) = snap
         .leg(&record.meta.pmode_id)
         .filter(|l| l.binding == Binding::Pull)
     {
         park_for_pull(ap, &id, leg).await;
         return;
     }
-    let verdict = exchange(ap, &record).await;
+    let verdict = exchange(ap, &snap, &record).await;
     let now = ap.clock.now();
     let outcome = match verdict {
         Verdict::Acknowledged(receipt) => AttemptOutcome::Acknowledged { receipt },
         Verdict::Fatal(error) => AttemptOutcome::Failed { error },
         Verdict::Transient(error) | Verdict::Unreachable(error) => {
-            let intervals = ap
+            let intervals = snap
                 .leg(&record.meta.pmode_id)
                 .map(|l| l.reception.retry.intervals())
                 .unwrap_or_default();
@@ -270,15 +274,15 @@ fn store_trouble(e: &anyhow::Error) -> bool {
 }
 
 /// Seals, pushes and judges the answer.
-async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
-    let Some(leg) = ap.leg(&record.meta.pmode_id) else {
+async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageRecord) -> Verdict {
+    let Some(leg) = snap.leg(&record.meta.pmode_id) else {
         return Verdict::Fatal(format!(
             "{}: the leg `{}` is no longer in the PModes; restore it and resend the message",
             ErrorCode::ProcessingModeMismatch,
             record.meta.pmode_id
         ));
     };
-    let Some(partner) = ap.counterpart(leg, Some(&record.meta.to_party)) else {
+    let Some(partner) = snap.counterpart(leg, Some(&record.meta.to_party)) else {
         return Verdict::Fatal(format!(
             "{}: no party with id `{}` on the leg {}",
             ErrorCode::ProcessingModeMismatch,
@@ -293,9 +297,9 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
         ));
     };
     let sealed = {
-        let ap = ap.clone();
+        let (ap, snap) = (ap.clone(), snap.clone());
         let record = record.clone();
-        tokio::task::spawn_blocking(move || sealed_for_retries(&ap, &record)).await
+        tokio::task::spawn_blocking(move || sealed_for_retries(&ap, &snap, &record)).await
     };
     let (file, content_type, references) = match sealed {
         Ok(Ok(s)) => s,
@@ -312,7 +316,7 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
         Ok(b) => b,
         Err(e) => return Verdict::Transient(format!("cannot read the sealed message: {e}")),
     };
-    let response = match ap
+    let response = match snap
         .client
         .post(&partner.name, &endpoint, &content_type, body)
         .await
@@ -320,10 +324,10 @@ async fn exchange(ap: &Arc<AccessPoint>, record: &MessageRecord) -> Verdict {
         Ok(r) => r,
         Err(e) => return Verdict::Unreachable(e.to_string()),
     };
-    let ap = ap.clone();
+    let (ap, snap) = (ap.clone(), snap.clone());
     let record = record.clone();
     let partner = partner.name.clone();
-    tokio::task::spawn_blocking(move || judge(&ap, &record, &partner, response, &references))
+    tokio::task::spawn_blocking(move || judge(&ap, &snap, &record, &partner, response, &references))
         .await
         .unwrap_or_else(|e| Verdict::Transient(format!("the receipt-checking task failed: {e}")))
 }
@@ -349,6 +353,7 @@ fn sealed_paths(ap: &AccessPoint, message_id: &str) -> (std::path::PathBuf, std:
 /// settled; if it is missing (another instance of a pair sends the retry) it is sealed anew.
 fn sealed_for_retries(
     ap: &AccessPoint,
+    snap: &Snapshot,
     record: &MessageRecord,
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
     use base64::Engine as _;
@@ -372,7 +377,7 @@ fn sealed_for_retries(
     let tmp = mime.with_extension("tmp");
     let sealed = std::fs::File::create(&tmp)
         .map_err(anyhow::Error::from)
-        .and_then(|mut file| seal_into(ap, record, &mut file));
+        .and_then(|mut file| seal_into(ap, snap, record, &mut file));
     let (content_type, references) = match sealed {
         Ok(s) => s,
         Err(e) => {
@@ -432,11 +437,12 @@ fn forget_sealed(ap: &AccessPoint, message_id: &str) {
 /// Used for pushes and for answers to pull requests.
 pub(crate) fn seal(
     ap: &AccessPoint,
+    snap: &Snapshot,
     record: &MessageRecord,
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
     std::fs::create_dir_all(ap.spool_dir())?;
     let mut file = tempfile::tempfile_in(ap.spool_dir())?;
-    let (content_type, references) = seal_into(ap, record, &mut file)?;
+    let (content_type, references) = seal_into(ap, snap, record, &mut file)?;
     file.rewind()?;
     Ok((file, content_type, references))
 }
@@ -445,16 +451,17 @@ pub(crate) fn seal(
 /// (Content-Type, what we signed).
 fn seal_into(
     ap: &AccessPoint,
+    snap: &Snapshot,
     record: &MessageRecord,
     file: &mut std::fs::File,
 ) -> anyhow::Result<(String, Vec<SignedReference>)> {
-    let leg = ap
+    let leg = snap
         .leg(&record.meta.pmode_id)
         .context("the leg disappeared from the PModes")?;
-    let partner = ap
+    let partner = snap
         .counterpart(leg, Some(&record.meta.to_party))
         .context("the partner disappeared from the PModes")?;
-    let um = user_message(ap, leg, partner, record)?;
+    let um = user_message(snap, leg, partner, record)?;
     let mut readers = Vec::new();
     for p in &record.meta.payloads {
         readers.push(
@@ -484,14 +491,14 @@ fn seal_into(
             content: r as &mut dyn Read,
         })
         .collect();
-    let receiver_cert = ap
+    let receiver_cert = snap
         .partners
         .get(&partner.name)
         .and_then(|c| c.encryption.as_ref());
     let policy = send_policy(
         leg,
-        &ap.identity.signing_key,
-        &ap.identity.signing_cert,
+        &snap.identity.signing_key,
+        &snap.identity.signing_cert,
         receiver_cert,
     )
     .map_err(|e| {
@@ -513,14 +520,14 @@ fn seal_into(
 
 /// The `eb:UserMessage` of a stored outbound record on `leg`.
 fn user_message(
-    ap: &AccessPoint,
+    snap: &Snapshot,
     leg: &Leg,
     partner: &Party,
     record: &MessageRecord,
 ) -> anyhow::Result<UserMessage> {
-    let me = ap
+    let me = snap
         .pmodes
-        .party(&ap.identity.party)
+        .party(&snap.identity.party)
         .context("our own party disappeared from the PModes")?;
     let from = wire_party_id(me, &record.meta.from_party).context("our party has no id")?;
     let to = wire_party_id(partner, &record.meta.to_party).context("the partner has no id")?;
@@ -556,6 +563,7 @@ fn user_message(
 /// Judges the partner's answer to the message.
 fn judge(
     ap: &AccessPoint,
+    snap: &Snapshot,
     record: &MessageRecord,
     partner: &str,
     response: crate::client::OutboundResponse,
@@ -603,13 +611,13 @@ fn judge(
     {
         return Verdict::Transient(format!("HTTP {status}: the answer holds no receipt"));
     }
-    let Some(leg) = ap.leg(&record.meta.pmode_id) else {
+    let Some(leg) = snap.leg(&record.meta.pmode_id) else {
         return Verdict::Fatal("the leg disappeared from the PModes".into());
     };
-    let Some(party) = ap.pmodes.party(partner) else {
+    let Some(party) = snap.pmodes.party(partner) else {
         return Verdict::Fatal("the partner disappeared from the PModes".into());
     };
-    let mut policy = ap.receive_policy(leg, party, ap.clock.now());
+    let mut policy = snap.receive_policy(leg, party, ap.clock.now(), &ap.spool_dir());
     policy.require_encryption = false;
     let received = match inbound::receive_envelope(&package, envelope, &policy) {
         Ok(r) => r,
@@ -686,7 +694,7 @@ pub async fn exchange_once(
     ap: &Arc<AccessPoint>,
     record: &MessageRecord,
 ) -> Result<Vec<u8>, ExchangeFailure> {
-    match exchange(ap, record).await {
+    match exchange(ap, &ap.current(), record).await {
         Verdict::Acknowledged(receipt) => Ok(receipt),
         Verdict::Unreachable(e) => Err(ExchangeFailure::Unreachable(e)),
         Verdict::Transient(e) | Verdict::Fatal(e) => Err(ExchangeFailure::Refused(e)),

@@ -66,13 +66,6 @@ pub fn leg_key(leg: &Leg) -> String {
     format!("{file}#{}/{}", leg.process, leg.name)
 }
 
-impl AccessPoint {
-    /// The leg recorded as `key` (see [`leg_key`]), if the PModes still have it.
-    pub fn leg(&self, key: &str) -> Option<&Leg> {
-        self.pmodes.legs.iter().find(|l| leg_key(l) == key)
-    }
-}
-
 /// Resolves the leg, stores the message as `Submitted` (due now) and wakes the sender.
 /// Returns the MessageId.
 ///
@@ -98,17 +91,18 @@ pub fn submit(
             "a submission needs to_party, service and action".into(),
         ));
     }
+    let snap = ap.current();
     // A party name stands for its first id.
-    let (to_party, to_party_type) = match ap.pmodes.party(&sub.to_party) {
+    let (to_party, to_party_type) = match snap.pmodes.party(&sub.to_party) {
         Some(p) if sub.to_party_type.is_none() => match p.ids.first() {
             Some(id) => (id.value.clone(), id.id_type.clone()),
             None => (sub.to_party.clone(), None),
         },
         _ => (sub.to_party.clone(), sub.to_party_type.clone()),
     };
-    let me = ap
+    let me = snap
         .pmodes
-        .party(&ap.identity.party)
+        .party(&snap.identity.party)
         .and_then(|p| p.ids.first())
         .map(|id| id.value.clone());
     let query = RouteQuery {
@@ -122,7 +116,7 @@ pub fn submit(
         from_party: me.clone(),
     };
     let route =
-        routing::find_outbound(&ap.pmodes, &query).map_err(|e| SubmitError::NoRoute(e.detail))?;
+        routing::find_outbound(&snap.pmodes, &query).map_err(|e| SubmitError::NoRoute(e.detail))?;
     if !route.test_service {
         let facts: Vec<PartFacts<'_>> = sub
             .payloads
@@ -151,7 +145,7 @@ pub fn submit(
     let meta = MessageMeta {
         message_id: message_id.clone(),
         owner: sub.owner,
-        from_party: me.unwrap_or_else(|| ap.identity.party.clone()),
+        from_party: me.unwrap_or_else(|| snap.identity.party.clone()),
         to_party,
         service: sub.service,
         action: sub.action,

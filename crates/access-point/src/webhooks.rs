@@ -394,6 +394,8 @@ impl Dispatcher {
     /// is polled).
     pub fn new(ap: Arc<AccessPoint>, options: WebhookOptions) -> Result<Dispatcher, WebhookError> {
         let mut hooks = HashMap::new();
+        // The webhooks of the start-up settings: a reload that changes them reports
+        // "needs restart" (see `crate::reload`).
         for c in &ap.settings.clients {
             let Some(url) = &c.webhook_url else { continue };
             let secret = c

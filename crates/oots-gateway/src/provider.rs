@@ -229,11 +229,11 @@ fn own_agent(gw: &Gateway) -> Agent {
     Agent {
         identifier: Some(Identifier {
             scheme_id: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:oots".into()),
-            value: gw.ap.identity.party.clone(),
+            value: gw.ap.current().identity.party.clone(),
         }),
         names: vec![LangText {
             lang: Some("EN".into()),
-            text: gw.ap.identity.party.clone(),
+            text: gw.ap.current().identity.party.clone(),
         }],
         country: None,
         classification: None,
@@ -461,9 +461,9 @@ fn requester_binding(
 ) -> Result<(), (&'static str, String)> {
     let from = &record.meta.from_party;
     // The sending gateway by every name it goes by: its PMode party name and ids.
-    let party = gw.ap.pmodes.party(from).or_else(|| {
-        gw.ap
-            .pmodes
+    let snap = gw.ap.current();
+    let party = snap.pmodes.party(from).or_else(|| {
+        snap.pmodes
             .parties
             .iter()
             .find(|p| p.ids.iter().any(|i| &i.value == from))

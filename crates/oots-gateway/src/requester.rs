@@ -61,6 +61,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use varti_access_point::access_point::{InboundMessage, InboundRefusal};
+use varti_access_point::Snapshot;
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
@@ -894,12 +895,13 @@ fn judge_answer(
         )));
     };
     // 1. The gateway it comes from.
-    let asked = party_named(gw, &record.provider_party);
+    let snap = gw.ap.current();
+    let asked = party_named(&snap, &record.provider_party);
     let from_asked = asked.is_some_and(|p| p.name == m.partner.name);
     let via_configured = gw
         .config
         .answer_gateways_for(&provider)
-        .any(|g| party_named(gw, g).is_some_and(|p| p.name == m.partner.name));
+        .any(|g| party_named(&snap, g).is_some_and(|p| p.name == m.partner.name));
     if !(from_asked || via_configured) {
         return Err(Refused::new(
             ErrorCode::ValueInconsistent,
@@ -1065,9 +1067,9 @@ fn agent_id(a: Agent) -> (String, Option<String>) {
 }
 
 /// The PMode party `who` names (by name, else by one of its ids).
-fn party_named<'a>(gw: &'a Gateway, who: &str) -> Option<&'a Party> {
+fn party_named<'a>(snap: &'a Snapshot, who: &str) -> Option<&'a Party> {
     let who = who.trim();
-    let pmodes = &gw.ap.pmodes;
+    let pmodes = &snap.pmodes;
     pmodes.party(who).or_else(|| {
         pmodes
             .parties

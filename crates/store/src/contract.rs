@@ -14,8 +14,9 @@
 //! Times are explicit and start at a fixed instant, so the suite never sleeps.
 
 use crate::{
-    AttemptOutcome, Direction, Event, InsertOutcome, ListFilter, MessageMeta, MessageProperty,
-    NewInbound, NewOutbound, PayloadEntry, State, Store, StoreError, TransitionOutcome,
+    AttemptOutcome, AuditFilter, AuditOutcome, Direction, Event, InsertOutcome, ListFilter,
+    MessageMeta, MessageProperty, NewAuditEntry, NewInbound, NewOutbound, PayloadEntry, State,
+    Store, StoreError, TransitionOutcome,
 };
 use std::collections::HashSet;
 use std::io::Read;
@@ -1520,6 +1521,183 @@ pub fn test_traffic_is_purged_on_its_own<S: Store>(store: S) {
     assert_eq!(store.purge_test(at(50)).unwrap(), 0);
 }
 
+fn audit_entry(instance: &str, action: &str, subject: &str) -> NewAuditEntry {
+    NewAuditEntry {
+        instance: instance.to_owned(),
+        actor: "local".to_owned(),
+        action: action.to_owned(),
+        subject: subject.to_owned(),
+        outcome: AuditOutcome::Ok,
+        details: serde_json::json!({"sha256": {"pmodes/a.toml": "00ff"}, "n": 1}),
+    }
+}
+
+/// The audit trail: entries come back numbered in append order, with what was appended;
+/// `since` and the `after` cursor page through them without skipping or repeating; invalid
+/// entries are refused and change nothing.
+pub fn audit_trail_orders_and_pages<S: Store>(store: S) {
+    assert_eq!(
+        store.list_audit(&AuditFilter::default()).unwrap().entries,
+        []
+    );
+    let mut appended = Vec::new();
+    for i in 0..7 {
+        let mut e = audit_entry("i1", "config.reload", &format!("s{i}"));
+        if i == 3 {
+            e.outcome = AuditOutcome::Refused;
+            e.details = serde_json::json!({"errors": ["pmodes/x.toml:3:1: bad"]});
+        }
+        let stored = store.append_audit(e.clone(), at(i)).unwrap();
+        assert_eq!(stored.subject, e.subject);
+        assert_eq!(stored.outcome, e.outcome);
+        assert_eq!(stored.details, e.details);
+        assert_eq!(stored.at, at(i));
+        appended.push(stored);
+    }
+    let seqs: Vec<u64> = appended.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing: {seqs:?}");
+
+    // Everything in one page, exactly as appended.
+    let page = store.list_audit(&AuditFilter::default()).unwrap();
+    assert_eq!(page.entries, appended);
+    assert_eq!(page.next, None);
+
+    // Pages of 3 by cursor.
+    let mut filter = AuditFilter {
+        limit: 3,
+        ..AuditFilter::default()
+    };
+    let mut paged = Vec::new();
+    loop {
+        let page = store.list_audit(&filter).unwrap();
+        assert!(page.entries.len() <= 3);
+        paged.extend(page.entries);
+        match page.next {
+            Some(n) => filter.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(paged, appended);
+
+    // Since a time: from the entry at that time on.
+    let since = store
+        .list_audit(&AuditFilter {
+            since: Some(at(4)),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(since.entries, appended[4..]);
+    // Since and a cursor together.
+    let both = store
+        .list_audit(&AuditFilter {
+            since: Some(at(2)),
+            after: Some(appended[4].seq),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(both.entries, appended[5..]);
+
+    // Bad entries are refused and leave the trail as it was.
+    for bad in [
+        NewAuditEntry {
+            action: String::new(),
+            ..audit_entry("i1", "x", "")
+        },
+        NewAuditEntry {
+            actor: "a\0b".into(),
+            ..audit_entry("i1", "x", "")
+        },
+        NewAuditEntry {
+            details: serde_json::json!({"big": "x".repeat(crate::MAX_AUDIT_DETAILS_BYTES)}),
+            ..audit_entry("i1", "x", "")
+        },
+    ] {
+        assert!(matches!(
+            store.append_audit(bad, at(9)),
+            Err(StoreError::InvalidInput(_))
+        ));
+    }
+    assert_eq!(
+        store.list_audit(&AuditFilter::default()).unwrap().entries,
+        appended
+    );
+}
+
+/// Concurrent appends (threads sharing the store, each on its own connection where the
+/// store has connections) never lose an entry, never share a number, and a reader paging
+/// while they append sees every entry exactly once.
+pub fn concurrent_audit_appends_are_all_kept<S: Store>(store: S) {
+    const WRITERS: usize = 4;
+    const EACH: usize = 15;
+    let barrier = Barrier::new(WRITERS + 1);
+    let seen_while_writing = std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let (store, barrier) = (&store, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                for i in 0..EACH {
+                    store
+                        .append_audit(
+                            audit_entry(&format!("w{w}"), "token.use", &format!("{w}-{i}")),
+                            at(i as i64),
+                        )
+                        .unwrap();
+                }
+            });
+        }
+        // A reader that follows the trail by cursor while it grows.
+        let (store, barrier) = (&store, &barrier);
+        s.spawn(move || {
+            barrier.wait();
+            let mut seen = Vec::new();
+            let mut after = None;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while seen.len() < WRITERS * EACH {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reader saw only {} entries",
+                    seen.len()
+                );
+                let page = store
+                    .list_audit(&AuditFilter {
+                        after,
+                        limit: 7,
+                        ..AuditFilter::default()
+                    })
+                    .unwrap();
+                if let Some(last) = page.entries.last() {
+                    after = Some(last.seq);
+                }
+                seen.extend(page.entries.into_iter().map(|e| e.subject));
+            }
+            seen
+        })
+        .join()
+        .unwrap()
+    });
+    let all = store
+        .list_audit(&AuditFilter {
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .unwrap()
+        .entries;
+    assert_eq!(all.len(), WRITERS * EACH);
+    let seqs: HashSet<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), all.len(), "numbers are unique");
+    let subjects: HashSet<&str> = all.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(subjects.len(), all.len(), "every append kept once");
+    let reader: Vec<&str> = seen_while_writing.iter().map(String::as_str).collect();
+    let mut expected: Vec<&str> = all.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(
+        reader, expected,
+        "the paging reader saw every entry once, in order"
+    );
+    expected.sort();
+    expected.dedup();
+    assert_eq!(expected.len(), WRITERS * EACH);
+}
+
 /// Declares one `#[test]` per contract function for a store factory: an expression callable
 /// with no arguments that returns `(store, guard)`, where `guard` (say, a temporary directory)
 /// lives as long as the test.
@@ -1547,6 +1725,8 @@ macro_rules! store_contract_tests {
             arrival_and_downloads_are_recorded,
             retry_now_makes_waiting_messages_due,
             test_traffic_is_purged_on_its_own,
+            audit_trail_orders_and_pages,
+            concurrent_audit_appends_are_all_kept,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {

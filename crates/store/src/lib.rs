@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod audit;
 mod backup;
 mod payload;
 pub mod postgres;
@@ -55,6 +56,10 @@ pub mod contract;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+pub use audit::{
+    AuditEntry, AuditFilter, AuditOutcome, AuditPage, NewAuditEntry, MAX_AUDIT_DETAILS_BYTES,
+    MAX_AUDIT_PAGE,
+};
 pub use backup::{restore_backup, BackupSummary};
 pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
 pub use record::{
@@ -336,6 +341,20 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
         forget_before: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// Appends `entry` to the audit trail at `now` (see [`audit`](crate::AuditEntry)) and
+    /// returns it numbered. Entries are numbered in the order they become visible, so a
+    /// reader paging with [`AuditFilter::after`] never skips one appended concurrently (by
+    /// another thread or another instance sharing the store). Durable when it returns.
+    /// Nothing can change or remove an entry afterwards.
+    fn append_audit(
+        &self,
+        entry: NewAuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<AuditEntry, StoreError>;
+
+    /// The audit entries matching `filter`, oldest first, one page at a time.
+    fn list_audit(&self, filter: &AuditFilter) -> Result<AuditPage, StoreError>;
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).

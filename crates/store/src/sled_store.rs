@@ -35,6 +35,7 @@
 //! walks `created`; the id itself is the `records` key, so an id prefix is a range there.
 //! Stores written before the search indexes existed get them built once when opened
 //! (`meta` notes that it was done).
+//! | `audit`     | seq (8-byte big-endian)               | the audit trail, JSON entries (append only) |
 //!
 //! Every change to a record runs in one sled transaction over all trees: the record is read,
 //! changed by the shared logic in [`crate::record`], and written with exactly the index keys
@@ -48,6 +49,7 @@
 //! all covered by the next one. An fsync costs milliseconds; sharing it is what lets many
 //! messages per second be stored durably.
 
+use crate::audit::{AuditEntry, AuditFilter, AuditPage, NewAuditEntry};
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::{validate_id, MessageRecord, MAX_PREFIX_MATCHES};
 use crate::sidecar::Sidecars;
@@ -137,6 +139,10 @@ const MAX_LIST_SCAN: usize = 10_000;
 /// How many candidates a purge or claim reads from an index per batch.
 const BATCH: usize = 256;
 
+/// The audit trail's tree (kept apart from the message trees: nothing but
+/// [`Store::append_audit`] writes to it).
+const AUDIT_TREE: &str = "audit";
+
 /// The embedded store. Cheap to share between threads (`Arc<SledStore>`); one process at a
 /// time may open a directory (sled locks it).
 pub struct SledStore {
@@ -152,6 +158,11 @@ pub struct SledStore {
     stripes: Vec<Mutex<()>>,
     /// Records read by `list` so far: what a search costs, for tests and benchmarks.
     records_read: std::sync::atomic::AtomicU64,
+    /// The audit trail: seq → entry.
+    audit: sled::Tree,
+    /// Held while an audit entry is numbered and inserted, so entries become visible in
+    /// the order of their numbers (a reader paging by number never skips one).
+    audit_append: Mutex<()>,
 }
 
 /// How many locks order sidecar writes (messages hash onto them; only messages sharing
@@ -207,6 +218,7 @@ impl SledStore {
             .map(|name| db.open_tree(name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_error)?;
+        let audit = db.open_tree(AUDIT_TREE).map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
         let sidecars = Sidecars::open(dir, true)?;
         let store = SledStore {
@@ -217,6 +229,8 @@ impl SledStore {
             sidecars,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             records_read: std::sync::atomic::AtomicU64::new(0),
+            audit,
+            audit_append: Mutex::new(()),
         };
         store.build_search_indexes()?;
         Ok(store)
@@ -836,6 +850,56 @@ impl Store for SledStore {
         self.read(message_id)
     }
 
+    fn append_audit(
+        &self,
+        entry: NewAuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<AuditEntry, StoreError> {
+        entry.validate()?;
+        let stored = {
+            let _numbering = self
+                .audit_append
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let seq = match self.audit.last().map_err(db_error)? {
+                Some((key, _)) => seq_decode(&key)? + 1,
+                None => 1,
+            };
+            let stored = entry.into_entry(seq, now);
+            let bytes = serde_json::to_vec(&stored).map_err(|e| {
+                StoreError::Corrupt(format!("cannot serialise an audit entry: {e}"))
+            })?;
+            self.audit
+                .insert(seq.to_be_bytes(), bytes)
+                .map_err(db_error)?;
+            stored
+        };
+        self.flush()?;
+        Ok(stored)
+    }
+
+    fn list_audit(&self, filter: &AuditFilter) -> Result<AuditPage, StoreError> {
+        let limit = filter.page_size();
+        let start = filter.after.map_or(0, |a| a.saturating_add(1));
+        let mut entries = Vec::new();
+        let mut next = None;
+        for (scanned, item) in self.audit.range(start.to_be_bytes()..).enumerate() {
+            let (key, bytes) = item.map_err(db_error)?;
+            let seq = seq_decode(&key)?;
+            if entries.len() == limit || scanned == MAX_LIST_SCAN {
+                // More to come: continue after the last entry looked at.
+                next = Some(seq - 1);
+                break;
+            }
+            let entry: AuditEntry = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))?;
+            if filter.since.is_none_or(|t| entry.at >= t) {
+                entries.push(entry);
+            }
+        }
+        Ok(AuditPage { entries, next })
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         filter.validate()?;
         let limit = filter.page_size();
@@ -1251,6 +1315,13 @@ fn after_cursor(record: &MessageRecord, cursor: &Option<ListCursor>) -> bool {
 
 /// A timestamp as 8 bytes whose byte order is time order (nanoseconds, clamped to the i64
 /// range — years 1677 to 2262 — with the sign bit flipped).
+fn seq_decode(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("an audit key is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 fn ts(t: OffsetDateTime) -> [u8; 8] {
     let nanos = t
         .unix_timestamp_nanos()

@@ -1400,6 +1400,28 @@ fn cli_messages_retry_makes_waiting_messages_due() {
     assert!(out.contains("1 message(s)"), "{out}");
     wait_message(&node, &id, "the bulk-retried attempt", waiting(3));
 
+    // Both kinds of retry are in the audit trail, with who asked.
+    let (code, out, err) = varti(&node, ADMIN, &["audit", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let trail: Value = serde_json::from_str(&out).unwrap();
+    let acts: Vec<(String, String, String)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("action"), s("actor"), s("subject"))
+        })
+        .collect();
+    assert!(
+        acts.contains(&("message.retry".into(), "portal".into(), id.clone())),
+        "{acts:?}"
+    );
+    assert!(
+        acts.contains(&("messages.retry".into(), "ops".into(), partner.clone())),
+        "{acts:?}"
+    );
+
     // Not waiting, unknown, or no id at all.
     let (code, _, err) = varti(&node, PORTAL, &["messages", "retry", "nope@nowhere"]);
     assert_eq!(code, 1, "{err}");

@@ -30,7 +30,7 @@ use varti_access_point::pull::{self, Pulled};
 use varti_access_point::receiver::Receiver;
 use varti_access_point::server::{BodyReader, MshHandler, MshRequest, MshResponseBody, PeerInfo};
 use varti_access_point::submit::{leg_key, submit, Submission};
-use varti_access_point::{sender, AccessPoint, Clock, MessageEvent};
+use varti_access_point::{sender, AccessPoint, Clock, MessageEvent, Snapshot};
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::{self, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
@@ -119,17 +119,17 @@ fn post(
 
 /// A pull request for `mpc` signed with `ap`'s signing key.
 fn pull_request(ap: &AccessPoint, mpc: &str) -> Vec<u8> {
-    build_pull_request(Some(mpc), Some(&signer(ap)))
+    build_pull_request(Some(mpc), Some(&signer(&ap.current())))
         .unwrap()
         .into_bytes()
 }
 
 /// `ap`'s signing identity as the pull leg uses it.
-fn signer(ap: &AccessPoint) -> SigningIdentity<'_> {
+fn signer(snap: &Snapshot) -> SigningIdentity<'_> {
     SigningIdentity {
         profile: &AS4_1_15,
-        key: &ap.identity.signing_key,
-        certificate: &ap.identity.signing_cert,
+        key: &snap.identity.signing_key,
+        certificate: &snap.identity.signing_cert,
         token_reference: TokenReference::BinarySecurityToken,
     }
 }
@@ -245,6 +245,7 @@ fn pull_in_process() {
     let b = open(&pair, "b", 30, &clock);
     let mut events = a.subscribe();
     let leg = a
+        .current()
         .pmodes
         .legs
         .iter()
@@ -371,7 +372,7 @@ fn pull_in_process() {
     // An answer about a message that was never pulled changes nothing and is refused (not
     // 202): here a signed, fatal error signal that would otherwise fail it.
     let error = EbmsError::new(ErrorCode::Other, "never received");
-    let signal = build_error_signal(&error, Some(&second), Some(&signer(&b))).unwrap();
+    let signal = build_error_signal(&error, Some(&second), Some(&signer(&b.current()))).unwrap();
     let (status, _, body) = post(&a, SOAP12, signal.into_bytes());
     assert_ne!(status, StatusCode::ACCEPTED);
     let codes = error_codes(&body);
@@ -506,14 +507,14 @@ fn pull_in_process() {
     );
 
     // varti-b's puller pulls from varti-a on the one MPC.
-    let channels = pull::pull_channels(&b);
+    let channels = pull::pull_channels(&b.current());
     assert_eq!(channels.len(), 1, "{channels:?}");
     assert_eq!(
         (channels[0].mpc.as_str(), channels[0].partner.as_str()),
         (MPC, "varti-a")
     );
     assert!(
-        pull::pull_channels(&a).is_empty(),
+        pull::pull_channels(&a.current()).is_empty(),
         "varti-a pulls from nobody"
     );
 }
@@ -530,9 +531,10 @@ fn receipt_signed_by(
         MimePackage::read_http_body(&response.body[..], ct, &MimeLimits::default()).unwrap();
     let mut policy = ReceivePolicy::strict(&AS4_1_15);
     policy.decryption = Some((
-        puller.identity.encryption_key.clone(),
-        puller.identity.encryption_cert.clone(),
+        puller.current().identity.encryption_key.clone(),
+        puller.current().identity.encryption_cert.clone(),
     ));
+    let signer = signer.current();
     policy.trust_anchors = vec![signer.identity.signing_cert.clone()];
     let received = inbound::receive(&package, &policy).unwrap();
     let identity = SigningIdentity {
@@ -749,12 +751,12 @@ fn pull_request_replay_in_process_on_the_clock() {
     clock.advance(Duration::from_secs(31));
     refused(&a2, request.clone(), "the same bytes after the lease");
     // The same MessageId signed anew.
-    let resigned = pull_request_as(&signer(&b), MPC, &id, clock.now());
+    let resigned = pull_request_as(&signer(&b.current()), MPC, &id, clock.now());
     let text = refused(&a1, resigned, "re-signed with the same MessageId");
     assert!(text.contains("already answered"), "{text}");
     // A new MessageId with a timestamp from six minutes ago.
     let stale = pull_request_as(
-        &signer(&b),
+        &signer(&b.current()),
         MPC,
         "stale-pull@varti.test",
         clock.now() - Duration::from_secs(360),

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti_store::{
-    Direction, Event, ListCursor, ListFilter, MessageProperty, MessageRecord, State, StoreError,
-    TransitionOutcome, MAX_PAGE_SIZE,
+    AuditOutcome, Direction, Event, ListCursor, ListFilter, MessageProperty, MessageRecord, State,
+    StoreError, TransitionOutcome, MAX_PAGE_SIZE,
 };
 
 use super::{blocking, json_response, ApiError, Client, PREFIX};
@@ -245,7 +245,7 @@ pub(super) async fn ack(
             "outbound messages are acknowledged by the partner's receipt; watch their state",
         ));
     }
-    let by = client.name.clone();
+    let by = client.clone();
     let state = blocking(ap, move |ap| {
         let now = ap.clock.now();
         // The state read above may have moved on (a webhook delivered it meanwhile):
@@ -254,7 +254,18 @@ pub(super) async fn ack(
         for _ in 0..3 {
             match ap.store.transition(&id, current, Event::Download, now) {
                 Ok(TransitionOutcome::Applied(s)) => {
-                    tracing::info!(message_id = %id, client = %by, "acknowledged by its backend");
+                    tracing::info!(message_id = %id, client = %by.name, "acknowledged by its backend");
+                    // A backend acknowledging its own message is in the message's history;
+                    // an administrator acknowledging for it is an administrative act.
+                    if by.admin {
+                        let _ = ap.audit(
+                            &by.name,
+                            "message.ack",
+                            &id,
+                            AuditOutcome::Ok,
+                            json!({"state": s}),
+                        );
+                    }
                     return Ok(s);
                 }
                 Ok(TransitionOutcome::AlreadyApplied(s)) => return Ok(s),
@@ -292,14 +303,23 @@ pub(super) async fn resend(
             "a message still sending retries by itself; watch its state",
         ));
     }
+    let by = client.name.clone();
     let state = blocking(ap.clone(), move |ap| {
-        match ap
+        let state = match ap
             .store
             .transition(&id, State::Failed, Event::Resend, ap.clock.now())?
         {
-            TransitionOutcome::Applied(s) => Ok(s),
-            TransitionOutcome::AlreadyApplied(s) => Ok(s),
-        }
+            TransitionOutcome::Applied(s) => s,
+            TransitionOutcome::AlreadyApplied(s) => s,
+        };
+        let _ = ap.audit(
+            &by,
+            "message.resend",
+            &id,
+            AuditOutcome::Ok,
+            json!({"state": state}),
+        );
+        Ok(state)
     })
     .await?;
     tracing::info!(message_id = %record.meta.message_id, by = %client.name, "resend requested");
@@ -339,7 +359,11 @@ pub(super) async fn retry(
     let message_id = id.clone();
     let made_due = blocking(ap.clone(), move |ap| {
         match ap.store.retry_now(&message_id, &by, ap.clock.now()) {
-            Ok(changed) => Ok(Ok(changed)),
+            Ok(changed) => {
+                let details = json!({"made_due": changed});
+                let _ = ap.audit(&by, "message.retry", &message_id, AuditOutcome::Ok, details);
+                Ok(Ok(changed))
+            }
             Err(StoreError::StateConflict { actual, .. }) => Ok(Err(actual)),
             Err(e) => Err(e.into()),
         }
@@ -384,9 +408,13 @@ pub(super) async fn retry_waiting(
     let by = client.name.clone();
     let p = partner.clone();
     let ids = blocking(ap.clone(), move |ap| {
-        Ok(ap
+        let ids = ap
             .store
-            .retry_waiting(p.as_deref(), None, &by, ap.clock.now())?)
+            .retry_waiting(p.as_deref(), None, &by, ap.clock.now())?;
+        let details = json!({"partner": p, "count": ids.len()});
+        let subject = p.as_deref().unwrap_or("");
+        let _ = ap.audit(&by, "messages.retry", subject, AuditOutcome::Ok, details);
+        Ok(ids)
     })
     .await?;
     tracing::info!(by = %client.name, partner = partner.as_deref().unwrap_or("*"), count = ids.len(), "retry now requested for waiting messages");
@@ -432,7 +460,7 @@ pub(super) async fn status(
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "party": ap.identity.party,
+            "party": ap.current().identity.party,
             "instance": ap.instance,
             "client": client.name,
             "admin": client.admin,
@@ -448,6 +476,12 @@ pub(super) async fn purge(
     client: Client,
 ) -> Result<Response<Body>, ApiError> {
     if !client.admin {
+        let name = client.name.clone();
+        let _ = blocking(ap, move |ap| {
+            let why = json!({"error": "not an administrator"});
+            Ok(ap.audit(&name, "messages.purge", "", AuditOutcome::Refused, why))
+        })
+        .await;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("client `{}` is not an administrator", client.name),
@@ -455,7 +489,20 @@ pub(super) async fn purge(
              purges by itself every hour",
         ));
     }
-    let purged = blocking(ap, |ap| Ok(purge_now(ap, ap.clock.now())?)).await?;
+    let by = client.name.clone();
+    let purged = blocking(ap, move |ap| {
+        let purged = purge_now(ap, ap.clock.now());
+        let (outcome, details) = match &purged {
+            Ok(p) => (
+                AuditOutcome::Ok,
+                json!({"payloads_purged": p.payloads, "metadata_purged": p.metadata, "test_purged": p.test}),
+            ),
+            Err(e) => (AuditOutcome::Failed, json!({"error": e.to_string()})),
+        };
+        let _ = ap.audit(&by, "messages.purge", "", outcome, details);
+        Ok(purged?)
+    })
+    .await?;
     tracing::info!(by = %client.name, payloads = purged.payloads, metadata = purged.metadata, test = purged.test, "purge requested");
     Ok(json_response(
         StatusCode::OK,

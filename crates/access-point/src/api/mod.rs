@@ -20,6 +20,8 @@
 //! | `GET /openapi.json` | the OpenAPI 3.1 document (no authentication) |
 //! | `POST /admin/purge` | admin clients: apply the retention now |
 //! | `POST /admin/retry` | admin clients: every waiting message (of `partner`) is due now |
+//! | `POST /admin/reload` | admin clients: reload PModes, certificates, CRLs, backend clients |
+//! | `GET /audit` | admin clients: the audit trail, oldest first, paged (`since`, `after`, `limit`) |
 //!
 //! # Authentication and isolation
 //!
@@ -44,6 +46,7 @@
 //! payload purged, 413 upload too large, 422 no PMode leg fits, 500 store failure.
 
 mod messages;
+mod ops;
 pub(crate) mod submit;
 
 pub use messages::parse_query;
@@ -247,7 +250,8 @@ pub enum OpenApiError {
 
 /// The backend API's router: authentication, the routing table and the OpenAPI document.
 pub struct ApiRouter {
-    clients: Vec<Client>,
+    /// The access point whose current backend clients may authenticate (none: nobody).
+    ap: Option<Arc<AccessPoint>>,
     routes: Vec<Route>,
     openapi: serde_json::Value,
 }
@@ -264,9 +268,8 @@ impl ApiRouter {
     /// The router over the running access point, serving the message routes; its
     /// configured API clients may authenticate.
     pub fn new(ap: Arc<AccessPoint>) -> ApiRouter {
-        let clients = ap.settings.clients.iter().map(client_of).collect();
         let mut router = ApiRouter {
-            clients,
+            ap: Some(ap.clone()),
             routes: Vec::new(),
             openapi: serde_json::from_str(OPENAPI_MESSAGES)
                 .expect("the built-in OpenAPI document is JSON"),
@@ -314,10 +317,11 @@ impl ApiRouter {
         router.mount("GET", "/status", move |c| {
             Box::pin(messages::status(a.clone(), c.client))
         });
-        let a = ap;
+        let a = ap.clone();
         router.mount("POST", "/admin/purge", move |c| {
             Box::pin(messages::purge(a.clone(), c.client))
         });
+        ops::mount(&mut router, ap);
         router
     }
 
@@ -407,9 +411,14 @@ impl ApiRouter {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
         let presented = openssl::sha::sha256(token.as_bytes());
+        // The clients of the set in force: a reload adds, removes and changes them.
+        let clients: Vec<Client> = match &self.ap {
+            Some(ap) => ap.current().clients().iter().map(client_of).collect(),
+            None => Vec::new(),
+        };
         // Compare with every client (no early exit) so timing does not tell which matched.
         let mut found = None;
-        for client in &self.clients {
+        for client in &clients {
             if openssl::memcmp::eq(&presented, &client.token_sha256) {
                 found = Some(client);
             }
@@ -548,7 +557,17 @@ impl Routes for ApiRouter {
         };
         let query = request.uri().query().unwrap_or("").to_owned();
         let handler = route.handler.clone();
+        // The first call of each client since start-up is audited (see `crate::audit`).
+        let first_use = self
+            .ap
+            .as_ref()
+            .filter(|ap| !ap.token_seen(&client.name))
+            .cloned();
         Box::pin(async move {
+            if let Some(ap) = first_use {
+                let (name, admin) = (client.name.clone(), client.admin);
+                let _ = tokio::task::spawn_blocking(move || ap.audit_token_use(&name, admin)).await;
+            }
             let call = ApiCall {
                 client,
                 request,
@@ -577,7 +596,7 @@ mod tests {
 
     fn router() -> ApiRouter {
         let mut router = ApiRouter {
-            clients: Vec::new(),
+            ap: None,
             routes: Vec::new(),
             openapi: serde_json::from_str(OPENAPI_MESSAGES).unwrap(),
         };

@@ -34,7 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "seen signals",
         sql: include_str!("migrations/0003_seen_signals.sql"),
     },
-    // Version 4 (the audit trail, 0004_audit.sql) is added by its own branch.
+    Migration {
+        version: 4,
+        name: "audit trail",
+        sql: include_str!("migrations/0004_audit.sql"),
+    },
     Migration {
         version: 5,
         name: "search",
@@ -129,13 +133,12 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_in_order_up_to_the_schema_version() {
-        // TODO(merge): version 4 (the audit trail) comes from another branch; once both are
-        // merged, assert again that the versions are exactly 1, 2, 3, … without a gap.
-        for pair in MIGRATIONS.windows(2) {
-            assert!(
-                pair[0].version < pair[1].version,
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                m.version,
+                i as i32 + 1,
                 "migration {} is out of order",
-                pair[1].name
+                m.name
             );
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));

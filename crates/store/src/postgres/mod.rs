@@ -12,6 +12,7 @@
 //! | transitions | the row is read `FOR UPDATE`, changed by the shared logic in `crate::record` (state machine, leases, history), written back with `UPDATE … WHERE state = $read` |
 //! | exactly-once delivery | [`Store::mark_delivered`] is one conditional statement, `UPDATE … WHERE state = 'received'` plus its history row: one row back means this call won |
 //! | payloads | chunked `bytea` rows (256 KiB), streamed in one transaction, read one chunk per query |
+//! | audit trail | `audit_log` (append-only by trigger); appends serialised by an advisory lock so numbers commit in order |
 //!
 //! # Durability
 //!
@@ -51,6 +52,7 @@
 //! is truncated to whole microseconds first, so the record a method returns is exactly the
 //! one [`Store::get`] reads back.
 
+mod audit;
 mod migrations;
 mod payloads;
 mod pool;
@@ -327,6 +329,18 @@ impl Loaded {
 impl Store for PgStore {
     fn payloads(&self) -> &dyn PayloadStore {
         &self.payloads
+    }
+
+    fn append_audit(
+        &self,
+        entry: crate::NewAuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<crate::AuditEntry, StoreError> {
+        audit::append(&self.pool, entry, now)
+    }
+
+    fn list_audit(&self, filter: &crate::AuditFilter) -> Result<crate::AuditPage, StoreError> {
+        audit::list(&self.pool, filter)
     }
 
     fn insert_inbound(

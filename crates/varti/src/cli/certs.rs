@@ -243,6 +243,19 @@ impl Inventory {
             None => Config::default(),
         };
         let dir = sources.pmodes.clone().unwrap_or(config.pmodes_dir.clone());
+        Self::of(&config, dir, at_unix, at, true)
+    }
+
+    /// The inventory of `config` with the PModes in `dir`, judged at `at_unix` (`at`).
+    /// `note` prints a note about PMode errors on stderr (the commands do; a reload
+    /// reports them itself).
+    fn of(
+        config: &Config,
+        dir: PathBuf,
+        at_unix: i64,
+        at: Asn1Time,
+        note: bool,
+    ) -> Result<Inventory, String> {
         if !dir.is_dir() {
             return Err(format!(
                 "the PMode directory {} does not exist; give it with --pmodes DIR or set pmodes_dir in the configuration (--config FILE)",
@@ -255,7 +268,7 @@ impl Inventory {
         };
         let (set, diags) = varti_as4::pmode::load_dir_with(&dir, &options);
         let errors = diags.iter().filter(|d| d.is_error()).count();
-        if errors > 0 {
+        if errors > 0 && note {
             eprintln!(
                 "note: the PModes in {} have {errors} error(s), see `varti pmode check {}`; the certificates of the parties that could be read are listed here",
                 dir.display(),
@@ -263,7 +276,7 @@ impl Inventory {
             );
         }
         let mut cache: HashMap<PathBuf, Result<Vec<X509>, String>> = HashMap::new();
-        let entries = uses(&config, &set)
+        let entries = uses(config, &set)
             .into_iter()
             .map(|used| {
                 let certs = cache
@@ -770,7 +783,29 @@ fn renew_hint(used: &Use) -> String {
     }
 }
 
-fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitCode> {
+/// What `varti certs check` finds wrong that makes it fail (exit 1) with `config`, judged
+/// now: its errors, then the PModes' errors, one line each. Empty when the check passes.
+/// `serve` runs this before it puts a reloaded set in force.
+pub(crate) fn errors_of(config: &Config) -> Vec<String> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let Ok(at) = Asn1Time::from_unix(now as _) else {
+        return vec!["the system clock is out of range".to_owned()];
+    };
+    let inv = match Inventory::of(config, config.pmodes_dir.clone(), now, at, false) {
+        Ok(inv) => inv,
+        Err(e) => return vec![e],
+    };
+    let (problems, _, _) = problems(&inv, 30);
+    problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| format!("{}: {}", p.file.display(), p.message))
+        .chain(inv.pmode_errors.iter().cloned())
+        .collect()
+}
+
+/// Every problem found, the certificates as JSON and how many were checked.
+fn problems(inv: &Inventory, warn_days: u32) -> (Vec<Problem>, Vec<serde_json::Value>, usize) {
     let mut problems = Vec::new();
     let mut json_certs = Vec::new();
     let mut count = 0;
@@ -829,7 +864,11 @@ fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitC
         }
     }
     compare_with_pmode(inv, &mut problems);
+    (problems, json_certs, count)
+}
 
+fn check(inv: &Inventory, warn_days: u32, as_json: bool) -> anyhow::Result<ExitCode> {
+    let (problems, json_certs, count) = problems(inv, warn_days);
     let errors = problems
         .iter()
         .filter(|p| p.severity == Severity::Error)

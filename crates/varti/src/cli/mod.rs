@@ -1,6 +1,7 @@
 //! The command line: one module per command group.
 
 mod api;
+mod audit;
 mod certs;
 mod db;
 mod demo;
@@ -96,6 +97,15 @@ enum Command {
     /// Make tokens for the backend API's clients.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Read the audit trail of administrative acts (needs an admin token).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Reload PModes, certificates, CRLs and backend clients of a running `varti serve`
+    /// without a restart (needs an admin token; SIGHUP does the same).
+    ///
+    /// The whole new set is checked first; on any error the old one stays and the errors
+    /// are printed (exit status 1).
+    Reload(audit::ReloadArgs),
 }
 
 impl Cli {
@@ -144,5 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
+        Command::Reload(args) => audit::run_reload(args),
     }
 }

@@ -104,8 +104,8 @@ async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
     };
     say(format!(
         "as {} ({} legs in {})",
-        ap.identity.party,
-        ap.pmodes.legs.len(),
+        ap.current().identity.party,
+        ap.current().pmodes.legs.len(),
         ap.settings.pmodes_dir.display()
     ));
     let (service, action) = if args.connectivity {
@@ -141,8 +141,11 @@ async fn ping(args: PingArgs) -> anyhow::Result<ExitCode> {
         .claim_due(&ap.instance, Duration::from_secs(args.timeout + 60), 1, now)?
         .pop()
         .context("the ping message vanished from the temporary store")?;
-    let leg = ap.leg(&record.meta.pmode_id).context("the leg vanished")?;
-    let endpoint = ap
+    let snap = ap.current();
+    let leg = snap
+        .leg(&record.meta.pmode_id)
+        .context("the leg vanished")?;
+    let endpoint = snap
         .counterpart(leg, Some(&record.meta.to_party))
         .and_then(|p| p.endpoint.clone())
         .unwrap_or_default();

@@ -5,7 +5,8 @@
 //! submitted messages; the webhooks that notify backends; the operations listener (`/health`,
 //! `/ready`, `/metrics`); the backend API listener (`/api/v1`, plain HTTP on
 //! `backend.listen`); the hourly retention purge; the store (embedded sled, or PostgreSQL
-//! whose schema must be current: `varti db migrate`).
+//! whose schema must be current: `varti db migrate`). SIGHUP (like `varti reload`) reloads
+//! the PModes, certificates, CRLs and backend clients (`varti_access_point::reload`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,15 +17,18 @@ use std::time::Duration;
 use anyhow::Context as _;
 use varti::config::{secs, Config, LogFormat, StoreKind};
 use varti_access_point::api::{self, ApiRouter};
+use varti_access_point::audit::LOCAL_ACTOR;
 use varti_access_point::ops::{self, Metrics, Readiness};
+use varti_access_point::reload::{FileHash, ReloadInput, ReloadSource};
 use varti_access_point::server::{
     tls, BodyBounds, Listener, ListenerOptions, MshRoutes, OpsRoutes, Tasks,
 };
 use varti_access_point::webhooks;
 use varti_access_point::{pull, receiver::Receiver, sender, AccessPoint};
+use varti_access_point::{ReloadHook, Snapshot};
 use varti_oots_gateway::preview::{PreviewRoutes, PreviewSpace};
 use varti_oots_gateway::Gateway;
-use varti_store::{CheckedOpenError, SledStore, Store};
+use varti_store::{AuditOutcome, CheckedOpenError, SledStore, Store};
 
 /// Certificates expiring within this many days are logged as warnings.
 const EXPIRY_WARNING_DAYS: f64 = 30.0;
@@ -48,7 +52,7 @@ pub enum LogFormatArg {
 }
 
 /// Arguments of `varti serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML, see deploy/varti.example.toml); without it the embedded
     /// defaults apply.
@@ -79,6 +83,18 @@ pub struct ServeArgs {
 
 /// Runs `varti serve`. Errors before the listeners are up mean "could not run" (exit 2).
 pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args)?;
+    init_logging(&config, verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("varti")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, args))
+}
+
+/// The configuration file (or the embedded defaults) with the command line's overrides.
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => {
@@ -102,13 +118,7 @@ pub fn run(args: ServeArgs, verbose: u8) -> anyhow::Result<ExitCode> {
             LogFormatArg::Json => LogFormat::Json,
         };
     }
-    init_logging(&config, verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("varti")
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args))
+    Ok(config)
 }
 
 /// Sets up `tracing` from the configuration (`RUST_LOG` overrides the level; each `-v`
@@ -179,6 +189,19 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up task failed")??
     };
     let ap = Arc::new(ap);
+    ap.set_reload_source(reload_source(args.clone(), config.clone()));
+    {
+        // The start-up load in the audit trail, with the hash of every file read.
+        let ap = ap.clone();
+        let files: Vec<FileHash> = args
+            .config
+            .iter()
+            .map(|p| FileHash::of("config", p))
+            .collect();
+        tokio::task::spawn_blocking(move || ap.audit_startup(&files))
+            .await
+            .context("the start-up audit task failed")?;
+    }
     // Subscribes to the events at once, so none is missed before its task runs.
     let webhooks = webhooks::Dispatcher::new(ap.clone(), webhooks::WebhookOptions::default())?;
     readiness.set_ready("pmodes");
@@ -273,7 +296,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         ops = %format!("http://{ops_addr}"),
         backend = %format!("http://{backend_addr}{}", api::PREFIX),
         store = %store_path,
-        party = %ap.identity.party,
+        party = %ap.current().identity.party,
         instance = %ap.instance,
         "varti is listening"
     );
@@ -380,21 +403,23 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         varti_oots_gateway::gateway::run(gateway, tasks.token()),
     );
     {
-        // Days to expiry of every certificate we present: TLS, signing, encryption.
-        let mut certs = vec![
-            ("signing", config.identity.signing_cert.clone()),
-            ("encryption", config.identity.encryption_cert.clone()),
-        ];
-        if tls.is_some() {
-            certs.push(("tls", config.tls.cert.clone()));
-        }
+        // Days to expiry of every certificate we present: TLS, signing, encryption. The
+        // identity's come from the set in force (a reload may replace them) and are
+        // refreshed at once when a reload is applied.
+        let tls_cert = tls.is_some().then(|| config.tls.cert.clone());
+        ap.on_reload(Arc::new(CertExpiry {
+            metrics: metrics.clone(),
+            tls_cert: tls_cert.clone(),
+        }));
         let token = tasks.token();
-        let metrics = metrics.clone();
+        let expiry = CertExpiry {
+            metrics: metrics.clone(),
+            tls_cert,
+        };
+        let ap = ap.clone();
         tasks.spawn("cert-expiry", async move {
             loop {
-                for (role, cert) in &certs {
-                    record_cert_expiry(&metrics, role, cert);
-                }
+                expiry.record(&ap.current());
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(EXPIRY_REFRESH) => {}
@@ -403,11 +428,14 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    // Watched before the ready file tells anyone we run: SIGHUP's default action is to end
+    // the process.
+    let hup = watch_hup();
     if let Some(path) = &args.ready_file {
         write_ready_file(path, msh_addr, ops_addr, backend_addr, preview_addr, scheme)?;
     }
 
-    wait_for_signal().await;
+    wait_for_signal(&ap, hup).await;
     tracing::info!("shutting down: no new connections; finishing running requests");
     readiness.set_not_ready("shutdown", "shutting down");
     let clean = tasks.shutdown(grace + Duration::from_secs(5)).await;
@@ -481,6 +509,7 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
             _ = token.cancelled() => return,
             _ = interval.tick() => {}
         }
+        let ap_for_audit = ap.clone();
         let ap = ap.clone();
         let now = ap.clock.now();
         match tokio::task::spawn_blocking(move || api::purge_now(&ap, now)).await {
@@ -492,6 +521,19 @@ async fn retention(ap: Arc<AccessPoint>, token: tokio_util::sync::CancellationTo
                         test = purged.test,
                         "retention: purged"
                     );
+                    // Audited when something went (an hourly "nothing" would drown the
+                    // trail).
+                    let ap = ap_for_audit.clone();
+                    let details = serde_json::json!({
+                        "automatic": true,
+                        "payloads_purged": purged.payloads,
+                        "metadata_purged": purged.metadata,
+                        "test_purged": purged.test,
+                    });
+                    let _ = tokio::task::spawn_blocking(move || {
+                        ap.audit(LOCAL_ACTOR, "messages.purge", "", AuditOutcome::Ok, details)
+                    })
+                    .await;
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "retention purge failed; retrying in an hour"),
@@ -610,6 +652,33 @@ async fn store_probe(
     }
 }
 
+/// Keeps `varti_cert_expiry_days` on the certificates in force (a [`ReloadHook`]).
+struct CertExpiry {
+    metrics: Arc<Metrics>,
+    /// Our TLS server certificate (fixed until a restart), when we serve TLS.
+    tls_cert: Option<PathBuf>,
+}
+
+impl CertExpiry {
+    fn record(&self, set: &Snapshot) {
+        let id = &set.settings.identity;
+        record_cert_expiry(&self.metrics, "signing", &id.signing_cert);
+        record_cert_expiry(&self.metrics, "encryption", &id.encryption_cert);
+        if let Some(cert) = &self.tls_cert {
+            record_cert_expiry(&self.metrics, "tls", cert);
+        }
+    }
+}
+
+impl ReloadHook for CertExpiry {
+    fn name(&self) -> &str {
+        "certificate expiry metrics"
+    }
+    fn applied(&self, current: &Arc<Snapshot>) {
+        self.record(current);
+    }
+}
+
 /// Sets `varti_cert_expiry_days{cert="<role>"}` and warns when expiry is near.
 fn record_cert_expiry(metrics: &Metrics, role: &str, cert: &Path) {
     match ops::cert_expiry_days(cert) {
@@ -648,18 +717,103 @@ fn write_ready_file(
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn wait_for_signal() {
+/// How a reload re-reads the set: the configuration file again (or the embedded
+/// defaults), judged by `varti certs check`'s rules; the access point then loads the new
+/// set with start-up's own checks.
+fn reload_source(args: ServeArgs, running: Config) -> ReloadSource {
+    Arc::new(move || {
+        let config = load_config(&args).map_err(|e| vec![format!("{e:#}")])?;
+        let errors = super::certs::errors_of(&config);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ReloadInput {
+            settings: config.access_point_settings(),
+            files: args
+                .config
+                .iter()
+                .map(|p| FileHash::of("config", p))
+                .collect(),
+            needs_restart: needs_restart(&running, &config),
+        })
+    })
+}
+
+/// The sections of the file the access point does not see that differ from the running
+/// ones: only a restart applies them.
+fn needs_restart(running: &Config, next: &Config) -> Vec<String> {
+    let portals = |c: &Config| {
+        c.backend
+            .clients
+            .iter()
+            .map(|b| (b.name.clone(), b.oots_party.clone()))
+            .collect::<Vec<_>>()
+    };
+    [
+        ("[server]", running.server == next.server),
+        ("[ops]", running.ops == next.ops),
+        (
+            "backend.listen",
+            running.backend.listen == next.backend.listen,
+        ),
+        ("[store]", running.store == next.store),
+        ("[log]", running.log == next.log),
+        ("[preview]", running.preview == next.preview),
+        ("[oots]", running.oots == next.oots),
+        (
+            "oots_party of [[backend.clients]]",
+            portals(running) == portals(next),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(what, _)| what.to_owned())
+    .collect()
+}
+
+/// SIGHUP, as a stream of signals (`None`: not available).
+#[cfg(unix)]
+type Hup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hup = Option<()>;
+
+fn watch_hup() -> Hup {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-                }
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; reload with `varti reload` instead");
+                None
             }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT); reloads on SIGHUP (and goes on waiting).
+async fn wait_for_signal(ap: &Arc<AccessPoint>, hup: Hup) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = hup;
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); return }
+                    _ = tokio::signal::ctrl_c() => { tracing::info!("Ctrl-C received"); return }
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                        tracing::info!("SIGHUP received: reloading PModes, certificates, CRLs and backend clients");
+                        let ap = ap.clone();
+                        // The outcome is logged and audited by the reload itself.
+                        if let Err(e) = tokio::task::spawn_blocking(move || ap.reload(LOCAL_ACTOR)).await {
+                            tracing::error!(error = %e, "the reload task failed");
+                        }
+                    }
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops varti");
                 let _ = tokio::signal::ctrl_c().await;
@@ -668,6 +822,7 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     {
+        let _ = (ap, hup);
         let _ = tokio::signal::ctrl_c().await;
     }
 }
