@@ -36,6 +36,17 @@ pub fn start_full(
     portal_lines: &str,
     b_extra: &str,
 ) -> (tempfile::TempDir, Node, Node) {
+    start_full_via(register, portal_lines, b_extra, None)
+}
+
+/// Like [`start_full`]; with `via` = (port in a's PModes, b's own port), a proxy or tap
+/// listening on the first forwards to b on the second.
+pub fn start_full_via(
+    register: &Register,
+    portal_lines: &str,
+    b_extra: &str,
+    via: Option<(u16, u16)>,
+) -> (tempfile::TempDir, Node, Node) {
     let closed = pair_support::free_port();
     let extra = format!(
         "{FAST}\
@@ -54,22 +65,35 @@ pub fn start_full(
         slow = register.url("/slow"),
         slower = register.url("/slower"),
     );
-    start_pair(
+    start_pair_via(
         &format!("{portal_lines}{extra}"),
         &format!("{extra}{b_extra}"),
+        via,
     )
 }
 
 /// Starts varti-a and varti-b with these lines appended to their configurations (right
 /// after their backend client `portal`, so leading keys belong to that client).
 pub fn start_pair(extra_a: &str, extra_b: &str) -> (tempfile::TempDir, Node, Node) {
+    start_pair_via(extra_a, extra_b, None)
+}
+
+/// Like [`start_pair`], with b behind a proxy as [`start_full_via`] says.
+pub fn start_pair_via(
+    extra_a: &str,
+    extra_b: &str,
+    via: Option<(u16, u16)>,
+) -> (tempfile::TempDir, Node, Node) {
     let root = tempfile::tempdir().unwrap();
     let options = varti::pair::PairOptions {
         extra_pmodes: Vec::new(),
-        b_endpoint_port: None,
+        b_endpoint_port: via.map(|(endpoint, _)| endpoint),
         extra_config: extra_a.to_owned(),
     };
-    let layout = varti::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+    let mut layout = varti::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+    if let Some((_, own)) = via {
+        layout.b.ports.msh = own;
+    }
     layout.rewrite_config(&layout.b, extra_b).unwrap();
     let node = |l: &varti::pair::NodeLayout| Node {
         served: serve_support::spawn_serve_in(&l.dir, &["--config", "varti.toml"]),
