@@ -154,7 +154,8 @@ fn tracking_identifier_and_four_corner_parties_travel_on_the_wire() {
 fn oots_request_names_the_access_points_in_from_and_to_on_the_wire() {
     let register = register_support::Register::start();
     let (tap, target) = tap();
-    let (_root, a, b) = oots_support::start_full_via(&register, "", "", Some((tap.port, target)));
+    let (_root, a, b) =
+        oots_support::start_full_via(&register, "", "", Some((tap.port, target)), None);
     let created = oots_support::post_request(
         &a,
         &oots_support::request_body("EV-OK", "DK/LV/010190-1234"),
