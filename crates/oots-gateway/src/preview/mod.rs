@@ -36,6 +36,7 @@ mod oidc;
 mod pages;
 mod routes;
 pub(crate) mod test_idp;
+pub(crate) mod xslt;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
