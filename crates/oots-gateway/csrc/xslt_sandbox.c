@@ -4,8 +4,8 @@
  *
  * What a stylesheet or document cannot do here:
  * - load anything: every load (xsl:import, xsl:include, document()) goes to a loader that
- *   refuses, and libxslt's security preferences forbid reading and writing files and the
- *   network as a second lock;
+ *   opens nothing (imports fail, document() is an empty document), and libxslt's security
+ *   preferences forbid writing files, directories and to the network;
  * - use a DTD: documents and stylesheets with a DOCTYPE are refused (no entities, internal
  *   or external), and the parser never touches the network (XML_PARSE_NONET);
  * - run unbounded: a limit on template depth, on variables and on XSLT operations, and the
@@ -39,9 +39,13 @@
 #include <libxslt/xsltInternals.h>
 #include <libxslt/xsltutils.h>
 
+/* The only way libxslt reads a document: xsl:import and xsl:include are refused (the
+   stylesheet fails), document() gets an empty document (so a stylesheet that asks still
+   renders, without whatever it asked for). Nothing is ever opened or fetched. */
 static xmlDocPtr refuse_load(const xmlChar *uri, xmlDictPtr dict, int options, void *ctxt,
                              xsltLoadType type) {
-    (void)uri; (void)dict; (void)options; (void)ctxt; (void)type;
+    (void)uri; (void)dict; (void)options; (void)ctxt;
+    if (type == XSLT_LOAD_DOCUMENT) return xmlNewDoc((const xmlChar *)"1.0");
     return NULL;
 }
 
@@ -156,17 +160,20 @@ static int transform_here(const char *xml, size_t xml_len, const char *xsl, size
         snprintf(err, err_len, "out of memory");
         return 1;
     }
-    xsltSetSecurityPrefs(sec, XSLT_SECPREF_READ_FILE, xsltSecurityForbid);
+    /* Reads go through refuse_load only (forbidding them here would turn document() into
+       an error that discards the whole result); writes (xsl:document, exsl:document) are
+       forbidden. */
     xsltSetSecurityPrefs(sec, XSLT_SECPREF_WRITE_FILE, xsltSecurityForbid);
     xsltSetSecurityPrefs(sec, XSLT_SECPREF_CREATE_DIRECTORY, xsltSecurityForbid);
-    xsltSetSecurityPrefs(sec, XSLT_SECPREF_READ_NETWORK, xsltSecurityForbid);
     xsltSetSecurityPrefs(sec, XSLT_SECPREF_WRITE_NETWORK, xsltSecurityForbid);
     xsltSetCtxtSecurityPrefs(sec, ctxt);
     ctxt->maxTemplateDepth = max_depth;
     ctxt->maxTemplateVars = max_depth * 10;
     ctxt->opLimit = op_limit;
     xmlDocPtr result = xsltApplyStylesheetUser(style, doc, NULL, NULL, NULL, ctxt);
-    int stopped = ctxt->state != XSLT_STATE_OK;
+    /* A refused load (document()) is an error the result survives, as an empty node-set;
+       a limit or xsl:message terminate stops the transformation and leaves no result. */
+    int stopped = ctxt->state == XSLT_STATE_STOPPED;
     int rc = 1;
     if (result == NULL || stopped) {
         snprintf(err, err_len, "the transformation failed%s%s", first_error[0] ? ": " : "",

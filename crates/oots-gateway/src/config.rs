@@ -338,6 +338,13 @@ pub struct ConnectorConfig {
     /// `PossibilityForPreview` false then gets EDM:ERR:0002 and never the evidence.
     #[serde(default)]
     pub preview: bool,
+    /// An XSLT 1.0 stylesheet (a file) that turns this evidence type's XML evidence into
+    /// HTML the citizen reads in the preview space (OOTS test event TC10); the raw XML stays
+    /// downloadable. A stylesheet the register sends with the evidence wins. It runs
+    /// sandboxed: it can load nothing (no `document()`, `xsl:import`, `xsl:include`) and
+    /// its work is bounded.
+    #[serde(default)]
+    pub stylesheet: Option<PathBuf>,
 }
 
 fn default_timeout() -> u64 {
@@ -358,6 +365,11 @@ impl OotsConfig {
             .flatten()
         {
             if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for c in &mut self.connectors {
+            if let Some(p) = c.stylesheet.as_mut().filter(|p| p.is_relative()) {
                 *p = base.join(&*p);
             }
         }
@@ -383,6 +395,21 @@ impl OotsConfig {
         }
         if let Some(p) = &self.platform {
             p.validate("oots.platform")?;
+        }
+        for c in &self.connectors {
+            if let Some(p) = &c.stylesheet {
+                if let Err(e) = std::fs::metadata(p) {
+                    return invalid(
+                        "oots.connectors.stylesheet",
+                        format!(
+                            "evidence type `{}`: cannot read {}: {e}",
+                            c.evidence_type,
+                            p.display()
+                        ),
+                        "give the path of an XSLT 1.0 file (relative to the configuration file), or leave stylesheet out",
+                    );
+                }
+            }
         }
         if self.max_received_evidence_bytes == 0 {
             return invalid(
@@ -555,6 +582,7 @@ mod tests {
             retries: 0,
             retry_delay_ms: 0,
             preview: false,
+            stylesheet: None,
         }
     }
 

@@ -11,6 +11,11 @@
 //!   evidences.
 //! - TC09 preview error: the citizen does not decide before the link expires; the provider
 //!   answers the held second request with EDM:ERR:0005 and the link shows it expired.
+//! - TC10 preview with a human-readable transformation: the register sends XML evidence
+//!   with an XSLT 1.0 stylesheet; the citizen sees the transformed page (sandboxed) and can
+//!   fetch the original XML; a hostile stylesheet configured for another evidence type,
+//!   calling `document('http://127.0.0.1:…')` and adding remote images, scripts and styles,
+//!   makes nobody fetch anything (a listener on that address proves it).
 
 mod chromium_support;
 mod oots_support;
@@ -23,8 +28,11 @@ use std::time::{Duration, Instant};
 use chromium_support::{browser_trusting, log_in, preview_files, start_driver, text_of, wait_for};
 use oots_support::{expect_error, get_request, post_request, request_body, settled};
 use pair_support::{free_port, repo, Node};
-use register_support::{pdf, pdf_b, Register};
+use register_support::{evidence_xml, evidence_xsl, pdf, pdf_b, Register};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 
 /// The EDM versions every event runs with.
 const EDM_VERSIONS: [&str; 2] = ["oots-edm:v1.0", "oots-edm:v2.0"];
@@ -303,4 +311,172 @@ async fn tc09_expired_preview_is_answered_with_timeout_through_two_gateways() {
     let mut called = versions_called(&register, "/ok");
     called.sort();
     assert_eq!(called, EDM_VERSIONS, "asked once per procedure");
+}
+
+/// A listener that records the first bytes of every connection, in order: a fetch from
+/// the provider or the browser shows up as one.
+fn fetch_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let mut buf = [0u8; 128];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            record
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    (port, seen)
+}
+
+/// What reached the listener before a sentinel connection made now. It takes connections
+/// one by one in order, so once it has the sentinel every earlier attempt is recorded.
+fn fetched_before_sentinel(port: u16, seen: &Mutex<Vec<String>>) -> Vec<String> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"sentinel").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = seen.lock().unwrap().clone();
+        if now.iter().any(|s| s == "sentinel") {
+            return now.into_iter().filter(|s| s != "sentinel").collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener never saw the sentinel"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// TC10: XML evidence with the register's stylesheet, shown transformed in the preview
+/// space (EDM 1.0 and 2.0), the original XML available; then a hostile stylesheet that
+/// makes nothing fetch anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tc10_xml_evidence_transformed_in_headless_chromium_and_a_hostile_stylesheet_fetches_nothing(
+) {
+    let register = Register::start();
+    let (trap, seen) = fetch_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = dir.path().join("hostile.xsl");
+    let trap_url = format!("http://127.0.0.1:{trap}");
+    std::fs::write(
+        &hostile,
+        evidence_xsl(&format!(
+            r#"<p id="stolen"><xsl:value-of select="document('{trap_url}/document')"/></p>
+<img id="pixel" src="{trap_url}/img"/><link rel="stylesheet" href="{trap_url}/css"/>
+<script src="{trap_url}/js"></script><p style="background: url({trap_url}/bg)">styled</p>
+<meta http-equiv="refresh" content="0;url={trap_url}/refresh"/><a id="away" href="{trap_url}/link">away</a>"#
+        )),
+    )
+    .unwrap();
+    let port = free_port();
+    let connectors = format!(
+        "[[oots.connectors]]\nevidence_type = \"EV-XML\"\nurl = \"{}\"\npreview = true\n\
+         [[oots.connectors]]\nevidence_type = \"EV-XML-HOSTILE\"\nurl = \"{}\"\npreview = true\nstylesheet = \"{}\"\n",
+        register.url("/xml-xsl"),
+        register.url("/xml"),
+        hostile.display()
+    );
+    let b_extra = preview_space(port, 600, &connectors);
+    let (_root, a, b) = tokio::task::block_in_place(|| {
+        oots_support::start_full_via(&register, "", &b_extra, None, None)
+    });
+    let driver = start_driver();
+    let tls_cert = repo().join("certs/varti-b/tls.cert.pem");
+
+    for version in EDM_VERSIONS {
+        let (id, link, _) = tokio::task::block_in_place(|| {
+            let asked = ask_until_preview(&a, &b, &request("EV-XML", P1, version, true));
+            return_from_preview(&a, &asked.0, version);
+            asked
+        });
+        let c = browser_trusting(&driver, Some(&tls_cert)).await;
+        log_in(&c, &link, "Ida").await;
+        // The transformed evidence, in a frame that may run nothing.
+        let frame = wait_for(&c, "iframe#evidence-0.transformed").await;
+        assert_eq!(frame.attr("sandbox").await.unwrap().as_deref(), Some(""));
+        frame.enter_frame().await.unwrap();
+        assert_eq!(text_of(&c, "#heading").await, "Birth record");
+        assert_eq!(text_of(&c, "#child").await, "Child: Ida Jensen");
+        assert_eq!(text_of(&c, "#born").await, "Born: 1990-01-01 in Rīga");
+        c.enter_parent_frame().await.unwrap();
+        // The original XML to download, and as it is.
+        let download = wait_for(&c, "#evidence-0-xml").await;
+        let href = download.attr("href").await.unwrap().unwrap_or_default();
+        assert!(href.ends_with("/evidence/0?download=1"), "{href}");
+        assert!(download.attr("download").await.unwrap().is_some());
+        let raw = href.trim_end_matches("?download=1").to_owned();
+        c.goto(&raw).await.unwrap();
+        let source = c.source().await.unwrap();
+        assert!(
+            source.contains("Ida Jensen") && source.contains("BirthRecord"),
+            "{source}"
+        );
+        // Back to the page, and share.
+        c.goto(&link).await.unwrap();
+        wait_for(&c, "#approve").await.click().await.unwrap();
+        wait_for(&c, "#message").await;
+        c.close().await.unwrap();
+        let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
+        assert_eq!(v["state"], "answered", "{version}: {v:#}");
+        let evidences = v["evidences"].as_array().unwrap();
+        assert_eq!(
+            evidences.len(),
+            1,
+            "{version}: the stylesheet is no evidence: {v:#}"
+        );
+        assert_eq!(evidences[0]["mime_type"], "application/xml");
+        let file = a.api("GET", evidences[0]["href"].as_str().unwrap(), None, b"");
+        assert_eq!(file.bytes, evidence_xml().as_bytes(), "{version}");
+        assert_eq!(
+            preview_files(&b.dir),
+            0,
+            "{version}: the transformed copy is gone too"
+        );
+    }
+    let mut called = versions_called(&register, "/xml-xsl");
+    called.sort();
+    assert_eq!(called, EDM_VERSIONS);
+
+    // The hostile stylesheet (configured for EV-XML-HOSTILE): the page still shows what it
+    // renders, and neither the provider transforming nor the browser showing it fetched
+    // anything from the listener.
+    let (id, link, _) = tokio::task::block_in_place(|| {
+        let asked = ask_until_preview(
+            &a,
+            &b,
+            &request("EV-XML-HOSTILE", P1, "oots-edm:v2.0", true),
+        );
+        return_from_preview(&a, &asked.0, "oots-edm:v2.0");
+        asked
+    });
+    let c = browser_trusting(&driver, Some(&tls_cert)).await;
+    log_in(&c, &link, "Ida").await;
+    let b_log = b.served.log_text();
+    assert!(
+        !b_log.contains("stylesheet failed"),
+        "the hostile stylesheet did not render: {b_log}"
+    );
+    let frame = wait_for(&c, "iframe#evidence-0.transformed").await;
+    frame.enter_frame().await.unwrap();
+    assert_eq!(text_of(&c, "#child").await, "Child: Ida Jensen");
+    assert_eq!(text_of(&c, "#stolen").await, "");
+    let page = c.source().await.unwrap();
+    assert!(
+        !page.contains(&trap_url),
+        "a reference to the listener survived: {page}"
+    );
+    c.enter_parent_frame().await.unwrap();
+    let fetched = tokio::task::block_in_place(|| fetched_before_sentinel(trap, &seen));
+    assert!(fetched.is_empty(), "fetched from the listener: {fetched:?}");
+    wait_for(&c, "#cancel").await.click().await.unwrap();
+    wait_for(&c, "#message").await;
+    c.close().await.unwrap();
+    let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
+    assert_eq!(v["state"], "answered", "{v:#}");
+    assert!(v["evidences"].as_array().unwrap().is_empty(), "{v:#}");
 }
