@@ -652,6 +652,26 @@ mod tests {
     }
 
     #[test]
+    fn a_connector_stylesheet_is_resolved_beside_the_file_and_must_be_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("birth.xsl"), "<xsl:stylesheet/>").unwrap();
+        let mut c: OotsConfig = toml::from_str(
+            "[[connectors]]\nevidence_type = \"EV\"\nurl = \"http://r\"\nstylesheet = \"birth.xsl\"\n",
+        )
+        .unwrap();
+        c.resolve_relative_to(dir.path());
+        assert_eq!(
+            c.connectors[0].stylesheet.as_deref(),
+            Some(dir.path().join("birth.xsl").as_path())
+        );
+        c.validate().unwrap();
+        c.connectors[0].stylesheet = Some(dir.path().join("missing.xsl"));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "oots.connectors.stylesheet", "{e}");
+        assert!(e.to_string().contains("missing.xsl"), "{e}");
+    }
+
+    #[test]
     fn answer_gateways_and_requester_platforms_are_looked_up_and_checked() {
         let c: OotsConfig = toml::from_str(
             "[[answer_gateways]]\nprovider = \"P1\"\ngateways = [\"gw-2\", \" gw-3 \"]\n\
