@@ -351,11 +351,22 @@ fn receive_parsed(
         for part in &um.parts {
             let href = part.href.as_deref().unwrap_or("");
             let cid = content_id_from_href(href).ok_or_else(|| {
+                // CP_TA08: eDelivery AS4 carries every payload as a MIME attachment; a
+                // payload in the SOAP Body (no href, or `#id`) is in the wrong place.
+                let placed = if href.is_empty() {
+                    "a PartInfo without href makes the SOAP Body the payload".to_string()
+                } else if href.starts_with('#') {
+                    format!("PartInfo href '{href}' puts the payload in the SOAP Body")
+                } else {
+                    format!("PartInfo href '{href}' does not name a MIME attachment")
+                };
+                // EBMS:0010 (a failure) rather than 0002 FeatureNotSupported, whose
+                // severity is a warning: the message is refused, not processed.
                 EbmsError::new(
-                    ErrorCode::FeatureNotSupported,
+                    ErrorCode::ProcessingModeMismatch,
                     format!(
-                        "PartInfo href '{href}' does not name a MIME attachment; Varti accepts \
-                         payloads as cid: attachments only (AS4 profile)"
+                        "{placed}; eDelivery AS4 carries payloads as MIME attachments \
+                         referenced by cid: only — send the payload as an attachment"
                     ),
                 )
             })?;

@@ -877,6 +877,49 @@ fn invalid_ebms_headers_are_refused_with_invalid_header() {
     assert_invalid_header("phase4/negative/NoResponder.xml", "no To element");
 }
 
+/// CP_TA03: exactly one From and one To. The phase4 user message with its From (then its
+/// To) written twice, as a second party would be, is refused with EBMS:0009 naming the
+/// element; the message itself parses, so the refusal is the duplicate's alone.
+#[test]
+fn two_from_or_two_to_elements_are_refused() {
+    let Some(bytes) = vector("phase4/ebms/UserMessage.xml") else {
+        return;
+    };
+    let xml = String::from_utf8(bytes).unwrap();
+    parse_envelope(xml.as_bytes()).expect("the unaltered vector parses");
+    for (side, other_party) in [("From", "uri:second-sender.example.com"), ("To", "QRS999")] {
+        let open = format!("<eb:{side}>");
+        let close = format!("</eb:{side}>");
+        let start = xml.find(&open).unwrap();
+        let end = xml.find(&close).unwrap() + close.len();
+        let element = &xml[start..end];
+        let second = element.replacen(
+            if side == "From" {
+                "uri:requester.example.com"
+            } else {
+                "QRS543"
+            },
+            other_party,
+            1,
+        );
+        assert_ne!(element, second);
+        let mut twice = xml.clone();
+        twice.insert_str(end, &second);
+        let err = parse_envelope(twice.as_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidHeader, "{side}: {err}");
+        assert!(
+            err.detail
+                .contains(&format!("more than one {side} element")),
+            "{side}: {}",
+            err.detail
+        );
+        assert_eq!(
+            err.ref_to_message_id.as_deref(),
+            Some("UUID-1@requester.example.com")
+        );
+    }
+}
+
 #[test]
 fn refusals_name_the_message_when_its_id_is_known() {
     let Some(err) = parse_err("phase4/ebms/MessageInfoImaginaryTimestamp.xml") else {

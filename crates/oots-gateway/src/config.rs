@@ -338,6 +338,13 @@ pub struct ConnectorConfig {
     /// `PossibilityForPreview` false then gets EDM:ERR:0002 and never the evidence.
     #[serde(default)]
     pub preview: bool,
+    /// An XSLT 1.0 stylesheet (a file) that turns this evidence type's XML evidence into
+    /// HTML the citizen reads in the preview space (OOTS test event TC10); the raw XML stays
+    /// downloadable. A stylesheet the register sends with the evidence wins. It runs
+    /// sandboxed: it can load nothing (no `document()`, `xsl:import`, `xsl:include`) and
+    /// its work is bounded.
+    #[serde(default)]
+    pub stylesheet: Option<PathBuf>,
 }
 
 fn default_timeout() -> u64 {
@@ -358,6 +365,11 @@ impl OotsConfig {
             .flatten()
         {
             if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for c in &mut self.connectors {
+            if let Some(p) = c.stylesheet.as_mut().filter(|p| p.is_relative()) {
                 *p = base.join(&*p);
             }
         }
@@ -383,6 +395,21 @@ impl OotsConfig {
         }
         if let Some(p) = &self.platform {
             p.validate("oots.platform")?;
+        }
+        for c in &self.connectors {
+            if let Some(p) = &c.stylesheet {
+                if let Err(e) = std::fs::metadata(p) {
+                    return invalid(
+                        "oots.connectors.stylesheet",
+                        format!(
+                            "evidence type `{}`: cannot read {}: {e}",
+                            c.evidence_type,
+                            p.display()
+                        ),
+                        "give the path of an XSLT 1.0 file (relative to the configuration file), or leave stylesheet out",
+                    );
+                }
+            }
         }
         if self.max_received_evidence_bytes == 0 {
             return invalid(
@@ -555,6 +582,7 @@ mod tests {
             retries: 0,
             retry_delay_ms: 0,
             preview: false,
+            stylesheet: None,
         }
     }
 
@@ -621,6 +649,26 @@ mod tests {
         c.evidence_retention_secs = 10;
         c.record_retention_secs = 5;
         assert!(c.validate().is_err(), "records shorter than their evidence");
+    }
+
+    #[test]
+    fn a_connector_stylesheet_is_resolved_beside_the_file_and_must_be_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("birth.xsl"), "<xsl:stylesheet/>").unwrap();
+        let mut c: OotsConfig = toml::from_str(
+            "[[connectors]]\nevidence_type = \"EV\"\nurl = \"http://r\"\nstylesheet = \"birth.xsl\"\n",
+        )
+        .unwrap();
+        c.resolve_relative_to(dir.path());
+        assert_eq!(
+            c.connectors[0].stylesheet.as_deref(),
+            Some(dir.path().join("birth.xsl").as_path())
+        );
+        c.validate().unwrap();
+        c.connectors[0].stylesheet = Some(dir.path().join("missing.xsl"));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "oots.connectors.stylesheet", "{e}");
+        assert!(e.to_string().contains("missing.xsl"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,11 @@
 //!
 //! * **200** `multipart/form-data`: every part is one evidence file (its `Content-Type`
 //!   is the evidence's media type), except an optional first part named `metadata` holding
-//!   JSON `{"evidences": [{"part": "<part name>", "title": "…", "issuing_date": "YYYY-MM-DD"}]}`.
+//!   JSON `{"evidences": [{"part": "<part name>", "title": "…", "issuing_date": "YYYY-MM-DD",
+//!   "stylesheet": "<part name>"}]}`. `stylesheet` names a part holding an XSLT 1.0
+//!   stylesheet (at most 1 MiB) that turns that XML evidence into HTML for the preview space;
+//!   that part is not an evidence itself. Without one, the connector's configured
+//!   `stylesheet` applies.
 //!   Files are streamed to the payload store, never held whole in memory; their total is
 //!   capped by `oots.max_evidence_bytes`. An answer with no file means no evidence.
 //! * **404**: no evidence, or no unique match for the person → EDM:ERR:0004.
@@ -80,6 +84,8 @@ pub(crate) struct FetchedEvidence {
     pub title: Option<String>,
     /// Its issuing date, if the register gave one.
     pub issuing_date: Option<String>,
+    /// The XSLT 1.0 stylesheet the register sent to show this (XML) evidence, if any.
+    pub stylesheet: Option<Vec<u8>>,
 }
 
 /// What a register answered, after retries.
@@ -110,7 +116,12 @@ struct MetadataItem {
     title: Option<String>,
     #[serde(default)]
     issuing_date: Option<String>,
+    #[serde(default)]
+    stylesheet: Option<String>,
 }
+
+/// Largest stylesheet a register may send with its evidence.
+const MAX_STYLESHEET: usize = 1024 * 1024;
 
 enum Attempt {
     Done(Outcome),
@@ -272,6 +283,7 @@ async fn receive_files(
         multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
     let mut metadata = Metadata::default();
     let mut files: Vec<(String, FetchedEvidence)> = Vec::new();
+    let mut stylesheets: Vec<(String, Vec<u8>)> = Vec::new();
     let result: Result<(), String> = async {
         while let Some(mut field) = form.next_field().await.map_err(|e| e.to_string())? {
             let name = field.name().unwrap_or_default().to_owned();
@@ -280,6 +292,23 @@ async fn receive_files(
                 metadata = serde_json::from_slice(&bytes).map_err(|e| {
                     format!("the register's metadata part is not the expected JSON: {e}")
                 })?;
+                continue;
+            }
+            if metadata
+                .evidences
+                .iter()
+                .any(|m| m.stylesheet.as_deref() == Some(name.as_str()))
+            {
+                let mut xsl = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| e.to_string())? {
+                    if xsl.len() + chunk.len() > MAX_STYLESHEET {
+                        return Err(format!(
+                            "the stylesheet part `{name}` is larger than {MAX_STYLESHEET} bytes"
+                        ));
+                    }
+                    xsl.extend_from_slice(&chunk);
+                }
+                stylesheets.push((name, xsl));
                 continue;
             }
             let mime_type = field
@@ -329,6 +358,7 @@ async fn receive_files(
                     mime_type,
                     title: None,
                     issuing_date: None,
+                    stylesheet: None,
                 },
             ));
         }
@@ -345,6 +375,12 @@ async fn receive_files(
             if let Some(m) = metadata.evidences.iter().find(|m| m.part == name) {
                 f.title = m.title.clone();
                 f.issuing_date = m.issuing_date.clone();
+                f.stylesheet = m.stylesheet.as_ref().and_then(|s| {
+                    stylesheets
+                        .iter()
+                        .find(|(name, _)| name == s)
+                        .map(|(_, xsl)| xsl.clone())
+                });
             }
             f
         })

@@ -56,6 +56,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -444,7 +445,7 @@ async fn serve(
         }
     };
     if connector.preview {
-        return open_preview(gw, previews, record, request, files).await;
+        return open_preview(gw, previews, record, request, connector, files).await;
     }
     evidence_answer(gw, request, files)
 }
@@ -638,6 +639,7 @@ async fn open_preview(
     previews: &Arc<Previews>,
     record: &MessageRecord,
     request: &EvidenceRequest,
+    connector: &ConnectorConfig,
     files: Vec<FetchedEvidence>,
 ) -> Answer {
     let Some(space) = previews.space.clone() else {
@@ -651,10 +653,13 @@ async fn open_preview(
     // The preview space owns (and deletes) its copies; the stored files stay for the answer.
     let copies = {
         let (gw, space, files) = (gw.clone(), space.clone(), files.clone());
-        tokio::task::spawn_blocking(move || copy_for_preview(&gw, &space, &files))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
+        let stylesheet = connector.stylesheet.clone();
+        tokio::task::spawn_blocking(move || {
+            copy_for_preview(&gw, &space, &files, stylesheet.as_deref())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
     };
     let evidences = match copies {
         Ok(e) => e,
@@ -725,11 +730,15 @@ async fn open_preview(
     }
 }
 
-/// Streams each stored evidence file into a file of the preview space.
+/// Streams each stored evidence file into a file of the preview space, and beside each XML
+/// one with a stylesheet (the register's, else the connector's `stylesheet`) its
+/// transformation into HTML (TC10). A stylesheet that fails leaves the XML shown as an
+/// outline: the citizen can still decide.
 fn copy_for_preview(
     gw: &Gateway,
     space: &PreviewSpace,
     files: &[FetchedEvidence],
+    configured_stylesheet: Option<&Path>,
 ) -> Result<Vec<PreviewEvidence>, String> {
     let dir = space
         .files_dir()
@@ -752,6 +761,7 @@ fn copy_for_preview(
             let _ = std::fs::remove_dir_all(&dir);
             return Err(format!("{}: {e}", path.display()));
         }
+        let html = transformed(f, &path, configured_stylesheet);
         out.push(PreviewEvidence {
             title: f
                 .title
@@ -759,9 +769,58 @@ fn copy_for_preview(
                 .unwrap_or_else(|| format!("Evidence {}", n + 1)),
             media_type: f.mime_type.clone(),
             path,
+            html,
         });
     }
     Ok(out)
+}
+
+/// Largest XML evidence transformed for the preview (bigger ones are shown as a download).
+const MAX_TRANSFORMED_XML: u64 = 8 * 1024 * 1024;
+
+/// The HTML file made from the XML evidence at `path` with its stylesheet, if it has one
+/// and the transformation worked.
+fn transformed(
+    f: &FetchedEvidence,
+    path: &Path,
+    configured_stylesheet: Option<&Path>,
+) -> Option<PathBuf> {
+    let is_xml = f.mime_type.ends_with("/xml") || f.mime_type.ends_with("+xml");
+    if !is_xml {
+        return None;
+    }
+    let xsl = match (&f.stylesheet, configured_stylesheet) {
+        (Some(xsl), _) => xsl.clone(),
+        (None, Some(file)) => match std::fs::read(file) {
+            Ok(xsl) => xsl,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "OOTS: cannot read the connector's stylesheet; the XML evidence is shown as it is");
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
+    if std::fs::metadata(path).ok()?.len() > MAX_TRANSFORMED_XML {
+        tracing::warn!("OOTS: the XML evidence is too large to transform; shown as a download");
+        return None;
+    }
+    let xml = std::fs::read(path).ok()?;
+    match crate::preview::xslt::transform(&xml, &xsl, Default::default()) {
+        Ok(html) => {
+            let out = path.with_extension("html");
+            match std::fs::write(&out, html) {
+                Ok(()) => Some(out),
+                Err(e) => {
+                    tracing::warn!(file = %out.display(), error = %e, "OOTS: cannot write the transformed evidence");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "OOTS: the evidence's stylesheet failed; the XML evidence is shown as it is");
+            None
+        }
+    }
 }
 
 /// Second request of a preview exchange: waits for the citizen's decision, then answers.

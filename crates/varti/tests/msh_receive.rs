@@ -296,6 +296,121 @@ fn receiver_acknowledges_and_refuses_by_pmode_and_security() {
     );
 }
 
+/// The OOTS request leg's four-corner properties.
+fn four_corner() -> Vec<Property> {
+    vec![
+        Property {
+            name: "originalSender".into(),
+            type_: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:C1".into()),
+            value: "sender".into(),
+        },
+        Property {
+            name: "finalRecipient".into(),
+            type_: Some("urn:oasis:names:tc:ebcore:partyid-type:unregistered:C4".into()),
+            value: "recipient".into(),
+        },
+    ]
+}
+
+/// An OOTS request as varti-b would seal it, with these payloads.
+fn oots_request<'a>(id: &str, payloads: Vec<(&'a str, Vec<u8>)>) -> Msg<'a> {
+    let mut m = Msg::test_service(id);
+    m.service = "QueryManager";
+    m.service_type = Some("urn:oasis:names:tc:ebcore:ebrs:ebms:binding:1.0");
+    m.action = "ExecuteQueryRequest";
+    m.from_role = "http://sdg.europa.eu/edelivery/gateway";
+    m.to_role = "http://sdg.europa.eu/edelivery/gateway";
+    m.properties = four_corner();
+    m.payloads = payloads;
+    m
+}
+
+/// CP_TA06 and CP_TA08 on a running receiver. The OOTS payload profile's business document
+/// (the EDM, application/x-ebrs+xml) must be the first part: the same two parts with the
+/// evidence first are refused with EBMS:0010, in order they are acknowledged. A payload in
+/// the SOAP Body (PartInfo `#id`, or no href) on this leg, which carries attachments, gets
+/// a synchronous ebMS error. Only the acknowledged message is stored.
+#[test]
+fn business_document_first_and_no_payload_in_the_soap_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = spawn_serve(
+        dir.path(),
+        &plain_config("[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n"),
+        &["--insecure-http"],
+    );
+    let edm = ("application/x-ebrs+xml", b"<query:QueryRequest/>".to_vec());
+    let pdf = ("application/pdf", b"%PDF-1.7 evidence".to_vec());
+
+    // CP_TA06: evidence first, business document second. Each part fits a rule of the
+    // profile, so only the order is wrong.
+    let swapped = oots_request("order-1@test", vec![pdf.clone(), edm.clone()]);
+    let r = post(&served, &swapped.seal());
+    assert_error(&r, "EBMS:0010", "business document second");
+    assert!(r.body.contains("first payload"), "{}", r.body);
+    assert!(r.body.contains("business document `edm`"), "{}", r.body);
+
+    // The same parts in order: acknowledged.
+    let in_order = oots_request("order-2@test", vec![edm.clone(), pdf.clone()]);
+    let r = post(&served, &in_order.seal());
+    assert!(
+        r.body.contains("Receipt"),
+        "{}\n{}",
+        r.body,
+        served.log_text()
+    );
+
+    // CP_TA08: the business document moved from its attachment into the SOAP Body, the
+    // PartInfo pointing at it there (`#id`), then with no href (the Body itself).
+    let (ct, body) = oots_request("body-1@test", vec![edm.clone()]).seal();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(text.contains("href=\"cid:part0@test\""), "{text}");
+    let body_start = text.find("<S12:Body").expect("a SOAP 1.2 Body");
+    let body_end = body_start + text[body_start..].find('>').unwrap();
+    assert!(
+        text[..=body_end].ends_with("/>"),
+        "an empty Body: {}",
+        &text[body_start..=body_end]
+    );
+    let in_body = |href_attr: &str| {
+        let moved = format!(
+            "{}><query:QueryRequest xmlns:query=\"urn:oasis:names:tc:ebxml-regrep:xsd:query:4.0\" \
+             xmlns:wsu=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd\" \
+             wsu:Id=\"edm-in-body\"/></S12:Body>{}",
+            &text[..body_end - 1],
+            &text[body_end + 1..]
+        );
+        moved
+            .replace("href=\"cid:part0@test\"", href_attr)
+            .into_bytes()
+    };
+    for (href_attr, placed) in [
+        ("href=\"#edm-in-body\"", "puts the payload in the SOAP Body"),
+        ("", "makes the SOAP Body the payload"),
+    ] {
+        let r = post(&served, &(ct.clone(), in_body(href_attr)));
+        assert_error(&r, "EBMS:0010", placed);
+        assert!(r.body.contains(placed), "{}", r.body);
+        assert!(r.body.contains("MIME attachments"), "{}", r.body);
+        assert!(
+            r.body.contains("severity=\"failure\""),
+            "refused, not warned: {}",
+            r.body
+        );
+    }
+
+    let mut served = served;
+    assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
+    let store = varti_store::SledStore::open(dir.path().join("data/store")).unwrap();
+    let ids: Vec<String> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.meta.message_id)
+        .collect();
+    assert_eq!(ids, ["order-2@test"]);
+}
+
 /// A gzip member that inflates to `1 + 258 × (1 + 8n)` zero bytes in a few percent of
 /// that: one fixed-Huffman deflate block of a literal zero followed by back-references
 /// (length 258, distance 1). Written by hand because compressing gigabytes with a real

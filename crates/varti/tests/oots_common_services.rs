@@ -248,7 +248,8 @@ async fn signatures_are_refused_when_untrusted_or_missing() {
     assert!(r.signature.is_none());
 }
 
-/// TC05-style additional DSD conversation, with the stand-in signing by its own key.
+/// TC05-style additional DSD conversation, with the stand-in signing by its own key; once
+/// asking for access services of EDM 1.0 and once of EDM 2.0 (the DSD `specification`).
 #[tokio::test]
 async fn dsd_user_input_flow_with_a_stand_in_signing_key() {
     let Some((v, s)) = dirs() else { return };
@@ -259,34 +260,42 @@ async fn dsd_user_input_flow_with_a_stand_in_signing_key() {
         Some(anchors),
         Arc::new(OffsetDateTime::now_utc),
     );
-    let first = c.data_services(query(DE_BIRTH, "DE")).await.unwrap_err();
-    let e = first.exception().expect("an exception answer");
-    assert!(e.needs_user_input(), "{e}");
-    let input = e.additional_input.as_ref().unwrap();
-    let second = c
-        .data_services(DataServicesQuery {
-            evidence_type_id: Some(input.evidence_type.as_ref().unwrap().identifier.clone()),
-            jurisdiction_context_id: Some(input.jurisdiction.as_ref().unwrap().context_id.clone()),
-            jurisdiction_admin_l3: Some("11000000".into()),
-            classifications: vec![(
-                input.classifications[0].identifier.clone(),
-                "ApplicantHasBeenResidentInGermany".into(),
-            )],
-            ..query(DE_BIRTH, "DE")
-        })
-        .await
-        .unwrap();
-    assert!(second
-        .signature
-        .as_ref()
-        .unwrap()
-        .signer
-        .contains("varti-b"));
-    let providers: Vec<String> = second.answer.items[0]
-        .data_services()
-        .map(|d| d.provider.value.clone())
-        .collect();
-    assert_eq!(providers, ["DE73524311", "02-CivilRegistration-66"]);
+    for spec in ["oots-edm:v1.0", "oots-edm:v2.0"] {
+        let query = |classification: &str, country: &str| DataServicesQuery {
+            specification: Some(spec.to_owned()),
+            ..query(classification, country)
+        };
+        let first = c.data_services(query(DE_BIRTH, "DE")).await.unwrap_err();
+        let e = first.exception().expect("an exception answer");
+        assert!(e.needs_user_input(), "{e}");
+        let input = e.additional_input.as_ref().unwrap();
+        let second = c
+            .data_services(DataServicesQuery {
+                evidence_type_id: Some(input.evidence_type.as_ref().unwrap().identifier.clone()),
+                jurisdiction_context_id: Some(
+                    input.jurisdiction.as_ref().unwrap().context_id.clone(),
+                ),
+                jurisdiction_admin_l3: Some("11000000".into()),
+                classifications: vec![(
+                    input.classifications[0].identifier.clone(),
+                    "ApplicantHasBeenResidentInGermany".into(),
+                )],
+                ..query(DE_BIRTH, "DE")
+            })
+            .await
+            .unwrap();
+        assert!(second
+            .signature
+            .as_ref()
+            .unwrap()
+            .signer
+            .contains("varti-b"));
+        let providers: Vec<String> = second.answer.items[0]
+            .data_services()
+            .map(|d| d.provider.value.clone())
+            .collect();
+        assert_eq!(providers, ["DE73524311", "02-CivilRegistration-66"]);
+    }
 }
 
 #[tokio::test]

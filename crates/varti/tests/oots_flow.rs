@@ -189,6 +189,24 @@ fn evidence_request_response_and_every_error_over_as4() {
     // The answer is an AS4 message on the request's conversation, referring to it.
     let response_id = v["response_message_id"].as_str().unwrap();
     assert_ne!(response_id, v["request_message_id"].as_str().unwrap());
+    // That was EDM 2.0 (the default); the same with EDM 1.0 messages.
+    assert_eq!(calls[0]["edm_version"], "oots-edm:v2.0");
+    let mut v1_body = request_body("EV-OK", "DK/LV/010190-1234");
+    v1_body["edm_version"] = json!("oots-edm:v1.0");
+    let v1_id = post_request(&a, &v1_body)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v1 = settled(&a, &b, &v1_id, Duration::from_secs(60));
+    assert_eq!(v1["state"], "answered", "{v1:#}");
+    let v1_evidences = v1["evidences"].as_array().unwrap();
+    assert_eq!(v1_evidences.len(), 1, "{v1:#}");
+    assert_eq!(v1_evidences[0]["title"], "Birth certificate");
+    let file = a.api("GET", v1_evidences[0]["href"].as_str().unwrap(), None, b"");
+    assert!(file.bytes == pdf(), "EDM 1.0: the evidence differs");
+    let calls = register.calls("/ok");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1]["edm_version"], "oots-edm:v1.0");
 
     // Another portal's id, a made-up id and a missing evidence index are 404.
     let r = a.api(
@@ -263,13 +281,17 @@ fn evidence_request_response_and_every_error_over_as4() {
             "cannot reach",
         ),
     ];
-    let ids: Vec<String> = cases
+    // Each case with EDM 1.0 and with EDM 2.0 messages.
+    const VERSIONS: [&str; 2] = ["oots-edm:v1.0", "oots-edm:v2.0"];
+    let ids: Vec<(String, &str)> = cases
         .iter()
-        .map(|(et, eidas, ..)| {
-            post_request(&a, &request_body(et, eidas))["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+        .flat_map(|(et, eidas, ..)| {
+            VERSIONS.map(|version| {
+                let mut body = request_body(et, eidas);
+                body["edm_version"] = json!(version);
+                let id = post_request(&a, &body)["id"].as_str().unwrap().to_owned();
+                (id, version)
+            })
         })
         .collect();
     // The answer that comes too late: the request waits 2 s, the register takes 8 s.
@@ -277,16 +299,28 @@ fn evidence_request_response_and_every_error_over_as4() {
     late["timeout_secs"] = json!(2);
     let late_id = post_request(&a, &late)["id"].as_str().unwrap().to_owned();
 
-    for ((et, _, code, ty, detail), id) in cases.iter().zip(&ids) {
+    let per_case = cases.iter().flat_map(|c| [c, c]);
+    for ((et, _, code, ty, detail), (id, version)) in per_case.zip(&ids) {
         let v = settled(&a, &b, id, Duration::from_secs(60));
         expect_error(&v, code, ty);
         let d = v["error"]["detail"].as_str().unwrap_or_default();
-        assert!(d.contains(detail), "{et}: detail {d:?} lacks {detail:?}");
+        assert!(
+            d.contains(detail),
+            "{et} ({version}): detail {d:?} lacks {detail:?}"
+        );
     }
-    // The slow register was tried twice (one retry), each attempt cut after its timeout.
-    assert_eq!(register.calls("/slow").len(), 2);
-    // The invalid request never reached the register.
-    assert_eq!(register.calls("/ok").len(), 1);
+    // The slow register was tried twice per request (one retry), each attempt cut after
+    // its timeout, and asked in the request's EDM version.
+    let slow: Vec<_> = register.calls("/slow");
+    assert_eq!(slow.len(), 4);
+    for version in VERSIONS {
+        assert_eq!(
+            slow.iter().filter(|c| c["edm_version"] == version).count(),
+            2
+        );
+    }
+    // The invalid requests never reached the register.
+    assert_eq!(register.calls("/ok").len(), 2);
 
     let v = settled(&a, &b, &late_id, Duration::from_secs(30));
     assert_eq!(v["state"], "timed_out", "{v:#}");
@@ -308,7 +342,11 @@ fn evidence_request_response_and_every_error_over_as4() {
     // The portal's webhook: exactly one signed `oots_request` notification per request, when
     // it settled, naming its final state (the late answer above added none). The refused
     // request (400) was never created, so it has none.
-    let settled_ids: Vec<&String> = std::iter::once(&id).chain(&ids).chain([&late_id]).collect();
+    let settled_ids: Vec<&String> = [&id, &v1_id]
+        .into_iter()
+        .chain(ids.iter().map(|(id, _)| id))
+        .chain([&late_id])
+        .collect();
     let start = Instant::now();
     while hook.notifications().len() < settled_ids.len() {
         assert!(

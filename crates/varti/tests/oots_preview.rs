@@ -7,7 +7,8 @@
 //! EDM:ERR:0002 PreviewRequired with the link; the portal POSTs `preview-return`, a sends
 //! the second request on the same conversation; the citizen logs in at the link and
 //! approves (TC06: the portal gets the PDF) or cancels (TC08: the answer carries no
-//! evidence); a request that does not allow preview never gets the evidence.
+//! evidence); a request that does not allow preview never gets the evidence. TC06 and
+//! TC08 run with EDM 1.0 and with EDM 2.0 messages (the ReturnLocation only in 2.0).
 
 mod chromium_support;
 mod oots_support;
@@ -88,16 +89,21 @@ fn eventually(a: &Node, b: &Node, what: &str, f: impl Fn() -> bool) {
     }
 }
 
-/// A preview request for Ida (the person the test identity provider knows).
-fn preview_request(possibility_for_preview: bool) -> Value {
+/// The EDM versions the preview events run with.
+const EDM_VERSIONS: [&str; 2] = ["oots-edm:v1.0", "oots-edm:v2.0"];
+
+/// A preview request for Ida (the person the test identity provider knows), in EDM
+/// `version`.
+fn preview_request(possibility_for_preview: bool, version: &str) -> Value {
     let mut body = request_body("EV-PREVIEW", "DK/LV/010190-1234");
     body["preview"] = json!(possibility_for_preview);
+    body["edm_version"] = json!(version);
     body
 }
 
 /// The first request: b answers PreviewRequired with an https link to its preview space.
-fn ask_until_preview(a: &Node, b: &Node, port: u16) -> (String, String, Value) {
-    let created = post_request(a, &preview_request(true));
+fn ask_until_preview(a: &Node, b: &Node, port: u16, version: &str) -> (String, String, Value) {
+    let created = post_request(a, &preview_request(true, version));
     let id = created["id"].as_str().unwrap().to_owned();
     let v = settled(a, b, &id, Duration::from_secs(60));
     assert_eq!(v["state"], "preview_required", "{v:#}");
@@ -119,13 +125,18 @@ fn ask_until_preview(a: &Node, b: &Node, port: u16) -> (String, String, Value) {
     (id, location, v)
 }
 
-/// `POST …/preview-return`: the second request, same conversation, new MessageId.
-fn return_from_preview(a: &Node, id: &str, first: &Value, back: &str) -> Value {
+/// `POST …/preview-return`: the second request, same conversation, new MessageId; with a
+/// ReturnLocation `back` (EDM 2.0 only).
+fn return_from_preview(a: &Node, id: &str, first: &Value, back: Option<&str>) -> Value {
+    let body = match back {
+        Some(back) => json!({ "return_location": back }),
+        None => json!({}),
+    };
     let r = a.api(
         "POST",
         &format!("/api/v1/oots/requests/{id}/preview-return"),
         Some("application/json"),
-        json!({ "return_location": back }).to_string().as_bytes(),
+        body.to_string().as_bytes(),
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -201,6 +212,14 @@ fn assert_preview_headers_and_redirect_allow_list(port: u16) {
     assert!(own.starts_with("HTTP/1.1 200"), "{own}");
 }
 
+/// How many second requests b's log says it held for the citizen's decision.
+fn held_requests(b: &Node) -> usize {
+    b.served
+        .log_text()
+        .matches("second request received; waiting for the user's decision")
+        .count()
+}
+
 /// `a=b&c=d`, percent-encoded.
 fn form_urlencoded_query(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
@@ -229,94 +248,105 @@ async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
     let driver = start_driver();
     let tls_cert = repo().join("certs/varti-b/tls.cert.pem");
 
-    // TC06: preview, approved → the portal gets the PDF.
-    let (id, link, first) = tokio::task::block_in_place(|| ask_until_preview(&a, &b, port));
-    assert_eq!(
-        register.calls("/ok").len(),
-        1,
-        "the register was asked once"
-    );
-    // b holds the evidence (payload store) and the preview space shows a copy.
-    assert_eq!(preview_files(&b.dir), 1);
-    assert_eq!(evidence_copies(&b), 2);
-    let back = "https://portal.example.dk/oots/back";
-    tokio::task::block_in_place(|| return_from_preview(&a, &id, &first, back));
-    // b holds the second request until the citizen decides: its log says so once it has
-    // taken the request and waits for the decision, and nothing answers it before then.
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !b
-            .served
-            .log_text()
-            .contains("second request received; waiting for the user's decision")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "b never took the second request\n{}",
-                b.served.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+    for version in EDM_VERSIONS {
+        let asked_before = register.calls("/ok").len();
+        let held_before = held_requests(&b);
+        // The ReturnLocation slot exists in EDM 2.0 only.
+        let back = (version == "oots-edm:v2.0").then_some("https://portal.example.dk/oots/back");
+
+        // TC06: preview, approved → the portal gets the PDF.
+        let (id, link, first) =
+            tokio::task::block_in_place(|| ask_until_preview(&a, &b, port, version));
+        assert_eq!(
+            register.calls("/ok").len(),
+            asked_before + 1,
+            "the register was asked once"
+        );
+        assert_eq!(register.calls("/ok")[asked_before]["edm_version"], version);
+        // b holds the evidence (payload store) and the preview space shows a copy.
+        assert_eq!(preview_files(&b.dir), 1);
+        assert_eq!(evidence_copies(&b), 2);
+        tokio::task::block_in_place(|| return_from_preview(&a, &id, &first, back));
+        // b holds the second request until the citizen decides: its log says so once it has
+        // taken the request and waits for the decision, and nothing answers it before then.
+        tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while held_requests(&b) == held_before {
+                assert!(
+                    Instant::now() < deadline,
+                    "b never took the second request\n{}",
+                    b.served.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        assert_eq!(get_request(&a, &id)["state"], "sent");
+
+        tokio::task::block_in_place(|| assert_preview_headers_and_redirect_allow_list(port));
+        let c = browser_trusting(&driver, Some(&tls_cert)).await;
+        log_in(&c, &link, "Ida").await;
+        wait_for(&c, "#approve").await.click().await.unwrap();
+        wait_for(&c, "#message").await;
+        // The ReturnLocation of the second request reached the preview page.
+        if let Some(back) = back {
+            let href = wait_for(&c, "#back").await.attr("href").await.unwrap();
+            assert_eq!(href.as_deref(), Some(back));
         }
-    });
-    assert_eq!(get_request(&a, &id)["state"], "sent");
+        c.close().await.unwrap();
 
-    tokio::task::block_in_place(|| assert_preview_headers_and_redirect_allow_list(port));
-    let c = browser_trusting(&driver, Some(&tls_cert)).await;
-    log_in(&c, &link, "Ida").await;
-    wait_for(&c, "#approve").await.click().await.unwrap();
-    wait_for(&c, "#message").await;
-    // The ReturnLocation of the second request reached the preview page.
-    let href = wait_for(&c, "#back").await.attr("href").await.unwrap();
-    assert_eq!(href.as_deref(), Some(back));
-    c.close().await.unwrap();
+        let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
+        assert_eq!(v["state"], "answered", "{version}: {v:#}");
+        let evidences = v["evidences"].as_array().unwrap();
+        assert_eq!(evidences.len(), 1, "{v:#}");
+        assert_eq!(evidences[0]["mime_type"], "application/pdf");
+        let file = a.api("GET", evidences[0]["href"].as_str().unwrap(), None, b"");
+        assert_eq!(file.status, 200, "{}", file.body);
+        assert!(
+            file.bytes == pdf(),
+            "the evidence differs from the register's file"
+        );
+        // The register was not asked again for the second request.
+        assert_eq!(register.calls("/ok").len(), asked_before + 1);
+        // At b the preview copy is gone, and the sent evidence too once a acknowledged it
+        // (handed over: oots.evidence_retention_secs = 0).
+        assert_eq!(preview_files(&b.dir), 0);
+        tokio::task::block_in_place(|| {
+            eventually(&a, &b, "the sent evidence is still at b", || {
+                evidence_copies(&b) == 0
+            })
+        });
 
-    let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
-    assert_eq!(v["state"], "answered", "{v:#}");
-    let evidences = v["evidences"].as_array().unwrap();
-    assert_eq!(evidences.len(), 1, "{v:#}");
-    assert_eq!(evidences[0]["mime_type"], "application/pdf");
-    let file = a.api("GET", evidences[0]["href"].as_str().unwrap(), None, b"");
-    assert_eq!(file.status, 200, "{}", file.body);
-    assert!(
-        file.bytes == pdf(),
-        "the evidence differs from the register's file"
-    );
-    // The register was not asked again for the second request.
-    assert_eq!(register.calls("/ok").len(), 1);
-    // At b the preview copy is gone, and the sent evidence too once a acknowledged it
-    // (handed over: oots.evidence_retention_secs = 0).
-    assert_eq!(preview_files(&b.dir), 0);
-    tokio::task::block_in_place(|| {
-        eventually(&a, &b, "the sent evidence is still at b", || {
-            evidence_copies(&b) == 0
-        })
-    });
-
-    // TC08: preview rejected by the user → an answer without evidence.
-    let (id, link, first) = tokio::task::block_in_place(|| ask_until_preview(&a, &b, port));
-    assert_eq!(evidence_copies(&b), 2, "held + preview copy");
-    tokio::task::block_in_place(|| return_from_preview(&a, &id, &first, back));
-    let c = browser_trusting(&driver, Some(&tls_cert)).await;
-    log_in(&c, &link, "Ida").await;
-    wait_for(&c, "#cancel").await.click().await.unwrap();
-    wait_for(&c, "#message").await;
-    c.close().await.unwrap();
-    let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
-    // As test event TC08's second response: success status, an empty RegistryObjectList.
-    assert_eq!(v["state"], "answered", "{v:#}");
-    assert!(v["evidences"].as_array().unwrap().is_empty(), "{v:#}");
-    assert!(v["error"].is_null(), "{v:#}");
-    // Nothing of this exchange's evidence is left at b: neither held nor previewed.
-    tokio::task::block_in_place(|| {
-        eventually(&a, &b, "the cancelled evidence is still at b", || {
-            evidence_copies(&b) == 0
-        })
-    });
-    assert_eq!(preview_files(&b.dir), 0);
+        // TC08: preview rejected by the user → an answer without evidence.
+        let (id, link, first) =
+            tokio::task::block_in_place(|| ask_until_preview(&a, &b, port, version));
+        assert_eq!(
+            register.calls("/ok")[asked_before + 1]["edm_version"],
+            version
+        );
+        assert_eq!(evidence_copies(&b), 2, "held + preview copy");
+        tokio::task::block_in_place(|| return_from_preview(&a, &id, &first, back));
+        let c = browser_trusting(&driver, Some(&tls_cert)).await;
+        log_in(&c, &link, "Ida").await;
+        wait_for(&c, "#cancel").await.click().await.unwrap();
+        wait_for(&c, "#message").await;
+        c.close().await.unwrap();
+        let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
+        // As test event TC08's second response: success status, an empty RegistryObjectList.
+        assert_eq!(v["state"], "answered", "{version}: {v:#}");
+        assert!(v["evidences"].as_array().unwrap().is_empty(), "{v:#}");
+        assert!(v["error"].is_null(), "{v:#}");
+        // Nothing of this exchange's evidence is left at b: neither held nor previewed.
+        tokio::task::block_in_place(|| {
+            eventually(&a, &b, "the cancelled evidence is still at b", || {
+                evidence_copies(&b) == 0
+            })
+        });
+        assert_eq!(preview_files(&b.dir), 0);
+    }
 
     // PossibilityForPreview false on an evidence type that needs preview: an error, no
     // evidence, and the register is not even asked.
-    let created = post_request(&a, &preview_request(false));
+    let created = post_request(&a, &preview_request(false, "oots-edm:v2.0"));
     let id = created["id"].as_str().unwrap().to_owned();
     let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
     assert_eq!(v["state"], "error", "{v:#}");
@@ -340,8 +370,8 @@ async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
     );
     assert_eq!(
         register.calls("/ok").len(),
-        2,
-        "asked for TC06 and TC08 only, not for this request"
+        4,
+        "asked for TC06 and TC08 in both EDM versions only, not for this request"
     );
     assert_eq!(evidence_copies(&b), 0);
     // preview-return on a request that is not waiting for a preview is refused.

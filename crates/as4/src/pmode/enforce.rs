@@ -74,19 +74,28 @@ pub fn check_payloads(leg: &Leg, parts: &[PartFacts<'_>]) -> Result<(), EbmsErro
             )));
         }
     }
+    // CP_TA06: the business document is the first part. A profile whose first rule is
+    // required names that leading document, so the first payload must be it; a message
+    // that carries it elsewhere is refused even though every part would find a rule.
+    if let (Some(lead), Some(first)) = (profile.parts.first().filter(|r| r.required), parts.first())
+    {
+        if !fits(lead, first) {
+            return Err(mismatch(format!(
+                "the first payload `{}` ({}, {} bytes) is not the business document `{}` that \
+                 leg {} requires first (parts: {}); send the business document as the first \
+                 part",
+                first.content_id,
+                first.mime_type,
+                first.size,
+                lead.name,
+                leg.label(),
+                describe(&profile.parts)
+            )));
+        }
+    }
     let mut taken = vec![false; profile.parts.len()];
     for part in parts {
-        let fits = |rule: &PartRule| -> bool {
-            rule.cid
-                .as_deref()
-                .is_none_or(|cid| cid.trim_start_matches("cid:") == part.content_id)
-                && (rule.mime_types.is_empty()
-                    || rule
-                        .mime_types
-                        .iter()
-                        .any(|m| m.eq_ignore_ascii_case(part.mime_type)))
-                && rule.max_size.is_none_or(|max| part.size <= max)
-        };
+        let fits = |rule: &PartRule| fits(rule, part);
         // Rules fixing this Content-ID first, then the first free rule that fits.
         let slot = profile
             .parts
@@ -121,6 +130,20 @@ pub fn check_payloads(leg: &Leg, parts: &[PartFacts<'_>]) -> Result<(), EbmsErro
         }
     }
     Ok(())
+}
+
+/// Whether `part` fits `rule`: its Content-ID when the rule fixes one, its MIME type, its
+/// size.
+fn fits(rule: &PartRule, part: &PartFacts<'_>) -> bool {
+    rule.cid
+        .as_deref()
+        .is_none_or(|cid| cid.trim_start_matches("cid:") == part.content_id)
+        && (rule.mime_types.is_empty()
+            || rule
+                .mime_types
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(part.mime_type)))
+        && rule.max_size.is_none_or(|max| part.size <= max)
 }
 
 fn describe(parts: &[PartRule]) -> String {
@@ -216,9 +239,17 @@ mod tests {
         };
         check_payloads(&leg, std::slice::from_ref(&edm)).unwrap();
         check_payloads(&leg, &[edm.clone(), pdf.clone()]).unwrap();
+        // The same parts with the business document second (CP_TA06): each would find a
+        // rule, but the leading document is not first.
+        let e = check_payloads(&leg, &[pdf.clone(), edm.clone()]).unwrap_err();
+        assert!(e.detail.contains("first payload `b`"), "{}", e.detail);
+        assert!(e.detail.contains("business document `edm`"), "{}", e.detail);
+        // No payload at all: the required part is missing.
+        let e = check_payloads(&leg, &[]).unwrap_err();
+        assert!(e.detail.contains("`edm` required"), "{}", e.detail);
         // The evidence alone: the required EDM part is missing.
         let e = check_payloads(&leg, std::slice::from_ref(&pdf)).unwrap_err();
-        assert!(e.detail.contains("`edm` required"), "{}", e.detail);
+        assert!(e.detail.contains("business document `edm`"), "{}", e.detail);
         // A third part fits no rule.
         let e = check_payloads(&leg, &[edm.clone(), pdf.clone(), pdf.clone()]).unwrap_err();
         assert!(e.detail.contains("fits no part"), "{}", e.detail);

@@ -103,6 +103,8 @@ const THUMBPRINT_SHA1: &str =
 const TOKEN_TYPE_ENCRYPTED_KEY: &str =
     "http://docs.oasis-open.org/wss/oasis-wss-soap-message-security-1.1#EncryptedKey";
 const P256_CURVE_URI: &str = "urn:oid:1.2.840.10045.3.1.7";
+/// The key-encryption key length kw-aes128 needs (the HKDF KeyLength default).
+const KW_AES128_KEK_LEN: usize = 16;
 
 /// AES-128-GCM IV length in bytes (XML Encryption 1.1 §5.2.4: 96 bits).
 pub(crate) const GCM_IV_LEN: usize = 12;
@@ -1051,21 +1053,35 @@ pub fn open_encryption(
     let security = doc.security_header()?;
 
     let mut candidates = Vec::new();
+    // What each EncryptedKey that is not for us names instead, for the error.
+    let mut others = Vec::new();
     for ek in doc.children_named(security, NS_XENC, "EncryptedKey") {
         let info = parse_encrypted_key(&doc, ek)?;
         if info.addressed_to(&doc, my_cert)? {
             candidates.push(info);
+        } else {
+            others.push(info.describe_recipient(&doc));
         }
     }
     let ek = match candidates.len() {
         0 => {
+            let found = if others.is_empty() {
+                "the header holds no xenc:EncryptedKey".to_string()
+            } else {
+                format!("found: {}", others.join("; "))
+            };
             return Err(failed(format!(
                 "no xenc:EncryptedKey in the security header is addressed to our certificate \
-                 (subject {}, serial {}); the sender encrypted for another certificate — check \
-                 the encryption certificate configured for us at the sender",
+                 (subject {}, issuer {}, serial {}, SKI {}); {found}; the sender encrypted for \
+                 another certificate — check the encryption certificate configured for us at \
+                 the sender",
                 distinguished_name_string(my_cert.subject_name()),
-                serial_decimal(my_cert).unwrap_or_default()
-            )))
+                distinguished_name_string(my_cert.issuer_name()),
+                serial_decimal(my_cert).unwrap_or_default(),
+                subject_key_identifier(my_cert)
+                    .map(|s| B64.encode(s))
+                    .unwrap_or_default()
+            )));
         }
         1 => candidates.pop().expect("one candidate"),
         n => {
@@ -1133,8 +1149,8 @@ struct EncryptedKeyInfo {
     id: Option<String>,
     protection: KeyProtection,
     cipher_value: Vec<u8>,
-    /// The SecurityTokenReference naming the recipient (in KeyInfo or RecipientKeyInfo).
-    recipient_str: Option<usize>,
+    /// How the recipient is named (in KeyInfo or RecipientKeyInfo).
+    recipient: Option<RecipientRef>,
     agreement: Option<(PKey<Public>, HkdfParams)>,
 }
 
@@ -1160,7 +1176,7 @@ fn parse_encrypted_key(doc: &Doc, ek: usize) -> Result<EncryptedKeyInfo, EbmsErr
         })
     };
     let mut agreement = None;
-    let mut recipient_str = None;
+    let mut recipient = None;
     let protection = match alg {
         RSA_OAEP_XENC11 => {
             // XML Encryption 1.1 §5.5.2: absent DigestMethod/MGF default to SHA-1/MGF1-SHA1.
@@ -1215,8 +1231,8 @@ fn parse_encrypted_key(doc: &Doc, ek: usize) -> Result<EncryptedKeyInfo, EbmsErr
             };
             let (originator, params) = parse_agreement(doc, am, kp)?;
             agreement = Some((originator, params));
-            recipient_str = match doc.only_child(am, NS_XENC, "RecipientKeyInfo")? {
-                Some(rki) => doc.only_child(rki, NS_WSSE, "SecurityTokenReference")?,
+            recipient = match doc.only_child(am, NS_XENC, "RecipientKeyInfo")? {
+                Some(rki) => recipient_ref(doc, rki)?,
                 None => None,
             };
             kp
@@ -1230,7 +1246,7 @@ fn parse_encrypted_key(doc: &Doc, ek: usize) -> Result<EncryptedKeyInfo, EbmsErr
     };
     if agreement.is_none() {
         if let Some(ki) = key_info {
-            recipient_str = doc.only_child(ki, NS_WSSE, "SecurityTokenReference")?;
+            recipient = recipient_ref(doc, ki)?;
         }
     }
     Ok(EncryptedKeyInfo {
@@ -1238,7 +1254,7 @@ fn parse_encrypted_key(doc: &Doc, ek: usize) -> Result<EncryptedKeyInfo, EbmsErr
         id: doc.attr(ek, None, "Id").map(str::to_string),
         protection,
         cipher_value,
-        recipient_str,
+        recipient,
         agreement,
     })
 }
@@ -1279,15 +1295,18 @@ fn parse_agreement(
     };
     let salt = opt_b64("Salt")?;
     let info = opt_b64("Info")?;
-    let key_len_node = doc
-        .only_child(hp, NS_DSIG_MORE, "KeyLength")?
-        .ok_or_else(|| policy("dsig-more:HKDFParams has no KeyLength"))?;
-    let key_len: usize = doc
-        .text(key_len_node)
-        .trim()
-        .parse()
-        .map_err(|_| policy("dsig-more:HKDFParams/KeyLength is not a number of bytes"))?;
-    if key_len != 16 {
+    // Every agreement AS4 2.0 accepts wraps with kw-aes128, so the key-encryption key is
+    // 16 bytes. Santuario writes KeyLength but takes the length from the key-wrap URI
+    // when reading, and the C xmlsec treats it as optional: absent, it is that length.
+    let key_len: usize = match doc.only_child(hp, NS_DSIG_MORE, "KeyLength")? {
+        Some(n) => doc
+            .text(n)
+            .trim()
+            .parse()
+            .map_err(|_| policy("dsig-more:HKDFParams/KeyLength is not a number of bytes"))?,
+        None => KW_AES128_KEK_LEN,
+    };
+    if key_len != KW_AES128_KEK_LEN {
         return Err(policy(format!(
             "HKDF KeyLength is {key_len} bytes; kw-aes128 needs a 16-byte key-encryption key"
         )));
@@ -1323,118 +1342,314 @@ fn parse_originator_key(doc: &Doc, oki: usize) -> Result<PKey<Public>, EbmsError
             ))
         });
     }
-    if let Some(kv) = doc.only_child(oki, NS_DS, "KeyValue")? {
-        if let Some(eckv) = doc.only_child(kv, NS_DSIG11, "ECKeyValue")? {
-            let curve = doc
-                .only_child(eckv, NS_DSIG11, "NamedCurve")?
-                .map(|c| doc.required_attr(c, "URI"))
-                .transpose()?;
-            if curve != Some(P256_CURVE_URI) {
-                return Err(policy(format!(
-                    "the originator's ECKeyValue must name curve P-256 ({P256_CURVE_URI}), \
-                     found {}",
-                    curve.unwrap_or("no named curve")
-                )));
-            }
-            let pk = doc
-                .only_child(eckv, NS_DSIG11, "PublicKey")?
-                .ok_or_else(|| policy("dsig11:ECKeyValue has no PublicKey"))?;
-            let point_bytes = decode_b64(&doc.text(pk), 256, "ECKeyValue PublicKey")?;
-            let bad = |e: openssl::error::ErrorStack| {
-                failed(format!(
-                    "the originator's EC public key is not a P-256 point: {e}"
-                ))
-            };
-            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
-            let mut ctx = BigNumContext::new().map_err(bad)?;
-            let point = EcPoint::from_bytes(&group, &point_bytes, &mut ctx).map_err(bad)?;
-            let ec = EcKey::from_public_key(&group, &point).map_err(bad)?;
-            ec.check_key().map_err(bad)?;
-            return PKey::from_ec_key(ec).map_err(bad);
+    // XML Signature 1.1 puts ECKeyValue in ds:KeyValue; Santuario also reads (and some
+    // senders write) a bare dsig11:ECKeyValue directly in OriginatorKeyInfo.
+    let bare = doc.only_child(oki, NS_DSIG11, "ECKeyValue")?;
+    let in_key_value = match doc.only_child(oki, NS_DS, "KeyValue")? {
+        Some(kv) => doc.only_child(kv, NS_DSIG11, "ECKeyValue")?,
+        None => None,
+    };
+    if bare.is_some() && in_key_value.is_some() {
+        return Err(policy(
+            "xenc:OriginatorKeyInfo holds two dsig11:ECKeyValue (one bare, one in ds:KeyValue); \
+             expected one originator key",
+        ));
+    }
+    if let Some(eckv) = bare.or(in_key_value) {
+        let curve = doc
+            .only_child(eckv, NS_DSIG11, "NamedCurve")?
+            .map(|c| doc.required_attr(c, "URI"))
+            .transpose()?;
+        if curve != Some(P256_CURVE_URI) {
+            return Err(policy(format!(
+                "the originator's ECKeyValue must name curve P-256 ({P256_CURVE_URI}), \
+                 found {}",
+                curve.unwrap_or("no named curve")
+            )));
         }
+        let pk = doc
+            .only_child(eckv, NS_DSIG11, "PublicKey")?
+            .ok_or_else(|| policy("dsig11:ECKeyValue has no PublicKey"))?;
+        let point_bytes = decode_b64(&doc.text(pk), 256, "ECKeyValue PublicKey")?;
+        let bad = |e: openssl::error::ErrorStack| {
+            failed(format!(
+                "the originator's EC public key is not a P-256 point: {e}"
+            ))
+        };
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(bad)?;
+        let mut ctx = BigNumContext::new().map_err(bad)?;
+        let point = EcPoint::from_bytes(&group, &point_bytes, &mut ctx).map_err(bad)?;
+        let ec = EcKey::from_public_key(&group, &point).map_err(bad)?;
+        ec.check_key().map_err(bad)?;
+        return PKey::from_ec_key(ec).map_err(bad);
     }
     Err(policy(
         "xenc:OriginatorKeyInfo holds neither a dsig11:DEREncodedKeyValue nor a P-256 \
-         dsig11:ECKeyValue",
+         dsig11:ECKeyValue (bare or in ds:KeyValue)",
     ))
 }
 
-impl EncryptedKeyInfo {
-    /// Whether this EncryptedKey's token reference names `cert`.
-    fn addressed_to(&self, doc: &Doc, cert: &X509Ref) -> Result<bool, EbmsError> {
-        let Some(str_node) = self.recipient_str else {
-            return Ok(false);
-        };
-        if let Some(r) = doc.only_child(str_node, NS_WSSE, "Reference")? {
-            let uri = doc.required_attr(r, "URI")?;
-            let Some(id) = uri.strip_prefix('#') else {
-                return Err(policy(format!(
-                    "token reference {uri} is not a same-document reference"
-                )));
-            };
-            let target = doc
-                .element_by_id(id)?
-                .ok_or_else(|| failed(format!("token reference #{id} points to nothing")))?;
-            if !doc.is(target, NS_WSSE, "BinarySecurityToken") {
-                return Err(policy(format!(
-                    "token reference #{id} does not point to a wsse:BinarySecurityToken"
-                )));
-            }
-            let vt = doc.attr(target, None, "ValueType").unwrap_or("");
-            if vt != X509V3 {
-                return Err(policy(format!(
-                    "the encryption token's ValueType is {vt}; only X509v3 is supported here"
-                )));
-            }
-            let der = decode_b64(&doc.text(target), 64 * 1024, "BinarySecurityToken")?;
-            let their = X509::from_der(&der).map_err(|e| {
-                failed(format!("the BinarySecurityToken is not a certificate: {e}"))
-            })?;
-            return Ok(their.to_der().ok() == cert.to_der().ok());
-        }
-        if let Some(ki) = doc.only_child(str_node, NS_WSSE, "KeyIdentifier")? {
-            let vt = doc.attr(ki, None, "ValueType").unwrap_or("");
-            let value = decode_b64(&doc.text(ki), 64 * 1024, "KeyIdentifier")?;
-            let ours = match vt {
-                X509_SKI => subject_key_identifier(cert)?,
-                THUMBPRINT_SHA1 => cert
-                    .digest(MessageDigest::sha1())
-                    .map_err(|e| failed(format!("SHA-1 failed: {e}")))?
-                    .to_vec(),
-                X509V3 => cert
-                    .to_der()
-                    .map_err(|e| failed(format!("cannot encode our certificate: {e}")))?,
-                other => {
-                    return Err(policy(format!(
-                        "KeyIdentifier ValueType {other} is not supported (use \
-                         X509SubjectKeyIdentifier, ThumbprintSHA1 or X509v3)"
-                    )))
-                }
-            };
-            return Ok(value == ours);
-        }
-        if let Some(x509data) = doc.only_child(str_node, NS_DS, "X509Data")? {
-            let is = doc
-                .only_child(x509data, NS_DS, "X509IssuerSerial")?
-                .ok_or_else(|| policy("ds:X509Data without ds:X509IssuerSerial"))?;
-            let name = doc
-                .only_child(is, NS_DS, "X509IssuerName")?
-                .map(|n| doc.text(n))
-                .ok_or_else(|| policy("ds:X509IssuerSerial without X509IssuerName"))?;
-            let serial = doc
-                .only_child(is, NS_DS, "X509SerialNumber")?
-                .map(|n| doc.text(n))
-                .ok_or_else(|| policy("ds:X509IssuerSerial without X509SerialNumber"))?;
-            let serial_ok = serial.trim() == serial_decimal(cert)?;
-            let theirs = parse_dn(&name)
-                .ok_or_else(|| policy(format!("X509IssuerName {name:?} is not a valid DN")))?;
-            let ours = parse_dn(&distinguished_name_string(cert.issuer_name()));
-            return Ok(serial_ok && ours.as_ref() == Some(&theirs));
-        }
-        Err(policy(
-            "the EncryptedKey's SecurityTokenReference holds no Reference, KeyIdentifier or \
-             X509Data",
+/// How an EncryptedKey names the certificate it was encrypted for.
+#[derive(Clone, Copy)]
+enum RecipientRef {
+    /// A `wsse:SecurityTokenReference` (BST reference, KeyIdentifier or X509Data inside).
+    TokenReference(usize),
+    /// A `ds:X509Data` straight in the KeyInfo: what WSS4J writes when phase4 names our
+    /// certificate by SKI, issuer/serial or the certificate itself.
+    X509Data(usize),
+}
+
+/// The recipient reference directly under `parent` (a `ds:KeyInfo` or
+/// `xenc:RecipientKeyInfo`), refusing two competing ones.
+fn recipient_ref(doc: &Doc, parent: usize) -> Result<Option<RecipientRef>, EbmsError> {
+    let str_node = doc.only_child(parent, NS_WSSE, "SecurityTokenReference")?;
+    let x509 = doc.only_child(parent, NS_DS, "X509Data")?;
+    match (str_node, x509) {
+        (Some(_), Some(_)) => Err(policy(format!(
+            "<{}> holds both a wsse:SecurityTokenReference and a ds:X509Data; expected one \
+             reference to the recipient's certificate",
+            doc.nodes[parent].local
+        ))),
+        (Some(s), None) => Ok(Some(RecipientRef::TokenReference(s))),
+        (None, Some(x)) => Ok(Some(RecipientRef::X509Data(x))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// At most `max` characters of `s` (text from the message going into an error message).
+fn clip(s: &str, max: usize) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Whether an `X509IssuerSerial` names `cert`.
+fn issuer_serial_names(doc: &Doc, is: usize, cert: &X509Ref) -> Result<bool, EbmsError> {
+    let name = doc
+        .only_child(is, NS_DS, "X509IssuerName")?
+        .map(|n| doc.text(n))
+        .ok_or_else(|| policy("ds:X509IssuerSerial without X509IssuerName"))?;
+    let serial = doc
+        .only_child(is, NS_DS, "X509SerialNumber")?
+        .map(|n| doc.text(n))
+        .ok_or_else(|| policy("ds:X509IssuerSerial without X509SerialNumber"))?;
+    let serial_ok = serial.trim() == serial_decimal(cert)?;
+    let theirs = parse_dn(&name).ok_or_else(|| {
+        policy(format!(
+            "X509IssuerName {:?} is not a valid DN",
+            clip(&name, 200)
         ))
+    })?;
+    let ours = parse_dn(&distinguished_name_string(cert.issuer_name()));
+    Ok(serial_ok && ours.as_ref() == Some(&theirs))
+}
+
+/// Whether a `ds:X509Data` names `cert`: by X509SKI, X509IssuerSerial or X509Certificate
+/// (XML Signature §4.5.4). When it holds several of these, all must name `cert`, since they
+/// describe one certificate; other children (X509SubjectName, CRLs) do not identify it and
+/// are not used.
+fn x509_data_names(doc: &Doc, x: usize, cert: &X509Ref) -> Result<bool, EbmsError> {
+    let ski = doc.only_child(x, NS_DS, "X509SKI")?;
+    let issuer_serial = doc.only_child(x, NS_DS, "X509IssuerSerial")?;
+    let certificate = doc.only_child(x, NS_DS, "X509Certificate")?;
+    if ski.is_none() && issuer_serial.is_none() && certificate.is_none() {
+        return Err(policy(
+            "ds:X509Data names the recipient's certificate by none of ds:X509SKI, \
+             ds:X509IssuerSerial or ds:X509Certificate",
+        ));
+    }
+    let mut names = true;
+    if let Some(n) = ski {
+        let theirs = decode_b64(&doc.text(n), 1024, "X509SKI")?;
+        names &= theirs == subject_key_identifier(cert)?;
+    }
+    if let Some(n) = issuer_serial {
+        names &= issuer_serial_names(doc, n, cert)?;
+    }
+    if let Some(n) = certificate {
+        let der = decode_b64(&doc.text(n), 64 * 1024, "X509Certificate")?;
+        let theirs = X509::from_der(&der)
+            .map_err(|e| failed(format!("the ds:X509Certificate is not a certificate: {e}")))?;
+        names &= theirs.to_der().ok() == cert.to_der().ok();
+    }
+    Ok(names)
+}
+
+/// What a `ds:X509Data` names, for an error message.
+fn describe_x509_data(doc: &Doc, x: usize) -> String {
+    let mut found = Vec::new();
+    for &c in &doc.nodes[x].children {
+        let node = &doc.nodes[c];
+        if node.ns.as_deref() != Some(NS_DS) {
+            continue;
+        }
+        match node.local.as_str() {
+            "X509SKI" => found.push(format!("ds:X509SKI {}", clip(&node.text, 64))),
+            "X509IssuerSerial" => {
+                let part = |local: &str| {
+                    doc.children_named(c, NS_DS, local)
+                        .next()
+                        .map(|n| clip(&doc.text(n), 200))
+                        .unwrap_or_default()
+                };
+                found.push(format!(
+                    "ds:X509IssuerSerial (issuer {}, serial {})",
+                    part("X509IssuerName"),
+                    part("X509SerialNumber")
+                ));
+            }
+            "X509Certificate" => found.push(describe_cert_b64(&node.text, "ds:X509Certificate")),
+            other => found.push(format!("ds:{}", clip(other, 40))),
+        }
+    }
+    if found.is_empty() {
+        "an empty ds:X509Data".to_string()
+    } else {
+        format!("ds:X509Data with {}", found.join(", "))
+    }
+}
+
+/// `what (subject …, issuer …, serial …)` for a base64 certificate.
+fn describe_cert_b64(b64: &str, what: &str) -> String {
+    let cert = decode_b64(b64, 64 * 1024, what)
+        .ok()
+        .and_then(|der| X509::from_der(&der).ok());
+    match cert {
+        Some(c) => format!(
+            "{what} (subject {}, issuer {}, serial {})",
+            distinguished_name_string(c.subject_name()),
+            distinguished_name_string(c.issuer_name()),
+            serial_decimal(&c).unwrap_or_default()
+        ),
+        None => format!("{what} that is not a readable certificate"),
+    }
+}
+
+/// Whether a `wsse:SecurityTokenReference` names `cert`.
+fn token_reference_names(doc: &Doc, str_node: usize, cert: &X509Ref) -> Result<bool, EbmsError> {
+    if let Some(r) = doc.only_child(str_node, NS_WSSE, "Reference")? {
+        let target = referenced_token(doc, r)?;
+        let der = decode_b64(&doc.text(target), 64 * 1024, "BinarySecurityToken")?;
+        let their = X509::from_der(&der)
+            .map_err(|e| failed(format!("the BinarySecurityToken is not a certificate: {e}")))?;
+        return Ok(their.to_der().ok() == cert.to_der().ok());
+    }
+    if let Some(ki) = doc.only_child(str_node, NS_WSSE, "KeyIdentifier")? {
+        let vt = doc.attr(ki, None, "ValueType").unwrap_or("");
+        let value = decode_b64(&doc.text(ki), 64 * 1024, "KeyIdentifier")?;
+        let ours = match vt {
+            X509_SKI => subject_key_identifier(cert)?,
+            THUMBPRINT_SHA1 => cert
+                .digest(MessageDigest::sha1())
+                .map_err(|e| failed(format!("SHA-1 failed: {e}")))?
+                .to_vec(),
+            X509V3 => cert
+                .to_der()
+                .map_err(|e| failed(format!("cannot encode our certificate: {e}")))?,
+            other => {
+                return Err(policy(format!(
+                    "KeyIdentifier ValueType {} is not supported (use \
+                     X509SubjectKeyIdentifier, ThumbprintSHA1 or X509v3)",
+                    clip(other, 200)
+                )))
+            }
+        };
+        return Ok(value == ours);
+    }
+    if let Some(x509data) = doc.only_child(str_node, NS_DS, "X509Data")? {
+        return x509_data_names(doc, x509data, cert);
+    }
+    Err(policy(
+        "the EncryptedKey's SecurityTokenReference holds no Reference, KeyIdentifier or \
+         X509Data",
+    ))
+}
+
+/// The X509v3 `wsse:BinarySecurityToken` a `wsse:Reference` points to.
+fn referenced_token(doc: &Doc, reference: usize) -> Result<usize, EbmsError> {
+    let uri = doc.required_attr(reference, "URI")?;
+    let Some(id) = uri.strip_prefix('#') else {
+        return Err(policy(format!(
+            "token reference {} is not a same-document reference",
+            clip(uri, 200)
+        )));
+    };
+    let target = doc.element_by_id(id)?.ok_or_else(|| {
+        failed(format!(
+            "token reference #{} points to nothing",
+            clip(id, 200)
+        ))
+    })?;
+    if !doc.is(target, NS_WSSE, "BinarySecurityToken") {
+        return Err(policy(format!(
+            "token reference #{} does not point to a wsse:BinarySecurityToken",
+            clip(id, 200)
+        )));
+    }
+    let vt = doc.attr(target, None, "ValueType").unwrap_or("");
+    if vt != X509V3 {
+        return Err(policy(format!(
+            "the encryption token's ValueType is {}; only X509v3 is supported here",
+            clip(vt, 200)
+        )));
+    }
+    Ok(target)
+}
+
+/// What a `wsse:SecurityTokenReference` names, for an error message.
+fn describe_token_reference(doc: &Doc, str_node: usize) -> String {
+    let first = |local: &str| doc.children_named(str_node, NS_WSSE, local).next();
+    if let Some(r) = first("Reference") {
+        return match referenced_token(doc, r) {
+            Ok(t) => describe_cert_b64(&doc.text(t), "a wsse:BinarySecurityToken"),
+            Err(_) => "a wsse:Reference that resolves to no X509v3 token".to_string(),
+        };
+    }
+    if let Some(ki) = first("KeyIdentifier") {
+        let vt = doc.attr(ki, None, "ValueType").unwrap_or("");
+        let kind = vt.rsplit('#').next().unwrap_or(vt);
+        return format!(
+            "a wsse:KeyIdentifier ({}) {}",
+            clip(kind, 80),
+            clip(&doc.text(ki), 64)
+        );
+    }
+    if let Some(x) = doc.children_named(str_node, NS_DS, "X509Data").next() {
+        return format!(
+            "a wsse:SecurityTokenReference to {}",
+            describe_x509_data(doc, x)
+        );
+    }
+    "an empty wsse:SecurityTokenReference".to_string()
+}
+
+impl EncryptedKeyInfo {
+    /// Whether this EncryptedKey's recipient reference names `cert`.
+    fn addressed_to(&self, doc: &Doc, cert: &X509Ref) -> Result<bool, EbmsError> {
+        match self.recipient {
+            None => Ok(false),
+            Some(RecipientRef::X509Data(x)) => x509_data_names(doc, x, cert),
+            Some(RecipientRef::TokenReference(s)) => token_reference_names(doc, s, cert),
+        }
+    }
+
+    /// Which certificate this EncryptedKey names, as far as the message says, for the
+    /// error that no key is addressed to us.
+    fn describe_recipient(&self, doc: &Doc) -> String {
+        let key = match &self.id {
+            Some(id) => format!("EncryptedKey {}", clip(id, 80)),
+            None => "an EncryptedKey without Id".to_string(),
+        };
+        let what = match self.recipient {
+            None => "no recipient reference (neither a wsse:SecurityTokenReference nor a \
+                     ds:X509Data)"
+                .to_string(),
+            Some(RecipientRef::X509Data(x)) => describe_x509_data(doc, x),
+            Some(RecipientRef::TokenReference(s)) => describe_token_reference(doc, s),
+        };
+        format!("{key} names {what}")
     }
 
     /// Recovers the content key with our private key.

@@ -157,6 +157,7 @@ pub async fn open(
                 .or(part_type)
                 .unwrap_or_else(|| "application/octet-stream".into()),
             path,
+            html: None,
         })
         .collect();
     let link = space.open(PreviewRequest {

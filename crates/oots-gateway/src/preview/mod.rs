@@ -36,6 +36,7 @@ mod oidc;
 mod pages;
 mod routes;
 pub(crate) mod test_idp;
+pub(crate) mod xslt;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -187,6 +188,9 @@ pub struct PreviewEvidence {
     pub media_type: String,
     /// The file (owned by the preview space from now on: deleted when the preview ends).
     pub path: PathBuf,
+    /// For XML evidence with a stylesheet: its transformation into HTML (owned and deleted
+    /// like `path`), shown to the citizen instead of the XML outline.
+    pub html: Option<PathBuf>,
 }
 
 /// What [`PreviewSpace::open`] needs.
@@ -502,10 +506,15 @@ impl PreviewSpace {
     }
 
     fn cleanup_files(&self, session: &Session) {
-        for e in &session.request.evidences {
-            if let Err(err) = std::fs::remove_file(&e.path) {
+        let files = session
+            .request
+            .evidences
+            .iter()
+            .flat_map(|e| std::iter::once(&e.path).chain(e.html.as_ref()));
+        for path in files {
+            if let Err(err) = std::fs::remove_file(path) {
                 if err.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(preview = %session.id, file = %e.path.display(), error = %err, "cannot delete a preview's evidence file");
+                    tracing::warn!(preview = %session.id, file = %path.display(), error = %err, "cannot delete a preview's evidence file");
                 }
             }
         }

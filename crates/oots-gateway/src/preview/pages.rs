@@ -62,6 +62,7 @@ pub(super) struct Text {
     pub intro: &'static str,
     pub evidence: &'static str,
     pub open_file: &'static str,
+    pub download_xml: &'static str,
     pub decide: &'static str,
     pub approve: &'static str,
     pub cancel: &'static str,
@@ -88,6 +89,7 @@ const EN: Text = Text {
     intro: "An authority in another country has asked for the evidence below. Nothing is sent until you decide. Check it, then share it or cancel.",
     evidence: "Evidence",
     open_file: "Open the file",
+    download_xml: "Download the original XML",
     decide: "Your decision",
     approve: "Share this evidence",
     cancel: "Cancel, do not share",
@@ -114,6 +116,7 @@ const LV: Text = Text {
     intro: "Iestāde citā valstī ir pieprasījusi zemāk redzamo apliecinājumu. Nekas netiek nosūtīts, kamēr jūs neizlemjat. Pārbaudiet to un tad kopīgojiet vai atceliet.",
     evidence: "Apliecinājums",
     open_file: "Atvērt failu",
+    download_xml: "Lejupielādēt oriģinālo XML",
     decide: "Jūsu lēmums",
     approve: "Kopīgot šo apliecinājumu",
     cancel: "Atcelt, nekopīgot",
@@ -222,6 +225,8 @@ pub(super) struct ShownEvidence<'a> {
     pub href: String,
     /// Its file (XML is rendered from it).
     pub path: &'a Path,
+    /// Whether a stylesheet made HTML of it (served at `{href}/view`).
+    pub transformed: bool,
 }
 
 /// The evidence page with the decision form.
@@ -263,6 +268,16 @@ pub(super) fn evidence_page(
                 r#"<iframe id="evidence-{i}" src="{href}" title="{title}"></iframe>"#,
                 href = escape(&e.href),
                 title = escape(e.title)
+            ));
+        } else if is_xml && e.transformed {
+            // The register's stylesheet made HTML of it: shown in a frame that may run
+            // nothing (the page it loads has its own CSP with `sandbox` too).
+            main.push_str(&format!(
+                r#"<iframe id="evidence-{i}" class="transformed" sandbox="" src="{href}/view" title="{title}"></iframe>
+<p><a id="evidence-{i}-xml" href="{href}?download=1" download>{download}</a></p>"#,
+                href = escape(&e.href),
+                title = escape(e.title),
+                download = t.download_xml
             ));
         } else if is_xml {
             if let Some(html) = render_xml(e.path) {

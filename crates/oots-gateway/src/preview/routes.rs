@@ -78,8 +78,12 @@ impl PreviewRoutes {
                     match (m, tail) {
                         (Method::GET, "") => entry(&space, &link, request),
                         (Method::GET, t) if t.starts_with("evidence/") => {
-                            let n = t["evidence/".len()..].to_owned();
-                            evidence(&space, &link, &n, request.headers())
+                            let rest = &t["evidence/".len()..];
+                            let download = request.uri().query() == Some("download=1");
+                            match rest.strip_suffix("/view") {
+                                Some(n) => evidence_view(&space, &link, n, request.headers()),
+                                None => evidence(&space, &link, rest, download, request.headers()),
+                            }
                         }
                         (Method::POST, "decision") => decision(&space, &link, request).await,
                         _ => not_found(),
@@ -134,6 +138,7 @@ fn entry(space: &PreviewSpace, link: &str, request: Request<Incoming>) -> Respon
                     media_type: &e.media_type,
                     href: format!("{base}/evidence/{i}"),
                     path: &e.path,
+                    transformed: e.html.is_some(),
                 })
                 .collect();
             let other = match lang {
@@ -296,21 +301,65 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     response
 }
 
-/// `GET /preview/{link}/evidence/{n}`: one evidence file, for the bound browser only.
-fn evidence(space: &PreviewSpace, link: &str, n: &str, headers: &HeaderMap) -> Response<Body> {
+/// The evidence `n` of the pending preview `link`, for the bound browser only.
+fn shown_evidence(
+    space: &PreviewSpace,
+    link: &str,
+    n: &str,
+    headers: &HeaderMap,
+) -> Option<super::PreviewEvidence> {
     let mut inner = space.inner.lock().expect("preview lock");
-    let Some(session) = find(&mut inner.sessions, link) else {
-        return not_found();
-    };
+    let session = find(&mut inner.sessions, link)?;
     space.expire_if_due(session, space.clock.now());
     if session.state != PreviewState::Pending || !bound_here(session, headers) {
-        return not_found();
+        return None;
     }
-    let Some(e) = n
-        .parse::<usize>()
+    n.parse::<usize>()
         .ok()
         .and_then(|n| session.request.evidences.get(n))
-    else {
+        .cloned()
+}
+
+/// `GET /preview/{link}/evidence/{n}/view`: the HTML a stylesheet made of an XML evidence.
+/// It may run nothing and fetch nothing (CSP `default-src 'none'`, `sandbox`, inline
+/// styles and `data:` images only), and only our own page may frame it.
+fn evidence_view(space: &PreviewSpace, link: &str, n: &str, headers: &HeaderMap) -> Response<Body> {
+    let Some(html) = shown_evidence(space, link, n, headers).and_then(|e| e.html) else {
+        return not_found();
+    };
+    let Ok(text) = std::fs::read(&html) else {
+        return not_found();
+    };
+    let mut response = Response::new(full(Bytes::from(text)));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox; form-action 'none'; base-uri 'none'; frame-ancestors 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    common_headers(h);
+    response
+}
+
+/// `GET /preview/{link}/evidence/{n}`: one evidence file, for the bound browser only
+/// (`?download=1`: as an attachment, e.g. the original of a transformed XML evidence).
+fn evidence(
+    space: &PreviewSpace,
+    link: &str,
+    n: &str,
+    download: bool,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let Some(e) = shown_evidence(space, link, n, headers) else {
         return not_found();
     };
     let Ok(file) = std::fs::File::open(&e.path) else {
@@ -322,10 +371,18 @@ fn evidence(space: &PreviewSpace, link: &str, n: &str, headers: &HeaderMap) -> R
     if let Ok(v) = HeaderValue::from_str(&e.media_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("inline"),
-    );
+    let disposition = if download {
+        let ext = if e.media_type.ends_with("xml") {
+            "xml"
+        } else {
+            "bin"
+        };
+        HeaderValue::from_str(&format!("attachment; filename=\"evidence-{n}.{ext}\""))
+            .unwrap_or(HeaderValue::from_static("attachment"))
+    } else {
+        HeaderValue::from_static("inline")
+    };
+    h.insert(header::CONTENT_DISPOSITION, disposition);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

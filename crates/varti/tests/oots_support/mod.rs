@@ -36,6 +36,22 @@ pub fn start_full(
     portal_lines: &str,
     b_extra: &str,
 ) -> (tempfile::TempDir, Node, Node) {
+    start_full_via(register, portal_lines, b_extra, None, None)
+}
+
+/// Edits b's configuration text before b starts (e.g. another key).
+pub type ConfigEdit = fn(String) -> String;
+
+/// Like [`start_full`]; with `via` = (port in a's PModes, b's own port), a proxy or tap
+/// listening on the first forwards to b on the second; `edit_b` changes b's
+/// configuration file before it starts.
+pub fn start_full_via(
+    register: &Register,
+    portal_lines: &str,
+    b_extra: &str,
+    via: Option<(u16, u16)>,
+    edit_b: Option<ConfigEdit>,
+) -> (tempfile::TempDir, Node, Node) {
     let closed = pair_support::free_port();
     let extra = format!(
         "{FAST}\
@@ -54,23 +70,43 @@ pub fn start_full(
         slow = register.url("/slow"),
         slower = register.url("/slower"),
     );
-    start_pair(
+    start_pair_via(
         &format!("{portal_lines}{extra}"),
         &format!("{extra}{b_extra}"),
+        via,
+        edit_b,
     )
 }
 
 /// Starts varti-a and varti-b with these lines appended to their configurations (right
 /// after their backend client `portal`, so leading keys belong to that client).
 pub fn start_pair(extra_a: &str, extra_b: &str) -> (tempfile::TempDir, Node, Node) {
+    start_pair_via(extra_a, extra_b, None, None)
+}
+
+/// Like [`start_pair`], with b behind a proxy as [`start_full_via`] says.
+pub fn start_pair_via(
+    extra_a: &str,
+    extra_b: &str,
+    via: Option<(u16, u16)>,
+    edit_b: Option<ConfigEdit>,
+) -> (tempfile::TempDir, Node, Node) {
     let root = tempfile::tempdir().unwrap();
     let options = varti::pair::PairOptions {
         extra_pmodes: Vec::new(),
-        b_endpoint_port: None,
+        b_endpoint_port: via.map(|(endpoint, _)| endpoint),
         extra_config: extra_a.to_owned(),
     };
-    let layout = varti::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+    let mut layout = varti::pair::PairLayout::create(root.path(), &repo(), &options).unwrap();
+    if let Some((_, own)) = via {
+        layout.b.ports.msh = own;
+    }
     layout.rewrite_config(&layout.b, extra_b).unwrap();
+    if let Some(edit) = edit_b {
+        let file = layout.b.dir.join("varti.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, edit(text)).unwrap();
+    }
     let node = |l: &varti::pair::NodeLayout| Node {
         served: serve_support::spawn_serve_in(&l.dir, &["--config", "varti.toml"]),
         backend: l.backend(),

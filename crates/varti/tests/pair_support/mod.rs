@@ -57,6 +57,12 @@ impl Pair {
         Pair::create(pmodes, b_endpoint_port, SENDER_CONFIG)
     }
 
+    /// A pair with the fast test sender, one extra PMode file `(name, TOML)` and b's
+    /// endpoint at `b_endpoint_port` (a proxy or tap in front of b; see [`Pair::move_b_to`]).
+    pub fn with_pmodes_via(pmodes: (&str, String), b_endpoint_port: u16) -> Pair {
+        Pair::create(pmodes, Some(b_endpoint_port), SENDER_CONFIG)
+    }
+
     /// A pair with one extra PMode file `(name, TOML)`, varti-b's endpoint in the PModes
     /// at `b_endpoint_port` when given, and `extra_config` in both configurations.
     pub fn create(

@@ -58,6 +58,29 @@ fn pdf_with(factor: u32) -> Vec<u8> {
     b
 }
 
+/// An XML evidence (a birth record in the register's own format).
+pub fn evidence_xml() -> &'static str {
+    r#"<?xml version="1.0" encoding="UTF-8"?>
+<BirthRecord xmlns="urn:lv:register:birth"><Child><Name>Ida Jensen</Name><Born>1990-01-01</Born></Child><Place>Rīga</Place></BirthRecord>"#
+}
+
+/// The XSLT 1.0 stylesheet the register sends with [`evidence_xml`]: a readable page.
+/// `extra` goes into the body (a test's hostile additions).
+pub fn evidence_xsl(extra: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform" xmlns:r="urn:lv:register:birth">
+<xsl:output method="html" encoding="UTF-8"/>
+<xsl:template match="/"><html><head><style>h1 {{ font-size: 1.5em }}</style></head><body>
+<h1 id="heading">Birth record</h1>
+<p id="child">Child: <xsl:value-of select="r:BirthRecord/r:Child/r:Name"/></p>
+<p id="born">Born: <xsl:value-of select="r:BirthRecord/r:Child/r:Born"/> in <xsl:value-of select="r:BirthRecord/r:Place"/></p>
+{extra}
+</body></html></xsl:template>
+</xsl:stylesheet>"#
+    )
+}
+
 /// The fake national register: answers by path, records the JSON it was sent.
 pub struct Register {
     /// Its port on 127.0.0.1.
@@ -121,6 +144,33 @@ fn serve_register(mut conn: TcpStream, seen: &Mutex<Vec<(String, Value)>>) {
             body.extend_from_slice(br#"{"evidences":[{"part":"birth","title":"Birth certificate","issuing_date":"2001-02-03"}]}"#);
             body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth\"; filename=\"birth.pdf\"\r\nContent-Type: application/pdf\r\n\r\n").as_bytes());
             body.extend_from_slice(&file);
+            body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            respond(
+                &mut conn,
+                "200 OK",
+                &format!("multipart/form-data; boundary={boundary}"),
+                &body,
+            );
+        }
+        // XML evidence; `/xml-xsl` sends its stylesheet along (metadata `stylesheet`).
+        "/xml" | "/xml-xsl" => {
+            let boundary = "register-boundary-43";
+            let with_xsl = path == "/xml-xsl";
+            let mut body = Vec::new();
+            body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n").as_bytes());
+            if with_xsl {
+                body.extend_from_slice(br#"{"evidences":[{"part":"birth","title":"Birth record","stylesheet":"birth-xsl"}]}"#);
+            } else {
+                body.extend_from_slice(
+                    br#"{"evidences":[{"part":"birth","title":"Birth record"}]}"#,
+                );
+            }
+            body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth\"; filename=\"birth.xml\"\r\nContent-Type: application/xml\r\n\r\n").as_bytes());
+            body.extend_from_slice(evidence_xml().as_bytes());
+            if with_xsl {
+                body.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"birth-xsl\"; filename=\"birth.xsl\"\r\nContent-Type: application/xslt+xml\r\n\r\n").as_bytes());
+                body.extend_from_slice(evidence_xsl("").as_bytes());
+            }
             body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
             respond(
                 &mut conn,
