@@ -219,6 +219,55 @@ pub fn message_ids_are_unique<S: Store>(store: S) {
     assert!(store.get("nope").unwrap().is_none());
 }
 
+/// The send queue counts outbound messages in progress — submitted, sending, waiting for
+/// a retry — and nothing else.
+pub fn queue_depth_counts_outbound_in_progress<S: Store>(store: S) {
+    assert_eq!(store.queue_depth().unwrap(), 0);
+    store
+        .insert_inbound(inbound("in@them", "alpha", b"r"), at(0))
+        .unwrap();
+    for id in ["q1@us", "q2@us", "q3@us"] {
+        store
+            .insert_outbound(outbound(id, "alpha", at(0)), at(0))
+            .unwrap();
+    }
+    assert_eq!(store.queue_depth().unwrap(), 3, "submitted");
+    let claimed = store.claim_due("n1", LEASE, 2, at(1)).unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(store.queue_depth().unwrap(), 3, "sending still counts");
+    store
+        .record_attempt(
+            claimed[0].id(),
+            "n1",
+            AttemptOutcome::Retry {
+                at: at(60),
+                error: "partner down".into(),
+            },
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(
+        store.queue_depth().unwrap(),
+        3,
+        "waiting for a retry counts"
+    );
+    store
+        .record_attempt(
+            claimed[1].id(),
+            "n1",
+            AttemptOutcome::Acknowledged {
+                receipt: b"<receipt/>".to_vec(),
+            },
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(
+        store.queue_depth().unwrap(),
+        2,
+        "acknowledged leaves the queue"
+    );
+}
+
 /// Work is claimed only when due; a claim sets the lease and counts the attempt.
 pub fn claims_only_due_work<S: Store>(store: S) {
     store
@@ -1709,6 +1758,7 @@ macro_rules! store_contract_tests {
             concurrent_duplicates_insert_once,
             message_ids_are_unique,
             claims_only_due_work,
+            queue_depth_counts_outbound_in_progress,
             concurrent_claimers_never_share,
             expired_leases_are_reclaimable,
             claim_message_ignores_due_time,

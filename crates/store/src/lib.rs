@@ -331,6 +331,11 @@ pub trait Store: Send + Sync {
     /// messages still in progress are kept. Returns how many were removed.
     fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError>;
 
+    /// How many outbound messages are still to be sent: submitted, sending or waiting for
+    /// a retry (the `varti_queue_depth` gauge). Counted from the index of outbound work,
+    /// never by reading every record.
+    fn queue_depth(&self) -> Result<u64, StoreError>;
+
     /// Notes that a signal with `message_id` (a PullRequest) was accepted at `now`: true the
     /// first time, false for an id already noted (a replay), atomically across every
     /// instance sharing the store. Ids noted before `forget_before` may be forgotten: the

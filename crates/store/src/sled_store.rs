@@ -97,6 +97,9 @@ pub(crate) fn is_rebuilt_from_records(tree: &str) -> bool {
             | "property"
             | "regular"
             | "test"
+            // Only the marker that the search indexes were built: a rebuilt store has them
+            // (its records are written with their index keys) and sets it again when opened.
+            | "meta"
     )
 }
 
@@ -779,6 +782,11 @@ impl Store for SledStore {
             }
         }
         Ok(made_due)
+    }
+
+    fn queue_depth(&self) -> Result<u64, StoreError> {
+        // The `due` index holds exactly the outbound messages in progress.
+        Ok(self.trees[DUE].len() as u64)
     }
 
     fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError> {

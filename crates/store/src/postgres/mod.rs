@@ -756,6 +756,20 @@ impl Store for PgStore {
         Ok(made_due)
     }
 
+    fn queue_depth(&self) -> Result<u64, StoreError> {
+        // `due_at` is set exactly while an outbound message is in progress: the partial
+        // index of outbound work answers the count.
+        self.pool.run("counting the send queue", |client, _| {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM messages WHERE due_at IS NOT NULL",
+                    &[],
+                )?
+                .get(0);
+            Ok(n.max(0) as u64)
+        })
+    }
+
     fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError> {
         let created_before = micros(created_before);
         let mut removed = 0;

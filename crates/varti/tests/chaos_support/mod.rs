@@ -1011,7 +1011,8 @@ pub fn check(run: &str, n: usize, sending: &Side, receiving: &Side, collector: &
     );
     assert_eq!(taken.len(), n, "messages the backend took");
 
-    // The store's own account: one `deliver` transition per message.
+    // The store's own account: one `download` transition (the backend's acknowledgement,
+    // received → downloaded) per message; downloads of payloads are `fetch` entries.
     let mut redelivered = Vec::new();
     for (k, id) in in_ids.iter().enumerate() {
         let v = receiving.get_json(
@@ -1019,19 +1020,19 @@ pub fn check(run: &str, n: usize, sending: &Side, receiving: &Side, collector: &
             &format!("/api/v1/messages/{}", urlencode(id)),
             Duration::from_secs(60),
         );
-        let delivers = v["history"]
+        let acks = v["history"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|h| h["event"] == "deliver")
+            .filter(|h| h["event"] == "download")
             .count();
-        if delivers != 1 {
-            redelivered.push((id.clone(), delivers));
+        if acks != 1 {
+            redelivered.push((id.clone(), acks));
         }
     }
     assert!(
         redelivered.is_empty(),
-        "messages without exactly one `deliver` in their history: {redelivered:?}"
+        "messages without exactly one `download` (acknowledgement) in their history: {redelivered:?}"
     );
     eprintln!("chaos: {n} acknowledged, {n} delivered once each, nothing left hanging");
 }

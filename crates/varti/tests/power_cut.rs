@@ -11,7 +11,7 @@
 //!
 //! 20 cuts at random points under load, every other one also under a stricter model in
 //! which sled's `sync_file_range` log syncs do not count (see `Model`). After each: the start-up check passes, or names
-//! the damage — then `recover_store` (what `varti db recover` runs) must rebuild a store
+//! the damage (`varti db check` exits 1) — then `varti db recover` must rebuild a store
 //! that passes it. Every promise the child printed before the cut (a message stored, a
 //! delivery, a submission, a partner's receipt) must hold afterwards; no message is
 //! delivered twice; at the end every stored inbound message is still deliverable.
@@ -23,10 +23,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use time::OffsetDateTime;
-use varti_store::{check_store, recover_store, CheckOptions, SledStore, State, Store};
+use varti_store::{SledStore, State, Store};
 
 const CUTS: usize = 20;
 const CHILD: &str = env!("CARGO_BIN_EXE_store-powercut-child");
+const VARTI: &str = env!("CARGO_BIN_EXE_varti");
+
+/// `varti db ARGS --json`: its exit code and JSON answer.
+fn varti_db(args: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {
+    let out = Command::new(VARTI)
+        .arg("db")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("running varti db");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "varti db {args:?}: not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// `varti db check --data-dir DIR`: whether the store is damaged, and the damage found.
+fn db_check(dir: &Path) -> (bool, serde_json::Value) {
+    let (code, report) = varti_db(&["check".as_ref(), "--data-dir".as_ref(), dir.as_os_str()]);
+    let damaged = report["damaged"]
+        .as_bool()
+        .expect("the check says damaged or not");
+    assert_eq!(code, if damaged { 1 } else { 0 }, "{report}");
+    (damaged, report)
+}
 
 struct Rng(u64);
 impl Rng {
@@ -437,26 +466,41 @@ fn twenty_power_cuts_under_load_lose_nothing_acknowledged() {
             promises.take(&line);
         }
         undone_total += undone;
-        let options = CheckOptions::new(OffsetDateTime::now_utc());
-        let report = check_store(&store_dir, options).unwrap();
-        if report.is_damaged() {
+        let (damaged, report) = db_check(&store_dir);
+        if damaged {
             // What `varti serve` would refuse; `varti db recover` must bring it back.
-            let damage: Vec<String> = report.damage().map(|f| f.detail.clone()).collect();
+            let damage: Vec<String> = report["findings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["severity"] == "damage")
+                .map(|f| f["detail"].as_str().unwrap_or_default().to_owned())
+                .collect();
             let recovered = work.path().join(format!("recovered-{cut}"));
-            let outcome = recover_store(&store_dir, &recovered, OffsetDateTime::now_utc())
-                .unwrap_or_else(|e| panic!("cut {cut}: recovery failed: {e}; damage: {damage:?}"));
+            let (code, outcome) = varti_db(&[
+                "recover".as_ref(),
+                "--data-dir".as_ref(),
+                store_dir.as_os_str(),
+                "--out".as_ref(),
+                recovered.as_os_str(),
+            ]);
+            // Exit 1 says something was lost or unreadable; 2 that it could not run.
+            assert!(
+                code == 0 || code == 1,
+                "cut {cut}: recovery failed: {outcome}; damage: {damage:?}"
+            );
             // Payloads are durable before the records naming them, so none may be lost.
             // (A database record sled garbled may be unreadable; its sidecar, or the
             // promise checks below, decide whether anything was lost.)
-            assert!(
-                outcome.payloads_lost.is_empty(),
-                "cut {cut}: recovery lost payloads: {outcome:?}"
+            assert_eq!(
+                outcome["payloads_lost"].as_array().map(Vec::len),
+                Some(0),
+                "cut {cut}: recovery lost payloads: {outcome}"
             );
-            let after = check_store(&recovered, options).unwrap();
+            let (still_damaged, after) = db_check(&recovered);
             assert!(
-                !after.is_damaged(),
-                "cut {cut}: the recovered store is damaged: {:?}",
-                after.findings
+                !still_damaged,
+                "cut {cut}: the recovered store is damaged: {after}"
             );
             fs::rename(&store_dir, work.path().join(format!("damaged-{cut}"))).unwrap();
             fs::rename(&recovered, &store_dir).unwrap();
