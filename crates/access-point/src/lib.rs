@@ -26,6 +26,8 @@ pub mod reload;
 pub mod sender;
 pub mod server;
 pub mod submit;
+#[cfg(test)]
+mod test_support;
 pub mod webhooks;
 
 pub use access_point::{AccessPoint, MessageEvent};

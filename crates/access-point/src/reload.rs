@@ -625,32 +625,7 @@ mod tests {
     use super::*;
     use varti_store::AuditFilter;
 
-    /// An access point over the repository's PModes and test keys, on a throw-away store,
-    /// with the settings it was opened with.
-    fn access_point(dir: &Path) -> (Arc<AccessPoint>, Settings) {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut s = Settings {
-            data_dir: dir.to_owned(),
-            pmodes_dir: repo.join("pmodes"),
-            ..Default::default()
-        };
-        for p in [
-            &mut s.identity.signing_key,
-            &mut s.identity.signing_cert,
-            &mut s.identity.encryption_key,
-            &mut s.identity.encryption_cert,
-            &mut s.tls.cert,
-            &mut s.tls.key,
-            &mut s.tls.client_ca,
-        ] {
-            *p = repo.join(&*p);
-        }
-        s.identity.trust_anchors = vec![repo.join("certs/ca.cert.pem")];
-        let store = varti_store::SledStore::open(dir.join("store")).unwrap();
-        let metrics = Arc::new(crate::ops::Metrics::new());
-        let ap = AccessPoint::open(s.clone(), Arc::new(store), metrics, false).unwrap();
-        (Arc::new(ap), s)
-    }
+    use crate::test_support::access_point;
 
     struct Refuse;
     impl ReloadHook for Refuse {

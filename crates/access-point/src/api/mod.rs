@@ -614,27 +614,7 @@ mod tests {
 
     /// An access point over the repository's PModes and test keys, on a throw-away store.
     fn access_point(dir: &std::path::Path) -> Arc<AccessPoint> {
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut s = crate::config::Settings {
-            data_dir: dir.to_owned(),
-            pmodes_dir: repo.join("pmodes"),
-            ..Default::default()
-        };
-        for p in [
-            &mut s.identity.signing_key,
-            &mut s.identity.signing_cert,
-            &mut s.identity.encryption_key,
-            &mut s.identity.encryption_cert,
-            &mut s.tls.cert,
-            &mut s.tls.key,
-            &mut s.tls.client_ca,
-        ] {
-            *p = repo.join(&*p);
-        }
-        s.identity.trust_anchors = vec![repo.join("certs/ca.cert.pem")];
-        let store = varti_store::SledStore::open(dir.join("store")).unwrap();
-        let metrics = Arc::new(crate::ops::Metrics::new());
-        Arc::new(AccessPoint::open(s, Arc::new(store), metrics, false).unwrap())
+        crate::test_support::access_point(dir).0
     }
 
     #[test]

@@ -143,6 +143,45 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
+    /// Deletes the messages `selection` picks (a WHERE condition on `messages` with `$1`
+    /// bound to `bound`, and its ORDER BY), with their payloads unless already purged, in
+    /// batches of [`PURGE_BATCH`] (rows other instances hold are skipped, not waited for).
+    /// Returns how many were deleted.
+    fn delete_in_batches(
+        &self,
+        what: &'static str,
+        selection: &str,
+        bound: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let sql = format!(
+            "WITH batch AS ( \
+                 SELECT message_id FROM messages WHERE {selection} \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             removed AS ( \
+                 DELETE FROM messages m USING batch \
+                 WHERE m.message_id = batch.message_id \
+                 RETURNING m.payloads, m.payloads_purged_at), \
+             gone AS ( \
+                 DELETE FROM payloads WHERE payload_id IN ( \
+                     SELECT p -> 'stored' ->> 'id' \
+                     FROM removed, jsonb_array_elements(removed.payloads) AS p \
+                     WHERE removed.payloads_purged_at IS NULL)) \
+             SELECT count(*) FROM removed"
+        );
+        let mut removed = 0;
+        loop {
+            let n: i64 = self.pool.run(what, |client, _| {
+                Ok(client
+                    .query_one(sql.as_str(), &[&bound, &PURGE_BATCH])?
+                    .get(0))
+            })?;
+            if n == 0 {
+                return Ok(removed);
+            }
+            removed += n as usize;
+        }
+    }
+
     /// The query plan PostgreSQL chooses for [`Store::list`] with `filter` (`EXPLAIN`), with
     /// sequential scans discouraged as on a large table (a tiny test table would otherwise
     /// be read whole because that is cheapest): tests check that each search has an index.
@@ -771,36 +810,12 @@ impl Store for PgStore {
     }
 
     fn purge_test(&self, created_before: OffsetDateTime) -> Result<usize, StoreError> {
-        let created_before = micros(created_before);
-        let mut removed = 0;
-        loop {
-            let n: i64 = self.pool.run("purging test messages", |client, _| {
-                Ok(client
-                    .query_one(
-                        "WITH batch AS ( \
-                             SELECT message_id FROM messages \
-                             WHERE is_test AND created_at < $1 \
-                               AND (direction = 'inbound' OR settled_at IS NOT NULL) \
-                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                         removed AS ( \
-                             DELETE FROM messages m USING batch \
-                             WHERE m.message_id = batch.message_id \
-                             RETURNING m.payloads, m.payloads_purged_at), \
-                         gone AS ( \
-                             DELETE FROM payloads WHERE payload_id IN ( \
-                                 SELECT p -> 'stored' ->> 'id' \
-                                 FROM removed, jsonb_array_elements(removed.payloads) AS p \
-                                 WHERE removed.payloads_purged_at IS NULL)) \
-                         SELECT count(*) FROM removed",
-                        &[&created_before, &PURGE_BATCH],
-                    )?
-                    .get(0))
-            })?;
-            if n == 0 {
-                return Ok(removed);
-            }
-            removed += n as usize;
-        }
+        self.delete_in_batches(
+            "purging test messages",
+            "is_test AND created_at < $1 \
+             AND (direction = 'inbound' OR settled_at IS NOT NULL) ORDER BY created_at",
+            micros(created_before),
+        )
     }
 
     fn purge_payloads(
@@ -872,34 +887,11 @@ impl Store for PgStore {
     }
 
     fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError> {
-        let settled_before = micros(settled_before);
-        let mut removed = 0;
-        loop {
-            let n: i64 = self.pool.run("purging message records", |client, _| {
-                Ok(client
-                    .query_one(
-                        "WITH batch AS ( \
-                             SELECT message_id FROM messages WHERE settled_at < $1 \
-                             ORDER BY settled_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                         removed AS ( \
-                             DELETE FROM messages m USING batch \
-                             WHERE m.message_id = batch.message_id \
-                             RETURNING m.payloads, m.payloads_purged_at), \
-                         gone AS ( \
-                             DELETE FROM payloads WHERE payload_id IN ( \
-                                 SELECT p -> 'stored' ->> 'id' \
-                                 FROM removed, jsonb_array_elements(removed.payloads) AS p \
-                                 WHERE removed.payloads_purged_at IS NULL)) \
-                         SELECT count(*) FROM removed",
-                        &[&settled_before, &PURGE_BATCH],
-                    )?
-                    .get(0))
-            })?;
-            if n == 0 {
-                return Ok(removed);
-            }
-            removed += n as usize;
-        }
+        self.delete_in_batches(
+            "purging message records",
+            "settled_at < $1 ORDER BY settled_at",
+            micros(settled_before),
+        )
     }
 
     fn note_signal(

@@ -321,3 +321,17 @@ pub fn segment(s: &str) -> String {
         .remove(b'~');
     percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
+
+/// A JSON value of an API answer as text: strings without quotes, null as nothing.
+pub fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// A JSON answer, indented for people.
+pub fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}

@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
-use super::api::{segment, Api, ApiArgs, Failure};
+use super::api::{pretty, s, segment, Api, ApiArgs, Failure};
 
 /// The `audit` command group.
 #[derive(Debug, Subcommand)]
@@ -177,16 +176,4 @@ fn reload(a: &ReloadArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    }
-}
-
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }

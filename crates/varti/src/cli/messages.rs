@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::api::{segment, Api, ApiArgs, Failure};
+use super::api::{pretty, s, segment, Api, ApiArgs, Failure};
 
 /// The `messages` command group.
 #[derive(Debug, Subcommand)]
@@ -658,19 +658,6 @@ fn status(a: &StatusArgs) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A JSON value as text (strings without quotes).
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    }
-}
-
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
 #[cfg(test)]
