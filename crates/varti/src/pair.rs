@@ -10,6 +10,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The ports of one node.
@@ -34,8 +35,34 @@ impl Ports {
     }
 }
 
-/// A port that was free a moment ago (the OS picks it).
+/// A port that was free a moment ago.
+///
+/// The port is chosen below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`): a port from that range, released and bound
+/// again later by a `varti serve`, can meanwhile become the local port of any outgoing
+/// connection on the machine, which made a busy test run fail with "Address already in
+/// use". Below the range only another explicit bind can take it. Each process walks its own
+/// window (offset by its pid) so that concurrent processes seldom even try the same port,
+/// and every candidate is checked with a bind.
 pub fn free_port() -> io::Result<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 15_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = ephemeral_low - LOWEST;
+        let offset = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (LOWEST + (offset + n) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // No usable room below the ephemeral range: let the OS pick.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
