@@ -1747,6 +1747,93 @@ pub fn concurrent_audit_appends_are_all_kept<S: Store>(store: S) {
     assert_eq!(expected.len(), WRITERS * EACH);
 }
 
+/// The console's accounts and sessions: created, replaced, read back, listed; sessions
+/// touched, expired by idle or absolute age, ended one by one and with their user.
+pub fn console_users_and_sessions<S: Store>(store: S) {
+    use crate::{ConsoleSession, ConsoleUser};
+    let user = |name: &str, role: &str| ConsoleUser {
+        name: name.into(),
+        role: role.into(),
+        password_hash: format!("$argon2id$v=19$hash-of-{name}"),
+        created_at: t0(),
+        updated_at: t0(),
+    };
+    assert_eq!(store.console_user("ann").unwrap(), None);
+    store.put_console_user(&user("ann", "viewer")).unwrap();
+    store.put_console_user(&user("bob", "operator")).unwrap();
+    let mut changed = user("ann", "admin");
+    changed.updated_at = t0() + time::Duration::minutes(1);
+    store.put_console_user(&changed).unwrap();
+    assert_eq!(store.console_user("ann").unwrap(), Some(changed.clone()));
+    let names: Vec<String> = store
+        .list_console_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["ann", "bob"]);
+    assert!(matches!(
+        store.put_console_user(&user("", "viewer")),
+        Err(StoreError::InvalidInput(_))
+    ));
+
+    let session = |id: &str, who: &str, created: i64, seen: i64| ConsoleSession {
+        id_sha256: id.into(),
+        user: who.into(),
+        csrf: format!("csrf-{id}"),
+        created_at: t0() + time::Duration::minutes(created),
+        last_seen: t0() + time::Duration::minutes(seen),
+    };
+    // A session needs its user.
+    assert!(matches!(
+        store.put_console_session(&session("s0", "nobody", 0, 0)),
+        Err(StoreError::InvalidInput(_))
+    ));
+    store
+        .put_console_session(&session("s1", "ann", 0, 0))
+        .unwrap();
+    store
+        .put_console_session(&session("s2", "ann", 0, 50))
+        .unwrap();
+    store
+        .put_console_session(&session("s3", "bob", 40, 60))
+        .unwrap();
+    store
+        .put_console_session(&session("s4", "bob", 40, 60))
+        .unwrap();
+    // Touching moves last_seen.
+    store
+        .put_console_session(&session("s1", "ann", 0, 55))
+        .unwrap();
+    assert_eq!(
+        store.console_session("s1").unwrap(),
+        Some(session("s1", "ann", 0, 55))
+    );
+    // Idle before minute 52 (s2), or begun before minute 10 with s1 and s2 too.
+    assert_eq!(
+        store
+            .purge_console_sessions(t0() + time::Duration::minutes(52), t0())
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.console_session("s2").unwrap(), None);
+    assert_eq!(
+        store
+            .purge_console_sessions(t0(), t0() + time::Duration::minutes(10))
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.console_session("s1").unwrap(), None);
+    assert!(store.remove_console_session("s3").unwrap());
+    assert!(!store.remove_console_session("s3").unwrap());
+    assert!(store.console_session("s4").unwrap().is_some());
+    // Removing a user ends its sessions.
+    assert!(store.remove_console_user("bob").unwrap());
+    assert!(!store.remove_console_user("bob").unwrap());
+    assert_eq!(store.console_session("s4").unwrap(), None);
+    assert_eq!(store.console_user("bob").unwrap(), None);
+}
+
 /// Declares one `#[test]` per contract function for a store factory: an expression callable
 /// with no arguments that returns `(store, guard)`, where `guard` (say, a temporary directory)
 /// lives as long as the test.
@@ -1777,6 +1864,7 @@ macro_rules! store_contract_tests {
             test_traffic_is_purged_on_its_own,
             audit_trail_orders_and_pages,
             concurrent_audit_appends_are_all_kept,
+            console_users_and_sessions,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {

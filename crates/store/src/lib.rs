@@ -41,6 +41,7 @@
 
 mod audit;
 mod backup;
+mod console;
 mod payload;
 pub mod postgres;
 mod record;
@@ -61,6 +62,7 @@ pub use audit::{
     MAX_AUDIT_PAGE,
 };
 pub use backup::{restore_backup, BackupSummary};
+pub use console::{ConsoleSession, ConsoleUser};
 pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
@@ -360,6 +362,39 @@ pub trait Store: Send + Sync {
 
     /// The audit entries matching `filter`, oldest first, one page at a time.
     fn list_audit(&self, filter: &AuditFilter) -> Result<AuditPage, StoreError>;
+
+    // The operations console's accounts and sessions (see [`ConsoleUser`]); shared by the
+    // instances on one database. Every write is durable when it returns.
+
+    /// Creates the console account `user.name`, or replaces it (role, password).
+    fn put_console_user(&self, user: &ConsoleUser) -> Result<(), StoreError>;
+
+    /// The console account `name`, or `None`.
+    fn console_user(&self, name: &str) -> Result<Option<ConsoleUser>, StoreError>;
+
+    /// Every console account, by name.
+    fn list_console_users(&self) -> Result<Vec<ConsoleUser>, StoreError>;
+
+    /// Removes the console account `name` and every session of it. `false` when there was
+    /// none.
+    fn remove_console_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a console session (a new one, or one whose `last_seen` moved).
+    fn put_console_session(&self, session: &ConsoleSession) -> Result<(), StoreError>;
+
+    /// The console session whose cookie hashes to `id_sha256`, or `None`.
+    fn console_session(&self, id_sha256: &str) -> Result<Option<ConsoleSession>, StoreError>;
+
+    /// Removes one console session (logout). `false` when there was none.
+    fn remove_console_session(&self, id_sha256: &str) -> Result<bool, StoreError>;
+
+    /// Removes the console sessions last used before `idle_before` or begun before
+    /// `created_before` (expired). Returns how many.
+    fn purge_console_sessions(
+        &self,
+        idle_before: OffsetDateTime,
+        created_before: OffsetDateTime,
+    ) -> Result<usize, StoreError>;
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).

@@ -50,6 +50,7 @@
 //! messages per second be stored durably.
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, NewAuditEntry};
+use crate::console::{ConsoleSession, ConsoleUser};
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::{validate_id, MessageRecord, MAX_PREFIX_MATCHES};
 use crate::sidecar::Sidecars;
@@ -145,6 +146,9 @@ const BATCH: usize = 256;
 /// The audit trail's tree (kept apart from the message trees: nothing but
 /// [`Store::append_audit`] writes to it).
 const AUDIT_TREE: &str = "audit";
+/// The console's accounts (name → JSON) and sessions (cookie hash → JSON).
+const CONSOLE_USERS_TREE: &str = "console_users";
+const CONSOLE_SESSIONS_TREE: &str = "console_sessions";
 
 /// The embedded store. Cheap to share between threads (`Arc<SledStore>`); one process at a
 /// time may open a directory (sled locks it).
@@ -166,6 +170,10 @@ pub struct SledStore {
     /// Held while an audit entry is numbered and inserted, so entries become visible in
     /// the order of their numbers (a reader paging by number never skips one).
     audit_append: Mutex<()>,
+    /// The console's accounts.
+    console_users: sled::Tree,
+    /// The console's sessions.
+    console_sessions: sled::Tree,
 }
 
 /// How many locks order sidecar writes (messages hash onto them; only messages sharing
@@ -222,6 +230,8 @@ impl SledStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_error)?;
         let audit = db.open_tree(AUDIT_TREE).map_err(db_error)?;
+        let console_users = db.open_tree(CONSOLE_USERS_TREE).map_err(db_error)?;
+        let console_sessions = db.open_tree(CONSOLE_SESSIONS_TREE).map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
         let sidecars = Sidecars::open(dir, true)?;
         let store = SledStore {
@@ -234,6 +244,8 @@ impl SledStore {
             records_read: std::sync::atomic::AtomicU64::new(0),
             audit,
             audit_append: Mutex::new(()),
+            console_users,
+            console_sessions,
         };
         store.build_search_indexes()?;
         Ok(store)
@@ -1077,6 +1089,116 @@ impl Store for SledStore {
             }
         }
     }
+
+    fn put_console_user(&self, user: &ConsoleUser) -> Result<(), StoreError> {
+        user.validate()?;
+        let bytes = console_json(user)?;
+        self.console_users
+            .insert(user.name.as_bytes(), bytes)
+            .map_err(db_error)?;
+        self.flush()
+    }
+
+    fn console_user(&self, name: &str) -> Result<Option<ConsoleUser>, StoreError> {
+        match self.console_users.get(name.as_bytes()).map_err(db_error)? {
+            Some(bytes) => Ok(Some(console_decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_console_users(&self) -> Result<Vec<ConsoleUser>, StoreError> {
+        self.console_users
+            .iter()
+            .map(|item| console_decode(&item.map_err(db_error)?.1))
+            .collect()
+    }
+
+    fn remove_console_user(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .console_users
+            .remove(name.as_bytes())
+            .map_err(db_error)?
+            .is_some();
+        // Its sessions end with it (a handful of sessions: a full pass is fine).
+        for item in self.console_sessions.iter() {
+            let (key, bytes) = item.map_err(db_error)?;
+            let session: ConsoleSession = console_decode(&bytes)?;
+            if session.user == name {
+                self.console_sessions.remove(key).map_err(db_error)?;
+            }
+        }
+        self.flush()?;
+        Ok(removed)
+    }
+
+    fn put_console_session(&self, session: &ConsoleSession) -> Result<(), StoreError> {
+        session.validate()?;
+        if !self
+            .console_users
+            .contains_key(session.user.as_bytes())
+            .map_err(db_error)?
+        {
+            return Err(StoreError::InvalidInput(format!(
+                "console user `{}` does not exist (removed meanwhile?)",
+                session.user
+            )));
+        }
+        let bytes = console_json(session)?;
+        self.console_sessions
+            .insert(session.id_sha256.as_bytes(), bytes)
+            .map_err(db_error)?;
+        self.flush()
+    }
+
+    fn console_session(&self, id_sha256: &str) -> Result<Option<ConsoleSession>, StoreError> {
+        match self
+            .console_sessions
+            .get(id_sha256.as_bytes())
+            .map_err(db_error)?
+        {
+            Some(bytes) => Ok(Some(console_decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn remove_console_session(&self, id_sha256: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .console_sessions
+            .remove(id_sha256.as_bytes())
+            .map_err(db_error)?
+            .is_some();
+        self.flush()?;
+        Ok(removed)
+    }
+
+    fn purge_console_sessions(
+        &self,
+        idle_before: OffsetDateTime,
+        created_before: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.console_sessions.iter() {
+            let (key, bytes) = item.map_err(db_error)?;
+            let session: ConsoleSession = console_decode(&bytes)?;
+            if session.last_seen < idle_before || session.created_at < created_before {
+                self.console_sessions.remove(key).map_err(db_error)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+}
+
+fn console_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::InvalidInput(format!("cannot serialise a console record: {e}")))
+}
+
+fn console_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("a console record: {e}")))
 }
 
 /// Group commit: concurrent callers that need their writes durable share fsyncs.

@@ -44,10 +44,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "search",
         sql: include_str!("migrations/0005_search.sql"),
     },
+    Migration {
+        version: 6,
+        name: "console",
+        sql: include_str!("migrations/0006_console.sql"),
+    },
 ];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;

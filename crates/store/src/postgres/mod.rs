@@ -53,6 +53,7 @@
 //! one [`Store::get`] reads back.
 
 mod audit;
+mod console;
 mod migrations;
 mod payloads;
 mod pool;
@@ -915,6 +916,45 @@ impl Store for PgStore {
             )?;
             Ok(inserted == 1)
         })
+    }
+
+    fn put_console_user(&self, user: &crate::ConsoleUser) -> Result<(), StoreError> {
+        console::put_user(&self.pool, user)
+    }
+
+    fn console_user(&self, name: &str) -> Result<Option<crate::ConsoleUser>, StoreError> {
+        console::user(&self.pool, name)
+    }
+
+    fn list_console_users(&self) -> Result<Vec<crate::ConsoleUser>, StoreError> {
+        console::list_users(&self.pool)
+    }
+
+    fn remove_console_user(&self, name: &str) -> Result<bool, StoreError> {
+        console::remove_user(&self.pool, name)
+    }
+
+    fn put_console_session(&self, session: &crate::ConsoleSession) -> Result<(), StoreError> {
+        console::put_session(&self.pool, session)
+    }
+
+    fn console_session(
+        &self,
+        id_sha256: &str,
+    ) -> Result<Option<crate::ConsoleSession>, StoreError> {
+        console::session(&self.pool, id_sha256)
+    }
+
+    fn remove_console_session(&self, id_sha256: &str) -> Result<bool, StoreError> {
+        console::remove_session(&self.pool, id_sha256)
+    }
+
+    fn purge_console_sessions(
+        &self,
+        idle_before: OffsetDateTime,
+        created_before: OffsetDateTime,
+    ) -> Result<usize, StoreError> {
+        console::purge_sessions(&self.pool, idle_before, created_before)
     }
 }
 
