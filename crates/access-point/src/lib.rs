@@ -16,6 +16,7 @@ pub mod audit;
 pub mod client;
 pub(crate) mod clock;
 pub mod config;
+pub mod console;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod https;

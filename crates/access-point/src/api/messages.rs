@@ -38,7 +38,7 @@ pub(super) async fn list(
 }
 
 /// The store filter a listing query asks for, limited to what `client` may see.
-fn list_filter(client: &Client, query: &str) -> Result<ListFilter, ApiError> {
+pub(crate) fn list_filter(client: &Client, query: &str) -> Result<ListFilter, ApiError> {
     let mut filter = ListFilter {
         owner: (!client.admin).then(|| client.name.clone()),
         exclude_test: true,
@@ -161,7 +161,7 @@ pub(super) async fn show(
 /// `GET /messages/{id}/payloads/{n}`: streams the payload. A download of an inbound
 /// message is recorded in its history (`fetch`, which payload, which client); it does not
 /// change the state: the backend says it has the message with `ack`.
-pub(super) async fn payload(
+pub(crate) async fn payload(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -232,7 +232,7 @@ pub(super) async fn payload(
 }
 
 /// `POST /messages/{id}/ack`: the backend has the inbound message.
-pub(super) async fn ack(
+pub(crate) async fn ack(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -287,7 +287,7 @@ pub(super) async fn ack(
 }
 
 /// `POST /messages/{id}/resend`: a failed outbound message is due again.
-pub(super) async fn resend(
+pub(crate) async fn resend(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -332,7 +332,7 @@ pub(super) async fn resend(
 
 /// `POST /messages/{id}/retry`: an outbound message waiting for its next attempt is due
 /// now (after a partner's outage, without waiting for the retry schedule).
-pub(super) async fn retry(
+pub(crate) async fn retry(
     ap: Arc<AccessPoint>,
     client: Client,
     id: String,
@@ -559,7 +559,7 @@ async fn visible(
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
@@ -640,14 +640,14 @@ pub(super) fn detail(r: &MessageRecord) -> Value {
 }
 
 /// Characters escaped in a path segment (everything but RFC 3986 unreserved).
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub(crate) const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
 
 /// A cursor as an opaque token: base64url of `<unix nanoseconds> <message id>`.
-fn encode_cursor(c: &ListCursor) -> String {
+pub(crate) fn encode_cursor(c: &ListCursor) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
         "{} {}",
         c.created_at.unix_timestamp_nanos(),

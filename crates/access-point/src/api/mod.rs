@@ -45,7 +45,7 @@
 //! such message (or route), 409 conflicts with the message's state or a taken id, 410
 //! payload purged, 413 upload too large, 422 no PMode leg fits, 500 store failure.
 
-mod messages;
+pub(crate) mod messages;
 mod ops;
 pub(crate) mod submit;
 
@@ -181,6 +181,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// The operations console acting for its user `name`: it sees every message (roles
+    /// are checked by the console before it acts). Its acts are audited as `name`.
+    pub(crate) fn console(name: String) -> Client {
+        Client {
+            name,
+            admin: true,
+            token_sha256: [0; 32],
+        }
+    }
+
     /// Whether this client may see a message owned by `owner`.
     pub fn sees(&self, owner: &str) -> bool {
         self.admin || self.name == owner
@@ -580,7 +590,7 @@ impl Routes for ApiRouter {
 }
 
 /// Runs a blocking store step off the async workers.
-async fn blocking<T, F>(ap: Arc<AccessPoint>, f: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, F>(ap: Arc<AccessPoint>, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&AccessPoint) -> Result<T, ApiError> + Send + 'static,
