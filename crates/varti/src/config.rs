@@ -93,6 +93,8 @@ pub struct Config {
     pub preview: PreviewConfig,
     /// `[oots]`: the OOTS gateway (off unless a role is set).
     pub oots: OotsConfig,
+    /// `[console]`: the operations console (`/console/`).
+    pub console: varti_access_point::console::ConsoleConfig,
 }
 
 /// The backend API: HTTP/JSON for the systems behind the access point.
@@ -230,6 +232,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             preview: PreviewConfig::default(),
             oots: OotsConfig::default(),
+            console: Default::default(),
         }
     }
 }

@@ -886,7 +886,7 @@ fn name_of(name: &openssl::x509::X509NameRef) -> String {
     name.entries()
         .filter_map(|e| {
             let key = e.object().nid().short_name().ok()?;
-            let value = e.data().to_string();
+            let value = e.data().to_string().ok()?;
             Some(format!("{key}={value}"))
         })
         .collect::<Vec<_>>()

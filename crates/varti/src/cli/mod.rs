@@ -3,6 +3,7 @@
 mod api;
 mod audit;
 mod certs;
+mod console;
 mod db;
 mod demo;
 mod demo_oots;
@@ -106,6 +107,10 @@ enum Command {
     /// The whole new set is checked first; on any error the old one stays and the errors
     /// are printed (exit status 1).
     Reload(audit::ReloadArgs),
+    /// The operations console's local accounts (the console is served by `varti serve`
+    /// at /console/).
+    #[command(subcommand)]
+    Console(console::ConsoleCommand),
 }
 
 impl Cli {
@@ -156,5 +161,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => token::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Reload(args) => audit::run_reload(args),
+        Command::Console(cmd) => console::run(cmd),
     }
 }

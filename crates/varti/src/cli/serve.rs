@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use varti::config::{secs, Config, LogFormat, StoreKind};
 use varti_access_point::api::{self, ApiRouter};
+use varti_access_point::console::{Console, ConsoleRoutes};
 use varti_access_point::audit::LOCAL_ACTOR;
 use varti_access_point::ops::{self, Metrics, Readiness};
 use varti_access_point::reload::{FileHash, ReloadInput, ReloadSource};
@@ -343,7 +344,66 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         &mut router,
         config.limits.max_request_body_bytes,
     );
-    let backend_routes = Arc::new(router);
+    let router: Arc<dyn varti_access_point::server::Routes> = Arc::new(router);
+    // The operations console: under /console on the backend listener, or on its own.
+    let console = config.console.enabled.then(|| {
+        Arc::new(Console::new(
+            ap.clone(),
+            config.console.clone(),
+            Some(readiness.clone()),
+        ))
+    });
+    let backend_routes: Arc<dyn varti_access_point::server::Routes> =
+        match (&console, config.console.listen) {
+            (Some(console), None) => Arc::new(ConsoleRoutes::new(console.clone(), Some(router))),
+            _ => router,
+        };
+    let console_addr = match (&console, config.console.listen) {
+        (Some(console), Some(listen)) => {
+            let console_tls = if config.console.tls {
+                Some(tls::server_config(
+                    &config.tls.cert,
+                    &config.tls.key,
+                    varti::config::ClientAuth::Off,
+                    &config.tls.client_ca,
+                )?)
+            } else {
+                None
+            };
+            let options = ListenerOptions {
+                tls: console_tls,
+                ..backend_options.clone()
+            };
+            let listener = Listener::bind("console", listen, options).await?;
+            let addr = listener.local_addr()?;
+            let scheme = if config.console.tls { "https" } else { "http" };
+            tracing::info!(console = %format!("{scheme}://{addr}/console/"), "operations console is listening");
+            let routes = Arc::new(ConsoleRoutes::new(console.clone(), None));
+            tasks.spawn(
+                "console-listener",
+                listener.serve(routes, tasks.token(), grace),
+            );
+            Some(addr)
+        }
+        (Some(_), None) => {
+            tracing::info!(console = %format!("http://{backend_addr}/console/"), "operations console is served on the backend listener");
+            Some(backend_addr)
+        }
+        _ => None,
+    };
+    if let Some(console) = console.clone() {
+        let token = tasks.token();
+        tasks.spawn("console-sweeper", async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+                }
+                let console = console.clone();
+                let _ = tokio::task::spawn_blocking(move || console.sweep()).await;
+            }
+        });
+    }
     // Only now: every service a feature consumes is claimed.
     let handler = Arc::new(Receiver::new(ap.clone()));
     let routes = Arc::new(MshRoutes::new(
@@ -432,7 +492,15 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // the process.
     let hup = watch_hup();
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, msh_addr, ops_addr, backend_addr, preview_addr, scheme)?;
+        write_ready_file(
+            path,
+            msh_addr,
+            ops_addr,
+            backend_addr,
+            preview_addr,
+            console_addr,
+            scheme,
+        )?;
     }
 
     wait_for_signal(&ap, hup).await;
@@ -702,6 +770,7 @@ fn write_ready_file(
     ops: SocketAddr,
     backend: SocketAddr,
     preview: Option<SocketAddr>,
+    console: Option<SocketAddr>,
     scheme: &str,
 ) -> anyhow::Result<()> {
     let json = serde_json::json!({
@@ -709,6 +778,7 @@ fn write_ready_file(
         "ops": ops.to_string(),
         "backend": backend.to_string(),
         "preview": preview.map(|a| a.to_string()),
+        "console": console.map(|a| a.to_string()),
         "scheme": scheme,
         "pid": std::process::id(),
     });
