@@ -27,7 +27,7 @@
 //!   short-lived cookie); a POST whose `Origin` is not this host is refused.
 //! * Every answer carries a strict CSP (`default-src 'none'`, the stylesheet from
 //!   `'self'`, `frame-ancestors 'none'`, `form-action 'self'`), `X-Frame-Options: DENY`,
-//!   `nosniff`, `no-referrer`, `no-store`, and HSTS when served over TLS.
+//!   `nosniff`, `Referrer-Policy: same-origin` (with `no-referrer`, browsers send `Origin: null` on forms), `no-store`, and HSTS when served over TLS.
 //! * Every login (successful or not), logout and act is appended to the audit trail with
 //!   the actor `console:<user>`.
 
@@ -154,7 +154,8 @@ impl Routes for ConsoleRoutes {
         match &self.rest {
             Some(rest) => rest.call(request, peer),
             None => {
-                let response = redirect(BASE);
+                let mut response = Response::new(full("not found: the console is at /console/\n"));
+                *response.status_mut() = StatusCode::NOT_FOUND;
                 Box::pin(async move { response })
             }
         }
@@ -223,7 +224,7 @@ impl Console {
         }
         if method == Method::POST {
             if let Some(origin) = request.headers().get(header::ORIGIN) {
-                if !same_origin(origin, request.headers()) {
+                if !same_origin(origin, &request) {
                     return self.refuse(ctx, None, 403, "the form was sent from another site", "open the console from its own address and submit the form again");
                 }
             }
@@ -288,7 +289,14 @@ impl Console {
     }
 
     fn login_page(&self, ctx: &Ctx, failed: bool, status: StatusCode) -> Response<Body> {
-        let token = auth::random_token();
+        // The browser's login token stays while it lives (another tab, or a second
+        // request for the page, must not invalidate the form already shown).
+        let token = ctx
+            .cookies
+            .get(LOGIN_COOKIE)
+            .filter(|t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .cloned()
+            .unwrap_or_else(auth::random_token);
         let mut r = html_response(status, pages::login(ctx.lang, &token, failed));
         let cookie = format!("{LOGIN_COOKIE}={token}; Path=/; Max-Age=1800; HttpOnly; Secure; SameSite=Strict");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -812,9 +820,15 @@ fn context(request: &Request<Incoming>) -> Ctx {
     }
 }
 
-/// Whether `origin` names the host the request was sent to.
-fn same_origin(origin: &HeaderValue, headers: &HeaderMap) -> bool {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+/// Whether `origin` names the host the request was sent to (`Host`, or HTTP/2's
+/// `:authority`).
+fn same_origin(origin: &HeaderValue, request: &Request<Incoming>) -> bool {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
     let origin = origin.to_str().unwrap_or("");
     let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")).unwrap_or("");
     !host.is_empty() && rest.eq_ignore_ascii_case(host)
@@ -838,7 +852,7 @@ fn secure_headers(headers: &mut HeaderMap, tls: bool) {
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if tls {

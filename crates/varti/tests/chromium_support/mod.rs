@@ -27,6 +27,13 @@ impl Drop for Driver {
     }
 }
 
+impl Driver {
+    /// chromedriver's address.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 pub fn start_driver() -> Driver {
     for tool in [CHROMIUM, CHROMEDRIVER] {
         assert!(
