@@ -59,7 +59,7 @@ fn options() -> Options {
 }
 
 /// When message `i` is stored: 1,000 at a time, 30 s apart.
-fn created(i: usize) -> OffsetDateTime {
+pub fn created(i: usize) -> OffsetDateTime {
     t0() + time::Duration::seconds((i / 1000) as i64 * 30)
 }
 
@@ -68,7 +68,7 @@ fn t0() -> OffsetDateTime {
 }
 
 /// Message `i` of the data set (the PostgreSQL load computes the same fields in SQL).
-fn message(i: usize) -> NewInbound {
+pub fn message(i: usize) -> NewInbound {
     let test = i % 50 == 0;
     let meta = MessageMeta {
         message_id: format!(
@@ -197,12 +197,10 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-fn main() {
-    let o = options();
-    let n = o.messages;
-
-    let dir = tempfile::tempdir_in(&o.dir).expect("temporary directory");
-    let sled = SledStore::open(dir.path()).expect("sled store");
+/// Loads `n` messages into a sled store in `dir` and into a throw-away PostgreSQL schema
+/// (also used by the console's benchmark, `varti-access-point`'s `console_bench`).
+pub fn load(dir: &std::path::Path, n: usize) -> (SledStore, TestSchema) {
+    let sled = SledStore::open(dir).expect("sled store");
     let started = Instant::now();
     for start in (0..n).step_by(1000) {
         let batch: Vec<NewInbound> = (start..(start + 1000).min(n)).map(message).collect();
@@ -247,6 +245,15 @@ fn main() {
         "postgres: {n} messages loaded in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    (sled, schema)
+}
+
+fn main() {
+    let o = options();
+    let n = o.messages;
+
+    let dir = tempfile::tempdir_in(&o.dir).expect("temporary directory");
+    let (sled, schema) = load(dir.path(), n);
     let pg = schema.store();
 
     println!("| Search (page of 50) | sled median / worst ms | sled records read | PostgreSQL median / worst ms | found |");

@@ -38,7 +38,9 @@ fn post(node: &Node, path: &str, cookie: Option<&str>, form: &str) -> Answer {
 /// Logs in as `user` (bringing `old` as the session cookie, if given).
 fn log_in(node: &Node, user: &str, old: Option<&str>) -> Answer {
     let page = get(node, "/console/", None);
-    let token = page.cookie(LOGIN).expect("the login page sets its CSRF cookie");
+    let token = page
+        .cookie(LOGIN)
+        .expect("the login page sets its CSRF cookie");
     let csrf = csrf_of(&page.body_text());
     let mut cookie = format!("{LOGIN}={token}");
     if let Some(old) = old {
@@ -49,7 +51,10 @@ fn log_in(node: &Node, user: &str, old: Option<&str>) -> Answer {
         "POST",
         "/console/login",
         &[
-            ("Content-Type", "application/x-www-form-urlencoded".to_owned()),
+            (
+                "Content-Type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
             ("Cookie", cookie),
         ],
         format!(
@@ -92,13 +97,22 @@ fn login_sessions_csrf_roles_headers_and_audit() {
     ] {
         assert!(csp.contains(part), "CSP lacks {part}: {csp}");
     }
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+        "{csp}"
+    );
     assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
-    assert_eq!(page.header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(
+        page.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
     assert_eq!(page.header("strict-transport-security"), None);
     assert!(!page.body_text().contains("<script"), "no script at all");
     // The API next door still answers as before.
-    assert_eq!(http(node.backend, "GET", "/api/v1/status", &[], b"").status, 401);
+    assert_eq!(
+        http(node.backend, "GET", "/api/v1/status", &[], b"").status,
+        401
+    );
 
     // Nothing without a session: pages and downloads send to the login; acts are refused.
     for path in [
@@ -133,10 +147,17 @@ fn login_sessions_csrf_roles_headers_and_audit() {
         "POST",
         "/console/login",
         &[
-            ("Content-Type", "application/x-www-form-urlencoded".to_owned()),
+            (
+                "Content-Type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
             ("Cookie", format!("{LOGIN}={}", page.cookie(LOGIN).unwrap())),
         ],
-        format!("csrf={}&user=operator&password=wrong", csrf_of(&page.body_text())).as_bytes(),
+        format!(
+            "csrf={}&user=operator&password=wrong",
+            csrf_of(&page.body_text())
+        )
+        .as_bytes(),
     );
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.body_text().contains("login-error"));
@@ -156,37 +177,86 @@ fn login_sessions_csrf_roles_headers_and_audit() {
     for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(set.contains(attr), "session cookie lacks {attr}: {set}");
     }
-    assert_eq!(get(&node, "/console/messages", Some("attacker-chosen-value")).status, 303);
+    assert_eq!(
+        get(&node, "/console/messages", Some("attacker-chosen-value")).status,
+        303
+    );
     let again = log_in(&node, "viewer", Some(&viewer));
     let viewer2 = again.cookie(SESSION).unwrap();
     assert_ne!(viewer2, viewer);
-    assert_eq!(get(&node, "/console/messages", Some(&viewer)).status, 303, "the old session ended");
+    assert_eq!(
+        get(&node, "/console/messages", Some(&viewer)).status,
+        303,
+        "the old session ended"
+    );
     let viewer = Session { cookie: viewer2 };
 
     // The viewer reads: the search by partner finds the message, its page shows it, but
     // no download link, and downloading and acting are refused (403).
-    let r = get(&node, "/console/messages?partner=varti-b&direction=outbound", Some(&viewer.cookie));
+    let r = get(
+        &node,
+        "/console/messages?partner=varti-b&direction=outbound",
+        Some(&viewer.cookie),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body_text().contains(&node.waiting), "{}", r.body_text());
-    let r = get(&node, "/console/messages?partner=nobody", Some(&viewer.cookie));
+    let r = get(
+        &node,
+        "/console/messages?partner=nobody",
+        Some(&viewer.cookie),
+    );
     assert!(!r.body_text().contains(&node.waiting));
     let r = get(&node, &message, Some(&viewer.cookie));
     assert_eq!(r.status, 200);
     assert!(r.body_text().contains("waiting_for_retry"));
-    assert!(!r.body_text().contains("/payloads/0"), "a viewer gets no download link");
-    assert!(!r.body_text().contains("do-retry"), "a viewer gets no retry button");
-    assert_eq!(get(&node, &format!("{message}/payloads/0"), Some(&viewer.cookie)).status, 403);
+    assert!(
+        !r.body_text().contains("/payloads/0"),
+        "a viewer gets no download link"
+    );
+    assert!(
+        !r.body_text().contains("do-retry"),
+        "a viewer gets no retry button"
+    );
+    assert_eq!(
+        get(
+            &node,
+            &format!("{message}/payloads/0"),
+            Some(&viewer.cookie)
+        )
+        .status,
+        403
+    );
     let token = csrf(&node, &viewer);
-    let r = post(&node, &format!("{message}/retry"), Some(&viewer.cookie), &format!("csrf={token}"));
+    let r = post(
+        &node,
+        &format!("{message}/retry"),
+        Some(&viewer.cookie),
+        &format!("csrf={token}"),
+    );
     assert_eq!(r.status, 403, "{}", r.text());
-    let r = post(&node, "/console/admin/purge", Some(&viewer.cookie), &format!("csrf={token}"));
+    let r = post(
+        &node,
+        "/console/admin/purge",
+        Some(&viewer.cookie),
+        &format!("csrf={token}"),
+    );
     assert_eq!(r.status, 403);
 
     // The operator acts, but only with the session's CSRF token and from this origin.
     let operator = session(&node, "operator");
-    let r = post(&node, &format!("{message}/retry"), Some(&operator.cookie), "");
+    let r = post(
+        &node,
+        &format!("{message}/retry"),
+        Some(&operator.cookie),
+        "",
+    );
     assert_eq!(r.status, 403, "no token: {}", r.text());
-    let r = post(&node, &format!("{message}/retry"), Some(&operator.cookie), &format!("csrf={token}"));
+    let r = post(
+        &node,
+        &format!("{message}/retry"),
+        Some(&operator.cookie),
+        &format!("csrf={token}"),
+    );
     assert_eq!(r.status, 403, "another session's token: {}", r.text());
     let token = csrf(&node, &operator);
     let r = http(
@@ -194,39 +264,81 @@ fn login_sessions_csrf_roles_headers_and_audit() {
         "POST",
         &format!("{message}/retry"),
         &[
-            ("Content-Type", "application/x-www-form-urlencoded".to_owned()),
+            (
+                "Content-Type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
             ("Cookie", format!("{SESSION}={}", operator.cookie)),
             ("Origin", "https://evil.example".to_owned()),
         ],
         format!("csrf={token}").as_bytes(),
     );
     assert_eq!(r.status, 403, "a foreign origin: {}", r.text());
-    assert_eq!(console_support::api_message(&node, &node.waiting)["attempts"], 1, "nothing was retried yet");
-    let r = post(&node, &format!("{message}/retry"), Some(&operator.cookie), &format!("csrf={token}"));
+    assert_eq!(
+        console_support::api_message(&node, &node.waiting)["attempts"],
+        1,
+        "nothing was retried yet"
+    );
+    let r = post(
+        &node,
+        &format!("{message}/retry"),
+        Some(&operator.cookie),
+        &format!("csrf={token}"),
+    );
     assert_eq!(r.status, 303, "{}", r.text());
-    assert_eq!(r.header("location").unwrap(), format!("{message}?done=retry"));
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("{message}?done=retry")
+    );
     let m = console_support::api_message(&node, &node.waiting);
-    let retried = m["history"].as_array().unwrap().iter().find(|h| h["event"] == "retry_now");
+    let retried = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["event"] == "retry_now");
     assert!(retried.is_some(), "{m:#}");
-    let r = get(&node, &format!("{message}/payloads/0"), Some(&operator.cookie));
+    let r = get(
+        &node,
+        &format!("{message}/payloads/0"),
+        Some(&operator.cookie),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body_text(), "hello from the console test");
-    assert!(r.header("content-disposition").unwrap().starts_with("attachment"));
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment"));
     assert!(r.header("content-security-policy").is_some());
 
     // Logout ends the session on the server and clears the cookie.
-    let r = post(&node, "/console/logout", Some(&operator.cookie), &format!("csrf={token}"));
+    let r = post(
+        &node,
+        "/console/logout",
+        Some(&operator.cookie),
+        &format!("csrf={token}"),
+    );
     assert_eq!(r.status, 303);
     assert_eq!(r.cookie(SESSION).as_deref(), Some(""));
-    assert!(r.headers("set-cookie").iter().any(|c| c.contains("Max-Age=0")));
-    assert_eq!(get(&node, "/console/messages", Some(&operator.cookie)).status, 303);
+    assert!(r
+        .headers("set-cookie")
+        .iter()
+        .any(|c| c.contains("Max-Age=0")));
+    assert_eq!(
+        get(&node, "/console/messages", Some(&operator.cookie)).status,
+        303
+    );
 
     // Every login and act is in the audit trail, and the console shows it.
     let entries = audit_entries(&node);
     let has = |actor: &str, action: &str, outcome: &str| {
-        entries.iter().any(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
+        entries
+            .iter()
+            .any(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
     };
-    assert!(has("console:operator", "console.login", "refused"), "{entries:#?}");
+    assert!(
+        has("console:operator", "console.login", "refused"),
+        "{entries:#?}"
+    );
     assert!(has("console:viewer", "console.login", "ok"));
     assert!(has("console:viewer", "message.download", "refused"));
     assert!(has("console:viewer", "message.retry", "refused"));
@@ -234,8 +346,15 @@ fn login_sessions_csrf_roles_headers_and_audit() {
     assert!(has("console:operator", "message.download", "ok"));
     assert!(has("console:operator", "console.logout", "ok"));
     assert!(has("local", "console.user.add", "ok"));
-    let r = get(&node, "/console/audit?actor=console%3Aoperator", Some(&viewer.cookie));
+    let r = get(
+        &node,
+        "/console/audit?actor=console%3Aoperator",
+        Some(&viewer.cookie),
+    );
     assert_eq!(r.status, 200);
     assert!(r.body_text().contains("message.retry"), "{}", r.body_text());
-    assert!(!r.body_text().contains("console:viewer"), "filtered by actor");
+    assert!(
+        !r.body_text().contains("console:viewer"),
+        "filtered by actor"
+    );
 }

@@ -50,9 +50,24 @@ async fn browser(driver: &Driver, downloads: &Path) -> Client {
 async fn log_in(c: &Client, base: &str, user: &str) {
     c.goto(&format!("{base}/console/")).await.unwrap();
     wait_for(c, "#login").await;
-    c.find(Locator::Css("#user")).await.unwrap().send_keys(user).await.unwrap();
-    c.find(Locator::Css("#password")).await.unwrap().send_keys(PASSWORD).await.unwrap();
-    c.find(Locator::Css("#login button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#user"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let page = c
         .wait()
         .at_most(Duration::from_secs(20))
@@ -96,7 +111,9 @@ fn tls_get(addr: std::net::SocketAddr) -> (u16, String) {
 async fn each_role_in_chromium_search_open_download_retry_audit() {
     let port = varti::pair::free_port().unwrap();
     let node = tokio::task::spawn_blocking(move || {
-        start(&format!("[console]\nlisten = \"127.0.0.1:{port}\"\ntls = true\n"))
+        start(&format!(
+            "[console]\nlisten = \"127.0.0.1:{port}\"\ntls = true\n"
+        ))
     })
     .await
     .unwrap();
@@ -106,7 +123,11 @@ async fn each_role_in_chromium_search_open_download_retry_audit() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{head}");
-    assert!(head.to_ascii_lowercase().contains("strict-transport-security: max-age="), "HSTS over TLS: {head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "HSTS over TLS: {head}"
+    );
     let base = format!("https://localhost:{}", node.console.port());
     let id = node.waiting.clone();
     let message_path = format!("/console/messages/{}", enc(&id));
@@ -117,27 +138,63 @@ async fn each_role_in_chromium_search_open_download_retry_audit() {
     let c = browser(&driver, downloads.path()).await;
     log_in(&c, &base, "viewer").await;
     c.goto(&format!("{base}/console/messages")).await.unwrap();
-    c.find(Locator::Css("#partner")).await.unwrap().send_keys("varti-b").await.unwrap();
-    c.find(Locator::Css("#search button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#partner"))
+        .await
+        .unwrap()
+        .send_keys("varti-b")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#search button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_for(&c, &format!("a[href='{message_path}']")).await;
     let now = time::OffsetDateTime::now_utc();
     let minute = |t: time::OffsetDateTime| {
-        format!("{:04}-{:02}-{:02}T{:02}%3A{:02}", t.year(), t.month() as u8, t.day(), t.hour(), t.minute())
+        format!(
+            "{:04}-{:02}-{:02}T{:02}%3A{:02}",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute()
+        )
     };
     let range = |from: time::OffsetDateTime, to: time::OffsetDateTime| {
-        format!("{base}/console/messages?partner=varti-b&since={}&until={}", minute(from), minute(to))
+        format!(
+            "{base}/console/messages?partner=varti-b&since={}&until={}",
+            minute(from),
+            minute(to)
+        )
     };
-    c.goto(&range(now - time::Duration::hours(1), now + time::Duration::hours(1))).await.unwrap();
+    c.goto(&range(
+        now - time::Duration::hours(1),
+        now + time::Duration::hours(1),
+    ))
+    .await
+    .unwrap();
     let link = wait_for(&c, &format!("a[href='{message_path}']")).await;
-    c.goto(&range(now - time::Duration::hours(3), now - time::Duration::hours(2))).await.unwrap();
+    c.goto(&range(
+        now - time::Duration::hours(3),
+        now - time::Duration::hours(2),
+    ))
+    .await
+    .unwrap();
     wait_for(&c, "p.empty").await;
     c.back().await.unwrap();
     let _ = link;
     let link = wait_for(&c, &format!("a[href='{message_path}']")).await;
     link.click().await.unwrap();
     assert_eq!(text_of(&c, "#message-id").await, id);
-    assert!(c.find(Locator::Css("a.download")).await.is_err(), "a viewer gets no download link");
-    c.goto(&format!("{base}{message_path}/payloads/0")).await.unwrap();
+    assert!(
+        c.find(Locator::Css("a.download")).await.is_err(),
+        "a viewer gets no download link"
+    );
+    c.goto(&format!("{base}{message_path}/payloads/0"))
+        .await
+        .unwrap();
     assert!(text_of(&c, "#error").await.contains("viewer"), "refused");
     c.close().await.unwrap();
 
@@ -149,7 +206,12 @@ async fn each_role_in_chromium_search_open_download_retry_audit() {
     c.goto(&format!("{base}{message_path}")).await.unwrap();
     wait_for(&c, "#do-retry").await;
     screenshot(&c, "message.png").await;
-    c.find(Locator::Css("a.download")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("a.download"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let start_wait = Instant::now();
     let downloaded = loop {
         let done: Vec<PathBuf> = std::fs::read_dir(downloads.path())
@@ -161,19 +223,33 @@ async fn each_role_in_chromium_search_open_download_retry_audit() {
         if let Some(p) = done.first() {
             break std::fs::read_to_string(p).unwrap();
         }
-        assert!(start_wait.elapsed() < Duration::from_secs(20), "no download arrived");
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(20),
+            "no download arrived"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(downloaded, "hello from the console test");
-    c.find(Locator::Css("#do-retry")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("#do-retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert!(text_of(&c, "#done").await.contains("retry"));
     let m = {
         let id = id.clone();
         let backend = node.backend;
-        tokio::task::spawn_blocking(move || api_message_at(backend, &id)).await.unwrap()
+        tokio::task::spawn_blocking(move || api_message_at(backend, &id))
+            .await
+            .unwrap()
     };
     assert!(
-        m["history"].as_array().unwrap().iter().any(|h| h["event"] == "retry_now"),
+        m["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["event"] == "retry_now"),
         "{m:#}"
     );
     c.close().await.unwrap();
@@ -183,8 +259,17 @@ async fn each_role_in_chromium_search_open_download_retry_audit() {
     log_in(&c, &base, "admin").await;
     c.goto(&format!("{base}/console/audit")).await.unwrap();
     let audit = text_of(&c, "#audit").await;
-    for expected in ["console:viewer", "message.download", "console:operator", "message.retry", "console.login"] {
-        assert!(audit.contains(expected), "the audit page lacks {expected}: {audit}");
+    for expected in [
+        "console:viewer",
+        "message.download",
+        "console:operator",
+        "message.retry",
+        "console.login",
+    ] {
+        assert!(
+            audit.contains(expected),
+            "the audit page lacks {expected}: {audit}"
+        );
     }
     // Latvian on request.
     c.goto(&format!("{base}/console/?lang=lv")).await.unwrap();
@@ -198,7 +283,10 @@ fn api_message_at(backend: std::net::SocketAddr, id: &str) -> serde_json::Value 
         backend,
         "GET",
         &format!("/api/v1/messages/{}", enc(id)),
-        &[("Authorization", format!("Bearer {}", console_support::ADMIN_TOKEN))],
+        &[(
+            "Authorization",
+            format!("Bearer {}", console_support::ADMIN_TOKEN),
+        )],
         b"",
     );
     r.json()

@@ -152,7 +152,11 @@ pub(crate) fn current(
 }
 
 /// Whether `session` is past its idle or absolute timeout at `now`.
-pub(crate) fn expired(config: &ConsoleConfig, session: &ConsoleSession, now: OffsetDateTime) -> bool {
+pub(crate) fn expired(
+    config: &ConsoleConfig,
+    session: &ConsoleSession,
+    now: OffsetDateTime,
+) -> bool {
     now - session.last_seen >= config.idle_timeout()
         || now - session.created_at >= config.absolute_timeout()
 }
@@ -246,8 +250,7 @@ mod tests {
         // Used every 20 minutes, it lives until the absolute timeout.
         let step = std::time::Duration::from_secs(20 * 60);
         let mut used = std::time::Duration::ZERO;
-        while used + step < std::time::Duration::from_secs(config.absolute_timeout_hours * 3600)
-        {
+        while used + step < std::time::Duration::from_secs(config.absolute_timeout_hours * 3600) {
             clock.advance(step);
             used += step;
             assert!(
@@ -259,7 +262,9 @@ mod tests {
         assert!(current(&ap, &config, &cookie).unwrap().is_none());
         // Idle longer than the idle timeout: gone.
         let (cookie, _) = log_in(&ap, "ann", "pw", None).unwrap().unwrap();
-        clock.advance(std::time::Duration::from_secs(config.idle_timeout_mins * 60));
+        clock.advance(std::time::Duration::from_secs(
+            config.idle_timeout_mins * 60,
+        ));
         assert!(current(&ap, &config, &cookie).unwrap().is_none());
         // A new login ends the session the browser had.
         let (first, _) = log_in(&ap, "ann", "pw", None).unwrap().unwrap();

@@ -225,7 +225,13 @@ impl Console {
         if method == Method::POST {
             if let Some(origin) = request.headers().get(header::ORIGIN) {
                 if !same_origin(origin, &request) {
-                    return self.refuse(ctx, None, 403, "the form was sent from another site", "open the console from its own address and submit the form again");
+                    return self.refuse(
+                        ctx,
+                        None,
+                        403,
+                        "the form was sent from another site",
+                        "open the console from its own address and submit the form again",
+                    );
                 }
             }
         }
@@ -235,10 +241,28 @@ impl Console {
         let who = match ctx.cookies.get(SESSION_COOKIE) {
             Some(cookie) => {
                 let (ap, config, cookie) = (self.ap.clone(), self.config.clone(), cookie.clone());
-                match tokio::task::spawn_blocking(move || auth::current(&ap, &config, &cookie)).await {
+                match tokio::task::spawn_blocking(move || auth::current(&ap, &config, &cookie))
+                    .await
+                {
                     Ok(Ok(who)) => who,
-                    Ok(Err(e)) => return self.refuse(ctx, None, 500, &format!("the store failed: {e}"), "the server log has details; retry later"),
-                    Err(e) => return self.refuse(ctx, None, 500, &format!("internal error: {e}"), "retry later"),
+                    Ok(Err(e)) => {
+                        return self.refuse(
+                            ctx,
+                            None,
+                            500,
+                            &format!("the store failed: {e}"),
+                            "the server log has details; retry later",
+                        )
+                    }
+                    Err(e) => {
+                        return self.refuse(
+                            ctx,
+                            None,
+                            500,
+                            &format!("internal error: {e}"),
+                            "retry later",
+                        )
+                    }
                 }
             }
             None => None,
@@ -247,32 +271,66 @@ impl Console {
             return match (method, rest) {
                 (Method::GET, "/") => self.login_page(ctx, false, StatusCode::OK),
                 (Method::GET, _) => redirect(BASE),
-                _ => self.refuse(ctx, None, 403, "you are not logged in (or your session ended)", "log in again at /console/"),
+                _ => self.refuse(
+                    ctx,
+                    None,
+                    403,
+                    "you are not logged in (or your session ended)",
+                    "log in again at /console/",
+                ),
             };
         };
         if method == Method::POST {
             let form = match read_form(request).await {
                 Ok(f) => f,
-                Err(e) => return self.refuse(ctx, Some(&who), 400, &e, "submit the form from the console page"),
+                Err(e) => {
+                    return self.refuse(
+                        ctx,
+                        Some(&who),
+                        400,
+                        &e,
+                        "submit the form from the console page",
+                    )
+                }
             };
             let token = form.get("csrf").map(String::as_str).unwrap_or("");
             if !auth::same_token(token, &who.session.csrf) {
-                return self.refuse(ctx, Some(&who), 403, "the form's security token is missing or wrong", "reload the page and submit the form again");
+                return self.refuse(
+                    ctx,
+                    Some(&who),
+                    403,
+                    "the form's security token is missing or wrong",
+                    "reload the page and submit the form again",
+                );
             }
             return self.post(rest, ctx, who).await;
         }
         if method != Method::GET {
-            return self.refuse(ctx, Some(&who), 405, &format!("{method} is not allowed here"), "use the links and forms of the console");
+            return self.refuse(
+                ctx,
+                Some(&who),
+                405,
+                &format!("{method} is not allowed here"),
+                "use the links and forms of the console",
+            );
         }
         let segments: Vec<&str> = rest.split('/').skip(1).collect();
         match segments.as_slice() {
             [""] => self.dashboard(ctx, who).await,
             ["messages"] => self.messages(ctx, who).await,
             ["messages", id] => self.message(ctx, who, decode(id)).await,
-            ["messages", id, "payloads", n] => self.download(ctx, who, decode(id), n.to_string()).await,
+            ["messages", id, "payloads", n] => {
+                self.download(ctx, who, decode(id), n.to_string()).await
+            }
             ["partners"] => self.partners(ctx, who).await,
             ["audit"] => self.audit(ctx, who).await,
-            _ => self.refuse(ctx, Some(&who), 404, &format!("no console page at {path}"), "use the navigation at the top"),
+            _ => self.refuse(
+                ctx,
+                Some(&who),
+                404,
+                &format!("no console page at {path}"),
+                "use the navigation at the top",
+            ),
         }
     }
 
@@ -284,7 +342,13 @@ impl Console {
                 self.act(ctx, who, decode(id), act).await
             }
             ["admin", act @ ("reload" | "purge")] => self.admin(ctx, who, act).await,
-            _ => self.refuse(ctx, Some(&who), 404, &format!("nothing to post at /console{rest}"), "use the forms of the console"),
+            _ => self.refuse(
+                ctx,
+                Some(&who),
+                404,
+                &format!("nothing to post at /console{rest}"),
+                "use the forms of the console",
+            ),
         }
     }
 
@@ -294,11 +358,17 @@ impl Console {
         let token = ctx
             .cookies
             .get(LOGIN_COOKIE)
-            .filter(|t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .filter(|t| {
+                t.len() == 43
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
             .cloned()
             .unwrap_or_else(auth::random_token);
         let mut r = html_response(status, pages::login(ctx.lang, &token, failed));
-        let cookie = format!("{LOGIN_COOKIE}={token}; Path=/; Max-Age=1800; HttpOnly; Secure; SameSite=Strict");
+        let cookie = format!(
+            "{LOGIN_COOKIE}={token}; Path=/; Max-Age=1800; HttpOnly; Secure; SameSite=Strict"
+        );
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             r.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -311,9 +381,19 @@ impl Console {
             Err(e) => return self.refuse(ctx, None, 400, &e, "submit the login form of /console/"),
         };
         let token = form.get("csrf").map(String::as_str).unwrap_or("");
-        let expected = ctx.cookies.get(LOGIN_COOKIE).map(String::as_str).unwrap_or("");
+        let expected = ctx
+            .cookies
+            .get(LOGIN_COOKIE)
+            .map(String::as_str)
+            .unwrap_or("");
         if expected.is_empty() || !auth::same_token(token, expected) {
-            return self.refuse(ctx, None, 403, "the login form's security token is missing or wrong", "open /console/ again and log in from there (cookies must be allowed)");
+            return self.refuse(
+                ctx,
+                None,
+                403,
+                "the login form's security token is missing or wrong",
+                "open /console/ again and log in from there (cookies must be allowed)",
+            );
         }
         let name = form.get("user").cloned().unwrap_or_default();
         let password = form.get("password").cloned().unwrap_or_default();
@@ -324,7 +404,10 @@ impl Console {
             let actor = format!("console:{}", name.chars().take(200).collect::<String>());
             let (outcome, details) = match &result {
                 Ok(Some((_, who))) => (AuditOutcome::Ok, json!({"role": who.role.as_str()})),
-                Ok(None) => (AuditOutcome::Refused, json!({"error": "wrong user name or password"})),
+                Ok(None) => (
+                    AuditOutcome::Refused,
+                    json!({"error": "wrong user name or password"}),
+                ),
                 Err(e) => (AuditOutcome::Failed, json!({"error": e.to_string()})),
             };
             if !name.is_empty() {
@@ -338,19 +421,35 @@ impl Console {
                 tracing::info!(user = %who.user(), role = %who.role, "console login");
                 let mut r = redirect(BASE);
                 let headers = r.headers_mut();
-                let set = format!("{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; Secure; SameSite=Strict");
+                let set =
+                    format!("{SESSION_COOKIE}={cookie}; Path=/; HttpOnly; Secure; SameSite=Strict");
                 if let Ok(v) = HeaderValue::from_str(&set) {
                     headers.append(header::SET_COOKIE, v);
                 }
                 headers.append(
                     header::SET_COOKIE,
-                    HeaderValue::from_str(&format!("{LOGIN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")).expect("ASCII"),
+                    HeaderValue::from_str(&format!(
+                        "{LOGIN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+                    ))
+                    .expect("ASCII"),
                 );
                 r
             }
             Ok(Ok(None)) => self.login_page(ctx, true, StatusCode::UNAUTHORIZED),
-            Ok(Err(e)) => self.refuse(ctx, None, 500, &format!("the store failed: {e}"), "the server log has details; retry later"),
-            Err(e) => self.refuse(ctx, None, 500, &format!("internal error: {e}"), "retry later"),
+            Ok(Err(e)) => self.refuse(
+                ctx,
+                None,
+                500,
+                &format!("the store failed: {e}"),
+                "the server log has details; retry later",
+            ),
+            Err(e) => self.refuse(
+                ctx,
+                None,
+                500,
+                &format!("internal error: {e}"),
+                "retry later",
+            ),
         }
     }
 
@@ -358,33 +457,71 @@ impl Console {
         let ap = self.ap.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let removed = ap.store.remove_console_session(&who.session.id_sha256);
-            let outcome = if removed.is_ok() { AuditOutcome::Ok } else { AuditOutcome::Failed };
+            let outcome = if removed.is_ok() {
+                AuditOutcome::Ok
+            } else {
+                AuditOutcome::Failed
+            };
             let _ = ap.audit(&who.actor(), "console.logout", "", outcome, json!(null));
         })
         .await;
         let mut r = redirect(BASE);
         r.headers_mut().append(
             header::SET_COOKIE,
-            HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")).expect("ASCII"),
+            HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+            ))
+            .expect("ASCII"),
         );
         r
     }
 
     /// An error page with `status`; audited when it refuses a logged-in user's act.
-    fn refuse(&self, ctx: &Ctx, who: Option<&LoggedIn>, status: u16, e: &str, hint: &str) -> Response<Body> {
+    fn refuse(
+        &self,
+        ctx: &Ctx,
+        who: Option<&LoggedIn>,
+        status: u16,
+        e: &str,
+        hint: &str,
+    ) -> Response<Body> {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         html_response(code, pages::error(ctx.lang, who, status, e, hint))
     }
 
     /// Refuses `who` an act their role does not allow (403, audited).
-    async fn forbidden(&self, ctx: &Ctx, who: &LoggedIn, action: &str, subject: &str, needs: Role) -> Response<Body> {
-        let (ap, actor, action_, subject_) = (self.ap.clone(), who.actor(), action.to_owned(), subject.to_owned());
+    async fn forbidden(
+        &self,
+        ctx: &Ctx,
+        who: &LoggedIn,
+        action: &str,
+        subject: &str,
+        needs: Role,
+    ) -> Response<Body> {
+        let (ap, actor, action_, subject_) = (
+            self.ap.clone(),
+            who.actor(),
+            action.to_owned(),
+            subject.to_owned(),
+        );
         let role = who.role;
         let _ = tokio::task::spawn_blocking(move || {
-            ap.audit(&actor, &action_, &subject_, AuditOutcome::Refused, json!({"error": format!("role {role} may not; needs {needs}")}))
+            ap.audit(
+                &actor,
+                &action_,
+                &subject_,
+                AuditOutcome::Refused,
+                json!({"error": format!("role {role} may not; needs {needs}")}),
+            )
         })
         .await;
-        self.refuse(ctx, Some(who), 403, &format!("your role ({}) may not do this: it needs {needs}", who.role), "ask an administrator to give you the role (varti console user add NAME --role …)")
+        self.refuse(
+            ctx,
+            Some(who),
+            403,
+            &format!("your role ({}) may not do this: it needs {needs}", who.role),
+            "ask an administrator to give you the role (varti console user add NAME --role …)",
+        )
     }
 
     async fn dashboard(self: &Arc<Self>, ctx: &Ctx, who: LoggedIn) -> Response<Body> {
@@ -396,7 +533,10 @@ impl Console {
         }
     }
 
-    fn dashboard_data(&self, ap: &AccessPoint) -> Result<pages::Dashboard, varti_store::StoreError> {
+    fn dashboard_data(
+        &self,
+        ap: &AccessPoint,
+    ) -> Result<pages::Dashboard, varti_store::StoreError> {
         const CAP: usize = 500;
         let now = ap.clock.now();
         let snapshot = ap.current();
@@ -412,9 +552,16 @@ impl Console {
         }
         // The last 24 hours, from the newest 2,000 messages (a chart, not an account).
         let start = now - time::Duration::hours(23);
-        let start = start.replace_minute(0).unwrap_or(start).replace_second(0).unwrap_or(start).replace_nanosecond(0).unwrap_or(start);
-        let mut hours: Vec<(OffsetDateTime, usize, usize, usize)> =
-            (0..24).map(|i| (start + time::Duration::hours(i), 0, 0, 0)).collect();
+        let start = start
+            .replace_minute(0)
+            .unwrap_or(start)
+            .replace_second(0)
+            .unwrap_or(start)
+            .replace_nanosecond(0)
+            .unwrap_or(start);
+        let mut hours: Vec<(OffsetDateTime, usize, usize, usize)> = (0..24)
+            .map(|i| (start + time::Duration::hours(i), 0, 0, 0))
+            .collect();
         let mut filter = ListFilter {
             created_from: Some(start),
             exclude_test: true,
@@ -439,13 +586,23 @@ impl Console {
         }
         let mut certificates = Vec::new();
         let id = &snapshot.identity;
-        for (what, cert) in [("signing", &id.signing_cert), ("encryption", &id.encryption_cert)] {
+        for (what, cert) in [
+            ("signing", &id.signing_cert),
+            ("encryption", &id.encryption_cert),
+        ] {
             certificates.push((what.to_owned(), subject_of(cert), days_left(cert, now)));
         }
         for (party, certs) in &snapshot.partners {
-            for (what, cert) in [("signing", &certs.signing), ("encryption", &certs.encryption)] {
+            for (what, cert) in [
+                ("signing", &certs.signing),
+                ("encryption", &certs.encryption),
+            ] {
                 if let Some(cert) = cert {
-                    certificates.push((format!("{party} {what}"), subject_of(cert), days_left(cert, now)));
+                    certificates.push((
+                        format!("{party} {what}"),
+                        subject_of(cert),
+                        days_left(cert, now),
+                    ));
                 }
             }
         }
@@ -476,7 +633,15 @@ impl Console {
         let (form, query) = match search_query(&ctx.query) {
             Ok(q) => q,
             Err(e) => {
-                let page = pages::messages(ctx.lang, &who, &ctx.here, &SearchForm::default(), &[], None, Some((e.error, e.hint)));
+                let page = pages::messages(
+                    ctx.lang,
+                    &who,
+                    &ctx.here,
+                    &SearchForm::default(),
+                    &[],
+                    None,
+                    Some((e.error, e.hint)),
+                );
                 return html_response(StatusCode::BAD_REQUEST, page);
             }
         };
@@ -491,11 +656,22 @@ impl Console {
                         .collect();
                     format!("{BASE}messages?{}&after={}", kept.join("&"), cursor)
                 });
-                html_response(StatusCode::OK, pages::messages(ctx.lang, &who, &ctx.here, &form, &records, next, None))
+                html_response(
+                    StatusCode::OK,
+                    pages::messages(ctx.lang, &who, &ctx.here, &form, &records, next, None),
+                )
             }
             Err(e) => {
                 let status = e.status;
-                let page = pages::messages(ctx.lang, &who, &ctx.here, &form, &[], None, Some((e.error, e.hint)));
+                let page = pages::messages(
+                    ctx.lang,
+                    &who,
+                    &ctx.here,
+                    &form,
+                    &[],
+                    None,
+                    Some((e.error, e.hint)),
+                );
                 html_response(status, page)
             }
         }
@@ -508,25 +684,52 @@ impl Console {
             .ok()
             .and_then(|q| q.into_iter().find(|(k, _)| k == "done").map(|(_, v)| v));
         match record {
-            Ok(Some(r)) => html_response(StatusCode::OK, pages::message(ctx.lang, &who, &r, done.as_deref())),
+            Ok(Some(r)) => html_response(
+                StatusCode::OK,
+                pages::message(ctx.lang, &who, &r, done.as_deref()),
+            ),
             Ok(None) => self.api_error(ctx, &who, ApiError::no_message(&id)),
             Err(e) => self.api_error(ctx, &who, e),
         }
     }
 
-    async fn download(self: &Arc<Self>, ctx: &Ctx, who: LoggedIn, id: String, n: String) -> Response<Body> {
+    async fn download(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        who: LoggedIn,
+        id: String,
+        n: String,
+    ) -> Response<Body> {
         if who.role < Role::Operator {
-            return self.forbidden(ctx, &who, "message.download", &id, Role::Operator).await;
+            return self
+                .forbidden(ctx, &who, "message.download", &id, Role::Operator)
+                .await;
         }
         let client = Client::console(who.actor());
         match messages::payload(self.ap.clone(), client, id.clone(), &n).await {
             Ok(mut r) => {
                 let (ap, actor, subject) = (self.ap.clone(), who.actor(), id.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    ap.audit(&actor, "message.download", &subject, AuditOutcome::Ok, json!({"payload": n}))
+                    ap.audit(
+                        &actor,
+                        "message.download",
+                        &subject,
+                        AuditOutcome::Ok,
+                        json!({"payload": n}),
+                    )
                 })
                 .await;
-                let name = format!("{}-{}", sanitize(&id), sanitize(&r.headers().get("x-varti-content-id").and_then(|v| v.to_str().ok()).unwrap_or("payload").replace("cid:", "")));
+                let name = format!(
+                    "{}-{}",
+                    sanitize(&id),
+                    sanitize(
+                        &r.headers()
+                            .get("x-varti-content-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("payload")
+                            .replace("cid:", "")
+                    )
+                );
                 if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
                     r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
                 }
@@ -536,10 +739,18 @@ impl Console {
         }
     }
 
-    async fn act(self: &Arc<Self>, ctx: &Ctx, who: LoggedIn, id: String, act: &str) -> Response<Body> {
+    async fn act(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        who: LoggedIn,
+        id: String,
+        act: &str,
+    ) -> Response<Body> {
         let action = format!("message.{act}");
         if who.role < Role::Operator {
-            return self.forbidden(ctx, &who, &action, &id, Role::Operator).await;
+            return self
+                .forbidden(ctx, &who, &action, &id, Role::Operator)
+                .await;
         }
         let client = Client::console(who.actor());
         let (ap, id2) = (self.ap.clone(), id.clone());
@@ -551,9 +762,16 @@ impl Console {
         match result {
             Ok(_) => redirect(&format!("{BASE}messages/{}?done={act}", enc(&id))),
             Err(e) => {
-                let (ap, actor, subject, why) = (self.ap.clone(), who.actor(), id.clone(), e.error.clone());
+                let (ap, actor, subject, why) =
+                    (self.ap.clone(), who.actor(), id.clone(), e.error.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    ap.audit(&actor, &action, &subject, AuditOutcome::Refused, json!({"error": why}))
+                    ap.audit(
+                        &actor,
+                        &action,
+                        &subject,
+                        AuditOutcome::Refused,
+                        json!({"error": why}),
+                    )
                 })
                 .await;
                 self.api_error(ctx, &who, e)
@@ -563,7 +781,9 @@ impl Console {
 
     async fn admin(self: &Arc<Self>, ctx: &Ctx, who: LoggedIn, act: &str) -> Response<Body> {
         if who.role < Role::Admin {
-            return self.forbidden(ctx, &who, &format!("console.{act}"), "", Role::Admin).await;
+            return self
+                .forbidden(ctx, &who, &format!("console.{act}"), "", Role::Admin)
+                .await;
         }
         let actor = who.actor();
         let outcome = if act == "reload" {
@@ -572,7 +792,11 @@ impl Console {
                 if report.applied {
                     Ok(format!("reloaded (generation {})", report.generation))
                 } else {
-                    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the reload was refused: {}", report.errors.join("; ")), "fix the files named and reload again; the old set stays in force"))
+                    Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("the reload was refused: {}", report.errors.join("; ")),
+                        "fix the files named and reload again; the old set stays in force",
+                    ))
                 }
             })
             .await
@@ -626,7 +850,10 @@ impl Console {
                         ..ListFilter::default()
                     })?;
                     if let Some(r) = page.records.into_iter().next() {
-                        if last.as_ref().is_none_or(|l: &MessageRecord| l.created_at < r.created_at) {
+                        if last
+                            .as_ref()
+                            .is_none_or(|l: &MessageRecord| l.created_at < r.created_at)
+                        {
                             last = Some(r);
                         }
                     }
@@ -642,7 +869,10 @@ impl Console {
         })
         .await;
         match built {
-            Ok((own, partners)) => html_response(StatusCode::OK, pages::partners(ctx.lang, &who, &own, &partners)),
+            Ok((own, partners)) => html_response(
+                StatusCode::OK,
+                pages::partners(ctx.lang, &who, &own, &partners),
+            ),
             Err(e) => self.api_error(ctx, &who, e),
         }
     }
@@ -659,20 +889,34 @@ impl Console {
                 _ => {}
             }
         }
-        let since = match form.values.get("since").map(|s| parse_local_time(s, "since")) {
+        let since = match form
+            .values
+            .get("since")
+            .map(|s| parse_local_time(s, "since"))
+        {
             Some(Ok(t)) => Some(t),
             Some(Err(e)) => return self.api_error(ctx, &who, e),
             // By default the last seven days.
             None => Some(self.ap.clock.now() - time::Duration::days(7)),
         };
         let wanted = |e: &varti_store::AuditEntry, form: &SearchForm| {
-            let has = |key: &str, value: &str| form.values.get(key).is_none_or(|want| value.contains(want.as_str()));
+            let has = |key: &str, value: &str| {
+                form.values
+                    .get(key)
+                    .is_none_or(|want| value.contains(want.as_str()))
+            };
             has("actor", &e.actor) && has("action", &e.action) && has("subject", &e.subject)
         };
-        let form_ = SearchForm { values: form.values.clone() };
+        let form_ = SearchForm {
+            values: form.values.clone(),
+        };
         let page = blocking(self.ap.clone(), move |ap| {
             // Filtered on this side from pages of the trail (administrative acts: few).
-            let mut filter = AuditFilter { since, after, limit: 1000 };
+            let mut filter = AuditFilter {
+                since,
+                after,
+                limit: 1000,
+            };
             let mut entries = Vec::new();
             let mut next = None;
             for _ in 0..20 {
@@ -700,22 +944,35 @@ impl Console {
         match page {
             Ok((entries, next)) => {
                 let next = next.map(|n| {
-                    let kept: Vec<String> = form.values.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect();
+                    let kept: Vec<String> = form
+                        .values
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                        .collect();
                     format!("{BASE}audit?{}&after={n}", kept.join("&"))
                 });
-                html_response(StatusCode::OK, pages::audit(ctx.lang, &who, &ctx.here, &form, &entries, next))
+                html_response(
+                    StatusCode::OK,
+                    pages::audit(ctx.lang, &who, &ctx.here, &form, &entries, next),
+                )
             }
             Err(e) => self.api_error(ctx, &who, e),
         }
     }
 
     fn api_error(&self, ctx: &Ctx, who: &LoggedIn, e: ApiError) -> Response<Body> {
-        html_response(e.status, pages::error(ctx.lang, Some(who), e.status.as_u16(), &e.error, &e.hint))
+        html_response(
+            e.status,
+            pages::error(ctx.lang, Some(who), e.status.as_u16(), &e.error, &e.hint),
+        )
     }
 }
 
 /// One page of messages for the API query `query` (already checked), newest first.
-async fn render_messages(ap: &Arc<AccessPoint>, query: &str) -> Result<(Vec<MessageRecord>, Option<String>), ApiError> {
+async fn render_messages(
+    ap: &Arc<AccessPoint>,
+    query: &str,
+) -> Result<(Vec<MessageRecord>, Option<String>), ApiError> {
     let client = Client::console("console".into());
     let mut filter = list_filter(&client, query)?;
     if !query.split('&').any(|p| p.starts_with("limit=")) {
@@ -743,7 +1000,16 @@ pub fn render_message_page(ap: &AccessPoint, query: &str) -> Result<String, Stri
         role: Role::Viewer,
     };
     let next = page.next.as_ref().map(encode_cursor);
-    Ok(pages::messages(Lang::En, &who, BASE, &SearchForm::default(), &page.records, next, None).into_string())
+    Ok(pages::messages(
+        Lang::En,
+        &who,
+        BASE,
+        &SearchForm::default(),
+        &page.records,
+        next,
+        None,
+    )
+    .into_string())
 }
 
 /// The console's search form as API query parameters: empty fields left out, `since` and
@@ -773,11 +1039,20 @@ fn search_query(query: &str) -> Result<(SearchForm, String), ApiError> {
 /// A time from a form: `datetime-local` (`2026-12-05T20:00`, seconds optional; UTC) or RFC 3339.
 fn parse_local_time(value: &str, what: &str) -> Result<OffsetDateTime, ApiError> {
     use time::format_description::well_known::Rfc3339;
-    let candidates = [value.to_owned(), format!("{value}Z"), format!("{value}:00Z")];
+    let candidates = [
+        value.to_owned(),
+        format!("{value}Z"),
+        format!("{value}:00Z"),
+    ];
     candidates
         .iter()
         .find_map(|c| OffsetDateTime::parse(c, &Rfc3339).ok())
-        .ok_or_else(|| ApiError::bad_request(format!("{what} `{value}` is not a time"), "give e.g. 2026-12-05T20:00 (UTC)"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                format!("{what} `{value}` is not a time"),
+                "give e.g. 2026-12-05T20:00 (UTC)",
+            )
+        })
 }
 
 fn context(request: &Request<Incoming>) -> Ctx {
@@ -802,10 +1077,16 @@ fn context(request: &Request<Incoming>) -> Ctx {
                 .headers()
                 .get(header::ACCEPT_LANGUAGE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').find_map(|item| Lang::parse(item.split(';').next().unwrap_or(""))))
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|item| Lang::parse(item.split(';').next().unwrap_or("")))
+                })
         })
         .unwrap_or(Lang::En);
-    let kept: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("lang=")).collect();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("lang="))
+        .collect();
     let here = if kept.is_empty() {
         request.uri().path().to_owned()
     } else {
@@ -830,7 +1111,10 @@ fn same_origin(origin: &HeaderValue, request: &Request<Incoming>) -> bool {
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
     let origin = origin.to_str().unwrap_or("");
-    let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")).unwrap_or("");
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .unwrap_or("");
     !host.is_empty() && rest.eq_ignore_ascii_case(host)
 }
 
@@ -842,7 +1126,10 @@ async fn read_form(request: Request<Incoming>) -> Result<BTreeMap<String, String
         .map_err(|e| format!("the form could not be read: {e}"))?
         .to_bytes();
     let text = std::str::from_utf8(&body).map_err(|_| "the form is not UTF-8".to_owned())?;
-    Ok(parse_query(text).map_err(|e| e.error)?.into_iter().collect())
+    Ok(parse_query(text)
+        .map_err(|e| e.error)?
+        .into_iter()
+        .collect())
 }
 
 fn secure_headers(headers: &mut HeaderMap, tls: bool) {
@@ -851,19 +1138,34 @@ fn secure_headers(headers: &mut HeaderMap, tls: bool) {
         HeaderValue::from_static("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if tls {
-        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
     }
 }
 
 fn html_response(status: StatusCode, page: maud::Markup) -> Response<Body> {
     let mut r = Response::new(full(page.into_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     r
 }
 
@@ -882,12 +1184,20 @@ pub(crate) fn enc(s: &str) -> String {
 }
 
 fn decode(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(100)
         .collect()
 }
@@ -911,7 +1221,9 @@ fn days_left(cert: &openssl::x509::X509, now: OffsetDateTime) -> i64 {
     let Ok(now) = openssl::asn1::Asn1Time::from_unix(now.unix_timestamp()) else {
         return 0;
     };
-    now.diff(cert.not_after()).map(|d| i64::from(d.days)).unwrap_or(0)
+    now.diff(cert.not_after())
+        .map(|d| i64::from(d.days))
+        .unwrap_or(0)
 }
 
 fn cert_view(usage: &str, cert: &openssl::x509::X509, now: OffsetDateTime) -> pages::CertView {
@@ -944,9 +1256,17 @@ mod tests {
 
     #[test]
     fn search_form_becomes_the_api_query() {
-        let (form, q) = search_query("partner=red&since=2026-12-05T20%3A00&state=&lang=lv&direction=outbound").unwrap();
-        assert_eq!(q, "partner=red&since=2026-12-05T20%3A00%3A00Z&direction=outbound");
-        assert_eq!(form.values.get("since").map(String::as_str), Some("2026-12-05T20:00"));
+        let (form, q) =
+            search_query("partner=red&since=2026-12-05T20%3A00&state=&lang=lv&direction=outbound")
+                .unwrap();
+        assert_eq!(
+            q,
+            "partner=red&since=2026-12-05T20%3A00%3A00Z&direction=outbound"
+        );
+        assert_eq!(
+            form.values.get("since").map(String::as_str),
+            Some("2026-12-05T20:00")
+        );
         assert!(search_query("since=yesterday").is_err());
     }
 }

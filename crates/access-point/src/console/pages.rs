@@ -711,7 +711,13 @@ pub(crate) fn partners(
 }
 
 /// An error page: what is wrong and what to do.
-pub(crate) fn error(lang: Lang, who: Option<&LoggedIn>, status: u16, e: &str, hint: &str) -> Markup {
+pub(crate) fn error(
+    lang: Lang,
+    who: Option<&LoggedIn>,
+    status: u16,
+    e: &str,
+    hint: &str,
+) -> Markup {
     let t = lang.text();
     layout(
         lang,

@@ -111,8 +111,10 @@ fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
             })?)
         }
         StoreKind::Postgres => Arc::new(
-            varti_store::postgres::PgStore::connect(config.store.url.as_deref().unwrap_or_default())
-                .context("cannot open the PostgreSQL store (store.url)")?,
+            varti_store::postgres::PgStore::connect(
+                config.store.url.as_deref().unwrap_or_default(),
+            )
+            .context("cannot open the PostgreSQL store (store.url)")?,
         ),
     })
 }

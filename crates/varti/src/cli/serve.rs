@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use varti::config::{secs, Config, LogFormat, StoreKind};
 use varti_access_point::api::{self, ApiRouter};
-use varti_access_point::console::{Console, ConsoleRoutes};
 use varti_access_point::audit::LOCAL_ACTOR;
+use varti_access_point::console::{Console, ConsoleRoutes};
 use varti_access_point::ops::{self, Metrics, Readiness};
 use varti_access_point::reload::{FileHash, ReloadInput, ReloadSource};
 use varti_access_point::server::{

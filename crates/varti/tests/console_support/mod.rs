@@ -102,7 +102,9 @@ admin = true
             "console user add: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("added console user {role}")));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("added console user {role}"))
+        );
     }
     let served = spawn_serve_in(
         dir.path(),
@@ -150,7 +152,10 @@ fn submit_waiting(node: &Node) -> String {
         "/api/v1/messages",
         &[
             ("Authorization", format!("Bearer {ADMIN_TOKEN}")),
-            ("Content-Type", format!("multipart/form-data; boundary={boundary}")),
+            (
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            ),
         ],
         body.as_bytes(),
     );
@@ -203,7 +208,8 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn text(&self) -> String {
         format!("{}\n{}", self.head, String::from_utf8_lossy(&self.body))
@@ -274,7 +280,9 @@ pub fn parse_answer(raw: &[u8]) -> Answer {
 
 /// The value of the first hidden `csrf` field of a page.
 pub fn csrf_of(page: &str) -> String {
-    let at = page.find("name=\"csrf\" value=\"").expect("a form with a csrf field");
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a csrf field");
     let rest = &page[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_owned()
 }
