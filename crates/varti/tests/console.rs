@@ -242,6 +242,23 @@ fn login_sessions_csrf_roles_headers_and_audit() {
     );
     assert_eq!(r.status, 403);
 
+    // The partners and PModes pages read the set in force.
+    let r = get(&node, "/console/partners", Some(&viewer.cookie));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body_text().contains("varti-b") && r.body_text().contains("days left"));
+    let r = get(&node, "/console/pmodes", Some(&viewer.cookie));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.body_text().contains("exchange/deliver"),
+        "{}",
+        r.body_text()
+    );
+    assert!(r.body_text().contains("id=\"diagnostics\""));
+    assert!(
+        !r.body_text().contains("admin/reload"),
+        "no reload button for a viewer"
+    );
+
     // The operator acts, but only with the session's CSRF token and from this origin.
     let operator = session(&node, "operator");
     let r = post(

@@ -11,6 +11,7 @@
 //! | `GET /console/messages/{id}/payloads/{n}` | operator | download (audited) |
 //! | `POST /console/messages/{id}/retry`, `resend`, `ack` | operator | the API's acts |
 //! | `GET /console/partners` | viewer | parties of the PModes, certificates, last exchange; own keys |
+//! | `GET /console/pmodes` | viewer | the PModes in force (parties, legs) and `pmode check`'s diagnostics of the files |
 //! | `GET /console/audit` | viewer | the audit trail, filtered |
 //! | `POST /console/admin/reload`, `/admin/purge` | admin | reload, retention now |
 //!
@@ -323,6 +324,7 @@ impl Console {
                 self.download(ctx, who, decode(id), n.to_string()).await
             }
             ["partners"] => self.partners(ctx, who).await,
+            ["pmodes"] => self.pmodes(ctx, who).await,
             ["audit"] => self.audit(ctx, who).await,
             _ => self.refuse(
                 ctx,
@@ -872,6 +874,61 @@ impl Console {
             Ok((own, partners)) => html_response(
                 StatusCode::OK,
                 pages::partners(ctx.lang, &who, &own, &partners),
+            ),
+            Err(e) => self.api_error(ctx, &who, e),
+        }
+    }
+
+    async fn pmodes(self: &Arc<Self>, ctx: &Ctx, who: LoggedIn) -> Response<Body> {
+        let built = blocking(self.ap.clone(), move |ap| {
+            let snapshot = ap.current();
+            let set = &snapshot.pmodes;
+            let parties = set
+                .parties
+                .iter()
+                .map(|p| (p.name.clone(), p.endpoint.clone().unwrap_or_default()))
+                .collect::<Vec<_>>();
+            let legs = set
+                .legs
+                .iter()
+                .map(|l| pages::LegView {
+                    process_leg: format!("{}/{}", l.process, l.name),
+                    file: l
+                        .file
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    mep: format!("{:?} {:?}", l.mep, l.binding),
+                    from: format!("{} ({})", l.from.parties.join(", "), l.from.role),
+                    to: format!("{} ({})", l.to.parties.join(", "), l.to.role),
+                    service: l.service.value.clone(),
+                    action: l.action.clone(),
+                    security: format!(
+                        "{:?}{}{}",
+                        l.security.profile,
+                        if l.security.sign { ", signed" } else { "" },
+                        if l.security.encrypt {
+                            ", encrypted"
+                        } else {
+                            ""
+                        }
+                    ),
+                })
+                .collect::<Vec<_>>();
+            // The files as they are now (what a reload would load), checked like
+            // `varti pmode check`.
+            let (_, diagnostics) = varti_as4::pmode::files::load_dir(&snapshot.settings.pmodes_dir);
+            let diagnostics = diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>();
+            Ok((parties, legs, diagnostics, snapshot.generation))
+        })
+        .await;
+        match built {
+            Ok((parties, legs, diagnostics, generation)) => html_response(
+                StatusCode::OK,
+                pages::pmodes(ctx.lang, &who, &parties, &legs, &diagnostics, generation),
             ),
             Err(e) => self.api_error(ctx, &who, e),
         }

@@ -278,6 +278,7 @@ pub(crate) fn layout(
                             a href=(BASE) { (t.dashboard) }
                             a href={(BASE) "messages"} { (t.messages) }
                             a href={(BASE) "partners"} { (t.partners) }
+                            a href={(BASE) "pmodes"} { "PModes" }
                             a href={(BASE) "audit"} { (t.audit) }
                         }
                         form.logout method="post" action={(BASE) "logout"} {
@@ -704,6 +705,63 @@ pub(crate) fn partners(
                     @if let Some(r) = &p.last {
                         p { "Last exchange: " a href={(BASE) "messages/" (enc(&r.meta.message_id))} { (short_time(r.created_at)) " · " (r.direction) " · " (r.state.as_str()) } }
                     }
+                }
+            }
+        },
+    )
+}
+
+/// One leg of the PModes as the PModes page shows it.
+pub(crate) struct LegView {
+    pub(crate) process_leg: String,
+    pub(crate) file: String,
+    pub(crate) mep: String,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) service: String,
+    pub(crate) action: String,
+    pub(crate) security: String,
+}
+
+/// The PModes in force: parties, legs, and the diagnostics of the files as they are now.
+pub(crate) fn pmodes(
+    lang: Lang,
+    who: &LoggedIn,
+    parties: &[(String, String)],
+    legs: &[LegView],
+    diagnostics: &[String],
+    generation: u64,
+) -> Markup {
+    let t = lang.text();
+    layout(
+        lang,
+        "PModes",
+        Some(who),
+        &format!("{BASE}pmodes"),
+        html! {
+            h1 { "PModes" }
+            p { "Generation " (generation) }
+            h2 { (t.partners) }
+            table #parties { tbody { @for (name, endpoint) in parties { tr { th scope="row" { (name) } td { (endpoint) } } } } }
+            h2 { "Legs" }
+            table #legs {
+                thead { tr { th scope="col" { "Process / leg" } th scope="col" { "File" } th scope="col" { "MEP" } th scope="col" { "From" } th scope="col" { "To" } th scope="col" { (t.service) } th scope="col" { (t.action) } th scope="col" { "Security" } } }
+                tbody {
+                    @for l in legs {
+                        tr { td { (l.process_leg) } td { (l.file) } td { (l.mep) } td { (l.from) } td { (l.to) } td { (l.service) } td { (l.action) } td { (l.security) } }
+                    }
+                }
+            }
+            h2 { "pmode check" }
+            @if diagnostics.is_empty() {
+                p #diagnostics { "No problems." }
+            } @else {
+                ul #diagnostics { @for d in diagnostics { li { code { (d) } } } }
+            }
+            @if who.role >= Role::Admin {
+                form.inline method="post" action={(BASE) "admin/reload"} {
+                    input type="hidden" name="csrf" value=(who.session.csrf);
+                    button type="submit" { (t.reload) }
                 }
             }
         },
