@@ -104,6 +104,10 @@ pub struct BackendConfig {
     pub listen: SocketAddr,
     /// The backends allowed to use the API.
     pub clients: Vec<BackendClient>,
+    /// Seconds a webhook event being delivered stays leased to this instance (the lease
+    /// covers each retry's wait): if the instance dies, another instance sharing the store
+    /// delivers the event after this, with the same event id. Default 60.
+    pub webhook_lease_secs: u64,
 }
 
 /// One backend system.
@@ -239,6 +243,7 @@ impl Default for BackendConfig {
         BackendConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
             clients: Vec::new(),
+            webhook_lease_secs: 60,
         }
     }
 }
@@ -397,6 +402,10 @@ impl Config {
             ("limits.max_connections", self.limits.max_connections as u64),
             ("sender.poll_interval_ms", self.sender.poll_interval_ms),
             ("sender.lease_secs", self.sender.lease_secs),
+            (
+                "backend.webhook_lease_secs",
+                self.backend.webhook_lease_secs,
+            ),
             ("sender.concurrency", self.sender.concurrency as u64),
             (
                 "client.max_response_bytes",

@@ -44,10 +44,16 @@ const MIGRATIONS: &[Migration] = &[
         name: "search",
         sql: include_str!("migrations/0005_search.sql"),
     },
+    // Versions 6 and 7 are other features' (merged separately).
+    Migration {
+        version: 8,
+        name: "two data centres",
+        sql: include_str!("migrations/0008_two_dc.sql"),
+    },
 ];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;

@@ -203,7 +203,17 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up audit task failed")?;
     }
     // Subscribes to the events at once, so none is missed before its task runs.
-    let webhooks = webhooks::Dispatcher::new(ap.clone(), webhooks::WebhookOptions::default())?;
+    let webhook_lease = secs(config.backend.webhook_lease_secs);
+    let webhooks = webhooks::Dispatcher::new(
+        ap.clone(),
+        webhooks::WebhookOptions {
+            outbox_lease: webhook_lease,
+            // A sweep a few times per lease, so a taken-over event waits little past it.
+            outbox_sweep: (webhook_lease / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            ..webhooks::WebhookOptions::default()
+        },
+    )?;
     readiness.set_ready("pmodes");
     let store_path = match config.store.kind {
         StoreKind::Sled => config.store_path().display().to_string(),
