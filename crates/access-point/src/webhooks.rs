@@ -147,7 +147,7 @@ pub struct WebhookOptions {
     /// How long an outbox event claimed by this instance stays leased to it (extended
     /// to cover each retry's wait); if the instance dies, another one delivers the event
     /// after this. Also how long an event nobody claimed waits before a sweep takes it.
-    /// Default 60 s (`backend.webhook_lease_secs`).
+    /// Default 60 s (`[webhooks] lease_secs`).
     pub outbox_lease: Duration,
     /// How often the outbox is swept for events nobody is delivering. Default 5 s.
     pub outbox_sweep: Duration,

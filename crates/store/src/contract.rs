@@ -1767,7 +1767,11 @@ pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) 
     store
         .insert_inbound(inbound("in@them", "portal", b"r"), at(1))
         .unwrap();
-    assert_eq!(store.outbox_depth().unwrap(), 1, "one event per received message");
+    assert_eq!(
+        store.outbox_depth().unwrap(),
+        1,
+        "one event per received message"
+    );
     let claimed = match store
         .claim_outbox_event("in@them", "received", "node-a", lease, at(2))
         .unwrap()
@@ -1819,7 +1823,11 @@ pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) 
     store
         .insert_outbound(outbound("out@us", "portal", at(0)), at(0))
         .unwrap();
-    assert_eq!(store.outbox_depth().unwrap(), 0, "a submission is not an event");
+    assert_eq!(
+        store.outbox_depth().unwrap(),
+        0,
+        "a submission is not an event"
+    );
     store.claim_due("node-a", lease, 1, at(200)).unwrap();
     store
         .record_attempt(

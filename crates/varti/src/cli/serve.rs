@@ -203,7 +203,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up audit task failed")?;
     }
     // Subscribes to the events at once, so none is missed before its task runs.
-    let webhook_lease = secs(config.backend.webhook_lease_secs);
+    let webhook_lease = secs(config.webhooks.lease_secs);
     let webhooks = webhooks::Dispatcher::new(
         ap.clone(),
         webhooks::WebhookOptions {

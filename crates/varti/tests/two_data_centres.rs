@@ -1,0 +1,224 @@
+//! Two data centres for real (issue 18): the state a pair shares lives in the store, not in
+//! one instance's memory, so losing an instance loses nothing it had accepted.
+//!
+//! * `two_data_centres_webhook_crash` — varti-b's two instances share one PostgreSQL
+//!   schema; the instance that received a message is killed (`kill -9`) while its webhook
+//!   request is in flight (the backend holds the request unanswered); the other instance
+//!   takes the event over from the store's outbox once the lease ran out and delivers it
+//!   with the same event id (`X-Varti-Delivery`) and a valid signature.
+
+mod chaos_support;
+mod pair_support;
+mod serve_support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use chaos_support::{postgres_store_config, Instance, FAST_SENDER};
+use pair_support::Pair;
+use varti_store::postgres::testing::TestSchema;
+use varti_store::Store;
+
+/// The webhook secret of varti-b's `portal`.
+const SECRET: &str = "two-dc-webhook-secret";
+
+/// One webhook request as the backend saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A webhook backend (plain HTTP on loopback): records every request; while `hold` is
+/// set it leaves requests unanswered (the connection open, as a slow backend would), else
+/// it answers 204.
+struct WebhookBackend {
+    addr: SocketAddr,
+    seen: Arc<(Mutex<Vec<Seen>>, Condvar)>,
+    hold: Arc<AtomicBool>,
+}
+
+impl WebhookBackend {
+    fn start(hold: bool) -> WebhookBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<(Mutex<Vec<Seen>>, Condvar)> = Arc::default();
+        let hold = Arc::new(AtomicBool::new(hold));
+        let (s, h) = (seen.clone(), hold.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (s, h) = (s.clone(), h.clone());
+                std::thread::spawn(move || serve_connection(conn, &s, &h));
+            }
+        });
+        WebhookBackend { addr, seen, hold }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Waits until `n` requests arrived (a positive signal, with a deadline).
+    fn wait_for(&self, n: usize, within: Duration) -> Vec<Seen> {
+        let (lock, ready) = &*self.seen;
+        let deadline = Instant::now() + within;
+        let mut seen = lock.lock().unwrap();
+        while seen.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the webhook backend saw {} request(s) within {within:?}, expected {n}: {seen:?}",
+                seen.len()
+            );
+            seen = ready.wait_timeout(seen, left).unwrap().0;
+        }
+        seen.clone()
+    }
+}
+
+fn serve_connection(conn: TcpStream, seen: &(Mutex<Vec<Seen>>, Condvar), hold: &AtomicBool) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut headers = HashMap::new();
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let held = hold.load(Ordering::SeqCst);
+        {
+            let (lock, ready) = seen;
+            lock.lock().unwrap().push(Seen { headers, body });
+            ready.notify_all();
+        }
+        if held {
+            // Never answered: the connection stays open until the sender goes away.
+            let mut sink = [0u8; 1024];
+            while matches!(reader.read(&mut sink), Ok(k) if k > 0) {}
+            return;
+        }
+        if conn
+            .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// varti-b's `portal` webhook lines (they follow the `[[backend.clients]]` entry), a short
+/// outbox lease, the fast sender and the shared PostgreSQL schema.
+fn receiver_config(webhook_url: &str, schema: &TestSchema, lease_secs: u64) -> String {
+    format!(
+        "webhook_url = \"{webhook_url}\"\nwebhook_secret = \"{SECRET}\"\n\
+         [webhooks]\nlease_secs = {lease_secs}\n{FAST_SENDER}{}",
+        postgres_store_config(schema.url(), schema.name())
+    )
+}
+
+/// Waits until `check` holds (a positive signal), polling, with a deadline.
+fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_data_centres_webhook_crash() {
+    let started = Instant::now();
+    let schema = TestSchema::migrated();
+    let backend = WebhookBackend::start(true);
+    let pair = Pair::new();
+    let config = receiver_config(&backend.url(), &schema, 2);
+    pair.layout.rewrite_config(&pair.layout.b, &config).unwrap();
+    let b2 = pair
+        .layout
+        .add_instance(&pair.layout.b, "b2", &config)
+        .unwrap();
+    let a = pair.start("a");
+    // varti-a's PModes point at b: b receives, b2 shares its store and waits.
+    let mut b = Instance::start(pair.layout.b.clone());
+    let mut b2 = Instance::start(b2);
+
+    let id = a.submit(
+        serde_json::json!({"to_party": "varti-b", "service": "urn:varti:test:exchange", "action": "Deliver"}),
+        &[("doc", "application/xml", b"<doc>webhook crash</doc>")],
+    );
+    // b's webhook request is in flight, unanswered: now b dies.
+    let first = backend.wait_for(1, Duration::from_secs(60));
+    assert_eq!(first[0].json()["message_id"], id.as_str());
+    assert_eq!(first[0].json()["event"], "received");
+    let event_id = first[0].header("x-varti-delivery").to_owned();
+    assert!(!event_id.is_empty());
+    b.kill9();
+    backend.hold.store(false, Ordering::SeqCst);
+
+    // b2 takes the event over from the outbox once b's lease ran out.
+    let seen = backend.wait_for(2, Duration::from_secs(30));
+    let again = &seen[1];
+    assert_eq!(again.json()["message_id"], id.as_str());
+    assert_eq!(again.json()["event"], "received");
+    assert_eq!(
+        again.header("x-varti-delivery"),
+        event_id,
+        "the same event id, so the backend can drop the repeat"
+    );
+    assert!(varti_access_point::webhooks::verify_signature(
+        SECRET.as_bytes(),
+        &again.body,
+        again.header("x-varti-signature")
+    ));
+    // Delivered: the event left the outbox, and the message is delivered.
+    let store = schema.store();
+    wait_until("the outbox empties", Duration::from_secs(10), || {
+        store.outbox_depth().unwrap() == 0
+    });
+    assert_eq!(
+        store.get(&id).unwrap().unwrap().state,
+        varti_store::State::Delivered
+    );
+    b2.terminate();
+    drop(a);
+    eprintln!(
+        "two_data_centres_webhook_crash: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
