@@ -558,6 +558,9 @@ async fn sweep(inner: Arc<Inner>, tasks: TaskTracker, token: CancellationToken) 
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if !inner.ap.may_claim() {
+            continue;
+        }
         let ap = inner.ap.clone();
         let lease = inner.options.outbox_lease;
         let claimed = tokio::task::spawn_blocking(move || {

@@ -407,6 +407,12 @@ pub trait Store: Send + Sync {
 
     /// How many events are pending in the outbox (a gauge for operators and tests).
     fn outbox_depth(&self) -> Result<u64, StoreError>;
+
+    /// Writes and commits a small record that `instance` is alive at `now`: proves the
+    /// store takes writes (a read-only standby, an unreachable primary or a primary whose
+    /// synchronous standby is cut off fails or hangs here). The readiness probe calls it
+    /// under a timeout.
+    fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError>;
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).

@@ -1217,6 +1217,13 @@ impl Store for SledStore {
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         Ok(self.trees[OUTBOX].len() as u64)
     }
+
+    fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let mut key = b"probe:".to_vec();
+        key.extend_from_slice(instance.as_bytes());
+        self.trees[META].insert(key, &ts(now)).map_err(db_error)?;
+        self.flush()
+    }
 }
 
 impl SledStore {

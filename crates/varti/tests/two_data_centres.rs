@@ -6,10 +6,14 @@
 //!   request is in flight (the backend holds the request unanswered); the other instance
 //!   takes the event over from the store's outbox once the lease ran out and delivers it
 //!   with the same event id (`X-Varti-Delivery`) and a valid signature.
+//! * `two_data_centres_readiness` — varti-b in DC2 reaches its PostgreSQL in DC1 through
+//!   the DC link: when the link is cut, the store takes no writes from it and `/ready`
+//!   answers 503 (the load balancer drains it); healed, it is ready again by itself.
 
 mod chaos_support;
 mod pair_support;
 mod serve_support;
+mod two_dc_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -219,6 +223,64 @@ fn two_data_centres_webhook_crash() {
     drop(a);
     eprintln!(
         "two_data_centres_webhook_crash: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `GET /ready` on an instance's ops listener: its status.
+fn ready_status(instance: &Instance) -> u16 {
+    let addr = SocketAddr::from(([127, 0, 0, 1], instance.layout.ports.ops));
+    serve_support::plain_get(addr, "/ready").status
+}
+
+#[test]
+fn two_data_centres_readiness() {
+    let started = Instant::now();
+    let schema = TestSchema::migrated();
+    // PostgreSQL is in DC1; varti-b in DC2 reaches it through the link.
+    let link = two_dc_support::Link::new();
+    let pg: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let via = link.proxy(SocketAddr::new(two_dc_support::dc_ip(2, 1), 0), pg);
+    let url = format!(
+        "host={} port={} user=postgres dbname=test connect_timeout=2",
+        via.ip(),
+        via.port()
+    );
+    let pair = Pair::new();
+    let config = format!(
+        "{FAST_SENDER}{}",
+        postgres_store_config(&url, schema.name())
+    );
+    pair.layout.rewrite_config(&pair.layout.b, &config).unwrap();
+    let mut b = Instance::start(pair.layout.b.clone());
+    wait_until("b is ready", Duration::from_secs(20), || {
+        ready_status(&b) == 200
+    });
+
+    link.cut();
+    let cut_at = Instant::now();
+    wait_until(
+        "b reports not-ready while the link to its store is cut",
+        Duration::from_secs(20),
+        || ready_status(&b) == 503,
+    );
+    let drained_after = cut_at.elapsed();
+    let ready = serve_support::plain_get(
+        SocketAddr::from(([127, 0, 0, 1], b.layout.ports.ops)),
+        "/ready",
+    );
+    assert!(ready.body.contains("store"), "{}", ready.body);
+
+    link.heal();
+    wait_until(
+        "b is ready again by itself once the link is healed",
+        Duration::from_secs(30),
+        || ready_status(&b) == 200,
+    );
+    b.terminate();
+    eprintln!(
+        "two_data_centres_readiness: not ready {:.1}s after the cut; {:.1}s in all",
+        drained_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
 }

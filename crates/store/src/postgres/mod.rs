@@ -1036,6 +1036,20 @@ impl Store for PgStore {
             })
     }
 
+    fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let now = micros(now);
+        self.pool
+            .run("probing the store with a write", |client, _| {
+                // A commit: with synchronous replication it returns once the standby has it.
+                client.execute(
+                    "INSERT INTO instance_probes (instance, at) VALUES ($1, $2) \
+                 ON CONFLICT (instance) DO UPDATE SET at = excluded.at",
+                    &[&instance, &now],
+                )?;
+                Ok(())
+            })
+    }
+
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         self.pool.run("counting webhook events", |client, _| {
             let row = client.query_one("SELECT count(*) FROM webhook_outbox", &[])?;

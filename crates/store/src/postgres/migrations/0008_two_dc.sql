@@ -18,3 +18,10 @@ CREATE TABLE webhook_outbox (
 );
 -- A message's events in order (per-message ordering, the announcing instance's claim).
 CREATE INDEX webhook_outbox_message ON webhook_outbox (message_id, seq);
+
+-- The readiness probe's write: one row per instance, rewritten at each probe (a commit
+-- proves the store takes writes; a read-only standby or a cut-off primary fails it).
+CREATE TABLE instance_probes (
+    instance text PRIMARY KEY,
+    at       timestamptz NOT NULL
+);
