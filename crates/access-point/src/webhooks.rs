@@ -20,14 +20,18 @@
 //! * **`failed`** — an outbound message failed for good; `error` carries the ebMS error
 //!   (EBMS:0301 after the last retry is reported this way).
 //!
-//! Delivery is **at least once per instance lifetime**: a notification is retried until the
-//! backend answers 2xx or the attempts run out, so the backend may see the same
-//! notification more than once (the `X-Varti-Delivery` id is the same across retries of one
-//! notification, to let it drop repeats). Retries live in memory only: if the process stops
-//! (or gives up) between marking a message delivered and a 2xx answer, the message stays
-//! *delivered* in the store without the backend having heard of it. The backend's periodic
-//! listing through the API is what catches those; a backend that relies on webhooks alone
-//! can miss messages.
+//! Delivery is **at least once, across instances** (issue 18): the store writes each
+//! message event to its outbox in the same transaction as the state change it reports
+//! ([`varti_store::OutboxEvent`]). The instance that announced the change claims the event
+//! with a lease ([`WebhookOptions::outbox_lease`], extended to cover each retry's wait) and
+//! removes it once the backend answered 2xx or the attempts ran out; a sweep
+//! ([`WebhookOptions::outbox_sweep`]) claims the events nobody is delivering (their
+//! instance died mid-flight, or an announcement was missed or dropped), so the other
+//! instance of a pair delivers them. The `X-Varti-Delivery` id of an outbox event is its
+//! event id, the same on every attempt from any instance: the backend drops repeats by it.
+//! A received message claimed by a takeover is notified even though the dead instance had
+//! already marked it delivered. Events announced without an outbox entry (feature notices,
+//! events of messages the store does not hold) are retried in memory only.
 //!
 //! # The request
 //!

@@ -233,6 +233,25 @@ fn ready_status(instance: &Instance) -> u16 {
     serve_support::plain_get(addr, "/ready").status
 }
 
+/// `GET /ready` on an instance's MSH listener (what the load balancer checks), over TLS as
+/// varti-a (its client certificate): the status.
+fn msh_ready_status(instance: &Instance) -> u16 {
+    let certs = pair_support::repo().join("certs");
+    let mut tls = serve_support::openssl_connect(
+        instance.msh(),
+        openssl::ssl::SslVersion::TLS1_3,
+        &certs.join("ca.cert.pem"),
+        Some((
+            &certs.join("varti-a/tls.cert.pem"),
+            &certs.join("varti-a/tls.key.pem"),
+        )),
+    )
+    .unwrap();
+    serve_support::http_request(&mut tls, "GET", "/ready", "", b"")
+        .unwrap()
+        .status
+}
+
 #[test]
 fn two_data_centres_readiness() {
     let started = Instant::now();
@@ -256,6 +275,7 @@ fn two_data_centres_readiness() {
     wait_until("b is ready", Duration::from_secs(20), || {
         ready_status(&b) == 200
     });
+    assert_eq!(msh_ready_status(&b), 200);
 
     link.cut();
     let cut_at = Instant::now();
@@ -270,6 +290,11 @@ fn two_data_centres_readiness() {
         "/ready",
     );
     assert!(ready.body.contains("store"), "{}", ready.body);
+    assert_eq!(
+        msh_ready_status(&b),
+        503,
+        "the load balancer's check drains it too"
+    );
 
     link.heal();
     wait_until(
@@ -277,6 +302,7 @@ fn two_data_centres_readiness() {
         Duration::from_secs(30),
         || ready_status(&b) == 200,
     );
+    assert_eq!(msh_ready_status(&b), 200);
     b.terminate();
     eprintln!(
         "two_data_centres_readiness: not ready {:.1}s after the cut; {:.1}s in all",

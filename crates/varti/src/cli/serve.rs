@@ -358,11 +358,14 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let backend_routes = Arc::new(router);
     // Only now: every service a feature consumes is claimed.
     let handler = Arc::new(Receiver::new(ap.clone()));
-    let routes = Arc::new(MshRoutes::new(
-        handler,
-        config.limits.max_request_body_bytes,
-        metrics.clone(),
-    ));
+    let routes = Arc::new(
+        MshRoutes::new(
+            handler,
+            config.limits.max_request_body_bytes,
+            metrics.clone(),
+        )
+        .with_readiness(readiness.clone()),
+    );
     tasks.spawn("msh-listener", msh.serve(routes, tasks.token(), grace));
     tasks.spawn(
         "backend-listener",
