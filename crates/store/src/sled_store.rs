@@ -1122,21 +1122,18 @@ impl Store for SledStore {
         let mut prefix = message_id.as_bytes().to_vec();
         prefix.push(0);
         // The message's events, oldest first: only the first pending one may be claimed.
-        for item in tree.scan_prefix(&prefix) {
-            let (key, bytes) = item.map_err(db_error)?;
-            let mut stored = decode_event(&bytes)?;
-            if stored.event.kind != kind {
-                return Ok(OutboxClaim::Busy);
-            }
-            if !stored.claimable(now) {
-                return Ok(OutboxClaim::Busy);
-            }
-            stored.holder = Some(holder.to_owned());
-            stored.lease_until = Some(now + lease_for);
-            tree.insert(key, encode_event(&stored)?).map_err(db_error)?;
-            return Ok(OutboxClaim::Claimed(stored.event));
+        let Some(item) = tree.scan_prefix(&prefix).next() else {
+            return Ok(OutboxClaim::Absent);
+        };
+        let (key, bytes) = item.map_err(db_error)?;
+        let mut stored = decode_event(&bytes)?;
+        if stored.event.kind != kind || !stored.claimable(now) {
+            return Ok(OutboxClaim::Busy);
         }
-        Ok(OutboxClaim::Absent)
+        stored.holder = Some(holder.to_owned());
+        stored.lease_until = Some(now + lease_for);
+        tree.insert(key, encode_event(&stored)?).map_err(db_error)?;
+        Ok(OutboxClaim::Claimed(stored.event))
     }
 
     fn claim_outbox_due(
@@ -1168,7 +1165,7 @@ impl Store for SledStore {
                 candidates.push((key, stored));
             }
         }
-        candidates.sort_by(|a, b| a.1.event.at.cmp(&b.1.event.at));
+        candidates.sort_by_key(|c| c.1.event.at);
         candidates.truncate(limit);
         let mut claimed = Vec::with_capacity(candidates.len());
         for (key, mut stored) in candidates {

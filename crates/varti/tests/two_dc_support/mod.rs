@@ -135,10 +135,13 @@ impl Link {
     }
 }
 
+/// Chunks on their way one way: `(when due, bytes)`, `None` at the end of the stream.
+type Chunks = Arc<(Mutex<VecDeque<Option<(Instant, Vec<u8>)>>>, Condvar)>;
+
 /// Copies `from` → `to`, each chunk released after the link's delay (in order) and held
 /// while the link is cut. A reader thread stamps chunks, a writer thread releases them.
 fn forward(from: TcpStream, to: TcpStream, state: &Arc<LinkState>) {
-    let queue: Arc<(Mutex<VecDeque<Option<(Instant, Vec<u8>)>>>, Condvar)> = Arc::default();
+    let queue: Chunks = Arc::default();
     let (q, s) = (queue.clone(), state.clone());
     let mut from_r = from;
     std::thread::spawn(move || {
