@@ -155,10 +155,31 @@ fn serve_connection(conn: TcpStream, seen: &(Mutex<Vec<Seen>>, Condvar), hold: &
 /// varti-b's `portal` webhook lines (they follow the `[[backend.clients]]` entry), a short
 /// outbox lease, the fast sender and the shared PostgreSQL schema.
 fn receiver_config(webhook_url: &str, schema: &TestSchema, lease_secs: u64) -> String {
+    receiver_config_via(webhook_url, schema.url(), schema, lease_secs)
+}
+
+/// [`receiver_config`] reaching PostgreSQL at `url` (through the DC link).
+fn receiver_config_via(
+    webhook_url: &str,
+    url: &str,
+    schema: &TestSchema,
+    lease_secs: u64,
+) -> String {
     format!(
         "webhook_url = \"{webhook_url}\"\nwebhook_secret = \"{SECRET}\"\n\
          [webhooks]\nlease_secs = {lease_secs}\n{FAST_SENDER}{}",
-        postgres_store_config(schema.url(), schema.name())
+        postgres_store_config(url, schema.name())
+    )
+}
+
+/// The test database's PostgreSQL (in DC1), reached from DC2 through `link`: the URL.
+fn postgres_via(link: &two_dc_support::Link) -> String {
+    let pg: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let via = link.proxy(SocketAddr::new(two_dc_support::dc_ip(2, 1), 0), pg);
+    format!(
+        "host={} port={} user=postgres dbname=test connect_timeout=2",
+        via.ip(),
+        via.port()
     )
 }
 
@@ -264,13 +285,7 @@ fn two_data_centres_readiness() {
     let schema = TestSchema::migrated();
     // PostgreSQL is in DC1; varti-b in DC2 reaches it through the link.
     let link = two_dc_support::Link::new();
-    let pg: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let via = link.proxy(SocketAddr::new(two_dc_support::dc_ip(2, 1), 0), pg);
-    let url = format!(
-        "host={} port={} user=postgres dbname=test connect_timeout=2",
-        via.ip(),
-        via.port()
-    );
+    let url = postgres_via(&link);
     let pair = Pair::new();
     let config = format!(
         "{FAST_SENDER}{}",
@@ -438,4 +453,129 @@ fn two_data_centres_latency() {
     eprintln!("  {}", far.report("20 ms ± 5 ms ", n));
     a.terminate();
     b.terminate();
+}
+
+#[test]
+fn two_data_centres_partition() {
+    let started = Instant::now();
+    let n = message_count("VARTI_TWO_DC_PARTITION_N", 300);
+    let run = format!("p{}", std::process::id());
+    let schema = TestSchema::migrated();
+    let backend = WebhookBackend::start(false);
+    let link = two_dc_support::Link::new();
+    // varti-b: b in DC1 next to PostgreSQL, b2 in DC2 reaching it through the link; the
+    // balancer (in DC1) reaches b2 through the link too.
+    let balancer = Arc::new(chaos_support::Balancer::bind(2));
+    let pair = chaos_pair(balancer.port);
+    let near = receiver_config(&backend.url(), &schema, 2);
+    let far = receiver_config_via(&backend.url(), &postgres_via(&link), &schema, 2);
+    pair.layout.rewrite_config(&pair.layout.b, &near).unwrap();
+    let b2 = pair
+        .layout
+        .add_instance(&pair.layout.b, "b2", &far)
+        .unwrap();
+    pair.layout
+        .rewrite_config(&pair.layout.a, FAST_SENDER)
+        .unwrap();
+    let mut a = Instance::start(pair.layout.a.clone());
+    let mut b = Instance::start(pair.layout.b.clone());
+    let mut b2 = Instance::start(b2);
+    let b2_via_link = link.proxy(SocketAddr::new(two_dc_support::dc_ip(1, 1), 0), b2.msh());
+    balancer.set_targets(vec![b.msh(), b2_via_link]);
+    let sending = Side::of(&[&a]);
+    let receiving = Side::of(&[&b]);
+
+    // Load: the messages are submitted while the link is cut for 30 s and healed.
+    let ids: Vec<String> = (0..n).map(|s| chaos_support::message_id(&run, s)).collect();
+    let cut_seen_not_ready = std::thread::scope(|scope| {
+        let submitter = scope.spawn(|| {
+            let done = std::sync::atomic::AtomicUsize::new(0);
+            for s in 0..n {
+                submit_all(&sending, &run, s..s + 1, &done);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Some traffic before the cut.
+        wait_until(
+            "a third acknowledged before the cut",
+            Duration::from_secs(120),
+            || sending.counts(0).get("acknowledged").copied().unwrap_or(0) >= (n / 3) as u64,
+        );
+        link.cut();
+        let cut_at = Instant::now();
+        let mut not_ready = false;
+        while cut_at.elapsed() < Duration::from_secs(30) {
+            not_ready |= ready_status(&b2) == 503;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(ready_status(&b), 200, "DC1's instance stays ready");
+        link.heal();
+        submitter.join().unwrap();
+        not_ready
+    });
+    assert!(
+        cut_seen_not_ready,
+        "the cut DC's instance reported not-ready during the cut"
+    );
+
+    // Every accepted message acknowledged afterwards, each stored once by varti-b.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let acknowledged = sending
+            .all("outbound")
+            .iter()
+            .filter(|m| m["state"] == "acknowledged")
+            .count();
+        if acknowledged == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{acknowledged} of {n} acknowledged within 180 s of the heal"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut received: Vec<String> = receiving
+        .all("inbound")
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    received.sort_unstable();
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    assert_eq!(received, expected, "each message received exactly once");
+
+    // Webhooks: each message's `received` event delivered at least once, every delivery
+    // of it under one event id (the backend de-duplicates by it).
+    let store = schema.store();
+    wait_until("the outbox empties", Duration::from_secs(60), || {
+        store.outbox_depth().unwrap() == 0
+    });
+    let seen = backend.wait_for(n, Duration::from_secs(10));
+    let mut events: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for s in &seen {
+        assert!(varti_access_point::webhooks::verify_signature(
+            SECRET.as_bytes(),
+            &s.body,
+            s.header("x-varti-signature")
+        ));
+        let body = s.json();
+        assert_eq!(body["event"], "received");
+        events
+            .entry(body["message_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(s.header("x-varti-delivery").to_owned());
+    }
+    for id in &ids {
+        let ev = events.get(id).map_or(0, |e| e.len());
+        assert_eq!(ev, 1, "{id}: delivered under {ev} event id(s)");
+    }
+    eprintln!(
+        "two_data_centres_partition: {} webhook requests for {n} messages; {:.1}s",
+        seen.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for instance in [&mut a, &mut b, &mut b2] {
+        instance.terminate();
+    }
 }
