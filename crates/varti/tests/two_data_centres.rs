@@ -10,12 +10,19 @@
 //!   link, first with no delay, then with 20 ms ± 5 ms each way: every message is
 //!   acknowledged and received exactly once; throughput and p50/p99 (submission to
 //!   acknowledgement) of both runs are printed for `docs/benchmarks.md`.
+//! * `two_data_centres_dc_loss` — a PostgreSQL primary in DC1 and a synchronous standby in
+//!   DC2 (replication through the DC link); each side has an instance in each DC (DC2's
+//!   reach the primary through the link). Under load DC1 is lost: its two instances
+//!   killed (`kill -9`) and the primary stopped hard; the standby is promoted as the
+//!   runbook says. DC2 carries on: every message ends acknowledged and taken once by the
+//!   receiving backend, and nothing acknowledged before the loss is lost.
 //! * `two_data_centres_readiness` — varti-b in DC2 reaches its PostgreSQL in DC1 through
 //!   the DC link: when the link is cut, the store takes no writes from it and `/ready`
 //!   answers 503 (the load balancer drains it); healed, it is ready again by itself.
 
 mod chaos_support;
 mod pair_support;
+mod pg_cluster_support;
 mod serve_support;
 mod two_dc_support;
 
@@ -578,4 +585,133 @@ fn two_data_centres_partition() {
     for instance in [&mut a, &mut b, &mut b2] {
         instance.terminate();
     }
+}
+
+#[test]
+fn two_data_centres_dc_loss() {
+    let started = Instant::now();
+    let n = message_count("VARTI_TWO_DC_LOSS_N", 300);
+    let link = two_dc_support::Link::new();
+    // Replication crosses the link: the standby in DC2 streams through a proxy.
+    let mut cluster = pg_cluster_support::Cluster::start_with_replication_via(|primary| {
+        link.proxy(SocketAddr::new(two_dc_support::dc_ip(2, 2), 0), primary)
+    });
+    cluster.migrated_schema("varti_a");
+    cluster.migrated_schema("varti_b");
+    // DC1's instances: the primary, then the standby (across the link). DC2's: the primary
+    // across the link, then their own standby. The one accepting writes wins.
+    let to_standby = link.proxy(
+        SocketAddr::new(two_dc_support::dc_ip(1, 2), 0),
+        SocketAddr::from(([127, 0, 0, 1], cluster.standby_port)),
+    );
+    let to_primary = link.proxy(
+        SocketAddr::new(two_dc_support::dc_ip(2, 2), 0),
+        SocketAddr::from(([127, 0, 0, 1], cluster.primary_port)),
+    );
+    let url = |first: SocketAddr, second: SocketAddr| {
+        format!(
+            "host={},{} port={},{} user=postgres dbname=postgres \
+             target_session_attrs=read-write connect_timeout=2",
+            first.ip(),
+            second.ip(),
+            first.port(),
+            second.port()
+        )
+    };
+    let primary = SocketAddr::from(([127, 0, 0, 1], cluster.primary_port));
+    let standby = SocketAddr::from(([127, 0, 0, 1], cluster.standby_port));
+    let dc1_url = url(primary, to_standby);
+    let dc2_url = url(to_primary, standby);
+
+    let run = format!("d{}", std::process::id());
+    let balancer = Arc::new(chaos_support::Balancer::bind(2));
+    let pair = chaos_pair(balancer.port);
+    let config =
+        |url: &str, schema: &str| format!("{FAST_SENDER}{}", postgres_store_config(url, schema));
+    let layout = &pair.layout;
+    layout
+        .rewrite_config(&layout.a, &config(&dc1_url, "varti_a"))
+        .unwrap();
+    layout
+        .rewrite_config(&layout.b, &config(&dc1_url, "varti_b"))
+        .unwrap();
+    let a2 = layout
+        .add_instance(&layout.a, "a2", &config(&dc2_url, "varti_a"))
+        .unwrap();
+    let b2 = layout
+        .add_instance(&layout.b, "b2", &config(&dc2_url, "varti_b"))
+        .unwrap();
+    let mut a1 = Instance::start(layout.a.clone());
+    let mut b1 = Instance::start(layout.b.clone());
+    let a2 = Instance::start(a2);
+    let b2 = Instance::start(b2);
+    // The partners' balancer reaches DC2's receiver through the link.
+    let b2_via_link = link.proxy(SocketAddr::new(two_dc_support::dc_ip(1, 3), 0), b2.msh());
+    balancer.set_targets(vec![b1.msh(), b2_via_link]);
+    link.set_delay(Duration::from_millis(2), Duration::from_millis(1));
+    let sending = Side::of(&[&a2]);
+
+    // The flow goes through DC2's instances (submission, collection); DC1's take part
+    // (a1 sends what it claims, b1 receives half the pushes) until DC1 is lost.
+    let mut acknowledged_before: std::collections::HashSet<String> = Default::default();
+    let mut lost_at = None;
+    let mut interlude = |_submitted: usize, acknowledged: usize| -> bool {
+        if acknowledged < n / 3 {
+            return false;
+        }
+        acknowledged_before = sending
+            .all("outbound")
+            .iter()
+            .filter(|m| m["state"] == "acknowledged")
+            .map(|m| m["message_id"].as_str().unwrap().to_owned())
+            .collect();
+        eprintln!(
+            "dc_loss: {} acknowledged; DC1 is lost (its instances killed, the primary stopped)",
+            acknowledged_before.len()
+        );
+        a1.kill9();
+        b1.kill9();
+        cluster.kill_primary();
+        // The runbook: DC1 is gone for good; promote the standby in DC2.
+        cluster.promote_standby();
+        lost_at = Some(Instant::now());
+        true
+    };
+    let outcome = chaos_support::Scenario {
+        run: run.clone(),
+        n,
+        senders: vec![a2],
+        receivers: vec![b2],
+        kill_senders: false,
+        kill_receivers: false,
+        balancer,
+        within: Duration::from_secs(240),
+    }
+    .run(&mut interlude);
+    let lost_at = lost_at.expect("DC1 was lost during the run");
+    assert!(
+        !acknowledged_before.is_empty() && acknowledged_before.len() < n,
+        "the loss must fall in the middle of the flow ({} of {n} acknowledged before it)",
+        acknowledged_before.len()
+    );
+    let after: std::collections::HashSet<String> = sending
+        .all("outbound")
+        .iter()
+        .filter(|m| m["state"] == "acknowledged")
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    let lost: Vec<_> = acknowledged_before.difference(&after).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged before the loss, gone after: {lost:?}"
+    );
+    eprintln!(
+        "two_data_centres_dc_loss: settled {:.1}s after the loss; {:.1}s in all",
+        lost_at.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    for mut instance in outcome.senders.into_iter().chain(outcome.receivers) {
+        instance.terminate();
+    }
+    drop(cluster);
 }
