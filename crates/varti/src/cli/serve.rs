@@ -42,7 +42,7 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often the store is probed for `/ready`, `varti_store_up` and `varti_queue_depth`.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the store probe's write may take before the instance is not ready.
-const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Log format on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
