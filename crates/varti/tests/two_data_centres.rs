@@ -10,6 +10,10 @@
 //!   link, first with no delay, then with 20 ms ± 5 ms each way: every message is
 //!   acknowledged and received exactly once; throughput and p50/p99 (submission to
 //!   acknowledgement) of both runs are printed for `docs/benchmarks.md`.
+//! * `two_data_centres_partition` — varti-b's DC2 instance reaches PostgreSQL (in DC1) and
+//!   is reached by the balancer through the DC link; the link is cut for 30 s under load,
+//!   then healed: DC2's instance is not ready during the cut, every message ends
+//!   acknowledged and received once, each `received` webhook delivered under one event id.
 //! * `two_data_centres_dc_loss` — a PostgreSQL primary in DC1 and a synchronous standby in
 //!   DC2 (replication through the DC link); each side has an instance in each DC (DC2's
 //!   reach the primary through the link). Under load DC1 is lost: its two instances
