@@ -216,6 +216,9 @@ pub struct AccessPoint {
     pub wake_sender: tokio::sync::Notify,
     /// What we signed in each pulled message, until its receipt comes.
     pub pulled: pull::SealedForPull,
+    /// Set while the store takes no writes (the readiness probe failed): the sender, the
+    /// puller and the webhook sweep claim no work until it is cleared.
+    pub store_down: std::sync::atomic::AtomicBool,
     events: tokio::sync::broadcast::Sender<MessageEvent>,
     notices: tokio::sync::broadcast::Sender<Notice>,
     /// Services taken by a feature of the runtime rather than a backend client (see
@@ -253,6 +256,12 @@ impl std::fmt::Debug for AccessPoint {
 }
 
 impl AccessPoint {
+    /// Whether work may be claimed: the store took the last probe's write (see
+    /// [`AccessPoint::store_down`]).
+    pub fn may_claim(&self) -> bool {
+        !self.store_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The same access point reading `clock` instead of the system time; tests pass a
     /// [`Clock::manual`] to drive leases, schedules and expiry without sleeping.
     pub fn with_clock(mut self, clock: Clock) -> AccessPoint {
@@ -290,6 +299,7 @@ impl AccessPoint {
             instance,
             wake_sender: tokio::sync::Notify::new(),
             pulled: pull::SealedForPull::default(),
+            store_down: std::sync::atomic::AtomicBool::new(false),
             events,
             notices,
             service_owners: RwLock::new(HashMap::new()),

@@ -637,6 +637,14 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
         tracing::info!(mpc = %channel.mpc, partner = %channel.partner, "pulling messages");
         loops.spawn(async move {
             loop {
+                if !ap.may_claim() {
+                    // The store takes no writes: pull nothing until the probe sees it back.
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(EMPTY_BACKOFF.max(poll)) => {}
+                    }
+                    continue;
+                }
                 let wait = tokio::select! {
                     _ = token.cancelled() => return,
                     pulled = pull_once(&ap, &channel) => match pulled {

@@ -51,7 +51,8 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
         }
         let free = slots.available_permits();
         let mut claimed_all = false;
-        if free > 0 {
+        // A store that takes no writes: claim nothing until the probe sees it back.
+        if free > 0 && ap.may_claim() {
             let claim = {
                 let ap = ap.clone();
                 tokio::task::spawn_blocking(move || {

@@ -20,14 +20,18 @@
 //! * **`failed`** — an outbound message failed for good; `error` carries the ebMS error
 //!   (EBMS:0301 after the last retry is reported this way).
 //!
-//! Delivery is **at least once per instance lifetime**: a notification is retried until the
-//! backend answers 2xx or the attempts run out, so the backend may see the same
-//! notification more than once (the `X-Varti-Delivery` id is the same across retries of one
-//! notification, to let it drop repeats). Retries live in memory only: if the process stops
-//! (or gives up) between marking a message delivered and a 2xx answer, the message stays
-//! *delivered* in the store without the backend having heard of it. The backend's periodic
-//! listing through the API is what catches those; a backend that relies on webhooks alone
-//! can miss messages.
+//! Delivery is **at least once, across instances** (issue 18): the store writes each
+//! message event to its outbox in the same transaction as the state change it reports
+//! ([`varti_store::OutboxEvent`]). The instance that announced the change claims the event
+//! with a lease ([`WebhookOptions::outbox_lease`], extended to cover each retry's wait) and
+//! removes it once the backend answered 2xx or the attempts ran out; a sweep
+//! ([`WebhookOptions::outbox_sweep`]) claims the events nobody is delivering (their
+//! instance died mid-flight, or an announcement was missed or dropped), so the other
+//! instance of a pair delivers them. The `X-Varti-Delivery` id of an outbox event is its
+//! event id, the same on every attempt from any instance: the backend drops repeats by it.
+//! A received message claimed by a takeover is notified even though the dead instance had
+//! already marked it delivered. Events announced without an outbox entry (feature notices,
+//! events of messages the store does not hold) are retried in memory only.
 //!
 //! # The request
 //!
@@ -80,6 +84,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use varti_store::{OutboxClaim, OutboxEvent};
 
 use crate::access_point::{AccessPoint, MessageEvent};
 use crate::https::{error_chain, https_client, HttpsClient, HttpsOptions};
@@ -142,6 +148,13 @@ pub struct WebhookOptions {
     pub max_pending: usize,
     /// CA certificates for `https://` webhook servers; `None`: the operating system's.
     pub trusted_cas: Option<Vec<CertificateDer<'static>>>,
+    /// How long an outbox event claimed by this instance stays leased to it (extended
+    /// to cover each retry's wait); if the instance dies, another one delivers the event
+    /// after this. Also how long an event nobody claimed waits before a sweep takes it.
+    /// Default 60 s (`[webhooks] lease_secs`).
+    pub outbox_lease: Duration,
+    /// How often the outbox is swept for events nobody is delivering. Default 5 s.
+    pub outbox_sweep: Duration,
 }
 
 impl Default for WebhookOptions {
@@ -154,6 +167,8 @@ impl Default for WebhookOptions {
             concurrency: 8,
             max_pending: 10_000,
             trusted_cas: None,
+            outbox_lease: Duration::from_secs(60),
+            outbox_sweep: Duration::from_secs(5),
         }
     }
 }
@@ -194,10 +209,35 @@ impl Notification {
         }
     }
 
+    /// The notification of an outbox event (its `at` is when the change happened).
+    pub(crate) fn of_outbox(event: &OutboxEvent) -> Notification {
+        Notification {
+            event: static_kind(&event.kind),
+            message_id: event.message_id.clone(),
+            owner: event.owner.clone(),
+            error: event.error.clone(),
+            at: event
+                .at
+                .to_offset(time::UtcOffset::UTC)
+                .format(&Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+
     /// The request body (compact JSON).
     pub(crate) fn to_body(&self) -> Vec<u8> {
         // Serialising a struct of strings cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The event name of an outbox event's kind.
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
+        "received" => "received",
+        "sent" => "sent",
+        "failed" => "failed",
+        _ => "unknown",
     }
 }
 
@@ -361,6 +401,12 @@ struct Outgoing {
     /// The body, made when the notification is sent (a message event's `at` is then).
     body: Option<Bytes>,
     event: Option<MessageEvent>,
+    /// Its outbox event, once claimed: the delivery id is the event id, and the event is
+    /// removed from the outbox when the backend answered (or the attempts ran out).
+    outbox: Option<OutboxEvent>,
+    /// Claimed by a sweep (its first deliverer died or never came): a received message
+    /// already marked delivered is notified all the same.
+    recovered: bool,
 }
 
 impl Outgoing {
@@ -373,6 +419,22 @@ impl Outgoing {
                 .then(|| event.message_id().to_owned()),
             body: None,
             event: Some(event),
+            outbox: None,
+            recovered: false,
+        }
+    }
+
+    fn of_outbox(event: OutboxEvent) -> Outgoing {
+        let kind = static_kind(&event.kind);
+        Outgoing {
+            owner: event.owner.clone(),
+            kind,
+            subject: event.message_id.clone(),
+            delivers: (kind == "received").then(|| event.message_id.clone()),
+            body: None,
+            event: None,
+            outbox: Some(event),
+            recovered: true,
         }
     }
 
@@ -384,6 +446,8 @@ impl Outgoing {
             delivers: None,
             body: Some(Bytes::from(notice.body)),
             event: None,
+            outbox: None,
+            recovered: false,
         }
     }
 }
@@ -461,6 +525,9 @@ impl Dispatcher {
             );
         }
         let tasks = TaskTracker::new();
+        // The sweep: events nobody is delivering (their instance died, an announcement was
+        // missed or dropped), and those of backends without a webhook (removed).
+        tasks.spawn(sweep(self.inner.clone(), tasks.clone(), token.clone()));
         loop {
             let next = tokio::select! {
                 _ = token.cancelled() => break,
@@ -468,11 +535,11 @@ impl Dispatcher {
                 notice = self.notices.recv() => notice.map(Outgoing::of_notice),
             };
             match next {
-                Ok(outgoing) => self.dispatch(outgoing, &tasks, &token),
+                Ok(outgoing) => dispatch(&self.inner, outgoing, &tasks, &token),
                 Err(RecvError::Lagged(missed)) => tracing::warn!(
                     missed,
-                    "the webhook dispatcher fell behind and missed {missed} event(s); those \
-                     backends were not notified (their API listing still shows the messages)"
+                    "the webhook dispatcher fell behind and missed {missed} event(s); the \
+                     outbox sweep delivers them later"
                 ),
                 Err(RecvError::Closed) => break,
             }
@@ -480,58 +547,125 @@ impl Dispatcher {
         tasks.close();
         tasks.wait().await;
     }
+}
 
-    /// Starts the notification as its own task (never waits for it).
-    fn dispatch(&self, event: Outgoing, tasks: &TaskTracker, token: &CancellationToken) {
-        let Some(hook) = self.inner.hooks.get(&event.owner) else {
-            return;
-        };
-        let pending = hook.pending.fetch_add(1, Ordering::SeqCst);
-        if pending >= self.inner.options.max_pending {
-            hook.pending.fetch_sub(1, Ordering::SeqCst);
-            tracing::error!(
-                message_id = %event.subject,
-                owner = %event.owner,
-                event = event.kind,
-                pending,
-                "too many webhook notifications pending; this one is dropped (is the backend \
-                 down? its API listing still shows the message)"
-            );
-            let _ = self.inner.reports.send(Report {
-                owner: event.owner,
-                event: event.kind,
-                subject: event.subject,
-                ending: Ending::Dropped,
-            });
-            return;
+/// Most outbox events one sweep claims.
+const SWEEP_BATCH: usize = 256;
+
+/// Claims the outbox events nobody is delivering, every `outbox_sweep`, until `token` is
+/// cancelled. A store that cannot be reached is tried again at the next sweep.
+async fn sweep(inner: Arc<Inner>, tasks: TaskTracker, token: CancellationToken) {
+    let mut tick = tokio::time::interval(inner.options.outbox_sweep.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
         }
-        let inner = self.inner.clone();
-        let token = token.clone();
-        tasks.spawn(async move {
-            let (owner, event_name, subject) =
-                (event.owner.clone(), event.kind, event.subject.clone());
-            let ending = inner.deliver(event, &token).await;
-            if let Some(hook) = inner.hooks.get(&owner) {
-                hook.pending.fetch_sub(1, Ordering::SeqCst);
+        if !inner.ap.may_claim() {
+            continue;
+        }
+        let ap = inner.ap.clone();
+        let lease = inner.options.outbox_lease;
+        let claimed = tokio::task::spawn_blocking(move || {
+            ap.store
+                .claim_outbox_due(&ap.instance, lease, lease, SWEEP_BATCH, ap.clock.now())
+        })
+        .await;
+        let events = match claimed {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot sweep the webhook outbox; trying again later");
+                continue;
             }
-            let _ = inner.reports.send(Report {
-                owner,
-                event: event_name,
-                subject,
-                ending,
-            });
-        });
+            Err(e) => {
+                tracing::error!(error = %e, "the webhook outbox sweep failed");
+                continue;
+            }
+        };
+        for event in events {
+            tracing::info!(
+                message_id = %event.message_id,
+                event = %event.kind,
+                delivery = %event.event_id,
+                "webhook event taken over from the outbox"
+            );
+            dispatch(&inner, Outgoing::of_outbox(event), &tasks, &token);
+        }
     }
+}
+
+/// Starts the notification as its own task (never waits for it).
+fn dispatch(inner: &Arc<Inner>, event: Outgoing, tasks: &TaskTracker, token: &CancellationToken) {
+    let Some(hook) = inner.hooks.get(&event.owner) else {
+        if let Some(claimed) = event.outbox {
+            // Nobody to notify: the event is done.
+            let inner = inner.clone();
+            tasks.spawn(async move { inner.complete(&claimed).await });
+        }
+        return;
+    };
+    let pending = hook.pending.fetch_add(1, Ordering::SeqCst);
+    if pending >= inner.options.max_pending {
+        hook.pending.fetch_sub(1, Ordering::SeqCst);
+        tracing::error!(
+            message_id = %event.subject,
+            owner = %event.owner,
+            event = event.kind,
+            pending,
+            "too many webhook notifications pending; this one waits in the outbox (is the \
+             backend down?)"
+        );
+        let _ = inner.reports.send(Report {
+            owner: event.owner,
+            event: event.kind,
+            subject: event.subject,
+            ending: Ending::Dropped,
+        });
+        return;
+    }
+    let inner = inner.clone();
+    let token = token.clone();
+    tasks.spawn(async move {
+        let (owner, event_name, subject) = (event.owner.clone(), event.kind, event.subject.clone());
+        let ending = inner.deliver(event, &token).await;
+        if let Some(hook) = inner.hooks.get(&owner) {
+            hook.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        let _ = inner.reports.send(Report {
+            owner,
+            event: event_name,
+            subject,
+            ending,
+        });
+    });
 }
 
 impl Inner {
     /// Delivers one notification: marks a received message delivered first, then posts
     /// and retries. Says how it ended.
-    async fn deliver(&self, event: Outgoing, token: &CancellationToken) -> Ending {
+    async fn deliver(&self, mut event: Outgoing, token: &CancellationToken) -> Ending {
         let Some(hook) = self.hooks.get(&event.owner) else {
             return Ending::NoWebhook;
         };
         let message_id = event.subject.clone();
+        if let (None, Some(announced)) = (&event.outbox, &event.event) {
+            // An announced change: its outbox event, which the store wrote with it.
+            match self.claim(announced).await {
+                Some(OutboxClaim::Claimed(claimed)) => event.outbox = Some(claimed),
+                Some(OutboxClaim::Busy) => {
+                    tracing::debug!(
+                        message_id,
+                        event = event.kind,
+                        "another delivery of this event is under way (a duplicate \
+                         announcement, or another instance); not notified again"
+                    );
+                    return Ending::AlreadyDelivered;
+                }
+                // No outbox event (or the store cannot tell): notified as announced.
+                Some(OutboxClaim::Absent) | None => {}
+            }
+        }
         if event.delivers.is_some() {
             let store = self.ap.store.clone();
             let id = message_id.clone();
@@ -539,7 +673,13 @@ impl Inner {
             let marked = tokio::task::spawn_blocking(move || store.mark_delivered(&id, now)).await;
             match marked {
                 Ok(Ok(true)) => {}
+                Ok(Ok(false)) if event.recovered => {
+                    // Marked by an instance that died before the backend answered.
+                }
                 Ok(Ok(false)) => {
+                    if let Some(claimed) = &event.outbox {
+                        self.complete(claimed).await;
+                    }
                     tracing::debug!(
                         message_id,
                         "already delivered (a duplicate event, or another instance); not notified again"
@@ -556,13 +696,21 @@ impl Inner {
                 }
             }
         }
-        let body = match (event.body, &event.event) {
-            (Some(body), _) => body,
-            (None, Some(e)) => Bytes::from(Notification::new(e, self.ap.clock.now()).to_body()),
-            (None, None) => return Ending::NoWebhook,
+        let body = match (event.body, &event.outbox, &event.event) {
+            (Some(body), _, _) => body,
+            (None, Some(claimed), _) => Bytes::from(Notification::of_outbox(claimed).to_body()),
+            (None, None, Some(e)) => {
+                Bytes::from(Notification::new(e, self.ap.clock.now()).to_body())
+            }
+            (None, None, None) => return Ending::NoWebhook,
         };
         let signature = signature(&hook.secret, &body);
-        let delivery = uuid::Uuid::new_v4().to_string();
+        // An outbox event's id is its delivery id, the same from any instance.
+        let delivery = event
+            .outbox
+            .as_ref()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |e| e.event_id.clone());
+        let outbox = event.outbox;
         let kind = event.kind;
         let max = self.options.max_attempts.max(1);
         for attempt in 1..=max {
@@ -586,6 +734,9 @@ impl Inner {
                         attempt,
                         "backend notified"
                     );
+                    if let Some(claimed) = &outbox {
+                        self.complete(claimed).await;
+                    }
                     return Ending::Delivered { attempts: attempt };
                 }
                 Ok(status) => format!("the backend answered HTTP {status}"),
@@ -601,6 +752,9 @@ impl Inner {
                     url = %hook.uri,
                     "webhook failed; giving up (the backend's API listing still shows the message)"
                 );
+                if let Some(claimed) = &outbox {
+                    self.complete(claimed).await;
+                }
                 return Ending::GaveUp { attempts: attempt };
             }
             let delay = backoff(self.options.retry_base, self.options.max_delay, attempt);
@@ -614,6 +768,11 @@ impl Inner {
                 retry_in = ?delay,
                 "webhook failed; will retry"
             );
+            if let Some(claimed) = &outbox {
+                // The lease covers the wait and the next attempt, so no other instance
+                // takes the event over meanwhile.
+                self.extend(claimed, delay).await;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = token.cancelled() => {
@@ -623,6 +782,70 @@ impl Inner {
             }
         }
         Ending::GaveUp { attempts: max }
+    }
+
+    /// Claims the outbox event of an announced change for this instance. `None` when the
+    /// store cannot be reached (logged).
+    async fn claim(&self, announced: &MessageEvent) -> Option<OutboxClaim> {
+        let ap = self.ap.clone();
+        let (id, kind) = (announced.message_id().to_owned(), announced.kind());
+        let lease = self.options.outbox_lease;
+        let claimed = tokio::task::spawn_blocking(move || {
+            ap.store
+                .claim_outbox_event(&id, kind, &ap.instance, lease, ap.clock.now())
+        })
+        .await;
+        match claimed {
+            Ok(Ok(claim)) => Some(claim),
+            Ok(Err(e)) => {
+                tracing::warn!(message_id = announced.message_id(), error = %e, "cannot claim the webhook event in the outbox; notifying without it");
+                None
+            }
+            Err(e) => {
+                tracing::error!(message_id = announced.message_id(), error = %e, "the outbox claim task failed");
+                None
+            }
+        }
+    }
+
+    /// Extends this instance's lease on `event` to cover `wait` and one more lease.
+    async fn extend(&self, event: &OutboxEvent, wait: Duration) {
+        let ap = self.ap.clone();
+        let id = event.event_id.clone();
+        let until = self.ap.clock.now() + wait + self.options.outbox_lease;
+        let extended = tokio::task::spawn_blocking(move || {
+            ap.store.extend_outbox_lease(&id, &ap.instance, until)
+        })
+        .await;
+        match extended {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(message_id = %event.message_id, delivery = %event.event_id, "the webhook event's lease was lost; another instance may deliver it too")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(message_id = %event.message_id, error = %e, "cannot extend the webhook event's lease")
+            }
+            Err(e) => {
+                tracing::error!(message_id = %event.message_id, error = %e, "the lease task failed")
+            }
+        }
+    }
+
+    /// Removes `event` from the outbox: nothing more will be done about it. If the store
+    /// cannot be reached, the event stays and is delivered once more later (at least once).
+    async fn complete(&self, event: &OutboxEvent) {
+        let ap = self.ap.clone();
+        let id = event.event_id.clone();
+        let done = tokio::task::spawn_blocking(move || ap.store.complete_outbox_event(&id)).await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(message_id = %event.message_id, delivery = %event.event_id, error = %e, "cannot remove the webhook event from the outbox; it will be delivered again")
+            }
+            Err(e) => {
+                tracing::error!(message_id = %event.message_id, error = %e, "the outbox task failed")
+            }
+        }
     }
 
     /// One attempt: the status, or what went wrong.

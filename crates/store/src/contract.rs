@@ -1832,6 +1832,138 @@ pub fn console_users_and_sessions<S: Store>(store: S) {
     assert!(!store.remove_console_user("bob").unwrap());
     assert_eq!(store.console_session("s4").unwrap(), None);
     assert_eq!(store.console_user("bob").unwrap(), None);
+/// The webhook outbox (issue 18): a state change writes its event in the same step; the
+/// announcing instance claims it; another claims it only after the lease ran out (or, never
+/// claimed, after the grace); a message's events come out in order; completed events go.
+pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) {
+    use crate::OutboxClaim;
+    let lease = Duration::from_secs(30);
+    let kinds = |events: &[crate::OutboxEvent]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| (e.message_id.clone(), e.kind.clone()))
+            .collect()
+    };
+    assert_eq!(store.outbox_depth().unwrap(), 0);
+    store
+        .insert_inbound(inbound("in@them", "portal", b"r"), at(0))
+        .unwrap();
+    // A duplicate writes nothing more.
+    store
+        .insert_inbound(inbound("in@them", "portal", b"r"), at(1))
+        .unwrap();
+    assert_eq!(
+        store.outbox_depth().unwrap(),
+        1,
+        "one event per received message"
+    );
+    let claimed = match store
+        .claim_outbox_event("in@them", "received", "node-a", lease, at(2))
+        .unwrap()
+    {
+        OutboxClaim::Claimed(e) => e,
+        other => panic!("the announcing instance claims the event, got {other:?}"),
+    };
+    assert_eq!(claimed.kind, "received");
+    assert_eq!(claimed.owner, "portal");
+    assert_eq!(
+        store
+            .claim_outbox_event("in@them", "received", "node-b", lease, at(3))
+            .unwrap(),
+        OutboxClaim::Busy,
+        "leased to node-a"
+    );
+    assert!(store
+        .claim_outbox_due("node-b", lease, lease, 10, at(31))
+        .unwrap()
+        .is_empty());
+    // node-a dies; its lease runs out and node-b takes the event, same id.
+    let taken = store
+        .claim_outbox_due("node-b", lease, lease, 10, at(32))
+        .unwrap();
+    assert_eq!(taken, vec![claimed.clone()]);
+    assert!(
+        !store
+            .extend_outbox_lease(&claimed.event_id, "node-a", at(100))
+            .unwrap(),
+        "the old holder lost it"
+    );
+    assert!(store
+        .extend_outbox_lease(&claimed.event_id, "node-b", at(100))
+        .unwrap());
+    assert!(store
+        .claim_outbox_due("node-c", lease, lease, 10, at(99))
+        .unwrap()
+        .is_empty());
+    store.complete_outbox_event(&claimed.event_id).unwrap();
+    store.complete_outbox_event(&claimed.event_id).unwrap();
+    assert_eq!(
+        store
+            .claim_outbox_event("in@them", "received", "node-a", lease, at(101))
+            .unwrap(),
+        OutboxClaim::Absent
+    );
+
+    // Outbound: failed, resent, acknowledged: two events, in order.
+    store
+        .insert_outbound(outbound("out@us", "portal", at(0)), at(0))
+        .unwrap();
+    assert_eq!(
+        store.outbox_depth().unwrap(),
+        0,
+        "a submission is not an event"
+    );
+    store.claim_due("node-a", lease, 1, at(200)).unwrap();
+    store
+        .record_attempt(
+            "out@us",
+            "node-a",
+            AttemptOutcome::Failed {
+                error: "EBMS:0301 MissingReceipt".into(),
+            },
+            at(201),
+        )
+        .unwrap();
+    store
+        .transition("out@us", State::Failed, Event::Resend, at(202))
+        .unwrap();
+    store.claim_due("node-a", lease, 1, at(203)).unwrap();
+    store
+        .record_attempt(
+            "out@us",
+            "node-a",
+            AttemptOutcome::Acknowledged {
+                receipt: b"receipt".to_vec(),
+            },
+            at(204),
+        )
+        .unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 2);
+    assert_eq!(
+        store
+            .claim_outbox_event("out@us", "sent", "node-a", lease, at(205))
+            .unwrap(),
+        OutboxClaim::Busy,
+        "`sent` waits for the earlier `failed`"
+    );
+    // Never claimed: a sweep takes them once the grace has passed, one per message.
+    assert!(store
+        .claim_outbox_due("node-b", lease, lease, 10, at(220))
+        .unwrap()
+        .is_empty());
+    let first = store
+        .claim_outbox_due("node-b", lease, lease, 10, at(240))
+        .unwrap();
+    assert_eq!(kinds(&first), [("out@us".to_owned(), "failed".to_owned())]);
+    assert_eq!(first[0].error.as_deref(), Some("EBMS:0301 MissingReceipt"));
+    store.complete_outbox_event(&first[0].event_id).unwrap();
+    let second = store
+        .claim_outbox_due("node-b", lease, lease, 10, at(241))
+        .unwrap();
+    assert_eq!(kinds(&second), [("out@us".to_owned(), "sent".to_owned())]);
+    assert_ne!(second[0].event_id, first[0].event_id);
+    store.complete_outbox_event(&second[0].event_id).unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 0);
 }
 
 /// Declares one `#[test]` per contract function for a store factory: an expression callable
@@ -1865,6 +1997,7 @@ macro_rules! store_contract_tests {
             audit_trail_orders_and_pages,
             concurrent_audit_appends_are_all_kept,
             console_users_and_sessions,
+            outbox_events_are_written_with_the_change_and_leased,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {

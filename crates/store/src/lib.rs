@@ -42,6 +42,7 @@
 mod audit;
 mod backup;
 mod console;
+mod outbox;
 mod payload;
 pub mod postgres;
 mod record;
@@ -63,6 +64,7 @@ pub use audit::{
 };
 pub use backup::{restore_backup, BackupSummary};
 pub use console::{ConsoleSession, ConsoleUser};
+pub use outbox::{OutboxClaim, OutboxEvent};
 pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
@@ -395,6 +397,56 @@ pub trait Store: Send + Sync {
         idle_before: OffsetDateTime,
         created_before: OffsetDateTime,
     ) -> Result<usize, StoreError>;
+    // --- Two data centres (issue 18): the webhook outbox (see [`OutboxEvent`]). ---
+
+    /// Claims the pending outbox event `kind` of `message_id` for `holder` until
+    /// `now + lease_for`: what the instance that made the change does right after it.
+    /// [`OutboxClaim::Busy`] when someone else holds it (or an earlier event of the message
+    /// is still pending), [`OutboxClaim::Absent`] when there is none.
+    fn claim_outbox_event(
+        &self,
+        message_id: &str,
+        kind: &str,
+        holder: &str,
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<OutboxClaim, StoreError>;
+
+    /// Claims up to `limit` outbox events nobody is delivering, oldest first, for `holder`
+    /// until `now + lease_for`: those never claimed though written more than `unclaimed_for`
+    /// ago (their instance died before announcing them), and those whose lease expired
+    /// (their deliverer died). An event waits while an earlier event of its message is
+    /// pending. Two concurrent claimers never get the same event while its lease is valid.
+    fn claim_outbox_due(
+        &self,
+        holder: &str,
+        lease_for: Duration,
+        unclaimed_for: Duration,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Extends `holder`'s lease on the event `event_id` to `until` (before a retry, so the
+    /// lease covers the wait). `false` when the event is gone or leased to someone else.
+    fn extend_outbox_lease(
+        &self,
+        event_id: &str,
+        holder: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the event `event_id` from the outbox: it was delivered (or given up on).
+    /// Removing an event that is gone is not an error.
+    fn complete_outbox_event(&self, event_id: &str) -> Result<(), StoreError>;
+
+    /// How many events are pending in the outbox (a gauge for operators and tests).
+    fn outbox_depth(&self) -> Result<u64, StoreError>;
+
+    /// Writes and commits a small record that `instance` is alive at `now`: proves the
+    /// store takes writes (a read-only standby, an unreachable primary or a primary whose
+    /// synchronous standby is cut off fails or hangs here). The readiness probe calls it
+    /// under a timeout.
+    fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError>;
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).

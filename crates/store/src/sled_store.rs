@@ -51,6 +51,7 @@
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, NewAuditEntry};
 use crate::console::{ConsoleSession, ConsoleUser};
+use crate::outbox::{self, OutboxClaim, OutboxEvent, StoredEvent};
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::{validate_id, MessageRecord, MAX_PREFIX_MATCHES};
 use crate::sidecar::Sidecars;
@@ -113,7 +114,10 @@ const REGULAR: usize = 12;
 const TEST: usize = 13;
 /// The store's own markers (not an index).
 const META: usize = 14;
-const TREE_NAMES: [&str; 15] = [
+/// The webhook outbox (issue 18): `message_id 0x00 seq` → [`StoredEvent`] (JSON). Data of
+/// its own, not an index: not rebuilt from records.
+const OUTBOX: usize = 15;
+const TREE_NAMES: [&str; 16] = [
     "records",
     "due",
     "created",
@@ -129,6 +133,7 @@ const TREE_NAMES: [&str; 15] = [
     "regular",
     "test",
     "meta",
+    "outbox",
 ];
 
 /// The `meta` key set once the search indexes cover every record, and its value.
@@ -174,6 +179,9 @@ pub struct SledStore {
     console_users: sled::Tree,
     /// The console's sessions.
     console_sessions: sled::Tree,
+    /// Held while outbox events are claimed, extended or removed (claims are
+    /// read-check-write).
+    outbox_lock: Mutex<()>,
 }
 
 /// How many locks order sidecar writes (messages hash onto them; only messages sharing
@@ -246,6 +254,7 @@ impl SledStore {
             audit_append: Mutex::new(()),
             console_users,
             console_sessions,
+            outbox_lock: Mutex::new(()),
         };
         store.build_search_indexes()?;
         Ok(store)
@@ -449,6 +458,23 @@ impl SledStore {
                 };
                 write_record(trees, id, old.as_ref(), new.as_ref())
                     .map_err(TxError::into_conflictable)?;
+                if let Some(event) = new
+                    .as_ref()
+                    .and_then(|n| outbox::new_event(old.as_ref().map(|o| o.state), n))
+                {
+                    let seq = trees[OUTBOX].generate_id()?;
+                    let stored = StoredEvent {
+                        event,
+                        holder: None,
+                        lease_until: None,
+                    };
+                    let bytes = serde_json::to_vec(&stored).map_err(|e| {
+                        ConflictableTransactionError::Abort(StoreError::Database(format!(
+                            "cannot encode an outbox event: {e}"
+                        )))
+                    })?;
+                    trees[OUTBOX].insert(outbox_key(id, seq), bytes)?;
+                }
                 Ok((Some(new), out))
             })
             .map_err(|e| match e {
@@ -1199,6 +1225,157 @@ fn console_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 fn console_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("a console record: {e}")))
+    // --- Two data centres (issue 18): the webhook outbox. ---
+
+    fn claim_outbox_event(
+        &self,
+        message_id: &str,
+        kind: &str,
+        holder: &str,
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<OutboxClaim, StoreError> {
+        let _lock = self
+            .outbox_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tree = &self.trees[OUTBOX];
+        let mut prefix = message_id.as_bytes().to_vec();
+        prefix.push(0);
+        // The message's events, oldest first: only the first pending one may be claimed.
+        let Some(item) = tree.scan_prefix(&prefix).next() else {
+            return Ok(OutboxClaim::Absent);
+        };
+        let (key, bytes) = item.map_err(db_error)?;
+        let mut stored = decode_event(&bytes)?;
+        if stored.event.kind != kind || !stored.claimable(now) {
+            return Ok(OutboxClaim::Busy);
+        }
+        stored.holder = Some(holder.to_owned());
+        stored.lease_until = Some(now + lease_for);
+        tree.insert(key, encode_event(&stored)?).map_err(db_error)?;
+        Ok(OutboxClaim::Claimed(stored.event))
+    }
+
+    fn claim_outbox_due(
+        &self,
+        holder: &str,
+        lease_for: Duration,
+        unclaimed_for: Duration,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let _lock = self
+            .outbox_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tree = &self.trees[OUTBOX];
+        let unclaimed_before = now - unclaimed_for;
+        let mut candidates = Vec::new();
+        let mut last_message: Option<Vec<u8>> = None;
+        for item in tree.iter() {
+            let (key, bytes) = item.map_err(db_error)?;
+            let message = key.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+            if last_message.as_ref() == Some(&message) {
+                // Not the message's first pending event: it waits for the earlier one.
+                continue;
+            }
+            last_message = Some(message);
+            let stored = decode_event(&bytes)?;
+            if stored.due(now, unclaimed_before) {
+                candidates.push((key, stored));
+            }
+        }
+        candidates.sort_by_key(|c| c.1.event.at);
+        candidates.truncate(limit);
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (key, mut stored) in candidates {
+            stored.holder = Some(holder.to_owned());
+            stored.lease_until = Some(now + lease_for);
+            tree.insert(key, encode_event(&stored)?).map_err(db_error)?;
+            claimed.push(stored.event);
+        }
+        Ok(claimed)
+    }
+
+    fn extend_outbox_lease(
+        &self,
+        event_id: &str,
+        holder: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let _lock = self
+            .outbox_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tree = &self.trees[OUTBOX];
+        let Some((key, mut stored)) = self.find_event(event_id)? else {
+            return Ok(false);
+        };
+        if stored.holder.as_deref() != Some(holder) {
+            return Ok(false);
+        }
+        stored.lease_until = Some(until);
+        tree.insert(key, encode_event(&stored)?).map_err(db_error)?;
+        Ok(true)
+    }
+
+    fn complete_outbox_event(&self, event_id: &str) -> Result<(), StoreError> {
+        let _lock = self
+            .outbox_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((key, _)) = self.find_event(event_id)? {
+            self.trees[OUTBOX].remove(key).map_err(db_error)?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn outbox_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.trees[OUTBOX].len() as u64)
+    }
+
+    fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let mut key = b"probe:".to_vec();
+        key.extend_from_slice(instance.as_bytes());
+        self.trees[META].insert(key, &ts(now)).map_err(db_error)?;
+        self.flush()
+    }
+}
+
+impl SledStore {
+    /// The outbox entry of `event_id` (a scan: the outbox holds only pending events).
+    fn find_event(&self, event_id: &str) -> Result<Option<(sled::IVec, StoredEvent)>, StoreError> {
+        for item in self.trees[OUTBOX].iter() {
+            let (key, bytes) = item.map_err(db_error)?;
+            let stored = decode_event(&bytes)?;
+            if stored.event.event_id == event_id {
+                return Ok(Some((key, stored)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The outbox key of event number `seq` of message `id`: the message's events sort
+/// together, oldest first.
+fn outbox_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 9);
+    key.extend_from_slice(id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn encode_event(stored: &StoredEvent) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(stored)
+        .map_err(|e| StoreError::Database(format!("cannot encode an outbox event: {e}")))
+}
+
+fn decode_event(bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Database(format!("an outbox event cannot be read: {e}")))
 }
 
 /// Group commit: concurrent callers that need their writes durable share fsyncs.

@@ -334,7 +334,11 @@ fn trees_of_other_features_are_carried_along() {
     );
     let recovered = dir.path().join("recovered");
     let report = recover_store(dir.path(), &recovered, now()).unwrap();
-    assert_eq!(report.other_trees, vec!["audit".to_owned()]);
+    // The webhook outbox (issue 18) is data of its own too: its pending events survive.
+    assert_eq!(
+        report.other_trees,
+        vec!["audit".to_owned(), "outbox".to_owned()]
+    );
     assert_eq!(
         read_audit(&recovered).as_deref(),
         Some(&b"operator purged nothing"[..])

@@ -95,6 +95,8 @@ pub struct Config {
     pub oots: OotsConfig,
     /// `[console]`: the operations console (`/console/`).
     pub console: varti_access_point::console::ConsoleConfig,
+    /// `[webhooks]`: the webhook outbox's lease (issue 18).
+    pub webhooks: WebhooksConfig,
 }
 
 /// The backend API: HTTP/JSON for the systems behind the access point.
@@ -106,6 +108,23 @@ pub struct BackendConfig {
     pub listen: SocketAddr,
     /// The backends allowed to use the API.
     pub clients: Vec<BackendClient>,
+}
+
+/// `[webhooks]`: how webhook events (kept in the store's outbox) are shared between the
+/// instances of a pair.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Seconds a webhook event being delivered stays leased to this instance (the lease
+    /// covers each retry's wait): if the instance dies, another instance sharing the store
+    /// delivers the event after this, with the same event id. Default 60.
+    pub lease_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig { lease_secs: 60 }
+    }
 }
 
 /// One backend system.
@@ -233,6 +252,7 @@ impl Default for Config {
             preview: PreviewConfig::default(),
             oots: OotsConfig::default(),
             console: Default::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -400,6 +420,7 @@ impl Config {
             ("limits.max_connections", self.limits.max_connections as u64),
             ("sender.poll_interval_ms", self.sender.poll_interval_ms),
             ("sender.lease_secs", self.sender.lease_secs),
+            ("webhooks.lease_secs", self.webhooks.lease_secs),
             ("sender.concurrency", self.sender.concurrency as u64),
             (
                 "client.max_response_bytes",

@@ -98,6 +98,15 @@ pub fn ready(readiness: &Readiness) -> Response<Body> {
     text_response(status, readiness.report())
 }
 
+/// `/ready` on a listener partners reach: 200 or 503, without the conditions' details.
+pub(crate) fn ready_status(ready: bool) -> Response<Body> {
+    if ready {
+        text_response(StatusCode::OK, "ready\n")
+    } else {
+        text_response(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,5 +6,6 @@
 mod health;
 mod metrics;
 
+pub(crate) use health::ready_status;
 pub use health::{health, ready, Readiness};
 pub use metrics::{cert_expiry_days, metrics, CertExpiryError, Direction, Metrics, Outcome};

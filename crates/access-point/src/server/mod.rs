@@ -149,6 +149,8 @@ pub struct MshRoutes {
     handler: Arc<dyn MshHandler>,
     max_body: u64,
     metrics: Arc<Metrics>,
+    /// Answers `GET /ready` (status only) when set.
+    readiness: Option<Readiness>,
 }
 
 impl MshRoutes {
@@ -158,7 +160,16 @@ impl MshRoutes {
             handler,
             max_body,
             metrics,
+            readiness: None,
         }
+    }
+
+    /// Also answers `GET /ready` with 200 or 503 (no body detail: partners reach this
+    /// listener), so a TCP load balancer in front of the MSH listeners drains an instance
+    /// that is not ready (its store takes no writes) and takes it back when it is.
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 }
 
@@ -167,6 +178,7 @@ impl Routes for MshRoutes {
         let handler = self.handler.clone();
         let max_body = self.max_body;
         let metrics = self.metrics.clone();
+        let ready = self.readiness.as_ref().map(Readiness::is_ready);
         Box::pin(async move {
             let is_post = request.method() == Method::POST;
             let is_get = request.method() == Method::GET;
@@ -179,6 +191,9 @@ impl Routes for MshRoutes {
                 }
                 "/msh" => method_not_allowed("POST"),
                 "/health" if is_get => crate::ops::health(),
+                "/ready" if is_get && ready.is_some() => {
+                    crate::ops::ready_status(ready == Some(true))
+                }
                 _ => not_found(),
             }
         })

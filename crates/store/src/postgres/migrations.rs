@@ -49,10 +49,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "console",
         sql: include_str!("migrations/0006_console.sql"),
     },
+    Migration {
+        version: 7,
+        name: "two data centres",
+        sql: include_str!("migrations/0007_two_dc.sql"),
+    },
 ];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;

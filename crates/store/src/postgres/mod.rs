@@ -63,6 +63,7 @@ pub mod testing;
 pub use migrations::SCHEMA_VERSION;
 pub use payloads::{PgPayloadStore, CHUNK_SIZE};
 
+use crate::outbox::{self, OutboxClaim, OutboxEvent};
 use crate::payload::{PayloadRef, PayloadStore};
 use crate::record::{validate_id, HistoryEntry, Lease, MessageMeta, MessageRecord, MAX_HISTORY};
 use crate::state::{transition, Direction, Event, State};
@@ -262,6 +263,7 @@ impl PgStore {
             let decision = change(&mut loaded, attempt, op)?;
             if decision.write {
                 update_row(&mut tx, &loaded.record, before)?;
+                insert_outbox(&mut tx, outbox::new_event(Some(before), &loaded.record))?;
                 append_history(&mut tx, &loaded, decision.new_entries, op)?;
                 tx.commit()?;
             }
@@ -282,6 +284,7 @@ impl PgStore {
             // then the insert is simply tried again.
             for _ in 0..3 {
                 if insert_row(&mut tx, record, op)? {
+                    insert_outbox(&mut tx, outbox::new_event(None, record))?;
                     tx.commit()?;
                     return Ok(None);
                 }
@@ -955,6 +958,141 @@ impl Store for PgStore {
         created_before: OffsetDateTime,
     ) -> Result<usize, StoreError> {
         console::purge_sessions(&self.pool, idle_before, created_before)
+    // --- Two data centres (issue 18): the webhook outbox. ---
+
+    fn claim_outbox_event(
+        &self,
+        message_id: &str,
+        kind: &str,
+        holder: &str,
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<OutboxClaim, StoreError> {
+        validate_id("lease holder", holder, MAX_OWNER_LEN)?;
+        let now = micros(now);
+        let until = micros(now + lease_for);
+        self.pool.run("claiming a webhook event", |client, _| {
+            let mut tx = client.transaction()?;
+            // The message's oldest pending event: only it may be claimed (order per message).
+            let Some(row) = tx.query_opt(
+                "SELECT event_id, message_id, owner, kind, error, at, holder, lease_until, seq \
+                 FROM webhook_outbox WHERE message_id = $1 ORDER BY seq LIMIT 1 FOR UPDATE",
+                &[&message_id],
+            )?
+            else {
+                return Ok(OutboxClaim::Absent);
+            };
+            let event = outbox_from_row(&row);
+            let held_by: Option<String> = row.get(6);
+            let lease_until: Option<OffsetDateTime> = row.get(7);
+            if held_by.as_deref() == Some(holder) && lease_until == Some(until) {
+                // Our own claim, committed by an attempt whose answer was lost.
+                return Ok(OutboxClaim::Claimed(event));
+            }
+            if event.kind != kind || (held_by.is_some() && lease_until.is_none_or(|t| t > now)) {
+                return Ok(OutboxClaim::Busy);
+            }
+            tx.execute(
+                "UPDATE webhook_outbox SET holder = $2, lease_until = $3 WHERE seq = $1",
+                &[&row.get::<_, i64>(8), &holder, &until],
+            )?;
+            tx.commit()?;
+            Ok(OutboxClaim::Claimed(event))
+        })
+    }
+
+    fn claim_outbox_due(
+        &self,
+        holder: &str,
+        lease_for: Duration,
+        unclaimed_for: Duration,
+        limit: usize,
+        now: OffsetDateTime,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        validate_id("lease holder", holder, MAX_OWNER_LEN)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = micros(now);
+        let until = micros(now + lease_for);
+        let unclaimed_before = micros(now - unclaimed_for);
+        let limit = limit.min(MAX_PAGE_SIZE) as i64;
+        self.pool.run("claiming due webhook events", |client, _| {
+            let mut tx = client.transaction()?;
+            // SKIP LOCKED: an event another instance is claiming right now is not ours.
+            let rows = tx.query(
+                "SELECT o.event_id, o.message_id, o.owner, o.kind, o.error, o.at, o.seq \
+                 FROM webhook_outbox o \
+                 WHERE ((o.holder IS NULL AND o.at <= $2) \
+                        OR (o.holder IS NOT NULL AND o.lease_until <= $1)) \
+                   AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
+                        WHERE p.message_id = o.message_id AND p.seq < o.seq) \
+                 ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+                &[&now, &unclaimed_before, &limit],
+            )?;
+            let seqs: Vec<i64> = rows.iter().map(|r| r.get(6)).collect();
+            tx.execute(
+                "UPDATE webhook_outbox SET holder = $2, lease_until = $3 WHERE seq = ANY($1)",
+                &[&seqs, &holder, &until],
+            )?;
+            tx.commit()?;
+            Ok(rows.iter().map(outbox_from_row).collect())
+        })
+    }
+
+    fn extend_outbox_lease(
+        &self,
+        event_id: &str,
+        holder: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let Ok(event_id) = Uuid::parse_str(event_id) else {
+            return Ok(false);
+        };
+        let until = micros(until);
+        self.pool
+            .run("extending a webhook event's lease", |client, _| {
+                let n = client.execute(
+                "UPDATE webhook_outbox SET lease_until = $3 WHERE event_id = $1 AND holder = $2",
+                &[&event_id, &holder, &until],
+            )?;
+                Ok(n == 1)
+            })
+    }
+
+    fn complete_outbox_event(&self, event_id: &str) -> Result<(), StoreError> {
+        let Ok(event_id) = Uuid::parse_str(event_id) else {
+            return Ok(());
+        };
+        self.pool
+            .run("removing a delivered webhook event", |client, _| {
+                client.execute(
+                    "DELETE FROM webhook_outbox WHERE event_id = $1",
+                    &[&event_id],
+                )?;
+                Ok(())
+            })
+    }
+
+    fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let now = micros(now);
+        self.pool
+            .run("probing the store with a write", |client, _| {
+                // A commit: with synchronous replication it returns once the standby has it.
+                client.execute(
+                    "INSERT INTO instance_probes (instance, at) VALUES ($1, $2) \
+                 ON CONFLICT (instance) DO UPDATE SET at = excluded.at",
+                    &[&instance, &now],
+                )?;
+                Ok(())
+            })
+    }
+
+    fn outbox_depth(&self) -> Result<u64, StoreError> {
+        self.pool.run("counting webhook events", |client, _| {
+            let row = client.query_one("SELECT count(*) FROM webhook_outbox", &[])?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
     }
 }
 
@@ -1335,6 +1473,41 @@ fn append_history(
         )?;
     }
     Ok(())
+}
+
+/// Writes `event` (if any) to the webhook outbox, in the caller's transaction.
+fn insert_outbox(tx: &mut Transaction<'_>, event: Option<OutboxEvent>) -> Result<(), Fail> {
+    let Some(e) = event else {
+        return Ok(());
+    };
+    let event_id = Uuid::parse_str(&e.event_id)
+        .map_err(|err| StoreError::Database(format!("an outbox event id: {err}")))?;
+    tx.execute(
+        "INSERT INTO webhook_outbox (event_id, message_id, owner, kind, error, at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &event_id,
+            &e.message_id,
+            &e.owner,
+            &e.kind,
+            &e.error,
+            &micros(e.at),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The outbox event of a `webhook_outbox` row (columns event_id, message_id, owner, kind,
+/// error, at).
+fn outbox_from_row(row: &Row) -> OutboxEvent {
+    OutboxEvent {
+        event_id: row.get::<_, Uuid>(0).to_string(),
+        message_id: row.get(1),
+        owner: row.get(2),
+        kind: row.get(3),
+        error: row.get(4),
+        at: row.get(5),
+    }
 }
 
 /// Truncates to whole microseconds, PostgreSQL's resolution.

@@ -41,7 +41,9 @@ const EXPIRY_REFRESH: Duration = Duration::from_secs(6 * 3600);
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How often the store is probed for `/ready`, `varti_store_up` and `varti_queue_depth`.
-const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the store probe's write may take before the instance is not ready.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Log format on the command line.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -204,7 +206,17 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up audit task failed")?;
     }
     // Subscribes to the events at once, so none is missed before its task runs.
-    let webhooks = webhooks::Dispatcher::new(ap.clone(), webhooks::WebhookOptions::default())?;
+    let webhook_lease = secs(config.webhooks.lease_secs);
+    let webhooks = webhooks::Dispatcher::new(
+        ap.clone(),
+        webhooks::WebhookOptions {
+            outbox_lease: webhook_lease,
+            // A sweep a few times per lease, so a taken-over event waits little past it.
+            outbox_sweep: (webhook_lease / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            ..webhooks::WebhookOptions::default()
+        },
+    )?;
     readiness.set_ready("pmodes");
     let store_path = match config.store.kind {
         StoreKind::Sled => config.store_path().display().to_string(),
@@ -406,11 +418,14 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Only now: every service a feature consumes is claimed.
     let handler = Arc::new(Receiver::new(ap.clone()));
-    let routes = Arc::new(MshRoutes::new(
-        handler,
-        config.limits.max_request_body_bytes,
-        metrics.clone(),
-    ));
+    let routes = Arc::new(
+        MshRoutes::new(
+            handler,
+            config.limits.max_request_body_bytes,
+            metrics.clone(),
+        )
+        .with_readiness(readiness.clone()),
+    );
     tasks.spawn("msh-listener", msh.serve(routes, tasks.token(), grace));
     tasks.spawn(
         "backend-listener",
@@ -674,9 +689,12 @@ async fn scheduled_backups(
     }
 }
 
-/// Reads from the store every [`STORE_PROBE_INTERVAL`] (the send queue's length, for
-/// `varti_queue_depth`): a failure makes the instance not ready (the load balancer drains
-/// it) and sets `varti_store_up` to 0 until a probe succeeds again.
+/// Probes the store every [`STORE_PROBE_INTERVAL`]: a write that must commit within
+/// [`STORE_PROBE_TIMEOUT`] (a read-only standby, an unreachable primary, or a primary whose
+/// synchronous standby is cut off fails it), then the send queue's length for
+/// `varti_queue_depth`. A failure makes the instance not ready (the load balancer drains
+/// it), sets `varti_store_up` to 0 and stops this instance claiming work (sending, pulling,
+/// webhook takeovers) until a probe succeeds again; then it comes back by itself.
 async fn store_probe(
     ap: Arc<AccessPoint>,
     readiness: Readiness,
@@ -692,31 +710,46 @@ async fn store_probe(
             _ = interval.tick() => {}
         }
         let probe = ap.clone();
-        // Counting the send queue reads the store through its index of outbound work: a
-        // cheap probe, and the figure `varti_queue_depth` reports.
-        let outcome = tokio::task::spawn_blocking(move || probe.store.queue_depth()).await;
+        // The write first (what every acknowledgement needs), then counting the send queue
+        // through its index of outbound work: the figure `varti_queue_depth` reports.
+        let outcome = tokio::time::timeout(
+            STORE_PROBE_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                probe
+                    .store
+                    .probe_writable(&probe.instance, probe.clock.now())?;
+                probe.store.queue_depth()
+            }),
+        )
+        .await;
         let error = match outcome {
-            Ok(Ok(depth)) => {
+            Ok(Ok(Ok(depth))) => {
                 metrics.set_queue_depth(depth);
                 None
             }
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(format!("the probe task failed: {e}")),
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(e)) => Some(format!("the probe task failed: {e}")),
+            Err(_) => Some(format!(
+                "a write did not commit within {STORE_PROBE_TIMEOUT:?} (is the primary \
+                 reachable, and its synchronous standby?)"
+            )),
         };
         metrics.set_store_up(error.is_none());
+        ap.store_down
+            .store(error.is_some(), std::sync::atomic::Ordering::SeqCst);
         match error {
             None => {
                 if !was_up {
-                    tracing::info!("the store answers again: ready");
+                    tracing::info!("the store takes writes again: ready, claiming work again");
                 }
                 readiness.set_ready("store");
                 was_up = true;
             }
             Some(e) => {
                 if was_up {
-                    tracing::error!(error = %e, "the store does not answer: not ready until it does");
+                    tracing::error!(error = %e, "the store takes no writes: not ready and claiming no work until it does");
                 }
-                readiness.set_not_ready("store", format!("the store does not answer: {e}"));
+                readiness.set_not_ready("store", format!("the store takes no writes: {e}"));
                 was_up = false;
             }
         }
