@@ -1832,6 +1832,8 @@ pub fn console_users_and_sessions<S: Store>(store: S) {
     assert!(!store.remove_console_user("bob").unwrap());
     assert_eq!(store.console_session("s4").unwrap(), None);
     assert_eq!(store.console_user("bob").unwrap(), None);
+}
+
 /// The webhook outbox (issue 18): a state change writes its event in the same step; the
 /// announcing instance claims it; another claims it only after the lease ran out (or, never
 /// claimed, after the grace); a message's events come out in order; completed events go.

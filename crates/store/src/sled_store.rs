@@ -1216,15 +1216,7 @@ impl Store for SledStore {
         }
         Ok(removed)
     }
-}
 
-fn console_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value)
-        .map_err(|e| StoreError::InvalidInput(format!("cannot serialise a console record: {e}")))
-}
-
-fn console_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("a console record: {e}")))
     // --- Two data centres (issue 18): the webhook outbox. ---
 
     fn claim_outbox_event(
@@ -1342,6 +1334,15 @@ fn console_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Sto
         self.trees[META].insert(key, &ts(now)).map_err(db_error)?;
         self.flush()
     }
+}
+
+fn console_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::InvalidInput(format!("cannot serialise a console record: {e}")))
+}
+
+fn console_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("a console record: {e}")))
 }
 
 impl SledStore {

@@ -958,6 +958,8 @@ impl Store for PgStore {
         created_before: OffsetDateTime,
     ) -> Result<usize, StoreError> {
         console::purge_sessions(&self.pool, idle_before, created_before)
+    }
+
     // --- Two data centres (issue 18): the webhook outbox. ---
 
     fn claim_outbox_event(
