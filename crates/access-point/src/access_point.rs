@@ -22,12 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use varti_as4::error::EbmsError;
 use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::Party;
+use varti_as4::security::private_key::PrivateKey;
 use varti_as4::spool::{Spool, SpoolBudget};
 use varti_store::Store;
 
@@ -467,7 +467,7 @@ pub(crate) fn check_own_keys(
         (
             "identity.signing_key",
             &id.signing_key,
-            check_key(&identity.signing_key),
+            public_of(&identity.signing_key).and_then(|k| check_key(&k)),
         ),
         (
             "identity.encryption_cert",
@@ -477,7 +477,7 @@ pub(crate) fn check_own_keys(
         (
             "identity.encryption_key",
             &id.encryption_key,
-            check_key(&identity.encryption_key),
+            public_of(&identity.encryption_key).and_then(|k| check_key(&k)),
         ),
     ];
     if !plain_http {
@@ -486,8 +486,12 @@ pub(crate) fn check_own_keys(
                 found.push(("tls.cert", &config.tls.cert, check_certificate(cert)));
             }
         }
-        if let Ok(key) = read_key("tls.key", &config.tls.key) {
-            found.push(("tls.key", &config.tls.key, check_key(&key)));
+        if let Ok(key) = read_key("tls.key", &config.tls.key, config, None) {
+            found.push((
+                "tls.key",
+                &config.tls.key,
+                public_of(&key).and_then(|k| check_key(&k)),
+            ));
         }
     }
     for (what, path, verdict) in found {
@@ -511,10 +515,42 @@ pub(crate) fn check_own_keys(
     Ok(())
 }
 
-pub(crate) fn read_key(what: &str, path: &Path) -> Result<PKey<Private>, StartError> {
-    let pem = std::fs::read(path).map_err(|e| credential(what, path, e))?;
-    PKey::private_key_from_pem(&pem)
-        .map_err(|e| credential(what, path, format!("not a PEM private key ({e})")))
+fn public_of(
+    key: &PrivateKey,
+) -> Result<openssl::pkey::PKey<openssl::pkey::Public>, varti_as4::security::keys::WeakKey> {
+    use varti_as4::security::private_key::KeyOperations;
+    key.public_key()
+        .map_err(|_| varti_as4::security::keys::WeakKey::KeyType {
+            name: "unreadable".into(),
+        })
+}
+
+/// Opens a private-key setting: a PEM file or a `pkcs11:` URI (module from `[pkcs11]`,
+/// else `VARTI_PKCS11_MODULE`). `cert` is the key's certificate, used for the public half
+/// of a token key that has none in the token.
+pub(crate) fn read_key(
+    what: &str,
+    path: &Path,
+    config: &Settings,
+    cert: Option<&X509>,
+) -> Result<PrivateKey, StartError> {
+    varti_as4::security::private_key::load(
+        path,
+        config.pkcs11.module.as_deref(),
+        cert.map(|c| &**c),
+    )
+    .map_err(|e| {
+        // A pkcs11: URI may hold the PIN: the error shows it without.
+        let text = path.to_string_lossy();
+        let shown = if varti_as4::security::pkcs11::is_pkcs11_uri(&text) {
+            varti_as4::security::pkcs11::Pkcs11Uri::parse(&text)
+                .map(|u| PathBuf::from(u.redacted()))
+                .unwrap_or_else(|_| PathBuf::from("pkcs11:(unparsable URI)"))
+        } else {
+            path.to_path_buf()
+        };
+        credential(what, &shown, e)
+    })
 }
 
 pub(crate) fn read_certs(what: &str, path: &Path) -> Result<Vec<X509>, StartError> {

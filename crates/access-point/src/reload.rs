@@ -130,12 +130,24 @@ impl Snapshot {
         if pmodes.party(&id.party).is_none() {
             return Err(StartError::UnknownParty(id.party.clone()));
         }
+        let signing_cert = read_cert("identity.signing_cert", &id.signing_cert)?;
+        let encryption_cert = read_cert("identity.encryption_cert", &id.encryption_cert)?;
         let mut identity = LocalIdentity {
             party: id.party.clone(),
-            signing_key: read_key("identity.signing_key", &id.signing_key)?,
-            signing_cert: read_cert("identity.signing_cert", &id.signing_cert)?,
-            encryption_key: read_key("identity.encryption_key", &id.encryption_key)?,
-            encryption_cert: read_cert("identity.encryption_cert", &id.encryption_cert)?,
+            signing_key: read_key(
+                "identity.signing_key",
+                &id.signing_key,
+                config,
+                Some(&signing_cert),
+            )?,
+            signing_cert,
+            encryption_key: read_key(
+                "identity.encryption_key",
+                &id.encryption_key,
+                config,
+                Some(&encryption_cert),
+            )?,
+            encryption_cert,
             trust_anchors: id
                 .trust_anchors
                 .iter()

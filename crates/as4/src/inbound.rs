@@ -30,7 +30,6 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openssl::pkey::{PKey, Private};
 use openssl::sha::Sha256;
 use openssl::x509::X509;
 use time::OffsetDateTime;
@@ -43,6 +42,7 @@ use crate::message::soap::{self, Envelope};
 use crate::security::c14n;
 use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
+use crate::security::private_key::PrivateKey;
 use crate::security::profile::Profile;
 use crate::security::revocation::Crl;
 use crate::security::swa::AttachmentSource;
@@ -64,7 +64,7 @@ pub struct ReceivePolicy {
     /// Whether every payload part must be encrypted.
     pub require_encryption: bool,
     /// Our decryption key and its certificate; needed only for encrypted messages.
-    pub decryption: Option<(PKey<Private>, X509)>,
+    pub decryption: Option<(PrivateKey, X509)>,
     /// Key transports accepted (per profile, plus allowed legacy ones).
     pub key_transports: DecryptionPolicy,
     /// The partner's signing certificates: what a Key Identifier or IssuerSerial

@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use time::OffsetDateTime;
 
@@ -41,6 +40,7 @@ use crate::outbound::{build_error_signal, build_receipt, security_fault};
 use crate::pmode::enforce::{self, PartFacts};
 use crate::pmode::model::{Binding, Leg, PModeSet, Party};
 use crate::pmode::routing::{self, InboundKey};
+use crate::security::private_key::PrivateKey;
 use crate::security::sign::SigningIdentity;
 use crate::spool::Spool;
 
@@ -50,11 +50,11 @@ pub struct LocalIdentity {
     /// The party (a `[[party]]` name of the PModes) we are.
     pub party: String,
     /// The key that signs messages, receipts and signals.
-    pub signing_key: PKey<Private>,
+    pub signing_key: PrivateKey,
     /// Its certificate.
     pub signing_cert: X509,
     /// The key partners encrypt to.
-    pub encryption_key: PKey<Private>,
+    pub encryption_key: PrivateKey,
     /// Its certificate.
     pub encryption_cert: X509,
     /// CA certificates partners' signing certificates must chain to (empty: each
