@@ -111,9 +111,9 @@ receipt = "plain"
 fn varti_b() -> LocalIdentity {
     LocalIdentity {
         party: "varti-b".into(),
-        signing_key: key("varti-b/sign.key.pem"),
+        signing_key: key("varti-b/sign.key.pem").into(),
         signing_cert: cert("varti-b/sign.cert.pem"),
-        encryption_key: key("varti-b/enc.key.pem"),
+        encryption_key: key("varti-b/enc.key.pem").into(),
         encryption_cert: cert("varti-b/enc.cert.pem"),
         trust_anchors: Vec::new(),
         partner_signing_certs: HashMap::from([

@@ -64,6 +64,7 @@ fn s(p: &Path) -> &str {
 /// key, opened (decrypted) with it; for each profile. The keys are non-extractable.
 #[test]
 fn seal_with_a_token_key_and_open_verifies() {
+    let _one_at_a_time = hsm_support::exclusive();
     let t = token();
     let tmp = tempfile::tempdir().unwrap();
     let payload = tmp.path().join("doc.xml");
@@ -251,7 +252,16 @@ fn pair_for(t: &Token, profile: &str, sign: &str, enc: &str, enc_in_token: bool)
                     &format!("\"{}\"", t.uri(&format!("varti-a/{enc}"))),
                 );
             }
-            assert!(text.contains("pkcs11:"), "{text}");
+            // TLS (server, and client certificate towards b) with the token's key too.
+            text = text.replace(
+                "key = \"../certs/varti-a/tls.key.pem\"",
+                &format!("key = \"{}\"", t.uri("varti-a/tls")),
+            );
+            assert_eq!(
+                text.matches("pkcs11:").count(),
+                2 + enc_in_token as usize,
+                "{text}"
+            );
             text += &format!("\n[pkcs11]\nmodule = \"{}\"\n", hsm_support::MODULE);
         }
         std::fs::write(&f, text).unwrap();
@@ -268,11 +278,13 @@ fn received(node: &Node, id: &str) -> bool {
     node.inbound().iter().any(|m| m["message_id"] == id)
 }
 
-/// Two `varti serve`, varti-a on token keys and varti-b on files, exchange a message each
-/// way for AS4 1.15 and both 2.0 profiles: each side verifies the other's signature,
-/// decrypts, and verifies the other's signed receipt.
+/// Two `varti serve`, varti-a on token keys (signing, decryption where SoftHSM can, and
+/// TLS: its server key and its client certificate key) and varti-b on files, exchange a
+/// message each way for AS4 1.15 and both 2.0 profiles: each side verifies the other's
+/// signature, decrypts, and verifies the other's signed receipt.
 #[test]
 fn two_instances_exchange_with_token_keys_for_every_profile() {
+    let _one_at_a_time = hsm_support::exclusive();
     let t = token();
     for &(profile, sign, enc, enc_in_token) in PROFILES {
         let started = Instant::now();
@@ -293,9 +305,10 @@ fn two_instances_exchange_with_token_keys_for_every_profile() {
 }
 
 /// A wrong PIN stops `varti serve` at start-up with an error that names the PIN and the
-/// setting to fix.
+/// setting to fix, without showing the PIN.
 #[test]
 fn a_wrong_pin_is_a_clear_start_up_error() {
+    let _one_at_a_time = hsm_support::exclusive();
     let t = token();
     let pair = pair_for(t, "as4-1.15", "sign", "enc", true);
     let f = pair.root.path().join("a/varti.toml");
@@ -312,6 +325,100 @@ fn a_wrong_pin_is_a_clear_start_up_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("PIN") && err.contains("wrong"), "{err}");
-    assert!(err.contains("identity.signing_key"), "{err}");
+    // The TLS key is the first one serve opens.
+    assert!(err.contains("(tls.key)"), "{err}");
     assert!(!err.contains("0000"), "the PIN is in the error: {err}");
+}
+
+/// `varti keys list` shows the token's private keys, non-extractable, with the URI to
+/// configure; `varti certs list|check` show which of our keys are in the token and prove
+/// each token key belongs to its certificate (by a signature or a key agreement).
+#[test]
+fn keys_list_and_certs_check_see_the_token_keys() {
+    let _one_at_a_time = hsm_support::exclusive();
+    let t = token();
+    let tmp = tempfile::tempdir().unwrap();
+    let pin = tmp.path().join("pin");
+    std::fs::write(&pin, format!("{}\n", hsm_support::PIN)).unwrap();
+    let pin_source = format!("file:{}", pin.display());
+    let (code, json, out) = varti3(
+        &[
+            "keys",
+            "list",
+            "--module",
+            hsm_support::MODULE,
+            "--token",
+            hsm_support::LABEL,
+            "--pin-source",
+            &pin_source,
+            "--json",
+        ],
+        t,
+    );
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let objects = doc[0]["objects"].as_array().unwrap();
+    let sign = objects
+        .iter()
+        .find(|o| o["label"] == "varti-a-sign" && o["class"] == "private key")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(sign["extractable"], false, "{sign}");
+    assert!(
+        sign["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkcs11:token=varti-hsm-test;object=varti-a-sign"),
+        "{sign}"
+    );
+    // A wrong PIN is refused with a clear message.
+    std::fs::write(&pin, "0000\n").unwrap();
+    let (code, _, out) = varti3(
+        &[
+            "keys",
+            "list",
+            "--module",
+            hsm_support::MODULE,
+            "--pin-source",
+            &pin_source,
+        ],
+        t,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("PIN") && out.contains("wrong"), "{out}");
+
+    let pair = pair_for(t, "as4-2.0-ecdsa", "sign-p256", "enc-p256", true);
+    let config = pair.root.path().join("a/varti.toml");
+    let (code, json, out) = varti3(&["certs", "list", "--config", s(&config), "--json"], t);
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let in_token: Vec<_> = doc["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["private_key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("pkcs11:"))
+        })
+        .collect();
+    assert_eq!(
+        in_token.len(),
+        3,
+        "signing, encryption and TLS keys in the token: {json}"
+    );
+    assert!(!json.contains(hsm_support::PIN), "the PIN is shown: {json}");
+    let (code, _, out) = varti3(&["certs", "check", "--config", s(&config)], t);
+    assert!(
+        !out.contains("key_mismatch") && !out.contains("key_unreadable"),
+        "{out}"
+    );
+    assert_ne!(code, 2, "{out}");
+    // The signing certificate paired with another token key: found out.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("object=varti-a-sign-p256", "object=varti-a-enc-p256");
+    std::fs::write(&config, text).unwrap();
+    let (code, _, out) = varti3(&["certs", "check", "--config", s(&config)], t);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("identity.signing_key"), "{out}");
 }

@@ -237,14 +237,32 @@ impl Pkcs11Uri {
     }
 }
 
-/// Which module to load: the URI's `module-path`, else the configured one, else
-/// `VARTI_PKCS11_MODULE`.
+fn default_module() -> &'static Mutex<Option<PathBuf>> {
+    static D: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    D.get_or_init(Default::default)
+}
+
+/// Sets the process's configured module (`[pkcs11] module`), used for keys opened without
+/// an explicit one (the TLS keys).
+pub fn set_default_module(module: Option<PathBuf>) {
+    *default_module().lock().unwrap_or_else(|e| e.into_inner()) = module;
+}
+
+/// Which module to load: the URI's `module-path`, else the configured one (`configured`,
+/// else [`set_default_module`]'s), else `VARTI_PKCS11_MODULE`.
 pub fn module_for(uri: &Pkcs11Uri, configured: Option<&Path>) -> Result<PathBuf, Pkcs11Error> {
     if let Some(p) = &uri.module_path {
         return Ok(p.clone());
     }
     if let Some(p) = configured {
         return Ok(p.to_path_buf());
+    }
+    if let Some(p) = default_module()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        return Ok(p);
     }
     match std::env::var_os(MODULE_ENV) {
         Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),

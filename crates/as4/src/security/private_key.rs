@@ -309,3 +309,56 @@ pub fn load(
         .map(PrivateKey::from)
         .map_err(|e| KeyError::permanent(format!("not a PEM private key ({e})")))
 }
+
+/// Whether `key` is the private half of `public` (a certificate's key), proven by using
+/// it: a signature over a random challenge that `public` verifies, or, for a key that
+/// only agrees keys (X25519, an ECDH-only EC key), the same shared secret with a fresh
+/// ephemeral key from both sides. This works for token keys without reading them.
+pub fn proves_possession(
+    key: &dyn KeyOperations,
+    public: &PKeyRef<Public>,
+) -> Result<bool, KeyError> {
+    let mut challenge = [0u8; 32];
+    openssl::rand::rand_bytes(&mut challenge).map_err(ossl("random challenge"))?;
+    let kind = key.kind();
+    if kind.id != public.id() {
+        return Ok(false);
+    }
+    let sign_with = match kind.id {
+        Id::RSA => Some(SignMechanism::RsaPkcs1Sha256),
+        Id::ED25519 => Some(SignMechanism::Ed25519),
+        Id::EC => Some(SignMechanism::EcdsaSha256),
+        _ => None,
+    };
+    if let Some(mechanism) = sign_with {
+        match key.sign(mechanism, &challenge) {
+            Ok(sig) => {
+                let mut v = match mechanism {
+                    SignMechanism::Ed25519 => openssl::sign::Verifier::new_without_digest(public),
+                    _ => openssl::sign::Verifier::new(MessageDigest::sha256(), public),
+                }
+                .map_err(ossl("verifier"))?;
+                if mechanism == SignMechanism::RsaPkcs1Sha256 {
+                    v.set_rsa_padding(Padding::PKCS1).map_err(ossl("padding"))?;
+                }
+                return Ok(v.verify_oneshot(&sig, &challenge).unwrap_or(false));
+            }
+            // An EC key allowed to derive but not to sign: prove it by agreement below.
+            Err(e) if kind.id == Id::EC && !e.is_transient() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let ephemeral = match kind.id {
+        Id::X25519 => PKey::generate_x25519().map_err(ossl("ephemeral key"))?,
+        Id::EC => {
+            let ec = public.ec_key().map_err(ossl("EC key"))?;
+            let eph = openssl::ec::EcKey::generate(ec.group()).map_err(ossl("ephemeral key"))?;
+            PKey::from_ec_key(eph).map_err(ossl("ephemeral key"))?
+        }
+        _ => return Ok(false),
+    };
+    let eph_public = KeyOperations::public_key(&ephemeral)?;
+    let ours = key.derive(&eph_public)?;
+    let theirs = KeyOperations::derive(&ephemeral, public)?;
+    Ok(ours == theirs)
+}

@@ -6,6 +6,7 @@ mod certs;
 mod db;
 mod demo;
 mod demo_oots;
+mod keys;
 mod keystore;
 mod message;
 mod messages;
@@ -94,6 +95,9 @@ enum Command {
     /// (PModes).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Private keys in a PKCS#11 token (HSM): list the usable objects and their URIs.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Make tokens for the backend API's clients.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => messages::run_status(args),
         Command::Demo(args) => demo::run(args),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Keys(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Reload(args) => audit::run_reload(args),

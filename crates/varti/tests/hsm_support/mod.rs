@@ -48,6 +48,14 @@ pub fn label(key: &str) -> String {
     key.replace('/', "-")
 }
 
+/// Serialises the tests of a binary on the token: SoftHSM2 keeps a token in files that
+/// each process re-reads, and a process starting while another one rewrites them (a
+/// login counter after a wrong PIN) can miss the token. A real HSM has no such files.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The token, created once per test binary (PKCS#11 modules are initialised once per
 /// process, and SoftHSM reads its configuration then).
 pub fn token() -> &'static Token {
