@@ -307,10 +307,24 @@ impl AccessPoint {
     /// The set in force: take it once at the start of an exchange and keep it to the end,
     /// so that a reload meanwhile does not change the rules halfway (see [`crate::reload`]).
     pub fn current(&self) -> Arc<Snapshot> {
-        self.current
+        let snap = self
+            .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        // A key rollover: from its instant on (by our clock) the next signing key signs.
+        if let Some(next) = &snap.identity.next_signing {
+            if next.activate_if_due(self.clock.now()) {
+                // Not an administrative act (the configuration that set it up was, when it
+                // was loaded): logged, without a blocking audit write on this path.
+                tracing::warn!(
+                    from = %next.from,
+                    key = %varti_as4::security::private_key::KeyOperations::location(&next.key),
+                    "key rollover: signing with identity.next_signing_key from now on"
+                );
+            }
+        }
+        snap
     }
 
     /// Announces an event (to webhooks and other listeners; nobody listening is fine).

@@ -23,6 +23,13 @@ pub struct IdentityConfig {
     pub signing_key: PathBuf,
     /// PEM certificate of the signing key (the one partners have in their PModes).
     pub signing_cert: PathBuf,
+    /// Key rollover: the next signing key (PEM file or `pkcs11:` URI), used from
+    /// `next_signing_from` on without a restart (docs/hsm.md, the rollover runbook).
+    pub next_signing_key: Option<PathBuf>,
+    /// The next signing key's certificate.
+    pub next_signing_cert: Option<PathBuf>,
+    /// From when the next key signs (RFC 3339, e.g. `2027-03-01T00:00:00Z`).
+    pub next_signing_from: Option<String>,
     /// PEM private key that decrypts messages sent to us, or a `pkcs11:` URI.
     pub encryption_key: PathBuf,
     /// PEM certificate of the encryption key.
@@ -197,6 +204,9 @@ impl Default for IdentityConfig {
             party: "varti-a".to_owned(),
             signing_key: PathBuf::from("certs/varti-a/sign.key.pem"),
             signing_cert: PathBuf::from("certs/varti-a/sign.cert.pem"),
+            next_signing_key: None,
+            next_signing_cert: None,
+            next_signing_from: None,
             encryption_key: PathBuf::from("certs/varti-a/enc.key.pem"),
             encryption_cert: PathBuf::from("certs/varti-a/enc.cert.pem"),
             trust_anchors: vec![PathBuf::from("certs/ca.cert.pem")],

@@ -495,13 +495,8 @@ fn seal_into(
         .partners
         .get(&partner.name)
         .and_then(|c| c.encryption.as_ref());
-    let policy = send_policy(
-        leg,
-        &snap.identity.signing_key,
-        &snap.identity.signing_cert,
-        receiver_cert,
-    )
-    .map_err(|e| {
+    let (signing_key, signing_cert) = snap.identity.current_signing();
+    let policy = send_policy(leg, signing_key, signing_cert, receiver_cert).map_err(|e| {
         anyhow::anyhow!(
             "{}: add an encryption_cert to party `{}` in the PModes",
             e.detail,

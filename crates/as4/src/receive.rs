@@ -63,6 +63,48 @@ pub struct LocalIdentity {
     /// Each partner's signing certificate, by party name (from its `signing_cert` in the
     /// PModes). A message from a party without one cannot be verified.
     pub partner_signing_certs: HashMap<String, X509>,
+    /// Our next signing key and certificate (a key rollover), used from its instant on.
+    pub next_signing: Option<NextSigning>,
+}
+
+/// A signing key and certificate that replace the current ones from an instant on.
+///
+/// The switch is one-way and made by whoever holds the clock
+/// ([`NextSigning::activate_if_due`]): the access point checks it each time it takes the
+/// set in force, so signing moves to the new key at the configured instant without a
+/// restart or reload.
+#[derive(Debug, Clone)]
+pub struct NextSigning {
+    /// The next key.
+    pub key: PrivateKey,
+    /// Its certificate.
+    pub cert: X509,
+    /// From when it signs.
+    pub from: OffsetDateTime,
+    active: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NextSigning {
+    /// A next key, not yet in use.
+    pub fn new(key: PrivateKey, cert: X509, from: OffsetDateTime) -> NextSigning {
+        NextSigning {
+            key,
+            cert,
+            from,
+            active: Default::default(),
+        }
+    }
+
+    /// Switches to the next key when `now` has reached its instant; `true` only for the
+    /// call that switched.
+    pub fn activate_if_due(&self, now: OffsetDateTime) -> bool {
+        now >= self.from && !self.active.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the next key is the one in use.
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl std::fmt::Debug for LocalIdentity {
@@ -74,13 +116,23 @@ impl std::fmt::Debug for LocalIdentity {
 }
 
 impl LocalIdentity {
+    /// The signing key and certificate in use: the next ones once their instant has
+    /// passed ([`NextSigning::activate_if_due`]), the configured ones before.
+    pub fn current_signing(&self) -> (&PrivateKey, &X509) {
+        match &self.next_signing {
+            Some(n) if n.is_active() => (&n.key, &n.cert),
+            _ => (&self.signing_key, &self.signing_cert),
+        }
+    }
+
     /// How we sign on `leg` (receipts, signals and messages): our signing key with the
     /// leg's profile and token reference.
     pub fn signing_identity(&self, leg: &Leg) -> SigningIdentity<'_> {
+        let (key, certificate) = self.current_signing();
         SigningIdentity {
             profile: profile_of(leg.security.profile),
-            key: &self.signing_key,
-            certificate: &self.signing_cert,
+            key,
+            certificate,
             token_reference: token_reference_of(leg.security.token_reference),
         }
     }

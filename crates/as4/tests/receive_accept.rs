@@ -120,6 +120,7 @@ fn varti_b() -> LocalIdentity {
             ("varti-a".to_owned(), cert("varti-a/sign.cert.pem")),
             ("varti-b".to_owned(), cert("varti-b/sign.cert.pem")),
         ]),
+        next_signing: None,
     }
 }
 

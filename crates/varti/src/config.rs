@@ -329,6 +329,12 @@ impl Config {
             fix(p);
         }
         fix_key(&mut self.identity.signing_key);
+        if let Some(p) = self.identity.next_signing_key.as_mut() {
+            fix_key(p);
+        }
+        if let Some(p) = self.identity.next_signing_cert.as_mut() {
+            fix(p);
+        }
         fix(&mut self.identity.signing_cert);
         fix_key(&mut self.identity.encryption_key);
         fix(&mut self.identity.encryption_cert);
