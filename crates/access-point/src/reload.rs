@@ -194,6 +194,7 @@ impl Snapshot {
                 .flatten()
                 .collect::<Vec<X509>>(),
             partner_signing_certs: HashMap::new(),
+            partner_next_signing_certs: HashMap::new(),
             next_signing,
         };
         let exception = pmodes
@@ -221,6 +222,12 @@ impl Snapshot {
                 identity
                     .partner_signing_certs
                     .insert(party.name.clone(), signing.clone());
+            }
+            if let Some(next) = &party.next_signing_cert {
+                let next = read_cert(&format!("next_signing_cert of party {}", party.name), next)?;
+                identity
+                    .partner_next_signing_certs
+                    .insert(party.name.clone(), next);
             }
             partners.insert(party.name.clone(), certs);
             // Only partners we push to need TLS client settings.

@@ -63,6 +63,9 @@ pub struct LocalIdentity {
     /// Each partner's signing certificate, by party name (from its `signing_cert` in the
     /// PModes). A message from a party without one cannot be verified.
     pub partner_signing_certs: HashMap<String, X509>,
+    /// Each partner's next signing certificate (a key rollover), by party name (its
+    /// `next_signing_cert` in the PModes): accepted alongside the current one.
+    pub partner_next_signing_certs: HashMap<String, X509>,
     /// Our next signing key and certificate (a key rollover), used from its instant on.
     pub next_signing: Option<NextSigning>,
 }
@@ -157,12 +160,15 @@ impl LocalIdentity {
         policy.decryption = Some((self.encryption_key.clone(), self.encryption_cert.clone()));
         policy.key_transports = key_transports_for(profile);
         let partner_cert = self.partner_signing_certs.get(&partner.name).cloned();
-        policy.partner_certificates = partner_cert.iter().cloned().collect();
+        let next_cert = self.partner_next_signing_certs.get(&partner.name).cloned();
+        policy.partner_certificates = partner_cert.iter().chain(&next_cert).cloned().collect();
         // The signature must be the sending party's own (a shared CA is not enough); a party
-        // without a signing certificate in the PModes cannot be verified at all.
+        // without a signing certificate in the PModes cannot be verified at all. During a
+        // rollover its next certificate is its own too.
         policy.expected_signer = partner_cert.clone();
+        policy.next_expected_signer = next_cert.clone();
         policy.trust_anchors = if self.trust_anchors.is_empty() {
-            partner_cert.into_iter().collect()
+            partner_cert.into_iter().chain(next_cert).collect()
         } else {
             self.trust_anchors.clone()
         };
