@@ -101,6 +101,36 @@ fn seal_with_a_token_key_and_open_verifies() {
             t,
         );
         assert_eq!(code, 0, "{profile}: {out}");
+        // The independent verifier agrees, on a message without attachments (xmlsec1 has
+        // neither the SwA attachment transform nor Ed25519 signatures).
+        if profile != "as4-2.0-eddsa" {
+            let bare = tmp.path().join(format!("{profile}-bare.http"));
+            let (code, out) = varti(
+                &[
+                    "message",
+                    "seal",
+                    "--from",
+                    "varti-a",
+                    "--to",
+                    "varti-b",
+                    "--service",
+                    "urn:test",
+                    "--action",
+                    "Go",
+                    "--profile",
+                    profile,
+                    "--key",
+                    &key,
+                    "--cert",
+                    &cert("varti-a", sign),
+                    "--out",
+                    s(&bare),
+                ],
+                t,
+            );
+            assert_eq!(code, 0, "{profile}: {out}");
+            xmlsec1_verifies(&bare, &cert("varti-a", sign));
+        }
         let out_dir = tmp.path().join(format!("{profile}-b"));
         let (code, json, out) = varti3(
             &[
@@ -203,6 +233,44 @@ fn seal_with_a_token_key_and_open_verifies() {
     }
     // Everything above ran on keys the token never gives out.
     assert_eq!(hsm_support::assert_keys_never_leave_the_token(), 6);
+}
+
+/// `xmlsec1 --verify` accepts the SOAP envelope of the message dump `msg` with `cert` as
+/// the key, and refuses it once eb:Messaging is changed.
+fn xmlsec1_verifies(msg: &Path, cert: &str) {
+    use varti_as4::message::{dump::read_dump_file, mime::MimeLimits};
+    let dump = read_dump_file(msg, &MimeLimits::default()).unwrap();
+    let envelope = String::from_utf8(dump.package.root().content.clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |text: &str| {
+        let path = dir.path().join("envelope.xml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("xmlsec1")
+            .arg("--verify")
+            .args([
+                "--id-attr:Id",
+                "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/:Messaging",
+                "--id-attr:Id",
+                "http://www.w3.org/2003/05/soap-envelope:Body",
+                "--pubkey-cert-pem",
+                cert,
+            ])
+            .arg(&path)
+            .output()
+            .expect("xmlsec1 (Debian xmlsec1, see .ci/deps)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = verify(&envelope);
+    assert!(ok, "xmlsec1 refused the token-signed message: {err}");
+    let changed = envelope.replace("<eb:Action>Go<", "<eb:Action>Gone<");
+    assert_ne!(changed, envelope, "no eb:Action to change");
+    assert!(
+        !verify(&changed).0,
+        "xmlsec1 accepted a changed eb:Messaging"
+    );
 }
 
 /// A pair for `profile`: both parties' PMode certificates and identities switched to the
