@@ -231,6 +231,35 @@ fn seal_with_a_token_key_and_open_verifies() {
             std::fs::read(&payload).unwrap()
         );
     }
+    // A wrong PIN: a clear error, without the PIN.
+    let wrong = t.uri("varti-a/sign").replace(hsm_support::PIN, "97531");
+    let (code, out) = varti(
+        &[
+            "message",
+            "seal",
+            "--from",
+            "varti-a",
+            "--to",
+            "varti-b",
+            "--service",
+            "urn:test",
+            "--action",
+            "Go",
+            "--key",
+            &wrong,
+            "--cert",
+            &cert("varti-a", "sign"),
+            "--out",
+            s(&tmp.path().join("never.http")),
+            s(&payload),
+        ],
+        t,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("PIN") && out.contains("wrong") && !out.contains("97531"),
+        "{out}"
+    );
     // Everything above ran on keys the token never gives out.
     assert_eq!(hsm_support::assert_keys_never_leave_the_token(), 6);
 }
@@ -380,9 +409,10 @@ fn a_wrong_pin_is_a_clear_start_up_error() {
     let t = token();
     let pair = pair_for(t, "as4-1.15", "sign", "enc", true);
     let f = pair.root.path().join("a/varti.toml");
-    let text = std::fs::read_to_string(&f)
-        .unwrap()
-        .replace(&format!("pin-value={}", hsm_support::PIN), "pin-value=0000");
+    let text = std::fs::read_to_string(&f).unwrap().replace(
+        &format!("pin-value={}", hsm_support::PIN),
+        "pin-value=97531",
+    );
     std::fs::write(&f, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_varti"))
         .current_dir(pair.root.path().join("a"))
@@ -395,7 +425,7 @@ fn a_wrong_pin_is_a_clear_start_up_error() {
     assert!(err.contains("PIN") && err.contains("wrong"), "{err}");
     // The TLS key is the first one serve opens.
     assert!(err.contains("(tls.key)"), "{err}");
-    assert!(!err.contains("0000"), "the PIN is in the error: {err}");
+    assert!(!err.contains("97531"), "the PIN is in the error: {err}");
 }
 
 /// `varti keys list` shows the token's private keys, non-extractable, with the URI to
@@ -439,7 +469,7 @@ fn keys_list_and_certs_check_see_the_token_keys() {
         "{sign}"
     );
     // A wrong PIN is refused with a clear message.
-    std::fs::write(&pin, "0000\n").unwrap();
+    std::fs::write(&pin, "97531\n").unwrap();
     let (code, _, out) = varti3(
         &[
             "keys",

@@ -516,9 +516,15 @@ fn read_key(
     cert: Option<&openssl::x509::X509>,
 ) -> Result<varti_as4::security::private_key::PrivateKey, String> {
     varti_as4::security::private_key::load(path, None, cert.map(|c| &**c)).map_err(|e| {
+        // A pkcs11: URI may carry the PIN: it is shown without.
+        let text = path.to_string_lossy();
+        let shown = match varti_as4::security::pkcs11::Pkcs11Uri::parse(&text) {
+            Ok(uri) => uri.redacted(),
+            Err(_) if varti_as4::security::pkcs11::is_pkcs11_uri(&text) => "the pkcs11: URI".into(),
+            Err(_) => path.display().to_string(),
+        };
         format!(
-            "{} is not a usable private key (an unencrypted PEM file or a pkcs11: URI): {e}",
-            path.display()
+            "{shown} is not a usable private key (an unencrypted PEM file or a pkcs11: URI): {e}"
         )
     })
 }
