@@ -23,7 +23,7 @@ pub const LABEL: &str = "varti-hsm-test";
 
 /// The token of this test run.
 pub struct Token {
-    _dir: tempfile::TempDir,
+    _dir: PathBuf,
     /// Its `softhsm2.conf` (what `SOFTHSM2_CONF` must name for every process using it).
     pub conf: PathBuf,
 }
@@ -65,10 +65,22 @@ pub fn token() -> &'static Token {
             Path::new(MODULE).exists(),
             "{MODULE} is missing: install Debian's softhsm2 (run .ci/deps)"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
+        // A static is never dropped, so a TempDir would stay behind: the token lives in
+        // `varti-hsm-<pid>` and each run removes those of processes that have ended.
+        let base = std::env::temp_dir();
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("varti-hsm-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = base.join(format!("varti-hsm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
+        let conf = dir.join("softhsm2.conf");
         std::fs::write(
             &conf,
             format!(
