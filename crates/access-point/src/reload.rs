@@ -754,6 +754,30 @@ mod tests {
         .map(|_| ())
         .unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
+
+        // Configured on a running access point: `varti reload` picks it up, no restart.
+        let dir = tempfile::tempdir().unwrap();
+        let (ap, settings) = crate::test_support::open_access_point(dir.path(), |_| {}).unwrap();
+        let clock = crate::Clock::manual(time::macros::datetime!(2027-01-01 0:00 UTC));
+        let ap = ap.with_clock(clock.clone());
+        let add = next("certs/varti-c/sign.key.pem", "certs/varti-c/sign.cert.pem");
+        ap.set_reload_source(Arc::new(move || {
+            let mut s = settings.clone();
+            add.clone()(&mut s);
+            Ok(ReloadInput {
+                settings: s,
+                files: Vec::new(),
+                needs_restart: Vec::new(),
+            })
+        }));
+        let r = ap.reload("t");
+        assert!(r.applied, "{r:?}");
+        assert!(
+            signer(&ap) == old,
+            "reloaded before the instant: the configured key"
+        );
+        clock.advance(Duration::from_secs(3600));
+        assert!(signer(&ap) == new, "at the instant: the next key");
     }
 
     #[test]
