@@ -22,12 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use varti_as4::error::EbmsError;
 use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::Party;
+use varti_as4::security::private_key::PrivateKey;
 use varti_as4::spool::{Spool, SpoolBudget};
 use varti_store::Store;
 
@@ -317,10 +317,24 @@ impl AccessPoint {
     /// The set in force: take it once at the start of an exchange and keep it to the end,
     /// so that a reload meanwhile does not change the rules halfway (see [`crate::reload`]).
     pub fn current(&self) -> Arc<Snapshot> {
-        self.current
+        let snap = self
+            .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        // A key rollover: from its instant on (by our clock) the next signing key signs.
+        if let Some(next) = &snap.identity.next_signing {
+            if next.activate_if_due(self.clock.now()) {
+                // Not an administrative act (the configuration that set it up was, when it
+                // was loaded): logged, without a blocking audit write on this path.
+                tracing::warn!(
+                    from = %next.from,
+                    key = %varti_as4::security::private_key::KeyOperations::location(&next.key),
+                    "key rollover: signing with identity.next_signing_key from now on"
+                );
+            }
+        }
+        snap
     }
 
     /// Announces an event (to webhooks and other listeners; nobody listening is fine).
@@ -477,7 +491,7 @@ pub(crate) fn check_own_keys(
         (
             "identity.signing_key",
             &id.signing_key,
-            check_key(&identity.signing_key),
+            public_of(&identity.signing_key).and_then(|k| check_key(&k)),
         ),
         (
             "identity.encryption_cert",
@@ -487,7 +501,7 @@ pub(crate) fn check_own_keys(
         (
             "identity.encryption_key",
             &id.encryption_key,
-            check_key(&identity.encryption_key),
+            public_of(&identity.encryption_key).and_then(|k| check_key(&k)),
         ),
     ];
     if !plain_http {
@@ -496,8 +510,12 @@ pub(crate) fn check_own_keys(
                 found.push(("tls.cert", &config.tls.cert, check_certificate(cert)));
             }
         }
-        if let Ok(key) = read_key("tls.key", &config.tls.key) {
-            found.push(("tls.key", &config.tls.key, check_key(&key)));
+        if let Ok(key) = read_key("tls.key", &config.tls.key, config, None) {
+            found.push((
+                "tls.key",
+                &config.tls.key,
+                public_of(&key).and_then(|k| check_key(&k)),
+            ));
         }
     }
     for (what, path, verdict) in found {
@@ -521,10 +539,42 @@ pub(crate) fn check_own_keys(
     Ok(())
 }
 
-pub(crate) fn read_key(what: &str, path: &Path) -> Result<PKey<Private>, StartError> {
-    let pem = std::fs::read(path).map_err(|e| credential(what, path, e))?;
-    PKey::private_key_from_pem(&pem)
-        .map_err(|e| credential(what, path, format!("not a PEM private key ({e})")))
+fn public_of(
+    key: &PrivateKey,
+) -> Result<openssl::pkey::PKey<openssl::pkey::Public>, varti_as4::security::keys::WeakKey> {
+    use varti_as4::security::private_key::KeyOperations;
+    key.public_key()
+        .map_err(|_| varti_as4::security::keys::WeakKey::KeyType {
+            name: "unreadable".into(),
+        })
+}
+
+/// Opens a private-key setting: a PEM file or a `pkcs11:` URI (module from `[pkcs11]`,
+/// else `VARTI_PKCS11_MODULE`). `cert` is the key's certificate, used for the public half
+/// of a token key that has none in the token.
+pub(crate) fn read_key(
+    what: &str,
+    path: &Path,
+    config: &Settings,
+    cert: Option<&X509>,
+) -> Result<PrivateKey, StartError> {
+    varti_as4::security::private_key::load(
+        path,
+        config.pkcs11.module.as_deref(),
+        cert.map(|c| &**c),
+    )
+    .map_err(|e| {
+        // A pkcs11: URI may hold the PIN: the error shows it without.
+        let text = path.to_string_lossy();
+        let shown = if varti_as4::security::pkcs11::is_pkcs11_uri(&text) {
+            varti_as4::security::pkcs11::Pkcs11Uri::parse(&text)
+                .map(|u| PathBuf::from(u.redacted()))
+                .unwrap_or_else(|_| PathBuf::from("pkcs11:(unparsable URI)"))
+        } else {
+            path.to_path_buf()
+        };
+        credential(what, &shown, e)
+    })
 }
 
 pub(crate) fn read_certs(what: &str, path: &Path) -> Result<Vec<X509>, StartError> {

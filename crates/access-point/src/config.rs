@@ -18,17 +18,35 @@ pub struct IdentityConfig {
     /// The party name (a `[[party]]` of the PModes) this access point acts as. Default
     /// `varti-a`.
     pub party: String,
-    /// PEM private key that signs messages and receipts.
+    /// PEM private key that signs messages and receipts, or an RFC 7512 `pkcs11:` URI of
+    /// a key in an HSM (see `[pkcs11]`).
     pub signing_key: PathBuf,
     /// PEM certificate of the signing key (the one partners have in their PModes).
     pub signing_cert: PathBuf,
-    /// PEM private key that decrypts messages sent to us.
+    /// Key rollover: the next signing key (PEM file or `pkcs11:` URI), used from
+    /// `next_signing_from` on without a restart (docs/hsm.md, the rollover runbook).
+    pub next_signing_key: Option<PathBuf>,
+    /// The next signing key's certificate.
+    pub next_signing_cert: Option<PathBuf>,
+    /// From when the next key signs (RFC 3339, e.g. `2027-03-01T00:00:00Z`).
+    pub next_signing_from: Option<String>,
+    /// PEM private key that decrypts messages sent to us, or a `pkcs11:` URI.
     pub encryption_key: PathBuf,
     /// PEM certificate of the encryption key.
     pub encryption_cert: PathBuf,
     /// PEM CA certificates that partners' signing certificates must chain to. Empty: each
     /// partner's PMode certificate is pinned (trusted directly).
     pub trust_anchors: Vec<PathBuf>,
+}
+
+/// `[pkcs11]`: where private keys named by `pkcs11:` URIs live.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module (shared library) of the HSM, e.g.
+    /// `/usr/lib/softhsm/libsofthsm2.so`. Unset: the `VARTI_PKCS11_MODULE` environment
+    /// variable, or the URI's own `module-path`.
+    pub module: Option<PathBuf>,
 }
 
 /// The outbound sender.
@@ -95,7 +113,7 @@ pub struct TlsConfig {
     /// `certs/varti-a/tls.cert.pem`.
     pub cert: PathBuf,
     /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1). Default
-    /// `certs/varti-a/tls.key.pem`.
+    /// `certs/varti-a/tls.key.pem`. A `pkcs11:` URI names a key in an HSM.
     pub key: PathBuf,
     /// Whether clients must present a certificate. Default `optional`.
     pub client_auth: ClientAuth,
@@ -186,6 +204,9 @@ impl Default for IdentityConfig {
             party: "varti-a".to_owned(),
             signing_key: PathBuf::from("certs/varti-a/sign.key.pem"),
             signing_cert: PathBuf::from("certs/varti-a/sign.cert.pem"),
+            next_signing_key: None,
+            next_signing_cert: None,
+            next_signing_from: None,
             encryption_key: PathBuf::from("certs/varti-a/enc.key.pem"),
             encryption_cert: PathBuf::from("certs/varti-a/enc.cert.pem"),
             trust_anchors: vec![PathBuf::from("certs/ca.cert.pem")],
@@ -308,6 +329,8 @@ pub struct Settings {
     pub clients: Vec<ApiClient>,
     /// `server.trusted_proxies`: whose `X-Forwarded-For` names the real peer.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `[pkcs11]`: the module of keys named by `pkcs11:` URIs.
+    pub pkcs11: Pkcs11Config,
 }
 
 impl Default for Settings {
@@ -324,6 +347,7 @@ impl Default for Settings {
             retention: RetentionConfig::default(),
             clients: Vec::new(),
             trusted_proxies: Vec::new(),
+            pkcs11: Pkcs11Config::default(),
         }
     }
 }

@@ -101,6 +101,42 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `[identity] next_signing_*`: all three or none.
+fn next_signing(config: &Settings) -> Result<Option<varti_as4::receive::NextSigning>, StartError> {
+    let id = &config.identity;
+    let (key, cert, from) = match (&id.next_signing_key, &id.next_signing_cert, &id.next_signing_from) {
+        (None, None, None) => return Ok(None),
+        (Some(k), Some(c), Some(f)) => (k, c, f),
+        _ => {
+            return Err(StartError::Credential {
+                what: "identity.next_signing_key".to_owned(),
+                path: PathBuf::from("(configuration)"),
+                problem: "a key rollover needs next_signing_key, next_signing_cert and next_signing_from together".to_owned(),
+            })
+        }
+    };
+    let from = time::OffsetDateTime::parse(from, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| StartError::Credential {
+            what: "identity.next_signing_from".to_owned(),
+            path: PathBuf::from(from),
+            problem: format!("not an RFC 3339 instant like 2027-03-01T00:00:00Z ({e})"),
+        })?;
+    let cert = read_cert("identity.next_signing_cert", cert)?;
+    let key = read_key("identity.next_signing_key", key, config, Some(&cert))?;
+    let public = cert.public_key().ok();
+    let fits = public.is_some_and(|p| {
+        varti_as4::security::private_key::proves_possession(&key, &p).unwrap_or(false)
+    });
+    if !fits {
+        return Err(StartError::Credential {
+            what: "identity.next_signing_key".to_owned(),
+            path: id.next_signing_cert.clone().unwrap_or_default(),
+            problem: "the next signing key does not belong to next_signing_cert".to_owned(),
+        });
+    }
+    Ok(Some(varti_as4::receive::NextSigning::new(key, cert, from)))
+}
+
 impl Snapshot {
     /// Loads the PModes and keys `settings` name, with every check start-up makes:
     /// PModes without errors, our party among them, our keys readable and strong enough,
@@ -130,12 +166,25 @@ impl Snapshot {
         if pmodes.party(&id.party).is_none() {
             return Err(StartError::UnknownParty(id.party.clone()));
         }
+        let signing_cert = read_cert("identity.signing_cert", &id.signing_cert)?;
+        let encryption_cert = read_cert("identity.encryption_cert", &id.encryption_cert)?;
+        let next_signing = next_signing(config)?;
         let mut identity = LocalIdentity {
             party: id.party.clone(),
-            signing_key: read_key("identity.signing_key", &id.signing_key)?,
-            signing_cert: read_cert("identity.signing_cert", &id.signing_cert)?,
-            encryption_key: read_key("identity.encryption_key", &id.encryption_key)?,
-            encryption_cert: read_cert("identity.encryption_cert", &id.encryption_cert)?,
+            signing_key: read_key(
+                "identity.signing_key",
+                &id.signing_key,
+                config,
+                Some(&signing_cert),
+            )?,
+            signing_cert,
+            encryption_key: read_key(
+                "identity.encryption_key",
+                &id.encryption_key,
+                config,
+                Some(&encryption_cert),
+            )?,
+            encryption_cert,
             trust_anchors: id
                 .trust_anchors
                 .iter()
@@ -145,6 +194,8 @@ impl Snapshot {
                 .flatten()
                 .collect::<Vec<X509>>(),
             partner_signing_certs: HashMap::new(),
+            partner_next_signing_certs: HashMap::new(),
+            next_signing,
         };
         let exception = pmodes
             .party(&id.party)
@@ -171,6 +222,12 @@ impl Snapshot {
                 identity
                     .partner_signing_certs
                     .insert(party.name.clone(), signing.clone());
+            }
+            if let Some(next) = &party.next_signing_cert {
+                let next = read_cert(&format!("next_signing_cert of party {}", party.name), next)?;
+                identity
+                    .partner_next_signing_certs
+                    .insert(party.name.clone(), next);
             }
             partners.insert(party.name.clone(), certs);
             // Only partners we push to need TLS client settings.
@@ -638,6 +695,89 @@ mod tests {
                 next.generation
             )])
         }
+    }
+
+    /// `[identity] next_signing_*`: the access point signs with the next key from its
+    /// instant on, by its own clock, without a restart or reload; a next key that is not
+    /// its certificate's is refused at start-up.
+    #[test]
+    fn our_signing_key_rolls_over_at_its_instant_by_the_access_points_clock() {
+        use std::time::Duration;
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let next = |key: &str, cert: &str| {
+            let (key, cert) = (repo.join(key), repo.join(cert));
+            move |s: &mut Settings| {
+                s.identity.next_signing_key = Some(key);
+                s.identity.next_signing_cert = Some(cert);
+                s.identity.next_signing_from = Some("2027-01-01T01:00:00Z".to_owned());
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (ap, _) = crate::test_support::open_access_point(
+            dir.path(),
+            next("certs/varti-c/sign.key.pem", "certs/varti-c/sign.cert.pem"),
+        )
+        .unwrap();
+        let clock = crate::Clock::manual(time::macros::datetime!(2027-01-01 0:00 UTC));
+        let ap = ap.with_clock(clock.clone());
+        let signer = |ap: &AccessPoint| {
+            let snap = ap.current();
+            let der = snap.identity.current_signing().1.to_der().unwrap();
+            der
+        };
+        let der = |p: &str| {
+            openssl::x509::X509::from_pem(&std::fs::read(repo.join(p)).unwrap())
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        let (old, new) = (
+            der("certs/varti-a/sign.cert.pem"),
+            der("certs/varti-c/sign.cert.pem"),
+        );
+        assert!(signer(&ap) == old, "before the instant: the configured key");
+        clock.advance(Duration::from_secs(3599));
+        assert!(
+            signer(&ap) == old,
+            "one second before: still the configured key"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert!(signer(&ap) == new, "at the instant: the next key");
+        clock.advance(Duration::from_secs(3600));
+        assert!(signer(&ap) == new, "and from then on");
+
+        let dir = tempfile::tempdir().unwrap();
+        let err = crate::test_support::open_access_point(
+            dir.path(),
+            next("certs/varti-c/sign.key.pem", "certs/varti-a/sign.cert.pem"),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+
+        // Configured on a running access point: `varti reload` picks it up, no restart.
+        let dir = tempfile::tempdir().unwrap();
+        let (ap, settings) = crate::test_support::open_access_point(dir.path(), |_| {}).unwrap();
+        let clock = crate::Clock::manual(time::macros::datetime!(2027-01-01 0:00 UTC));
+        let ap = ap.with_clock(clock.clone());
+        let add = next("certs/varti-c/sign.key.pem", "certs/varti-c/sign.cert.pem");
+        ap.set_reload_source(Arc::new(move || {
+            let mut s = settings.clone();
+            add.clone()(&mut s);
+            Ok(ReloadInput {
+                settings: s,
+                files: Vec::new(),
+                needs_restart: Vec::new(),
+            })
+        }));
+        let r = ap.reload("t");
+        assert!(r.applied, "{r:?}");
+        assert!(
+            signer(&ap) == old,
+            "reloaded before the instant: the configured key"
+        );
+        clock.advance(Duration::from_secs(3600));
+        assert!(signer(&ap) == new, "at the instant: the next key");
     }
 
     #[test]

@@ -307,7 +307,7 @@ async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageR
         // The store failing (a database failover outlasting the store's own retries, a
         // full disk) may be over by the next attempt; a message that cannot be built from
         // what is stored never will be.
-        Ok(Err(e)) if store_trouble(&e) => {
+        Ok(Err(e)) if store_trouble(&e) || e.downcast_ref::<KeyUnavailable>().is_some() => {
             return Verdict::Transient(format!("cannot build the message now: {e:#}"))
         }
         Ok(Err(e)) => return Verdict::Fatal(format!("cannot build the message: {e:#}")),
@@ -496,13 +496,8 @@ fn seal_into(
         .partners
         .get(&partner.name)
         .and_then(|c| c.encryption.as_ref());
-    let policy = send_policy(
-        leg,
-        &snap.identity.signing_key,
-        &snap.identity.signing_cert,
-        receiver_cert,
-    )
-    .map_err(|e| {
+    let (signing_key, signing_cert) = snap.identity.current_signing();
+    let policy = send_policy(leg, signing_key, signing_cert, receiver_cert).map_err(|e| {
         anyhow::anyhow!(
             "{}: add an encryption_cert to party `{}` in the PModes",
             e.detail,
@@ -511,13 +506,32 @@ fn seal_into(
     })?;
     let sent = {
         let mut w = BufWriter::with_capacity(64 * 1024, file);
-        let sent = send(&um, payloads, &policy, &mut w)
-            .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
+        let sent = send(&um, payloads, &policy, &mut w).map_err(|e| {
+            if e.transient {
+                // Our key is in a token that is away for now: the next attempt re-opens it.
+                anyhow::Error::new(KeyUnavailable(e.detail))
+            } else {
+                anyhow::anyhow!("{}: {}", e.code, e.detail)
+            }
+        })?;
         w.flush()?;
         sent
     };
     Ok((sent.content_type, sent.references))
 }
+
+/// Sealing failed because our private key is unavailable for now (its token went away):
+/// the attempt is retried like a network failure.
+#[derive(Debug)]
+struct KeyUnavailable(String);
+
+impl std::fmt::Display for KeyUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "our signing key is unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for KeyUnavailable {}
 
 /// The `eb:UserMessage` of a stored outbound record on `leg`.
 fn user_message(

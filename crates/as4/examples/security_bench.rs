@@ -113,7 +113,7 @@ fn setup<'a>(case: &'a Case, spool: &Path) -> Result<Setup<'a>> {
     let alice = keys(case, "alice")?;
     let bob = keys(case, "bob")?;
     let mut policy = ReceivePolicy::strict(case.profile);
-    policy.decryption = Some((bob.enc_key.clone(), bob.enc_cert.clone()));
+    policy.decryption = Some((bob.enc_key.clone().into(), bob.enc_cert.clone()));
     policy.partner_certificates = vec![alice.sign_cert.clone()];
     policy.trust_anchors = vec![alice.sign_cert.clone()];
     policy.spool_dir = Some(spool.to_path_buf());

@@ -147,7 +147,7 @@ impl SecurityFixture {
     pub fn policy(&self) -> ReceivePolicy {
         let mut p = ReceivePolicy::strict(&AS4_1_15);
         p.require_encryption = false;
-        p.decryption = Some(self.decryption.clone());
+        p.decryption = Some((self.decryption.0.clone().into(), self.decryption.1.clone()));
         p.partner_certificates = vec![self.signer.clone()];
         p.trust_anchors = vec![self.ca.clone()];
         p.expected_signer = Some(self.signer.clone());

@@ -30,7 +30,6 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openssl::pkey::{PKey, Private};
 use openssl::sha::Sha256;
 use openssl::x509::X509;
 use time::OffsetDateTime;
@@ -43,6 +42,7 @@ use crate::message::soap::{self, Envelope};
 use crate::security::c14n;
 use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
+use crate::security::private_key::PrivateKey;
 use crate::security::profile::Profile;
 use crate::security::revocation::Crl;
 use crate::security::swa::AttachmentSource;
@@ -64,7 +64,7 @@ pub struct ReceivePolicy {
     /// Whether every payload part must be encrypted.
     pub require_encryption: bool,
     /// Our decryption key and its certificate; needed only for encrypted messages.
-    pub decryption: Option<(PKey<Private>, X509)>,
+    pub decryption: Option<(PrivateKey, X509)>,
     /// Key transports accepted (per profile, plus allowed legacy ones).
     pub key_transports: DecryptionPolicy,
     /// The partner's signing certificates: what a Key Identifier or IssuerSerial
@@ -76,6 +76,9 @@ pub struct ReceivePolicy {
     /// certificate from the PMode. A certificate that merely chains to the anchors is not
     /// enough when several parties share a CA (one party could sign as another).
     pub expected_signer: Option<X509>,
+    /// The sending party's next signing certificate (a key rollover): accepted like
+    /// `expected_signer` while configured.
+    pub next_expected_signer: Option<X509>,
     /// CRL files (PEM or DER) the signer's chain is checked against: the sending party's
     /// `crls` from the PMode. Empty: no revocation checking. When set, the signer's
     /// issuer must have a CRL among them, and a stale or wrongly signed CRL is refused
@@ -107,6 +110,7 @@ impl ReceivePolicy {
             partner_certificates: Vec::new(),
             trust_anchors: Vec::new(),
             expected_signer: None,
+            next_expected_signer: None,
             crl_files: Vec::new(),
             at: OffsetDateTime::now_utc(),
             decompression_cap: DEFAULT_DECOMPRESSION_CAP,
@@ -423,10 +427,13 @@ fn receive_parsed(
             policy.at,
         )?;
         if let Some(expected) = &policy.expected_signer {
-            let same = matches!(
-                (sig.signer.to_der(), expected.to_der()),
-                (Ok(a), Ok(b)) if a == b
-            );
+            let is = |c: &X509| {
+                matches!(
+                    (sig.signer.to_der(), c.to_der()),
+                    (Ok(a), Ok(b)) if a == b
+                )
+            };
+            let same = is(expected) || policy.next_expected_signer.as_ref().is_some_and(is);
             if !same {
                 return Err(auth(format!(
                     "the message is signed with the certificate of `{}`, not with the sending party's certificate from the PMode (`{}`)",

@@ -6,7 +6,6 @@
 //! message uses), and the one place a leg's header values are put into a user message:
 //! the running access point and `varti message seal` build their messages here.
 
-use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 
 use crate::error::{EbmsError, ErrorCode};
@@ -16,6 +15,7 @@ use crate::message::model::{
 };
 use crate::outbound::SendPolicy;
 use crate::pmode::model::{Leg, Party, SecurityProfileKind, TokenReference};
+use crate::security::private_key::KeyOperations;
 use crate::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 use crate::security::token::TokenReference as WsseTokenReference;
 
@@ -132,7 +132,7 @@ pub fn user_message(leg: &Leg, fields: MessageFields) -> UserMessage {
 /// given for a leg that does not encrypt is not used.
 pub fn send_policy<'a>(
     leg: &Leg,
-    key: &'a PKey<Private>,
+    key: &'a dyn KeyOperations,
     certificate: &'a X509,
     receiver_certificate: Option<&'a X509>,
 ) -> Result<SendPolicy<'a>, EbmsError> {

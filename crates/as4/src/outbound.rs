@@ -19,7 +19,6 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
-use openssl::pkey::{PKeyRef, Private};
 use openssl::x509::X509Ref;
 
 use crate::compress::{self, GZIP_MIME_TYPE, PROP_COMPRESSION_TYPE, PROP_MIME_TYPE};
@@ -33,6 +32,7 @@ use crate::message::model::{
 use crate::message::soap::{build_envelope, BuildOptions};
 use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
+use crate::security::private_key::KeyOperations;
 use crate::security::profile::Profile;
 use crate::security::receipt::{check_receipt_nrr, non_repudiation_information};
 use crate::security::sign::{
@@ -65,7 +65,7 @@ impl<'a> SendPolicy<'a> {
     pub fn new(
         profile: &'static Profile,
         token_reference: TokenReference,
-        key: &'a PKeyRef<Private>,
+        key: &'a dyn KeyOperations,
         certificate: &'a X509Ref,
         encrypt_for: Option<&'a X509Ref>,
         compress: bool,

@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use time::OffsetDateTime;
 
@@ -41,6 +40,7 @@ use crate::outbound::{build_error_signal, build_receipt, security_fault};
 use crate::pmode::enforce::{self, PartFacts};
 use crate::pmode::model::{Binding, Leg, PModeSet, Party};
 use crate::pmode::routing::{self, InboundKey};
+use crate::security::private_key::PrivateKey;
 use crate::security::sign::SigningIdentity;
 use crate::spool::Spool;
 
@@ -50,11 +50,11 @@ pub struct LocalIdentity {
     /// The party (a `[[party]]` name of the PModes) we are.
     pub party: String,
     /// The key that signs messages, receipts and signals.
-    pub signing_key: PKey<Private>,
+    pub signing_key: PrivateKey,
     /// Its certificate.
     pub signing_cert: X509,
     /// The key partners encrypt to.
-    pub encryption_key: PKey<Private>,
+    pub encryption_key: PrivateKey,
     /// Its certificate.
     pub encryption_cert: X509,
     /// CA certificates partners' signing certificates must chain to (empty: each
@@ -63,6 +63,51 @@ pub struct LocalIdentity {
     /// Each partner's signing certificate, by party name (from its `signing_cert` in the
     /// PModes). A message from a party without one cannot be verified.
     pub partner_signing_certs: HashMap<String, X509>,
+    /// Each partner's next signing certificate (a key rollover), by party name (its
+    /// `next_signing_cert` in the PModes): accepted alongside the current one.
+    pub partner_next_signing_certs: HashMap<String, X509>,
+    /// Our next signing key and certificate (a key rollover), used from its instant on.
+    pub next_signing: Option<NextSigning>,
+}
+
+/// A signing key and certificate that replace the current ones from an instant on.
+///
+/// The switch is one-way and made by whoever holds the clock
+/// ([`NextSigning::activate_if_due`]): the access point checks it each time it takes the
+/// set in force, so signing moves to the new key at the configured instant without a
+/// restart or reload.
+#[derive(Debug, Clone)]
+pub struct NextSigning {
+    /// The next key.
+    pub key: PrivateKey,
+    /// Its certificate.
+    pub cert: X509,
+    /// From when it signs.
+    pub from: OffsetDateTime,
+    active: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NextSigning {
+    /// A next key, not yet in use.
+    pub fn new(key: PrivateKey, cert: X509, from: OffsetDateTime) -> NextSigning {
+        NextSigning {
+            key,
+            cert,
+            from,
+            active: Default::default(),
+        }
+    }
+
+    /// Switches to the next key when `now` has reached its instant; `true` only for the
+    /// call that switched.
+    pub fn activate_if_due(&self, now: OffsetDateTime) -> bool {
+        now >= self.from && !self.active.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the next key is the one in use.
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl std::fmt::Debug for LocalIdentity {
@@ -74,13 +119,23 @@ impl std::fmt::Debug for LocalIdentity {
 }
 
 impl LocalIdentity {
+    /// The signing key and certificate in use: the next ones once their instant has
+    /// passed ([`NextSigning::activate_if_due`]), the configured ones before.
+    pub fn current_signing(&self) -> (&PrivateKey, &X509) {
+        match &self.next_signing {
+            Some(n) if n.is_active() => (&n.key, &n.cert),
+            _ => (&self.signing_key, &self.signing_cert),
+        }
+    }
+
     /// How we sign on `leg` (receipts, signals and messages): our signing key with the
     /// leg's profile and token reference.
     pub fn signing_identity(&self, leg: &Leg) -> SigningIdentity<'_> {
+        let (key, certificate) = self.current_signing();
         SigningIdentity {
             profile: profile_of(leg.security.profile),
-            key: &self.signing_key,
-            certificate: &self.signing_cert,
+            key,
+            certificate,
             token_reference: token_reference_of(leg.security.token_reference),
         }
     }
@@ -105,12 +160,15 @@ impl LocalIdentity {
         policy.decryption = Some((self.encryption_key.clone(), self.encryption_cert.clone()));
         policy.key_transports = key_transports_for(profile);
         let partner_cert = self.partner_signing_certs.get(&partner.name).cloned();
-        policy.partner_certificates = partner_cert.iter().cloned().collect();
+        let next_cert = self.partner_next_signing_certs.get(&partner.name).cloned();
+        policy.partner_certificates = partner_cert.iter().chain(&next_cert).cloned().collect();
         // The signature must be the sending party's own (a shared CA is not enough); a party
-        // without a signing certificate in the PModes cannot be verified at all.
+        // without a signing certificate in the PModes cannot be verified at all. During a
+        // rollover its next certificate is its own too.
         policy.expected_signer = partner_cert.clone();
+        policy.next_expected_signer = next_cert.clone();
         policy.trust_anchors = if self.trust_anchors.is_empty() {
-            partner_cert.into_iter().collect()
+            partner_cert.into_iter().chain(next_cert).collect()
         } else {
             self.trust_anchors.clone()
         };

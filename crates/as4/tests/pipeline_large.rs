@@ -115,7 +115,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
             )
             .unwrap();
             let mut rp = ReceivePolicy::strict(profile);
-            rp.decryption = Some((bob.enc_key.clone(), bob.enc_cert.clone()));
+            rp.decryption = Some((bob.enc_key.clone().into(), bob.enc_cert.clone()));
             rp.partner_certificates = vec![alice.sign_cert.clone()];
             rp.trust_anchors = vec![alice.sign_cert.clone()];
             rp.spool_dir = Some(dir.path().to_path_buf());

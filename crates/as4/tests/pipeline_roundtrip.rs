@@ -132,7 +132,7 @@ fn receiver_policy(
 ) -> ReceivePolicy {
     let mut p = ReceivePolicy::strict(profile);
     p.require_encryption = encrypt;
-    p.decryption = Some((receiver.enc_key.clone(), receiver.enc_cert.clone()));
+    p.decryption = Some((receiver.enc_key.clone().into(), receiver.enc_cert.clone()));
     p.partner_certificates = vec![sender.sign_cert.clone()];
     p.trust_anchors = vec![sender.sign_cert.clone()];
     p.spool_dir = Some(spool.to_path_buf());

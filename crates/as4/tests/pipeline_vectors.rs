@@ -33,7 +33,7 @@ fn pyas4_policy(d: &std::path::Path) -> ReceivePolicy {
     let cert = pem_cert(&d.join("receiver.cert.pem"));
     let sender = pem_cert(&d.join("sender.cert.pem"));
     let mut p = ReceivePolicy::strict(&AS4_1_15);
-    p.decryption = Some((key, cert));
+    p.decryption = Some((key.into(), cert));
     p.partner_certificates = vec![sender.clone()];
     p.trust_anchors = vec![sender];
     p

@@ -111,15 +111,17 @@ receipt = "plain"
 fn varti_b() -> LocalIdentity {
     LocalIdentity {
         party: "varti-b".into(),
-        signing_key: key("varti-b/sign.key.pem"),
+        signing_key: key("varti-b/sign.key.pem").into(),
         signing_cert: cert("varti-b/sign.cert.pem"),
-        encryption_key: key("varti-b/enc.key.pem"),
+        encryption_key: key("varti-b/enc.key.pem").into(),
         encryption_cert: cert("varti-b/enc.cert.pem"),
         trust_anchors: Vec::new(),
         partner_signing_certs: HashMap::from([
             ("varti-a".to_owned(), cert("varti-a/sign.cert.pem")),
             ("varti-b".to_owned(), cert("varti-b/sign.cert.pem")),
         ]),
+        partner_next_signing_certs: HashMap::new(),
+        next_signing: None,
     }
 }
 
@@ -423,6 +425,38 @@ fn no_leg_wrong_recipient_or_unknown_sender_is_refused_unsigned() {
             assert!(detail.contains(expected), "{detail}");
         }
     }
+}
+
+/// A partner's key rollover: with its next certificate in the PModes, messages signed
+/// with either its current or its next certificate are accepted; without it, the new
+/// signature is refused.
+#[test]
+fn a_partners_next_signing_certificate_is_accepted_alongside_the_current_one() {
+    let mut t = setup();
+    // varti-a's "current" certificate is varti-c's; it rolls over to its own.
+    t.identity
+        .partner_signing_certs
+        .insert("varti-a".into(), cert("varti-c/sign.cert.pem"));
+    t.refused("signed", Msg::good(), ErrorCode::FailedAuthentication, true);
+    t.identity
+        .partner_next_signing_certs
+        .insert("varti-a".into(), cert("varti-a/sign.cert.pem"));
+    let (package, _) = t.seal("signed", Msg::good());
+    t.receive(&package)
+        .expect("signed with the next certificate");
+    let old = Msg {
+        signer: "varti-c",
+        ..Msg::good()
+    };
+    let (package, _) = t.seal("signed", old);
+    t.receive(&package)
+        .expect("signed with the current certificate");
+    // Any other party's certificate is still refused.
+    let other = Msg {
+        signer: "varti-b",
+        ..Msg::good()
+    };
+    t.refused("signed", other, ErrorCode::FailedAuthentication, true);
 }
 
 #[test]

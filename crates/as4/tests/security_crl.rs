@@ -192,7 +192,7 @@ fn receive_with(p: &Pki, crl_files: &[&Path]) -> Result<usize, varti_as4::EbmsEr
     let (bytes, ct) = sealed(p);
     let pkg = MimePackage::parse(&bytes[..], &ct, &MimeLimits::default()).unwrap();
     let mut policy = ReceivePolicy::strict(&AS4_1_15);
-    policy.decryption = Some((p.bob.enc_key.clone(), p.bob.enc_cert.clone()));
+    policy.decryption = Some((p.bob.enc_key.clone().into(), p.bob.enc_cert.clone()));
     policy.partner_certificates = vec![p.alice.clone()];
     policy.trust_anchors = vec![p.ca.clone()];
     policy.expected_signer = Some(p.alice.clone());

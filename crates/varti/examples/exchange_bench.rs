@@ -21,6 +21,9 @@
 //!   threads, spread over the sending instances' backend APIs).
 //! - `--big-mib N` [0; 1024 with `--all`]: one message of N MiB on a fresh sled pair.
 //! - `--openssl`: `openssl speed` of the primitives (as in the security section).
+//! - `--token`: the sender's (varti-a's) signing key, TLS key and, where SoftHSM2 has the
+//!   key type, decryption key in a SoftHSM2 token (PKCS#11; keys imported non-extractable,
+//!   as in `tests/hsm.rs`; needs Debian's softhsm2). Rows are marked `[token keys]`.
 //! - `VARTI_BENCH_BINARY=PATH` (environment): benchmark that `varti` binary instead of the
 //!   one beside the examples directory (to compare builds before and after a change).
 //! - `--all`: all of the above: the three profiles on sled, 1.15 and 2.0-eddsa on
@@ -52,6 +55,40 @@ use varti::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
 #[path = "../../as4/examples/bench_support/mod.rs"]
 mod as4_bench;
 mod bench_support;
+// The HSM tests' SoftHSM2 token (created once, keys imported non-extractable).
+#[path = "../tests/hsm_support/mod.rs"]
+mod hsm_support;
+
+/// `--token`: varti-a's keys in a SoftHSM2 token.
+static TOKEN_KEYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn label(p: &Profile) -> String {
+    if TOKEN_KEYS.load(Ordering::Relaxed) {
+        format!("{} [token keys]", p.label)
+    } else {
+        p.label.to_owned()
+    }
+}
+
+/// Points varti-a's signing, decryption (where SoftHSM2 has the key type) and TLS keys in
+/// its configuration at the token.
+fn token_keys(file: &Path, profile: Profile) {
+    let t = hsm_support::token();
+    let mut text = std::fs::read_to_string(file).unwrap();
+    let (sign, enc) = profile.keys;
+    let mut keys = vec![sign, "tls"];
+    if enc != "enc-x25519" {
+        keys.push(enc);
+    }
+    for stem in keys {
+        text = text.replace(
+            &format!("\"../certs/varti-a/{stem}.key.pem\""),
+            &format!("\"{}\"", t.uri(&format!("varti-a/{stem}"))),
+        );
+    }
+    text += &format!("\n[pkcs11]\nmodule = \"{}\"\n", hsm_support::MODULE);
+    std::fs::write(file, text).unwrap();
+}
 
 /// The bench agreement under the run's security profile.
 fn bench_pmodes(profile: &str) -> String {
@@ -174,6 +211,7 @@ fn parse_args() -> Args {
             }
             "--big-mib" => a.big_mib = number("--big-mib", value("--big-mib")),
             "--openssl" => a.openssl = true,
+            "--token" => TOKEN_KEYS.store(true, Ordering::Relaxed),
             "--all" => a.all = true,
             other => panic!("unknown option '{other}' ({usage})"),
         }
@@ -269,7 +307,7 @@ fn main() {
         println!(
             "{} on {} ({}+{} instances), {} x {} B, {} submitters: {:.0} msg/s; latency p50 {:.0} ms, p99 {:.0} ms; \
              peak RSS sender {:?} KiB, receiver {:?} KiB; CPU per message: sender {:.1} ms, receiver {:.1} ms; load {:.1}-{:.1}",
-            r.run.profile.label,
+            label(&r.run.profile),
             store_name(&r.run),
             r.run.instances,
             r.run.instances,
@@ -316,7 +354,7 @@ fn main() {
         for r in &results {
             println!(
                 "| {} | {} ({}) | {:.0} | {:.0} / {:.0} | {} / {} | {:.1} / {:.1} | {:.1}-{:.1} |",
-                r.run.profile.label,
+                label(&r.run.profile),
                 store_name(&r.run),
                 r.run.instances,
                 r.msgs_per_s,
@@ -446,6 +484,9 @@ fn start_nodes(binary: &Path, repo: &Path, run: &Run) -> Nodes {
                 .rewrite_config(node, &format!("{SENDER_CONFIG}{store}"))
                 .unwrap();
             use_keys(&node.dir.join("varti.toml"), run.profile);
+            if TOKEN_KEYS.load(Ordering::Relaxed) && node.party == "varti-a" {
+                token_keys(&node.dir.join("varti.toml"), run.profile);
+            }
         }
         // Receivers first: a sender with work queued would otherwise retry into nothing.
         let b = pair::start(binary, &layout.b, Duration::from_secs(60)).unwrap();

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use varti_access_point::config::{
-    ApiClient, ClientAuth, ClientConfig, IdentityConfig, LimitsConfig, RetentionConfig,
-    SenderConfig, ServerConfig, Settings, TlsConfig,
+    ApiClient, ClientAuth, ClientConfig, IdentityConfig, LimitsConfig, Pkcs11Config,
+    RetentionConfig, SenderConfig, ServerConfig, Settings, TlsConfig,
 };
 use varti_oots_gateway::config::{InvalidSetting, OotsConfig, OotsParty};
 use varti_oots_gateway::preview::PreviewConfig;
@@ -97,6 +97,8 @@ pub struct Config {
     pub console: varti_access_point::console::ConsoleConfig,
     /// `[webhooks]`: the webhook outbox's lease (issue 18).
     pub webhooks: WebhooksConfig,
+    /// `[pkcs11]`: the HSM module of private keys named by `pkcs11:` URIs.
+    pub pkcs11: Pkcs11Config,
 }
 
 /// The backend API: HTTP/JSON for the systems behind the access point.
@@ -253,6 +255,7 @@ impl Default for Config {
             oots: OotsConfig::default(),
             console: Default::default(),
             webhooks: WebhooksConfig::default(),
+            pkcs11: Pkcs11Config::default(),
         }
     }
 }
@@ -327,11 +330,20 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        // A private-key setting may be a pkcs11: URI rather than a path.
+        let fix_key = |p: &mut PathBuf| {
+            if !p.to_string_lossy().starts_with("pkcs11:") {
+                fix(p)
+            }
+        };
+        if let Some(m) = self.pkcs11.module.as_mut() {
+            fix(m);
+        }
         fix(&mut self.data_dir);
         self.oots.resolve_relative_to(base);
         fix(&mut self.pmodes_dir);
         fix(&mut self.tls.cert);
-        fix(&mut self.tls.key);
+        fix_key(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         if let Some(p) = self.store.path.as_mut() {
             fix(p);
@@ -339,9 +351,15 @@ impl Config {
         if let Some(p) = self.store.backup_dir.as_mut() {
             fix(p);
         }
-        fix(&mut self.identity.signing_key);
+        fix_key(&mut self.identity.signing_key);
+        if let Some(p) = self.identity.next_signing_key.as_mut() {
+            fix_key(p);
+        }
+        if let Some(p) = self.identity.next_signing_cert.as_mut() {
+            fix(p);
+        }
         fix(&mut self.identity.signing_cert);
-        fix(&mut self.identity.encryption_key);
+        fix_key(&mut self.identity.encryption_key);
         fix(&mut self.identity.encryption_cert);
         self.identity.trust_anchors.iter_mut().for_each(fix);
         if let Some(p) = self.preview.oidc.client_secret_file.as_mut() {
@@ -578,6 +596,7 @@ impl Config {
             limits: self.limits.clone(),
             retention: self.retention.clone(),
             trusted_proxies: self.server.trusted_proxies.clone(),
+            pkcs11: self.pkcs11.clone(),
             clients: self
                 .backend
                 .clients

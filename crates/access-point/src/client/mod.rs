@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 
 use crate::config::ClientConfig;
 use crate::server::http::{reader_body, Body};
@@ -101,13 +101,12 @@ impl From<&ClientConfig> for ClientSettings {
     }
 }
 
-/// Our client certificate chain (leaf first) and its private key.
+/// Our client certificate chain (leaf first) and its private key (a file key, or a token
+/// key whose handshake signatures the token makes).
 #[derive(Debug)]
 pub struct ClientIdentity {
-    /// Certificate chain, leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's private key.
-    pub key: PrivateKeyDer<'static>,
+    /// Certificate chain and key.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
 }
 
 /// TLS settings for one partner (from its PMode).
@@ -129,8 +128,11 @@ impl PartnerTls {
         let client_identity = match client_cert_and_key {
             None => None,
             Some((cert, key)) => Some(ClientIdentity {
-                chain: tls::load_certs(cert, "our client certificate file")?,
-                key: tls::load_key(key, "our client key file")?,
+                certified: crate::server::tls_key::certified_key(
+                    tls::load_certs(cert, "our client certificate file")?,
+                    key,
+                    "our client key file",
+                )?,
             }),
         };
         Ok(PartnerTls {
@@ -224,9 +226,9 @@ impl OutboundClient {
     pub fn set_partner(&self, partner: &str, partner_tls: PartnerTls) -> Result<(), ClientError> {
         let identity = partner_tls
             .client_identity
-            .map(|identity| (identity.chain, identity.key));
+            .map(|identity| identity.certified);
         let tls_config =
-            tls::client_config(&partner_tls.trusted_cas, identity).map_err(|source| {
+            tls::client_config_certified(&partner_tls.trusted_cas, identity).map_err(|source| {
                 ClientError::Tls {
                     partner: partner.to_owned(),
                     source,

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod tls;
+pub(crate) mod tls_key;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -128,7 +128,8 @@ pub(crate) fn root_store(
     Ok(roots)
 }
 
-/// The server's TLS settings: certificate chain and key from PEM files, client
+/// The server's TLS settings: certificate chain from a PEM file and key from a PEM file
+/// or a `pkcs11:` URI (the token signs the handshakes), client
 /// authentication as configured (`client_ca` is read unless `client_auth` is `Off`), ALPN
 /// offering HTTP/2 and HTTP/1.1.
 pub fn server_config(
@@ -138,7 +139,7 @@ pub fn server_config(
     client_ca: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = load_certs(cert, "TLS certificate file (tls.cert)")?;
-    let key = load_key(key, "TLS key file (tls.key)")?;
+    let certified = super::tls_key::certified_key(chain, key, "TLS key file (tls.key)")?;
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)
@@ -168,12 +169,7 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Rustls {
-            context: "the TLS key does not fit the certificate (tls.key / tls.cert)",
-            source,
-        })?;
+    let mut config = builder.with_cert_resolver(Arc::new(super::tls_key::OneCert(certified)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -206,6 +202,31 @@ pub fn client_config(
                 })
         }
     }
+}
+
+/// Like [`client_config`], with our client certificate and key already loaded (a key file
+/// or a token key, see `client::ClientIdentity`).
+pub(crate) fn client_config_certified(
+    trusted_cas: &[CertificateDer<'static>],
+    identity: Option<Arc<rustls::sign::CertifiedKey>>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = root_store(trusted_cas).map_err(|source| TlsError::Rustls {
+        context: "partner's trusted CA certificate",
+        source,
+    })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS protocol versions",
+            source,
+        })?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        None => builder.with_no_client_auth(),
+        Some(certified) => {
+            builder.with_client_cert_resolver(Arc::new(super::tls_key::OneCert(certified)))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -333,6 +333,7 @@ struct RawParty {
     ids: Spanned<Vec<RawPartyId>>,
     endpoint: Option<Spanned<String>>,
     signing_cert: Option<Spanned<String>>,
+    next_signing_cert: Option<Spanned<String>>,
     encryption_cert: Option<Spanned<String>>,
     #[serde(default)]
     crls: Vec<Spanned<String>>,
@@ -759,6 +760,7 @@ impl Resolver {
                 }
             });
             let signing_cert = cert(&raw.signing_cert, check::CertRole::Signing);
+            let next_signing_cert = cert(&raw.next_signing_cert, check::CertRole::Signing);
             let encryption_cert = cert(&raw.encryption_cert, check::CertRole::Encryption);
             let tls = raw.tls.as_ref().map(|t| {
                 let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
@@ -787,6 +789,7 @@ impl Resolver {
                 ids,
                 endpoint: raw.endpoint.as_ref().map(|e| e.get_ref().clone()),
                 signing_cert,
+                next_signing_cert,
                 encryption_cert,
                 tls,
                 crls,

@@ -106,6 +106,10 @@ pub struct Party {
     pub endpoint: Option<String>,
     /// The certificate its messages are signed with (PEM), resolved against the file.
     pub signing_cert: Option<PathBuf>,
+    /// Its next signing certificate (a key rollover, PEM): while it is configured,
+    /// messages and receipts signed with either certificate are accepted, each within its
+    /// own validity period (so the next one from its validity start on).
+    pub next_signing_cert: Option<PathBuf>,
     /// The certificate we encrypt for it with (PEM), resolved against the file.
     pub encryption_cert: Option<PathBuf>,
     /// TLS settings for talking to it.

@@ -31,15 +31,15 @@
 
 use std::io::{self, Read, Seek, Write};
 
+use super::private_key::{KeyError, KeyKind, KeyOperations, RsaDecryption};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use openssl::bn::BigNumContext;
-use openssl::derive::Deriver;
 use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
 use openssl::hash::MessageDigest;
 use openssl::md::{Md, MdRef};
 use openssl::nid::Nid;
-use openssl::pkey::{Id, PKey, PKeyRef, Private, Public};
+use openssl::pkey::{Id, PKey, PKeyRef, Public};
 use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
 use openssl::symm::{Cipher, Crypter, Mode};
@@ -420,18 +420,17 @@ impl KeyProtection {
     }
 
     fn key_fits(self, key: &PKeyRef<impl openssl::pkey::HasPublic>) -> bool {
+        self.kind_fits(super::private_key::kind_of(key))
+    }
+
+    fn kind_fits(self, key: KeyKind) -> bool {
         match self {
             KeyProtection::RsaOaepSha256
             | KeyProtection::RsaOaepMgf1pSha1
-            | KeyProtection::RsaPkcs1v15 => key.id() == Id::RSA,
-            KeyProtection::X25519HkdfKwAes128 => key.id() == Id::X25519,
+            | KeyProtection::RsaPkcs1v15 => key.id == Id::RSA,
+            KeyProtection::X25519HkdfKwAes128 => key.id == Id::X25519,
             KeyProtection::EcdhEsP256HkdfKwAes128 => {
-                key.id() == Id::EC
-                    && key
-                        .ec_key()
-                        .ok()
-                        .and_then(|k| k.group().curve_name())
-                        .is_some_and(|n| n == Nid::X9_62_PRIME256V1)
+                key.id == Id::EC && key.curve == Some(Nid::X9_62_PRIME256V1)
             }
         }
     }
@@ -883,7 +882,8 @@ fn protect_key(
                 );
                 (PKey::from_ec_key(ec).map_err(crypto)?, xml)
             };
-            let shared = agree(&ephemeral, receiver).map_err(crypto)?;
+            let shared = agree(&ephemeral, receiver)
+                .map_err(|e| sending(format!("{}: {e}", kp.describe())))?;
             let params = HkdfParams::for_kw_aes128().map_err(crypto)?;
             let kek = kdf::hkdf_sha256(&shared, &params).map_err(crypto)?;
             let wrapped = keywrap::wrap_aes128(&kek, cek.as_bytes())
@@ -915,15 +915,12 @@ fn protect_key(
 
 /// The raw (EC)DH shared secret between `ours` and `theirs`, refusing an all-zero result
 /// (a low-order X25519 point).
-fn agree(
-    ours: &PKeyRef<Private>,
-    theirs: &PKeyRef<Public>,
-) -> Result<Vec<u8>, openssl::error::ErrorStack> {
-    let mut d = Deriver::new(ours)?;
-    d.set_peer(theirs)?;
-    let z = d.derive_to_vec()?;
+fn agree(ours: &dyn KeyOperations, theirs: &PKeyRef<Public>) -> Result<Vec<u8>, KeyError> {
+    let z = ours.derive(theirs)?;
     if z.iter().all(|b| *b == 0) {
-        return Err(openssl::error::ErrorStack::get());
+        return Err(KeyError::permanent(
+            "all-zero shared secret (low-order point)",
+        ));
     }
     Ok(z)
 }
@@ -1036,14 +1033,18 @@ pub struct DecryptedPart {
 /// construct; EBMS:0102 when the key cannot be recovered or is not addressed to us.
 pub fn open_encryption(
     header_xml: &str,
-    my_key: &PKeyRef<Private>,
+    my_key: &dyn KeyOperations,
     my_cert: &X509Ref,
     policy_: &DecryptionPolicy,
 ) -> Result<Decryption, EbmsError> {
     let cert_key = my_cert
         .public_key()
         .map_err(|e| failed(format!("our certificate's public key is unreadable: {e}")))?;
-    if !cert_key.public_eq(my_key) {
+    let same = my_key
+        .public_key()
+        .map(|k| k.public_eq(&cert_key))
+        .unwrap_or(false);
+    if !same {
         return Err(failed(
             "the configured private key does not belong to the configured certificate; \
              fix the key/certificate pair of this access point",
@@ -1107,7 +1108,7 @@ pub fn open_encryption(
 /// error.
 pub fn decrypt_parts<R: Read>(
     header_xml: &str,
-    my_key: &PKeyRef<Private>,
+    my_key: &dyn KeyOperations,
     my_cert: &X509Ref,
     policy_: &DecryptionPolicy,
     mut attachment: impl FnMut(&str) -> Option<R>,
@@ -1653,47 +1654,47 @@ impl EncryptedKeyInfo {
     }
 
     /// Recovers the content key with our private key.
-    fn recover(&self, _doc: &Doc, my_key: &PKeyRef<Private>) -> Result<ContentKey, EbmsError> {
+    fn recover(&self, _doc: &Doc, my_key: &dyn KeyOperations) -> Result<ContentKey, EbmsError> {
         let kp = self.protection;
-        if !kp.key_fits(my_key) {
+        if !kp.kind_fits(my_key.kind()) {
             return Err(failed(format!(
                 "the content key was protected with {} but our key is a {:?} key",
                 kp.describe(),
-                my_key.id()
+                my_key.kind().id
             )));
         }
+        // A token that went away: the message is fine, we cannot take it now.
+        let transient = |e: &KeyError| {
+            e.is_transient()
+                .then(|| EbmsError::retry_later(format!("our decryption key is unavailable: {e}")))
+        };
         match kp {
             KeyProtection::RsaOaepSha256 | KeyProtection::RsaOaepMgf1pSha1 => {
-                let (md, mgf) = kp.rsa_oaep_digests().expect("RSA-OAEP variant");
-                let unwrap_err = |_| {
-                    failed(
-                        "the RSA-OAEP encrypted key cannot be decrypted with our private key: \
-                         it was encrypted for another key, or altered",
-                    )
+                let sha256 = kp == KeyProtection::RsaOaepSha256;
+                let scheme = RsaDecryption::Oaep {
+                    sha256,
+                    mgf1_sha256: sha256,
                 };
-                let mut ctx = PkeyCtx::new(my_key).map_err(unwrap_err)?;
-                ctx.decrypt_init().map_err(unwrap_err)?;
-                ctx.set_rsa_padding(Padding::PKCS1_OAEP)
-                    .map_err(unwrap_err)?;
-                ctx.set_rsa_oaep_md(md).map_err(unwrap_err)?;
-                ctx.set_rsa_mgf1_md(mgf).map_err(unwrap_err)?;
-                let mut out = Vec::new();
-                ctx.decrypt_to_vec(&self.cipher_value, &mut out)
-                    .map_err(unwrap_err)?;
+                let out = my_key
+                    .rsa_decrypt(scheme, &self.cipher_value)
+                    .map_err(|e| {
+                        transient(&e).unwrap_or_else(|| {
+                            failed(
+                                "the RSA-OAEP encrypted key cannot be decrypted with our private key: \
+                                 it was encrypted for another key, or altered",
+                            )
+                        })
+                    })?;
                 ContentKey::from_bytes(&out)
             }
             KeyProtection::RsaPkcs1v15 => {
                 // RFC 3218 §2.3.2: never reveal whether the padding was valid; a bad key
                 // becomes a random one and fails later, at the GCM tag, like any other.
                 let mut random = ContentKey::generate()?;
-                let attempt = (|| -> Result<Vec<u8>, openssl::error::ErrorStack> {
-                    let mut ctx = PkeyCtx::new(my_key)?;
-                    ctx.decrypt_init()?;
-                    ctx.set_rsa_padding(Padding::PKCS1)?;
-                    let mut out = Vec::new();
-                    ctx.decrypt_to_vec(&self.cipher_value, &mut out)?;
-                    Ok(out)
-                })();
+                let attempt = my_key.rsa_decrypt(RsaDecryption::Pkcs1v15, &self.cipher_value);
+                if let Some(e) = attempt.as_ref().err().and_then(transient) {
+                    return Err(e);
+                }
                 if let Ok(k) = attempt {
                     if k.len() == CEK_LEN {
                         random.0.copy_from_slice(&k);
@@ -1706,8 +1707,10 @@ impl EncryptedKeyInfo {
                     .agreement
                     .as_ref()
                     .expect("agreement parsed for kw-aes128");
-                let shared = agree(my_key, originator).map_err(|_| {
-                    failed("key agreement with the originator's ephemeral key failed")
+                let shared = agree(my_key, originator).map_err(|e| {
+                    transient(&e).unwrap_or_else(|| {
+                        failed("key agreement with the originator's ephemeral key failed")
+                    })
                 })?;
                 let kek = kdf::hkdf_sha256(&shared, params)
                     .map_err(|e| failed(format!("HKDF failed: {e}")))?;

@@ -12,6 +12,8 @@
 //! * [`sign`] — building a signed `wsse:Security` header.
 //! * [`summary`] — a read-only summary of a security header, for `message inspect`.
 //! * [`receipt`] — `ebbp:NonRepudiationInformation` for receipts, and checking it.
+//! * [`private_key`] — every private-key operation (sign, RSA decryption, (EC)DH) behind
+//!   one trait, for file keys and [`pkcs11`] token keys alike.
 //! * [`encrypt`] — SwA payload encryption (AES-128-GCM) and key protection (RSA-OAEP,
 //!   X25519 / ECDH-ES with `kdf` HKDF and `keywrap` AES key wrap).
 
@@ -21,6 +23,8 @@ pub mod encrypt;
 pub(crate) mod kdf;
 pub mod keys;
 pub(crate) mod keywrap;
+pub mod pkcs11;
+pub mod private_key;
 pub mod profile;
 pub mod receipt;
 pub(crate) mod revocation;

@@ -19,9 +19,11 @@ use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{Id, PKeyRef, Private, Public};
+use openssl::pkey::{Id, PKeyRef, Public};
 use openssl::rsa::Padding;
-use openssl::sign::{Signer, Verifier};
+use openssl::sign::Verifier;
+
+use super::private_key::{KeyError, KeyKind, KeyOperations, SignMechanism};
 
 use super::c14n::EXC_C14N;
 use crate::error::{EbmsError, ErrorCode};
@@ -43,13 +45,21 @@ pub trait SignatureAlgorithm: Send + Sync {
     /// The `ds:SignatureMethod/@Algorithm` URI.
     fn uri(&self) -> &'static str;
     /// Signs `data` (the canonical SignedInfo) and returns the XML-DSig signature value.
-    fn sign(&self, key: &PKeyRef<Private>, data: &[u8]) -> Result<Vec<u8>, EbmsError>;
+    fn sign(&self, key: &dyn KeyOperations, data: &[u8]) -> Result<Vec<u8>, EbmsError>;
     /// Verifies an XML-DSig signature value over `data`. `Ok(false)` means "does not verify".
     fn verify(&self, key: &PKeyRef<Public>, data: &[u8], sig: &[u8]) -> Result<bool, EbmsError>;
 }
 
 fn crypto_err(what: &str, e: openssl::error::ErrorStack) -> EbmsError {
     EbmsError::new(ErrorCode::FailedAuthentication, format!("{what}: {e}"))
+}
+
+fn key_err(what: &str, e: KeyError) -> EbmsError {
+    if e.is_transient() {
+        EbmsError::retry_later(format!("{what}: {e}"))
+    } else {
+        EbmsError::new(ErrorCode::Other, format!("{what}: {e}"))
+    }
 }
 
 fn wrong_key(alg: &str, expected: &str) -> EbmsError {
@@ -64,15 +74,18 @@ pub(crate) struct RsaSha256;
 
 impl RsaSha256 {
     fn check_key<T: openssl::pkey::HasPublic>(key: &PKeyRef<T>) -> Result<(), EbmsError> {
-        if key.id() != Id::RSA {
+        Self::check_kind(super::private_key::kind_of(key))
+    }
+    fn check_kind(key: KeyKind) -> Result<(), EbmsError> {
+        if key.id != Id::RSA {
             return Err(wrong_key(SIG_RSA_SHA256, "an RSA key"));
         }
-        if key.bits() < MIN_RSA_BITS {
+        if key.bits < MIN_RSA_BITS {
             return Err(EbmsError::new(
                 ErrorCode::PolicyNoncompliance,
                 format!(
                     "RSA key of {} bits is below the {MIN_RSA_BITS}-bit minimum",
-                    key.bits()
+                    key.bits
                 ),
             ));
         }
@@ -84,14 +97,10 @@ impl SignatureAlgorithm for RsaSha256 {
     fn uri(&self) -> &'static str {
         SIG_RSA_SHA256
     }
-    fn sign(&self, key: &PKeyRef<Private>, data: &[u8]) -> Result<Vec<u8>, EbmsError> {
-        Self::check_key(key)?;
-        let mut s =
-            Signer::new(MessageDigest::sha256(), key).map_err(|e| crypto_err("RSA signer", e))?;
-        s.set_rsa_padding(Padding::PKCS1)
-            .map_err(|e| crypto_err("RSA padding", e))?;
-        s.sign_oneshot_to_vec(data)
-            .map_err(|e| crypto_err("RSA signing", e))
+    fn sign(&self, key: &dyn KeyOperations, data: &[u8]) -> Result<Vec<u8>, EbmsError> {
+        Self::check_kind(key.kind())?;
+        key.sign(SignMechanism::RsaPkcs1Sha256, data)
+            .map_err(|e| key_err("RSA signing", e))
     }
     fn verify(&self, key: &PKeyRef<Public>, data: &[u8], sig: &[u8]) -> Result<bool, EbmsError> {
         Self::check_key(key)?;
@@ -111,13 +120,12 @@ impl SignatureAlgorithm for Ed25519 {
     fn uri(&self) -> &'static str {
         SIG_EDDSA_ED25519
     }
-    fn sign(&self, key: &PKeyRef<Private>, data: &[u8]) -> Result<Vec<u8>, EbmsError> {
-        if key.id() != Id::ED25519 {
+    fn sign(&self, key: &dyn KeyOperations, data: &[u8]) -> Result<Vec<u8>, EbmsError> {
+        if key.kind().id != Id::ED25519 {
             return Err(wrong_key(SIG_EDDSA_ED25519, "an Ed25519 key"));
         }
-        let mut s = Signer::new_without_digest(key).map_err(|e| crypto_err("Ed25519 signer", e))?;
-        s.sign_oneshot_to_vec(data)
-            .map_err(|e| crypto_err("Ed25519 signing", e))
+        key.sign(SignMechanism::Ed25519, data)
+            .map_err(|e| key_err("Ed25519 signing", e))
     }
     fn verify(&self, key: &PKeyRef<Public>, data: &[u8], sig: &[u8]) -> Result<bool, EbmsError> {
         if key.id() != Id::ED25519 {
@@ -137,9 +145,10 @@ const P256_LEN: usize = 32;
 
 impl EcdsaP256Sha256 {
     fn check_key<T: openssl::pkey::HasPublic>(key: &PKeyRef<T>) -> Result<(), EbmsError> {
-        let ok = key.id() == Id::EC
-            && key.ec_key().ok().and_then(|k| k.group().curve_name())
-                == Some(Nid::X9_62_PRIME256V1);
+        Self::check_kind(super::private_key::kind_of(key))
+    }
+    fn check_kind(key: KeyKind) -> Result<(), EbmsError> {
+        let ok = key.id == Id::EC && key.curve == Some(Nid::X9_62_PRIME256V1);
         if ok {
             Ok(())
         } else {
@@ -182,13 +191,11 @@ impl SignatureAlgorithm for EcdsaP256Sha256 {
     fn uri(&self) -> &'static str {
         SIG_ECDSA_SHA256
     }
-    fn sign(&self, key: &PKeyRef<Private>, data: &[u8]) -> Result<Vec<u8>, EbmsError> {
-        Self::check_key(key)?;
-        let mut s =
-            Signer::new(MessageDigest::sha256(), key).map_err(|e| crypto_err("ECDSA signer", e))?;
-        let der = s
-            .sign_oneshot_to_vec(data)
-            .map_err(|e| crypto_err("ECDSA signing", e))?;
+    fn sign(&self, key: &dyn KeyOperations, data: &[u8]) -> Result<Vec<u8>, EbmsError> {
+        Self::check_kind(key.kind())?;
+        let der = key
+            .sign(SignMechanism::EcdsaSha256, data)
+            .map_err(|e| key_err("ECDSA signing", e))?;
         ecdsa_der_to_raw(&der, P256_LEN)
     }
     fn verify(&self, key: &PKeyRef<Public>, data: &[u8], sig: &[u8]) -> Result<bool, EbmsError> {

@@ -12,12 +12,12 @@
 //! a misplaced placeholder can never produce a message that peers reject.
 
 use base64::Engine;
-use openssl::pkey::{PKeyRef, Private};
 use openssl::sha::Sha256;
 use openssl::x509::{X509Ref, X509};
 
 use super::c14n::{self, EXC_C14N};
 use super::dom::{XmlDocument, NS_WSU};
+use super::private_key::KeyOperations;
 use super::profile::Profile;
 use super::swa::{self, AttachmentSource, ATTACHMENT_CONTENT_SIGNATURE_TRANSFORM};
 use super::token::{self, TokenReference, ENC_BASE64, NS_DS, NS_WSSE, VT_SKI, VT_X509V3};
@@ -34,7 +34,7 @@ pub struct SigningIdentity<'a> {
     /// The algorithm suite (from the PMode).
     pub profile: &'a Profile,
     /// The private signing key.
-    pub key: &'a PKeyRef<Private>,
+    pub key: &'a dyn KeyOperations,
     /// Its certificate.
     pub certificate: &'a X509Ref,
     /// How the signature names the certificate (per partner, from the PMode).

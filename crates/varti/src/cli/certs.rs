@@ -11,12 +11,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use varti_as4::security::pkcs11::is_pkcs11_uri;
 
 use clap::{Args, Subcommand};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{Id, PKey};
+use openssl::pkey::Id;
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
@@ -242,6 +243,8 @@ impl Inventory {
             Some(path) => Config::load(path).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
+        // Keys named by pkcs11: URIs are opened in the configured module.
+        varti_as4::security::pkcs11::set_default_module(config.pkcs11.module.clone());
         let dir = sources.pmodes.clone().unwrap_or(config.pmodes_dir.clone());
         Self::of(&config, dir, at_unix, at, true)
     }
@@ -596,6 +599,18 @@ fn file_label(used: &Use, index: usize, count: usize) -> String {
 // ---------------------------------------------------------------------------------
 // list
 
+/// Where a private-key setting points: the file, or the token URI without its PIN.
+fn key_location(key: &Path) -> String {
+    let text = key.to_string_lossy();
+    if is_pkcs11_uri(&text) {
+        varti_as4::security::pkcs11::Pkcs11Uri::parse(&text)
+            .map(|u| u.redacted())
+            .unwrap_or_else(|e| format!("pkcs11: (unparsable: {e})"))
+    } else {
+        key.display().to_string()
+    }
+}
+
 fn list(inv: &Inventory, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut rows: Vec<[String; 9]> = Vec::new();
     let mut json_certs = Vec::new();
@@ -605,7 +620,11 @@ fn list(inv: &Inventory, as_json: bool) -> anyhow::Result<ExitCode> {
             Ok(certs) => {
                 for (i, c) in certs.iter().enumerate() {
                     let f = facts(c, &inv.at);
-                    json_certs.push(certificate_json(&e.used, i, &f));
+                    let mut cj = certificate_json(&e.used, i, &f);
+                    if let Some((_, key)) = e.used.key.as_ref().filter(|_| i == 0) {
+                        cj["private_key"] = json!(key_location(key));
+                    }
+                    json_certs.push(cj);
                     rows.push([
                         e.used.role.name().to_owned(),
                         e.used.owner.clone(),
@@ -615,7 +634,14 @@ fn list(inv: &Inventory, as_json: bool) -> anyhow::Result<ExitCode> {
                         f.not_after,
                         f.days_left.to_string(),
                         f.key_type,
-                        file_label(&e.used, i, certs.len()),
+                        match e.used.key.as_ref().filter(|_| i == 0) {
+                            Some((_, key)) if is_pkcs11_uri(&key.to_string_lossy()) => format!(
+                                "{} (key in {})",
+                                file_label(&e.used, i, certs.len()),
+                                key_location(key)
+                            ),
+                            _ => file_label(&e.used, i, certs.len()),
+                        },
                     ]);
                 }
             }
@@ -1115,12 +1141,10 @@ fn check_key(
     key_file: &Path,
     problems: &mut Vec<Problem>,
 ) {
-    let key = std::fs::read(key_file)
-        .map_err(|e| e.to_string())
-        .and_then(|pem| {
-            PKey::private_key_from_pem(&pem)
-                .map_err(|e| format!("not an unencrypted PEM private key ({e})"))
-        });
+    // A file key or a token key; either way it must prove it is the certificate's by
+    // signing (or agreeing a key), which a token does without revealing the key.
+    let key = varti_as4::security::private_key::load(key_file, None, Some(cert))
+        .map_err(|e| e.to_string());
     let mut problem = match key {
         Err(why) => Problem::new(
             Severity::Error,
@@ -1135,7 +1159,10 @@ fn check_key(
         Ok(key) => {
             let matches = cert
                 .public_key()
-                .map(|public| public.public_eq(&key))
+                .ok()
+                .and_then(|public| {
+                    varti_as4::security::private_key::proves_possession(&key, &public).ok()
+                })
                 .unwrap_or(false);
             if matches {
                 return;

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -79,7 +78,8 @@ pub enum MessageCommand {
 pub struct OpenArgs {
     /// The message dump to open.
     pub file: PathBuf,
-    /// Our private key (PEM), to decrypt; needed only for encrypted messages.
+    /// Our private key (PEM file, or an RFC 7512 `pkcs11:` URI of a key in an HSM, with
+    /// the module in VARTI_PKCS11_MODULE), to decrypt; needed only for encrypted messages.
     #[arg(long)]
     pub key: Option<PathBuf>,
     /// Our certificate (PEM) matching --key.
@@ -148,7 +148,9 @@ pub struct SealArgs {
     /// required properties must be given.
     #[arg(long = "property", value_name = "NAME=VALUE")]
     pub properties: Vec<String>,
-    /// Our signing key (PEM).
+    /// Our signing key: a PEM file, or an RFC 7512 URI of a key in an HSM,
+    /// `pkcs11:token=LABEL;object=LABEL?pin-source=file:PIN-FILE`, with the module in
+    /// VARTI_PKCS11_MODULE (the key never leaves the token; see `varti keys list`).
     #[arg(long)]
     pub key: PathBuf,
     /// Our signing certificate (PEM; with --leg, default the sender's signing_cert).
@@ -509,12 +511,20 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<X509>, String> {
     Ok(certs)
 }
 
-fn read_key(path: &std::path::Path) -> Result<PKey<Private>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    PKey::private_key_from_pem(&pem).map_err(|e| {
+fn read_key(
+    path: &std::path::Path,
+    cert: Option<&openssl::x509::X509>,
+) -> Result<varti_as4::security::private_key::PrivateKey, String> {
+    varti_as4::security::private_key::load(path, None, cert.map(|c| &**c)).map_err(|e| {
+        // A pkcs11: URI may carry the PIN: it is shown without.
+        let text = path.to_string_lossy();
+        let shown = match varti_as4::security::pkcs11::Pkcs11Uri::parse(&text) {
+            Ok(uri) => uri.redacted(),
+            Err(_) if varti_as4::security::pkcs11::is_pkcs11_uri(&text) => "the pkcs11: URI".into(),
+            Err(_) => path.display().to_string(),
+        };
         format!(
-            "{} holds no unencrypted PEM private key: {e}",
-            path.display()
+            "{shown} is not a usable private key (an unencrypted PEM file or a pkcs11: URI): {e}"
         )
     })
 }
@@ -627,12 +637,12 @@ fn open(args: OpenArgs) -> anyhow::Result<ExitCode> {
     }
     let decryption = match (&args.key, &args.cert) {
         (Some(k), Some(c)) => {
-            let key = match read_key(k) {
-                Ok(k) => k,
-                Err(e) => return cannot_run(e),
-            };
             let cert = match read_certs(c) {
                 Ok(mut c) => c.remove(0),
+                Err(e) => return cannot_run(e),
+            };
+            let key = match read_key(k, Some(&cert)) {
+                Ok(k) => k,
                 Err(e) => return cannot_run(e),
             };
             Some((key, cert))
@@ -1172,12 +1182,12 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
     };
     let profile = plan.profile;
     let token_reference = plan.token_reference;
-    let key = match read_key(&args.key) {
-        Ok(k) => k,
-        Err(e) => return cannot_run(e),
-    };
     let cert = match read_certs(&plan.cert) {
         Ok(mut c) => c.remove(0),
+        Err(e) => return cannot_run(e),
+    };
+    let key = match read_key(&args.key, Some(&cert)) {
+        Ok(k) => k,
         Err(e) => return cannot_run(e),
     };
     let receiver = match &plan.encrypt_to {

@@ -7,6 +7,7 @@ mod console;
 mod db;
 mod demo;
 mod demo_oots;
+mod keys;
 mod keystore;
 mod message;
 mod messages;
@@ -95,6 +96,9 @@ enum Command {
     /// (PModes).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Private keys in a PKCS#11 token (HSM): list the usable objects and their URIs.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Make tokens for the backend API's clients.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -158,6 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => messages::run_status(args),
         Command::Demo(args) => demo::run(args),
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Keys(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Reload(args) => audit::run_reload(args),

@@ -149,6 +149,8 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::new(&["store", "pmodes"]).reporting_to(metrics.clone());
 
+    // Keys named by pkcs11: URIs (TLS, identity) load from the configured module.
+    varti_as4::security::pkcs11::set_default_module(config.pkcs11.module.clone());
     let tls = if args.insecure_http {
         eprintln!(
             "\n*** WARNING: --insecure-http: serving PLAIN HTTP on {}. Messages, receipts and \
