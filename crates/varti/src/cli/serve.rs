@@ -524,7 +524,10 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down: no new connections; finishing running requests");
     readiness.set_not_ready("shutdown", "shutting down");
     let clean = tasks.shutdown(grace + Duration::from_secs(5)).await;
-    // Closing the store flushes it.
+    // Closing the store flushes it. Every holder of the access point goes first, so the
+    // last reference to the store is dropped on a blocking thread: the PostgreSQL client
+    // closes its connections by blocking, which must not happen on the runtime.
+    drop(console);
     drop(ap);
     tokio::task::spawn_blocking(move || drop(store))
         .await

@@ -305,7 +305,7 @@ impl Instance {
                 start.elapsed() < Duration::from_secs(30),
                 "{} did not stop within 30 s of SIGTERM:\n{}",
                 self.name(),
-                tail(&running.log_text(), 40)
+                tail(&running.log_text(), 150)
             );
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -313,7 +313,7 @@ impl Instance {
             status.success(),
             "{} exited with {status}:\n{}",
             self.name(),
-            tail(&running.log_text(), 40)
+            tail(&running.log_text(), 150)
         );
         self.keep_log();
     }
