@@ -82,7 +82,8 @@ fn oasis1_answer_is_read_verified_and_its_endpoint_chosen() {
         md.document.as_ref().unwrap(),
     )
     .unwrap();
-    let process = Identifier::parse("cenbii-procid-ubl::urn:www.cenbii.eu:profile:bii04:ver1.0").unwrap();
+    let process =
+        Identifier::parse("cenbii-procid-ubl::urn:www.cenbii.eu:profile:bii04:ver1.0").unwrap();
     let chosen = md
         .choose(Some(&process), "bdxr-transport-ebms3-as4-v1p0", at())
         .unwrap();
@@ -114,13 +115,18 @@ fn peppol_answer_with_c14n_11_and_exclusive_c14n() {
 
 #[test]
 fn oasis2_answer_takes_the_exchange_certificate_and_day_dates() {
-    let xml = signed(&sample("oasis2"), Some("http://www.w3.org/2006/12/xml-c14n11"));
+    let xml = signed(
+        &sample("oasis2"),
+        Some("http://www.w3.org/2006/12/xml-c14n11"),
+    );
     xmlsec1_verify(&xml).expect("xmlsec1 accepts it");
     let answer = read_service_metadata(&xml, Some(&anchors()), at()).unwrap();
     answer.signature.expect("verifies");
     let md = answer.metadata;
     assert_eq!(md.dialect, SmpDialect::Oasis2);
-    let chosen = md.choose(None, "bdxr-transport-ebms3-as4-v2p0", at()).unwrap();
+    let chosen = md
+        .choose(None, "bdxr-transport-ebms3-as4-v2p0", at())
+        .unwrap();
     assert_eq!(chosen.endpoint.url, "https://ap2.example.com/as4");
     assert_eq!(
         chosen.certificate.to_der().unwrap(),
@@ -128,7 +134,11 @@ fn oasis2_answer_takes_the_exchange_certificate_and_day_dates() {
         "the Exchange certificate, not the Signature one"
     );
     // The expiration day is exclusive.
-    match md.choose(None, "bdxr-transport-ebms3-as4-v2p0", datetime!(2030-01-01 0:00 UTC)) {
+    match md.choose(
+        None,
+        "bdxr-transport-ebms3-as4-v2p0",
+        datetime!(2030-01-01 0:00 UTC),
+    ) {
         Err(DiscoveryError::Expired { until, .. }) => assert!(until.starts_with("2030-01-01")),
         other => panic!("{other:?}"),
     }
@@ -139,14 +149,20 @@ fn every_refusal_names_its_reason() {
     let good = sample("oasis1");
     // One byte of the endpoint URL changed after signing.
     let xml = String::from_utf8(signed(&good, None)).unwrap();
-    let tampered = xml.replacen("https://ap.example.com/msh", "https://ap.example.con/msh", 1);
+    let tampered = xml.replacen(
+        "https://ap.example.com/msh",
+        "https://ap.example.con/msh",
+        1,
+    );
     let answer = read_service_metadata(tampered.as_bytes(), Some(&anchors()), at()).unwrap();
     assert_eq!(
         answer.metadata.processes[0].endpoints[0].url,
         "https://ap.example.con/msh"
     );
     match answer.signature {
-        Err(DiscoveryError::BadSignature(d)) => assert!(d.contains("changed after it was signed"), "{d}"),
+        Err(DiscoveryError::BadSignature(d)) => {
+            assert!(d.contains("changed after it was signed"), "{d}")
+        }
         other => panic!("{other:?}"),
     }
     // Unsigned.
@@ -154,7 +170,8 @@ fn every_refusal_names_its_reason() {
     assert!(matches!(answer.signature, Err(DiscoveryError::Unsigned)));
     // Signed by a key the network does not trust (anchors: another certificate, pinned).
     let answer =
-        read_service_metadata(xml.as_bytes(), Some(&[cert("varti-a/sign.cert.pem")]), at()).unwrap();
+        read_service_metadata(xml.as_bytes(), Some(&[cert("varti-a/sign.cert.pem")]), at())
+            .unwrap();
     assert!(
         matches!(answer.signature, Err(DiscoveryError::UntrustedSmp(_))),
         "{:?}",
@@ -164,18 +181,28 @@ fn every_refusal_names_its_reason() {
     let answer = read_service_metadata(xml.as_bytes(), None, at()).unwrap();
     assert!(!answer.signature.unwrap().trusted);
 
-    let md = read_service_metadata(xml.as_bytes(), None, at()).unwrap().metadata;
+    let md = read_service_metadata(xml.as_bytes(), None, at())
+        .unwrap()
+        .metadata;
     match md.choose(None, "peppol-transport-as4-v2_0", at()) {
         Err(DiscoveryError::TransportNotOffered { offered, .. }) => {
             assert_eq!(offered, "bdxr-transport-ebms3-as4-v1p0")
         }
         other => panic!("{other:?}"),
     }
-    match md.choose(None, "bdxr-transport-ebms3-as4-v1p0", datetime!(2023-06-01 0:00 UTC)) {
+    match md.choose(
+        None,
+        "bdxr-transport-ebms3-as4-v1p0",
+        datetime!(2023-06-01 0:00 UTC),
+    ) {
         Err(DiscoveryError::NotYetActive { .. }) => {}
         other => panic!("{other:?}"),
     }
-    match md.choose(None, "bdxr-transport-ebms3-as4-v1p0", datetime!(2031-06-01 0:00 UTC)) {
+    match md.choose(
+        None,
+        "bdxr-transport-ebms3-as4-v1p0",
+        datetime!(2031-06-01 0:00 UTC),
+    ) {
         Err(DiscoveryError::Expired { .. }) => {}
         other => panic!("{other:?}"),
     }

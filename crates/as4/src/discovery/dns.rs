@@ -127,7 +127,11 @@ mod tests {
             "LZMEDSMZXYD37YC74TZVPYCMUANFCMN667JHGBFQDDRVMSE6NYTA.iso6523-actorid-upis.bdxl.example.com"
         );
         assert_eq!(
-            dns_name(&id("country-state-qns::urn:brazil:saopaulo"), DnsScheme::Bdxl, "z"),
+            dns_name(
+                &id("country-state-qns::urn:brazil:saopaulo"),
+                DnsScheme::Bdxl,
+                "z"
+            ),
             "2CDN5ANIHSX2W6D2ZA5YSSGR2BXVLCGTLS6STIYM2CZYHB3L7GMA.country-state-qns.z"
         );
         assert_eq!(
@@ -181,7 +185,10 @@ mod tests {
             i.url_segment(),
             "busdox-docid-qns%3A%3Aurn%3Ax%3A%3Ay%23%23UBL-2.1"
         );
-        assert_eq!(DnsScheme::parse("SML-CNAME").unwrap(), DnsScheme::PeppolCname);
+        assert_eq!(
+            DnsScheme::parse("SML-CNAME").unwrap(),
+            DnsScheme::PeppolCname
+        );
         assert!(DnsScheme::parse("sha1").is_err());
     }
 }

@@ -193,14 +193,19 @@ mod tests {
     #[test]
     fn substitution_groups_escapes_and_case_flag() {
         assert_eq!(
-            substitute("lv.dsd.x", r"!^([a-z]+)\.(dsd)\..*$!https://\2.\1.example/x\!y!")
-                .unwrap(),
+            substitute(
+                "lv.dsd.x",
+                r"!^([a-z]+)\.(dsd)\..*$!https://\2.\1.example/x\!y!"
+            )
+            .unwrap(),
             "https://dsd.lv.example/x!y"
         );
         assert_eq!(
             substitute("LV.DSD", "#^lv\\.(.*)$#https://h/\\1#i").unwrap(),
             "https://h/DSD"
         );
-        assert!(substitute("a", "!.*!x!g").unwrap_err().contains("unknown flag"));
+        assert!(substitute("a", "!.*!x!g")
+            .unwrap_err()
+            .contains("unknown flag"));
     }
 }

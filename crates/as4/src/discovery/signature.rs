@@ -25,10 +25,12 @@ use super::DiscoveryError;
 use crate::security::c14n::{self, Canonicalization, C14N_10};
 use crate::security::dom::{Element, XmlDocument};
 use crate::security::profile::{
-    Ed25519, EcdsaP256Sha256, RsaSha256, SignatureAlgorithm, DIGEST_SHA256, SIG_ECDSA_SHA256,
+    EcdsaP256Sha256, Ed25519, RsaSha256, SignatureAlgorithm, DIGEST_SHA256, SIG_ECDSA_SHA256,
     SIG_EDDSA_ED25519, SIG_RSA_SHA256,
 };
-use crate::security::token::{decode_base64, distinguished_name_string, validate_signer_certificate, NS_DS};
+use crate::security::token::{
+    decode_base64, distinguished_name_string, validate_signer_certificate, NS_DS,
+};
 
 /// The enveloped-signature transform.
 pub(crate) const ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
@@ -140,8 +142,11 @@ pub fn verify_enveloped(
             "digest method `{digest_method}` is not accepted (SHA-256 is)"
         )));
     }
-    let expected = decode_base64(&required(reference, "DigestValue")?.text(), "ds:DigestValue")
-        .map_err(|e| bad(e.detail))?;
+    let expected = decode_base64(
+        &required(reference, "DigestValue")?.text(),
+        "ds:DigestValue",
+    )
+    .map_err(|e| bad(e.detail))?;
 
     // The signer and its helpers from KeyInfo.
     let key_info = required(&signature, "KeyInfo")?;
@@ -149,19 +154,25 @@ pub fn verify_enveloped(
     for data in key_info.children_named(NS_DS, "X509Data") {
         for c in data.children_named(NS_DS, "X509Certificate") {
             let der = decode_base64(&c.text(), "ds:X509Certificate").map_err(|e| bad(e.detail))?;
-            certs.push(X509::from_der(&der).map_err(|e| {
-                bad(format!("a KeyInfo X509Certificate cannot be read: {e}"))
-            })?);
+            certs.push(
+                X509::from_der(&der)
+                    .map_err(|e| bad(format!("a KeyInfo X509Certificate cannot be read: {e}")))?,
+            );
         }
     }
     let Some(signer) = certs.first().cloned() else {
-        return Err(bad("KeyInfo holds no X509Data/X509Certificate (SMP 2.0 §5.6.2 requires one)"));
+        return Err(bad(
+            "KeyInfo holds no X509Data/X509Certificate (SMP 2.0 §5.6.2 requires one)",
+        ));
     };
     let subject = distinguished_name_string(signer.subject_name());
     let issuer = distinguished_name_string(signer.issuer_name());
 
-    let value = decode_base64(&required(&signature, "SignatureValue")?.text(), "ds:SignatureValue")
-        .map_err(|e| bad(e.detail))?;
+    let value = decode_base64(
+        &required(&signature, "SignatureValue")?.text(),
+        "ds:SignatureValue",
+    )
+    .map_err(|e| bad(e.detail))?;
     let canonical_si = c14n::canonicalize_element_with(doc, signed_info, si_c14n, &[])
         .map_err(|e| bad(e.detail))?;
     let key = signer
@@ -175,8 +186,8 @@ pub fn verify_enveloped(
             "the SignatureValue does not verify with the key of '{subject}': SignedInfo was altered or signed with another key"
         )));
     }
-    let canonical = c14n::canonicalize_enveloped(doc, signature, ref_c14n, &[])
-        .map_err(|e| bad(e.detail))?;
+    let canonical =
+        c14n::canonicalize_enveloped(doc, signature, ref_c14n, &[]).map_err(|e| bad(e.detail))?;
     let actual = sha256(&canonical);
     if expected.len() != actual.len() || !memcmp::eq(&expected, &actual) {
         return Err(bad(
@@ -247,9 +258,9 @@ pub fn sign_enveloped(
         r#"<ds:SignedInfo><ds:CanonicalizationMethod Algorithm="{c14n_uri}"/><ds:SignatureMethod Algorithm="{}"/><ds:Reference URI=""><ds:Transforms>{transforms}</ds:Transforms><ds:DigestMethod Algorithm="{DIGEST_SHA256}"/><ds:DigestValue>{digest}</ds:DigestValue></ds:Reference></ds:SignedInfo>"#,
         alg.uri()
     );
-    let close = text
-        .rfind("</")
-        .ok_or_else(|| DiscoveryError::Malformed("the document element has no closing tag".into()))?;
+    let close = text.rfind("</").ok_or_else(|| {
+        DiscoveryError::Malformed("the document element has no closing tag".into())
+    })?;
     let assemble = |value: &str| {
         format!(
             r#"{}<ds:Signature xmlns:ds="{NS_DS}">{signed_info}<ds:SignatureValue>{value}</ds:SignatureValue><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{cert_b64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></ds:Signature>{}"#,
@@ -259,17 +270,17 @@ pub fn sign_enveloped(
     };
     // SignedInfo is canonicalized in place (inclusive c14n takes in-scope namespaces).
     let draft = assemble("");
-    let draft_doc =
-        XmlDocument::parse(draft.as_bytes()).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+    let draft_doc = XmlDocument::parse(draft.as_bytes())
+        .map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
     let draft_root = draft_doc.root().expect("parsed above");
     let si = draft_root
         .child(NS_DS, "Signature")
         .and_then(|s| s.child(NS_DS, "SignedInfo"))
-        .ok_or_else(|| DiscoveryError::Malformed("the signature did not land in the document element".into()))?;
+        .ok_or_else(|| {
+            DiscoveryError::Malformed("the signature did not land in the document element".into())
+        })?;
     let canonical_si = c14n::canonicalize_element_with(&draft_doc, si, algorithm, &[])
         .map_err(|e| bad(e.detail))?;
-    let value = alg
-        .sign(key, &canonical_si)
-        .map_err(|e| bad(e.detail))?;
+    let value = alg.sign(key, &canonical_si).map_err(|e| bad(e.detail))?;
     Ok(assemble(&STANDARD.encode(value)).into_bytes())
 }

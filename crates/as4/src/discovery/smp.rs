@@ -33,8 +33,7 @@ pub(crate) const NS_SMP2_SM: &str = "http://docs.oasis-open.org/bdxr/ns/SMP/2/Se
 /// OASIS SMP 2.0 basic components.
 pub(crate) const NS_SMP2_CBC: &str = "http://docs.oasis-open.org/bdxr/ns/SMP/2/BasicComponents";
 /// OASIS SMP 2.0 aggregate components.
-pub(crate) const NS_SMP2_CAC: &str =
-    "http://docs.oasis-open.org/bdxr/ns/SMP/2/AggregateComponents";
+pub(crate) const NS_SMP2_CAC: &str = "http://docs.oasis-open.org/bdxr/ns/SMP/2/AggregateComponents";
 
 /// The dialect of an SMP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,7 +198,8 @@ pub fn read_service_metadata(
 }
 
 fn text_of(e: Option<Element<'_>>) -> Option<String> {
-    e.map(|e| e.text().trim().to_owned()).filter(|t| !t.is_empty())
+    e.map(|e| e.text().trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 fn identifier(e: Option<Element<'_>>, scheme_attr: &str) -> Option<Identifier> {
@@ -244,9 +244,9 @@ fn read_v1(root: &Element<'_>, dialect: SmpDialect) -> Result<ServiceMetadata, D
             }),
         });
     }
-    let info = sm
-        .child(ns, "ServiceInformation")
-        .ok_or_else(|| malformed("ServiceMetadata holds neither ServiceInformation nor Redirect"))?;
+    let info = sm.child(ns, "ServiceInformation").ok_or_else(|| {
+        malformed("ServiceMetadata holds neither ServiceInformation nor Redirect")
+    })?;
     let mut processes = Vec::new();
     for p in info
         .child(ns, "ProcessList")
@@ -439,9 +439,11 @@ impl ServiceMetadata {
 
     /// The redirect to follow for `process`, if the answer is one.
     pub fn redirect_for(&self, process: Option<&Identifier>) -> Option<&Redirect> {
-        self.redirect
-            .as_ref()
-            .or_else(|| self.matching(process).into_iter().find_map(|p| p.redirect.as_ref()))
+        self.redirect.as_ref().or_else(|| {
+            self.matching(process)
+                .into_iter()
+                .find_map(|p| p.redirect.as_ref())
+        })
     }
 
     /// Picks the endpoint for `process` (any when `None`) with `transport_profile`,

@@ -81,7 +81,13 @@ pub(crate) fn canonicalize_element_with(
     prefixes: &[&str],
 ) -> Result<Vec<u8>, EbmsError> {
     let mut out = Vec::new();
-    run_with(doc, Selection::Subtree(element), algorithm, prefixes, &mut out)?;
+    run_with(
+        doc,
+        Selection::Subtree(element),
+        algorithm,
+        prefixes,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -104,7 +110,13 @@ pub(crate) fn canonicalize_enveloped(
     prefixes: &[&str],
 ) -> Result<Vec<u8>, EbmsError> {
     let mut out = Vec::new();
-    run_with(doc, Selection::Without(excluded), algorithm, prefixes, &mut out)?;
+    run_with(
+        doc,
+        Selection::Without(excluded),
+        algorithm,
+        prefixes,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -267,15 +279,7 @@ fn run_with(
             Selection::Without(e) => (Some(invisible_cb), e.as_ptr() as *mut c_void),
             Selection::Document => (None, std::ptr::null_mut()),
         };
-        let rc = ffi::xmlC14NExecute(
-            doc.as_ptr(),
-            cb,
-            user,
-            algorithm.mode(),
-            list_ptr,
-            0,
-            buf,
-        );
+        let rc = ffi::xmlC14NExecute(doc.as_ptr(), cb, user, algorithm.mode(), list_ptr, 0, buf);
         // Flushes the remaining bytes through write_cb, then frees the buffer.
         let close = ffi::xmlOutputBufferClose(buf);
         if rc < 0 {
@@ -288,9 +292,9 @@ fn run_with(
         return Err(internal(format!("writing canonical XML failed: {e}")));
     }
     if rc < 0 {
-        return Err(internal(
-            format!("libxml2 could not canonicalize the document ({algorithm:?} c14n failed)"),
-        ));
+        return Err(internal(format!(
+            "libxml2 could not canonicalize the document ({algorithm:?} c14n failed)"
+        )));
     }
     Ok(())
 }
