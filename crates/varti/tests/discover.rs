@@ -448,3 +448,76 @@ fn every_failed_check_exits_1_with_its_reason() {
     assert_eq!(code, 2);
     assert!(err.contains("scheme::value"), "{err}");
 }
+
+/// The cache of `Discoverer` (what `varti serve` will share): a verified answer, found or
+/// refused, is reused until the network's TTL or the NAPTR records' DNS TTL (60 s here)
+/// runs out, whichever is first, and forgotten on `invalidate` (a reload). Time is the
+/// `now` passed in, moved by the test.
+#[test]
+fn answers_are_cached_within_the_dns_ttl_and_forgotten_on_invalidate() {
+    use std::time::Duration;
+    use time::OffsetDateTime;
+    use varti_access_point::discovery::{Discoverer, Network, Query};
+
+    let w = world();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let discoverer = Discoverer::new(Some(w.dns), Vec::new(), Duration::from_secs(5)).unwrap();
+    let mut network = Network::new("test");
+    network.sml_zone = Some(ZONE.into());
+    network.smp_anchors = vec![cert("ca.cert.pem")];
+    network.ap_anchors = vec![cert("ca.cert.pem")];
+    network.cache_ttl = Duration::from_secs(3600);
+    let t0 = OffsetDateTime::now_utc();
+    let query = |participant: &str| Query {
+        participant: Identifier::parse(participant).unwrap(),
+        document: Identifier::parse(OASIS_DOC).unwrap(),
+        process: None,
+        at: t0,
+        verify: true,
+    };
+    let from_cache =
+        |r: &varti_access_point::discovery::Report| r.steps.iter().any(|s| s.key == "cache");
+    rt.block_on(async {
+        let found = discoverer
+            .discover(&network, &query(OASIS_PARTICIPANT), t0)
+            .await;
+        assert!(!from_cache(&found));
+        assert_eq!(
+            found.outcome.as_ref().unwrap().url,
+            "https://ap.example.com/msh"
+        );
+        let again = discoverer
+            .discover(
+                &network,
+                &query(OASIS_PARTICIPANT),
+                t0 + Duration::from_secs(59),
+            )
+            .await;
+        assert!(from_cache(&again), "{:?}", again.steps);
+        assert_eq!(again.outcome.unwrap().url, "https://ap.example.com/msh");
+        // Past the NAPTR TTL (60 s), though well within the network's hour.
+        let later = discoverer
+            .discover(
+                &network,
+                &query(OASIS_PARTICIPANT),
+                t0 + Duration::from_secs(61),
+            )
+            .await;
+        assert!(!from_cache(&later), "{:?}", later.steps);
+        // A refusal is cached too (a tampered answer), and a reload forgets both.
+        let refused = discoverer.discover(&network, &query(TAMPERED), t0).await;
+        assert!(refused.outcome.is_err());
+        let again = discoverer
+            .discover(&network, &query(TAMPERED), t0 + Duration::from_secs(1))
+            .await;
+        assert!(from_cache(&again) && again.outcome.is_err());
+        discoverer.invalidate();
+        let fresh = discoverer
+            .discover(&network, &query(TAMPERED), t0 + Duration::from_secs(2))
+            .await;
+        assert!(!from_cache(&fresh), "{:?}", fresh.steps);
+    });
+}
