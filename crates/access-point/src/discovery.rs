@@ -122,14 +122,17 @@ impl Report {
     }
 }
 
+/// Network, participant (lower case), document, process, transport profile.
 type CacheKey = (String, String, String, String, String);
+/// Until when, and the outcome.
+type CacheEntry = (OffsetDateTime, Result<Found, DiscoveryError>);
 
 /// Discovers endpoints: a DNS resolver, an HTTP client for SMPs and the answer cache.
 pub struct Discoverer {
     resolver: TokioResolver,
     http: HttpsClient<Empty<Bytes>>,
     timeout: Duration,
-    cache: Mutex<HashMap<CacheKey, (OffsetDateTime, Result<Found, DiscoveryError>)>>,
+    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
 }
 
 impl std::fmt::Debug for Discoverer {
@@ -368,7 +371,7 @@ impl Discoverer {
                             distinguished_name_matches(uid, s.certificate.subject_name())
                         } else if !redirect.certificates.is_empty() {
                             let der = s.certificate.to_der().unwrap_or_default();
-                            redirect.certificates.iter().any(|c| *c == der)
+                            redirect.certificates.contains(&der)
                         } else {
                             true
                         };

@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
@@ -72,53 +72,70 @@ fn signed(xml: &str) -> Vec<u8> {
 /// The far-edge SMP: answers GETs from a path → body map, 404 otherwise.
 struct Smp {
     addr: SocketAddr,
+    scheme: &'static str,
 }
 
 impl Smp {
     /// Binds a loopback port, lets `more` add answers that name the SMP's own base URL,
-    /// and serves.
+    /// and serves (over TLS with `tls`).
     fn start_with(
         mut answers: HashMap<String, Vec<u8>>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         more: impl FnOnce(&str, &mut HashMap<String, Vec<u8>>),
     ) -> Smp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        more(&format!("http://{addr}/smp"), &mut answers);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        more(&format!("{scheme}://{addr}/smp"), &mut answers);
         let answers = Arc::new(answers);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
+                let Ok(stream) = stream else { continue };
                 let answers = answers.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    let path = line.split(' ').nth(1).unwrap_or("").to_owned();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config).unwrap();
+                        answer(rustls::StreamOwned::new(conn, stream), &answers);
                     }
-                    let (status, body) = match answers.get(&path) {
-                        Some(b) => ("200 OK", b.clone()),
-                        None => ("404 Not Found", b"not here".to_vec()),
-                    };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(&body);
+                    None => answer(stream, &answers),
                 });
             }
         });
-        Smp { addr }
+        Smp { addr, scheme }
     }
 
     fn base(&self) -> String {
-        format!("http://{}/smp", self.addr)
+        format!("{}://{}/smp", self.scheme, self.addr)
     }
+}
+
+/// Reads one HTTP/1.1 request and answers it from `answers` (404 for other paths).
+fn answer<S: Read + Write>(stream: S, answers: &HashMap<String, Vec<u8>>) {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return; // e.g. a TLS handshake the client gave up
+    }
+    let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    let (status, body) = match answers.get(&path) {
+        Some(b) => ("200 OK", b.clone()),
+        None => ("404 Not Found", b"not here".to_vec()),
+    };
+    let stream = reader.get_mut();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(&body);
+    let _ = stream.flush();
 }
 
 /// The request path of the metadata of `participant` / `document` (the SMP's base path
@@ -248,7 +265,7 @@ fn world() -> World {
     let redirect = String::from(
         r#"<?xml version="1.0" encoding="UTF-8"?><SignedServiceMetadata xmlns="http://docs.oasis-open.org/bdxr/ns/SMP/2016/05"><ServiceMetadata><Redirect href="REDIRECT"><CertificateUID>CN=varti-c,OU=sign,O=Varti TEST ONLY,C=EU</CertificateUID></Redirect></ServiceMetadata></SignedServiceMetadata>"#,
     );
-    let smp = Smp::start_with(answers, |base, answers| {
+    let smp = Smp::start_with(answers, None, |base, answers| {
         let target = format!(
             "{}{}",
             base.trim_end_matches("/smp"),
@@ -520,4 +537,55 @@ fn answers_are_cached_within_the_dns_ttl_and_forgotten_on_invalidate() {
             .await;
         assert!(!from_cache(&fresh), "{:?}", fresh.steps);
     });
+}
+
+/// The SMP over real TLS (varti-a's TLS certificate, SAN 127.0.0.1): trusted through
+/// --smp-tls-ca, refused without it (the test CA is not among the system's).
+#[test]
+fn an_https_smp_is_reached_over_tls_with_its_ca() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs_path("varti-a/tls.cert.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(certs_path("varti-a/tls.key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let answers = HashMap::from([(
+        smp_path(SmpDialect::Oasis1, OASIS_PARTICIPANT, OASIS_DOC),
+        signed(&sample("oasis1", None)),
+    )]);
+    let smp = Smp::start_with(answers, Some(Arc::new(config)), |_, _| {});
+    let base = smp.base();
+    assert!(base.starts_with("https://127.0.0.1:"));
+    let w = World {
+        dns: "127.0.0.1:9".parse().unwrap(),
+        smp,
+    };
+    let ca = certs_path("ca.cert.pem");
+    let (code, out, err) = discover(
+        &w,
+        OASIS_PARTICIPANT,
+        OASIS_DOC,
+        &["--smp", &base, "--smp-tls-ca", &ca],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("endpoint     https://ap.example.com/msh"),
+        "{out}"
+    );
+    let (code, out, err) = discover(&w, OASIS_PARTICIPANT, OASIS_DOC, &["--smp", &base]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("the SMP request https://") && err.contains("certificate"),
+        "{err}"
+    );
 }

@@ -103,6 +103,9 @@ pub struct Redirect {
     pub certificates: Vec<Vec<u8>>,
 }
 
+/// A published certificate: its SMP 2.0 `TypeCode` (when given) and its DER bytes.
+pub type PublishedCertificate = (Option<String>, Vec<u8>);
+
 /// One endpoint of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -115,7 +118,7 @@ pub struct Endpoint {
     /// Not to be used from (exclusive).
     pub expiration: Option<OffsetDateTime>,
     /// Its certificates (DER) with their SMP 2.0 `TypeCode`, when given.
-    pub certificates: Vec<(Option<String>, Vec<u8>)>,
+    pub certificates: Vec<PublishedCertificate>,
 }
 
 /// A process and its endpoints (or a redirect, in SMP 2.0).
@@ -303,7 +306,7 @@ fn read_v1(root: &Element<'_>, dialect: SmpDialect) -> Result<ServiceMetadata, D
 
 fn read_v2(root: &Element<'_>) -> Result<ServiceMetadata, DiscoveryError> {
     let cbc = |e: &Element<'_>, name: &str| text_of(e.child(NS_SMP2_CBC, name));
-    let certificates = |e: &Element<'_>| -> Result<Vec<(Option<String>, Vec<u8>)>, DiscoveryError> {
+    let certificates = |e: &Element<'_>| -> Result<Vec<PublishedCertificate>, DiscoveryError> {
         e.children_named(NS_SMP2_CAC, "Certificate")
             .map(|c| {
                 let content = cbc(&c, "ContentBinaryObject")
