@@ -86,8 +86,11 @@ pub struct Found {
     pub transport_profile: String,
     /// The process it serves, when named.
     pub process: Option<Identifier>,
-    /// The endpoint's certificate (to encrypt to and to verify its receipts with).
+    /// The endpoint's certificate (to encrypt to; in single-certificate networks also to
+    /// verify its receipts with).
     pub certificate: X509,
+    /// A separately published signing certificate (SMP 2.0), checked like the other.
+    pub signing_certificate: Option<X509>,
     /// Whether the SMP signature and the AP anchors were checked and held.
     pub verified: bool,
 }
@@ -435,20 +438,35 @@ impl Discoverer {
                 cert.not_after()
             ),
         );
+        if let Some(signing) = &chosen.signing_certificate {
+            report.step(
+                "signing_cert",
+                format!(
+                    "subject '{}', issuer '{}', valid {} to {}",
+                    distinguished_name_string(signing.subject_name()),
+                    distinguished_name_string(signing.issuer_name()),
+                    signing.not_before(),
+                    signing.not_after()
+                ),
+            );
+        }
         let mut verified = query.verify;
-        if let Err(e) = validate_certificate_chain(cert, &[], &network.ap_anchors, query.at) {
-            let e = DiscoveryError::UntrustedEndpoint(e.detail);
-            if query.verify {
-                return Err(e);
+        for c in std::iter::once(cert).chain(chosen.signing_certificate.as_ref()) {
+            if let Err(e) = validate_certificate_chain(c, &[], &network.ap_anchors, query.at) {
+                let e = DiscoveryError::UntrustedEndpoint(e.detail);
+                if query.verify {
+                    return Err(e);
+                }
+                report.warnings.push(e.to_string());
+                verified = false;
             }
-            report.warnings.push(e.to_string());
-            verified = false;
         }
         Ok(Found {
             url: chosen.endpoint.url.clone(),
             transport_profile: chosen.endpoint.transport_profile.clone(),
             process: chosen.process.clone(),
             certificate: chosen.certificate.clone(),
+            signing_certificate: chosen.signing_certificate.clone(),
             verified,
         })
     }

@@ -133,6 +133,10 @@ fn oasis2_answer_takes_the_exchange_certificate_and_day_dates() {
         cert("varti-b/enc.cert.pem").to_der().unwrap(),
         "the Exchange certificate, not the Signature one"
     );
+    assert_eq!(
+        chosen.signing_certificate.unwrap().to_der().unwrap(),
+        cert("varti-b/sign.cert.pem").to_der().unwrap()
+    );
     // The expiration day is exclusive.
     match md.choose(
         None,

@@ -163,8 +163,12 @@ pub struct ChosenEndpoint {
     pub process: Option<Identifier>,
     /// The endpoint.
     pub endpoint: Endpoint,
-    /// Its certificate (the one to encrypt to and to expect receipts from).
+    /// Its certificate (the one to encrypt to; in single-certificate networks also the
+    /// one its receipts are signed with).
     pub certificate: X509,
+    /// SMP 2.0: a separately published signing certificate (a `TypeCode` naming
+    /// `Signature` or `sign`), the one its receipts are signed with.
+    pub signing_certificate: Option<X509>,
 }
 
 fn malformed(detail: impl Into<String>) -> DiscoveryError {
@@ -529,10 +533,27 @@ impl ServiceMetadata {
                 url: e.url.clone(),
                 detail: format!("the certificate is not DER X.509: {err}"),
             })?;
+            let signing_certificate = e
+                .certificates
+                .iter()
+                .find(|(code, _)| {
+                    code.as_deref().is_some_and(|c| {
+                        let c = c.to_ascii_lowercase();
+                        c.ends_with("#signature") || c.contains("sign")
+                    })
+                })
+                .map(|(_, der)| {
+                    X509::from_der(der).map_err(|err| DiscoveryError::NoCertificate {
+                        url: e.url.clone(),
+                        detail: format!("the signing certificate is not DER X.509: {err}"),
+                    })
+                })
+                .transpose()?;
             return Ok(ChosenEndpoint {
                 process: p.ids.first().cloned(),
                 endpoint: e.clone(),
                 certificate,
+                signing_certificate,
             });
         }
         Err(refusal.expect("every candidate was refused with a reason"))

@@ -259,6 +259,11 @@ fn execute(
                     "not_after": f.certificate.not_after().to_string(),
                     "pem": String::from_utf8_lossy(&f.certificate.to_pem().unwrap_or_default()),
                 },
+                "signing_certificate": f.signing_certificate.as_ref().map(|c| json!({
+                    "subject": distinguished_name_string(c.subject_name()),
+                    "issuer": distinguished_name_string(c.issuer_name()),
+                    "pem": String::from_utf8_lossy(&c.to_pem().unwrap_or_default()),
+                })),
             }),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         };
