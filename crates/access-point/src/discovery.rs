@@ -576,3 +576,101 @@ impl Network {
         }
     }
 }
+
+/// A dynamic party of the PModes: its network, what is asked for, and a discoverer with
+/// its own cache (a reload makes a new one, so a reload starts with an empty cache).
+pub(crate) struct DynamicParty {
+    network: Network,
+    participant: Identifier,
+    document: Identifier,
+    process: Option<Identifier>,
+    discoverer: Discoverer,
+}
+
+impl std::fmt::Debug for DynamicParty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicParty")
+            .field("network", &self.network.name)
+            .field("participant", &self.participant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a dynamic party's endpoint could not be had for a message.
+#[derive(Debug, Clone)]
+pub(crate) enum LookupFailure {
+    /// DNS or the SMP could not be reached: may pass, retried like a transport failure.
+    Transient(String),
+    /// The answer was refused (signature, anchors, validity, not registered …).
+    Refused(String),
+}
+
+impl DynamicParty {
+    /// Reads the anchors the settings name and sets up a discoverer.
+    pub(crate) fn load(
+        settings: &varti_as4::pmode::model::DiscoverySettings,
+    ) -> Result<Self, String> {
+        let read = |paths: &[std::path::PathBuf], what: &str| -> Result<Vec<X509>, String> {
+            let mut certs = Vec::new();
+            for p in paths {
+                let pem = std::fs::read(p)
+                    .map_err(|e| format!("discovery.{what} {}: {e}", p.display()))?;
+                certs.extend(X509::stack_from_pem(&pem).map_err(|e| {
+                    format!(
+                        "discovery.{what} {}: not PEM certificates: {e}",
+                        p.display()
+                    )
+                })?);
+            }
+            Ok(certs)
+        };
+        let network = Network {
+            name: settings.network.clone(),
+            sml_zone: settings.sml_zone.clone(),
+            dns_scheme: settings.dns_scheme,
+            smp_url: settings.smp_url.clone(),
+            smp_dialect: settings.smp_dialect,
+            naptr_services: settings.naptr_services.clone(),
+            smp_anchors: read(&settings.smp_anchors, "smp_anchors")?,
+            ap_anchors: read(&settings.ap_anchors, "ap_anchors")?,
+            transport_profile: settings.transport_profile.clone(),
+            cache_ttl: settings.cache_ttl,
+        };
+        Ok(DynamicParty {
+            network,
+            participant: settings.participant.clone(),
+            document: settings.document_type.clone(),
+            process: settings.process.clone(),
+            discoverer: Discoverer::new(settings.dns_server, Vec::new(), Duration::from_secs(10))?,
+        })
+    }
+
+    /// The network's AP anchors (what the discovered certificates chain to).
+    pub(crate) fn ap_anchors(&self) -> &[X509] {
+        &self.network.ap_anchors
+    }
+
+    /// The endpoint and certificate for a message at `now` (cached answers reused).
+    pub(crate) async fn find(&self, now: OffsetDateTime) -> Result<Found, LookupFailure> {
+        let query = Query {
+            participant: self.participant.clone(),
+            document: self.document.clone(),
+            process: self.process.clone(),
+            at: now,
+            verify: true,
+        };
+        let report = self.discoverer.discover(&self.network, &query, now).await;
+        report.outcome.map_err(|e| {
+            let text = format!(
+                "discovering {} in network `{}`: {e}",
+                self.participant, self.network.name
+            );
+            match e {
+                DiscoveryError::Dns { .. } | DiscoveryError::Smp { .. } => {
+                    LookupFailure::Transient(text)
+                }
+                _ => LookupFailure::Refused(text),
+            }
+        })
+    }
+}

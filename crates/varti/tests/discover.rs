@@ -6,6 +6,8 @@
 //! Every refusal has its case, each with its reason on stderr and exit status 1.
 
 mod common;
+mod pair_support;
+mod serve_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -587,5 +589,142 @@ fn an_https_smp_is_reached_over_tls_with_its_ca() {
     assert!(
         err.contains("the SMP request https://") && err.contains("certificate"),
         "{err}"
+    );
+}
+
+/// The PMode file that makes varti-b a dynamic party: no endpoint, no certificates, only
+/// where to look it up (BDXL zone, a loopback DNS server, OASIS SMP 2.0) and whom to trust.
+fn dynamic_b(locator: &str) -> String {
+    format!(
+        r#"[[party]]
+name = "varti-b"
+ids = [{{ value = "varti-b", type = "urn:oasis:names:tc:ebcore:partyid-type:unregistered" }}]
+dynamic = true
+tls = {{ min_version = "1.2", client_auth = true, trusted_ca = "../certs/ca.cert.pem" }}
+
+[party.discovery]
+network = "test-bdxl"
+{locator}
+smp_version = "oasis-2"
+smp_anchors = ["../certs/ca.cert.pem"]
+ap_anchors = ["../certs/ca.cert.pem"]
+transport_profile = "bdxr-transport-ebms3-as4-v2p0"
+participant = "{SMP2_PARTICIPANT}"
+document_type = "{SMP2_DOC}"
+"#
+    )
+}
+
+/// Issue 16's acceptance: `varti send` to a participant known only through BDXL + SMP
+/// reaches a second `varti serve`. varti-a's PModes hold neither b's endpoint nor any of
+/// its certificates: the endpoint (b's real port), the encryption certificate and the
+/// signing certificate the receipt is verified against come from the signed SMP 2.0
+/// answer found through the NAPTR record. Then `varti reload` puts an SMP in force whose
+/// answer names another signing certificate (varti-a's, valid under the same CA): b's
+/// receipt no longer verifies and the message fails with the reason.
+#[test]
+fn a_message_reaches_a_dynamically_discovered_access_point() {
+    const ADMIN: &str = "admin-token-for-discovery";
+    let config = format!(
+        "[client]\nconnect_timeout_secs = 2\nrequest_timeout_secs = 20\n\
+         [sender]\npoll_interval_ms = 100\nlease_secs = 30\n\
+         [[backend.clients]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nadmin = true\n",
+        varti::pair::token_sha256(ADMIN)
+    );
+    let pair = pair_support::Pair::create(
+        ("exchange.toml", pair_support::exchange_pmodes()),
+        None,
+        &config,
+    );
+    let b_port = pair.layout.b.ports.msh;
+    let endpoint = format!("https://localhost:{b_port}/msh");
+    let mut answers = HashMap::new();
+    answers.insert(
+        smp_path(SmpDialect::Oasis2, SMP2_PARTICIPANT, SMP2_DOC),
+        signed(&sample("oasis2", Some(&endpoint))),
+    );
+    let smp = Smp::start_with(answers, None, |_, _| {});
+    let name = dns_name(
+        &Identifier::parse(SMP2_PARTICIPANT).unwrap(),
+        DnsScheme::Bdxl,
+        ZONE,
+    );
+    let dns = dns_server(vec![(name, vec![smp_naptr(&smp.base())])]);
+    let b_file = pair.layout.root.join("pmodes/varti-b.toml");
+    let bdxl = format!("sml_zone = \"{ZONE}\"\ndns_scheme = \"bdxl\"\ndns_server = \"{dns}\"");
+    std::fs::write(&b_file, dynamic_b(&bdxl)).unwrap();
+    let a_dir = pair.layout.a.dir.clone();
+    let (code, out, err) =
+        common::varti(&["pmode", "check", a_dir.join("../pmodes").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let b = pair.start("b");
+    let a = pair.start("a");
+    let file = pair.layout.root.join("invoice.xml");
+    std::fs::write(&file, "<invoice>16</invoice>").unwrap();
+    let send = || {
+        common::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_varti"))
+                .args([
+                    "send",
+                    "--to",
+                    "varti-b",
+                    "--service",
+                    "urn:varti:test:exchange",
+                ])
+                .args([
+                    "--action",
+                    "Deliver",
+                    "--wait",
+                    "60",
+                    file.to_str().unwrap(),
+                ])
+                .env("VARTI_API", format!("http://{}", a.backend))
+                .env("VARTI_TOKEN", &a.token),
+        )
+    };
+    let (code, out, err) = send();
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\n--- a:\n{}\n--- b:\n{}",
+        a.served.log_text(),
+        b.served.log_text()
+    );
+    let inbound = b.inbound();
+    assert_eq!(inbound.len(), 1, "{inbound:?}");
+    let id = inbound[0]["message_id"].as_str().unwrap();
+    assert_eq!(b.payload(id, 0), b"<invoice>16</invoice>");
+    let log = a.served.log_text();
+    assert!(
+        log.contains("partner discovered") && log.contains(&endpoint),
+        "{log}"
+    );
+
+    // The same endpoint published with varti-a's signing certificate instead of b's.
+    let b_sign = STANDARD.encode(cert("varti-b/sign.cert.pem").to_der().unwrap());
+    let a_sign = STANDARD.encode(cert("varti-a/sign.cert.pem").to_der().unwrap());
+    let wrong = sample("oasis2", Some(&endpoint)).replace(&b_sign, &a_sign);
+    assert!(wrong.contains(&a_sign));
+    let mut answers = HashMap::new();
+    answers.insert(
+        smp_path(SmpDialect::Oasis2, SMP2_PARTICIPANT, SMP2_DOC),
+        signed(&wrong),
+    );
+    let other = Smp::start_with(answers, None, |_, _| {});
+    let fixed = format!("smp_url = \"{}\"", other.base());
+    std::fs::write(&b_file, dynamic_b(&fixed)).unwrap();
+    let api = format!("http://{}", a.backend);
+    let (code, out, err) = common::varti(&["reload", "--api", &api, "--token", ADMIN]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = send();
+    assert_eq!(code, 1, "{out}{err}");
+    // The signer b really used is not the one discovered: the receipt is refused.
+    let all = format!("{out}{err}");
+    assert!(all.contains("failed"), "{all}");
+    assert!(
+        all.contains("signed with the certificate of `EU, Varti TEST ONLY, sign, varti-b`")
+            && all.contains("sign, varti-a"),
+        "{all}"
     );
 }
