@@ -148,6 +148,7 @@ impl Snapshot {
                 .flatten()
                 .collect::<Vec<X509>>(),
             partner_signing_certs: HashMap::new(),
+            dynamic_anchors: HashMap::new(),
         };
         let exception = pmodes
             .party(&id.party)
@@ -184,6 +185,9 @@ impl Snapshot {
                         problem,
                     }
                 })?;
+                identity
+                    .dynamic_anchors
+                    .insert(party.name.clone(), found.ap_anchors().to_vec());
                 dynamic.insert(party.name.clone(), found);
             }
             // Only partners we push to need TLS client settings.

@@ -476,6 +476,7 @@ struct RawProcess {
     binding: Spanned<String>,
     initiator: RawSide,
     responder: RawSide,
+    dynamic_initiators: Option<Spanned<bool>>,
     #[serde(default)]
     leg: Vec<RawLeg>,
 }
@@ -1094,6 +1095,23 @@ impl Resolver {
             }
             let initiator = self.side(file, &process.initiator, "initiator", diags);
             let responder = self.side(file, &process.responder, "responder", diags);
+            let dynamic_initiators = match &process.dynamic_initiators {
+                Some(d) if *d.get_ref() => {
+                    let dynamic = initiator
+                        .parties
+                        .iter()
+                        .any(|n| self.set.party(n).is_some_and(|p| p.discovery.is_some()));
+                    if !dynamic {
+                        diags.push(Diagnostic::error(
+                            file.at(d.span()),
+                            format!("process '{pname}' allows dynamic initiators but none of its initiator parties is dynamic"),
+                            "list a dynamic party (dynamic = true with a discovery block) among the initiator's parties: its network's ap_anchors decide whom to accept",
+                        ));
+                    }
+                    dynamic
+                }
+                _ => false,
+            };
             let agreement = process
                 .agreement
                 .as_ref()
@@ -1129,6 +1147,7 @@ impl Resolver {
                         "remove `reply = true`, or make the process mep = \"twoWay\"",
                     ));
                 }
+                let leg_dynamic_initiators = dynamic_initiators && !reply;
                 let (from, to) = if reply {
                     (responder.clone(), initiator.clone())
                 } else {
@@ -1186,6 +1205,7 @@ impl Resolver {
                             diags,
                         )
                         .unwrap_or_default(),
+                    dynamic_initiators: leg_dynamic_initiators,
                     location: lloc,
                 });
             }
@@ -1896,5 +1916,59 @@ mod tests {
     fn nearest_name_suggests_typos_only() {
         assert_eq!(nearest("varti-c", &["varti-a", "oots"]), Some("varti-a"));
         assert_eq!(nearest("zzzzzzz", &["varti-a"]), None);
+    }
+
+    #[test]
+    fn a_dynamic_party_is_read_and_its_contradictions_are_errors() {
+        let good = "[[party]]\nname = \"peer\"\nids = [{ value = \"0088:1\", type = \"iso6523-actorid-upis\" }]\ndynamic = true\n\
+            [party.discovery]\nnetwork = \"peppol-test\"\nsml_zone = \"acc.edelivery.tech.ec.europa.eu\"\ndns_scheme = \"peppol-naptr\"\n\
+            smp_version = \"peppol\"\nsmp_anchors = [\"smp.pem\"]\nap_anchors = [\"ap.pem\"]\ntransport_profile = \"peppol-transport-as4-v2_0\"\n\
+            document_type = \"busdox-docid-qns::urn:test\"\ncache_ttl = \"10m\"\ndns_server = \"127.0.0.1:5353\"\n";
+        let (set, _) = load_files(&[("p.toml", good)]);
+        let d = set.party("peer").unwrap().discovery.clone().unwrap();
+        assert_eq!(d.network, "peppol-test");
+        assert_eq!(d.dns_scheme, crate::discovery::DnsScheme::PeppolNaptr);
+        assert_eq!(d.smp_dialect, crate::discovery::SmpDialect::Peppol);
+        // The participant defaults to the party's typed id.
+        assert_eq!(d.participant.to_string(), "iso6523-actorid-upis::0088:1");
+        assert_eq!(d.cache_ttl, Duration::from_secs(600));
+        assert_eq!(d.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert!(d.ap_anchors[0].ends_with("ap.pem"));
+
+        let bad = "[[party]]\nname = \"peer\"\nids = [{ value = \"x\" }]\ndynamic = true\nendpoint = \"https://peer/msh\"\n\
+            [party.discovery]\ndns_scheme = \"md5\"\ndocument_type = \"no-scheme\"\n\
+            [[party]]\nname = \"static\"\nids = [{ value = \"s\" }]\n[party.discovery]\nsml_zone = \"z\"\n\
+            [[party]]\nname = \"lost\"\nids = [{ value = \"l\" }]\ndynamic = true\n";
+        let (_, diags) = load_files(&[("p.toml", bad)]);
+        let found = errors(&diags);
+        for expected in [
+            "dynamic party 'peer' has a static endpoint",
+            "unknown dns_scheme 'md5'",
+            "discovery.document_type of party 'peer'",
+            "dynamic party 'peer' names no participant",
+            "discovery of party 'peer' has neither sml_zone nor smp_url",
+            "discovery of party 'peer' has no smp_anchors",
+            "discovery of party 'peer' has no ap_anchors",
+            "party 'static' has a discovery block but is not dynamic",
+            "dynamic party 'lost' has no discovery block",
+        ] {
+            assert!(
+                found.iter().any(|e| e.contains(expected)),
+                "{expected} not in {found:?}"
+            );
+        }
+
+        // Dynamic initiators need a dynamic party among the initiators.
+        let process = "[[process]]\nname = \"open\"\nmep = \"oneWay\"\nbinding = \"push\"\ndynamic_initiators = true\n\
+            initiator = { parties = [\"a\"] }\nresponder = { parties = [\"b\"] }\n\
+            [[process.leg]]\nname = \"l\"\nservice = \"s\"\naction = \"a\"\n";
+        let (set, diags) = load_files(&[("p.toml", &format!("{PARTIES}{process}"))]);
+        assert!(
+            errors(&diags).iter().any(|e| e.contains(
+                "allows dynamic initiators but none of its initiator parties is dynamic"
+            )),
+            "{diags:?}"
+        );
+        assert!(!set.legs[0].dynamic_initiators);
     }
 }

@@ -302,6 +302,10 @@ pub struct Leg {
     pub errors: ErrorHandling,
     /// Compression.
     pub compression: Compression,
+    /// Whether a sender that is no party of the PModes is accepted on this leg as one of
+    /// its dynamic `from` parties, when its signing certificate chains to that party's
+    /// network's AP anchors (the process's `dynamic_initiators = true`; initiator legs).
+    pub dynamic_initiators: bool,
     /// Where the leg is defined (its `name`).
     pub location: Location,
 }
