@@ -429,7 +429,7 @@ fn receive_parsed(
             );
             if !same {
                 return Err(auth(format!(
-                    "the message is signed with the certificate of `{}`, not with the sending party's certificate from the PMode (`{}`)",
+                    "the message is signed with the certificate of `{}`, not with the sending party's certificate (`{}`, from its PMode or, for a dynamic party, its SMP)",
                     subject_of(&sig.signer),
                     subject_of(expected)
                 )));
