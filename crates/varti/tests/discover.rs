@@ -621,7 +621,8 @@ document_type = "{SMP2_DOC}"
 /// signing certificate the receipt is verified against come from the signed SMP 2.0
 /// answer found through the NAPTR record. Then `varti reload` puts an SMP in force whose
 /// answer names another signing certificate (varti-a's, valid under the same CA): b's
-/// receipt no longer verifies and the message fails with the reason.
+/// receipt no longer verifies and the message fails with the reason. An unsigned answer
+/// fails the message at once; an SMP that cannot be reached is retried, then fails.
 #[test]
 fn a_message_reaches_a_dynamically_discovered_access_point() {
     const ADMIN: &str = "admin-token-for-discovery";
@@ -725,6 +726,49 @@ fn a_message_reaches_a_dynamically_discovered_access_point() {
     assert!(
         all.contains("signed with the certificate of `EU, Varti TEST ONLY, sign, varti-b`")
             && all.contains("sign, varti-a"),
+        "{all}"
+    );
+
+    // An SMP answering unsigned: refused by discovery, the message fails at once with the
+    // reason (no retry can fix it).
+    let mut answers = HashMap::new();
+    answers.insert(
+        smp_path(SmpDialect::Oasis2, SMP2_PARTICIPANT, SMP2_DOC),
+        sample("oasis2", Some(&endpoint)).into_bytes(),
+    );
+    let unsigned = Smp::start_with(answers, None, |_, _| {});
+    let fixed = format!("smp_url = \"{}\"", unsigned.base());
+    std::fs::write(&b_file, dynamic_b(&fixed)).unwrap();
+    let (code, out, err) = common::varti(&["reload", "--api", &api, "--token", ADMIN]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = send();
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        all.contains("discovering urn:oasis:names:tc:ebcore"),
+        "{all}"
+    );
+    assert!(
+        all.contains("network `test-bdxl`") && all.contains("the SMP answer is not signed"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("attempt(s)"),
+        "failed at the first attempt: {all}"
+    );
+
+    // An SMP that cannot be reached: retried like a transport failure, then failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/smp", closed.local_addr().unwrap());
+    drop(closed);
+    std::fs::write(&b_file, dynamic_b(&format!("smp_url = \"{gone}\""))).unwrap();
+    let (code, out, err) = common::varti(&["reload", "--api", &api, "--token", ADMIN]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = send();
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        all.contains("no receipt after 4 attempt(s)") && all.contains("discovering"),
         "{all}"
     );
 }
