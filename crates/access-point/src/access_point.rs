@@ -85,6 +85,14 @@ pub enum StartError {
         /// What went wrong.
         problem: String,
     },
+    /// A dynamic partner's discovery settings cannot be used.
+    #[error("discovery of partner `{partner}`: {problem}")]
+    Discovery {
+        /// The party.
+        partner: String,
+        /// What went wrong.
+        problem: String,
+    },
 }
 
 /// This access point's own keys (and the partners' signing certificates), as the

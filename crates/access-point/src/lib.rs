@@ -5,7 +5,8 @@
 //! handed to its owner: a backend client through the [`api`] and [`webhooks`], or a
 //! feature of the runtime that claimed its service ([`AccessPoint::claim_service`]).
 //! Outbound, [`submit`] stores a backend's submission and [`sender`] (or [`pull`]) delivers
-//! it through [`client`].
+//! it through [`client`]. [`discovery`] finds dynamic partners' endpoints and certificates
+//! through SML/BDXL and SMP.
 
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
@@ -17,6 +18,7 @@ pub mod client;
 pub(crate) mod clock;
 pub mod config;
 pub mod console;
+pub mod discovery;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod https;

@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub files: Vec<FileHash>,
     /// 1 at start-up, one more with each applied reload.
     pub generation: u64,
+    /// The dynamic parties by name, each with its discoverer and answer cache (new with
+    /// each snapshot: a reload starts with an empty cache).
+    pub(crate) dynamic: HashMap<String, crate::discovery::DynamicParty>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -196,12 +199,14 @@ impl Snapshot {
             partner_signing_certs: HashMap::new(),
             partner_next_signing_certs: HashMap::new(),
             next_signing,
+            dynamic_anchors: HashMap::new(),
         };
         let exception = pmodes
             .party(&id.party)
             .and_then(|p| p.allow_weak_keys.as_deref());
         check_own_keys(config, &identity, allow_plain_http, exception)?;
         let mut partners = HashMap::new();
+        let mut dynamic = HashMap::new();
         let mut client_settings = ClientSettings::from(&config.client);
         client_settings.allow_plain_http = allow_plain_http;
         let client = OutboundClient::new(client_settings);
@@ -230,8 +235,22 @@ impl Snapshot {
                     .insert(party.name.clone(), next);
             }
             partners.insert(party.name.clone(), certs);
+            if let Some(settings) = party.discovery.as_ref().filter(|_| party.name != id.party) {
+                let found = crate::discovery::DynamicParty::load(settings).map_err(|problem| {
+                    StartError::Discovery {
+                        partner: party.name.clone(),
+                        problem,
+                    }
+                })?;
+                identity
+                    .dynamic_anchors
+                    .insert(party.name.clone(), found.ap_anchors().to_vec());
+                dynamic.insert(party.name.clone(), found);
+            }
             // Only partners we push to need TLS client settings.
-            if party.name != identity.party && party.endpoint.is_some() {
+            if party.name != identity.party
+                && (party.endpoint.is_some() || party.discovery.is_some())
+            {
                 register_partner(&client, config, party)?;
             }
         }
@@ -244,6 +263,7 @@ impl Snapshot {
             client,
             files,
             generation,
+            dynamic,
         })
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use openssl::x509::X509;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use varti_as4::error::{EbmsError, ErrorCode, Severity};
@@ -34,6 +35,7 @@ use varti_store::{AttemptOutcome, MessageRecord};
 
 use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
+use crate::discovery::{Found, LookupFailure};
 use crate::ops::{Direction, Outcome};
 use crate::pull;
 use crate::reload::Snapshot;
@@ -291,16 +293,31 @@ async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageR
             leg.label()
         ));
     };
-    let Some(endpoint) = partner.endpoint.clone() else {
-        return Verdict::Fatal(format!(
-            "party `{}` has no endpoint in the PModes: add `endpoint = \"https://…/msh\"`",
-            partner.name
-        ));
+    // A dynamic party's endpoint and certificates are the ones its SMP publishes.
+    let discovered = match snap.dynamic.get(&partner.name) {
+        None => None,
+        Some(d) => match d.find(ap.clock.now()).await {
+            Ok(found) => Some(Arc::new(found)),
+            Err(LookupFailure::Transient(e)) => return Verdict::Unreachable(e),
+            Err(LookupFailure::Refused(e)) => return Verdict::Fatal(e),
+        },
+    };
+    let endpoint = match (&discovered, &partner.endpoint) {
+        (Some(found), _) => found.url.clone(),
+        (None, Some(e)) => e.clone(),
+        (None, None) => {
+            return Verdict::Fatal(format!(
+                "party `{}` has no endpoint in the PModes: add `endpoint = \"https://…/msh\"`",
+                partner.name
+            ))
+        }
     };
     let sealed = {
         let (ap, snap) = (ap.clone(), snap.clone());
         let record = record.clone();
-        tokio::task::spawn_blocking(move || sealed_for_retries(&ap, &snap, &record)).await
+        let cert = discovered.as_ref().map(|f| f.certificate.clone());
+        tokio::task::spawn_blocking(move || sealed_for_retries(&ap, &snap, &record, cert.as_ref()))
+            .await
     };
     let (file, content_type, references) = match sealed {
         Ok(Ok(s)) => s,
@@ -328,9 +345,20 @@ async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageR
     let (ap, snap) = (ap.clone(), snap.clone());
     let record = record.clone();
     let partner = partner.name.clone();
-    tokio::task::spawn_blocking(move || judge(&ap, &snap, &record, &partner, response, &references))
-        .await
-        .unwrap_or_else(|e| Verdict::Transient(format!("the receipt-checking task failed: {e}")))
+    tokio::task::spawn_blocking(move || {
+        let discovered = discovered.as_deref();
+        judge(
+            &ap,
+            &snap,
+            &record,
+            &partner,
+            discovered,
+            response,
+            &references,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Verdict::Transient(format!("the receipt-checking task failed: {e}")))
 }
 
 /// Where the sealed copy of an outbound message is kept between its attempts.
@@ -356,6 +384,7 @@ fn sealed_for_retries(
     ap: &AccessPoint,
     snap: &Snapshot,
     record: &MessageRecord,
+    discovered_cert: Option<&X509>,
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -378,7 +407,7 @@ fn sealed_for_retries(
     let tmp = mime.with_extension("tmp");
     let sealed = std::fs::File::create(&tmp)
         .map_err(anyhow::Error::from)
-        .and_then(|mut file| seal_into(ap, snap, record, &mut file));
+        .and_then(|mut file| seal_into(ap, snap, record, discovered_cert, &mut file));
     let (content_type, references) = match sealed {
         Ok(s) => s,
         Err(e) => {
@@ -443,7 +472,7 @@ pub(crate) fn seal(
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
     std::fs::create_dir_all(ap.spool_dir())?;
     let mut file = tempfile::tempfile_in(ap.spool_dir())?;
-    let (content_type, references) = seal_into(ap, snap, record, &mut file)?;
+    let (content_type, references) = seal_into(ap, snap, record, None, &mut file)?;
     file.rewind()?;
     Ok((file, content_type, references))
 }
@@ -454,6 +483,7 @@ fn seal_into(
     ap: &AccessPoint,
     snap: &Snapshot,
     record: &MessageRecord,
+    discovered_cert: Option<&X509>,
     file: &mut std::fs::File,
 ) -> anyhow::Result<(String, Vec<SignedReference>)> {
     let leg = snap
@@ -492,10 +522,11 @@ fn seal_into(
             content: r as &mut dyn Read,
         })
         .collect();
-    let receiver_cert = snap
-        .partners
-        .get(&partner.name)
-        .and_then(|c| c.encryption.as_ref());
+    let receiver_cert = discovered_cert.or_else(|| {
+        snap.partners
+            .get(&partner.name)
+            .and_then(|c| c.encryption.as_ref())
+    });
     let (signing_key, signing_cert) = snap.identity.current_signing();
     let policy = send_policy(leg, signing_key, signing_cert, receiver_cert).map_err(|e| {
         anyhow::anyhow!(
@@ -581,6 +612,7 @@ fn judge(
     snap: &Snapshot,
     record: &MessageRecord,
     partner: &str,
+    discovered: Option<&Found>,
     response: crate::client::OutboundResponse,
     references: &[SignedReference],
 ) -> Verdict {
@@ -634,6 +666,17 @@ fn judge(
     };
     let mut policy = snap.receive_policy(leg, party, ap.clock.now(), &ap.spool_dir());
     policy.require_encryption = false;
+    if let (Some(found), Some(d)) = (discovered, snap.dynamic.get(partner)) {
+        // The receipt must be signed with the discovered certificate (an SMP 2.0 endpoint
+        // may publish a separate signing certificate), chaining to the network's anchors.
+        let signer = found
+            .signing_certificate
+            .clone()
+            .unwrap_or_else(|| found.certificate.clone());
+        policy.partner_certificates = vec![signer.clone()];
+        policy.expected_signer = Some(signer);
+        policy.trust_anchors = d.ap_anchors().to_vec();
+    }
     let received = match inbound::receive_envelope(&package, envelope, &policy) {
         Ok(r) => r,
         Err(e) => return Verdict::Transient(receipt_problem(&e)),

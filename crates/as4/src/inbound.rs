@@ -436,7 +436,7 @@ fn receive_parsed(
             let same = is(expected) || policy.next_expected_signer.as_ref().is_some_and(is);
             if !same {
                 return Err(auth(format!(
-                    "the message is signed with the certificate of `{}`, not with the sending party's certificate from the PMode (`{}`)",
+                    "the message is signed with the certificate of `{}`, not with the sending party's certificate (`{}`, from its PMode or, for a dynamic party, its SMP)",
                     subject_of(&sig.signer),
                     subject_of(expected)
                 )));

@@ -13,12 +13,15 @@
 //! * [`pmode`] — PMode files, their checks, and routing of messages to legs.
 //! * [`leg`] — a leg applied to messages: its security profile, the `eb:UserMessage`
 //!   sent on it and its send policy.
+//! * [`discovery`] — dynamic discovery without I/O: SML/BDXL DNS names, U-NAPTR, SMP
+//!   requests and answers (OASIS 1.0, Peppol, OASIS 2.0) and their signatures.
 //! * [`error`] — the ebMS3/AS4 error codes every layer reports with.
 
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
 pub mod compress;
+pub mod discovery;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -68,6 +68,10 @@ pub struct LocalIdentity {
     pub partner_next_signing_certs: HashMap<String, X509>,
     /// Our next signing key and certificate (a key rollover), used from its instant on.
     pub next_signing: Option<NextSigning>,
+    /// The AP anchors of each dynamic party's network, by party name: what the signing
+    /// certificate of a sender accepted as that party (a dynamic initiator, or a
+    /// discovered partner) must chain to.
+    pub dynamic_anchors: HashMap<String, Vec<X509>>,
 }
 
 /// A signing key and certificate that replace the current ones from an instant on.
@@ -297,8 +301,15 @@ pub fn accept<'p>(
     let id = um.message_info.message_id.clone();
     let unsigned = |e: EbmsError| Refusal::new(e, Some(&id), None);
 
-    // Stage 1: route.
-    let route = routing::find_inbound(pmodes, &InboundKey::of(&um)).map_err(unsigned)?;
+    // Stage 1: route; a sender no party of the PModes may be a dynamic initiator.
+    let key = InboundKey::of(&um);
+    let (route, dynamic_sender) = match routing::find_inbound(pmodes, &key) {
+        Ok(route) => (route, None),
+        Err(e) => match routing::find_inbound_dynamic(pmodes, &key) {
+            Some((route, party)) => (route, Some(party)),
+            None => return Err(unsigned(e)),
+        },
+    };
     let leg = route.leg;
     if !arrival.fits(leg.binding) {
         return Err(unsigned(EbmsError::new(
@@ -333,11 +344,12 @@ pub fn accept<'p>(
         )));
     }
     let from = &um.party_info.from.party_ids;
-    let Some(partner) = pmodes
-        .parties
-        .iter()
-        .find(|p| from.iter().any(|f| p.has_id(&f.value, f.type_.as_deref())))
-    else {
+    let Some(partner) = dynamic_sender.or_else(|| {
+        pmodes
+            .parties
+            .iter()
+            .find(|p| from.iter().any(|f| p.has_id(&f.value, f.type_.as_deref())))
+    }) else {
         return Err(unsigned(EbmsError::new(
             ErrorCode::ProcessingModeMismatch,
             "the sending party is not a [[party]] of this access point's PModes",
@@ -349,6 +361,26 @@ pub fn accept<'p>(
 
     // Stage 3: decrypt, verify, trust, decompress.
     let mut policy = identity.receive_policy(leg, partner, now, spool.dir.as_deref());
+    if dynamic_sender.is_some() {
+        // Any signer whose certificate chains to the network's AP anchors (none: refused).
+        policy.require_signature = true;
+        policy.partner_certificates = Vec::new();
+        policy.expected_signer = None;
+        policy.trust_anchors = identity
+            .dynamic_anchors
+            .get(&partner.name)
+            .cloned()
+            .unwrap_or_default();
+        if policy.trust_anchors.is_empty() {
+            return Err(refuse(EbmsError::new(
+                ErrorCode::FailedAuthentication,
+                format!(
+                    "a dynamic initiator taken for party `{}` cannot be verified: its network has no AP anchors loaded",
+                    partner.name
+                ),
+            )));
+        }
+    }
     policy.spool_budget = spool.budget.clone();
     let received = inbound::receive_envelope(package, envelope, &policy).map_err(refuse)?;
 

@@ -122,6 +122,7 @@ fn varti_b() -> LocalIdentity {
         ]),
         partner_next_signing_certs: HashMap::new(),
         next_signing: None,
+        dynamic_anchors: HashMap::new(),
     }
 }
 
@@ -662,4 +663,91 @@ fn the_spool_budget_bounds_disk_use_and_bombs_are_still_refused() {
     assert!(t.budget.used() > 0);
     drop(accepted);
     assert_eq!(t.budget.used(), 0);
+}
+
+/// [`setup`] plus `network.toml`: a dynamic party `network` (the test CA as its AP
+/// anchor) and a process `open` whose initiators are that party, allowing dynamic
+/// initiators when `allow` says so; varti-b has the network's anchors `anchors`.
+fn dynamic_setup(allow: bool, anchors: Vec<X509>) -> Setup {
+    let t = setup();
+    let c = certs();
+    let c = c.display();
+    let toml = format!(
+        r#"[[party]]
+name = "network"
+ids = [{{ value = "network-peers", type = "{PARTY_TYPE}" }}]
+dynamic = true
+
+[party.discovery]
+sml_zone = "bdxl.test.varti"
+smp_anchors = ["{c}/ca.cert.pem"]
+ap_anchors = ["{c}/ca.cert.pem"]
+participant = "iso6523-actorid-upis::0088:test"
+document_type = "busdox-docid-qns::urn:test:doc"
+
+[security.default]
+profile = "as4-1.15"
+sign = true
+encrypt = true
+token_reference = "bst"
+
+[[process]]
+name = "open"
+mep = "oneWay"
+binding = "push"
+dynamic_initiators = {allow}
+initiator = {{ parties = ["network"] }}
+responder = {{ parties = ["varti-b"] }}
+
+[[process.leg]]
+name = "open"
+service = "urn:test:open"
+action = "Deliver"
+"#
+    );
+    let dir = t._pmodes_dir.path();
+    std::fs::write(dir.join("network.toml"), toml).unwrap();
+    let (set, diags) = varti_as4::pmode::load_dir(dir);
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+    let mut identity = varti_b();
+    identity
+        .dynamic_anchors
+        .insert("network".to_owned(), anchors);
+    Setup { set, identity, ..t }
+}
+
+/// A sender no party of the PModes (varti-x, signing with varti-c's key under the test
+/// CA) is accepted on a leg that allows dynamic initiators, as the dynamic party, when
+/// its certificate chains to the network's AP anchors; refused otherwise.
+#[test]
+fn an_unlisted_sender_is_accepted_as_a_dynamic_initiator_only_under_the_networks_anchors() {
+    let unlisted = || Msg {
+        from: "varti-x",
+        signer: "varti-c",
+        ..Msg::good()
+    };
+    let t = dynamic_setup(true, vec![cert("ca.cert.pem")]);
+    let (package, um) = t.seal("open", unlisted());
+    let accepted = t.receive(&package).unwrap();
+    assert_eq!(accepted.leg.name, "open");
+    assert_eq!(accepted.partner.name, "network");
+    assert_eq!(
+        accepted.user_message.party_info.from.party_ids[0].value,
+        "varti-x"
+    );
+    assert_eq!(accepted.message_id(), um.message_info.message_id);
+    drop(accepted);
+
+    // Anchors that varti-c's certificate does not chain to: refused, signed.
+    let t = dynamic_setup(true, vec![cert("varti-a/sign.cert.pem")]);
+    t.refused("open", unlisted(), ErrorCode::FailedAuthentication, true);
+
+    // The process does not allow dynamic initiators: no leg for the sender.
+    let t = dynamic_setup(false, vec![cert("ca.cert.pem")]);
+    let refusal = t.refused("open", unlisted(), ErrorCode::ProcessingModeMismatch, false);
+    assert!(
+        refusal.error.detail.contains("From PartyId"),
+        "{}",
+        refusal.error.detail
+    );
 }

@@ -339,6 +339,29 @@ struct RawParty {
     crls: Vec<Spanned<String>>,
     tls: Option<RawTls>,
     allow_weak_keys: Option<Spanned<String>>,
+    dynamic: Option<Spanned<bool>>,
+    discovery: Option<Spanned<RawDiscovery>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    network: Option<String>,
+    sml_zone: Option<String>,
+    smp_url: Option<Spanned<String>>,
+    dns_scheme: Option<Spanned<String>>,
+    smp_version: Option<Spanned<String>>,
+    naptr_services: Option<Vec<String>>,
+    #[serde(default)]
+    smp_anchors: Vec<Spanned<String>>,
+    #[serde(default)]
+    ap_anchors: Vec<Spanned<String>>,
+    transport_profile: Option<String>,
+    participant: Option<Spanned<String>>,
+    document_type: Option<Spanned<String>>,
+    process: Option<Spanned<String>>,
+    cache_ttl: Option<Spanned<String>>,
+    dns_server: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +477,7 @@ struct RawProcess {
     binding: Spanned<String>,
     initiator: RawSide,
     responder: RawSide,
+    dynamic_initiators: Option<Spanned<bool>>,
     #[serde(default)]
     leg: Vec<RawLeg>,
 }
@@ -782,6 +806,7 @@ impl Resolver {
                     trusted_ca: cert(&t.trusted_ca, check::CertRole::Ca),
                 }
             });
+            let discovery = self.discovery(file, raw, &name, &ids, diags);
             self.party_index
                 .insert(name.clone(), self.set.parties.len());
             self.set.parties.push(Party {
@@ -794,9 +819,241 @@ impl Resolver {
                 tls,
                 crls,
                 allow_weak_keys,
+                discovery,
                 location,
             });
         }
+    }
+
+    /// The `discovery` block of a party, checked against `dynamic`.
+    fn discovery(
+        &mut self,
+        file: &SourceFile,
+        raw: &RawParty,
+        name: &str,
+        ids: &[PartyId],
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<DiscoverySettings> {
+        use crate::discovery::{DnsScheme, Identifier, SmpDialect, SMP_NAPTR_SERVICE};
+        let dynamic = raw.dynamic.as_ref().is_some_and(|d| *d.get_ref());
+        let block = match (&raw.discovery, dynamic) {
+            (None, false) => return None,
+            (None, true) => {
+                diags.push(Diagnostic::error(
+                    file.at(raw.dynamic.as_ref().map(|d| d.span()).unwrap_or(0..0)),
+                    format!("dynamic party '{name}' has no discovery block"),
+                    "add [party.discovery] with sml_zone (or smp_url), document_type, smp_anchors and ap_anchors (see docs/discovery.md)",
+                ));
+                return None;
+            }
+            (Some(b), false) => {
+                diags.push(Diagnostic::error(
+                    file.at(b.span()),
+                    format!("party '{name}' has a discovery block but is not dynamic"),
+                    "add `dynamic = true` to the party, or remove its discovery block",
+                ));
+                return None;
+            }
+            (Some(b), true) => b,
+        };
+        let at = file.at(block.span());
+        let b = block.get_ref();
+        let mut ok = true;
+        let mut error = |location: Location, message: String, hint: &str| {
+            diags.push(Diagnostic::error(location, message, hint));
+            ok = false;
+        };
+        if let Some(ep) = &raw.endpoint {
+            error(
+                file.at(ep.span()),
+                format!("dynamic party '{name}' has a static endpoint"),
+                "remove `endpoint`: a dynamic party's endpoint is the one its SMP publishes",
+            );
+        }
+        if let Some(c) = &raw.encryption_cert {
+            error(
+                file.at(c.span()),
+                format!("dynamic party '{name}' has a static encryption_cert"),
+                "remove `encryption_cert`: a dynamic party's certificate is the one its SMP publishes",
+            );
+        }
+        let mut ident = |field: &Option<Spanned<String>>, what: &str| {
+            field
+                .as_ref()
+                .and_then(|v| match Identifier::parse(v.get_ref()) {
+                    Ok(i) => Some(i),
+                    Err(e) => {
+                        diags.push(Diagnostic::error(
+                            file.at(v.span()),
+                            format!("discovery.{what} of party '{name}': {e}"),
+                            "write it as scheme::value",
+                        ));
+                        None
+                    }
+                })
+        };
+        let participant = match &b.participant {
+            Some(_) => ident(&b.participant, "participant"),
+            None => ids.iter().find_map(|id| {
+                id.id_type
+                    .as_ref()
+                    .map(|t| Identifier::new(t.clone(), id.value.clone()))
+            }),
+        };
+        let document_type = ident(&b.document_type, "document_type");
+        let process = ident(&b.process, "process");
+        if b.process.is_some() && process.is_none() {
+            ok = false;
+        }
+        if participant.is_none() {
+            if b.participant.is_none() {
+                diags.push(Diagnostic::error(
+                    at.clone(),
+                    format!("dynamic party '{name}' names no participant"),
+                    "add participant = \"scheme::value\", or give one of its ids a type (the type is the scheme)",
+                ));
+            }
+            ok = false;
+        }
+        if document_type.is_none() {
+            if b.document_type.is_none() {
+                diags.push(Diagnostic::error(
+                    at.clone(),
+                    format!("discovery of party '{name}' names no document_type"),
+                    "add document_type = \"scheme::value\" (what the SMP is asked for)",
+                ));
+            }
+            ok = false;
+        }
+        let dns_scheme = match &b.dns_scheme {
+            None => DnsScheme::Bdxl,
+            Some(v) => DnsScheme::parse(v.get_ref()).unwrap_or_else(|_| {
+                diags.push(Diagnostic::error(
+                    file.at(v.span()),
+                    format!("unknown dns_scheme '{}'", v.get_ref()),
+                    format!("use one of: {}", DnsScheme::NAMES),
+                ));
+                ok = false;
+                DnsScheme::Bdxl
+            }),
+        };
+        let smp_dialect = match &b.smp_version {
+            None => SmpDialect::Oasis1,
+            Some(v) => SmpDialect::parse(v.get_ref()).unwrap_or_else(|_| {
+                diags.push(Diagnostic::error(
+                    file.at(v.span()),
+                    format!("unknown smp_version '{}'", v.get_ref()),
+                    format!("use one of: {}", SmpDialect::NAMES),
+                ));
+                ok = false;
+                SmpDialect::Oasis1
+            }),
+        };
+        if b.sml_zone.is_none() && b.smp_url.is_none() {
+            diags.push(Diagnostic::error(
+                at.clone(),
+                format!("discovery of party '{name}' has neither sml_zone nor smp_url"),
+                "add sml_zone = \"…\" (the network's SML/BDXL zone), or smp_url = \"https://…\" for a fixed SMP",
+            ));
+            ok = false;
+        }
+        if let Some(u) = &b.smp_url {
+            let text = u.get_ref();
+            if !(text.starts_with("https://") || text.starts_with("http://")) {
+                diags.push(Diagnostic::error(
+                    file.at(u.span()),
+                    format!("smp_url '{text}' is not an http(s) URL"),
+                    "give the SMP's base URL, e.g. https://smp.example.org/",
+                ));
+                ok = false;
+            }
+        }
+        for (list, what) in [
+            (&b.smp_anchors, "smp_anchors"),
+            (&b.ap_anchors, "ap_anchors"),
+        ] {
+            if list.is_empty() {
+                diags.push(Diagnostic::error(
+                    at.clone(),
+                    format!("discovery of party '{name}' has no {what}"),
+                    if what == "smp_anchors" {
+                        "name the PEM certificates the SMP's answers are signed under: an unsigned answer is never trusted"
+                    } else {
+                        "name the PEM CA certificates of the network's access points: a discovered certificate must chain to one"
+                    },
+                ));
+                ok = false;
+            }
+        }
+        let cache_ttl = match &b.cache_ttl {
+            None => Duration::from_secs(3600),
+            Some(v) => parse_duration(v.get_ref()).unwrap_or_else(|| {
+                diags.push(Diagnostic::error(
+                    file.at(v.span()),
+                    format!("cache_ttl '{}' is not a duration", v.get_ref()),
+                    "write e.g. \"10m\", \"1h\" or \"30s\"",
+                ));
+                ok = false;
+                Duration::ZERO
+            }),
+        };
+        let dns_server = b.dns_server.as_ref().and_then(|v| {
+            v.get_ref().parse().map_or_else(
+                |_| {
+                    diags.push(Diagnostic::error(
+                        file.at(v.span()),
+                        format!("dns_server '{}' is not ip:port", v.get_ref()),
+                        "write e.g. \"127.0.0.1:5353\", or leave it out to use the system's resolvers",
+                    ));
+                    ok = false;
+                    None
+                },
+                Some,
+            )
+        });
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        let mut anchors = |list: &[Spanned<String>]| -> Vec<PathBuf> {
+            list.iter()
+                .map(|p| {
+                    let path = base.join(p.get_ref());
+                    self.cert_refs.push(CertRef {
+                        party: name.to_owned(),
+                        role: check::CertRole::Ca,
+                        path: path.clone(),
+                        written: p.get_ref().clone(),
+                        location: file.at(p.span()),
+                    });
+                    path
+                })
+                .collect()
+        };
+        let smp_anchors = anchors(&b.smp_anchors);
+        let ap_anchors = anchors(&b.ap_anchors);
+        if !ok {
+            return None;
+        }
+        Some(DiscoverySettings {
+            network: b.network.clone().unwrap_or_else(|| name.to_owned()),
+            sml_zone: b.sml_zone.clone(),
+            smp_url: b.smp_url.as_ref().map(|u| u.get_ref().clone()),
+            dns_scheme,
+            smp_dialect,
+            naptr_services: b
+                .naptr_services
+                .clone()
+                .unwrap_or_else(|| vec![SMP_NAPTR_SERVICE.to_owned()]),
+            smp_anchors,
+            ap_anchors,
+            transport_profile: b
+                .transport_profile
+                .clone()
+                .unwrap_or_else(|| crate::discovery::TRANSPORT_BDXR_AS4.to_owned()),
+            participant: participant?,
+            document_type: document_type?,
+            process,
+            cache_ttl,
+            dns_server,
+        })
     }
 
     fn resolve_processes(
@@ -841,6 +1098,23 @@ impl Resolver {
             }
             let initiator = self.side(file, &process.initiator, "initiator", diags);
             let responder = self.side(file, &process.responder, "responder", diags);
+            let dynamic_initiators = match &process.dynamic_initiators {
+                Some(d) if *d.get_ref() => {
+                    let dynamic = initiator
+                        .parties
+                        .iter()
+                        .any(|n| self.set.party(n).is_some_and(|p| p.discovery.is_some()));
+                    if !dynamic {
+                        diags.push(Diagnostic::error(
+                            file.at(d.span()),
+                            format!("process '{pname}' allows dynamic initiators but none of its initiator parties is dynamic"),
+                            "list a dynamic party (dynamic = true with a discovery block) among the initiator's parties: its network's ap_anchors decide whom to accept",
+                        ));
+                    }
+                    dynamic
+                }
+                _ => false,
+            };
             let agreement = process
                 .agreement
                 .as_ref()
@@ -876,6 +1150,7 @@ impl Resolver {
                         "remove `reply = true`, or make the process mep = \"twoWay\"",
                     ));
                 }
+                let leg_dynamic_initiators = dynamic_initiators && !reply;
                 let (from, to) = if reply {
                     (responder.clone(), initiator.clone())
                 } else {
@@ -933,6 +1208,7 @@ impl Resolver {
                             diags,
                         )
                         .unwrap_or_default(),
+                    dynamic_initiators: leg_dynamic_initiators,
                     location: lloc,
                 });
             }
@@ -1643,5 +1919,59 @@ mod tests {
     fn nearest_name_suggests_typos_only() {
         assert_eq!(nearest("varti-c", &["varti-a", "oots"]), Some("varti-a"));
         assert_eq!(nearest("zzzzzzz", &["varti-a"]), None);
+    }
+
+    #[test]
+    fn a_dynamic_party_is_read_and_its_contradictions_are_errors() {
+        let good = "[[party]]\nname = \"peer\"\nids = [{ value = \"0088:1\", type = \"iso6523-actorid-upis\" }]\ndynamic = true\n\
+            [party.discovery]\nnetwork = \"peppol-test\"\nsml_zone = \"acc.edelivery.tech.ec.europa.eu\"\ndns_scheme = \"peppol-naptr\"\n\
+            smp_version = \"peppol\"\nsmp_anchors = [\"smp.pem\"]\nap_anchors = [\"ap.pem\"]\ntransport_profile = \"peppol-transport-as4-v2_0\"\n\
+            document_type = \"busdox-docid-qns::urn:test\"\ncache_ttl = \"10m\"\ndns_server = \"127.0.0.1:5353\"\n";
+        let (set, _) = load_files(&[("p.toml", good)]);
+        let d = set.party("peer").unwrap().discovery.clone().unwrap();
+        assert_eq!(d.network, "peppol-test");
+        assert_eq!(d.dns_scheme, crate::discovery::DnsScheme::PeppolNaptr);
+        assert_eq!(d.smp_dialect, crate::discovery::SmpDialect::Peppol);
+        // The participant defaults to the party's typed id.
+        assert_eq!(d.participant.to_string(), "iso6523-actorid-upis::0088:1");
+        assert_eq!(d.cache_ttl, Duration::from_secs(600));
+        assert_eq!(d.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert!(d.ap_anchors[0].ends_with("ap.pem"));
+
+        let bad = "[[party]]\nname = \"peer\"\nids = [{ value = \"x\" }]\ndynamic = true\nendpoint = \"https://peer/msh\"\n\
+            [party.discovery]\ndns_scheme = \"md5\"\ndocument_type = \"no-scheme\"\n\
+            [[party]]\nname = \"static\"\nids = [{ value = \"s\" }]\n[party.discovery]\nsml_zone = \"z\"\n\
+            [[party]]\nname = \"lost\"\nids = [{ value = \"l\" }]\ndynamic = true\n";
+        let (_, diags) = load_files(&[("p.toml", bad)]);
+        let found = errors(&diags);
+        for expected in [
+            "dynamic party 'peer' has a static endpoint",
+            "unknown dns_scheme 'md5'",
+            "discovery.document_type of party 'peer'",
+            "dynamic party 'peer' names no participant",
+            "discovery of party 'peer' has neither sml_zone nor smp_url",
+            "discovery of party 'peer' has no smp_anchors",
+            "discovery of party 'peer' has no ap_anchors",
+            "party 'static' has a discovery block but is not dynamic",
+            "dynamic party 'lost' has no discovery block",
+        ] {
+            assert!(
+                found.iter().any(|e| e.contains(expected)),
+                "{expected} not in {found:?}"
+            );
+        }
+
+        // Dynamic initiators need a dynamic party among the initiators.
+        let process = "[[process]]\nname = \"open\"\nmep = \"oneWay\"\nbinding = \"push\"\ndynamic_initiators = true\n\
+            initiator = { parties = [\"a\"] }\nresponder = { parties = [\"b\"] }\n\
+            [[process.leg]]\nname = \"l\"\nservice = \"s\"\naction = \"a\"\n";
+        let (set, diags) = load_files(&[("p.toml", &format!("{PARTIES}{process}"))]);
+        assert!(
+            errors(&diags).iter().any(|e| e.contains(
+                "allows dynamic initiators but none of its initiator parties is dynamic"
+            )),
+            "{diags:?}"
+        );
+        assert!(!set.legs[0].dynamic_initiators);
     }
 }

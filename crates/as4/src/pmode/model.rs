@@ -121,8 +121,45 @@ pub struct Party {
     /// [`crate::security::keys`] (`allow_weak_keys = "reason"`): weak keys are then
     /// warnings instead of errors. `None`: the policy applies.
     pub allow_weak_keys: Option<String>,
+    /// How its endpoint and certificate are found at run time (`dynamic = true` and a
+    /// `[party.discovery]` block); `None`: a static party (`endpoint`, `encryption_cert`).
+    pub discovery: Option<DiscoverySettings>,
     /// Where it is defined.
     pub location: Location,
+}
+
+/// The `[party.discovery]` block of a dynamic party: where its SMP is published, whom to
+/// trust, and what to ask for (see docs/discovery.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverySettings {
+    /// The network's name (logs, cache key).
+    pub network: String,
+    /// The SML / BDXL zone the participant's DNS name is made in.
+    pub sml_zone: Option<String>,
+    /// A fixed SMP base URL instead of the DNS look-up.
+    pub smp_url: Option<String>,
+    /// How the participant id becomes a DNS name: `bdxl`, `peppol-naptr` or `sml-cname`.
+    pub dns_scheme: crate::discovery::DnsScheme,
+    /// The SMP's dialect: `oasis-1`, `peppol` or `oasis-2`.
+    pub smp_dialect: crate::discovery::SmpDialect,
+    /// NAPTR services accepted (default `meta:smp`).
+    pub naptr_services: Vec<String>,
+    /// PEM files of the certificates SMP answers must be signed under.
+    pub smp_anchors: Vec<PathBuf>,
+    /// PEM files of the CA certificates the endpoint's certificates must chain to.
+    pub ap_anchors: Vec<PathBuf>,
+    /// The transport profile asked for.
+    pub transport_profile: String,
+    /// The participant looked up (`scheme::value`).
+    pub participant: crate::discovery::Identifier,
+    /// The document type asked for (`scheme::value`).
+    pub document_type: crate::discovery::Identifier,
+    /// The process asked for (`scheme::value`); `None`: any.
+    pub process: Option<crate::discovery::Identifier>,
+    /// How long an answer is reused (bounded by the DNS records' TTL).
+    pub cache_ttl: Duration,
+    /// A DNS server (`ip:port`) to ask instead of the system's resolvers.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl Party {
@@ -269,6 +306,10 @@ pub struct Leg {
     pub errors: ErrorHandling,
     /// Compression.
     pub compression: Compression,
+    /// Whether a sender that is no party of the PModes is accepted on this leg as one of
+    /// its dynamic `from` parties, when its signing certificate chains to that party's
+    /// network's AP anchors (the process's `dynamic_initiators = true`; initiator legs).
+    pub dynamic_initiators: bool,
     /// Where the leg is defined (its `name`).
     pub location: Location,
 }

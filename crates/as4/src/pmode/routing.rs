@@ -375,6 +375,55 @@ pub fn find_inbound<'a>(set: &'a PModeSet, key: &InboundKey) -> Result<Route<'a>
     Err(no_match("the message", nearest))
 }
 
+/// For a message from a sender that is no party of `set`: the leg allowing dynamic
+/// initiators that the message fits when its sender is taken for one of the leg's dynamic
+/// `from` parties, and that party. `None` when the sender is a listed party, or when no
+/// such leg (or more than one) fits.
+pub fn find_inbound_dynamic<'a>(
+    set: &'a PModeSet,
+    key: &InboundKey,
+) -> Option<(Route<'a>, &'a Party)> {
+    let listed = set
+        .parties
+        .iter()
+        .any(|p| p.has_id(&key.from_party, key.from_party_type.as_deref()));
+    if listed || key.from_party.is_empty() {
+        return None;
+    }
+    let mut found: Vec<(&Leg, &Party)> = Vec::new();
+    for leg in set.legs.iter().filter(|l| l.dynamic_initiators) {
+        for party in leg
+            .from
+            .parties
+            .iter()
+            .filter_map(|n| set.party(n))
+            .filter(|p| p.discovery.is_some())
+        {
+            let Some(id) = party.ids.first() else {
+                continue;
+            };
+            let as_party = InboundKey {
+                from_party: id.value.clone(),
+                from_party_type: id.id_type.clone(),
+                ..key.clone()
+            };
+            if inbound_differences(set, leg, &as_party, false).is_empty() {
+                found.push((leg, party));
+            }
+        }
+    }
+    match found.as_slice() {
+        [(leg, party)] => Some((
+            Route {
+                leg,
+                test_service: is_test(&key.service, &key.action),
+            },
+            party,
+        )),
+        _ => None,
+    }
+}
+
 /// Finds the leg to send a submission on, or EBMS:0010 naming the nearest leg and the
 /// fields that differed.
 pub fn find_outbound<'a>(set: &'a PModeSet, sub: &Submission) -> Result<Route<'a>, EbmsError> {

@@ -8,6 +8,12 @@
 //! chosen element or lies inside it; namespace nodes are judged by the element they are
 //! attached to. This is the node-set of an XML-DSig same-document reference
 //! (`#id` = the element with its descendants, attributes and namespaces).
+//!
+//! Enveloped signatures (SMP responses, see `crate::discovery`) need two more things: the
+//! inclusive algorithms (c14n 1.0 and 1.1, which libxml2 also implements) and a node-set
+//! that is the whole document *minus* one subtree (the `ds:Signature` itself, which the
+//! enveloped-signature transform removes). [`Canonicalization`] names the algorithm and
+//! `canonicalize_enveloped` selects that node-set.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io::Write;
@@ -19,6 +25,100 @@ use crate::error::{EbmsError, ErrorCode};
 
 /// The exclusive c14n algorithm URI (without comments).
 pub(crate) const EXC_C14N: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
+/// Inclusive canonical XML 1.0 (without comments).
+pub(crate) const C14N_10: &str = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315";
+/// Inclusive canonical XML 1.1 (without comments).
+pub(crate) const C14N_11: &str = "http://www.w3.org/2006/12/xml-c14n11";
+
+/// A canonicalization algorithm libxml2 runs for us (all without comments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Canonicalization {
+    /// Exclusive c14n 1.0 (`xml-exc-c14n#`).
+    Exclusive,
+    /// Inclusive c14n 1.0 (`REC-xml-c14n-20010315`).
+    Inclusive10,
+    /// Inclusive c14n 1.1 (`xml-c14n11`).
+    Inclusive11,
+}
+
+impl Canonicalization {
+    /// The algorithm an XML-DSig URI names, if it is one of ours.
+    pub(crate) fn from_uri(uri: &str) -> Option<Self> {
+        match uri {
+            EXC_C14N => Some(Canonicalization::Exclusive),
+            C14N_10 => Some(Canonicalization::Inclusive10),
+            C14N_11 => Some(Canonicalization::Inclusive11),
+            _ => None,
+        }
+    }
+
+    fn mode(self) -> c_int {
+        (match self {
+            Canonicalization::Exclusive => ffi::xmlC14NMode_XML_C14N_EXCLUSIVE_1_0,
+            Canonicalization::Inclusive10 => ffi::xmlC14NMode_XML_C14N_1_0,
+            Canonicalization::Inclusive11 => ffi::xmlC14NMode_XML_C14N_1_1,
+        }) as c_int
+    }
+}
+
+/// Which nodes of the document are canonicalized.
+#[derive(Clone, Copy)]
+enum Selection<'a> {
+    /// The whole document.
+    Document,
+    /// One element with everything inside it.
+    Subtree(Element<'a>),
+    /// The whole document except one element and everything inside it.
+    Without(Element<'a>),
+}
+
+/// Canonicalizes one element and its subtree with the given algorithm (an enveloped
+/// signature's `SignedInfo`).
+pub(crate) fn canonicalize_element_with(
+    doc: &XmlDocument,
+    element: Element<'_>,
+    algorithm: Canonicalization,
+    prefixes: &[&str],
+) -> Result<Vec<u8>, EbmsError> {
+    let mut out = Vec::new();
+    run_with(
+        doc,
+        Selection::Subtree(element),
+        algorithm,
+        prefixes,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// Canonicalizes the whole document with the given algorithm.
+pub(crate) fn canonicalize_document_with(
+    doc: &XmlDocument,
+    algorithm: Canonicalization,
+) -> Result<Vec<u8>, EbmsError> {
+    let mut out = Vec::new();
+    run_with(doc, Selection::Document, algorithm, &[], &mut out)?;
+    Ok(out)
+}
+
+/// Canonicalizes the whole document without `excluded` (an enveloped `ds:Signature`): the
+/// node-set of a `URI=""` reference after the enveloped-signature transform.
+pub(crate) fn canonicalize_enveloped(
+    doc: &XmlDocument,
+    excluded: Element<'_>,
+    algorithm: Canonicalization,
+    prefixes: &[&str],
+) -> Result<Vec<u8>, EbmsError> {
+    let mut out = Vec::new();
+    run_with(
+        doc,
+        Selection::Without(excluded),
+        algorithm,
+        prefixes,
+        &mut out,
+    )?;
+    Ok(out)
+}
 
 /// Canonicalizes the whole document with exclusive c14n; `prefixes` is the
 /// InclusiveNamespaces PrefixList (`#default` names the default namespace).
@@ -81,13 +181,11 @@ unsafe extern "C" fn write_cb(ctx: *mut c_void, buf: *const c_char, len: c_int) 
     }
 }
 
-unsafe extern "C" fn visible_cb(
-    user: *mut c_void,
-    node: ffi::xmlNodePtr,
-    parent: ffi::xmlNodePtr,
-) -> c_int {
-    // SAFETY: user is the subtree root node; node/parent come from libxml2's walk.
-    let root = user as ffi::xmlNodePtr;
+/// True when `node` (as libxml2's walk passes it) is `root` or lies inside it.
+///
+/// # Safety
+/// `node`/`parent` come from libxml2's c14n walk over a live tree; `root` is in that tree.
+unsafe fn inside(root: ffi::xmlNodePtr, node: ffi::xmlNodePtr, parent: ffi::xmlNodePtr) -> bool {
     let mut cur = if node.is_null() {
         parent
     } else if (*node).type_ == ffi::xmlElementType_XML_NAMESPACE_DECL {
@@ -98,16 +196,48 @@ unsafe extern "C" fn visible_cb(
     };
     while !cur.is_null() {
         if std::ptr::eq(cur, root) {
-            return 1;
+            return true;
         }
         cur = (*cur).parent;
     }
-    0
+    false
+}
+
+unsafe extern "C" fn visible_cb(
+    user: *mut c_void,
+    node: ffi::xmlNodePtr,
+    parent: ffi::xmlNodePtr,
+) -> c_int {
+    // SAFETY: user is the subtree root node; node/parent come from libxml2's walk.
+    c_int::from(inside(user as ffi::xmlNodePtr, node, parent))
+}
+
+unsafe extern "C" fn invisible_cb(
+    user: *mut c_void,
+    node: ffi::xmlNodePtr,
+    parent: ffi::xmlNodePtr,
+) -> c_int {
+    // SAFETY: user is the excluded element; node/parent come from libxml2's walk.
+    c_int::from(!inside(user as ffi::xmlNodePtr, node, parent))
 }
 
 fn run(
     doc: &XmlDocument,
     element: Option<Element<'_>>,
+    prefixes: &[&str],
+    out: &mut dyn Write,
+) -> Result<(), EbmsError> {
+    let selection = match element {
+        Some(e) => Selection::Subtree(e),
+        None => Selection::Document,
+    };
+    run_with(doc, selection, Canonicalization::Exclusive, prefixes, out)
+}
+
+fn run_with(
+    doc: &XmlDocument,
+    selection: Selection<'_>,
+    algorithm: Canonicalization,
     prefixes: &[&str],
     out: &mut dyn Write,
 ) -> Result<(), EbmsError> {
@@ -122,7 +252,8 @@ fn run(
         .map(|c| c.as_ptr() as *mut ffi::xmlChar)
         .collect();
     list.push(std::ptr::null_mut());
-    let list_ptr = if prefixes.is_empty() {
+    // An InclusiveNamespaces PrefixList only means something to exclusive c14n.
+    let list_ptr = if prefixes.is_empty() || algorithm != Canonicalization::Exclusive {
         std::ptr::null_mut()
     } else {
         list.as_mut_ptr()
@@ -143,19 +274,12 @@ fn run(
                 "libxml2 could not allocate an output buffer".into(),
             ));
         }
-        let (cb, user): (ffi::xmlC14NIsVisibleCallback, *mut c_void) = match element {
-            Some(e) => (Some(visible_cb), e.as_ptr() as *mut c_void),
-            None => (None, std::ptr::null_mut()),
+        let (cb, user): (ffi::xmlC14NIsVisibleCallback, *mut c_void) = match selection {
+            Selection::Subtree(e) => (Some(visible_cb), e.as_ptr() as *mut c_void),
+            Selection::Without(e) => (Some(invisible_cb), e.as_ptr() as *mut c_void),
+            Selection::Document => (None, std::ptr::null_mut()),
         };
-        let rc = ffi::xmlC14NExecute(
-            doc.as_ptr(),
-            cb,
-            user,
-            ffi::xmlC14NMode_XML_C14N_EXCLUSIVE_1_0 as c_int,
-            list_ptr,
-            0,
-            buf,
-        );
+        let rc = ffi::xmlC14NExecute(doc.as_ptr(), cb, user, algorithm.mode(), list_ptr, 0, buf);
         // Flushes the remaining bytes through write_cb, then frees the buffer.
         let close = ffi::xmlOutputBufferClose(buf);
         if rc < 0 {
@@ -168,9 +292,9 @@ fn run(
         return Err(internal(format!("writing canonical XML failed: {e}")));
     }
     if rc < 0 {
-        return Err(internal(
-            "libxml2 could not canonicalize the document (exclusive c14n failed)".into(),
-        ));
+        return Err(internal(format!(
+            "libxml2 could not canonicalize the document ({algorithm:?} c14n failed)"
+        )));
     }
     Ok(())
 }

@@ -526,6 +526,29 @@ pub(crate) fn validate_signer_certificate_with_crls(
 ) -> Result<(), EbmsError> {
     check_validity_period(cert, at)?;
     check_signing_key_usage(cert)?;
+    chain_to_anchors(cert, intermediates, anchors, crls, at)
+}
+
+/// The chain part of [`validate_signer_certificate`] without the key-usage check: any
+/// certificate (an encryption certificate a partner publishes, say) against `anchors` at
+/// `at`, validity included.
+pub fn validate_certificate_chain(
+    cert: &X509Ref,
+    intermediates: &[X509],
+    anchors: &[X509],
+    at: OffsetDateTime,
+) -> Result<(), EbmsError> {
+    check_validity_period(cert, at)?;
+    chain_to_anchors(cert, intermediates, anchors, &[], at)
+}
+
+fn chain_to_anchors(
+    cert: &X509Ref,
+    intermediates: &[X509],
+    anchors: &[X509],
+    crls: &[super::revocation::Crl],
+    at: OffsetDateTime,
+) -> Result<(), EbmsError> {
     if anchors.is_empty() {
         return Err(EbmsError::new(
             ErrorCode::PolicyNoncompliance,

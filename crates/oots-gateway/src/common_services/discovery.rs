@@ -15,6 +15,8 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
+// The RFC 3402 substitution is shared with partner discovery (varti-as4).
+pub(crate) use varti_as4::discovery::substitute;
 
 /// Delegations (flag-less records) followed before giving up (a loop guard).
 const MAX_HOPS: usize = 5;
@@ -190,78 +192,6 @@ fn select(aus: &str, records: &[Naptr]) -> Selected {
     } else {
         Selected::Nothing(skipped.join("; "))
     }
-}
-
-/// Applies an RFC 3402 substitution expression (`<d>ere<d>replacement<d>flags`, `d` the
-/// delimiter; the only flag is `i`, case-insensitive) to `aus`: the first match of the
-/// POSIX extended regular expression is replaced, `\1`…`\9` in the replacement standing
-/// for its groups. The result is the whole rewritten string.
-pub(crate) fn substitute(aus: &str, expression: &str) -> Result<String, String> {
-    let mut chars = expression.chars();
-    let delim = chars.next().ok_or("the regexp is empty")?;
-    if delim.is_ascii_digit() || delim == '\\' || delim == 'i' {
-        return Err(format!("`{delim}` cannot be the delimiter"));
-    }
-    // Split on unescaped delimiters; `\<delim>` stands for the delimiter itself.
-    let mut parts = vec![String::new()];
-    let mut escaped = false;
-    for c in chars {
-        let part = parts.last_mut().expect("one part at least");
-        if escaped {
-            if c != delim {
-                part.push('\\');
-            }
-            part.push(c);
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == delim {
-            parts.push(String::new());
-        } else {
-            part.push(c);
-        }
-    }
-    if escaped {
-        return Err("it ends with a lone backslash".into());
-    }
-    let [ere, replacement, flags] = <[String; 3]>::try_from(parts)
-        .map_err(|p| format!("it has {} parts, not ere, replacement and flags", p.len()))?;
-    let case_insensitive = match flags.as_str() {
-        "" => false,
-        "i" => true,
-        other => return Err(format!("unknown flag `{other}`")),
-    };
-    let re = regex::RegexBuilder::new(&ere)
-        .case_insensitive(case_insensitive)
-        .size_limit(1 << 16)
-        .build()
-        .map_err(|e| format!("the expression does not compile: {e}"))?;
-    let caps = re
-        .captures(aus)
-        .ok_or_else(|| format!("the expression does not match `{aus}`"))?;
-    let mut out = String::new();
-    let whole = caps.get(0).expect("group 0 exists");
-    out.push_str(&aus[..whole.start()]);
-    let mut rc = replacement.chars();
-    while let Some(c) = rc.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match rc.next() {
-            Some(d @ '1'..='9') => {
-                let n = d.to_digit(10).expect("a digit") as usize;
-                let group = caps
-                    .get(n)
-                    .ok_or_else(|| format!("\\{n} names no group of the expression"))?;
-                out.push_str(group.as_str());
-            }
-            Some(other) => out.push(other),
-            None => return Err("the replacement ends with a lone backslash".into()),
-        }
-    }
-    out.push_str(&aus[whole.end()..]);
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod console;
 mod db;
 mod demo;
 mod demo_oots;
+mod discover;
 mod keys;
 mod keystore;
 mod message;
@@ -92,6 +93,13 @@ enum Command {
     /// Start two access points on this machine and exchange messages between them,
     /// showing each command: the first thing to run.
     Demo(demo::DemoArgs),
+    /// Find a participant's access point and certificate through SML/BDXL and SMP, showing
+    /// each step (DNS name, NAPTR, SMP URL, signature, endpoint, certificate).
+    ///
+    /// Exits 1 when a check fails (unsigned or wrongly signed answer, endpoint not active,
+    /// transport profile not offered, untrusted certificate); --no-verify shows what the
+    /// SMP says anyway, for diagnosis only.
+    Discover(discover::DiscoverArgs),
     /// List and check the certificates in use: ours (configuration) and the partners'
     /// (PModes).
     #[command(subcommand)]
@@ -161,6 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Messages(cmd) => messages::run(cmd),
         Command::Status(args) => messages::run_status(args),
         Command::Demo(args) => demo::run(args),
+        Command::Discover(args) => discover::run(args),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
