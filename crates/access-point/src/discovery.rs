@@ -144,6 +144,39 @@ impl std::fmt::Debug for Discoverer {
     }
 }
 
+/// A DNS resolver asking `dns_server` (UDP, then TCP for long answers) or, when `None`,
+/// the system's configured servers; one attempt per query, each bounded by `timeout`.
+/// `setting` names the configuration key that sets the server, for the error message.
+/// Shared by partner discovery and the OOTS gateway's common-services look-up.
+pub fn dns_resolver(
+    dns_server: Option<SocketAddr>,
+    timeout: Duration,
+    setting: &str,
+) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match dns_server {
+        Some(addr) => {
+            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+            for c in &mut ns.connections {
+                c.port = addr.port();
+            }
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                provider,
+            )
+        }
+        None => TokioResolver::builder(provider).map_err(|e| {
+            format!("cannot read the system's DNS configuration: {e} (set {setting})")
+        })?,
+    };
+    let opts = builder.options_mut();
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up the DNS resolver: {e}"))
+}
+
 impl Discoverer {
     /// A discoverer asking `dns_server` (or the system's resolvers when `None`), reaching
     /// SMPs over HTTPS trusting `tls_roots` (the system's CAs when empty) or plain HTTP,
@@ -153,30 +186,7 @@ impl Discoverer {
         tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match dns_server {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    provider,
-                )
-            }
-            None => TokioResolver::builder(provider).map_err(|e| {
-                format!(
-                    "cannot read the system's DNS configuration: {e} (set discovery.dns_server)"
-                )
-            })?,
-        };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 1;
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        let resolver = dns_resolver(dns_server, timeout, "discovery.dns_server")?;
         let mut roots = rustls::RootCertStore::empty();
         if tls_roots.is_empty() {
             let found = rustls_native_certs::load_native_certs();

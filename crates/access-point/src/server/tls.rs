@@ -180,17 +180,7 @@ pub fn client_config(
     trusted_cas: &[CertificateDer<'static>],
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = root_store(trusted_cas).map_err(|source| TlsError::Rustls {
-        context: "partner's trusted CA certificate",
-        source,
-    })?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(|source| TlsError::Rustls {
-            context: "TLS protocol versions",
-            source,
-        })?
-        .with_root_certificates(roots);
+    let builder = client_builder(trusted_cas)?;
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((chain, key)) => {
@@ -204,23 +194,31 @@ pub fn client_config(
     }
 }
 
+/// The client side shared by both: our provider and versions, trusting `trusted_cas`.
+fn client_builder(
+    trusted_cas: &[CertificateDer<'static>],
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
+    let roots = root_store(trusted_cas).map_err(|source| TlsError::Rustls {
+        context: "partner's trusted CA certificate",
+        source,
+    })?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS protocol versions",
+            source,
+        })?
+        .with_root_certificates(roots))
+}
+
 /// Like [`client_config`], with our client certificate and key already loaded (a key file
 /// or a token key, see `client::ClientIdentity`).
 pub(crate) fn client_config_certified(
     trusted_cas: &[CertificateDer<'static>],
     identity: Option<Arc<rustls::sign::CertifiedKey>>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = root_store(trusted_cas).map_err(|source| TlsError::Rustls {
-        context: "partner's trusted CA certificate",
-        source,
-    })?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(|source| TlsError::Rustls {
-            context: "TLS protocol versions",
-            source,
-        })?
-        .with_root_certificates(roots);
+    let builder = client_builder(trusted_cas)?;
     Ok(match identity {
         None => builder.with_no_client_auth(),
         Some(certified) => {

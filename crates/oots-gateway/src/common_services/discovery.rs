@@ -11,8 +11,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 // The RFC 3402 substitution is shared with partner discovery (varti-as4).
@@ -66,28 +64,11 @@ impl NaptrDiscovery {
     /// A resolver asking `dns_server` (UDP, then TCP for long answers), or the system's
     /// configured servers when `None`; each DNS query bounded by `timeout`.
     pub fn new(dns_server: Option<SocketAddr>, timeout: Duration) -> Result<Self, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match dns_server {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    provider,
-                )
-            }
-            None => TokioResolver::builder(provider).map_err(|e| {
-                format!("cannot read the system's DNS configuration: {e} (set oots.common_services.dns_server)")
-            })?,
-        };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 1;
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        let resolver = varti_access_point::discovery::dns_resolver(
+            dns_server,
+            timeout,
+            "oots.common_services.dns_server",
+        )?;
         Ok(NaptrDiscovery { resolver })
     }
 

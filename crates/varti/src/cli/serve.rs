@@ -272,16 +272,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Plain HTTP behind the TLS reverse proxy serving preview.public_url, unless
         // preview.tls: then HTTPS with the [tls] certificate (citizens have no client
         // certificates to ask for).
-        let preview_tls = if config.preview.tls {
-            Some(tls::server_config(
-                &config.tls.cert,
-                &config.tls.key,
-                varti::config::ClientAuth::Off,
-                &config.tls.client_ca,
-            )?)
-        } else {
-            None
-        };
+        let preview_tls = browser_tls(&config, config.preview.tls)?;
         let options = ListenerOptions {
             tls: preview_tls,
             max_connections: 256,
@@ -374,16 +365,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
     let console_addr = match (&console, config.console.listen) {
         (Some(console), Some(listen)) => {
-            let console_tls = if config.console.tls {
-                Some(tls::server_config(
-                    &config.tls.cert,
-                    &config.tls.key,
-                    varti::config::ClientAuth::Off,
-                    &config.tls.client_ca,
-                )?)
-            } else {
-                None
-            };
+            let console_tls = browser_tls(&config, config.console.tls)?;
             let options = ListenerOptions {
                 tls: console_tls,
                 ..backend_options.clone()
@@ -539,6 +521,20 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::error!("stopped, but some tasks had to be aborted (see above)");
         Ok(super::exit_problems())
     }
+}
+
+/// The TLS server settings of a listener for browsers (preview space, console) when `on`:
+/// the `[tls]` certificate, no client certificates asked for.
+fn browser_tls(config: &Config, on: bool) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    if !on {
+        return Ok(None);
+    }
+    Ok(Some(tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        varti::config::ClientAuth::Off,
+        &config.tls.client_ca,
+    )?))
 }
 
 /// The store as the access point uses it, and the embedded one as such (for backups).
