@@ -789,9 +789,10 @@ fn copy_for_preview(
     files: &[FetchedEvidence],
     configured_stylesheet: Option<&Path>,
 ) -> Result<Vec<PreviewEvidence>, String> {
+    // `upload-`: the sweep leaves it alone until `open` moved the files out.
     let dir = space
         .files_dir()
-        .join(uuid::Uuid::new_v4().simple().to_string());
+        .join(format!("upload-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut out = Vec::new();
     for (n, f) in files.iter().enumerate() {

@@ -567,6 +567,7 @@ impl PreviewSpace {
         };
         for dir in dirs.flatten() {
             let name = dir.file_name().to_string_lossy().into_owned();
+            // Files on their way into a preview (uploads, the provider's copies).
             if name.starts_with("upload-") {
                 continue;
             }
