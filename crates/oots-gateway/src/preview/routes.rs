@@ -77,14 +77,14 @@ impl PreviewRoutes {
                     let (link, tail) = rest.split_once('/').unwrap_or((rest, ""));
                     let link = link.to_owned();
                     match (m, tail) {
-                        (Method::GET, "") => entry(&space, &link, request),
+                        (Method::GET, "") => blocking(|| entry(&space, &link, request)),
                         (Method::GET, t) if t.starts_with("evidence/") => {
                             let rest = &t["evidence/".len()..];
                             let download = request.uri().query() == Some("download=1");
-                            match rest.strip_suffix("/view") {
+                            blocking(|| match rest.strip_suffix("/view") {
                                 Some(n) => evidence_view(&space, &link, n, request.headers()),
                                 None => evidence(&space, &link, rest, download, request.headers()),
-                            }
+                            })
                         }
                         (Method::POST, "decision") => decision(&space, &link, request).await,
                         _ => not_found(),
@@ -248,14 +248,13 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     if !from_this_browser {
         return failed(lang, "the login was not started in this browser");
     }
-    let Some(login) = take_login(space, state) else {
+    let Some(login) = blocking(|| take_login(space, state)) else {
         return failed(lang, "unknown or already used login state");
     };
     if space.clock.now() - login.started > LOGIN_TTL {
         return failed(lang, "the login took too long");
     }
-    let lang = space
-        .load(&login.session_id)
+    let lang = blocking(|| space.load(&login.session_id))
         .and_then(|(_, s)| s.language)
         .unwrap_or(lang);
     let person = match space
@@ -269,14 +268,16 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
 
     // The link becomes this browser's, if it is still free and the person is right.
     let secret = random_token();
-    let bound = space.update(&login.session_id, |session, _| {
-        let ok = session.state == PreviewState::Pending
-            && session.bound_cookie_sha256.is_none()
-            && session.request.person.matches(&person);
-        if ok {
-            session.bound_cookie_sha256 = Some(openssl::sha::sha256(secret.as_bytes()));
-        }
-        ok
+    let bound = blocking(|| {
+        space.update(&login.session_id, |session, _| {
+            let ok = session.state == PreviewState::Pending
+                && session.bound_cookie_sha256.is_none()
+                && session.request.person.matches(&person);
+            if ok {
+                session.bound_cookie_sha256 = Some(openssl::sha::sha256(secret.as_bytes()));
+            }
+            ok
+        })
     });
     let Some((session, bound)) = bound else {
         return invalid_link(lang);
@@ -429,21 +430,24 @@ async fn decision(space: &PreviewSpace, link: &str, request: Request<Incoming>) 
     };
     // Decided only while pending, by the bound browser with the form's token.
     let mut allowed = false;
-    let Some(session) = find(space, link, |session, now| {
-        allowed = false;
-        if session.state != PreviewState::Pending {
-            return;
-        }
-        let token_ok = params.get("token").is_some_and(|tok| {
-            tok.len() == session.form_token.len()
-                && openssl::memcmp::eq(tok.as_bytes(), session.form_token.as_bytes())
-        });
-        if bound_here(session, &headers) && token_ok {
-            allowed = true;
-            session.state = state;
-            session.decided_at = Some(now);
-        }
-    }) else {
+    let found = blocking(|| {
+        find(space, link, |session, now| {
+            allowed = false;
+            if session.state != PreviewState::Pending {
+                return;
+            }
+            let token_ok = params.get("token").is_some_and(|tok| {
+                tok.len() == session.form_token.len()
+                    && openssl::memcmp::eq(tok.as_bytes(), session.form_token.as_bytes())
+            });
+            if bound_here(session, &headers) && token_ok {
+                allowed = true;
+                session.state = state;
+                session.decided_at = Some(now);
+            }
+        })
+    });
+    let Some(session) = found else {
         return invalid_link(Lang::En);
     };
     if allowed {
@@ -534,6 +538,15 @@ fn find(
         return None;
     }
     space.update(id, |s, now| change(s, now)).map(|(s, ())| s)
+}
+
+/// Runs `f`, which talks to the store synchronously, without holding up the other tasks of
+/// a multi-threaded runtime's worker (`serve`'s); as it is elsewhere.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn login_key(state: &str) -> String {
