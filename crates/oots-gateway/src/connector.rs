@@ -74,7 +74,7 @@ pub(crate) struct ConnectorRequest {
 }
 
 /// One evidence file fetched from a register, already in the payload store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FetchedEvidence {
     /// Where it is stored.
     pub stored: PayloadRef,

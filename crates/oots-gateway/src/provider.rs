@@ -50,14 +50,15 @@
 //!
 //! Held evidence is deleted once the preview ends without being sent (cancelled, expired,
 //! or no second request before the link expired); the preview space deletes its copies
-//! as soon as the citizen decides. Held evidence lives in this instance's memory, like
-//! the preview it belongs to.
+//! as soon as the citizen decides. Held evidence is in the store, like the preview it
+//! belongs to: a record (`h/{SHA-256 of the link}`) naming the exchange and the evidence's
+//! payloads, so that the second request is answered by whichever instance of a pair
+//! receives it, after a decision taken on any instance.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -161,36 +162,70 @@ struct Answer {
     sender: Option<(String, Option<String>)>,
 }
 
-/// The evidence held for open previews, keyed by the preview link (the `PreviewLocation`
-/// the second request of the exchange echoes).
+/// The evidence held for open previews, in the store keyed by the preview link (the
+/// `PreviewLocation` the second request of the exchange echoes).
 pub(crate) struct Previews {
     space: Option<Arc<PreviewSpace>>,
-    held: Mutex<HashMap<String, Held>>,
 }
 
 /// Evidence fetched for a first request, waiting for the second one and the decision.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Held {
     preview_id: String,
     /// The exchange it belongs to: the second request must be on the same conversation,
     /// from the same access point.
     conversation_id: String,
     from_party: String,
+    #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
     files: Vec<FetchedEvidence>,
+}
+
+/// How long a held record outlives its link in the store (the expiry task's margin).
+const HELD_MARGIN: time::Duration = time::Duration::minutes(1);
+
+/// The store record of the evidence held for the preview link `location`.
+fn held_key(location: &str) -> String {
+    let digest = openssl::sha::sha256(location.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("h/{hex}")
 }
 
 impl Previews {
     /// The previews of a provider whose preview space is `space` (`None`: `[preview]` is
     /// off, and a connector that needs preview cannot be served).
     pub(crate) fn new(space: Option<Arc<PreviewSpace>>) -> Previews {
-        Previews {
-            space,
-            held: Mutex::new(HashMap::new()),
-        }
+        Previews { space }
     }
 
-    fn take(&self, location: &str) -> Option<Held> {
-        self.held.lock().expect("held lock").remove(location)
+    /// Holds `held` for the second request naming `location`.
+    fn hold(gw: &Gateway, location: &str, held: &Held) -> Result<(), String> {
+        let bytes = serde_json::to_vec(held).map_err(|e| e.to_string())?;
+        gw.ap
+            .store
+            .put_preview_record(&held_key(location), &bytes, held.expires_at + HELD_MARGIN)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The evidence held for `location`, if `accept` takes it: then it is no longer held
+    /// (single use, whichever instance asks).
+    fn take(gw: &Gateway, location: &str, accept: impl Fn(&Held) -> bool) -> Option<Held> {
+        let key = held_key(location);
+        let bytes = match gw.ap.store.preview_record(&key) {
+            Ok(b) => b?,
+            Err(e) => {
+                tracing::error!(error = %e, "OOTS: cannot read held evidence from the store");
+                return None;
+            }
+        };
+        let held: Held = serde_json::from_slice(&bytes).ok()?;
+        if !accept(&held) {
+            return None;
+        }
+        match gw.ap.store.remove_preview_records(&key) {
+            Ok(1) => Some(held),
+            _ => None,
+        }
     }
 }
 
@@ -675,7 +710,7 @@ async fn open_preview(
             );
         }
     };
-    let link = space.open(PreviewRequest {
+    let opened = space.open(PreviewRequest {
         reference: request.id.clone().unwrap_or_default(),
         person,
         requester: requester_label(request),
@@ -685,26 +720,40 @@ async fn open_preview(
         ttl: None,
         owner: OWNER.to_owned(),
     });
-    tracing::info!(preview = %link.id, expires_at = %link.expires_at, "OOTS: evidence held for the user's preview");
-    previews.held.lock().expect("held lock").insert(
-        link.url.clone(),
-        Held {
+    let held = opened.map_err(|e| e.to_string()).and_then(|link| {
+        let held = Held {
             preview_id: link.id.clone(),
             conversation_id: record.meta.conversation_id.clone(),
             from_party: record.meta.from_party.clone(),
             expires_at: link.expires_at,
-            files,
-        },
-    );
+            files: files.clone(),
+        };
+        Previews::hold(gw, &link.url, &held).map(|()| link)
+    });
+    let link = match held {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::error!(error = %e, "OOTS: cannot hold the evidence for a preview in the store");
+            connector::discard(gw, stored_refs(&files)).await;
+            return error_answer(
+                gw,
+                Some(request),
+                EdmErrorKind::Query,
+                "The query cannot be processed",
+                Some("the provider could not prepare the preview; try again later"),
+            );
+        }
+    };
+    tracing::info!(preview = %link.id, expires_at = %link.expires_at, "OOTS: evidence held for the user's preview");
     // No second request before the link expires: the held evidence goes.
     {
-        let (gw, previews, url) = (gw.clone(), previews.clone(), link.url.clone());
+        let (gw, url) = (gw.clone(), link.url.clone());
         let left: Duration = (link.expires_at - gw.ap.clock.now())
             .try_into()
             .unwrap_or(Duration::ZERO);
         tokio::spawn(async move {
             tokio::time::sleep(left + Duration::from_secs(1)).await;
-            if let Some(h) = previews.take(&url) {
+            if let Some(h) = Previews::take(&gw, &url, |_| true) {
                 tracing::info!(preview = %h.preview_id, "OOTS: no second request before the preview expired; held evidence deleted");
                 connector::discard(&gw, stored_refs(&h.files)).await;
             }
@@ -740,9 +789,10 @@ fn copy_for_preview(
     files: &[FetchedEvidence],
     configured_stylesheet: Option<&Path>,
 ) -> Result<Vec<PreviewEvidence>, String> {
+    // `upload-`: the sweep leaves it alone until `open` moved the files out.
     let dir = space
         .files_dir()
-        .join(uuid::Uuid::new_v4().simple().to_string());
+        .join(format!("upload-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut out = Vec::new();
     for (n, f) in files.iter().enumerate() {
@@ -831,18 +881,9 @@ async fn after_preview(
     request: &EvidenceRequest,
     location: &str,
 ) -> Answer {
-    let held = {
-        let mut held = previews.held.lock().expect("held lock");
-        let same_exchange = held.get(location).is_some_and(|h| {
-            h.conversation_id == record.meta.conversation_id
-                && h.from_party == record.meta.from_party
-        });
-        if same_exchange {
-            held.remove(location)
-        } else {
-            None
-        }
-    };
+    let held = Previews::take(gw, location, |h| {
+        h.conversation_id == record.meta.conversation_id && h.from_party == record.meta.from_party
+    });
     let (Some(held), Some(space)) = (held, previews.space.clone()) else {
         return error_answer(gw, Some(request), EdmErrorKind::InvalidRequest, "The evidence request is invalid", Some("its PreviewLocation names no preview this provider holds for this exchange (unknown, on another conversation, already answered, or expired); send a new request without PreviewLocation"));
     };

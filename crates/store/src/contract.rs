@@ -1968,6 +1968,92 @@ pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) 
     assert_eq!(store.outbox_depth().unwrap(), 0);
 }
 
+/// Preview records (issue 18): opaque bytes by id; a swap succeeds only over the expected
+/// bytes (one of two concurrent deciders wins); removal by prefix; purge by keep-until.
+pub fn preview_records_are_swapped_once_removed_by_prefix_and_purged<S: Store>(store: S) {
+    let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let at = |s: i64| t0 + time::Duration::seconds(s);
+    assert_eq!(store.preview_record("s/1").unwrap(), None);
+    assert!(!store.swap_preview_record("s/1", b"", b"x", at(10)).unwrap());
+
+    store
+        .put_preview_record("s/1", b"pending", at(100))
+        .unwrap();
+    store
+        .put_preview_record("s/1/e/0", &[0, 255, 1], at(100))
+        .unwrap();
+    store.put_preview_record("s/10", b"other", at(50)).unwrap();
+    store.put_preview_record("l/abc", b"login", at(20)).unwrap();
+    assert_eq!(
+        store.preview_record("s/1").unwrap().as_deref(),
+        Some(&b"pending"[..])
+    );
+    assert_eq!(
+        store.preview_record("s/1/e/0").unwrap(),
+        Some(vec![0, 255, 1])
+    );
+
+    // Two deciders read "pending"; only the first swap lands.
+    std::thread::scope(|scope| {
+        let wins: Vec<bool> = (0..4)
+            .map(|i| {
+                let store = &store;
+                scope.spawn(move || {
+                    store
+                        .swap_preview_record(
+                            "s/1",
+                            b"pending",
+                            format!("decided {i}").as_bytes(),
+                            at(100),
+                        )
+                        .unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+    });
+    let decided = store.preview_record("s/1").unwrap().unwrap();
+    assert!(decided.starts_with(b"decided "), "{decided:?}");
+    // Replacing with a new value works again, over the current bytes.
+    assert!(store
+        .swap_preview_record("s/1", &decided, b"approved", at(200))
+        .unwrap());
+
+    // Purge removes what is kept until now or earlier, nothing else.
+    assert_eq!(store.purge_preview_records(at(19)).unwrap(), 0);
+    assert_eq!(store.purge_preview_records(at(20)).unwrap(), 1);
+    assert_eq!(store.preview_record("l/abc").unwrap(), None);
+    assert_eq!(
+        store.purge_preview_records(at(100)).unwrap(),
+        2,
+        "s/10 and s/1/e/0"
+    );
+    assert_eq!(
+        store.preview_record("s/1").unwrap().as_deref(),
+        Some(&b"approved"[..])
+    );
+
+    // Removal by prefix: `s/1/` takes the evidence of s/1, not s/10 nor s/1 itself.
+    store.put_preview_record("s/1/e/0", b"a", at(300)).unwrap();
+    store.put_preview_record("s/1/e/1", b"b", at(300)).unwrap();
+    store.put_preview_record("s/10", b"c", at(300)).unwrap();
+    store.put_preview_record("s/1%", b"d", at(300)).unwrap();
+    assert_eq!(store.remove_preview_records("s/1/").unwrap(), 2);
+    assert_eq!(
+        store.preview_record("s/10").unwrap().as_deref(),
+        Some(&b"c"[..])
+    );
+    assert_eq!(
+        store.preview_record("s/1%").unwrap().as_deref(),
+        Some(&b"d"[..])
+    );
+    assert_eq!(store.remove_preview_records("s/1").unwrap(), 3);
+    assert_eq!(store.preview_record("s/10").unwrap(), None);
+}
+
 /// Declares one `#[test]` per contract function for a store factory: an expression callable
 /// with no arguments that returns `(store, guard)`, where `guard` (say, a temporary directory)
 /// lives as long as the test.
@@ -2000,6 +2086,7 @@ macro_rules! store_contract_tests {
             concurrent_audit_appends_are_all_kept,
             console_users_and_sessions,
             outbox_events_are_written_with_the_change_and_leased,
+            preview_records_are_swapped_once_removed_by_prefix_and_purged,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {

@@ -447,6 +447,39 @@ pub trait Store: Send + Sync {
     /// synchronous standby is cut off fails or hangs here). The readiness probe calls it
     /// under a timeout.
     fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError>;
+
+    // --- Previews in the shared store (issue 18): opaque records keyed by id. ---
+    // The store gives them no meaning (the OOTS gateway keeps its preview sessions, logins
+    // and encrypted held evidence here, so that any instance of a pair can serve them).
+
+    /// Stores `data` under `id`, replacing what was there; kept until `keep_until`, when
+    /// [`Store::purge_preview_records`] removes it.
+    fn put_preview_record(
+        &self,
+        id: &str,
+        data: &[u8],
+        keep_until: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// The record `id`, if there is one (expired or not: purging removes them).
+    fn preview_record(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Replaces the record `id` with `data` (kept until `keep_until`) only if it still holds
+    /// exactly `expected`: of two instances changing it at once, one wins. `false` when the
+    /// record changed meanwhile or is gone.
+    fn swap_preview_record(
+        &self,
+        id: &str,
+        expected: &[u8],
+        data: &[u8],
+        keep_until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes every record whose id starts with `prefix`; how many.
+    fn remove_preview_records(&self, prefix: &str) -> Result<usize, StoreError>;
+
+    /// Removes the records kept until `now` or earlier; how many.
+    fn purge_preview_records(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
 }
 
 /// Longest accepted MessageId, in bytes (RFC 2822 msg-ids are far shorter; this bounds keys).

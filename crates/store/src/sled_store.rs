@@ -154,6 +154,8 @@ const AUDIT_TREE: &str = "audit";
 /// The console's accounts (name → JSON) and sessions (cookie hash → JSON).
 const CONSOLE_USERS_TREE: &str = "console_users";
 const CONSOLE_SESSIONS_TREE: &str = "console_sessions";
+/// Preview records (issue 18): id → keep-until (8 bytes, [`ts`]) followed by the data.
+const PREVIEW_TREE: &str = "preview_records";
 
 /// The embedded store. Cheap to share between threads (`Arc<SledStore>`); one process at a
 /// time may open a directory (sled locks it).
@@ -182,6 +184,8 @@ pub struct SledStore {
     /// Held while outbox events are claimed, extended or removed (claims are
     /// read-check-write).
     outbox_lock: Mutex<()>,
+    /// Preview records (see [`PREVIEW_TREE`]).
+    previews: sled::Tree,
 }
 
 /// How many locks order sidecar writes (messages hash onto them; only messages sharing
@@ -240,6 +244,7 @@ impl SledStore {
         let audit = db.open_tree(AUDIT_TREE).map_err(db_error)?;
         let console_users = db.open_tree(CONSOLE_USERS_TREE).map_err(db_error)?;
         let console_sessions = db.open_tree(CONSOLE_SESSIONS_TREE).map_err(db_error)?;
+        let previews = db.open_tree(PREVIEW_TREE).map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
         let sidecars = Sidecars::open(dir, true)?;
         let store = SledStore {
@@ -255,6 +260,7 @@ impl SledStore {
             console_users,
             console_sessions,
             outbox_lock: Mutex::new(()),
+            previews,
         };
         store.build_search_indexes()?;
         Ok(store)
@@ -1334,6 +1340,103 @@ impl Store for SledStore {
         self.trees[META].insert(key, &ts(now)).map_err(db_error)?;
         self.flush()
     }
+
+    // --- Previews in the shared store (issue 18). ---
+
+    fn put_preview_record(
+        &self,
+        id: &str,
+        data: &[u8],
+        keep_until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.previews
+            .insert(id.as_bytes(), preview_value(data, keep_until))
+            .map_err(db_error)?;
+        self.flush()
+    }
+
+    fn preview_record(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.previews.get(id.as_bytes()).map_err(db_error)? {
+            Some(value) if value.len() >= 8 => Ok(Some(value[8..].to_vec())),
+            Some(_) => Err(StoreError::Corrupt(format!(
+                "preview record `{id}` is shorter than its 8-byte header"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    fn swap_preview_record(
+        &self,
+        id: &str,
+        expected: &[u8],
+        data: &[u8],
+        keep_until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let Some(current) = self.previews.get(id.as_bytes()).map_err(db_error)? else {
+            return Ok(false);
+        };
+        if current.get(8..) != Some(expected) {
+            return Ok(false);
+        }
+        let swapped = self
+            .previews
+            .compare_and_swap(
+                id.as_bytes(),
+                Some(current),
+                Some(preview_value(data, keep_until)),
+            )
+            .map_err(db_error)?
+            .is_ok();
+        if swapped {
+            self.flush()?;
+        }
+        Ok(swapped)
+    }
+
+    fn remove_preview_records(&self, prefix: &str) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.previews.scan_prefix(prefix.as_bytes()) {
+            let (key, _) = item.map_err(db_error)?;
+            if self.previews.remove(key).map_err(db_error)?.is_some() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    fn purge_preview_records(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let now = ts(now);
+        let mut removed = 0;
+        for item in self.previews.iter() {
+            let (key, value) = item.map_err(db_error)?;
+            if value.get(..8).is_none_or(|until| until <= &now[..]) {
+                // Removed only if unchanged since read (a concurrent put keeps its record).
+                if self
+                    .previews
+                    .compare_and_swap(key, Some(value), None as Option<&[u8]>)
+                    .map_err(db_error)?
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+}
+
+/// A preview record's value in sled: its keep-until, then its data.
+fn preview_value(data: &[u8], keep_until: OffsetDateTime) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + data.len());
+    value.extend_from_slice(&ts(keep_until));
+    value.extend_from_slice(data);
+    value
 }
 
 fn console_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

@@ -368,6 +368,9 @@ impl Config {
         if let Some(p) = self.preview.oidc.ca_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.preview.evidence_key_file.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks values that parse but cannot work together.

@@ -34,6 +34,7 @@ url = "{ok}"
 preview = true
 [preview]
 enabled = true
+evidence_key_file = "{key}"
 listen = "127.0.0.1:{port}"
 public_url = "https://localhost:{port}"
 tls = true
@@ -47,6 +48,10 @@ given_name = "Ida"
 family_name = "Jensen"
 birth_date = "1990-01-01"
 "#,
+        key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oots_support/preview-evidence.key"
+        ),
         ok = register.url("/ok"),
     )
 }

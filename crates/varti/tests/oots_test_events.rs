@@ -56,6 +56,7 @@ fn preview_space(port: u16, ttl: u64, connectors: &str) -> String {
         r#"{connectors}
 [preview]
 enabled = true
+evidence_key_file = "{key}"
 listen = "127.0.0.1:{port}"
 public_url = "https://localhost:{port}"
 tls = true
@@ -69,7 +70,11 @@ identifier = "DK/LV/010190-1234"
 given_name = "Ida"
 family_name = "Jensen"
 birth_date = "1990-01-01"
-"#
+"#,
+        key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oots_support/preview-evidence.key"
+        ),
     )
 }
 

@@ -41,6 +41,7 @@ name = "provider"
 token_sha256 = "{}"
 [preview]
 enabled = true
+evidence_key_file = "{key}"
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
 [preview.test_idp]
@@ -56,7 +57,11 @@ given_name = "Jānis"
 family_name = "Kalniņš"
 birth_date = "1985-02-02"
 "#,
-        varti::pair::token_sha256(TOKEN)
+        varti::pair::token_sha256(TOKEN),
+        key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oots_support/preview-evidence.key"
+        ),
     ));
     // The config's [backend] table comes from plain_config; clients are appended to it.
     let served = spawn_serve(dir.path(), &config, &["--insecure-http"]);

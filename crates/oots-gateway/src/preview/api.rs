@@ -160,16 +160,18 @@ pub async fn open(
             html: None,
         })
         .collect();
-    let link = space.open(PreviewRequest {
-        reference: metadata.reference,
-        person: metadata.person,
-        requester: metadata.requester,
-        procedure: metadata.procedure,
-        evidences,
-        return_url: metadata.return_url,
-        ttl: metadata.ttl_secs.map(Duration::from_secs),
-        owner: client.name.clone(),
-    });
+    let link = space
+        .open(PreviewRequest {
+            reference: metadata.reference,
+            person: metadata.person,
+            requester: metadata.requester,
+            procedure: metadata.procedure,
+            evidences,
+            return_url: metadata.return_url,
+            ttl: metadata.ttl_secs.map(Duration::from_secs),
+            owner: client.name.clone(),
+        })
+        .map_err(ApiError::internal)?;
     Ok(json_response(
         StatusCode::CREATED,
         &serde_json::json!({

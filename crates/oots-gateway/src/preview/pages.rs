@@ -8,7 +8,7 @@ use std::path::Path;
 use quick_xml::events::Event;
 
 /// The page language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Lang {
     /// English.
     En,

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use super::pages::{self, Lang, ShownEvidence};
 use super::{random_token, Login, PreviewSpace, PreviewState, Session, LOGIN_TTL};
+use time::OffsetDateTime;
 use varti_access_point::server::http::{full, reader_body, Body};
 use varti_access_point::server::{PeerInfo, RouteFuture, Routes};
 
@@ -76,14 +77,14 @@ impl PreviewRoutes {
                     let (link, tail) = rest.split_once('/').unwrap_or((rest, ""));
                     let link = link.to_owned();
                     match (m, tail) {
-                        (Method::GET, "") => entry(&space, &link, request),
+                        (Method::GET, "") => blocking(|| entry(&space, &link, request)),
                         (Method::GET, t) if t.starts_with("evidence/") => {
                             let rest = &t["evidence/".len()..];
                             let download = request.uri().query() == Some("download=1");
-                            match rest.strip_suffix("/view") {
+                            blocking(|| match rest.strip_suffix("/view") {
                                 Some(n) => evidence_view(&space, &link, n, request.headers()),
                                 None => evidence(&space, &link, rest, download, request.headers()),
-                            }
+                            })
                         }
                         (Method::POST, "decision") => decision(&space, &link, request).await,
                         _ => not_found(),
@@ -104,20 +105,21 @@ fn entry(space: &PreviewSpace, link: &str, request: Request<Incoming>) -> Respon
             .into_owned()
             .collect();
     let now = space.clock.now();
-    let mut inner = space.inner.lock().expect("preview lock");
-    let Some(session) = find(&mut inner.sessions, link) else {
+    // An explicit ?lang= always wins; the browser's languages choose only on the first visit
+    // (the way back from the identity provider must not switch the language chosen).
+    let found = find(space, link, |session, _| {
+        if let Some(l) = query.get("lang") {
+            session.language = Some(Lang::from_tag(l));
+        } else if session.language.is_none() {
+            session.language = request_lang(&query, headers);
+        }
+    });
+    let Some(session) = found else {
         let lang = request_lang(&query, headers).unwrap_or(Lang::En);
         return invalid_link(lang);
     };
-    // An explicit ?lang= always wins; the browser's languages choose only on the first visit
-    // (the way back from the identity provider must not switch the language chosen).
-    if let Some(l) = query.get("lang") {
-        session.language = Some(Lang::from_tag(l));
-    } else if session.language.is_none() {
-        session.language = request_lang(&query, headers);
-    }
+    let session = &session;
     let lang = session.language.unwrap_or(Lang::En);
-    space.expire_if_due(session, now);
     if let Some(r) = ended_page(session) {
         return r;
     }
@@ -128,9 +130,13 @@ fn entry(space: &PreviewSpace, link: &str, request: Request<Incoming>) -> Respon
             if openssl::memcmp::eq(&bound, &openssl::sha::sha256(value.as_bytes())) =>
         {
             let base = format!("/preview/{link}");
-            let shown: Vec<ShownEvidence<'_>> = session
-                .request
-                .evidences
+            let Some(local) = space.local_evidence(session) else {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the evidence cannot be read now; try again in a moment\n",
+                );
+            };
+            let shown: Vec<ShownEvidence<'_>> = local
                 .iter()
                 .enumerate()
                 .map(|(i, e)| ShownEvidence {
@@ -171,17 +177,28 @@ fn entry(space: &PreviewSpace, link: &str, request: Request<Incoming>) -> Respon
             let location = space
                 .oidc
                 .authorize_redirect(&state, &nonce, &verifier, lang.code());
-            let session_id = session.id.clone();
-            inner.logins.insert(
-                state.clone(),
-                Login {
-                    session_id,
-                    nonce,
-                    pkce_verifier: verifier,
-                    started: now,
-                    link: link.to_owned(),
-                },
-            );
+            let login = Login {
+                session_id: session.id.clone(),
+                nonce,
+                pkce_verifier: verifier,
+                started: now,
+                link: link.to_owned(),
+            };
+            let stored = serde_json::to_vec(&login)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    space
+                        .store
+                        .put_preview_record(&login_key(&state), &bytes, now + LOGIN_TTL)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = stored {
+                tracing::error!(preview = %session.id, error = %e, "cannot store a login in progress");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the login cannot start now; try again in a moment\n",
+                );
+            }
             let mut response = redirect(&location);
             set_cookie(
                 &mut response,
@@ -231,25 +248,14 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
     if !from_this_browser {
         return failed(lang, "the login was not started in this browser");
     }
-    let Some(login) = space
-        .inner
-        .lock()
-        .expect("preview lock")
-        .logins
-        .remove(state.as_str())
-    else {
+    let Some(login) = blocking(|| take_login(space, state)) else {
         return failed(lang, "unknown or already used login state");
     };
     if space.clock.now() - login.started > LOGIN_TTL {
         return failed(lang, "the login took too long");
     }
-    let lang = space
-        .inner
-        .lock()
-        .expect("preview lock")
-        .sessions
-        .get(&login.session_id)
-        .and_then(|s| s.language)
+    let lang = blocking(|| space.load(&login.session_id))
+        .and_then(|(_, s)| s.language)
         .unwrap_or(lang);
     let person = match space
         .oidc
@@ -260,31 +266,40 @@ async fn callback(space: &PreviewSpace, request: Request<Incoming>) -> Response<
         Err(e) => return failed(lang, &e.to_string()),
     };
 
-    let mut inner = space.inner.lock().expect("preview lock");
-    let Some(session) = inner.sessions.get_mut(&login.session_id) else {
+    // The link becomes this browser's, if it is still free and the person is right.
+    let secret = random_token();
+    let bound = blocking(|| {
+        space.update(&login.session_id, |session, _| {
+            let ok = session.state == PreviewState::Pending
+                && session.bound_cookie_sha256.is_none()
+                && session.request.person.matches(&person);
+            if ok {
+                session.bound_cookie_sha256 = Some(openssl::sha::sha256(secret.as_bytes()));
+            }
+            ok
+        })
+    });
+    let Some((session, bound)) = bound else {
         return invalid_link(lang);
     };
-    space.expire_if_due(session, space.clock.now());
+    let session = &session;
     if let Some(r) = ended_page(session) {
         return r;
     }
     let t = pages::text(lang);
-    if session.bound_cookie_sha256.is_some() {
+    if !bound && session.bound_cookie_sha256.is_some() {
         return html_response(
             StatusCode::FORBIDDEN,
             pages::message_page(lang, t.used_title, t.used, None),
         );
     }
-    if !session.request.person.matches(&person) {
+    if !bound {
         tracing::warn!(preview = %session.id, reference = %session.request.reference, "preview refused: the person who logged in is not the one the evidence is about");
         return html_response(
             StatusCode::FORBIDDEN,
             pages::message_page(lang, t.wrong_person_title, t.wrong_person, None),
         );
     }
-    // The link is now this browser's.
-    let secret = random_token();
-    session.bound_cookie_sha256 = Some(openssl::sha::sha256(secret.as_bytes()));
     tracing::info!(preview = %session.id, reference = %session.request.reference, "preview link bound to the authenticated person");
     let remaining = (session.expires_at - space.clock.now())
         .whole_seconds()
@@ -308,16 +323,15 @@ fn shown_evidence(
     n: &str,
     headers: &HeaderMap,
 ) -> Option<super::PreviewEvidence> {
-    let mut inner = space.inner.lock().expect("preview lock");
-    let session = find(&mut inner.sessions, link)?;
-    space.expire_if_due(session, space.clock.now());
-    if session.state != PreviewState::Pending || !bound_here(session, headers) {
+    let session = find(space, link, |_, _| ())?;
+    if session.state != PreviewState::Pending || !bound_here(&session, headers) {
         return None;
     }
-    n.parse::<usize>()
-        .ok()
-        .and_then(|n| session.request.evidences.get(n))
-        .cloned()
+    let n = n.parse::<usize>().ok()?;
+    if n >= session.request.evidences.len() {
+        return None;
+    }
+    space.local_evidence(&session)?.into_iter().nth(n)
 }
 
 /// `GET /preview/{link}/evidence/{n}/view`: the HTML a stylesheet made of an XML evidence.
@@ -404,27 +418,6 @@ async fn decision(space: &PreviewSpace, link: &str, request: Request<Incoming>) 
         Err(r) => return r,
     };
     let params: HashMap<String, String> = form_urlencoded::parse(&form).into_owned().collect();
-    let mut inner = space.inner.lock().expect("preview lock");
-    let Some(session) = find(&mut inner.sessions, link) else {
-        return invalid_link(Lang::En);
-    };
-    let now = space.clock.now();
-    space.expire_if_due(session, now);
-    if let Some(r) = ended_page(session) {
-        return r;
-    }
-    let lang = session.language.unwrap_or(Lang::En);
-    let t = pages::text(lang);
-    let token_ok = params.get("token").is_some_and(|tok| {
-        tok.len() == session.form_token.len()
-            && openssl::memcmp::eq(tok.as_bytes(), session.form_token.as_bytes())
-    });
-    if !bound_here(session, &headers) || !token_ok {
-        return html_response(
-            StatusCode::FORBIDDEN,
-            pages::message_page(lang, t.used_title, t.used, None),
-        );
-    }
     let state = match params.get("decision").map(String::as_str) {
         Some("approve") => PreviewState::Approved,
         Some("cancel") => PreviewState::Cancelled,
@@ -435,12 +428,41 @@ async fn decision(space: &PreviewSpace, link: &str, request: Request<Incoming>) 
             )
         }
     };
-    session.state = state;
-    session.decided_at = Some(now);
-    tracing::info!(preview = %session.id, reference = %session.request.reference, decision = state.as_str(), "preview decided");
-    space.cleanup_files(session);
-    space.changed.notify_waiters();
-    ended_page(session).expect("decided")
+    // Decided only while pending, by the bound browser with the form's token.
+    let mut allowed = false;
+    let found = blocking(|| {
+        find(space, link, |session, now| {
+            allowed = false;
+            if session.state != PreviewState::Pending {
+                return;
+            }
+            let token_ok = params.get("token").is_some_and(|tok| {
+                tok.len() == session.form_token.len()
+                    && openssl::memcmp::eq(tok.as_bytes(), session.form_token.as_bytes())
+            });
+            if bound_here(session, &headers) && token_ok {
+                allowed = true;
+                session.state = state;
+                session.decided_at = Some(now);
+            }
+        })
+    });
+    let Some(session) = found else {
+        return invalid_link(Lang::En);
+    };
+    if allowed {
+        tracing::info!(preview = %session.id, reference = %session.request.reference, decision = state.as_str(), "preview decided");
+        return ended_page(&session).expect("decided");
+    }
+    if let Some(r) = ended_page(&session) {
+        return r;
+    }
+    let lang = session.language.unwrap_or(Lang::En);
+    let t = pages::text(lang);
+    html_response(
+        StatusCode::FORBIDDEN,
+        pages::message_page(lang, t.used_title, t.used, None),
+    )
 }
 
 /// The page of a preview that is no longer pending.
@@ -502,12 +524,47 @@ async fn test_idp(space: &PreviewSpace, rest: &str, request: Request<Incoming>) 
     }
 }
 
-/// The session a link names, if its secret is right.
-fn find<'a>(sessions: &'a mut HashMap<String, Session>, link: &str) -> Option<&'a mut Session> {
+/// The session a link names, if its secret is right, after `change` (stored, see
+/// [`PreviewSpace::update`]).
+fn find(
+    space: &PreviewSpace,
+    link: &str,
+    mut change: impl FnMut(&mut Session, OffsetDateTime),
+) -> Option<Session> {
     let (id, secret) = link.split_once('.')?;
-    let session = sessions.get_mut(id)?;
+    let (_, session) = space.load(id)?;
     let presented = openssl::sha::sha256(secret.as_bytes());
-    openssl::memcmp::eq(&presented, &session.link_sha256).then_some(session)
+    if !openssl::memcmp::eq(&presented, &session.link_sha256) {
+        return None;
+    }
+    space.update(id, |s, now| change(s, now)).map(|(s, ())| s)
+}
+
+/// Runs `f`, which talks to the store synchronously, without holding up the other tasks of
+/// a multi-threaded runtime's worker (`serve`'s); as it is elsewhere.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn login_key(state: &str) -> String {
+    format!("l/{state}")
+}
+
+/// Takes (single use) the login in progress `state`, from whichever instance started it.
+fn take_login(space: &PreviewSpace, state: &str) -> Option<Login> {
+    // Every state is a 43-character token: no state is the prefix of another.
+    if state.len() != 43 {
+        return None;
+    }
+    let key = login_key(state);
+    let bytes = space.store.preview_record(&key).ok()??;
+    match space.store.remove_preview_records(&key) {
+        Ok(1) => serde_json::from_slice(&bytes).ok(),
+        _ => None,
+    }
 }
 
 /// Whether the request comes from the browser the link is bound to.

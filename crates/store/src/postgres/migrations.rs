@@ -54,10 +54,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "two data centres",
         sql: include_str!("migrations/0007_two_dc.sql"),
     },
+    Migration {
+        version: 8,
+        name: "previews",
+        sql: include_str!("migrations/0008_previews.sql"),
+    },
 ];
 
 /// The schema version this binary needs (the newest migration it carries).
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Advisory lock key shared by every Varti migration (an arbitrary constant: "VARTI_MG").
 const LOCK_KEY: i64 = 0x5641_5254_495f_4d47;

@@ -1096,6 +1096,71 @@ impl Store for PgStore {
             Ok(row.get::<_, i64>(0).max(0) as u64)
         })
     }
+
+    // --- Previews in the shared store (issue 18). ---
+
+    fn put_preview_record(
+        &self,
+        id: &str,
+        data: &[u8],
+        keep_until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let keep_until = micros(keep_until);
+        self.pool.run("storing a preview record", |client, _| {
+            client.execute(
+                "INSERT INTO preview_records (id, data, keep_until) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET data = excluded.data, keep_until = excluded.keep_until",
+                &[&id, &data, &keep_until],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn preview_record(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.pool.run("reading a preview record", |client, _| {
+            let row = client.query_opt("SELECT data FROM preview_records WHERE id = $1", &[&id])?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn swap_preview_record(
+        &self,
+        id: &str,
+        expected: &[u8],
+        data: &[u8],
+        keep_until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let keep_until = micros(keep_until);
+        self.pool.run("changing a preview record", |client, _| {
+            let n = client.execute(
+                "UPDATE preview_records SET data = $3, keep_until = $4 WHERE id = $1 AND data = $2",
+                &[&id, &expected, &data, &keep_until],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn remove_preview_records(&self, prefix: &str) -> Result<usize, StoreError> {
+        self.pool.run("removing preview records", |client, _| {
+            // starts_with, not LIKE: the prefix may hold `%` or `_`.
+            let n = client.execute(
+                "DELETE FROM preview_records WHERE starts_with(id, $1)",
+                &[&prefix],
+            )?;
+            Ok(n as usize)
+        })
+    }
+
+    fn purge_preview_records(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let now = micros(now);
+        self.pool.run("purging preview records", |client, _| {
+            let n = client.execute(
+                "DELETE FROM preview_records WHERE keep_until <= $1",
+                &[&now],
+            )?;
+            Ok(n as usize)
+        })
+    }
 }
 
 /// Records per purge transaction.

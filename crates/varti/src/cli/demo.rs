@@ -122,13 +122,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             let port = pair::free_port().context("cannot find a free port")?;
             let ca = std::fs::canonicalize(args.from.join("certs/ca.cert.pem"))
                 .context("cannot find certs/ca.cert.pem")?;
+            // The key that encrypts the evidence held for previews in varti-b's store.
+            let key = layout.b.dir.join("preview-evidence.key");
+            let mut bytes = [0u8; 32];
+            openssl::rand::rand_bytes(&mut bytes).context("no random bytes for the preview key")?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&key, hex).context("cannot write the preview evidence key")?;
             layout
                 .rewrite_config(
                     &layout.b,
                     &format!(
                         "{}{}",
                         inputs.config_with(&register.url, true),
-                        super::demo_oots::preview_config(port, &ca)
+                        super::demo_oots::preview_config(port, &ca, &key)
                     ),
                 )
                 .context("cannot write varti-b's configuration")?;

@@ -94,14 +94,15 @@ const CITIZEN: (&str, &str, &str, &str) = ("FR/FI/123456789", "Camille", "Martin
 /// varti-b's preview space for `--preview`: HTTPS on `port` with the test PKI, the test
 /// identity provider knowing the scene's citizen, and the evidence type's connector
 /// needing preview.
-pub fn preview_config(port: u16, ca: &Path) -> String {
+pub fn preview_config(port: u16, ca: &Path, key: &Path) -> String {
     let (id, given, family, birth) = CITIZEN;
     format!(
-        "[preview]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}\"\ntls = true\n\
+        "[preview]\nenabled = true\nevidence_key_file = \"{key}\"\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}\"\ntls = true\n\
          [preview.oidc]\nca_file = \"{ca}\"\n\
          [preview.test_idp]\nenabled = true\n\
          [[preview.test_idp.persons]]\nidentifier = \"{id}\"\ngiven_name = \"{given}\"\nfamily_name = \"{family}\"\nbirth_date = \"{birth}\"\n",
-        ca = ca.display()
+        ca = ca.display(),
+        key = key.display()
     )
 }
 

@@ -265,7 +265,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let backend_listener =
         Listener::bind("backend", config.backend.listen, backend_options.clone()).await?;
     let preview_listener = if config.preview.enabled {
-        let space = PreviewSpace::new(config.preview.clone(), &config.data_dir)?;
+        let space = PreviewSpace::new(config.preview.clone(), &config.data_dir, store.clone())?;
         if config.preview.test_idp.enabled {
             tracing::warn!("preview.test_idp is enabled: anyone can log in as any listed person; for tests and the demo only");
         }
@@ -430,7 +430,9 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                         _ = token.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                     }
-                    space.sweep();
+                    // The sweep talks to the store: off the async workers.
+                    let space = space.clone();
+                    let _ = tokio::task::spawn_blocking(move || space.sweep()).await;
                 }
             });
             Some(addr)
