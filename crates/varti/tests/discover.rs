@@ -6,6 +6,7 @@
 //! Every refusal has its case, each with its reason on stderr and exit status 1.
 
 mod common;
+mod dns_support;
 mod pair_support;
 mod serve_support;
 
@@ -16,9 +17,9 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
+use dns_support::DnsServer;
 use hickory_resolver::proto::rr::rdata::NAPTR;
-use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::proto::rr::Name;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use varti_as4::discovery::{
@@ -151,48 +152,9 @@ fn smp_path(dialect: SmpDialect, participant: &str, document: &str) -> String {
     )
 }
 
-/// The far-edge DNS: NAPTR answers from a name → records map, NXDOMAIN otherwise.
+/// The far-edge DNS serving `zone` (see `dns_support`).
 fn dns_server(zone: Vec<(String, Vec<NAPTR>)>) -> SocketAddr {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let Ok(request) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut response =
-                Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
-            response.metadata.recursion_desired = request.metadata.recursion_desired;
-            response.metadata.recursion_available = true;
-            response.metadata.authoritative = true;
-            let mut found = false;
-            for q in &request.queries {
-                let name = q.name().to_ascii();
-                response.add_query(q.clone());
-                if let Some((_, records)) = zone
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name.trim_end_matches('.')))
-                {
-                    found = true;
-                    if q.query_type() == RecordType::NAPTR {
-                        for r in records {
-                            response.add_answer(Record::from_rdata(
-                                q.name().clone(),
-                                60,
-                                RData::NAPTR(r.clone()),
-                            ));
-                        }
-                    }
-                }
-            }
-            if !found {
-                response.metadata.response_code = ResponseCode::NXDomain;
-            }
-            let _ = socket.send_to(&response.to_vec().unwrap(), from);
-        }
-    });
-    addr
+    DnsServer::start(zone).addr
 }
 
 fn smp_naptr(url: &str) -> NAPTR {

@@ -6,6 +6,7 @@
 //! over UDP); and the look-up API of a running `varti serve` against the stand-in.
 
 mod common;
+mod dns_support;
 mod serve_support;
 
 use std::io::{BufRead, BufReader};
@@ -15,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
+use dns_support::DnsServer;
 use hickory_resolver::proto::rr::rdata::NAPTR;
-use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::proto::rr::Name;
 use openssl::x509::X509;
 use time::OffsetDateTime;
 use varti_oots::common_services::client::Clock;
@@ -396,16 +397,7 @@ async fn lookup_cli_against_the_stand_in() {
     );
 }
 
-/// A DNS server on a loopback UDP port (the far-edge double for the EC's DNS): answers
-/// NAPTR questions from `zone` (name → records), NXDOMAIN for any other name; counts the
-/// questions.
-struct DnsServer {
-    addr: std::net::SocketAddr,
-    questions: Arc<Mutex<Vec<String>>>,
-}
-
-type Zone = Vec<(&'static str, Vec<NAPTR>)>;
-
+/// A NAPTR record for the DNS stand-in (`dns_support`), preference 10, no service.
 fn naptr(order: u16, flags: &str, regexp: &str, replacement: &str) -> NAPTR {
     NAPTR::new(
         order,
@@ -415,54 +407,6 @@ fn naptr(order: u16, flags: &str, regexp: &str, replacement: &str) -> NAPTR {
         regexp.as_bytes().into(),
         Name::from_ascii(replacement).unwrap(),
     )
-}
-
-impl DnsServer {
-    fn start(zone: Zone) -> DnsServer {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = socket.local_addr().unwrap();
-        let questions = Arc::new(Mutex::new(Vec::new()));
-        let seen = questions.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let Ok(request) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let mut response =
-                    Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
-                response.metadata.recursion_desired = request.metadata.recursion_desired;
-                response.metadata.recursion_available = true;
-                response.metadata.authoritative = true;
-                let mut found = false;
-                for q in &request.queries {
-                    let name = q.name().to_ascii();
-                    seen.lock().unwrap().push(name.clone());
-                    response.add_query(q.clone());
-                    if let Some((_, records)) = zone
-                        .iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(name.trim_end_matches('.')))
-                    {
-                        found = true;
-                        if q.query_type() == RecordType::NAPTR {
-                            for r in records {
-                                response.add_answer(Record::from_rdata(
-                                    q.name().clone(),
-                                    60,
-                                    RData::NAPTR(r.clone()),
-                                ));
-                            }
-                        }
-                    }
-                }
-                if !found {
-                    response.metadata.response_code = ResponseCode::NXDomain;
-                }
-                let _ = socket.send_to(&response.to_vec().unwrap(), from);
-            }
-        });
-        DnsServer { addr, questions }
-    }
 }
 
 #[tokio::test]

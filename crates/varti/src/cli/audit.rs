@@ -61,7 +61,7 @@ applied or refused, is in the audit trail (varti audit list).
 
 Examples:
   VARTI_TOKEN=$ADMIN_TOKEN varti reload
-  varti reload --api http://10.0.0.11:8480 --json
+  varti reload --api http://varti-b.internal:8480 --json
 
 Exit status: 0 reloaded, 1 refused (the old set stays; the errors are printed), 2 the API
 cannot be reached or refused the token.")]
