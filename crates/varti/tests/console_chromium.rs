@@ -214,13 +214,17 @@ async fn each_role_in_chromium_search_open_download_retry_audit() {
         .unwrap();
     let start_wait = Instant::now();
     let downloaded = loop {
-        let done: Vec<PathBuf> = std::fs::read_dir(downloads.path())
+        // Chromium reserves the final name with an empty file while the bytes still go to
+        // a `.crdownload` beside it: the download is complete once no such file is left.
+        let files: Vec<PathBuf> = std::fs::read_dir(downloads.path())
             .unwrap()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| !p.to_string_lossy().ends_with(".crdownload"))
             .collect();
-        if let Some(p) = done.first() {
+        let in_progress = files
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".crdownload"));
+        if let (false, Some(p)) = (in_progress, files.first()) {
             break std::fs::read_to_string(p).unwrap();
         }
         assert!(
