@@ -81,7 +81,9 @@ use crate::gateway::Gateway;
 use crate::gateway::{
     ACTION_ERROR, ACTION_RESPONSE, EDM_MIME, MAX_EDM_BYTES, OWNER, SERVICE, SERVICE_TYPE,
 };
-use crate::preview::{Person, PreviewEvidence, PreviewRequest, PreviewSpace, PreviewState};
+use crate::preview::{
+    blocking, Person, PreviewEvidence, PreviewRequest, PreviewSpace, PreviewState,
+};
 use varti_access_point::submit::{submit, Submission};
 
 /// The validators a provider checks requests with, loaded from `[oots]`. The XSD and
@@ -710,25 +712,28 @@ async fn open_preview(
             );
         }
     };
-    let opened = space.open(PreviewRequest {
-        reference: request.id.clone().unwrap_or_default(),
-        person,
-        requester: requester_label(request),
-        procedure: request.procedure().map(str::to_owned),
-        evidences,
-        return_url: None,
-        ttl: None,
-        owner: OWNER.to_owned(),
-    });
-    let held = opened.map_err(|e| e.to_string()).and_then(|link| {
-        let held = Held {
-            preview_id: link.id.clone(),
-            conversation_id: record.meta.conversation_id.clone(),
-            from_party: record.meta.from_party.clone(),
-            expires_at: link.expires_at,
-            files: files.clone(),
-        };
-        Previews::hold(gw, &link.url, &held).map(|()| link)
+    // The preview and the held evidence go to the store, which may block (PostgreSQL).
+    let held = blocking(|| {
+        let opened = space.open(PreviewRequest {
+            reference: request.id.clone().unwrap_or_default(),
+            person,
+            requester: requester_label(request),
+            procedure: request.procedure().map(str::to_owned),
+            evidences,
+            return_url: None,
+            ttl: None,
+            owner: OWNER.to_owned(),
+        });
+        opened.map_err(|e| e.to_string()).and_then(|link| {
+            let held = Held {
+                preview_id: link.id.clone(),
+                conversation_id: record.meta.conversation_id.clone(),
+                from_party: record.meta.from_party.clone(),
+                expires_at: link.expires_at,
+                files: files.clone(),
+            };
+            Previews::hold(gw, &link.url, &held).map(|()| link)
+        })
     });
     let link = match held {
         Ok(link) => link,
@@ -753,7 +758,7 @@ async fn open_preview(
             .unwrap_or(Duration::ZERO);
         tokio::spawn(async move {
             tokio::time::sleep(left + Duration::from_secs(1)).await;
-            if let Some(h) = Previews::take(&gw, &url, |_| true) {
+            if let Some(h) = blocking(|| Previews::take(&gw, &url, |_| true)) {
                 tracing::info!(preview = %h.preview_id, "OOTS: no second request before the preview expired; held evidence deleted");
                 connector::discard(&gw, stored_refs(&h.files)).await;
             }
@@ -881,14 +886,17 @@ async fn after_preview(
     request: &EvidenceRequest,
     location: &str,
 ) -> Answer {
-    let held = Previews::take(gw, location, |h| {
-        h.conversation_id == record.meta.conversation_id && h.from_party == record.meta.from_party
+    let held = blocking(|| {
+        Previews::take(gw, location, |h| {
+            h.conversation_id == record.meta.conversation_id
+                && h.from_party == record.meta.from_party
+        })
     });
     let (Some(held), Some(space)) = (held, previews.space.clone()) else {
         return error_answer(gw, Some(request), EdmErrorKind::InvalidRequest, "The evidence request is invalid", Some("its PreviewLocation names no preview this provider holds for this exchange (unknown, on another conversation, already answered, or expired); send a new request without PreviewLocation"));
     };
     if let Some(back) = request.return_location() {
-        space.set_return_url(&held.preview_id, back);
+        blocking(|| space.set_return_url(&held.preview_id, back));
     }
     let left: Duration = (held.expires_at - gw.ap.clock.now())
         .try_into()

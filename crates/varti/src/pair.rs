@@ -7,7 +7,7 @@
 //! files), and one directory per node with its `varti.toml` and its data.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -66,6 +66,9 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Where a node listens unless placed elsewhere.
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 /// One node of the pair.
 #[derive(Debug, Clone)]
 pub struct NodeLayout {
@@ -75,6 +78,9 @@ pub struct NodeLayout {
     pub party: &'static str,
     /// Its directory (working directory of its process; `varti.toml` inside).
     pub dir: PathBuf,
+    /// The loopback address its listeners bind (127.0.0.1 unless placed elsewhere, e.g. a
+    /// data centre's range in the two-DC tests).
+    pub host: IpAddr,
     /// Its ports.
     pub ports: Ports,
     /// The API token of its backend client `portal`.
@@ -84,7 +90,17 @@ pub struct NodeLayout {
 impl NodeLayout {
     /// The backend API address.
     pub fn backend(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports.backend))
+        SocketAddr::new(self.host, self.ports.backend)
+    }
+
+    /// The MSH listener's address.
+    pub fn msh(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.ports.msh)
+    }
+
+    /// The operations listener's address.
+    pub fn ops(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.ports.ops)
     }
 }
 
@@ -226,6 +242,7 @@ impl PairLayout {
                     name,
                     party,
                     dir: root.join(name),
+                    host: LOCALHOST,
                     ports,
                     token: format!("token-{name}"),
                 };
@@ -252,10 +269,23 @@ impl PairLayout {
         name: &'static str,
         extra_config: &str,
     ) -> io::Result<NodeLayout> {
+        self.add_instance_at(like, name, LOCALHOST, extra_config)
+    }
+
+    /// Like [`PairLayout::add_instance`], with the new instance's listeners on `host` (a
+    /// loopback address).
+    pub fn add_instance_at(
+        &self,
+        like: &NodeLayout,
+        name: &'static str,
+        host: IpAddr,
+        extra_config: &str,
+    ) -> io::Result<NodeLayout> {
         let node = NodeLayout {
             name,
             party: like.party,
             dir: self.root.join(name),
+            host,
             ports: Ports::pick()?,
             token: like.token.clone(),
         };
@@ -300,25 +330,25 @@ fn config_text(node: &NodeLayout, extra: &str) -> String {
 data_dir = "data"
 pmodes_dir = "../pmodes"
 [server]
-listen = "127.0.0.1:{msh}"
+listen = "{msh}"
 shutdown_grace_secs = 5
 [ops]
-listen = "127.0.0.1:{ops}"
+listen = "{ops}"
 [tls]
 cert = "../certs/{party}/tls.cert.pem"
 key = "../certs/{party}/tls.key.pem"
 client_ca = "../certs/ca.cert.pem"
 client_auth = "required"
 {identity}[backend]
-listen = "127.0.0.1:{backend}"
+listen = "{backend}"
 [[backend.clients]]
 name = "portal"
 token_sha256 = "{sha}"
 {extra}
 "#,
-        msh = node.ports.msh,
-        ops = node.ports.ops,
-        backend = node.ports.backend,
+        msh = node.msh(),
+        ops = node.ops(),
+        backend = node.backend(),
         sha = token_sha256(&node.token),
     )
 }

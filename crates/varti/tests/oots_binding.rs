@@ -76,6 +76,7 @@ fn start(a_oots: &str, third: bool) -> Gateways {
             name: "c",
             party: "varti-c",
             dir: root.path().join("c"),
+            host: std::net::Ipv4Addr::LOCALHOST.into(),
             ports: varti::pair::Ports::pick().unwrap(),
             token: "token-c".into(),
         };

@@ -20,13 +20,28 @@
 //!   killed (`kill -9`) and the primary stopped hard; the standby is promoted as the
 //!   runbook says. DC2 carries on: every message ends acknowledged and taken once by the
 //!   receiving backend, and nothing acknowledged before the loss is lost.
+//! * `two_data_centres_preview_failover` — varti-b (the OOTS evidence provider) has an
+//!   instance in each DC on one PostgreSQL, its MSH and its preview space each behind a
+//!   front door spreading connections over the live instances. A preview opened through
+//!   DC1's instance (the first request), whose instance is then killed, is approved through
+//!   DC2's in headless Chromium (test identity provider): DC2's instance takes the second
+//!   request, finds the held evidence in the shared store, and the requester gets the PDF.
 //! * `two_data_centres_readiness` — varti-b in DC2 reaches its PostgreSQL in DC1 through
 //!   the DC link: when the link is cut, the store takes no writes from it and `/ready`
 //!   answers 503 (the load balancer drains it); healed, it is ready again by itself.
+//!
+//! Each instance listens on its data centre's addresses (DC1 127.0.1.x, DC2 127.0.2.x);
+//! every connection from one DC to the other crosses the link proxy (`two_dc_support`).
+//! The front doors (the partners' balancer, the preview links) listen on 127.0.0.1,
+//! because the test PKI's TLS certificates name `localhost` and 127.0.0.1 only; they stand
+//! in DC1.
 
 mod chaos_support;
+mod chromium_support;
+mod oots_support;
 mod pair_support;
 mod pg_cluster_support;
+mod register_support;
 mod serve_support;
 mod two_dc_support;
 
@@ -267,7 +282,7 @@ fn two_data_centres_webhook_crash() {
 
 /// `GET /ready` on an instance's ops listener: its status.
 fn ready_status(instance: &Instance) -> u16 {
-    let addr = SocketAddr::from(([127, 0, 0, 1], instance.layout.ports.ops));
+    let addr = instance.layout.ops();
     serve_support::plain_get(addr, "/ready").status
 }
 
@@ -297,11 +312,12 @@ fn two_data_centres_readiness() {
     // PostgreSQL is in DC1; varti-b in DC2 reaches it through the link.
     let link = two_dc_support::Link::new();
     let url = postgres_via(&link);
-    let pair = Pair::new();
+    let mut pair = Pair::new();
     let config = format!(
         "{FAST_SENDER}{}",
         postgres_store_config(&url, schema.name())
     );
+    pair.layout.b.host = two_dc_support::dc_ip(2, 1);
     pair.layout.rewrite_config(&pair.layout.b, &config).unwrap();
     let mut b = Instance::start(pair.layout.b.clone());
     wait_until("b is ready", Duration::from_secs(20), || {
@@ -317,10 +333,7 @@ fn two_data_centres_readiness() {
         || ready_status(&b) == 503,
     );
     let drained_after = cut_at.elapsed();
-    let ready = serve_support::plain_get(
-        SocketAddr::from(([127, 0, 0, 1], b.layout.ports.ops)),
-        "/ready",
-    );
+    let ready = serve_support::plain_get(b.layout.ops(), "/ready");
     assert!(ready.body.contains("store"), "{}", ready.body);
     assert_eq!(
         msh_ready_status(&b),
@@ -430,7 +443,12 @@ fn two_data_centres_latency() {
     // varti-b is in DC2; varti-a in DC1 reaches it through the DC link only.
     let link = two_dc_support::Link::new();
     let link_port = varti::pair::free_port().unwrap();
-    let pair = chaos_pair(link_port);
+    let mut pair = chaos_pair(link_port);
+    pair.layout.a.host = two_dc_support::dc_ip(1, 1);
+    pair.layout.b.host = two_dc_support::dc_ip(2, 1);
+    for node in [&pair.layout.a, &pair.layout.b] {
+        pair.layout.rewrite_config(node, FAST_SENDER).unwrap();
+    }
     let mut a = Instance::start(pair.layout.a.clone());
     let mut b = Instance::start(pair.layout.b.clone());
     link.proxy(SocketAddr::from(([127, 0, 0, 1], link_port)), b.msh());
@@ -477,13 +495,14 @@ fn two_data_centres_partition() {
     // varti-b: b in DC1 next to PostgreSQL, b2 in DC2 reaching it through the link; the
     // balancer (in DC1) reaches b2 through the link too.
     let balancer = Arc::new(chaos_support::Balancer::bind(2));
-    let pair = chaos_pair(balancer.port);
+    let mut pair = chaos_pair(balancer.port);
     let near = receiver_config(&backend.url(), &schema, 2);
     let far = receiver_config_via(&backend.url(), &postgres_via(&link), &schema, 2);
+    pair.layout.b.host = two_dc_support::dc_ip(1, 1);
     pair.layout.rewrite_config(&pair.layout.b, &near).unwrap();
     let b2 = pair
         .layout
-        .add_instance(&pair.layout.b, "b2", &far)
+        .add_instance_at(&pair.layout.b, "b2", two_dc_support::dc_ip(2, 1), &far)
         .unwrap();
     pair.layout
         .rewrite_config(&pair.layout.a, FAST_SENDER)
@@ -629,9 +648,11 @@ fn two_data_centres_dc_loss() {
 
     let run = format!("d{}", std::process::id());
     let balancer = Arc::new(chaos_support::Balancer::bind(2));
-    let pair = chaos_pair(balancer.port);
+    let mut pair = chaos_pair(balancer.port);
     let config =
         |url: &str, schema: &str| format!("{FAST_SENDER}{}", postgres_store_config(url, schema));
+    pair.layout.a.host = two_dc_support::dc_ip(1, 1);
+    pair.layout.b.host = two_dc_support::dc_ip(1, 1);
     let layout = &pair.layout;
     layout
         .rewrite_config(&layout.a, &config(&dc1_url, "varti_a"))
@@ -639,11 +660,12 @@ fn two_data_centres_dc_loss() {
     layout
         .rewrite_config(&layout.b, &config(&dc1_url, "varti_b"))
         .unwrap();
+    let dc2 = two_dc_support::dc_ip(2, 1);
     let a2 = layout
-        .add_instance(&layout.a, "a2", &config(&dc2_url, "varti_a"))
+        .add_instance_at(&layout.a, "a2", dc2, &config(&dc2_url, "varti_a"))
         .unwrap();
     let b2 = layout
-        .add_instance(&layout.b, "b2", &config(&dc2_url, "varti_b"))
+        .add_instance_at(&layout.b, "b2", dc2, &config(&dc2_url, "varti_b"))
         .unwrap();
     let mut a1 = Instance::start(layout.a.clone());
     let mut b1 = Instance::start(layout.b.clone());
@@ -718,4 +740,223 @@ fn two_data_centres_dc_loss() {
         instance.terminate();
     }
     drop(cluster);
+}
+
+/// varti-b's preview space on `listen`, with links under the preview front door
+/// `https://localhost:{front}` (a link must work whichever instance answers it), the
+/// built-in test identity provider, and the connector `EV-PREVIEW` that needs the
+/// citizen's preview. Every instance holds the same evidence key.
+fn preview_lines(register: &register_support::Register, listen: SocketAddr, front: u16) -> String {
+    format!(
+        r#"[[oots.connectors]]
+evidence_type = "EV-PREVIEW"
+url = "{ok}"
+preview = true
+[preview]
+enabled = true
+evidence_key_file = "{key}"
+listen = "{listen}"
+public_url = "https://localhost:{front}"
+tls = true
+[preview.oidc]
+ca_file = "../certs/ca.cert.pem"
+[preview.test_idp]
+enabled = true
+[[preview.test_idp.persons]]
+identifier = "DK/LV/010190-1234"
+given_name = "Ida"
+family_name = "Jensen"
+birth_date = "1990-01-01"
+"#,
+        key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oots_support/preview-evidence.key"
+        ),
+        ok = register.url("/ok"),
+    )
+}
+
+/// Polls the requester's record of OOTS request `id` until it leaves `state` (a positive
+/// signal, with a deadline): the record then.
+fn oots_request_leaves(
+    a: &pair_support::Node,
+    id: &str,
+    state: &str,
+    logs: &[&Instance],
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = oots_support::get_request(a, id);
+        if v["state"] != state {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {id} still {state} after 90 s: {v:#}\n--- a:\n{}\n{}",
+            chaos_support::tail(&a.served.log_text(), 60),
+            logs.iter()
+                .map(|i| format!("--- {}:\n{}", i.name(), i.logs()))
+                .collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The log of an instance's current process contains `text`.
+fn logged(instance: &Instance, text: &str) -> bool {
+    std::fs::read_to_string(instance.layout.dir.join("serve.log"))
+        .unwrap_or_default()
+        .contains(text)
+}
+
+#[test]
+fn two_data_centres_preview_failover() {
+    let started = Instant::now();
+    let register = register_support::Register::start();
+    let schema = TestSchema::migrated();
+    let link = two_dc_support::Link::new();
+    // varti-b (the evidence provider) has an instance in each DC on one PostgreSQL (in DC1;
+    // DC2's instance reaches it through the link). Two front doors in DC1 spread
+    // connections over the live instances, DC2's through the link: one for the MSH (what
+    // varti-a's PModes name), one for the preview space (what the preview links name).
+    let msh_front = Arc::new(chaos_support::Balancer::bind(2));
+    let preview_front = Arc::new(chaos_support::Balancer::bind(2));
+    let root = tempfile::tempdir().unwrap();
+    let gateway = oots_support::gateway_lines(&register);
+    let options = varti::pair::PairOptions {
+        extra_pmodes: Vec::new(),
+        b_endpoint_port: Some(msh_front.port),
+        extra_config: gateway.clone(),
+    };
+    let mut layout =
+        varti::pair::PairLayout::create(root.path(), &pair_support::repo(), &options).unwrap();
+    let preview_at =
+        |dc: u8| SocketAddr::new(two_dc_support::dc_ip(dc, 1), pair_support::free_port());
+    let (preview1, preview2) = (preview_at(1), preview_at(2));
+    layout.b.host = two_dc_support::dc_ip(1, 1);
+    let b1_config = format!(
+        "{gateway}{}{}",
+        preview_lines(&register, preview1, preview_front.port),
+        postgres_store_config(schema.url(), schema.name())
+    );
+    layout.rewrite_config(&layout.b, &b1_config).unwrap();
+    let b2_config = format!(
+        "{gateway}{}{}",
+        preview_lines(&register, preview2, preview_front.port),
+        postgres_store_config(&postgres_via(&link), schema.name())
+    );
+    let b2_layout = layout
+        .add_instance_at(&layout.b, "b2", two_dc_support::dc_ip(2, 1), &b2_config)
+        .unwrap();
+    let a = pair_support::Node {
+        served: serve_support::spawn_serve_in(&layout.a.dir, &["--config", "varti.toml"]),
+        backend: layout.a.backend(),
+        token: layout.a.token.clone(),
+        dir: layout.a.dir.clone(),
+    };
+    let mut b1 = Instance::start(layout.b.clone());
+    let mut b2 = Instance::start(b2_layout);
+    let b2_msh = link.proxy(SocketAddr::new(two_dc_support::dc_ip(1, 2), 0), b2.msh());
+    let b2_preview = link.proxy(SocketAddr::new(two_dc_support::dc_ip(1, 3), 0), preview2);
+    msh_front.set_targets(vec![b1.msh(), b2_msh]);
+    preview_front.set_targets(vec![preview1, b2_preview]);
+
+    // The first request opens the preview through DC1: the front door's first connection
+    // goes to b1, and DC2's instance is not reached at all.
+    let mut body = oots_support::request_body("EV-PREVIEW", "DK/LV/010190-1234");
+    body["preview"] = serde_json::json!(true);
+    body["edm_version"] = serde_json::json!("oots-edm:v2.0");
+    let created = oots_support::post_request(&a, &body);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let first = oots_request_leaves(&a, &id, "sent", &[&b1, &b2]);
+    assert_eq!(
+        first["state"],
+        "preview_required",
+        "{first:#}\n--- b1:\n{}\n--- b2:\n{}",
+        b1.logs(),
+        b2.logs()
+    );
+    let location = first["preview_location"].as_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!(
+            "https://localhost:{}/preview/",
+            preview_front.port
+        )),
+        "{location}"
+    );
+    assert_eq!(
+        msh_front.counts()[1],
+        0,
+        "the first request must have reached DC1's instance only"
+    );
+    assert!(logged(&b1, "evidence held for the user's preview"));
+    assert_eq!(register.calls("/ok").len(), 1);
+
+    // DC1's instance dies. The portal returns from the preview: varti-a sends the second
+    // request, which only DC2's instance can take now; it finds the held evidence in the
+    // shared store and waits for the citizen's decision.
+    b1.kill9();
+    let r = a.api(
+        "POST",
+        &format!("/api/v1/oots/requests/{id}/preview-return"),
+        Some("application/json"),
+        b"{}",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_until(
+        "DC2's instance takes the second request and waits for the decision",
+        Duration::from_secs(60),
+        || {
+            logged(
+                &b2,
+                "second request received; waiting for the user's decision",
+            )
+        },
+    );
+
+    // The citizen follows the link (the preview front door now reaches DC2 only), logs in
+    // at the test identity provider and approves.
+    let driver = chromium_support::start_driver();
+    let tls_cert = pair_support::repo().join("certs/varti-b/tls.cert.pem");
+    let browser = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    browser.block_on(async {
+        let c = chromium_support::browser_trusting(&driver, Some(&tls_cert)).await;
+        chromium_support::log_in(&c, &location, "Ida").await;
+        chromium_support::wait_for(&c, "#approve")
+            .await
+            .click()
+            .await
+            .unwrap();
+        chromium_support::wait_for(&c, "#message").await;
+        c.close().await.unwrap();
+    });
+    assert_eq!(preview_front.counts()[0], 0, "DC1's preview space is gone");
+    assert!(preview_front.counts()[1] > 0);
+
+    // The evidence reaches the requester: the register's PDF, fetched once.
+    let v = oots_request_leaves(&a, &id, "sent", &[&b2]);
+    assert_eq!(v["state"], "answered", "{v:#}");
+    let evidences = v["evidences"].as_array().unwrap();
+    assert_eq!(evidences.len(), 1, "{v:#}");
+    let file = a.api("GET", evidences[0]["href"].as_str().unwrap(), None, b"");
+    assert_eq!(file.status, 200, "{}", file.body);
+    assert!(
+        file.bytes == register_support::pdf(),
+        "the evidence differs from the register's file"
+    );
+    assert_eq!(
+        register.calls("/ok").len(),
+        1,
+        "the register was asked once"
+    );
+    assert!(msh_front.counts()[1] > 0, "the second request went to DC2");
+    b2.terminate();
+    drop(a);
+    eprintln!(
+        "two_data_centres_preview_failover: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }

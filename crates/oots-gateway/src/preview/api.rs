@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{Person, PreviewEvidence, PreviewRequest, PreviewSpace};
+use super::{blocking, Person, PreviewEvidence, PreviewRequest, PreviewSpace};
 use varti_access_point::api::{json_response, ApiError, ApiRouter, Client};
 use varti_access_point::server::http::Body;
 
@@ -160,8 +160,8 @@ pub async fn open(
             html: None,
         })
         .collect();
-    let link = space
-        .open(PreviewRequest {
+    let link = blocking(|| {
+        space.open(PreviewRequest {
             reference: metadata.reference,
             person: metadata.person,
             requester: metadata.requester,
@@ -171,7 +171,8 @@ pub async fn open(
             ttl: metadata.ttl_secs.map(Duration::from_secs),
             owner: client.name.clone(),
         })
-        .map_err(ApiError::internal)?;
+    })
+    .map_err(ApiError::internal)?;
     Ok(json_response(
         StatusCode::CREATED,
         &serde_json::json!({
@@ -261,7 +262,7 @@ pub async fn show(
             "use the id POST /api/v1/previews returned; finished previews are forgotten after a day",
         )
     };
-    let status = space.state(&id).ok_or_else(not_found)?;
+    let status = blocking(|| space.state(&id)).ok_or_else(not_found)?;
     if !client.sees(&status.owner) {
         return Err(not_found());
     }

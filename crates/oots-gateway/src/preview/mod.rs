@@ -534,7 +534,7 @@ impl PreviewSpace {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            let status = self.state(id)?;
+            let status = blocking(|| self.state(id))?;
             if status.state != PreviewState::Pending {
                 return Some(status);
             }
@@ -548,7 +548,7 @@ impl PreviewSpace {
                 _ = tokio::time::sleep_until(wake.min(deadline)) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return self.state(id);
+                return blocking(|| self.state(id));
             }
         }
     }
@@ -719,6 +719,17 @@ impl PreviewSpace {
     /// The public base URL.
     pub fn public_url(&self) -> &str {
         &self.config.public_url
+    }
+}
+
+/// Runs `f`, which talks to the store synchronously, from async code: on a multi-threaded
+/// runtime (`serve`'s) the worker hands its other tasks over first, so they are not held
+/// up, and the PostgreSQL client (which blocks on a runtime of its own) may run at all —
+/// on a worker thread it panics. Elsewhere (tests, sync callers) `f` simply runs.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::pages::{self, Lang, ShownEvidence};
-use super::{random_token, Login, PreviewSpace, PreviewState, Session, LOGIN_TTL};
+use super::{blocking, random_token, Login, PreviewSpace, PreviewState, Session, LOGIN_TTL};
 use time::OffsetDateTime;
 use varti_access_point::server::http::{full, reader_body, Body};
 use varti_access_point::server::{PeerInfo, RouteFuture, Routes};
@@ -538,15 +538,6 @@ fn find(
         return None;
     }
     space.update(id, |s, now| change(s, now)).map(|(s, ())| s)
-}
-
-/// Runs `f`, which talks to the store synchronously, without holding up the other tasks of
-/// a multi-threaded runtime's worker (`serve`'s); as it is elsewhere.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 fn login_key(state: &str) -> String {

@@ -330,7 +330,7 @@ impl Instance {
 
     /// Its MSH address.
     pub fn msh(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.layout.ports.msh))
+        self.layout.msh()
     }
 
     /// The last lines of all its logs (for failure messages).

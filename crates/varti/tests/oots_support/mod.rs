@@ -52,8 +52,21 @@ pub fn start_full_via(
     via: Option<(u16, u16)>,
     edit_b: Option<ConfigEdit>,
 ) -> (tempfile::TempDir, Node, Node) {
+    let extra = gateway_lines(register);
+    start_pair_via(
+        &format!("{portal_lines}{extra}"),
+        &format!("{extra}{b_extra}"),
+        via,
+        edit_b,
+    )
+}
+
+/// The configuration lines both gateways of the OOTS tests share: fast sending, the OOTS
+/// gateway in both roles, and b's connectors pointing at `register` (`EV-DOWN` at a
+/// closed port).
+pub fn gateway_lines(register: &Register) -> String {
     let closed = pair_support::free_port();
-    let extra = format!(
+    format!(
         "{FAST}\
          [oots]\nrole = \"both\"\nrequest_timeout_secs = 60\n\
          codelists = \"{codelists}\"\n\
@@ -69,12 +82,6 @@ pub fn start_full_via(
         refuse = register.url("/refuse"),
         slow = register.url("/slow"),
         slower = register.url("/slower"),
-    );
-    start_pair_via(
-        &format!("{portal_lines}{extra}"),
-        &format!("{extra}{b_extra}"),
-        via,
-        edit_b,
     )
 }
 
