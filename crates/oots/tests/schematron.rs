@@ -231,7 +231,7 @@ fn samples_and_mutations(specs: &Path, tmp: &Path) -> Vec<PathBuf> {
         assert!(!more.is_empty(), "no samples in {sub}");
         docs.extend(more);
     }
-    let good = birth_request(&specs);
+    let good = birth_request(specs);
     let mutations = [
         good.replacen("id=\"urn:uuid:", "id=\"urn:nouuid:", 1),
         good.replace(
