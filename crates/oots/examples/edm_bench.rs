@@ -17,16 +17,24 @@
 //! inverse. "Build" is building the document and serialising it to XML; each validation
 //! step parses the XML bytes itself, as it does on a received message. At the end the
 //! markdown rows of `docs/benchmarks.md` are printed.
+//!
+//! For the EDM 1.0 request and response it also runs Saxon (PyPI `saxonche`, the test
+//! oracle: `tests/schematron_oracle.py --bench`) on the very same bytes with the same rule
+//! files, and prints `schematron vs saxon: varti X/s saxon Y/s` (the response's line says
+//! `(response)`). Both sides compile the rules once and time parse + validate only; Saxon
+//! reports the failed assertions, Varti its full findings with messages. Without python3
+//! and saxonche the line says `SAXON MISSING`.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use varti_oots::edm::{EdmDocument, EdmVersion};
 use varti_oots::flow::{self, EvidenceData, RequestData};
 use varti_oots::validate::codelist::CodeLists;
 use varti_oots::validate::model::ModelValidator;
-use varti_oots::validate::schematron::RuleDir;
+use varti_oots::validate::schematron::{DocumentKind, RuleDir};
 use varti_oots::validate::xsd::XsdValidator;
 use varti_oots::validate::{has_fatal, Finding};
 
@@ -100,19 +108,25 @@ impl Validators {
     }
 }
 
-/// Runs `op` for `secs` seconds (after one warm-up second): operations per second.
-fn rate(secs: u64, mut op: impl FnMut()) -> (f64, u64) {
+/// Runs `op` for `secs` seconds (after one warm-up second): operations per second, and
+/// the process CPU milliseconds per operation (where `/proc` tells).
+fn rate(secs: u64, mut op: impl FnMut()) -> (f64, Option<f64>) {
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_secs(1) {
         op();
     }
+    let cpu = process_cpu_seconds();
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(secs) {
         op();
         n += 1;
     }
-    (n as f64 / start.elapsed().as_secs_f64(), n)
+    let per_sec = n as f64 / start.elapsed().as_secs_f64();
+    let cpu_ms = cpu
+        .zip(process_cpu_seconds())
+        .map(|(a, b)| 1000.0 * (b - a) / n as f64);
+    (per_sec, cpu_ms)
 }
 
 fn specs() -> PathBuf {
@@ -188,9 +202,13 @@ fn main() {
                 let (xsd, _) = rate(secs, || {
                     black_box(v.xsd.validate(sample.as_bytes()));
                 });
-                let (sch, _) = rate(secs, || {
+                let (sch, cpu_ms) = rate(secs, || {
                     black_box(v.rules.validate(&sample).unwrap());
                 });
+                println!(
+                    "{}",
+                    saxon_line(&edm.join("sch"), &v.rules, what, &sample, secs, sch, cpu_ms)
+                );
                 let (both, _) = rate(secs, || {
                     let xml = build(version);
                     black_box(v.full(&xml));
@@ -250,6 +268,88 @@ struct Row {
     /// (XSD, Schematron, build + all three) per second, EDM 1.0 only.
     full: Option<(f64, f64, f64)>,
     built_model: f64,
+}
+
+/// Runs Saxon on the same document with the same rule files (see the module comment) and
+/// words the comparison line.
+fn saxon_line(
+    sch_dir: &Path,
+    rules: &RuleDir,
+    what: &str,
+    xml: &str,
+    secs: u64,
+    varti: f64,
+    varti_cpu_ms: Option<f64>,
+) -> String {
+    let label = if what == "request" {
+        "schematron vs saxon:".to_string()
+    } else {
+        format!("schematron vs saxon ({what}):")
+    };
+    let kind = DocumentKind::detect(xml).expect("the built document has a known kind");
+    let files: Vec<PathBuf> = rules
+        .applicable(kind)
+        .iter()
+        .map(|s| sch_dir.join(format!("{}.sch", s.name())))
+        .collect();
+    let doc = std::env::temp_dir().join(format!("edm_bench-{}-{what}.xml", std::process::id()));
+    std::fs::write(&doc, xml).expect("writing the document for Saxon");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schematron_oracle.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--bench")
+        .arg(secs.to_string())
+        .arg(&doc)
+        .args(&files)
+        .output();
+    let _ = std::fs::remove_file(&doc);
+    let cpu = |ms: Option<f64>| ms.map_or("?".into(), |m| format!("{m:.2}"));
+    let saxon = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let why = if err.contains("saxonche") {
+                "python3 has no saxonche (pip install saxonche)".to_string()
+            } else {
+                format!("Saxon failed: {}", err.lines().last().unwrap_or(""))
+            };
+            return format!("{label} varti {varti:.0}/s saxon SAXON MISSING ({why})");
+        }
+        Err(e) => {
+            return format!("{label} varti {varti:.0}/s saxon SAXON MISSING (no python3: {e})")
+        }
+    };
+    let field = |k: &str| {
+        saxon
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let Some(rate) = field("rate=") else {
+        return format!(
+            "{label} varti {varti:.0}/s saxon SAXON MISSING (unexpected output {saxon:?})"
+        );
+    };
+    format!(
+        "{label} varti {varti:.0}/s saxon {rate:.0}/s ({} bytes, {} rule files; CPU ms each: \
+         varti {}, saxon {})",
+        xml.len(),
+        files.len(),
+        cpu(varti_cpu_ms),
+        cpu(field("cpu_ms="))
+    )
+}
+
+/// The process's CPU time (user + system) so far, from `/proc/self/stat`; `None`
+/// elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux platform Varti runs on.
+    Some(ticks / 100.0)
 }
 
 fn cpu_model() -> String {

@@ -19,6 +19,14 @@
 //!   severity from `role` or `flag`, the node's XPath as location, and the message with
 //!   `sch:value-of` and `sch:name` filled in.
 //!
+//! How a document is evaluated: each rule file is also compiled into one plan (see
+//! [`Plan`]): the rule contexts are matched natively in one walk of the document
+//! ([`context`]), and every assertion of the file is evaluated in a single XPath
+//! evaluation over the matched nodes. Messages and locations are computed for the failed
+//! assertions only. Whenever the plan cannot decide (a rule raises an XPath error on the
+//! document, a context predicate is a position), the document is evaluated rule by rule,
+//! which is the reference the plan is tested against.
+//!
 //! Because the compiled engine uses reference counting, a [`RuleSet`] is not `Send`: keep
 //! one per thread (it is cheap to share within a thread).
 
@@ -27,11 +35,13 @@ use std::path::{Path, PathBuf};
 
 use xee_xpath::context::{StaticContextBuilder, Variables};
 use xee_xpath::query::SequenceQuery;
-use xee_xpath::{Documents, Item, Queries, Query, Sequence};
-use xot::xmlname::OwnedName;
+use xee_xpath::{Atomic, Documents, Item, Queries, Query, Sequence};
+use xot::xmlname::{NameStrInfo as _, OwnedName};
 use xot::Xot;
 
 use super::{Finding, Severity};
+
+mod context;
 
 const SCH_NS: &str = "http://purl.oclc.org/dsdl/schematron";
 
@@ -92,6 +102,8 @@ enum MessagePart {
 struct Let {
     name: OwnedName,
     query: SequenceQuery,
+    /// The expression as written in the rule file (for the batched plan).
+    source: String,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +112,8 @@ struct Assertion {
     id: String,
     severity: Severity,
     test: SequenceQuery,
+    /// The test as written in the rule file (for the batched plan).
+    test_source: String,
     message: Vec<MessagePart>,
 }
 
@@ -107,6 +121,8 @@ struct Assertion {
 struct Rule {
     /// The context pattern turned into a selection from the document node.
     select: SequenceQuery,
+    /// The context pattern as written in the rule file (for the batched plan).
+    context: String,
     lets: Vec<Let>,
     assertions: Vec<Assertion>,
 }
@@ -124,6 +140,34 @@ pub struct RuleSet {
     lets: Vec<Let>,
     patterns: Vec<Pattern>,
     location: SequenceQuery,
+    /// Every rule of the file in one XPath evaluation (see [`Plan`]); `None` when the file
+    /// cannot be put in that form, and then each rule is evaluated on its own.
+    plan: Option<Plan>,
+}
+
+/// The whole rule file as one XPath expression, evaluated once per document: the XPath
+/// engine's fixed cost per evaluation (a dynamic context, a copy of the document-order
+/// index) is paid once instead of once per rule, per node and per assertion, and every
+/// lets' value is computed once where the file declares it.
+///
+/// The expression binds the schema and pattern lets with `let`, selects each rule's
+/// context nodes once, removes from each rule the nodes an earlier rule of its pattern
+/// matched (first match wins) and keeps the nodes Schematron visits (document, elements,
+/// attributes). For every rule it yields the rule's number, then for each of its nodes the
+/// node followed by one `xs:boolean` per assertion: the test's effective boolean value.
+/// Messages and locations are computed afterwards for the failed assertions only, exactly
+/// as the rule-by-rule evaluation does. When the evaluation raises an error (a test that
+/// cannot be evaluated on this document, a let that fails), the document is evaluated
+/// again rule by rule, which reports each error where it occurs.
+#[derive(Debug, Clone)]
+struct Plan {
+    query: SequenceQuery,
+    /// For each rule number of the expression: its (pattern, rule) indices.
+    rules: Vec<(usize, usize)>,
+    /// For each rule number: the variable holding the nodes it fires on.
+    node_vars: Vec<OwnedName>,
+    /// Every rule's context, matched natively.
+    contexts: context::Contexts,
 }
 
 /// Which kind of OOTS message a document is; decides the rule files that apply.
@@ -189,33 +233,40 @@ impl DocumentKind {
     pub fn detect(xml: &str) -> Option<DocumentKind> {
         let mut xot = Xot::new();
         let doc = xot.parse(xml).ok()?;
+        Self::detect_parsed(&xot, doc)
+    }
+
+    /// [`DocumentKind::detect`] on a document already parsed.
+    fn detect_parsed(xot: &Xot, doc: xot::Node) -> Option<DocumentKind> {
         let root = xot.document_element(doc).ok()?;
         let local = |xot: &Xot, n| {
             xot.element(n)
                 .map(|e| xot.local_name_str(e.name()).to_string())
         };
-        let root_name = local(&xot, root)?;
-        let name_attr = xot.add_name("name");
-        let code_attr = xot.add_name("code");
-        let status_attr = xot.add_name("status");
+        let root_name = local(xot, root)?;
+        // A name the document never uses is on none of its attributes.
+        let name_attr = xot.name("name");
+        let code_attr = xot.name("code");
+        let status_attr = xot.name("status");
+        let attr = |n, a: Option<xot::NameId>| a.and_then(|a| xot.get_attribute(n, a));
         // Slot names and exception codes anywhere in the document.
         let mut slots = HashSet::new();
         let mut codes = Vec::new();
         let mut has_exception = false;
         let mut has_evidence_type_list = false;
         for n in xot.descendants(root) {
-            match local(&xot, n).as_deref() {
+            match local(xot, n).as_deref() {
                 // Both EB answers carry a Requirement slot; only the evidence-types one
                 // lists sdg:EvidenceTypeList under the requirement.
                 Some("EvidenceTypeList") => has_evidence_type_list = true,
                 Some("Slot") => {
-                    if let Some(v) = xot.get_attribute(n, name_attr) {
+                    if let Some(v) = attr(n, name_attr) {
                         slots.insert(v.to_string());
                     }
                 }
                 Some("Exception") => {
                     has_exception = true;
-                    if let Some(c) = xot.get_attribute(n, code_attr) {
+                    if let Some(c) = attr(n, code_attr) {
                         codes.push(c.to_string());
                     }
                 }
@@ -253,9 +304,7 @@ impl DocumentKind {
                 }
             }
             "RegistryResponse" => {
-                let failed = xot
-                    .get_attribute(root, status_attr)
-                    .is_some_and(|s| s.ends_with(":Failure"));
+                let failed = attr(root, status_attr).is_some_and(|s| s.ends_with(":Failure"));
                 if failed || has_exception {
                     DocumentKind::LcmError
                 } else {
@@ -307,7 +356,13 @@ impl RuleDir {
     /// [`DocumentKind::detect`]). A document of no known kind gets one fatal finding
     /// `SCH-KIND`; a kind with no rule file in the directory gets one warning `SCH-NONE`.
     pub fn validate(&self, xml: &str) -> Result<Vec<Finding>, SchematronError> {
-        let Some(kind) = DocumentKind::detect(xml) else {
+        // One parse for the detection and all the applicable files. A document that is
+        // not well-formed is of no known kind.
+        let parsed = parse_document(xml).ok();
+        let kind = parsed
+            .as_ref()
+            .and_then(|(documents, doc)| DocumentKind::detect_parsed(documents.xot(), *doc));
+        let Some(kind) = kind else {
             return Ok(vec![Finding::new(
                 "SCH-KIND",
                 Severity::Fatal,
@@ -330,35 +385,18 @@ impl RuleDir {
                 ),
             )]);
         }
-        let mut out = Vec::new();
-        for s in sets {
-            out.extend(s.validate(xml)?);
-        }
-        Ok(out)
+        let (mut documents, doc) = parsed.expect("a detected document was parsed");
+        Ok(sets
+            .into_iter()
+            .flat_map(|s| s.validate_parsed(&mut documents, doc))
+            .collect())
     }
 }
 
 /// Splits an XSLT pattern at top-level `|` and makes each branch a selection from the
 /// document node: relative branches may start anywhere (`//` prefix).
 fn pattern_to_selection(pattern: &str) -> String {
-    let mut branches = Vec::new();
-    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0usize);
-    for (i, c) in pattern.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '[' | '(') => depth += 1,
-            (None, ']' | ')') => depth -= 1,
-            (None, '|') if depth == 0 => {
-                branches.push(&pattern[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    branches.push(&pattern[start..]);
-    let parts: Vec<String> = branches
+    let parts: Vec<String> = split_top_level(pattern, '|')
         .iter()
         .map(|b| {
             let b = b.trim();
@@ -370,6 +408,28 @@ fn pattern_to_selection(pattern: &str) -> String {
         })
         .collect();
     parts.join(" | ")
+}
+
+/// Splits at `sep` outside quotes, brackets and parentheses.
+fn split_top_level(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0usize);
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[' | '(') => depth += 1,
+            (None, ']' | ')') => depth -= 1,
+            (None, c) if c == sep && depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
 }
 
 /// Compiles XPath expressions for one rule file with its namespaces.
@@ -497,7 +557,11 @@ impl RuleSet {
             let query = compiler.compile(value, vars)?;
             let owned = OwnedName::new(vname.to_string(), String::new(), String::new());
             vars.push(owned.clone());
-            Ok(Let { name: owned, query })
+            Ok(Let {
+                name: owned,
+                query,
+                source: value.to_string(),
+            })
         };
         let mut vars: Vec<OwnedName> = Vec::new();
         let mut lets = Vec::new();
@@ -593,11 +657,13 @@ impl RuleSet {
                                 id,
                                 severity: severity_of(role),
                                 test: compiler.compile(test, &rvars)?,
+                                test_source: test.to_string(),
                                 message,
                             });
                         }
                         rules.push(Rule {
                             select,
+                            context: context.to_string(),
                             lets: rlets,
                             assertions,
                         });
@@ -610,11 +676,13 @@ impl RuleSet {
         // The location of a node as an XPath with the document's own prefixes and a
         // position among same-named siblings on every element step.
         let location = compiler.compile(LOCATION_XPATH, &[])?;
+        let plan = Plan::build(&compiler, &lets, &patterns);
         Ok(RuleSet {
             name: name.to_string(),
             lets,
             patterns,
             location,
+            plan,
         })
     }
 
@@ -637,16 +705,41 @@ impl RuleSet {
     /// An assertion whose test raises an XPath error is reported as failed (fatal) with
     /// the engine's message: an unevaluable rule must not pass silently.
     pub fn validate(&self, xml: &str) -> Result<Vec<Finding>, SchematronError> {
-        let mut documents = Documents::new();
-        let handle = documents
-            .add_string_without_uri(xml)
-            .map_err(|e| SchematronError::Document(e.to_string()))?;
-        let doc = documents
-            .document_node(handle)
-            .ok_or_else(|| SchematronError::Document("no document node".into()))?;
+        let (mut documents, doc) = parse_document(xml)?;
+        Ok(self.validate_parsed(&mut documents, doc))
+    }
+
+    /// Test support: the findings of the batched plan alone (`None` when the file has no
+    /// plan or the plan handed this document to the rule-by-rule evaluation) and of the
+    /// rule-by-rule evaluation alone, so that tests can hold the two to the same results.
+    #[doc(hidden)]
+    pub fn validate_both_ways(
+        &self,
+        xml: &str,
+    ) -> Result<(Option<Vec<Finding>>, Vec<Finding>), SchematronError> {
+        let (mut documents, doc) = parse_document(xml)?;
+        let batched = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.run(self, &mut documents, doc));
+        let (mut documents, doc) = parse_document(xml)?;
+        Ok((batched, self.validate_rule_by_rule(&mut documents, doc)))
+    }
+
+    /// [`RuleSet::validate`] on a document already parsed into `documents`.
+    fn validate_parsed(&self, documents: &mut Documents, doc: xot::Node) -> Vec<Finding> {
+        if let Some(findings) = self.plan.as_ref().and_then(|p| p.run(self, documents, doc)) {
+            return findings;
+        }
+        self.validate_rule_by_rule(documents, doc)
+    }
+
+    /// Evaluates every rule on its own: the reference semantics, used when the batched
+    /// plan is not available or raised an error on this document.
+    fn validate_rule_by_rule(&self, documents: &mut Documents, doc: xot::Node) -> Vec<Finding> {
         let doc_item = Item::Node(doc);
         let mut run = Run {
-            documents: &mut documents,
+            documents,
             findings: Vec::new(),
         };
         let mut globals = Variables::new();
@@ -693,7 +786,245 @@ impl RuleSet {
                 }
             }
         }
-        Ok(run.findings)
+        run.findings
+    }
+}
+
+/// Parses a document for the XPath engine: the documents and the document node.
+fn parse_document(xml: &str) -> Result<(Documents, xot::Node), SchematronError> {
+    let mut documents = Documents::new();
+    let handle = documents
+        .add_string_without_uri(xml)
+        .map_err(|e| SchematronError::Document(e.to_string()))?;
+    let doc = documents
+        .document_node(handle)
+        .ok_or_else(|| SchematronError::Document("no document node".into()))?;
+    Ok((documents, doc))
+}
+
+/// The prefix of the plan's own variable names; a rule file using it keeps the rule by
+/// rule evaluation.
+const PLAN_VAR: &str = "varti_plan_";
+
+impl Plan {
+    /// Writes the rule file as one expression and compiles it; `None` when the file names
+    /// a variable like the plan's own or the engine does not accept the expression (the
+    /// rule file then runs rule by rule, with the same results).
+    fn build(compiler: &Compiler, lets: &[Let], patterns: &[Pattern]) -> Option<Plan> {
+        let all_lets = lets.iter().chain(patterns.iter().flat_map(|p| {
+            p.lets
+                .iter()
+                .chain(p.rules.iter().flat_map(|r| r.lets.iter()))
+        }));
+        if all_lets
+            .into_iter()
+            .any(|l| l.name.local_name().starts_with(PLAN_VAR))
+        {
+            return None;
+        }
+        let contexts: Vec<Vec<&str>> = patterns
+            .iter()
+            .map(|p| p.rules.iter().map(|r| r.context.as_str()).collect())
+            .collect();
+        let Some(contexts) = context::Contexts::compile(compiler, &contexts) else {
+            tracing::debug!(
+                file = compiler.file,
+                "a rule context is of a form the native matcher does not read; \
+                 the rule file is evaluated rule by rule"
+            );
+            return None;
+        };
+        let bind = |l: &Let| format!("let ${} := ({}) return ", l.name.local_name(), l.source);
+        let mut expr: String = lets.iter().map(bind).collect();
+        let mut rules = Vec::new();
+        let mut node_vars = Vec::new();
+        let mut blocks = Vec::new();
+        for (pi, p) in patterns.iter().enumerate() {
+            let mut rule_blocks = Vec::new();
+            for (ri, r) in p.rules.iter().enumerate() {
+                if r.assertions.is_empty() {
+                    continue;
+                }
+                let k = rules.len();
+                let lets: String = r.lets.iter().map(bind).collect();
+                let tests: Vec<String> = r
+                    .assertions
+                    .iter()
+                    .map(|a| format!("boolean(({}))", a.test_source))
+                    .collect();
+                rule_blocks.push(format!(
+                    "'{k}', for ${PLAN_VAR}n in ${PLAN_VAR}r{k} return ${PLAN_VAR}n ! ({lets}(., {}))",
+                    tests.join(", ")
+                ));
+                rules.push((pi, ri));
+                node_vars.push(OwnedName::new(
+                    format!("{PLAN_VAR}r{k}"),
+                    String::new(),
+                    String::new(),
+                ));
+            }
+            if rule_blocks.is_empty() {
+                continue;
+            }
+            let plets: String = p.lets.iter().map(bind).collect();
+            blocks.push(format!("({plets}({}))", rule_blocks.join(", ")));
+        }
+        expr.push_str(&format!("({})", blocks.join(", ")));
+        let query = match compiler.compile(&expr, &node_vars) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!(
+                    file = compiler.file,
+                    "the rule file as one expression does not compile ({e}); \
+                     it is evaluated rule by rule"
+                );
+                return None;
+            }
+        };
+        Some(Plan {
+            query,
+            rules,
+            node_vars,
+            contexts,
+        })
+    }
+
+    /// Reads the plan's result: the (rule number, node) pairs with at least one failed
+    /// assertion, in order; an error when the result does not have the expected shape.
+    fn failed_nodes(
+        &self,
+        set: &RuleSet,
+        result: &Sequence,
+    ) -> Result<Vec<(usize, xot::Node)>, String> {
+        let mut failed: Vec<(usize, xot::Node)> = Vec::new();
+        let mut rule: Option<(usize, &Rule)> = None;
+        let mut node: Option<xot::Node> = None;
+        let mut seen = 0usize;
+        let complete =
+            |rule: Option<(usize, &Rule)>, node: Option<xot::Node>, seen: usize| match (rule, node)
+            {
+                (Some((_, r)), Some(_)) if seen != r.assertions.len() => Err(format!(
+                    "{seen} outcomes for {} assertions",
+                    r.assertions.len()
+                )),
+                _ => Ok(()),
+            };
+        for item in result.iter() {
+            match item {
+                Item::Atomic(Atomic::Boolean(v)) => {
+                    let (Some((k, r)), Some(n)) = (rule, node) else {
+                        return Err("an outcome outside a rule's node".into());
+                    };
+                    let a = r
+                        .assertions
+                        .get(seen)
+                        .ok_or("more outcomes than assertions")?;
+                    seen += 1;
+                    let fails = match a.kind {
+                        Kind::Assert => !v,
+                        Kind::Report => v,
+                    };
+                    if fails && failed.last() != Some(&(k, n)) {
+                        failed.push((k, n));
+                    }
+                }
+                Item::Node(n) => {
+                    complete(rule, node, seen)?;
+                    node = Some(n);
+                    seen = 0;
+                }
+                Item::Atomic(a) => {
+                    complete(rule, node, seen)?;
+                    let k = String::try_from(a.clone())
+                        .ok()
+                        .and_then(|k| k.parse::<usize>().ok())
+                        .ok_or_else(|| format!("unexpected item {a:?}"))?;
+                    let &(pi, ri) = self.rules.get(k).ok_or("no such rule")?;
+                    rule = Some((k, &set.patterns[pi].rules[ri]));
+                    node = None;
+                    seen = 0;
+                }
+                Item::Function(_) => return Err("a function item".into()),
+            }
+        }
+        complete(rule, node, seen)?;
+        Ok(failed)
+    }
+
+    /// Runs the plan on a document: its findings, or `None` when the evaluation raised an
+    /// error (the caller then evaluates rule by rule).
+    fn run(
+        &self,
+        set: &RuleSet,
+        documents: &mut Documents,
+        doc: xot::Node,
+    ) -> Option<Vec<Finding>> {
+        let doc_item = Item::Node(doc);
+        let mut run = Run {
+            documents,
+            findings: Vec::new(),
+        };
+        let Ok(selected) = self.contexts.select(run.documents, doc) else {
+            tracing::debug!(
+                file = set.name,
+                "a rule context's predicate is not a plain test on this document; \
+                 evaluating rule by rule"
+            );
+            return None;
+        };
+        let mut vars = Variables::new();
+        for (name, &(pi, ri)) in self.node_vars.iter().zip(&self.rules) {
+            let nodes: Vec<Item> = selected[pi][ri].iter().map(|&n| Item::Node(n)).collect();
+            vars.insert(name.clone(), nodes.into());
+        }
+        let result = match run.eval(&self.query, &doc_item, &vars) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(
+                    file = set.name,
+                    "the rule file raised {e} on this document; evaluating rule by rule"
+                );
+                return None;
+            }
+        };
+        // The (rule number, node) pairs with at least one failed assertion, in order.
+        let failed = match self.failed_nodes(set, &result) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(
+                    file = set.name,
+                    "unexpected batched result ({e}); evaluating rule by rule"
+                );
+                return None;
+            }
+        };
+        // Findings for the failed ones exactly as rule by rule: the lets in scope, then
+        // every assertion of the rule on that node.
+        let mut globals: Option<Variables> = None;
+        let mut pattern_vars: Vec<Option<Variables>> = vec![None; set.patterns.len()];
+        for (rule_no, n) in failed {
+            let (pi, ri) = self.rules[rule_no];
+            let p = &set.patterns[pi];
+            if pattern_vars[pi].is_none() {
+                let g = globals.get_or_insert_with(|| {
+                    let mut g = Variables::new();
+                    for l in &set.lets {
+                        let v = run.eval(&l.query, &doc_item, &g);
+                        g.insert(l.name.clone(), v.unwrap_or_default());
+                    }
+                    g
+                });
+                let mut pv = g.clone();
+                for l in &p.lets {
+                    let v = run.eval(&l.query, &doc_item, &pv);
+                    pv.insert(l.name.clone(), v.unwrap_or_default());
+                }
+                pattern_vars[pi] = Some(pv);
+            }
+            let pv = pattern_vars[pi].as_ref().expect("just computed");
+            run.fire(set, &p.rules[ri], &Item::Node(n), pv);
+        }
+        Some(run.findings)
     }
 }
 
@@ -852,6 +1183,93 @@ mod tests {
                 ("A2", Severity::Warning, "/r[1]/i[2]", "second i"),
                 ("R1", Severity::Info, "/r[1]/@v", "digits"),
             ]
+        );
+        let (batched, reference) = set
+            .validate_both_ways(r#"<r xmlns="urn:t" v="12"><i k="x"/><i k="z"/></r>"#)
+            .unwrap();
+        assert_eq!(batched.as_ref(), Some(&reference));
+        assert_eq!(reference, f);
+    }
+
+    fn ids_and_locations(f: &[Finding]) -> Vec<(String, String)> {
+        f.iter()
+            .map(|f| (f.rule_id.clone(), f.location.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_unevaluable_test_is_reported_by_the_rule_by_rule_evaluation() {
+        let sch = r#"<sch:schema xmlns:sch="http://purl.oclc.org/dsdl/schematron" queryBinding="xslt2">
+            <sch:pattern>
+              <sch:rule context="a/b"><sch:assert id="E" test="xs:integer(@n) gt 0">n</sch:assert></sch:rule>
+            </sch:pattern>
+          </sch:schema>"#;
+        let set = RuleSet::from_str("T", sch).unwrap();
+        let doc = r#"<a><b n="1"/><b n="x"/></a>"#;
+        // The cast fails on the second b: the batched evaluation hands the document back.
+        let (batched, reference) = set.validate_both_ways(doc).unwrap();
+        assert!(batched.is_none());
+        let f = set.validate(doc).unwrap();
+        assert_eq!(f, reference);
+        assert_eq!(ids_and_locations(&f), [("E".into(), "/a[1]/b[2]".into())]);
+        assert!(f[0].message.contains("could not be evaluated"), "{f:?}");
+    }
+
+    #[test]
+    fn contexts_match_natively_like_the_xpath_selections() {
+        // Absolute and relative branches, attributes, a nested-path predicate, `and`,
+        // a name in no namespace, first match within a pattern, and a second pattern
+        // seeing the same nodes again.
+        let sch = r#"<sch:schema xmlns:sch="http://purl.oclc.org/dsdl/schematron" queryBinding="xslt2">
+            <sch:ns prefix="t" uri="urn:t"/>
+            <sch:pattern>
+              <sch:rule context="t:s[@name='A' and @k]/t:v | /t:r/@x"><sch:report id="P1" test="true()">1</sch:report></sch:rule>
+              <sch:rule context="t:s[t:v[@q='1']]"><sch:report id="P2" test="true()">2</sch:report></sch:rule>
+              <sch:rule context="t:v"><sch:report id="P3" test=". = 'z'">3</sch:report></sch:rule>
+              <sch:rule context="/node()"><sch:report id="P4" test="true()">4</sch:report></sch:rule>
+            </sch:pattern>
+            <sch:pattern>
+              <sch:rule context="plain/@*"><sch:report id="Q1" test="true()">q</sch:report></sch:rule>
+              <sch:rule context="/"><sch:report id="Q2" test="true()">root</sch:report></sch:rule>
+            </sch:pattern>
+          </sch:schema>"#;
+        let set = RuleSet::from_str("T", sch).unwrap();
+        let doc = r#"<r xmlns="urn:t" x="1"><s name="A" k=""><v>a</v></s><s name="A"><v q="1">z</v></s><s name="B'"><v>z</v></s><plain xmlns="" a="1" b="2"/></r>"#;
+        let (batched, reference) = set.validate_both_ways(doc).unwrap();
+        assert_eq!(batched.as_ref(), Some(&reference));
+        let got = ids_and_locations(&reference);
+        let want: Vec<(String, String)> = [
+            ("P1", "/r[1]/@x"),
+            ("P1", "/r[1]/s[1]/v[1]"),
+            ("P2", "/r[1]/s[2]"),
+            ("P3", "/r[1]/s[2]/v[1]"),
+            ("P3", "/r[1]/s[3]/v[1]"),
+            ("P4", "/r[1]"),
+            ("Q1", "/r[1]/plain[1]/@a"),
+            ("Q1", "/r[1]/plain[1]/@b"),
+            ("Q2", "/"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        // Within a pattern, findings come rule by rule, each rule's nodes in document order.
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_position_predicate_keeps_the_xpath_selection() {
+        let sch = r#"<sch:schema xmlns:sch="http://purl.oclc.org/dsdl/schematron" queryBinding="xslt2">
+            <sch:pattern>
+              <sch:rule context="a/b[2]"><sch:report id="N" test="true()">n</sch:report></sch:rule>
+            </sch:pattern>
+          </sch:schema>"#;
+        let set = RuleSet::from_str("T", sch).unwrap();
+        let doc = r#"<a><b/><b/></a>"#;
+        let (batched, reference) = set.validate_both_ways(doc).unwrap();
+        assert!(batched.is_none());
+        assert_eq!(
+            ids_and_locations(&reference),
+            [("N".into(), "/a[1]/b[2]".into())]
         );
     }
 }
