@@ -126,12 +126,13 @@ pub fn user_message(leg: &Leg, fields: MessageFields) -> UserMessage {
 
 /// The policy a message on `leg` is sent with: signed by `key`/`certificate` with the
 /// leg's profile and token reference, payloads encrypted for `receiver_certificate` when
-/// the leg encrypts, compressed when the leg compresses.
+/// the leg encrypts, compressed when the leg compresses (but for the media types it leaves
+/// uncompressed).
 ///
 /// `EBMS:0010` when the leg encrypts and no receiver certificate is given. A certificate
 /// given for a leg that does not encrypt is not used.
 pub fn send_policy<'a>(
-    leg: &Leg,
+    leg: &'a Leg,
     key: &'a dyn KeyOperations,
     certificate: &'a X509,
     receiver_certificate: Option<&'a X509>,
@@ -149,12 +150,15 @@ pub fn send_policy<'a>(
             ))
         }
     };
-    Ok(SendPolicy::new(
-        profile_of(leg.security.profile),
-        token_reference_of(leg.security.token_reference),
-        key,
-        certificate,
-        encrypt_for.map(|c| &**c),
-        leg.compression.compress,
-    ))
+    Ok(SendPolicy {
+        uncompressed_types: &leg.compression.uncompressed_types,
+        ..SendPolicy::new(
+            profile_of(leg.security.profile),
+            token_reference_of(leg.security.token_reference),
+            key,
+            certificate,
+            encrypt_for.map(|c| &**c),
+            leg.compression.compress,
+        )
+    })
 }

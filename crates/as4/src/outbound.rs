@@ -3,8 +3,9 @@
 //! error signals).
 //!
 //! Order of operations (AS4 profile: compress, sign, encrypt):
-//! 1. each payload is gzip-compressed (if the leg compresses) into a temporary file, and
-//!    its `PartInfo` gets `CompressionType` and `MimeType`;
+//! 1. each payload is gzip-compressed (if the leg compresses, and its media type is not one
+//!    the leg leaves uncompressed) into a temporary file, and its `PartInfo` gets
+//!    `CompressionType` and `MimeType`;
 //! 2. the envelope is built with `wsu:Id`s on eb:Messaging and the Body and the
 //!    security-header placeholder, and signed over both and every attachment's
 //!    (compressed) content;
@@ -50,6 +51,11 @@ pub struct SendPolicy<'a> {
     pub encryption: Option<EncryptionSettings<'a>>,
     /// Whether payloads are gzip-compressed (AS4 compression feature).
     pub compress: bool,
+    /// Media types left uncompressed even when `compress` is on (already-compressed
+    /// formats; patterns as [`compress::leaves_uncompressed`] reads them). Such a part is
+    /// sent as it is, without `CompressionType`: compression is declared per part, and a
+    /// receiver must accept uncompressed parts.
+    pub uncompressed_types: &'a [String],
     /// The payloads are gzip already (a relay forwarding parts as they came, or a test
     /// that needs a hand-made stream): sent as they are, marked compressed
     /// (`CompressionType`, with the payload's `mime_type` as `MimeType`). Set
@@ -61,7 +67,8 @@ impl<'a> SendPolicy<'a> {
     /// Signed by `key` and `certificate` with `profile` and `token_reference`; payloads
     /// encrypted for `encrypt_for` (when given) with the key transport that goes with the
     /// profile ([`key_protection_for`]) and the same token reference; gzip-compressed when
-    /// `compress`. For a PMode leg use [`leg::send_policy`](crate::leg::send_policy).
+    /// `compress` (every part: no `uncompressed_types`). For a PMode leg use
+    /// [`leg::send_policy`](crate::leg::send_policy).
     pub fn new(
         profile: &'static Profile,
         token_reference: TokenReference,
@@ -83,6 +90,7 @@ impl<'a> SendPolicy<'a> {
                 token_reference,
             }),
             compress,
+            uncompressed_types: &[],
             already_gzip: false,
         }
     }
@@ -154,10 +162,12 @@ pub fn send(
     um.parts.clear();
     let mut spooled = Vec::with_capacity(payloads.len());
     for p in payloads {
+        let compress = policy.compress
+            && !compress::leaves_uncompressed(&p.mime_type, policy.uncompressed_types);
         let mut file = tempfile::tempfile().map_err(io_err("creating a temporary file"))?;
         {
             let mut w = BufWriter::with_capacity(64 * 1024, &mut file);
-            if policy.compress {
+            if compress {
                 compress::gzip(p.content, &mut w).map_err(io_err("compressing a payload"))?;
             } else {
                 io::copy(p.content, &mut w).map_err(io_err("spooling a payload"))?;
@@ -168,7 +178,7 @@ pub fn send(
         part.properties = p.properties;
         part.properties
             .retain(|q| q.name != PROP_COMPRESSION_TYPE && q.name != PROP_MIME_TYPE);
-        let content_type = if policy.compress || policy.already_gzip {
+        let content_type = if compress || policy.already_gzip {
             part.properties
                 .push(Property::new(PROP_COMPRESSION_TYPE, GZIP_MIME_TYPE));
             part.properties

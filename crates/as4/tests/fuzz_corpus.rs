@@ -216,6 +216,7 @@ mod seeds {
                     token_reference: token,
                 }),
                 compress,
+                uncompressed_types: &[],
                 already_gzip: false,
             };
             let mut body = Vec::new();

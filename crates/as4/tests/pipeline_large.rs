@@ -91,6 +91,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     token_reference: TokenReference::BinarySecurityToken,
                 }),
                 compress,
+                uncompressed_types: &[],
                 already_gzip: false,
             };
             let message_path = dir.path().join("message.mime");

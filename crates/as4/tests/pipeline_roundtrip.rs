@@ -748,3 +748,57 @@ fn resealing_a_message_signs_the_same_digests() {
     let err = check_receipt(&r, receipt.as_bytes(), id, &other_sent.references).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidReceipt);
 }
+
+/// A leg that compresses leaves the media types of its `uncompressed_types` as they are:
+/// that part has no `CompressionType` and travels as its own type; the XML beside it is
+/// still compressed, and both arrive intact. A part of several gzip members (larger than
+/// one piece) decompresses whole.
+#[test]
+fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
+    let f = fixture();
+    let xml = content(3 << 20, 5);
+    let pdf = content(5000, 9);
+    let payloads = [
+        ("doc@test", "application/xml", xml.clone()),
+        ("pdf@test", "application/pdf; name=x.pdf", pdf.clone()),
+    ];
+    let mut readers: Vec<&[u8]> = payloads.iter().map(|p| &p.2[..]).collect();
+    let outgoing: Vec<OutgoingPayload<'_>> = payloads
+        .iter()
+        .zip(readers.iter_mut())
+        .map(|(p, r)| OutgoingPayload {
+            content_id: p.0.into(),
+            mime_type: p.1.into(),
+            properties: vec![],
+            content: r as &mut dyn Read,
+        })
+        .collect();
+    let listed = vec!["application/pdf".to_owned()];
+    let policy = SendPolicy {
+        uncompressed_types: &listed,
+        ..SendPolicy::new(
+            &AS4_1_15,
+            BST,
+            &f.alice.sign_key,
+            &f.alice.sign_cert,
+            Some(&*f.bob.enc_cert),
+            true,
+        )
+    };
+    let mut bytes = Vec::new();
+    let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
+    let sent = Sent {
+        bytes,
+        content_type: sent.content_type,
+    };
+    let msg = open(&sent, &f.policy(true)).unwrap();
+    let [doc, p] = &msg.payloads[..] else {
+        panic!("two payloads")
+    };
+    assert!(doc.was_compressed);
+    assert_eq!(std::fs::read(doc.path()).unwrap(), xml);
+    assert!(!p.was_compressed);
+    assert_eq!(p.mime_type, "application/pdf; name=x.pdf");
+    assert!(p.properties.iter().all(|q| q.name != "CompressionType"));
+    assert_eq!(std::fs::read(p.path()).unwrap(), pdf);
+}

@@ -569,6 +569,8 @@ fn the_leg_builders_follow_the_leg() {
     assert_eq!(err.code, ErrorCode::ProcessingModeMismatch);
     let p = leg::send_policy(signed, &k, &c, Some(&e)).unwrap();
     assert!(p.encryption.is_some() && p.compress);
+    // The leg's list of media types left uncompressed: the default one here.
+    assert!(p.uncompressed_types.iter().any(|t| t == "application/pdf"));
     assert_eq!(p.signing.profile.name, "eDelivery AS4 1.15");
     let p = leg::send_policy(leg(set, "plain"), &k, &c, Some(&e)).unwrap();
     assert!(p.encryption.is_none());

@@ -20,6 +20,13 @@
 //! - `--messages N` [1000; 0 skips the small-message runs], `--size BYTES` [10240], `--concurrency N` [32] (submitting
 //!   threads, spread over the sending instances' backend APIs).
 //! - `--big-mib N` [0; 1024 with `--all`]: one message of N MiB on a fresh sled pair.
+//! - `--big-kind xml|random|pdf|mixed` (repeatable) [xml and random]: the big message's
+//!   payload, one fresh pair and one line (throughput, peak RSS, CPU) per kind: `xml`
+//!   compressible XML records (`application/xml`, about 4:1 at gzip level 1); `random`
+//!   incompressible bytes (`application/octet-stream`: compressed by the leg, stored in
+//!   gzip); `pdf` the same bytes declared `application/pdf` (a type the leg leaves
+//!   uncompressed); `mixed` one random byte in four, the rest letters (the payload of the
+//!   runs before 2026-12-06).
 //! - `--openssl`: `openssl speed` of the primitives (as in the security section).
 //! - `--token`: the sender's (varti-a's) signing key, TLS key and, where SoftHSM2 has the
 //!   key type, decryption key in a SoftHSM2 token (PKCS#11; keys imported non-extractable,
@@ -161,6 +168,7 @@ struct Args {
     size: usize,
     concurrency: usize,
     big_mib: u64,
+    big_kinds: Vec<BigKind>,
     openssl: bool,
     all: bool,
 }
@@ -174,6 +182,7 @@ fn parse_args() -> Args {
         size: 10 * 1024,
         concurrency: 32,
         big_mib: 0,
+        big_kinds: vec![],
         openssl: false,
         all: false,
     };
@@ -210,6 +219,7 @@ fn parse_args() -> Args {
                 a.concurrency = number("--concurrency", value("--concurrency")).max(1) as usize
             }
             "--big-mib" => a.big_mib = number("--big-mib", value("--big-mib")),
+            "--big-kind" => a.big_kinds.push(BigKind::parse(&value("--big-kind"))),
             "--openssl" => a.openssl = true,
             "--token" => TOKEN_KEYS.store(true, Ordering::Relaxed),
             "--all" => a.all = true,
@@ -331,7 +341,18 @@ fn main() {
     } else {
         args.big_mib
     };
-    let big = (big_mib > 0).then(|| big_run(&binary, &repo, big_mib, &load));
+    let big_kinds = if args.big_kinds.is_empty() {
+        vec![BigKind::Xml, BigKind::Random]
+    } else {
+        args.big_kinds.clone()
+    };
+    let big = (big_mib > 0).then(|| {
+        big_kinds
+            .iter()
+            .map(|kind| big_run(&binary, &repo, big_mib, *kind, &load))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    });
     let speed = (args.openssl || args.all).then(openssl_speed);
 
     // The rows of docs/benchmarks.md.
@@ -614,9 +635,49 @@ fn all_pids(nodes: &Nodes) -> Vec<u32> {
         .collect()
 }
 
+/// The payload of the big message (`--big-kind`).
+#[derive(Debug, Clone, Copy)]
+enum BigKind {
+    Xml,
+    Random,
+    Pdf,
+    Mixed,
+}
+
+impl BigKind {
+    fn parse(v: &str) -> BigKind {
+        match v {
+            "xml" => BigKind::Xml,
+            "random" => BigKind::Random,
+            "pdf" => BigKind::Pdf,
+            "mixed" => BigKind::Mixed,
+            v => panic!("unknown big kind '{v}': use xml, random, pdf or mixed"),
+        }
+    }
+
+    /// (name, declared media type).
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            BigKind::Xml => ("XML, compressible", "application/xml"),
+            BigKind::Random => ("random bytes, incompressible", "application/octet-stream"),
+            BigKind::Pdf => (
+                "random bytes as application/pdf, sent uncompressed",
+                "application/pdf",
+            ),
+            BigKind::Mixed => ("one random byte in four", "application/octet-stream"),
+        }
+    }
+}
+
 /// One message of `mib` MiB on a fresh sled pair (AS4 2.0 EdDSA: the payload work is the
 /// same in every profile); returns the markdown line.
-fn big_run(binary: &Path, repo: &Path, mib_count: u64, load: &LoadSampler) -> String {
+fn big_run(
+    binary: &Path,
+    repo: &Path,
+    mib_count: u64,
+    kind: BigKind,
+    load: &LoadSampler,
+) -> String {
     let run = Run {
         profile: profile("2.0-eddsa"),
         store: StoreKind::Sled,
@@ -625,10 +686,13 @@ fn big_run(binary: &Path, repo: &Path, mib_count: u64, load: &LoadSampler) -> St
     let nodes = start_nodes(binary, repo, &run);
     let (node, _) = &nodes.senders[0];
     let file = nodes._root.path().join("big.bin");
-    write_big(&file, mib_count << 20);
+    write_big(&file, mib_count << 20, kind);
+    let (kind_name, mime) = kind.describe();
+    let pids = all_pids(&nodes);
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
     let mark = load.mark();
     let started = OffsetDateTime::now_utc();
-    let id = submit_file(node.backend(), &node.token, &file);
+    let id = submit_file(node.backend(), &node.token, &file, mime);
     let uploaded = OffsetDateTime::now_utc();
     let rec = wait_acknowledged(
         node.backend(),
@@ -637,17 +701,24 @@ fn big_run(binary: &Path, repo: &Path, mib_count: u64, load: &LoadSampler) -> St
         Duration::from_secs(3600),
     );
     let acked = rec[0].1;
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, before)| cpu_secs(*p) - before)
+        .collect();
     let secs = (acked - started).as_seconds_f64();
     let bytes = (mib_count << 20) as f64;
     let line = format!(
-        "1 message of {mib_count} MiB ({}, sled): acknowledged {secs:.1} s after the upload began \
+        "1 message of {mib_count} MiB ({kind_name}; {}, sled): acknowledged {secs:.1} s after the upload began \
          (upload into the sender {:.1} s) → {:.0} MB/s end to end (target ≥ 300 MB/s); peak RSS sender {}, receiver {} \
-         (target < 100 MiB); load {:.1}-{:.1}.",
+         (target < 100 MiB); CPU sender {:.1} s, receiver {:.1} s; load {:.1}-{:.1}.",
         run.profile.label,
         (uploaded - started).as_seconds_f64(),
         bytes / 1e6 / secs,
         mib(proc_kib(nodes.senders[0].1.child.id(), "VmHWM")),
         mib(proc_kib(nodes.receivers[0].1.child.id(), "VmHWM")),
+        cpu[0],
+        cpu[1],
         load.since(mark).0,
         load.since(mark).1,
     );
@@ -745,8 +816,8 @@ fn submit(api: SocketAddr, token: &str, payload: &[u8], mime: &str) -> String {
     })
 }
 
-fn submit_file(api: SocketAddr, token: &str, file: &PathBuf) -> String {
-    let head = form_head("big", "application/octet-stream");
+fn submit_file(api: SocketAddr, token: &str, file: &PathBuf, mime: &str) -> String {
+    let head = form_head("big", mime);
     let tail = format!("\r\n--{BOUNDARY}--\r\n");
     let size = std::fs::metadata(file).unwrap().len() as usize;
     post(api, token, head.len() + size + tail.len(), |tcp| {
@@ -756,25 +827,67 @@ fn submit_file(api: SocketAddr, token: &str, file: &PathBuf) -> String {
     })
 }
 
-/// A file of pseudo-random-ish, partly compressible bytes.
-fn write_big(path: &Path, bytes: u64) {
+/// A file of `bytes` bytes of the `kind` (`--big-kind`).
+fn write_big(path: &Path, bytes: u64, kind: BigKind) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut block = vec![0u8; 1 << 20];
     let mut x: u32 = 0x9e37_79b9;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
     let mut written = 0;
+    let mut record = 0u64;
+    let mut xml = String::new();
     while written < bytes {
-        for (i, b) in block.iter_mut().enumerate() {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = if i % 4 == 0 {
-                x as u8
-            } else {
-                b'a' + (i % 26) as u8
-            };
+        match kind {
+            BigKind::Mixed => {
+                for (i, b) in block.iter_mut().enumerate() {
+                    let r = next();
+                    *b = if i % 4 == 0 {
+                        r as u8
+                    } else {
+                        b'a' + (i % 26) as u8
+                    };
+                }
+            }
+            BigKind::Random | BigKind::Pdf => {
+                for b in block.iter_mut() {
+                    *b = next() as u8;
+                }
+                if written == 0 && matches!(kind, BigKind::Pdf) {
+                    block[..9].copy_from_slice(b"%PDF-1.7\n");
+                }
+            }
+            BigKind::Xml => {
+                // Records of a register extract: tags repeat, values vary.
+                if written == 0 {
+                    xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<records>\n");
+                }
+                while xml.len() < block.len() {
+                    let r = next();
+                    record += 1;
+                    xml.push_str(&format!(
+                        "  <record id=\"{record}\"><name>Person {}</name><born>19{:02}-{:02}-{:02}</born>\
+                         <amount currency=\"EUR\">{}.{:02}</amount><ref>{r:08x}</ref></record>\n",
+                        r % 100_000,
+                        r % 100,
+                        r % 12 + 1,
+                        r % 28 + 1,
+                        r % 1_000_000,
+                        r % 100
+                    ));
+                }
+                let n = block.len();
+                block.copy_from_slice(&xml.as_bytes()[..n]);
+                xml.drain(..n);
+            }
         }
-        f.write_all(&block).unwrap();
-        written += block.len() as u64;
+        let n = block.len().min((bytes - written) as usize);
+        f.write_all(&block[..n]).unwrap();
+        written += n as u64;
     }
     f.flush().unwrap();
 }

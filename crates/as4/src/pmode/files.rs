@@ -21,6 +21,7 @@ use toml::Spanned;
 
 use super::check;
 use super::model::*;
+use crate::compress;
 
 /// How bad a [`Diagnostic`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -430,6 +431,7 @@ struct RawErrors {
 struct RawCompression {
     enabled: Option<bool>,
     max_decompressed_size: Option<Spanned<RawSize>>,
+    uncompressed_types: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1618,11 +1620,29 @@ impl Profiles {
                     "give the largest size a part may decompress to, e.g. \"100MiB\"",
                 ));
             }
+            let uncompressed_types = match &cc.uncompressed_types {
+                None => d.uncompressed_types,
+                Some(types) => types
+                    .iter()
+                    .filter_map(|t| match compress::check_uncompressed_type(t.get_ref()) {
+                        None => Some(t.get_ref().clone()),
+                        Some(hint) => {
+                            diags.push(Diagnostic::error(
+                                file.at(t.span()),
+                                format!("`{}` is not a media type", t.get_ref()),
+                                hint,
+                            ));
+                            None
+                        }
+                    })
+                    .collect(),
+            };
             p.compression.insert(
                 name.clone(),
                 Compression {
                     compress: cc.enabled.unwrap_or(d.compress),
                     max_decompressed_size: cap,
+                    uncompressed_types,
                 },
             );
         }
@@ -1873,6 +1893,35 @@ mod tests {
             errors(&diags),
             vec!["shared security profile 'signed' is also defined in profiles-1.toml"]
         );
+    }
+
+    #[test]
+    fn uncompressed_types_default_replace_and_are_checked() {
+        let with = |compression: &str| {
+            let text = format!(
+                "{}compression = \"c\"\n[security.signed]\nsign = true\nencrypt = false\n[compression.c]\n{compression}",
+                process("signed")
+            );
+            load_files(&[("parties.toml", PARTIES), ("process.toml", &text)])
+        };
+        // Left out: the default list; files written before the key keep working.
+        let (set, diags) = with("enabled = true\n");
+        assert!(errors(&diags).is_empty(), "{diags:?}");
+        let c = &set.legs[0].compression;
+        assert!(c.compress);
+        assert_eq!(
+            c.uncompressed_types,
+            Compression::default().uncompressed_types
+        );
+        assert!(c.uncompressed_types.iter().any(|t| t == "application/pdf"));
+        // Given: replaces it; `[]` compresses everything.
+        let (set, diags) = with("uncompressed_types = [\"image/*\"]\n");
+        assert!(errors(&diags).is_empty(), "{diags:?}");
+        assert_eq!(set.legs[0].compression.uncompressed_types, ["image/*"]);
+        let (set, _) = with("uncompressed_types = []\n");
+        assert!(set.legs[0].compression.uncompressed_types.is_empty());
+        let (_, diags) = with("uncompressed_types = [\"pdf\"]\n");
+        assert_eq!(errors(&diags), vec!["`pdf` is not a media type"]);
     }
 
     #[test]

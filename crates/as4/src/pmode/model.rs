@@ -561,23 +561,32 @@ impl Default for ErrorHandling {
 }
 
 /// Compression of a leg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compression {
     /// Whether payloads are gzip-compressed when sending (receiving always accepts both).
     pub compress: bool,
     /// The largest size a part may decompress to (the zip-bomb guard), in bytes.
     pub max_decompressed_size: u64,
+    /// Media types sent uncompressed even when `compress` is on (a media type, or a
+    /// prefix ending in `*`; see [`leaves_uncompressed`](crate::compress::leaves_uncompressed)).
+    pub uncompressed_types: Vec<String>,
 }
 
 /// The decompression cap when a PMode does not set one: 1 GiB.
 pub(crate) const DEFAULT_MAX_DECOMPRESSED: u64 = 1 << 30;
 
 impl Default for Compression {
-    /// Compress, and refuse parts that decompress beyond 1 GiB.
+    /// Compress, except the media types of
+    /// [`DEFAULT_UNCOMPRESSED_TYPES`](crate::compress::DEFAULT_UNCOMPRESSED_TYPES), and
+    /// refuse parts that decompress beyond 1 GiB.
     fn default() -> Self {
         Compression {
             compress: true,
             max_decompressed_size: DEFAULT_MAX_DECOMPRESSED,
+            uncompressed_types: crate::compress::DEFAULT_UNCOMPRESSED_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
         }
     }
 }
