@@ -305,12 +305,15 @@ fn store_payloads(
         return Ok(entries);
     }
     for p in received.payloads {
-        let stored = std::fs::File::open(p.path())
+        // Small payloads come from memory and go into the record (inline): no file on
+        // either side.
+        let stored = p
+            .open()
             .map_err(|e| varti_store::StoreError::Io {
                 context: "reopening a received payload".into(),
                 source: e,
             })
-            .and_then(|mut f| ap.store.payloads().put(&mut f));
+            .and_then(|mut r| ap.store.payloads().put(&mut r));
         let stored = match stored {
             Ok(s) => s,
             Err(e) => {

@@ -31,6 +31,7 @@ use varti_as4::message::soap;
 use varti_as4::outbound::{check_receipt, send, OutgoingPayload};
 use varti_as4::pmode::model::{Binding, Leg, Party};
 use varti_as4::security::sign::SignedReference;
+use varti_as4::spool::SpoolBuffer;
 use varti_store::{AttemptOutcome, MessageRecord};
 
 use crate::access_point::{AccessPoint, MessageEvent};
@@ -319,7 +320,7 @@ async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageR
         tokio::task::spawn_blocking(move || sealed_for_retries(&ap, &snap, &record, cert.as_ref()))
             .await
     };
-    let (file, content_type, references) = match sealed {
+    let (body, content_type, references) = match sealed {
         Ok(Ok(s)) => s,
         // The store failing (a database failover outlasting the store's own retries, a
         // full disk) may be over by the next attempt; a message that cannot be built from
@@ -329,10 +330,6 @@ async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageR
         }
         Ok(Err(e)) => return Verdict::Fatal(format!("cannot build the message: {e:#}")),
         Err(e) => return Verdict::Transient(format!("the sealing task failed: {e}")),
-    };
-    let body = match OutboundBody::from_file(file) {
-        Ok(b) => b,
-        Err(e) => return Verdict::Transient(format!("cannot read the sealed message: {e}")),
     };
     let response = match snap
         .client
@@ -380,18 +377,27 @@ fn sealed_paths(ap: &AccessPoint, message_id: &str) -> (std::path::PathBuf, std:
 /// references of that first message — a freshly sealed copy would have new ones and the
 /// receipt would never match. The copy lives in the spool directory until the message is
 /// settled; if it is missing (another instance of a pair sends the retry) it is sealed anew.
+///
+/// A small message (at most [`SPOOL_MEMORY_MAX`](varti_as4::spool::SPOOL_MEMORY_MAX)
+/// bytes sealed) is sealed in memory and not kept: creating and deleting its two files cost
+/// more than sealing it again, and sealing it again signs the same bytes (the signed parts'
+/// ids derive from the MessageId, the compression is deterministic), so the partner's
+/// receipt for a first copy still matches — which is also what lets the other instance of
+/// a pair take a message over.
 fn sealed_for_retries(
     ap: &AccessPoint,
     snap: &Snapshot,
     record: &MessageRecord,
     discovered_cert: Option<&X509>,
-) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
+) -> anyhow::Result<(OutboundBody, String, Vec<SignedReference>)> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let (mime, meta) = sealed_paths(ap, &record.meta.message_id);
     if let (Ok(file), Ok(text)) = (std::fs::File::open(&mime), std::fs::read_to_string(&meta)) {
         match kept_copy(&text) {
-            Ok((content_type, references)) => return Ok((file, content_type, references)),
+            Ok((content_type, references)) => {
+                return Ok((OutboundBody::from_file(file)?, content_type, references))
+            }
             // The kept copy is a cache: one left unreadable (the process was killed while
             // writing it) is sealed anew, never a reason to fail the message.
             Err(e) => {
@@ -401,21 +407,18 @@ fn sealed_for_retries(
             }
         }
     }
-    std::fs::create_dir_all(mime.parent().context("spool")?)?;
-    // Sealed straight into the kept copy: sealing into a temporary file and copying it here
-    // cost one more file and one more pass over the message per attempt.
-    let tmp = mime.with_extension("tmp");
-    let sealed = std::fs::File::create(&tmp)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut file| seal_into(ap, snap, record, discovered_cert, &mut file));
-    let (content_type, references) = match sealed {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&tmp, &mime)?;
+    let dir = mime.parent().context("spool")?;
+    std::fs::create_dir_all(dir)?;
+    // Sealed into memory, or (past the bound) into a temporary file beside the kept copy,
+    // which becomes it by a rename: no copy, no extra pass over a large message. A failure
+    // drops the temporary file with the buffer.
+    let mut sealed = SpoolBuffer::new(Some(dir));
+    let (content_type, references) = seal_into(ap, snap, record, discovered_cert, &mut sealed)?;
+    if let Some(bytes) = sealed.bytes() {
+        let body = OutboundBody::from_bytes(bytes.to_vec());
+        return Ok((body, content_type, references));
+    }
+    drop(sealed.persist(&mime)?);
     let v = serde_json::json!({
         "content_type": content_type,
         "references": references.iter().map(|r| serde_json::json!({
@@ -426,7 +429,8 @@ fn sealed_for_retries(
     let meta_tmp = meta.with_extension("json.tmp");
     std::fs::write(&meta_tmp, v.to_string())?;
     std::fs::rename(&meta_tmp, &meta)?;
-    Ok((std::fs::File::open(&mime)?, content_type, references))
+    let body = OutboundBody::from_file(std::fs::File::open(&mime)?)?;
+    Ok((body, content_type, references))
 }
 
 /// The Content-Type and references recorded beside a kept sealed copy.
@@ -484,7 +488,7 @@ fn seal_into(
     snap: &Snapshot,
     record: &MessageRecord,
     discovered_cert: Option<&X509>,
-    file: &mut std::fs::File,
+    out: &mut dyn Write,
 ) -> anyhow::Result<(String, Vec<SignedReference>)> {
     let leg = snap
         .leg(&record.meta.pmode_id)
@@ -536,7 +540,7 @@ fn seal_into(
         )
     })?;
     let sent = {
-        let mut w = BufWriter::with_capacity(64 * 1024, file);
+        let mut w = BufWriter::with_capacity(64 * 1024, out);
         let sent = send(&um, payloads, &policy, &mut w).map_err(|e| {
             if e.transient {
                 // Our key is in a token that is away for now: the next attempt re-opens it.

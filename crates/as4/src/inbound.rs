@@ -26,7 +26,7 @@
 //! owned by values dropped with the error).
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ use crate::security::revocation::Crl;
 use crate::security::swa::AttachmentSource;
 use crate::security::token::{self, TokenReference};
 use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
-use crate::spool::{Charged, SpoolBudget, SpoolCharge};
+use crate::spool::{Charged, SpoolBudget, SpoolBuffer, SpoolCharge};
 
 use crate::ns::XENC_NS as NS_XENC;
 
@@ -180,23 +180,25 @@ pub struct DeliveredPayload {
     pub len: u64,
     /// SHA-256 of the delivered content.
     pub sha256: [u8; 32],
-    /// The content, in a temporary file removed when this value is dropped; keep it
-    /// with [`DeliveredPayload::persist`].
-    pub file: tempfile::NamedTempFile,
+    /// The content: in memory when small, else in a temporary file removed when this
+    /// value is dropped; read it with [`DeliveredPayload::open`], keep it with
+    /// [`DeliveredPayload::persist`].
+    pub content: SpoolBuffer,
     /// Its bytes held against the spool budget until this value is dropped.
     _charge: SpoolCharge,
 }
 
 impl DeliveredPayload {
-    /// Where the content currently is (a temporary path).
-    pub fn path(&self) -> &Path {
-        self.file.path()
+    /// Reads the content from the start.
+    pub fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
+        self.content.open()
     }
 
-    /// Moves the content to `path` (a rename when on the same file system).
+    /// Keeps the content as the file `path` (a rename when it is in a file on the same
+    /// file system).
     pub fn persist(self, path: &Path) -> io::Result<File> {
-        // The file leaves the spool: its bytes no longer count against the budget.
-        self.file.persist(path).map_err(|e| e.error)
+        // The content leaves the spool: its bytes no longer count against the budget.
+        self.content.persist(path)
     }
 }
 
@@ -466,7 +468,7 @@ fn receive_parsed(
 struct Plain {
     content_id: String,
     content_type: String,
-    file: File,
+    content: SpoolBuffer,
     /// The decrypted bytes held against the spool budget.
     _charge: SpoolCharge,
 }
@@ -493,11 +495,7 @@ impl AttachmentSource for Source<'_> {
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
         match self {
             Source::Mime(a) => Ok(a.body()?),
-            Source::Decrypted(p) => {
-                let mut f = &p.file;
-                f.seek(SeekFrom::Start(0))?;
-                Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
-            }
+            Source::Decrypted(p) => Ok(p.content.open()?),
         }
     }
 }
@@ -538,15 +536,11 @@ fn decrypt_stage(
             })?;
         let io_fail =
             |e: io::Error| decryption(format!("temporary file for cid:{}: {e}", part.content_id));
-        let mut file = match &policy.spool_dir {
-            Some(d) => tempfile::tempfile_in(d),
-            None => tempfile::tempfile(),
-        }
-        .map_err(io_fail)?;
+        let mut content = SpoolBuffer::new(policy.spool_dir.as_deref());
         let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
         let decrypted = {
             let mut w = BufWriter::new(Charged {
-                inner: &mut file,
+                inner: &mut content,
                 charge: &mut charge,
             });
             let mut body = att.body().map_err(io_fail)?;
@@ -565,7 +559,7 @@ fn decrypt_stage(
                 .mime_type
                 .clone()
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
-            file,
+            content,
             _charge: charge,
         });
     }
@@ -675,25 +669,20 @@ fn deliver(
             format!("cannot write payload cid:{cid} to a temporary file: {e}"),
         )
     };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("varti-payload-");
-    let file = match &policy.spool_dir {
-        Some(d) => builder.tempfile_in(d),
-        None => builder.tempfile(),
-    }
-    .map_err(io_fail)?;
+    let mut content = SpoolBuffer::new(policy.spool_dir.as_deref());
     let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
-    let inflate = |out: &mut HashingWriter<'_, BufWriter<&File>>| -> Result<(), EbmsError> {
-        let input = source.open().map_err(io_fail)?;
-        compress::gunzip(input, out, policy.decompression_cap)
-            .map(drop)
-            .map_err(|e| {
-                EbmsError::new(
-                    ErrorCode::DecompressionFailure,
-                    format!("payload cid:{cid}: {}", e.detail),
-                )
-            })
-    };
+    let inflate =
+        |out: &mut HashingWriter<'_, BufWriter<&mut SpoolBuffer>>| -> Result<(), EbmsError> {
+            let input = source.open().map_err(io_fail)?;
+            compress::gunzip(input, out, policy.decompression_cap)
+                .map(drop)
+                .map_err(|e| {
+                    EbmsError::new(
+                        ErrorCode::DecompressionFailure,
+                        format!("payload cid:{cid}: {}", e.detail),
+                    )
+                })
+        };
     let transient = |full: io::Error| {
         // Within its caps, but the spool has no room for it: not the message's fault.
         EbmsError::retry_later(format!(
@@ -706,11 +695,15 @@ fn deliver(
         // size, are written, the rest only counted, so a bomb is found (EBMS:0303) having
         // taken little of the spool whatever its size, and a real document is inflated once.
         let compressed_len = match source {
-            Source::Decrypted(p) => p.file.metadata().map_err(io_fail)?.len(),
+            Source::Decrypted(p) => match (p.content.bytes(), p.content.file()) {
+                (Some(bytes), _) => bytes.len() as u64,
+                (None, Some(file)) => file.as_file().metadata().map_err(io_fail)?.len(),
+                (None, None) => 0,
+            },
             Source::Mime(a) => a.len(),
         };
         let limit = INFLATE_PROBE.max(compressed_len.saturating_mul(INFLATE_RATIO));
-        let mut out = HashingWriter::new(file.as_file(), Some(&mut charge), limit);
+        let mut out = HashingWriter::new(&mut content, Some(&mut charge), limit);
         inflate(&mut out)?;
         match out.stopped.take() {
             None => out.finish().map_err(io_fail)?,
@@ -721,10 +714,8 @@ fn deliver(
                 let total = out.len;
                 drop(out);
                 charge.grow(total - charge.bytes()).map_err(transient)?;
-                let f = file.as_file();
-                f.set_len(0).map_err(io_fail)?;
-                (&*f).rewind().map_err(io_fail)?;
-                let mut out = HashingWriter::new(f, None, u64::MAX);
+                content.clear().map_err(io_fail)?;
+                let mut out = HashingWriter::new(&mut content, None, u64::MAX);
                 inflate(&mut out)?;
                 let (len, sha256) = out.finish().map_err(io_fail)?;
                 if len != total {
@@ -737,7 +728,7 @@ fn deliver(
             }
         }
     } else {
-        let mut out = HashingWriter::new(file.as_file(), Some(&mut charge), u64::MAX);
+        let mut out = HashingWriter::new(&mut content, Some(&mut charge), u64::MAX);
         let mut input = source.open().map_err(io_fail)?;
         io::copy(&mut input, &mut out).map_err(io_fail)?;
         match out.stopped.take() {
@@ -760,7 +751,7 @@ fn deliver(
         was_compressed: compression.compressed,
         len,
         sha256,
-        file,
+        content,
         _charge: charge,
     })
 }
@@ -797,10 +788,10 @@ struct HashingWriter<'c, W: Write> {
     stopped: Option<Stop>,
 }
 
-impl<'c> HashingWriter<'c, BufWriter<&'c File>> {
-    fn new(file: &'c File, charge: Option<&'c mut SpoolCharge>, limit: u64) -> Self {
+impl<'c> HashingWriter<'c, BufWriter<&'c mut SpoolBuffer>> {
+    fn new(content: &'c mut SpoolBuffer, charge: Option<&'c mut SpoolCharge>, limit: u64) -> Self {
         HashingWriter {
-            inner: BufWriter::with_capacity(64 * 1024, file),
+            inner: BufWriter::with_capacity(64 * 1024, content),
             hash: Sha256::new(),
             len: 0,
             limit,

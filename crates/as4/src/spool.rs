@@ -8,6 +8,12 @@
 //! the bytes it holds, given back when the file is dropped (deleted, or its content taken
 //! over by the message store).
 //!
+//! **Small parts stay in memory.** A [`SpoolBuffer`] holds up to [`SPOOL_MEMORY_MAX`] bytes
+//! in memory and moves to a temporary file only past that, so that a typical message (a few
+//! KiB) is received without creating and deleting files (which, with ext4's inode
+//! allocator, was the largest per-message kernel cost); large parts still stream through
+//! files with flat memory. Memory held is bounded per part and charged to the same budget.
+//!
 //! A write the budget cannot take fails with [`io::ErrorKind::StorageFull`]; the receive
 //! pipeline answers it with a transient error ([`EbmsError::retry_later`]) — the sender
 //! tries again later — except while decompressing: there it keeps inflating without
@@ -18,8 +24,9 @@
 //!
 //! [`EbmsError::retry_later`]: crate::error::EbmsError::retry_later
 
-use std::io;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -158,6 +165,123 @@ fn spool_full(budget: &SpoolBudget) -> io::Error {
     )
 }
 
+/// Most bytes a [`SpoolBuffer`] keeps in memory before it moves to a temporary file: the
+/// same bound as the message store's inline payloads, so that what is received small is
+/// stored small without touching a file.
+pub const SPOOL_MEMORY_MAX: usize = 64 * 1024;
+
+/// The bytes of one part being received (decrypted, or delivered): in memory up to
+/// [`SPOOL_MEMORY_MAX`], else in a named temporary file of the spool directory (named, so
+/// that a large payload can be kept by a rename). Written once, then read any number of
+/// times from the start.
+#[derive(Debug)]
+pub struct SpoolBuffer {
+    dir: Option<PathBuf>,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Memory(Vec<u8>),
+    File(tempfile::NamedTempFile),
+}
+
+impl SpoolBuffer {
+    /// An empty buffer whose file, if it needs one, goes to `dir` (`None`: the system's
+    /// temporary directory).
+    pub fn new(dir: Option<&Path>) -> SpoolBuffer {
+        SpoolBuffer {
+            dir: dir.map(Path::to_path_buf),
+            body: Body::Memory(Vec::new()),
+        }
+    }
+
+    /// The temporary file holding the bytes, if they outgrew memory.
+    pub fn file(&self) -> Option<&tempfile::NamedTempFile> {
+        match &self.body {
+            Body::Memory(_) => None,
+            Body::File(f) => Some(f),
+        }
+    }
+
+    /// The bytes, if they are held in memory.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Memory(b) => Some(b),
+            Body::File(_) => None,
+        }
+    }
+
+    /// Reads the bytes from the start.
+    pub fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
+        match &self.body {
+            Body::Memory(b) => Ok(Box::new(&b[..])),
+            Body::File(f) => {
+                let mut file: &File = f.as_file();
+                file.seek(SeekFrom::Start(0))?;
+                Ok(Box::new(io::BufReader::with_capacity(64 * 1024, file)))
+            }
+        }
+    }
+
+    /// Keeps the bytes as the file `path`: a rename when they are in a file on the same
+    /// file system, else written there.
+    pub fn persist(self, path: &Path) -> io::Result<File> {
+        match self.body {
+            Body::Memory(b) => {
+                let mut file = File::create(path)?;
+                file.write_all(&b)?;
+                Ok(file)
+            }
+            Body::File(f) => f.persist(path).map_err(|e| e.error),
+        }
+    }
+
+    /// Forgets everything written (to write it again).
+    pub(crate) fn clear(&mut self) -> io::Result<()> {
+        match &mut self.body {
+            Body::Memory(b) => b.clear(),
+            Body::File(f) => {
+                let file = f.as_file_mut();
+                file.set_len(0)?;
+                file.rewind()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for SpoolBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Body::Memory(held) = &self.body {
+            if held.len() + buf.len() > SPOOL_MEMORY_MAX {
+                let mut builder = tempfile::Builder::new();
+                builder.prefix("varti-spool-");
+                let mut file = match &self.dir {
+                    Some(d) => builder.tempfile_in(d)?,
+                    None => builder.tempfile()?,
+                };
+                file.write_all(held)?;
+                self.body = Body::File(file);
+            }
+        }
+        match &mut self.body {
+            Body::Memory(held) => {
+                held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            Body::File(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.body {
+            Body::Memory(_) => Ok(()),
+            Body::File(f) => f.flush(),
+        }
+    }
+}
+
 /// A writer whose bytes are charged to a [`SpoolCharge`] before they are written.
 pub(crate) struct Charged<'c, W> {
     pub(crate) inner: W,
@@ -179,6 +303,47 @@ impl<W: io::Write> io::Write for Charged<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_buffer_moves_to_a_file_only_past_its_memory_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let mut small = SpoolBuffer::new(Some(dir.path()));
+        small.write_all(&[1u8; SPOOL_MEMORY_MAX]).unwrap();
+        assert!(small.file().is_none());
+        assert_eq!(small.bytes().map(<[u8]>::len), Some(SPOOL_MEMORY_MAX));
+        assert_eq!(files(), 0);
+        let mut back = Vec::new();
+        small.open().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, vec![1u8; SPOOL_MEMORY_MAX]);
+
+        let mut large = SpoolBuffer::new(Some(dir.path()));
+        large.write_all(&[2u8; SPOOL_MEMORY_MAX]).unwrap();
+        large.write_all(&[3u8]).unwrap();
+        large.flush().unwrap();
+        assert!(large.bytes().is_none());
+        assert_eq!(files(), 1);
+        for _ in 0..2 {
+            let mut back = Vec::new();
+            large.open().unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back.len(), SPOOL_MEMORY_MAX + 1);
+            assert_eq!(back[SPOOL_MEMORY_MAX], 3);
+        }
+        large.clear().unwrap();
+        let mut back = Vec::new();
+        large.open().unwrap().read_to_end(&mut back).unwrap();
+        assert!(back.is_empty());
+
+        // Kept: by rename from its file, or written from memory.
+        let kept = dir.path().join("kept-large");
+        large.write_all(b"again").unwrap();
+        large.persist(&kept).unwrap();
+        assert_eq!(std::fs::read(&kept).unwrap(), b"again");
+        let kept_small = dir.path().join("kept-small");
+        small.persist(&kept_small).unwrap();
+        assert_eq!(std::fs::read(&kept_small).unwrap().len(), SPOOL_MEMORY_MAX);
+        assert_eq!(files(), 2, "no temporary file is left");
+    }
 
     #[test]
     fn charges_are_bounded_together_and_given_back_on_drop() {

@@ -137,11 +137,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                 assert_eq!(p.len, len, "{what}: {cid}");
                 assert_eq!(p.sha256, sha, "{what}: {cid}");
                 // The file itself, not only the digest the receiver reports.
-                assert_eq!(
-                    sha256_of(File::open(p.path()).unwrap()),
-                    sha,
-                    "{what}: {cid}"
-                );
+                assert_eq!(sha256_of(p.open().unwrap()), sha, "{what}: {cid}");
             }
             drop(msg);
             drop(pkg);

@@ -1101,7 +1101,7 @@ fn edm_index(payloads: &[DeliveredPayload]) -> Option<usize> {
         .or((!payloads.is_empty()).then_some(0))
 }
 
-/// The EDM document of a received answer, read from its temporary file (bounded by
+/// The EDM document of a received answer, read from the spool (bounded by
 /// [`MAX_EDM_BYTES`](crate::gateway::MAX_EDM_BYTES)).
 fn edm_of(payloads: &[DeliveredPayload]) -> Result<Vec<u8>, String> {
     use std::io::Read;
@@ -1116,7 +1116,7 @@ fn edm_of(payloads: &[DeliveredPayload]) -> Result<Vec<u8>, String> {
         ));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(p.path())
+    p.open()
         .map_err(|e| e.to_string())?
         .take(crate::gateway::MAX_EDM_BYTES)
         .read_to_end(&mut bytes)

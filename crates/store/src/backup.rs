@@ -11,6 +11,9 @@
 //! {"end":{"messages":M,"payloads":P,"sha256":"<SHA-256 of every byte before this line>"}}
 //! ```
 //!
+//! A payload kept inline in its record (see [`crate::INLINE_PAYLOAD_MAX`]) has no line of its own: its
+//! bytes are in the record's line, and it is not counted in the summary's `payloads`.
+//!
 //! Consistency: each message is written as one consistent unit — its record, then the
 //! payloads that record names, read from files opened before anything is written (an open
 //! file stays readable on Unix even if a purge unlinks it meanwhile). Messages are
@@ -39,7 +42,8 @@ const MAX_LINE: usize = 64 * 1024 * 1024;
 pub struct BackupSummary {
     /// Messages.
     pub messages: u64,
-    /// Payloads (bytes included).
+    /// Payloads written after their records, bytes included (those kept inline travel in
+    /// their records and are not counted here).
     pub payloads: u64,
     /// SHA-256 of the backup up to its last line.
     pub sha256: String,
@@ -121,7 +125,13 @@ impl SledStore {
                 files.clear();
                 let mut missing = false;
                 if record.payloads_purged_at.is_none() {
-                    for entry in &record.meta.payloads {
+                    // Inline payloads travel inside their record's line.
+                    for entry in record
+                        .meta
+                        .payloads
+                        .iter()
+                        .filter(|e| !e.stored.is_inline())
+                    {
                         match self.file_payloads().open(&entry.stored) {
                             Ok(reader) => files.push((entry.stored.clone(), reader)),
                             Err(StoreError::NotFound { .. }) => missing = true,
@@ -141,7 +151,13 @@ impl SledStore {
                     }
                 }
             }
-            if record.payloads_purged_at.is_none() && files.len() != record.meta.payloads.len() {
+            let stored_apart = record
+                .meta
+                .payloads
+                .iter()
+                .filter(|e| !e.stored.is_inline())
+                .count();
+            if record.payloads_purged_at.is_none() && files.len() != stored_apart {
                 if crate::Store::get(self, record.id())?.is_none() {
                     continue; // purged away while we read it
                 }
@@ -418,7 +434,14 @@ fn restore_into(input: &mut dyn Read, dir: &Path) -> Result<BackupSummary, Store
                     let record = record?;
                     if record.payloads_purged_at.is_none() {
                         for p in &record.meta.payloads {
-                            if !store.file_payloads().path_of(&p.stored)?.exists() {
+                            let present = match p.stored.check_inline() {
+                                Some(check) => {
+                                    check.map_err(bad)?;
+                                    true
+                                }
+                                None => store.file_payloads().path_of(&p.stored)?.exists(),
+                            };
+                            if !present {
                                 return Err(bad(format!(
                                     "message `{}` came without its payload {}",
                                     record.id(),

@@ -79,6 +79,18 @@ fn read_payload<S: Store>(store: &S, entry: &PayloadEntry) -> Result<Vec<u8>, St
     Ok(out)
 }
 
+/// Payload `index` of message `id` as the store has it now (a purge changes it: the
+/// reference a caller kept from before still holds the bytes of an inline payload).
+fn stored_payload<S: Store>(store: &S, id: &str, index: usize) -> PayloadEntry {
+    store
+        .get(id)
+        .unwrap()
+        .expect("message stored")
+        .meta
+        .payloads[index]
+        .clone()
+}
+
 fn inbound(id: &str, owner: &str, receipt: &[u8]) -> NewInbound {
     NewInbound {
         meta: meta(id, owner),
@@ -108,7 +120,11 @@ pub fn duplicate_returns_original_receipt<S: Store>(store: S) {
     );
 
     let mut again = inbound("m1@red", "backend-a", b"<receipt second/>");
-    let duplicate_payload = payload(&store, b"<copy/>");
+    // Large enough for a payload file of its own, which the store must remove (a small
+    // one is inline in the duplicate's record, which is never stored).
+    let copy = vec![b'c'; crate::payload::INLINE_PAYLOAD_MAX + 1];
+    let duplicate_payload = payload(&store, &copy);
+    assert!(!duplicate_payload.stored.is_inline());
     again.meta.payloads.push(duplicate_payload.clone());
     assert_eq!(
         store.insert_inbound(again, at(5)).unwrap(),
@@ -859,7 +875,7 @@ pub fn purge_removes_payloads_not_metadata<S: Store>(store: S) {
     );
     assert_eq!(store.purge_payloads(at(11), at(100)).unwrap(), 1);
     assert!(matches!(
-        read_payload(&store, &p1),
+        read_payload(&store, &stored_payload(&store, "p1@them", 0)),
         Err(StoreError::NotFound { .. })
     ));
     let kept = store.get("p1@them").unwrap().expect("metadata kept");
@@ -905,7 +921,7 @@ pub fn purge_payloads_of_one_message<S: Store>(store: S) {
     assert!(store.mark_delivered("q1@them", at(10)).unwrap());
     assert!(store.purge_payloads_of("q1@them", at(11)).unwrap());
     assert!(matches!(
-        read_payload(&store, &p1),
+        read_payload(&store, &stored_payload(&store, "q1@them", 0)),
         Err(StoreError::NotFound { .. })
     ));
     let kept = store.get("q1@them").unwrap().expect("metadata kept");
@@ -926,6 +942,88 @@ pub fn purge_payloads_of_one_message<S: Store>(store: S) {
         store.purge_payloads_of("nobody@them", at(12)),
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// Small payloads are kept inline in their record, larger ones in the payload store proper;
+/// callers read both the same way. A message's inline bytes are bounded (the excess moves
+/// to the payload store when it is inserted); a purge removes inline bytes like files.
+pub fn inline_and_stored_payloads<S: Store>(store: S) {
+    use crate::payload::{INLINE_MESSAGE_MAX, INLINE_PAYLOAD_MAX};
+    let bytes = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    };
+    let small = bytes(10 * 1024, 1);
+    let largest_inline = bytes(INLINE_PAYLOAD_MAX, 2);
+    let large = bytes(INLINE_PAYLOAD_MAX + 1, 3);
+    let mut msg = inbound("i1@them", "b", b"r");
+    for b in [&small, &largest_inline, &large] {
+        msg.meta.payloads.push(payload(&store, b));
+    }
+    assert!(msg.meta.payloads[0].stored.is_inline());
+    assert!(msg.meta.payloads[1].stored.is_inline());
+    assert!(!msg.meta.payloads[2].stored.is_inline());
+    store.insert_inbound(msg, at(0)).unwrap();
+    for (i, b) in [&small, &largest_inline, &large].into_iter().enumerate() {
+        let entry = stored_payload(&store, "i1@them", i);
+        assert_eq!(entry.stored.is_inline(), i < 2, "payload {i}");
+        assert_eq!(&read_payload(&store, &entry).unwrap(), b, "payload {i}");
+    }
+
+    // More small payloads than a record holds: all read back; the record keeps at most
+    // INLINE_MESSAGE_MAX bytes inline, the rest went to the payload store.
+    let chunk = bytes(INLINE_PAYLOAD_MAX, 4);
+    let count = INLINE_MESSAGE_MAX / INLINE_PAYLOAD_MAX + 2;
+    let mut out = outbound("i2@us", "b", at(0));
+    for _ in 0..count {
+        out.meta.payloads.push(payload(&store, &chunk));
+    }
+    store.insert_outbound(out, at(0)).unwrap();
+    let record = store.get("i2@us").unwrap().unwrap();
+    let inline: u64 = record
+        .meta
+        .payloads
+        .iter()
+        .filter(|p| p.stored.is_inline())
+        .map(|p| p.stored.size)
+        .sum();
+    assert_eq!(inline, INLINE_MESSAGE_MAX as u64);
+    assert_eq!(record.meta.payloads.len(), count);
+    for entry in &record.meta.payloads {
+        assert_eq!(read_payload(&store, entry).unwrap(), chunk);
+    }
+
+    // A duplicate's inline payload is simply dropped; the original's stays.
+    let mut again = inbound("i1@them", "b", b"r2");
+    again.meta.payloads.push(payload(&store, b"<duplicate/>"));
+    assert!(matches!(
+        store.insert_inbound(again, at(1)).unwrap(),
+        InsertOutcome::Duplicate { .. }
+    ));
+    assert_eq!(
+        read_payload(&store, &stored_payload(&store, "i1@them", 0)).unwrap(),
+        small
+    );
+
+    // Purged: no bytes are left of either kind, in the record or elsewhere.
+    assert!(store.mark_delivered("i1@them", at(10)).unwrap());
+    assert_eq!(store.purge_payloads(at(11), at(20)).unwrap(), 1);
+    let purged = store.get("i1@them").unwrap().unwrap();
+    assert_eq!(purged.payloads_purged_at, Some(at(20)));
+    for (i, entry) in purged.meta.payloads.iter().enumerate() {
+        assert!(!entry.stored.is_inline(), "payload {i}");
+        assert!(
+            matches!(
+                read_payload(&store, entry),
+                Err(StoreError::NotFound { .. })
+            ),
+            "payload {i}"
+        );
+    }
+    // Sizes and digests stay as evidence of what was received.
+    assert_eq!(purged.meta.payloads[0].stored.size, small.len() as u64);
+    // The outbound message keeps its payloads (not settled).
+    let kept = store.get("i2@us").unwrap().unwrap();
+    assert!(kept.meta.payloads.iter().any(|p| p.stored.is_inline()));
 }
 
 /// Listing filters by owner (a backend sees only its own), direction, state and time, and
@@ -1507,8 +1605,13 @@ pub fn test_traffic_is_purged_on_its_own<S: Store>(store: S) {
         m
     };
     let mut ping = test_meta("ping@them");
-    ping.payloads = vec![payload(&store, b"<ping/>")];
+    // A payload file (past the inline bound), which the purge must remove with the record.
+    ping.payloads = vec![payload(
+        &store,
+        &vec![b'p'; crate::payload::INLINE_PAYLOAD_MAX + 1],
+    )];
     let stored = ping.payloads[0].clone();
+    assert!(!stored.stored.is_inline());
     store
         .insert_inbound(
             NewInbound {
@@ -2076,6 +2179,7 @@ macro_rules! store_contract_tests {
             mark_delivered_once_under_concurrency,
             purge_removes_payloads_not_metadata,
             purge_payloads_of_one_message,
+            inline_and_stored_payloads,
             listing_filters_by_owner,
             signal_ids_are_noted_once,
             search_by_every_field,

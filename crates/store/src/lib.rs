@@ -65,7 +65,9 @@ pub use audit::{
 pub use backup::{restore_backup, BackupSummary};
 pub use console::{ConsoleSession, ConsoleUser};
 pub use outbox::{OutboxClaim, OutboxEvent};
-pub use payload::{FilePayloadStore, PayloadRef, PayloadStore};
+pub use payload::{
+    FilePayloadStore, PayloadRef, PayloadStore, INLINE_MESSAGE_MAX, INLINE_PAYLOAD_MAX,
+};
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,
     MessageProperty, MessageRecord, NewInbound, NewOutbound, Page, PayloadEntry, TransitionOutcome,

@@ -1,16 +1,40 @@
-//! Payload bytes: streamed in and out, never held whole in memory.
+//! Payload bytes: streamed in and out, never held whole in memory (beyond a small bound).
 //!
-//! [`FilePayloadStore`] keeps each payload as one file beside the database. A write goes to a
-//! temporary name, is fsync'd, renamed into place, and the directory is fsync'd, so that when
-//! [`PayloadStore::put`] returns the payload survives a crash, and a crash mid-write leaves
-//! only a temporary file (removed at the next start), never a truncated payload under a
-//! real name.
+//! **Small payloads are kept inline.** A payload of at most [`INLINE_PAYLOAD_MAX`] bytes is
+//! not written anywhere by [`PayloadStore::put`]: its bytes travel in the returned
+//! [`PayloadRef`] and are stored *inside the message record* that names it, in the same
+//! transaction (and the same fsync) as the record itself. Creating, fsyncing and deleting a
+//! file per small payload was the largest per-message cost of the access point (see
+//! `docs/benchmarks.md`); a record write is needed anyway. Callers do not see the
+//! difference: [`PayloadStore::open`] reads either kind, [`PayloadStore::remove`] of an inline
+//! payload has nothing to do (its bytes go with the record, or with
+//! [`Store::purge_payloads`](crate::Store::purge_payloads), which clears them), and the
+//! durability contract holds because a caller always stores the record naming its payloads
+//! before it acknowledges anything. A record holds at most [`INLINE_MESSAGE_MAX`] inline bytes
+//! in all: the stores move the excess of a message with many small payloads to the payload
+//! store proper when the record is inserted, so records stay small.
+//!
+//! [`FilePayloadStore`] keeps each larger payload as one file beside the database. A write
+//! goes to a temporary name, is fsync'd, renamed into place, and the directory is fsync'd,
+//! so that when [`PayloadStore::put`] returns the payload survives a crash, and a crash
+//! mid-write leaves only a temporary file (removed at the next start), never a truncated
+//! payload under a real name.
 
 use crate::StoreError;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest payload kept inline in its message record instead of a payload file (or chunk
+/// rows) of its own: 64 KiB covers the typical business document (an XML of a few KiB)
+/// while keeping the cost of rewriting a record (every state change rewrites it) small.
+pub const INLINE_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// Most inline payload bytes one message record holds; the stores move the excess to the
+/// payload store proper at insertion (a message may have up to a thousand payloads).
+pub const INLINE_MESSAGE_MAX: usize = 256 * 1024;
 
 /// Where a payload's bytes are stored. Opaque to callers; recorded in the message record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,12 +48,171 @@ pub struct PayloadRef {
     /// before it was recorded (or by a store that does not compute it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The bytes themselves, for a payload kept inline in its record (see the module
+    /// documentation); `None` for one in the payload store proper, and once purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) inline: Option<InlineBytes>,
+}
+
+impl PayloadRef {
+    /// A reference to a payload stored under `id` in a payload store (not inline).
+    pub fn stored(id: impl Into<String>, size: u64, sha256: Option<String>) -> PayloadRef {
+        PayloadRef {
+            id: id.into(),
+            size,
+            sha256,
+            inline: None,
+        }
+    }
+
+    /// A payload kept inline: its bytes, with a fresh id and their SHA-256.
+    pub(crate) fn inline(bytes: Vec<u8>) -> PayloadRef {
+        PayloadRef {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            size: bytes.len() as u64,
+            sha256: Some(hex(&openssl::sha::sha256(&bytes))),
+            inline: Some(InlineBytes(bytes.into())),
+        }
+    }
+
+    /// Whether the bytes are kept inline in the record (not in a file or chunk rows of
+    /// their own). A purged inline payload is no longer inline: it has no bytes anywhere.
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
+    /// The inline bytes, if kept inline.
+    pub(crate) fn inline_bytes(&self) -> Option<&[u8]> {
+        self.inline.as_ref().map(|b| &b.0[..])
+    }
+
+    /// For an inline payload, whether its bytes still have the recorded size and SHA-256
+    /// (`Err` says how they differ); `None` for one stored elsewhere.
+    pub(crate) fn check_inline(&self) -> Option<Result<(), String>> {
+        let bytes = self.inline_bytes()?;
+        let digest = hex(&openssl::sha::sha256(bytes));
+        if bytes.len() as u64 != self.size {
+            return Some(Err(format!(
+                "inline payload {} holds {} bytes, not the {} recorded",
+                self.id,
+                bytes.len(),
+                self.size
+            )));
+        }
+        match &self.sha256 {
+            Some(h) if *h != digest => Some(Err(format!(
+                "inline payload {} has SHA-256 {digest}, not the {h} recorded",
+                self.id
+            ))),
+            _ => Some(Ok(())),
+        }
+    }
+
+    /// Drops the inline bytes (the payload is purged).
+    pub(crate) fn drop_inline(&mut self) {
+        self.inline = None;
+    }
+
+    /// A reader over the inline bytes, if kept inline.
+    pub(crate) fn open_inline(&self) -> Option<Box<dyn Read + Send>> {
+        self.inline
+            .as_ref()
+            .map(|b| Box::new(io::Cursor::new(Arc::clone(&b.0))) as Box<dyn Read + Send>)
+    }
+}
+
+/// Inline payload bytes: shared (records are cloned), base64 in the record's JSON, and
+/// shown by their length only (so that logs and test failures stay readable).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct InlineBytes(Arc<[u8]>);
+
+impl std::fmt::Debug for InlineBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InlineBytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for InlineBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for InlineBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|b| InlineBytes(b.into()))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads the start of a payload: all of it when it is at most [`INLINE_PAYLOAD_MAX`] bytes
+/// (`true`), else the first `INLINE_PAYLOAD_MAX + 1` bytes (`false`; the rest is still in
+/// `reader`).
+pub(crate) fn read_head(reader: &mut dyn Read) -> Result<(Vec<u8>, bool), StoreError> {
+    let mut head = Vec::new();
+    loop {
+        match Read::take(&mut *reader, (INLINE_PAYLOAD_MAX + 1 - head.len()) as u64)
+            .read_to_end(&mut head)
+        {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(StoreError::io(
+                    "cannot read the payload being stored (nothing was kept)",
+                    e,
+                ))
+            }
+        }
+    }
+    let whole = head.len() <= INLINE_PAYLOAD_MAX;
+    Ok((head, whole))
+}
+
+/// Keeps at most [`INLINE_MESSAGE_MAX`] inline bytes in `payloads` (a message being
+/// inserted): the inline payloads past that are stored with `spill` (into the payload store
+/// proper) and their references replaced. Returns the references `spill` created, for the
+/// caller to remove if the record is not stored after all.
+pub(crate) fn bound_inline(
+    payloads: &mut [crate::PayloadEntry],
+    spill: impl Fn(&mut dyn Read) -> Result<PayloadRef, StoreError>,
+    remove: impl Fn(&PayloadRef),
+) -> Result<Vec<PayloadRef>, StoreError> {
+    let mut kept = 0usize;
+    let mut spilled = Vec::new();
+    for entry in payloads.iter_mut() {
+        let Some(bytes) = entry.stored.inline.clone() else {
+            continue;
+        };
+        if kept + bytes.0.len() <= INLINE_MESSAGE_MAX {
+            kept += bytes.0.len();
+            continue;
+        }
+        match spill(&mut &bytes.0[..]) {
+            Ok(mut r) => {
+                r.sha256 = entry.stored.sha256.clone().or(r.sha256);
+                spilled.push(r.clone());
+                entry.stored = r;
+            }
+            Err(e) => {
+                spilled.iter().for_each(&remove);
+                return Err(e);
+            }
+        }
+    }
+    Ok(spilled)
 }
 
 /// Streaming storage for payload bytes. Implementations: files beside the embedded store
-/// ([`FilePayloadStore`]); chunked rows in PostgreSQL later.
+/// ([`FilePayloadStore`]); chunked rows in PostgreSQL.
 pub trait PayloadStore: Send + Sync {
-    /// Streams `reader` into a new payload. Returns once the bytes are durable.
+    /// Streams `reader` into a new payload. Returns once the bytes are durable — or, for a
+    /// payload of at most [`INLINE_PAYLOAD_MAX`] bytes, with the bytes inline in the
+    /// reference, durable with the record that will name it (see the module documentation).
     fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError>;
 
     /// Streams a payload out. [`StoreError::NotFound`] if it was purged (or never existed).
@@ -155,15 +338,13 @@ impl FilePayloadStore {
     }
 }
 
-impl PayloadStore for FilePayloadStore {
-    fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
+impl FilePayloadStore {
+    /// Stores `reader` as a payload file, whatever its size (for [`PayloadStore::put`] past
+    /// the inline bound, and for inline payloads a record has no room for).
+    pub(crate) fn put_file(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let tmp_path = self.dir.join("tmp").join(format!("{id}.part"));
-        let payload = PayloadRef {
-            id,
-            size: 0,
-            sha256: None,
-        };
+        let payload = PayloadRef::stored(id, 0, None);
         let final_path = self.path_of(&payload)?;
         let result = (|| {
             let mut file = OpenOptions::new()
@@ -207,8 +388,21 @@ impl PayloadStore for FilePayloadStore {
             }
         }
     }
+}
+
+impl PayloadStore for FilePayloadStore {
+    fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
+        let (head, whole) = read_head(reader)?;
+        if whole {
+            return Ok(PayloadRef::inline(head));
+        }
+        self.put_file(&mut io::Cursor::new(head).chain(reader))
+    }
 
     fn open(&self, payload: &PayloadRef) -> Result<Box<dyn Read + Send>, StoreError> {
+        if let Some(reader) = payload.open_inline() {
+            return Ok(reader);
+        }
         let path = self.path_of(payload)?;
         match File::open(&path) {
             Ok(file) => Ok(Box::new(io::BufReader::with_capacity(COPY_BUFFER, file))),
@@ -220,6 +414,10 @@ impl PayloadStore for FilePayloadStore {
     }
 
     fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError> {
+        if payload.is_inline() {
+            // Its bytes live in the record: they go with it (or with a purge).
+            return Ok(());
+        }
         let path = self.path_of(payload)?;
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -328,6 +526,97 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
+    /// Payload files under `dir` (shard directories), not counting temporary ones.
+    fn payload_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "tmp" && e.path().is_dir())
+            .map(|e| fs::read_dir(e.path()).unwrap().count())
+            .sum()
+    }
+
+    #[test]
+    fn small_payloads_are_inline_and_large_ones_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path()).unwrap();
+        for size in [0, 1, 10 * 1024, INLINE_PAYLOAD_MAX] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+            let r = store.put(&mut &data[..]).unwrap();
+            assert!(r.is_inline(), "{size}");
+            assert_eq!(r.size, size as u64);
+            assert_eq!(
+                r.sha256.as_deref(),
+                Some(hex(&openssl::sha::sha256(&data)).as_str())
+            );
+            let mut back = Vec::new();
+            store.open(&r).unwrap().read_to_end(&mut back).unwrap();
+            assert_eq!(back, data);
+            // Nothing to remove: the bytes go with the record.
+            store.remove(&r).unwrap();
+            // The bytes travel in the record's JSON (base64) and come back whole.
+            let json = serde_json::to_string(&r).unwrap();
+            assert!(json.contains("\"inline\""), "{json}");
+            let again: PayloadRef = serde_json::from_str(&json).unwrap();
+            assert_eq!(again, r);
+        }
+        assert_eq!(payload_files(dir.path()), 0);
+        // One byte more and the payload gets a file of its own, read back the same.
+        let data: Vec<u8> = (0..=INLINE_PAYLOAD_MAX).map(|i| (i % 241) as u8).collect();
+        let r = store.put(&mut &data[..]).unwrap();
+        assert!(!r.is_inline());
+        assert_eq!(r.size, data.len() as u64);
+        assert!(store.path_of(&r).unwrap().exists());
+        let mut back = Vec::new();
+        store.open(&r).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(payload_files(dir.path()), 1);
+        // A reference written before inline payloads existed reads as a stored one.
+        let old: PayloadRef =
+            serde_json::from_str(r#"{"id":"0123456789abcdef0123456789abcdef","size":3}"#).unwrap();
+        assert!(!old.is_inline());
+    }
+
+    #[test]
+    fn bound_inline_moves_the_excess_to_the_payload_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path()).unwrap();
+        let entry = |r: PayloadRef| crate::PayloadEntry {
+            content_id: String::new(),
+            mime_type: "application/xml".into(),
+            stored: r,
+            properties: Vec::new(),
+        };
+        let chunk = vec![7u8; INLINE_PAYLOAD_MAX];
+        let per_message = INLINE_MESSAGE_MAX / INLINE_PAYLOAD_MAX;
+        let mut payloads: Vec<_> = (0..per_message + 2)
+            .map(|_| entry(store.put(&mut &chunk[..]).unwrap()))
+            .collect();
+        let before = payloads.clone();
+        let spilled = bound_inline(&mut payloads, |r| store.put_file(r), |_| {}).unwrap();
+        assert_eq!(spilled.len(), 2);
+        let inline: usize = payloads
+            .iter()
+            .filter_map(|p| p.stored.inline_bytes())
+            .map(<[u8]>::len)
+            .sum();
+        assert_eq!(inline, INLINE_MESSAGE_MAX);
+        for (now, was) in payloads.iter().zip(&before) {
+            assert_eq!(
+                (now.stored.size, &now.stored.sha256),
+                (was.stored.size, &was.stored.sha256)
+            );
+            let mut back = Vec::new();
+            store
+                .open(&now.stored)
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, chunk);
+        }
+        assert_eq!(payload_files(dir.path()), 2);
+    }
+
     #[test]
     fn a_failing_reader_leaves_no_file() {
         struct Broken(usize);
@@ -353,11 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FilePayloadStore::open(dir.path()).unwrap();
         for id in ["../../etc/passwd", "", "ab", "a/b/c/d", "zz99"] {
-            let r = PayloadRef {
-                id: id.into(),
-                size: 0,
-                sha256: None,
-            };
+            let r = PayloadRef::stored(id, 0, None);
             assert!(
                 matches!(store.open(&r), Err(StoreError::InvalidInput(_))),
                 "{id}"

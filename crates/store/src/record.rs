@@ -280,6 +280,15 @@ impl MessageRecord {
         &self.meta.message_id
     }
 
+    /// Records that the payloads were purged at `at`, dropping the bytes of those kept
+    /// inline in the record (the others' files or rows the caller removed first).
+    pub(crate) fn mark_payloads_purged(&mut self, at: OffsetDateTime) {
+        for entry in &mut self.meta.payloads {
+            entry.stored.drop_inline();
+        }
+        self.payloads_purged_at = Some(at);
+    }
+
     /// The other party: the sender of an inbound message, the recipient of an outbound one.
     pub fn partner(&self) -> &str {
         match self.direction {

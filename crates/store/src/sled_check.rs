@@ -532,6 +532,23 @@ fn check_payloads(payloads: &FilePayloadStore, record: &MessageRecord, report: &
     }
     for entry in &record.meta.payloads {
         let stored = &entry.stored;
+        // A payload kept inline came with the record: its bytes are checked in place.
+        if let Some(check) = stored.check_inline() {
+            report.payloads_checked += 1;
+            if let Err(why) = check {
+                report.add(
+                    FindingKind::PayloadMismatch,
+                    Severity::Damage,
+                    Some(record.id()),
+                    format!(
+                        "message `{}`: payload {}: {why}",
+                        record.id(),
+                        entry.content_id
+                    ),
+                );
+            }
+            continue;
+        }
         let path = match payloads.path_of(stored) {
             Ok(path) => path,
             Err(e) => {

@@ -150,9 +150,13 @@ pub fn recover_store(
         if record.payloads_purged_at.is_none() {
             let mut lost = false;
             for entry in &record.meta.payloads {
-                let saved = old_payloads.open(&entry.stored).and_then(|mut reader| {
-                    store.file_payloads().import(&entry.stored, &mut reader)
-                });
+                // An inline payload came with its record: only its integrity is checked.
+                let saved = match entry.stored.check_inline() {
+                    Some(check) => check.map_err(StoreError::Corrupt),
+                    None => old_payloads.open(&entry.stored).and_then(|mut reader| {
+                        store.file_payloads().import(&entry.stored, &mut reader)
+                    }),
+                };
                 match saved {
                     Ok(()) => report.payloads_saved += 1,
                     Err(e) => {
@@ -173,7 +177,7 @@ pub fn recover_store(
                 for entry in &record.meta.payloads {
                     let _ = store.file_payloads().remove(&entry.stored);
                 }
-                record.payloads_purged_at = Some(now);
+                record.mark_payloads_purged(now);
             }
         }
         store.put_record_as_is(&record)?;

@@ -314,6 +314,10 @@ impl SledStore {
         batch: Vec<NewInbound>,
         now: OffsetDateTime,
     ) -> Result<usize, StoreError> {
+        let mut batch = batch;
+        for m in &mut batch {
+            self.bound_inline(&mut m.meta.payloads)?;
+        }
         let records = batch
             .into_iter()
             .map(|m| MessageRecord::new_inbound(m, now))
@@ -339,6 +343,37 @@ impl SledStore {
             })?;
         self.flush()?;
         Ok(inserted)
+    }
+
+    /// Moves the inline payloads of a message being inserted past
+    /// [`INLINE_MESSAGE_MAX`](crate::payload::INLINE_MESSAGE_MAX) into payload files, so
+    /// that its record stays small; returns the files made.
+    fn bound_inline(
+        &self,
+        payloads: &mut [crate::PayloadEntry],
+    ) -> Result<Vec<crate::PayloadRef>, StoreError> {
+        crate::payload::bound_inline(
+            payloads,
+            |r| self.payloads.put_file(r),
+            |r| {
+                let _ = self.payloads.remove(r);
+            },
+        )
+    }
+
+    /// Passes `outcome` on; when it is an error, first removes the payload files
+    /// [`SledStore::bound_inline`] made (the caller only knows its own references, inline).
+    fn forget_spilled_on_error<T>(
+        &self,
+        outcome: Result<T, StoreError>,
+        spilled: &[crate::PayloadRef],
+    ) -> Result<T, StoreError> {
+        if outcome.is_err() {
+            for r in spilled {
+                let _ = self.payloads.remove(r);
+            }
+        }
+        outcome
     }
 
     /// The sled database (for the integrity check, recovery and backup).
@@ -580,6 +615,8 @@ impl Store for SledStore {
         msg: NewInbound,
         now: OffsetDateTime,
     ) -> Result<InsertOutcome, StoreError> {
+        let mut msg = msg;
+        let spilled = self.bound_inline(&mut msg.meta.payloads)?;
         let new_payloads = msg.meta.payloads.clone();
         let record = MessageRecord::new_inbound(msg, now)?;
         let id = record.id().to_owned();
@@ -599,7 +636,8 @@ impl Store for SledStore {
                 message_id: id.clone(),
                 direction: other.direction,
             }),
-        })?;
+        });
+        let outcome = self.forget_spilled_on_error(outcome, &spilled)?;
         match outcome {
             None => Ok(InsertOutcome::Inserted),
             Some((answer, kept)) => {
@@ -615,15 +653,18 @@ impl Store for SledStore {
     }
 
     fn insert_outbound(&self, msg: NewOutbound, now: OffsetDateTime) -> Result<(), StoreError> {
+        let mut msg = msg;
+        let spilled = self.bound_inline(&mut msg.meta.payloads)?;
         let record = MessageRecord::new_outbound(msg, now)?;
         let id = record.id().to_owned();
-        self.update(&id, |old| match old {
+        let outcome = self.update(&id, |old| match old {
             None => Ok((Write::Put(Box::new(record.clone())), ())),
             Some(other) => Err(StoreError::AlreadyExists {
                 message_id: id.clone(),
                 direction: other.direction,
             }),
-        })
+        });
+        self.forget_spilled_on_error(outcome, &spilled)
     }
 
     fn claim_due(
@@ -1044,7 +1085,7 @@ impl Store for SledStore {
                     if record.payloads_purged_at.is_some() {
                         return Ok((Write::Unchanged, false));
                     }
-                    record.payloads_purged_at = Some(now);
+                    record.mark_payloads_purged(now);
                     record.updated_at = now;
                     Ok((Write::Put(Box::new(record)), true))
                 })?;
@@ -1076,7 +1117,7 @@ impl Store for SledStore {
         }
         self.update(message_id, |old| match old {
             Some(mut r) if purgeable(&r) => {
-                r.payloads_purged_at = Some(now);
+                r.mark_payloads_purged(now);
                 r.updated_at = now;
                 Ok((Write::Put(Box::new(r)), true))
             }

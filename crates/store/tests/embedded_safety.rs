@@ -15,11 +15,29 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// The first payload of message `id`: large enough for a payload file of its own.
+fn file_payload(id: &str) -> String {
+    format!("<payload of {id}/>").repeat(4000)
+}
+
+/// The second payload of message `id`: small, kept inline in the record.
+fn inline_payload(id: &str) -> String {
+    format!("<note of {id}/>")
+}
+
+/// Every message has two payloads: a payload file, and a small one kept inline, so that
+/// each safety net is shown to carry both kinds.
 fn meta(store: &SledStore, id: &str) -> MessageMeta {
     let stored = store
         .payloads()
-        .put(&mut format!("<payload of {id}/>").repeat(50).as_bytes())
+        .put(&mut file_payload(id).as_bytes())
         .unwrap();
+    assert!(!stored.is_inline());
+    let note = store
+        .payloads()
+        .put(&mut inline_payload(id).as_bytes())
+        .unwrap();
+    assert!(note.is_inline());
     MessageMeta {
         message_id: id.into(),
         owner: "backend".into(),
@@ -30,12 +48,20 @@ fn meta(store: &SledStore, id: &str) -> MessageMeta {
         conversation_id: id.into(),
         ref_to_message_id: None,
         pmode_id: "p".into(),
-        payloads: vec![PayloadEntry {
-            content_id: "cid:p@varti.test".into(),
-            mime_type: "application/xml".into(),
-            stored,
-            properties: Vec::new(),
-        }],
+        payloads: vec![
+            PayloadEntry {
+                content_id: "cid:p@varti.test".into(),
+                mime_type: "application/xml".into(),
+                stored,
+                properties: Vec::new(),
+            },
+            PayloadEntry {
+                content_id: "cid:note@varti.test".into(),
+                mime_type: "application/xml".into(),
+                stored: note,
+                properties: Vec::new(),
+            },
+        ],
         properties: Vec::new(),
     }
 }
@@ -112,14 +138,22 @@ fn assert_all_there(dir: &Path) {
             .unwrap()
             .unwrap_or_else(|| panic!("{id} lost"));
         assert_eq!(record.state, state, "{id}");
-        let mut bytes = String::new();
-        store
-            .payloads()
-            .open(&record.meta.payloads[0].stored)
-            .unwrap()
-            .read_to_string(&mut bytes)
-            .unwrap();
-        assert_eq!(bytes, format!("<payload of {id}/>").repeat(50));
+        for (entry, expected) in record
+            .meta
+            .payloads
+            .iter()
+            .zip([file_payload(id), inline_payload(id)])
+        {
+            let mut bytes = String::new();
+            store
+                .payloads()
+                .open(&entry.stored)
+                .unwrap()
+                .read_to_string(&mut bytes)
+                .unwrap();
+            assert_eq!(bytes, expected, "{id}");
+        }
+        assert!(record.meta.payloads[1].stored.is_inline(), "{id}");
     }
     let acked = store.get("out-0@t").unwrap().unwrap();
     assert_eq!(acked.state, State::Acknowledged);
@@ -132,7 +166,8 @@ fn a_clean_store_passes_and_payloads_carry_their_sha256() {
     let report = check_store(dir.path(), CheckOptions::new(now())).unwrap();
     assert!(!report.is_damaged(), "{:?}", report.findings);
     assert_eq!(report.records, 5);
-    assert_eq!(report.payloads_checked, 5);
+    // Each message's payload file and its inline payload.
+    assert_eq!(report.payloads_checked, 10);
     assert_eq!(report.sidecars, 5);
     let store = SledStore::open(dir.path()).unwrap();
     let record = store.get("in-1@t").unwrap().unwrap();
@@ -278,6 +313,7 @@ fn backup_and_restore_round_trip_and_a_damaged_backup_is_refused() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         let summary = store.backup(&mut backup, now()).unwrap();
+        // Payload files only: the inline payloads travel in their records.
         assert_eq!((summary.messages, summary.payloads), (5, 5));
     }
     let out = dir.path().join("restored");

@@ -56,7 +56,7 @@ fn a_50_mb_payload_streams_in_and_out_in_bounded_memory() {
     let store = schema.store();
     let payloads = store.pg_payloads();
     // Warm up: connections, statement caches, allocator arenas.
-    let small = payloads.put(&mut Generated::new(1, 1000)).unwrap();
+    let small = payloads.put(&mut Generated::new(1, 100_000)).unwrap();
     io::copy(&mut payloads.open(&small).unwrap(), &mut io::sink()).unwrap();
     let before = peak_rss_kib();
 
@@ -152,11 +152,7 @@ fn a_failed_upload_leaves_nothing_and_hostile_ids_are_refused() {
     assert!(out.is_empty());
 
     for id in ["../../etc/passwd", "", "x' OR '1'='1"] {
-        let r = PayloadRef {
-            id: id.into(),
-            size: 0,
-            sha256: None,
-        };
+        let r = PayloadRef::stored(id, 0, None);
         assert!(
             matches!(payloads.open(&r), Err(StoreError::InvalidInput(_))),
             "{id}"

@@ -146,10 +146,12 @@ mod embedded {
         let store = SledStore::open(dir).unwrap();
         for i in 0..n {
             let id = format!("cli-{i}@varti.test");
+            // Past the inline bound: a payload file, which the damage tests below flip.
             let stored = store
                 .payloads()
-                .put(&mut format!("<payload {i}/>").as_bytes())
+                .put(&mut format!("<payload {i}/>").repeat(8000).as_bytes())
                 .unwrap();
+            assert!(!stored.is_inline());
             let meta = MessageMeta {
                 message_id: id.clone(),
                 owner: "backend".into(),

@@ -144,7 +144,43 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// The `payloads` column of the message row being updated without the bytes of inline
+/// payloads (they are purged with the others'), in message order.
+const WITHOUT_INLINE: &str = "COALESCE((SELECT jsonb_agg(p #- '{stored,inline}' ORDER BY n) \
+     FROM jsonb_array_elements(m.payloads) WITH ORDINALITY AS e(p, n)), '[]'::jsonb)";
+
 impl PgStore {
+    /// Moves the inline payloads of a message being inserted past
+    /// [`INLINE_MESSAGE_MAX`](crate::payload::INLINE_MESSAGE_MAX) into chunk rows, so that
+    /// its row stays small; returns the payloads made.
+    fn bound_inline(
+        &self,
+        payloads: &mut [crate::PayloadEntry],
+    ) -> Result<Vec<PayloadRef>, StoreError> {
+        crate::payload::bound_inline(
+            payloads,
+            |r| self.payloads.put_chunks(r),
+            |r| {
+                let _ = self.payloads.remove(r);
+            },
+        )
+    }
+
+    /// Passes `outcome` on; when it is an error, first removes the payloads
+    /// [`PgStore::bound_inline`] made (the caller only knows its own references, inline).
+    fn forget_spilled_on_error<T>(
+        &self,
+        outcome: Result<T, StoreError>,
+        spilled: &[PayloadRef],
+    ) -> Result<T, StoreError> {
+        if outcome.is_err() {
+            for r in spilled {
+                let _ = self.payloads.remove(r);
+            }
+        }
+        outcome
+    }
+
     /// Deletes the messages `selection` picks (a WHERE condition on `messages` with `$1`
     /// bound to `bound`, and its ORDER BY), with their payloads unless already purged, in
     /// batches of [`PURGE_BATCH`] (rows other instances hold are skipped, not waited for).
@@ -391,10 +427,13 @@ impl Store for PgStore {
         msg: NewInbound,
         now: OffsetDateTime,
     ) -> Result<InsertOutcome, StoreError> {
+        let mut msg = msg;
+        let spilled = self.bound_inline(&mut msg.meta.payloads)?;
         let new_payloads: Vec<PayloadRef> =
             msg.meta.payloads.iter().map(|p| p.stored.clone()).collect();
         let record = MessageRecord::new_inbound(msg, micros(now))?;
-        match self.insert("storing an inbound message", &record)? {
+        let inserted = self.insert("storing an inbound message", &record);
+        match self.forget_spilled_on_error(inserted, &spilled)? {
             None => Ok(InsertOutcome::Inserted),
             Some((answer, kept)) => {
                 // The duplicate's own copy of the payloads is not needed: the original's are.
@@ -414,8 +453,11 @@ impl Store for PgStore {
             not_before: micros(msg.not_before),
             ..msg
         };
+        let mut msg = msg;
+        let spilled = self.bound_inline(&mut msg.meta.payloads)?;
         let record = MessageRecord::new_outbound(msg, micros(now))?;
-        match self.insert("storing an outbound message", &record)? {
+        let inserted = self.insert("storing an outbound message", &record);
+        match self.forget_spilled_on_error(inserted, &spilled)? {
             None => Ok(()),
             Some(_) => unreachable!("an outbound insert never reports a duplicate"),
         }
@@ -834,7 +876,8 @@ impl Store for PgStore {
             // Locked rows (being changed right now) are left for the next run.
             let n = self.pool.run("purging payloads", |client, _| {
                 Ok(client.execute(
-                    "WITH batch AS ( \
+                    format!(
+                        "WITH batch AS ( \
                          SELECT message_id, payloads FROM messages \
                          WHERE settled_at < $1 AND payloads_purged_at IS NULL AND has_payloads \
                          ORDER BY settled_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
@@ -842,8 +885,11 @@ impl Store for PgStore {
                          DELETE FROM payloads WHERE payload_id IN ( \
                              SELECT p -> 'stored' ->> 'id' \
                              FROM batch, jsonb_array_elements(batch.payloads) AS p)) \
-                     UPDATE messages m SET payloads_purged_at = $2, updated_at = $2 \
-                     FROM batch WHERE m.message_id = batch.message_id",
+                     UPDATE messages m SET payloads_purged_at = $2, updated_at = $2, \
+                         payloads = {WITHOUT_INLINE} \
+                     FROM batch WHERE m.message_id = batch.message_id"
+                    )
+                    .as_str(),
                     &[&settled_before, &now, &PURGE_BATCH],
                 )?)
             })?;
@@ -860,7 +906,8 @@ impl Store for PgStore {
             // One statement: the chunks go and the record says so atomically; a row being
             // changed right now is waited for (its state decides).
             let purged = client.execute(
-                "WITH one AS ( \
+                format!(
+                    "WITH one AS ( \
                      SELECT message_id, payloads FROM messages \
                      WHERE message_id = $1 AND settled_at IS NOT NULL \
                        AND payloads_purged_at IS NULL AND has_payloads \
@@ -869,8 +916,11 @@ impl Store for PgStore {
                      DELETE FROM payloads WHERE payload_id IN ( \
                          SELECT p -> 'stored' ->> 'id' \
                          FROM one, jsonb_array_elements(one.payloads) AS p)) \
-                 UPDATE messages m SET payloads_purged_at = $2, updated_at = $2 \
-                 FROM one WHERE m.message_id = one.message_id",
+                 UPDATE messages m SET payloads_purged_at = $2, updated_at = $2, \
+                     payloads = {WITHOUT_INLINE} \
+                 FROM one WHERE m.message_id = one.message_id"
+                )
+                .as_str(),
                 &[&message_id, &now],
             )?;
             let found = purged > 0

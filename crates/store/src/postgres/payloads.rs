@@ -1,6 +1,9 @@
 //! Payload bytes in PostgreSQL: chunked `bytea` rows, streamed in and out.
 //!
-//! [`PgPayloadStore::put`] reads its input [`CHUNK_SIZE`] bytes at a time and inserts one
+//! A payload of at most [`INLINE_PAYLOAD_MAX`](crate::payload::INLINE_PAYLOAD_MAX) bytes is
+//! kept inline instead: no rows here, its bytes go into the message row (`payloads`
+//! column) in the transaction that inserts the message, which saves a commit (a WAL flush)
+//! per small payload. Larger ones: [`PgPayloadStore::put`] reads its input [`CHUNK_SIZE`] bytes at a time and inserts one
 //! `payload_chunks` row per chunk, all in one transaction with the `payloads` row, so a
 //! payload is visible complete or not at all. [`PgPayloadStore::open`] returns a reader that
 //! fetches one chunk per query, on whatever pooled connection is free, so at most one chunk
@@ -8,7 +11,7 @@
 //! reads (and survives a failover between two chunks: each fetch is retried).
 
 use super::pool::{database_error, Pool};
-use crate::payload::{PayloadRef, PayloadStore};
+use crate::payload::{read_head, PayloadRef, PayloadStore};
 use crate::StoreError;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -63,10 +66,43 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl PayloadStore for PgPayloadStore {
-    /// Streams `reader` into chunk rows in one transaction. Not retried on a connection
+    /// Keeps a small payload inline; streams a larger one into chunk rows in one
+    /// transaction. Not retried on a connection
     /// error: the input has been consumed, so the caller must start the upload again (the
     /// failed transaction left nothing behind).
     fn put(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
+        let (head, whole) = read_head(reader)?;
+        if whole {
+            return Ok(PayloadRef::inline(head));
+        }
+        self.put_chunks(&mut io::Cursor::new(head).chain(reader))
+    }
+
+    fn open(&self, payload: &PayloadRef) -> Result<Box<dyn Read + Send>, StoreError> {
+        if let Some(reader) = payload.open_inline() {
+            return Ok(reader);
+        }
+        self.open_chunks(payload)
+    }
+
+    fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError> {
+        if payload.is_inline() {
+            // Its bytes live in the message row: they go with it (or with a purge).
+            return Ok(());
+        }
+        validate_payload_id(&payload.id)?;
+        // Idempotent (deleting a deleted payload deletes nothing): safe to retry.
+        self.pool.run("removing a payload", |client, _| {
+            client.execute("DELETE FROM payloads WHERE payload_id = $1", &[&payload.id])?;
+            Ok(())
+        })
+    }
+}
+
+impl PgPayloadStore {
+    /// Stores `reader` as chunk rows, whatever its size (past the inline bound, and for
+    /// inline payloads a message row has no room for).
+    pub(crate) fn put_chunks(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let what = "storing a payload";
         let mut conn = self.pool.get().map_err(|e| super::fail_to_store(what, e))?;
@@ -105,14 +141,10 @@ impl PayloadStore for PgPayloadStore {
         )
         .map_err(pg)?;
         tx.commit().map_err(pg)?;
-        Ok(PayloadRef {
-            id,
-            size: size as u64,
-            sha256: None,
-        })
+        Ok(PayloadRef::stored(id, size as u64, None))
     }
 
-    fn open(&self, payload: &PayloadRef) -> Result<Box<dyn Read + Send>, StoreError> {
+    fn open_chunks(&self, payload: &PayloadRef) -> Result<Box<dyn Read + Send>, StoreError> {
         validate_payload_id(&payload.id)?;
         let row = self.pool.run("opening a payload", |client, _| {
             Ok(client.query_opt(
@@ -133,15 +165,6 @@ impl PayloadStore for PgPayloadStore {
             buf: Vec::new(),
             pos: 0,
         }))
-    }
-
-    fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError> {
-        validate_payload_id(&payload.id)?;
-        // Idempotent (deleting a deleted payload deletes nothing): safe to retry.
-        self.pool.run("removing a payload", |client, _| {
-            client.execute("DELETE FROM payloads WHERE payload_id = $1", &[&payload.id])?;
-            Ok(())
-        })
     }
 }
 
