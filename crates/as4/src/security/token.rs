@@ -629,11 +629,11 @@ mod tests {
         let der = a.to_der().unwrap();
         let held = certificate_from_der(&der, &[b.clone(), a.clone()]).unwrap();
         assert!(
-            std::ptr::eq::<X509Ref>(&held, &a),
+            std::ptr::eq::<X509Ref>(&*held, &*a),
             "the held certificate itself"
         );
         let decoded = certificate_from_der(&der, std::slice::from_ref(&b)).unwrap();
-        assert!(!std::ptr::eq::<X509Ref>(&decoded, &a));
+        assert!(!std::ptr::eq::<X509Ref>(&*decoded, &*a));
         assert_eq!(decoded.to_der().unwrap(), der);
         let e = certificate_from_der(b"not a certificate", &[a]).unwrap_err();
         assert_eq!(e.code, ErrorCode::FailedAuthentication);
