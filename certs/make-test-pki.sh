@@ -3,7 +3,7 @@
 # varti-c (the third party of the tests that need one), each with a signing, an
 # encryption and a TLS certificate, valid 10 years, plus the message keys of the AS4 2.0
 # profiles (Ed25519 signing + X25519 key agreement, and ECDSA P-256 signing + ECDH-ES P-256
-# key agreement).
+# key agreement), and RSA-2048 message keys for AS4 1.15 at the policy's minimum size.
 # The private keys are committed on purpose: they protect nothing. Never use them in
 # production; see README.md in this directory.
 #
@@ -105,6 +105,7 @@ issue() {
 }
 
 RSA="-algorithm rsa -pkeyopt rsa_keygen_bits:3072"
+RSA2048="-algorithm rsa -pkeyopt rsa_keygen_bits:2048"
 P256="-algorithm ec -pkeyopt ec_paramgen_curve:P-256 -pkeyopt ec_param_enc:named_curve"
 for ap in varti-a varti-b varti-c; do
   mkdir -p "$ap"
@@ -122,5 +123,11 @@ for ap in varti-a varti-b varti-c; do
   issue "$ap" sign-p256 sign sign-p256 $P256
   # shellcheck disable=SC2086
   issue "$ap" enc-p256 agree enc-p256 $P256
+  # AS4 1.15 message keys of the smallest size the key policy accepts (the exchange
+  # benchmark's RSA-2048 row).
+  # shellcheck disable=SC2086
+  issue "$ap" sign-rsa2048 sign sign-rsa2048 $RSA2048
+  # shellcheck disable=SC2086
+  issue "$ap" enc-rsa2048 enc enc-rsa2048 $RSA2048
 done
 echo "test PKI written to $(pwd)"

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Options (defaults in brackets):
-//! - `--profile 1.15|2.0-eddsa|2.0-ecdsa` (repeatable) [1.15]: the PMode security profile
-//!   and the test PKI keys both access points use (RSA-3072; Ed25519 + X25519; P-256).
+//! - `--profile 1.15|1.15-rsa2048|2.0-eddsa|2.0-ecdsa` (repeatable) [1.15]: the PMode
+//!   security profile and the test PKI keys both access points use (RSA-3072; AS4 1.15 with
+//!   the RSA-2048 `sign-rsa2048`/`enc-rsa2048` keys; Ed25519 + X25519; P-256).
 //! - `--store sled|postgres` (repeatable) [sled]: `postgres` uses the PostgreSQL at
 //!   `VARTI_TEST_DATABASE_URL` (default 127.0.0.1:5432, db `test`), one throw-away schema
 //!   per side, dropped at the end.
@@ -19,6 +20,17 @@
 //!   its own PMode directory), but any sending instance may claim any submitted message.
 //! - `--messages N` [1000; 0 skips the small-message runs], `--size BYTES` [10240], `--concurrency N` [32] (submitting
 //!   threads, spread over the sending instances' backend APIs).
+//! - `--rate N|half` [none; `half` with `--all`], `--duration S` [20]: an open-loop run on the
+//!   same nodes: submissions due at N per second for S seconds, each made when due whatever
+//!   the earlier ones are doing (up to `--concurrency` submitting threads), reporting p50 /
+//!   p99 / max of submit → receipt. That latency runs from the instant the submission was
+//!   due (its submit call starts then unless every submitting thread is busy; how many
+//!   started more than 5 ms late is printed) to the sender's acknowledgement time (the
+//!   acknowledged record's `updated_at`: when the partner's signed receipt was verified and
+//!   matched, just before the outcome is stored). It includes the submit call, the wait for
+//!   a sender slot, sealing, the push, the receiver's pipeline and the receipt. A number N
+//!   runs only the open loop; `half` first runs the closed loop above (`--messages`) to
+//!   measure the capacity, then the open loop at half of it.
 //! - `--big-mib N` [0; 1024 with `--all`]: one message of N MiB on a fresh sled pair.
 //! - `--big-kind xml|random|pdf|mixed` (repeatable) [xml and random]: the big message's
 //!   payload, one fresh pair and one line (throughput, peak RSS, CPU) per kind: `xml`
@@ -33,8 +45,9 @@
 //!   as in `tests/hsm.rs`; needs Debian's softhsm2). Rows are marked `[token keys]`.
 //! - `VARTI_BENCH_BINARY=PATH` (environment): benchmark that `varti` binary instead of the
 //!   one beside the examples directory (to compare builds before and after a change).
-//! - `--all`: all of the above: the three profiles on sled, 1.15 and 2.0-eddsa on
-//!   PostgreSQL with two instances per side, 1 GiB, openssl speed.
+//! - `--all`: all of the above: the four profiles on sled, 1.15 and 2.0-eddsa on
+//!   PostgreSQL with two instances per side, each followed by its open loop at half its
+//!   capacity, 1 GiB, openssl speed.
 //!
 //! Submissions go through the backend API (multipart), so the figures include the API,
 //! the sender's lease and claim, sealing (gzip, sign, encrypt), TLS, the receiver's whole
@@ -44,7 +57,9 @@
 //! from the first insert to the last acknowledgement (store timestamps, so the polling
 //! below does not blur it). Peak RSS is VmHWM of each server (`/proc/PID/status`), CPU is
 //! its user+system time over the run (`/proc/PID/stat`), load is the 1-minute load average
-//! sampled during the run. At the end the markdown rows of `docs/benchmarks.md` are printed.
+//! sampled during the run. Each closed-loop and open-loop run prints
+//! `CPU per message: sender X ms, receiver Y ms`. At the end the markdown rows of
+//! `docs/benchmarks.md` are printed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -136,6 +151,14 @@ const PROFILES: &[(&str, Profile)] = &[
         },
     ),
     (
+        "1.15-rsa2048",
+        Profile {
+            pmode: "as4-1.15",
+            label: "AS4 1.15, RSA-2048 + RSA-OAEP",
+            keys: ("sign-rsa2048", "enc-rsa2048"),
+        },
+    ),
+    (
         "2.0-eddsa",
         Profile {
             pmode: "as4-2.0-eddsa",
@@ -159,6 +182,15 @@ enum StoreKind {
     Postgres,
 }
 
+/// `--rate`: the open loop's submission rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rate {
+    /// N messages per second, without a closed-loop run.
+    PerSecond(f64),
+    /// Half of the capacity the closed-loop run just measured.
+    HalfCapacity,
+}
+
 #[derive(Debug)]
 struct Args {
     profiles: Vec<Profile>,
@@ -171,6 +203,9 @@ struct Args {
     big_kinds: Vec<BigKind>,
     openssl: bool,
     all: bool,
+    rate: Option<Rate>,
+    /// Seconds of the open loop.
+    duration: f64,
 }
 
 fn parse_args() -> Args {
@@ -185,6 +220,8 @@ fn parse_args() -> Args {
         big_kinds: vec![],
         openssl: false,
         all: false,
+        rate: None,
+        duration: 20.0,
     };
     let mut it = std::env::args().skip(1);
     let usage = "see the top of crates/varti/examples/exchange_bench.rs for the options";
@@ -201,7 +238,7 @@ fn parse_args() -> Args {
             "--profile" => {
                 let v = value("--profile");
                 let p = PROFILES.iter().find(|(n, _)| *n == v).unwrap_or_else(|| {
-                    panic!("unknown profile '{v}': use 1.15, 2.0-eddsa or 2.0-ecdsa")
+                    panic!("unknown profile '{v}': use 1.15, 1.15-rsa2048, 2.0-eddsa or 2.0-ecdsa")
                 });
                 a.profiles.push(p.1);
             }
@@ -218,6 +255,17 @@ fn parse_args() -> Args {
             "--concurrency" => {
                 a.concurrency = number("--concurrency", value("--concurrency")).max(1) as usize
             }
+            "--rate" => {
+                a.rate = Some(match value("--rate").as_str() {
+                    "half" => Rate::HalfCapacity,
+                    v => {
+                        Rate::PerSecond(v.parse::<f64>().ok().filter(|r| *r > 0.0).unwrap_or_else(
+                            || panic!("--rate wants messages per second or 'half', not '{v}'"),
+                        ))
+                    }
+                })
+            }
+            "--duration" => a.duration = number("--duration", value("--duration")).max(1) as f64,
             "--big-mib" => a.big_mib = number("--big-mib", value("--big-mib")),
             "--big-kind" => a.big_kinds.push(BigKind::parse(&value("--big-kind"))),
             "--openssl" => a.openssl = true,
@@ -225,6 +273,9 @@ fn parse_args() -> Args {
             "--all" => a.all = true,
             other => panic!("unknown option '{other}' ({usage})"),
         }
+    }
+    if a.all && a.rate.is_none() {
+        a.rate = Some(Rate::HalfCapacity);
     }
     a
 }
@@ -256,6 +307,28 @@ struct SmallResult {
     load: (f64, f64),
 }
 
+/// What one open-loop run measured.
+#[derive(Debug)]
+struct OpenResult {
+    run: Run,
+    /// Offered rate, msg/s.
+    rate: f64,
+    seconds: f64,
+    messages: usize,
+    size: usize,
+    /// Submit → receipt, ms.
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Messages over the span from the first due submission to the last acknowledgement.
+    achieved: f64,
+    /// Submit calls that started more than 5 ms after they were due.
+    late: usize,
+    cpu_sender_ms: f64,
+    cpu_receiver_ms: f64,
+    load: (f64, f64),
+}
+
 fn main() {
     let args = parse_args();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -271,7 +344,7 @@ fn main() {
 
     let mut runs = Vec::new();
     if args.all {
-        for p in ["1.15", "2.0-eddsa", "2.0-ecdsa"] {
+        for p in ["1.15", "1.15-rsa2048", "2.0-eddsa", "2.0-ecdsa"] {
             runs.push(Run {
                 profile: profile(p),
                 store: StoreKind::Sled,
@@ -312,29 +385,52 @@ fn main() {
     }
     let mut idle = None;
     let mut results = Vec::new();
+    let mut open_results = Vec::new();
     for run in runs {
-        let r = small_run(&binary, &repo, &run, &args, &load, &mut idle);
-        println!(
-            "{} on {} ({}+{} instances), {} x {} B, {} submitters: {:.0} msg/s; latency p50 {:.0} ms, p99 {:.0} ms; \
-             peak RSS sender {:?} KiB, receiver {:?} KiB; CPU per message: sender {:.1} ms, receiver {:.1} ms; load {:.1}-{:.1}",
-            label(&r.run.profile),
-            store_name(&r.run),
-            r.run.instances,
-            r.run.instances,
-            r.messages,
-            r.size,
-            r.concurrency,
-            r.msgs_per_s,
-            r.p50_ms,
-            r.p99_ms,
-            r.peak_sender,
-            r.peak_receiver,
-            r.cpu_sender_ms,
-            r.cpu_receiver_ms,
-            r.load.0,
-            r.load.1,
-        );
-        results.push(r);
+        let nodes = start_nodes(&binary, &repo, &run);
+        if idle.is_none() && run.store == StoreKind::Sled {
+            std::thread::sleep(Duration::from_millis(500));
+            idle = Some((
+                proc_kib(nodes.senders[0].1.child.id(), "VmRSS"),
+                proc_kib(nodes.receivers[0].1.child.id(), "VmRSS"),
+            ));
+        }
+        let rate = match args.rate {
+            Some(Rate::PerSecond(rate)) => Some(rate),
+            None | Some(Rate::HalfCapacity) => {
+                let r = small_run(&nodes, &run, &args, &load);
+                print_small(&r);
+                let half = r.msgs_per_s / 2.0;
+                results.push(r);
+                (args.rate == Some(Rate::HalfCapacity)).then_some(half)
+            }
+        };
+        if let Some(rate) = rate {
+            let o = open_loop(&nodes, &run, rate, &args, &load);
+            println!(
+                "{} on {} ({}+{} instances), open loop at {:.0} msg/s for {:.0} s, {} x {} B: submit -> receipt p50 {:.1} ms, \
+                 p99 {:.1} ms, max {:.1} ms (target p99 < 50 ms); achieved {:.0} msg/s; {} submit call(s) started > 5 ms late; \
+                 CPU per message: sender {:.2} ms, receiver {:.2} ms; load {:.1}-{:.1}",
+                label(&o.run.profile),
+                store_name(&o.run),
+                o.run.instances,
+                o.run.instances,
+                o.rate,
+                o.seconds,
+                o.messages,
+                o.size,
+                o.p50_ms,
+                o.p99_ms,
+                o.max_ms,
+                o.achieved,
+                o.late,
+                o.cpu_sender_ms,
+                o.cpu_receiver_ms,
+                o.load.0,
+                o.load.1,
+            );
+            open_results.push(o);
+        }
     }
     let big_mib = if args.all && args.big_mib == 0 {
         1024
@@ -374,7 +470,7 @@ fn main() {
         println!("|---|---|---|---|---|---|---|");
         for r in &results {
             println!(
-                "| {} | {} ({}) | {:.0} | {:.0} / {:.0} | {} / {} | {:.1} / {:.1} | {:.1}-{:.1} |",
+                "| {} | {} ({}) | {:.0} | {:.0} / {:.0} | {} / {} | {:.2} / {:.2} | {:.1}-{:.1} |",
                 label(&r.run.profile),
                 store_name(&r.run),
                 r.run.instances,
@@ -395,12 +491,64 @@ fn main() {
             r.messages, r.size, r.concurrency
         );
     }
+    if !open_results.is_empty() {
+        println!(
+            "\nOpen loop{}: submit -> receipt, from the instant each submission was due to the sender's acknowledgement.\n",
+            if args.rate == Some(Rate::HalfCapacity) {
+                " at half the capacity measured above"
+            } else {
+                ""
+            }
+        );
+        println!("| Profile | Store (instances per side) | offered msg/s | seconds | p50 / p99 / max ms | CPU ms/msg sender / receiver | load |");
+        println!("|---|---|---|---|---|---|---|");
+        for o in &open_results {
+            println!(
+                "| {} | {} ({}) | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} | {:.1}-{:.1} |",
+                label(&o.run.profile),
+                store_name(&o.run),
+                o.run.instances,
+                o.rate,
+                o.seconds,
+                o.p50_ms,
+                o.p99_ms,
+                o.max_ms,
+                o.cpu_sender_ms,
+                o.cpu_receiver_ms,
+                o.load.0,
+                o.load.1,
+            );
+        }
+    }
     if let Some(b) = &big {
         println!("\n{b}");
     }
     if let Some(s) = &speed {
         println!("\n```text\n{s}```");
     }
+}
+
+fn print_small(r: &SmallResult) {
+    println!(
+            "{} on {} ({}+{} instances), {} x {} B, {} submitters: {:.0} msg/s; latency p50 {:.0} ms, p99 {:.0} ms; \
+             peak RSS sender {:?} KiB, receiver {:?} KiB; CPU per message: sender {:.2} ms, receiver {:.2} ms; load {:.1}-{:.1}",
+            label(&r.run.profile),
+            store_name(&r.run),
+            r.run.instances,
+            r.run.instances,
+            r.messages,
+            r.size,
+            r.concurrency,
+            r.msgs_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.peak_sender,
+            r.peak_receiver,
+            r.cpu_sender_ms,
+            r.cpu_receiver_ms,
+            r.load.0,
+            r.load.1,
+        );
 }
 
 fn profile(name: &str) -> Profile {
@@ -537,34 +685,13 @@ fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn small_run(
-    binary: &Path,
-    repo: &Path,
-    run: &Run,
-    args: &Args,
-    load: &LoadSampler,
-    idle: &mut Option<(u64, u64)>,
-) -> SmallResult {
-    let nodes = start_nodes(binary, repo, run);
-    if idle.is_none() && run.store == StoreKind::Sled {
-        std::thread::sleep(Duration::from_millis(500));
-        *idle = Some((
-            proc_kib(nodes.senders[0].1.child.id(), "VmRSS"),
-            proc_kib(nodes.receivers[0].1.child.id(), "VmRSS"),
-        ));
-    }
-    let cpu_before: Vec<f64> = all_pids(&nodes).iter().map(|p| cpu_secs(*p)).collect();
-    let apis: Vec<(SocketAddr, String)> = nodes
-        .senders
-        .iter()
-        .map(|(n, _)| (n.backend(), n.token.clone()))
-        .collect();
+/// The closed loop: `--concurrency` threads submit `--messages` messages as fast as the
+/// nodes take them.
+fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> SmallResult {
+    let cpu_before: Vec<f64> = all_pids(nodes).iter().map(|p| cpu_secs(*p)).collect();
+    let apis = sender_apis(nodes);
     let (n, concurrency) = (args.messages, args.concurrency);
-    let payload: Arc<Vec<u8>> = Arc::new(
-        (0..args.size)
-            .map(|i| b"<evidence>0123456789</evidence>\n"[i % 32])
-            .collect(),
-    );
+    let payload = small_payload(args.size);
     let mark = load.mark();
     let next = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..concurrency)
@@ -587,12 +714,7 @@ fn small_run(
     // Any sending instance lists every outbound message of the shared store.
     let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, Duration::from_secs(1800));
     let load_range = load.since(mark);
-    let cpu_after: Vec<f64> = all_pids(&nodes).iter().map(|p| cpu_secs(*p)).collect();
-    let cpu: Vec<f64> = cpu_after
-        .iter()
-        .zip(&cpu_before)
-        .map(|(a, b)| a - b)
-        .collect();
+    let cpu = cpu_since(nodes, &cpu_before);
     let k = nodes.senders.len();
     let first = records.iter().map(|r| r.0).min().unwrap();
     let last = records.iter().map(|r| r.1).max().unwrap();
@@ -624,6 +746,107 @@ fn small_run(
         cpu_receiver_ms: cpu[k..].iter().sum::<f64>() * 1000.0 / n as f64,
         load: load_range,
     }
+}
+
+/// The open loop: submissions due at `rate` per second for `--duration` seconds, each
+/// made when it is due (by whichever of `--concurrency` threads is free), whatever the
+/// earlier ones are doing; latency from the due instant to the acknowledgement.
+fn open_loop(nodes: &Nodes, run: &Run, rate: f64, args: &Args, load: &LoadSampler) -> OpenResult {
+    let n = ((rate * args.duration).round() as usize).max(1);
+    let apis = sender_apis(nodes);
+    let payload = small_payload(args.size);
+    let cpu_before: Vec<f64> = all_pids(nodes).iter().map(|p| cpu_secs(*p)).collect();
+    let mark = load.mark();
+    // The schedule on both clocks: the monotonic one to wait, the wall clock to compare
+    // with the store's acknowledgement timestamps.
+    let lead_in = Duration::from_millis(200);
+    let (start, start_wall) = (
+        Instant::now() + lead_in,
+        OffsetDateTime::now_utc() + lead_in,
+    );
+    let due = move |i: usize| Duration::from_secs_f64(i as f64 / rate);
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..args.concurrency)
+        .map(|t| {
+            let (next, payload) = (next.clone(), payload.clone());
+            let (api, token) = apis[t % apis.len()].clone();
+            std::thread::spawn(move || {
+                let mut sent = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let at = start + due(i);
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    let late = at.elapsed() > Duration::from_millis(5);
+                    sent.push((i, submit(api, &token, &payload, "application/xml"), late));
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<(usize, String, bool)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let ids: Vec<String> = sent.iter().map(|(_, id, _)| id.clone()).collect();
+    let acked = wait_acknowledged_by_id(apis[0].0, &apis[0].1, &ids, Duration::from_secs(1800));
+    let load_range = load.since(mark);
+    let cpu = cpu_since(nodes, &cpu_before);
+    let k = nodes.senders.len();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .map(|(i, id, _)| (acked[id].1 - (start_wall + due(*i))).as_seconds_f64() * 1000.0)
+        .collect();
+    latencies.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let last = acked.values().map(|r| r.1).max().unwrap();
+    OpenResult {
+        run: run.clone(),
+        rate,
+        seconds: args.duration,
+        messages: n,
+        size: args.size,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        achieved: n as f64 / (last - start_wall).as_seconds_f64(),
+        late: sent.iter().filter(|s| s.2).count(),
+        cpu_sender_ms: cpu[..k].iter().sum::<f64>() * 1000.0 / n as f64,
+        cpu_receiver_ms: cpu[k..].iter().sum::<f64>() * 1000.0 / n as f64,
+        load: load_range,
+    }
+}
+
+/// The backend API address and token of each sending instance.
+fn sender_apis(nodes: &Nodes) -> Vec<(SocketAddr, String)> {
+    nodes
+        .senders
+        .iter()
+        .map(|(n, _)| (n.backend(), n.token.clone()))
+        .collect()
+}
+
+/// The small messages' XML payload of `size` bytes.
+fn small_payload(size: usize) -> Arc<Vec<u8>> {
+    Arc::new(
+        (0..size)
+            .map(|i| b"<evidence>0123456789</evidence>\n"[i % 32])
+            .collect(),
+    )
+}
+
+/// CPU seconds each process used since `before` (senders first, as `all_pids`).
+fn cpu_since(nodes: &Nodes, before: &[f64]) -> Vec<f64> {
+    all_pids(nodes)
+        .iter()
+        .zip(before)
+        .map(|(p, b)| cpu_secs(*p) - b)
+        .collect()
 }
 
 fn all_pids(nodes: &Nodes) -> Vec<u32> {
@@ -900,11 +1123,23 @@ fn wait_acknowledged(
     ids: &[String],
     within: Duration,
 ) -> Vec<(OffsetDateTime, OffsetDateTime)> {
+    wait_acknowledged_by_id(api, token, ids, within)
+        .into_values()
+        .collect()
+}
+
+/// As `wait_acknowledged`, by message id.
+fn wait_acknowledged_by_id(
+    api: SocketAddr,
+    token: &str,
+    ids: &[String],
+    within: Duration,
+) -> std::collections::HashMap<String, (OffsetDateTime, OffsetDateTime)> {
     let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     let started = Instant::now();
     let (mut progress, mut progressed) = (0, Instant::now());
     loop {
-        let mut done = Vec::new();
+        let mut done = std::collections::HashMap::new();
         let mut after: Option<String> = None;
         loop {
             let mut path =
@@ -917,11 +1152,12 @@ fn wait_acknowledged(
             let (_, body) = read_answer(tcp);
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             for m in v["messages"].as_array().into_iter().flatten() {
-                if wanted.contains(m["message_id"].as_str().unwrap_or_default()) {
+                let id = m["message_id"].as_str().unwrap_or_default();
+                if wanted.contains(id) {
                     let t = |k: &str| {
                         OffsetDateTime::parse(m[k].as_str().unwrap_or_default(), &Rfc3339).unwrap()
                     };
-                    done.push((t("created_at"), t("updated_at")));
+                    done.insert(id.to_owned(), (t("created_at"), t("updated_at")));
                 }
             }
             after = v["next"].as_str().map(str::to_owned);

@@ -326,6 +326,25 @@ fn subject_of(cert: &X509Ref) -> String {
     distinguished_name_string(cert.subject_name())
 }
 
+/// The certificate a BinarySecurityToken carries. Usually it is one we already hold (the
+/// partner's signing certificate from the PMode, or our own when checking what we just
+/// signed): then that one is taken instead of decoding the token, since decoding a
+/// certificate is among the costliest steps of verifying a small message (OpenSSL 3 looks
+/// up a decoder for its public key each time). Equal DER bytes are the same certificate.
+fn certificate_from_der(der: &[u8], candidates: &[X509]) -> Result<X509, EbmsError> {
+    if let Some(known) = candidates
+        .iter()
+        .find(|c| c.to_der().is_ok_and(|d| d == der))
+    {
+        return Ok(known.clone());
+    }
+    X509::from_der(der).map_err(|e| {
+        auth(format!(
+            "the BinarySecurityToken is not an X.509 certificate: {e}"
+        ))
+    })
+}
+
 /// Resolves the `ds:KeyInfo` of a signature to the signer's certificate.
 ///
 /// `security` is the `wsse:Security` header holding the signature (BSTs must be inside
@@ -375,11 +394,7 @@ pub(crate) fn resolve_key_info<'d>(
         let der = decode_base64(&bst.text(), "the BinarySecurityToken")?;
         return match value_type {
             VT_X509V3 => Ok(ResolvedToken {
-                certificate: X509::from_der(&der).map_err(|e| {
-                    auth(format!(
-                        "the BinarySecurityToken is not an X.509 certificate: {e}"
-                    ))
-                })?,
+                certificate: certificate_from_der(&der, candidates)?,
                 chain: Vec::new(),
                 reference: TokenReference::BinarySecurityToken,
             }),
@@ -593,5 +608,34 @@ fn chain_to_anchors(
             distinguished_name_string(cert.issuer_name()),
             err.error_string()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_pki(file: &str) -> X509 {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../certs")
+            .join(file);
+        X509::from_pem(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_token_certificate_we_hold_is_taken_as_held_and_any_other_is_decoded() {
+        let a = test_pki("varti-a/sign-ed25519.cert.pem");
+        let b = test_pki("varti-b/sign-ed25519.cert.pem");
+        let der = a.to_der().unwrap();
+        let held = certificate_from_der(&der, &[b.clone(), a.clone()]).unwrap();
+        assert!(
+            std::ptr::eq::<X509Ref>(&*held, &*a),
+            "the held certificate itself"
+        );
+        let decoded = certificate_from_der(&der, std::slice::from_ref(&b)).unwrap();
+        assert!(!std::ptr::eq::<X509Ref>(&*decoded, &*a));
+        assert_eq!(decoded.to_der().unwrap(), der);
+        let e = certificate_from_der(b"not a certificate", &[a]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedAuthentication);
     }
 }

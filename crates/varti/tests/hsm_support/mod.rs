@@ -41,6 +41,9 @@ const KEYS: &[&str] = &[
     "varti-a/sign-p256",
     "varti-a/enc-p256",
     "varti-a/sign-ed25519",
+    // The exchange benchmark's `1.15-rsa2048` run with `--token`.
+    "varti-a/sign-rsa2048",
+    "varti-a/enc-rsa2048",
 ];
 
 /// The object label of a test-PKI key (`varti-a/sign` → `varti-a-sign`).
