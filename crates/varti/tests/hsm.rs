@@ -261,7 +261,7 @@ fn seal_with_a_token_key_and_open_verifies() {
         "{out}"
     );
     // Everything above ran on keys the token never gives out.
-    assert_eq!(hsm_support::assert_keys_never_leave_the_token(), 6);
+    assert_eq!(hsm_support::assert_keys_never_leave_the_token(), 8);
 }
 
 /// `xmlsec1 --verify` accepts the SOAP envelope of the message dump `msg` with `cert` as

@@ -138,7 +138,9 @@ fn requester(extra: &str) -> String {
 /// Bytes no other test file uses: a PDF whose body is derived from `seed`.
 fn evidence(seed: u32) -> Vec<u8> {
     let mut b = format!("%PDF-1.4\n% evidence {seed}\n").into_bytes();
-    b.extend((0..60_000u32).map(|i| (i.wrapping_mul(seed) >> 3) as u8));
+    // Over the store's inline bound: a kept evidence is a payload file, where the disk
+    // scans of these tests look (an inline one would sit encoded in the store's record).
+    b.extend((0..120_000u32).map(|i| (i.wrapping_mul(seed) >> 3) as u8));
     b.extend_from_slice(b"\n%%EOF\n");
     b
 }
@@ -805,7 +807,7 @@ fn oots_unsolicited_answer_leaves_nothing() {
 /// settles as usual.
 #[test]
 fn oots_answer_over_the_evidence_cap_is_refused() {
-    let cap = 50_000;
+    let cap = 100_000;
     let g = start(
         &requester(&format!("max_received_evidence_bytes = {cap}\n")),
         false,
@@ -858,6 +860,7 @@ fn oots_answer_over_the_evidence_cap_is_refused() {
         .to_owned();
     let (request, edm) = received_request(b, &id);
     let small = evidence(79)[..cap - 1000].to_vec();
+    assert!(small.len() > varti_store::INLINE_PAYLOAD_MAX);
     send_answer(
         b,
         &request,

@@ -80,6 +80,24 @@ impl std::ops::DerefMut for Conn<'_> {
     }
 }
 
+impl Drop for Pool {
+    /// The synchronous PostgreSQL client closes a connection by blocking on a runtime of
+    /// its own, which panics on a thread that already runs an async runtime — and the last
+    /// holder of the store may well be dropped there (a serving process shutting down). The
+    /// idle connections are therefore closed on a thread of their own.
+    fn drop(&mut self) {
+        let idle =
+            std::mem::take(&mut self.inner.get_mut().unwrap_or_else(|p| p.into_inner()).idle);
+        if idle.is_empty() {
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("pg-pool-close".into())
+            .spawn(move || drop(idle))
+            .map(|closing| closing.join());
+    }
+}
+
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         let client = self.client.take();
