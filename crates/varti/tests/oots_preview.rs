@@ -27,33 +27,7 @@ use serde_json::{json, Value};
 
 /// b's additions: the preview connector and the preview space on `port`.
 fn provider_preview(register: &Register, port: u16) -> String {
-    format!(
-        r#"[[oots.connectors]]
-evidence_type = "EV-PREVIEW"
-url = "{ok}"
-preview = true
-[preview]
-enabled = true
-evidence_key_file = "{key}"
-listen = "127.0.0.1:{port}"
-public_url = "https://localhost:{port}"
-tls = true
-[preview.oidc]
-ca_file = "../certs/ca.cert.pem"
-[preview.test_idp]
-enabled = true
-[[preview.test_idp.persons]]
-identifier = "DK/LV/010190-1234"
-given_name = "Ida"
-family_name = "Jensen"
-birth_date = "1990-01-01"
-"#,
-        key = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/oots_support/preview-evidence.key"
-        ),
-        ok = register.url("/ok"),
-    )
+    oots_support::preview_lines(register, ([127, 0, 0, 1], port).into(), port)
 }
 
 /// Files under the node's data directory whose bytes are the register's PDF: every copy

@@ -742,40 +742,6 @@ fn two_data_centres_dc_loss() {
     drop(cluster);
 }
 
-/// varti-b's preview space on `listen`, with links under the preview front door
-/// `https://localhost:{front}` (a link must work whichever instance answers it), the
-/// built-in test identity provider, and the connector `EV-PREVIEW` that needs the
-/// citizen's preview. Every instance holds the same evidence key.
-fn preview_lines(register: &register_support::Register, listen: SocketAddr, front: u16) -> String {
-    format!(
-        r#"[[oots.connectors]]
-evidence_type = "EV-PREVIEW"
-url = "{ok}"
-preview = true
-[preview]
-enabled = true
-evidence_key_file = "{key}"
-listen = "{listen}"
-public_url = "https://localhost:{front}"
-tls = true
-[preview.oidc]
-ca_file = "../certs/ca.cert.pem"
-[preview.test_idp]
-enabled = true
-[[preview.test_idp.persons]]
-identifier = "DK/LV/010190-1234"
-given_name = "Ida"
-family_name = "Jensen"
-birth_date = "1990-01-01"
-"#,
-        key = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/oots_support/preview-evidence.key"
-        ),
-        ok = register.url("/ok"),
-    )
-}
-
 /// Polls the requester's record of OOTS request `id` until it leaves `state` (a positive
 /// signal, with a deadline): the record then.
 fn oots_request_leaves(
@@ -836,13 +802,13 @@ fn two_data_centres_preview_failover() {
     layout.b.host = two_dc_support::dc_ip(1, 1);
     let b1_config = format!(
         "{gateway}{}{}",
-        preview_lines(&register, preview1, preview_front.port),
+        oots_support::preview_lines(&register, preview1, preview_front.port),
         postgres_store_config(schema.url(), schema.name())
     );
     layout.rewrite_config(&layout.b, &b1_config).unwrap();
     let b2_config = format!(
         "{gateway}{}{}",
-        preview_lines(&register, preview2, preview_front.port),
+        oots_support::preview_lines(&register, preview2, preview_front.port),
         postgres_store_config(&postgres_via(&link), schema.name())
     );
     let b2_layout = layout

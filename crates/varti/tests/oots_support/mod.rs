@@ -85,6 +85,41 @@ pub fn gateway_lines(register: &Register) -> String {
     )
 }
 
+/// varti-b's preview space on `listen`, TLS, with links under `https://localhost:{front}`
+/// (its own port, or a front door before several instances: a link must work whichever
+/// instance answers it), the
+/// built-in test identity provider, and the connector `EV-PREVIEW` that needs the
+/// citizen's preview. Every instance holds the same evidence key.
+pub fn preview_lines(register: &Register, listen: std::net::SocketAddr, front: u16) -> String {
+    format!(
+        r#"[[oots.connectors]]
+evidence_type = "EV-PREVIEW"
+url = "{ok}"
+preview = true
+[preview]
+enabled = true
+evidence_key_file = "{key}"
+listen = "{listen}"
+public_url = "https://localhost:{front}"
+tls = true
+[preview.oidc]
+ca_file = "../certs/ca.cert.pem"
+[preview.test_idp]
+enabled = true
+[[preview.test_idp.persons]]
+identifier = "DK/LV/010190-1234"
+given_name = "Ida"
+family_name = "Jensen"
+birth_date = "1990-01-01"
+"#,
+        key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oots_support/preview-evidence.key"
+        ),
+        ok = register.url("/ok"),
+    )
+}
+
 /// Starts varti-a and varti-b with these lines appended to their configurations (right
 /// after their backend client `portal`, so leading keys belong to that client).
 pub fn start_pair(extra_a: &str, extra_b: &str) -> (tempfile::TempDir, Node, Node) {
