@@ -14,11 +14,11 @@
 //!    `wsse:Security` header, before the signature;
 //! 4. the MIME package is streamed to the caller's writer.
 //!
-//! Payloads are never held in memory: they are spooled to temporary files, removed when
-//! the call returns.
+//! Payloads are never held in memory whole: each is spooled in a [`SpoolBuffer`] (in memory
+//! up to [`SPOOL_MEMORY_MAX`](crate::spool::SPOOL_MEMORY_MAX), else a temporary file removed
+//! when the call returns), so a small message touches no file.
 
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 
 use openssl::x509::X509Ref;
 
@@ -41,6 +41,7 @@ use crate::security::sign::{
 };
 use crate::security::swa::AttachmentSource;
 use crate::security::token::TokenReference;
+use crate::spool::SpoolBuffer;
 
 /// The security settings of the leg a message is sent on.
 #[derive(Clone, Copy)]
@@ -129,11 +130,11 @@ fn io_err(what: &str) -> impl Fn(io::Error) -> EbmsError + '_ {
     move |e| internal(format!("{what}: {e}"))
 }
 
-/// A spooled part: its content (compressed when the leg compresses) in a temporary file.
+/// A spooled part: its content (compressed when the leg compresses).
 struct Spooled {
     content_id: String,
     content_type: String,
-    file: File,
+    content: SpoolBuffer,
 }
 
 impl AttachmentSource for Spooled {
@@ -144,9 +145,7 @@ impl AttachmentSource for Spooled {
         &self.content_type
     }
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(0))?;
-        Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+        Ok(self.content.open()?)
     }
 }
 
@@ -164,9 +163,9 @@ pub fn send(
     for p in payloads {
         let compress = policy.compress
             && !compress::leaves_uncompressed(&p.mime_type, policy.uncompressed_types);
-        let mut file = tempfile::tempfile().map_err(io_err("creating a temporary file"))?;
+        let mut content = SpoolBuffer::new(None);
         {
-            let mut w = BufWriter::with_capacity(64 * 1024, &mut file);
+            let mut w = BufWriter::with_capacity(64 * 1024, &mut content);
             if compress {
                 compress::gzip(p.content, &mut w).map_err(io_err("compressing a payload"))?;
             } else {
@@ -193,7 +192,7 @@ pub fn send(
         spooled.push(Spooled {
             content_id: p.content_id,
             content_type,
-            file,
+            content,
         });
     }
     // The signed parts' ids are derived from the MessageId, not random: sealing the same
@@ -212,17 +211,14 @@ pub fn send(
     let mut envelope = signed.envelope;
 
     // Encrypt (after signing) and put the encryption elements first in the header.
-    let mut wire: Vec<(String, String, File)> = Vec::with_capacity(spooled.len());
+    let mut wire: Vec<(String, String, SpoolBuffer)> = Vec::with_capacity(spooled.len());
     if let Some(settings) = &policy.encryption {
         if !spooled.is_empty() {
             let mut readers = Vec::new();
             let mut outputs = Vec::new();
             for s in &spooled {
                 readers.push(s.open().map_err(io_err("reading a spooled payload"))?);
-                outputs.push(BufWriter::with_capacity(
-                    64 * 1024,
-                    tempfile::tempfile().map_err(io_err("creating a temporary file"))?,
-                ));
+                outputs.push(BufWriter::with_capacity(64 * 1024, SpoolBuffer::new(None)));
             }
             let parts: Vec<PlainPart<'_>> = spooled
                 .iter()
@@ -240,20 +236,20 @@ pub fn send(
             envelope =
                 insert_into_security_header(&envelope, &signed.security_header, &header.to_xml())?;
             for (s, w) in spooled.iter().zip(outputs) {
-                let file = w
+                let cipher = w
                     .into_inner()
                     .map_err(|e| internal(format!("writing cipher text: {}", e.error())))?;
                 wire.push((
                     s.content_id.clone(),
                     "application/octet-stream".into(),
-                    file,
+                    cipher,
                 ));
             }
         }
     }
     if wire.is_empty() {
         for s in spooled {
-            wire.push((s.content_id, s.content_type, s.file));
+            wire.push((s.content_id, s.content_type, s.content));
         }
     }
 
@@ -262,10 +258,8 @@ pub fn send(
     writer
         .write_root(envelope.as_bytes())
         .map_err(io_err("writing the MIME package"))?;
-    for (cid, ct, mut file) in wire {
-        file.seek(SeekFrom::Start(0))
-            .map_err(io_err("rewinding a payload"))?;
-        let mut r = BufReader::with_capacity(64 * 1024, file);
+    for (cid, ct, content) in wire {
+        let mut r = content.open().map_err(io_err("rewinding a payload"))?;
         writer
             .write_attachment(&cid, &ct, &[], &mut r)
             .map_err(io_err("writing the MIME package"))?;
