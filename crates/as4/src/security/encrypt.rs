@@ -856,7 +856,7 @@ fn protect_key(
         KeyProtection::X25519HkdfKwAes128 | KeyProtection::EcdhEsP256HkdfKwAes128 => {
             let (ephemeral, originator_xml) = if kp == KeyProtection::X25519HkdfKwAes128 {
                 let eph = PKey::generate_x25519().map_err(crypto)?;
-                let spki = eph.public_key_to_der().map_err(crypto)?;
+                let spki = x25519_spki(&eph.raw_public_key().map_err(crypto)?);
                 // X25519 has no ds:KeyValue form; XML Signature 1.1 §4.5.6's
                 // DEREncodedKeyValue (SubjectPublicKeyInfo) is what Santuario writes.
                 let xml = format!(
@@ -911,6 +911,20 @@ fn protect_key(
             Ok((xml, wrapped))
         }
     }
+}
+
+/// The DER of an X25519 SubjectPublicKeyInfo up to its 32 key bytes (RFC 8410 §4:
+/// SEQUENCE { SEQUENCE { OID 1.3.101.110 }, BIT STRING (no unused bits) }).
+const X25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
+];
+
+/// The SubjectPublicKeyInfo of the raw X25519 public key `raw`.
+fn x25519_spki(raw: &[u8]) -> Vec<u8> {
+    let mut der = Vec::with_capacity(X25519_SPKI_PREFIX.len() + raw.len());
+    der.extend_from_slice(&X25519_SPKI_PREFIX);
+    der.extend_from_slice(raw);
+    der
 }
 
 /// The raw (EC)DH shared secret between `ours` and `theirs`, refusing an all-zero result
@@ -1040,11 +1054,7 @@ pub fn open_encryption(
     let cert_key = my_cert
         .public_key()
         .map_err(|e| failed(format!("our certificate's public key is unreadable: {e}")))?;
-    let same = my_key
-        .public_key()
-        .map(|k| k.public_eq(&cert_key))
-        .unwrap_or(false);
-    if !same {
+    if !my_key.matches_public(&cert_key) {
         return Err(failed(
             "the configured private key does not belong to the configured certificate; \
              fix the key/certificate pair of this access point",
@@ -1337,6 +1347,17 @@ fn parse_agreement(
 fn parse_originator_key(doc: &Doc, oki: usize) -> Result<PKey<Public>, EbmsError> {
     if let Some(der) = doc.only_child(oki, NS_DSIG11, "DEREncodedKeyValue")? {
         let bytes = decode_b64(&doc.text(der), 4096, "DEREncodedKeyValue")?;
+        // The one form an X25519 SubjectPublicKeyInfo has (RFC 8410) is read as its raw
+        // 32 bytes: OpenSSL 3's generic DER decoder costs more than the key agreement.
+        if let Some(raw) = bytes.strip_prefix(X25519_SPKI_PREFIX.as_slice()) {
+            if raw.len() == 32 {
+                return PKey::public_key_from_raw_bytes(raw, Id::X25519).map_err(|e| {
+                    failed(format!(
+                        "the originator's DEREncodedKeyValue is invalid: {e}"
+                    ))
+                });
+            }
+        }
         return PKey::public_key_from_der(&bytes).map_err(|e| {
             failed(format!(
                 "the originator's DEREncodedKeyValue is invalid: {e}"

@@ -112,6 +112,12 @@ pub trait KeyOperations: Send + Sync {
     fn kind(&self) -> KeyKind;
     /// The public half (for matching the key against its certificate).
     fn public_key(&self) -> Result<PKey<Public>, KeyError>;
+    /// Whether `public` is this key's public half (the key belongs to that certificate).
+    fn matches_public(&self, public: &PKeyRef<Public>) -> bool {
+        self.public_key()
+            .map(|k| k.public_eq(public))
+            .unwrap_or(false)
+    }
     /// Signs `data` with `mechanism`.
     fn sign(&self, mechanism: SignMechanism, data: &[u8]) -> Result<Vec<u8>, KeyError>;
     /// Decrypts an RSA-encrypted content key.
@@ -145,6 +151,11 @@ impl KeyOperations for PKeyRef<Private> {
             .public_key_to_der()
             .map_err(ossl("encoding the public key"))?;
         PKey::public_key_from_der(&der).map_err(ossl("decoding the public key"))
+    }
+    fn matches_public(&self, public: &PKeyRef<Public>) -> bool {
+        // Compared in place: the DER round trip of `public_key` costs more than the
+        // operation it guards on every received message.
+        self.public_eq(public)
     }
     fn sign(&self, mechanism: SignMechanism, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut s = match mechanism {
@@ -212,6 +223,9 @@ impl KeyOperations for PKey<Private> {
     fn public_key(&self) -> Result<PKey<Public>, KeyError> {
         KeyOperations::public_key(&**self)
     }
+    fn matches_public(&self, public: &PKeyRef<Public>) -> bool {
+        KeyOperations::matches_public(&**self, public)
+    }
     fn sign(&self, mechanism: SignMechanism, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         KeyOperations::sign(&**self, mechanism, data)
     }
@@ -239,10 +253,7 @@ impl PrivateKey {
     /// Whether this key's public half equals `public` (the key belongs to that
     /// certificate).
     pub fn matches(&self, public: &PKeyRef<Public>) -> bool {
-        self.0
-            .public_key()
-            .map(|k| k.public_eq(public))
-            .unwrap_or(false)
+        self.0.matches_public(public)
     }
 }
 
@@ -269,6 +280,9 @@ impl KeyOperations for PrivateKey {
     }
     fn public_key(&self) -> Result<PKey<Public>, KeyError> {
         self.0.public_key()
+    }
+    fn matches_public(&self, public: &PKeyRef<Public>) -> bool {
+        self.0.matches_public(public)
     }
     fn sign(&self, mechanism: SignMechanism, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         self.0.sign(mechanism, data)
