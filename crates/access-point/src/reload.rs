@@ -201,6 +201,33 @@ impl Snapshot {
             next_signing,
             dynamic_anchors: HashMap::new(),
         };
+        // A signing key that does not belong to its certificate would sign messages every
+        // partner refuses: caught here, once, rather than on each message (the signer
+        // does not verify its own signatures).
+        if let Ok(public) = identity.signing_cert.public_key() {
+            match varti_as4::security::private_key::proves_possession(
+                &identity.signing_key,
+                &public,
+            ) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(StartError::Credential {
+                        what: "identity.signing_key".to_owned(),
+                        path: id.signing_key.clone(),
+                        problem: format!(
+                        "it does not belong to identity.signing_cert ({}): configure the key and \
+                             certificate of one pair",
+                        id.signing_cert.display()
+                    ),
+                    })
+                }
+                // A token that is away for now: the signatures fail (and are retried)
+                // until it is back, as they would have anyway.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check now that identity.signing_key belongs to identity.signing_cert")
+                }
+            }
+        }
         let exception = pmodes
             .party(&id.party)
             .and_then(|p| p.allow_weak_keys.as_deref());
@@ -703,6 +730,23 @@ mod tests {
     use varti_store::AuditFilter;
 
     use crate::test_support::access_point;
+
+    #[test]
+    fn a_signing_key_of_another_certificate_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let err = crate::test_support::open_access_point(dir.path(), |s| {
+            s.identity.signing_key = repo.join("certs/varti-c/sign.key.pem");
+        })
+        .map(|_| ())
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("identity.signing_key"), "{text}");
+        assert!(
+            text.contains("does not belong to identity.signing_cert"),
+            "{text}"
+        );
+    }
 
     struct Refuse;
     impl ReloadHook for Refuse {

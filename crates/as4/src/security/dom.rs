@@ -344,6 +344,24 @@ impl<'d> Element<'d> {
         out
     }
 
+    /// Whether a direct comment child of the element holds exactly `text` (what is
+    /// between `<!--` and `-->`).
+    pub(crate) fn has_comment_child(&self, text: &str) -> bool {
+        // SAFETY: children chain of a live node; a comment's content is its text.
+        unsafe {
+            let mut cur = (*self.ptr).children;
+            while !cur.is_null() {
+                if (*cur).type_ == ffi::xmlElementType_XML_COMMENT_NODE
+                    && xml_str((*cur).content) == Some(text)
+                {
+                    return true;
+                }
+                cur = (*cur).next;
+            }
+        }
+        false
+    }
+
     /// Whether `self` is `ancestor` or lies inside it.
     pub(crate) fn is_inside(&self, ancestor: &Element<'_>) -> bool {
         let mut cur = self.ptr;

@@ -8,12 +8,16 @@
 //! PrefixList — exc-c14n then depends on nothing outside the element, so the digests
 //! hold once the header is inserted), digest the attachments while streaming them,
 //! build and canonicalize SignedInfo, sign it with the profile's algorithm, and
-//! replace the placeholder. The result is then verified once by our own verifier, so
-//! a misplaced placeholder can never produce a message that peers reject.
+//! replace the placeholder. The placeholder must be a comment directly in the SOAP
+//! Header (checked on the parsed document), so the insertion adds a sibling of
+//! eb:Messaging and changes neither signed element nor their ancestors: their exclusive
+//! canonical forms, and so the digests, are those of the final document by construction.
+//! (Whether our key belongs to our certificate is checked when the access point loads
+//! them, not on every message.)
 
 use base64::Engine;
 use openssl::sha::Sha256;
-use openssl::x509::{X509Ref, X509};
+use openssl::x509::X509Ref;
 
 use super::c14n::{self, EXC_C14N};
 use super::dom::{XmlDocument, NS_WSU};
@@ -21,12 +25,15 @@ use super::private_key::KeyOperations;
 use super::profile::Profile;
 use super::swa::{self, AttachmentSource, ATTACHMENT_CONTENT_SIGNATURE_TRANSFORM};
 use super::token::{self, TokenReference, ENC_BASE64, NS_DS, NS_WSSE, VT_SKI, VT_X509V3};
-use super::verify::{self, SignedPart, VerifyOptions, NS_EBMS, NS_SOAP11, NS_SOAP12};
+use super::verify::{self, NS_EBMS, NS_SOAP11, NS_SOAP12};
 use crate::error::{EbmsError, ErrorCode};
 
 /// The comment the SOAP builder puts where the `wsse:Security` header goes (first in
 /// `S12:Header`, before `eb:Messaging`).
 pub const SECURITY_HEADER_PLACEHOLDER: &str = "<!--varti:wsse:Security-->";
+
+/// The text of [`SECURITY_HEADER_PLACEHOLDER`]'s comment.
+const PLACEHOLDER_TEXT: &str = "varti:wsse:Security";
 
 /// What signs: the profile, the key and certificate, and how the certificate is referenced.
 #[derive(Clone, Copy)]
@@ -120,6 +127,14 @@ pub fn sign_envelope(
     let body = root
         .child(soap_ns, "Body")
         .ok_or_else(|| fail("the envelope to sign has no SOAP Body"))?;
+    // The placeholder occurs once in the text; this is that occurrence (not text in an
+    // attribute or a CDATA section), and it sits where the header goes.
+    if !header.has_comment_child(PLACEHOLDER_TEXT) {
+        return Err(fail(
+            "the placeholder of the security header is not a comment directly in the SOAP \
+             Header; put it there, before eb:Messaging",
+        ));
+    }
 
     let mut refs_xml = String::new();
     let mut references = Vec::new();
@@ -222,25 +237,6 @@ pub fn sign_envelope(
     );
     let signed = envelope.replacen(SECURITY_HEADER_PLACEHOLDER, &security_header, 1);
 
-    // Self-check with the receiving code path: catches a misplaced placeholder or an
-    // envelope whose canonical form changed with the insertion.
-    let final_doc = XmlDocument::parse(signed.as_bytes())?;
-    let candidates: Vec<X509> = vec![identity.certificate.to_owned()];
-    let check = verify::verify_signature(
-        &final_doc,
-        &VerifyOptions {
-            profile,
-            candidate_certificates: &candidates,
-        },
-    )
-    .map_err(|e| fail(format!("the signed envelope does not verify: {}", e.detail)))?;
-    let covered: Vec<_> = check.xml_references().iter().map(|r| &r.part).collect();
-    if !covered.contains(&&SignedPart::Messaging) || !covered.contains(&&SignedPart::Body) {
-        return Err(fail(
-            "after signing, eb:Messaging or the Body is not at its canonical place; put the placeholder \
-             directly in the SOAP Header",
-        ));
-    }
     Ok(SignedEnvelope {
         envelope: signed,
         security_header,
