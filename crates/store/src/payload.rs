@@ -2,8 +2,9 @@
 //!
 //! **Small payloads are kept inline.** A payload of at most [`INLINE_PAYLOAD_MAX`] bytes is
 //! not written anywhere by [`PayloadStore::put`]: its bytes travel in the returned
-//! [`PayloadRef`] and are stored *inside the message record* that names it, in the same
-//! transaction (and the same fsync) as the record itself. Creating, fsyncing and deleting a
+//! [`PayloadRef`] and are stored *with the message record* that names it, in the same
+//! transaction (and the same fsync) as the record itself (the embedded store keeps them in
+//! a tree beside its records, written once; see `sled_store`). Creating, fsyncing and deleting a
 //! file per small payload was the largest per-message cost of the access point (see
 //! `docs/benchmarks.md`); a record write is needed anyway. Callers do not see the
 //! difference: [`PayloadStore::open`] reads either kind, [`PayloadStore::remove`] of an inline
@@ -111,6 +112,25 @@ impl PayloadRef {
     /// Drops the inline bytes (the payload is purged).
     pub(crate) fn drop_inline(&mut self) {
         self.inline = None;
+    }
+
+    /// Takes the inline bytes out, leaving the payload inline with none (the embedded
+    /// store keeps the bytes beside the record; see `sled_store`).
+    pub(crate) fn take_inline(&mut self) -> Option<Arc<[u8]>> {
+        self.inline
+            .as_mut()
+            .map(|b| std::mem::replace(&mut b.0, Arc::from(&[][..])))
+    }
+
+    /// Whether the payload is inline but its bytes were taken out by
+    /// [`PayloadRef::take_inline`] (or it is empty).
+    pub(crate) fn inline_bytes_apart(&self) -> bool {
+        self.inline.as_ref().is_some_and(|b| b.0.is_empty())
+    }
+
+    /// Puts inline bytes taken out by [`PayloadRef::take_inline`] back.
+    pub(crate) fn put_inline(&mut self, bytes: &[u8]) {
+        self.inline = Some(InlineBytes(bytes.into()));
     }
 
     /// A reader over the inline bytes, if kept inline.

@@ -14,6 +14,7 @@ pub(crate) const MAX_SEARCH_LEN: usize = 4096;
 /// (give more characters, or another filter) instead of reading the whole store.
 pub const MAX_PREFIX_MATCHES: usize = 10_000;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -282,6 +283,24 @@ impl MessageRecord {
 
     /// Records that the payloads were purged at `at`, dropping the bytes of those kept
     /// inline in the record (the others' files or rows the caller removed first).
+    /// The record with its inline payloads' bytes taken out (the payloads stay inline,
+    /// empty), and those bytes by payload id; `None` when it has no inline payload. For
+    /// copies that keep the bytes once beside rewrites of the record (`sled_store`,
+    /// `sidecar`).
+    pub(crate) fn inline_apart(&self) -> Option<(MessageRecord, Vec<(String, Arc<[u8]>)>)> {
+        if !self.meta.payloads.iter().any(|p| p.stored.is_inline()) {
+            return None;
+        }
+        let mut apart = self.clone();
+        let mut bytes = Vec::new();
+        for p in &mut apart.meta.payloads {
+            if let Some(b) = p.stored.take_inline() {
+                bytes.push((p.stored.id.clone(), b));
+            }
+        }
+        Some((apart, bytes))
+    }
+
     pub(crate) fn mark_payloads_purged(&mut self, at: OffsetDateTime) {
         for entry in &mut self.meta.payloads {
             entry.stored.drop_inline();

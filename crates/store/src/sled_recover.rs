@@ -233,6 +233,7 @@ fn read_database(
         let mut records = BTreeMap::new();
         let mut unreadable = Vec::new();
         let tree = db.open_tree("records").map_err(|e| e.to_string())?;
+        let inline = db.open_tree("inline").map_err(|e| e.to_string())?;
         for item in tree.iter() {
             let (key, value) = match item {
                 Ok(kv) => kv,
@@ -242,7 +243,11 @@ fn read_database(
                 }
             };
             match serde_json::from_slice::<MessageRecord>(&value) {
-                Ok(r) if r.id().as_bytes() == &key[..] => {
+                Ok(mut r) if r.id().as_bytes() == &key[..] => {
+                    // Inline bytes the damaged tree cannot give back stay empty: the
+                    // payload's size and SHA-256 then fail, and the sidecar (which carries
+                    // the bytes) or the loss report takes over.
+                    let _ = crate::sled_store::attach_inline(&mut r, |k| inline.get(k));
                     records.insert(r.id().to_owned(), r);
                 }
                 _ => unreadable.push(format!(

@@ -65,7 +65,7 @@ use sled::transaction::{
 };
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -102,6 +102,8 @@ pub(crate) fn is_rebuilt_from_records(tree: &str) -> bool {
             // Only the marker that the search indexes were built: a rebuilt store has them
             // (its records are written with their index keys) and sets it again when opened.
             | "meta"
+            // The bytes of inline payloads: written with the records that carry them.
+            | "inline"
     )
 }
 
@@ -117,7 +119,15 @@ const META: usize = 14;
 /// The webhook outbox (issue 18): `message_id 0x00 seq` → [`StoredEvent`] (JSON). Data of
 /// its own, not an index: not rebuilt from records.
 const OUTBOX: usize = 15;
-const TREE_NAMES: [&str; 16] = [
+/// The bytes of inline payloads: payload id → bytes. A record in `records` names its inline
+/// payloads with their bytes left out, so that the many rewrites of a record (claim,
+/// attempt, acknowledgement) do not rewrite its payloads: sled writes a B-tree leaf of
+/// records larger than 128 KiB as a file of its own (a "blob"), created and deleted on
+/// every rewrite of the leaf, which made a 10 KiB payload cost more than all the
+/// cryptography of its message. Written when the record first names the bytes, removed
+/// with them (purge, deletion); rebuilt from records like an index.
+const INLINE: usize = 16;
+const TREE_NAMES: [&str; 17] = [
     "records",
     "due",
     "created",
@@ -134,6 +144,7 @@ const TREE_NAMES: [&str; 16] = [
     "test",
     "meta",
     "outbox",
+    "inline",
 ];
 
 /// The `meta` key set once the search indexes cover every record, and its value.
@@ -388,7 +399,14 @@ impl SledStore {
     {
         self.trees[RECORDS].iter().map(|item| {
             let (key, value) = item.map_err(db_error)?;
-            Ok((key.to_vec(), decode(&value)))
+            let record = match decode(&value) {
+                Ok(mut record) => {
+                    attach_inline(&mut record, |k| self.trees[INLINE].get(k)).map_err(db_error)?;
+                    Ok(record)
+                }
+                Err(e) => Err(e),
+            };
+            Ok((key.to_vec(), record))
         })
     }
 
@@ -417,7 +435,10 @@ impl SledStore {
             .transaction(|trees| {
                 let old = match trees[RECORDS].get(id.as_bytes())? {
                     Some(bytes) => {
-                        Some(decode(&bytes).map_err(ConflictableTransactionError::Abort)?)
+                        let mut record =
+                            decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                        attach_inline(&mut record, |k| trees[INLINE].get(k))?;
+                        Some(record)
                     }
                     None => None,
                 };
@@ -486,7 +507,10 @@ impl SledStore {
             .transaction(|trees| {
                 let old = match trees[RECORDS].get(id.as_bytes())? {
                     Some(bytes) => {
-                        Some(decode(&bytes).map_err(ConflictableTransactionError::Abort)?)
+                        let mut record =
+                            decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                        attach_inline(&mut record, |k| trees[INLINE].get(k))?;
+                        Some(record)
                     }
                     None => None,
                 };
@@ -599,7 +623,11 @@ impl SledStore {
 
     fn read(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
         match self.trees[RECORDS].get(id.as_bytes()).map_err(db_error)? {
-            Some(bytes) => decode(&bytes).map(Some),
+            Some(bytes) => {
+                let mut record = decode(&bytes)?;
+                attach_inline(&mut record, |k| self.trees[INLINE].get(k)).map_err(db_error)?;
+                Ok(Some(record))
+            }
             None => Ok(None),
         }
     }
@@ -694,7 +722,8 @@ impl Store for SledStore {
                     let Some(bytes) = trees[RECORDS].get(id.as_bytes())? else {
                         return Ok(None);
                     };
-                    let old = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                    let mut old = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                    attach_inline(&mut old, |k| trees[INLINE].get(k))?;
                     // Someone else may have claimed it since we read the index.
                     if !old.is_claimable(now) {
                         return Ok(None);
@@ -1663,16 +1692,37 @@ fn write_record(
             .insert(key.1.as_slice(), &[] as &[u8])
             .map_err(TxError::Storage)?;
     }
+    let mut kept_inline = BTreeSet::new();
     match new {
         Some(record) => {
-            let bytes = encode(record).map_err(TxError::Store)?;
+            let (bytes, inline) = encode(record).map_err(TxError::Store)?;
             trees[RECORDS]
                 .insert(id.as_bytes(), bytes)
                 .map_err(TxError::Storage)?;
+            // Payload bytes never change under their id: written once, when a record
+            // first names them.
+            for (payload_id, bytes) in inline {
+                let key = payload_id.as_bytes();
+                if trees[INLINE].get(key).map_err(TxError::Storage)?.is_none() {
+                    trees[INLINE]
+                        .insert(key, &*bytes)
+                        .map_err(TxError::Storage)?;
+                }
+                kept_inline.insert(payload_id);
+            }
         }
         None => {
             trees[RECORDS]
                 .remove(id.as_bytes())
+                .map_err(TxError::Storage)?;
+        }
+    }
+    // Inline bytes the old record had and the new one no longer has (purged, or the
+    // record deleted) go with it.
+    for p in old.into_iter().flat_map(|r| &r.meta.payloads) {
+        if p.stored.is_inline() && !kept_inline.contains(p.stored.id.as_str()) {
+            trees[INLINE]
+                .remove(p.stored.id.as_bytes())
                 .map_err(TxError::Storage)?;
         }
     }
@@ -1795,9 +1845,35 @@ fn id_from_key(bytes: &[u8]) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Corrupt("an index key holds a non-UTF-8 message id".into()))
 }
 
-fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record)
-        .map_err(|e| StoreError::Corrupt(format!("cannot serialise message record: {e}")))
+/// A record as the `records` tree keeps it: its JSON with the bytes of its inline
+/// payloads left out (an empty `inline`), and those bytes by payload id for the `inline`
+/// tree.
+fn encode(record: &MessageRecord) -> Result<(Vec<u8>, Vec<(String, Arc<[u8]>)>), StoreError> {
+    let (json, inline) = match record.inline_apart() {
+        Some((apart, inline)) => (serde_json::to_vec(&apart), inline),
+        None => (serde_json::to_vec(record), Vec::new()),
+    };
+    let json =
+        json.map_err(|e| StoreError::Corrupt(format!("cannot serialise message record: {e}")))?;
+    Ok((json, inline))
+}
+
+/// Puts the bytes of `record`'s inline payloads back from the `inline` tree (`get`). A
+/// record written before that tree existed carries them itself and is left as it is; bytes
+/// missing from the tree are left empty, for the integrity check to report (their size and
+/// SHA-256 no longer match).
+pub(crate) fn attach_inline<E>(
+    record: &mut MessageRecord,
+    mut get: impl FnMut(&[u8]) -> Result<Option<sled::IVec>, E>,
+) -> Result<(), E> {
+    for p in &mut record.meta.payloads {
+        if p.stored.inline_bytes_apart() && p.stored.size > 0 {
+            if let Some(bytes) = get(p.stored.id.as_bytes())? {
+                p.stored.put_inline(&bytes);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
@@ -1818,6 +1894,7 @@ fn not_found(message_id: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{MessageMeta, PayloadRef};
     use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
     /// A stand-in for sled: a write bumps `written`; a flush makes durable what had been
@@ -1846,6 +1923,95 @@ mod tests {
                 "sync returned before write {mine} was flushed"
             );
         }
+    }
+
+    fn read_all(store: &SledStore, stored: &PayloadRef) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut store.payloads().open(stored).unwrap(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn inline_bytes_live_beside_their_record_are_written_once_and_go_with_a_purge() {
+        use crate::contract::{meta, payload, t0};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..10 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut m = meta("m1@varti.test", "backend");
+        m.payloads.push(payload(&store, &bytes));
+        let inbound = |m: MessageMeta| NewInbound {
+            meta: m,
+            receipt: b"<receipt/>".to_vec(),
+            peer: None,
+        };
+        store.insert_inbound(inbound(m), t0()).unwrap();
+        // The record itself is small: its payload's bytes are in the `inline` tree.
+        let raw = store.trees[RECORDS].get("m1@varti.test").unwrap().unwrap();
+        assert!(raw.len() < 2048, "record of {} bytes", raw.len());
+        assert_eq!(store.trees[INLINE].len(), 1);
+        let record = store.get("m1@varti.test").unwrap().unwrap();
+        assert!(record.meta.payloads[0].stored.is_inline());
+        assert_eq!(read_all(&store, &record.meta.payloads[0].stored), bytes);
+        // A change of state rewrites the record, not the bytes.
+        let before = store.trees[INLINE]
+            .get(record.meta.payloads[0].stored.id.as_bytes())
+            .unwrap();
+        assert!(store.mark_delivered("m1@varti.test", t0()).unwrap());
+        let after = store.trees[INLINE]
+            .get(record.meta.payloads[0].stored.id.as_bytes())
+            .unwrap();
+        assert_eq!(before, after);
+        let record = store.get("m1@varti.test").unwrap().unwrap();
+        assert_eq!(read_all(&store, &record.meta.payloads[0].stored), bytes);
+        // The sidecar carries the bytes: a store rebuilt from it needs no `inline` tree.
+        let sidecar = std::fs::read_to_string(store.sidecars.path_for("m1@varti.test")).unwrap();
+        assert!(
+            sidecar.len() > bytes.len(),
+            "sidecar of {} bytes",
+            sidecar.len()
+        );
+        // A purge takes the bytes away.
+        assert!(store.purge_payloads_of("m1@varti.test", t0()).unwrap());
+        assert_eq!(store.trees[INLINE].len(), 0);
+        assert!(
+            !store.get("m1@varti.test").unwrap().unwrap().meta.payloads[0]
+                .stored
+                .is_inline()
+        );
+    }
+
+    #[test]
+    fn a_record_written_with_its_inline_bytes_inside_is_read_and_moves_them_out_when_changed() {
+        use crate::contract::{meta, payload, t0};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let bytes = b"<doc>small and old</doc>".to_vec();
+        let mut m = meta("old@varti.test", "backend");
+        m.payloads.push(payload(&store, &bytes));
+        let mut record = MessageRecord::new_inbound(
+            NewInbound {
+                meta: m,
+                receipt: b"<receipt/>".to_vec(),
+                peer: None,
+            },
+            t0(),
+        )
+        .unwrap();
+        // As a store before the `inline` tree wrote it: the bytes in the record's JSON.
+        record.meta.payloads[0].stored = PayloadRef::inline(bytes.clone());
+        store.trees[RECORDS]
+            .insert("old@varti.test", serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        for (tree, key) in index_keys(&record) {
+            store.trees[tree].insert(key, &[] as &[u8]).unwrap();
+        }
+        let read = store.get("old@varti.test").unwrap().unwrap();
+        assert_eq!(read_all(&store, &read.meta.payloads[0].stored), bytes);
+        assert_eq!(store.trees[INLINE].len(), 0);
+        assert!(store.mark_delivered("old@varti.test", t0()).unwrap());
+        assert_eq!(store.trees[INLINE].len(), 1);
+        let read = store.get("old@varti.test").unwrap().unwrap();
+        assert_eq!(read_all(&store, &read.meta.payloads[0].stored), bytes);
     }
 
     #[test]
