@@ -1,31 +1,54 @@
-//! Message sidecars: the last acknowledged state of every message, one small JSON file per
+//! Message sidecars: the last acknowledged state of every message, one small file per
 //! message beside the payload files, so that a store whose sled files are damaged or gone
 //! can be rebuilt (`varti db recover`).
 //!
-//! Layout: `<store>/messages/<SHA-256 of the message id>.json`, holding
-//! `{"format": 1, "record": <MessageRecord>}`. The record carries the payload references
-//! with their SHA-256, the receipt, the state and the history: everything the store knows.
-//! The file name is a hash so that any message id (any bytes) maps to a safe name. The
-//! directory is flat (ext4 and XFS index large directories) so that concurrent writers
-//! share the fsync of its entries (group commit, as for sled's flushes).
+//! Layout: `<store>/messages/<SHA-256 of the message id>.json`. The file name is a hash so
+//! that any message id (any bytes) maps to a safe name. The directory is flat (ext4 and XFS
+//! index large directories) so that concurrent writers share the fsync of its entries
+//! (group commit, as for sled's flushes).
 //!
-//! A sidecar is written like a payload (temporary name, fsync, rename, fsync of the
-//! directory) *after* sled made the change durable and *before* the store method returns:
-//! when a caller is told "stored", "delivered" or "acknowledged", the sidecar says so too.
-//! Lease claims by [`Store::claim_due`](crate::Store::claim_due) do not rewrite sidecars (a
-//! store rebuilt from sidecars sends such a message again, which AS4 duplicate detection
-//! absorbs); every other change does.
+//! A sidecar is a sequence of lines, each `{"format": 2, "record": <MessageRecord>}`, one
+//! per durable change; the last complete line is the message's state. The record carries
+//! the payload references with their SHA-256, the receipt, the state and the history:
+//! everything the store knows. The first line (and a rewrite) carries the bytes of inline
+//! payloads; the lines appended after it leave them out (payload bytes never change under
+//! their id), and a reader takes them from the line that has them. A file of format 1 (one
+//! record, no line end), as earlier versions wrote, is read the same way.
+//!
+//! Why lines: a change appends one line and syncs the file's data, where replacing the
+//! file (temporary name, fsync, rename) created a file and deleted one on every change —
+//! on a file system without a journal the allocation of inodes then slows down with every
+//! inode recently deleted, which made the sidecars the most expensive step of a small
+//! exchange (`docs/benchmarks.md`). A line torn by a crash belongs to a change nobody was
+//! told about (the sync had not returned): it is ignored, and the next append starts a new
+//! line after it. A sidecar is written whole again (temporary name, fsync, rename, fsync of
+//! the directory) when it is new, when it has grown past [`REWRITE_AT`], and when the
+//! message's payloads are purged (so that no line keeps their bytes).
+//!
+//! A sidecar is written *after* sled made the change durable and *before* the store method
+//! returns: when a caller is told "stored", "delivered" or "acknowledged", the sidecar says
+//! so too. Lease claims by [`Store::claim_due`](crate::Store::claim_due) do not write
+//! sidecars (a store rebuilt from sidecars sends such a message again, which AS4 duplicate
+//! detection absorbs); every other change does.
 
 use crate::payload::{hex, sync_dir};
 use crate::record::MessageRecord;
 use crate::StoreError;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// The sidecar file format written by this version.
-const FORMAT: u32 = 1;
+/// The sidecar line format written by this version (lines of records; format 1 was one
+/// record per file).
+const FORMAT: u32 = 2;
+
+/// Size past which a sidecar is written whole again instead of appended to (a message
+/// retried many times, or one with large inline payloads).
+const REWRITE_AT: u64 = 1024 * 1024;
 
 #[derive(Serialize, Deserialize)]
 struct SidecarFile {
@@ -91,11 +114,36 @@ impl Sidecars {
 
     fn write_with(&self, record: &MessageRecord, durable: bool) -> Result<(), StoreError> {
         let path = self.path_for(record.id());
-        let bytes = serde_json::to_vec(&SidecarFile {
-            format: FORMAT,
-            record: record.clone(),
-        })
-        .map_err(|e| StoreError::Corrupt(format!("cannot serialise a sidecar: {e}")))?;
+        // Changes to one message are written one at a time (the store orders them under
+        // the message's lock), so nobody else appends to this file meanwhile.
+        if record.payloads_purged_at.is_none() {
+            match OpenOptions::new().append(true).read(true).open(&path) {
+                Ok(file) => {
+                    let len = file
+                        .metadata()
+                        .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?
+                        .len();
+                    if len > 0 && len < REWRITE_AT {
+                        return append(&file, &path, len, record, durable);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(format!("cannot open {}", path.display()), e)),
+            }
+        }
+        self.rewrite(&path, record, durable)
+    }
+
+    /// Writes the sidecar whole (every inline payload's bytes in its one line) under a
+    /// temporary name and renames it into place.
+    fn rewrite(
+        &self,
+        path: &Path,
+        record: &MessageRecord,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut bytes = line_of(record)?;
+        bytes.push(b'\n');
         let tmp = self
             .dir
             .join("tmp")
@@ -110,7 +158,7 @@ impl Sidecars {
                 .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
                 .map_err(|e| StoreError::io(format!("cannot write {}", tmp.display()), e))?;
             drop(file);
-            fs::rename(&tmp, &path)
+            fs::rename(&tmp, path)
                 .map_err(|e| StoreError::io(format!("cannot move {}", path.display()), e))?;
             if durable {
                 self.sync_dir()?;
@@ -171,17 +219,80 @@ impl Sidecars {
     }
 }
 
-fn read_one(path: &Path) -> Result<MessageRecord, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let parsed: SidecarFile =
-        serde_json::from_reader(io::BufReader::new(file)).map_err(|e| e.to_string())?;
-    if parsed.format != FORMAT {
-        return Err(format!(
-            "sidecar format {} (this Varti reads format {FORMAT})",
-            parsed.format
-        ));
+/// One line of a sidecar: `record` as JSON, without a line end.
+fn line_of(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&SidecarFile {
+        format: FORMAT,
+        record: record.clone(),
+    })
+    .map_err(|e| StoreError::Corrupt(format!("cannot serialise a sidecar: {e}")))
+}
+
+/// Appends the line of `record`, without the bytes of its inline payloads (an earlier line
+/// has them), to the sidecar `file` of `len` bytes, and syncs its data when `durable`.
+fn append(
+    file: &File,
+    path: &Path,
+    len: u64,
+    record: &MessageRecord,
+    durable: bool,
+) -> Result<(), StoreError> {
+    let io_err = |e| StoreError::io(format!("cannot write {}", path.display()), e);
+    let mut bytes = Vec::new();
+    // A line torn by a crash has no line end: the new line starts after it.
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1).map_err(io_err)?;
+    if last[0] != b'\n' {
+        bytes.push(b'\n');
     }
-    Ok(parsed.record)
+    match record.inline_apart() {
+        Some((apart, _)) => bytes.extend(line_of(&apart)?),
+        None => bytes.extend(line_of(record)?),
+    }
+    bytes.push(b'\n');
+    let mut writer = file;
+    writer.write_all(&bytes).map_err(io_err)?;
+    if durable {
+        file.sync_data().map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// The message state a sidecar holds: its last complete line, with the bytes of inline
+/// payloads from whichever line carries them.
+fn read_one(path: &Path) -> Result<MessageRecord, String> {
+    let text = fs::read(path).map_err(|e| e.to_string())?;
+    let mut inline: HashMap<String, Arc<[u8]>> = HashMap::new();
+    let (mut last, mut problem) = (None, None);
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<SidecarFile>(line) {
+            Ok(parsed) if parsed.format == 1 || parsed.format == FORMAT => {
+                for p in &parsed.record.meta.payloads {
+                    if let Some(bytes) = p.stored.inline_bytes().filter(|b| !b.is_empty()) {
+                        inline.insert(p.stored.id.clone(), bytes.into());
+                    }
+                }
+                last = Some(parsed.record);
+            }
+            Ok(parsed) => {
+                problem = Some(format!(
+                    "sidecar format {} (this Varti reads formats 1 and {FORMAT})",
+                    parsed.format
+                ))
+            }
+            // A torn line (a crash during an append nobody was told about) is skipped.
+            Err(e) => problem = Some(e.to_string()),
+        }
+    }
+    let mut record = last.ok_or_else(|| problem.unwrap_or_else(|| "empty sidecar".into()))?;
+    for p in &mut record.meta.payloads {
+        if p.stored.inline_bytes_apart() {
+            if let Some(bytes) = inline.get(&p.stored.id) {
+                p.stored.put_inline(bytes);
+            }
+        }
+    }
+    Ok(record)
 }
 
 /// What the comparison of a database record with its sidecar needs of a record (small, so
@@ -234,6 +345,97 @@ mod tests {
             purged,
             state: crate::State::Received,
         }
+    }
+
+    fn record_with_inline(bytes: &[u8]) -> MessageRecord {
+        let mut meta = crate::contract::meta("m1@varti.test", "backend");
+        meta.payloads.push(crate::PayloadEntry {
+            content_id: "cid:p1".into(),
+            mime_type: "application/xml".into(),
+            stored: crate::PayloadRef::inline(bytes.to_vec()),
+            properties: Vec::new(),
+        });
+        MessageRecord::new_inbound(
+            crate::NewInbound {
+                meta,
+                receipt: b"<receipt/>".to_vec(),
+                peer: None,
+            },
+            crate::contract::t0(),
+        )
+        .unwrap()
+    }
+
+    fn bytes_of(r: &MessageRecord) -> Option<Vec<u8>> {
+        r.meta.payloads[0].stored.inline_bytes().map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn changes_are_appended_and_the_last_complete_line_wins_with_the_first_lines_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sidecars = Sidecars::open(dir.path(), true).unwrap();
+        let payload = vec![7u8; 5000];
+        let mut record = record_with_inline(&payload);
+        sidecars.write(&record).unwrap();
+        let path = sidecars.path_for(record.id());
+        let first = fs::metadata(&path).unwrap().len();
+        record
+            .record_download(0, "backend", crate::contract::t0())
+            .unwrap();
+        sidecars.write(&record).unwrap();
+        let text = fs::read(&path).unwrap();
+        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 2);
+        // The appended line leaves the payload's bytes out.
+        assert!(
+            ((text.len() as u64) - first) < 2000,
+            "appended {} bytes",
+            text.len() as u64 - first
+        );
+        let read = read_one(&path).unwrap();
+        assert_eq!(read.history.len(), record.history.len());
+        assert_eq!(bytes_of(&read), Some(payload.clone()));
+
+        // A torn append (a crash before its sync) is ignored, and the next append starts
+        // a line of its own after it.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"format\":2,\"record\":{\"meta").unwrap();
+        drop(f);
+        assert_eq!(read_one(&path).unwrap().history.len(), record.history.len());
+        record
+            .record_download(0, "backend", crate::contract::t0())
+            .unwrap();
+        sidecars.write(&record).unwrap();
+        let read = read_one(&path).unwrap();
+        assert_eq!(read.history.len(), record.history.len());
+        assert_eq!(bytes_of(&read), Some(payload.clone()));
+
+        // A purge writes the sidecar whole again: no line keeps the bytes.
+        record.mark_payloads_purged(crate::contract::t0());
+        sidecars.write(&record).unwrap();
+        let text = fs::read(&path).unwrap();
+        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 1);
+        assert!(text.len() < 4000, "{} bytes", text.len());
+        assert_eq!(bytes_of(&read_one(&path).unwrap()), None);
+    }
+
+    #[test]
+    fn a_sidecar_of_format_1_is_read_and_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let sidecars = Sidecars::open(dir.path(), true).unwrap();
+        let payload = b"<doc>written by an earlier Varti</doc>".to_vec();
+        let mut record = record_with_inline(&payload);
+        let path = sidecars.path_for(record.id());
+        // As format 1 was written: one record, no line end.
+        let old = serde_json::json!({"format": 1, "record": &record});
+        fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(bytes_of(&read_one(&path).unwrap()), Some(payload.clone()));
+        record
+            .record_download(0, "backend", crate::contract::t0())
+            .unwrap();
+        sidecars.write(&record).unwrap();
+        let read = read_one(&path).unwrap();
+        assert_eq!(read.history.len(), record.history.len());
+        assert_eq!(bytes_of(&read), Some(payload));
     }
 
     #[test]
