@@ -688,6 +688,7 @@ fn toml_string(s: &str) -> String {
 /// The closed loop: `--concurrency` threads submit `--messages` messages as fast as the
 /// nodes take them.
 fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> SmallResult {
+    let settled_before = outbound_settled(nodes);
     let cpu_before: Vec<f64> = all_pids(nodes).iter().map(|p| cpu_secs(*p)).collect();
     let apis = sender_apis(nodes);
     let (n, concurrency) = (args.messages, args.concurrency);
@@ -711,10 +712,11 @@ fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> Small
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
-    // Any sending instance lists every outbound message of the shared store.
-    let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, Duration::from_secs(1800));
+    wait_settled(nodes, settled_before + n as u64, Duration::from_secs(1800));
     let load_range = load.since(mark);
     let cpu = cpu_since(nodes, &cpu_before);
+    // Any sending instance lists every outbound message of the shared store.
+    let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, Duration::from_secs(60));
     let k = nodes.senders.len();
     let first = records.iter().map(|r| r.0).min().unwrap();
     let last = records.iter().map(|r| r.1).max().unwrap();
@@ -755,6 +757,7 @@ fn open_loop(nodes: &Nodes, run: &Run, rate: f64, args: &Args, load: &LoadSample
     let n = ((rate * args.duration).round() as usize).max(1);
     let apis = sender_apis(nodes);
     let payload = small_payload(args.size);
+    let settled_before = outbound_settled(nodes);
     let cpu_before: Vec<f64> = all_pids(nodes).iter().map(|p| cpu_secs(*p)).collect();
     let mark = load.mark();
     // The schedule on both clocks: the monotonic one to wait, the wall clock to compare
@@ -794,9 +797,10 @@ fn open_loop(nodes: &Nodes, run: &Run, rate: f64, args: &Args, load: &LoadSample
         .flat_map(|t| t.join().unwrap())
         .collect();
     let ids: Vec<String> = sent.iter().map(|(_, id, _)| id.clone()).collect();
-    let acked = wait_acknowledged_by_id(apis[0].0, &apis[0].1, &ids, Duration::from_secs(1800));
+    wait_settled(nodes, settled_before + n as u64, Duration::from_secs(1800));
     let load_range = load.since(mark);
     let cpu = cpu_since(nodes, &cpu_before);
+    let acked = wait_acknowledged_by_id(apis[0].0, &apis[0].1, &ids, Duration::from_secs(60));
     let k = nodes.senders.len();
     let mut latencies: Vec<f64> = sent
         .iter()
@@ -1113,6 +1117,56 @@ fn write_big(path: &Path, bytes: u64, kind: BigKind) {
         written += n as u64;
     }
     f.flush().unwrap();
+}
+
+/// Outbound user messages the sending instances have settled since they started
+/// (acknowledged or failed), from their `varti_messages_total` counters: cheap to read,
+/// unlike a listing of the messages, which costs the sender CPU per record listed.
+fn outbound_settled(nodes: &Nodes) -> u64 {
+    nodes
+        .senders
+        .iter()
+        .map(|(layout, _)| {
+            let mut tcp = TcpStream::connect(layout.ops()).unwrap();
+            write!(
+                tcp,
+                "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let (_, body) = read_answer(tcp);
+            body.lines()
+                .filter(|l| {
+                    l.starts_with("varti_messages_total{")
+                        && l.contains("direction=\"outbound\"")
+                        && (l.contains("outcome=\"success\"") || l.contains("outcome=\"failed\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        })
+        .sum()
+}
+
+/// Waits (polling the counters every 50 ms) until the sending instances have settled
+/// `target` outbound messages in all: the end of a run, without listing the messages
+/// while it goes (the listing afterwards checks that each of them was acknowledged).
+fn wait_settled(nodes: &Nodes, target: u64, within: Duration) {
+    let started = Instant::now();
+    let (mut progress, mut progressed) = (0, Instant::now());
+    loop {
+        let settled = outbound_settled(nodes);
+        if settled >= target {
+            return;
+        }
+        if settled > progress {
+            (progress, progressed) = (settled, Instant::now());
+        }
+        assert!(
+            started.elapsed() < within && progressed.elapsed() < Duration::from_secs(180),
+            "only {settled} of {target} outbound messages settled (none for 3 minutes, or not all within {within:?}; \
+             see the serve.log files; rerun with a longer wait or fewer messages)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls the outbound listing (once a second: the listing costs the servers CPU) until
