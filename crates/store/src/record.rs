@@ -227,6 +227,9 @@ pub struct MessageRecord {
     pub history: Vec<HistoryEntry>,
 }
 
+/// The bytes of inline payloads, by payload id (see [`MessageRecord::inline_apart`]).
+pub(crate) type InlineBytesById = Vec<(String, Arc<[u8]>)>;
+
 impl MessageRecord {
     /// A new inbound record in state `Received`. Validates the metadata.
     pub(crate) fn new_inbound(msg: NewInbound, now: OffsetDateTime) -> Result<Self, StoreError> {
@@ -287,7 +290,7 @@ impl MessageRecord {
     /// empty), and those bytes by payload id; `None` when it has no inline payload. For
     /// copies that keep the bytes once beside rewrites of the record (`sled_store`,
     /// `sidecar`).
-    pub(crate) fn inline_apart(&self) -> Option<(MessageRecord, Vec<(String, Arc<[u8]>)>)> {
+    pub(crate) fn inline_apart(&self) -> Option<(MessageRecord, InlineBytesById)> {
         if !self.meta.payloads.iter().any(|p| p.stored.is_inline()) {
             return None;
         }

@@ -53,6 +53,7 @@ use crate::audit::{AuditEntry, AuditFilter, AuditPage, NewAuditEntry};
 use crate::console::{ConsoleSession, ConsoleUser};
 use crate::outbox::{self, OutboxClaim, OutboxEvent, StoredEvent};
 use crate::payload::{FilePayloadStore, PayloadStore};
+use crate::record::InlineBytesById;
 use crate::record::{validate_id, MessageRecord, MAX_PREFIX_MATCHES};
 use crate::sidecar::Sidecars;
 use crate::state::{Direction, Event, State};
@@ -65,7 +66,7 @@ use sled::transaction::{
 };
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -1848,7 +1849,7 @@ fn id_from_key(bytes: &[u8]) -> Result<String, StoreError> {
 /// A record as the `records` tree keeps it: its JSON with the bytes of its inline
 /// payloads left out (an empty `inline`), and those bytes by payload id for the `inline`
 /// tree.
-fn encode(record: &MessageRecord) -> Result<(Vec<u8>, Vec<(String, Arc<[u8]>)>), StoreError> {
+fn encode(record: &MessageRecord) -> Result<(Vec<u8>, InlineBytesById), StoreError> {
     let (json, inline) = match record.inline_apart() {
         Some((apart, inline)) => (serde_json::to_vec(&apart), inline),
         None => (serde_json::to_vec(record), Vec::new()),
