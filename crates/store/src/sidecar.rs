@@ -366,6 +366,22 @@ mod tests {
         .unwrap()
     }
 
+    /// Records a download (a change of the message), writes its sidecar and reads it
+    /// back; the history read back is the record's.
+    fn change_and_read_back(
+        sidecars: &Sidecars,
+        record: &mut MessageRecord,
+        path: &Path,
+    ) -> MessageRecord {
+        record
+            .record_download(0, "backend", crate::contract::t0())
+            .unwrap();
+        sidecars.write(record).unwrap();
+        let read = read_one(path).unwrap();
+        assert_eq!(read.history.len(), record.history.len());
+        read
+    }
+
     fn bytes_of(r: &MessageRecord) -> Option<Vec<u8>> {
         r.meta.payloads[0].stored.inline_bytes().map(<[u8]>::to_vec)
     }
@@ -379,10 +395,8 @@ mod tests {
         sidecars.write(&record).unwrap();
         let path = sidecars.path_for(record.id());
         let first = fs::metadata(&path).unwrap().len();
-        record
-            .record_download(0, "backend", crate::contract::t0())
-            .unwrap();
-        sidecars.write(&record).unwrap();
+        let read = change_and_read_back(&sidecars, &mut record, &path);
+        assert_eq!(bytes_of(&read), Some(payload.clone()));
         let text = fs::read(&path).unwrap();
         assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 2);
         // The appended line leaves the payload's bytes out.
@@ -391,9 +405,6 @@ mod tests {
             "appended {} bytes",
             text.len() as u64 - first
         );
-        let read = read_one(&path).unwrap();
-        assert_eq!(read.history.len(), record.history.len());
-        assert_eq!(bytes_of(&read), Some(payload.clone()));
 
         // A torn append (a crash before its sync) is ignored, and the next append starts
         // a line of its own after it.
@@ -401,12 +412,7 @@ mod tests {
         f.write_all(b"{\"format\":2,\"record\":{\"meta").unwrap();
         drop(f);
         assert_eq!(read_one(&path).unwrap().history.len(), record.history.len());
-        record
-            .record_download(0, "backend", crate::contract::t0())
-            .unwrap();
-        sidecars.write(&record).unwrap();
-        let read = read_one(&path).unwrap();
-        assert_eq!(read.history.len(), record.history.len());
+        let read = change_and_read_back(&sidecars, &mut record, &path);
         assert_eq!(bytes_of(&read), Some(payload.clone()));
 
         // A purge writes the sidecar whole again: no line keeps the bytes.
@@ -429,12 +435,7 @@ mod tests {
         let old = serde_json::json!({"format": 1, "record": &record});
         fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
         assert_eq!(bytes_of(&read_one(&path).unwrap()), Some(payload.clone()));
-        record
-            .record_download(0, "backend", crate::contract::t0())
-            .unwrap();
-        sidecars.write(&record).unwrap();
-        let read = read_one(&path).unwrap();
-        assert_eq!(read.history.len(), record.history.len());
+        let read = change_and_read_back(&sidecars, &mut record, &path);
         assert_eq!(bytes_of(&read), Some(payload));
     }
 
