@@ -135,6 +135,10 @@ pub fn recover_store(
                 if take {
                     from_sidecar.insert(record.id().to_owned());
                     chosen.insert(record.id().to_owned(), record);
+                } else if let Some(db) = chosen.get_mut(record.id()) {
+                    // The database's record is current, but the bytes of an inline payload
+                    // may be lost with its `inline` tree: the sidecar carries them too.
+                    restore_inline_bytes(db, &record);
                 }
             }
             Err(e) => report
@@ -316,5 +320,21 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
+    }
+}
+
+/// Puts into `record` the bytes of each inline payload that fails its size and SHA-256
+/// check, from the same payload (same id) of `sidecar` where those pass.
+fn restore_inline_bytes(record: &mut MessageRecord, sidecar: &MessageRecord) {
+    for entry in &mut record.meta.payloads {
+        if !matches!(entry.stored.check_inline(), Some(Err(_))) {
+            continue;
+        }
+        let good = sidecar.meta.payloads.iter().find(|p| {
+            p.stored.id == entry.stored.id && matches!(p.stored.check_inline(), Some(Ok(())))
+        });
+        if let Some(bytes) = good.and_then(|p| p.stored.inline_bytes()) {
+            entry.stored.put_inline(bytes);
+        }
     }
 }

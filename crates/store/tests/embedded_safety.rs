@@ -293,6 +293,35 @@ fn a_store_without_its_sled_files_is_rebuilt_from_sidecars() {
     assert_eq!(claimed[0].id(), "out-1@t");
 }
 
+/// The bytes of inline payloads live in sled's `inline` tree: lost with it, they are
+/// damage the check names, and recovery takes them from the sidecars, which carry them.
+#[test]
+fn inline_bytes_lost_from_the_database_are_found_in_the_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    populated(dir.path());
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let inline = db.open_tree("inline").unwrap();
+        assert_eq!(inline.len(), 5, "one inline payload per message");
+        inline.clear().unwrap();
+        db.flush().unwrap();
+    }
+    assert!(
+        !kinds(dir.path()).is_empty(),
+        "the check sees the lost bytes"
+    );
+    let out = dir.path().join("recovered");
+    let report = recover_store(dir.path(), &out, now()).unwrap();
+    assert!(
+        report.payloads_lost.is_empty(),
+        "{:?}",
+        report.payloads_lost
+    );
+    assert_eq!(report.from_database, 5);
+    assert!(kinds(&out).is_empty());
+    assert_all_there(&out);
+}
+
 #[test]
 fn recovery_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
