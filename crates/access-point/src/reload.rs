@@ -211,15 +211,16 @@ impl Snapshot {
             ) {
                 Ok(true) => {}
                 Ok(false) => {
+                    let problem = format!(
+                        "it does not belong to identity.signing_cert ({}): configure the key \
+                         and certificate of one pair",
+                        id.signing_cert.display()
+                    );
                     return Err(StartError::Credential {
                         what: "identity.signing_key".to_owned(),
                         path: id.signing_key.clone(),
-                        problem: format!(
-                        "it does not belong to identity.signing_cert ({}): configure the key and \
-                             certificate of one pair",
-                        id.signing_cert.display()
-                    ),
-                    })
+                        problem,
+                    });
                 }
                 // A token that is away for now: the signatures fail (and are retried)
                 // until it is back, as they would have anyway.

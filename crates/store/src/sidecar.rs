@@ -101,7 +101,8 @@ impl Sidecars {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Writes the sidecar of `record` durably (replacing the previous one).
+    /// Writes the state `record` holds to its sidecar durably (a line appended, or the
+    /// file written whole: see the module documentation).
     pub(crate) fn write(&self, record: &MessageRecord) -> Result<(), StoreError> {
         self.write_with(record, true)
     }

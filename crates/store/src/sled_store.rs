@@ -1701,10 +1701,12 @@ fn write_record(
                 .insert(id.as_bytes(), bytes)
                 .map_err(TxError::Storage)?;
             // Payload bytes never change under their id: written once, when a record
-            // first names them.
+            // first names them. (None for an empty payload, or for bytes the tree lost and
+            // the record could not be given back: nothing to write.)
             for (payload_id, bytes) in inline {
                 let key = payload_id.as_bytes();
-                if trees[INLINE].get(key).map_err(TxError::Storage)?.is_none() {
+                if !bytes.is_empty() && trees[INLINE].get(key).map_err(TxError::Storage)?.is_none()
+                {
                     trees[INLINE]
                         .insert(key, &*bytes)
                         .map_err(TxError::Storage)?;
