@@ -697,19 +697,12 @@ fn twenty_megabytes_stream_through_with_flat_memory() {
     );
     assert_eq!(warm.status, 201, "{}", warm.text());
     let warm_id = warm.json()["message_id"].as_str().unwrap().to_owned();
-    let path = format!("/api/v1/messages/{}", enc(&warm_id));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get(&node, &path, PORTAL).json()["attempts"]
-        .as_u64()
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sender never attempted the warm-up message"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_message(
+        &node,
+        &warm_id,
+        "the warm-up message's first attempt",
+        |m| m["attempts"].as_u64().unwrap_or(0) > 0,
+    );
     let before = node.served.peak_rss_kib();
     let big = noise(20 * 1024 * 1024, 99);
     let r = submit(

@@ -52,29 +52,10 @@ fn request(evidence_type: &str, provider: &str, version: &str, preview: bool) ->
 /// b's preview space over HTTPS on `port` with links living `ttl` seconds, the test
 /// identity provider knowing Ida, and `connectors` (TOML).
 fn preview_space(port: u16, ttl: u64, connectors: &str) -> String {
+    let extra = format!("link_ttl_secs = {ttl}\n");
     format!(
-        r#"{connectors}
-[preview]
-enabled = true
-evidence_key_file = "{key}"
-listen = "127.0.0.1:{port}"
-public_url = "https://localhost:{port}"
-tls = true
-link_ttl_secs = {ttl}
-[preview.oidc]
-ca_file = "../certs/ca.cert.pem"
-[preview.test_idp]
-enabled = true
-[[preview.test_idp.persons]]
-identifier = "DK/LV/010190-1234"
-given_name = "Ida"
-family_name = "Jensen"
-birth_date = "1990-01-01"
-"#,
-        key = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/oots_support/preview-evidence.key"
-        ),
+        "{connectors}\n{}",
+        oots_support::preview_section(([127, 0, 0, 1], port).into(), port, &extra)
     )
 }
 

@@ -92,17 +92,23 @@ pub fn gateway_lines(register: &Register) -> String {
 /// citizen's preview. Every instance holds the same evidence key.
 pub fn preview_lines(register: &Register, listen: std::net::SocketAddr, front: u16) -> String {
     format!(
-        r#"[[oots.connectors]]
-evidence_type = "EV-PREVIEW"
-url = "{ok}"
-preview = true
-[preview]
+        "[[oots.connectors]]\nevidence_type = \"EV-PREVIEW\"\nurl = \"{ok}\"\npreview = true\n{space}",
+        ok = register.url("/ok"),
+        space = preview_section(listen, front, ""),
+    )
+}
+
+/// The `[preview]` section of [`preview_lines`] alone, with `extra` lines (keys of
+/// `[preview]`, such as `link_ttl_secs`) after its own keys.
+pub fn preview_section(listen: std::net::SocketAddr, front: u16, extra: &str) -> String {
+    format!(
+        r#"[preview]
 enabled = true
 evidence_key_file = "{key}"
 listen = "{listen}"
 public_url = "https://localhost:{front}"
 tls = true
-[preview.oidc]
+{extra}[preview.oidc]
 ca_file = "../certs/ca.cert.pem"
 [preview.test_idp]
 enabled = true
@@ -116,7 +122,6 @@ birth_date = "1990-01-01"
             env!("CARGO_MANIFEST_DIR"),
             "/tests/oots_support/preview-evidence.key"
         ),
-        ok = register.url("/ok"),
     )
 }
 
