@@ -1,66 +1,116 @@
-//! Message sidecars: the last acknowledged state of every message, one small file per
-//! message beside the payload files, so that a store whose sled files are damaged or gone
-//! can be rebuilt (`varti db recover`).
+//! Message sidecars: the last acknowledged state of every message, kept in small
+//! append-only files beside the payload files, so that a store whose sled files are
+//! damaged or gone can be rebuilt (`varti db recover`).
 //!
-//! Layout: `<store>/messages/<SHA-256 of the message id>.json`. The file name is a hash so
-//! that any message id (any bytes) maps to a safe name. The directory is flat (ext4 and XFS
-//! index large directories) so that concurrent writers share the fsync of its entries
-//! (group commit, as for sled's flushes).
-//!
-//! A sidecar is a sequence of lines, each `{"format": 2, "record": <MessageRecord>}`, one
-//! per durable change; the last complete line is the message's state. The record carries
+//! Layout: `<store>/messages/<b>.log`, where `<b>` is the first three hex digits of the
+//! SHA-256 of the message id: 4,096 bucket files at most, each holding the messages whose
+//! id hashes there. A bucket is a sequence of JSON lines, one per durable change:
+//! `{"format": 3, "record": <MessageRecord>}`, or `{"format": 3, "removed": "<id>"}` when
+//! the message left the store. The last line of a message is its state. The record carries
 //! the payload references with their SHA-256, the receipt, the state and the history:
-//! everything the store knows. The first line (and a rewrite) carries the bytes of inline
-//! payloads; the lines appended after it leave them out (payload bytes never change under
-//! their id), and a reader takes them from the line that has them. A file of format 1 (one
-//! record, no line end), as earlier versions wrote, is read the same way.
+//! everything the store knows. The bytes of inline payloads are carried by the first line
+//! of a message this process writes (and by every line of a compacted bucket); later lines
+//! leave them out, and a reader takes them from the line that has them (payload bytes
+//! never change under their id).
 //!
-//! Why lines: a change appends one line and syncs the file's data, where replacing the
-//! file (temporary name, fsync, rename) created a file and deleted one on every change —
-//! on a file system without a journal the allocation of inodes then slows down with every
-//! inode recently deleted, which made the sidecars the most expensive step of a small
-//! exchange (`docs/benchmarks.md`). A line torn by a crash belongs to a change nobody was
-//! told about (the sync had not returned): it is ignored, and the next append starts a new
-//! line after it. A sidecar is written whole again (temporary name, fsync, rename, fsync of
-//! the directory) when it is new, when it has grown past [`REWRITE_AT`], and when the
-//! message's payloads are purged (so that no line keeps their bytes).
+//! Why buckets: a file of its own per message cost the creation of a file (an inode, a
+//! directory entry, their syncs) for every message received or submitted, which made the
+//! sidecars the most expensive step of a small exchange on a file system without a journal
+//! (`docs/benchmarks.md`). A change now appends a line to a file that exists already and
+//! syncs its data.
 //!
-//! A sidecar is written *after* sled made the change durable and *before* the store method
-//! returns: when a caller is told "stored", "delivered" or "acknowledged", the sidecar says
-//! so too. Lease claims by [`Store::claim_due`](crate::Store::claim_due) do not write
-//! sidecars (a store rebuilt from sidecars sends such a message again, which AS4 duplicate
-//! detection absorbs); every other change does.
+//! A bucket is **compacted** (its messages' last states written whole under a temporary
+//! name, synced, renamed into place) when it has grown to twice its size after the last
+//! compaction (and at least [`COMPACT_AT_LEAST`]), and when a purge or a removal asks for
+//! it ([`Sidecars::compact_marked`], at the end of each batch of a purge), so that no line
+//! keeps the bytes of a purged payload. The first line of a compacted bucket records the
+//! size of the records after it, `{"format": 3, "live": N}`, from which the next compaction
+//! is planned.
+//!
+//! A line torn by a crash belongs to a change nobody was told about (its sync had not
+//! returned): it is skipped, and the next append starts a line of its own after it.
+//!
+//! Earlier versions wrote one file per message, `<store>/messages/<SHA-256 of the id>.json`
+//! (format 1: one record; format 2: lines of records). Such files are still read, as older
+//! than the bucket their name falls in, and the compaction of that bucket takes them in and
+//! removes them.
+//!
+//! A sidecar line is written *after* sled made the change durable and *before* the store
+//! method returns: when a caller is told "stored", "delivered" or "acknowledged", the
+//! sidecar says so too. Lease claims by [`Store::claim_due`](crate::Store::claim_due) do not
+//! write sidecars (a store rebuilt from sidecars sends such a message again, which AS4
+//! duplicate detection absorbs); every other change does.
 
 use crate::payload::{hex, sync_dir};
 use crate::record::MessageRecord;
 use crate::StoreError;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The sidecar line format written by this version (lines of records; format 1 was one
-/// record per file).
-const FORMAT: u32 = 2;
+/// The line format of bucket files (formats 1 and 2 were files of one message).
+const FORMAT: u32 = 3;
 
-/// Size past which a sidecar is written whole again instead of appended to (a message
-/// retried many times, or one with large inline payloads).
-const REWRITE_AT: u64 = 1024 * 1024;
+/// Bucket files: the first three hex digits of the id's SHA-256.
+const BUCKETS: usize = 4096;
 
-#[derive(Serialize, Deserialize)]
-struct SidecarFile {
+/// The least size at which a bucket is compacted (below it, rewriting gains little).
+const COMPACT_AT_LEAST: u64 = 256 * 1024;
+
+/// A line as read: a record, a removal, or the header of a compacted bucket.
+#[derive(Deserialize)]
+struct Line {
     format: u32,
-    record: MessageRecord,
+    #[serde(default)]
+    record: Option<MessageRecord>,
+    #[serde(default)]
+    removed: Option<String>,
+    #[serde(default)]
+    live: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    format: u32,
+    record: &'a MessageRecord,
+}
+
+#[derive(Serialize)]
+struct RemovedLine<'a> {
+    format: u32,
+    removed: &'a str,
+}
+
+#[derive(Serialize)]
+struct HeaderLine {
+    format: u32,
+    live: u64,
+}
+
+/// What this process knows of one bucket file.
+#[derive(Default)]
+struct Bucket {
+    /// The size of its records after its last compaction (0 if never compacted); read from
+    /// its header at the first touch.
+    live: Option<u64>,
+    /// The messages (SHA-256 of the id) whose inline payload bytes a line written since the
+    /// bucket was opened or compacted carries, so that later lines may leave them out.
+    carried: HashSet<[u8; 32]>,
+    /// A purge or removal left bytes in the file that must leave it.
+    erase: bool,
 }
 
 /// The sidecar directory of a store.
 pub(crate) struct Sidecars {
     dir: PathBuf,
-    /// Shares the directory fsyncs that make renamed sidecars durable.
+    /// Shares the directory fsyncs that make new and renamed bucket files durable.
     dir_sync: crate::sled_store::GroupCommit,
+    /// One lock per bucket file: appends and compactions of a bucket run one at a time.
+    buckets: Box<[Mutex<Bucket>]>,
 }
 
 impl std::fmt::Debug for Sidecars {
@@ -69,10 +119,30 @@ impl std::fmt::Debug for Sidecars {
     }
 }
 
-/// One sidecar read back: its path and its record, or why it cannot be read.
+/// One message's sidecar state read back: the file it came from and its record, or why a
+/// file cannot be read.
 pub(crate) struct ReadSidecar {
     pub(crate) path: PathBuf,
     pub(crate) record: Result<MessageRecord, String>,
+}
+
+/// Where a message's sidecar lines go.
+struct Place {
+    hash: [u8; 32],
+    index: usize,
+}
+
+impl Place {
+    fn of(message_id: &str) -> Self {
+        let hash = openssl::sha::sha256(message_id.as_bytes());
+        let index = (usize::from(hash[0]) << 4) | usize::from(hash[1] >> 4);
+        Place { hash, index }
+    }
+}
+
+/// The name of bucket `index` (three hex digits, as the start of a hash in hex).
+fn bucket_name(index: usize) -> String {
+    format!("{index:03x}")
 }
 
 impl Sidecars {
@@ -92,59 +162,204 @@ impl Sidecars {
         Ok(Sidecars {
             dir,
             dir_sync: Default::default(),
+            buckets: (0..BUCKETS).map(|_| Mutex::default()).collect(),
         })
     }
 
-    /// Where the sidecar of `message_id` lives.
+    /// The bucket file that holds the sidecar lines of `message_id`.
+    #[cfg(test)]
     pub(crate) fn path_for(&self, message_id: &str) -> PathBuf {
-        let name = hex(&openssl::sha::sha256(message_id.as_bytes()));
-        self.dir.join(format!("{name}.json"))
+        self.bucket_path(Place::of(message_id).index)
     }
 
-    /// Writes the state `record` holds to its sidecar durably (a line appended, or the
-    /// file written whole: see the module documentation).
+    fn bucket_path(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", bucket_name(index)))
+    }
+
+    /// Where an earlier version kept the sidecar of the message hashed to `hash`.
+    fn legacy_path(&self, hash: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}.json", hex(hash)))
+    }
+
+    fn lock(&self, index: usize) -> MutexGuard<'_, Bucket> {
+        self.buckets[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the state `record` holds to its bucket durably: a line appended and the
+    /// file's data synced (and the directory, for a new bucket file).
     pub(crate) fn write(&self, record: &MessageRecord) -> Result<(), StoreError> {
         self.write_with(record, true)
     }
 
-    /// Writes the sidecar of `record` without any fsync: for a store being rebuilt, made
-    /// durable as a whole at the end.
+    /// Writes the sidecar line of `record` without any fsync: for a store being rebuilt,
+    /// made durable as a whole at the end.
     pub(crate) fn write_unsynced(&self, record: &MessageRecord) -> Result<(), StoreError> {
         self.write_with(record, false)
     }
 
     fn write_with(&self, record: &MessageRecord, durable: bool) -> Result<(), StoreError> {
-        let path = self.path_for(record.id());
-        // Changes to one message are written one at a time (the store orders them under
-        // the message's lock), so nobody else appends to this file meanwhile.
-        if record.payloads_purged_at.is_none() {
-            match OpenOptions::new().append(true).read(true).open(&path) {
-                Ok(file) => {
-                    let len = file
-                        .metadata()
-                        .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?
-                        .len();
-                    if len > 0 && len < REWRITE_AT {
-                        return append(&file, &path, len, record, durable);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(format!("cannot open {}", path.display()), e)),
-            }
+        let place = Place::of(record.id());
+        let mut bucket = self.lock(place.index);
+        let path = self.bucket_path(place.index);
+        // Changes to one message are written in the order the store committed them (it
+        // holds the message's lock across the change and this write).
+        let carry = !bucket.carried.contains(&place.hash);
+        let line = match record.inline_apart() {
+            Some((apart, _)) if !carry => serialise(&RecordLine {
+                format: FORMAT,
+                record: &apart,
+            })?,
+            _ => serialise(&RecordLine {
+                format: FORMAT,
+                record,
+            })?,
+        };
+        let len = self.append(&mut bucket, &path, &line, durable)?;
+        if carry && record.meta.payloads.iter().any(|p| p.stored.is_inline()) {
+            bucket.carried.insert(place.hash);
         }
-        self.rewrite(&path, record, durable)
+        self.compact_if_grown(place.index, &mut bucket, len, durable);
+        Ok(())
     }
 
-    /// Writes the sidecar whole (every inline payload's bytes in its one line) under a
-    /// temporary name and renames it into place.
-    fn rewrite(
+    /// Records durably that `message_id` left the store; its lines (and an earlier
+    /// version's file) leave the bucket at its next compaction: see
+    /// [`Sidecars::compact_marked`].
+    pub(crate) fn remove(&self, message_id: &str) -> Result<(), StoreError> {
+        let place = Place::of(message_id);
+        let mut bucket = self.lock(place.index);
+        let path = self.bucket_path(place.index);
+        let legacy = self.legacy_path(&place.hash);
+        let in_bucket = path.exists();
+        if in_bucket {
+            let line = serialise(&RemovedLine {
+                format: FORMAT,
+                removed: message_id,
+            })?;
+            self.append(&mut bucket, &path, &line, true)?;
+        }
+        match fs::remove_file(&legacy) {
+            Ok(()) => self.sync_dir()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot remove {}", legacy.display()),
+                    e,
+                ))
+            }
+        }
+        bucket.carried.remove(&place.hash);
+        bucket.erase |= in_bucket;
+        Ok(())
+    }
+
+    /// Marks the bucket of `message_id` for compaction by [`Sidecars::compact_marked`]:
+    /// the message's payloads were purged, and no line may keep their bytes.
+    pub(crate) fn mark_purged(&self, message_id: &str) {
+        let place = Place::of(message_id);
+        let mut bucket = self.lock(place.index);
+        bucket.carried.remove(&place.hash);
+        bucket.erase = true;
+    }
+
+    /// Compacts every bucket marked by a purge or a removal since the last call, so that
+    /// the bytes of purged payloads and removed messages leave the disk. The store calls it
+    /// at the end of each batch of a purge (a bucket is rewritten once per batch, not once
+    /// per message).
+    pub(crate) fn compact_marked(&self) -> Result<(), StoreError> {
+        for index in 0..BUCKETS {
+            let mut bucket = self.lock(index);
+            if bucket.erase {
+                self.compact(index, &mut bucket, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `line` (and its line end) to the bucket file at `path`, creating it if
+    /// needed, and syncs when `durable`. Returns the file's new size.
+    fn append(
         &self,
+        bucket: &mut Bucket,
         path: &Path,
-        record: &MessageRecord,
+        line: &[u8],
         durable: bool,
-    ) -> Result<(), StoreError> {
-        let mut bytes = line_of(record)?;
+    ) -> Result<u64, StoreError> {
+        let io_err = |e| StoreError::io(format!("cannot write {}", path.display()), e);
+        let (file, created) = match OpenOptions::new().append(true).read(true).open(path) {
+            Ok(file) => (file, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .read(true)
+                    .create(true)
+                    .open(path)
+                    .map_err(io_err)?;
+                (file, true)
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let len = file.metadata().map_err(io_err)?.len();
+        if bucket.live.is_none() {
+            bucket.live = Some(if created { 0 } else { header_of(&file) });
+        }
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        // A line torn by a crash has no line end: the new line starts after it.
+        if len > 0 {
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, len - 1).map_err(io_err)?;
+            if last[0] != b'\n' {
+                bytes.push(b'\n');
+            }
+        }
+        bytes.extend_from_slice(line);
         bytes.push(b'\n');
+        (&file).write_all(&bytes).map_err(io_err)?;
+        if durable {
+            file.sync_data().map_err(io_err)?;
+            if created {
+                self.sync_dir()?;
+            }
+        }
+        Ok(len + bytes.len() as u64)
+    }
+
+    /// Compacts bucket `index`, now `len` bytes, if it has grown to twice its compacted
+    /// size. A failure is logged, not returned: the change that triggered it is durable,
+    /// and the next change of the bucket tries again.
+    fn compact_if_grown(&self, index: usize, bucket: &mut Bucket, len: u64, durable: bool) {
+        let live = bucket.live.unwrap_or(0);
+        if len >= COMPACT_AT_LEAST.max(live.saturating_mul(2)) {
+            if let Err(e) = self.compact(index, bucket, durable) {
+                tracing::warn!(bucket = %bucket_name(index), error = %e,
+                    "cannot compact a sidecar bucket; the next change to it tries again");
+            }
+        }
+    }
+
+    /// Writes bucket `index` whole: the last state of each of its messages (with the bytes
+    /// of their inline payloads), taking in an earlier version's files of the same bucket.
+    fn compact(&self, index: usize, bucket: &mut Bucket, durable: bool) -> Result<(), StoreError> {
+        let path = self.bucket_path(index);
+        let legacy = self.legacy_files(Some(&bucket_name(index)))?;
+        let (records, _) = read_bucket(&path, &legacy);
+        let mut body = Vec::new();
+        for record in records.values() {
+            body.extend(serialise(&RecordLine {
+                format: FORMAT,
+                record,
+            })?);
+            body.push(b'\n');
+        }
+        // The header states the size of the records after it.
+        let live = body.len() as u64;
+        let mut header = serialise(&HeaderLine {
+            format: FORMAT,
+            live,
+        })?;
+        header.push(b'\n');
         let tmp = self
             .dir
             .join("tmp")
@@ -155,11 +370,12 @@ impl Sidecars {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
-            file.write_all(&bytes)
+            file.write_all(&header)
+                .and_then(|()| file.write_all(&body))
                 .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
                 .map_err(|e| StoreError::io(format!("cannot write {}", tmp.display()), e))?;
             drop(file);
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, &path)
                 .map_err(|e| StoreError::io(format!("cannot move {}", path.display()), e))?;
             if durable {
                 self.sync_dir()?;
@@ -168,37 +384,35 @@ impl Sidecars {
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
+            return result;
         }
-        result
+        // The compacted file holds what the earlier files held: they can go.
+        for old in &legacy {
+            let _ = fs::remove_file(old);
+        }
+        if durable && !legacy.is_empty() {
+            self.sync_dir()?;
+        }
+        bucket.live = Some(live);
+        bucket.carried.clear();
+        bucket.erase = false;
+        Ok(())
     }
 
-    /// Removes the sidecar of `message_id` durably (gone already is fine).
-    pub(crate) fn remove(&self, message_id: &str) -> Result<(), StoreError> {
-        let path = self.path_for(message_id);
-        match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                format!("cannot remove {}", path.display()),
-                e,
-            )),
-        }
-    }
-
-    /// Returns once a directory fsync that started after the caller's rename or removal
-    /// has completed (shared with concurrent callers).
+    /// Returns once a directory fsync that started after the caller's creation, rename or
+    /// removal has completed (shared with concurrent callers).
     fn sync_dir(&self) -> Result<(), StoreError> {
         self.dir_sync
             .sync(|| sync_dir(&self.dir).map_err(|e| e.to_string()))
     }
 
-    /// Every sidecar file, read one at a time (an unreadable one comes with its error), so
-    /// that a large store is never held in memory whole.
-    pub(crate) fn read_all(&self) -> Result<impl Iterator<Item = ReadSidecar>, StoreError> {
+    /// An earlier version's per-message files, sorted; only those of bucket `prefix` when
+    /// given.
+    fn legacy_files(&self, prefix: Option<&str>) -> Result<Vec<PathBuf>, StoreError> {
         let mut paths = Vec::new();
         let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => Some(entries),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(paths),
             Err(e) => {
                 return Err(StoreError::io(
                     format!("cannot list {}", self.dir.display()),
@@ -206,94 +420,161 @@ impl Sidecars {
                 ))
             }
         };
-        for entry in entries.into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                paths.push(path);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".json") && prefix.is_none_or(|p| name.starts_with(p)) {
+                paths.push(entry.path());
             }
         }
         paths.sort();
-        Ok(paths.into_iter().map(|path| {
-            let record = read_one(&path);
-            ReadSidecar { path, record }
+        Ok(paths)
+    }
+
+    /// The state of every message in the sidecars, read one bucket at a time (so that a
+    /// large store is never held in memory whole); a file that cannot be read comes with
+    /// its error.
+    pub(crate) fn read_all(&self) -> Result<impl Iterator<Item = ReadSidecar>, StoreError> {
+        // Buckets (and earlier per-message files) by their three-digit prefix.
+        let mut groups: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for path in self.legacy_files(None)? {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let prefix = name.get(..3).unwrap_or_default().to_owned();
+            groups.entry(prefix).or_default().push(path);
+        }
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(stem) = name.strip_suffix(".log") {
+                    groups.entry(stem.to_owned()).or_default();
+                }
+            }
+        }
+        let dir = self.dir.clone();
+        Ok(groups.into_iter().flat_map(move |(prefix, legacy)| {
+            let path = dir.join(format!("{prefix}.log"));
+            let (records, problems) = read_bucket(&path, &legacy);
+            let path_of = path.clone();
+            problems
+                .into_iter()
+                .map(|(path, why)| ReadSidecar {
+                    path,
+                    record: Err(why),
+                })
+                .chain(records.into_values().map(move |record| ReadSidecar {
+                    path: path_of.clone(),
+                    record: Ok(record),
+                }))
+                .collect::<Vec<_>>()
         }))
     }
 }
 
-/// One line of a sidecar: `record` as JSON, without a line end.
-fn line_of(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&SidecarFile {
-        format: FORMAT,
-        record: record.clone(),
-    })
-    .map_err(|e| StoreError::Corrupt(format!("cannot serialise a sidecar: {e}")))
+fn serialise(line: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(line)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialise a sidecar line: {e}")))
 }
 
-/// Appends the line of `record`, without the bytes of its inline payloads (an earlier line
-/// has them), to the sidecar `file` of `len` bytes, and syncs its data when `durable`.
-fn append(
-    file: &File,
+/// The size the header of a compacted bucket states (0 for a bucket never compacted or a
+/// header that cannot be read: the bucket is then compacted early, which is harmless).
+fn header_of(file: &File) -> u64 {
+    let mut start = [0u8; 128];
+    let n = file.read_at(&mut start, 0).unwrap_or(0);
+    let first = start[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice::<Line>(first)
+        .ok()
+        .and_then(|l| l.live)
+        .unwrap_or(0)
+}
+
+/// The last state of each message of a bucket: the earlier version's files `legacy` first
+/// (older), then the lines of the bucket file at `path`; the bytes of inline payloads from
+/// whichever line carries them. Files that cannot be read are returned apart.
+fn read_bucket(
     path: &Path,
-    len: u64,
-    record: &MessageRecord,
-    durable: bool,
-) -> Result<(), StoreError> {
-    let io_err = |e| StoreError::io(format!("cannot write {}", path.display()), e);
-    let mut bytes = Vec::new();
-    // A line torn by a crash has no line end: the new line starts after it.
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1).map_err(io_err)?;
-    if last[0] != b'\n' {
-        bytes.push(b'\n');
+    legacy: &[PathBuf],
+) -> (BTreeMap<String, MessageRecord>, Vec<(PathBuf, String)>) {
+    let mut merged = Merge::default();
+    let mut problems = Vec::new();
+    for file in legacy {
+        match read_lines(file, &[1, 2]) {
+            Ok(lines) => lines.into_iter().for_each(|l| merged.take(l)),
+            Err(why) => problems.push((file.clone(), why)),
+        }
     }
-    match record.inline_apart() {
-        Some((apart, _)) => bytes.extend(line_of(&apart)?),
-        None => bytes.extend(line_of(record)?),
+    match read_lines(path, &[FORMAT]) {
+        Ok(lines) => lines.into_iter().for_each(|l| merged.take(l)),
+        Err(why) if why.is_empty() => {}
+        Err(why) => problems.push((path.to_owned(), why)),
     }
-    bytes.push(b'\n');
-    let mut writer = file;
-    writer.write_all(&bytes).map_err(io_err)?;
-    if durable {
-        file.sync_data().map_err(io_err)?;
-    }
-    Ok(())
+    (merged.finish(), problems)
 }
 
-/// The message state a sidecar holds: its last complete line, with the bytes of inline
-/// payloads from whichever line carries them.
-fn read_one(path: &Path) -> Result<MessageRecord, String> {
-    let text = fs::read(path).map_err(|e| e.to_string())?;
-    let mut inline: HashMap<String, Arc<[u8]>> = HashMap::new();
-    let (mut last, mut problem) = (None, None);
-    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<SidecarFile>(line) {
-            Ok(parsed) if parsed.format == 1 || parsed.format == FORMAT => {
-                for p in &parsed.record.meta.payloads {
-                    if let Some(bytes) = p.stored.inline_bytes().filter(|b| !b.is_empty()) {
-                        inline.insert(p.stored.id.clone(), bytes.into());
-                    }
-                }
-                last = Some(parsed.record);
-            }
-            Ok(parsed) => {
+/// The lines of `path` in one of `formats`, skipping torn ones. `Err("")` when the file
+/// does not exist; `Err(why)` when it cannot be read or holds no line that can.
+fn read_lines(path: &Path, formats: &[u32]) -> Result<Vec<Line>, String> {
+    let mut text = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => f.read_to_end(&mut text).map_err(|e| e.to_string())?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(String::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (mut lines, mut problem) = (Vec::new(), None);
+    for raw in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Line>(raw) {
+            Ok(line) if formats.contains(&line.format) => lines.push(line),
+            Ok(line) => {
                 problem = Some(format!(
-                    "sidecar format {} (this Varti reads formats 1 and {FORMAT})",
-                    parsed.format
+                    "sidecar format {} (this Varti reads formats 1 to {FORMAT})",
+                    line.format
                 ))
             }
             // A torn line (a crash during an append nobody was told about) is skipped.
             Err(e) => problem = Some(e.to_string()),
         }
     }
-    let mut record = last.ok_or_else(|| problem.unwrap_or_else(|| "empty sidecar".into()))?;
-    for p in &mut record.meta.payloads {
-        if p.stored.inline_bytes_apart() {
-            if let Some(bytes) = inline.get(&p.stored.id) {
-                p.stored.put_inline(bytes);
-            }
+    if lines.is_empty() {
+        if let Some(why) = problem {
+            return Err(why);
         }
     }
-    Ok(record)
+    Ok(lines)
+}
+
+/// Folds sidecar lines, oldest first, into the last state of each message.
+#[derive(Default)]
+struct Merge {
+    records: BTreeMap<String, MessageRecord>,
+    /// The bytes of inline payloads, by payload id, from whichever line carried them.
+    inline: HashMap<String, Arc<[u8]>>,
+}
+
+impl Merge {
+    fn take(&mut self, line: Line) {
+        if let Some(record) = line.record {
+            for p in &record.meta.payloads {
+                if let Some(bytes) = p.stored.inline_bytes().filter(|b| !b.is_empty()) {
+                    self.inline.insert(p.stored.id.clone(), bytes.into());
+                }
+            }
+            self.records.insert(record.id().to_owned(), record);
+        } else if let Some(id) = line.removed {
+            self.records.remove(&id);
+        }
+    }
+
+    fn finish(mut self) -> BTreeMap<String, MessageRecord> {
+        for record in self.records.values_mut() {
+            for p in &mut record.meta.payloads {
+                if p.stored.inline_bytes_apart() {
+                    if let Some(bytes) = self.inline.get(&p.stored.id) {
+                        p.stored.put_inline(bytes);
+                    }
+                }
+            }
+        }
+        self.records
+    }
 }
 
 /// What the comparison of a database record with its sidecar needs of a record (small, so
@@ -348,8 +629,8 @@ mod tests {
         }
     }
 
-    fn record_with_inline(bytes: &[u8]) -> MessageRecord {
-        let mut meta = crate::contract::meta("m1@varti.test", "backend");
+    fn record_with_inline(id: &str, bytes: &[u8]) -> MessageRecord {
+        let mut meta = crate::contract::meta(id, "backend");
         meta.payloads.push(crate::PayloadEntry {
             content_id: "cid:p1".into(),
             mime_type: "application/xml".into(),
@@ -367,77 +648,187 @@ mod tests {
         .unwrap()
     }
 
-    /// Records a download (a change of the message), writes its sidecar and reads it
-    /// back; the history read back is the record's.
-    fn change_and_read_back(
-        sidecars: &Sidecars,
-        record: &mut MessageRecord,
-        path: &Path,
-    ) -> MessageRecord {
+    /// Records a download (a change of the message) and writes its sidecar line.
+    fn change(sidecars: &Sidecars, record: &mut MessageRecord) {
         record
             .record_download(0, "backend", crate::contract::t0())
             .unwrap();
         sidecars.write(record).unwrap();
-        let read = read_one(path).unwrap();
-        assert_eq!(read.history.len(), record.history.len());
-        read
+    }
+
+    /// Every message state the sidecars hold, by id.
+    fn read_back(sidecars: &Sidecars) -> BTreeMap<String, MessageRecord> {
+        sidecars
+            .read_all()
+            .unwrap()
+            .map(|s| {
+                let r = s.record.unwrap();
+                (r.id().to_owned(), r)
+            })
+            .collect()
     }
 
     fn bytes_of(r: &MessageRecord) -> Option<Vec<u8>> {
         r.meta.payloads[0].stored.inline_bytes().map(<[u8]>::to_vec)
     }
 
-    #[test]
-    fn changes_are_appended_and_the_last_complete_line_wins_with_the_first_lines_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let sidecars = Sidecars::open(dir.path(), true).unwrap();
-        let payload = vec![7u8; 5000];
-        let mut record = record_with_inline(&payload);
-        sidecars.write(&record).unwrap();
-        let path = sidecars.path_for(record.id());
-        let first = fs::metadata(&path).unwrap().len();
-        let read = change_and_read_back(&sidecars, &mut record, &path);
-        assert_eq!(bytes_of(&read), Some(payload.clone()));
-        let text = fs::read(&path).unwrap();
-        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 2);
-        // The appended line leaves the payload's bytes out.
-        assert!(
-            ((text.len() as u64) - first) < 2000,
-            "appended {} bytes",
-            text.len() as u64 - first
-        );
-
-        // A torn append (a crash before its sync) is ignored, and the next append starts
-        // a line of its own after it.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"format\":2,\"record\":{\"meta").unwrap();
-        drop(f);
-        assert_eq!(read_one(&path).unwrap().history.len(), record.history.len());
-        let read = change_and_read_back(&sidecars, &mut record, &path);
-        assert_eq!(bytes_of(&read), Some(payload.clone()));
-
-        // A purge writes the sidecar whole again: no line keeps the bytes.
-        record.mark_payloads_purged(crate::contract::t0());
-        sidecars.write(&record).unwrap();
-        let text = fs::read(&path).unwrap();
-        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 1);
-        assert!(text.len() < 4000, "{} bytes", text.len());
-        assert_eq!(bytes_of(&read_one(&path).unwrap()), None);
+    fn lines(path: &Path) -> usize {
+        fs::read(path)
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
     }
 
     #[test]
-    fn a_sidecar_of_format_1_is_read_and_appended_to() {
+    fn changes_are_appended_and_the_last_line_wins_with_the_first_lines_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sidecars = Sidecars::open(dir.path(), true).unwrap();
+        let payload = vec![7u8; 5000];
+        let mut record = record_with_inline("m1@varti.test", &payload);
+        sidecars.write(&record).unwrap();
+        let path = sidecars.path_for(record.id());
+        let first = fs::metadata(&path).unwrap().len();
+        change(&sidecars, &mut record);
+        let read = &read_back(&sidecars)[record.id()];
+        assert_eq!(read.history.len(), record.history.len());
+        assert_eq!(bytes_of(read), Some(payload.clone()));
+        assert_eq!(lines(&path), 2);
+        // The appended line leaves the payload's bytes out.
+        let appended = fs::metadata(&path).unwrap().len() - first;
+        assert!(appended < 2000, "appended {appended} bytes");
+
+        // A torn append (a crash before its sync) is skipped, and the next append starts
+        // a line of its own after it.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"format\":3,\"record\":{\"meta").unwrap();
+        drop(f);
+        assert_eq!(
+            read_back(&sidecars)[record.id()].history.len(),
+            record.history.len()
+        );
+        change(&sidecars, &mut record);
+        let read = &read_back(&sidecars)[record.id()];
+        assert_eq!(read.history.len(), record.history.len());
+        assert_eq!(bytes_of(read), Some(payload));
+    }
+
+    #[test]
+    fn a_purge_or_a_removal_compacts_the_bucket_and_no_line_keeps_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sidecars = Sidecars::open(dir.path(), true).unwrap();
+        let payload = vec![b'x'; 20_000];
+        let mut record = record_with_inline("m1@varti.test", &payload);
+        sidecars.write(&record).unwrap();
+        change(&sidecars, &mut record);
+        let path = sidecars.path_for(record.id());
+
+        record.mark_payloads_purged(crate::contract::t0());
+        sidecars.write(&record).unwrap();
+        sidecars.mark_purged(record.id());
+        // Until the compaction the first line still holds the bytes.
+        assert!(fs::metadata(&path).unwrap().len() > 20_000);
+        sidecars.compact_marked().unwrap();
+        let text = fs::read(&path).unwrap();
+        assert_eq!(lines(&path), 2, "a header and the message's one line");
+        assert!(text.len() < 4000, "{} bytes", text.len());
+        let read = &read_back(&sidecars)[record.id()];
+        assert_eq!(bytes_of(read), None);
+        assert_eq!(read.history.len(), record.history.len());
+
+        // A removal: the message is gone at once, its lines at the compaction.
+        sidecars.remove(record.id()).unwrap();
+        assert!(read_back(&sidecars).is_empty());
+        sidecars.compact_marked().unwrap();
+        assert!(read_back(&sidecars).is_empty());
+        assert_eq!(lines(&path), 1, "only the header is left");
+    }
+
+    #[test]
+    fn a_bucket_is_compacted_when_it_has_doubled_and_keeps_every_message_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let sidecars = Sidecars::open(dir.path(), true).unwrap();
+        // Messages of one bucket: ids whose hash falls in the bucket of the first.
+        let bucket = Place::of("m0@varti.test").index;
+        let ids: Vec<String> = (0..)
+            .map(|n| format!("m{n}@varti.test"))
+            .filter(|id| Place::of(id).index == bucket)
+            .take(4)
+            .collect();
+        let payload = vec![b'p'; 30_000];
+        let mut records: Vec<_> = ids
+            .iter()
+            .map(|id| record_with_inline(id, &payload))
+            .collect();
+        for r in &records {
+            sidecars.write(r).unwrap();
+        }
+        let path = sidecars.path_for(&ids[0]);
+        // Changes until the bucket passes COMPACT_AT_LEAST and is rewritten.
+        let mut compacted = false;
+        for round in 0..400 {
+            change(&sidecars, &mut records[round % ids.len()]);
+            if header_of(&File::open(&path).unwrap()) > 0 {
+                compacted = true;
+                break;
+            }
+        }
+        assert!(compacted, "the bucket was never compacted");
+        let read = read_back(&sidecars);
+        assert_eq!(read.len(), ids.len());
+        for r in &records {
+            assert_eq!(read[r.id()].history.len(), r.history.len());
+            assert_eq!(bytes_of(&read[r.id()]), Some(payload.clone()));
+        }
+        // After the compaction, the next change carries the bytes again (the compacted
+        // lines have them too), and nothing is lost either way.
+        change(&sidecars, &mut records[0]);
+        assert_eq!(bytes_of(&read_back(&sidecars)[&ids[0]]), Some(payload));
+    }
+
+    #[test]
+    fn files_of_earlier_versions_are_read_and_taken_in_by_the_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let sidecars = Sidecars::open(dir.path(), true).unwrap();
         let payload = b"<doc>written by an earlier Varti</doc>".to_vec();
-        let mut record = record_with_inline(&payload);
-        let path = sidecars.path_for(record.id());
-        // As format 1 was written: one record, no line end.
-        let old = serde_json::json!({"format": 1, "record": &record});
-        fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(bytes_of(&read_one(&path).unwrap()), Some(payload.clone()));
-        let read = change_and_read_back(&sidecars, &mut record, &path);
-        assert_eq!(bytes_of(&read), Some(payload));
+        // Format 1 (one record, no line end) and format 2 (lines of records).
+        let mut one = record_with_inline("old-1@varti.test", &payload);
+        let legacy_one = sidecars.legacy_path(&Place::of(one.id()).hash);
+        fs::write(
+            &legacy_one,
+            serde_json::to_vec(&serde_json::json!({"format": 1, "record": &one})).unwrap(),
+        )
+        .unwrap();
+        let mut two = record_with_inline("old-2@varti.test", &payload);
+        let legacy_two = sidecars.legacy_path(&Place::of(two.id()).hash);
+        let first = serde_json::json!({"format": 2, "record": &two});
+        two.record_download(0, "backend", crate::contract::t0())
+            .unwrap();
+        let (apart, _) = two.inline_apart().unwrap();
+        let second = serde_json::json!({"format": 2, "record": apart});
+        fs::write(&legacy_two, format!("{first}\n{second}\n")).unwrap();
+
+        let read = read_back(&sidecars);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[two.id()].history.len(), two.history.len());
+        assert_eq!(bytes_of(&read[two.id()]), Some(payload.clone()));
+
+        // A change goes to the bucket and wins over the old file; a compaction of the
+        // bucket takes the old file in and removes it.
+        change(&sidecars, &mut one);
+        assert_eq!(
+            read_back(&sidecars)[one.id()].history.len(),
+            one.history.len()
+        );
+        sidecars.mark_purged("another@varti.test");
+        let bucket_of_one = Place::of(one.id()).index;
+        sidecars.lock(bucket_of_one).erase = true;
+        sidecars.compact_marked().unwrap();
+        assert!(!legacy_one.exists());
+        let read = read_back(&sidecars);
+        assert_eq!(read[one.id()].history.len(), one.history.len());
+        assert_eq!(bytes_of(&read[one.id()]), Some(payload.clone()));
+        assert_eq!(bytes_of(&read[two.id()]), Some(payload));
     }
 
     #[test]

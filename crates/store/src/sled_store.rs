@@ -5,7 +5,8 @@
 //! ```text
 //! <dir>/db/          sled database
 //! <dir>/payloads/    payload files (see FilePayloadStore)
-//! <dir>/messages/    one sidecar per message: its last acknowledged record (see `sidecar`)
+//! <dir>/messages/    sidecars: the acknowledged states of the messages, in 4,096 bucket
+//!                    files of JSON lines (see `sidecar`)
 //! ```
 //!
 //! Trees (each index key ends with the message id, so keys are unique and the id can be read
@@ -522,6 +523,10 @@ impl SledStore {
                     Write::Delete => None,
                     Write::Put(record) => Some(*record),
                 };
+                let purged = new.as_ref().is_some_and(|n| {
+                    n.payloads_purged_at.is_some()
+                        && old.as_ref().is_some_and(|o| o.payloads_purged_at.is_none())
+                });
                 write_record(trees, id, old.as_ref(), new.as_ref())
                     .map_err(TxError::into_conflictable)?;
                 if let Some(event) = new
@@ -541,13 +546,13 @@ impl SledStore {
                     })?;
                     trees[OUTBOX].insert(outbox_key(id, seq), bytes)?;
                 }
-                Ok((Some(new), out))
+                Ok((Some((new, purged)), out))
             })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => db_error(e),
             })?;
-        if let Some(new) = wrote {
+        if let Some((new, purged)) = wrote {
             self.flush()?;
             // The sidecar follows the durable change before the caller hears of it. A lease
             // claim is not worth an extra fsync: a store rebuilt without it sends again.
@@ -555,6 +560,11 @@ impl SledStore {
                 Some(record) if record.state != State::Sending => self.sidecars.write(&record)?,
                 Some(_) => {}
                 None => self.sidecars.remove(id)?,
+            }
+            // The purged bytes leave the sidecar at the end of the caller's batch
+            // (`Sidecars::compact_marked`).
+            if purged {
+                self.sidecars.mark_purged(id);
             }
         }
         Ok(out)
@@ -934,6 +944,7 @@ impl Store for SledStore {
             })?;
             removed += usize::from(done);
         }
+        self.sidecars.compact_marked()?;
         Ok(removed)
     }
 
@@ -1122,6 +1133,7 @@ impl Store for SledStore {
                 purged += usize::from(done);
                 progress |= done;
             }
+            self.sidecars.compact_marked()?;
             // Index keys are written with their records, so every listed id is purged or
             // vanished; if a whole batch changed nothing, stop rather than spin.
             if !progress {
@@ -1145,14 +1157,16 @@ impl Store for SledStore {
         for entry in &record.meta.payloads {
             self.payloads.remove(&entry.stored)?;
         }
-        self.update(message_id, |old| match old {
+        let purged = self.update(message_id, |old| match old {
             Some(mut r) if purgeable(&r) => {
                 r.mark_payloads_purged(now);
                 r.updated_at = now;
                 Ok((Write::Put(Box::new(r)), true))
             }
             _ => Ok((Write::Unchanged, false)),
-        })
+        })?;
+        self.sidecars.compact_marked()?;
+        Ok(purged)
     }
 
     fn purge_metadata(&self, settled_before: OffsetDateTime) -> Result<usize, StoreError> {
@@ -1187,6 +1201,7 @@ impl Store for SledStore {
                 removed += usize::from(done);
                 progress |= done;
             }
+            self.sidecars.compact_marked()?;
             if !progress {
                 return Ok(removed);
             }
@@ -1980,6 +1995,13 @@ mod tests {
             !store.get("m1@varti.test").unwrap().unwrap().meta.payloads[0]
                 .stored
                 .is_inline()
+        );
+        // ... from the sidecar too: its bucket was compacted (base64 would be 13,654 bytes).
+        let sidecar = std::fs::read(store.sidecars.path_for("m1@varti.test")).unwrap();
+        assert!(
+            sidecar.len() < bytes.len(),
+            "the purge left {} bytes in the sidecar",
+            sidecar.len()
         );
     }
 
