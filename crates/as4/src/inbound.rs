@@ -44,7 +44,6 @@ use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
 use crate::security::private_key::PrivateKey;
 use crate::security::profile::Profile;
-use crate::security::revocation::Crl;
 use crate::security::swa::AttachmentSource;
 use crate::security::token::{self, TokenReference};
 use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
@@ -82,8 +81,9 @@ pub struct ReceivePolicy {
     /// CRL files (PEM or DER) the signer's chain is checked against: the sending party's
     /// `crls` from the PMode. Empty: no revocation checking. When set, the signer's
     /// issuer must have a CRL among them, and a stale or wrongly signed CRL is refused
-    /// (`crate::security::revocation`). Read for each message, so a refreshed file
-    /// takes effect at once.
+    /// (`crate::security::revocation`). Looked at for each message, so a refreshed file
+    /// takes effect at once (a trust decision is remembered for a few minutes only while
+    /// the files are unchanged).
     pub crl_files: Vec<PathBuf>,
     /// The time at which certificates must be valid (normally now).
     pub at: OffsetDateTime,
@@ -415,17 +415,11 @@ fn receive_parsed(
 
     // Stage 5: trust.
     if let Some(sig) = &signature {
-        let crls = Crl::load_all(&policy.crl_files).map_err(|why| {
-            auth(format!(
-                "{why} (a CRL file of the sending party in the PMode; `varti pmode check` \
-                 lists them)"
-            ))
-        })?;
-        token::validate_signer_certificate_with_crls(
+        token::validate_signer_with_crl_files(
             &sig.signer,
             &sig.chain,
             &policy.trust_anchors,
-            &crls,
+            &policy.crl_files,
             policy.at,
         )?;
         if let Some(expected) = &policy.expected_signer {

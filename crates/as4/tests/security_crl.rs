@@ -255,6 +255,34 @@ fn a_revoked_signer_is_refused_with_the_reason() {
     );
 }
 
+/// A signer found trusted is remembered for a few minutes, but only while the CRL files
+/// stay as they were: a list revoking it, written over the file or renamed into place,
+/// counts from the next message.
+#[test]
+fn a_refreshed_crl_file_takes_effect_at_the_next_message() {
+    let p = pki();
+    let current = crl(&p.ca, &p.ca_key, now() - DAY, now() + 7 * DAY, &[17]);
+    let revoking = crl(
+        &p.ca,
+        &p.ca_key,
+        now() - DAY,
+        now() + 7 * DAY,
+        &[17, ALICE_SERIAL],
+    );
+    // Written over the file in place.
+    let pem = write(&p, "ca.crl.pem", &current.to_pem().unwrap());
+    assert_eq!(receive_with(&p, &[&pem]).unwrap(), 1);
+    assert_eq!(receive_with(&p, &[&pem]).unwrap(), 1);
+    write(&p, "ca.crl.pem", &revoking.to_pem().unwrap());
+    refused(&p, &[&pem], &["CN=alice", "was revoked"]);
+    // Renamed into place, as an operator's refresh job would.
+    let der = write(&p, "ca.crl", &current.to_der().unwrap());
+    assert_eq!(receive_with(&p, &[&der]).unwrap(), 1);
+    let fresh = write(&p, "ca.crl.new", &revoking.to_der().unwrap());
+    std::fs::rename(&fresh, &der).unwrap();
+    refused(&p, &[&der], &["CN=alice", "was revoked"]);
+}
+
 #[test]
 fn a_crl_signed_by_another_key_is_refused() {
     let p = pki();

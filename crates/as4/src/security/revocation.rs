@@ -11,7 +11,9 @@
 //!
 //! This module does not fetch CRLs (no network access on the receive path); the operator
 //! refreshes the files, e.g. from the URL in the certificate's CRL Distribution Points.
-//! Files are read when a message is checked, so a replaced file takes effect at once.
+//! Files are looked at when a message is checked, so a replaced file takes effect at once
+//! (a signer found trusted is remembered for a few minutes, but only while the CRL files
+//! keep their size, modification time and inode: `token::validate_signer_with_crl_files`).
 //! Every failure is `EBMS:0101` (FailedAuthentication) with a reason naming the file.
 
 use std::path::{Path, PathBuf};

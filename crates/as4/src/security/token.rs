@@ -526,22 +526,9 @@ pub fn validate_signer_certificate(
     anchors: &[X509],
     at: OffsetDateTime,
 ) -> Result<(), EbmsError> {
-    validate_signer_certificate_with_crls(cert, intermediates, anchors, &[], at)
-}
-
-/// [`validate_signer_certificate`], then the verified chain against `crls`
-/// ([`super::revocation::check_chain`]): with CRLs configured, a revoked signer or CA,
-/// a CRL not signed by its CA, or a stale CRL is `EBMS:0101`.
-pub(crate) fn validate_signer_certificate_with_crls(
-    cert: &X509Ref,
-    intermediates: &[X509],
-    anchors: &[X509],
-    crls: &[super::revocation::Crl],
-    at: OffsetDateTime,
-) -> Result<(), EbmsError> {
     check_validity_period(cert, at)?;
     check_signing_key_usage(cert)?;
-    chain_to_anchors(cert, intermediates, anchors, crls, at)
+    verified_chain(cert, intermediates, anchors, at).map(drop)
 }
 
 /// The chain part of [`validate_signer_certificate`] without the key-usage check: any
@@ -554,16 +541,17 @@ pub fn validate_certificate_chain(
     at: OffsetDateTime,
 ) -> Result<(), EbmsError> {
     check_validity_period(cert, at)?;
-    chain_to_anchors(cert, intermediates, anchors, &[], at)
+    verified_chain(cert, intermediates, anchors, at).map(drop)
 }
 
-fn chain_to_anchors(
+/// The chain OpenSSL builds from `cert` through `intermediates` to one of `anchors` and
+/// verifies at `at` (signer first), or why it cannot.
+fn verified_chain(
     cert: &X509Ref,
     intermediates: &[X509],
     anchors: &[X509],
-    crls: &[super::revocation::Crl],
     at: OffsetDateTime,
-) -> Result<(), EbmsError> {
+) -> Result<Vec<X509>, EbmsError> {
     if anchors.is_empty() {
         return Err(EbmsError::new(
             ErrorCode::PolicyNoncompliance,
@@ -599,7 +587,7 @@ fn chain_to_anchors(
         })
         .map_err(internal)?;
     if ok {
-        super::revocation::check_chain(&verified, anchors, crls, at)
+        Ok(verified)
     } else {
         Err(auth(format!(
             "the signer certificate '{}' (issuer '{}') is not trusted at {at}: {}; \
@@ -609,6 +597,106 @@ fn chain_to_anchors(
             err.error_string()
         )))
     }
+}
+
+/// How long a signer found trusted is taken as trusted without checking again (when
+/// nothing the decision rests on expires meanwhile: see [`validate_signer_with_crl_files`]).
+const TRUSTED_FOR: time::Duration = time::Duration::minutes(5);
+
+/// At most this many trust decisions are remembered (a partner signs with one or two
+/// certificates; the set is emptied when full).
+const TRUSTED_MAX: usize = 1024;
+
+/// Recent trust decisions: the digest of everything a decision rests on, and when it was
+/// made.
+static TRUSTED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], OffsetDateTime>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The full trust check of a message's signer ([`validate_signer_certificate`], then the
+/// verified chain against the CRLs read from `crl_files`:
+/// [`super::revocation::check_chain`]), remembered for a few minutes: a partner signs every
+/// message with the same certificate, and building its chain, reading its CRLs and checking
+/// them for each message cost more than verifying the signature. A decision is reused only
+/// for the same signer, chain, anchors and CRL files (by path, size, modification time and
+/// inode: a refreshed CRL file takes effect at once), at a time within [`TRUSTED_FOR`]
+/// after it was made, and only when no certificate of the chain expires and no CRL goes
+/// stale within that time. Refusals are never remembered.
+pub(crate) fn validate_signer_with_crl_files(
+    cert: &X509Ref,
+    intermediates: &[X509],
+    anchors: &[X509],
+    crl_files: &[std::path::PathBuf],
+    at: OffsetDateTime,
+) -> Result<(), EbmsError> {
+    let key = trust_key(cert, intermediates, anchors, crl_files);
+    let lock = || TRUSTED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(key) = &key {
+        if let Some(made) = lock().get(key) {
+            if *made <= at && at <= *made + TRUSTED_FOR {
+                return Ok(());
+            }
+        }
+    }
+    let crls = super::revocation::Crl::load_all(crl_files).map_err(|why| {
+        auth(format!(
+            "{why} (a CRL file of the sending party in the PMode; `varti pmode check` \
+             lists them)"
+        ))
+    })?;
+    check_validity_period(cert, at)?;
+    check_signing_key_usage(cert)?;
+    let verified = verified_chain(cert, intermediates, anchors, at)?;
+    super::revocation::check_chain(&verified, anchors, &crls, at)?;
+    let Some(key) = key else { return Ok(()) };
+    let until = at + TRUSTED_FOR;
+    let lasts = asn1_at(until).is_ok_and(|until| {
+        verified
+            .iter()
+            .all(|c| c.not_after().compare(&until).is_ok_and(|o| o.is_ge()))
+    }) && !crls.iter().any(|c| c.is_stale(until));
+    if lasts {
+        let mut trusted = lock();
+        if trusted.len() >= TRUSTED_MAX {
+            trusted.clear();
+        }
+        trusted.insert(key, at);
+    }
+    Ok(())
+}
+
+/// The digest of what a trust decision rests on: the certificates (DER) and the CRL files'
+/// identity. `None` when a CRL file cannot be looked at (the check then reads it and says
+/// why it cannot).
+fn trust_key(
+    cert: &X509Ref,
+    intermediates: &[X509],
+    anchors: &[X509],
+    crl_files: &[std::path::PathBuf],
+) -> Option<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = openssl::sha::Sha256::new();
+    let mut put = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    put(&cert.to_der().ok()?);
+    for (label, certs) in [(b"chain", intermediates), (b"trust", anchors)] {
+        put(label);
+        for c in certs {
+            put(&c.to_der().ok()?);
+        }
+    }
+    for path in crl_files {
+        let m = std::fs::metadata(path).ok()?;
+        put(path.as_os_str().as_encoded_bytes());
+        for n in [m.len(), m.ino(), m.dev()] {
+            put(&n.to_be_bytes());
+        }
+        put(&m.mtime().to_be_bytes());
+        put(&m.mtime_nsec().to_be_bytes());
+    }
+    Some(h.finish())
 }
 
 #[cfg(test)]
