@@ -5,7 +5,7 @@
 //! ```text
 //! <dir>/db/          sled database
 //! <dir>/payloads/    payload files (see FilePayloadStore)
-//! <dir>/messages/    sidecars: the acknowledged states of the messages, in 4,096 bucket
+//! <dir>/messages/    sidecars: the acknowledged states of the messages, in 256 bucket
 //!                    files of JSON lines (see `sidecar`)
 //! ```
 //!
@@ -561,7 +561,7 @@ impl SledStore {
                 Some(_) => {}
                 None => self.sidecars.remove(id)?,
             }
-            // The purged bytes leave the sidecar at the end of the caller's batch
+            // The purged bytes leave the sidecar at the end of the caller's purge run
             // (`Sidecars::compact_marked`).
             if purged {
                 self.sidecars.mark_purged(id);
@@ -1107,6 +1107,7 @@ impl Store for SledStore {
         loop {
             let ids = self.ids_before(UNPURGED, settled_before, BATCH)?;
             if ids.is_empty() {
+                self.sidecars.compact_marked()?;
                 return Ok(purged);
             }
             let mut progress = false;
@@ -1133,10 +1134,10 @@ impl Store for SledStore {
                 purged += usize::from(done);
                 progress |= done;
             }
-            self.sidecars.compact_marked()?;
             // Index keys are written with their records, so every listed id is purged or
             // vanished; if a whole batch changed nothing, stop rather than spin.
             if !progress {
+                self.sidecars.compact_marked()?;
                 return Ok(purged);
             }
         }
@@ -1174,6 +1175,7 @@ impl Store for SledStore {
         loop {
             let ids = self.ids_before(SETTLED, settled_before, BATCH)?;
             if ids.is_empty() {
+                self.sidecars.compact_marked()?;
                 return Ok(removed);
             }
             let mut progress = false;
@@ -1201,8 +1203,8 @@ impl Store for SledStore {
                 removed += usize::from(done);
                 progress |= done;
             }
-            self.sidecars.compact_marked()?;
             if !progress {
+                self.sidecars.compact_marked()?;
                 return Ok(removed);
             }
         }
