@@ -9,7 +9,7 @@
 //! * [`PayloadStore`] — payload bytes, streamed in and out, never whole in memory.
 //! * The embedded store's safety net: [`SledStore::open_checked`] and [`check_store`] (the
 //!   integrity check), [`recover_store`] (a clean store rebuilt from a damaged one, using
-//!   the per-message sidecars), [`SledStore::backup`] and [`restore_backup`].
+//!   the sidecars: every message's last acknowledged state, in append-only bucket files), [`SledStore::backup`] and [`restore_backup`].
 //! * `contract` (feature `testing`) — the test suite every `Store` implementation must pass.
 //!
 //! # Durability contract

@@ -178,7 +178,7 @@ pub struct SledStore {
     payloads: FilePayloadStore,
     /// Shares flushes between concurrent callers; `None`: each call flushes on its own.
     group_commit: Option<GroupCommit>,
-    /// The per-message sidecar files, rewritten after each durable change.
+    /// The sidecar bucket files, a line appended after each durable change.
     sidecars: Sidecars,
     /// Changes to one message (transaction, flush, sidecar) run under the lock of its
     /// stripe, so that its sidecar is written in the order its changes were committed.
