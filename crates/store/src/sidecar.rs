@@ -208,16 +208,11 @@ impl Sidecars {
         // Changes to one message are written in the order the store committed them (it
         // holds the message's lock across the change and this write).
         let carry = !bucket.carried.contains(&place.hash);
-        let line = match record.inline_apart() {
-            Some((apart, _)) if !carry => serialise(&RecordLine {
-                format: FORMAT,
-                record: &apart,
-            })?,
-            _ => serialise(&RecordLine {
-                format: FORMAT,
-                record,
-            })?,
-        };
+        let apart = if carry { None } else { record.inline_apart() };
+        let line = serialise(&RecordLine {
+            format: FORMAT,
+            record: apart.as_ref().map_or(record, |(apart, _)| apart),
+        })?;
         let len = self.append(&mut bucket, &path, &line, durable)?;
         if carry && record.meta.payloads.iter().any(|p| p.stored.is_inline()) {
             bucket.carried.insert(place.hash);
@@ -242,14 +237,16 @@ impl Sidecars {
             })?;
             self.append(&mut bucket, &path, &line, true)?;
         }
-        match fs::remove_file(&legacy) {
-            Ok(()) => self.sync_dir()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(StoreError::io(
-                    format!("cannot remove {}", legacy.display()),
-                    e,
-                ))
+        if self.legacy_at_open {
+            match fs::remove_file(&legacy) {
+                Ok(()) => self.sync_dir()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::io(
+                        format!("cannot remove {}", legacy.display()),
+                        e,
+                    ))
+                }
             }
         }
         bucket.carried.remove(&place.hash);
@@ -1053,6 +1050,14 @@ mod tests {
         assert_eq!(read[one.id()].history.len(), one.history.len());
         assert_eq!(bytes_of(&read[one.id()]), Some(payload.clone()));
         assert_eq!(bytes_of(&read[two.id()]), Some(payload));
+
+        // A message of an earlier version's file leaves with it, whether or not its bucket
+        // file exists yet.
+        sidecars.remove(two.id()).unwrap();
+        assert!(!legacy_two.exists());
+        let read = read_back(&sidecars);
+        assert!(!read.contains_key(two.id()));
+        assert!(read.contains_key(one.id()));
     }
 
     #[test]
