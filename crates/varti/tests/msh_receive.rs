@@ -146,7 +146,7 @@ fn assert_error(r: &HttpResponse, code: &str, what: &str) {
     // Domibus answers (CP_TA35/37); other errors are a plain error signal with HTTP 200.
     let security = matches!(code, "EBMS:0101" | "EBMS:0102" | "EBMS:0103");
     let status = if security { 500 } else { 200 };
-    assert_eq!(r.status, status, "{what}: {}", r.head);
+    assert_eq!(r.status, status, "{what}: {}{}", r.head, r.body);
     assert_eq!(
         r.body.contains(":Fault>"),
         security,
@@ -479,11 +479,18 @@ fn a_small_bomb_inflates_to_its_size() {
 }
 
 /// Issue 13: three 4 GiB gzip bombs at once, on a leg whose parts may inflate to 1 GiB,
-/// with a 256 MiB spool budget: each is refused with EBMS:0303, the spool directory never
+/// with a 384 MiB spool budget: each is refused with EBMS:0303, the spool directory never
 /// holds more than the budget, and nothing is left or stored afterwards.
+///
+/// The budget leaves room for the three at once: a bomb's first pass writes at most 32
+/// times its compressed size (3.2 MiB here, so 103 MiB), beside its received and decrypted
+/// copies. With less, a bomb still being decrypted while the other two fill the spool is
+/// answered 503 (no room now, send again later), which is right but depends on how the
+/// three interleave; a spool budget running out is tested in `as4/tests/receive_accept.rs`
+/// (`the_spool_budget_bounds_disk_use_and_bombs_are_still_refused`).
 #[test]
 fn three_gzip_bombs_in_parallel_stay_within_the_spool_budget() {
-    const BUDGET: u64 = 256 << 20;
+    const BUDGET: u64 = 384 << 20;
     let dir = tempfile::tempdir().unwrap();
     let served = spawn_serve(
         dir.path(),
