@@ -9,8 +9,8 @@
 //! the message left the store. The last line of a message is its state. The record carries
 //! the payload references with their SHA-256, the receipt, the state and the history:
 //! everything the store knows. The bytes of inline payloads are carried by the first line
-//! of a message this process writes (and by every line of a compacted bucket); later lines
-//! leave them out, and a reader takes them from the line that has them (payload bytes
+//! of a message written since the process started or the bucket was last compacted; later
+//! lines leave them out, and a reader takes them from a line that has them (payload bytes
 //! never change under their id).
 //!
 //! Why buckets: a file of its own per message cost the creation of a file (an inode, a
@@ -21,13 +21,14 @@
 //! thousand messages or so (a bucket created is an inode allocated, the very cost avoided),
 //! and enough that compacting one stays short (a 256th of the sidecars).
 //!
-//! A bucket is **compacted** (its messages' last states written whole under a temporary
-//! name, synced, renamed into place) when it has grown to twice its size after the last
-//! compaction (and at least [`COMPACT_AT_LEAST`]), and when a purge or a removal asks for
-//! it ([`Sidecars::compact_marked`], at the end of a purge run: each bucket once), so that
-//! no line keeps the bytes of a purged payload or a removed message. The first line of a compacted bucket records the
-//! size of the records after it, `{"format": 3, "live": N}`, from which the next compaction
-//! is planned.
+//! A bucket is **compacted** — each message's last line, preceded by the line with its
+//! bytes when the last one leaves them out, copied as they are to a temporary file, synced,
+//! renamed into place — when it has grown to twice its size after the last compaction (and
+//! to at least [`COMPACT_AT_LEAST`]), and when a purge or a removal asks for it
+//! ([`Sidecars::compact_marked`], at the end of a purge run: each bucket once), so that no
+//! line keeps the bytes of a purged payload or a removed message. The first line of a
+//! compacted bucket records the size of the lines after it, `{"format": 3, "live": N}`,
+//! from which the next compaction is planned.
 //!
 //! A line torn by a crash belongs to a change nobody was told about (its sync had not
 //! returned): it is skipped, and the next append starts a line of its own after it.
