@@ -284,8 +284,6 @@ impl MessageRecord {
         &self.meta.message_id
     }
 
-    /// Records that the payloads were purged at `at`, dropping the bytes of those kept
-    /// inline in the record (the others' files or rows the caller removed first).
     /// The record with its inline payloads' bytes taken out (the payloads stay inline,
     /// empty), and those bytes by payload id; `None` when it has no inline payload. For
     /// copies that keep the bytes once beside rewrites of the record (`sled_store`,
@@ -304,6 +302,8 @@ impl MessageRecord {
         Some((apart, bytes))
     }
 
+    /// Records that the payloads were purged at `at`, dropping the bytes of those kept
+    /// inline in the record (the others' files or rows the caller removed first).
     pub(crate) fn mark_payloads_purged(&mut self, at: OffsetDateTime) {
         for entry in &mut self.meta.payloads {
             entry.stored.drop_inline();

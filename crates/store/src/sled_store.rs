@@ -401,14 +401,7 @@ impl SledStore {
     {
         self.trees[RECORDS].iter().map(|item| {
             let (key, value) = item.map_err(db_error)?;
-            let record = match decode(&value) {
-                Ok(mut record) => {
-                    attach_inline(&mut record, |k| self.trees[INLINE].get(k)).map_err(db_error)?;
-                    Ok(record)
-                }
-                Err(e) => Err(e),
-            };
-            Ok((key.to_vec(), record))
+            Ok((key.to_vec(), self.decode_attached(&value)))
         })
     }
 
@@ -435,15 +428,7 @@ impl SledStore {
         self.trees
             .as_slice()
             .transaction(|trees| {
-                let old = match trees[RECORDS].get(id.as_bytes())? {
-                    Some(bytes) => {
-                        let mut record =
-                            decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                        attach_inline(&mut record, |k| trees[INLINE].get(k))?;
-                        Some(record)
-                    }
-                    None => None,
-                };
+                let old = read_in_tx(trees, &id)?;
                 write_record(trees, &id, old.as_ref(), Some(record))
                     .map_err(TxError::into_conflictable)?;
                 Ok(())
@@ -507,15 +492,7 @@ impl SledStore {
             .trees
             .as_slice()
             .transaction(|trees| {
-                let old = match trees[RECORDS].get(id.as_bytes())? {
-                    Some(bytes) => {
-                        let mut record =
-                            decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                        attach_inline(&mut record, |k| trees[INLINE].get(k))?;
-                        Some(record)
-                    }
-                    None => None,
-                };
+                let old = read_in_tx(trees, id)?;
                 let (write, out) =
                     change(old.clone()).map_err(ConflictableTransactionError::Abort)?;
                 let new = match write {
@@ -632,13 +609,16 @@ impl SledStore {
         })
     }
 
+    /// A record as the `records` tree holds it, with its inline payloads' bytes.
+    fn decode_attached(&self, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+        let mut record = decode(bytes)?;
+        attach_inline(&mut record, |k| self.trees[INLINE].get(k)).map_err(db_error)?;
+        Ok(record)
+    }
+
     fn read(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
         match self.trees[RECORDS].get(id.as_bytes()).map_err(db_error)? {
-            Some(bytes) => {
-                let mut record = decode(&bytes)?;
-                attach_inline(&mut record, |k| self.trees[INLINE].get(k)).map_err(db_error)?;
-                Ok(Some(record))
-            }
+            Some(bytes) => self.decode_attached(&bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -730,11 +710,9 @@ impl Store for SledStore {
                 .trees
                 .as_slice()
                 .transaction(|trees| {
-                    let Some(bytes) = trees[RECORDS].get(id.as_bytes())? else {
+                    let Some(old) = read_in_tx(trees, &id)? else {
                         return Ok(None);
                     };
-                    let mut old = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-                    attach_inline(&mut old, |k| trees[INLINE].get(k))?;
                     // Someone else may have claimed it since we read the index.
                     if !old.is_claimable(now) {
                         return Ok(None);
@@ -1876,6 +1854,19 @@ fn encode(record: &MessageRecord) -> Result<(Vec<u8>, InlineBytesById), StoreErr
     let json =
         json.map_err(|e| StoreError::Corrupt(format!("cannot serialise message record: {e}")))?;
     Ok((json, inline))
+}
+
+/// The record `id` as a transaction sees it, with its inline payloads' bytes.
+fn read_in_tx(
+    trees: &[TransactionalTree],
+    id: &str,
+) -> Result<Option<MessageRecord>, ConflictableTransactionError<StoreError>> {
+    let Some(bytes) = trees[RECORDS].get(id.as_bytes())? else {
+        return Ok(None);
+    };
+    let mut record = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+    attach_inline(&mut record, |k| trees[INLINE].get(k))?;
+    Ok(Some(record))
 }
 
 /// Puts the bytes of `record`'s inline payloads back from the `inline` tree (`get`). A

@@ -32,9 +32,6 @@ use crate::error::{EbmsError, ErrorCode};
 /// `S12:Header`, before `eb:Messaging`).
 pub const SECURITY_HEADER_PLACEHOLDER: &str = "<!--varti:wsse:Security-->";
 
-/// The text of [`SECURITY_HEADER_PLACEHOLDER`]'s comment.
-const PLACEHOLDER_TEXT: &str = "varti:wsse:Security";
-
 /// What signs: the profile, the key and certificate, and how the certificate is referenced.
 #[derive(Clone, Copy)]
 pub struct SigningIdentity<'a> {
@@ -129,7 +126,11 @@ pub fn sign_envelope(
         .ok_or_else(|| fail("the envelope to sign has no SOAP Body"))?;
     // The placeholder occurs once in the text; this is that occurrence (not text in an
     // attribute or a CDATA section), and it sits where the header goes.
-    if !header.has_comment_child(PLACEHOLDER_TEXT) {
+    let placeholder_text = SECURITY_HEADER_PLACEHOLDER
+        .strip_prefix("<!--")
+        .and_then(|t| t.strip_suffix("-->"))
+        .unwrap_or(SECURITY_HEADER_PLACEHOLDER);
+    if !header.has_comment_child(placeholder_text) {
         return Err(fail(
             "the placeholder of the security header is not a comment directly in the SOAP \
              Header; put it there, before eb:Messaging",
