@@ -483,17 +483,17 @@ pub(crate) fn answer_signal(
             }
             let root = &package.root().content;
             let checked = if !leg.receipt.non_repudiation {
-                check_receipt(&received, root, &id, &[])
+                check_receipt(&received, &id, &[])
             } else if let Some(sealings) = ap.pulled.sealings(&id) {
                 // The receipt matches one of the times the message was pulled.
                 sealings
                     .iter()
-                    .map(|refs| check_receipt(&received, root, &id, refs))
+                    .map(|refs| check_receipt(&received, &id, refs))
                     .find(Result::is_ok)
-                    .unwrap_or_else(|| check_receipt(&received, root, &id, &sealings[0]))
+                    .unwrap_or_else(|| check_receipt(&received, &id, &sealings[0]))
             } else {
                 tracing::warn!(message_id = %id, "the references of the pulled message are not known to this instance (restarted, or another instance sealed it): the receipt's non-repudiation information is not compared");
-                check_receipt(&received, root, &id, &[])
+                check_receipt(&received, &id, &[])
             };
             if let Err(e) = checked {
                 return refuse(EbmsError::new(

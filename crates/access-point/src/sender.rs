@@ -690,7 +690,7 @@ fn judge(
     } else {
         &[]
     };
-    match check_receipt(&received, &root, &record.meta.message_id, expected) {
+    match check_receipt(&received, &record.meta.message_id, expected) {
         Ok(()) => Verdict::Acknowledged(root),
         Err(e) => Verdict::Transient(receipt_problem(&e)),
     }

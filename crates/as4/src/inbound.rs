@@ -37,13 +37,15 @@ use time::OffsetDateTime;
 use crate::compress;
 use crate::error::{EbmsError, ErrorCode};
 use crate::message::mime::{content_id_from_href, Attachment, MimePackage};
-use crate::message::model::{Messaging, Property, EBMS_NS};
+use crate::message::model::{Messaging, Property, SignalKind, EBMS_NS};
 use crate::message::soap::{self, Envelope};
 use crate::security::c14n;
 use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
 use crate::security::private_key::PrivateKey;
 use crate::security::profile::Profile;
+use crate::security::receipt;
+use crate::security::sign::SignedReference;
 use crate::security::swa::AttachmentSource;
 use crate::security::token::{self, TokenReference};
 use crate::security::verify::{self, SignedPart, VerifiedReference, VerifyOptions};
@@ -216,6 +218,11 @@ pub struct ReceivedMessage {
     /// The `eb:UserMessage` element, exclusive-canonicalized (self-contained): what a
     /// plain receipt copies. `None` for a signal message.
     pub user_message_xml: Option<String>,
+    /// For a receipt: the references its `ebbp:NonRepudiationInformation` lists, read from
+    /// the document the signature was verified on (or why they cannot be read), so that
+    /// [`check_receipt`](crate::outbound::check_receipt) does not parse the receipt again.
+    /// `None` for any other message.
+    receipt_references: Option<Result<Vec<SignedReference>, EbmsError>>,
 }
 
 impl ReceivedMessage {
@@ -227,6 +234,19 @@ impl ReceivedMessage {
     /// The id of the user message, or of the first signal.
     pub fn message_id(&self) -> Option<&str> {
         message_id_of(&self.envelope.messaging)
+    }
+
+    /// The references a receipt's non-repudiation information lists; an `EBMS:0302` error
+    /// when the message is no receipt or does not hold exactly one such element.
+    pub(crate) fn receipt_references(&self) -> Result<&[SignedReference], EbmsError> {
+        match &self.receipt_references {
+            Some(Ok(references)) => Ok(references),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(EbmsError::new(
+                ErrorCode::InvalidReceipt,
+                "the message is not a receipt (no eb:Receipt signal)",
+            )),
+        }
     }
 }
 
@@ -449,12 +469,19 @@ fn receive_parsed(
             .expect("every payload part has a source");
         payloads.push(deliver(part, att, cid, source, policy)?);
     }
+    let receipt_references = envelope
+        .messaging
+        .signals
+        .iter()
+        .any(|s| matches!(s.kind, SignalKind::Receipt(_)))
+        .then(|| receipt::nrr_references(doc));
     Ok(ReceivedMessage {
         envelope,
         signature,
         encryption,
         payloads,
         user_message_xml,
+        receipt_references,
     })
 }
 

@@ -31,11 +31,10 @@ use crate::message::model::{
     SignalMessage, UserMessage,
 };
 use crate::message::soap::{build_envelope, BuildOptions};
-use crate::security::dom::XmlDocument;
 use crate::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
 use crate::security::private_key::KeyOperations;
 use crate::security::profile::Profile;
-use crate::security::receipt::{check_receipt_nrr, non_repudiation_information};
+use crate::security::receipt::{non_repudiation_information, same_references};
 use crate::security::sign::{
     sign_envelope, SignedReference, SigningIdentity, SECURITY_HEADER_PLACEHOLDER,
 };
@@ -507,12 +506,12 @@ pub fn build_signal(
 }
 
 /// Sender side: checks that `receipt` (a message that passed [`receive`](crate::inbound::receive),
-/// so its signature is verified; `receipt_envelope` is its SOAP envelope) is a receipt for
-/// the message with id `request_message_id` and that its non-repudiation information lists
-/// exactly the references we signed (`sent`). `EBMS:0302 InvalidReceipt` otherwise.
+/// so its signature is verified) is a receipt for the message with id `request_message_id`
+/// and that its non-repudiation information lists exactly the references we signed
+/// (`sent`). `EBMS:0302 InvalidReceipt` otherwise. The references were read while the
+/// receipt was received, from the very document its signature was verified on.
 pub fn check_receipt(
     receipt: &ReceivedMessage,
-    receipt_envelope: &[u8],
     request_message_id: &str,
     sent: &[SignedReference],
 ) -> Result<(), EbmsError> {
@@ -536,7 +535,7 @@ pub fn check_receipt(
         ));
     }
     if !sent.is_empty() {
-        check_receipt_nrr(&XmlDocument::parse(receipt_envelope)?, sent)?;
+        same_references(receipt.receipt_references()?, sent)?;
     }
     Ok(())
 }

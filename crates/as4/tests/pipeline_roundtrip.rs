@@ -745,12 +745,12 @@ fn resealing_a_message_signs_the_same_digests() {
     let receipt = build_receipt(&msg, Some(&identity(&f.bob, BST))).unwrap();
     let r = receive(&soap_package(&receipt), &signals_from(&f.bob.sign_cert)).unwrap();
     let id = um.message_info.message_id.as_str();
-    check_receipt(&r, receipt.as_bytes(), id, &second_sent.references)
+    check_receipt(&r, id, &second_sent.references)
         .expect("the first copy's receipt matches the second copy");
 
     // Another message under another id signs other digests: its receipt does not match.
     let (_, other_sent) = seal_again(&user_message());
-    let err = check_receipt(&r, receipt.as_bytes(), id, &other_sent.references).unwrap_err();
+    let err = check_receipt(&r, id, &other_sent.references).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidReceipt);
 }
 

@@ -132,14 +132,13 @@ fn pyas4_receipt_verifies_against_the_request() {
     )
     .unwrap();
     // The sender-side check: right request id and NRR; a wrong id is EBMS:0302.
-    let root = &dump.package.root().content;
     let id = "bd6cb980-bd06-46c9-955b-2b5637ca9dd4@as4";
-    check_receipt(&r, root, id, &sent).unwrap();
-    let e = check_receipt(&r, root, "other@as4", &sent).unwrap_err();
+    check_receipt(&r, id, &sent).unwrap();
+    let e = check_receipt(&r, "other@as4", &sent).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidReceipt);
     let mut fewer = sent.clone();
     fewer.pop();
-    let e = check_receipt(&r, root, id, &fewer).unwrap_err();
+    let e = check_receipt(&r, id, &fewer).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidReceipt);
 }
 

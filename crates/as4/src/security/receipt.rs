@@ -91,7 +91,15 @@ pub(crate) fn nrr_references(receipt: &XmlDocument) -> Result<Vec<SignedReferenc
 /// the references we signed — same URIs, digest methods and digests, none missing and
 /// none extra. `EBMS:0302 InvalidReceipt` otherwise.
 pub fn check_receipt_nrr(receipt: &XmlDocument, sent: &[SignedReference]) -> Result<(), EbmsError> {
-    let got = nrr_references(receipt)?;
+    same_references(&nrr_references(receipt)?, sent)
+}
+
+/// The comparison of [`check_receipt_nrr`], over the references a receipt lists (`got`,
+/// from [`nrr_references`]).
+pub(crate) fn same_references(
+    got: &[SignedReference],
+    sent: &[SignedReference],
+) -> Result<(), EbmsError> {
     for s in sent {
         match got.iter().find(|g| g.uri == s.uri) {
             None => {

@@ -696,7 +696,7 @@ fn open(args: OpenArgs) -> anyhow::Result<ExitCode> {
             Ok(d) => d,
             Err(e) => return cannot_run(format!("cannot read the request {}: {e}", req.display())),
         };
-        let result = check_receipt_for(&request.package.root().content, root, &received);
+        let result = check_receipt_for(&request.package.root().content, &received);
         match result {
             Ok(n) => {
                 receipt_check =
@@ -780,11 +780,7 @@ fn open(args: OpenArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks a receipt against the request it answers: RefToMessageId and NRR references.
 /// Returns the number of references matched.
-fn check_receipt_for(
-    request_root: &[u8],
-    receipt_root: &[u8],
-    receipt: &ReceivedMessage,
-) -> Result<usize, EbmsError> {
+fn check_receipt_for(request_root: &[u8], receipt: &ReceivedMessage) -> Result<usize, EbmsError> {
     let request_env = parse_envelope(request_root)?;
     let request_id = request_env
         .messaging
@@ -798,7 +794,7 @@ fn check_receipt_for(
             )
         })?;
     let sent = signed_references(&XmlDocument::parse(request_root)?)?;
-    check_receipt(receipt, receipt_root, &request_id, &sent)?;
+    check_receipt(receipt, &request_id, &sent)?;
     Ok(sent.len())
 }
 
