@@ -180,70 +180,36 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
         park_for_pull(ap, &id, leg).await;
         return;
     }
-    let verdict = exchange(ap, &snap, &record).await;
-    let now = ap.clock.now();
-    let outcome = match verdict {
-        Verdict::Acknowledged(receipt) => AttemptOutcome::Acknowledged { receipt },
-        Verdict::Fatal(error) => AttemptOutcome::Failed { error },
-        Verdict::Transient(error) | Verdict::Unreachable(error) => {
-            let intervals = snap
-                .leg(&record.meta.pmode_id)
-                .map(|l| l.reception.retry.intervals())
-                .unwrap_or_default();
-            // `attempts` counts this one: the first retry follows attempt 1.
-            match intervals.get(record.attempts.saturating_sub(1) as usize) {
-                Some(wait) => {
-                    ap.metrics.retry();
-                    AttemptOutcome::Retry {
-                        at: now + *wait,
-                        error,
-                    }
-                }
-                None => AttemptOutcome::Failed {
-                    error: format!(
-                        "{}: no receipt after {} attempt(s); last problem: {error}",
-                        ErrorCode::MissingReceipt,
-                        record.attempts
-                    ),
-                },
+    // The verdict is turned into an outcome and recorded on the thread that judged the
+    // answer: one hand-off to the blocking pool fewer per message.
+    let settle = {
+        let (ap, snap) = (ap.clone(), snap.clone());
+        let (id, attempts, pmode_id) = (id.clone(), record.attempts, record.meta.pmode_id.clone());
+        move |verdict| {
+            let now = ap.clock.now();
+            let outcome = outcome_of(&ap, &snap, &pmode_id, attempts, verdict, now);
+            log_outcome(&id, attempts, &outcome);
+            let recorded = ap
+                .store
+                .record_attempt(&id, &ap.instance, outcome.clone(), now);
+            if recorded.is_ok() && !matches!(outcome, AttemptOutcome::Retry { .. }) {
+                forget_sealed(&ap, &id);
             }
+            (outcome, recorded)
         }
     };
-    match &outcome {
-        AttemptOutcome::Acknowledged { .. } => {
-            tracing::info!(message_id = %id, attempt = record.attempts, "message acknowledged by the partner")
-        }
-        AttemptOutcome::Retry { at, error } => {
-            tracing::warn!(message_id = %id, attempt = record.attempts, retry_at = %at, %error, "send failed; will retry")
-        }
-        AttemptOutcome::Failed { error } => {
-            tracing::error!(message_id = %id, attempt = record.attempts, %error, "message failed")
-        }
-    }
-    let recorded = {
-        let ap = ap.clone();
-        let id = id.clone();
-        let outcome = outcome.clone();
-        tokio::task::spawn_blocking(move || {
-            ap.store.record_attempt(&id, &ap.instance, outcome, now)
-        })
-        .await
-    };
-    match recorded {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
+    let outcome = match exchange(ap, &snap, &record, settle).await {
+        Ok((outcome, Ok(_))) => outcome,
+        Ok((_, Err(e))) => {
             tracing::warn!(message_id = %id, error = %e, "cannot record the attempt");
             return;
         }
         Err(e) => {
-            tracing::error!(message_id = %id, error = %e, "the recording task failed");
+            tracing::error!(message_id = %id, error = %e, "the attempt's judging and recording task failed; its lease expires and it is sent again");
             return;
         }
-    }
+    };
     let owner = record.meta.owner.clone();
-    if !matches!(outcome, AttemptOutcome::Retry { .. }) {
-        forget_sealed(ap, &id);
-    }
     match outcome {
         AttemptOutcome::Acknowledged { .. } => {
             ap.metrics.message(Direction::Outbound, Outcome::Success);
@@ -266,6 +232,58 @@ async fn attempt(ap: &Arc<AccessPoint>, record: MessageRecord) {
     }
 }
 
+/// What an attempt's verdict means for the message: acknowledged, failed for good, or
+/// retried after the leg's next interval (failed once the intervals are used up).
+fn outcome_of(
+    ap: &AccessPoint,
+    snap: &Snapshot,
+    pmode_id: &str,
+    attempts: u32,
+    verdict: Verdict,
+    now: time::OffsetDateTime,
+) -> AttemptOutcome {
+    match verdict {
+        Verdict::Acknowledged(receipt) => AttemptOutcome::Acknowledged { receipt },
+        Verdict::Fatal(error) => AttemptOutcome::Failed { error },
+        Verdict::Transient(error) | Verdict::Unreachable(error) => {
+            let intervals = snap
+                .leg(pmode_id)
+                .map(|l| l.reception.retry.intervals())
+                .unwrap_or_default();
+            // `attempts` counts this one: the first retry follows attempt 1.
+            match intervals.get(attempts.saturating_sub(1) as usize) {
+                Some(wait) => {
+                    ap.metrics.retry();
+                    AttemptOutcome::Retry {
+                        at: now + *wait,
+                        error,
+                    }
+                }
+                None => AttemptOutcome::Failed {
+                    error: format!(
+                        "{}: no receipt after {attempts} attempt(s); last problem: {error}",
+                        ErrorCode::MissingReceipt,
+                    ),
+                },
+            }
+        }
+    }
+}
+
+fn log_outcome(id: &str, attempt: u32, outcome: &AttemptOutcome) {
+    match outcome {
+        AttemptOutcome::Acknowledged { .. } => {
+            tracing::info!(message_id = %id, attempt, "message acknowledged by the partner")
+        }
+        AttemptOutcome::Retry { at, error } => {
+            tracing::warn!(message_id = %id, attempt, retry_at = %at, %error, "send failed; will retry")
+        }
+        AttemptOutcome::Failed { error } => {
+            tracing::error!(message_id = %id, attempt, %error, "message failed")
+        }
+    }
+}
+
 /// Whether a sealing error came from the store being unavailable (database or I/O), as
 /// opposed to the stored message itself.
 fn store_trouble(e: &anyhow::Error) -> bool {
@@ -277,40 +295,92 @@ fn store_trouble(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Seals, pushes and judges the answer.
-async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageRecord) -> Verdict {
+/// Seals, pushes and judges the answer; then runs `settle` on the verdict, on the blocking
+/// thread that judged it (`settle` may write to the store). An error if that task failed.
+async fn exchange<R: Send + 'static>(
+    ap: &Arc<AccessPoint>,
+    snap: &Arc<Snapshot>,
+    record: &MessageRecord,
+    settle: impl FnOnce(Verdict) -> R + Send + 'static,
+) -> Result<R, tokio::task::JoinError> {
+    match push(ap, snap, record).await {
+        Pushed::Early(verdict) => tokio::task::spawn_blocking(move || settle(verdict)).await,
+        Pushed::Answered(answer) => {
+            let (ap, snap) = (ap.clone(), snap.clone());
+            let record = record.clone();
+            tokio::task::spawn_blocking(move || {
+                let Answer {
+                    response,
+                    partner,
+                    discovered,
+                    references,
+                } = answer;
+                settle(judge(
+                    &ap,
+                    &snap,
+                    &record,
+                    &partner,
+                    discovered.as_deref(),
+                    response,
+                    &references,
+                ))
+            })
+            .await
+        }
+    }
+}
+
+/// How far [`push`] got.
+enum Pushed {
+    /// The attempt ended before an answer (no route, no sealing, the partner unreachable).
+    Early(Verdict),
+    /// The partner answered: the answer is still to be judged.
+    Answered(Answer),
+}
+
+/// The partner's answer with what judging it needs.
+struct Answer {
+    response: crate::client::OutboundResponse,
+    partner: String,
+    discovered: Option<Arc<Found>>,
+    references: Vec<SignedReference>,
+}
+
+/// Seals the message and pushes it to the partner.
+async fn push(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageRecord) -> Pushed {
+    let early = Pushed::Early;
     let Some(leg) = snap.leg(&record.meta.pmode_id) else {
-        return Verdict::Fatal(format!(
+        return early(Verdict::Fatal(format!(
             "{}: the leg `{}` is no longer in the PModes; restore it and resend the message",
             ErrorCode::ProcessingModeMismatch,
             record.meta.pmode_id
-        ));
+        )));
     };
     let Some(partner) = snap.counterpart(leg, Some(&record.meta.to_party)) else {
-        return Verdict::Fatal(format!(
+        return early(Verdict::Fatal(format!(
             "{}: no party with id `{}` on the leg {}",
             ErrorCode::ProcessingModeMismatch,
             record.meta.to_party,
             leg.label()
-        ));
+        )));
     };
     // A dynamic party's endpoint and certificates are the ones its SMP publishes.
     let discovered = match snap.dynamic.get(&partner.name) {
         None => None,
         Some(d) => match d.find(ap.clock.now()).await {
             Ok(found) => Some(Arc::new(found)),
-            Err(LookupFailure::Transient(e)) => return Verdict::Unreachable(e),
-            Err(LookupFailure::Refused(e)) => return Verdict::Fatal(e),
+            Err(LookupFailure::Transient(e)) => return early(Verdict::Unreachable(e)),
+            Err(LookupFailure::Refused(e)) => return early(Verdict::Fatal(e)),
         },
     };
     let endpoint = match (&discovered, &partner.endpoint) {
         (Some(found), _) => found.url.clone(),
         (None, Some(e)) => e.clone(),
         (None, None) => {
-            return Verdict::Fatal(format!(
+            return early(Verdict::Fatal(format!(
                 "party `{}` has no endpoint in the PModes: add `endpoint = \"https://…/msh\"`",
                 partner.name
-            ))
+            )))
         }
     };
     let sealed = {
@@ -326,36 +396,26 @@ async fn exchange(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageR
         // full disk) may be over by the next attempt; a message that cannot be built from
         // what is stored never will be.
         Ok(Err(e)) if store_trouble(&e) || e.downcast_ref::<KeyUnavailable>().is_some() => {
-            return Verdict::Transient(format!("cannot build the message now: {e:#}"))
+            return early(Verdict::Transient(format!(
+                "cannot build the message now: {e:#}"
+            )))
         }
-        Ok(Err(e)) => return Verdict::Fatal(format!("cannot build the message: {e:#}")),
-        Err(e) => return Verdict::Transient(format!("the sealing task failed: {e}")),
+        Ok(Err(e)) => return early(Verdict::Fatal(format!("cannot build the message: {e:#}"))),
+        Err(e) => return early(Verdict::Transient(format!("the sealing task failed: {e}"))),
     };
-    let response = match snap
+    match snap
         .client
         .post(&partner.name, &endpoint, &content_type, body)
         .await
     {
-        Ok(r) => r,
-        Err(e) => return Verdict::Unreachable(e.to_string()),
-    };
-    let (ap, snap) = (ap.clone(), snap.clone());
-    let record = record.clone();
-    let partner = partner.name.clone();
-    tokio::task::spawn_blocking(move || {
-        let discovered = discovered.as_deref();
-        judge(
-            &ap,
-            &snap,
-            &record,
-            &partner,
-            discovered,
+        Ok(response) => Pushed::Answered(Answer {
             response,
-            &references,
-        )
-    })
-    .await
-    .unwrap_or_else(|e| Verdict::Transient(format!("the receipt-checking task failed: {e}")))
+            partner: partner.name.clone(),
+            discovered,
+            references,
+        }),
+        Err(e) => early(Verdict::Unreachable(e.to_string())),
+    }
 }
 
 /// Where the sealed copy of an outbound message is kept between its attempts.
@@ -756,10 +816,13 @@ pub async fn exchange_once(
     ap: &Arc<AccessPoint>,
     record: &MessageRecord,
 ) -> Result<Vec<u8>, ExchangeFailure> {
-    match exchange(ap, &ap.current(), record).await {
-        Verdict::Acknowledged(receipt) => Ok(receipt),
-        Verdict::Unreachable(e) => Err(ExchangeFailure::Unreachable(e)),
-        Verdict::Transient(e) | Verdict::Fatal(e) => Err(ExchangeFailure::Refused(e)),
+    match exchange(ap, &ap.current(), record, |verdict| verdict).await {
+        Ok(Verdict::Acknowledged(receipt)) => Ok(receipt),
+        Ok(Verdict::Unreachable(e)) => Err(ExchangeFailure::Unreachable(e)),
+        Ok(Verdict::Transient(e) | Verdict::Fatal(e)) => Err(ExchangeFailure::Refused(e)),
+        Err(e) => Err(ExchangeFailure::Refused(format!(
+            "the receipt-checking task failed: {e}"
+        ))),
     }
 }
 
