@@ -353,14 +353,21 @@ fn main() {
     );
     let load = LoadSampler::start();
 
-    if args.passes && !args.all {
-        for kind in if args.big_kinds.is_empty() {
+    // No servers: measured first, so that no server run disturbs it.
+    let passes = args.passes.then(|| {
+        let kinds = if args.big_kinds.is_empty() {
             vec![BigKind::Xml]
         } else {
             args.big_kinds.clone()
-        } {
-            println!("{}", payload_passes(kind));
-        }
+        };
+        kinds
+            .iter()
+            .map(|kind| payload_passes(*kind))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    });
+    if let (Some(p), false) = (&passes, args.all) {
+        println!("{p}");
         return;
     }
 
@@ -472,18 +479,6 @@ fn main() {
             .join("\n\n")
     });
     let speed = (args.openssl || args.all).then(openssl_speed);
-    let passes = args.passes.then(|| {
-        let kinds = if args.big_kinds.is_empty() {
-            vec![BigKind::Xml]
-        } else {
-            args.big_kinds.clone()
-        };
-        kinds
-            .iter()
-            .map(|kind| payload_passes(*kind))
-            .collect::<Vec<_>>()
-            .join("\n\n")
-    });
 
     // The rows of docs/benchmarks.md.
     println!("\n---- markdown ----\n");
