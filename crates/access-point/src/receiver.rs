@@ -17,14 +17,16 @@ use std::time::Instant;
 use ::http::{header, HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use varti_as4::error::{EbmsError, ErrorCode};
-use varti_as4::inbound::ReceivedMessage;
+use varti_as4::inbound::{DeliveredPayload, ReceivedMessage};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, DEFAULT_MPC};
 use varti_as4::message::soap::{self, Envelope};
 use varti_as4::pmode::model::Leg;
 use varti_as4::receive::{self, Accepted, Arrival, Refusal};
 use varti_as4::security::sign::SigningIdentity;
-use varti_store::{InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry};
+use varti_store::{
+    InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry, PayloadRef,
+};
 
 use crate::access_point::{AccessPoint, InboundMessage, MessageEvent, TEST_SERVICE_OWNER};
 use crate::ops::{Direction, Outcome};
@@ -304,17 +306,8 @@ fn store_payloads(
     if test_service {
         return Ok(entries);
     }
-    for p in received.payloads {
-        // Small payloads come from memory and go into the record (inline): no file on
-        // either side.
-        let stored = p
-            .open()
-            .map_err(|e| varti_store::StoreError::Io {
-                context: "reopening a received payload".into(),
-                source: e,
-            })
-            .and_then(|mut r| ap.store.payloads().put(&mut r));
-        let stored = match stored {
+    for mut p in received.payloads {
+        let stored = match keep_payload(ap, &mut p) {
             Ok(s) => s,
             Err(e) => {
                 for done in &entries {
@@ -340,6 +333,29 @@ fn store_payloads(
         });
     }
     Ok(entries)
+}
+
+/// Stores one delivered payload. A large one is a spool file already, written and hashed
+/// once while it was decrypted and inflated: the payload store takes that file over (a
+/// rename) where it can, instead of reading, hashing and writing it all again. Small
+/// payloads come from memory and go into the record (inline): no file on either side.
+fn keep_payload(
+    ap: &AccessPoint,
+    p: &mut DeliveredPayload,
+) -> Result<PayloadRef, varti_store::StoreError> {
+    let (len, sha256) = (p.len, p.sha256);
+    let payloads = ap.store.payloads();
+    if let Some(stored) = p
+        .content
+        .hand_over(|file| payloads.adopt(file, len, &sha256))?
+    {
+        return Ok(stored);
+    }
+    let mut reader = p.open().map_err(|e| varti_store::StoreError::Io {
+        context: "reopening a received payload".into(),
+        source: e,
+    })?;
+    payloads.put(&mut reader)
 }
 
 impl Receiver {

@@ -237,6 +237,29 @@ impl SpoolBuffer {
         }
     }
 
+    /// Lets `keep` move the file holding the bytes (when they outgrew memory) elsewhere by
+    /// its path: the message store takes a large received payload over by a rename instead
+    /// of copying it. Once `keep` returns `Ok(Some(_))` the file is no longer this buffer's
+    /// (dropping the buffer deletes nothing, whatever holds the old name by then) and the
+    /// buffer is empty. Bytes held in memory are left alone: `Ok(None)`.
+    pub fn hand_over<T, E>(
+        &mut self,
+        keep: impl FnOnce(&Path) -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        let Body::File(f) = &self.body else {
+            return Ok(None);
+        };
+        let kept = keep(f.path())?;
+        if kept.is_some() {
+            if let Body::File(f) = std::mem::replace(&mut self.body, Body::Memory(Vec::new())) {
+                let (_file, path) = f.into_parts();
+                // Disarmed, not deleted: the name now belongs to whoever took the file.
+                let _ = path.keep();
+            }
+        }
+        Ok(kept)
+    }
+
     /// Forgets everything written (to write it again).
     pub(crate) fn clear(&mut self) -> io::Result<()> {
         match &mut self.body {
@@ -343,6 +366,51 @@ mod tests {
         small.persist(&kept_small).unwrap();
         assert_eq!(std::fs::read(&kept_small).unwrap().len(), SPOOL_MEMORY_MAX);
         assert_eq!(files(), 2, "no temporary file is left");
+    }
+
+    #[test]
+    fn a_file_handed_over_is_no_longer_the_buffers_to_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let spooled = |byte: u8| {
+            let mut buf = SpoolBuffer::new(Some(dir.path()));
+            buf.write_all(&[byte; SPOOL_MEMORY_MAX + 1]).unwrap();
+            buf.flush().unwrap();
+            let path = buf.file().unwrap().path().to_path_buf();
+            (buf, path)
+        };
+        // Taken: moved away by its path; a file that takes its old name afterwards is
+        // not deleted with the buffer.
+        let (mut buf, old) = spooled(4);
+        let moved = dir.path().join("moved");
+        let kept = buf
+            .hand_over(|path| std::fs::rename(path, &moved).map(|()| Some("moved")))
+            .unwrap();
+        assert_eq!(kept, Some("moved"));
+        assert!(buf.file().is_none());
+        std::fs::write(&old, b"someone else's").unwrap();
+        drop(buf);
+        assert_eq!(std::fs::read(&old).unwrap(), b"someone else's");
+        assert_eq!(std::fs::read(&moved).unwrap().len(), SPOOL_MEMORY_MAX + 1);
+
+        // Declined: the buffer still owns its file, and deletes it when dropped.
+        let (mut buf, path) = spooled(5);
+        let kept = buf
+            .hand_over(|_| Ok::<Option<()>, io::Error>(None))
+            .unwrap();
+        assert_eq!(kept, None);
+        let mut back = Vec::new();
+        buf.open().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, vec![5u8; SPOOL_MEMORY_MAX + 1]);
+        drop(buf);
+        assert!(!path.exists());
+
+        // In memory: nothing to hand over, `keep` is not asked.
+        let mut small = SpoolBuffer::new(Some(dir.path()));
+        small.write_all(b"small").unwrap();
+        let kept = small
+            .hand_over(|_| -> Result<Option<()>, io::Error> { panic!("asked for bytes in memory") })
+            .unwrap();
+        assert_eq!(kept, None);
     }
 
     #[test]

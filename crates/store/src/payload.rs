@@ -241,6 +241,29 @@ pub trait PayloadStore: Send + Sync {
     /// Removes a payload. Removing one that is already gone is not an error (purges are
     /// retried after crashes).
     fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError>;
+
+    /// Takes over the complete file at `file` as a new payload without copying its bytes:
+    /// `size` and `sha256` are what the caller counted and hashed while writing it (the
+    /// store records them as they are; its integrity check compares the file with them
+    /// later). Returns `Ok(None)`, leaving the file where it is, when this store cannot
+    /// take a file over — it keeps payloads elsewhere than in files, the file is on
+    /// another file system, or the payload is small enough to be kept inline — and the
+    /// caller then streams it in with [`PayloadStore::put`]. On `Ok(Some(_))` the file is
+    /// gone from `file` and the payload is as durable as one [`PayloadStore::put`] stored.
+    ///
+    /// Why: a large part received from a partner is already a file in the spool (written
+    /// once while it was decrypted and inflated, and hashed then); copying it into the
+    /// store read, hashed and wrote every byte a second time (a third of the receiver's
+    /// CPU for a 1 GiB payload, `docs/benchmarks.md`).
+    fn adopt(
+        &self,
+        file: &Path,
+        size: u64,
+        sha256: &[u8; 32],
+    ) -> Result<Option<PayloadRef>, StoreError> {
+        let _ = (file, size, sha256);
+        Ok(None)
+    }
 }
 
 /// Payload files in a directory: `<dir>/<first two id chars>/<id>`, written through
@@ -359,6 +382,28 @@ impl FilePayloadStore {
 }
 
 impl FilePayloadStore {
+    /// Creates the shard directory of the payload file `final_path` if it is missing:
+    /// returns it, and whether it was created (its own entry then needs a sync too).
+    fn make_shard<'p>(&self, final_path: &'p Path) -> Result<(&'p Path, bool), StoreError> {
+        let shard = final_path
+            .parent()
+            .expect("payload path has a shard directory");
+        let shard_is_new = !shard.exists();
+        fs::create_dir_all(shard)
+            .map_err(|e| StoreError::io(format!("cannot create {}", shard.display()), e))?;
+        Ok((shard, shard_is_new))
+    }
+
+    /// Makes a payload file just renamed into `shard` durable: a rename is durable only
+    /// once the directory entry is (and a new shard's entry in the payload directory).
+    fn sync_entry(&self, shard: &Path, shard_is_new: bool) -> Result<(), StoreError> {
+        sync_dir(shard)?;
+        if shard_is_new {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Stores `reader` as a payload file, whatever its size (for [`PayloadStore::put`] past
     /// the inline bound, and for inline payloads a record has no room for).
     pub(crate) fn put_file(&self, reader: &mut dyn Read) -> Result<PayloadRef, StoreError> {
@@ -377,23 +422,14 @@ impl FilePayloadStore {
             file.sync_all()
                 .map_err(|e| StoreError::io(format!("cannot fsync {}", tmp_path.display()), e))?;
             drop(file);
-            let shard = final_path
-                .parent()
-                .expect("payload path has a shard directory");
-            let shard_is_new = !shard.exists();
-            fs::create_dir_all(shard)
-                .map_err(|e| StoreError::io(format!("cannot create {}", shard.display()), e))?;
+            let (shard, shard_is_new) = self.make_shard(&final_path)?;
             fs::rename(&tmp_path, &final_path).map_err(|e| {
                 StoreError::io(
                     format!("cannot move payload to {}", final_path.display()),
                     e,
                 )
             })?;
-            // The rename is durable only once the directory entry is.
-            sync_dir(shard)?;
-            if shard_is_new {
-                sync_dir(&self.dir)?;
-            }
+            self.sync_entry(shard, shard_is_new)?;
             Ok((size, digest))
         })();
         match result {
@@ -451,6 +487,46 @@ impl PayloadStore for FilePayloadStore {
         }
         // Make the removal durable too: purged evidence must not come back after a crash.
         sync_dir(path.parent().expect("payload path has a shard directory"))
+    }
+
+    /// A rename into place: the file's data synced first, then the directory entry (as
+    /// [`FilePayloadStore::put_file`] does for a file it wrote itself).
+    fn adopt(
+        &self,
+        file: &Path,
+        size: u64,
+        sha256: &[u8; 32],
+    ) -> Result<Option<PayloadRef>, StoreError> {
+        if size <= INLINE_PAYLOAD_MAX as u64 {
+            return Ok(None);
+        }
+        let payload = PayloadRef::stored(uuid::Uuid::new_v4().simple().to_string(), size, None);
+        let final_path = self.path_of(&payload)?;
+        // The bytes must be on disk before a name in the store points at them.
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io(format!("cannot fsync {}", file.display()), e))?;
+        let (shard, shard_is_new) = self.make_shard(&final_path)?;
+        match fs::rename(file, &final_path) {
+            Ok(()) => {}
+            // Another file system (the spool placed elsewhere): the caller copies.
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("cannot move payload to {}", final_path.display()),
+                    e,
+                ))
+            }
+        }
+        if let Err(e) = self.sync_entry(shard, shard_is_new) {
+            // Nothing will name it: it must not stay as an orphan.
+            let _ = fs::remove_file(&final_path);
+            return Err(e);
+        }
+        Ok(Some(PayloadRef {
+            sha256: Some(hex(sha256)),
+            ..payload
+        }))
     }
 }
 
@@ -526,6 +602,41 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_file_is_taken_over_by_a_rename_and_a_small_one_is_left_to_put() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path().join("payloads")).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let spooled = dir.path().join("spooled");
+        fs::write(&spooled, &data).unwrap();
+        let inode = fs::metadata(&spooled).unwrap().ino();
+        let sha = openssl::sha::sha256(&data);
+        let r = store
+            .adopt(&spooled, data.len() as u64, &sha)
+            .unwrap()
+            .expect("a large file on the same file system is taken over");
+        assert!(!spooled.exists());
+        assert_eq!(r.size, data.len() as u64);
+        assert_eq!(r.sha256.as_deref(), Some(hex(&sha).as_str()));
+        assert!(!r.is_inline());
+        // The very file, not a copy of it.
+        let path = store.path_of(&r).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+        let mut back = Vec::new();
+        store.open(&r).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        store.remove(&r).unwrap();
+        assert!(!path.exists());
+
+        // At most the inline bound: left where it is, for `put` to keep inline.
+        let small = dir.path().join("small");
+        fs::write(&small, b"tiny").unwrap();
+        let sha = openssl::sha::sha256(b"tiny");
+        assert!(store.adopt(&small, 4, &sha).unwrap().is_none());
+        assert!(small.exists());
+    }
 
     #[test]
     fn put_open_remove_round_trip() {

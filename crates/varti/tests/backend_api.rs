@@ -972,7 +972,7 @@ fn cli_send_messages_status_and_exit_codes() {
 fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
     let pair = pair_support::Pair::new();
     let a = pair.start("a");
-    let b = pair.start("b");
+    let mut b = pair.start("b");
     let payload = noise(300_000, 5);
     let id = a.submit(
         exchange_metadata(),
@@ -1014,6 +1014,11 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
         raw[split + 4..] == payload[..],
         "payload differs after the AS4 trip"
     );
+    // Past the inline bound, the payload was spooled while it was received, and the store
+    // took that file over: nothing is left in the spool.
+    let data = b.dir.join("data");
+    assert_eq!(walk(&data.join("spool")), Vec::<std::path::PathBuf>::new());
+    assert_eq!(count_payload_files(&data), 1);
     let m = b.message(&id).unwrap();
     assert_eq!(
         m["state"], "received",
@@ -1108,6 +1113,19 @@ fn inbound_arrival_download_recorded_and_ack_moves_to_downloaded() {
         b"",
     );
     assert_eq!(r.status, 409, "{}", r.body);
+
+    // The store's integrity check agrees: the file b took over from its spool holds the
+    // bytes of the size and SHA-256 recorded for the payload.
+    assert_eq!(b.served.terminate(Duration::from_secs(15)).code(), Some(0));
+    let store = data.join("store");
+    let (code, out, err) = common::run(Command::new(env!("CARGO_BIN_EXE_varti")).args([
+        "db",
+        "check",
+        "--data-dir",
+        store.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no damage"), "{out}");
 }
 
 /// `varti token new` makes a token and the configuration line for it: a `varti serve`
