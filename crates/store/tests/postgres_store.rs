@@ -463,6 +463,43 @@ fn every_search_uses_its_index() {
     }
 }
 
+/// A claim picks its due messages in the order of the `messages_due` index and stops at
+/// its limit, reading ids only: its cost does not grow with the backlog. (Its scan used
+/// to build the due rows whole, inline payloads turned into JSON text and all.) 20,000
+/// analysed due messages, without any planner setting changed.
+#[test]
+fn a_claim_walks_the_due_index_whatever_the_backlog() {
+    let schema = TestSchema::migrated();
+    let store = schema.store();
+    let mut db = admin(&schema);
+    db.batch_execute(&format!(
+        "SET search_path = {s};
+         INSERT INTO messages (message_id, direction, state, owner, from_party, to_party,
+             service, action, conversation_id, pmode_id, payloads, has_payloads,
+             next_attempt_at, due_at, created_at, updated_at, created_op, properties)
+         SELECT 'm' || i || '@x', 'outbound', 'submitted', 'o', 'us', 'p' || (i % 50),
+             'svc', 'act', 'c' || i, 'pm', '[]', false, to_timestamp(1900000000 - 20000 + i),
+             to_timestamp(1900000000 - 20000 + i), to_timestamp(1900000000 - 20000 + i),
+             now(), gen_random_uuid(), '[]'
+         FROM generate_series(1, 20000) AS i;
+         ANALYZE messages;",
+        s = schema.name()
+    ))
+    .unwrap();
+    let plan = store.explain_pick_due(at(0), 32).unwrap();
+    assert!(plan.contains("messages_due"), "{plan}");
+    assert!(
+        !plan.contains("Sort") && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
+    // And the claim takes the oldest due first.
+    let claimed = store
+        .claim_due("i1", Duration::from_secs(30), 3, at(0))
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|r| r.id()).collect();
+    assert_eq!(ids, ["m1@x", "m2@x", "m3@x"]);
+}
+
 /// Two instances (two pools) append to the shared audit trail at once: every entry is kept,
 /// numbered once, and both read the same trail. Nobody can rewrite it, not even a manual
 /// session on the database.

@@ -239,6 +239,23 @@ impl PgStore {
         })
     }
 
+    /// The query plan PostgreSQL chooses (`EXPLAIN`) for the statement with which
+    /// [`Store::claim_due`] picks and locks at most `limit` messages due at `now`: tests
+    /// check that it walks the `messages_due` index and stops at the limit, whatever the
+    /// backlog.
+    #[cfg(feature = "testing")]
+    pub fn explain_pick_due(&self, now: OffsetDateTime, limit: i64) -> Result<String, StoreError> {
+        let now = micros(now);
+        self.pool.run("explaining a claim", |client, _| {
+            let rows = client.query(&format!("EXPLAIN {PICK_DUE}"), &[&now, &limit])?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+    }
+
     /// Connects to `url` (libpq `key=value` string or `postgresql://` URL, several hosts
     /// allowed) with default options. Fails unless the schema is exactly at
     /// [`SCHEMA_VERSION`] (run [`migrate`] first; a newer schema is refused) and commits are
@@ -498,14 +515,31 @@ impl Store for PgStore {
                 }
             }
             let wanted = (limit - claimed.len().min(limit)) as i64;
-            let rows = tx.query(
-                &format!(
-                    "SELECT {COLUMNS} FROM messages \
-                     WHERE due_at <= $1 AND direction = 'outbound' \
-                     ORDER BY due_at, message_id LIMIT $2 FOR UPDATE SKIP LOCKED"
-                ),
-                &[&now, &wanted],
-            )?;
+            // The due messages are picked and locked by their id alone, in the order of the
+            // `messages_due` index; only then are the picked rows read whole. Selecting the
+            // whole rows in the ordered, locking scan made PostgreSQL build every due row
+            // (inline payloads turned into JSON text, then sorted, spilling to disk) on
+            // every claim: with a backlog of a few thousand messages that was most of the
+            // database's CPU, and it kept the claiming transaction (and the row locks it
+            // holds) open long enough to stall the other instance's receipts. The second
+            // statement takes a new snapshot (read committed), so it reads the versions
+            // that were locked, as the single statement did.
+            let ids: Vec<String> = tx
+                .query(PICK_DUE, &[&now, &wanted])?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let rows = if ids.is_empty() {
+                Vec::new()
+            } else {
+                tx.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM messages WHERE message_id = ANY($1) \
+                         ORDER BY due_at, message_id"
+                    ),
+                    &[&ids],
+                )?
+            };
             for mut loaded in load_with_history(&mut tx, rows)? {
                 // The row lock re-checked `due_at` against the newest version; this is the
                 // same rule once more, from the record's own point of view.
@@ -1221,6 +1255,12 @@ const COLUMNS: &str = "message_id, direction, state, owner, from_party, to_party
     action, conversation_id, ref_to_message_id, pmode_id, payloads::text, attempts, \
     next_attempt_at, lease_holder, lease_expires_at, receipt, last_error, duplicates, \
     created_at, updated_at, settled_at, payloads_purged_at, properties::text";
+
+/// Picks and locks the outbound messages due at `$1` that a claim takes, at most `$2`,
+/// oldest due first: their ids only (see [`Store::claim_due`] of [`PgStore`]).
+const PICK_DUE: &str = "SELECT message_id FROM messages \
+    WHERE due_at <= $1 AND direction = 'outbound' \
+    ORDER BY due_at, message_id LIMIT $2 FOR UPDATE SKIP LOCKED";
 
 /// [`COLUMNS`] of the `messages` table aliased `m`, for queries that join it.
 const M_COLUMNS: &str = "m.message_id, m.direction, m.state, m.owner, m.from_party, \
