@@ -343,10 +343,13 @@ struct OpenResult {
 fn main() {
     let args = parse_args();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let binary = bench_support::varti_binary();
+    // `--passes` alone starts no server, so it needs no varti binary.
+    let binary = (!args.passes || args.all).then(bench_support::varti_binary);
     println!(
         "binary {} ({}), {} cores, {}",
-        binary.display(),
+        binary
+            .as_ref()
+            .map_or("none (no servers)".into(), |b| b.display().to_string()),
         std::env::consts::ARCH,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model()
@@ -370,6 +373,7 @@ fn main() {
         println!("{p}");
         return;
     }
+    let binary = binary.expect("found above when servers run");
 
     let mut runs = Vec::new();
     if args.all {
