@@ -500,6 +500,41 @@ fn a_claim_walks_the_due_index_whatever_the_backlog() {
     assert_eq!(ids, ["m1@x", "m2@x", "m3@x"]);
 }
 
+/// Each connection keeps the statements the store runs often prepared. When a schema change
+/// alters what one of them returns while the connection is open, PostgreSQL refuses the
+/// stale statement; the operation is then run again on a fresh connection, which prepares
+/// anew, and the caller sees no error.
+#[test]
+fn a_statement_made_stale_by_a_schema_change_is_prepared_again() {
+    let schema = TestSchema::migrated();
+    let store = schema.store();
+    store.insert_outbound(outbound("stale@us"), at(0)).unwrap();
+    // Prepares the claim's statements and the whole-row read on the pooled connection.
+    let claimed = store.claim_due("i1", LEASE, 10, at(1)).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(store.get("stale@us").unwrap().is_some());
+    // A column of the whole-row read changes type (text to varchar) under the connection.
+    admin(&schema)
+        .batch_execute(&format!(
+            "ALTER TABLE {}.messages ALTER COLUMN last_error TYPE varchar(10000)",
+            schema.name()
+        ))
+        .unwrap();
+    let record = store
+        .get("stale@us")
+        .unwrap()
+        .expect("read after the change");
+    assert_eq!(record.state, State::Sending);
+    let retry = AttemptOutcome::Retry {
+        at: at(90),
+        error: "timeout".into(),
+    };
+    let record = store
+        .record_attempt("stale@us", "i1", retry, at(2))
+        .unwrap();
+    assert_eq!(record.last_error.as_deref(), Some("timeout"));
+}
+
 /// Two instances (two pools) append to the shared audit trail at once: every entry is kept,
 /// numbered once, and both read the same trail. Nobody can rewrite it, not even a manual
 /// session on the database.

@@ -71,8 +71,8 @@ use crate::{
     AttemptOutcome, InsertOutcome, ListCursor, ListFilter, NewInbound, NewOutbound, Page, Store,
     StoreError, TransitionOutcome, MAX_MESSAGE_ID_LEN, MAX_OWNER_LEN, MAX_PAGE_SIZE,
 };
-use pool::{Attempt, Fail, Pool};
-use postgres::{Row, Transaction};
+use pool::{Attempt, Fail, Pool, Tx};
+use postgres::Row;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -301,7 +301,7 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let op = Uuid::new_v4();
         self.pool.run(what, |client, attempt| {
-            let mut tx = client.transaction()?;
+            let mut tx = client.begin()?;
             let row = tx.query_opt(
                 &format!("SELECT {COLUMNS} FROM messages WHERE message_id = $1 FOR UPDATE"),
                 &[&message_id],
@@ -332,7 +332,7 @@ impl PgStore {
         let op = Uuid::new_v4();
         let id = record.id();
         self.pool.run(what, |client, _| {
-            let mut tx = client.transaction()?;
+            let mut tx = client.begin()?;
             // A concurrent purge may remove the conflicting row between the two statements:
             // then the insert is simply tried again.
             for _ in 0..3 {
@@ -496,7 +496,7 @@ impl Store for PgStore {
         let limit = limit.min(MAX_PAGE_SIZE);
         let op = Uuid::new_v4();
         self.pool.run("claiming due messages", |client, attempt| {
-            let mut tx = client.transaction()?;
+            let mut tx = client.begin()?;
             let mut claimed = Vec::new();
             if attempt.retrying {
                 // An earlier attempt may have committed its claims: they are leased to us
@@ -574,7 +574,7 @@ impl Store for PgStore {
         let lease_for = Duration::from_micros(lease_for.as_micros().min(u64::MAX as u128) as u64);
         let op = Uuid::new_v4();
         self.pool.run("claiming a message", |client, attempt| {
-            let mut tx = client.transaction()?;
+            let mut tx = client.begin()?;
             // SKIP LOCKED: a row another transaction is changing right now (another
             // instance claiming it, or recording its receipt) is not claimable; nobody waits.
             let row = tx.query_opt(
@@ -753,7 +753,7 @@ impl Store for PgStore {
             return Ok(None);
         }
         self.pool.run("reading a message", |client, _| {
-            let mut tx = client.transaction()?;
+            let mut tx = client.begin()?;
             let row = tx.query_opt(
                 &format!("SELECT {COLUMNS} FROM messages WHERE message_id = $1"),
                 &[&message_id],
@@ -771,8 +771,8 @@ impl Store for PgStore {
         let limit = filter.page_size();
         let query = ListQuery::new(filter, limit as i64 + 1);
         self.pool.run("listing messages", |client, _| {
-            let mut tx = client.transaction()?;
-            let mut rows = tx.query(&query.sql, &query.params())?;
+            let mut tx = client.begin()?;
+            let mut rows = tx.query_once(&query.sql, &query.params())?;
             let more = rows.len() > limit;
             rows.truncate(limit);
             let records: Vec<MessageRecord> = load_with_history(&mut tx, rows)?
@@ -1399,7 +1399,7 @@ impl ListQuery {
 }
 
 /// Builds records from `messages` rows and attaches their history (one query for all).
-fn load_with_history(tx: &mut Transaction<'_>, rows: Vec<Row>) -> Result<Vec<Loaded>, Fail> {
+fn load_with_history(tx: &mut Tx<'_>, rows: Vec<Row>) -> Result<Vec<Loaded>, Fail> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -1483,7 +1483,7 @@ fn record_from_row(row: &Row) -> Result<MessageRecord, StoreError> {
 
 /// Inserts a new record with its history (an inbound message's arrival), and its
 /// properties into the search table. False if the id is taken.
-fn insert_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
+fn insert_row(tx: &mut Tx<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
     if !insert_message_row(tx, r, op)? {
         return Ok(false);
     }
@@ -1517,7 +1517,7 @@ fn insert_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<b
 }
 
 /// Inserts the `messages` row of a new record. False if the id is taken.
-fn insert_message_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
+fn insert_message_row(tx: &mut Tx<'_>, r: &MessageRecord, op: Uuid) -> Result<bool, Fail> {
     let m = &r.meta;
     let payloads = to_json(&m.payloads)?;
     let properties = to_json(&m.properties)?;
@@ -1557,7 +1557,7 @@ fn insert_message_row(tx: &mut Transaction<'_>, r: &MessageRecord, op: Uuid) -> 
 }
 
 /// Writes the changeable columns of `r`, compare-and-set on the state it was read in.
-fn update_row(tx: &mut Transaction<'_>, r: &MessageRecord, read_state: State) -> Result<(), Fail> {
+fn update_row(tx: &mut Tx<'_>, r: &MessageRecord, read_state: State) -> Result<(), Fail> {
     let n = tx.execute(
         "UPDATE messages SET state = $2, attempts = $3, next_attempt_at = $4, \
              lease_holder = $5, lease_expires_at = $6, receipt = $7, last_error = $8, \
@@ -1595,12 +1595,7 @@ fn update_row(tx: &mut Transaction<'_>, r: &MessageRecord, read_state: State) ->
 /// Appends the last `count` entries of the record's history, then drops the oldest rows
 /// after the first one beyond [`MAX_HISTORY`] — exactly what [`MessageRecord::apply`] did to
 /// the in-memory history.
-fn append_history(
-    tx: &mut Transaction<'_>,
-    loaded: &Loaded,
-    count: usize,
-    op: Uuid,
-) -> Result<(), Fail> {
+fn append_history(tx: &mut Tx<'_>, loaded: &Loaded, count: usize, op: Uuid) -> Result<(), Fail> {
     let history = &loaded.record.history;
     let id = loaded.record.id();
     for (i, h) in history[history.len() - count..].iter().enumerate() {
@@ -1633,7 +1628,7 @@ fn append_history(
 }
 
 /// Writes `event` (if any) to the webhook outbox, in the caller's transaction.
-fn insert_outbox(tx: &mut Transaction<'_>, event: Option<OutboxEvent>) -> Result<(), Fail> {
+fn insert_outbox(tx: &mut Tx<'_>, event: Option<OutboxEvent>) -> Result<(), Fail> {
     let Some(e) = event else {
         return Ok(());
     };

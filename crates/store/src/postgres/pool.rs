@@ -4,11 +4,14 @@
 //! place — a `search_path` on every connection (tests and multi-tenant setups use a schema),
 //! dropping *every* idle connection when one proves to point at a dead or demoted primary
 //! (after a failover they all do), and re-running a whole operation on a fresh connection.
+//! Each connection also keeps the statements the store runs often prepared ([`Tx`]).
 
 use super::PgOptions;
 use crate::StoreError;
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls, Row, Statement, Transaction};
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,8 +58,106 @@ pub(crate) struct Pool {
     freed: Condvar,
 }
 
+/// Most statements one connection keeps prepared: the store's frequent statements are a
+/// few dozen fixed texts; a text beyond the bound is prepared for its use only.
+const MAX_PREPARED: usize = 64;
+
+/// A pooled connection, with the statements prepared on it so far.
+pub(crate) struct Session {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Session {
+    /// Begins a transaction whose statements are prepared once per connection ([`Tx`]).
+    pub(crate) fn begin(&mut self) -> Result<Tx<'_>, postgres::Error> {
+        Ok(Tx {
+            tx: self.client.transaction()?,
+            prepared: &mut self.prepared,
+        })
+    }
+}
+
+/// A transaction that runs each statement text through the connection's prepared
+/// statements. Given a text, the client prepares it (one round trip, the server parses and
+/// plans it) and then runs it (a second round trip), at every use; a statement prepared
+/// once per connection is run in one round trip, without the parse. The frequent
+/// operations (storing a message, claiming, recording an attempt) run a handful of
+/// statements each, so this halves their round trips. Texts built from a caller's filter
+/// go through [`Tx::query_once`] instead, so that they do not fill the connection's set.
+pub(crate) struct Tx<'a> {
+    tx: Transaction<'a>,
+    prepared: &'a mut HashMap<String, Statement>,
+}
+
+impl Tx<'_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(sql)?;
+        if self.prepared.len() < MAX_PREPARED {
+            self.prepared.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
+    }
+
+    pub(crate) fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.execute(&statement, params)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.query(&statement, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.tx.query_opt(&statement, params)
+    }
+
+    /// Runs a text that is not kept prepared (one built from a caller's filter).
+    pub(crate) fn query_once(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        self.tx.query(sql, params)
+    }
+
+    pub(crate) fn commit(self) -> Result<(), postgres::Error> {
+        self.tx.commit()
+    }
+}
+
 struct Slots {
-    idle: Vec<Client>,
+    idle: Vec<Session>,
     /// Connections that exist (idle or in use).
     open: usize,
 }
@@ -64,18 +165,18 @@ struct Slots {
 /// A connection borrowed from the pool; returned on drop unless it was marked broken.
 pub(crate) struct Conn<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    client: Option<Session>,
 }
 
 impl std::ops::Deref for Conn<'_> {
-    type Target = Client;
-    fn deref(&self) -> &Client {
+    type Target = Session;
+    fn deref(&self) -> &Session {
         self.client.as_ref().expect("connection present until drop")
     }
 }
 
 impl std::ops::DerefMut for Conn<'_> {
-    fn deref_mut(&mut self) -> &mut Client {
+    fn deref_mut(&mut self) -> &mut Session {
         self.client.as_mut().expect("connection present until drop")
     }
 }
@@ -191,7 +292,10 @@ impl Pool {
                 return match self.config.connect(NoTls) {
                     Ok(client) => Ok(Conn {
                         pool: self,
-                        client: Some(client),
+                        client: Some(Session {
+                            client,
+                            prepared: HashMap::new(),
+                        }),
                     }),
                     Err(e) => {
                         let mut slots = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -229,7 +333,7 @@ impl Pool {
     pub(crate) fn run<T>(
         &self,
         what: &str,
-        mut op: impl FnMut(&mut Client, Attempt) -> Result<T, Fail>,
+        mut op: impl FnMut(&mut Session, Attempt) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
         let mut backoff = self.retry_backoff;
         let mut retrying = false;
@@ -238,7 +342,9 @@ impl Pool {
             let result = self.get().and_then(|mut conn| {
                 let out = op(&mut conn, Attempt { retrying });
                 if let Err(Fail::Pg(e)) = &out {
-                    if is_connection_error(e) {
+                    // After a migration every connection's prepared statements are stale:
+                    // they go with the connections, and fresh ones prepare anew.
+                    if is_connection_error(e) || is_stale_statement(e) {
                         conn.discard_all();
                     }
                 }
@@ -249,7 +355,9 @@ impl Pool {
                 Err(Fail::Store(e)) => return Err(e),
                 Err(Fail::Pg(e)) => e,
             };
-            let retryable = is_connection_error(&error) || is_serialization_failure(&error);
+            let retryable = is_connection_error(&error)
+                || is_serialization_failure(&error)
+                || is_stale_statement(&error);
             if !retryable || attempt >= self.retry_attempts {
                 return Err(database_error(what, &error, retryable.then_some(attempt)));
             }
@@ -294,6 +402,17 @@ pub(crate) fn is_connection_error(e: &postgres::Error) -> bool {
         ]
         .iter()
         .any(|m| text.starts_with(m))
+}
+
+/// Whether a statement prepared on the connection no longer fits the schema (a migration
+/// changed a table it reads while the connection was open): the operation is run again on
+/// a fresh connection, which prepares its statements anew.
+fn is_stale_statement(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+        && e.as_db_error().is_some_and(|db| {
+            db.message()
+                .contains("cached plan must not change result type")
+        })
 }
 
 fn is_serialization_failure(e: &postgres::Error) -> bool {
