@@ -405,14 +405,20 @@ pub(crate) fn is_connection_error(e: &postgres::Error) -> bool {
 }
 
 /// Whether a statement prepared on the connection no longer fits the schema (a migration
-/// changed a table it reads while the connection was open): the operation is run again on
-/// a fresh connection, which prepares its statements anew.
+/// changed a table it reads while the connection was open), or the server no longer has it
+/// (a pooler in between that does not keep prepared statements, a `DISCARD ALL`): the
+/// operation is run again on a fresh connection, which prepares its statements anew.
 fn is_stale_statement(e: &postgres::Error) -> bool {
-    e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
-        && e.as_db_error().is_some_and(|db| {
-            db.message()
-                .contains("cached plan must not change result type")
-        })
+    match e.code() {
+        Some(code) if *code == SqlState::INVALID_SQL_STATEMENT_NAME => true,
+        Some(code) if *code == SqlState::FEATURE_NOT_SUPPORTED => {
+            e.as_db_error().is_some_and(|db| {
+                db.message()
+                    .contains("cached plan must not change result type")
+            })
+        }
+        _ => false,
+    }
 }
 
 fn is_serialization_failure(e: &postgres::Error) -> bool {
