@@ -519,7 +519,7 @@ impl Store for PgStore {
             // `messages_due` index; only then are the picked rows read whole. Selecting the
             // whole rows in the ordered, locking scan made PostgreSQL build every due row
             // (inline payloads turned into JSON text, then sorted, spilling to disk) on
-            // every claim: with a backlog of a few thousand messages that was most of the
+            // every claim: with a backlog of a few thousand messages that was a fifth of the
             // database's CPU, and it kept the claiming transaction (and the row locks it
             // holds) open long enough to stall the other instance's receipts. The second
             // statement takes a new snapshot (read committed), so it reads the versions
