@@ -500,6 +500,15 @@ impl PayloadStore for FilePayloadStore {
         if size <= INLINE_PAYLOAD_MAX as u64 {
             return Ok(None);
         }
+        // On another file system no rename can take it: leave it to `put` before syncing
+        // anything (a bind mount of the same file system still fails the rename below).
+        let device = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(path).map(|m| m.dev())
+        };
+        if device(file).ok() != device(&self.dir).ok() {
+            return Ok(None);
+        }
         let payload = PayloadRef::stored(uuid::Uuid::new_v4().simple().to_string(), size, None);
         let final_path = self.path_of(&payload)?;
         // The bytes must be on disk before a name in the store points at them.
@@ -509,7 +518,7 @@ impl PayloadStore for FilePayloadStore {
         let (shard, shard_is_new) = self.make_shard(&final_path)?;
         match fs::rename(file, &final_path) {
             Ok(()) => {}
-            // Another file system (the spool placed elsewhere): the caller copies.
+            // Another mount of the file system: the caller copies.
             Err(e) if e.kind() == io::ErrorKind::CrossesDevices => return Ok(None),
             Err(e) => {
                 return Err(StoreError::io(
@@ -629,6 +638,21 @@ mod tests {
         assert_eq!(back, data);
         store.remove(&r).unwrap();
         assert!(!path.exists());
+
+        // On another file system (tmpfs here): left where it is, for `put` to copy.
+        let shm = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+        let elsewhere = shm.path().join("spooled");
+        fs::write(&elsewhere, &data).unwrap();
+        assert_ne!(
+            fs::metadata(&elsewhere).unwrap().dev(),
+            fs::metadata(dir.path()).unwrap().dev()
+        );
+        let sha = openssl::sha::sha256(&data);
+        assert!(store
+            .adopt(&elsewhere, data.len() as u64, &sha)
+            .unwrap()
+            .is_none());
+        assert!(elsewhere.exists());
 
         // At most the inline bound: left where it is, for `put` to keep inline.
         let small = dir.path().join("small");
