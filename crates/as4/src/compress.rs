@@ -22,6 +22,13 @@
 //! already-compressed media types uncompressed ([`DEFAULT_UNCOMPRESSED_TYPES`],
 //! [`leaves_uncompressed`]).
 //!
+//! Each member we write says its own size in an extra field of its header (RFC 1952
+//! §2.3.1.1, subfield [`SIZE_SUBFIELD`]), as BGZF does for genomics data. Every gzip reader
+//! skips extra fields, so to a peer this is plain multi-member gzip. To us it marks where
+//! the next member starts without inflating this one: [`gunzip`] reads such members whole
+//! and inflates them on several threads, written back in order; from the first member
+//! without that field (another sender's gzip) it inflates as one stream.
+//!
 //! The property helpers take plain `(name, value)` pairs so they work with any model of
 //! the ebMS header.
 
@@ -30,8 +37,8 @@ use std::io::{self, Read, Write};
 use std::sync::{mpsc, Mutex};
 
 use flate2::read::MultiGzDecoder;
-use flate2::write::GzEncoder;
 use flate2::Compression;
+use flate2::GzBuilder;
 
 use crate::error::{EbmsError, ErrorCode};
 
@@ -153,59 +160,90 @@ fn gzip_members<R: Read, W: Write>(
             return Ok(serial_total);
         }
     }
-    let first = piece;
-    let in_flight = threads + 1;
-    let (jobs, queue) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads);
+    // The rest on the pool, a piece at a time, written in the order read.
+    let mut next = Some(piece);
+    let mut total = serial_total;
+    in_order_on_threads(
+        threads,
+        || {
+            let Some(piece) = next.take() else {
+                return Ok(None);
+            };
+            if piece.len() == piece_size {
+                let following = read_piece(&mut input, piece_size)?;
+                next = (!following.is_empty()).then_some(following);
+            }
+            Ok(Some(piece))
+        },
+        |piece: Vec<u8>| gzip_member(&piece),
+        |member: io::Result<Vec<u8>>| {
+            let member = member?;
+            output.write_all(&member)?;
+            total += member.len() as u64;
+            Ok(())
+        },
+    )?;
+    output.flush()?;
+    Ok(total)
+}
+
+/// Runs `work` on up to `threads` threads over the items `next` yields until it yields
+/// `None`, and hands each result to `sink` in the order the items came, whichever thread
+/// finishes first. At most one item more than there are threads is read ahead: with every
+/// thread busy, memory holds `threads + 1` items and their results.
+fn in_order_on_threads<T: Send, U: Send>(
+    threads: usize,
+    mut next: impl FnMut() -> io::Result<Option<T>>,
+    work: impl Fn(T) -> U + Sync,
+    mut sink: impl FnMut(U) -> io::Result<()>,
+) -> io::Result<()> {
+    let in_flight = threads as u64 + 1;
+    let (jobs, queue) = mpsc::sync_channel::<(u64, T)>(threads);
     let queue = Mutex::new(queue);
-    let (done_tx, done) = mpsc::channel::<(u64, io::Result<Vec<u8>>)>();
+    let (done_tx, done) = mpsc::channel::<(u64, U)>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (queue, done_tx) = (&queue, done_tx.clone());
+            let (queue, done_tx, work) = (&queue, done_tx.clone(), &work);
             scope.spawn(move || loop {
                 let job = queue
                     .lock()
                     .map_err(drop)
                     .and_then(|q| q.recv().map_err(drop));
-                let Ok((index, piece)) = job else { break };
-                if done_tx.send((index, gzip_member(&piece))).is_err() {
+                let Ok((index, item)) = job else { break };
+                if done_tx.send((index, work(item))).is_err() {
                     break;
                 }
             });
         }
         drop(done_tx);
-        let run = || -> io::Result<u64> {
-            // Pieces are numbered as read and written in that order, whichever thread
-            // finishes first.
-            let (mut sent, mut written, mut total) = (0u64, 0u64, 0u64);
-            let mut finished: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-            let mut next = Some(first);
-            loop {
-                while sent - written >= in_flight as u64 || (next.is_none() && written < sent) {
-                    let (index, member) = done
-                        .recv()
-                        .map_err(|_| io::Error::other("a compression thread stopped"))?;
-                    finished.insert(index, member?);
-                    while let Some(member) = finished.remove(&written) {
-                        output.write_all(&member)?;
-                        total += member.len() as u64;
-                        written += 1;
+        let mut run = || -> io::Result<()> {
+            let (mut sent, mut handed, mut more) = (0u64, 0u64, true);
+            let mut finished: BTreeMap<u64, U> = BTreeMap::new();
+            while more || handed < sent {
+                if more && sent - handed < in_flight {
+                    match next()? {
+                        Some(item) => {
+                            jobs.send((sent, item))
+                                .map_err(|_| io::Error::other("the worker threads stopped"))?;
+                            sent += 1;
+                        }
+                        None => more = false,
                     }
+                    continue;
                 }
-                let Some(piece) = next.take() else { break };
-                let last = piece.len() < piece_size;
-                jobs.send((sent, piece))
-                    .map_err(|_| io::Error::other("the compression threads stopped"))?;
-                sent += 1;
-                if !last {
-                    let piece = read_piece(&mut input, piece_size)?;
-                    next = (!piece.is_empty()).then_some(piece);
+                let (index, result) = done
+                    .recv()
+                    .map_err(|_| io::Error::other("a worker thread stopped"))?;
+                finished.insert(index, result);
+                while let Some(result) = finished.remove(&handed) {
+                    handed += 1;
+                    sink(result)?;
                 }
             }
-            output.flush()?;
-            Ok(serial_total + total)
+            Ok(())
         };
         let result = run();
-        // Closing the queue ends the threads (after their current piece, on an error).
+        // Closing the queue ends the threads (after their current item, on an error).
         drop(jobs);
         result
     })
@@ -218,8 +256,21 @@ fn read_piece<R: Read>(input: &mut R, size: usize) -> io::Result<Vec<u8>> {
     Ok(piece)
 }
 
-/// One complete gzip member of `piece`: deflated at the fastest level, or stored when a
-/// sample of it does not compress.
+/// The extra-field subfield (RFC 1952 §2.3.1.1: two identifier bytes, a two-byte length,
+/// the data) in which each member we write gives its own size in bytes, header to trailer,
+/// as a little-endian `u32`. `gunzip` relies on it only to cut the stream into members; a
+/// member that does not end where it says is refused like any broken gzip.
+pub const SIZE_SUBFIELD: [u8; 2] = *b"Vm";
+
+/// The extra field of a member before its size is known: the subfield with a zero size.
+const SIZE_EXTRA: [u8; 8] = [SIZE_SUBFIELD[0], SIZE_SUBFIELD[1], 4, 0, 0, 0, 0, 0];
+
+/// Where the size goes in a member's header: after the 10 fixed bytes, the extra field's
+/// two-byte length, and the subfield's identifier and length.
+const SIZE_AT: usize = 10 + 2 + 4;
+
+/// One complete gzip member of `piece`, its size in its header ([`SIZE_SUBFIELD`]):
+/// deflated at the fastest level, or stored when a sample of it does not compress.
 fn gzip_member(piece: &[u8]) -> io::Result<Vec<u8>> {
     let level = if incompressible(piece) {
         Compression::none()
@@ -229,9 +280,15 @@ fn gzip_member(piece: &[u8]) -> io::Result<Vec<u8>> {
         // is several times faster and still takes most of the redundancy out of XML.
         Compression::fast()
     };
-    let mut enc = GzEncoder::new(Vec::with_capacity(piece.len() / 2 + 64), level);
+    let mut enc = GzBuilder::new()
+        .extra(SIZE_EXTRA.to_vec())
+        .write(Vec::with_capacity(piece.len() / 2 + 64), level);
     enc.write_all(piece)?;
-    enc.finish()
+    let mut member = enc.finish()?;
+    let size = u32::try_from(member.len())
+        .map_err(|_| io::Error::other("a gzip member is larger than 4 GiB"))?;
+    member[SIZE_AT..SIZE_AT + 4].copy_from_slice(&size.to_le_bytes());
+    Ok(member)
 }
 
 /// Bytes of a piece deflated to judge whether the piece compresses.
@@ -280,6 +337,22 @@ fn ebms_io(reason: String) -> io::Error {
     )
 }
 
+/// The `EBMS:0303` of a part that inflates to more than `cap` bytes.
+fn over_cap(cap: u64) -> io::Error {
+    ebms_io(format!(
+        "the decompressed part is larger than the limit of {cap} bytes; raise the PMode's \
+         decompression limit if the payload is legitimate"
+    ))
+}
+
+/// The `EBMS:0303` of a part that is not valid gzip (`e`, the decoder's error).
+fn not_gzip(e: &io::Error) -> io::Error {
+    ebms_io(format!(
+        "the part is not a valid gzip stream ({e}); it must be compressed with gzip as its \
+         CompressionType says"
+    ))
+}
+
 impl<R: Read> Read for DecompressingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
@@ -296,11 +369,7 @@ impl<R: Read> Read for DecompressingReader<R> {
                     return Ok(0);
                 }
             }
-            return Err(ebms_io(format!(
-                "the decompressed part is larger than the limit of {} bytes; raise the \
-                 PMode's decompression limit if the payload is legitimate",
-                self.cap
-            )));
+            return Err(over_cap(self.cap));
         }
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.read_inner(&mut buf[..want])?;
@@ -314,10 +383,7 @@ impl<R: Read> DecompressingReader<R> {
         match self.inner.read(buf) {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
-            Err(e) => Err(ebms_io(format!(
-                "the part is not a valid gzip stream ({e}); it must be compressed with gzip \
-                 as its CompressionType says"
-            ))),
+            Err(e) => Err(not_gzip(&e)),
         }
     }
 }
@@ -336,26 +402,210 @@ pub(crate) fn decompression_error(e: io::Error) -> EbmsError {
 }
 
 /// Decompresses `input` into `output`, at most `cap` bytes; returns the size written.
-pub fn gunzip<R: Read, W: Write>(input: R, mut output: W, cap: u64) -> Result<u64, EbmsError> {
+///
+/// Members that give their size ([`SIZE_SUBFIELD`], as [`gzip`] writes them) are read
+/// whole: the first [`SERIAL_PIECES`] inflated on the calling thread, the rest on up to four
+/// threads and written in order. From the first member that does not, the rest of the
+/// stream is inflated as it is read.
+pub fn gunzip<R: Read, W: Write>(input: R, output: W, cap: u64) -> Result<u64, EbmsError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    gunzip_members(input, output, cap, threads, SERIAL_PIECES)
+}
+
+/// [`gunzip`] with the thread count and serial members given (the tests go parallel at
+/// once).
+fn gunzip_members<R: Read, W: Write>(
+    mut input: R,
+    mut output: W,
+    cap: u64,
+    threads: usize,
+    serial_members: usize,
+) -> Result<u64, EbmsError> {
+    let mut written = 0u64;
+    let mut sink = |inflated: Inflated| -> io::Result<()> {
+        match inflated {
+            Inflated::Whole(bytes) => {
+                if written + bytes.len() as u64 > cap {
+                    return Err(over_cap(cap));
+                }
+                output.write_all(&bytes).map_err(write_failed)?;
+                written += bytes.len() as u64;
+            }
+            // Larger than a member we write: inflated here as a stream, under the cap left.
+            Inflated::TooLarge(member) => {
+                written += stream(&member[..], &mut output, cap - written)?;
+            }
+            Inflated::Failed(e) => return Err(e),
+        }
+        Ok(())
+    };
+    let mut run = || -> io::Result<Option<Vec<u8>>> {
+        let mut members = 0;
+        while threads < 2 || members < serial_members {
+            match next_member(&mut input)? {
+                Member::Sized(member) => sink(inflate_member(&member))?,
+                Member::End if members > 0 => return Ok(None),
+                Member::End => return Ok(Some(Vec::new())),
+                Member::Other(head) => return Ok(Some(head)),
+            }
+            members += 1;
+        }
+        let mut rest = None;
+        in_order_on_threads(
+            threads,
+            || {
+                if rest.is_some() {
+                    return Ok(None);
+                }
+                match next_member(&mut input)? {
+                    Member::Sized(member) => Ok(Some(member)),
+                    Member::End => Ok(None),
+                    Member::Other(head) => {
+                        rest = Some(head);
+                        Ok(None)
+                    }
+                }
+            },
+            |member: Vec<u8>| inflate_member(&member),
+            &mut sink,
+        )?;
+        Ok(rest)
+    };
+    let outcome = run().and_then(|rest| match rest {
+        // A member without its size (or none at all): the rest as one stream.
+        Some(head) => stream(
+            io::Cursor::new(head).chain(&mut input),
+            &mut output,
+            cap - written,
+        )
+        .map(|n| written += n),
+        None => Ok(()),
+    });
+    outcome.map_err(decompression_error)?;
+    output
+        .flush()
+        .map_err(|e| decompression_error(write_failed(e)))?;
+    Ok(written)
+}
+
+/// The largest member [`gunzip`] reads whole, and the most it inflates one to in memory:
+/// twice what [`gzip`] writes. A member that says it is larger is inflated as a stream.
+const MEMBER_LIMIT: usize = 2 * MEMBER_SIZE;
+
+/// What [`next_member`] found.
+enum Member {
+    /// A whole member that gave its size.
+    Sized(Vec<u8>),
+    /// The start of a member that did not (or of bytes that are not gzip at all): the bytes
+    /// read of it so far.
+    Other(Vec<u8>),
+    /// The end of the input.
+    End,
+}
+
+/// Reads the next member whole if its header gives its size ([`SIZE_SUBFIELD`]) and that
+/// size is plausible; otherwise returns the bytes read so far. Only a stream that ends
+/// inside a member that gave its size is an error here.
+fn next_member<R: Read>(input: &mut R) -> io::Result<Member> {
+    const FEXTRA: u8 = 0x04;
+    let mut head = Vec::with_capacity(32);
+    if read_up_to(input, &mut head, 12)? == 0 {
+        return Ok(Member::End);
+    }
+    if head.len() < 12 || head[..3] != [0x1f, 0x8b, 8] || head[3] & FEXTRA == 0 {
+        return Ok(Member::Other(head));
+    }
+    let xlen = usize::from(u16::from_le_bytes([head[10], head[11]]));
+    if read_up_to(input, &mut head, xlen)? < xlen {
+        return Ok(Member::Other(head));
+    }
+    let Some(size) = size_subfield(&head[12..]) else {
+        return Ok(Member::Other(head));
+    };
+    // Header, an empty deflate stream (2 bytes) and the trailer (8) at the least.
+    if size < head.len() + 10 || size > MEMBER_LIMIT {
+        return Ok(Member::Other(head));
+    }
+    let missing = size - head.len();
+    if read_up_to(input, &mut head, missing)? < missing {
+        return Err(ebms_io(format!(
+            "the part is not a valid gzip stream (it ends inside a member of {size} bytes);              it must be compressed with gzip as its CompressionType says"
+        )));
+    }
+    Ok(Member::Sized(head))
+}
+
+/// The size a member's extra field gives in [`SIZE_SUBFIELD`], if it has that subfield.
+fn size_subfield(mut extra: &[u8]) -> Option<usize> {
+    while extra.len() >= 4 {
+        let len = usize::from(u16::from_le_bytes([extra[2], extra[3]]));
+        let data = extra.get(4..4 + len)?;
+        if extra[..2] == SIZE_SUBFIELD && len == 4 {
+            let size = u32::from_le_bytes(data.try_into().ok()?);
+            return usize::try_from(size).ok();
+        }
+        extra = &extra[4 + len..];
+    }
+    None
+}
+
+/// Appends up to `n` bytes of `input` to `buf`: fewer only at its end. Returns how many.
+fn read_up_to<R: Read>(input: &mut R, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+    let before = buf.len();
+    input.take(n as u64).read_to_end(buf)?;
+    Ok(buf.len() - before)
+}
+
+/// A member inflated by a worker thread.
+enum Inflated {
+    /// Its content.
+    Whole(Vec<u8>),
+    /// It inflates to more than [`MEMBER_LIMIT`]: the member itself, to inflate as a stream.
+    TooLarge(Vec<u8>),
+    /// It is not valid gzip, or holds more than the member its size marks.
+    Failed(io::Error),
+}
+
+/// Inflates one member read whole. It must be exactly one or more complete members: a size
+/// that cuts a member short fails, as any broken gzip does.
+fn inflate_member(member: &[u8]) -> Inflated {
+    // The trailer's ISIZE (the content's size modulo 2^32) is only a hint for the buffer.
+    let hint = member
+        .len()
+        .checked_sub(4)
+        .and_then(|at| member[at..].try_into().ok())
+        .map_or(0, |b| u32::from_le_bytes(b) as usize);
+    let mut content = Vec::with_capacity(hint.min(MEMBER_LIMIT) + 1);
+    let read = MultiGzDecoder::new(member)
+        .take(MEMBER_LIMIT as u64 + 1)
+        .read_to_end(&mut content);
+    match read {
+        Ok(_) if content.len() > MEMBER_LIMIT => Inflated::TooLarge(member.to_vec()),
+        Ok(_) => Inflated::Whole(content),
+        Err(e) => Inflated::Failed(not_gzip(&e)),
+    }
+}
+
+/// Inflates `input` into `output` as it is read, at most `cap` bytes; returns the size.
+fn stream<R: Read, W: Write>(input: R, output: &mut W, cap: u64) -> io::Result<u64> {
     let mut dec = DecompressingReader::new(input, cap);
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
         let n = match dec.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(decompression_error(e)),
+            Err(e) => return Err(e),
         };
-        output.write_all(&buf[..n]).map_err(|e| {
-            EbmsError::new(
-                ErrorCode::DecompressionFailure,
-                format!("writing the decompressed part failed: {e}"),
-            )
-        })?;
+        output.write_all(&buf[..n]).map_err(write_failed)?;
         total += n as u64;
     }
-    Ok(total)
+}
+
+/// The error of a write of decompressed bytes, as an `EBMS:0303`.
+fn write_failed(e: io::Error) -> io::Error {
+    ebms_io(format!("writing the decompressed part failed: {e}"))
 }
 
 /// What a part's PartProperties say about compression.
@@ -517,11 +767,13 @@ mod tests {
         let data = text(10_000);
         let mut gz = Vec::new();
         gzip_members(&data[..], &mut gz, 1000, 2, 0).unwrap();
-        // Over the cap in the last member, and in a middle one.
+        // Over the cap in the last member, and in a middle one; inflated here or on threads.
         for cap in [9_999, 4_500] {
-            let err = gunzip(&gz[..], io::sink(), cap).unwrap_err();
-            assert_eq!(err.code, ErrorCode::DecompressionFailure);
-            assert!(err.detail.contains("limit"), "{}", err.detail);
+            for (threads, serial) in [(1, 0), (2, 0), (2, 4)] {
+                let err = gunzip_members(&gz[..], io::sink(), cap, threads, serial).unwrap_err();
+                assert_eq!(err.code, ErrorCode::DecompressionFailure);
+                assert!(err.detail.contains("limit"), "{}", err.detail);
+            }
         }
         // Members of a bomb: each small, together over the cap.
         let zeros = vec![0u8; 1 << 20];
@@ -530,9 +782,12 @@ mod tests {
             gzip_members(&zeros[..], &mut bomb, 1 << 20, 1, 0).unwrap();
         }
         assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
-        let err = gunzip(&bomb[..], io::sink(), 7 << 20).unwrap_err();
-        assert!(err.detail.contains("limit"), "{}", err.detail);
-        assert_eq!(gunzip(&bomb[..], io::sink(), 8 << 20).unwrap(), 8 << 20);
+        for threads in [1, 2] {
+            let err = gunzip_members(&bomb[..], io::sink(), 7 << 20, threads, 0).unwrap_err();
+            assert!(err.detail.contains("limit"), "{}", err.detail);
+            let n = gunzip_members(&bomb[..], io::sink(), 8 << 20, threads, 0).unwrap();
+            assert_eq!(n, 8 << 20);
+        }
     }
 
     #[test]
@@ -542,6 +797,115 @@ mod tests {
         gz.extend_from_slice(b"trailing garbage");
         let err = gunzip(&gz[..], io::sink(), 1 << 20).unwrap_err();
         assert!(err.detail.contains("not a valid gzip"), "{}", err.detail);
+    }
+
+    /// The members of a stream, cut by the sizes their headers give.
+    fn sized_members(mut gz: &[u8]) -> Vec<&[u8]> {
+        let mut members = Vec::new();
+        while !gz.is_empty() {
+            assert_eq!(gz[3] & 0x04, 0x04, "FEXTRA set");
+            assert_eq!(gz[12..14], SIZE_SUBFIELD);
+            let size = u32::from_le_bytes(gz[SIZE_AT..SIZE_AT + 4].try_into().unwrap());
+            let (member, rest) = gz.split_at(size as usize);
+            members.push(member);
+            gz = rest;
+        }
+        members
+    }
+
+    #[test]
+    fn members_give_their_size_and_inflate_on_threads_in_order() {
+        let data = text(10_000);
+        let mut gz = Vec::new();
+        gzip_members(&data[..], &mut gz, 1000, 2, 0).unwrap();
+        let members = sized_members(&gz);
+        assert_eq!(members.len(), 10);
+        // Each is a gzip member of its own to any reader.
+        for (i, member) in members.iter().enumerate() {
+            let mut one = Vec::new();
+            flate2::read::GzDecoder::new(*member)
+                .read_to_end(&mut one)
+                .unwrap();
+            assert_eq!(one, data[i * 1000..(i + 1) * 1000]);
+        }
+        for (threads, serial) in [(1, 0), (2, 0), (4, 0), (2, 3), (3, 10), (2, 11)] {
+            let mut out = Vec::new();
+            let n = gunzip_members(&gz[..], &mut out, 10_000, threads, serial).unwrap();
+            assert_eq!(
+                (n, &out),
+                (10_000, &data),
+                "{threads} threads after {serial}"
+            );
+        }
+    }
+
+    #[test]
+    fn members_without_their_size_inflate_as_one_stream() {
+        let data = text(6_000);
+        let plain = |piece: &[u8]| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());
+            enc.write_all(piece).unwrap();
+            enc.finish().unwrap()
+        };
+        let mut ours = Vec::new();
+        gzip_members(&data[..3000], &mut ours, 1000, 2, 0).unwrap();
+        // Another sender's members only; ours, then another's (ours again after those).
+        let others: Vec<u8> = data.chunks(1500).flat_map(plain).collect();
+        let mut mixed = ours.clone();
+        mixed.extend(plain(&data[3000..4000]));
+        gzip_members(&data[4000..], &mut mixed, 1000, 2, 0).unwrap();
+        for gz in [&others, &mixed] {
+            for (threads, serial) in [(2, 0), (3, 1), (1, 0)] {
+                let mut out = Vec::new();
+                gunzip_members(&gz[..], &mut out, 6_000, threads, serial).unwrap();
+                assert_eq!(out, data, "{threads} threads after {serial}");
+                let err = gunzip_members(&gz[..], io::sink(), 5_999, threads, serial);
+                assert!(err.unwrap_err().detail.contains("limit"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_size_that_does_not_end_its_member_is_refused() {
+        let data = text(5_000);
+        let mut gz = Vec::new();
+        gzip_members(&data[..], &mut gz, 1000, 2, 0).unwrap();
+        let second = sized_members(&gz)[0].len();
+        let size_of_second = second + SIZE_AT;
+        let true_size =
+            u32::from_le_bytes(gz[size_of_second..size_of_second + 4].try_into().unwrap());
+        // Too short, too long (into the third member), past the end of the stream.
+        for size in [true_size - 3, true_size + 20, gz.len() as u32] {
+            let mut bad = gz.clone();
+            bad[size_of_second..size_of_second + 4].copy_from_slice(&size.to_le_bytes());
+            for (threads, serial) in [(2, 0), (1, 0), (2, 5)] {
+                let err =
+                    gunzip_members(&bad[..], io::sink(), 1 << 20, threads, serial).unwrap_err();
+                assert_eq!(err.code, ErrorCode::DecompressionFailure);
+                assert!(
+                    err.detail.contains("not a valid gzip"),
+                    "{size}: {}",
+                    err.detail
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_larger_than_ours_inflates_as_a_stream_under_the_cap() {
+        // One member of 5 MiB of zeros: a few KiB that say their size, more than a
+        // worker inflates in memory.
+        let zeros = vec![0u8; 5 << 20];
+        let mut gz = Vec::new();
+        gzip_members(&zeros[..], &mut gz, 5 << 20, 1, 0).unwrap();
+        gzip_members(&b"tail"[..], &mut gz, 1000, 1, 0).unwrap();
+        assert_eq!(sized_members(&gz).len(), 2);
+        let mut out = Vec::new();
+        gunzip_members(&gz[..], &mut out, 6 << 20, 2, 0).unwrap();
+        assert_eq!(out.len(), (5 << 20) + 4);
+        assert!(out.ends_with(b"\0tail"));
+        let err = gunzip_members(&gz[..], io::sink(), 4 << 20, 2, 0).unwrap_err();
+        assert!(err.detail.contains("limit"), "{}", err.detail);
     }
 
     #[test]
