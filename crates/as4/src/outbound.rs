@@ -31,7 +31,7 @@ use crate::message::model::{
     SignalMessage, UserMessage,
 };
 use crate::message::soap::{build_envelope, BuildOptions};
-use crate::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
+use crate::security::encrypt::{plan_encryption, EncryptionSettings};
 use crate::security::private_key::KeyOperations;
 use crate::security::profile::Profile;
 use crate::security::receipt::{non_repudiation_information, same_references};
@@ -209,59 +209,59 @@ pub fn send(
     let signed = sign_messaging(&messaging, &ids.body, &policy.signing, &sources, None)?;
     let mut envelope = signed.envelope;
 
-    // Encrypt (after signing) and put the encryption elements first in the header.
-    let mut wire: Vec<(String, String, SpoolBuffer)> = Vec::with_capacity(spooled.len());
-    if let Some(settings) = &policy.encryption {
-        if !spooled.is_empty() {
-            let mut readers = Vec::new();
-            let mut outputs = Vec::new();
-            for s in &spooled {
-                readers.push(s.open().map_err(io_err("reading a spooled payload"))?);
-                outputs.push(BufWriter::with_capacity(64 * 1024, SpoolBuffer::new(None)));
-            }
-            let parts: Vec<PlainPart<'_>> = spooled
+    // Encrypt after signing: the content key is chosen and protected now, the encryption
+    // elements go first in the header, and each part is encrypted straight into the
+    // package as it is written (no spooled copy of the cipher text).
+    let encryption = match &policy.encryption {
+        Some(settings) if !spooled.is_empty() => {
+            let parts = spooled
                 .iter()
-                .zip(readers.iter_mut())
-                .zip(outputs.iter_mut())
-                .map(|((s, r), w)| PlainPart {
-                    content_id: &s.content_id,
-                    content_type: &s.content_type,
-                    plaintext: r,
-                    ciphertext: w,
-                })
-                .collect();
-            let header = encrypt_parts(settings, parts)?;
-            drop(readers);
-            envelope =
-                insert_into_security_header(&envelope, &signed.security_header, &header.to_xml())?;
-            for (s, w) in spooled.iter().zip(outputs) {
-                let cipher = w
-                    .into_inner()
-                    .map_err(|e| internal(format!("writing cipher text: {}", e.error())))?;
-                wire.push((
-                    s.content_id.clone(),
-                    "application/octet-stream".into(),
-                    cipher,
-                ));
-            }
+                .map(|s| (s.content_id.as_str(), s.content_type.as_str()));
+            let plan = plan_encryption(settings, parts)?;
+            envelope = insert_into_security_header(
+                &envelope,
+                &signed.security_header,
+                &plan.header.to_xml(),
+            )?;
+            Some(plan)
         }
-    }
-    if wire.is_empty() {
-        for s in spooled {
-            wire.push((s.content_id, s.content_type, s.content));
-        }
-    }
+        _ => None,
+    };
 
     let mut writer = MimeWriter::new(out);
     let content_type = writer.content_type();
     writer
         .write_root(envelope.as_bytes())
         .map_err(io_err("writing the MIME package"))?;
-    for (cid, ct, content) in wire {
-        let mut r = content.open().map_err(io_err("rewinding a payload"))?;
-        writer
-            .write_attachment(&cid, &ct, &[], &mut r)
-            .map_err(io_err("writing the MIME package"))?;
+    for s in &spooled {
+        let mut r = s.content.open().map_err(io_err("rewinding a payload"))?;
+        match &encryption {
+            Some(plan) => {
+                let mut failure = None;
+                let written = writer.write_attachment_with(
+                    &s.content_id,
+                    "application/octet-stream",
+                    &[],
+                    &mut |out| {
+                        plan.encrypt(&mut r, out).map_err(|e| {
+                            let text = e.detail.clone();
+                            failure = Some(e);
+                            io::Error::other(text)
+                        })
+                    },
+                );
+                if let Err(e) = written {
+                    return Err(failure.unwrap_or_else(|| {
+                        internal(format!("writing the MIME package: {e}"))
+                    }));
+                }
+            }
+            None => {
+                writer
+                    .write_attachment(&s.content_id, &s.content_type, &[], &mut r)
+                    .map_err(io_err("writing the MIME package"))?;
+            }
+        }
     }
     writer
         .finish()

@@ -1368,6 +1368,20 @@ impl<W: Write> MimeWriter<W> {
         extra_headers: &[(&str, &str)],
         body: &mut dyn Read,
     ) -> io::Result<u64> {
+        self.write_attachment_with(content_id, content_type, extra_headers, &mut |out| {
+            io::copy(body, out)
+        })
+    }
+
+    /// Writes one attachment whose content `fill` writes (encrypting it on the way, say);
+    /// returns what `fill` returns. Otherwise as [`write_attachment`](Self::write_attachment).
+    pub fn write_attachment_with(
+        &mut self,
+        content_id: &str,
+        content_type: &str,
+        extra_headers: &[(&str, &str)],
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<u64>,
+    ) -> io::Result<u64> {
         if !self.root_written {
             return Err(invalid_input("write the root part before any attachment"));
         }
@@ -1394,7 +1408,7 @@ impl<W: Write> MimeWriter<W> {
             write!(self.out, "{n}: {v}\r\n")?;
         }
         self.out.write_all(b"\r\n")?;
-        let n = io::copy(body, &mut self.out)?;
+        let n = fill(&mut self.out)?;
         self.out.write_all(b"\r\n")?;
         self.content_ids.push(id.to_string());
         Ok(n)

@@ -757,6 +757,41 @@ pub fn encrypt_parts<'a>(
     settings: &EncryptionSettings<'_>,
     parts: impl IntoIterator<Item = PlainPart<'a>>,
 ) -> Result<EncryptionHeader, EbmsError> {
+    let mut parts: Vec<PlainPart<'a>> = parts.into_iter().collect();
+    let plan = plan_encryption(settings, parts.iter().map(|p| (p.content_id, p.content_type)))?;
+    for part in &mut parts {
+        plan.encrypt(part.plaintext, part.ciphertext)?;
+    }
+    Ok(plan.header)
+}
+
+/// The encryption of a message's parts, settled before any part is encrypted: the content
+/// key is chosen and protected, so the security header is known and each part can be
+/// encrypted straight into the MIME package as it is written.
+pub(crate) struct PlannedEncryption {
+    /// The `wsse:Security` children the encryption adds.
+    pub(crate) header: EncryptionHeader,
+    key: ContentKey,
+}
+
+impl PlannedEncryption {
+    /// Encrypts one part of the plan (any order): `IV ‖ ciphertext ‖ tag` to `ciphertext`.
+    /// Returns the number of plaintext bytes read.
+    pub(crate) fn encrypt(
+        &self,
+        plaintext: &mut dyn Read,
+        ciphertext: &mut dyn Write,
+    ) -> Result<u64, EbmsError> {
+        encrypt_stream(&self.key, plaintext, ciphertext)
+    }
+}
+
+/// Chooses a fresh content key, protects it for the receiver and describes the parts
+/// `(Content-ID, Content-Type before encryption)` that it will encrypt.
+pub(crate) fn plan_encryption<'p>(
+    settings: &EncryptionSettings<'_>,
+    parts: impl IntoIterator<Item = (&'p str, &'p str)>,
+) -> Result<PlannedEncryption, EbmsError> {
     let kp = settings.key_protection;
     let receiver_key = settings
         .receiver_cert
@@ -776,12 +811,11 @@ pub fn encrypt_parts<'a>(
 
     let mut data_xml = Vec::new();
     let mut data_ids = Vec::new();
-    for part in parts {
-        let cid = normalise_cid(part.content_id);
+    for (content_id, content_type) in parts {
+        let cid = normalise_cid(content_id);
         if cid.is_empty() {
             return Err(sending("a part to encrypt has an empty Content-ID"));
         }
-        encrypt_stream(&cek, part.plaintext, part.ciphertext)?;
         let ed_id = format!("ED-{}", uuid::Uuid::new_v4());
         data_xml.push(format!(
             "<xenc:EncryptedData xmlns:xenc=\"{NS_XENC}\" Id=\"{ed_id}\" \
@@ -794,7 +828,7 @@ pub fn encrypt_parts<'a>(
              <xenc:CipherData><xenc:CipherReference URI=\"cid:{}\"><xenc:Transforms>\
              <ds:Transform xmlns:ds=\"{NS_DS}\" Algorithm=\"{ATTACHMENT_CIPHERTEXT_TRANSFORM}\"/>\
              </xenc:Transforms></xenc:CipherReference></xenc:CipherData></xenc:EncryptedData>",
-            xml_escape(part.content_type),
+            xml_escape(content_type),
             xml_escape(&cid)
         ));
         data_ids.push(ed_id);
@@ -814,11 +848,14 @@ pub fn encrypt_parts<'a>(
         kp.encryption_method_xml(),
         B64.encode(cipher_value)
     );
-    Ok(EncryptionHeader {
-        binary_security_token: bst,
-        encrypted_key,
-        encrypted_key_id: ek_id,
-        encrypted_data: data_xml,
+    Ok(PlannedEncryption {
+        header: EncryptionHeader {
+            binary_security_token: bst,
+            encrypted_key,
+            encrypted_key_id: ek_id,
+            encrypted_data: data_xml,
+        },
+        key: cek,
     })
 }
 
