@@ -251,9 +251,8 @@ pub fn send(
                     },
                 );
                 if let Err(e) = written {
-                    return Err(failure.unwrap_or_else(|| {
-                        internal(format!("writing the MIME package: {e}"))
-                    }));
+                    return Err(failure
+                        .unwrap_or_else(|| internal(format!("writing the MIME package: {e}"))));
                 }
             }
             None => {

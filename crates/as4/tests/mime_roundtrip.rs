@@ -105,7 +105,7 @@ fn assert_same(pkg: &MimePackage, root: &[u8], parts: &[Part]) {
         );
         assert_eq!(a.headers().get("X-Note"), Some(p.extra[0].1.as_str()));
         assert_eq!(a.len(), p.body.len() as u64);
-        assert_eq!(a.sha256(), sha256(&p.body));
+        assert_eq!(a.sha256().unwrap(), sha256(&p.body));
         let mut got = Vec::new();
         a.body().unwrap().read_to_end(&mut got).unwrap();
         assert_eq!(got, p.body);

@@ -22,11 +22,11 @@
 //! payload under a real name.
 
 use crate::StoreError;
+use openssl::sha::Sha256;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use openssl::sha::Sha256;
 use std::sync::{mpsc, Arc};
 
 /// Largest payload kept inline in its message record instead of a payload file (or chunk

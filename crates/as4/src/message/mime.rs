@@ -483,7 +483,6 @@ pub struct Attachment {
     content_type: String,
     transfer_encoding: TransferEncoding,
     len: u64,
-    sha256: [u8; 32],
     storage: Storage,
 }
 
@@ -519,14 +518,26 @@ impl Attachment {
         self.len == 0
     }
 
-    /// SHA-256 of the content as carried (transfer encoding undone, nothing else).
-    pub fn sha256(&self) -> [u8; 32] {
-        self.sha256
+    /// SHA-256 of the content as carried (transfer encoding undone, nothing else), read
+    /// when asked: the receiving pipeline digests what it needs (the decrypted part) and
+    /// never this, so parsing does not hash every attachment for nothing.
+    pub fn sha256(&self) -> io::Result<[u8; 32]> {
+        let mut body = self.body()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => return Ok(hasher.finish()),
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// [`Attachment::sha256`] as lower-case hex.
-    pub fn sha256_hex(&self) -> String {
-        hex(&self.sha256)
+    pub fn sha256_hex(&self) -> io::Result<String> {
+        Ok(hex(&self.sha256()?))
     }
 
     /// Whether the content was moved to a temporary file.
@@ -1073,7 +1084,6 @@ struct PartSink {
     is_root: bool,
     raw_len: u64,
     len: u64,
-    hasher: Sha256,
     memory: Vec<u8>,
     file: Option<io::BufWriter<tempfile::NamedTempFile>>,
     charge: SpoolCharge,
@@ -1104,7 +1114,6 @@ impl PartSink {
             is_root,
             raw_len: 0,
             len: 0,
-            hasher: Sha256::new(),
             memory: Vec::new(),
             file: None,
             charge: SpoolCharge::default(),
@@ -1141,7 +1150,6 @@ impl PartSink {
                 limits.max_part_size
             )));
         }
-        self.hasher.update(data);
         if let Some(f) = &mut self.file {
             self.charge.grow(data.len() as u64)?;
             f.write_all(data)?;
@@ -1171,7 +1179,6 @@ impl PartSink {
             self.b64.finish(&mut tail)?;
             // Limits were checked on every other byte; the tail is at most 2 bytes.
             self.len += tail.len() as u64;
-            self.hasher.update(&tail);
             match &mut self.file {
                 Some(f) => {
                     self.charge.grow(tail.len() as u64)?;
@@ -1180,7 +1187,6 @@ impl PartSink {
                 None => self.memory.extend_from_slice(&tail),
             }
         }
-        let sha256 = self.hasher.finish();
         let content_type = self.headers.get("Content-Type").map(str::to_owned);
         let kind = if self.is_root {
             Finished::Root(RootPart {
@@ -1207,7 +1213,6 @@ impl PartSink {
                 headers: self.headers,
                 transfer_encoding: self.encoding,
                 len: self.len,
-                sha256,
                 storage,
             })
         };

@@ -758,7 +758,10 @@ pub fn encrypt_parts<'a>(
     parts: impl IntoIterator<Item = PlainPart<'a>>,
 ) -> Result<EncryptionHeader, EbmsError> {
     let mut parts: Vec<PlainPart<'a>> = parts.into_iter().collect();
-    let plan = plan_encryption(settings, parts.iter().map(|p| (p.content_id, p.content_type)))?;
+    let plan = plan_encryption(
+        settings,
+        parts.iter().map(|p| (p.content_id, p.content_type)),
+    )?;
     for part in &mut parts {
         plan.encrypt(part.plaintext, part.ciphertext)?;
     }

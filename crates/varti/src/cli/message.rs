@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use openssl::x509::X509;
 use serde_json::{json, Value};
@@ -221,7 +222,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(e) => return Ok(report_malformed(&args, &e)),
     };
-    let report = inspect_report(&dump, &envelope, &security);
+    let report = inspect_report(&dump, &envelope, &security)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -251,7 +252,11 @@ fn report_malformed(args: &InspectArgs, err: &EbmsError) -> ExitCode {
 
 /// Builds the report as JSON; the text output is rendered from the same value so the
 /// two can never disagree.
-fn inspect_report(dump: &MessageDump, env: &Envelope, security: &SecuritySummary) -> Value {
+fn inspect_report(
+    dump: &MessageDump,
+    env: &Envelope,
+    security: &SecuritySummary,
+) -> anyhow::Result<Value> {
     let root = dump.package.root();
     let mut parts = vec![json!({
         "role": "root",
@@ -267,10 +272,10 @@ fn inspect_report(dump: &MessageDump, env: &Envelope, security: &SecuritySummary
             "content_type": a.content_type(),
             "transfer_encoding": a.transfer_encoding().as_str(),
             "size": a.len(),
-            "sha256": a.sha256_hex(),
+            "sha256": a.sha256_hex().context("cannot read back a spilled attachment")?,
         }));
     }
-    json!({
+    Ok(json!({
         "start_line": dump.start_line,
         "content_type": dump.package.content_type().to_string(),
         "soap_version": match env.soap_version {
@@ -280,7 +285,7 @@ fn inspect_report(dump: &MessageDump, env: &Envelope, security: &SecuritySummary
         "header": messaging_json(&env.messaging),
         "parts": parts,
         "security": serde_json::to_value(security).unwrap_or(Value::Null),
-    })
+    }))
 }
 
 fn messaging_json(m: &Messaging) -> Value {
