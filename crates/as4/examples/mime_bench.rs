@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let parse_secs = t.elapsed().as_secs_f64();
     let a = &pkg.attachments()[0];
     assert_eq!(a.len(), size, "attachment length");
-    assert_eq!(a.sha256().unwrap(), expected, "attachment digest");
+    assert_eq!(a.sha256()?, expected, "attachment digest");
     assert!(a.is_spilled(), "the attachment must be in a file");
     let hwm_end = vm_hwm_kib();
 

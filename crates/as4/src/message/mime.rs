@@ -23,8 +23,8 @@
 //!   beyond it is moved to a temporary file, so memory stays flat whatever the payload size.
 //!
 //! While a part streams through, its `Content-Transfer-Encoding` is undone (`binary`, `8bit`
-//! and `7bit` are identity; `base64` is decoded on the fly) and the length and SHA-256 of the
-//! content are computed. Every limit of [`MimeLimits`] is checked as bytes arrive, so
+//! and `7bit` are identity; `base64` is decoded on the fly) and the length of the content is
+//! counted (its SHA-256 is read back only when asked, [`Attachment::sha256`]). Every limit of [`MimeLimits`] is checked as bytes arrive, so
 //! hostile input (endless headers, a million parts, a truncated body, a forged length)
 //! ends in a [`MimeError`] — which maps to `EBMS:0007 MimeInconsistency` — never in a panic
 //! or unbounded allocation.
@@ -1074,7 +1074,7 @@ fn find_blank_line(w: &[u8]) -> Option<(usize, usize)> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Part sinks: transfer decoding, hashing, memory/file storage
+// Part sinks: transfer decoding, counting, memory/file storage
 // ---------------------------------------------------------------------------------------
 
 struct PartSink {
