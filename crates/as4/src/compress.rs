@@ -128,8 +128,7 @@ pub const SERIAL_PIECES: usize = 32;
 /// with at most one piece more than there are threads in memory at once (each thread busy,
 /// one read ahead).
 pub fn gzip<R: Read, W: Write>(input: R, output: W) -> io::Result<u64> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    gzip_members(input, output, MEMBER_SIZE, threads, SERIAL_PIECES)
+    gzip_members(input, output, MEMBER_SIZE, pool_threads(), SERIAL_PIECES)
 }
 
 /// [`gzip`] with the piece size, thread count and serial pieces given (the tests use small
@@ -408,8 +407,12 @@ pub(crate) fn decompression_error(e: io::Error) -> EbmsError {
 /// threads and written in order. From the first member that does not, the rest of the
 /// stream is inflated as it is read.
 pub fn gunzip<R: Read, W: Write>(input: R, output: W, cap: u64) -> Result<u64, EbmsError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    gunzip_members(input, output, cap, threads, SERIAL_PIECES)
+    gunzip_members(input, output, cap, pool_threads(), SERIAL_PIECES)
+}
+
+/// Threads a large part is compressed or inflated on: one per core, at most four.
+fn pool_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// [`gunzip`] with the thread count and serial members given (the tests go parallel at
