@@ -572,13 +572,16 @@ enum Inflated {
 /// Inflates one member read whole. It must be exactly one or more complete members: a size
 /// that cuts a member short fails, as any broken gzip does.
 fn inflate_member(member: &[u8]) -> Inflated {
-    // The trailer's ISIZE (the content's size modulo 2^32) is only a hint for the buffer.
+    // The trailer's ISIZE (the content's size modulo 2^32) is only a hint for the buffer,
+    // and the sender writes it: no more than deflate could yield from these bytes (at most
+    // 1032 to 1), so a small member that lies costs no large buffer.
     let hint = member
         .len()
         .checked_sub(4)
         .and_then(|at| member[at..].try_into().ok())
         .map_or(0, |b| u32::from_le_bytes(b) as usize);
-    let mut content = Vec::with_capacity(hint.min(MEMBER_LIMIT) + 1);
+    let most = member.len().saturating_mul(1032).min(MEMBER_LIMIT);
+    let mut content = Vec::with_capacity(hint.min(most) + 1);
     let read = MultiGzDecoder::new(member)
         .take(MEMBER_LIMIT as u64 + 1)
         .read_to_end(&mut content);
