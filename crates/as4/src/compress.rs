@@ -34,6 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Mutex};
 
 use flate2::read::MultiGzDecoder;
@@ -199,7 +200,9 @@ fn in_order_on_threads<T: Send, U: Send>(
     let in_flight = threads as u64 + 1;
     let (jobs, queue) = mpsc::sync_channel::<(u64, T)>(threads);
     let queue = Mutex::new(queue);
-    let (done_tx, done) = mpsc::channel::<(u64, U)>();
+    // A result, or the panic of the work on that item: a worker that died without a
+    // result would leave this thread waiting for it forever.
+    let (done_tx, done) = mpsc::channel::<(u64, std::thread::Result<U>)>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (queue, done_tx, work) = (&queue, done_tx.clone(), &work);
@@ -209,7 +212,8 @@ fn in_order_on_threads<T: Send, U: Send>(
                     .map_err(drop)
                     .and_then(|q| q.recv().map_err(drop));
                 let Ok((index, item)) = job else { break };
-                if done_tx.send((index, work(item))).is_err() {
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(item)));
+                if done_tx.send((index, result)).is_err() {
                     break;
                 }
             });
@@ -233,6 +237,8 @@ fn in_order_on_threads<T: Send, U: Send>(
                 let (index, result) = done
                     .recv()
                     .map_err(|_| io::Error::other("a worker thread stopped"))?;
+                let result =
+                    result.map_err(|_| io::Error::other("a worker thread failed (it panicked)"))?;
                 finished.insert(index, result);
                 while let Some(result) = finished.remove(&handed) {
                     handed += 1;
@@ -912,6 +918,27 @@ mod tests {
         assert!(out.ends_with(b"\0tail"));
         let err = gunzip_members(&gz[..], io::sink(), 4 << 20, 2, 0).unwrap_err();
         assert!(err.detail.contains("limit"), "{}", err.detail);
+    }
+
+    #[test]
+    fn a_worker_that_panics_is_an_error_not_a_wait() {
+        let mut items = 0..10u32;
+        let mut handed = Vec::new();
+        let err = in_order_on_threads(
+            2,
+            || Ok(items.next()),
+            |i: u32| {
+                assert_ne!(i, 4, "the work fails on item 4");
+                i
+            },
+            |i| {
+                handed.push(i);
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert_eq!(handed, [0, 1, 2, 3]);
     }
 
     #[test]
