@@ -441,6 +441,7 @@ impl AccessPoint {
         Spool {
             dir: Some(self.spool_dir()),
             budget: Some(self.spool_budget.clone()),
+            write_behind: self.store.payloads().adopts_files(),
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct ReceivePolicy {
     /// The disk budget the temporary files of this reception are charged to, shared with
     /// every other reception in flight (`None`: unbounded). See [`crate::spool`].
     pub spool_budget: Option<Arc<SpoolBudget>>,
+    /// Whether the store will take the delivered payloads' spool files over (see
+    /// [`Spool::write_behind`](crate::spool::Spool::write_behind)).
+    pub write_behind: bool,
 }
 
 impl ReceivePolicy {
@@ -118,6 +121,7 @@ impl ReceivePolicy {
             decompression_cap: DEFAULT_DECOMPRESSION_CAP,
             spool_dir: None,
             spool_budget: None,
+            write_behind: false,
         }
     }
 }
@@ -691,6 +695,9 @@ fn deliver(
         )
     };
     let mut content = SpoolBuffer::new(policy.spool_dir.as_deref());
+    if policy.write_behind {
+        content = content.bound_for_disk();
+    }
     let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
     let inflate =
         |out: &mut HashingWriter<'_, BufWriter<&mut SpoolBuffer>>| -> Result<(), EbmsError> {

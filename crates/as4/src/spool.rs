@@ -38,6 +38,12 @@ pub struct Spool {
     pub dir: Option<PathBuf>,
     /// The budget shared by every reception in flight (`None`: unbounded).
     pub budget: Option<Arc<SpoolBudget>>,
+    /// Whether the store takes a delivered payload over as the very file it was spooled
+    /// into (a rename). The file's writeback then starts while the payload is written, so
+    /// that the store's sync before the receipt has little left to wait for. Without it
+    /// the spool file is read back and removed, and writing it to the disk would be
+    /// wasted.
+    pub write_behind: bool,
 }
 
 /// How many bytes all receptions in progress may hold on disk together.
@@ -178,6 +184,8 @@ pub const SPOOL_MEMORY_MAX: usize = 64 * 1024;
 pub struct SpoolBuffer {
     dir: Option<PathBuf>,
     body: Body,
+    /// Set for bytes that will be kept: their file's writeback starts as they are written.
+    write_behind: Option<WriteBehind>,
 }
 
 #[derive(Debug)]
@@ -193,7 +201,16 @@ impl SpoolBuffer {
         SpoolBuffer {
             dir: dir.map(Path::to_path_buf),
             body: Body::Memory(Vec::new()),
+            write_behind: None,
         }
+    }
+
+    /// Marks the bytes as bound for the disk (a payload the store will take over, and sync
+    /// before it says so): once they are in a file, its writeback starts as they are
+    /// written (see [`WriteBehind`]), so that the sync finds little left to write.
+    pub(crate) fn bound_for_disk(mut self) -> SpoolBuffer {
+        self.write_behind = Some(WriteBehind::default());
+        self
     }
 
     /// The temporary file holding the bytes, if they outgrew memory.
@@ -270,6 +287,9 @@ impl SpoolBuffer {
                 file.rewind()?;
             }
         }
+        if let Some(behind) = &mut self.write_behind {
+            *behind = WriteBehind::default();
+        }
         Ok(())
     }
 }
@@ -285,6 +305,9 @@ impl Write for SpoolBuffer {
                     None => builder.tempfile()?,
                 };
                 file.write_all(held)?;
+                if let Some(behind) = &mut self.write_behind {
+                    behind.after_write(file.as_file(), held.len());
+                }
                 self.body = Body::File(file);
             }
         }
@@ -293,7 +316,13 @@ impl Write for SpoolBuffer {
                 held.extend_from_slice(buf);
                 Ok(buf.len())
             }
-            Body::File(f) => f.write(buf),
+            Body::File(f) => {
+                let n = f.write(buf)?;
+                if let Some(behind) = &mut self.write_behind {
+                    behind.after_write(f.as_file(), n);
+                }
+                Ok(n)
+            }
         }
     }
 
@@ -302,6 +331,70 @@ impl Write for SpoolBuffer {
             Body::Memory(_) => Ok(()),
             Body::File(f) => f.flush(),
         }
+    }
+}
+
+/// Bytes written to a spool file before its writeback is started.
+const WRITE_BEHIND_STEP: u64 = 8 << 20;
+
+/// Starts the writeback of a spool file being written, every [`WRITE_BEHIND_STEP`]
+/// bytes, without waiting for it (`sync_file_range(2)` with `SYNC_FILE_RANGE_WRITE`), for
+/// a payload the store will take over and sync. Left alone, the kernel writes nothing of a
+/// file of a GiB or so until the dirty pages pass its background threshold (a tenth of
+/// the free memory by default) or expire (30 s), so that sync waits for all of
+/// it while the cores idle; started early, the disk writes while the part is inflated. It
+/// promises nothing: durability is still the sync's. The store does the same for the
+/// payloads it writes itself (`varti_store::payload`); the two crates share no lower one to
+/// hold it.
+#[derive(Debug, Default)]
+struct WriteBehind {
+    /// Where the range not yet handed to writeback starts.
+    started: u64,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl WriteBehind {
+    /// Notes `n` more bytes written in order; returns the range whose writeback is to start
+    /// now (offset, length), once the range not yet started is [`WRITE_BEHIND_STEP`] long.
+    fn wrote(&mut self, n: usize) -> Option<(u64, u64)> {
+        self.written += n as u64;
+        let len = self.written - self.started;
+        (len >= WRITE_BEHIND_STEP).then(|| {
+            let from = std::mem::replace(&mut self.started, self.written);
+            (from, len)
+        })
+    }
+
+    /// Notes `n` more bytes written in order to `file`, and starts a range's writeback
+    /// when one is due.
+    fn after_write(&mut self, file: &File, n: usize) {
+        if let Some((from, len)) = self.wrote(n) {
+            // A file system without it only leaves all the work to the sync.
+            let _ = start_writeback(file, from, len);
+        }
+    }
+}
+
+/// `sync_file_range(file, offset, len, SYNC_FILE_RANGE_WRITE)`: starts writing the dirty
+/// pages of the range to the disk and returns without waiting for them.
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from `file`),
+    // and the call reads or writes no memory of this process.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -326,6 +419,55 @@ impl<W: io::Write> io::Write for Charged<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_bound_for_disk_reads_back_what_was_written_and_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(WRITE_BEHIND_STEP as usize * 2 + 4321))
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let mut spool = SpoolBuffer::new(Some(dir.path())).bound_for_disk();
+        // Twice, as a part larger than the inflate probe is written: cleared, then again.
+        for _ in 0..2 {
+            spool.clear().unwrap();
+            for piece in data.chunks(100_003) {
+                spool.write_all(piece).unwrap();
+            }
+            let mut back = Vec::new();
+            spool.open().unwrap().read_to_end(&mut back).unwrap();
+            assert!(back == data, "the spool reads back what was written");
+        }
+    }
+
+    #[test]
+    fn writeback_is_started_range_after_range_as_the_file_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = File::create(dir.path().join("written")).unwrap();
+        let mut behind = WriteBehind::default();
+        let chunk = vec![7u8; (3 << 20) + 1];
+        let mut started_to = 0;
+        for _ in 0..10 {
+            file.write_all(&chunk).unwrap();
+            if let Some((from, len)) = behind.wrote(chunk.len()) {
+                // Each range starts where the last one ended, once it is a step long.
+                assert_eq!(from, started_to);
+                assert!((WRITE_BEHIND_STEP..WRITE_BEHIND_STEP + chunk.len() as u64).contains(&len));
+                // The call is accepted by this file system (wrong flags would be EINVAL).
+                start_writeback(&file, from, len).unwrap();
+                started_to = from + len;
+            }
+        }
+        let written = 10 * chunk.len() as u64;
+        assert_eq!(
+            started_to,
+            9 * chunk.len() as u64,
+            "three ranges of three writes"
+        );
+        assert!(
+            written - started_to < WRITE_BEHIND_STEP,
+            "the tail is left to the sync"
+        );
+    }
 
     #[test]
     fn a_spool_buffer_moves_to_a_file_only_past_its_memory_bound() {

@@ -248,6 +248,9 @@ impl Setup {
         Spool {
             dir: Some(self.spool.path().to_path_buf()),
             budget: Some(self.budget.clone()),
+            // As the access point on the embedded store runs it: the delivered payloads'
+            // files are written behind.
+            write_behind: true,
         }
     }
 
