@@ -537,8 +537,9 @@ fn next_member<R: Read>(input: &mut R) -> io::Result<Member> {
     }
     let missing = size - head.len();
     if read_up_to(input, &mut head, missing)? < missing {
-        return Err(ebms_io(format!(
-            "the part is not a valid gzip stream (it ends inside a member of {size} bytes);              it must be compressed with gzip as its CompressionType says"
+        return Err(not_gzip(&io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("it ends inside a member of {size} bytes"),
         )));
     }
     Ok(Member::Sized(head))
@@ -899,6 +900,15 @@ mod tests {
                     "{size}: {}",
                     err.detail
                 );
+                if size == gz.len() as u32 {
+                    assert!(
+                        err.detail.contains(&format!(
+                            "(it ends inside a member of {size} bytes); it must be"
+                        )),
+                        "{}",
+                        err.detail
+                    );
+                }
             }
         }
     }

@@ -24,10 +24,10 @@
 //!
 //! While a part streams through, its `Content-Transfer-Encoding` is undone (`binary`, `8bit`
 //! and `7bit` are identity; `base64` is decoded on the fly) and the length of the content is
-//! counted (its SHA-256 is read back only when asked, [`Attachment::sha256`]). Every limit of [`MimeLimits`] is checked as bytes arrive, so
-//! hostile input (endless headers, a million parts, a truncated body, a forged length)
-//! ends in a [`MimeError`] — which maps to `EBMS:0007 MimeInconsistency` — never in a panic
-//! or unbounded allocation.
+//! counted (its SHA-256 is read back only when asked, [`Attachment::sha256`]). Every limit
+//! of [`MimeLimits`] is checked as bytes arrive, so hostile input (endless headers, a
+//! million parts, a truncated body, a forged length) ends in a [`MimeError`] — which maps to
+//! `EBMS:0007 MimeInconsistency` — never in a panic or unbounded allocation.
 //!
 //! Line endings: RFC 2046 requires CRLF, but message dumps and some senders use bare LF.
 //! The parser decides per message from the first boundary line, and then requires the
