@@ -652,33 +652,52 @@ struct StreamDigest {
     thread: Option<HashingThread>,
 }
 
-/// The queue of chunks to a hashing thread, and the thread, which returns the digest.
-type HashingThread = (mpsc::SyncSender<Vec<u8>>, std::thread::JoinHandle<[u8; 32]>);
+/// A hashing thread: the queue of chunks to it, the queue of the buffers it is done with
+/// (so that a chunk reuses one instead of a new allocation), and the thread, which returns
+/// the digest.
+struct HashingThread {
+    chunks: mpsc::SyncSender<Vec<u8>>,
+    spent: mpsc::Receiver<Vec<u8>>,
+    handle: std::thread::JoinHandle<[u8; 32]>,
+}
 
 impl StreamDigest {
-    /// Hashes `buf[..n]`. Once the thread runs, `buf` is handed to it and replaced by an
-    /// empty buffer of the same size.
+    /// Hashes `buf[..n]`. Once the thread runs, `buf` is handed to it and replaced by a
+    /// buffer of the same size, one the thread is done with when there is one.
     fn update(&mut self, buf: &mut Vec<u8>, n: usize) {
         self.hashed += n as u64;
         if self.thread.is_none() && self.hashed > HASH_ON_CALLER {
-            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+            let (chunks, queue) = mpsc::sync_channel::<Vec<u8>>(16);
+            let (give_back, spent) = mpsc::channel::<Vec<u8>>();
             let mut state = std::mem::take(&mut self.here);
             let handle = std::thread::spawn(move || {
-                for chunk in rx {
+                for chunk in queue {
                     state.update(&chunk);
+                    // Nobody to take it once the writer has finished: dropped then.
+                    let _ = give_back.send(chunk);
                 }
                 state.finish()
             });
-            self.thread = Some((tx, handle));
+            self.thread = Some(HashingThread {
+                chunks,
+                spent,
+                handle,
+            });
         }
         match &self.thread {
             None => self.here.update(&buf[..n]),
-            Some((tx, _)) => {
+            Some(thread) => {
                 let size = buf.len();
-                let mut chunk = std::mem::replace(buf, vec![0u8; size]);
+                let mut next = thread
+                    .spent
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(size));
+                // Full length again (the bytes are overwritten by the next read).
+                next.resize(size, 0);
+                let mut chunk = std::mem::replace(buf, next);
                 chunk.truncate(n);
                 // A send fails only if the thread is gone; finish reports that.
-                let _ = tx.send(chunk);
+                let _ = thread.chunks.send(chunk);
             }
         }
     }
@@ -687,9 +706,10 @@ impl StreamDigest {
     fn finish(self) -> io::Result<[u8; 32]> {
         match self.thread {
             None => Ok(self.here.finish()),
-            Some((tx, handle)) => {
-                drop(tx);
-                handle
+            Some(thread) => {
+                drop(thread.chunks);
+                thread
+                    .handle
                     .join()
                     .map_err(|_| io::Error::other("the thread hashing the payload failed"))
             }
