@@ -795,6 +795,35 @@ const INFLATE_PROBE: u64 = 16 * 1024 * 1024;
 /// inflated once: a second inflation of a 1 GiB part cost seconds of the receiver's CPU.
 const INFLATE_RATIO: u64 = 32;
 
+/// The smallest write whose hashing runs on a thread of its own, beside the write: an
+/// inflated member (1 MiB) is one. Below it, a thread costs more than it saves.
+const HASH_APART: usize = 512 * 1024;
+
+/// Runs `write` and adds `buf` to `hash`: for a large `buf` at the same time, the hashing
+/// on a scoped thread, so that the thread writing a large part in order (the page-cache
+/// copy) no longer also does its SHA-256 (a fifth of that thread's time for 1 GiB, in
+/// `docs/benchmarks.md`). The digest is the same: the hash still sees the bytes in order.
+fn hash_beside(
+    hash: &mut Sha256,
+    buf: &[u8],
+    write: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    if buf.len() < HASH_APART {
+        write()?;
+        hash.update(buf);
+        return Ok(());
+    }
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| hash.update(buf));
+        let written = write();
+        // A panic while hashing is a bug; passed on as it is rather than as an I/O error.
+        if let Err(panic) = hashing.join() {
+            std::panic::resume_unwind(panic);
+        }
+        written
+    })
+}
+
 /// Why a [`HashingWriter`] stopped writing (it keeps counting).
 enum Stop {
     /// The spool budget had no more room.
@@ -847,10 +876,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
                 None => Ok(()),
             };
             match charged {
-                Ok(()) => {
-                    self.inner.write_all(buf)?;
-                    self.hash.update(buf);
-                }
+                Ok(()) => hash_beside(&mut self.hash, buf, || self.inner.write_all(buf))?,
                 Err(e) => self.stopped = Some(Stop::SpoolFull(e)),
             }
         }
@@ -859,5 +885,33 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small and large writes (the latter hashed on a thread beside the write) give the
+    /// digest of the bytes in order, and a failed write is the writer's error.
+    #[test]
+    fn hashing_beside_a_large_write_gives_the_same_digest() {
+        let small = vec![7u8; 1000];
+        let large: Vec<u8> = (0..HASH_APART * 2 + 3).map(|i| (i % 251) as u8).collect();
+        let mut hash = Sha256::new();
+        let mut written = Vec::new();
+        for buf in [&small, &large, &small] {
+            hash_beside(&mut hash, buf, || {
+                written.extend_from_slice(buf);
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(written.len(), 2 * small.len() + large.len());
+        assert_eq!(hash.finish(), openssl::sha::sha256(&written));
+
+        let mut hash = Sha256::new();
+        let err = hash_beside(&mut hash, &large, || Err(io::Error::other("disk full")));
+        assert_eq!(err.unwrap_err().to_string(), "disk full");
     }
 }
