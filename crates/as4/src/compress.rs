@@ -307,7 +307,8 @@ const MEMBER_HEADER: [u8; SIZE_AT + 4] = [
 /// The piece is deflated whole by libdeflate: it holds the piece in memory anyway, and
 /// libdeflate, made for whole buffers, deflates XML 1.45 times as fast as flate2's backend
 /// at level 1 and about a fifth smaller (`docs/benchmarks.md`). Its output depends only on
-/// the bytes and the level, so sealing a message again yields the same member.
+/// the bytes, the level and libdeflate's version, so sealing a message again yields the
+/// same member (a release that changes it says so: `deploy/pair/README.md`, upgrading).
 fn gzip_member(piece: &[u8]) -> io::Result<Vec<u8>> {
     // Level 1: level 6 (the default) bound the sending of a large attachment (a profile of
     // a 64 MiB exchange spent 79% of the servers' CPU in deflate); level 1 is several times

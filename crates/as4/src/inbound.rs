@@ -808,20 +808,31 @@ fn hash_beside(
     buf: &[u8],
     write: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
-    if buf.len() < HASH_APART {
-        write()?;
-        hash.update(buf);
-        return Ok(());
-    }
-    std::thread::scope(|scope| {
-        let hashing = scope.spawn(|| hash.update(buf));
-        let written = write();
-        // A panic while hashing is a bug; passed on as it is rather than as an I/O error.
-        if let Err(panic) = hashing.join() {
-            std::panic::resume_unwind(panic);
+    let mut write = Some(write);
+    if buf.len() >= HASH_APART {
+        let beside = std::thread::scope(|scope| {
+            let hashing = std::thread::Builder::new()
+                .name("varti-hash".into())
+                .spawn_scoped(scope, || hash.update(buf))
+                .ok()?;
+            let written = write.take().map_or(Ok(()), |write| write());
+            // A panic while hashing is a bug; passed on as it is, not as an I/O error.
+            if let Err(panic) = hashing.join() {
+                std::panic::resume_unwind(panic);
+            }
+            Some(written)
+        });
+        if let Some(written) = beside {
+            return written;
         }
-        written
-    })
+    }
+    // A small write, or no thread to be had (the process is at its limit): one after the
+    // other, here.
+    if let Some(write) = write.take() {
+        write()?;
+    }
+    hash.update(buf);
+    Ok(())
 }
 
 /// Why a [`HashingWriter`] stopped writing (it keeps counting).
