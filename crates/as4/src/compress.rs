@@ -16,9 +16,10 @@
 //! A large part is compressed in pieces of [`MEMBER_SIZE`] on a few threads, each piece one
 //! gzip member, written in order: a gzip file may be a series of members (RFC 1952 §2.2) and
 //! receivers read them as one stream (Java's `GZIPInputStream` in Domibus and phase4, and
-//! `DecompressingReader` here). One core deflates at about 40 MB/s, which alone bounded
-//! the sending of a 1 GiB part. A piece that does not compress is stored (deflate's stored
-//! blocks) rather than compressed for nothing. A leg may also leave parts of
+//! `DecompressingReader` here). Deflating on one core alone bounded the sending of a 1 GiB
+//! part (at 42 MB/s for data that does not compress, with the first design). A piece that
+//! does not compress is stored (deflate's stored blocks) rather than compressed for
+//! nothing. A leg may also leave parts of
 //! already-compressed media types uncompressed ([`DEFAULT_UNCOMPRESSED_TYPES`],
 //! [`leaves_uncompressed`]).
 //!
