@@ -10,11 +10,19 @@
 //! attachment, generated on the fly, through temporary files, and reports its peak RSS
 //! (`VmHWM`). Last, `openssl speed` of the same primitives is run for comparison.
 //!
+//! It also times the protocol's whole work for one small exchange, in memory on one
+//! thread, as `exchange_bench` makes the servers do it: the sender seals (compressed,
+//! signed, encrypted), the receiver opens and verifies it and signs a non-repudiation
+//! receipt, the sender verifies the receipt and checks its references. No store, no HTTP,
+//! no TLS: the sum is the CPU the AS4 layer alone costs per message, the floor under
+//! `exchange_bench`'s `CPU per message` line.
+//!
 //! The output ends with a markdown section for `docs/benchmarks.md`.
 //!
 //! ```text
 //! cargo run --release -p varti-as4 --example security_bench
 //! cargo run --release -p varti-as4 --example security_bench -- --one-gib [SIZE_MIB]
+//! cargo run --release -p varti-as4 --example security_bench -- --exchange [N [LABEL-PART]]
 //! ```
 
 use std::fs::File;
@@ -31,8 +39,9 @@ use time::OffsetDateTime;
 use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::*;
-use varti_as4::outbound::{send, OutgoingPayload, SendPolicy};
+use varti_as4::outbound::{build_receipt, check_receipt, send, OutgoingPayload, SendPolicy};
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
+use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
 
 mod bench_support;
@@ -107,6 +116,8 @@ struct Setup<'a> {
     alice: Keys,
     bob: Keys,
     policy: ReceivePolicy,
+    /// The sender's policy for the receiver's receipts (signed by bob, not encrypted).
+    receipt_policy: ReceivePolicy,
 }
 
 fn setup<'a>(case: &'a Case, spool: &Path) -> Result<Setup<'a>> {
@@ -117,11 +128,16 @@ fn setup<'a>(case: &'a Case, spool: &Path) -> Result<Setup<'a>> {
     policy.partner_certificates = vec![alice.sign_cert.clone()];
     policy.trust_anchors = vec![alice.sign_cert.clone()];
     policy.spool_dir = Some(spool.to_path_buf());
+    let mut receipt_policy = ReceivePolicy::strict(case.profile);
+    receipt_policy.require_encryption = false;
+    receipt_policy.partner_certificates = vec![bob.sign_cert.clone()];
+    receipt_policy.trust_anchors = vec![bob.sign_cert.clone()];
     Ok(Setup {
         case,
         alice,
         bob,
         policy,
+        receipt_policy,
     })
 }
 
@@ -163,6 +179,120 @@ fn open_from(s: &Setup<'_>, path: &Path, content_type: &str, size: u64) -> Resul
         return Err(format!("delivered {delivered} bytes, expected {size}").into());
     }
     Ok(())
+}
+
+/// The CPU time of one small exchange's protocol work, stage by stage, in milliseconds.
+#[derive(Default)]
+struct ExchangeWork {
+    seal: f64,
+    open: f64,
+    receipt: f64,
+    check: f64,
+}
+
+impl ExchangeWork {
+    fn total(&self) -> f64 {
+        self.seal + self.open + self.receipt + self.check
+    }
+}
+
+/// Times [`exchange_once`] `n` times (after a warm-up) and returns each stage's mean.
+fn exchange_work(s: &Setup<'_>, size: u64, n: u32) -> Result<ExchangeWork> {
+    exchange_once(s, size)?;
+    let mut sum = ExchangeWork::default();
+    for _ in 0..n {
+        let one = exchange_once(s, size)?;
+        sum.seal += one.seal;
+        sum.open += one.open;
+        sum.receipt += one.receipt;
+        sum.check += one.check;
+    }
+    let n = f64::from(n);
+    Ok(ExchangeWork {
+        seal: sum.seal / n,
+        open: sum.open / n,
+        receipt: sum.receipt / n,
+        check: sum.check / n,
+    })
+}
+
+/// One small exchange in memory, as the two servers of `exchange_bench` do it (their legs
+/// compress, sign, encrypt and ask for signed non-repudiation receipts), each stage timed
+/// in thread CPU time.
+fn exchange_once(s: &Setup<'_>, size: u64) -> Result<ExchangeWork> {
+    let mut work = ExchangeWork::default();
+    // The sender seals the message.
+    let t = ThreadCpu::start();
+    let mut content = Generator::new(size);
+    let payloads = vec![OutgoingPayload {
+        content_id: "payload-1@varti.bench".into(),
+        mime_type: "application/octet-stream".into(),
+        properties: vec![],
+        content: &mut content,
+    }];
+    let policy = SendPolicy::new(
+        s.case.profile,
+        TokenReference::BinarySecurityToken,
+        &s.alice.sign_key,
+        &s.alice.sign_cert,
+        Some(&s.bob.enc_cert),
+        true,
+    );
+    let mut wire = Vec::with_capacity(size as usize + 16 * 1024);
+    let sent = send(&user_message(), payloads, &policy, &mut wire).map_err(|e| e.to_string())?;
+    work.seal = t.ms();
+    // The receiver opens, decrypts, verifies and inflates it.
+    let t = ThreadCpu::start();
+    let pkg = MimePackage::parse(&wire[..], &sent.content_type, &MimeLimits::default())
+        .map_err(|e| e.to_string())?;
+    let received = receive(&pkg, &s.policy).map_err(|e| e.to_string())?;
+    if received.payloads.first().map_or(0, |p| p.len) != size {
+        return Err("the exchange delivered the wrong payload size".into());
+    }
+    work.open = t.ms();
+    // The receiver signs its non-repudiation receipt.
+    let t = ThreadCpu::start();
+    let bob = SigningIdentity {
+        profile: s.case.profile,
+        key: &s.bob.sign_key,
+        certificate: &s.bob.sign_cert,
+        token_reference: TokenReference::BinarySecurityToken,
+    };
+    let receipt = build_receipt(&received, Some(&bob)).map_err(|e| e.to_string())?;
+    work.receipt = t.ms();
+    // The sender reads the receipt, verifies its signature and checks its references.
+    let t = ThreadCpu::start();
+    let package = MimePackage::read_http_body(
+        receipt.as_bytes(),
+        "application/soap+xml; charset=UTF-8",
+        &MimeLimits::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let signal = receive(&package, &s.receipt_policy).map_err(|e| e.to_string())?;
+    check_receipt(&signal, &sent.message_id, &sent.references).map_err(|e| e.to_string())?;
+    work.check = t.ms();
+    Ok(work)
+}
+
+/// The calling thread's CPU time since [`ThreadCpu::start`].
+struct ThreadCpu(StdDuration);
+
+impl ThreadCpu {
+    fn now() -> StdDuration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        StdDuration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    fn start() -> ThreadCpu {
+        ThreadCpu(Self::now())
+    }
+    fn ms(&self) -> f64 {
+        (Self::now() - self.0).as_secs_f64() * 1000.0
+    }
 }
 
 /// Runs `op` until `budget` has passed or `max` iterations are done (at least one);
@@ -231,6 +361,17 @@ fn main() -> Result<()> {
     }
 
     let dir = tempfile::tempdir()?;
+    if args.first().map(String::as_str) == Some("--exchange") {
+        // The exchange rows alone, `N` exchanges per profile: what to run under a profiler.
+        let n = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(2000);
+        let only = args.get(2).map(String::as_str).unwrap_or("");
+        for case in CASES.iter().filter(|c| c.label.contains(only)) {
+            let s = setup(case, dir.path())?;
+            let w = exchange_work(&s, 10 << 10, n)?;
+            println!("{}: total {:.3} ms", case.label, w.total());
+        }
+        return Ok(());
+    }
     let sizes: [(&str, u64, StdDuration, u32); 2] = [
         ("10 KiB", 10 << 10, StdDuration::from_millis(1500), 400),
         ("10 MiB", 10 << 20, StdDuration::from_millis(2500), 20),
@@ -258,6 +399,32 @@ fn main() -> Result<()> {
             println!("{row}");
             rows.push(row);
         }
+    }
+
+    // One small exchange's protocol work, stage by stage (thread CPU time).
+    let mut exchange_rows = Vec::new();
+    for case in &CASES {
+        let s = setup(case, dir.path())?;
+        let w = exchange_work(&s, 10 << 10, 200)?;
+        println!(
+            "protocol work per message ({}, 10 KiB, one thread): seal {:.3} ms, open {:.3} ms, \
+             receipt {:.3} ms, receipt check {:.3} ms, total {:.3} ms",
+            case.label,
+            w.seal,
+            w.open,
+            w.receipt,
+            w.check,
+            w.total()
+        );
+        exchange_rows.push(format!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            case.label,
+            w.seal,
+            w.open,
+            w.receipt,
+            w.check,
+            w.total()
+        ));
     }
 
     // The 1 GiB run in a child process, so its VmHWM is not this process's.
@@ -315,10 +482,17 @@ fn main() -> Result<()> {
          | Profile | Payload | sign+encrypt msg/s | decrypt+verify msg/s |\n\
          |---|---|---|---|\n{}\n\n\
          {big}.\n\n\
+         One small exchange's protocol work (10 KiB, compressed, signed, encrypted, signed \
+         non-repudiation receipt), in memory on one thread, CPU ms per stage: the sender \
+         seals; the receiver parses, decrypts, verifies and inflates; it signs the receipt; \
+         the sender verifies the receipt and checks its references.\n\n\
+         | Profile | seal | open | receipt | receipt check | total |\n\
+         |---|---|---|---|---|---|\n{}\n\n\
          `openssl speed -seconds 1 rsa2048 rsa3072 ed25519 ecdsap256 ecdhp256 ecdhx25519`, \
          `openssl speed -seconds 1 -evp aes-128-gcm` and `-evp sha256` on the same \
          machine:\n\n```text\n{}\n```",
         rows.join("\n"),
+        exchange_rows.join("\n"),
         speed.join("\n"),
         cpu = cpu_model(),
     );
