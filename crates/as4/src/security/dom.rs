@@ -193,6 +193,25 @@ unsafe fn xml_str<'a>(p: *const ffi::xmlChar) -> Option<&'a str> {
     CStr::from_ptr(p as *const c_char).to_str().ok()
 }
 
+/// Whether the libxml2 string `p` is `s`, compared byte by byte: neither measured nor
+/// checked for UTF-8 first (names are compared for every element and attribute a lookup
+/// passes, and equal bytes to a `&str` are valid UTF-8 anyway).
+///
+/// SAFETY: `p` must be null or a NUL-terminated string.
+unsafe fn xml_eq(p: *const ffi::xmlChar, s: &str) -> bool {
+    if p.is_null() {
+        return false;
+    }
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        // `p`'s NUL differs from every byte of `s` but a NUL, which no libxml2 name holds:
+        // the walk stops at the end of `p` at the latest.
+        if b == 0 || *p.add(i) != b {
+            return false;
+        }
+    }
+    *p.add(s.len()) == 0
+}
+
 impl<'d> Element<'d> {
     fn wrap(ptr: ffi::xmlNodePtr) -> Option<Element<'d>> {
         // SAFETY: ptr is null or a node of a live document.
@@ -230,7 +249,12 @@ impl<'d> Element<'d> {
 
     /// Whether the element has this namespace URI and local name.
     pub fn is(&self, namespace: &str, local_name: &str) -> bool {
-        self.local_name() == local_name && self.namespace() == Some(namespace)
+        // SAFETY: a live element's name, and its namespace (null or live), are libxml2
+        // strings.
+        unsafe {
+            let ns = (*self.ptr).ns;
+            xml_eq((*self.ptr).name, local_name) && !ns.is_null() && xml_eq((*ns).href, namespace)
+        }
     }
 
     /// The parent element (None for the document element).
@@ -276,12 +300,11 @@ impl<'d> Element<'d> {
             let mut attr = (*self.ptr).properties;
             while !attr.is_null() {
                 let a = &*attr;
-                let ns = if a.ns.is_null() {
-                    None
-                } else {
-                    xml_str((*a.ns).href)
+                let in_namespace = match namespace {
+                    None => a.ns.is_null(),
+                    Some(n) => !a.ns.is_null() && xml_eq((*a.ns).href, n),
                 };
-                if xml_str(a.name) == Some(name) && ns == namespace {
+                if in_namespace && xml_eq(a.name, name) {
                     let child = a.children;
                     if child.is_null() {
                         return Some("");
@@ -397,6 +420,29 @@ impl<'d> Element<'d> {
             out.push(e);
             let kids: Vec<_> = e.children().collect();
             stack.extend(kids.into_iter().rev());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libxml_strings_compare_equal_only_to_the_same_bytes() {
+        let name = b"Messaging\0";
+        let p = name.as_ptr();
+        // SAFETY: `p` is NUL-terminated, `empty` too; null is allowed.
+        unsafe {
+            assert!(xml_eq(p, "Messaging"));
+            assert!(!xml_eq(p, "Messagin"), "a prefix of the name");
+            assert!(!xml_eq(p, "MessagingX"), "the name is a prefix");
+            assert!(!xml_eq(p, "messaging"));
+            assert!(!xml_eq(p, "Mess\0ging"), "a NUL never matches");
+            assert!(!xml_eq(p, ""));
+            let empty = b"\0";
+            assert!(xml_eq(empty.as_ptr(), ""));
+            assert!(!xml_eq(std::ptr::null(), ""));
         }
     }
 }
