@@ -39,7 +39,9 @@ use time::OffsetDateTime;
 use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::*;
-use varti_as4::outbound::{build_receipt, check_receipt, send, OutgoingPayload, SendPolicy};
+use varti_as4::outbound::{
+    build_receipt, check_receipt, send, OutgoingPayload, SendPolicy, SentMessage,
+};
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::token::TokenReference;
@@ -141,9 +143,9 @@ fn setup<'a>(case: &'a Case, spool: &Path) -> Result<Setup<'a>> {
     })
 }
 
-/// Seals one message with a `size`-byte generated payload into `path`; returns its
-/// Content-Type.
-fn seal_to(s: &Setup<'_>, size: u64, path: &Path) -> Result<String> {
+/// Seals one message from alice to bob with a `size`-byte generated payload, gzipped when
+/// `compress`, into `out`.
+fn seal(s: &Setup<'_>, size: u64, compress: bool, out: &mut dyn Write) -> Result<SentMessage> {
     let mut content = Generator::new(size);
     let payloads = vec![OutgoingPayload {
         content_id: "payload-1@varti.bench".into(),
@@ -157,10 +159,16 @@ fn seal_to(s: &Setup<'_>, size: u64, path: &Path) -> Result<String> {
         &s.alice.sign_key,
         &s.alice.sign_cert,
         Some(&s.bob.enc_cert),
-        false,
+        compress,
     );
+    Ok(send(&user_message(), payloads, &policy, out).map_err(|e| e.to_string())?)
+}
+
+/// Seals one message with a `size`-byte generated payload, not compressed, into `path`;
+/// returns its Content-Type.
+fn seal_to(s: &Setup<'_>, size: u64, path: &Path) -> Result<String> {
     let mut out = BufWriter::with_capacity(256 * 1024, File::create(path)?);
-    let sent = send(&user_message(), payloads, &policy, &mut out).map_err(|e| e.to_string())?;
+    let sent = seal(s, size, false, &mut out)?;
     out.flush()?;
     Ok(sent.content_type)
 }
@@ -223,23 +231,8 @@ fn exchange_once(s: &Setup<'_>, size: u64) -> Result<ExchangeWork> {
     let mut work = ExchangeWork::default();
     // The sender seals the message.
     let t = ThreadCpu::start();
-    let mut content = Generator::new(size);
-    let payloads = vec![OutgoingPayload {
-        content_id: "payload-1@varti.bench".into(),
-        mime_type: "application/octet-stream".into(),
-        properties: vec![],
-        content: &mut content,
-    }];
-    let policy = SendPolicy::new(
-        s.case.profile,
-        TokenReference::BinarySecurityToken,
-        &s.alice.sign_key,
-        &s.alice.sign_cert,
-        Some(&s.bob.enc_cert),
-        true,
-    );
     let mut wire = Vec::with_capacity(size as usize + 16 * 1024);
-    let sent = send(&user_message(), payloads, &policy, &mut wire).map_err(|e| e.to_string())?;
+    let sent = seal(s, size, true, &mut wire)?;
     work.seal = t.ms();
     // The receiver opens, decrypts, verifies and inflates it.
     let t = ThreadCpu::start();
