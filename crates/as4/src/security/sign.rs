@@ -7,7 +7,7 @@
 //! Body. We parse it with libxml2, digest the two elements (exclusive c14n, no
 //! PrefixList — exc-c14n then depends on nothing outside the element, so the digests
 //! hold once the header is inserted), digest the attachments while streaming them,
-//! build and canonicalize SignedInfo, sign it with the profile's algorithm, and
+//! write SignedInfo in its canonical form, sign it with the profile's algorithm, and
 //! replace the placeholder. The placeholder must be a comment directly in the SOAP
 //! Header (checked on the parsed document), so the insertion adds a sibling of
 //! eb:Messaging and changes neither signed element nor their ancestors: their exclusive
@@ -80,14 +80,45 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Escapes an attribute value as canonical XML writes it (C14N 1.0, §2.3, which exclusive
+/// c14n keeps): `&`, `<` and `"` as entities, tab, line feed and carriage return as
+/// character references, everything else (`>` too) as it is.
+fn c14n_attribute(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#x9;"),
+            '\n' => out.push_str("&#xA;"),
+            '\r' => out.push_str("&#xD;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// SignedInfo in its exclusive canonical form, around `refs_xml` (from [`reference_xml`]).
+fn signed_info_xml(signature_method: &str, refs_xml: &str) -> String {
+    format!(
+        r#"<ds:SignedInfo xmlns:ds="{NS_DS}"><ds:CanonicalizationMethod Algorithm="{}"></ds:CanonicalizationMethod><ds:SignatureMethod Algorithm="{}"></ds:SignatureMethod>{refs_xml}</ds:SignedInfo>"#,
+        c14n_attribute(EXC_C14N),
+        c14n_attribute(signature_method)
+    )
+}
+
+/// A `ds:Reference` in canonical form (see [`signed_info_xml`]).
 fn reference_xml(uri: &str, transform: &str, digest_method: &str, digest: &[u8]) -> String {
     format!(
-        r#"<ds:Reference URI="{}"><ds:Transforms><ds:Transform Algorithm="{transform}"/></ds:Transforms><ds:DigestMethod Algorithm="{digest_method}"/><ds:DigestValue>{}</ds:DigestValue></ds:Reference>"#,
-        esc(uri),
+        r#"<ds:Reference URI="{}"><ds:Transforms><ds:Transform Algorithm="{}"></ds:Transform></ds:Transforms><ds:DigestMethod Algorithm="{}"></ds:DigestMethod><ds:DigestValue>{}</ds:DigestValue></ds:Reference>"#,
+        c14n_attribute(uri),
+        c14n_attribute(transform),
+        c14n_attribute(digest_method),
         b64(digest)
     )
 }
@@ -180,14 +211,23 @@ pub fn sign_envelope(
         });
     }
 
-    let signed_info = format!(
-        r#"<ds:SignedInfo xmlns:ds="{NS_DS}"><ds:CanonicalizationMethod Algorithm="{EXC_C14N}"/><ds:SignatureMethod Algorithm="{}"/>{refs_xml}</ds:SignedInfo>"#,
-        profile.signature.uri()
+    // SignedInfo is written in its exclusive canonical form: its own ds declaration and
+    // no other, no PrefixList, empty elements written as start and end tags, attribute
+    // values escaped as c14n escapes them, no whitespace between elements. Inside the
+    // final header it canonicalizes to these very bytes, which are what is signed: no
+    // parse and canonicalization of what was just built (a debug build checks them
+    // against libxml2's c14n all the same).
+    let signed_info = signed_info_xml(profile.signature.uri(), &refs_xml);
+    debug_assert_eq!(
+        c14n::canonicalize_bytes(signed_info.as_bytes(), &[])
+            .ok()
+            .as_deref(),
+        Some(signed_info.as_bytes()),
+        "SignedInfo is not written in its canonical form"
     );
-    // SignedInfo carries its own ds declaration and no PrefixList, so its exclusive
-    // canonical form is the same standalone as inside the final header.
-    let si_canonical = c14n::canonicalize_bytes(signed_info.as_bytes(), &[])?;
-    let signature_value = profile.signature.sign(identity.key, &si_canonical)?;
+    let signature_value = profile
+        .signature
+        .sign(identity.key, signed_info.as_bytes())?;
 
     let uid = || uuid::Uuid::new_v4().to_string();
     let (bst, str_content) = match identity.token_reference {
@@ -263,3 +303,31 @@ const CID_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'{')
     .add(b'|')
     .add(b'}');
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_info_is_written_in_its_exclusive_canonical_form() {
+        // Every character c14n escapes in an attribute, and `>` and `'` it leaves alone.
+        let refs = [
+            reference_xml("#_messaging", EXC_C14N, "urn:digest", b"\x01\x02"),
+            reference_xml(
+                "cid:a&b<c>d\"e'f\tg\nh\ri@x",
+                ATTACHMENT_CONTENT_SIGNATURE_TRANSFORM,
+                "urn:digest",
+                &[0xff; 32],
+            ),
+        ]
+        .concat();
+        let signed_info = signed_info_xml("urn:signature", &refs);
+        let canonical = c14n::canonicalize_bytes(signed_info.as_bytes(), &[]).unwrap();
+        assert_eq!(
+            String::from_utf8(canonical).unwrap(),
+            signed_info,
+            "what is signed must be what a verifier canonicalizes"
+        );
+        assert!(signed_info.contains("a&amp;b&lt;c>d&quot;e'f&#x9;g&#xA;h&#xD;i@x"));
+    }
+}
