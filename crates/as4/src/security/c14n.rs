@@ -120,6 +120,27 @@ pub(crate) fn canonicalize_enveloped(
     Ok(out)
 }
 
+/// An attribute value escaped as canonical XML writes it (C14N 1.0 §2.3, kept by exclusive
+/// c14n): `&`, `<` and `"` as entities; tab, line feed and carriage return as character
+/// references, which also keeps them through a parser's attribute-value normalization;
+/// everything else (`>` too) as it is. Markup written this way is its own canonical form
+/// as far as its attribute values go.
+pub fn escape_attribute(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '"' => out.push_str("&quot;"),
+            '\t' => out.push_str("&#x9;"),
+            '\n' => out.push_str("&#xA;"),
+            '\r' => out.push_str("&#xD;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Canonicalizes the whole document with exclusive c14n; `prefixes` is the
 /// InclusiveNamespaces PrefixList (`#default` names the default namespace).
 pub fn canonicalize_document(doc: &XmlDocument, prefixes: &[&str]) -> Result<Vec<u8>, EbmsError> {

@@ -80,25 +80,6 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Escapes an attribute value as canonical XML writes it (C14N 1.0, §2.3, which exclusive
-/// c14n keeps): `&`, `<` and `"` as entities, tab, line feed and carriage return as
-/// character references, everything else (`>` too) as it is.
-fn c14n_attribute(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#x9;"),
-            '\n' => out.push_str("&#xA;"),
-            '\r' => out.push_str("&#xD;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -107,8 +88,8 @@ fn b64(bytes: &[u8]) -> String {
 fn signed_info_xml(signature_method: &str, refs_xml: &str) -> String {
     format!(
         r#"<ds:SignedInfo xmlns:ds="{NS_DS}"><ds:CanonicalizationMethod Algorithm="{}"></ds:CanonicalizationMethod><ds:SignatureMethod Algorithm="{}"></ds:SignatureMethod>{refs_xml}</ds:SignedInfo>"#,
-        c14n_attribute(EXC_C14N),
-        c14n_attribute(signature_method)
+        c14n::escape_attribute(EXC_C14N),
+        c14n::escape_attribute(signature_method)
     )
 }
 
@@ -116,9 +97,9 @@ fn signed_info_xml(signature_method: &str, refs_xml: &str) -> String {
 fn reference_xml(uri: &str, transform: &str, digest_method: &str, digest: &[u8]) -> String {
     format!(
         r#"<ds:Reference URI="{}"><ds:Transforms><ds:Transform Algorithm="{}"></ds:Transform></ds:Transforms><ds:DigestMethod Algorithm="{}"></ds:DigestMethod><ds:DigestValue>{}</ds:DigestValue></ds:Reference>"#,
-        c14n_attribute(uri),
-        c14n_attribute(transform),
-        c14n_attribute(digest_method),
+        c14n::escape_attribute(uri),
+        c14n::escape_attribute(transform),
+        c14n::escape_attribute(digest_method),
         b64(digest)
     )
 }

@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
+use varti_as4::security::c14n::escape_attribute;
 
 use super::EdmError;
 
@@ -522,7 +523,7 @@ fn write_element(
     if is_root {
         for (ns, p) in prefixes {
             if p != "xml" {
-                let _ = write!(out, " xmlns:{p}=\"{}\"", escape_attr(ns));
+                let _ = write!(out, " xmlns:{p}=\"{}\"", escape_attribute(ns));
             }
         }
     }
@@ -536,7 +537,7 @@ fn write_element(
             out,
             " {}=\"{}\"",
             qualified(&a.name, prefixes),
-            escape_attr(&value)
+            escape_attribute(&value)
         );
     }
     if el.children.is_empty() {
@@ -572,22 +573,6 @@ fn escape_text(s: &str) -> String {
             '<' => o.push_str("&lt;"),
             '>' => o.push_str("&gt;"),
             '\r' => o.push_str("&#xD;"),
-            _ => o.push(c),
-        }
-    }
-    o
-}
-
-fn escape_attr(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '"' => o.push_str("&quot;"),
-            '\n' => o.push_str("&#xA;"),
-            '\r' => o.push_str("&#xD;"),
-            '\t' => o.push_str("&#x9;"),
             _ => o.push(c),
         }
     }
