@@ -1066,18 +1066,19 @@ mod tests {
                 member[at] ^= 1 << (next() % 8);
             }
             let hint = u32::from_le_bytes(member[member.len() - 4..].try_into().unwrap());
-            let mut by_flate2 = Vec::new();
-            let flate2 = MultiGzDecoder::new(&member[..])
-                .take(MEMBER_LIMIT as u64 + 1)
-                .read_to_end(&mut by_flate2)
-                .map(|_| by_flate2);
             if (hint as usize) > MEMBER_LIMIT {
+                // inflate_member never gives libdeflate a size past the limit.
                 continue;
             }
             match Inflater::new().unwrap().exactly_one(&member, hint as usize) {
                 Some(content) => {
                     exact += 1;
-                    assert_eq!(flate2.ok(), Some(content), "round {round}");
+                    let mut by_flate2 = Vec::new();
+                    MultiGzDecoder::new(&member[..])
+                        .take(MEMBER_LIMIT as u64 + 1)
+                        .read_to_end(&mut by_flate2)
+                        .unwrap_or_else(|e| panic!("round {round}: flate2 refuses it: {e}"));
+                    assert_eq!(by_flate2, content, "round {round}");
                 }
                 None => refused += 1,
             }
