@@ -240,15 +240,12 @@ impl SledStore {
     fn open_with(dir: &Path, group_commit: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .open()
-            .map_err(|e| {
-                StoreError::Database(format!(
-                    "cannot open the sled database in {}: {e} (is another Varti process using it?)",
-                    dir.join("db").display()
-                ))
-            })?;
+        let db = open_sled(&dir.join("db")).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot open the sled database in {}: {e} (is another Varti process using it?)",
+                dir.join("db").display()
+            ))
+        })?;
         let trees = TREE_NAMES
             .iter()
             .map(|name| db.open_tree(name))
@@ -1892,6 +1889,30 @@ fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("cannot read a message record: {e}")))
 }
 
+/// How long opening a store waits for the database's file lock. sled lets go of it when
+/// the last of its threads lets go of the file, which can be a moment after a store of
+/// this process was dropped (its log-writing thread finishing its write): a store closed
+/// and opened again in one process (a check after a run, a test) waits that moment out.
+/// Another process's lock (a running `varti serve`) is still reported, after this wait.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the sled database at `path`, waiting up to [`LOCK_WAIT`] for its file lock.
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled says so only in the message (an `Other` I/O error).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn db_error(e: sled::Error) -> StoreError {
     StoreError::Database(format!("sled: {e}"))
 }
@@ -2063,6 +2084,24 @@ mod tests {
             disk.write_and_sync(&group);
         }
         assert_eq!(disk.flushes.load(SeqCst), 5);
+    }
+
+    /// A store this process holds is reported in use after a bounded wait for its lock;
+    /// once dropped, it opens again at once (the wait covers sled's threads letting go).
+    #[test]
+    fn a_held_store_is_in_use_after_a_bounded_wait_and_opens_once_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = SledStore::open(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("could not acquire lock"), "{err}");
+        assert!(
+            started.elapsed() >= LOCK_WAIT,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        drop(held);
+        SledStore::open(dir.path()).unwrap();
     }
 
     #[test]
