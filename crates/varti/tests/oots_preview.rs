@@ -19,7 +19,7 @@ mod serve_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chromium_support::{browser_trusting, log_in, preview_files, start_driver, wait_for};
+use chromium_support::{browser_trusting, log_in, preview_files, start_driver, submit, wait_for};
 use oots_support::{get_request, post_request, request_body, settled, start_with};
 use pair_support::{free_port, repo, Node};
 use register_support::{pdf, Register};
@@ -264,8 +264,7 @@ async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
         tokio::task::block_in_place(|| assert_preview_headers_and_redirect_allow_list(port));
         let c = browser_trusting(&driver, Some(&tls_cert)).await;
         log_in(&c, &link, "Ida").await;
-        wait_for(&c, "#approve").await.click().await.unwrap();
-        wait_for(&c, "#message").await;
+        submit(&c, "#approve", "#message").await;
         // The ReturnLocation of the second request reached the preview page.
         if let Some(back) = back {
             let href = wait_for(&c, "#back").await.attr("href").await.unwrap();
@@ -306,8 +305,7 @@ async fn preview_through_two_gateways_approve_cancel_and_no_preview_allowed() {
         tokio::task::block_in_place(|| return_from_preview(&a, &id, &first, back));
         let c = browser_trusting(&driver, Some(&tls_cert)).await;
         log_in(&c, &link, "Ida").await;
-        wait_for(&c, "#cancel").await.click().await.unwrap();
-        wait_for(&c, "#message").await;
+        submit(&c, "#cancel", "#message").await;
         c.close().await.unwrap();
         let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
         // As test event TC08's second response: success status, an empty RegistryObjectList.

@@ -25,7 +25,9 @@ mod serve_support;
 
 use std::time::{Duration, Instant};
 
-use chromium_support::{browser_trusting, log_in, preview_files, start_driver, text_of, wait_for};
+use chromium_support::{
+    browser_trusting, log_in, preview_files, start_driver, submit, text_of, wait_for,
+};
 use oots_support::{expect_error, get_request, post_request, request_body, settled};
 use pair_support::{free_port, repo, Node};
 use register_support::{evidence_xml, evidence_xsl, pdf, pdf_b, Register};
@@ -213,8 +215,7 @@ async fn tc07_preview_at_two_providers_in_one_procedure_in_headless_chromium() {
         for (_, link, _) in &asked {
             let c = browser_trusting(&driver, Some(&tls_cert)).await;
             log_in(&c, link, "Ida").await;
-            wait_for(&c, "#approve").await.click().await.unwrap();
-            wait_for(&c, "#message").await;
+            submit(&c, "#approve", "#message").await;
             c.close().await.unwrap();
         }
         for ((id, _, _), expected) in asked.iter().zip([pdf(), pdf_b()]) {
@@ -404,8 +405,7 @@ async fn tc10_xml_evidence_transformed_in_headless_chromium_and_a_hostile_styles
         );
         // Back to the page, and share.
         c.goto(&link).await.unwrap();
-        wait_for(&c, "#approve").await.click().await.unwrap();
-        wait_for(&c, "#message").await;
+        submit(&c, "#approve", "#message").await;
         c.close().await.unwrap();
         let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
         assert_eq!(v["state"], "answered", "{version}: {v:#}");
@@ -459,8 +459,7 @@ async fn tc10_xml_evidence_transformed_in_headless_chromium_and_a_hostile_styles
     c.enter_parent_frame().await.unwrap();
     let fetched = tokio::task::block_in_place(|| fetched_before_sentinel(trap, &seen));
     assert!(fetched.is_empty(), "fetched from the listener: {fetched:?}");
-    wait_for(&c, "#cancel").await.click().await.unwrap();
-    wait_for(&c, "#message").await;
+    submit(&c, "#cancel", "#message").await;
     c.close().await.unwrap();
     let v = tokio::task::block_in_place(|| settled(&a, &b, &id, Duration::from_secs(60)));
     assert_eq!(v["state"], "answered", "{v:#}");

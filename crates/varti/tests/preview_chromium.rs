@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use chromium_support::{browser, log_in, preview_files, start_driver, text_of, wait_for};
+use chromium_support::{browser, log_in, preview_files, start_driver, submit, text_of, wait_for};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use serde_json::{json, Value};
 use serve_support::{plain_config, spawn_serve, Served};
@@ -281,7 +281,7 @@ async fn preview_in_headless_chromium_approve_cancel_expired_wrong_person_and_us
     let (id, url) = open_preview(&node, "req-cancel", 600);
     let c = browser(&driver).await;
     log_in(&c, &url, "Anna").await;
-    wait_for(&c, "#cancel").await.click().await.unwrap();
+    submit(&c, "#cancel", "#message").await;
     assert_eq!(
         text_of(&c, "#message").await,
         "The request was cancelled. Nothing was sent."

@@ -126,12 +126,32 @@ pub async fn browser_trusting(driver: &Driver, cert: Option<&Path>) -> Client {
         .expect("chromedriver starts a headless Chromium")
 }
 
+/// How long a test waits for an element to appear.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The first `css` element, once the page has one; fails with where the browser is and
+/// what it shows, so that a failure on CI says which page came instead.
 pub async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+    match c.wait().at_most(WAIT).for_element(Locator::Css(css)).await {
+        Ok(element) => element,
+        Err(e) => panic!(
+            "no `{css}` on the page within {WAIT:?}: {e}\n{}",
+            where_the_browser_is(c).await
+        ),
+    }
+}
+
+/// The browser's URL and the start of the page it shows, for a failure message.
+pub async fn where_the_browser_is(c: &Client) -> String {
+    let url = match c.current_url().await {
+        Ok(url) => url.to_string(),
+        Err(e) => format!("(no URL: {e})"),
+    };
+    let source = match c.source().await {
+        Ok(source) => source.chars().take(4000).collect(),
+        Err(e) => format!("(no page source: {e})"),
+    };
+    format!("at {url}, showing:\n{source}")
 }
 
 /// Follows `url`, and at the test identity provider logs in as the person whose button
@@ -149,11 +169,41 @@ pub async fn log_in(c: &Client, url: &str, who: &str) {
     let start = Instant::now();
     while c.find(Locator::Css("#persons")).await.is_ok() {
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < WAIT,
             "still at the identity provider after choosing {who}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Clicks the submit button `button` and waits for the page the form leads to, which has
+/// `then`.
+///
+/// A click on a page that has only just loaded was once lost on CI: chromedriver reported it
+/// done, yet 20 s later the browser still showed the form. A person would click again, and so
+/// does this (once, and says so): every form it is used for answers a second submission
+/// with the same outcome page. The form gone and nothing in its place still fails, with the
+/// page the browser shows.
+pub async fn submit(c: &Client, button: &str, then: &str) -> fantoccini::elements::Element {
+    let clicked = wait_for(c, button).await;
+    clicked.click().await.unwrap();
+    let first = c
+        .wait()
+        .at_most(WAIT / 2)
+        .for_element(Locator::Css(then))
+        .await;
+    if let Ok(element) = first {
+        return element;
+    }
+    // Still the same page, form and all (its button is not stale): the click did not submit.
+    if clicked.attr("id").await.is_ok() {
+        eprintln!(
+            "`{button}` was clicked but the form was not submitted; clicking again\n{}",
+            where_the_browser_is(c).await
+        );
+        clicked.click().await.unwrap();
+    }
+    wait_for(c, then).await
 }
 
 /// The text of the first `css` element; read again when the page replaced the element
@@ -163,9 +213,7 @@ pub async fn text_of(c: &Client, css: &str) -> String {
     loop {
         match wait_for(c, css).await.text().await {
             Ok(text) => return text,
-            Err(e)
-                if e.is_stale_element_reference() && start.elapsed() < Duration::from_secs(20) =>
-            {
+            Err(e) if e.is_stale_element_reference() && start.elapsed() < WAIT => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("cannot read `{css}`: {e}"),
