@@ -224,6 +224,57 @@ unsafe fn inside(root: ffi::xmlNodePtr, node: ffi::xmlNodePtr, parent: ffi::xmlN
     false
 }
 
+/// Makes libxml2's c14n walk one subtree instead of the whole document, while it lives.
+///
+/// `xmlC14NExecute` walks from the document's first child along `children` and `next`
+/// links, asking the visibility callback about every node, and checks the namespace URIs
+/// of every element it passes (a URI parse each): for a reference to `eb:Messaging`, the
+/// SOAP Body or `SignedInfo`, most of that walk is the rest of the envelope. Pointing the
+/// document's first child at the subtree's root, and cutting that root off from its
+/// following siblings, leaves only the subtree to walk. What is written does not change:
+/// nothing outside the subtree is visible, and libxml2 renders nothing for invisible
+/// nodes; the root's namespace and `xml:` ancestors are still found through its parent
+/// links, which stay, and the visibility callback still says the ancestors are not in
+/// the node-set (`Canonicalization::Inclusive10` inherits their `xml:` attributes as it
+/// must). A debug build checks every such canonical form against the whole walk.
+///
+/// The links are put back when this is dropped; the document cannot be used from another
+/// thread meanwhile (`XmlDocument` is not `Sync`).
+struct SubtreeWalk {
+    doc: ffi::xmlDocPtr,
+    root: ffi::xmlNodePtr,
+    children: ffi::xmlNodePtr,
+    next: ffi::xmlNodePtr,
+}
+
+impl SubtreeWalk {
+    /// # Safety
+    /// `element` belongs to `doc`; nothing else reads or writes `doc` until the walk is
+    /// dropped.
+    unsafe fn start(doc: &XmlDocument, element: Element<'_>) -> Self {
+        let (doc, root) = (doc.as_ptr(), element.as_ptr());
+        let walk = SubtreeWalk {
+            doc,
+            root,
+            children: (*doc).children,
+            next: (*root).next,
+        };
+        (*doc).children = root;
+        (*root).next = std::ptr::null_mut();
+        walk
+    }
+}
+
+impl Drop for SubtreeWalk {
+    fn drop(&mut self) {
+        // SAFETY: the pointers were read from this live document in `start`.
+        unsafe {
+            (*self.doc).children = self.children;
+            (*self.root).next = self.next;
+        }
+    }
+}
+
 unsafe extern "C" fn visible_cb(
     user: *mut c_void,
     node: ffi::xmlNodePtr,
@@ -261,6 +312,39 @@ fn run_with(
     algorithm: Canonicalization,
     prefixes: &[&str],
     out: &mut dyn Write,
+) -> Result<(), EbmsError> {
+    if cfg!(debug_assertions) && matches!(selection, Selection::Subtree(_)) {
+        // The walk of the subtree alone must write what the walk of the whole document
+        // writes (see `SubtreeWalk`): every test run in a debug build checks it.
+        let mut short = Vec::new();
+        execute(doc, selection, algorithm, prefixes, &mut short, true)?;
+        let mut whole = Vec::new();
+        execute(doc, selection, algorithm, prefixes, &mut whole, false)?;
+        assert!(
+            short == whole,
+            "the subtree walk wrote\n{}\nthe whole walk\n{}",
+            String::from_utf8_lossy(&short),
+            String::from_utf8_lossy(&whole)
+        );
+        return out.write_all(&short).map_err(|e| {
+            EbmsError::new(
+                ErrorCode::Other,
+                format!("writing canonical XML failed: {e}"),
+            )
+        });
+    }
+    execute(doc, selection, algorithm, prefixes, out, true)
+}
+
+/// Runs libxml2's c14n; `subtree_walk` walks only a `Selection::Subtree` (see
+/// [`SubtreeWalk`]) rather than the whole document.
+fn execute(
+    doc: &XmlDocument,
+    selection: Selection<'_>,
+    algorithm: Canonicalization,
+    prefixes: &[&str],
+    out: &mut dyn Write,
+    subtree_walk: bool,
 ) -> Result<(), EbmsError> {
     let internal = |what: String| EbmsError::new(ErrorCode::Other, what);
     let owned: Vec<CString> = prefixes
@@ -300,7 +384,12 @@ fn run_with(
             Selection::Without(e) => (Some(invisible_cb), e.as_ptr() as *mut c_void),
             Selection::Document => (None, std::ptr::null_mut()),
         };
+        let walk = match selection {
+            Selection::Subtree(e) if subtree_walk => Some(SubtreeWalk::start(doc, e)),
+            _ => None,
+        };
         let rc = ffi::xmlC14NExecute(doc.as_ptr(), cb, user, algorithm.mode(), list_ptr, 0, buf);
+        drop(walk);
         // Flushes the remaining bytes through write_cb, then frees the buffer.
         let close = ffi::xmlOutputBufferClose(buf);
         if rc < 0 {
@@ -318,4 +407,92 @@ fn run_with(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subtree between siblings, under ancestors with namespaces and `xml:lang`, in a
+    /// document with a comment and a processing instruction around its root.
+    const DOC: &str = r#"<?xml version="1.0"?>
+<!--before--><r:root xmlns:r="urn:r" xmlns:a="urn:a" xmlns="urn:d" xml:lang="lv"><a:first/><a:el z="1" a:y="&amp;&#x9;"><x>t&#xD;</x><?pi data?></a:el><a:after/></r:root><?after?>"#;
+
+    fn subtree(doc: &XmlDocument) -> Element<'_> {
+        doc.root().unwrap().children().nth(1).unwrap()
+    }
+
+    #[test]
+    fn a_subtree_walked_alone_is_written_as_in_the_whole_walk_for_every_algorithm() {
+        let doc = XmlDocument::parse(DOC.as_bytes()).unwrap();
+        let whole_before = canonicalize_document(&doc, &[]).unwrap();
+        let el = subtree(&doc);
+        // Hand-derived: exclusive renders the visibly used namespaces only (the default one
+        // where <x> uses it) and inherits no xml: attribute; inclusive renders every
+        // namespace in scope and inherits xml:lang from the ancestor left out (sorted by
+        // namespace URI: the XML namespace's http: before urn:a).
+        let cases = [
+            (
+                Canonicalization::Exclusive,
+                r#"<a:el xmlns:a="urn:a" z="1" a:y="&amp;&#x9;"><x xmlns="urn:d">t&#xD;</x><?pi data?></a:el>"#,
+            ),
+            (
+                Canonicalization::Inclusive10,
+                r#"<a:el xmlns="urn:d" xmlns:a="urn:a" xmlns:r="urn:r" z="1" xml:lang="lv" a:y="&amp;&#x9;"><x>t&#xD;</x><?pi data?></a:el>"#,
+            ),
+            (
+                Canonicalization::Inclusive11,
+                r#"<a:el xmlns="urn:d" xmlns:a="urn:a" xmlns:r="urn:r" z="1" xml:lang="lv" a:y="&amp;&#x9;"><x>t&#xD;</x><?pi data?></a:el>"#,
+            ),
+        ];
+        for (algorithm, expected) in cases {
+            let mut short = Vec::new();
+            execute(
+                &doc,
+                Selection::Subtree(el),
+                algorithm,
+                &[],
+                &mut short,
+                true,
+            )
+            .unwrap();
+            let mut whole = Vec::new();
+            execute(
+                &doc,
+                Selection::Subtree(el),
+                algorithm,
+                &[],
+                &mut whole,
+                false,
+            )
+            .unwrap();
+            assert_eq!(String::from_utf8(short).unwrap(), expected, "{algorithm:?}");
+            assert_eq!(String::from_utf8(whole).unwrap(), expected, "{algorithm:?}");
+        }
+        // An InclusiveNamespaces PrefixList finds ancestors' namespaces through the links
+        // the walk keeps.
+        let listed = canonicalize_element(&doc, el, &["r", "#default"]).unwrap();
+        assert!(String::from_utf8(listed)
+            .unwrap()
+            .starts_with(r#"<a:el xmlns="urn:d" xmlns:a="urn:a" xmlns:r="urn:r" z="1""#),);
+        // The document's links are back as they were: the whole document, siblings and the
+        // processing instruction after the root included, canonicalizes as before.
+        assert_eq!(canonicalize_document(&doc, &[]).unwrap(), whole_before);
+        let text = String::from_utf8(whole_before).unwrap();
+        assert!(
+            text.ends_with("<a:after xmlns:a=\"urn:a\"></a:after></r:root>\n<?after?>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_document_element_walked_alone_leaves_what_is_around_it() {
+        let doc = XmlDocument::parse(DOC.as_bytes()).unwrap();
+        let root = doc.root().unwrap();
+        let sub = String::from_utf8(canonicalize_element(&doc, root, &[]).unwrap()).unwrap();
+        assert!(sub.starts_with("<r:root"), "{sub}");
+        assert!(sub.ends_with("</r:root>"), "{sub}");
+        let whole = String::from_utf8(canonicalize_document(&doc, &[]).unwrap()).unwrap();
+        assert!(whole.ends_with("</r:root>\n<?after?>"), "{whole}");
+    }
 }
