@@ -78,7 +78,7 @@ pub use sled_check::{
     Severity,
 };
 pub use sled_recover::{recover_store, RecoverReport};
-pub use sled_store::SledStore;
+pub use sled_store::{sled_config, SledStore};
 pub use state::{transition, Direction, Event, InvalidTransition, State};
 
 /// Why a store operation failed. Each message says what is wrong and what to do about it.

@@ -230,8 +230,7 @@ fn read_database(
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(move || {
-        let db = sled::Config::new()
-            .path(&db_dir)
+        let db = crate::sled_store::sled_config(&db_dir)
             .open()
             .map_err(|e| format!("sled cannot open the copy: {e}"))?;
         let mut records = BTreeMap::new();

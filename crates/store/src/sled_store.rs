@@ -1896,11 +1896,51 @@ fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
 /// Another process's lock (a running `varti serve`) is still reported, after this wait.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// sled's segment size (the size of its log's IO buffers) for a database created from now
+/// on.
+///
+/// sled writes a page larger than a quarter of a segment not into its log but into a file of
+/// its own under `blobs/`, and it never syncs those files: a power cut can leave the page
+/// the synced log points at empty. With sled's default of 512 KiB that quarter is 128 KiB,
+/// which a leaf of the `inline` tree passes with 13 payloads of 10 KiB (leaves split only
+/// past 16 entries). At 8 MiB the quarter is 2 MiB, above the largest leaf the store's
+/// limits allow there (17 × [`INLINE_PAYLOAD_MAX`](crate::INLINE_PAYLOAD_MAX)), so those
+/// pages stay in the synced log. sled cannot change the size of an existing database:
+/// one keeps the size its `conf` file records (see [`sled_config`]).
+const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The segment size every database had before [`SEGMENT_SIZE`]: sled's default.
+const SLED_DEFAULT_SEGMENT_SIZE: usize = 512 * 1024;
+
+/// The sled configuration of the database directory `db_dir` (a store's `db`): the
+/// segment size its `conf` file records (sled refuses to open a database with another),
+/// [`SEGMENT_SIZE`] for a new one, and sled's default for files without a readable `conf`
+/// (every database before [`SEGMENT_SIZE`] had it). For tools and tests that open a store's
+/// sled files themselves.
+pub fn sled_config(db_dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(db_dir)
+        .segment_size(segment_size_of(db_dir))
+}
+
+fn segment_size_of(db_dir: &Path) -> usize {
+    // `conf` is lines of `key: value`, then a 4-byte checksum (sled's storage parameters).
+    match std::fs::read(db_dir.join("conf")) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes)
+            .lines()
+            .find_map(|line| line.strip_prefix("segment_size: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(SLED_DEFAULT_SEGMENT_SIZE),
+        Err(_) if db_dir.join("db").exists() => SLED_DEFAULT_SEGMENT_SIZE,
+        Err(_) => SEGMENT_SIZE,
+    }
+}
+
 /// Opens the sled database at `path`, waiting up to [`LOCK_WAIT`] for its file lock.
 fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     let started = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled_config(path).open() {
             // sled says so only in the message (an `Other` I/O error).
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 use time::OffsetDateTime;
 use varti_store::{
-    check_store, recover_store, restore_backup, AttemptOutcome, CheckOptions, CheckedOpenError,
-    FindingKind, MessageMeta, NewInbound, NewOutbound, PayloadEntry, SledStore, State, Store,
+    check_store, recover_store, restore_backup, sled_config, AttemptOutcome, CheckOptions,
+    CheckedOpenError, FindingKind, MessageMeta, NewInbound, NewOutbound, PayloadEntry, SledStore,
+    State, Store,
 };
 
 fn now() -> OffsetDateTime {
@@ -300,7 +301,7 @@ fn inline_bytes_lost_from_the_database_are_found_in_the_sidecars() {
     let dir = tempfile::tempdir().unwrap();
     populated(dir.path());
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = sled_config(&dir.path().join("db")).open().unwrap();
         let inline = db.open_tree("inline").unwrap();
         assert_eq!(inline.len(), 5, "one inline payload per message");
         inline.clear().unwrap();
@@ -373,7 +374,7 @@ fn trees_of_other_features_are_carried_along() {
     let dir = tempfile::tempdir().unwrap();
     populated(dir.path());
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = sled_config(&dir.path().join("db")).open().unwrap();
         let audit = db.open_tree("audit").unwrap();
         audit
             .insert(b"0001", &b"operator purged nothing"[..])
@@ -382,7 +383,7 @@ fn trees_of_other_features_are_carried_along() {
     }
     assert!(kinds(dir.path()).is_empty());
     let read_audit = |store_dir: &Path| {
-        let db = sled::open(store_dir.join("db")).unwrap();
+        let db = sled_config(&store_dir.join("db")).open().unwrap();
         let value = db.open_tree("audit").unwrap().get(b"0001").unwrap();
         value.map(|v| v.to_vec())
     };
@@ -408,4 +409,86 @@ fn trees_of_other_features_are_carried_along() {
         read_audit(&recovered).as_deref(),
         Some(&b"operator purged nothing"[..])
     );
+}
+
+/// Stores `count` inbound messages, each with one 10 KiB payload kept inline, and returns
+/// how many files sled wrote under `db/blobs` (pages it keeps outside its synced log).
+fn blob_files_after_inline_messages(dir: &Path, count: usize) -> usize {
+    let store = SledStore::open(dir).unwrap();
+    for i in 0..count {
+        let id = format!("inline-{i:04}@t");
+        // Distinct bytes per message, so that nothing shares or shrinks them.
+        let bytes: Vec<u8> = (0..10 * 1024u32)
+            .map(|k| (k.wrapping_mul(2_654_435_761).wrapping_add(i as u32 * 7919) >> 11) as u8)
+            .collect();
+        let stored = store.payloads().put(&mut &bytes[..]).unwrap();
+        assert!(stored.is_inline());
+        let mut meta = meta_without_payloads(&id);
+        meta.payloads.push(PayloadEntry {
+            content_id: "cid:inline@varti.test".into(),
+            mime_type: "application/octet-stream".into(),
+            stored,
+            properties: Vec::new(),
+        });
+        store
+            .insert_inbound(
+                NewInbound {
+                    meta,
+                    receipt: format!("<receipt {id}/>").into_bytes(),
+                    peer: None,
+                },
+                now(),
+            )
+            .unwrap();
+    }
+    fs::read_dir(dir.join("db/blobs"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+fn meta_without_payloads(id: &str) -> MessageMeta {
+    MessageMeta {
+        message_id: id.into(),
+        owner: "backend".into(),
+        from_party: "red".into(),
+        to_party: "blue".into(),
+        service: "urn:example:service".into(),
+        action: "Deliver".into(),
+        conversation_id: id.into(),
+        ref_to_message_id: None,
+        pmode_id: "p".into(),
+        payloads: Vec::new(),
+        properties: Vec::new(),
+    }
+}
+
+/// sled writes a page larger than a quarter of its segment into a file of its own, which it
+/// never syncs. A new store's segments are large enough that the leaves of inline payloads
+/// stay in the synced log; a store whose database sled made with its default segment size
+/// (every store before) still opens with that size, and there the same load makes such
+/// files: the difference is the segment size, nothing else.
+#[test]
+fn a_new_store_keeps_inline_payload_pages_in_its_synced_log_and_an_older_one_still_opens() {
+    let new = tempfile::tempdir().unwrap();
+    assert_eq!(blob_files_after_inline_messages(new.path(), 200), 0);
+    let conf = String::from_utf8_lossy(&fs::read(new.path().join("db/conf")).unwrap()).into_owned();
+    assert!(conf.contains("segment_size: 8388608"), "{conf}");
+
+    let older = tempfile::tempdir().unwrap();
+    drop(
+        sled::Config::new()
+            .path(older.path().join("db"))
+            .open()
+            .unwrap(),
+    );
+    assert!(
+        blob_files_after_inline_messages(older.path(), 200) > 0,
+        "with sled's default segment size, the same load keeps pages outside the log"
+    );
+    let conf =
+        String::from_utf8_lossy(&fs::read(older.path().join("db/conf")).unwrap()).into_owned();
+    assert!(conf.contains("segment_size: 524288"), "{conf}");
+    // And it reopens, with every message.
+    let store = SledStore::open(older.path()).unwrap();
+    assert!(store.get("inline-0199@t").unwrap().is_some());
 }
