@@ -40,15 +40,6 @@ fn meta(store: &SledStore, id: &str) -> MessageMeta {
         .unwrap();
     assert!(note.is_inline());
     MessageMeta {
-        message_id: id.into(),
-        owner: "backend".into(),
-        from_party: "red".into(),
-        to_party: "blue".into(),
-        service: "urn:example:service".into(),
-        action: "Deliver".into(),
-        conversation_id: id.into(),
-        ref_to_message_id: None,
-        pmode_id: "p".into(),
         payloads: vec![
             PayloadEntry {
                 content_id: "cid:p@varti.test".into(),
@@ -63,6 +54,23 @@ fn meta(store: &SledStore, id: &str) -> MessageMeta {
                 properties: Vec::new(),
             },
         ],
+        ..meta_without_payloads(id)
+    }
+}
+
+/// The metadata of message `id`, without payloads.
+fn meta_without_payloads(id: &str) -> MessageMeta {
+    MessageMeta {
+        message_id: id.into(),
+        owner: "backend".into(),
+        from_party: "red".into(),
+        to_party: "blue".into(),
+        service: "urn:example:service".into(),
+        action: "Deliver".into(),
+        conversation_id: id.into(),
+        ref_to_message_id: None,
+        pmode_id: "p".into(),
+        payloads: Vec::new(),
         properties: Vec::new(),
     }
 }
@@ -444,22 +452,6 @@ fn blob_files_after_inline_messages(dir: &Path, count: usize) -> usize {
     fs::read_dir(dir.join("db/blobs"))
         .map(|entries| entries.count())
         .unwrap_or(0)
-}
-
-fn meta_without_payloads(id: &str) -> MessageMeta {
-    MessageMeta {
-        message_id: id.into(),
-        owner: "backend".into(),
-        from_party: "red".into(),
-        to_party: "blue".into(),
-        service: "urn:example:service".into(),
-        action: "Deliver".into(),
-        conversation_id: id.into(),
-        ref_to_message_id: None,
-        pmode_id: "p".into(),
-        payloads: Vec::new(),
-        properties: Vec::new(),
-    }
 }
 
 /// sled writes a page larger than a quarter of its segment into a file of its own, which it
