@@ -66,7 +66,8 @@
 //! below does not blur it). Peak RSS is VmHWM of each server (`/proc/PID/status`), CPU is
 //! its user+system time over the run (`/proc/PID/stat`), load is the 1-minute load average
 //! sampled during the run. Each closed-loop and open-loop run prints
-//! `CPU per message: sender X ms, receiver Y ms`. At the end the markdown rows of
+//! `CPU per message: sender X ms, receiver Y ms`; a closed-loop run also the bytes each
+//! server wrote to storage per message (`write_bytes` of `/proc/PID/io`). At the end the markdown rows of
 //! `docs/benchmarks.md` are printed.
 
 use std::io::{Read, Write};
@@ -76,7 +77,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{cpu_model, cpu_secs, proc_kib, LoadSampler};
+use bench_support::{cpu_model, cpu_secs, disk_write_bytes, proc_kib, LoadSampler};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
@@ -315,6 +316,9 @@ struct SmallResult {
     /// CPU ms per message, all sending / all receiving instances.
     cpu_sender_ms: f64,
     cpu_receiver_ms: f64,
+    /// Bytes written to storage per message (KB), all sending / all receiving instances.
+    writes_sender_kb: f64,
+    writes_receiver_kb: f64,
     load: (f64, f64),
 }
 
@@ -645,7 +649,8 @@ fn payload_passes(kind: BigKind) -> String {
 fn print_small(r: &SmallResult) {
     println!(
             "{} on {} ({}+{} instances), {} x {} B, {} submitters: {:.0} msg/s; latency p50 {:.0} ms, p99 {:.0} ms; \
-             peak RSS sender {:?} KiB, receiver {:?} KiB; CPU per message: sender {:.2} ms, receiver {:.2} ms; load {:.1}-{:.1}",
+             peak RSS sender {:?} KiB, receiver {:?} KiB; CPU per message: sender {:.2} ms, receiver {:.2} ms; load {:.1}-{:.1}; \
+             disk writes per message: sender {:.0} KB, receiver {:.0} KB",
             label(&r.run.profile),
             store_name(&r.run),
             r.run.instances,
@@ -662,6 +667,8 @@ fn print_small(r: &SmallResult) {
             r.cpu_receiver_ms,
             r.load.0,
             r.load.1,
+            r.writes_sender_kb,
+            r.writes_receiver_kb,
         );
 }
 
@@ -804,6 +811,10 @@ fn toml_string(s: &str) -> String {
 fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> SmallResult {
     let settled_before = outbound_settled(nodes);
     let cpu_before: Vec<f64> = all_pids(nodes).iter().map(|p| cpu_secs(*p)).collect();
+    let writes_before: Vec<u64> = all_pids(nodes)
+        .iter()
+        .map(|p| disk_write_bytes(*p))
+        .collect();
     let apis = sender_apis(nodes);
     let (n, concurrency) = (args.messages, args.concurrency);
     let payload = small_payload(args.size);
@@ -829,6 +840,11 @@ fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> Small
     wait_settled(nodes, settled_before + n as u64, Duration::from_secs(1800));
     let load_range = load.since(mark);
     let cpu = cpu_since(nodes, &cpu_before);
+    let writes: Vec<f64> = all_pids(nodes)
+        .iter()
+        .zip(&writes_before)
+        .map(|(p, b)| disk_write_bytes(*p).saturating_sub(*b) as f64 / 1000.0 / n as f64)
+        .collect();
     // Any sending instance lists every outbound message of the shared store.
     let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, Duration::from_secs(60));
     let k = nodes.senders.len();
@@ -860,6 +876,8 @@ fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> Small
             .collect(),
         cpu_sender_ms: cpu[..k].iter().sum::<f64>() * 1000.0 / n as f64,
         cpu_receiver_ms: cpu[k..].iter().sum::<f64>() * 1000.0 / n as f64,
+        writes_sender_kb: writes[..k].iter().sum(),
+        writes_receiver_kb: writes[k..].iter().sum(),
         load: load_range,
     }
 }

@@ -50,6 +50,17 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// Bytes a process caused to be written to storage so far (`write_bytes` of
+/// `/proc/PID/io`: the pages it dirtied, whoever writes them back).
+pub fn disk_write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The CPU model from `/proc/cpuinfo`.
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
