@@ -42,6 +42,7 @@
 mod audit;
 mod backup;
 mod console;
+mod inline_log;
 mod outbox;
 mod payload;
 pub mod postgres;
