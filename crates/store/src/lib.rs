@@ -42,7 +42,6 @@
 mod audit;
 mod backup;
 mod console;
-mod inline_log;
 mod outbox;
 mod payload;
 pub mod postgres;

@@ -2,11 +2,11 @@
 //!
 //! **Small payloads are kept inline.** A payload of at most [`INLINE_PAYLOAD_MAX`] bytes is
 //! not written anywhere by [`PayloadStore::put`]: its bytes travel in the returned
-//! [`PayloadRef`] and are stored *with the message record* that names it: by PostgreSQL in
-//! the record's row, by the embedded store in its inline log, synced just before the
-//! transaction of the record that names them (see `inline_log`). Creating, fsyncing and
-//! deleting a file per small payload was the largest per-message cost of the access point
-//! (see `docs/benchmarks.md`); a record write is needed anyway. Callers do not see the
+//! [`PayloadRef`] and are stored *with the message record* that names it, in the same
+//! transaction (and the same fsync) as the record itself (the embedded store keeps them in
+//! a tree beside its records, written once; see `sled_store`). Creating, fsyncing and deleting a
+//! file per small payload was the largest per-message cost of the access point (see
+//! `docs/benchmarks.md`); a record write is needed anyway. Callers do not see the
 //! difference: [`PayloadStore::open`] reads either kind, [`PayloadStore::remove`] of an inline
 //! payload has nothing to do (its bytes go with the record, or with
 //! [`Store::purge_payloads`](crate::Store::purge_payloads), which clears them), and the
@@ -116,7 +116,7 @@ impl PayloadRef {
     }
 
     /// Takes the inline bytes out, leaving the payload inline with none (the embedded
-    /// store keeps the bytes apart from the record; see `sled_store`).
+    /// store keeps the bytes beside the record; see `sled_store`).
     pub(crate) fn take_inline(&mut self) -> Option<Arc<[u8]>> {
         self.inline
             .as_mut()

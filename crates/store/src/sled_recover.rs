@@ -108,7 +108,7 @@ pub fn recover_store(
     let mut from_db: BTreeMap<String, MessageRecord> = BTreeMap::new();
     let mut other_trees: Trees = Vec::new();
     if copy.join("conf").exists() {
-        match read_database(&copy, damaged, &mut report) {
+        match read_database(&copy, &mut report) {
             Ok((records, trees)) => {
                 report.database_opened = true;
                 from_db = records;
@@ -224,12 +224,9 @@ type Trees = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 /// `db_dir`, surviving a sled panic.
 fn read_database(
     db_dir: &Path,
-    damaged: &Path,
     report: &mut RecoverReport,
 ) -> Result<(BTreeMap<String, MessageRecord>, Trees), String> {
     let db_dir = db_dir.to_owned();
-    // The inline log is read where it is, never changed.
-    let log = crate::inline_log::InlineLog::reader(damaged);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(move || {
@@ -240,7 +237,6 @@ fn read_database(
         let mut unreadable = Vec::new();
         let tree = db.open_tree("records").map_err(|e| e.to_string())?;
         let inline = db.open_tree("inline").map_err(|e| e.to_string())?;
-        let inline_at = db.open_tree("inline_at").map_err(|e| e.to_string())?;
         for item in tree.iter() {
             let (key, value) = match item {
                 Ok(kv) => kv,
@@ -254,13 +250,7 @@ fn read_database(
                     // Inline bytes the damaged tree cannot give back stay empty: the
                     // payload's size and SHA-256 then fail, and the sidecar (which carries
                     // the bytes) or the loss report takes over.
-                    let _ =
-                        crate::sled_store::attach_inline(&mut r, |k| match inline_at.get(k)? {
-                            Some(at) => {
-                                Ok(crate::sled_store::read_logged(&log, &at).unwrap_or(None))
-                            }
-                            None => inline.get(k),
-                        });
+                    let _ = crate::sled_store::attach_inline(&mut r, |k| inline.get(k));
                     records.insert(r.id().to_owned(), r);
                 }
                 _ => unreadable.push(format!(

@@ -5,8 +5,6 @@
 //! ```text
 //! <dir>/db/          sled database
 //! <dir>/payloads/    payload files (see FilePayloadStore)
-//! <dir>/inline/      the bytes of small payloads, appended to segment files (see
-//!                    `inline_log`)
 //! <dir>/messages/    sidecars: the acknowledged states of the messages, in 256 bucket
 //!                    files of JSON lines (see `sidecar`)
 //! ```
@@ -31,8 +29,6 @@
 //! | `regular`   | created ‖ id                          | every record but test traffic    |
 //! | `test`      | created ‖ id                          | test traffic, for its retention  |
 //! | `meta`      | name                                  | the store's own markers          |
-//! | `inline_at` | payload id                            | where the log holds its bytes    |
-//! | `inline`    | payload id                            | bytes of stores before the log   |
 //!
 //! ‹v› is a value with its length in front (4 bytes, big-endian), so that one value's key
 //! range never holds another's (`ab` is not a prefix of `a` ‖ `b…`). A search walks the
@@ -56,7 +52,6 @@
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, NewAuditEntry};
 use crate::console::{ConsoleSession, ConsoleUser};
-use crate::inline_log::{InlineLog, Loc};
 use crate::outbox::{self, OutboxClaim, OutboxEvent, StoredEvent};
 use crate::payload::{FilePayloadStore, PayloadStore};
 use crate::record::InlineBytesById;
@@ -70,7 +65,6 @@ use crate::{
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -110,10 +104,8 @@ pub(crate) fn is_rebuilt_from_records(tree: &str) -> bool {
             // Only the marker that the search indexes were built: a rebuilt store has them
             // (its records are written with their index keys) and sets it again when opened.
             | "meta"
-            // The bytes of inline payloads (stores before the inline log), and where the
-            // log holds them: written with the records that carry them.
+            // The bytes of inline payloads: written with the records that carry them.
             | "inline"
-            | "inline_at"
     )
 }
 
@@ -129,19 +121,15 @@ const META: usize = 14;
 /// The webhook outbox (issue 18): `message_id 0x00 seq` → [`StoredEvent`] (JSON). Data of
 /// its own, not an index: not rebuilt from records.
 const OUTBOX: usize = 15;
-/// The bytes of inline payloads as stores before the inline log kept them: payload id →
-/// bytes. A record in `records` names its inline payloads with their bytes left out, so
-/// that the many rewrites of a record (claim, attempt, acknowledgement) do not rewrite its
-/// payloads. Read as before; written only for the bytes of a record written before this
-/// tree existed (with its bytes inside), at its next change. Removed with them (purge,
-/// deletion); rebuilt from records like an index.
+/// The bytes of inline payloads: payload id → bytes. A record in `records` names its inline
+/// payloads with their bytes left out, so that the many rewrites of a record (claim,
+/// attempt, acknowledgement) do not rewrite its payloads: sled writes a B-tree leaf of
+/// records larger than 128 KiB as a file of its own (a "blob"), created and deleted on
+/// every rewrite of the leaf, which made a 10 KiB payload cost more than all the
+/// cryptography of its message. Written when the record first names the bytes, removed
+/// with them (purge, deletion); rebuilt from records like an index.
 const INLINE: usize = 16;
-/// Where the inline log holds the bytes of an inline payload: payload id → [`Loc`]. Bytes
-/// kept in a sled tree were rewritten with its pages again and again (see `inline_log`);
-/// the log writes them once. Written in the transaction of the record that first names the
-/// payload, removed with it; rebuilt from records like an index.
-const INLINE_AT: usize = 17;
-const TREE_NAMES: [&str; 18] = [
+const TREE_NAMES: [&str; 17] = [
     "records",
     "due",
     "created",
@@ -159,7 +147,6 @@ const TREE_NAMES: [&str; 18] = [
     "meta",
     "outbox",
     "inline",
-    "inline_at",
 ];
 
 /// The `meta` key set once the search indexes cover every record, and its value.
@@ -193,8 +180,6 @@ pub struct SledStore {
     group_commit: Option<GroupCommit>,
     /// The sidecar bucket files, a line appended after each durable change.
     sidecars: Sidecars,
-    /// The bytes of inline payloads (see [`INLINE_AT`]).
-    inline_log: InlineLog,
     /// Changes to one message (transaction, flush, sidecar) run under the lock of its
     /// stripe, so that its sidecar is written in the order its changes were committed.
     stripes: Vec<Mutex<()>>,
@@ -272,19 +257,12 @@ impl SledStore {
         let previews = db.open_tree(PREVIEW_TREE).map_err(db_error)?;
         let payloads = FilePayloadStore::open(dir.join("payloads"))?;
         let sidecars = Sidecars::open(dir, true)?;
-        let mut named = Vec::new();
-        for item in trees[INLINE_AT].iter() {
-            let (_, at) = item.map_err(db_error)?;
-            named.extend(Loc::decode(&at));
-        }
-        let inline_log = InlineLog::open(dir, named.into_iter())?;
         let store = SledStore {
             db,
             trees,
             payloads,
             group_commit: group_commit.then(GroupCommit::default),
             sidecars,
-            inline_log,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             records_read: std::sync::atomic::AtomicU64::new(0),
             audit,
@@ -354,35 +332,25 @@ impl SledStore {
             .into_iter()
             .map(|m| MessageRecord::new_inbound(m, now))
             .collect::<Result<Vec<_>, _>>()?;
-        let payloads: Vec<_> = records.iter().flat_map(|r| &r.meta.payloads).collect();
-        let appended = self.append_inline(payloads.into_iter(), true)?;
-        let effects = RefCell::new(LogEffects::default());
-        let inserted = self.trees.as_slice().transaction(|trees| {
-            let mut effects = effects.borrow_mut();
-            *effects = LogEffects::default();
-            let mut n = 0;
-            for record in &records {
-                if trees[RECORDS].get(record.id().as_bytes())?.is_some() {
-                    continue;
+        let inserted = self
+            .trees
+            .as_slice()
+            .transaction(|trees| {
+                let mut n = 0;
+                for record in &records {
+                    if trees[RECORDS].get(record.id().as_bytes())?.is_some() {
+                        continue;
+                    }
+                    write_record(trees, record.id(), None, Some(record))
+                        .map_err(TxError::into_conflictable)?;
+                    n += 1;
                 }
-                write_record(
-                    trees,
-                    record.id(),
-                    None,
-                    Some(record),
-                    &appended,
-                    &mut effects,
-                )
-                .map_err(TxError::into_conflictable)?;
-                n += 1;
-            }
-            Ok(n)
-        });
-        self.release_unnamed(&appended, inserted.is_ok(), &effects.into_inner());
-        let inserted = inserted.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => db_error(e),
-        })?;
+                Ok(n)
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
         self.flush()?;
         Ok(inserted)
     }
@@ -416,56 +384,6 @@ impl SledStore {
             }
         }
         outcome
-    }
-
-    /// Appends the bytes of the inline `payloads` to the inline log, synced when `durable`
-    /// (before any transaction names them): payload id → place, for [`write_record`].
-    fn append_inline<'a>(
-        &self,
-        payloads: impl Iterator<Item = &'a crate::PayloadEntry>,
-        durable: bool,
-    ) -> Result<Appended, StoreError> {
-        let mut appended = Appended::new();
-        for p in payloads {
-            let Some(bytes) = p.stored.inline_bytes().filter(|b| !b.is_empty()) else {
-                continue;
-            };
-            match self.inline_log.append(bytes) {
-                Ok(loc) => {
-                    appended.insert(p.stored.id.clone(), loc);
-                }
-                Err(e) => {
-                    self.inline_log.release(appended.into_values());
-                    return Err(e);
-                }
-            }
-        }
-        if durable && !appended.is_empty() {
-            if let Err(e) = self.inline_log.sync() {
-                self.inline_log.release(appended.into_values());
-                return Err(e);
-            }
-        }
-        Ok(appended)
-    }
-
-    /// Releases the bytes appended for a transaction that its committed try (if it
-    /// committed) did not name: a duplicate's, or all of them after an error.
-    fn release_unnamed(&self, appended: &Appended, committed: bool, effects: &LogEffects) {
-        self.inline_log.release(
-            appended
-                .values()
-                .filter(|loc| !committed || !effects.named.contains(loc))
-                .copied(),
-        );
-    }
-
-    /// Ends a purge run: the sidecar buckets and inline log segments that held the bytes
-    /// of purged payloads or removed messages are rewritten (or deleted), so that the bytes
-    /// leave the disk.
-    fn finish_purge(&self) -> Result<(), StoreError> {
-        self.sidecars.compact_marked()?;
-        self.inline_log.erase_marked()
     }
 
     /// The sled database (for the integrity check, recovery and backup).
@@ -504,29 +422,18 @@ impl SledStore {
     pub(crate) fn put_record_as_is(&self, record: &MessageRecord) -> Result<(), StoreError> {
         let id = record.id().to_owned();
         let _order = self.stripe(&id);
-        // Not synced here: `finish_rebuild` syncs the whole file system.
-        let appended = self.append_inline(record.meta.payloads.iter(), false)?;
-        let effects = RefCell::new(LogEffects::default());
-        let done = self.trees.as_slice().transaction(|trees| {
-            let mut effects = effects.borrow_mut();
-            *effects = LogEffects::default();
-            let old = read_in_tx(trees, &self.inline_log, &id)?;
-            write_record(
-                trees,
-                &id,
-                old.as_ref(),
-                Some(record),
-                &appended,
-                &mut effects,
-            )
-            .map_err(TxError::into_conflictable)?;
-            Ok(())
-        });
-        self.release_unnamed(&appended, done.is_ok(), &effects.into_inner());
-        done.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => db_error(e),
-        })?;
+        self.trees
+            .as_slice()
+            .transaction(|trees| {
+                let old = read_in_tx(trees, &id)?;
+                write_record(trees, &id, old.as_ref(), Some(record))
+                    .map_err(TxError::into_conflictable)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
         // No flush or fsync per record: the caller builds a new store in a scratch
         // directory and makes it durable once at the end (`finish_rebuild`); a half-built
         // store is discarded, never used.
@@ -577,71 +484,50 @@ impl SledStore {
         id: &str,
         change: impl Fn(Option<MessageRecord>) -> Result<(Write, T), StoreError>,
     ) -> Result<T, StoreError> {
-        self.update_naming(id, &Appended::new(), change)
-    }
-
-    /// [`SledStore::update`] for a change whose record may name the inline payload bytes
-    /// `appended` ([`SledStore::append_inline`]); those it does not name are released.
-    fn update_naming<T>(
-        &self,
-        id: &str,
-        appended: &Appended,
-        change: impl Fn(Option<MessageRecord>) -> Result<(Write, T), StoreError>,
-    ) -> Result<T, StoreError> {
         let _order = self.stripe(id);
-        let effects = RefCell::new(LogEffects::default());
-        let done = self.trees.as_slice().transaction(|trees| {
-            let mut effects = effects.borrow_mut();
-            *effects = LogEffects::default();
-            let old = read_in_tx(trees, &self.inline_log, id)?;
-            let (write, out) = change(old.clone()).map_err(ConflictableTransactionError::Abort)?;
-            let new = match write {
-                Write::Unchanged => return Ok((None, out)),
-                Write::Delete => None,
-                Write::Put(record) => Some(*record),
-            };
-            let purged = new.as_ref().is_some_and(|n| {
-                n.payloads_purged_at.is_some()
-                    && old.as_ref().is_some_and(|o| o.payloads_purged_at.is_none())
-            });
-            write_record(
-                trees,
-                id,
-                old.as_ref(),
-                new.as_ref(),
-                appended,
-                &mut effects,
-            )
-            .map_err(TxError::into_conflictable)?;
-            if let Some(event) = new
-                .as_ref()
-                .and_then(|n| outbox::new_event(old.as_ref().map(|o| o.state), n))
-            {
-                let seq = trees[OUTBOX].generate_id()?;
-                let stored = StoredEvent {
-                    event,
-                    holder: None,
-                    lease_until: None,
+        let (wrote, out) = self
+            .trees
+            .as_slice()
+            .transaction(|trees| {
+                let old = read_in_tx(trees, id)?;
+                let (write, out) =
+                    change(old.clone()).map_err(ConflictableTransactionError::Abort)?;
+                let new = match write {
+                    Write::Unchanged => return Ok((None, out)),
+                    Write::Delete => None,
+                    Write::Put(record) => Some(*record),
                 };
-                let bytes = serde_json::to_vec(&stored).map_err(|e| {
-                    ConflictableTransactionError::Abort(StoreError::Database(format!(
-                        "cannot encode an outbox event: {e}"
-                    )))
-                })?;
-                trees[OUTBOX].insert(outbox_key(id, seq), bytes)?;
-            }
-            Ok((Some((new, purged)), out))
-        });
-        let effects = effects.into_inner();
-        self.release_unnamed(appended, done.is_ok(), &effects);
-        let (wrote, out) = done.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => db_error(e),
-        })?;
+                let purged = new.as_ref().is_some_and(|n| {
+                    n.payloads_purged_at.is_some()
+                        && old.as_ref().is_some_and(|o| o.payloads_purged_at.is_none())
+                });
+                write_record(trees, id, old.as_ref(), new.as_ref())
+                    .map_err(TxError::into_conflictable)?;
+                if let Some(event) = new
+                    .as_ref()
+                    .and_then(|n| outbox::new_event(old.as_ref().map(|o| o.state), n))
+                {
+                    let seq = trees[OUTBOX].generate_id()?;
+                    let stored = StoredEvent {
+                        event,
+                        holder: None,
+                        lease_until: None,
+                    };
+                    let bytes = serde_json::to_vec(&stored).map_err(|e| {
+                        ConflictableTransactionError::Abort(StoreError::Database(format!(
+                            "cannot encode an outbox event: {e}"
+                        )))
+                    })?;
+                    trees[OUTBOX].insert(outbox_key(id, seq), bytes)?;
+                }
+                Ok((Some((new, purged)), out))
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => db_error(e),
+            })?;
         if let Some((new, purged)) = wrote {
             self.flush()?;
-            // Bytes the change dropped leave the log at the end of the caller's purge run.
-            self.inline_log.mark_erased(effects.dropped);
             // The sidecar follows the durable change before the caller hears of it. A lease
             // claim is not worth an extra fsync: a store rebuilt without it sends again.
             match new {
@@ -650,7 +536,7 @@ impl SledStore {
                 None => self.sidecars.remove(id)?,
             }
             // The purged bytes leave the sidecar at the end of the caller's purge run
-            // (`SledStore::finish_purge`).
+            // (`Sidecars::compact_marked`).
             if purged {
                 self.sidecars.mark_purged(id);
             }
@@ -723,12 +609,7 @@ impl SledStore {
     /// A record as the `records` tree holds it, with its inline payloads' bytes.
     fn decode_attached(&self, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
         let mut record = decode(bytes)?;
-        attach_inline(&mut record, |k| {
-            match self.trees[INLINE_AT].get(k).map_err(db_error)? {
-                Some(at) => read_logged(&self.inline_log, &at),
-                None => self.trees[INLINE].get(k).map_err(db_error),
-            }
-        })?;
+        attach_inline(&mut record, |k| self.trees[INLINE].get(k)).map_err(db_error)?;
         Ok(record)
     }
 
@@ -755,11 +636,7 @@ impl Store for SledStore {
         let new_payloads = msg.meta.payloads.clone();
         let record = MessageRecord::new_inbound(msg, now)?;
         let id = record.id().to_owned();
-        let appended = match self.append_inline(record.meta.payloads.iter(), true) {
-            Ok(appended) => appended,
-            Err(e) => return self.forget_spilled_on_error(Err(e), &spilled),
-        };
-        let outcome = self.update_naming(&id, &appended, |old| match old {
+        let outcome = self.update(&id, |old| match old {
             None => Ok((Write::Put(Box::new(record.clone())), None)),
             Some(original) if original.direction == Direction::Inbound => {
                 let answer = InsertOutcome::Duplicate {
@@ -796,11 +673,7 @@ impl Store for SledStore {
         let spilled = self.bound_inline(&mut msg.meta.payloads)?;
         let record = MessageRecord::new_outbound(msg, now)?;
         let id = record.id().to_owned();
-        let appended = match self.append_inline(record.meta.payloads.iter(), true) {
-            Ok(appended) => appended,
-            Err(e) => return self.forget_spilled_on_error(Err(e), &spilled),
-        };
-        let outcome = self.update_naming(&id, &appended, |old| match old {
+        let outcome = self.update(&id, |old| match old {
             None => Ok((Write::Put(Box::new(record.clone())), ())),
             Some(other) => Err(StoreError::AlreadyExists {
                 message_id: id.clone(),
@@ -834,7 +707,7 @@ impl Store for SledStore {
                 .trees
                 .as_slice()
                 .transaction(|trees| {
-                    let Some(old) = read_in_tx(trees, &self.inline_log, &id)? else {
+                    let Some(old) = read_in_tx(trees, &id)? else {
                         return Ok(None);
                     };
                     // Someone else may have claimed it since we read the index.
@@ -844,17 +717,8 @@ impl Store for SledStore {
                     let mut new = old.clone();
                     new.claim(holder, lease_for, now)
                         .map_err(ConflictableTransactionError::Abort)?;
-                    // A claim changes no payload: it names and drops no inline bytes.
-                    let mut effects = LogEffects::default();
-                    write_record(
-                        trees,
-                        &id,
-                        Some(&old),
-                        Some(&new),
-                        &Appended::new(),
-                        &mut effects,
-                    )
-                    .map_err(TxError::into_conflictable)?;
+                    write_record(trees, &id, Some(&old), Some(&new))
+                        .map_err(TxError::into_conflictable)?;
                     Ok(Some(new))
                 })
                 .map_err(|e| match e {
@@ -1055,7 +919,7 @@ impl Store for SledStore {
             })?;
             removed += usize::from(done);
         }
-        self.finish_purge()?;
+        self.sidecars.compact_marked()?;
         Ok(removed)
     }
 
@@ -1218,7 +1082,7 @@ impl Store for SledStore {
         loop {
             let ids = self.ids_before(UNPURGED, settled_before, BATCH)?;
             if ids.is_empty() {
-                self.finish_purge()?;
+                self.sidecars.compact_marked()?;
                 return Ok(purged);
             }
             let mut progress = false;
@@ -1248,7 +1112,7 @@ impl Store for SledStore {
             // Index keys are written with their records, so every listed id is purged or
             // vanished; if a whole batch changed nothing, stop rather than spin.
             if !progress {
-                self.finish_purge()?;
+                self.sidecars.compact_marked()?;
                 return Ok(purged);
             }
         }
@@ -1277,7 +1141,7 @@ impl Store for SledStore {
             }
             _ => Ok((Write::Unchanged, false)),
         })?;
-        self.finish_purge()?;
+        self.sidecars.compact_marked()?;
         Ok(purged)
     }
 
@@ -1286,7 +1150,7 @@ impl Store for SledStore {
         loop {
             let ids = self.ids_before(SETTLED, settled_before, BATCH)?;
             if ids.is_empty() {
-                self.finish_purge()?;
+                self.sidecars.compact_marked()?;
                 return Ok(removed);
             }
             let mut progress = false;
@@ -1315,7 +1179,7 @@ impl Store for SledStore {
                 progress |= done;
             }
             if !progress {
-                self.finish_purge()?;
+                self.sidecars.compact_marked()?;
                 return Ok(removed);
             }
         }
@@ -1801,38 +1665,13 @@ impl TxError {
     }
 }
 
-/// Bytes appended to the inline log for a change: payload id → place.
-type Appended = std::collections::HashMap<String, Loc>;
-
-/// What one try of a transaction did with places in the inline log.
-#[derive(Default)]
-struct LogEffects {
-    /// Places of appended bytes it now names.
-    named: Vec<Loc>,
-    /// Places of bytes it no longer names (purged, or the record removed).
-    dropped: Vec<Loc>,
-}
-
-/// The bytes at the place `at` (an `inline_at` value) in `log`.
-pub(crate) fn read_logged(log: &InlineLog, at: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-    match Loc::decode(at) {
-        Some(loc) => Ok(log.read(loc)?.map(sled::IVec::from)),
-        None => Ok(None),
-    }
-}
-
 /// Replaces record `id` (`old`, if any) by `new` (or removes it) inside a transaction,
-/// adjusting the index keys to exactly those `new` needs. Inline payload bytes `new` names
-/// for the first time are named where `appended` placed them in the inline log (else, for
-/// a record written before the log, kept in the `inline` tree); `effects` says which
-/// places it named and dropped.
+/// adjusting the index keys to exactly those `new` needs.
 fn write_record(
     trees: &[TransactionalTree],
     id: &str,
     old: Option<&MessageRecord>,
     new: Option<&MessageRecord>,
-    appended: &Appended,
-    effects: &mut LogEffects,
 ) -> Result<(), TxError> {
     let old_keys = old.map(index_keys).unwrap_or_default();
     let new_keys = new.map(index_keys).unwrap_or_default();
@@ -1858,23 +1697,11 @@ fn write_record(
             // the record could not be given back: nothing to write.)
             for (payload_id, bytes) in inline {
                 let key = payload_id.as_bytes();
-                let stored = |tree: usize| -> Result<bool, TxError> {
-                    Ok(trees[tree].get(key).map_err(TxError::Storage)?.is_some())
-                };
-                if !bytes.is_empty() && !stored(INLINE_AT)? && !stored(INLINE)? {
-                    match appended.get(&payload_id) {
-                        Some(loc) => {
-                            trees[INLINE_AT]
-                                .insert(key, &loc.encode()[..])
-                                .map_err(TxError::Storage)?;
-                            effects.named.push(*loc);
-                        }
-                        None => {
-                            trees[INLINE]
-                                .insert(key, &*bytes)
-                                .map_err(TxError::Storage)?;
-                        }
-                    }
+                if !bytes.is_empty() && trees[INLINE].get(key).map_err(TxError::Storage)?.is_none()
+                {
+                    trees[INLINE]
+                        .insert(key, &*bytes)
+                        .map_err(TxError::Storage)?;
                 }
                 kept_inline.insert(payload_id);
             }
@@ -1889,11 +1716,9 @@ fn write_record(
     // record deleted) go with it.
     for p in old.into_iter().flat_map(|r| &r.meta.payloads) {
         if p.stored.is_inline() && !kept_inline.contains(p.stored.id.as_str()) {
-            let key = p.stored.id.as_bytes();
-            trees[INLINE].remove(key).map_err(TxError::Storage)?;
-            if let Some(at) = trees[INLINE_AT].remove(key).map_err(TxError::Storage)? {
-                effects.dropped.extend(Loc::decode(&at));
-            }
+            trees[INLINE]
+                .remove(p.stored.id.as_bytes())
+                .map_err(TxError::Storage)?;
         }
     }
     Ok(())
@@ -2031,22 +1856,13 @@ fn encode(record: &MessageRecord) -> Result<(Vec<u8>, InlineBytesById), StoreErr
 /// The record `id` as a transaction sees it, with its inline payloads' bytes.
 fn read_in_tx(
     trees: &[TransactionalTree],
-    log: &InlineLog,
     id: &str,
 ) -> Result<Option<MessageRecord>, ConflictableTransactionError<StoreError>> {
     let Some(bytes) = trees[RECORDS].get(id.as_bytes())? else {
         return Ok(None);
     };
     let mut record = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-    attach_inline(
-        &mut record,
-        |k| -> Result<_, ConflictableTransactionError<StoreError>> {
-            match trees[INLINE_AT].get(k)? {
-                Some(at) => read_logged(log, &at).map_err(ConflictableTransactionError::Abort),
-                None => Ok(trees[INLINE].get(k)?),
-            }
-        },
-    )?;
+    attach_inline(&mut record, |k| trees[INLINE].get(k))?;
     Ok(Some(record))
 }
 
@@ -2188,7 +2004,7 @@ mod tests {
     }
 
     #[test]
-    fn inline_bytes_are_written_once_to_the_log_and_leave_the_disk_with_a_purge() {
+    fn inline_bytes_live_beside_their_record_are_written_once_and_go_with_a_purge() {
         use crate::contract::{meta, payload, t0};
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
@@ -2201,33 +2017,22 @@ mod tests {
             peer: None,
         };
         store.insert_inbound(inbound(m), t0()).unwrap();
-        // The record itself is small, and sled holds only the place of its payload's bytes,
-        // which are in the log.
+        // The record itself is small: its payload's bytes are in the `inline` tree.
         let raw = store.trees[RECORDS].get("m1@varti.test").unwrap().unwrap();
         assert!(raw.len() < 2048, "record of {} bytes", raw.len());
-        assert_eq!(store.trees[INLINE].len(), 0);
-        assert_eq!(store.trees[INLINE_AT].len(), 1);
-        let log_bytes = || {
-            let mut all = Vec::new();
-            for entry in std::fs::read_dir(dir.path().join("inline")).unwrap() {
-                all.extend(std::fs::read(entry.unwrap().path()).unwrap());
-            }
-            all
-        };
-        assert_eq!(log_bytes(), bytes);
+        assert_eq!(store.trees[INLINE].len(), 1);
         let record = store.get("m1@varti.test").unwrap().unwrap();
         assert!(record.meta.payloads[0].stored.is_inline());
         assert_eq!(read_all(&store, &record.meta.payloads[0].stored), bytes);
         // A change of state rewrites the record, not the bytes.
-        let before = store.trees[INLINE_AT]
+        let before = store.trees[INLINE]
             .get(record.meta.payloads[0].stored.id.as_bytes())
             .unwrap();
         assert!(store.mark_delivered("m1@varti.test", t0()).unwrap());
-        let after = store.trees[INLINE_AT]
+        let after = store.trees[INLINE]
             .get(record.meta.payloads[0].stored.id.as_bytes())
             .unwrap();
         assert_eq!(before, after);
-        assert_eq!(log_bytes(), bytes);
         let record = store.get("m1@varti.test").unwrap().unwrap();
         assert_eq!(read_all(&store, &record.meta.payloads[0].stored), bytes);
         // The sidecar carries the bytes: a store rebuilt from it needs no `inline` tree.
@@ -2237,11 +2042,9 @@ mod tests {
             "sidecar of {} bytes",
             sidecar.len()
         );
-        // A purge takes the bytes away, from the log too (the segment being written stays,
-        // its bytes overwritten).
+        // A purge takes the bytes away.
         assert!(store.purge_payloads_of("m1@varti.test", t0()).unwrap());
-        assert_eq!(store.trees[INLINE_AT].len(), 0);
-        assert_eq!(log_bytes(), vec![0; bytes.len()]);
+        assert_eq!(store.trees[INLINE].len(), 0);
         assert!(
             !store.get("m1@varti.test").unwrap().unwrap().meta.payloads[0]
                 .stored
@@ -2253,67 +2056,6 @@ mod tests {
             sidecar.len() < bytes.len(),
             "the purge left {} bytes in the sidecar",
             sidecar.len()
-        );
-    }
-
-    #[test]
-    fn a_duplicates_bytes_are_released_and_a_segment_nothing_names_is_deleted_by_a_purge() {
-        use crate::contract::{meta, payload, t0};
-        let dir = tempfile::tempdir().unwrap();
-        let segments = || {
-            std::fs::read_dir(dir.path().join("inline"))
-                .unwrap()
-                .count()
-        };
-        let inbound = |store: &SledStore, id: &str, bytes: &[u8]| {
-            let mut m = meta(id, "backend");
-            m.payloads.push(payload(store, bytes));
-            NewInbound {
-                meta: m,
-                receipt: b"<receipt/>".to_vec(),
-                peer: None,
-            }
-        };
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            let first = inbound(&store, "d1@varti.test", b"<doc>original</doc>");
-            assert_eq!(
-                store.insert_inbound(first, t0()).unwrap(),
-                InsertOutcome::Inserted
-            );
-            let again = inbound(&store, "d1@varti.test", b"<doc>the duplicate</doc>");
-            assert!(matches!(
-                store.insert_inbound(again, t0()).unwrap(),
-                InsertOutcome::Duplicate { .. }
-            ));
-            // The duplicate's bytes were appended before its change was refused: released,
-            // they are erased at the end of the next purge run.
-            store.purge_payloads(t0(), t0()).unwrap();
-            let log =
-                std::fs::read(dir.path().join("inline").join(format!("{:016x}.log", 1))).unwrap();
-            assert!(!log.windows(9).any(|w| w == b"duplicate"));
-            assert!(log.windows(8).any(|w| w == b"original"));
-        }
-        // A later process reads the bytes where the earlier one left them, and writes to a
-        // segment of its own.
-        let store = SledStore::open(dir.path()).unwrap();
-        let record = store.get("d1@varti.test").unwrap().unwrap();
-        assert_eq!(
-            read_all(&store, &record.meta.payloads[0].stored),
-            b"<doc>original</doc>"
-        );
-        let next = inbound(&store, "d2@varti.test", b"<doc>next</doc>");
-        store.insert_inbound(next, t0()).unwrap();
-        assert_eq!(segments(), 2);
-        // Once its message is removed, the first segment holds nothing named: it goes.
-        assert!(store.mark_delivered("d1@varti.test", t0()).unwrap());
-        let later = t0() + time::Duration::seconds(1);
-        assert_eq!(store.purge_metadata(later).unwrap(), 1);
-        assert_eq!(segments(), 1);
-        let record = store.get("d2@varti.test").unwrap().unwrap();
-        assert_eq!(
-            read_all(&store, &record.meta.payloads[0].stored),
-            b"<doc>next</doc>"
         );
     }
 
