@@ -67,8 +67,8 @@
 //! its user+system time over the run (`/proc/PID/stat`), load is the 1-minute load average
 //! sampled during the run. Each closed-loop and open-loop run prints
 //! `CPU per message: sender X ms, receiver Y ms`; a closed-loop run also the bytes each
-//! server wrote to storage per message (`write_bytes` of `/proc/PID/io`). At the end the markdown rows of
-//! `docs/benchmarks.md` are printed.
+//! server wrote to storage per message (`write_bytes` of `/proc/PID/io`). At the end the
+//! markdown rows of `docs/benchmarks.md` are printed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
