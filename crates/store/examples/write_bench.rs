@@ -1,7 +1,7 @@
 //! What the embedded store writes to disk for one outbound message's life: stored
 //! (`insert_outbound`, with one inline payload), claimed (`claim_due`) and acknowledged
-//! (`record_attempt` with a signed receipt's worth of bytes), as the sender does it, from
-//! `--threads` threads. Prints the bytes the process caused to be written to storage per
+//! (`record_attempt` with a signed receipt's worth of bytes), as the sender does it: stored
+//! and acknowledged from `--threads` threads, claimed in batches of 64. Prints the bytes the process caused to be written to storage per
 //! message in each phase (`write_bytes` of `/proc/self/io`: sled's log, the sidecars, and
 //! their writeback) and the CPU per message.
 //!
@@ -51,7 +51,7 @@ fn options() -> Options {
         let value = args.next().unwrap_or_else(|| usage());
         let number = || value.parse::<usize>().unwrap_or_else(|_| usage());
         match arg.as_str() {
-            "--messages" => o.messages = number(),
+            "--messages" => o.messages = number().max(1),
             "--payload" => o.payload = number(),
             "--receipt" => o.receipt = number(),
             "--threads" => o.threads = number().max(1),
