@@ -340,7 +340,6 @@ fn receive_attributed(
 fn single_messaging(doc: &XmlDocument) -> Result<(), EbmsError> {
     let n = doc
         .elements()
-        .into_iter()
         .filter(|e| e.is(EBMS_NS, "Messaging"))
         .count();
     if n > 1 {
@@ -361,7 +360,6 @@ fn receive_parsed(
     let root = &package.root().content;
     let messaging = doc
         .elements()
-        .into_iter()
         .find(|e| e.is(EBMS_NS, "Messaging"))
         .ok_or_else(|| {
             EbmsError::new(ErrorCode::InvalidHeader, "the message has no eb:Messaging")
@@ -533,7 +531,6 @@ fn decrypt_stage(
 ) -> Result<(Vec<Plain>, Option<EncryptionInfo>), EbmsError> {
     let encrypted_data = doc
         .elements()
-        .into_iter()
         .filter(|e| e.is(NS_XENC, "EncryptedData"))
         .count();
     if encrypted_data == 0 {
@@ -603,10 +600,7 @@ fn verify_stage(
     payload_parts: &[(&crate::message::model::PartInfo, &Attachment, String)],
     policy: &ReceivePolicy,
 ) -> Result<Option<SignatureInfo>, EbmsError> {
-    let has_signature = doc
-        .elements()
-        .into_iter()
-        .any(|e| e.is(token::NS_DS, "Signature"));
+    let has_signature = doc.elements().any(|e| e.is(token::NS_DS, "Signature"));
     if !has_signature {
         if policy.require_signature {
             return Err(policy_err(

@@ -169,7 +169,6 @@ fn embedded_certs(root: &[u8]) -> Vec<X509> {
     use base64::Engine as _;
     let doc = XmlDocument::parse(root).unwrap();
     doc.elements()
-        .into_iter()
         .filter(|e| e.local_name() == "BinarySecurityToken")
         .map(|e| {
             let t: String = e.text().chars().filter(|c| !c.is_whitespace()).collect();

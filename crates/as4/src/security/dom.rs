@@ -144,13 +144,18 @@ impl XmlDocument {
         Element::wrap(node)
     }
 
-    /// Every element of the document in document order.
-    pub fn elements(&self) -> Vec<Element<'_>> {
-        let mut out = Vec::new();
-        if let Some(root) = self.root() {
-            root.collect_descendants(&mut out);
-        }
-        out
+    /// Every element of the document in document order (the root first).
+    ///
+    /// A walk along libxml2's own links (first child, next sibling, parent): it allocates
+    /// nothing and keeps no stack, so a hostile document's depth costs it nothing either.
+    pub fn elements(&self) -> impl Iterator<Item = Element<'_>> + '_ {
+        let root = self.root();
+        let mut next = root;
+        std::iter::from_fn(move || {
+            let current = next?;
+            next = current.following_in(root?);
+            Some(current)
+        })
     }
 
     pub(crate) fn as_ptr(&self) -> ffi::xmlDocPtr {
@@ -412,15 +417,36 @@ impl<'d> Element<'d> {
         format!("/{}", names.join("/"))
     }
 
-    fn collect_descendants(&self, out: &mut Vec<Element<'d>>) {
-        // Iterative walk: hostile documents may nest deeply (libxml2 caps depth at 256
-        // without XML_PARSE_HUGE, but we do not rely on that here).
-        let mut stack = vec![*self];
-        while let Some(e) = stack.pop() {
-            out.push(e);
-            let kids: Vec<_> = e.children().collect();
-            stack.extend(kids.into_iter().rev());
+    /// The element after this one in document order within the subtree of `root` (its
+    /// first child element, else the next element sibling of it or of its nearest ancestor
+    /// below `root` that has one), or `None` when the subtree is done.
+    fn following_in(&self, root: Element<'d>) -> Option<Element<'d>> {
+        if let Some(child) = self.children().next() {
+            return Some(child);
         }
+        let mut at = *self;
+        loop {
+            if at == root {
+                return None;
+            }
+            if let Some(sibling) = at.next_sibling() {
+                return Some(sibling);
+            }
+            at = at.parent()?;
+        }
+    }
+
+    /// The next sibling that is an element.
+    fn next_sibling(&self) -> Option<Element<'d>> {
+        // SAFETY: the next chain of a live node.
+        let mut cur = unsafe { (*self.ptr).next };
+        while !cur.is_null() {
+            if let Some(e) = Element::wrap(cur) {
+                return Some(e);
+            }
+            cur = unsafe { (*cur).next };
+        }
+        None
     }
 }
 
@@ -444,5 +470,37 @@ mod tests {
             assert!(xml_eq(empty.as_ptr(), ""));
             assert!(!xml_eq(std::ptr::null(), ""));
         }
+    }
+
+    #[test]
+    fn elements_walks_every_element_in_document_order_and_nothing_else() {
+        let doc = XmlDocument::parse(
+            b"<a><b><c/>text<d><!-- note --></d></b><?pi x?><e>t<f/><g><h/></g></e></a>",
+        )
+        .unwrap();
+        let names: Vec<_> = doc.elements().map(|e| e.local_name().to_owned()).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e", "f", "g", "h"]);
+
+        let lone = XmlDocument::parse(b"<only>text</only>").unwrap();
+        assert_eq!(lone.elements().count(), 1);
+    }
+
+    #[test]
+    fn elements_walks_a_deep_document_to_its_bottom_and_back() {
+        let depth = 200;
+        let mut xml = String::new();
+        for i in 0..depth {
+            xml.push_str(&format!("<n{i}>"));
+        }
+        xml.push_str("<leaf/>");
+        for i in (0..depth).rev() {
+            xml.push_str(&format!("</n{i}>"));
+        }
+        let doc = XmlDocument::parse(xml.as_bytes()).unwrap();
+        let names: Vec<_> = doc.elements().map(|e| e.local_name().to_owned()).collect();
+        assert_eq!(names.len(), depth + 1);
+        assert_eq!(names[0], "n0");
+        assert_eq!(names[depth - 1], format!("n{}", depth - 1));
+        assert_eq!(names[depth], "leaf");
     }
 }

@@ -55,7 +55,6 @@ fn read_reference(r: &Element<'_>) -> Result<SignedReference, EbmsError> {
 pub fn signed_references(message: &XmlDocument) -> Result<Vec<SignedReference>, EbmsError> {
     let si = message
         .elements()
-        .into_iter()
         .find(|e| e.is(NS_DS, "SignedInfo"))
         .ok_or_else(|| invalid("the message has no ds:SignedInfo"))?;
     si.children_named(NS_DS, "Reference")
@@ -67,7 +66,6 @@ pub fn signed_references(message: &XmlDocument) -> Result<Vec<SignedReference>, 
 pub(crate) fn nrr_references(receipt: &XmlDocument) -> Result<Vec<SignedReference>, EbmsError> {
     let nris: Vec<_> = receipt
         .elements()
-        .into_iter()
         .filter(|e| e.is(NS_EBBP, "NonRepudiationInformation"))
         .collect();
     let [nri] = nris.as_slice() else {

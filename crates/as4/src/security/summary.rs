@@ -86,7 +86,7 @@ pub struct EncryptedDataSummary {
 pub fn summarize(envelope: &[u8]) -> Result<SecuritySummary, EbmsError> {
     let doc = XmlDocument::parse(envelope)?;
     let mut summary = SecuritySummary::default();
-    let elements = doc.elements();
+    let elements: Vec<_> = doc.elements().collect();
     let Some(security) = elements.iter().find(|e| e.is(NS_WSSE, "Security")) else {
         return Ok(summary);
     };

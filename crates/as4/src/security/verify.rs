@@ -156,9 +156,11 @@ fn envelope(doc: &XmlDocument) -> Result<Envelope<'_>, EbmsError> {
         return Err(auth("the SOAP envelope has more than one Header"));
     }
     // Wrapping defence: exactly one eb:Messaging and one Body anywhere in the document.
-    let all = doc.elements();
-    let messagings = all.iter().filter(|e| e.is(NS_EBMS, "Messaging")).count();
-    let bodies = all.iter().filter(|e| e.is(soap_ns, "Body")).count();
+    let (mut messagings, mut bodies) = (0, 0);
+    for e in doc.elements() {
+        messagings += usize::from(e.is(NS_EBMS, "Messaging"));
+        bodies += usize::from(e.is(soap_ns, "Body"));
+    }
     if messagings > 1 || bodies > 1 {
         return Err(auth(format!(
             "the document holds {messagings} eb:Messaging and {bodies} SOAP Body elements; exactly one of \
