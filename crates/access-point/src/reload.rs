@@ -27,6 +27,7 @@ use openssl::x509::X509;
 use serde::Serialize;
 use time::OffsetDateTime;
 use varti_as4::inbound::ReceivePolicy;
+use varti_as4::message::mime::hex;
 use varti_as4::pmode::model::{Leg, PModeSet, Party};
 
 use varti_store::AuditOutcome;
@@ -98,10 +99,6 @@ impl FileHash {
                 .map(|b| hex(&openssl::sha::sha256(&b))),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `[identity] next_signing_*`: all three or none.

@@ -420,10 +420,7 @@ async fn push(ap: &Arc<AccessPoint>, snap: &Arc<Snapshot>, record: &MessageRecor
 
 /// Where the sealed copy of an outbound message is kept between its attempts.
 fn sealed_paths(ap: &AccessPoint, message_id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let name: String = openssl::sha::sha256(message_id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let name = varti_as4::message::mime::hex(&openssl::sha::sha256(message_id.as_bytes()));
     let dir = ap.spool_dir().join("sealed");
     (
         dir.join(format!("{name}.mime")),

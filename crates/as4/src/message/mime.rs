@@ -560,7 +560,7 @@ impl Attachment {
 
 /// Lower-case hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 /// A parsed AS4 MIME package: the root SOAP part and the attachments.
