@@ -29,7 +29,9 @@
 //! this for you: it decrypts into anonymous temporary files and hands them over only when
 //! every part has been verified.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Seek, Write};
+use std::ops::Range;
 
 use super::private_key::{KeyError, KeyKind, KeyOperations, RsaDecryption};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -117,6 +119,8 @@ const CHUNK: usize = 64 * 1024;
 const MAX_HEADER_BYTES: usize = 8 * 1024 * 1024;
 const MAX_NODES: usize = 100_000;
 const MAX_DEPTH: usize = 64;
+/// Most distinct namespaces a security header may use (a real one uses about ten).
+const MAX_NAMESPACES: usize = 256;
 
 fn failed(detail: impl Into<String>) -> EbmsError {
     EbmsError::new(ErrorCode::FailedDecryption, detail)
@@ -1218,7 +1222,7 @@ fn parse_encrypted_key(doc: &Doc, ek: usize) -> Result<EncryptedKeyInfo, EbmsErr
         let cv = doc
             .only_child(cd, NS_XENC, "CipherValue")?
             .ok_or_else(|| policy("xenc:EncryptedKey has no xenc:CipherData/xenc:CipherValue"))?;
-        decode_b64(&doc.text(cv), 2048, "EncryptedKey CipherValue")?
+        decode_b64(doc.text(cv), 2048, "EncryptedKey CipherValue")?
     };
     let digest_of = |m: usize| -> Result<Option<String>, EbmsError> {
         Ok(match doc.only_child(m, NS_DS, "DigestMethod")? {
@@ -1340,7 +1344,7 @@ fn parse_agreement(
     }
     let opt_b64 = |name: &str| -> Result<Vec<u8>, EbmsError> {
         match doc.only_child(hp, NS_DSIG_MORE, name)? {
-            Some(n) => decode_b64(&doc.text(n), kdf::MAX_PARAM_LEN, name),
+            Some(n) => decode_b64(doc.text(n), kdf::MAX_PARAM_LEN, name),
             None => Ok(Vec::new()),
         }
     };
@@ -1386,7 +1390,7 @@ fn parse_agreement(
 
 fn parse_originator_key(doc: &Doc, oki: usize) -> Result<PKey<Public>, EbmsError> {
     if let Some(der) = doc.only_child(oki, NS_DSIG11, "DEREncodedKeyValue")? {
-        let bytes = decode_b64(&doc.text(der), 4096, "DEREncodedKeyValue")?;
+        let bytes = decode_b64(doc.text(der), 4096, "DEREncodedKeyValue")?;
         // The one form an X25519 SubjectPublicKeyInfo has (RFC 8410) is read as its raw
         // 32 bytes: OpenSSL 3's generic DER decoder costs more than the key agreement.
         if let Some(raw) = bytes.strip_prefix(X25519_SPKI_PREFIX.as_slice()) {
@@ -1432,7 +1436,7 @@ fn parse_originator_key(doc: &Doc, oki: usize) -> Result<PKey<Public>, EbmsError
         let pk = doc
             .only_child(eckv, NS_DSIG11, "PublicKey")?
             .ok_or_else(|| policy("dsig11:ECKeyValue has no PublicKey"))?;
-        let point_bytes = decode_b64(&doc.text(pk), 256, "ECKeyValue PublicKey")?;
+        let point_bytes = decode_b64(doc.text(pk), 256, "ECKeyValue PublicKey")?;
         let bad = |e: openssl::error::ErrorStack| {
             failed(format!(
                 "the originator's EC public key is not a P-256 point: {e}"
@@ -1498,10 +1502,10 @@ fn issuer_serial_names(doc: &Doc, is: usize, cert: &X509Ref) -> Result<bool, Ebm
         .map(|n| doc.text(n))
         .ok_or_else(|| policy("ds:X509IssuerSerial without X509SerialNumber"))?;
     let serial_ok = serial.trim() == serial_decimal(cert)?;
-    let theirs = parse_dn(&name).ok_or_else(|| {
+    let theirs = parse_dn(name).ok_or_else(|| {
         policy(format!(
             "X509IssuerName {:?} is not a valid DN",
-            clip(&name, 200)
+            clip(name, 200)
         ))
     })?;
     let ours = parse_dn(&distinguished_name_string(cert.issuer_name()));
@@ -1524,14 +1528,14 @@ fn x509_data_names(doc: &Doc, x: usize, cert: &X509Ref) -> Result<bool, EbmsErro
     }
     let mut names = true;
     if let Some(n) = ski {
-        let theirs = decode_b64(&doc.text(n), 1024, "X509SKI")?;
+        let theirs = decode_b64(doc.text(n), 1024, "X509SKI")?;
         names &= theirs == subject_key_identifier(cert)?;
     }
     if let Some(n) = issuer_serial {
         names &= issuer_serial_names(doc, n, cert)?;
     }
     if let Some(n) = certificate {
-        let der = decode_b64(&doc.text(n), 64 * 1024, "X509Certificate")?;
+        let der = decode_b64(doc.text(n), 64 * 1024, "X509Certificate")?;
         names &= is_certificate(&der, cert, "the ds:X509Certificate")?;
     }
     Ok(names)
@@ -1554,18 +1558,18 @@ fn is_certificate(der: &[u8], cert: &X509Ref, what: &str) -> Result<bool, EbmsEr
 /// What a `ds:X509Data` names, for an error message.
 fn describe_x509_data(doc: &Doc, x: usize) -> String {
     let mut found = Vec::new();
-    for &c in &doc.nodes[x].children {
+    for c in doc.children(x) {
         let node = &doc.nodes[c];
-        if node.ns.as_deref() != Some(NS_DS) {
+        if doc.ns(c) != Some(NS_DS) {
             continue;
         }
-        match node.local.as_str() {
+        match &*node.local {
             "X509SKI" => found.push(format!("ds:X509SKI {}", clip(&node.text, 64))),
             "X509IssuerSerial" => {
                 let part = |local: &str| {
                     doc.children_named(c, NS_DS, local)
                         .next()
-                        .map(|n| clip(&doc.text(n), 200))
+                        .map(|n| clip(doc.text(n), 200))
                         .unwrap_or_default()
                 };
                 found.push(format!(
@@ -1605,12 +1609,12 @@ fn describe_cert_b64(b64: &str, what: &str) -> String {
 fn token_reference_names(doc: &Doc, str_node: usize, cert: &X509Ref) -> Result<bool, EbmsError> {
     if let Some(r) = doc.only_child(str_node, NS_WSSE, "Reference")? {
         let target = referenced_token(doc, r)?;
-        let der = decode_b64(&doc.text(target), 64 * 1024, "BinarySecurityToken")?;
+        let der = decode_b64(doc.text(target), 64 * 1024, "BinarySecurityToken")?;
         return is_certificate(&der, cert, "the BinarySecurityToken");
     }
     if let Some(ki) = doc.only_child(str_node, NS_WSSE, "KeyIdentifier")? {
         let vt = doc.attr(ki, None, "ValueType").unwrap_or("");
-        let value = decode_b64(&doc.text(ki), 64 * 1024, "KeyIdentifier")?;
+        let value = decode_b64(doc.text(ki), 64 * 1024, "KeyIdentifier")?;
         let ours = match vt {
             X509_SKI => subject_key_identifier(cert)?,
             THUMBPRINT_SHA1 => cert
@@ -1675,7 +1679,7 @@ fn describe_token_reference(doc: &Doc, str_node: usize) -> String {
     let first = |local: &str| doc.children_named(str_node, NS_WSSE, local).next();
     if let Some(r) = first("Reference") {
         return match referenced_token(doc, r) {
-            Ok(t) => describe_cert_b64(&doc.text(t), "a wsse:BinarySecurityToken"),
+            Ok(t) => describe_cert_b64(doc.text(t), "a wsse:BinarySecurityToken"),
             Err(_) => "a wsse:Reference that resolves to no X509v3 token".to_string(),
         };
     }
@@ -1685,7 +1689,7 @@ fn describe_token_reference(doc: &Doc, str_node: usize) -> String {
         return format!(
             "a wsse:KeyIdentifier ({}) {}",
             clip(kind, 80),
-            clip(&doc.text(ki), 64)
+            clip(doc.text(ki), 64)
         );
     }
     if let Some(x) = doc.children_named(str_node, NS_DS, "X509Data").next() {
@@ -1925,8 +1929,23 @@ fn parse_encrypted_data(doc: &Doc, ed: usize) -> Result<EncryptedPart, EbmsError
     })
 }
 
+/// Adds `more` to an element's text (a text split by a comment or a CDATA section arrives
+/// in pieces); borrowed while it is one piece.
+fn append_text<'x>(text: &mut Cow<'x, str>, more: Cow<'x, str>) {
+    if text.is_empty() {
+        *text = more;
+    } else {
+        text.to_mut().push_str(&more);
+    }
+}
+
 fn decode_b64(text: &str, max: usize, what: &str) -> Result<Vec<u8>, EbmsError> {
-    let clean: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    // Values are usually on one line: copy only when line breaks must go.
+    let clean: Cow<'_, str> = if text.bytes().any(|b| b.is_ascii_whitespace()) {
+        Cow::Owned(text.chars().filter(|c| !c.is_ascii_whitespace()).collect())
+    } else {
+        Cow::Borrowed(text)
+    };
     if clean.len() > max.div_ceil(3) * 4 + 4 {
         return Err(policy(format!(
             "{what} is longer than the {max} bytes accepted"
@@ -1940,20 +1959,50 @@ fn decode_b64(text: &str, max: usize, what: &str) -> Result<Vec<u8>, EbmsError> 
 // A small read-only element tree over quick-xml (no DTDs, bounded size and depth)
 // ---------------------------------------------------------------------------------------
 
-struct Node {
-    ns: Option<String>,
-    local: String,
-    attrs: Vec<(Option<String>, String, String)>,
-    children: Vec<usize>,
-    text: String,
+/// An element of [`Doc`]. Names, attribute values and text borrow from the header's bytes
+/// where they hold no character reference; namespaces are indexes into [`Doc::namespaces`];
+/// children are linked, not listed. Parsing a header thus allocates a few vectors, not a
+/// handful of strings per element (a receiver parses one header per message).
+struct Node<'x> {
+    ns: Option<u16>,
+    local: Cow<'x, str>,
+    /// This element's attributes: a range of [`Doc::attrs`].
+    attrs: Range<u32>,
+    first_child: Option<u32>,
+    last_child: Option<u32>,
+    next_sibling: Option<u32>,
+    text: Cow<'x, str>,
 }
 
-struct Doc {
-    nodes: Vec<Node>,
+struct Attr<'x> {
+    ns: Option<u16>,
+    local: Cow<'x, str>,
+    value: Cow<'x, str>,
 }
 
-impl Doc {
-    fn parse(xml: &str) -> Result<Doc, EbmsError> {
+struct Doc<'x> {
+    nodes: Vec<Node<'x>>,
+    attrs: Vec<Attr<'x>>,
+    /// The namespace names in use, each once.
+    namespaces: Vec<String>,
+}
+
+/// `bytes` as a string borrowed from `xml` when they lie within it (quick-xml hands out
+/// slices of its input for what needs no unescaping), else as an owned copy.
+fn borrowed<'x>(xml: &'x str, bytes: &[u8]) -> Cow<'x, str> {
+    let start = (bytes.as_ptr() as usize).wrapping_sub(xml.as_ptr() as usize);
+    match start
+        .checked_add(bytes.len())
+        .filter(|&end| end <= xml.len())
+        .and_then(|end| xml.get(start..end))
+    {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+impl<'x> Doc<'x> {
+    fn parse(xml: &'x str) -> Result<Doc<'x>, EbmsError> {
         let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
         if xml.len() > MAX_HEADER_BYTES {
             return Err(policy(format!(
@@ -1964,7 +2013,11 @@ impl Doc {
         let bad = |e: String| policy(format!("the security header is not well-formed XML: {e}"));
         let mut reader = NsReader::from_str(xml);
         reader.config_mut().check_end_names = true;
-        let mut nodes: Vec<Node> = Vec::new();
+        let mut doc = Doc {
+            nodes: Vec::new(),
+            attrs: Vec::new(),
+            namespaces: Vec::new(),
+        };
         let mut stack: Vec<usize> = Vec::new();
         let mut seen_root = false;
         loop {
@@ -1977,20 +2030,18 @@ impl Doc {
                         return Err(bad("more than one root element".into()));
                     }
                     seen_root = true;
-                    if nodes.len() >= MAX_NODES || stack.len() >= MAX_DEPTH {
+                    if doc.nodes.len() >= MAX_NODES || stack.len() >= MAX_DEPTH {
                         return Err(policy("the SOAP header is too large or too deeply nested"));
                     }
                     let ns = match res {
                         ResolveResult::Bound(n) => {
-                            Some(String::from_utf8_lossy(n.as_ref()).into_owned())
+                            Some(doc.namespace_index(n.as_ref()).map_err(bad)?)
                         }
                         _ => None,
                     };
-                    let node = Self::make_node(&reader, ns, e).map_err(bad)?;
-                    let idx = nodes.len();
-                    nodes.push(node);
+                    let idx = doc.add_node(xml, &reader, ns, e).map_err(bad)?;
                     if let Some(&p) = stack.last() {
-                        nodes[p].children.push(idx);
+                        doc.link_child(p, idx);
                     }
                     if matches!(ev, Event::Start(_)) {
                         stack.push(idx);
@@ -2001,14 +2052,17 @@ impl Doc {
                 }
                 Event::Text(t) => {
                     if let Some(&p) = stack.last() {
-                        let s = t.unescape().map_err(|e| bad(e.to_string()))?;
-                        nodes[p].text.push_str(&s);
+                        let s = match t.unescape().map_err(|e| bad(e.to_string()))? {
+                            Cow::Borrowed(s) => borrowed(xml, s.as_bytes()),
+                            Cow::Owned(s) => Cow::Owned(s),
+                        };
+                        append_text(&mut doc.nodes[p].text, s);
                     }
                 }
                 Event::CData(t) => {
                     if let Some(&p) = stack.last() {
                         let s = std::str::from_utf8(&t).map_err(|e| bad(e.to_string()))?;
-                        nodes[p].text.push_str(s);
+                        append_text(&mut doc.nodes[p].text, borrowed(xml, s.as_bytes()));
                     }
                 }
                 Event::DocType(_) => {
@@ -2024,16 +2078,33 @@ impl Doc {
         if !seen_root {
             return Err(bad("no element".into()));
         }
-        Ok(Doc { nodes })
+        Ok(doc)
     }
 
-    fn make_node(
+    /// The index of namespace name `name` in [`Doc::namespaces`], added if new. A header
+    /// uses a dozen namespaces; more than [`MAX_NAMESPACES`] is refused, which also bounds
+    /// this search.
+    fn namespace_index(&mut self, name: &[u8]) -> Result<u16, String> {
+        let name = String::from_utf8_lossy(name);
+        if let Some(i) = self.namespaces.iter().position(|n| *n == name) {
+            return Ok(i as u16);
+        }
+        if self.namespaces.len() >= MAX_NAMESPACES {
+            return Err(format!("it uses more than {MAX_NAMESPACES} namespaces"));
+        }
+        self.namespaces.push(name.into_owned());
+        Ok((self.namespaces.len() - 1) as u16)
+    }
+
+    fn add_node(
+        &mut self,
+        xml: &'x str,
         reader: &NsReader<&[u8]>,
-        ns: Option<String>,
+        ns: Option<u16>,
         e: &BytesStart<'_>,
-    ) -> Result<Node, String> {
-        let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-        let mut attrs = Vec::new();
+    ) -> Result<usize, String> {
+        let local = borrowed(xml, e.local_name().as_ref());
+        let first_attr = self.attrs.len() as u32;
         for a in e.attributes() {
             let a = a.map_err(|e| e.to_string())?;
             let key = a.key.as_ref();
@@ -2042,28 +2113,60 @@ impl Doc {
             }
             let (ares, alocal) = reader.resolve_attribute(a.key);
             let ans = match ares {
-                ResolveResult::Bound(n) => Some(String::from_utf8_lossy(n.as_ref()).into_owned()),
+                ResolveResult::Bound(n) => Some(self.namespace_index(n.as_ref())?),
                 _ => None,
             };
-            let value = a.unescape_value().map_err(|e| e.to_string())?.into_owned();
-            attrs.push((
-                ans,
-                String::from_utf8_lossy(alocal.as_ref()).into_owned(),
+            let alocal = borrowed(xml, alocal.as_ref());
+            let value = match a.unescape_value().map_err(|e| e.to_string())? {
+                Cow::Borrowed(v) => borrowed(xml, v.as_bytes()),
+                Cow::Owned(v) => Cow::Owned(v),
+            };
+            self.attrs.push(Attr {
+                ns: ans,
+                local: alocal,
                 value,
-            ));
+            });
         }
-        Ok(Node {
+        self.nodes.push(Node {
             ns,
             local,
-            attrs,
-            children: Vec::new(),
-            text: String::new(),
-        })
+            attrs: first_attr..self.attrs.len() as u32,
+            first_child: None,
+            last_child: None,
+            next_sibling: None,
+            text: Cow::Borrowed(""),
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn link_child(&mut self, parent: usize, child: usize) {
+        let child32 = child as u32;
+        match self.nodes[parent].last_child {
+            Some(last) => self.nodes[last as usize].next_sibling = Some(child32),
+            None => self.nodes[parent].first_child = Some(child32),
+        }
+        self.nodes[parent].last_child = Some(child32);
+    }
+
+    /// The namespace name of element `n`.
+    fn ns(&self, n: usize) -> Option<&str> {
+        self.nodes[n]
+            .ns
+            .map(|i| self.namespaces[i as usize].as_str())
     }
 
     fn is(&self, n: usize, ns: &str, local: &str) -> bool {
-        let node = &self.nodes[n];
-        node.local == local && node.ns.as_deref() == Some(ns)
+        self.nodes[n].local == local && self.ns(n) == Some(ns)
+    }
+
+    /// The child elements of `n`, in order.
+    fn children(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut next = self.nodes[n].first_child;
+        std::iter::from_fn(move || {
+            let c = next? as usize;
+            next = self.nodes[c].next_sibling;
+            Some(c)
+        })
     }
 
     fn children_named<'s>(
@@ -2072,11 +2175,7 @@ impl Doc {
         ns: &'s str,
         local: &'s str,
     ) -> impl Iterator<Item = usize> + 's {
-        self.nodes[n]
-            .children
-            .iter()
-            .copied()
-            .filter(move |&c| self.is(c, ns, local))
+        self.children(n).filter(move |&c| self.is(c, ns, local))
     }
 
     /// The single child `ns:local` of `n`, refusing duplicates.
@@ -2092,12 +2191,20 @@ impl Doc {
         Ok(first)
     }
 
+    fn attrs_of(&self, n: usize) -> &[Attr<'x>] {
+        let r = &self.nodes[n].attrs;
+        &self.attrs[r.start as usize..r.end as usize]
+    }
+
+    fn attr_ns(&self, a: &Attr<'_>) -> Option<&str> {
+        a.ns.map(|i| self.namespaces[i as usize].as_str())
+    }
+
     fn attr(&self, n: usize, ns: Option<&str>, local: &str) -> Option<&str> {
-        self.nodes[n]
-            .attrs
+        self.attrs_of(n)
             .iter()
-            .find(|(ans, l, _)| l == local && ans.as_deref() == ns)
-            .map(|(_, _, v)| v.as_str())
+            .find(|a| a.local == local && self.attr_ns(a) == ns)
+            .map(|a| &*a.value)
     }
 
     fn required_attr(&self, n: usize, local: &str) -> Result<&str, EbmsError> {
@@ -2109,17 +2216,17 @@ impl Doc {
         })
     }
 
-    fn text(&self, n: usize) -> String {
-        self.nodes[n].text.clone()
+    fn text(&self, n: usize) -> &str {
+        &self.nodes[n].text
     }
 
     /// The element whose `Id` or `wsu:Id` is `id`; two such elements are an attack
     /// (reference confusion), not an ambiguity to resolve.
     fn element_by_id(&self, id: &str) -> Result<Option<usize>, EbmsError> {
         let mut found = None;
-        for (i, node) in self.nodes.iter().enumerate() {
-            let has = node.attrs.iter().any(|(ns, l, v)| {
-                l == "Id" && v == id && (ns.is_none() || ns.as_deref() == Some(NS_WSU))
+        for i in 0..self.nodes.len() {
+            let has = self.attrs_of(i).iter().any(|a| {
+                a.local == "Id" && a.value == id && matches!(self.attr_ns(a), None | Some(NS_WSU))
             });
             if has {
                 if found.is_some() {
@@ -2201,6 +2308,63 @@ mod tests {
             parse_dn("CN=a\\,b,O=x").unwrap(),
             vec![("CN".into(), "a,b".into()), ("O".into(), "x".into())]
         );
+    }
+
+    #[test]
+    fn the_header_tree_reads_names_values_text_and_children() {
+        let xml = r#"<s:H xmlns:s="urn:s" xmlns:w="urn:w" xmlns:d="urn:d">
+            <w:Sec w:Id="a&amp;b" plain="v">t1<!-- c -->t2<![CDATA[<x>]]>&lt;</w:Sec>
+            <d:K Id="k1"><d:V>one</d:V><w:V>two</w:V><d:V>three</d:V></d:K>
+        </s:H>"#;
+        let doc = Doc::parse(xml).unwrap();
+        assert_eq!(doc.namespaces, ["urn:s", "urn:w", "urn:d"]);
+        let kids: Vec<_> = doc.children(0).collect();
+        assert_eq!(kids.len(), 2);
+        let (sec, k) = (kids[0], kids[1]);
+        assert!(doc.is(sec, "urn:w", "Sec") && !doc.is(sec, "urn:d", "Sec"));
+        assert_eq!(doc.attr(sec, Some("urn:w"), "Id"), Some("a&b"));
+        assert_eq!(doc.attr(sec, None, "Id"), None);
+        assert_eq!(doc.attr(sec, None, "plain"), Some("v"));
+        assert_eq!(doc.text(sec), "t1t2<x><");
+        let texts: Vec<_> = doc
+            .children_named(k, "urn:d", "V")
+            .map(|n| doc.text(n))
+            .collect();
+        assert_eq!(texts, ["one", "three"]);
+        assert!(doc.only_child(k, "urn:d", "V").is_err(), "two d:V children");
+        assert_eq!(
+            doc.only_child(k, "urn:w", "V")
+                .unwrap()
+                .map(|n| doc.text(n)),
+            Some("two")
+        );
+        assert_eq!(doc.element_by_id("k1").unwrap(), Some(k));
+        assert_eq!(
+            doc.element_by_id("a&b").unwrap(),
+            None,
+            "w:Id is not wsu:Id"
+        );
+        assert_eq!(doc.element_by_id("none").unwrap(), None);
+        assert!(
+            matches!(doc.nodes[sec].local, Cow::Borrowed(_)),
+            "names borrow the header"
+        );
+    }
+
+    #[test]
+    fn the_header_tree_refuses_duplicate_ids_and_too_many_namespaces() {
+        let xml = format!(r#"<a xmlns:u="{NS_WSU}"><b Id="x"/><c u:Id="x"/><d u:Id="y"/></a>"#);
+        let doc = Doc::parse(&xml).unwrap();
+        assert!(doc.element_by_id("x").is_err());
+        assert_eq!(doc.element_by_id("y").unwrap(), Some(3));
+
+        let mut xml = String::from("<r>");
+        for i in 0..=MAX_NAMESPACES {
+            xml.push_str(&format!(r#"<p:e xmlns:p="urn:{i}"/>"#));
+        }
+        xml.push_str("</r>");
+        let err = Doc::parse(&xml).err().unwrap();
+        assert!(err.detail.contains("namespaces"), "{}", err.detail);
     }
 
     #[test]
