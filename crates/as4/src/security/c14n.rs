@@ -1,7 +1,10 @@
 //! Exclusive XML canonicalization (W3C `xml-exc-c14n#`, without comments), byte-exact.
 //!
-//! We call libxml2's `xmlC14NExecute` directly and collect the output bytes through our
-//! own output-buffer callback. (The `libxml` crate's `canonicalize()` decodes each ~4 KB
+//! The exclusive form of one element's subtree — every reference and `SignedInfo` of an
+//! AS4 message — is written by our own code from libxml2's tree (`super::exc_c14n`, which
+//! says why); a debug build checks each one against libxml2's. Everything else calls
+//! libxml2's `xmlC14NExecute` directly and collects the output bytes through our own
+//! output-buffer callback. (The `libxml` crate's `canonicalize()` decodes each ~4 KB
 //! output chunk as a string, which corrupts multi-byte UTF-8 split across chunks.)
 //!
 //! A subtree is selected with a visibility callback: a node is visible when it is the
@@ -21,6 +24,7 @@ use std::io::Write;
 use libxml::bindings as ffi;
 
 use super::dom::{Element, XmlDocument};
+use super::exc_c14n;
 use crate::error::{EbmsError, ErrorCode};
 
 /// The exclusive c14n algorithm URI (without comments).
@@ -313,6 +317,33 @@ fn run_with(
     prefixes: &[&str],
     out: &mut dyn Write,
 ) -> Result<(), EbmsError> {
+    let written = |r: std::io::Result<()>| {
+        r.map_err(|e| {
+            EbmsError::new(
+                ErrorCode::Other,
+                format!("writing canonical XML failed: {e}"),
+            )
+        })
+    };
+    if let (Selection::Subtree(element), Canonicalization::Exclusive) = (selection, algorithm) {
+        // The hot path (every reference and SignedInfo of an AS4 message): our own writer,
+        // unless the subtree holds a node it leaves to libxml2 (see `exc_c14n`).
+        let mut native = Vec::with_capacity(4096);
+        if exc_c14n::write_subtree(element, prefixes, &mut native).is_ok() {
+            if cfg!(debug_assertions) {
+                // Every test run in a debug build checks it against libxml2's whole walk.
+                let mut libxml = Vec::new();
+                execute(doc, selection, algorithm, prefixes, &mut libxml, false)?;
+                assert!(
+                    native == libxml,
+                    "our exclusive c14n wrote\n{}\nlibxml2 wrote\n{}",
+                    String::from_utf8_lossy(&native),
+                    String::from_utf8_lossy(&libxml)
+                );
+            }
+            return written(out.write_all(&native));
+        }
+    }
     if cfg!(debug_assertions) && matches!(selection, Selection::Subtree(_)) {
         // The walk of the subtree alone must write what the walk of the whole document
         // writes (see `SubtreeWalk`): every test run in a debug build checks it.
@@ -326,14 +357,30 @@ fn run_with(
             String::from_utf8_lossy(&short),
             String::from_utf8_lossy(&whole)
         );
-        return out.write_all(&short).map_err(|e| {
-            EbmsError::new(
-                ErrorCode::Other,
-                format!("writing canonical XML failed: {e}"),
-            )
-        });
+        return written(out.write_all(&short));
     }
     execute(doc, selection, algorithm, prefixes, out, true)
+}
+
+/// libxml2's exclusive canonical form of `element`'s subtree, walking the whole document:
+/// the reference the tests hold our own writer to.
+#[cfg(test)]
+pub(crate) fn libxml2_subtree(
+    doc: &XmlDocument,
+    element: Element<'_>,
+    prefixes: &[&str],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    execute(
+        doc,
+        Selection::Subtree(element),
+        Canonicalization::Exclusive,
+        prefixes,
+        &mut out,
+        false,
+    )
+    .unwrap();
+    out
 }
 
 /// Runs libxml2's c14n; `subtree_walk` walks only a `Selection::Subtree` (see

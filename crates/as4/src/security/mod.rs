@@ -20,6 +20,7 @@
 pub mod c14n;
 pub mod dom;
 pub mod encrypt;
+mod exc_c14n;
 pub(crate) mod kdf;
 pub mod keys;
 pub(crate) mod keywrap;
