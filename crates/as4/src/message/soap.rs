@@ -798,18 +798,18 @@ fn scan(xml: &[u8], limits: &ParseLimits) -> Result<Scan, EbmsError> {
                                      message has exactly one",
                                 ));
                             }
-                            open.push(new_elem(&reader, &start, name.clone(), base, before)?);
+                            open.push(new_elem(&reader, &start, &name, base, before)?);
                         }
-                        header_blocks.push(name);
+                        header_blocks.push(name.to_owned());
                     }
                     (3, Region::Body) => {
                         body.is_empty = false;
                         if body.first_child.is_none() {
-                            body.first_child = Some(name);
+                            body.first_child = Some(name.to_owned());
                         }
                     }
                     (_, Region::Header) if !open.is_empty() => {
-                        open.push(new_elem(&reader, &start, name, base, before)?);
+                        open.push(new_elem(&reader, &start, &name, base, before)?);
                     }
                     _ => {}
                 }
@@ -930,7 +930,7 @@ fn scan_fragment(xml: &[u8], limits: &ParseLimits) -> Result<Elem, EbmsError> {
                 check_attribute_count(&start, limits)?;
                 let (resolved, _) = reader.resolve_element(start.name());
                 let name = qualified(&resolved, &start, base, before)?;
-                open.push(new_elem(&reader, &start, name, base, before)?);
+                open.push(new_elem(&reader, &start, &name, base, before)?);
             }
             Event::End(_) => {
                 let mut done = open.pop().unwrap_or_default();
@@ -987,15 +987,44 @@ fn is_blank(raw: &[u8]) -> bool {
         .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
-fn qualified(
-    resolved: &ResolveResult<'_>,
-    start: &BytesStart<'_>,
+/// An element's qualified name as read, borrowed from the reader for one event: most
+/// elements of an envelope (the security header's) are only looked at, and owning their
+/// names cost two strings each.
+struct NameRef<'a> {
+    namespace: Option<&'a str>,
+    local_name: &'a str,
+}
+
+impl NameRef<'_> {
+    fn is(&self, namespace: &str, local_name: &str) -> bool {
+        self.namespace == Some(namespace) && self.local_name == local_name
+    }
+
+    fn to_owned(&self) -> QualifiedName {
+        QualifiedName {
+            namespace: self.namespace.map(str::to_owned),
+            local_name: self.local_name.to_owned(),
+        }
+    }
+}
+
+fn qualified<'a>(
+    resolved: &'a ResolveResult<'_>,
+    start: &'a BytesStart<'_>,
     base: usize,
     at: usize,
-) -> Result<QualifiedName, EbmsError> {
-    let local = utf8(start.local_name().into_inner(), base + at)?.into_owned();
+) -> Result<NameRef<'a>, EbmsError> {
+    let text = |bytes: &'a [u8]| {
+        std::str::from_utf8(bytes).map_err(|_| {
+            invalid(format!(
+                "the envelope is not valid UTF-8 near byte {}",
+                base + at
+            ))
+        })
+    };
+    let local_name = text(start.local_name().into_inner())?;
     let namespace = match resolved {
-        ResolveResult::Bound(ns) => Some(utf8(ns.into_inner(), base + at)?.into_owned()),
+        ResolveResult::Bound(ns) => Some(text(ns.into_inner())?),
         ResolveResult::Unbound => None,
         ResolveResult::Unknown(prefix) => {
             return Err(invalid(format!(
@@ -1006,15 +1035,15 @@ fn qualified(
             )))
         }
     };
-    Ok(QualifiedName {
+    Ok(NameRef {
         namespace,
-        local_name: local,
+        local_name,
     })
 }
 
-fn describe_name(name: &QualifiedName, start: &BytesStart<'_>) -> String {
+fn describe_name(name: &NameRef<'_>, start: &BytesStart<'_>) -> String {
     let prefixed = String::from_utf8_lossy(start.name().into_inner());
-    match &name.namespace {
+    match name.namespace {
         Some(ns) => format!("<{prefixed}> (namespace {ns})"),
         None => format!("<{prefixed}> (no namespace)"),
     }
@@ -1023,13 +1052,13 @@ fn describe_name(name: &QualifiedName, start: &BytesStart<'_>) -> String {
 fn new_elem(
     reader: &NsReader<&[u8]>,
     start: &BytesStart<'_>,
-    name: QualifiedName,
+    name: &NameRef<'_>,
     base: usize,
     before: usize,
 ) -> Result<Elem, EbmsError> {
     Ok(Elem {
-        ns: name.namespace,
-        local: name.local_name,
+        ns: name.namespace.map(str::to_owned),
+        local: name.local_name.to_owned(),
         prefixed: String::from_utf8_lossy(start.name().into_inner()).into_owned(),
         attrs: read_attrs(reader, start, base)?,
         children: Vec::new(),
