@@ -334,12 +334,7 @@ fn run_with(
                 // Every test run in a debug build checks it against libxml2's whole walk.
                 let mut libxml = Vec::new();
                 execute(doc, selection, algorithm, prefixes, &mut libxml, false)?;
-                assert!(
-                    native == libxml,
-                    "our exclusive c14n wrote\n{}\nlibxml2 wrote\n{}",
-                    String::from_utf8_lossy(&native),
-                    String::from_utf8_lossy(&libxml)
-                );
+                assert_same(&native, "our exclusive c14n", &libxml, "libxml2");
             }
             return written(out.write_all(&native));
         }
@@ -351,12 +346,7 @@ fn run_with(
         execute(doc, selection, algorithm, prefixes, &mut short, true)?;
         let mut whole = Vec::new();
         execute(doc, selection, algorithm, prefixes, &mut whole, false)?;
-        assert!(
-            short == whole,
-            "the subtree walk wrote\n{}\nthe whole walk\n{}",
-            String::from_utf8_lossy(&short),
-            String::from_utf8_lossy(&whole)
-        );
+        assert_same(&short, "the subtree walk", &whole, "the whole walk");
         return written(out.write_all(&short));
     }
     execute(doc, selection, algorithm, prefixes, out, true)
@@ -381,6 +371,17 @@ pub(crate) fn libxml2_subtree(
     )
     .unwrap();
     out
+}
+
+/// Panics, showing both, unless two ways of writing one canonical form agree (the debug
+/// builds' checks above).
+fn assert_same(one: &[u8], one_way: &str, other: &[u8], other_way: &str) {
+    assert!(
+        one == other,
+        "{one_way} wrote\n{}\n{other_way} wrote\n{}",
+        String::from_utf8_lossy(one),
+        String::from_utf8_lossy(other)
+    );
 }
 
 /// Runs libxml2's c14n; `subtree_walk` walks only a `Selection::Subtree` (see

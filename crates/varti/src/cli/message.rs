@@ -558,7 +558,6 @@ fn embedded_certificates(root: &[u8]) -> Vec<X509> {
         return Vec::new();
     };
     doc.elements()
-        .into_iter()
         .filter(|e| e.local_name() == "BinarySecurityToken")
         .filter_map(|e| {
             let text: String = e.text().chars().filter(|c| !c.is_whitespace()).collect();
