@@ -53,6 +53,12 @@
 //!   as in `tests/hsm.rs`; needs Debian's softhsm2). Rows are marked `[token keys]`.
 //! - `VARTI_BENCH_BINARY=PATH` (environment): benchmark that `varti` binary instead of the
 //!   one beside the examples directory (to compare builds before and after a change).
+//!   It may be a script that runs the binary under a tool, e.g. `exec valgrind
+//!   --tool=dhat --dhat-out-file=/tmp/dhat.%p.json /path/to/varti "$@"` (the allocations
+//!   per message in `docs/benchmarks.md`), with:
+//! - `VARTI_BENCH_WAIT_SECS=N` (environment) [60]: how long to wait for a server to be
+//!   ready and for the messages of a run to be acknowledged (a server under valgrind
+//!   needs minutes).
 //! - `--all`: all of the above: the four profiles on sled, 1.15 and 2.0-eddsa on
 //!   PostgreSQL with two instances per side, each followed by its open loop at half its
 //!   capacity, 1 GiB, openssl speed.
@@ -342,6 +348,16 @@ struct OpenResult {
     cpu_sender_ms: f64,
     cpu_receiver_ms: f64,
     load: (f64, f64),
+}
+
+/// How long to wait for a server to start and for a run's messages to be acknowledged:
+/// `VARTI_BENCH_WAIT_SECS`, 60 s unless set.
+fn wait_limit() -> Duration {
+    let secs = std::env::var("VARTI_BENCH_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
 }
 
 fn main() {
@@ -779,9 +795,9 @@ fn start_nodes(binary: &Path, repo: &Path, run: &Run) -> Nodes {
             }
         }
         // Receivers first: a sender with work queued would otherwise retry into nothing.
-        let b = pair::start(binary, &layout.b, Duration::from_secs(60)).unwrap();
+        let b = pair::start(binary, &layout.b, wait_limit()).unwrap();
         receivers.push((layout.b.clone(), b));
-        let a = pair::start(binary, &layout.a, Duration::from_secs(60)).unwrap();
+        let a = pair::start(binary, &layout.a, wait_limit()).unwrap();
         senders.push((layout.a.clone(), a));
     }
     Nodes {
@@ -846,7 +862,7 @@ fn small_run(nodes: &Nodes, run: &Run, args: &Args, load: &LoadSampler) -> Small
         .map(|(p, b)| disk_write_bytes(*p).saturating_sub(*b) as f64 / 1000.0 / n as f64)
         .collect();
     // Any sending instance lists every outbound message of the shared store.
-    let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, Duration::from_secs(60));
+    let records = wait_acknowledged(apis[0].0, &apis[0].1, &ids, wait_limit());
     let k = nodes.senders.len();
     let first = records.iter().map(|r| r.0).min().unwrap();
     let last = records.iter().map(|r| r.1).max().unwrap();
@@ -932,7 +948,7 @@ fn open_loop(nodes: &Nodes, run: &Run, rate: f64, args: &Args, load: &LoadSample
     wait_settled(nodes, settled_before + n as u64, Duration::from_secs(1800));
     let load_range = load.since(mark);
     let cpu = cpu_since(nodes, &cpu_before);
-    let acked = wait_acknowledged_by_id(apis[0].0, &apis[0].1, &ids, Duration::from_secs(60));
+    let acked = wait_acknowledged_by_id(apis[0].0, &apis[0].1, &ids, wait_limit());
     let k = nodes.senders.len();
     let mut latencies: Vec<f64> = sent
         .iter()
