@@ -1014,14 +1014,7 @@ fn qualified<'a>(
     base: usize,
     at: usize,
 ) -> Result<NameRef<'a>, EbmsError> {
-    let text = |bytes: &'a [u8]| {
-        std::str::from_utf8(bytes).map_err(|_| {
-            invalid(format!(
-                "the envelope is not valid UTF-8 near byte {}",
-                base + at
-            ))
-        })
-    };
+    let text = |bytes: &'a [u8]| utf8(bytes, base + at);
     let local_name = text(start.local_name().into_inner())?;
     let namespace = match resolved {
         ResolveResult::Bound(ns) => Some(text(ns.into_inner())?),
@@ -1088,7 +1081,7 @@ fn read_attrs(
         }
         let (resolved, local) = reader.resolve_attribute(key);
         let ns = match resolved {
-            ResolveResult::Bound(ns) => Some(utf8(ns.into_inner(), base)?.into_owned()),
+            ResolveResult::Bound(ns) => Some(utf8(ns.into_inner(), base)?.to_owned()),
             ResolveResult::Unbound => None,
             ResolveResult::Unknown(prefix) => {
                 return Err(invalid(format!(
@@ -1106,25 +1099,24 @@ fn read_attrs(
         let value = unescape(&normalized, base)?;
         out.push(Attr {
             ns,
-            local: utf8(local.into_inner(), base)?.into_owned(),
+            local: utf8(local.into_inner(), base)?.to_owned(),
             value,
         });
     }
     Ok(out)
 }
 
-fn utf8(bytes: &[u8], at: usize) -> Result<Cow<'_, str>, EbmsError> {
+fn utf8(bytes: &[u8], at: usize) -> Result<&str, EbmsError> {
     std::str::from_utf8(bytes)
-        .map(Cow::Borrowed)
         .map_err(|_| invalid(format!("the envelope is not valid UTF-8 near byte {at}")))
 }
 
 /// XML 1.0 §2.11: CR LF and lone CR are read as LF.
-fn normalize_eol(s: Cow<'_, str>) -> Cow<'_, str> {
+fn normalize_eol(s: &str) -> Cow<'_, str> {
     if s.contains('\r') {
         Cow::Owned(s.replace("\r\n", "\n").replace('\r', "\n"))
     } else {
-        s
+        Cow::Borrowed(s)
     }
 }
 
