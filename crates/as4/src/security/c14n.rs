@@ -130,19 +130,9 @@ pub(crate) fn canonicalize_enveloped(
 /// everything else (`>` too) as it is. Markup written this way is its own canonical form
 /// as far as its attribute values go.
 pub fn escape_attribute(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#x9;"),
-            '\n' => out.push_str("&#xA;"),
-            '\r' => out.push_str("&#xD;"),
-            c => out.push(c),
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(value.len());
+    exc_c14n::attribute_value(&mut out, value.as_bytes());
+    String::from_utf8(out).expect("only ASCII bytes are replaced, by ASCII")
 }
 
 /// Canonicalizes the whole document with exclusive c14n; `prefixes` is the

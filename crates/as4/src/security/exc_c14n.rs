@@ -305,8 +305,9 @@ fn text(out: &mut Vec<u8>, s: &[u8]) {
     });
 }
 
-/// An attribute value (or a namespace name) as canonical XML writes it.
-fn attribute_value(out: &mut Vec<u8>, s: &[u8]) {
+/// An attribute value (or a namespace name) as canonical XML writes it; also
+/// [`super::c14n::escape_attribute`], for markup written in canonical form.
+pub(crate) fn attribute_value(out: &mut Vec<u8>, s: &[u8]) {
     escape(out, s, |b| match b {
         b'&' => Some(&b"&amp;"[..]),
         b'<' => Some(b"&lt;"),
