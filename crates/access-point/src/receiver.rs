@@ -25,7 +25,7 @@ use varti_as4::pmode::model::Leg;
 use varti_as4::receive::{self, Accepted, Arrival, Refusal};
 use varti_as4::security::sign::SigningIdentity;
 use varti_store::{
-    InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry, PayloadRef,
+    FileEncoding, InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry, PayloadRef,
 };
 
 use crate::access_point::{AccessPoint, InboundMessage, MessageEvent, TEST_SERVICE_OWNER};
@@ -336,18 +336,25 @@ fn store_payloads(
 }
 
 /// Stores one delivered payload. A large one is a spool file already, written and hashed
-/// once while it was decrypted and inflated: the payload store takes that file over (a
-/// rename) where it can, instead of reading, hashing and writing it all again. Small
-/// payloads come from memory and go into the record (inline): no file on either side.
+/// once while it was decrypted and inflated — or, received compressed, the decrypted part
+/// still in gzip, checked and hashed by inflating it without writing: the payload store
+/// takes that file over (a rename) where it can, instead of reading, hashing and writing it
+/// all again. Small payloads come from memory and go into the record (inline): no file on
+/// either side.
 fn keep_payload(
     ap: &AccessPoint,
     p: &mut DeliveredPayload,
 ) -> Result<PayloadRef, varti_store::StoreError> {
     let (len, sha256) = (p.len, p.sha256);
+    let encoding = if p.content_is_gzip {
+        FileEncoding::Gzip
+    } else {
+        FileEncoding::Plain
+    };
     let payloads = ap.store.payloads();
     if let Some(stored) = p
         .content
-        .hand_over(|file| payloads.adopt(file, len, &sha256))?
+        .hand_over(|file| payloads.adopt(file, encoding, len, &sha256))?
     {
         return Ok(stored);
     }

@@ -44,6 +44,13 @@ pub struct Spool {
     /// the spool file is read back and removed, and writing it to the disk would be
     /// wasted.
     pub write_behind: bool,
+    /// Whether a large part received gzip-compressed (and encrypted) is delivered as it
+    /// travelled — the decrypted spool file, still compressed, checked by inflating it once
+    /// without writing — for a store that keeps it so
+    /// ([`DeliveredPayload::content_is_gzip`](crate::inbound::DeliveredPayload::content_is_gzip)).
+    /// The payload is then written once, at its compressed size, instead of a second time
+    /// inflated.
+    pub keep_compressed: bool,
 }
 
 /// How many bytes all receptions in progress may hold on disk together.

@@ -40,8 +40,9 @@ fn cert(rel: &str) -> X509 {
 }
 
 /// PModes between varti-a and varti-b: leg `signed` (signed, encrypted, NRR receipts, a
-/// required property and a one-part XML payload profile) and leg `plain` (neither signed
-/// nor encrypted, plain receipts, the same property and payload rules).
+/// required property and a one-part XML payload profile of 1 KiB), leg `plain` (neither
+/// signed nor encrypted, plain receipts, the same property and payload rules) and leg
+/// `large` (as `signed`, with a part of up to 1 MiB).
 fn pmodes(dir: &Path) -> PModeSet {
     let c = certs();
     let c = c.display();
@@ -81,6 +82,12 @@ name = "document"
 mime_types = ["application/xml"]
 max_size = "1KiB"
 
+[payload.large]
+[[payload.large.part]]
+name = "document"
+mime_types = ["application/xml"]
+max_size = "1MiB"
+
 [[process]]
 name = "exchange"
 mep = "oneWay"
@@ -99,6 +106,12 @@ service = "urn:test:service"
 action = "Plain"
 security = "plain"
 receipt = "plain"
+
+[[process.leg]]
+name = "large"
+service = "urn:test:service"
+action = "Large"
+payload = "large"
 "#;
     std::fs::write(dir.join("exchange.toml"), toml).unwrap();
     let (set, diags) = varti_as4::pmode::load_dir(dir);
@@ -249,8 +262,9 @@ impl Setup {
             dir: Some(self.spool.path().to_path_buf()),
             budget: Some(self.budget.clone()),
             // As the access point on the embedded store runs it: the delivered payloads'
-            // files are written behind.
+            // files are written behind, and a large part received compressed is kept so.
             write_behind: true,
+            keep_compressed: true,
         }
     }
 
@@ -673,6 +687,92 @@ fn the_spool_budget_bounds_disk_use_and_bombs_are_still_refused() {
     assert!(t.budget.used() > 0);
     drop(accepted);
     assert_eq!(t.budget.used(), 0);
+}
+
+/// A large part received compressed is delivered as it travelled — the decrypted spool
+/// file, still gzip — when the spool says the store keeps it so: checked by inflating it
+/// (its length and SHA-256 are the payload's), read back inflated. A bomb is still refused
+/// and leaves nothing behind; without `keep_compressed` the part is inflated into a file.
+#[test]
+fn a_large_compressed_part_is_kept_as_it_travelled_once_inflated_to_check_it() {
+    let t = setup();
+    // 600 KiB of hexadecimal digits: compresses to about half, so the gzip outgrows
+    // memory (64 KiB), and inflates within the leg's 1 MiB cap.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let content: Vec<u8> = (0..600 * 1024)
+        .map(|_| {
+            // xorshift64: digits no deflate finds a pattern in.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"0123456789abcdef"[(state >> 60) as usize]
+        })
+        .collect();
+    let mut msg = Msg::good();
+    msg.content = content.clone();
+    let (package, _) = t.seal("large", msg);
+    let accepted = t.receive(&package).unwrap();
+    let p = &accepted.message.payloads[0];
+    assert!(p.was_compressed, "compressed");
+    assert!(p.content_is_gzip, "kept in gzip");
+    assert_eq!(p.len, content.len() as u64, "the payload's length");
+    assert_eq!(
+        p.sha256,
+        openssl::sha::sha256(&content),
+        "the payload's SHA-256"
+    );
+    let file = p.content.file().expect("the decrypted part's spool file");
+    let kept = std::fs::read(file.path()).unwrap();
+    assert_eq!(kept[..3], [0x1f, 0x8b, 8], "gzip as it travelled");
+    assert!(
+        kept.len() < content.len() * 3 / 4,
+        "{} bytes kept",
+        kept.len()
+    );
+    let mut back = Vec::new();
+    p.open().unwrap().read_to_end(&mut back).unwrap();
+    assert_eq!(back, content, "read back inflated");
+    let out = tempfile::tempdir().unwrap();
+    let persisted = out.path().join("payload");
+    let mut payloads = accepted.message.payloads;
+    drop(payloads.remove(0).persist(&persisted).unwrap());
+    assert_eq!(
+        std::fs::read(&persisted).unwrap(),
+        content,
+        "persisted inflated"
+    );
+    assert_eq!(t.budget.used(), 0, "every byte given back");
+
+    // A bomb as large as that in gzip: 200 KiB of digits, then 64 MiB of zeros.
+    let mut bomb = Msg::good();
+    bomb.content = content[..200 * 1024].to_vec();
+    bomb.content.resize(64 << 20, 0);
+    let (package, um) = t.seal("large", bomb);
+    let refusal = t.receive(&package).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::DecompressionFailure,
+        &um.message_info.message_id,
+        true,
+    );
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+    assert_eq!(t.budget.used(), 0, "every byte given back");
+
+    // A store that does not keep parts so gets the payload's bytes in a file.
+    let mut msg = Msg::good();
+    msg.content = content.clone();
+    let (package, _) = t.seal("large", msg);
+    let spool = Spool {
+        keep_compressed: false,
+        ..t.spool()
+    };
+    let now = OffsetDateTime::now_utc();
+    let accepted =
+        accept_package(&package, Arrival::Pushed, &t.set, &t.identity, now, &spool).unwrap();
+    let p = &accepted.message.payloads[0];
+    assert!(p.was_compressed && !p.content_is_gzip);
+    let file = p.content.file().expect("inflated into a spool file");
+    assert_eq!(std::fs::read(file.path()).unwrap(), content);
 }
 
 /// [`setup`] plus `network.toml`: a dynamic party `network` (the test CA as its AP

@@ -166,9 +166,15 @@ impl SledStore {
                     record.id()
                 )));
             }
+            // A backup carries each payload's bytes as they are (a file kept in gzip is
+            // read inflated), so the record it carries names plain files.
+            for entry in &mut record.meta.payloads {
+                entry.stored.copied_plain();
+            }
             write_line(&mut out, &Line::Record(Box::new(record)))?;
             summary.messages += 1;
-            for (stored, mut reader) in files {
+            for (mut stored, mut reader) in files {
+                stored.copied_plain();
                 write_line(&mut out, &Line::Payload(stored.clone()))?;
                 let copied =
                     io::copy(&mut (&mut reader).take(stored.size), &mut out).map_err(write_err)?;

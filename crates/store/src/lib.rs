@@ -66,7 +66,8 @@ pub use backup::{restore_backup, BackupSummary};
 pub use console::{ConsoleSession, ConsoleUser};
 pub use outbox::{OutboxClaim, OutboxEvent};
 pub use payload::{
-    FilePayloadStore, PayloadRef, PayloadStore, INLINE_MESSAGE_MAX, INLINE_PAYLOAD_MAX,
+    FileEncoding, FilePayloadStore, PayloadRef, PayloadStore, INLINE_MESSAGE_MAX,
+    INLINE_PAYLOAD_MAX,
 };
 pub use record::{
     AttemptOutcome, HistoryEntry, InsertOutcome, Lease, ListCursor, ListFilter, MessageMeta,

@@ -20,6 +20,14 @@
 //! so that when [`PayloadStore::put`] returns the payload survives a crash, and a crash
 //! mid-write leaves only a temporary file (removed at the next start), never a truncated
 //! payload under a real name.
+//!
+//! **A file may hold its payload gzip-compressed** ([`FileEncoding::Gzip`]): a large part
+//! received compressed is kept as it travelled, taken over by [`PayloadStore::adopt`],
+//! instead of being inflated into a file of its own. Writing the inflated copy (four times
+//! the bytes of an XML document) was most of what a receiver spent on a 1 GiB message
+//! (`docs/benchmarks.md`). [`PayloadStore::open`] inflates such a file as it reads it, so
+//! readers see the payload's bytes either way; the reference's size and SHA-256 are always
+//! those of the payload's bytes, not of the file.
 
 use crate::StoreError;
 use openssl::sha::Sha256;
@@ -54,6 +62,27 @@ pub struct PayloadRef {
     /// documentation); `None` for one in the payload store proper, and once purged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) inline: Option<InlineBytes>,
+    /// How the payload's file holds its bytes (see the module documentation).
+    #[serde(default, skip_serializing_if = "FileEncoding::is_plain")]
+    pub(crate) encoding: FileEncoding,
+}
+
+/// How a payload file holds the payload's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileEncoding {
+    /// The bytes as they are.
+    #[default]
+    Plain,
+    /// A gzip stream (one member or several, one after the other) that inflates to the
+    /// bytes: a part kept as it was received.
+    Gzip,
+}
+
+impl FileEncoding {
+    fn is_plain(&self) -> bool {
+        *self == FileEncoding::Plain
+    }
 }
 
 impl PayloadRef {
@@ -64,6 +93,7 @@ impl PayloadRef {
             size,
             sha256,
             inline: None,
+            encoding: FileEncoding::Plain,
         }
     }
 
@@ -74,7 +104,19 @@ impl PayloadRef {
             size: bytes.len() as u64,
             sha256: Some(hex(&openssl::sha::sha256(&bytes))),
             inline: Some(InlineBytes(bytes.into())),
+            encoding: FileEncoding::Plain,
         }
+    }
+
+    /// How the payload's file holds its bytes.
+    pub fn encoding(&self) -> FileEncoding {
+        self.encoding
+    }
+
+    /// The reference of a copy written with the payload's bytes as they are (a backup, a
+    /// store rebuilt by recovery): the same id, size and SHA-256, in a plain file.
+    pub(crate) fn copied_plain(&mut self) {
+        self.encoding = FileEncoding::Plain;
     }
 
     /// Whether the bytes are kept inline in the record (not in a file or chunk rows of
@@ -244,9 +286,10 @@ pub trait PayloadStore: Send + Sync {
     fn remove(&self, payload: &PayloadRef) -> Result<(), StoreError>;
 
     /// Takes over the complete file at `file` as a new payload without copying its bytes:
-    /// `size` and `sha256` are what the caller counted and hashed while writing it (the
-    /// store records them as they are; its integrity check compares the file with them
-    /// later). Returns `Ok(None)`, leaving the file where it is, when this store cannot
+    /// the file holds the payload's bytes in `encoding` (gzip: the file inflates to them);
+    /// `size` and `sha256` are those of the payload's bytes, which the caller counted and
+    /// hashed while writing or checking the file (the store records them as they are; its
+    /// integrity check compares the file with them later). Returns `Ok(None)`, leaving the file where it is, when this store cannot
     /// take a file over — it keeps payloads elsewhere than in files, the file is on
     /// another file system, or the payload is small enough to be kept inline — and the
     /// caller then streams it in with [`PayloadStore::put`]. On `Ok(Some(_))` the file is
@@ -259,17 +302,19 @@ pub trait PayloadStore: Send + Sync {
     fn adopt(
         &self,
         file: &Path,
+        encoding: FileEncoding,
         size: u64,
         sha256: &[u8; 32],
     ) -> Result<Option<PayloadRef>, StoreError> {
-        let _ = (file, size, sha256);
+        let _ = (file, encoding, size, sha256);
         Ok(None)
     }
 
     /// Whether [`PayloadStore::adopt`] may take a file over: this store keeps payloads as
     /// files. A caller spooling bytes it will hand over may then start writing them to
-    /// the disk early (the adoption syncs them); otherwise its spool file is read back and
-    /// removed, and writing it to the disk would be wasted.
+    /// the disk early (the adoption syncs them), and keep a part received compressed as it
+    /// is; otherwise its spool file is read back and removed, and writing it to the disk
+    /// would be wasted.
     fn adopts_files(&self) -> bool {
         false
     }
@@ -470,7 +515,7 @@ impl PayloadStore for FilePayloadStore {
         }
         let path = self.path_of(payload)?;
         match File::open(&path) {
-            Ok(file) => Ok(Box::new(io::BufReader::with_capacity(COPY_BUFFER, file))),
+            Ok(file) => Ok(file_reader(file, payload.encoding)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound {
                 message_id: format!("payload {}", payload.id),
             }),
@@ -503,6 +548,7 @@ impl PayloadStore for FilePayloadStore {
     fn adopt(
         &self,
         file: &Path,
+        encoding: FileEncoding,
         size: u64,
         sha256: &[u8; 32],
     ) -> Result<Option<PayloadRef>, StoreError> {
@@ -543,12 +589,27 @@ impl PayloadStore for FilePayloadStore {
         }
         Ok(Some(PayloadRef {
             sha256: Some(hex(sha256)),
+            encoding,
             ..payload
         }))
     }
 
     fn adopts_files(&self) -> bool {
         true
+    }
+}
+
+/// A reader of a payload file's bytes: the payload's bytes, inflated as they are read from
+/// a gzip file. A gzip file that does not inflate (damaged on disk) fails the read with
+/// [`io::ErrorKind::InvalidData`].
+pub(crate) fn file_reader(file: File, encoding: FileEncoding) -> Box<dyn Read + Send> {
+    let file = io::BufReader::with_capacity(COPY_BUFFER, file);
+    match encoding {
+        FileEncoding::Plain => Box::new(file),
+        FileEncoding::Gzip => Box::new(io::BufReader::with_capacity(
+            COPY_BUFFER,
+            flate2::bufread::MultiGzDecoder::new(file),
+        )),
     }
 }
 
@@ -813,7 +874,7 @@ mod tests {
         let inode = fs::metadata(&spooled).unwrap().ino();
         let sha = openssl::sha::sha256(&data);
         let r = store
-            .adopt(&spooled, data.len() as u64, &sha)
+            .adopt(&spooled, FileEncoding::Plain, data.len() as u64, &sha)
             .unwrap()
             .expect("a large file on the same file system is taken over");
         assert!(!spooled.exists());
@@ -839,7 +900,7 @@ mod tests {
         );
         let sha = openssl::sha::sha256(&data);
         assert!(store
-            .adopt(&elsewhere, data.len() as u64, &sha)
+            .adopt(&elsewhere, FileEncoding::Plain, data.len() as u64, &sha)
             .unwrap()
             .is_none());
         assert!(elsewhere.exists());
@@ -848,8 +909,66 @@ mod tests {
         let small = dir.path().join("small");
         fs::write(&small, b"tiny").unwrap();
         let sha = openssl::sha::sha256(b"tiny");
-        assert!(store.adopt(&small, 4, &sha).unwrap().is_none());
+        assert!(store
+            .adopt(&small, FileEncoding::Plain, 4, &sha)
+            .unwrap()
+            .is_none());
         assert!(small.exists());
+    }
+
+    #[test]
+    fn a_gzip_file_taken_over_reads_as_the_payload_it_inflates_to() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilePayloadStore::open(dir.path().join("payloads")).unwrap();
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        // Two members, as a sender that compresses a large part in pieces writes them.
+        let mut gz = Vec::new();
+        for half in data.chunks(data.len() / 2) {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(half).unwrap();
+            gz.extend(enc.finish().unwrap());
+        }
+        assert!(gz.len() < data.len() / 2, "the test data compresses");
+        let spooled = dir.path().join("spooled.gz");
+        fs::write(&spooled, &gz).unwrap();
+        let sha = openssl::sha::sha256(&data);
+        let r = store
+            .adopt(&spooled, FileEncoding::Gzip, data.len() as u64, &sha)
+            .unwrap()
+            .expect("taken over");
+        assert_eq!(r.encoding(), FileEncoding::Gzip);
+        assert_eq!(
+            r.size,
+            data.len() as u64,
+            "the payload's size, not the file's"
+        );
+        // The file is the gzip as it came; a reader gets the payload's bytes.
+        let path = store.path_of(&r).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), gz);
+        let mut back = Vec::new();
+        store.open(&r).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        // The reference says so in the record's JSON; a plain one says nothing new.
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["encoding"], "gzip");
+        let back: PayloadRef = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        let plain = PayloadRef::stored("ab12", 1, None);
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("encoding")
+            .is_none());
+
+        // Damage on disk shows as a failed read, never as other bytes.
+        let mut damaged = gz.clone();
+        let at = damaged.len() / 3;
+        damaged[at] ^= 0xff;
+        fs::write(&path, &damaged).unwrap();
+        let mut out = Vec::new();
+        let read = store.open(&r).unwrap().read_to_end(&mut out);
+        let err = read.expect_err("a damaged gzip file is not read as the payload");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[test]

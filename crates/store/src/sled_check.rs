@@ -20,7 +20,7 @@
 //! alone. Findings are *damage* (`serve` refuses to start; fix with `varti db recover`) or
 //! *warnings* (reported; the store is usable).
 
-use crate::payload::{sha256_of, FilePayloadStore};
+use crate::payload::{file_reader, sha256_of, FilePayloadStore};
 use crate::record::MessageRecord;
 use crate::sidecar::{database_is_behind, Sidecars, Version};
 use crate::state::State;
@@ -579,7 +579,8 @@ fn check_payloads(payloads: &FilePayloadStore, record: &MessageRecord, report: &
             }
         };
         report.payloads_checked += 1;
-        let (size, digest) = match sha256_of(&mut std::io::BufReader::new(file)) {
+        // A gzip file is checked by what it inflates to: the payload's bytes.
+        let (size, digest) = match sha256_of(&mut file_reader(file, stored.encoding())) {
             Ok(v) => v,
             Err(e) => {
                 report.add(

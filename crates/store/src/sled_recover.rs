@@ -157,6 +157,8 @@ pub fn recover_store(
                 // An inline payload came with its record: only its integrity is checked.
                 let saved = match entry.stored.check_inline() {
                     Some(check) => check.map_err(StoreError::Corrupt),
+                    // Copied as the payload's bytes (a file kept in gzip is read inflated
+                    // and checked against the recorded SHA-256), so the copy is plain.
                     None => old_payloads.open(&entry.stored).and_then(|mut reader| {
                         store.file_payloads().import(&entry.stored, &mut reader)
                     }),
@@ -174,6 +176,9 @@ pub fn recover_store(
                             .push(format!("{id}: {}: {why}", entry.content_id));
                     }
                 }
+            }
+            for entry in &mut record.meta.payloads {
+                entry.stored.copied_plain();
             }
             if lost {
                 // The record stays (receipt and history are evidence); its payloads are

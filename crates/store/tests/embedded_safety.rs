@@ -8,8 +8,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use varti_store::{
     check_store, recover_store, restore_backup, sled_config, AttemptOutcome, CheckOptions,
-    CheckedOpenError, FindingKind, MessageMeta, NewInbound, NewOutbound, PayloadEntry, SledStore,
-    State, Store,
+    CheckedOpenError, FileEncoding, FindingKind, MessageMeta, NewInbound, NewOutbound,
+    PayloadEntry, SledStore, State, Store,
 };
 
 fn now() -> OffsetDateTime {
@@ -26,13 +26,33 @@ fn inline_payload(id: &str) -> String {
     format!("<note of {id}/>")
 }
 
+/// The message whose payload file is kept in gzip, as a large part received compressed is.
+const GZIP_KEPT: &str = "in-1@t";
+
 /// Every message has two payloads: a payload file, and a small one kept inline, so that
-/// each safety net is shown to carry both kinds.
+/// each safety net is shown to carry both kinds. The payload file of [`GZIP_KEPT`] holds
+/// its bytes in gzip (taken over as a receiver takes a spool file over), so that each
+/// safety net is shown to read such a file as the payload it inflates to.
 fn meta(store: &SledStore, id: &str) -> MessageMeta {
-    let stored = store
-        .payloads()
-        .put(&mut file_payload(id).as_bytes())
-        .unwrap();
+    let stored = if id == GZIP_KEPT {
+        use std::io::Write as _;
+        let bytes = file_payload(id);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes.as_bytes()).unwrap();
+        let spooled = store.file_payloads().dir().join("tmp").join("received.gz");
+        fs::write(&spooled, gz.finish().unwrap()).unwrap();
+        let sha256 = openssl::sha::sha256(bytes.as_bytes());
+        store
+            .payloads()
+            .adopt(&spooled, FileEncoding::Gzip, bytes.len() as u64, &sha256)
+            .unwrap()
+            .expect("taken over")
+    } else {
+        store
+            .payloads()
+            .put(&mut file_payload(id).as_bytes())
+            .unwrap()
+    };
     assert!(!stored.is_inline());
     let note = store
         .payloads()
@@ -133,7 +153,8 @@ fn payload_file_of(dir: &Path, id: &str) -> std::path::PathBuf {
         .unwrap()
 }
 
-/// Every message of `populated` is in the store at `dir`, in its state, payloads intact.
+/// Every message of `populated` is in the store at `dir` (rebuilt by recovery or a
+/// restore), in its state, payloads intact.
 fn assert_all_there(dir: &Path) {
     let store = SledStore::open(dir).unwrap();
     for (id, state) in [
@@ -163,6 +184,12 @@ fn assert_all_there(dir: &Path) {
             assert_eq!(bytes, expected, "{id}");
         }
         assert!(record.meta.payloads[1].stored.is_inline(), "{id}");
+        // A rebuilt store holds copies of the payloads' bytes, [`GZIP_KEPT`]'s too.
+        assert_eq!(
+            record.meta.payloads[0].stored.encoding(),
+            FileEncoding::Plain,
+            "{id}"
+        );
     }
     let acked = store.get("out-0@t").unwrap().unwrap();
     assert_eq!(acked.state, State::Acknowledged);
@@ -188,6 +215,16 @@ fn a_clean_store_passes_and_payloads_carry_their_sha256() {
             .map(str::len),
         Some(64)
     );
+    // The gzip file was checked by what it inflates to; damage in it is found.
+    let stored = &record.meta.payloads[0].stored;
+    assert_eq!(stored.encoding(), FileEncoding::Gzip);
+    let path = store.file_payloads().path_of(stored).unwrap();
+    drop(store);
+    let mut gz = fs::read(&path).unwrap();
+    let at = gz.len() / 2;
+    gz[at] ^= 0x55;
+    fs::write(&path, gz).unwrap();
+    assert_eq!(kinds(dir.path()), vec![FindingKind::PayloadMismatch]);
 }
 
 #[test]
