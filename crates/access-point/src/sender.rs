@@ -32,7 +32,7 @@ use varti_as4::outbound::{check_receipt, send, OutgoingPayload};
 use varti_as4::pmode::model::{Binding, Leg, Party};
 use varti_as4::security::sign::SignedReference;
 use varti_as4::spool::SpoolBuffer;
-use varti_store::{AttemptOutcome, MessageRecord};
+use varti_store::{AttemptOutcome, FileEncoding, MessageRecord};
 
 use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
@@ -554,12 +554,13 @@ fn seal_into(
         .counterpart(leg, Some(&record.meta.to_party))
         .context("the partner disappeared from the PModes")?;
     let um = user_message(snap, leg, partner, record)?;
+    // As kept: a payload stored in gzip is sent as it is when the leg compresses it.
     let mut readers = Vec::new();
     for p in &record.meta.payloads {
         readers.push(
             ap.store
                 .payloads()
-                .open(&p.stored)
+                .open_as_kept(&p.stored)
                 .with_context(|| format!("payload {} is not in the store", p.content_id))?,
         );
     }
@@ -568,7 +569,7 @@ fn seal_into(
         .payloads
         .iter()
         .zip(readers.iter_mut())
-        .map(|(p, r)| OutgoingPayload {
+        .map(|(p, (r, kept))| OutgoingPayload {
             content_id: p.content_id.trim_start_matches("cid:").to_owned(),
             mime_type: p.mime_type.clone(),
             properties: p
@@ -581,6 +582,7 @@ fn seal_into(
                 })
                 .collect(),
             content: r as &mut dyn Read,
+            content_is_gzip: *kept == FileEncoding::Gzip,
         })
         .collect();
     let receiver_cert = discovered_cert.or_else(|| {

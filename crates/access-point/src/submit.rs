@@ -11,6 +11,7 @@ use varti_as4::pmode::routing::{self, Submission as RouteQuery};
 use varti_store::{MessageMeta, MessageProperty, NewOutbound, PayloadEntry, StoreError};
 
 use crate::access_point::AccessPoint;
+use crate::reload::Snapshot;
 
 /// What a backend asks to send.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +67,53 @@ pub fn leg_key(leg: &Leg) -> String {
     format!("{file}#{}/{}", leg.process, leg.name)
 }
 
+/// The leg a submission goes on (its payloads aside), the receiving party's id and our own.
+fn route<'s>(
+    snap: &'s Snapshot,
+    sub: &Submission,
+) -> Result<(routing::Route<'s>, String, Option<String>), SubmitError> {
+    // A party name stands for its first id.
+    let (to_party, to_party_type) = match snap.pmodes.party(&sub.to_party) {
+        Some(p) if sub.to_party_type.is_none() => match p.ids.first() {
+            Some(id) => (id.value.clone(), id.id_type.clone()),
+            None => (sub.to_party.clone(), None),
+        },
+        _ => (sub.to_party.clone(), sub.to_party_type.clone()),
+    };
+    let me = snap
+        .pmodes
+        .party(&snap.identity.party)
+        .and_then(|p| p.ids.first())
+        .map(|id| id.value.clone());
+    let query = RouteQuery {
+        agreement: sub.agreement.clone(),
+        agreement_type: None,
+        service: sub.service.clone(),
+        service_type: sub.service_type.clone(),
+        action: sub.action.clone(),
+        to_party: to_party.clone(),
+        to_party_type,
+        from_party: me.clone(),
+    };
+    let route =
+        routing::find_outbound(&snap.pmodes, &query).map_err(|e| SubmitError::NoRoute(e.detail))?;
+    Ok((route, to_party, me))
+}
+
+/// Whether the leg `sub` would go on now compresses a part of type `mime_type` (`false`
+/// when no leg fits: the submission will be refused anyway). A payload streamed in before
+/// the message is submitted can then be stored the way it will be sent: compressed once,
+/// as it arrives. The sender decides again when it seals the message (the PModes may have
+/// been reloaded since), and inflates a payload kept compressed for a leg that no longer
+/// compresses it.
+pub(crate) fn leg_compresses(ap: &AccessPoint, sub: &Submission, mime_type: &str) -> bool {
+    let snap = ap.current();
+    route(&snap, sub).is_ok_and(|(route, _, _)| {
+        let c = &route.leg.compression;
+        c.compress && !varti_as4::compress::leaves_uncompressed(mime_type, &c.uncompressed_types)
+    })
+}
+
 /// Resolves the leg, stores the message as `Submitted` (due now) and wakes the sender.
 /// Returns the MessageId.
 ///
@@ -92,31 +140,7 @@ pub fn submit(
         ));
     }
     let snap = ap.current();
-    // A party name stands for its first id.
-    let (to_party, to_party_type) = match snap.pmodes.party(&sub.to_party) {
-        Some(p) if sub.to_party_type.is_none() => match p.ids.first() {
-            Some(id) => (id.value.clone(), id.id_type.clone()),
-            None => (sub.to_party.clone(), None),
-        },
-        _ => (sub.to_party.clone(), sub.to_party_type.clone()),
-    };
-    let me = snap
-        .pmodes
-        .party(&snap.identity.party)
-        .and_then(|p| p.ids.first())
-        .map(|id| id.value.clone());
-    let query = RouteQuery {
-        agreement: sub.agreement.clone(),
-        agreement_type: None,
-        service: sub.service.clone(),
-        service_type: sub.service_type.clone(),
-        action: sub.action.clone(),
-        to_party: to_party.clone(),
-        to_party_type,
-        from_party: me.clone(),
-    };
-    let route =
-        routing::find_outbound(&snap.pmodes, &query).map_err(|e| SubmitError::NoRoute(e.detail))?;
+    let (route, to_party, me) = route(&snap, &sub)?;
     if !route.test_service {
         let facts: Vec<PartFacts<'_>> = sub
             .payloads

@@ -152,6 +152,7 @@ fn seal(s: &Setup<'_>, size: u64, compress: bool, out: &mut dyn Write) -> Result
         mime_type: "application/octet-stream".into(),
         properties: vec![],
         content: &mut content,
+        content_is_gzip: false,
     }];
     let policy = SendPolicy::new(
         s.case.profile,

@@ -106,6 +106,11 @@ pub struct OutgoingPayload<'a> {
     pub properties: Vec<Property>,
     /// The content.
     pub content: &'a mut dyn Read,
+    /// Whether `content` is a gzip stream of the payload (a payload the store keeps
+    /// compressed): sent as it is when the part is compressed, inflated while it is
+    /// spooled when the leg leaves it uncompressed. Compressing it again would cost as
+    /// much as compressing the payload (`docs/benchmarks.md`).
+    pub content_is_gzip: bool,
 }
 
 /// What [`send`] produced.
@@ -165,8 +170,13 @@ pub fn send(
         let mut content = SpoolBuffer::new(None);
         {
             let mut w = BufWriter::with_capacity(64 * 1024, &mut content);
-            if compress {
+            if compress && !p.content_is_gzip {
                 compress::gzip(p.content, &mut w).map_err(io_err("compressing a payload"))?;
+            } else if p.content_is_gzip && !compress && !policy.already_gzip {
+                let mut inflated = flate2::bufread::MultiGzDecoder::new(
+                    io::BufReader::with_capacity(64 * 1024, p.content),
+                );
+                io::copy(&mut inflated, &mut w).map_err(io_err("inflating a payload"))?;
             } else {
                 io::copy(p.content, &mut w).map_err(io_err("spooling a payload"))?;
             }

@@ -201,6 +201,7 @@ mod seeds {
                     mime_type: "application/xml".into(),
                     properties: vec![],
                     content: r as &mut dyn Read,
+                    content_is_gzip: false,
                 })
                 .collect();
             let policy = SendPolicy {

@@ -64,18 +64,21 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     mime_type: "application/octet-stream".into(),
                     properties: vec![],
                     content: &mut empty,
+                    content_is_gzip: false,
                 },
                 OutgoingPayload {
                     content_id: "small@test".into(),
                     mime_type: "application/xml".into(),
                     properties: vec![],
                     content: &mut small,
+                    content_is_gzip: false,
                 },
                 OutgoingPayload {
                     content_id: "big@test".into(),
                     mime_type: "application/octet-stream".into(),
                     properties: vec![],
                     content: &mut big as &mut dyn Read,
+                    content_is_gzip: false,
                 },
             ];
             let policy = SendPolicy {

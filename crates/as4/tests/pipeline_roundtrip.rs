@@ -63,6 +63,7 @@ fn seal_message(
             mime_type: p.1.into(),
             properties: vec![],
             content: r as &mut dyn Read,
+            content_is_gzip: false,
         })
         .collect();
 
@@ -776,6 +777,7 @@ fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
             mime_type: p.1.into(),
             properties: vec![],
             content: r as &mut dyn Read,
+            content_is_gzip: false,
         })
         .collect();
     let listed = vec!["application/pdf".to_owned()];
@@ -805,6 +807,81 @@ fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
     assert!(!p.was_compressed);
     assert_eq!(p.mime_type, "application/pdf; name=x.pdf");
     assert!(p.properties.iter().all(|q| q.name != "CompressionType"));
+    assert_eq!(read_payload(p), pdf);
+}
+
+/// A payload the store keeps in gzip is handed over as gzip: sent as it is on a part the
+/// leg compresses (no second compression), inflated while spooled for a part the leg
+/// leaves uncompressed. Both arrive as the payload's bytes.
+#[test]
+fn a_payload_given_in_gzip_is_sent_as_it_is_or_inflated_when_left_uncompressed() {
+    let f = fixture();
+    let gzip = |bytes: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, bytes).unwrap();
+        enc.finish().unwrap()
+    };
+    let xml = content(200_000, 5);
+    let pdf = content(100_000, 9);
+    let payloads = [
+        ("doc@test", "application/xml", gzip(&xml)),
+        ("pdf@test", "application/pdf", gzip(&pdf)),
+    ];
+    let mut readers: Vec<&[u8]> = payloads.iter().map(|p| &p.2[..]).collect();
+    let outgoing: Vec<OutgoingPayload<'_>> = payloads
+        .iter()
+        .zip(readers.iter_mut())
+        .map(|(p, r)| OutgoingPayload {
+            content_id: p.0.into(),
+            mime_type: p.1.into(),
+            properties: vec![],
+            content: r as &mut dyn Read,
+            content_is_gzip: true,
+        })
+        .collect();
+    let listed = vec!["application/pdf".to_owned()];
+    let policy = SendPolicy {
+        uncompressed_types: &listed,
+        ..SendPolicy::new(
+            &AS4_1_15,
+            BST,
+            &f.alice.sign_key,
+            &f.alice.sign_cert,
+            None,
+            true,
+        )
+    };
+    let mut bytes = Vec::new();
+    let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
+    // Unencrypted, so the parts on the wire can be compared with what was given.
+    let package =
+        MimePackage::parse(&bytes[..], &sent.content_type, &MimeLimits::default()).unwrap();
+    let wire = |cid: &str| {
+        let mut out = Vec::new();
+        package
+            .attachments()
+            .iter()
+            .find(|a| a.content_id() == Some(cid))
+            .unwrap()
+            .body()
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    assert_eq!(wire("doc@test"), payloads[0].2, "the gzip as given");
+    assert_eq!(wire("pdf@test"), pdf, "inflated");
+    let sent = Sent {
+        bytes,
+        content_type: sent.content_type,
+    };
+    let msg = open(&sent, &f.policy(false)).unwrap();
+    let [doc, p] = &msg.payloads[..] else {
+        panic!("two payloads")
+    };
+    assert!(doc.was_compressed);
+    assert_eq!(read_payload(doc), xml);
+    assert!(!p.was_compressed);
     assert_eq!(read_payload(p), pdf);
 }
 

@@ -204,6 +204,7 @@ fn seal(set: &PModeSet, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) 
         mime_type: msg.mime_type.into(),
         properties: Vec::new(),
         content: &mut content as &mut dyn Read,
+        content_is_gzip: false,
     }];
     let mut bytes = Vec::new();
     let sent = send(&um, payloads, &policy, &mut bytes).unwrap();

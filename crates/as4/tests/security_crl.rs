@@ -173,6 +173,7 @@ fn sealed(p: &Pki) -> (Vec<u8>, String) {
         mime_type: "text/plain".into(),
         properties: vec![],
         content: &mut data as &mut dyn Read,
+        content_is_gzip: false,
     }];
     let policy = SendPolicy::new(
         &AS4_1_15,

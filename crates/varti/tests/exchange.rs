@@ -159,14 +159,31 @@ fn submit_files(
     node.submit(meta, &borrowed)
 }
 
-/// One-way, signed + encrypted + compressed, three attachments: acknowledged on a,
-/// delivered once with identical bytes on b.
+/// One-way, signed + encrypted + compressed, three attachments, a fourth that travels
+/// larger than memory even compressed and a PDF (left uncompressed): acknowledged on a,
+/// delivered once with identical bytes on b. What passes the inline bound and is
+/// compressed is kept so where it can be: on a as compressed on upload (and sent as it
+/// is), on b as it travelled when its gzip is a spool file of its own; both serve the
+/// payload's bytes.
 #[test]
 fn one_way_with_three_attachments() {
     let pair = Pair::new();
-    let a = pair.start("a");
-    let b = pair.start("b");
-    let files = files3();
+    let mut a = pair.start("a");
+    let mut b = pair.start("b");
+    let mut files = files3();
+    // Hexadecimal digits from xorshift64: about half their size in gzip, 150 KiB.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let digits = (0..300_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"0123456789abcdef"[(state >> 60) as usize]
+        })
+        .collect();
+    files.push(("digits", "text/plain", digits));
+    // A type the leg leaves uncompressed (by default) is stored as it is.
+    files.push(("scan", "application/pdf", b"%PDF-1.7 ".repeat(10_000)));
     let id = submit_files(
         &a,
         "urn:varti:test:exchange",
@@ -186,6 +203,29 @@ fn one_way_with_three_attachments() {
         let body = b.payload(&id, n);
         assert_eq!(body.len(), bytes.len(), "payload {n} length");
         assert!(body == *bytes, "payload {n} differs");
+        assert!(a.payload(&id, n) == *bytes, "payload {n} differs on a");
+    }
+    use varti_store::FileEncoding::{Gzip, Plain};
+    for (node, kept) in [
+        // The XML is inline; the rest was compressed on upload, but the PDF.
+        (&mut a, [Plain, Gzip, Gzip, Gzip, Plain]),
+        // Only the digits' gzip outgrew memory when it was decrypted.
+        (&mut b, [Plain, Plain, Plain, Gzip, Plain]),
+    ] {
+        assert_eq!(
+            node.served.terminate(Duration::from_secs(15)).code(),
+            Some(0)
+        );
+        let store = varti_store::SledStore::open(node.dir.join("data/store")).unwrap();
+        let record = varti_store::Store::get(&store, &id).unwrap().unwrap();
+        let encodings: Vec<_> = record
+            .meta
+            .payloads
+            .iter()
+            .map(|p| p.stored.encoding())
+            .collect();
+        assert_eq!(encodings, kept, "{}", node.dir.display());
+        assert!(record.meta.payloads[0].stored.is_inline());
     }
 }
 

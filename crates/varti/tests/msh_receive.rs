@@ -120,6 +120,7 @@ impl<'a> Msg<'a> {
                 mime_type: (*mime).to_owned(),
                 properties: Vec::new(),
                 content: c as &mut dyn std::io::Read,
+                content_is_gzip: false,
             })
             .collect();
         let mut body = Vec::new();

@@ -22,7 +22,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use varti_as4::message::id as message_id;
-use varti_store::{Direction, MessageProperty, PayloadEntry, PayloadRef, Store, StoreError};
+use varti_store::{
+    Direction, FileEncoding, MessageProperty, PayloadEntry, PayloadRef, Store, StoreError,
+    INLINE_PAYLOAD_MAX,
+};
 
 use super::{json_response, ApiError, Client};
 use crate::access_point::AccessPoint;
@@ -33,6 +36,9 @@ pub(crate) mod fuzzing;
 
 /// Largest `metadata` part accepted.
 const MAX_METADATA: u64 = 1024 * 1024;
+
+/// The media type of a payload for which neither the metadata nor its form part gives one.
+const DEFAULT_MIME_TYPE: &str = "application/octet-stream";
 
 /// Most payloads one message may carry.
 const MAX_PAYLOADS: usize = 1000;
@@ -206,7 +212,7 @@ pub(super) async fn submit(
                 .mime_type
                 .clone()
                 .or(part_type)
-                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                .unwrap_or_else(|| DEFAULT_MIME_TYPE.to_owned()),
             stored: payload,
             properties: spec.properties.iter().cloned().map(Into::into).collect(),
         });
@@ -277,10 +283,13 @@ trait FormSink {
     type Stored;
     /// Checks `metadata.message_id` before any payload is streamed.
     async fn check_id(&mut self, id: &str) -> Result<(), ApiError>;
-    /// Streams one file part to where payloads are kept.
+    /// Streams one file part to where payloads are kept: a part of the submission
+    /// `metadata` whose media type is `mime_type`.
     async fn payload(
         &mut self,
         field: &mut multer::Field<'static>,
+        metadata: &Metadata,
+        mime_type: &str,
     ) -> Result<Self::Stored, ApiError>;
 }
 
@@ -303,8 +312,20 @@ impl FormSink for StoreSink {
     async fn payload(
         &mut self,
         field: &mut multer::Field<'static>,
+        metadata: &Metadata,
+        mime_type: &str,
     ) -> Result<PayloadRef, ApiError> {
-        stream_part(&self.ap, field).await
+        // Where the message goes: a large part its leg compresses is stored compressed.
+        let target = Submission {
+            to_party: metadata.to_party.clone(),
+            to_party_type: metadata.to_party_type.clone(),
+            service: metadata.service.clone(),
+            service_type: metadata.service_type.clone(),
+            action: metadata.action.clone(),
+            agreement: metadata.agreement.clone(),
+            ..Submission::default()
+        };
+        stream_part(&self.ap, field, target, mime_type.to_owned()).await
     }
 }
 
@@ -362,7 +383,15 @@ async fn read_form<S: FormSink>(
             ));
         }
         let part_type = field.content_type().map(|m| m.to_string());
-        let payload = sink.payload(&mut field).await?;
+        let mime_type = metadata
+            .payloads
+            .iter()
+            .find(|p| p.part == name)
+            .and_then(|p| p.mime_type.as_deref())
+            .or(part_type.as_deref())
+            .unwrap_or(DEFAULT_MIME_TYPE)
+            .to_owned();
+        let payload = sink.payload(&mut field, &metadata, &mime_type).await?;
         parts.push((name, payload, part_type));
     }
     if let Some(missing) = metadata
@@ -508,21 +537,106 @@ fn check_metadata(m: &Metadata) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Streams one form part into the payload store.
+/// Stores an upload — a part of type `mime_type` of a message for `target` — the way its
+/// leg will send it: gzip-compressed when the leg compresses that type, the part is larger
+/// than a payload kept inline and the store keeps payloads as files. The part is then
+/// compressed as it arrives (on the cores `compress::gzip` uses for a large part) into a
+/// spool file, which the payload store takes over as a file kept in gzip, and the sender
+/// sends those bytes as they are. Compressing when sealing instead wrote the payload's
+/// bytes to the disk, read them back and compressed them while the message waited
+/// (`docs/benchmarks.md`). The recorded size and SHA-256 are the payload's own, counted on
+/// the way in. Any other part, or one a store cannot take over as a file (another file
+/// system), is stored as [`PayloadStore::put`] stores the payload's bytes.
+///
+/// [`PayloadStore::put`]: varti_store::PayloadStore::put
+fn put_upload(
+    ap: &AccessPoint,
+    reader: &mut dyn Read,
+    target: &Submission,
+    mime_type: &str,
+) -> Result<PayloadRef, StoreError> {
+    let payloads = ap.store.payloads();
+    let read_failed = |e: io::Error| StoreError::Io {
+        context: "cannot read the payload being stored (nothing was kept)".into(),
+        source: e,
+    };
+    let mut head = Vec::new();
+    Read::take(&mut *reader, INLINE_PAYLOAD_MAX as u64 + 1)
+        .read_to_end(&mut head)
+        .map_err(read_failed)?;
+    if head.len() <= INLINE_PAYLOAD_MAX {
+        // The whole part (the upload has ended: it is not read again), kept inline.
+        return payloads.put(&mut &head[..]);
+    }
+    if !(payloads.adopts_files() && ap_submit::leg_compresses(ap, target, mime_type)) {
+        return payloads.put(&mut Read::chain(&head[..], reader));
+    }
+    let spool_failed = |e: io::Error| StoreError::Io {
+        context: "cannot compress the payload into the spool directory".into(),
+        source: e,
+    };
+    let dir = ap.spool_dir();
+    std::fs::create_dir_all(&dir).map_err(spool_failed)?;
+    let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(spool_failed)?;
+    let mut counted = CountingReader {
+        inner: Read::chain(io::Cursor::new(head), reader),
+        hash: openssl::sha::Sha256::new(),
+        len: 0,
+    };
+    let written = varti_as4::compress::gzip(
+        &mut counted,
+        io::BufWriter::with_capacity(64 * 1024, file.as_file_mut()),
+    );
+    if let Err(e) = written {
+        // The upload failing is the client's doing: reported as a failed read.
+        return Err(read_failed(e));
+    }
+    let (len, sha256) = (counted.len, counted.hash.finish());
+    if let Some(kept) = payloads.adopt(file.path(), FileEncoding::Gzip, len, &sha256)? {
+        // The name is the store's now: dropping the temporary file must not remove it.
+        let (_file, path) = file.into_parts();
+        let _ = path.keep();
+        return Ok(kept);
+    }
+    let mut inflated =
+        flate2::read::MultiGzDecoder::new(io::BufReader::new(file.reopen().map_err(spool_failed)?));
+    payloads.put(&mut inflated)
+}
+
+/// Counts and hashes what is read through it.
+struct CountingReader<R> {
+    inner: R,
+    hash: openssl::sha::Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Streams one form part (of type `mime_type`, of a message for `target`) into the payload
+/// store, as [`put_upload`] stores it.
 async fn stream_part(
     ap: &Arc<AccessPoint>,
     field: &mut multer::Field<'static>,
+    target: Submission,
+    mime_type: String,
 ) -> Result<PayloadRef, ApiError> {
     let (tx, rx) = mpsc::channel::<Bytes>(UPLOAD_CHANNEL_DEPTH);
     let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let store = ap.store.clone();
+    let writer_ap = ap.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut reader = UploadReader {
             rx,
             end: end_rx,
             current: Bytes::new(),
         };
-        store.payloads().put(&mut reader)
+        put_upload(&writer_ap, &mut reader, &target, &mime_type)
     });
     let mut form_failure = None;
     loop {

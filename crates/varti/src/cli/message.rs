@@ -1215,6 +1215,7 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             mime_type: mime.clone(),
             properties: Vec::new(),
             content: f as &mut dyn std::io::Read,
+            content_is_gzip: false,
         })
         .collect();
     let policy = SendPolicy::new(

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::Frame;
 
-use super::{open_form, read_form, FormSink};
+use super::{open_form, read_form, FormSink, Metadata};
 use crate::api::ApiError;
 
 /// A request body that hands out its chunks one by one.
@@ -37,7 +37,12 @@ impl FormSink for Counting {
         Ok(())
     }
 
-    async fn payload(&mut self, field: &mut multer::Field<'static>) -> Result<u64, ApiError> {
+    async fn payload(
+        &mut self,
+        field: &mut multer::Field<'static>,
+        _metadata: &Metadata,
+        _mime_type: &str,
+    ) -> Result<u64, ApiError> {
         let mut n = 0;
         while let Some(chunk) = field.chunk().await.map_err(ApiError::internal)? {
             n += chunk.len() as u64;
