@@ -442,7 +442,7 @@ impl AccessPoint {
             dir: Some(self.spool_dir()),
             budget: Some(self.spool_budget.clone()),
             write_behind: self.store.payloads().adopts_files(),
-            keep_compressed: self.store.payloads().adopts_files(),
+            keep_decrypted: self.store.payloads().adopts_files(),
         }
     }
 }

@@ -100,9 +100,9 @@ pub struct ReceivePolicy {
     /// Whether the store will take the delivered payloads' spool files over (see
     /// [`Spool::write_behind`](crate::spool::Spool::write_behind)).
     pub write_behind: bool,
-    /// Whether a large part received compressed is delivered as it travelled (see
-    /// [`Spool::keep_compressed`](crate::spool::Spool::keep_compressed)).
-    pub keep_compressed: bool,
+    /// Whether a large part received encrypted is delivered as the file it was decrypted
+    /// into (see [`Spool::keep_decrypted`](crate::spool::Spool::keep_decrypted)).
+    pub keep_decrypted: bool,
 }
 
 impl ReceivePolicy {
@@ -125,7 +125,7 @@ impl ReceivePolicy {
             spool_dir: None,
             spool_budget: None,
             write_behind: false,
-            keep_compressed: false,
+            keep_decrypted: false,
         }
     }
 }
@@ -771,23 +771,29 @@ fn deliver(
         content,
         _charge: charge,
     };
-    // A large part that travelled compressed, decrypted into a spool file of its own, is
-    // kept as it is when the store takes files over: one pass inflates it to check it
-    // (EBMS:0303 past the cap, as below) and to count and hash the payload's bytes, writing
-    // nothing. Writing the inflated bytes cost most of the receiver's time for a large
-    // payload (`docs/benchmarks.md`). A part sent unencrypted stays in the MIME package's
-    // spool, which is not this payload's to keep: it is inflated into a file as before.
-    if compression.compressed && policy.keep_compressed {
+    // A large part decrypted into a spool file of its own is kept as it is when the store
+    // takes files over: one pass counts and hashes the payload's bytes, writing nothing —
+    // inflating a compressed part to do so, which also checks it (EBMS:0303 past the cap,
+    // as below). Writing the bytes a second time (four times as many for an XML document
+    // inflated) cost most of the receiver's time for a large payload
+    // (`docs/benchmarks.md`). A part sent unencrypted stays in the MIME package's spool,
+    // which is not this payload's to keep: it is copied or inflated into a file as below.
+    if policy.keep_decrypted {
         if let Source::Decrypted(p) = source {
             if p.content.file().is_some() {
                 let mut digest = DigestSink::default();
-                inflate(&mut digest)?;
+                if compression.compressed {
+                    inflate(&mut digest)?;
+                } else {
+                    let mut input = source.open().map_err(io_fail)?;
+                    io::copy(&mut input, &mut digest).map_err(io_fail)?;
+                }
                 return Ok(Delivery::AsDecrypted(payload(
                     digest.len,
                     digest.hash.finish(),
                     SpoolBuffer::new(None),
                     SpoolCharge::default(),
-                    true,
+                    compression.compressed,
                 )));
             }
         }

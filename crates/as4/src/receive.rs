@@ -383,7 +383,7 @@ pub fn accept<'p>(
     }
     policy.spool_budget = spool.budget.clone();
     policy.write_behind = spool.write_behind;
-    policy.keep_compressed = spool.keep_compressed;
+    policy.keep_decrypted = spool.keep_decrypted;
     let received = inbound::receive_envelope(package, envelope, &policy).map_err(refuse)?;
 
     // Stage 4: the leg's properties and payload profile.

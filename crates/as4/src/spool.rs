@@ -44,13 +44,13 @@ pub struct Spool {
     /// the spool file is read back and removed, and writing it to the disk would be
     /// wasted.
     pub write_behind: bool,
-    /// Whether a large part received gzip-compressed (and encrypted) is delivered as it
-    /// travelled — the decrypted spool file, still compressed, checked by inflating it once
-    /// without writing — for a store that keeps it so
-    /// ([`DeliveredPayload::content_is_gzip`](crate::inbound::DeliveredPayload::content_is_gzip)).
-    /// The payload is then written once, at its compressed size, instead of a second time
-    /// inflated.
-    pub keep_compressed: bool,
+    /// Whether a large part received encrypted is delivered as the spool file it was
+    /// decrypted into, for a store that takes that file over: still compressed when it
+    /// travelled compressed (checked by inflating it once without writing;
+    /// [`DeliveredPayload::content_is_gzip`](crate::inbound::DeliveredPayload::content_is_gzip)),
+    /// else as it is (hashed without writing). The payload is then written once, instead
+    /// of a second time inflated or copied.
+    pub keep_decrypted: bool,
 }
 
 /// How many bytes all receptions in progress may hold on disk together.

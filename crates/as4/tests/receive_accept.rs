@@ -42,7 +42,8 @@ fn cert(rel: &str) -> X509 {
 /// PModes between varti-a and varti-b: leg `signed` (signed, encrypted, NRR receipts, a
 /// required property and a one-part XML payload profile of 1 KiB), leg `plain` (neither
 /// signed nor encrypted, plain receipts, the same property and payload rules) and leg
-/// `large` (as `signed`, with a part of up to 1 MiB).
+/// `large` (as `signed`, with a part of up to 1 MiB), and `large-uncompressed` (as `large`,
+/// uncompressed).
 fn pmodes(dir: &Path) -> PModeSet {
     let c = certs();
     let c = c.display();
@@ -70,6 +71,9 @@ non_repudiation = false
 [compression.default]
 enabled = true
 max_decompressed_size = "1MiB"
+
+[compression.off]
+enabled = false
 
 [properties.default]
 required = ["originalSender"]
@@ -112,6 +116,13 @@ name = "large"
 service = "urn:test:service"
 action = "Large"
 payload = "large"
+
+[[process.leg]]
+name = "large-uncompressed"
+service = "urn:test:service"
+action = "LargeUncompressed"
+payload = "large"
+compression = "off"
 "#;
     std::fs::write(dir.join("exchange.toml"), toml).unwrap();
     let (set, diags) = varti_as4::pmode::load_dir(dir);
@@ -265,7 +276,7 @@ impl Setup {
             // As the access point on the embedded store runs it: the delivered payloads'
             // files are written behind, and a large part received compressed is kept so.
             write_behind: true,
-            keep_compressed: true,
+            keep_decrypted: true,
         }
     }
 
@@ -693,9 +704,10 @@ fn the_spool_budget_bounds_disk_use_and_bombs_are_still_refused() {
 /// A large part received compressed is delivered as it travelled — the decrypted spool
 /// file, still gzip — when the spool says the store keeps it so: checked by inflating it
 /// (its length and SHA-256 are the payload's), read back inflated. A bomb is still refused
-/// and leaves nothing behind; without `keep_compressed` the part is inflated into a file.
+/// and leaves nothing behind; without `keep_decrypted` the part is inflated into a file.
+/// A large part received uncompressed is delivered as the file it was decrypted into.
 #[test]
-fn a_large_compressed_part_is_kept_as_it_travelled_once_inflated_to_check_it() {
+fn a_large_decrypted_part_is_kept_as_it_travelled_and_checked_without_a_copy() {
     let t = setup();
     // 600 KiB of hexadecimal digits: compresses to about half, so the gzip outgrows
     // memory (64 KiB), and inflates within the leg's 1 MiB cap.
@@ -764,7 +776,7 @@ fn a_large_compressed_part_is_kept_as_it_travelled_once_inflated_to_check_it() {
     msg.content = content.clone();
     let (package, _) = t.seal("large", msg);
     let spool = Spool {
-        keep_compressed: false,
+        keep_decrypted: false,
         ..t.spool()
     };
     let now = OffsetDateTime::now_utc();
@@ -774,6 +786,23 @@ fn a_large_compressed_part_is_kept_as_it_travelled_once_inflated_to_check_it() {
     assert!(p.was_compressed && !p.content_is_gzip);
     let file = p.content.file().expect("inflated into a spool file");
     assert_eq!(std::fs::read(file.path()).unwrap(), content);
+    drop(accepted);
+
+    // Uncompressed: the decrypted file is the payload, hashed as it is. (An uncompressed
+    // XML part is signed canonicalized: a document this time.)
+    let content = [&b"<doc>"[..], &content, b"</doc>"].concat();
+    let mut msg = Msg::good();
+    msg.content = content.clone();
+    let (package, _) = t.seal("large-uncompressed", msg);
+    let accepted = t.receive(&package).unwrap();
+    let p = &accepted.message.payloads[0];
+    assert!(!p.was_compressed && !p.content_is_gzip);
+    assert_eq!(p.len, content.len() as u64);
+    assert_eq!(p.sha256, openssl::sha::sha256(&content));
+    let file = p.content.file().expect("the decrypted part's spool file");
+    assert_eq!(std::fs::read(file.path()).unwrap(), content);
+    drop(accepted);
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
 }
 
 /// [`setup`] plus `network.toml`: a dynamic party `network` (the test CA as its AP
