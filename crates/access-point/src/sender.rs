@@ -14,7 +14,7 @@
 //!   receipt) → `WaitingForRetry` after the leg's next retry interval, or, when the schedule
 //!   is used up, `Failed` with EBMS:0301 MissingReceipt.
 
-use std::io::{BufWriter, Read, Seek, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use varti_as4::leg::{self, send_policy, wire_party_id, MessageFields};
 use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{MessageInfo, Property, SignalError, SignalKind, UserMessage};
 use varti_as4::message::soap;
-use varti_as4::outbound::{check_receipt, send, OutgoingPayload};
+use varti_as4::outbound::{check_receipt, send, OutgoingPayload, Reopen};
 use varti_as4::pmode::model::{Binding, Leg, Party};
 use varti_as4::security::sign::SignedReference;
 use varti_as4::spool::SpoolBuffer;
@@ -554,22 +554,37 @@ fn seal_into(
         .counterpart(leg, Some(&record.meta.to_party))
         .context("the partner disappeared from the PModes")?;
     let um = user_message(snap, leg, partner, record)?;
-    // As kept: a payload stored in gzip is sent as it is when the leg compresses it.
+    // As kept: a payload stored in gzip is sent as it is when the leg compresses it. The
+    // payloads never change under their ids, so each can be read again where it is (for
+    // the signature's digest, then for the package) instead of being copied first.
+    let store = ap.store.payloads();
     let mut readers = Vec::new();
     for p in &record.meta.payloads {
         readers.push(
-            ap.store
-                .payloads()
+            store
                 .open_as_kept(&p.stored)
                 .with_context(|| format!("payload {} is not in the store", p.content_id))?,
         );
     }
+    let reopeners: Vec<Box<Reopen<'_>>> = record
+        .meta
+        .payloads
+        .iter()
+        .map(|p| {
+            let reopen = move || {
+                let (reader, _) = store.open_as_kept(&p.stored).map_err(io::Error::other)?;
+                Ok(reader as Box<dyn Read>)
+            };
+            Box::new(reopen) as Box<Reopen<'_>>
+        })
+        .collect();
     let payloads: Vec<OutgoingPayload<'_>> = record
         .meta
         .payloads
         .iter()
         .zip(readers.iter_mut())
-        .map(|(p, (r, kept))| OutgoingPayload {
+        .zip(&reopeners)
+        .map(|((p, (r, kept)), reopen)| OutgoingPayload {
             content_id: p.content_id.trim_start_matches("cid:").to_owned(),
             mime_type: p.mime_type.clone(),
             properties: p
@@ -583,6 +598,7 @@ fn seal_into(
                 .collect(),
             content: r as &mut dyn Read,
             content_is_gzip: *kept == FileEncoding::Gzip,
+            reopen: Some(&**reopen),
         })
         .collect();
     let receiver_cert = discovered_cert.or_else(|| {

@@ -153,6 +153,7 @@ fn seal(s: &Setup<'_>, size: u64, compress: bool, out: &mut dyn Write) -> Result
         properties: vec![],
         content: &mut content,
         content_is_gzip: false,
+        reopen: None,
     }];
     let policy = SendPolicy::new(
         s.case.profile,

@@ -111,7 +111,16 @@ pub struct OutgoingPayload<'a> {
     /// spooled when the leg leaves it uncompressed. Compressing it again would cost as
     /// much as compressing the payload (`docs/benchmarks.md`).
     pub content_is_gzip: bool,
+    /// Reads `content` again from its start, the same bytes every time (a payload file),
+    /// if it can be. When the part goes out as `content` is — compressed and given in
+    /// gzip, or uncompressed and given so — its bytes are then read where they are for the
+    /// signature and for the package, instead of being copied to a spool file first.
+    pub reopen: Option<&'a Reopen<'a>>,
 }
+
+/// Opens a payload's content anew, from its start (a reader that owns what it reads, such
+/// as a file).
+pub type Reopen<'a> = dyn Fn() -> io::Result<Box<dyn Read>> + 'a;
 
 /// What [`send`] produced.
 #[derive(Debug, Clone)]
@@ -134,14 +143,31 @@ fn io_err(what: &str) -> impl Fn(io::Error) -> EbmsError + '_ {
     move |e| internal(format!("{what}: {e}"))
 }
 
-/// A spooled part: its content (compressed when the leg compresses).
-struct Spooled {
+/// A part to send: its content (compressed when the leg compresses).
+struct Spooled<'a> {
     content_id: String,
     content_type: String,
-    content: SpoolBuffer,
+    content: PartBytes<'a>,
 }
 
-impl AttachmentSource for Spooled {
+/// Where a part's bytes are read from, as many times as needed.
+enum PartBytes<'a> {
+    /// Copied (or compressed, or inflated) into a spool buffer.
+    Spool(SpoolBuffer),
+    /// Read where they are ([`OutgoingPayload::reopen`]).
+    InPlace(&'a Reopen<'a>),
+}
+
+impl PartBytes<'_> {
+    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        match self {
+            PartBytes::Spool(buffer) => Ok(buffer.open()?),
+            PartBytes::InPlace(reopen) => reopen(),
+        }
+    }
+}
+
+impl AttachmentSource for Spooled<'_> {
     fn content_id(&self) -> &str {
         &self.content_id
     }
@@ -149,7 +175,7 @@ impl AttachmentSource for Spooled {
         &self.content_type
     }
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
-        Ok(self.content.open()?)
+        self.content.open()
     }
 }
 
@@ -167,8 +193,11 @@ pub fn send(
     for p in payloads {
         let compress = policy.compress
             && !compress::leaves_uncompressed(&p.mime_type, policy.uncompressed_types);
+        // The bytes go out as given: read where they are when they can be read again.
+        let as_given = p.content_is_gzip == (compress || policy.already_gzip);
+        let in_place = p.reopen.filter(|_| as_given);
         let mut content = SpoolBuffer::new(None);
-        {
+        if in_place.is_none() {
             let mut w = BufWriter::with_capacity(64 * 1024, &mut content);
             if compress && !p.content_is_gzip {
                 compress::gzip(p.content, &mut w).map_err(io_err("compressing a payload"))?;
@@ -201,7 +230,10 @@ pub fn send(
         spooled.push(Spooled {
             content_id: p.content_id,
             content_type,
-            content,
+            content: match in_place {
+                Some(reopen) => PartBytes::InPlace(reopen),
+                None => PartBytes::Spool(content),
+            },
         });
     }
     // The signed parts' ids are derived from the MessageId, not random: sealing the same

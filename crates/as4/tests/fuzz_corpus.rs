@@ -202,6 +202,7 @@ mod seeds {
                     properties: vec![],
                     content: r as &mut dyn Read,
                     content_is_gzip: false,
+                    reopen: None,
                 })
                 .collect();
             let policy = SendPolicy {

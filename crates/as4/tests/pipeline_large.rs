@@ -65,6 +65,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     properties: vec![],
                     content: &mut empty,
                     content_is_gzip: false,
+                    reopen: None,
                 },
                 OutgoingPayload {
                     content_id: "small@test".into(),
@@ -72,6 +73,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     properties: vec![],
                     content: &mut small,
                     content_is_gzip: false,
+                    reopen: None,
                 },
                 OutgoingPayload {
                     content_id: "big@test".into(),
@@ -79,6 +81,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     properties: vec![],
                     content: &mut big as &mut dyn Read,
                     content_is_gzip: false,
+                    reopen: None,
                 },
             ];
             let policy = SendPolicy {

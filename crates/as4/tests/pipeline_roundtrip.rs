@@ -9,7 +9,7 @@ use varti_as4::error::ErrorCode;
 use varti_as4::inbound::{receive, ReceivePolicy};
 use varti_as4::message::mime::{MimeLimits, MimePackage, MimeWriter};
 use varti_as4::message::model::*;
-use varti_as4::outbound::{send, OutgoingPayload, SendPolicy, SentMessage};
+use varti_as4::outbound::{send, OutgoingPayload, Reopen, SendPolicy, SentMessage};
 use varti_as4::security::profile::{Profile, AS4_1_15, AS4_2_0_ECDSA, AS4_2_0_EDDSA};
 use varti_as4::security::sign::SigningIdentity;
 use varti_as4::security::swa::{AttachmentSource, MemoryAttachment};
@@ -64,6 +64,7 @@ fn seal_message(
             properties: vec![],
             content: r as &mut dyn Read,
             content_is_gzip: false,
+            reopen: None,
         })
         .collect();
 
@@ -778,6 +779,7 @@ fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
             properties: vec![],
             content: r as &mut dyn Read,
             content_is_gzip: false,
+            reopen: None,
         })
         .collect();
     let listed = vec!["application/pdf".to_owned()];
@@ -811,8 +813,9 @@ fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
 }
 
 /// A payload the store keeps in gzip is handed over as gzip: sent as it is on a part the
-/// leg compresses (no second compression), inflated while spooled for a part the leg
-/// leaves uncompressed. Both arrive as the payload's bytes.
+/// leg compresses (no second compression; read where it is when it can be read again),
+/// inflated while spooled for a part the leg leaves uncompressed. Both arrive as the
+/// payload's bytes.
 #[test]
 fn a_payload_given_in_gzip_is_sent_as_it_is_or_inflated_when_left_uncompressed() {
     let f = fixture();
@@ -828,15 +831,31 @@ fn a_payload_given_in_gzip_is_sent_as_it_is_or_inflated_when_left_uncompressed()
         ("pdf@test", "application/pdf", gzip(&pdf)),
     ];
     let mut readers: Vec<&[u8]> = payloads.iter().map(|p| &p.2[..]).collect();
+    // Both can be read again: the XML's gzip is read where it is, twice (the signature's
+    // digest, the package); the PDF's is not, as it goes out inflated.
+    let reads = std::cell::Cell::new(0);
+    let reopeners: Vec<Box<Reopen<'_>>> = payloads
+        .iter()
+        .map(|p| {
+            let bytes = p.2.clone();
+            let reads = &reads;
+            Box::new(move || {
+                reads.set(reads.get() + 1);
+                Ok(Box::new(std::io::Cursor::new(bytes.clone())) as Box<dyn Read>)
+            }) as Box<Reopen<'_>>
+        })
+        .collect();
     let outgoing: Vec<OutgoingPayload<'_>> = payloads
         .iter()
         .zip(readers.iter_mut())
-        .map(|(p, r)| OutgoingPayload {
+        .zip(&reopeners)
+        .map(|((p, r), reopen)| OutgoingPayload {
             content_id: p.0.into(),
             mime_type: p.1.into(),
             properties: vec![],
             content: r as &mut dyn Read,
             content_is_gzip: true,
+            reopen: Some(&**reopen),
         })
         .collect();
     let listed = vec!["application/pdf".to_owned()];
@@ -869,6 +888,7 @@ fn a_payload_given_in_gzip_is_sent_as_it_is_or_inflated_when_left_uncompressed()
             .unwrap();
         out
     };
+    assert_eq!(reads.get(), 2, "the XML's gzip read where it is, twice");
     assert_eq!(wire("doc@test"), payloads[0].2, "the gzip as given");
     assert_eq!(wire("pdf@test"), pdf, "inflated");
     let sent = Sent {

@@ -216,6 +216,7 @@ fn seal(set: &PModeSet, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) 
         properties: Vec::new(),
         content: &mut content as &mut dyn Read,
         content_is_gzip: false,
+        reopen: None,
     }];
     let mut bytes = Vec::new();
     let sent = send(&um, payloads, &policy, &mut bytes).unwrap();

@@ -174,6 +174,7 @@ fn sealed(p: &Pki) -> (Vec<u8>, String) {
         properties: vec![],
         content: &mut data as &mut dyn Read,
         content_is_gzip: false,
+        reopen: None,
     }];
     let policy = SendPolicy::new(
         &AS4_1_15,

@@ -121,6 +121,7 @@ impl<'a> Msg<'a> {
                 properties: Vec::new(),
                 content: c as &mut dyn std::io::Read,
                 content_is_gzip: false,
+                reopen: None,
             })
             .collect();
         let mut body = Vec::new();

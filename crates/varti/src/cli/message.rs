@@ -1216,6 +1216,7 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             properties: Vec::new(),
             content: f as &mut dyn std::io::Read,
             content_is_gzip: false,
+            reopen: None,
         })
         .collect();
     let policy = SendPolicy::new(
