@@ -191,9 +191,9 @@ pub struct DeliveredPayload {
     /// bytes. [`DeliveredPayload::open`] and [`DeliveredPayload::persist`] inflate it; a
     /// store may keep the file as it is.
     pub content_is_gzip: bool,
-    /// Size of the delivered content in bytes.
+    /// Size of the payload's bytes (inflated, whatever `content` holds).
     pub len: u64,
-    /// SHA-256 of the delivered content.
+    /// SHA-256 of the payload's bytes (inflated, whatever `content` holds).
     pub sha256: [u8; 32],
     /// The content: in memory when small, else in a temporary file removed when this
     /// value is dropped; read it with [`DeliveredPayload::open`], keep it with
@@ -490,7 +490,11 @@ fn receive_parsed(
             .iter()
             .find(|s| s.content_id() == cid)
             .expect("every payload part has a source");
-        delivered.push(deliver(part, att, cid, source, policy)?);
+        // A decrypted file can become one payload only: a part named by two PartInfos
+        // is copied for each.
+        let named_once = payload_parts.iter().filter(|(_, _, c)| c == cid).count() == 1;
+        let keep = policy.keep_decrypted && named_once;
+        delivered.push(deliver(part, att, cid, source, policy, keep)?);
     }
     drop(sources);
     let mut decrypted = decrypted;
@@ -530,8 +534,9 @@ fn receive_parsed(
 enum Delivery {
     /// Inflated (or copied) into a content of its own.
     Inflated(DeliveredPayload),
-    /// Checked, and delivered as the decrypted part still compressed: the caller moves the
-    /// decrypted content into the payload (empty until then).
+    /// Checked, and delivered as the decrypted part itself (still compressed if it
+    /// travelled so): the caller moves the decrypted content into the payload (empty until
+    /// then).
     AsDecrypted(DeliveredPayload),
 }
 
@@ -723,6 +728,7 @@ fn deliver(
     cid: &str,
     source: &Source<'_>,
     policy: &ReceivePolicy,
+    keep_decrypted: bool,
 ) -> Result<Delivery, EbmsError> {
     let props: Vec<(&str, &str)> = part
         .properties
@@ -778,7 +784,7 @@ fn deliver(
     // inflated) cost most of the receiver's time for a large payload
     // (`docs/benchmarks.md`). A part sent unencrypted stays in the MIME package's spool,
     // which is not this payload's to keep: it is copied or inflated into a file as below.
-    if policy.keep_decrypted {
+    if keep_decrypted {
         if let Source::Decrypted(p) = source {
             if p.content.file().is_some() {
                 let mut digest = DigestSink::default();

@@ -588,8 +588,13 @@ fn put_upload(
         io::BufWriter::with_capacity(64 * 1024, file.as_file_mut()),
     );
     if let Err(e) = written {
-        // The upload failing is the client's doing: reported as a failed read.
-        return Err(read_failed(e));
+        // The upload broke off, or the spool file could not be written: the error says.
+        return Err(StoreError::Io {
+            context: "cannot read the payload or compress it into the spool directory \
+                      (nothing was kept)"
+                .into(),
+            source: e,
+        });
     }
     let (len, sha256) = (counted.len, counted.hash.finish());
     if let Some(kept) = payloads.adopt(file.path(), FileEncoding::Gzip, len, &sha256)? {
