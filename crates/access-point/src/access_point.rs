@@ -28,7 +28,7 @@ use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::Party;
 use varti_as4::security::private_key::PrivateKey;
-use varti_as4::spool::{Spool, SpoolBudget};
+use varti_as4::spool::{claim_spool_dir, Claim, Spool, SpoolBudget, SpoolClaim};
 use varti_store::Store;
 
 use crate::client::{OutboundClient, PartnerTls};
@@ -443,6 +443,49 @@ impl AccessPoint {
             budget: Some(self.spool_budget.clone()),
             write_behind: self.store.payloads().adopts_files(),
             keep_decrypted: self.store.payloads().adopts_files(),
+        }
+    }
+
+    /// Takes the spool directory for this serving process and removes the files an
+    /// earlier run left there when it was killed (see [`varti_as4::spool::claim_spool_dir`]).
+    /// Keep the returned claim while serving; `None` when another live process holds the
+    /// directory. A directory that cannot be taken or cleared is logged, not fatal: the
+    /// leftovers only take disk space.
+    pub fn claim_spool(&self) -> Option<SpoolClaim> {
+        let dir = self.spool_dir();
+        match claim_spool_dir(&dir) {
+            Ok(Claim::Held {
+                claim,
+                swept_files,
+                swept_bytes,
+            }) => {
+                if swept_files > 0 {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        files = swept_files,
+                        bytes = swept_bytes,
+                        "removed the temporary files an earlier run left in the spool directory"
+                    );
+                }
+                Some(claim)
+            }
+            Ok(Claim::HeldElsewhere) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "another running process holds the spool directory: its leftovers are \
+                     not removed (give each instance a data_dir of its own)"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot take or clear the spool directory: files left by an earlier \
+                     run stay (check the directory's owner and permissions)"
+                );
+                None
+            }
         }
     }
 }

@@ -423,9 +423,136 @@ impl<W: io::Write> io::Write for Charged<'_, W> {
     }
 }
 
+/// Name of the lock file a serving process holds in its spool directory.
+pub const SPOOL_LOCK_FILE: &str = ".varti-spool.lock";
+
+/// A serving process's hold on its spool directory (an exclusive `flock` on
+/// [`SPOOL_LOCK_FILE`]), released when dropped or when the process ends, however it ends.
+#[derive(Debug)]
+pub struct SpoolClaim {
+    _lock: File,
+}
+
+/// What [`claim_spool_dir`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// This process now holds the directory; the files an earlier run left there (a
+    /// process killed while receiving or uploading) were removed.
+    Held {
+        /// Keep it for as long as the process serves.
+        claim: SpoolClaim,
+        /// Files removed.
+        swept_files: u64,
+        /// Their size in bytes.
+        swept_bytes: u64,
+    },
+    /// Another live process holds the directory (two instances configured with one
+    /// `data_dir`): its files are in use, and nothing was removed.
+    HeldElsewhere,
+}
+
+/// Takes the spool directory `dir` (created if missing) for this process, and removes what
+/// an earlier run left in it.
+///
+/// Why: every file in the spool belongs to a reception or an upload in flight, and is
+/// removed when it ends; a process killed meanwhile leaves its files behind, and nothing
+/// else would ever remove them. Under the lock, no live process has a file there, so each
+/// one is a leftover. A file in use by a process that runs without taking the lock (a CLI
+/// command) fails that command, which keeps nothing it did not finish.
+pub fn claim_spool_dir(dir: &Path) -> io::Result<Claim> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(SPOOL_LOCK_FILE))?;
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from `lock`),
+    // and the call touches no memory of this process.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(Claim::HeldElsewhere)
+        } else {
+            Err(e)
+        };
+    }
+    let (mut swept_files, mut swept_bytes) = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == SPOOL_LOCK_FILE {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                swept_files += 1;
+                swept_bytes += meta.len();
+            }
+            // Removed meanwhile: nothing left to do.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Claim::Held {
+        claim: SpoolClaim { _lock: lock },
+        swept_files,
+        swept_bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claiming_the_spool_removes_what_an_earlier_run_left_unless_another_process_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(spool.join("sub")).unwrap();
+        std::fs::write(spool.join("varti-spool-left"), vec![7u8; 1000]).unwrap();
+        std::fs::write(spool.join(".tmpUpload"), vec![7u8; 24]).unwrap();
+        let Claim::Held {
+            claim,
+            swept_files,
+            swept_bytes,
+        } = claim_spool_dir(&spool).unwrap()
+        else {
+            panic!("nobody else holds the directory")
+        };
+        assert_eq!((swept_files, swept_bytes), (2, 1024));
+        let mut left: Vec<_> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [SPOOL_LOCK_FILE, "sub"],
+            "only the lock and directories stay"
+        );
+
+        // While held (flock is per open file, so this process counts as another), a file
+        // in use is left alone.
+        std::fs::write(spool.join("varti-spool-in-use"), b"x").unwrap();
+        assert!(matches!(
+            claim_spool_dir(&spool).unwrap(),
+            Claim::HeldElsewhere
+        ));
+        assert!(spool.join("varti-spool-in-use").exists());
+
+        // Released, the next claim takes it and sweeps.
+        drop(claim);
+        let Claim::Held { swept_files, .. } = claim_spool_dir(&spool).unwrap() else {
+            panic!("the claim was released")
+        };
+        assert_eq!(swept_files, 1);
+        assert!(!spool.join("varti-spool-in-use").exists());
+    }
 
     #[test]
     fn a_spool_bound_for_disk_reads_back_what_was_written_and_written_again() {

@@ -429,4 +429,32 @@ mod embedded {
             served.log_text()
         );
     }
+
+    /// A process killed while receiving leaves its temporary files in the spool; the next
+    /// `varti serve` on that data directory removes them before it serves.
+    #[test]
+    fn serve_removes_the_files_a_killed_run_left_in_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("data/spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        std::fs::write(spool.join("varti-spool-Xk2f9a"), vec![0u8; 64 * 1024]).unwrap();
+        std::fs::write(spool.join(".tmpQ81zzp"), b"part of an upload").unwrap();
+        let config = serve_support::plain_config(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n",
+        );
+        let mut served = serve_support::spawn_serve(dir.path(), &config, &["--insecure-http"]);
+        let mut left: Vec<String> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".varti-spool.lock"], "{}", served.log_text());
+        assert_eq!(served.terminate(Duration::from_secs(15)).code(), Some(0));
+        let log = served.log_text();
+        assert!(
+            log.contains("removed the temporary files an earlier run left")
+                && log.contains("files=2"),
+            "{log}"
+        );
+    }
 }

@@ -194,6 +194,8 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("the start-up task failed")??
     };
     let ap = Arc::new(ap);
+    // Held until the process ends; the sweep runs before any request can spool.
+    let _spool = ap.claim_spool();
     ap.set_reload_source(reload_source(args.clone(), config.clone()));
     {
         // The start-up load in the audit trail, with the hash of every file read.
