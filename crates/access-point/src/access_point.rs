@@ -19,6 +19,7 @@
 //! tests listen).
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -28,7 +29,7 @@ use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::Party;
 use varti_as4::security::private_key::PrivateKey;
-use varti_as4::spool::{claim_spool_dir, Claim, Spool, SpoolBudget, SpoolClaim};
+use varti_as4::spool::{claim_spool_dir, Claim, Spool, SpoolBudget, SpoolClaim, SPOOL_FILE_PREFIX};
 use varti_store::Store;
 
 use crate::client::{OutboundClient, PartnerTls};
@@ -459,11 +460,22 @@ impl AccessPoint {
                 swept_files,
                 swept_bytes,
             }) => {
-                if swept_files > 0 {
+                // The kept sealed copies stay (a retry resends them); a copy being written
+                // when the process was killed never became one.
+                let sealed = dir.join("sealed");
+                let (files, bytes) = match remove_temporaries(&sealed) {
+                    Ok(removed) => removed,
+                    Err(e) => {
+                        tracing::warn!(dir = %sealed.display(), error = %e, "cannot clear the unfinished sealed copies");
+                        (0, 0)
+                    }
+                };
+                let (files, bytes) = (swept_files + files, swept_bytes + bytes);
+                if files > 0 {
                     tracing::info!(
                         dir = %dir.display(),
-                        files = swept_files,
-                        bytes = swept_bytes,
+                        files,
+                        bytes,
                         "removed the temporary files an earlier run left in the spool directory"
                     );
                 }
@@ -488,6 +500,32 @@ impl AccessPoint {
             }
         }
     }
+}
+
+/// Removes the temporary files in `dir` (a missing directory has none): a spool buffer's,
+/// and those written under a `.tmp` name to be renamed when whole. Files removed, bytes.
+fn remove_temporaries(dir: &Path) -> io::Result<(u64, u64)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(SPOOL_FILE_PREFIX) || name.ends_with(".tmp")) {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            std::fs::remove_file(entry.path())?;
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    Ok((files, bytes))
 }
 
 /// Registers a partner's TLS settings with the client: its trusted CA (default: our own

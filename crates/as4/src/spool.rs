@@ -306,7 +306,7 @@ impl Write for SpoolBuffer {
         if let Body::Memory(held) = &self.body {
             if held.len() + buf.len() > SPOOL_MEMORY_MAX {
                 let mut builder = tempfile::Builder::new();
-                builder.prefix("varti-spool-");
+                builder.prefix(SPOOL_FILE_PREFIX);
                 let mut file = match &self.dir {
                     Some(d) => builder.tempfile_in(d)?,
                     None => builder.tempfile()?,
@@ -422,6 +422,9 @@ impl<W: io::Write> io::Write for Charged<'_, W> {
         self.inner.flush()
     }
 }
+
+/// How the name of every temporary file a [`SpoolBuffer`] creates begins.
+pub const SPOOL_FILE_PREFIX: &str = "varti-spool-";
 
 /// Name of the lock file a serving process holds in its spool directory.
 pub const SPOOL_LOCK_FILE: &str = ".varti-spool.lock";
