@@ -47,7 +47,9 @@
 //!   gunzip, the signature's digest and its check, encryption and decryption of the part,
 //!   TLS both ways; those four over the compressed bytes), and the throughput that cost
 //!   bounds when both servers share this machine's cores. A floor: it leaves out the
-//!   MIME, HTTP, disk and store work an exchange also does.
+//!   MIME, HTTP, disk and store work an exchange also does. Last, the disk's rate for a
+//!   large file written and synced beside the stores; the large-message lines print what
+//!   each server wrote, so the two give the disk's bound.
 //! - `--token`: the sender's (varti-a's) signing key, TLS key and, where SoftHSM2 has the
 //!   key type, decryption key in a SoftHSM2 token (PKCS#11; keys imported non-extractable,
 //!   as in `tests/hsm.rs`; needs Debian's softhsm2). Rows are marked `[token keys]`.
@@ -83,7 +85,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{cpu_model, cpu_secs, disk_write_bytes, proc_kib, LoadSampler};
+use bench_support::{
+    cancelled_write_bytes, cpu_model, cpu_secs, disk_write_bytes, proc_kib, LoadSampler,
+};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use varti::pair::{self, NodeLayout, PairLayout, PairOptions, Running};
@@ -386,6 +390,7 @@ fn main() {
         kinds
             .iter()
             .map(|kind| payload_passes(*kind))
+            .chain([disk_rate()])
             .collect::<Vec<_>>()
             .join("\n\n")
     });
@@ -659,6 +664,31 @@ fn payload_passes(kind: BigKind) -> String {
         wire_ns,
         compress_ns + wire_ns,
         mbs(ceiling),
+    )
+}
+
+/// `--passes`: how fast this machine's disk takes a large file, written as the stores
+/// write a payload (1 MiB writes to a new file, then `fsync`), beside the bench's stores.
+fn disk_rate() -> String {
+    const SIZE: u64 = 1 << 30;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("disk-rate");
+    // Bytes no file system could compress or skip.
+    let block: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let started = Instant::now();
+    let mut f = std::fs::File::create(&path).expect("a file to write");
+    for _ in 0..SIZE / block.len() as u64 {
+        f.write_all(&block).expect("written");
+    }
+    f.sync_all().expect("synced");
+    let secs = started.elapsed().as_secs_f64();
+    format!(
+        "Disk: 1 GiB written to a new file in 1 MiB writes and synced in {secs:.1} s: {:.0} MB/s. \
+         An exchange is bound by it at this rate over the bytes both servers write per payload \
+         byte (the `disk writes` of the large-message lines).",
+        SIZE as f64 / 1e6 / secs
     )
 }
 
@@ -1065,6 +1095,9 @@ fn big_run(
     let (kind_name, mime) = kind.describe();
     let pids = all_pids(&nodes);
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    // Pages of a spool file removed before writeback never reach the disk: not counted.
+    let net_writes = |p: u32| disk_write_bytes(p) as i64 - cancelled_write_bytes(p) as i64;
+    let writes_before: Vec<i64> = pids.iter().map(|p| net_writes(*p)).collect();
     let mark = load.mark();
     let started = OffsetDateTime::now_utc();
     let id = submit_file(node.backend(), &node.token, &file, mime);
@@ -1081,12 +1114,19 @@ fn big_run(
         .zip(&cpu_before)
         .map(|(p, before)| cpu_secs(*p) - before)
         .collect();
+    // What each server gave the storage to write: the disk's share of the bound.
+    let written_mb: Vec<f64> = pids
+        .iter()
+        .zip(&writes_before)
+        .map(|(p, before)| (net_writes(*p) - before).max(0) as f64 / 1e6)
+        .collect();
     let secs = (acked - started).as_seconds_f64();
     let bytes = (mib_count << 20) as f64;
     let line = format!(
         "1 message of {mib_count} MiB ({kind_name}; {}, sled): acknowledged {secs:.1} s after the upload began \
          (upload into the sender {:.1} s) → {:.0} MB/s end to end (target ≥ 300 MB/s); peak RSS sender {}, receiver {} \
-         (target < 100 MiB); CPU sender {:.1} s, receiver {:.1} s; load {:.1}-{:.1}.",
+         (target < 100 MiB); CPU sender {:.1} s, receiver {:.1} s; disk writes sender {:.0} MB, receiver {:.0} MB; \
+         load {:.1}-{:.1}.",
         run.profile.label,
         (uploaded - started).as_seconds_f64(),
         bytes / 1e6 / secs,
@@ -1094,6 +1134,8 @@ fn big_run(
         mib(proc_kib(nodes.receivers[0].1.child.id(), "VmHWM")),
         cpu[0],
         cpu[1],
+        written_mb[0],
+        written_mb[1],
         load.since(mark).0,
         load.since(mark).1,
     );

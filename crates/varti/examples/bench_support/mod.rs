@@ -53,10 +53,21 @@ pub fn cpu_secs(pid: u32) -> f64 {
 /// Bytes a process caused to be written to storage so far (`write_bytes` of
 /// `/proc/PID/io`: the pages it dirtied, whoever writes them back).
 pub fn disk_write_bytes(pid: u32) -> u64 {
+    proc_io(pid, "write_bytes")
+}
+
+/// Bytes of [`disk_write_bytes`] that never reached the disk: pages of files the process
+/// truncated or removed before they were written back (`cancelled_write_bytes`).
+pub fn cancelled_write_bytes(pid: u32) -> u64 {
+    proc_io(pid, "cancelled_write_bytes")
+}
+
+/// One counter of `/proc/PID/io` (0 when unreadable).
+fn proc_io(pid: u32, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
