@@ -612,6 +612,11 @@ fn decrypt_stage(
         let io_fail =
             |e: io::Error| decryption(format!("temporary file for cid:{}: {e}", part.content_id));
         let mut content = SpoolBuffer::new(policy.spool_dir.as_deref());
+        if policy.keep_decrypted && policy.write_behind {
+            // A large part decrypted here is the payload file the store takes over and
+            // syncs (stage 6): its writeback starts now, beside the decryption.
+            content = content.bound_for_disk();
+        }
         let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
         let decrypted = {
             let mut w = BufWriter::new(Charged {

@@ -341,6 +341,37 @@ impl Write for SpoolBuffer {
     }
 }
 
+/// Writes to a file that will be synced (a payload a store will take over), starting its
+/// writeback as it goes: every [`WRITE_BEHIND_STEP`] bytes, as a [`SpoolBuffer`] bound for
+/// the disk does.
+#[derive(Debug)]
+pub struct WritingBehind<'f> {
+    file: &'f File,
+    behind: WriteBehind,
+}
+
+impl<'f> WritingBehind<'f> {
+    /// Writes to `file` from its current position.
+    pub fn new(file: &'f File) -> WritingBehind<'f> {
+        WritingBehind {
+            file,
+            behind: WriteBehind::default(),
+        }
+    }
+}
+
+impl Write for WritingBehind<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.behind.after_write(self.file, n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Bytes written to a spool file before its writeback is started.
 const WRITE_BEHIND_STEP: u64 = 8 << 20;
 
@@ -511,6 +542,24 @@ pub fn claim_spool_dir(dir: &Path) -> io::Result<Claim> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writing_behind_leaves_the_file_as_a_plain_write_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kept");
+        let file = File::create(&path).unwrap();
+        let data: Vec<u8> = (0..(WRITE_BEHIND_STEP as usize * 2 + 777))
+            .map(|i| (i * 31 % 253) as u8)
+            .collect();
+        let mut w = io::BufWriter::with_capacity(64 * 1024, WritingBehind::new(&file));
+        for piece in data.chunks(1_000_003) {
+            w.write_all(piece).unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        file.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
 
     #[test]
     fn claiming_the_spool_removes_what_an_earlier_run_left_unless_another_process_holds_it() {

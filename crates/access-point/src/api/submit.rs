@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use varti_as4::message::id as message_id;
+use varti_as4::spool::WritingBehind;
 use varti_store::{
     Direction, FileEncoding, MessageProperty, PayloadEntry, PayloadRef, Store, StoreError,
     INLINE_PAYLOAD_MAX,
@@ -577,15 +578,16 @@ fn put_upload(
     };
     let dir = ap.spool_dir();
     std::fs::create_dir_all(&dir).map_err(spool_failed)?;
-    let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(spool_failed)?;
+    let file = tempfile::NamedTempFile::new_in(&dir).map_err(spool_failed)?;
     let mut counted = CountingReader {
         inner: Read::chain(io::Cursor::new(head), reader),
         hash: openssl::sha::Sha256::new(),
         len: 0,
     };
+    // The store syncs the file it takes over: its writeback starts as it is written.
     let written = varti_as4::compress::gzip(
         &mut counted,
-        io::BufWriter::with_capacity(64 * 1024, file.as_file_mut()),
+        io::BufWriter::with_capacity(64 * 1024, WritingBehind::new(file.as_file())),
     );
     if let Err(e) = written {
         // The upload broke off, or the spool file could not be written: the error says.
