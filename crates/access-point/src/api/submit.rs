@@ -129,11 +129,11 @@ impl From<Property> for MessageProperty {
 /// Payloads stored for a submission not yet recorded; removed on drop unless disarmed.
 struct Stored {
     store: Arc<dyn Store>,
-    parts: Vec<(String, PayloadRef, Option<String>)>,
+    parts: Vec<(String, PayloadRef, String)>,
 }
 
 impl Stored {
-    fn take(&mut self) -> Vec<(String, PayloadRef, Option<String>)> {
+    fn take(&mut self) -> Vec<(String, PayloadRef, String)> {
         std::mem::take(&mut self.parts)
     }
 }
@@ -201,7 +201,7 @@ pub(super) async fn submit(
             .iter()
             .position(|(n, _, _)| *n == spec.part)
             .expect("checked above");
-        let (_, payload, part_type) = parts.swap_remove(at);
+        let (_, payload, mime_type) = parts.swap_remove(at);
         refs.push(payload.clone());
         entries.push(PayloadEntry {
             content_id: spec
@@ -209,11 +209,7 @@ pub(super) async fn submit(
                 .as_deref()
                 .map(|c| c.trim_start_matches("cid:").to_owned())
                 .unwrap_or_else(|| format!("{}@varti", uuid::Uuid::new_v4())),
-            mime_type: spec
-                .mime_type
-                .clone()
-                .or(part_type)
-                .unwrap_or_else(|| DEFAULT_MIME_TYPE.to_owned()),
+            mime_type,
             stored: payload,
             properties: spec.properties.iter().cloned().map(Into::into).collect(),
         });
@@ -331,14 +327,15 @@ impl FormSink for StoreSink {
 }
 
 /// Reads a submission's form: the `metadata` part first (JSON, checked), then every file
-/// part it names, each handed to `sink` and recorded in `parts` (form part name, what
-/// the sink stored, the part's Content-Type) as soon as it is stored, so that the caller
-/// can remove what was stored when the submission fails. Every part the metadata names
-/// has arrived when this returns `Ok`.
+/// part it names, each handed to `sink` and recorded in `parts` (form part name, what the
+/// sink stored, the payload's media type: the metadata's, else the part's Content-Type,
+/// else the default) as soon as it is stored, so that the caller can remove what was
+/// stored when the submission fails. Every part the metadata names has arrived when this
+/// returns `Ok`.
 async fn read_form<S: FormSink>(
     form: &mut multer::Multipart<'static>,
     sink: &mut S,
-    parts: &mut Vec<(String, S::Stored, Option<String>)>,
+    parts: &mut Vec<(String, S::Stored, String)>,
 ) -> Result<Metadata, ApiError> {
     // The metadata comes first: it says which parts are payloads.
     let field = form
@@ -370,30 +367,28 @@ async fn read_form<S: FormSink>(
 
     while let Some(mut field) = form.next_field().await.map_err(form_error)? {
         let name = field.name().unwrap_or("").to_owned();
-        if !metadata.payloads.iter().any(|p| p.part == name) {
+        let Some(spec) = metadata.payloads.iter().find(|p| p.part == name) else {
             return Err(ApiError::bad_request(
                 format!("form part `{name}` is not named by any metadata.payloads[].part"),
                 "list every file part in metadata.payloads (part = the form field name), or \
                  leave it out of the form",
             ));
-        }
+        };
         if parts.iter().any(|(p, _, _)| *p == name) {
             return Err(ApiError::bad_request(
                 format!("form part `{name}` is sent twice"),
                 "give each file its own form field name",
             ));
         }
-        let part_type = field.content_type().map(|m| m.to_string());
-        let mime_type = metadata
-            .payloads
-            .iter()
-            .find(|p| p.part == name)
-            .and_then(|p| p.mime_type.as_deref())
-            .or(part_type.as_deref())
-            .unwrap_or(DEFAULT_MIME_TYPE)
-            .to_owned();
+        // The metadata's media type, else the form part's, else the default.
+        let mime_type = match &spec.mime_type {
+            Some(m) => m.clone(),
+            None => field
+                .content_type()
+                .map_or_else(|| DEFAULT_MIME_TYPE.to_owned(), |m| m.to_string()),
+        };
         let payload = sink.payload(&mut field, &metadata, &mime_type).await?;
-        parts.push((name, payload, part_type));
+        parts.push((name, payload, mime_type));
     }
     if let Some(missing) = metadata
         .payloads
