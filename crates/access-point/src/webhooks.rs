@@ -530,6 +530,7 @@ impl Dispatcher {
         tasks.spawn(sweep(self.inner.clone(), tasks.clone(), token.clone()));
         loop {
             let next = tokio::select! {
+                biased;
                 _ = token.cancelled() => break,
                 event = self.events.recv() => event.map(Outgoing::of_event),
                 notice = self.notices.recv() => notice.map(Outgoing::of_notice),
@@ -583,6 +584,27 @@ async fn sweep(inner: Arc<Inner>, tasks: TaskTracker, token: CancellationToken) 
                 continue;
             }
         };
+        if token.is_cancelled() {
+            // Shutting down: what was just claimed stays leased to this instance until the
+            // lease runs out, then a sweep (of any instance) takes it over.
+            tracing::debug!(
+                events = events.len(),
+                "shutting down: swept webhook events left for a later sweep"
+            );
+            return;
+        }
+        // Events of backends without a webhook (none, or removed): nobody to notify, so
+        // they are finished together, in one store step.
+        let (events, unhooked): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| inner.hooks.contains_key(&e.owner));
+        if !unhooked.is_empty() {
+            tracing::debug!(
+                events = unhooked.len(),
+                "webhook events of backends without a webhook removed from the outbox"
+            );
+            inner.complete(&unhooked).await;
+        }
         for event in events {
             tracing::info!(
                 message_id = %event.message_id,
@@ -598,11 +620,8 @@ async fn sweep(inner: Arc<Inner>, tasks: TaskTracker, token: CancellationToken) 
 /// Starts the notification as its own task (never waits for it).
 fn dispatch(inner: &Arc<Inner>, event: Outgoing, tasks: &TaskTracker, token: &CancellationToken) {
     let Some(hook) = inner.hooks.get(&event.owner) else {
-        if let Some(claimed) = event.outbox {
-            // Nobody to notify: the event is done.
-            let inner = inner.clone();
-            tasks.spawn(async move { inner.complete(&claimed).await });
-        }
+        // Nobody to notify. An announced event stays in the outbox until a sweep removes
+        // it with others (the sweep never dispatches such events).
         return;
     };
     let pending = hook.pending.fetch_add(1, Ordering::SeqCst);
@@ -677,8 +696,8 @@ impl Inner {
                     // Marked by an instance that died before the backend answered.
                 }
                 Ok(Ok(false)) => {
-                    if let Some(claimed) = &event.outbox {
-                        self.complete(claimed).await;
+                    if let Some(claimed) = event.outbox {
+                        self.complete(&[claimed]).await;
                     }
                     tracing::debug!(
                         message_id,
@@ -715,11 +734,13 @@ impl Inner {
         let max = self.options.max_attempts.max(1);
         for attempt in 1..=max {
             let permit = tokio::select! {
-                permit = hook.in_flight.acquire() => permit,
+                // Shutdown first: once it began, no new attempt starts.
+                biased;
                 _ = token.cancelled() => {
                     tracing::warn!(message_id, event = kind, delivery, attempt, "shutting down: webhook not sent");
                     return Ending::Abandoned { attempts: attempt - 1 };
                 }
+                permit = hook.in_flight.acquire() => permit,
             };
             let outcome = self
                 .post(&hook.uri, body.clone(), kind, &delivery, &signature)
@@ -734,8 +755,8 @@ impl Inner {
                         attempt,
                         "backend notified"
                     );
-                    if let Some(claimed) = &outbox {
-                        self.complete(claimed).await;
+                    if let Some(claimed) = outbox {
+                        self.complete(&[claimed]).await;
                     }
                     return Ending::Delivered { attempts: attempt };
                 }
@@ -752,8 +773,8 @@ impl Inner {
                     url = %hook.uri,
                     "webhook failed; giving up (the backend's API listing still shows the message)"
                 );
-                if let Some(claimed) = &outbox {
-                    self.complete(claimed).await;
+                if let Some(claimed) = outbox {
+                    self.complete(&[claimed]).await;
                 }
                 return Ending::GaveUp { attempts: attempt };
             }
@@ -811,10 +832,10 @@ impl Inner {
     /// Extends this instance's lease on `event` to cover `wait` and one more lease.
     async fn extend(&self, event: &OutboxEvent, wait: Duration) {
         let ap = self.ap.clone();
-        let id = event.event_id.clone();
+        let leased = event.clone();
         let until = self.ap.clock.now() + wait + self.options.outbox_lease;
         let extended = tokio::task::spawn_blocking(move || {
-            ap.store.extend_outbox_lease(&id, &ap.instance, until)
+            ap.store.extend_outbox_lease(&leased, &ap.instance, until)
         })
         .await;
         match extended {
@@ -831,20 +852,20 @@ impl Inner {
         }
     }
 
-    /// Removes `event` from the outbox: nothing more will be done about it. If the store
-    /// cannot be reached, the event stays and is delivered once more later (at least once).
-    async fn complete(&self, event: &OutboxEvent) {
+    /// Removes `events` from the outbox: nothing more will be done about them. If the store
+    /// cannot be reached, they stay and are delivered once more later (at least once).
+    async fn complete(&self, events: &[OutboxEvent]) {
         let ap = self.ap.clone();
-        let id = event.event_id.clone();
-        let done = tokio::task::spawn_blocking(move || ap.store.complete_outbox_event(&id)).await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(message_id = %event.message_id, delivery = %event.event_id, error = %e, "cannot remove the webhook event from the outbox; it will be delivered again")
-            }
-            Err(e) => {
-                tracing::error!(message_id = %event.message_id, error = %e, "the outbox task failed")
-            }
+        let done = events.to_vec();
+        let done =
+            tokio::task::spawn_blocking(move || ap.store.complete_outbox_events(&done)).await;
+        let problem = match done {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the outbox task failed: {e}"),
+        };
+        for event in events {
+            tracing::warn!(message_id = %event.message_id, delivery = %event.event_id, error = %problem, "cannot remove the webhook event from the outbox; it will be delivered again");
         }
     }
 

@@ -1989,19 +1989,23 @@ pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) 
     assert_eq!(taken, vec![claimed.clone()]);
     assert!(
         !store
-            .extend_outbox_lease(&claimed.event_id, "node-a", at(100))
+            .extend_outbox_lease(&claimed, "node-a", at(100))
             .unwrap(),
         "the old holder lost it"
     );
     assert!(store
-        .extend_outbox_lease(&claimed.event_id, "node-b", at(100))
+        .extend_outbox_lease(&claimed, "node-b", at(100))
         .unwrap());
     assert!(store
         .claim_outbox_due("node-c", lease, lease, 10, at(99))
         .unwrap()
         .is_empty());
-    store.complete_outbox_event(&claimed.event_id).unwrap();
-    store.complete_outbox_event(&claimed.event_id).unwrap();
+    store
+        .complete_outbox_events(std::slice::from_ref(&claimed))
+        .unwrap();
+    store
+        .complete_outbox_events(std::slice::from_ref(&claimed))
+        .unwrap();
     assert_eq!(
         store
             .claim_outbox_event("in@them", "received", "node-a", lease, at(101))
@@ -2061,13 +2065,40 @@ pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) 
         .unwrap();
     assert_eq!(kinds(&first), [("out@us".to_owned(), "failed".to_owned())]);
     assert_eq!(first[0].error.as_deref(), Some("EBMS:0301 MissingReceipt"));
-    store.complete_outbox_event(&first[0].event_id).unwrap();
+    store.complete_outbox_events(&first).unwrap();
     let second = store
         .claim_outbox_due("node-b", lease, lease, 10, at(241))
         .unwrap();
     assert_eq!(kinds(&second), [("out@us".to_owned(), "sent".to_owned())]);
     assert_ne!(second[0].event_id, first[0].event_id);
-    store.complete_outbox_event(&second[0].event_id).unwrap();
+    store.complete_outbox_events(&second).unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 0);
+
+    // A sweep finishes a batch in one step: only the events named go, whatever their
+    // message; an event already gone is no error.
+    for id in ["b1@them", "b2@them", "b3@them"] {
+        store
+            .insert_inbound(inbound(id, "portal", b"r"), at(300))
+            .unwrap();
+    }
+    let batch = store
+        .claim_outbox_due("node-b", lease, lease, 10, at(400))
+        .unwrap();
+    assert_eq!(batch.len(), 3);
+    let done = [batch[0].clone(), batch[2].clone(), second[0].clone()];
+    store.complete_outbox_events(&done).unwrap();
+    store.complete_outbox_events(&[]).unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 1);
+    assert!(
+        !store
+            .extend_outbox_lease(&batch[0], "node-b", at(500))
+            .unwrap(),
+        "a completed event has no lease to extend"
+    );
+    assert!(store
+        .extend_outbox_lease(&batch[1], "node-b", at(500))
+        .unwrap());
+    store.complete_outbox_events(&batch).unwrap();
     assert_eq!(store.outbox_depth().unwrap(), 0);
 }
 

@@ -429,18 +429,19 @@ pub trait Store: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Vec<OutboxEvent>, StoreError>;
 
-    /// Extends `holder`'s lease on the event `event_id` to `until` (before a retry, so the
-    /// lease covers the wait). `false` when the event is gone or leased to someone else.
+    /// Extends `holder`'s lease on `event` to `until` (before a retry, so the lease covers
+    /// the wait). `false` when the event is gone or leased to someone else.
     fn extend_outbox_lease(
         &self,
-        event_id: &str,
+        event: &OutboxEvent,
         holder: &str,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// Removes the event `event_id` from the outbox: it was delivered (or given up on).
-    /// Removing an event that is gone is not an error.
-    fn complete_outbox_event(&self, event_id: &str) -> Result<(), StoreError>;
+    /// Removes `events` from the outbox in one durable step: they were delivered, given up
+    /// on, or belong to a backend without a webhook. Removing an event that is gone is not
+    /// an error.
+    fn complete_outbox_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
 
     /// How many events are pending in the outbox (a gauge for operators and tests).
     fn outbox_depth(&self) -> Result<u64, StoreError>;

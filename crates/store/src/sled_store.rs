@@ -1361,7 +1361,7 @@ impl Store for SledStore {
 
     fn extend_outbox_lease(
         &self,
-        event_id: &str,
+        event: &OutboxEvent,
         holder: &str,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
@@ -1369,25 +1369,32 @@ impl Store for SledStore {
             .outbox_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let tree = &self.trees[OUTBOX];
-        let Some((key, mut stored)) = self.find_event(event_id)? else {
+        let Some((key, mut stored)) = self.find_event(event)? else {
             return Ok(false);
         };
         if stored.holder.as_deref() != Some(holder) {
             return Ok(false);
         }
         stored.lease_until = Some(until);
-        tree.insert(key, encode_event(&stored)?).map_err(db_error)?;
+        self.trees[OUTBOX]
+            .insert(key, encode_event(&stored)?)
+            .map_err(db_error)?;
         Ok(true)
     }
 
-    fn complete_outbox_event(&self, event_id: &str) -> Result<(), StoreError> {
+    fn complete_outbox_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
         let _lock = self
             .outbox_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((key, _)) = self.find_event(event_id)? {
-            self.trees[OUTBOX].remove(key).map_err(db_error)?;
+        let mut removed = false;
+        for event in events {
+            if let Some((key, _)) = self.find_event(event)? {
+                self.trees[OUTBOX].remove(key).map_err(db_error)?;
+                removed = true;
+            }
+        }
+        if removed {
             self.flush()?;
         }
         Ok(())
@@ -1513,11 +1520,18 @@ fn console_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Sto
 
 impl SledStore {
     /// The outbox entry of `event_id` (a scan: the outbox holds only pending events).
-    fn find_event(&self, event_id: &str) -> Result<Option<(sled::IVec, StoredEvent)>, StoreError> {
-        for item in self.trees[OUTBOX].iter() {
+    /// `event` as stored, with its key: looked up among its message's events only (a
+    /// message has a handful; the outbox may hold many thousands).
+    fn find_event(
+        &self,
+        event: &OutboxEvent,
+    ) -> Result<Option<(sled::IVec, StoredEvent)>, StoreError> {
+        let mut prefix = event.message_id.as_bytes().to_vec();
+        prefix.push(0);
+        for item in self.trees[OUTBOX].scan_prefix(&prefix) {
             let (key, bytes) = item.map_err(db_error)?;
             let stored = decode_event(&bytes)?;
-            if stored.event.event_id == event_id {
+            if stored.event.event_id == event.event_id {
                 return Ok(Some((key, stored)));
             }
         }

@@ -261,6 +261,11 @@ impl Fixture {
 
     /// Stores an inbound message for `owner`, as the receiver does.
     fn receive(&self, message_id: &str, owner: &str) {
+        self.receive_at(message_id, owner, OffsetDateTime::now_utc());
+    }
+
+    /// [`Fixture::receive`], as if at `at`.
+    fn receive_at(&self, message_id: &str, owner: &str, at: OffsetDateTime) {
         let meta = MessageMeta {
             message_id: message_id.to_owned(),
             owner: owner.to_owned(),
@@ -279,9 +284,7 @@ impl Fixture {
             receipt: b"<receipt/>".to_vec(),
             peer: None,
         };
-        self.store
-            .insert_inbound(msg, OffsetDateTime::now_utc())
-            .unwrap();
+        self.store.insert_inbound(msg, at).unwrap();
     }
 
     fn state(&self, message_id: &str) -> State {
@@ -395,6 +398,53 @@ async fn sent_is_retried_until_2xx_with_one_delivery_id_and_a_valid_signature() 
     // Backoff: 50 ms, then 100 ms.
     assert!(seen[1].at - seen[0].at >= Duration::from_millis(50));
     assert!(seen[2].at - seen[1].at >= Duration::from_millis(100));
+    token.cancel();
+}
+
+/// The outbox sweep finishes the events of a backend without a webhook without notifying
+/// anyone (more of them than one sweep takes), and delivers the others under their outbox
+/// event's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_events_nobody_is_notified_of_and_delivers_the_rest() {
+    let backend = Backend::start(vec![200], None).await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/hook", backend.addr));
+    // Written two minutes ago by an instance that never announced them: due for a sweep.
+    let written = OffsetDateTime::now_utc() - time::Duration::minutes(2);
+    for i in 0..300 {
+        fixture.receive_at(&format!("m-poll-{i}@test"), "poller", written);
+    }
+    fixture.receive_at("m-portal@test", "portal", written);
+    assert_eq!(fixture.store.outbox_depth().unwrap(), 301);
+    let options = WebhookOptions {
+        outbox_sweep: Duration::from_millis(20),
+        ..fast(50)
+    };
+    let (token, mut reports) = start_reporting(&ap, options);
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(
+        (report[0].subject.as_str(), report[0].ending),
+        ("m-portal@test", Ending::Delivered { attempts: 1 })
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fixture.store.outbox_depth().unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} event(s) still in the outbox after 20 s",
+            fixture.store.outbox_depth().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1, "only portal has a webhook");
+    assert_eq!(json(&seen[0])["message_id"], "m-portal@test");
+    assert_eq!(json(&seen[0])["event"], "received");
+    assert_eq!(fixture.state("m-portal@test"), State::Delivered);
+    assert_eq!(
+        fixture.state("m-poll-0@test"),
+        State::Received,
+        "a poller's message waits for its backend to fetch it"
+    );
     token.cancel();
 }
 

@@ -1128,11 +1128,11 @@ impl Store for PgStore {
 
     fn extend_outbox_lease(
         &self,
-        event_id: &str,
+        event: &OutboxEvent,
         holder: &str,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let Ok(event_id) = Uuid::parse_str(event_id) else {
+        let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
             return Ok(false);
         };
         let until = micros(until);
@@ -1146,15 +1146,20 @@ impl Store for PgStore {
             })
     }
 
-    fn complete_outbox_event(&self, event_id: &str) -> Result<(), StoreError> {
-        let Ok(event_id) = Uuid::parse_str(event_id) else {
+    fn complete_outbox_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
+        // An id that is no UUID names no stored event.
+        let ids: Vec<Uuid> = events
+            .iter()
+            .filter_map(|e| Uuid::parse_str(&e.event_id).ok())
+            .collect();
+        if ids.is_empty() {
             return Ok(());
-        };
+        }
         self.pool
-            .run("removing a delivered webhook event", |client, _| {
+            .run("removing finished webhook events", |client, _| {
                 client.execute(
-                    "DELETE FROM webhook_outbox WHERE event_id = $1",
-                    &[&event_id],
+                    "DELETE FROM webhook_outbox WHERE event_id = ANY($1)",
+                    &[&ids],
                 )?;
                 Ok(())
             })
