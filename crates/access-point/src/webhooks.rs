@@ -56,8 +56,10 @@
 //! in flight and 10 000 of its notifications pending, so a client whose target hangs or is
 //! down delays nobody else's notifications. The event listener never waits for
 //! them (each notification is its own task), and if it still falls behind the broadcast
-//! channel, it logs how many events it missed. On shutdown, requests in flight finish
-//! (bounded by the timeout) and waiting retries are abandoned, each logged.
+//! channel, it logs how many events it missed. On shutdown, requests in flight may finish
+//! within [`WebhookOptions::shutdown_wait`] (the server's shutdown grace), then are
+//! abandoned; waiting retries are abandoned at once, each logged. An abandoned outbox
+//! event stays in the outbox and is delivered later.
 //!
 //! `http://` and `https://` URLs are accepted (a backend on the same host or a protected
 //! network may use plain HTTP; the signature still authenticates the body, but does not hide
@@ -155,6 +157,10 @@ pub struct WebhookOptions {
     pub outbox_lease: Duration,
     /// How often the outbox is swept for events nobody is delivering. Default 5 s.
     pub outbox_sweep: Duration,
+    /// How long a request in flight when shutdown begins may still take before it is
+    /// abandoned; its outbox event stays and is delivered later, by any instance. `varti
+    /// serve` sets its shutdown grace. Default 5 s.
+    pub shutdown_wait: Duration,
 }
 
 impl Default for WebhookOptions {
@@ -169,6 +175,7 @@ impl Default for WebhookOptions {
             trusted_cas: None,
             outbox_lease: Duration::from_secs(60),
             outbox_sweep: Duration::from_secs(5),
+            shutdown_wait: Duration::from_secs(5),
         }
     }
 }
@@ -513,8 +520,9 @@ impl Dispatcher {
         self.inner.reports.subscribe()
     }
 
-    /// Notifies until `token` is cancelled (or the access point is dropped), then lets
-    /// requests in flight finish and abandons waiting retries.
+    /// Notifies until `token` is cancelled (or the access point is dropped), then gives
+    /// requests in flight up to [`WebhookOptions::shutdown_wait`] and abandons waiting
+    /// retries.
     pub async fn run(mut self, token: CancellationToken) {
         if self.inner.hooks.is_empty() {
             tracing::debug!("no backend has a webhook_url; webhooks are off");
@@ -742,9 +750,18 @@ impl Inner {
                 }
                 permit = hook.in_flight.acquire() => permit,
             };
-            let outcome = self
-                .post(&hook.uri, body.clone(), kind, &delivery, &signature)
-                .await;
+            let post = self.post(&hook.uri, body.clone(), kind, &delivery, &signature);
+            let shutdown_waited = async {
+                token.cancelled().await;
+                tokio::time::sleep(self.options.shutdown_wait).await;
+            };
+            let outcome = tokio::select! {
+                outcome = post => outcome,
+                _ = shutdown_waited => {
+                    tracing::warn!(message_id, event = kind, delivery, attempt, "shutting down: the webhook request got no answer in time; abandoned");
+                    return Ending::Abandoned { attempts: attempt };
+                }
+            };
             drop(permit);
             let problem = match outcome {
                 Ok(status) if status.is_success() => {

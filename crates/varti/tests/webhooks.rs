@@ -621,6 +621,48 @@ async fn gives_up_after_the_last_attempt_and_stops_promptly() {
     assert_eq!(backend.seen().len(), 1);
 }
 
+/// A request in flight when shutdown begins gets `shutdown_wait`, not the whole request
+/// timeout: against a target that never answers (10 s timeout), the dispatcher stops
+/// within a second of a 200 ms wait, and the event stays in the outbox for later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_a_request_in_flight_after_the_shutdown_wait() {
+    let hung = Hung::start().await;
+    let fixture = Fixture::new();
+    let ap = fixture.access_point(&format!("http://{}/hook", hung.addr));
+    fixture.receive("m-hung@test", "portal");
+    let token = CancellationToken::new();
+    let options = WebhookOptions {
+        shutdown_wait: Duration::from_millis(200),
+        ..fast(50)
+    };
+    assert_eq!(options.request_timeout, Duration::from_secs(10));
+    let dispatcher = Dispatcher::new(ap.clone(), options).unwrap();
+    let mut reports = dispatcher.reports();
+    let run = tokio::spawn(dispatcher.run(token.clone()));
+    ap.announce(MessageEvent::Received {
+        message_id: "m-hung@test".into(),
+        owner: "portal".into(),
+    });
+    hung.wait_for(1).await;
+    let stopping = Instant::now();
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(3), run)
+        .await
+        .expect("the dispatcher stops without waiting out the 10 s request timeout")
+        .unwrap();
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(200),
+        "the request had its shutdown wait"
+    );
+    let report = ended(&mut reports, 1).await;
+    assert_eq!(report[0].ending, Ending::Abandoned { attempts: 1 });
+    assert_eq!(
+        fixture.store.outbox_depth().unwrap(),
+        1,
+        "the event waits in the outbox for a later delivery"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_webhooks_verify_the_server() {
     let ca = tls::load_certs(&repo().join("certs/ca.cert.pem"), "ca").unwrap();

@@ -218,6 +218,8 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             // A sweep a few times per lease, so a taken-over event waits little past it.
             outbox_sweep: (webhook_lease / 4)
                 .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            // Within the server's shutdown deadline (the grace and 5 s more).
+            shutdown_wait: secs(config.server.shutdown_grace_secs),
             ..webhooks::WebhookOptions::default()
         },
     )?;
