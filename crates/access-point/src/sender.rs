@@ -41,9 +41,12 @@ use crate::ops::{Direction, Outcome};
 use crate::pull;
 use crate::reload::Snapshot;
 
-/// Runs the sender until `token` is cancelled; then waits (up to the request timeout) for
-/// the attempts in flight, so that their outcome is recorded.
-pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
+/// Runs the sender until `token` is cancelled; then waits for the attempts in flight, so
+/// that their outcome is recorded: up to the request timeout, and no longer than
+/// `shutdown_wait` (the server's shutdown grace). An attempt still unfinished then is
+/// left to its lease: it expires and the message is sent again (by any instance), which
+/// the partner answers as a duplicate if the first one arrived.
+pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken, shutdown_wait: Duration) {
     let cfg = &ap.settings.sender;
     let lease = Duration::from_secs(cfg.lease_secs);
     let poll = Duration::from_millis(cfg.poll_interval_ms);
@@ -97,7 +100,7 @@ pub async fn run(ap: Arc<AccessPoint>, token: CancellationToken) {
         }
     }
     // Let the attempts in flight record their outcome.
-    let wait = Duration::from_secs(ap.settings.client.request_timeout_secs + 5);
+    let wait = Duration::from_secs(ap.settings.client.request_timeout_secs + 5).min(shutdown_wait);
     let all = u32::try_from(ap.settings.sender.concurrency).unwrap_or(u32::MAX);
     if tokio::time::timeout(wait, slots.acquire_many(all))
         .await

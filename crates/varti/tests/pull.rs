@@ -470,7 +470,11 @@ fn pull_in_process() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let token = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(sender::run(a.clone(), token.clone()));
+        let task = tokio::spawn(sender::run(
+            a.clone(),
+            token.clone(),
+            Duration::from_secs(5),
+        ));
         let start = Instant::now();
         loop {
             let r = a.store.get(parked).unwrap().unwrap();
@@ -626,19 +630,11 @@ fn two_processes_pull() {
     assert!(log.contains("message pulled"), "{log}");
 }
 
-/// The sender's retry schedule runs on the access point's clock: with varti-b down, each
-/// failed attempt schedules the next one exactly one interval of the leg's
-/// `retry_intervals` (1 m, 2 m, 5 m) later, and the attempt after the last interval fails
-/// the message with EBMS:0301. The test moves a manual clock through eight minutes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sender_retries_on_the_clock() {
-    let pair = Pair::new();
-    let clock = Clock::manual(OffsetDateTime::now_utc());
-    // Only varti-a runs: varti-b's port is closed, so every push is refused at once.
-    let a = open(&pair, "a", 30, &clock);
-    let stored = a.store.payloads().put(&mut &b"<ping/>"[..]).unwrap();
-    let id = submit(
-        &a,
+/// Submits a test message with one small payload to varti-b (a push leg) at `at`.
+fn submit_ping(ap: &Arc<AccessPoint>, at: OffsetDateTime) -> String {
+    let stored = ap.store.payloads().put(&mut &b"<ping/>"[..]).unwrap();
+    submit(
+        ap,
         Submission {
             owner: "portal".into(),
             to_party: "varti-b".into(),
@@ -652,11 +648,28 @@ async fn sender_retries_on_the_clock() {
             }],
             ..Submission::default()
         },
-        clock.now(),
+        at,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The sender's retry schedule runs on the access point's clock: with varti-b down, each
+/// failed attempt schedules the next one exactly one interval of the leg's
+/// `retry_intervals` (1 m, 2 m, 5 m) later, and the attempt after the last interval fails
+/// the message with EBMS:0301. The test moves a manual clock through eight minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_retries_on_the_clock() {
+    let pair = Pair::new();
+    let clock = Clock::manual(OffsetDateTime::now_utc());
+    // Only varti-a runs: varti-b's port is closed, so every push is refused at once.
+    let a = open(&pair, "a", 30, &clock);
+    let id = submit_ping(&a, clock.now());
     let token = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(sender::run(a.clone(), token.clone()));
+    let run = tokio::spawn(sender::run(
+        a.clone(),
+        token.clone(),
+        Duration::from_secs(5),
+    ));
 
     // Waits until the message has had `attempts` attempts and settled after the last one.
     let settled = |attempts: u32| {
@@ -701,6 +714,69 @@ async fn sender_retries_on_the_clock() {
     );
     token.cancel();
     run.await.unwrap();
+}
+
+/// Shutdown does not wait out a send to a partner that never answers: with varti-b's port
+/// taken by a TLS server that reads the request and stays silent (the request timeout is
+/// 20 s), the sender stops within its shutdown wait, and the message stays claimed, to be
+/// sent again once its lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_stops_within_its_shutdown_wait_with_a_send_in_flight() {
+    let pair = Pair::new();
+    let silent = tokio::net::TcpListener::bind(pair.layout.b.msh())
+        .await
+        .unwrap();
+    // Counts requests whose first bytes arrived over TLS; never answers them.
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = requests.clone();
+    let acceptor = pair_support::tls_acceptor();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = silent.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut sink = [0u8; 4096];
+                if matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0)
+                {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                while matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0)
+                {
+                }
+            });
+        }
+    });
+    let a = open(&pair, "a", 30, &Clock::system());
+    assert!(a.settings.client.request_timeout_secs >= 10);
+    let id = submit_ping(&a, OffsetDateTime::now_utc());
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(sender::run(
+        a.clone(),
+        token.clone(),
+        Duration::from_millis(300),
+    ));
+    let start = Instant::now();
+    while requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the sender's request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = Instant::now();
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the sender stops within its shutdown wait, not the request timeout")
+        .unwrap();
+    assert!(stopping.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        a.store.get(&id).unwrap().unwrap().state,
+        State::Sending,
+        "still claimed: its lease runs out and it is sent again"
+    );
 }
 
 /// A signed PullRequest is answered once, by either instance of a pair: the same bytes

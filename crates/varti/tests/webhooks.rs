@@ -168,21 +168,6 @@ impl Hung {
     }
 }
 
-/// A TLS acceptor with varti-b's TLS certificate (SAN localhost, 127.0.0.1).
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let repo = repo();
-    let chain = tls::load_certs(&repo.join("certs/varti-b/tls.cert.pem"), "cert").unwrap();
-    let key = tls::load_key(&repo.join("certs/varti-b/tls.key.pem"), "key").unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
 /// varti-a over the repository's PModes and keys, with two backends: `portal` (webhook to
 /// `webhook_url`) and `poller` (no webhook).
 fn config(data: &Path, webhook_url: &str) -> Config {
@@ -668,7 +653,7 @@ async fn https_webhooks_verify_the_server() {
     let ca = tls::load_certs(&repo().join("certs/ca.cert.pem"), "ca").unwrap();
 
     // Trusted CA: delivered over TLS.
-    let backend = Backend::start(vec![200], Some(tls_acceptor())).await;
+    let backend = Backend::start(vec![200], Some(pair_support::tls_acceptor())).await;
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("https://localhost:{}/hook", backend.addr.port()));
     let token = start(
@@ -691,7 +676,7 @@ async fn https_webhooks_verify_the_server() {
     token.cancel();
 
     // No trusted CA: the handshake fails, nothing reaches the HTTP layer.
-    let backend = Backend::start(vec![200], Some(tls_acceptor())).await;
+    let backend = Backend::start(vec![200], Some(pair_support::tls_acceptor())).await;
     let fixture = Fixture::new();
     let ap = fixture.access_point(&format!("https://localhost:{}/hook", backend.addr.port()));
     let (token, mut reports) = start_reporting(

@@ -443,7 +443,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    tasks.spawn("sender", sender::run(ap.clone(), tasks.token()));
+    tasks.spawn("sender", sender::run(ap.clone(), tasks.token(), grace));
     tasks.spawn("puller", pull::run(ap.clone(), tasks.token()));
     tasks.spawn("retention", retention(ap.clone(), tasks.token()));
     if let (Some(sled), Some(dir)) = (sled, config.store.backup_dir.clone()) {

@@ -346,3 +346,20 @@ impl LossyProxy {
         }
     }
 }
+
+/// A TLS server config with varti-b's TLS certificate (SAN localhost, 127.0.0.1), for a
+/// stand-in server where varti-b would be.
+pub fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use varti_access_point::server::tls;
+    let repo = repo();
+    let chain = tls::load_certs(&repo.join("certs/varti-b/tls.cert.pem"), "cert").unwrap();
+    let key = tls::load_key(&repo.join("certs/varti-b/tls.key.pem"), "key").unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
