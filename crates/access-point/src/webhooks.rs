@@ -498,6 +498,10 @@ impl Dispatcher {
                 },
             );
         }
+        // The events of other backends would only wait in the outbox for a sweep to
+        // remove them: the store no longer writes them.
+        ap.store
+            .set_outbox_owners(Some(hooks.keys().cloned().collect()));
         let needs_roots = hooks.values().any(|h| h.uri.scheme_str() == Some("https"));
         let client = http_client(&options, needs_roots)?;
         let events = ap.subscribe();
@@ -628,8 +632,7 @@ async fn sweep(inner: Arc<Inner>, tasks: TaskTracker, token: CancellationToken) 
 /// Starts the notification as its own task (never waits for it).
 fn dispatch(inner: &Arc<Inner>, event: Outgoing, tasks: &TaskTracker, token: &CancellationToken) {
     let Some(hook) = inner.hooks.get(&event.owner) else {
-        // Nobody to notify. An announced event stays in the outbox until a sweep removes
-        // it with others (the sweep never dispatches such events).
+        // Nobody to notify (and the store wrote no outbox event for it: see `new`).
         return;
     };
     let pending = hook.pending.fetch_add(1, Ordering::SeqCst);

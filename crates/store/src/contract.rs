@@ -2100,6 +2100,22 @@ pub fn outbox_events_are_written_with_the_change_and_leased<S: Store>(store: S) 
         .unwrap());
     store.complete_outbox_events(&batch).unwrap();
     assert_eq!(store.outbox_depth().unwrap(), 0);
+
+    // Only the events of the owners named are written, once they are named.
+    store.set_outbox_owners(Some(["portal".to_owned()].into()));
+    store
+        .insert_inbound(inbound("c1@them", "poller", b"r"), at(600))
+        .unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 0, "nobody delivers poller's");
+    store
+        .insert_inbound(inbound("c2@them", "portal", b"r"), at(601))
+        .unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 1);
+    store.set_outbox_owners(None);
+    store
+        .insert_inbound(inbound("c3@them", "poller", b"r"), at(602))
+        .unwrap();
+    assert_eq!(store.outbox_depth().unwrap(), 2, "every owner's again");
 }
 
 /// Preview records (issue 18): opaque bytes by id; a swap succeeds only over the expected

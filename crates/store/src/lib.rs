@@ -443,6 +443,12 @@ pub trait Store: Send + Sync {
     /// an error.
     fn complete_outbox_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
 
+    /// From now on, writes outbox events only for the messages of `owners`: the backends
+    /// whose webhooks this process delivers (its webhook dispatcher says so at start).
+    /// Nothing would deliver the events of other owners; unwritten, they cost nothing.
+    /// `None`, the default: events of every owner.
+    fn set_outbox_owners(&self, owners: Option<std::collections::HashSet<String>>);
+
     /// How many events are pending in the outbox (a gauge for operators and tests).
     fn outbox_depth(&self) -> Result<u64, StoreError>;
 

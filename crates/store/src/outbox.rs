@@ -8,16 +8,23 @@
 //! * `acknowledged` → event `sent`;
 //! * `failed` → event `failed`, carrying the message's last error.
 //!
+//! Only for the owners named by [`Store::set_outbox_owners`] once it is called (the
+//! backends with a webhook).
+//!
 //! The webhook dispatcher claims events with a lease ([`Store::claim_outbox_event`] for the
 //! event its own instance just announced, [`Store::claim_outbox_due`] for the rest: events
 //! whose announcing instance died, or whose lease expired), delivers them with the event id
 //! as `X-Varti-Delivery`, and removes each once the backend answered
-//! ([`Store::complete_outbox_event`]). Events of one message are claimed in the order they
+//! ([`Store::complete_outbox_events`]). Events of one message are claimed in the order they
 //! were written: an event waits while an earlier event of its message is still pending.
 //!
 //! [`Store::claim_outbox_event`]: crate::Store::claim_outbox_event
 //! [`Store::claim_outbox_due`]: crate::Store::claim_outbox_due
-//! [`Store::complete_outbox_event`]: crate::Store::complete_outbox_event
+//! [`Store::complete_outbox_events`]: crate::Store::complete_outbox_events
+//! [`Store::set_outbox_owners`]: crate::Store::set_outbox_owners
+
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -76,8 +83,35 @@ pub(crate) fn event_for(
     }
 }
 
-/// The outbox event a change writes, with a fresh id.
-pub(crate) fn new_event(old: Option<State>, new: &MessageRecord) -> Option<OutboxEvent> {
+/// The owners whose events a store writes (see
+/// [`Store::set_outbox_owners`](crate::Store::set_outbox_owners)): all until set.
+#[derive(Debug, Default)]
+pub(crate) struct Owners(RwLock<Option<Arc<HashSet<String>>>>);
+
+impl Owners {
+    pub(crate) fn set(&self, owners: Option<HashSet<String>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = owners.map(Arc::new);
+    }
+
+    /// Whether the events of `owner`'s messages are written.
+    pub(crate) fn keep(&self, owner: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(|owners| owners.contains(owner))
+    }
+}
+
+/// The outbox event a change writes, with a fresh id, if its owner's events are kept.
+pub(crate) fn new_event(
+    old: Option<State>,
+    new: &MessageRecord,
+    owners: &Owners,
+) -> Option<OutboxEvent> {
+    if !owners.keep(&new.meta.owner) {
+        return None;
+    }
     event_for(old, new).map(|(kind, error)| OutboxEvent {
         event_id: uuid::Uuid::new_v4().to_string(),
         message_id: new.meta.message_id.clone(),

@@ -65,7 +65,7 @@ use crate::{
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -197,6 +197,8 @@ pub struct SledStore {
     /// Held while outbox events are claimed, extended or removed (claims are
     /// read-check-write).
     outbox_lock: Mutex<()>,
+    /// Whose events the outbox keeps.
+    outbox_owners: outbox::Owners,
     /// Preview records (see [`PREVIEW_TREE`]).
     previews: sled::Tree,
 }
@@ -270,6 +272,7 @@ impl SledStore {
             console_users,
             console_sessions,
             outbox_lock: Mutex::new(()),
+            outbox_owners: outbox::Owners::default(),
             previews,
         };
         store.build_search_indexes()?;
@@ -503,10 +506,9 @@ impl SledStore {
                 });
                 write_record(trees, id, old.as_ref(), new.as_ref())
                     .map_err(TxError::into_conflictable)?;
-                if let Some(event) = new
-                    .as_ref()
-                    .and_then(|n| outbox::new_event(old.as_ref().map(|o| o.state), n))
-                {
+                if let Some(event) = new.as_ref().and_then(|n| {
+                    outbox::new_event(old.as_ref().map(|o| o.state), n, &self.outbox_owners)
+                }) {
                     let seq = trees[OUTBOX].generate_id()?;
                     let stored = StoredEvent {
                         event,
@@ -1398,6 +1400,10 @@ impl Store for SledStore {
             self.flush()?;
         }
         Ok(())
+    }
+
+    fn set_outbox_owners(&self, owners: Option<HashSet<String>>) {
+        self.outbox_owners.set(owners);
     }
 
     fn outbox_depth(&self) -> Result<u64, StoreError> {

@@ -387,8 +387,9 @@ async fn sent_is_retried_until_2xx_with_one_delivery_id_and_a_valid_signature() 
 }
 
 /// The outbox sweep finishes the events of a backend without a webhook without notifying
-/// anyone (more of them than one sweep takes), and delivers the others under their outbox
-/// event's id.
+/// anyone (more of them than one sweep takes; written before this dispatcher started, as
+/// by a process whose `poller` still had a webhook), and delivers the others under their
+/// outbox event's id. Once the dispatcher runs, `poller`'s events are not written at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_removes_events_nobody_is_notified_of_and_delivers_the_rest() {
     let backend = Backend::start(vec![200], None).await;
@@ -420,6 +421,12 @@ async fn the_sweep_removes_events_nobody_is_notified_of_and_delivers_the_rest() 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    fixture.receive("m-poll-later@test", "poller");
+    assert_eq!(
+        fixture.store.outbox_depth().unwrap(),
+        0,
+        "nothing would deliver it"
+    );
     let seen = backend.seen();
     assert_eq!(seen.len(), 1, "only portal has a webhook");
     assert_eq!(json(&seen[0])["message_id"], "m-portal@test");

@@ -136,6 +136,8 @@ pub fn migrate_with(url: &str, options: &PgOptions) -> Result<Vec<i32>, StoreErr
 pub struct PgStore {
     pool: Arc<Pool>,
     payloads: PgPayloadStore,
+    /// Whose events the outbox keeps.
+    outbox_owners: outbox::Owners,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -283,6 +285,7 @@ impl PgStore {
         Ok(PgStore {
             payloads: PgPayloadStore::new(Arc::clone(&pool)),
             pool,
+            outbox_owners: outbox::Owners::default(),
         })
     }
 
@@ -316,7 +319,10 @@ impl PgStore {
             let decision = change(&mut loaded, attempt, op)?;
             if decision.write {
                 update_row(&mut tx, &loaded.record, before)?;
-                insert_outbox(&mut tx, outbox::new_event(Some(before), &loaded.record))?;
+                insert_outbox(
+                    &mut tx,
+                    outbox::new_event(Some(before), &loaded.record, &self.outbox_owners),
+                )?;
                 append_history(&mut tx, &loaded, decision.new_entries, op)?;
                 tx.commit()?;
             }
@@ -337,7 +343,10 @@ impl PgStore {
             // then the insert is simply tried again.
             for _ in 0..3 {
                 if insert_row(&mut tx, record, op)? {
-                    insert_outbox(&mut tx, outbox::new_event(None, record))?;
+                    insert_outbox(
+                        &mut tx,
+                        outbox::new_event(None, record, &self.outbox_owners),
+                    )?;
                     tx.commit()?;
                     return Ok(None);
                 }
@@ -1163,6 +1172,10 @@ impl Store for PgStore {
                 )?;
                 Ok(())
             })
+    }
+
+    fn set_outbox_owners(&self, owners: Option<std::collections::HashSet<String>>) {
+        self.outbox_owners.set(owners);
     }
 
     fn probe_writable(&self, instance: &str, now: OffsetDateTime) -> Result<(), StoreError> {
