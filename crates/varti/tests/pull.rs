@@ -726,24 +726,20 @@ async fn sender_stops_within_its_shutdown_wait_with_a_send_in_flight() {
     let silent = tokio::net::TcpListener::bind(pair.layout.b.msh())
         .await
         .unwrap();
-    // Counts requests whose first bytes arrived over TLS; never answers them.
-    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = requests.clone();
+    // Says when a request's first bytes arrived over TLS; never answers it.
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
     let acceptor = pair_support::tls_acceptor();
     tokio::spawn(async move {
         while let Ok((stream, _)) = silent.accept().await {
-            let (acceptor, count) = (acceptor.clone(), count.clone());
+            let (acceptor, arrived) = (acceptor.clone(), arrived.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(stream).await else {
                     return;
                 };
                 let mut sink = [0u8; 4096];
-                if matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0)
-                {
-                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
                 while matches!(tokio::io::AsyncReadExt::read(&mut tls, &mut sink).await, Ok(n) if n > 0)
                 {
+                    let _ = arrived.send(());
                 }
             });
         }
@@ -757,14 +753,9 @@ async fn sender_stops_within_its_shutdown_wait_with_a_send_in_flight() {
         token.clone(),
         Duration::from_millis(300),
     ));
-    let start = Instant::now();
-    while requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the sender's request never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("the sender's request arrives within 10 s");
     let stopping = Instant::now();
     token.cancel();
     tokio::time::timeout(Duration::from_secs(5), run)
