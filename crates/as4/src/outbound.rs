@@ -25,13 +25,13 @@ use openssl::x509::X509Ref;
 use crate::compress::{self, GZIP_MIME_TYPE, PROP_COMPRESSION_TYPE, PROP_MIME_TYPE};
 use crate::error::{EbmsError, ErrorCode};
 use crate::inbound::{key_protection_for, ReceivedMessage};
-use crate::message::mime::MimeWriter;
+use crate::message::mime::{MimeWriter, PackageIds};
 use crate::message::model::{
     MessageInfo, Messaging, PartInfo, Property, PullRequest, Receipt, SignalError, SignalKind,
     SignalMessage, UserMessage,
 };
 use crate::message::soap::{build_envelope, BuildOptions};
-use crate::security::encrypt::{plan_encryption, EncryptionSettings};
+use crate::security::encrypt::{plan_encryption, EncryptionSettings, PlannedEncryption};
 use crate::security::private_key::KeyOperations;
 use crate::security::profile::Profile;
 use crate::security::receipt::{non_repudiation_information, same_references};
@@ -181,12 +181,38 @@ impl AttachmentSource for Spooled<'_> {
 
 /// Builds and writes a signed AS4 message: `user_message` (its `parts` are replaced by
 /// one `PartInfo` per payload), the payloads, per `policy`; the MIME package goes to `out`.
+/// The same as [`prepare`] followed by [`Prepared::write_to`].
 pub fn send(
     user_message: &UserMessage,
     payloads: Vec<OutgoingPayload<'_>>,
     policy: &SendPolicy<'_>,
     out: &mut dyn Write,
 ) -> Result<SentMessage, EbmsError> {
+    prepare(user_message, payloads, policy)?.write_to(out)
+}
+
+/// A message signed (and its content key chosen) but not yet written: its
+/// [`content_type`](Prepared::content_type) and [`references`](Prepared::references) are
+/// known before the first byte of the package, so the package can be streamed into a
+/// request whose headers go first. The parts are read (and encrypted) only by
+/// [`Prepared::write_to`].
+pub struct Prepared<'a> {
+    ids: PackageIds,
+    envelope: String,
+    references: Vec<SignedReference>,
+    message_id: String,
+    parts: Vec<Spooled<'a>>,
+    encryption: Option<PlannedEncryption>,
+}
+
+/// Compresses the payloads as the leg says (into spool buffers, or not at all when they
+/// can be read where they are), signs the message and chooses its content key: step 1 to
+/// 3 of the module's order. The package is written by [`Prepared::write_to`].
+pub fn prepare<'a>(
+    user_message: &UserMessage,
+    payloads: Vec<OutgoingPayload<'a>>,
+    policy: &SendPolicy<'_>,
+) -> Result<Prepared<'a>, EbmsError> {
     let mut um = user_message.clone();
     um.parts.clear();
     let mut spooled = Vec::with_capacity(payloads.len());
@@ -269,50 +295,84 @@ pub fn send(
         }
         _ => None,
     };
+    Ok(Prepared {
+        ids: PackageIds::random(),
+        envelope,
+        references: signed.references,
+        message_id: user_message.message_info.message_id.clone(),
+        parts: spooled,
+        encryption,
+    })
+}
 
-    let mut writer = MimeWriter::new(out);
-    let content_type = writer.content_type();
-    writer
-        .write_root(envelope.as_bytes())
-        .map_err(io_err("writing the MIME package"))?;
-    for s in &spooled {
-        let mut r = s.content.open().map_err(io_err("rewinding a payload"))?;
-        match &encryption {
-            Some(plan) => {
-                let mut failure = None;
-                let written = writer.write_attachment_with(
-                    &s.content_id,
-                    "application/octet-stream",
-                    &[],
-                    &mut |out| {
-                        plan.encrypt(&mut r, out).map_err(|e| {
-                            let text = e.detail.clone();
-                            failure = Some(e);
-                            io::Error::other(text)
-                        })
-                    },
-                );
-                if let Err(e) = written {
-                    return Err(failure
-                        .unwrap_or_else(|| internal(format!("writing the MIME package: {e}"))));
+impl Prepared<'_> {
+    /// The package's top-level `Content-Type` header value.
+    pub fn content_type(&self) -> String {
+        self.ids.content_type()
+    }
+
+    /// The references signed: keep them to check the receipt's NRR.
+    pub fn references(&self) -> &[SignedReference] {
+        &self.references
+    }
+
+    /// Writes the MIME package to `out`, each part encrypted on its way when the leg
+    /// encrypts (step 4). A failure leaves `out` with part of a package.
+    pub fn write_to(self, out: &mut dyn Write) -> Result<SentMessage, EbmsError> {
+        let Prepared {
+            ids,
+            envelope,
+            references,
+            message_id,
+            parts: spooled,
+            encryption,
+        } = self;
+
+        let mut writer = MimeWriter::with_ids(out, ids);
+        let content_type = writer.content_type();
+        writer
+            .write_root(envelope.as_bytes())
+            .map_err(io_err("writing the MIME package"))?;
+        for s in &spooled {
+            let mut r = s.content.open().map_err(io_err("rewinding a payload"))?;
+            match &encryption {
+                Some(plan) => {
+                    let mut failure = None;
+                    let written = writer.write_attachment_with(
+                        &s.content_id,
+                        "application/octet-stream",
+                        &[],
+                        &mut |out| {
+                            plan.encrypt(&mut r, out).map_err(|e| {
+                                let text = e.detail.clone();
+                                failure = Some(e);
+                                io::Error::other(text)
+                            })
+                        },
+                    );
+                    if let Err(e) = written {
+                        return Err(failure.unwrap_or_else(|| {
+                            internal(format!("writing the MIME package: {e}"))
+                        }));
+                    }
+                }
+                None => {
+                    writer
+                        .write_attachment(&s.content_id, &s.content_type, &[], &mut r)
+                        .map_err(io_err("writing the MIME package"))?;
                 }
             }
-            None => {
-                writer
-                    .write_attachment(&s.content_id, &s.content_type, &[], &mut r)
-                    .map_err(io_err("writing the MIME package"))?;
-            }
         }
+        writer
+            .finish()
+            .map_err(io_err("writing the MIME package"))?;
+        Ok(SentMessage {
+            content_type,
+            references,
+            envelope,
+            message_id,
+        })
     }
-    writer
-        .finish()
-        .map_err(io_err("writing the MIME package"))?;
-    Ok(SentMessage {
-        content_type,
-        references: signed.references,
-        envelope,
-        message_id: user_message.message_info.message_id.clone(),
-    })
 }
 
 /// Inserts `fragment` at the start of the `wsse:Security` header `security_header`

@@ -1303,32 +1303,25 @@ impl Base64Stream {
 /// Media type of the root part written by [`MimeWriter`].
 pub(crate) const SOAP12_ROOT_CONTENT_TYPE: &str = "application/soap+xml; charset=UTF-8";
 
-/// Streams a `multipart/related` AS4 package: call [`MimeWriter::write_root`] once, then
-/// [`MimeWriter::write_attachment`] per payload, then [`MimeWriter::finish`].
-#[derive(Debug)]
-pub struct MimeWriter<W: Write> {
-    out: W,
+/// The names a `multipart/related` package is written under: its boundary and its root
+/// part's Content-ID. Known before the first byte, so the package's `Content-Type` can be
+/// sent ahead of a body that is still being written.
+#[derive(Debug, Clone)]
+pub struct PackageIds {
     boundary: String,
     root_content_id: String,
-    root_written: bool,
-    content_ids: Vec<String>,
 }
 
-impl<W: Write> MimeWriter<W> {
-    /// A writer with a random boundary and a random root Content-ID.
-    pub fn new(out: W) -> Self {
-        let boundary = format!("MIMEBoundary_{}", uuid::Uuid::new_v4().simple());
-        let root_content_id = format!("root-{}@varti", uuid::Uuid::new_v4());
-        MimeWriter {
-            out,
-            boundary,
-            root_content_id,
-            root_written: false,
-            content_ids: Vec::new(),
+impl PackageIds {
+    /// A random boundary and a random root Content-ID.
+    pub fn random() -> PackageIds {
+        PackageIds {
+            boundary: format!("MIMEBoundary_{}", uuid::Uuid::new_v4().simple()),
+            root_content_id: format!("root-{}@varti", uuid::Uuid::new_v4()),
         }
     }
 
-    /// The boundary in use.
+    /// The boundary.
     pub fn boundary(&self) -> &str {
         &self.boundary
     }
@@ -1346,6 +1339,48 @@ impl<W: Write> MimeWriter<W> {
             self.boundary, self.root_content_id
         )
     }
+}
+
+/// Streams a `multipart/related` AS4 package: call [`MimeWriter::write_root`] once, then
+/// [`MimeWriter::write_attachment`] per payload, then [`MimeWriter::finish`].
+#[derive(Debug)]
+pub struct MimeWriter<W: Write> {
+    out: W,
+    ids: PackageIds,
+    root_written: bool,
+    content_ids: Vec<String>,
+}
+
+impl<W: Write> MimeWriter<W> {
+    /// A writer with a random boundary and a random root Content-ID.
+    pub fn new(out: W) -> Self {
+        MimeWriter::with_ids(out, PackageIds::random())
+    }
+
+    /// A writer under names chosen beforehand.
+    pub fn with_ids(out: W, ids: PackageIds) -> Self {
+        MimeWriter {
+            out,
+            ids,
+            root_written: false,
+            content_ids: Vec::new(),
+        }
+    }
+
+    /// The boundary in use.
+    pub fn boundary(&self) -> &str {
+        self.ids.boundary()
+    }
+
+    /// The root part's Content-ID (without angle brackets).
+    pub fn root_content_id(&self) -> &str {
+        self.ids.root_content_id()
+    }
+
+    /// The top-level header value (see [`PackageIds::content_type`]).
+    pub fn content_type(&self) -> String {
+        self.ids.content_type()
+    }
 
     /// Writes the root part (the SOAP 1.2 envelope). Must be called first, exactly once.
     pub fn write_root(&mut self, envelope: &[u8]) -> io::Result<()> {
@@ -1355,7 +1390,7 @@ impl<W: Write> MimeWriter<W> {
         write!(
             self.out,
             "--{}\r\nContent-Type: {SOAP12_ROOT_CONTENT_TYPE}\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <{}>\r\n\r\n",
-            self.boundary, self.root_content_id
+            self.ids.boundary, self.ids.root_content_id
         )?;
         self.out.write_all(envelope)?;
         self.out.write_all(b"\r\n")?;
@@ -1391,7 +1426,10 @@ impl<W: Write> MimeWriter<W> {
             return Err(invalid_input("write the root part before any attachment"));
         }
         let id = normalize_content_id(content_id);
-        if id.is_empty() || id == self.root_content_id || self.content_ids.iter().any(|c| c == id) {
+        if id.is_empty()
+            || id == self.ids.root_content_id
+            || self.content_ids.iter().any(|c| c == id)
+        {
             return Err(invalid_input(format!(
                 "attachment Content-ID `{id}` is empty or already used"
             )));
@@ -1407,7 +1445,7 @@ impl<W: Write> MimeWriter<W> {
         write!(
             self.out,
             "--{}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <{id}>\r\n",
-            self.boundary
+            self.ids.boundary
         )?;
         for (n, v) in extra_headers {
             write!(self.out, "{n}: {v}\r\n")?;
@@ -1424,7 +1462,7 @@ impl<W: Write> MimeWriter<W> {
         if !self.root_written {
             return Err(invalid_input("a package needs a root part"));
         }
-        write!(self.out, "--{}--\r\n", self.boundary)?;
+        write!(self.out, "--{}--\r\n", self.ids.boundary)?;
         self.out.flush()?;
         Ok(self.out)
     }
