@@ -29,7 +29,7 @@ use varti_as4::inbound::DeliveredPayload;
 use varti_as4::message::model::UserMessage;
 use varti_as4::pmode::model::Party;
 use varti_as4::security::private_key::PrivateKey;
-use varti_as4::spool::{claim_spool_dir, Claim, Spool, SpoolBudget, SpoolClaim, SPOOL_FILE_PREFIX};
+use varti_as4::spool::{claim_spool_dir, Claim, Spool, SpoolBudget, SpoolClaim};
 use varti_store::Store;
 
 use crate::client::{OutboundClient, PartnerTls};
@@ -460,13 +460,13 @@ impl AccessPoint {
                 swept_files,
                 swept_bytes,
             }) => {
-                // The kept sealed copies stay (a retry resends them); a copy being written
-                // when the process was killed never became one.
+                // Sealed copies an earlier version kept for its retries: every attempt now
+                // seals its message anew (signing the same bytes), so none is read again.
                 let sealed = dir.join("sealed");
-                let (files, bytes) = match remove_temporaries(&sealed) {
+                let (files, bytes) = match remove_sealed_copies(&sealed) {
                     Ok(removed) => removed,
                     Err(e) => {
-                        tracing::warn!(dir = %sealed.display(), error = %e, "cannot clear the unfinished sealed copies");
+                        tracing::warn!(dir = %sealed.display(), error = %e, "cannot remove the sealed copies an earlier version kept");
                         (0, 0)
                     }
                 };
@@ -502,9 +502,9 @@ impl AccessPoint {
     }
 }
 
-/// Removes the temporary files in `dir` (a missing directory has none): a spool buffer's,
-/// and those written under a `.tmp` name to be renamed when whole. Files removed, bytes.
-fn remove_temporaries(dir: &Path) -> io::Result<(u64, u64)> {
+/// Removes the directory of sealed copies `dir` (a missing one has none) with the files in
+/// it. Files removed, bytes.
+fn remove_sealed_copies(dir: &Path) -> io::Result<(u64, u64)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
@@ -512,19 +512,13 @@ fn remove_temporaries(dir: &Path) -> io::Result<(u64, u64)> {
     };
     let (mut files, mut bytes) = (0, 0);
     for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !(name.starts_with(SPOOL_FILE_PREFIX) || name.ends_with(".tmp")) {
-            continue;
-        }
-        let meta = entry.metadata()?;
+        let meta = entry?.metadata()?;
         if meta.is_file() {
-            std::fs::remove_file(entry.path())?;
             files += 1;
             bytes += meta.len();
         }
     }
+    std::fs::remove_dir_all(dir)?;
     Ok((files, bytes))
 }
 

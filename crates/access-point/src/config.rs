@@ -196,6 +196,12 @@ pub struct ClientConfig {
     /// Largest response body read, in bytes (responses are receipts and errors). Default
     /// 16 MiB.
     pub max_response_bytes: usize,
+    /// Whether a message past 64 KiB of payloads is written into its request while the
+    /// request goes out, with chunked transfer encoding (which every HTTP/1.1 receiver must
+    /// read). `false` seals each attempt into a spool file first and sends its
+    /// `Content-Length`: for a partner behind a proxy that refuses chunked requests (HTTP
+    /// 411), at the cost of writing the message once more. Default `true`.
+    pub chunked: bool,
 }
 
 impl Default for IdentityConfig {
@@ -284,6 +290,7 @@ impl Default for ClientConfig {
             request_timeout_secs: 300,
             pool_idle_timeout_secs: 90,
             max_response_bytes: 16 * 1024 * 1024,
+            chunked: true,
         }
     }
 }

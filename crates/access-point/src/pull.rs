@@ -253,7 +253,7 @@ pub(crate) fn answer_pull_request(
                 return internal_fault("the access point cannot read its messages right now");
             }
         };
-        let (file, content_type, references) = match seal(ap, &snap, &record) {
+        let (file, content_type, references) = match seal(ap, &snap, &record, None) {
             Ok(s) => s,
             Err(e) => {
                 fail_for_good(ap, &record, format!("cannot build the message: {e:#}"), now);

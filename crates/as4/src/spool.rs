@@ -455,7 +455,7 @@ impl<W: io::Write> io::Write for Charged<'_, W> {
 }
 
 /// How the name of every temporary file a [`SpoolBuffer`] creates begins.
-pub const SPOOL_FILE_PREFIX: &str = "varti-spool-";
+const SPOOL_FILE_PREFIX: &str = "varti-spool-";
 
 /// Name of the lock file a serving process holds in its spool directory.
 pub const SPOOL_LOCK_FILE: &str = ".varti-spool.lock";

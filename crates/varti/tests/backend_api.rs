@@ -7,6 +7,7 @@ mod common;
 mod pair_support;
 mod serve_support;
 
+use pair_support::noise;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -221,19 +222,6 @@ fn exchange_metadata() -> Value {
 
 fn enc(id: &str) -> String {
     pair_support::urlencode(id)
-}
-
-/// Pseudo-random bytes covering every byte value.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]

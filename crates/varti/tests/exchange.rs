@@ -422,14 +422,9 @@ fn two_way_push_and_push() {
 
 /// `n` bytes that gzip cannot shrink (so the request is larger than the TLS handshake).
 fn incompressible(n: usize) -> Vec<(&'static str, &'static str, Vec<u8>)> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let bytes = (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
-    vec![("random", "application/octet-stream", bytes)]
+    vec![(
+        "random",
+        "application/octet-stream",
+        noise(n, 0x2545_f491_4f6c_dd1d),
+    )]
 }

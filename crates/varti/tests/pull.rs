@@ -9,6 +9,9 @@
 //!   submitted through the backend API and pulled by varti-b's puller task.
 //! * `sender_retries_on_the_clock`: the push sender's retry schedule, driven by moving the
 //!   access point's manual clock instead of waiting minutes.
+//! * `a_large_message_is_written_into_its_request_chunked_unless_configured_not_to`: how
+//!   the push sender frames its requests, seen by a stand-in for varti-b; and
+//!   `a_large_message_to_an_unreachable_partner_waits_for_a_retry`.
 
 mod chaos_support;
 mod pair_support;
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use pair_support::{repo, Pair};
+use pair_support::{noise, repo, Pair};
 use time::OffsetDateTime;
 use varti::config::Config;
 use varti_access_point::client::OutboundResponse;
@@ -49,9 +52,21 @@ const SOAP12: &str = "application/soap+xml; charset=UTF-8";
 /// An access point of the pair, opened in this process over its own sled store, reading
 /// `clock`.
 fn open(pair: &Pair, node: &str, lease_secs: u64, clock: &Clock) -> Arc<AccessPoint> {
+    open_with(pair, node, clock, |config| {
+        config.sender.lease_secs = lease_secs
+    })
+}
+
+/// As [`open`], with the configuration changed by `tweak` first.
+fn open_with(
+    pair: &Pair,
+    node: &str,
+    clock: &Clock,
+    tweak: impl FnOnce(&mut Config),
+) -> Arc<AccessPoint> {
     let dir = pair.root.path().join(node);
     let mut config = Config::load(&dir.join("varti.toml")).unwrap();
-    config.sender.lease_secs = lease_secs;
+    tweak(&mut config);
     let store = SledStore::open(config.store_path()).unwrap();
     Arc::new(
         AccessPoint::open(
@@ -768,6 +783,201 @@ async fn sender_stops_within_its_shutdown_wait_with_a_send_in_flight() {
         State::Sending,
         "still claimed: its lease runs out and it is sent again"
     );
+}
+
+/// One request as the partner stand-in saw it.
+struct Seen {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A TLS server on varti-b's MSH address that reads each request whole (hyper undoes the
+/// chunked encoding), hands it over and answers 503, so the sender schedules a retry.
+async fn stand_in_for_b(pair: &Pair) -> tokio::sync::mpsc::UnboundedReceiver<Seen> {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind(pair.layout.b.msh())
+        .await
+        .unwrap();
+    let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = pair_support::tls_acceptor();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let _ = seen.send(Seen {
+                                headers: parts.headers,
+                                body,
+                            });
+                            let mut answer =
+                                http::Response::new(http_body_util::Empty::<Bytes>::new());
+                            *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            Ok::<_, hyper::Error>(answer)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    requests
+}
+
+/// Submits a message of `content` on the one-way exchange leg to varti-b.
+fn submit_exchange(ap: &AccessPoint, content: &[u8]) -> String {
+    let stored = ap.store.payloads().put(&mut &content[..]).unwrap();
+    submit(
+        ap,
+        Submission {
+            owner: "portal".into(),
+            to_party: "varti-b".into(),
+            service: "urn:varti:test:exchange".into(),
+            action: "Deliver".into(),
+            payloads: vec![PayloadEntry {
+                content_id: "cid:document@varti.test".into(),
+                mime_type: "application/octet-stream".into(),
+                stored,
+                properties: Vec::new(),
+            }],
+            ..Submission::default()
+        },
+        ap.clock.now(),
+    )
+    .unwrap()
+}
+
+/// A message past 64 KiB of payloads is written into its request as the request goes
+/// out, chunked (no sealed copy on disk); a small one goes with its `Content-Length`, and
+/// with `client.chunked = false` so does a large one. Each request is the whole message:
+/// varti-b's MSH, handed the bytes the stand-in read, accepts it and stores the payload
+/// as it was submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_is_written_into_its_request_chunked_unless_configured_not_to() {
+    let pair = Pair::new();
+    let mut requests = stand_in_for_b(&pair).await;
+    // A manual clock: each message gets its first attempt and, answered 503, waits a minute
+    // that never passes.
+    let clock = Clock::manual(OffsetDateTime::now_utc());
+    let b = open(&pair, "b", 30, &clock);
+    let large = noise(300_000, 3);
+    let header = |seen: &Seen, name: header::HeaderName| {
+        seen.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // What varti-b's MSH makes of a request: the message it stored, payload and all.
+    let deliver = |seen: &Seen, id: &str, content: &[u8]| {
+        let content_type = header(seen, header::CONTENT_TYPE).unwrap();
+        let (status, _, answer) = post(&b, &content_type, seen.body.to_vec());
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        let (_, stored) = received(&b, id);
+        assert!(
+            stored == content,
+            "varti-b stored other bytes than were sent"
+        );
+    };
+
+    for chunked in [true, false] {
+        let a = open_with(&pair, "a", &clock, |c| c.client.chunked = chunked);
+        let small = submit_exchange(&a, b"<small/>");
+        let big = submit_exchange(&a, &large);
+        let token = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(sender::run(
+            a.clone(),
+            token.clone(),
+            Duration::from_secs(5),
+        ));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let request = tokio::time::timeout(Duration::from_secs(20), requests.recv())
+                .await
+                .expect("the sender's requests arrive within 20 s")
+                .unwrap();
+            seen.push(request);
+        }
+        // The sender runs both at once: tell them apart by size.
+        seen.sort_by_key(|s| s.body.len());
+        let (small_seen, big_seen) = (&seen[0], &seen[1]);
+        assert_eq!(
+            header(small_seen, header::CONTENT_LENGTH),
+            Some(small_seen.body.len().to_string()),
+            "a small message goes with its length"
+        );
+        if chunked {
+            assert_eq!(
+                header(big_seen, header::TRANSFER_ENCODING).as_deref(),
+                Some("chunked")
+            );
+            assert_eq!(header(big_seen, header::CONTENT_LENGTH), None);
+        } else {
+            assert_eq!(header(big_seen, header::TRANSFER_ENCODING), None);
+            assert_eq!(
+                header(big_seen, header::CONTENT_LENGTH),
+                Some(big_seen.body.len().to_string())
+            );
+        }
+        assert!(big_seen.body.len() > large.len());
+        // The MSH handler reads its body blocking, as it does on the blocking pool.
+        tokio::task::block_in_place(|| {
+            deliver(small_seen, &small, b"<small/>");
+            deliver(big_seen, &big, &large);
+        });
+        token.cancel();
+        run.await.unwrap();
+        for id in [&small, &big] {
+            assert_eq!(state(&a, id), State::WaitingForRetry, "answered 503");
+        }
+        drop(a);
+    }
+}
+
+/// A large message to a partner that cannot be reached waits for a retry, however far its
+/// writer got before the request failed: the writer's broken pipe is not taken for a
+/// message that cannot be built (which would fail it for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_to_an_unreachable_partner_waits_for_a_retry() {
+    let pair = Pair::new();
+    // varti-b's port is closed; the manual clock keeps the retry a minute away.
+    let clock = Clock::manual(OffsetDateTime::now_utc());
+    let a = open(&pair, "a", 30, &clock);
+    // More than the request body's channel holds: its writer is still writing when the
+    // connection is refused.
+    let id = submit_exchange(&a, &noise(2_000_000, 4));
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(sender::run(
+        a.clone(),
+        token.clone(),
+        Duration::from_secs(5),
+    ));
+    let start = Instant::now();
+    let r = loop {
+        let r = a.store.get(&id).unwrap().unwrap();
+        if r.attempts == 1 && r.state != State::Sending {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first attempt never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r.state, State::WaitingForRetry, "{:?}", r.last_error);
+    token.cancel();
+    run.await.unwrap();
 }
 
 /// A signed PullRequest is answered once, by either instance of a pair: the same bytes

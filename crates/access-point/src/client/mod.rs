@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::ClientConfig;
-use crate::server::http::{reader_body, Body};
+use crate::server::http::{reader_body, writer_body, Body, BodyWriter, ChannelBody};
 use crate::server::tls::{self, TlsError};
 
 /// Why an outbound exchange failed. Messages say what to check.
@@ -142,10 +142,15 @@ impl PartnerTls {
     }
 }
 
-/// A request body streamed from a reader.
+/// A request body: streamed from a reader, or written as it goes by a [`BodyWriter`].
 pub struct OutboundBody {
-    reader: Box<dyn Read + Send>,
+    source: BodySource,
     length: Option<u64>,
+}
+
+enum BodySource {
+    Reader(Box<dyn Read + Send>),
+    Written(ChannelBody),
 }
 
 impl std::fmt::Debug for OutboundBody {
@@ -160,28 +165,34 @@ impl OutboundBody {
     /// Streams a file; its size is sent as `Content-Length`.
     pub fn from_file(file: File) -> std::io::Result<OutboundBody> {
         let length = file.metadata()?.len();
-        Ok(OutboundBody {
-            reader: Box::new(file),
-            length: Some(length),
-        })
+        Ok(OutboundBody::from_reader(file, Some(length)))
     }
 
     /// Streams any reader. Give `length` only when it is exact (else chunked encoding).
     pub fn from_reader(reader: impl Read + Send + 'static, length: Option<u64>) -> OutboundBody {
         OutboundBody {
-            reader: Box::new(reader),
+            source: BodySource::Reader(Box::new(reader)),
             length,
         }
+    }
+
+    /// A body written while it is sent (chunked encoding): write it through the returned
+    /// [`BodyWriter`] on a blocking thread and [`finish`](BodyWriter::finish) it. A writer
+    /// dropped unfinished breaks the request off.
+    pub fn written() -> (BodyWriter, OutboundBody) {
+        let (writer, body) = writer_body();
+        let body = OutboundBody {
+            source: BodySource::Written(body),
+            length: None,
+        };
+        (writer, body)
     }
 
     /// A body already in memory (small signals such as a ping).
     pub fn from_bytes(bytes: impl Into<Bytes>) -> OutboundBody {
         let bytes: Bytes = bytes.into();
         let length = bytes.len() as u64;
-        OutboundBody {
-            reader: Box::new(std::io::Cursor::new(bytes)),
-            length: Some(length),
-        }
+        OutboundBody::from_reader(std::io::Cursor::new(bytes), Some(length))
     }
 }
 
@@ -291,7 +302,13 @@ impl OutboundClient {
         let content_type = HeaderValue::from_str(content_type)
             .map_err(|_| url_error(format!("invalid Content-Type `{content_type}`")))?;
         let mut request = Request::post(uri)
-            .body(reader_body(body.reader, body.length).boxed())
+            .body(
+                match body.source {
+                    BodySource::Reader(reader) => reader_body(reader, body.length),
+                    BodySource::Written(written) => written,
+                }
+                .boxed(),
+            )
             .map_err(|e| url_error(e.to_string()))?;
         request
             .headers_mut()

@@ -8,7 +8,7 @@
 //! flow control slows the sender. Memory stays flat whatever the body size.
 
 use std::future::Future;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,6 +93,97 @@ pub fn reader_body(mut reader: Box<dyn Read + Send>, length: Option<u64>) -> Cha
         }
     });
     ChannelBody { rx, length }
+}
+
+/// A body written by a blocking writer: returns the [`BodyWriter`] to write it with and
+/// the body to hand to hyper (sent chunked). What is written goes out in chunks of up to
+/// 64 KiB through a bounded channel, so a slow peer slows the writer and memory stays flat.
+pub fn writer_body() -> (BodyWriter, ChannelBody) {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let writer = BodyWriter {
+        tx,
+        buf: Vec::with_capacity(READ_CHUNK),
+        finished: false,
+    };
+    (writer, ChannelBody { rx, length: None })
+}
+
+/// The blocking end of a body written as it goes ([`writer_body`]): implements [`Write`].
+///
+/// Writes block the calling thread, so use it only from `spawn_blocking` (or another thread
+/// outside the runtime's workers). [`BodyWriter::finish`] ends the body; a writer dropped
+/// unfinished (whatever wrote into it failed) ends the body with an error instead, so the
+/// peer sees a broken request and never takes a part for the whole. A write after the body
+/// was dropped (the request failed, timed out or was answered early) fails with
+/// [`io::ErrorKind::BrokenPipe`].
+#[derive(Debug)]
+pub struct BodyWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+    finished: bool,
+}
+
+impl BodyWriter {
+    /// Sends what is buffered and ends the body.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.send_buffered()?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Whether the body was dropped (its request ended): nothing written now goes out.
+    pub fn is_abandoned(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn send(&self, chunk: Bytes) -> io::Result<()> {
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the request body is no longer read (the request ended)",
+            )
+        })
+    }
+
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(READ_CHUNK),
+        ));
+        self.send(chunk)
+    }
+}
+
+impl Write for BodyWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > READ_CHUNK {
+            self.send_buffered()?;
+        }
+        if data.len() >= READ_CHUNK {
+            // A whole chunk already: one copy into its own buffer, none into ours.
+            self.send(Bytes::copy_from_slice(data))?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buffered()
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.tx.blocking_send(Err(io::Error::other(
+                "the body was not written to its end (writing it failed)",
+            )));
+        }
+    }
 }
 
 /// The blocking end of a streamed request body: implements [`Read`].
@@ -475,6 +566,66 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("<env:Value>env:Sender</env:Value>"));
+    }
+
+    /// What a [`ChannelBody`] yields until it ends: its bytes, and the error it ended with.
+    async fn drain(mut body: ChannelBody) -> (Vec<u8>, Option<io::Error>) {
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => got.extend_from_slice(&frame.into_data().unwrap()),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+        (got, None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_written_body_ends_only_when_finished() {
+        // Finished: every byte, in order, through small and chunk-sized writes.
+        let (mut writer, body) = writer_body();
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let writing = tokio::task::spawn_blocking(move || {
+            writer.write_all(&sent[..10])?;
+            writer.write_all(&sent[10..200_000])?;
+            for piece in sent[200_000..].chunks(7) {
+                writer.write_all(piece)?;
+            }
+            writer.finish()
+        });
+        let (got, error) = drain(body).await;
+        writing.await.unwrap().unwrap();
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(got, expected);
+
+        // Dropped unfinished (what wrote into it failed): the body ends with an error, so
+        // the peer never takes the part written for the whole.
+        let (mut writer, body) = writer_body();
+        let writing = tokio::task::spawn_blocking(move || {
+            writer.write_all(b"the first half")?;
+            writer.flush()?;
+            Err::<(), io::Error>(io::Error::other("a payload became unreadable"))
+        });
+        let (got, error) = drain(body).await;
+        assert!(writing.await.unwrap().is_err());
+        assert_eq!(got, b"the first half");
+        let error = error.expect("an unfinished body must end with an error");
+        assert!(
+            error.to_string().contains("not written to its end"),
+            "{error}"
+        );
+
+        // The body dropped (the request ended): the writer's next write fails at once.
+        let (mut writer, body) = writer_body();
+        assert!(!writer.is_abandoned());
+        drop(body);
+        assert!(writer.is_abandoned());
+        let failed = tokio::task::spawn_blocking(move || writer.write_all(&[0u8; 100_000]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(failed.kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[test]

@@ -15,6 +15,20 @@ pub use super::serve_support::repo;
 
 pub use varti::pair::free_port as try_free_port;
 
+/// `len` pseudo-random bytes covering every byte value (xorshift from `seed`): what gzip
+/// cannot shrink.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     try_free_port().unwrap()
