@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::ClientConfig;
-use crate::server::http::{reader_body, writer_body, Body, BodyWriter, ChannelBody};
+use crate::server::http::{full, reader_body, writer_body, Body, BodyWriter, ChannelBody};
 use crate::server::tls::{self, TlsError};
 
 /// Why an outbound exchange failed. Messages say what to check.
@@ -151,6 +151,8 @@ pub struct OutboundBody {
 enum BodySource {
     Reader(Box<dyn Read + Send>),
     Written(ChannelBody),
+    /// Sent as one frame, without a blocking task to read it.
+    Memory(Bytes),
 }
 
 impl std::fmt::Debug for OutboundBody {
@@ -188,11 +190,13 @@ impl OutboundBody {
         (writer, body)
     }
 
-    /// A body already in memory (small signals such as a ping).
+    /// A body already in memory (a small message, a signal).
     pub fn from_bytes(bytes: impl Into<Bytes>) -> OutboundBody {
         let bytes: Bytes = bytes.into();
-        let length = bytes.len() as u64;
-        OutboundBody::from_reader(std::io::Cursor::new(bytes), Some(length))
+        OutboundBody {
+            length: Some(bytes.len() as u64),
+            source: BodySource::Memory(bytes),
+        }
     }
 }
 
@@ -302,13 +306,11 @@ impl OutboundClient {
         let content_type = HeaderValue::from_str(content_type)
             .map_err(|_| url_error(format!("invalid Content-Type `{content_type}`")))?;
         let mut request = Request::post(uri)
-            .body(
-                match body.source {
-                    BodySource::Reader(reader) => reader_body(reader, body.length),
-                    BodySource::Written(written) => written,
-                }
-                .boxed(),
-            )
+            .body(match body.source {
+                BodySource::Reader(reader) => reader_body(reader, body.length).boxed(),
+                BodySource::Written(written) => written.boxed(),
+                BodySource::Memory(bytes) => full(bytes),
+            })
             .map_err(|e| url_error(e.to_string()))?;
         request
             .headers_mut()
