@@ -911,3 +911,77 @@ fn read_payload(p: &varti_as4::inbound::DeliveredPayload) -> Vec<u8> {
     p.open().unwrap().read_to_end(&mut out).unwrap();
     out
 }
+
+/// A part that two PartInfos name is delivered to each, when the receiver keeps decrypted
+/// files as they are (`keep_decrypted`): one decrypted file can become one payload only, so
+/// the second is a copy — not a second move of the first, which used to panic.
+#[test]
+fn a_decrypted_part_named_by_two_part_infos_is_delivered_twice() {
+    use varti_as4::inbound::key_protection_for;
+    use varti_as4::message::soap::{build_envelope, BuildOptions};
+    use varti_as4::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
+    use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
+    let f = fixture();
+    // Past the bound of a spool buffer in memory: the part is decrypted into a file.
+    let plain = content(200_000, 9);
+    let mut um = user_message();
+    for _ in 0..2 {
+        let mut part = PartInfo::attachment("p1@test");
+        part.properties = vec![Property::new("MimeType", "application/octet-stream")];
+        um.parts.push(part);
+    }
+    let m = Messaging {
+        id: Some("_m".into()),
+        user_message: Some(um),
+        signals: vec![],
+    };
+    let options = BuildOptions {
+        body_id: Some("_b"),
+        extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
+        body_payload: None,
+    };
+    let envelope = build_envelope(&m, &options).unwrap();
+    let covered = MemoryAttachment {
+        content_id: "p1@test".into(),
+        content_type: "application/octet-stream".into(),
+        data: plain.clone(),
+    };
+    let signed = sign_envelope(&envelope, &identity(&f.alice, BST), &[&covered]).unwrap();
+    // Sign, then encrypt: the encryption's elements go first in the security header.
+    let mut ciphertext = Vec::new();
+    let header = encrypt_parts(
+        &EncryptionSettings {
+            receiver_cert: &f.bob.enc_cert,
+            key_protection: key_protection_for(&AS4_1_15),
+            token_reference: BST,
+        },
+        [PlainPart {
+            content_id: "p1@test",
+            content_type: "application/octet-stream",
+            plaintext: &mut &plain[..],
+            ciphertext: &mut ciphertext,
+        }],
+    )
+    .unwrap();
+    let start = signed.envelope.find("<wsse:Security").unwrap();
+    let tag_end = start + signed.envelope[start..].find('>').unwrap() + 1;
+    let root = format!(
+        "{}{}{}",
+        &signed.envelope[..tag_end],
+        header.to_xml(),
+        &signed.envelope[tag_end..]
+    );
+    let sent = package(
+        root.as_bytes(),
+        &[("p1@test", "application/octet-stream", &ciphertext)],
+    );
+
+    let mut policy = f.policy(true);
+    policy.keep_decrypted = true;
+    let msg = open(&sent, &policy).expect("accepted");
+    assert_eq!(msg.payloads.len(), 2);
+    for p in &msg.payloads {
+        assert_eq!(p.len, plain.len() as u64);
+        assert!(read_payload(p) == plain, "a payload differs from the part");
+    }
+}
