@@ -341,10 +341,21 @@ impl Fixture {
         content_type: &str,
         body: &[u8],
     ) -> Sent {
+        let envelope = self.envelope_signed_by_hand(vec![part], covered);
+        package(envelope.as_bytes(), &[("p1@test", content_type, body)])
+    }
+
+    /// The envelope of a message alice signs by hand: `parts` in the header, the signature
+    /// covering the `covered` attachments.
+    fn envelope_signed_by_hand(
+        &self,
+        parts: Vec<PartInfo>,
+        covered: &[&dyn AttachmentSource],
+    ) -> String {
         use varti_as4::message::soap::{build_envelope, BuildOptions};
         use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
         let mut um = user_message();
-        um.parts.push(part);
+        um.parts = parts;
         let m = Messaging {
             id: Some("_m".into()),
             user_message: Some(um),
@@ -356,11 +367,9 @@ impl Fixture {
             body_payload: None,
         };
         let env = build_envelope(&m, &options).unwrap();
-        let signed = sign_envelope(&env, &identity(&self.alice, BST), covered).unwrap();
-        package(
-            signed.envelope.as_bytes(),
-            &[("p1@test", content_type, body)],
-        )
+        sign_envelope(&env, &identity(&self.alice, BST), covered)
+            .unwrap()
+            .envelope
     }
 }
 
@@ -918,35 +927,21 @@ fn read_payload(p: &varti_as4::inbound::DeliveredPayload) -> Vec<u8> {
 #[test]
 fn a_decrypted_part_named_by_two_part_infos_is_delivered_twice() {
     use varti_as4::inbound::key_protection_for;
-    use varti_as4::message::soap::{build_envelope, BuildOptions};
     use varti_as4::security::encrypt::{encrypt_parts, EncryptionSettings, PlainPart};
-    use varti_as4::security::sign::{sign_envelope, SECURITY_HEADER_PLACEHOLDER};
     let f = fixture();
     // Past the bound of a spool buffer in memory: the part is decrypted into a file.
     let plain = content(200_000, 9);
-    let mut um = user_message();
-    for _ in 0..2 {
+    let part = || {
         let mut part = PartInfo::attachment("p1@test");
         part.properties = vec![Property::new("MimeType", "application/octet-stream")];
-        um.parts.push(part);
-    }
-    let m = Messaging {
-        id: Some("_m".into()),
-        user_message: Some(um),
-        signals: vec![],
+        part
     };
-    let options = BuildOptions {
-        body_id: Some("_b"),
-        extra_headers: vec![SECURITY_HEADER_PLACEHOLDER],
-        body_payload: None,
-    };
-    let envelope = build_envelope(&m, &options).unwrap();
     let covered = MemoryAttachment {
         content_id: "p1@test".into(),
         content_type: "application/octet-stream".into(),
         data: plain.clone(),
     };
-    let signed = sign_envelope(&envelope, &identity(&f.alice, BST), &[&covered]).unwrap();
+    let signed = f.envelope_signed_by_hand(vec![part(), part()], &[&covered]);
     // Sign, then encrypt: the encryption's elements go first in the security header.
     let mut ciphertext = Vec::new();
     let header = encrypt_parts(
@@ -963,13 +958,13 @@ fn a_decrypted_part_named_by_two_part_infos_is_delivered_twice() {
         }],
     )
     .unwrap();
-    let start = signed.envelope.find("<wsse:Security").unwrap();
-    let tag_end = start + signed.envelope[start..].find('>').unwrap() + 1;
+    let start = signed.find("<wsse:Security").unwrap();
+    let tag_end = start + signed[start..].find('>').unwrap() + 1;
     let root = format!(
         "{}{}{}",
-        &signed.envelope[..tag_end],
+        &signed[..tag_end],
         header.to_xml(),
-        &signed.envelope[tag_end..]
+        &signed[tag_end..]
     );
     let sent = package(
         root.as_bytes(),

@@ -193,27 +193,40 @@ fn error_codes(body: &[u8]) -> Vec<(Option<ErrorCode>, String)> {
         .collect()
 }
 
-/// Submits a message with one payload on the pull leg.
-fn submit_pull(ap: &AccessPoint, content: &[u8]) -> String {
+/// Submits a message of `content` (of `mime_type`) from `ap` to varti-b for `service`
+/// and `action`, at `at`.
+fn submit_one(
+    ap: &AccessPoint,
+    (service, action): (&str, &str),
+    mime_type: &str,
+    content: &[u8],
+    at: OffsetDateTime,
+) -> String {
     let stored = ap.store.payloads().put(&mut &content[..]).unwrap();
     submit(
         ap,
         Submission {
             owner: "portal".into(),
             to_party: "varti-b".into(),
-            service: "urn:varti:test:pull".into(),
-            action: "Pull".into(),
+            service: service.into(),
+            action: action.into(),
             payloads: vec![PayloadEntry {
                 content_id: "cid:document@varti.test".into(),
-                mime_type: "application/xml".into(),
+                mime_type: mime_type.into(),
                 stored,
                 properties: Vec::new(),
             }],
             ..Submission::default()
         },
-        ap.clock.now(),
+        at,
     )
     .unwrap()
+}
+
+/// Submits a message with one payload on the pull leg.
+fn submit_pull(ap: &AccessPoint, content: &[u8]) -> String {
+    let leg = ("urn:varti:test:pull", "Pull");
+    submit_one(ap, leg, "application/xml", content, ap.clock.now())
 }
 
 fn state(ap: &AccessPoint, id: &str) -> State {
@@ -647,25 +660,11 @@ fn two_processes_pull() {
 
 /// Submits a test message with one small payload to varti-b (a push leg) at `at`.
 fn submit_ping(ap: &Arc<AccessPoint>, at: OffsetDateTime) -> String {
-    let stored = ap.store.payloads().put(&mut &b"<ping/>"[..]).unwrap();
-    submit(
-        ap,
-        Submission {
-            owner: "portal".into(),
-            to_party: "varti-b".into(),
-            service: "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service".into(),
-            action: "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test".into(),
-            payloads: vec![PayloadEntry {
-                content_id: "cid:ping@varti.test".into(),
-                mime_type: "application/xml".into(),
-                stored,
-                properties: Vec::new(),
-            }],
-            ..Submission::default()
-        },
-        at,
-    )
-    .unwrap()
+    let test_service = (
+        "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service",
+        "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test",
+    );
+    submit_one(ap, test_service, "application/xml", b"<ping/>", at)
 }
 
 /// The sender's retry schedule runs on the access point's clock: with varti-b down, each
@@ -834,25 +833,8 @@ async fn stand_in_for_b(pair: &Pair) -> tokio::sync::mpsc::UnboundedReceiver<See
 
 /// Submits a message of `content` on the one-way exchange leg to varti-b.
 fn submit_exchange(ap: &AccessPoint, content: &[u8]) -> String {
-    let stored = ap.store.payloads().put(&mut &content[..]).unwrap();
-    submit(
-        ap,
-        Submission {
-            owner: "portal".into(),
-            to_party: "varti-b".into(),
-            service: "urn:varti:test:exchange".into(),
-            action: "Deliver".into(),
-            payloads: vec![PayloadEntry {
-                content_id: "cid:document@varti.test".into(),
-                mime_type: "application/octet-stream".into(),
-                stored,
-                properties: Vec::new(),
-            }],
-            ..Submission::default()
-        },
-        ap.clock.now(),
-    )
-    .unwrap()
+    let leg = ("urn:varti:test:exchange", "Deliver");
+    submit_one(ap, leg, "application/octet-stream", content, ap.clock.now())
 }
 
 /// A message past 64 KiB of payloads is written into its request as the request goes
