@@ -43,11 +43,34 @@ pub fn empty() -> Body {
 }
 
 /// A body fed by a channel of chunks; an `Err` item aborts the body (the peer sees a reset).
+/// The body ends only once its feeder said it is complete: a channel closed without that
+/// (the feeding thread panicked, or gave up without a word) aborts it too, so a peer never
+/// takes part of a body for the whole.
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     /// The exact length when known (sent as `Content-Length` instead of chunked).
     length: Option<u64>,
+    /// Set by the feeder once everything was sent.
+    complete: Arc<AtomicBool>,
+    /// The body has ended (cleanly or not): nothing more to yield.
+    ended: bool,
+}
+
+impl ChannelBody {
+    /// A body fed through `rx`, complete once `complete` is set.
+    fn new(
+        rx: mpsc::Receiver<io::Result<Bytes>>,
+        length: Option<u64>,
+        complete: Arc<AtomicBool>,
+    ) -> ChannelBody {
+        ChannelBody {
+            rx,
+            length,
+            complete,
+            ended: false,
+        }
+    }
 }
 
 impl HttpBody for ChannelBody {
@@ -58,9 +81,26 @@ impl HttpBody for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|chunk| chunk.map(Frame::data)))
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Ok(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Some(Err(e)) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.ended = true;
+                if self.complete.load(Ordering::Acquire) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(io::Error::other(
+                        "the body was not written to its end (writing it failed)",
+                    ))))
+                }
+            }
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -77,11 +117,16 @@ impl HttpBody for ChannelBody {
 /// it is announced as `Content-Length`.
 pub fn reader_body(mut reader: Box<dyn Read + Send>, length: Option<u64>) -> ChannelBody {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let complete = Arc::new(AtomicBool::new(false));
+    let read_all = complete.clone();
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let item = match reader.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) => {
+                    read_all.store(true, Ordering::Release);
+                    return;
+                }
                 Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => Err(e),
@@ -92,7 +137,7 @@ pub fn reader_body(mut reader: Box<dyn Read + Send>, length: Option<u64>) -> Cha
             }
         }
     });
-    ChannelBody { rx, length }
+    ChannelBody::new(rx, length, complete)
 }
 
 /// A body written by a blocking writer: returns the [`BodyWriter`] to write it with and
@@ -100,12 +145,13 @@ pub fn reader_body(mut reader: Box<dyn Read + Send>, length: Option<u64>) -> Cha
 /// 64 KiB through a bounded channel, so a slow peer slows the writer and memory stays flat.
 pub fn writer_body() -> (BodyWriter, ChannelBody) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let complete = Arc::new(AtomicBool::new(false));
     let writer = BodyWriter {
         tx,
         buf: Vec::with_capacity(READ_CHUNK),
-        finished: false,
+        complete: complete.clone(),
     };
-    (writer, ChannelBody { rx, length: None })
+    (writer, ChannelBody::new(rx, None, complete))
 }
 
 /// The blocking end of a body written as it goes ([`writer_body`]): implements [`Write`].
@@ -120,14 +166,15 @@ pub fn writer_body() -> (BodyWriter, ChannelBody) {
 pub struct BodyWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
-    finished: bool,
+    /// Shared with the body: set by [`BodyWriter::finish`].
+    complete: Arc<AtomicBool>,
 }
 
 impl BodyWriter {
     /// Sends what is buffered and ends the body.
     pub fn finish(mut self) -> io::Result<()> {
         self.send_buffered()?;
-        self.finished = true;
+        self.complete.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -173,16 +220,6 @@ impl Write for BodyWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send_buffered()
-    }
-}
-
-impl Drop for BodyWriter {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.tx.blocking_send(Err(io::Error::other(
-                "the body was not written to its end (writing it failed)",
-            )));
-        }
     }
 }
 
@@ -615,6 +652,22 @@ mod tests {
             error.to_string().contains("not written to its end"),
             "{error}"
         );
+
+        // Dropped anywhere, even on a runtime thread: still an error, never an end.
+        let (writer, body) = writer_body();
+        drop(writer);
+        let (got, error) = drain(body).await;
+        assert!(got.is_empty() && error.is_some());
+
+        // A reader whose task dies before the end of its input: an error, never an end.
+        struct Dies;
+        impl Read for Dies {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                panic!("the reader's thread dies");
+            }
+        }
+        let (_, error) = drain(reader_body(Box::new(Dies), None)).await;
+        assert!(error.is_some());
 
         // The body dropped (the request ended): the writer's next write fails at once.
         let (mut writer, body) = writer_body();
