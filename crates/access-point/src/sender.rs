@@ -453,13 +453,12 @@ async fn start_sealing(
     if size <= SPOOL_MEMORY_MAX as u64 {
         let sealed = tokio::task::spawn_blocking(move || {
             seal_with(&ap, &snap, &record, cert.as_ref(), |prepared| {
-                let (content_type, references) = head_of(&prepared);
                 let mut bytes = Vec::with_capacity(SPOOL_MEMORY_MAX);
-                prepared.write_to(&mut bytes).map_err(ebms_failure)?;
+                let sent = prepared.write_to(&mut bytes).map_err(ebms_failure)?;
                 Ok(Sealing {
                     body: OutboundBody::from_bytes(bytes),
-                    content_type,
-                    references,
+                    content_type: sent.content_type,
+                    references: sent.references,
                     writing: None,
                 })
             })
@@ -483,8 +482,11 @@ async fn start_sealing(
     let writing = tokio::task::spawn_blocking(move || {
         seal_with(&ap, &snap, &record, cert.as_ref(), move |prepared| {
             let (mut writer, body) = OutboundBody::written();
-            let (content_type, references) = head_of(&prepared);
-            if head_tx.send((body, content_type, references)).is_err() {
+            let references = prepared.references().to_vec();
+            if head_tx
+                .send((body, prepared.content_type(), references))
+                .is_err()
+            {
                 return Ok(()); // the attempt was given up before it began
             }
             let mut w = BufWriter::with_capacity(64 * 1024, &mut writer);
@@ -515,10 +517,6 @@ async fn start_sealing(
             Ok(()) => anyhow::bail!("sealing ended without a message"),
         },
     }
-}
-
-fn head_of(prepared: &Prepared<'_>) -> (String, Vec<SignedReference>) {
-    (prepared.content_type(), prepared.references().to_vec())
 }
 
 /// What an attempt whose message could not be sealed comes to. The store failing (a
@@ -553,15 +551,14 @@ pub(crate) fn seal(
 ) -> anyhow::Result<(std::fs::File, String, Vec<SignedReference>)> {
     std::fs::create_dir_all(ap.spool_dir())?;
     let mut file = tempfile::tempfile_in(ap.spool_dir())?;
-    let (content_type, references) = seal_with(ap, snap, record, discovered_cert, |prepared| {
-        let head = head_of(&prepared);
+    let sent = seal_with(ap, snap, record, discovered_cert, |prepared| {
         let mut w = BufWriter::with_capacity(64 * 1024, &mut file);
-        prepared.write_to(&mut w).map_err(ebms_failure)?;
+        let sent = prepared.write_to(&mut w).map_err(ebms_failure)?;
         w.flush()?;
-        Ok(head)
+        Ok(sent)
     })?;
     file.rewind()?;
-    Ok((file, content_type, references))
+    Ok((file, sent.content_type, sent.references))
 }
 
 /// Prepares the AS4 message of `record` (signed, its content key chosen: see
