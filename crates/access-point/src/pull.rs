@@ -814,6 +814,7 @@ fn receive_pulled_from(
     {
         let answer = accept_user_message(
             ap,
+            &ap.current(),
             &package,
             envelope,
             Arrival::Pulled,

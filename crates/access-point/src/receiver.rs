@@ -1,7 +1,8 @@
 //! `POST /msh`: the receiving side of the access point.
 //!
 //! One request, in order: parse the MIME package (streamed; attachments spill to files in
-//! the spool directory) → read the ebMS header → `varti_as4::receive::accept` (find the
+//! the spool directory, except large encrypted payloads, which are decrypted into them as
+//! they arrive: `varti_as4::receive::EarlyDecryption`) → read the ebMS header → `varti_as4::receive::accept` (find the
 //! leg, check that the message is for us, decrypt, verify, trust, decompress, enforce the
 //! leg, build the receipt) → the check of the feature that claimed the service, if any
 //! ([`AccessPoint::check_inbound`]) → store payloads and record durably → only then answer
@@ -22,7 +23,7 @@ use varti_as4::message::mime::{MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, DEFAULT_MPC};
 use varti_as4::message::soap::{self, Envelope};
 use varti_as4::pmode::model::Leg;
-use varti_as4::receive::{self, Accepted, Arrival, Refusal};
+use varti_as4::receive::{self, Accepted, Arrival, EarlyDecryption, Refusal};
 use varti_as4::security::sign::SigningIdentity;
 use varti_store::{
     FileEncoding, InsertOutcome, MessageMeta, MessageProperty, NewInbound, PayloadEntry, PayloadRef,
@@ -79,7 +80,25 @@ impl MshHandler for Receiver {
             spool_budget: Some(self.ap.spool_budget.clone()),
             ..MimeLimits::default()
         };
-        let package = match MimePackage::read_http_body(&mut request.body, &content_type, &limits) {
+        // The set this message is received under, to the end (a reload meanwhile does not
+        // change it halfway): its large encrypted parts are decrypted as they arrive, under
+        // the same PModes and keys that accept them.
+        let snap = self.ap.current();
+        let spooling = self.ap.spool();
+        let mut early = EarlyDecryption::new(
+            Arrival::Pushed,
+            &snap.pmodes,
+            &snap.identity,
+            self.ap.clock.now(),
+            &spooling,
+        );
+        let read = MimePackage::read_http_body_tapped(
+            &mut request.body,
+            &content_type,
+            &limits,
+            Some(&mut early),
+        );
+        let package = match read {
             Ok(p) => p,
             Err(e) => {
                 drain(&mut request.body);
@@ -106,7 +125,14 @@ impl MshHandler for Receiver {
         };
         let response = if envelope.messaging.user_message.is_some() {
             let peer = peer_address(&self.ap, &request);
-            accept_user_message(&self.ap, &package, envelope, Arrival::Pushed, Some(peer))
+            accept_user_message(
+                &self.ap,
+                &snap,
+                &package,
+                envelope,
+                Arrival::Pushed,
+                Some(peer),
+            )
         } else {
             self.signal(&package, &envelope.messaging)
         };
@@ -146,11 +172,12 @@ pub(crate) fn signing_identity<'a>(snap: &'a Snapshot, leg: &Leg) -> SigningIden
 }
 
 /// A user message, pushed to `/msh` or pulled from a partner, whose SOAP root was read
-/// into `envelope`: accepted by [`receive::accept`] (route, verify, enforce, receipt), then
-/// stored. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
+/// into `envelope`: accepted by [`receive::accept`] (route, verify, enforce, receipt) under
+/// `snap` (the set in force when it arrived, to the end), then stored. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
 /// when the message could not be stored (HTTP 500: the sender tries again).
 pub(crate) fn accept_user_message(
     ap: &AccessPoint,
+    snap: &Snapshot,
     package: &MimePackage,
     envelope: Envelope,
     arrival: Arrival,
@@ -158,9 +185,6 @@ pub(crate) fn accept_user_message(
 ) -> MshResponse {
     let now = ap.clock.now();
     let spool = ap.spool();
-    // The set this message is received under, to the end (a reload meanwhile does not
-    // change it halfway).
-    let snap = ap.current();
     let accepted = match receive::accept(
         package,
         envelope,

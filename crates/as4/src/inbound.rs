@@ -8,7 +8,10 @@
 //!    refused here already, signed or not.
 //! 2. **decrypt** — payload parts named by `xenc:EncryptedData` are decrypted into
 //!    anonymous temporary files (sign-then-encrypt, so decrypt-then-verify). The
-//!    plaintext is still compressed: that is what the sender signed.
+//!    plaintext is still compressed: that is what the sender signed. A large part may
+//!    have been decrypted already, while the MIME body was read ([`EarlyPart`]): its
+//!    outcome is taken here as if the part were decrypted now, under the key this stage
+//!    recovers.
 //! 3. **verify** — the signature over eb:Messaging, the Body and every `cid:` attachment
 //!    (over the decrypted, still-compressed bytes).
 //! 4. **policy** — every payload part signed, every payload encrypted when the leg says
@@ -36,12 +39,15 @@ use time::OffsetDateTime;
 
 use crate::compress;
 use crate::error::{EbmsError, ErrorCode};
-use crate::message::mime::{content_id_from_href, Attachment, MimePackage};
+use crate::message::mime::{content_id_from_href, Attachment, MimePackage, TappedPart};
 use crate::message::model::{Messaging, Property, SignalKind, EBMS_NS};
 use crate::message::soap::{self, Envelope};
 use crate::security::c14n;
 use crate::security::dom::XmlDocument;
-use crate::security::encrypt::{open_encryption, DecryptionPolicy, KeyProtection, AES128_GCM};
+use crate::security::encrypt::{
+    open_encryption, Decryption, DecryptionPolicy, EncryptedPart, KeyProtection, PartDecryptor,
+    AES128_GCM,
+};
 use crate::security::private_key::PrivateKey;
 use crate::security::profile::Profile;
 use crate::security::receipt;
@@ -545,6 +551,8 @@ struct Plain {
     content_id: String,
     content_type: String,
     content: SpoolBuffer,
+    /// The SHA-256 of `content`, when it was taken as the part was written.
+    sha256: Option<[u8; 32]>,
     /// The decrypted bytes held against the spool budget.
     _charge: SpoolCharge,
 }
@@ -572,6 +580,12 @@ impl AttachmentSource for Source<'_> {
         match self {
             Source::Mime(a) => Ok(a.body()?),
             Source::Decrypted(p) => Ok(p.content.open()?),
+        }
+    }
+    fn sha256(&self) -> Option<[u8; 32]> {
+        match self {
+            Source::Mime(_) => None,
+            Source::Decrypted(p) => p.sha256,
         }
     }
 }
@@ -609,14 +623,13 @@ fn decrypt_stage(
                 part.id, part.content_id
             ))
             })?;
+        if att.is_tapped() {
+            out.push(decrypted_early(att, &dec, part)?);
+            continue;
+        }
         let io_fail =
             |e: io::Error| decryption(format!("temporary file for cid:{}: {e}", part.content_id));
-        let mut content = SpoolBuffer::new(policy.spool_dir.as_deref());
-        if policy.keep_decrypted && policy.write_behind {
-            // A large part decrypted here is the payload file the store takes over and
-            // syncs (stage 6): its writeback starts now, beside the decryption.
-            content = content.bound_for_disk();
-        }
+        let mut content = decrypted_content(policy);
         let mut charge = SpoolCharge::new(policy.spool_budget.as_ref());
         let decrypted = {
             let mut w = BufWriter::new(Charged {
@@ -640,6 +653,7 @@ fn decrypt_stage(
                 .clone()
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
             content,
+            sha256: None,
             _charge: charge,
         });
     }
@@ -649,6 +663,212 @@ fn decrypt_stage(
         parts: out.iter().map(|p| p.content_id.clone()).collect(),
     };
     Ok((out, Some(info)))
+}
+
+/// Where a part is decrypted into under `policy`.
+fn decrypted_content(policy: &ReceivePolicy) -> SpoolBuffer {
+    let content = SpoolBuffer::new(policy.spool_dir.as_deref());
+    if policy.keep_decrypted && policy.write_behind {
+        // A large part decrypted here is the payload file the store takes over and
+        // syncs (stage 6): its writeback starts now, beside the decryption.
+        content.bound_for_disk()
+    } else {
+        content
+    }
+}
+
+/// The plaintext of `part`, decrypted while the MIME body was read ([`EarlyPart`]): kept
+/// only when that decryption succeeded under the very key `dec` recovered now.
+fn decrypted_early(
+    att: &Attachment,
+    dec: &Decryption,
+    part: &EncryptedPart,
+) -> Result<Plain, EbmsError> {
+    let early = att
+        .take_tapped()
+        .and_then(|made| made.downcast::<DecryptedEarly>().ok())
+        .ok_or_else(|| {
+            decryption(format!(
+                "payload part cid:{} was taken over as it arrived, but not by this \
+                 receiver's decryption",
+                part.content_id
+            ))
+        })?;
+    if early.key_fingerprint != dec.key_fingerprint() {
+        // The header read twice gave two keys: only possible if our key changed between
+        // the two readings. The cipher text is gone, so the part cannot be decrypted again.
+        return Err(EbmsError::retry_later(format!(
+            "payload part cid:{} was decrypted as it arrived under another content key than \
+             the header yields now (our decryption key changed meanwhile); send it again",
+            part.content_id
+        )));
+    }
+    let (content, charge, sha256) = early.outcome?;
+    Ok(Plain {
+        content_id: part.content_id.clone(),
+        content_type: part
+            .mime_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".to_string()),
+        content,
+        sha256: Some(sha256),
+        _charge: charge,
+    })
+}
+
+/// An encrypted part being decrypted while the MIME body is read: the MIME reader hands
+/// it the cipher text as it arrives ([`TappedPart`]) instead of spilling it to a file that
+/// [`decrypt_stage`] would read back. Its outcome is judged by that stage like a part
+/// decrypted there: the same errors, the same plaintext file. Nothing is trusted earlier
+/// than before: the signature, the policy and the trust checks still run over the
+/// plaintext afterwards, and a failure removes the file.
+pub(crate) struct EarlyPart {
+    key_fingerprint: [u8; 32],
+    /// `None` once the part failed (then the rest of its bytes are only counted by the
+    /// MIME reader).
+    decryptor: Option<PartDecryptor>,
+    out: HashedContent,
+    charge: SpoolCharge,
+    failed: Option<EbmsError>,
+}
+
+/// What an [`EarlyPart`] leaves in its attachment for [`decrypt_stage`]: the plaintext
+/// and its SHA-256, taken as it was written.
+struct DecryptedEarly {
+    key_fingerprint: [u8; 32],
+    outcome: Result<(SpoolBuffer, SpoolCharge, [u8; 32]), EbmsError>,
+}
+
+/// The plaintext of a part decrypted as it arrives, written to its spool file a piece at
+/// a time and hashed beside the write ([`hash_beside`]), so that the signature's digest of
+/// the part needs no pass of its own after the body ended.
+struct HashedContent {
+    piece: Vec<u8>,
+    content: SpoolBuffer,
+    hash: Sha256,
+}
+
+/// How much plaintext [`HashedContent`] gathers before it writes and hashes it.
+const HASHED_PIECE: usize = 1 << 20;
+
+impl HashedContent {
+    fn new(content: SpoolBuffer) -> Self {
+        HashedContent {
+            piece: Vec::new(),
+            content,
+            hash: Sha256::new(),
+        }
+    }
+
+    fn write_piece(&mut self) -> io::Result<()> {
+        let (piece, content) = (&self.piece, &mut self.content);
+        hash_beside(&mut self.hash, piece, || content.write_all(piece))?;
+        self.piece.clear();
+        Ok(())
+    }
+
+    /// Writes what is left; the content and the SHA-256 of all of it.
+    fn finish(mut self) -> io::Result<(SpoolBuffer, [u8; 32])> {
+        self.write_piece()?;
+        self.content.flush()?;
+        Ok((self.content, self.hash.finish()))
+    }
+}
+
+impl Write for HashedContent {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.piece.capacity() == 0 {
+            self.piece.reserve_exact(HASHED_PIECE);
+        }
+        let n = buf.len().min(HASHED_PIECE - self.piece.len());
+        self.piece.extend_from_slice(&buf[..n]);
+        if self.piece.len() == HASHED_PIECE {
+            self.write_piece()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl EarlyPart {
+    /// The decryption of `part` under `dec`, into a spool file as `policy` says.
+    pub(crate) fn new(dec: &Decryption, part: &EncryptedPart, policy: &ReceivePolicy) -> Self {
+        EarlyPart {
+            key_fingerprint: dec.key_fingerprint(),
+            decryptor: Some(dec.part_decryptor(part)),
+            out: HashedContent::new(decrypted_content(policy)),
+            charge: SpoolCharge::new(policy.spool_budget.as_ref()),
+            failed: None,
+        }
+    }
+
+    fn fail(&mut self, e: EbmsError) {
+        // No room in the spool budget is not the message's fault (the decryptor reports
+        // it as a decryption failure).
+        let e = if self.charge.ran_out() {
+            EbmsError::retry_later(e.detail)
+        } else {
+            e
+        };
+        self.failed = Some(e);
+        self.decryptor = None;
+        // Unauthenticated plaintext: not kept a moment longer than needed.
+        self.out.piece = Vec::new();
+        let _ = self.out.content.clear();
+    }
+}
+
+impl TappedPart for EarlyPart {
+    fn write(&mut self, data: &[u8]) {
+        let Some(decryptor) = &mut self.decryptor else {
+            return;
+        };
+        let mut out = Charged {
+            inner: &mut self.out,
+            charge: &mut self.charge,
+        };
+        if let Err(e) = decryptor.update(data, &mut out) {
+            self.fail(e);
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        let finished = match self.decryptor.take() {
+            Some(decryptor) => {
+                let mut out = Charged {
+                    inner: &mut self.out,
+                    charge: &mut self.charge,
+                };
+                decryptor.finish(&mut out).map(drop)
+            }
+            None => Err(self.failed.take().unwrap_or_else(|| {
+                decryption("the part's decryption stopped without a reason (a bug)")
+            })),
+        };
+        if let Err(e) = finished {
+            self.fail(e);
+        }
+        let EarlyPart {
+            key_fingerprint,
+            out,
+            charge,
+            failed,
+            ..
+        } = *self;
+        let outcome = match failed {
+            Some(e) => Err(e),
+            None => out
+                .finish()
+                .map(|(content, sha256)| (content, charge, sha256))
+                .map_err(|e| decryption(format!("writing the decrypted part failed: {e}"))),
+        };
+        Box::new(DecryptedEarly {
+            key_fingerprint,
+            outcome,
+        })
+    }
 }
 
 fn verify_stage(

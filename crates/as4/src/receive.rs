@@ -31,15 +31,16 @@ use openssl::x509::X509;
 use time::OffsetDateTime;
 
 use crate::error::{EbmsError, ErrorCode};
-use crate::inbound::{self, key_transports_for, ReceivePolicy, ReceivedMessage};
+use crate::inbound::{self, key_transports_for, EarlyPart, ReceivePolicy, ReceivedMessage};
 use crate::leg::{profile_of, token_reference_of};
-use crate::message::mime::MimePackage;
+use crate::message::mime::{MimePackage, PartTap, RootPart, TappedPart};
 use crate::message::model::UserMessage;
 use crate::message::soap::{self, Envelope};
 use crate::outbound::{build_error_signal, build_receipt, security_fault};
 use crate::pmode::enforce::{self, PartFacts};
 use crate::pmode::model::{Binding, Leg, PModeSet, Party};
 use crate::pmode::routing::{self, InboundKey};
+use crate::security::encrypt::{open_encryption, Decryption};
 use crate::security::private_key::PrivateKey;
 use crate::security::sign::SigningIdentity;
 use crate::spool::Spool;
@@ -299,10 +300,74 @@ pub fn accept<'p>(
         ));
     };
     let id = um.message_info.message_id.clone();
-    let unsigned = |e: EbmsError| Refusal::new(e, Some(&id), None);
+    // Stages 1 and 2: route, for us, from a partner.
+    let Admitted {
+        leg,
+        partner,
+        test_service,
+        policy,
+    } = admit(&um, arrival, pmodes, identity, now, spool)?;
+    // From here on the leg is known: its signals are signed when it signs.
+    let refuse = |e: EbmsError| identity.refusal(e, Some(&id), Some(leg));
+
+    // Stage 3: decrypt, verify, trust, decompress.
+    let received = inbound::receive_envelope(package, envelope, &policy).map_err(refuse)?;
+
+    // Stage 4: the leg's properties and payload profile.
+    if !test_service {
+        let facts: Vec<PartFacts<'_>> = received
+            .payloads
+            .iter()
+            .map(|p| PartFacts {
+                content_id: &p.content_id,
+                mime_type: &p.mime_type,
+                size: p.len,
+            })
+            .collect();
+        enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
+            .and_then(|()| enforce::check_payloads(leg, &facts))
+            .map_err(refuse)?;
+    }
+
+    // Stage 5: the receipt.
+    let signer = identity.signing_identity(leg);
+    let receipt = build_receipt(&received, leg.receipt.non_repudiation.then_some(&signer))
+        .map_err(refuse)?
+        .into_bytes();
+    Ok(Accepted {
+        message: received,
+        user_message: um,
+        leg,
+        partner,
+        test_service,
+        receipt,
+    })
+}
+
+/// What stages 1 and 2 of [`accept`] found: the leg, the sending party and the policy the
+/// security pipeline runs with.
+struct Admitted<'p> {
+    leg: &'p Leg,
+    partner: &'p Party,
+    test_service: bool,
+    policy: ReceivePolicy,
+}
+
+/// Stages 1 and 2 of [`accept`] for the user message `um`: its leg, its sender, and the
+/// receive policy for them (spooling into `spool`).
+fn admit<'p>(
+    um: &UserMessage,
+    arrival: Arrival,
+    pmodes: &'p PModeSet,
+    identity: &LocalIdentity,
+    now: OffsetDateTime,
+    spool: &Spool,
+) -> Result<Admitted<'p>, Refusal> {
+    let id = &um.message_info.message_id;
+    let unsigned = |e: EbmsError| Refusal::new(e, Some(id), None);
 
     // Stage 1: route; a sender no party of the PModes may be a dynamic initiator.
-    let key = InboundKey::of(&um);
+    let key = InboundKey::of(um);
     let (route, dynamic_sender) = match routing::find_inbound(pmodes, &key) {
         Ok(route) => (route, None),
         Err(e) => match routing::find_inbound_dynamic(pmodes, &key) {
@@ -357,9 +422,9 @@ pub fn accept<'p>(
     };
 
     // From here on the leg is known: its signals are signed when it signs.
-    let refuse = |e: EbmsError| identity.refusal(e, Some(&id), Some(leg));
+    let refuse = |e: EbmsError| identity.refusal(e, Some(id), Some(leg));
 
-    // Stage 3: decrypt, verify, trust, decompress.
+    // The policy of stage 3 (decrypt, verify, trust, decompress).
     let mut policy = identity.receive_policy(leg, partner, now, spool.dir.as_deref());
     if dynamic_sender.is_some() {
         // Any signer whose certificate chains to the network's AP anchors (none: refused).
@@ -384,37 +449,98 @@ pub fn accept<'p>(
     policy.spool_budget = spool.budget.clone();
     policy.write_behind = spool.write_behind;
     policy.keep_decrypted = spool.keep_decrypted;
-    let received = inbound::receive_envelope(package, envelope, &policy).map_err(refuse)?;
-
-    // Stage 4: the leg's properties and payload profile.
-    if !route.test_service {
-        let facts: Vec<PartFacts<'_>> = received
-            .payloads
-            .iter()
-            .map(|p| PartFacts {
-                content_id: &p.content_id,
-                mime_type: &p.mime_type,
-                size: p.len,
-            })
-            .collect();
-        enforce::check_properties(leg, um.properties.iter().map(|p| p.name.as_str()))
-            .and_then(|()| enforce::check_payloads(leg, &facts))
-            .map_err(refuse)?;
-    }
-
-    // Stage 5: the receipt.
-    let signer = identity.signing_identity(leg);
-    let receipt = build_receipt(&received, leg.receipt.non_repudiation.then_some(&signer))
-        .map_err(refuse)?
-        .into_bytes();
-    Ok(Accepted {
-        message: received,
-        user_message: um,
+    Ok(Admitted {
         leg,
         partner,
         test_service: route.test_service,
-        receipt,
+        policy,
     })
+}
+
+/// Decrypts large encrypted payloads while their MIME body is read, for [`accept`] to
+/// take over: a [`PartTap`] for [`MimePackage::read_http_body_tapped`].
+///
+/// Without it each such part is spilled to a temporary file as it arrives and, once the
+/// body has ended, read back and decrypted into a second file. With it, the first
+/// attachment that outgrows memory starts stages 1 and 2 of [`accept`] over the root
+/// (which came first): a message that would be refused there is not touched, and is
+/// refused as before by [`accept`]. Then the security header is opened with the leg's
+/// policy, and every part it names is decrypted as it arrives ([`inbound`]'s
+/// `EarlyPart`). Stage 3 of [`accept`] opens the header again, takes each outcome under
+/// the key it recovers (a mismatch is refused) and goes on as if it had decrypted the
+/// part itself: the same errors, the same signature, policy and trust checks after.
+///
+/// Build it with the same PModes, identity and spool as the [`accept`] it serves.
+pub struct EarlyDecryption<'p> {
+    arrival: Arrival,
+    pmodes: &'p PModeSet,
+    identity: &'p LocalIdentity,
+    now: OffsetDateTime,
+    spool: &'p Spool,
+    root: Option<Vec<u8>>,
+    /// The header opened for the leg's policy, once a part asked for it (`None` inside:
+    /// nothing to decrypt early; such parts spill as before).
+    opened: Option<Option<(Decryption, ReceivePolicy)>>,
+}
+
+impl<'p> EarlyDecryption<'p> {
+    /// A tap for a message arriving so, received with these settings.
+    pub fn new(
+        arrival: Arrival,
+        pmodes: &'p PModeSet,
+        identity: &'p LocalIdentity,
+        now: OffsetDateTime,
+        spool: &'p Spool,
+    ) -> EarlyDecryption<'p> {
+        EarlyDecryption {
+            arrival,
+            pmodes,
+            identity,
+            now,
+            spool,
+            root: None,
+            opened: None,
+        }
+    }
+
+    /// Stages 1 and 2 over the root, then the security header opened for the leg; `None`
+    /// for any refusal or failure, which [`accept`] then reports as it always did.
+    fn open(&self) -> Option<(Decryption, ReceivePolicy)> {
+        let root = self.root.as_deref()?;
+        let envelope = soap::parse_envelope(root).ok()?;
+        let um = envelope.messaging.user_message.as_ref()?;
+        let admitted = admit(
+            um,
+            self.arrival,
+            self.pmodes,
+            self.identity,
+            self.now,
+            self.spool,
+        )
+        .ok()?;
+        let policy = admitted.policy;
+        let (key, cert) = policy.decryption.as_ref()?;
+        let header = std::str::from_utf8(root).ok()?;
+        let dec = open_encryption(header, key, cert, &policy.key_transports).ok()?;
+        Some((dec, policy))
+    }
+}
+
+impl PartTap for EarlyDecryption<'_> {
+    fn root(&mut self, root: &RootPart) {
+        self.root = Some(root.content.clone());
+    }
+
+    fn take(&mut self, content_id: &str, head: &[u8]) -> Option<Box<dyn TappedPart>> {
+        if self.opened.is_none() {
+            self.opened = Some(self.open());
+        }
+        let (dec, policy) = self.opened.as_ref()?.as_ref()?;
+        let part = dec.part_for(content_id)?;
+        let mut early = EarlyPart::new(dec, part, policy);
+        early.write(head);
+        Some(Box::new(early))
+    }
 }
 
 /// [`accept`] for a package whose SOAP root has not been read yet: reads it, then

@@ -20,7 +20,9 @@ use varti_as4::message::model::{
 use varti_as4::message::soap;
 use varti_as4::outbound::{send, OutgoingPayload};
 use varti_as4::pmode::model::{Leg, PModeSet};
-use varti_as4::receive::{accept, accept_package, Accepted, Arrival, LocalIdentity, Refusal};
+use varti_as4::receive::{
+    accept, accept_package, Accepted, Arrival, EarlyDecryption, LocalIdentity, Refusal,
+};
 use varti_as4::security::dom::XmlDocument;
 use varti_as4::security::token::NS_DS;
 use varti_as4::spool::{Spool, SpoolBudget};
@@ -192,6 +194,13 @@ impl Msg {
 /// Seals `msg` on `leg` as the running access point does: `leg::user_message` and
 /// `leg::send_policy`. Returns the package as varti-b reads it, and the user message.
 fn seal(set: &PModeSet, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) {
+    let (bytes, content_type, um) = seal_wire(set, leg_name, msg);
+    let package = MimePackage::parse(&bytes[..], &content_type, &MimeLimits::default()).unwrap();
+    (package, um)
+}
+
+/// [`seal`], returning the package as it travels: its bytes and its Content-Type.
+fn seal_wire(set: &PModeSet, leg_name: &str, msg: Msg) -> (Vec<u8>, String, UserMessage) {
     let leg = leg(set, leg_name);
     let um = leg::user_message(
         leg,
@@ -220,9 +229,7 @@ fn seal(set: &PModeSet, leg_name: &str, msg: Msg) -> (MimePackage, UserMessage) 
     }];
     let mut bytes = Vec::new();
     let sent = send(&um, payloads, &policy, &mut bytes).unwrap();
-    let package =
-        MimePackage::parse(&bytes[..], &sent.content_type, &MimeLimits::default()).unwrap();
-    (package, um)
+    (bytes, sent.content_type, um)
 }
 
 /// What every test receives with: the PModes (in a directory of their own), varti-b, and
@@ -710,18 +717,9 @@ fn the_spool_budget_bounds_disk_use_and_bombs_are_still_refused() {
 #[test]
 fn a_large_decrypted_part_is_kept_as_it_travelled_and_checked_without_a_copy() {
     let t = setup();
-    // 600 KiB of hexadecimal digits: compresses to about half, so the gzip outgrows
-    // memory (64 KiB), and inflates within the leg's 1 MiB cap.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let content: Vec<u8> = (0..600 * 1024)
-        .map(|_| {
-            // xorshift64: digits no deflate finds a pattern in.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            b"0123456789abcdef"[(state >> 60) as usize]
-        })
-        .collect();
+    // Compresses to about half, so the gzip outgrows memory (64 KiB), and inflates within
+    // the leg's 1 MiB cap.
+    let content = digits(600 * 1024);
     let mut msg = Msg::good();
     msg.content = content.clone();
     let (package, _) = t.seal("large", msg);
@@ -804,6 +802,146 @@ fn a_large_decrypted_part_is_kept_as_it_travelled_and_checked_without_a_copy() {
     assert_eq!(std::fs::read(file.path()).unwrap(), content);
     drop(accepted);
     assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+}
+
+/// `len` hexadecimal digits no deflate finds a pattern in: they compress to about half.
+fn digits(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"0123456789abcdef"[(state >> 60) as usize]
+        })
+        .collect()
+}
+
+impl Setup {
+    /// Reads `wire` as the MSH endpoint does: large encrypted parts decrypted as they
+    /// arrive ([`EarlyDecryption`]), attachments past 64 KiB taken or spilled.
+    fn read_tapped(&self, wire: &[u8], content_type: &str) -> MimePackage {
+        let spool = self.spool();
+        let mut early = EarlyDecryption::new(
+            Arrival::Pushed,
+            &self.set,
+            &self.identity,
+            OffsetDateTime::now_utc(),
+            &spool,
+        );
+        MimePackage::read_http_body_tapped(wire, content_type, &self.limits(), Some(&mut early))
+            .unwrap()
+    }
+
+    /// [`Setup::read_tapped`] without the tap: every large attachment spilled.
+    fn read_spilled(&self, wire: &[u8], content_type: &str) -> MimePackage {
+        MimePackage::read_http_body(wire, content_type, &self.limits()).unwrap()
+    }
+
+    fn limits(&self) -> MimeLimits {
+        MimeLimits {
+            spill_threshold: 64 * 1024,
+            temp_dir: Some(self.spool.path().to_path_buf()),
+            spool_budget: Some(self.budget.clone()),
+            ..MimeLimits::default()
+        }
+    }
+}
+
+/// A large encrypted part is decrypted while the MIME body is read, instead of being
+/// spilled and read back: nothing of the cipher text reaches the spool, and the outcome is
+/// the one a spilled part gets — the same payload accepted, the same refusal of a part
+/// altered in transit, and no decryption at all for a message its leg refuses first.
+#[test]
+fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spilled_one() {
+    let mut t = setup();
+    let content = digits(600 * 1024);
+    let mut msg = Msg::good();
+    msg.content = content.clone();
+    let (wire, ct, _) = seal_wire(&t.set, "large", msg);
+
+    let package = t.read_tapped(&wire, &ct);
+    let att = &package.attachments()[0];
+    assert!(
+        att.is_tapped() && !att.is_spilled(),
+        "decrypted as it arrived"
+    );
+    assert_eq!(
+        files_in(t.spool.path()),
+        1,
+        "only the decrypted part's file"
+    );
+    let accepted = t.receive(&package).unwrap();
+    let p = &accepted.message.payloads[0];
+    assert!(p.content_is_gzip, "kept as it travelled");
+    assert_eq!(p.len, content.len() as u64);
+    assert_eq!(p.sha256, openssl::sha::sha256(&content));
+    let mut back = Vec::new();
+    p.open().unwrap().read_to_end(&mut back).unwrap();
+    assert_eq!(back, content, "read back inflated");
+    let spilled = t.read_spilled(&wire, &ct);
+    assert!(spilled.attachments()[0].is_spilled());
+    let the_same = t.receive(&spilled).unwrap();
+    assert_eq!(the_same.message.payloads[0].sha256, p.sha256);
+    assert_eq!(the_same.receipt.len(), accepted.receipt.len());
+    drop((accepted, the_same, package, spilled));
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+    assert_eq!(t.budget.used(), 0, "every byte given back");
+
+    // One byte of the cipher text altered in transit (the attachment is the package's
+    // last 300 KiB or so): the tag does not match, refused as a spilled part is.
+    let mut altered = wire.clone();
+    let at = altered.len() - 100_000;
+    altered[at] ^= 0x20;
+    let early = t.receive(&t.read_tapped(&altered, &ct)).unwrap_err();
+    let late = t.receive(&t.read_spilled(&altered, &ct)).unwrap_err();
+    assert_eq!(
+        early.error.code,
+        ErrorCode::FailedDecryption,
+        "{}",
+        early.error
+    );
+    assert!(
+        early.error.detail.contains("authentication tag"),
+        "{}",
+        early.error
+    );
+    assert_eq!(
+        (early.error.code, &early.error.detail),
+        (late.error.code, &late.error.detail)
+    );
+    assert!(is_signed(early.signal.as_ref().unwrap()), "the leg signs");
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+
+    // No room in the spool budget for the plaintext: not the message's fault.
+    t.budget = SpoolBudget::new(128 * 1024);
+    let refusal = t.receive(&t.read_tapped(&wire, &ct)).unwrap_err();
+    assert!(refusal.error.transient, "{}", refusal.error);
+    assert!(
+        refusal.error.detail.contains("spool budget"),
+        "{}",
+        refusal.error
+    );
+    assert_eq!(t.budget.used(), 0, "every byte given back");
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+    t.budget = SpoolBudget::new(u64::MAX);
+
+    // A message its leg refuses before decrypting (for another party) is not decrypted
+    // early either: spilled, and refused as before.
+    let mut elsewhere = Msg::good();
+    elsewhere.to = "varti-a";
+    elsewhere.content = content.clone();
+    let (wire, ct, um) = seal_wire(&t.set, "large", elsewhere);
+    let package = t.read_tapped(&wire, &ct);
+    assert!(package.attachments()[0].is_spilled(), "not taken");
+    let refusal = t.receive(&package).unwrap_err();
+    assert_refused(
+        &refusal,
+        ErrorCode::ProcessingModeMismatch,
+        &um.message_info.message_id,
+        false,
+    );
 }
 
 /// [`setup`] plus `network.toml`: a dynamic party `network` (the test CA as its AP

@@ -20,7 +20,11 @@
 //!   `start` is absent, as RFC 2387 says) is kept in memory, bounded by
 //!   [`MimeLimits::max_root_size`];
 //! * an **attachment** is kept in memory up to [`MimeLimits::spill_threshold`] bytes and
-//!   beyond it is moved to a temporary file, so memory stays flat whatever the payload size.
+//!   beyond it is moved to a temporary file, so memory stays flat whatever the payload size;
+//! * or, past that threshold, a [`PartTap`] given to the parse takes the attachment's
+//!   content over as it arrives: the receiver decrypts an encrypted payload so
+//!   ([`crate::receive::EarlyDecryption`]), instead of spilling the cipher text to a file
+//!   and reading it back.
 //!
 //! While a part streams through, its `Content-Transfer-Encoding` is undone (`binary`, `8bit`
 //! and `7bit` are identity; `base64` is decoded on the fly) and the length of the content is
@@ -40,11 +44,12 @@
 //! The boundary is random (122 bits from a v4 UUID), so a payload colliding with it is not a
 //! practical concern; [`MimeWriter::content_type`] gives the top-level header value.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use memchr::memmem;
@@ -472,6 +477,34 @@ enum Storage {
         file: tempfile::NamedTempFile,
         _charge: SpoolCharge,
     },
+    /// Taken over by a [`PartTap`] as it arrived: what the tap made of it, until its
+    /// owner takes that ([`Attachment::take_tapped`]).
+    Tapped(Mutex<Option<Box<dyn Any + Send>>>),
+}
+
+/// Takes attachments over while a package is parsed ([`MimePackage::read_http_body_tapped`]):
+/// an attachment that outgrows memory ([`MimeLimits::spill_threshold`]) is offered to the
+/// tap before it would be spilled to a file. The receiver decrypts encrypted payloads so,
+/// as they arrive ([`crate::receive::EarlyDecryption`]).
+pub trait PartTap {
+    /// The root part is complete. Attachments before it (a `start` parameter naming a
+    /// later part) are never offered.
+    fn root(&mut self, root: &RootPart);
+
+    /// Attachment `content_id` has outgrown memory; `head` is its content so far
+    /// (transfer encoding undone). `Some` takes the part: the rest of its content goes to
+    /// the returned [`TappedPart`], not to a file.
+    fn take(&mut self, content_id: &str, head: &[u8]) -> Option<Box<dyn TappedPart>>;
+}
+
+/// The receiving end of an attachment a [`PartTap`] took. It judges the content itself:
+/// the MIME reader only checks the package's framing and limits.
+pub trait TappedPart: Send {
+    /// The next bytes of the part's content (transfer encoding undone).
+    fn write(&mut self, data: &[u8]);
+
+    /// The part ended: what the tap made of it, for [`Attachment::take_tapped`].
+    fn finish(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
 /// One attachment part. Its content lives in memory or, past the spill threshold, in a
@@ -545,6 +578,21 @@ impl Attachment {
         matches!(self.storage, Storage::File { .. })
     }
 
+    /// Whether a [`PartTap`] took the content as it arrived: it is then not kept here, and
+    /// [`body`](Self::body) fails.
+    pub fn is_tapped(&self) -> bool {
+        matches!(self.storage, Storage::Tapped(_))
+    }
+
+    /// What the [`PartTap`] that took this part made of it, once: `None` for a part no
+    /// tap took, or when it was already taken.
+    pub fn take_tapped(&self) -> Option<Box<dyn Any + Send>> {
+        match &self.storage {
+            Storage::Tapped(made) => made.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            _ => None,
+        }
+    }
+
     /// Opens a reader over the content. Each call starts from the beginning.
     pub fn body(&self) -> io::Result<Box<dyn Read + Send + '_>> {
         match &self.storage {
@@ -554,6 +602,10 @@ impl Attachment {
                 file.rewind()?;
                 Ok(Box::new(io::BufReader::with_capacity(64 * 1024, file)))
             }
+            Storage::Tapped(_) => Err(io::Error::other(
+                "the part's content was taken over as it arrived (decrypted into a file of \
+                 its own), and is not kept as received",
+            )),
         }
     }
 }
@@ -575,9 +627,19 @@ impl MimePackage {
     /// Parses a package from `reader`, whose top-level `Content-Type` header value is
     /// `content_type`. Reads until the closing delimiter and then to the end of input.
     pub fn parse<R: Read>(
+        reader: R,
+        content_type: &str,
+        limits: &MimeLimits,
+    ) -> Result<MimePackage, MimeError> {
+        MimePackage::parse_tapped(reader, content_type, limits, None)
+    }
+
+    /// [`parse`](Self::parse), offering large attachments to `tap`.
+    fn parse_tapped<R: Read>(
         mut reader: R,
         content_type: &str,
         limits: &MimeLimits,
+        mut tap: Option<&mut (dyn PartTap + '_)>,
     ) -> Result<MimePackage, MimeError> {
         let ct = ContentType::parse(content_type)?;
         let mut parser = MimeParser::new(&ct, limits.clone())?;
@@ -589,7 +651,7 @@ impl MimePackage {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
-            parser.feed(&buf[..n])?;
+            parser.feed_tapped(&buf[..n], tap.as_deref_mut())?;
         }
         parser.finish()
     }
@@ -598,13 +660,24 @@ impl MimePackage {
     /// package, or a bare SOAP envelope (`application/soap+xml`, `text/xml`; receipts, error
     /// signals and pull requests usually come so), bounded by `limits.max_root_size`.
     pub fn read_http_body<R: Read>(
-        mut reader: R,
+        reader: R,
         content_type: &str,
         limits: &MimeLimits,
     ) -> Result<MimePackage, MimeError> {
+        MimePackage::read_http_body_tapped(reader, content_type, limits, None)
+    }
+
+    /// [`read_http_body`](Self::read_http_body), offering each attachment that outgrows
+    /// memory to `tap` ([`PartTap`]).
+    pub fn read_http_body_tapped<R: Read>(
+        mut reader: R,
+        content_type: &str,
+        limits: &MimeLimits,
+        tap: Option<&mut (dyn PartTap + '_)>,
+    ) -> Result<MimePackage, MimeError> {
         let ct = ContentType::parse(content_type)?;
         if ct.mime_type.starts_with("multipart/") {
-            return MimePackage::parse(reader, content_type, limits);
+            return MimePackage::parse_tapped(reader, content_type, limits, tap);
         }
         if !matches!(ct.mime_type.as_str(), "application/soap+xml" | "text/xml") {
             return Err(MimeError::Unsupported(format!(
@@ -767,6 +840,16 @@ impl MimeParser {
 
     /// Feeds the next chunk of the body.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), MimeError> {
+        self.feed_tapped(data, None)
+    }
+
+    /// [`feed`](Self::feed), offering attachments that outgrow memory to `tap`
+    /// ([`PartTap`]); give the same tap with every chunk.
+    pub fn feed_tapped(
+        &mut self,
+        data: &[u8],
+        tap: Option<&mut (dyn PartTap + '_)>,
+    ) -> Result<(), MimeError> {
         self.total += data.len() as u64;
         if self.total > self.limits.max_total_size {
             return Err(MimeError::LimitExceeded(format!(
@@ -783,7 +866,7 @@ impl MimeParser {
             self.pos = 0;
         }
         self.buf.extend_from_slice(data);
-        self.process()
+        self.process(tap)
     }
 
     /// Ends the input and returns the package.
@@ -817,13 +900,13 @@ impl MimeParser {
         })
     }
 
-    fn process(&mut self) -> Result<(), MimeError> {
+    fn process(&mut self, mut tap: Option<&mut (dyn PartTap + '_)>) -> Result<(), MimeError> {
         loop {
             let progressed = match self.state {
                 State::Preamble => self.step_preamble()?,
                 State::AfterDelimiter => self.step_after_delimiter()?,
                 State::Headers => self.step_headers()?,
-                State::Body => self.step_body()?,
+                State::Body => self.step_body(tap.as_deref_mut())?,
                 State::Epilogue => {
                     self.buf.clear();
                     self.pos = 0;
@@ -1004,7 +1087,7 @@ impl MimeParser {
         Ok(())
     }
 
-    fn step_body(&mut self) -> Result<bool, MimeError> {
+    fn step_body(&mut self, mut tap: Option<&mut (dyn PartTap + '_)>) -> Result<bool, MimeError> {
         let start = self.pos;
         let found = self.finder.find(&self.buf[start..]);
         let (emit_end, next) = match found {
@@ -1017,14 +1100,14 @@ impl MimeParser {
         };
         if emit_end > start {
             let sink = self.current.as_mut().expect("a part is open in Body state");
-            sink.write(&self.buf[start..emit_end], &self.limits)?;
+            sink.write(&self.buf[start..emit_end], &self.limits, tap.as_deref_mut())?;
             self.pos = emit_end;
         }
         match next {
             Some(n) => {
                 self.pos = n;
                 let sink = self.current.take().expect("a part is open in Body state");
-                self.close_part(sink)?;
+                self.close_part(sink, tap)?;
                 self.state = State::AfterDelimiter;
                 Ok(true)
             }
@@ -1032,7 +1115,11 @@ impl MimeParser {
         }
     }
 
-    fn close_part(&mut self, sink: PartSink) -> Result<(), MimeError> {
+    fn close_part(
+        &mut self,
+        sink: PartSink,
+        tap: Option<&mut (dyn PartTap + '_)>,
+    ) -> Result<(), MimeError> {
         let declared = sink
             .headers
             .get("Content-Length")
@@ -1049,7 +1136,12 @@ impl MimeParser {
             }
         }
         match done.kind {
-            Finished::Root(root) => self.root = Some(root),
+            Finished::Root(root) => {
+                if let Some(tap) = tap {
+                    tap.root(&root);
+                }
+                self.root = Some(root);
+            }
             Finished::Attachment(a) => self.attachments.push(a),
         }
         Ok(())
@@ -1086,6 +1178,8 @@ struct PartSink {
     len: u64,
     memory: Vec<u8>,
     file: Option<io::BufWriter<tempfile::NamedTempFile>>,
+    /// Where a part a [`PartTap`] took goes instead of `memory` or `file`.
+    tapped: Option<Box<dyn TappedPart>>,
     charge: SpoolCharge,
     b64: Base64Stream,
 }
@@ -1116,23 +1210,34 @@ impl PartSink {
             len: 0,
             memory: Vec::new(),
             file: None,
+            tapped: None,
             charge: SpoolCharge::default(),
             b64: Base64Stream::default(),
         }
     }
 
-    fn write(&mut self, raw: &[u8], limits: &MimeLimits) -> Result<(), MimeError> {
+    fn write(
+        &mut self,
+        raw: &[u8],
+        limits: &MimeLimits,
+        tap: Option<&mut (dyn PartTap + '_)>,
+    ) -> Result<(), MimeError> {
         self.raw_len += raw.len() as u64;
         if self.encoding == TransferEncoding::Base64 {
             let mut decoded = Vec::with_capacity(raw.len() / 4 * 3 + 3);
             self.b64.decode(raw, &mut decoded)?;
-            self.store(&decoded, limits)
+            self.store(&decoded, limits, tap)
         } else {
-            self.store(raw, limits)
+            self.store(raw, limits, tap)
         }
     }
 
-    fn store(&mut self, data: &[u8], limits: &MimeLimits) -> Result<(), MimeError> {
+    fn store(
+        &mut self,
+        data: &[u8],
+        limits: &MimeLimits,
+        tap: Option<&mut (dyn PartTap + '_)>,
+    ) -> Result<(), MimeError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -1150,12 +1255,27 @@ impl PartSink {
                 limits.max_part_size
             )));
         }
+        if let Some(tapped) = &mut self.tapped {
+            tapped.write(data);
+            return Ok(());
+        }
         if let Some(f) = &mut self.file {
             self.charge.grow(data.len() as u64)?;
             f.write_all(data)?;
             return Ok(());
         }
         if !self.is_root && self.memory.len() + data.len() > limits.spill_threshold {
+            // Offered to the tap first (it has seen the root): taken, nothing is spilled.
+            let taken = match (tap, &self.content_id) {
+                (Some(tap), Some(id)) => tap.take(id, &self.memory),
+                _ => None,
+            };
+            if let Some(mut tapped) = taken {
+                tapped.write(data);
+                self.memory = Vec::new();
+                self.tapped = Some(tapped);
+                return Ok(());
+            }
             self.charge = SpoolCharge::new(limits.spool_budget.as_ref());
             self.charge.grow((self.memory.len() + data.len()) as u64)?;
             let tmp = match &limits.temp_dir {
@@ -1179,12 +1299,13 @@ impl PartSink {
             self.b64.finish(&mut tail)?;
             // Limits were checked on every other byte; the tail is at most 2 bytes.
             self.len += tail.len() as u64;
-            match &mut self.file {
-                Some(f) => {
+            match (&mut self.tapped, &mut self.file) {
+                (Some(tapped), _) => tapped.write(&tail),
+                (None, Some(f)) => {
                     self.charge.grow(tail.len() as u64)?;
                     f.write_all(&tail)?
                 }
-                None => self.memory.extend_from_slice(&tail),
+                (None, None) => self.memory.extend_from_slice(&tail),
             }
         }
         let content_type = self.headers.get("Content-Type").map(str::to_owned);
@@ -1196,8 +1317,9 @@ impl PartSink {
                 content: self.memory,
             })
         } else {
-            let storage = match self.file {
-                Some(f) => {
+            let storage = match (self.tapped, self.file) {
+                (Some(tapped), _) => Storage::Tapped(Mutex::new(Some(tapped.finish()))),
+                (None, Some(f)) => {
                     let mut tmp = f.into_inner().map_err(|e| e.into_error())?;
                     tmp.flush()?;
                     Storage::File {
@@ -1205,7 +1327,7 @@ impl PartSink {
                         _charge: self.charge,
                     }
                 }
-                None => Storage::Memory(self.memory),
+                (None, None) => Storage::Memory(self.memory),
             };
             Finished::Attachment(Attachment {
                 content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),

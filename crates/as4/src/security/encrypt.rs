@@ -1061,12 +1061,61 @@ impl Decryption {
         ciphertext: &mut dyn Read,
         plaintext: &mut dyn Write,
     ) -> Result<u64, EbmsError> {
-        decrypt_stream(&self.key, ciphertext, plaintext).map_err(|e| {
-            failed(format!(
-                "payload part cid:{} (EncryptedData {}): {}",
-                part.content_id, part.id, e.detail
-            ))
-        })
+        decrypt_stream(&self.key, ciphertext, plaintext).map_err(|e| part_failed(part, e))
+    }
+
+    /// A decryptor for `part` that is fed its MIME content as it arrives, in any
+    /// chunking: the push form of [`decrypt_part`](Self::decrypt_part), with its errors.
+    pub(crate) fn part_decryptor(&self, part: &EncryptedPart) -> PartDecryptor {
+        PartDecryptor {
+            gcm: GcmDecryptor::new(&self.key),
+            content_id: part.content_id.clone(),
+            id: part.id.clone(),
+        }
+    }
+
+    /// A digest of the content key: whether two readings of a header recovered the same
+    /// key, without keeping a second copy of the key itself.
+    pub(crate) fn key_fingerprint(&self) -> [u8; 32] {
+        openssl::sha::sha256(&self.key.0)
+    }
+}
+
+/// The error of decrypting `part`, naming it.
+fn part_failed(part: &EncryptedPart, e: EbmsError) -> EbmsError {
+    part_failed_named(&part.content_id, &part.id, e)
+}
+
+fn part_failed_named(content_id: &str, id: &str, e: EbmsError) -> EbmsError {
+    failed(format!(
+        "payload part cid:{content_id} (EncryptedData {id}): {}",
+        e.detail
+    ))
+}
+
+/// One part's push-mode decryption ([`Decryption::part_decryptor`]). **Plaintext written
+/// before [`finish`](Self::finish) returns `Ok` is unauthenticated**: discard it on any
+/// error.
+pub(crate) struct PartDecryptor {
+    gcm: GcmDecryptor,
+    content_id: String,
+    id: String,
+}
+
+impl PartDecryptor {
+    /// Consumes the next bytes of the part, writing the plaintext they release to `out`.
+    pub(crate) fn update(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), EbmsError> {
+        self.gcm
+            .update(data, out)
+            .map_err(|e| part_failed_named(&self.content_id, &self.id, e))
+    }
+
+    /// Checks the tag and writes the last plaintext; the plaintext length.
+    pub(crate) fn finish(self, out: &mut dyn Write) -> Result<u64, EbmsError> {
+        let (content_id, id) = (self.content_id, self.id);
+        self.gcm
+            .finish(out)
+            .map_err(|e| part_failed_named(&content_id, &id, e))
     }
 }
 
