@@ -551,8 +551,6 @@ struct Plain {
     content_id: String,
     content_type: String,
     content: SpoolBuffer,
-    /// The SHA-256 of `content`, when it was taken as the part was written.
-    sha256: Option<[u8; 32]>,
     /// The decrypted bytes held against the spool budget.
     _charge: SpoolCharge,
 }
@@ -580,12 +578,6 @@ impl AttachmentSource for Source<'_> {
         match self {
             Source::Mime(a) => Ok(a.body()?),
             Source::Decrypted(p) => Ok(p.content.open()?),
-        }
-    }
-    fn sha256(&self) -> Option<[u8; 32]> {
-        match self {
-            Source::Mime(_) => None,
-            Source::Decrypted(p) => p.sha256,
         }
     }
 }
@@ -653,7 +645,6 @@ fn decrypt_stage(
                 .clone()
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
             content,
-            sha256: None,
             _charge: charge,
         });
     }
@@ -703,7 +694,7 @@ fn decrypted_early(
             part.content_id
         )));
     }
-    let (content, charge, sha256) = early.outcome?;
+    let (content, charge) = early.outcome?;
     Ok(Plain {
         content_id: part.content_id.clone(),
         content_type: part
@@ -711,7 +702,6 @@ fn decrypted_early(
             .clone()
             .unwrap_or_else(|| "application/octet-stream".to_string()),
         content,
-        sha256: Some(sha256),
         _charge: charge,
     })
 }
@@ -727,69 +717,15 @@ pub(crate) struct EarlyPart {
     /// `None` once the part failed (then the rest of its bytes are only counted by the
     /// MIME reader).
     decryptor: Option<PartDecryptor>,
-    out: HashedContent,
+    out: BufWriter<SpoolBuffer>,
     charge: SpoolCharge,
     failed: Option<EbmsError>,
 }
 
-/// What an [`EarlyPart`] leaves in its attachment for [`decrypt_stage`]: the plaintext
-/// and its SHA-256, taken as it was written.
+/// What an [`EarlyPart`] leaves in its attachment for [`decrypt_stage`].
 struct DecryptedEarly {
     key_fingerprint: [u8; 32],
-    outcome: Result<(SpoolBuffer, SpoolCharge, [u8; 32]), EbmsError>,
-}
-
-/// The plaintext of a part decrypted as it arrives, written to its spool file a piece at
-/// a time and hashed beside the write ([`hash_beside`]), so that the signature's digest of
-/// the part needs no pass of its own after the body ended.
-struct HashedContent {
-    piece: Vec<u8>,
-    content: SpoolBuffer,
-    hash: Sha256,
-}
-
-/// How much plaintext [`HashedContent`] gathers before it writes and hashes it.
-const HASHED_PIECE: usize = 1 << 20;
-
-impl HashedContent {
-    fn new(content: SpoolBuffer) -> Self {
-        HashedContent {
-            piece: Vec::new(),
-            content,
-            hash: Sha256::new(),
-        }
-    }
-
-    fn write_piece(&mut self) -> io::Result<()> {
-        let (piece, content) = (&self.piece, &mut self.content);
-        hash_beside(&mut self.hash, piece, || content.write_all(piece))?;
-        self.piece.clear();
-        Ok(())
-    }
-
-    /// Writes what is left; the content and the SHA-256 of all of it.
-    fn finish(mut self) -> io::Result<(SpoolBuffer, [u8; 32])> {
-        self.write_piece()?;
-        self.content.flush()?;
-        Ok((self.content, self.hash.finish()))
-    }
-}
-
-impl Write for HashedContent {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.piece.capacity() == 0 {
-            self.piece.reserve_exact(HASHED_PIECE);
-        }
-        let n = buf.len().min(HASHED_PIECE - self.piece.len());
-        self.piece.extend_from_slice(&buf[..n]);
-        if self.piece.len() == HASHED_PIECE {
-            self.write_piece()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    outcome: Result<(SpoolBuffer, SpoolCharge), EbmsError>,
 }
 
 impl EarlyPart {
@@ -798,7 +734,7 @@ impl EarlyPart {
         EarlyPart {
             key_fingerprint: dec.key_fingerprint(),
             decryptor: Some(dec.part_decryptor(part)),
-            out: HashedContent::new(decrypted_content(policy)),
+            out: BufWriter::with_capacity(256 * 1024, decrypted_content(policy)),
             charge: SpoolCharge::new(policy.spool_budget.as_ref()),
             failed: None,
         }
@@ -815,8 +751,7 @@ impl EarlyPart {
         self.failed = Some(e);
         self.decryptor = None;
         // Unauthenticated plaintext: not kept a moment longer than needed.
-        self.out.piece = Vec::new();
-        let _ = self.out.content.clear();
+        let _ = self.out.get_mut().clear();
     }
 }
 
@@ -860,9 +795,11 @@ impl TappedPart for EarlyPart {
         let outcome = match failed {
             Some(e) => Err(e),
             None => out
-                .finish()
-                .map(|(content, sha256)| (content, charge, sha256))
-                .map_err(|e| decryption(format!("writing the decrypted part failed: {e}"))),
+                .into_inner()
+                .map(|content| (content, charge))
+                .map_err(|e| {
+                    decryption(format!("writing the decrypted part failed: {}", e.error()))
+                }),
         };
         Box::new(DecryptedEarly {
             key_fingerprint,

@@ -850,8 +850,8 @@ impl Setup {
 }
 
 /// A large encrypted part is decrypted while the MIME body is read, instead of being
-/// spilled and read back: nothing of the cipher text reaches the spool, and the outcome is
-/// the one a spilled part gets — the same payload accepted, the same refusal of a part
+/// spilled and read back: nothing of the cipher text reaches the spool (its budget holds
+/// the plaintext alone), and the outcome is the one a spilled part gets — the same payload accepted, the same refusal of a part
 /// altered in transit, and no decryption at all for a message its leg refuses first.
 #[test]
 fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spilled_one() {
@@ -880,12 +880,25 @@ fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spill
     let mut back = Vec::new();
     p.open().unwrap().read_to_end(&mut back).unwrap();
     assert_eq!(back, content, "read back inflated");
+    let (sha256, receipt_len) = (p.sha256, accepted.receipt.len());
+    let tapped_peak = t.budget.peak();
+    drop((accepted, package));
+    assert_eq!(t.budget.used(), 0, "every byte given back");
+
+    // Spilled instead, the cipher text is held too: the spool holds both at once.
+    t.budget = SpoolBudget::new(u64::MAX);
     let spilled = t.read_spilled(&wire, &ct);
     assert!(spilled.attachments()[0].is_spilled());
     let the_same = t.receive(&spilled).unwrap();
-    assert_eq!(the_same.message.payloads[0].sha256, p.sha256);
-    assert_eq!(the_same.receipt.len(), accepted.receipt.len());
-    drop((accepted, the_same, package, spilled));
+    assert_eq!(the_same.message.payloads[0].sha256, sha256);
+    assert_eq!(the_same.receipt.len(), receipt_len);
+    let cipher_text = spilled.attachments()[0].len();
+    assert!(
+        t.budget.peak() >= tapped_peak + cipher_text,
+        "spool peak {} spilled, {tapped_peak} decrypted as it arrived, cipher text {cipher_text}",
+        t.budget.peak()
+    );
+    drop((the_same, spilled));
     assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
     assert_eq!(t.budget.used(), 0, "every byte given back");
 

@@ -35,12 +35,6 @@ pub trait AttachmentSource {
     fn content_type(&self) -> &str;
     /// The content octets, transfer-decoded.
     fn open(&self) -> io::Result<Box<dyn Read + '_>>;
-    /// The SHA-256 of the content octets, when the source took it as they were written
-    /// (a part decrypted as it arrived): a binary attachment's digest is then not read
-    /// again. Only ever the digest of exactly what [`open`](Self::open) returns.
-    fn sha256(&self) -> Option<[u8; 32]> {
-        None
-    }
 }
 
 /// An attachment held in memory (tests, small signals).
@@ -113,12 +107,6 @@ pub fn attachment_digest(att: &dyn AttachmentSource) -> Result<[u8; 32], EbmsErr
         )
     };
     let mt = media_type(att.content_type());
-    if !is_xml(&mt) && !mt.starts_with("text/") {
-        // A binary part is digested as it is: a digest taken as it was written will do.
-        if let Some(digest) = att.sha256() {
-            return Ok(digest);
-        }
-    }
     let mut reader = att.open().map_err(io_err)?;
     let mut hasher = Sha256::new();
     if is_xml(&mt) {
