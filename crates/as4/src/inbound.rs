@@ -555,6 +555,21 @@ struct Plain {
     _charge: SpoolCharge,
 }
 
+impl Plain {
+    /// The plaintext `content` of `part`, holding `charge`.
+    fn new(part: &EncryptedPart, content: SpoolBuffer, charge: SpoolCharge) -> Plain {
+        Plain {
+            content_id: part.content_id.clone(),
+            content_type: part
+                .mime_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".to_string()),
+            content,
+            _charge: charge,
+        }
+    }
+}
+
 /// What the signature verifier and the decompressor read a part from.
 enum Source<'a> {
     Mime(&'a Attachment),
@@ -638,15 +653,7 @@ fn decrypt_stage(
             Err(e) if charge.ran_out() => return Err(EbmsError::retry_later(e.detail)),
             other => other?,
         }
-        out.push(Plain {
-            content_id: part.content_id.clone(),
-            content_type: part
-                .mime_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".to_string()),
-            content,
-            _charge: charge,
-        });
+        out.push(Plain::new(part, content, charge));
     }
     let info = EncryptionInfo {
         key_protection: dec.key_protection(),
@@ -695,15 +702,7 @@ fn decrypted_early(
         )));
     }
     let (content, charge) = early.outcome?;
-    Ok(Plain {
-        content_id: part.content_id.clone(),
-        content_type: part
-            .mime_type
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".to_string()),
-        content,
-        _charge: charge,
-    })
+    Ok(Plain::new(part, content, charge))
 }
 
 /// An encrypted part being decrypted while the MIME body is read: the MIME reader hands
