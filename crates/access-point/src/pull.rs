@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::{self, ReceivePolicy, ReceivedMessage};
 use varti_as4::leg::profile_of;
-use varti_as4::message::mime::{MimeLimits, MimePackage};
+use varti_as4::message::mime::MimePackage;
 use varti_as4::message::model::{SignalKind, SignalMessage};
 use varti_as4::message::soap;
 use varti_as4::outbound::{build_pull_request, check_receipt};
@@ -56,7 +56,9 @@ use varti_store::{AttemptOutcome, Direction as StoreDirection, ListFilter, Messa
 use crate::access_point::{AccessPoint, MessageEvent};
 use crate::client::OutboundBody;
 use crate::ops::{Direction, Outcome};
-use crate::receiver::{accept_user_message, error_response, internal_fault, signing_identity};
+use crate::receiver::{
+    accept_user_message, error_response, internal_fault, read_message, signing_identity,
+};
 use crate::reload::Snapshot;
 use crate::sender::{errors_retryable, errors_text, receipt_problem, seal};
 use crate::server::{MshResponse, MshResponseBody};
@@ -779,13 +781,15 @@ fn receive_pulled_from(
             None,
         );
     }
-    let limits = MimeLimits {
-        max_total_size: ap.settings.limits.max_request_body_bytes,
-        temp_dir: Some(spool),
-        spool_budget: Some(ap.spool_budget.clone()),
-        ..MimeLimits::default()
-    };
-    let package = match MimePackage::read_http_body(&response.body[..], &content_type, &limits) {
+    // The set the answer is received under, to the end.
+    let snap = ap.current();
+    let package = match read_message(
+        ap,
+        &snap,
+        Arrival::Pulled,
+        &response.body[..],
+        &content_type,
+    ) {
         Ok(p) => p,
         Err(e) => {
             return (
@@ -814,7 +818,7 @@ fn receive_pulled_from(
     {
         let answer = accept_user_message(
             ap,
-            &ap.current(),
+            &snap,
             &package,
             envelope,
             Arrival::Pulled,

@@ -19,7 +19,7 @@ use ::http::{header, HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use varti_as4::error::{EbmsError, ErrorCode};
 use varti_as4::inbound::{DeliveredPayload, ReceivedMessage};
-use varti_as4::message::mime::{MimeLimits, MimePackage};
+use varti_as4::message::mime::{MimeError, MimeLimits, MimePackage};
 use varti_as4::message::model::{SignalKind, DEFAULT_MPC};
 use varti_as4::message::soap::{self, Envelope};
 use varti_as4::pmode::model::Leg;
@@ -74,29 +74,15 @@ impl MshHandler for Receiver {
             drain(&mut request.body);
             return internal_fault("the access point cannot store messages right now");
         }
-        let limits = MimeLimits {
-            max_total_size: self.ap.settings.limits.max_request_body_bytes,
-            temp_dir: Some(spool),
-            spool_budget: Some(self.ap.spool_budget.clone()),
-            ..MimeLimits::default()
-        };
         // The set this message is received under, to the end (a reload meanwhile does not
-        // change it halfway): its large encrypted parts are decrypted as they arrive, under
-        // the same PModes and keys that accept them.
+        // change it halfway).
         let snap = self.ap.current();
-        let spooling = self.ap.spool();
-        let mut early = EarlyDecryption::new(
+        let read = read_message(
+            &self.ap,
+            &snap,
             Arrival::Pushed,
-            &snap.pmodes,
-            &snap.identity,
-            self.ap.clock.now(),
-            &spooling,
-        );
-        let read = MimePackage::read_http_body_tapped(
             &mut request.body,
             &content_type,
-            &limits,
-            Some(&mut early),
         );
         let package = match read {
             Ok(p) => p,
@@ -141,6 +127,35 @@ impl MshHandler for Receiver {
             .observe_latency(Direction::Inbound, started.elapsed());
         response
     }
+}
+
+/// Reads the body of an AS4 message (whose `Content-Type` is `content_type`) that arrived
+/// as `arrival` says, to be accepted under `snap`: attachments past the spill threshold go
+/// to the spool directory (created by the caller), charged to the spool budget, except the
+/// large encrypted parts of a message its leg takes, which are decrypted into it as they
+/// arrive ([`EarlyDecryption`]), under the same PModes and keys that accept them.
+pub(crate) fn read_message(
+    ap: &AccessPoint,
+    snap: &Snapshot,
+    arrival: Arrival,
+    body: impl Read,
+    content_type: &str,
+) -> Result<MimePackage, MimeError> {
+    let limits = MimeLimits {
+        max_total_size: ap.settings.limits.max_request_body_bytes,
+        temp_dir: Some(ap.spool_dir()),
+        spool_budget: Some(ap.spool_budget.clone()),
+        ..MimeLimits::default()
+    };
+    let spool = ap.spool();
+    let mut early = EarlyDecryption::new(
+        arrival,
+        &snap.pmodes,
+        &snap.identity,
+        ap.clock.now(),
+        &spool,
+    );
+    MimePackage::read_http_body_tapped(body, content_type, &limits, Some(&mut early))
 }
 
 /// The peer of a pushed message as the history records it: the TCP peer, or, when that is

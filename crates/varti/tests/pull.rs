@@ -595,6 +595,17 @@ fn two_processes_pull() {
         }),
         &[("document", "application/xml", document)],
     );
+    // And one past the receiver's spill threshold: pulled, its encrypted part is decrypted
+    // as the answer is read.
+    let large = noise(2_000_000, 5);
+    let large_id = a.submit(
+        serde_json::json!({
+            "to_party": "varti-b",
+            "service": "urn:varti:test:pull",
+            "action": "Pull",
+        }),
+        &[("data", "application/octet-stream", &large)],
+    );
     // Parked for the puller: due only in the far future, so no push sender ever claims it
     // (asserted on the schedule itself, not by waiting and seeing nothing happen).
     let parked = a.message(&id).unwrap();
@@ -650,6 +661,11 @@ fn two_processes_pull() {
         b.served.log_text()
     );
     assert_eq!(b.payload(&id, 0), document.to_vec());
+    a.wait_state(&large_id, "acknowledged", Duration::from_secs(60));
+    assert!(
+        b.payload(&large_id, 0) == large,
+        "the large payload arrived unchanged"
+    );
     // Its arrival names the pull it came with.
     let pulled = b.message(&id).unwrap();
     let arrival = pulled["history"][0]["note"].as_str().unwrap_or_default();
