@@ -477,7 +477,6 @@ pub struct EarlyDecryption<'p> {
     identity: &'p LocalIdentity,
     now: OffsetDateTime,
     spool: &'p Spool,
-    root: Option<Vec<u8>>,
     /// The header opened for the leg's policy, once a part asked for it (`None` inside:
     /// nothing to decrypt early; such parts spill as before).
     opened: Option<Option<(Decryption, ReceivePolicy)>>,
@@ -498,15 +497,13 @@ impl<'p> EarlyDecryption<'p> {
             identity,
             now,
             spool,
-            root: None,
             opened: None,
         }
     }
 
     /// Stages 1 and 2 over the root, then the security header opened for the leg; `None`
     /// for any refusal or failure, which [`accept`] then reports as it always did.
-    fn open(&self) -> Option<(Decryption, ReceivePolicy)> {
-        let root = self.root.as_deref()?;
+    fn open(&self, root: &[u8]) -> Option<(Decryption, ReceivePolicy)> {
         let envelope = soap::parse_envelope(root).ok()?;
         let um = envelope.messaging.user_message.as_ref()?;
         let admitted = admit(
@@ -527,13 +524,14 @@ impl<'p> EarlyDecryption<'p> {
 }
 
 impl PartTap for EarlyDecryption<'_> {
-    fn root(&mut self, root: &RootPart) {
-        self.root = Some(root.content.clone());
-    }
-
-    fn take(&mut self, content_id: &str, head: &[u8]) -> Option<Box<dyn TappedPart>> {
+    fn take(
+        &mut self,
+        root: &RootPart,
+        content_id: &str,
+        head: &[u8],
+    ) -> Option<Box<dyn TappedPart>> {
         if self.opened.is_none() {
-            self.opened = Some(self.open());
+            self.opened = Some(self.open(&root.content));
         }
         let (dec, policy) = self.opened.as_ref()?.as_ref()?;
         let part = dec.part_for(content_id)?;

@@ -487,14 +487,17 @@ enum Storage {
 /// tap before it would be spilled to a file. The receiver decrypts encrypted payloads so,
 /// as they arrive ([`crate::receive::EarlyDecryption`]).
 pub trait PartTap {
-    /// The root part is complete. Attachments before it (a `start` parameter naming a
-    /// later part) are never offered.
-    fn root(&mut self, root: &RootPart);
-
-    /// Attachment `content_id` has outgrown memory; `head` is its content so far
-    /// (transfer encoding undone). `Some` takes the part: the rest of its content goes to
-    /// the returned [`TappedPart`], not to a file.
-    fn take(&mut self, content_id: &str, head: &[u8]) -> Option<Box<dyn TappedPart>>;
+    /// Attachment `content_id` of the package whose `root` part came before it has
+    /// outgrown memory; `head` is its content so far (transfer encoding undone). `Some`
+    /// takes the part: the rest of its content goes to the returned [`TappedPart`], not
+    /// to a file. An attachment that comes before the root (a `start` parameter naming a
+    /// later part) is never offered.
+    fn take(
+        &mut self,
+        root: &RootPart,
+        content_id: &str,
+        head: &[u8],
+    ) -> Option<Box<dyn TappedPart>>;
 }
 
 /// The receiving end of an attachment a [`PartTap`] took. It judges the content itself:
@@ -1087,7 +1090,7 @@ impl MimeParser {
         Ok(())
     }
 
-    fn step_body(&mut self, mut tap: Option<&mut (dyn PartTap + '_)>) -> Result<bool, MimeError> {
+    fn step_body(&mut self, tap: Option<&mut (dyn PartTap + '_)>) -> Result<bool, MimeError> {
         let start = self.pos;
         let found = self.finder.find(&self.buf[start..]);
         let (emit_end, next) = match found {
@@ -1100,14 +1103,15 @@ impl MimeParser {
         };
         if emit_end > start {
             let sink = self.current.as_mut().expect("a part is open in Body state");
-            sink.write(&self.buf[start..emit_end], &self.limits, tap.as_deref_mut())?;
+            let tap = tap.zip(self.root.as_ref());
+            sink.write(&self.buf[start..emit_end], &self.limits, tap)?;
             self.pos = emit_end;
         }
         match next {
             Some(n) => {
                 self.pos = n;
                 let sink = self.current.take().expect("a part is open in Body state");
-                self.close_part(sink, tap)?;
+                self.close_part(sink)?;
                 self.state = State::AfterDelimiter;
                 Ok(true)
             }
@@ -1115,11 +1119,7 @@ impl MimeParser {
         }
     }
 
-    fn close_part(
-        &mut self,
-        sink: PartSink,
-        tap: Option<&mut (dyn PartTap + '_)>,
-    ) -> Result<(), MimeError> {
+    fn close_part(&mut self, sink: PartSink) -> Result<(), MimeError> {
         let declared = sink
             .headers
             .get("Content-Length")
@@ -1136,12 +1136,7 @@ impl MimeParser {
             }
         }
         match done.kind {
-            Finished::Root(root) => {
-                if let Some(tap) = tap {
-                    tap.root(&root);
-                }
-                self.root = Some(root);
-            }
+            Finished::Root(root) => self.root = Some(root),
             Finished::Attachment(a) => self.attachments.push(a),
         }
         Ok(())
@@ -1216,11 +1211,13 @@ impl PartSink {
         }
     }
 
+    /// Takes the next raw bytes of the part; `tap`, with the root part read before this
+    /// one, is offered the part if it outgrows memory.
     fn write(
         &mut self,
         raw: &[u8],
         limits: &MimeLimits,
-        tap: Option<&mut (dyn PartTap + '_)>,
+        tap: Option<(&mut (dyn PartTap + '_), &RootPart)>,
     ) -> Result<(), MimeError> {
         self.raw_len += raw.len() as u64;
         if self.encoding == TransferEncoding::Base64 {
@@ -1236,7 +1233,7 @@ impl PartSink {
         &mut self,
         data: &[u8],
         limits: &MimeLimits,
-        tap: Option<&mut (dyn PartTap + '_)>,
+        tap: Option<(&mut (dyn PartTap + '_), &RootPart)>,
     ) -> Result<(), MimeError> {
         if data.is_empty() {
             return Ok(());
@@ -1267,7 +1264,7 @@ impl PartSink {
         if !self.is_root && self.memory.len() + data.len() > limits.spill_threshold {
             // Offered to the tap first (it has seen the root): taken, nothing is spilled.
             let taken = match (tap, &self.content_id) {
-                (Some(tap), Some(id)) => tap.take(id, &self.memory),
+                (Some((tap, root)), Some(id)) => tap.take(root, id, &self.memory),
                 _ => None,
             };
             if let Some(mut tapped) = taken {
