@@ -13,7 +13,7 @@ use openssl::x509::X509;
 use time::OffsetDateTime;
 use varti_as4::error::ErrorCode;
 use varti_as4::leg::{self, MessageFields};
-use varti_as4::message::mime::{MimeLimits, MimePackage};
+use varti_as4::message::mime::{MimeError, MimeLimits, MimePackage};
 use varti_as4::message::model::{
     MessageInfo, PartyId, Property, SignalKind, UserMessage, TEST_ACTION, TEST_SERVICE,
 };
@@ -822,6 +822,11 @@ impl Setup {
     /// Reads `wire` as the MSH endpoint does: large encrypted parts decrypted as they
     /// arrive ([`EarlyDecryption`]), attachments past 64 KiB taken or spilled.
     fn read_tapped(&self, wire: &[u8], content_type: &str) -> MimePackage {
+        self.try_read_tapped(wire, content_type).unwrap()
+    }
+
+    /// [`Setup::read_tapped`], failing as the MIME reader does.
+    fn try_read_tapped(&self, wire: &[u8], content_type: &str) -> Result<MimePackage, MimeError> {
         let spool = self.spool();
         let mut early = EarlyDecryption::new(
             Arrival::Pushed,
@@ -831,7 +836,6 @@ impl Setup {
             &spool,
         );
         MimePackage::read_http_body_tapped(wire, content_type, &self.limits(), Some(&mut early))
-            .unwrap()
     }
 
     /// [`Setup::read_tapped`] without the tap: every large attachment spilled.
@@ -926,6 +930,12 @@ fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spill
     );
     assert!(is_signed(early.signal.as_ref().unwrap()), "the leg signs");
     assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+
+    // A body cut off in the part: refused by the MIME reader; what was decrypted is gone.
+    let cut = t.try_read_tapped(&wire[..wire.len() - 50_000], &ct);
+    assert!(cut.is_err(), "a truncated package is refused");
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+    assert_eq!(t.budget.used(), 0, "every byte given back");
 
     // No room in the spool budget for the plaintext: not the message's fault.
     t.budget = SpoolBudget::new(128 * 1024);
