@@ -610,12 +610,20 @@ async fn sweep(inner: Arc<Inner>, tasks: TaskTracker, token: CancellationToken) 
         let (events, unhooked): (Vec<_>, Vec<_>) = events
             .into_iter()
             .partition(|e| inner.hooks.contains_key(&e.owner));
-        if !unhooked.is_empty() {
+        if !unhooked.is_empty() && inner.complete(&unhooked).await {
             tracing::debug!(
                 events = unhooked.len(),
                 "webhook events of backends without a webhook removed from the outbox"
             );
-            inner.complete(&unhooked).await;
+            // Their end: nothing more will happen to them.
+            for event in unhooked {
+                let _ = inner.reports.send(Report {
+                    owner: event.owner,
+                    event: static_kind(&event.kind),
+                    subject: event.message_id,
+                    ending: Ending::NoWebhook,
+                });
+            }
         }
         for event in events {
             tracing::info!(
@@ -874,19 +882,21 @@ impl Inner {
 
     /// Removes `events` from the outbox: nothing more will be done about them. If the store
     /// cannot be reached, they stay and are delivered once more later (at least once).
-    async fn complete(&self, events: &[OutboxEvent]) {
+    /// Whether they were removed.
+    async fn complete(&self, events: &[OutboxEvent]) -> bool {
         let ap = self.ap.clone();
         let done = events.to_vec();
         let done =
             tokio::task::spawn_blocking(move || ap.store.complete_outbox_events(&done)).await;
         let problem = match done {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return true,
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the outbox task failed: {e}"),
         };
         for event in events {
             tracing::warn!(message_id = %event.message_id, delivery = %event.event_id, error = %problem, "cannot remove the webhook event from the outbox; it will be delivered again");
         }
+        false
     }
 
     /// One attempt: the status, or what went wrong.
