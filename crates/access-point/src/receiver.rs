@@ -2,14 +2,14 @@
 //!
 //! One request, in order: parse the MIME package (streamed; attachments spill to files in
 //! the spool directory, except large encrypted payloads, which are decrypted into them as
-//! they arrive: `varti_as4::receive::EarlyDecryption`) → read the ebMS header → `varti_as4::receive::accept` (find the
-//! leg, check that the message is for us, decrypt, verify, trust, decompress, enforce the
-//! leg, build the receipt) → the check of the feature that claimed the service, if any
-//! ([`AccessPoint::check_inbound`]) → store payloads and record durably → only then answer
-//! with the receipt. A duplicate (same MessageId) gets
-//! the original receipt and is stored and delivered only once. Any refusal is an ebMS error
-//! signal (signed when the message could be attributed to a leg that signs) and changes no
-//! stored state.
+//! they arrive: `varti_as4::receive::EarlyDecryption`) → read the ebMS header →
+//! `varti_as4::receive::accept` (find the leg, check that the message is for us, decrypt,
+//! verify, trust, decompress, enforce the leg, build the receipt) → the check of the
+//! feature that claimed the service, if any ([`AccessPoint::check_inbound`]) → store
+//! payloads and record durably → only then answer with the receipt. A duplicate (same
+//! MessageId) gets the original receipt and is stored and delivered only once. Any refusal
+//! is an ebMS error signal (signed when the message could be attributed to a leg that
+//! signs) and changes no stored state.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -188,8 +188,9 @@ pub(crate) fn signing_identity<'a>(snap: &'a Snapshot, leg: &Leg) -> SigningIden
 
 /// A user message, pushed to `/msh` or pulled from a partner, whose SOAP root was read
 /// into `envelope`: accepted by [`receive::accept`] (route, verify, enforce, receipt) under
-/// `snap` (the set in force when it arrived, to the end), then stored. The answer holds the receipt or the error signal (HTTP 200), or a SOAP fault
-/// when the message could not be stored (HTTP 500: the sender tries again).
+/// `snap` (the set in force when it arrived, to the end), then stored. The answer holds
+/// the receipt or the error signal (HTTP 200), or a SOAP fault when the message could not
+/// be stored (HTTP 500: the sender tries again).
 pub(crate) fn accept_user_message(
     ap: &AccessPoint,
     snap: &Snapshot,

@@ -769,20 +769,15 @@ impl TappedPart for EarlyPart {
     }
 
     fn finish(mut self: Box<Self>) -> Box<dyn std::any::Any + Send> {
-        let finished = match self.decryptor.take() {
-            Some(decryptor) => {
-                let mut out = Charged {
-                    inner: &mut self.out,
-                    charge: &mut self.charge,
-                };
-                decryptor.finish(&mut out).map(drop)
+        // No decryptor left: the part failed already, and `failed` says why.
+        if let Some(decryptor) = self.decryptor.take() {
+            let mut out = Charged {
+                inner: &mut self.out,
+                charge: &mut self.charge,
+            };
+            if let Err(e) = decryptor.finish(&mut out) {
+                self.fail(e);
             }
-            None => Err(self.failed.take().unwrap_or_else(|| {
-                decryption("the part's decryption stopped without a reason (a bug)")
-            })),
-        };
-        if let Err(e) = finished {
-            self.fail(e);
         }
         let EarlyPart {
             key_fingerprint,

@@ -1069,8 +1069,7 @@ impl Decryption {
     pub(crate) fn part_decryptor(&self, part: &EncryptedPart) -> PartDecryptor {
         PartDecryptor {
             gcm: GcmDecryptor::new(&self.key),
-            content_id: part.content_id.clone(),
-            id: part.id.clone(),
+            part: part.clone(),
         }
     }
 
@@ -1083,13 +1082,9 @@ impl Decryption {
 
 /// The error of decrypting `part`, naming it.
 fn part_failed(part: &EncryptedPart, e: EbmsError) -> EbmsError {
-    part_failed_named(&part.content_id, &part.id, e)
-}
-
-fn part_failed_named(content_id: &str, id: &str, e: EbmsError) -> EbmsError {
     failed(format!(
-        "payload part cid:{content_id} (EncryptedData {id}): {}",
-        e.detail
+        "payload part cid:{} (EncryptedData {}): {}",
+        part.content_id, part.id, e.detail
     ))
 }
 
@@ -1098,8 +1093,7 @@ fn part_failed_named(content_id: &str, id: &str, e: EbmsError) -> EbmsError {
 /// error.
 pub(crate) struct PartDecryptor {
     gcm: GcmDecryptor,
-    content_id: String,
-    id: String,
+    part: EncryptedPart,
 }
 
 impl PartDecryptor {
@@ -1107,15 +1101,13 @@ impl PartDecryptor {
     pub(crate) fn update(&mut self, data: &[u8], out: &mut dyn Write) -> Result<(), EbmsError> {
         self.gcm
             .update(data, out)
-            .map_err(|e| part_failed_named(&self.content_id, &self.id, e))
+            .map_err(|e| part_failed(&self.part, e))
     }
 
     /// Checks the tag and writes the last plaintext; the plaintext length.
     pub(crate) fn finish(self, out: &mut dyn Write) -> Result<u64, EbmsError> {
-        let (content_id, id) = (self.content_id, self.id);
-        self.gcm
-            .finish(out)
-            .map_err(|e| part_failed_named(&content_id, &id, e))
+        let part = self.part;
+        self.gcm.finish(out).map_err(|e| part_failed(&part, e))
     }
 }
 
