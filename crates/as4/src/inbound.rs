@@ -59,6 +59,9 @@ use crate::spool::{Charged, SpoolBudget, SpoolBuffer, SpoolCharge};
 
 use crate::ns::XENC_NS as NS_XENC;
 
+mod early_digest;
+use early_digest::{DigestFeed, EarlyDigest};
+
 /// Default decompression cap per part: 1 GiB.
 pub(crate) const DEFAULT_DECOMPRESSION_CAP: u64 = 1 << 30;
 
@@ -201,6 +204,10 @@ pub struct DeliveredPayload {
     pub len: u64,
     /// SHA-256 of the payload's bytes (inflated, whatever `content` holds).
     pub sha256: [u8; 32],
+    /// Whether `len` and `sha256` were taken while the part arrived, beside its
+    /// decryption, instead of by a pass over the part once it was checked. The values
+    /// are the same either way, and both were taken from the bytes the signature covers.
+    pub digested_on_arrival: bool,
     /// The content: in memory when small, else in a temporary file removed when this
     /// value is dropped; read it with [`DeliveredPayload::open`], keep it with
     /// [`DeliveredPayload::persist`]. Gzip when `content_is_gzip`.
@@ -553,12 +560,16 @@ struct Plain {
     content: SpoolBuffer,
     /// The decrypted bytes held against the spool budget.
     _charge: SpoolCharge,
+    /// The payload's length and SHA-256, being taken while the part arrived (a large part
+    /// decrypted as it arrived only).
+    early_digest: Option<EarlyDigest>,
 }
 
 impl Plain {
     /// The plaintext `content` of `part`, holding `charge`.
     fn new(part: &EncryptedPart, content: SpoolBuffer, charge: SpoolCharge) -> Plain {
         Plain {
+            early_digest: None,
             content_id: part.content_id.clone(),
             content_type: part
                 .mime_type
@@ -702,7 +713,9 @@ fn decrypted_early(
         )));
     }
     let (content, charge) = early.outcome?;
-    Ok(Plain::new(part, content, charge))
+    let mut plain = Plain::new(part, content, charge);
+    plain.early_digest = early.digest;
+    Ok(plain)
 }
 
 /// An encrypted part being decrypted while the MIME body is read: the MIME reader hands
@@ -719,23 +732,38 @@ pub(crate) struct EarlyPart {
     out: BufWriter<SpoolBuffer>,
     charge: SpoolCharge,
     failed: Option<EbmsError>,
+    /// The plaintext's way to the thread taking the payload's digest, and that thread.
+    digest: Option<(DigestFeed, EarlyDigest)>,
 }
 
 /// What an [`EarlyPart`] leaves in its attachment for [`decrypt_stage`].
 struct DecryptedEarly {
     key_fingerprint: [u8; 32],
     outcome: Result<(SpoolBuffer, SpoolCharge), EbmsError>,
+    digest: Option<EarlyDigest>,
 }
 
 impl EarlyPart {
-    /// The decryption of `part` under `dec`, into a spool file as `policy` says.
-    pub(crate) fn new(dec: &Decryption, part: &EncryptedPart, policy: &ReceivePolicy) -> Self {
+    /// The decryption of `part` under `dec`, into a spool file as `policy` says. When
+    /// `compressed` (its only `PartInfo` declares it gzip-compressed) and the store will
+    /// keep the part as it is, the payload's digest is taken beside the decryption
+    /// ([`early_digest`]).
+    pub(crate) fn new(
+        dec: &Decryption,
+        part: &EncryptedPart,
+        policy: &ReceivePolicy,
+        compressed: bool,
+    ) -> Self {
+        let digest = (compressed && policy.keep_decrypted)
+            .then(|| EarlyDigest::start(policy.decompression_cap))
+            .flatten();
         EarlyPart {
             key_fingerprint: dec.key_fingerprint(),
             decryptor: Some(dec.part_decryptor(part)),
             out: BufWriter::with_capacity(256 * 1024, decrypted_content(policy)),
             charge: SpoolCharge::new(policy.spool_budget.as_ref()),
             failed: None,
+            digest,
         }
     }
 
@@ -749,6 +777,7 @@ impl EarlyPart {
         };
         self.failed = Some(e);
         self.decryptor = None;
+        self.digest = None;
         // Unauthenticated plaintext: not kept a moment longer than needed.
         let _ = self.out.get_mut().clear();
     }
@@ -759,9 +788,12 @@ impl TappedPart for EarlyPart {
         let Some(decryptor) = &mut self.decryptor else {
             return;
         };
-        let mut out = Charged {
-            inner: &mut self.out,
-            charge: &mut self.charge,
+        let mut out = Teed {
+            out: Charged {
+                inner: &mut self.out,
+                charge: &mut self.charge,
+            },
+            feed: self.digest.as_mut().map(|(feed, _)| feed),
         };
         if let Err(e) = decryptor.update(data, &mut out) {
             self.fail(e);
@@ -771,9 +803,12 @@ impl TappedPart for EarlyPart {
     fn finish(mut self: Box<Self>) -> Box<dyn std::any::Any + Send> {
         // No decryptor left: the part failed already, and `failed` says why.
         if let Some(decryptor) = self.decryptor.take() {
-            let mut out = Charged {
-                inner: &mut self.out,
-                charge: &mut self.charge,
+            let mut out = Teed {
+                out: Charged {
+                    inner: &mut self.out,
+                    charge: &mut self.charge,
+                },
+                feed: self.digest.as_mut().map(|(feed, _)| feed),
             };
             if let Err(e) = decryptor.finish(&mut out) {
                 self.fail(e);
@@ -784,8 +819,14 @@ impl TappedPart for EarlyPart {
             out,
             charge,
             failed,
+            digest,
             ..
         } = *self;
+        // The part is whole and authentic as far as its tag goes: the worker may finish.
+        let digest = digest.map(|(feed, digest)| {
+            feed.end();
+            digest
+        });
         let outcome = match failed {
             Some(e) => Err(e),
             None => out
@@ -798,7 +839,29 @@ impl TappedPart for EarlyPart {
         Box::new(DecryptedEarly {
             key_fingerprint,
             outcome,
+            digest,
         })
+    }
+}
+
+/// Writes the plaintext to the part's file and hands what was written to the digest's
+/// worker.
+struct Teed<'f, W> {
+    out: W,
+    feed: Option<&'f mut DigestFeed>,
+}
+
+impl<W: Write> Write for Teed<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(feed) = &mut self.feed {
+            feed.push(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -921,18 +984,20 @@ fn deliver(
             Source::Decrypted(p) => p.content_type.clone(),
             Source::Mime(_) => att.content_type().to_string(),
         });
-    let payload = |len, sha256, content, charge, content_is_gzip| DeliveredPayload {
-        href: part.href.clone().unwrap_or_default(),
-        content_id: cid.to_string(),
-        mime_type: mime_type.clone(),
-        properties: part.properties.clone(),
-        was_compressed: compression.compressed,
-        content_is_gzip,
-        len,
-        sha256,
-        content,
-        _charge: charge,
-    };
+    let payload =
+        |len, sha256, content, charge, content_is_gzip, digested_on_arrival| DeliveredPayload {
+            href: part.href.clone().unwrap_or_default(),
+            content_id: cid.to_string(),
+            mime_type: mime_type.clone(),
+            properties: part.properties.clone(),
+            was_compressed: compression.compressed,
+            content_is_gzip,
+            len,
+            sha256,
+            digested_on_arrival,
+            content,
+            _charge: charge,
+        };
     // A large part decrypted into a spool file of its own is kept as it is when the store
     // takes files over: one pass counts and hashes the payload's bytes, writing nothing —
     // inflating a compressed part to do so, which also checks it (EBMS:0303 past the cap,
@@ -943,6 +1008,22 @@ fn deliver(
     if keep_decrypted {
         if let Source::Decrypted(p) = source {
             if p.content.file().is_some() {
+                // Taken while the part arrived, from these very bytes: nothing to read
+                // again (a worker that failed for any reason leaves it to the pass below).
+                let early = p
+                    .early_digest
+                    .as_ref()
+                    .and_then(|d| d.outcome(compression.compressed));
+                if let Some((len, sha256)) = early {
+                    return Ok(Delivery::AsDecrypted(payload(
+                        len,
+                        sha256,
+                        SpoolBuffer::new(None),
+                        SpoolCharge::default(),
+                        compression.compressed,
+                        true,
+                    )));
+                }
                 let mut digest = DigestSink::default();
                 if compression.compressed {
                     inflate(&mut digest)?;
@@ -956,6 +1037,7 @@ fn deliver(
                     SpoolBuffer::new(None),
                     SpoolCharge::default(),
                     compression.compressed,
+                    false,
                 )));
             }
         }
@@ -1014,7 +1096,7 @@ fn deliver(
         }
     };
     Ok(Delivery::Inflated(payload(
-        len, sha256, content, charge, false,
+        len, sha256, content, charge, false, false,
     )))
 }
 

@@ -30,10 +30,11 @@ use std::path::Path;
 use openssl::x509::X509;
 use time::OffsetDateTime;
 
+use crate::compress;
 use crate::error::{EbmsError, ErrorCode};
 use crate::inbound::{self, key_transports_for, EarlyPart, ReceivePolicy, ReceivedMessage};
 use crate::leg::{profile_of, token_reference_of};
-use crate::message::mime::{MimePackage, PartTap, RootPart, TappedPart};
+use crate::message::mime::{content_id_from_href, MimePackage, PartTap, RootPart, TappedPart};
 use crate::message::model::UserMessage;
 use crate::message::soap::{self, Envelope};
 use crate::outbound::{build_error_signal, build_receipt, security_fault};
@@ -479,7 +480,17 @@ pub struct EarlyDecryption<'p> {
     spool: &'p Spool,
     /// The header opened for the leg's policy, once a part asked for it (`None` inside:
     /// nothing to decrypt early; such parts spill as before).
-    opened: Option<Option<(Decryption, ReceivePolicy)>>,
+    opened: Option<Option<Opened>>,
+}
+
+/// What [`EarlyDecryption`] read of a message once: its security header opened for the
+/// leg's policy, and how each payload part is compressed.
+struct Opened {
+    dec: Decryption,
+    policy: ReceivePolicy,
+    /// Content-ID and whether its `PartInfo` declares it gzip-compressed (`None`: the
+    /// declaration cannot be read, which [`accept`] will refuse).
+    compressed: Vec<(String, Option<bool>)>,
 }
 
 impl<'p> EarlyDecryption<'p> {
@@ -503,7 +514,7 @@ impl<'p> EarlyDecryption<'p> {
 
     /// Stages 1 and 2 over the root, then the security header opened for the leg; `None`
     /// for any refusal or failure, which [`accept`] then reports as it always did.
-    fn open(&self, root: &[u8]) -> Option<(Decryption, ReceivePolicy)> {
+    fn open(&self, root: &[u8]) -> Option<Opened> {
         let envelope = soap::parse_envelope(root).ok()?;
         let um = envelope.messaging.user_message.as_ref()?;
         let admitted = admit(
@@ -519,7 +530,27 @@ impl<'p> EarlyDecryption<'p> {
         let (key, cert) = policy.decryption.as_ref()?;
         let header = std::str::from_utf8(root).ok()?;
         let dec = open_encryption(header, key, cert, &policy.key_transports).ok()?;
-        Some((dec, policy))
+        let compressed = um
+            .parts
+            .iter()
+            .filter_map(|part| {
+                let cid = content_id_from_href(part.href.as_deref()?)?;
+                let props: Vec<(&str, &str)> = part
+                    .properties
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.value.as_str()))
+                    .collect();
+                let compressed = compress::part_compression(&props)
+                    .ok()
+                    .map(|c| c.compressed);
+                Some((cid, compressed))
+            })
+            .collect();
+        Some(Opened {
+            dec,
+            policy,
+            compressed,
+        })
     }
 }
 
@@ -533,9 +564,19 @@ impl PartTap for EarlyDecryption<'_> {
         if self.opened.is_none() {
             self.opened = Some(self.open(&root.content));
         }
-        let (dec, policy) = self.opened.as_ref()?.as_ref()?;
-        let part = dec.part_for(content_id)?;
-        let mut early = EarlyPart::new(dec, part, policy);
+        let opened = self.opened.as_ref()?.as_ref()?;
+        let part = opened.dec.part_for(content_id)?;
+        // Declared once only: a part named by two PartInfos is copied for each, so its
+        // digest is not taken early.
+        let mut declared = opened
+            .compressed
+            .iter()
+            .filter(|(cid, _)| cid == content_id);
+        let compressed = match (declared.next(), declared.next()) {
+            (Some((_, compressed)), None) => *compressed == Some(true),
+            _ => false,
+        };
+        let mut early = EarlyPart::new(&opened.dec, part, &opened.policy, compressed);
         early.write(head);
         Some(Box::new(early))
     }

@@ -881,6 +881,7 @@ fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spill
     assert!(p.content_is_gzip, "kept as it travelled");
     assert_eq!(p.len, content.len() as u64);
     assert_eq!(p.sha256, openssl::sha::sha256(&content));
+    assert!(p.digested_on_arrival, "digest taken as the part arrived");
     let mut back = Vec::new();
     p.open().unwrap().read_to_end(&mut back).unwrap();
     assert_eq!(back, content, "read back inflated");
@@ -895,6 +896,7 @@ fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spill
     assert!(spilled.attachments()[0].is_spilled());
     let the_same = t.receive(&spilled).unwrap();
     assert_eq!(the_same.message.payloads[0].sha256, sha256);
+    assert!(!the_same.message.payloads[0].digested_on_arrival);
     assert_eq!(the_same.receipt.len(), receipt_len);
     let cipher_text = spilled.attachments()[0].len();
     assert!(
@@ -965,6 +967,37 @@ fn a_large_encrypted_part_is_decrypted_as_it_arrives_with_the_outcome_of_a_spill
         &um.message_info.message_id,
         false,
     );
+}
+
+/// A part that inflates past the leg's cap while it arrives: the digest taken beside its
+/// decryption gives up, and the check after the signature refuses it with the very error a
+/// spilled part gets (EBMS:0303), leaving nothing behind.
+#[test]
+fn a_part_over_the_cap_is_refused_after_the_checks_as_a_spilled_one_is() {
+    let t = setup();
+    let mut msg = Msg::good();
+    msg.content = digits(2 << 20);
+    let (wire, ct, um) = seal_wire(&t.set, "large", msg);
+    let package = t.read_tapped(&wire, &ct);
+    assert!(
+        package.attachments()[0].is_tapped(),
+        "decrypted as it arrived"
+    );
+    let early = t.receive(&package).unwrap_err();
+    assert_refused(
+        &early,
+        ErrorCode::DecompressionFailure,
+        &um.message_info.message_id,
+        true,
+    );
+    let late = t.receive(&t.read_spilled(&wire, &ct)).unwrap_err();
+    assert_eq!(
+        (early.error.code, &early.error.detail),
+        (late.error.code, &late.error.detail)
+    );
+    drop(package);
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+    assert_eq!(t.budget.used(), 0, "every byte given back");
 }
 
 /// [`setup`] plus `network.toml`: a dynamic party `network` (the test CA as its AP
