@@ -37,6 +37,7 @@
 //! The property helpers take plain `(name, value)` pairs so they work with any model of
 //! the ebMS header.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::panic::AssertUnwindSafe;
@@ -311,46 +312,105 @@ const MEMBER_HEADER: [u8; SIZE_AT + 4] = [
 /// the bytes, the level and libdeflate's version, so sealing a message again yields the
 /// same member (a release that changes it says so: `deploy/pair/README.md`, upgrading).
 fn gzip_member(piece: &[u8]) -> io::Result<Vec<u8>> {
-    // Level 1: level 6 (the default) bound the sending of a large attachment (a profile of
-    // a 64 MiB exchange spent 79% of the servers' CPU in deflate); level 1 is several times
-    // faster and still takes most of the redundancy out of XML. Level 0: stored blocks.
-    let level = if incompressible(piece) { 0 } else { 1 };
-    let level = libdeflater::CompressionLvl::new(level)
-        .map_err(|e| io::Error::other(format!("deflate level: {e:?}")))?;
-    let mut deflater = libdeflater::Compressor::new(level);
-    let bound = deflater.deflate_compress_bound(piece.len());
-    let mut member = Vec::with_capacity(MEMBER_HEADER.len() + bound + 8);
-    member.extend_from_slice(&MEMBER_HEADER);
-    member.resize(MEMBER_HEADER.len() + bound, 0);
-    let deflated = deflater
-        .deflate_compress(piece, &mut member[MEMBER_HEADER.len()..])
-        .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
-    member.truncate(MEMBER_HEADER.len() + deflated);
-    // The trailer: CRC-32 and the size modulo 2^32 of the content.
-    member.extend_from_slice(&libdeflater::crc32(piece).to_le_bytes());
-    member.extend_from_slice(&(piece.len() as u32).to_le_bytes());
-    let size = u32::try_from(member.len())
-        .map_err(|_| io::Error::other("a gzip member is larger than 4 GiB"))?;
-    member[SIZE_AT..SIZE_AT + 4].copy_from_slice(&size.to_le_bytes());
-    Ok(member)
+    DEFLATING.with(|state| {
+        let mut state = state.borrow_mut();
+        let state = state.get_or_insert_with(Deflating::new);
+        // Level 1: level 6 (the default) bound the sending of a large attachment (a
+        // profile of a 64 MiB exchange spent 79% of the servers' CPU in deflate); level 1
+        // is several times faster and still takes most of the redundancy out of XML.
+        // Level 0: stored blocks.
+        let deflater = if state.incompressible(piece)? {
+            state.stored.get_or_insert_with(|| compressor(0))
+        } else {
+            &mut state.fastest
+        };
+        let bound = deflater.deflate_compress_bound(piece.len());
+        if state.out.len() < bound {
+            state.out.resize(bound, 0);
+        }
+        let deflated = deflater
+            .deflate_compress(piece, &mut state.out[..bound])
+            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
+        let mut member = Vec::with_capacity(MEMBER_HEADER.len() + deflated + 8);
+        member.extend_from_slice(&MEMBER_HEADER);
+        member.extend_from_slice(&state.out[..deflated]);
+        // The trailer: CRC-32 and the size modulo 2^32 of the content.
+        member.extend_from_slice(&libdeflater::crc32(piece).to_le_bytes());
+        member.extend_from_slice(&(piece.len() as u32).to_le_bytes());
+        let size = u32::try_from(member.len())
+            .map_err(|_| io::Error::other("a gzip member is larger than 4 GiB"))?;
+        member[SIZE_AT..SIZE_AT + 4].copy_from_slice(&size.to_le_bytes());
+        Ok(member)
+    })
+}
+
+thread_local! {
+    /// What [`gzip_member`] works with on this thread, kept from one member to the next.
+    static DEFLATING: RefCell<Option<Deflating>> = const { RefCell::new(None) };
+}
+
+/// A thread's compressors and buffers for [`gzip_member`]. Made fresh for every member,
+/// they cost an allocation, its first touch and its zeroing per MiB of payload (a profile
+/// of a 1 GiB upload found memset and page faults beside libdeflate, and flate2's
+/// compressor state made anew for every sample). Kept, they give the very same bytes: a
+/// libdeflate compressor holds no state between calls, and a flate2 encoder that is reset
+/// starts afresh.
+///
+/// What is needed only for a large piece is made at the first one: a thread that seals
+/// small messages keeps a level-1 compressor (about 150 KB) and a buffer of their size.
+struct Deflating {
+    fastest: libdeflater::Compressor,
+    stored: Option<libdeflater::Compressor>,
+    /// Room for one deflated piece, written by libdeflate and copied out.
+    out: Vec<u8>,
+    /// Deflates the sample by which a piece is judged, and the buffer the next sample is
+    /// deflated into.
+    sample: Option<(flate2::write::DeflateEncoder<Vec<u8>>, Vec<u8>)>,
+}
+
+/// A libdeflate compressor at `level` (0 or 1).
+fn compressor(level: i32) -> libdeflater::Compressor {
+    let level = libdeflater::CompressionLvl::new(level).expect("levels 0 and 1 exist");
+    libdeflater::Compressor::new(level)
+}
+
+impl Deflating {
+    fn new() -> Self {
+        Deflating {
+            fastest: compressor(1),
+            stored: None,
+            out: Vec::new(),
+            sample: None,
+        }
+    }
+
+    /// Whether `piece` looks like it would not compress: its first [`SAMPLE`] bytes deflate
+    /// to more than 95% of their size (random, encrypted or already compressed data).
+    /// Judged on the piece's own bytes only, so the output stays the same from one sealing
+    /// to the next.
+    fn incompressible(&mut self, piece: &[u8]) -> io::Result<bool> {
+        if piece.len() < 2 * SAMPLE {
+            return Ok(false);
+        }
+        let sample = &piece[..SAMPLE];
+        let (encoder, spare) = self.sample.get_or_insert_with(|| {
+            let buffer = || Vec::with_capacity(SAMPLE + 64);
+            let encoder = flate2::write::DeflateEncoder::new(buffer(), Compression::fast());
+            (encoder, buffer())
+        });
+        encoder.write_all(sample)?;
+        // Finishes this sample's stream and starts the next one afresh, into the spare
+        // buffer; this one becomes the spare.
+        let mut deflated = encoder.reset(std::mem::take(spare))?;
+        let judged = deflated.len() * 100 > sample.len() * 95;
+        deflated.clear();
+        *spare = deflated;
+        Ok(judged)
+    }
 }
 
 /// Bytes of a piece deflated to judge whether the piece compresses.
 const SAMPLE: usize = 32 * 1024;
-
-/// Whether `piece` looks like it would not compress: its first [`SAMPLE`] bytes deflate to
-/// more than 95% of their size (random, encrypted or already compressed data). Judged on
-/// the piece's own bytes only, so the output stays the same from one sealing to the next.
-fn incompressible(piece: &[u8]) -> bool {
-    if piece.len() < 2 * SAMPLE {
-        return false;
-    }
-    let sample = &piece[..SAMPLE];
-    let mut enc =
-        flate2::write::DeflateEncoder::new(Vec::with_capacity(SAMPLE + 64), Compression::fast());
-    let deflated = enc.write_all(sample).and_then(|()| enc.finish());
-    deflated.is_ok_and(|d| d.len() * 100 > sample.len() * 95)
-}
 
 /// A reader over the decompressed content of a gzip stream, refusing to yield more than a
 /// cap. Its I/O errors carry an [`EbmsError`] (`EBMS:0303`); recover it with
@@ -1144,6 +1204,36 @@ mod tests {
         let mut gz = Vec::new();
         gzip_members(&t[..], &mut gz, 100_000, 2, 0).unwrap();
         assert!(gz.len() < t.len() / 3, "{}", gz.len());
+    }
+
+    /// A thread keeps its compressors from member to member; a member is the same bytes
+    /// as one made by fresh compressors, whatever the thread compressed before (sealing a
+    /// message again must give the same bytes).
+    #[test]
+    fn a_member_does_not_depend_on_what_its_thread_compressed_before() {
+        let pieces = [
+            text(300_000),
+            noise(300_000, 0x9e37_79b9),
+            text(1000),
+            noise(200_000, 7),
+            text(300_000)[1000..].to_vec(),
+        ];
+        let fresh: Vec<Vec<u8>> = pieces
+            .iter()
+            .map(|p| {
+                let p = p.clone();
+                std::thread::spawn(move || gzip_member(&p).unwrap())
+                    .join()
+                    .unwrap()
+            })
+            .collect();
+        for _ in 0..2 {
+            for (piece, fresh) in pieces.iter().zip(&fresh) {
+                assert_eq!(&gzip_member(piece).unwrap(), fresh);
+            }
+        }
+        // Both levels were used: the random pieces are stored, the text deflated.
+        assert!(fresh[1].len() > 300_000 && fresh[0].len() < 100_000);
     }
 
     #[test]
