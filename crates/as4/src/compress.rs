@@ -357,7 +357,7 @@ thread_local! {
 /// starts afresh.
 ///
 /// What is needed only for a large piece is made at the first one: a thread that seals
-/// small messages keeps a level-1 compressor (about 150 KB) and a buffer of their size.
+/// small messages keeps a level-1 compressor and a buffer of their size.
 struct Deflating {
     fastest: libdeflater::Compressor,
     stored: Option<libdeflater::Compressor>,

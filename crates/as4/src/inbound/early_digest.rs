@@ -64,8 +64,8 @@ pub(super) struct DigestFeed {
     /// `None` once the worker has stopped (then the rest is not sent).
     tx: Option<SyncSender<Feed>>,
     pending: Vec<u8>,
-    /// Chunks the worker has read, given back to be filled again: fresh memory for every
-    /// chunk cost a page fault per page (`docs/benchmarks.md`, on these machines).
+    /// Chunks the worker has read, given back to be filled again: the first touch of fresh
+    /// pages is costly on these virtual machines (`docs/benchmarks.md`, fifth round).
     spent: Receiver<Vec<u8>>,
 }
 
