@@ -791,6 +791,18 @@ pub struct PartCompression {
     pub character_set: Option<String>,
 }
 
+/// [`part_compression`] of a received `eb:PartInfo`'s properties.
+pub(crate) fn part_info_compression(
+    part: &crate::message::model::PartInfo,
+) -> Result<PartCompression, EbmsError> {
+    let props: Vec<(&str, &str)> = part
+        .properties
+        .iter()
+        .map(|p| (p.name.as_str(), p.value.as_str()))
+        .collect();
+    part_compression(&props)
+}
+
 /// Reads and checks the compression-related PartProperties of one part.
 ///
 /// * `CompressionType`, when present, must be `application/gzip`; anything else is

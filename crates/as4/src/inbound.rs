@@ -949,12 +949,7 @@ fn deliver(
     policy: &ReceivePolicy,
     keep_decrypted: bool,
 ) -> Result<Delivery, EbmsError> {
-    let props: Vec<(&str, &str)> = part
-        .properties
-        .iter()
-        .map(|p| (p.name.as_str(), p.value.as_str()))
-        .collect();
-    let compression = compress::part_compression(&props)?;
+    let compression = compress::part_info_compression(part)?;
     let io_fail = |e: io::Error| {
         EbmsError::new(
             ErrorCode::Other,

@@ -488,9 +488,9 @@ pub struct EarlyDecryption<'p> {
 struct Opened {
     dec: Decryption,
     policy: ReceivePolicy,
-    /// Content-ID and whether its `PartInfo` declares it gzip-compressed (`None`: the
-    /// declaration cannot be read, which [`accept`] will refuse).
-    compressed: Vec<(String, Option<bool>)>,
+    /// Each `PartInfo`'s Content-ID and whether it declares the part gzip-compressed (a
+    /// declaration that cannot be read counts as not: [`accept`] will refuse it).
+    compressed: Vec<(String, bool)>,
 }
 
 impl<'p> EarlyDecryption<'p> {
@@ -535,14 +535,7 @@ impl<'p> EarlyDecryption<'p> {
             .iter()
             .filter_map(|part| {
                 let cid = content_id_from_href(part.href.as_deref()?)?;
-                let props: Vec<(&str, &str)> = part
-                    .properties
-                    .iter()
-                    .map(|p| (p.name.as_str(), p.value.as_str()))
-                    .collect();
-                let compressed = compress::part_compression(&props)
-                    .ok()
-                    .map(|c| c.compressed);
+                let compressed = compress::part_info_compression(part).is_ok_and(|c| c.compressed);
                 Some((cid, compressed))
             })
             .collect();
@@ -573,7 +566,7 @@ impl PartTap for EarlyDecryption<'_> {
             .iter()
             .filter(|(cid, _)| cid == content_id);
         let compressed = match (declared.next(), declared.next()) {
-            (Some((_, compressed)), None) => *compressed == Some(true),
+            (Some((_, compressed)), None) => *compressed,
             _ => false,
         };
         let mut early = EarlyPart::new(&opened.dec, part, &opened.policy, compressed);
