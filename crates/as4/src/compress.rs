@@ -30,9 +30,9 @@
 //! and inflates them on several threads, written back in order; from the first member
 //! without that field (another sender's gzip) it inflates as one stream.
 //!
-//! Whole members are deflated and inflated by libdeflate, made for whole buffers and the
-//! faster of the two here; streams (and any member libdeflate cannot take exactly as one
-//! member) by flate2.
+//! Whole members are deflated by ISA-L's igzip and inflated by libdeflate, each made for
+//! whole buffers and the fastest here at its task; streams (and any member libdeflate
+//! cannot take exactly as one member) by flate2.
 //!
 //! The property helpers take plain `(name, value)` pairs so they work with any model of
 //! the ebMS header.
@@ -44,7 +44,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Mutex};
 
 use flate2::read::MultiGzDecoder;
-use flate2::Compression;
+use isal_sys::igzip_lib as igzip;
 
 use crate::error::{EbmsError, ErrorCode};
 
@@ -306,11 +306,14 @@ const MEMBER_HEADER: [u8; SIZE_AT + 4] = [
 /// One complete gzip member of `piece`, its size in its header ([`SIZE_SUBFIELD`]):
 /// deflated at the fastest level, or stored when a sample of it does not compress.
 ///
-/// The piece is deflated whole by libdeflate: it holds the piece in memory anyway, and
-/// libdeflate, made for whole buffers, deflates XML 1.45 times as fast as flate2's backend
-/// at level 1 and about a fifth smaller (`docs/benchmarks.md`). Its output depends only on
-/// the bytes, the level and libdeflate's version, so sealing a message again yields the
-/// same member (a release that changes it says so: `deploy/pair/README.md`, upgrading).
+/// The piece is deflated whole by ISA-L's igzip at its level 1: it holds the piece in
+/// memory anyway, and igzip, written in assembly for whole buffers, deflates XML about
+/// 2.4 times as fast as libdeflate's level 1 here, 6 % larger (`docs/benchmarks.md`).
+/// Its output depends only on the bytes, the level, the size of its working memory and
+/// igzip's version (pinned) on any x86-64 with SSE4.2, where each of its code paths hashes
+/// with the `crc32` instruction; so sealing a message again yields the same member. A
+/// release that changes it says so (`deploy/pair/README.md`, upgrading), and
+/// `compress::tests::members_are_the_bytes_this_release_seals` pins the bytes.
 fn gzip_member(piece: &[u8]) -> io::Result<Vec<u8>> {
     DEFLATING.with(|state| {
         let mut state = state.borrow_mut();
@@ -318,19 +321,23 @@ fn gzip_member(piece: &[u8]) -> io::Result<Vec<u8>> {
         // Level 1: level 6 (the default) bound the sending of a large attachment (a
         // profile of a 64 MiB exchange spent 79% of the servers' CPU in deflate); level 1
         // is several times faster and still takes most of the redundancy out of XML.
-        // Level 0: stored blocks.
-        let deflater = if state.incompressible(piece)? {
-            state.stored.get_or_insert_with(|| compressor(0))
-        } else {
-            &mut state.fastest
-        };
-        let bound = deflater.deflate_compress_bound(piece.len());
+        // Stored blocks (libdeflate's level 0) when a sample does not compress.
+        let bound = Igzip::bound(piece.len());
         if state.out.len() < bound {
             state.out.resize(bound, 0);
         }
-        let deflated = deflater
-            .deflate_compress(piece, &mut state.out[..bound])
-            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
+        let deflated = if state.incompressible(piece)? {
+            let stored = state.stored.get_or_insert_with(|| compressor(0));
+            let room = stored.deflate_compress_bound(piece.len());
+            if state.out.len() < room {
+                state.out.resize(room, 0);
+            }
+            stored
+                .deflate_compress(piece, &mut state.out)
+                .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?
+        } else {
+            state.igzip.deflate(piece, &mut state.out)?
+        };
         let mut member = Vec::with_capacity(MEMBER_HEADER.len() + deflated + 8);
         member.extend_from_slice(&MEMBER_HEADER);
         member.extend_from_slice(&state.out[..deflated]);
@@ -351,36 +358,31 @@ thread_local! {
 
 /// A thread's compressors and buffers for [`gzip_member`]. Made fresh for every member,
 /// they cost an allocation, its first touch and its zeroing per MiB of payload (a profile
-/// of a 1 GiB upload found memset and page faults beside libdeflate, and flate2's
-/// compressor state made anew for every sample). Kept, they give the very same bytes: a
-/// libdeflate compressor holds no state between calls, and a flate2 encoder that is reset
-/// starts afresh.
+/// of a 1 GiB upload found memset and page faults beside the deflating). Kept, they give
+/// the very same bytes: igzip's stateless call starts its hash table afresh, and a
+/// libdeflate compressor holds no state between calls.
 ///
-/// What is needed only for a large piece is made at the first one: a thread that seals
-/// small messages keeps a level-1 compressor and a buffer of their size.
+/// What is needed only for an incompressible piece is made at the first one: a thread that
+/// seals small messages keeps igzip's working memory and a buffer of their size.
 struct Deflating {
-    fastest: libdeflater::Compressor,
+    igzip: Igzip,
     stored: Option<libdeflater::Compressor>,
-    /// Room for one deflated piece, written by libdeflate and copied out.
+    /// Room for one deflated piece (or sample), written by the deflater and copied out.
     out: Vec<u8>,
-    /// Deflates the sample by which a piece is judged, and the buffer the next sample is
-    /// deflated into.
-    sample: Option<(flate2::write::DeflateEncoder<Vec<u8>>, Vec<u8>)>,
 }
 
-/// A libdeflate compressor at `level` (0 or 1).
+/// A libdeflate compressor at `level` (0: stored blocks).
 fn compressor(level: i32) -> libdeflater::Compressor {
-    let level = libdeflater::CompressionLvl::new(level).expect("levels 0 and 1 exist");
+    let level = libdeflater::CompressionLvl::new(level).expect("level 0 exists");
     libdeflater::Compressor::new(level)
 }
 
 impl Deflating {
     fn new() -> Self {
         Deflating {
-            fastest: compressor(1),
+            igzip: Igzip::new(),
             stored: None,
             out: Vec::new(),
-            sample: None,
         }
     }
 
@@ -393,24 +395,79 @@ impl Deflating {
             return Ok(false);
         }
         let sample = &piece[..SAMPLE];
-        let (encoder, spare) = self.sample.get_or_insert_with(|| {
-            let buffer = || Vec::with_capacity(SAMPLE + 64);
-            let encoder = flate2::write::DeflateEncoder::new(buffer(), Compression::fast());
-            (encoder, buffer())
-        });
-        encoder.write_all(sample)?;
-        // Finishes this sample's stream and starts the next one afresh, into the spare
-        // buffer; this one becomes the spare.
-        let mut deflated = encoder.reset(std::mem::take(spare))?;
-        let judged = deflated.len() * 100 > sample.len() * 95;
-        deflated.clear();
-        *spare = deflated;
-        Ok(judged)
+        let deflated = self.igzip.deflate(sample, &mut self.out)?;
+        Ok(deflated * 100 > sample.len() * 95)
     }
 }
 
 /// Bytes of a piece deflated to judge whether the piece compresses.
 const SAMPLE: usize = 32 * 1024;
+
+/// ISA-L's igzip at level 1, deflating whole buffers (raw deflate, one final block
+/// series), with its working memory (hash table and token buffer) kept between calls.
+struct Igzip {
+    level_buf: Box<[u8]>,
+}
+
+impl Igzip {
+    /// igzip's working memory for level 1: its hash table and a buffer of 32 K tokens,
+    /// the "medium" size. Its deflate blocks end when the buffer is full, so the size is
+    /// part of what fixes the bytes. Medium deflated XML as fast as the default (large,
+    /// 64 K tokens) and to the same size here, with half the memory per thread (148 KiB);
+    /// small (16 K) was 5 to 10 % slower.
+    const LEVEL_BUF: usize = igzip::ISAL_DEF_LVL1_MEDIUM as usize;
+
+    fn new() -> Self {
+        Igzip {
+            level_buf: vec![0u8; Self::LEVEL_BUF].into_boxed_slice(),
+        }
+    }
+
+    /// The output room [`Igzip::deflate`] needs for `len` bytes: that of stored blocks (a
+    /// 5-byte header per 65,535 bytes). igzip falls back to stored blocks when deflating
+    /// would come out larger, but only when the room for them is given, so always giving
+    /// it keeps the output a function of the input alone.
+    fn bound(len: usize) -> usize {
+        len + 5 * (len / 65_535 + 1) + 64
+    }
+
+    /// Deflates `input` whole into `out` (at least [`Igzip::bound`] long); returns the
+    /// size written.
+    fn deflate(&mut self, input: &[u8], out: &mut [u8]) -> io::Result<usize> {
+        let too_large = || io::Error::other("a piece is too large for igzip");
+        let avail_in = u32::try_from(input.len()).map_err(|_| too_large())?;
+        let avail_out = u32::try_from(out.len()).map_err(|_| too_large())?;
+        if out.len() < Self::bound(input.len()) {
+            return Err(io::Error::other("igzip was given too little room"));
+        }
+        // SAFETY: `isal_zstream` is a plain C struct of integers, raw pointers and nested
+        // structs of the same: all zeros is a valid value, which the init call then sets up.
+        let mut stream: igzip::isal_zstream = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid, exclusively borrowed stream.
+        unsafe { igzip::isal_deflate_stateless_init(&mut stream) };
+        stream.level = 1;
+        stream.level_buf = self.level_buf.as_mut_ptr();
+        stream.level_buf_size = Self::LEVEL_BUF as u32;
+        stream.end_of_stream = 1;
+        stream.flush = igzip::NO_FLUSH as u16;
+        stream.gzip_flag = igzip::IGZIP_DEFLATE as u16;
+        // igzip reads through `next_in` only (its type lacks the `const`).
+        stream.next_in = input.as_ptr().cast_mut();
+        stream.avail_in = avail_in;
+        stream.next_out = out.as_mut_ptr();
+        stream.avail_out = avail_out;
+        // SAFETY: the stream points at three distinct live buffers, each with its own
+        // length (the input, read only; the output; the working memory, this value's own
+        // and borrowed mutably for the call), and the stream does not outlive the call.
+        let result = unsafe { igzip::isal_deflate_stateless(&mut stream) };
+        if result != igzip::COMP_OK as i32 || stream.avail_in != 0 {
+            return Err(io::Error::other(format!(
+                "igzip failed to deflate (code {result})"
+            )));
+        }
+        Ok(stream.total_out as usize)
+    }
+}
 
 /// A reader over the decompressed content of a gzip stream, refusing to yield more than a
 /// cap. Its I/O errors carry an [`EbmsError`] (`EBMS:0303`); recover it with
@@ -869,6 +926,7 @@ pub fn part_compression(properties: &[(&str, &str)]) -> Result<PartCompression, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::Compression;
 
     #[test]
     fn gzip_round_trips_and_cap_is_enforced() {
@@ -1246,6 +1304,33 @@ mod tests {
         }
         // Both levels were used: the random pieces are stored, the text deflated.
         assert!(fresh[1].len() > 300_000 && fresh[0].len() < 100_000);
+    }
+
+    /// The bytes this release seals for a fixed part: pinned, because a retry (on this
+    /// instance or the other one of a pair) seals a message again and the partner's
+    /// receipt for the first copy must match. A change here is a release that seals
+    /// differently (`deploy/pair/README.md`, upgrading), or a machine on which igzip
+    /// deflates differently: either must be known before a release.
+    #[test]
+    fn members_are_the_bytes_this_release_seals() {
+        let mut part = text(2 << 20);
+        // A piece that is stored (its sample does not compress), and one whose sample
+        // compresses but whose rest does not (igzip falls back to stored blocks itself).
+        part.extend(noise(MEMBER_SIZE, 0x9e37_79b9));
+        part.extend(text(40_000));
+        part.extend(noise(MEMBER_SIZE - 40_000, 11));
+        part.extend(text(123_456));
+        let mut gz = Vec::new();
+        gzip(&part[..], &mut gz).unwrap();
+        let mut back = Vec::new();
+        gunzip(&gz[..], &mut back, u64::MAX).unwrap();
+        assert!(back == part, "the members inflate to the part");
+        assert_eq!(
+            hex::encode(openssl::sha::sha256(&gz)),
+            "76bfa0a9576849c45049fa6bbf9652315c9e9d4a09205447226094cc6aeccb4a",
+            "{} bytes sealed",
+            gz.len()
+        );
     }
 
     #[test]
