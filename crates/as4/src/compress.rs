@@ -403,8 +403,9 @@ impl Deflating {
 /// Bytes of a piece deflated to judge whether the piece compresses.
 const SAMPLE: usize = 32 * 1024;
 
-/// ISA-L's igzip at level 1, deflating whole buffers (raw deflate, one final block
-/// series), with its working memory (hash table and token buffer) kept between calls.
+/// ISA-L's igzip at level 1, deflating whole buffers into raw deflate (the member's header
+/// and trailer are ours), with its working memory (hash table and token buffer) kept
+/// between calls.
 struct Igzip {
     level_buf: Box<[u8]>,
 }
