@@ -467,7 +467,8 @@ fn receive_parsed(
             }
         })
         .collect();
-    let signature = verify_stage(doc, &envelope, &sources, &payload_parts, policy)?;
+    let (signature, signed_sha256) =
+        verify_stage(doc, &envelope, &sources, &payload_parts, policy)?;
 
     // Stage 5: trust.
     if let Some(sig) = &signature {
@@ -507,7 +508,11 @@ fn receive_parsed(
         // is copied for each.
         let named_once = payload_parts.iter().filter(|(_, _, c)| c == cid).count() == 1;
         let keep = policy.keep_decrypted && named_once;
-        delivered.push(deliver(part, att, cid, source, policy, keep)?);
+        let signed = signed_sha256
+            .iter()
+            .find(|(c, _)| c == cid)
+            .map(|(_, h)| *h);
+        delivered.push(deliver(part, att, cid, source, policy, keep, signed)?);
     }
     drop(sources);
     let mut decrypted = decrypted;
@@ -865,13 +870,17 @@ impl<W: Write> Write for Teed<'_, W> {
     }
 }
 
+/// The content's SHA-256 of each payload part whose verified signature digest is exactly
+/// that (by Content-ID): see [`verify::SignatureReport::content_sha256`].
+type SignedSha256 = Vec<(String, [u8; 32])>;
+
 fn verify_stage(
     doc: &XmlDocument,
     envelope: &Envelope,
     sources: &[Source<'_>],
     payload_parts: &[(&crate::message::model::PartInfo, &Attachment, String)],
     policy: &ReceivePolicy,
-) -> Result<Option<SignatureInfo>, EbmsError> {
+) -> Result<(Option<SignatureInfo>, SignedSha256), EbmsError> {
     let has_signature = doc.elements().any(|e| e.is(token::NS_DS, "Signature"));
     if !has_signature {
         if policy.require_signature {
@@ -880,7 +889,7 @@ fn verify_stage(
                  Body and every payload signed",
             ));
         }
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     let xml = verify::verify_signature(
         doc,
@@ -932,13 +941,18 @@ fn verify_stage(
             reference_xml: r.reference_xml.clone(),
         })
         .collect();
-    Ok(Some(SignatureInfo {
+    let signed_sha256 = payload_parts
+        .iter()
+        .filter_map(|(_, _, cid)| report.content_sha256(cid).map(|h| (cid.clone(), h)))
+        .collect();
+    let info = SignatureInfo {
         signer: report.token.certificate.clone(),
         chain: report.token.chain.clone(),
         token_reference: report.token.reference,
         signature_algorithm: report.signature_algorithm,
         references,
-    }))
+    };
+    Ok((Some(info), signed_sha256))
 }
 
 fn deliver(
@@ -948,6 +962,7 @@ fn deliver(
     source: &Source<'_>,
     policy: &ReceivePolicy,
     keep_decrypted: bool,
+    signed_sha256: Option<[u8; 32]>,
 ) -> Result<Delivery, EbmsError> {
     let compression = compress::part_info_compression(part)?;
     let io_fail = |e: io::Error| {
@@ -1002,6 +1017,22 @@ fn deliver(
     // which is not this payload's to keep: it is copied or inflated into a file as below.
     if keep_decrypted {
         if let Source::Decrypted(p) = source {
+            if let (Some(file), Some(sha256), false) =
+                (p.content.file(), signed_sha256, compression.compressed)
+            {
+                // The signature's check hashed these very bytes as they are (an
+                // uncompressed part of a type digested as is): its digest is the payload's
+                // SHA-256, and a second pass over the file would only repeat it.
+                let len = file.as_file().metadata().map_err(io_fail)?.len();
+                return Ok(Delivery::AsDecrypted(payload(
+                    len,
+                    sha256,
+                    SpoolBuffer::new(None),
+                    SpoolCharge::default(),
+                    false,
+                    false,
+                )));
+            }
             if p.content.file().is_some() {
                 // Taken while the part arrived, from these very bytes: nothing to read
                 // again (a worker that failed for any reason leaves it to the pass below).

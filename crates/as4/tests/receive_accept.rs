@@ -91,7 +91,7 @@ max_size = "1KiB"
 [payload.large]
 [[payload.large.part]]
 name = "document"
-mime_types = ["application/xml"]
+mime_types = ["application/xml", "application/pdf"]
 max_size = "1MiB"
 
 [[process]]
@@ -787,9 +787,16 @@ fn a_large_decrypted_part_is_kept_as_it_travelled_and_checked_without_a_copy() {
     assert_eq!(std::fs::read(file.path()).unwrap(), content);
     drop(accepted);
 
-    // Uncompressed: the decrypted file is the payload, hashed as it is. (An uncompressed
-    // XML part is signed canonicalized: a document this time.)
-    let content = [&b"<doc>"[..], &content, b"</doc>"].concat();
+    // Uncompressed: the decrypted file is the payload, hashed as it is. An uncompressed
+    // XML part is signed canonicalized: a document whose canonical form differs from its
+    // bytes (the declaration goes), so the signature's digest is not the payload's.
+    let digit_text = content;
+    let content = [
+        &b"<?xml version=\"1.0\"?>\n<doc>"[..],
+        &digit_text,
+        b"</doc>",
+    ]
+    .concat();
     let mut msg = Msg::good();
     msg.content = content.clone();
     let (package, _) = t.seal("large-uncompressed", msg);
@@ -798,10 +805,42 @@ fn a_large_decrypted_part_is_kept_as_it_travelled_and_checked_without_a_copy() {
     assert!(!p.was_compressed && !p.content_is_gzip);
     assert_eq!(p.len, content.len() as u64);
     assert_eq!(p.sha256, openssl::sha::sha256(&content));
+    let signed = attachment_digest(&accepted.message);
+    assert_ne!(signed, p.sha256, "signed canonicalized, hashed as it is");
     let file = p.content.file().expect("the decrypted part's spool file");
     assert_eq!(std::fs::read(file.path()).unwrap(), content);
     drop(accepted);
     assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+
+    // Of a type the signature digests as it is (PDF): the signature's check has hashed
+    // the very file, and its digest is the payload's SHA-256.
+    let pdf = [&b"%PDF-1.7\n"[..], &digit_text].concat();
+    let mut msg = Msg::good();
+    msg.mime_type = "application/pdf";
+    msg.content = pdf.clone();
+    let (package, _) = t.seal("large-uncompressed", msg);
+    let accepted = t.receive(&package).unwrap();
+    let p = &accepted.message.payloads[0];
+    assert!(!p.was_compressed && !p.content_is_gzip);
+    assert_eq!(p.mime_type, "application/pdf");
+    assert_eq!(p.len, pdf.len() as u64);
+    assert_eq!(p.sha256, openssl::sha::sha256(&pdf));
+    assert_eq!(attachment_digest(&accepted.message), p.sha256);
+    let file = p.content.file().expect("the decrypted part's spool file");
+    assert_eq!(std::fs::read(file.path()).unwrap(), pdf);
+    drop(accepted);
+    assert_eq!(files_in(t.spool.path()), 0, "nothing left in the spool");
+}
+
+/// The digest the signature gives the message's one attachment.
+fn attachment_digest(message: &varti_as4::inbound::ReceivedMessage) -> [u8; 32] {
+    let signature = message.signature.as_ref().expect("signed");
+    let reference = signature
+        .references
+        .iter()
+        .find(|r| r.uri.starts_with("cid:"))
+        .expect("a reference to the attachment");
+    reference.digest[..].try_into().expect("a SHA-256")
 }
 
 /// `len` hexadecimal digits no deflate finds a pattern in: they compress to about half.

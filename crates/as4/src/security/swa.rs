@@ -86,6 +86,14 @@ fn is_xml(mt: &str) -> bool {
     mt == "text/xml" || mt == "application/xml" || mt.ends_with("+xml")
 }
 
+/// Whether the transform digests content of this type as it is (neither XML, which is
+/// canonicalized, nor other text, whose line endings are normalized): then the digest
+/// [`attachment_digest`] gives is the SHA-256 of the content's very octets.
+pub(crate) fn digested_as_is(content_type: &str) -> bool {
+    let mt = media_type(content_type);
+    !is_xml(&mt) && !mt.starts_with("text/")
+}
+
 struct HashWriter<'a>(&'a mut Sha256);
 impl Write for HashWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

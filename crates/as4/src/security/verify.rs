@@ -96,6 +96,9 @@ pub struct SignatureReport<'d> {
     pub signature_algorithm: &'static str,
     /// Every reference, in SignedInfo order, all verified.
     pub references: Vec<VerifiedReference<'d>>,
+    /// Content-IDs of the attachments whose verified digest is the SHA-256 of their
+    /// content's octets, with that digest: see [`SignatureReport::content_sha256`].
+    content_sha256: Vec<(String, [u8; 32])>,
 }
 
 fn auth(detail: impl Into<String>) -> EbmsError {
@@ -410,6 +413,7 @@ impl<'d> XmlVerified<'d> {
         self,
         attachments: &[&dyn AttachmentSource],
     ) -> Result<SignatureReport<'d>, EbmsError> {
+        let mut content_sha256 = Vec::new();
         for r in &self.attachment_references {
             let att = attachments
                 .iter()
@@ -427,6 +431,9 @@ impl<'d> XmlVerified<'d> {
                     r.uri
                 )));
             }
+            if swa::digested_as_is(att.content_type()) {
+                content_sha256.push((att.content_id().to_owned(), actual));
+            }
         }
         let mut references = self.xml_references;
         references.extend(self.attachment_references);
@@ -434,11 +441,24 @@ impl<'d> XmlVerified<'d> {
             token: self.token,
             signature_algorithm: self.signature_algorithm,
             references,
+            content_sha256,
         })
     }
 }
 
 impl<'d> SignatureReport<'d> {
+    /// The SHA-256 of the content of attachment `content_id` (without angle brackets), when
+    /// the signature's verified digest of it is exactly that: an attachment the signature
+    /// covers, of a type the transform digests as it is (not XML, not text). It was taken
+    /// by [`XmlVerified::finish`] from the bytes the attachment source gave it, so a caller
+    /// that handed it the very bytes it keeps need not hash them again.
+    pub fn content_sha256(&self, content_id: &str) -> Option<[u8; 32]> {
+        self.content_sha256
+            .iter()
+            .find(|(cid, _)| cid == content_id)
+            .map(|(_, sha256)| *sha256)
+    }
+
     /// The signer's certificate.
     pub fn signer(&self) -> &X509 {
         &self.token.certificate
