@@ -623,6 +623,14 @@ fn seal_with<T>(
             content: r as &mut dyn Read,
             content_is_gzip: *kept == FileEncoding::Gzip,
             reopen: Some(&**reopen),
+            // Recorded as the payload came in: the signature of a part sent uncompressed
+            // takes it instead of reading the payload once more.
+            sha256: p
+                .stored
+                .sha256
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|h| h.try_into().ok()),
         })
         .collect();
     let receiver_cert = discovered_cert.or_else(|| {

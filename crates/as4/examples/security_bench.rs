@@ -154,6 +154,7 @@ fn seal(s: &Setup<'_>, size: u64, compress: bool, out: &mut dyn Write) -> Result
         content: &mut content,
         content_is_gzip: false,
         reopen: None,
+        sha256: None,
     }];
     let policy = SendPolicy::new(
         s.case.profile,

@@ -116,6 +116,12 @@ pub struct OutgoingPayload<'a> {
     /// gzip, or uncompressed and given so — its bytes are then read where they are for the
     /// signature and for the package, instead of being copied to a spool file first.
     pub reopen: Option<&'a Reopen<'a>>,
+    /// The SHA-256 of the payload's own bytes, if known (the store recorded it when the
+    /// payload came in). A part sent as those bytes (uncompressed), of a type the
+    /// signature digests as it is (not XML, not text), is then signed with it instead of
+    /// being read once more for its digest. A file changed since it was recorded is caught
+    /// by the receiver's check of that digest, not signed anew.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// Opens a payload's content anew, from its start (a reader that owns what it reads, such
@@ -148,6 +154,9 @@ struct Spooled<'a> {
     content_id: String,
     content_type: String,
     content: PartBytes<'a>,
+    /// The SHA-256 of `content`, when it is the payload's own bytes and their SHA-256 was
+    /// given ([`OutgoingPayload::sha256`]).
+    known_sha256: Option<[u8; 32]>,
 }
 
 /// Where a part's bytes are read from, as many times as needed.
@@ -176,6 +185,9 @@ impl AttachmentSource for Spooled<'_> {
     }
     fn open(&self) -> io::Result<Box<dyn Read + '_>> {
         self.content.open()
+    }
+    fn known_sha256(&self) -> Option<[u8; 32]> {
+        self.known_sha256
     }
 }
 
@@ -241,7 +253,8 @@ pub fn prepare<'a>(
         part.properties = p.properties;
         part.properties
             .retain(|q| q.name != PROP_COMPRESSION_TYPE && q.name != PROP_MIME_TYPE);
-        let content_type = if compress || policy.already_gzip {
+        let gzipped = compress || policy.already_gzip;
+        let content_type = if gzipped {
             part.properties
                 .push(Property::new(PROP_COMPRESSION_TYPE, GZIP_MIME_TYPE));
             part.properties
@@ -260,6 +273,9 @@ pub fn prepare<'a>(
                 Some(reopen) => PartBytes::InPlace(reopen),
                 None => PartBytes::Spool(content),
             },
+            // Sent uncompressed, the part is the payload's own bytes (inflated while
+            // spooled if they were kept in gzip).
+            known_sha256: p.sha256.filter(|_| !gzipped),
         });
     }
     // The signed parts' ids are derived from the MessageId, not random: sealing the same

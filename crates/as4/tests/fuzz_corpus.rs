@@ -203,6 +203,7 @@ mod seeds {
                     content: r as &mut dyn Read,
                     content_is_gzip: false,
                     reopen: None,
+                    sha256: None,
                 })
                 .collect();
             let policy = SendPolicy {

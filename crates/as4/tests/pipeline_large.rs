@@ -66,6 +66,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     content: &mut empty,
                     content_is_gzip: false,
                     reopen: None,
+                    sha256: None,
                 },
                 OutgoingPayload {
                     content_id: "small@test".into(),
@@ -74,6 +75,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     content: &mut small,
                     content_is_gzip: false,
                     reopen: None,
+                    sha256: None,
                 },
                 OutgoingPayload {
                     content_id: "big@test".into(),
@@ -82,6 +84,7 @@ fn hundred_megabyte_attachment_round_trips_in_flat_memory() {
                     content: &mut big as &mut dyn Read,
                     content_is_gzip: false,
                     reopen: None,
+                    sha256: None,
                 },
             ];
             let policy = SendPolicy {

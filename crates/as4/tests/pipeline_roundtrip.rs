@@ -65,6 +65,7 @@ fn seal_message(
             content: r as &mut dyn Read,
             content_is_gzip: false,
             reopen: None,
+            sha256: None,
         })
         .collect();
 
@@ -451,6 +452,78 @@ fn attachment_changed_after_signing_is_refused() {
     );
 }
 
+/// A payload's known SHA-256 (what the store recorded as it came in) is the signed digest
+/// of a part sent as those bytes (uncompressed) of a type digested as it is, without the
+/// part being read for it: a wrong one is signed as given, and the receiver's check of the
+/// part refuses the message. An XML part (canonicalized for its digest) and a compressed
+/// part are read for their digest whatever is given.
+#[test]
+fn a_known_sha256_is_signed_for_an_uncompressed_part_and_checked_by_the_receiver() {
+    let f = fixture();
+    let seal = |mime: &str, body: &[u8], compress: bool, known: [u8; 32]| {
+        let mut reader = body;
+        let outgoing = vec![OutgoingPayload {
+            content_id: "p1@test".into(),
+            mime_type: mime.into(),
+            properties: vec![],
+            content: &mut reader,
+            content_is_gzip: false,
+            reopen: None,
+            sha256: Some(known),
+        }];
+        let policy = SendPolicy::new(
+            &AS4_1_15,
+            BST,
+            &f.alice.sign_key,
+            &f.alice.sign_cert,
+            Some(&*f.bob.enc_cert),
+            compress,
+        );
+        let mut bytes = Vec::new();
+        let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
+        let reference = sent.references.iter().find(|r| r.uri == "cid:p1@test");
+        let digest = reference.expect("the part is signed").digest.clone();
+        let content_type = sent.content_type;
+        (
+            Sent {
+                bytes,
+                content_type,
+            },
+            digest,
+        )
+    };
+    let pdf = [&b"%PDF-1.7\n"[..], &content(4000, 3)].concat();
+    let right = openssl::sha::sha256(&pdf);
+    let (sent, digest) = seal("application/pdf", &pdf, false, right);
+    assert_eq!(digest, right);
+    let received = open(&sent, &f.policy(true)).unwrap();
+    assert_eq!(received.payloads[0].sha256, right);
+    drop(received);
+
+    let wrong = [7u8; 32];
+    let (sent, digest) = seal("application/pdf", &pdf, false, wrong);
+    assert_eq!(digest, wrong, "signed as given, not read");
+    let reason = "changed after signing";
+    f.refused(
+        &sent,
+        &f.policy(true),
+        ErrorCode::FailedAuthentication,
+        reason,
+    );
+
+    let xml = b"<?xml version=\"1.0\"?>\n<doc>known</doc>".to_vec();
+    let noise = content(4000, 3);
+    for (mime, body, compress) in [
+        ("application/xml", &xml, false),
+        ("application/octet-stream", &noise, true),
+    ] {
+        let (sent, digest) = seal(mime, body, compress, wrong);
+        assert_ne!(digest, wrong, "{mime}: read for its digest");
+        let received = open(&sent, &f.policy(true)).unwrap();
+        assert_eq!(received.payloads[0].sha256, openssl::sha::sha256(body));
+    }
+}
+
 #[test]
 fn unsigned_attachment_is_refused() {
     let f = fixture();
@@ -789,6 +862,7 @@ fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
             content: r as &mut dyn Read,
             content_is_gzip: false,
             reopen: None,
+            sha256: None,
         })
         .collect();
     let listed = vec!["application/pdf".to_owned()];
@@ -865,6 +939,7 @@ fn a_payload_given_in_gzip_is_sent_as_it_is_or_inflated_when_left_uncompressed()
             content: r as &mut dyn Read,
             content_is_gzip: true,
             reopen: Some(&**reopen),
+            sha256: None,
         })
         .collect();
     let listed = vec!["application/pdf".to_owned()];

@@ -226,6 +226,7 @@ fn seal_wire(set: &PModeSet, leg_name: &str, msg: Msg) -> (Vec<u8>, String, User
         content: &mut content as &mut dyn Read,
         content_is_gzip: false,
         reopen: None,
+        sha256: None,
     }];
     let mut bytes = Vec::new();
     let sent = send(&um, payloads, &policy, &mut bytes).unwrap();

@@ -175,6 +175,7 @@ fn sealed(p: &Pki) -> (Vec<u8>, String) {
         content: &mut data as &mut dyn Read,
         content_is_gzip: false,
         reopen: None,
+        sha256: None,
     }];
     let policy = SendPolicy::new(
         &AS4_1_15,

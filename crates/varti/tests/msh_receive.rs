@@ -122,6 +122,7 @@ impl<'a> Msg<'a> {
                 content: c as &mut dyn std::io::Read,
                 content_is_gzip: false,
                 reopen: None,
+                sha256: None,
             })
             .collect();
         let mut body = Vec::new();

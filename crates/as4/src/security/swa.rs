@@ -35,6 +35,12 @@ pub trait AttachmentSource {
     fn content_type(&self) -> &str;
     /// The content octets, transfer-decoded.
     fn open(&self) -> io::Result<Box<dyn Read + '_>>;
+    /// The SHA-256 of the content octets, when the source knows it already (a payload
+    /// whose store recorded it). [`attachment_digest`] then takes it for a type it digests
+    /// as it is, instead of reading the content. `None`, the default, makes it read.
+    fn known_sha256(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// An attachment held in memory (tests, small signals).
@@ -114,6 +120,12 @@ pub fn attachment_digest(att: &dyn AttachmentSource) -> Result<[u8; 32], EbmsErr
             format!("reading attachment cid:{} failed: {e}", att.content_id()),
         )
     };
+    if let Some(known) = att
+        .known_sha256()
+        .filter(|_| digested_as_is(att.content_type()))
+    {
+        return Ok(known);
+    }
     let mt = media_type(att.content_type());
     let mut reader = att.open().map_err(io_err)?;
     let mut hasher = Sha256::new();

@@ -1217,6 +1217,7 @@ fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
             content: f as &mut dyn std::io::Read,
             content_is_gzip: false,
             reopen: None,
+            sha256: None,
         })
         .collect();
     let policy = SendPolicy::new(
