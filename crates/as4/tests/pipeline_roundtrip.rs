@@ -303,6 +303,19 @@ impl Fixture {
         seal(&AS4_1_15, &self.alice, &self.bob, how, &payload())
     }
 
+    /// Alice's 1.15 policy for sending to bob (BST), compressing when `compress` and
+    /// encrypting for bob when `encrypt`.
+    fn send_policy(&self, compress: bool, encrypt: bool) -> SendPolicy<'_> {
+        SendPolicy::new(
+            &AS4_1_15,
+            BST,
+            &self.alice.sign_key,
+            &self.alice.sign_cert,
+            encrypt.then_some(&*self.bob.enc_cert),
+            compress,
+        )
+    }
+
     /// Bob's 1.15 policy for alice's messages, requiring encryption when `encrypt`.
     fn policy(&self, encrypt: bool) -> ReceivePolicy {
         receiver_policy(
@@ -471,16 +484,14 @@ fn a_known_sha256_is_signed_for_an_uncompressed_part_and_checked_by_the_receiver
             reopen: None,
             sha256: Some(known),
         }];
-        let policy = SendPolicy::new(
-            &AS4_1_15,
-            BST,
-            &f.alice.sign_key,
-            &f.alice.sign_cert,
-            Some(&*f.bob.enc_cert),
-            compress,
-        );
         let mut bytes = Vec::new();
-        let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
+        let sent = send(
+            &user_message(),
+            outgoing,
+            &f.send_policy(compress, true),
+            &mut bytes,
+        );
+        let sent = sent.unwrap();
         let reference = sent.references.iter().find(|r| r.uri == "cid:p1@test");
         let digest = reference.expect("the part is signed").digest.clone();
         let content_type = sent.content_type;
@@ -868,14 +879,7 @@ fn listed_media_types_travel_uncompressed_beside_compressed_parts() {
     let listed = vec!["application/pdf".to_owned()];
     let policy = SendPolicy {
         uncompressed_types: &listed,
-        ..SendPolicy::new(
-            &AS4_1_15,
-            BST,
-            &f.alice.sign_key,
-            &f.alice.sign_cert,
-            Some(&*f.bob.enc_cert),
-            true,
-        )
+        ..f.send_policy(true, true)
     };
     let mut bytes = Vec::new();
     let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
@@ -945,14 +949,7 @@ fn a_payload_given_in_gzip_is_sent_as_it_is_or_inflated_when_left_uncompressed()
     let listed = vec!["application/pdf".to_owned()];
     let policy = SendPolicy {
         uncompressed_types: &listed,
-        ..SendPolicy::new(
-            &AS4_1_15,
-            BST,
-            &f.alice.sign_key,
-            &f.alice.sign_cert,
-            None,
-            true,
-        )
+        ..f.send_policy(true, false)
     };
     let mut bytes = Vec::new();
     let sent = send(&user_message(), outgoing, &policy, &mut bytes).unwrap();
