@@ -1307,6 +1307,27 @@ mod tests {
         assert!(fresh[1].len() > 300_000 && fresh[0].len() < 100_000);
     }
 
+    /// Bytes that deflating would make larger come out of igzip as stored blocks, and
+    /// exactly as large as [`Igzip::bound`] allows for them (without that room it would
+    /// fail instead, so the output would depend on the buffer, not the bytes).
+    #[test]
+    fn igzip_stores_what_deflating_would_enlarge() {
+        let noise = noise(100_000, 3);
+        let mut igzip = Igzip::new();
+        let mut out = vec![0u8; Igzip::bound(noise.len())];
+        let n = igzip.deflate(&noise, &mut out).unwrap();
+        // Two stored blocks: a 5-byte header each (RFC 1951 §3.2.4), then the bytes.
+        assert_eq!(n, noise.len() + 2 * 5);
+        assert_eq!(out[0] & 0b111, 0b000, "a stored block, not the final one");
+        let mut back = Vec::new();
+        flate2::read::DeflateDecoder::new(&out[..n])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == noise);
+        let err = igzip.deflate(&noise, &mut out[..noise.len()]).unwrap_err();
+        assert!(err.to_string().contains("too little room"), "{err}");
+    }
+
     /// The bytes this release seals for a fixed part: pinned, because a retry (on this
     /// instance or the other one of a pair) seals a message again and the partner's
     /// receipt for the first copy must match. A change here is a release that seals
@@ -1316,7 +1337,7 @@ mod tests {
     fn members_are_the_bytes_this_release_seals() {
         let mut part = text(2 << 20);
         // A piece that is stored (its sample does not compress), and one whose sample
-        // compresses but whose rest does not (igzip falls back to stored blocks itself).
+        // compresses but whose rest does not (deflated by igzip all the same).
         part.extend(noise(MEMBER_SIZE, 0x9e37_79b9));
         part.extend(text(40_000));
         part.extend(noise(MEMBER_SIZE - 40_000, 11));
